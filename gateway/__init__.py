@@ -1,0 +1,1 @@
+"""Site gateway: ingest device CBOR, check, alarm locally, forward to the district."""

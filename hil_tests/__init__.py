@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop bench: one suite for real boards and virtual devices."""

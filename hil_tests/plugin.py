@@ -1,0 +1,1 @@
+"""pytest plugin for the bench; its fixtures arrive with the HIL issue."""

@@ -1,0 +1,109 @@
+"""Start real Mosquitto brokers on free loopback ports, for tests, benchmarks and the demo."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+
+def mosquitto_binary() -> str:
+    """The broker binary; Debian installs it in /usr/sbin, which is not on every PATH."""
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run scripts/bootstrap.sh (it uses apt-get)")
+    return found
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Mosquitto:
+    """One broker process on 127.0.0.1.
+
+    `extra_conf` is appended to a minimal config (listener, anonymous access, persistence in the broker's
+    own directory), so a test can add ACLs or bridges. The port survives `restart()`, which lets a test
+    take a broker down and bring it back as a link outage.
+    """
+
+    def __init__(self, extra_conf: str = "", port: int | None = None, workdir: Path | None = None,
+                 persistence: bool = True, anonymous: bool = True) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="mosq-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path = self.dir / "mosquitto.conf"
+        self.log_path = self.dir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
+            "set_tcp_nodelay true",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {self.dir}/",
+            "max_queued_messages 100000",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            f"log_dest file {self.log_path}",
+        ]
+        self.conf_path.write_text("\n".join(lines) + "\n" + extra_conf + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf_path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+                raise RuntimeError(f"mosquitto exited at start: {err}{log}")
+            with contextlib.closing(socket.socket()) as s:
+                if s.connect_ex((self.host, self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def running(extra_conf: str = "") -> Iterator[Mosquitto]:
+    with Mosquitto(extra_conf) as broker:
+        yield broker

@@ -1,0 +1,38 @@
+"""The `lifeline` command. Each subcommand lives in the module that does its job and is imported lazily,
+so `lifeline --version` stays fast and a missing optional piece breaks only its own subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lifeline import __version__
+
+# name -> (module, help). Each module provides add_arguments(parser) and run(args) -> int.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lifeline-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    code: int = importlib.import_module(args._module).run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
