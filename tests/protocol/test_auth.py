@@ -1,0 +1,49 @@
+"""HMAC-SHA256 and the COSE_Mac0 envelope; shared by CPython and MicroPython."""
+
+from protocol import auth, cbor
+
+from prototest import raises, unhex
+
+KEY = b"k" * 32
+
+
+def test_hmac_rfc4231_vectors():
+    assert auth.hmac_sha256(b"\x0b" * 20, b"Hi There") == unhex(
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+    assert auth.hmac_sha256(b"Jefe", b"what do ya want for nothing?") == unhex(
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    assert auth.hmac_sha256(b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First") == unhex(
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+
+
+def test_seal_is_a_cose_mac0():
+    sealed = auth.seal(KEY, b"gas-01", b"hello")
+    outer = cbor.loads(sealed)
+    assert outer.tag == 17
+    protected, unprotected, payload, tag = outer.value
+    assert protected == b"\xa1\x01\x05" and unprotected == {4: b"gas-01"} and payload == b"hello"
+    assert len(tag) == 32
+
+
+def test_verify_returns_kid_and_payload():
+    sealed = auth.seal(KEY, b"gas-01", b"hello")
+    assert auth.verify(sealed, {b"gas-01": KEY}.get) == (b"gas-01", b"hello")
+
+
+def test_every_single_bit_flip_is_caught():
+    sealed = auth.seal(KEY, b"d", b"payload")
+    for i in range(len(sealed)):
+        for bit in (0, 7):
+            bad = bytearray(sealed)
+            bad[i] ^= 1 << bit
+            raises(auth.AuthError, auth.verify, bytes(bad), {b"d": KEY}.get)
+
+
+def test_reasons():
+    sealed = auth.seal(KEY, b"d", b"x")
+    assert raises(auth.AuthError, auth.verify, sealed, {b"d": b"other"}.get).reason == "bad-mac"
+    assert raises(auth.AuthError, auth.verify, sealed, {}.get).reason == "unknown-key"
+    assert raises(auth.AuthError, auth.verify, b"\xff", {}.get).reason == "malformed"
+    assert raises(auth.AuthError, auth.verify, cbor.dumps([1, 2]), {}.get).reason == "malformed"
+    wrong_alg = cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d"}, b"x", b"\x00" * 32]))
+    assert raises(auth.AuthError, auth.verify, wrong_alg, {b"d": KEY}.get).reason == "malformed"
