@@ -61,12 +61,14 @@ def verify(data, key_for, loads=None):
     if getattr(outer, "tag", None) != COSE_MAC0_TAG:
         raise AuthError("malformed", "not a tagged COSE_Mac0")
     parts = outer.value
-    if not isinstance(parts, list) or len(parts) != 4:
+    # cbor2 6 hands a tagged array over as a tuple and its maps as frozendicts.
+    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
         raise AuthError("malformed", "COSE_Mac0 is not a 4-element array")
     protected, unprotected, payload, tag = parts
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(tag, bytes):
         raise AuthError("malformed", "COSE_Mac0 fields have wrong types")
-    if not isinstance(unprotected, dict) or not isinstance(unprotected.get(4), bytes):
+    kid = unprotected.get(4) if hasattr(unprotected, "get") else None
+    if not isinstance(kid, bytes):
         raise AuthError("malformed", "no kid in the unprotected header")
     try:
         header = cbor.loads(protected)
@@ -74,7 +76,6 @@ def verify(data, key_for, loads=None):
         raise AuthError("malformed", "protected header is not CBOR")
     if not isinstance(header, dict) or header.get(1) != ALG_HMAC_256_256:
         raise AuthError("malformed", "algorithm is not HMAC 256/256")
-    kid = unprotected[4]
     key = key_for(kid)
     if key is None:
         raise AuthError("unknown-key", "no key for kid %r" % kid)
