@@ -1,0 +1,364 @@
+"""site.toml: the gateway's whole configuration, checked field by field at start-up.
+
+A site runs unattended, so a typo must stop the daemon with the field's name rather than surface hours later
+as a silent default. Every table rejects keys it does not know. Relative paths are taken from the config
+file's directory, so a site directory can be moved as a whole. docs/gateway.md documents every key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEVICE_CLASSES = ("gas", "water", "drainage", "bridge", "rain", "drone")
+_ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A config problem, always phrased as "<field>: <why>"."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str
+    port: int
+    client_id: str
+    username: str | None
+    password: str | None
+    tls: TLSFiles | None
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str
+    cls: str
+    key: bytes = field(repr=False)
+    position: tuple[float, float] | None
+    interval_s: float | None
+
+
+@dataclass(frozen=True)
+class RiskPointConfig:
+    id: str
+    cls: str
+    lat: float
+    lon: float
+    radius_m: float
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    files: tuple[Path, ...]
+    overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    site: str
+    site_broker: BrokerConfig
+    district_broker: BrokerConfig
+    devices: Mapping[str, DeviceConfig]
+    rules: RulesConfig
+    risk_points: tuple[RiskPointConfig, ...]
+    store_path: Path
+    disk_budget_mb: float
+    batch_max_items: int
+    batch_max_delay_s: float
+    drain_rate: float
+    ingest_batch: int
+    clock_future_s: float
+    clock_past_s: float
+    gap_grace_s: float
+    seq_window: int
+    metrics_host: str
+    metrics_port: int
+    quarantine_rows: int
+    quarantine_log_interval_s: float
+    command_timeout_s: float
+    log_format: str
+    log_level: str
+
+
+class _Table:
+    """One TOML table with its dotted path, handing out checked values and refusing unknown keys."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, base: Path) -> None:
+        self.data = data
+        self.where = where
+        self.base = base
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.name(key)}: {why}")
+
+    def _get(self, key: str, kind: type[_T] | tuple[type, ...], what: str, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.fail(key, "missing (required)")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(key, f"must be {what}, not a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"must be {what}, not {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = None, pattern: re.Pattern[str] | None = None,
+            why: str = "") -> Any:
+        value = self._get(key, str, "a string", default)
+        if isinstance(value, str) and pattern is not None and not pattern.match(value):
+            raise self.fail(key, why or f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def number(self, key: str, default: Any = None, low: float | None = None, high: float | None = None,
+               integer: bool = False) -> Any:
+        value = self._get(key, int if integer else (int, float), "an integer" if integer else "a number",
+                          default)
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise self.fail(key, "must be finite")
+        if low is not None and value < low:
+            raise self.fail(key, f"must be at least {low}, not {value}")
+        if high is not None and value > high:
+            raise self.fail(key, f"must be at most {high}, not {value}")
+        return value
+
+    def path(self, key: str, default: Any = None, must_exist: bool = False) -> Path | None:
+        value = self.text(key, default)
+        if value is None:
+            return None
+        p = Path(value)
+        if not p.is_absolute():
+            p = self.base / p
+        if must_exist and not p.is_file():
+            raise self.fail(key, f"file {p} does not exist")
+        return p
+
+    def table(self, key: str, required: bool = True) -> _Table | None:
+        value = self._get(key, dict, "a table", _REQUIRED if required else None)
+        return None if value is None else _Table(value, self.name(key), self.base)
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._get(key, list, "an array of tables ([[" + key + "]])", [])
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ConfigError(f"{self.name(key)}[{i}]: must be a table")
+            out.append(_Table(item, f"{self.name(key)}[{i}]", self.base))
+        return out
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.fail(key, "unknown key (see docs/gateway.md)")
+
+
+_REQUIRED = object()
+
+
+def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfig:
+    host = t.text("host", _REQUIRED)
+    if not host:
+        raise t.fail("host", "must not be empty")
+    tls_t = t.table("tls", required=False)
+    tls = None
+    if tls_t is not None:
+        tls = TLSFiles(tls_t.path("ca_file", must_exist=True), tls_t.path("cert_file", must_exist=True),
+                       tls_t.path("key_file", must_exist=True))
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise tls_t.fail("key_file" if tls.key_file is None else "cert_file",
+                             "cert_file and key_file go together")
+        if client_cert and tls.cert_file is None:
+            raise tls_t.fail("cert_file", "missing (the district broker authenticates the gateway by "
+                                          "client certificate)")
+        tls_t.done()
+    port = t.number("port", 8883 if tls else 1883, 1, 65535, integer=True)
+    client_id = t.text("client_id", default_client_id)
+    if not 0 < len(client_id) <= 23 * 4:
+        raise t.fail("client_id", "must be 1-92 characters")
+    username = t.text("username")
+    password = t.text("password")
+    password_file = t.path("password_file", must_exist=True)
+    if password is not None and password_file is not None:
+        raise t.fail("password_file", "give password or password_file, not both")
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    if password is not None and username is None:
+        raise t.fail("username", "missing (a password needs a username)")
+    keepalive = t.number("keepalive", 30, 5, 3600, integer=True)
+    t.done()
+    return BrokerConfig(host, port, client_id, username, password, tls, keepalive)
+
+
+def _device(t: _Table) -> DeviceConfig:
+    dev_id = t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
+    cls = t.text("class", _REQUIRED)
+    if cls not in DEVICE_CLASSES:
+        raise t.fail("class", f"{cls!r} is not one of {', '.join(DEVICE_CLASSES)}")
+    key = t.text("key", _REQUIRED, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
+    pos = t._get("position", list, "[latitude, longitude]", None)
+    position = None
+    if pos is not None:
+        if len(pos) != 2 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pos):
+            raise t.fail("position", "must be [latitude, longitude] in degrees")
+        position = _lat_lon(t, "position", float(pos[0]), float(pos[1]))
+    interval = t.number("interval_s", None, 0.1, 86400.0)
+    t.done()
+    return DeviceConfig(dev_id, cls, bytes.fromhex(key), position,
+                        None if interval is None else float(interval))
+
+
+def _lat_lon(t: _Table, key: str, lat: float, lon: float) -> tuple[float, float]:
+    if not -90.0 <= lat <= 90.0:
+        raise t.fail(key, f"latitude {lat} is outside -90..90")
+    if not -180.0 <= lon <= 180.0:
+        raise t.fail(key, f"longitude {lon} is outside -180..180")
+    return lat, lon
+
+
+def _risk_point(t: _Table) -> RiskPointConfig:
+    rp_id = t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
+    cls = t.text("class", _REQUIRED)
+    if not cls:
+        raise t.fail("class", "must not be empty")
+    lat = float(t.number("lat", _REQUIRED))
+    lon = float(t.number("lon", _REQUIRED))
+    _lat_lon(t, "lat", lat, 0.0)
+    _lat_lon(t, "lon", 0.0, lon)
+    radius = float(t.number("radius_m", _REQUIRED, 1.0, 100_000.0))
+    t.done()
+    return RiskPointConfig(rp_id, cls, lat, lon, radius)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
+    """Check a parsed TOML document; `path` names the file that relative paths start from."""
+    root = _Table(data, "", path.parent)
+    site_t = root.table("site")
+    assert site_t is not None
+    site = site_t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
+    site_t.done()
+
+    sb = root.table("site_broker")
+    db = root.table("district_broker")
+    assert sb is not None and db is not None
+    site_broker = _broker(sb, f"lifeline-gw-{site}", client_cert=False)
+    district_broker = _broker(db, f"lifeline-gw-{site}-up", client_cert=True)
+
+    devices: dict[str, DeviceConfig] = {}
+    for dt in root.tables("devices"):
+        dev = _device(dt)
+        if dev.id in devices:
+            raise dt.fail("id", f"device {dev.id!r} is listed twice")
+        devices[dev.id] = dev
+
+    rules_t = root.table("rules", required=False)
+    files: list[Path] = []
+    overrides: Mapping[str, Any] = {}
+    if rules_t is not None:
+        raw = rules_t._get("files", list, "a list of file names", [])
+        for i, name in enumerate(raw):
+            if not isinstance(name, str):
+                raise rules_t.fail(f"files[{i}]", "must be a file name")
+            p = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not p.is_file():
+                raise rules_t.fail(f"files[{i}]", f"file {p} does not exist")
+            files.append(p)
+        overrides = rules_t._get("overrides", dict, "a table", {})
+        rules_t.done()
+
+    risk_points: list[RiskPointConfig] = []
+    for rt in root.tables("risk_points"):
+        rp = _risk_point(rt)
+        if any(r.id == rp.id for r in risk_points):
+            raise rt.fail("id", f"risk point {rp.id!r} is listed twice")
+        risk_points.append(rp)
+
+    store_t = root.table("store")
+    assert store_t is not None
+    store_path = store_t.path("path", _REQUIRED)
+    assert store_path is not None
+    disk_budget = float(store_t.number("disk_budget_mb", 512, 1.0))
+    store_t.done()
+
+    up_t = root.table("uplink", required=False) or _Table({}, "uplink", path.parent)
+    max_items = up_t.number("batch_max_items", 100, 1, 10_000, integer=True)
+    max_delay = float(up_t.number("batch_max_delay_ms", 200, 0, 60_000)) / 1000.0
+    drain_rate = float(up_t.number("drain_rate", 500, 1))
+    up_t.done()
+
+    in_t = root.table("ingest", required=False) or _Table({}, "ingest", path.parent)
+    ingest_batch = in_t.number("batch", 200, 1, 10_000, integer=True)
+    clock_future = float(in_t.number("clock_future_s", 120, 1))
+    clock_past = float(in_t.number("clock_past_s", 30 * 86400, 1))
+    gap_grace = float(in_t.number("gap_grace_s", 300, 0))
+    seq_window = in_t.number("seq_window", 65536, 16, 1 << 24, integer=True)
+    in_t.done()
+
+    m_t = root.table("metrics", required=False) or _Table({}, "metrics", path.parent)
+    metrics_host = m_t.text("host", "127.0.0.1")
+    metrics_port = m_t.number("port", 9108, 0, 65535, integer=True)
+    m_t.done()
+
+    q_t = root.table("quarantine", required=False) or _Table({}, "quarantine", path.parent)
+    q_rows = q_t.number("max_rows", 10_000, 1, 10_000_000, integer=True)
+    q_interval = float(q_t.number("log_interval_s", 60, 0))
+    q_t.done()
+
+    c_t = root.table("commands", required=False) or _Table({}, "commands", path.parent)
+    cmd_timeout = float(c_t.number("timeout_s", 30, 0.1, 86400))
+    c_t.done()
+
+    log_t = root.table("log", required=False) or _Table({}, "log", path.parent)
+    log_format = log_t.text("format", "kv")
+    if log_format not in ("kv", "json"):
+        raise log_t.fail("format", f"{log_format!r} is not kv or json")
+    log_level = log_t.text("level", "info")
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise log_t.fail("level", f"{log_level!r} is not debug, info, warning or error")
+    log_t.done()
+    root.done()
+
+    return GatewayConfig(
+        path=path, site=site, site_broker=site_broker, district_broker=district_broker, devices=devices,
+        rules=RulesConfig(tuple(files), overrides), risk_points=tuple(risk_points), store_path=store_path,
+        disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
+        drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
+        clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
+        metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_log_interval_s=q_interval,
+        command_timeout_s=cmd_timeout, log_format=log_format, log_level=log_level)
+
+
+def load(path: Path | str) -> GatewayConfig:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse(data, p.resolve())

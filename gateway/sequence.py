@@ -1,0 +1,195 @@
+"""Per-device sequence accounting: tell new messages from duplicates and replays, and find gaps.
+
+A device numbers every queued message (data and events share one counter that survives reboots), but the
+numbers do not arrive in order: an alarm pack jumps the device's flash backlog, and the backlog of an outage
+drains after it. So the state is not a "last seen" number but the span [low, high] of numbers seen, minus
+the holes not yet filled. A hole is only a gap once it has stayed open for the grace period; it is then
+reported upstream, and if the missing message turns up after all, that is reported too ("recovered").
+
+Everything at or below the floor is a replay: the floor trails the highest number by the window, and rises
+further if a device leaves more holes open than `MAX_HOLES` (the oldest hole is then written off as lost).
+State is one JSON row per device (JSON keeps 64-bit sequence numbers exact), written by `flush()` inside
+the ingest batch's transaction: this module never commits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import json
+import sqlite3
+from dataclasses import dataclass, field
+
+MAX_HOLES = 1024
+
+
+class Verdict(enum.Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    REPLAY = "replay"
+    STALE = "stale"  # an old will or state that arrived late: harmless, dropped, counted
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Sequence numbers first..last of one device: missing ("gap"), or found after all ("recovered")."""
+
+    dev: str
+    first: int
+    last: int
+    since: float
+    kind: str
+
+
+@dataclass
+class _Hole:
+    first: int
+    last: int
+    since: float
+    reported: bool = False
+
+
+@dataclass
+class _Device:
+    floor: int = -1
+    low: int | None = None
+    high: int = -1
+    holes: list[_Hole] = field(default_factory=list)  # sorted and disjoint
+    state_key: tuple[int, int, bool] | None = None  # (boot, seq, online) of the last state message
+    boot: int = -1  # highest boot count seen in a birth
+    duplicates: int = 0
+    replays: int = 0
+    gaps: int = 0
+
+    def to_json(self) -> str:
+        holes = [[h.first, h.last, h.since, h.reported] for h in self.holes]
+        return json.dumps([self.floor, self.low, self.high, holes, self.state_key, self.boot,
+                           self.duplicates, self.replays, self.gaps])
+
+    @classmethod
+    def from_json(cls, text: str) -> _Device:
+        f, lo, hi, holes, sk, boot, d, r, g = json.loads(text)
+        return cls(f, lo, hi, [_Hole(*h) for h in holes], None if sk is None else tuple(sk), boot, d, r, g)
+
+
+class SequenceTracker:
+    def __init__(self, conn: sqlite3.Connection, window: int = 65536, grace_s: float = 300.0) -> None:
+        self._conn = conn
+        self.window = window
+        self.grace_s = grace_s
+        conn.execute("CREATE TABLE IF NOT EXISTS seq_state (dev TEXT PRIMARY KEY, state TEXT NOT NULL)")
+        self._devices = {dev: _Device.from_json(text)
+                         for dev, text in conn.execute("SELECT dev, state FROM seq_state")}
+        self._dirty: set[str] = set()
+        self._events: list[Gap] = []
+
+    def _dev(self, dev: str) -> _Device:
+        d = self._devices.get(dev)
+        if d is None:
+            d = self._devices[dev] = _Device()
+        self._dirty.add(dev)
+        return d
+
+    def check(self, dev: str, seq: int, now: float) -> Verdict:
+        """Account for data or event number `seq` of `dev` received at `now`."""
+        d = self._dev(dev)
+        if seq <= d.floor:
+            d.replays += 1
+            return Verdict.REPLAY
+        if d.low is None:
+            d.low = d.high = seq
+            self._raise_floor(dev, d, seq - self.window)
+        elif seq > d.high:
+            if seq > d.high + 1:
+                d.holes.append(_Hole(d.high + 1, seq - 1, now))
+            d.high = seq
+            self._raise_floor(dev, d, seq - self.window)
+        elif seq < d.low:
+            if seq < d.low - 1:
+                d.holes.insert(0, _Hole(seq + 1, d.low - 1, now))
+            d.low = seq
+        elif not self._fill(dev, d, seq):
+            d.duplicates += 1
+            return Verdict.DUPLICATE
+        if len(d.holes) > MAX_HOLES:
+            self._raise_floor(dev, d, d.holes[0].last)
+        return Verdict.NEW
+
+    def _fill(self, dev: str, d: _Device, seq: int) -> bool:
+        i = bisect.bisect_right(d.holes, seq, key=lambda h: h.first) - 1
+        if i < 0 or seq > d.holes[i].last:
+            return False
+        h = d.holes[i]
+        d.holes[i:i + 1] = [_Hole(a, b, h.since, h.reported)
+                             for a, b in ((h.first, seq - 1), (seq + 1, h.last)) if a <= b]
+        if h.reported:
+            self._events.append(Gap(dev, seq, seq, h.since, "recovered"))
+        return True
+
+    def _raise_floor(self, dev: str, d: _Device, floor: int) -> None:
+        if floor <= d.floor:
+            return
+        d.floor = floor
+        if d.low is not None and d.low <= floor:
+            d.low = floor + 1
+        while d.holes and d.holes[0].first <= floor:
+            h = d.holes[0]
+            if not h.reported:
+                d.gaps += 1
+                self._events.append(Gap(dev, h.first, min(h.last, floor), h.since, "gap"))
+            if h.last <= floor:
+                d.holes.pop(0)
+            else:
+                h.first = floor + 1
+
+    def check_state(self, dev: str, boot: int, seq: int, online: bool) -> Verdict:
+        """A birth or death. An older boot's birth is a replay; an older boot's death is a late will."""
+        d = self._dev(dev)
+        key = (boot, seq, online)
+        if key == d.state_key:
+            d.duplicates += 1
+            return Verdict.DUPLICATE
+        if d.state_key is not None and (boot, seq) < d.state_key[:2]:
+            if online:
+                d.replays += 1
+                return Verdict.REPLAY
+            return Verdict.STALE
+        d.state_key = key
+        if online:
+            d.boot = max(d.boot, boot)
+        return Verdict.NEW
+
+    def due(self, now: float) -> list[Gap]:
+        """Gaps past their grace period and recoveries since the last call; each is returned once."""
+        for dev, d in self._devices.items():
+            for h in d.holes:
+                if not h.reported and h.since + self.grace_s <= now:
+                    h.reported = True
+                    d.gaps += 1
+                    self._dirty.add(dev)
+                    self._events.append(Gap(dev, h.first, h.last, h.since, "gap"))
+        out, self._events = self._events, []
+        return out
+
+    def stats(self, dev: str) -> tuple[int, int, int]:
+        """(duplicates, replays, gaps reported) for one device."""
+        d = self._devices.get(dev)
+        return (d.duplicates, d.replays, d.gaps) if d else (0, 0, 0)
+
+    def open_holes(self, dev: str) -> int:
+        d = self._devices.get(dev)
+        return sum(h.last - h.first + 1 for h in d.holes) if d else 0
+
+    def flush(self) -> None:
+        """Write changed devices into the current transaction (the caller commits)."""
+        if self._dirty:
+            self._conn.executemany("INSERT OR REPLACE INTO seq_state (dev, state) VALUES (?, ?)",
+                                   [(dev, self._devices[dev].to_json()) for dev in self._dirty])
+            self._dirty.clear()
+
+    def rollback(self) -> None:
+        """Forget unflushed changes after a failed batch: reload from the (rolled back) store."""
+        self._devices = {dev: _Device.from_json(text)
+                         for dev, text in self._conn.execute("SELECT dev, state FROM seq_state")}
+        self._dirty.clear()
+        self._events.clear()

@@ -1,0 +1,89 @@
+"""Sequence accounting: out-of-order arrival, duplicates, replays, gaps after grace, persistence."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.sequence import MAX_HOLES, SequenceTracker, Verdict
+
+
+def tracker(window: int = 1000, grace: float = 10.0) -> SequenceTracker:
+    return SequenceTracker(sqlite3.connect(":memory:"), window, grace)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=200))
+def test_each_number_is_new_exactly_once_in_any_order(seqs: list[int]) -> None:
+    t = tracker()
+    new = [s for s in seqs if t.check("d1", s, 0.0) is Verdict.NEW]
+    assert sorted(new) == sorted(set(seqs))
+    dups = len(seqs) - len(set(seqs))
+    assert t.stats("d1")[0] == dups
+    # every number between the lowest and highest seen that never came is exactly one reported gap number
+    missing = set(range(min(seqs), max(seqs) + 1)) - set(seqs)
+    reported = {n for g in t.due(100.0) if g.kind == "gap" for n in range(g.first, g.last + 1)}
+    assert reported == missing
+
+
+def test_gap_waits_for_grace_then_reports_and_late_arrival_is_recovered() -> None:
+    t = tracker(grace=10.0)
+    for s in (1, 2, 5):  # 3 and 4 missing, as when an alarm pack jumps the backlog
+        assert t.check("d1", s, 0.0) is Verdict.NEW
+    assert t.due(5.0) == []
+    assert t.check("d1", 3, 6.0) is Verdict.NEW  # the backlog fills part of the hole within grace
+    gaps = t.due(10.0)
+    assert [(g.first, g.last, g.kind) for g in gaps] == [(4, 4, "gap")]
+    assert t.due(20.0) == []  # reported once
+    assert t.check("d1", 4, 30.0) is Verdict.NEW  # late after all: accepted, and reported as recovered
+    assert [(g.first, g.last, g.kind) for g in t.due(31.0)] == [(4, 4, "recovered")]
+    assert t.check("d1", 4, 32.0) is Verdict.DUPLICATE
+
+
+def test_below_window_floor_is_replay() -> None:
+    t = tracker(window=100)
+    assert t.check("d1", 1000, 0.0) is Verdict.NEW
+    assert t.check("d1", 950, 0.0) is Verdict.NEW  # backlog inside the window
+    assert t.check("d1", 900, 0.0) is Verdict.REPLAY
+    assert t.check("d1", 2 ** 64 - 1, 0.0) is Verdict.NEW  # 64-bit numbers stay exact
+    assert t.check("d1", 1001, 0.0) is Verdict.REPLAY
+    # the holes pushed below the floor are written off as gaps at once
+    kinds = [(g.first, g.last) for g in t.due(0.0)]
+    assert (951, 999) in kinds and (1001, 2 ** 64 - 101) in kinds
+
+
+def test_holes_are_bounded() -> None:
+    t = tracker(window=1 << 20)
+    for s in range(0, 2 * (MAX_HOLES + 10), 2):
+        t.check("d1", s, 0.0)
+    assert t.open_holes("d1") <= MAX_HOLES
+    assert t.check("d1", 1, 0.0) is Verdict.REPLAY  # the oldest hole was written off
+
+
+def test_state_births_and_wills() -> None:
+    t = tracker()
+    assert t.check_state("d1", 3, 10, True) is Verdict.NEW
+    assert t.check_state("d1", 3, 10, True) is Verdict.DUPLICATE  # retained birth delivered again
+    assert t.check_state("d1", 2, 50, True) is Verdict.REPLAY  # a birth of an older boot
+    assert t.check_state("d1", 2, 50, False) is Verdict.STALE  # the old boot's will, late
+    assert t.check_state("d1", 3, 10, False) is Verdict.NEW  # this boot's will
+    assert t.check_state("d1", 4, 12, True) is Verdict.NEW
+
+
+def test_state_survives_flush_and_reload() -> None:
+    conn = sqlite3.connect(":memory:")
+    t = SequenceTracker(conn, 1000, 10.0)
+    for s in (1, 2, 4):
+        t.check("d1", s, 0.0)
+    t.check_state("d1", 1, 5, True)
+    t.flush()
+    conn.commit()
+    t.check("d1", 9, 0.0)  # not flushed: lost with the batch
+    t.rollback()
+    again = SequenceTracker(conn, 1000, 10.0)
+    assert again.check("d1", 2, 1.0) is Verdict.DUPLICATE
+    assert again.check("d1", 3, 1.0) is Verdict.NEW
+    assert again.check("d1", 9, 1.0) is Verdict.NEW
+    assert again.check_state("d1", 1, 5, True) is Verdict.DUPLICATE
