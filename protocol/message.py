@@ -67,7 +67,7 @@ def _uint(body, name, limit=MAX_SEQ):
 
 def _is(body, name, types):
     v = body.get(name)
-    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+    if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
         raise MessageError("schema", "%s has the wrong type" % name)
     return v
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "[test] ruff"; ruff check gateway lifeline hil_tests bench tests
+echo "[test] ruff"; ruff check .
 echo "[test] mypy --strict gateway"; mypy --strict gateway lifeline
 echo "[test] pytest"
 pytest "$@"

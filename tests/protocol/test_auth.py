@@ -1,7 +1,6 @@
 """HMAC-SHA256 and the COSE_Mac0 envelope; shared by CPython and MicroPython."""
 
 from protocol import auth, cbor
-
 from prototest import raises, unhex
 
 KEY = b"k" * 32

@@ -2,7 +2,6 @@
 
 from protocol import cbor
 from protocol.cbor import UNDEFINED, CBORDecodeError, Simple, Tag
-
 from prototest import load_vectors, raises, same, unhex
 
 INF = float("inf")

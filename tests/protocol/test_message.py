@@ -1,7 +1,6 @@
 """Message bodies: build, seal, decode, check; shared by CPython and MicroPython."""
 
 from protocol import cbor, message, senml, topics
-
 from prototest import raises
 
 KEY = b"\x01" * 32

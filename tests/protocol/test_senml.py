@@ -1,7 +1,6 @@
 """SenML pack building and resolution (RFC 8428); shared by CPython and MicroPython."""
 
 from protocol import cbor, senml
-
 from prototest import raises
 
 

@@ -1,7 +1,6 @@
 """Topic building and parsing; shared by CPython and MicroPython."""
 
 from protocol import topics
-
 from prototest import raises
 
 
