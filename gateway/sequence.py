@@ -193,3 +193,12 @@ class SequenceTracker:
                          for dev, text in self._conn.execute("SELECT dev, state FROM seq_state")}
         self._dirty.clear()
         self._events.clear()
+
+
+def sequence_stats(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int]]:
+    """(duplicates, replays, gaps reported) per device, read straight from a store (for `lifeline status`)."""
+    out = {}
+    for dev, text in conn.execute("SELECT dev, state FROM seq_state"):
+        d = _Device.from_json(text)
+        out[dev] = (d.duplicates, d.replays, d.gaps)
+    return out
