@@ -1,0 +1,365 @@
+"""Power-loss-safe queue of byte records on flash, for store-and-forward of sealed messages.
+
+Layout of the queue directory:
+  a<N>, r<N>   append-only segment files of the alarm and routine lanes, N counting up per lane
+  idx          {"n": next id, "f": [[seg, off], [seg, off]] (first unacked byte per lane),
+                "x": ids acked out of order beyond a floor, "d": [alarm, routine] records dropped when
+                full, "c": records cut as damaged}; replaced by write-temp-then-rename (persist.save)
+A record is a 12-byte header <magic u8, flags u8, length u16, id u32, crc32 u32> and its payload; the CRC
+covers the first 8 header bytes and the payload. Flags bit 0 = alarm lane, bits 1..7 = caller's kind.
+
+Why it survives a cut at any instant: segment bytes are only ever appended, so the worst a cut leaves is a
+torn last record, which the CRC exposes and open() cuts off; everything else that changes (acks, drops,
+which segments are dead) lives in the index, which is swapped atomically. A segment file is removed only
+after an index that no longer points into it is in place, and leftovers below a floor are removed at open.
+"""
+
+import os
+import struct
+from binascii import crc32
+
+import persist
+
+_HDR = "<BBHII"
+_HLEN = 12
+_MAGIC = 0xA7
+ALARM, ROUTINE = 0, 1
+_LANE = "ar"
+
+
+class FlashQ:
+    def __init__(self, path, capacity=65536, segment=4096, max_record=1024):
+        if capacity < 2 * segment:
+            raise ValueError("capacity must hold at least two segments")
+        self.dir = path
+        self.capacity = capacity
+        self.segment = segment
+        self.max_record = max_record
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+        self._idx = path + "/idx"
+        self._h = bytearray(_HLEN)
+        self._buf = bytearray(128)
+        self._rf = None
+        self._rkey = None
+        self._pos = {}
+        st = persist.load(self._idx) or {}
+        self._next = st.get("n", 1)
+        self._floor = st.get("f") or [None, None]
+        self._acked = st.get("x", [])
+        self.dropped = st.get("d", [0, 0])
+        self.corrupt = st.get("c", 0)
+        self._head = [0, 0]
+        self._low = [0, 0]
+        self._hsize = [0, 0]
+        self._used = [0, 0]
+        self._live = [0, 0]
+        segs = ([], [])
+        for name in os.listdir(path):
+            lane = _LANE.find(name[:1])
+            if lane >= 0 and name[1:].isdigit():
+                segs[lane].append(int(name[1:]))
+        seen = []
+        top = 0
+        for lane in (ALARM, ROUTINE):
+            nums = segs[lane]
+            fl = self._floor[lane] or [min(nums) if nums else 0, 0]
+            self._floor[lane] = fl
+            for n in nums:
+                if n < fl[0]:
+                    os.remove(self._name(lane, n))
+            self._low[lane] = fl[0]
+            self._head[lane] = max(nums + [fl[0]])
+            top = max(top, self._scan(lane, seen))
+        self._acked = seen
+        self._next = max(self._next, top + 1)
+        for lane in (ALARM, ROUTINE):
+            self._advance(lane, False)
+        self._save()
+        for lane in (ALARM, ROUTINE):
+            self._reap(lane)
+
+    # -- public -----------------------------------------------------------------------------------------
+
+    def put(self, data, alarm=False, kind=0):
+        """Append one record and return its id; it is on flash when this returns."""
+        n = len(data)
+        if n > self.max_record or not 0 <= kind < 128:
+            raise ValueError("record too large or kind out of range")
+        lane = ALARM if alarm else ROUTINE
+        need = _HLEN + n
+        self._make_room(need)
+        if self._hsize[lane] and self._hsize[lane] + need > self.segment:
+            self._roll(lane)
+        rid = self._next
+        h = self._h
+        struct.pack_into(_HDR, h, 0, _MAGIC, kind << 1 | (lane ^ 1), n, rid, 0)
+        struct.pack_into("<I", h, 8, crc32(data, crc32(memoryview(h)[:8])))
+        if self._rkey == (lane, self._head[lane]):
+            self._close()
+        with open(self._name(lane, self._head[lane]), "ab") as f:
+            f.write(h)
+            f.write(data)
+        self._next = rid + 1
+        self._hsize[lane] += need
+        self._used[lane] += need
+        self._live[lane] += 1
+        return rid
+
+    def peek(self, n=1, skip=0):
+        """Up to n unacked records as (id, kind, payload) in sending order: the alarm lane first, then the
+        routine lane, each oldest first. `skip` passes over that many first (the ones already in flight)."""
+        out = []
+        left = skip
+        if len(self._pos) > 16:
+            self._pos = {}
+        for lane in (ALARM, ROUTINE):
+            seg, off = self._floor[lane]
+            while len(out) < n and seg <= self._head[lane]:
+                r = self._hdr(lane, seg, off)
+                if r is None:
+                    seg, off = seg + 1, 0
+                    continue
+                if r is not False:
+                    flags, ln, rid, crc = r
+                    if rid in self._acked or left:
+                        if rid not in self._acked:
+                            left -= 1
+                        off += _HLEN + ln
+                        continue
+                    data = self._rf.read(ln)
+                    if len(data) == ln and crc32(data, crc32(memoryview(self._h)[:8])) == crc:
+                        out.append((rid, flags >> 1, data))
+                        self._pos[rid] = (lane, seg, off)
+                        off += _HLEN + ln
+                        continue
+                # Damaged after it was written (flash fault): cut it like a torn tail and start over.
+                self._scan(lane, self._acked)
+                self._save()
+                return self.peek(n, skip)
+        return out
+
+    def ack(self, rid):
+        """Forget a record once the broker has it (after PUBACK). False if it is unknown or already gone."""
+        loc = self._pos.pop(rid, None) or self._find(rid)
+        if loc is None or rid in self._acked:
+            return False
+        lane, seg, off = loc
+        self._live[lane] -= 1
+        if [seg, off] != self._floor[lane]:
+            self._acked.append(rid)
+            self._save()
+            return True
+        self._advance(lane, True)
+        self._save()
+        self._reap(lane)
+        return True
+
+    def __len__(self):
+        return self._live[0] + self._live[1]
+
+    def count(self, lane):
+        return self._live[lane]
+
+    @property
+    def used(self):
+        """Bytes of segment files on flash, the quantity held under `capacity`."""
+        return self._used[0] + self._used[1]
+
+    @property
+    def next_id(self):
+        return self._next
+
+    def close(self):
+        self._close()
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _name(self, lane, seg):
+        return "%s/%s%d" % (self.dir, _LANE[lane], seg)
+
+    def _save(self):
+        persist.save(self._idx, {"n": self._next, "f": self._floor, "x": self._acked, "d": self.dropped,
+                                 "c": self.corrupt})
+
+    def _close(self):
+        if self._rf:
+            self._rf.close()
+        self._rf = self._rkey = None
+
+    def _hdr(self, lane, seg, off):
+        """Header at (seg, off) as (flags, length, id, crc); None at the segment's end, False if damaged.
+        Leaves the read handle positioned at the payload."""
+        if self._rkey != (lane, seg):
+            self._close()
+            try:
+                self._rf = open(self._name(lane, seg), "rb")
+            except OSError:
+                return None
+            self._rkey = (lane, seg)
+        f = self._rf
+        f.seek(off)
+        got = f.readinto(self._h)
+        if not got:
+            return None
+        magic, flags, ln, rid, crc = struct.unpack_from(_HDR, self._h)
+        if got < _HLEN or magic != _MAGIC or ln > self.max_record or (flags & 1) != lane ^ 1:
+            return False
+        return flags, ln, rid, crc
+
+    def _scan(self, lane, seen):
+        """Check every record from the floor, cutting a segment at its first bad record (a torn write);
+        recount the lane. Collects acked-out-of-order ids still present into `seen`; returns the top id."""
+        top = live = 0
+        self._pos = {}
+        seg, off = self._floor[lane]
+        buf = memoryview(self._buf)
+        while seg <= self._head[lane]:
+            r = self._hdr(lane, seg, off)
+            if r is None:
+                seg, off = seg + 1, 0
+                continue
+            ok = r is not False
+            if ok:
+                flags, ln, rid, crc = r
+                c = crc32(memoryview(self._h)[:8])
+                left = ln
+                while left and ok:
+                    k = self._rf.readinto(buf[:min(left, len(buf))])
+                    ok = k > 0
+                    c = crc32(buf[:k], c)
+                    left -= k
+                ok = ok and c == crc
+            if not ok:
+                self._cut(lane, seg, off)
+                self.corrupt += 1
+                seg, off = seg + 1, 0
+                continue
+            top = max(top, rid)
+            if rid in self._acked:
+                if rid not in seen:
+                    seen.append(rid)
+            else:
+                live += 1
+            off += _HLEN + ln
+        self._live[lane] = live
+        used = 0
+        for s in range(self._low[lane], self._head[lane] + 1):
+            used += self._size(lane, s)
+        self._used[lane] = used
+        self._hsize[lane] = self._size(lane, self._head[lane])
+        return top
+
+    def _size(self, lane, seg):
+        try:
+            return os.stat(self._name(lane, seg))[6]
+        except OSError:
+            return 0
+
+    def _cut(self, lane, seg, off):
+        """Truncate a segment to its first `off` bytes by copy and rename (the port has no truncate)."""
+        self._close()
+        name = self._name(lane, seg)
+        if off == 0:
+            os.remove(name)
+            return
+        tmp = self.dir + "/cut.tmp"
+        buf = self._buf
+        with open(name, "rb") as src, open(tmp, "wb") as dst:
+            left = off
+            while left:
+                k = min(src.readinto(buf), left)
+                if not k:
+                    break
+                dst.write(memoryview(buf)[:k])
+                left -= k
+        os.rename(tmp, name)
+
+    def _find(self, rid):
+        for lane in (ALARM, ROUTINE):
+            seg, off = self._floor[lane]
+            while seg <= self._head[lane]:
+                r = self._hdr(lane, seg, off)
+                if not r:
+                    if r is False or seg == self._head[lane]:
+                        break
+                    seg, off = seg + 1, 0
+                    continue
+                if r[2] == rid:
+                    return lane, seg, off
+                if r[2] > rid:
+                    break
+                off += _HLEN + r[1]
+        return None
+
+    def _advance(self, lane, skip):
+        """Move the floor past acked records (and the one just acked if `skip`), and past the end of
+        every segment that is not the head."""
+        fl = self._floor[lane]
+        while True:
+            r = self._hdr(lane, fl[0], fl[1])
+            if r is None:
+                if fl[0] >= self._head[lane]:
+                    return
+                fl[0] += 1
+                fl[1] = 0
+                continue
+            if r is False:
+                return
+            if skip:
+                skip = False
+            elif r[2] in self._acked:
+                self._acked.remove(r[2])
+            else:
+                return
+            fl[1] += _HLEN + r[1]
+
+    def _reap(self, lane):
+        """Remove the segment files below the floor; call it only once the index saying so is saved."""
+        for seg in range(self._low[lane], self._floor[lane][0]):
+            size = self._size(lane, seg)
+            if size:
+                if self._rkey == (lane, seg):
+                    self._close()
+                os.remove(self._name(lane, seg))
+                self._used[lane] -= size
+        self._low[lane] = self._floor[lane][0]
+
+    def _roll(self, lane):
+        self._head[lane] += 1
+        self._hsize[lane] = 0
+        fl = self._floor[lane]
+        if fl[0] == self._head[lane] - 1 and self._hdr(lane, fl[0], fl[1]) is None:
+            fl[0] += 1
+            fl[1] = 0
+            self._save()
+            self._reap(lane)
+
+    def _make_room(self, need):
+        """Drop whole oldest segments, routine lane first, until `need` more bytes fit under capacity."""
+        while self.used + need > self.capacity:
+            lane = ROUTINE if self._used[ROUTINE] else ALARM
+            if not self._used[lane]:
+                raise ValueError("record larger than capacity")
+            fl = self._floor[lane]
+            seg, off = fl
+            while True:
+                r = self._hdr(lane, seg, off)
+                if not r:
+                    break
+                if r[2] in self._acked:
+                    self._acked.remove(r[2])
+                else:
+                    self.dropped[lane] += 1
+                    self._live[lane] -= 1
+                off += _HLEN + r[1]
+            if seg == self._head[lane]:
+                self._head[lane] += 1
+                self._hsize[lane] = 0
+            fl[0] = seg + 1
+            fl[1] = 0
+            self._pos = {}
+            self._save()
+            self._reap(lane)

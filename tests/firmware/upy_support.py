@@ -1,0 +1,25 @@
+"""Ships firmware modules and MicroPython test scripts as .mpy, as `lifeline flash` does for a board:
+the 64K heap cannot compile the larger modules from source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifeline import upy
+
+LIB = upy.FIRMWARE / "lib"
+SCRIPTS = Path(__file__).parent / "upy"
+
+
+def build(out: Path, *names: str) -> Path:
+    """Compile firmware/lib/NAME.py or tests/firmware/upy/NAME.py for each name into `out`."""
+    for name in names:
+        source = LIB / f"{name}.py"
+        if not source.exists():
+            source = SCRIPTS / f"{name}.py"
+        upy.compile_module(source, out / f"{name}.mpy")
+    return out
+
+
+def env(mpy_dir: Path) -> dict[str, str]:
+    return {"MICROPYPATH": f"{mpy_dir}:.frozen"}
