@@ -1,0 +1,602 @@
+"""The alarm engine: judges readings by the rule set and runs each alarm's lifecycle.
+
+Lifecycle: raised -> escalated / de-escalated -> cleared. Every transition is returned to the caller as a
+Transition whose body() goes upstream. State lives in SQLite tables on the caller's connection and is
+written, never committed, here: the daemon commits it in the same transaction as the outbox rows carrying
+the transitions, so after a crash either both exist or neither does, and a restart neither re-raises an
+alarm nor forgets one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from gateway.riskpoints import RiskPoints
+from gateway.rules import (
+    Level,
+    RateRule,
+    RuleError,
+    RuleSet,
+    Run,
+    StaleRule,
+    SumRule,
+    SumState,
+    Threshold,
+    judge,
+    parse_ruleset,
+    rate_signal,
+    stale_level,
+    sum_signal,
+)
+
+Event = Literal["raised", "escalated", "de-escalated", "cleared"]
+RuleKind = Literal["level", "rate", "sum", "stale"]
+Key = tuple[str, str, str, str]  # scope ("device" | "point"), subject id, metric ("" for stale), rule kind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alarm_ruleset (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, body TEXT NOT NULL, applied_at REAL);
+CREATE TABLE IF NOT EXISTS alarm_device (
+    device TEXT PRIMARY KEY, device_class TEXT NOT NULL, dead_at REAL);
+CREATE TABLE IF NOT EXISTS alarm_track (
+    scope TEXT NOT NULL, subject TEXT NOT NULL, metric TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (scope, subject, metric, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarm_active (
+    id TEXT PRIMARY KEY, scope TEXT NOT NULL, subject TEXT NOT NULL, metric TEXT NOT NULL, kind TEXT NOT NULL,
+    level INTEGER NOT NULL, raised_at REAL NOT NULL, acked_at REAL, resends INTEGER NOT NULL, next_resend REAL,
+    last TEXT NOT NULL, UNIQUE (scope, subject, metric, kind));
+"""
+
+
+def _label(level: Level | None) -> str | None:
+    return None if level is None else level.label
+
+
+def _level(label: object) -> Level | None:
+    return None if label is None else Level.parse(str(label))
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step of an alarm's lifecycle; body() is the upstream event."""
+
+    event: Event
+    alarm_id: str
+    rule_kind: RuleKind
+    device: str
+    device_class: str
+    metric: str | None
+    level: Level | None
+    prev: Level | None
+    value: float | None
+    reading: float | None
+    rule: str
+    rule_version: int
+    device_time: float | None
+    gateway_time: float
+    point: str | None = None
+    position: tuple[float, float] | None = None
+    unit: str | None = None
+    cause: str | None = None
+    resend: int = 0
+
+    def body(self) -> dict[str, Any]:
+        """Text-keyed map for the district. `value` is what the rule judged (the reading, its size, the
+        change within the window, the accumulated amount, or seconds of silence); `reading` is the raw one."""
+        out: dict[str, Any] = {
+            "id": self.alarm_id,
+            "ev": self.event,
+            "kind": self.rule_kind,
+            "dev": self.device,
+            "cls": self.device_class,
+            "metric": self.metric,
+            "level": _label(self.level),
+            "prev": _label(self.prev),
+            "value": self.value,
+            "reading": self.reading,
+            "rule": self.rule,
+            "rver": self.rule_version,
+            "t_dev": self.device_time,
+            "t_gw": self.gateway_time,
+            "resend": self.resend,
+        }
+        if self.point is not None:
+            out["point"] = self.point
+        if self.position is not None:
+            out["pos"] = [self.position[0], self.position[1]]
+        if self.unit is not None:
+            out["unit"] = self.unit
+        if self.cause is not None:
+            out["cause"] = self.cause
+        return out
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Transition:
+        pos = body.get("pos")
+        return cls(
+            event=body["ev"],
+            alarm_id=body["id"],
+            rule_kind=body["kind"],
+            device=body["dev"],
+            device_class=body["cls"],
+            metric=body["metric"],
+            level=_level(body["level"]),
+            prev=_level(body["prev"]),
+            value=body["value"],
+            reading=body["reading"],
+            rule=body["rule"],
+            rule_version=body["rver"],
+            device_time=body["t_dev"],
+            gateway_time=body["t_gw"],
+            point=body.get("point"),
+            position=None if pos is None else (float(pos[0]), float(pos[1])),
+            unit=body.get("unit"),
+            cause=body.get("cause"),
+            resend=body.get("resend", 0),
+        )
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """An active alarm: its current level, acknowledgement and re-send schedule, and its latest transition."""
+
+    id: str
+    key: Key
+    level: Level
+    raised_at: float
+    acked_at: float | None
+    resends: int
+    next_resend: float | None
+    last: Transition
+
+    @property
+    def device(self) -> str:
+        return self.last.device
+
+    @property
+    def metric(self) -> str | None:
+        return self.last.metric
+
+    @property
+    def point(self) -> str | None:
+        return self.last.point
+
+
+@dataclass(frozen=True)
+class Track:
+    """Evaluation state of one rule on one subject, between samples."""
+
+    runs: Mapping[Level, Run] = field(default_factory=dict)
+    window: tuple[tuple[float, float], ...] = ()
+    sums: SumState | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"runs": {str(int(lv)): [r.start, r.last, r.count] for lv, r in self.runs.items()}}
+        if self.window:
+            data["window"] = [list(item) for item in self.window]
+        if self.sums is not None:
+            data["sums"] = {"last": self.sums.last, "bins": [list(item) for item in self.sums.bins]}
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Track:
+        data = json.loads(text)
+        runs = {Level(int(lv)): Run(float(s), float(last), int(n)) for lv, (s, last, n) in data["runs"].items()}
+        window = tuple((float(t), float(v)) for t, v in data.get("window", ()))
+        sums = data.get("sums")
+        state = None
+        if sums is not None:
+            state = SumState(float(sums["last"]), tuple((int(i), float(a)) for i, a in sums["bins"]))
+        return cls(runs, window, state)
+
+    def empty(self) -> bool:
+        return not self.runs and not self.window and self.sums is None
+
+
+@dataclass
+class _Device:
+    cls: str
+    last_seen: float | None  # gateway time; None until the first reading or tick after a restart
+    dead_at: float | None
+
+
+@dataclass(frozen=True)
+class _Reading:
+    device: str
+    cls: str
+    metric: str
+    reading: float
+    device_time: float
+    now: float
+    point: str | None
+    position: tuple[float, float] | None
+    unit: str | None
+
+
+def _finite(value: float, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, not {value!r}")
+    return number
+
+
+class AlarmEngine:
+    """Judges readings and runs the alarm lifecycle; see docs/rules.md.
+
+    Times are seconds: `device_time` on the device's clock (pending durations, rate and sum windows),
+    `now` on the gateway's (staleness, re-sends). The engine reads no clock itself.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        ruleset: RuleSet,
+        riskpoints: RiskPoints | None = None,
+        *,
+        resend_first_s: float = 60.0,
+        resend_max_s: float = 3600.0,
+    ) -> None:
+        if not 0 < resend_first_s <= resend_max_s:
+            raise ValueError("need 0 < resend_first_s <= resend_max_s")
+        self._conn = conn
+        self._points = riskpoints if riskpoints is not None else RiskPoints()
+        self._first = resend_first_s
+        self._max = resend_max_s
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)  # not executescript(): that would commit the caller's transaction
+        stored, newer = self._stored_ruleset(ruleset.version)
+        active = stored if newer and stored is not None else ruleset
+        self._check_points(active)
+        self._devices: dict[str, _Device] = {
+            dev: _Device(cls, None, dead)
+            for dev, cls, dead in conn.execute("SELECT device, device_class, dead_at FROM alarm_device")
+        }
+        self._tracks: dict[Key, Track] = {
+            (scope, subject, metric, kind): Track.from_json(state)
+            for scope, subject, metric, kind, state in conn.execute(
+                "SELECT scope, subject, metric, kind, state FROM alarm_track"
+            )
+        }
+        self._alarms: dict[Key, Alarm] = {}
+        for row in conn.execute(
+            "SELECT id, scope, subject, metric, kind, level, raised_at, acked_at, resends, next_resend, last "
+            "FROM alarm_active"
+        ):
+            key: Key = (row[1], row[2], row[3], row[4])
+            last = Transition.from_body(json.loads(row[10]))
+            self._alarms[key] = Alarm(row[0], key, Level(row[5]), row[6], row[7], row[8], row[9], last)
+        # Compare against the rules the stored state was judged under; unknown rules reset every track.
+        self._rules = stored if stored is not None else active
+        if stored is None:
+            for key in list(self._tracks):
+                self._save_track(key, Track())
+        if stored is None or not newer:
+            self._switch(active, None)
+
+    # ------------------------------------------------------------------------------------ public API
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._rules
+
+    def observe(
+        self,
+        device: str,
+        device_class: str,
+        metric: str,
+        value: float,
+        device_time: float,
+        now: float,
+        position: tuple[float, float] | None = None,
+    ) -> list[Transition]:
+        """Judge one reading. A position (lat, lon) attributes it to the nearest risk point in range.
+
+        Raises ValueError for a non-finite value or time: the caller quarantines such a reading.
+        """
+        reading = _finite(value, "value")
+        device_time = _finite(device_time, "device_time")
+        now = _finite(now, "now")
+        if position is not None:
+            position = (_finite(position[0], "latitude"), _finite(position[1], "longitude"))
+        out = self._seen(device, device_class, now)
+        scope, subject, cls, point = "device", device, device_class, None
+        rules = None
+        if position is not None:
+            hit = self._points.nearest(*position)
+            if hit is not None:
+                rules = self._rules.metric_rules(hit[0].cls, hit[0].id, metric)
+                if rules is not None:
+                    scope, subject, cls, point = "point", hit[0].id, hit[0].cls, hit[0].id
+        if rules is None:
+            rules = self._rules.metric_rules(device_class, device, metric)
+        if rules is None:
+            return out
+        ctx = _Reading(device, cls, metric, reading, device_time, now, point, position, rules.unit)
+        if rules.level is not None:
+            judged = abs(reading) if rules.abs else reading
+            out += self._judge((scope, subject, metric, "level"), rules.id, rules.level, ctx, judged)
+        if rules.rate is not None:
+            out += self._judge_rate((scope, subject, metric, "rate"), rules.id + ".rate", rules.rate, ctx)
+        if rules.sum is not None:
+            out += self._judge_sum((scope, subject, metric, "sum"), rules.id + ".sum", rules.sum, ctx)
+        return out
+
+    def tick(self, now: float) -> list[Transition]:
+        """Time-driven work: raise or escalate stale alarms, and clear alarms whose rule is gone.
+
+        Pending durations are measured between samples, not here: a condition is only known to hold while
+        samples show it, so a lone spike followed by silence never raises an alarm.
+        """
+        out = self._sweep(now)
+        for device, info in self._devices.items():
+            if info.last_seen is None:
+                info.last_seen = now  # after a restart, silence is counted from here, not from the outage
+            rule = self._rules.stale_rule(info.cls, device)
+            if rule is not None:
+                out += self._stale(device, info, rule, now, "will" if info.dead_at is not None else "silence")
+        return out
+
+    def device_dead(self, device: str, now: float, device_class: str | None = None) -> list[Transition]:
+        """The device's will (or a death message) arrived: stale at once, at the rule's `will` level."""
+        info = self._devices.get(device)
+        if info is None:
+            if device_class is None:
+                return []
+            info = self._devices[device] = _Device(device_class, None, None)
+        if info.dead_at is None:
+            info.dead_at = now
+            self._save_device(device, info)
+        rule = self._rules.stale_rule(info.cls, device)
+        return [] if rule is None else self._stale(device, info, rule, now, "will")
+
+    def acknowledge(self, alarm_id: str, now: float) -> bool:
+        """The district acknowledged `alarm_id`: stop re-sending it. False if no such alarm is active."""
+        for alarm in self._alarms.values():
+            if alarm.id == alarm_id:
+                if alarm.acked_at is None:
+                    self._save_alarm(replace(alarm, acked_at=now, next_resend=None))
+                return True
+        return False
+
+    def due_resends(self, now: float) -> list[Transition]:
+        """The latest transition of each unacknowledged alarm whose re-send is due, with backoff doubling
+        from resend_first_s up to resend_max_s."""
+        out = []
+        for alarm in sorted(self._alarms.values(), key=lambda a: (-a.level, a.raised_at)):
+            if alarm.acked_at is None and alarm.next_resend is not None and alarm.next_resend <= now:
+                count = alarm.resends + 1
+                delay = min(self._first * 2**count, self._max)
+                self._save_alarm(replace(alarm, resends=count, next_resend=now + delay))
+                out.append(replace(alarm.last, resend=count))
+        return out
+
+    def active(self) -> list[Alarm]:
+        """Active alarms, highest level first, then oldest first."""
+        return sorted(self._alarms.values(), key=lambda a: (-a.level, a.raised_at, a.id))
+
+    def replace_rules(self, ruleset: RuleSet, now: float) -> list[Transition]:
+        """Apply a newer rule set at run time. Active alarms keep their id and level until the next reading
+        is judged by the new rules; alarms whose rule is gone are cleared now (returned).
+
+        Raises RuleError if the version is not newer or a risk point's class has no rules.
+        """
+        if ruleset.version <= self._rules.version:
+            raise RuleError("version", f"must be greater than the active version {self._rules.version}")
+        self._check_points(ruleset)
+        self._switch(ruleset, now)
+        return self._sweep(now)
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _stored_ruleset(self, given: int) -> tuple[RuleSet | None, bool]:
+        """The rule set applied before a restart, and whether it is newer than the given one (then it wins:
+        the district may have pushed it). An older one that no longer validates is dropped."""
+        row = self._conn.execute("SELECT version, body FROM alarm_ruleset WHERE id = 1").fetchone()
+        if row is None:
+            return None, False
+        newer = bool(row[0] > given)
+        try:
+            return parse_ruleset(json.loads(row[1])), newer
+        except (RuleError, ValueError):
+            if newer:
+                raise
+            return None, False
+
+    def _check_points(self, ruleset: RuleSet) -> None:
+        for point in self._points:
+            if point.cls not in ruleset.classes:
+                raise RuleError(f"riskpoints.{point.id}.class", f"the rule set has no class {point.cls!r}")
+
+    def _switch(self, ruleset: RuleSet, now: float | None) -> None:
+        """Make `ruleset` active; pending runs and windows judged under a changed rule start again."""
+        for key in list(self._tracks):
+            if self._part(self._rules, key) != self._part(ruleset, key):
+                self._save_track(key, Track())
+        self._rules = ruleset
+        self._conn.execute(
+            "INSERT INTO alarm_ruleset (id, version, body, applied_at) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body, "
+            "applied_at = excluded.applied_at",
+            (ruleset.version, ruleset.to_json(), now),
+        )
+
+    def _class_of(self, scope: str, subject: str) -> str | None:
+        if scope == "point":
+            point = self._points.get(subject)
+            return None if point is None else point.cls
+        info = self._devices.get(subject)
+        return None if info is None else info.cls
+
+    def _part(self, ruleset: RuleSet, key: Key) -> Threshold | RateRule | SumRule | StaleRule | None:
+        scope, subject, metric, kind = key
+        cls = self._class_of(scope, subject)
+        if cls is None:
+            return None
+        if kind == "stale":
+            return ruleset.stale_rule(cls, subject)
+        rules = ruleset.metric_rules(cls, subject, metric)
+        if rules is None:
+            return None
+        part: Threshold | RateRule | SumRule | None = getattr(rules, kind)
+        return part
+
+    def _sweep(self, now: float) -> list[Transition]:
+        out = []
+        for key, alarm in list(self._alarms.items()):
+            if self._part(self._rules, key) is None:
+                last = alarm.last
+                moved = self._move(key, None, last.rule, alarm.last.rule_kind, now, value=last.value,
+                                   reading=last.reading, device=last.device, cls=last.device_class,
+                                   metric=last.metric, device_time=None, point=last.point,
+                                   position=last.position, unit=last.unit, cause="rule-removed")
+                self._save_track(key, Track())
+                if moved is not None:
+                    out.append(moved)
+        return out
+
+    def _seen(self, device: str, cls: str, now: float) -> list[Transition]:
+        info = self._devices.get(device)
+        if info is None or info.cls != cls or info.dead_at is not None:
+            info = self._devices[device] = _Device(cls, now, None)
+            self._save_device(device, info)
+        info.last_seen = now
+        key: Key = ("device", device, "", "stale")
+        alarm = self._alarms.get(key)
+        if alarm is None:
+            return []
+        moved = self._move(key, None, alarm.last.rule, "stale", now, value=None, reading=None, device=device,
+                           cls=cls, metric=None, device_time=None, cause="reading")
+        return [] if moved is None else [moved]
+
+    def _stale(self, device: str, info: _Device, rule: StaleRule, now: float, cause: str) -> list[Transition]:
+        """Stale alarms only rise with silence; the next reading clears them."""
+        age = 0.0 if info.last_seen is None else max(0.0, now - info.last_seen)
+        level = stale_level(rule, age, info.dead_at is not None)
+        key: Key = ("device", device, "", "stale")
+        current = self._alarms.get(key)
+        if level is None or (current is not None and level <= current.level):
+            return []
+        moved = self._move(key, level, rule.id, "stale", now, value=age, reading=None, device=device,
+                           cls=info.cls, metric=None, device_time=None, cause=cause)
+        return [] if moved is None else [moved]
+
+    def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
+        track = self._tracks.get(key, Track())
+        signal = dict.fromkeys(threshold.levels, judged)
+        verdict = judge(threshold, self._level_of(key), track.runs, signal, ctx.device_time)
+        self._save_track(key, replace(track, runs=verdict.runs))
+        return self._emit(key, verdict.level, rule_id, "level", ctx, signal)
+
+    def _judge_rate(self, key: Key, rule_id: str, rule: RateRule, ctx: _Reading) -> list[Transition]:
+        track = self._tracks.get(key, Track())
+        change, window = rate_signal(rule, track.window, ctx.reading, ctx.device_time)
+        signal = dict.fromkeys(rule.threshold.levels, change)
+        verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, ctx.device_time)
+        self._save_track(key, Track(verdict.runs, window, None))
+        return self._emit(key, verdict.level, rule_id, "rate", ctx, signal)
+
+    def _judge_sum(self, key: Key, rule_id: str, rule: SumRule, ctx: _Reading) -> list[Transition]:
+        track = self._tracks.get(key, Track())
+        signal, sums = sum_signal(rule, track.sums, ctx.reading, ctx.device_time)
+        verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, ctx.device_time)
+        self._save_track(key, Track(verdict.runs, (), sums))
+        return self._emit(key, verdict.level, rule_id, "sum", ctx, signal)
+
+    def _level_of(self, key: Key) -> Level | None:
+        alarm = self._alarms.get(key)
+        return None if alarm is None else alarm.level
+
+    def _emit(
+        self, key: Key, level: Level | None, rule_id: str, kind: RuleKind, ctx: _Reading, signal: Mapping[Level, float]
+    ) -> list[Transition]:
+        basis = level if level is not None else self._level_of(key)
+        value = signal[basis] if basis is not None and basis in signal else next(iter(signal.values()))
+        moved = self._move(key, level, rule_id, kind, ctx.now, value=value, reading=ctx.reading, device=ctx.device,
+                           cls=ctx.cls, metric=ctx.metric, device_time=ctx.device_time, point=ctx.point,
+                           position=ctx.position, unit=ctx.unit)
+        return [] if moved is None else [moved]
+
+    def _move(
+        self,
+        key: Key,
+        level: Level | None,
+        rule_id: str,
+        kind: RuleKind,
+        now: float,
+        *,
+        value: float | None,
+        reading: float | None,
+        device: str,
+        cls: str,
+        metric: str | None,
+        device_time: float | None,
+        point: str | None = None,
+        position: tuple[float, float] | None = None,
+        unit: str | None = None,
+        cause: str | None = None,
+    ) -> Transition | None:
+        """Record the change of one alarm's level, if any, and return its transition."""
+        alarm = self._alarms.get(key)
+        prev = None if alarm is None else alarm.level
+        if level == prev:
+            return None
+        event: Event
+        if prev is None:
+            event = "raised"
+        elif level is None:
+            event = "cleared"
+        elif level > prev:
+            event = "escalated"
+        else:
+            event = "de-escalated"
+        alarm_id = uuid.uuid4().hex if alarm is None else alarm.id
+        moved = Transition(event, alarm_id, kind, device, cls, metric, level, prev, value, reading, rule_id,
+                           self._rules.version, device_time, float(now), point, position, unit, cause)
+        if level is None:
+            del self._alarms[key]
+            self._conn.execute("DELETE FROM alarm_active WHERE id = ?", (alarm_id,))
+        elif alarm is None or event == "escalated":
+            # A new or higher level needs a fresh acknowledgement.
+            raised_at = now if alarm is None else alarm.raised_at
+            self._save_alarm(Alarm(alarm_id, key, level, raised_at, None, 0, now + self._first, moved))
+        else:
+            self._save_alarm(replace(alarm, level=level, last=moved))
+        return moved
+
+    def _save_alarm(self, alarm: Alarm) -> None:
+        self._alarms[alarm.key] = alarm
+        self._conn.execute(
+            "INSERT OR REPLACE INTO alarm_active (id, scope, subject, metric, kind, level, raised_at, acked_at, "
+            "resends, next_resend, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (alarm.id, *alarm.key, int(alarm.level), alarm.raised_at, alarm.acked_at, alarm.resends,
+             alarm.next_resend, json.dumps(alarm.last.body(), separators=(",", ":"))),
+        )
+
+    def _save_track(self, key: Key, track: Track) -> None:
+        old = self._tracks.get(key)
+        if old == track or (old is None and track.empty()):
+            return
+        if track.empty():
+            del self._tracks[key]
+            self._conn.execute(
+                "DELETE FROM alarm_track WHERE scope = ? AND subject = ? AND metric = ? AND kind = ?", key
+            )
+        else:
+            self._tracks[key] = track
+            self._conn.execute(
+                "INSERT OR REPLACE INTO alarm_track (scope, subject, metric, kind, state) VALUES (?, ?, ?, ?, ?)",
+                (*key, track.to_json()),
+            )
+
+    def _save_device(self, device: str, info: _Device) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO alarm_device (device, device_class, dead_at) VALUES (?, ?, ?)",
+            (device, info.cls, info.dead_at),
+        )
