@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.riskpoints import RiskPoints
+from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
+
 DEVICE_CLASSES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
@@ -49,22 +52,6 @@ class DeviceConfig:
     cls: str
     key: bytes = field(repr=False)
     position: tuple[float, float] | None
-    interval_s: float | None
-
-
-@dataclass(frozen=True)
-class RiskPointConfig:
-    id: str
-    cls: str
-    lat: float
-    lon: float
-    radius_m: float
-
-
-@dataclass(frozen=True)
-class RulesConfig:
-    files: tuple[Path, ...]
-    overrides: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,8 +61,10 @@ class GatewayConfig:
     site_broker: BrokerConfig
     district_broker: BrokerConfig
     devices: Mapping[str, DeviceConfig]
-    rules: RulesConfig
-    risk_points: tuple[RiskPointConfig, ...]
+    rule_files: tuple[Path, ...]
+    rule_overrides: Mapping[str, Any]
+    ruleset: RuleSet
+    risk_points: RiskPoints
     store_path: Path
     disk_budget_mb: float
     batch_max_items: int
@@ -223,10 +212,8 @@ def _device(t: _Table) -> DeviceConfig:
         if len(pos) != 2 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pos):
             raise t.fail("position", "must be [latitude, longitude] in degrees")
         position = _lat_lon(t, "position", float(pos[0]), float(pos[1]))
-    interval = t.number("interval_s", None, 0.1, 86400.0)
     t.done()
-    return DeviceConfig(dev_id, cls, bytes.fromhex(key), position,
-                        None if interval is None else float(interval))
+    return DeviceConfig(dev_id, cls, bytes.fromhex(key), position)
 
 
 def _lat_lon(t: _Table, key: str, lat: float, lon: float) -> tuple[float, float]:
@@ -237,18 +224,40 @@ def _lat_lon(t: _Table, key: str, lat: float, lon: float) -> tuple[float, float]
     return lat, lon
 
 
-def _risk_point(t: _Table) -> RiskPointConfig:
-    rp_id = t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
-    cls = t.text("class", _REQUIRED)
-    if not cls:
-        raise t.fail("class", "must not be empty")
-    lat = float(t.number("lat", _REQUIRED))
-    lon = float(t.number("lon", _REQUIRED))
-    _lat_lon(t, "lat", lat, 0.0)
-    _lat_lon(t, "lon", 0.0, lon)
-    radius = float(t.number("radius_m", _REQUIRED, 1.0, 100_000.0))
-    t.done()
-    return RiskPointConfig(rp_id, cls, lat, lon, radius)
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = _deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _rules(t: _Table | None, base: Path) -> tuple[tuple[Path, ...], Mapping[str, Any], RuleSet]:
+    """The rule files (the shipped defaults unless listed) with the site's overrides merged on top."""
+    files: list[Path] = []
+    overrides: Mapping[str, Any] = {}
+    if t is not None:
+        raw = t._get("files", list, "a list of file names", [])
+        for i, name in enumerate(raw):
+            if not isinstance(name, str):
+                raise t.fail(f"files[{i}]", "must be a file name")
+            p = Path(name) if Path(name).is_absolute() else base / name
+            if not p.is_file():
+                raise t.fail(f"files[{i}]", f"file {p} does not exist")
+            files.append(p)
+        overrides = t._get("overrides", dict, "a table", {})
+        t.done()
+    files = files or default_ruleset_paths()
+    try:
+        ruleset = load_ruleset(files)
+    except RuleError as exc:
+        raise ConfigError(f"rules.files: {exc}") from None
+    if overrides:
+        try:
+            ruleset = parse_ruleset(_deep_merge(ruleset.source, overrides))
+        except RuleError as exc:
+            raise ConfigError(f"rules.overrides.{exc.path}: {exc.reason}") from None
+    return tuple(files), overrides, ruleset
 
 
 def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
@@ -272,27 +281,13 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
             raise dt.fail("id", f"device {dev.id!r} is listed twice")
         devices[dev.id] = dev
 
-    rules_t = root.table("rules", required=False)
-    files: list[Path] = []
-    overrides: Mapping[str, Any] = {}
-    if rules_t is not None:
-        raw = rules_t._get("files", list, "a list of file names", [])
-        for i, name in enumerate(raw):
-            if not isinstance(name, str):
-                raise rules_t.fail(f"files[{i}]", "must be a file name")
-            p = Path(name) if Path(name).is_absolute() else path.parent / name
-            if not p.is_file():
-                raise rules_t.fail(f"files[{i}]", f"file {p} does not exist")
-            files.append(p)
-        overrides = rules_t._get("overrides", dict, "a table", {})
-        rules_t.done()
+    rule_files, rule_overrides, ruleset = _rules(root.table("rules", required=False), path.parent)
 
-    risk_points: list[RiskPointConfig] = []
-    for rt in root.tables("risk_points"):
-        rp = _risk_point(rt)
-        if any(r.id == rp.id for r in risk_points):
-            raise rt.fail("id", f"risk point {rp.id!r} is listed twice")
-        risk_points.append(rp)
+    try:
+        risk_points = RiskPoints.parse(root._get("risk_points", list, "an array of tables ([[risk_points]])",
+                                                 []), "risk_points")
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
 
     store_t = root.table("store")
     assert store_t is not None
@@ -341,7 +336,8 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
 
     return GatewayConfig(
         path=path, site=site, site_broker=site_broker, district_broker=district_broker, devices=devices,
-        rules=RulesConfig(tuple(files), overrides), risk_points=tuple(risk_points), store_path=store_path,
+        rule_files=rule_files, rule_overrides=rule_overrides, ruleset=ruleset, risk_points=risk_points,
+        store_path=store_path,
         disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,

@@ -1,0 +1,156 @@
+"""Every check one device message passes before the gateway believes it.
+
+In order: the topic is a device topic of this site; the device is registered; size, CBOR, COSE_Mac0 MAC with
+the device's key and body schema (protocol.message.decode); the body's device is the topic's device; the
+sequence number is new (duplicates are dropped and counted, replays rejected); and the reading times are
+plausible. A failure quarantines the raw message with its reason and returns None: it never raises, so
+one bad message cannot take the good ones beside it down.
+
+Times are not rejected but judged. On an epoch clock (clk=0), SenML times below 2**28 are relative to "now"
+(RFC 8428 section 4.5.3), so they are taken from the arrival time; absolute times too far in the future or
+past are flagged and replaced by the arrival time for alarm evaluation. On a boot clock (clk=1), times are
+converted with the gateway's estimate of when that boot started (from a live birth, see registry.py);
+without one they are flagged "unknown" the same way. The flag and the device's own time travel upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import cbor2
+
+from gateway.config import DeviceConfig
+from gateway.quarantine import Quarantine
+from gateway.registry import Registry
+from gateway.sequence import SequenceTracker, Verdict
+from protocol import message, senml, topics
+
+log = logging.getLogger("lifeline.gateway.checks")
+
+RELATIVE_LIMIT = 2 ** 28  # RFC 8428 section 4.5.3
+_REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons
+
+# Clock verdicts of a reading
+CLOCK_OK = "ok"  # epoch time within tolerance
+CLOCK_BOOT = "boot"  # boot clock converted with the estimated boot time
+CLOCK_FUTURE = "future"
+CLOCK_PAST = "past"
+CLOCK_UNKNOWN = "unknown"  # boot clock, boot time not known
+TRUSTED = (CLOCK_OK, CLOCK_BOOT)
+
+
+@dataclass(frozen=True)
+class Reading:
+    name: str
+    value: float | str | bool | bytes
+    unit: str | None
+    t: float  # epoch seconds to judge by: the device's time if trusted, else the arrival time
+    t_device: float  # the time as the device sent it (on its own clock)
+    clock: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message that passed: its kind, device, decoded body and (data and events) resolved readings."""
+
+    kind: str
+    device: DeviceConfig
+    body: Mapping[str, Any]
+    readings: tuple[Reading, ...]
+    retained: bool
+
+
+def _loads(data: bytes) -> Any:
+    return cbor2.loads(data)
+
+
+class Checker:
+    def __init__(self, site: str, registry: Registry, sequence: SequenceTracker, quarantine: Quarantine,
+                 clock_future_s: float = 120.0, clock_past_s: float = 30 * 86400.0) -> None:
+        self.site = site
+        self.registry = registry
+        self.sequence = sequence
+        self.quarantine = quarantine
+        self.clock_future_s = clock_future_s
+        self.clock_past_s = clock_past_s
+        self.dropped: Counter[str] = Counter()  # accepted by the checks but not new: duplicate, stale
+        self.flagged: Counter[str] = Counter()  # readings by clock verdict other than ok
+
+    def _reject(self, reason: str, detail: str, topic: str, raw: bytes, now: float) -> None:
+        self.quarantine.put(reason, detail, topic, raw, now)
+
+    def check(self, topic: str, raw: bytes, retained: bool, now: float) -> Checked | None:
+        try:
+            site, dev, kind = topics.parse_device(topic)
+        except topics.TopicError as exc:
+            self._reject("topic", str(exc), topic, raw, now)
+            return None
+        if site != self.site or kind == topics.CMD:
+            self._reject("topic", f"not a device uplink topic of site {self.site}", topic, raw, now)
+            return None
+        device = self.registry.devices.get(dev)
+        if device is None:
+            self._reject("unknown-device", f"device {dev!r} is not in the registry", topic, raw, now)
+            return None
+        try:
+            body = cast(Mapping[str, Any], message.decode(raw, self.registry.key_for, kind, _loads))
+        except message.MessageError as exc:
+            self._reject(_REASON.get(exc.reason, exc.reason), str(exc), topic, raw, now)
+            return None
+        except Exception as exc:  # a decoder bug must not stop the daemon: the message is kept
+            log.exception("check failed")
+            self._reject("malformed", f"{type(exc).__name__}: {exc}", topic, raw, now)
+            return None
+        if body["dev"] != dev:
+            self._reject("device-mismatch", f"body says {body['dev']!r}, topic says {dev!r}", topic, raw, now)
+            return None
+        readings: tuple[Reading, ...] = ()
+        if kind in (topics.DATA, topics.EVENT):
+            verdict = self.sequence.check(dev, body["seq"], now)
+            if verdict is Verdict.REPLAY:
+                self._reject("replay", f"seq {body['seq']} is at or below the window floor", topic, raw, now)
+                return None
+            if verdict is not Verdict.NEW:
+                self.dropped[verdict.value] += 1
+                return None
+            readings = self._readings(dev, body, now)
+        elif kind == topics.STATE:
+            online = body["st"] == message.ONLINE
+            verdict = self.sequence.check_state(dev, body["boot"], body["seq"], online)
+            if verdict is Verdict.REPLAY:
+                self._reject("replay", f"birth of boot {body['boot']} after a newer one", topic, raw, now)
+                return None
+            if verdict is not Verdict.NEW:
+                self.dropped[verdict.value] += 1
+                return None
+        self.registry.seen(dev, now)
+        return Checked(kind, device, body, readings, retained)
+
+    def _readings(self, dev: str, body: Mapping[str, Any], now: float) -> tuple[Reading, ...]:
+        boot_clock = body["clk"] == message.CLK_BOOT
+        epoch = self.registry.boot_epoch(dev, body["boot"]) if boot_clock else None
+        out = []
+        for rec in senml.resolve(body["e"]):
+            t_dev = float(rec["t"])
+            if boot_clock:
+                clock = CLOCK_UNKNOWN if epoch is None else CLOCK_BOOT
+                t = now if epoch is None else epoch + t_dev
+            elif abs(t_dev) < RELATIVE_LIMIT:
+                clock, t = CLOCK_OK, now + t_dev
+            else:
+                clock, t = CLOCK_OK, t_dev
+            if clock in TRUSTED and t > now + self.clock_future_s:
+                clock, t = CLOCK_FUTURE, now
+            elif clock in TRUSTED and t < now - self.clock_past_s:
+                clock, t = CLOCK_PAST, now
+            if clock != CLOCK_OK:
+                self.flagged[clock] += 1
+            value: Any = next((rec[k] for k in ("v", "vb", "vs", "vd") if k in rec), None)
+            if value is None:  # a sum-only record
+                value = rec["s"]
+            out.append(Reading(rec["n"], value, rec.get("u"), t, t_dev, clock))
+        return tuple(out)
