@@ -13,7 +13,7 @@ import pytest
 from lifeline import upy
 
 HERE = Path(__file__).parent
-VECTORS = upy.ROOT.parent / "shared" / "vectors" / "rfc8949_appendix_a.json"
+VECTORS = HERE / "rfc8949_appendix_a.json"
 SHARED = ["test_cbor", "test_senml", "test_topics", "test_auth", "test_message"]
 
 
