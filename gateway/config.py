@@ -87,10 +87,11 @@ class GatewayConfig:
 class _Table:
     """One TOML table with its dotted path, handing out checked values and refusing unknown keys."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, base: Path) -> None:
+    def __init__(self, data: Mapping[str, Any], where: str, base: Path, check_files: bool = True) -> None:
         self.data = data
         self.where = where
         self.base = base
+        self.check_files = check_files
         self.used: set[str] = set()
 
     def name(self, key: str) -> str:
@@ -140,13 +141,17 @@ class _Table:
         p = Path(value)
         if not p.is_absolute():
             p = self.base / p
-        if must_exist and not p.is_file():
+        if must_exist and self.check_files and not p.is_file():
             raise self.fail(key, f"file {p} does not exist")
         return p
 
-    def table(self, key: str, required: bool = True) -> _Table | None:
-        value = self._get(key, dict, "a table", _REQUIRED if required else None)
-        return None if value is None else _Table(value, self.name(key), self.base)
+    def table(self, key: str) -> _Table | None:
+        value = self._get(key, dict, "a table", None)
+        return None if value is None else _Table(value, self.name(key), self.base, self.check_files)
+
+    def section(self, key: str) -> _Table:
+        """An optional table; absent, it reads as empty so that every key takes its default."""
+        return self.table(key) or _Table({}, self.name(key), self.base, self.check_files)
 
     def tables(self, key: str) -> list[_Table]:
         value = self._get(key, list, "an array of tables ([[" + key + "]])", [])
@@ -154,7 +159,7 @@ class _Table:
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise ConfigError(f"{self.name(key)}[{i}]: must be a table")
-            out.append(_Table(item, f"{self.name(key)}[{i}]", self.base))
+            out.append(_Table(item, f"{self.name(key)}[{i}]", self.base, self.check_files))
         return out
 
     def done(self) -> None:
@@ -170,7 +175,7 @@ def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfi
     host = t.text("host", _REQUIRED)
     if not host:
         raise t.fail("host", "must not be empty")
-    tls_t = t.table("tls", required=False)
+    tls_t = t.table("tls")
     tls = None
     if tls_t is not None:
         tls = TLSFiles(tls_t.path("ca_file", must_exist=True), tls_t.path("cert_file", must_exist=True),
@@ -191,7 +196,7 @@ def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfi
     password_file = t.path("password_file", must_exist=True)
     if password is not None and password_file is not None:
         raise t.fail("password_file", "give password or password_file, not both")
-    if password_file is not None:
+    if password_file is not None and t.check_files:
         password = password_file.read_text().strip()
     if password is not None and username is None:
         raise t.fail("username", "missing (a password needs a username)")
@@ -260,19 +265,18 @@ def _rules(t: _Table | None, base: Path) -> tuple[tuple[Path, ...], Mapping[str,
     return tuple(files), overrides, ruleset
 
 
-def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
-    """Check a parsed TOML document; `path` names the file that relative paths start from."""
-    root = _Table(data, "", path.parent)
-    site_t = root.table("site")
-    assert site_t is not None
+def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> GatewayConfig:
+    """Check a parsed TOML document; `path` names the file that relative paths start from.
+
+    `check_files=False` skips reading the files it names (TLS files, password file), for tools that prepare
+    them from this very config."""
+    root = _Table(data, "", path.parent, check_files)
+    site_t = root.section("site")
     site = site_t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
     site_t.done()
 
-    sb = root.table("site_broker")
-    db = root.table("district_broker")
-    assert sb is not None and db is not None
-    site_broker = _broker(sb, f"lifeline-gw-{site}", client_cert=False)
-    district_broker = _broker(db, f"lifeline-gw-{site}-up", client_cert=True)
+    site_broker = _broker(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
+    district_broker = _broker(root.section("district_broker"), f"lifeline-gw-{site}-up", client_cert=True)
 
     devices: dict[str, DeviceConfig] = {}
     for dt in root.tables("devices"):
@@ -281,7 +285,7 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
             raise dt.fail("id", f"device {dev.id!r} is listed twice")
         devices[dev.id] = dev
 
-    rule_files, rule_overrides, ruleset = _rules(root.table("rules", required=False), path.parent)
+    rule_files, rule_overrides, ruleset = _rules(root.table("rules"), path.parent)
 
     try:
         risk_points = RiskPoints.parse(root._get("risk_points", list, "an array of tables ([[risk_points]])",
@@ -289,20 +293,19 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
 
-    store_t = root.table("store")
-    assert store_t is not None
+    store_t = root.section("store")
     store_path = store_t.path("path", _REQUIRED)
     assert store_path is not None
     disk_budget = float(store_t.number("disk_budget_mb", 512, 1.0))
     store_t.done()
 
-    up_t = root.table("uplink", required=False) or _Table({}, "uplink", path.parent)
+    up_t = root.section("uplink")
     max_items = up_t.number("batch_max_items", 100, 1, 10_000, integer=True)
     max_delay = float(up_t.number("batch_max_delay_ms", 200, 0, 60_000)) / 1000.0
     drain_rate = float(up_t.number("drain_rate", 500, 1))
     up_t.done()
 
-    in_t = root.table("ingest", required=False) or _Table({}, "ingest", path.parent)
+    in_t = root.section("ingest")
     ingest_batch = in_t.number("batch", 200, 1, 10_000, integer=True)
     clock_future = float(in_t.number("clock_future_s", 120, 1))
     clock_past = float(in_t.number("clock_past_s", 30 * 86400, 1))
@@ -310,21 +313,21 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
     seq_window = in_t.number("seq_window", 65536, 16, 1 << 24, integer=True)
     in_t.done()
 
-    m_t = root.table("metrics", required=False) or _Table({}, "metrics", path.parent)
+    m_t = root.section("metrics")
     metrics_host = m_t.text("host", "127.0.0.1")
     metrics_port = m_t.number("port", 9108, 0, 65535, integer=True)
     m_t.done()
 
-    q_t = root.table("quarantine", required=False) or _Table({}, "quarantine", path.parent)
+    q_t = root.section("quarantine")
     q_rows = q_t.number("max_rows", 10_000, 1, 10_000_000, integer=True)
     q_interval = float(q_t.number("log_interval_s", 60, 0))
     q_t.done()
 
-    c_t = root.table("commands", required=False) or _Table({}, "commands", path.parent)
+    c_t = root.section("commands")
     cmd_timeout = float(c_t.number("timeout_s", 30, 0.1, 86400))
     c_t.done()
 
-    log_t = root.table("log", required=False) or _Table({}, "log", path.parent)
+    log_t = root.section("log")
     log_format = log_t.text("format", "kv")
     if log_format not in ("kv", "json"):
         raise log_t.fail("format", f"{log_format!r} is not kv or json")
@@ -345,7 +348,7 @@ def parse(data: Mapping[str, Any], path: Path) -> GatewayConfig:
         command_timeout_s=cmd_timeout, log_format=log_format, log_level=log_level)
 
 
-def load(path: Path | str) -> GatewayConfig:
+def load(path: Path | str, check_files: bool = True) -> GatewayConfig:
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -357,4 +360,4 @@ def load(path: Path | str) -> GatewayConfig:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-    return parse(data, p.resolve())
+    return parse(data, p.resolve(), check_files)

@@ -1,0 +1,99 @@
+"""The ack-after-commit subscriber against a real broker: what the handler did not finish comes again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiomqtt
+import pytest
+
+from gateway.config import BrokerConfig
+from gateway.ingest import Incoming, Subscriber
+from lifeline.broker import Mosquitto
+
+TOPIC = "lifeline/v1/s1/d1/data"
+
+
+def broker_config(b: Mosquitto) -> BrokerConfig:
+    return BrokerConfig(b.host, b.port, "test-ingest", None, None, None, 30)
+
+
+async def publish(b: Mosquitto, payloads: list[bytes]) -> None:
+    async with aiomqtt.Client(b.host, b.port, identifier="pub") as pub:
+        for p in payloads:
+            await pub.publish(TOPIC, p, qos=1)
+
+
+async def test_unacknowledged_batch_is_delivered_again_and_acknowledged_one_is_not() -> None:
+    with Mosquitto("max_inflight_messages 1000") as b:
+        got: list[bytes] = []
+        fail = {"on": True}
+
+        def handle(batch: list[Incoming]) -> None:
+            if fail["on"] and any(m.payload == b"5" for m in batch):
+                raise RuntimeError("crash before the commit")
+            got.extend(m.payload for m in batch)
+
+        sub = Subscriber("site", broker_config(b), [TOPIC], handle, batch_max=1)
+        task = asyncio.create_task(sub.run())
+        await asyncio.wait_for(sub.connected.wait(), 10)
+        await publish(b, [str(i).encode() for i in range(10)])
+        for _ in range(200):
+            if len(got) >= 5:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert got == [str(i).encode() for i in range(5)]  # stuck at the failing message, none skipped
+        fail["on"] = False
+        for _ in range(500):  # the reconnect (backoff) redelivers from message 5 on
+            if len(got) >= 10:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert sorted(set(got)) == sorted(str(i).encode() for i in range(10))
+        first_five = got[:5]
+        assert first_five == [str(i).encode() for i in range(5)]
+        assert got.count(b"0") == 1  # acknowledged messages were not delivered again
+
+
+async def test_messages_published_while_away_wait_in_the_persistent_session() -> None:
+    with Mosquitto() as b:
+        got: list[bytes] = []
+        sub = Subscriber("site", broker_config(b), [TOPIC], lambda batch: got.extend(m.payload for m in batch))
+        task = asyncio.create_task(sub.run())
+        await asyncio.wait_for(sub.connected.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await publish(b, [b"while-away-1", b"while-away-2"])
+        task = asyncio.create_task(sub.run())
+        for _ in range(250):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert got == [b"while-away-1", b"while-away-2"]
+
+
+@pytest.mark.parametrize("batch_max", [1, 50])
+async def test_batches_never_exceed_the_limit(batch_max: int) -> None:
+    with Mosquitto("max_inflight_messages 1000") as b:
+        sizes: list[int] = []
+        sub = Subscriber("site", broker_config(b), [TOPIC], lambda batch: sizes.append(len(batch)),
+                         batch_max=batch_max)
+        task = asyncio.create_task(sub.run())
+        await asyncio.wait_for(sub.connected.wait(), 10)
+        await publish(b, [b"x"] * 300)
+        for _ in range(500):
+            if sum(sizes) >= 300:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert sum(sizes) == 300 and max(sizes) <= batch_max
