@@ -1,0 +1,78 @@
+"""Prometheus endpoint: ingest, rejects by reason, outbox depth and age, uplink state, alarms by level.
+
+prometheus-client serves scrapes from its own thread, while the daemon's counters live on the event loop
+and change under it. So the daemon hands over a finished snapshot (`Metrics.update`, once a second, on the
+loop), and the collector only reads the latest one: a scrape never iterates a dict that is being written.
+Ingest rate is `rate(lifeline_ingest_messages_total[1m])`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    accepted: Mapping[str, int] = field(default_factory=dict)  # by message kind
+    rejected: Mapping[str, int] = field(default_factory=dict)  # by quarantine reason
+    dropped: Mapping[str, int] = field(default_factory=dict)  # duplicates and stale states
+    clock_flags: Mapping[str, int] = field(default_factory=dict)
+    gaps: int = 0
+    outbox_depth: Mapping[str, int] = field(default_factory=dict)  # by lane
+    outbox_oldest_age_s: Mapping[str, float] = field(default_factory=dict)
+    outbox_bytes: int = 0
+    uplink_connected: bool = False
+    site_connected: bool = False
+    alarms: Mapping[str, int] = field(default_factory=dict)  # active, by level
+    batches: int = 0
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot
+
+        def by(name: str, doc: str, label: str, values: Mapping[str, float], counter: bool = True) -> Metric:
+            family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            return family
+
+        yield by("lifeline_ingest_messages", "Device messages accepted, by kind", "kind", s.accepted)
+        yield by("lifeline_ingest_rejects", "Device messages quarantined, by reason", "reason", s.rejected)
+        yield by("lifeline_ingest_dropped", "Repeated device messages dropped, by why", "why", s.dropped)
+        yield by("lifeline_clock_flags", "Readings whose device time was not trusted, by verdict", "clock",
+                 s.clock_flags)
+        yield CounterMetricFamily("lifeline_sequence_gaps", "Sequence gaps reported upstream", value=s.gaps)
+        yield CounterMetricFamily("lifeline_ingest_batches", "Committed ingest batches", value=s.batches)
+        yield by("lifeline_outbox_depth", "Items waiting in the outbox, by lane", "lane", s.outbox_depth, False)
+        yield by("lifeline_outbox_oldest_age_seconds", "Age of the oldest waiting item, by lane", "lane",
+                 s.outbox_oldest_age_s, False)
+        yield GaugeMetricFamily("lifeline_outbox_bytes", "Outbox size on disk", value=s.outbox_bytes)
+        yield GaugeMetricFamily("lifeline_uplink_connected", "1 while connected to the district broker",
+                                value=int(s.uplink_connected))
+        yield GaugeMetricFamily("lifeline_site_connected", "1 while connected to the site broker",
+                                value=int(s.site_connected))
+        yield by("lifeline_alarms_active", "Active alarms, by level", "level", s.alarms, False)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._collector = _Collector()
+        self.registry.register(self._collector)
+
+    def update(self, snapshot: Snapshot) -> None:
+        self._collector.snapshot = snapshot
+
+    def serve(self, host: str, port: int) -> None:
+        """Start the HTTP endpoint (a daemon thread); port 0 means no endpoint."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)
