@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,9 @@ class Mosquitto:
         self.log_path = self.dir / "mosquitto.log"
         lines = [
             f"listener {self.port} 127.0.0.1",
+            # Started as root, mosquitto would switch to the "mosquitto" user, which cannot write the log,
+            # the persistence file or read a password file in our 0700 temp dir; as anyone else it is ignored.
+            f"user {getpass.getuser()}",
             f"allow_anonymous {'true' if anonymous else 'false'}",
             "set_tcp_nodelay true",
             f"persistence {'true' if persistence else 'false'}",
