@@ -1,0 +1,68 @@
+"""4-20 mA current-loop transducer read as a voltage across a shunt resistor.
+
+Limits follow NAMUR NE 43: 3.8..20.5 mA carries a measurement (slightly beyond the 4..20 span is
+still a reading), <= 3.6 mA or >= 21.0 mA signals a failure. See docs/drivers.md."""
+
+from drivers import Fault
+
+OPEN_MA = 1.0       # no loop current at all: a cut wire, not a transmitter's failure signal
+FAIL_LOW_MA = 3.6   # NE 43 failure signal, low
+MEAS_LOW_MA = 3.8   # NE 43 measurement band
+MEAS_HIGH_MA = 20.5
+FAIL_HIGH_MA = 21.0
+
+
+class Loop420:
+    """`adc` has read_uv() (machine.ADC); `lo`..`hi` is the engineering value at 4..20 mA."""
+
+    def __init__(self, adc, lo, hi, shunt_ohm=100.0, samples=8):
+        if samples < 1 or shunt_ohm <= 0 or hi == lo:
+            raise ValueError("loop420: samples >= 1, shunt_ohm > 0, hi != lo")
+        self.adc = adc
+        self.lo = lo
+        self.span = hi - lo
+        self.shunt_ohm = shunt_ohm
+        self.samples = samples
+        self.ma = None
+        self.faults = 0
+
+    def read_ma(self):
+        """Mean loop current of `samples` ADC reads; from 4 reads on the highest and lowest are
+        dropped, so one spike from a relay or radio burst does not move the reading."""
+        n = self.samples
+        low = high = total = self.adc.read_uv()
+        i = 1
+        while i < n:
+            uv = self.adc.read_uv()
+            total += uv
+            if uv < low:
+                low = uv
+            elif uv > high:
+                high = uv
+            i += 1
+        if n >= 4:
+            total -= low + high
+            n -= 2
+        # microvolts / ohms = microamps
+        self.ma = total / n / self.shunt_ohm / 1000
+        return self.ma
+
+    def read(self):
+        """Engineering value, or Fault with reason open-loop / sensor-fault / under-range /
+        over-range / short and the loop current in mA as its value."""
+        ma = self.read_ma()
+        reason = None
+        if ma < OPEN_MA:
+            reason = "open-loop"
+        elif ma <= FAIL_LOW_MA:
+            reason = "sensor-fault"
+        elif ma < MEAS_LOW_MA:
+            reason = "under-range"
+        elif ma >= FAIL_HIGH_MA:
+            reason = "short"
+        elif ma > MEAS_HIGH_MA:
+            reason = "over-range"
+        if reason:
+            self.faults += 1
+            raise Fault(reason, ma)
+        return self.lo + (ma - 4.0) * self.span / 16.0
