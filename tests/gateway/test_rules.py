@@ -75,7 +75,7 @@ def test_default_rule_sets_cover_every_device_class() -> None:
     assert ch4.level.levels[ORANGE] == 25 and ch4.level.levels[RED] == 50
     pressure = rules.metric_rules("water", "w-1", "pressure")
     assert pressure is not None and pressure.level is not None and pressure.rate is not None
-    assert pressure.level.direction == "below" and pressure.level.levels[YELLOW] == 140  # CJ/T 316-2009
+    assert pressure.level.direction == "below" and pressure.level.levels[YELLOW] == 140000  # CJ/T 316-2009: 0.14 MPa
     rain = rules.metric_rules("rain", "r-1", "rain")
     assert rain is not None and rain.sum is not None
     assert rain.sum.windows[RED] == 3 * 3600 and rain.sum.threshold.levels[RED] == 100  # CMA rainstorm red
