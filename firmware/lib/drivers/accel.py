@@ -1,4 +1,4 @@
-"""ADXL345 3-axis accelerometer on I2C (Analog Devices ADXL345 data sheet, Rev. G register map).
+"""ADXL345 3-axis accelerometer on I2C (register map from the Analog Devices ADXL345 data sheet).
 
 Runs in full-resolution mode (3.9 mg/LSB at every range) with the 32-level FIFO in stream mode, so a
 sampler that wakes every ~100 ms still sees every sample at the output data rate. drain() copies the
