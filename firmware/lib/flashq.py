@@ -99,9 +99,19 @@ class FlashQ:
         struct.pack_into("<I", h, 8, crc32(data, crc32(memoryview(h)[:8])))
         if self._rkey == (lane, self._head[lane]):
             self._close()
-        with open(self._name(lane, self._head[lane]), "ab") as f:
-            f.write(h)
-            f.write(data)
+        try:
+            with open(self._name(lane, self._head[lane]), "ab") as f:
+                f.write(h)
+                f.write(data)
+        except OSError:
+            # Flash full or failing: take back a partial record, or at least leave it last in its segment
+            # (a damaged record ends its segment for every reader).
+            try:
+                self._cut(lane, self._head[lane], self._hsize[lane])
+            except OSError:
+                self._head[lane] += 1
+                self._hsize[lane] = 0
+            raise
         self._next = rid + 1
         self._hsize[lane] += need
         self._used[lane] += need
@@ -135,10 +145,14 @@ class FlashQ:
                         self._pos[rid] = (lane, seg, off)
                         off += _HLEN + ln
                         continue
-                # Damaged after it was written (flash fault): cut it like a torn tail and start over.
+                # Damaged after it was written (flash fault, failed put): cut it off like a torn tail.
+                # Nothing after it in this segment can be trusted, so go on with the next one.
                 self._scan(lane, self._acked)
-                self._save()
-                return self.peek(n, skip)
+                try:
+                    self._save()
+                except OSError:
+                    pass  # the counters reach flash with the next ack
+                seg, off = seg + 1, 0
         return out
 
     def ack(self, rid):
@@ -233,7 +247,10 @@ class FlashQ:
                     left -= k
                 ok = ok and c == crc
             if not ok:
-                self._cut(lane, seg, off)
+                try:
+                    self._cut(lane, seg, off)
+                except OSError:
+                    pass  # flash full: the damaged tail stays, and still ends its segment for readers
                 self.corrupt += 1
                 seg, off = seg + 1, 0
                 continue
@@ -283,7 +300,7 @@ class FlashQ:
             while seg <= self._head[lane]:
                 r = self._hdr(lane, seg, off)
                 if not r:
-                    if r is False or seg == self._head[lane]:
+                    if seg == self._head[lane]:
                         break
                     seg, off = seg + 1, 0
                     continue
@@ -300,14 +317,12 @@ class FlashQ:
         fl = self._floor[lane]
         while True:
             r = self._hdr(lane, fl[0], fl[1])
-            if r is None:
+            if not r:  # end of segment, or a damaged record that ends it
                 if fl[0] >= self._head[lane]:
                     return
                 fl[0] += 1
                 fl[1] = 0
                 continue
-            if r is False:
-                return
             if skip:
                 skip = False
             elif r[2] in self._acked:
@@ -331,7 +346,7 @@ class FlashQ:
         self._head[lane] += 1
         self._hsize[lane] = 0
         fl = self._floor[lane]
-        if fl[0] == self._head[lane] - 1 and self._hdr(lane, fl[0], fl[1]) is None:
+        if fl[0] == self._head[lane] - 1 and not self._hdr(lane, fl[0], fl[1]):
             fl[0] += 1
             fl[1] = 0
             self._save()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from upy_support import build, env
+from upy_support import build, env, queue_dir
 
 from lifeline import upy
 
@@ -101,19 +101,20 @@ def check_reopened(report: list[str], ledger: Ledger, life: int) -> None:
 
 @pytest.fixture(scope="module")
 def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build(tmp_path_factory.mktemp("mpy"), "flashq", "persist", "flashq_torture")
+    return build(tmp_path_factory.mktemp("mpy"), "flashq", "persist", "lfsdisk", "flashq_torture")
 
 
-def test_sigkill_during_heavy_writes(mpy_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fs", ["posix", "littlefs"])
+def test_sigkill_during_heavy_writes(fs: str, mpy_dir: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("LIFELINE_TORTURE_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
-    queue = tmp_path / "q"
+    queue = queue_dir(fs, tmp_path, mpy_dir)
     log = tmp_path / "writer.log"
     environment = upy.environment(env(mpy_dir))
     ledger = Ledger()
     cuts = 0
     for life in range(KILLS + 1):
-        cmd = upy.command("-m flashq_torture", str(queue), str(rng.randrange(1 << 30)))
+        cmd = upy.command("-m flashq_torture", queue, str(rng.randrange(1 << 30)))
         proc, report = start(cmd, environment, log)
         try:
             check_reopened(report, ledger, life)
@@ -129,7 +130,7 @@ def test_sigkill_during_heavy_writes(mpy_dir: Path, tmp_path: Path) -> None:
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
         ledger.record(complete_lines(log))
-    print(f"\n{KILLS} kills: {len(ledger.put_done)} puts, {len(ledger.ack_done)} acks, "
+    print(f"\n{fs}: {KILLS} kills: {len(ledger.put_done)} puts, {len(ledger.ack_done)} acks, "
           f"{ledger.mid_put} kills inside put, {ledger.mid_ack} inside ack, {cuts} torn records cut")
     # The kills must have landed inside the operations under test, or the run proved nothing.
     assert ledger.mid_put and ledger.mid_ack

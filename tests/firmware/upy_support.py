@@ -23,3 +23,14 @@ def build(out: Path, *names: str) -> Path:
 
 def env(mpy_dir: Path) -> dict[str, str]:
     return {"MICROPYPATH": f"{mpy_dir}:.frozen"}
+
+
+def queue_dir(fs: str, tmp_path: Path, mpy_dir: Path) -> str:
+    """Where a MicroPython script keeps its queue: a host directory ("posix"), or a freshly formatted
+    littlefs image ("littlefs", needs lfsdisk built into mpy_dir)."""
+    if fs == "posix":
+        return str(tmp_path / "q")
+    image = tmp_path / "flash.img"
+    result = upy.run("-m lfsdisk", str(image), env=env(mpy_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return f"lfs:{image}"

@@ -1,4 +1,5 @@
-"""flashq and persist behaviour, run under MicroPython: `micropython flashq_cases.py DIR CASE`.
+"""flashq and persist behaviour, run under MicroPython: `micropython -m flashq_cases DIR CASE`, where
+DIR is a host directory or "lfs:IMAGE" for a formatted littlefs image (see lfsdisk).
 
 Each case builds its own queue in DIR and raises AssertionError on the first broken promise; the
 script prints "PASS CASE" when the case held.
@@ -7,10 +8,11 @@ script prints "PASS CASE" when the case held.
 import os
 import sys
 
+import lfsdisk
 import persist
 from flashq import FlashQ
 
-DIR = sys.argv[1]
+DIR = lfsdisk.at(sys.argv[1])
 
 
 def wipe(d=None):

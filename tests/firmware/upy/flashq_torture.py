@@ -1,4 +1,4 @@
-"""Writer for the SIGKILL torture test: `micropython -m flashq_torture DIR SEED`.
+"""Writer for the SIGKILL torture test: `micropython -m flashq_torture DIR SEED` (DIR may be "lfs:IMAGE").
 
 On start it opens the queue and reports what it holds, one line per record, then "READY":
   Q <id> <alarm 0|1> <intact 0|1>       intact: the payload names this id and its hash matches
@@ -15,6 +15,7 @@ import random
 import struct
 import sys
 
+import lfsdisk
 from flashq import FlashQ
 
 
@@ -60,4 +61,4 @@ def main(path, seed):
             print("A", rid)
 
 
-main(sys.argv[1], int(sys.argv[2]))
+main(lfsdisk.at(sys.argv[1]), int(sys.argv[2]))
