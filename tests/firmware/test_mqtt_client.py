@@ -1,0 +1,300 @@
+"""The firmware MQTT client (firmware/lib/mqtt.py) under the real MicroPython unix port against a real
+Mosquitto, checked from the host with paho-mqtt as the other client."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from upy_support import build, env
+
+from lifeline import upy
+from lifeline.broker import Mosquitto, free_port
+
+USER, PASSWORD = "dev1", "s3cret-dev1"
+HOST_USER, HOST_PASSWORD = "gateway", "s3cret-gw"
+
+
+@pytest.fixture(scope="module")
+def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("mpy"), "mqtt", "mqtt_device")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker that only admits the users of a mosquitto_passwd file."""
+    pwfile = tmp_path / "passwd"
+    for i, (user, password) in enumerate(((USER, PASSWORD), (HOST_USER, HOST_PASSWORD))):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(pwfile), user, password],
+                       check=True, capture_output=True)
+    with Mosquitto(extra_conf=f"password_file {pwfile}", anonymous=False) as b:
+        yield b
+
+
+class Device:
+    """A MicroPython process running tests/firmware/upy/mqtt_device.py; stdout lines land in a queue."""
+
+    def __init__(self, mpy_dir: Path, port: int, *, client_id: str = "d1", password: str = PASSWORD,
+                 keepalive: int = 5, ca: Path | None = None) -> None:
+        args = ["127.0.0.1", str(port), client_id, USER, password, str(keepalive)]
+        if ca is not None:
+            args.append(str(ca))
+        self.proc = subprocess.Popen(upy.command("-m mqtt_device", *args), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=upy.environment(env(mpy_dir)))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, prefix: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"device never said {prefix!r}; it said: {self.seen[-30:]}") from None
+            self.seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def stats(self) -> dict[str, str]:
+        self.send("stats")
+        _, connects, resends, pings, oversize, error = self.expect("STATS").split(" ", 5)
+        return {"connects": connects, "resends": resends, "pings": pings, "oversize": oversize, "error": error}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def devices() -> Iterator[list[Device]]:
+    started: list[Device] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+class Watcher:
+    """A host-side paho subscriber; `durable` keeps its session (and queued QoS 1 messages) on the broker
+    across a broker restart."""
+
+    def __init__(self, broker: Mosquitto, topic: str = "t/#", durable: bool = False, name: str = "host") -> None:
+        self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=not durable)
+        self.client.username_pw_set(HOST_USER, HOST_PASSWORD)
+        self.client.reconnect_delay_set(1, 1)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert subscribed.wait(10), "host subscriber never subscribed"
+
+    def expect(self, topic: str, payload: bytes, timeout: float = 10) -> paho.MQTTMessage:
+        deadline = time.monotonic() + timeout
+        seen: list[tuple[str, bytes]] = []
+        while True:
+            try:
+                m = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {topic} {payload!r} on the broker; saw {seen}") from None
+            seen.append((m.topic, bytes(m.payload)))
+            if m.topic == topic and m.payload == payload:
+                return m
+
+    def drain(self) -> list[tuple[str, bytes]]:
+        got = []
+        while not self.messages.empty():
+            m = self.messages.get()
+            got.append((m.topic, bytes(m.payload)))
+        return got
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[Watcher]]:
+    started: list[Watcher] = []
+    yield started
+    for w in started:
+        w.close()
+
+
+def test_auth_birth_qos1_subscribe_and_will(broker: Mosquitto, mpy_dir: Path, devices: list[Device],
+                                            watchers: list[Watcher]) -> None:
+    host = Watcher(broker)
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port)
+    devices.append(dev)
+    dev.expect("UP 1")
+    host.expect("t/d1/state", b"online")
+
+    dev.send("pub t/d1/data hello-qos1 1")
+    dev.expect("ACKED hello-qos1")
+    assert host.expect("t/d1/data", b"hello-qos1").qos == 1
+
+    host.client.publish("t/d1/cmd", b"set-interval", qos=1)
+    dev.expect("RX t/d1/cmd set-interval")
+
+    dev.kill()  # no DISCONNECT: the broker must publish the will
+    will = host.expect("t/d1/state", b"offline", timeout=10)
+    assert will.qos == 1
+    late = Watcher(broker, "t/d1/state", name="late")
+    watchers.append(late)
+    assert late.expect("t/d1/state", b"offline").retain, "the will is retained for later subscribers"
+
+
+def test_wrong_password_is_refused(broker: Mosquitto, mpy_dir: Path, devices: list[Device]) -> None:
+    dev = Device(mpy_dir, broker.port, password="wrong")
+    devices.append(dev)
+    time.sleep(1.5)
+    stats = dev.stats()
+    assert stats["connects"] == "0" and "refused" in stats["error"], stats
+
+
+def test_keepalive_pings_hold_an_idle_session(broker: Mosquitto, mpy_dir: Path, devices: list[Device],
+                                              watchers: list[Watcher]) -> None:
+    host = Watcher(broker)
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port, keepalive=1)  # the broker drops a silent client after 1.5 s
+    devices.append(dev)
+    dev.expect("UP 1")
+    time.sleep(5)
+    stats = dev.stats()
+    assert stats["connects"] == "1" and int(stats["pings"]) >= 4, stats
+    assert ("t/d1/state", b"offline") not in host.drain()
+    dev.send("pub t/d1/data still-here 1")
+    dev.expect("ACKED still-here")
+
+
+def test_size_bound_both_ways(broker: Mosquitto, mpy_dir: Path, devices: list[Device],
+                              watchers: list[Watcher]) -> None:
+    host = Watcher(broker)
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port)
+    devices.append(dev)
+    dev.expect("UP 1")
+    dev.send("big")
+    assert "max_packet" in dev.expect("REFUSED")
+    host.client.publish("t/d1/cmd", b"y" * 2000, qos=1)
+    host.client.publish("t/d1/cmd", b"small-after-big", qos=1)
+    dev.expect("RX t/d1/cmd small-after-big")
+    stats = dev.stats()
+    assert stats["oversize"] == "1" and stats["connects"] == "1", stats
+    assert not any(line.startswith("RX") and "yyy" in line for line in dev.seen)
+
+
+def test_broker_restart_message_published_during_outage_is_delivered(
+        broker: Mosquitto, mpy_dir: Path, devices: list[Device], watchers: list[Watcher]) -> None:
+    host = Watcher(broker, "t/d1/data", durable=True, name="durable-host")
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port)
+    devices.append(dev)
+    dev.expect("UP 1")
+    dev.send("pub t/d1/data before 1")
+    dev.expect("ACKED before")
+    host.expect("t/d1/data", b"before")
+
+    broker.stop()
+    dev.expect("DOWN")
+    dev.send("pub t/d1/data during-outage 1")
+    time.sleep(2)  # several reconnect attempts fail meanwhile
+    assert not any(line.startswith("ACKED during") for line in dev.seen)
+    broker.start()
+    dev.expect("UP 2", timeout=15)
+    dev.expect("ACKED during-outage")
+    host.expect("t/d1/data", b"during-outage", timeout=15)
+    assert host.client.is_connected()
+
+
+def test_silent_broker_is_detected_and_unacked_message_resent(
+        broker: Mosquitto, mpy_dir: Path, devices: list[Device], watchers: list[Watcher]) -> None:
+    """SIGSTOP leaves the TCP connection open but nothing answers: no PUBACK, no PINGRESP."""
+    host = Watcher(broker, "t/d1/data")
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port, keepalive=2)
+    devices.append(dev)
+    dev.expect("UP 1")
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        dev.send("pub t/d1/data sent-into-silence 1")
+        dev.expect("DOWN", timeout=10)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    dev.expect("ACKED sent-into-silence", timeout=20)
+    host.expect("t/d1/data", b"sent-into-silence", timeout=10)
+    stats = dev.stats()
+    assert int(stats["resends"]) >= 1 and int(stats["connects"]) >= 2, stats
+
+
+def test_clean_disconnect_does_not_fire_the_will(broker: Mosquitto, mpy_dir: Path, devices: list[Device],
+                                                 watchers: list[Watcher]) -> None:
+    host = Watcher(broker, "t/d1/state")
+    watchers.append(host)
+    dev = Device(mpy_dir, broker.port)
+    devices.append(dev)
+    dev.expect("UP 1")
+    host.expect("t/d1/state", b"online")
+    dev.send("disconnect")
+    dev.expect("BYE")
+    dev.proc.wait(5)
+    time.sleep(1)
+    assert ("t/d1/state", b"offline") not in host.drain()
+
+
+def make_tls(out: Path) -> tuple[Path, Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, and a second CA that signed nothing."""
+    def sh(*args: str) -> None:
+        subprocess.run(args, cwd=out, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sh("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA")
+    sh("openssl", "req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (out / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sh("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "srv.pem", "-days", "2", "-extfile", "ext")
+    sh("openssl", "x509", "-in", "ca.pem", "-outform", "der", "-out", "ca.der")
+    sh("openssl", "req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj",
+       "/CN=other CA")
+    sh("openssl", "x509", "-in", "other.pem", "-outform", "der", "-out", "other.der")
+    return out / "ca.der", out / "srv.pem", out / "srv.key", out / "other.der"
+
+
+def test_tls_with_a_verified_server_certificate(tmp_path: Path, mpy_dir: Path, devices: list[Device]) -> None:
+    ca, cert, key, other = make_tls(tmp_path)
+    tls_port = free_port()
+    conf = f"listener {tls_port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\ncertfile {cert}\nkeyfile {key}\n"
+    with Mosquitto(extra_conf=conf):
+        good = Device(mpy_dir, tls_port, ca=ca)
+        bad = Device(mpy_dir, tls_port, client_id="d2", ca=other)
+        devices.extend([good, bad])
+        good.expect("UP 1", timeout=15)
+        good.send("pub t/d1/data over-tls 1")
+        good.expect("ACKED over-tls")
+        time.sleep(1)
+        stats = bad.stats()
+        assert stats["connects"] == "0", "a server certificate from an unknown CA must be refused"

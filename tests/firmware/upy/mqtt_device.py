@@ -1,0 +1,80 @@
+"""A device-side MQTT client driven line by line from stdin, reporting on stdout, for the broker tests.
+
+Usage: micropython -m mqtt_device HOST PORT CLIENT_ID USER PASSWORD KEEPALIVE [CA_DER_FILE]
+Will: t/ID/state "offline" (retained, QoS 1); birth on every connect: t/ID/state "online"; subscribes
+t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect". Reports: "UP n", "DOWN",
+"RX topic text", "ACKED text", "REFUSED reason", "STATS connects resends pings oversize last_error",
+"BYE".
+"""
+
+import asyncio
+import sys
+
+from mqtt import MQTTClient
+
+
+def main():
+    host, port, cid, user, password, keepalive = sys.argv[1:7]
+    tls = None
+    if len(sys.argv) > 7:
+        import ssl
+
+        with open(sys.argv[7], "rb") as f:
+            ca = f.read()
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.verify_mode = ssl.CERT_REQUIRED
+        tls.load_verify_locations(cadata=ca)
+    state = "t/%s/state" % cid
+
+    async def birth(client):
+        await client.publish(state, b"online", retain=True, qos=1)
+        print("UP", client.connects)
+
+    def message(topic, payload, retained):
+        print("RX", topic, payload.decode())
+
+    client = MQTTClient(cid, host, int(port), user=user, password=password, keepalive=int(keepalive),
+                        will=(state, b"offline"), ssl=tls, max_packet=512, on_message=message,
+                        on_connect=birth, ack_timeout=1, backoff=(0.1, 1), connect_timeout=2)
+
+    async def pub(topic, text, qos):
+        await client.publish(topic, text.encode(), qos=qos)
+        print("ACKED", text)
+
+    async def watch():
+        was = False
+        while True:
+            now = client.isconnected()
+            if was and not now:
+                print("DOWN")
+            was = now
+            await asyncio.sleep_ms(20)
+
+    async def run():
+        client.start()
+        await client.subscribe("t/%s/cmd" % cid)
+        tasks = [asyncio.create_task(watch())]
+        stdin = asyncio.StreamReader(sys.stdin)
+        while True:
+            words = (await stdin.readline()).decode().split()
+            if not words:
+                continue
+            if words[0] == "pub":
+                tasks.append(asyncio.create_task(pub(words[1], words[2], int(words[3]))))
+            elif words[0] == "big":
+                try:
+                    await client.publish("t/%s/data" % cid, b"x" * 600, qos=1)
+                except ValueError as e:
+                    print("REFUSED", e)
+            elif words[0] == "stats":
+                print("STATS", client.connects, client.resends, client.pings, client.oversize,
+                      repr(client.last_error))
+            elif words[0] == "disconnect":
+                await client.disconnect()
+                print("BYE")
+                return
+
+    asyncio.run(run())
+
+
+main()
