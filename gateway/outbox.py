@@ -1,0 +1,442 @@
+"""The store-and-forward outbox: every item bound for the district is a row here before it is sent.
+
+Rows are written by the ingest (alarm transitions, device state, data-quality events, command acks, device
+data) inside its batch transaction: `put_*` never commits, so an item exists exactly when the batch that
+produced it (and the alarm state beside it) is committed, and that commit happens before the site broker
+gets its PUBACK. The uplink leases committed rows, publishes them with QoS 1, and calls `ack` once the
+district broker's PUBACK is in; only then is a row deleted. docs/outbox.md has the full argument.
+
+Lanes drain in order ALARM, STATE, TELEMETRY, and oldest first (insertion order) within a lane. A disk
+budget bounds the rows' bytes: past it the oldest telemetry is thinned to per-interval summaries, or
+evicted when summarising would not save space; alarms and state rows are never touched. What was thinned
+or evicted goes upstream as a data-quality item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from gateway.logs import event
+from protocol import senml, topics
+
+log = logging.getLogger("lifeline.gateway.outbox")
+
+ALARM = 0
+STATE = 1
+TELEMETRY = 2
+LANES = ("alarm", "state", "telemetry")
+STATE_KINDS = (topics.UP_STATE, topics.DQ, topics.UP_ACK, topics.UP_EVENT)
+
+# Bytes charged per row beyond its body: rowid, the other columns, the lane index entry and page slack.
+# Measured on SQLite 3.40 with typical rows (see docs/outbox.md); the budget is an estimate, not a statfs.
+ROW_OVERHEAD = 64
+LOW_WATER = 0.9  # a budget pass frees down to this fraction, so the next few puts do not start another
+WINDOW_ROWS = 5000  # rows read per thinning window
+PASS_ROWS = 50_000  # rows thinned per pass at most; eviction then takes the rest of the excess
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        lane INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        t REAL NOT NULL,
+        dev TEXT,
+        seq INTEGER,
+        seq_hi INTEGER,
+        boot INTEGER,
+        msgs INTEGER NOT NULL DEFAULT 1,
+        thinned INTEGER NOT NULL DEFAULT 0,
+        body BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
+    """CREATE TABLE IF NOT EXISTS outbox_lanes (
+        lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
+    f"""CREATE TRIGGER IF NOT EXISTS outbox_ins AFTER INSERT ON outbox BEGIN
+        UPDATE outbox_lanes SET rows = rows + 1, bytes = bytes + length(NEW.body) + {ROW_OVERHEAD}
+        WHERE lane = NEW.lane; END""",
+    f"""CREATE TRIGGER IF NOT EXISTS outbox_del AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_lanes SET rows = rows - 1, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
+        WHERE lane = OLD.lane; END""",
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One leased row. `body` is the CBOR the district receives (a telemetry row is one pack entry)."""
+
+    id: int
+    lane: int
+    kind: str
+    t: float
+    msgs: int
+    thinned: bool
+    body: bytes
+
+
+@dataclass
+class _Span:
+    """Device messages of one device dropped or summarised in a budget pass."""
+
+    msgs: int = 0
+    seq_lo: int = 0
+    seq_hi: int = 0
+
+    def add(self, msgs: int, lo: int, hi: int) -> None:
+        self.seq_lo = lo if self.msgs == 0 else min(self.seq_lo, lo)
+        self.seq_hi = hi if self.msgs == 0 else max(self.seq_hi, hi)
+        self.msgs += msgs
+
+
+@dataclass
+class BudgetReport:
+    """What one budget pass did; also the body of the data-quality item sent upstream."""
+
+    budget: int
+    before: int
+    after: int = 0
+    thinned: dict[str, _Span] = field(default_factory=dict)
+    evicted: dict[str, _Span] = field(default_factory=dict)
+
+    def body(self, now: float) -> dict[str, Any]:
+        def spans(d: dict[str, _Span]) -> list[dict[str, Any]]:
+            return [{"dev": dev, "msgs": s.msgs, "seq_lo": s.seq_lo, "seq_hi": s.seq_hi}
+                    for dev, s in sorted(d.items())]
+        return {"ev": "outbox-budget", "t": now, "budget": self.budget, "before": self.before,
+                "after": self.after, "thinned": spans(self.thinned), "evicted": spans(self.evicted)}
+
+
+class _Stats:
+    """Running min/max/mean/count of one metric in one interval; strings keep their last value."""
+
+    __slots__ = ("count", "last", "max", "min", "total", "unit")
+
+    def __init__(self, unit: str | None) -> None:
+        self.unit = unit
+        self.count = 0
+        self.min = math.inf
+        self.max = -math.inf
+        self.total = 0.0
+        self.last: str | None = None
+
+    def add(self, rec: Mapping[str, Any]) -> None:
+        self.count += 1
+        if "vs" in rec:
+            self.last = rec["vs"]
+            return
+        x = float(rec["vb"]) if "vb" in rec else rec.get("v")
+        if isinstance(x, int | float):
+            self.min = min(self.min, x)
+            self.max = max(self.max, x)
+            self.total += x
+
+    def body(self, name: str, start: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": name, "t": start, "count": self.count}
+        if self.unit is not None:
+            out["u"] = self.unit
+        if self.last is not None:
+            out["last"] = self.last
+        elif self.max >= self.min:
+            out.update(min=self.min, max=self.max, mean=self.total / self.count)
+        return out
+
+
+def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int, Any]]:
+    """Resolved records as an upstream SenML pack: integer labels, bn "{dev}:", bt the first record's time.
+
+    A device that used its own id as base name is not prefixed twice, so every upstream name reads
+    "{dev}:{metric}" whatever the device sent.
+    """
+    if not records:
+        raise ValueError("telemetry needs at least one record")
+    prefix = dev + ":"
+    bt = records[0]["t"]
+    out = []
+    for rec in records:
+        name = rec["n"]
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+        present = [k for k in ("v", "vb", "vs") if k in rec]
+        if len(present) != 1:
+            raise ValueError(f"record {name!r}: needs exactly one of v, vb, vs")
+        out.append(senml.record(name, rec[present[0]], rec.get("u"), (rec["t"] - bt) or None))
+    pack: list[dict[int, Any]] = senml.pack(out, bn=prefix, bt=bt)
+    return pack
+
+
+class Outbox:
+    """The outbox tables on the shared store connection, with in-memory leases for rows in flight."""
+
+    def __init__(self, conn: sqlite3.Connection, budget_bytes: int, thin_interval_s: float = 300.0) -> None:
+        if budget_bytes <= 0 or thin_interval_s <= 0:
+            raise ValueError("budget_bytes and thin_interval_s must be positive")
+        self.conn = conn
+        self.budget_bytes = budget_bytes
+        self.thin_interval_s = thin_interval_s
+        opened = conn.in_transaction
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
+        if not opened:
+            conn.commit()
+        # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
+        self.alarm_event = asyncio.Event()
+        self.ready_event = asyncio.Event()
+        self._leased: dict[int, int] = {}  # row id -> lane, published and not yet PUBACKed
+        self._acked: set[int] = set()  # PUBACKed, delete pending until the connection is idle
+        self._cursor = [0, 0, 0]  # per lane: highest id leased since the last release_all
+        self._thin_floor = 0  # every raw telemetry row at or below this id was thinned or was in flight
+        self.thinned_msgs = 0
+        self.evicted_msgs = 0
+        self.acked_rows = 0
+        self._over_logged = False
+
+    # --- writing (inside the ingest's transaction; never commits) ---------------------------------------
+
+    def put_alarm(self, body: Mapping[str, Any], now: float | None = None) -> int:
+        """An alarm transition (alarms.Transition.body()); the uplink is woken at once."""
+        rid = self._insert(ALARM, topics.ALARM, now, None, None, None, cbor2.dumps(dict(body)))
+        self.alarm_event.set()
+        return rid
+
+    def put_state(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> int:
+        """Device state, a data-quality event, a command ack or a device event: `kind` is its up topic kind."""
+        if kind not in STATE_KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
+        return self._insert(STATE, kind, now, None, None, None, cbor2.dumps(dict(body)))
+
+    def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
+                      now: float | None = None) -> int:
+        """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"})."""
+        body = cbor2.dumps({"dev": dev, "seq": seq, "boot": boot, "e": senml_pack(dev, records)})
+        return self._insert(TELEMETRY, topics.TELEMETRY, now, dev, seq, boot, body)
+
+    def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
+                boot: int | None, body: bytes) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (lane, kind, time.time() if now is None else now, dev, seq, seq, boot, body))
+        self.ready_event.set()
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    # --- sending ------------------------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No transaction is open on the shared connection: what we read is committed, what we write is ours."""
+        return not self.conn.in_transaction
+
+    def pending(self, lane: int, limit: int) -> tuple[int, float | None]:
+        """How many committed rows (up to `limit`) wait unleased in a lane, and the oldest one's queue time."""
+        if not self.idle:
+            return 0, None
+        n, oldest = self.conn.execute(
+            "SELECT count(*), min(t) FROM (SELECT t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?)",
+            (lane, self._cursor[lane], limit)).fetchone()
+        return int(n), oldest
+
+    def lease(self, lane: int, limit: int) -> list[Item]:
+        """The next committed rows of a lane, oldest first, marked in flight. Empty while a batch is open."""
+        if not self.idle or limit <= 0:
+            return []
+        rows = self.conn.execute(
+            "SELECT id, kind, t, msgs, thinned, body FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+            (lane, self._cursor[lane], limit)).fetchall()
+        items = []
+        for rid, kind, t, msgs, thinned, body in rows:
+            self._cursor[lane] = rid
+            if rid in self._acked:
+                continue
+            self._leased[rid] = lane
+            items.append(Item(rid, lane, kind, t, msgs, bool(thinned), body))
+        return items
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """The district broker PUBACKed these rows: delete them (now if the connection is idle, else later)."""
+        for rid in ids:
+            if self._leased.pop(rid, None) is not None:
+                self._acked.add(rid)
+        self.flush_acks()
+
+    def flush_acks(self) -> int:
+        """Delete PUBACKed rows in a commit of our own; a no-op while someone else's batch is open.
+
+        synchronous=NORMAL for this delete-only commit: if a power cut rolls it back, the rows are sent again
+        and the district drops the duplicates, so an fsync per PUBACK would buy nothing.
+        """
+        if not self._acked or not self.idle:
+            return 0
+        ids = list(self._acked)
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.conn.executemany("DELETE FROM outbox WHERE id = ?", ((rid,) for rid in ids))
+            self.conn.commit()
+        finally:
+            self.conn.execute("PRAGMA synchronous=FULL")
+        self._acked.difference_update(ids)
+        self.acked_rows += len(ids)
+        return len(ids)
+
+    def release_all(self) -> None:
+        """The connection dropped: every row not PUBACKed may be sent again, from the head of each lane."""
+        self.flush_acks()
+        self._leased.clear()
+        self._cursor = [0, 0, 0]
+        self.alarm_event.set()
+        self.ready_event.set()
+
+    def in_flight(self, lane: int | None = None) -> int:
+        return sum(1 for ln in self._leased.values() if lane is None or ln == lane)
+
+    # --- metrics --------------------------------------------------------------------------------------------
+
+    def depth(self) -> dict[str, int]:
+        """Rows per lane, sent-but-unacked included (they are still on disk)."""
+        return {LANES[lane]: rows for lane, rows in self.conn.execute("SELECT lane, rows FROM outbox_lanes")}
+
+    def bytes_used(self) -> int:
+        return int(self.conn.execute("SELECT total(bytes) FROM outbox_lanes").fetchone()[0])
+
+    def oldest_age(self, now: float | None = None) -> dict[str, float | None]:
+        """Seconds since the oldest row of each lane was queued (None for an empty lane)."""
+        now = time.time() if now is None else now
+        out: dict[str, float | None] = {}
+        for lane, name in enumerate(LANES):
+            row = self.conn.execute("SELECT t FROM outbox WHERE lane = ? ORDER BY id LIMIT 1", (lane,)).fetchone()
+            out[name] = None if row is None else max(0.0, now - row[0])
+        return out
+
+    # --- disk budget ----------------------------------------------------------------------------------------
+
+    def enforce_budget(self, now: float | None = None) -> BudgetReport | None:
+        """Bring the outbox under budget by thinning, then evicting, the oldest unleased telemetry.
+
+        Runs in its own transaction (so only when the connection is idle), which also carries the
+        data-quality item reporting what was done. Returns None when nothing had to be done.
+        """
+        if not self.idle:
+            return None
+        used = self.bytes_used()
+        if used <= self.budget_bytes:
+            self._over_logged = False
+            return None
+        now = time.time() if now is None else now
+        report = BudgetReport(self.budget_bytes, used)
+        target = int(self.budget_bytes * LOW_WATER)
+        try:
+            work = 0
+            while used > target and work < PASS_ROWS:
+                done = self._thin_window(report)
+                if done == 0:
+                    break
+                work += done
+                used = self.bytes_used()
+            if used > target:
+                self._evict(report, used - target)
+                used = self.bytes_used()
+            report.after = used
+            if report.thinned or report.evicted:
+                self.put_state(topics.DQ, report.body(now), now)
+                report.after = self.bytes_used()
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.thinned_msgs += sum(s.msgs for s in report.thinned.values())
+        self.evicted_msgs += sum(s.msgs for s in report.evicted.values())
+        if report.thinned or report.evicted:
+            event(log, "outbox-budget", logging.WARNING, budget=report.budget, before=report.before,
+                  after=report.after, thinned=sum(s.msgs for s in report.thinned.values()),
+                  evicted=sum(s.msgs for s in report.evicted.values()))
+        if report.after > self.budget_bytes and not self._over_logged:
+            event(log, "outbox over budget with no telemetry left to thin or evict", logging.WARNING,
+                  budget=self.budget_bytes, used=report.after, depth=self.depth())
+            self._over_logged = True
+        return report
+
+    def _thin_window(self, report: BudgetReport) -> int:
+        """Summarise the oldest interval of raw telemetry per device; returns rows consumed (0: none left)."""
+        # Rows at or below the lane's cursor are in flight or PUBACKed: never thinned, never evicted.
+        first = self.conn.execute(
+            "SELECT id, t FROM outbox WHERE lane = ? AND id > ? AND thinned = 0 ORDER BY id LIMIT 1",
+            (TELEMETRY, max(self._thin_floor, self._cursor[TELEMETRY]))).fetchone()
+        if first is None:
+            return 0
+        # Windows are aligned to the interval grid, as the summaries' buckets are, so one device's messages
+        # of one interval usually land in one summary entry per metric.
+        end_t = (math.floor(first[1] / self.thin_interval_s) + 1) * self.thin_interval_s
+        rows = self.conn.execute(
+            "SELECT id, t, dev, seq, seq_hi, msgs, thinned, body FROM outbox WHERE lane = ? AND id >= ? "
+            "ORDER BY id LIMIT ?", (TELEMETRY, first[0], WINDOW_ROWS)).fetchall()
+        by_dev: dict[str, list[tuple[int, float, int, bytes]]] = {}
+        consumed = 0
+        for rid, t, dev, seq, _hi, _msgs, thinned, body in rows:
+            if t >= end_t:
+                break
+            consumed += 1
+            self._thin_floor = rid
+            if thinned:
+                continue
+            by_dev.setdefault(dev, []).append((rid, t, seq, body))
+        for dev, group in by_dev.items():
+            rid, t, _dev, lo, hi, msgs, body = self._summary(dev, group)
+            if len(body) >= sum(len(raw) for *_, raw in group):
+                continue  # too few messages to gain from a summary: they stay raw (eviction may take them)
+            self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(g[0],) for g in group])
+            self.conn.execute(
+                "INSERT INTO outbox (id, lane, kind, t, dev, seq, seq_hi, boot, msgs, thinned, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, topics.TELEMETRY, t, dev, lo, hi,
+                                                              msgs, body))
+            report.thinned.setdefault(dev, _Span()).add(msgs, lo, hi)
+        return max(consumed, 1)
+
+    def _summary(self, dev: str, group: list[tuple[int, float, int, bytes]]
+                 ) -> tuple[int, float, str, int, int, int, bytes]:
+        """(id, t, dev, seq_lo, seq_hi, msgs, body) of the summary row replacing a device's raw rows."""
+        prefix = dev + ":"
+        stats: dict[tuple[str, float], _Stats] = {}
+        boots: set[int] = set()
+        for _rid, _t, _seq, body in group:
+            msg = cbor2.loads(body)
+            boots.add(msg["boot"])
+            for rec in senml.resolve(msg["e"]):
+                name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
+                start = math.floor(rec["t"] / self.thin_interval_s) * self.thin_interval_s
+                key = (name, start)
+                if key not in stats:
+                    stats[key] = _Stats(rec.get("u"))
+                stats[key].add(rec)
+        seqs = [seq for _rid, _t, seq, _body in group]
+        lo, hi = min(seqs), max(seqs)
+        body = cbor2.dumps({"dev": dev, "seq_lo": lo, "seq_hi": hi, "msgs": len(group), "boots": sorted(boots),
+                            "interval": self.thin_interval_s,
+                            "s": [st.body(name, start) for (name, start), st in sorted(stats.items())]})
+        return min(rid for rid, *_ in group), min(t for _r, t, *_ in group), dev, lo, hi, len(group), body
+
+    def _evict(self, report: BudgetReport, excess: int) -> None:
+        """Drop the oldest unleased telemetry rows (raw or thinned) until `excess` bytes are freed."""
+        freed = 0
+        while freed < excess:
+            rows = self.conn.execute(
+                "SELECT id, dev, seq, seq_hi, msgs, length(body) FROM outbox WHERE lane = ? AND id > ? "
+                "ORDER BY id LIMIT 1000", (TELEMETRY, self._cursor[TELEMETRY])).fetchall()
+            gone = []
+            for rid, dev, lo, hi, msgs, size in rows:
+                if freed >= excess:
+                    break
+                if rid in self._leased:
+                    continue
+                gone.append((rid,))
+                freed += size + ROW_OVERHEAD
+                report.evicted.setdefault(dev, _Span()).add(msgs, lo, hi)
+            if not gone:
+                return
+            self.conn.executemany("DELETE FROM outbox WHERE id = ?", gone)

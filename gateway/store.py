@@ -1,0 +1,47 @@
+"""The gateway's one SQLite store: every module keeps its tables on the connection opened here.
+
+Contract for the modules sharing it: writes on the ingest path are never committed by the module that makes
+them; the ingest commits once per batch and only then acks the site broker. Python's default (deferred)
+transaction handling is kept for that reason: the first INSERT/UPDATE/DELETE opens a transaction that stays
+open until someone calls commit(), and `conn.in_transaction` tells the outbox whether a batch is open.
+
+Pragmas, and why:
+- journal_mode=WAL: readers (the CLI's `quarantine list`, `status`) never block the daemon's writer, and a
+  commit is one sequential append to the log.
+- synchronous=FULL: in WAL mode, NORMAL survives a process crash but a power cut can roll back the last
+  commits since the previous checkpoint. Those commits were already acked to the site broker, which then
+  deleted them, so NORMAL could lose readings on a box without a UPS. FULL fsyncs the log at each commit;
+  the ingest commits once per batch, so that is one fsync per batch, not per message. (The outbox lowers it
+  for its own delete-only commits, where a lost commit only means a harmless re-send.)
+- busy_timeout=5000 ms: a second process writing the file (an operator's tool) makes the daemon wait briefly
+  instead of failing a batch with "database is locked".
+- wal_autocheckpoint=1000 pages (SQLite's default, stated so it is a decision) with journal_size_limit=64 MiB:
+  after a burst the WAL is truncated back instead of keeping its high-water size on a small disk.
+- cache_size=-8192 (8 MiB) and temp_store=MEMORY: enough for the hot index pages, well inside the gateway's
+  150 MB resident-memory target.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+BUSY_TIMEOUT_S = 5.0
+
+
+def open_store(path: Path | str) -> sqlite3.Connection:
+    """Open (creating if needed) the store at `path`; ":memory:" gives a private in-memory store for tests."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal" and str(path) != ":memory:":
+        conn.close()
+        raise RuntimeError(f"{path}: SQLite refused WAL mode (got {mode}); is it on a network file system?")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA wal_autocheckpoint=1000")
+    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+    conn.execute("PRAGMA cache_size=-8192")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn

@@ -1,0 +1,264 @@
+"""The outbox on a real SQLite file: lanes, leases, PUBACK deletes, crash atomicity and the disk budget."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Outbox, senml_pack
+from gateway.store import open_store
+from protocol import senml, topics
+
+T0 = 1_763_900_000.0
+
+
+def reading(dev: str, seq: int, value: float, t: float | None = None) -> list[dict[str, Any]]:
+    t = T0 + seq if t is None else t
+    return [{"n": f"{dev}:ch4", "u": "%LEL", "t": t, "v": value}, {"n": "temp", "u": "Cel", "t": t, "v": 21.5},
+            {"n": "cover", "t": t + 1, "vb": seq % 2 == 0}]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> sqlite3.Connection:
+    return open_store(tmp_path / "gw" / "store.db")
+
+
+def test_store_pragmas(store: sqlite3.Connection) -> None:
+    assert store.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_lanes_lease_by_priority_and_age_and_only_committed_rows(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    t1 = ob.put_telemetry("gas-01", 7, 2, reading("gas-01", 7, 12.5), now=T0)
+    s1 = ob.put_state(topics.UP_STATE, {"dev": "gas-01", "st": "online"}, now=T0 + 1)
+    a1 = ob.put_alarm({"id": "a1", "ev": "raised"}, now=T0 + 2)
+    t2 = ob.put_telemetry("gas-02", 1, 1, reading("gas-02", 1, 3.0), now=T0 + 3)
+    a2 = ob.put_alarm({"id": "a2", "ev": "raised"}, now=T0 + 4)
+    # put_* leave the batch open for the ingest to commit: nothing uncommitted may be sent
+    assert store.in_transaction and ob.alarm_event.is_set()
+    assert ob.lease(ALARM, 10) == [] and ob.pending(TELEMETRY, 10) == (0, None)
+    store.commit()
+    assert [i.id for i in ob.lease(ALARM, 10)] == [a1, a2]
+    assert [i.id for i in ob.lease(STATE, 10)] == [s1]
+    assert ob.pending(TELEMETRY, 10) == (2, T0)
+    tel = ob.lease(TELEMETRY, 10)
+    assert [i.id for i in tel] == [t1, t2]
+    assert ob.lease(TELEMETRY, 10) == []  # leased rows are not handed out twice
+    assert ob.depth() == {"alarm": 2, "state": 1, "telemetry": 2}
+    assert ob.oldest_age(T0 + 10) == {"alarm": 8.0, "state": 9.0, "telemetry": 10.0}
+    # the stored telemetry row is exactly the upstream pack entry, names "{dev}:{metric}" without a double prefix
+    body = cbor2.loads(tel[0].body)
+    assert (body["dev"], body["seq"], body["boot"]) == ("gas-01", 7, 2)
+    assert senml.resolve(body["e"]) == [
+        {"n": "gas-01:ch4", "u": "%LEL", "t": T0 + 7, "v": 12.5},
+        {"n": "gas-01:temp", "u": "Cel", "t": T0 + 7, "v": 21.5},
+        {"n": "gas-01:cover", "t": T0 + 8, "vb": False}]
+
+
+def test_rows_are_deleted_only_when_acked_and_resent_after_release(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    ids = [ob.put_telemetry("d1", s, 1, reading("d1", s, s)) for s in range(5)]
+    store.commit()
+    first = ob.lease(TELEMETRY, 3)
+    ob.ack([first[0].id, first[2].id])
+    assert ob.depth()["telemetry"] == 3
+    ob.release_all()  # connection lost: the unacked one and the never-leased ones go again, oldest first
+    assert [i.id for i in ob.lease(TELEMETRY, 10)] == [ids[1], ids[3], ids[4]]
+
+
+def test_ack_never_commits_someone_elses_batch(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    rid = ob.put_alarm({"id": "a1"})
+    store.commit()
+    [item] = ob.lease(ALARM, 1)
+    ob.put_state(topics.DQ, {"ev": "gap"})  # the ingest's batch is open ...
+    ob.ack([item.id])  # ... so the PUBACK's delete waits instead of committing half a batch
+    store.rollback()  # the batch fails
+    assert ob.depth() == {"alarm": 1, "state": 0, "telemetry": 0}
+    assert ob.flush_acks() == 1
+    assert store.execute("SELECT count(*) FROM outbox WHERE id = ?", (rid,)).fetchone()[0] == 0
+
+
+def test_uncommitted_rows_vanish_with_a_crash_and_committed_ones_survive(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    conn = open_store(path)
+    ob = Outbox(conn, 10**9)
+    ob.put_alarm({"id": "kept"})
+    conn.commit()
+    ob.put_alarm({"id": "lost"})  # never committed: the site broker was never acked for it either
+    conn.close()
+    again = Outbox(open_store(path), 10**9)
+    assert [cbor2.loads(i.body)["id"] for i in again.lease(ALARM, 10)] == ["kept"]
+
+
+def test_bad_items_are_refused_with_a_reason(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    with pytest.raises(ValueError, match="kind 'telemetry'"):
+        ob.put_state(topics.TELEMETRY, {})
+    with pytest.raises(ValueError, match="exactly one of"):
+        ob.put_telemetry("d1", 1, 1, [{"n": "x", "t": 1.0, "v": 1.0, "vs": "a"}])
+    with pytest.raises(ValueError, match="at least one record"):
+        senml_pack("d1", [])
+
+
+def fill(ob: Outbox, store: sqlite3.Connection, devices: int, per_device: int, step: float,
+         alarms_every: int = 50) -> tuple[list[str], dict[str, set[int]]]:
+    """Telemetry from `devices` devices every `step` seconds, with an alarm and a state item now and then."""
+    alarm_ids: list[str] = []
+    seqs: dict[str, set[int]] = {}
+    n = 0
+    for k in range(per_device):
+        for d in range(devices):
+            dev = f"dev-{d}"
+            t = T0 + k * step
+            ob.put_telemetry(dev, 1000 + k, 1, reading(dev, 1000 + k, float(k % 17), t), now=t)
+            seqs.setdefault(dev, set()).add(1000 + k)
+            n += 1
+            if n % alarms_every == 0:
+                alarm_ids.append(f"alarm-{n}")
+                ob.put_alarm({"id": alarm_ids[-1], "ev": "raised", "pad": "x" * 200}, now=t)
+                ob.put_state(topics.UP_STATE, {"dev": dev, "n": n}, now=t)
+    store.commit()
+    return alarm_ids, seqs
+
+
+def accounting(ob: Outbox) -> tuple[dict[str, set[int]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(raw seqs left per device, summaries left, data-quality items) after budget passes."""
+    raw: dict[str, set[int]] = {}
+    summaries = []
+    for thinned, body in ob.conn.execute(
+            "SELECT thinned, body FROM outbox WHERE lane = ? ORDER BY id", (TELEMETRY,)):
+        doc = cbor2.loads(body)
+        if thinned:
+            summaries.append(doc)
+        else:
+            raw.setdefault(doc["dev"], set()).add(doc["seq"])
+    dq = [cbor2.loads(b) for (b,) in ob.conn.execute("SELECT body FROM outbox WHERE kind = ?", (topics.DQ,))]
+    return raw, summaries, dq
+
+
+def test_budget_thins_oldest_telemetry_keeps_every_alarm_and_reports(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9, thin_interval_s=300.0)
+    alarm_ids, seqs = fill(ob, store, devices=20, per_device=120, step=10.0)  # 20 min, 30 per interval
+    full = ob.bytes_used()
+    ob.budget_bytes = full // 2
+    report = ob.enforce_budget(now=T0 + 700)
+    assert report is not None and report.before == full
+    assert ob.bytes_used() <= ob.budget_bytes
+    assert sorted(cbor2.loads(b)["id"] for (b,) in store.execute(
+        "SELECT body FROM outbox WHERE lane = ?", (ALARM,))) == sorted(alarm_ids)
+    assert ob.depth()["state"] == len(alarm_ids) + 1  # every state item, plus the report
+    raw, summaries, [dq] = accounting(ob)
+    assert dq["ev"] == "outbox-budget" and dq["budget"] == ob.budget_bytes
+    assert report.thinned and ob.thinned_msgs == sum(e["msgs"] for e in dq["thinned"])
+    assert ob.evicted_msgs == sum(e["msgs"] for e in dq["evicted"]) == 0
+    for dev, want in seqs.items():
+        covered = [s for s in summaries if s["dev"] == dev]
+        thinned = set().union(*(set(range(s["seq_lo"], s["seq_hi"] + 1)) for s in covered))
+        # every message is either still raw or inside exactly one summary; the oldest went first
+        assert thinned | raw[dev] == want and not thinned & raw[dev]
+        assert sum(s["msgs"] for s in covered) == len(thinned)
+        assert max(thinned) < min(raw[dev])
+        [entry] = [e for e in dq["thinned"] if e["dev"] == dev]
+        assert (entry["seq_lo"], entry["seq_hi"], entry["msgs"]) == (min(thinned), max(thinned), len(thinned))
+    # summaries keep their place in the lane: draining still sends the oldest telemetry first
+    order = [cbor2.loads(i.body) for i in ob.lease(TELEMETRY, 10**6)]
+    firsts = [d.get("seq_lo", d.get("seq")) for d in order if d["dev"] == "dev-0"]
+    assert firsts == sorted(firsts)
+
+
+def test_budget_evicts_when_summaries_would_not_be_smaller(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9, thin_interval_s=5.0)
+    alarm_ids, seqs = fill(ob, store, devices=10, per_device=40, step=10.0)  # one message per device per window
+    ob.budget_bytes = ob.bytes_used() // 2
+    report = ob.enforce_budget(now=T0 + 500)
+    assert report is not None and not report.thinned and report.evicted
+    assert ob.bytes_used() <= ob.budget_bytes
+    assert ob.depth()["alarm"] == len(alarm_ids)
+    raw, summaries, [dq] = accounting(ob)
+    assert not summaries
+    for dev, want in seqs.items():
+        [entry] = [e for e in dq["evicted"] if e["dev"] == dev]
+        gone = want - raw[dev]
+        assert (entry["seq_lo"], entry["seq_hi"], entry["msgs"]) == (min(gone), max(gone), len(gone))
+        assert max(gone) < min(raw[dev])
+    assert ob.evicted_msgs == sum(len(want - raw[dev]) for dev, want in seqs.items())
+
+
+def test_budget_never_touches_rows_in_flight_nor_alarms_when_only_alarms_remain(
+        store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    for i in range(200):
+        ob.put_alarm({"id": f"a{i}", "pad": "x" * 500})
+    for s in range(100):
+        ob.put_telemetry("d1", s, 1, reading("d1", s, 1.0))
+    store.commit()
+    leased = ob.lease(TELEMETRY, 10)
+    ob.budget_bytes = ob.bytes_used() // 10  # the alarms alone are over it
+    report = ob.enforce_budget()
+    assert report is not None and report.after > ob.budget_bytes
+    assert ob.depth()["alarm"] == 200
+    left = {rid for (rid,) in store.execute("SELECT id FROM outbox WHERE lane = ?", (TELEMETRY,))}
+    assert left == {i.id for i in leased}
+    ob.ack(i.id for i in leased)
+    assert ob.depth()["telemetry"] == 0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(-1e3, 1e3, allow_nan=False), st.booleans(),
+                          st.floats(0, 3600)), min_size=1, max_size=120))
+def test_every_message_is_raw_summarised_or_evicted_and_summaries_are_exact(
+        tmp_path_factory: pytest.TempPathFactory, samples: list[tuple[int, float, bool, float]]) -> None:
+    conn = open_store(tmp_path_factory.mktemp("thin") / "s.db")
+    interval = 600.0
+    ob = Outbox(conn, 10**9, thin_interval_s=interval)
+    sent: dict[int, tuple[str, float, float, bool]] = {}
+    for seq, (d, value, flag, dt) in enumerate(samples):
+        dev, t = f"d{d}", T0 + dt
+        ob.put_telemetry(dev, seq, 1, [{"n": "level", "u": "m", "t": t, "v": value},
+                                       {"n": "cover", "t": t, "vb": flag}, {"n": "mode", "t": t, "vs": "auto"}],
+                         now=T0)
+        sent[seq] = (dev, t, value, flag)
+    conn.commit()
+    ob.budget_bytes = ob.bytes_used() * 3 // 4
+    report = ob.enforce_budget(now=T0)
+    assert report is not None
+    raw, summaries, [dq] = accounting(ob)
+    # the pass frees the excess; its own report is one state row on top (it matters only for tiny budgets)
+    assert ob.bytes_used() - len(cbor2.dumps(dq)) - ROW_OVERHEAD <= ob.budget_bytes
+    accounted = {(dev, seq) for dev, seqs in raw.items() for seq in seqs}
+    for s in summaries:
+        covered = [seq for seq in range(s["seq_lo"], s["seq_hi"] + 1) if sent[seq][0] == s["dev"]]
+        assert s["msgs"] == len(covered) and not accounted & {(s["dev"], q) for q in covered}
+        accounted |= {(s["dev"], q) for q in covered}
+        want: dict[tuple[str, float], list[float]] = {}
+        for seq in covered:
+            _, t, value, flag = sent[seq]
+            start = math.floor(t / interval) * interval
+            want.setdefault(("level", start), []).append(value)
+            want.setdefault(("cover", start), []).append(float(flag))
+            want.setdefault(("mode", start), []).append(0.0)
+        got = {(e["n"], e["t"]): e for e in s["s"]}
+        assert set(got) == set(want)
+        for (name, start), values in want.items():
+            entry = got[(name, start)]
+            assert entry["count"] == len(values)
+            if name == "mode":
+                assert entry["last"] == "auto"
+            else:
+                assert (entry["min"], entry["max"]) == (min(values), max(values))
+                assert entry["mean"] == pytest.approx(sum(values) / len(values), abs=1e-9)
+    evicted = sum(e["msgs"] for e in dq["evicted"])
+    assert len(accounted) + evicted == len(samples)
+    # "thinned" counts what was summarised; a summary evicted later in the same pass is in "evicted" too
+    assert sum(e["msgs"] for e in dq["thinned"]) >= sum(s["msgs"] for s in summaries)
+    assert (ob.thinned_msgs, ob.evicted_msgs) == (sum(e["msgs"] for e in dq["thinned"]), evicted)
