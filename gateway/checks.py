@@ -6,6 +6,9 @@ sequence number is new (duplicates are dropped and counted, replays rejected); a
 plausible. A failure quarantines the raw message with its reason and returns None: it never raises, so
 one bad message cannot take the good ones beside it down.
 
+A reading's metric is its SenML name after the last ":", so a base name such as "gas-01:" (docs/protocol.md)
+does not hide the metric from the rules.
+
 Times are not rejected but judged. On an epoch clock (clk=0), SenML times below 2**28 are relative to "now"
 (RFC 8428 section 4.5.3), so they are taken from the arrival time; absolute times too far in the future or
 past are flagged and replaced by the arrival time for alarm evaluation. On a boot clock (clk=1), times are
@@ -45,7 +48,8 @@ TRUSTED = (CLOCK_OK, CLOCK_BOOT)
 
 @dataclass(frozen=True)
 class Reading:
-    name: str
+    name: str  # as resolved: base name + name, e.g. "gas-01:ch4"
+    metric: str  # the name without the base name's prefix, as rules know it: "ch4"
     value: float | str | bool | bytes
     unit: str | None
     t: float  # epoch seconds to judge by: the device's time if trusted, else the arrival time
@@ -99,7 +103,10 @@ class Checker:
         try:
             body = cast(Mapping[str, Any], message.decode(raw, self.registry.key_for, kind, _loads))
         except message.MessageError as exc:
-            self._reject(_REASON.get(exc.reason, exc.reason), str(exc), topic, raw, now)
+            detail = str(exc)
+            while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
+                detail = detail[len(exc.reason) + 2:]
+            self._reject(_REASON.get(exc.reason, exc.reason), detail, topic, raw, now)
             return None
         except Exception as exc:  # a decoder bug must not stop the daemon: the message is kept
             log.exception("check failed")
@@ -152,5 +159,5 @@ class Checker:
             value: Any = next((rec[k] for k in ("v", "vb", "vs", "vd") if k in rec), None)
             if value is None:  # a sum-only record
                 value = rec["s"]
-            out.append(Reading(rec["n"], value, rec.get("u"), t, t_dev, clock))
+            out.append(Reading(rec["n"], rec["n"].rsplit(":", 1)[-1], value, rec.get("u"), t, t_dev, clock))
         return tuple(out)

@@ -80,6 +80,8 @@ class GatewayConfig:
     quarantine_rows: int
     quarantine_log_interval_s: float
     command_timeout_s: float
+    alarm_resend_first_s: float
+    alarm_resend_max_s: float
     log_format: str
     log_level: str
 
@@ -327,6 +329,11 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     cmd_timeout = float(c_t.number("timeout_s", 30, 0.1, 86400))
     c_t.done()
 
+    a_t = root.section("alarms")
+    resend_first = float(a_t.number("resend_first_s", 60, 1))
+    resend_max = float(a_t.number("resend_max_s", 3600, resend_first))
+    a_t.done()
+
     log_t = root.section("log")
     log_format = log_t.text("format", "kv")
     if log_format not in ("kv", "json"):
@@ -345,7 +352,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
         metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_log_interval_s=q_interval,
-        command_timeout_s=cmd_timeout, log_format=log_format, log_level=log_level)
+        command_timeout_s=cmd_timeout, alarm_resend_first_s=resend_first, alarm_resend_max_s=resend_max,
+        log_format=log_format, log_level=log_level)
 
 
 def load(path: Path | str, check_files: bool = True) -> GatewayConfig:

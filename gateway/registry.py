@@ -161,4 +161,30 @@ def run(args: argparse.Namespace) -> int:
                           "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
                           str(gaps), str(dups), str(replays))
         console.print(table)
+        console.print(_alarm_table(conn, now))
     return 0
+
+
+def _alarm_table(conn: sqlite3.Connection, now: float) -> Any:
+    """Active alarms as the alarm engine stored them (alarms.py's alarm_active table), highest level first."""
+    from rich.table import Table
+
+    from gateway.alarms import Transition
+    from gateway.rules import Level
+
+    colour = {"blue": "blue", "yellow": "yellow", "orange": "dark_orange", "red": "red"}
+    table = Table("alarm", "level", "device", "metric", "point", "value", "rule", "raised", "acked", "resends",
+                  title="active alarms")
+    try:
+        rows = conn.execute("SELECT id, level, raised_at, acked_at, resends, last FROM alarm_active "
+                            "ORDER BY level DESC, raised_at").fetchall()
+    except sqlite3.OperationalError:  # the daemon has not created the table yet
+        rows = []
+    for alarm_id, level, raised_at, acked_at, resends, last in rows:
+        t = Transition.from_body(json.loads(last))
+        label = Level(level).label
+        value = "" if t.value is None else f"{t.value:g}" + (f" {t.unit}" if t.unit else "")
+        table.add_row(alarm_id[:12], f"[{colour[label]}]{label}[/{colour[label]}]", t.device, t.metric or "stale",
+                      t.point or "", value, f"{t.rule} v{t.rule_version}", _age(now, raised_at) + " ago",
+                      "yes" if acked_at is not None else "no", str(resends))
+    return table

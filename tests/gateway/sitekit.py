@@ -256,8 +256,69 @@ class District:
 def gateway_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "200"  # rich wraps tables at 80 columns when writing to a pipe
     return env
 
 
 def lifeline_cmd() -> list[str]:
     return [sys.executable, "-m", "lifeline.cli"]
+
+
+class GatewayProcess:
+    """`lifeline gateway --config site.toml` as a subprocess, its log lines collected from stderr."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.log_path = site.dir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+
+    def start(self) -> GatewayProcess:
+        self._log = self.log_path.open("ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen([*lifeline_cmd(), "gateway", "--config", str(self.site.config_path)],
+                                     stdout=self._log, stderr=self._log, env=gateway_env(), cwd=ROOT)
+        return self
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace")[self._offset:].splitlines()
+
+    async def wait_log(self, needle: str, timeout: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(needle in line for line in self.lines()) < count:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n" + "\n".join(self.lines()[-30:]))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in the gateway log within {timeout}s:\n"
+                                     + "\n".join(self.lines()[-30:]))
+            await asyncio.sleep(0.05)
+
+    async def ready(self) -> None:
+        await self.wait_log("event=connected link=site")
+        await self.wait_log("event=\"uplink connected\"")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("gateway did not exit in time:\n" + "\n".join(self.lines()[-30:]))
+            await asyncio.sleep(0.05)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*lifeline_cmd(), *args], capture_output=True, text=True, env=gateway_env(), cwd=ROOT,
+                          timeout=60)
