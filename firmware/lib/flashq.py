@@ -41,9 +41,11 @@ class FlashQ:
             pass
         self._idx = path + "/idx"
         self._h = bytearray(_HLEN)
+        self._h8 = memoryview(self._h)[:8]  # the CRC covers these header bytes
         self._buf = bytearray(128)
         self._rf = None
-        self._rkey = None
+        self._rkey = -1  # segment * 2 + lane of the open read handle
+        self._ln = self._rid = self._crc = 0
         self._pos = {}
         st = persist.load(self._idx) or {}
         self._next = st.get("n", 1)
@@ -97,7 +99,7 @@ class FlashQ:
         h = self._h
         struct.pack_into(_HDR, h, 0, _MAGIC, kind << 1 | (lane ^ 1), n, rid, 0)
         struct.pack_into("<I", h, 8, crc32(data, crc32(memoryview(h)[:8])))
-        if self._rkey == (lane, self._head[lane]):
+        if self._rkey == self._head[lane] * 2 + lane:
             self._close()
         try:
             with open(self._name(lane, self._head[lane]), "ab") as f:
@@ -132,16 +134,16 @@ class FlashQ:
                 if r is None:
                     seg, off = seg + 1, 0
                     continue
-                if r is not False:
-                    flags, ln, rid, crc = r
+                if r:
+                    ln, rid = self._ln, self._rid
                     if rid in self._acked or left:
                         if rid not in self._acked:
                             left -= 1
                         off += _HLEN + ln
                         continue
                     data = self._rf.read(ln)
-                    if len(data) == ln and crc32(data, crc32(memoryview(self._h)[:8])) == crc:
-                        out.append((rid, flags >> 1, data))
+                    if len(data) == ln and crc32(data, crc32(self._h8)) == self._crc:
+                        out.append((rid, self._h[1] >> 1, data))
                         self._pos[rid] = (lane, seg, off)
                         off += _HLEN + ln
                         continue
@@ -201,27 +203,31 @@ class FlashQ:
     def _close(self):
         if self._rf:
             self._rf.close()
-        self._rf = self._rkey = None
+        self._rf = None
+        self._rkey = -1
 
     def _hdr(self, lane, seg, off):
-        """Header at (seg, off) as (flags, length, id, crc); None at the segment's end, False if damaged.
-        Leaves the read handle positioned at the payload."""
-        if self._rkey != (lane, seg):
+        """Read the header at (seg, off) into _ln, _rid, _crc (flags stay in _h[1]): True when it is
+        sane, None at the segment's end, False if damaged. Leaves the read handle at the payload.
+        Fields go to attributes, not a tuple, to keep the per-record garbage of a scan small."""
+        key = seg * 2 + lane
+        if self._rkey != key:
             self._close()
             try:
                 self._rf = open(self._name(lane, seg), "rb")
             except OSError:
                 return None
-            self._rkey = (lane, seg)
+            self._rkey = key
         f = self._rf
         f.seek(off)
-        got = f.readinto(self._h)
+        h = self._h
+        got = f.readinto(h)
         if not got:
             return None
-        magic, flags, ln, rid, crc = struct.unpack_from(_HDR, self._h)
-        if got < _HLEN or magic != _MAGIC or ln > self.max_record or (flags & 1) != lane ^ 1:
+        if got < _HLEN or h[0] != _MAGIC or (h[1] & 1) != lane ^ 1:
             return False
-        return flags, ln, rid, crc
+        self._ln, self._rid, self._crc = struct.unpack_from("<HII", h, 2)
+        return self._ln <= self.max_record
 
     def _scan(self, lane, seen):
         """Check every record from the floor, cutting a segment at its first bad record (a torn write);
@@ -235,17 +241,17 @@ class FlashQ:
             if r is None:
                 seg, off = seg + 1, 0
                 continue
-            ok = r is not False
+            ok = bool(r)
             if ok:
-                flags, ln, rid, crc = r
-                c = crc32(memoryview(self._h)[:8])
+                ln, rid = self._ln, self._rid
+                c = crc32(self._h8)
                 left = ln
                 while left and ok:
-                    k = self._rf.readinto(buf[:min(left, len(buf))])
+                    k = self._rf.readinto(buf if left >= len(buf) else buf[:left])
                     ok = k > 0
-                    c = crc32(buf[:k], c)
+                    c = crc32(buf if k == len(buf) else buf[:k], c)
                     left -= k
-                ok = ok and c == crc
+                ok = ok and c == self._crc
             if not ok:
                 try:
                     self._cut(lane, seg, off)
@@ -304,11 +310,11 @@ class FlashQ:
                         break
                     seg, off = seg + 1, 0
                     continue
-                if r[2] == rid:
+                if self._rid == rid:
                     return lane, seg, off
-                if r[2] > rid:
+                if self._rid > rid:
                     break
-                off += _HLEN + r[1]
+                off += _HLEN + self._ln
         return None
 
     def _advance(self, lane, skip):
@@ -325,18 +331,18 @@ class FlashQ:
                 continue
             if skip:
                 skip = False
-            elif r[2] in self._acked:
-                self._acked.remove(r[2])
+            elif self._rid in self._acked:
+                self._acked.remove(self._rid)
             else:
                 return
-            fl[1] += _HLEN + r[1]
+            fl[1] += _HLEN + self._ln
 
     def _reap(self, lane):
         """Remove the segment files below the floor; call it only once the index saying so is saved."""
         for seg in range(self._low[lane], self._floor[lane][0]):
             size = self._size(lane, seg)
             if size:
-                if self._rkey == (lane, seg):
+                if self._rkey == seg * 2 + lane:
                     self._close()
                 os.remove(self._name(lane, seg))
                 self._used[lane] -= size
@@ -364,12 +370,12 @@ class FlashQ:
                 r = self._hdr(lane, seg, off)
                 if not r:
                     break
-                if r[2] in self._acked:
-                    self._acked.remove(r[2])
+                if self._rid in self._acked:
+                    self._acked.remove(self._rid)
                 else:
                     self.dropped[lane] += 1
                     self._live[lane] -= 1
-                off += _HLEN + r[1]
+                off += _HLEN + self._ln
             if seg == self._head[lane]:
                 self._head[lane] += 1
                 self._hsize[lane] = 0

@@ -46,7 +46,7 @@ class MQTTClient:
         self.connects = self.resends = self.pings = self.oversize = self.cb_errors = 0
         self.last_error = None
         self._subs = []
-        self._pend = {}  # pid -> [Event, result]; result True (PUBACK) or SUBACK code
+        self._pend = {}  # pid -> [Event, result (True for PUBACK, or the SUBACK code), sent at ms]
         self._pid = 0
         self._r = self._w = None
         self._open = asyncio.Event()
@@ -82,21 +82,20 @@ class MQTTClient:
             await self._send_publish(topic, payload, retain, 0, 0, 0)
             return
         pid = self._new_pid()
-        slot = self._pend[pid] = [asyncio.Event(), None]
+        slot = self._pend[pid] = [asyncio.Event(), None, 0]
         dup = 0
         try:
             while True:
                 await self._gate()
                 slot[0].clear()
+                slot[2] = 0
                 try:
                     await self._send_publish(topic, payload, retain, 1, pid, dup)
                 except OSError:
                     pass  # _send dropped the link; the reconnect wakes us below
                 dup = 1
-                try:
-                    await asyncio.wait_for_ms(slot[0].wait(), self._ack_ms)
-                except asyncio.TimeoutError:
-                    pass
+                slot[2] = ticks_ms() or 1  # the keepalive task wakes us if no PUBACK comes in time
+                await slot[0].wait()
                 if slot[1]:
                     return
                 self.resends += 1
@@ -225,7 +224,10 @@ class MQTTClient:
             for p in parts:
                 w.write(p)
             try:
-                await asyncio.wait_for_ms(w.drain(), self._ack_ms)
+                if getattr(w, "out_buf", 1):  # only a backed-up socket can block: bound that wait
+                    await asyncio.wait_for_ms(w.drain(), self._ack_ms)
+                else:
+                    await w.drain()
             except Exception as e:  # timeout or socket error: this link is finished
                 self.last_error = e
                 self._drop()
@@ -243,7 +245,7 @@ class MQTTClient:
     async def _subscribe(self, topic, qos):
         t = _str(topic)
         pid = self._new_pid()
-        slot = self._pend[pid] = [asyncio.Event(), None]
+        slot = self._pend[pid] = [asyncio.Event(), None, 0]
         try:
             await self._send(0x82, 3 + len(t), struct.pack(">H", pid), t, bytes((qos,)))
             await asyncio.wait_for_ms(slot[0].wait(), self._ack_ms)
@@ -268,17 +270,17 @@ class MQTTClient:
         r = self._r
         try:
             while True:
-                b = (await r.readexactly(1))[0]
-                n = 0
-                shift = 0
-                while True:
+                h = await r.readexactly(2)
+                b = h[0]
+                c = h[1]
+                n = c & 0x7F
+                shift = 7
+                while c & 0x80:
+                    if shift > 21:
+                        raise MQTTError("bad remaining length")
                     c = (await r.readexactly(1))[0]
                     n |= (c & 0x7F) << shift
                     shift += 7
-                    if c < 0x80:
-                        break
-                    if shift > 21:
-                        raise MQTTError("bad remaining length")
                 self._rx = ticks_ms()
                 if b & 0xF0 == 0x30:
                     await self._on_publish(r, b, n)
@@ -330,17 +332,23 @@ class MQTTClient:
             await self._send(0x40, 2, struct.pack(">H", pid))
 
     async def _keep_alive(self):
-        """PINGREQ when either direction has been quiet for half the keepalive; a PINGRESP that does
+        """The link's clock. Wakes QoS 1 publishers whose PUBACK is overdue (they resend with DUP).
+        Sends PINGREQ when either direction has been quiet for half the keepalive; a PINGRESP that does
         not come within min(keepalive/2, 10 s) means the link is dead (a broker or path that went
         silent without closing the socket)."""
         ka = self.keepalive * 1000
-        if not ka:
-            return
         half = ka // 2
         dead = min(half, 10000)
+        tick = max(50, min(1000, self._ack_ms // 4, ka // 8 or 1000))
         while True:
-            await asyncio.sleep_ms(max(50, min(1000, ka // 8)))
+            await asyncio.sleep_ms(tick)
             now = ticks_ms()
+            for slot in self._pend.values():
+                if slot[2] and slot[1] is None and ticks_diff(now, slot[2]) > self._ack_ms:
+                    slot[2] = 0
+                    slot[0].set()
+            if not ka:
+                continue
             if self._ping_at:
                 if ticks_diff(now, self._ping_at) > dead:
                     self.last_error = OSError("no PINGRESP")
