@@ -151,6 +151,8 @@ class _Stats:
 def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int, Any]]:
     """Resolved records as an upstream SenML pack: integer labels, bn "{dev}:", bt the first record's time.
 
+    Values: v, vb, vs or vd, and an optional sum s (a record may carry only a sum, RFC 8428 section 4.2).
+
     A device that used its own id as base name is not prefixed twice, so every upstream name reads
     "{dev}:{metric}" whatever the device sent.
     """
@@ -163,10 +165,21 @@ def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int,
         name = rec["n"]
         if name.startswith(prefix):
             name = name[len(prefix):]
-        present = [k for k in ("v", "vb", "vs") if k in rec]
-        if len(present) != 1:
-            raise ValueError(f"record {name!r}: needs exactly one of v, vb, vs")
-        out.append(senml.record(name, rec[present[0]], rec.get("u"), (rec["t"] - bt) or None))
+        present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
+        if len(present) > 1 or not (present or "s" in rec):
+            raise ValueError(f"record {name!r}: needs exactly one of v, vb, vs, vd (or only a sum s)")
+        dt = (rec["t"] - bt) or None
+        if present:
+            item = senml.record(name, rec[present[0]], rec.get("u"), dt)
+        else:
+            item = {senml.N: name}
+            if rec.get("u") is not None:
+                item[senml.U] = rec["u"]
+            if dt is not None:
+                item[senml.T] = dt
+        if "s" in rec:
+            item[senml.S] = rec["s"]
+        out.append(item)
     pack: list[dict[int, Any]] = senml.pack(out, bn=prefix, bt=bt)
     return pack
 

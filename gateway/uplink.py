@@ -1,0 +1,335 @@
+"""The district publisher: drains the outbox over one MQTT connection, QoS 1, deleting rows on PUBACK.
+
+aiomqtt 2.x's `publish(qos=1)` returns only after paho's on_publish fires, which for QoS 1 is the broker's
+PUBACK; so a row is acked to the outbox after `publish` returns and never before. Throughput comes from
+keeping several publishes in flight (one task each, bounded by a semaphore); paho writes them to the socket
+in call order, so the district sees the order in which they were leased.
+
+Alarms have their own path: `Outbox.put_alarm` sets `alarm_event`, which this task waits on, and alarm
+publishes skip both the in-flight bound and the drain pacing, so a live alarm does not queue behind a
+backlog. State and telemetry share the bulk path: state rows one per message, telemetry batched into packs
+of up to `max_items` device messages or `max_delay_s` of waiting, whichever comes first. After an outage
+(a backlog larger than one batch at connect time) bulk publishes are paced to `drain_rate` messages per
+second until the backlog is gone, with progress logged once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import cbor2
+
+from gateway.config import BrokerConfig
+from gateway.logs import event
+from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
+from protocol import topics
+
+log = logging.getLogger("lifeline.gateway.uplink")
+
+Downlink = Callable[[str, bytes], None]
+
+
+class _Raw:
+    """Bytes that are already CBOR, spliced into an upstream message without decoding them again."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _splice(encoder: Any, value: Any) -> None:
+    if not isinstance(value, _Raw):
+        raise TypeError(f"cannot encode {type(value).__name__}")
+    encoder.write(value.data)
+
+
+def telemetry_body(site: str, items: list[Item]) -> bytes:
+    """{"site", "packs": [{"dev","seq","boot","e"}...], "thinned": [summary...]} from leased telemetry rows."""
+    doc: dict[str, Any] = {"site": site, "packs": [_Raw(i.body) for i in items if not i.thinned]}
+    thinned = [_Raw(i.body) for i in items if i.thinned]
+    if thinned:
+        doc["thinned"] = thinned
+    out: bytes = cbor2.dumps(doc, default=_splice)
+    return out
+
+
+class _Stopped(Exception):
+    """Raised inside a session once a requested stop has let the in-flight publishes finish."""
+
+
+class Uplink:
+    """One district connection at a time; `run()` reconnects with exponential backoff until `stop()`."""
+
+    def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, *, max_items: int = 100,
+                 max_delay_s: float = 0.2, drain_rate: float = 500.0, max_inflight: int = 32,
+                 alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 publish_timeout_s: float = 30.0, connect_timeout_s: float = 10.0, tick_s: float = 1.0,
+                 on_downlink: Downlink | None = None) -> None:
+        if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
+            raise ValueError("max_items, max_inflight, alarm_inflight and drain_rate must be positive")
+        self.outbox = outbox
+        self.broker = broker
+        self.site = topics.check_id(site, "site")
+        self.max_items = max_items
+        self.max_delay_s = max_delay_s
+        self.drain_rate = drain_rate
+        self.max_inflight = max_inflight
+        self.alarm_inflight = alarm_inflight
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.publish_timeout_s = publish_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.tick_s = tick_s
+        self.on_downlink = on_downlink
+        # Metrics, read by the daemon's Prometheus collector.
+        self.connected = False
+        self.draining = False
+        self.sent_msgs = 0  # upstream publishes PUBACKed
+        self.sent_items = 0  # outbox rows PUBACKed (alarms, state items, device messages or summaries)
+        self.connects = 0
+        self.last_error: str | None = None
+        self._stop = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._alarms_in_flight = 0
+        self._next_send = 0.0
+        self._drain_total = 0
+        self._drain_sent = 0
+        self._drain_started = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect; returns after `stop()`. Budget upkeep runs while disconnected too."""
+        upkeep = asyncio.create_task(self._upkeep())
+        backoff = self.backoff_initial_s
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                except* aiomqtt.MqttError as group:
+                    self._lost(group.exceptions[0])
+                except* sqlite3.Error as group:  # disk full, I/O error: keep the daemon up and retry
+                    self._lost(group.exceptions[0], logging.ERROR)
+                if self.connected:
+                    backoff = self.backoff_initial_s
+                self.connected = False
+                self.outbox.release_all()
+                if self._stop.is_set():
+                    break
+                delay = backoff * random.uniform(0.8, 1.2)  # spread the reconnects of many sites
+                backoff = min(backoff * 2, self.backoff_max_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            self.connected = False
+            if self.outbox.idle:
+                self.outbox.flush_acks()
+
+    def stop(self) -> None:
+        """Ask `run()` to finish: no new leases; publishes already in flight get `publish_timeout_s`."""
+        self._stop.set()
+        self.outbox.alarm_event.set()
+        self.outbox.ready_event.set()
+
+    def _lost(self, exc: BaseException, level: int = logging.WARNING) -> None:
+        self.last_error = str(exc) or type(exc).__name__
+        event(log, "uplink disconnected" if self.connected else "uplink connect failed", level,
+              host=self.broker.host, port=self.broker.port, error=self.last_error)
+
+    def _client(self) -> aiomqtt.Client:
+        b = self.broker
+        tls = None
+        if b.tls is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=None if b.tls.ca_file is None else str(b.tls.ca_file),
+                certfile=None if b.tls.cert_file is None else str(b.tls.cert_file),
+                keyfile=None if b.tls.key_file is None else str(b.tls.key_file))
+        client = aiomqtt.Client(
+            b.host, b.port, username=b.username, password=b.password, identifier=b.client_id,
+            keepalive=b.keepalive, tls_params=tls, timeout=self.connect_timeout_s,
+            # A persistent session only when we subscribe, so downlink sent while we are away waits for us.
+            clean_session=self.on_downlink is None,
+            # Our semaphore bounds what is in flight; paho must not hold alarms back behind its own window.
+            max_inflight_messages=0,
+            # Without it Nagle holds a small alarm back until the previous segment is acked.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        client.pending_calls_threshold = self.max_inflight + self.alarm_inflight + 16
+        return client
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            self.connects += 1
+            if self.on_downlink is not None:
+                await client.subscribe([(topics.down(self.site, k), 1) for k in topics.DOWN_KINDS])
+            while not self.outbox.idle:
+                await asyncio.sleep(0.002)
+            self.outbox.release_all()
+            self._slots = asyncio.Semaphore(self.max_inflight)
+            self._alarms_in_flight = 0
+            backlog = self._backlog()
+            event(log, "uplink connected", host=self.broker.host, port=self.broker.port, backlog=backlog)
+            if backlog > self.max_items:
+                self.draining = True
+                self._drain_total, self._drain_sent = backlog, 0
+                self._drain_started = time.monotonic()
+                self._next_send = 0.0
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    # Alarm publishes are created first, so paho writes the alarm backlog before any bulk.
+                    self._spawn_alarms(client, tg)
+                    tg.create_task(self._alarm_loop(client, tg))
+                    tg.create_task(self._bulk_loop(client, tg))
+                    tg.create_task(self._watch(client))
+                    tg.create_task(self._until_stopped())
+            except* _Stopped:
+                pass
+            finally:
+                self.draining = False
+
+    def _backlog(self) -> int:
+        depth = self.outbox.depth()
+        return depth["state"] + depth["telemetry"]
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.publish_timeout_s)
+        raise _Stopped
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Ends the session with MqttError when the connection drops (aiomqtt reports it through here)."""
+        async for message in client.messages:
+            payload = message.payload
+            if self.on_downlink is not None and isinstance(payload, bytes | bytearray):
+                try:
+                    self.on_downlink(message.topic.value, bytes(payload))
+                except Exception:  # a handler's bug must not cut the uplink
+                    log.exception("downlink handler failed")
+
+    # --- sending -------------------------------------------------------------------------------------------
+
+    def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, topic: str, payload: bytes,
+               items: list[Item]) -> None:
+        task = tg.create_task(self._publish(client, topic, payload, items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_alarms(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        items = self.outbox.lease(ALARM, self.alarm_inflight - self._alarms_in_flight)
+        for item in items:
+            self._alarms_in_flight += 1
+            self._spawn(tg, client, topics.up(self.site, topics.ALARM), item.body, [item])
+
+    async def _alarm_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        while not self._stop.is_set():
+            self.outbox.alarm_event.clear()
+            if not self.outbox.idle:  # the ingest's batch is open: its alarms are not committed yet
+                await asyncio.sleep(0.001)
+                self.outbox.alarm_event.set()
+                continue
+            self._spawn_alarms(client, tg)
+            await self.outbox.alarm_event.wait()
+
+    async def _bulk_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        while not self._stop.is_set():
+            await self._slots.acquire()
+            try:
+                topic, payload, items = await self._next_bulk()
+                if self.draining:
+                    await self._pace()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._spawn(tg, client, topic, payload, items)
+
+    async def _next_bulk(self) -> tuple[str, bytes, list[Item]]:
+        """The next state item, else the next telemetry batch once it is full or old enough."""
+        ob = self.outbox
+        while True:
+            ob.ready_event.clear()
+            timeout: float | None = None
+            if self._stop.is_set():
+                await asyncio.Future()  # the session is ending; _until_stopped raises
+            if not ob.idle:
+                await asyncio.sleep(0.001)
+                continue
+            if ob.pending(ALARM, 1)[0]:  # alarms beyond alarm_inflight wait for PUBACKs; nothing overtakes them
+                await asyncio.sleep(0.002)
+                continue
+            state = ob.lease(STATE, 1)
+            if state:
+                return topics.up(self.site, state[0].kind), state[0].body, state
+            n, oldest = ob.pending(TELEMETRY, self.max_items)
+            if self.draining and n < self.max_items:
+                self._end_drain()  # caught up: what is left is live traffic, batched by max_delay again
+            if n and oldest is not None:
+                wait = 0.0 if n >= self.max_items or self.draining else oldest + self.max_delay_s - time.time()
+                if wait <= 0:
+                    items = ob.lease(TELEMETRY, self.max_items)
+                    return topics.up(self.site, topics.TELEMETRY), telemetry_body(self.site, items), items
+                timeout = wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ob.ready_event.wait(), timeout)
+
+    async def _pace(self) -> None:
+        now = time.monotonic()
+        self._next_send = max(self._next_send, now)
+        if self._next_send > now:
+            await asyncio.sleep(self._next_send - now)
+        self._next_send += 1.0 / self.drain_rate
+
+    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, items: list[Item]) -> None:
+        alarm = items[0].lane == ALARM
+        try:
+            await client.publish(topic, payload, qos=1, timeout=self.publish_timeout_s)
+        finally:
+            if alarm:
+                self._alarms_in_flight -= 1
+                self.outbox.alarm_event.set()
+            else:
+                self._slots.release()
+        self.outbox.ack(i.id for i in items)
+        self.sent_msgs += 1
+        self.sent_items += len(items)
+        if self.draining and not alarm:
+            self._drain_sent += len(items)
+
+    # --- drain progress and upkeep -------------------------------------------------------------------------
+
+    def _end_drain(self) -> None:
+        elapsed = time.monotonic() - self._drain_started
+        event(log, "drain done", sent=self._drain_sent, backlog=self._drain_total, seconds=round(elapsed, 1),
+              rate=round(self._drain_sent / elapsed) if elapsed > 0 else None)
+        self.draining = False
+
+    def drain_progress(self) -> tuple[int, int] | None:
+        """(rows sent, backlog at connect) while a drain runs, else None."""
+        return (self._drain_sent, self._drain_total) if self.draining else None
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.outbox.flush_acks()
+                self.outbox.enforce_budget()
+            except sqlite3.Error as exc:
+                event(log, "outbox upkeep failed", logging.ERROR, error=str(exc))
+            if self.draining:
+                elapsed = max(time.monotonic() - self._drain_started, 1e-9)
+                event(log, "drain", sent=self._drain_sent, backlog=self._drain_total,
+                      rate=round(self._drain_sent / elapsed), depth=self.outbox.depth())

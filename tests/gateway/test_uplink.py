@@ -1,0 +1,382 @@
+"""The uplink against a real Mosquitto as the district broker, with a district-side subscriber recording
+what arrives: order rules, batching, outages, a throttled drain with a live alarm, TLS client certificates,
+the disk budget reported upstream, and a SIGKILLed uplink process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import cbor2
+import pytest
+
+from gateway.config import BrokerConfig, TLSFiles
+from gateway.outbox import Outbox
+from gateway.store import open_store
+from gateway.uplink import Uplink
+from lifeline.broker import Mosquitto, free_port
+from protocol import senml, topics
+
+SITE = "site-a"
+T0 = 1_763_900_000.0
+Key = tuple[Any, ...]
+
+
+class Recorder:
+    """The district side: a persistent-session subscriber that survives broker restarts."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self.arrived: list[float] = []
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.port, identifier="district-recorder",
+                                          clean_session=False) as client:
+                    await client.subscribe(f"district/v1/{SITE}/up/#", qos=1)
+                    self.ready.set()
+                    async for m in client.messages:
+                        assert isinstance(m.payload, bytes)
+                        self.got.append((topics.parse_up(m.topic.value)[1], cbor2.loads(m.payload)))
+                        self.arrived.append(time.monotonic())
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    def seen(self) -> list[Key]:
+        """Every item in arrival order: ("alarm", id), ("state", n), ("dq", ev), ("tel", dev, seq)."""
+        out: list[Key] = []
+        for kind, body in self.got:
+            if kind == topics.TELEMETRY:
+                out.extend(("tel", p["dev"], p["seq"]) for p in body["packs"])
+                out.extend(("thin", s["dev"], s["seq_lo"], s["seq_hi"]) for s in body.get("thinned", []))
+            elif kind == topics.ALARM:
+                out.append(("alarm", body["id"]))
+            elif kind == topics.DQ:
+                out.append(("dq", body["ev"]))
+            else:
+                out.append((kind, body["n"]))
+        return out
+
+    def firsts(self) -> list[Key]:
+        """Arrival order after de-duplication (QoS 1 is at least once), as the district would keep it."""
+        return list(dict.fromkeys(self.seen()))
+
+    async def until(self, done: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out; {len(self.got)} messages so far"
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def recording(port: int) -> AsyncIterator[Recorder]:
+    rec = Recorder(port)
+    task = asyncio.create_task(rec.run())
+    await asyncio.wait_for(rec.ready.wait(), 10)
+    try:
+        yield rec
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield uplink
+    finally:
+        uplink.stop()
+        await asyncio.wait_for(task, 40)
+
+
+def district(port: int, tls: TLSFiles | None = None, client_id: str = "gw-site-a-up") -> BrokerConfig:
+    return BrokerConfig("127.0.0.1", port, client_id, None, None, tls, 30)
+
+
+def new_outbox(tmp_path: Path, budget: int = 1 << 30) -> Outbox:
+    return Outbox(open_store(tmp_path / "store.db"), budget, thin_interval_s=60.0)
+
+
+class Source:
+    """What the ingest would put: numbered alarms, state items and telemetry, remembering their put order."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.n = 0
+        self.alarms: list[Key] = []
+        self.states: list[Key] = []
+        self.tel: list[Key] = []
+
+    def alarm(self) -> None:
+        self.n += 1
+        self.outbox.put_alarm({"id": f"a{self.n}", "ev": "raised", "level": "red"})
+        self.alarms.append(("alarm", f"a{self.n}"))
+
+    def state(self) -> None:
+        self.n += 1
+        self.outbox.put_state(topics.UP_STATE, {"n": self.n, "st": "online"})
+        self.states.append(("state", self.n))
+
+    def telemetry(self, dev: str, t: float | None = None) -> None:
+        self.n += 1
+        self.outbox.put_telemetry(dev, self.n, 4, [{"n": "ch4", "u": "%LEL", "t": t or T0 + self.n, "v": 0.5},
+                                                   {"n": "temp", "u": "Cel", "t": t or T0 + self.n, "v": 20}])
+        self.tel.append(("tel", dev, self.n))
+
+    def mixed(self, count: int) -> None:
+        """Telemetry from three devices with alarms and state items interleaved, committed in batches."""
+        for i in range(count):
+            self.telemetry(f"dev-{i % 3}")
+            if i % 17 == 5:
+                self.alarm()
+            if i % 11 == 3:
+                self.state()
+            if i % 50 == 49:
+                self.outbox.conn.commit()
+        self.outbox.conn.commit()
+
+    def all(self) -> set[Key]:
+        return set(self.alarms) | set(self.states) | set(self.tel)
+
+
+def lane_order_holds(firsts: list[Key], src: Source) -> None:
+    """Alarms, then state, then telemetry; each lane oldest first."""
+    mine = [k for k in firsts if k in src.all()]
+    assert mine == src.alarms + src.states + src.tel
+
+
+async def test_backlog_drains_by_lane_then_age_in_batched_senml_packs(tmp_path: Path) -> None:
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        src.mixed(300)
+        async with recording(broker.port) as rec, running(Uplink(ob, district(broker.port), SITE, max_items=7)) as up:
+            await rec.until(lambda: src.all() <= set(rec.seen()))
+            lane_order_holds(rec.firsts(), src)
+            tel = [body for kind, body in rec.got if kind == topics.TELEMETRY]
+            assert all(body["site"] == SITE and 1 <= len(body["packs"]) <= 7 for body in tel)
+            pack = tel[0]["packs"][0]
+            assert senml.resolve(pack["e"]) == [
+                {"n": f"{pack['dev']}:ch4", "u": "%LEL", "t": T0 + pack["seq"], "v": 0.5},
+                {"n": f"{pack['dev']}:temp", "u": "Cel", "t": T0 + pack["seq"], "v": 20}]
+            assert pack["boot"] == 4
+            await rec.until(lambda: sum(ob.depth().values()) == 0)  # deleted once PUBACKed
+            assert up.sent_items == len(src.all()) and up.connected
+
+
+async def test_live_telemetry_is_batched_by_max_items_or_max_delay(tmp_path: Path) -> None:
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        uplink = Uplink(ob, district(broker.port), SITE, max_items=50, max_delay_s=0.3)
+        async with recording(broker.port) as rec, running(uplink):
+            await rec.until(lambda: uplink.connected)
+            for _ in range(3):
+                src.telemetry("dev-1")
+            ob.conn.commit()
+            await rec.until(lambda: len(rec.seen()) == 3)
+            for _ in range(120):
+                src.telemetry("dev-2")
+            ob.conn.commit()
+            await rec.until(lambda: len(rec.seen()) == 123)
+            # three readings waited for max_delay and went as one message; 120 as two full packs and the rest
+            assert [len(body["packs"]) for _, body in rec.got] == [3, 50, 50, 20]
+            assert rec.firsts() == src.tel
+
+
+async def test_district_outage_loses_nothing_and_order_holds(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "lifeline.gateway.uplink")
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        before = Source(ob)
+        uplink = Uplink(ob, district(broker.port), SITE, max_items=20, drain_rate=400, backoff_initial_s=0.1,
+                        backoff_max_s=0.4, tick_s=0.1)
+        async with recording(broker.port) as rec, running(uplink):
+            before.mixed(100)
+            await rec.until(lambda: before.all() <= set(rec.seen()))
+            broker.stop()
+            await rec.until(lambda: not uplink.connected)
+            during = Source(ob)
+            during.n = 10_000
+            during.mixed(1500)
+            await asyncio.sleep(1.0)  # a few failed reconnects with backoff
+            assert sum(ob.depth().values()) == len(during.all())
+            broker.start()
+            await rec.until(lambda: during.all() <= set(rec.seen()), timeout=60)
+            assert before.all() <= set(rec.seen())
+            lane_order_holds(rec.firsts(), during)
+            await rec.until(lambda: sum(ob.depth().values()) == 0)
+            assert uplink.connects >= 2
+    # the backlog at reconnect (state and telemetry; alarms are never paced) was drained and logged
+    drained = [r for r in caplog.records if r.getMessage() == "drain done"]
+    bulk = len(during.states) + len(during.tel)
+    assert drained and drained[-1].fields["backlog"] == bulk  # type: ignore[attr-defined]
+    assert drained[-1].fields["sent"] >= bulk - 20  # type: ignore[attr-defined]
+
+
+async def test_live_alarm_overtakes_a_throttled_drain(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "lifeline.gateway.uplink")
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        for _ in range(1000):
+            src.telemetry("dev-0")
+        ob.conn.commit()
+        rate = 40.0
+        uplink = Uplink(ob, district(broker.port), SITE, max_items=10, drain_rate=rate, tick_s=0.2)
+        async with recording(broker.port) as rec, running(uplink):
+            await rec.until(lambda: len(rec.got) >= 10)
+            assert uplink.draining and uplink.drain_progress() is not None
+            src.alarm()
+            ob.conn.commit()
+            await rec.until(lambda: ("alarm", "a1001") in rec.seen())
+            at = next(i for i, (kind, _) in enumerate(rec.got) if kind == topics.ALARM)
+            await rec.until(lambda: len(rec.seen()) == 1001, timeout=60)
+            # the alarm went at once: most of the backlog was still to come when it arrived
+            assert len(rec.got) - at > 50
+            # and the backlog never went faster than drain_rate messages per second
+            tel_times = [t for (kind, _), t in zip(rec.got, rec.arrived, strict=True) if kind == topics.TELEMETRY]
+            assert tel_times[-1] - tel_times[0] >= (len(tel_times) - 1) / rate * 0.9
+    progress = [r for r in caplog.records if r.getMessage() == "drain"]
+    assert progress and all(r.fields["backlog"] == 1000 for r in progress)  # type: ignore[attr-defined]
+    sent = [r.fields["sent"] for r in progress]  # type: ignore[attr-defined]
+    assert sent == sorted(sent) and 0 < sent[-1] <= 1000
+
+
+async def test_disk_budget_during_outage_thins_reports_and_keeps_every_alarm(tmp_path: Path) -> None:
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        uplink = Uplink(ob, district(broker.port), SITE, max_items=50, backoff_initial_s=0.1, backoff_max_s=0.3,
+                        tick_s=0.1)
+        async with recording(broker.port) as rec, running(uplink):
+            await rec.until(lambda: uplink.connected)
+            broker.stop()
+            await rec.until(lambda: not uplink.connected)
+            for k in range(600):  # ten devices every 5 s for 50 minutes of outage
+                for d in range(10):
+                    src.n += 1
+                    ob.put_telemetry(f"dev-{d}", k, 1, [{"n": "level", "u": "m", "t": T0 + 5 * k, "v": k % 9}],
+                                     now=T0 + 5 * k)
+                    src.tel.append(("tel", f"dev-{d}", k))
+                if k % 20 == 0:
+                    src.alarm()
+                ob.conn.commit()
+            full = ob.bytes_used()
+            ob.budget_bytes = full // 3
+            await rec.until(lambda: ob.thinned_msgs > 0 and ob.bytes_used() <= ob.budget_bytes * 1.1)
+            broker.start()
+            await rec.until(lambda: sum(ob.depth().values()) == 0, timeout=60)
+            await rec.until(lambda: set(src.alarms) <= set(rec.seen()))
+            dq = [body for kind, body in rec.got if kind == topics.DQ]
+            assert dq and all(body["ev"] == "outbox-budget" for body in dq)
+            raw = {(k[1], k[2]) for k in rec.seen() if k[0] == "tel"}
+            summaries = [body for kind, msg in rec.got if kind == topics.TELEMETRY for body in msg.get("thinned", [])]
+            assert summaries
+            thinned = {(s["dev"], q) for s in summaries for q in range(s["seq_lo"], s["seq_hi"] + 1)}
+            evicted = sum(e["msgs"] for body in dq for e in body["evicted"])
+            # every device message reached the district raw or inside a summary, unless counted as evicted
+            assert len(raw | thinned) + evicted == len(src.tel)
+            assert sum(e["msgs"] for body in dq for e in body["thinned"]) == ob.thinned_msgs
+
+
+def make_certs(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with the openssl command."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=district-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return {n: d / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+async def test_tls_with_client_certificate(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    tls_port = free_port()
+    conf = (f"listener {tls_port} 127.0.0.1\ncafile {certs['ca.crt']}\ncertfile {certs['server.crt']}\n"
+            f"keyfile {certs['server.key']}\nrequire_certificate true\n")
+    with Mosquitto(conf) as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        src.alarm()
+        ob.conn.commit()
+        no_cert = Uplink(ob, district(tls_port, TLSFiles(certs["ca.crt"], None, None), "no-cert"), SITE,
+                         backoff_max_s=0.2, connect_timeout_s=1.0)  # TLS 1.3: refused after the handshake
+        async with recording(broker.port) as rec:
+            async with running(no_cert):
+                await rec.until(lambda: no_cert.last_error is not None)
+                assert not no_cert.connected and ob.depth()["alarm"] == 1
+            with_cert = Uplink(ob, district(tls_port, TLSFiles(certs["ca.crt"], certs["client.crt"],
+                                                               certs["client.key"])), SITE)
+            async with running(with_cert):
+                await rec.until(lambda: rec.seen() == src.alarms)
+                await rec.until(lambda: ob.depth()["alarm"] == 0)
+
+
+async def test_downlink_messages_reach_the_handler(tmp_path: Path) -> None:
+    with Mosquitto() as broker:
+        got: list[tuple[str, bytes]] = []
+        uplink = Uplink(new_outbox(tmp_path), district(broker.port), SITE,
+                        on_downlink=lambda topic, payload: got.append((topic, payload)))
+        async with running(uplink), aiomqtt.Client("127.0.0.1", broker.port) as district_side:
+            deadline = time.monotonic() + 10
+            while not got:  # retained=False: publish until the uplink's subscription is in place
+                assert time.monotonic() < deadline
+                await district_side.publish(topics.down(SITE, topics.ALARM_ACK), b"\xa1\x62id\x62a1", qos=1)
+                await asyncio.sleep(0.1)
+            assert got[0] == (topics.down(SITE, topics.ALARM_ACK), b"\xa1\x62id\x62a1")
+
+
+async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path) -> None:
+    worker = Path(__file__).with_name("uplink_worker.py")
+    store = tmp_path / "store.db"
+    n = 6000
+    want = ({("tel", f"dev-{i % 10}", i // 10) for i in range(n)} | {("alarm", f"alarm-{i}") for i in range(0, n, 100)}
+            | {("state", i) for i in range(0, n, 100)})
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, str(worker), str(store), str(broker.port), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    with Mosquitto() as broker:
+        async with recording(broker.port) as rec:
+            proc = start("--fill", str(n))
+            kills = 0
+            try:
+                for fraction in (0.25, 0.6):
+                    await rec.until(lambda f=fraction: len(set(rec.seen()) & want) >= f * len(want))  # type: ignore[misc]
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+                    kills += 1
+                    assert not want <= set(rec.seen()), "the drain finished before the kill"
+                    proc = start()
+                await rec.until(lambda: want <= set(rec.seen()), timeout=90)
+            finally:
+                proc.kill()
+                proc.wait(10)
+    assert kills == 2
+    keys = rec.seen()
+    assert set(keys) == want  # nothing lost, nothing invented; duplicates only from unacked resends
+    assert len(keys) - len(want) <= 2 * 8 * 20  # at most the in-flight window per kill
