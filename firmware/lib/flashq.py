@@ -98,7 +98,7 @@ class FlashQ:
         rid = self._next
         h = self._h
         struct.pack_into(_HDR, h, 0, _MAGIC, kind << 1 | (lane ^ 1), n, rid, 0)
-        struct.pack_into("<I", h, 8, crc32(data, crc32(memoryview(h)[:8])))
+        struct.pack_into("<I", h, 8, crc32(data, crc32(self._h8)))
         if self._rkey == self._head[lane] * 2 + lane:
             self._close()
         try:
