@@ -12,9 +12,10 @@ from typing import Any
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    if log.isEnabledFor(level):
-        log.log(level, name, extra={"fields": fields})
+def event(log: logging.Logger, name: str, severity: int = logging.INFO, /, **fields: Any) -> None:
+    """Log one event; `severity` is positional so that "level" can be a field (alarm levels are)."""
+    if log.isEnabledFor(severity):
+        log.log(severity, name, extra={"fields": fields})
 
 
 def _value(v: Any) -> str:
@@ -34,7 +35,8 @@ class _Formatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
-        fields.update(getattr(record, "fields", {}))
+        for key, value in getattr(record, "fields", {}).items():
+            fields[f"{key}_" if key in fields else key] = value  # never hide the line's own ts/level/event
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         if self.as_json:

@@ -24,7 +24,7 @@ log = logging.getLogger("lifeline.gateway.quarantine")
 
 # What the ingest path rejects, by reason (docs/gateway.md explains each).
 REASONS = ("oversize", "malformed", "schema", "unknown-device", "bad-mac", "device-mismatch", "topic",
-           "replay")
+           "replay", "internal")
 MAX_RAW = 65536  # bytes of one payload kept; the broker's message_size_limit bounds what can arrive
 
 

@@ -10,7 +10,12 @@ import sys
 from lifeline import __version__
 
 # name -> (module, help). Each module provides add_arguments(parser) and run(args) -> int.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "gateway": ("gateway.daemon", "run the site gateway daemon"),
+    "status": ("gateway.registry", "devices and active alarms of a gateway (reads its store)"),
+    "quarantine": ("gateway.quarantine", "list or show messages the gateway rejected"),
+    "site-auth": ("gateway.siteauth", "write the site broker's password file and ACL from site.toml"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,366 @@
+"""`lifeline gateway --config site.toml`: the site daemon, wiring ingest -> checks -> alarms -> outbox -> uplink.
+
+One asyncio loop and one SQLite connection. Everything that touches the store runs on the loop without an
+await between its first write and its commit (the ingest batch handler, the downlink handler, the periodic
+tick), so no task ever commits another's half-written batch. Site messages are acknowledged to the site
+broker only after their batch is committed (gateway/ingest.py).
+
+Signals: SIGTERM (and SIGINT) stop taking input, commit, let the uplink drain for a bounded time and exit 0.
+SIGHUP re-reads site.toml: the device registry is replaced, and a rule set with a higher version is applied
+through the alarm engine (a config error is logged and the running configuration kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gateway import config as config_mod
+from gateway.alarms import AlarmEngine, Transition
+from gateway.checks import TRUSTED, Checked, Checker, Reading
+from gateway.commands import Commands, DownlinkError, Outgoing, alarm_ack_ids, ruleset_from_downlink
+from gateway.config import ConfigError, GatewayConfig
+from gateway.ingest import Incoming, Subscriber
+from gateway.logs import event, setup
+from gateway.metrics import Metrics, Snapshot
+from gateway.outbox import Outbox
+from gateway.quarantine import Quarantine
+from gateway.registry import Registry
+from gateway.rules import RuleError
+from gateway.sequence import Gap, SequenceTracker
+from gateway.store import open_store
+from gateway.uplink import Uplink
+from protocol import message, topics
+
+log = logging.getLogger("lifeline.gateway")
+
+TICK_S = 1.0
+DRAIN_ON_STOP_S = 10.0
+_POSITION = ("lat", "lon")
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.conn = open_store(cfg.store_path)
+        self.quarantine = Quarantine(self.conn, cfg.quarantine_rows, cfg.quarantine_log_interval_s)
+        self.sequence = SequenceTracker(self.conn, cfg.seq_window, cfg.gap_grace_s)
+        self.registry = Registry(self.conn, cfg.devices)
+        self.checker = Checker(cfg.site, self.registry, self.sequence, self.quarantine, cfg.clock_future_s,
+                               cfg.clock_past_s)
+        self.alarms = self._alarm_engine()
+        self.commands = Commands(self.conn, cfg.site, self.registry, cfg.command_timeout_s)
+        self.outbox = Outbox(self.conn, int(cfg.disk_budget_mb * 1024 * 1024))
+        self.uplink = Uplink(self.outbox, cfg.district_broker, cfg.site, max_items=cfg.batch_max_items,
+                             max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate)
+        self.conn.commit()
+        site_topics = [topics.device_filter(cfg.site, k) for k in (topics.DATA, topics.EVENT, topics.STATE,
+                                                                      topics.ACK)]
+        self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch)
+        down = replace(cfg.district_broker, client_id=cfg.district_broker.client_id + "-down")
+        self.down = Subscriber("downlink", down, [topics.down(cfg.site, k) for k in topics.DOWN_KINDS],
+                               self.handle_down, 50)
+        self.accepted: Counter[str] = Counter()
+        self.gaps = 0
+        self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.metrics = Metrics()
+
+    def _alarm_engine(self) -> AlarmEngine:
+        return AlarmEngine(self.conn, self.cfg.ruleset, self.cfg.risk_points,
+                           resend_first_s=self.cfg.alarm_resend_first_s, resend_max_s=self.cfg.alarm_resend_max_s)
+
+    # ------------------------------------------------------------------------------ site messages
+
+    def handle_site(self, batch: list[Incoming]) -> None:
+        """Check, judge and queue a batch, then commit it once. A message that makes this fail (a bug, not
+        bad input: checks never raise) is isolated by redoing the batch one message at a time, and kept in
+        the quarantine as "internal" so that it cannot block the site's queue."""
+        try:
+            self._site_batch(batch)
+            return
+        except Exception:
+            log.exception("batch failed; retrying its messages one at a time")
+            self._rollback()
+        for m in batch:
+            try:
+                self._site_batch([m])
+            except Exception as exc:
+                log.exception("message failed")
+                self._rollback()
+                self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received)
+                self.conn.commit()
+
+    def _rollback(self) -> None:
+        self.conn.rollback()
+        self.sequence.rollback()
+        self.registry.rollback()
+        self.alarms = self._alarm_engine()
+
+    def _site_batch(self, batch: Sequence[Incoming]) -> None:
+        for m in batch:
+            checked = self.checker.check(m.topic, m.payload, m.retained, m.received)
+            if checked is None:
+                continue
+            self.accepted[checked.kind] += 1
+            if checked.kind in (topics.DATA, topics.EVENT):
+                self._data(checked, m.received)
+            elif checked.kind == topics.STATE:
+                self._state(checked, m.received)
+            elif checked.kind == topics.ACK:
+                result = self.commands.on_ack(checked.device.id, checked.body, m.received)
+                if result is not None:
+                    self._up_state(topics.UP_ACK, result)
+        self._commit()
+
+    def _commit(self) -> None:
+        self.sequence.flush()
+        self.registry.flush()
+        self.conn.commit()
+
+    def _data(self, c: Checked, now: float) -> None:
+        dev = c.device
+        position = _position(c.readings)
+        for r in c.readings:
+            value = r.value
+            if isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, int | float) or not math.isfinite(value) or r.metric in _POSITION:
+                continue
+            for t in self.alarms.observe(dev.id, dev.cls, r.metric, float(value), r.t, now, position):
+                self._up_alarm(t)
+        body = c.body
+        records = [_record(r) for r in c.readings if isinstance(r.value, int | float | str)]
+        if records:
+            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now)
+        flagged = [r for r in c.readings if r.clock not in TRUSTED]
+        if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
+            self._up_state(topics.DQ, {"dev": dev.id, "kind": "clock", "seq": body["seq"], "boot": body["boot"],
+                                       "clk": body["clk"], "t": now,
+                                       "readings": [{"n": r.name, "clock": r.clock, "t_device": r.t_device}
+                                                    for r in flagged]})
+        if c.kind == topics.EVENT:
+            self._up_state(topics.UP_EVENT, {"dev": dev.id, "ev": body["ev"], "seq": body["seq"],
+                                             "boot": body["boot"], "pri": body["pri"], "t": now})
+
+    def _state(self, c: Checked, now: float) -> None:
+        dev, body = c.device, c.body
+        up: dict[str, Any] = {"dev": dev.id, "st": body["st"], "boot": body["boot"], "seq": body["seq"], "t": now,
+                              "retained": c.retained}
+        event(log, "device", dev=dev.id, st=body["st"], boot=body["boot"], fw=body.get("fw"),
+              retained=c.retained)
+        if body["st"] == message.ONLINE:
+            self.registry.birth(dev.id, body, now, live=not c.retained)
+            up.update({k: body[k] for k in ("fw", "prof", "rst", "rssi", "batt", "ip") if k in body})
+            if dev.position is not None:
+                up["pos"] = list(dev.position)
+        else:
+            self.registry.death(dev.id)
+            for t in self.alarms.device_dead(dev.id, now, dev.cls):
+                self._up_alarm(t)
+        self._up_state(topics.UP_STATE, up)
+
+    # ------------------------------------------------------------------------------ downlink
+
+    def handle_down(self, batch: list[Incoming]) -> None:
+        outgoing: list[Outgoing] = []
+        for m in batch:
+            try:
+                _, kind = topics.parse_down(m.topic)
+            except topics.TopicError:
+                continue
+            if kind == topics.DOWN_CMD:
+                cmd, rejection = self.commands.command(m.payload, m.received)
+                if cmd is not None:
+                    outgoing.append(cmd)
+                if rejection is not None:
+                    self._up_state(topics.UP_ACK, rejection)
+            elif kind == topics.ALARM_ACK:
+                self._alarm_acks(m.payload, m.received)
+            elif kind == topics.RULES:
+                self._rules(m.payload, m.received)
+        self._commit()
+        for cmd in outgoing:
+            self.to_devices.put_nowait(cmd)
+
+    def _alarm_acks(self, payload: bytes, now: float) -> None:
+        try:
+            ids = alarm_ack_ids(payload)
+        except DownlinkError as exc:
+            event(log, "alarm-ack-rejected", logging.WARNING, error=str(exc))
+            return
+        for alarm_id in ids:
+            known = self.alarms.acknowledge(alarm_id, now)
+            event(log, "alarm-ack", id=alarm_id, known=known)
+
+    def _rules(self, payload: bytes, now: float) -> None:
+        result: dict[str, Any] = {"re": "rules", "t": now}
+        try:
+            ruleset = ruleset_from_downlink(payload)
+            result["version"] = ruleset.version
+            for t in self.alarms.replace_rules(ruleset, now):
+                self._up_alarm(t)
+        except (DownlinkError, RuleError) as exc:
+            result.update(ok=False, error=str(exc), active=self.alarms.ruleset.version)
+            event(log, "rules-rejected", logging.WARNING, error=str(exc))
+        else:
+            result["ok"] = True
+            event(log, "rules-applied", version=ruleset.version, source="district")
+        self._up_state(topics.UP_ACK, result)
+
+    async def _send_commands(self) -> None:
+        while True:
+            cmd = await self.to_devices.get()
+            try:
+                await self.site.publish(cmd.topic, cmd.payload, qos=1)
+            except Exception as exc:  # not connected: the pending command times out and is reported
+                event(log, "command-not-sent", logging.WARNING, dev=cmd.dev, id=cmd.id, error=str(exc))
+
+    # ------------------------------------------------------------------------------ upstream
+
+    def _up_alarm(self, t: Transition) -> None:
+        self.outbox.put_alarm(t.body(), t.gateway_time)
+        event(log, "alarm", logging.DEBUG if t.resend else logging.WARNING, ev=t.event, id=t.alarm_id,
+              dev=t.device, metric=t.metric, alarm_level=t.level.label if t.level else None, value=t.value,
+              point=t.point, rule=t.rule, rver=t.rule_version, resend=t.resend)
+
+    def _up_state(self, kind: str, body: dict[str, Any]) -> None:
+        self.outbox.put_state(kind, body)
+
+    def _up_gap(self, gap: Gap) -> None:
+        self.gaps += gap.kind == "gap"
+        event(log, "sequence", logging.WARNING if gap.kind == "gap" else logging.INFO, kind=gap.kind,
+              dev=gap.dev, first=gap.first, last=gap.last)
+        self._up_state(topics.DQ, {"dev": gap.dev, "kind": gap.kind, "first": gap.first, "last": gap.last,
+                                   "since": gap.since})
+
+    # ------------------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        for t in self.alarms.tick(now) + self.alarms.due_resends(now):
+            self._up_alarm(t)
+        for gap in self.sequence.due(now):
+            self._up_gap(gap)
+        for result in self.commands.expire(now):
+            self._up_state(topics.UP_ACK, result)
+        self.quarantine.tick(now)
+        self._commit()
+        self.metrics.update(self.snapshot())
+
+    def snapshot(self) -> Snapshot:
+        alarms: Counter[str] = Counter(a.level.label for a in self.alarms.active())
+        ages = {lane: age for lane, age in self.outbox.oldest_age().items() if age is not None}
+        return Snapshot(accepted=dict(self.accepted), rejected=dict(self.quarantine.counts),
+                        dropped=dict(self.checker.dropped), clock_flags=dict(self.checker.flagged),
+                        gaps=self.gaps, outbox_depth=self.outbox.depth(), outbox_oldest_age_s=ages,
+                        outbox_bytes=self.outbox.bytes_used(), uplink_connected=self.uplink.connected,
+                        site_connected=self.site.connected.is_set(), alarms=dict(alarms),
+                        batches=self.site.batches)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.tick(time.time())
+
+    # ------------------------------------------------------------------------------ reload, run
+
+    def reload(self) -> None:
+        try:
+            cfg = config_mod.load(self.cfg.path)
+        except ConfigError as exc:
+            event(log, "reload-failed", logging.ERROR, error=str(exc))
+            return
+        self.registry.replace(cfg.devices)
+        applied = False
+        if cfg.ruleset.version > self.alarms.ruleset.version:
+            for t in self.alarms.replace_rules(cfg.ruleset, time.time()):
+                self._up_alarm(t)
+            applied = True
+        self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset)
+        self._commit()
+        event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
+              rules_applied=applied)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
+        event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
+              rules_version=self.alarms.ruleset.version)
+        uplink = asyncio.create_task(self.uplink.run())
+        tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
+                                                  self._send_commands())]
+        await stop.wait()
+        event(log, "stopping")
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.tick(time.time())
+        deadline = time.monotonic() + DRAIN_ON_STOP_S
+        while self.uplink.connected and any(self.outbox.depth().values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.uplink.stop()
+        await uplink
+        left = self.outbox.depth()
+        self.conn.close()
+        event(log, "stopped", outbox_left=left)
+        return 0
+
+
+def _record(r: Reading) -> dict[str, Any]:
+    key = "vb" if isinstance(r.value, bool) else "vs" if isinstance(r.value, str) else "v"
+    rec = {"n": r.name, key: r.value, "t": r.t}
+    if r.unit is not None:
+        rec["u"] = r.unit
+    return rec
+
+
+def _position(readings: Sequence[Reading]) -> tuple[float, float] | None:
+    """A drone pack's own position: its lat/lon readings, unless the GNSS reports no fix."""
+    found = {r.metric: r.value for r in readings if r.metric in ("lat", "lon", "fix")}
+    lat, lon = found.get("lat"), found.get("lon")
+    if not isinstance(lat, int | float) or not isinstance(lon, int | float) or found.get("fix") == 0:
+        return None
+    return float(lat), float(lon)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="site.toml (see deploy/site.example.toml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    setup(cfg.log_format, cfg.log_level)
+    return asyncio.run(_main(cfg))
+
+
+async def _main(cfg: GatewayConfig) -> int:
+    try:
+        gateway = Gateway(cfg)
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        return 1
+    return await gateway.run()

@@ -1,0 +1,137 @@
+"""Bad input of every kind, mixed with good traffic, into the running daemon: every good reading reaches the
+district, every bad message is quarantined with its reason, duplicates are dropped and counted, doubtful
+clocks are flagged, gaps are reported, and the daemon keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from sitekit import District, GatewayProcess, Site, cli, reading
+
+from lifeline.broker import free_port
+from protocol import cbor, message, senml, topics
+
+
+def sealed(body: dict[str, Any], key: bytes) -> bytes:
+    data: bytes = message.encode(body, key)
+    return data
+
+
+async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_path: Path) -> None:
+    s = Site(tmp_path)
+    for dev in ("d1", "d2", "d9"):
+        s.add(dev, "gas")
+    s.extra_toml = "[ingest]\nseq_window = 16\ngap_grace_s = 1\n"
+    s.start()
+    d9 = s.devices.pop("d9")  # d9 has a site-broker login, but the gateway's registry does not list it
+    metrics_port = free_port()
+    s.write_config(metrics_port=metrics_port)
+    gw = GatewayProcess(s).start()
+    d1, d2 = s.devices["d1"], s.devices["d2"]
+    data1 = topics.device(s.site, "d1", topics.DATA)
+    good: set[tuple[str, int]] = set()
+    bad: list[tuple[str, bytes]] = []  # (expected reason, payload) on d1's own data topic
+    try:
+        await gw.ready()
+        async with District(s) as district, s.device_client("d1") as c1, s.device_client("d2") as c2, \
+                aiomqtt.Client("127.0.0.1", s.ports["site"], identifier="dev-d9", username="d9",
+                               password=s.passwords["d9"]) as c9:
+            history: dict[int, bytes] = {}
+            now = time.time()
+            pack = [reading("ch4", 1.0, "%LEL")]
+            bad += [
+                ("malformed", b"\xff\x00 not cbor at all"),
+                ("malformed", cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x05", {4: b"d1"}, b"\xff"]))),  # 3 parts
+                ("schema", sealed({k: v for k, v in message.data("d1", 1, 500, pack).items() if k != "seq"},
+                                  d1.key)),
+                ("schema", sealed(message.death("d1", 1, 3), d1.key)),  # a state body on the data topic
+                ("bad-mac", sealed(message.data("d1", 1, 501, pack), d2.key)),
+                ("device-mismatch", sealed(message.data("d2", 1, 502, pack), d2.key)),
+                ("oversize", sealed(message.data("d1", 1, 503, [senml.record("note", "x" * 5000)]), d1.key)),
+            ]
+            for i in range(40):
+                topic, payload, seq = s.data("d1", [reading("ch4", float(i % 7), "%LEL")])
+                history[seq] = payload
+                await c1.publish(topic, payload, qos=1)
+                good.add(("d1", seq))
+                if i == 20:
+                    skipped = d2.seq
+                    d2.seq += 1  # d2 never sends this one: a gap
+                topic, payload, seq = s.data("d2", [reading("ch4", 2.0, "%LEL")])
+                await c2.publish(topic, payload, qos=1)
+                good.add(("d2", seq))
+                if i < len(bad):
+                    await c1.publish(data1, bad[i][1], qos=1)
+            # replays: an old message again, beyond the window; an old boot's birth
+            await c1.publish(data1, history[2], qos=1)
+            bad.append(("replay", history[2]))
+            await c1.publish(*s.birth("d1"), qos=1)
+            d1.boot = 0
+            await c1.publish(*s.birth("d1"), qos=1)
+            bad.append(("replay", b""))
+            d1.boot = 1
+            # a duplicate (the last message again): dropped silently, counted, not quarantined
+            await c1.publish(data1, history[max(history)], qos=1)
+            # a device the registry does not know
+            d9_body = message.data("d9", 1, 0, pack)
+            await c9.publish(topics.device(s.site, "d9", topics.DATA), sealed(d9_body, d9.key), qos=1)
+            bad.append(("unknown-device", b""))
+            # clocks: an hour ahead is flagged; a boot clock is converted once a live birth dates the boot
+            topic, payload, seq_future = s.data("d2", [reading("ch4", 2.0, "%LEL", now + 3600)])
+            await c2.publish(topic, payload, qos=1)
+            good.add(("d2", seq_future))
+            await c2.publish(*s.birth("d2", t=100.0, clk=message.CLK_BOOT), qos=1)
+            topic, payload, seq_boot = s.data("d2", [reading("ch4", 2.0, "%LEL", 160.0)], clk=message.CLK_BOOT)
+            await c2.publish(topic, payload, qos=1)
+            good.add(("d2", seq_boot))
+
+            def telemetry() -> dict[tuple[str, int], Any]:
+                return {(p["dev"], p["seq"]): p for b in district.of(topics.TELEMETRY) for p in b["packs"]}
+
+            await district.wait_for(lambda: good <= set(telemetry()))
+            await district.wait_for(lambda: any(d.get("kind") == "gap" for d in district.of(topics.DQ)))
+            await asyncio.sleep(0.5)
+
+        assert set(telemetry()) == good  # every good message, nothing bad
+        gaps = [d for d in district.of(topics.DQ) if d.get("kind") == "gap"]
+        assert [(g["dev"], g["first"], g["last"]) for g in gaps] == [("d2", skipped, skipped)]
+        clock = [d for d in district.of(topics.DQ) if d.get("kind") == "clock"]
+        assert [(c["seq"], c["readings"][0]["clock"]) for c in clock] == [(seq_future, "future")]
+        assert clock[0]["readings"][0]["t_device"] == now + 3600
+        t_future = telemetry()[("d2", seq_future)]["e"][0][senml.BT]
+        assert abs(t_future - now) < 60  # judged and forwarded with the arrival time, not the device's
+        birth_t = next(b["t"] for b in district.of(topics.UP_STATE) if b["dev"] == "d2" and b["boot"] == 1)
+        assert abs(telemetry()[("d2", seq_boot)]["e"][0][senml.BT] - (birth_t + 60)) < 2
+
+        store = sqlite3.connect(f"file:{s.dir / 'gateway.sqlite'}?mode=ro", uri=True)
+        rows = store.execute("SELECT id, reason, raw FROM quarantine ORDER BY id").fetchall()
+        assert Counter(r[1] for r in rows) == Counter(reason for reason, _ in bad)
+        kept = {bytes(raw) for _, reason, raw in rows if reason != "oversize"}
+        assert all(payload in kept for reason, payload in bad if payload and reason != "oversize")
+        store.close()
+
+        listing = cli("quarantine", "--config", str(s.config_path), "list", "--reason", "bad-mac")
+        table, totals = listing.stdout.split("kept:")
+        assert listing.returncode == 0 and "bad-mac" in table and "device-mismatch" not in table
+        assert "malformed 2" in totals and "replay 2" in totals
+        bad_mac_id = next(r[0] for r in rows if r[1] == "bad-mac")
+        shown = cli("quarantine", "--config", str(s.config_path), "show", str(bad_mac_id))
+        assert shown.returncode == 0 and "MAC does not verify" in shown.stdout and "'dev': 'd1'" in shown.stdout
+
+        await asyncio.sleep(1.2)  # one metrics snapshot
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'lifeline_ingest_rejects_total{reason="bad-mac"} 1.0' in scrape
+        assert 'lifeline_ingest_rejects_total{reason="replay"} 2.0' in scrape
+        assert 'lifeline_ingest_dropped_total{why="duplicate"} 1.0' in scrape
+        assert "lifeline_uplink_connected 1.0" in scrape
+        assert gw.proc is not None and gw.proc.poll() is None  # still running
+    finally:
+        gw.kill()
+        s.stop()
