@@ -178,14 +178,13 @@ def patrol_ramps(patrol: Mapping[str, Any], points: Mapping[str, RiskPoint], whe
             f = k / n
             lat, lon = lat0 + (lat1 - lat0) * f, lon0 + (lon1 - lon0) * f
             d = haversine_m(lat, lon, source.lat, source.lon)
-            for ch, v in (("lat", lat), ("lon", lon), ("alt", alt), ("fix", 1.0),
+            for ch, v in (("lat", round(lat, 6)), ("lon", round(lon, 6)), ("alt", alt), ("fix", 1.0),
                           ("ch4", round(peak * math.exp(-((d / sigma) ** 2)), 3))):
-                out[ch].append((t, v))
+                out[ch].append((round(t, 3), v))
             t += leg / speed / n
     # Land: no fix, nothing in the air.
-    out["fix"].append((t + step, 0.0))
-    out["alt"].append((t + step, 0.0))
-    out["ch4"].append((t + step, 0.0))
+    for ch in ("fix", "alt", "ch4"):
+        out[ch].append((round(t + step, 3), 0.0))
     return out
 
 

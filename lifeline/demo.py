@@ -1,0 +1,741 @@
+"""`lifeline demo`: a whole virtual site playing a scripted incident, end to end, with real parts.
+
+Two Mosquitto brokers (site and district) started from deploy/mosquitto's configs on free loopback ports,
+the gateway daemon as a subprocess with a generated site.toml, and one virtual board per device of
+seeds/demo_site.toml: the real firmware on the MicroPython unix port (64K heap), its flash a directory.
+The incident is played through each device's sim control port; a recorder on the district broker keeps
+everything that arrives. At the end the demo writes a timeline plot and a summary (lifeline/demo_report.py)
+and exits 0 only if every alarm the script expects reached the district. docs/demo.md explains the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway import config as gateway_config
+from gateway import siteauth
+from hil_tests.virtual import VirtualDevice
+from lifeline import demo_report, demo_site, flash, upy
+from lifeline.broker import Mosquitto, free_port
+from lifeline.demo_site import Device, Site
+from protocol import topics
+
+DEPLOY = upy.ROOT / "deploy" / "mosquitto"
+PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline flash` writes per device
+DISTRICT_USER = "district"
+ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
+TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
+FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
+DATAGRAM_MAX = 900  # the sim world reads control datagrams into 1024 bytes
+# The first metric of each class shown in the live view, with its display scale and unit.
+SHOWN = {"gas": ("ch4", 1.0, "%LEL"), "water": ("pressure", 1e-3, "kPa"), "drainage": ("level", 1.0, "m"),
+         "bridge": ("tilt_x", 1e3, "mrad"), "rain": ("rain_rate", 1.0, "mm/h"), "drone": ("ch4", 1.0, "%LEL")}
+
+
+class DemoError(RuntimeError):
+    """The demo could not set its site up; the message says which part failed."""
+
+
+# ------------------------------------------------------------------------------------------ brokers
+
+
+def deploy_conf(name: str, files: Mapping[str, Path]) -> str:
+    """A deploy config's settings for a demo broker on one loopback listener.
+
+    Mosquitto() writes the listener, persistence and log lines for its own directory; the TLS listener
+    (certificates for devices and gateways on a real network) is left out, so devices and the gateway log
+    in with passwords on loopback and the shipped ACL still decides what each may publish and read.
+    File paths are taken from `files`, by file name."""
+    out = []
+    for line in (DEPLOY / name).read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in ("listener", "certfile", "keyfile", "cafile", "tls_version", "require_certificate",
+                        "use_identity_as_username", "persistence", "persistence_location", "log_dest",
+                        "log_type", "allow_anonymous"):
+            continue
+        if words[0] in ("password_file", "acl_file"):
+            line = f"{words[0]} {files[Path(words[1]).name]}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
+    path.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
+    path.chmod(0o600)
+    subprocess.run([siteauth.mosquitto_passwd(), "-U", str(path)], check=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ site.toml
+
+
+def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping[str, bytes],
+                    site_port: int, district_port: int, gateway_password: str, metrics_port: int) -> Path:
+    """The gateway's config for this run: shipped rule sets, no override, the seed's risk points."""
+    lines = [
+        "# Written by `lifeline demo` for one run; keys are fresh each run.",
+        f'[site]\nid = "{site.id}"\n',
+        f'[site_broker]\nhost = "127.0.0.1"\nport = {site_port}\nusername = "{siteauth.GATEWAY_USER}"\n'
+        f'password_file = "auth/gateway.password"\n',
+        f'[district_broker]\nhost = "127.0.0.1"\nport = {district_port}\nusername = "{site.id}"\n'
+        f'password = "{gateway_password}"\n',
+        '[store]\npath = "gateway.sqlite"\n',
+        "[uplink]\nbatch_max_delay_ms = 200\n",
+        f'[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n',
+    ]
+    for rp in site.risk_points.values():
+        lines.append(f'[[risk_points]]\nid = "{rp.id}"\nclass = "{rp.cls}"\nlat = {rp.lat}\nlon = {rp.lon}\n'
+                     f"radius_m = {rp.radius_m}\n")
+    for d in devices:
+        lines.append(f'[[devices]]\nid = "{d.id}"\nclass = "{d.cls}"\nkey = "{keys[d.id].hex()}"\n'
+                     f"position = [{d.position[0]}, {d.position[1]}]\n")
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+def _udp_pair() -> int:
+    """A port N with N and N+1 free for UDP on loopback: a virtual device's control port and its bus."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port: int = a.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise DemoError("no pair of free UDP ports on 127.0.0.1")
+
+
+def firmware_image(target: Path, site_id: str) -> Path:
+    """The code part of a flash image, staged once by `lifeline flash` for all devices (main.py, boot.py,
+    lib/ as .mpy); each device's copy then gets its own profile.json, device.json and secrets.json."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    placeholder = flash.Provision("image", site_id, "gas", "127.0.0.1", 1883, bytes(flash.KEY_BYTES))
+    flash.stage(placeholder, target)
+    for name in PER_DEVICE:
+        (target / name).unlink()
+    return target
+
+
+@dataclass
+class Node:
+    """One virtual device of the demo and what the demo knows about it."""
+
+    dev: Device
+    flash: Path
+    control_port: int
+    board: VirtualDevice | None = None
+
+
+def provision(image: Path, flash_dir: Path, dev: Device, site_id: str, key: bytes, password: str,
+              broker_port: int, control_port: int) -> Node:
+    """A device's flash directory (docs/firmware.md), plus sim.json: its control port and quiet readings."""
+    shutil.copytree(image, flash_dir)
+    p = flash.Provision(dev.id, site_id, dev.cls, "127.0.0.1", broker_port, key, mqtt_user=dev.id,
+                        mqtt_password=password, wifi_ssid="demo", wifi_password="demo")
+    profile = json.loads((upy.FIRMWARE / "profiles" / f"{dev.cls}.json").read_text())
+    sim = {"control_port": control_port, "stimulus": {ch: [[0, v]] for ch, v in dev.baseline.items()}}
+    for name, content in zip(PER_DEVICE, (profile, p.device_json(), p.secrets_json()), strict=True):
+        (flash_dir / name).write_text(json.dumps(content, separators=(",", ":")))
+    (flash_dir / "sim.json").write_text(json.dumps(sim))
+    return Node(dev, flash_dir, control_port)
+
+
+def control(port: int, msg: Mapping[str, Any], timeout: float = 1.0, tries: int = 3) -> bool:
+    """One control datagram to a device's sim world, waiting for its {"ok": true}."""
+    data = json.dumps(msg, separators=(",", ":")).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        for _ in range(tries):
+            s.sendto(data, ("127.0.0.1", port))
+            try:
+                reply = json.loads(s.recv(1024))
+            except (TimeoutError, ValueError):
+                continue
+            return bool(reply.get("ok"))
+    return False
+
+
+# ------------------------------------------------------------------------------------------ the script
+
+
+@dataclass(order=True)
+class Send:
+    """One ramp datagram due at `at` seconds of script time."""
+
+    at: float
+    dev: str = field(compare=False)
+    msg: dict[str, Any] = field(compare=False)
+
+
+def schedule(site: Site, quick: bool, running: set[str]) -> list[Send]:
+    """The whole incident as timed ramp datagrams for the running devices.
+
+    A datagram holds about 60 points, so a long ramp is cut into pieces, each sent when its predecessor
+    reaches its last point. A piece starts with its first point at offset 0 (the world's ramp interpolates
+    from there, not from whatever value the channel held) and lists the rest relative to its send time."""
+    sends = []
+    for inc in site.incidents:
+        start = inc.start(quick)
+        for dev, channels in inc.stimulus.items():
+            if dev not in running:
+                continue
+            for ch, pts in channels.items():
+                i = 0
+                while True:
+                    t_i = pts[i][0]
+                    piece: list[list[Any]] = [[0, pts[i][1]]]
+                    j = i + 1
+                    while j < len(pts):
+                        piece.append([round(pts[j][0] - t_i, 6), pts[j][1]])
+                        if len(piece) > 2 and len(json.dumps({"ramp": {ch: piece}})) > DATAGRAM_MAX:
+                            piece.pop()
+                            break
+                        j += 1
+                    sends.append(Send(start + t_i, dev, {"ramp": {ch: piece}}))
+                    if j >= len(pts):
+                        break
+                    i = j - 1
+    return sorted(sends)
+
+
+class Player(threading.Thread):
+    """Sends the scheduled ramps on time (script time 0 = `t0`, Unix seconds)."""
+
+    def __init__(self, sends: list[Send], ports: Mapping[str, int], t0: float, on_error: Any) -> None:
+        super().__init__(name="demo-player", daemon=True)
+        self.sends = sends
+        self.ports = ports
+        self.t0 = t0
+        self.on_error = on_error
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for s in self.sends:
+            delay = self.t0 + s.at - time.time()
+            if delay > 0 and self.stop.wait(delay):
+                return
+            if not control(self.ports[s.dev], s.msg):
+                self.on_error(f"{s.dev}: the sim control port did not confirm a ramp at t={s.at:.1f}s")
+
+
+# ------------------------------------------------------------------------------------------ the district
+
+
+class Recorder:
+    """A district application: subscribes to the site's whole uplink and records it with receipt times."""
+
+    def __init__(self, host: str, port: int, password: str, site: str, on_entry: Any) -> None:
+        self.log = demo_report.DistrictLog()
+        self.lock = threading.Lock()
+        self.errors = 0
+        self._on_entry = on_entry
+        self._topic = f"district/v1/{site}/up/#"
+        self._ack_topic = topics.down(site, topics.ALARM_ACK)
+        self.acks = 0
+        self.connected = threading.Event()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-district-{time.time_ns()}")
+        self._client.username_pw_set(DISTRICT_USER, password)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.connect(host, port, keepalive=30)
+        self._client.loop_start()
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
+        client.subscribe(self._topic, qos=1)
+        self.connected.set()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        try:
+            _, kind = topics.parse_up(msg.topic)
+            body = cbor2.loads(msg.payload)
+        except (ValueError, cbor2.CBORDecodeError):
+            self.errors += 1
+            return
+        with self.lock:
+            entry = self.log.add(now, kind, body)
+        if kind == topics.ALARM and isinstance(body, dict) and body.get("ev") in ("raised", "escalated"):
+            # The district desk acknowledges what it has seen, closing the loop (the gateway stops re-sending).
+            client.publish(self._ack_topic, cbor2.dumps({"id": body.get("id")}), qos=1)
+            self.acks += 1
+        self._on_entry(entry)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+# ------------------------------------------------------------------------------------------ live view
+
+
+@dataclass
+class Status:
+    """What the live view shows, fed from the district record and the gateway's metrics."""
+
+    site: Site
+    nodes: Mapping[str, Node]
+    t_start: float
+    t0: float | None = None
+    script_s: float = 0.0
+    phase: str = "starting"
+    expected: int = 0
+    last_seen: dict[str, float] = field(default_factory=dict)
+    online: dict[str, bool] = field(default_factory=dict)
+    births: dict[str, int] = field(default_factory=dict)
+    reading: dict[str, float] = field(default_factory=dict)
+    active: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=9))
+    received: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seen_expected: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def clock(self) -> str:
+        if self.t0 is None:
+            return f"setting up {time.time() - self.t_start:5.1f} s"
+        return f"script {time.time() - self.t0:6.1f} / {self.script_s:.0f} s"
+
+    def on_entry(self, entry: demo_report.Entry) -> str | None:
+        """Fold one district arrival into the view; returns a progress line for alarm events and births."""
+        body = entry.body
+        with self.lock:
+            self.received += 1
+            if entry.kind == topics.TELEMETRY:
+                for pack in body["packs"]:
+                    dev = pack.get("dev")
+                    if dev not in self.nodes:
+                        continue
+                    self.last_seen[dev] = entry.t
+                    metric, scale, _ = SHOWN[self.nodes[dev].dev.cls]
+                    for rec in pack["records"]:
+                        if rec.get("metric") == metric and isinstance(rec.get("v"), int | float):
+                            self.reading[dev] = rec["v"] * scale
+                return None
+            if entry.kind == topics.UP_STATE and body.get("dev") in self.nodes:
+                dev = body["dev"]
+                self.last_seen[dev] = entry.t
+                self.online[dev] = body.get("st") == "online"
+                if self.online[dev] and not body.get("retained"):
+                    self.births[dev] = self.births.get(dev, 0) + 1
+                    return f"{dev} online (boot {body.get('boot')}, reset cause {body.get('rst')})"
+                return None if self.online[dev] else f"{dev} offline"
+            if entry.kind != topics.ALARM or body.get("resend"):
+                return None
+            subject = body.get("point") or body.get("dev")
+            key = f"{subject} {body.get('rule')}"
+            if body.get("ev") == "cleared":
+                self.active.pop(key, None)
+            else:
+                self.active[key] = {**body, "since": self.active.get(key, {}).get("since", entry.t)}
+            t_dev = body.get("t_dev")
+            latency = f"{1000 * (entry.t - t_dev):.0f} ms" if isinstance(t_dev, int | float) else "-"
+            level = body.get("level") or "clear"
+            line = f"{subject} {body.get('rule')} {body.get('ev')} {level} (sample to district {latency})"
+            self.recent.appendleft(f"{self.clock_short(entry.t)} {line}")
+            return line
+
+    def clock_short(self, t: float) -> str:
+        return f"{t - (self.t0 or self.t_start):6.1f}s"
+
+
+def render(st: Status) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    colours = {"blue": "bold blue", "yellow": "bold yellow", "orange": "bold dark_orange", "red": "bold red"}
+    now = time.time()
+    with st.lock:
+        devs = Table(title="devices", expand=True, pad_edge=False, show_edge=False)
+        for col in ("device", "class", "state", "seen", "reading"):
+            devs.add_column(col, no_wrap=True)
+        for dev, node in st.nodes.items():
+            seen = st.last_seen.get(dev)
+            state = ("[green]online[/]" if st.online.get(dev) else
+                     "[red]offline[/]" if dev in st.online else "[dim]booting[/]")
+            _, _, unit = SHOWN[node.dev.cls]
+            value = st.reading.get(dev)
+            devs.add_row(dev, node.dev.cls, state, "-" if seen is None else f"{now - seen:4.0f} s ago",
+                         "-" if value is None else f"{value:.4g} {unit}")
+        alarms = Table(title="active alarms (at the district)", expand=True, show_edge=False)
+        for col in ("subject", "rule", "level", "for"):
+            alarms.add_column(col, no_wrap=True)
+        for key, body in sorted(st.active.items()):
+            level = str(body.get("level"))
+            alarms.add_row(key.split(" ")[0], str(body.get("rule")), Text(level, style=colours.get(level, "")),
+                           f"{now - body['since']:.0f} s")
+        gw = st.metrics
+        depth = ", ".join(f"{lane} {int(gw.get('outbox_' + lane, 0))}" for lane in ("alarm", "state", "telemetry"))
+        gateway = Text.from_markup(
+            f"outbox: {depth}   uplink {'[green]up[/]' if gw.get('uplink_connected') else '[red]down[/]'}   "
+            f"accepted {int(gw.get('accepted', 0))}   rejected {int(gw.get('rejected', 0))}   "
+            f"district received {st.received}")
+        recent = Text("\n".join(st.recent) or "no alarm events yet")
+        header = Text.from_markup(
+            f"[bold]lifeline demo[/]  site [bold]{st.site.id}[/]  {st.clock()}  phase: [bold]{st.phase}[/]  "
+            f"expected alarms seen: {st.seen_expected}/{st.expected}")
+        problems = [Text(p, style="red") for p in st.problems[-3:]]
+    grid = Table.grid(expand=True)
+    grid.add_column(ratio=5)
+    grid.add_column(ratio=6)
+    grid.add_row(devs, Group(alarms, Panel(recent, title="alarm events: level, sample → district latency")))
+    return Panel(Group(header, grid, Panel(gateway, title="gateway"), *problems), border_style="cyan")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The gateway's outbox depth, uplink state and ingest counters from its Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "lifeline_outbox_depth":
+                out["outbox_" + s.labels.get("lane", "")] = s.value
+            elif s.name == "lifeline_uplink_connected":
+                out["uplink_connected"] = s.value
+            elif s.name == "lifeline_site_connected":
+                out["site_connected"] = s.value
+            elif s.name == "lifeline_ingest_messages_total":
+                out["accepted"] = out.get("accepted", 0) + s.value
+            elif s.name == "lifeline_ingest_rejects_total":
+                out["rejected"] = out.get("rejected", 0) + s.value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+class _Stop(Exception):
+    """SIGTERM: leave through the same clean shutdown as Ctrl-C."""
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.site = demo_site.load(args.seed)
+        self.out: Path = args.out
+        self.work = self.out / "run"
+        self.logs = self.work / "logs"
+        self.devices = self.site.select(self.quick)
+        self.nodes: dict[str, Node] = {}
+        self.status = Status(self.site, self.nodes, time.time())
+        self.live = args.live if args.live is not None else sys.stdout.isatty()
+        self.console: Any = None
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.recorder: Recorder | None = None
+        self.metrics_port = free_port()
+
+    # progress
+
+    def say(self, line: str) -> None:
+        stamp = self.status.clock_short(time.time())
+        if self.live and self.console is not None:
+            self.console.log(line)
+        else:
+            print(f"[{stamp}] {line}", flush=True)
+
+    def _on_entry(self, entry: demo_report.Entry) -> None:
+        line = self.status.on_entry(entry)
+        if line is not None and not self.live:
+            self.say(line)
+
+    def problem(self, text: str) -> None:
+        with self.status.lock:
+            self.status.problems.append(text)
+        self.say("problem: " + text)
+
+    # setup
+
+    def start(self, stack: contextlib.ExitStack) -> None:
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.logs.mkdir(parents=True)
+        site = self.site
+        keys = {d.id: secrets.token_bytes(32) for d in self.devices}
+        ports = {"site": free_port(), "district": free_port()}
+        gateway_district_pw = secrets.token_urlsafe(18)
+        district_pw = secrets.token_urlsafe(18)
+        toml = write_site_toml(self.work / "site.toml", site, self.devices, keys, ports["site"], ports["district"],
+                               gateway_district_pw, self.metrics_port)
+        self.say(f"site {site.id}: {len(self.devices)} devices, {len(site.risk_points)} risk points; "
+                 f"work directory {self.work}")
+        # Site broker: the shipped config with the passwords and ACL `lifeline site-auth` writes.
+        auth = self.work / "auth"
+        passwords = siteauth.generate(toml, auth)
+        site_conf = deploy_conf("site.conf", {"passwd": auth / "passwd", "acl": auth / "acl"})
+        site_broker = Mosquitto(site_conf, port=ports["site"], workdir=self.work / "site-broker", anonymous=False)
+        stack.callback(site_broker.stop)
+        site_broker.start()
+        # District broker: the shipped ACL; the district application and this site's gateway log in by password.
+        dauth = self.work / "district-auth"
+        dauth.mkdir()
+        _hashed_passwords(dauth / "district-passwd", {DISTRICT_USER: district_pw, site.id: gateway_district_pw})
+        shutil.copy(DEPLOY / "district.acl", dauth / "district.acl")
+        district_conf = deploy_conf("district.conf", {"district-passwd": dauth / "district-passwd",
+                                                      "district.acl": dauth / "district.acl"})
+        district = Mosquitto(district_conf, port=ports["district"], workdir=self.work / "district-broker",
+                             anonymous=False)
+        stack.callback(district.stop)
+        district.start()
+        self.say(f"brokers up: site on {ports['site']}, district on {ports['district']}")
+
+        self.recorder = Recorder("127.0.0.1", ports["district"], district_pw, site.id, self._on_entry)
+        stack.callback(self.recorder.close)
+        if not self.recorder.connected.wait(10):
+            raise DemoError("the district recorder could not connect to the district broker")
+
+        self._start_gateway(toml, stack)
+
+        image = firmware_image(self.work / "image", site.id)
+        for d in self.devices:
+            self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, site.id, keys[d.id], passwords[d.id],
+                                         ports["site"], _udp_pair())
+        stack.callback(self._stop_devices)
+        self.say(f"powering on {len(self.nodes)} virtual devices (MicroPython unix port, heap {upy.DEVICE_HEAP})")
+        for node in self.nodes.values():
+            node.board = VirtualDevice(node.flash, node.dev.id, console_log=self.logs / f"{node.dev.id}.console.log")
+            node.board.power_on()
+            time.sleep(0.15)  # a staggered start spreads the interpreters' start-up over the cores
+
+    def _start_gateway(self, toml: Path, stack: contextlib.ExitStack) -> None:
+        log = (self.logs / "gateway.log").open("ab")
+        stack.callback(log.close)
+        self.gateway = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "gateway", "--config", str(toml)],
+                                        stdout=log, stderr=log, cwd=upy.ROOT, start_new_session=True,
+                                        env={**upy.environment(), "PYTHONUNBUFFERED": "1"})
+        stack.callback(self._stop_gateway)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.gateway.poll() is not None:
+                raise DemoError(f"the gateway exited with {self.gateway.returncode}: " + self._gateway_tail())
+            with contextlib.suppress(OSError):
+                m = scrape(self.metrics_port)
+                if m.get("uplink_connected") and m.get("site_connected"):
+                    self.say(f"gateway up (pid {self.gateway.pid}), connected to both brokers")
+                    return
+            time.sleep(0.2)
+        raise DemoError("the gateway did not connect to both brokers within 30 s: " + self._gateway_tail())
+
+    def _gateway_tail(self) -> str:
+        lines = (self.logs / "gateway.log").read_text(errors="replace").splitlines()
+        return " | ".join(lines[-5:])
+
+    def _stop_gateway(self) -> None:
+        g = self.gateway
+        if g is not None and g.poll() is None:
+            g.send_signal(signal.SIGTERM)  # drains its outbox for a bounded time, then exits
+            try:
+                g.wait(20)
+            except subprocess.TimeoutExpired:
+                g.kill()
+                g.wait()
+
+    def _stop_devices(self) -> None:
+        for node in self.nodes.values():
+            if node.board is not None:
+                node.board.close()
+        for node in self.nodes.values():
+            control(node.control_port, {"quit": True}, timeout=0.2, tries=1)  # its sim world
+
+    # running
+
+    def wait_online(self) -> None:
+        self.status.phase = "devices booting"
+        deadline = time.monotonic() + ONLINE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            missing = [d for d in self.nodes if not self.status.births.get(d)]
+            if not missing:
+                self.say(f"all {len(self.nodes)} devices online at the district")
+                return
+            self._tick()
+        self.problem(f"not online after {ONLINE_TIMEOUT_S:.0f} s: {', '.join(missing)}")
+
+    def _tick(self, seconds: float = 0.25) -> None:
+        with contextlib.suppress(OSError):
+            m = scrape(self.metrics_port)
+            with self.status.lock:
+                self.status.metrics = m
+        if self.gateway is not None and self.gateway.poll() is not None:
+            raise DemoError(f"the gateway exited with {self.gateway.returncode}: " + self._gateway_tail())
+        time.sleep(seconds)
+
+    def play(self) -> demo_report.Summary:
+        site, st = self.site, self.status
+        t0 = time.time() + 1.0
+        with st.lock:
+            st.t0 = t0
+            st.script_s = site.script_length(self.quick)
+            st.expected = sum(len(e.levels) for inc in site.incidents for e in inc.expect)
+            st.seen_expected = 0
+        player = Player(schedule(site, self.quick, set(self.nodes)), {d: n.control_port for d, n in self.nodes.items()},
+                        t0, self.problem)
+        player.start()
+        announced: set[str] = set()
+        try:
+            while True:
+                now = time.time() - t0
+                for inc in site.incidents:
+                    if inc.id not in announced and now >= inc.start(self.quick):
+                        announced.add(inc.id)
+                        self.say(f"incident: {inc.title}")
+                playing = [i.id for i in site.incidents if i.start(self.quick) <= now <= i.start(self.quick)
+                           + i.duration]
+                judged = self._judge(t0)
+                with st.lock:
+                    st.phase = ("playing " + ", ".join(playing)) if playing else (
+                        "waiting for the district" if now > st.script_s else "quiet")
+                    st.seen_expected = sum(s.seen for s in judged)
+                if now > st.script_s + 5 and all(s.seen for s in judged):
+                    break
+                if now > st.script_s + TAIL_S:
+                    break
+                self._tick()
+        finally:
+            player.stop.set()
+        return self.report(t0)
+
+    def _judge(self, t0: float) -> list[demo_report.Seen]:
+        return demo_report.judge(self.site, self._since(t0))
+
+    def _since(self, t0: float) -> demo_report.DistrictLog:
+        assert self.recorder is not None
+        part = demo_report.DistrictLog()
+        with self.recorder.lock:
+            part.entries = [e for e in self.recorder.log.entries if e.t >= t0 - 1.0]
+        return part
+
+    def report(self, t0: float) -> demo_report.Summary:
+        assert self.recorder is not None
+        self.status.phase = "writing the report"
+        with self.recorder.lock:
+            self.recorder.log.save(self.out / "district.jsonl")
+        log = self._since(t0)
+        notes = list(self.status.problems)
+        if self.recorder.errors:
+            notes.append(f"{self.recorder.errors} district messages could not be decoded")
+        summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes)
+        ruleset = gateway_config.load(self.work / "site.toml").ruleset
+        png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out)
+        md, js = demo_report.write_summary(summary, self.out)
+        self.say(f"wrote {png}, {md} and {js}")
+        return summary
+
+
+@contextlib.contextmanager
+def _live(demo: Demo) -> Iterator[None]:
+    if not demo.live:
+        yield
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    demo.console = Console()
+
+    class _View:
+        def __rich__(self) -> Any:
+            return render(demo.status)
+
+    with Live(_View(), console=demo.console, refresh_per_second=4, screen=False, transient=False):
+        yield
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="only the devices the incident needs, with its parts overlapping (about 80 s)")
+    parser.add_argument("--forever", action="store_true",
+                        help="keep the site running and replay the incident until Ctrl-C")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="where the plot, summary and district record go (default out/demo)")
+    parser.add_argument("--seed", type=Path, default=demo_site.SEED, help="site and incident (seeds/demo_site.toml)")
+    live = parser.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live terminal view (the default on a terminal)")
+    live.add_argument("--plain", dest="live", action="store_false", help="progress lines instead of the live view")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        demo = Demo(args)
+    except demo_site.SeedError as exc:
+        print(f"seed error: {exc}", file=sys.stderr)
+        return 2
+    demo.out.mkdir(parents=True, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    summary: demo_report.Summary | None = None
+    try:
+        with contextlib.ExitStack() as stack, _live(demo):
+            demo.start(stack)
+            demo.wait_online()
+            while True:
+                summary = demo.play()
+                _verdict(demo, summary)
+                if not args.forever:
+                    break
+                demo.status.phase = f"pause, replaying in {FOREVER_PAUSE_S:.0f} s"
+                end = time.monotonic() + FOREVER_PAUSE_S
+                while time.monotonic() < end:
+                    demo._tick()
+            demo.status.phase = "shutting down"
+    except (KeyboardInterrupt, _Stop):
+        print("interrupted: everything the demo started is stopped", file=sys.stderr)
+        return 130 if summary is None else (0 if summary.ok else 1)
+    except (DemoError, OSError, subprocess.CalledProcessError, RuntimeError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert summary is not None
+    return 0 if summary.ok else 1
+
+
+def _verdict(demo: Demo, summary: demo_report.Summary) -> None:
+    lat = summary.latency_s
+    if summary.ok:
+        demo.say(f"every expected alarm reached the district ({lat['n']} events; latency min "
+                 f"{_ms(lat['min'])}, median {_ms(lat['median'])}, max {_ms(lat['max'])} ms)")
+    else:
+        demo.say("MISSING at the district: " + "; ".join(summary.missing))
+
+
+def _ms(x: float | int | None) -> str:
+    return "-" if x is None else f"{x * 1000:.0f}"
