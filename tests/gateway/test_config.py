@@ -1,0 +1,124 @@
+"""site.toml: the shipped example loads; every kind of mistake stops with the field's name and why."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, load, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "ab" * 32
+
+MINIMAL: dict[str, Any] = {
+    "site": {"id": "s1"},
+    "site_broker": {"host": "127.0.0.1"},
+    "district_broker": {"host": "127.0.0.1", "port": 1884},
+    "store": {"path": "gw.sqlite"},
+    "devices": [{"id": "d1", "class": "gas", "key": KEY}, {"id": "d2", "class": "water", "key": KEY}],
+}
+
+
+def test_example_config_loads_and_every_table_in_it_is_used() -> None:
+    cfg = load(ROOT / "deploy" / "site.example.toml", check_files=False)
+    assert cfg.site == "riverside-3"
+    assert set(cfg.devices) == {"gas-014", "main-02", "pod-1"}
+    assert cfg.devices["gas-014"].position == (31.2311, 121.4721)
+    assert cfg.district_broker.tls is not None and cfg.district_broker.port == 8883
+    assert cfg.store_path == Path("/var/lib/lifeline/gateway.sqlite")
+    assert len(cfg.risk_points) == 1
+    rules = cfg.ruleset.metric_rules("gas", "gas-014", "ch4")
+    assert rules is not None and rules.level is not None and min(rules.level.levels.values()) == 5
+
+
+def test_example_documents_every_key() -> None:
+    """docs/gateway.md names each key the example uses."""
+    doc = (ROOT / "docs" / "gateway.md").read_text()
+    data = tomllib.loads((ROOT / "deploy" / "site.example.toml").read_text())
+
+    def keys(table: dict[str, Any], prefix: str) -> list[str]:
+        out = []
+        for k, v in table.items():
+            if isinstance(v, dict) and prefix != "rules.overrides.":
+                out += keys(v, f"{prefix}{k}.")
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                for item in v:
+                    out += keys(item, f"{prefix}{k}[].")
+            else:
+                out.append(f"{prefix}{k}")
+        return out
+
+    missing = [k for k in set(keys(data, "")) if not k.startswith("rules.overrides.")
+               and f"`{k.rsplit('.', 1)[-1]}`" not in doc]
+    assert not missing
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = parse(MINIMAL, tmp_path / "site.toml")
+    assert cfg.site_broker.port == 1883 and cfg.site_broker.client_id == "lifeline-gw-s1"
+    assert cfg.store_path == tmp_path / "gw.sqlite"  # relative to the config file
+    assert cfg.devices["d1"].key == bytes.fromhex(KEY)
+    assert cfg.ruleset.classes  # the shipped rule sets
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """MINIMAL with one key set (value ...) or deleted (value None); path like "devices.1.key"."""
+    doc = copy.deepcopy(MINIMAL)
+    *parents, last = path.split(".")
+    node: Any = doc
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("site.id", None, "site.id: missing"),
+    ("site.id", "Site 1", "site.id: must be 1-32 characters of a-z 0-9 _ -"),
+    ("devices.1.key", "abc", "devices[1].key: must be 64 hex characters"),
+    ("devices.0.class", "volcano", "devices[0].class: 'volcano' is not one of gas"),
+    ("devices.1.id", "d1", "devices[1].id: device 'd1' is listed twice"),
+    ("devices.0.position", [91, 0], "devices[0].position: latitude 91.0 is outside -90..90"),
+    ("devices.0.colour", "red", "devices[0].colour: unknown key"),
+    ("site_broker.hots", "x", "site_broker.hots: unknown key"),
+    ("site_broker.host", None, "site_broker.host: missing"),
+    ("site_broker.port", 70000, "site_broker.port: must be at most 65535"),
+    ("site_broker.port", "1883", "site_broker.port: must be an integer, not str"),
+    ("site_broker.password", "x", "site_broker.username: missing (a password needs a username)"),
+    ("district_broker.tls", {"ca_file": "/nonexistent/ca.crt"}, "district_broker.tls.ca_file: file"),
+    ("store.path", None, "store.path: missing"),
+    ("store.disk_budget_mb", "big", "store.disk_budget_mb: must be a number"),
+    ("uplink.batch_max_items", 0, "uplink.batch_max_items: must be at least 1"),
+    ("ingest.clock_future_s", True, "ingest.clock_future_s: must be a number, not a boolean"),
+    ("log.format", "xml", "log.format: 'xml' is not kv or json"),
+    ("risk_points", [{"id": "p", "class": "gas", "lat": 95, "lon": 0, "radius_m": 5}], "risk_points[0].lat"),
+    ("rules.overrides", {"gas": {"ch4": {"direction": "sideways"}}}, "rules.overrides.gas.ch4.direction"),
+    ("rules.files", ["nope.toml"], "rules.files[0]: file"),
+])
+def test_each_mistake_names_its_field(tmp_path: Path, path: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(with_change(path, value), tmp_path / "site.toml")
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_client_certificate_is_required_with_district_tls(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("x")
+    doc = with_change("district_broker.tls", {"ca_file": "ca.crt"})
+    with pytest.raises(ConfigError, match=r"^district_broker\.tls\.cert_file: missing"):
+        parse(doc, tmp_path / "site.toml")
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[site\nid = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
