@@ -1,0 +1,46 @@
+"""Device time. Readings are stamped with milliseconds since boot (an int, exact on boards with
+single-precision floats, and safe across ticks_ms wrap-around). Until NTP, or an RTC that kept time
+through deep sleep, gives the real time, packs carry seconds since this boot and say clk=1; once the
+time is known, every stamp not yet sealed into a message is moved onto the epoch at packing time."""
+
+import time
+
+from protocol import message
+
+
+class Clock:
+    def __init__(self, board):
+        self.board = board
+        self._last = time.ticks_ms()
+        self._up = 0
+        self.epoch0_ms = None  # epoch milliseconds at boot, once known
+        if board.rtc_valid():
+            self._anchor()
+
+    def _anchor(self):
+        self.epoch0_ms = int(self.board.time() * 1000) - self.up_ms()
+
+    def up_ms(self):
+        """Milliseconds since boot; must be called more often than every 6 days (ticks wrap)."""
+        now = time.ticks_ms()
+        self._up += time.ticks_diff(now, self._last)
+        self._last = now
+        return self._up
+
+    @property
+    def clk(self):
+        return message.CLK_BOOT if self.epoch0_ms is None else message.CLK_EPOCH
+
+    def ms(self, up):
+        """A boot stamp on the current clock (epoch ms once synced)."""
+        return up if self.epoch0_ms is None else self.epoch0_ms + up
+
+    def now(self):
+        """Whole seconds on the current clock."""
+        return self.ms(self.up_ms()) // 1000
+
+    def sync(self, hosts):
+        """Ask NTP; True when the time is known afterwards."""
+        if hosts and self.board.ntp(hosts):
+            self._anchor()
+        return self.epoch0_ms is not None

@@ -1,0 +1,270 @@
+"""The node's run loop: wires board, clock, samplers, publisher, commands and health, and keeps the
+watched main loop that feeds the watchdog. run() is what main.py calls once the config is settled."""
+
+import gc
+import os
+
+import asyncio
+import hal
+from app import drop, watchdog
+from app.clock import Clock
+from protocol import message, topics
+
+FW = "0.1.0"
+STABLE_S = 60  # a boot that ran this long connected clears the crash-loop counter
+TRIAL_S = 180  # a trial config must reach the broker within this
+SAFE_S = 600  # safe mode tries a normal boot again after this long connected
+NTP_S = 6 * 3600
+INBOX = 4
+_UNITS = {"heap": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+class App:
+    def __init__(self, board, st, cfg, safe):
+        d, s, p = cfg
+        self.board = board
+        self.st = st
+        self.boot = st["boot"]
+        self.safe = safe
+        self.secrets = s
+        self.ntp = d.get("ntp", [])
+        self.prof = p["name"]
+        self.sleep = p.get("sleep")
+        self.wdt_ms = p.get("wdt_ms", 30000)
+        self.dev = d["id"]
+        self.key = bytes.fromhex(s["key"])
+        self.clock = Clock(board)
+        self.rst = board.reset_cause()
+        self.topic = {}
+        for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK):
+            self.topic[k] = topics.device(d["site"], self.dev, k)
+        self.tags = p.get("tag", ())
+        self.latest = {}
+        self.trial = _exists("trial.json")
+        self.connected_at = None
+        self.clock_told = False
+        self.inbox = []
+        self.recent = []
+        self.rejected = {}
+        self.got = asyncio.Event()
+        from app.publisher import Publisher
+        from mqtt import MQTTClient
+
+        self.pub = Publisher(self, p)
+        b = d["broker"]
+        self.mqtt = MQTTClient(self.dev, b["host"], b.get("port", 1883), b.get("user"), s.get("mqtt_password"),
+                               p.get("keepalive", 60), True, None, True if b.get("tls") else None,
+                               on_message=self.on_message, on_connect=self.birth)
+        self.sealed()
+        self.configure(p)
+        self.sensors = []
+        self.beats = {}
+        if not safe:
+            from app.sampler import Sensor
+
+            for spec in p["sensors"]:
+                self.sensors.append(Sensor(spec, board, self))
+
+    def configure(self, p):
+        self.health_ms = int(p.get("health_s", 3600) * 1000)
+        self.pub.batch = p.get("batch", 16)
+        self.pub.report_ms = int(p["report_s"] * 1000)
+
+    # -- called by the parts --------------------------------------------------------------------------
+
+    def sealed(self):
+        """The will must carry the sequence number due next, so it is rebuilt whenever one is used."""
+        body = message.death(self.dev, self.boot, self.pub.next_seq)
+        self.mqtt.will = (self.topic[topics.STATE], message.encode(body, self.key))
+
+    def reading(self, m, v, up, change, send, alarm):
+        """Route one filtered reading; True when it belongs in the sensor's urgent pack (sent at once
+        while the sensor is past a pre-alarm level)."""
+        rec = (m.name, v, m.unit, up)
+        if m.name in self.tags:
+            self.latest[m.name] = rec
+        if change:
+            ev = m.level.spec.get("ev", "prealarm")
+            if change > 0:
+                self.pub.seal([rec], message.PRI_ALARM, ev)
+            else:
+                self.pub.seal([rec], message.PRI_ROUTINE, ev + "-clear", True)
+        elif send:
+            if alarm:
+                return True
+            self.pub.add(rec)
+        return False
+
+    def tagged(self, recs):
+        """Every pack carries the latest value of each tagged metric (a drone's position and fix)."""
+        for name in self.tags:
+            if name in self.latest and not any(r[0] == name for r in recs):
+                recs.append(self.latest[name])
+        return recs
+
+    def fault(self, sensor, reason):
+        self.pub.seal([(sensor.name, reason or "ok", None, self.clock.up_ms())], ev="fault")
+
+    def reject(self, reason):
+        n = self.rejected.get(reason, 0)
+        if not n:
+            print("command rejected: %s" % reason)
+        self.rejected[reason] = n + 1
+
+    def on_message(self, topic, payload, retained):
+        if retained:  # a retained "reboot" would run on every connect
+            self.reject("retained")
+        elif len(self.inbox) >= INBOX:
+            self.reject("inbox full")
+        else:
+            self.inbox.append(payload)
+            self.got.set()
+
+    async def commands(self):
+        while True:
+            await self.got.wait()
+            self.got.clear()
+            while self.inbox:
+                await self._handle(self.inbox.pop(0))
+                drop("app.commands", "app.config")
+
+    async def _handle(self, payload):
+        from app import commands
+
+        await commands.handle(self, payload)
+
+    async def ack(self, cid, ok, res):
+        body = message.ack(self.dev, self.boot, cid, ok, res)
+        await self.mqtt.publish(self.topic[topics.ACK], message.encode(body, self.key), qos=1)
+
+    def reboot(self):
+        watchdog.stable(self.st)
+        self.board.reset()
+
+    def sync_clock(self):
+        ok = self.clock.sync(self.ntp)
+        if ok and self.pub.boot_clk and not self.clock_told:
+            # Messages already sealed with boot-relative times: say when that boot began.
+            self.clock_told = True
+            self.pub.seal([("boot_t", self.clock.epoch0_ms // 1000, "s", self.clock.up_ms())], ev="clock")
+        return ok
+
+    async def birth(self, client):
+        """The on-connect hook: time, birth (retained), then a config trial's verdict."""
+        if self.clock.clk == message.CLK_BOOT:
+            self.sync_clock()
+        extra = self.figures()
+        for k in list(extra):
+            if extra[k] is None:
+                del extra[k]
+        if self.safe:
+            extra["safe"] = True
+        if self.sleep:
+            extra["sleep"] = self.sleep["wake_s"]
+        body = message.birth(self.dev, self.boot, self.pub.next_seq, FW, self.prof, self.rst,
+                             self.clock.now(), self.clock.clk, **extra)
+        await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
+        if self.connected_at is None:
+            self.connected_at = self.clock.up_ms()
+        if self.trial or _exists("cfgack.json"):
+            from app import config
+
+            if self.trial:
+                config.confirm()
+                self.trial = False
+            done = config.take_result()
+            drop("app.config")
+            if done:
+                await self.ack(*done)
+                os.remove("cfgack.json")
+
+    def figures(self):
+        """Health: free heap, Wi-Fi signal, battery, queue depth and drops, uptime."""
+        gc.collect()
+        q = self.pub.q
+        return {"heap": gc.mem_free(), "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
+                "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
+
+    def watch(self, name, max_s):
+        self.beats[name] = [self.clock.up_ms(), int(max_s * 1000)]
+
+    def beat(self, name):
+        self.beats[name][0] = self.clock.up_ms()
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    async def main(self):
+        self.wdt = self.board.wdt(self.wdt_ms)
+        for coro in self.board.services():
+            asyncio.create_task(coro)
+        await self.mqtt.subscribe(self.topic[topics.CMD])
+        asyncio.create_task(self.commands())
+        if self.sleep and not self.safe:
+            from app import sleeper
+
+            await sleeper.cycle(self)
+            return
+        for s in self.sensors:
+            self.watch(s.name, 3 * max(s.sample_ms // 1000, 10))
+            asyncio.create_task(s.run())
+        if not self.safe:
+            asyncio.create_task(self.pub.run(self.mqtt))
+        await self.board.connect(self.secrets)
+        self.mqtt.start()
+        await self.loop()
+
+    async def loop(self):
+        """The watched main loop: feeds the watchdog only while it runs and every sampler beats."""
+        synced = health = self.clock.up_ms()
+        stalled = None
+        tick = 0
+        while True:
+            await asyncio.sleep_ms(1000)
+            tick += 1
+            up = self.clock.up_ms()
+            late = None
+            for name in self.beats:
+                t, limit = self.beats[name]
+                if up - t > limit:
+                    late = name
+            if late is None:
+                self.wdt.feed()
+            elif late != stalled:
+                print("watchdog: %s stalled, not feeding" % late)
+            stalled = late
+            if self.pub.due(up):
+                self.pub.flush()
+            if tick % 5 == 0 and not self.board.online():
+                await self.board.connect(self.secrets)
+            if self.trial and up > TRIAL_S * 1000:
+                from app import config
+
+                config.rollback("no broker connection within %d s" % TRIAL_S)
+                self.board.reset()
+            if self.connected_at is not None and up - self.connected_at > (SAFE_S if self.safe else STABLE_S) * 1000:
+                watchdog.stable(self.st)
+                if self.safe:
+                    self.board.reset()
+            if self.mqtt.isconnected() and up - synced > NTP_S * 1000:
+                synced = up
+                self.sync_clock()
+            if not self.safe and up - health >= self.health_ms:
+                health = up
+                f = self.figures()
+                self.pub.seal([(k, f[k], _UNITS[k], up) for k in f if f[k] is not None], ev="health")
+
+
+def run(st, cfg):
+    board = hal.board(cfg[0])
+    safe = watchdog.safe_mode(st)
+    if safe:
+        print("safe mode: %d boots without a clean run" % st["crash"])
+    asyncio.run(App(board, st, cfg, safe).main())

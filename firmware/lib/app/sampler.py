@@ -1,0 +1,176 @@
+"""One asyncio task per sensor: read the driver on the sensor's schedule, pass every metric through
+its filters and pre-alarm level, and hand what survives to the app.
+
+The schedule is sample_s, or fast_s while any of the sensor's metrics is past its pre-alarm level,
+or burst.s during a burst window (burst.for_s every burst.every_s). Drivers whose bus buffers data
+(UART, accelerometer FIFO) are polled every poll_s in between. Driver faults are counted by reason
+and reported as a "fault" event when they start and when they clear, never as a crash.
+"""
+
+import time
+
+import asyncio
+from app.filters import Filter, Level
+from drivers import Fault
+from protocol import message
+
+
+class Metric:
+    def __init__(self, name, spec):
+        self.name = name
+        self.unit = spec.get("u") or None
+        self.filter = Filter(spec.get("filters", []))
+        pre = spec.get("prealarm")
+        self.level = Level(pre) if pre else None
+
+
+def _driver(s, bus):
+    a = s.get("args", {})
+    d = s["driver"]
+    if d == "loop420":
+        from drivers.loop420 import Loop420 as cls
+    elif d == "adxl345":
+        from drivers.accel import ADXL345 as cls
+    elif d == "level":
+        from drivers.level import UltrasonicLevel as cls
+    elif d == "cover":
+        from drivers.level import Cover as cls
+    elif d == "nmea":
+        from drivers.nmea import NMEA as cls
+    else:
+        from drivers.pulse import RainGauge as cls
+    return cls(bus, **a)
+
+
+def _ms(x):
+    return int(x * 1000) if x else 0
+
+
+class Sensor:
+    def __init__(self, spec, board, app):
+        self.name = spec["name"]
+        self.kind = spec["driver"]
+        self.app = app
+        self.metrics = {}
+        self.configure(spec)
+        self.first = next(iter(self.metrics))
+        self.alarm = False
+        self.fault = None
+        self.faults = {}
+        self.drv = None
+        self._burst_at = time.ticks_ms()
+        try:
+            self.drv = _driver(spec, board.bus(spec))
+        except Fault as f:
+            self._fault(f.reason)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            self._fault("init: %s" % e)
+
+    def configure(self, spec):
+        """Take the schedule and the metrics' filters and levels from a profile entry (at start and
+        after a command changed them); a level that was crossed stays crossed."""
+        self.sample_ms = _ms(spec["sample_s"])
+        self.fast_ms = _ms(spec.get("fast_s"))
+        self.poll_ms = _ms(spec.get("poll_s"))
+        b = spec.get("burst")
+        self.burst = (_ms(b["every_s"]), _ms(b["for_s"]), _ms(b["s"])) if b else None
+        for name in spec["metrics"]:
+            old = self.metrics.get(name)
+            m = self.metrics[name] = Metric(name, spec["metrics"][name])
+            if old and old.level and m.level:
+                m.level.active = old.level.active
+
+    def read(self):
+        """[(metric, value)] from one driver read."""
+        d = self.drv
+        k = self.kind
+        if k == "adxl345":
+            d.drain()
+            v = d.summary()
+            return (("tilt_x", v[0]), ("tilt_y", v[1]), ("vib_rms", v[2]), ("vib_peak", v[3]))
+        if k == "nmea":
+            d.poll()
+            out = [("fix", d.fix)]
+            if d.lat is not None:
+                out += [("lat", d.lat), ("lon", d.lon)]
+                if d.alt is not None:
+                    out.append(("alt", d.alt))
+            return out
+        if k == "rain":
+            mm, rate = d.take()
+            return (("rain", mm), ("rain_rate", rate))
+        return ((self.first, d.read()),)
+
+    def poll(self):
+        k = self.kind
+        if k == "adxl345":
+            self.drv.drain()
+        elif k in ("nmea", "level"):
+            self.drv.poll()
+
+    def _fault(self, reason):
+        self.faults[reason] = self.faults.get(reason, 0) + 1
+        if reason != self.fault:
+            print("sensor %s: fault %s" % (self.name, reason))
+            self.fault = reason
+            self.app.fault(self, reason)
+
+    def sample(self):
+        """Read once and process every metric; returns False while the driver is faulty."""
+        if self.drv is None:
+            return False
+        try:
+            values = self.read()
+        except Fault as f:
+            self._fault(f.reason)
+            return False
+        except OSError as e:  # a bus error (NACK, timeout) is a fault of this sensor, not of the node
+            self._fault("bus: %s" % e)
+            return False
+        if self.fault is not None:
+            self.fault = None
+            self.app.fault(self, None)
+        up = self.app.clock.up_ms()
+        now = self.app.clock.ms(up)
+        urgent = []
+        for name, v in values:
+            m = self.metrics.get(name)
+            if m is None:
+                continue
+            v = m.filter.transform(v)
+            change = m.level.step(v) if m.level else 0
+            if self.app.reading(m, v, up, change, m.filter.send(v, now, change != 0), self.alarm):
+                urgent.append((m.name, v, m.unit, up))
+        self.alarm = any(m.level is not None and m.level.active for m in self.metrics.values())
+        if urgent:
+            self.app.pub.seal(urgent, message.PRI_ALARM)
+        return True
+
+    def period_ms(self):
+        if self.alarm and self.fast_ms:
+            return self.fast_ms
+        b = self.burst
+        if b:
+            into = time.ticks_diff(time.ticks_ms(), self._burst_at)
+            if into >= b[0]:
+                self._burst_at = time.ticks_ms()
+                into = 0
+            if into < b[1]:
+                return b[2]
+        return self.sample_ms
+
+    async def run(self):
+        poll = self.poll_ms
+        while True:
+            wait = self.period_ms()
+            while poll and wait > poll:
+                await asyncio.sleep_ms(poll)
+                wait -= poll
+                if self.drv is not None:
+                    try:
+                        self.poll()
+                    except (Fault, OSError):
+                        pass
+            await asyncio.sleep_ms(wait)
+            self.sample()
+            self.app.beat(self.name)

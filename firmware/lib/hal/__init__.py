@@ -1,0 +1,36 @@
+"""Hardware layer. The app talks to one Board and never imports machine or network itself, so the
+same application code runs on an ESP32 and, against simulated buses, on the unix port.
+
+Board (both backends): bus(sensor) -> machine-API object (ADC read_uv, I2C readfrom_mem/writeto_mem,
+UART read/any, Pin irq) for a profile's sensor entry; wdt(ms) -> object with feed(); connect(secrets)
+(async) -> bool; online(); rssi(); ip(); open_connection(host, port) (async streams, so the sim can cut
+them); ntp(hosts) -> bool; rtc_valid(); time() -> epoch s; reset_cause(); reset(); deepsleep(ms);
+uid(); battery() -> V or None; services() -> coroutines the backend needs running.
+"""
+
+import sys
+
+# Reset causes as the birth message reports them.
+POWER_ON = "power-on"
+HARD = "hard"
+WDT = "wdt"
+DEEPSLEEP = "deepsleep"
+SOFT = "soft"
+UNKNOWN = "unknown"
+
+
+def backend(name=None):
+    """The backend module: `sim` on the unix port, `esp32` elsewhere, unless device.json names one."""
+    if not name:
+        name = "sim" if sys.platform in ("linux", "darwin") else "esp32"
+    if name == "sim":
+        from hal import sim as mod
+    elif name == "esp32":
+        from hal import esp32 as mod
+    else:
+        raise ValueError("device.json hal: unknown backend %r" % name)
+    return mod
+
+
+def board(device):
+    return backend(device.get("hal")).Board(device)

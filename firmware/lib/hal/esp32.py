@@ -1,0 +1,126 @@
+"""ESP32 backend: machine and network on a real board. Bus settings come from the profile's sensor
+entries ("bus": {"type": "adc"|"i2c"|"uart"|"pin", ...}); see docs/firmware.md."""
+
+import time
+
+import asyncio
+import machine
+import network
+
+import hal
+
+# MicroPython builds before 1.22 on the ESP32 count time from 2000-01-01.
+_EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_CAUSES = {machine.PWRON_RESET: hal.POWER_ON, machine.HARD_RESET: hal.HARD, machine.WDT_RESET: hal.WDT,
+           machine.DEEPSLEEP_RESET: hal.DEEPSLEEP, machine.SOFT_RESET: hal.SOFT}
+
+
+class Board:
+    name = "esp32"
+
+    def __init__(self, device):
+        self.device = device
+        self._wlan = network.WLAN(network.STA_IF)
+        self._batt = None
+
+    # -- buses ----------------------------------------------------------------------------------------
+
+    def bus(self, sensor):
+        b = sensor["bus"]
+        kind = b["type"]
+        if kind == "adc":
+            return machine.ADC(machine.Pin(b["pin"]), atten=b.get("atten", machine.ADC.ATTN_11DB))
+        if kind == "i2c":
+            return machine.I2C(b.get("id", 0), scl=machine.Pin(b["scl"]), sda=machine.Pin(b["sda"]),
+                               freq=b.get("freq", 400000))
+        if kind == "uart":
+            return machine.UART(b["id"], baudrate=b.get("baud", 9600), tx=b["tx"], rx=b["rx"],
+                                rxbuf=b.get("rxbuf", 512))
+        if kind == "pin":
+            pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(b.get("pull"))
+            return machine.Pin(b["pin"], machine.Pin.IN, pull)
+        raise ValueError("unknown bus type %r" % kind)
+
+    def battery(self):
+        spec = self.device.get("batt")
+        if not spec:
+            return None
+        if self._batt is None:
+            self._batt = machine.ADC(machine.Pin(spec["pin"]), atten=machine.ADC.ATTN_11DB)
+        return self._batt.read_uv() * spec.get("ratio", 2.0) / 1e6
+
+    def wdt(self, ms):
+        return machine.WDT(timeout=ms)
+
+    # -- network --------------------------------------------------------------------------------------
+
+    async def connect(self, secrets, timeout_s=20):
+        w = self._wlan
+        if w.isconnected():
+            return True
+        w.active(True)
+        wifi = secrets["wifi"]
+        w.connect(wifi["ssid"], wifi["password"])
+        t0 = time.ticks_ms()
+        while not w.isconnected():
+            if time.ticks_diff(time.ticks_ms(), t0) > timeout_s * 1000:
+                w.disconnect()
+                return False
+            await asyncio.sleep_ms(250)
+        return True
+
+    def online(self):
+        return self._wlan.isconnected()
+
+    def rssi(self):
+        try:
+            return self._wlan.status("rssi")
+        except Exception:
+            return None
+
+    def ip(self):
+        return self._wlan.ifconfig()[0] if self._wlan.isconnected() else None
+
+    async def open_connection(self, host, port, ssl=None):
+        return await asyncio.open_connection(host, port, ssl=ssl) if ssl else \
+            await asyncio.open_connection(host, port)
+
+    def services(self):
+        return ()
+
+    # -- time -----------------------------------------------------------------------------------------
+
+    def ntp(self, hosts):
+        import ntptime
+
+        for host in hosts:
+            ntptime.host = host
+            try:
+                ntptime.settime()
+                return True
+            except (OSError, OverflowError):
+                pass
+        return False
+
+    def rtc_valid(self):
+        """The RTC keeps time through deep sleep and soft resets; after power loss it restarts near 2000."""
+        return time.gmtime()[0] >= 2024
+
+    def time(self):
+        return time.time() + _EPOCH
+
+    # -- power ----------------------------------------------------------------------------------------
+
+    def reset_cause(self):
+        return _CAUSES.get(machine.reset_cause(), hal.UNKNOWN)
+
+    def reset(self):
+        machine.reset()
+
+    def deepsleep(self, ms):
+        machine.deepsleep(ms)
+
+    def uid(self):
+        import binascii
+
+        return binascii.hexlify(machine.unique_id()).decode()

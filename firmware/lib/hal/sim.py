@@ -1,0 +1,249 @@
+"""Sim backend for the unix port. The board's buses are proxies to the device models of the world
+process (hal/simworld.py), so the real drivers run here while the models' code stays out of the
+device's heap. Flash is the working directory.
+
+The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
+read or write, as a lost link does. Resets end the process -- exit code EXIT_RESET for reset(),
+EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave MARK so the next start knows its
+reset cause and whether the RTC kept time; a supervisor starts the process again (docs/firmware.md).
+"""
+
+import binascii
+import json
+import os
+import socket
+import sys
+import time
+
+import _thread
+import asyncio
+import hal
+import persist
+
+EXIT_RESET = 3
+EXIT_DEEPSLEEP = 4
+MARK = ".hal.json"
+_open_connection = asyncio.open_connection
+
+
+class Bus:
+    """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world."""
+
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, board, i):
+        self.b, self.i = board, i
+        self.handler = None
+
+    def _call(self, *args):
+        return self.b.call(["call", self.i] + list(args))
+
+    def read_uv(self):
+        return self._call("uv")
+
+    def readfrom_mem(self, addr, reg, n):
+        return binascii.unhexlify(self._call("rm", addr, reg, n))
+
+    def readfrom_mem_into(self, addr, reg, buf):
+        buf[:] = self.readfrom_mem(addr, reg, len(buf))
+
+    def writeto_mem(self, addr, reg, buf):
+        self._call("wm", addr, reg, binascii.hexlify(buf).decode())
+
+    def any(self):
+        return self._call("any")
+
+    def read(self, n=-1):
+        d = self._call("rd", n)
+        return None if d is None else binascii.unhexlify(d)
+
+    def value(self):
+        return self._call("val")
+
+    def irq(self, handler=None, trigger=3):
+        self.handler = handler
+        self.b.pins.append(self)
+        return self
+
+
+class _Link:
+    """One TCP connection that fails once the network has been cut since it opened."""
+
+    def __init__(self, board, r, w):
+        self.b, self.r, self.w, self.gen = board, r, w, board.cuts
+
+    def _check(self):
+        if self.gen != self.b.cuts:
+            raise OSError(104)  # ECONNRESET
+
+    async def readexactly(self, n):
+        self._check()
+        data = await self.r.readexactly(n)
+        self._check()
+        return data
+
+    def write(self, data):
+        self._check()
+        self.w.write(data)
+
+    async def drain(self):
+        self._check()
+        await self.w.drain()
+
+    def close(self):
+        self.w.close()
+
+    async def wait_closed(self):
+        await self.w.wait_closed()
+
+
+class Board:
+    name = "sim"
+
+    def __init__(self, device):
+        self.device = device
+        mark = persist.load(MARK) or {}
+        try:
+            os.remove(MARK)
+        except OSError:
+            pass
+        self._cause = mark.get("rst", hal.POWER_ON)
+        self._rtc = mark.get("rtc", False)
+        self.net = self.ntp_ok = True
+        self.cuts = 0
+        self.batt = None
+        self.pins = []
+        self._fed = None
+        self._n = 0
+        sim = persist.load("sim.json")
+        self._peer = socket.getaddrinfo("127.0.0.1", sim["control_port"] + 1)[0][-1]
+        self._s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._s.settimeout(0.5)
+        self._idx = [s["name"] for s in persist.load("profile.json")["sensors"]]
+        try:
+            self.call(["load"], 1)
+        except OSError:
+            os.system("%s -m hal.simworld >> .world.log 2>&1 &" % sys.executable)
+            self.call(["load"], 20)
+        asyncio.open_connection = self._connect
+
+    def call(self, req, tries=3):
+        """One request to the world; replies are matched by number, so a late one is never taken
+        for the answer to the next request."""
+        self._n += 1
+        data = json.dumps([self._n] + req).encode()
+        for _ in range(tries):
+            self._s.sendto(data, self._peer)
+            try:
+                while True:
+                    r = json.loads(self._s.recv(256))
+                    if r.get("n") == self._n:
+                        break
+            except OSError:
+                continue
+            if "e" in r:
+                raise OSError(r["e"])
+            return r.get("r", r)
+        raise OSError(110)  # ETIMEDOUT: the world is gone
+
+    def bus(self, sensor):
+        return Bus(self, self._idx.index(sensor["name"]))
+
+    def battery(self):
+        return self.batt
+
+    def wdt(self, ms):
+        self._fed = [time.ticks_ms(), ms]
+        _thread.start_new_thread(self._watchdog, ())
+        return self
+
+    def feed(self):
+        self._fed[0] = time.ticks_ms()
+
+    def _watchdog(self):
+        fed = self._fed
+        while True:
+            time.sleep_ms(50)
+            if time.ticks_diff(time.ticks_ms(), fed[0]) > fed[1]:
+                persist.save(MARK, {"rst": hal.WDT, "rtc": self._rtc})
+                os.system("kill -ALRM $PPID")
+                time.sleep(10)
+
+    def services(self):
+        return (self._poll(),)
+
+    async def _poll(self):
+        """Network flags, battery and pin edges from the world, ten times a second."""
+        last = [0] * len(self.pins)
+        while True:
+            await asyncio.sleep_ms(100)
+            now = time.ticks_ms()
+            ready = [i for i in range(len(self.pins)) if time.ticks_diff(now, last[i]) >= 250]
+            try:
+                r = self.call(["poll", [self.pins[i].i for i in ready]])
+            except OSError:
+                continue
+            if r["net"] != self.net:
+                self.cuts += not r["net"]
+                self.net = r["net"]
+            self.ntp_ok = r["ntp"]
+            self.batt = r["batt"]
+            for k in range(len(ready)):
+                if r["edges"][k]:
+                    last[ready[k]] = now
+                    p = self.pins[ready[k]]
+                    p.handler(p)
+            if r["hang"]:
+                while True:
+                    time.sleep(1)
+
+    # -- network ----------------------------------------------------------------------------------------
+
+    async def connect(self, secrets, timeout_s=20):
+        return self.net
+
+    def online(self):
+        return self.net
+
+    def rssi(self):
+        return -60 if self.net else None
+
+    def ip(self):
+        return "127.0.0.1" if self.net else None
+
+    async def _connect(self, host, port, **kw):
+        if not self.net:
+            raise OSError(113)  # EHOSTUNREACH
+        r, w = await _open_connection(host, port, **kw)
+        link = _Link(self, r, w)
+        return link, link
+
+    # -- time -------------------------------------------------------------------------------------------
+
+    def ntp(self, hosts):
+        ok = self.net and self.ntp_ok
+        self._rtc = self._rtc or ok
+        return ok
+
+    def rtc_valid(self):
+        return self._rtc
+
+    def time(self):
+        return time.time()
+
+    # -- power ------------------------------------------------------------------------------------------
+
+    def reset_cause(self):
+        return self._cause
+
+    def reset(self):
+        persist.save(MARK, {"rst": hal.SOFT, "rtc": self._rtc})
+        sys.exit(EXIT_RESET)
+
+    def deepsleep(self, ms):
+        persist.save(MARK, {"rst": hal.DEEPSLEEP, "rtc": self._rtc, "ms": ms})
+        sys.exit(EXIT_DEEPSLEEP)
+
+    def uid(self):
+        return self.device["id"]
