@@ -132,6 +132,6 @@ def test_sigkill_during_heavy_writes(fs: str, mpy_dir: Path, tmp_path: Path) -> 
         ledger.record(complete_lines(log))
     print(f"\n{fs}: {KILLS} kills: {len(ledger.put_done)} puts, {len(ledger.ack_done)} acks, "
           f"{ledger.mid_put} kills inside put, {ledger.mid_ack} inside ack, {cuts} torn records cut")
-    # The kills must have landed inside the operations under test, or the run proved nothing.
-    assert ledger.mid_put and ledger.mid_ack
+    # Most kills must land inside a put or an ack (both write flash), or the run proved little.
+    assert ledger.mid_put + ledger.mid_ack > KILLS // 2
     assert len(ledger.ack_done) > KILLS
