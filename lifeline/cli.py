@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("gateway.registry", "devices and active alarms of a gateway (reads its store)"),
     "quarantine": ("gateway.quarantine", "list or show messages the gateway rejected"),
     "site-auth": ("gateway.siteauth", "write the site broker's password file and ACL from site.toml"),
+    "flash": ("lifeline.flash", "flash the firmware and a device's identity onto a board (or a virtual one)"),
     "demo": ("lifeline.demo", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),
 }
 

@@ -1,0 +1,324 @@
+"""A virtual board: the MicroPython unix port behind a pseudo-terminal that stands in for its serial port.
+
+Two ptys joined by a bridge thread model the USB-serial link. The interpreter owns the "board" pty (it is
+its controlling terminal, so Ctrl-C from the host interrupts a running program the way a board's UART
+interrupt does). The host opens the other pty's slave path (`port`) with pyserial or mpremote exactly as it
+would open /dev/ttyUSB0. Output produced while no host has the port open is dropped, as a UART drops it,
+so a long-running device never stalls on a full buffer and a later connection never reads stale bytes.
+
+The board powers up like MicroPython on a chip: boot.py, then main.py, then the REPL, all in the flash
+directory (its cwd). Any exit of the interpreter (a soft reset with Ctrl-D at the REPL, machine.reset() in
+the sim backend, a crash) is a reset, and the board boots again; only `power_off()` keeps it down.
+The unix port has no soft reset, so mpremote must use `resume` (no Ctrl-D on connect).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+from types import TracebackType
+
+from lifeline import upy
+
+# What a board's startup does (pyexec of boot.py, then main.py, in one __main__ namespace; an error is
+# printed and the board falls through to the REPL, which `-i` provides).
+STARTUP = """\
+import sys
+for _f in ('boot.py', 'main.py'):
+    try:
+        _s = open(_f).read()
+    except OSError:
+        continue
+    try:
+        exec(_s)
+    except (Exception, KeyboardInterrupt) as _e:
+        sys.print_exception(_e)
+    _s = None
+"""
+
+CONSOLE_KEEP = 256 * 1024  # bytes of console history held in memory (the log file keeps everything)
+_RESTART_PAUSE_S = 0.2
+# The sim backend's exit codes and reset mark (firmware/lib/hal/sim.py).
+EXIT_RESET = 3
+EXIT_DEEPSLEEP = 4
+SIM_MARK = ".hal.json"
+
+
+def _board_termios(fd: int) -> None:
+    """Byte-exact link (no echo, no line editing, no newline translation) with Ctrl-C as SIGINT only.
+
+    The unix port switches to its own raw mode while the REPL reads a line, so Ctrl-C there is a byte
+    for the REPL; while code runs it restores this mode, so Ctrl-C interrupts the program."""
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[3] |= termios.ISIG
+    cc = attrs[6]
+    cc[termios.VINTR] = b"\x03"
+    for key in (termios.VQUIT, termios.VSUSP):
+        cc[key] = b"\x00"  # _POSIX_VDISABLE: only Ctrl-C is special
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+class VirtualDevice:
+    """One virtual board with its flash directory and serial port; also a context manager."""
+
+    def __init__(self, flash_dir: Path, name: str = "virtual", heap: str = upy.DEVICE_HEAP,
+                 env: dict[str, str] | None = None, console_log: Path | None = None) -> None:
+        self.flash_dir = Path(flash_dir)
+        self.flash_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.heap = heap
+        self.extra_env = dict(env or {})
+        self.console_log = console_log or self.flash_dir.parent / f"{name}.console.log"
+        self.boots = 0
+        self.exit_codes: list[int] = []
+        self._console = bytearray()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._powered = False
+        self._closed = False
+        self._board_master, board_slave = os.openpty()
+        self._board_slave_path = os.ttyname(board_slave)
+        os.close(board_slave)
+        self._host_master, host_slave = os.openpty()
+        tty.setraw(host_slave)
+        self.port = os.ttyname(host_slave)
+        os.close(host_slave)  # the host opens it by path; until then, output is dropped
+        # Held open so the board side survives resets: the "UART" stays wired while the chip reboots.
+        self._board_hold = os.open(self._board_slave_path, os.O_RDWR | os.O_NOCTTY)
+        self._log = open(self.console_log, "ab")  # noqa: SIM115 - lives as long as the device
+        self._stop = threading.Event()
+        self._bridge = threading.Thread(target=self._pump, name=f"{name}-uart", daemon=True)
+        self._bridge.start()
+        self._supervisor: threading.Thread | None = None
+        self._off = threading.Event()
+
+    # power
+
+    def argv(self) -> list[str]:
+        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-i", "-c", STARTUP]
+
+    def environment(self) -> dict[str, str]:
+        """A board's import path: the flash root, then /lib (the flash directory's lib/)."""
+        return upy.environment({"MICROPYPATH": f"{self.flash_dir}/lib:.frozen", **self.extra_env})
+
+    def power_on(self) -> None:
+        """Boot the board and keep it running through resets until power_off()."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: device is closed")
+            if self._powered:
+                return
+            self._powered = True
+            self._off.clear()
+            self._spawn()
+        self._supervisor = threading.Thread(target=self._supervise, name=f"{self.name}-power", daemon=True)
+        self._supervisor.start()
+
+    def power_off(self) -> None:
+        """Cut the power: SIGKILL, whatever the board was doing (a flash write included)."""
+        with self._lock:
+            self._powered = False
+            self._off.set()
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
+
+    def reset(self) -> None:
+        """A hard reset (the EN button): power off and on again."""
+        self.power_off()
+        self.power_on()
+
+    @property
+    def running(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _spawn(self) -> None:
+        fd = os.open(self._board_slave_path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            _board_termios(fd)
+            self._proc = subprocess.Popen(
+                self.argv(), stdin=fd, stdout=fd, stderr=fd, cwd=self.flash_dir, env=self.environment(),
+                start_new_session=True, preexec_fn=_take_terminal)
+        finally:
+            os.close(fd)
+        self.boots += 1
+
+    def _supervise(self) -> None:
+        while True:
+            with self._lock:
+                proc = self._proc
+            if proc is None:
+                return
+            code = proc.wait()
+            with self._lock:
+                if not self._powered or self._proc is not proc:
+                    return
+                self.exit_codes.append(code)
+            if self._off.wait(self._downtime(code)):
+                return
+            with self._lock:
+                if not self._powered or self._closed:
+                    return
+                self._spawn()
+
+    def _downtime(self, code: int) -> float:
+        """How long the board stays down after its interpreter exits: a deep sleep lasts what the sim
+        backend recorded for it (docs/firmware.md), a reset is immediate, and anything else (a crash)
+        gets a short pause so that a crash loop cannot spin a core."""
+        if code == EXIT_DEEPSLEEP:
+            try:
+                mark = json.loads((self.flash_dir / SIM_MARK).read_text())
+                return float(mark.get("ms", 0)) / 1000.0
+            except (OSError, ValueError, AttributeError):
+                return _RESTART_PAUSE_S
+        return 0.0 if code == EXIT_RESET else _RESTART_PAUSE_S
+
+    # console
+
+    def console(self) -> bytes:
+        """Everything the board printed recently (whether or not a host was listening)."""
+        with self._lock:
+            return bytes(self._console)
+
+    def _record(self, data: bytes) -> None:
+        self._log.write(data)
+        self._log.flush()
+        with self._lock:
+            self._console += data
+            if len(self._console) > CONSOLE_KEEP:
+                del self._console[: len(self._console) - CONSOLE_KEEP]
+
+    def _pump(self) -> None:
+        """The bridge between the board's pty and the host's: a UART that drops what nobody reads."""
+        board, host = self._board_master, self._host_master
+        for fd in (board, host):
+            os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(board, select.POLLIN)
+        attached = False
+        while not self._stop.is_set():
+            # A pty master reports POLLHUP for as long as no process has the slave open, so the host side
+            # is watched only while attached and otherwise checked on each wake-up.
+            if not attached and not _hung_up(host):
+                attached = True
+                poller.register(host, select.POLLIN)
+            events = dict(poller.poll(50))
+            if events.get(board, 0) & select.POLLIN:
+                data = _read(board)
+                if data:
+                    self._record(data)
+                    if attached and not _write_all(host, data):
+                        attached = _detach(poller, host)
+            host_events = events.get(host, 0) if attached else 0
+            if host_events & select.POLLIN:
+                data = _read(host)
+                if data is None:
+                    attached = _detach(poller, host)
+                elif data:
+                    _write_all(board, data)
+            elif host_events & (select.POLLHUP | select.POLLERR):
+                attached = _detach(poller, host)
+
+    # lifetime
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.power_off()
+        self._quit_world()
+        self._closed = True
+        self._stop.set()
+        self._bridge.join(5)
+        for fd in (self._board_hold, self._board_master, self._host_master):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._log.close()
+
+    def _quit_world(self) -> None:
+        """The sim world outlives resets on purpose; a device taken off the bench takes it along."""
+        try:
+            port = int(json.loads((self.flash_dir / "sim.json").read_text())["control_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b'{"quit": true}', ("127.0.0.1", port))
+
+    def __enter__(self) -> VirtualDevice:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make the board pty (its stdin) the controlling terminal, so Ctrl-C on
+    the line becomes SIGINT for the interpreter."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _detach(poller: select.poll, fd: int) -> bool:
+    poller.unregister(fd)
+    return False
+
+
+def _hung_up(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return any(ev & select.POLLHUP for _, ev in p.poll(0))
+
+
+def _read(fd: int) -> bytes | None:
+    """Bytes available, b"" if none yet, None if the other side is closed (EIO on a pty master)."""
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return None
+        raise
+
+
+def _write_all(fd: int, data: bytes, patience_s: float = 1.0) -> bool:
+    """Write to a pty master; give up (dropping the rest, as a UART overrun would) if the reader stalls or
+    leaves. Returns False when the other side is gone."""
+    deadline = time.monotonic() + patience_s
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+            view = view[n:]
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return True
+            select.select([], [fd], [], 0.05)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return False
+            raise
+    return True

@@ -1,0 +1,495 @@
+"""`lifeline flash`: put the firmware and one device's identity on a board over its serial port.
+
+The firmware is cross-compiled with mpy-cross (a 64K heap cannot compile the larger modules, and a
+device never should), staged in the flash layout of docs/firmware.md, and copied over the raw REPL with
+mpremote's transport (the same pyserial path the bench uses). Each file goes to a temporary name, is
+checked by SHA-256 on the device and only then renamed into place, so an interrupted run never leaves a
+half-written module behind. Files already on the board with the right hash are left alone, and stale
+modules under lib/ are removed (a stale .py would shadow a new .mpy). A virtual device's pty works as the
+port; the unix port has no soft reset, so the board is never reset on connect, only after the copy.
+
+Without --key the device keeps the key recorded for it in the registry, or gets a fresh random one.
+The registry is a TOML fragment of gateway `[[devices]]` tables, so flashing a batch of nodes also
+yields the gateway's device list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifeline import upy
+
+PROTOCOL = upy.ROOT / "protocol"
+PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
+KEY_BYTES = 32
+READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its own deadlines
+CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
+_ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
+# Default flash offset of a MicroPython image by chip family (MicroPython's ESP32 download pages).
+IMAGE_OFFSETS = {"esp32": "0x1000", "esp32s2": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0",
+                 "esp32c6": "0x0"}
+
+
+class FlashError(Exception):
+    """A flashing step failed; the message says which step and what to do."""
+
+
+@dataclass(frozen=True)
+class Provision:
+    """One device's identity and connection settings, as written to device.json and secrets.json."""
+
+    device_id: str
+    site: str
+    profile: str
+    broker_host: str
+    broker_port: int
+    key: bytes = field(repr=False)
+    mqtt_user: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
+    wifi_ssid: str = ""
+    wifi_password: str = field(default="", repr=False)
+    tls: bool = False
+    ntp: tuple[str, ...] = ("pool.ntp.org",)
+
+    def device_json(self) -> dict[str, Any]:
+        return {"id": self.device_id, "site": self.site, "profile": self.profile,
+                "broker": {"host": self.broker_host, "port": self.broker_port, "user": self.mqtt_user,
+                           "tls": self.tls},
+                "ntp": list(self.ntp)}
+
+    def secrets_json(self) -> dict[str, Any]:
+        return {"wifi": {"ssid": self.wifi_ssid, "password": self.wifi_password},
+                "mqtt_password": self.mqtt_password, "key": self.key.hex()}
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One file as it will sit on the board: `path` is relative to the flash root."""
+
+    path: str
+    source: Path
+    size: int
+    sha256: bytes
+
+
+@dataclass
+class FlashResult:
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+# staging
+
+
+def _staged(path: str, source: Path) -> Staged:
+    data = source.read_bytes()
+    return Staged(path, source, len(data), hashlib.sha256(data).digest())
+
+
+def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protocol: Path = PROTOCOL,
+          compile_mpy: bool = True) -> list[Staged]:
+    """Build the device's flash image in `out`: boot.py and main.py as source (a board compiles those
+    itself), lib/ and lib/protocol/ as .mpy (or .py with compile_mpy=False), the profile and the two
+    per-device files. Returns the files in copy order: code first, config last, so a board that loses
+    power mid-flash does not start with a new identity on old code."""
+    profile_src = firmware / "profiles" / f"{provision.profile}.json"
+    if not profile_src.is_file():
+        known = sorted(p.stem for p in (firmware / "profiles").glob("*.json"))
+        raise FlashError(f"--profile: no {profile_src} (profiles: {', '.join(known) or 'none'})")
+    files: list[Staged] = []
+    for name in ("boot.py", "main.py"):
+        if not (firmware / name).is_file():
+            raise FlashError(f"firmware: {firmware / name} is missing")
+        shutil.copyfile(firmware / name, out / name)
+        files.append(_staged(name, out / name))
+    for package_dir, prefix in ((firmware / "lib", "lib"), (protocol, "lib/protocol")):
+        for source in sorted(package_dir.rglob("*.py")):
+            rel = source.relative_to(package_dir)
+            if "__pycache__" in rel.parts:
+                continue
+            target = out / prefix / rel
+            if compile_mpy:
+                target = target.with_suffix(".mpy")
+                try:
+                    upy.compile_module(source, target)
+                except subprocess.CalledProcessError as exc:
+                    raise FlashError(f"mpy-cross {source}: {exc.stderr.strip()}") from None
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            files.append(_staged(target.relative_to(out).as_posix(), target))
+    profile = json.loads(profile_src.read_text())
+    for name, content in (("profile.json", profile), ("device.json", provision.device_json()),
+                          ("secrets.json", provision.secrets_json())):
+        (out / name).write_text(json.dumps(content, separators=(",", ":")))
+        files.append(_staged(name, out / name))
+    return files
+
+
+# the board
+
+
+class Board:
+    """A MicroPython board on a serial port, driven over the raw REPL without a soft reset on connect."""
+
+    def __init__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0) -> None:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.port = port
+        self._error = TransportError
+        try:
+            # A read timeout, or mpremote blocks forever on a silent pty (it reads those unconditionally).
+            self.t = SerialTransport(port, baudrate=baud, timeout=READ_TIMEOUT)
+        except TransportError as exc:
+            raise FlashError(f"{port}: cannot open ({exc}); is another program using it?") from None
+        try:
+            self.t.enter_raw_repl(soft_reset=False, timeout_overall=connect_timeout)
+        except TransportError as exc:
+            self.t.close()
+            raise FlashError(f"{port}: no MicroPython raw REPL ({exc}); is MicroPython on the board "
+                             "(--image writes it)?") from None
+        # Paths are relative to the flash root: a board's is "/", a virtual device's its directory.
+        self.exec("import os, sys\nif sys.platform != 'linux': os.chdir('/')")
+
+    def exec(self, code: str) -> bytes:
+        try:
+            out: bytes = self.t.exec(code)
+        except self._error as exc:
+            raise FlashError(f"{self.port}: the board failed running {code.splitlines()[0]!r}: "
+                             f"{str(exc).strip()}") from None
+        return out
+
+    def eval(self, expr: str) -> Any:
+        return self.t.eval(expr)
+
+    def sha256(self, path: str) -> bytes | None:
+        """The hash of a file on the board, or None when it does not exist."""
+        try:
+            digest: bytes = self.t.fs_hashfile(path, "sha256")
+        except OSError:
+            return None
+        return digest
+
+    def makedirs(self, path: str) -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            self.exec(f"try:\n os.mkdir({sub!r})\nexcept OSError:\n pass")
+
+    def write(self, path: str, data: bytes, progress: Callable[[int], None]) -> None:
+        tmp = path + ".new"
+        sent = 0
+
+        def step(done: int, total: int) -> None:
+            nonlocal sent
+            progress(done - sent)
+            sent = done
+
+        try:
+            self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=step)
+        except (OSError, self._error) as exc:
+            raise FlashError(f"{self.port}: writing {path} failed ({exc}); is the flash full?") from None
+        got = self.sha256(tmp)
+        if got != hashlib.sha256(data).digest():
+            raise FlashError(f"{self.port}: {path} did not verify after writing "
+                             f"(board sha256 {got.hex() if got else 'missing'})")
+        self.exec(f"os.rename({tmp!r}, {path!r})")
+
+    def files_under(self, top: str) -> list[str]:
+        """Every file below a directory on the board (none when it does not exist)."""
+        listing = self.exec(
+            "def _walk(p, out):\n"
+            " for e in os.ilistdir(p):\n"
+            "  q = p + '/' + e[0]\n"
+            "  _walk(q, out) if e[1] & 0x4000 else out.append(q)\n"
+            "_found = []\n"
+            "try:\n"
+            f" _walk({top!r}, _found)\n"
+            "except OSError:\n"
+            " pass\n"
+            "print(repr(_found))")
+        found: list[str] = ast.literal_eval(listing.decode().strip())
+        return found
+
+    def remove(self, path: str) -> None:
+        self.exec(f"os.remove({path!r})")
+
+    def reboot(self) -> None:
+        """Leave the raw REPL and soft-reset (Ctrl-D at the friendly REPL): the board runs boot.py and
+        main.py; the unix port exits instead and its supervisor boots it again."""
+        self.t.exit_raw_repl()
+        time.sleep(0.1)
+        self.t.serial.write(b"\x04")
+        self.t.serial.flush()
+
+    def close(self) -> None:
+        try:
+            if self.t.in_raw_repl:
+                self.t.exit_raw_repl()
+        finally:
+            self.t.close()
+
+
+@contextmanager
+def board(port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Iterator[Board]:
+    b = Board(port, baud, connect_timeout)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def upload(b: Board, files: list[Staged], progress: Callable[[int, Staged | None], None] | None = None,
+           force: bool = False) -> FlashResult:
+    """Copy staged files that differ, verify each, then remove files under lib/ that the image does not
+    hold. `progress(nbytes, file)` gets the bytes sent; it is called with file=None when a file is done."""
+    result = FlashResult()
+    start = time.monotonic()
+    report = progress or (lambda n, f: None)
+    for d in sorted({f.path.rsplit("/", 1)[0] for f in files if "/" in f.path}):
+        b.makedirs(d)
+    for f in files:
+        if not force and b.sha256(f.path) == f.sha256:
+            result.unchanged.append(f.path)
+            report(f.size, f)
+        else:
+            b.write(f.path, f.source.read_bytes(), functools.partial(_sent, report, f))
+            result.written.append(f.path)
+            result.bytes_written += f.size
+        report(0, None)
+    keep = {f.path for f in files}
+    for path in b.files_under("lib"):
+        if path not in keep:
+            b.remove(path)
+            result.removed.append(path)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _sent(report: Callable[[int, Staged | None], None], f: Staged, nbytes: int) -> None:
+    report(nbytes, f)
+
+
+# the image and the registry
+
+
+def write_image(port: str, image: Path, chip: str, offset: str | None, erase: bool, baud: int) -> None:
+    """Write a MicroPython image with esptool (erasing first on request), then wait for its REPL."""
+    argv = [sys.executable, "-m", "esptool", "--chip", chip, "--port", port, "--baud", str(baud),
+            "write_flash", *(["--erase-all"] if erase else []), offset or IMAGE_OFFSETS.get(chip, "0x0"),
+            str(image)]
+    if subprocess.run(argv).returncode != 0:
+        raise FlashError(f"esptool failed writing {image} to {port} (command: {' '.join(argv)}); hold BOOT "
+                         "while resetting the board if it does not enter its bootloader")
+
+
+def read_registry(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise FlashError(f"registry {path}: not valid TOML ({exc})") from None
+    devices = data.get("devices", [])
+    if not isinstance(devices, list):
+        raise FlashError(f"registry {path}: devices must be [[devices]] tables")
+    return [d for d in devices if isinstance(d, dict)]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> str:
+    """Add or update a device in the registry; returns "added", "updated" or "unchanged"."""
+    devices = read_registry(path)
+    entry = {"id": device_id, "class": profile, "key": key.hex()}
+    status = "added"
+    for i, d in enumerate(devices):
+        if d.get("id") == device_id:
+            if all(d.get(k) == v for k, v in entry.items()):
+                return "unchanged"
+            devices[i] = {**d, **entry}
+            status = "updated"
+            break
+    else:
+        devices.append(entry)
+    lines = [f"# Devices flashed for site {site!r} by `lifeline flash`: paste into site.toml.",
+             "# It holds HMAC keys: keep it as secret as the gateway's config."]
+    for d in devices:
+        lines += ["", "[[devices]]"] + [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return status
+
+
+def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes, str]:
+    """The device key and where it came from: --key, --key-file, the registry, or fresh."""
+    text, source = None, ""
+    if args.key is not None:
+        text, source = args.key, "--key"
+    elif args.key_file is not None:
+        try:
+            text, source = Path(args.key_file).read_text().strip(), str(args.key_file)
+        except OSError as exc:
+            raise FlashError(f"--key-file: cannot read {args.key_file} ({exc.strerror})") from None
+    elif registry is not None:
+        for d in read_registry(registry):
+            if d.get("id") == args.device_id and isinstance(d.get("key"), str):
+                text, source = d["key"], f"registry {registry}"
+    if text is None:
+        return secrets.token_bytes(KEY_BYTES), "generated"
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise FlashError(f"{source}: the key must be hex") from None
+    if len(key) != KEY_BYTES:
+        raise FlashError(f"{source}: the key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
+                         f"not {len(key)}")
+    return key, source
+
+
+# command line
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _ident(text: str) -> str:
+    if not _ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1-32 characters of a-z 0-9 _ -")
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="serial port of the board (or a virtual device's pty)")
+    p.add_argument("--profile", required=True, choices=PROFILES, help="device class")
+    p.add_argument("--device-id", required=True, type=_ident)
+    p.add_argument("--site", required=True, type=_ident)
+    p.add_argument("--broker", required=True, type=_host_port, metavar="HOST:PORT",
+                   help="the site broker as the device reaches it")
+    p.add_argument("--tls", action="store_true", help="connect to the broker with TLS")
+    p.add_argument("--wifi-ssid", default="")
+    p.add_argument("--wifi-password", default="")
+    p.add_argument("--mqtt-user", default=None, help="broker user name (default: the device id)")
+    p.add_argument("--mqtt-password", default=None)
+    p.add_argument("--ntp", action="append", metavar="HOST", help="NTP server (repeatable; "
+                   "default pool.ntp.org)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--key", help="device HMAC key, 64 hex digits")
+    keys.add_argument("--key-file", type=Path, help="file holding the key in hex")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="gateway [[devices]] fragment to record the device in (default registry-SITE.toml)")
+    p.add_argument("--no-registry", action="store_true", help="record nothing")
+    p.add_argument("--image", type=Path, help="write this MicroPython image with esptool first")
+    p.add_argument("--chip", default="esp32", help="esptool chip for --image (default esp32)")
+    p.add_argument("--image-offset", default=None, help="flash offset for --image (default by chip)")
+    p.add_argument("--erase", action="store_true", help="erase the whole flash before --image")
+    p.add_argument("--baud", type=int, default=115200, help="REPL baud rate")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="how long to wait for the board's REPL (default 10)")
+    p.add_argument("--image-baud", type=int, default=460800, help="esptool baud rate")
+    p.add_argument("--no-compile", action="store_true", help="copy lib/ as .py source (debugging)")
+    p.add_argument("--force", action="store_true", help="rewrite files the board already has")
+    p.add_argument("--no-reset", action="store_true", help="leave the board at its REPL")
+    p.add_argument("--firmware", type=Path, default=upy.FIRMWARE, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    out = Console()
+    err = Console(stderr=True)
+    try:
+        return _run(args, out)
+    except FlashError as exc:
+        err.print(f"[bold red]flash failed:[/] {exc}")
+        return 1
+
+
+def _run(args: argparse.Namespace, out: Any) -> int:
+    from rich import progress as rp
+    from rich.table import Table
+
+    if args.image is not None and not args.image.is_file():
+        raise FlashError(f"--image: {args.image} does not exist")
+    registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))
+    key, key_source = resolve_key(args, registry)
+    host, port = args.broker
+    prov = Provision(args.device_id, args.site, args.profile, host, port, key,
+                     mqtt_user=args.mqtt_user or args.device_id, mqtt_password=args.mqtt_password,
+                     wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls=args.tls,
+                     ntp=tuple(args.ntp or ("pool.ntp.org",)))
+    with tempfile.TemporaryDirectory(prefix="lifeline-flash-") as tmp:
+        files = stage(prov, Path(tmp), firmware=args.firmware, compile_mpy=not args.no_compile)
+        if args.image is not None:
+            out.print(f"writing {args.image} with esptool")
+            write_image(args.port, args.image, args.chip, args.image_offset, args.erase, args.image_baud)
+        total = sum(f.size for f in files)
+        columns = (rp.TextColumn("[bold]{task.description}"), rp.BarColumn(),
+                   rp.TextColumn("{task.fields[files]}"), rp.DownloadColumn(), rp.TransferSpeedColumn(),
+                   rp.TimeRemainingColumn())
+        with board(args.port, args.baud, args.connect_timeout) as b, rp.Progress(*columns, console=out) as bar:
+            task = bar.add_task(args.device_id, total=total, files=f"0/{len(files)} files")
+            done = 0
+
+            def progress(nbytes: int, f: Staged | None) -> None:
+                nonlocal done
+                if f is None:
+                    done += 1
+                    bar.update(task, files=f"{done}/{len(files)} files")
+                else:
+                    bar.update(task, advance=nbytes, description=f"{args.device_id} {f.path}")
+
+            result = upload(b, files, progress, force=args.force)
+            bar.update(task, description=args.device_id)
+            if not args.no_reset:
+                b.reboot()
+    status = record(registry, args.site, args.device_id, args.profile, key) if registry else None
+    table = Table(title=f"flashed {args.device_id} on {args.port}", show_header=False)
+    code_bytes = sum(f.size for f in files if f.path.startswith("lib/"))
+    table.add_row("profile / site", f"{args.profile} / {args.site}")
+    table.add_row("broker", f"{host}:{port}{' (TLS)' if args.tls else ''}")
+    table.add_row("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
+                           f"{len(result.removed)} stale removed; all verified by SHA-256")
+    table.add_row("bytes", f"{result.bytes_written} written in {result.seconds:.1f} s; lib/ holds "
+                           f"{code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}")
+    table.add_row("key", f"{key_source}, sha256 {hashlib.sha256(key).hexdigest()[:12]}")
+    if registry is not None:
+        table.add_row("registry", f"{registry} ({status}): paste its \\[\\[devices]] into site.toml")
+    table.add_row("next", "left at the REPL" if args.no_reset else "board reset: it boots the firmware")
+    out.print(table)
+    return 0

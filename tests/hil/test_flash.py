@@ -1,0 +1,117 @@
+"""`lifeline flash` against a virtual board's pty: the flash layout lands byte for byte, re-flashing
+touches only what differs, keys end up in a registry the gateway accepts, and bad input stops before
+the board is touched."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import config as gwconfig
+from hil_tests.virtual import VirtualDevice
+from lifeline import cli, upy
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def vdev(tmp_path: Path) -> Iterator[VirtualDevice]:
+    with VirtualDevice(tmp_path / "flash", name="dut") as dev:
+        dev.power_on()
+        yield dev
+
+
+def flash(dev: VirtualDevice, tmp_path: Path, *extra: str, device_id: str = "gas-01",
+          broker: str = "127.0.0.1:1883") -> int:
+    return cli.main(["flash", "--port", dev.port, "--profile", "gas", "--device-id", device_id, "--site",
+                     "site-a", "--broker", broker, "--registry", str(tmp_path / "registry.toml"),
+                     "--no-reset", *extra])
+
+
+def expected_image(tmp_path: Path) -> dict[str, bytes]:
+    """The flash layout built independently of lifeline.flash: sources, mpy-cross output, profile."""
+    out = tmp_path / "expected"
+    upy.compile_package(upy.FIRMWARE / "lib", out)  # out/lib/...
+    upy.compile_package(upy.ROOT / "protocol", out / "lib")  # out/lib/protocol/...
+    image = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.mpy")}
+    for name in ("boot.py", "main.py"):
+        image[name] = (upy.FIRMWARE / name).read_bytes()
+    return image
+
+
+def flash_files(dev: VirtualDevice) -> dict[str, bytes]:
+    return {p.relative_to(dev.flash_dir).as_posix(): p.read_bytes()
+            for p in dev.flash_dir.rglob("*") if p.is_file()}
+
+
+def test_flash_writes_the_layout(vdev: VirtualDevice, tmp_path: Path) -> None:
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), "--wifi-ssid", "bench", "--wifi-password", "pw",
+                 "--mqtt-password", "mq", "--ntp", "ntp.example") == 0
+    files = flash_files(vdev)
+    image = expected_image(tmp_path)
+    for path, data in image.items():
+        assert files.get(path) == data, f"{path} differs from the build"
+    configs = {"profile.json", "device.json", "secrets.json"}
+    assert set(files) == set(image) | configs  # nothing else: no temp files, no leftovers
+    assert json.loads(files["profile.json"]) == json.loads((upy.FIRMWARE / "profiles/gas.json").read_text())
+    assert json.loads(files["device.json"]) == {
+        "id": "gas-01", "site": "site-a", "profile": "gas", "ntp": ["ntp.example"],
+        "broker": {"host": "127.0.0.1", "port": 1883, "user": "gas-01", "tls": False}}
+    assert json.loads(files["secrets.json"]) == {
+        "wifi": {"ssid": "bench", "password": "pw"}, "mqtt_password": "mq", "key": KEY.hex()}
+
+
+def test_reflash_rewrites_only_what_differs(vdev: VirtualDevice, tmp_path: Path) -> None:
+    assert flash(vdev, tmp_path) == 0
+    fs = vdev.flash_dir
+    key = json.loads((fs / "secrets.json").read_text())["key"]
+    (fs / "lib/persist.mpy").write_bytes(b"damaged")
+    (fs / "lib/app/retired.mpy").write_bytes(b"old module")
+    (fs / "lib/flashq.py").write_text("# a stale source file would shadow flashq.mpy\n")
+    untouched = fs / "lib/mqtt.mpy"
+    stamp = untouched.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert flash(vdev, tmp_path) == 0  # no --key: the registry's key is kept
+    assert (fs / "lib/persist.mpy").read_bytes() == expected_image(tmp_path)["lib/persist.mpy"]
+    assert not (fs / "lib/app/retired.mpy").exists() and not (fs / "lib/flashq.py").exists()
+    assert untouched.stat().st_mtime_ns == stamp
+    assert json.loads((fs / "secrets.json").read_text())["key"] == key
+
+
+def test_generated_keys_form_the_gateway_registry(tmp_path: Path) -> None:
+    keys = {}
+    for dev_id in ("gas-01", "gas-02"):
+        with VirtualDevice(tmp_path / dev_id, name=dev_id) as dev:
+            dev.power_on()
+            assert flash(dev, tmp_path, device_id=dev_id) == 0
+            keys[dev_id] = json.loads((dev.flash_dir / "secrets.json").read_text())["key"]
+    assert keys["gas-01"] != keys["gas-02"] and all(len(bytes.fromhex(k)) == 32 for k in keys.values())
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n'
+                    '[district_broker]\nhost = "127.0.0.1"\n[store]\npath = "gw.db"\n'
+                    + (tmp_path / "registry.toml").read_text())
+    cfg = gwconfig.load(site)
+    assert {d: c.key.hex() for d, c in cfg.devices.items()} == keys
+    assert all(c.cls == "gas" for c in cfg.devices.values())
+
+
+@pytest.mark.parametrize("extra, complaint", [
+    (("--key", "abcd"), "must be 32 bytes"),
+    (("--key", "zz" * 32), "must be hex"),
+    (("--image", "/nonexistent/micropython.bin"), "does not exist"),
+])
+def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, extra: tuple[str, ...],
+                                          complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert flash(vdev, tmp_path, *extra) == 1
+    assert complaint in capsys.readouterr().err
+    assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
+def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
+        assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
+    assert "no MicroPython raw REPL" in capsys.readouterr().err
