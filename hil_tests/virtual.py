@@ -74,7 +74,7 @@ def _board_termios(fd: int) -> None:
 class VirtualDevice:
     """One virtual board with its flash directory and serial port; also a context manager."""
 
-    def __init__(self, flash_dir: Path, name: str = "virtual", heap: str = upy.DEVICE_HEAP,
+    def __init__(self, flash_dir: Path, name: str = "virtual", heap: str = upy.FIRMWARE_HEAP,
                  env: dict[str, str] | None = None, console_log: Path | None = None) -> None:
         self.flash_dir = Path(flash_dir)
         self.flash_dir.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,30 @@
 """`lifeline flash` against a virtual board's pty: the flash layout lands byte for byte, re-flashing
-touches only what differs, keys end up in a registry the gateway accepts, and bad input stops before
-the board is touched."""
+touches only what differs, keys end up in a registry the gateway accepts, bad input stops before the
+board is touched, and a flashed board boots the firmware and announces itself on a real broker."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config as gwconfig
+from hil_tests.stimulus import free_udp_pair, sim_config
 from hil_tests.virtual import VirtualDevice
 from lifeline import cli, upy
+from lifeline.broker import Mosquitto
+from protocol import message, topics
 
 KEY = bytes(range(32))
+LIFELINE = str(Path(sys.executable).parent / "lifeline")
 
 
 @pytest.fixture
@@ -115,3 +124,33 @@ def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
     assert "no MicroPython raw REPL" in capsys.readouterr().err
+
+
+def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
+    with Mosquitto() as broker, VirtualDevice(tmp_path / "flash", name="dut") as dev:
+        births: list[dict[str, object]] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        client.on_message = lambda c, u, m: births.append(
+            dict(message.decode(m.payload, lambda kid: KEY if kid == b"gas-01" else None, topics.STATE,
+                                loads=cbor2.loads)))
+        client.connect(broker.host, broker.port)
+        client.subscribe(topics.device("site-a", "gas-01", topics.STATE), qos=1)
+        client.loop_start()
+        try:
+            dev.power_on()
+            (dev.flash_dir / "sim.json").write_text(json.dumps(sim_config(free_udp_pair())))
+            run = subprocess.run(  # the installed command, as an engineer runs it; it resets the board
+                [LIFELINE, "flash", "--port", dev.port, "--profile", "gas", "--device-id", "gas-01", "--site",
+                 "site-a", "--broker", f"127.0.0.1:{broker.port}", "--key", KEY.hex(), "--no-registry"],
+                capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "all verified" in run.stdout
+            deadline = time.monotonic() + 30
+            while not births and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert births, dev.console()[-2000:].decode(errors="replace")
+            assert births[0]["st"] == "online" and births[0]["prof"] == "gas"
+            assert dev.boots == 2  # flashed at the REPL of boot 1, then reset into the firmware
+        finally:
+            client.loop_stop()
+            client.disconnect()
