@@ -21,8 +21,10 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from gateway.config import BrokerConfig
 from gateway.logs import event
@@ -111,6 +113,7 @@ class Subscriber:
         queue = client._queue  # aiomqtt's own queue: taking what is already there needs no task per message
         paho = client._client
         async for first in client.messages:
+            _pull(paho, queue, self.batch_max - 1)
             batch = [first]
             while len(batch) < self.batch_max and not queue.empty():
                 batch.append(queue.get_nowait())
@@ -129,6 +132,20 @@ class Subscriber:
         if client is None:
             raise aiomqtt.MqttError(f"{self.name}: not connected")
         await client.publish(topic, payload, qos=qos, retain=retain)
+
+
+def _pull(paho: Any, queue: asyncio.Queue[Any], want: int) -> None:
+    """Read the packets already waiting in the socket into aiomqtt's queue.
+
+    aiomqtt's reader takes one packet per turn of the event loop, so without this a batch would hold the
+    one or two messages that happened to be decoded, and every message would pay for a commit of its own."""
+    try:
+        while queue.qsize() < want:
+            before = queue.qsize()
+            if paho.loop_read() != mqtt.MQTT_ERR_SUCCESS or queue.qsize() == before:
+                return
+    except OSError as exc:
+        raise aiomqtt.MqttError(f"read failed: {exc}") from exc
 
 
 def _bytes(payload: object) -> bytes:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class Registry:
     def flush(self) -> None:
         if self._dirty:
             self._conn.executemany("INSERT OR REPLACE INTO device_health (dev, health) VALUES (?, ?)",
-                                   [(d, json.dumps(asdict(self._health[d]))) for d in self._dirty])
+                                   [(d, json.dumps(vars(self._health[d]))) for d in self._dirty])
             self._dirty.clear()
 
     def rollback(self) -> None:
