@@ -17,6 +17,7 @@ from sitekit import District, GatewayProcess, Site, cli, reading
 
 from protocol import message, senml, topics
 
+ROOT = Path(__file__).resolve().parents[2]
 RISK = """
 [[risk_points]]
 id = "station-7"
@@ -210,9 +211,13 @@ async def test_sighup_reloads_registry_and_sigterm_exits_cleanly(site: Site, gat
         topic, payload, first = site.data("gas3", [reading("ch4", 1.0, "%LEL")])
         await gas3.publish(topic, payload, qos=1)
         await gateway.wait_log("reason=unknown-device")
-        site.write_config()  # now with gas3
+        # now with gas3, and a gas rule file whose version is above the shipped sets' 1
+        rules = (ROOT / "gateway" / "rulesets" / "gas.toml").read_text().replace("version = 1", "version = 5")
+        (site.dir / "gas-v5.toml").write_text(rules)
+        site.extra_toml += '\n[rules]\nfiles = ["gas-v5.toml"]\n'
+        site.write_config()
         gateway.signal(signal.SIGHUP)
-        await gateway.wait_log("event=reloaded")
+        await gateway.wait_log("event=reloaded devices=4 rules_version=5 rules_applied=true")
         topic, payload, second = site.data("gas3", [reading("ch4", 1.0, "%LEL")])
         await gas3.publish(topic, payload, qos=1)
         await district.wait_for(lambda: ("gas3", second) in packs(district))

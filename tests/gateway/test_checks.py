@@ -1,0 +1,93 @@
+"""The checks on one message, without brokers: topics, clocks, quarantine bounds and log folding."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+
+from gateway.checks import Checker
+from gateway.config import DeviceConfig
+from gateway.quarantine import Quarantine
+from gateway.registry import Registry
+from gateway.sequence import SequenceTracker
+from protocol import message, senml, topics
+
+KEY = bytes(range(32))
+NOW = 1_800_000_000.0
+
+
+def checker(conn: sqlite3.Connection | None = None) -> Checker:
+    conn = conn or sqlite3.connect(":memory:")
+    registry = Registry(conn, {"d1": DeviceConfig("d1", "gas", KEY, None)})
+    return Checker("s1", registry, SequenceTracker(conn), Quarantine(conn), clock_future_s=60, clock_past_s=3600)
+
+
+def data(seq: int, t: float, clk: int = message.CLK_EPOCH, boot: int = 1) -> bytes:
+    pack = senml.pack([senml.record("ch4", 1.5, "%LEL", t)], bn="d1:")
+    encoded: bytes = message.encode(message.data("d1", boot, seq, pack, clk), KEY)
+    return encoded
+
+
+TOPIC = topics.device("s1", "d1", topics.DATA)
+
+
+@pytest.mark.parametrize("t,clock,expected", [
+    (NOW - 10, "ok", NOW - 10),
+    (-30, "ok", NOW - 30),  # SenML: below 2**28 is relative to now
+    (NOW + 3600, "future", NOW),
+    (NOW - 7200, "past", NOW),
+])
+def test_epoch_clock(t: float, clock: str, expected: float) -> None:
+    c = checker()
+    checked = c.check(TOPIC, data(1, t), False, NOW)
+    assert checked is not None
+    (r,) = checked.readings
+    assert (r.metric, r.name, r.clock, r.t, r.t_device) == ("ch4", "d1:ch4", clock, expected, t)
+
+
+def test_boot_clock_needs_a_live_birth_of_the_same_boot() -> None:
+    c = checker()
+    checked = c.check(TOPIC, data(1, 50.0, message.CLK_BOOT), False, NOW)
+    assert checked is not None and checked.readings[0].clock == "unknown" and checked.readings[0].t == NOW
+    state = topics.device("s1", "d1", topics.STATE)
+    retained = message.encode(message.birth("d1", 1, 2, "1", "gas", "po", 40.0, message.CLK_BOOT), KEY)
+    assert c.check(state, retained, True, NOW) is not None
+    c.registry.birth("d1", message.birth("d1", 1, 2, "1", "gas", "po", 40.0, message.CLK_BOOT), NOW, live=False)
+    checked = c.check(TOPIC, data(2, 50.0, message.CLK_BOOT), False, NOW)
+    assert checked is not None and checked.readings[0].clock == "unknown"  # a retained birth dates nothing
+    c.registry.birth("d1", message.birth("d1", 1, 2, "1", "gas", "po", 40.0, message.CLK_BOOT), NOW, live=True)
+    checked = c.check(TOPIC, data(3, 50.0, message.CLK_BOOT), False, NOW + 10)
+    assert checked is not None and checked.readings[0].clock == "boot" and checked.readings[0].t == NOW + 10
+    checked = c.check(TOPIC, data(4, 50.0, message.CLK_BOOT, boot=0), False, NOW + 10)  # older boot: unknown
+    assert checked is not None and checked.readings[0].clock == "unknown"
+
+
+@pytest.mark.parametrize("topic,reason", [
+    ("lifeline/v1/s2/d1/data", "topic"),  # another site
+    ("lifeline/v1/s1/d1/cmd", "topic"),  # not an uplink kind
+    ("lifeline/v1/s1/D1/data", "topic"),  # not an id
+    ("something/else", "topic"),
+    ("lifeline/v1/s1/d7/data", "unknown-device"),
+])
+def test_topic_problems_are_quarantined(topic: str, reason: str) -> None:
+    conn = sqlite3.connect(":memory:")
+    c = checker(conn)
+    assert c.check(topic, data(1, NOW), False, NOW) is None
+    assert conn.execute("SELECT reason, topic FROM quarantine").fetchall() == [(reason, topic)]
+
+
+def test_quarantine_is_bounded_and_logs_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    conn = sqlite3.connect(":memory:")
+    q = Quarantine(conn, max_rows=100, log_interval_s=60)
+    with caplog.at_level(logging.WARNING, "lifeline.gateway.quarantine"):
+        for i in range(1000):
+            q.put("bad-mac" if i % 2 else "malformed", "x", "t", b"\x00" * 10, now=1000.0 + i * 0.01)
+        q.tick(1000.0 + 61)
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] < 100 + 64
+    assert conn.execute("SELECT min(id) FROM quarantine").fetchone()[0] > 1000 - 100 - 64
+    assert q.counts == {"bad-mac": 500, "malformed": 500}
+    assert len(caplog.records) == 4  # first of each reason, then one folded line each after the interval
+    folded = [r for r in caplog.records if getattr(r, "fields", {}).get("suppressed") == 499]
+    assert len(folded) == 2
