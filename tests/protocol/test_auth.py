@@ -48,3 +48,8 @@ def test_reasons():
     assert raises(auth.AuthError, auth.verify, cbor.dumps([1, 2]), {}.get).reason == "malformed"
     wrong_alg = cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d"}, b"x", b"\x00" * 32]))
     assert raises(auth.AuthError, auth.verify, wrong_alg, {b"d": KEY}.get).reason == "malformed"
+
+
+def test_mac_structure_is_the_cbor_of_rfc_9052():
+    for payload in (b"", b"x" * 23, b"x" * 24, b"x" * 300):
+        assert auth._to_be_maced(b"\xa1\x01\x05", payload) == cbor.dumps(["MAC0", b"\xa1\x01\x05", b"", payload])
