@@ -1,0 +1,628 @@
+"""Gateway throughput benchmark (issue 4): the site gateway against a plain Mosquitto bridge, in one run.
+
+    .venv/bin/python -m bench.gateway_throughput            # full sizes, writes the JSON and docs/performance.md
+    .venv/bin/python -m bench.gateway_throughput --quick    # a few seconds of load, for a quick look
+
+Brokers come from deploy/mosquitto (site: passwords, ACL, `set_tcp_nodelay true`; district: mutual TLS) through
+tests/gateway/sitekit.py, and the gateway runs as `lifeline gateway --config site.toml` with the config that kit
+writes. The load generator (bench/loadgen.py) publishes pre-sealed QoS 1 data messages of three readings from
+many devices, as a `loadgen` user the benchmark adds to the site broker's password file and ACL (one connection
+per worker process instead of one per device, so the generator is not the bottleneck). Phases:
+
+1. bridge: the load into a second site broker with the same config plus a QoS 1 TLS bridge to the district;
+2. gateway: the same load into the gateway's site broker, counted at the district inside the telemetry packs;
+3. alarms: one gas device alternating above red and below blue's clear level (pending turned off for it by a
+   per-device override) while the gateway carries a paced background load; latency is host publish time to
+   district receipt of the transition.
+
+Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
+receipt of the last new one. The gateway's peak RSS is VmHWM from /proc. Nothing here asserts speed; the
+smoke test (tests/test_bench_smoke.py) runs --quick and checks completeness only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.district import Recorder
+from bench.loadgen import Generator, Load, device_id, device_key
+from gateway import siteauth
+from lifeline.broker import Mosquitto, free_port
+from protocol import topics
+from tests.gateway.sitekit import DEPLOY, Device, GatewayProcess, Site, adapt, reading
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "bench"
+ALARM_DEV = "bench-alarm"
+LOADGEN_USER = "loadgen"
+RED = 60.0  # above gas.ch4's red level (50 %LEL)
+CLEAR = 5.0  # below blue's clear level (8 %LEL), so each such reading clears the alarm
+TARGETS = {"ratio": 1.0, "alarm_p99_ms": 50.0, "rss_mb": 150.0}
+SECTION = "## Gateway throughput"
+BEGIN, END = "<!-- gateway_throughput:begin -->", "<!-- gateway_throughput:end -->"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    devices: int
+    messages: int  # per device, in the throughput phases
+    workers: int
+    alarm_samples: int
+    alarm_interval_s: float
+    background_rate: float  # device messages/s through the gateway during the alarm phase
+
+
+FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000)
+QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000)
+
+
+class Tally:
+    """Distinct (dev, seq) seen at the district, and the upstream bytes (topic + payload) that carried them;
+    called from one recorder thread."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int]] = set()
+        self.duplicates = 0
+        self.last_new = 0.0
+        self.bytes = 0
+
+    def add(self, dev: str, seq: int) -> int:
+        if (dev, seq) in self.seen:
+            self.duplicates += 1
+            return 0
+        self.seen.add((dev, seq))
+        self.last_new = time.monotonic()
+        return 1
+
+    def count_telemetry(self, topic: str, payload: bytes) -> int:
+        # The alarm device's own readings travel as telemetry too; they are not part of the counted load.
+        self.bytes += len(topic) + len(payload)
+        return sum(self.add(p["dev"], p["seq"]) for p in cbor2.loads(payload)["packs"] if p["dev"] != ALARM_DEV)
+
+    def count_bridged(self, topic: str, payload: bytes) -> int:
+        """A device message as the bridge forwards it: COSE_Mac0 (tag 17) around the CBOR body."""
+        if f"/{ALARM_DEV}/" in topic:
+            return 0  # wait_bridge's probes
+        self.bytes += len(topic) + len(payload)
+        body = cbor2.loads(cbor2.loads(payload).value[2])
+        return self.add(body["dev"], body["seq"])
+
+
+class AlarmProbe:
+    """Publish times of the alarm device's readings, matched to the transitions the district receives."""
+
+    def __init__(self) -> None:
+        self.published: dict[float, float] = {}  # reading -> host publish time (monotonic)
+        self.latency_s: dict[float, float] = {}
+        self.events: list[str] = []
+        self.repeats = 0
+        self.others = 0  # alarms of other devices (none expected)
+        self._lock = threading.Lock()
+
+    def on_alarm(self, topic: str, payload: bytes, now: float) -> None:
+        body = cbor2.loads(payload)
+        with self._lock:
+            if body.get("dev") != ALARM_DEV:
+                self.others += 1
+                return
+            key = _key(body["reading"])
+            sent = self.published.get(key)
+            if sent is None or key in self.latency_s:
+                self.repeats += 1
+                return
+            self.latency_s[key] = now - sent
+            self.events.append(body["ev"])
+
+    def sent(self, value: float, at: float) -> None:
+        with self._lock:
+            self.published[_key(value)] = at
+
+
+def _key(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _count_alarm(topic: str, payload: bytes) -> int:
+    return 1
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def build_site(workdir: Path, sizes: Sizes) -> tuple[Site, str]:
+    """Both brokers from the deploy configs, the load devices registered with the generator's keys, and a
+    login for the generator; returns the site and that login's password."""
+    site = Site(workdir, site=SITE, tls=True, extra_toml=(
+        f"[rules.overrides.gas.devices.{ALARM_DEV}.ch4]\nfor_samples = 1\n"))
+    for i in range(sizes.devices):
+        site.devices[device_id(i)] = Device(device_id(i), "gas", device_key(i))
+    site.add(ALARM_DEV, "gas")
+    site.start()
+    password = os.urandom(12).hex()
+    auth = workdir / "auth"
+    subprocess.run([siteauth.mosquitto_passwd(), "-b", str(auth / "passwd"), LOADGEN_USER, password], check=True)
+    with (auth / "acl").open("a") as acl:
+        acl.write(f"\n# benchmark load generator: publishes for every device\nuser {LOADGEN_USER}\n"
+                  f"topic write {topics.ROOT}/{SITE}/+/{topics.DATA}\n")
+    assert site.site_broker is not None and site.site_broker.proc is not None
+    site.site_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto re-reads password_file and acl_file
+    wait_login(site.site_broker.port, LOADGEN_USER, password)
+    return site, password
+
+
+def wait_login(port: int, user: str, password: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.time_ns()}")
+        client.username_pw_set(user, password)
+        result: list[bool] = []
+
+        def on_connect(c: paho.Client, u: object, f: object, rc: Any, p: object, result: list[bool] = result) -> None:
+            result.append(not rc.is_failure)
+
+        client.on_connect = on_connect
+        client.connect("127.0.0.1", port)
+        end = time.monotonic() + 2
+        while not result and time.monotonic() < end:
+            client.loop(0.05)
+        client.disconnect()
+        if result and result[0]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{user} cannot log in to the broker on port {port}")
+        time.sleep(0.1)
+
+
+def bridge_broker(site: Site) -> Mosquitto:
+    """A site broker with the deploy config and the same password file and ACL, bridging every device's
+    data topic to the district (QoS 1, mutual TLS as the site, under the site's uplink prefix)."""
+    auth = site.dir / "auth"
+    files = {"passwd": auth / "passwd", "acl": auth / "acl", "server.crt": site.pki["server.crt"],
+             "server.key": site.pki["server.key"], "ca.crt": site.pki["ca"]}
+    conf = adapt((DEPLOY / "site.conf").read_text(), {"8883": free_port()}, files)
+    conf += (f"\nconnection bench-bridge\naddress 127.0.0.1:{site.ports['district_tls']}\n"
+             f"topic +/{topics.DATA} out 1 {topics.ROOT}/{SITE}/ {bridge_prefix()}\n"
+             f"bridge_cafile {site.pki['ca']}\nbridge_certfile {site.pki[SITE + '.crt']}\n"
+             f"bridge_keyfile {site.pki[SITE + '.key']}\nnotifications false\ncleansession true\n")
+    return Mosquitto(conf, workdir=site.dir / "bridge-broker", anonymous=False).start()
+
+
+def bridge_prefix() -> str:
+    """Where the bridge puts device messages: under the site's uplink, which the district ACL lets it write."""
+    return f"{topics.DISTRICT_ROOT}/{SITE}/up/bridge/"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+class Progress:
+    """One line a second on stderr while a phase waits."""
+
+    def __init__(self, label: str, offset: int = 0, rss: Callable[[], float | None] | None = None) -> None:
+        self.label = label
+        self.offset = offset
+        self.rss = rss
+        self.next = time.monotonic() + 1.0
+        self.started = time.monotonic()
+
+    def show(self, done: int, total: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if now < self.next and not force:
+            return
+        self.next = now + 1.0
+        mem = self.rss() if self.rss else None
+        extra = f", gateway RSS {mem:.0f} MB" if mem is not None else ""
+        done, total = done - self.offset, total - self.offset
+        print(f"  [{self.label}] {done:,}/{total:,} at the district after {now - self.started:.1f} s{extra}",
+              file=sys.stderr, flush=True)
+
+
+def wait_count(tally: Tally, total: int, timeout: float, progress: Progress) -> bool:
+    deadline = time.monotonic() + timeout
+    while len(tally.seen) < total:
+        if time.monotonic() > deadline:
+            progress.show(len(tally.seen), total, force=True)
+            return False
+        progress.show(len(tally.seen), total)
+        time.sleep(0.02)
+    progress.show(len(tally.seen), total, force=True)
+    return True
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process, in MB (1 MB = 2**20 bytes)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0]) / 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each process of the run used between start() and stop(): what the 2 cores went to."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        self.procs = procs
+        self._start = {name: cpu_seconds(pid) for name, pid in procs.items()}
+        self._t0 = time.monotonic()
+
+    def stop(self, extra: dict[str, float]) -> dict[str, Any]:
+        used = {name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self.procs.items()}
+        used.update({k: round(v, 2) for k, v in extra.items()})
+        return {"wall_s": round(time.monotonic() - self._t0, 2), "cpu_s": used}
+
+
+def timeout_for(n: int) -> float:
+    return 60.0 + n / 500.0
+
+
+def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: Tally, procs: dict[str, int],
+               rss: Callable[[], float | None] | None = None) -> dict[str, Any]:
+    """Run one load to the end; device messages per second from the release to the last new arrival."""
+    total = load.devices * load.messages_per_device
+    before, bytes_before = len(tally.seen), tally.bytes
+    gen = Generator(load, "127.0.0.1", port, auth)
+    meter = CpuMeter(procs)
+    released = gen.go()
+    print(f"  [{label}] {total:,} messages released", file=sys.stderr, flush=True)
+    complete = wait_count(tally, before + total, timeout_for(total), Progress(label, before, rss))
+    published, first, last = gen.join()
+    got = len(tally.seen) - before
+    seconds = tally.last_new - released
+    return {"device_messages": total, "site_acked": published, "received": got, "lost": total - got,
+            "complete": complete, "seconds": round(seconds, 3), "msgs_per_s": round(got / seconds, 1),
+            "site_publish_msgs_per_s": round(published / (last - first), 1),
+            "upstream_bytes_per_msg": round((tally.bytes - bytes_before) / max(got, 1), 1),
+            **meter.stop({"load generator": gen.cpu_s})}
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def alarm_phase(site: Site, sizes: Sizes, first_seq: int, auth: tuple[str, str], tally: Tally,
+                probe: AlarmProbe, rss: Callable[[], float | None]) -> dict[str, Any]:
+    """Background load through the gateway while the alarm device flips between red and clear."""
+    assert site.site_broker is not None
+    warmup_s = 1.0
+    span = warmup_s + sizes.alarm_samples * sizes.alarm_interval_s + 1.0
+    per_device = max(1, math.ceil(sizes.background_rate * span / sizes.devices))
+    load = Load(SITE, sizes.devices, per_device, sizes.background_rate, sizes.workers,
+                start_time=time.time() - first_seq - per_device - 10, first_seq=first_seq)
+    total = sizes.devices * per_device
+    before = len(tally.seen)
+    dev = site.devices[ALARM_DEV]
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{ALARM_DEV}")
+    client.username_pw_set(ALARM_DEV, dev.password)
+    client.connect("127.0.0.1", site.site_broker.port)
+    client.loop_start()
+    gen = Generator(load, "127.0.0.1", site.site_broker.port, auth)
+    released = gen.go()
+    print(f"  [alarms] background {sizes.background_rate:,.0f} msg/s for {span:.0f} s, {sizes.alarm_samples} "
+          f"alarm readings every {sizes.alarm_interval_s * 1000:.0f} ms", file=sys.stderr, flush=True)
+    progress = Progress("alarms", 0, rss)
+    for k in range(sizes.alarm_samples):
+        value = RED + k / 1000 if k % 2 == 0 else CLEAR - k / 10000
+        topic, payload, _ = site.data(ALARM_DEV, [reading("ch4", value, "%LEL")])
+        at = released + warmup_s + k * sizes.alarm_interval_s
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        probe.sent(value, time.monotonic())
+        client.publish(topic, payload, qos=1)
+        progress.show(len(probe.latency_s), sizes.alarm_samples)
+    deadline = time.monotonic() + 10
+    while len(probe.latency_s) < sizes.alarm_samples and time.monotonic() < deadline:
+        time.sleep(0.02)
+    complete = wait_count(tally, before + total, timeout_for(total), Progress("background", before, rss))
+    published, first, last = gen.join()
+    client.loop_stop()
+    client.disconnect()
+    lat_ms = [s * 1000 for s in probe.latency_s.values()]
+    got = len(tally.seen) - before
+    return {"samples": sizes.alarm_samples, "received": len(lat_ms), "lost": sizes.alarm_samples - len(lat_ms),
+            "p50_ms": round(percentile(lat_ms, 50), 2) if lat_ms else None,
+            "p99_ms": round(percentile(lat_ms, 99), 2) if lat_ms else None,
+            "max_ms": round(max(lat_ms), 2) if lat_ms else None,
+            "events": {ev: probe.events.count(ev) for ev in sorted(set(probe.events))},
+            "repeats": probe.repeats, "other_alarms": probe.others,
+            "background": {"target_msgs_per_s": sizes.background_rate,
+                           "achieved_msgs_per_s": round(published / (last - first), 1),
+                           "device_messages": total, "received": got, "lost": total - got, "complete": complete}}
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def broker_pid(broker: Mosquitto | None) -> int:
+    assert broker is not None and broker.proc is not None
+    return broker.proc.pid
+
+
+def run(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[str, Any]:
+    print(f"setting up brokers, certificates and {sizes.devices} device logins in {workdir}", file=sys.stderr)
+    site, password = build_site(workdir, sizes)
+    auth = (LOADGEN_USER, password)
+    assert site.site_broker is not None and site.district_broker is not None
+    district = ("127.0.0.1", site.district_broker.port)
+    district_auth = ("district", site.district_password)
+    # Reading times: recent, so the clock check trusts them and the gateway does no extra data-quality work.
+    start_time = time.time() - sizes.messages - 10
+    load = Load(SITE, sizes.devices, sizes.messages, 0, sizes.workers, start_time=start_time)
+    recorders: list[Recorder] = []
+    gateway: GatewayProcess | None = None
+    bridge: Mosquitto | None = None
+    try:
+        print("phase 1/3: plain Mosquitto bridge, site -> district", file=sys.stderr, flush=True)
+        bridged = Tally()
+        recorders.append(Recorder(*district, bridge_prefix() + "#", bridged.count_bridged, auth=district_auth))
+        bridge = bridge_broker(site)
+        wait_bridge(bridge, site)
+        recorders[-1].subscribed.wait(10)
+        procs = {"site broker": broker_pid(bridge), "district broker": broker_pid(site.district_broker),
+                 "bench (recorders)": os.getpid()}
+        bridge_result = throughput("bridge", bridge.port, auth, load, bridged, procs)
+        bridge.stop()
+
+        print("phase 2/3: the gateway", file=sys.stderr, flush=True)
+        telemetry, probe = Tally(), AlarmProbe()
+        recorders.append(Recorder(*district, topics.up(SITE, topics.TELEMETRY), telemetry.count_telemetry,
+                                  auth=district_auth))
+        recorders.append(Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm, probe.on_alarm,
+                                  auth=district_auth))
+        for r in recorders[-2:]:
+            r.subscribed.wait(10)
+        gateway = GatewayProcess(site).start()
+        asyncio.run(gateway.ready())
+        assert gateway.proc is not None
+        pid = gateway.proc.pid
+
+        def rss() -> float | None:
+            return proc_status(pid).get("VmRSS")
+
+        procs = {"gateway": pid, "site broker": broker_pid(site.site_broker),
+                 "district broker": broker_pid(site.district_broker), "bench (recorders)": os.getpid()}
+        spy = start_profile(pid, profile) if profile else None
+        upstream_before = recorders[1].mqtt_messages
+        gateway_result = throughput("gateway", site.site_broker.port, auth, load, telemetry, procs, rss)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        gateway_result["upstream_publishes"] = recorders[1].mqtt_messages - upstream_before
+        gateway_result["duplicates"] = telemetry.duplicates
+
+        print("phase 3/3: alarm latency under background load", file=sys.stderr, flush=True)
+        alarm_result = alarm_phase(site, sizes, sizes.messages + 1, auth, telemetry, probe, rss)
+        memory = proc_status(pid)
+        gateway.signal(signal.SIGTERM)
+        exit_code = asyncio.run(gateway.wait())
+    finally:
+        errors = [e for r in recorders for e in r.errors]
+        for r in recorders:
+            r.close()
+        if gateway is not None:
+            gateway.kill()
+        if bridge is not None:
+            bridge.stop()
+        site.stop()
+    bridge_result["duplicates"] = bridged.duplicates
+    n_gw, n_br = max(gateway_result["received"], 1), max(bridge_result["received"], 1)
+    gateway_result["gateway_cpu_us_per_msg"] = round(gateway_result["cpu_s"]["gateway"] / n_gw * 1e6, 1)
+    gateway_result["gateway_cpu_busy"] = round(gateway_result["cpu_s"]["gateway"] / gateway_result["wall_s"], 2)
+    bridge_result["brokers_cpu_us_per_msg"] = round(
+        (bridge_result["cpu_s"]["site broker"] + bridge_result["cpu_s"]["district broker"]) / n_br * 1e6, 1)
+    ratio = gateway_result["msgs_per_s"] / bridge_result["msgs_per_s"]
+    rss_mb = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1)}
+    return {"sizes": asdict(sizes), "bridge": bridge_result, "gateway": gateway_result, "ratio": round(ratio, 3),
+            "alarm": alarm_result, "rss": rss_mb, "gateway_exit_code": exit_code,
+            "recorder_errors": errors[:20],
+            "targets": TARGETS,
+            "met": {"ratio": ratio >= TARGETS["ratio"],
+                    "alarm_p99": alarm_result["p99_ms"] is not None
+                    and alarm_result["p99_ms"] <= TARGETS["alarm_p99_ms"],
+                    "rss": rss_mb["peak_mb"] <= TARGETS["rss_mb"]}}
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway during the throughput phase, waits included (folded stacks)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--idle",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    return proc
+
+
+def wait_bridge(bridge: Mosquitto, site: Site, timeout: float = 15.0) -> None:
+    """The bridge connects in the background: wait until a probe message crosses it."""
+    assert site.district_broker is not None
+    seen = threading.Event()
+    probe_topic = f"{topics.ROOT}/{SITE}/{ALARM_DEV}/{topics.DATA}"
+    rec = Recorder("127.0.0.1", site.district_broker.port, bridge_prefix() + f"{ALARM_DEV}/#",
+                   lambda t, p: 0, lambda t, p, now: seen.set(), auth=("district", site.district_password))
+    try:
+        rec.subscribed.wait(10)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.time_ns()}")
+        client.username_pw_set(ALARM_DEV, site.devices[ALARM_DEV].password)
+        client.connect("127.0.0.1", bridge.port)
+        client.loop_start()
+        deadline = time.monotonic() + timeout
+        while not seen.is_set():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bridge did not connect to the district broker:\n"
+                                   + bridge.log_path.read_text(errors="replace")[-2000:])
+            client.publish(probe_topic, b"bridge probe", qos=1)
+            seen.wait(0.3)
+        client.loop_stop()
+        client.disconnect()
+    finally:
+        rec.close()
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True,
+                          text=True).stdout.splitlines()
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "mosquitto": mosq[0] if mosq else "", "kernel": platform.release()}
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway"))}
+
+
+def table(r: dict[str, Any]) -> str:
+    g, b, a = r["gateway"], r["bridge"], r["alarm"]
+    bg = a["background"]
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    lost = (g["lost"], b["lost"], bg["lost"], a["lost"])
+    rows = [
+        ("gateway: device messages/s, end to end", f"{g['msgs_per_s']:,.0f}", "", ""),
+        ("baseline: plain Mosquitto bridge, device messages/s", f"{b['msgs_per_s']:,.0f}", "", ""),
+        ("gateway CPU per device message, µs (share of one core busy)",
+         f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
+        ("bridge: both brokers' CPU per device message, µs", f"{b['brokers_cpu_us_per_msg']:.0f}", "", ""),
+        ("upstream bytes per device message, gateway / bridge",
+         f"{g['upstream_bytes_per_msg']:.0f} / {b['upstream_bytes_per_msg']:.0f}", "", ""),
+        ("ratio gateway / bridge", f"{r['ratio']:.2f}", f"≥ {TARGETS['ratio']:.1f}", yes(r["met"]["ratio"])),
+        (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
+         "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {TARGETS['alarm_p99_ms']:.0f}",
+         yes(r["met"]["alarm_p99"])),
+        ("gateway peak RSS (VmHWM), MB", f"{r['rss']['peak_mb']:.0f}", f"≤ {TARGETS['rss_mb']:.0f}",
+         yes(r["met"]["rss"])),
+        ("lost: gateway / bridge / background / alarms", " / ".join(map(str, lost)), "0", yes(not any(lost))),
+    ]
+    out = ["| measure | result | target | met |", "| --- | ---: | --- | --- |"]
+    out += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
+    return "\n".join(out)
+
+
+def doc_block(r: dict[str, Any]) -> str:
+    s, m, g, b = r["sizes"], r["machine"], r["gateway"], r["bridge"]
+    return "\n".join([
+        BEGIN,
+        f"Measured {r['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}, {m['mosquitto']}, "
+        f"commit {r['git']['commit']}{' (gateway/ modified)' if r['git']['gateway_dirty'] else ''}:",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"{s['devices']} devices x {s['messages']} messages ({g['device_messages']:,} QoS 1 data messages of "
+        f"3 readings) from {s['workers']} generator processes; the gateway needed {g['seconds']:.2f} s and "
+        f"{g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s.",
+        "",
+        table(r),
+        END,
+    ])
+
+
+def write_doc(path: Path, r: dict[str, Any]) -> None:
+    """Replace the generated block inside this benchmark's section, keeping everything else in the file."""
+    block = doc_block(r)
+    text = path.read_text() if path.exists() else "# Performance\n\nMeasured figures; each section names the " \
+        "benchmark that produced it and how to run it again.\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    elif SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        text = head + SECTION + "\n\n" + block + "\n" + rest
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n`bench/gateway_throughput.py` (issue 4).\n\n{block}\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds of load)")
+    for name, kind, what in (("devices", int, "devices publishing"),
+                             ("messages", int, "messages per device in each throughput phase"),
+                             ("workers", int, "load generator processes"),
+                             ("alarm_samples", int, "alarm readings"),
+                             ("alarm_interval_s", float, "seconds between alarm readings"),
+                             ("background_rate", float, "messages/s of background load in the alarm phase")):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                            help=f"{what} (default {getattr(FULL, name):g}, --quick {getattr(QUICK, name):g})")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_throughput.json")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
+                        help="markdown file whose '## Gateway throughput' section gets the table")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
+    parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway during phase 2 "
+                        "(sampling slows it: such a run does not update the markdown file)")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(**{name: getattr(args, name) or value for name, value in asdict(base).items()})
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    try:
+        result = run(sizes, workdir, args.profile)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"benchmark": "gateway_throughput",
+              "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+              "command": f".venv/bin/python -m bench.gateway_throughput {argv_text}".rstrip(),
+              "machine": machine(), "git": git_state(), **result}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(result))
+    print(f"\nJSON: {args.json}")
+    if not args.no_doc and not args.profile:
+        write_doc(args.doc, result)
+        print(f"table written to {args.doc}")
+    lost = result["gateway"]["lost"] + result["bridge"]["lost"] + result["alarm"]["lost"] \
+        + result["alarm"]["background"]["lost"]
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
