@@ -3,8 +3,10 @@
 Rows are written by the ingest (alarm transitions, device state, data-quality events, command acks, device
 data) inside its batch transaction: `put_*` never commits, so an item exists exactly when the batch that
 produced it (and the alarm state beside it) is committed, and that commit happens before the site broker
-gets its PUBACK. The uplink leases committed rows, publishes them with QoS 1, and calls `ack` once the
-district broker's PUBACK is in; only then is a row deleted. docs/outbox.md has the full argument.
+gets its PUBACK. The uplink leases rows through a second, read-only connection, which in WAL mode sees
+only committed data: nothing a failed batch rolls back is ever sent, and an open batch never holds the
+uplink up. It publishes them with QoS 1 and calls `ack` once the district broker's PUBACK is in; only then
+is a row deleted, in a commit of its own made while no batch is open. docs/outbox.md has the full argument.
 
 Lanes drain in order ALARM, STATE, TELEMETRY, and oldest first (insertion order) within a lane. A disk
 budget bounds the rows' bytes: past it the oldest telemetry is thinned to per-interval summaries, or
@@ -199,6 +201,8 @@ class Outbox:
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
         if not opened:
             conn.commit()
+        self._reader = self._open_reader(conn)
+        self._open_lanes: set[int] = set()  # lanes put to since the connection was last seen idle
         # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
         self.alarm_event = asyncio.Event()
         self.ready_event = asyncio.Event()
@@ -210,6 +214,16 @@ class Outbox:
         self.evicted_msgs = 0
         self.acked_rows = 0
         self._over_logged = False
+
+    @staticmethod
+    def _open_reader(conn: sqlite3.Connection) -> sqlite3.Connection:
+        """A query-only connection to the same file; an in-memory store (tests) has to share `conn`."""
+        path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if not path:
+            return conn
+        reader = sqlite3.connect(path, timeout=5.0)
+        reader.execute("PRAGMA query_only=1")
+        return reader
 
     # --- writing (inside the ingest's transaction; never commits) ---------------------------------------
 
@@ -236,31 +250,49 @@ class Outbox:
         cur = self.conn.execute(
             "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (lane, kind, time.time() if now is None else now, dev, seq, seq, boot, body))
+        self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def committed(self) -> None:
+        """Optional hook for the ingest, right after its commit: deletes PUBACKed rows and wakes the uplink
+        now rather than at its next poll."""
+        self._open_lanes.clear()
+        self.flush_acks()
+        self.alarm_event.set()
+        self.ready_event.set()
 
     # --- sending ------------------------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        """No transaction is open on the shared connection: what we read is committed, what we write is ours."""
+        """No transaction is open on the shared connection, so a commit we make is ours alone."""
         return not self.conn.in_transaction
+
+    def awaiting_commit(self, *lanes: int) -> bool:
+        """Rows of these lanes were put and their batch is still open: the uplink polls for the commit."""
+        if self.idle:
+            self._open_lanes.clear()
+        return any(lane in self._open_lanes for lane in lanes)
+
+    def _readable(self) -> bool:
+        return self._reader is not self.conn or self.idle
 
     def pending(self, lane: int, limit: int) -> tuple[int, float | None]:
         """How many committed rows (up to `limit`) wait unleased in a lane, and the oldest one's queue time."""
-        if not self.idle:
+        if not self._readable():
             return 0, None
-        n, oldest = self.conn.execute(
+        n, oldest = self._reader.execute(
             "SELECT count(*), min(t) FROM (SELECT t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?)",
             (lane, self._cursor[lane], limit)).fetchone()
         return int(n), oldest
 
     def lease(self, lane: int, limit: int) -> list[Item]:
-        """The next committed rows of a lane, oldest first, marked in flight. Empty while a batch is open."""
-        if not self.idle or limit <= 0:
+        """The next committed rows of a lane, oldest first, marked in flight."""
+        if not self._readable() or limit <= 0:
             return []
-        rows = self.conn.execute(
+        rows = self._reader.execute(
             "SELECT id, kind, t, msgs, thinned, body FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit)).fetchall()
         items = []

@@ -130,14 +130,14 @@ class Uplink:
                 delay = backoff * random.uniform(0.8, 1.2)  # spread the reconnects of many sites
                 backoff = min(backoff * 2, self.backoff_max_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
         finally:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
             self.connected = False
-            if self.outbox.idle:
-                self.outbox.flush_acks()
+            self.outbox.flush_acks()
 
     def stop(self) -> None:
         """Ask `run()` to finish: no new leases; publishes already in flight get `publish_timeout_s`."""
@@ -176,8 +176,6 @@ class Uplink:
             self.connects += 1
             if self.on_downlink is not None:
                 await client.subscribe([(topics.down(self.site, k), 1) for k in topics.DOWN_KINDS])
-            while not self.outbox.idle:
-                await asyncio.sleep(0.002)
             self.outbox.release_all()
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._alarms_in_flight = 0
@@ -236,14 +234,14 @@ class Uplink:
             self._spawn(tg, client, topics.up(self.site, topics.ALARM), item.body, [item])
 
     async def _alarm_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        ob = self.outbox
         while not self._stop.is_set():
-            self.outbox.alarm_event.clear()
-            if not self.outbox.idle:  # the ingest's batch is open: its alarms are not committed yet
-                await asyncio.sleep(0.001)
-                self.outbox.alarm_event.set()
-                continue
+            ob.alarm_event.clear()
             self._spawn_alarms(client, tg)
-            await self.outbox.alarm_event.wait()
+            if ob.awaiting_commit(ALARM):  # an alarm may be in the ingest's open batch: look again right after
+                await asyncio.sleep(0.001)
+            else:
+                await ob.alarm_event.wait()
 
     async def _bulk_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
@@ -265,9 +263,6 @@ class Uplink:
             timeout: float | None = None
             if self._stop.is_set():
                 await asyncio.Future()  # the session is ending; _until_stopped raises
-            if not ob.idle:
-                await asyncio.sleep(0.001)
-                continue
             if ob.pending(ALARM, 1)[0]:  # alarms beyond alarm_inflight wait for PUBACKs; nothing overtakes them
                 await asyncio.sleep(0.002)
                 continue
@@ -283,8 +278,12 @@ class Uplink:
                     items = ob.lease(TELEMETRY, self.max_items)
                     return topics.up(self.site, topics.TELEMETRY), telemetry_body(self.site, items), items
                 timeout = wait
+            if ob.awaiting_commit(STATE, TELEMETRY):  # more may be in the ingest's open batch: look again soon
+                timeout = min(timeout or 0.002, 0.002)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as it times out
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ob.ready_event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await ob.ready_event.wait()
 
     async def _pace(self) -> None:
         now = time.monotonic()
