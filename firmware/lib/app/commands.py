@@ -3,16 +3,21 @@ name this device; each gets one ack on the ack topic carrying its result. A rede
 answered from a short memory of recent results instead of running twice.
 
 Ops (args in docs/firmware.md): set_intervals, set_filters, set_prealarm, birth, sync_time, reboot,
-config. Settings changed by the set_* ops are written to profile.json, so they outlive a reset.
-This module (and app.config) is imported for one command and dropped after it, to keep the heap free.
+config. The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
+it at once. `config` stages new device/profile files for a trial boot; they are checked at that
+boot, where the heap is empty, and its ack (ok or rolled back, with the reason) follows the connect.
+This module is imported for one command and dropped after it, to keep the heap free.
 """
 
+import os
+
 import persist
-from app import config
+from app.checks import check_filters, check_level, num
 from protocol import message, topics
 
 RECENT = 8
 SAFE_OPS = ("birth", "sync_time", "reboot", "config")
+PROFILE = "profile.json"
 
 
 async def handle(app, payload):
@@ -51,26 +56,10 @@ async def handle(app, payload):
         app.reboot()
 
 
-def _copy(app):
-    """The profile to change, from flash: the running one changes only once the result checks."""
-    return persist.load(config.PROFILE)
-
-
-def _commit(app, p):
-    try:
-        config.save_profile(p)
-    except config.ConfigError as e:
-        raise ValueError(str(e))
-    _apply(app, p)
-
-
-def _apply(app, p):
-    """Put a changed profile into effect without a restart."""
-    app.configure(p)
-    for sensor in app.sensors:
-        for spec in p["sensors"]:
-            if spec["name"] == sensor.name:
-                sensor.configure(spec)
+def _positive(args, keys, where):
+    for k in keys:
+        if k in args and not (num(args[k]) and args[k] > 0):
+            raise ValueError("%s%s must be a number > 0" % (where, k))
 
 
 def _find(p, key, name):
@@ -82,14 +71,29 @@ def _find(p, key, name):
     raise ValueError("no such %s %r" % ("sensor" if key is None else "metric", name))
 
 
+def _commit(app, p):
+    """Write the profile, then put it into effect without a restart."""
+    persist.save(PROFILE, p)
+    app.configure(p)
+    for sensor in app.sensors:
+        for spec in p["sensors"]:
+            if spec["name"] == sensor.name:
+                sensor.configure(spec)
+
+
 async def set_intervals(app, args, cid):
-    p = _copy(app)
+    p = persist.load(PROFILE)
+    _positive(args, ("report_s", "health_s"), "")
+    b = args.get("batch", 1)
+    if not isinstance(b, int) or not 1 <= b <= 64:
+        raise ValueError("batch must be 1..64")
     for k in ("report_s", "health_s", "batch"):
         if k in args:
             p[k] = args[k]
     sensors = args.get("sensors", {})
     for name in sensors:
         s = _find(p, None, name)
+        _positive(sensors[name], ("sample_s", "fast_s", "poll_s"), name + ".")
         for k in ("sample_s", "fast_s", "poll_s"):
             if k in sensors[name]:
                 s[k] = sensors[name][k]
@@ -98,20 +102,20 @@ async def set_intervals(app, args, cid):
 
 
 async def set_filters(app, args, cid):
-    p = _copy(app)
+    p = persist.load(PROFILE)
     for name in args:
-        _find(p, "metrics", name)["filters"] = args[name]
+        _find(p, "metrics", name)["filters"] = check_filters(args[name])
     _commit(app, p)
 
 
 async def set_prealarm(app, args, cid):
-    p = _copy(app)
+    p = persist.load(PROFILE)
     for name in args:
         m = _find(p, "metrics", name)
         if args[name] is None:
             m.pop("prealarm", None)
         else:
-            m["prealarm"] = args[name]
+            m["prealarm"] = check_level(args[name])
     _commit(app, p)
 
 
@@ -129,10 +133,17 @@ async def reboot(app, args, cid):
 
 
 async def replace_config(app, args, cid):
-    try:
-        config.stage(cid, args.get("device"), args.get("profile"))
-    except config.ConfigError as e:
-        raise ValueError(str(e))
+    """Stage the new files for a trial boot. A cut at any point leaves the old files, or a trial
+    that the next boot checks and, if need be, rolls back (app/config.py)."""
+    files = [n for n in ("device", "profile") if isinstance(args.get(n), dict)]
+    if not files:
+        raise ValueError("config needs a device and/or a profile map")
+    for n in files:
+        persist.save(n + ".json.new", args[n])
+    persist.save("trial.json", {"id": cid, "boots": 0, "files": [n + ".json" for n in files]})
+    for n in files:
+        os.rename(n + ".json", n + ".json.prev")
+        os.rename(n + ".json.new", n + ".json")
     return None, "defer"
 
 

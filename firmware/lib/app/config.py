@@ -1,29 +1,22 @@
 """The three config files on flash (device.json, secrets.json, profile.json; fields in
 docs/firmware.md): loading with per-field errors, and replacement that cannot brick a node.
 
-A replacement is checked, the current files are kept as <name>.prev, the new ones are swapped in
-atomically, and trial.json marks the trial. The next boot counts itself against the trial; a connect
-under the new config confirms it (removes the .prev copies); a second boot without that, or a config
-that does not even load, rolls back to the .prev copies.
+A replacement (app/commands.py stages it) keeps the current files as <name>.prev, swaps the new ones
+in atomically, and marks the trial in trial.json. The new files are checked here at the next boot,
+where the heap is still empty; a config that does not load, or a second boot without a broker
+connection under it, is rolled back to the .prev copies, and a connect confirms it.
 """
 
-import os
-
 import persist
+from app import trial
+from app.checks import check_filters, check_level, num
 from protocol import topics
 
 DEVICE = "device.json"
 SECRETS = "secrets.json"
 PROFILE = "profile.json"
-TRIAL = "trial.json"
-RESULT = "cfgack.json"  # outcome of a replacement, acked to its command once online
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 DRIVERS = ("loop420", "adxl345", "level", "cover", "nmea", "rain")
-
-
-_TRANSFORMS = ("offset", "multiply", "round", "q", "clamp", "median", "avg")
-_GATES = ("delta", "throttle", "heartbeat")
-MAX_WINDOW = 32
 
 
 class ConfigError(ValueError):
@@ -41,51 +34,6 @@ def _pos(x):
 
 def _int(x, lo, hi):
     return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
-
-
-def _num(x):
-    return not isinstance(x, bool) and isinstance(x, (int, float))
-
-
-def check_filters(steps):
-    """Raise ValueError naming the bad step unless `steps` is a valid filter list."""
-    if not isinstance(steps, list):
-        raise ValueError("filters must be a list of one-key maps")
-    for i in range(len(steps)):
-        s = steps[i]
-        if not isinstance(s, dict) or len(s) != 1:
-            raise ValueError("filter %d: must be a one-key map" % i)
-        op, arg = next(iter(s.items()))
-        if op not in _TRANSFORMS and op not in _GATES:
-            raise ValueError("filter %d: unknown step %r" % (i, op))
-        if op == "clamp":
-            ok = isinstance(arg, list) and len(arg) == 2 and _num(arg[0]) and _num(arg[1]) and arg[0] <= arg[1]
-        elif op in ("median", "avg", "round"):
-            ok = _num(arg) and int(arg) == arg and 0 <= arg <= MAX_WINDOW and (op == "round" or arg >= 1)
-        elif op in ("offset", "multiply"):
-            ok = _num(arg)
-        else:
-            ok = _num(arg) and arg > 0 or op == "delta" and arg == 0
-        if not ok:
-            raise ValueError("filter %d: bad argument for %s: %r" % (i, op, arg))
-    return steps
-
-
-def check_level(spec):
-    if not isinstance(spec, dict):
-        raise ValueError("prealarm must be a map")
-    kinds = [k for k in ("above", "below", "is") if k in spec]
-    if len(kinds) != 1:
-        raise ValueError("prealarm needs exactly one of above, below, is")
-    k = kinds[0]
-    if k != "is" and not _num(spec[k]) or not _num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
-        raise ValueError("prealarm %s and hyst must be numbers, hyst >= 0" % k)
-    for name in spec:
-        if name not in ("above", "below", "is", "hyst", "ev"):
-            raise ValueError("prealarm: unknown field %r" % name)
-    if not isinstance(spec.get("ev", ""), str):
-        raise ValueError("prealarm ev must be an event name")
-    return spec
 
 
 def check_device(d):
@@ -106,6 +54,7 @@ def check_device(d):
     ntp = d.get("ntp", [])
     _need(isinstance(ntp, list) and all(isinstance(h, str) for h in ntp), w, "ntp must be a list of hosts")
     _need(d.get("hal") in (None, "sim", "esp32"), w, "hal must be sim or esp32")
+    _need(_int(d.get("trial_s", 180), 5, 3600), w, "trial_s must be 5..3600")
     return d
 
 
@@ -201,79 +150,20 @@ def load():
     return d, s, p
 
 
-def _remove(name):
-    try:
-        os.remove(name)
-    except OSError:
-        pass
-
-
-def stage(cmd_id, device=None, profile=None):
-    """Check and swap in a new device and/or profile config for a trial boot. Raises ConfigError.
-    A cut at any point leaves either the old files, or a trial that the next boot rolls back."""
-    d, s, p = load()
-    d = check_device(device) if device is not None else d
-    p = check_profile(profile) if profile is not None else p
-    _need(p["name"] == d["profile"], DEVICE, "profile %r but profile.json is %r" % (d["profile"], p["name"]))
-    persist.save(DEVICE + ".new", d)
-    persist.save(PROFILE + ".new", p)
-    persist.save(TRIAL, {"id": cmd_id, "boots": 0, "files": [DEVICE, PROFILE]})
-    for name in (DEVICE, PROFILE):
-        os.rename(name, name + ".prev")
-        os.rename(name + ".new", name)
-
-
 def boot():
-    """The config to run: a trial booted twice without confirming, or one that does not load, is
+    """The config to run. A trial that booted twice without confirming, or that does not load, is
     rolled back to the files it replaced."""
-    t = persist.load(TRIAL)
+    t = persist.load(trial.TRIAL)
     if t is not None:
         t["boots"] += 1
         if t["boots"] > 1:
-            rollback("not confirmed after a boot")
+            trial.rollback("not confirmed after a boot")
         else:
-            persist.save(TRIAL, t)
+            persist.save(trial.TRIAL, t)
     try:
         return load()
     except ConfigError as e:
         print("config:", e)
-        if not rollback(str(e)):
+        if not trial.rollback(str(e)):
             raise
         return load()
-
-
-def rollback(reason):
-    """Put the .prev files back; the replacing command gets ok=false with the reason."""
-    t = persist.load(TRIAL)
-    if t is None:
-        return False
-    for name in t["files"]:
-        try:
-            os.rename(name + ".prev", name)
-        except OSError:
-            pass
-    persist.save(RESULT, {"id": t["id"], "ok": False, "res": "rolled back: " + reason})
-    _remove(TRIAL)
-    return True
-
-
-def confirm():
-    """Called once connected under the config: keep it, and record the result for the ack."""
-    t = persist.load(TRIAL)
-    if t is None:
-        return
-    persist.save(RESULT, {"id": t["id"], "ok": True, "res": "config applied"})
-    _remove(TRIAL)
-    for name in t["files"]:
-        _remove(name + ".prev")
-
-
-def take_result():
-    """The pending result of a replacement: (id, ok, res) or None. The caller removes RESULT once
-    the ack is out."""
-    r = persist.load(RESULT)
-    return None if r is None else (r["id"], r["ok"], r["res"])
-
-
-def save_profile(p):
-    persist.save(PROFILE, check_profile(p))

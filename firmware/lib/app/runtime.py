@@ -6,15 +6,16 @@ import os
 
 import asyncio
 import hal
-from app import drop, watchdog
+from app import drop, trial, watchdog
 from app.clock import Clock
 from protocol import message, topics
 
 FW = "0.1.0"
 STABLE_S = 60  # a boot that ran this long connected clears the crash-loop counter
-TRIAL_S = 180  # a trial config must reach the broker within this
+TRIAL_S = 180  # a trial config must reach the broker within this (device.json trial_s)
 SAFE_S = 600  # safe mode tries a normal boot again after this long connected
 NTP_S = 6 * 3600
+UNSYNCED_S = 60  # NTP retry while the time is still unknown
 INBOX = 4
 _UNITS = {"heap": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
 
@@ -36,6 +37,7 @@ class App:
         self.safe = safe
         self.secrets = s
         self.ntp = d.get("ntp", [])
+        self.trial_s = d.get("trial_s", TRIAL_S)
         self.prof = p["name"]
         self.sleep = p.get("sleep")
         self.wdt_ms = p.get("wdt_ms", 30000)
@@ -48,7 +50,7 @@ class App:
             self.topic[k] = topics.device(d["site"], self.dev, k)
         self.tags = p.get("tag", ())
         self.latest = {}
-        self.trial = _exists("trial.json")
+        self.trial = _exists(trial.TRIAL)
         self.connected_at = None
         self.clock_told = False
         self.inbox = []
@@ -133,8 +135,11 @@ class App:
             await self.got.wait()
             self.got.clear()
             while self.inbox:
-                await self._handle(self.inbox.pop(0))
-                drop("app.commands", "app.config")
+                try:
+                    await self._handle(self.inbox.pop(0))
+                except MemoryError:  # no room to load the handler now; the sender sees no ack and retries
+                    self.reject("no memory")
+                drop("app.commands", "app.checks")
 
     async def _handle(self, payload):
         from app import commands
@@ -174,17 +179,13 @@ class App:
         await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
             self.connected_at = self.clock.up_ms()
-        if self.trial or _exists("cfgack.json"):
-            from app import config
-
-            if self.trial:
-                config.confirm()
-                self.trial = False
-            done = config.take_result()
-            drop("app.config")
-            if done:
-                await self.ack(*done)
-                os.remove("cfgack.json")
+        if self.trial:
+            trial.confirm()
+            self.trial = False
+        done = trial.result()
+        if done:
+            await self.ack(*done)
+            trial.acked()
 
     def figures(self):
         """Health: free heap, Wi-Fi signal, battery, queue depth and drops, uptime."""
@@ -244,16 +245,14 @@ class App:
                 self.pub.flush()
             if tick % 5 == 0 and not self.board.online():
                 await self.board.connect(self.secrets)
-            if self.trial and up > TRIAL_S * 1000:
-                from app import config
-
-                config.rollback("no broker connection within %d s" % TRIAL_S)
+            if self.trial and up > self.trial_s * 1000:
+                trial.rollback("no broker connection within %d s" % self.trial_s)
                 self.board.reset()
             if self.connected_at is not None and up - self.connected_at > (SAFE_S if self.safe else STABLE_S) * 1000:
                 watchdog.stable(self.st)
                 if self.safe:
                     self.board.reset()
-            if self.mqtt.isconnected() and up - synced > NTP_S * 1000:
+            if self.mqtt.isconnected() and up - synced > (NTP_S if self.clock.epoch0_ms else UNSYNCED_S) * 1000:
                 synced = up
                 self.sync_clock()
             if not self.safe and up - health >= self.health_ms:
@@ -263,8 +262,11 @@ class App:
 
 
 def run(st, cfg):
-    board = hal.board(cfg[0])
+    """cfg: a list holding (device, secrets, profile); taken out so nothing keeps the parsed files."""
+    board = hal.board(cfg[0][0])
     safe = watchdog.safe_mode(st)
     if safe:
         print("safe mode: %d boots without a clean run" % st["crash"])
-    asyncio.run(App(board, st, cfg, safe).main())
+    app = App(board, st, cfg.pop(), safe)
+    gc.collect()
+    asyncio.run(app.main())

@@ -124,8 +124,8 @@ class Sensor:
         except Fault as f:
             self._fault(f.reason)
             return False
-        except OSError as e:  # a bus error (NACK, timeout) is a fault of this sensor, not of the node
-            self._fault("bus: %s" % e)
+        except Exception as e:  # noqa: BLE001 - a bus error or a driver bug is this sensor's fault, not the node's
+            self._fault("%s: %s" % (type(e).__name__, e))
             return False
         if self.fault is not None:
             self.fault = None
@@ -169,7 +169,7 @@ class Sensor:
                 if self.drv is not None:
                     try:
                         self.poll()
-                    except (Fault, OSError):
+                    except Exception:  # noqa: BLE001 - the next read reports a lasting fault
                         pass
             await asyncio.sleep_ms(wait)
             self.sample()

@@ -55,7 +55,7 @@ class Bus:
         return self._call("any")
 
     def read(self, n=-1):
-        d = self._call("rd", n)
+        d = self._call("rd", 96 if n < 0 or n > 96 else n)  # a datagram's worth; the rest stays for later
         return None if d is None else binascii.unhexlify(d)
 
     def value(self):
@@ -122,10 +122,11 @@ class Board:
         self._s.settimeout(0.5)
         self._idx = [s["name"] for s in persist.load("profile.json")["sensors"]]
         try:
-            self.call(["load"], 1)
+            r = self.call(["load"], 1)
         except OSError:
             os.system("%s -m hal.simworld >> .world.log 2>&1 &" % sys.executable)
-            self.call(["load"], 20)
+            r = self.call(["load"], 20)
+        self._flags(r)
         asyncio.open_connection = self._connect
 
     def call(self, req, tries=3):
@@ -173,6 +174,13 @@ class Board:
     def services(self):
         return (self._poll(),)
 
+    def _flags(self, r):
+        if r["net"] != self.net:
+            self.cuts += not r["net"]
+            self.net = r["net"]
+        self.ntp_ok = r["ntp"]
+        self.batt = r["batt"]
+
     async def _poll(self):
         """Network flags, battery and pin edges from the world, ten times a second."""
         last = [0] * len(self.pins)
@@ -184,11 +192,7 @@ class Board:
                 r = self.call(["poll", [self.pins[i].i for i in ready]])
             except OSError:
                 continue
-            if r["net"] != self.net:
-                self.cuts += not r["net"]
-                self.net = r["net"]
-            self.ntp_ok = r["ntp"]
-            self.batt = r["batt"]
+            self._flags(r)
             for k in range(len(ready)):
                 if r["edges"][k]:
                     last[ready[k]] = now

@@ -118,7 +118,7 @@ class World:
     def bus(self, req):
         if req[0] == "load":
             self.load()
-            return {}
+            req = ["poll", []]
         if req[0] == "poll":
             out = dict(self.flags)
             out["batt"] = self.value("batt")

@@ -1,0 +1,51 @@
+"""Checks of filter steps and pre-alarm levels (app/filters.py runs them), shared by the boot-time
+config check and the commands that change them; raise ValueError naming the bad step."""
+
+_TRANSFORMS = ("offset", "multiply", "round", "q", "clamp", "median", "avg")
+_GATES = ("delta", "throttle", "heartbeat")
+MAX_WINDOW = 32
+
+
+def num(x):
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def check_filters(steps):
+    """Raise ValueError naming the bad step unless `steps` is a valid filter list."""
+    if not isinstance(steps, list):
+        raise ValueError("filters must be a list of one-key maps")
+    for i in range(len(steps)):
+        s = steps[i]
+        if not isinstance(s, dict) or len(s) != 1:
+            raise ValueError("filter %d: must be a one-key map" % i)
+        op, arg = next(iter(s.items()))
+        if op not in _TRANSFORMS and op not in _GATES:
+            raise ValueError("filter %d: unknown step %r" % (i, op))
+        if op == "clamp":
+            ok = isinstance(arg, list) and len(arg) == 2 and num(arg[0]) and num(arg[1]) and arg[0] <= arg[1]
+        elif op in ("median", "avg", "round"):
+            ok = num(arg) and int(arg) == arg and 0 <= arg <= MAX_WINDOW and (op == "round" or arg >= 1)
+        elif op in ("offset", "multiply"):
+            ok = num(arg)
+        else:
+            ok = num(arg) and arg > 0 or op == "delta" and arg == 0
+        if not ok:
+            raise ValueError("filter %d: bad argument for %s: %r" % (i, op, arg))
+    return steps
+
+
+def check_level(spec):
+    if not isinstance(spec, dict):
+        raise ValueError("prealarm must be a map")
+    kinds = [k for k in ("above", "below", "is") if k in spec]
+    if len(kinds) != 1:
+        raise ValueError("prealarm needs exactly one of above, below, is")
+    k = kinds[0]
+    if k != "is" and not num(spec[k]) or not num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
+        raise ValueError("prealarm %s and hyst must be numbers, hyst >= 0" % k)
+    for name in spec:
+        if name not in ("above", "below", "is", "hyst", "ev"):
+            raise ValueError("prealarm: unknown field %r" % name)
+    if not isinstance(spec.get("ev", ""), str):
+        raise ValueError("prealarm ev must be an event name")
+    return spec

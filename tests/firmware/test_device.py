@@ -1,0 +1,335 @@
+"""The firmware as a whole: virtual devices (real MicroPython unix port, the real firmware compiled to
+.mpy, a flash directory per device) against a real Mosquitto, checked from the outside through what
+arrives on the broker, decoded with cbor2 and verified with the device key."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from vdev import FIRMWARE_HEAP, Listener, VirtualDevice, build_firmware, load_profile
+
+from lifeline.broker import Mosquitto
+from protocol import message, senml, topics
+
+SITE, DEV = "site-a", "dev-01"
+
+
+@pytest.fixture(scope="module")
+def mpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_firmware(tmp_path_factory.mktemp("mpy"))
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+def fast_gas(report_s: float = 2, batch: int = 16) -> dict[str, Any]:
+    """The gas profile with its schedule shortened so a test sees several cycles quickly."""
+    p = load_profile("gas")
+    p["report_s"] = report_s
+    p["batch"] = batch
+    ch4 = p["sensors"][0]
+    ch4["sample_s"], ch4["fast_s"] = 1, 0.25
+    ch4["metrics"]["ch4"]["filters"] = [{"q": 0.0625}, {"delta": 0.5}, {"heartbeat": 2}]
+    return p
+
+
+def readings(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [r for r in senml.resolve(list(body["e"])) if r["n"] == name]
+
+
+def seqs(listener: Listener) -> list[int]:
+    return [b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
+
+
+def send_command(broker: Mosquitto, dev: VirtualDevice, cmd_id: int, op: str, args: dict[str, Any]) -> None:
+    sealed = message.encode(message.command(dev.dev, cmd_id, op, args), dev.key)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    client.publish(topics.device(dev.site, dev.dev, topics.CMD), sealed, qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_boots_publishes_birth_then_verified_senml_cbor_packs(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0], [30, 8.0]],
+                                                                          "temp": [[0, 11.5]]}) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 3, 25), dev.console()
+        late = Listener(broker.port, SITE, DEV)  # joins after the birth: gets it as the retained state
+        assert late.wait(lambda m: any(x[0] == topics.STATE and x[3] for x in m), 5)
+        late.close()
+    listener.close()
+    assert not listener.errors
+    births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+    assert births, "no birth"
+    birth = births[0]
+    assert (birth["dev"], birth["boot"], birth["prof"], birth["rst"], birth["fw"]) == (DEV, 1, "gas", "power-on",
+                                                                                       birth["fw"])
+    assert birth["clk"] == message.CLK_EPOCH and abs(birth["t"] - time.time()) < 60
+    assert birth["heap"] > 0 and birth["qlen"] >= 0
+    kinds = [k for k, _, _, _ in listener.messages]
+    assert kinds.index(topics.STATE) < kinds.index(topics.DATA), "birth must come before data"
+    data = listener.of(topics.DATA)
+    for body in data:
+        recs = readings(body, "ch4")
+        assert recs and all(r["u"] == "%LEL" and 1.5 <= r["v"] <= 8.5 for r in recs)
+        assert body["pri"] == message.PRI_ROUTINE and body["clk"] == message.CLK_EPOCH
+        assert all(abs(r["t"] - time.time()) < 120 for r in recs)
+    got = seqs(listener)
+    assert got == list(range(birth["seq"], birth["seq"] + len(got))), got
+
+
+def test_prealarm_crossing_samples_faster_and_sends_at_once(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    p = fast_gas(report_s=30)  # routine packs would wait 30 s: anything sooner is an immediate send
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]}) as dev:
+        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
+        time.sleep(2)
+        assert dev.control(ramp={"ch4": [[3.0, 20.0]]})["ok"]
+        ramp_at = time.time()
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA and x[1]["pri"]]) >= 4, 15), \
+            dev.console()
+    listener.close()
+    events = [b for b in listener.of(topics.EVENT) if b["ev"] == "prealarm"]
+    assert len(events) == 1 and events[0]["pri"] == message.PRI_ALARM
+    crossing = readings(events[0], "ch4")[0]
+    assert crossing["v"] >= 10
+    # the crossing happens ~1.5 s into the 3 s ramp; the event is there long before the 30 s batch
+    assert crossing["t"] - ramp_at < 4
+    alarm = [r for b in listener.of(topics.DATA) if b["pri"] for r in readings(b, "ch4")]
+    times = sorted(r["t"] for r in alarm)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and max(gaps) <= 0.75, f"fast sampling is 0.25 s, routine 1 s: {gaps}"
+
+
+def test_broker_outage_buffers_in_flash_and_drains_every_seq_in_order(tmp_path: Path, mpy: Path,
+                                                                     broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV, persistent=True)
+    p = fast_gas(report_s=0.5, batch=2)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [60, 9.0]],
+                                                                "temp": [[0, 11.5]]}) as dev:
+        assert listener.wait(lambda m: len(seqs_of(m)) >= 3, 20), dev.console()
+        broker.stop()
+        time.sleep(1)
+        held = queue_bytes(dev)
+        time.sleep(7)
+        grown = queue_bytes(dev) - held
+        broker.start()
+        before = max(seqs(listener))
+        assert listener.wait(lambda m: max(seqs_of(m)) >= before + 12, 30), dev.console()
+    listener.close()
+    assert grown > 0, "the device kept sealing into flash during the outage"
+    got = seqs(listener)
+    unique: list[int] = []
+    for s in got:
+        if s not in unique:
+            unique.append(s)
+    assert unique == list(range(unique[0], unique[0] + len(unique))), unique
+    assert not listener.errors
+
+
+def queue_bytes(dev: VirtualDevice) -> int:
+    return sum(f.stat().st_size for f in (dev.flash / "q").iterdir() if f.name[0] in "ar")
+
+
+def seqs_of(m: list[tuple[str, dict[str, Any], bytes, bool]]) -> list[int]:
+    return [b["seq"] for k, b, _, _ in m if k in (topics.DATA, topics.EVENT)] or [0]
+
+
+def test_will_arrives_when_the_device_dies(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    dev = VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}).start()
+    try:
+        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
+    finally:
+        dev.stop()  # SIGKILL: no DISCONNECT, so the broker publishes the will
+    assert listener.wait(lambda m: any(x[0] == topics.STATE and x[1]["st"] == message.OFFLINE for x in m), 10)
+    listener.close()
+    death = next(b for b in listener.of(topics.STATE) if b["st"] == message.OFFLINE)
+    assert death["dev"] == DEV and death["boot"] == 1
+
+
+def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    p = fast_gas(report_s=600, batch=64)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [40, 12.0]]}) as dev:
+        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
+        time.sleep(3)
+        assert not listener.of(topics.DATA), "nothing is due before the 600 s report interval"
+        send_command(broker, dev, 41, "set_intervals", {"report_s": 1})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        acked = time.time()
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 3, 10), dev.console()
+        stored = dev.read("profile.json")
+    listener.close()
+    ack = listener.of(topics.ACK)[0]
+    assert (ack["id"], ack["ok"], ack["res"]["report_s"]) == (41, True, 1)
+    assert stored["report_s"] == 1, "the change is on flash and survives a reset"
+    assert time.time() - acked < 10
+
+
+def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+                       {"ch4": [[0, 2.0], [60, 9.0]]}) as dev:
+        for boot in (1, 2):
+            assert listener.wait(lambda m, b=boot: any(x[1].get("boot") == b and x[0] == topics.DATA
+                                                       for x in m), 20), dev.console()
+            time.sleep(1.5)
+            dev.kill()
+        assert listener.wait(lambda m: any(x[1].get("boot") == 3 and x[0] == topics.DATA for x in m), 20)
+        time.sleep(2)
+    listener.close()
+    births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+    assert [b["boot"] for b in births] == [1, 2, 3]
+    sent = [(b["boot"], b["seq"]) for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
+    unique = sorted({s for _, s in sent})
+    assert unique == list(range(unique[0], unique[-1] + 1)), "a seq is never skipped"
+    for birth in births[1:]:
+        # a birth announces the seq right after the last one issued before the cut
+        earlier = [s for boot, s in sent if boot < birth["boot"]]
+        assert birth["seq"] == max(earlier) + 1, (birth, earlier)
+
+
+def online_births(listener: Listener) -> list[dict[str, Any]]:
+    return [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+
+
+def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, mpy: Path,
+                                                               broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+                       {"ch4": [[0, 2.0]]}) as dev:
+        for boot in (1, 2, 3):  # each boot dies young, before it has run cleanly for a minute
+            assert listener.wait(lambda m, b=boot: len(online_births(listener)) >= b, 20), dev.console()
+            dev.kill()
+        assert listener.wait(lambda m: len(online_births(listener)) >= 4, 20), dev.console()
+        safe = online_births(listener)[3]
+        time.sleep(3)
+        send_command(broker, dev, 7, "set_intervals", {"report_s": 5})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        send_command(broker, dev, 8, "reboot", {})
+        assert listener.wait(lambda m: any(x[1].get("boot") == 5 and x[0] == topics.DATA for x in m), 20)
+    listener.close()
+    assert safe["boot"] == 4 and safe.get("safe") is True
+    assert not [b for b in listener.of(topics.DATA) if b["boot"] == 4], "safe mode does not sample"
+    acks = {a["id"]: a for a in listener.of(topics.ACK)}
+    assert (acks[7]["ok"], acks[7]["res"]) == (False, "safe mode")
+    assert acks[8]["ok"] is True
+    normal = online_births(listener)[4]
+    assert normal["rst"] == "soft" and "safe" not in normal
+
+
+def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    p = fast_gas()
+    p["wdt_ms"] = 3000
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        hung = time.monotonic()
+        assert dev.control(hang=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 20), dev.console()
+        took = time.monotonic() - hung
+        exits = list(dev.exits)
+    listener.close()
+    assert exits[:1] == [-14], "the watchdog ends the process with SIGALRM"  # docs/firmware.md
+    assert online_births(listener)[1]["rst"] == "wdt"
+    assert took > 3, "not before the watchdog's timeout"
+
+
+def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        good = dev.read("profile.json")
+        good["report_s"] = 7
+        send_command(broker, dev, 100, "config", {"profile": good})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 100 for x in m), 20), dev.console()
+        device = dev.read("device.json")
+        device["broker"]["port"] = 1  # nothing listens there: the trial cannot connect
+        device["trial_s"] = 5
+        send_command(broker, dev, 101, "config", {"device": device})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 101 for x in m), 40), dev.console()
+        bad = dev.read("profile.json")
+        bad["sensors"][0]["driver"] = "no-such-driver"
+        send_command(broker, dev, 102, "config", {"profile": bad})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 102 for x in m), 20), dev.console()
+        final_profile, final_device = dev.read("profile.json"), dev.read("device.json")
+    listener.close()
+    acks = {a["id"]: a for a in listener.of(topics.ACK)}
+    assert (acks[100]["ok"], acks[100]["res"]) == (True, "config applied")
+    assert acks[101]["ok"] is False and "no broker connection" in acks[101]["res"]
+    assert acks[102]["ok"] is False and "driver" in acks[102]["res"]
+    assert final_profile["report_s"] == 7 and final_device["broker"]["port"] == broker.port
+    assert not list(dev.flash.glob("*.prev")) and not (dev.flash / "trial.json").exists()
+
+
+def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Path, mpy: Path,
+                                                                  broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=1), broker.port, {"ch4": [[0, 2.0], [30, 9.0]]},
+                       ntp=False) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 2, 20), dev.console()
+        assert dev.control(ntp=True)["ok"]
+        time.sleep(0.5)  # the device polls its world every 100 ms
+        synced = time.time()
+        send_command(broker, dev, 5, "sync_time", {})
+        assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "clock" for x in m), 10)
+        assert listener.wait(lambda m: any(x[0] == topics.DATA and x[1]["clk"] == 0 for x in m), 10)
+    listener.close()
+    data = listener.of(topics.DATA)
+    early = [b for b in data if b["clk"] == message.CLK_BOOT]
+    assert early and all(r["t"] < 100 for b in early for r in readings(b, "ch4")), "seconds since boot"
+    boot_t = readings(next(b for b in listener.of(topics.EVENT) if b["ev"] == "clock"), "boot_t")[0]["v"]
+    assert abs(boot_t - (synced - 30)) < 40, "the epoch of boot, to correct the early packs with"
+    late = [r for b in data if b["clk"] == message.CLK_EPOCH for r in readings(b, "ch4")]
+    assert late and all(abs(r["t"] - time.time()) < 60 for r in late)
+    ack = listener.of(topics.ACK)[0]
+    assert ack["ok"] and ack["res"]["clk"] == message.CLK_EPOCH
+
+
+@pytest.mark.parametrize("profile", ["gas", "water", "drainage", "bridge", "rain", "drone"])
+def test_profile_runs_within_the_heap(profile: str, tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """Every profile with its real drivers, sped up, for a bounded run without MemoryError."""
+    p = load_profile(profile)
+    for s in p["sensors"]:
+        s["sample_s"] = min(s["sample_s"], 2)
+    p["report_s"] = 3
+    p["health_s"] = 5
+    if p.get("sleep"):
+        p["sleep"]["wake_s"] = 2
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, STIMULUS[profile], heap=FIRMWARE_HEAP) as dev:
+        time.sleep(RUN_S)
+        console = dev.console()
+        exits = list(dev.exits)
+    listener.close()
+    assert "MemoryError" not in console and "Traceback" not in console, console[-3000:]
+    allowed = {4} if p.get("sleep") else set()
+    assert set(exits) <= allowed, (exits, console[-2000:])
+    assert listener.of(topics.DATA) or listener.of(topics.EVENT), console[-2000:]
+    heaps = [b["heap"] for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+    assert heaps and min(heaps) > 0
+
+
+RUN_S = 15
+STIMULUS: dict[str, dict[str, list[list[Any]]]] = {
+    "gas": {"ch4": [[0, 1.0], [6, 14.0], [12, 3.0]], "temp": [[0, 12.0]]},
+    "water": {"pressure": [[0, 420000], [8, 180000]]},
+    "drainage": {"level": [[0, 0.4], [10, 2.4]], "cover": [[0, False], [6, True]]},
+    "bridge": {"tilt_x": [[0, 0.001], [10, 0.03]], "tilt_y": [[0, 0.002]], "vib": [[0, 0.1], [8, 3.0]]},
+    "rain": {"rain_rate": [[0, 400.0]]},
+    "drone": {"lat": [[0, 31.2304], [15, 31.2404]], "lon": [[0, 121.4737]], "alt": [[0, 80.0]], "fix": [[0, 1]],
+              "ch4": [[0, 1.0], [8, 14.0]]},
+}
