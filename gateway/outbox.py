@@ -225,6 +225,11 @@ class Outbox:
         reader.execute("PRAGMA query_only=1")
         return reader
 
+    def close(self) -> None:
+        """Close the reader connection (the shared one belongs to the caller)."""
+        if self._reader is not self.conn:
+            self._reader.close()
+
     # --- writing (inside the ingest's transaction; never commits) ---------------------------------------
 
     def put_alarm(self, body: Mapping[str, Any], now: float | None = None) -> int:
