@@ -77,8 +77,6 @@ class Item:
     id: int
     lane: int
     kind: str
-    t: float
-    msgs: int
     thinned: bool
     body: bytes
 
@@ -206,7 +204,7 @@ class Outbox:
         # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
         self.alarm_event = asyncio.Event()
         self.ready_event = asyncio.Event()
-        self._leased: dict[int, int] = {}  # row id -> lane, published and not yet PUBACKed
+        self._leased: set[int] = set()  # row ids published and not yet PUBACKed
         self._acked: set[int] = set()  # PUBACKed, delete pending until the connection is idle
         self._cursor = [0, 0, 0]  # per lane: highest id leased since the last release_all
         self._thin_floor = 0  # every raw telemetry row at or below this id was thinned or was in flight
@@ -298,21 +296,22 @@ class Outbox:
         if not self._readable() or limit <= 0:
             return []
         rows = self._reader.execute(
-            "SELECT id, kind, t, msgs, thinned, body FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, thinned, body FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit)).fetchall()
         items = []
-        for rid, kind, t, msgs, thinned, body in rows:
+        for rid, kind, thinned, body in rows:
             self._cursor[lane] = rid
             if rid in self._acked:
                 continue
-            self._leased[rid] = lane
-            items.append(Item(rid, lane, kind, t, msgs, bool(thinned), body))
+            self._leased.add(rid)
+            items.append(Item(rid, lane, kind, bool(thinned), body))
         return items
 
     def ack(self, ids: Iterable[int]) -> None:
         """The district broker PUBACKed these rows: delete them (now if the connection is idle, else later)."""
         for rid in ids:
-            if self._leased.pop(rid, None) is not None:
+            if rid in self._leased:
+                self._leased.discard(rid)
                 self._acked.add(rid)
         self.flush_acks()
 
@@ -342,9 +341,6 @@ class Outbox:
         self._cursor = [0, 0, 0]
         self.alarm_event.set()
         self.ready_event.set()
-
-    def in_flight(self, lane: int | None = None) -> int:
-        return sum(1 for ln in self._leased.values() if lane is None or ln == lane)
 
     # --- metrics --------------------------------------------------------------------------------------------
 
