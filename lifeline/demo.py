@@ -16,7 +16,6 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config as gateway_config
 from gateway import siteauth
+from gateway.rules import default_ruleset
+from hil_tests import stimulus
 from hil_tests.virtual import VirtualDevice
 from lifeline import demo_report, demo_site, flash, upy
 from lifeline.broker import Mosquitto, free_port
@@ -44,10 +45,14 @@ from protocol import topics
 DEPLOY = upy.ROOT / "deploy" / "mosquitto"
 PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline flash` writes per device
 DISTRICT_USER = "district"
+# The MicroPython heap of each virtual device. The target board's is 64K (upy.DEVICE_HEAP), but on the 64-bit
+# unix port every object and pointer is about twice its ESP32 size, and the firmware's imported code alone
+# needs more than 64K there (docs/firmware.md, "Memory"); the bridge and drone profiles need more than 128K.
+DEVICE_HEAP = "192K"
 ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
 TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
 FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
-DATAGRAM_MAX = 900  # the sim world reads control datagrams into 1024 bytes
+DATAGRAM_MAX = 900  # the sim world reads control datagrams into 1024 bytes; SimStimulus adds a little
 # The first metric of each class shown in the live view, with its display scale and unit.
 SHOWN = {"gas": ("ch4", 1.0, "%LEL"), "water": ("pressure", 1e-3, "kPa"), "drainage": ("level", 1.0, "m"),
          "bridge": ("tilt_x", 1e3, "mrad"), "rain": ("rain_rate", 1.0, "mm/h"), "drone": ("ch4", 1.0, "%LEL")}
@@ -92,9 +97,26 @@ def _hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
 # ------------------------------------------------------------------------------------------ site.toml
 
 
+def stale_intervals(site: Site, devices: list[Device]) -> dict[str, float]:
+    """Per class with a stale rule: the quiet interval of the profile flashed on its devices."""
+    shipped = default_ruleset()
+    out = {}
+    for cls in sorted({d.cls for d in devices}):
+        rules = shipped.classes.get(cls)
+        if rules is not None and rules.stale is not None:
+            out[cls] = demo_site.quiet_interval(site.profile(cls, _shipped_profile(cls)))
+    return out
+
+
+def _shipped_profile(cls: str) -> dict[str, Any]:
+    profile: dict[str, Any] = json.loads((upy.FIRMWARE / "profiles" / f"{cls}.json").read_text())
+    return profile
+
+
 def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping[str, bytes],
                     site_port: int, district_port: int, gateway_password: str, metrics_port: int) -> Path:
-    """The gateway's config for this run: shipped rule sets, no override, the seed's risk points."""
+    """The gateway's config for this run: the shipped rule sets, whose stale intervals are set to the
+    flashed profiles' (docs/rules.md: they must match), and the seed's risk points."""
     lines = [
         "# Written by `lifeline demo` for one run; keys are fresh each run.",
         f'[site]\nid = "{site.id}"\n',
@@ -106,6 +128,8 @@ def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping
         "[uplink]\nbatch_max_delay_ms = 200\n",
         f'[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n',
     ]
+    for cls, interval in stale_intervals(site, devices).items():
+        lines.append(f"[rules.overrides.{cls}.stale]\ninterval_s = {interval:g}\n")
     for rp in site.risk_points.values():
         lines.append(f'[[risk_points]]\nid = "{rp.id}"\nclass = "{rp.cls}"\nlat = {rp.lat}\nlon = {rp.lon}\n'
                      f"radius_m = {rp.radius_m}\n")
@@ -117,21 +141,6 @@ def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping
 
 
 # ------------------------------------------------------------------------------------------ devices
-
-
-def _udp_pair() -> int:
-    """A port N with N and N+1 free for UDP on loopback: a virtual device's control port and its bus."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port: int = a.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise DemoError("no pair of free UDP ports on 127.0.0.1")
 
 
 def firmware_image(target: Path, site_id: str) -> Path:
@@ -157,33 +166,18 @@ class Node:
     board: VirtualDevice | None = None
 
 
-def provision(image: Path, flash_dir: Path, dev: Device, site_id: str, key: bytes, password: str,
+def provision(image: Path, flash_dir: Path, dev: Device, site: Site, key: bytes, password: str,
               broker_port: int, control_port: int) -> Node:
     """A device's flash directory (docs/firmware.md), plus sim.json: its control port and quiet readings."""
     shutil.copytree(image, flash_dir)
-    p = flash.Provision(dev.id, site_id, dev.cls, "127.0.0.1", broker_port, key, mqtt_user=dev.id,
+    p = flash.Provision(dev.id, site.id, dev.cls, "127.0.0.1", broker_port, key, mqtt_user=dev.id,
                         mqtt_password=password, wifi_ssid="demo", wifi_password="demo")
-    profile = json.loads((upy.FIRMWARE / "profiles" / f"{dev.cls}.json").read_text())
-    sim = {"control_port": control_port, "stimulus": {ch: [[0, v]] for ch, v in dev.baseline.items()}}
+    profile = site.profile(dev.cls, _shipped_profile(dev.cls))
+    sim = stimulus.sim_config(control_port, {ch: [[0, v]] for ch, v in dev.baseline.items()})
     for name, content in zip(PER_DEVICE, (profile, p.device_json(), p.secrets_json()), strict=True):
         (flash_dir / name).write_text(json.dumps(content, separators=(",", ":")))
     (flash_dir / "sim.json").write_text(json.dumps(sim))
     return Node(dev, flash_dir, control_port)
-
-
-def control(port: int, msg: Mapping[str, Any], timeout: float = 1.0, tries: int = 3) -> bool:
-    """One control datagram to a device's sim world, waiting for its {"ok": true}."""
-    data = json.dumps(msg, separators=(",", ":")).encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        for _ in range(tries):
-            s.sendto(data, ("127.0.0.1", port))
-            try:
-                reply = json.loads(s.recv(1024))
-            except (TimeoutError, ValueError):
-                continue
-            return bool(reply.get("ok"))
-    return False
 
 
 # ------------------------------------------------------------------------------------------ the script
@@ -191,11 +185,12 @@ def control(port: int, msg: Mapping[str, Any], timeout: float = 1.0, tries: int 
 
 @dataclass(order=True)
 class Send:
-    """One ramp datagram due at `at` seconds of script time."""
+    """One ramp, due at `at` seconds of script time: (seconds from then, value) points for one channel."""
 
     at: float
     dev: str = field(compare=False)
-    msg: dict[str, Any] = field(compare=False)
+    channel: str = field(compare=False)
+    points: list[tuple[float, float]] = field(compare=False)
 
 
 def schedule(site: Site, quick: bool, running: set[str]) -> list[Send]:
@@ -214,15 +209,15 @@ def schedule(site: Site, quick: bool, running: set[str]) -> list[Send]:
                 i = 0
                 while True:
                     t_i = pts[i][0]
-                    piece: list[list[Any]] = [[0, pts[i][1]]]
+                    piece = [(0.0, float(pts[i][1]))]
                     j = i + 1
                     while j < len(pts):
-                        piece.append([round(pts[j][0] - t_i, 6), pts[j][1]])
+                        piece.append((round(pts[j][0] - t_i, 6), float(pts[j][1])))
                         if len(piece) > 2 and len(json.dumps({"ramp": {ch: piece}})) > DATAGRAM_MAX:
                             piece.pop()
                             break
                         j += 1
-                    sends.append(Send(start + t_i, dev, {"ramp": {ch: piece}}))
+                    sends.append(Send(start + t_i, dev, ch, piece))
                     if j >= len(pts):
                         break
                     i = j - 1
@@ -230,12 +225,13 @@ def schedule(site: Site, quick: bool, running: set[str]) -> list[Send]:
 
 
 class Player(threading.Thread):
-    """Sends the scheduled ramps on time (script time 0 = `t0`, Unix seconds)."""
+    """Sends the scheduled ramps on time (script time 0 = `t0`, Unix seconds) through the bench's stimulus
+    interface to each device's sim world."""
 
     def __init__(self, sends: list[Send], ports: Mapping[str, int], t0: float, on_error: Any) -> None:
         super().__init__(name="demo-player", daemon=True)
         self.sends = sends
-        self.ports = ports
+        self.rigs = {dev: stimulus.SimStimulus(port, timeout_s=3.0) for dev, port in ports.items()}
         self.t0 = t0
         self.on_error = on_error
         self.stop = threading.Event()
@@ -245,8 +241,10 @@ class Player(threading.Thread):
             delay = self.t0 + s.at - time.time()
             if delay > 0 and self.stop.wait(delay):
                 return
-            if not control(self.ports[s.dev], s.msg):
-                self.on_error(f"{s.dev}: the sim control port did not confirm a ramp at t={s.at:.1f}s")
+            try:
+                self.rigs[s.dev].ramp(s.channel, s.points)
+            except stimulus.StimulusError as exc:
+                self.on_error(f"{s.dev}: {exc}")
 
 
 # ------------------------------------------------------------------------------------------ the district
@@ -520,7 +518,11 @@ class Demo:
         self.say(f"brokers up: site on {ports['site']}, district on {ports['district']}")
 
         self.recorder = Recorder("127.0.0.1", ports["district"], district_pw, site.id, self._on_entry)
+        # Leaving: the gateway drains and stops first, then the recorder, then the devices (whose wills
+        # would otherwise raise stale alarms on the way out), then the brokers.
+        stack.callback(self._stop_devices)
         stack.callback(self.recorder.close)
+        stack.callback(self._stop_gateway)
         if not self.recorder.connected.wait(10):
             raise DemoError("the district recorder could not connect to the district broker")
 
@@ -528,12 +530,12 @@ class Demo:
 
         image = firmware_image(self.work / "image", site.id)
         for d in self.devices:
-            self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, site.id, keys[d.id], passwords[d.id],
-                                         ports["site"], _udp_pair())
-        stack.callback(self._stop_devices)
-        self.say(f"powering on {len(self.nodes)} virtual devices (MicroPython unix port, heap {upy.DEVICE_HEAP})")
+            self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, site, keys[d.id], passwords[d.id],
+                                         ports["site"], stimulus.free_udp_pair())
+        self.say(f"powering on {len(self.nodes)} virtual devices (MicroPython unix port, heap {self.args.heap})")
         for node in self.nodes.values():
-            node.board = VirtualDevice(node.flash, node.dev.id, console_log=self.logs / f"{node.dev.id}.console.log")
+            node.board = VirtualDevice(node.flash, node.dev.id, heap=self.args.heap,
+                                       console_log=self.logs / f"{node.dev.id}.console.log")
             node.board.power_on()
             time.sleep(0.15)  # a staggered start spreads the interpreters' start-up over the cores
 
@@ -543,7 +545,6 @@ class Demo:
         self.gateway = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "gateway", "--config", str(toml)],
                                         stdout=log, stderr=log, cwd=upy.ROOT, start_new_session=True,
                                         env={**upy.environment(), "PYTHONUNBUFFERED": "1"})
-        stack.callback(self._stop_gateway)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.gateway.poll() is not None:
@@ -574,8 +575,9 @@ class Demo:
         for node in self.nodes.values():
             if node.board is not None:
                 node.board.close()
-        for node in self.nodes.values():
-            control(node.control_port, {"quit": True}, timeout=0.2, tries=1)  # its sim world
+        for node in self.nodes.values():  # and its sim world, which would otherwise idle on for a while
+            with contextlib.suppress(stimulus.StimulusError):
+                stimulus.SimStimulus(node.control_port, timeout_s=0.3).send({"quit": True})
 
     # running
 
@@ -687,6 +689,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the plot, summary and district record go (default out/demo)")
     parser.add_argument("--seed", type=Path, default=demo_site.SEED, help="site and incident (seeds/demo_site.toml)")
+    parser.add_argument("--heap", default=DEVICE_HEAP, help=f"MicroPython heap per device (default {DEVICE_HEAP})")
     live = parser.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
                       help="live terminal view (the default on a terminal)")

@@ -24,6 +24,7 @@ from protocol import senml, topics
 
 # Colours of the four warning levels as drawn (gold reads better than pure yellow on white).
 LEVEL_COLOURS = {"blue": "#1f6fd1", "yellow": "#e0b000", "orange": "#f07800", "red": "#d11f1f"}
+TEXT_COLOURS = {**LEVEL_COLOURS, "yellow": "#a07c00"}  # darker gold: readable as text on white
 
 
 def _jsonable(value: Any) -> Any:
@@ -351,26 +352,34 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
     cls = site.risk_points[p.point].cls if p.point else dev.cls
     subject = p.point or p.dev
     start = inc.start(quick)
-    samples = [s for s in series.get((p.dev, p.metric), []) if start - 15 <= s.t - t0 <= start + inc.duration + 20]
+    lo, hi = start - 10, start + inc.duration + 15
+    every = series.get((p.dev, p.metric), [])
+    samples = [s for s in every if lo <= s.t - t0 <= hi]
+    before = [s for s in every if s.t - t0 < lo]
     xs = [s.t - t0 for s in samples]
     ys = [s.value * scale for s in samples]
-    ax.plot(xs, ys, "-", color="#333333", lw=1.2, marker=".", ms=4, label=f"{p.dev} {p.metric}", zorder=3)
+    # A device sends a value when it changes enough (or on its heartbeat), so a reading holds until the next:
+    # drawn as steps, entering the panel at the last value sent before it.
+    line_x = ([lo] if before else []) + xs
+    line_y = ([before[-1].value * scale] if before else []) + ys
+    ax.plot(line_x, line_y, "-", drawstyle="steps-post", color="#333333", lw=1.2, zorder=3)
+    ax.plot(xs, ys, ".", color="#333333", ms=4, zorder=3)
     bands = _bands(ruleset, p.rule, cls, subject, p.metric)
     rule_dir = _direction(ruleset, cls, subject, p.metric)
-    top = max([*ys, *(v * scale for _, v, _ in bands)], default=1.0) * 1.12
+    top = max([*line_y, *(v * scale for _, v, _ in bands)], default=1.0) * 1.12
     bottom = 0.0
     for i, (lv, value, _clear) in enumerate(bands):
         if rule_dir == "below":  # bands hang from each level down to the next (lower) one
-            lo = bands[i + 1][1] * scale if i + 1 < len(bands) else bottom
-            ax.axhspan(lo, value * scale, color=LEVEL_COLOURS[lv], alpha=0.13, lw=0)
+            floor = bands[i + 1][1] * scale if i + 1 < len(bands) else bottom
+            ax.axhspan(floor, value * scale, color=LEVEL_COLOURS[lv], alpha=0.13, lw=0)
         else:
-            hi = bands[i + 1][1] * scale if i + 1 < len(bands) else top
-            ax.axhspan(value * scale, hi, color=LEVEL_COLOURS[lv], alpha=0.13, lw=0)
+            ceiling = bands[i + 1][1] * scale if i + 1 < len(bands) else top
+            ax.axhspan(value * scale, ceiling, color=LEVEL_COLOURS[lv], alpha=0.13, lw=0)
         ax.axhline(value * scale, color=LEVEL_COLOURS[lv], lw=0.8, alpha=0.7)
         ax.text(0.995, value * scale, f"{lv} {value * scale:g} ", transform=ax.get_yaxis_transform(),
-                color=LEVEL_COLOURS[lv], fontsize=8, ha="right", va="bottom")
+                color=TEXT_COLOURS[lv], fontsize=8, ha="right", va="bottom")
     ax.set_ylim(bottom, top)
-    ax.set_xlim(start - 10, start + inc.duration + 15)
+    ax.set_xlim(lo, hi)
     placed: list[tuple[float, float]] = []
     mine = [e for e in alarms if (e.body.get("point") == p.point if p.point else
                                   (e.body.get("dev") == p.dev and e.body.get("point") is None))
@@ -392,11 +401,12 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
         label = ("clear" if ev == "cleared" else str(b.get("level"))) + (" (rate)" if b.get("kind") == "rate" else "")
         dy = _free_offset(ax, placed, x, y, ev == "de-escalated")
         ax.annotate(label + latency, (x, y), xytext=(5, dy), textcoords="offset points", fontsize=7.5,
-                    color=colour, zorder=6,
+                    color=TEXT_COLOURS.get(str(b.get("level") or b.get("prev")), "k"), zorder=6,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
                     arrowprops=dict(arrowstyle="-", lw=0.5, color=colour) if abs(dy) > 15 else None)
     if p.rain and (p.rain, "rain_rate") in series:
         twin = ax.twinx()
-        rain = series[(p.rain, "rain_rate")]
+        rain = [r for r in series[(p.rain, "rain_rate")] if lo <= r.t - t0 <= hi]
         twin.fill_between([s.t - t0 for s in rain], [s.value for s in rain], step="post", color="#5b8cc0",
                           alpha=0.25, lw=0)
         twin.set_ylabel(f"{p.rain} rain_rate (mm/h)", color="#3a6ea5", fontsize=9)
@@ -404,6 +414,7 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
         twin.tick_params(axis="y", labelsize=8, colors="#3a6ea5")
     if p.point:
         _distance_axis(ax, site, p.dev, p.point, series, t0)
+    ax.set_xlim(lo, hi)  # again: a twin axis autoscales the shared x axis
     ax.set_title(f"{inc.title}: {p.dev} ({dev.where}), judged by {p.rule}"
                  + (f" over {p.point}" if p.point else ""), fontsize=10, loc="left")
     ax.set_ylabel(f"{p.metric} ({unit})", fontsize=9)
@@ -415,11 +426,12 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
 def _free_offset(ax: Any, placed: list[tuple[float, float]], x: float, y: float, below: bool) -> float:
     """A vertical label offset (points) that keeps this label off the ones already placed near it."""
     px, py = ax.transData.transform((x, y))
-    steps = (-13, -25, -37, 8, 20) if below else (8, 20, 32, 44, -13, -25)
+    per_pt = ax.figure.dpi / 72.0
+    steps = (-14, -26, -38, 8, 20) if below else (8, 20, 32, 44, -14, -26)
     for dy in steps:
-        if all(abs(px - qx) > 75 or abs(py + dy - qy) > 11 for qx, qy in placed):
+        if all(abs(px - qx) > 80 or abs(py + dy * per_pt - qy) > 12 * per_pt for qx, qy in placed):
             break
-    placed.append((px, py + dy))
+    placed.append((px, py + dy * per_pt))
     return dy
 
 

@@ -8,6 +8,7 @@ the part start times for a full or a quick run. Errors name the field, as the ga
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -99,12 +100,25 @@ class Site:
     risk_points: Mapping[str, RiskPoint]
     incidents: tuple[Incident, ...]
     path: Path = field(compare=False)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # class -> time-compression changes
 
     def select(self, quick: bool) -> list[Device]:
         return [d for d in self.devices.values() if d.quick or not quick]
 
     def script_length(self, quick: bool) -> float:
         return max(i.start(quick) + i.duration for i in self.incidents)
+
+    def profile(self, cls: str, shipped: Mapping[str, Any]) -> dict[str, Any]:
+        """The shipped profile of a class with the seed's changes: keys replaced, `sensors` merged by name."""
+        out: dict[str, Any] = json.loads(json.dumps(shipped))
+        changes = dict(self.profiles.get(cls, {}))
+        for key in changes.pop("drop", []):
+            out.pop(key, None)
+        by_name = changes.pop("sensors", {})
+        for sensor in out.get("sensors", []):
+            sensor.update(by_name.get(sensor["name"], {}))
+        out.update(changes)
+        return out
 
 
 def _need(cond: bool, where: str, why: str) -> None:
@@ -150,6 +164,21 @@ def _position(value: Any, where: str) -> tuple[float, float]:
     lat, lon = _num(value[0], where), _num(value[1], where)
     _need(-90 <= lat <= 90 and -180 <= lon <= 180, where, "is not a position in degrees")
     return lat, lon
+
+
+def quiet_interval(profile: Mapping[str, Any]) -> float:
+    """The longest a healthy device of this profile stays silent with steady readings: each metric is sent
+    at least every heartbeat when a delta filter holds it back, else every sample; a reading may then wait
+    up to report_s in the device's batch (unless the batch is a single reading). The gateway's stale rule
+    takes this as its interval."""
+    silence = math.inf
+    for sensor in profile.get("sensors", []):
+        for spec in sensor.get("metrics", {}).values():
+            filters = {k: v for f in spec.get("filters", []) for k, v in f.items()}
+            bound = filters.get("heartbeat", math.inf) if "delta" in filters else sensor["sample_s"]
+            silence = min(silence, float(bound))
+    batched = profile.get("batch", 16) > 1  # the firmware's default batch (app/runtime.py)
+    return max(silence, float(profile.get("report_s", 0)) if batched else 0.0)
 
 
 def patrol_ramps(patrol: Mapping[str, Any], points: Mapping[str, RiskPoint], where: str) -> dict[str, Points]:
@@ -247,7 +276,13 @@ def load(path: Path = SEED) -> Site:
                                   _num(inc.get("quick_at", inc.get("at", 0)), w + ".quick_at"), panel, stim,
                                   tuple(expects)))
     _need(bool(incidents), "incidents", "the seed has no incident")
+    profiles = data.get("profiles", {})
+    for cls, changes in profiles.items():
+        _need(cls in DEVICE_CLASSES and isinstance(changes, dict), f"profiles.{cls}",
+              "must be a table named after a device class")
+        _need(isinstance(changes.get("drop", []), list), f"profiles.{cls}.drop", "must be a list of keys")
+        _need(isinstance(changes.get("sensors", {}), dict), f"profiles.{cls}.sensors", "must be a table by name")
     for inc in incidents:  # a quick run must still be able to see every expected alarm
         for dev_id in [e.subject for e in inc.expect if not e.point] + [inc.panel.dev]:
             _need(devices[dev_id].quick, f"incident {inc.id}", f"device {dev_id} is expected but not quick")
-    return Site(site_id, str(site.get("name", site_id)), devices, points, tuple(incidents), path)
+    return Site(site_id, str(site.get("name", site_id)), devices, points, tuple(incidents), path, profiles)
