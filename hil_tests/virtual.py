@@ -7,9 +7,13 @@ would open /dev/ttyUSB0. Output produced while no host has the port open is drop
 so a long-running device never stalls on a full buffer and a later connection never reads stale bytes.
 
 The board powers up like MicroPython on a chip: boot.py, then main.py, then the REPL, all in the flash
-directory (its cwd). Any exit of the interpreter (a soft reset with Ctrl-D at the REPL, machine.reset() in
-the sim backend, a crash) is a reset, and the board boots again; only `power_off()` keeps it down.
-The unix port has no soft reset, so mpremote must use `resume` (no Ctrl-D on connect).
+directory (its cwd). Any exit of the interpreter (Ctrl-D at the REPL, machine.reset() in the sim backend,
+a crash) is a reset, and the board boots again; only `power_off()` keeps it down.
+
+The unix port has no soft reset: Ctrl-D in its raw REPL just ends the process. The bridge notices that
+request (a lone Ctrl-D at the raw REPL prompt) and makes the next boot what a board's soft reset in raw
+REPL mode is: "soft reboot", boot.py only, a fresh heap, back at the raw REPL. So mpremote works both
+with `resume` and without it, and a flasher gets a clean heap instead of one full of a stopped firmware.
 """
 
 from __future__ import annotations
@@ -32,21 +36,21 @@ from types import TracebackType
 
 from lifeline import upy
 
-# What a board's startup does (pyexec of boot.py, then main.py, in one __main__ namespace; an error is
-# printed and the board falls through to the REPL, which `-i` provides).
-STARTUP = """\
-import sys
-for _f in ('boot.py', 'main.py'):
-    try:
-        _s = open(_f).read()
-    except OSError:
-        continue
-    try:
-        exec(_s)
-    except (Exception, KeyboardInterrupt) as _e:
-        sys.print_exception(_e)
-    _s = None
-"""
+
+def _startup(files: tuple[str, ...], banner: str = "") -> str:
+    """What a board's startup does: pyexec of each file in one __main__ namespace; an error is printed and
+    the board goes on (to the REPL in the end, which `-i` provides)."""
+    return (f"import sys\nsys.stdout.write({banner!r})\nfor _f in {files!r}:\n"
+            "    try:\n        _s = open(_f).read()\n    except OSError:\n        continue\n"
+            "    try:\n        exec(_s)\n    except (Exception, KeyboardInterrupt) as _e:\n"
+            "        sys.print_exception(_e)\n    _s = None\n")
+
+
+STARTUP = _startup(("boot.py", "main.py"))
+# A soft reset at the raw REPL: boot.py but not main.py, then the raw REPL (which the bridge enters).
+SOFT_STARTUP = _startup(("boot.py",), "MPY: soft reboot\r\n")
+RAW_PROMPTS = (b"raw REPL; CTRL-B to exit\r\n>", b"\x04>")
+SOFT_RESET_WINDOW_S = 2.0  # an exit this soon after a raw-REPL Ctrl-D is that soft reset
 
 CONSOLE_KEEP = 256 * 1024  # bytes of console history held in memory (the log file keeps everything)
 _RESTART_PAUSE_S = 0.2
@@ -104,11 +108,13 @@ class VirtualDevice:
         self._bridge.start()
         self._supervisor: threading.Thread | None = None
         self._off = threading.Event()
+        self._soft_reset_at = -SOFT_RESET_WINDOW_S
 
     # power
 
-    def argv(self) -> list[str]:
-        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-i", "-c", STARTUP]
+    def argv(self, soft: bool = False) -> list[str]:
+        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-i", "-c",
+                SOFT_STARTUP if soft else STARTUP]
 
     def environment(self) -> dict[str, str]:
         """A board's import path: the flash root, then /lib (the flash directory's lib/)."""
@@ -155,12 +161,15 @@ class VirtualDevice:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def _spawn(self) -> None:
+    def _spawn(self, soft: bool = False) -> None:
+        self._soft_reset_at = -SOFT_RESET_WINDOW_S  # a request is used up by the boot that follows it
         fd = os.open(self._board_slave_path, os.O_RDWR | os.O_NOCTTY)
         try:
             _board_termios(fd)
+            if soft:  # waits in the line's input until the REPL reads it: back into the raw REPL
+                os.write(self._board_master, b"\x01")
             self._proc = subprocess.Popen(
-                self.argv(), stdin=fd, stdout=fd, stderr=fd, cwd=self.flash_dir, env=self.environment(),
+                self.argv(soft), stdin=fd, stdout=fd, stderr=fd, cwd=self.flash_dir, env=self.environment(),
                 start_new_session=True, preexec_fn=_take_terminal)
         finally:
             os.close(fd)
@@ -173,16 +182,17 @@ class VirtualDevice:
             if proc is None:
                 return
             code = proc.wait()
+            soft = code == 0 and time.monotonic() - self._soft_reset_at < SOFT_RESET_WINDOW_S
             with self._lock:
                 if not self._powered or self._proc is not proc:
                     return
                 self.exit_codes.append(code)
-            if self._off.wait(self._downtime(code)):
+            if self._off.wait(0.0 if soft else self._downtime(code)):
                 return
             with self._lock:
                 if not self._powered or self._closed:
                     return
-                self._spawn()
+                self._spawn(soft)
 
     def _downtime(self, code: int) -> float:
         """How long the board stays down after its interpreter exits: a deep sleep lasts what the sim
@@ -219,6 +229,7 @@ class VirtualDevice:
         poller = select.poll()
         poller.register(board, select.POLLIN)
         attached = False
+        tail = b""  # the end of the board's output, to know when it sits at a raw REPL prompt
         while not self._stop.is_set():
             # A pty master reports POLLHUP for as long as no process has the slave open, so the host side
             # is watched only while attached and otherwise checked on each wake-up.
@@ -229,6 +240,7 @@ class VirtualDevice:
             if events.get(board, 0) & select.POLLIN:
                 data = _read(board)
                 if data:
+                    tail = (tail + data)[-32:]
                     self._record(data)
                     if attached and not _write_all(host, data):
                         attached = _detach(poller, host)
@@ -238,6 +250,9 @@ class VirtualDevice:
                 if data is None:
                     attached = _detach(poller, host)
                 elif data:
+                    if data[:1] == b"\x04" and tail.endswith(RAW_PROMPTS):
+                        self._soft_reset_at = time.monotonic()
+                    tail = b""
                     _write_all(board, data)
             elif host_events & (select.POLLHUP | select.POLLERR):
                 attached = _detach(poller, host)

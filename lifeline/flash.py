@@ -5,8 +5,9 @@ device never should), staged in the flash layout of docs/firmware.md, and copied
 mpremote's transport (the same pyserial path the bench uses). Each file goes to a temporary name, is
 checked by SHA-256 on the device and only then renamed into place, so an interrupted run never leaves a
 half-written module behind. Files already on the board with the right hash are left alone, and stale
-modules under lib/ are removed (a stale .py would shadow a new .mpy). A virtual device's pty works as the
-port; the unix port has no soft reset, so the board is never reset on connect, only after the copy.
+modules under lib/ are removed (a stale .py would shadow a new .mpy). The board is soft-reset at the raw
+REPL first, as mpremote does, so the copy runs with a fresh heap and without the firmware (--resume skips
+that). A virtual device's pty works as the port (hil_tests/virtual.py emulates that soft reset).
 
 Without --key the device keeps the key recorded for it in the registry, or gets a fresh random one.
 The registry is a TOML fragment of gateway `[[devices]]` tables, so flashing a batch of nodes also
@@ -150,9 +151,10 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
 
 
 class Board:
-    """A MicroPython board on a serial port, driven over the raw REPL without a soft reset on connect."""
+    """A MicroPython board on a serial port, driven over the raw REPL."""
 
-    def __init__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0) -> None:
+    def __init__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0,
+                 soft_reset: bool = True) -> None:
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
@@ -164,7 +166,7 @@ class Board:
         except TransportError as exc:
             raise FlashError(f"{port}: cannot open ({exc}); is another program using it?") from None
         try:
-            self.t.enter_raw_repl(soft_reset=False, timeout_overall=connect_timeout)
+            self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=connect_timeout)
         except TransportError as exc:
             self.t.close()
             raise FlashError(f"{port}: no MicroPython raw REPL ({exc}); is MicroPython on the board "
@@ -252,8 +254,9 @@ class Board:
 
 
 @contextmanager
-def board(port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Iterator[Board]:
-    b = Board(port, baud, connect_timeout)
+def board(port: str, baud: int = 115200, connect_timeout: float = 10.0,
+          soft_reset: bool = True) -> Iterator[Board]:
+    b = Board(port, baud, connect_timeout, soft_reset)
     try:
         yield b
     finally:
@@ -424,7 +427,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-baud", type=int, default=460800, help="esptool baud rate")
     p.add_argument("--no-compile", action="store_true", help="copy lib/ as .py source (debugging)")
     p.add_argument("--force", action="store_true", help="rewrite files the board already has")
-    p.add_argument("--no-reset", action="store_true", help="leave the board at its REPL")
+    p.add_argument("--no-reset", action="store_true", help="leave the board at its REPL afterwards")
+    p.add_argument("--resume", action="store_true", help="no soft reset before copying (as mpremote resume)")
     p.add_argument("--firmware", type=Path, default=upy.FIRMWARE, help=argparse.SUPPRESS)
 
 
@@ -462,7 +466,8 @@ def _run(args: argparse.Namespace, out: Any) -> int:
         columns = (rp.TextColumn("[bold]{task.description}"), rp.BarColumn(),
                    rp.TextColumn("{task.fields[files]}"), rp.DownloadColumn(), rp.TransferSpeedColumn(),
                    rp.TimeRemainingColumn())
-        with board(args.port, args.baud, args.connect_timeout) as b, rp.Progress(*columns, console=out) as bar:
+        link = board(args.port, args.baud, args.connect_timeout, soft_reset=not args.resume)
+        with link as b, rp.Progress(*columns, console=out) as bar:
             task = bar.add_task(args.device_id, total=total, files=f"0/{len(files)} files")
             done = 0
 

@@ -35,8 +35,7 @@ def read_until(port: serial.Serial, marker: bytes, timeout: float = 10.0) -> byt
 
 
 def mpremote(dev: VirtualDevice, *args: str) -> str:
-    r = subprocess.run([MPREMOTE, "connect", dev.port, "resume", *args], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([MPREMOTE, "connect", dev.port, *args], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -60,10 +59,11 @@ def test_mpremote_resume_copies_and_hashes(vdev: VirtualDevice, tmp_path: Path) 
     vdev.power_on()
     src = tmp_path / "blob.bin"
     src.write_bytes(bytes(range(256)) * 40)
-    mpremote(vdev, "fs", "mkdir", "data")
-    mpremote(vdev, "fs", "cp", str(src), ":data/blob.bin")
+    mpremote(vdev, "resume", "fs", "mkdir", "data")
+    mpremote(vdev, "resume", "fs", "cp", str(src), ":data/blob.bin")
     assert (vdev.flash_dir / "data" / "blob.bin").read_bytes() == src.read_bytes()
-    assert hashlib.sha256(src.read_bytes()).hexdigest() in mpremote(vdev, "fs", "sha256sum", ":data/blob.bin")
+    assert hashlib.sha256(src.read_bytes()).hexdigest() in mpremote(vdev, "resume", "fs", "sha256sum",
+                                                                  ":data/blob.bin")
 
 
 def test_boots_main_then_ctrl_c_interrupts_and_ctrl_d_reboots(vdev: VirtualDevice) -> None:
@@ -77,6 +77,25 @@ def test_boots_main_then_ctrl_c_interrupts_and_ctrl_d_reboots(vdev: VirtualDevic
         read_until(s, b"main up\n")
     assert vdev.boots == 2 and vdev.exit_codes == [0]
     assert vdev.console().count(b"main up") == 2
+
+
+def test_soft_reset_at_the_raw_repl_gives_a_clean_board(vdev: VirtualDevice) -> None:
+    """mpremote without `resume` soft-resets: the running main.py stops, its heap is freed, and main.py is
+    not run again (a board's soft reset in raw REPL mode runs boot.py only)."""
+    (vdev.flash_dir / "boot.py").write_text("print('boot ran')\n")
+    (vdev.flash_dir / "main.py").write_text(
+        "import time\nheld = [bytearray(1000) for _ in range(60)]\nprint('main up')\n"
+        "while True:\n    time.sleep(0.05)\n")
+    vdev.power_on()
+    deadline = time.monotonic() + 10
+    while b"main up" not in vdev.console() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = mpremote(vdev, "exec", "import gc\ngc.collect()\nprint('free', gc.mem_free(), 'held' in globals())")
+    free = int(out.split()[1])
+    assert free > 100_000 and out.split()[2] == "False", out  # 128K heap, none of it main.py's
+    console = vdev.console()
+    assert console.count(b"main up") == 1 and console.count(b"boot ran") == 2
+    assert b"MPY: soft reboot" in console
 
 
 def test_output_without_a_listener_is_dropped(vdev: VirtualDevice) -> None:
