@@ -350,6 +350,8 @@ class Bench:
     def __init__(self, specs: list[DeviceSpec], count: int, profiles: Iterable[str], workdir: Path | None = None,
                  bench_host: str | None = None, wifi: tuple[str, str] = ("", "")) -> None:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="lifeline-bench-"))
+        for old in ("devices", "site"):  # blank boards and a fresh site every session
+            shutil.rmtree(self.dir / old, ignore_errors=True)
         self.specs = specs
         self.bench_host = bench_host
         self.wifi = wifi

@@ -81,17 +81,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def hil_bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
     config = request.config
     profiles: set[str] = config.stash[PROFILES] or {DEFAULT_PROFILE}
-    bench = Bench(config.stash[SPECS], config.getoption("count"), profiles,
-                  workdir=config.getoption("bench_dir"), bench_host=config.getoption("bench_host"),
-                  wifi=(config.getoption("wifi_ssid"), config.getoption("wifi_password")))
-    report = config.pluginmanager.get_plugin("lifeline_hil_json")
-    if isinstance(report, JsonReport):
-        report.devices = [{"id": d.id, "profile": d.profile, "kind": d.spec.kind, "port": d.spec.port}
-                          for d in bench.devices]
+    bench: Bench | None = None
     try:
+        bench = Bench(config.stash[SPECS], config.getoption("count"), profiles, workdir=config.getoption("bench_dir"),
+                      bench_host=config.getoption("bench_host"),
+                      wifi=(config.getoption("wifi_ssid"), config.getoption("wifi_password")))
+        report = config.pluginmanager.get_plugin("lifeline_hil_json")
+        if isinstance(report, JsonReport):
+            report.devices = [{"id": d.id, "profile": d.profile, "kind": d.spec.kind, "port": d.spec.port}
+                              for d in bench.devices]
         bench.start()
     except BenchError as exc:
-        bench.close()
+        if bench is not None:
+            bench.close()
         pytest.fail(f"bench setup: {exc}", pytrace=False)
     try:
         yield bench

@@ -138,8 +138,7 @@ class SerialStimulus:
         self._lock = threading.Lock()
         self.sent: list[tuple[float, dict[str, Any]]] = []
         self._port = serial.Serial(port, self.BAUD, timeout=timeout_s)
-        self._port.reset_input_buffer()
-        hello = self.command("HELLO")
+        hello = self._hello(boot_s=8.0)
         if not hello.startswith("lifeline-stim 1"):
             self.close()
             raise StimulusError(f"{port}: not a lifeline stimulus board (answered {hello!r})")
@@ -149,6 +148,19 @@ class SerialStimulus:
                 self.close()
                 raise StimulusError(f"rig map: {channel} uses output {spec.get('out')!r}, which the board "
                                     f"does not have ({' '.join(sorted(self.outputs))})")
+
+    def _hello(self, boot_s: float) -> str:
+        """Opening the port may reset the board (DTR on many USB adapters): ask until it has booted."""
+        deadline = time.monotonic() + boot_s
+        while True:
+            self._port.reset_input_buffer()
+            try:
+                return self.command("HELLO")
+            except StimulusError:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise
+                time.sleep(0.5)
 
     def command(self, line: str) -> str:
         """One request line; returns the text after "OK", raises on "ERR" or silence."""

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quarantine": ("gateway.quarantine", "list or show messages the gateway rejected"),
     "site-auth": ("gateway.siteauth", "write the site broker's password file and ACL from site.toml"),
     "flash": ("lifeline.flash", "flash the firmware and a device's identity onto a board (or a virtual one)"),
+    "hil": ("hil_tests.run", "run the bench suite on virtual devices or real boards (docs/hil.md)"),
     "demo": ("lifeline.demo", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),
 }
 
