@@ -72,10 +72,13 @@ class Sizes:
     alarm_samples: int
     alarm_interval_s: float
     background_rate: float  # device messages/s through the gateway during the alarm phase
+    rounds: int  # bridge and gateway phases alternate this many times; the median round is reported
 
 
-FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000)
-QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000)
+FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000,
+             rounds=3)
+QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
+              rounds=1)
 
 
 class Tally:
@@ -111,17 +114,24 @@ class Tally:
 
 
 class AlarmProbe:
-    """Publish times of the alarm device's readings, matched to the transitions the district receives."""
+    """Publish times of the alarm device's readings, matched to the transitions the district receives.
+
+    Besides the end-to-end latency (monotonic clock), the wall clock splits it at the transition's `t_gw`,
+    the time the gateway took the message off the site connection: before it is the site broker and the
+    wait for the gateway's loop, after it the checks, the commit, the outbox and the uplink."""
 
     def __init__(self) -> None:
-        self.published: dict[float, float] = {}  # reading -> host publish time (monotonic)
+        self.published: dict[float, tuple[float, float]] = {}  # reading -> (monotonic, wall) publish time
         self.latency_s: dict[float, float] = {}
+        self.to_gateway_s: list[float] = []
+        self.from_gateway_s: list[float] = []
         self.events: list[str] = []
         self.repeats = 0
         self.others = 0  # alarms of other devices (none expected)
         self._lock = threading.Lock()
 
     def on_alarm(self, topic: str, payload: bytes, now: float) -> None:
+        wall = time.time()
         body = cbor2.loads(payload)
         with self._lock:
             if body.get("dev") != ALARM_DEV:
@@ -132,12 +142,14 @@ class AlarmProbe:
             if sent is None or key in self.latency_s:
                 self.repeats += 1
                 return
-            self.latency_s[key] = now - sent
+            self.latency_s[key] = now - sent[0]
+            self.to_gateway_s.append(body["t_gw"] - sent[1])
+            self.from_gateway_s.append(wall - body["t_gw"])
             self.events.append(body["ev"])
 
-    def sent(self, value: float, at: float) -> None:
+    def sent(self, value: float) -> None:
         with self._lock:
-            self.published[_key(value)] = at
+            self.published[_key(value)] = (time.monotonic(), time.time())
 
 
 def _key(value: float) -> float:
@@ -273,16 +285,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """CPU seconds each process of the run used between start() and stop(): what the 2 cores went to."""
+    """CPU seconds each process of the run used from its creation to stop(): what the 2 cores went to."""
 
     def __init__(self, procs: dict[str, int]) -> None:
         self.procs = procs
         self._start = {name: cpu_seconds(pid) for name, pid in procs.items()}
         self._t0 = time.monotonic()
 
-    def stop(self, extra: dict[str, float]) -> dict[str, Any]:
+    def stop(self) -> dict[str, Any]:
         used = {name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self.procs.items()}
-        used.update({k: round(v, 2) for k, v in extra.items()})
         return {"wall_s": round(time.monotonic() - self._t0, 2), "cpu_s": used}
 
 
@@ -296,18 +307,20 @@ def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: 
     total = load.devices * load.messages_per_device
     before, bytes_before = len(tally.seen), tally.bytes
     gen = Generator(load, "127.0.0.1", port, auth)
-    meter = CpuMeter(procs)
     released = gen.go()
+    meter = CpuMeter(procs)
     print(f"  [{label}] {total:,} messages released", file=sys.stderr, flush=True)
     complete = wait_count(tally, before + total, timeout_for(total), Progress(label, before, rss))
+    usage = meter.stop()
     published, first, last = gen.join()
+    usage["cpu_s"]["load generator"] = round(gen.cpu_s, 2)
     got = len(tally.seen) - before
     seconds = tally.last_new - released
     return {"device_messages": total, "site_acked": published, "received": got, "lost": total - got,
             "complete": complete, "seconds": round(seconds, 3), "msgs_per_s": round(got / seconds, 1),
             "site_publish_msgs_per_s": round(published / (last - first), 1),
             "upstream_bytes_per_msg": round((tally.bytes - bytes_before) / max(got, 1), 1),
-            **meter.stop({"load generator": gen.cpu_s})}
+            **usage}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -344,7 +357,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, auth: tuple[str, str],
         delay = at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        probe.sent(value, time.monotonic())
+        probe.sent(value)
         client.publish(topic, payload, qos=1)
         progress.show(len(probe.latency_s), sizes.alarm_samples)
     deadline = time.monotonic() + 10
@@ -360,6 +373,9 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, auth: tuple[str, str],
             "p50_ms": round(percentile(lat_ms, 50), 2) if lat_ms else None,
             "p99_ms": round(percentile(lat_ms, 99), 2) if lat_ms else None,
             "max_ms": round(max(lat_ms), 2) if lat_ms else None,
+            "split_p50_p99_ms": {part: [round(percentile(v, 50) * 1000, 2), round(percentile(v, 99) * 1000, 2)]
+                                 for part, v in (("publish_to_gateway", probe.to_gateway_s),
+                                                 ("gateway_to_district", probe.from_gateway_s)) if v},
             "events": {ev: probe.events.count(ev) for ev in sorted(set(probe.events))},
             "repeats": probe.repeats, "other_alarms": probe.others,
             "background": {"target_msgs_per_s": sizes.background_rate,
@@ -368,6 +384,15 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, auth: tuple[str, str],
 
 
 # ------------------------------------------------------------------------------------------ the run
+
+
+def summary(runs: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
+    """The median round's figures, with every round's rate and the totals over all rounds."""
+    median = sorted(runs, key=lambda r: r["msgs_per_s"])[len(runs) // 2]
+    out = dict(median)
+    out.update(rounds=[r["msgs_per_s"] for r in runs], device_messages_total=sum(r["device_messages"] for r in runs),
+               lost_total=sum(r["lost"] for r in runs), duplicates=tally.duplicates)
+    return out
 
 
 def broker_pid(broker: Mosquitto | None) -> int:
@@ -382,32 +407,22 @@ def run(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[str, A
     assert site.site_broker is not None and site.district_broker is not None
     district = ("127.0.0.1", site.district_broker.port)
     district_auth = ("district", site.district_password)
-    # Reading times: recent, so the clock check trusts them and the gateway does no extra data-quality work.
-    start_time = time.time() - sizes.messages - 10
-    load = Load(SITE, sizes.devices, sizes.messages, 0, sizes.workers, start_time=start_time)
     recorders: list[Recorder] = []
     gateway: GatewayProcess | None = None
     bridge: Mosquitto | None = None
+    bridge_runs: list[dict[str, Any]] = []
+    gateway_runs: list[dict[str, Any]] = []
     try:
-        print("phase 1/3: plain Mosquitto bridge, site -> district", file=sys.stderr, flush=True)
-        bridged = Tally()
-        recorders.append(Recorder(*district, bridge_prefix() + "#", bridged.count_bridged, auth=district_auth))
+        bridged, telemetry, probe = Tally(), Tally(), AlarmProbe()
+        recorders = [Recorder(*district, bridge_prefix() + "#", bridged.count_bridged, auth=district_auth),
+                     Recorder(*district, topics.up(SITE, topics.TELEMETRY), telemetry.count_telemetry,
+                              auth=district_auth),
+                     Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm, probe.on_alarm,
+                              auth=district_auth)]
+        for r in recorders:
+            r.subscribed.wait(10)
         bridge = bridge_broker(site)
         wait_bridge(bridge, site)
-        recorders[-1].subscribed.wait(10)
-        procs = {"site broker": broker_pid(bridge), "district broker": broker_pid(site.district_broker),
-                 "bench (recorders)": os.getpid()}
-        bridge_result = throughput("bridge", bridge.port, auth, load, bridged, procs)
-        bridge.stop()
-
-        print("phase 2/3: the gateway", file=sys.stderr, flush=True)
-        telemetry, probe = Tally(), AlarmProbe()
-        recorders.append(Recorder(*district, topics.up(SITE, topics.TELEMETRY), telemetry.count_telemetry,
-                                  auth=district_auth))
-        recorders.append(Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm, probe.on_alarm,
-                                  auth=district_auth))
-        for r in recorders[-2:]:
-            r.subscribed.wait(10)
         gateway = GatewayProcess(site).start()
         asyncio.run(gateway.ready())
         assert gateway.proc is not None
@@ -416,19 +431,31 @@ def run(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[str, A
         def rss() -> float | None:
             return proc_status(pid).get("VmRSS")
 
-        procs = {"gateway": pid, "site broker": broker_pid(site.site_broker),
-                 "district broker": broker_pid(site.district_broker), "bench (recorders)": os.getpid()}
-        spy = start_profile(pid, profile) if profile else None
-        upstream_before = recorders[1].mqtt_messages
-        gateway_result = throughput("gateway", site.site_broker.port, auth, load, telemetry, procs, rss)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
-        gateway_result["upstream_publishes"] = recorders[1].mqtt_messages - upstream_before
-        gateway_result["duplicates"] = telemetry.duplicates
+        bridge_procs = {"site broker": broker_pid(bridge), "district broker": broker_pid(site.district_broker),
+                        "bench (recorders)": os.getpid()}
+        gateway_procs = {"gateway": pid, "site broker": broker_pid(site.site_broker),
+                         "district broker": broker_pid(site.district_broker), "bench (recorders)": os.getpid()}
+        for i in range(sizes.rounds):
+            # Each round continues the devices' sequence numbers: the gateway drops repeats as duplicates.
+            # Reading times a day back: trusted by the clock check, so no extra data-quality work.
+            load = Load(SITE, sizes.devices, sizes.messages, 0, sizes.workers, start_time=time.time() - 86400,
+                        first_seq=1 + i * sizes.messages)
+            print(f"round {i + 1}/{sizes.rounds}: plain Mosquitto bridge, site -> district", file=sys.stderr,
+                  flush=True)
+            bridge_runs.append(throughput("bridge", bridge.port, auth, load, bridged, bridge_procs))
+            print(f"round {i + 1}/{sizes.rounds}: the gateway", file=sys.stderr, flush=True)
+            spy = start_profile(pid, profile) if profile and i == 0 else None
+            upstream_before = recorders[1].mqtt_messages
+            gateway_runs.append(throughput("gateway", site.site_broker.port, auth, load, telemetry, gateway_procs,
+                                           rss))
+            gateway_runs[-1]["upstream_publishes"] = recorders[1].mqtt_messages - upstream_before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+        bridge.stop()
 
-        print("phase 3/3: alarm latency under background load", file=sys.stderr, flush=True)
-        alarm_result = alarm_phase(site, sizes, sizes.messages + 1, auth, telemetry, probe, rss)
+        print("alarm latency under background load", file=sys.stderr, flush=True)
+        alarm_result = alarm_phase(site, sizes, sizes.rounds * sizes.messages + 1, auth, telemetry, probe, rss)
         memory = proc_status(pid)
         gateway.signal(signal.SIGTERM)
         exit_code = asyncio.run(gateway.wait())
@@ -441,12 +468,13 @@ def run(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[str, A
         if bridge is not None:
             bridge.stop()
         site.stop()
-    bridge_result["duplicates"] = bridged.duplicates
-    n_gw, n_br = max(gateway_result["received"], 1), max(bridge_result["received"], 1)
-    gateway_result["gateway_cpu_us_per_msg"] = round(gateway_result["cpu_s"]["gateway"] / n_gw * 1e6, 1)
-    gateway_result["gateway_cpu_busy"] = round(gateway_result["cpu_s"]["gateway"] / gateway_result["wall_s"], 2)
-    bridge_result["brokers_cpu_us_per_msg"] = round(
-        (bridge_result["cpu_s"]["site broker"] + bridge_result["cpu_s"]["district broker"]) / n_br * 1e6, 1)
+    for g in gateway_runs:
+        g["gateway_cpu_us_per_msg"] = round(g["cpu_s"]["gateway"] / max(g["received"], 1) * 1e6, 1)
+        g["gateway_cpu_busy"] = round(g["cpu_s"]["gateway"] / g["wall_s"], 2)
+    for b in bridge_runs:
+        b["brokers_cpu_us_per_msg"] = round(
+            (b["cpu_s"]["site broker"] + b["cpu_s"]["district broker"]) / max(b["received"], 1) * 1e6, 1)
+    bridge_result, gateway_result = summary(bridge_runs, bridged), summary(gateway_runs, telemetry)
     ratio = gateway_result["msgs_per_s"] / bridge_result["msgs_per_s"]
     rss_mb = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1)}
     return {"sizes": asdict(sizes), "bridge": bridge_result, "gateway": gateway_result, "ratio": round(ratio, 3),
@@ -504,6 +532,7 @@ def machine() -> dict[str, Any]:
     mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True,
                           text=True).stdout.splitlines()
     return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+
             "mosquitto": mosq[0] if mosq else "", "kernel": platform.release()}
 
 
@@ -521,10 +550,15 @@ def table(r: dict[str, Any]) -> str:
     def yes(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
-    lost = (g["lost"], b["lost"], bg["lost"], a["lost"])
+    lost = (g["lost_total"], b["lost_total"], bg["lost"], a["lost"])
+
+    def rate(x: dict[str, Any]) -> str:
+        spread = f" ({min(x['rounds']):,.0f}-{max(x['rounds']):,.0f})" if len(x["rounds"]) > 1 else ""
+        return f"{x['msgs_per_s']:,.0f}{spread}"
+
     rows = [
-        ("gateway: device messages/s, end to end", f"{g['msgs_per_s']:,.0f}", "", ""),
-        ("baseline: plain Mosquitto bridge, device messages/s", f"{b['msgs_per_s']:,.0f}", "", ""),
+        ("gateway: device messages/s, end to end (median, range)", rate(g), "", ""),
+        ("baseline: plain Mosquitto bridge, device messages/s (median, range)", rate(b), "", ""),
         ("gateway CPU per device message, µs (share of one core busy)",
          f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
         ("bridge: both brokers' CPU per device message, µs", f"{b['brokers_cpu_us_per_msg']:.0f}", "", ""),
@@ -548,14 +582,16 @@ def doc_block(r: dict[str, Any]) -> str:
     return "\n".join([
         BEGIN,
         f"Measured {r['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}, {m['mosquitto']}, "
-        f"commit {r['git']['commit']}{' (gateway/ modified)' if r['git']['gateway_dirty'] else ''}:",
+        f"commit {r['git']['commit']}{' (gateway/ modified)' if r['git']['gateway_dirty'] else ''}, "
+        f"1-minute load average {r['load_average_before']} before the run (other work on the machine skews it):",
         "",
         "```",
         r["command"],
         "```",
         "",
-        f"{s['devices']} devices x {s['messages']} messages ({g['device_messages']:,} QoS 1 data messages of "
-        f"3 readings) from {s['workers']} generator processes; the gateway needed {g['seconds']:.2f} s and "
+        f"Each round: {s['devices']} devices x {s['messages']} messages ({g['device_messages']:,} QoS 1 data "
+        f"messages of 3 readings) from {s['workers']} generator processes, through the bridge, then through the "
+        f"gateway; {s['rounds']} round(s). In the median round the gateway needed {g['seconds']:.2f} s and "
         f"{g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s.",
         "",
         table(r),
@@ -587,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("workers", int, "load generator processes"),
                              ("alarm_samples", int, "alarm readings"),
                              ("alarm_interval_s", float, "seconds between alarm readings"),
-                             ("background_rate", float, "messages/s of background load in the alarm phase")):
+                             ("background_rate", float, "messages/s of background load in the alarm phase"),
+                             ("rounds", int, "bridge and gateway phases, alternating; the median is reported")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                             help=f"{what} (default {getattr(FULL, name):g}, --quick {getattr(QUICK, name):g})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_throughput.json")
@@ -600,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
     sizes = Sizes(**{name: getattr(args, name) or value for name, value in asdict(base).items()})
+    load_before = round(os.getloadavg()[0], 2)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     try:
         result = run(sizes, workdir, args.profile)
@@ -610,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "gateway_throughput",
               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "command": f".venv/bin/python -m bench.gateway_throughput {argv_text}".rstrip(),
-              "machine": machine(), "git": git_state(), **result}
+              "machine": machine(), "load_average_before": load_before, "git": git_state(), **result}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print()
@@ -619,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_doc and not args.profile:
         write_doc(args.doc, result)
         print(f"table written to {args.doc}")
-    lost = result["gateway"]["lost"] + result["bridge"]["lost"] + result["alarm"]["lost"] \
+    lost = result["gateway"]["lost_total"] + result["bridge"]["lost_total"] + result["alarm"]["lost"] \
         + result["alarm"]["background"]["lost"]
     return 1 if lost else 0
 

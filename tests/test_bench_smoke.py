@@ -16,9 +16,10 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n## Firmware\n\nkept as it is\n")
-    proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", "--quick", "--devices", "8",
-                           "--messages", "25", "--alarm-samples", "10", "--json", str(out), "--doc", str(doc)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    args = ["--quick", "--devices", "8", "--messages", "25", "--rounds", "2", "--alarm-samples", "10",
+            "--json", str(out), "--doc", str(doc)]
+    proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
 
@@ -26,9 +27,10 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
                 "targets", "met"):
         assert key in r, key
     for phase in ("bridge", "gateway"):
-        assert r[phase]["device_messages"] == 8 * 25
+        assert r[phase]["device_messages"] == 8 * 25 and r[phase]["device_messages_total"] == 2 * 8 * 25
+        assert len(r[phase]["rounds"]) == 2
         assert r[phase]["site_acked"] == r[phase]["device_messages"]
-        assert r[phase]["received"] == r[phase]["device_messages"] and r[phase]["lost"] == 0
+        assert r[phase]["received"] == r[phase]["device_messages"] and r[phase]["lost_total"] == 0
         assert r[phase]["msgs_per_s"] > 0
     assert r["gateway"]["upstream_publishes"] < r["gateway"]["device_messages"]  # batched upstream
     alarm = r["alarm"]
