@@ -143,10 +143,10 @@ class Dut:
             assert isinstance(self.stimulus, stimulus.SimStimulus)
             channels = sorted(baselines().get(self.profile, {}))
             self.stimulus.send({"clear": channels, "net": True, "hang": False})
-        elif self.stimulus is not None:
+        elif isinstance(self.stimulus, stimulus.SerialStimulus):
             base = baselines().get(self.profile, {})
-            with contextlib.suppress(stimulus.Unsupported):
-                self.stimulus.set(**{k: v for k, v in base.items()})
+            self.stimulus.set(**{k: v for k, v in base.items() if k in self.stimulus.rig})
+            if "net" in self.stimulus.rig:
                 self.stimulus.network(True)
 
 

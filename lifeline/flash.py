@@ -21,6 +21,7 @@ import ast
 import functools
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -349,8 +350,9 @@ def record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> s
     for d in devices:
         lines += ["", "[[devices]]"] + [f"{k} = {_toml_value(v)}" for k, v in d.items()]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text("\n".join(lines) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
     tmp.replace(path)
     return status
 

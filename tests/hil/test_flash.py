@@ -99,6 +99,7 @@ def test_generated_keys_form_the_gateway_registry(tmp_path: Path) -> None:
             assert flash(dev, tmp_path, device_id=dev_id) == 0
             keys[dev_id] = json.loads((dev.flash_dir / "secrets.json").read_text())["key"]
     assert keys["gas-01"] != keys["gas-02"] and all(len(bytes.fromhex(k)) == 32 for k in keys.values())
+    assert (tmp_path / "registry.toml").stat().st_mode & 0o077 == 0  # it holds keys: owner only
     site = tmp_path / "site.toml"
     site.write_text('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n'
                     '[district_broker]\nhost = "127.0.0.1"\n[store]\npath = "gw.db"\n'
