@@ -270,7 +270,11 @@ def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
     ls = summary.latency_s
     if ls["n"]:
         lines += [f"Latency, device sample to district receipt, over {ls['n']} alarm events: min "
-                  f"{_ms(ls['min'])} ms, median {_ms(ls['median'])} ms, max {_ms(ls['max'])} ms.", ""]
+                  f"{_ms(ls['min'])} ms, median {_ms(ls['median'])} ms, max {_ms(ls['max'])} ms.", "",
+                  "Devices stamp readings to 1/8 s in alarm-priority packs and to whole seconds in routine ones "
+                  "(firmware/lib/app/publisher.py), so a latency is good to about ±0.06 s, or ±0.5 s when a "
+                  "routine reading caused the transition (a clear, or a level below the device's own pre-alarm); "
+                  "such a latency can read below zero. Gateway to district is measured on one clock.", ""]
     lines += ["## Expected alarms", "",
               "| incident | subject | rule | state | event | sample at (s) | device → gateway (ms) "
               "| gateway → district (ms) | total (ms) |",
@@ -366,7 +370,7 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
     ax.plot(xs, ys, ".", color="#333333", ms=4, zorder=3)
     bands = _bands(ruleset, p.rule, cls, subject, p.metric)
     rule_dir = _direction(ruleset, cls, subject, p.metric)
-    top = max([*line_y, *(v * scale for _, v, _ in bands)], default=1.0) * 1.12
+    top = max([*line_y, *(v * scale for _, v, _ in bands)], default=1.0) * 1.18
     bottom = 0.0
     for i, (lv, value, _clear) in enumerate(bands):
         if rule_dir == "below":  # bands hang from each level down to the next (lower) one
