@@ -65,16 +65,21 @@ def _profile(item: pytest.Item) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip hardware tests on an all-virtual bench, and note which profiles the virtual bench needs."""
-    virtual_only = all(s.kind == "virtual" for s in config.stash[SPECS])
+    """Skip hardware tests on an all-virtual bench."""
+    if not all(s.kind == "virtual" for s in config.stash[SPECS]):
+        return
     for item in items:
         marker = item.get_closest_marker("hardware")
-        if marker is not None and virtual_only:
+        if marker is not None:
             why = marker.args[0] if marker.args else marker.kwargs.get("reason", "real hardware")
             item.add_marker(pytest.mark.skip(reason=f"hardware: {why} (the bench has only virtual devices)"))
-            continue
-        if BENCH_FIXTURES & set(getattr(item, "fixturenames", ())):
-            config.stash[PROFILES].add(_profile(item))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The profiles a virtual bench needs: those of the selected tests that use it (and will run)."""
+    for item in session.items:
+        if item.get_closest_marker("skip") is None and BENCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            session.config.stash[PROFILES].add(_profile(item))
 
 
 @pytest.fixture(scope="session")
