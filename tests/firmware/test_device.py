@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from vdev import FIRMWARE_HEAP, Listener, VirtualDevice, build_firmware, load_profile
+from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up
 
 from lifeline.broker import Mosquitto
 from protocol import message, senml, topics
@@ -61,7 +61,8 @@ def send_command(broker: Mosquitto, dev: VirtualDevice, cmd_id: int, op: str, ar
     client.disconnect()
 
 
-def test_boots_publishes_birth_then_verified_senml_cbor_packs(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path: Path, mpy: Path,
+                                                                      broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0], [30, 8.0]],
                                                                           "temp": [[0, 11.5]]}) as dev:
@@ -69,7 +70,11 @@ def test_boots_publishes_birth_then_verified_senml_cbor_packs(tmp_path: Path, mp
         late = Listener(broker.port, SITE, DEV)  # joins after the birth: gets it as the retained state
         assert late.wait(lambda m: any(x[0] == topics.STATE and x[3] for x in m), 5)
         late.close()
+    # stop() is a SIGKILL: no DISCONNECT, so the broker publishes the will
+    assert listener.wait(lambda m: any(x[0] == topics.STATE and x[1]["st"] == message.OFFLINE for x in m), 10)
     listener.close()
+    death = next(b for b in listener.of(topics.STATE) if b["st"] == message.OFFLINE)
+    assert (death["dev"], death["boot"]) == (DEV, 1)
     assert not listener.errors
     births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
     assert births, "no birth"
@@ -145,19 +150,6 @@ def queue_bytes(dev: VirtualDevice) -> int:
 
 def seqs_of(m: list[tuple[str, dict[str, Any], bytes, bool]]) -> list[int]:
     return [b["seq"] for k, b, _, _ in m if k in (topics.DATA, topics.EVENT)] or [0]
-
-
-def test_will_arrives_when_the_device_dies(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
-    listener = Listener(broker.port, SITE, DEV)
-    dev = VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}).start()
-    try:
-        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
-    finally:
-        dev.stop()  # SIGKILL: no DISCONNECT, so the broker publishes the will
-    assert listener.wait(lambda m: any(x[0] == topics.STATE and x[1]["st"] == message.OFFLINE for x in m), 10)
-    listener.close()
-    death = next(b for b in listener.of(topics.STATE) if b["st"] == message.OFFLINE)
-    assert death["dev"] == DEV and death["boot"] == 1
 
 
 def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
@@ -299,37 +291,32 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
     assert ack["ok"] and ack["res"]["clk"] == message.CLK_EPOCH
 
 
-@pytest.mark.parametrize("profile", ["gas", "water", "drainage", "bridge", "rain", "drone"])
-def test_profile_runs_within_the_heap(profile: str, tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
-    """Every profile with its real drivers, sped up, for a bounded run without MemoryError."""
-    p = load_profile(profile)
-    for s in p["sensors"]:
-        s["sample_s"] = min(s["sample_s"], 2)
-    p["report_s"] = 3
-    p["health_s"] = 5
-    if p.get("sleep"):
-        p["sleep"]["wake_s"] = 2
-    listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, STIMULUS[profile], heap=FIRMWARE_HEAP) as dev:
+def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """All six profiles with their real drivers, sped up, side by side for a bounded run: no
+    MemoryError, no traceback, no exit other than deep sleep, data on the broker."""
+    devices, listeners = {}, {}
+    for name in STIMULUS:
+        dev_id = f"{name}-01"
+        listeners[name] = Listener(broker.port, SITE, dev_id)
+        devices[name] = VirtualDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
+                                      heap=FIRMWARE_HEAP).start()
+    try:
         time.sleep(RUN_S)
+    finally:
+        for dev in devices.values():
+            dev.stop()
+    problems = []
+    for name, dev in devices.items():
+        listeners[name].close()
         console = dev.console()
-        exits = list(dev.exits)
-    listener.close()
-    assert "MemoryError" not in console and "Traceback" not in console, console[-3000:]
-    allowed = {4} if p.get("sleep") else set()
-    assert set(exits) <= allowed, (exits, console[-2000:])
-    assert listener.of(topics.DATA) or listener.of(topics.EVENT), console[-2000:]
-    heaps = [b["heap"] for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
-    assert heaps and min(heaps) > 0
+        sleeps = {4} if dev.profile.get("sleep") else set()
+        sent = listeners[name].of(topics.DATA) + listeners[name].of(topics.EVENT)
+        births = online_births(listeners[name])
+        if "MemoryError" in console or "Traceback" in console or not set(dev.exits) <= sleeps:
+            problems.append(f"{name}: exits {dev.exits}\n{console[-1500:]}")
+        elif not sent or not births or min(b["heap"] for b in births) <= 0:
+            problems.append(f"{name}: {len(sent)} messages, {len(births)} births")
+    assert not problems, "\n".join(problems)
 
 
 RUN_S = 15
-STIMULUS: dict[str, dict[str, list[list[Any]]]] = {
-    "gas": {"ch4": [[0, 1.0], [6, 14.0], [12, 3.0]], "temp": [[0, 12.0]]},
-    "water": {"pressure": [[0, 420000], [8, 180000]]},
-    "drainage": {"level": [[0, 0.4], [10, 2.4]], "cover": [[0, False], [6, True]]},
-    "bridge": {"tilt_x": [[0, 0.001], [10, 0.03]], "tilt_y": [[0, 0.002]], "vib": [[0, 0.1], [8, 3.0]]},
-    "rain": {"rain_rate": [[0, 400.0]]},
-    "drone": {"lat": [[0, 31.2304], [15, 31.2404]], "lon": [[0, 121.4737]], "alt": [[0, 80.0]], "fix": [[0, 1]],
-              "ch4": [[0, 1.0], [8, 14.0]]},
-}

@@ -34,6 +34,30 @@ EXIT_RESET = 3  # firmware/lib/hal/sim.py
 EXIT_DEEPSLEEP = 4
 
 
+# A scripted world per profile that crosses its pre-alarm levels within a short run.
+STIMULUS: dict[str, dict[str, list[list[Any]]]] = {
+    "gas": {"ch4": [[0, 1.0], [6, 14.0], [12, 3.0]], "temp": [[0, 12.0]]},
+    "water": {"pressure": [[0, 420000], [8, 180000]]},
+    "drainage": {"level": [[0, 0.4], [10, 2.4]], "cover": [[0, False], [6, True]]},
+    "bridge": {"tilt_x": [[0, 0.001], [10, 0.03]], "tilt_y": [[0, 0.002]], "vib": [[0, 0.1], [8, 3.0]]},
+    "rain": {"rain_rate": [[0, 400.0]]},
+    "drone": {"lat": [[0, 31.2304], [15, 31.2404]], "lon": [[0, 121.4737]], "alt": [[0, 80.0]], "fix": [[0, 1]],
+              "ch4": [[0, 1.0], [8, 14.0]]},
+}
+
+
+def sped_up(name: str) -> dict[str, Any]:
+    """A profile with its schedule shortened so a short run sees several cycles."""
+    p = load_profile(name)
+    for s in p["sensors"]:
+        s["sample_s"] = min(s["sample_s"], 2)
+    p["report_s"] = 3
+    p["health_s"] = 5
+    if p.get("sleep"):
+        p["sleep"]["wake_s"] = 2
+    return p
+
+
 def build_firmware(out: Path) -> Path:
     """firmware/lib and protocol/ as .mpy, the way `lifeline flash` ships them; returns MICROPYPATH."""
     upy.compile_package(upy.FIRMWARE / "lib", out)
@@ -63,10 +87,12 @@ def load_profile(name: str) -> dict[str, Any]:
 class VirtualDevice:
     def __init__(self, flash: Path, mpy: Path, profile: str | dict[str, Any], broker_port: int,
                  stimulus: dict[str, list[list[Any]]] | None = None, dev: str = "dev-01", site: str = "site-a",
-                 heap: str = FIRMWARE_HEAP, ntp: bool = True) -> None:
+                 heap: str = FIRMWARE_HEAP, ntp: bool = True, wrap: list[str] | None = None) -> None:
+        """wrap: argv put in front of the interpreter's (the bench runs it under strace)."""
         self.flash = flash
         self.mpy = mpy
         self.dev, self.site, self.heap = dev, site, heap
+        self.wrap = wrap or []
         self.key = KEY
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.port = free_udp_pair()
@@ -94,7 +120,7 @@ class VirtualDevice:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
-            return subprocess.Popen(upy.command(upy.FIRMWARE / "main.py", heap=self.heap), cwd=self.flash,
+            return subprocess.Popen(self.wrap + upy.command(upy.FIRMWARE / "main.py", heap=self.heap), cwd=self.flash,
                                     env=upy.environment({"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}),
                                     stdout=out, stderr=subprocess.STDOUT)
 

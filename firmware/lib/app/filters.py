@@ -45,7 +45,7 @@ class Filter:
                 win.append(v)
                 if len(win) > arg:
                     win.pop(0)
-                v = sorted(win)[len(win) // 2] if op == "median" else sum(win) / len(win)
+                v = sorted(win)[(len(win) - 1) // 2] if op == "median" else sum(win) / len(win)
         return v
 
     def send(self, v, now, force=False):

@@ -57,6 +57,10 @@ class Publisher:
         bt = base // 1000
         bu = recs[0][2]
         fine = pri == message.PRI_ALARM
+        bn = recs[0][0]
+        for r in recs:
+            if r[0] != bn:
+                bn = None
         records = []
         for name, v, unit, up in recs:
             dt = clock.ms(up) - bt * 1000
@@ -65,8 +69,11 @@ class Publisher:
                 t = e // 8 if e % 8 == 0 else e / 8
             else:
                 t = (dt + 500) // 1000
-            records.append(senml.record(name, v, None if unit == bu else unit, t or None))
-        pack = senml.pack(records, bt=bt, bu=bu)
+            rec = senml.record(name, v, None if unit == bu else unit, t or None)
+            if bn:  # one metric only: its name goes once, as the base name
+                del rec[senml.N]
+            records.append(rec)
+        pack = senml.pack(records, bn=bn, bt=bt, bu=bu)
         seq = self.q.next_id
         clk = clock.clk
         if ev is None:

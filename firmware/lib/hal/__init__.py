@@ -2,10 +2,11 @@
 same application code runs on an ESP32 and, against simulated buses, on the unix port.
 
 Board (both backends): bus(sensor) -> machine-API object (ADC read_uv, I2C readfrom_mem/writeto_mem,
-UART read/any, Pin irq) for a profile's sensor entry; wdt(ms) -> object with feed(); connect(secrets)
-(async) -> bool; online(); rssi(); ip(); open_connection(host, port) (async streams, so the sim can cut
-them); ntp(hosts) -> bool; rtc_valid(); time() -> epoch s; reset_cause(); reset(); deepsleep(ms);
-uid(); battery() -> V or None; services() -> coroutines the backend needs running.
+UART read/any, Pin value/irq) for a profile's sensor entry; wdt(ms) -> object with feed();
+connect(secrets) (async) -> bool; online(); rssi(); ip(); ntp(hosts) -> bool; rtc_valid(); time() ->
+epoch s; reset_cause(); reset(); deepsleep(ms); uid(); battery() -> V or None; services() -> coroutines
+the backend needs running. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
+so it can cut the network.
 """
 
 import sys

@@ -81,10 +81,6 @@ class Board:
     def ip(self):
         return self._wlan.ifconfig()[0] if self._wlan.isconnected() else None
 
-    async def open_connection(self, host, port, ssl=None):
-        return await asyncio.open_connection(host, port, ssl=ssl) if ssl else \
-            await asyncio.open_connection(host, port)
-
     def services(self):
         return ()
 

@@ -1,0 +1,247 @@
+"""Per device profile: heap, code size, wire bytes, sealing time and flash wear of the whole firmware,
+each against a baseline measured in the same run.
+
+Run: .venv/bin/python -m bench.firmware_bench [--profiles gas,water] [--seconds 20]. Prints a table and
+writes bench/results/firmware.json. Every figure comes from a virtual device (the real firmware as .mpy
+on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosquitto:
+
+- min heap: the smallest -X heapsize (8K steps) at which the profile runs its sped-up schedule
+  without MemoryError; peak live: heap size minus the lowest free heap the device reports (after a
+  collection) in its births and health events. Target: peak <= 48 KB of a 64 KB heap.
+- .mpy: mpy-cross output of what a board with the profile imports (firmware/lib without the sim
+  backend, its drivers, protocol/); all: every module a board is flashed with. Target: all <= 64 KB.
+- the measuring run sends every sample (dense(): no deadband) so that it fills whole batches; the
+  min-heap runs use the sped-up profile with its filters.
+- wire bytes per reading: sealed SenML-CBOR messages (COSE_Mac0, as published) against the same packs
+  as SenML-JSON (published uncompressed, no envelope, no MAC); once for the packs of the sped-up run,
+  once with its routine readings regrouped into packs of the profile's batch size; and against the
+  same message as JSON with a hex MAC (like for like); pack_only compares the SenML packs alone, without
+  the envelope. Target: <= 50 % of SenML-JSON.
+- seal: one pack encoded and authenticated on the unix port against SenML-JSON encoding of it.
+- flash bytes per reading: every byte the device process writes into its flash directory (strace),
+  against the SenML-JSON of the same packs (what a JSON-queuing node would append, without index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lifeline import upy
+from lifeline.broker import Mosquitto
+from protocol import cbor as cbor_codec
+from protocol import message, senml, topics
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
+from vdev import KEY, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up  # noqa: E402
+
+PROFILES = tuple(STIMULUS)
+HEAPS_K = (64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160, 192, 256)
+TARGET_PEAK_K, TARGET_WIRE, TARGET_MPY_K = 48, 0.5, 64
+SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py")
+DRIVERS = {"loop420": "loop420", "adxl345": "accel", "level": "level", "cover": "level", "nmea": "nmea",
+           "rain": "pulse"}
+_WRITE = re.compile(r'write\(\d+<([^>]*)>, .*\) = (\d+)$')
+
+
+def mpy_sizes(out: Path) -> dict[str, Any]:
+    """Bytes of .mpy per board module (sim backend excluded), and per profile."""
+    sizes: dict[str, int] = {}
+    for base in (upy.FIRMWARE / "lib", upy.ROOT / "protocol"):
+        for src in sorted(base.rglob("*.py")):
+            rel = src.relative_to(base.parent if base.name == "protocol" else base).as_posix()
+            if rel in SIM_ONLY:
+                continue
+            sizes[rel] = upy.compile_module(src, out / rel.replace(".py", ".mpy")).stat().st_size
+    per: dict[str, int] = {}
+    for name in PROFILES:
+        drivers = {DRIVERS[s["driver"]] for s in sped_up(name)["sensors"]}
+        per[name] = sum(n for rel, n in sizes.items() if not rel.startswith("drivers/")
+                        or rel == "drivers/__init__.py" or rel[len("drivers/"):-len(".py")] in drivers)
+    return {"modules": sizes, "all": sum(sizes.values()), "profile": per}
+
+
+def dense(name: str) -> dict[str, Any]:
+    """The sped-up profile with every sample sent (transform steps kept, deadband and heartbeat gates
+    dropped, one sample a second at most), so a short run fills whole batches."""
+    p = sped_up(name)
+    for s in p["sensors"]:
+        s["sample_s"] = min(s["sample_s"], 1)
+        for m in s["metrics"].values():
+            m["filters"] = [f for f in m.get("filters", []) if next(iter(f)) not in ("delta", "throttle",
+                                                                                       "heartbeat")]
+    return p
+
+
+def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
+        flash = Path(tmp) / "flash"
+        wrap = ["strace", "-f", "-y", "-e", "trace=write", "-o", str(trace)] if trace else None
+        listener = Listener(broker.port, "site-a", "dev-01")
+        profile = dense(name) if trace else sped_up(name)
+        dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap)
+        with dev:
+            time.sleep(seconds)
+            console = dev.console()
+        time.sleep(0.5)
+        listener.close()
+        msgs = [(k, b, raw) for k, b, raw, _ in listener.messages]
+        ok = "MemoryError" not in console and "Traceback" not in console and any(
+            k in (topics.DATA, topics.EVENT) for k, _, _ in msgs)
+        flash_bytes = 0
+        if trace is not None:
+            for line in trace.read_text(errors="replace").splitlines():
+                m = _WRITE.search(line)
+                if m and m.group(1).startswith(str(flash) + "/") and not Path(m.group(1)).name.startswith(
+                        (".world", "console")):
+                    flash_bytes += int(m.group(2))
+        return {"ok": ok, "messages": msgs, "flash_bytes": flash_bytes, "console": console[-2000:]}
+
+
+def min_heap(mpy: Path, name: str, seconds: float) -> int | None:
+    """Smallest heap in HEAPS_K that runs the profile cleanly (binary search; runs are monotonic)."""
+    lo, hi, best = 0, len(HEAPS_K) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if run_device(mpy, name, f"{HEAPS_K[mid]}K", seconds)["ok"]:
+            best, hi = HEAPS_K[mid], mid - 1
+        else:
+            lo = mid + 1
+    return best
+
+
+def seal_time(mpy: Path, pack: list[dict[int, Any]], work: Path) -> dict[str, float]:
+    path = work / "pack.json"
+    path.write_text(json.dumps([{str(k): v for k, v in rec.items()} for rec in pack]))
+    result = upy.run(HERE / "firmware_encode_upy.py", str(path), "200", heap="256K",
+                     env={"MICROPYPATH": f"{mpy}:.frozen"}, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout + result.stderr)
+    figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def batched(records: list[dict[str, Any]], size: int) -> list[list[dict[int, Any]]]:
+    """Routine readings regrouped into packs of the profile's real batch size, built the way the
+    device builds them (integer base time, offsets, base unit), for figures at full batches."""
+    packs = []
+    for i in range(0, len(records), size):
+        chunk = records[i:i + size]
+        bt = int(chunk[0]["t"])
+        bu = chunk[0].get("u")
+        bn = chunk[0]["n"] if all(r["n"] == chunk[0]["n"] for r in chunk) else None
+        recs = [senml.record(r["n"], r.get("v", r.get("vb")), None if r.get("u") == bu else r.get("u"),
+                             round(r["t"] - bt) or None) for r in chunk]
+        if bn:
+            for rec in recs:
+                del rec[senml.N]
+        packs.append(senml.pack(recs, bn=bn, bt=bt, bu=bu))
+    return packs
+
+
+def sizes_of(packs: list[list[dict[int, Any]]]) -> tuple[int, int, int, int]:
+    """(sealed CBOR message, bare SenML-JSON, the same message as JSON with a hex MAC, SenML-CBOR pack
+    alone) bytes for these packs."""
+    cbor = bare = as_json = pack_only = 0
+    for seq, pack in enumerate(packs):
+        cbor += len(message.encode(message.data("dev-01", 1, seq, pack), KEY))
+        pack_only += len(cbor_codec.dumps(pack))
+        text = senml.to_json(pack)
+        bare += len(text)
+        body = {"k": "data", "dev": "dev-01", "boot": 1, "seq": seq, "clk": 0, "pri": 0, "e": json.loads(text),
+                "mac": "00" * 32}
+        as_json += len(json.dumps(body, separators=(",", ":")))
+    return cbor, bare, as_json, pack_only
+
+
+def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
+    trace = work / f"{name}.strace"
+    run = run_device(mpy, name, "256K", seconds, trace)
+    if not run["ok"]:
+        raise RuntimeError(f"{name} did not run cleanly:\n{run['console']}")
+    packs: list[list[dict[int, Any]]] = []
+    routine: list[dict[str, Any]] = []
+    wire = 0
+    free = []
+    for kind, body, raw in run["messages"]:
+        if kind in (topics.DATA, topics.EVENT):
+            pack = [dict(r) for r in body["e"]]
+            packs.append(pack)
+            wire += len(raw)
+            if kind == topics.DATA and not body["pri"]:
+                routine += senml.resolve(pack)
+            if body.get("ev") == "health":
+                free += [r["v"] for r in senml.resolve(pack) if r["n"] == "heap"]
+        elif kind == topics.STATE and "heap" in body:
+            free.append(body["heap"])
+    readings = sum(len(p) for p in packs)
+    _, bare, as_json, _ = sizes_of(packs)
+    full = batched(routine, load_profile(name).get("batch", 16))
+    full_n = sum(len(p) for p in full)
+    full_cbor, full_bare, full_json, full_pack = sizes_of(full)
+    seal = seal_time(mpy, max(full, key=len), work)
+    return {
+        "min_heap_k": min_heap(mpy, name, min(seconds, 12)),
+        "peak_live_k": round((256 * 1024 - min(free)) / 1024, 1),
+        "readings": readings,
+        "wire_per_reading": round(wire / readings, 1),
+        "senml_json_per_reading": round(bare / readings, 1),
+        "json_msg_per_reading": round(as_json / readings, 1),
+        "wire_ratio": round(wire / bare, 3),
+        "batch_wire_per_reading": round(full_cbor / full_n, 1),
+        "batch_senml_json_per_reading": round(full_bare / full_n, 1),
+        "batch_wire_ratio": round(full_cbor / full_bare, 3),
+        "batch_json_msg_ratio": round(full_cbor / full_json, 3),
+        "pack_only_ratio": round(full_pack / full_bare, 3),
+        "seal_ms": round(seal["seal_us"] / 1000, 3),
+        "json_encode_ms": round(seal["json_us"] / 1000, 3),
+        "seal_pack_records": len(max(full, key=len)),
+        "flash_per_reading": round(run["flash_bytes"] / readings, 1),
+        "json_flash_per_reading": round(bare / readings, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", default=",".join(PROFILES))
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    if not shutil.which("strace"):
+        raise SystemExit("strace is needed to count flash writes (apt-get install strace)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        mpy = build_firmware(work / "mpy")
+        sizes = mpy_sizes(work / "board")
+        rows = {}
+        for name in args.profiles.split(","):
+            rows[name] = measure(name, mpy, args.seconds, work)
+            rows[name]["mpy_k"] = round(sizes["profile"][name] / 1024, 1)
+    cols = ("min_heap_k", "peak_live_k", "mpy_k", "wire_ratio", "batch_wire_per_reading",
+            "batch_senml_json_per_reading", "batch_wire_ratio", "batch_json_msg_ratio", "pack_only_ratio", "seal_ms",
+            "json_encode_ms", "flash_per_reading")
+    print("profile   " + " ".join(f"{c:>12.12}" for c in cols))
+    for name, row in rows.items():
+        print(f"{name:<9} " + " ".join(f"{row[c]!s:>12.12}" for c in cols))
+    all_k = round(sizes["all"] / 1024, 1)
+    verdict = {
+        "peak_heap_le_48k": all(r["peak_live_k"] <= TARGET_PEAK_K for r in rows.values()),
+        "wire_le_50pct_at_full_batch": all(r["batch_wire_ratio"] <= TARGET_WIRE for r in rows.values()),
+        "all_mpy_le_64k": all_k <= TARGET_MPY_K,
+    }
+    print(f"all board .mpy: {all_k} KB (target {TARGET_MPY_K}); targets met: {verdict}")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "firmware.json").write_text(json.dumps({"profiles": rows, "mpy": sizes, "all_mpy_k": all_k,
+                                                   "targets": verdict}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

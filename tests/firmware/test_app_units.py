@@ -1,0 +1,110 @@
+"""The firmware's pure-logic pieces (filters, pre-alarm levels, config checks), exercised directly. The
+modules are MicroPython-clean and import unchanged under CPython; the virtual-device tests run them on
+MicroPython end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from lifeline import upy
+
+sys.path.insert(0, str(upy.FIRMWARE / "lib"))
+from app import config
+from app.checks import check_filters, check_level
+from app.filters import Filter, Level
+
+PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
+
+
+def run(f: Filter, values: list[Any], step_ms: int = 1000) -> list[Any]:
+    out = []
+    for i, v in enumerate(values):
+        t = f.transform(v)
+        out.append(t if f.send(t, i * step_ms) else None)
+    return out
+
+
+def test_deadband_passes_changes_of_at_least_delta() -> None:
+    assert run(Filter([{"delta": 1}]), [5, 5.5, 6.0, 6.2, 4.9]) == [5, None, 6.0, None, 4.9]
+
+
+def test_heartbeat_sends_the_unchanged_value_once_due() -> None:
+    f = Filter([{"delta": 1}, {"heartbeat": 3}])
+    assert run(f, [5, 5, 5, 5, 5, 5, 5]) == [5, None, None, 5, None, None, 5]
+
+
+def test_transforms_apply_in_order_before_the_gates() -> None:
+    f = Filter([{"multiply": 2}, {"offset": 1}, {"q": 0.25}])
+    assert run(f, [1.1]) == [3.25]
+    med = Filter([{"median": 3}])
+    assert run(med, [1, 100, 2, 3]) == [1, 1, 2, 3]
+
+
+def test_throttle_and_boolean_any_change() -> None:
+    assert run(Filter([{"throttle": 2}]), [1, 2, 3, 4]) == [1, None, 3, None]
+    assert run(Filter([{"delta": 0}]), [False, False, True, True, False]) == [False, None, True, None, False]
+
+
+def test_levels_with_hysteresis() -> None:
+    up = Level({"above": 10, "hyst": 2})
+    assert [up.step(v) for v in (5, 10, 9, 8.5, 8, 12)] == [0, 1, 0, 0, -1, 1]
+    down = Level({"below": 200, "hyst": 20})
+    assert [down.step(v) for v in (300, 199, 210, 221)] == [0, 1, 0, -1]
+    cover = Level({"is": True})
+    assert [cover.step(v) for v in (False, True, True, False)] == [0, 1, 0, -1]
+
+
+@pytest.mark.parametrize(("steps", "error"), [
+    ([{"deltaa": 1}], "unknown step"), ([{"delta": 1, "q": 1}], "one-key"), ([{"median": 0}], "median"),
+    ([{"clamp": [3, 1]}], "clamp"), ({"delta": 1}, "list"), ([{"heartbeat": -1}], "heartbeat"),
+])
+def test_bad_filters_are_named(steps: Any, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        check_filters(steps)
+
+
+def test_bad_levels_are_named() -> None:
+    for bad in ({"above": 1, "below": 2}, {"above": "x"}, {"above": 1, "hyst": -1}, {"above": 1, "when": 2},
+                {"is": True, "ev": 3}):
+        with pytest.raises(ValueError, match="prealarm"):
+            check_level(bad)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_pass_the_boot_check(name: str) -> None:
+    p = json.loads((upy.FIRMWARE / "profiles" / f"{name}.json").read_text())
+    assert config.check_profile(p)["name"] == name
+
+
+@pytest.mark.parametrize(("path", "value", "error"), [
+    (("report_s",), 0, "report_s"), (("batch",), 100, "batch"), (("sensors", 0, "driver"), "x", "driver"),
+    (("sensors", 0, "metrics", "ch4", "filters"), [{"delta": "a"}], "metric ch4"),
+    (("tag",), ["nope"], "tag"), (("sleep",), {"awake_s": 3}, "sleep"),
+])
+def test_profile_errors_name_the_field(path: tuple[Any, ...], value: Any, error: str) -> None:
+    p = copy.deepcopy(json.loads((upy.FIRMWARE / "profiles" / "gas.json").read_text()))
+    target = p
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(config.ConfigError, match=error):
+        config.check_profile(p)
+
+
+def test_device_and_secrets_checks() -> None:
+    good = {"id": "gas-01", "site": "s1", "profile": "gas", "broker": {"host": "h", "port": 1883}}
+    assert config.check_device(good)
+    for bad, error in (({**good, "id": "Gas 01"}, "device"), ({**good, "broker": {"host": ""}}, "broker.host"),
+                       ({**good, "broker": {"host": "h", "port": 0}}, "broker.port"),
+                       ({**good, "trial_s": 1}, "trial_s")):
+        with pytest.raises(config.ConfigError, match=error):
+            config.check_device(bad)
+    secrets = {"wifi": {"ssid": "a", "password": "b"}, "key": "00" * 16}
+    assert config.check_secrets(secrets)
+    with pytest.raises(config.ConfigError, match="key"):
+        config.check_secrets({**secrets, "key": "00" * 8})
