@@ -252,11 +252,13 @@ class Player(threading.Thread):
 class Recorder:
     """A district application: subscribes to the site's whole uplink and records it with receipt times."""
 
-    def __init__(self, host: str, port: int, password: str, site: str, on_entry: Any) -> None:
+    def __init__(self, host: str, port: int, password: str, site: str, on_entry: Any,
+                 ack_alarms: bool = True) -> None:
         self.log = demo_report.DistrictLog()
         self.lock = threading.Lock()
         self.errors = 0
         self._on_entry = on_entry
+        self._ack_alarms = ack_alarms
         self._topic = f"district/v1/{site}/up/#"
         self._ack_topic = topics.down(site, topics.ALARM_ACK)
         self.acks = 0
@@ -282,7 +284,8 @@ class Recorder:
             return
         with self.lock:
             entry = self.log.add(now, kind, body)
-        if kind == topics.ALARM and isinstance(body, dict) and body.get("ev") in ("raised", "escalated"):
+        if (self._ack_alarms and kind == topics.ALARM and isinstance(body, dict)
+                and body.get("ev") in ("raised", "escalated")):
             # The district desk acknowledges what it has seen, closing the loop (the gateway stops re-sending).
             client.publish(self._ack_topic, cbor2.dumps({"id": body.get("id")}), qos=1)
             self.acks += 1
@@ -399,7 +402,7 @@ def render(st: Status) -> Any:
         gateway = Text.from_markup(
             f"outbox: {depth}   uplink {'[green]up[/]' if gw.get('uplink_connected') else '[red]down[/]'}   "
             f"accepted {int(gw.get('accepted', 0))}   rejected {int(gw.get('rejected', 0))}   "
-            f"district received {st.received}")
+            f"district received {st.received}, acknowledged {int(gw.get('acks', 0))} alarms")
         recent = Table(title="alarm events at the district (latency: device sample → district)", expand=True,
                        show_edge=False)
         for col in ("at", "subject", "rule", "event", "level", "latency"):
@@ -410,7 +413,7 @@ def render(st: Status) -> Any:
             f"[bold]lifeline demo[/]  site [bold]{st.site.id}[/]  {st.clock()}  phase: [bold]{st.phase}[/]  "
             f"expected alarms seen: {st.seen_expected}/{st.expected}")
         problems = [Text(p, style="red") for p in st.problems[-3:]]
-    grid = Table.grid(expand=True)
+    grid = Table.grid(expand=True, padding=(0, 2))
     grid.add_column(ratio=5)
     grid.add_column(ratio=6)
     grid.add_row(devs, Group(alarms, Text(""), recent))
@@ -599,6 +602,7 @@ class Demo:
     def _tick(self, seconds: float = 0.25) -> None:
         with contextlib.suppress(OSError):
             m = scrape(self.metrics_port)
+            m["acks"] = self.recorder.acks if self.recorder is not None else 0
             with self.status.lock:
                 self.status.metrics = m
         if self.gateway is not None and self.gateway.poll() is not None:
