@@ -92,7 +92,7 @@ def test_soft_reset_at_the_raw_repl_gives_a_clean_board(vdev: VirtualDevice) -> 
         time.sleep(0.05)
     out = mpremote(vdev, "exec", "import gc\ngc.collect()\nprint('free', gc.mem_free(), 'held' in globals())")
     free = int(out.split()[1])
-    assert free > 100_000 and out.split()[2] == "False", out  # 128K heap, none of it main.py's
+    assert free > 100_000 and out.split()[2] == "False", out  # most of the heap, none of it main.py's
     console = vdev.console()
     assert console.count(b"main up") == 1 and console.count(b"boot ran") == 2
     assert b"MPY: soft reboot" in console
