@@ -48,6 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.district import Recorder
 from bench.loadgen import Generator, Load, device_id, device_key
+from bench.wanlink import LinkSpec, WanLink
 from gateway import siteauth
 from lifeline.broker import Mosquitto, free_port
 from protocol import topics
@@ -73,12 +74,14 @@ class Sizes:
     alarm_interval_s: float
     background_rate: float  # device messages/s through the gateway during the alarm phase
     rounds: int  # bridge and gateway phases alternate this many times; the median round is reported
+    link_messages: int  # per device, in the throughput phases over the emulated link
+    link_rounds: int  # 0: no link scenario
 
 
 FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000,
-             rounds=3)
+             rounds=3, link_messages=400, link_rounds=3)
 QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
-              rounds=1)
+              rounds=1, link_messages=40, link_rounds=1)
 
 
 class Tally:
@@ -207,18 +210,19 @@ def wait_login(port: int, user: str, password: str, timeout: float = 10.0) -> No
         time.sleep(0.1)
 
 
-def bridge_broker(site: Site) -> Mosquitto:
+def bridge_broker(site: Site, district_port: int, name: str) -> Mosquitto:
     """A site broker with the deploy config and the same password file and ACL, bridging every device's
-    data topic to the district (QoS 1, mutual TLS as the site, under the site's uplink prefix)."""
+    data topic to the district (QoS 1, mutual TLS as the site, under the site's uplink prefix). Nothing else
+    is set for the bridge: Mosquitto's defaults, and the deploy config's global limits, apply to it."""
     auth = site.dir / "auth"
     files = {"passwd": auth / "passwd", "acl": auth / "acl", "server.crt": site.pki["server.crt"],
              "server.key": site.pki["server.key"], "ca.crt": site.pki["ca"]}
     conf = adapt((DEPLOY / "site.conf").read_text(), {"8883": free_port()}, files)
-    conf += (f"\nconnection bench-bridge\naddress 127.0.0.1:{site.ports['district_tls']}\n"
+    conf += (f"\nconnection {name}\naddress 127.0.0.1:{district_port}\n"
              f"topic +/{topics.DATA} out 1 {topics.ROOT}/{SITE}/ {bridge_prefix()}\n"
              f"bridge_cafile {site.pki['ca']}\nbridge_certfile {site.pki[SITE + '.crt']}\n"
              f"bridge_keyfile {site.pki[SITE + '.key']}\nnotifications false\ncleansession true\n")
-    return Mosquitto(conf, workdir=site.dir / "bridge-broker", anonymous=False).start()
+    return Mosquitto(conf, workdir=site.dir / name, anonymous=False).start()
 
 
 def bridge_prefix() -> str:
@@ -302,10 +306,11 @@ def timeout_for(n: int) -> float:
 
 
 def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: Tally, procs: dict[str, int],
-               rss: Callable[[], float | None] | None = None) -> dict[str, Any]:
+               rss: Callable[[], float | None] | None = None, link: WanLink | None = None) -> dict[str, Any]:
     """Run one load to the end; device messages per second from the release to the last new arrival."""
     total = load.devices * load.messages_per_device
     before, bytes_before = len(tally.seen), tally.bytes
+    link_before = link.stats()["bytes"] if link else None
     gen = Generator(load, "127.0.0.1", port, auth)
     released = gen.go()
     meter = CpuMeter(procs)
@@ -316,11 +321,17 @@ def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: 
     usage["cpu_s"]["load generator"] = round(gen.cpu_s, 2)
     got = len(tally.seen) - before
     seconds = tally.last_new - released
-    return {"device_messages": total, "site_acked": published, "received": got, "lost": total - got,
-            "complete": complete, "seconds": round(seconds, 3), "msgs_per_s": round(got / seconds, 1),
-            "site_publish_msgs_per_s": round(published / (last - first), 1),
-            "upstream_bytes_per_msg": round((tally.bytes - bytes_before) / max(got, 1), 1),
-            **usage}
+    out = {"device_messages": total, "site_acked": published, "received": got, "lost": total - got,
+           "complete": complete, "seconds": round(seconds, 3), "msgs_per_s": round(got / seconds, 1),
+           "site_publish_msgs_per_s": round(published / (last - first), 1),
+           "upstream_bytes_per_msg": round((tally.bytes - bytes_before) / max(got, 1), 1),
+           **usage}
+    if link is not None and link_before is not None:
+        # Everything that crossed the link in this phase (MQTT framing, TLS records, PUBACKs, pings).
+        crossed = {d: link.stats()["bytes"][d] - link_before[d] for d in ("up", "down")}
+        out["link_bytes_per_msg"] = {d: round(n / max(got, 1), 1) for d, n in crossed.items()}
+        out["link_up_mbit_s"] = round(crossed["up"] * 8 / usage["wall_s"] / 1e6, 2)
+    return out
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -378,7 +389,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, auth: tuple[str, str],
                                                  ("gateway_to_district", probe.from_gateway_s)) if v},
             "events": {ev: probe.events.count(ev) for ev in sorted(set(probe.events))},
             "repeats": probe.repeats, "other_alarms": probe.others,
-            "background": {"target_msgs_per_s": sizes.background_rate,
+            "background": {"target_msgs_per_s": sizes.background_rate, "messages_per_device": per_device,
                            "achieved_msgs_per_s": round(published / (last - first), 1),
                            "device_messages": total, "received": got, "lost": total - got, "complete": complete}}
 
@@ -400,91 +411,187 @@ def broker_pid(broker: Mosquitto | None) -> int:
     return broker.proc.pid
 
 
-def run(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[str, Any]:
-    print(f"setting up brokers, certificates and {sizes.devices} device logins in {workdir}", file=sys.stderr)
-    site, password = build_site(workdir, sizes)
-    auth = (LOADGEN_USER, password)
-    assert site.site_broker is not None and site.district_broker is not None
-    district = ("127.0.0.1", site.district_broker.port)
-    district_auth = ("district", site.district_password)
-    recorders: list[Recorder] = []
-    gateway: GatewayProcess | None = None
-    bridge: Mosquitto | None = None
-    bridge_runs: list[dict[str, Any]] = []
-    gateway_runs: list[dict[str, Any]] = []
-    try:
-        bridged, telemetry, probe = Tally(), Tally(), AlarmProbe()
-        recorders = [Recorder(*district, bridge_prefix() + "#", bridged.count_bridged, auth=district_auth),
-                     Recorder(*district, topics.up(SITE, topics.TELEMETRY), telemetry.count_telemetry,
-                              auth=district_auth),
-                     Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm, probe.on_alarm,
-                              auth=district_auth)]
-        for r in recorders:
+class Bench:
+    """What the phases of one run share: the site, the district recorders and the devices' next sequence
+    number (each load continues it, so the gateway never drops a repeat as a duplicate)."""
+
+    def __init__(self, site: Site, sizes: Sizes, auth: tuple[str, str], stack: contextlib.ExitStack) -> None:
+        assert site.district_broker is not None
+        self.site, self.sizes, self.auth, self.stack = site, sizes, auth, stack
+        self.next_seq = 1
+        self.bridged, self.telemetry, self.probe = Tally(), Tally(), AlarmProbe()
+        district = ("127.0.0.1", site.district_broker.port)
+        district_auth = ("district", site.district_password)
+        self.recorders = [
+            Recorder(*district, bridge_prefix() + "#", self.bridged.count_bridged, auth=district_auth),
+            Recorder(*district, topics.up(SITE, topics.TELEMETRY), self.telemetry.count_telemetry,
+                     auth=district_auth),
+            Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm,
+                     lambda t, p, now: self.probe.on_alarm(t, p, now), auth=district_auth)]
+        for r in self.recorders:
+            stack.callback(r.close)
             r.subscribed.wait(10)
-        bridge = bridge_broker(site)
-        wait_bridge(bridge, site)
-        gateway = GatewayProcess(site).start()
+
+    def errors(self) -> list[str]:
+        return [e for r in self.recorders for e in r.errors]
+
+    def load(self, messages: int) -> Load:
+        # Reading times a day back: trusted by the clock check, so no extra data-quality work.
+        load = Load(SITE, self.sizes.devices, messages, 0, self.sizes.workers, start_time=time.time() - 86400,
+                    first_seq=self.next_seq)
+        self.next_seq += messages
+        return load
+
+    def bridge(self, district_port: int, name: str) -> Mosquitto:
+        bridge = bridge_broker(self.site, district_port, name)
+        self.stack.callback(bridge.stop)
+        wait_bridge(bridge, self.site)
+        return bridge
+
+    def gateway(self) -> GatewayProcess:
+        gateway = GatewayProcess(self.site).start()
+        self.stack.callback(gateway.kill)
         asyncio.run(gateway.ready())
-        assert gateway.proc is not None
+        return gateway
+
+    def procs(self, **named: int) -> dict[str, int]:
+        assert self.site.district_broker is not None
+        return {**named, "district broker": broker_pid(self.site.district_broker), "bench (recorders)": os.getpid()}
+
+    def rounds(self, n: int, messages: int, bridge: Mosquitto, gateway: GatewayProcess, tag: str = "",
+               link: WanLink | None = None,
+               profile: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Bridge and gateway phases alternating n times on the same load size."""
+        assert gateway.proc is not None and self.site.site_broker is not None
         pid = gateway.proc.pid
-
-        def rss() -> float | None:
-            return proc_status(pid).get("VmRSS")
-
-        bridge_procs = {"site broker": broker_pid(bridge), "district broker": broker_pid(site.district_broker),
-                        "bench (recorders)": os.getpid()}
-        gateway_procs = {"gateway": pid, "site broker": broker_pid(site.site_broker),
-                         "district broker": broker_pid(site.district_broker), "bench (recorders)": os.getpid()}
-        for i in range(sizes.rounds):
-            # Each round continues the devices' sequence numbers: the gateway drops repeats as duplicates.
-            # Reading times a day back: trusted by the clock check, so no extra data-quality work.
-            load = Load(SITE, sizes.devices, sizes.messages, 0, sizes.workers, start_time=time.time() - 86400,
-                        first_seq=1 + i * sizes.messages)
-            print(f"round {i + 1}/{sizes.rounds}: plain Mosquitto bridge, site -> district", file=sys.stderr,
-                  flush=True)
-            bridge_runs.append(throughput("bridge", bridge.port, auth, load, bridged, bridge_procs))
-            print(f"round {i + 1}/{sizes.rounds}: the gateway", file=sys.stderr, flush=True)
+        extra = {"wan link": link.pid} if link else {}
+        bridge_procs = self.procs(**{"site broker": broker_pid(bridge)}, **extra)
+        gateway_procs = self.procs(gateway=pid, **{"site broker": broker_pid(self.site.site_broker)}, **extra)
+        bridge_runs, gateway_runs = [], []
+        for i in range(n):
+            load = self.load(messages)
+            say(f"round {i + 1}/{n}{tag}: plain Mosquitto bridge, site -> district")
+            bridge_runs.append(throughput("bridge" + tag, bridge.port, self.auth, load, self.bridged, bridge_procs,
+                                          link=link))
+            say(f"round {i + 1}/{n}{tag}: the gateway")
             spy = start_profile(pid, profile) if profile and i == 0 else None
-            upstream_before = recorders[1].mqtt_messages
-            gateway_runs.append(throughput("gateway", site.site_broker.port, auth, load, telemetry, gateway_procs,
-                                           rss))
-            gateway_runs[-1]["upstream_publishes"] = recorders[1].mqtt_messages - upstream_before
+            upstream_before = self.recorders[1].mqtt_messages
+            gateway_runs.append(throughput("gateway" + tag, self.site.site_broker.port, self.auth, load,
+                                           self.telemetry, gateway_procs, lambda: rss_mb(pid), link))
+            gateway_runs[-1]["upstream_publishes"] = self.recorders[1].mqtt_messages - upstream_before
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
-        bridge.stop()
+        for g in gateway_runs:
+            g["gateway_cpu_us_per_msg"] = round(g["cpu_s"]["gateway"] / max(g["received"], 1) * 1e6, 1)
+            g["gateway_cpu_busy"] = round(g["cpu_s"]["gateway"] / g["wall_s"], 2)
+        for b in bridge_runs:
+            b["brokers_cpu_us_per_msg"] = round(
+                (b["cpu_s"]["site broker"] + b["cpu_s"]["district broker"]) / max(b["received"], 1) * 1e6, 1)
+        return bridge_runs, gateway_runs
 
-        print("alarm latency under background load", file=sys.stderr, flush=True)
-        alarm_result = alarm_phase(site, sizes, sizes.rounds * sizes.messages + 1, auth, telemetry, probe, rss)
-        memory = proc_status(pid)
-        gateway.signal(signal.SIGTERM)
-        exit_code = asyncio.run(gateway.wait())
-    finally:
-        errors = [e for r in recorders for e in r.errors]
-        for r in recorders:
-            r.close()
-        if gateway is not None:
-            gateway.kill()
-        if bridge is not None:
-            bridge.stop()
-        site.stop()
-    for g in gateway_runs:
-        g["gateway_cpu_us_per_msg"] = round(g["cpu_s"]["gateway"] / max(g["received"], 1) * 1e6, 1)
-        g["gateway_cpu_busy"] = round(g["cpu_s"]["gateway"] / g["wall_s"], 2)
-    for b in bridge_runs:
-        b["brokers_cpu_us_per_msg"] = round(
-            (b["cpu_s"]["site broker"] + b["cpu_s"]["district broker"]) / max(b["received"], 1) * 1e6, 1)
-    bridge_result, gateway_result = summary(bridge_runs, bridged), summary(gateway_runs, telemetry)
-    ratio = gateway_result["msgs_per_s"] / bridge_result["msgs_per_s"]
-    rss_mb = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1)}
-    return {"sizes": asdict(sizes), "bridge": bridge_result, "gateway": gateway_result, "ratio": round(ratio, 3),
-            "alarm": alarm_result, "rss": rss_mb, "gateway_exit_code": exit_code,
-            "recorder_errors": errors[:20],
-            "targets": TARGETS,
-            "met": {"ratio": ratio >= TARGETS["ratio"],
-                    "alarm_p99": alarm_result["p99_ms"] is not None
-                    and alarm_result["p99_ms"] <= TARGETS["alarm_p99_ms"],
-                    "rss": rss_mb["peak_mb"] <= TARGETS["rss_mb"]}}
+    def alarms(self, gateway: GatewayProcess, tag: str = "") -> dict[str, Any]:
+        assert gateway.proc is not None
+        pid = gateway.proc.pid
+        self.probe = AlarmProbe()  # the same readings recur in each alarm phase
+        say(f"alarm latency under background load{tag}")
+        result = alarm_phase(self.site, self.sizes, self.next_seq, self.auth, self.telemetry, self.probe,
+                             lambda: rss_mb(pid))
+        self.next_seq += result["background"]["messages_per_device"]
+        return result
+
+    def compare(self, bridge_runs: list[dict[str, Any]], gateway_runs: list[dict[str, Any]],
+                alarm: dict[str, Any], memory: dict[str, float], exit_code: int) -> dict[str, Any]:
+        """One scenario's figures and which targets they meet."""
+        bridge, gateway = summary(bridge_runs, self.bridged), summary(gateway_runs, self.telemetry)
+        ratio = gateway["msgs_per_s"] / bridge["msgs_per_s"]
+        rss = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1)}
+        return {"bridge": bridge, "gateway": gateway, "ratio": round(ratio, 3), "alarm": alarm, "rss": rss,
+                "gateway_exit_code": exit_code,
+                "met": {"ratio": ratio >= TARGETS["ratio"],
+                        "alarm_p99": alarm["p99_ms"] is not None and alarm["p99_ms"] <= TARGETS["alarm_p99_ms"],
+                        "rss": rss["peak_mb"] <= TARGETS["rss_mb"]}}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def rss_mb(pid: int) -> float | None:
+    return proc_status(pid).get("VmRSS")
+
+
+def stop_gateway(gateway: GatewayProcess) -> tuple[dict[str, float], int]:
+    """Peak memory, then SIGTERM (drain) and the exit code."""
+    assert gateway.proc is not None
+    memory = proc_status(gateway.proc.pid)
+    gateway.signal(signal.SIGTERM)
+    return memory, asyncio.run(gateway.wait())
+
+
+def route_gateway(site: Site, port: int) -> None:
+    """Point the gateway's site.toml at another district port (the link's near end); nothing else changes."""
+    text = site.config_path.read_text()
+    old = f'[district_broker]\nhost = "127.0.0.1"\nport = {site.ports["district_tls"]}\n'
+    if text.count(old) != 1:
+        raise RuntimeError(f"site.toml has no single district_broker port to re-route:\n{text}")
+    site.config_path.write_text(text.replace(old, f'[district_broker]\nhost = "127.0.0.1"\nport = {port}\n'))
+
+
+def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None,
+        profile_link: Path | None = None) -> dict[str, Any]:
+    say(f"setting up brokers, certificates and {sizes.devices} device logins in {workdir}")
+    site, password = build_site(workdir, sizes)
+    with contextlib.ExitStack() as stack:
+        stack.callback(site.stop)
+        bench = Bench(site, sizes, (LOADGEN_USER, password), stack)
+        district_port = site.ports["district_tls"]
+
+        # Loopback: both go straight to the district broker.
+        bridge = bench.bridge(district_port, "bench-bridge")
+        gateway = bench.gateway()
+        runs = bench.rounds(sizes.rounds, sizes.messages, bridge, gateway, profile=profile)
+        bridge.stop()
+        alarm = bench.alarms(gateway)
+        loopback = bench.compare(*runs, alarm, *stop_gateway(gateway))
+
+        link_result: dict[str, Any] | None = None
+        if sizes.link_rounds:
+            link_result = over_link(bench, spec, district_port, profile_link)
+        errors = bench.errors()
+    result = {"sizes": asdict(sizes), **loopback, "recorder_errors": errors[:20], "targets": TARGETS}
+    if link_result is not None:
+        result["link"] = link_result
+    return result
+
+
+def over_link(bench: Bench, spec: LinkSpec, district_port: int, profile: Path | None = None) -> dict[str, Any]:
+    """The same comparison with both the bridge and the gateway reaching the district through one emulated
+    WAN link, after a pass-through round that shows what the proxy itself carries."""
+    sizes, stack = bench.sizes, bench.stack
+    target = ("127.0.0.1", district_port)
+    say("pass-through proxy (no delay, no limit): the bridge's loopback load through bench/wanlink.py")
+    with WanLink(target, LinkSpec(0.0, 0.0, 0.0)) as plain:
+        bridge = bench.bridge(plain.port, "bench-bridge-plain")
+        procs = bench.procs(**{"site broker": broker_pid(bridge), "wan link": plain.pid})
+        passed = throughput("bridge, pass-through", bridge.port, bench.auth, bench.load(sizes.messages),
+                            bench.bridged, procs, link=plain)
+        bridge.stop()
+    passed["wanlink_cpu_us_per_msg"] = round(passed["cpu_s"]["wan link"] / max(passed["received"], 1) * 1e6, 1)
+
+    link = stack.enter_context(WanLink(target, spec))
+    say(f"over an emulated district link: {spec.describe()}")
+    route_gateway(bench.site, link.port)
+    bridge = bench.bridge(link.port, "bench-bridge-link")
+    gateway = bench.gateway()
+    runs = bench.rounds(sizes.link_rounds, sizes.link_messages, bridge, gateway, " (link)", link, profile)
+    bridge.stop()
+    alarm = bench.alarms(gateway, " (link)")
+    out = bench.compare(*runs, alarm, *stop_gateway(gateway))
+    return {"spec": {"rtt_ms": spec.delay_s * 2000, "up_mbit_s": spec.up_bps / 1e6,
+                     "down_mbit_s": spec.down_bps / 1e6, "burst_bytes": spec.burst_bytes,
+                     "queue_bytes": spec.queue_bytes},
+            "pass_through": passed, "counters": link.stats(), **out}
 
 
 def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -544,6 +651,7 @@ def git_state() -> dict[str, Any]:
 
 
 def table(r: dict[str, Any]) -> str:
+    """One scenario's table: the run's top level (loopback) or its "link" part."""
     g, b, a = r["gateway"], r["bridge"], r["alarm"]
     bg = a["background"]
 
@@ -562,8 +670,17 @@ def table(r: dict[str, Any]) -> str:
         ("gateway CPU per device message, µs (share of one core busy)",
          f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
         ("bridge: both brokers' CPU per device message, µs", f"{b['brokers_cpu_us_per_msg']:.0f}", "", ""),
-        ("upstream bytes per device message, gateway / bridge",
+        ("upstream bytes per device message (topic + payload), gateway / bridge",
          f"{g['upstream_bytes_per_msg']:.0f} / {b['upstream_bytes_per_msg']:.0f}", "", ""),
+    ]
+    if "link_bytes_per_msg" in g:
+        rows += [
+            ("bytes on the link per device message, up (MQTT, TLS), gateway / bridge",
+             f"{g['link_bytes_per_msg']['up']:.0f} / {b['link_bytes_per_msg']['up']:.0f}", "", ""),
+            ("link use upstream, Mbit/s, gateway / bridge",
+             f"{g['link_up_mbit_s']:.1f} / {b['link_up_mbit_s']:.1f}", "", ""),
+        ]
+    rows += [
         ("ratio gateway / bridge", f"{r['ratio']:.2f}", f"≥ {TARGETS['ratio']:.1f}", yes(r["met"]["ratio"])),
         (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {TARGETS['alarm_p99_ms']:.0f}",
@@ -575,6 +692,23 @@ def table(r: dict[str, Any]) -> str:
     out = ["| measure | result | target | met |", "| --- | ---: | --- | --- |"]
     out += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
     return "\n".join(out)
+
+
+def link_text(r: dict[str, Any]) -> list[str]:
+    k = r["link"]
+    s, spec, p, g, b = r["sizes"], k["spec"], k["pass_through"], k["gateway"], k["bridge"]
+    return [
+        f"**Over an emulated district link: {spec['rtt_ms']:g} ms RTT, {spec['up_mbit_s']:g} Mbit/s up, "
+        f"{spec['down_mbit_s']:g} Mbit/s down** (`bench/wanlink.py`; both the bridge and the gateway reach the "
+        f"district broker through it). Each round: {s['devices']} devices x {s['link_messages']} messages "
+        f"({g['device_messages']:,}), {s['link_rounds']} round(s); in the median round the gateway needed "
+        f"{g['seconds']:.2f} s and {g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s. "
+        f"The proxy without delay or limit carried the bridge's loopback load ({p['device_messages']:,} messages) "
+        f"at {p['msgs_per_s']:,.0f} msg/s (straight to the broker: {r['bridge']['msgs_per_s']:,.0f}), using "
+        f"{p['wanlink_cpu_us_per_msg']:.0f} µs of CPU per message.",
+        "",
+        table(k),
+    ]
 
 
 def doc_block(r: dict[str, Any]) -> str:
@@ -589,12 +723,14 @@ def doc_block(r: dict[str, Any]) -> str:
         r["command"],
         "```",
         "",
-        f"Each round: {s['devices']} devices x {s['messages']} messages ({g['device_messages']:,} QoS 1 data "
+        f"**On loopback** (nothing between the site and the district). Each round: {s['devices']} devices x "
+        f"{s['messages']} messages ({g['device_messages']:,} QoS 1 data "
         f"messages of 3 readings) from {s['workers']} generator processes, through the bridge, then through the "
         f"gateway; {s['rounds']} round(s). In the median round the gateway needed {g['seconds']:.2f} s and "
         f"{g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s.",
         "",
         table(r),
+        *(["", *link_text(r)] if "link" in r else []),
         END,
     ])
 
@@ -624,9 +760,18 @@ def main(argv: list[str] | None = None) -> int:
                              ("alarm_samples", int, "alarm readings"),
                              ("alarm_interval_s", float, "seconds between alarm readings"),
                              ("background_rate", float, "messages/s of background load in the alarm phase"),
-                             ("rounds", int, "bridge and gateway phases, alternating; the median is reported")):
+                             ("rounds", int, "bridge and gateway phases, alternating; the median is reported"),
+                             ("link_messages", int, "messages per device in each phase over the emulated link"),
+                             ("link_rounds", int, "rounds over the emulated link (0: none)")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                             help=f"{what} (default {getattr(FULL, name):g}, --quick {getattr(QUICK, name):g})")
+    link = LinkSpec()
+    parser.add_argument("--delay-ms", type=float, default=link.delay_s * 1000,
+                        help="the emulated link's one-way delay, each direction (default %(default)g)")
+    parser.add_argument("--up-mbit", type=float, default=link.up_bps / 1e6,
+                        help="its rate site -> district, Mbit/s; 0: unlimited (default %(default)g)")
+    parser.add_argument("--down-mbit", type=float, default=link.down_bps / 1e6,
+                        help="its rate district -> site, Mbit/s; 0: unlimited (default %(default)g)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_throughput.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
                         help="markdown file whose '## Gateway throughput' section gets the table")
@@ -634,13 +779,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway during phase 2 "
                         "(sampling slows it: such a run does not update the markdown file)")
+    parser.add_argument("--profile-link", type=Path, help="the same for its first round over the emulated link")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
-    sizes = Sizes(**{name: getattr(args, name) or value for name, value in asdict(base).items()})
+    sizes = Sizes(**{name: value if getattr(args, name) is None else getattr(args, name)
+                     for name, value in asdict(base).items()})
+    spec = LinkSpec(delay_s=args.delay_ms / 1000, up_bps=args.up_mbit * 1e6, down_bps=args.down_mbit * 1e6)
     load_before = round(os.getloadavg()[0], 2)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     try:
-        result = run(sizes, workdir, args.profile)
+        result = run(sizes, spec, workdir, args.profile, args.profile_link)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -653,12 +801,15 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(table(result))
+    if "link" in result:
+        print("\n" + "\n".join(link_text(result)))
     print(f"\nJSON: {args.json}")
-    if not args.no_doc and not args.profile:
+    if not args.no_doc and not args.profile and not args.profile_link:
         write_doc(args.doc, result)
         print(f"table written to {args.doc}")
-    lost = result["gateway"]["lost_total"] + result["bridge"]["lost_total"] + result["alarm"]["lost"] \
-        + result["alarm"]["background"]["lost"]
+    lost = sum(x["gateway"]["lost_total"] + x["bridge"]["lost_total"] + x["alarm"]["lost"]
+               + x["alarm"]["background"]["lost"] for x in (result, result.get("link") or result))
+    lost += result["link"]["pass_through"]["lost"] if "link" in result else 0
     return 1 if lost else 0
 
 

@@ -17,7 +17,7 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n## Firmware\n\nkept as it is\n")
     args = ["--quick", "--devices", "8", "--messages", "25", "--rounds", "2", "--alarm-samples", "10",
-            "--json", str(out), "--doc", str(doc)]
+            "--link-messages", "20", "--link-rounds", "1", "--json", str(out), "--doc", str(doc)]
     proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -26,23 +26,34 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     for key in ("date", "command", "machine", "git", "sizes", "bridge", "gateway", "ratio", "alarm", "rss",
                 "targets", "met"):
         assert key in r, key
+    link = r["link"]
+    for scenario, per_device, rounds in ((r, 25, 2), (link, 20, 1)):
+        for phase in ("bridge", "gateway"):
+            x = scenario[phase]
+            assert x["device_messages"] == 8 * per_device and x["device_messages_total"] == rounds * 8 * per_device
+            assert len(x["rounds"]) == rounds
+            assert x["site_acked"] == x["device_messages"]
+            assert x["received"] == x["device_messages"] and x["lost_total"] == 0
+            assert x["msgs_per_s"] > 0
+        assert scenario["gateway"]["upstream_publishes"] < scenario["gateway"]["device_messages"]  # batched
+        alarm = scenario["alarm"]
+        assert alarm["received"] == alarm["samples"] == 10 and alarm["lost"] == 0
+        assert alarm["events"] == {"raised": 5, "cleared": 5}
+        assert alarm["p50_ms"] is not None and alarm["p50_ms"] <= alarm["p99_ms"] <= alarm["max_ms"]
+        assert alarm["background"]["lost"] == 0 and alarm["background"]["received"] > 0
+        assert scenario["rss"]["peak_mb"] > 0
+        assert scenario["gateway_exit_code"] == 0
+        assert set(scenario["met"]) == {"ratio", "alarm_p99", "rss"}
+    assert r["recorder_errors"] == []
+    # Over the link, what crossed it is counted, and the pass-through round lost nothing either.
+    assert link["spec"]["rtt_ms"] == 40 and link["spec"]["up_mbit_s"] == 10
     for phase in ("bridge", "gateway"):
-        assert r[phase]["device_messages"] == 8 * 25 and r[phase]["device_messages_total"] == 2 * 8 * 25
-        assert len(r[phase]["rounds"]) == 2
-        assert r[phase]["site_acked"] == r[phase]["device_messages"]
-        assert r[phase]["received"] == r[phase]["device_messages"] and r[phase]["lost_total"] == 0
-        assert r[phase]["msgs_per_s"] > 0
-    assert r["gateway"]["upstream_publishes"] < r["gateway"]["device_messages"]  # batched upstream
-    alarm = r["alarm"]
-    assert alarm["received"] == alarm["samples"] == 10 and alarm["lost"] == 0
-    assert alarm["events"] == {"raised": 5, "cleared": 5}
-    assert alarm["p50_ms"] is not None and alarm["p50_ms"] <= alarm["p99_ms"] <= alarm["max_ms"]
-    assert alarm["background"]["lost"] == 0 and alarm["background"]["received"] > 0
-    assert r["rss"]["peak_mb"] > 0
-    assert r["gateway_exit_code"] == 0 and r["recorder_errors"] == []
-    assert set(r["met"]) == {"ratio", "alarm_p99", "rss"}
+        assert link[phase]["link_bytes_per_msg"]["up"] >= link[phase]["upstream_bytes_per_msg"]
+    assert link["pass_through"]["received"] == link["pass_through"]["device_messages"] == 8 * 25
+    assert link["counters"]["connections"] >= 2  # the bridge's and the gateway's
 
     text = doc.read_text()
     assert "## Firmware\n\nkept as it is" in text
-    assert "## Gateway throughput" in text and "| ratio gateway / bridge |" in text
+    assert "## Gateway throughput" in text and text.count("| ratio gateway / bridge |") == 2
+    assert "Over an emulated district link: 40 ms RTT" in text
     assert r["command"] in text
