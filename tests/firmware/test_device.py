@@ -152,6 +152,26 @@ def seqs_of(m: list[tuple[str, dict[str, Any], bytes, bool]]) -> list[int]:
     return [b["seq"] for k, b, _, _ in m if k in (topics.DATA, topics.EVENT)] or [0]
 
 
+def test_network_cut_drops_the_link_until_restored(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=2), broker.port,
+                       {"ch4": [[0, 2.0], [60, 9.0]]}) as dev:
+        assert listener.wait(lambda m: len(seqs_of(m)) >= 2, 20), dev.console()
+        assert dev.control(net=False)["ok"]
+        # the link breaks on its next read or write: the broker sees it gone and publishes the will
+        assert listener.wait(lambda m: any(x[0] == topics.STATE and x[1]["st"] == message.OFFLINE for x in m), 15)
+        cut_at = max(seqs(listener))
+        time.sleep(3)
+        assert max(seqs(listener)) == cut_at, "nothing gets out while the network is cut"
+        assert dev.control(net=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 20), dev.console()
+        assert listener.wait(lambda m: max(seqs_of(m)) >= cut_at + 6, 20), dev.console()
+    listener.close()
+    unique = sorted(set(seqs(listener)))
+    assert unique == list(range(unique[0], unique[-1] + 1))
+    assert online_births(listener)[1]["boot"] == 1, "a reconnect, not a reboot"
+
+
 def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     p = fast_gas(report_s=600, batch=64)

@@ -62,9 +62,10 @@ class App:
 
         self.pub = Publisher(self, p)
         b = d["broker"]
-        self.mqtt = MQTTClient(self.dev, b["host"], b.get("port", 1883), b.get("user"), s.get("mqtt_password"),
-                               p.get("keepalive", 60), True, None, True if b.get("tls") else None,
-                               on_message=self.on_message, on_connect=self.birth)
+        self.mqtt = MQTTClient(self.dev, b["host"], port=b.get("port", 1883), user=b.get("user"),
+                               password=s.get("mqtt_password"), keepalive=p.get("keepalive", 60), clean=True,
+                               ssl=True if b.get("tls") else None, on_message=self.on_message,
+                               on_connect=self.birth)
         self.sealed()
         self.configure(p)
         self.sensors = []
