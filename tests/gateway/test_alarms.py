@@ -520,5 +520,6 @@ def test_the_shipped_rules_run_in_the_engine(tmp_path: Path) -> None:
     s = Site(tmp_path / "db", default_ruleset(), RiskPoints.parse([STATION]))
     assert steps(s.feed("gas-1", "gas", "ch4", [5, 21, 22])) == [("raised", None, YELLOW)]
     assert steps(s.feed("m-1", "drainage", "cover", [True])) == [("raised", None, ORANGE)]
-    assert [t.rule for t in s.feed("w-1", "water", "pressure", [300000, 300000, 190000], dt=10)] == ["water.pressure.rate"]
+    burst = s.feed("w-1", "water", "pressure", [300000, 300000, 190000], dt=10)
+    assert [t.rule for t in burst] == ["water.pressure.rate"]
     s.conn.close()
