@@ -458,7 +458,7 @@ class Demo:
         self.args = args
         self.quick: bool = args.quick
         self.site = demo_site.load(args.seed)
-        self.out: Path = args.out
+        self.out: Path = args.out.resolve()  # devices run in their flash directories: no relative paths
         self.work = self.out / "run"
         self.logs = self.work / "logs"
         self.devices = self.site.select(self.quick)
