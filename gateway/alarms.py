@@ -175,9 +175,14 @@ class Track:
     runs: Mapping[Level, Run] = field(default_factory=dict)
     window: tuple[tuple[float, float], ...] = ()
     sums: SumState | None = None
+    # Device time of the newest reading judged. A node sends fresh alarm packs ahead of its routine backlog,
+    # so older readings arrive after newer ones; judging them would clear or lower an alarm on stale values.
+    latest: float | None = None
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"runs": {str(int(lv)): [r.start, r.last, r.count] for lv, r in self.runs.items()}}
+        if self.latest is not None:
+            data["latest"] = self.latest
         if self.window:
             data["window"] = [list(item) for item in self.window]
         if self.sums is not None:
@@ -193,10 +198,14 @@ class Track:
         state = None
         if sums is not None:
             state = SumState(float(sums["last"]), tuple((int(i), float(a)) for i, a in sums["bins"]))
-        return cls(runs, window, state)
+        latest = data.get("latest")
+        return cls(runs, window, state, None if latest is None else float(latest))
+
+    def is_older(self, device_time: float) -> bool:
+        return self.latest is not None and device_time < self.latest
 
     def empty(self) -> bool:
-        return not self.runs and not self.window and self.sums is None
+        return not self.runs and not self.window and self.sums is None and self.latest is None
 
 
 @dataclass
@@ -489,17 +498,21 @@ class AlarmEngine:
 
     def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
         track = self._tracks.get(key, Track())
+        if track.is_older(ctx.device_time):
+            return []
         signal = dict.fromkeys(threshold.levels, judged)
         verdict = judge(threshold, self._level_of(key), track.runs, signal, ctx.device_time)
-        self._save_track(key, replace(track, runs=verdict.runs))
+        self._save_track(key, replace(track, runs=verdict.runs, latest=ctx.device_time))
         return self._emit(key, verdict.level, rule_id, "level", ctx, signal)
 
     def _judge_rate(self, key: Key, rule_id: str, rule: RateRule, ctx: _Reading) -> list[Transition]:
         track = self._tracks.get(key, Track())
+        if track.is_older(ctx.device_time):
+            return []
         change, window = rate_signal(rule, track.window, ctx.reading, ctx.device_time)
         signal = dict.fromkeys(rule.threshold.levels, change)
         verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, ctx.device_time)
-        self._save_track(key, Track(verdict.runs, window, None))
+        self._save_track(key, Track(verdict.runs, window, None, ctx.device_time))
         return self._emit(key, verdict.level, rule_id, "rate", ctx, signal)
 
     def _judge_sum(self, key: Key, rule_id: str, rule: SumRule, ctx: _Reading) -> list[Transition]:

@@ -523,3 +523,22 @@ def test_the_shipped_rules_run_in_the_engine(tmp_path: Path) -> None:
     burst = s.feed("w-1", "water", "pressure", [300000, 300000, 190000], dt=10)
     assert [t.rule for t in burst] == ["water.pressure.rate"]
     s.conn.close()
+
+
+def test_a_late_older_reading_never_clears_or_lowers_a_newer_alarm(site: Site) -> None:
+    # The node sends its fresh alarm pack first; routine readings taken earlier arrive after it.
+    raised = site.feed("gas-1", "gas", "ch4", [55, 56], t0=100)
+    assert steps(raised) == [("raised", None, RED)]
+    assert site.feed("gas-1", "gas", "ch4", [2, 3, 2], t0=90) == []
+    assert [a.level for a in site.engine.active()] == [RED]
+    site.restart()
+    assert site.engine.observe("gas-1", "gas", "ch4", 1.0, 95.0, 2000.0) == []
+    # Readings newer than the alarm are judged as usual.
+    assert steps(site.feed("gas-1", "gas", "ch4", [1, 1], t0=102))[-1] == ("cleared", RED, None)
+
+
+def test_a_late_older_reading_does_not_disturb_a_rate_window(site: Site) -> None:
+    out = site.feed("w-1", "water", "pressure", [400, 400, 290], dt=10)
+    assert [(t.rule_kind, t.level) for t in out] == [("rate", RED)]
+    assert site.feed("w-1", "water", "pressure", [400], t0=5) == []
+    assert {a.level for a in site.engine.active()} == {RED}
