@@ -30,7 +30,7 @@ from gateway.config import DeviceConfig
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
-from protocol import message, senml, topics
+from protocol import message, topics
 
 log = logging.getLogger("lifeline.gateway.checks")
 
@@ -100,8 +100,9 @@ class Checker:
         if device is None:
             self._reject("unknown-device", f"device {dev!r} is not in the registry", topic, raw, now)
             return None
+        records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
-            body = cast(Mapping[str, Any], message.decode(raw, self.registry.key_for, kind, _loads))
+            body = cast(Mapping[str, Any], message.decode(raw, self.registry.key_for, kind, _loads, records))
         except message.MessageError as exc:
             detail = str(exc)
             while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
@@ -124,7 +125,7 @@ class Checker:
             if verdict is not Verdict.NEW:
                 self.dropped[verdict.value] += 1
                 return None
-            readings = self._readings(dev, body, now)
+            readings = self._readings(dev, body, records, now)
         elif kind == topics.STATE:
             online = body["st"] == message.ONLINE
             verdict = self.sequence.check_state(dev, body["boot"], body["seq"], online)
@@ -137,11 +138,12 @@ class Checker:
         self.registry.seen(dev, now)
         return Checked(kind, device, body, readings, retained)
 
-    def _readings(self, dev: str, body: Mapping[str, Any], now: float) -> tuple[Reading, ...]:
+    def _readings(self, dev: str, body: Mapping[str, Any], records: list[dict[str, Any]],
+                  now: float) -> tuple[Reading, ...]:
         boot_clock = body["clk"] == message.CLK_BOOT
         epoch = self.registry.boot_epoch(dev, body["boot"]) if boot_clock else None
         out = []
-        for rec in senml.resolve(body["e"]):
+        for rec in records:
             t_dev = float(rec["t"])
             if boot_clock:
                 clock = CLOCK_UNKNOWN if epoch is None else CLOCK_BOOT

@@ -77,8 +77,11 @@ def _one_of(body, name, allowed):
         raise MessageError("schema", "%s must be one of %r" % (name, allowed))
 
 
-def check(body, kind):
-    """Raise MessageError("schema", ...) unless the body is a well-formed message of this kind."""
+def check(body, kind, records=None):
+    """Raise MessageError("schema", ...) unless the body is a well-formed message of this kind.
+
+    Checking a data or event body resolves its SenML pack; a caller that needs the resolved records passes
+    a list as `records` and gets them appended, instead of resolving the pack a second time."""
     if not isinstance(body, dict):
         raise MessageError("schema", "body is not a map")
     if body.get("k") != kind:
@@ -94,11 +97,13 @@ def check(body, kind):
         _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
         _one_of(body, "pri", (PRI_ROUTINE, PRI_ALARM))
         try:
-            senml.resolve(body.get("e"))
+            resolved = senml.resolve(body.get("e"))
         except senml.SenMLError as exc:
             raise MessageError("schema", "e: %s" % exc)
         if kind == topics.EVENT:
             _is(body, "ev", (str,))
+        if records is not None:
+            records.extend(resolved)
     elif kind == topics.STATE:
         _uint(body, "seq")
         _one_of(body, "st", (ONLINE, OFFLINE))
@@ -120,8 +125,9 @@ def check(body, kind):
     return body
 
 
-def decode(data, key_for, kind, loads=None):
-    """Authenticate, decode and check one message; every failure is a MessageError with a reason."""
+def decode(data, key_for, kind, loads=None, records=None):
+    """Authenticate, decode and check one message; every failure is a MessageError with a reason.
+    `records`: as for `check`, filled only once the message has passed every check."""
     if len(data) > MAX_MESSAGE:
         raise MessageError("oversize", "%d bytes, limit %d" % (len(data), MAX_MESSAGE))
     try:
@@ -132,7 +138,10 @@ def decode(data, key_for, kind, loads=None):
         body = (loads or cbor.loads)(payload)
     except Exception as exc:
         raise MessageError("malformed", "payload is not CBOR: %s" % exc)
-    check(body, kind)
+    resolved = [] if records is not None else None
+    check(body, kind, resolved)
     if body["dev"].encode() != kid:
         raise MessageError("schema", "dev %r does not match the key id" % body["dev"])
+    if resolved:
+        records.extend(resolved)
     return body

@@ -86,3 +86,19 @@ def test_deterministic_bytes():
     a = message.encode(message.data("gas-01", 3, 41, _pack()), KEY)
     b = message.encode(message.data("gas-01", 3, 41, _pack()), KEY)
     assert a == b
+
+
+def test_decode_hands_over_the_records_its_check_resolved():
+    pack = _pack()
+    records = []
+    body = message.decode(message.encode(message.data("gas-01", 3, 41, pack), KEY), KEYS, topics.DATA,
+                          records=records)
+    assert records == senml.resolve(body["e"]) and records[0]["n"] == "gas-01:ch4"
+    state = []
+    message.decode(message.encode(message.death("gas-01", 7, 100), KEY), KEYS, topics.STATE, records=state)
+    assert state == []
+    forged = []
+    from protocol import auth
+    sealed = auth.seal(KEY, b"gas-01", cbor.dumps(message.data("gas-02", 3, 41, _pack())))
+    raises(message.MessageError, message.decode, sealed, KEYS, topics.DATA, None, forged)
+    assert forged == []  # nothing from a message that failed a check
