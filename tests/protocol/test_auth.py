@@ -53,3 +53,14 @@ def test_reasons():
 def test_mac_structure_is_the_cbor_of_rfc_9052():
     for payload in (b"", b"x" * 23, b"x" * 24, b"x" * 300):
         assert auth._to_be_maced(b"\xa1\x01\x05", payload) == cbor.dumps(["MAC0", b"\xa1\x01\x05", b"", payload])
+
+
+def test_protected_header_is_judged_by_what_it_says():
+    def sealed_with(protected):
+        tag = auth.hmac_sha256(KEY, auth._to_be_maced(protected, b"x"))
+        return cbor.dumps(cbor.Tag(17, [protected, {4: b"d"}, b"x", tag]))
+
+    # Other bytes that still say HMAC 256/256 verify like the usual header; other meanings do not.
+    assert auth.verify(sealed_with(b"\xa2\x01\x05\x03\x00"), {b"d": KEY}.get) == (b"d", b"x")
+    for protected in (b"\xa1\x01\x04", b"\xa0", b"\x40", b"\xff\x00"):
+        assert raises(auth.AuthError, auth.verify, sealed_with(protected), {b"d": KEY}.get).reason == "malformed"
