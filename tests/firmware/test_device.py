@@ -337,6 +337,12 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
         elif not sent or not births or min(b["heap"] for b in births) <= 0:
             problems.append(f"{name}: {len(sent)} messages, {len(births)} births")
     assert not problems, "\n".join(problems)
+    for body in listeners["drone"].of(topics.DATA):  # every drone pack carries position and fix quality
+        assert {"lat", "lon", "fix"} <= {r["n"] for r in senml.resolve(list(body["e"]))}, body
+    routine = sorted(r["t"] for b in listeners["water"].of(topics.DATA) if not b["pri"]
+                     for r in readings(b, "pressure"))
+    assert any(b - a < 1 for a, b in itertools.pairwise(routine)), \
+        f"a burst samples water pressure faster than its 2 s schedule: {routine}"
 
 
 RUN_S = 15

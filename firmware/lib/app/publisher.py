@@ -5,7 +5,7 @@ Routine readings collect in RAM until `batch` of them or report_s has passed, th
 SenML pack; alarm readings and events are sealed at once into the alarm lane. The sender takes the
 queue's next record (alarm lane first, then the routine backlog oldest first), publishes it at QoS 1
 and acks it in the queue once the PUBACK is in. A sequence number is the queue's record id: both are
-issued together, gap-free and persisted by the queue, so they survive any power cut (flashq.py).
+issued together, one apart, never reused, and recovered by the queue after any power cut (flashq.py).
 """
 
 import asyncio
@@ -24,7 +24,6 @@ class Publisher:
         self.q = FlashQ("q", q.get("capacity", 65536), q.get("segment", 4096), MAX_RECORD)
         self.pending = []
         self.wake = asyncio.Event()
-        self.sent = self.sealed = 0
         self.boot_clk = False  # a boot-relative message was issued this boot
 
     @property
@@ -87,7 +86,6 @@ class Publisher:
             self.seal(recs[half:], pri, ev, urgent)
             return
         self.q.put(data, urgent, KIND_EVENT if ev else KIND_DATA)
-        self.sealed += 1
         if clk == message.CLK_BOOT:
             self.boot_clk = True
         app.sealed()
@@ -105,4 +103,3 @@ class Publisher:
             rid, kind, payload = head[0]
             await mqtt.publish(topic[kind], payload, qos=1)
             q.ack(rid)
-            self.sent += 1
