@@ -80,9 +80,10 @@ def _text(rec, label, where):
 def _check_name(name, where):
     if not name:
         raise SenMLError("%s: empty name" % where)
-    for ch in name:
-        if ch not in _NAME_CHARS:
-            raise SenMLError("%s: character %r not allowed in a name" % (where, ch))
+    if name.strip(_NAME_CHARS):  # something outside the set is left: find the first for the message
+        for ch in name:
+            if ch not in _NAME_CHARS:
+                raise SenMLError("%s: character %r not allowed in a name" % (where, ch))
     if name[0] in "-:./_":
         raise SenMLError("%s: name must start with a letter or digit" % where)
 

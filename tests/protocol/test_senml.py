@@ -75,3 +75,13 @@ def test_three_reading_pack_is_at_most_half_of_senml_json():
 def test_to_json_uses_text_labels():
     j = senml.to_json([senml.record("a", 1, "m")])
     assert '"n":"a"' in j and '"u":"m"' in j and '"v":1' in j
+
+
+def test_names_are_checked_and_the_first_bad_character_named():
+    ok = senml.resolve([{senml.BN: "gas-01:", senml.N: "ch4_raw.2/x", senml.V: 1}])
+    assert ok[0]["n"] == "gas-01:ch4_raw.2/x"
+    for name, bad in (("ch 4", " "), ("ch4!", "!"), ("#ch4", "#"), ("c\u00e9h4 x", "\u00e9")):
+        err = raises(senml.SenMLError, senml.resolve, [{senml.N: name, senml.V: 1}])
+        assert ("character %r" % bad) in str(err), (name, str(err))
+    for name in ("", "-ch4", ":ch4", "_ch4"):
+        raises(senml.SenMLError, senml.resolve, [{senml.N: name, senml.V: 1}])
