@@ -158,7 +158,8 @@ class Checker:
                 clock, t = CLOCK_PAST, now
             if clock != CLOCK_OK:
                 self.flagged[clock] += 1
-            value: Any = next((rec[k] for k in ("v", "vb", "vs", "vd") if k in rec), None)
+            # A resolved record has at most one value field, and a sum when it has none.
+            value: Any = rec["v"] if "v" in rec else next((rec[k] for k in ("vb", "vs", "vd") if k in rec), None)
             if value is None:  # a sum-only record
                 value = rec["s"]
             out.append(Reading(rec["n"], rec["n"].rsplit(":", 1)[-1], value, rec.get("u"), t, t_dev, clock))
