@@ -13,7 +13,11 @@ per worker process instead of one per device, so the generator is not the bottle
 2. gateway: the same load into the gateway's site broker, counted at the district inside the telemetry packs;
 3. alarms: one gas device alternating above red and below blue's clear level (pending turned off for it by a
    per-device override) while the gateway carries a paced background load; latency is host publish time to
-   district receipt of the transition.
+   district receipt of the transition;
+4. over an emulated district link (bench/wanlink.py, default 40 ms RTT and 10 Mbit/s each way): first the
+   bridge's loopback load through the proxy with no delay or limit (what the proxy itself carries), then
+   phases 1 to 3 again with both the bridge and the gateway reaching the district broker through the link
+   (the gateway restarted with its district port moved to the link's, nothing else changed).
 
 Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
 receipt of the last new one. The gateway's peak RSS is VmHWM from /proc. Nothing here asserts speed; the
