@@ -45,9 +45,6 @@ from protocol import topics
 DEPLOY = upy.ROOT / "deploy" / "mosquitto"
 PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline flash` writes per device
 DISTRICT_USER = "district"
-# The MicroPython heap of each virtual device. The board target is 64K (upy.DEVICE_HEAP), but on the 64-bit
-# unix port the firmware needs more; docs/firmware.md ("Memory") measures it and runs its tests at 160K.
-DEVICE_HEAP = "160K"
 ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
 TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
 FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
@@ -697,7 +694,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the plot, summary and district record go (default out/demo)")
     parser.add_argument("--seed", type=Path, default=demo_site.SEED, help="site and incident (seeds/demo_site.toml)")
-    parser.add_argument("--heap", default=DEVICE_HEAP, help=f"MicroPython heap per device (default {DEVICE_HEAP})")
+    parser.add_argument("--heap", default=upy.FIRMWARE_HEAP,
+                        help=f"MicroPython heap per device (default {upy.FIRMWARE_HEAP}; docs/firmware.md, Memory)")
     live = parser.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
                       help="live terminal view (the default on a terminal)")

@@ -28,7 +28,7 @@ def check_filters(steps):
         elif op in ("offset", "multiply"):
             ok = num(arg)
         else:
-            ok = num(arg) and arg > 0 or op == "delta" and arg == 0
+            ok = (num(arg) and arg > 0) or (op == "delta" and arg == 0)
         if not ok:
             raise ValueError("filter %d: bad argument for %s: %r" % (i, op, arg))
     return steps
@@ -41,7 +41,7 @@ def check_level(spec):
     if len(kinds) != 1:
         raise ValueError("prealarm needs exactly one of above, below, is")
     k = kinds[0]
-    if k != "is" and not num(spec[k]) or not num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
+    if (k != "is" and not num(spec[k])) or not num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
         raise ValueError("prealarm %s and hyst must be numbers, hyst >= 0" % k)
     for name in spec:
         if name not in ("above", "below", "is", "hyst", "ev"):

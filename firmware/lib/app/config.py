@@ -9,7 +9,7 @@ connection under it, is rolled back to the .prev copies, and a connect confirms 
 
 import persist
 from app import trial
-from app.checks import check_filters, check_level, num
+from app.checks import check_filters, check_level
 from protocol import topics
 
 DEVICE = "device.json"
@@ -119,7 +119,7 @@ def check_profile(p):
     _need(isinstance(q, dict) and _int(q.get("capacity", 65536), 4096, 1 << 24)
           and _int(q.get("segment", 4096), 512, 1 << 20), w, "queue needs capacity and segment in bytes")
     sl = p.get("sleep")
-    _need(sl is None or isinstance(sl, dict) and _pos(sl.get("wake_s")) and _pos(sl.get("awake_s", 30)),
+    _need(sl is None or (isinstance(sl, dict) and _pos(sl.get("wake_s")) and _pos(sl.get("awake_s", 30))),
           w, "sleep needs wake_s (and awake_s) > 0")
     tag = p.get("tag", [])
     _need(isinstance(tag, list), w, "tag must be a list of metric names")

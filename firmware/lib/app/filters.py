@@ -51,11 +51,11 @@ class Filter:
     def send(self, v, now, force=False):
         """Whether transformed value `v` at `now` (integer ms: exact where floats are single
         precision) goes out; the gates decide unless `force` or the heartbeat is due."""
-        if self.sent_at is None or self.hb is not None and now - self.sent_at >= self.hb * 1000:
+        if self.sent_at is None or (self.hb is not None and now - self.sent_at >= self.hb * 1000):
             force = True
         if not force:
             for op, arg, _ in self.steps:
-                if op == "delta" and (v == self.last or not isinstance(v, bool) and abs(v - self.last) < arg):
+                if op == "delta" and (v == self.last or (not isinstance(v, bool) and abs(v - self.last) < arg)):
                     return False
                 if op == "throttle" and now - self.sent_at < arg * 1000:
                     return False

@@ -9,6 +9,7 @@ issued together, one apart, never reused, and recovered by the queue after any p
 """
 
 import asyncio
+
 from flashq import FlashQ
 from protocol import message, senml, topics
 

@@ -1,10 +1,10 @@
 """The node's run loop: wires board, clock, samplers, publisher, commands and health, and keeps the
 watched main loop that feeds the watchdog. run() is what main.py calls once the config is settled."""
 
+import asyncio
 import gc
 import os
 
-import asyncio
 import hal
 from app import drop, watchdog
 from app.clock import Clock

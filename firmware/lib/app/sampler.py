@@ -7,9 +7,9 @@ or burst.s during a burst window (burst.for_s every burst.every_s). Drivers whos
 and reported as a "fault" event when they start and when they clear, never as a crash.
 """
 
+import asyncio
 import time
 
-import asyncio
 from app.filters import Filter, Level
 from drivers import Fault
 from protocol import message
@@ -124,7 +124,7 @@ class Sensor:
         except Fault as f:
             self._fault(f.reason)
             return False
-        except Exception as e:  # noqa: BLE001 - a bus error or a driver bug is this sensor's fault, not the node's
+        except Exception as e:
             self._fault("%s: %s" % (type(e).__name__, e))
             return False
         if self.fault is not None:
@@ -169,7 +169,7 @@ class Sensor:
                 if self.drv is not None:
                     try:
                         self.poll()
-                    except Exception:  # noqa: BLE001 - the next read reports a lasting fault
+                    except Exception:
                         pass
             await asyncio.sleep_ms(wait)
             self.sample()

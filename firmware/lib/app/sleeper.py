@@ -5,6 +5,7 @@ sleeps once the clock is on the epoch (an RTC keeps it through deep sleep). Whil
 is crossed the node wakes every fast_s instead of wake_s."""
 
 import asyncio
+
 import persist
 from app import watchdog
 

@@ -1,9 +1,9 @@
 """ESP32 backend: machine and network on a real board. Bus settings come from the profile's sensor
 entries ("bus": {"type": "adc"|"i2c"|"uart"|"pin", ...}); see docs/firmware.md."""
 
+import asyncio
 import time
 
-import asyncio
 import machine
 import network
 

@@ -8,6 +8,8 @@ EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave MARK so t
 reset cause and whether the RTC kept time; a supervisor starts the process again (docs/firmware.md).
 """
 
+import _thread
+import asyncio
 import binascii
 import json
 import os
@@ -15,8 +17,6 @@ import socket
 import sys
 import time
 
-import _thread
-import asyncio
 import hal
 import persist
 

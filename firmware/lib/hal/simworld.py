@@ -169,7 +169,7 @@ def main():
     poller.register(bus, select.POLLIN)
     last = seen = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), seen) < world.idle_ms:
-        for s, ev in poller.ipoll(20):
+        for s, _ev in poller.ipoll(20):
             data, peer = s.recvfrom(1024)
             try:
                 msg = json.loads(data)

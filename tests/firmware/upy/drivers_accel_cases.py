@@ -6,6 +6,7 @@ from math import pi
 
 import micropython
 from drivercheck import Clock, eq, fault, near
+
 from drivers.accel import ADXL345
 from hal.simdev import SimADXL345
 

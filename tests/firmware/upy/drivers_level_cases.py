@@ -2,6 +2,7 @@
 level from mounting height; SimLevelUART round trip; the cover switch."""
 
 from drivercheck import Clock, eq, fault, near
+
 from drivers.level import Cover, UltrasonicLevel
 from hal.simdev import SimLevelUART, SimPin
 

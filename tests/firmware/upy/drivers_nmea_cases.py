@@ -2,6 +2,7 @@
 cut sentences and checksummed junk; a SimNMEA round trip."""
 
 from drivercheck import Clock, eq, near
+
 from drivers.nmea import NMEA
 from hal.simdev import SimNMEA
 

@@ -5,6 +5,7 @@ from time import ticks_add
 
 import micropython
 from drivercheck import Clock, eq, near
+
 from drivers.pulse import RainGauge
 from hal.simdev import SimPin
 

@@ -9,6 +9,7 @@ import os
 import sys
 
 import lfsdisk
+
 import persist
 from flashq import FlashQ
 

@@ -16,6 +16,7 @@ import struct
 import sys
 
 import lfsdisk
+
 from flashq import FlashQ
 
 
