@@ -265,7 +265,7 @@ class Site:
         self._broker(site_conf, self.ports["site"], "site-broker")
         dauth = self.dir / "district-auth"
         dauth.mkdir(exist_ok=True)
-        demo._hashed_passwords(dauth / "district-passwd",
+        demo.hashed_passwords(dauth / "district-passwd",
                                {demo.DISTRICT_USER: self.district_password, SITE_ID: gw_password})
         shutil.copy(demo.DEPLOY / "district.acl", dauth / "district.acl")
         self._broker(demo.deploy_conf("district.conf", {"district-passwd": dauth / "district-passwd",

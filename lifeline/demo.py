@@ -83,7 +83,7 @@ def deploy_conf(name: str, files: Mapping[str, Path]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
+def hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
     path.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
     path.chmod(0o600)
     subprocess.run([siteauth.mosquitto_passwd(), "-U", str(path)], check=True)
@@ -511,7 +511,7 @@ class Demo:
         # District broker: the shipped ACL; the district application and this site's gateway log in by password.
         dauth = self.work / "district-auth"
         dauth.mkdir()
-        _hashed_passwords(dauth / "district-passwd", {DISTRICT_USER: district_pw, site.id: gateway_district_pw})
+        hashed_passwords(dauth / "district-passwd", {DISTRICT_USER: district_pw, site.id: gateway_district_pw})
         shutil.copy(DEPLOY / "district.acl", dauth / "district.acl")
         district_conf = deploy_conf("district.conf", {"district-passwd": dauth / "district-passwd",
                                                       "district.acl": dauth / "district.acl"})

@@ -19,6 +19,7 @@ import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hil_tests.stimulus import free_udp_pair
 from lifeline import upy
 from protocol import message, topics
 
@@ -61,20 +62,6 @@ def build_firmware(out: Path) -> Path:
     upy.compile_package(upy.FIRMWARE / "lib", out)
     upy.compile_package(upy.ROOT / "protocol", out)
     return out
-
-
-def free_udp_pair() -> int:
-    """A port p with p and p + 1 free for UDP (control port and the sim world's bus)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port: int = a.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
 
 
 def load_profile(name: str) -> dict[str, Any]:
