@@ -1,5 +1,6 @@
-"""The `lifeline` command. Each subcommand lives in the module that does its job and is imported lazily,
-so `lifeline --version` stays fast and a missing optional piece breaks only its own subcommand."""
+"""The `lifeline` command for a site: the gateway, its status and quarantine, flashing nodes, the bench and
+the demo. Each subcommand lives in the module that does its job, and only the chosen one is imported, so a
+missing optional piece breaks only its own subcommand."""
 
 from __future__ import annotations
 
@@ -21,19 +22,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of the `selected` subcommand only (the others are just listed)."""
     parser = argparse.ArgumentParser(prog="lifeline", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lifeline-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(p)
+        if name == selected:
+            importlib.import_module(module_name).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
