@@ -603,6 +603,10 @@ class AlarmEngine:
             )
         else:
             self._tracks[key] = track
+            # `latest` moves with every reading, but it only has to survive a restart while an alarm is up
+            # (that is when a late reading could clear it); so a move of `latest` alone is not written.
+            if old is not None and key not in self._alarms and replace(old, latest=None) == replace(track, latest=None):
+                return
             self._conn.execute(
                 "INSERT OR REPLACE INTO alarm_track (scope, subject, metric, kind, state) VALUES (?, ?, ?, ?, ?)",
                 (*key, track.to_json()),
