@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from protocol import message, senml
+from protocol import message, senml_resolve
 
 KEY = bytes(range(32))
 
@@ -21,7 +21,7 @@ def main():
         sealed = message.encode(message.data("dev-01", 1, seq, pack), KEY)
     t1 = time.ticks_us()
     for _ in range(rounds):
-        text = senml.to_json(pack)
+        text = senml_resolve.to_json(pack)
     t2 = time.ticks_us()
     print(json.dumps({"seal_us": time.ticks_diff(t1, t0) / rounds, "json_us": time.ticks_diff(t2, t1) / rounds,
                       "sealed_bytes": len(sealed), "json_bytes": len(text)}))

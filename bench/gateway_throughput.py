@@ -55,6 +55,7 @@ from bench.loadgen import Generator, Load, device_id, device_key
 from bench.wanlink import LinkSpec, WanLink
 from gateway import siteauth
 from lifeline.broker import Mosquitto, free_port
+from protocol import district as dtopics
 from protocol import topics
 from tests.gateway.sitekit import DEPLOY, Device, GatewayProcess, Site, adapt, reading
 
@@ -231,7 +232,7 @@ def bridge_broker(site: Site, district_port: int, name: str) -> Mosquitto:
 
 def bridge_prefix() -> str:
     """Where the bridge puts device messages: under the site's uplink, which the district ACL lets it write."""
-    return f"{topics.DISTRICT_ROOT}/{SITE}/up/bridge/"
+    return f"{dtopics.ROOT}/{SITE}/up/bridge/"
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -432,9 +433,9 @@ class Bench:
         district_auth = ("district", site.district_password)
         self.recorders = [
             Recorder(*district, bridge_prefix() + "#", self.bridged.count_bridged, auth=district_auth),
-            Recorder(*district, topics.up(SITE, topics.TELEMETRY), self.telemetry.count_telemetry,
+            Recorder(*district, dtopics.up(SITE, dtopics.TELEMETRY), self.telemetry.count_telemetry,
                      auth=district_auth),
-            Recorder(*district, topics.up(SITE, topics.ALARM), _count_alarm,
+            Recorder(*district, dtopics.up(SITE, dtopics.ALARM), _count_alarm,
                      lambda t, p, now: self.probe.on_alarm(t, p, now), auth=district_auth)]
         for r in self.recorders:
             stack.callback(r.close)

@@ -1,7 +1,7 @@
 """Every check one device message passes before the gateway believes it.
 
 In order: the topic is a device topic of this site; the device is registered; size, CBOR, COSE_Mac0 MAC with
-the device's key and body schema (protocol.message.decode); the body's device is the topic's device; the
+the device's key and body schema (protocol.message_check.decode); the body's device is the topic's device; the
 sequence number is new (duplicates are dropped and counted, replays rejected); and the reading times are
 plausible. A failure quarantines the raw message with its reason and returns None: it never raises, so
 one bad message cannot take the good ones beside it down.
@@ -30,7 +30,7 @@ from gateway.config import DeviceConfig
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
-from protocol import message, topics
+from protocol import message, message_check, topics
 
 log = logging.getLogger("lifeline.gateway.checks")
 
@@ -102,8 +102,8 @@ class Checker:
             return None
         records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
-            body = cast(Mapping[str, Any], message.decode(raw, self.registry.key_for, kind, _loads, records))
-        except message.MessageError as exc:
+            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, _loads, records))
+        except message_check.MessageError as exc:
             detail = str(exc)
             while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
                 detail = detail[len(exc.reason) + 2:]

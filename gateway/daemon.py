@@ -42,7 +42,7 @@ from gateway.rules import RuleError
 from gateway.sequence import Gap, SequenceTracker
 from gateway.store import open_store
 from gateway.uplink import Uplink
-from protocol import message, topics
+from protocol import district, message, topics
 
 log = logging.getLogger("lifeline.gateway")
 
@@ -70,7 +70,7 @@ class Gateway:
                                                                       topics.ACK)]
         self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch)
         down = replace(cfg.district_broker, client_id=cfg.district_broker.client_id + "-down")
-        self.down = Subscriber("downlink", down, [topics.down(cfg.site, k) for k in topics.DOWN_KINDS],
+        self.down = Subscriber("downlink", down, [district.down(cfg.site, k) for k in district.DOWN_KINDS],
                                self.handle_down, 50)
         self.accepted: Counter[str] = Counter()
         self.gaps = 0
@@ -121,7 +121,7 @@ class Gateway:
             elif checked.kind == topics.ACK:
                 result = self.commands.on_ack(checked.device.id, checked.body, m.received)
                 if result is not None:
-                    self._up_state(topics.UP_ACK, result)
+                    self._up_state(district.UP_ACK, result)
         self._commit()
 
     def _commit(self) -> None:
@@ -146,12 +146,12 @@ class Gateway:
             self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now)
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
-            self._up_state(topics.DQ, {"dev": dev.id, "kind": "clock", "seq": body["seq"], "boot": body["boot"],
+            self._up_state(district.DQ, {"dev": dev.id, "kind": "clock", "seq": body["seq"], "boot": body["boot"],
                                        "clk": body["clk"], "t": now,
                                        "readings": [{"n": r.name, "clock": r.clock, "t_device": r.t_device}
                                                     for r in flagged]})
         if c.kind == topics.EVENT:
-            self._up_state(topics.UP_EVENT, {"dev": dev.id, "ev": body["ev"], "seq": body["seq"],
+            self._up_state(district.UP_EVENT, {"dev": dev.id, "ev": body["ev"], "seq": body["seq"],
                                              "boot": body["boot"], "pri": body["pri"], "t": now})
 
     def _state(self, c: Checked, now: float) -> None:
@@ -169,7 +169,7 @@ class Gateway:
             self.registry.death(dev.id)
             for t in self.alarms.device_dead(dev.id, now, dev.cls):
                 self._up_alarm(t)
-        self._up_state(topics.UP_STATE, up)
+        self._up_state(district.UP_STATE, up)
 
     # ------------------------------------------------------------------------------ downlink
 
@@ -177,18 +177,18 @@ class Gateway:
         outgoing: list[Outgoing] = []
         for m in batch:
             try:
-                _, kind = topics.parse_down(m.topic)
+                _, kind = district.parse_down(m.topic)
             except topics.TopicError:
                 continue
-            if kind == topics.DOWN_CMD:
+            if kind == district.DOWN_CMD:
                 cmd, rejection = self.commands.command(m.payload, m.received)
                 if cmd is not None:
                     outgoing.append(cmd)
                 if rejection is not None:
-                    self._up_state(topics.UP_ACK, rejection)
-            elif kind == topics.ALARM_ACK:
+                    self._up_state(district.UP_ACK, rejection)
+            elif kind == district.ALARM_ACK:
                 self._alarm_acks(m.payload, m.received)
-            elif kind == topics.RULES:
+            elif kind == district.RULES:
                 self._rules(m.payload, m.received)
         self._commit()
         for cmd in outgoing:
@@ -217,7 +217,7 @@ class Gateway:
         else:
             result["ok"] = True
             event(log, "rules-applied", version=ruleset.version, source="district")
-        self._up_state(topics.UP_ACK, result)
+        self._up_state(district.UP_ACK, result)
 
     async def _send_commands(self) -> None:
         while True:
@@ -242,7 +242,7 @@ class Gateway:
         self.gaps += gap.kind == "gap"
         event(log, "sequence", logging.WARNING if gap.kind == "gap" else logging.INFO, kind=gap.kind,
               dev=gap.dev, first=gap.first, last=gap.last)
-        self._up_state(topics.DQ, {"dev": gap.dev, "kind": gap.kind, "first": gap.first, "last": gap.last,
+        self._up_state(district.DQ, {"dev": gap.dev, "kind": gap.kind, "first": gap.first, "last": gap.last,
                                    "since": gap.since})
 
     # ------------------------------------------------------------------------------ time
@@ -253,7 +253,7 @@ class Gateway:
         for gap in self.sequence.due(now):
             self._up_gap(gap)
         for result in self.commands.expire(now):
-            self._up_state(topics.UP_ACK, result)
+            self._up_state(district.UP_ACK, result)
         self.quarantine.tick(now)
         self._commit()
         self.metrics.update(self.snapshot())

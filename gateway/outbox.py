@@ -28,7 +28,7 @@ from typing import Any
 import cbor2
 
 from gateway.logs import event
-from protocol import senml, topics
+from protocol import district, senml, senml_resolve
 
 log = logging.getLogger("lifeline.gateway.outbox")
 
@@ -36,7 +36,7 @@ ALARM = 0
 STATE = 1
 TELEMETRY = 2
 LANES = ("alarm", "state", "telemetry")
-STATE_KINDS = (topics.UP_STATE, topics.DQ, topics.UP_ACK, topics.UP_EVENT)
+STATE_KINDS = (district.UP_STATE, district.DQ, district.UP_ACK, district.UP_EVENT)
 
 # Bytes charged per row beyond its body: rowid, the other columns, the lane index entry and page slack.
 # Measured on SQLite 3.40 with typical rows (see docs/outbox.md); the budget is an estimate, not a statfs.
@@ -232,7 +232,7 @@ class Outbox:
 
     def put_alarm(self, body: Mapping[str, Any], now: float | None = None) -> int:
         """An alarm transition (alarms.Transition.body()); the uplink is woken at once."""
-        rid = self._insert(ALARM, topics.ALARM, now, None, None, None, cbor2.dumps(dict(body)))
+        rid = self._insert(ALARM, district.ALARM, now, None, None, None, cbor2.dumps(dict(body)))
         self.alarm_event.set()
         return rid
 
@@ -246,7 +246,7 @@ class Outbox:
                       now: float | None = None) -> int:
         """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"})."""
         body = cbor2.dumps({"dev": dev, "seq": seq, "boot": boot, "e": senml_pack(dev, records)})
-        return self._insert(TELEMETRY, topics.TELEMETRY, now, dev, seq, boot, body)
+        return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body)
 
     def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
                 boot: int | None, body: bytes) -> int:
@@ -390,7 +390,7 @@ class Outbox:
                 used = self.bytes_used()
             report.after = used
             if report.thinned or report.evicted:
-                self.put_state(topics.DQ, report.body(now), now)
+                self.put_state(district.DQ, report.body(now), now)
                 report.after = self.bytes_used()
             self.conn.commit()
         except BaseException:
@@ -439,7 +439,7 @@ class Outbox:
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(g[0],) for g in group])
             self.conn.execute(
                 "INSERT INTO outbox (id, lane, kind, t, dev, seq, seq_hi, boot, msgs, thinned, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, topics.TELEMETRY, t, dev, lo, hi,
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, district.TELEMETRY, t, dev, lo, hi,
                                                               msgs, body))
             report.thinned.setdefault(dev, _Span()).add(msgs, lo, hi)
         return max(consumed, 1)
@@ -453,7 +453,7 @@ class Outbox:
         for _rid, _t, _seq, body in group:
             msg = cbor2.loads(body)
             boots.add(msg["boot"])
-            for rec in senml.resolve(msg["e"]):
+            for rec in senml_resolve.resolve(msg["e"]):
                 name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
                 start = math.floor(rec["t"] / self.thin_interval_s) * self.thin_interval_s
                 key = (name, start)

@@ -31,7 +31,7 @@ import cbor2
 from gateway.config import BrokerConfig
 from gateway.logs import event
 from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
-from protocol import topics
+from protocol import district, topics
 
 log = logging.getLogger("lifeline.gateway.uplink")
 
@@ -175,7 +175,7 @@ class Uplink:
             self.connected = True
             self.connects += 1
             if self.on_downlink is not None:
-                await client.subscribe([(topics.down(self.site, k), 1) for k in topics.DOWN_KINDS])
+                await client.subscribe([(district.down(self.site, k), 1) for k in district.DOWN_KINDS])
             self.outbox.release_all()
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._alarms_in_flight = 0
@@ -231,7 +231,7 @@ class Uplink:
         items = self.outbox.lease(ALARM, self.alarm_inflight - self._alarms_in_flight)
         for item in items:
             self._alarms_in_flight += 1
-            self._spawn(tg, client, topics.up(self.site, topics.ALARM), item.body, [item])
+            self._spawn(tg, client, district.up(self.site, district.ALARM), item.body, [item])
 
     async def _alarm_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         ob = self.outbox
@@ -268,7 +268,7 @@ class Uplink:
                 continue
             state = ob.lease(STATE, 1)
             if state:
-                return topics.up(self.site, state[0].kind), state[0].body, state
+                return district.up(self.site, state[0].kind), state[0].body, state
             n, oldest = ob.pending(TELEMETRY, self.max_items)
             if self.draining and n < self.max_items:
                 self._end_drain()  # caught up: what is left is live traffic, batched by max_delay again
@@ -276,7 +276,7 @@ class Uplink:
                 wait = 0.0 if n >= self.max_items or self.draining else oldest + self.max_delay_s - time.time()
                 if wait <= 0:
                     items = ob.lease(TELEMETRY, self.max_items)
-                    return topics.up(self.site, topics.TELEMETRY), telemetry_body(self.site, items), items
+                    return district.up(self.site, district.TELEMETRY), telemetry_body(self.site, items), items
                 timeout = wait
             if ob.awaiting_commit(STATE, TELEMETRY):  # more may be in the ingest's open batch: look again soon
                 timeout = min(timeout or 0.002, 0.002)

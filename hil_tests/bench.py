@@ -33,7 +33,7 @@ from hil_tests import stimulus
 from hil_tests.virtual import VirtualDevice
 from lifeline import demo, demo_report, flash, upy
 from lifeline.broker import Mosquitto, free_port
-from protocol import topics
+from protocol import district as dtopics
 
 SITE_ID = "bench"
 SEED = upy.ROOT / "seeds" / "demo_site.toml"
@@ -179,18 +179,18 @@ class District:
 
     def birth(self, dev: str, timeout: float = ONLINE_TIMEOUT_S) -> demo_report.Entry:
         return self.wait_for(f"the birth of {dev}", lambda e: e.body.get("st") == "online", timeout,
-                             topics.UP_STATE, dev)
+                             dtopics.UP_STATE, dev)
 
     def alarms(self, dev: str, rule: str) -> list[demo_report.Entry]:
         """First sendings (not re-sends) of one rule's alarm transitions for a device, in arrival order."""
-        return [e for e in self.entries(topics.ALARM, dev)
+        return [e for e in self.entries(dtopics.ALARM, dev)
                 if e.body.get("rule") == rule and not e.body.get("resend")]
 
     def seqs(self, dev: str) -> list[int]:
         """Sequence numbers of the device's data and events that reached the district (duplicates kept)."""
-        out = [int(p["seq"]) for e in self.entries(topics.TELEMETRY)
+        out = [int(p["seq"]) for e in self.entries(dtopics.TELEMETRY)
                for p in e.body.get("packs", ()) if p.get("dev") == dev and p.get("seq") is not None]
-        out += [int(e.body["seq"]) for e in self.entries(topics.UP_EVENT, dev) if "seq" in e.body]
+        out += [int(e.body["seq"]) for e in self.entries(dtopics.UP_EVENT, dev) if "seq" in e.body]
         return out
 
     def send(self, kind: str, body: Any) -> None:
@@ -198,7 +198,7 @@ class District:
         from paho.mqtt import publish
 
         site = self.site
-        publish.single(topics.down(SITE_ID, kind), cbor2.dumps(body), qos=1, hostname="127.0.0.1",
+        publish.single(dtopics.down(SITE_ID, kind), cbor2.dumps(body), qos=1, hostname="127.0.0.1",
                        port=site.ports["district"], client_id=f"bench-district-{time.time_ns()}",
                        auth={"username": demo.DISTRICT_USER, "password": site.district_password})
 

@@ -21,7 +21,7 @@ from hil_tests.bench import Bench, District, Dut, Site
 from hil_tests.report import LatencyLog
 from hil_tests.stimulus import SerialStimulus, SimStimulus, Unsupported
 from lifeline import demo_report
-from protocol import topics
+from protocol import district as dtopics
 
 LEVELS = ["blue", "yellow", "orange", "red"]
 # ch4 (%LEL) against seconds from the start: through all four levels, a short plateau, then down to quiet.
@@ -36,7 +36,7 @@ def raised_levels(district: District, dev: str, rule: str) -> list[str]:
 
 def wait_cleared(district: District, dev: str, rule: str, timeout: float = 40.0) -> None:
     district.wait_for(f"{rule} cleared for {dev}", lambda e: e.body.get("rule") == rule
-                      and e.body.get("ev") == "cleared", timeout, topics.ALARM, dev)
+                      and e.body.get("ev") == "cleared", timeout, dtopics.ALARM, dev)
 
 
 def assert_contiguous(seqs: list[int], what: str) -> None:
@@ -72,9 +72,9 @@ def command(district: District, dev: str, op: str, args: dict[str, Any], latency
     for _ in range(tries):
         cmd_id = secrets.randbelow(1 << 40)
         sent = time.time()
-        district.send(topics.DOWN_CMD, {"dev": dev, "id": cmd_id, "op": op, "args": args})
+        district.send(dtopics.DOWN_CMD, {"dev": dev, "id": cmd_id, "op": op, "args": args})
         ack = district.wait_for(f"an ack of command {cmd_id}", functools.partial(_acks, cmd_id), 60,
-                                topics.UP_ACK, dev)
+                                dtopics.UP_ACK, dev)
         if "error" not in ack.body:  # an answer from the device, not the gateway's timeout
             if latency is not None:
                 latency.record("command_round_trip", ack.t - sent)
@@ -100,7 +100,7 @@ def test_methane_ramp_raises_every_level_in_order_then_clears(dut: list[Dut], di
     assert d.stimulus is not None
     d.stimulus.ramp("ch4", GAS_RAMP)
     district.wait_for("a red gas alarm", lambda e: e.body.get("rule") == "gas.ch4"
-                      and e.body.get("level") == "red", 40, topics.ALARM, d.id)
+                      and e.body.get("level") == "red", 40, dtopics.ALARM, d.id)
     wait_cleared(district, d.id, "gas.ch4")
     assert raised_levels(district, d.id, "gas.ch4") == LEVELS
     for e in district.alarms(d.id, "gas.ch4"):
@@ -118,7 +118,7 @@ def test_pipe_burst_raises_the_rate_of_change_alarm(dut: list[Dut], district: Di
     # The main breaks: 320 kPa to 240 kPa in 3 s, then drains towards 60 kPa (more than 100 kPa within 60 s).
     d.stimulus.ramp("pressure", [(3.0, 240000.0), (20.0, 62000.0), (40.0, 60000.0)])
     alarm = district.wait_for("a rate-of-change alarm", lambda e: e.body.get("rule") == "water.pressure.rate"
-                              and e.body.get("ev") == "raised", 40, topics.ALARM, d.id)
+                              and e.body.get("ev") == "raised", 40, dtopics.ALARM, d.id)
     assert alarm.body["level"] in ("orange", "red")
     latency.record("burst_to_rate_alarm", alarm.t - started)
 
@@ -128,7 +128,7 @@ def test_wifi_cut_mid_ramp_loses_nothing_and_keeps_device_times(dut: list[Dut], 
     d = dut[0]
     assert d.stimulus is not None
     d.stimulus.ramp("ch4", GAS_RAMP)
-    district.wait_for("the blue alarm", lambda e: e.body.get("rule") == "gas.ch4", 20, topics.ALARM, d.id)
+    district.wait_for("the blue alarm", lambda e: e.body.get("rule") == "gas.ch4", 20, dtopics.ALARM, d.id)
     cut = time.time()
     d.stimulus.network(False)
     time.sleep(max(0.0, 22.0 - (cut - district.since)))  # past red, while offline
@@ -181,7 +181,7 @@ def test_command_changes_the_sample_interval_and_its_ack_returns(dut: list[Dut],
     since = time.time()
     d.stimulus.ramp("ch4", [(4.0, 9.5), (8.0, 1.0)])
     time.sleep(10.0)
-    times = sorted(float(r["t"]) for e in district.entries(topics.TELEMETRY) for p in e.body["packs"]
+    times = sorted(float(r["t"]) for e in district.entries(dtopics.TELEMETRY) for p in e.body["packs"]
                    if p["dev"] == d.id for r in p["records"] if r.get("metric") == "ch4" and r["t"] > since)
     assert len(times) >= 6, times
     steps = sorted(b - a for a, b in itertools.pairwise(times))
@@ -200,7 +200,7 @@ def test_device_with_a_wrong_key_is_refused(hil_bench: Bench, dut: list[Dut], di
         while site.metric("lifeline_ingest_rejects_total", reason="bad-mac") <= bad_mac:
             assert time.monotonic() < deadline, "the gateway did not refuse the device's messages"
             time.sleep(0.2)
-        assert not [e for e in district.entries(topics.UP_STATE, d.id) if e.body.get("st") == "online"]
+        assert not [e for e in district.entries(dtopics.UP_STATE, d.id) if e.body.get("st") == "online"]
     finally:
         hil_bench.provision(d)
     district.birth(d.id)
@@ -214,7 +214,7 @@ def test_hung_main_loop_is_reset_by_the_watchdog(dut: list[Dut], district: Distr
     hung = time.time()
     d.stimulus.hang()
     birth = district.wait_for("a birth after a watchdog reset", lambda e: e.body.get("st") == "online"
-                              and e.body.get("rst") == "wdt", 60, topics.UP_STATE, d.id)
+                              and e.body.get("rst") == "wdt", 60, dtopics.UP_STATE, d.id)
     latency.record("hang_to_watchdog_birth", birth.t - hung)
 
 
@@ -227,7 +227,7 @@ def test_loop_current_reads_true_through_the_board_adc(dut: list[Dut], district:
         since = time.time()
         d.stimulus.set(ch4=value)
         district.wait_for(f"a ch4 reading near {value} %LEL", functools.partial(_reads, d.id, value, since + 1.0),
-                          20, topics.TELEMETRY)
+                          20, dtopics.TELEMETRY)
 
 
 def _reads(dev: str, value: float, after: float, e: demo_report.Entry) -> bool:

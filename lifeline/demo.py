@@ -40,7 +40,7 @@ from hil_tests.virtual import VirtualDevice
 from lifeline import demo_report, demo_site, flash, upy
 from lifeline.broker import Mosquitto, free_port
 from lifeline.demo_site import Device, Site
-from protocol import topics
+from protocol import district as dtopics
 
 DEPLOY = upy.ROOT / "deploy" / "mosquitto"
 PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline flash` writes per device
@@ -257,7 +257,7 @@ class Recorder:
         self._on_entry = on_entry
         self._ack_alarms = ack_alarms
         self._topic = f"district/v1/{site}/up/#"
-        self._ack_topic = topics.down(site, topics.ALARM_ACK)
+        self._ack_topic = dtopics.down(site, dtopics.ALARM_ACK)
         self.acks = 0
         self.connected = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-district-{time.time_ns()}")
@@ -274,14 +274,14 @@ class Recorder:
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         now = time.time()
         try:
-            _, kind = topics.parse_up(msg.topic)
+            _, kind = dtopics.parse_up(msg.topic)
             body = cbor2.loads(msg.payload)
         except (ValueError, cbor2.CBORDecodeError):
             self.errors += 1
             return
         with self.lock:
             entry = self.log.add(now, kind, body)
-        if (self._ack_alarms and kind == topics.ALARM and isinstance(body, dict)
+        if (self._ack_alarms and kind == dtopics.ALARM and isinstance(body, dict)
                 and body.get("ev") in ("raised", "escalated")):
             # The district desk acknowledges what it has seen, closing the loop (the gateway stops re-sending).
             client.publish(self._ack_topic, cbor2.dumps({"id": body.get("id")}), qos=1)
@@ -329,7 +329,7 @@ class Status:
         body = entry.body
         with self.lock:
             self.received += 1
-            if entry.kind == topics.TELEMETRY:
+            if entry.kind == dtopics.TELEMETRY:
                 for pack in body["packs"]:
                     dev = pack.get("dev")
                     if dev not in self.nodes:
@@ -340,7 +340,7 @@ class Status:
                         if rec.get("metric") == metric and isinstance(rec.get("v"), int | float):
                             self.reading[dev] = rec["v"] * scale
                 return None
-            if entry.kind == topics.UP_STATE and body.get("dev") in self.nodes:
+            if entry.kind == dtopics.UP_STATE and body.get("dev") in self.nodes:
                 dev = body["dev"]
                 self.last_seen[dev] = entry.t
                 self.online[dev] = body.get("st") == "online"
@@ -348,7 +348,7 @@ class Status:
                     self.births[dev] = self.births.get(dev, 0) + 1
                     return f"{dev} online (boot {body.get('boot')}, reset cause {body.get('rst')})"
                 return None if self.online[dev] else f"{dev} offline"
-            if entry.kind != topics.ALARM or body.get("resend"):
+            if entry.kind != dtopics.ALARM or body.get("resend"):
                 return None
             subject = body.get("point") or body.get("dev")
             key = f"{subject} {body.get('rule')}"

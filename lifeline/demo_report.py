@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.rules import RuleSet
 from lifeline.demo_site import CLEAR, Expect, Incident, Site
-from protocol import senml, topics
+from protocol import district, senml_resolve
 
 # Colours of the four warning levels as drawn (gold reads better than pure yellow on white).
 LEVEL_COLOURS = {"blue": "#1f6fd1", "yellow": "#e0b000", "orange": "#f07800", "red": "#d11f1f"}
@@ -59,7 +59,7 @@ class DistrictLog:
         self.entries: list[Entry] = []
 
     def add(self, t: float, kind: str, body: Any) -> Entry:
-        if kind == topics.TELEMETRY and isinstance(body, Mapping):
+        if kind == district.TELEMETRY and isinstance(body, Mapping):
             body = {"packs": [_resolved(p) for p in body.get("packs", ())],
                     "thinned": len(body.get("thinned", ()))}
         entry = Entry(t, kind, _jsonable(body))
@@ -83,12 +83,12 @@ class DistrictLog:
         return [e for e in self.entries if e.kind == kind]
 
     def alarms(self) -> list[Entry]:
-        return self.of(topics.ALARM)
+        return self.of(district.ALARM)
 
     def series(self) -> dict[tuple[str, str], list[Sample]]:
         """(device, metric) -> samples by device time; a vb reading counts as 0/1."""
         out: dict[tuple[str, str], list[Sample]] = defaultdict(list)
-        for e in self.of(topics.TELEMETRY):
+        for e in self.of(district.TELEMETRY):
             for pack in e.body["packs"]:
                 for rec in pack.get("records", ()):
                     value = rec.get("v", rec.get("vb"))
@@ -107,7 +107,7 @@ def _resolved(pack: Any) -> dict[str, Any]:
         return {"dev": None, "records": [], "error": "not a map"}
     dev = pack.get("dev")
     try:
-        records = senml.resolve(pack.get("e"))
+        records = senml_resolve.resolve(pack.get("e"))
     except ValueError as exc:
         return {"dev": dev, "seq": pack.get("seq"), "records": [], "error": str(exc)}
     out = []
@@ -228,7 +228,7 @@ def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Ite
     per_dev: dict[str, dict[str, Any]] = {d: {"births": 0, "deaths": 0, "packs": 0, "first_birth_s": None}
                                           for d in devices}
     for e in log.entries:
-        if e.kind == topics.UP_STATE and isinstance(e.body, Mapping) and e.body.get("dev") in per_dev:
+        if e.kind == district.UP_STATE and isinstance(e.body, Mapping) and e.body.get("dev") in per_dev:
             d = per_dev[e.body["dev"]]
             if e.body.get("st") == "online":
                 d["births"] += 1
@@ -236,7 +236,7 @@ def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Ite
                     d["first_birth_s"] = round(e.t - t0, 3)
             else:
                 d["deaths"] += 1
-        elif e.kind == topics.TELEMETRY:
+        elif e.kind == district.TELEMETRY:
             for pack in e.body["packs"]:
                 if pack.get("dev") in per_dev:
                     per_dev[pack["dev"]]["packs"] += 1

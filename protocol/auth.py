@@ -74,9 +74,12 @@ def seal(key, kid, payload):
 
 
 def verify(data, key_for, loads=None):
-    """(kid, payload) when the MAC is right. `loads` lets the gateway decode with cbor2."""
+    """(kid, payload) when the MAC is right. `loads` lets the gateway decode with cbor2. The decoder is
+    imported here, not with the module, because a node seals all the time and verifies only commands."""
+    from protocol import cbor_decode
+
     try:
-        outer = (loads or cbor.loads)(data)
+        outer = (loads or cbor_decode.loads)(data)
     except Exception as exc:
         raise AuthError("malformed", "not CBOR: %s" % exc)
     if getattr(outer, "tag", None) != COSE_MAC0_TAG:
@@ -93,8 +96,8 @@ def verify(data, key_for, loads=None):
         raise AuthError("malformed", "no kid in the unprotected header")
     if protected != _PROTECTED:  # what every sender here writes; anything else is decoded and judged
         try:
-            header = cbor.loads(protected)
-        except cbor.CBORDecodeError:
+            header = cbor_decode.loads(protected)
+        except cbor_decode.CBORDecodeError:
             raise AuthError("malformed", "protected header is not CBOR")
         if not isinstance(header, dict) or header.get(1) != ALG_HMAC_256_256:
             raise AuthError("malformed", "algorithm is not HMAC 256/256")

@@ -1,7 +1,7 @@
 """SenML packs (RFC 8428) in the CBOR representation, with the integer labels of RFC 8428 section 6.
 
-Devices build packs with `record` and `pack`; the gateway turns a received pack into full records with
-`resolve`, which applies the base fields as RFC 8428 section 4.6 describes.
+Devices build packs with `record` and `pack`; reading a received pack back (protocol/senml_resolve.py)
+is the gateway's job, so a node does not carry it.
 """
 
 BVER = -1
@@ -19,12 +19,6 @@ S = 5
 T = 6
 UT = 7
 VD = 8
-
-# Label -> the name SenML-JSON uses; resolved records use these names too.
-NAMES = {BVER: "bver", BN: "bn", BT: "bt", BU: "bu", BV: "bv", BS: "bs", N: "n", U: "u", V: "v",
-         VS: "vs", VB: "vb", S: "s", T: "t", UT: "ut", VD: "vd"}
-_VALUE_LABELS = (V, VS, VB, VD)
-_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:./_"
 
 
 class SenMLError(ValueError):
@@ -61,108 +55,3 @@ def pack(records, bn=None, bt=None, bu=None):
     if bu is not None:
         first[BU] = bu
     return records
-
-
-def _number(rec, label, where):
-    x = rec.get(label, 0)
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise SenMLError("%s: %s must be a number" % (where, NAMES[label]))
-    return x
-
-
-def _text(rec, label, where):
-    x = rec.get(label)
-    if x is not None and not isinstance(x, str):
-        raise SenMLError("%s: %s must be text" % (where, NAMES[label]))
-    return x
-
-
-def _check_name(name, where):
-    if not name:
-        raise SenMLError("%s: empty name" % where)
-    if name.strip(_NAME_CHARS):  # something outside the set is left: find the first for the message
-        for ch in name:
-            if ch not in _NAME_CHARS:
-                raise SenMLError("%s: character %r not allowed in a name" % (where, ch))
-    if name[0] in "-:./_":
-        raise SenMLError("%s: name must start with a letter or digit" % where)
-
-
-def resolve(senml_pack):
-    """Full records with text keys: name = bn + n, time = bt + t, unit from bu, values offset by bv/bs.
-
-    Times stay as numbers on the pack's own clock: the message envelope says whether that clock is
-    epoch time or seconds since boot, which SenML alone cannot express.
-    """
-    if not isinstance(senml_pack, list) or not senml_pack:
-        raise SenMLError("a pack is a non-empty array")
-    bn, bt, bu, bv, bs = "", 0, None, 0, 0
-    out = []
-    for i in range(len(senml_pack)):
-        rec = senml_pack[i]
-        where = "record %d" % i
-        if not isinstance(rec, dict):
-            raise SenMLError("%s: not a map" % where)
-        for label in rec:
-            if label not in NAMES:
-                raise SenMLError("%s: unknown label %r" % (where, label))
-        if BVER in rec and rec[BVER] != 10:
-            raise SenMLError("%s: unsupported SenML version %r" % (where, rec[BVER]))
-        if BN in rec:
-            bn = _text(rec, BN, where)
-        if BT in rec:
-            bt = _number(rec, BT, where)
-        if BU in rec:
-            bu = _text(rec, BU, where)
-        if BV in rec:
-            bv = _number(rec, BV, where)
-        if BS in rec:
-            bs = _number(rec, BS, where)
-        name = bn + (_text(rec, N, where) or "")
-        _check_name(name, where)
-        full = {"n": name, "t": bt + _number(rec, T, where)}
-        unit = _text(rec, U, where) or bu
-        if unit is not None:
-            full["u"] = unit
-        present = [label for label in _VALUE_LABELS if label in rec]
-        if len(present) > 1:
-            raise SenMLError("%s: more than one value field" % where)
-        if present:
-            label = present[0]
-            value = rec[label]
-            if label == V:
-                full["v"] = bv + _number(rec, V, where)
-            elif label == VS and not isinstance(value, str):
-                raise SenMLError("%s: vs must be text" % where)
-            elif label == VB and value is not True and value is not False:
-                raise SenMLError("%s: vb must be a boolean" % where)
-            elif label == VD and not isinstance(value, bytes):
-                raise SenMLError("%s: vd must be a byte string" % where)
-            else:
-                full[NAMES[label]] = value
-        if S in rec:
-            full["s"] = bs + _number(rec, S, where)
-        if not present and "s" not in full:
-            raise SenMLError("%s: no value and no sum" % where)
-        if UT in rec:
-            full["ut"] = _number(rec, UT, where)
-        out.append(full)
-    return out
-
-
-def to_json(senml_pack):
-    """The same pack in SenML-JSON (text labels), used to compare wire sizes."""
-    import binascii
-    import json
-
-    records = []
-    for rec in senml_pack:
-        named = {}
-        for label in rec:
-            value = rec[label]
-            if label == VD:
-                value = binascii.b2a_base64(value).decode().strip().replace("+", "-").replace("/", "_")
-                value = value.rstrip("=")
-            named[NAMES[label]] = value
-        records.append(named)
-    return json.dumps(records, separators=(",", ":"))

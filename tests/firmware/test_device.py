@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up
 
 from lifeline.broker import Mosquitto
-from protocol import message, senml, topics
+from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
 
@@ -44,7 +44,7 @@ def fast_gas(report_s: float = 2, batch: int = 16) -> dict[str, Any]:
 
 
 def readings(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return [r for r in senml.resolve(list(body["e"])) if r["n"] == name]
+    return [r for r in senml_resolve.resolve(list(body["e"])) if r["n"] == name]
 
 
 def seqs(listener: Listener) -> list[int]:
@@ -338,7 +338,7 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
             problems.append(f"{name}: {len(sent)} messages, {len(births)} births")
     assert not problems, "\n".join(problems)
     for body in listeners["drone"].of(topics.DATA):  # every drone pack carries position and fix quality
-        assert {"lat", "lon", "fix"} <= {r["n"] for r in senml.resolve(list(body["e"]))}, body
+        assert {"lat", "lon", "fix"} <= {r["n"] for r in senml_resolve.resolve(list(body["e"]))}, body
     routine = sorted(r["t"] for b in listeners["water"].of(topics.DATA) if not b["pri"]
                      for r in readings(b, "pressure"))
     assert any(b - a < 1 for a, b in itertools.pairwise(routine)), \

@@ -26,6 +26,7 @@ import cbor2
 
 from gateway import siteauth
 from lifeline.broker import Mosquitto, free_port
+from protocol import district as dtopics
 from protocol import message, senml, topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +223,7 @@ class District:
             await client.subscribe(f"district/v1/{s.site}/up/#", qos=1)
             self.ready.set()
             async for m in client.messages:
-                _, kind = topics.parse_up(m.topic.value)
+                _, kind = dtopics.parse_up(m.topic.value)
                 assert isinstance(m.payload, bytes)
                 self.items.append((kind, cbor2.loads(m.payload)))
 
@@ -242,7 +243,7 @@ class District:
 
     async def send(self, kind: str, body: Any) -> None:
         assert self.client is not None
-        await self.client.publish(topics.down(self.site.site, kind), cbor2.dumps(body), qos=1)
+        await self.client.publish(dtopics.down(self.site.site, kind), cbor2.dumps(body), qos=1)
 
     async def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

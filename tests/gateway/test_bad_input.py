@@ -17,6 +17,7 @@ from sitekit import District, GatewayProcess, Site, cli, reading
 
 from lifeline.broker import free_port
 from protocol import cbor, message, senml, topics
+from protocol import district as dtopics
 
 
 def sealed(body: dict[str, Any], key: bytes) -> bytes:
@@ -93,21 +94,21 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
             good.add(("d2", seq_boot))
 
             def telemetry() -> dict[tuple[str, int], Any]:
-                return {(p["dev"], p["seq"]): p for b in district.of(topics.TELEMETRY) for p in b["packs"]}
+                return {(p["dev"], p["seq"]): p for b in district.of(dtopics.TELEMETRY) for p in b["packs"]}
 
             await district.wait_for(lambda: good <= set(telemetry()))
-            await district.wait_for(lambda: any(d.get("kind") == "gap" for d in district.of(topics.DQ)))
+            await district.wait_for(lambda: any(d.get("kind") == "gap" for d in district.of(dtopics.DQ)))
             await asyncio.sleep(0.5)
 
         assert set(telemetry()) == good  # every good message, nothing bad
-        gaps = [d for d in district.of(topics.DQ) if d.get("kind") == "gap"]
+        gaps = [d for d in district.of(dtopics.DQ) if d.get("kind") == "gap"]
         assert [(g["dev"], g["first"], g["last"]) for g in gaps] == [("d2", skipped, skipped)]
-        clock = [d for d in district.of(topics.DQ) if d.get("kind") == "clock"]
+        clock = [d for d in district.of(dtopics.DQ) if d.get("kind") == "clock"]
         assert [(c["seq"], c["readings"][0]["clock"]) for c in clock] == [(seq_future, "future")]
         assert clock[0]["readings"][0]["t_device"] == now + 3600
         t_future = telemetry()[("d2", seq_future)]["e"][0][senml.BT]
         assert abs(t_future - now) < 60  # judged and forwarded with the arrival time, not the device's
-        birth_t = next(b["t"] for b in district.of(topics.UP_STATE) if b["dev"] == "d2" and b["boot"] == 1)
+        birth_t = next(b["t"] for b in district.of(dtopics.UP_STATE) if b["dev"] == "d2" and b["boot"] == 1)
         assert abs(telemetry()[("d2", seq_boot)]["e"][0][senml.BT] - (birth_t + 60)) < 2
 
         store = sqlite3.connect(f"file:{s.dir / 'gateway.sqlite'}?mode=ro", uri=True)

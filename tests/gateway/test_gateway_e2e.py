@@ -15,7 +15,8 @@ import aiomqtt
 import pytest
 from sitekit import District, GatewayProcess, Site, cli, reading
 
-from protocol import message, senml, topics
+from protocol import district as dtopics
+from protocol import message, message_check, senml, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 RISK = """
@@ -53,7 +54,7 @@ async def gateway(site: Site) -> AsyncIterator[GatewayProcess]:
 def packs(district: District) -> dict[tuple[str, int], Any]:
     """Every device message the district received as telemetry, by (device, seq)."""
     out: dict[tuple[str, int], Any] = {}
-    for body in district.of(topics.TELEMETRY):
+    for body in district.of(dtopics.TELEMETRY):
         for p in body["packs"]:
             out[(p["dev"], p["seq"])] = p
     return out
@@ -65,8 +66,8 @@ async def test_packs_in_alarms_and_batched_telemetry_out(site: Site, gateway: Ga
         for dev, client in (("gas1", gas1), ("pod1", pod1)):
             topic, payload = site.birth(dev)
             await client.publish(topic, payload, qos=1, retain=True)
-        await district.wait_for(lambda: len(district.of(topics.UP_STATE)) >= 2)
-        births = {b["dev"]: b for b in district.of(topics.UP_STATE)}
+        await district.wait_for(lambda: len(district.of(dtopics.UP_STATE)) >= 2)
+        births = {b["dev"]: b for b in district.of(dtopics.UP_STATE)}
         assert births["gas1"]["st"] == "online" and births["gas1"]["fw"] == "1.0.0"
 
         # gas1: methane climbs through every level, then falls back (gas rules: 2 samples pending)
@@ -92,16 +93,16 @@ async def test_packs_in_alarms_and_batched_telemetry_out(site: Site, gateway: Ga
         sent += [("pod1", seq), ("pod1", seq2)]
 
         await district.wait_for(lambda: set(sent) <= set(packs(district)))
-        await district.wait_for(lambda: any(a["ev"] == "cleared" for a in district.of(topics.ALARM)
+        await district.wait_for(lambda: any(a["ev"] == "cleared" for a in district.of(dtopics.ALARM)
                                             if a["dev"] == "gas1"))
 
     got = packs(district)
     assert set(got) == set(sent) and ("gas1", 999) not in got
-    assert any(len(b["packs"]) > 1 for b in district.of(topics.TELEMETRY))  # batched upstream
+    assert any(len(b["packs"]) > 1 for b in district.of(dtopics.TELEMETRY))  # batched upstream
     first = got[("gas1", sent[0][1])]
     assert [r.get(senml.N) for r in first["e"]] == ["ch4", "temp"] and first["e"][0][senml.BN] == "gas1:"
 
-    gas_alarms = [a for a in district.of(topics.ALARM) if a["dev"] == "gas1" and not a.get("resend")]
+    gas_alarms = [a for a in district.of(dtopics.ALARM) if a["dev"] == "gas1" and not a.get("resend")]
     assert [(a["ev"], a["level"]) for a in gas_alarms] == [
         ("raised", "blue"), ("escalated", "yellow"), ("escalated", "orange"), ("escalated", "red"),
         ("de-escalated", "orange"), ("cleared", None)]
@@ -111,7 +112,7 @@ async def test_packs_in_alarms_and_batched_telemetry_out(site: Site, gateway: Ga
     assert raised["rver"] == 1
     assert abs(raised["t_dev"] - (t0 + 2)) < 1e-6 and raised["t_gw"] >= raised["t_dev"]
 
-    drone = [a for a in district.of(topics.ALARM) if a["dev"] == "pod1"]
+    drone = [a for a in district.of(dtopics.ALARM) if a["dev"] == "pod1"]
     assert drone and drone[0]["point"] == "station-7" and drone[0]["level"] == "red"
     assert drone[0]["pos"] == pytest.approx([31.2305, 121.4738])
 
@@ -131,17 +132,17 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
         async def device_answers() -> None:
             async for m in gas1.messages:
                 assert isinstance(m.payload, bytes)
-                body = message.decode(m.payload, lambda kid: d.key if kid == b"gas1" else None, topics.CMD)
+                body = message_check.decode(m.payload, lambda kid: d.key if kid == b"gas1" else None, topics.CMD)
                 ack = message.ack("gas1", d.boot, body["id"], True, {"op": body["op"], "n": body["args"]["n"]})
                 await gas1.publish(topics.device(site.site, "gas1", topics.ACK), message.encode(ack, d.key), qos=1)
 
         answer = asyncio.create_task(device_answers())
         await asyncio.sleep(0.3)
-        await district.send(topics.DOWN_CMD, {"dev": "gas1", "id": 7, "op": "sample-now", "args": {"n": 3}})
-        await district.send(topics.DOWN_CMD, {"dev": "gas2", "id": 8, "op": "sample-now", "args": {}})  # silent
-        await district.send(topics.DOWN_CMD, {"dev": "nobody", "id": 9, "op": "x"})
-        await district.wait_for(lambda: len(district.of(topics.UP_ACK)) >= 3)
-        acks = {a["id"]: a for a in district.of(topics.UP_ACK)}
+        await district.send(dtopics.DOWN_CMD, {"dev": "gas1", "id": 7, "op": "sample-now", "args": {"n": 3}})
+        await district.send(dtopics.DOWN_CMD, {"dev": "gas2", "id": 8, "op": "sample-now", "args": {}})  # silent
+        await district.send(dtopics.DOWN_CMD, {"dev": "nobody", "id": 9, "op": "x"})
+        await district.wait_for(lambda: len(district.of(dtopics.UP_ACK)) >= 3)
+        acks = {a["id"]: a for a in district.of(dtopics.UP_ACK)}
         assert acks[7]["ok"] is True and acks[7]["op"] == "sample-now"
         assert acks[7]["res"] == {"op": "sample-now", "n": 3}
         assert acks[8]["ok"] is False and acks[8]["error"] == "timeout"
@@ -154,24 +155,24 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
                 for _ in range(2):
                     topic, payload, _ = site.data(dev, [reading("ch4", 30.0, "%LEL")])
                     await c.publish(topic, payload, qos=1)
-        await district.wait_for(lambda: len([a for a in district.of(topics.ALARM) if a["ev"] == "raised"]) >= 2)
-        by_dev = {a["dev"]: a["id"] for a in district.of(topics.ALARM) if a["ev"] == "raised"}
-        await district.send(topics.ALARM_ACK, {"id": by_dev["gas1"]})
+        await district.wait_for(lambda: len([a for a in district.of(dtopics.ALARM) if a["ev"] == "raised"]) >= 2)
+        by_dev = {a["dev"]: a["id"] for a in district.of(dtopics.ALARM) if a["ev"] == "raised"}
+        await district.send(dtopics.ALARM_ACK, {"id": by_dev["gas1"]})
         await gateway.wait_log(f"event=alarm-ack id={by_dev['gas1']} known=true")
         n = len(district.items)
         await district.wait_for(lambda: any(a.get("resend") and a["dev"] == "gas2"
-                                            for a in district.of(topics.ALARM)[n:]), timeout=10)
+                                            for a in district.of(dtopics.ALARM)[n:]), timeout=10)
         await asyncio.sleep(2.5)
-        later = [a for k, a in district.items[n:] if k == topics.ALARM]
+        later = [a for k, a in district.items[n:] if k == dtopics.ALARM]
         assert not any(a["dev"] == "gas1" for a in later)
 
         # rule sets from the district: an invalid one is refused, a newer one applies without restart
-        await district.send(topics.RULES, {"ruleset": {"version": 2, "gas": {"ch4": {"direction": "sideways"}}}})
+        await district.send(dtopics.RULES, {"ruleset": {"version": 2, "gas": {"ch4": {"direction": "sideways"}}}})
         ch4 = {"direction": "above", "levels": {"yellow": 40}, "clear": {"yellow": 35}}
         rules = {"version": 2, "gas": {"ch4": ch4}}
-        await district.send(topics.RULES, {"ruleset": rules})
-        await district.wait_for(lambda: len([a for a in district.of(topics.UP_ACK) if a.get("re") == "rules"]) >= 2)
-        results = [a for a in district.of(topics.UP_ACK) if a.get("re") == "rules"]
+        await district.send(dtopics.RULES, {"ruleset": rules})
+        await district.wait_for(lambda: len([a for a in district.of(dtopics.UP_ACK) if a.get("re") == "rules"]) >= 2)
+        results = [a for a in district.of(dtopics.UP_ACK) if a.get("re") == "rules"]
         assert results[0]["ok"] is False and "direction" in results[0]["error"] and results[0]["active"] == 1
         assert results[1]["ok"] is True and results[1]["version"] == 2
         # 30 %LEL is no alarm under version 2: the active alarms are cleared on their next reading
@@ -179,7 +180,7 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
         async with site.device_client("gas2", will=False) as gas2:
             await gas2.publish(topic, payload, qos=1)
         await district.wait_for(lambda: any(a["ev"] == "cleared" and a["dev"] == "gas2"
-                                            for a in district.of(topics.ALARM)))
+                                            for a in district.of(dtopics.ALARM)))
 
 
 class _same:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sitekit import District, GatewayProcess, Site, reading
 
-from protocol import topics
+from protocol import district as dtopics
 
 DEVICES = 4
 RATE = 1000  # per device asked for, 3 readings each: about what the gateway sustains, so batches are in flight
@@ -58,7 +58,7 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
             load = asyncio.gather(*(device(d) for d in s.devices))
             while kills < KILLS:
                 await asyncio.sleep(rnd.uniform(0.3, 1.5))
-                received = sum(len(b["packs"]) for b in district.of(topics.TELEMETRY))
+                received = sum(len(b["packs"]) for b in district.of(dtopics.TELEMETRY))
                 gw.kill()  # SIGKILL
                 kills += 1
                 print(f"kill {kills}: {len(sent)} sent, {received} forwarded so far")
@@ -69,7 +69,7 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
             await load
 
             def counts() -> Counter[tuple[str, int]]:
-                return Counter((p["dev"], p["seq"]) for b in district.of(topics.TELEMETRY) for p in b["packs"])
+                return Counter((p["dev"], p["seq"]) for b in district.of(dtopics.TELEMETRY) for p in b["packs"])
 
             await district.wait_for(lambda: set(counts()) >= sent, timeout=20)
             await asyncio.sleep(0.5)
@@ -79,9 +79,9 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
         duplicates = sum(got.values()) - len(got)
         print(f"seed {seed}: {len(sent)} messages, {duplicates} delivered twice (removed by (dev, seq))")
         # every alarm the district heard of is whole: raised once, same id for all its transitions
-        raised = Counter(a["id"] for a in district.of(topics.ALARM) if a["ev"] == "raised" and not a["resend"])
+        raised = Counter(a["id"] for a in district.of(dtopics.ALARM) if a["ev"] == "raised" and not a["resend"])
         assert raised and all(n >= 1 for n in raised.values())
-        per_dev = Counter(a["dev"] for a in district.of(topics.ALARM) if a["ev"] == "raised")
+        per_dev = Counter(a["dev"] for a in district.of(dtopics.ALARM) if a["ev"] == "raised")
         assert set(per_dev) == set(s.devices)
     finally:
         gw.kill()

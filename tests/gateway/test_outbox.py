@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Outbox, senml_pack
 from gateway.store import open_store
-from protocol import senml, topics
+from protocol import district, senml_resolve
 
 T0 = 1_763_900_000.0
 
@@ -39,7 +39,7 @@ def test_store_pragmas(store: sqlite3.Connection) -> None:
 def test_lanes_lease_by_priority_and_age_and_only_committed_rows(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
     t1 = ob.put_telemetry("gas-01", 7, 2, reading("gas-01", 7, 12.5), now=T0)
-    s1 = ob.put_state(topics.UP_STATE, {"dev": "gas-01", "st": "online"}, now=T0 + 1)
+    s1 = ob.put_state(district.UP_STATE, {"dev": "gas-01", "st": "online"}, now=T0 + 1)
     a1 = ob.put_alarm({"id": "a1", "ev": "raised"}, now=T0 + 2)
     t2 = ob.put_telemetry("gas-02", 1, 1, reading("gas-02", 1, 3.0), now=T0 + 3)
     a2 = ob.put_alarm({"id": "a2", "ev": "raised"}, now=T0 + 4)
@@ -58,7 +58,7 @@ def test_lanes_lease_by_priority_and_age_and_only_committed_rows(store: sqlite3.
     # the stored telemetry row is exactly the upstream pack entry, names "{dev}:{metric}" without a double prefix
     body = cbor2.loads(tel[0].body)
     assert (body["dev"], body["seq"], body["boot"]) == ("gas-01", 7, 2)
-    assert senml.resolve(body["e"]) == [
+    assert senml_resolve.resolve(body["e"]) == [
         {"n": "gas-01:ch4", "u": "%LEL", "t": T0 + 7, "v": 12.5},
         {"n": "gas-01:temp", "u": "Cel", "t": T0 + 7, "v": 21.5},
         {"n": "gas-01:cover", "t": T0 + 8, "vb": False}]
@@ -80,7 +80,7 @@ def test_ack_never_commits_someone_elses_batch(store: sqlite3.Connection) -> Non
     rid = ob.put_alarm({"id": "a1"})
     store.commit()
     [item] = ob.lease(ALARM, 1)
-    ob.put_state(topics.DQ, {"ev": "gap"})  # the ingest's batch is open ...
+    ob.put_state(district.DQ, {"ev": "gap"})  # the ingest's batch is open ...
     ob.ack([item.id])  # ... so the PUBACK's delete waits instead of committing half a batch
     store.rollback()  # the batch fails
     assert ob.depth() == {"alarm": 1, "state": 0, "telemetry": 0}
@@ -103,7 +103,7 @@ def test_uncommitted_rows_vanish_with_a_crash_and_committed_ones_survive(tmp_pat
 def test_bad_items_are_refused_with_a_reason(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
     with pytest.raises(ValueError, match="kind 'telemetry'"):
-        ob.put_state(topics.TELEMETRY, {})
+        ob.put_state(district.TELEMETRY, {})
     with pytest.raises(ValueError, match="exactly one of"):
         ob.put_telemetry("d1", 1, 1, [{"n": "x", "t": 1.0, "v": 1.0, "vs": "a"}])
     with pytest.raises(ValueError, match="exactly one of"):
@@ -119,7 +119,7 @@ def test_every_senml_value_kind_round_trips(store: sqlite3.Connection) -> None:
     ob.put_telemetry("rain-1", 5, 1, records)
     store.commit()
     [item] = ob.lease(TELEMETRY, 1)
-    assert senml.resolve(cbor2.loads(item.body)["e"]) == [dict(r, n="rain-1:" + str(r["n"])) for r in records]
+    assert senml_resolve.resolve(cbor2.loads(item.body)["e"]) == [dict(r, n="rain-1:" + str(r["n"])) for r in records]
     ob.budget_bytes = 1  # a summary of a sum-only or data record counts it
     ob.release_all()
     assert ob.enforce_budget() is not None
@@ -141,7 +141,7 @@ def fill(ob: Outbox, store: sqlite3.Connection, devices: int, per_device: int, s
             if n % alarms_every == 0:
                 alarm_ids.append(f"alarm-{n}")
                 ob.put_alarm({"id": alarm_ids[-1], "ev": "raised", "pad": "x" * 200}, now=t)
-                ob.put_state(topics.UP_STATE, {"dev": dev, "n": n}, now=t)
+                ob.put_state(district.UP_STATE, {"dev": dev, "n": n}, now=t)
     store.commit()
     return alarm_ids, seqs
 
@@ -157,7 +157,7 @@ def accounting(ob: Outbox) -> tuple[dict[str, set[int]], list[dict[str, Any]], l
             summaries.append(doc)
         else:
             raw.setdefault(doc["dev"], set()).add(doc["seq"])
-    dq = [cbor2.loads(b) for (b,) in ob.conn.execute("SELECT body FROM outbox WHERE kind = ?", (topics.DQ,))]
+    dq = [cbor2.loads(b) for (b,) in ob.conn.execute("SELECT body FROM outbox WHERE kind = ?", (district.DQ,))]
     return raw, summaries, dq
 
 

@@ -25,7 +25,7 @@ from gateway.outbox import Outbox
 from gateway.store import open_store
 from gateway.uplink import Uplink
 from lifeline.broker import Mosquitto, free_port
-from protocol import senml, topics
+from protocol import district, senml_resolve
 
 SITE = "site-a"
 T0 = 1_763_900_000.0
@@ -50,7 +50,7 @@ class Recorder:
                     self.ready.set()
                     async for m in client.messages:
                         assert isinstance(m.payload, bytes)
-                        self.got.append((topics.parse_up(m.topic.value)[1], cbor2.loads(m.payload)))
+                        self.got.append((district.parse_up(m.topic.value)[1], cbor2.loads(m.payload)))
                         self.arrived.append(time.monotonic())
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.05)
@@ -59,12 +59,12 @@ class Recorder:
         """Every item in arrival order: ("alarm", id), ("state", n), ("dq", ev), ("tel", dev, seq)."""
         out: list[Key] = []
         for kind, body in self.got:
-            if kind == topics.TELEMETRY:
+            if kind == district.TELEMETRY:
                 out.extend(("tel", p["dev"], p["seq"]) for p in body["packs"])
                 out.extend(("thin", s["dev"], s["seq_lo"], s["seq_hi"]) for s in body.get("thinned", []))
-            elif kind == topics.ALARM:
+            elif kind == district.ALARM:
                 out.append(("alarm", body["id"]))
-            elif kind == topics.DQ:
+            elif kind == district.DQ:
                 out.append(("dq", body["ev"]))
             else:
                 out.append((kind, body["n"]))
@@ -104,7 +104,7 @@ async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
         await asyncio.wait_for(task, 40)
 
 
-def district(port: int, tls: TLSFiles | None = None, client_id: str = "gw-site-a-up") -> BrokerConfig:
+def district_broker(port: int, tls: TLSFiles | None = None, client_id: str = "gw-site-a-up") -> BrokerConfig:
     return BrokerConfig("127.0.0.1", port, client_id, None, None, tls, 30)
 
 
@@ -129,7 +129,7 @@ class Source:
 
     def state(self) -> None:
         self.n += 1
-        self.outbox.put_state(topics.UP_STATE, {"n": self.n, "st": "online"})
+        self.outbox.put_state(district.UP_STATE, {"n": self.n, "st": "online"})
         self.states.append(("state", self.n))
 
     def telemetry(self, dev: str, t: float | None = None) -> None:
@@ -165,13 +165,14 @@ async def test_backlog_drains_by_lane_then_age_in_batched_senml_packs(tmp_path: 
         ob = new_outbox(tmp_path)
         src = Source(ob)
         src.mixed(300)
-        async with recording(broker.port) as rec, running(Uplink(ob, district(broker.port), SITE, max_items=7)) as up:
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=7)
+        async with recording(broker.port) as rec, running(uplink) as up:
             await rec.until(lambda: src.all() <= set(rec.seen()))
             lane_order_holds(rec.firsts(), src)
-            tel = [body for kind, body in rec.got if kind == topics.TELEMETRY]
+            tel = [body for kind, body in rec.got if kind == district.TELEMETRY]
             assert all(body["site"] == SITE and 1 <= len(body["packs"]) <= 7 for body in tel)
             pack = tel[0]["packs"][0]
-            assert senml.resolve(pack["e"]) == [
+            assert senml_resolve.resolve(pack["e"]) == [
                 {"n": f"{pack['dev']}:ch4", "u": "%LEL", "t": T0 + pack["seq"], "v": 0.5},
                 {"n": f"{pack['dev']}:temp", "u": "Cel", "t": T0 + pack["seq"], "v": 20}]
             assert pack["boot"] == 4
@@ -183,7 +184,7 @@ async def test_live_telemetry_is_batched_by_max_items_or_max_delay(tmp_path: Pat
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         src = Source(ob)
-        uplink = Uplink(ob, district(broker.port), SITE, max_items=50, max_delay_s=0.3)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=50, max_delay_s=0.3)
         async with recording(broker.port) as rec, running(uplink):
             await rec.until(lambda: uplink.connected)
             for _ in range(3):
@@ -203,7 +204,7 @@ async def test_only_committed_rows_go_and_an_open_batch_holds_nothing_up(tmp_pat
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         src = Source(ob)
-        uplink = Uplink(ob, district(broker.port), SITE, max_items=5, max_delay_s=0.05)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=5, max_delay_s=0.05)
         async with recording(broker.port) as rec, running(uplink):
             await rec.until(lambda: uplink.connected)
             ob.put_alarm({"id": "rolled-back"})  # the ingest's batch fails after this put ...
@@ -231,7 +232,7 @@ async def test_district_outage_loses_nothing_and_order_holds(tmp_path: Path,
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         before = Source(ob)
-        uplink = Uplink(ob, district(broker.port), SITE, max_items=20, drain_rate=400, backoff_initial_s=0.1,
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=20, drain_rate=400, backoff_initial_s=0.1,
                         backoff_max_s=0.4, tick_s=0.1)
         async with recording(broker.port) as rec, running(uplink):
             before.mixed(100)
@@ -266,19 +267,19 @@ async def test_live_alarm_overtakes_a_throttled_drain(tmp_path: Path, caplog: py
             src.telemetry("dev-0")
         ob.conn.commit()
         rate = 40.0
-        uplink = Uplink(ob, district(broker.port), SITE, max_items=10, drain_rate=rate, tick_s=0.2)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=10, drain_rate=rate, tick_s=0.2)
         async with recording(broker.port) as rec, running(uplink):
             await rec.until(lambda: len(rec.got) >= 10)
             assert uplink.draining and uplink.drain_progress() is not None
             src.alarm()
             ob.conn.commit()
             await rec.until(lambda: ("alarm", "a1001") in rec.seen())
-            at = next(i for i, (kind, _) in enumerate(rec.got) if kind == topics.ALARM)
+            at = next(i for i, (kind, _) in enumerate(rec.got) if kind == district.ALARM)
             await rec.until(lambda: len(rec.seen()) == 1001, timeout=60)
             # the alarm went at once: most of the backlog was still to come when it arrived
             assert len(rec.got) - at > 50
             # and the backlog never went faster than drain_rate messages per second
-            tel_times = [t for (kind, _), t in zip(rec.got, rec.arrived, strict=True) if kind == topics.TELEMETRY]
+            tel_times = [t for (kind, _), t in zip(rec.got, rec.arrived, strict=True) if kind == district.TELEMETRY]
             assert tel_times[-1] - tel_times[0] >= (len(tel_times) - 1) / rate * 0.9
     progress = [r for r in caplog.records if r.getMessage() == "drain"]
     assert progress and all(r.fields["backlog"] == 1000 for r in progress)  # type: ignore[attr-defined]
@@ -290,7 +291,7 @@ async def test_disk_budget_during_outage_thins_reports_and_keeps_every_alarm(tmp
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         src = Source(ob)
-        uplink = Uplink(ob, district(broker.port), SITE, max_items=50, backoff_initial_s=0.1, backoff_max_s=0.3,
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=50, backoff_initial_s=0.1, backoff_max_s=0.3,
                         tick_s=0.1)
         async with recording(broker.port) as rec, running(uplink):
             await rec.until(lambda: uplink.connected)
@@ -311,10 +312,10 @@ async def test_disk_budget_during_outage_thins_reports_and_keeps_every_alarm(tmp
             broker.start()
             await rec.until(lambda: sum(ob.depth().values()) == 0, timeout=60)
             await rec.until(lambda: set(src.alarms) <= set(rec.seen()))
-            dq = [body for kind, body in rec.got if kind == topics.DQ]
+            dq = [body for kind, body in rec.got if kind == district.DQ]
             assert dq and all(body["ev"] == "outbox-budget" for body in dq)
             raw = {(k[1], k[2]) for k in rec.seen() if k[0] == "tel"}
-            summaries = [body for kind, msg in rec.got if kind == topics.TELEMETRY for body in msg.get("thinned", [])]
+            summaries = [body for kind, msg in rec.got if kind == district.TELEMETRY for body in msg.get("thinned", [])]
             assert summaries
             thinned = {(s["dev"], q) for s in summaries for q in range(s["seq_lo"], s["seq_hi"] + 1)}
             evicted = sum(e["msgs"] for body in dq for e in body["evicted"])
@@ -349,13 +350,13 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         src = Source(ob)
         src.alarm()
         ob.conn.commit()
-        no_cert = Uplink(ob, district(tls_port, TLSFiles(certs["ca.crt"], None, None), "no-cert"), SITE,
+        no_cert = Uplink(ob, district_broker(tls_port, TLSFiles(certs["ca.crt"], None, None), "no-cert"), SITE,
                          backoff_max_s=0.2, connect_timeout_s=1.0)  # TLS 1.3: refused after the handshake
         async with recording(broker.port) as rec:
             async with running(no_cert):
                 await rec.until(lambda: no_cert.last_error is not None)
                 assert not no_cert.connected and ob.depth()["alarm"] == 1
-            with_cert = Uplink(ob, district(tls_port, TLSFiles(certs["ca.crt"], certs["client.crt"],
+            with_cert = Uplink(ob, district_broker(tls_port, TLSFiles(certs["ca.crt"], certs["client.crt"],
                                                                certs["client.key"])), SITE)
             async with running(with_cert):
                 await rec.until(lambda: rec.seen() == src.alarms)
@@ -365,15 +366,15 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
 async def test_downlink_messages_reach_the_handler(tmp_path: Path) -> None:
     with Mosquitto() as broker:
         got: list[tuple[str, bytes]] = []
-        uplink = Uplink(new_outbox(tmp_path), district(broker.port), SITE,
+        uplink = Uplink(new_outbox(tmp_path), district_broker(broker.port), SITE,
                         on_downlink=lambda topic, payload: got.append((topic, payload)))
         async with running(uplink), aiomqtt.Client("127.0.0.1", broker.port) as district_side:
             deadline = time.monotonic() + 10
             while not got:  # retained=False: publish until the uplink's subscription is in place
                 assert time.monotonic() < deadline
-                await district_side.publish(topics.down(SITE, topics.ALARM_ACK), b"\xa1\x62id\x62a1", qos=1)
+                await district_side.publish(district.down(SITE, district.ALARM_ACK), b"\xa1\x62id\x62a1", qos=1)
                 await asyncio.sleep(0.1)
-            assert got[0] == (topics.down(SITE, topics.ALARM_ACK), b"\xa1\x62id\x62a1")
+            assert got[0] == (district.down(SITE, district.ALARM_ACK), b"\xa1\x62id\x62a1")
 
 
 async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from gateway.logs import setup
 from gateway.outbox import Outbox
 from gateway.store import open_store
 from gateway.uplink import Uplink
-from protocol import topics
+from protocol import district
 
 T0 = 1_763_900_000.0
 
@@ -29,7 +29,7 @@ def fill(outbox: Outbox, n: int) -> None:
         outbox.put_telemetry(dev, i // 10, 1, [{"n": "level", "u": "m", "t": T0 + i, "v": i / 10}])
         if i % 100 == 0:
             outbox.put_alarm({"id": f"alarm-{i}", "ev": "raised"})
-            outbox.put_state(topics.UP_STATE, {"n": i})
+            outbox.put_state(district.UP_STATE, {"n": i})
         if i % 200 == 199:
             outbox.conn.commit()
     outbox.conn.commit()

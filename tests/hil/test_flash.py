@@ -21,7 +21,7 @@ from hil_tests.stimulus import free_udp_pair, sim_config
 from hil_tests.virtual import VirtualDevice
 from lifeline import cli, upy
 from lifeline.broker import Mosquitto
-from protocol import message, topics
+from protocol import message_check, topics
 
 KEY = bytes(range(32))
 LIFELINE = str(Path(sys.executable).parent / "lifeline")
@@ -132,7 +132,7 @@ def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
         births: list[dict[str, object]] = []
         client = paho.Client(CallbackAPIVersion.VERSION2)
         client.on_message = lambda c, u, m: births.append(
-            dict(message.decode(m.payload, lambda kid: KEY if kid == b"gas-01" else None, topics.STATE,
+            dict(message_check.decode(m.payload, lambda kid: KEY if kid == b"gas-01" else None, topics.STATE,
                                 loads=cbor2.loads)))
         client.connect(broker.host, broker.port)
         client.subscribe(topics.device("site-a", "gas-01", topics.STATE), qos=1)

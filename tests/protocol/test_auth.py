@@ -1,6 +1,6 @@
 """HMAC-SHA256 and the COSE_Mac0 envelope; shared by CPython and MicroPython."""
 
-from protocol import auth, cbor
+from protocol import auth, cbor, cbor_decode
 from prototest import raises, unhex
 
 KEY = b"k" * 32
@@ -19,7 +19,7 @@ def test_hmac_rfc4231_vectors():
 
 def test_seal_is_a_cose_mac0():
     sealed = auth.seal(KEY, b"gas-01", b"hello")
-    outer = cbor.loads(sealed)
+    outer = cbor_decode.loads(sealed)
     assert outer.tag == 17
     protected, unprotected, payload, tag = outer.value
     assert protected == b"\xa1\x01\x05" and unprotected == {4: b"gas-01"} and payload == b"hello"

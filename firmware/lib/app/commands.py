@@ -13,7 +13,7 @@ import os
 
 import persist
 from app.checks import check_filters, check_level, num
-from protocol import message, topics
+from protocol import message_check, topics
 
 RECENT = 8
 SAFE_OPS = ("birth", "sync_time", "reboot", "config")
@@ -25,8 +25,8 @@ async def handle(app, payload):
         return app.key if kid == app.dev.encode() else None
 
     try:
-        body = message.decode(payload, key_for, topics.CMD)
-    except message.MessageError as e:
+        body = message_check.decode(payload, key_for, topics.CMD)
+    except message_check.MessageError as e:
         app.reject(e.reason)
         return
     cid = body["id"]

@@ -1,0 +1,104 @@
+"""Receiving a message: authenticate the COSE_Mac0 envelope, decode the body and check it against its
+kind's schema, so every failure is one MessageError with a reason a gateway can count. On a node only
+commands arrive, and this module is loaded only then.
+"""
+
+from protocol import auth, senml_resolve, topics
+from protocol.cbor_decode import loads as cbor_loads
+from protocol.message import CLK_BOOT, CLK_EPOCH, MAX_MESSAGE, MAX_SEQ, OFFLINE, ONLINE, PRI_ALARM, PRI_ROUTINE
+from protocol.senml import SenMLError
+
+
+class MessageError(ValueError):
+    def __init__(self, reason, detail=""):
+        super().__init__("%s: %s" % (reason, detail) if detail else reason)
+        self.reason = reason
+
+
+def _uint(body, name, limit=MAX_SEQ):
+    v = body.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+        raise MessageError("schema", "%s must be an unsigned integer" % name)
+    return v
+
+
+def _is(body, name, types):
+    v = body.get(name)
+    if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
+        raise MessageError("schema", "%s has the wrong type" % name)
+    return v
+
+
+def _one_of(body, name, allowed):
+    if body.get(name) not in allowed:
+        raise MessageError("schema", "%s must be one of %r" % (name, allowed))
+
+
+def check(body, kind, records=None):
+    """Raise MessageError("schema", ...) unless the body is a well-formed message of this kind.
+
+    Checking a data or event body resolves its SenML pack; a caller that needs the resolved records passes
+    a list as `records` and gets them appended, instead of resolving the pack a second time."""
+    if not isinstance(body, dict):
+        raise MessageError("schema", "body is not a map")
+    if body.get("k") != kind:
+        raise MessageError("schema", "kind %r where %r was expected" % (body.get("k"), kind))
+    try:
+        topics.check_id(body.get("dev"), "dev")
+    except topics.TopicError as exc:
+        raise MessageError("schema", str(exc))
+    if kind != topics.CMD:
+        _uint(body, "boot")
+    if kind in (topics.DATA, topics.EVENT):
+        _uint(body, "seq")
+        _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
+        _one_of(body, "pri", (PRI_ROUTINE, PRI_ALARM))
+        try:
+            resolved = senml_resolve.resolve(body.get("e"))
+        except SenMLError as exc:
+            raise MessageError("schema", "e: %s" % exc)
+        if kind == topics.EVENT:
+            _is(body, "ev", (str,))
+        if records is not None:
+            records.extend(resolved)
+    elif kind == topics.STATE:
+        _uint(body, "seq")
+        _one_of(body, "st", (ONLINE, OFFLINE))
+        if body["st"] == ONLINE:
+            _is(body, "fw", (str,))
+            _is(body, "prof", (str,))
+            _is(body, "rst", (str,))
+            _is(body, "t", (int, float))
+            _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
+    elif kind == topics.CMD:
+        _uint(body, "id")
+        _is(body, "op", (str,))
+        _is(body, "args", (dict,))
+    elif kind == topics.ACK:
+        _uint(body, "id")
+        _is(body, "ok", (bool,))
+    else:
+        raise MessageError("schema", "unknown kind %r" % kind)
+    return body
+
+
+def decode(data, key_for, kind, loads=None, records=None):
+    """Authenticate, decode and check one message; every failure is a MessageError with a reason.
+    `records`: as for `check`, filled only once the message has passed every check."""
+    if len(data) > MAX_MESSAGE:
+        raise MessageError("oversize", "%d bytes, limit %d" % (len(data), MAX_MESSAGE))
+    try:
+        kid, payload = auth.verify(data, key_for, loads)
+    except auth.AuthError as exc:
+        raise MessageError(exc.reason, str(exc))
+    try:
+        body = (loads or cbor_loads)(payload)
+    except Exception as exc:
+        raise MessageError("malformed", "payload is not CBOR: %s" % exc)
+    resolved = [] if records is not None else None
+    check(body, kind, resolved)
+    if body["dev"].encode() != kid:
+        raise MessageError("schema", "dev %r does not match the key id" % body["dev"])
+    if resolved:
+        records.extend(resolved)
+    return body
