@@ -3,7 +3,7 @@ kind's schema, so every failure is one MessageError with a reason a gateway can 
 commands arrive, and this module is loaded only then.
 """
 
-from protocol import auth, senml_resolve, topics
+from protocol import auth, topics
 from protocol.cbor_decode import loads as cbor_loads
 from protocol.message import CLK_BOOT, CLK_EPOCH, MAX_MESSAGE, MAX_SEQ, OFFLINE, ONLINE, PRI_ALARM, PRI_ROUTINE
 from protocol.senml import SenMLError
@@ -53,6 +53,8 @@ def check(body, kind, records=None):
         _uint(body, "seq")
         _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
         _one_of(body, "pri", (PRI_ROUTINE, PRI_ALARM))
+        from protocol import senml_resolve  # not with the module: a node checks only commands
+
         try:
             resolved = senml_resolve.resolve(body.get("e"))
         except SenMLError as exc:
