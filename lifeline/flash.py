@@ -41,6 +41,7 @@ from lifeline import upy
 PROTOCOL = upy.ROOT / "protocol"
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 KEY_BYTES = 32
+CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new firmware checks the config
 READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its own deadlines
 CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
@@ -133,7 +134,7 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
             if compile_mpy:
                 target = target.with_suffix(".mpy")
                 try:
-                    upy.compile_module(source, target)
+                    upy.compile_module(source, target, upy.module_name(target.relative_to(out / "lib")))
                 except subprocess.CalledProcessError as exc:
                     raise FlashError(f"mpy-cross {source}: {exc.stderr.strip()}") from None
             else:
@@ -287,6 +288,9 @@ def upload(b: Board, files: list[Staged], progress: Callable[[int, Staged | None
         if path not in keep:
             b.remove(path)
             result.removed.append(path)
+    if result.written and b.sha256(CHECKED_STAMP) is not None:
+        b.remove(CHECKED_STAMP)
+        result.removed.append(CHECKED_STAMP)
     result.seconds = time.monotonic() - start
     return result
 

@@ -18,13 +18,15 @@ import os
 import struct
 from binascii import crc32
 
+from micropython import const
+
 import persist
 
-_HDR = "<BBHII"
-_HLEN = 12
-_MAGIC = 0xA7
+_HDR = const("<BBHII")
+_HLEN = const(12)
+_MAGIC = const(0xA7)
 ALARM, ROUTINE = 0, 1
-_LANE = "ar"
+_LANE = const("ar")
 
 
 class FlashQ:

@@ -12,8 +12,10 @@ import random
 import struct
 from time import ticks_diff, ticks_ms
 
-_CONNACK = ("", "bad protocol", "client id rejected", "server unavailable", "bad user or password",
-            "not authorized")
+from micropython import const
+
+_CONNACK = const(("", "bad protocol", "client id rejected", "server unavailable", "bad user or password",
+            "not authorized"))
 
 
 class MQTTError(OSError):
@@ -125,6 +127,13 @@ class MQTTClient:
                 pass
             self._task = None
 
+    def _error(self, e):
+        """Keep the latest failure for the health figures; print it when it differs from the one before,
+        so a link that keeps failing the same way is logged once, not on every retry."""
+        if repr(e) != repr(self.last_error):
+            print("mqtt: %s: %s" % (type(e).__name__, e))
+        self.last_error = e
+
     # -- connection -------------------------------------------------------------------------------------
 
     async def _supervise(self):
@@ -133,7 +142,7 @@ class MQTTClient:
             try:
                 await self._connect()
             except Exception as e:  # any failure to connect is retried the same way
-                self.last_error = e
+                self._error(e)
                 fails += 1
                 delay = min(self._bmax, self._bmin << min(fails - 1, 16))
                 await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
@@ -148,13 +157,13 @@ class MQTTClient:
                     try:
                         await self._subscribe(topic, qos)
                     except MQTTError as e:  # refused (ACL): reconnecting would not change that
-                        self.last_error = e
+                        self._error(e)
                 if self.on_connect is not None:
                     await self.on_connect(self)
                 self._open.set()
                 await self._down.wait()
             except Exception as e:  # the link is dropped and rebuilt below
-                self.last_error = e
+                self._error(e)
             finally:
                 self._open.clear()
                 reader.cancel()
@@ -229,7 +238,7 @@ class MQTTClient:
                 else:
                     await w.drain()
             except Exception as e:  # timeout or socket error: this link is finished
-                self.last_error = e
+                self._error(e)
                 self._drop()
                 raise OSError("send failed")
             self._tx = ticks_ms()
@@ -299,7 +308,7 @@ class MQTTClient:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # EOF, reset or protocol error all end this link
-            self.last_error = e
+            self._error(e)
         self._drop()
 
     async def _on_publish(self, r, b, n):
@@ -327,7 +336,7 @@ class MQTTClient:
                 self.on_message(topic.decode(), payload, bool(b & 1))
             except Exception as e:  # a bad handler must not kill the link
                 self.cb_errors += 1
-                self.last_error = e
+                self._error(e)
         if qos:
             await self._send(0x40, 2, struct.pack(">H", pid))
 
@@ -351,7 +360,7 @@ class MQTTClient:
                 continue
             if self._ping_at:
                 if ticks_diff(now, self._ping_at) > dead:
-                    self.last_error = OSError("no PINGRESP")
+                    self._error(OSError("no PINGRESP"))
                     self._drop()
                     return
             elif ticks_diff(now, self._tx) >= half or ticks_diff(now, self._rx) >= half:

@@ -8,7 +8,7 @@ connection under it, is rolled back to the .prev copies, and a connect confirms 
 """
 
 import persist
-from app import trial
+from app import checked, trial
 from app.checks import check_filters, check_level
 from protocol import topics
 
@@ -161,9 +161,11 @@ def boot():
         else:
             persist.save(trial.TRIAL, t)
     try:
-        return load()
+        cfg = load()
     except ConfigError as e:
         print("config:", e)
         if not trial.rollback(str(e)):
             raise
-        return load()
+        cfg = load()
+    checked.stamp()
+    return cfg

@@ -10,19 +10,21 @@ issued together, one apart, never reused, and recovered by the queue after any p
 
 import asyncio
 
+from micropython import const
+
 from flashq import FlashQ
 from protocol import message, senml, topics
 
-KIND_DATA = 0
-KIND_EVENT = 1
-MAX_RECORD = 1024
+_KIND_DATA = const(0)
+_KIND_EVENT = const(1)
+_MAX_RECORD = const(1024)
 
 
 class Publisher:
     def __init__(self, app, profile):
         self.app = app
         q = profile.get("queue", {})
-        self.q = FlashQ("q", q.get("capacity", 65536), q.get("segment", 4096), MAX_RECORD)
+        self.q = FlashQ("q", q.get("capacity", 65536), q.get("segment", 4096), _MAX_RECORD)
         self.pending = []
         self.wake = asyncio.Event()
         self.boot_clk = False  # a boot-relative message was issued this boot
@@ -81,12 +83,12 @@ class Publisher:
         else:
             body = message.event(app.dev, app.boot, seq, ev, pack, clk, pri)
         data = message.encode(body, app.key)
-        if len(data) > MAX_RECORD and len(recs) > 1:
+        if len(data) > _MAX_RECORD and len(recs) > 1:
             half = len(recs) // 2
             self.seal(recs[:half], pri, ev, urgent)
             self.seal(recs[half:], pri, ev, urgent)
             return
-        self.q.put(data, urgent, KIND_EVENT if ev else KIND_DATA)
+        self.q.put(data, urgent, _KIND_EVENT if ev else _KIND_DATA)
         if clk == message.CLK_BOOT:
             self.boot_clk = True
         app.sealed()

@@ -5,18 +5,20 @@ import asyncio
 import gc
 import os
 
+from micropython import const
+
 import hal
 from app import drop, watchdog
 from app.clock import Clock
 from protocol import message, topics
 
-FW = "0.1.0"
-STABLE_S = 60  # a boot that ran this long connected clears the crash-loop counter
-TRIAL_S = 180  # a trial config must reach the broker within this (device.json trial_s)
-SAFE_S = 600  # safe mode tries a normal boot again after this long connected
-NTP_S = 6 * 3600
-UNSYNCED_S = 60  # NTP retry while the time is still unknown
-INBOX = 4
+_FW = const("0.1.0")
+_STABLE_S = const(60)  # a boot that ran this long connected clears the crash-loop counter
+_TRIAL_S = const(180)  # a trial config must reach the broker within this (device.json trial_s)
+_SAFE_S = const(600)  # safe mode tries a normal boot again after this long connected
+_NTP_S = const(6 * 3600)
+_UNSYNCED_S = const(60)  # NTP retry while the time is still unknown
+_INBOX = const(4)
 _UNITS = {"heap": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
 
 
@@ -37,7 +39,7 @@ class App:
         self.safe = safe
         self.secrets = s
         self.ntp = d.get("ntp", [])
-        self.trial_s = d.get("trial_s", TRIAL_S)
+        self.trial_s = d.get("trial_s", _TRIAL_S)
         self.prof = p["name"]
         self.sleep = p.get("sleep")
         self.wdt_ms = p.get("wdt_ms", 30000)
@@ -125,7 +127,7 @@ class App:
     def on_message(self, topic, payload, retained):
         if retained:  # a retained "reboot" would run on every connect
             self.reject("retained")
-        elif len(self.inbox) >= INBOX:
+        elif len(self.inbox) >= _INBOX:
             self.reject("inbox full")
         else:
             self.inbox.append(payload)
@@ -175,7 +177,7 @@ class App:
             extra["safe"] = True
         if self.sleep:
             extra["sleep"] = self.sleep["wake_s"]
-        body = message.birth(self.dev, self.boot, self.pub.next_seq, FW, self.prof, self.rst,
+        body = message.birth(self.dev, self.boot, self.pub.next_seq, _FW, self.prof, self.rst,
                              self.clock.now(), self.clock.clk, **extra)
         await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
@@ -258,11 +260,11 @@ class App:
 
                 trial.rollback("no broker connection within %d s" % self.trial_s)
                 self.board.reset()
-            if self.connected_at is not None and up - self.connected_at > (SAFE_S if self.safe else STABLE_S) * 1000:
+            if self.connected_at is not None and up - self.connected_at > (_SAFE_S if self.safe else _STABLE_S) * 1000:
                 watchdog.stable(self.st)
                 if self.safe:
                     self.board.reset()
-            if self.mqtt.isconnected() and up - synced > (NTP_S if self.clock.epoch0_ms else UNSYNCED_S) * 1000:
+            if self.mqtt.isconnected() and up - synced > (_NTP_S if self.clock.epoch0_ms else _UNSYNCED_S) * 1000:
                 synced = up
                 self.sync_clock()
             if not self.safe and up - health >= self.health_ms:

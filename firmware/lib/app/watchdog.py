@@ -2,7 +2,7 @@
 
 state.json holds the boot count and a crash-loop counter: every boot adds one to both, and the
 counter goes back to zero once the node has run cleanly for a while (or resets on purpose). A counter
-above CRASH_LIMIT at boot means the last boots all died young: the node starts in safe mode, which
+above _CRASH_LIMIT at boot means the last boots all died young: the node starts in safe mode, which
 only connects and takes commands, so a bad profile or a sensor that hangs the bus cannot lock it out.
 
 The hardware watchdog is fed by the app's main loop only while every watched task keeps beating
@@ -10,10 +10,12 @@ The hardware watchdog is fed by the app's main loop only while every watched tas
 birth.
 """
 
+from micropython import const
+
 import persist
 
 STATE = "state.json"
-CRASH_LIMIT = 3
+_CRASH_LIMIT = const(3)
 
 
 def boot():
@@ -25,7 +27,7 @@ def boot():
 
 
 def safe_mode(st):
-    return st["crash"] > CRASH_LIMIT
+    return st["crash"] > _CRASH_LIMIT
 
 
 def stable(st):

@@ -8,24 +8,26 @@ tilt and vibration figures."""
 from array import array
 from math import atan2, sqrt
 
+from micropython import const
+
 from drivers import Fault
 
-DEVID = 0x00
-DEVID_ADXL345 = 0xE5
-BW_RATE = 0x2C
-POWER_CTL = 0x2D
-DATA_FORMAT = 0x31
-DATAX0 = 0x32
-FIFO_CTL = 0x38
-FIFO_STATUS = 0x39
-MEASURE = 0x08      # POWER_CTL bit D3
-FULL_RES = 0x08     # DATA_FORMAT bit D3
-FIFO_STREAM = 0x80  # FIFO_CTL mode bits D7:D6 = 10
-FIFO_LEVELS = 32
-RANGES = (2, 4, 8, 16)                               # DATA_FORMAT range bits 0..3
-RATES = (3200, 1600, 800, 400, 200, 100, 50, 25)     # BW_RATE codes 0x0F downwards
-LSB_G = 0.0039
-G = 9.80665
+_DEVID = const(0x00)
+_DEVID_ADXL345 = const(0xE5)
+_BW_RATE = const(0x2C)
+_POWER_CTL = const(0x2D)
+_DATA_FORMAT = const(0x31)
+_DATAX0 = const(0x32)
+_FIFO_CTL = const(0x38)
+_FIFO_STATUS = const(0x39)
+_MEASURE = const(0x08)      # _POWER_CTL bit D3
+_FULL_RES = const(0x08)     # _DATA_FORMAT bit D3
+_FIFO_STREAM = const(0x80)  # _FIFO_CTL mode bits D7:D6 = 10
+_FIFO_LEVELS = const(32)
+_RANGES = const((2, 4, 8, 16))                               # _DATA_FORMAT range bits 0..3
+_RATES = const((3200, 1600, 800, 400, 200, 100, 50, 25))     # _BW_RATE codes 0x0F downwards
+_LSB_G = const(0.0039)
+_G = const(9.80665)
 
 
 def s16(lo, hi):
@@ -48,19 +50,19 @@ class ADXL345:
         self.i2c = i2c
         self.addr = addr
         try:
-            devid = i2c.readfrom_mem(addr, DEVID, 1)[0]
+            devid = i2c.readfrom_mem(addr, _DEVID, 1)[0]
         except OSError:
             raise Fault("no-device", addr)
-        if devid != DEVID_ADXL345:
+        if devid != _DEVID_ADXL345:
             raise Fault("devid", devid)
         self.rate_hz = rate_hz
         w = i2c.writeto_mem
-        w(addr, POWER_CTL, b"\x00")  # standby while configuring
-        w(addr, DATA_FORMAT, bytes((FULL_RES | RANGES.index(g_range),)))
-        w(addr, BW_RATE, bytes((0x0F - RATES.index(rate_hz),)))
-        w(addr, FIFO_CTL, bytes((FIFO_STREAM,)))
-        w(addr, POWER_CTL, bytes((MEASURE,)))
-        self.scale = LSB_G * G  # m/s2 per count
+        w(addr, _POWER_CTL, b"\x00")  # standby while configuring
+        w(addr, _DATA_FORMAT, bytes((_FULL_RES | _RANGES.index(g_range),)))
+        w(addr, _BW_RATE, bytes((0x0F - _RATES.index(rate_hz),)))
+        w(addr, _FIFO_CTL, bytes((_FIFO_STREAM,)))
+        w(addr, _POWER_CTL, bytes((_MEASURE,)))
+        self.scale = _LSB_G * _G  # m/s2 per count
         self._status = bytearray(1)
         self._data = bytearray(6)
         self._win = array("h", [0] * (3 * window))
@@ -72,7 +74,7 @@ class ADXL345:
     def read_raw(self):
         """Current (x, y, z) counts straight from the data registers."""
         b = self._data
-        self.i2c.readfrom_mem_into(self.addr, DATAX0, b)
+        self.i2c.readfrom_mem_into(self.addr, _DATAX0, b)
         return s16(b[0], b[1]), s16(b[2], b[3]), s16(b[4], b[5])
 
     def read(self):
@@ -86,9 +88,9 @@ class ADXL345:
         probably lost since the last call: counted in `overruns`."""
         i2c = self.i2c
         addr = self.addr
-        i2c.readfrom_mem_into(addr, FIFO_STATUS, self._status)
+        i2c.readfrom_mem_into(addr, _FIFO_STATUS, self._status)
         entries = self._status[0] & 0x3F
-        if entries >= FIFO_LEVELS:
+        if entries >= _FIFO_LEVELS:
             self.overruns += 1
         b = self._data
         w = self._win
@@ -96,7 +98,7 @@ class ADXL345:
         i = self._i
         k = 0
         while k < entries:
-            i2c.readfrom_mem_into(addr, DATAX0, b)  # each burst read pops one FIFO level
+            i2c.readfrom_mem_into(addr, _DATAX0, b)  # each burst read pops one FIFO level
             w[i] = s16(b[0], b[1])
             w[i + 1] = s16(b[2], b[3])
             w[i + 2] = s16(b[4], b[5])

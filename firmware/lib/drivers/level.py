@@ -4,9 +4,11 @@ cover's open/tilt switch.
 Frames are the A02YYUW / DYP-A01 format (DFRobot SEN0311 wiki): 0xFF, distance high byte, distance
 low byte, SUM = (0xFF + H + L) & 0xFF; distance in mm; 9600 baud 8N1, one frame every 100-300 ms."""
 
+from micropython import const
+
 from drivers import Fault
 
-HEADER = 0xFF
+_HEADER = const(0xFF)
 
 
 class UltrasonicLevel:
@@ -38,7 +40,7 @@ class UltrasonicLevel:
         fr = self._frame
         for b in data or b"":
             n = self._n
-            if not n and b != HEADER:
+            if not n and b != _HEADER:
                 self.skipped += 1
                 continue
             fr[n] = b
@@ -51,7 +53,7 @@ class UltrasonicLevel:
                     # a data byte may have been taken for the header: retry from the next 0xFF
                     self.bad_sum += 1
                     for k in (1, 2, 3):
-                        if fr[k] == HEADER:
+                        if fr[k] == _HEADER:
                             n = 4 - k
                             fr[0:n] = fr[k:4]
                             break

@@ -3,13 +3,15 @@
 Limits follow NAMUR NE 43: 3.8..20.5 mA carries a measurement (slightly beyond the 4..20 span is
 still a reading), <= 3.6 mA or >= 21.0 mA signals a failure. See docs/drivers.md."""
 
+from micropython import const
+
 from drivers import Fault
 
-OPEN_MA = 1.0       # no loop current at all: a cut wire, not a transmitter's failure signal
-FAIL_LOW_MA = 3.6   # NE 43 failure signal, low
-MEAS_LOW_MA = 3.8   # NE 43 measurement band
-MEAS_HIGH_MA = 20.5
-FAIL_HIGH_MA = 21.0
+_OPEN_MA = const(1.0)       # no loop current at all: a cut wire, not a transmitter's failure signal
+_FAIL_LOW_MA = const(3.6)   # NE 43 failure signal, low
+_MEAS_LOW_MA = const(3.8)   # NE 43 measurement band
+_MEAS_HIGH_MA = const(20.5)
+_FAIL_HIGH_MA = const(21.0)
 
 
 class Loop420:
@@ -52,15 +54,15 @@ class Loop420:
         over-range / short and the loop current in mA as its value."""
         ma = self.read_ma()
         reason = None
-        if ma < OPEN_MA:
+        if ma < _OPEN_MA:
             reason = "open-loop"
-        elif ma <= FAIL_LOW_MA:
+        elif ma <= _FAIL_LOW_MA:
             reason = "sensor-fault"
-        elif ma < MEAS_LOW_MA:
+        elif ma < _MEAS_LOW_MA:
             reason = "under-range"
-        elif ma >= FAIL_HIGH_MA:
+        elif ma >= _FAIL_HIGH_MA:
             reason = "short"
-        elif ma > MEAS_HIGH_MA:
+        elif ma > _MEAS_HIGH_MA:
             reason = "over-range"
         if reason:
             self.faults += 1

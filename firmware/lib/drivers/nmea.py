@@ -4,7 +4,9 @@ Only checksummed sentences count; a bad checksum, a sentence cut short (a new '$
 over-long line, no '*hh') or fields that do not parse are dropped and counted by reason, and the
 last good fix stays. See docs/drivers.md for the fields used."""
 
-LINE_MAX = 100  # NMEA 0183 caps a sentence at 82 characters; some receivers run over
+from micropython import const
+
+_LINE_MAX = const(100)  # NMEA 0183 caps a sentence at 82 characters; some receivers run over
 
 
 def _coord(text, hemi, neg, limit):
@@ -33,7 +35,7 @@ class NMEA:
     """Position state from GGA (lat, lon, alt, fix, sats, hdop) and RMC (time, date, valid).
     `uart` (machine.UART: any(), read(n)) is only needed for poll()."""
 
-    def __init__(self, uart=None, line_max=LINE_MAX):
+    def __init__(self, uart=None, line_max=_LINE_MAX):
         self.uart = uart
         self._buf = bytearray(line_max)
         self._n = 0

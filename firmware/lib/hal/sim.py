@@ -4,7 +4,7 @@ device's heap. Flash is the working directory.
 
 The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
 read or write, as a lost link does. Resets end the process -- exit code EXIT_RESET for reset(),
-EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave MARK so the next start knows its
+EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
 reset cause and whether the RTC kept time; a supervisor starts the process again (docs/firmware.md).
 """
 
@@ -17,12 +17,14 @@ import socket
 import sys
 import time
 
+from micropython import const
+
 import hal
 import persist
 
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
-MARK = ".hal.json"
+_MARK = const(".hal.json")
 _open_connection = asyncio.open_connection
 
 
@@ -103,9 +105,9 @@ class Board:
 
     def __init__(self, device):
         self.device = device
-        mark = persist.load(MARK) or {}
+        mark = persist.load(_MARK) or {}
         try:
-            os.remove(MARK)
+            os.remove(_MARK)
         except OSError:
             pass
         self._cause = mark.get("rst", hal.POWER_ON)
@@ -167,7 +169,7 @@ class Board:
         while True:
             time.sleep_ms(50)
             if time.ticks_diff(time.ticks_ms(), fed[0]) > fed[1]:
-                persist.save(MARK, {"rst": hal.WDT, "rtc": self._rtc})
+                persist.save(_MARK, {"rst": hal.WDT, "rtc": self._rtc})
                 os.system("kill -ALRM $PPID")
                 time.sleep(10)
 
@@ -242,11 +244,11 @@ class Board:
         return self._cause
 
     def reset(self):
-        persist.save(MARK, {"rst": hal.SOFT, "rtc": self._rtc})
+        persist.save(_MARK, {"rst": hal.SOFT, "rtc": self._rtc})
         sys.exit(EXIT_RESET)
 
     def deepsleep(self, ms):
-        persist.save(MARK, {"rst": hal.DEEPSLEEP, "rtc": self._rtc, "ms": ms})
+        persist.save(_MARK, {"rst": hal.DEEPSLEEP, "rtc": self._rtc, "ms": ms})
         sys.exit(EXIT_DEEPSLEEP)
 
     def uid(self):

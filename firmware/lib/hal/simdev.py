@@ -6,22 +6,22 @@ from math import cos, pi, sin, sqrt
 from random import getrandbits
 from time import gmtime, ticks_add, ticks_diff, ticks_ms, time
 
-from drivers.accel import (
-    BW_RATE,
-    DATA_FORMAT,
-    DATAX0,
-    DEVID,
-    DEVID_ADXL345,
-    FIFO_CTL,
-    FIFO_LEVELS,
-    FIFO_STATUS,
-    FIFO_STREAM,
-    FULL_RES,
-    LSB_G,
-    MEASURE,
-    POWER_CTL,
-    G,
-)
+# The ADXL345's register map and scale, from the Analog Devices datasheet, written out here rather
+# than imported from drivers/accel.py: a model that shared the driver's numbers could not catch a wrong one.
+DEVID = 0x00
+DEVID_ADXL345 = 0xE5
+BW_RATE = 0x2C
+POWER_CTL = 0x2D
+DATA_FORMAT = 0x31
+DATAX0 = 0x32
+FIFO_CTL = 0x38
+FIFO_STATUS = 0x39
+MEASURE = 0x08
+FULL_RES = 0x08
+FIFO_STREAM = 0x80
+FIFO_LEVELS = 32
+LSB_G = 0.0039
+G = 9.80665
 
 ENODEV = 19  # what machine.I2C raises when no device acknowledges
 

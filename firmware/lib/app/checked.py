@@ -1,0 +1,46 @@
+"""Which config files the last boot checked. Checking them (app/config.py, app/checks.py) costs the heap
+its code and, for good, the names that code interns; a boot that finds the same bytes as the last checked
+ones (and no trial running) reads them without loading the checks. A changed file, a trial or a missing
+stamp sends the boot through app.config.boot() again."""
+
+import binascii
+
+import persist
+
+STAMP = "checked.json"
+FILES = ("device.json", "secrets.json", "profile.json")
+
+
+def _crc(blobs):
+    c = 0
+    for b in blobs:
+        c = binascii.crc32(b, c)
+    return c
+
+
+def _blobs():
+    out = []
+    for name in FILES:
+        with open(name, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def load():
+    """(device, secrets, profile) parsed, when they are the files last checked; otherwise None."""
+    import json
+
+    if persist.load("trial.json") is not None:  # app/trial.py: new files on trial are checked every boot
+        return None
+    try:
+        blobs = _blobs()
+    except OSError:
+        return None
+    if persist.load(STAMP) != {"crc": _crc(blobs)}:
+        return None
+    return tuple(json.loads(b) for b in blobs)
+
+
+def stamp():
+    """Mark the files on flash as checked (config.boot calls this once they have loaded cleanly)."""
+    persist.save(STAMP, {"crc": _crc(_blobs())})
