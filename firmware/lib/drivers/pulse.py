@@ -1,9 +1,16 @@
 """Tipping-bucket rain gauge: a reed switch closes once per tip and is counted on a pin interrupt.
 
 The handler only compares two tick counts and bumps small-int counters, so it never allocates and is
-safe as a hard IRQ. Readers take differences of a counter that only grows, so they never race it."""
+safe as a hard IRQ. Readers take differences of a counter that only grows, so they never race it.
 
-from time import ticks_diff, ticks_ms
+A deep-sleeping node (app/sleeper.py) wakes on the switch itself: it counts that tip with tip(), and
+carries what a take() needs across the sleep with kept() and resume()."""
+
+from time import ticks_add, ticks_diff, ticks_ms
+
+from micropython import const
+
+_AGE_MAX = const(1 << 28)  # ms (3 days): older is as good as never, and stays inside the ticks half-period
 
 
 class RainGauge:
@@ -12,6 +19,7 @@ class RainGauge:
     `bounces`, not as rain. `clock` replaces time.ticks_ms (a test's clock)."""
 
     def __init__(self, pin, mm_per_tip=0.2, debounce_ms=200, clock=ticks_ms):
+        self.pin = pin
         self.mm_per_tip = mm_per_tip
         self.debounce_ms = debounce_ms
         self._clock = clock
@@ -20,9 +28,10 @@ class RainGauge:
         self._last_tip = None
         self._taken = 0
         self._since = clock()
-        pin.irq(handler=self._edge, trigger=pin.IRQ_FALLING)
+        pin.irq(handler=self.tip, trigger=pin.IRQ_FALLING)
 
-    def _edge(self, pin):
+    def tip(self, pin=None):
+        """The IRQ handler; also called for the tip that woke a sleeping node."""
         now = self._clock()
         last = self._last_tip
         # ticks wrap: a negative difference is a tip long ago, not a bounce
@@ -44,3 +53,20 @@ class RainGauge:
         self._taken = tips
         self._since = now
         return mm, (mm * 3600000 / ms if ms > 0 else 0.0)
+
+    def kept(self):
+        """What a deep sleep must keep: (tips not yet taken, ms since the interval began, ms since
+        the last counted tip or -1)."""
+        now = self._clock()
+        last = self._last_tip
+        return (self.tips - self._taken, ticks_diff(now, self._since),
+                -1 if last is None else ticks_diff(now, last))
+
+    def resume(self, tips, since_ms, tip_ms):
+        """Carry on from kept() figures aged by the time asleep: the tips join the open interval, whose
+        start and the last tip (for the debounce) are that many ms ago."""
+        now = self._clock()
+        self.tips += tips
+        self._since = ticks_add(now, -min(max(since_ms, 0), _AGE_MAX))
+        if tip_ms >= 0:
+            self._last_tip = ticks_add(now, -min(tip_ms, _AGE_MAX))

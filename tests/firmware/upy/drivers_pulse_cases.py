@@ -61,3 +61,61 @@ def case_rain_irq_handler_allocates_nothing():
     finally:
         micropython.heap_unlock()
     eq((rain.tips, rain.bounces), (1, 200), "bounces counted without allocating")
+
+
+def _slept(kept, ms):
+    """kept() figures aged by a deep sleep of ms, as the sleeper hands them to resume()."""
+    n, since, tip = kept
+    return n, since + ms, (tip + ms if tip >= 0 else -1)
+
+
+def case_rain_kept_across_deep_sleep_keeps_mm_and_rate():
+    clock = Clock(5000)
+    before = RainGauge(SimPin(), mm_per_tip=0.2, debounce_ms=200, clock=clock)
+    clock.t = 65000
+    before.take()  # a report: the next interval starts at 65 s
+    for t in (70000, 80000, 90000):
+        clock.t = t
+        before.tip()
+    clock.t = 95000
+    kept = before.kept()
+    eq(kept, (3, 30000, 5000), "tips, interval age, last tip age")
+    # ticks start again after a deep sleep: the new gauge's clock knows nothing of the old one
+    clock = Clock(ticks_add(0, -400))  # near the wrap, for good measure
+    after = RainGauge(SimPin(), mm_per_tip=0.2, debounce_ms=200, clock=clock)
+    after.resume(*_slept(kept, 60000))
+    after.tip()  # the tip that woke it
+    clock.t = ticks_add(clock.t, 10000)
+    mm, rate = after.take()
+    near(mm, 0.8, 1e-9, "the three kept tips and the waking one")
+    near(rate, 0.8 * 3600000 / 100000, 1e-9, "mm/h over the whole 100 s since the last report")
+    eq(after.kept(), (0, 0, 10000), "a take empties the interval")
+
+
+def case_rain_debounce_across_a_wake():
+    clock = Clock(1000)
+    before = RainGauge(SimPin(), debounce_ms=200, clock=clock)
+    before.tip()
+    clock.t = 1100
+    kept = before.kept()
+    for slept, tips in ((50, 1), (150, 2)):  # 150 ms or 250 ms after the last tip
+        clock = Clock(0)
+        after = RainGauge(SimPin(), debounce_ms=200, clock=clock)
+        after.resume(*_slept(kept, slept))
+        after.tip()
+        eq((after.tips, after.bounces), (tips, 2 - tips), "woken %d ms after the last tip" % (slept + 100))
+
+
+def case_rain_resume_without_a_last_tip_and_with_absurd_ages():
+    clock = Clock(0)
+    gauge = RainGauge(SimPin(), debounce_ms=200, clock=clock)
+    eq(gauge.kept(), (0, 0, -1), "no tip yet")
+    gauge.resume(0, -5, -1)  # a clock set back: the interval starts now
+    gauge.tip()
+    eq(gauge.tips, 1, "no last tip to bounce against")
+    gauge.resume(0, 1 << 40, 1 << 40)  # ages beyond the ticks range are clamped, not an OverflowError
+    clock.t = 10
+    mm, rate = gauge.take()
+    near(mm, 0.2, 1e-9, "mm")
+    if not 0 < rate < 0.2 * 3600000 / (1 << 27):
+        raise AssertionError("a rate over a clamped (3-day) interval: %r" % rate)
