@@ -7,6 +7,7 @@ import app
 from app import checked, watchdog
 
 st = watchdog.boot()
+app.warm()  # the command path's names, interned while the heap is empty
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
 if cfg[0] is None:
     from app import config

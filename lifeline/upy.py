@@ -11,12 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 DEVICE_HEAP = "64K"
-# The heap virtual devices run the whole firmware in. The "w" asks the unix port to scale the size by its word
-# size against a 32-bit target: 68wK is the 68 KB of an ESP32's 4-byte words, 136 KB of this port's 8-byte
-# ones, where every object is about twice its ESP32 size. Five profiles run in 64wK and the drone in 68wK, but
-# a command decoded beside a running node (set_intervals, sync_time) still ran out at 68wK, so tests and demo
-# keep 80wK (160 KB here) until command handling is leaner (docs/firmware.md, "Memory").
-FIRMWARE_HEAP = "80wK"
+# The heap virtual devices run the whole firmware in: the issue's 64K, for a 32-bit target. The "w" asks the
+# unix port to scale the size by its word size: 64wK is the 64 KB of an ESP32's 4-byte words, 128 KB of this
+# port's 8-byte ones, where every object is about twice its ESP32 size (docs/firmware.md, "Memory").
+FIRMWARE_HEAP = "64wK"
 
 
 def _tool(name: str, package: str) -> str:

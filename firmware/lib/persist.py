@@ -19,7 +19,8 @@ def load(path, default=None):
 
 
 def save(path, obj):
+    """Written by streaming, so a large dict (a whole profile) needs no string of its size on the heap."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(json.dumps(obj))
+        json.dump(obj, f)
     os.rename(tmp, path)

@@ -10,9 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up
 
 from lifeline.broker import Mosquitto
@@ -49,16 +47,6 @@ def readings(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 def seqs(listener: Listener) -> list[int]:
     return [b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
-
-
-def send_command(broker: Mosquitto, dev: VirtualDevice, cmd_id: int, op: str, args: dict[str, Any]) -> None:
-    sealed = message.encode(message.command(dev.dev, cmd_id, op, args), dev.key)
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    client.publish(topics.device(dev.site, dev.dev, topics.CMD), sealed, qos=1).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
 
 
 def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path: Path, mpy: Path,
@@ -179,7 +167,7 @@ def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path,
         assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
         time.sleep(3)
         assert not listener.of(topics.DATA), "nothing is due before the 600 s report interval"
-        send_command(broker, dev, 41, "set_intervals", {"report_s": 1})
+        dev.command(41, "set_intervals", {"report_s": 1})
         assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
         acked = time.time()
         assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 3, 10), dev.console()
@@ -229,9 +217,9 @@ def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, m
         assert listener.wait(lambda m: len(online_births(listener)) >= 4, 20), dev.console()
         safe = online_births(listener)[3]
         time.sleep(3)
-        send_command(broker, dev, 7, "set_intervals", {"report_s": 5})
+        dev.command(7, "set_intervals", {"report_s": 5})
         assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
-        send_command(broker, dev, 8, "reboot", {})
+        dev.command(8, "reboot", {})
         assert listener.wait(lambda m: any(x[1].get("boot") == 5 and x[0] == topics.DATA for x in m), 20)
     listener.close()
     assert safe["boot"] == 4 and safe.get("safe") is True
@@ -266,16 +254,16 @@ def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, bro
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
         good = dev.read("profile.json")
         good["report_s"] = 7
-        send_command(broker, dev, 100, "config", {"profile": good})
+        dev.command(100, "config", {"profile": good})
         assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 100 for x in m), 20), dev.console()
         device = dev.read("device.json")
         device["broker"]["port"] = 1  # nothing listens there: the trial cannot connect
         device["trial_s"] = 5
-        send_command(broker, dev, 101, "config", {"device": device})
+        dev.command(101, "config", {"device": device})
         assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 101 for x in m), 40), dev.console()
         bad = dev.read("profile.json")
         bad["sensors"][0]["driver"] = "no-such-driver"
-        send_command(broker, dev, 102, "config", {"profile": bad})
+        dev.command(102, "config", {"profile": bad})
         assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 102 for x in m), 20), dev.console()
         final_profile, final_device = dev.read("profile.json"), dev.read("device.json")
     listener.close()
@@ -296,8 +284,9 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
         assert dev.control(ntp=True)["ok"]
         time.sleep(0.5)  # the device polls its world every 100 ms
         synced = time.time()
-        send_command(broker, dev, 5, "sync_time", {})
-        assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "clock" for x in m), 10)
+        dev.command(5, "sync_time", {})
+        assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "clock" for x in m),
+                             10), dev.console()
         assert listener.wait(lambda m: any(x[0] == topics.DATA and x[1]["clk"] == 0 for x in m), 10)
     listener.close()
     data = listener.of(topics.DATA)

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hil_tests.stimulus import free_udp_pair
 from lifeline import upy
-from protocol import message_check, topics
+from protocol import message, message_check, topics
 
 PROFILES = upy.FIRMWARE / "profiles"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
@@ -76,6 +76,7 @@ class VirtualDevice:
         self.flash = flash
         self.mpy = mpy
         self.dev, self.site, self.heap = dev, site, heap
+        self.broker_port = broker_port
         self.wrap = wrap or []
         self.key = KEY
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
@@ -160,6 +161,17 @@ class VirtualDevice:
             s.sendto(json.dumps(msg).encode(), ("127.0.0.1", self.port))
             reply: dict[str, Any] = json.loads(s.recv(1024))
             return reply
+
+
+    def command(self, cmd_id: int, op: str, args: dict[str, Any]) -> None:
+        """Publish one sealed command to the device's cmd topic, as its gateway would."""
+        sealed = message.encode(message.command(self.dev, cmd_id, op, args), self.key)
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", self.broker_port)
+        client.loop_start()
+        client.publish(topics.device(self.site, self.dev, topics.CMD), sealed, qos=1).wait_for_publish(5)
+        client.loop_stop()
+        client.disconnect()
 
 
 class Listener:

@@ -4,6 +4,9 @@ that runs rarely (config checks, command handling) is imported when needed and d
 import gc
 import sys
 
+# What a downlink command loads beside the running app (app/runtime.py drops it after each command).
+COMMAND_PATH = ("app.commands", "app.checks", "protocol.message_check", "protocol.cbor_decode")
+
 
 def drop(*names):
     """Forget modules so their code can be collected; the next import loads them again."""
@@ -13,3 +16,13 @@ def drop(*names):
         if pkg in sys.modules and hasattr(sys.modules[pkg], sub):
             delattr(sys.modules[pkg], sub)
     gc.collect()
+
+
+def warm():
+    """Load the command path once at boot, where the heap is empty, and drop it again. MicroPython
+    interns every name for good, in a pool that grows by doubling; the command path's names are what
+    push a running node past 620 of them, and the next pool is one 7 KB block (on the 64-bit unix
+    port). Grown here, it is carved from an empty heap; grown at the first command, it needs a 7 KB
+    hole in a heap that the running app has fragmented, and the command fails for memory."""
+    __import__(COMMAND_PATH[0])
+    drop(*COMMAND_PATH)

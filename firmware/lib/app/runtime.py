@@ -8,7 +8,7 @@ import os
 from micropython import const
 
 import hal
-from app import drop, watchdog
+from app import COMMAND_PATH, drop, watchdog
 from app.clock import Clock
 from protocol import message, topics
 
@@ -142,7 +142,7 @@ class App:
                     await self._handle(self.inbox.pop(0))
                 except MemoryError:  # no room to load the handler now; the sender sees no ack and retries
                     self.reject("no memory")
-                drop("app.commands", "app.checks")
+                drop(*COMMAND_PATH)
 
     async def _handle(self, payload):
         from app import commands
