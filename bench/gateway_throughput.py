@@ -113,12 +113,13 @@ class Tally:
         return sum(self.add(p["dev"], p["seq"]) for p in cbor2.loads(payload)["packs"] if p["dev"] != ALARM_DEV)
 
     def count_bridged(self, topic: str, payload: bytes) -> int:
-        """A device message as the bridge forwards it: COSE_Mac0 (tag 17) around the CBOR body."""
+        """A device message as the bridge forwards it: COSE_Mac0 (tag 17) around the CBOR body; the device is
+        the envelope's key id."""
         if f"/{ALARM_DEV}/" in topic:
             return 0  # wait_bridge's probes
         self.bytes += len(topic) + len(payload)
-        body = cbor2.loads(cbor2.loads(payload).value[2])
-        return self.add(body["dev"], body["seq"])
+        _, unprotected, body, _ = cbor2.loads(payload).value
+        return self.add(unprotected[4].decode(), cbor2.loads(body)["seq"])
 
 
 class AlarmProbe:

@@ -1,7 +1,7 @@
 """Every check one device message passes before the gateway believes it.
 
 In order: the topic is a device topic of this site; the device is registered; size, CBOR, COSE_Mac0 MAC with
-the device's key and body schema (protocol.message_check.decode); the body's device is the topic's device; the
+the device's key and body schema (protocol.message_check.decode); the key id's device is the topic's device; the
 sequence number is new (duplicates are dropped and counted, replays rejected); and the reading times are
 plausible. A failure quarantines the raw message with its reason and returns None: it never raises, so
 one bad message cannot take the good ones beside it down.
@@ -114,7 +114,7 @@ class Checker:
             self._reject("malformed", f"{type(exc).__name__}: {exc}", topic, raw, now)
             return None
         if body["dev"] != dev:
-            self._reject("device-mismatch", f"body says {body['dev']!r}, topic says {dev!r}", topic, raw, now)
+            self._reject("device-mismatch", f"key id says {body['dev']!r}, topic says {dev!r}", topic, raw, now)
             return None
         readings: tuple[Reading, ...] = ()
         if kind in (topics.DATA, topics.EVENT):

@@ -1,9 +1,12 @@
-"""Per-device integrity: HMAC-SHA256 in a COSE_Mac0 envelope (RFC 9052 section 6.2, algorithm 5,
-"HMAC 256/256"). MicroPython has hashlib.sha256 but no hmac module, so HMAC (RFC 2104) is written here;
-where the interpreter has `hmac` (CPython, the gateway's hot path) its C implementation is used instead.
+"""Per-device integrity: HMAC-SHA256 truncated to 64 bits in a COSE_Mac0 envelope (RFC 9052 section 6.2;
+algorithm 4, "HMAC 256/64", RFC 9053 section 3.1). MicroPython has hashlib.sha256 but no hmac module, so
+HMAC (RFC 2104) is written here; where the interpreter has `hmac` (CPython, the gateway's hot path) its C
+implementation is used instead.
 
-Envelope: 17([h'A10105', {4: kid}, payload, tag]) where the tag is HMAC over the CBOR encoding of
-["MAC0", h'A10105', h'', payload]. The kid is the device id in UTF-8, so the verifier can pick the key.
+Envelope: 17([h'A10104', {4: kid}, payload, tag]) where the tag is the first 8 bytes of HMAC-SHA256 over the
+CBOR encoding of ["MAC0", h'A10104', h'', payload]. The kid is the device id in UTF-8, so the verifier can
+pick the key. Only algorithm 4 verifies: a header naming any other is refused, so nobody can ask for a
+weaker check. docs/protocol.md ("Integrity") gives the reasons for 64 bits.
 """
 
 import hashlib
@@ -15,9 +18,10 @@ try:
 except ImportError:
     _stdlib_hmac = None
 
-ALG_HMAC_256_256 = 5
+ALG_HMAC_256_64 = 4
+TAG_BYTES = 8  # 64 bits
 COSE_MAC0_TAG = 17
-_PROTECTED = b"\xa1\x01\x05"  # {1: 5}: alg HMAC 256/256
+_PROTECTED = b"\xa1\x01\x04"  # {1: 4}: alg HMAC 256/64
 _BLOCK = 64
 
 
@@ -69,7 +73,7 @@ def _to_be_maced(protected, payload):
 
 
 def seal(key, kid, payload):
-    tag = hmac_sha256(key, _to_be_maced(_PROTECTED, payload))
+    tag = hmac_sha256(key, _to_be_maced(_PROTECTED, payload))[:TAG_BYTES]
     return cbor.dumps(cbor.Tag(COSE_MAC0_TAG, [_PROTECTED, {4: kid}, payload, tag]))
 
 
@@ -99,11 +103,11 @@ def verify(data, key_for, loads=None):
             header = cbor_decode.loads(protected)
         except cbor_decode.CBORDecodeError:
             raise AuthError("malformed", "protected header is not CBOR")
-        if not isinstance(header, dict) or header.get(1) != ALG_HMAC_256_256:
-            raise AuthError("malformed", "algorithm is not HMAC 256/256")
+        if not isinstance(header, dict) or header.get(1) != ALG_HMAC_256_64:
+            raise AuthError("malformed", "algorithm is not HMAC 256/64")
     key = key_for(kid)
     if key is None:
         raise AuthError("unknown-key", "no key for kid %r" % kid)
-    if not _equal(hmac_sha256(key, _to_be_maced(protected, payload)), tag):
+    if not _equal(hmac_sha256(key, _to_be_maced(protected, payload))[:TAG_BYTES], tag):  # 8 bytes or no match
         raise AuthError("bad-mac", "MAC does not verify for kid %r" % kid)
     return kid, payload

@@ -1,7 +1,8 @@
 """Message bodies: what a device and its gateway say to each other inside the COSE_Mac0 envelope.
 
 A body is a CBOR map with short text keys. "k" (the kind) is inside the MAC, so a valid body cannot be
-replayed as another kind; "dev" must match the envelope's key id and the topic. See docs/protocol.md.
+replayed as another kind. A body's "dev" travels as the envelope's key id, not in the payload: encode moves
+it there and message_check.decode puts it back. "clk" and "pri" are left out when 0. See docs/protocol.md.
 This module builds and seals bodies, which is all a node sends; protocol/message_check.py authenticates
 and checks what arrives.
 """
@@ -19,7 +20,12 @@ OFFLINE = "offline"
 
 
 def data(dev, boot, seq, pack, clk=CLK_EPOCH, pri=PRI_ROUTINE):
-    return {"k": topics.DATA, "dev": dev, "boot": boot, "seq": seq, "clk": clk, "pri": pri, "e": pack}
+    body = {"k": topics.DATA, "dev": dev, "boot": boot, "seq": seq, "e": pack}
+    if clk:
+        body["clk"] = clk
+    if pri:
+        body["pri"] = pri
+    return body
 
 
 def event(dev, boot, seq, ev, pack, clk=CLK_EPOCH, pri=PRI_ROUTINE):
@@ -31,7 +37,9 @@ def event(dev, boot, seq, ev, pack, clk=CLK_EPOCH, pri=PRI_ROUTINE):
 
 def birth(dev, boot, seq, fw, prof, rst, t, clk=CLK_EPOCH, **extra):
     body = {"k": topics.STATE, "dev": dev, "boot": boot, "seq": seq, "st": ONLINE, "fw": fw,
-            "prof": prof, "rst": rst, "t": t, "clk": clk}
+            "prof": prof, "rst": rst, "t": t}
+    if clk:
+        body["clk"] = clk
     for name in extra:
         body[name] = extra[name]
     return body
@@ -51,4 +59,9 @@ def ack(dev, boot, cmd_id, ok, res=None):
 
 
 def encode(body, key):
-    return auth.seal(key, body["dev"].encode(), cbor.dumps(body))
+    """The body sealed, its "dev" as the key id; the body is left as it was."""
+    dev = body.pop("dev")
+    try:
+        return auth.seal(key, dev.encode(), cbor.dumps(body))
+    finally:
+        body["dev"] = dev

@@ -1,6 +1,9 @@
 """Receiving a message: authenticate the COSE_Mac0 envelope, decode the body and check it against its
 kind's schema, so every failure is one MessageError with a reason a gateway can count. On a node only
 commands arrive, and this module is loaded only then.
+
+The payload carries no "dev": the device is the envelope's key id, which verification has already bound to
+the key. decode puts it back as body["dev"], and check supplies "clk" and "pri" (0) where a body left them out.
 """
 
 from protocol import auth, topics
@@ -38,7 +41,8 @@ def check(body, kind, records=None):
     """Raise MessageError("schema", ...) unless the body is a well-formed message of this kind.
 
     Checking a data or event body resolves its SenML pack; a caller that needs the resolved records passes
-    a list as `records` and gets them appended, instead of resolving the pack a second time."""
+    a list as `records` and gets them appended, instead of resolving the pack a second time. Fills in the
+    defaults of "clk" and "pri"."""
     if not isinstance(body, dict):
         raise MessageError("schema", "body is not a map")
     if body.get("k") != kind:
@@ -51,6 +55,8 @@ def check(body, kind, records=None):
         _uint(body, "boot")
     if kind in (topics.DATA, topics.EVENT):
         _uint(body, "seq")
+        body.setdefault("clk", CLK_EPOCH)
+        body.setdefault("pri", PRI_ROUTINE)
         _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
         _one_of(body, "pri", (PRI_ROUTINE, PRI_ALARM))
         from protocol import senml_resolve  # not with the module: a node checks only commands
@@ -71,6 +77,7 @@ def check(body, kind, records=None):
             _is(body, "prof", (str,))
             _is(body, "rst", (str,))
             _is(body, "t", (int, float))
+            body.setdefault("clk", CLK_EPOCH)
             _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
     elif kind == topics.CMD:
         _uint(body, "id")
@@ -97,10 +104,16 @@ def decode(data, key_for, kind, loads=None, records=None):
         body = (loads or cbor_loads)(payload)
     except Exception as exc:
         raise MessageError("malformed", "payload is not CBOR: %s" % exc)
+    if not isinstance(body, dict):
+        raise MessageError("schema", "body is not a map")
+    if "dev" in body:
+        raise MessageError("schema", "dev in the payload: the key id names the device")
+    try:
+        body["dev"] = kid.decode()
+    except UnicodeError:
+        raise MessageError("schema", "key id %r is not text" % kid)
     resolved = [] if records is not None else None
     check(body, kind, resolved)
-    if body["dev"].encode() != kid:
-        raise MessageError("schema", "dev %r does not match the key id" % body["dev"])
     if resolved:
         records.extend(resolved)
     return body

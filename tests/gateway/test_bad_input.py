@@ -16,7 +16,7 @@ import aiomqtt
 from sitekit import District, GatewayProcess, Site, cli, reading
 
 from lifeline.broker import free_port
-from protocol import cbor, message, senml, topics
+from protocol import auth, cbor, message, senml, topics
 from protocol import district as dtopics
 
 
@@ -47,9 +47,15 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
             history: dict[int, bytes] = {}
             now = time.time()
             pack = [reading("ch4", 1.0, "%LEL")]
+            body = message.data("d1", 1, 504, pack)
+            del body["dev"]
+            payload_504 = cbor.dumps(body)
+            old_alg = b"\xa1\x01\x05"  # HMAC 256/256 with a right full tag: refused, no downgrade either way
+            full_tag = auth.hmac_sha256(d1.key, auth._to_be_maced(old_alg, payload_504))
             bad += [
                 ("malformed", b"\xff\x00 not cbor at all"),
-                ("malformed", cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x05", {4: b"d1"}, b"\xff"]))),  # 3 parts
+                ("malformed", cbor.dumps(cbor.Tag(17, [old_alg, {4: b"d1"}, payload_504, full_tag]))),
+                ("malformed", cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d1"}, b"\xff"]))),  # 3 parts
                 ("schema", sealed({k: v for k, v in message.data("d1", 1, 500, pack).items() if k != "seq"},
                                   d1.key)),
                 ("schema", sealed(message.death("d1", 1, 3), d1.key)),  # a state body on the data topic
@@ -121,10 +127,11 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
         listing = cli("quarantine", "--config", str(s.config_path), "list", "--reason", "bad-mac")
         table, totals = listing.stdout.split("kept:")
         assert listing.returncode == 0 and "bad-mac" in table and "device-mismatch" not in table
-        assert "malformed 2" in totals and "replay 2" in totals
+        assert "malformed 3" in totals and "replay 2" in totals
         bad_mac_id = next(r[0] for r in rows if r[1] == "bad-mac")
         shown = cli("quarantine", "--config", str(s.config_path), "show", str(bad_mac_id))
-        assert shown.returncode == 0 and "MAC does not verify" in shown.stdout and "'dev': 'd1'" in shown.stdout
+        assert shown.returncode == 0 and "MAC does not verify" in shown.stdout and "{4: b'd1'}" in shown.stdout
+        assert "'seq': 501" in shown.stdout  # the body, whose device is the envelope's key id (4)
 
         await asyncio.sleep(1.2)  # one metrics snapshot
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -22,8 +22,9 @@ def test_seal_is_a_cose_mac0():
     outer = cbor_decode.loads(sealed)
     assert outer.tag == 17
     protected, unprotected, payload, tag = outer.value
-    assert protected == b"\xa1\x01\x05" and unprotected == {4: b"gas-01"} and payload == b"hello"
-    assert len(tag) == 32
+    assert protected == b"\xa1\x01\x04" and unprotected == {4: b"gas-01"} and payload == b"hello"
+    # HMAC 256/64: the leftmost 8 bytes of HMAC-SHA256 over the MAC structure (RFC 9053 section 3.1)
+    assert tag == auth.hmac_sha256(KEY, auth._to_be_maced(protected, b"hello"))[:8]
 
 
 def test_verify_returns_kid_and_payload():
@@ -46,21 +47,36 @@ def test_reasons():
     assert raises(auth.AuthError, auth.verify, sealed, {}.get).reason == "unknown-key"
     assert raises(auth.AuthError, auth.verify, b"\xff", {}.get).reason == "malformed"
     assert raises(auth.AuthError, auth.verify, cbor.dumps([1, 2]), {}.get).reason == "malformed"
-    wrong_alg = cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d"}, b"x", b"\x00" * 32]))
+    wrong_alg = cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x05", {4: b"d"}, b"x", b"\x00" * 32]))
     assert raises(auth.AuthError, auth.verify, wrong_alg, {b"d": KEY}.get).reason == "malformed"
+
+
+def test_no_downgrade_and_no_other_tag_length():
+    # A full HMAC 256/256 tag that is right for its header is still refused: only algorithm 4 verifies.
+    full = auth.hmac_sha256(KEY, auth._to_be_maced(b"\xa1\x01\x05", b"x"))
+    assert raises(auth.AuthError, auth.verify, cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x05", {4: b"d"}, b"x", full])),
+                  {b"d": KEY}.get).reason == "malformed"
+    # Under the right header, a tag of any length but 8 does not verify, not even the right one untruncated
+    # or a prefix of it.
+    full = auth.hmac_sha256(KEY, auth._to_be_maced(b"\xa1\x01\x04", b"x"))
+    for tag in (full, full[:4], full[:7], full[:9], b""):
+        sealed = cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d"}, b"x", tag]))
+        assert raises(auth.AuthError, auth.verify, sealed, {b"d": KEY}.get).reason == "bad-mac"
+    assert auth.verify(cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", {4: b"d"}, b"x", full[:8]])),
+                       {b"d": KEY}.get) == (b"d", b"x")
 
 
 def test_mac_structure_is_the_cbor_of_rfc_9052():
     for payload in (b"", b"x" * 23, b"x" * 24, b"x" * 300):
-        assert auth._to_be_maced(b"\xa1\x01\x05", payload) == cbor.dumps(["MAC0", b"\xa1\x01\x05", b"", payload])
+        assert auth._to_be_maced(b"\xa1\x01\x04", payload) == cbor.dumps(["MAC0", b"\xa1\x01\x04", b"", payload])
 
 
 def test_protected_header_is_judged_by_what_it_says():
     def sealed_with(protected):
-        tag = auth.hmac_sha256(KEY, auth._to_be_maced(protected, b"x"))
+        tag = auth.hmac_sha256(KEY, auth._to_be_maced(protected, b"x"))[:8]
         return cbor.dumps(cbor.Tag(17, [protected, {4: b"d"}, b"x", tag]))
 
-    # Other bytes that still say HMAC 256/256 verify like the usual header; other meanings do not.
-    assert auth.verify(sealed_with(b"\xa2\x01\x05\x03\x00"), {b"d": KEY}.get) == (b"d", b"x")
-    for protected in (b"\xa1\x01\x04", b"\xa0", b"\x40", b"\xff\x00"):
+    # Other bytes that still say HMAC 256/64 verify like the usual header; other meanings do not.
+    assert auth.verify(sealed_with(b"\xa2\x01\x04\x03\x00"), {b"d": KEY}.get) == (b"d", b"x")
+    for protected in (b"\xa1\x01\x05", b"\xa1\x01\x06", b"\xa1\x01\x07", b"\xa0", b"\x40", b"\xff\x00"):
         assert raises(auth.AuthError, auth.verify, sealed_with(protected), {b"d": KEY}.get).reason == "malformed"

@@ -7,7 +7,7 @@ import hmac
 import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycose.algorithms import HMAC256
+from pycose.algorithms import HMAC25664
 from pycose.headers import KID, Algorithm
 from pycose.keys import SymmetricKey
 from pycose.messages import Mac0Message
@@ -38,7 +38,7 @@ def test_pycose_verifies_what_we_seal(key: bytes, payload: bytes) -> None:
 @settings(max_examples=50)
 @given(st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)), st.binary(max_size=200))
 def test_we_verify_what_pycose_seals(key: bytes, payload: bytes) -> None:
-    msg = Mac0Message(phdr={Algorithm: HMAC256}, uhdr={KID: b"gas-01"}, payload=payload)
+    msg = Mac0Message(phdr={Algorithm: HMAC25664}, uhdr={KID: b"gas-01"}, payload=payload)
     msg.key = SymmetricKey(k=key)
     sealed = msg.encode()
     assert auth.verify(sealed, {b"gas-01": key}.get) == (b"gas-01", payload)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import cbor, message, senml
+from protocol import cbor, cbor_decode, message, senml
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BLOCK = re.compile(r"```cbor\n(.*?)```", re.S)
@@ -27,6 +27,6 @@ def test_the_doc_has_examples() -> None:
 
 @pytest.mark.parametrize(("expression", "hex_text"), examples())
 def test_example_matches_the_encoder(expression: str, hex_text: str) -> None:
-    value = eval(expression, {"senml": senml, "message": message, "cbor": cbor})
+    value = eval(expression, {"senml": senml, "message": message, "cbor": cbor, "cbor_decode": cbor_decode})
     encoded = value if isinstance(value, bytes) else cbor.dumps(value)
     assert bytes.fromhex(hex_text) == encoded, f"docs say {hex_text}, encoder gives {encoded.hex()}"

@@ -15,7 +15,36 @@ def test_data_round_trip():
     body = message.data("gas-01", 3, 41, _pack())
     got = message_check.decode(message.encode(body, KEY), KEYS, topics.DATA)
     assert got["seq"] == 41 and got["boot"] == 3 and got["clk"] == message.CLK_EPOCH
+    assert got["dev"] == "gas-01" and got["pri"] == message.PRI_ROUTINE
     assert senml_resolve.resolve(got["e"])[0]["v"] == 12.5
+
+
+def _payload(sealed):
+    from protocol import cbor_decode
+    return cbor_decode.loads(cbor_decode.loads(sealed).value[2])
+
+
+def test_dev_travels_as_the_key_id_and_zero_defaults_stay_off_the_wire():
+    body = message.data("gas-01", 3, 41, _pack())
+    sealed = message.encode(body, KEY)
+    assert sorted(_payload(sealed)) == ["boot", "e", "k", "seq"]
+    assert body["dev"] == "gas-01" and sorted(body) == ["boot", "dev", "e", "k", "seq"]  # encode leaves it whole
+    from protocol import cbor_decode
+    assert cbor_decode.loads(sealed).value[1] == {4: b"gas-01"}
+    # Non-zero values travel, and come back as sent.
+    alarm = message.event("gas-01", 3, 42, "prealarm", _pack(), message.CLK_BOOT, message.PRI_ALARM)
+    sealed = message.encode(alarm, KEY)
+    assert _payload(sealed)["clk"] == 1 and _payload(sealed)["pri"] == 1
+    got = message_check.decode(sealed, KEYS, topics.EVENT)
+    assert (got["dev"], got["clk"], got["pri"]) == ("gas-01", message.CLK_BOOT, message.PRI_ALARM)
+    birth = message.birth("gas-01", 7, 100, "0.1.0", "gas", "power-on", 1763900000)
+    assert "clk" not in _payload(message.encode(birth, KEY))
+    assert message_check.decode(message.encode(birth, KEY), KEYS, topics.STATE)["clk"] == message.CLK_EPOCH
+    late = message.birth("gas-01", 7, 100, "0.1.0", "gas", "power-on", 12, message.CLK_BOOT)
+    assert message_check.decode(message.encode(late, KEY), KEYS, topics.STATE)["clk"] == message.CLK_BOOT
+    for b in (message.death("gas-01", 7, 100), message.ack("gas-01", 7, 5, True),
+              message.command("gas-01", 5, "set", {})):
+        assert "dev" not in _payload(message.encode(b, KEY))
 
 
 def test_sequence_is_64_bit():
@@ -66,11 +95,22 @@ def test_schema_errors_name_the_field():
         assert err.reason == "schema" and field in str(err), (change, str(err))
 
 
-def test_dev_must_match_the_key_id():
-    body = message.data("gas-02", 3, 41, _pack())
+def test_the_key_id_alone_names_the_device():
+    # A payload that names a device is refused, whether or not the name agrees with the key id.
     from protocol import auth
-    forged = auth.seal(KEY, b"gas-01", cbor.dumps(body))
-    assert raises(message_check.MessageError, message_check.decode, forged, KEYS, topics.DATA).reason == "schema"
+    for dev in ("gas-02", "gas-01"):
+        forged = auth.seal(KEY, b"gas-01", cbor.dumps(message.data(dev, 3, 41, _pack())))
+        err = raises(message_check.MessageError, message_check.decode, forged, KEYS, topics.DATA)
+        assert err.reason == "schema" and "dev" in str(err)
+    # A key id that is no device id is refused even when some key answers to it.
+    body = message.data("gas-01", 3, 41, _pack())
+    body.pop("dev")
+    odd = auth.seal(KEY, b"Gas 01", cbor.dumps(body))
+    err = raises(message_check.MessageError, message_check.decode, odd, {b"Gas 01": KEY}.get, topics.DATA)
+    assert err.reason == "schema" and "dev" in str(err)
+    # A message sealed under another device's kid does not reach the body: no key, or the wrong one.
+    other = message.encode(message.data("gas-02", 3, 41, _pack()), KEY)
+    assert raises(message_check.MessageError, message_check.decode, other, KEYS, topics.DATA).reason == "unknown-key"
 
 
 def test_failures_carry_reasons():
@@ -100,6 +140,6 @@ def test_decode_hands_over_the_records_its_check_resolved():
     assert state == []
     forged = []
     from protocol import auth
-    sealed = auth.seal(KEY, b"gas-01", cbor.dumps(message.data("gas-02", 3, 41, _pack())))
+    sealed = auth.seal(KEY, b"gas-01", cbor.dumps({"k": "data", "boot": 3, "seq": 41, "e": []}))
     raises(message_check.MessageError, message_check.decode, sealed, KEYS, topics.DATA, None, forged)
     assert forged == []  # nothing from a message that failed a check
