@@ -6,8 +6,9 @@ writes bench/results/firmware.json. Every figure comes from a virtual device (th
 on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosquitto:
 
 - min heap: the smallest -X heapsize=NwK (4wK steps) at which the profile runs its sped-up schedule,
-  from a fresh flash (so including its config-checking first boot), without MemoryError. "w" makes the
-  unix port scale N KB by its word size against a 32-bit target such as the ESP32: 64wK is 128 KB here,
+  from a fresh flash (so including its config-checking first boot), without MemoryError, and answers a
+  set_intervals command sent halfway through (the command path loads beside the running node). "w"
+  makes the unix port scale N KB by its word size against a 32-bit target such as the ESP32: 64wK is 128 KB here,
   where each object is about twice its ESP32 size. Peak live: heap size minus the lowest free heap the
   device reports (after a collection) in its births and health events, in KB of this port and in wK
   (KB / 2 here). Target: peak <= 48wK of a 64wK heap.
@@ -94,13 +95,16 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
         profile = dense(name) if trace else sped_up(name)
         dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap)
         with dev:
-            time.sleep(seconds)
+            time.sleep(seconds / 2)
+            dev.command(1, "set_intervals", {"report_s": profile["report_s"]})
+            time.sleep(seconds / 2)
             console = dev.console()
         time.sleep(0.5)
         listener.close()
         msgs = [(k, b, raw) for k, b, raw, _ in listener.messages]
         ok = "MemoryError" not in console and "Traceback" not in console and any(
-            k in (topics.DATA, topics.EVENT) for k, _, _ in msgs)
+            k in (topics.DATA, topics.EVENT) for k, _, _ in msgs) and any(
+            k == topics.ACK and b["ok"] for k, b, _ in msgs)
         flash_bytes = 0
         if trace is not None:
             for line in trace.read_text(errors="replace").splitlines():
