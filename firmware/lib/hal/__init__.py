@@ -4,8 +4,10 @@ same application code runs on an ESP32 and, against simulated buses, on the unix
 Board (both backends): bus(sensor) -> machine-API object (ADC read_uv, I2C readfrom_mem/writeto_mem,
 UART read/any, Pin value/irq) for a profile's sensor entry; wdt(ms) -> object with feed();
 connect(secrets) (async) -> bool; online(); rssi(); ip(); ntp(hosts) -> bool; rtc_valid(); time() ->
-epoch s; reset_cause(); reset(); deepsleep(ms); uid(); battery() -> V or None; services() -> coroutines
-the backend needs running. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
+epoch s; rtc_ms() -> ms on a clock that runs through deep sleep; reset_cause(); reset(); deepsleep(ms);
+wake_on(pin, level) (the next deep sleep also ends when that bus pin is at level); woke_by_pin();
+memory([bytes]) (RTC memory, kept until power is lost); uid(); battery() -> V or None; services() ->
+coroutines the backend needs running. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
 so it can cut the network.
 """
 

@@ -110,6 +110,28 @@ class Board:
     def reset_cause(self):
         return _CAUSES.get(machine.reset_cause(), hal.UNKNOWN)
 
+    def woke_by_pin(self):
+        """The last deep sleep ended on the pin wake_on() armed (EXT0), not on its timer."""
+        return machine.wake_reason() == machine.PIN_WAKE
+
+    def rtc_ms(self):
+        """ms on the RTC (gettimeofday), which keeps running through deep sleep; not through power loss,
+        and NTP moves it."""
+        return time.time_ns() // 1000000
+
+    def memory(self, data=None):
+        """RTC user memory (2 KB): kept through deep sleep, resets and the watchdog, lost with power."""
+        if data is None:
+            return machine.RTC().memory()
+        machine.RTC().memory(data)
+
+    def wake_on(self, pin, level):
+        """Wake the next deep sleep when `pin` (a Pin from bus(), on an RTC GPIO: 0, 2, 4, 12-15, 25-27,
+        32-39) is at `level`. Called last before deepsleep(): a later pin.irq() on the same pin drops it."""
+        import esp32
+
+        esp32.wake_on_ext0(pin=pin, level=esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
+
     def reset(self):
         machine.reset()
 

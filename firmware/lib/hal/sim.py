@@ -5,7 +5,9 @@ device's heap. Flash is the working directory.
 The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
 read or write, as a lost link does. Resets end the process -- exit code EXIT_RESET for reset(),
 EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
-reset cause and whether the RTC kept time; a supervisor starts the process again (docs/firmware.md).
+reset cause, whether the RTC kept time, the RTC memory and what woke it; a supervisor starts the process
+again (docs/firmware.md). A deep sleep with a wake pin armed watches that pin in the world before it
+exits, as a chip's RTC domain does while the rest sleeps.
 """
 
 import _thread
@@ -25,6 +27,7 @@ import persist
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
 _MARK = const(".hal.json")
+_WATCH_MS = const(50)  # how often a deep sleep with a wake pin asks the world about that pin
 _open_connection = asyncio.open_connection
 
 
@@ -112,6 +115,9 @@ class Board:
             pass
         self._cause = mark.get("rst", hal.POWER_ON)
         self._rtc = mark.get("rtc", False)
+        self._mem = binascii.unhexlify(mark.get("mem", ""))  # RTC memory: gone only with the power
+        self._pin = mark.get("pin", False)
+        self._wake = None
         self.net = self.ntp_ok = True
         self.cuts = 0
         self.batt = None
@@ -169,7 +175,7 @@ class Board:
         while True:
             time.sleep_ms(50)
             if time.ticks_diff(time.ticks_ms(), fed[0]) > fed[1]:
-                persist.save(_MARK, {"rst": hal.WDT, "rtc": self._rtc})
+                self._save(hal.WDT)
                 os.system("kill -ALRM $PPID")
                 time.sleep(10)
 
@@ -243,12 +249,50 @@ class Board:
     def reset_cause(self):
         return self._cause
 
+    def woke_by_pin(self):
+        return self._pin
+
+    def rtc_ms(self):
+        return time.time_ns() // 1000000
+
+    def memory(self, data=None):
+        if data is None:
+            return self._mem
+        self._mem = bytes(data)
+
+    def wake_on(self, pin, level):
+        self._wake = (pin.i, 1 if level else 0)
+
+    def _save(self, rst, ms=None, pin=False):
+        mark = {"rst": rst, "rtc": self._rtc, "mem": binascii.hexlify(self._mem).decode()}
+        if ms is not None:
+            mark["ms"] = ms
+        if pin:
+            mark["pin"] = True
+        persist.save(_MARK, mark)
+
     def reset(self):
-        persist.save(_MARK, {"rst": hal.SOFT, "rtc": self._rtc})
+        self._save(hal.SOFT)
         sys.exit(EXIT_RESET)
 
     def deepsleep(self, ms):
-        persist.save(_MARK, {"rst": hal.DEEPSLEEP, "rtc": self._rtc, "ms": ms})
+        """Without a wake pin the process ends at once and the supervisor waits out ms. With one, the
+        process watches the pin in the world for up to ms (no watchdog runs in deep sleep) and then
+        ends, asking for no further wait; a hit ends the sleep early as a pin wake."""
+        pin = False
+        w = self._wake
+        if w:
+            if self._fed:
+                self._fed[1] = 1 << 30
+            t0 = time.ticks_ms()
+            while not pin and time.ticks_diff(time.ticks_ms(), t0) < ms:
+                time.sleep_ms(_WATCH_MS)
+                try:
+                    pin = self.call(["wake", w[0], w[1]])
+                except OSError:
+                    pass
+            ms = 0
+        self._save(hal.DEEPSLEEP, ms, pin)
         sys.exit(EXIT_DEEPSLEEP)
 
     def uid(self):

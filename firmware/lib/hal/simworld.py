@@ -6,8 +6,10 @@ the device is reset or in deep sleep.
 
 Ports (127.0.0.1, UDP, JSON): control_port takes the control datagrams of docs/firmware.md;
 control_port + 1 is the device's bus: ["call", sensor, op, args...] runs one bus operation on a
-model, ["poll", [pins]] returns the network flags and takes one pending edge from each listed pin.
-The world exits after idle_s without a word from its device, or on {"quit": true}.
+model, ["poll", [pins]] returns the network flags and takes one pending edge from each listed pin,
+["wake", pin, level] answers a deep-sleeping device whether its wake pin fired (a pending edge, which it
+takes, or the pin at that level). The world exits after idle_s without a word from its device, or on
+{"quit": true}.
 """
 
 import binascii
@@ -45,16 +47,26 @@ class World:
         self.live = {}
         self.flags = {"net": True, "ntp": sim.get("ntp", True), "hang": False}
         self.idle_ms = int(sim.get("idle_s", 120) * 1000)
+        self.sensors = None
         self.load()
 
     def load(self):
-        """Models for the sensors of the device's profile, as it stands at the device's boot."""
+        """Models for the sensors of the device's profile, as it stands at the device's boot. With the
+        same sensors as before, the rain goes on across the restart: a tip the device has not taken yet
+        stays pending, and so does the part of the next one already fallen."""
+        sensors = persist.load("profile.json")["sensors"]
+        edges, rain = (self.edges, self.rain) if sensors == self.sensors else (None, ())
+        self.sensors = sensors
         self.models = []
         self.edges = []
         self.rain = []
-        for s in persist.load("profile.json")["sensors"]:
+        for s in sensors:
             self.models.append(self.model(s))
             self.edges.append(0)
+        if edges:
+            self.edges = edges
+            for i in range(len(rain)):
+                self.rain[i][3] = rain[i][3]
 
     def value(self, ch):
         pts, base = self.live.get(ch) or (self.script.get(ch), self.start)
@@ -130,6 +142,12 @@ class World:
             out["edges"] = taken
             self.flags["hang"] = False
             return out
+        if req[0] == "wake":
+            i = req[1]
+            if self.edges[i]:
+                self.edges[i] -= 1
+                return {"r": True}
+            return {"r": self.models[i].value() == req[2]}
         m = self.models[req[1]]
         op = req[2]
         a = req[3:]
