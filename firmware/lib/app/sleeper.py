@@ -2,19 +2,82 @@
 what the queue holds (for at most awake_s), and deep-sleeps again; the queue stays in flash. Filter
 and pre-alarm state is kept in sleep.json between wakes, so deadband and heartbeat work across
 sleeps once the clock is on the epoch (an RTC keeps it through deep sleep). While a pre-alarm level
-is crossed the node wakes every fast_s instead of wake_s."""
+is crossed the node wakes every fast_s instead of wake_s.
+
+The profile's first rain gauge or cover switch also wakes the node from its sleep (board.wake_on; EXT0
+on an ESP32). A cover wakes it when the switch leaves the state it was sampled in, so "cover-open" (and
+its clear) goes out at once rather than at the next timed wake. A rain gauge wakes it on every tip: the
+tip is counted and, unless the report is due, the node goes straight back to sleep for the rest of the
+interval, before any sampling, sealing or connecting. What the rain figures need across sleeps -- the
+tips not yet reported, when their interval began, the last tip (for the debounce), when the report is
+due -- is kept in RTC memory (board.memory) as RTC milliseconds (board.rtc_ms, which runs through deep
+sleep), written once before each sleep; none of it goes to flash. Power loss forgets it."""
 
 import asyncio
+import struct
+import time
 
+from micropython import const
+
+import hal
 import persist
 from app import watchdog
 
 SLEEP = "sleep.json"
+_KEEP = const("<HHqqq")  # magic, tips not yet taken, interval start, last tip (-1: none), report due
+_MAGIC = const(0x7A1D)
+_SLACK_MS = const(1000)  # a tip this close to the report makes the report now
+_RELEASE_MS = const(500)  # how long a wake waits for the bucket's switch to open again
+
+
+def _sleep(app, ms, s, level):
+    """Arm the wake pin of sensor `s` (None: the timer only) at `level`, keep the rain figures, and
+    deep-sleep `ms`; does not return."""
+    board = app.board
+    if s is not None and s.kind == "rain":
+        pin = s.drv.pin
+        t0 = time.ticks_ms()
+        while not pin.value() and time.ticks_diff(time.ticks_ms(), t0) < _RELEASE_MS:
+            time.sleep_ms(20)
+        n, since, tip = s.drv.kept()
+        now = board.rtc_ms()
+        board.memory(struct.pack(_KEEP, _MAGIC, n, now - since, now - tip if tip >= 0 else -1, now + ms))
+        if not pin.value():
+            s = None  # a switch stuck closed would wake the chip again at once: the timer only, this time
+    if s is not None:
+        board.wake_on(s.drv.pin, level)
+    watchdog.stable(app.st)
+    board.deepsleep(ms)
+
+
+def _tip(app, s):
+    """After a deep sleep, give the rain gauge back what it had; on a tip's wake, count the tip and
+    sleep again unless the report is due."""
+    board = app.board
+    kept = board.memory()
+    if len(kept) != struct.calcsize(_KEEP):
+        return
+    magic, n, since, tip, due = struct.unpack(_KEEP, kept)
+    if magic != _MAGIC:
+        return
+    now = board.rtc_ms()
+    s.drv.resume(n, now - since, now - tip if tip >= 0 else -1)
+    if board.woke_by_pin():
+        s.drv.tip()
+        if due - now > _SLACK_MS:
+            _sleep(app, due - now, s, 0)
 
 
 async def cycle(app):
     sl = app.sleep
     clock = app.clock
+    wake_s = None
+    for s in app.sensors:
+        if s.kind in ("rain", "cover") and s.drv is not None:
+            wake_s = s
+            break
+    if wake_s is not None and wake_s.kind == "rain" and app.rst == hal.DEEPSLEEP:
+        _tip(app, wake_s)
     saved = (persist.load(SLEEP) or {}) if clock.clk == 0 else {}
     for s in app.sensors:
         for name in s.metrics:
@@ -24,11 +87,14 @@ async def cycle(app):
                 m.filter.last, m.filter.sent_at = v[0], v[1]
                 if m.level:
                     m.level.active = v[2]
+    level = 0  # a tip closes the gauge's switch to ground
     for s in app.sensors:
         tries = 30  # buffered buses (UART) need a moment after power-up for their first frame
         while not s.sample() and s.drv is not None and tries:
             tries -= 1
             await asyncio.sleep_ms(100)
+        if s is wake_s and s.kind == "cover":
+            level = 1 - s.drv.pin.value()  # wake when the switch leaves the state just sampled
         app.wdt.feed()
     app.pub.flush()
     asyncio.create_task(app.pub.run(app.mqtt))
@@ -49,5 +115,4 @@ async def cycle(app):
     for s in app.sensors:
         if s.alarm and s.fast_ms:
             wake = min(wake, s.fast_ms / 1000)
-    watchdog.stable(app.st)
-    app.board.deepsleep(max(1000, int(wake * 1000) - clock.up_ms()))
+    _sleep(app, max(1000, int(wake * 1000) - clock.up_ms()), wake_s, level)

@@ -1,0 +1,42 @@
+"""app/sleeper.py's wake-pin logic (rain tips kept in RTC memory across deep sleeps) under the real
+MicroPython unix port with a 64K heap, against a fake board; the virtual-device tests in
+test_sleep_wake.py run it end to end."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from upy_support import LIB, SCRIPTS, build, env
+
+from lifeline import upy
+
+CASES = re.findall(r"^def case_(\w+)\(", (SCRIPTS / "sleeper_cases.py").read_text(), re.M)
+
+
+@pytest.fixture(scope="module")
+def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mpy")
+    upy.compile_package(LIB / "drivers", out)
+    upy.compile_module(LIB / "hal" / "simdev.py", out / "hal" / "simdev.mpy")
+    upy.compile_module(LIB / "hal" / "__init__.py", out / "hal" / "__init__.mpy")
+    for name in ("__init__", "sleeper", "watchdog"):
+        upy.compile_module(LIB / "app" / f"{name}.py", out / "app" / f"{name}.mpy")
+    return build(out, "persist", "drivercheck", "sleeper_cases")
+
+
+@pytest.fixture(scope="module")
+def outcome(mpy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Case name -> its PASS/FAIL line and traceback, from one interpreter run in a scratch directory."""
+    result = upy.run("-m drivercheck", "sleeper_cases", env=env(mpy_dir), cwd=tmp_path_factory.mktemp("flash"),
+                     timeout=60)
+    blocks = re.split(r"^(?=PASS |FAIL )", result.stdout, flags=re.M)
+    found = {m.group(1): b for b in blocks if (m := re.match(r"(?:PASS|FAIL) (\w+)", b))}
+    return found or {"": f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sleeper_case(case: str, outcome: dict[str, str]) -> None:
+    assert case in outcome, f"{case} did not run under MicroPython: {outcome}"
+    assert outcome[case].startswith("PASS"), outcome[case]
