@@ -1,4 +1,4 @@
-"""Runs under MicroPython: time to seal one pack (CBOR body + HMAC-SHA256 COSE_Mac0) against encoding
+"""Runs under MicroPython: time to seal one pack (CBOR body + HMAC 256/64 COSE_Mac0) against encoding
 the same pack as SenML-JSON, on the same interpreter. argv: a file with the pack as JSON (SenML labels
 as text keys of integers), rounds. Prints one JSON line."""
 
