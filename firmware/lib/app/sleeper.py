@@ -45,7 +45,10 @@ def _sleep(app, ms, s, level):
         if not pin.value():
             s = None  # a switch stuck closed would wake the chip again at once: the timer only, this time
     if s is not None:
-        board.wake_on(s.drv.pin, level)
+        try:
+            board.wake_on(s.drv.pin, level)
+        except ValueError as e:  # not a pin that can wake the chip (ESP32: an RTC GPIO): the timer only
+            print("sleeper: no wake on %s: %s" % (s.name, e))
     watchdog.stable(app.st)
     board.deepsleep(ms)
 

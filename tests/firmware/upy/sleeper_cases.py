@@ -44,6 +44,7 @@ class Board:
 
 class Sensor:
     def __init__(self, clock, pin=None):
+        self.name = "gauge"
         self.kind = "rain"
         self.drv = RainGauge(pin or SimPin(), mm_per_tip=0.2, debounce_ms=200, clock=clock)
 
@@ -153,3 +154,15 @@ def case_a_switch_stuck_closed_is_not_armed():
     eq(_sleep(App(board), s, 60000), True, "slept")
     eq(board.armed, None, "the timer only: a closed switch would wake the chip again at once")
     eq(len(board.mem), 28, "the figures are kept all the same")
+
+
+class NoWakePin(Board):
+    def wake_on(self, pin, level):
+        raise ValueError("invalid pin")
+
+
+def case_a_pin_that_cannot_wake_the_chip_leaves_the_timer():
+    s = Sensor(Clock(0))
+    board = NoWakePin(1000)
+    eq(_sleep(App(board), s, 60000), True, "slept all the same")
+    eq(board.slept, 60000, "on the timer")
