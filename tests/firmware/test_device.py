@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up
+from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, load_profile, sped_up
 
 from lifeline.broker import Mosquitto
 from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
-
-
-@pytest.fixture(scope="module")
-def mpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_firmware(tmp_path_factory.mktemp("mpy"))
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 def fast_gas(report_s: float = 2, batch: int = 16) -> dict[str, Any]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from vdev import Listener, VirtualDevice, build_firmware, load_profile
+from vdev import Listener, VirtualDevice, load_profile
 
 from lifeline.broker import Mosquitto
 from protocol import message, senml_resolve, topics
@@ -19,17 +17,6 @@ from protocol import message, senml_resolve, topics
 SITE, DEV = "site-a", "dev-01"
 MM_PER_TIP = 0.2
 HEAP = "64wK"  # what a node must run in (docs/firmware.md, "Memory"); these nodes take no commands
-
-
-@pytest.fixture(scope="module")
-def mpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_firmware(tmp_path_factory.mktemp("mpy"))
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 def records(listener: Listener, name: str) -> list[dict[str, Any]]:
