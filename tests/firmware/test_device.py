@@ -289,7 +289,9 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
 
 def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     """All six profiles with their real drivers, sped up, side by side for a bounded run: no
-    MemoryError, no traceback, no exit other than deep sleep, data on the broker."""
+    MemoryError, no traceback, no exit other than deep sleep, data on the broker. Halfway through,
+    each awake profile takes a set_filters command, which loads the command path beside the running
+    node, and acks it (a sleeping profile is asleep when it would arrive)."""
     devices, listeners = {}, {}
     for name in STIMULUS:
         dev_id = f"{name}-01"
@@ -297,7 +299,13 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
         devices[name] = VirtualDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
                                       heap=FIRMWARE_HEAP).start()
     try:
-        time.sleep(RUN_S)
+        time.sleep(RUN_S / 2)
+        for dev in devices.values():
+            if not dev.profile.get("sleep"):
+                sensor = dev.profile["sensors"][0]
+                metric = next(iter(sensor["metrics"]))
+                dev.command(5, "set_filters", {metric: sensor["metrics"][metric]["filters"]})
+        time.sleep(RUN_S / 2)
     finally:
         for dev in devices.values():
             dev.stop()
@@ -308,10 +316,13 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
         sleeps = {4} if dev.profile.get("sleep") else set()
         sent = listeners[name].of(topics.DATA) + listeners[name].of(topics.EVENT)
         births = online_births(listeners[name])
+        acks = listeners[name].of(topics.ACK)
         if "MemoryError" in console or "Traceback" in console or not set(dev.exits) <= sleeps:
             problems.append(f"{name}: exits {dev.exits}\n{console[-1500:]}")
         elif not sent or not births or min(b["heap"] for b in births) <= 0:
             problems.append(f"{name}: {len(sent)} messages, {len(births)} births")
+        elif not dev.profile.get("sleep") and [(a["id"], a["ok"]) for a in acks] != [(5, True)]:
+            problems.append(f"{name}: acks {acks}\n{console[-1500:]}")
     assert not problems, "\n".join(problems)
     for body in listeners["drone"].of(topics.DATA):  # every drone pack carries position and fix quality
         assert {"lat", "lon", "fix"} <= {r["n"] for r in senml_resolve.resolve(list(body["e"]))}, body

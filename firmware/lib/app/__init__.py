@@ -4,7 +4,8 @@ that runs rarely (config checks, command handling) is imported when needed and d
 import gc
 import sys
 
-# What a downlink command loads beside the running app (app/runtime.py drops it after each command).
+# What a downlink command loads beside the running app: its handler, then (never at the same time) the
+# decoder that opens it. app/runtime.py drops them after each command.
 COMMAND_PATH = ("app.commands", "app.checks", "protocol.message_check", "protocol.cbor_decode")
 
 
@@ -24,5 +25,6 @@ def warm():
     push a running node past 620 of them, and the next pool is one 7 KB block (on the 64-bit unix
     port). Grown here, it is carved from an empty heap; grown at the first command, it needs a 7 KB
     hole in a heap that the running app has fragmented, and the command fails for memory."""
-    __import__(COMMAND_PATH[0])
+    for name in COMMAND_PATH:
+        __import__(name)
     drop(*COMMAND_PATH)

@@ -26,19 +26,21 @@ def _blobs():
     return out
 
 
+def fresh():
+    """True when the files on flash are the ones last checked (and no trial is running)."""
+    if persist.load("trial.json") is not None:  # app/trial.py: new files on trial are checked every boot
+        return False
+    try:
+        return persist.load(STAMP) == {"crc": _crc(_blobs())}
+    except OSError:
+        return False
+
+
 def load():
-    """(device, secrets, profile) parsed, when they are the files last checked; otherwise None."""
+    """(device, secrets, profile) parsed: the files as they are, so the caller checks fresh() first."""
     import json
 
-    if persist.load("trial.json") is not None:  # app/trial.py: new files on trial are checked every boot
-        return None
-    try:
-        blobs = _blobs()
-    except OSError:
-        return None
-    if persist.load(STAMP) != {"crc": _crc(blobs)}:
-        return None
-    return tuple(json.loads(b) for b in blobs)
+    return tuple(json.loads(b) for b in _blobs())
 
 
 def stamp():

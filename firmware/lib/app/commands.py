@@ -1,34 +1,27 @@
 """Downlink commands on the device's cmd topic. Each must verify with the device key (COSE_Mac0) and
-name this device; each gets one ack on the ack topic carrying its result. A redelivered id is
-answered from a short memory of recent results instead of running twice.
+name this device (app/runtime.py opens it); each gets one ack on the ack topic carrying its result. A
+redelivered id is answered from a short memory of recent results instead of running twice.
 
 Ops (args in docs/firmware.md): set_intervals, set_filters, set_prealarm, birth, sync_time, reboot,
 config. The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
 it at once. `config` stages new device/profile files for a trial boot; they are checked at that
 boot, where the heap is empty, and its ack (ok or rolled back, with the reason) follows the connect.
-This module is imported for one command and dropped after it, to keep the heap free.
+This module is imported for one command and dropped after it, to keep the heap free; the decoder that
+opened the command is dropped before it loads.
 """
 
 import os
 
 import persist
 from app.checks import check_filters, check_level, num
-from protocol import message_check, topics
 
 RECENT = 8
 SAFE_OPS = ("birth", "sync_time", "reboot", "config")
 PROFILE = "profile.json"
 
 
-async def handle(app, payload):
-    def key_for(kid):
-        return app.key if kid == app.dev.encode() else None
-
-    try:
-        body = message_check.decode(payload, key_for, topics.CMD)
-    except message_check.MessageError as e:
-        app.reject(e.reason)
-        return
+async def handle(app, body):
+    """Run one command that app/runtime.py has already authenticated and checked."""
     cid = body["id"]
     for r in app.recent:
         if r[0] == cid:

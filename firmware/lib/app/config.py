@@ -151,8 +151,8 @@ def load():
 
 
 def boot():
-    """The config to run. A trial that booted twice without confirming, or that does not load, is
-    rolled back to the files it replaced."""
+    """Check the files on flash and stamp them as checked (app/checked.py). A trial that booted twice
+    without confirming, or that does not load, is rolled back to the files it replaced first."""
     t = persist.load(trial.TRIAL)
     if t is not None:
         t["boots"] += 1
@@ -161,11 +161,10 @@ def boot():
         else:
             persist.save(trial.TRIAL, t)
     try:
-        cfg = load()
+        load()
     except ConfigError as e:
         print("config:", e)
         if not trial.rollback(str(e)):
             raise
-        cfg = load()
+        load()
     checked.stamp()
-    return cfg

@@ -145,9 +145,25 @@ class App:
                 drop(*COMMAND_PATH)
 
     async def _handle(self, payload):
-        from app import commands
+        """Authenticate and decode first, then drop the decoder before the handler loads: the two never
+        share the heap."""
+        body = self._open(payload)
+        drop(*COMMAND_PATH[2:])
+        if body is not None:
+            from app import commands
 
-        await commands.handle(self, payload)
+            await commands.handle(self, body)
+
+    def _open(self, payload):
+        from protocol import message_check
+
+        def key_for(kid):
+            return self.key if kid == self.dev.encode() else None
+
+        try:
+            return message_check.decode(payload, key_for, topics.CMD)
+        except message_check.MessageError as e:
+            self.reject(e.reason)
 
     async def ack(self, cid, ok, res):
         body = message.ack(self.dev, self.boot, cid, ok, res)
