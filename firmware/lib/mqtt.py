@@ -308,7 +308,8 @@ class MQTTClient:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # EOF, reset or protocol error all end this link
-            self._error(e)
+            if self._run:  # after our DISCONNECT the broker's close is the expected end, not a failure
+                self._error(e)
         self._drop()
 
     async def _on_publish(self, r, b, n):

@@ -251,8 +251,9 @@ def test_silent_broker_is_detected_and_unacked_message_resent(
     assert int(stats["resends"]) >= 1 and int(stats["connects"]) >= 2, stats
 
 
-def test_clean_disconnect_does_not_fire_the_will(broker: Mosquitto, mpy_dir: Path, devices: list[Device],
-                                                 watchers: list[Watcher]) -> None:
+def test_clean_disconnect_does_not_fire_the_will_or_log_an_error(broker: Mosquitto, mpy_dir: Path,
+                                                                 devices: list[Device],
+                                                                 watchers: list[Watcher]) -> None:
     host = Watcher(broker, "t/d1/state")
     watchers.append(host)
     dev = Device(mpy_dir, broker.port)
@@ -264,6 +265,8 @@ def test_clean_disconnect_does_not_fire_the_will(broker: Mosquitto, mpy_dir: Pat
     dev.proc.wait(5)
     time.sleep(1)
     assert ("t/d1/state", b"offline") not in host.drain()
+    said = dev.seen + [dev.lines.get() for _ in range(dev.lines.qsize())]
+    assert not [line for line in said if line.startswith("mqtt:")], f"a clean disconnect is not an error: {said}"
 
 
 def make_tls(out: Path) -> tuple[Path, Path, Path, Path]:
