@@ -16,9 +16,9 @@ if not checked.fresh():
     config.boot()
     del config
     app.drop("app.config", "app.checks", "app.trial")
-app.warm()  # the command path's names, interned while the heap is empty
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
 app.drop("app.checked")
+app.warm(cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty
 from app import runtime  # noqa: E402
 
 runtime.run(st, cfg)

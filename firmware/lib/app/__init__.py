@@ -19,12 +19,17 @@ def drop(*names):
     gc.collect()
 
 
-def warm():
-    """Load the command path once at boot, where the heap is empty, and drop it again. MicroPython
-    interns every name for good, in a pool that grows by doubling; the command path's names are what
-    push a running node past 620 of them, and the next pool is one 7 KB block (on the 64-bit unix
-    port). Grown here, it is carved from an empty heap; grown at the first command, it needs a 7 KB
-    hole in a heap that the running app has fragmented, and the command fails for memory."""
+def warm(profile):
+    """Load everything a node will ever load (its drivers, and the command path, dropped again) once
+    at boot, where the heap is empty. MicroPython interns every name for good, in a pool that grows by
+    doubling, and past 620 names the next pool is one 7 KB block (on the 64-bit unix port). Grown
+    here, it is carved from an empty heap; grown later, by whatever module happens to cross the line
+    (a driver, or the first command), it needs a 7 KB hole in a heap the running app has fragmented,
+    and that load fails for memory."""
+    from drivers import load
+
+    for s in profile["sensors"]:
+        load(s["driver"])
     for name in COMMAND_PATH:
         __import__(name)
     drop(*COMMAND_PATH)

@@ -5,13 +5,16 @@ The schedule is sample_s, or fast_s while any of the sensor's metrics is past it
 or burst.s during a burst window (burst.for_s every burst.every_s). Drivers whose bus buffers data
 (UART, accelerometer FIFO) are polled every poll_s in between. Driver faults are counted by reason
 and reported as a "fault" event when they start and when they clear, never as a crash.
+
+Every driver is made, read and polled the same way (drivers.make, values(), poll(): drivers/__init__.py),
+so this module names no driver or metric and loads only the drivers the profile uses.
 """
 
 import asyncio
 import time
 
 from app.filters import Filter, Level
-from drivers import Fault
+from drivers import Fault, make
 from protocol import message
 
 
@@ -22,24 +25,6 @@ class Metric:
         self.filter = Filter(spec.get("filters", []))
         pre = spec.get("prealarm")
         self.level = Level(pre) if pre else None
-
-
-def _driver(s, bus):
-    a = s.get("args", {})
-    d = s["driver"]
-    if d == "loop420":
-        from drivers.loop420 import Loop420 as cls
-    elif d == "adxl345":
-        from drivers.accel import ADXL345 as cls
-    elif d == "level":
-        from drivers.level import UltrasonicLevel as cls
-    elif d == "cover":
-        from drivers.level import Cover as cls
-    elif d == "nmea":
-        from drivers.nmea import NMEA as cls
-    else:
-        from drivers.pulse import RainGauge as cls
-    return cls(bus, **a)
 
 
 def _ms(x):
@@ -60,7 +45,7 @@ class Sensor:
         self.drv = None
         self._burst_at = time.ticks_ms()
         try:
-            self.drv = _driver(spec, board.bus(spec))
+            self.drv = make(self.kind, board.bus(spec), spec.get("args", {}))
         except Fault as f:
             self._fault(f.reason)
         except (OSError, ValueError, TypeError, KeyError) as e:
@@ -80,34 +65,6 @@ class Sensor:
             if old and old.level and m.level:
                 m.level.active = old.level.active
 
-    def read(self):
-        """[(metric, value)] from one driver read."""
-        d = self.drv
-        k = self.kind
-        if k == "adxl345":
-            d.drain()
-            v = d.summary()
-            return (("tilt_x", v[0]), ("tilt_y", v[1]), ("vib_rms", v[2]), ("vib_peak", v[3]))
-        if k == "nmea":
-            d.poll()
-            out = [("fix", d.fix)]
-            if d.lat is not None:
-                out += [("lat", d.lat), ("lon", d.lon)]
-                if d.alt is not None:
-                    out.append(("alt", d.alt))
-            return out
-        if k == "rain":
-            mm, rate = d.take()
-            return (("rain", mm), ("rain_rate", rate))
-        return ((self.first, d.read()),)
-
-    def poll(self):
-        k = self.kind
-        if k == "adxl345":
-            self.drv.drain()
-        elif k in ("nmea", "level"):
-            self.drv.poll()
-
     def _fault(self, reason):
         self.faults[reason] = self.faults.get(reason, 0) + 1
         if reason != self.fault:
@@ -120,7 +77,7 @@ class Sensor:
         if self.drv is None:
             return False
         try:
-            values = self.read()
+            values = self.drv.values()
         except Fault as f:
             self._fault(f.reason)
             return False
@@ -134,7 +91,7 @@ class Sensor:
         now = self.app.clock.ms(up)
         urgent = []
         for name, v in values:
-            m = self.metrics.get(name)
+            m = self.metrics.get(name or self.first)  # None: a single-metric driver's reading
             if m is None:
                 continue
             v = m.filter.transform(v)
@@ -168,7 +125,7 @@ class Sensor:
                 wait -= poll
                 if self.drv is not None:
                     try:
-                        self.poll()
+                        self.drv.poll()
                     except Exception:
                         pass
             await asyncio.sleep_ms(wait)

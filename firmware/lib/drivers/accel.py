@@ -10,7 +10,7 @@ from math import atan2, sqrt
 
 from micropython import const
 
-from drivers import Fault
+from drivers import Driver, Fault
 
 _DEVID = const(0x00)
 _DEVID_ADXL345 = const(0xE5)
@@ -42,7 +42,7 @@ def tilt(x, y, z):
     return atan2(x, sqrt(y * y + z * z)), atan2(y, z)
 
 
-class ADXL345:
+class ADXL345(Driver):
     """`i2c` has readfrom_mem, readfrom_mem_into, writeto_mem (machine.I2C). `window` samples are kept
     for summary(); at `rate_hz` = 100 the default covers 1.28 s."""
 
@@ -83,6 +83,12 @@ class ADXL345:
         k = self.scale
         return x * k, y * k, z * k
 
+    def values(self):
+        """The sampler's read: the FIFO drained, then summary() by metric name."""
+        self.drain()
+        v = self.summary()
+        return (("tilt_x", v[0]), ("tilt_y", v[1]), ("vib_rms", v[2]), ("vib_peak", v[3]))
+
     def drain(self):
         """Moves every FIFO entry into the window; returns how many. A full FIFO means samples were
         probably lost since the last call: counted in `overruns`."""
@@ -111,6 +117,8 @@ class ADXL345:
         self.n = n if n < self.window else self.window
         return entries
 
+    poll = drain  # between samples
+
     def summary(self):
         """(tilt_x, tilt_y, vib_rms, vib_peak) over the window, then starts a new one. Gravity is the
         window mean; vibration is the deviation vector from it, so neither depends on mounting."""
@@ -134,3 +142,6 @@ class ADXL345:
         self.n = self._i = 0
         tx, ty = tilt(mx, my, mz)
         return tx, ty, sqrt(total / n) * self.scale, sqrt(peak) * self.scale
+
+
+adxl345 = ADXL345  # the profile's driver name: the entry point drivers.make() looks up

@@ -6,12 +6,12 @@ low byte, SUM = (0xFF + H + L) & 0xFF; distance in mm; 9600 baud 8N1, one frame 
 
 from micropython import const
 
-from drivers import Fault
+from drivers import Driver, Fault
 
 _HEADER = const(0xFF)
 
 
-class UltrasonicLevel:
+class UltrasonicLevel(Driver):
     """`uart` has any() and read(n) (machine.UART). `mount_m` is the height of the sensor face above
     the channel floor, so level = mount_m - distance. Distances outside min_mm..max_mm (the sensor's
     blind zone and range) are counted in `out_of_range` and not used."""
@@ -80,7 +80,7 @@ class UltrasonicLevel:
         return self.mount_m - mm / 1000
 
 
-class Cover:
+class Cover(Driver):
     """Manhole cover switch or tilt switch on a Pin (value()); `open_value` is the pin level that
     means open or tilted (1 with a pull-up and a switch that closes to ground when seated)."""
 
@@ -90,3 +90,8 @@ class Cover:
 
     def read(self):
         return self.pin.value() == self.open_value
+
+
+# the profiles' driver names: the entry points drivers.make() looks up
+level = UltrasonicLevel
+cover = Cover

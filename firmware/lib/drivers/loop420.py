@@ -5,7 +5,7 @@ still a reading), <= 3.6 mA or >= 21.0 mA signals a failure. See docs/drivers.md
 
 from micropython import const
 
-from drivers import Fault
+from drivers import Driver, Fault
 
 _OPEN_MA = const(1.0)       # no loop current at all: a cut wire, not a transmitter's failure signal
 _FAIL_LOW_MA = const(3.6)   # NE 43 failure signal, low
@@ -14,7 +14,7 @@ _MEAS_HIGH_MA = const(20.5)
 _FAIL_HIGH_MA = const(21.0)
 
 
-class Loop420:
+class Loop420(Driver):
     """`adc` has read_uv() (machine.ADC); `lo`..`hi` is the engineering value at 4..20 mA."""
 
     def __init__(self, adc, lo, hi, shunt_ohm=100.0, samples=8):
@@ -68,3 +68,6 @@ class Loop420:
             self.faults += 1
             raise Fault(reason, ma)
         return self.lo + (ma - 4.0) * self.span / 16.0
+
+
+loop420 = Loop420  # the profile's driver name: the entry point drivers.make() looks up

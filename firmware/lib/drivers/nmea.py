@@ -6,6 +6,8 @@ last good fix stays. See docs/drivers.md for the fields used."""
 
 from micropython import const
 
+from drivers import Driver
+
 _LINE_MAX = const(100)  # NMEA 0183 caps a sentence at 82 characters; some receivers run over
 
 
@@ -31,7 +33,7 @@ def days_from_civil(y, m, d):
     return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
-class NMEA:
+class NMEA(Driver):
     """Position state from GGA (lat, lon, alt, fix, sats, hdop) and RMC (time, date, valid).
     `uart` (machine.UART: any(), read(n)) is only needed for poll()."""
 
@@ -55,6 +57,16 @@ class NMEA:
         """Feeds whatever the UART holds; returns the number of GGA/RMC sentences accepted."""
         n = self.uart.any()
         return self.feed(self.uart.read(n)) if n else 0
+
+    def values(self):
+        """The sampler's read: fix, and lat, lon (and alt) while there is a position."""
+        self.poll()
+        out = [("fix", self.fix)]
+        if self.lat is not None:
+            out += [("lat", self.lat), ("lon", self.lon)]
+            if self.alt is not None:
+                out.append(("alt", self.alt))
+        return out
 
     def feed(self, data):
         """Returns the number of GGA/RMC sentences accepted from this chunk."""
@@ -140,3 +152,6 @@ class NMEA:
             return None
         h, m, s = self.time
         return days_from_civil(*self.date) * 86400 + h * 3600 + m * 60 + s
+
+
+nmea = NMEA  # the profile's driver name: the entry point drivers.make() looks up

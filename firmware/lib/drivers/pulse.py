@@ -10,10 +10,12 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
+from drivers import Driver
+
 _AGE_MAX = const(1 << 28)  # ms (3 days): older is as good as never, and stays inside the ticks half-period
 
 
-class RainGauge:
+class RainGauge(Driver):
     """`pin` has irq(handler=, trigger=) and IRQ_FALLING (machine.Pin, input with pull-up, switch to
     ground). Edges within `debounce_ms` of the last counted tip are contact bounce: counted in
     `bounces`, not as rain. `clock` replaces time.ticks_ms (a test's clock)."""
@@ -54,6 +56,10 @@ class RainGauge:
         self._since = now
         return mm, (mm * 3600000 / ms if ms > 0 else 0.0)
 
+    def values(self):
+        mm, rate = self.take()
+        return (("rain", mm), ("rain_rate", rate))
+
     def kept(self):
         """What a deep sleep must keep: (tips not yet taken, ms since the interval began, ms since
         the last counted tip or -1)."""
@@ -70,3 +76,6 @@ class RainGauge:
         self._since = ticks_add(now, -min(max(since_ms, 0), _AGE_MAX))
         if tip_ms >= 0:
             self._last_tip = ticks_add(now, -min(tip_ms, _AGE_MAX))
+
+
+rain = RainGauge  # the profile's driver name: the entry point drivers.make() looks up

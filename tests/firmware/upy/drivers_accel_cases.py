@@ -7,6 +7,7 @@ from math import pi
 import micropython
 from drivercheck import Clock, eq, fault, near
 
+from drivers import make
 from drivers.accel import ADXL345
 from hal.simdev import SimADXL345
 
@@ -135,3 +136,19 @@ def case_accel_sim_round_trip_tilt_and_vibration():
     eq(acc.drain(), 32, "FIFO holds 32")
     eq(acc.overruns, 1, "overrun counted")
     fault(lambda: ADXL345(SimADXL345(addr=0x1D)), "no-device")
+
+
+def case_accel_made_by_profile_name_polls_and_summarises():
+    clock = Clock(1000)
+    acc = make("adxl345", SimADXL345(tilt_x=lambda: 0.10, tilt_y=lambda: -0.20, vib=lambda: 0.0, clock=clock),
+               {"rate_hz": 100, "window": 100})
+    eq(type(acc) is ADXL345, True, "an ADXL345")
+    clock.t += 300
+    eq(acc.poll(), 30, "poll drains the FIFO")
+    clock.t += 200
+    got = acc.values()
+    eq([n for n, _ in got], ["tilt_x", "tilt_y", "vib_rms", "vib_peak"], "metric names")
+    near(got[0][1], 0.10, 0.01, "tilt_x")
+    near(got[1][1], -0.20, 0.01, "tilt_y")
+    eq(acc.n, 0, "a new window")
+    fault(acc.values, "no-samples")

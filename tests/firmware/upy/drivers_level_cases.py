@@ -3,6 +3,7 @@ level from mounting height; SimLevelUART round trip; the cover switch."""
 
 from drivercheck import Clock, eq, fault, near
 
+from drivers import make
 from drivers.level import Cover, UltrasonicLevel
 from hal.simdev import SimLevelUART, SimPin
 
@@ -61,3 +62,17 @@ def case_cover_switch():
     state[0] = 1
     eq(cover.read(), True, "open")
     eq(Cover(SimPin(value=0), open_value=0).read(), True, "active-low switch")
+
+
+def case_level_and_cover_made_by_profile_name():
+    clock = Clock()
+    sensor = make("level", SimLevelUART(lambda: 1.25, mount_m=2.5, clock=clock), {"mount_m": 2.5})
+    eq(type(sensor) is UltrasonicLevel, True, "an UltrasonicLevel")
+    eq(sensor.poll(), 1, "a frame polled")
+    (name, v), = sensor.values()
+    eq(name, None, "the profile's metric")
+    near(v, 1.25, 0.0011, "level")
+    fault(sensor.values, "no-data")
+    cover = make("cover", SimPin(value=0), {"open_value": 0})
+    eq(type(cover) is Cover, True, "a Cover")
+    eq((cover.values(), cover.poll()), (((None, True),), None), "open, nothing to poll")

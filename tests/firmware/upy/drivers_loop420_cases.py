@@ -2,6 +2,7 @@
 
 from drivercheck import eq, fault, near
 
+from drivers import make
 from drivers.loop420 import Loop420
 from hal.simdev import SimADC
 
@@ -68,3 +69,14 @@ def case_loop_sim_round_trip():
     for v, reason in ((None, "open-loop"), (1660.0, "over-range"), (5000.0, "short"), (-25.0, "under-range")):
         value[0] = v
         fault(sensor.read, reason)
+
+
+def case_loop_made_by_profile_name_reads_one_unnamed_metric():
+    sensor = make("loop420", ListADC([1200000]), {"lo": 0.0, "hi": 1600.0})
+    eq(type(sensor) is Loop420, True, "a Loop420")
+    eq(sensor.poll(), None, "nothing to poll")
+    (name, v), = sensor.values()
+    eq(name, None, "the profile's metric")
+    near(v, 800.0, 1e-6, "12 mA")
+    sensor.adc = ListADC([0])
+    fault(sensor.values, "open-loop")

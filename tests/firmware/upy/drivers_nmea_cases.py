@@ -3,6 +3,7 @@ cut sentences and checksummed junk; a SimNMEA round trip."""
 
 from drivercheck import Clock, eq, near
 
+from drivers import make
 from drivers.nmea import NMEA
 from hal.simdev import SimNMEA
 
@@ -116,3 +117,18 @@ def case_nmea_sim_round_trip():
     clock.t += 1000
     gps.poll()
     eq((gps.fix, gps.lat, gps.valid, gps.sentences), (0, None, False, 6), "sim lost fix")
+
+
+def case_nmea_made_by_profile_name_gives_fix_and_position():
+    clock = Clock()
+    pos = [(48.858370, 2.294481, 35.0)]
+    gps = make("nmea", SimNMEA(lambda: pos[0], utc_fn=lambda: 1715941293.5, clock=clock), {})
+    eq(type(gps) is NMEA, True, "an NMEA")
+    got = gps.values()
+    eq([n for n, _ in got], ["fix", "lat", "lon", "alt"], "metric names")
+    eq(got[0][1], 1, "fix")
+    near(got[1][1], 48.858370, 1e-6, "lat")
+    pos[0] = None
+    clock.t += 1000
+    eq(gps.poll(), 2, "poll feeds the UART")
+    eq(gps.values(), [("fix", 0)], "no position without a fix")

@@ -6,6 +6,7 @@ from time import ticks_add
 import micropython
 from drivercheck import Clock, eq, near
 
+from drivers import make
 from drivers.pulse import RainGauge
 from hal.simdev import SimPin
 
@@ -119,3 +120,18 @@ def case_rain_resume_without_a_last_tip_and_with_absurd_ages():
     near(mm, 0.2, 1e-9, "mm")
     if not 0 < rate < 0.2 * 3600000 / (1 << 27):
         raise AssertionError("a rate over a clamped (3-day) interval: %r" % rate)
+
+
+def case_rain_made_by_profile_name_gives_rain_and_rate():
+    clock = Clock(0)
+    pin = SimPin()
+    rain = make("rain", pin, {"mm_per_tip": 0.2, "clock": clock})
+    eq(type(rain) is RainGauge, True, "a RainGauge")
+    clock.t = 1000
+    pin.fire()
+    eq(rain.poll(), None, "nothing to poll")
+    clock.t = 60000
+    (n1, mm), (n2, rate) = rain.values()
+    eq((n1, n2), ("rain", "rain_rate"), "metric names")
+    near(mm, 0.2, 1e-9, "mm")
+    near(rate, 12.0, 1e-9, "mm/h")
