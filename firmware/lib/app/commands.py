@@ -12,12 +12,14 @@ opened the command is dropped before it loads.
 
 import os
 
+from micropython import const
+
 import persist
 from app.checks import check_filters, check_level, num
 
-RECENT = 8
-SAFE_OPS = ("birth", "sync_time", "reboot", "config")
-PROFILE = "profile.json"
+_RECENT = const(8)
+_SAFE_OPS = const(("birth", "sync_time", "reboot", "config"))
+_PROFILE = const("profile.json")
 
 
 async def handle(app, body):
@@ -32,7 +34,7 @@ async def handle(app, body):
     action = None
     if op is None:
         ok, res = False, "unknown op %r" % name
-    elif app.safe and name not in SAFE_OPS:
+    elif app.safe and name not in _SAFE_OPS:
         ok, res = False, "safe mode"
     else:
         try:
@@ -43,7 +45,7 @@ async def handle(app, body):
             ok, res = False, str(e)
     if action != "defer":
         app.recent.append((cid, ok, res))
-        del app.recent[:-RECENT]
+        del app.recent[:-_RECENT]
         await app.ack(cid, ok, res)
     if action:
         app.reboot()
@@ -66,7 +68,7 @@ def _find(p, key, name):
 
 def _commit(app, p):
     """Write the profile, then put it into effect without a restart."""
-    persist.save(PROFILE, p)
+    persist.save(_PROFILE, p)
     app.configure(p)
     for sensor in app.sensors:
         for spec in p["sensors"]:
@@ -75,7 +77,7 @@ def _commit(app, p):
 
 
 async def set_intervals(app, args, cid):
-    p = persist.load(PROFILE)
+    p = persist.load(_PROFILE)
     _positive(args, ("report_s", "health_s"), "")
     b = args.get("batch", 1)
     if not isinstance(b, int) or not 1 <= b <= 64:
@@ -95,14 +97,14 @@ async def set_intervals(app, args, cid):
 
 
 async def set_filters(app, args, cid):
-    p = persist.load(PROFILE)
+    p = persist.load(_PROFILE)
     for name in args:
         _find(p, "metrics", name)["filters"] = check_filters(args[name])
     _commit(app, p)
 
 
 async def set_prealarm(app, args, cid):
-    p = persist.load(PROFILE)
+    p = persist.load(_PROFILE)
     for name in args:
         m = _find(p, "metrics", name)
         if args[name] is None:

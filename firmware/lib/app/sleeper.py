@@ -19,11 +19,10 @@ import time
 
 from micropython import const
 
-import hal
 import persist
 from app import watchdog
 
-SLEEP = "sleep.json"
+_SLEEP = const("sleep.json")
 _KEEP = const("<HHqqq")  # magic, tips not yet taken, interval start, last tip (-1: none), report due
 _MAGIC = const(0x7A1D)
 _SLACK_MS = const(1000)  # a tip this close to the report makes the report now
@@ -79,9 +78,9 @@ async def cycle(app):
         if s.kind in ("rain", "cover") and s.drv is not None:
             wake_s = s
             break
-    if wake_s is not None and wake_s.kind == "rain" and app.rst == hal.DEEPSLEEP:
+    if wake_s is not None and wake_s.kind == "rain" and app.rst == "deepsleep":
         _tip(app, wake_s)
-    saved = (persist.load(SLEEP) or {}) if clock.clk == 0 else {}
+    saved = (persist.load(_SLEEP) or {}) if clock.clk == 0 else {}
     for s in app.sensors:
         for name in s.metrics:
             m = s.metrics[name]
@@ -112,7 +111,7 @@ async def cycle(app):
         for name in s.metrics:
             m = s.metrics[name]
             keep[name] = [m.filter.last, m.filter.sent_at, m.level.active if m.level else False]
-    persist.save(SLEEP, keep)
+    persist.save(_SLEEP, keep)
     await app.mqtt.disconnect()
     wake = sl["wake_s"]
     for s in app.sensors:

@@ -9,17 +9,13 @@ wake_on(pin, level) (the next deep sleep also ends when that bus pin is at level
 memory([bytes]) (RTC memory, kept until power is lost); uid(); battery() -> V or None; services() ->
 coroutines the backend needs running. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
 so it can cut the network.
+
+reset_cause() is one of "power-on", "hard", "wdt", "deepsleep", "soft", "unknown", as the birth message
+reports it. They are written as literals where used, not as constants here: on a 64K heap every
+module-level name is one more interned qstr (docs/firmware.md, Memory).
 """
 
 import sys
-
-# Reset causes as the birth message reports them.
-POWER_ON = "power-on"
-HARD = "hard"
-WDT = "wdt"
-DEEPSLEEP = "deepsleep"
-SOFT = "soft"
-UNKNOWN = "unknown"
 
 
 def backend(name=None):

@@ -7,12 +7,10 @@ import time
 import machine
 import network
 
-import hal
-
 # MicroPython builds before 1.22 on the ESP32 count time from 2000-01-01.
 _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
-_CAUSES = {machine.PWRON_RESET: hal.POWER_ON, machine.HARD_RESET: hal.HARD, machine.WDT_RESET: hal.WDT,
-           machine.DEEPSLEEP_RESET: hal.DEEPSLEEP, machine.SOFT_RESET: hal.SOFT}
+_CAUSES = {machine.PWRON_RESET: "power-on", machine.HARD_RESET: "hard", machine.WDT_RESET: "wdt",
+           machine.DEEPSLEEP_RESET: "deepsleep", machine.SOFT_RESET: "soft"}
 
 
 class Board:
@@ -108,7 +106,7 @@ class Board:
     # -- power ----------------------------------------------------------------------------------------
 
     def reset_cause(self):
-        return _CAUSES.get(machine.reset_cause(), hal.UNKNOWN)
+        return _CAUSES.get(machine.reset_cause(), "unknown")
 
     def woke_by_pin(self):
         """The last deep sleep ended on the pin wake_on() armed (EXT0), not on its timer."""

@@ -3,8 +3,8 @@ process (hal/simworld.py), so the real drivers run here while the models' code s
 device's heap. Flash is the working directory.
 
 The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
-read or write, as a lost link does. Resets end the process -- exit code EXIT_RESET for reset(),
-EXIT_DEEPSLEEP for deepsleep(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
+read or write, as a lost link does. Resets end the process -- exit code 3 for reset(), 4 for
+deepsleep(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
 reset cause, whether the RTC kept time, the RTC memory and what woke it; a supervisor starts the process
 again (docs/firmware.md). A deep sleep with a wake pin armed watches that pin in the world before it
 exits, as a chip's RTC domain does while the rest sleeps.
@@ -21,18 +21,18 @@ import time
 
 from micropython import const
 
-import hal
 import persist
 
-EXIT_RESET = 3
-EXIT_DEEPSLEEP = 4
+_EXIT_RESET = const(3)
+_EXIT_DEEPSLEEP = const(4)
 _MARK = const(".hal.json")
 _WATCH_MS = const(50)  # how often a deep sleep with a wake pin asks the world about that pin
 _open_connection = asyncio.open_connection
 
 
 class Bus:
-    """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world."""
+    """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world by method
+    name (bytes travel as hex)."""
 
     IRQ_RISING = 1
     IRQ_FALLING = 2
@@ -41,30 +41,30 @@ class Bus:
         self.b, self.i = board, i
         self.handler = None
 
-    def _call(self, *args):
-        return self.b.call(["call", self.i] + list(args))
+    def call(self, *args):
+        return self.b.call(["bus", self.i] + list(args))
 
     def read_uv(self):
-        return self._call("uv")
+        return self.call("read_uv")
 
     def readfrom_mem(self, addr, reg, n):
-        return binascii.unhexlify(self._call("rm", addr, reg, n))
+        return binascii.unhexlify(self.call("readfrom_mem", addr, reg, n))
 
     def readfrom_mem_into(self, addr, reg, buf):
         buf[:] = self.readfrom_mem(addr, reg, len(buf))
 
     def writeto_mem(self, addr, reg, buf):
-        self._call("wm", addr, reg, binascii.hexlify(buf).decode())
+        self.call("writeto_mem", addr, reg, binascii.hexlify(buf).decode())
 
     def any(self):
-        return self._call("any")
+        return self.call("any")
 
     def read(self, n=-1):
-        d = self._call("rd", 96 if n < 0 or n > 96 else n)  # a datagram's worth; the rest stays for later
+        d = self.call("read", 96 if n < 0 or n > 96 else n)  # a datagram's worth; the rest stays for later
         return None if d is None else binascii.unhexlify(d)
 
     def value(self):
-        return self._call("val")
+        return self.call("value")
 
     def irq(self, handler=None, trigger=3):
         self.handler = handler
@@ -108,15 +108,11 @@ class Board:
 
     def __init__(self, device):
         self.device = device
-        mark = persist.load(_MARK) or {}
+        self._mark = persist.load(_MARK) or {}  # rst, rtc (time kept), mem (RTC memory, hex), pin (woke by it)
         try:
             os.remove(_MARK)
         except OSError:
             pass
-        self._cause = mark.get("rst", hal.POWER_ON)
-        self._rtc = mark.get("rtc", False)
-        self._mem = binascii.unhexlify(mark.get("mem", ""))  # RTC memory: gone only with the power
-        self._pin = mark.get("pin", False)
         self._wake = None
         self.net = self.ntp_ok = True
         self.cuts = 0
@@ -175,7 +171,7 @@ class Board:
         while True:
             time.sleep_ms(50)
             if time.ticks_diff(time.ticks_ms(), fed[0]) > fed[1]:
-                self._save(hal.WDT)
+                self._save("wdt")
                 os.system("kill -ALRM $PPID")
                 time.sleep(10)
 
@@ -235,11 +231,12 @@ class Board:
 
     def ntp(self, hosts):
         ok = self.net and self.ntp_ok
-        self._rtc = self._rtc or ok
+        if ok:
+            self._mark["rtc"] = True
         return ok
 
     def rtc_valid(self):
-        return self._rtc
+        return self._mark.get("rtc", False)
 
     def time(self):
         return time.time()
@@ -247,24 +244,24 @@ class Board:
     # -- power ------------------------------------------------------------------------------------------
 
     def reset_cause(self):
-        return self._cause
+        return self._mark.get("rst", "power-on")
 
     def woke_by_pin(self):
-        return self._pin
+        return self._mark.get("pin", False)
 
     def rtc_ms(self):
         return time.time_ns() // 1000000
 
     def memory(self, data=None):
         if data is None:
-            return self._mem
-        self._mem = bytes(data)
+            return binascii.unhexlify(self._mark.get("mem", ""))  # gone only with the power
+        self._mark["mem"] = binascii.hexlify(data).decode()
 
     def wake_on(self, pin, level):
         self._wake = (pin.i, 1 if level else 0)
 
     def _save(self, rst, ms=None, pin=False):
-        mark = {"rst": rst, "rtc": self._rtc, "mem": binascii.hexlify(self._mem).decode()}
+        mark = {"rst": rst, "rtc": self.rtc_valid(), "mem": self._mark.get("mem", "")}
         if ms is not None:
             mark["ms"] = ms
         if pin:
@@ -272,8 +269,8 @@ class Board:
         persist.save(_MARK, mark)
 
     def reset(self):
-        self._save(hal.SOFT)
-        sys.exit(EXIT_RESET)
+        self._save("soft")
+        sys.exit(_EXIT_RESET)
 
     def deepsleep(self, ms):
         """Without a wake pin the process ends at once and the supervisor waits out ms. With one, the
@@ -292,8 +289,8 @@ class Board:
                 except OSError:
                     pass
             ms = 0
-        self._save(hal.DEEPSLEEP, ms, pin)
-        sys.exit(EXIT_DEEPSLEEP)
+        self._save("deepsleep", ms, pin)
+        sys.exit(_EXIT_DEEPSLEEP)
 
     def uid(self):
         return self.device["id"]

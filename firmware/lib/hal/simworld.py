@@ -5,7 +5,7 @@ sits in the device's 64K heap, and so that the world goes on -- rain keeps tippi
 the device is reset or in deep sleep.
 
 Ports (127.0.0.1, UDP, JSON): control_port takes the control datagrams of docs/firmware.md;
-control_port + 1 is the device's bus: ["call", sensor, op, args...] runs one bus operation on a
+control_port + 1 is the device's bus: ["bus", sensor, method, args...] calls one machine-API method on a
 model, ["poll", [pins]] returns the network flags and takes one pending edge from each listed pin,
 ["wake", pin, level] answers a deep-sleeping device whether its wake pin fired (a pending edge, which it
 takes, or the pin at that level). The world exits after idle_s without a word from its device, or on
@@ -20,6 +20,8 @@ import time
 
 import persist
 from hal import simdev
+
+_BUS_OPS = ("read_uv", "readfrom_mem", "writeto_mem", "any", "read", "value")  # what hal/sim.py's Bus forwards
 
 STATE = ".world.json"
 
@@ -150,25 +152,16 @@ class World:
             return {"r": self.models[i].value() == req[2]}
         m = self.models[req[1]]
         op = req[2]
+        if op not in _BUS_OPS:
+            return {"e": 22}  # EINVAL
         a = req[3:]
+        if op == "writeto_mem":
+            a[2] = binascii.unhexlify(a[2])
         try:
-            if op == "uv":
-                return {"r": m.read_uv()}
-            if op == "rm":
-                return {"r": binascii.hexlify(m.readfrom_mem(a[0], a[1], a[2])).decode()}
-            if op == "wm":
-                m.writeto_mem(a[0], a[1], binascii.unhexlify(a[2]))
-                return {"r": None}
-            if op == "any":
-                return {"r": m.any()}
-            if op == "rd":
-                d = m.read(a[0])
-                return {"r": None if d is None else binascii.hexlify(d).decode()}
-            if op == "val":
-                return {"r": m.value()}
+            r = getattr(m, op)(*a)
         except OSError as e:
             return {"e": e.args[0]}
-        return {"e": 22}  # EINVAL
+        return {"r": binascii.hexlify(r).decode() if isinstance(r, (bytes, bytearray)) else r}
 
 
 def _udp(port):
