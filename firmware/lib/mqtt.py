@@ -44,7 +44,7 @@ class MQTTClient:
         self._conn_ms = int(connect_timeout * 1000)
         self._bmin = int(backoff[0] * 1000)
         self._bmax = int(backoff[1] * 1000)
-        # Counters for the health report.
+        # What the link has been through, for diagnostics (tests/firmware/test_mqtt_client.py reads them).
         self.connects = self.resends = self.pings = self.oversize = self.cb_errors = 0
         self.last_error = None
         self._subs = []

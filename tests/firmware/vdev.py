@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -130,15 +131,23 @@ class VirtualDevice:
         self._thread.start()
         return self
 
+    def _sigkill(self) -> None:
+        assert self.proc is not None
+        if self.wrap:  # a wrapper (strace) that is killed detaches its child, which would run on
+            with contextlib.suppress(OSError):
+                for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+                    os.kill(int(pid), signal.SIGKILL)
+        self.proc.send_signal(signal.SIGKILL)
+
     def kill(self) -> None:
         """Power cut: SIGKILL; the supervisor powers the board up again."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self._sigkill()
 
     def stop(self) -> None:
         self._stop.set()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self._sigkill()
             self.proc.wait()
         if self._thread is not None:
             self._thread.join(5)

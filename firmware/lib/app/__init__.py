@@ -20,16 +20,21 @@ def drop(*names):
 
 
 def warm(profile):
-    """Load everything a node will ever load (its drivers, and the command path, dropped again) once
-    at boot, where the heap is empty. MicroPython interns every name for good, in a pool that grows by
-    doubling, and past 620 names the next pool is one 7 KB block (on the 64-bit unix port). Grown
-    here, it is carved from an empty heap; grown later, by whatever module happens to cross the line
-    (a driver, or the first command), it needs a 7 KB hole in a heap the running app has fragmented,
-    and that load fails for memory."""
+    """Load everything a node will ever load (asyncio's parts, its drivers, the sleep cycle of a
+    sleeping profile, and the command path, dropped again) once at boot, where the heap is empty.
+    MicroPython interns every name for good, in a pool that grows by doubling, and past 620 names the
+    next pool is one 7 KB block (on the 64-bit unix port). Grown here, it is carved from an empty heap;
+    grown later, by whatever module happens to cross the line (a driver, asyncio.funcs at the first
+    connect, the first command), it needs a 7 KB hole in a heap the running app has fragmented, and
+    that load fails for memory."""
     from drivers import load
 
+    for name in ("asyncio.event", "asyncio.lock", "asyncio.funcs", "asyncio.stream"):  # each loads on first use
+        __import__(name)
     for s in profile["sensors"]:
         load(s["driver"])
+    if profile.get("sleep"):
+        __import__("app.sleeper")
     for name in COMMAND_PATH:
         __import__(name)
     drop(*COMMAND_PATH)
