@@ -1,21 +1,28 @@
-"""Entry point: count the boot and settle the config (a trial that never confirmed is rolled back)
-with only that code loaded, then run the app -- in safe mode after a crash loop (app/watchdog.py).
-Config files already checked by an earlier boot are read without the checks (app/checked.py); files not
-yet checked are checked first and read again once the checks are dropped.
-See docs/firmware.md."""
+"""Entry point: settle the config (a trial that never confirmed is rolled back), count the boot, then run
+the app -- in safe mode after a crash loop (app/watchdog.py). See docs/firmware.md.
+
+Config files already checked by an earlier boot are read without the checks (app/checked.py). Files not
+yet checked are checked first, and the node then starts over with a soft reset, so that the app runs on
+a heap and a name pool the checks never touched; the boot is counted once, after it, and keeps its reset
+cause. A trial is checked at every boot (app/trial.py), so a trial boot goes on without the soft reset.
+"""
 
 import app
-from app import checked, watchdog
+from app import checked
 
-st = watchdog.boot()
 if not checked.fresh():
-    # Check first and drop the checks, so that neither their code nor the files they parsed are left
-    # scattered through the heap that the app and later commands load into.
     from app import config
 
     config.boot()
     del config
     app.drop("app.config", "app.checks", "app.trial")
+    if checked.fresh():  # checked, stamped and no trial on
+        from hal import backend
+
+        backend(checked.load()[0].get("hal")).soft_reset()
+from app import watchdog
+
+st = watchdog.boot()
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
 app.drop("app.checked")
 app.warm(cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty

@@ -39,11 +39,15 @@ from lifeline import upy
 
 def _startup(files: tuple[str, ...], banner: str = "") -> str:
     """What a board's startup does: pyexec of each file in one __main__ namespace; an error is printed and
-    the board goes on (to the REPL in the end, which `-i` provides)."""
+    the board goes on, to the REPL in the end. The port gives that REPL when MICROPYINSPECT is set as the
+    script ends: unlike `-i`, that lets a SystemExit (the sim backend's reset, deep sleep and soft reset)
+    end the interpreter with its exit code, as those do on a board. It is set only then, so that nothing
+    the files start (the sim world) inherits it."""
     return (f"import sys\nsys.stdout.write({banner!r})\nfor _f in {files!r}:\n"
             "    try:\n        _s = open(_f).read()\n    except OSError:\n        continue\n"
             "    try:\n        exec(_s)\n    except (Exception, KeyboardInterrupt) as _e:\n"
-            "        sys.print_exception(_e)\n    _s = None\n")
+            "        sys.print_exception(_e)\n    _s = None\n"
+            "import os\nos.putenv('MICROPYINSPECT', '1')\n")
 
 
 STARTUP = _startup(("boot.py", "main.py"))
@@ -57,6 +61,7 @@ _RESTART_PAUSE_S = 0.2
 # The sim backend's exit codes and reset mark (firmware/lib/hal/sim.py).
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
+EXIT_SOFT = 5  # soft_reset(): main.py starts over, as machine.soft_reset() does on a board
 SIM_MARK = ".hal.json"
 
 
@@ -113,8 +118,7 @@ class VirtualDevice:
     # power
 
     def argv(self, soft: bool = False) -> list[str]:
-        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-i", "-c",
-                SOFT_STARTUP if soft else STARTUP]
+        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-c", SOFT_STARTUP if soft else STARTUP]
 
     def environment(self) -> dict[str, str]:
         """A board's import path: the flash root, then /lib (the flash directory's lib/)."""
@@ -196,15 +200,15 @@ class VirtualDevice:
 
     def _downtime(self, code: int) -> float:
         """How long the board stays down after its interpreter exits: a deep sleep lasts what the sim
-        backend recorded for it (docs/firmware.md), a reset is immediate, and anything else (a crash)
-        gets a short pause so that a crash loop cannot spin a core."""
+        backend recorded for it (docs/firmware.md), a reset or soft reset is immediate, and anything else
+        (a crash) gets a short pause so that a crash loop cannot spin a core."""
         if code == EXIT_DEEPSLEEP:
             try:
                 mark = json.loads((self.flash_dir / SIM_MARK).read_text())
                 return float(mark.get("ms", 0)) / 1000.0
             except (OSError, ValueError, AttributeError):
                 return _RESTART_PAUSE_S
-        return 0.0 if code == EXIT_RESET else _RESTART_PAUSE_S
+        return 0.0 if code in (EXIT_RESET, EXIT_SOFT) else _RESTART_PAUSE_S
 
     # console
 

@@ -179,7 +179,9 @@ def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, brok
         time.sleep(2)
     listener.close()
     births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
-    assert [b["boot"] for b in births] == [1, 2, 3]
+    assert [b["boot"] for b in births] == [1, 2, 3], "the soft reset after the first boot's config check is no boot"
+    assert dev.soft_resets == 1, "only the fresh flash's config is checked, and then the node starts over once"
+    assert [b["rst"] for b in births] == ["power-on"] * 3
     sent = [(b["boot"], b["seq"]) for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
     unique = sorted({s for _, s in sent})
     assert unique == list(range(unique[0], unique[-1] + 1)), "a seq is never skipped"
@@ -253,7 +255,11 @@ def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, bro
         dev.command(102, "config", {"profile": bad})
         assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 102 for x in m), 20), dev.console()
         final_profile, final_device = dev.read("profile.json"), dev.read("device.json")
+        assert listener.wait(lambda m: len(online_births(listener)) >= 4, 20), dev.console()
     listener.close()
+    # a soft reset follows each check but a trial's, and the next start reports the reset it followed
+    assert dev.soft_resets == 3, "the fresh flash, the two rollbacks; the trials are checked at every boot instead"
+    assert [b["rst"] for b in online_births(listener)] == ["power-on", "soft", "soft", "soft"]
     acks = {a["id"]: a for a in listener.of(topics.ACK)}
     assert (acks[100]["ok"], acks[100]["res"]) == (True, "config applied")
     assert acks[101]["ok"] is False and "no broker connection" in acks[101]["res"]

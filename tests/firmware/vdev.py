@@ -31,6 +31,7 @@ KEY = bytes.fromhex(KEY_HEX)
 FIRMWARE_HEAP = upy.FIRMWARE_HEAP
 EXIT_RESET = 3  # firmware/lib/hal/sim.py
 EXIT_DEEPSLEEP = 4
+EXIT_SOFT = 5
 
 
 # A scripted world per profile that crosses its pre-alarm levels within a short run.
@@ -91,7 +92,8 @@ class VirtualDevice:
         self._write("sim.json", {"control_port": self.port, "stimulus": stimulus or {}, "ntp": ntp,
                                  "start": time.time(), "idle_s": 60})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.exits: list[int] = []
+        self.exits: list[int] = []  # every end of the process but a soft reset
+        self.soft_resets = 0
         self.log = flash / "console.log"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,13 +113,16 @@ class VirtualDevice:
                                     stdout=out, stderr=subprocess.STDOUT)
 
     def _supervise(self) -> None:
-        """Power stays on: whatever ends the process, the board starts again (after a deep sleep's
-        duration when it asked for one)."""
+        """Power stays on: whatever ends the process, the board starts again (at once after a reset or
+        a soft reset, after a deep sleep's duration when it asked for one)."""
         while not self._stop.is_set():
             self.proc = self._spawn()
             rc = self.proc.wait()
             if self._stop.is_set():
                 break
+            if rc == EXIT_SOFT:
+                self.soft_resets += 1
+                continue
             self.exits.append(rc)
             if rc == EXIT_DEEPSLEEP:
                 ms = json.loads((self.flash / ".hal.json").read_text()).get("ms", 0)

@@ -151,8 +151,10 @@ def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
                 time.sleep(0.1)
             assert births, dev.console()[-2000:].decode(errors="replace")
             assert births[0]["st"] == "online" and births[0]["prof"] == "gas"
-            # Power-on at the REPL (blank), soft reset for the copy, then reset into the firmware.
-            assert dev.boots == 3 and dev.console().count(b"MPY: soft reboot") == 1
+            # Power-on at the REPL (blank), soft reset for the copy, reset into the firmware, and the
+            # firmware's own soft reset once it has checked its new config (exit 5: main.py runs again).
+            assert dev.boots == 4 and dev.console().count(b"MPY: soft reboot") == 1
+            assert dev.exit_codes[-1] == 5, dev.exit_codes
             # Flashing a board that runs the firmware: the soft reset stops it and frees its heap first.
             assert flash(dev, tmp_path, "--key", KEY.hex(), broker=f"127.0.0.1:{broker.port}") == 0
             assert dev.console().count(b"MPY: soft reboot") == 2

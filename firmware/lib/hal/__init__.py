@@ -7,7 +7,9 @@ connect(secrets) (async) -> bool; online(); rssi(); ip(); ntp(hosts) -> bool; rt
 epoch s; rtc_ms() -> ms on a clock that runs through deep sleep; reset_cause(); reset(); deepsleep(ms);
 wake_on(pin, level) (the next deep sleep also ends when that bus pin is at level); woke_by_pin();
 memory([bytes]) (RTC memory, kept until power is lost); uid(); battery() -> V or None; services() ->
-coroutines the backend needs running. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
+coroutines the backend needs running. Each backend module also has soft_reset(), which main.py calls
+before any Board exists: main.py starts over, and the next Board reports the reset cause, RTC and wake
+this start had. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
 so it can cut the network.
 
 reset_cause() is one of "power-on", "hard", "wdt", "deepsleep", "soft", "unknown", as the birth message

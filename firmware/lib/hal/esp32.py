@@ -2,15 +2,32 @@
 entries ("bus": {"type": "adc"|"i2c"|"uart"|"pin", ...}); see docs/firmware.md."""
 
 import asyncio
+import os
 import time
 
 import machine
 import network
+from micropython import const
+
+import persist
 
 # MicroPython builds before 1.22 on the ESP32 count time from 2000-01-01.
 _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
 _CAUSES = {machine.PWRON_RESET: "power-on", machine.HARD_RESET: "hard", machine.WDT_RESET: "wdt",
            machine.DEEPSLEEP_RESET: "deepsleep", machine.SOFT_RESET: "soft"}
+_RST = const(".rst.json")  # the reset cause a soft_reset() started over from
+
+
+def _cause():
+    return _CAUSES.get(machine.reset_cause(), "unknown")
+
+
+def soft_reset():
+    """Start main.py over without resetting the chip (machine.soft_reset: RTC, RTC memory and the wake
+    cause stay). The next start would read "soft" as its reset cause, so the cause this start had waits
+    in _RST for the next Board."""
+    persist.save(_RST, persist.load(_RST) or _cause())
+    machine.soft_reset()
 
 
 class Board:
@@ -106,7 +123,11 @@ class Board:
     # -- power ----------------------------------------------------------------------------------------
 
     def reset_cause(self):
-        return _CAUSES.get(machine.reset_cause(), "unknown")
+        rst = persist.load(_RST)
+        if rst:
+            os.remove(_RST)
+            return rst
+        return _cause()
 
     def woke_by_pin(self):
         """The last deep sleep ended on the pin wake_on() armed (EXT0), not on its timer."""

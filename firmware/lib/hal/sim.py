@@ -4,7 +4,7 @@ device's heap. Flash is the working directory.
 
 The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
 read or write, as a lost link does. Resets end the process -- exit code 3 for reset(), 4 for
-deepsleep(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
+deepsleep(), 5 for soft_reset(), SIGALRM from the watchdog -- and leave _MARK so the next start knows its
 reset cause, whether the RTC kept time, the RTC memory and what woke it; a supervisor starts the process
 again (docs/firmware.md). A deep sleep with a wake pin armed watches that pin in the world before it
 exits, as a chip's RTC domain does while the rest sleeps.
@@ -25,9 +25,16 @@ import persist
 
 _EXIT_RESET = const(3)
 _EXIT_DEEPSLEEP = const(4)
+_EXIT_SOFT = const(5)
 _MARK = const(".hal.json")
 _WATCH_MS = const(50)  # how often a deep sleep with a wake pin asks the world about that pin
 _open_connection = asyncio.open_connection
+
+
+def soft_reset():
+    """Start main.py over at once (exit 5), before any Board exists: the mark this start found is left
+    for the next one, which so reports the reset cause, RTC and wake this start had."""
+    sys.exit(_EXIT_SOFT)
 
 
 class Bus:
