@@ -33,7 +33,6 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import shutil
@@ -61,16 +60,6 @@ SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py")
 _WRITE = re.compile(r'write\(\d+<([^>]*)>, .*\) = (\d+)$')
 
 
-def driver_aliases() -> dict[str, str]:
-    """Profile driver name -> driver module where they differ: the firmware's own table (drivers._MODULE)."""
-    spec = importlib.util.spec_from_file_location("fw_drivers", upy.FIRMWARE / "lib" / "drivers" / "__init__.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    aliases: dict[str, str] = mod._MODULE
-    return aliases
-
-
 def mpy_sizes(out: Path) -> dict[str, Any]:
     """Bytes of .mpy per board module (sim backend excluded), and per profile."""
     sizes: dict[str, int] = {}
@@ -81,9 +70,8 @@ def mpy_sizes(out: Path) -> dict[str, Any]:
                 continue
             sizes[rel] = upy.compile_module(src, out / rel.replace(".py", ".mpy")).stat().st_size
     per: dict[str, int] = {}
-    aliases = driver_aliases()
     for name in PROFILES:
-        drivers = {aliases.get(s["driver"], s["driver"]) for s in sped_up(name)["sensors"]}
+        drivers = {s["driver"] for s in sped_up(name)["sensors"]}  # a driver's module bears its name
         per[name] = sum(n for rel, n in sizes.items() if not rel.startswith("drivers/")
                         or rel == "drivers/__init__.py" or rel[len("drivers/"):-len(".py")] in drivers)
     return {"modules": sizes, "all": sum(sizes.values()), "profile": per}

@@ -13,7 +13,7 @@ from upy_support import LIB, SCRIPTS, env
 
 from lifeline import upy
 
-DRIVERS = ["loop420", "accel", "nmea", "level", "pulse"]
+DRIVERS = ["loop420", "adxl345", "nmea", "level", "cover", "rain"]
 CASES = [(driver, case) for driver in DRIVERS
          for case in re.findall(r"^def case_(\w+)\(", (SCRIPTS / f"drivers_{driver}_cases.py").read_text(), re.M)]
 

@@ -6,10 +6,9 @@ metric and a node interns only the names of the drivers its profile uses:
   values()  [(metric, value)] from one read, or Fault. A single-metric driver (Driver.values) names its
             metric None: the sampler takes it for the sensor's first metric in the profile.
   poll()    drains data the bus buffered (UART, accelerometer FIFO) between samples; a no-op in Driver.
-A profile sensor's "driver" name is the entry point (the class) of the same name in the module of that
-name, or of the name _MODULE gives: load() imports it, make() builds it."""
-
-_MODULE = {"adxl345": "accel", "cover": "level", "rain": "pulse"}  # profile driver name -> module, where not the same
+A profile sensor's "driver" name is both the module (drivers/<name>.py) and its entry point, the class
+bound to that name there: load() imports it, make() builds it. No table maps one to the other, so a
+node interns no driver name its profile does not use."""
 
 
 class Fault(Exception):
@@ -34,7 +33,7 @@ class Driver:
 
 def load(name):
     """The driver class for profile driver `name`, its module imported."""
-    return getattr(__import__("drivers." + _MODULE.get(name, name), None, None, (name,)), name)
+    return getattr(__import__("drivers." + name, None, None, (name,)), name)
 
 
 def make(name, bus, args):

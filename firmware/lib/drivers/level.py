@@ -1,5 +1,4 @@
-"""Water level from a UART ultrasonic distance sensor looking down a drain or manhole, and the manhole
-cover's open/tilt switch.
+"""Water level from a UART ultrasonic distance sensor looking down a drain or manhole.
 
 Frames are the A02YYUW / DYP-A01 format (DFRobot SEN0311 wiki): 0xFF, distance high byte, distance
 low byte, SUM = (0xFF + H + L) & 0xFF; distance in mm; 9600 baud 8N1, one frame every 100-300 ms."""
@@ -80,18 +79,4 @@ class UltrasonicLevel(Driver):
         return self.mount_m - mm / 1000
 
 
-class Cover(Driver):
-    """Manhole cover switch or tilt switch on a Pin (value()); `open_value` is the pin level that
-    means open or tilted (1 with a pull-up and a switch that closes to ground when seated)."""
-
-    def __init__(self, pin, open_value=1):
-        self.pin = pin
-        self.open_value = open_value
-
-    def read(self):
-        return self.pin.value() == self.open_value
-
-
-# the profiles' driver names: the entry points drivers.make() looks up
-level = UltrasonicLevel
-cover = Cover
+level = UltrasonicLevel  # the profile's driver name: the entry point drivers.make() looks up

@@ -7,7 +7,7 @@ from random import getrandbits
 from time import gmtime, ticks_add, ticks_diff, ticks_ms, time
 
 # The ADXL345's register map and scale, from the Analog Devices datasheet, written out here rather
-# than imported from drivers/accel.py: a model that shared the driver's numbers could not catch a wrong one.
+# than imported from drivers/adxl345.py: a model that shared the driver's numbers could not catch a wrong one.
 DEVID = 0x00
 DEVID_ADXL345 = 0xE5
 BW_RATE = 0x2C
@@ -47,7 +47,7 @@ class SimADC:
 
 class SimADXL345:
     """ADXL345 register map on an I2C bus (machine.I2C memory API). Gravity follows the tilt_x/tilt_y
-    stimulus (rad, the drivers.accel.tilt convention); a `vib_hz` sine of RMS vib() (m/s2) rides along
+    stimulus (rad, the drivers.adxl345.tilt convention); a `vib_hz` sine of RMS vib() (m/s2) rides along
     gravity. Samples are produced at the configured output data rate into a 32-level stream FIFO."""
 
     def __init__(self, tilt_x=None, tilt_y=None, vib=None, addr=0x53, vib_hz=5.0, clock=ticks_ms):

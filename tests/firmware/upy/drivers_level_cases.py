@@ -1,11 +1,11 @@
 """Ultrasonic level: A02YYUW frames with garbage, corrupt frames and look-alike headers between them;
-level from mounting height; SimLevelUART round trip; the cover switch."""
+level from mounting height; SimLevelUART round trip."""
 
 from drivercheck import Clock, eq, fault, near
 
 from drivers import make
-from drivers.level import Cover, UltrasonicLevel
-from hal.simdev import SimLevelUART, SimPin
+from drivers.level import UltrasonicLevel
+from hal.simdev import SimLevelUART
 
 F1953 = b"\xff\x07\xa1\xa7"  # 1953 mm: the frame in the DFRobot SEN0311 protocol description
 F800 = b"\xff\x03\x20\x22"   # 800 mm
@@ -55,16 +55,7 @@ def case_level_sim_round_trip():
     eq((sensor.bad_sum, sensor.skipped), (0, 0), "clean stream")
 
 
-def case_cover_switch():
-    state = [0]
-    cover = Cover(SimPin(lambda: state[0]))
-    eq(cover.read(), False, "seated")
-    state[0] = 1
-    eq(cover.read(), True, "open")
-    eq(Cover(SimPin(value=0), open_value=0).read(), True, "active-low switch")
-
-
-def case_level_and_cover_made_by_profile_name():
+def case_level_made_by_profile_name():
     clock = Clock()
     sensor = make("level", SimLevelUART(lambda: 1.25, mount_m=2.5, clock=clock), {"mount_m": 2.5})
     eq(type(sensor) is UltrasonicLevel, True, "an UltrasonicLevel")
@@ -73,6 +64,3 @@ def case_level_and_cover_made_by_profile_name():
     eq(name, None, "the profile's metric")
     near(v, 1.25, 0.0011, "level")
     fault(sensor.values, "no-data")
-    cover = make("cover", SimPin(value=0), {"open_value": 0})
-    eq(type(cover) is Cover, True, "a Cover")
-    eq((cover.values(), cover.poll()), (((None, True),), None), "open, nothing to poll")

@@ -5,7 +5,7 @@ the sleeper clears the crash counter in state.json before it sleeps."""
 from drivercheck import Clock, eq, near
 
 from app import sleeper
-from drivers.pulse import RainGauge
+from drivers.rain import RainGauge
 from hal.simdev import SimPin
 
 

@@ -8,7 +8,7 @@ import micropython
 from drivercheck import Clock, eq, fault, near
 
 from drivers import make
-from drivers.accel import ADXL345
+from drivers.adxl345 import ADXL345
 from hal.simdev import SimADXL345
 
 DEG = pi / 180

@@ -7,7 +7,7 @@ import micropython
 from drivercheck import Clock, eq, near
 
 from drivers import make
-from drivers.pulse import RainGauge
+from drivers.rain import RainGauge
 from hal.simdev import SimPin
 
 
