@@ -255,11 +255,16 @@ def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, bro
         dev.command(102, "config", {"profile": bad})
         assert listener.wait(lambda m: any(x[0] == topics.ACK and x[1]["id"] == 102 for x in m), 20), dev.console()
         final_profile, final_device = dev.read("profile.json"), dev.read("device.json")
-        assert listener.wait(lambda m: len(online_births(listener)) >= 4, 20), dev.console()
+        assert listener.wait(lambda m: len(online_births(listener)) >= 5, 20), dev.console()
     listener.close()
-    # a soft reset follows each check but a trial's, and the next start reports the reset it followed
+    # A soft reset follows each check but a trial's, and the next start reports the reset it followed;
+    # a confirmed trial reboots once its ack is out, so no boot runs on after its checks.
     assert dev.soft_resets == 3, "the fresh flash, the two rollbacks; the trials are checked at every boot instead"
-    assert [b["rst"] for b in online_births(listener)] == ["power-on", "soft", "soft", "soft"]
+    births = online_births(listener)
+    assert [b["rst"] for b in births] == ["power-on", "soft", "soft", "soft", "soft"]
+    # 2: the trial, 3: after it; 4: the trial that never connected, 5: after its rollback; the trial that
+    # failed its check was rolled back and soft-reset before it was counted, so 6 is the boot after it
+    assert [b["boot"] for b in births] == [1, 2, 3, 5, 6]
     acks = {a["id"]: a for a in listener.of(topics.ACK)}
     assert (acks[100]["ok"], acks[100]["res"]) == (True, "config applied")
     assert acks[101]["ok"] is False and "no broker connection" in acks[101]["res"]

@@ -203,15 +203,20 @@ class App:
             drop("app.trial")
 
     async def _trial(self):
+        """A confirmed trial's ack goes out, then the node reboots into the config it confirmed: a trial
+        boot ran on the heap and name pool the config checks grew (main.py), the next boot does not."""
         from app import trial
 
-        if self.trial:
+        confirmed = self.trial
+        if confirmed:
             trial.confirm()
             self.trial = False
         done = trial.result()
         if done:
             await self.ack(*done)
             trial.acked()
+        if confirmed:
+            self.reboot()
 
     def figures(self):
         """Health: free heap, Wi-Fi signal, battery, queue depth and drops, uptime."""
