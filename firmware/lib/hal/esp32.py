@@ -53,7 +53,8 @@ class Board:
                                 rxbuf=b.get("rxbuf", 512))
         if kind == "pin":
             pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(b.get("pull"))
-            return machine.Pin(b["pin"], machine.Pin.IN, pull)
+            # None is "no pull resistor" (machine.Pin in the MicroPython docs); the stubs type pull as int only
+            return machine.Pin(b["pin"], machine.Pin.IN, pull)  # type: ignore[arg-type]
         raise ValueError("unknown bus type %r" % kind)
 
     def battery(self):
@@ -149,7 +150,7 @@ class Board:
         32-39) is at `level`. Called last before deepsleep(): a later pin.irq() on the same pin drops it."""
         import esp32
 
-        esp32.wake_on_ext0(pin=pin, level=esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
+        esp32.wake_on_ext0(pin, esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
 
     def reset(self):
         machine.reset()
