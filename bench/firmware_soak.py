@@ -1,0 +1,212 @@
+"""Soak: every profile at once on the node heap (upy.FIRMWARE_HEAP) for a long run, through the events a
+site sees, to show that no node runs out of memory or loses a reading over time.
+
+Run: .venv/bin/python -m bench.firmware_soak [--minutes 30] [--profiles gas,water]. Prints a line a
+minute and a table at the end, and writes bench/results/firmware_soak.json.
+
+Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
+schedule, tests/firmware/vdev.py) against one real Mosquitto, on the same flash throughout, while:
+- every minute each awake node gets a command (set_intervals; every second minute a birth request, whose
+  birth the node figures with the command's handler loaded beside it);
+- every 3 minutes its stimulus episode plays again (a pre-alarm crossing and back for every profile);
+- every 10 minutes its network is cut for 20 s;
+- every 7 minutes one node, in turn, loses power (SIGKILL);
+- halfway, the broker is down for 15 s.
+
+Per profile: births, exits that are neither deep sleeps nor the power cuts, MemoryError or Traceback on
+the console, readings sent and whether their sequence numbers are gap-free once duplicates are dropped,
+acks against commands (and the reasons the node logged for commands it dropped), and the live heap
+(heap size minus the lowest free heap the node reports in its births and health events, command births
+included), overall and minute by minute. The baseline is the same node's first 3 minutes, which hold a
+birth command too: a leak or creeping fragmentation shows as a later peak above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lifeline import upy
+from lifeline.broker import Mosquitto
+from protocol import senml_resolve, topics
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
+from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, sped_up  # noqa: E402
+
+SITE = "site-a"
+BASELINE_S = 180
+WORD_SCALE = 2  # 8-byte words here against the ESP32's 4: 1 wK is 2 KB of this port
+
+
+def heap_reports(listener: Listener) -> list[tuple[int, int]]:
+    """(arrival index, free heap) from births and health events."""
+    out: list[tuple[int, int]] = []
+    for i, (kind, body, _, _) in enumerate(list(listener.messages)):
+        if kind == topics.EVENT and body.get("ev") == "health":
+            out += [(i, r["v"]) for r in senml_resolve.resolve([dict(r) for r in body["e"]]) if r["n"] == "heap"]
+        elif kind == topics.STATE and "heap" in body:
+            out.append((i, body["heap"]))
+    return out
+
+
+class Node:
+    def __init__(self, name: str, work: Path, mpy: Path, broker: Mosquitto, heap: str) -> None:
+        self.name = name
+        self.dev_id = f"{name}-01"
+        self.profile = sped_up(name)
+        self.awake = not self.profile.get("sleep")
+        self.listener = Listener(broker.port, SITE, self.dev_id, persistent=True)
+        self.dev = VirtualDevice(work / name, mpy, self.profile, broker.port, STIMULUS[name], dev=self.dev_id,
+                                 heap=heap)
+        self.commands = 0
+        self.kills = 0
+        self.baseline_at = 0  # messages received when the baseline window ended
+        self.minute_marks: list[int] = []  # messages received at the end of each minute
+        self.births_before: int | None = None  # births when the node last lost its link
+
+    def births(self) -> int:
+        return len([b for b in self.listener.of(topics.STATE) if b.get("st") == "online"])
+
+    def disrupt(self) -> None:
+        self.births_before = self.births()
+
+    def command(self, minute: int) -> None:
+        """After a disruption, only once the node is back: its MQTT session is clean, so a command sent
+        while it still backs off from reconnecting is gone (the gateway would time it out and resend)."""
+        if not self.awake:
+            return
+        if self.births_before is not None:
+            before = self.births_before
+            self.listener.wait(lambda m: self.births() > before, 90)
+            self.births_before = None
+        self.commands += 1
+        if minute % 2 == 0:
+            self.dev.command(self.commands, "birth", {})
+        else:
+            self.dev.command(self.commands, "set_intervals", {"report_s": self.profile["report_s"]})
+
+    def replay(self) -> None:
+        self.dev.control(ramp=STIMULUS[self.name])
+
+    def net(self, up: bool) -> None:
+        self.dev.control(net=up)
+
+    def result(self, heap_bytes: int) -> dict[str, Any]:
+        msgs = list(self.listener.messages)
+        console = self.dev.console()
+        sent = [b["seq"] for k, b, _, _ in msgs if k in (topics.DATA, topics.EVENT)]
+        unique = sorted(set(sent))
+        gaps = (unique[-1] - unique[0] + 1 - len(unique)) if unique else 0
+        acks = [b for k, b, _, _ in msgs if k == topics.ACK]
+        births = [b for k, b, _, _ in msgs if k == topics.STATE and b.get("st") == "online"]
+        reports = heap_reports(self.listener)
+        base = [free for i, free in reports if i < self.baseline_at]
+        later = [free for i, free in reports if i >= self.baseline_at]
+        series, lo = [], 0
+        for hi in self.minute_marks:  # the peak live heap of each minute: a creep shows as a rising line
+            window = [free for i, free in reports if lo <= i < hi]
+            series.append(round((heap_bytes - min(window)) / 1024 / WORD_SCALE, 1) if window else None)
+            lo = hi
+        sleeps = {4} if not self.awake else set()
+        odd = [rc for rc in self.dev.exits if rc not in sleeps and rc != -9]
+        return {
+            "births": len(births),
+            "power_cuts": self.kills,
+            "odd_exits": odd,
+            "memory_errors": console.count("MemoryError"),
+            "tracebacks": console.count("Traceback"),
+            "readings_msgs": len(unique),
+            "duplicates": len(sent) - len(unique),
+            "seq_gaps": gaps,
+            "commands": self.commands,
+            "acks_ok": sum(1 for a in acks if a["ok"]),
+            "rejected": [line for line in console.splitlines() if line.startswith("command rejected")],
+            "baseline_peak_wk": round((heap_bytes - min(base)) / 1024 / WORD_SCALE, 1) if base else None,
+            "later_peak_wk": round((heap_bytes - min(later)) / 1024 / WORD_SCALE, 1) if later else None,
+            "peak_wk_by_minute": series,
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=int, default=30)
+    ap.add_argument("--profiles", default=",".join(STIMULUS))
+    ap.add_argument("--heap", default=upy.FIRMWARE_HEAP)
+    args = ap.parse_args()
+    heap_bytes = int(args.heap.rstrip("wK")) * 1024 * (WORD_SCALE if args.heap.endswith("wK") else 1)
+    names = args.profiles.split(",")
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
+        work = Path(tmp)
+        mpy = build_firmware(work / "mpy")
+        nodes = [Node(name, work, mpy, broker, args.heap) for name in names]
+        for node in nodes:
+            node.dev.start()
+        start = time.monotonic()
+        try:
+            for minute in range(1, args.minutes + 1):
+                t = start + minute * 60
+                cut, down = minute % 10 == 0, minute == args.minutes // 2
+                _until(t - 40)
+                if down:
+                    broker.stop()
+                for node in nodes if cut or down else ():
+                    node.disrupt()
+                for node in nodes if cut else ():
+                    node.net(False)
+                _until(t - 30)
+                if minute % 7 == 0:
+                    victim = nodes[(minute // 7 - 1) % len(nodes)]
+                    victim.kills += 1
+                    victim.disrupt()
+                    victim.dev.kill()
+                _until(t - 25)
+                if down:
+                    broker.start()
+                _until(t - 20)
+                for node in nodes if cut else ():
+                    node.net(True)
+                _until(t)
+                for node in nodes:
+                    node.minute_marks.append(len(node.listener.messages))
+                    if minute * 60 == BASELINE_S:
+                        node.baseline_at = node.minute_marks[-1]
+                for node in nodes:
+                    if minute % 3 == 0:
+                        node.replay()
+                    node.command(minute)
+                lows = {n.name: min((f for _, f in heap_reports(n.listener)), default=None) for n in nodes}
+                print(f"[soak] {minute}/{args.minutes} min  " + "  ".join(
+                    f"{k}:{round((heap_bytes - v) / 1024 / WORD_SCALE, 1) if v else '-'}wK" for k, v in lows.items()),
+                      flush=True)
+            time.sleep(10)  # the last acks and drains
+        finally:
+            for node in nodes:
+                node.dev.stop()
+                node.listener.close()
+        rows = {node.name: node.result(heap_bytes) for node in nodes}
+    cols = ("births", "power_cuts", "odd_exits", "memory_errors", "tracebacks", "readings_msgs", "duplicates",
+            "seq_gaps", "commands", "acks_ok", "baseline_peak_wk", "later_peak_wk")
+    print("profile   " + " ".join(f"{c:>14.14}" for c in cols))
+    for name, row in rows.items():
+        print(f"{name:<9} " + " ".join(f"{row[c]!s:>14.14}" for c in cols))
+    clean = all(not r["odd_exits"] and not r["memory_errors"] and not r["tracebacks"] and not r["seq_gaps"]
+                and r["acks_ok"] == r["commands"] for r in rows.values())
+    print(f"{args.minutes} min at {args.heap}: {'clean' if clean else 'NOT clean'}")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "firmware_soak.json").write_text(json.dumps({"minutes": args.minutes, "heap": args.heap, "clean": clean,
+                                                        "profiles": rows}, indent=2) + "\n")
+
+
+def _until(t: float) -> None:
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+if __name__ == "__main__":
+    main()
