@@ -42,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,25 +190,30 @@ def sizes_of(packs: list[list[dict[int, Any]]]) -> tuple[int, int, int, int]:
     return cbor, bare, as_json, pack_only
 
 
-def free_heap(msgs: list[tuple[str, dict[str, Any], bytes]], commanded: bool = False) -> list[int]:
-    """The free heap the device reported (after a collection) in its births and health events; with
-    `commanded`, only in the births that answered a birth command (the last birth before its ack), which
-    the node figures while the command's handler is loaded beside it."""
-    free, steady = [], []
-    last_birth = None
-    for kind, body, _ in msgs:
+def heap_reports(msgs: Sequence[tuple[Any, ...]]) -> list[tuple[int, int]]:
+    """(index in msgs, free heap) of every figure the device reported (after a collection): in its births
+    and its health events."""
+    out: list[tuple[int, int]] = []
+    for i, (kind, body, *_) in enumerate(msgs):
         if kind == topics.EVENT and body.get("ev") == "health":
-            steady += [r["v"] for r in senml_resolve.resolve([dict(r) for r in body["e"]]) if r["n"] == "heap"]
+            out += [(i, r["v"]) for r in senml_resolve.resolve([dict(r) for r in body["e"]]) if r["n"] == "heap"]
         elif kind == topics.STATE and "heap" in body:
-            if last_birth is not None:
-                steady.append(last_birth)
-            last_birth = body["heap"]
-        elif kind == topics.ACK and body["id"] >= BIRTH_CMD and last_birth is not None:
-            free.append(last_birth)
-            last_birth = None
-    if last_birth is not None:
-        steady.append(last_birth)
-    return free if commanded else steady
+            out.append((i, body["heap"]))
+    return out
+
+
+def free_heap(msgs: list[tuple[str, dict[str, Any], bytes]], commanded: bool = False) -> list[int]:
+    """The free heap the device reported, but for the births that answered a birth command (the last birth
+    before its ack), which the node figures while the command's handler is loaded beside it; with
+    `commanded`, only those."""
+    answered, last = set(), None
+    for i, (kind, body, _) in enumerate(msgs):
+        if kind == topics.STATE and "heap" in body:
+            last = i
+        elif kind == topics.ACK and body["id"] >= BIRTH_CMD and last is not None:
+            answered.add(last)
+            last = None
+    return [free for i, free in heap_reports(msgs) if (i in answered) == commanded]
 
 
 def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:

@@ -33,26 +33,16 @@ from typing import Any
 
 from lifeline import upy
 from lifeline.broker import Mosquitto
-from protocol import senml_resolve, topics
+from protocol import topics
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
 from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, sped_up  # noqa: E402
 
+from bench.firmware_bench import WORD_SCALE, heap_reports  # noqa: E402
+
 SITE = "site-a"
 BASELINE_S = 180
-WORD_SCALE = 2  # 8-byte words here against the ESP32's 4: 1 wK is 2 KB of this port
-
-
-def heap_reports(listener: Listener) -> list[tuple[int, int]]:
-    """(arrival index, free heap) from births and health events."""
-    out: list[tuple[int, int]] = []
-    for i, (kind, body, _, _) in enumerate(list(listener.messages)):
-        if kind == topics.EVENT and body.get("ev") == "health":
-            out += [(i, r["v"]) for r in senml_resolve.resolve([dict(r) for r in body["e"]]) if r["n"] == "heap"]
-        elif kind == topics.STATE and "heap" in body:
-            out.append((i, body["heap"]))
-    return out
 
 
 class Node:
@@ -69,6 +59,9 @@ class Node:
         self.baseline_at = 0  # messages received when the baseline window ended
         self.minute_marks: list[int] = []  # messages received at the end of each minute
         self.births_before: int | None = None  # births when the node last lost its link
+
+    def reports(self) -> list[tuple[int, int]]:
+        return heap_reports(list(self.listener.messages))
 
     def births(self) -> int:
         return len([b for b in self.listener.of(topics.STATE) if b.get("st") == "online"])
@@ -105,7 +98,7 @@ class Node:
         gaps = (unique[-1] - unique[0] + 1 - len(unique)) if unique else 0
         acks = [b for k, b, _, _ in msgs if k == topics.ACK]
         births = [b for k, b, _, _ in msgs if k == topics.STATE and b.get("st") == "online"]
-        reports = heap_reports(self.listener)
+        reports = self.reports()
         base = [free for i, free in reports if i < self.baseline_at]
         later = [free for i, free in reports if i >= self.baseline_at]
         series, lo = [], 0
@@ -180,7 +173,7 @@ def main() -> None:
                     if minute % 3 == 0:
                         node.replay()
                     node.command(minute)
-                lows = {n.name: min((f for _, f in heap_reports(n.listener)), default=None) for n in nodes}
+                lows = {n.name: min((f for _, f in n.reports()), default=None) for n in nodes}
                 print(f"[soak] {minute}/{args.minutes} min  " + "  ".join(
                     f"{k}:{round((heap_bytes - v) / 1024 / WORD_SCALE, 1) if v else '-'}wK" for k, v in lows.items()),
                       flush=True)
