@@ -1,5 +1,6 @@
 """CPython-only checks of protocol.cbor against cbor2, and bounded fuzzing of the decoder."""
 
+import itertools
 import math
 from typing import Any
 
@@ -60,6 +61,26 @@ def test_map_keys_in_deterministic_order(value: dict[Any, int]) -> None:
     order = [cbor.dumps(k) for k in cbor2.loads(data)]
     assert order == sorted(order)
     assert cbor.dumps(dict(reversed(list(value.items())))) == data
+
+
+def test_hand_written_utf8_check_agrees_with_cpython() -> None:
+    """MicroPython's str() lets surrogates and overlong forms through, so the decoder checks UTF-8 itself
+    there. Against CPython's decoder: every lead byte above ASCII, followed by up to three bytes from
+    the edges of the continuation ranges."""
+    edges = (0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF)
+    wrong = []
+    for lead in range(0x80, 0x100):
+        for k in range(4):
+            for tail in itertools.product(edges, repeat=k):
+                raw = bytes((lead, *tail))
+                try:
+                    raw.decode("utf-8")
+                    valid = True
+                except UnicodeDecodeError:
+                    valid = False
+                if cbor_decode._utf8_ok(raw) != valid:
+                    wrong.append(raw.hex())
+    assert wrong == []
 
 
 @settings(max_examples=3000, deadline=200)
