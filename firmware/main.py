@@ -25,7 +25,7 @@ from app import watchdog
 st = watchdog.boot()
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
 app.drop("app.checked")
-app.warm(cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty
+app.warm(cfg[0][0], cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty
 from app import runtime  # noqa: E402
 
 runtime.run(st, cfg)

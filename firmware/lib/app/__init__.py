@@ -19,15 +19,18 @@ def drop(*names):
     gc.collect()
 
 
-def warm(profile):
-    """Load everything a node will ever load (asyncio's parts, its drivers, the sleep cycle of a
-    sleeping profile, and the command path, dropped again) once at boot, where the heap is empty.
+def warm(device, profile):
+    """Load everything a node will ever load once at boot, where the heap is nearly empty: the parts of
+    asyncio that load on first use, its drivers, the sleep cycle of a sleeping profile, the command path
+    (dropped again), then its HAL backend and the app's own modules, some of which the app imports late.
     MicroPython interns every name for good, in a pool that grows by doubling, and past 620 names the
-    next pool is one 7 KB block (on the 64-bit unix port). Grown here, it is carved from an empty heap;
-    grown later, by whatever module happens to cross the line (a driver, asyncio.funcs at the first
-    connect, the first command), it needs a 7 KB hole in a heap the running app has fragmented, and
+    next pool is one 7 KB block (on the 64-bit unix port). Grown here it is carved from a heap that holds
+    little yet, or from the room the command path has just left at its end; grown later, by whatever
+    module happens to cross the line (a driver, asyncio.funcs at the first connect, app.sampler as the
+    app starts, the first command), it needs a 7 KB hole in a heap the running app has fragmented, and
     that load fails for memory."""
     from drivers import load
+    from hal import backend
 
     for name in ("asyncio.event", "asyncio.lock", "asyncio.funcs", "asyncio.stream"):  # each loads on first use
         __import__(name)
@@ -38,3 +41,6 @@ def warm(profile):
     for name in COMMAND_PATH:
         __import__(name)
     drop(*COMMAND_PATH)
+    backend(device.get("hal"))
+    for name in ("app.runtime", "app.publisher", "mqtt", "app.sampler"):
+        __import__(name)
