@@ -80,9 +80,12 @@ class Commands:
             event(log, "command-rejected", logging.WARNING, error=str(exc))
             return None, {"re": "cmd", "dev": body.get("dev"), "id": body.get("id"), "ok": False,
                           "error": str(exc)}
-        sealed = message.encode(message.command(device.id, cmd_id, op, _thaw(args)), device.key)
+        # The device refuses it after the deadline, when it has been reported upstream as a timeout and
+        # the district may already have sent it again under a new id.
+        deadline = now + self.timeout_s
+        sealed = message.encode(message.command(device.id, cmd_id, op, _thaw(args), int(deadline)), device.key)
         self._conn.execute("INSERT OR REPLACE INTO command_pending (dev, id, op, sent_at, deadline) "
-                           "VALUES (?, ?, ?, ?, ?)", (device.id, cmd_id, op, now, now + self.timeout_s))
+                           "VALUES (?, ?, ?, ?, ?)", (device.id, cmd_id, op, now, deadline))
         event(log, "command", dev=device.id, id=cmd_id, op=op)
         return Outgoing(topics.device(self.site, device.id, topics.CMD), sealed, device.id, cmd_id), None
 

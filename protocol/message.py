@@ -50,8 +50,9 @@ def death(dev, boot, seq):
     return {"k": topics.STATE, "dev": dev, "boot": boot, "seq": seq, "st": OFFLINE}
 
 
-def command(dev, cmd_id, op, args):
-    return {"k": topics.CMD, "dev": dev, "id": cmd_id, "op": op, "args": args}
+def command(dev, cmd_id, op, args, exp):
+    """exp: epoch seconds after which the device must not run it (the sender has given up on it by then)."""
+    return {"k": topics.CMD, "dev": dev, "id": cmd_id, "op": op, "args": args, "exp": exp}
 
 
 def ack(dev, boot, cmd_id, ok, res=None):

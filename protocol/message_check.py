@@ -81,6 +81,7 @@ def check(body, kind, records=None):
             _one_of(body, "clk", (CLK_EPOCH, CLK_BOOT))
     elif kind == topics.CMD:
         _uint(body, "id")
+        _uint(body, "exp")
         _is(body, "op", (str,))
         _is(body, "args", (dict,))
     elif kind == topics.ACK:

@@ -166,6 +166,25 @@ def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path,
     assert time.time() - acked < 10
 
 
+def test_command_past_its_expiry_is_dropped_unanswered(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """By its exp the gateway has reported the command upstream as timed out, and the district may have sent
+    it again under a new id: a node that knows the time does not run it late."""
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
+        assert listener.of(topics.STATE)[0]["clk"] == message.CLK_EPOCH
+        dev.command(50, "set_intervals", {"report_s": 5}, exp=int(time.time()) - 2)
+        dev.command(51, "set_intervals", {"report_s": 7})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        time.sleep(0.5)
+        stored = dev.read("profile.json")
+        console = dev.console()
+    listener.close()
+    assert [(a["id"], a["ok"]) for a in listener.of(topics.ACK)] == [(51, True)]
+    assert stored["report_s"] == 7
+    assert console.count("command rejected: out of date") == 1, console
+
+
 def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,

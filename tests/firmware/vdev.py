@@ -177,9 +177,11 @@ class VirtualDevice:
             return reply
 
 
-    def command(self, cmd_id: int, op: str, args: dict[str, Any]) -> None:
-        """Publish one sealed command to the device's cmd topic, as its gateway would."""
-        sealed = message.encode(message.command(self.dev, cmd_id, op, args), self.key)
+    def command(self, cmd_id: int, op: str, args: dict[str, Any], exp: int | None = None) -> None:
+        """Publish one sealed command to the device's cmd topic, as its gateway would (by default
+        expiring after the gateway's default 30 s deadline)."""
+        exp = int(time.time()) + 30 if exp is None else exp
+        sealed = message.encode(message.command(self.dev, cmd_id, op, args, exp), self.key)
         client = paho.Client(CallbackAPIVersion.VERSION2)
         client.connect("127.0.0.1", self.broker_port)
         client.loop_start()

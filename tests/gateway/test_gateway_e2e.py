@@ -128,11 +128,13 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
     d = site.devices["gas1"]
     async with District(site) as district, site.device_client("gas1") as gas1:
         await gas1.subscribe(topics.device(site.site, "gas1", topics.CMD), qos=1)
+        expiries: list[float] = []
 
         async def device_answers() -> None:
             async for m in gas1.messages:
                 assert isinstance(m.payload, bytes)
                 body = message_check.decode(m.payload, lambda kid: d.key if kid == b"gas1" else None, topics.CMD)
+                expiries.append(body["exp"] - time.time())
                 ack = message.ack("gas1", d.boot, body["id"], True, {"op": body["op"], "n": body["args"]["n"]})
                 await gas1.publish(topics.device(site.site, "gas1", topics.ACK), message.encode(ack, d.key), qos=1)
 
@@ -147,6 +149,7 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
         assert acks[7]["res"] == {"op": "sample-now", "n": 3}
         assert acks[8]["ok"] is False and acks[8]["error"] == "timeout"
         assert acks[9]["ok"] is False and "unknown device" in acks[9]["error"]
+        assert len(expiries) == 1 and -1 <= expiries[0] <= 1.5, expiries  # the gateway's deadline, to the second
         answer.cancel()
 
         # two alarms; the district acknowledges one: only the other is sent again

@@ -43,7 +43,7 @@ def test_dev_travels_as_the_key_id_and_zero_defaults_stay_off_the_wire():
     late = message.birth("gas-01", 7, 100, "0.1.0", "gas", "power-on", 12, message.CLK_BOOT)
     assert message_check.decode(message.encode(late, KEY), KEYS, topics.STATE)["clk"] == message.CLK_BOOT
     for b in (message.death("gas-01", 7, 100), message.ack("gas-01", 7, 5, True),
-              message.command("gas-01", 5, "set", {})):
+              message.command("gas-01", 5, "set", {}, 1763900030)):
         assert "dev" not in _payload(message.encode(b, KEY))
 
 
@@ -61,9 +61,13 @@ def test_birth_death_ack_command():
     a = message_check.decode(message.encode(message.ack("gas-01", 7, 5, True, {"report_s": 30}), KEY), KEYS,
                        topics.ACK)
     assert a["ok"] is True and a["res"] == {"report_s": 30}
-    c = message_check.decode(message.encode(message.command("gas-01", 5, "set", {"report_s": 30}), KEY), KEYS,
-                       topics.CMD)
-    assert c["op"] == "set"
+    c = message_check.decode(message.encode(message.command("gas-01", 5, "set", {"report_s": 30}, 1763900030), KEY),
+                             KEYS, topics.CMD)
+    assert c["op"] == "set" and c["exp"] == 1763900030
+    no_exp = message.command("gas-01", 5, "set", {}, 0)
+    del no_exp["exp"]
+    err = raises(message_check.MessageError, message_check.decode, message.encode(no_exp, KEY), KEYS, topics.CMD)
+    assert err.reason == "schema" and "exp" in str(err)
 
 
 def test_event_carries_its_name():

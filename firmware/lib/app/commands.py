@@ -1,6 +1,8 @@
 """Downlink commands on the device's cmd topic. Each must verify with the device key (COSE_Mac0) and
 name this device (app/runtime.py opens it); each gets one ack on the ack topic carrying its result. A
-redelivered id is answered from a short memory of recent results instead of running twice.
+redelivered id is answered from a short memory of recent results instead of running twice. A command past
+its `exp` is dropped unanswered once the node knows the time: by then its gateway has reported it upstream
+as timed out, and the district may have sent it again under a new id (a node without the time yet runs it).
 
 Ops (args in docs/firmware.md): set_intervals, set_filters, set_prealarm, birth, sync_time, reboot,
 config. The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
@@ -24,6 +26,9 @@ _PROFILE = const("profile.json")
 
 async def handle(app, body):
     """Run one command that app/runtime.py has already authenticated and checked."""
+    if app.clock.epoch0_ms is not None and app.clock.now() > body["exp"]:
+        app.reject("out of date")
+        return
     cid = body["id"]
     for r in app.recent:
         if r[0] == cid:
