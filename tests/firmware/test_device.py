@@ -185,6 +185,57 @@ def test_command_past_its_expiry_is_dropped_unanswered(tmp_path: Path, mpy: Path
     assert console.count("command rejected: out of date") == 1, console
 
 
+def test_command_that_cannot_write_flash_fails_and_the_next_runs(tmp_path: Path, mpy: Path,
+                                                                  broker: Mosquitto) -> None:
+    """A flash error in an op is the command's failure, acked with the reason, not the end of the node's
+    command handling (it used to end the task that takes them)."""
+    listener = Listener(broker.port, SITE, DEV)
+    flash = tmp_path / "flash"
+    with VirtualDevice(flash, mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
+        (flash / "profile.json.tmp").mkdir()  # persist.save writes here first: now it cannot
+        dev.command(60, "set_intervals", {"report_s": 5})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        (flash / "profile.json.tmp").rmdir()
+        dev.command(61, "set_intervals", {"report_s": 7})
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.ACK]) >= 2, 10), dev.console()
+        stored = dev.read("profile.json")
+        console = dev.console()
+    listener.close()
+    failed, done = listener.of(topics.ACK)
+    assert (failed["id"], failed["ok"]) == (60, False) and "Errno" in failed["res"], failed
+    assert (done["id"], done["ok"]) == (61, True) and stored["report_s"] == 7
+    assert "Traceback" not in console, console
+
+
+def test_heapmin_reports_the_command_paths_high_point(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """Health figures carry the lowest free heap since the figures before. Between commands that is the
+    figure's own sample; over a command it is the moment the decoder was loaded, which is several KB
+    lower than any figure taken once the command is over."""
+    listener = Listener(broker.port, SITE, DEV)
+    p = fast_gas(report_s=600)
+    p["health_s"] = 2
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[1].get("ev") == "health"]) >= 2, 20), dev.console()
+        dev.command(42, "set_intervals", {"report_s": 600})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        acked_at = len(listener.messages)
+        assert listener.wait(lambda m: len([x for x in m[acked_at:] if x[1].get("ev") == "health"]) >= 2, 10)
+    listener.close()
+    figures = []
+    for i, (kind, body, _, _) in enumerate(listener.messages):
+        if kind == topics.EVENT and body["ev"] == "health":
+            f = {r["n"]: r["v"] for r in senml_resolve.resolve(list(body["e"]))}
+            figures.append((i, f["heap"], f["heapmin"]))
+    before = [(heap, low) for i, heap, low in figures if i < acked_at]
+    after = [(heap, low) for i, heap, low in figures if i >= acked_at]
+    # the command falls in the span of the last figures before its ack or the first after it
+    quiet, spanning = before[:-1] + after[1:], [before[-1], after[0]]
+    assert len(quiet) >= 2 and all(low == heap for heap, low in quiet), figures
+    floor = min(heap for heap, _ in before + after)
+    assert any(low < floor - 4096 for _, low in spanning), figures
+
+
 def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,

@@ -46,7 +46,7 @@ async def handle(app, body):
             ok, res = True, await op(app, body["args"], cid)
             if isinstance(res, tuple):
                 res, action = res
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # OSError: flash
             ok, res = False, str(e)
     if action != "defer":
         app.recent.append((cid, ok, res))
@@ -73,6 +73,7 @@ def _find(p, key, name):
 
 def _commit(app, p):
     """Write the profile, then put it into effect without a restart."""
+    app.heap()  # the handler half's high point: its code, the checks and the profile being changed
     persist.save(_PROFILE, p)
     app.configure(p)
     for sensor in app.sensors:

@@ -4,6 +4,7 @@ watched main loop that feeds the watchdog. run() is what main.py calls once the 
 import asyncio
 import gc
 import os
+import sys
 
 from micropython import const
 
@@ -19,7 +20,9 @@ _SAFE_S = const(600)  # safe mode tries a normal boot again after this long conn
 _NTP_S = const(6 * 3600)
 _UNSYNCED_S = const(60)  # NTP retry while the time is still unknown
 _INBOX = const(4)
-_UNITS = {"heap": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
+_TRIES = const(3)  # loads of the command path per command (runtime.commands)
+_RETRY_MS = const(1000)
+_UNITS = {"heap": "B", "heapmin": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
 
 
 def _exists(path):
@@ -58,6 +61,7 @@ class App:
         self.inbox = []
         self.recent = []
         self.rejected = {}
+        self.heapmin = None  # the lowest free heap since the last figures (heap())
         self.got = asyncio.Event()
         from app.publisher import Publisher
         from mqtt import MQTTClient
@@ -134,25 +138,49 @@ class App:
             self.got.set()
 
     async def commands(self):
+        """One command at a time. Loading its path can fail for memory in a heap the running node has cut
+        into pieces (a 30-minute soak saw it once in 30 drone commands). Nothing has been done by then, so
+        the load is tried again a moment later, when the pieces have moved: up to _TRIES times (and the
+        command is still refused once past its exp). An op that fails, for memory or as a bug, is logged
+        and counted, and the node goes on taking commands."""
         while True:
             await self.got.wait()
             self.got.clear()
+            tries = 0
             while self.inbox:
                 try:
-                    await self._handle(self.inbox.pop(0))
-                except MemoryError:  # no room to load the handler now; the sender sees no ack and retries
-                    self.reject("no memory")
+                    loaded = self._load(self.inbox[0])
+                except MemoryError:
+                    drop(*COMMAND_PATH)
+                    tries += 1
+                    if tries < _TRIES:
+                        await asyncio.sleep_ms(_RETRY_MS)
+                        continue
+                    loaded = None
+                    self.reject("no memory")  # no ack: the gateway reports a timeout
+                self.inbox.pop(0)
+                tries = 0
+                if loaded:
+                    try:
+                        await loaded[0].handle(self, loaded[1])
+                    except MemoryError:
+                        self.reject("no memory")
+                    except Exception as e:  # a bug: shown with its traceback
+                        sys.print_exception(e)
+                        self.reject(type(e).__name__)
+                    loaded = None
                 drop(*COMMAND_PATH)
 
-    async def _handle(self, payload):
-        """Authenticate and decode first, then drop the decoder before the handler loads: the two never
-        share the heap."""
+    def _load(self, payload):
+        """(the handler module, the command), or None for a command refused. Authenticates and decodes
+        first, then drops the decoder before the handler loads: the two never share the heap."""
         body = self._open(payload)
+        self.heap()  # the decoder half is the command path's high point
         drop(*COMMAND_PATH[2:])
         if body is not None:
             from app import commands
 
-            await commands.handle(self, body)
+            return commands, body
 
     def _open(self, payload):
         from protocol import message_check
@@ -218,11 +246,23 @@ class App:
         if confirmed:
             self.reboot()
 
-    def figures(self):
-        """Health: free heap, Wi-Fi signal, battery, queue depth and drops, uptime."""
+    def heap(self):
+        """Free heap after a collection, kept as the low since the last figures if it is one. Called at
+        the high points of the command path too, which a health event is unlikely to fall on. (Named
+        like the figures' keys: on a 64K heap every new name is one more interned qstr.)"""
         gc.collect()
+        f = gc.mem_free()
+        if self.heapmin is None or f < self.heapmin:
+            self.heapmin = f
+        return f
+
+    def figures(self):
+        """Health: free heap now and its low since the last figures, Wi-Fi signal, battery, queue depth and
+        drops, uptime."""
+        heap = self.heap()
+        low, self.heapmin = self.heapmin, None
         q = self.pub.q
-        return {"heap": gc.mem_free(), "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
+        return {"heap": heap, "heapmin": low, "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
                 "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
 
     def watch(self, name, max_s):
