@@ -150,9 +150,10 @@ class MQTTClient:
             fails = 0
             self.connects += 1
             self._down.clear()
-            reader = asyncio.create_task(self._read_loop())
-            keeper = asyncio.create_task(self._keep_alive())
-            try:
+            reader = keeper = None
+            try:  # everything from here on: a failure drops this link, never the supervisor (MemoryError too)
+                reader = asyncio.create_task(self._read_loop())
+                keeper = asyncio.create_task(self._keep_alive())
                 for topic, qos in self._subs:
                     try:
                         await self._subscribe(topic, qos)
@@ -166,8 +167,9 @@ class MQTTClient:
                 self._error(e)
             finally:
                 self._open.clear()
-                reader.cancel()
-                keeper.cancel()
+                for task in (reader, keeper):
+                    if task is not None:
+                        task.cancel()
                 w, self._r, self._w = self._w, None, None
                 await _close(w)
                 for slot in self._pend.values():
