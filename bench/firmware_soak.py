@@ -6,19 +6,20 @@ minute and a table at the end, and writes bench/results/firmware_soak.json.
 
 Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
 schedule, tests/firmware/vdev.py) against one real Mosquitto, on the same flash throughout, while:
-- every minute each awake node gets a command (set_intervals; every second minute a birth request, whose
-  birth the node figures with the command's handler loaded beside it);
+- every minute each awake node gets a command (set_intervals; every second minute a birth request);
 - every 3 minutes its stimulus episode plays again (a pre-alarm crossing and back for every profile);
 - every 10 minutes its network is cut for 20 s;
 - every 7 minutes one node, in turn, loses power (SIGKILL);
 - halfway, the broker is down for 15 s.
 
-Per profile: births, exits that are neither deep sleeps nor the power cuts, MemoryError or Traceback on
-the console, readings sent and whether their sequence numbers are gap-free once duplicates are dropped,
+Per profile: births, exits that are neither deep sleeps nor the power cuts, MemoryError (raised, or
+caught by the command path and logged as `command rejected: no memory`, once a boot) or Traceback on the
+console, readings sent and whether their sequence numbers are gap-free once duplicates are dropped,
 acks against commands (and the reasons the node logged for commands it dropped), and the live heap
-(heap size minus the lowest free heap the node reports in its births and health events, command births
-included), overall and minute by minute. The baseline is the same node's first 3 minutes, which hold a
-birth command too: a leak or creeping fragmentation shows as a later peak above it.
+(heap size minus the lowest `heapmin` the node reports in its births and health events: the low since
+its figures before, sampled also at the command path's high points), overall and minute by minute. The
+baseline is the same node's first 3 minutes, which hold commands too: a leak shows as a later peak above
+it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Node:
         self.births_before: int | None = None  # births when the node last lost its link
 
     def reports(self) -> list[tuple[int, int]]:
-        return heap_reports(list(self.listener.messages))
+        return heap_reports(list(self.listener.messages), "heapmin")
 
     def births(self) -> int:
         return len([b for b in self.listener.of(topics.STATE) if b.get("st") == "online"])
@@ -112,7 +113,7 @@ class Node:
             "births": len(births),
             "power_cuts": self.kills,
             "odd_exits": odd,
-            "memory_errors": console.count("MemoryError"),
+            "memory_errors": console.count("MemoryError") + console.count("command rejected: no memory"),
             "tracebacks": console.count("Traceback"),
             "readings_msgs": len(unique),
             "duplicates": len(sent) - len(unique),
