@@ -141,34 +141,31 @@ class App:
         """One command at a time. Loading its path can fail for memory in a heap the running node has cut
         into pieces (a 30-minute soak saw it once in 30 drone commands). Nothing has been done by then, so
         the load is tried again a moment later, when the pieces have moved: up to _TRIES times (and the
-        command is still refused once past its exp). An op that fails, for memory or as a bug, is logged
-        and counted, and the node goes on taking commands."""
+        command is still refused once past its exp). A command that fails otherwise, for memory in its op
+        or as a bug, is logged and counted, and the node goes on taking commands."""
         while True:
             await self.got.wait()
             self.got.clear()
             tries = 0
             while self.inbox:
+                loaded = None
                 try:
                     loaded = self._load(self.inbox[0])
+                    if loaded:
+                        await loaded[0].handle(self, loaded[1])
                 except MemoryError:
-                    drop(*COMMAND_PATH)
-                    tries += 1
-                    if tries < _TRIES:
+                    if loaded is None and tries + 1 < _TRIES:
+                        tries += 1
+                        drop(*COMMAND_PATH)
                         await asyncio.sleep_ms(_RETRY_MS)
                         continue
-                    loaded = None
                     self.reject("no memory")  # no ack: the gateway reports a timeout
+                except Exception as e:  # a bug: shown with its traceback
+                    sys.print_exception(e)
+                    self.reject(type(e).__name__)
+                loaded = None
                 self.inbox.pop(0)
                 tries = 0
-                if loaded:
-                    try:
-                        await loaded[0].handle(self, loaded[1])
-                    except MemoryError:
-                        self.reject("no memory")
-                    except Exception as e:  # a bug: shown with its traceback
-                        sys.print_exception(e)
-                        self.reject(type(e).__name__)
-                    loaded = None
                 drop(*COMMAND_PATH)
 
     def _load(self, payload):
