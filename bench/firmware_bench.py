@@ -59,6 +59,16 @@ HEAPS_WK = (48, 52, 56, 60, 64, 68, 72, 80, 96, 128)
 MEASURE_HEAP = "128wK"
 WORD_SCALE = 2  # 8-byte words here against the ESP32's 4: 1 wK is 2 KB of this port
 TARGET_PEAK_K, TARGET_WIRE, TARGET_MPY_K = 48, 0.5, 64
+def heap_bytes(spec: str) -> int:
+    """Bytes of this port in a -X heapsize spec: "64K", or "64wK" (scaled by the word size)."""
+    return int(spec.rstrip("wK")) * 1024 * (WORD_SCALE if spec.endswith("wK") else 1)
+
+
+def wk(n: float) -> float:
+    """Bytes of this port as KB of a 32-bit target, to one decimal."""
+    return round(n / 1024 / WORD_SCALE, 1)
+
+
 SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py")
 _WRITE = re.compile(r'write\(\d+<([^>]*)>, .*\) = (\d+)$')
 
@@ -238,7 +248,7 @@ def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
             if kind == topics.DATA and not body["pri"]:
                 routine += senml_resolve.resolve(pack)
     readings = sum(len(p) for p in packs)
-    heap = 128 * 1024 * WORD_SCALE
+    heap = heap_bytes(MEASURE_HEAP)
     peak_first, peak = (heap - min(f for _, f in heap_reports(run[k])) for k in ("messages", "later"))
     low = min(f for _, f in heap_reports(run["messages"] + run["later"], "heapmin"))
     _, bare, as_json, _ = sizes_of(packs)
@@ -249,9 +259,9 @@ def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
     return {
         "min_heap_wk": min_heap(mpy, name, min(seconds, 12)),
         "peak_live_k": round(peak / 1024, 1),
-        "peak_live_wk": round(peak / 1024 / WORD_SCALE, 1),
-        "first_boot_peak_live_wk": round(peak_first / 1024 / WORD_SCALE, 1),
-        "command_peak_live_wk": round((heap - low) / 1024 / WORD_SCALE, 1),
+        "peak_live_wk": wk(peak),
+        "first_boot_peak_live_wk": wk(peak_first),
+        "command_peak_live_wk": wk(heap - low),
         "readings": readings,
         "wire_per_reading": round(wire / readings, 1),
         "senml_json_per_reading": round(bare / readings, 1),
@@ -294,7 +304,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<9} " + " ".join(f"{row[c]!s:>12.12}" for c in cols))
     all_k = round(sizes["all"] / 1024, 1)
-    hal_wk = {k: round(v / 1024 / WORD_SCALE, 1) for k, v in hal.items()}
+    hal_wk = {k: wk(v) for k, v in hal.items()}
     print(f"HAL backend on import: sim {hal_wk['sim']}wK, esp32 {hal_wk['esp32']}wK (with stand-ins for machine, "
           f"network): a board carries {round(hal_wk['sim'] - hal_wk['esp32'], 1)}wK less than the figures above")
     verdict = {

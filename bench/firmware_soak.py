@@ -40,7 +40,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
 from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, sped_up  # noqa: E402
 
-from bench.firmware_bench import WORD_SCALE, heap_reports  # noqa: E402
+from bench.firmware_bench import heap_bytes, heap_reports, wk  # noqa: E402
 
 SITE = "site-a"
 BASELINE_S = 180
@@ -91,7 +91,7 @@ class Node:
     def net(self, up: bool) -> None:
         self.dev.control(net=up)
 
-    def result(self, heap_bytes: int) -> dict[str, Any]:
+    def result(self, heap: int) -> dict[str, Any]:
         msgs = list(self.listener.messages)
         console = self.dev.console()
         sent = [b["seq"] for k, b, _, _ in msgs if k in (topics.DATA, topics.EVENT)]
@@ -105,7 +105,7 @@ class Node:
         series, lo = [], 0
         for hi in self.minute_marks:  # the peak live heap of each minute: a creep shows as a rising line
             window = [free for i, free in reports if lo <= i < hi]
-            series.append(round((heap_bytes - min(window)) / 1024 / WORD_SCALE, 1) if window else None)
+            series.append(wk(heap - min(window)) if window else None)
             lo = hi
         sleeps = {4} if not self.awake else set()
         odd = [rc for rc in self.dev.exits if rc not in sleeps and rc != -9]
@@ -121,8 +121,8 @@ class Node:
             "commands": self.commands,
             "acks_ok": sum(1 for a in acks if a["ok"]),
             "rejected": [line for line in console.splitlines() if line.startswith("command rejected")],
-            "baseline_peak_wk": round((heap_bytes - min(base)) / 1024 / WORD_SCALE, 1) if base else None,
-            "later_peak_wk": round((heap_bytes - min(later)) / 1024 / WORD_SCALE, 1) if later else None,
+            "baseline_peak_wk": wk(heap - min(base)) if base else None,
+            "later_peak_wk": wk(heap - min(later)) if later else None,
             "peak_wk_by_minute": series,
         }
 
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--profiles", default=",".join(STIMULUS))
     ap.add_argument("--heap", default=upy.FIRMWARE_HEAP)
     args = ap.parse_args()
-    heap_bytes = int(args.heap.rstrip("wK")) * 1024 * (WORD_SCALE if args.heap.endswith("wK") else 1)
+    heap = heap_bytes(args.heap)
     names = args.profiles.split(",")
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
         work = Path(tmp)
@@ -176,14 +176,14 @@ def main() -> None:
                     node.command(minute)
                 lows = {n.name: min((f for _, f in n.reports()), default=None) for n in nodes}
                 print(f"[soak] {minute}/{args.minutes} min  " + "  ".join(
-                    f"{k}:{round((heap_bytes - v) / 1024 / WORD_SCALE, 1) if v else '-'}wK" for k, v in lows.items()),
+                    f"{k}:{wk(heap - v) if v else '-'}wK" for k, v in lows.items()),
                       flush=True)
             time.sleep(10)  # the last acks and drains
         finally:
             for node in nodes:
                 node.dev.stop()
                 node.listener.close()
-        rows = {node.name: node.result(heap_bytes) for node in nodes}
+        rows = {node.name: node.result(heap) for node in nodes}
     cols = ("births", "power_cuts", "odd_exits", "memory_errors", "tracebacks", "readings_msgs", "duplicates",
             "seq_gaps", "commands", "acks_ok", "baseline_peak_wk", "later_peak_wk")
     print("profile   " + " ".join(f"{c:>14.14}" for c in cols))
