@@ -81,8 +81,9 @@ class Commands:
             return None, {"re": "cmd", "dev": body.get("dev"), "id": body.get("id"), "ok": False,
                           "error": str(exc)}
         # The device refuses it after the deadline, when it has been reported upstream as a timeout and
-        # the district may already have sent it again under a new id.
-        deadline = now + self.timeout_s
+        # the district may already have sent it again under a new id. A device that deep-sleeps hears it
+        # at its next wake (the broker keeps it for the device's session), so its wake interval is added.
+        deadline = now + self.timeout_s + self.registry.sleep_s(device.id)
         sealed = message.encode(message.command(device.id, cmd_id, op, _thaw(args), int(deadline)), device.key)
         self._conn.execute("INSERT OR REPLACE INTO command_pending (dev, id, op, sent_at, deadline) "
                            "VALUES (?, ?, ?, ?, ?)", (device.id, cmd_id, op, now, deadline))

@@ -33,6 +33,7 @@ class Health:
     rssi: float | None = None
     batt: float | None = None
     ip: str = ""
+    sleep_s: float = 0.0  # a deep-sleeping device's wake interval, from its birth: how late it may hear a command
     births: int = 0
     deaths: int = 0
     messages: int = 0
@@ -85,6 +86,7 @@ class Registry:
         h.batt = _number(body.get("batt"))
         ip = body.get("ip")
         h.ip = ip if isinstance(ip, str) else ""
+        h.sleep_s = _number(body.get("sleep")) or 0.0
         if live and body["clk"] == 1:
             h.boot_epoch = now - float(body["t"])
 
@@ -92,6 +94,10 @@ class Registry:
         h = self.health(dev)
         h.online = False
         h.deaths += 1
+
+    def sleep_s(self, dev: str) -> float:
+        h = self._health.get(dev)
+        return h.sleep_s if h is not None else 0.0
 
     def boot_epoch(self, dev: str, boot: int) -> float | None:
         h = self._health.get(dev)

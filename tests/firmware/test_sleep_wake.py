@@ -1,6 +1,7 @@
 """Battery nodes woken by their pin (docs/firmware.md, "Deep sleep"): virtual devices on the MicroPython unix
 port against a real Mosquitto. A rain gauge's tips during deep sleep are all reported, with mm/h over the
-whole interval; a manhole cover opened during a long sleep is reported at once."""
+whole interval; a manhole cover opened during a long sleep is reported at once; a command sent while a node
+sleeps runs at its next wake."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
 MM_PER_TIP = 0.2
-HEAP = "64wK"  # what a node must run in (docs/firmware.md, "Memory"); these nodes take no commands
+HEAP = "64wK"  # what a node must run in (docs/firmware.md, "Memory")
 
 
 def records(listener: Listener, name: str) -> list[dict[str, Any]]:
@@ -111,3 +112,37 @@ def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, 
     wakes = births(listener)
     assert [b["rst"] for b in wakes] == ["power-on", "deepsleep", "deepsleep"], "one wake per change, no other"
     assert exits == [4, 4]
+
+
+def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(tmp_path: Path, mpy: Path,
+                                                                            broker: Mosquitto) -> None:
+    """The node's MQTT session outlives its sleep: the broker keeps the command (QoS 1) and hands it over
+    at the next connect, and the wake stays up until it is acked."""
+    p = load_profile("drainage")
+    p["sleep"] = {"wake_s": 20, "awake_s": 10}
+    p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
+    listener = Listener(broker.port, SITE, DEV)
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=HEAP) as dev:
+        assert listener.wait(lambda m: births(listener), 20), dev.console()
+        deadline = time.time() + 20
+        while not dev.exits and time.time() < deadline:
+            time.sleep(0.05)
+        assert dev.exits == [4], f"asleep after its first wake: {dev.exits}\n{dev.console()}"
+        dev.command(70, "set_prealarm", {"level": {"above": 1.5, "hyst": 0.1, "ev": "level-high"}})
+        assert len(births(listener)) == 1, "sent before the next wake's birth"
+        assert listener.wait(lambda m: listener.of(topics.ACK), 30), dev.console()
+        acked = time.time()
+        while len(dev.exits) < 2 and time.time() < acked + 10:
+            time.sleep(0.05)
+        exits = list(dev.exits)
+        profile = dev.read("profile.json")
+    listener.close()
+    assert not listener.errors
+    console = dev.console()
+    assert "Traceback" not in console and "MemoryError" not in console and "rejected" not in console, console
+    (ack,) = listener.of(topics.ACK)
+    wakes = births(listener)
+    assert [b["rst"] for b in wakes] == ["power-on", "deepsleep"], "sent once the first wake had ended"
+    assert ack["id"] == 70 and ack["ok"] is True and ack["boot"] == wakes[1]["boot"], ack
+    assert profile["sensors"][0]["metrics"]["level"]["prealarm"]["above"] == 1.5
+    assert exits == [4, 4], f"and asleep again after it: {exits}"

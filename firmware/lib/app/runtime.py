@@ -68,8 +68,10 @@ class App:
 
         self.pub = Publisher(self, p)
         b = d["broker"]
+        # Not a clean session: the broker keeps the commands (QoS 1) sent while the node was asleep or
+        # cut off and hands them over at the next connect; their exp bounds how late one may run.
         self.mqtt = MQTTClient(self.dev, b["host"], port=b.get("port", 1883), user=b.get("user"),
-                               password=s.get("mqtt_password"), keepalive=p.get("keepalive", 60), clean=True,
+                               password=s.get("mqtt_password"), keepalive=p.get("keepalive", 60), clean=False,
                                ssl=True if b.get("tls") else None, on_message=self.on_message,
                                on_connect=self.birth)
         self.sealed()

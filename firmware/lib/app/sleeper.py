@@ -1,8 +1,8 @@
 """Battery profiles: each wake samples every sensor once, seals the pack into the flash queue, sends
-what the queue holds (for at most awake_s), and deep-sleeps again; the queue stays in flash. Filter
-and pre-alarm state is kept in sleep.json between wakes, so deadband and heartbeat work across
-sleeps once the clock is on the epoch (an RTC keeps it through deep sleep). While a pre-alarm level
-is crossed the node wakes every fast_s instead of wake_s.
+what the queue holds and runs the commands the broker kept while it slept (for at most awake_s), and
+deep-sleeps again; the queue stays in flash. Filter and pre-alarm state is kept in sleep.json between
+wakes, so deadband and heartbeat work across sleeps once the clock is on the epoch (an RTC keeps it
+through deep sleep). While a pre-alarm level is crossed the node wakes every fast_s instead of wake_s.
 
 The profile's first rain gauge or cover switch also wakes the node from its sleep (board.wake_on; EXT0
 on an ESP32). A cover wakes it when the switch leaves the state it was sampled in, so "cover-open" (and
@@ -103,7 +103,9 @@ async def cycle(app):
     await app.board.connect(app.secrets)
     app.mqtt.start()
     t0 = clock.up_ms()
-    while (len(app.pub.q) or not app.mqtt.isconnected()) and clock.up_ms() - t0 < sl.get("awake_s", 30) * 1000:
+    # Connected means subscribed and born: commands the broker kept for this session came before that.
+    while (len(app.pub.q) or not app.mqtt.isconnected() or app.inbox) and \
+            clock.up_ms() - t0 < sl.get("awake_s", 30) * 1000:
         await asyncio.sleep_ms(100)
         app.wdt.feed()
     keep = {}
