@@ -131,9 +131,7 @@ def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(t
         dev.command(70, "set_prealarm", {"level": {"above": 1.5, "hyst": 0.1, "ev": "level-high"}})
         assert len(births(listener)) == 1, "sent before the next wake's birth"
         assert listener.wait(lambda m: listener.of(topics.ACK), 30), dev.console()
-        acked = time.time()
-        while len(dev.exits) < 2 and time.time() < acked + 10:
-            time.sleep(0.05)
+        assert listener.wait(lambda m: len(births(listener)) >= 3, 30), dev.console()  # and one more wake
         exits = list(dev.exits)
         profile = dev.read("profile.json")
     listener.close()
@@ -142,7 +140,11 @@ def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(t
     assert "Traceback" not in console and "MemoryError" not in console and "rejected" not in console, console
     (ack,) = listener.of(topics.ACK)
     wakes = births(listener)
-    assert [b["rst"] for b in wakes] == ["power-on", "deepsleep"], "sent once the first wake had ended"
+    assert [b["rst"] for b in wakes] == ["power-on", "deepsleep", "deepsleep"], "sent once the first wake had ended"
     assert ack["id"] == 70 and ack["ok"] is True and ack["boot"] == wakes[1]["boot"], ack
     assert profile["sensors"][0]["metrics"]["level"]["prealarm"]["above"] == 1.5
-    assert exits == [4, 4], f"and asleep again after it: {exits}"
+    assert exits[:2] == [4, 4], f"asleep again after it: {exits}"
+    # The command comes with the connect and runs after the birth, so the birth of the wake that runs it
+    # is figured without it; the low it reaches is reported by the next wake's birth.
+    assert all(w["heapmin"] == w["heap"] for w in wakes[:2]), wakes
+    assert wakes[2]["heapmin"] < min(w["heap"] for w in wakes) - 4096, wakes

@@ -150,6 +150,9 @@ class App:
             self.got.clear()
             tries = 0
             while self.inbox:
+                # Its ack needs the link, and a birth is not built beside a loaded command: commands kept
+                # for this session arrive before the connect's birth, and wait for it.
+                await self.mqtt.wait_connected()
                 loaded = None
                 try:
                     loaded = self._load(self.inbox[0])

@@ -80,7 +80,11 @@ async def cycle(app):
             break
     if wake_s is not None and wake_s.kind == "rain" and app.rst == "deepsleep":
         _tip(app, wake_s)
-    saved = (persist.load(_SLEEP) or {}) if clock.clk == 0 else {}
+    saved = persist.load(_SLEEP) or {}
+    # The low of the wake before after its birth (its commands run then): this wake's birth reports it.
+    app.heapmin = saved.get("heapmin")
+    if clock.clk:
+        saved = {}  # filter times on the boot clock of a wake long gone
     for s in app.sensors:
         for name in s.metrics:
             m = s.metrics[name]
@@ -113,6 +117,7 @@ async def cycle(app):
         for name in s.metrics:
             m = s.metrics[name]
             keep[name] = [m.filter.last, m.filter.sent_at, m.level.active if m.level else False]
+    keep["heapmin"] = app.heapmin
     persist.save(_SLEEP, keep)
     await app.mqtt.disconnect()
     wake = sl["wake_s"]
