@@ -7,16 +7,16 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
 
 - min heap: the smallest -X heapsize=NwK (4wK steps) at which the profile runs its sped-up schedule,
   from a fresh flash (so including its config-checking first boot), without MemoryError, and answers a
-  set_intervals command sent halfway through (the command path loads beside the running node; a
-  sleeping profile, mostly asleep then, is not required to answer). "w"
-  makes the unix port scale N KB by its word size against a 32-bit target such as the ESP32: 64wK is 128 KB here,
-  where each object is about twice its ESP32 size. Peak live: heap size minus the lowest free heap the
-  device reports (`heap`, after a collection) in its births and health events, in KB of this port and in
-  wK (KB / 2 here), for the first boot from a fresh flash (which checks the config) and for the boot
-  after it on the same flash (which finds the config checked: what a node runs for months), each with a
-  command sent half a health period off the health events. Command peak: the heap size minus the lowest
-  `heapmin` of both boots, the low the node samples also at its command path's high points (decoder
-  loaded; handler loaded with the profile it changes). Target: peak <= 48wK of a 64wK heap.
+  set_intervals command sent halfway through (the command path loads beside the running node; a sleeping
+  profile runs it at its next wake). "w" makes the unix port scale N KB by its word size against a
+  32-bit target such as the ESP32: 64wK is 128 KB here, where each object is about twice its ESP32 size.
+  Peak live: heap size minus the lowest free heap the device reports (`heap`, after a collection) in its
+  births and health events, in KB of this port and in wK (KB / 2 here), for the first boot from a fresh
+  flash (which checks the config) and for the boot after it on the same flash (which finds the config
+  checked: what a node runs for months), each with a command sent half a health period off the health
+  events. Command peak: the heap size minus the lowest `heapmin` of both boots, the low the node samples
+  also at its command path's high points (decoder loaded; handler loaded with the profile it changes).
+  Target: peak <= 48wK of a 64wK heap.
 - .mpy: mpy-cross output of what a board with the profile imports (firmware/lib without the sim
   backend, its drivers, protocol/); all: every module a board is flashed with. Target: all <= 64 KB.
 - the measuring run sends every sample (dense(): no deadband) so that it fills whole batches; the
@@ -28,8 +28,10 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
   compares the SenML packs alone, without the envelope. Target: <= 50 % of SenML-JSON.
   bench/firmware_wire.py gives these figures alone, without the heap and flash runs.
 - seal: one pack encoded and authenticated on the unix port against SenML-JSON encoding of it.
-- flash bytes per reading: every byte the device process writes into its flash directory (strace),
-  against the SenML-JSON of the same packs (what a JSON-queuing node would append, without index).
+- flash bytes per reading: every byte the device's processes write into its flash directory over the
+  first run (strace; the config check's boot included, and every wake of a sleeping profile; not the
+  sim's reset mark, which stands for the chip's RTC domain), against
+  the SenML-JSON of the same packs (what a JSON-queuing node would append, without index).
 """
 
 from __future__ import annotations
@@ -102,6 +104,12 @@ def dense(name: str) -> dict[str, Any]:
     return p
 
 
+def _answered(msgs: Sequence[tuple[Any, ...]], cmd_id: int, born_after: bool) -> bool:
+    """The ack of command `cmd_id` has come (and, with born_after, a birth after it)."""
+    at = next((i for i, (kind, body, *_) in enumerate(msgs) if kind == topics.ACK and body["id"] == cmd_id), None)
+    return at is not None and (not born_after or any(m[0] == topics.STATE for m in msgs[at:]))
+
+
 def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | None = None,
                boots: int = 1) -> dict[str, Any]:
     """`boots` runs of `seconds` each on the same flash, each sent a command halfway; the messages and
@@ -113,29 +121,34 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
         console = ""
         first = 0
         for boot in range(boots):
-            wrap = ["strace", "-f", "-y", "-e", "trace=write", "-o", str(trace)] if trace and not boot else None
+            wrap = ["strace", "-f", "-A", "-y", "-e", "trace=write", "-o", str(trace)] if trace and not boot else None
             dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap)
             with dev:
                 # half a health period (sped_up: 5 s) off the health events, which would otherwise catch
                 # the command path loaded and mix it into the figures between commands
                 time.sleep(seconds / 2 + 2.5)
                 dev.command(1 + boot, "set_intervals", {"report_s": profile["report_s"]})
-                time.sleep(max(seconds / 2 - 2.5, 1.0))
+                sent = time.time()
+                # a sleeping node runs it at its next wake, and the birth of the wake after reports its low
+                listener.wait(lambda m, i=1 + boot: _answered(m, i, "sleep" in profile), seconds / 2 + 10)
+                time.sleep(max(seconds / 2 - 2.5 - (time.time() - sent), 1.0))
                 console = dev.console()
             time.sleep(0.5)
             first = first or len(listener.messages)
         listener.close()
         everything = [(k, b, raw) for k, b, raw, _ in listener.messages]
         msgs, later = everything[:first], everything[first:]
-        acked = "sleep" in profile or any(k == topics.ACK and b["ok"] for k, b, _ in msgs)  # asleep: no ack due
+        acked = any(k == topics.ACK and b["ok"] for k, b, _ in msgs)
         ok = "MemoryError" not in console and "Traceback" not in console and acked and any(
             k in (topics.DATA, topics.EVENT) for k, _, _ in msgs)
         flash_bytes = 0
         if trace is not None:
             for line in trace.read_text(errors="replace").splitlines():
                 m = _WRITE.search(line)
+                # not the sim's own files: the world's log, the console, and its reset mark (.hal.json,
+                # what a chip keeps in its RTC domain: reset cause, RTC memory, the sleep's length)
                 if m and m.group(1).startswith(str(flash) + "/") and not Path(m.group(1)).name.startswith(
-                        (".world", "console")):
+                        (".world", "console", ".hal.json")):
                     flash_bytes += int(m.group(2))
         return {"ok": ok, "messages": msgs, "later": later, "flash_bytes": flash_bytes, "console": console[-2000:]}
 

@@ -6,7 +6,8 @@ minute and a table at the end, and writes bench/results/firmware_soak.json.
 
 Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
 schedule, tests/firmware/vdev.py) against one real Mosquitto, on the same flash throughout, while:
-- every minute each awake node gets a command (set_intervals; every second minute a birth request);
+- every minute each node gets a command (set_intervals; every second minute a birth request; a sleeping
+  node runs it at its next wake);
 - every 3 minutes its stimulus episode plays again (a pre-alarm crossing and back for every profile);
 - every 10 minutes its network is cut for 20 s;
 - every 7 minutes one node, in turn, loses power (SIGKILL);
@@ -71,10 +72,9 @@ class Node:
         self.births_before = self.births()
 
     def command(self, minute: int) -> None:
-        """After a disruption, only once the node is back: its MQTT session is clean, so a command sent
-        while it still backs off from reconnecting is gone (the gateway would time it out and resend)."""
-        if not self.awake:
-            return
+        """After a disruption, only once the node is back: the broker keeps a command for its session, but
+        a node that backs off from reconnecting for longer than the command's 30 s deadline drops it as
+        out of date (the gateway would have timed it out and resent it)."""
         if self.births_before is not None:
             before = self.births_before
             self.listener.wait(lambda m: self.births() > before, 90)

@@ -29,6 +29,7 @@ KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 KEY = bytes.fromhex(KEY_HEX)
 # The heap the whole firmware is held to in these tests: upy.FIRMWARE_HEAP (docs/firmware.md, Memory).
 FIRMWARE_HEAP = upy.FIRMWARE_HEAP
+WORLD_HEAP = "2M"  # the unix port's own default, which the world gets when the device starts it
 EXIT_RESET = 3  # firmware/lib/hal/sim.py
 EXIT_DEEPSLEEP = 4
 EXIT_SOFT = 5
@@ -106,11 +107,25 @@ class VirtualDevice:
 
     # -- process --------------------------------------------------------------------------------------
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            return subprocess.Popen(self.wrap + upy.command(upy.FIRMWARE / "main.py", heap=self.heap), cwd=self.flash,
-                                    env=upy.environment({"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}),
-                                    stdout=out, stderr=subprocess.STDOUT)
+    def _spawn(self, argv: list[str] | None = None, log: str = "console.log") -> subprocess.Popen[bytes]:
+        argv = argv or self.wrap + upy.command(upy.FIRMWARE / "main.py", heap=self.heap)
+        with (self.flash / log).open("ab") as out:
+            return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
+                                    env=upy.environment({"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}))
+
+    def _start_world(self) -> None:
+        """The device starts its world itself when none answers. Under a tracer (`wrap`) that world would
+        be traced too, and the tracer would wait for it after the device's exit, so the device would never
+        start again: then the world is started here, untraced, before the device."""
+        self._spawn(upy.command("-m hal.simworld", heap=WORLD_HEAP), ".world.log")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.control(timeout=0.2)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
 
     def _supervise(self) -> None:
         """Power stays on: whatever ends the process, the board starts again (at once after a reset or
@@ -132,6 +147,8 @@ class VirtualDevice:
 
     def start(self) -> VirtualDevice:
         self._stop.clear()
+        if self.wrap:
+            self._start_world()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
         self._thread.start()
         return self
