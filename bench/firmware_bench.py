@@ -30,8 +30,8 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
 - seal: one pack encoded and authenticated on the unix port against SenML-JSON encoding of it.
 - flash bytes per reading: every byte the device's processes write into its flash directory over the
   first run (strace; the config check's boot included, and every wake of a sleeping profile; not the
-  sim's reset mark, which stands for the chip's RTC domain), against
-  the SenML-JSON of the same packs (what a JSON-queuing node would append, without index).
+  sim's reset mark, which stands for the chip's RTC domain), against the SenML-JSON of the same packs
+  (what a JSON-queuing node would append, without index).
 """
 
 from __future__ import annotations

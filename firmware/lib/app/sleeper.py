@@ -81,7 +81,8 @@ async def cycle(app):
     if wake_s is not None and wake_s.kind == "rain" and app.rst == "deepsleep":
         _tip(app, wake_s)
     saved = persist.load(_SLEEP) or {}
-    # The low of the wake before after its birth (its commands run then): this wake's birth reports it.
+    # The lowest free heap the wake before reached after its birth, where its commands ran: this wake's
+    # birth reports it.
     app.heapmin = saved.get("heapmin")
     if clock.clk:
         saved = {}  # filter times on the boot clock of a wake long gone
