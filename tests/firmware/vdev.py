@@ -107,9 +107,9 @@ class VirtualDevice:
 
     # -- process --------------------------------------------------------------------------------------
 
-    def _spawn(self, argv: list[str] | None = None, log: str = "console.log") -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
         argv = argv or self.wrap + upy.command(upy.FIRMWARE / "main.py", heap=self.heap)
-        with (self.flash / log).open("ab") as out:
+        with (log or self.log).open("ab") as out:
             return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
                                     env=upy.environment({"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}))
 
@@ -117,7 +117,7 @@ class VirtualDevice:
         """The device starts its world itself when none answers. Under a tracer (`wrap`) that world would
         be traced too, and the tracer would wait for it after the device's exit, so the device would never
         start again: then the world is started here, untraced, before the device."""
-        self._spawn(upy.command("-m hal.simworld", heap=WORLD_HEAP), ".world.log")
+        self._spawn(upy.command("-m hal.simworld", heap=WORLD_HEAP), self.flash / ".world.log")
         deadline = time.monotonic() + 10
         while True:
             try:
