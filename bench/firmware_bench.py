@@ -54,10 +54,10 @@ from protocol import message, senml, senml_resolve, topics
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
-from vdev import KEY, STIMULUS, Listener, VirtualDevice, build_firmware, load_profile, sped_up  # noqa: E402
+from vdev import KEY, STIMULUS, Listener, VirtualDevice, build_firmware, build_romfs, load_profile, sped_up  # noqa: E402
 
 PROFILES = tuple(STIMULUS)
-HEAPS_WK = (48, 52, 56, 60, 64, 68, 72, 80, 96, 128)
+HEAPS_WK = (36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 80, 96, 128)
 MEASURE_HEAP = "128wK"
 WORD_SCALE = 2  # 8-byte words here against the ESP32's 4: 1 wK is 2 KB of this port
 TARGET_PEAK_K, TARGET_WIRE, TARGET_MPY_K = 48, 0.5, 64
@@ -71,7 +71,7 @@ def wk(n: float) -> float:
     return round(n / 1024 / WORD_SCALE, 1)
 
 
-SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py")
+SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py", "hal/simrom.py")
 _WRITE = re.compile(r'write\(\d+<([^>]*)>, .*\) = (\d+)$')
 
 
@@ -111,9 +111,10 @@ def _answered(msgs: Sequence[tuple[Any, ...]], cmd_id: int, born_after: bool) ->
 
 
 def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | None = None,
-               boots: int = 1) -> dict[str, Any]:
+               boots: int = 1, romfs: Path | None = None) -> dict[str, Any]:
     """`boots` runs of `seconds` each on the same flash, each sent a command halfway; the messages and
-    flash writes (strace) are the first boot's, `later` the messages of the boots after it."""
+    flash writes (strace) are the first boot's, `later` the messages of the boots after it. With `romfs`,
+    the device imports from that image (tests/firmware/vdev.py, build_romfs)."""
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
         flash = Path(tmp) / "flash"
         listener = Listener(broker.port, "site-a", "dev-01")
@@ -122,7 +123,7 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
         first = 0
         for boot in range(boots):
             wrap = ["strace", "-f", "-A", "-y", "-e", "trace=write", "-o", str(trace)] if trace and not boot else None
-            dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap)
+            dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap, romfs=romfs)
             with dev:
                 # half a health period (sped_up: 5 s) off the health events, which would otherwise catch
                 # the command path loaded and mix it into the figures between commands
@@ -153,12 +154,12 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
         return {"ok": ok, "messages": msgs, "later": later, "flash_bytes": flash_bytes, "console": console[-2000:]}
 
 
-def min_heap(mpy: Path, name: str, seconds: float) -> int | None:
+def min_heap(mpy: Path, name: str, seconds: float, romfs: Path | None = None) -> int | None:
     """Smallest heap in HEAPS_WK that runs the profile cleanly (binary search; runs are monotonic)."""
     lo, hi, best = 0, len(HEAPS_WK) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        if run_device(mpy, name, f"{HEAPS_WK[mid]}wK", seconds)["ok"]:
+        if run_device(mpy, name, f"{HEAPS_WK[mid]}wK", seconds, romfs=romfs)["ok"]:
             best, hi = HEAPS_WK[mid], mid - 1
         else:
             lo = mid + 1
@@ -245,6 +246,25 @@ def heap_reports(msgs: Sequence[tuple[Any, ...]], field: str = "heap") -> list[t
     return out
 
 
+def heap_figures(run: dict[str, Any]) -> dict[str, float]:
+    """Peak live heap of a run_device(boots=2) run: the first boot's, the later boot's, and with the
+    command path (the lowest `heapmin` of both)."""
+    heap = heap_bytes(MEASURE_HEAP)
+    peak_first, peak = (heap - min(f for _, f in heap_reports(run[k])) for k in ("messages", "later"))
+    low = min(f for _, f in heap_reports(run["messages"] + run["later"], "heapmin"))
+    return {"peak_live_k": round(peak / 1024, 1), "peak_live_wk": wk(peak), "first_boot_peak_live_wk": wk(peak_first),
+            "command_peak_live_wk": wk(heap - low)}
+
+
+def measure_romfs(name: str, mpy: Path, image: Path, seconds: float) -> dict[str, Any]:
+    """The heap figures again with the firmware imported from a ROMFS image (its bytecode and strings
+    read in place, as from a board's flash) instead of from .mpy files."""
+    run = run_device(mpy, name, MEASURE_HEAP, seconds, boots=2, romfs=image)
+    if not run["ok"]:
+        raise RuntimeError(f"{name} did not run cleanly from ROMFS:\n{run['console']}")
+    return {"min_heap_wk": min_heap(mpy, name, min(seconds, 12), image), **heap_figures(run)}
+
+
 def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
     trace = work / f"{name}.strace"
     run = run_device(mpy, name, MEASURE_HEAP, seconds, trace, boots=2)
@@ -261,9 +281,6 @@ def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
             if kind == topics.DATA and not body["pri"]:
                 routine += senml_resolve.resolve(pack)
     readings = sum(len(p) for p in packs)
-    heap = heap_bytes(MEASURE_HEAP)
-    peak_first, peak = (heap - min(f for _, f in heap_reports(run[k])) for k in ("messages", "later"))
-    low = min(f for _, f in heap_reports(run["messages"] + run["later"], "heapmin"))
     _, bare, as_json, _ = sizes_of(packs)
     full = batched(routine, load_profile(name).get("batch", 16))
     full_n = sum(len(p) for p in full)
@@ -271,10 +288,7 @@ def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
     seal = seal_time(mpy, max(full, key=len), work)
     return {
         "min_heap_wk": min_heap(mpy, name, min(seconds, 12)),
-        "peak_live_k": round(peak / 1024, 1),
-        "peak_live_wk": wk(peak),
-        "first_boot_peak_live_wk": wk(peak_first),
-        "command_peak_live_wk": wk(heap - low),
+        **heap_figures(run),
         "readings": readings,
         "wire_per_reading": round(wire / readings, 1),
         "senml_json_per_reading": round(bare / readings, 1),
@@ -303,12 +317,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         mpy = build_firmware(work / "mpy")
+        image = build_romfs(mpy)
         sizes = mpy_sizes(work / "board")
         hal = hal_cost(mpy, work)
         rows = {}
         for name in args.profiles.split(","):
+            print(f"{name}: from .mpy files ...", flush=True)
             rows[name] = measure(name, mpy, args.seconds, work)
             rows[name]["mpy_k"] = round(sizes["profile"][name] / 1024, 1)
+            print(f"{name}: from ROMFS ...", flush=True)
+            rows[name]["romfs"] = measure_romfs(name, mpy, image, args.seconds)
     cols = ("min_heap_wk", "first_boot_peak_live_wk", "peak_live_wk", "command_peak_live_wk", "peak_live_k", "mpy_k",
             "wire_ratio",
             "batch_wire_per_reading", "batch_senml_json_per_reading", "batch_wire_ratio", "batch_json_msg_ratio",
@@ -316,6 +334,10 @@ def main() -> None:
     print("profile   " + " ".join(f"{c:>12.12}" for c in cols))
     for name, row in rows.items():
         print(f"{name:<9} " + " ".join(f"{row[c]!s:>12.12}" for c in cols))
+    heap_cols = ("min_heap_wk", "first_boot_peak_live_wk", "peak_live_wk", "command_peak_live_wk")
+    print("ROMFS      " + " ".join(f"{c:>12.12}" for c in heap_cols) + "   (wK; the .mpy files' figure in brackets)")
+    for name, row in rows.items():
+        print(f"{name:<9} " + " ".join(f"{row['romfs'][c]!s:>5} ({row[c]!s:>4})" for c in heap_cols))
     all_k = round(sizes["all"] / 1024, 1)
     hal_wk = {k: wk(v) for k, v in hal.items()}
     print(f"HAL backend on import: sim {hal_wk['sim']}wK, esp32 {hal_wk['esp32']}wK (with stand-ins for machine, "
@@ -325,6 +347,8 @@ def main() -> None:
                                  for r in rows.values()),
         "later_boot_peak_heap_le_48wk": all(r["peak_live_wk"] <= TARGET_PEAK_K for r in rows.values()),
         "command_peak_heap_le_48wk": all(r["command_peak_live_wk"] <= TARGET_PEAK_K for r in rows.values()),
+        "romfs_peak_heap_le_48wk": all(max(r["romfs"]["peak_live_wk"], r["romfs"]["first_boot_peak_live_wk"],
+                                           r["romfs"]["command_peak_live_wk"]) <= TARGET_PEAK_K for r in rows.values()),
         "wire_le_50pct_at_full_batch": all(r["batch_wire_ratio"] <= TARGET_WIRE for r in rows.values()),
         "all_mpy_le_64k": all_k <= TARGET_MPY_K,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -92,3 +94,13 @@ def compile_package(package_dir: Path, out_dir: Path) -> list[Path]:
         built.append(compile_module(source, out_dir / rel.with_suffix(".mpy"),
                                     module_name(source.relative_to(root))))
     return built
+
+
+def romfs_image(root: Path) -> bytes:
+    """A ROMFS image of the tree at `root`, its .mpy kept as they are, built by mpremote as `mpremote romfs
+    build` builds one (its listing of the tree is not printed)."""
+    from mpremote.romfs import make_romfs
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        image: bytes = make_romfs(str(root), mpy_cross=False)
+    return image

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, load_profile, sped_up
+import pytest
+from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_romfs, load_profile, sped_up
 
 from lifeline.broker import Mosquitto
 from protocol import message, senml_resolve, topics
@@ -368,17 +369,20 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
     assert ack["ok"] and ack["res"]["clk"] == message.CLK_EPOCH
 
 
-def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+@pytest.mark.parametrize("deploy", ["files", "romfs"])
+def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto, deploy: str) -> None:
     """All six profiles with their real drivers, sped up, side by side for a bounded run: no
     MemoryError, no traceback, no exit other than deep sleep, data on the broker. Halfway through,
     each awake profile takes a set_filters command, which loads the command path beside the running
-    node, and acks it (a sleeping profile is asleep when it would arrive)."""
+    node, and acks it (a sleeping profile is asleep when it would arrive). Once with the firmware as .mpy
+    files, once as a ROMFS image, the only place that deployment imports from (hal/simrom.py)."""
+    romfs = build_romfs(mpy) if deploy == "romfs" else None
     devices, listeners = {}, {}
     for name in STIMULUS:
         dev_id = f"{name}-01"
         listeners[name] = Listener(broker.port, SITE, dev_id)
         devices[name] = VirtualDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
-                                      heap=FIRMWARE_HEAP).start()
+                                      heap=FIRMWARE_HEAP, romfs=romfs).start()
     try:
         time.sleep(RUN_S / 2)
         for dev in devices.values():

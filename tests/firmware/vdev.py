@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,18 @@ def build_firmware(out: Path) -> Path:
     return out
 
 
+def build_romfs(mpy: Path) -> Path:
+    """The firmware of build_firmware as a ROMFS image in a board's layout (lib/, lib/protocol/): the
+    partition a board built with ROMFS imports from in place (docs/firmware.md, "ROMFS"). Returns its path."""
+    stage = mpy.parent / "romfs"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(mpy / "lib", stage / "lib")
+    shutil.copytree(mpy / "protocol", stage / "lib" / "protocol")
+    image = mpy.parent / "firmware.romfs"
+    image.write_bytes(upy.romfs_image(stage))
+    return image
+
+
 def load_profile(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((PROFILES / f"{name}.json").read_text())
     return data
@@ -74,17 +87,22 @@ def load_profile(name: str) -> dict[str, Any]:
 class VirtualDevice:
     def __init__(self, flash: Path, mpy: Path, profile: str | dict[str, Any], broker_port: int,
                  stimulus: dict[str, list[list[Any]]] | None = None, dev: str = "dev-01", site: str = "site-a",
-                 heap: str = FIRMWARE_HEAP, ntp: bool = True, wrap: list[str] | None = None) -> None:
-        """wrap: argv put in front of the interpreter's (the bench runs it under strace)."""
+                 heap: str = FIRMWARE_HEAP, ntp: bool = True, wrap: list[str] | None = None,
+                 romfs: Path | None = None) -> None:
+        """wrap: argv put in front of the interpreter's (the bench runs it under strace). romfs: an image of
+        build_romfs, which the device then imports from instead of the .mpy files (hal/simrom.py)."""
         self.flash = flash
         self.mpy = mpy
         self.dev, self.site, self.heap = dev, site, heap
         self.broker_port = broker_port
         self.wrap = wrap or []
+        self.romfs = romfs
         self.key = KEY
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.port = free_udp_pair()
         flash.mkdir(parents=True, exist_ok=True)
+        if romfs is not None:
+            shutil.copyfile(romfs, flash / ".romfs")
         self._write("device.json", {"id": dev, "site": site, "profile": self.profile["name"],
                                     "broker": {"host": "127.0.0.1", "port": broker_port}, "ntp": ["sim"]})
         self._write("secrets.json", {"wifi": {"ssid": "sim", "password": "sim"}, "mqtt_password": None,
@@ -108,10 +126,15 @@ class VirtualDevice:
     # -- process --------------------------------------------------------------------------------------
 
     def _spawn(self, argv: list[str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+        env = {"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}  # the world's path, and the device's from files
+        if argv is None and self.romfs is not None:
+            argv = self.wrap + upy.command(upy.FIRMWARE / "lib/hal/simrom.py", str(upy.FIRMWARE / "main.py"),
+                                           heap=self.heap)
+            env["LIFELINE_ROMFS"] = "x" * self.romfs.stat().st_size  # the block hal/simrom.py copies it into
         argv = argv or self.wrap + upy.command(upy.FIRMWARE / "main.py", heap=self.heap)
         with (log or self.log).open("ab") as out:
             return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
-                                    env=upy.environment({"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}))
+                                    env=upy.environment(env))
 
     def _start_world(self) -> None:
         """The device starts its world itself when none answers. Under a tracer (`wrap`) that world would
