@@ -9,6 +9,11 @@ modules under lib/ are removed (a stale .py would shadow a new .mpy). The board 
 REPL first, as mpremote does, so the copy runs with a fresh heap and without the firmware (--resume skips
 that). A virtual device's pty works as the port (hil_tests/virtual.py emulates that soft reset).
 
+With --romfs the modules go into the board's ROMFS partition instead of lib/ (a MicroPython build with
+ROMFS; docs/firmware.md, "ROMFS"): the staged lib/ is built into an image with mpremote's builder and
+deployed with `mpremote romfs deploy`, after which lib/ on the filesystem is emptied, so nothing shadows
+the image. A board whose MicroPython has no ROMFS is refused before anything is written.
+
 Without --key the device keeps the key recorded for it in the registry, or gets a fresh random one.
 The registry is a TOML fragment of gateway `[[devices]]` tables, so flashing a batch of nodes also
 yields the gateway's device list.
@@ -149,6 +154,26 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
     return files
 
 
+def romfs_of(files: list[Staged], out: Path) -> Path:
+    """The staged lib/ as a ROMFS image in `out`: a board built with ROMFS mounts it at /rom and imports
+    from /rom/lib in place, so the code's bytecode and strings stay in flash, out of the heap."""
+    root = out / "romfs"
+    for f in files:
+        if f.path.startswith("lib/"):
+            (root / f.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f.source, root / f.path)
+    image = out / "firmware.romfs"
+    image.write_bytes(upy.romfs_image(root))
+    return image
+
+
+def deploy_romfs(port: str, image: Path) -> None:
+    """Write the image to the board's first ROMFS partition with mpremote (which shows its progress)."""
+    argv = [sys.executable, "-m", "mpremote", "connect", port, "romfs", "deploy", str(image)]
+    if subprocess.run(argv).returncode != 0:
+        raise FlashError(f"mpremote romfs deploy failed on {port} (command: {' '.join(argv)})")
+
+
 # the board
 
 
@@ -235,6 +260,10 @@ class Board:
             "print(repr(_found))")
         found: list[str] = ast.literal_eval(listing.decode().strip())
         return found
+
+    def has_romfs(self) -> bool:
+        """Whether the board's MicroPython was built with a ROMFS partition (as `mpremote romfs query` asks)."""
+        return self.exec("import vfs\nprint(hasattr(vfs, 'rom_ioctl') and vfs.rom_ioctl(1) > 0)").strip() == b"True"
 
     def remove(self, path: str) -> None:
         self.exec(f"os.remove({path!r})")
@@ -432,6 +461,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long to wait for the board's REPL (default 10)")
     p.add_argument("--image-baud", type=int, default=460800, help="esptool baud rate")
     p.add_argument("--no-compile", action="store_true", help="copy lib/ as .py source (debugging)")
+    p.add_argument("--romfs", action="store_true", help="put lib/ in the board's ROMFS partition, where its code "
+                   "runs from flash instead of the heap (needs a MicroPython built with ROMFS)")
     p.add_argument("--force", action="store_true", help="rewrite files the board already has")
     p.add_argument("--no-reset", action="store_true", help="leave the board at its REPL afterwards")
     p.add_argument("--resume", action="store_true", help="no soft reset before copying (as mpremote resume)")
@@ -456,6 +487,8 @@ def _run(args: argparse.Namespace, out: Any) -> int:
 
     if args.image is not None and not args.image.is_file():
         raise FlashError(f"--image: {args.image} does not exist")
+    if args.romfs and args.no_compile:
+        raise FlashError("--romfs takes the compiled modules: leave out --no-compile")
     registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))
     key, key_source = resolve_key(args, registry)
     host, port = args.broker
@@ -468,6 +501,15 @@ def _run(args: argparse.Namespace, out: Any) -> int:
         if args.image is not None:
             out.print(f"writing {args.image} with esptool")
             write_image(args.port, args.image, args.chip, args.image_offset, args.erase, args.image_baud)
+        if args.romfs:
+            with board(args.port, args.baud, args.connect_timeout, soft_reset=not args.resume) as b:
+                if not b.has_romfs():
+                    raise FlashError(f"{args.port}: this MicroPython has no ROMFS partition; write a build with "
+                                     "ROMFS (--image) or leave out --romfs")
+            image = romfs_of(files, Path(tmp))
+            out.print(f"deploying {image.stat().st_size} bytes of ROMFS with mpremote")
+            deploy_romfs(args.port, image)
+            files = [f for f in files if not f.path.startswith("lib/")]  # upload() then empties lib/
         total = sum(f.size for f in files)
         columns = (rp.TextColumn("[bold]{task.description}"), rp.BarColumn(),
                    rp.TextColumn("{task.fields[files]}"), rp.DownloadColumn(), rp.TransferSpeedColumn(),
@@ -492,12 +534,13 @@ def _run(args: argparse.Namespace, out: Any) -> int:
     status = record(registry, args.site, args.device_id, args.profile, key) if registry else None
     table = Table(title=f"flashed {args.device_id} on {args.port}", show_header=False)
     code_bytes = sum(f.size for f in files if f.path.startswith("lib/"))
+    code = (f"lib/ holds {code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}" if not args.romfs
+            else "the code is in the ROMFS partition, lib/ is empty")
     table.add_row("profile / site", f"{args.profile} / {args.site}")
     table.add_row("broker", f"{host}:{port}{' (TLS)' if args.tls else ''}")
     table.add_row("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
                            f"{len(result.removed)} stale removed; all verified by SHA-256")
-    table.add_row("bytes", f"{result.bytes_written} written in {result.seconds:.1f} s; lib/ holds "
-                           f"{code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}")
+    table.add_row("bytes", f"{result.bytes_written} written in {result.seconds:.1f} s; {code}")
     table.add_row("key", f"{key_source}, sha256 {hashlib.sha256(key).hexdigest()[:12]}")
     if registry is not None:
         table.add_row("registry", f"{registry} ({status}): paste its \\[\\[devices]] into site.toml")

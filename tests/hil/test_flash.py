@@ -20,6 +20,7 @@ from gateway import config as gwconfig
 from hil_tests.stimulus import free_udp_pair, sim_config
 from hil_tests.virtual import VirtualDevice
 from lifeline import cli, upy
+from lifeline import flash as flash_mod
 from lifeline.broker import Mosquitto
 from protocol import message_check, topics
 
@@ -119,6 +120,47 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
     assert flash(vdev, tmp_path, *extra) == 1
     assert complaint in capsys.readouterr().err
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
+ROM_LISTING = """
+import hashlib, os, sys, vfs
+with open(sys.argv[1], "rb") as f:
+    vfs.mount(vfs.VfsRom(f.read()), "/rom")
+def walk(p):
+    for name, kind, *_ in os.ilistdir(p):
+        q = p + "/" + name
+        if kind & 0x4000:
+            walk(q)
+        else:
+            with open(q, "rb") as f:
+                print(q[len("/rom/"):], hashlib.sha256(f.read()).digest().hex())
+walk("/rom")
+"""
+
+
+def test_romfs_image_holds_the_staged_modules_in_the_board_layout(tmp_path: Path) -> None:
+    """What --romfs deploys, mounted by the real MicroPython: every module of lib/ at its path, byte for byte."""
+    prov = flash_mod.Provision("gas-01", "site-a", "gas", "127.0.0.1", 1883, KEY)
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    files = flash_mod.stage(prov, stage_dir)
+    image = flash_mod.romfs_of(files, tmp_path)
+    script = tmp_path / "listing.py"
+    script.write_text(ROM_LISTING)
+    run = upy.run(script, str(image), heap="1M")
+    assert run.returncode == 0, run.stderr
+    listed = dict(line.split() for line in run.stdout.splitlines())
+    assert listed == {f.path: f.sha256.hex() for f in files if f.path.startswith("lib/")}
+    assert "lib/app/runtime.mpy" in listed and "lib/protocol/message.mpy" in listed
+
+
+def test_romfs_is_refused_on_a_board_without_it(vdev: VirtualDevice, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The unix port has no ROMFS partition (no vfs.rom_ioctl), as a stock ESP32 build has none: refused
+    with the reason before anything is written."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), "--romfs") == 1
+    assert "no ROMFS partition" in capsys.readouterr().err
+    assert flash_files(vdev) == {}
 
 
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
