@@ -1,8 +1,9 @@
 """Soak: every profile at once on the node heap (upy.FIRMWARE_HEAP) for a long run, through the events a
 site sees, to show that no node runs out of memory or loses a reading over time.
 
-Run: .venv/bin/python -m bench.firmware_soak [--minutes 30] [--profiles gas,water]. Prints a line a
-minute and a table at the end, and writes bench/results/firmware_soak.json.
+Run: .venv/bin/python -m bench.firmware_soak [--minutes 30] [--profiles gas,water] [--romfs]. Prints a line
+a minute and a table at the end, and writes bench/results/firmware_soak.json (firmware_soak_romfs.json
+with --romfs, where every node imports the firmware from a ROMFS image: docs/firmware.md, "ROMFS").
 
 Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
 schedule, tests/firmware/vdev.py) against one real Mosquitto, on the same flash throughout, while:
@@ -39,7 +40,7 @@ from protocol import topics
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
-from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, sped_up  # noqa: E402
+from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, build_romfs, sped_up  # noqa: E402
 
 from bench.firmware_bench import heap_bytes, heap_reports, wk  # noqa: E402
 
@@ -48,14 +49,14 @@ BASELINE_S = 180
 
 
 class Node:
-    def __init__(self, name: str, work: Path, mpy: Path, broker: Mosquitto, heap: str) -> None:
+    def __init__(self, name: str, work: Path, mpy: Path, broker: Mosquitto, heap: str, romfs: Path | None) -> None:
         self.name = name
         self.dev_id = f"{name}-01"
         self.profile = sped_up(name)
         self.awake = not self.profile.get("sleep")
         self.listener = Listener(broker.port, SITE, self.dev_id, persistent=True)
         self.dev = VirtualDevice(work / name, mpy, self.profile, broker.port, STIMULUS[name], dev=self.dev_id,
-                                 heap=heap)
+                                 heap=heap, romfs=romfs)
         self.commands = 0
         self.kills = 0
         self.baseline_at = 0  # messages received when the baseline window ended
@@ -132,13 +133,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=30)
     ap.add_argument("--profiles", default=",".join(STIMULUS))
     ap.add_argument("--heap", default=upy.FIRMWARE_HEAP)
+    ap.add_argument("--romfs", action="store_true", help="run the nodes from a ROMFS image")
     args = ap.parse_args()
     heap = heap_bytes(args.heap)
     names = args.profiles.split(",")
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
         work = Path(tmp)
         mpy = build_firmware(work / "mpy")
-        nodes = [Node(name, work, mpy, broker, args.heap) for name in names]
+        romfs = build_romfs(mpy) if args.romfs else None
+        nodes = [Node(name, work, mpy, broker, args.heap, romfs) for name in names]
         for node in nodes:
             node.dev.start()
         start = time.monotonic()
@@ -191,11 +194,13 @@ def main() -> None:
         print(f"{name:<9} " + " ".join(f"{row[c]!s:>14.14}" for c in cols))
     clean = all(not r["odd_exits"] and not r["memory_errors"] and not r["tracebacks"] and not r["seq_gaps"]
                 and r["acks_ok"] == r["commands"] for r in rows.values())
-    print(f"{args.minutes} min at {args.heap}: {'clean' if clean else 'NOT clean'}")
+    deploy = "romfs" if args.romfs else "files"
+    print(f"{args.minutes} min at {args.heap} from {deploy}: {'clean' if clean else 'NOT clean'}")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "firmware_soak.json").write_text(json.dumps({"minutes": args.minutes, "heap": args.heap, "clean": clean,
-                                                        "profiles": rows}, indent=2) + "\n")
+    name = "firmware_soak_romfs.json" if args.romfs else "firmware_soak.json"
+    (out / name).write_text(json.dumps({"minutes": args.minutes, "heap": args.heap, "deploy": deploy, "clean": clean,
+                                        "profiles": rows}, indent=2) + "\n")
 
 
 def _until(t: float) -> None:

@@ -27,7 +27,9 @@ def _reserved():
     start, end = int(fields[47]), int(fields[48])  # env_start, env_end
     env = uctypes.bytearray_at(start, end - start)
     at = env.find(_KEY)
-    if at < 0 or (at and env[at - 1]):
+    while at > 0 and env[at - 1]:  # not at the start of a variable: inside another's value
+        at = env.find(_KEY, at + 1)
+    if at < 0:
         raise OSError("LIFELINE_ROMFS is not set: no block reserved for the ROM partition")
     at += len(_KEY)
     return uctypes.bytearray_at(start + at, env.find(b"\0", at) - at)
