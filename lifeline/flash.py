@@ -295,9 +295,10 @@ def board(port: str, baud: int = 115200, connect_timeout: float = 10.0,
 
 
 def upload(b: Board, files: list[Staged], progress: Callable[[int, Staged | None], None] | None = None,
-           force: bool = False) -> FlashResult:
+           force: bool = False, new_code: bool = False) -> FlashResult:
     """Copy staged files that differ, verify each, then remove files under lib/ that the image does not
-    hold. `progress(nbytes, file)` gets the bytes sent; it is called with file=None when a file is done."""
+    hold. `progress(nbytes, file)` gets the bytes sent; it is called with file=None when a file is done.
+    new_code: the code went to the board another way (--romfs), so its config is checked again too."""
     result = FlashResult()
     start = time.monotonic()
     report = progress or (lambda n, f: None)
@@ -317,7 +318,7 @@ def upload(b: Board, files: list[Staged], progress: Callable[[int, Staged | None
         if path not in keep:
             b.remove(path)
             result.removed.append(path)
-    if result.written and b.sha256(CHECKED_STAMP) is not None:
+    if (result.written or new_code) and b.sha256(CHECKED_STAMP) is not None:
         b.remove(CHECKED_STAMP)
         result.removed.append(CHECKED_STAMP)
     result.seconds = time.monotonic() - start
@@ -527,7 +528,7 @@ def _run(args: argparse.Namespace, out: Any) -> int:
                 else:
                     bar.update(task, advance=nbytes, description=f"{args.device_id} {f.path}")
 
-            result = upload(b, files, progress, force=args.force)
+            result = upload(b, files, progress, force=args.force, new_code=args.romfs)
             bar.update(task, description=args.device_id)
             if not args.no_reset:
                 b.reboot()
