@@ -163,6 +163,22 @@ def test_romfs_is_refused_on_a_board_without_it(vdev: VirtualDevice, tmp_path: P
     assert flash_files(vdev) == {}
 
 
+def test_new_code_from_romfs_has_the_config_checked_again(vdev: VirtualDevice, tmp_path: Path) -> None:
+    """After --romfs deploys an image, the files on the filesystem may all be unchanged; the stamp of the
+    config last checked still goes, so the new firmware checks the config at its first boot."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    stamp = vdev.flash_dir / flash_mod.CHECKED_STAMP
+    stamp.write_text("{}")
+    prov = flash_mod.Provision("gas-01", "site-a", "gas", "127.0.0.1", 1883, KEY, mqtt_user="gas-01")
+    (tmp_path / "stage").mkdir()
+    files = flash_mod.stage(prov, tmp_path / "stage")
+    with flash_mod.board(vdev.port) as b:
+        result = flash_mod.upload(b, files)
+        assert not result.written and stamp.exists()  # same files: a plain re-flash keeps the stamp
+        flash_mod.upload(b, files, new_code=True)
+    assert not stamp.exists()
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
