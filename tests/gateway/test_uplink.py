@@ -312,15 +312,22 @@ async def test_disk_budget_during_outage_thins_reports_and_keeps_every_alarm(tmp
             broker.start()
             await rec.until(lambda: sum(ob.depth().values()) == 0, timeout=60)
             await rec.until(lambda: set(src.alarms) <= set(rec.seen()))
+
+            def accounted() -> int:
+                """Device messages that reached the district raw or inside a summary, or were counted as evicted."""
+                raw = {(k[1], k[2]) for k in rec.seen() if k[0] == "tel"}
+                thinned = {(s["dev"], q) for kind, msg in rec.got if kind == district.TELEMETRY
+                           for s in msg.get("thinned", []) for q in range(s["seq_lo"], s["seq_hi"] + 1)}
+                evicted: int = sum(e["msgs"] for kind, body in rec.got if kind == district.DQ for e in body["evicted"])
+                return len(raw | thinned) + evicted
+
+            # The outbox is empty once the broker has acked the last message; the recorder, at most 20 QoS 1
+            # messages in flight, may still be catching up then. Every device message must be accounted for.
+            await rec.until(lambda: accounted() >= len(src.tel))
             dq = [body for kind, body in rec.got if kind == district.DQ]
             assert dq and all(body["ev"] == "outbox-budget" for body in dq)
-            raw = {(k[1], k[2]) for k in rec.seen() if k[0] == "tel"}
-            summaries = [body for kind, msg in rec.got if kind == district.TELEMETRY for body in msg.get("thinned", [])]
-            assert summaries
-            thinned = {(s["dev"], q) for s in summaries for q in range(s["seq_lo"], s["seq_hi"] + 1)}
-            evicted = sum(e["msgs"] for body in dq for e in body["evicted"])
-            # every device message reached the district raw or inside a summary, unless counted as evicted
-            assert len(raw | thinned) + evicted == len(src.tel)
+            assert any(msg.get("thinned") for kind, msg in rec.got if kind == district.TELEMETRY)
+            assert accounted() == len(src.tel)
             assert sum(e["msgs"] for body in dq for e in body["thinned"]) == ob.thinned_msgs
 
 
