@@ -17,6 +17,9 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
   events. Command peak: the heap size minus the lowest `heapmin` of both boots, the low the node samples
   also at its command path's high points (decoder loaded; handler loaded with the profile it changes).
   Target: peak <= 48wK of a 64wK heap.
+- romfs: the same heap figures (and min heap) with the firmware imported from a ROMFS image, as a board
+  built with ROMFS runs it (`lifeline flash --romfs`; docs/firmware.md, "ROMFS"), against the .mpy files
+  above as the baseline.
 - .mpy: mpy-cross output of what a board with the profile imports (firmware/lib without the sim
   backend, its drivers, protocol/); all: every module a board is flashed with. Target: all <= 64 KB.
 - the measuring run sends every sample (dense(): no deadband) so that it fills whole batches; the
