@@ -370,6 +370,9 @@ class Outbox:
         """
         if not self.idle:
             return None
+        # PUBACKed rows whose delete waited for an open batch go first: after a release_all they sit past the
+        # cursor, where a summary could take the id of one and be deleted with it, unsent.
+        self.flush_acks()
         used = self.bytes_used()
         if used <= self.budget_bytes:
             self._over_logged = False
