@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import threading
 import time
@@ -48,18 +49,38 @@ class Stimulus(Protocol):
     def close(self) -> None: ...
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to sockets bound to port 0 (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_udp_pair() -> int:
-    """A port p with p and p + 1 both free for UDP: the sim world's control port and its device bus."""
+    """A port p with p and p + 1 both free for UDP: the sim world's control port and its device bus.
+
+    Taken below the kernel's ephemeral range, so that no socket another device (or its world) binds to port
+    0 can take it before its world binds it, and never overlapping a pair handed out before by this process:
+    a world whose port is taken never answers, and its device cannot start (a CI run once saw a device of six
+    started side by side time out on its world)."""
+    high = min(_ephemeral_low(), 65535) - 2
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port: int = a.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                    b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
+        port = random.randrange(max(1024, high - 10000), high)
+        if {port, port + 1} & _HANDED_OUT:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _HANDED_OUT.update((port, port + 1))
+        return port
 
 
 def sim_config(control_port: int, stimulus: dict[str, list[list[Any]]] | None = None,
