@@ -157,13 +157,8 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
 def romfs_of(files: list[Staged], out: Path) -> Path:
     """The staged lib/ as a ROMFS image in `out`: a board built with ROMFS mounts it at /rom and imports
     from /rom/lib in place, so the code's bytecode and strings stay in flash, out of the heap."""
-    root = out / "romfs"
-    for f in files:
-        if f.path.startswith("lib/"):
-            (root / f.path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f.source, root / f.path)
     image = out / "firmware.romfs"
-    image.write_bytes(upy.romfs_image(root))
+    image.write_bytes(upy.romfs_image({f.path: f.source for f in files if f.path.startswith("lib/")}))
     return image
 
 

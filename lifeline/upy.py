@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,11 +98,15 @@ def compile_package(package_dir: Path, out_dir: Path) -> list[Path]:
     return built
 
 
-def romfs_image(root: Path) -> bytes:
-    """A ROMFS image of the tree at `root`, its .mpy kept as they are, built by mpremote as `mpremote romfs
-    build` builds one (its listing of the tree is not printed)."""
+def romfs_image(files: Mapping[str, Path]) -> bytes:
+    """A ROMFS image holding each file at its path ("lib/app/runtime.mpy": source), .mpy kept as they are,
+    built by mpremote as `mpremote romfs build` builds one (its listing of the tree is not printed)."""
     from mpremote.romfs import make_romfs
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        image: bytes = make_romfs(str(root), mpy_cross=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, source in files.items():
+            (Path(tmp) / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, Path(tmp) / path)
+        with contextlib.redirect_stdout(io.StringIO()):
+            image: bytes = make_romfs(tmp, mpy_cross=False)
     return image

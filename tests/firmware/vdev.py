@@ -70,12 +70,10 @@ def build_firmware(out: Path) -> Path:
 def build_romfs(mpy: Path) -> Path:
     """The firmware of build_firmware as a ROMFS image in a board's layout (lib/, lib/protocol/): the
     partition a board built with ROMFS imports from in place (docs/firmware.md, "ROMFS"). Returns its path."""
-    stage = mpy.parent / "romfs"
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.copytree(mpy / "lib", stage / "lib")
-    shutil.copytree(mpy / "protocol", stage / "lib" / "protocol")
+    files = {f"lib/{p.relative_to(mpy / 'lib')}": p for p in (mpy / "lib").rglob("*.mpy")}
+    files |= {f"lib/{p.relative_to(mpy)}": p for p in (mpy / "protocol").rglob("*.mpy")}
     image = mpy.parent / "firmware.romfs"
-    image.write_bytes(upy.romfs_image(stage))
+    image.write_bytes(upy.romfs_image(files))
     return image
 
 
