@@ -169,23 +169,14 @@ def min_heap(mpy: Path, name: str, seconds: float, romfs: Path | None = None) ->
     return best
 
 
-STAND_INS = {  # what hal/esp32.py needs of machine and network at import, for hal_cost on the unix port
-    "machine.py": "PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5\n",
-    "network.py": "STA_IF = 0\n",
-}
-
-
-def hal_cost(mpy: Path, work: Path) -> dict[str, int]:
+def hal_cost(mpy: Path) -> dict[str, int]:
     """Heap each backend takes when imported (bench/hal_cost_upy.py): the sim's share of the figures above
-    that a board, importing hal/esp32.py instead, does not carry."""
-    stand_ins = work / "stand_ins"
-    stand_ins.mkdir(exist_ok=True)
-    for name, text in STAND_INS.items():
-        (stand_ins / name).write_text(text)
+    that a board, importing hal/esp32.py instead, does not carry. The esp32 backend's machine and network
+    are build_firmware's esp32_sim modules, imported before the count starts."""
     out = {}
     for backend in ("sim", "esp32"):
         result = upy.run(HERE / "hal_cost_upy.py", backend, heap=MEASURE_HEAP,
-                         env={"MICROPYPATH": f"{mpy}/lib:{mpy}:{stand_ins}:.frozen"}, timeout=60)
+                         env={"MICROPYPATH": f"{mpy}/lib:{mpy}:{mpy}/esp32_sim:.frozen"}, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(result.stdout + result.stderr)
         out[backend] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"]
@@ -322,7 +313,7 @@ def main() -> None:
         mpy = build_firmware(work / "mpy")
         image = build_romfs(mpy)
         sizes = mpy_sizes(work / "board")
-        hal = hal_cost(mpy, work)
+        hal = hal_cost(mpy)
         rows = {}
         for name in args.profiles.split(","):
             print(f"{name}: from .mpy files ...", flush=True)

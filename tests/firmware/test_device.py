@@ -37,15 +37,18 @@ def seqs(listener: Listener) -> list[int]:
     return [b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
 
 
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
 def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path: Path, mpy: Path,
-                                                                      broker: Mosquitto) -> None:
+                                                                      broker: Mosquitto, hal: str) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0], [30, 8.0]],
-                                                                          "temp": [[0, 11.5]]}) as dev:
+                                                                          "temp": [[0, 11.5]]},
+                       hal=hal) as dev:
         assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 3, 25), dev.console()
         late = Listener(broker.port, SITE, DEV)  # joins after the birth: gets it as the retained state
         assert late.wait(lambda m: any(x[0] == topics.STATE and x[3] for x in m), 5)
         late.close()
+        soft_resets = dev.soft_resets
     # stop() is a SIGKILL: no DISCONNECT, so the broker publishes the will
     assert listener.wait(lambda m: any(x[0] == topics.STATE and x[1]["st"] == message.OFFLINE for x in m), 10)
     listener.close()
@@ -57,6 +60,7 @@ def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path:
     birth = births[0]
     assert (birth["dev"], birth["boot"], birth["prof"], birth["rst"], birth["fw"]) == (DEV, 1, "gas", "power-on",
                                                                                        birth["fw"])
+    assert soft_resets == 1, "the first boot checks the config, then starts over with a soft reset"
     assert birth["clk"] == message.CLK_EPOCH and abs(birth["t"] - time.time()) < 60
     assert birth["heap"] > 0 and birth["qlen"] >= 0
     kinds = [k for k, _, _, _ in listener.messages]
@@ -266,11 +270,12 @@ def online_births(listener: Listener) -> list[dict[str, Any]]:
     return [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
 
 
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
 def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, mpy: Path,
-                                                               broker: Mosquitto) -> None:
+                                                               broker: Mosquitto, hal: str) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
-                       {"ch4": [[0, 2.0]]}) as dev:
+                       {"ch4": [[0, 2.0]]}, hal=hal) as dev:
         for boot in (1, 2, 3):  # each boot dies young, before it has run cleanly for a minute
             assert listener.wait(lambda m, b=boot: len(online_births(listener)) >= b, 20), dev.console()
             dev.kill()
@@ -291,11 +296,12 @@ def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, m
     assert normal["rst"] == "soft" and "safe" not in normal
 
 
-def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, broker: Mosquitto, hal: str) -> None:
     p = fast_gas()
     p["wdt_ms"] = 3000
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal=hal) as dev:
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
         hung = time.monotonic()
         assert dev.control(hang=True)["ok"]
@@ -369,20 +375,18 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
     assert ack["ok"] and ack["res"]["clk"] == message.CLK_EPOCH
 
 
-@pytest.mark.parametrize("deploy", ["files", "romfs"])
-def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto, deploy: str) -> None:
-    """All six profiles with their real drivers, sped up, side by side for a bounded run: no
-    MemoryError, no traceback, no exit other than deep sleep, data on the broker. Halfway through,
-    each awake profile takes a set_filters command, which loads the command path beside the running
-    node, and acks it (a sleeping profile is asleep when it would arrive). Once with the firmware as .mpy
-    files, once as a ROMFS image, the only place that deployment imports from (hal/simrom.py)."""
-    romfs = build_romfs(mpy) if deploy == "romfs" else None
+def run_every_profile(tmp_path: Path, mpy: Path, broker: Mosquitto, heap: str, romfs: Path | None = None,
+                      hal: str = "sim") -> tuple[dict[str, VirtualDevice], dict[str, Listener]]:
+    """All six profiles with their real drivers, sped up, side by side for a bounded run, checked for no
+    MemoryError, no traceback, no exit other than deep sleep, data on the broker. Halfway through, each
+    awake profile takes a set_filters command, which loads the command path beside the running node, and
+    must ack it (a sleeping profile is asleep when it would arrive)."""
     devices, listeners = {}, {}
     for name in STIMULUS:
         dev_id = f"{name}-01"
         listeners[name] = Listener(broker.port, SITE, dev_id)
         devices[name] = VirtualDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
-                                      heap=FIRMWARE_HEAP, romfs=romfs).start()
+                                      heap=heap, romfs=romfs, hal=hal).start()
     try:
         time.sleep(RUN_S / 2)
         for dev in devices.values():
@@ -411,10 +415,37 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
     assert not problems, "\n".join(problems)
     for body in listeners["drone"].of(topics.DATA):  # every drone pack carries position and fix quality
         assert {"lat", "lon", "fix"} <= {r["n"] for r in senml_resolve.resolve(list(body["e"]))}, body
+    return devices, listeners
+
+
+@pytest.mark.parametrize("deploy", ["files", "romfs"])
+def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto, deploy: str) -> None:
+    """run_every_profile at the firmware's heap: once with the firmware as .mpy files, once as a ROMFS
+    image, the only place that deployment imports from (hal/simrom.py)."""
+    romfs = build_romfs(mpy) if deploy == "romfs" else None
+    _, listeners = run_every_profile(tmp_path, mpy, broker, FIRMWARE_HEAP, romfs=romfs)
     routine = sorted(r["t"] for b in listeners["water"].of(topics.DATA) if not b["pri"]
                      for r in readings(b, "pressure"))
     assert any(b - a < 1 for a, b in itertools.pairwise(routine)), \
         f"a burst samples water pressure faster than its 2 s schedule: {routine}"
 
 
+def test_every_profile_runs_on_the_esp32_backend(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """run_every_profile with hal/esp32.py as the backend: each profile's buses made from its profile
+    entry through machine (ADC, I2C, UART, Pin with its IRQ), network.WLAN, machine.WDT, RTC memory,
+    the EXT0 wake and deep sleep, against the sim world's models (tests/firmware/esp32_sim). Those
+    modules bring hal/sim.py in beside hal/esp32.py, so the heap is ESP32_SIM_HEAP, not the firmware's."""
+    devices, listeners = run_every_profile(tmp_path, mpy, broker, ESP32_SIM_HEAP, hal="esp32")
+    for name, dev in devices.items():
+        births = online_births(listeners[name])
+        # the config check's soft reset came first, and hal/esp32.py carried the power-on across it
+        assert dev.soft_resets == 1 and births[0]["rst"] == "power-on", (name, births[0])
+        assert all(b["rst"] == "deepsleep" for b in births[1:]), (name, [b["rst"] for b in births])
+        sent = listeners[name].of(topics.DATA) + listeners[name].of(topics.EVENT)
+        got = {r["n"] for b in sent for r in senml_resolve.resolve(list(b["e"]))}
+        metrics = {m for s in dev.profile["sensors"] for m in s["metrics"]}
+        assert metrics <= got, f"{name}: no readings of {metrics - got} through its bus"
+
+
 RUN_S = 15
+ESP32_SIM_HEAP = "96wK"  # see test_every_profile_runs_on_the_esp32_backend

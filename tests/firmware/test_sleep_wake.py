@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from vdev import Listener, VirtualDevice, load_profile
 
 from lifeline.broker import Mosquitto
@@ -34,8 +35,9 @@ def births(listener: Listener) -> list[dict[str, Any]]:
     return [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
 
 
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
 def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_path: Path, mpy: Path,
-                                                                          broker: Mosquitto) -> None:
+                                                                          broker: Mosquitto, hal: str) -> None:
     p = load_profile("rain")
     p["sleep"] = {"wake_s": 10, "awake_s": 5}
     # 360 mm/h (a tip every 2 s) from 5 s to 26 s: 10.5 tips' worth of rain, so exactly 10 tips, over
@@ -44,7 +46,7 @@ def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_pa
     tips = int(rate * (rain_to - rain_from) / 3600 / MM_PER_TIP)
     stimulus = {"rain_rate": [[0, 0.0], [rain_from, 0.0], [rain_from, rate], [rain_to, rate], [rain_to, 0.0]]}
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP) as dev:
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         # a report taken after the rain with nothing in it: every tip is in the reports before it
         assert listener.wait(lambda m: any(r["t"] > start + rain_to + 1 and r["v"] == 0
@@ -81,15 +83,16 @@ def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_pa
     assert wet >= 1, [(r["t"] - start, r["v"]) for r, _ in later]
 
 
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
 def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, mpy: Path,
-                                                                broker: Mosquitto) -> None:
+                                                                broker: Mosquitto, hal: str) -> None:
     p = load_profile("drainage")
     p["sleep"] = {"wake_s": 120, "awake_s": 5}
     opened, closed = 12.0, 22.0
     stimulus: dict[str, list[list[Any]]] = {"level": [[0, 0.4]],
                                             "cover": [[0, False], [opened, True], [closed, False]]}
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP) as dev:
+    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "cover-open" for x in m),
                              opened + 15), dev.console()

@@ -34,6 +34,7 @@ WORLD_HEAP = "2M"  # the unix port's own default, which the world gets when the 
 EXIT_RESET = 3  # firmware/lib/hal/sim.py
 EXIT_DEEPSLEEP = 4
 EXIT_SOFT = 5
+ESP32_SIM = Path(__file__).parent / "esp32_sim"  # machine, network, esp32, ntptime over the sim world
 
 
 # A scripted world per profile that crosses its pre-alarm levels within a short run.
@@ -61,9 +62,11 @@ def sped_up(name: str) -> dict[str, Any]:
 
 
 def build_firmware(out: Path) -> Path:
-    """firmware/lib and protocol/ as .mpy, the way `lifeline flash` ships them; returns MICROPYPATH."""
+    """firmware/lib and protocol/ as .mpy, the way `lifeline flash` ships them, and beside them (never
+    flashed) the machine modules that let the ESP32 backend run here (esp32_sim/); returns their root."""
     upy.compile_package(upy.FIRMWARE / "lib", out)
     upy.compile_package(upy.ROOT / "protocol", out)
+    upy.compile_package(ESP32_SIM, out)
     return out
 
 
@@ -86,23 +89,28 @@ class VirtualDevice:
     def __init__(self, flash: Path, mpy: Path, profile: str | dict[str, Any], broker_port: int,
                  stimulus: dict[str, list[list[Any]]] | None = None, dev: str = "dev-01", site: str = "site-a",
                  heap: str = FIRMWARE_HEAP, ntp: bool = True, wrap: list[str] | None = None,
-                 romfs: Path | None = None) -> None:
+                 romfs: Path | None = None, hal: str = "sim") -> None:
         """wrap: argv put in front of the interpreter's (the bench runs it under strace). romfs: an image of
-        build_romfs, which the device then imports from instead of the .mpy files (hal/simrom.py)."""
+        build_romfs, which the device then imports from instead of the .mpy files (hal/simrom.py).
+        hal: the backend; "esp32" runs hal/esp32.py against the esp32_sim machine modules."""
         self.flash = flash
         self.mpy = mpy
         self.dev, self.site, self.heap = dev, site, heap
         self.broker_port = broker_port
         self.wrap = wrap or []
         self.romfs = romfs
+        self.hal = hal
         self.key = KEY
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.port = free_udp_pair()
         flash.mkdir(parents=True, exist_ok=True)
         if romfs is not None:
             shutil.copyfile(romfs, flash / ".romfs")
-        self._write("device.json", {"id": dev, "site": site, "profile": self.profile["name"],
-                                    "broker": {"host": "127.0.0.1", "port": broker_port}, "ntp": ["sim"]})
+        device = {"id": dev, "site": site, "profile": self.profile["name"],
+                  "broker": {"host": "127.0.0.1", "port": broker_port}, "ntp": ["sim"]}
+        if hal != "sim":  # the sim backend is the unix port's default
+            device["hal"] = hal
+        self._write("device.json", device)
         self._write("secrets.json", {"wifi": {"ssid": "sim", "password": "sim"}, "mqtt_password": None,
                                      "key": KEY_HEX})
         self._write("profile.json", self.profile)
@@ -125,6 +133,8 @@ class VirtualDevice:
 
     def _spawn(self, argv: list[str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
         env = {"MICROPYPATH": f"{self.mpy}/lib:{self.mpy}:.frozen"}  # the world's path, and the device's from files
+        if self.hal == "esp32" and argv is None:
+            env["MICROPYPATH"] = f"{self.mpy}/esp32_sim:{env['MICROPYPATH']}"
         if argv is None and self.romfs is not None:
             argv = self.wrap + upy.command(upy.FIRMWARE / "lib/hal/simrom.py", str(upy.FIRMWARE / "main.py"),
                                            heap=self.heap)
