@@ -334,8 +334,8 @@ def main() -> None:
         print(f"{name:<9} " + " ".join(f"{row['romfs'][c]!s:>5} ({row[c]!s:>4})" for c in heap_cols))
     all_k = round(sizes["all"] / 1024, 1)
     hal_wk = {k: wk(v) for k, v in hal.items()}
-    print(f"HAL backend on import: sim {hal_wk['sim']}wK, esp32 {hal_wk['esp32']}wK (with stand-ins for machine, "
-          f"network): a board carries {round(hal_wk['sim'] - hal_wk['esp32'], 1)}wK less than the figures above")
+    print(f"HAL backend on import: sim {hal_wk['sim']}wK, esp32 {hal_wk['esp32']}wK (machine and network: "
+          f"esp32_sim's): a board carries {round(hal_wk['sim'] - hal_wk['esp32'], 1)}wK less than the figures above")
     verdict = {
         "peak_heap_le_48wk": all(max(r["peak_live_wk"], r["first_boot_peak_live_wk"]) <= TARGET_PEAK_K
                                  for r in rows.values()),
