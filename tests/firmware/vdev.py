@@ -98,6 +98,8 @@ class VirtualDevice:
         self.dev, self.site, self.heap = dev, site, heap
         self.broker_port = broker_port
         self.wrap = wrap or []
+        if hal == "esp32" and romfs is not None:  # hal/simrom.py leaves only the image on sys.path
+            raise ValueError("the esp32_sim modules are not in the ROMFS image: hal='esp32' runs from files")
         self.romfs = romfs
         self.hal = hal
         self.key = KEY
