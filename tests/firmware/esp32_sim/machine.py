@@ -110,4 +110,4 @@ def deepsleep(ms=0):
 
 
 def unique_id():
-    return persist.load("device.json")["id"].encode()
+    return board().uid().encode()
