@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeline import upy
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 from protocol import cbor as cbor_codec
 from protocol import message, senml, senml_resolve, topics
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeline import upy
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 from protocol import topics
 
 HERE = Path(__file__).parent

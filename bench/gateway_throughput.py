@@ -5,7 +5,7 @@
 
 Brokers come from deploy/mosquitto (site: passwords, ACL, `set_tcp_nodelay true`; district: mutual TLS) through
 tests/gateway/sitekit.py, and the gateway runs as `lifeline gateway --config site.toml` with the config that kit
-writes. The load generator (bench/loadgen.py) publishes pre-sealed QoS 1 data messages of three readings from
+writes. The load generator (lifeline/virtual/loadgen.py) publishes pre-sealed QoS 1 data messages of three readings from
 many devices, as a `loadgen` user the benchmark adds to the site broker's password file and ACL (one connection
 per worker process instead of one per device, so the generator is not the bottleneck). Phases:
 
@@ -50,11 +50,11 @@ import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.district import Recorder
-from bench.loadgen import Generator, Load, device_id, device_key
 from bench.wanlink import LinkSpec, WanLink
-from gateway import siteauth
-from lifeline.broker import Mosquitto, free_port
+from lifeline import site_auth
+from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual.district import Recorder
+from lifeline.virtual.loadgen import Generator, Load, device_id, device_key
 from protocol import district as dtopics
 from protocol import topics
 from tests.gateway.sitekit import DEPLOY, Device, GatewayProcess, Site, adapt, reading
@@ -183,7 +183,7 @@ def build_site(workdir: Path, sizes: Sizes) -> tuple[Site, str]:
     site.start()
     password = os.urandom(12).hex()
     auth = workdir / "auth"
-    subprocess.run([siteauth.mosquitto_passwd(), "-b", str(auth / "passwd"), LOADGEN_USER, password], check=True)
+    subprocess.run([site_auth.mosquitto_passwd(), "-b", str(auth / "passwd"), LOADGEN_USER, password], check=True)
     with (auth / "acl").open("a") as acl:
         acl.write(f"\n# benchmark load generator: publishes for every device\nuser {LOADGEN_USER}\n"
                   f"topic write {topics.ROOT}/{SITE}/+/{topics.DATA}\n")

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from lifeline import upy
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 
 HERE = Path(__file__).parent
 MODULES = ("flashq", "persist", "mqtt")

@@ -12,19 +12,15 @@ through the alarm engine (a config error is logged and the running configuration
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import math
 import signal
-import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from gateway import config as config_mod
@@ -33,7 +29,7 @@ from gateway.checks import TRUSTED, Checked, Checker, Reading
 from gateway.commands import Commands, DownlinkError, Outgoing, alarm_ack_ids, ruleset_from_downlink
 from gateway.config import ConfigError, GatewayConfig
 from gateway.ingest import Incoming, Subscriber
-from gateway.logs import event, setup
+from gateway.logs import event
 from gateway.metrics import Metrics, Snapshot
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
@@ -338,29 +334,3 @@ def _position(readings: Sequence[Reading]) -> tuple[float, float] | None:
     if not isinstance(lat, int | float) or not isinstance(lon, int | float) or found.get("fix") == 0:
         return None
     return float(lat), float(lon)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="site.toml (see deploy/site.example.toml)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_mod.load(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    setup(cfg.log_format, cfg.log_level)
-    return asyncio.run(_main(cfg))
-
-
-async def _main(cfg: GatewayConfig) -> int:
-    try:
-        gateway = Gateway(cfg)
-    except (OSError, sqlite3.Error, RuntimeError) as exc:
-        print(f"start-up failed: {exc}", file=sys.stderr)
-        return 1
-    return await gateway.run()

@@ -10,13 +10,11 @@ newest `max_rows` rows. Rows are written into the ingest batch's transaction: th
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.logs import event
 
@@ -92,84 +90,3 @@ def row(conn: sqlite3.Connection, row_id: int) -> Row | None:
     r = conn.execute("SELECT id, at, reason, detail, topic, size, raw FROM quarantine WHERE id = ?",
                      (row_id,)).fetchone()
     return None if r is None else Row(*r)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="site.toml (its [store] path is read)")
-    where.add_argument("--store", type=Path, help="the gateway's SQLite store")
-    sub = parser.add_subparsers(dest="action", required=True)
-    lst = sub.add_parser("list", help="newest rejected messages")
-    lst.add_argument("--reason", choices=REASONS)
-    lst.add_argument("--limit", type=int, default=50)
-    show = sub.add_parser("show", help="one rejected message in full")
-    show.add_argument("id", type=int)
-
-
-def open_readonly(args: argparse.Namespace) -> sqlite3.Connection:
-    """The store, read-only, so inspection never takes a write lock from the running daemon."""
-    if args.store is not None:
-        path = Path(args.store)
-    else:
-        from gateway.config import load
-
-        path = load(args.config).store_path
-    if not path.exists():
-        raise FileNotFoundError(f"no gateway store at {path}")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-
-def _diagnostic(raw: bytes) -> str:
-    """Best-effort CBOR decode for a human: the envelope, and the body inside it if it parses."""
-    import cbor2
-
-    try:
-        outer = cbor2.loads(raw)
-    except Exception as exc:
-        return f"not CBOR: {exc}"
-    text = repr(outer)
-    value = getattr(outer, "value", None)
-    if isinstance(value, (list, tuple)) and len(value) == 4 and isinstance(value[2], bytes):
-        try:
-            text += "\nbody: " + repr(cbor2.loads(value[2]))
-        except Exception as exc:
-            text += f"\nbody: not CBOR: {exc}"
-    return text
-
-
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from gateway.config import ConfigError
-
-    console = Console()
-    try:
-        conn = open_readonly(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    with conn:
-        if args.action == "list":
-            table = Table("id", "time (UTC)", "reason", "topic", "bytes", "detail")
-            for r in rows(conn, args.reason, args.limit):
-                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), r.reason,
-                              r.topic, str(r.size), r.detail)
-            console.print(table)
-            totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
-            console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
-            return 0
-        one = row(conn, args.id)
-        if one is None:
-            console.print(f"[red]no quarantined message {args.id}[/red]")
-            return 1
-        r = one
-        console.print(f"id {r.id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.at))} UTC\n"
-                      f"reason {r.reason}: {r.detail}\ntopic {r.topic}\nsize {r.size} bytes"
-                      + (f" (first {len(r.raw)} kept)" if len(r.raw) < r.size else ""))
-        console.print("hex: " + r.raw[:512].hex() + ("..." if len(r.raw) > 512 else ""))
-        console.print(_diagnostic(r.raw), markup=False)
-        return 0

@@ -8,13 +8,10 @@ missing. It lives in the store (rows written inside the ingest batch, never comm
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gateway.config import DeviceConfig
@@ -119,78 +116,3 @@ class Registry:
 
 def _number(v: object) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-# ------------------------------------------------------------------------------------ lifeline status
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="site.toml (devices and the [store] path)")
-    where.add_argument("--store", type=Path, help="the gateway's SQLite store")
-
-
-def _age(now: float, t: float | None) -> str:
-    if t is None:
-        return "never"
-    s = max(0.0, now - t)
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
-
-
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from gateway.config import ConfigError, load
-    from gateway.quarantine import open_readonly
-    from gateway.sequence import sequence_stats
-
-    console = Console()
-    try:
-        conn = open_readonly(args)
-        classes = {d.id: d.cls for d in load(args.config).devices.values()} if args.config else {}
-    except (ConfigError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    now = time.time()
-    with conn:
-        health = {dev: Health(**json.loads(text))
-                  for dev, text in conn.execute("SELECT dev, health FROM device_health")}
-        seq = sequence_stats(conn)
-        table = Table("device", "class", "state", "boot", "firmware", "last seen", "battery", "rssi",
-                      "gaps", "dups", "replays", title="devices")
-        for dev in sorted(set(health) | set(classes)):
-            h = health.get(dev) or Health(dev)
-            dups, replays, gaps = seq.get(dev, (0, 0, 0))
-            table.add_row(dev, classes.get(dev, ""), "[green]online[/green]" if h.online else "[red]offline[/red]",
-                          str(h.boot) if h.boot >= 0 else "", h.fw, _age(now, h.last_seen),
-                          "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
-                          str(gaps), str(dups), str(replays))
-        console.print(table)
-        console.print(_alarm_table(conn, now))
-    return 0
-
-
-def _alarm_table(conn: sqlite3.Connection, now: float) -> Any:
-    """Active alarms as the alarm engine stored them (alarms.py's alarm_active table), highest level first."""
-    from rich.table import Table
-
-    from gateway.alarms import Transition
-    from gateway.rules import Level
-
-    colour = {"blue": "blue", "yellow": "yellow", "orange": "dark_orange", "red": "red"}
-    table = Table("alarm", "level", "device", "metric", "point", "value", "rule", "raised", "acked", "resends",
-                  title="active alarms")
-    try:
-        rows = conn.execute("SELECT id, level, raised_at, acked_at, resends, last FROM alarm_active "
-                            "ORDER BY level DESC, raised_at").fetchall()
-    except sqlite3.OperationalError:  # the daemon has not created the table yet
-        rows = []
-    for alarm_id, level, raised_at, acked_at, resends, last in rows:
-        t = Transition.from_body(json.loads(last))
-        label = Level(level).label
-        value = "" if t.value is None else f"{t.value:g}" + (f" {t.unit}" if t.unit else "")
-        table.add_row(alarm_id[:12], f"[{colour[label]}]{label}[/{colour[label]}]", t.device, t.metric or "stale",
-                      t.point or "", value, f"{t.rule} v{t.rule_version}", _age(now, raised_at) + " ago",
-                      "yes" if acked_at is not None else "no", str(resends))
-    return table

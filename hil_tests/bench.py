@@ -28,11 +28,12 @@ from typing import Any
 
 import cbor2
 
-from gateway import siteauth
-from hil_tests import stimulus
-from hil_tests.virtual import VirtualDevice
-from lifeline import demo, demo_report, flash, upy
-from lifeline.broker import Mosquitto, free_port
+from lifeline import flash, site_auth, upy
+from lifeline.demo import report as demo_report
+from lifeline.demo import run as demo
+from lifeline.virtual import stimulus
+from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual.device import VirtualDevice
 from protocol import district as dtopics
 
 SITE_ID = "bench"
@@ -240,7 +241,7 @@ class Site:
             "# Written by the lifeline bench for one session.",
             f'[site]\nid = "{SITE_ID}"\n',
             f'[site_broker]\nhost = "127.0.0.1"\nport = {self.ports["site"]}\n'
-            f'username = "{siteauth.GATEWAY_USER}"\npassword_file = "auth/gateway.password"\n',
+            f'username = "{site_auth.GATEWAY_USER}"\npassword_file = "auth/gateway.password"\n',
             f'[district_broker]\nhost = "127.0.0.1"\nport = {self.ports["district"]}\nusername = "{SITE_ID}"\n'
             f'password = "{gateway_district_password}"\n',
             '[store]\npath = "gateway.sqlite"\n',
@@ -257,7 +258,7 @@ class Site:
         gw_password = secrets.token_urlsafe(18)
         self.write_config(gw_password)
         auth = self.dir / "auth"
-        self.passwords = siteauth.generate(self.config_path, auth)
+        self.passwords = site_auth.generate(self.config_path, auth)
         for d in self.devices:
             d.password = self.passwords[d.id]
         extra = f"listener {self.device_port} {self.bench_host}\n" if self.bench_host else ""

@@ -19,8 +19,8 @@ import pytest
 
 from hil_tests.bench import Bench, District, Dut, Site
 from hil_tests.report import LatencyLog
-from hil_tests.stimulus import SerialStimulus, SimStimulus, Unsupported
-from lifeline import demo_report
+from lifeline.demo import report as demo_report
+from lifeline.virtual.stimulus import SerialStimulus, SimStimulus, Unsupported
 from protocol import district as dtopics
 
 LEVELS = ["blue", "yellow", "orange", "red"]

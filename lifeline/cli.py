@@ -1,5 +1,5 @@
 """The `lifeline` command for a site: the gateway, its status and quarantine, flashing nodes, the bench and
-the demo. Each subcommand lives in the module that does its job, and only the chosen one is imported, so a
+the demo. Each subcommand is a module of lifeline/ named for it, and only the chosen one is imported, so a
 missing optional piece breaks only its own subcommand."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from lifeline import __version__
 
 # name -> (module, help). Each module provides add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "gateway": ("gateway.daemon", "run the site gateway daemon"),
-    "status": ("gateway.registry", "devices and active alarms of a gateway (reads its store)"),
-    "quarantine": ("gateway.quarantine", "list or show messages the gateway rejected"),
-    "site-auth": ("gateway.siteauth", "write the site broker's password file and ACL from site.toml"),
+    "gateway": ("lifeline.gateway", "run the site gateway daemon"),
+    "status": ("lifeline.status", "devices and active alarms of a gateway (reads its store)"),
+    "quarantine": ("lifeline.quarantine", "list or show messages the gateway rejected"),
+    "site-auth": ("lifeline.site_auth", "write the site broker's password file and ACL from site.toml"),
     "flash": ("lifeline.flash", "flash the firmware and a device's identity onto a board (or a virtual one)"),
-    "hil": ("hil_tests.run", "run the bench suite on virtual devices or real boards (docs/hil.md)"),
-    "demo": ("lifeline.demo", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),
+    "hil": ("lifeline.hil", "run the bench suite on virtual devices or real boards (docs/hil.md)"),
+    "demo": ("lifeline.demo.run", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),
 }
 
 

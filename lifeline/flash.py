@@ -7,7 +7,7 @@ checked by SHA-256 on the device and only then renamed into place, so an interru
 half-written module behind. Files already on the board with the right hash are left alone, and stale
 modules under lib/ are removed (a stale .py would shadow a new .mpy). The board is soft-reset at the raw
 REPL first, as mpremote does, so the copy runs with a fresh heap and without the firmware (--resume skips
-that). A virtual device's pty works as the port (hil_tests/virtual.py emulates that soft reset).
+that). A virtual device's pty works as the port (lifeline/virtual/device.py emulates that soft reset).
 
 With --romfs the modules go into the board's ROMFS partition instead of lib/ (a MicroPython build with
 ROMFS; docs/firmware.md, "ROMFS"): the staged lib/ is built into an image with mpremote's builder and

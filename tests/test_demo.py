@@ -12,7 +12,9 @@ import pytest
 from PIL import Image, ImageStat
 
 from gateway.riskpoints import haversine_m
-from lifeline import demo, demo_report, demo_site
+from lifeline.demo import report as demo_report
+from lifeline.demo import run as demo
+from lifeline.virtual import plan
 
 
 def _interp(points: list[list[float]], t: float) -> float:
@@ -29,7 +31,7 @@ def _interp(points: list[list[float]], t: float) -> float:
 
 
 def test_seed_has_the_demo_site() -> None:
-    site = demo_site.load()
+    site = plan.load()
     classes = [d.cls for d in site.devices.values()]
     assert {c: classes.count(c) for c in set(classes)} == {"gas": 5, "water": 4, "drainage": 4, "bridge": 2,
                                                           "rain": 2, "drone": 1}
@@ -46,7 +48,7 @@ def test_seed_has_the_demo_site() -> None:
 
 
 def test_drone_patrol_reads_methane_only_within_the_risk_point() -> None:
-    site = demo_site.load()
+    site = plan.load()
     inc = next(i for i in site.incidents if i.id == "drone-patrol")
     ramps = inc.stimulus["drone-01"]
     station = site.risk_points["station-1"]
@@ -60,16 +62,16 @@ def test_drone_patrol_reads_methane_only_within_the_risk_point() -> None:
 
 
 def test_seed_errors_name_the_field(tmp_path: Path) -> None:
-    text = demo_site.SEED.read_text().replace('id = "gas-02"\nclass = "gas"', 'id = "gas-02"\nclass = "steam"', 1)
+    text = plan.SEED.read_text().replace('id = "gas-02"\nclass = "gas"', 'id = "gas-02"\nclass = "steam"', 1)
     bad = tmp_path / "seed.toml"
     bad.write_text(text)
-    with pytest.raises(demo_site.SeedError, match=r"devices\[1\]\.class: must be one of"):
-        demo_site.load(bad)
+    with pytest.raises(plan.SeedError, match=r"devices\[1\]\.class: must be one of"):
+        plan.load(bad)
 
 
 def test_schedule_replays_every_ramp() -> None:
     """Cut into datagram-sized pieces, the ramps give the world the values the seed declares at every moment."""
-    site = demo_site.load()
+    site = plan.load()
     sends = demo.schedule(site, quick=False, running=set(site.devices))
     assert all(len(json.dumps({"ramp": {s.channel: s.points}})) <= demo.DATAGRAM_MAX for s in sends)
     for inc in site.incidents:
@@ -87,7 +89,7 @@ def test_schedule_replays_every_ramp() -> None:
 
 
 def test_judging_follows_the_expected_order() -> None:
-    site = demo_site.load()
+    site = plan.load()
     log = demo_report.DistrictLog()
     t0 = 1000.0
 
@@ -125,7 +127,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert max(ImageStat.Stat(img.convert("L")).stddev) > 20
 
     summary = json.loads((out / "summary.json").read_text())
-    site = demo_site.load()
+    site = plan.load()
     declared = [(inc.id, e.subject, e.rule, lv) for inc in site.incidents for e in inc.expect for lv in e.levels]
     listed = [(s["incident"], s["subject"], s["rule"], s["state"]) for s in summary["expected"]]
     assert listed == declared

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from vdev import build_firmware
 
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_romfs, load_profile, sped_up
 
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"

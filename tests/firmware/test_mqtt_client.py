@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from upy_support import build, env
 
 from lifeline import upy
-from lifeline.broker import Mosquitto, free_port
+from lifeline.virtual.broker import Mosquitto, free_port
 
 USER, PASSWORD = "dev1", "s3cret-dev1"
 HOST_USER, HOST_PASSWORD = "gateway", "s3cret-gw"

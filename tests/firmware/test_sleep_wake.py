@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from vdev import Listener, VirtualDevice, load_profile
 
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"

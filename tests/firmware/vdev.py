@@ -21,8 +21,8 @@ import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil_tests.stimulus import free_udp_pair
 from lifeline import upy
+from lifeline.virtual.stimulus import free_udp_pair
 from protocol import message, message_check, topics
 
 PROFILES = upy.FIRMWARE / "profiles"

@@ -24,8 +24,8 @@ from typing import Any
 import aiomqtt
 import cbor2
 
-from gateway import siteauth
-from lifeline.broker import Mosquitto, free_port
+from lifeline import site_auth
+from lifeline.virtual.broker import Mosquitto, free_port
 from protocol import district as dtopics
 from protocol import message, senml, topics
 
@@ -137,7 +137,7 @@ class Site:
         # The site broker's password file and ACL come from the shipped generator, run on this site.toml.
         self.write_config()
         auth = self.dir / "auth"
-        self.passwords = siteauth.generate(self.config_path, auth)
+        self.passwords = site_auth.generate(self.config_path, auth)
         for dev, d in self.devices.items():
             d.password = self.passwords[dev]
         files = {"passwd": auth / "passwd", "acl": auth / "acl", "server.crt": self.pki["server.crt"],
@@ -150,7 +150,7 @@ class Site:
         dauth.mkdir()
         self.district_password = secrets.token_urlsafe(16)
         (dauth / "district-passwd").write_text(f"district:{self.district_password}\n")
-        subprocess.run([siteauth.mosquitto_passwd(), "-U", str(dauth / "district-passwd")], check=True)
+        subprocess.run([site_auth.mosquitto_passwd(), "-U", str(dauth / "district-passwd")], check=True)
         (dauth / "district.acl").write_text((DEPLOY / "district.acl").read_text())
         dfiles = {"district-passwd": dauth / "district-passwd", "district.acl": dauth / "district.acl",
                   "server.crt": self.pki["server.crt"], "server.key": self.pki["server.key"],

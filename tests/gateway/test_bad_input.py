@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 from sitekit import District, GatewayProcess, Site, cli, reading
 
-from lifeline.broker import free_port
+from lifeline.virtual.broker import free_port
 from protocol import auth, cbor, message, senml, topics
 from protocol import district as dtopics
 

@@ -201,11 +201,11 @@ class _same:
 
 async def test_sighup_reloads_registry_and_sigterm_exits_cleanly(site: Site, gateway: GatewayProcess) -> None:
     site.add("gas3", "gas")  # has a site-broker login (written below) but the gateway does not know it yet
-    from gateway import siteauth
+    from lifeline import site_auth
 
     cfg_text = site.config_path.read_text()
     site.write_config()
-    site.passwords = siteauth.generate(site.config_path, site.dir / "auth")
+    site.passwords = site_auth.generate(site.config_path, site.dir / "auth")
     site.devices["gas3"].password = site.passwords["gas3"]
     assert site.site_broker is not None and site.site_broker.proc is not None
     site.site_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto re-reads passwords and ACL

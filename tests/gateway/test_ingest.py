@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import BrokerConfig
 from gateway.ingest import Incoming, Subscriber
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
 
 TOPIC = "lifeline/v1/s1/d1/data"
 

@@ -551,11 +551,12 @@ def test_risk_point_ids_are_unique() -> None:
 def test_shipped_stale_intervals_match_the_shipped_firmware_profiles() -> None:
     import json
 
-    from lifeline import demo_site, upy
+    from lifeline import upy
+    from lifeline.virtual import plan
 
     shipped = default_ruleset()
     for cls in ("gas", "water", "drainage", "bridge", "rain"):
         profile = json.loads((upy.FIRMWARE / "profiles" / f"{cls}.json").read_text())
         stale = shipped.stale_rule(cls, "any-device")
         assert stale is not None, cls
-        assert stale.interval_s == demo_site.quiet_interval(profile), cls
+        assert stale.interval_s == plan.quiet_interval(profile), cls

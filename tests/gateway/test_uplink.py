@@ -24,7 +24,7 @@ from gateway.config import BrokerConfig, TLSFiles
 from gateway.outbox import Outbox
 from gateway.store import open_store
 from gateway.uplink import Uplink
-from lifeline.broker import Mosquitto, free_port
+from lifeline.virtual.broker import Mosquitto, free_port
 from protocol import district, senml_resolve
 
 SITE = "site-a"

@@ -17,11 +17,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config as gwconfig
-from hil_tests.stimulus import free_udp_pair, sim_config
-from hil_tests.virtual import VirtualDevice
 from lifeline import cli, upy
 from lifeline import flash as flash_mod
-from lifeline.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.stimulus import free_udp_pair, sim_config
 from protocol import message_check, topics
 
 KEY = bytes(range(32))

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from hil_tests.stimulus import SerialStimulus, StimulusError, Unsupported
-from hil_tests.virtual import VirtualDevice
+from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.stimulus import SerialStimulus, StimulusError, Unsupported
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "hil_tests" / "stimboard" / "main.py"
 RIG: dict[str, dict[str, Any]] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from hil_tests.virtual import VirtualDevice
+from lifeline.virtual.device import VirtualDevice
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.rules import RuleSet
-from lifeline.demo_site import CLEAR, Expect, Incident, Site
+from lifeline.virtual.plan import CLEAR, Expect, Incident, Site
 from protocol import district, senml_resolve
 
 # Colours of the four warning levels as drawn (gold reads better than pure yellow on white).

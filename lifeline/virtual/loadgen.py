@@ -2,7 +2,7 @@
 
 Messages are built, sealed and encoded as MQTT packets before the clock starts, in worker processes, so
 what is measured is the system under test and not Python building HMACs. Each worker owns a slice of the
-devices and writes their packets over its own connection (bench/wire.py), keeping up to WINDOW QoS 1
+devices and writes their packets over its own connection (lifeline/virtual/wire.py), keeping up to WINDOW QoS 1
 publishes in flight.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 
-from bench import wire
+from lifeline.virtual import wire
 from protocol import message, senml, topics
 
 

@@ -4,7 +4,7 @@ Two Mosquitto brokers (site and district) started from deploy/mosquitto's config
 the gateway daemon as a subprocess with a generated site.toml, and one virtual board per device of
 seeds/demo_site.toml: the real firmware on the MicroPython unix port (64K heap), its flash a directory.
 The incident is played through each device's sim control port; a recorder on the district broker keeps
-everything that arrives. At the end the demo writes a timeline plot and a summary (lifeline/demo_report.py)
+everything that arrives. At the end the demo writes a timeline plot and a summary (lifeline/demo/report.py)
 and exits 0 only if every alarm the script expects reached the district. docs/demo.md explains the output.
 """
 
@@ -33,13 +33,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config as gateway_config
-from gateway import siteauth
 from gateway.rules import default_ruleset
-from hil_tests import stimulus
-from hil_tests.virtual import VirtualDevice
-from lifeline import demo_report, demo_site, flash, upy
-from lifeline.broker import Mosquitto, free_port
-from lifeline.demo_site import Device, Site
+from lifeline import flash, site_auth, upy
+from lifeline.demo import report as demo_report
+from lifeline.virtual import plan, stimulus
+from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.plan import Device, Site
 from protocol import district as dtopics
 
 DEPLOY = upy.ROOT / "deploy" / "mosquitto"
@@ -86,7 +86,7 @@ def deploy_conf(name: str, files: Mapping[str, Path]) -> str:
 def hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
     path.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
     path.chmod(0o600)
-    subprocess.run([siteauth.mosquitto_passwd(), "-U", str(path)], check=True)
+    subprocess.run([site_auth.mosquitto_passwd(), "-U", str(path)], check=True)
     return path
 
 
@@ -100,7 +100,7 @@ def stale_intervals(site: Site, devices: list[Device]) -> dict[str, float]:
     for cls in sorted({d.cls for d in devices}):
         rules = shipped.classes.get(cls)
         if rules is not None and rules.stale is not None:
-            out[cls] = demo_site.quiet_interval(site.profile(cls, _shipped_profile(cls)))
+            out[cls] = plan.quiet_interval(site.profile(cls, _shipped_profile(cls)))
     return out
 
 
@@ -116,7 +116,7 @@ def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping
     lines = [
         "# Written by `lifeline demo` for one run; keys are fresh each run.",
         f'[site]\nid = "{site.id}"\n',
-        f'[site_broker]\nhost = "127.0.0.1"\nport = {site_port}\nusername = "{siteauth.GATEWAY_USER}"\n'
+        f'[site_broker]\nhost = "127.0.0.1"\nport = {site_port}\nusername = "{site_auth.GATEWAY_USER}"\n'
         f'password_file = "auth/gateway.password"\n',
         f'[district_broker]\nhost = "127.0.0.1"\nport = {district_port}\nusername = "{site.id}"\n'
         f'password = "{gateway_password}"\n',
@@ -454,7 +454,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick: bool = args.quick
-        self.site = demo_site.load(args.seed)
+        self.site = plan.load(args.seed)
         self.out: Path = args.out.resolve()  # devices run in their flash directories: no relative paths
         self.work = self.out / "run"
         self.logs = self.work / "logs"
@@ -503,7 +503,7 @@ class Demo:
                  f"work directory {self.work}")
         # Site broker: the shipped config with the passwords and ACL `lifeline site-auth` writes.
         auth = self.work / "auth"
-        passwords = siteauth.generate(toml, auth)
+        passwords = site_auth.generate(toml, auth)
         site_conf = deploy_conf("site.conf", {"passwd": auth / "passwd", "acl": auth / "acl"})
         site_broker = Mosquitto(site_conf, port=ports["site"], workdir=self.work / "site-broker", anonymous=False)
         stack.callback(site_broker.stop)
@@ -693,7 +693,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the site running and replay the incident until Ctrl-C")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the plot, summary and district record go (default out/demo)")
-    parser.add_argument("--seed", type=Path, default=demo_site.SEED, help="site and incident (seeds/demo_site.toml)")
+    parser.add_argument("--seed", type=Path, default=plan.SEED, help="site and incident (seeds/demo_site.toml)")
     parser.add_argument("--heap", default=upy.FIRMWARE_HEAP,
                         help=f"MicroPython heap per device (default {upy.FIRMWARE_HEAP}; docs/firmware.md, Memory)")
     live = parser.add_mutually_exclusive_group()
@@ -705,7 +705,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         demo = Demo(args)
-    except demo_site.SeedError as exc:
+    except plan.SeedError as exc:
         print(f"seed error: {exc}", file=sys.stderr)
         return 2
     demo.out.mkdir(parents=True, exist_ok=True)

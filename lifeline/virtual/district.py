@@ -6,14 +6,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench import wire
+from lifeline.virtual import wire
 
 # Given a topic and payload, how many device messages it accounts for (a batched pack holds many).
 Counter = Callable[[str, bytes], int]
 
 
 class Recorder:
-    """A QoS 1 subscription (bench/wire.py, so the recorder takes little CPU from what it measures)."""
+    """A QoS 1 subscription (lifeline/virtual/wire.py, so the recorder takes little CPU from what it measures)."""
 
     def __init__(self, host: str, port: int, topic: str, count: Counter,
                  on_message: Callable[[str, bytes, float], None] | None = None,

@@ -16,7 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from lifeline.upy import ROOT
+
+SUITE = ROOT / "hil_tests"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if bench.exists():
         shutil.rmtree(bench)  # a bench starts from blank boards every run
     out.mkdir(parents=True, exist_ok=True)
-    argv = [str(HERE), "--junitxml", str(out / "junit.xml"), "--hil-json", str(out / "report.json"),
+    argv = [str(SUITE), "--junitxml", str(out / "junit.xml"), "--hil-json", str(out / "report.json"),
             "--bench-dir", str(bench), "--count", str(args.count), "-p", "no:cacheprovider"]
     for spec in args.device:
         argv += ["--device", spec]

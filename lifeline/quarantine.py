@@ -1,0 +1,71 @@
+"""`lifeline quarantine list|show ID`: the messages a gateway rejected, with their reasons, read from its
+store while the daemon runs; `show` prints one in full with a best-effort CBOR decode for a person."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import cbor2
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import ConfigError
+from gateway.quarantine import REASONS, row, rows
+from lifeline.store_access import add_store_arguments, open_readonly
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_arguments(parser, "site.toml (its [store] path is read)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    lst = sub.add_parser("list", help="newest rejected messages")
+    lst.add_argument("--reason", choices=REASONS)
+    lst.add_argument("--limit", type=int, default=50)
+    show = sub.add_parser("show", help="one rejected message in full")
+    show.add_argument("id", type=int)
+
+
+def _diagnostic(raw: bytes) -> str:
+    """Best-effort CBOR decode for a human: the envelope, and the body inside it if it parses."""
+    try:
+        outer = cbor2.loads(raw)
+    except Exception as exc:
+        return f"not CBOR: {exc}"
+    text = repr(outer)
+    value = getattr(outer, "value", None)
+    if isinstance(value, (list, tuple)) and len(value) == 4 and isinstance(value[2], bytes):
+        try:
+            text += "\nbody: " + repr(cbor2.loads(value[2]))
+        except Exception as exc:
+            text += f"\nbody: not CBOR: {exc}"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        conn = open_readonly(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    with conn:
+        if args.action == "list":
+            table = Table("id", "time (UTC)", "reason", "topic", "bytes", "detail")
+            for r in rows(conn, args.reason, args.limit):
+                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), r.reason,
+                              r.topic, str(r.size), r.detail)
+            console.print(table)
+            totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
+            console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
+            return 0
+        one = row(conn, args.id)
+        if one is None:
+            console.print(f"[red]no quarantined message {args.id}[/red]")
+            return 1
+        r = one
+        console.print(f"id {r.id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.at))} UTC\n"
+                      f"reason {r.reason}: {r.detail}\ntopic {r.topic}\nsize {r.size} bytes"
+                      + (f" (first {len(r.raw)} kept)" if len(r.raw) < r.size else ""))
+        console.print("hex: " + r.raw[:512].hex() + ("..." if len(r.raw) > 512 else ""))
+        console.print(_diagnostic(r.raw), markup=False)
+        return 0
