@@ -13,7 +13,7 @@ from PIL import Image, ImageStat
 
 from gateway.riskpoints import haversine_m
 from lifeline.demo import report as demo_report
-from lifeline.demo import run as demo
+from lifeline.demo import script
 from lifeline.virtual import plan
 
 
@@ -72,8 +72,8 @@ def test_seed_errors_name_the_field(tmp_path: Path) -> None:
 def test_schedule_replays_every_ramp() -> None:
     """Cut into datagram-sized pieces, the ramps give the world the values the seed declares at every moment."""
     site = plan.load()
-    sends = demo.schedule(site, quick=False, running=set(site.devices))
-    assert all(len(json.dumps({"ramp": {s.channel: s.points}})) <= demo.DATAGRAM_MAX for s in sends)
+    sends = script.schedule(site, quick=False, running=set(site.devices))
+    assert all(len(json.dumps({"ramp": {s.channel: s.points}})) <= script.DATAGRAM_MAX for s in sends)
     for inc in site.incidents:
         start = inc.start(quick=False)
         for dev, channels in inc.stimulus.items():

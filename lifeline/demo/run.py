@@ -3,9 +3,10 @@
 Two Mosquitto brokers (site and district) started from deploy/mosquitto's configs on free loopback ports,
 the gateway daemon as a subprocess with a generated site.toml, and one virtual board per device of
 seeds/demo_site.toml: the real firmware on the MicroPython unix port (64K heap), its flash a directory.
-The incident is played through each device's sim control port; a recorder on the district broker keeps
-everything that arrives. At the end the demo writes a timeline plot and a summary (lifeline/demo/report.py)
-and exits 0 only if every alarm the script expects reached the district. docs/demo.md explains the output.
+The incident is played through each device's sim control port (lifeline/demo/script.py); a recorder on
+the district broker keeps everything that arrives, and a terminal shows it live (lifeline/demo/live.py).
+At the end the demo writes a timeline plot and a summary (lifeline/demo/report.py) and exits 0 only if
+every alarm the script expects reached the district. docs/demo.md explains the output.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import config as gateway_config
 from gateway.rules import default_ruleset
 from lifeline import flash, site_auth, upy
+from lifeline.demo import live, script
 from lifeline.demo import report as demo_report
 from lifeline.virtual import plan, stimulus
 from lifeline.virtual.broker import Mosquitto, free_port
@@ -48,10 +49,6 @@ DISTRICT_USER = "district"
 ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
 TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
 FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
-DATAGRAM_MAX = 900  # the sim world reads control datagrams into 1024 bytes; SimStimulus adds a little
-# The first metric of each class shown in the live view, with its display scale and unit.
-SHOWN = {"gas": ("ch4", 1.0, "%LEL"), "water": ("pressure", 1e-3, "kPa"), "drainage": ("level", 1.0, "m"),
-         "bridge": ("tilt_x", 1e3, "mrad"), "rain": ("rain_rate", 1.0, "mm/h"), "drone": ("ch4", 1.0, "%LEL")}
 
 
 class DemoError(RuntimeError):
@@ -176,73 +173,6 @@ def provision(image: Path, flash_dir: Path, dev: Device, site: Site, key: bytes,
     return Node(dev, flash_dir, control_port)
 
 
-# ------------------------------------------------------------------------------------------ the script
-
-
-@dataclass(order=True)
-class Send:
-    """One ramp, due at `at` seconds of script time: (seconds from then, value) points for one channel."""
-
-    at: float
-    dev: str = field(compare=False)
-    channel: str = field(compare=False)
-    points: list[tuple[float, float]] = field(compare=False)
-
-
-def schedule(site: Site, quick: bool, running: set[str]) -> list[Send]:
-    """The whole incident as timed ramp datagrams for the running devices.
-
-    A datagram holds about 60 points, so a long ramp is cut into pieces, each sent when its predecessor
-    reaches its last point. A piece starts with its first point at offset 0 (the world's ramp interpolates
-    from there, not from whatever value the channel held) and lists the rest relative to its send time."""
-    sends = []
-    for inc in site.incidents:
-        start = inc.start(quick)
-        for dev, channels in inc.stimulus.items():
-            if dev not in running:
-                continue
-            for ch, pts in channels.items():
-                i = 0
-                while True:
-                    t_i = pts[i][0]
-                    piece = [(0.0, float(pts[i][1]))]
-                    j = i + 1
-                    while j < len(pts):
-                        piece.append((round(pts[j][0] - t_i, 6), float(pts[j][1])))
-                        if len(piece) > 2 and len(json.dumps({"ramp": {ch: piece}})) > DATAGRAM_MAX:
-                            piece.pop()
-                            break
-                        j += 1
-                    sends.append(Send(start + t_i, dev, ch, piece))
-                    if j >= len(pts):
-                        break
-                    i = j - 1
-    return sorted(sends)
-
-
-class Player(threading.Thread):
-    """Sends the scheduled ramps on time (script time 0 = `t0`, Unix seconds) through the bench's stimulus
-    interface to each device's sim world."""
-
-    def __init__(self, sends: list[Send], ports: Mapping[str, int], t0: float, on_error: Any) -> None:
-        super().__init__(name="demo-player", daemon=True)
-        self.sends = sends
-        self.rigs = {dev: stimulus.SimStimulus(port, timeout_s=3.0) for dev, port in ports.items()}
-        self.t0 = t0
-        self.on_error = on_error
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        for s in self.sends:
-            delay = self.t0 + s.at - time.time()
-            if delay > 0 and self.stop.wait(delay):
-                return
-            try:
-                self.rigs[s.dev].ramp(s.channel, s.points)
-            except stimulus.StimulusError as exc:
-                self.on_error(f"{s.dev}: {exc}")
-
-
 # ------------------------------------------------------------------------------------------ the district
 
 
@@ -293,128 +223,7 @@ class Recorder:
         self._client.disconnect()
 
 
-# ------------------------------------------------------------------------------------------ live view
-
-
-@dataclass
-class Status:
-    """What the live view shows, fed from the district record and the gateway's metrics."""
-
-    site: Site
-    nodes: Mapping[str, Node]
-    t_start: float
-    t0: float | None = None
-    script_s: float = 0.0
-    phase: str = "starting"
-    expected: int = 0
-    last_seen: dict[str, float] = field(default_factory=dict)
-    online: dict[str, bool] = field(default_factory=dict)
-    births: dict[str, int] = field(default_factory=dict)
-    reading: dict[str, float] = field(default_factory=dict)
-    active: dict[str, dict[str, Any]] = field(default_factory=dict)
-    recent: deque[tuple[str, ...]] = field(default_factory=lambda: deque(maxlen=10))
-    received: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    seen_expected: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def clock(self) -> str:
-        if self.t0 is None:
-            return f"setting up {time.time() - self.t_start:5.1f} s"
-        return f"script {time.time() - self.t0:6.1f} / {self.script_s:.0f} s"
-
-    def on_entry(self, entry: demo_report.Entry) -> str | None:
-        """Fold one district arrival into the view; returns a progress line for alarm events and births."""
-        body = entry.body
-        with self.lock:
-            self.received += 1
-            if entry.kind == dtopics.TELEMETRY:
-                for pack in body["packs"]:
-                    dev = pack.get("dev")
-                    if dev not in self.nodes:
-                        continue
-                    self.last_seen[dev] = entry.t
-                    metric, scale, _ = SHOWN[self.nodes[dev].dev.cls]
-                    for rec in pack["records"]:
-                        if rec.get("metric") == metric and isinstance(rec.get("v"), int | float):
-                            self.reading[dev] = rec["v"] * scale
-                return None
-            if entry.kind == dtopics.UP_STATE and body.get("dev") in self.nodes:
-                dev = body["dev"]
-                self.last_seen[dev] = entry.t
-                self.online[dev] = body.get("st") == "online"
-                if self.online[dev] and not body.get("retained"):
-                    self.births[dev] = self.births.get(dev, 0) + 1
-                    return f"{dev} online (boot {body.get('boot')}, reset cause {body.get('rst')})"
-                return None if self.online[dev] else f"{dev} offline"
-            if entry.kind != dtopics.ALARM or body.get("resend"):
-                return None
-            subject = body.get("point") or body.get("dev")
-            key = f"{subject} {body.get('rule')}"
-            if body.get("ev") == "cleared":
-                self.active.pop(key, None)
-            else:
-                self.active[key] = {**body, "since": self.active.get(key, {}).get("since", entry.t)}
-            t_dev = body.get("t_dev")
-            latency = f"{1000 * (entry.t - t_dev):.0f} ms" if isinstance(t_dev, int | float) else "-"
-            level = body.get("level") or "clear"
-            self.recent.appendleft((self.clock_short(entry.t), str(subject), str(body.get("rule")),
-                                    str(body.get("ev")), level, latency))
-            return f"{subject} {body.get('rule')} {body.get('ev')} {level} (sample to district {latency})"
-
-    def clock_short(self, t: float) -> str:
-        return f"{t - (self.t0 or self.t_start):6.1f}s"
-
-
-def render(st: Status) -> Any:
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
-    colours = {"blue": "bold blue", "yellow": "bold yellow", "orange": "bold dark_orange", "red": "bold red"}
-    now = time.time()
-    with st.lock:
-        devs = Table(title="devices", expand=True, pad_edge=False, show_edge=False)
-        for col in ("device", "class", "state", "seen", "reading"):
-            devs.add_column(col, no_wrap=True)
-        for dev, node in st.nodes.items():
-            seen = st.last_seen.get(dev)
-            state = ("[green]online[/]" if st.online.get(dev) else
-                     "[red]offline[/]" if dev in st.online else "[dim]booting[/]")
-            _, _, unit = SHOWN[node.dev.cls]
-            value = st.reading.get(dev)
-            devs.add_row(dev, node.dev.cls, state, "-" if seen is None else f"{now - seen:4.0f} s ago",
-                         "-" if value is None else f"{value:.4g} {unit}")
-        alarms = Table(title="active alarms (at the district)", expand=True, show_edge=False)
-        for col in ("subject", "rule", "level", "for"):
-            alarms.add_column(col, no_wrap=True)
-        for key, body in sorted(st.active.items()):
-            level = str(body.get("level"))
-            alarms.add_row(key.split(" ")[0], str(body.get("rule")), Text(level, style=colours.get(level, "")),
-                           f"{now - body['since']:.0f} s")
-        gw = st.metrics
-        depth = ", ".join(f"{lane} {int(gw.get('outbox_' + lane, 0))}" for lane in ("alarm", "state", "telemetry"))
-        gateway = Text.from_markup(
-            f"outbox: {depth}   uplink {'[green]up[/]' if gw.get('uplink_connected') else '[red]down[/]'}   "
-            f"accepted {int(gw.get('accepted', 0))}   rejected {int(gw.get('rejected', 0))}   "
-            f"district received {st.received}, acknowledged {int(gw.get('acks', 0))} alarms")
-        recent = Table(title="alarm events at the district (latency: device sample → district)", expand=True,
-                       show_edge=False)
-        for col in ("at", "subject", "rule", "event", "level", "latency"):
-            recent.add_column(col, no_wrap=True, justify="right" if col in ("at", "latency") else "left")
-        for at, subject, rule, ev, level, latency in st.recent:
-            recent.add_row(at, subject, rule, ev, Text(level, style=colours.get(level, "green")), latency)
-        header = Text.from_markup(
-            f"[bold]lifeline demo[/]  site [bold]{st.site.id}[/]  {st.clock()}  phase: [bold]{st.phase}[/]  "
-            f"expected alarms seen: {st.seen_expected}/{st.expected}")
-        problems = [Text(p, style="red") for p in st.problems[-3:]]
-    grid = Table.grid(expand=True, padding=(0, 2))
-    grid.add_column(ratio=5)
-    grid.add_column(ratio=6)
-    grid.add_row(devs, Group(alarms, Text(""), recent))
-    return Panel(Group(header, grid, Panel(gateway, title="gateway"), *problems), border_style="cyan")
+# ------------------------------------------------------------------------------------------ the gateway's metrics
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -460,7 +269,7 @@ class Demo:
         self.logs = self.work / "logs"
         self.devices = self.site.select(self.quick)
         self.nodes: dict[str, Node] = {}
-        self.status = Status(self.site, self.nodes, time.time())
+        self.status = live.Status(self.site, self.nodes, time.time())
         self.live = args.live if args.live is not None else sys.stdout.isatty()
         self.console: Any = None
         self.gateway: subprocess.Popen[bytes] | None = None
@@ -614,8 +423,8 @@ class Demo:
             st.script_s = site.script_length(self.quick)
             st.expected = sum(len(e.levels) for inc in site.incidents for e in inc.expect)
             st.seen_expected = 0
-        player = Player(schedule(site, self.quick, set(self.nodes)), {d: n.control_port for d, n in self.nodes.items()},
-                        t0, self.problem)
+        player = script.Player(script.schedule(site, self.quick, set(self.nodes)),
+                               {d: n.control_port for d, n in self.nodes.items()}, t0, self.problem)
         player.start()
         announced: set[str] = set()
         try:
@@ -668,24 +477,6 @@ class Demo:
         return summary
 
 
-@contextlib.contextmanager
-def _live(demo: Demo) -> Iterator[None]:
-    if not demo.live:
-        yield
-        return
-    from rich.console import Console
-    from rich.live import Live
-
-    demo.console = Console()
-
-    class _View:
-        def __rich__(self) -> Any:
-            return render(demo.status)
-
-    with Live(_View(), console=demo.console, refresh_per_second=4, screen=False, transient=False):
-        yield
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="only the devices the incident needs, with its parts overlapping (about 80 s)")
@@ -714,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     summary: demo_report.Summary | None = None
     try:
-        with contextlib.ExitStack() as stack, _live(demo):
+        with contextlib.ExitStack() as stack, live.view(demo.status, demo.live) as console:
+            demo.console = console
             demo.start(stack)
             demo.wait_online()
             while True:
