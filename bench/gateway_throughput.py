@@ -20,8 +20,9 @@ per worker process instead of one per device, so the generator is not the bottle
    (the gateway restarted with its district port moved to the link's, nothing else changed).
 
 Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
-receipt of the last new one. The gateway's peak RSS is VmHWM from /proc. Nothing here asserts speed; the
-smoke test (tests/test_bench_smoke.py) runs --quick and checks completeness only.
+receipt of the last new one. The gateway's peak RSS is VmHWM, and each process's CPU time, from /proc
+(bench/procmeter.py); the JSON, the tables and the block of docs/performance.md are bench/report.py's. Nothing
+here asserts speed; the smoke test (tests/test_bench_smoke.py) runs --quick and checks completeness only.
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -50,6 +49,8 @@ import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import report
+from bench.procmeter import CpuMeter, broker_pid, proc_status, rss_mb
 from bench.wanlink import LinkSpec, WanLink
 from lifeline import site_auth
 from lifeline.virtual.broker import Mosquitto, free_port
@@ -59,15 +60,12 @@ from protocol import district as dtopics
 from protocol import topics
 from tests.gateway.sitekit import DEPLOY, Device, GatewayProcess, Site, adapt, reading
 
-ROOT = Path(__file__).resolve().parent.parent
 SITE = "bench"
 ALARM_DEV = "bench-alarm"
 LOADGEN_USER = "loadgen"
 RED = 60.0  # above gas.ch4's red level (50 %LEL)
 CLEAR = 5.0  # below blue's clear level (8 %LEL), so each such reading clears the alarm
 TARGETS = {"ratio": 1.0, "alarm_p99_ms": 50.0, "rss_mb": 150.0}
-SECTION = "## Gateway throughput"
-BEGIN, END = "<!-- gateway_throughput:begin -->", "<!-- gateway_throughput:end -->"
 
 
 @dataclass(frozen=True)
@@ -273,40 +271,6 @@ def wait_count(tally: Tally, total: int, timeout: float, progress: Progress) -> 
     return True
 
 
-def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MB (1 MB = 2**20 bytes)."""
-    out: dict[str, float] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0]) / 1024
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds each process of the run used from its creation to stop(): what the 2 cores went to."""
-
-    def __init__(self, procs: dict[str, int]) -> None:
-        self.procs = procs
-        self._start = {name: cpu_seconds(pid) for name, pid in procs.items()}
-        self._t0 = time.monotonic()
-
-    def stop(self) -> dict[str, Any]:
-        used = {name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self.procs.items()}
-        return {"wall_s": round(time.monotonic() - self._t0, 2), "cpu_s": used}
-
-
 def timeout_for(n: int) -> float:
     return 60.0 + n / 500.0
 
@@ -410,11 +374,6 @@ def summary(runs: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
     out.update(rounds=[r["msgs_per_s"] for r in runs], device_messages_total=sum(r["device_messages"] for r in runs),
                lost_total=sum(r["lost"] for r in runs), duplicates=tally.duplicates)
     return out
-
-
-def broker_pid(broker: Mosquitto | None) -> int:
-    assert broker is not None and broker.proc is not None
-    return broker.proc.pid
 
 
 class Bench:
@@ -526,10 +485,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def rss_mb(pid: int) -> float | None:
-    return proc_status(pid).get("VmRSS")
-
-
 def stop_gateway(gateway: GatewayProcess) -> tuple[dict[str, float], int]:
     """Peak memory, then SIGTERM (drain) and the exit code."""
     assert gateway.proc is not None
@@ -638,128 +593,6 @@ def wait_bridge(bridge: Mosquitto, site: Site, timeout: float = 15.0) -> None:
         rec.close()
 
 
-# ------------------------------------------------------------------------------------------ report
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True,
-                          text=True).stdout.splitlines()
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-
-            "mosquitto": mosq[0] if mosq else "", "kernel": platform.release()}
-
-
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway"))}
-
-
-def table(r: dict[str, Any]) -> str:
-    """One scenario's table: the run's top level (loopback) or its "link" part."""
-    g, b, a = r["gateway"], r["bridge"], r["alarm"]
-    bg = a["background"]
-
-    def yes(ok: bool) -> str:
-        return "yes" if ok else "**no**"
-
-    lost = (g["lost_total"], b["lost_total"], bg["lost"], a["lost"])
-
-    def rate(x: dict[str, Any]) -> str:
-        spread = f" ({min(x['rounds']):,.0f}-{max(x['rounds']):,.0f})" if len(x["rounds"]) > 1 else ""
-        return f"{x['msgs_per_s']:,.0f}{spread}"
-
-    rows = [
-        ("gateway: device messages/s, end to end (median, range)", rate(g), "", ""),
-        ("baseline: plain Mosquitto bridge, device messages/s (median, range)", rate(b), "", ""),
-        ("gateway CPU per device message, µs (share of one core busy)",
-         f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
-        ("bridge: both brokers' CPU per device message, µs", f"{b['brokers_cpu_us_per_msg']:.0f}", "", ""),
-        ("upstream bytes per device message (topic + payload), gateway / bridge",
-         f"{g['upstream_bytes_per_msg']:.0f} / {b['upstream_bytes_per_msg']:.0f}", "", ""),
-    ]
-    if "link_bytes_per_msg" in g:
-        rows += [
-            ("bytes on the link per device message, up (MQTT, TLS), gateway / bridge",
-             f"{g['link_bytes_per_msg']['up']:.0f} / {b['link_bytes_per_msg']['up']:.0f}", "", ""),
-            ("link use upstream, Mbit/s, gateway / bridge",
-             f"{g['link_up_mbit_s']:.1f} / {b['link_up_mbit_s']:.1f}", "", ""),
-        ]
-    rows += [
-        ("ratio gateway / bridge", f"{r['ratio']:.2f}", f"≥ {TARGETS['ratio']:.1f}", yes(r["met"]["ratio"])),
-        (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
-         "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {TARGETS['alarm_p99_ms']:.0f}",
-         yes(r["met"]["alarm_p99"])),
-        ("gateway peak RSS (VmHWM), MB", f"{r['rss']['peak_mb']:.0f}", f"≤ {TARGETS['rss_mb']:.0f}",
-         yes(r["met"]["rss"])),
-        ("lost: gateway / bridge / background / alarms", " / ".join(map(str, lost)), "0", yes(not any(lost))),
-    ]
-    out = ["| measure | result | target | met |", "| --- | ---: | --- | --- |"]
-    out += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
-    return "\n".join(out)
-
-
-def link_text(r: dict[str, Any]) -> list[str]:
-    k = r["link"]
-    s, spec, p, g, b = r["sizes"], k["spec"], k["pass_through"], k["gateway"], k["bridge"]
-    return [
-        f"**Over an emulated district link: {spec['rtt_ms']:g} ms RTT, {spec['up_mbit_s']:g} Mbit/s up, "
-        f"{spec['down_mbit_s']:g} Mbit/s down** (`bench/wanlink.py`; both the bridge and the gateway reach the "
-        f"district broker through it). Each round: {s['devices']} devices x {s['link_messages']} messages "
-        f"({g['device_messages']:,}), {s['link_rounds']} round(s); in the median round the gateway needed "
-        f"{g['seconds']:.2f} s and {g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s. "
-        f"The proxy without delay or limit carried the bridge's loopback load ({p['device_messages']:,} messages) "
-        f"at {p['msgs_per_s']:,.0f} msg/s (straight to the broker: {r['bridge']['msgs_per_s']:,.0f}), using "
-        f"{p['wanlink_cpu_us_per_msg']:.0f} µs of CPU per message.",
-        "",
-        table(k),
-    ]
-
-
-def doc_block(r: dict[str, Any]) -> str:
-    s, m, g, b = r["sizes"], r["machine"], r["gateway"], r["bridge"]
-    return "\n".join([
-        BEGIN,
-        f"Measured {r['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}, {m['mosquitto']}, "
-        f"commit {r['git']['commit']}{' (gateway/ modified)' if r['git']['gateway_dirty'] else ''}, "
-        f"1-minute load average {r['load_average_before']} before the run (other work on the machine skews it):",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
-        f"**On loopback** (nothing between the site and the district). Each round: {s['devices']} devices x "
-        f"{s['messages']} messages ({g['device_messages']:,} QoS 1 data "
-        f"messages of 3 readings) from {s['workers']} generator processes, through the bridge, then through the "
-        f"gateway; {s['rounds']} round(s). In the median round the gateway needed {g['seconds']:.2f} s and "
-        f"{g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s.",
-        "",
-        table(r),
-        *(["", *link_text(r)] if "link" in r else []),
-        END,
-    ])
-
-
-def write_doc(path: Path, r: dict[str, Any]) -> None:
-    """Replace the generated block inside this benchmark's section, keeping everything else in the file."""
-    block = doc_block(r)
-    text = path.read_text() if path.exists() else "# Performance\n\nMeasured figures; each section names the " \
-        "benchmark that produced it and how to run it again.\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        text = head + SECTION + "\n\n" + block + "\n" + rest
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n`bench/gateway_throughput.py` (issue 4).\n\n{block}\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway_throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds of load)")
@@ -781,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="its rate site -> district, Mbit/s; 0: unlimited (default %(default)g)")
     parser.add_argument("--down-mbit", type=float, default=link.down_bps / 1e6,
                         help="its rate district -> site, Mbit/s; 0: unlimited (default %(default)g)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_throughput.json")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
+    parser.add_argument("--json", type=Path, default=report.RESULTS / "gateway_throughput.json")
+    parser.add_argument("--doc", type=Path, default=report.ROOT / "docs" / "performance.md",
                         help="markdown file whose '## Gateway throughput' section gets the table")
     parser.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
@@ -805,16 +638,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "gateway_throughput",
               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "command": f".venv/bin/python -m bench.gateway_throughput {argv_text}".rstrip(),
-              "machine": machine(), "load_average_before": load_before, "git": git_state(), **result}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+              "machine": report.machine(), "load_average_before": load_before, "git": report.git_state(), **result}
+    report.save(args.json, result)
     print()
-    print(table(result))
+    print(report.table(result, TARGETS))
     if "link" in result:
-        print("\n" + "\n".join(link_text(result)))
+        print("\n" + "\n".join(report.link_text(result)))
     print(f"\nJSON: {args.json}")
     if not args.no_doc and not args.profile and not args.profile_link:
-        write_doc(args.doc, result)
+        report.write_doc(args.doc, result)
         print(f"table written to {args.doc}")
     lost = sum(x["gateway"]["lost_total"] + x["bridge"]["lost_total"] + x["alarm"]["lost"]
                + x["alarm"]["background"]["lost"] for x in (result, result.get("link") or result))

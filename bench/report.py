@@ -1,0 +1,159 @@
+"""How the benchmarks report: a run's figures are worth keeping only with the machine and commit they were
+measured on, as JSON under bench/results/ for the next run to compare with, as a table on the terminal, and,
+for the gateway benchmark, as the generated block of docs/performance.md. Every benchmark in bench/ writes
+its results through here, so that they all read the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SECTION = "## Gateway throughput"
+BEGIN, END = "<!-- gateway_throughput:begin -->", "<!-- gateway_throughput:end -->"
+
+
+def save(path: Path, result: Any) -> Path:
+    """A run's figures as indented JSON (RESULTS / name, or where a benchmark's --json says)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def print_rows(rows: Mapping[str, Mapping[str, Any]], cols: Sequence[str], width: int = 12) -> None:
+    """A table on the terminal: a line per profile, a column per figure, each cut to `width` characters."""
+    print("profile   " + " ".join(f"{c:>{width}.{width}}" for c in cols))
+    for name, row in rows.items():
+        print(f"{name:<9} " + " ".join(f"{row[c]!s:>{width}.{width}}" for c in cols))
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run measured on: cores, CPU model, Python, Mosquitto and kernel."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True,
+                          text=True).stdout.splitlines()
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "mosquitto": mosq[0] if mosq else "", "kernel": platform.release()}
+
+
+def git_state() -> dict[str, Any]:
+    """The commit a run measured, and whether gateway/ differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway"))}
+
+
+def table(r: dict[str, Any], targets: dict[str, float]) -> str:
+    """One scenario's table of the gateway benchmark, against its targets: the run's top level (loopback) or
+    its "link" part."""
+    g, b, a = r["gateway"], r["bridge"], r["alarm"]
+    bg = a["background"]
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    lost = (g["lost_total"], b["lost_total"], bg["lost"], a["lost"])
+
+    def rate(x: dict[str, Any]) -> str:
+        spread = f" ({min(x['rounds']):,.0f}-{max(x['rounds']):,.0f})" if len(x["rounds"]) > 1 else ""
+        return f"{x['msgs_per_s']:,.0f}{spread}"
+
+    rows = [
+        ("gateway: device messages/s, end to end (median, range)", rate(g), "", ""),
+        ("baseline: plain Mosquitto bridge, device messages/s (median, range)", rate(b), "", ""),
+        ("gateway CPU per device message, µs (share of one core busy)",
+         f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
+        ("bridge: both brokers' CPU per device message, µs", f"{b['brokers_cpu_us_per_msg']:.0f}", "", ""),
+        ("upstream bytes per device message (topic + payload), gateway / bridge",
+         f"{g['upstream_bytes_per_msg']:.0f} / {b['upstream_bytes_per_msg']:.0f}", "", ""),
+    ]
+    if "link_bytes_per_msg" in g:
+        rows += [
+            ("bytes on the link per device message, up (MQTT, TLS), gateway / bridge",
+             f"{g['link_bytes_per_msg']['up']:.0f} / {b['link_bytes_per_msg']['up']:.0f}", "", ""),
+            ("link use upstream, Mbit/s, gateway / bridge",
+             f"{g['link_up_mbit_s']:.1f} / {b['link_up_mbit_s']:.1f}", "", ""),
+        ]
+    rows += [
+        ("ratio gateway / bridge", f"{r['ratio']:.2f}", f"≥ {targets['ratio']:.1f}", yes(r["met"]["ratio"])),
+        (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
+         "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {targets['alarm_p99_ms']:.0f}",
+         yes(r["met"]["alarm_p99"])),
+        ("gateway peak RSS (VmHWM), MB", f"{r['rss']['peak_mb']:.0f}", f"≤ {targets['rss_mb']:.0f}",
+         yes(r["met"]["rss"])),
+        ("lost: gateway / bridge / background / alarms", " / ".join(map(str, lost)), "0", yes(not any(lost))),
+    ]
+    out = ["| measure | result | target | met |", "| --- | ---: | --- | --- |"]
+    out += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
+    return "\n".join(out)
+
+
+def link_text(r: dict[str, Any]) -> list[str]:
+    """The gateway benchmark's paragraph and table for its run over the emulated link."""
+    k = r["link"]
+    s, spec, p, g, b = r["sizes"], k["spec"], k["pass_through"], k["gateway"], k["bridge"]
+    return [
+        f"**Over an emulated district link: {spec['rtt_ms']:g} ms RTT, {spec['up_mbit_s']:g} Mbit/s up, "
+        f"{spec['down_mbit_s']:g} Mbit/s down** (`bench/wanlink.py`; both the bridge and the gateway reach the "
+        f"district broker through it). Each round: {s['devices']} devices x {s['link_messages']} messages "
+        f"({g['device_messages']:,}), {s['link_rounds']} round(s); in the median round the gateway needed "
+        f"{g['seconds']:.2f} s and {g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s. "
+        f"The proxy without delay or limit carried the bridge's loopback load ({p['device_messages']:,} messages) "
+        f"at {p['msgs_per_s']:,.0f} msg/s (straight to the broker: {r['bridge']['msgs_per_s']:,.0f}), using "
+        f"{p['wanlink_cpu_us_per_msg']:.0f} µs of CPU per message.",
+        "",
+        table(k, r["targets"]),
+    ]
+
+
+def doc_block(r: dict[str, Any]) -> str:
+    """The gateway benchmark's generated block of docs/performance.md, between its markers."""
+    s, m, g, b = r["sizes"], r["machine"], r["gateway"], r["bridge"]
+    return "\n".join([
+        BEGIN,
+        f"Measured {r['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}, {m['mosquitto']}, "
+        f"commit {r['git']['commit']}{' (gateway/ modified)' if r['git']['gateway_dirty'] else ''}, "
+        f"1-minute load average {r['load_average_before']} before the run (other work on the machine skews it):",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"**On loopback** (nothing between the site and the district). Each round: {s['devices']} devices x "
+        f"{s['messages']} messages ({g['device_messages']:,} QoS 1 data "
+        f"messages of 3 readings) from {s['workers']} generator processes, through the bridge, then through the "
+        f"gateway; {s['rounds']} round(s). In the median round the gateway needed {g['seconds']:.2f} s and "
+        f"{g['upstream_publishes']} upstream publishes, the bridge {b['seconds']:.2f} s.",
+        "",
+        table(r, r["targets"]),
+        *(["", *link_text(r)] if "link" in r else []),
+        END,
+    ])
+
+
+def write_doc(path: Path, r: dict[str, Any]) -> None:
+    """Replace the generated block inside this benchmark's section, keeping everything else in the file."""
+    block = doc_block(r)
+    text = path.read_text() if path.exists() else "# Performance\n\nMeasured figures; each section names the " \
+        "benchmark that produced it and how to run it again.\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    elif SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        text = head + SECTION + "\n\n" + block + "\n" + rest
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n`bench/gateway_throughput.py` (issue 4).\n\n{block}\n"
+    path.write_text(text)
