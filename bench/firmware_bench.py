@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 from protocol import cbor as cbor_codec
@@ -325,9 +326,7 @@ def main() -> None:
             "wire_ratio",
             "batch_wire_per_reading", "batch_senml_json_per_reading", "batch_wire_ratio", "batch_json_msg_ratio",
             "pack_only_ratio", "seal_ms", "json_encode_ms", "flash_per_reading")
-    print("profile   " + " ".join(f"{c:>12.12}" for c in cols))
-    for name, row in rows.items():
-        print(f"{name:<9} " + " ".join(f"{row[c]!s:>12.12}" for c in cols))
+    report.print_rows(rows, cols)
     heap_cols = ("min_heap_wk", "first_boot_peak_live_wk", "peak_live_wk", "command_peak_live_wk")
     print("ROMFS      " + " ".join(f"{c:>12.12}" for c in heap_cols) + "   (wK; the .mpy files' figure in brackets)")
     for name, row in rows.items():
@@ -347,10 +346,8 @@ def main() -> None:
         "all_mpy_le_64k": all_k <= TARGET_MPY_K,
     }
     print(f"all board .mpy: {all_k} KB (target {TARGET_MPY_K}); targets met: {verdict}")
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "firmware.json").write_text(json.dumps({"profiles": rows, "mpy": sizes, "all_mpy_k": all_k,
-                                                   "hal_import_wk": hal_wk, "targets": verdict}, indent=2) + "\n")
+    report.save(report.RESULTS / "firmware.json", {"profiles": rows, "mpy": sizes, "all_mpy_k": all_k,
+                                                   "hal_import_wk": hal_wk, "targets": verdict})
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 from protocol import topics
@@ -189,18 +189,14 @@ def main() -> None:
         rows = {node.name: node.result(heap) for node in nodes}
     cols = ("births", "power_cuts", "odd_exits", "memory_errors", "tracebacks", "readings_msgs", "duplicates",
             "seq_gaps", "commands", "acks_ok", "baseline_peak_wk", "later_peak_wk")
-    print("profile   " + " ".join(f"{c:>14.14}" for c in cols))
-    for name, row in rows.items():
-        print(f"{name:<9} " + " ".join(f"{row[c]!s:>14.14}" for c in cols))
+    report.print_rows(rows, cols, 14)
     clean = all(not r["odd_exits"] and not r["memory_errors"] and not r["tracebacks"] and not r["seq_gaps"]
                 and r["acks_ok"] == r["commands"] for r in rows.values())
     deploy = "romfs" if args.romfs else "files"
     print(f"{args.minutes} min at {args.heap} from {deploy}: {'clean' if clean else 'NOT clean'}")
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
     name = "firmware_soak_romfs.json" if args.romfs else "firmware_soak.json"
-    (out / name).write_text(json.dumps({"minutes": args.minutes, "heap": args.heap, "deploy": deploy, "clean": clean,
-                                        "profiles": rows}, indent=2) + "\n")
+    report.save(report.RESULTS / name, {"minutes": args.minutes, "heap": args.heap, "deploy": deploy, "clean": clean,
+                                        "profiles": rows})
 
 
 def _until(t: float) -> None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.firmware_bench import (
     KEY,
     MEASURE_HEAP,
@@ -94,9 +95,7 @@ def main() -> None:
             args.save.write_bytes(pickle.dumps(runs))
     rows = {name: figures(name, runs[name], bool(args.load)) for name in names}
     cols = list(next(iter(rows.values())))
-    print("profile   " + " ".join(f"{c:>12.12}" for c in cols))
-    for name, row in rows.items():
-        print(f"{name:<9} " + " ".join(f"{row[c]!s:>12.12}" for c in cols))
+    report.print_rows(rows, cols)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from bench import report
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 
@@ -41,9 +42,7 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     base = figures["baseline_heap"]
     print(f"{'queue + connected client over baseline':<{width}}  {figures['heap_in_use_end'] - base}")
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "store_mqtt.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report.save(report.RESULTS / "store_mqtt.json", figures)
 
 
 if __name__ == "__main__":
