@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from gateway import district_wire
 from gateway.riskpoints import RiskPoints
 from gateway.rules import (
     Level,
@@ -86,35 +87,15 @@ class Transition:
     cause: str | None = None
     resend: int = 0
 
-    def body(self) -> dict[str, Any]:
-        """Text-keyed map for the district. `value` is what the rule judged (the reading, its size, the
-        change within the window, the accumulated amount, or seconds of silence); `reading` is the raw one."""
-        out: dict[str, Any] = {
-            "id": self.alarm_id,
-            "ev": self.event,
-            "kind": self.rule_kind,
-            "dev": self.device,
-            "cls": self.device_class,
-            "metric": self.metric,
-            "level": _label(self.level),
-            "prev": _label(self.prev),
-            "value": self.value,
-            "reading": self.reading,
-            "rule": self.rule,
-            "rver": self.rule_version,
-            "t_dev": self.device_time,
-            "t_gw": self.gateway_time,
-            "resend": self.resend,
-        }
-        if self.point is not None:
-            out["point"] = self.point
-        if self.position is not None:
-            out["pos"] = [self.position[0], self.position[1]]
-        if self.unit is not None:
-            out["unit"] = self.unit
-        if self.cause is not None:
-            out["cause"] = self.cause
-        return out
+    def body(self) -> district_wire.AlarmTransition:
+        """The upstream event. `value` is what the rule judged (the reading, its size, the change within the
+        window, the accumulated amount, or seconds of silence); `reading` is the raw one."""
+        return district_wire.alarm_transition(
+            id=self.alarm_id, ev=self.event, kind=self.rule_kind, dev=self.device, cls=self.device_class,
+            metric=self.metric, level=_label(self.level), prev=_label(self.prev), value=self.value,
+            reading=self.reading, rule=self.rule, rver=self.rule_version, t_dev=self.device_time,
+            t_gw=self.gateway_time, resend=self.resend, point=self.point, pos=self.position, unit=self.unit,
+            cause=self.cause)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Transition:

@@ -19,22 +19,24 @@ import math
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from gateway import config as config_mod
+from gateway import district_wire
 from gateway.alarms import AlarmEngine, Transition
 from gateway.checks import TRUSTED, Checked, Checker, Reading
-from gateway.commands import Commands, DownlinkError, Outgoing, alarm_ack_ids, ruleset_from_downlink
+from gateway.commands import Commands, Outgoing
 from gateway.config import ConfigError, GatewayConfig
+from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
 from gateway.metrics import Metrics, Snapshot
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
-from gateway.rules import RuleError
+from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
 from gateway.store import open_store
 from gateway.uplink import Uplink
@@ -142,30 +144,23 @@ class Gateway:
             self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now)
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
-            self._up_state(district.DQ, {"dev": dev.id, "kind": "clock", "seq": body["seq"], "boot": body["boot"],
-                                       "clk": body["clk"], "t": now,
-                                       "readings": [{"n": r.name, "clock": r.clock, "t_device": r.t_device}
-                                                    for r in flagged]})
+            self._up_state(district.DQ, district_wire.clock_report(
+                dev.id, body["seq"], body["boot"], body["clk"], now, ((r.name, r.clock, r.t_device) for r in flagged)))
         if c.kind == topics.EVENT:
-            self._up_state(district.UP_EVENT, {"dev": dev.id, "ev": body["ev"], "seq": body["seq"],
-                                             "boot": body["boot"], "pri": body["pri"], "t": now})
+            self._up_state(district.UP_EVENT, district_wire.device_event(dev.id, body["ev"], body["seq"], body["boot"],
+                                                                         body["pri"], now))
 
     def _state(self, c: Checked, now: float) -> None:
         dev, body = c.device, c.body
-        up: dict[str, Any] = {"dev": dev.id, "st": body["st"], "boot": body["boot"], "seq": body["seq"], "t": now,
-                              "retained": c.retained}
         event(log, "device", dev=dev.id, st=body["st"], boot=body["boot"], fw=body.get("fw"),
               retained=c.retained)
         if body["st"] == message.ONLINE:
             self.registry.birth(dev.id, body, now, live=not c.retained)
-            up.update({k: body[k] for k in ("fw", "prof", "rst", "rssi", "batt", "ip") if k in body})
-            if dev.position is not None:
-                up["pos"] = list(dev.position)
         else:
             self.registry.death(dev.id)
             for t in self.alarms.device_dead(dev.id, now, dev.cls):
                 self._up_alarm(t)
-        self._up_state(district.UP_STATE, up)
+        self._up_state(district.UP_STATE, district_wire.device_state(dev.id, body, now, c.retained, dev.position))
 
     # ------------------------------------------------------------------------------ downlink
 
@@ -192,7 +187,7 @@ class Gateway:
 
     def _alarm_acks(self, payload: bytes, now: float) -> None:
         try:
-            ids = alarm_ack_ids(payload)
+            ids = district_wire.alarm_ack_ids(payload)
         except DownlinkError as exc:
             event(log, "alarm-ack-rejected", logging.WARNING, error=str(exc))
             return
@@ -201,17 +196,17 @@ class Gateway:
             event(log, "alarm-ack", id=alarm_id, known=known)
 
     def _rules(self, payload: bytes, now: float) -> None:
-        result: dict[str, Any] = {"re": "rules", "t": now}
+        version = None
         try:
-            ruleset = ruleset_from_downlink(payload)
-            result["version"] = ruleset.version
+            ruleset = parse_ruleset(district_wire.ruleset_data(payload))
+            version = ruleset.version
             for t in self.alarms.replace_rules(ruleset, now):
                 self._up_alarm(t)
         except (DownlinkError, RuleError) as exc:
-            result.update(ok=False, error=str(exc), active=self.alarms.ruleset.version)
+            result = district_wire.rules_result(now, version, str(exc), self.alarms.ruleset.version)
             event(log, "rules-rejected", logging.WARNING, error=str(exc))
         else:
-            result["ok"] = True
+            result = district_wire.rules_result(now, version)
             event(log, "rules-applied", version=ruleset.version, source="district")
         self._up_state(district.UP_ACK, result)
 
@@ -231,15 +226,14 @@ class Gateway:
               dev=t.device, metric=t.metric, alarm_level=t.level.label if t.level else None, value=t.value,
               point=t.point, rule=t.rule, rver=t.rule_version, resend=t.resend)
 
-    def _up_state(self, kind: str, body: dict[str, Any]) -> None:
+    def _up_state(self, kind: str, body: Mapping[str, Any]) -> None:
         self.outbox.put_state(kind, body)
 
     def _up_gap(self, gap: Gap) -> None:
         self.gaps += gap.kind == "gap"
         event(log, "sequence", logging.WARNING if gap.kind == "gap" else logging.INFO, kind=gap.kind,
               dev=gap.dev, first=gap.first, last=gap.last)
-        self._up_state(district.DQ, {"dev": gap.dev, "kind": gap.kind, "first": gap.first, "last": gap.last,
-                                   "since": gap.since})
+        self._up_state(district.DQ, district_wire.sequence_report(gap.dev, gap.kind, gap.first, gap.last, gap.since))
 
     # ------------------------------------------------------------------------------ time
 

@@ -25,10 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-
+from gateway import district_wire
 from gateway.logs import event
-from protocol import district, senml, senml_resolve
+from protocol import district, senml_resolve
 
 log = logging.getLogger("lifeline.gateway.outbox")
 
@@ -97,20 +96,13 @@ class _Span:
 
 @dataclass
 class BudgetReport:
-    """What one budget pass did; also the body of the data-quality item sent upstream."""
+    """What one budget pass did; upstream it becomes a data-quality item (district_wire.outbox_budget)."""
 
     budget: int
     before: int
     after: int = 0
     thinned: dict[str, _Span] = field(default_factory=dict)
     evicted: dict[str, _Span] = field(default_factory=dict)
-
-    def body(self, now: float) -> dict[str, Any]:
-        def spans(d: dict[str, _Span]) -> list[dict[str, Any]]:
-            return [{"dev": dev, "msgs": s.msgs, "seq_lo": s.seq_lo, "seq_hi": s.seq_hi}
-                    for dev, s in sorted(d.items())]
-        return {"ev": "outbox-budget", "t": now, "budget": self.budget, "before": self.before,
-                "after": self.after, "thinned": spans(self.thinned), "evicted": spans(self.evicted)}
 
 
 class _Stats:
@@ -137,51 +129,9 @@ class _Stats:
             self.max = max(self.max, x)
             self.total += x
 
-    def body(self, name: str, start: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": name, "t": start, "count": self.count}
-        if self.unit is not None:
-            out["u"] = self.unit
-        if self.last is not None:
-            out["last"] = self.last
-        elif self.max >= self.min:
-            out.update(min=self.min, max=self.max, mean=self.total / self.count)
-        return out
-
-
-def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int, Any]]:
-    """Resolved records as an upstream SenML pack: integer labels, bn "{dev}:", bt the first record's time.
-
-    Values: v, vb, vs or vd, and an optional sum s (a record may carry only a sum, RFC 8428 section 4.2).
-
-    A device that used its own id as base name is not prefixed twice, so every upstream name reads
-    "{dev}:{metric}" whatever the device sent.
-    """
-    if not records:
-        raise ValueError("telemetry needs at least one record")
-    prefix = dev + ":"
-    bt = records[0]["t"]
-    out = []
-    for rec in records:
-        name = rec["n"]
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-        present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
-        if len(present) > 1 or not (present or "s" in rec):
-            raise ValueError(f"record {name!r}: needs exactly one of v, vb, vs, vd (or only a sum s)")
-        dt = (rec["t"] - bt) or None
-        if present:
-            item = senml.record(name, rec[present[0]], rec.get("u"), dt)
-        else:
-            item = {senml.N: name}
-            if rec.get("u") is not None:
-                item[senml.U] = rec["u"]
-            if dt is not None:
-                item[senml.T] = dt
-        if "s" in rec:
-            item[senml.S] = rec["s"]
-        out.append(item)
-    pack: list[dict[int, Any]] = senml.pack(out, bn=prefix, bt=bt)
-    return pack
+    def body(self, name: str, start: float) -> district_wire.MetricSummary:
+        spread = (self.min, self.max, self.total / self.count) if self.max >= self.min else None
+        return district_wire.metric_summary(name, start, self.count, self.unit, self.last, spread)
 
 
 class Outbox:
@@ -232,7 +182,7 @@ class Outbox:
 
     def put_alarm(self, body: Mapping[str, Any], now: float | None = None) -> int:
         """An alarm transition (alarms.Transition.body()); the uplink is woken at once."""
-        rid = self._insert(ALARM, district.ALARM, now, None, None, None, cbor2.dumps(dict(body)))
+        rid = self._insert(ALARM, district.ALARM, now, None, None, None, district_wire.encode(body))
         self.alarm_event.set()
         return rid
 
@@ -240,12 +190,12 @@ class Outbox:
         """Device state, a data-quality event, a command ack or a device event: `kind` is its up topic kind."""
         if kind not in STATE_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
-        return self._insert(STATE, kind, now, None, None, None, cbor2.dumps(dict(body)))
+        return self._insert(STATE, kind, now, None, None, None, district_wire.encode(body))
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
                       now: float | None = None) -> int:
         """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"})."""
-        body = cbor2.dumps({"dev": dev, "seq": seq, "boot": boot, "e": senml_pack(dev, records)})
+        body = district_wire.telemetry_entry(dev, seq, boot, records)
         return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body)
 
     def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
@@ -393,7 +343,8 @@ class Outbox:
                 used = self.bytes_used()
             report.after = used
             if report.thinned or report.evicted:
-                self.put_state(district.DQ, report.body(now), now)
+                self.put_state(district.DQ, district_wire.outbox_budget(now, report.budget, report.before, report.after,
+                                                                        report.thinned, report.evicted), now)
                 report.after = self.bytes_used()
             self.conn.commit()
         except BaseException:
@@ -454,7 +405,7 @@ class Outbox:
         stats: dict[tuple[str, float], _Stats] = {}
         boots: set[int] = set()
         for _rid, _t, _seq, body in group:
-            msg = cbor2.loads(body)
+            msg = district_wire.read_telemetry_entry(body)
             boots.add(msg["boot"])
             for rec in senml_resolve.resolve(msg["e"]):
                 name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
@@ -465,9 +416,8 @@ class Outbox:
                 stats[key].add(rec)
         seqs = [seq for _rid, _t, seq, _body in group]
         lo, hi = min(seqs), max(seqs)
-        body = cbor2.dumps({"dev": dev, "seq_lo": lo, "seq_hi": hi, "msgs": len(group), "boots": sorted(boots),
-                            "interval": self.thin_interval_s,
-                            "s": [st.body(name, start) for (name, start), st in sorted(stats.items())]})
+        body = district_wire.thinned_entry(dev, lo, hi, len(group), sorted(boots), self.thin_interval_s,
+                                           [st.body(name, start) for (name, start), st in sorted(stats.items())])
         return min(rid for rid, *_ in group), min(t for _r, t, *_ in group), dev, lo, hi, len(group), body
 
     def _evict(self, report: BudgetReport, excess: int) -> None:

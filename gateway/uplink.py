@@ -23,11 +23,10 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiomqtt
-import cbor2
 
+from gateway import district_wire
 from gateway.config import BrokerConfig
 from gateway.logs import event
 from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
@@ -36,31 +35,6 @@ from protocol import district, topics
 log = logging.getLogger("lifeline.gateway.uplink")
 
 Downlink = Callable[[str, bytes], None]
-
-
-class _Raw:
-    """Bytes that are already CBOR, spliced into an upstream message without decoding them again."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _splice(encoder: Any, value: Any) -> None:
-    if not isinstance(value, _Raw):
-        raise TypeError(f"cannot encode {type(value).__name__}")
-    encoder.write(value.data)
-
-
-def telemetry_body(site: str, items: list[Item]) -> bytes:
-    """{"site", "packs": [{"dev","seq","boot","e"}...], "thinned": [summary...]} from leased telemetry rows."""
-    doc: dict[str, Any] = {"site": site, "packs": [_Raw(i.body) for i in items if not i.thinned]}
-    thinned = [_Raw(i.body) for i in items if i.thinned]
-    if thinned:
-        doc["thinned"] = thinned
-    out: bytes = cbor2.dumps(doc, default=_splice)
-    return out
 
 
 class _Stopped(Exception):
@@ -276,7 +250,9 @@ class Uplink:
                 wait = 0.0 if n >= self.max_items or self.draining else oldest + self.max_delay_s - time.time()
                 if wait <= 0:
                     items = ob.lease(TELEMETRY, self.max_items)
-                    return district.up(self.site, district.TELEMETRY), telemetry_body(self.site, items), items
+                    payload = district_wire.telemetry(self.site, [i.body for i in items if not i.thinned],
+                                                      [i.body for i in items if i.thinned])
+                    return district.up(self.site, district.TELEMETRY), payload, items
                 timeout = wait
             if ob.awaiting_commit(STATE, TELEMETRY):  # more may be in the ingest's open batch: look again soon
                 timeout = min(timeout or 0.002, 0.002)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Outbox, senml_pack
+from gateway.district_wire import senml_pack
+from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Outbox
 from gateway.store import open_store
 from protocol import district, senml_resolve
 

@@ -1,0 +1,453 @@
+"""The district wire: every body the gateway sends up to the district or reads from it, built or parsed here.
+
+protocol/district.py names the topics; this module fixes what travels on them, so that a gateway and the
+district centre (which imports this module too) agree on one schema, documented once in docs/protocol.md
+("The district wire"). Each upstream body is built by one function, in one key order, because the bytes
+matter: an outbox row is stored as its final encoding, and cbor2 writes a map in the order it was built.
+Each downlink body is checked by one parser before the gateway acts on it. Host only (CPython, cbor2):
+nodes never see these bodies, so this lives beside the gateway rather than in the MicroPython protocol/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
+
+import cbor2
+
+from protocol import message, senml
+
+BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    """A body as it travels: CBOR, keys in the order its builder wrote them."""
+    return cbor2.dumps(dict(body))
+
+
+# --- alarm ------------------------------------------------------------------------------------------------
+
+
+class AlarmTransition(TypedDict):
+    """One alarm transition (docs/rules.md, "Alarm lifecycle", says what each field means)."""
+
+    id: str
+    ev: str
+    kind: str
+    dev: str
+    cls: str
+    metric: str | None
+    level: str | None
+    prev: str | None
+    value: float | None
+    reading: float | None
+    rule: str
+    rver: int
+    t_dev: float | None
+    t_gw: float
+    resend: int
+    point: NotRequired[str]
+    pos: NotRequired[list[float]]
+    unit: NotRequired[str]
+    cause: NotRequired[str]
+
+
+def alarm_transition(*, id: str, ev: str, kind: str, dev: str, cls: str, metric: str | None,
+                     level: str | None, prev: str | None, value: float | None, reading: float | None, rule: str,
+                     rver: int, t_dev: float | None, t_gw: float, resend: int, point: str | None = None,
+                     pos: tuple[float, float] | None = None, unit: str | None = None,
+                     cause: str | None = None) -> AlarmTransition:
+    out = AlarmTransition(id=id, ev=ev, kind=kind, dev=dev, cls=cls, metric=metric, level=level, prev=prev,
+                          value=value, reading=reading, rule=rule, rver=rver, t_dev=t_dev, t_gw=t_gw, resend=resend)
+    if point is not None:
+        out["point"] = point
+    if pos is not None:
+        out["pos"] = [pos[0], pos[1]]
+    if unit is not None:
+        out["unit"] = unit
+    if cause is not None:
+        out["cause"] = cause
+    return out
+
+
+# --- telemetry --------------------------------------------------------------------------------------------
+
+
+class TelemetryEntry(TypedDict):
+    """One device data message in a telemetry message's "packs"."""
+
+    dev: str
+    seq: int
+    boot: int
+    e: list[dict[int, Any]]
+
+
+class MetricSummary(TypedDict):
+    """One metric over one interval of reading time, in a thinned entry's "s"."""
+
+    n: str
+    t: float
+    count: int
+    u: NotRequired[str]
+    last: NotRequired[str]
+    min: NotRequired[float]
+    max: NotRequired[float]
+    mean: NotRequired[float]
+
+
+class ThinnedEntry(TypedDict):
+    """Device messages seq_lo..seq_hi summarised by the outbox's disk budget, in a message's "thinned"."""
+
+    dev: str
+    seq_lo: int
+    seq_hi: int
+    msgs: int
+    boots: list[int]
+    interval: float
+    s: list[MetricSummary]
+
+
+def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int, Any]]:
+    """Resolved records as an upstream SenML pack: integer labels, bn "{dev}:", bt the first record's time.
+
+    Values: v, vb, vs or vd, and an optional sum s (a record may carry only a sum, RFC 8428 section 4.2).
+
+    A device that used its own id as base name is not prefixed twice, so every upstream name reads
+    "{dev}:{metric}" whatever the device sent.
+    """
+    if not records:
+        raise ValueError("telemetry needs at least one record")
+    prefix = dev + ":"
+    bt = records[0]["t"]
+    out = []
+    for rec in records:
+        name = rec["n"]
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+        present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
+        if len(present) > 1 or not (present or "s" in rec):
+            raise ValueError(f"record {name!r}: needs exactly one of v, vb, vs, vd (or only a sum s)")
+        dt = (rec["t"] - bt) or None
+        if present:
+            item = senml.record(name, rec[present[0]], rec.get("u"), dt)
+        else:
+            item = {senml.N: name}
+            if rec.get("u") is not None:
+                item[senml.U] = rec["u"]
+            if dt is not None:
+                item[senml.T] = dt
+        if "s" in rec:
+            item[senml.S] = rec["s"]
+        out.append(item)
+    pack: list[dict[int, Any]] = senml.pack(out, bn=prefix, bt=bt)
+    return pack
+
+
+def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]]) -> bytes:
+    """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"|"vd"})."""
+    return cbor2.dumps(TelemetryEntry(dev=dev, seq=seq, boot=boot, e=senml_pack(dev, records)))
+
+
+def read_telemetry_entry(data: bytes) -> TelemetryEntry:
+    return cast(TelemetryEntry, cbor2.loads(data))
+
+
+def metric_summary(n: str, t: float, count: int, unit: str | None, last: str | None,
+                   spread: tuple[float, float, float] | None) -> MetricSummary:
+    """Text values keep their last one; numbers (booleans as 0/1) their (min, max, mean); data only a count."""
+    out = MetricSummary(n=n, t=t, count=count)
+    if unit is not None:
+        out["u"] = unit
+    if last is not None:
+        out["last"] = last
+    elif spread is not None:
+        out["min"], out["max"], out["mean"] = spread
+    return out
+
+
+def thinned_entry(dev: str, seq_lo: int, seq_hi: int, msgs: int, boots: list[int], interval: float,
+                  s: list[MetricSummary]) -> bytes:
+    return cbor2.dumps(ThinnedEntry(dev=dev, seq_lo=seq_lo, seq_hi=seq_hi, msgs=msgs, boots=boots,
+                                    interval=interval, s=s))
+
+
+class _Encoded:
+    """Bytes that are already CBOR, spliced into a telemetry message without decoding them again."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _splice(encoder: Any, value: Any) -> None:
+    if not isinstance(value, _Encoded):
+        raise TypeError(f"cannot encode {type(value).__name__}")
+    encoder.write(value.data)
+
+
+def telemetry(site: str, packs: Sequence[bytes], thinned: Sequence[bytes]) -> bytes:
+    """{"site", "packs": [entry...], "thinned": [entry...]} ("thinned" only when there are some), from the
+    entries as stored (telemetry_entry, thinned_entry)."""
+    doc: dict[str, Any] = {"site": site, "packs": [_Encoded(p) for p in packs]}
+    if thinned:
+        doc["thinned"] = [_Encoded(t) for t in thinned]
+    out: bytes = cbor2.dumps(doc, default=_splice)
+    return out
+
+
+# --- state, event ----------------------------------------------------------------------------------------
+
+
+class DeviceState(TypedDict):
+    """A device's birth or death as the gateway saw it; `t` is the gateway's time."""
+
+    dev: str
+    st: str
+    boot: int
+    seq: int
+    t: float
+    retained: bool
+    fw: NotRequired[str]
+    prof: NotRequired[str]
+    rst: NotRequired[str]
+    rssi: NotRequired[int]
+    batt: NotRequired[float]
+    ip: NotRequired[str]
+    pos: NotRequired[list[float]]
+
+
+def device_state(dev: str, state: Mapping[str, Any], t: float, retained: bool,
+                 pos: tuple[float, float] | None) -> DeviceState:
+    """From the device's checked state body; a birth adds its BIRTH_FIELDS and the registry's position."""
+    out: dict[str, Any] = {"dev": dev, "st": state["st"], "boot": state["boot"], "seq": state["seq"], "t": t,
+                           "retained": retained}
+    if state["st"] == message.ONLINE:
+        out.update({k: state[k] for k in BIRTH_FIELDS if k in state})
+        if pos is not None:
+            out["pos"] = list(pos)
+    return cast(DeviceState, out)
+
+
+class DeviceEvent(TypedDict):
+    """A device event; its readings travel with the telemetry."""
+
+    dev: str
+    ev: str
+    seq: int
+    boot: int
+    pri: int
+    t: float
+
+
+def device_event(dev: str, ev: str, seq: int, boot: int, pri: int, t: float) -> DeviceEvent:
+    return DeviceEvent(dev=dev, ev=ev, seq=seq, boot=boot, pri=pri, t=t)
+
+
+# --- data quality ---------------------------------------------------------------------------------------
+
+
+class SequenceReport(TypedDict):
+    """Sequence numbers first..last of a device: missing past the grace period, or found after all."""
+
+    dev: str
+    kind: Literal["gap", "recovered"]
+    first: int
+    last: int
+    since: float
+
+
+def sequence_report(dev: str, kind: str, first: int, last: int, since: float) -> SequenceReport:
+    return cast(SequenceReport, {"dev": dev, "kind": kind, "first": first, "last": last, "since": since})
+
+
+class FlaggedReading(TypedDict):
+    n: str
+    clock: str
+    t_device: float
+
+
+class ClockReport(TypedDict):
+    """Readings judged and forwarded with the arrival time because their own time was not trusted."""
+
+    dev: str
+    kind: Literal["clock"]
+    seq: int
+    boot: int
+    clk: int
+    t: float
+    readings: list[FlaggedReading]
+
+
+def clock_report(dev: str, seq: int, boot: int, clk: int, t: float,
+                 readings: Iterable[tuple[str, str, float]]) -> ClockReport:
+    """`readings`: (name, clock flag, the device's own time) of each flagged reading."""
+    return ClockReport(dev=dev, kind="clock", seq=seq, boot=boot, clk=clk, t=t,
+                       readings=[FlaggedReading(n=n, clock=clock, t_device=td) for n, clock, td in readings])
+
+
+class SeqSpan(Protocol):
+    msgs: int
+    seq_lo: int
+    seq_hi: int
+
+
+class SpanBody(TypedDict):
+    dev: str
+    msgs: int
+    seq_lo: int
+    seq_hi: int
+
+
+class OutboxBudget(TypedDict):
+    """What one pass of the outbox's disk budget summarised or dropped, per device, in bytes before/after."""
+
+    ev: Literal["outbox-budget"]
+    t: float
+    budget: int
+    before: int
+    after: int
+    thinned: list[SpanBody]
+    evicted: list[SpanBody]
+
+
+def outbox_budget(t: float, budget: int, before: int, after: int, thinned: Mapping[str, SeqSpan],
+                  evicted: Mapping[str, SeqSpan]) -> OutboxBudget:
+    def spans(by_dev: Mapping[str, SeqSpan]) -> list[SpanBody]:
+        return [SpanBody(dev=dev, msgs=s.msgs, seq_lo=s.seq_lo, seq_hi=s.seq_hi) for dev, s in sorted(by_dev.items())]
+    return OutboxBudget(ev="outbox-budget", t=t, budget=budget, before=before, after=after,
+                        thinned=spans(thinned), evicted=spans(evicted))
+
+
+# --- ack: results of what the district asked for -----------------------------------------------------------
+
+
+class CommandResult(TypedDict):
+    """A relayed command's outcome: the device's ack, a timeout, or the gateway's refusal."""
+
+    re: Literal["cmd"]
+    dev: Any  # as the district sent it when the command was refused
+    id: Any
+    ok: bool
+    op: NotRequired[str]
+    res: NotRequired[Any]
+    boot: NotRequired[int]
+    rtt_s: NotRequired[float]
+    error: NotRequired[str]
+    waited_s: NotRequired[float]
+
+
+def command_done(dev: str, id: int, op: str, ok: bool, res: Any, boot: int, rtt_s: float) -> CommandResult:
+    return cast(CommandResult, {"re": "cmd", "dev": dev, "id": id, "op": op, "ok": ok, "res": res, "boot": boot,
+                                "rtt_s": rtt_s})
+
+
+def command_timeout(dev: str, id: int, op: str, waited_s: float) -> CommandResult:
+    return cast(CommandResult, {"re": "cmd", "dev": dev, "id": id, "op": op, "ok": False, "error": "timeout",
+                                "waited_s": waited_s})
+
+
+def command_refused(sent: Mapping[str, Any], error: str) -> CommandResult:
+    """`sent`: the command's map as far as it could be read (empty when it was not a CBOR map)."""
+    return CommandResult(re="cmd", dev=sent.get("dev"), id=sent.get("id"), ok=False, error=error)
+
+
+class RulesResult(TypedDict):
+    """A rule set sent down: applied (its version), or refused (why, and the version still active)."""
+
+    re: Literal["rules"]
+    t: float
+    version: NotRequired[int]
+    ok: bool
+    error: NotRequired[str]
+    active: NotRequired[int]
+
+
+def rules_result(t: float, version: int | None, error: str | None = None, active: int | None = None
+                 ) -> RulesResult:
+    """`version`: the sent set's, when it could be read; `error` and `active` when it was refused."""
+    out: dict[str, Any] = {"re": "rules", "t": t}
+    if version is not None:
+        out["version"] = version
+    out["ok"] = error is None
+    if error is not None:
+        out["error"] = error
+        out["active"] = active
+    return cast(RulesResult, out)
+
+
+# --- downlink ---------------------------------------------------------------------------------------------
+
+
+class DownlinkError(ValueError):
+    """A downlink body the gateway refuses; the message says why (it goes upstream or to the log)."""
+
+
+def downlink(payload: bytes) -> Mapping[str, Any]:
+    """Any downlink payload: a CBOR map."""
+    try:
+        body = cbor2.loads(payload)
+    except Exception as exc:
+        raise DownlinkError(f"not CBOR: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise DownlinkError("not a CBOR map")
+    return body
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """`cmd`: {"dev", "id" (uint < 2**63), "op", "args": {...}} for one device."""
+
+    dev: str
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+def command_request(body: Mapping[str, Any]) -> CommandRequest:
+    """A `cmd` body read by `downlink`; whether the device exists is the gateway's to check."""
+    cmd_id, op, args, dev = body.get("id"), body.get("op"), body.get("args", {}), body.get("dev")
+    if not isinstance(cmd_id, int) or isinstance(cmd_id, bool) or not 0 <= cmd_id < 2**63:
+        raise DownlinkError("id must be an unsigned integer below 2**63")
+    if not isinstance(op, str) or not op:
+        raise DownlinkError("op must be a non-empty string")
+    if not isinstance(args, Mapping):
+        raise DownlinkError("args must be a map")
+    if not isinstance(dev, str):
+        raise DownlinkError(f"unknown device {dev!r}")
+    return CommandRequest(dev, cmd_id, op, _thaw(args))
+
+
+def alarm_ack_ids(payload: bytes) -> list[str]:
+    """`alarm-ack`: {"id": ID} or {"ids": [ID, ...]}: the alarm ids the district acknowledges."""
+    body = downlink(payload)
+    ids = body.get("ids", [body.get("id")] if "id" in body else [])
+    if not isinstance(ids, list | tuple) or not ids or not all(isinstance(i, str) for i in ids):
+        raise DownlinkError("expected {'id': alarm id} or {'ids': [alarm ids]}")
+    return list(ids)
+
+
+def ruleset_data(payload: bytes) -> dict[str, Any]:
+    """`rules`: {"ruleset": <rule set, as in a rule file>}, the set as a map or as JSON text; the gateway's
+    rule parser validates what is inside."""
+    data = downlink(payload).get("ruleset")
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise DownlinkError(f"ruleset: not JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise DownlinkError("expected {'ruleset': {...}}")
+    thawed: dict[str, Any] = _thaw(data)
+    return thawed
+
+
+def _thaw(value: Any) -> Any:
+    """cbor2 may hand nested maps over as frozendicts and arrays as tuples; the gateway wants plain ones."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
