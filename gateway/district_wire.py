@@ -31,7 +31,7 @@ def encode(body: Mapping[str, Any]) -> bytes:
 
 
 class AlarmTransition(TypedDict):
-    """One alarm transition (docs/rules.md, "Alarm lifecycle", says what each field means)."""
+    """One alarm transition; docs/protocol.md ("The district wire") says what each field means."""
 
     id: str
     ev: str
