@@ -3,7 +3,7 @@ each against a baseline measured in the same run.
 
 Run: .venv/bin/python -m bench.firmware_bench [--profiles gas,water] [--seconds 20]. Prints a table and
 writes bench/results/firmware.json. Every figure comes from a virtual device (the real firmware as .mpy
-on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosquitto:
+on the MicroPython unix port, lifeline/virtual/flashdir.py) publishing to a real Mosquitto:
 
 - min heap: the smallest -X heapsize=NwK (4wK steps) at which the profile runs its sped-up schedule,
   from a fresh flash (so including its config-checking first boot), without MemoryError, and answers a
@@ -20,8 +20,8 @@ on the MicroPython unix port, tests/firmware/vdev.py) publishing to a real Mosqu
 - romfs: the same heap figures (and min heap) with the firmware imported from a ROMFS image, as a board
   built with ROMFS runs it (`lifeline flash --romfs`; docs/firmware.md, "ROMFS"), against the .mpy files
   above as the baseline.
-- .mpy: mpy-cross output of what a board with the profile imports (firmware/lib without the sim
-  backend, its drivers, protocol/); all: every module a board is flashed with. Target: all <= 64 KB.
+- .mpy: mpy-cross output of what a board with the profile imports (firmware/lib, its drivers, protocol/;
+  the sim modules are in firmware/sim/); all: every module a board is flashed with. Target: all <= 64 KB.
 - the measuring run sends every sample (dense(): no deadband) so that it fills whole batches; the
   min-heap runs use the sped-up profile with its filters.
 - wire bytes per reading: sealed SenML-CBOR messages (COSE_Mac0, as published) against the same packs
@@ -43,7 +43,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,13 +51,16 @@ from typing import Any
 
 from bench import report
 from lifeline import upy
+from lifeline.virtual import firmware
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.firmware import build_firmware, build_romfs
+from lifeline.virtual.flashdir import KEY, FlashDirDevice
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import STIMULUS, load_profile, sped_up
 from protocol import cbor as cbor_codec
 from protocol import message, senml, senml_resolve, topics
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
-from vdev import KEY, STIMULUS, Listener, VirtualDevice, build_firmware, build_romfs, load_profile, sped_up  # noqa: E402
 
 PROFILES = tuple(STIMULUS)
 HEAPS_WK = (36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 80, 96, 128)
@@ -75,18 +77,15 @@ def wk(n: float) -> float:
     return round(n / 1024 / WORD_SCALE, 1)
 
 
-SIM_ONLY = ("hal/sim.py", "hal/simworld.py", "hal/simdev.py", "hal/simrom.py")
 _WRITE = re.compile(r'write\(\d+<([^>]*)>, .*\) = (\d+)$')
 
 
 def mpy_sizes(out: Path) -> dict[str, Any]:
-    """Bytes of .mpy per board module (sim backend excluded), and per profile."""
+    """Bytes of .mpy per board module, and per profile."""
     sizes: dict[str, int] = {}
     for base in (upy.FIRMWARE / "lib", upy.ROOT / "protocol"):
         for src in sorted(base.rglob("*.py")):
             rel = src.relative_to(base.parent if base.name == "protocol" else base).as_posix()
-            if rel in SIM_ONLY:
-                continue
             sizes[rel] = upy.compile_module(src, out / rel.replace(".py", ".mpy")).stat().st_size
     per: dict[str, int] = {}
     for name in PROFILES:
@@ -118,7 +117,7 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
                boots: int = 1, romfs: Path | None = None) -> dict[str, Any]:
     """`boots` runs of `seconds` each on the same flash, each sent a command halfway; the messages and
     flash writes (strace) are the first boot's, `later` the messages of the boots after it. With `romfs`,
-    the device imports from that image (tests/firmware/vdev.py, build_romfs)."""
+    the device imports from that image (lifeline/virtual/firmware.py, build_romfs)."""
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
         flash = Path(tmp) / "flash"
         listener = Listener(broker.port, "site-a", "dev-01")
@@ -127,7 +126,7 @@ def run_device(mpy: Path, name: str, heap: str, seconds: float, trace: Path | No
         first = 0
         for boot in range(boots):
             wrap = ["strace", "-f", "-A", "-y", "-e", "trace=write", "-o", str(trace)] if trace and not boot else None
-            dev = VirtualDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap, romfs=romfs)
+            dev = FlashDirDevice(flash, mpy, profile, broker.port, STIMULUS[name], heap=heap, wrap=wrap, romfs=romfs)
             with dev:
                 # half a health period (sped_up: 5 s) off the health events, which would otherwise catch
                 # the command path loaded and mix it into the figures between commands
@@ -173,11 +172,11 @@ def min_heap(mpy: Path, name: str, seconds: float, romfs: Path | None = None) ->
 def hal_cost(mpy: Path) -> dict[str, int]:
     """Heap each backend takes when imported (bench/hal_cost_upy.py): the sim's share of the figures above
     that a board, importing hal/esp32.py instead, does not carry. The esp32 backend's machine and network
-    are build_firmware's esp32_sim modules, imported before the count starts."""
+    are build_firmware's stand-ins (firmware/sim/esp32_machine), imported before the count starts."""
     out = {}
     for backend in ("sim", "esp32"):
         result = upy.run(HERE / "hal_cost_upy.py", backend, heap=MEASURE_HEAP,
-                         env={"MICROPYPATH": f"{mpy}/lib:{mpy}:{mpy}/esp32_sim:.frozen"}, timeout=60)
+                         env={"MICROPYPATH": firmware.import_path([mpy / "lib", mpy], mpy, "esp32")}, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(result.stdout + result.stderr)
         out[backend] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"]
@@ -334,7 +333,8 @@ def main() -> None:
     all_k = round(sizes["all"] / 1024, 1)
     hal_wk = {k: wk(v) for k, v in hal.items()}
     print(f"HAL backend on import: sim {hal_wk['sim']}wK, esp32 {hal_wk['esp32']}wK (machine and network: "
-          f"esp32_sim's): a board carries {round(hal_wk['sim'] - hal_wk['esp32'], 1)}wK less than the figures above")
+          f"firmware/sim/esp32_machine's): a board carries {round(hal_wk['sim'] - hal_wk['esp32'], 1)}wK less "
+          "than the figures above")
     verdict = {
         "peak_heap_le_48wk": all(max(r["peak_live_wk"], r["first_boot_peak_live_wk"]) <= TARGET_PEAK_K
                                  for r in rows.values()),

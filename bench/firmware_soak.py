@@ -6,7 +6,7 @@ a minute and a table at the end, and writes bench/results/firmware_soak.json (fi
 with --romfs, where every node imports the firmware from a ROMFS image: docs/firmware.md, "ROMFS").
 
 Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
-schedule, tests/firmware/vdev.py) against one real Mosquitto, on the same flash throughout, while:
+schedule, lifeline/virtual/flashdir.py) against one real Mosquitto, on the same flash throughout, while:
 - every minute each node gets a command (set_intervals; every second minute a birth request; a sleeping
   node runs it at its next wake);
 - every 3 minutes its stimulus episode plays again (a pre-alarm crossing and back for every profile);
@@ -27,22 +27,20 @@ it.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.firmware_bench import heap_bytes, heap_reports, wk
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.firmware import build_firmware, build_romfs
+from lifeline.virtual.flashdir import FlashDirDevice
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import STIMULUS, sped_up
 from protocol import topics
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "tests" / "firmware"))
-from vdev import STIMULUS, Listener, VirtualDevice, build_firmware, build_romfs, sped_up  # noqa: E402
-
-from bench.firmware_bench import heap_bytes, heap_reports, wk  # noqa: E402
 
 SITE = "site-a"
 BASELINE_S = 180
@@ -55,7 +53,7 @@ class Node:
         self.profile = sped_up(name)
         self.awake = not self.profile.get("sleep")
         self.listener = Listener(broker.port, SITE, self.dev_id, persistent=True)
-        self.dev = VirtualDevice(work / name, mpy, self.profile, broker.port, STIMULUS[name], dev=self.dev_id,
+        self.dev = FlashDirDevice(work / name, mpy, self.profile, broker.port, STIMULUS[name], dev=self.dev_id,
                                  heap=heap, romfs=romfs)
         self.commands = 0
         self.kills = 0

@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.firmware_bench import (
-    KEY,
-    MEASURE_HEAP,
-    PROFILES,
-    batched,
-    build_firmware,
-    load_profile,
-    run_device,
-    sizes_of,
-)
+from bench.firmware_bench import MEASURE_HEAP, PROFILES, batched, run_device, sizes_of
+from lifeline.virtual.firmware import build_firmware
+from lifeline.virtual.flashdir import KEY
+from lifeline.virtual.profiles import load_profile
 from protocol import message, senml_resolve, topics
 
 

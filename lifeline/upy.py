@@ -58,8 +58,9 @@ def run(script: str | Path, *args: str, heap: str = DEVICE_HEAP, cwd: Path | Non
 
 
 def upy_path() -> str:
-    """Import path for the unix port: the firmware's lib, the repository root (for `protocol`), and builtins."""
-    return ":".join([str(FIRMWARE / "lib"), str(FIRMWARE), str(ROOT), ".frozen"])
+    """Import path for the unix port: the firmware's lib, the sim modules a virtual device runs beside it
+    (firmware/sim: never on a board), the repository root (for `protocol`), and builtins."""
+    return ":".join([str(FIRMWARE / "lib"), str(FIRMWARE / "sim"), str(FIRMWARE), str(ROOT), ".frozen"])
 
 
 def mpy_cross_binary() -> str:

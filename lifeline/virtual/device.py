@@ -8,7 +8,9 @@ so a long-running device never stalls on a full buffer and a later connection ne
 
 The board powers up like MicroPython on a chip: boot.py, then main.py, then the REPL, all in the flash
 directory (its cwd). Any exit of the interpreter (Ctrl-D at the REPL, machine.reset() in the sim backend,
-a crash) is a reset, and the board boots again; only `power_off()` keeps it down.
+a crash) is a reset, and the board boots again; only `power_off()` keeps it down (the power supply and the
+sim world are lifeline/virtual/unixport.py's, which every virtual device shares). Its import path is a
+board's, the flash directory's lib/, then the compiled sim modules, which `lifeline flash` never writes.
 
 The unix port has no soft reset: Ctrl-D in its raw REPL just ends the process. The bridge notices that
 request (a lone Ctrl-D at the raw REPL prompt) and makes the next boot what a board's soft reset in raw
@@ -21,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import termios
 import threading
@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 
 from lifeline import upy
+from lifeline.virtual import firmware
+from lifeline.virtual.unixport import UnixPortDevice
 
 
 def _startup(files: tuple[str, ...], banner: str = "") -> str:
@@ -57,12 +59,6 @@ RAW_PROMPTS = (b"raw REPL; CTRL-B to exit\r\n>", b"\x04>")
 SOFT_RESET_WINDOW_S = 2.0  # an exit this soon after a raw-REPL Ctrl-D is that soft reset
 
 CONSOLE_KEEP = 256 * 1024  # bytes of console history held in memory (the log file keeps everything)
-_RESTART_PAUSE_S = 0.2
-# The sim backend's exit codes and reset mark (firmware/lib/hal/sim.py).
-EXIT_RESET = 3
-EXIT_DEEPSLEEP = 4
-EXIT_SOFT = 5  # soft_reset(): main.py starts over, as machine.soft_reset() does on a board
-SIM_MARK = ".hal.json"
 
 
 def _board_termios(fd: int) -> None:
@@ -80,24 +76,16 @@ def _board_termios(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-class VirtualDevice:
+class VirtualDevice(UnixPortDevice):
     """One virtual board with its flash directory and serial port; also a context manager."""
 
     def __init__(self, flash_dir: Path, name: str = "virtual", heap: str = upy.FIRMWARE_HEAP,
                  env: dict[str, str] | None = None, console_log: Path | None = None) -> None:
-        self.flash_dir = Path(flash_dir)
-        self.flash_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(flash_dir, heap)
         self.name = name
-        self.heap = heap
         self.extra_env = dict(env or {})
         self.console_log = console_log or self.flash_dir.parent / f"{name}.console.log"
-        self.boots = 0
-        self.exit_codes: list[int] = []
         self._console = bytearray()
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._powered = False
-        self._closed = False
         self._board_master, board_slave = os.openpty()
         self._board_slave_path = os.ttyname(board_slave)
         os.close(board_slave)
@@ -111,104 +99,35 @@ class VirtualDevice:
         self._stop = threading.Event()
         self._bridge = threading.Thread(target=self._pump, name=f"{name}-uart", daemon=True)
         self._bridge.start()
-        self._supervisor: threading.Thread | None = None
-        self._off = threading.Event()
         self._soft_reset_at = -SOFT_RESET_WINDOW_S
 
     # power
 
-    def argv(self, soft: bool = False) -> list[str]:
-        return [upy.micropython_binary(), "-X", f"heapsize={self.heap}", "-c", SOFT_STARTUP if soft else STARTUP]
-
     def environment(self) -> dict[str, str]:
-        """A board's import path: the flash root, then /lib (the flash directory's lib/)."""
-        return upy.environment({"MICROPYPATH": f"{self.flash_dir}/lib:.frozen", **self.extra_env})
-
-    def power_on(self) -> None:
-        """Boot the board and keep it running through resets until power_off()."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self.name}: device is closed")
-            if self._powered:
-                return
-            self._powered = True
-            self._off.clear()
-            self._spawn()
-        self._supervisor = threading.Thread(target=self._supervise, name=f"{self.name}-power", daemon=True)
-        self._supervisor.start()
-
-    def power_off(self) -> None:
-        """Cut the power: SIGKILL, whatever the board was doing (a flash write included)."""
-        with self._lock:
-            self._powered = False
-            self._off.set()
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if self._supervisor is not None:
-            self._supervisor.join(5)
-            self._supervisor = None
+        """A board's import path, the flash directory's lib/ (its /lib), then the compiled sim modules."""
+        path = firmware.import_path([self.flash_dir / "lib"], firmware.compiled_sim())
+        return upy.environment({"MICROPYPATH": path, **self.extra_env})
 
     def reset(self) -> None:
         """A hard reset (the EN button): power off and on again."""
         self.power_off()
         self.power_on()
 
-    @property
-    def running(self) -> bool:
-        proc = self._proc
-        return proc is not None and proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    def _spawn(self, soft: bool = False) -> None:
+    def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
         self._soft_reset_at = -SOFT_RESET_WINDOW_S  # a request is used up by the boot that follows it
         fd = os.open(self._board_slave_path, os.O_RDWR | os.O_NOCTTY)
         try:
             _board_termios(fd)
             if soft:  # waits in the line's input until the REPL reads it: back into the raw REPL
                 os.write(self._board_master, b"\x01")
-            self._proc = subprocess.Popen(
-                self.argv(soft), stdin=fd, stdout=fd, stderr=fd, cwd=self.flash_dir, env=self.environment(),
-                start_new_session=True, preexec_fn=_take_terminal)
+            return subprocess.Popen(
+                self.argv("-c", SOFT_STARTUP if soft else STARTUP), stdin=fd, stdout=fd, stderr=fd,
+                cwd=self.flash_dir, env=self.environment(), start_new_session=True, preexec_fn=_take_terminal)
         finally:
             os.close(fd)
-        self.boots += 1
 
-    def _supervise(self) -> None:
-        while True:
-            with self._lock:
-                proc = self._proc
-            if proc is None:
-                return
-            code = proc.wait()
-            soft = code == 0 and time.monotonic() - self._soft_reset_at < SOFT_RESET_WINDOW_S
-            with self._lock:
-                if not self._powered or self._proc is not proc:
-                    return
-                self.exit_codes.append(code)
-            if self._off.wait(0.0 if soft else self._downtime(code)):
-                return
-            with self._lock:
-                if not self._powered or self._closed:
-                    return
-                self._spawn(soft)
-
-    def _downtime(self, code: int) -> float:
-        """How long the board stays down after its interpreter exits: a deep sleep lasts what the sim
-        backend recorded for it (docs/firmware.md), a reset or soft reset is immediate, and anything else
-        (a crash) gets a short pause so that a crash loop cannot spin a core."""
-        if code == EXIT_DEEPSLEEP:
-            try:
-                mark = json.loads((self.flash_dir / SIM_MARK).read_text())
-                return float(mark.get("ms", 0)) / 1000.0
-            except (OSError, ValueError, AttributeError):
-                return _RESTART_PAUSE_S
-        return 0.0 if code in (EXIT_RESET, EXIT_SOFT) else _RESTART_PAUSE_S
+    def _soft_reset_asked(self, code: int) -> bool:
+        return code == 0 and time.monotonic() - self._soft_reset_at < SOFT_RESET_WINDOW_S
 
     # console
 
@@ -267,7 +186,7 @@ class VirtualDevice:
         if self._closed:
             return
         self.power_off()
-        self._quit_world()
+        self.quit_world()
         self._closed = True
         self._stop.set()
         self._bridge.join(5)
@@ -275,15 +194,6 @@ class VirtualDevice:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._log.close()
-
-    def _quit_world(self) -> None:
-        """The sim world outlives resets on purpose; a device taken off the bench takes it along."""
-        try:
-            port = int(json.loads((self.flash_dir / "sim.json").read_text())["control_port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(b'{"quit": true}', ("127.0.0.1", port))
 
     def __enter__(self) -> VirtualDevice:
         return self

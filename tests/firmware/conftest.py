@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vdev import build_firmware
 
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.firmware import build_firmware
 
 
 @pytest.fixture(scope="module")

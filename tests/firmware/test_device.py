@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vdev import FIRMWARE_HEAP, STIMULUS, Listener, VirtualDevice, build_romfs, load_profile, sped_up
 
+from lifeline.upy import FIRMWARE_HEAP
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.firmware import build_romfs
+from lifeline.virtual.flashdir import FlashDirDevice
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import STIMULUS, load_profile, sped_up
 from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
@@ -37,11 +41,11 @@ def seqs(listener: Listener) -> list[int]:
     return [b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)]
 
 
-@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
 def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path: Path, mpy: Path,
                                                                       broker: Mosquitto, hal: str) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0], [30, 8.0]],
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0], [30, 8.0]],
                                                                           "temp": [[0, 11.5]]},
                        hal=hal) as dev:
         assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 3, 25), dev.console()
@@ -78,7 +82,7 @@ def test_boots_publishes_birth_then_verified_senml_cbor_packs_and_will(tmp_path:
 def test_prealarm_crossing_samples_faster_and_sends_at_once(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     p = fast_gas(report_s=30)  # routine packs would wait 30 s: anything sooner is an immediate send
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]}) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]}) as dev:
         assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
         time.sleep(2)
         assert dev.control(ramp={"ch4": [[3.0, 20.0]]})["ok"]
@@ -102,7 +106,7 @@ def test_broker_outage_buffers_in_flash_and_drains_every_seq_in_order(tmp_path: 
                                                                      broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV, persistent=True)
     p = fast_gas(report_s=0.5, batch=2)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [60, 9.0]],
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [60, 9.0]],
                                                                 "temp": [[0, 11.5]]}) as dev:
         assert listener.wait(lambda m: len(seqs_of(m)) >= 3, 20), dev.console()
         broker.stop()
@@ -124,7 +128,7 @@ def test_broker_outage_buffers_in_flash_and_drains_every_seq_in_order(tmp_path: 
     assert not listener.errors
 
 
-def queue_bytes(dev: VirtualDevice) -> int:
+def queue_bytes(dev: FlashDirDevice) -> int:
     return sum(f.stat().st_size for f in (dev.flash / "q").iterdir() if f.name[0] in "ar")
 
 
@@ -134,7 +138,7 @@ def seqs_of(m: list[tuple[str, dict[str, Any], bytes, bool]]) -> list[int]:
 
 def test_network_cut_drops_the_link_until_restored(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=2), broker.port,
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=2), broker.port,
                        {"ch4": [[0, 2.0], [60, 9.0]]}) as dev:
         assert listener.wait(lambda m: len(seqs_of(m)) >= 2, 20), dev.console()
         assert dev.control(net=False)["ok"]
@@ -155,7 +159,7 @@ def test_network_cut_drops_the_link_until_restored(tmp_path: Path, mpy: Path, br
 def test_command_changes_report_interval_and_is_acked(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     p = fast_gas(report_s=600, batch=64)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [40, 12.0]]}) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [40, 12.0]]}) as dev:
         assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
         time.sleep(3)
         assert not listener.of(topics.DATA), "nothing is due before the 600 s report interval"
@@ -175,7 +179,7 @@ def test_command_past_its_expiry_is_dropped_unanswered(tmp_path: Path, mpy: Path
     """By its exp the gateway has reported the command upstream as timed out, and the district may have sent
     it again under a new id: a node that knows the time does not run it late."""
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
         assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
         assert listener.of(topics.STATE)[0]["clk"] == message.CLK_EPOCH
         dev.command(50, "set_intervals", {"report_s": 5}, exp=int(time.time()) - 2)
@@ -196,7 +200,7 @@ def test_command_that_cannot_write_flash_fails_and_the_next_runs(tmp_path: Path,
     command handling (it used to end the task that takes them)."""
     listener = Listener(broker.port, SITE, DEV)
     flash = tmp_path / "flash"
-    with VirtualDevice(flash, mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+    with FlashDirDevice(flash, mpy, fast_gas(report_s=600), broker.port, {"ch4": [[0, 2.0]]}) as dev:
         assert listener.wait(lambda m: any(x[0] == topics.STATE for x in m), 20), dev.console()
         (flash / "profile.json.tmp").mkdir()  # persist.save writes here first: now it cannot
         dev.command(60, "set_intervals", {"report_s": 5})
@@ -220,7 +224,7 @@ def test_heapmin_reports_the_command_paths_high_point(tmp_path: Path, mpy: Path,
     listener = Listener(broker.port, SITE, DEV)
     p = fast_gas(report_s=600)
     p["health_s"] = 2
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
         assert listener.wait(lambda m: len([x for x in m if x[1].get("ev") == "health"]) >= 2, 20), dev.console()
         dev.command(42, "set_intervals", {"report_s": 600})
         assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
@@ -243,7 +247,7 @@ def test_heapmin_reports_the_command_paths_high_point(tmp_path: Path, mpy: Path,
 
 def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
                        {"ch4": [[0, 2.0], [60, 9.0]]}) as dev:
         for boot in (1, 2):
             assert listener.wait(lambda m, b=boot: any(x[1].get("boot") == b and x[0] == topics.DATA
@@ -270,11 +274,11 @@ def online_births(listener: Listener) -> list[dict[str, Any]]:
     return [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
 
 
-@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
 def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, mpy: Path,
                                                                broker: Mosquitto, hal: str) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
                        {"ch4": [[0, 2.0]]}, hal=hal) as dev:
         for boot in (1, 2, 3):  # each boot dies young, before it has run cleanly for a minute
             assert listener.wait(lambda m, b=boot: len(online_births(listener)) >= b, 20), dev.console()
@@ -296,12 +300,12 @@ def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, m
     assert normal["rst"] == "soft" and "safe" not in normal
 
 
-@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
 def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, broker: Mosquitto, hal: str) -> None:
     p = fast_gas()
     p["wdt_ms"] = 3000
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal=hal) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal=hal) as dev:
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
         hung = time.monotonic()
         assert dev.control(hang=True)["ok"]
@@ -316,7 +320,7 @@ def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, brok
 
 def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}) as dev:
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
         good = dev.read("profile.json")
         good["report_s"] = 7
@@ -353,7 +357,7 @@ def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, bro
 def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Path, mpy: Path,
                                                                   broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, fast_gas(report_s=1), broker.port, {"ch4": [[0, 2.0], [30, 9.0]]},
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=1), broker.port, {"ch4": [[0, 2.0], [30, 9.0]]},
                        ntp=False) as dev:
         assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 2, 20), dev.console()
         assert dev.control(ntp=True)["ok"]
@@ -376,7 +380,7 @@ def test_readings_before_time_sync_are_boot_relative_then_corrected(tmp_path: Pa
 
 
 def run_every_profile(tmp_path: Path, mpy: Path, broker: Mosquitto, heap: str, romfs: Path | None = None,
-                      hal: str = "sim") -> tuple[dict[str, VirtualDevice], dict[str, Listener]]:
+                      hal: str = "sim") -> tuple[dict[str, FlashDirDevice], dict[str, Listener]]:
     """All six profiles with their real drivers, sped up, side by side for a bounded run, checked for no
     MemoryError, no traceback, no exit other than deep sleep, data on the broker. Halfway through, each
     awake profile takes a set_filters command, which loads the command path beside the running node, and
@@ -385,7 +389,7 @@ def run_every_profile(tmp_path: Path, mpy: Path, broker: Mosquitto, heap: str, r
     for name in STIMULUS:
         dev_id = f"{name}-01"
         listeners[name] = Listener(broker.port, SITE, dev_id)
-        devices[name] = VirtualDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
+        devices[name] = FlashDirDevice(tmp_path / name, mpy, sped_up(name), broker.port, STIMULUS[name], dev=dev_id,
                                       heap=heap, romfs=romfs, hal=hal).start()
     try:
         time.sleep(RUN_S / 2)
@@ -421,7 +425,7 @@ def run_every_profile(tmp_path: Path, mpy: Path, broker: Mosquitto, heap: str, r
 @pytest.mark.parametrize("deploy", ["files", "romfs"])
 def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto, deploy: str) -> None:
     """run_every_profile at the firmware's heap: once with the firmware as .mpy files, once as a ROMFS
-    image, the only place that deployment imports from (hal/simrom.py)."""
+    image, the only place that deployment imports from (firmware/sim/simrom.py)."""
     romfs = build_romfs(mpy) if deploy == "romfs" else None
     _, listeners = run_every_profile(tmp_path, mpy, broker, FIRMWARE_HEAP, romfs=romfs)
     routine = sorted(r["t"] for b in listeners["water"].of(topics.DATA) if not b["pri"]
@@ -433,8 +437,9 @@ def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: M
 def test_every_profile_runs_on_the_esp32_backend(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     """run_every_profile with hal/esp32.py as the backend: each profile's buses made from its profile
     entry through machine (ADC, I2C, UART, Pin with its IRQ), network.WLAN, machine.WDT, RTC memory,
-    the EXT0 wake and deep sleep, against the sim world's models (tests/firmware/esp32_sim). Those
-    modules bring hal/sim.py in beside hal/esp32.py, so the heap is ESP32_SIM_HEAP, not the firmware's."""
+    the EXT0 wake and deep sleep, against the sim world's models (firmware/sim/esp32_machine). Those
+    modules bring the sim backend (hal_sim.py) in beside hal/esp32.py, so the heap is ESP32_SIM_HEAP, not
+    the firmware's."""
     devices, listeners = run_every_profile(tmp_path, mpy, broker, ESP32_SIM_HEAP, hal="esp32")
     for name, dev in devices.items():
         births = online_births(listeners[name])

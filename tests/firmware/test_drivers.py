@@ -12,6 +12,7 @@ import pytest
 from upy_support import LIB, SCRIPTS, env
 
 from lifeline import upy
+from lifeline.virtual.firmware import SIM
 
 DRIVERS = ["loop420", "adxl345", "nmea", "level", "cover", "rain"]
 CASES = [(driver, case) for driver in DRIVERS
@@ -20,10 +21,11 @@ CASES = [(driver, case) for driver in DRIVERS
 
 @pytest.fixture(scope="module")
 def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The drivers and simdev as .mpy, laid out as on a board's /lib, beside the compiled case modules."""
+    """The drivers as .mpy, laid out as on a board's /lib, beside simdev (firmware/sim) and the compiled case
+    modules."""
     out = tmp_path_factory.mktemp("mpy")
     upy.compile_package(LIB / "drivers", out)
-    upy.compile_module(LIB / "hal" / "simdev.py", out / "hal" / "simdev.mpy")
+    upy.compile_module(SIM / "simdev.py", out / "simdev.mpy")
     for script in ["drivercheck", *(f"drivers_{d}_cases" for d in DRIVERS)]:
         upy.compile_module(SCRIPTS / f"{script}.py", out / f"{script}.mpy")
     return out

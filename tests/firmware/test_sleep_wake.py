@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vdev import Listener, VirtualDevice, load_profile
 
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.flashdir import FlashDirDevice
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import load_profile
 from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
@@ -35,7 +37,7 @@ def births(listener: Listener) -> list[dict[str, Any]]:
     return [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
 
 
-@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
 def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_path: Path, mpy: Path,
                                                                           broker: Mosquitto, hal: str) -> None:
     p = load_profile("rain")
@@ -46,7 +48,7 @@ def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_pa
     tips = int(rate * (rain_to - rain_from) / 3600 / MM_PER_TIP)
     stimulus = {"rain_rate": [[0, 0.0], [rain_from, 0.0], [rain_from, rate], [rain_to, rate], [rain_to, 0.0]]}
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         # a report taken after the rain with nothing in it: every tip is in the reports before it
         assert listener.wait(lambda m: any(r["t"] > start + rain_to + 1 and r["v"] == 0
@@ -83,7 +85,7 @@ def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_pa
     assert wet >= 1, [(r["t"] - start, r["v"]) for r, _ in later]
 
 
-@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over tests/firmware/esp32_sim
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
 def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, mpy: Path,
                                                                 broker: Mosquitto, hal: str) -> None:
     p = load_profile("drainage")
@@ -92,7 +94,7 @@ def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, 
     stimulus: dict[str, list[list[Any]]] = {"level": [[0, 0.4]],
                                             "cover": [[0, False], [opened, True], [closed, False]]}
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "cover-open" for x in m),
                              opened + 15), dev.console()
@@ -125,7 +127,7 @@ def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(t
     p["sleep"] = {"wake_s": 20, "awake_s": 10}
     p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
     listener = Listener(broker.port, SITE, DEV)
-    with VirtualDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=HEAP) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=HEAP) as dev:
         assert listener.wait(lambda m: births(listener), 20), dev.console()
         deadline = time.time() + 20
         while not dev.exits and time.time() < deadline:

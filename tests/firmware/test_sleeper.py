@@ -11,6 +11,7 @@ import pytest
 from upy_support import LIB, SCRIPTS, build, env
 
 from lifeline import upy
+from lifeline.virtual.firmware import SIM
 
 CASES = re.findall(r"^def case_(\w+)\(", (SCRIPTS / "sleeper_cases.py").read_text(), re.M)
 
@@ -19,7 +20,7 @@ CASES = re.findall(r"^def case_(\w+)\(", (SCRIPTS / "sleeper_cases.py").read_tex
 def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mpy")
     upy.compile_package(LIB / "drivers", out)
-    upy.compile_module(LIB / "hal" / "simdev.py", out / "hal" / "simdev.mpy")
+    upy.compile_module(SIM / "simdev.py", out / "simdev.mpy")
     upy.compile_module(LIB / "hal" / "__init__.py", out / "hal" / "__init__.mpy")
     for name in ("__init__", "sleeper", "watchdog"):
         upy.compile_module(LIB / "app" / f"{name}.py", out / "app" / f"{name}.mpy")

@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import config as gwconfig
 from lifeline import cli, upy
 from lifeline import flash as flash_mod
+from lifeline.virtual import firmware
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.device import VirtualDevice
 from lifeline.virtual.stimulus import free_udp_pair, sim_config
@@ -138,8 +139,9 @@ walk("/rom")
 """
 
 
-def test_romfs_image_holds_the_staged_modules_in_the_board_layout(tmp_path: Path) -> None:
-    """What --romfs deploys, mounted by the real MicroPython: every module of lib/ at its path, byte for byte."""
+def staged_and_image(tmp_path: Path) -> tuple[list[flash_mod.Staged], dict[str, str]]:
+    """The files `lifeline flash` stages for a gas node, and the ROMFS image --romfs would deploy of them as
+    the real MicroPython mounts it: path -> sha256 hex of every file in it."""
     prov = flash_mod.Provision("gas-01", "site-a", "gas", "127.0.0.1", 1883, KEY)
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
@@ -149,9 +151,28 @@ def test_romfs_image_holds_the_staged_modules_in_the_board_layout(tmp_path: Path
     script.write_text(ROM_LISTING)
     run = upy.run(script, str(image), heap="1M")
     assert run.returncode == 0, run.stderr
-    listed = dict(line.split() for line in run.stdout.splitlines())
+    return files, dict(line.split() for line in run.stdout.splitlines())
+
+
+def test_romfs_image_holds_the_staged_modules_in_the_board_layout(tmp_path: Path) -> None:
+    """What --romfs deploys, mounted by the real MicroPython: every module of lib/ at its path, byte for byte."""
+    files, listed = staged_and_image(tmp_path)
     assert listed == {f.path: f.sha256.hex() for f in files if f.path.startswith("lib/")}
     assert "lib/app/runtime.mpy" in listed and "lib/protocol/message.mpy" in listed
+
+
+def test_no_sim_module_is_flashed_or_deployed(tmp_path: Path) -> None:
+    """A board gets only what it runs: neither the files `lifeline flash` stages nor the ROMFS image hold a
+    module of firmware/sim (the sim backend, its world and models, its ROMFS start-up, the ESP32 stand-ins),
+    nor anything else named for the sim."""
+    sim = {p.stem for p in firmware.SIM.rglob("*.py")}
+    assert {"hal_sim", "simdev", "simworld", "simrom", "machine", "network"} <= sim
+    files, listed = staged_and_image(tmp_path)
+    paths = [f.path for f in files] + list(listed)
+    assert any(p.startswith("lib/hal/") for p in listed), listed  # the listing is of the board's modules
+    modules = {upy.module_name(Path(p).relative_to("lib")) for p in paths if p.startswith("lib/")}
+    assert not modules & sim, sorted(modules & sim)
+    assert not [p for p in paths if "sim" in p], paths
 
 
 def test_romfs_is_refused_on_a_board_without_it(vdev: VirtualDevice, tmp_path: Path,

@@ -12,6 +12,9 @@ before any Board exists: main.py starts over, and the next Board reports the res
 this start had. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
 so it can cut the network.
 
+The sim backend is not in this package: it lives in firmware/sim/ (module hal_sim) beside the sim world,
+which `lifeline flash` never ships, and is imported only when asked for, so a board never needs it.
+
 reset_cause() is one of "power-on", "hard", "wdt", "deepsleep", "soft", "unknown", as the birth message
 reports it. They are written as literals where used, not as constants here: on a 64K heap every
 module-level name is one more interned qstr (docs/firmware.md, Memory).
@@ -25,7 +28,7 @@ def backend(name=None):
     if not name:
         name = "sim" if sys.platform in ("linux", "darwin") else "esp32"
     if name == "sim":
-        from hal import sim as mod
+        import hal_sim as mod
     elif name == "esp32":
         from hal import esp32 as mod
     else:

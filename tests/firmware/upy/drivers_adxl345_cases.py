@@ -6,10 +6,10 @@ from math import pi
 
 import micropython
 from drivercheck import Clock, eq, fault, near
+from simdev import SimADXL345
 
 from drivers import make
 from drivers.adxl345 import ADXL345
-from hal.simdev import SimADXL345
 
 DEG = pi / 180
 

@@ -1,10 +1,10 @@
 """Manhole cover switch: open and seated at either pin level, and built by its profile name."""
 
 from drivercheck import eq
+from simdev import SimPin
 
 from drivers import make
 from drivers.cover import Cover
-from hal.simdev import SimPin
 
 
 def case_cover_switch():

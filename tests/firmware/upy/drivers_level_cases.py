@@ -2,10 +2,10 @@
 level from mounting height; SimLevelUART round trip."""
 
 from drivercheck import Clock, eq, fault, near
+from simdev import SimLevelUART
 
 from drivers import make
 from drivers.level import UltrasonicLevel
-from hal.simdev import SimLevelUART
 
 F1953 = b"\xff\x07\xa1\xa7"  # 1953 mm: the frame in the DFRobot SEN0311 protocol description
 F800 = b"\xff\x03\x20\x22"   # 800 mm

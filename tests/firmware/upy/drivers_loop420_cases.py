@@ -1,10 +1,10 @@
 """4-20 mA loop: ADC microvolts at 4, 12 and 20 mA and at each NAMUR NE 43 fault band; SimADC round trip."""
 
 from drivercheck import eq, fault, near
+from simdev import SimADC
 
 from drivers import make
 from drivers.loop420 import Loop420
-from hal.simdev import SimADC
 
 
 class ListADC:

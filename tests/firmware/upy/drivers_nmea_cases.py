@@ -2,10 +2,10 @@
 cut sentences and checksummed junk; a SimNMEA round trip."""
 
 from drivercheck import Clock, eq, near
+from simdev import SimNMEA
 
 from drivers import make
 from drivers.nmea import NMEA
-from hal.simdev import SimNMEA
 
 GGA = b"$GNGGA,102133.00,5231.12345,N,01324.56789,E,1,12,0.78,48.3,M,44.6,M,,*70\r\n"
 RMC = b"$GNRMC,102133.00,A,5231.12345,N,01324.56789,E,0.052,,170524,,,A*6B\r\n"

@@ -5,10 +5,10 @@ from time import ticks_add
 
 import micropython
 from drivercheck import Clock, eq, near
+from simdev import SimPin
 
 from drivers import make
 from drivers.rain import RainGauge
-from hal.simdev import SimPin
 
 
 def case_rain_debounce_and_rate():

@@ -3,10 +3,10 @@ memory, and what a tip's wake does with it (count, sleep again, or report). Run 
 the sleeper clears the crash counter in state.json before it sleeps."""
 
 from drivercheck import Clock, eq, near
+from simdev import SimPin
 
 from app import sleeper
 from drivers.rain import RainGauge
-from hal.simdev import SimPin
 
 
 class Slept(Exception):

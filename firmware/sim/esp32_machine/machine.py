@@ -1,12 +1,14 @@
 """machine, as far as hal/esp32.py uses it, for running the ESP32 backend on the unix port: the hardware
 is the sim world's device models. A constructor finds the profile's sensor whose bus it names (ADC and Pin
-by pin number, I2C by its two pins, UART by id and pins) and hands back hal/sim.py's proxy for it; resets, deep
-sleep, the watchdog and RTC memory go to hal/sim.py's Board. The constants are the ESP32 port's values
-as micropython-esp32-stubs 1.29 gives them. Test equipment only: `lifeline flash` never ships it.
+by pin number, I2C by its two pins, UART by id and pins) and hands back the sim backend's (hal_sim.py's) proxy
+for it; resets, deep sleep, the watchdog and RTC memory go to its Board. The constants are the ESP32 port's
+values as micropython-esp32-stubs 1.29 gives them. Test equipment only: `lifeline flash` never ships it (a
+board has the real module in ROM), and only a virtual device run with hal "esp32" has this directory on its path.
 """
 
+import hal_sim as sim
+
 import persist
-from hal import sim
 
 PWRON_RESET = 1
 HARD_RESET = 2

@@ -1,6 +1,7 @@
-"""Sim backend for the unix port. The board's buses are proxies to the device models of the world
-process (hal/simworld.py), so the real drivers run here while the models' code stays out of the
-device's heap. Flash is the working directory.
+"""Sim backend for the unix port (hal.backend("sim")). The board's buses are proxies to the device models
+of the world process (simworld.py here), so the real drivers run here while the models' code stays out of
+the device's heap. Flash is the working directory. It lives in firmware/sim/, not in firmware/lib/hal/,
+because a board never imports it and `lifeline flash` ships only firmware/lib.
 
 The network is the world's "net" flag: a cut fails new connections and breaks open ones on their next
 read or write, as a lost link does. Resets end the process -- exit code 3 for reset(), 4 for
@@ -135,7 +136,7 @@ class Board:
         try:
             r = self.call(["load"], 1)
         except OSError:
-            os.system("%s -m hal.simworld >> .world.log 2>&1 &" % sys.executable)
+            os.system("%s -m simworld >> .world.log 2>&1 &" % sys.executable)
             r = self.call(["load"], 20)
         self._flags(r)
         asyncio.open_connection = self._connect

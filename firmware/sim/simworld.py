@@ -1,5 +1,5 @@
-"""The world around a virtual device: its sensors (the hal/simdev models, driven by the stimulus) and
-its Wi-Fi. It runs as a companion process beside the device (`micropython -m hal.simworld`, cwd = the
+"""The world around a virtual device: its sensors (the simdev models, driven by the stimulus) and
+its Wi-Fi. It runs as a companion process beside the device (`micropython -m simworld`, cwd = the
 device's flash directory; the sim backend starts it when it is not already up), so that only firmware
 sits in the device's 64K heap, and so that the world goes on -- rain keeps tipping the gauge -- while
 the device is reset or in deep sleep.
@@ -18,10 +18,11 @@ import select
 import socket
 import time
 
-import persist
-from hal import simdev
+import simdev
 
-_BUS_OPS = ("read_uv", "readfrom_mem", "writeto_mem", "any", "read", "value")  # what hal/sim.py's Bus forwards
+import persist
+
+_BUS_OPS = ("read_uv", "readfrom_mem", "writeto_mem", "any", "read", "value")  # what hal_sim.py's Bus forwards
 
 STATE = ".world.json"
 
