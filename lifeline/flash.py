@@ -1,7 +1,8 @@
 """`lifeline flash`: put the firmware and one device's identity on a board over its serial port.
 
 The firmware is cross-compiled with mpy-cross (a 64K heap cannot compile the larger modules, and a
-device never should), staged in the flash layout of docs/firmware.md, and copied over the raw REPL with
+device never should), staged in the flash layout of docs/firmware.md (firmware/lib and protocol/ hold only
+what a board imports; the simulator, firmware/sim/, is never staged), and copied over the raw REPL with
 mpremote's transport (the same pyserial path the bench uses). Each file goes to a temporary name, is
 checked by SHA-256 on the device and only then renamed into place, so an interrupted run never leaves a
 half-written module behind. Files already on the board with the right hash are left alone, and stale
