@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.gateway_throughput --quick    # a few seconds of load, for a quick look
 
 Brokers come from deploy/mosquitto (site: passwords, ACL, `set_tcp_nodelay true`; district: mutual TLS) through
-tests/gateway/sitekit.py, and the gateway runs as `lifeline gateway --config site.toml` with the config that kit
+lifeline/virtual/site.py, and the gateway runs as `lifeline gateway --config site.toml` with the config that kit
 writes. The load generator (lifeline/virtual/loadgen.py) publishes pre-sealed QoS 1 data messages of three readings from
 many devices, as a `loadgen` user the benchmark adds to the site broker's password file and ACL (one connection
 per worker process instead of one per device, so the generator is not the bottleneck). Phases:
@@ -54,11 +54,11 @@ from bench.procmeter import CpuMeter, broker_pid, proc_status, rss_mb
 from bench.wanlink import LinkSpec, WanLink
 from lifeline import site_auth
 from lifeline.virtual.broker import Mosquitto, free_port
-from lifeline.virtual.district import Recorder
 from lifeline.virtual.loadgen import Generator, Load, device_id, device_key
+from lifeline.virtual.recorder import CountingRecorder
+from lifeline.virtual.site import DEPLOY, Device, GatewayProcess, Site, adapt, reading
 from protocol import district as dtopics
 from protocol import topics
-from tests.gateway.sitekit import DEPLOY, Device, GatewayProcess, Site, adapt, reading
 
 SITE = "bench"
 ALARM_DEV = "bench-alarm"
@@ -173,7 +173,7 @@ def _count_alarm(topic: str, payload: bytes) -> int:
 def build_site(workdir: Path, sizes: Sizes) -> tuple[Site, str]:
     """Both brokers from the deploy configs, the load devices registered with the generator's keys, and a
     login for the generator; returns the site and that login's password."""
-    site = Site(workdir, site=SITE, tls=True, extra_toml=(
+    site = Site(workdir, SITE, tls=True, extra_toml=(
         f"[rules.overrides.gas.devices.{ALARM_DEV}.ch4]\nfor_samples = 1\n"))
     for i in range(sizes.devices):
         site.devices[device_id(i)] = Device(device_id(i), "gas", device_key(i))
@@ -392,10 +392,10 @@ class Bench:
         district = ("127.0.0.1", site.district_broker.port)
         district_auth = ("district", site.district_password)
         self.recorders = [
-            Recorder(*district, bridge_prefix() + "#", self.bridged.count_bridged, auth=district_auth),
-            Recorder(*district, dtopics.up(SITE, dtopics.TELEMETRY), self.telemetry.count_telemetry,
+            CountingRecorder(*district, bridge_prefix() + "#", self.bridged.count_bridged, auth=district_auth),
+            CountingRecorder(*district, dtopics.up(SITE, dtopics.TELEMETRY), self.telemetry.count_telemetry,
                      auth=district_auth),
-            Recorder(*district, dtopics.up(SITE, dtopics.ALARM), _count_alarm,
+            CountingRecorder(*district, dtopics.up(SITE, dtopics.ALARM), _count_alarm,
                      lambda t, p, now: self.probe.on_alarm(t, p, now), auth=district_auth)]
         for r in self.recorders:
             stack.callback(r.close)
@@ -572,7 +572,7 @@ def wait_bridge(bridge: Mosquitto, site: Site, timeout: float = 15.0) -> None:
     assert site.district_broker is not None
     seen = threading.Event()
     probe_topic = f"{topics.ROOT}/{SITE}/{ALARM_DEV}/{topics.DATA}"
-    rec = Recorder("127.0.0.1", site.district_broker.port, bridge_prefix() + f"{ALARM_DEV}/#",
+    rec = CountingRecorder("127.0.0.1", site.district_broker.port, bridge_prefix() + f"{ALARM_DEV}/#",
                    lambda t, p: 0, lambda t, p, now: seen.set(), auth=("district", site.district_password))
     try:
         rec.subscribed.wait(10)

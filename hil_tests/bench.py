@@ -1,5 +1,6 @@
-"""The bench behind the plugin's fixtures: a site (brokers from deploy/mosquitto, the gateway daemon) and
-the devices under test, virtual or real, each flashed and provisioned with `lifeline flash`'s code path.
+"""The bench behind the plugin's fixtures: a virtual site (lifeline/virtual/site.py: brokers from
+deploy/mosquitto, the gateway daemon), a district recorder on it, and the devices under test, virtual or
+real, each flashed and provisioned with `lifeline flash`'s code path.
 
 A virtual device starts blank (MicroPython at its REPL on a pty), is flashed through the pty exactly like
 a board through its USB-serial adapter, gets sim.json (the world around it) and is reset into the
@@ -9,37 +10,29 @@ bench's Wi-Fi at --bench-host. The bench is ready when every device's birth has 
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import tomllib
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cbor2
-
-from lifeline import flash, site_auth, upy
-from lifeline.demo import report as demo_report
-from lifeline.demo import run as demo
+from lifeline import flash, upy
 from lifeline.virtual import stimulus
-from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.recorder import Entry, Recorder
+from lifeline.virtual.site import GatewayProcess, Site, SiteError
 from protocol import district as dtopics
 
 SITE_ID = "bench"
 SEED = upy.ROOT / "seeds" / "demo_site.toml"
 ONLINE_TIMEOUT_S = 60.0
-GATEWAY_TIMEOUT_S = 30.0
 
 
 class BenchError(RuntimeError):
@@ -154,35 +147,32 @@ class Dut:
 class District:
     """What reached the district broker since `since` (Unix time), with receipt times."""
 
-    def __init__(self, site: Site, since: float) -> None:
-        assert site.recorder is not None
-        self.site = site
-        self.recorder = site.recorder
+    def __init__(self, recorder: Recorder, since: float) -> None:
+        self.recorder = recorder
         self.since = since
 
-    def entries(self, kind: str | None = None, dev: str | None = None) -> list[demo_report.Entry]:
-        with self.recorder.lock:
-            found = [e for e in self.recorder.log.entries if e.t >= self.since]
-        return [e for e in found if (kind is None or e.kind == kind) and (dev is None or _dev_of(e) == dev)]
+    def entries(self, kind: str | None = None, dev: str | None = None) -> list[Entry]:
+        return [e for e in self.recorder.entries(kind, self.since) if dev is None or _dev_of(e) == dev]
 
-    def wait_for(self, what: str, pred: Callable[[demo_report.Entry], bool], timeout: float = 20.0,
-                 kind: str | None = None, dev: str | None = None) -> demo_report.Entry:
+    def wait_for(self, what: str, pred: Callable[[Entry], bool], timeout: float = 20.0,
+                 kind: str | None = None, dev: str | None = None) -> Entry:
         """The first matching entry, waiting for it; fails naming `what` and the last few arrivals."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.entries(kind, dev):
-                if pred(e):
-                    return e
-            if time.monotonic() > deadline:
-                last = [(e.kind, e.body) for e in self.entries()[-6:]]
-                raise AssertionError(f"the district did not see {what} within {timeout:.0f} s; last: {last}")
-            time.sleep(0.05)
+        found: list[Entry] = []
 
-    def birth(self, dev: str, timeout: float = ONLINE_TIMEOUT_S) -> demo_report.Entry:
+        def seen() -> bool:
+            found.extend(e for e in self.entries(kind, dev) if pred(e))
+            return bool(found)
+
+        if not self.recorder.wait(seen, timeout):
+            last = [(e.kind, e.body) for e in self.entries()[-6:]]
+            raise AssertionError(f"the district did not see {what} within {timeout:.0f} s; last: {last}")
+        return found[0]
+
+    def birth(self, dev: str, timeout: float = ONLINE_TIMEOUT_S) -> Entry:
         return self.wait_for(f"the birth of {dev}", lambda e: e.body.get("st") == "online", timeout,
                              dtopics.UP_STATE, dev)
 
-    def alarms(self, dev: str, rule: str) -> list[demo_report.Entry]:
+    def alarms(self, dev: str, rule: str) -> list[Entry]:
         """First sendings (not re-sends) of one rule's alarm transitions for a device, in arrival order."""
         return [e for e in self.entries(dtopics.ALARM, dev)
                 if e.body.get("rule") == rule and not e.body.get("resend")]
@@ -196,15 +186,10 @@ class District:
 
     def send(self, kind: str, body: Any) -> None:
         """Publish on the site's downlink as the district application does."""
-        from paho.mqtt import publish
-
-        site = self.site
-        publish.single(dtopics.down(SITE_ID, kind), cbor2.dumps(body), qos=1, hostname="127.0.0.1",
-                       port=site.ports["district"], client_id=f"bench-district-{time.time_ns()}",
-                       auth={"username": demo.DISTRICT_USER, "password": site.district_password})
+        self.recorder.send(kind, body)
 
 
-def _dev_of(e: demo_report.Entry) -> str | None:
+def _dev_of(e: Entry) -> str | None:
     body = e.body
     if not isinstance(body, dict):
         return None
@@ -213,136 +198,6 @@ def _dev_of(e: demo_report.Entry) -> str | None:
     packs = body.get("packs") or [{}]
     dev = packs[0].get("dev")
     return None if dev is None else str(dev)
-
-
-class Site:
-    """Site and district brokers (the shipped configs on loopback ports, with passwords and ACLs), the gateway
-    daemon on a generated site.toml, and a district recorder."""
-
-    def __init__(self, workdir: Path, devices: Iterable[Dut], bench_host: str | None = None) -> None:
-        self.dir = workdir
-        self.devices = list(devices)
-        self.bench_host = bench_host
-        self.ports = {"site": free_port(), "district": free_port(), "metrics": free_port()}
-        self.device_port = free_port() if bench_host else self.ports["site"]
-        self.passwords: dict[str, str] = {}
-        self.district_password = secrets.token_urlsafe(18)
-        self.brokers: list[Mosquitto] = []
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.recorder: demo.Recorder | None = None
-        self.log_path = self.dir / "gateway.log"
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "site.toml"
-
-    def write_config(self, gateway_district_password: str) -> Path:
-        lines = [
-            "# Written by the lifeline bench for one session.",
-            f'[site]\nid = "{SITE_ID}"\n',
-            f'[site_broker]\nhost = "127.0.0.1"\nport = {self.ports["site"]}\n'
-            f'username = "{site_auth.GATEWAY_USER}"\npassword_file = "auth/gateway.password"\n',
-            f'[district_broker]\nhost = "127.0.0.1"\nport = {self.ports["district"]}\nusername = "{SITE_ID}"\n'
-            f'password = "{gateway_district_password}"\n',
-            '[store]\npath = "gateway.sqlite"\n',
-            '[uplink]\nbatch_max_delay_ms = 100\n',
-            f'[metrics]\nhost = "127.0.0.1"\nport = {self.ports["metrics"]}\n',
-        ]
-        lines += [f'[[devices]]\nid = "{d.id}"\nclass = "{d.profile}"\nkey = "{d.key.hex()}"\n'
-                  for d in self.devices]
-        self.config_path.write_text("\n".join(lines))
-        return self.config_path
-
-    def start(self) -> Site:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        gw_password = secrets.token_urlsafe(18)
-        self.write_config(gw_password)
-        auth = self.dir / "auth"
-        self.passwords = site_auth.generate(self.config_path, auth)
-        for d in self.devices:
-            d.password = self.passwords[d.id]
-        extra = f"listener {self.device_port} {self.bench_host}\n" if self.bench_host else ""
-        site_conf = demo.deploy_conf("site.conf", {"passwd": auth / "passwd", "acl": auth / "acl"}) + extra
-        self._broker(site_conf, self.ports["site"], "site-broker")
-        dauth = self.dir / "district-auth"
-        dauth.mkdir(exist_ok=True)
-        demo.hashed_passwords(dauth / "district-passwd",
-                               {demo.DISTRICT_USER: self.district_password, SITE_ID: gw_password})
-        shutil.copy(demo.DEPLOY / "district.acl", dauth / "district.acl")
-        self._broker(demo.deploy_conf("district.conf", {"district-passwd": dauth / "district-passwd",
-                                                        "district.acl": dauth / "district.acl"}),
-                     self.ports["district"], "district-broker")
-        self.recorder = demo.Recorder("127.0.0.1", self.ports["district"], self.district_password, SITE_ID,
-                                      lambda entry: None)
-        if not self.recorder.connected.wait(10):
-            raise BenchError("the district recorder could not connect to the district broker")
-        self.start_gateway()
-        return self
-
-    def _broker(self, conf: str, port: int, name: str) -> None:
-        broker = Mosquitto(conf, port=port, workdir=self.dir / name, anonymous=False)
-        self.brokers.append(broker)
-        try:
-            broker.start()
-        except RuntimeError as exc:
-            raise BenchError(f"{name}: {exc}") from None
-
-    def start_gateway(self) -> None:
-        log = self.log_path.open("ab")
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "lifeline.cli", "gateway", "--config", str(self.config_path)],
-            stdout=log, stderr=log, cwd=self.dir, start_new_session=True,
-            env={**upy.environment(), "PYTHONUNBUFFERED": "1"})
-        log.close()
-        deadline = time.monotonic() + GATEWAY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise BenchError(f"the gateway exited with {self.gateway.returncode}: {self.gateway_tail()}")
-            with contextlib.suppress(OSError):
-                m = demo.scrape(self.ports["metrics"])
-                if m.get("uplink_connected") and m.get("site_connected"):
-                    return
-            time.sleep(0.2)
-        raise BenchError(f"the gateway did not connect to both brokers within {GATEWAY_TIMEOUT_S:.0f} s: "
-                         f"{self.gateway_tail()}")
-
-    def stop_gateway(self) -> None:
-        g = self.gateway
-        if g is not None and g.poll() is None:
-            g.send_signal(signal.SIGTERM)
-            try:
-                g.wait(20)
-            except subprocess.TimeoutExpired:
-                g.kill()
-                g.wait()
-
-    def gateway_tail(self, lines: int = 8) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return " | ".join(text.splitlines()[-lines:])
-
-    def district(self, since: float | None = None) -> District:
-        return District(self, time.time() if since is None else since)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of the gateway's Prometheus endpoint (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        for fam in text_string_to_metric_families(text):
-            for sample in fam.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
-
-    def stop(self) -> None:
-        self.stop_gateway()
-        if self.recorder is not None:
-            self.recorder.close()
-            with self.recorder.lock:
-                self.recorder.log.save(self.dir / "district.jsonl")  # everything the district got, for later
-        for b in self.brokers:
-            b.stop()
 
 
 class Bench:
@@ -369,15 +224,30 @@ class Bench:
         if any(s.kind == "serial" for s in specs) and not bench_host:
             raise BenchError("real boards need --bench-host: the address they reach this machine's site "
                              "broker at over the bench Wi-Fi")
-        self.site = Site(self.dir / "site", self.devices, bench_host)
+        # The site (virtual site kit): logins by password, a second site-broker listener for real boards.
+        self.site = Site(self.dir / "site", SITE_ID, tls=False, extra_toml="[uplink]\nbatch_max_delay_ms = 100\n",
+                         metrics=True, device_host=bench_host)
+        for dut in self.devices:
+            self.site.add(dut.id, dut.profile, dut.key)
+        self.gateway = GatewayProcess(self.site)
+        self.recorder: Recorder | None = None
 
     @property
     def all_virtual(self) -> bool:
         return all(s.kind == "virtual" for s in self.specs)
 
     def start(self) -> Bench:
-        self.site.start()
-        district = self.site.district(since=0.0)
+        try:
+            self.site.start()
+            self.recorder = self.site.recorder(ack_alarms=True)
+            if not self.recorder.subscribed.wait(10):
+                raise BenchError("the district recorder could not subscribe on the district broker")
+            asyncio.run(self.gateway.start().ready())
+        except SiteError as exc:
+            raise BenchError(str(exc)) from None
+        for dut in self.devices:
+            dut.password = self.site.devices[dut.id].password
+        district = self.district(since=0.0)
         started = time.time()
         for dut in self.devices:
             self._flash(dut)
@@ -416,6 +286,10 @@ class Bench:
             dut.stimulus = stimulus.SerialStimulus(dut.spec.stim, dut.spec.rig)
         self.provision(dut)
 
+    def district(self, since: float | None = None) -> District:
+        assert self.recorder is not None
+        return District(self.recorder, time.time() if since is None else since)
+
     def for_profile(self, profile: str, hardware: bool = False) -> list[Dut]:
         return [d for d in self.devices if d.profile == profile and (not hardware or not d.virtual)]
 
@@ -425,4 +299,8 @@ class Bench:
                 dut.board.close()
             if dut.stimulus is not None:
                 dut.stimulus.close()
+        self.gateway.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder.save(self.site.dir / "district.jsonl")  # everything the district got, for later
         self.site.stop()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.bench import Bench, BenchError, DeviceSpec, District, Dut, Site
+from hil_tests.bench import Bench, BenchError, DeviceSpec, District, Dut
 from hil_tests.report import JsonReport, LatencyLog
+from lifeline.virtual.site import Site
 
 SPECS = pytest.StashKey[list[DeviceSpec]]()
 PROFILES = pytest.StashKey[set[str]]()
@@ -113,7 +114,7 @@ def site(hil_bench: Bench) -> Site:
 
 @pytest.fixture
 def district(hil_bench: Bench) -> District:
-    return hil_bench.site.district()
+    return hil_bench.district()
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from hil_tests.bench import Bench, District, Dut, Site
+from hil_tests.bench import Bench, District, Dut
 from hil_tests.report import LatencyLog
-from lifeline.demo import report as demo_report
+from lifeline.virtual.recorder import Entry
+from lifeline.virtual.site import Site
 from lifeline.virtual.stimulus import SerialStimulus, SimStimulus, Unsupported
 from protocol import district as dtopics
 
@@ -61,12 +62,12 @@ def until(cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def _acks(cmd_id: int, e: demo_report.Entry) -> bool:
+def _acks(cmd_id: int, e: Entry) -> bool:
     return bool(e.body.get("re") == "cmd" and e.body.get("id") == cmd_id)
 
 
 def command(district: District, dev: str, op: str, args: dict[str, Any], latency: LatencyLog | None = None,
-            tries: int = 2) -> demo_report.Entry:
+            tries: int = 2) -> Entry:
     """Send a command as the district desk does, again (with a new id) when the gateway reports that the
     device did not answer in time (docs/gateway.md); returns the device's ack."""
     for _ in range(tries):
@@ -233,7 +234,7 @@ def test_loop_current_reads_true_through_the_board_adc(dut: list[Dut], district:
                           20, dtopics.TELEMETRY)
 
 
-def _reads(dev: str, value: float, after: float, e: demo_report.Entry) -> bool:
+def _reads(dev: str, value: float, after: float, e: Entry) -> bool:
     """A ch4 reading taken after `after` within 2 % of span (ADC, shunt and converter error) of `value`."""
     return any(r.get("metric") == "ch4" and r["t"] > after and abs(r["v"] - value) <= 2.0
                for p in e.body["packs"] if p["dev"] == dev for r in p["records"])

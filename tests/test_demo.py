@@ -15,6 +15,7 @@ from gateway.riskpoints import haversine_m
 from lifeline.demo import report as demo_report
 from lifeline.demo import script
 from lifeline.virtual import plan
+from lifeline.virtual.recorder import DistrictLog
 
 
 def _interp(points: list[list[float]], t: float) -> float:
@@ -90,7 +91,7 @@ def test_schedule_replays_every_ramp() -> None:
 
 def test_judging_follows_the_expected_order() -> None:
     site = plan.load()
-    log = demo_report.DistrictLog()
+    log = DistrictLog()
     t0 = 1000.0
 
     def alarm(t: float, ev: str, level: str | None) -> None:

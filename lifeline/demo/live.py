@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from lifeline.demo import report as demo_report
 from lifeline.virtual.plan import Device, Site
+from lifeline.virtual.recorder import Entry
 from protocol import district as dtopics
 
 # The first metric of each class shown in the live view, with its display scale and unit.
@@ -56,7 +56,7 @@ class Status:
             return f"setting up {time.time() - self.t_start:5.1f} s"
         return f"script {time.time() - self.t0:6.1f} / {self.script_s:.0f} s"
 
-    def on_entry(self, entry: demo_report.Entry) -> str | None:
+    def on_entry(self, entry: Entry) -> str | None:
         """Fold one district arrival into the view; returns a progress line for alarm events and births."""
         body = entry.body
         with self.lock:

@@ -10,7 +10,6 @@ recorder share one host clock, so the difference needs no clock correction.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,30 +19,12 @@ from typing import Any
 
 from gateway.rules import RuleSet
 from lifeline.virtual.plan import CLEAR, Expect, Incident, Site
-from protocol import district, senml_resolve
+from lifeline.virtual.recorder import DistrictLog, Entry
+from protocol import district
 
 # Colours of the four warning levels as drawn (gold reads better than pure yellow on white).
 LEVEL_COLOURS = {"blue": "#1f6fd1", "yellow": "#e0b000", "orange": "#f07800", "red": "#d11f1f"}
 TEXT_COLOURS = {**LEVEL_COLOURS, "yellow": "#a07c00"}  # darker gold: readable as text on white
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-@dataclass(frozen=True)
-class Entry:
-    t: float  # district receipt, Unix seconds
-    kind: str  # uplink kind (protocol.topics UP kinds)
-    body: Any
 
 
 @dataclass
@@ -52,71 +33,20 @@ class Sample:
     value: float
 
 
-class DistrictLog:
-    """Everything the district received, in receipt order; telemetry packs kept with resolved records."""
-
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    def add(self, t: float, kind: str, body: Any) -> Entry:
-        if kind == district.TELEMETRY and isinstance(body, Mapping):
-            body = {"packs": [_resolved(p) for p in body.get("packs", ())],
-                    "thinned": len(body.get("thinned", ()))}
-        entry = Entry(t, kind, _jsonable(body))
-        self.entries.append(entry)
-        return entry
-
-    def save(self, path: Path) -> None:
-        with path.open("w") as fh:
-            for e in self.entries:
-                fh.write(json.dumps({"t": e.t, "kind": e.kind, "body": e.body}, separators=(",", ":")) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> DistrictLog:
-        log = cls()
-        for line in path.read_text().splitlines():
-            item = json.loads(line)
-            log.entries.append(Entry(item["t"], item["kind"], item["body"]))
-        return log
-
-    def of(self, kind: str) -> list[Entry]:
-        return [e for e in self.entries if e.kind == kind]
-
-    def alarms(self) -> list[Entry]:
-        return self.of(district.ALARM)
-
-    def series(self) -> dict[tuple[str, str], list[Sample]]:
-        """(device, metric) -> samples by device time; a vb reading counts as 0/1."""
-        out: dict[tuple[str, str], list[Sample]] = defaultdict(list)
-        for e in self.of(district.TELEMETRY):
-            for pack in e.body["packs"]:
-                for rec in pack.get("records", ()):
-                    value = rec.get("v", rec.get("vb"))
-                    if isinstance(value, bool):
-                        value = float(value)
-                    if isinstance(value, int | float) and isinstance(rec.get("t"), int | float):
-                        out[(pack["dev"], rec["metric"])].append(Sample(float(rec["t"]), float(value)))
-        for samples in out.values():
-            samples.sort(key=lambda s: s.t)
-        return dict(out)
-
-
-def _resolved(pack: Any) -> dict[str, Any]:
-    """An upstream pack with its SenML records resolved (names "dev:metric" split into the metric)."""
-    if not isinstance(pack, Mapping):
-        return {"dev": None, "records": [], "error": "not a map"}
-    dev = pack.get("dev")
-    try:
-        records = senml_resolve.resolve(pack.get("e"))
-    except ValueError as exc:
-        return {"dev": dev, "seq": pack.get("seq"), "records": [], "error": str(exc)}
-    out = []
-    for rec in records:
-        name = str(rec.get("n", ""))
-        rec = dict(rec)
-        rec["metric"] = name.split(":", 1)[1] if ":" in name else name
-        out.append(rec)
-    return {"dev": dev, "seq": pack.get("seq"), "boot": pack.get("boot"), "records": out}
+def samples(log: DistrictLog) -> dict[tuple[str, str], list[Sample]]:
+    """(device, metric) -> samples by device time; a vb reading counts as 0/1."""
+    out: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for e in log.of(district.TELEMETRY):
+        for pack in e.body["packs"]:
+            for rec in pack.get("records", ()):
+                value = rec.get("v", rec.get("vb"))
+                if isinstance(value, bool):
+                    value = float(value)
+                if isinstance(value, int | float) and isinstance(rec.get("t"), int | float):
+                    out[(pack["dev"], rec["metric"])].append(Sample(float(rec["t"]), float(value)))
+    for found in out.values():
+        found.sort(key=lambda s: s.t)
+    return dict(out)
 
 
 # ------------------------------------------------------------------------------------------ judging
@@ -326,7 +256,7 @@ def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool,
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    series = log.series()
+    series = samples(log)
     alarms = [e for e in log.alarms() if not e.body.get("resend")]
     incidents = list(site.incidents)
     fig, axes = plt.subplots(len(incidents), 1, figsize=(12, 3.4 * len(incidents)), squeeze=False)

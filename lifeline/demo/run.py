@@ -12,40 +12,31 @@ every alarm the script expects reached the district. docs/demo.md explains the o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import cbor2
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from gateway import config as gateway_config
 from gateway.rules import default_ruleset
-from lifeline import flash, site_auth, upy
+from lifeline import flash, upy
 from lifeline.demo import live, script
 from lifeline.demo import report as demo_report
 from lifeline.virtual import plan, stimulus
-from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual import site as virtual_site
 from lifeline.virtual.device import VirtualDevice
 from lifeline.virtual.plan import Device, Site
-from protocol import district as dtopics
+from lifeline.virtual.recorder import DistrictLog, Entry, Recorder
 
-DEPLOY = upy.ROOT / "deploy" / "mosquitto"
 PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline flash` writes per device
-DISTRICT_USER = "district"
 ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
 TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
 FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
@@ -53,38 +44,6 @@ FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
 
 class DemoError(RuntimeError):
     """The demo could not set its site up; the message says which part failed."""
-
-
-# ------------------------------------------------------------------------------------------ brokers
-
-
-def deploy_conf(name: str, files: Mapping[str, Path]) -> str:
-    """A deploy config's settings for a demo broker on one loopback listener.
-
-    Mosquitto() writes the listener, persistence and log lines for its own directory; the TLS listener
-    (certificates for devices and gateways on a real network) is left out, so devices and the gateway log
-    in with passwords on loopback and the shipped ACL still decides what each may publish and read.
-    File paths are taken from `files`, by file name."""
-    out = []
-    for line in (DEPLOY / name).read_text().splitlines():
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        if words[0] in ("listener", "certfile", "keyfile", "cafile", "tls_version", "require_certificate",
-                        "use_identity_as_username", "persistence", "persistence_location", "log_dest",
-                        "log_type", "allow_anonymous"):
-            continue
-        if words[0] in ("password_file", "acl_file"):
-            line = f"{words[0]} {files[Path(words[1]).name]}"
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def hashed_passwords(path: Path, users: Mapping[str, str]) -> Path:
-    path.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
-    path.chmod(0o600)
-    subprocess.run([site_auth.mosquitto_passwd(), "-U", str(path)], check=True)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ site.toml
@@ -106,31 +65,16 @@ def _shipped_profile(cls: str) -> dict[str, Any]:
     return profile
 
 
-def write_site_toml(path: Path, site: Site, devices: list[Device], keys: Mapping[str, bytes],
-                    site_port: int, district_port: int, gateway_password: str, metrics_port: int) -> Path:
-    """The gateway's config for this run: the shipped rule sets, whose stale intervals are set to the
-    flashed profiles' (docs/rules.md: they must match), and the seed's risk points."""
-    lines = [
-        "# Written by `lifeline demo` for one run; keys are fresh each run.",
-        f'[site]\nid = "{site.id}"\n',
-        f'[site_broker]\nhost = "127.0.0.1"\nport = {site_port}\nusername = "{site_auth.GATEWAY_USER}"\n'
-        f'password_file = "auth/gateway.password"\n',
-        f'[district_broker]\nhost = "127.0.0.1"\nport = {district_port}\nusername = "{site.id}"\n'
-        f'password = "{gateway_password}"\n',
-        '[store]\npath = "gateway.sqlite"\n',
-        "[uplink]\nbatch_max_delay_ms = 200\n",
-        f'[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n',
-    ]
+def extra_toml(site: Site, devices: list[Device]) -> str:
+    """The gateway's config beyond the brokers and devices: the shipped rule sets, whose stale intervals are
+    set to the flashed profiles' (docs/rules.md: they must match), and the seed's risk points."""
+    lines = ["[uplink]\nbatch_max_delay_ms = 200\n"]
     for cls, interval in stale_intervals(site, devices).items():
         lines.append(f"[rules.overrides.{cls}.stale]\ninterval_s = {interval:g}\n")
     for rp in site.risk_points.values():
         lines.append(f'[[risk_points]]\nid = "{rp.id}"\nclass = "{rp.cls}"\nlat = {rp.lat}\nlon = {rp.lon}\n'
                      f"radius_m = {rp.radius_m}\n")
-    for d in devices:
-        lines.append(f'[[devices]]\nid = "{d.id}"\nclass = "{d.cls}"\nkey = "{keys[d.id].hex()}"\n'
-                     f"position = [{d.position[0]}, {d.position[1]}]\n")
-    path.write_text("\n".join(lines))
-    return path
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ devices
@@ -173,78 +117,23 @@ def provision(image: Path, flash_dir: Path, dev: Device, site: Site, key: bytes,
     return Node(dev, flash_dir, control_port)
 
 
-# ------------------------------------------------------------------------------------------ the district
-
-
-class Recorder:
-    """A district application: subscribes to the site's whole uplink and records it with receipt times."""
-
-    def __init__(self, host: str, port: int, password: str, site: str, on_entry: Any,
-                 ack_alarms: bool = True) -> None:
-        self.log = demo_report.DistrictLog()
-        self.lock = threading.Lock()
-        self.errors = 0
-        self._on_entry = on_entry
-        self._ack_alarms = ack_alarms
-        self._topic = f"district/v1/{site}/up/#"
-        self._ack_topic = dtopics.down(site, dtopics.ALARM_ACK)
-        self.acks = 0
-        self.connected = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-district-{time.time_ns()}")
-        self._client.username_pw_set(DISTRICT_USER, password)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.connect(host, port, keepalive=30)
-        self._client.loop_start()
-
-    def _on_connect(self, client: paho.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(self._topic, qos=1)
-        self.connected.set()
-
-    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        now = time.time()
-        try:
-            _, kind = dtopics.parse_up(msg.topic)
-            body = cbor2.loads(msg.payload)
-        except (ValueError, cbor2.CBORDecodeError):
-            self.errors += 1
-            return
-        with self.lock:
-            entry = self.log.add(now, kind, body)
-        if (self._ack_alarms and kind == dtopics.ALARM and isinstance(body, dict)
-                and body.get("ev") in ("raised", "escalated")):
-            # The district desk acknowledges what it has seen, closing the loop (the gateway stops re-sending).
-            client.publish(self._ack_topic, cbor2.dumps({"id": body.get("id")}), qos=1)
-            self.acks += 1
-        self._on_entry(entry)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-
 # ------------------------------------------------------------------------------------------ the gateway's metrics
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The gateway's outbox depth, uplink state and ingest counters from its Prometheus endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
-        text = r.read().decode()
+    """The gateway's outbox depth, uplink state and ingest counters, for the live view."""
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "lifeline_outbox_depth":
-                out["outbox_" + s.labels.get("lane", "")] = s.value
-            elif s.name == "lifeline_uplink_connected":
-                out["uplink_connected"] = s.value
-            elif s.name == "lifeline_site_connected":
-                out["site_connected"] = s.value
-            elif s.name == "lifeline_ingest_messages_total":
-                out["accepted"] = out.get("accepted", 0) + s.value
-            elif s.name == "lifeline_ingest_rejects_total":
-                out["rejected"] = out.get("rejected", 0) + s.value
+    for s in virtual_site.metrics(port, timeout=0.5):
+        if s.name == "lifeline_outbox_depth":
+            out["outbox_" + s.labels.get("lane", "")] = s.value
+        elif s.name == "lifeline_uplink_connected":
+            out["uplink_connected"] = s.value
+        elif s.name == "lifeline_site_connected":
+            out["site_connected"] = s.value
+        elif s.name == "lifeline_ingest_messages_total":
+            out["accepted"] = out.get("accepted", 0) + s.value
+        elif s.name == "lifeline_ingest_rejects_total":
+            out["rejected"] = out.get("rejected", 0) + s.value
     return out
 
 
@@ -272,9 +161,9 @@ class Demo:
         self.status = live.Status(self.site, self.nodes, time.time())
         self.live = args.live if args.live is not None else sys.stdout.isatty()
         self.console: Any = None
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.gateway: virtual_site.GatewayProcess | None = None
         self.recorder: Recorder | None = None
-        self.metrics_port = free_port()
 
     # progress
 
@@ -285,7 +174,7 @@ class Demo:
         else:
             print(f"[{stamp}] {line}", flush=True)
 
-    def _on_entry(self, entry: demo_report.Entry) -> None:
+    def _on_entry(self, entry: Entry) -> None:
         line = self.status.on_entry(entry)
         if line is not None and not self.live:
             self.say(line)
@@ -301,88 +190,42 @@ class Demo:
         if self.work.exists():
             shutil.rmtree(self.work)
         self.logs.mkdir(parents=True)
-        site = self.site
-        keys = {d.id: secrets.token_bytes(32) for d in self.devices}
-        ports = {"site": free_port(), "district": free_port()}
-        gateway_district_pw = secrets.token_urlsafe(18)
-        district_pw = secrets.token_urlsafe(18)
-        toml = write_site_toml(self.work / "site.toml", site, self.devices, keys, ports["site"], ports["district"],
-                               gateway_district_pw, self.metrics_port)
-        self.say(f"site {site.id}: {len(self.devices)} devices, {len(site.risk_points)} risk points; "
+        seed = self.site
+        site = virtual_site.Site(self.work, seed.id, tls=False, extra_toml=extra_toml(seed, self.devices),
+                                 metrics=True)
+        for d in self.devices:
+            site.add(d.id, d.cls, position=d.position)
+        self.metrics_port = site.metrics_port
+        self.say(f"site {seed.id}: {len(self.devices)} devices, {len(seed.risk_points)} risk points; "
                  f"work directory {self.work}")
-        # Site broker: the shipped config with the passwords and ACL `lifeline site-auth` writes.
-        auth = self.work / "auth"
-        passwords = site_auth.generate(toml, auth)
-        site_conf = deploy_conf("site.conf", {"passwd": auth / "passwd", "acl": auth / "acl"})
-        site_broker = Mosquitto(site_conf, port=ports["site"], workdir=self.work / "site-broker", anonymous=False)
-        stack.callback(site_broker.stop)
-        site_broker.start()
-        # District broker: the shipped ACL; the district application and this site's gateway log in by password.
-        dauth = self.work / "district-auth"
-        dauth.mkdir()
-        hashed_passwords(dauth / "district-passwd", {DISTRICT_USER: district_pw, site.id: gateway_district_pw})
-        shutil.copy(DEPLOY / "district.acl", dauth / "district.acl")
-        district_conf = deploy_conf("district.conf", {"district-passwd": dauth / "district-passwd",
-                                                      "district.acl": dauth / "district.acl"})
-        district = Mosquitto(district_conf, port=ports["district"], workdir=self.work / "district-broker",
-                             anonymous=False)
-        stack.callback(district.stop)
-        district.start()
-        self.say(f"brokers up: site on {ports['site']}, district on {ports['district']}")
+        stack.callback(site.stop)
+        site.start()
+        self.say(f"brokers up: site on {site.ports['site']}, district on {site.ports['district']}")
 
-        self.recorder = Recorder("127.0.0.1", ports["district"], district_pw, site.id, self._on_entry)
+        self.recorder = site.recorder(ack_alarms=True, on_entry=self._on_entry)
+        self.gateway = virtual_site.GatewayProcess(site, self.logs / "gateway.log")
         # Leaving: the gateway drains and stops first, then the recorder, then the devices (whose wills
         # would otherwise raise stale alarms on the way out), then the brokers.
         stack.callback(self._stop_devices)
         stack.callback(self.recorder.close)
-        stack.callback(self._stop_gateway)
-        if not self.recorder.connected.wait(10):
-            raise DemoError("the district recorder could not connect to the district broker")
+        stack.callback(self.gateway.stop)
+        if not self.recorder.subscribed.wait(10):
+            raise DemoError("the district recorder could not subscribe on the district broker")
+        asyncio.run(self.gateway.start().ready())
+        assert self.gateway.proc is not None
+        self.say(f"gateway up (pid {self.gateway.proc.pid}), connected to both brokers")
 
-        self._start_gateway(toml, stack)
-
-        image = firmware_image(self.work / "image", site.id)
+        image = firmware_image(self.work / "image", seed.id)
         for d in self.devices:
-            self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, site, keys[d.id], passwords[d.id],
-                                         ports["site"], stimulus.free_udp_pair())
+            login = site.devices[d.id]
+            self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, seed, login.key, login.password,
+                                         site.device_port, stimulus.free_udp_pair())
         self.say(f"powering on {len(self.nodes)} virtual devices (MicroPython unix port, heap {self.args.heap})")
         for node in self.nodes.values():
             node.board = VirtualDevice(node.flash, node.dev.id, heap=self.args.heap,
                                        console_log=self.logs / f"{node.dev.id}.console.log")
             node.board.power_on()
             time.sleep(0.15)  # a staggered start spreads the interpreters' start-up over the cores
-
-    def _start_gateway(self, toml: Path, stack: contextlib.ExitStack) -> None:
-        log = (self.logs / "gateway.log").open("ab")
-        stack.callback(log.close)
-        self.gateway = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "gateway", "--config", str(toml)],
-                                        stdout=log, stderr=log, cwd=upy.ROOT, start_new_session=True,
-                                        env={**upy.environment(), "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise DemoError(f"the gateway exited with {self.gateway.returncode}: " + self._gateway_tail())
-            with contextlib.suppress(OSError):
-                m = scrape(self.metrics_port)
-                if m.get("uplink_connected") and m.get("site_connected"):
-                    self.say(f"gateway up (pid {self.gateway.pid}), connected to both brokers")
-                    return
-            time.sleep(0.2)
-        raise DemoError("the gateway did not connect to both brokers within 30 s: " + self._gateway_tail())
-
-    def _gateway_tail(self) -> str:
-        lines = (self.logs / "gateway.log").read_text(errors="replace").splitlines()
-        return " | ".join(lines[-5:])
-
-    def _stop_gateway(self) -> None:
-        g = self.gateway
-        if g is not None and g.poll() is None:
-            g.send_signal(signal.SIGTERM)  # drains its outbox for a bounded time, then exits
-            try:
-                g.wait(20)
-            except subprocess.TimeoutExpired:
-                g.kill()
-                g.wait()
 
     def _stop_devices(self) -> None:
         for node in self.nodes.values():
@@ -411,8 +254,8 @@ class Demo:
             m["acks"] = self.recorder.acks if self.recorder is not None else 0
             with self.status.lock:
                 self.status.metrics = m
-        if self.gateway is not None and self.gateway.poll() is not None:
-            raise DemoError(f"the gateway exited with {self.gateway.returncode}: " + self._gateway_tail())
+        if self.gateway is not None:
+            self.gateway.check()
         time.sleep(seconds)
 
     def play(self) -> demo_report.Summary:
@@ -453,18 +296,16 @@ class Demo:
     def _judge(self, t0: float) -> list[demo_report.Seen]:
         return demo_report.judge(self.site, self._since(t0))
 
-    def _since(self, t0: float) -> demo_report.DistrictLog:
+    def _since(self, t0: float) -> DistrictLog:
         assert self.recorder is not None
-        part = demo_report.DistrictLog()
-        with self.recorder.lock:
-            part.entries = [e for e in self.recorder.log.entries if e.t >= t0 - 1.0]
+        part = DistrictLog()
+        part.entries = self.recorder.entries(since=t0 - 1.0)
         return part
 
     def report(self, t0: float) -> demo_report.Summary:
         assert self.recorder is not None
         self.status.phase = "writing the report"
-        with self.recorder.lock:
-            self.recorder.log.save(self.out / "district.jsonl")
+        self.recorder.save(self.out / "district.jsonl")
         log = self._since(t0)
         notes = list(self.status.problems)
         if self.recorder.errors:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from sitekit import District, GatewayProcess, Site, cli, reading
+from sitekit import District, cli
 
 from lifeline.virtual.broker import free_port
+from lifeline.virtual.site import GatewayProcess, Site, reading
 from protocol import auth, cbor, message, senml, topics
 from protocol import district as dtopics
 
@@ -36,7 +37,7 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
     s.write_config(metrics_port=metrics_port)
     gw = GatewayProcess(s).start()
     d1, d2 = s.devices["d1"], s.devices["d2"]
-    data1 = topics.device(s.site, "d1", topics.DATA)
+    data1 = topics.device(s.id, "d1", topics.DATA)
     good: set[tuple[str, int]] = set()
     bad: list[tuple[str, bytes]] = []  # (expected reason, payload) on d1's own data topic
     try:
@@ -88,7 +89,7 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
             await c1.publish(data1, history[max(history)], qos=1)
             # a device the registry does not know
             d9_body = message.data("d9", 1, 0, pack)
-            await c9.publish(topics.device(s.site, "d9", topics.DATA), sealed(d9_body, d9.key), qos=1)
+            await c9.publish(topics.device(s.id, "d9", topics.DATA), sealed(d9_body, d9.key), qos=1)
             bad.append(("unknown-device", b""))
             # clocks: an hour ahead is flagged; a boot clock is converted once a live birth dates the boot
             topic, payload, seq_future = s.data("d2", [reading("ch4", 2.0, "%LEL", now + 3600)])

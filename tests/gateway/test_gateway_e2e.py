@@ -13,8 +13,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from sitekit import District, GatewayProcess, Site, cli, reading
+from sitekit import District, cli
 
+from lifeline.virtual.site import GatewayProcess, Site, reading
 from protocol import district as dtopics
 from protocol import message, message_check, senml, topics
 
@@ -82,7 +83,7 @@ async def test_packs_in_alarms_and_batched_telemetry_out(site: Site, gateway: Ga
         # a forged pack (right topic, wrong key) is checked out, not forwarded
         forged = message.encode(message.data("gas1", 1, 999, senml.pack([reading("ch4", 99.0, "%LEL")])),
                                 b"\x00" * 32)
-        await gas1.publish(topics.device(site.site, "gas1", topics.DATA), forged, qos=1)
+        await gas1.publish(topics.device(site.id, "gas1", topics.DATA), forged, qos=1)
         # pod1: a drone pack over the filling station carries its position
         topic, payload, seq = site.data("pod1", [reading("ch4", 60.0, "%LEL"), reading("lat", 31.2305, "lat"),
                                                  reading("lon", 121.4738, "lon"), reading("fix", 1)])
@@ -127,7 +128,7 @@ async def test_packs_in_alarms_and_batched_telemetry_out(site: Site, gateway: Ga
 async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: GatewayProcess) -> None:
     d = site.devices["gas1"]
     async with District(site) as district, site.device_client("gas1") as gas1:
-        await gas1.subscribe(topics.device(site.site, "gas1", topics.CMD), qos=1)
+        await gas1.subscribe(topics.device(site.id, "gas1", topics.CMD), qos=1)
         expiries: list[float] = []
 
         async def device_answers() -> None:
@@ -136,7 +137,7 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
                 body = message_check.decode(m.payload, lambda kid: d.key if kid == b"gas1" else None, topics.CMD)
                 expiries.append(body["exp"] - time.time())
                 ack = message.ack("gas1", d.boot, body["id"], True, {"op": body["op"], "n": body["args"]["n"]})
-                await gas1.publish(topics.device(site.site, "gas1", topics.ACK), message.encode(ack, d.key), qos=1)
+                await gas1.publish(topics.device(site.id, "gas1", topics.ACK), message.encode(ack, d.key), qos=1)
 
         answer = asyncio.create_task(device_answers())
         await asyncio.sleep(0.3)

@@ -14,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sitekit import District, GatewayProcess, Site, reading
+from sitekit import District
 
+from lifeline.virtual.site import GatewayProcess, Site, reading
 from protocol import district as dtopics
 
 DEVICES = 4

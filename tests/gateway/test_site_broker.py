@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from sitekit import Site
 
+from lifeline.virtual.site import Site
 from protocol import topics
 
 
@@ -45,30 +45,30 @@ async def test_each_device_only_reaches_its_own_topics(site: Site) -> None:
                               password=site.passwords["gateway"]) as gw, \
             site.device_client("d1", tls=True) as d1:
         for kind in (topics.DATA, topics.EVENT, topics.STATE, topics.ACK):
-            await gw.subscribe(topics.device_filter(site.site, kind), qos=1)
-        await d1.subscribe(topics.device(site.site, "d1", topics.CMD), qos=1)
-        await d1.subscribe(topics.device(site.site, "d2", topics.CMD), qos=1)  # not its own: nothing arrives
-        await d1.subscribe(topics.device_filter(site.site, topics.DATA), qos=1)  # others' data: denied
+            await gw.subscribe(topics.device_filter(site.id, kind), qos=1)
+        await d1.subscribe(topics.device(site.id, "d1", topics.CMD), qos=1)
+        await d1.subscribe(topics.device(site.id, "d2", topics.CMD), qos=1)  # not its own: nothing arrives
+        await d1.subscribe(topics.device_filter(site.id, topics.DATA), qos=1)  # others' data: denied
         tasks = [asyncio.create_task(collect(gw, gw_seen)), asyncio.create_task(collect(d1, d1_seen))]
 
-        await d1.publish(topics.device(site.site, "d2", topics.DATA), b"forged", qos=1)  # as another device
+        await d1.publish(topics.device(site.id, "d2", topics.DATA), b"forged", qos=1)  # as another device
         await d1.publish(topics.device("other", "d1", topics.DATA), b"other-site", qos=1)  # another site
-        await d1.publish(topics.device(site.site, "d1", topics.CMD), b"self-command", qos=1)  # a command
+        await d1.publish(topics.device(site.id, "d1", topics.CMD), b"self-command", qos=1)  # a command
         for kind in (topics.DATA, topics.EVENT, topics.STATE, topics.ACK):
-            await d1.publish(topics.device(site.site, "d1", kind), b"own-" + kind.encode(), qos=1)
+            await d1.publish(topics.device(site.id, "d1", kind), b"own-" + kind.encode(), qos=1)
         await until(lambda: len(gw_seen) >= 4)
 
-        await gw.publish(topics.device(site.site, "d2", topics.CMD), b"for-d2", qos=1)
-        await gw.publish(topics.device(site.site, "d1", topics.CMD), b"for-d1", qos=1)
+        await gw.publish(topics.device(site.id, "d2", topics.CMD), b"for-d2", qos=1)
+        await gw.publish(topics.device(site.id, "d1", topics.CMD), b"for-d1", qos=1)
         await until(lambda: any(p == b"for-d1" for _, p in d1_seen))
         await asyncio.sleep(0.2)
         for t in tasks:
             t.cancel()
 
-    assert sorted(gw_seen) == sorted((topics.device(site.site, "d1", k), b"own-" + k.encode())
+    assert sorted(gw_seen) == sorted((topics.device(site.id, "d1", k), b"own-" + k.encode())
                                      for k in (topics.DATA, topics.EVENT, topics.STATE, topics.ACK))
     # d1 read only its own command: not d2's, not its own data it published, not the forged command
-    assert d1_seen == [(topics.device(site.site, "d1", topics.CMD), b"for-d1")]
+    assert d1_seen == [(topics.device(site.id, "d1", topics.CMD), b"for-d1")]
 
 
 @pytest.mark.parametrize("who", ["wrong-password", "anonymous", "unknown-user"])
@@ -96,9 +96,9 @@ async def test_payload_size_limit(site: Site) -> None:
     seen: list[tuple[str, bytes]] = []
     async with aiomqtt.Client("127.0.0.1", site.ports["site"], identifier="gw", username="gateway",
                               password=site.passwords["gateway"]) as gw, site.device_client("d1") as d1:
-        await gw.subscribe(topics.device_filter(site.site, topics.DATA), qos=1)
+        await gw.subscribe(topics.device_filter(site.id, topics.DATA), qos=1)
         task = asyncio.create_task(collect(gw, seen))
-        own = topics.device(site.site, "d1", topics.DATA)
+        own = topics.device(site.id, "d1", topics.DATA)
         await d1.publish(own, b"x" * 70_000, qos=1)
         await d1.publish(own, b"y" * 5000, qos=1)
         await until(lambda: len(seen) >= 1)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import cbor2
 import pytest
 
 from gateway.config import BrokerConfig, TLSFiles
 from gateway.outbox import Outbox
 from gateway.store import open_store
 from gateway.uplink import Uplink
+from lifeline.virtual import recorder
 from lifeline.virtual.broker import Mosquitto, free_port
 from protocol import district, senml_resolve
 
@@ -32,28 +32,17 @@ T0 = 1_763_900_000.0
 Key = tuple[Any, ...]
 
 
-class Recorder:
-    """The district side: a persistent-session subscriber that survives broker restarts."""
+class Recorder(recorder.Recorder):
+    """The district side: the site's recorder on a persistent session (it survives broker restarts), bodies
+    as decoded, with this test's view of what arrived."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.got: list[tuple[str, dict[str, Any]]] = []
-        self.arrived: list[float] = []
-        self.ready = asyncio.Event()
+    @property
+    def got(self) -> list[tuple[str, Any]]:
+        return [(e.kind, e.body) for e in self.entries()]
 
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client("127.0.0.1", self.port, identifier="district-recorder",
-                                          clean_session=False) as client:
-                    await client.subscribe(f"district/v1/{SITE}/up/#", qos=1)
-                    self.ready.set()
-                    async for m in client.messages:
-                        assert isinstance(m.payload, bytes)
-                        self.got.append((district.parse_up(m.topic.value)[1], cbor2.loads(m.payload)))
-                        self.arrived.append(time.monotonic())
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.05)
+    @property
+    def arrived(self) -> list[float]:
+        return [e.t for e in self.entries()]
 
     def seen(self) -> list[Key]:
         """Every item in arrival order: ("alarm", id), ("state", n), ("dq", ev), ("tel", dev, seq)."""
@@ -74,24 +63,19 @@ class Recorder:
         """Arrival order after de-duplication (QoS 1 is at least once), as the district would keep it."""
         return list(dict.fromkeys(self.seen()))
 
-    async def until(self, done: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"timed out; {len(self.got)} messages so far"
-            await asyncio.sleep(0.02)
+    async def until(self, done: Callable[[], bool], timeout: float = 30.0) -> bool:
+        assert await super().until(done, timeout), f"timed out; {len(self.got)} messages so far"
+        return True
 
 
 @contextlib.asynccontextmanager
 async def recording(port: int) -> AsyncIterator[Recorder]:
-    rec = Recorder(port)
-    task = asyncio.create_task(rec.run())
-    await asyncio.wait_for(rec.ready.wait(), 10)
+    rec = Recorder("127.0.0.1", port, SITE, raw=True, session="district-recorder")
     try:
+        await rec.until(rec.subscribed.is_set, 10)
         yield rec
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        rec.close()
 
 
 @contextlib.asynccontextmanager
