@@ -83,8 +83,9 @@ def rules(version: int = 1, **changes: Any) -> RuleSet:
     return parse_ruleset(data)
 
 
-class Site:
-    """A real SQLite file and an engine on it; restart() closes and reopens like a daemon restart."""
+class EngineOnDisk:
+    """A real SQLite file and an alarm engine on it (no brokers: the virtual site is lifeline/virtual/site.py);
+    restart() closes and reopens like a daemon restart."""
 
     def __init__(
         self, path: Path, ruleset: RuleSet | None = None, points: RiskPoints | None = None, **engine_args: float
@@ -126,8 +127,8 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path / "gateway.db")
+def site(tmp_path: Path) -> Iterator[EngineOnDisk]:
+    s = EngineOnDisk(tmp_path / "gateway.db")
     yield s
     s.conn.close()
 
@@ -139,7 +140,7 @@ def steps(transitions: list[Transition]) -> list[tuple[str, Level | None, Level 
 # ---------------------------------------------------------------------------------------------- lifecycle
 
 
-def test_lifecycle_raised_escalated_de_escalated_cleared(site: Site) -> None:
+def test_lifecycle_raised_escalated_de_escalated_cleared(site: EngineOnDisk) -> None:
     out = site.feed("gas-1", "gas", "ch4", [5, 22, 23, 30, 55, 56, 30, 18, 15, 1])
     assert steps(out) == [
         ("raised", None, YELLOW),
@@ -175,21 +176,21 @@ def test_lifecycle_raised_escalated_de_escalated_cleared(site: Site) -> None:
     assert site.engine.active() == []
 
 
-def test_a_new_episode_gets_a_new_alarm_id(site: Site) -> None:
+def test_a_new_episode_gets_a_new_alarm_id(site: EngineOnDisk) -> None:
     first = site.feed("gas-1", "gas", "ch4", [30, 30, 1])
     second = site.feed("gas-1", "gas", "ch4", [30, 30, 1], t0=10)
     assert steps(first) == steps(second) == [("raised", None, ORANGE), ("cleared", ORANGE, None)]
     assert first[0].alarm_id == first[1].alarm_id != second[0].alarm_id
 
 
-def test_devices_and_metrics_are_separate_alarms(site: Site) -> None:
+def test_devices_and_metrics_are_separate_alarms(site: EngineOnDisk) -> None:
     out = site.feed("gas-1", "gas", "ch4", [60, 60]) + site.feed("gas-2", "gas", "ch4", [22, 22])
     assert [(t.device, t.level) for t in out] == [("gas-1", RED), ("gas-2", YELLOW)]
     assert [(a.device, a.level) for a in site.engine.active()] == [("gas-1", RED), ("gas-2", YELLOW)]
     assert site.feed("gas-1", "gas", "temp", [99, 99]) == []
 
 
-def test_engine_writes_but_never_commits(site: Site) -> None:
+def test_engine_writes_but_never_commits(site: EngineOnDisk) -> None:
     site.conn.commit()
     raised = site.feed("gas-1", "gas", "ch4", [30, 30])
     assert raised and site.conn.in_transaction
@@ -202,7 +203,7 @@ def test_engine_writes_but_never_commits(site: Site) -> None:
         other.close()
 
 
-def test_a_crash_before_commit_forgets_the_transition_with_the_outbox(site: Site) -> None:
+def test_a_crash_before_commit_forgets_the_transition_with_the_outbox(site: EngineOnDisk) -> None:
     """Uncommitted alarm state rolls back with the outbox rows, so the alarm is raised again, not lost."""
     site.conn.commit()
     lost = site.feed("gas-1", "gas", "ch4", [30, 30])
@@ -212,7 +213,7 @@ def test_a_crash_before_commit_forgets_the_transition_with_the_outbox(site: Site
     assert steps(again) == steps(lost) == [("raised", None, ORANGE)]
 
 
-def test_non_finite_input_is_refused_without_state_change(site: Site) -> None:
+def test_non_finite_input_is_refused_without_state_change(site: EngineOnDisk) -> None:
     site.feed("gas-1", "gas", "ch4", [30])
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="value must be finite"):
@@ -225,7 +226,7 @@ def test_non_finite_input_is_refused_without_state_change(site: Site) -> None:
 # ----------------------------------------------------------------------------------- rule kinds in the engine
 
 
-def test_burst_main_pressure_drop_raises_a_rate_alarm(site: Site) -> None:
+def test_burst_main_pressure_drop_raises_a_rate_alarm(site: EngineOnDisk) -> None:
     out = site.feed("w-1", "water", "pressure", [400, 402, 398, 400, 330, 290, 290, 291], dt=10)
     assert [(t.rule_kind, t.event, t.level, t.value, t.rule) for t in out] == [
         ("rate", "raised", ORANGE, 72.0, "water.pressure.rate"),  # 402 -> 330
@@ -242,7 +243,7 @@ def test_burst_main_pressure_drop_raises_a_rate_alarm(site: Site) -> None:
     ]
 
 
-def test_rain_accumulation_follows_the_rainstorm_signal_windows(site: Site) -> None:
+def test_rain_accumulation_follows_the_rainstorm_signal_windows(site: EngineOnDisk) -> None:
     # 10 mm an hour, reported every 10 minutes: 50 mm by hour 5 -> blue (12 h) and yellow (6 h) windows
     out = site.feed("r-1", "rain", "rain", [10 / 6] * 36, dt=600)
     assert [(t.event, t.level) for t in out] == [("raised", YELLOW)]
@@ -252,19 +253,19 @@ def test_rain_accumulation_follows_the_rainstorm_signal_windows(site: Site) -> N
     assert [(t.event, t.level) for t in burst] == [("escalated", ORANGE), ("escalated", RED)]
 
 
-def test_abs_rules_judge_tilt_in_either_direction(site: Site) -> None:
+def test_abs_rules_judge_tilt_in_either_direction(site: EngineOnDisk) -> None:
     out = site.feed("b-1", "bridge", "tilt_x", [0.001, -0.0045, -0.0038, -0.003])
     assert [(t.event, t.value, t.reading) for t in out] == [("raised", 0.0045, -0.0045), ("cleared", 0.003, -0.003)]
 
 
-def test_boolean_cover_is_judged_as_one_and_zero(site: Site) -> None:
+def test_boolean_cover_is_judged_as_one_and_zero(site: EngineOnDisk) -> None:
     out = site.feed("m-1", "drainage", "cover", [False, True, True, False])
     assert [(t.event, t.level, t.reading) for t in out] == [("raised", ORANGE, 1.0), ("cleared", None, 0.0)]
 
 
 def test_device_override_replaces_the_class_rule(tmp_path: Path) -> None:
     ruleset = rules(gas__devices={"gas-9": {"ch4": {"levels": {"red": 80}, "clear": {"red": 70}, "for_samples": 1}}})
-    s = Site(tmp_path / "db", ruleset)
+    s = EngineOnDisk(tmp_path / "db", ruleset)
     out = s.feed("gas-9", "gas", "ch4", [60, 60, 85])
     assert [(t.level, t.rule) for t in out] == [(RED, "gas.devices.gas-9.ch4")]
     assert [(t.level, t.rule) for t in s.feed("gas-1", "gas", "ch4", [60, 60])] == [(RED, "gas.ch4")]
@@ -274,7 +275,7 @@ def test_device_override_replaces_the_class_rule(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- stale data
 
 
-def test_silence_raises_then_escalates_and_a_reading_clears(site: Site) -> None:
+def test_silence_raises_then_escalates_and_a_reading_clears(site: EngineOnDisk) -> None:
     site.feed("gas-1", "gas", "ch4", [1])  # seen at gateway time 1000
     engine = site.engine
     assert engine.tick(1029) == []
@@ -289,7 +290,7 @@ def test_silence_raises_then_escalates_and_a_reading_clears(site: Site) -> None:
     assert [(t.event, t.cause, t.alarm_id) for t in cleared] == [("cleared", "reading", raised[0].alarm_id)]
 
 
-def test_a_will_raises_stale_at_once_and_only_once(site: Site) -> None:
+def test_a_will_raises_stale_at_once_and_only_once(site: EngineOnDisk) -> None:
     site.feed("gas-1", "gas", "ch4", [1])
     out = site.engine.device_dead("gas-1", 1001.0)
     assert [(t.event, t.level, t.cause, t.rule) for t in out] == [("raised", ORANGE, "will", "gas.stale")]
@@ -303,7 +304,7 @@ def test_a_will_raises_stale_at_once_and_only_once(site: Site) -> None:
     assert [a.level for a in engine.active()] == [ORANGE, ORANGE]
 
 
-def test_restart_counts_silence_from_the_restart_not_the_outage(site: Site) -> None:
+def test_restart_counts_silence_from_the_restart_not_the_outage(site: EngineOnDisk) -> None:
     site.feed("gas-1", "gas", "ch4", [1])
     engine = site.restart()
     assert engine.tick(9000) == []  # the gateway was down; devices' messages are still queued
@@ -314,7 +315,7 @@ def test_restart_counts_silence_from_the_restart_not_the_outage(site: Site) -> N
 
 
 def test_unacknowledged_alarms_are_resent_with_backoff(tmp_path: Path) -> None:
-    s = Site(tmp_path / "db", resend_first_s=10.0, resend_max_s=40.0)
+    s = EngineOnDisk(tmp_path / "db", resend_first_s=10.0, resend_max_s=40.0)
     raised = s.feed("gas-1", "gas", "ch4", [30, 30])  # raised at gateway time 1001
     due_times: list[int] = []
     for now in range(1001, 1200):
@@ -329,7 +330,7 @@ def test_unacknowledged_alarms_are_resent_with_backoff(tmp_path: Path) -> None:
     s.conn.close()
 
 
-def test_escalation_needs_a_new_acknowledgement(site: Site) -> None:
+def test_escalation_needs_a_new_acknowledgement(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [30, 30])
     assert site.engine.acknowledge(raised[0].alarm_id, 1002.0)
     assert site.engine.due_resends(2000.0) == []
@@ -343,7 +344,7 @@ def test_escalation_needs_a_new_acknowledgement(site: Site) -> None:
     assert site.engine.active()[0].acked_at is None
 
 
-def test_acknowledgement_and_schedule_survive_restart(site: Site) -> None:
+def test_acknowledgement_and_schedule_survive_restart(site: EngineOnDisk) -> None:
     a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
     b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
     site.engine.acknowledge(a.alarm_id, 1005.0)
@@ -357,7 +358,7 @@ def test_acknowledgement_and_schedule_survive_restart(site: Site) -> None:
 # ---------------------------------------------------------------------------------------------- restart
 
 
-def test_restart_neither_re_raises_nor_forgets(site: Site) -> None:
+def test_restart_neither_re_raises_nor_forgets(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [30, 30])
     pending = site.feed("gas-2", "gas", "ch4", [60])  # one sample of two: pending
     assert pending == []
@@ -371,7 +372,7 @@ def test_restart_neither_re_raises_nor_forgets(site: Site) -> None:
     assert [(t.event, t.alarm_id) for t in cleared] == [("cleared", raised[0].alarm_id)]
 
 
-def test_rate_and_sum_windows_survive_restart(site: Site) -> None:
+def test_rate_and_sum_windows_survive_restart(site: EngineOnDisk) -> None:
     site.feed("w-1", "water", "pressure", [400, 400], dt=10)
     site.feed("r-1", "rain", "rain", [10] * 9, dt=600)
     site.restart()
@@ -390,7 +391,7 @@ def test_restarts_anywhere_change_nothing(script: list[tuple[float, bool]], targ
     cls, metric = target
     scale = {"gas": 1.0, "water": 5.0, "rain": 1.0}[cls]
     with tempfile.TemporaryDirectory() as tmp:
-        calm, bumpy = Site(Path(tmp) / "calm.db"), Site(Path(tmp) / "bumpy.db")
+        calm, bumpy = EngineOnDisk(Path(tmp) / "calm.db"), EngineOnDisk(Path(tmp) / "bumpy.db")
         got: dict[str, list[Transition]] = {"calm": [], "bumpy": []}
         for i, (value, restart) in enumerate(script):
             if restart:
@@ -424,7 +425,7 @@ def test_restarts_anywhere_change_nothing(script: list[tuple[float, bool]], targ
 # ------------------------------------------------------------------------------------------ rule changes
 
 
-def test_replaced_rules_apply_to_the_next_reading(site: Site) -> None:
+def test_replaced_rules_apply_to_the_next_reading(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [60, 60])
     with pytest.raises(RuleError, match=r"^version: must be greater than the active version 1$"):
         site.engine.replace_rules(rules(1), 2000.0)
@@ -437,7 +438,7 @@ def test_replaced_rules_apply_to_the_next_reading(site: Site) -> None:
     ]
 
 
-def test_a_removed_rule_clears_its_alarms(site: Site) -> None:
+def test_a_removed_rule_clears_its_alarms(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [60, 60])
     site.engine.tick(1002.0)
     out = site.engine.replace_rules(rules(2, gas__ch4=None), 2000.0)
@@ -448,14 +449,14 @@ def test_a_removed_rule_clears_its_alarms(site: Site) -> None:
     assert site.feed("gas-1", "gas", "ch4", [60, 60], t0=10) == []
 
 
-def test_a_changed_rule_restarts_pending(site: Site) -> None:
+def test_a_changed_rule_restarts_pending(site: EngineOnDisk) -> None:
     site.feed("gas-1", "gas", "ch4", [60])
     site.engine.replace_rules(rules(2, gas__ch4__for_samples=3), 2000.0)
     assert site.feed("gas-1", "gas", "ch4", [60, 60], t0=10) == []
     assert steps(site.feed("gas-1", "gas", "ch4", [60], t0=20)) == [("raised", None, RED)]
 
 
-def test_the_newest_rule_set_survives_restart(site: Site) -> None:
+def test_the_newest_rule_set_survives_restart(site: EngineOnDisk) -> None:
     site.engine.replace_rules(rules(5, gas__ch4__for_samples=1), 2000.0)
     engine = site.restart(rules(4))
     assert engine.ruleset.version == 5
@@ -469,13 +470,13 @@ def test_the_newest_rule_set_survives_restart(site: Site) -> None:
 
 
 @pytest.fixture
-def patrol(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path / "db", points=RiskPoints.parse([STATION, RESERVOIR]))
+def patrol(tmp_path: Path) -> Iterator[EngineOnDisk]:
+    s = EngineOnDisk(tmp_path / "db", points=RiskPoints.parse([STATION, RESERVOIR]))
     yield s
     s.conn.close()
 
 
-def test_a_drone_reading_near_a_risk_point_is_judged_by_its_class(patrol: Site) -> None:
+def test_a_drone_reading_near_a_risk_point_is_judged_by_its_class(patrol: EngineOnDisk) -> None:
     near = (29.5010, 106.5000)  # about 111 m from the station
     first = patrol.feed("drone-1", "drone", "ch4", [30], position=near)
     assert first == []  # gas rules want two samples; drone rules alone would have raised
@@ -494,7 +495,7 @@ def test_a_drone_reading_near_a_risk_point_is_judged_by_its_class(patrol: Site) 
     assert [(t.event, t.alarm_id, t.device) for t in more] == [("escalated", out[0].alarm_id, "drone-2")]
 
 
-def test_a_drone_reading_out_of_range_uses_the_drone_rules(patrol: Site) -> None:
+def test_a_drone_reading_out_of_range_uses_the_drone_rules(patrol: EngineOnDisk) -> None:
     far = (29.5500, 106.5000)
     out = patrol.feed("drone-1", "drone", "ch4", [30], position=far)
     body = out[0].body()
@@ -508,8 +509,8 @@ def test_a_drone_reading_out_of_range_uses_the_drone_rules(patrol: Site) -> None
 def test_risk_point_classes_must_have_rules(tmp_path: Path) -> None:
     points = RiskPoints.parse([STATION, {**RESERVOIR, "class": "reservoir"}])
     with pytest.raises(RuleError, match=r"^riskpoints\.reservoir-2\.class: the rule set has no class 'reservoir'$"):
-        Site(tmp_path / "db", points=points)
-    s = Site(tmp_path / "db2", points=RiskPoints.parse([STATION]))
+        EngineOnDisk(tmp_path / "db", points=points)
+    s = EngineOnDisk(tmp_path / "db2", points=RiskPoints.parse([STATION]))
     with pytest.raises(RuleError, match=r"riskpoints\.station-7\.class"):
         s.engine.replace_rules(rules(2, gas=None), 2000.0)
     assert s.engine.ruleset.version == 1
@@ -517,7 +518,7 @@ def test_risk_point_classes_must_have_rules(tmp_path: Path) -> None:
 
 
 def test_the_shipped_rules_run_in_the_engine(tmp_path: Path) -> None:
-    s = Site(tmp_path / "db", default_ruleset(), RiskPoints.parse([STATION]))
+    s = EngineOnDisk(tmp_path / "db", default_ruleset(), RiskPoints.parse([STATION]))
     assert steps(s.feed("gas-1", "gas", "ch4", [5, 21, 22])) == [("raised", None, YELLOW)]
     assert steps(s.feed("m-1", "drainage", "cover", [True])) == [("raised", None, ORANGE)]
     burst = s.feed("w-1", "water", "pressure", [300000, 300000, 190000], dt=10)
@@ -525,7 +526,7 @@ def test_the_shipped_rules_run_in_the_engine(tmp_path: Path) -> None:
     s.conn.close()
 
 
-def test_a_late_older_reading_never_clears_or_lowers_a_newer_alarm(site: Site) -> None:
+def test_a_late_older_reading_never_clears_or_lowers_a_newer_alarm(site: EngineOnDisk) -> None:
     # The node sends its fresh alarm pack first; routine readings taken earlier arrive after it.
     raised = site.feed("gas-1", "gas", "ch4", [55, 56], t0=100)
     assert steps(raised) == [("raised", None, RED)]
@@ -537,7 +538,7 @@ def test_a_late_older_reading_never_clears_or_lowers_a_newer_alarm(site: Site) -
     assert steps(site.feed("gas-1", "gas", "ch4", [1, 1], t0=102))[-1] == ("cleared", RED, None)
 
 
-def test_a_late_older_reading_does_not_disturb_a_rate_window(site: Site) -> None:
+def test_a_late_older_reading_does_not_disturb_a_rate_window(site: EngineOnDisk) -> None:
     out = site.feed("w-1", "water", "pressure", [400, 400, 290], dt=10)
     assert [(t.rule_kind, t.level) for t in out] == [("rate", RED)]
     assert site.feed("w-1", "water", "pressure", [400], t0=5) == []
