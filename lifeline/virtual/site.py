@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from prometheus_client.samples import Sample
 
 from lifeline import site_auth, upy
 from lifeline.virtual.broker import Mosquitto, free_port
-from lifeline.virtual.recorder import Recorder
+from lifeline.virtual.recorder import Entry, Recorder
 from protocol import message, senml, topics
 
 ROOT = upy.ROOT
@@ -232,11 +232,12 @@ class Site:
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.pki["ca"]))
 
-    def recorder(self, **options: Any) -> Recorder:
-        """The district application on this site's uplink (lifeline/virtual/recorder.py, with its options)."""
+    def recorder(self, *, ack_alarms: bool = False, on_entry: Callable[[Entry], None] | None = None,
+                 raw: bool = False) -> Recorder:
+        """The district application on this site's uplink (lifeline/virtual/recorder.py)."""
         assert self.district_broker is not None
         return Recorder("127.0.0.1", self.district_broker.port, self.id, (DISTRICT_USER, self.district_password),
-                        **options)
+                        ack_alarms=ack_alarms, on_entry=on_entry, raw=raw)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the gateway's Prometheus endpoint (0 when absent)."""
