@@ -23,12 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gateway import config as config_mod
-from gateway import district_wire
+from gateway import district_wire, site_config
+from gateway.admission import TRUSTED, Checked, Checker, Reading
 from gateway.alarms import AlarmEngine, Transition
-from gateway.checks import TRUSTED, Checked, Checker, Reading
-from gateway.commands import Commands, Outgoing
-from gateway.config import ConfigError, GatewayConfig
+from gateway.command_relay import Commands, Outgoing
 from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
@@ -38,6 +36,7 @@ from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
+from gateway.site_config import ConfigError, GatewayConfig
 from gateway.store import open_store
 from gateway.uplink import Uplink
 from protocol import district, message, topics
@@ -267,7 +266,7 @@ class Gateway:
 
     def reload(self) -> None:
         try:
-            cfg = config_mod.load(self.cfg.path)
+            cfg = site_config.load(self.cfg.path)
         except ConfigError as exc:
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.config import BrokerConfig
 from gateway.logs import event
 from gateway.mqtt_link import Link, LinkError
+from gateway.site_config import BrokerConfig
 
 log = logging.getLogger("lifeline.gateway.ingest")
 

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import BrokerConfig
+from gateway.site_config import BrokerConfig
 
 MISC_INTERVAL_S = 1.0  # how often paho's keepalive bookkeeping runs, as paho's own loop does
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import DeviceConfig
+from gateway.site_config import DeviceConfig
 
 
 @dataclass

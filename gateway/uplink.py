@@ -27,9 +27,9 @@ from collections.abc import Callable
 import aiomqtt
 
 from gateway import district_wire
-from gateway.config import BrokerConfig
 from gateway.logs import event
 from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
+from gateway.site_config import BrokerConfig
 from protocol import district, topics
 
 log = logging.getLogger("lifeline.gateway.uplink")

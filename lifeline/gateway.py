@@ -10,10 +10,10 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from gateway import config as config_mod
-from gateway.config import ConfigError, GatewayConfig
+from gateway import site_config
 from gateway.daemon import Gateway
 from gateway.logs import setup
+from gateway.site_config import ConfigError, GatewayConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = config_mod.load(args.config)
+        cfg = site_config.load(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

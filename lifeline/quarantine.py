@@ -10,8 +10,8 @@ import cbor2
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import ConfigError
 from gateway.quarantine import REASONS, row, rows
+from gateway.site_config import ConfigError
 from lifeline.store_access import add_store_arguments, open_readonly
 
 

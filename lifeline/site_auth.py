@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from gateway.config import ConfigError, load
+from gateway.site_config import ConfigError, load
 
 ACL_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "site.acl"
 

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.alarms import Transition
-from gateway.config import ConfigError, load
 from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
+from gateway.site_config import ConfigError, load
 from lifeline.store_access import add_store_arguments, open_readonly
 
 

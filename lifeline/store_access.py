@@ -8,7 +8,7 @@ import argparse
 import sqlite3
 from pathlib import Path
 
-from gateway.config import load
+from gateway.site_config import load
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:

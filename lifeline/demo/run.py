@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway import config as gateway_config
+from gateway import site_config
 from gateway.rules import default_ruleset
 from lifeline import flash, upy
 from lifeline.demo import live, script
@@ -311,7 +311,7 @@ class Demo:
         if self.recorder.errors:
             notes.append(f"{self.recorder.errors} district messages could not be decoded")
         summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes)
-        ruleset = gateway_config.load(self.work / "site.toml").ruleset
+        ruleset = site_config.load(self.work / "site.toml").ruleset
         png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out)
         md, js = demo_report.write_summary(summary, self.out)
         self.say(f"wrote {png}, {md} and {js}")

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config import DEVICE_CLASSES
 from gateway.riskpoints import haversine_m
 from gateway.rules import LEVEL_NAMES
+from gateway.site_config import DEVICE_CLASSES
 from lifeline.upy import ROOT
 
 SEED = ROOT / "seeds" / "demo_site.toml"

@@ -8,8 +8,8 @@ import contextlib
 import aiomqtt
 import pytest
 
-from gateway.config import BrokerConfig
 from gateway.ingest import Incoming, Subscriber
+from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto
 
 TOPIC = "lifeline/v1/s1/d1/data"

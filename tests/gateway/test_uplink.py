@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.config import BrokerConfig, TLSFiles
 from gateway.outbox import Outbox
+from gateway.site_config import BrokerConfig, TLSFiles
 from gateway.store import open_store
 from gateway.uplink import Uplink
 from lifeline.virtual import recorder

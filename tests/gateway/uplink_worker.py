@@ -13,9 +13,9 @@ import argparse
 import asyncio
 import sys
 
-from gateway.config import BrokerConfig
 from gateway.logs import setup
 from gateway.outbox import Outbox
+from gateway.site_config import BrokerConfig
 from gateway.store import open_store
 from gateway.uplink import Uplink
 from protocol import district

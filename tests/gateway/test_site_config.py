@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, load, parse
+from gateway.site_config import ConfigError, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "ab" * 32

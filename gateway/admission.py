@@ -26,13 +26,13 @@ from typing import Any, cast
 
 import cbor2
 
-from gateway.config import DeviceConfig
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
+from gateway.site_config import DeviceConfig
 from protocol import message, message_check, topics
 
-log = logging.getLogger("lifeline.gateway.checks")
+log = logging.getLogger("lifeline.gateway.admission")
 
 RELATIVE_LIMIT = 2 ** 28  # RFC 8428 section 4.5.3
 _REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons

@@ -8,9 +8,9 @@ import sqlite3
 import cbor2
 import pytest
 
-from gateway.commands import Commands
-from gateway.config import DeviceConfig
+from gateway.command_relay import Commands
 from gateway.registry import Registry
+from gateway.site_config import DeviceConfig
 from protocol import message, message_check, topics
 
 KEY = bytes(range(32))

@@ -21,7 +21,7 @@ from gateway.logs import event
 from gateway.registry import Registry
 from protocol import message, topics
 
-log = logging.getLogger("lifeline.gateway.commands")
+log = logging.getLogger("lifeline.gateway.command_relay")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import sqlite3
 
 import pytest
 
-from gateway.checks import Checker
-from gateway.config import DeviceConfig
+from gateway.admission import Checker
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
+from gateway.site_config import DeviceConfig
 from protocol import message, senml, topics
 
 KEY = bytes(range(32))
