@@ -376,7 +376,7 @@ def summary(runs: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
     return out
 
 
-class Bench:
+class Rig:
     """What the phases of one run share: the site, the district recorders and the devices' next sequence
     number (each load continues it, so the gateway never drops a repeat as a duplicate)."""
 
@@ -508,7 +508,7 @@ def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None
     site, password = build_site(workdir, sizes)
     with contextlib.ExitStack() as stack:
         stack.callback(site.stop)
-        bench = Bench(site, sizes, (LOADGEN_USER, password), stack)
+        bench = Rig(site, sizes, (LOADGEN_USER, password), stack)
         district_port = site.ports["district_tls"]
 
         # Loopback: both go straight to the district broker.
@@ -529,7 +529,7 @@ def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None
     return result
 
 
-def over_link(bench: Bench, spec: LinkSpec, district_port: int, profile: Path | None = None) -> dict[str, Any]:
+def over_link(bench: Rig, spec: LinkSpec, district_port: int, profile: Path | None = None) -> dict[str, Any]:
     """The same comparison with both the bridge and the gateway reaching the district through one emulated
     WAN link, after a pass-through round that shows what the proxy itself carries."""
     sizes, stack = bench.sizes, bench.stack

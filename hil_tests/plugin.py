@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.bench import Bench, BenchError, DeviceSpec, District, Dut
 from hil_tests.report import JsonReport, LatencyLog
+from hil_tests.testbed import DeviceSpec, District, Dut, Testbed, TestbedError
 from lifeline.virtual.site import Site
 
 SPECS = pytest.StashKey[list[DeviceSpec]]()
 PROFILES = pytest.StashKey[set[str]]()
 DEFAULT_PROFILE = "gas"
-BENCH_FIXTURES = {"site", "dut", "district", "hil_bench"}
+BENCH_FIXTURES = {"site", "dut", "district", "testbed"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,12 +84,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def hil_bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
+def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     config = request.config
     profiles: set[str] = config.stash[PROFILES] or {DEFAULT_PROFILE}
-    bench: Bench | None = None
+    bench: Testbed | None = None
     try:
-        bench = Bench(config.stash[SPECS], config.getoption("count"), profiles, workdir=config.getoption("bench_dir"),
+        bench = Testbed(config.stash[SPECS], config.getoption("count"), profiles, workdir=config.getoption("bench_dir"),
                       bench_host=config.getoption("bench_host"),
                       wifi=(config.getoption("wifi_ssid"), config.getoption("wifi_password")))
         report = config.pluginmanager.get_plugin("lifeline_hil_json")
@@ -97,7 +97,7 @@ def hil_bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
             report.devices = [{"id": d.id, "profile": d.profile, "kind": d.spec.kind, "port": d.spec.port}
                               for d in bench.devices]
         bench.start()
-    except BenchError as exc:
+    except TestbedError as exc:
         if bench is not None:
             bench.close()
         pytest.fail(f"bench setup: {exc}", pytrace=False)
@@ -108,21 +108,21 @@ def hil_bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
 
 
 @pytest.fixture
-def site(hil_bench: Bench) -> Site:
-    return hil_bench.site
+def site(testbed: Testbed) -> Site:
+    return testbed.site
 
 
 @pytest.fixture
-def district(hil_bench: Bench) -> District:
-    return hil_bench.district()
+def district(testbed: Testbed) -> District:
+    return testbed.district()
 
 
 @pytest.fixture
-def dut(request: pytest.FixtureRequest, hil_bench: Bench) -> Iterator[list[Dut]]:
+def dut(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[list[Dut]]:
     """The bench's devices of the test's profile, returned to quiet readings and a live network after it."""
     profile = _profile(request.node)
     hardware = request.node.get_closest_marker("hardware") is not None
-    devices = hil_bench.for_profile(profile, hardware)
+    devices = testbed.for_profile(profile, hardware)
     if not devices:
         pytest.skip(f"no {'real ' if hardware else ''}{profile} device on this bench")
     yield devices

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from hil_tests.bench import Bench, District, Dut
 from hil_tests.report import LatencyLog
+from hil_tests.testbed import District, Dut, Testbed
 from lifeline.virtual.recorder import Entry
 from lifeline.virtual.site import Site
 from lifeline.virtual.stimulus import SerialStimulus, SimStimulus, Unsupported
@@ -194,19 +194,19 @@ def test_command_changes_the_sample_interval_and_its_ack_returns(dut: list[Dut],
     assert command(district, d.id, "set_intervals", restore).body["ok"] is True
 
 
-def test_device_with_a_wrong_key_is_refused(hil_bench: Bench, dut: list[Dut], district: District,
+def test_device_with_a_wrong_key_is_refused(testbed: Testbed, dut: list[Dut], district: District,
                                             site: Site) -> None:
     d = dut[0]
     bad_mac = site.metric("lifeline_ingest_rejects_total", reason="bad-mac")
     try:
-        hil_bench.provision(d, key=secrets.token_bytes(32))  # flashed with a key the gateway does not know
+        testbed.provision(d, key=secrets.token_bytes(32))  # flashed with a key the gateway does not know
         deadline = time.monotonic() + 30
         while site.metric("lifeline_ingest_rejects_total", reason="bad-mac") <= bad_mac:
             assert time.monotonic() < deadline, "the gateway did not refuse the device's messages"
             time.sleep(0.2)
         assert not [e for e in district.entries(dtopics.UP_STATE, d.id) if e.body.get("st") == "online"]
     finally:
-        hil_bench.provision(d)
+        testbed.provision(d)
     district.birth(d.id)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.bench import DeviceSpec
+from hil_tests.testbed import DeviceSpec
 
 pytest_plugins = ["pytester"]
 

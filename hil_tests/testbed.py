@@ -35,7 +35,7 @@ SEED = upy.ROOT / "seeds" / "demo_site.toml"
 ONLINE_TIMEOUT_S = 60.0
 
 
-class BenchError(RuntimeError):
+class TestbedError(RuntimeError):
     """The bench could not be set up; the message names the part that failed."""
 
 
@@ -200,8 +200,10 @@ def _dev_of(e: Entry) -> str | None:
     return None if dev is None else str(dev)
 
 
-class Bench:
+class Testbed:
     """The whole bench for one pytest session, set up on first use."""
+
+    __test__ = False  # a fixture's object, not a class of tests for pytest to collect
 
     def __init__(self, specs: list[DeviceSpec], count: int, profiles: Iterable[str], workdir: Path | None = None,
                  bench_host: str | None = None, wifi: tuple[str, str] = ("", "")) -> None:
@@ -222,7 +224,7 @@ class Bench:
                     self.devices.append(Dut(f"{profile}-{n + 1:02d}", profile, DeviceSpec("virtual", profile=profile),
                                             secrets.token_bytes(flash.KEY_BYTES)))
         if any(s.kind == "serial" for s in specs) and not bench_host:
-            raise BenchError("real boards need --bench-host: the address they reach this machine's site "
+            raise TestbedError("real boards need --bench-host: the address they reach this machine's site "
                              "broker at over the bench Wi-Fi")
         # The site (virtual site kit): logins by password, a second site-broker listener for real boards.
         self.site = Site(self.dir / "site", SITE_ID, tls=False, extra_toml="[uplink]\nbatch_max_delay_ms = 100\n",
@@ -236,15 +238,15 @@ class Bench:
     def all_virtual(self) -> bool:
         return all(s.kind == "virtual" for s in self.specs)
 
-    def start(self) -> Bench:
+    def start(self) -> Testbed:
         try:
             self.site.start()
             self.recorder = self.site.recorder(ack_alarms=True)
             if not self.recorder.subscribed.wait(10):
-                raise BenchError("the district recorder could not subscribe on the district broker")
+                raise TestbedError("the district recorder could not subscribe on the district broker")
             asyncio.run(self.gateway.start().ready())
         except SiteError as exc:
-            raise BenchError(str(exc)) from None
+            raise TestbedError(str(exc)) from None
         for dut in self.devices:
             dut.password = self.site.devices[dut.id].password
         district = self.district(since=0.0)
@@ -270,7 +272,7 @@ class Bench:
                     flash.upload(b, files)
                     b.reboot()
             except flash.FlashError as exc:
-                raise BenchError(f"flashing {dut.id} on {dut.port}: {exc}") from None
+                raise TestbedError(f"flashing {dut.id} on {dut.port}: {exc}") from None
 
     def _flash(self, dut: Dut) -> None:
         if dut.spec.kind == "virtual":
