@@ -196,8 +196,8 @@ class Recorder:
         self._client.disconnect()
 
 
-# Given a topic and payload, how many device messages it accounts for (a batched pack holds many).
-Counter = Callable[[str, bytes], int]
+# Tallies one arriving message (topic, payload) for the benchmark that owns the recorder.
+Counter = Callable[[str, bytes], object]
 
 
 class CountingRecorder:
@@ -207,10 +207,7 @@ class CountingRecorder:
     def __init__(self, host: str, port: int, topic: str, count: Counter,
                  on_message: Callable[[str, bytes, float], None] | None = None,
                  auth: tuple[str, str] | None = None) -> None:
-        self.device_messages = 0
         self.mqtt_messages = 0
-        self.first: float | None = None
-        self.last: float | None = None
         self._count = count
         self._hook = on_message
         self._lock = threading.Lock()
@@ -226,22 +223,11 @@ class CountingRecorder:
 
     def _take(self, topic: str, payload: bytes) -> None:
         now = time.monotonic()
-        n = self._count(topic, payload)
+        self._count(topic, payload)
         with self._lock:
             self.mqtt_messages += 1
-            self.device_messages += n
-            self.first = self.first or now
-            self.last = now
         if self._hook:
             self._hook(topic, payload, now)
-
-    def wait_for(self, device_messages: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.device_messages >= device_messages:
-                return True
-            time.sleep(0.01)
-        return False
 
     def close(self) -> None:
         self._sub.close()
