@@ -262,14 +262,22 @@ def _level_rule(table: Mapping[str, Any], path: str) -> Threshold:
     return _threshold(table, path, direction, levels)
 
 
-def _rate_rule(value: object, path: str) -> RateRule | None:
+def _enabled(value: object, path: str, known: frozenset[str], required: Iterable[str]) -> Mapping[str, Any] | None:
+    """A rule's table with its known keys and required ones, or None where it says enabled = false."""
     table = _table(value, path)
-    _unknown(table, _RATE_KEYS, path)
+    _unknown(table, known, path)
     if not _bool(table.get("enabled", True), f"{path}.enabled"):
         return None
-    for key in ("window_s", "direction", "levels"):
+    for key in required:
         if key not in table:
             raise RuleError(f"{path}.{key}", "missing")
+    return table
+
+
+def _rate_rule(value: object, path: str) -> RateRule | None:
+    table = _enabled(value, path, _RATE_KEYS, ("window_s", "direction", "levels"))
+    if table is None:
+        return None
     window_s = _positive(table["window_s"], f"{path}.window_s")
     choice = _choice(table["direction"], f"{path}.direction", ("fall", "rise"))
     direction: RateDirection = "fall" if choice == "fall" else "rise"
@@ -286,13 +294,9 @@ def _rate_rule(value: object, path: str) -> RateRule | None:
 
 
 def _sum_rule(value: object, path: str) -> SumRule | None:
-    table = _table(value, path)
-    _unknown(table, _SUM_KEYS, path)
-    if not _bool(table.get("enabled", True), f"{path}.enabled"):
+    table = _enabled(value, path, _SUM_KEYS, ("window_s", "levels"))
+    if table is None:
         return None
-    for key in ("window_s", "levels"):
-        if key not in table:
-            raise RuleError(f"{path}.{key}", "missing")
     levels = _levels(table["levels"], f"{path}.levels")
     raw = table["window_s"]
     windows: dict[Level, float]
@@ -341,13 +345,9 @@ def _metric(table: Mapping[str, Any], path: str) -> MetricRules | None:
 
 
 def _stale(value: object, path: str) -> StaleRule | None:
-    table = _table(value, path)
-    _unknown(table, _STALE_KEYS, path)
-    if not _bool(table.get("enabled", True), f"{path}.enabled"):
+    table = _enabled(value, path, _STALE_KEYS, ("interval_s", "levels"))
+    if table is None:
         return None
-    for key in ("interval_s", "levels"):
-        if key not in table:
-            raise RuleError(f"{path}.{key}", "missing")
     interval = _positive(table["interval_s"], f"{path}.interval_s")
     levels = _levels(table["levels"], f"{path}.levels")
     for level, factor in levels.items():
