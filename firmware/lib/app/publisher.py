@@ -6,6 +6,8 @@ SenML pack; alarm readings and events are sealed at once into the alarm lane. Th
 queue's next record (alarm lane first, then the routine backlog oldest first), publishes it at QoS 1
 and acks it in the queue once the PUBACK is in. A sequence number is the queue's record id: both are
 issued together, one apart, never reused, and recovered by the queue after any power cut (flashq.py).
+It is handed the clock, the device's identity and the MQTT client whose will it keeps current, rather
+than the app, so it can be read and run on its own.
 """
 
 import asyncio
@@ -21,17 +23,39 @@ _MAX_RECORD = const(1024)
 
 
 class Publisher:
-    def __init__(self, app, profile):
-        self.app = app
+    def __init__(self, profile, clock, dev, boot, key, topic, mqtt):
+        """clock: the node's Clock; dev, boot, key: the device id, its boot count and its HMAC key, which
+        seal every message; topic: the device's topics by kind; mqtt: the client it publishes with."""
+        self.clock = clock
+        self.dev = dev
+        self.boot = boot
+        self.key = key
+        self.topic = topic
+        self.mqtt = mqtt
         q = profile.get("queue", {})
         self.q = FlashQ("q", q.get("capacity", 65536), q.get("segment", 4096), _MAX_RECORD)
+        self.tags = profile.get("tag", ())
+        self.latest = {}  # the last reading of each tagged metric, kept by the app's routing
         self.pending = []
         self.wake = asyncio.Event()
         self.boot_clk = False  # a boot-relative message was issued this boot
+        self.will()
 
     @property
     def next_seq(self):
         return self.q.next_id
+
+    def will(self):
+        """The will must carry the sequence number due next, so it is rebuilt whenever one is used."""
+        body = message.death(self.dev, self.boot, self.q.next_id)
+        self.mqtt.will = (self.topic[topics.STATE], message.encode(body, self.key))
+
+    def tagged(self, recs):
+        """Every pack carries the latest value of each tagged metric (a drone's position and fix)."""
+        for name in self.tags:
+            if name in self.latest and not any(r[0] == name for r in recs):
+                recs.append(self.latest[name])
+        return recs
 
     def add(self, rec):
         """A routine reading (name, value, unit, up_ms)."""
@@ -50,11 +74,10 @@ class Publisher:
     def seal(self, recs, pri=message.PRI_ROUTINE, ev=None, urgent=None):
         """Seal readings into one message on flash; halves a pack that would not fit a record.
         Urgent messages (by default those with alarm priority) take the alarm lane."""
-        app = self.app
-        recs = app.tagged(recs)
+        recs = self.tagged(recs)
         if urgent is None:
             urgent = pri == message.PRI_ALARM
-        clock = app.clock
+        clock = self.clock
         base = clock.ms(recs[0][3])
         bt = base // 1000
         bu = recs[0][2]
@@ -79,10 +102,10 @@ class Publisher:
         seq = self.q.next_id
         clk = clock.clk
         if ev is None:
-            body = message.data(app.dev, app.boot, seq, pack, clk, pri)
+            body = message.data(self.dev, self.boot, seq, pack, clk, pri)
         else:
-            body = message.event(app.dev, app.boot, seq, ev, pack, clk, pri)
-        data = message.encode(body, app.key)
+            body = message.event(self.dev, self.boot, seq, ev, pack, clk, pri)
+        data = message.encode(body, self.key)
         if len(data) > _MAX_RECORD and len(recs) > 1:
             half = len(recs) // 2
             self.seal(recs[:half], pri, ev, urgent)
@@ -91,11 +114,12 @@ class Publisher:
         self.q.put(data, urgent, _KIND_EVENT if ev else _KIND_DATA)
         if clk == message.CLK_BOOT:
             self.boot_clk = True
-        app.sealed()
+        self.will()
         self.wake.set()
 
-    async def run(self, mqtt):
-        topic = (self.app.topic[topics.DATA], self.app.topic[topics.EVENT])
+    async def run(self):
+        topic = (self.topic[topics.DATA], self.topic[topics.EVENT])
+        mqtt = self.mqtt
         q = self.q
         while True:
             head = q.peek(1)

@@ -53,8 +53,6 @@ class App:
         self.topic = {}
         for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK):
             self.topic[k] = topics.device(d["site"], self.dev, k)
-        self.tags = p.get("tag", ())
-        self.latest = {}
         self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
         self.connected_at = None
         self.clock_told = False
@@ -66,7 +64,6 @@ class App:
         from app.publisher import Publisher
         from mqtt import MQTTClient
 
-        self.pub = Publisher(self, p)
         b = d["broker"]
         # Not a clean session: the broker keeps the commands (QoS 1) sent while the node was asleep or
         # cut off and hands them over at the next connect; their exp bounds how late one may run.
@@ -74,7 +71,7 @@ class App:
                                password=s.get("mqtt_password"), keepalive=p.get("keepalive", 60), clean=False,
                                ssl=True if b.get("tls") else None, on_message=self.on_message,
                                on_connect=self.birth)
-        self.sealed()
+        self.pub = Publisher(p, self.clock, self.dev, self.boot, self.key, self.topic, self.mqtt)
         self.configure(p)
         self.sensors = []
         self.beats = {}
@@ -91,35 +88,24 @@ class App:
 
     # -- called by the parts --------------------------------------------------------------------------
 
-    def sealed(self):
-        """The will must carry the sequence number due next, so it is rebuilt whenever one is used."""
-        body = message.death(self.dev, self.boot, self.pub.next_seq)
-        self.mqtt.will = (self.topic[topics.STATE], message.encode(body, self.key))
-
     def reading(self, m, v, up, change, send, alarm):
         """Route one filtered reading; True when it belongs in the sensor's urgent pack (sent at once
         while the sensor is past a pre-alarm level)."""
         rec = (m.name, v, m.unit, up)
-        if m.name in self.tags:
-            self.latest[m.name] = rec
+        pub = self.pub
+        if m.name in pub.tags:
+            pub.latest[m.name] = rec
         if change:
             ev = m.level.spec.get("ev", "prealarm")
             if change > 0:
-                self.pub.seal([rec], message.PRI_ALARM, ev)
+                pub.seal([rec], message.PRI_ALARM, ev)
             else:
-                self.pub.seal([rec], message.PRI_ROUTINE, ev + "-clear", True)
+                pub.seal([rec], message.PRI_ROUTINE, ev + "-clear", True)
         elif send:
             if alarm:
                 return True
-            self.pub.add(rec)
+            pub.add(rec)
         return False
-
-    def tagged(self, recs):
-        """Every pack carries the latest value of each tagged metric (a drone's position and fix)."""
-        for name in self.tags:
-            if name in self.latest and not any(r[0] == name for r in recs):
-                recs.append(self.latest[name])
-        return recs
 
     def fault(self, sensor, reason):
         self.pub.seal([(sensor.name, reason or "ok", None, self.clock.up_ms())], ev="fault")
@@ -290,7 +276,7 @@ class App:
             self.watch(s.name, 3 * max(s.sample_ms // 1000, 10))
             asyncio.create_task(s.run())
         if not self.safe:
-            asyncio.create_task(self.pub.run(self.mqtt))
+            asyncio.create_task(self.pub.run())
         await self.board.connect(self.secrets)
         self.mqtt.start()
         await self.loop()

@@ -104,7 +104,7 @@ async def cycle(app):
             level = 1 - s.drv.pin.value()  # wake when the switch leaves the state just sampled
         app.wdt.feed()
     app.pub.flush()
-    asyncio.create_task(app.pub.run(app.mqtt))
+    asyncio.create_task(app.pub.run())
     await app.board.connect(app.secrets)
     app.mqtt.start()
     t0 = clock.up_ms()
