@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import config as gwconfig
+from gateway import site_config as gwconfig
 from lifeline import cli, upy
 from lifeline import flash as flash_mod
 from lifeline.virtual import firmware
