@@ -173,8 +173,9 @@ def deploy_romfs(port: str, image: Path) -> None:
 # the board
 
 
-class Board:
-    """A MicroPython board on a serial port, driven over the raw REPL."""
+class Repl:
+    """The raw REPL of a MicroPython board on a serial port: what flashing drives (the node's own hardware is
+    the HAL's Board)."""
 
     def __init__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0,
                  soft_reset: bool = True) -> None:
@@ -282,15 +283,15 @@ class Board:
 
 @contextmanager
 def board(port: str, baud: int = 115200, connect_timeout: float = 10.0,
-          soft_reset: bool = True) -> Iterator[Board]:
-    b = Board(port, baud, connect_timeout, soft_reset)
+          soft_reset: bool = True) -> Iterator[Repl]:
+    b = Repl(port, baud, connect_timeout, soft_reset)
     try:
         yield b
     finally:
         b.close()
 
 
-def upload(b: Board, files: list[Staged], progress: Callable[[int, Staged | None], None] | None = None,
+def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None], None] | None = None,
            force: bool = False, new_code: bool = False) -> FlashResult:
     """Copy staged files that differ, verify each, then remove files under lib/ that the image does not
     hold. `progress(nbytes, file)` gets the bytes sent; it is called with file=None when a file is done.

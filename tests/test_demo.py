@@ -19,7 +19,7 @@ from lifeline.virtual.recorder import DistrictLog
 
 
 def _interp(points: list[list[float]], t: float) -> float:
-    """The sim world's interpolation (firmware/lib/hal/simworld.py): linear, held at both ends."""
+    """The sim world's interpolation (firmware/sim/simworld.py): linear, held at both ends."""
     prev = None
     for p in points:
         if t < p[0]:

@@ -1,5 +1,5 @@
 """Sensor drivers over HAL buses (ADC, I2C, UART, Pin). They never import `machine`: the HAL hands them
-bus objects, real ones on an ESP32 and the models in hal/simdev.py under simulation.
+bus objects, real ones on an ESP32 and the models in firmware/sim/simdev.py under simulation.
 
 Every driver has the two methods the sampler (app/sampler.py) calls, so it names no driver, module or
 metric and a node interns only the names of the drivers its profile uses:
