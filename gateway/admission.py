@@ -18,9 +18,8 @@ without one they are flagged "unknown" the same way. The flag and the device's o
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,8 +30,6 @@ from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
 from gateway.site_config import DeviceConfig
 from protocol import message, message_check, topics
-
-log = logging.getLogger("lifeline.gateway.admission")
 
 RELATIVE_LIMIT = 2 ** 28  # RFC 8428 section 4.5.3
 _REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons
@@ -68,8 +65,29 @@ class Checked:
     retained: bool
 
 
+class _PlainTags(Mapping[int, Callable[[Any, bool], Any]]):
+    """cbor2 turns some tags into library objects the protocol knows nothing of (36 a MIME message, 1 a
+    datetime, 4 a Decimal), and a MIME message duck-types as a map. Here every tag but the bignums (2, 3)
+    stays a plain tag, as protocol.cbor_decode leaves it, so the checks refuse it like any other wrong type.
+    cbor2 asks this mapping for each tag it meets, so the tags it interprets need not be listed."""
+
+    def __getitem__(self, tag: int) -> Callable[[Any, bool], Any]:
+        if tag in (2, 3):
+            raise KeyError(tag)
+        return lambda value, immutable: cbor2.CBORTag(tag, value)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_PLAIN_TAGS = _PlainTags()
+
+
 def _loads(data: bytes) -> Any:
-    return cbor2.loads(data)
+    return cbor2.loads(data, semantic_decoders=_PLAIN_TAGS)
 
 
 class Checker:
@@ -109,9 +127,8 @@ class Checker:
                 detail = detail[len(exc.reason) + 2:]
             self._reject(_REASON.get(exc.reason, exc.reason), detail, topic, raw, now)
             return None
-        except Exception as exc:  # a decoder bug must not stop the daemon: the message is kept
-            log.exception("check failed")
-            self._reject("malformed", f"{type(exc).__name__}: {exc}", topic, raw, now)
+        except Exception as exc:  # a bug must not stop the daemon nor flood its log: kept, logged per interval
+            self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", topic, raw, now, exc)
             return None
         if body["dev"] != dev:
             self._reject("device-mismatch", f"key id says {body['dev']!r}, topic says {dev!r}", topic, raw, now)

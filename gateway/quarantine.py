@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 
@@ -50,7 +51,10 @@ class Quarantine:
         self._logged_at: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
-    def put(self, reason: str, detail: str, topic: str, raw: bytes, now: float | None = None) -> None:
+    def put(self, reason: str, detail: str, topic: str, raw: bytes, now: float | None = None,
+            exc: BaseException | None = None) -> None:
+        """Keep one reject. `exc`, an exception the gateway did not expect, has its traceback on the
+        interval's log line and nowhere else, so that a device repeating the message cannot flood the log."""
         now = time.time() if now is None else now
         cur = self._conn.execute(
             "INSERT INTO quarantine (at, reason, detail, topic, size, raw) VALUES (?, ?, ?, ?, ?, ?)",
@@ -60,8 +64,9 @@ class Quarantine:
         self.counts[reason] += 1
         last = self._logged_at.get(reason)
         if last is None or now - last >= self.log_interval_s:
+            trace = {"exc": "".join(traceback.format_exception(exc))} if exc is not None else {}
             event(log, "quarantined", logging.WARNING, reason=reason, detail=detail[:200], topic=topic,
-                  size=len(raw), suppressed=self._suppressed.pop(reason, 0), total=self.counts[reason])
+                  size=len(raw), suppressed=self._suppressed.pop(reason, 0), total=self.counts[reason], **trace)
             self._logged_at[reason] = now
         else:
             self._suppressed[reason] += 1

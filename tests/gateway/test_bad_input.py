@@ -144,3 +144,54 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
     finally:
         gw.kill()
         s.stop()
+
+
+async def test_tagged_headers_are_refused_quietly_and_good_input_beside_them_arrives(tmp_path: Path) -> None:
+    """A CBOR tag where the envelope expects a plain header (tag 36 made cbor2 build a MIME message, whose
+    own .get() then raised) is an ordinary `malformed` refusal: one log line per interval, no traceback."""
+    s = Site(tmp_path)
+    s.add("d1", "gas")
+    s.start()
+    gw = GatewayProcess(s).start()
+    data1 = topics.device(s.id, "d1", topics.DATA)
+    d1 = s.devices["d1"]
+    body = message.data("d1", 1, 900, [reading("ch4", 1.0, "%LEL")])
+    del body["dev"]
+    payload = cbor.dumps(body)
+    tag = auth.hmac_sha256(d1.key, auth._to_be_maced(b"\xa1\x01\x04", payload))[:auth.TAG_BYTES]
+    headers = [cbor.Tag(36, "text/plain"), cbor.Tag(36, {4: b"d1"}), {4: cbor.Tag(36, "d1")},
+               cbor.Tag(1, 0), cbor.Tag(4, [-1, 15])]
+    bad = [cbor.dumps(cbor.Tag(17, [b"\xa1\x01\x04", h, payload, tag])) for h in headers] * 20
+    good: set[int] = set()
+    try:
+        await gw.ready()
+        async with District(s) as district, s.device_client("d1") as c1:
+            for i, raw in enumerate(bad):
+                await c1.publish(data1, raw, qos=1)
+                if i % 10 == 0:
+                    topic, good_payload, seq = s.data("d1", [reading("ch4", 2.0, "%LEL")])
+                    await c1.publish(topic, good_payload, qos=1)
+                    good.add(seq)
+
+            def arrived() -> set[int]:
+                return {p["seq"] for b in district.of(dtopics.TELEMETRY) for p in b["packs"]}
+
+            await district.wait_for(lambda: good <= arrived())
+            store = sqlite3.connect(f"file:{s.dir / 'gateway.sqlite'}?mode=ro", uri=True)
+            deadline = time.monotonic() + 20
+            while store.execute("SELECT count(*) FROM quarantine").fetchone()[0] < len(bad):
+                assert time.monotonic() < deadline, "not every tagged message was quarantined"
+                await asyncio.sleep(0.1)
+        assert arrived() == good
+        rows = store.execute("SELECT reason, detail, raw FROM quarantine").fetchall()
+        store.close()
+        assert Counter(r[0] for r in rows) == Counter({"malformed": len(bad)})
+        assert Counter(bytes(r[2]) for r in rows) == Counter(bad)
+        assert not any("Error" in r[1] for r in rows), {r[1] for r in rows}  # a reason, not an exception
+        lines = gw.lines()
+        assert not any("Traceback" in line or "exc=" in line for line in lines)
+        assert len([line for line in lines if "malformed" in line]) <= 2  # once per interval, not per message
+        assert gw.proc is not None and gw.proc.poll() is None
+    finally:
+        gw.kill()
+        s.stop()
