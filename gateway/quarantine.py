@@ -3,7 +3,9 @@
 A flood of bad packets (a misprovisioned device, a fuzzer, an attacker) must neither fill the disk nor the
 journal, and must not hide which kind of bad it was. So every reject is counted by reason; the first of a
 reason logs at once and later ones within the interval are folded into the next line; the table keeps the
-newest `max_rows` rows. Rows are written into the ingest batch's transaction: this module never commits.
+newest rows within two bounds, `max_rows` and `max_bytes` of raw payloads (10,000 payloads of 64 KiB would
+otherwise outgrow the site's disk), evicting the oldest first and counting what each bound evicted. Rows are
+written into the ingest batch's transaction: this module never commits.
 
 `lifeline quarantine list` and `lifeline quarantine show ID` read the store while the daemon runs.
 """
@@ -25,6 +27,8 @@ log = logging.getLogger("lifeline.gateway.quarantine")
 REASONS = ("oversize", "malformed", "schema", "unknown-device", "bad-mac", "device-mismatch", "topic",
            "replay", "internal")
 MAX_RAW = 65536  # bytes of one payload kept; the broker's message_size_limit bounds what can arrive
+MAX_BYTES = 32 * 1024 * 1024  # raw payload bytes kept, by default
+LOW_WATER = 0.9  # a byte pass frees down to this fraction, so the next few puts do not start another
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,19 @@ class Row:
 
 class Quarantine:
     def __init__(self, conn: sqlite3.Connection, max_rows: int = 10_000,
-                 log_interval_s: float = 60.0) -> None:
+                 log_interval_s: float = 60.0, max_bytes: int = MAX_BYTES) -> None:
         self._conn = conn
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.log_interval_s = log_interval_s
         conn.execute("CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                      "at REAL NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, topic TEXT NOT NULL, "
                      "size INTEGER NOT NULL, raw BLOB NOT NULL)")
         self.counts: Counter[str] = Counter()
+        self.evicted: Counter[str] = Counter()  # rows deleted, by the bound that deleted them: rows, bytes
+        self._bytes: int = conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM quarantine").fetchone()[0]
+        if self._bytes > self.max_bytes:  # a smaller bound than the store was filled under
+            self._trim_bytes()
         self._logged_at: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
@@ -56,11 +65,15 @@ class Quarantine:
         """Keep one reject. `exc`, an exception the gateway did not expect, has its traceback on the
         interval's log line and nowhere else, so that a device repeating the message cannot flood the log."""
         now = time.time() if now is None else now
+        kept = raw[:MAX_RAW]
         cur = self._conn.execute(
             "INSERT INTO quarantine (at, reason, detail, topic, size, raw) VALUES (?, ?, ?, ?, ?, ?)",
-            (now, reason, detail[:500], topic[:300], len(raw), raw[:MAX_RAW]))
+            (now, reason, detail[:500], topic[:300], len(raw), kept))
+        self._bytes += len(kept)
         if cur.lastrowid is not None and cur.lastrowid % 64 == 0:  # trim in steps, not per row
-            self._conn.execute("DELETE FROM quarantine WHERE id <= ?", (cur.lastrowid - self.max_rows,))
+            self._evict("rows", cur.lastrowid - self.max_rows)
+        if self._bytes > self.max_bytes:
+            self._trim_bytes()
         self.counts[reason] += 1
         last = self._logged_at.get(reason)
         if last is None or now - last >= self.log_interval_s:
@@ -70,6 +83,24 @@ class Quarantine:
             self._logged_at[reason] = now
         else:
             self._suppressed[reason] += 1
+
+    def _trim_bytes(self) -> None:
+        """Evict the oldest rows until the raw bytes kept are down to LOW_WATER of the bound."""
+        excess = self._bytes - int(self.max_bytes * LOW_WATER)
+        last = self._conn.execute(
+            "SELECT id FROM (SELECT id, sum(length(raw)) OVER (ORDER BY id) AS freed FROM quarantine) "
+            "WHERE freed >= ? ORDER BY id LIMIT 1", (excess,)).fetchone()
+        if last is not None:
+            self._evict("bytes", last[0])
+
+    def _evict(self, bound: str, last_id: int) -> None:
+        """Delete the rows up to `last_id`, counted under `bound` and taken off the bytes kept."""
+        n, freed = self._conn.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM quarantine "
+                                      "WHERE id <= ?", (last_id,)).fetchone()
+        if n:
+            self._conn.execute("DELETE FROM quarantine WHERE id <= ?", (last_id,))
+            self._bytes -= freed
+            self.evicted[bound] += n
 
     def tick(self, now: float) -> None:
         """Log the rejects folded away during an interval that has now ended."""

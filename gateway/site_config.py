@@ -78,6 +78,7 @@ class GatewayConfig:
     metrics_host: str
     metrics_port: int
     quarantine_rows: int
+    quarantine_max_mb: float  # raw bytes kept, at most a quarter of the store's disk_budget_mb
     quarantine_log_interval_s: float
     command_timeout_s: float
     alarm_resend_first_s: float
@@ -322,6 +323,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
 
     q_t = root.section("quarantine")
     q_rows = q_t.number("max_rows", 10_000, 1, 10_000_000, integer=True)
+    q_mb = float(q_t.number("max_mb", min(32.0, disk_budget / 4), 0.1, disk_budget / 4))
     q_interval = float(q_t.number("log_interval_s", 60, 0))
     q_t.done()
 
@@ -351,7 +353,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
-        metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_log_interval_s=q_interval,
+        metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_max_mb=q_mb,
+        quarantine_log_interval_s=q_interval,
         command_timeout_s=cmd_timeout, alarm_resend_first_s=resend_first, alarm_resend_max_s=resend_max,
         log_format=log_format, log_level=log_level)
 

@@ -65,6 +65,12 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.ruleset.classes  # the shipped rule sets
 
 
+def test_quarantine_bytes_default_to_a_share_of_the_disk_budget(tmp_path: Path) -> None:
+    assert parse(MINIMAL, tmp_path / "site.toml").quarantine_max_mb == 32
+    small = with_change("store.disk_budget_mb", 40)
+    assert parse(small, tmp_path / "site.toml").quarantine_max_mb == 10
+
+
 def with_change(path: str, value: Any) -> dict[str, Any]:
     """MINIMAL with one key set (value ...) or deleted (value None); path like "devices.1.key"."""
     doc = copy.deepcopy(MINIMAL)
@@ -98,6 +104,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     ("uplink.batch_max_items", 0, "uplink.batch_max_items: must be at least 1"),
     ("ingest.clock_future_s", True, "ingest.clock_future_s: must be a number, not a boolean"),
     ("log.format", "xml", "log.format: 'xml' is not kv or json"),
+    ("quarantine.max_mb", 200, "quarantine.max_mb: must be at most 128.0"),  # a quarter of the default 512
     ("risk_points", [{"id": "p", "class": "gas", "lat": 95, "lon": 0, "radius_m": 5}], "risk_points[0].lat"),
     ("rules.overrides", {"gas": {"ch4": {"direction": "sideways"}}}, "rules.overrides.gas.ch4.direction"),
     ("rules.files", ["nope.toml"], "rules.files[0]: file"),

@@ -1,0 +1,66 @@
+"""The quarantine's bounds: by bytes as well as by rows, so a flood of large rejects stays inside the site's
+disk; the oldest rows go first, and every eviction is counted."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+
+from gateway.quarantine import MAX_RAW, Quarantine
+
+
+def kept_bytes(conn: sqlite3.Connection) -> int:
+    total: int = conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM quarantine").fetchone()[0]
+    return total
+
+
+def test_large_rejects_are_bounded_by_bytes_oldest_first() -> None:
+    conn = sqlite3.connect(":memory:")
+    q = Quarantine(conn, max_rows=10_000, max_bytes=1_000_000, log_interval_s=60)
+    for i in range(100):  # 100 payloads of 64 KiB: 6.5 MB offered, at most 1 MB kept
+        q.put("oversize", "x", "t", bytes([i]) * MAX_RAW, now=1000.0 + i)
+        assert kept_bytes(conn) <= 1_000_000
+    ids = [r[0] for r in conn.execute("SELECT id FROM quarantine ORDER BY id")]
+    assert ids == list(range(101 - len(ids), 101))  # the newest, contiguous: the oldest went first
+    assert len(ids) >= 1_000_000 * 0.8 // MAX_RAW  # not emptied either
+    assert q.evicted["bytes"] == 100 - len(ids)
+    assert q.counts["oversize"] == 100  # counted as rejects whether or not the row is still kept
+
+
+def test_byte_bound_holds_across_a_restart() -> None:
+    """The kept bytes are read back from the table, so a restarted daemon does not start from zero."""
+    conn = sqlite3.connect(":memory:")
+    q = Quarantine(conn, max_bytes=500_000)
+    for i in range(6):
+        q.put("malformed", "x", "t", b"\x01" * 60_000, now=1000.0 + i)
+    q = Quarantine(conn, max_bytes=500_000)
+    for i in range(6):
+        q.put("malformed", "x", "t", b"\x02" * 60_000, now=2000.0 + i)
+    assert kept_bytes(conn) <= 500_000
+    assert q.evicted["bytes"] == 12 - conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+
+
+def test_row_bound_still_holds_and_its_evictions_are_counted() -> None:
+    conn = sqlite3.connect(":memory:")
+    q = Quarantine(conn, max_rows=100, max_bytes=10_000_000)
+    for i in range(1000):
+        q.put("bad-mac", "x", "t", b"\x00" * 10, now=1000.0 + i)
+    left = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    assert left < 100 + 64
+    assert q.evicted["rows"] == 1000 - left and q.evicted["bytes"] == 0
+    assert kept_bytes(conn) == 10 * left
+
+
+def test_unexpected_exception_logs_its_traceback_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    conn = sqlite3.connect(":memory:")
+    q = Quarantine(conn, log_interval_s=60)
+    with caplog.at_level(logging.WARNING, "lifeline.gateway.quarantine"):
+        for i in range(50):
+            try:
+                raise KeyError("boom")
+            except KeyError as exc:
+                q.put("internal", f"KeyError: {exc}", "t", b"\x00", now=1000.0 + i, exc=exc)
+    traces = [r for r in caplog.records if "Traceback" in getattr(r, "fields", {}).get("exc", "")]
+    assert len(caplog.records) == 1 and len(traces) == 1
