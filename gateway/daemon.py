@@ -52,7 +52,8 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         self.conn = open_store(cfg.store_path)
-        self.quarantine = Quarantine(self.conn, cfg.quarantine_rows, cfg.quarantine_log_interval_s)
+        self.quarantine = Quarantine(self.conn, cfg.quarantine_rows, cfg.quarantine_log_interval_s,
+                                     int(cfg.quarantine_max_mb * 1024 * 1024))
         self.sequence = SequenceTracker(self.conn, cfg.seq_window, cfg.gap_grace_s)
         self.registry = Registry(self.conn, cfg.devices)
         self.checker = Checker(cfg.site, self.registry, self.sequence, self.quarantine, cfg.clock_future_s,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from gateway.daemon import Gateway
 from gateway.quarantine import MAX_RAW, Quarantine
+from gateway.site_config import load
 
 
 def kept_bytes(conn: sqlite3.Connection) -> int:
@@ -64,3 +67,15 @@ def test_unexpected_exception_logs_its_traceback_once_per_interval(caplog: pytes
                 q.put("internal", f"KeyError: {exc}", "t", b"\x00", now=1000.0 + i, exc=exc)
     traces = [r for r in caplog.records if "Traceback" in getattr(r, "fields", {}).get("exc", "")]
     assert len(caplog.records) == 1 and len(traces) == 1
+
+
+async def test_the_gateway_keeps_its_quarantine_within_site_tomls_max_mb(tmp_path: Path) -> None:
+    """[quarantine] max_mb reaches the daemon's quarantine, not only the parsed config."""
+    text = (f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+            f'port = 1884\n[store]\npath = "{tmp_path / "gw.sqlite"}"\n[quarantine]\nmax_mb = 2\n')
+    (tmp_path / "site.toml").write_text(text)
+    gateway = Gateway(load(tmp_path / "site.toml"))
+    try:
+        assert gateway.quarantine.max_bytes == 2 * 1024 * 1024
+    finally:
+        gateway.conn.close()
