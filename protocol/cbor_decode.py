@@ -85,9 +85,7 @@ def _simple(d, p, ai):
         return (False, True, None, UNDEFINED)[ai - 20]
     if ai == 24:
         v = _take(d, p, 1)[0]
-        # RFC 8949 3.3 calls 0xf800-0xf81f not well-formed, but Appendix A lists f818 as simple(24);
-        # we follow the vectors for 24-31 and refuse the values that have a one-byte form.
-        if v < 24:
+        if v < 32:  # not well-formed (RFC 8949 3.3): 0-23 have a one-byte form, 24-31 are reserved
             raise CBORDecodeError("simple value %d in two-byte form" % v)
         return Simple(v)
     if ai < 28:
