@@ -135,7 +135,7 @@ class Checker:
             return None
         readings: tuple[Reading, ...] = ()
         if kind in (topics.DATA, topics.EVENT):
-            verdict = self.sequence.check(dev, body["seq"], now)
+            verdict = self.sequence.check(dev, body["seq"], now, body["boot"])
             if verdict is Verdict.REPLAY:
                 self._reject("replay", f"seq {body['seq']} is at or below the window floor", topic, raw, now)
                 return None

@@ -8,8 +8,18 @@ reported upstream, and if the missing message turns up after all, that is report
 
 Everything at or below the floor is a replay: the floor trails the highest number by the window, and rises
 further if a device leaves more holes open than `MAX_HOLES` (the oldest hole is then written off as lost).
-State is one JSON row per device (JSON keeps 64-bit sequence numbers exact), written by `flush()` inside
-the ingest batch's transaction: this module never commits.
+
+A number is only ever presented by the device (a message is MACed with its key) or by a replay of the
+device's own messages, but an authentic number can still be bogus: a corrupted counter sends one huge
+number, the floor jumps with it and every later message would be a replay. The way out is the device's
+next boot: a message of a boot newer than any in the window (a birth, whose seq is the next number, or a
+data or event message when the birth was lost) whose number is at or below the highest seen proves that
+highest number wrong, since a counter that survives reboots only grows. The window then restarts at that
+number, as a Sparkplug host restarts on a new bdSeq. A replay cannot do this: a recorded message of a newer
+boot carries a number above everything its device sent before it.
+
+State is one JSON row per device, written by `flush()` inside the ingest batch's transaction (this module
+never commits). JSON text, not an SQLite INTEGER (signed 64-bit), so numbers up to 2^64-1 are stored exact.
 """
 
 from __future__ import annotations
@@ -17,8 +27,13 @@ from __future__ import annotations
 import bisect
 import enum
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass, field
+
+from gateway.logs import event
+
+log = logging.getLogger("lifeline.gateway.sequence")
 
 MAX_HOLES = 1024
 
@@ -60,16 +75,21 @@ class _Device:
     duplicates: int = 0
     replays: int = 0
     gaps: int = 0
+    high_boot: int = -1  # the newest boot of the numbers in the window
 
     def to_json(self) -> str:
         holes = [[h.first, h.last, h.since, h.reported] for h in self.holes]
         return json.dumps([self.floor, self.low, self.high, holes, self.state_key, self.boot,
-                           self.duplicates, self.replays, self.gaps])
+                           self.duplicates, self.replays, self.gaps, self.high_boot])
 
     @classmethod
     def from_json(cls, text: str) -> _Device:
-        f, lo, hi, holes, sk, boot, d, r, g = json.loads(text)
-        return cls(f, lo, hi, [_Hole(*h) for h in holes], None if sk is None else tuple(sk), boot, d, r, g)
+        f, lo, hi, holes, sk, boot, d, r, g, *rest = json.loads(text)
+        # A row written before boots were kept: its window is taken to be of the newest boot born, so only a
+        # later boot can restart it.
+        high_boot = rest[0] if rest else boot
+        return cls(f, lo, hi, [_Hole(*h) for h in holes], None if sk is None else tuple(sk), boot, d, r, g,
+                   high_boot)
 
 
 class SequenceTracker:
@@ -90,9 +110,11 @@ class SequenceTracker:
         self._dirty.add(dev)
         return d
 
-    def check(self, dev: str, seq: int, now: float) -> Verdict:
-        """Account for data or event number `seq` of `dev` received at `now`."""
+    def check(self, dev: str, seq: int, now: float, boot: int = 0) -> Verdict:
+        """Account for data or event number `seq` of boot `boot` of `dev` received at `now`."""
         d = self._dev(dev)
+        if boot > d.high_boot and seq <= d.high:
+            self._restart(dev, d, boot, seq, seq)
         if seq <= d.floor:
             d.replays += 1
             return Verdict.REPLAY
@@ -113,7 +135,15 @@ class SequenceTracker:
             return Verdict.DUPLICATE
         if len(d.holes) > MAX_HOLES:
             self._raise_floor(dev, d, d.holes[0].last)
+        d.high_boot = max(d.high_boot, boot)
         return Verdict.NEW
+
+    def _restart(self, dev: str, d: _Device, boot: int, seq: int, last: int) -> None:
+        """Forget a window whose highest number a newer boot proved bogus; `last` is the device's latest
+        number, and the window below it stays open for the backlog it may still send. Open holes go too:
+        they lie between numbers of which one was wrong."""
+        event(log, "sequence", logging.WARNING, kind="reset", dev=dev, boot=boot, seq=seq, high=d.high)
+        d.floor, d.low, d.high, d.holes, d.high_boot = max(last - self.window, -1), None, -1, [], boot
 
     def _fill(self, dev: str, d: _Device, seq: int) -> bool:
         i = bisect.bisect_right(d.holes, seq, key=lambda h: h.first) - 1
@@ -143,7 +173,8 @@ class SequenceTracker:
                 h.first = floor + 1
 
     def check_state(self, dev: str, boot: int, seq: int, online: bool) -> Verdict:
-        """A birth or death. An older boot's birth is a replay; an older boot's death is a late will."""
+        """A birth or death. An older boot's birth is a replay; an older boot's death is a late will. A birth
+        of a newer boot whose next number is not above the highest seen restarts the window."""
         d = self._dev(dev)
         key = (boot, seq, online)
         if key == d.state_key:
@@ -157,6 +188,8 @@ class SequenceTracker:
         d.state_key = key
         if online:
             d.boot = max(d.boot, boot)
+            if boot > d.high_boot and seq <= d.high:  # a birth's seq is the number the device uses next
+                self._restart(dev, d, boot, seq, seq - 1)
         return Verdict.NEW
 
     def due(self, now: float) -> list[Gap]:

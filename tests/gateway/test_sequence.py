@@ -87,3 +87,71 @@ def test_state_survives_flush_and_reload() -> None:
     assert again.check("d1", 3, 1.0) is Verdict.NEW
     assert again.check("d1", 9, 1.0) is Verdict.NEW
     assert again.check_state("d1", 1, 5, True) is Verdict.DUPLICATE
+
+
+def locked_out(window: int = 4) -> SequenceTracker:
+    """Device d1 of boot 1 at numbers 100..104, then one authentic but bogus number (a corrupted counter)."""
+    t = tracker(window=window)
+    t.check_state("d1", 1, 100, True)
+    for s in range(100, 105):
+        assert t.check("d1", s, 0.0, 1) is Verdict.NEW
+    assert t.check("d1", 2 ** 64 - 1, 0.0, 1) is Verdict.NEW  # believed: it carries the device's own MAC
+    assert t.check("d1", 105, 0.0, 1) is Verdict.REPLAY  # the device's next number is locked out
+    return t
+
+
+def test_a_newer_boot_birth_resets_a_window_locked_by_a_bogus_number() -> None:
+    t = locked_out()
+    assert t.check_state("d1", 1, 100, True) is Verdict.DUPLICATE  # the old birth changes nothing
+    assert t.check("d1", 106, 0.0, 1) is Verdict.REPLAY  # nor does more of the same boot
+    assert t.check_state("d1", 2, 107, True) is Verdict.NEW  # reboot: the counter says 107, not 2^64
+    assert t.check("d1", 107, 1.0, 2) is Verdict.NEW
+    assert t.check("d1", 106, 1.0, 1) is Verdict.NEW  # the old boot's backlog, inside the new window
+    assert t.check("d1", 102, 1.0, 1) is Verdict.REPLAY  # below the new window: still a replay
+    assert t.check("d1", 107, 1.0, 2) is Verdict.DUPLICATE
+    assert t.check("d1", 2 ** 64 - 1, 1.0, 1) is Verdict.NEW  # the bogus message again: a newer boot is
+    assert t.check("d1", 108, 1.0, 2) is Verdict.REPLAY  # needed to recover again, and the next one does
+    assert t.check_state("d1", 3, 109, True) is Verdict.NEW
+    assert t.check("d1", 109, 2.0, 3) is Verdict.NEW
+
+
+def test_a_newer_boot_data_message_resets_a_locked_window_when_its_birth_is_lost() -> None:
+    t = locked_out()
+    assert t.check("d1", 107, 1.0, 2) is Verdict.NEW
+    assert t.check("d1", 108, 1.0, 2) is Verdict.NEW
+    assert t.check("d1", 100, 1.0, 1) is Verdict.REPLAY
+
+
+def test_a_new_boot_keeps_a_sane_window() -> None:
+    t = tracker(window=1000)
+    for s in (1, 2, 4):
+        assert t.check("d1", s, 0.0, 1) is Verdict.NEW
+    assert t.check_state("d1", 2, 5, True) is Verdict.NEW
+    assert t.check("d1", 6, 0.0, 2) is Verdict.NEW
+    assert t.check("d1", 2, 0.0, 1) is Verdict.DUPLICATE  # nothing was forgotten
+    assert t.check("d1", 3, 0.0, 1) is Verdict.NEW  # and the hole is still known
+
+
+def test_numbers_past_2_63_survive_the_store() -> None:
+    conn = sqlite3.connect(":memory:")
+    t = SequenceTracker(conn, 1000, 10.0)
+    top = 2 ** 64 - 1
+    for s in (top - 3, top - 1, top):
+        assert t.check("d1", s, 0.0, 1) is Verdict.NEW
+    t.flush()
+    conn.commit()
+    again = SequenceTracker(conn, 1000, 10.0)
+    assert again.check("d1", top, 1.0, 1) is Verdict.DUPLICATE
+    assert again.check("d1", top - 2, 1.0, 1) is Verdict.NEW
+    assert again.check("d1", top - 1000, 1.0, 1) is Verdict.REPLAY
+
+
+def test_state_stored_before_boots_were_tracked_loads_and_keeps_its_floor() -> None:
+    conn = sqlite3.connect(":memory:")
+    SequenceTracker(conn)
+    old = "[90, 91, 100, [], [3, 101, true], 3, 0, 0, 0]"  # the nine fields of the earlier format
+    conn.execute("INSERT INTO seq_state (dev, state) VALUES ('d1', ?)", (old,))
+    t = SequenceTracker(conn, 10, 10.0)
+    assert t.check("d1", 90, 0.0, 3) is Verdict.REPLAY
+    assert t.check("d1", 95, 0.0, 3) is Verdict.DUPLICATE
+    assert t.check("d1", 101, 0.0, 3) is Verdict.NEW
