@@ -77,25 +77,26 @@ def seal(key, kid, payload):
     return cbor.dumps(cbor.Tag(COSE_MAC0_TAG, [_PROTECTED, {4: kid}, payload, tag]))
 
 
-def verify(data, key_for, loads=None):
-    """(kid, payload) when the MAC is right. `loads` lets the gateway decode with cbor2. The decoder is
-    imported here, not with the module, because a node seals all the time and verifies only commands."""
+def verify(data, key_for):
+    """(kid, payload) when the MAC is right. The envelope is decoded by our strict decoder on every
+    interpreter, because cbor2 stops after one item: bytes appended to a genuine envelope must be refused,
+    not ignored. The decoder is imported here, not with the module, because a node seals all the time and
+    verifies only commands."""
     from protocol import cbor_decode
 
     try:
-        outer = (loads or cbor_decode.loads)(data)
-    except Exception as exc:
-        raise AuthError("malformed", "not CBOR: %s" % exc)
-    if getattr(outer, "tag", None) != COSE_MAC0_TAG:
+        outer = cbor_decode.loads(data)
+    except cbor_decode.CBORDecodeError as exc:
+        raise AuthError("malformed", "not one CBOR item: %s" % exc)
+    if not isinstance(outer, cbor.Tag) or outer.tag != COSE_MAC0_TAG:
         raise AuthError("malformed", "not a tagged COSE_Mac0")
     parts = outer.value
-    # cbor2 6 hands a tagged array over as a tuple and its maps as frozendicts.
-    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
+    if not isinstance(parts, list) or len(parts) != 4:
         raise AuthError("malformed", "COSE_Mac0 is not a 4-element array")
     protected, unprotected, payload, tag = parts
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(tag, bytes):
         raise AuthError("malformed", "COSE_Mac0 fields have wrong types")
-    kid = unprotected.get(4) if hasattr(unprotected, "get") else None
+    kid = unprotected.get(4) if isinstance(unprotected, dict) else None
     if not isinstance(kid, bytes):
         raise AuthError("malformed", "no kid in the unprotected header")
     if protected != _PROTECTED:  # what every sender here writes; anything else is decoded and judged

@@ -94,11 +94,13 @@ def check(body, kind, records=None):
 
 def decode(data, key_for, kind, loads=None, records=None):
     """Authenticate, decode and check one message; every failure is a MessageError with a reason.
-    `records`: as for `check`, filled only once the message has passed every check."""
+    `loads` (the gateway's cbor2) decodes only the authenticated payload; the envelope always goes through
+    the strict decoder (auth.verify). `records`: as for `check`, filled only once the message has passed
+    every check."""
     if len(data) > MAX_MESSAGE:
         raise MessageError("oversize", "%d bytes, limit %d" % (len(data), MAX_MESSAGE))
     try:
-        kid, payload = auth.verify(data, key_for, loads)
+        kid, payload = auth.verify(data, key_for)
     except auth.AuthError as exc:
         raise MessageError(exc.reason, str(exc))
     try:

@@ -32,6 +32,14 @@ def test_verify_returns_kid_and_payload():
     assert auth.verify(sealed, {b"gas-01": KEY}.get) == (b"gas-01", b"hello")
 
 
+def test_envelope_is_exactly_one_item():
+    # Bytes after a genuine envelope, even a copy of its own tag item or a second envelope, are refused.
+    sealed = auth.seal(KEY, b"d", b"x")
+    for extra in (b"\x00", b"\xff", sealed[-9:], sealed):
+        err = raises(auth.AuthError, auth.verify, sealed + extra, {b"d": KEY}.get)
+        assert err.reason == "malformed" and "%d trailing bytes" % len(extra) in str(err), str(err)
+
+
 def test_every_single_bit_flip_is_caught():
     sealed = auth.seal(KEY, b"d", b"payload")
     for i in range(len(sealed)):

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycose.algorithms import HMAC25664
@@ -42,7 +43,8 @@ def test_we_verify_what_pycose_seals(key: bytes, payload: bytes) -> None:
     msg.key = SymmetricKey(k=key)
     sealed = msg.encode()
     assert auth.verify(sealed, {b"gas-01": key}.get) == (b"gas-01", payload)
-    assert auth.verify(sealed, {b"gas-01": key}.get, cbor2.loads) == (b"gas-01", payload)
+    with pytest.raises(auth.AuthError, match="trailing"):
+        auth.verify(sealed + b"\x00", {b"gas-01": key}.get)
 
 
 def test_gateway_decodes_messages_with_cbor2() -> None:
@@ -55,3 +57,21 @@ def test_gateway_decodes_messages_with_cbor2() -> None:
     body = message_check.decode(sealed, {b"gas-01": key}.get, topics.DATA, loads=cbor2.loads)
     assert body["seq"] == 9
     assert senml_resolve.resolve(body["e"])[1] == {"n": "gas-01:temp", "t": 1763900000, "u": "Cel", "v": 20.0}
+
+
+@settings(max_examples=100)
+@given(st.binary(min_size=1, max_size=40))
+def test_gateway_refuses_bytes_after_a_genuine_message(extra: bytes) -> None:
+    # cbor2.loads, the gateway's decoder, stops after one item; what follows must still be refused.
+    from protocol import message, senml, topics
+
+    key = b"\x02" * 32
+    pack = senml.pack([senml.record("ch4", 12.5, "%LEL")], bn="gas-01:", bt=1763900000)
+    sealed = message.encode(message.data("gas-01", 2, 9, pack), key)
+    for tail in (extra, sealed[-9:], sealed):
+        try:
+            message_check.decode(sealed + tail, {b"gas-01": key}.get, topics.DATA, loads=cbor2.loads)
+        except message_check.MessageError as exc:
+            assert exc.reason == "malformed" and "trailing" in str(exc), str(exc)
+        else:
+            raise AssertionError(f"accepted with {len(tail)} bytes appended")

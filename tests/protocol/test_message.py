@@ -127,6 +127,13 @@ def test_failures_carry_reasons():
     assert raises(message_check.MessageError, message_check.decode, b"\x9f", KEYS, topics.DATA).reason == "malformed"
 
 
+def test_trailing_bytes_after_a_message_are_refused():
+    sealed = message.encode(message.data("gas-01", 3, 41, _pack()), KEY)
+    for extra in (b"\x00", sealed):
+        err = raises(message_check.MessageError, message_check.decode, sealed + extra, KEYS, topics.DATA)
+        assert err.reason == "malformed" and "trailing" in str(err), str(err)
+
+
 def test_deterministic_bytes():
     a = message.encode(message.data("gas-01", 3, 41, _pack()), KEY)
     b = message.encode(message.data("gas-01", 3, 41, _pack()), KEY)
