@@ -202,7 +202,7 @@ class Outbox:
                 boot: int | None, body: bytes) -> int:
         cur = self.conn.execute(
             "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (lane, kind, time.time() if now is None else now, dev, seq, seq, boot, body))
+            (lane, kind, time.time() if now is None else now, dev, _column(seq), _column(seq), boot, body))
         self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
@@ -385,7 +385,7 @@ class Outbox:
             self._thin_floor = rid
             if thinned:
                 continue
-            by_dev.setdefault(dev, []).append((rid, t, seq, body))
+            by_dev.setdefault(dev, []).append((rid, t, _seq(seq), body))
         for dev, group in by_dev.items():
             rid, t, _dev, lo, hi, msgs, body = self._summary(dev, group)
             if len(body) >= sum(len(raw) for *_, raw in group):
@@ -393,8 +393,8 @@ class Outbox:
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(g[0],) for g in group])
             self.conn.execute(
                 "INSERT INTO outbox (id, lane, kind, t, dev, seq, seq_hi, boot, msgs, thinned, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, district.TELEMETRY, t, dev, lo, hi,
-                                                              msgs, body))
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, district.TELEMETRY, t, dev,
+                                                              _column(lo), _column(hi), msgs, body))
             report.thinned.setdefault(dev, _Span()).add(msgs, lo, hi)
         return max(consumed, 1)
 
@@ -435,7 +435,18 @@ class Outbox:
                     continue
                 gone.append((rid,))
                 freed += size + ROW_OVERHEAD
-                report.evicted.setdefault(dev, _Span()).add(msgs, lo, hi)
+                report.evicted.setdefault(dev, _Span()).add(msgs, _seq(lo), _seq(hi))
             if not gone:
                 return
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", gone)
+
+
+# A device's seq runs to 2^64 - 1 (docs/protocol.md) and SQLite's INTEGER is signed 64-bit, so the seq columns
+# hold it in two's complement: numbers below 2^63, all a store ever held before, read back unchanged.
+def _column(seq: int | None) -> int | None:
+    return None if seq is None else seq - (1 << 64) if seq >= 1 << 63 else seq
+
+
+def _seq(value: int) -> int:
+    """A telemetry row's seq column read back (telemetry rows always have one)."""
+    return value + (1 << 64) if value < 0 else value

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sitekit import District
 
 from lifeline.virtual.site import GatewayProcess, Site, reading
@@ -82,8 +81,6 @@ async def test_a_bogus_huge_number_locks_its_device_out_only_until_its_next_boot
         s.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/outbox.py keeps seq in an SQLite INTEGER (signed 64-bit): "
-                   "a number past 2^63-1 raises OverflowError there and is quarantined as internal")
 async def test_numbers_up_to_2_64_minus_1_are_forwarded(tmp_path: Path) -> None:
     s = Site(tmp_path)
     s.add("d1", "gas")
