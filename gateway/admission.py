@@ -18,6 +18,7 @@ without one they are flagged "unknown" the same way. The flag and the device's o
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -87,7 +88,13 @@ _PLAIN_TAGS = _PlainTags()
 
 
 def _loads(data: bytes) -> Any:
-    return cbor2.loads(data, semantic_decoders=_PLAIN_TAGS)
+    """The authenticated payload as one CBOR item exactly: cbor2.loads stops after the first and ignores the
+    rest, so the decoder's position is checked against the length."""
+    stream = io.BytesIO(data)
+    item = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS).decode()
+    if stream.tell() != len(data):
+        raise ValueError(f"{len(data) - stream.tell()} trailing bytes after the item")
+    return item
 
 
 class Checker:

@@ -91,3 +91,17 @@ def test_quarantine_is_bounded_and_logs_once_per_interval(caplog: pytest.LogCapt
     assert len(caplog.records) == 4  # first of each reason, then one folded line each after the interval
     folded = [r for r in caplog.records if getattr(r, "fields", {}).get("suppressed") == 499]
     assert len(folded) == 2
+
+
+def test_a_payload_is_exactly_one_cbor_item() -> None:
+    """Bytes after the body inside the MAC-protected payload (only a key holder can put them there) are refused
+    like bytes after the envelope: one CBOR item exactly, or the message is malformed."""
+    from protocol import auth, cbor
+
+    conn = sqlite3.connect(":memory:")
+    c = checker(conn)
+    body = message.data("d1", 1, 1, senml.pack([senml.record("ch4", 1.5, "%LEL", NOW)], bn="d1:"))
+    del body["dev"]
+    assert c.check(TOPIC, auth.seal(KEY, b"d1", cbor.dumps(body) + b"\x00"), False, NOW) is None
+    assert conn.execute("SELECT reason FROM quarantine").fetchall() == [("malformed",)]
+    assert c.check(TOPIC, auth.seal(KEY, b"d1", cbor.dumps(body)), False, NOW) is not None
