@@ -145,11 +145,14 @@ def _encode(out, obj, depth):
         _head(out, 6, obj.tag)
         _encode(out, obj.value, depth + 1)
     elif isinstance(obj, Simple):
-        if obj.value < 24:
-            out.append(0xE0 | obj.value)
-        else:
+        v = obj.value
+        if 0 <= v < 24:
+            out.append(0xE0 | v)
+        elif 32 <= v < 256:  # 24..31 have no well-formed encoding (RFC 8949 section 3.3)
             out.append(0xF8)
-            out.append(obj.value)
+            out.append(v)
+        else:
+            raise CBOREncodeError("simple(%d) cannot be encoded" % v)
     else:
         raise CBOREncodeError("cannot encode %s" % type(obj).__name__)
 

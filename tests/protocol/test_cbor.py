@@ -173,3 +173,12 @@ def test_unhashable_map_key_is_a_decode_error():
 
 def test_non_bytes_input_is_a_decode_error():
     raises(CBORDecodeError, cbor_decode.loads, "00")
+
+
+def test_the_encoder_writes_no_simple_value_that_is_not_well_formed():
+    # The encoder's side of RFC 8949 section 3.3: simple(24)..simple(31) have no well-formed encoding, and a
+    # simple value is one byte.
+    for v in (24, 31, 256, -1):
+        raises(cbor.CBOREncodeError, cbor.dumps, Simple(v))
+    for v in (0, 19, 32, 255):  # 20..23 are false, true, null and undefined
+        assert cbor_decode.loads(cbor.dumps(Simple(v))) == Simple(v)
