@@ -8,6 +8,7 @@ from protocol.senml import BN, BS, BT, BU, BV, BVER, UT, VB, VD, VS, N, S, SenML
 NAMES = {BVER: "bver", BN: "bn", BT: "bt", BU: "bu", BV: "bv", BS: "bs", N: "n", U: "u", V: "v",
          VS: "vs", VB: "vb", S: "s", T: "t", UT: "ut", VD: "vd"}
 _VALUE_LABELS = (V, VS, VB, VD)
+VERSION = 10  # RFC 8428's, the default; older packs are read, newer ones refused (section 4.6)
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:./_"
 
 
@@ -45,18 +46,20 @@ def resolve(senml_pack):
     """
     if not isinstance(senml_pack, list) or not senml_pack:
         raise SenMLError("a pack is a non-empty array")
-    bn, bt, bu, bv, bs = "", 0, None, 0, 0
+    bver, bn, bt, bu, bv, bs = VERSION, "", 0, None, 0, 0
     out = []
     for i in range(len(senml_pack)):
         rec = senml_pack[i]
         where = "record %d" % i
         if not isinstance(rec, dict):
             raise SenMLError("%s: not a map" % where)
-        for label in rec:
-            if label not in NAMES:
-                raise SenMLError("%s: unknown label %r" % (where, label))
-        if BVER in rec and rec[BVER] != 10:
-            raise SenMLError("%s: unsupported SenML version %r" % (where, rec[BVER]))
+        for label in rec:  # section 4.4: ignore unknown labels, except must-understand ones ending in "_"
+            if label not in NAMES and isinstance(label, str) and label.endswith("_"):
+                raise SenMLError("%s: must-understand label %r not understood" % (where, label))
+        if BVER in rec:
+            bver = rec[BVER]
+            if isinstance(bver, bool) or not isinstance(bver, int) or not 0 < bver <= VERSION:
+                raise SenMLError("%s: unsupported SenML version %r" % (where, bver))
         if BN in rec:
             bn = _text(rec, BN, where)
         if BT in rec:
@@ -70,6 +73,8 @@ def resolve(senml_pack):
         name = bn + (_text(rec, N, where) or "")
         _check_name(name, where)
         full = {"n": name, "t": bt + _number(rec, T, where)}
+        if bver != VERSION:  # section 4.6: an older pack's version rides on every resolved record
+            full["bver"] = bver
         unit = _text(rec, U, where) or bu
         if unit is not None:
             full["u"] = unit

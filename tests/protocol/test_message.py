@@ -154,3 +154,15 @@ def test_decode_hands_over_the_records_its_check_resolved():
     sealed = auth.seal(KEY, b"gas-01", cbor.dumps({"k": "data", "boot": 3, "seq": 41, "e": []}))
     raises(message_check.MessageError, message_check.decode, sealed, KEYS, topics.DATA, None, forged)
     assert forged == []  # nothing from a message that failed a check
+
+
+def test_a_data_message_from_an_older_or_extended_senml_writer_is_accepted():
+    pack = [{senml.BVER: 5, senml.BN: "gas-01:", senml.N: "ch4", senml.V: 12.5, "ct": "60"}]
+    records = []
+    message_check.decode(message.encode(message.data("gas-01", 3, 41, pack), KEY), KEYS, topics.DATA,
+                         records=records)
+    assert records == [{"bver": 5, "n": "gas-01:ch4", "t": 0, "v": 12.5}], records
+    pack[0]["ct_"] = "60"
+    err = raises(message_check.MessageError, message_check.decode,
+                 message.encode(message.data("gas-01", 3, 42, pack), KEY), KEYS, topics.DATA)
+    assert err.reason == "schema" and "ct_" in str(err), str(err)

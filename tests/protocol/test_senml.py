@@ -1,7 +1,7 @@
 """SenML pack building and resolution (RFC 8428); shared by CPython and MicroPython."""
 
 from protocol import cbor, cbor_decode, senml, senml_resolve
-from prototest import raises
+from prototest import raises, unhex
 
 
 def _gas_pack():
@@ -53,7 +53,7 @@ def test_resolve_rejects_bad_packs():
         [{senml.N: "", senml.V: 1}],
         [{senml.N: "a b", senml.V: 1}],
         [{senml.N: "-a", senml.V: 1}],
-        [{senml.N: "a", senml.V: 1, 99: 0}],
+        [{senml.N: "a", senml.V: 1, "x_": 0}],
         [{senml.N: "a", senml.V: 1, senml.T: "now"}],
         [{senml.BVER: 11, senml.N: "a", senml.V: 1}],
     ]
@@ -85,3 +85,34 @@ def test_names_are_checked_and_the_first_bad_character_named():
         assert ("character %r" % bad) in str(err), (name, str(err))
     for name in ("", "-ch4", ":ch4", "_ch4"):
         raises(senml.SenMLError, senml_resolve.resolve, [{senml.N: name, senml.V: 1}])
+
+
+# RFC 8428 section 6's pack, [{"bn": "urn:dev:ow:10e2073a01080063", "n": "voltage", "u": "V", "v": 120.1},
+# {"n": "current", "u": "A", "v": 1.2}], in CBOR with the integer labels.
+RFC8428_CBOR = ("82 a4 21 781b 75726e3a6465763a6f773a3130653230373361303130383030363 3"
+                " 00 67 766f6c74616765 01 61 56 02 fb 405e066666666666"
+                " a3 00 67 63757272656e74 01 61 41 02 fb 3ff3333333333333")
+
+
+def test_the_rfc_8428_cbor_example_is_read():
+    recs = senml_resolve.resolve(cbor_decode.loads(unhex(RFC8428_CBOR)))
+    assert recs == [{"n": "urn:dev:ow:10e2073a01080063voltage", "t": 0, "u": "V", "v": 120.1},
+                    {"n": "urn:dev:ow:10e2073a01080063current", "t": 0, "u": "A", "v": 1.2}], recs
+
+
+def test_an_older_version_is_read_and_carried_into_every_record():
+    p = [{senml.BVER: 5, senml.BN: "r:", senml.N: "a", senml.V: 1}, {senml.N: "b", senml.V: 2}]
+    recs = senml_resolve.resolve(p)
+    assert recs == [{"bver": 5, "n": "r:a", "t": 0, "v": 1}, {"bver": 5, "n": "r:b", "t": 0, "v": 2}], recs
+    # Version 10 is ours and the default: section 4.6 leaves it out of resolved records.
+    assert senml_resolve.resolve([{senml.BVER: 10, senml.N: "a", senml.V: 1}]) == [{"n": "a", "t": 0, "v": 1}]
+    for bver in (11, 0, -1, 5.0, True, "10", None):
+        raises(senml.SenMLError, senml_resolve.resolve, [{senml.BVER: bver, senml.N: "a", senml.V: 1}])
+
+
+def test_unknown_labels_are_ignored_unless_they_end_in_underscore():
+    p = [{senml.N: "a", senml.V: 1, 99: 0, -20: "x", "ct": "60", "_x": 1}, {senml.N: "b", senml.V: 2, 9: b"?"}]
+    assert senml_resolve.resolve(p) == [{"n": "a", "t": 0, "v": 1}, {"n": "b", "t": 0, "v": 2}]
+    p[1]["ct_"] = "60"
+    err = raises(senml.SenMLError, senml_resolve.resolve, p)
+    assert "record 1" in str(err) and "ct_" in str(err), str(err)
