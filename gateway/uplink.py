@@ -36,6 +36,11 @@ log = logging.getLogger("lifeline.gateway.uplink")
 
 Downlink = Callable[[str, bytes], None]
 
+# The reconnect backoff's cap is how late a site may be forwarding again after the district returns (2.4 s
+# at most with the jitter; 30 s made it 9-13 s after a 20 s outage). A failed attempt costs one refused TCP
+# connect or TLS handshake, so even hundreds of sites retrying every 2 s are a light load on a district broker.
+BACKOFF_MAX_S = 2.0
+
 
 class _Stopped(Exception):
     """Raised inside a session once a requested stop has let the in-flight publishes finish."""
@@ -46,7 +51,7 @@ class Uplink:
 
     def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, *, max_items: int = 100,
                  max_delay_s: float = 0.2, drain_rate: float = 500.0, max_inflight: int = 32,
-                 alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = BACKOFF_MAX_S,
                  publish_timeout_s: float = 30.0, connect_timeout_s: float = 10.0, tick_s: float = 1.0,
                  on_downlink: Downlink | None = None) -> None:
         if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
