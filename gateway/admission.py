@@ -143,24 +143,27 @@ class Checker:
         readings: tuple[Reading, ...] = ()
         if kind in (topics.DATA, topics.EVENT):
             verdict = self.sequence.check(dev, body["seq"], now, body["boot"])
-            if verdict is Verdict.REPLAY:
-                self._reject("replay", f"seq {body['seq']} is at or below the window floor", topic, raw, now)
-                return None
-            if verdict is not Verdict.NEW:
-                self.dropped[verdict.value] += 1
+            if not self._new(verdict, f"seq {body['seq']} is at or below the window floor", topic, raw, now):
                 return None
             readings = self._readings(dev, body, records, now)
         elif kind == topics.STATE:
             online = body["st"] == message.ONLINE
             verdict = self.sequence.check_state(dev, body["boot"], body["seq"], online)
-            if verdict is Verdict.REPLAY:
-                self._reject("replay", f"birth of boot {body['boot']} after a newer one", topic, raw, now)
-                return None
-            if verdict is not Verdict.NEW:
-                self.dropped[verdict.value] += 1
+            if not self._new(verdict, f"birth of boot {body['boot']} after a newer one", topic, raw, now):
                 return None
         self.registry.seen(dev, now)
         return Checked(kind, device, body, readings, retained)
+
+    def _new(self, verdict: Verdict, replay: str, topic: str, raw: bytes, now: float) -> bool:
+        """Whether the sequence verdict admits the message: a replay is quarantined with its reason, a
+        duplicate or an old number only counted."""
+        if verdict is Verdict.REPLAY:
+            self._reject("replay", replay, topic, raw, now)
+            return False
+        if verdict is not Verdict.NEW:
+            self.dropped[verdict.value] += 1
+            return False
+        return True
 
     def _readings(self, dev: str, body: Mapping[str, Any], records: list[dict[str, Any]],
                   now: float) -> tuple[Reading, ...]:

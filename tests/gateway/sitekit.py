@@ -1,10 +1,13 @@
 """What gateway tests add to the virtual site (lifeline/virtual/site.py): the district application as an
 async context over the site's recorder, keeping bodies as decoded so a test can check the wire itself, and
-the `lifeline` command run to completion."""
+the `lifeline` command run to completion, and the gateway's quarantine read as it fills."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import subprocess
+import time
 from typing import Any
 
 from lifeline.virtual.recorder import Recorder
@@ -51,3 +54,13 @@ class District:
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*lifeline_cmd(), *args], capture_output=True, text=True, env=environment(), cwd=ROOT,
                           timeout=60)
+
+
+async def quarantined(site: Site, count: int, timeout: float = 20.0) -> sqlite3.Connection:
+    """The gateway's store, read-only, once its quarantine holds `count` rows or `timeout` has passed (the
+    caller asserts on what it finds)."""
+    store = sqlite3.connect(f"file:{site.dir / 'gateway.sqlite'}?mode=ro", uri=True)
+    deadline = time.monotonic() + timeout
+    while store.execute("SELECT count(*) FROM quarantine").fetchone()[0] < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return store

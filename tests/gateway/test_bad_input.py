@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from sitekit import District, cli
+from sitekit import District, cli, quarantined
 
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import GatewayProcess, Site, reading
@@ -177,11 +177,9 @@ async def test_tagged_headers_are_refused_quietly_and_good_input_beside_them_arr
                 return {p["seq"] for b in district.of(dtopics.TELEMETRY) for p in b["packs"]}
 
             await district.wait_for(lambda: good <= arrived())
-            store = sqlite3.connect(f"file:{s.dir / 'gateway.sqlite'}?mode=ro", uri=True)
-            deadline = time.monotonic() + 20
-            while store.execute("SELECT count(*) FROM quarantine").fetchone()[0] < len(bad):
-                assert time.monotonic() < deadline, "not every tagged message was quarantined"
-                await asyncio.sleep(0.1)
+            store = await quarantined(s, len(bad))
+            assert store.execute("SELECT count(*) FROM quarantine").fetchone()[0] >= len(bad), \
+                "not every tagged message was quarantined"
         assert arrived() == good
         rows = store.execute("SELECT reason, detail, raw FROM quarantine").fetchall()
         store.close()

@@ -5,11 +5,9 @@ genuine message in front nor a second one appended), and the good messages besid
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import time
 from pathlib import Path
 
-from sitekit import District
+from sitekit import District, quarantined
 
 from lifeline.virtual.site import GatewayProcess, Site, reading
 from protocol import district as dtopics
@@ -48,12 +46,7 @@ async def test_bytes_after_a_genuine_message_are_quarantined(tmp_path: Path) -> 
                 return {p["seq"] for b in district.of(dtopics.TELEMETRY) for p in b["packs"]}
 
             await district.wait_for(lambda: good <= arrived())
-            store = sqlite3.connect(f"file:{s.dir / 'gateway.sqlite'}?mode=ro", uri=True)
-            deadline = time.monotonic() + 20
-            while store.execute("SELECT count(*) FROM quarantine").fetchone()[0] < len(bad):
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
+            store = await quarantined(s, len(bad))
             await asyncio.sleep(0.5)
         assert not arrived() & refused, f"forwarded: seq {sorted(arrived() & refused)}"
         assert arrived() == good
