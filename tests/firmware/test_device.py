@@ -245,6 +245,21 @@ def test_heapmin_reports_the_command_paths_high_point(tmp_path: Path, mpy: Path,
     assert any(low < floor - 4096 for _, low in spanning), figures
 
 
+def test_a_reading_without_a_unit_arrives_without_one(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """A pack's base unit is inherited by every record that gives none (RFC 8428 section 4.5.2), so a pack
+    that mixes readings with and without units must not give one: the drone's GNSS fix is a code, not a
+    concentration, in the packs its methane readings lead."""
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, sped_up("drone"), broker.port, STIMULUS["drone"]) as dev:
+        assert listener.wait(lambda m: sum(x[0] == topics.DATA for x in m) >= 3, 30), dev.console()
+    listener.close()
+    units: dict[str, set[str | None]] = {}
+    for body in listener.of(topics.DATA):
+        for r in senml_resolve.resolve(list(body["e"])):
+            units.setdefault(r["n"].rsplit(":", 1)[-1], set()).add(r.get("u"))
+    assert units["fix"] == {None} and units["ch4"] == {"%LEL"}, units
+
+
 def test_seq_and_boot_continue_across_power_cuts(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,

@@ -86,6 +86,8 @@ class Publisher:
         for r in recs:
             if r[0] != bn:
                 bn = None
+            if r[2] is None:  # a record without u would inherit bu (RFC 8428 4.5.2): then no bu
+                bu = None
         records = []
         for name, v, unit, up in recs:
             dt = clock.ms(up) - bt * 1000
