@@ -200,7 +200,11 @@ def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfi
     if password is not None and password_file is not None:
         raise t.fail("password_file", "give password or password_file, not both")
     if password_file is not None and t.check_files:
-        password = password_file.read_text().strip()
+        try:
+            password = password_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:  # e.g. 0600 for another user: the unit's, docs/gateway.md
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise t.fail("password_file", f"cannot read {password_file}: {why}") from None
     if password is not None and username is None:
         raise t.fail("username", "missing (a password needs a username)")
     keepalive = t.number("keepalive", 30, 5, 3600, integer=True)

@@ -129,3 +129,12 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("[site\nid = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_a_password_file_that_cannot_be_read_names_its_field(tmp_path: Path) -> None:
+    """Not UTF-8 here; a file of another user's (0600, the unit's case) is tried in tests/test_deploy.py."""
+    (tmp_path / "gw.password").write_bytes(b"\xff\xfe")
+    doc = with_change("site_broker.password_file", "gw.password")
+    doc["site_broker"]["username"] = "gateway"
+    with pytest.raises(ConfigError, match=r"^site_broker\.password_file: cannot read .*gw\.password: not UTF-8"):
+        parse(doc, tmp_path / "site.toml")
