@@ -13,6 +13,14 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# tests/test_deploy.py checks the systemd unit with the systemd tools (systemd-analyze, -sysusers, -tmpfiles).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "[bootstrap] installing systemd's tools (apt-get)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq systemd >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv"
   python3 -m venv .venv
