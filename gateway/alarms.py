@@ -499,7 +499,8 @@ class AlarmEngine:
     def _judge_sum(self, key: Key, rule_id: str, rule: SumRule, ctx: _Reading) -> list[Transition]:
         track = self._tracks.get(key, Track())
         signal, sums = sum_signal(rule, track.sums, ctx.reading, ctx.device_time)
-        verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, ctx.device_time)
+        # A late report changes the amounts in the windows ending at the newest one: judged as of that time.
+        verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, sums.last)
         self._save_track(key, Track(verdict.runs, (), sums))
         return self._emit(key, verdict.level, rule_id, "sum", ctx, signal)
 

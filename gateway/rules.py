@@ -567,26 +567,30 @@ def rate_signal(
 
 @dataclass(frozen=True)
 class SumState:
-    """Amounts in bins of `bin_s` seconds of device time (bin index, amount), and the latest sample time."""
+    """Amounts in bins of `bin_s` seconds of device time (bin index, amount), and the newest sample time."""
 
     last: float
     bins: tuple[tuple[int, float], ...]
 
 
 def sum_signal(rule: SumRule, state: SumState | None, value: float, t: float) -> tuple[dict[Level, float], SumState]:
-    """Amount within each level's window ending at `t`, to the resolution of one bin (shortest window / 120)."""
-    if state is None or t < state.last:
-        state = SumState(t, ())
+    """Amount within each level's window ending at the newest sample, to one bin (shortest window / 120).
+
+    A sample older than the newest is a late report (rain that fell during an outage, flushed after the
+    fresh ones): it adds to its own bin, or to none once it is older than the longest window.
+    """
+    last = t if state is None else max(t, state.last)
     size = rule.bin_s
+    horizon = last - max(rule.windows.values())
+    bins = {} if state is None else dict(state.bins)
     index = math.floor(t / size)
-    horizon = t - max(rule.windows.values())
-    bins = dict(state.bins)
-    bins[index] = bins.get(index, 0.0) + value
+    if (index + 1) * size > horizon:
+        bins[index] = bins.get(index, 0.0) + value
     kept = tuple(sorted((i, a) for i, a in bins.items() if (i + 1) * size > horizon))
     signal = {
-        level: math.fsum(a for i, a in kept if (i + 1) * size > t - window) for level, window in rule.windows.items()
+        level: math.fsum(a for i, a in kept if (i + 1) * size > last - window) for level, window in rule.windows.items()
     }
-    return signal, SumState(t, kept)
+    return signal, SumState(last, kept)
 
 
 def stale_level(rule: StaleRule, age_s: float, dead: bool) -> Level | None:

@@ -543,3 +543,24 @@ def test_a_late_older_reading_does_not_disturb_a_rate_window(site: EngineOnDisk)
     assert [(t.rule_kind, t.level) for t in out] == [("rate", RED)]
     assert site.feed("w-1", "water", "pressure", [400], t0=5) == []
     assert {a.level for a in site.engine.active()} == {RED}
+
+
+# ------------------------------------------------------------------------------------------- late readings
+
+
+def test_a_late_rain_report_counts_in_its_own_bin(site: EngineOnDisk) -> None:
+    """Rain that fell during an outage still counts (docs/rules.md): a report older than the newest adds its
+    amount to its own bin, and the windows still end at the newest report."""
+    raised = site.feed("r-1", "rain", "rain", [30, 30], dt=600)  # 60 mm in 10 minutes: 50 mm in 3 h is orange
+    assert [(t.event, t.level, t.value) for t in raised] == [("raised", ORANGE, 60.0)]
+    assert site.engine.observe("r-1", "rain", "rain", 0.5, 300.0, 2000.0) == []  # late, and it counts
+    assert [(a.level, a.last.value) for a in site.engine.active()] == [(ORANGE, 60.0)]
+    later = site.feed("r-1", "rain", "rain", [0.0], t0=3 * 3600 + 1200)  # 3 h window empty, 6 h holds 60.5
+    assert [(t.event, t.level, t.value) for t in later] == [("de-escalated", YELLOW, 60.5)]
+    # the same two reports arriving newest first raise the same alarm
+    backwards = site.feed("r-2", "rain", "rain", [30], t0=600) + site.feed("r-2", "rain", "rain", [30])
+    assert [(t.event, t.level, t.value, t.device_time) for t in backwards] == [("raised", ORANGE, 60.0, 0.0)]
+    # a report older than the longest window (12 h before the newest) counts nowhere and wipes nothing
+    assert site.engine.observe("r-3", "rain", "rain", 10.0, 50000.0, 2000.0) == []
+    assert site.engine.observe("r-3", "rain", "rain", 100.0, 50000.0 - 43200 - 600, 2001.0) == []
+    assert steps(site.feed("r-3", "rain", "rain", [40.0], t0=50600)) == [("raised", None, ORANGE)]
