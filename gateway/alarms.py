@@ -2,9 +2,9 @@
 
 Lifecycle: raised -> escalated / de-escalated -> cleared. Every transition is returned to the caller as a
 Transition whose body() goes upstream. State lives in SQLite tables on the caller's connection and is
-written, never committed, here: the daemon commits it in the same transaction as the outbox rows carrying
-the transitions, so after a crash either both exist or neither does, and a restart neither re-raises an
-alarm nor forgets one.
+written, never committed, here: the daemon calls flush() and commits it in the same transaction as the
+outbox rows carrying the transitions, so after a crash either both exist or neither does, and a restart
+neither re-raises an alarm nor forgets one.
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ class AlarmEngine:
                 "SELECT scope, subject, metric, kind, state FROM alarm_track"
             )
         }
+        self._unsaved: set[Key] = set()  # tracks whose newest judged time moved since the last flush()
         self._alarms: dict[Key, Alarm] = {}
         for row in conn.execute(
             "SELECT id, scope, subject, metric, kind, level, raised_at, acked_at, resends, next_resend, last "
@@ -382,6 +383,18 @@ class AlarmEngine:
         self._check_points(ruleset)
         self._switch(ruleset, now)
         return self._sweep(now)
+
+    def flush(self) -> None:
+        """Write the newest judged times that moved into the current transaction (the caller commits).
+
+        Every reading moves one, so they are written once per batch rather than once per reading; a restart
+        then judges no reading older than one judged before it (a backlog split by a restart)."""
+        if self._unsaved:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO alarm_track (scope, subject, metric, kind, state) VALUES (?, ?, ?, ?, ?)",
+                [(*key, self._tracks[key].to_json()) for key in self._unsaved],
+            )
+            self._unsaved.clear()
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -580,15 +593,16 @@ class AlarmEngine:
             return
         if track.empty():
             del self._tracks[key]
+            self._unsaved.discard(key)
             self._conn.execute(
                 "DELETE FROM alarm_track WHERE scope = ? AND subject = ? AND metric = ? AND kind = ?", key
             )
         else:
             self._tracks[key] = track
-            # `latest` moves with every reading, but it only has to survive a restart while an alarm is up
-            # (that is when a late reading could clear it); so a move of `latest` alone is not written.
-            if old is not None and key not in self._alarms and replace(old, latest=None) == replace(track, latest=None):
+            if old is not None and replace(old, latest=None) == replace(track, latest=None):
+                self._unsaved.add(key)  # only `latest` moved, as it does with every reading: flush() writes it
                 return
+            self._unsaved.discard(key)
             self._conn.execute(
                 "INSERT OR REPLACE INTO alarm_track (scope, subject, metric, kind, state) VALUES (?, ?, ?, ?, ?)",
                 (*key, track.to_json()),

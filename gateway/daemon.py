@@ -125,6 +125,7 @@ class Gateway:
     def _commit(self) -> None:
         self.sequence.flush()
         self.registry.flush()
+        self.alarms.flush()
         self.conn.commit()
 
     def _data(self, c: Checked, now: float) -> None:

@@ -103,6 +103,7 @@ class EngineOnDisk:
 
     def restart(self, ruleset: RuleSet | None = None, commit: bool = True) -> AlarmEngine:
         if commit:
+            self.engine.flush()  # as the daemon does before each commit
             self.conn.commit()
         self.conn.close()
         self.conn = self._open()
@@ -564,3 +565,15 @@ def test_a_late_rain_report_counts_in_its_own_bin(site: EngineOnDisk) -> None:
     assert site.engine.observe("r-3", "rain", "rain", 10.0, 50000.0, 2000.0) == []
     assert site.engine.observe("r-3", "rain", "rain", 100.0, 50000.0 - 43200 - 600, 2001.0) == []
     assert steps(site.feed("r-3", "rain", "rain", [40.0], t0=50600)) == [("raised", None, ORANGE)]
+
+
+def test_a_restart_keeps_the_newest_judged_time(site: EngineOnDisk) -> None:
+    """Readings older than the newest judged are not judged, whether or not the gateway restarted between
+    them: the newest judged time survives a restart even when no alarm is up."""
+    assert site.feed("gas-1", "gas", "ch4", [3, 3], t0=100, dt=100) == []
+    assert site.feed("w-1", "water", "pressure", [300, 300], t0=100, dt=100) == []
+    site.restart()
+    assert site.feed("gas-1", "gas", "ch4", [60, 60], t0=150, dt=10) == []
+    assert site.feed("w-1", "water", "pressure", [40], t0=150) == []  # a backlog's low reading: no false alarm
+    assert site.engine.active() == []
+    assert steps(site.feed("gas-1", "gas", "ch4", [60, 60], t0=201)) == [("raised", None, RED)]
