@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sitekit import District
 
+from lifeline.virtual.faultlog import FaultLog
 from lifeline.virtual.site import GatewayProcess, Site, reading
 from protocol import district as dtopics
 
@@ -25,7 +26,7 @@ KILLS = 5
 
 
 @pytest.mark.timeout(240)
-async def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
+async def test_sigkill_under_load_loses_nothing(tmp_path: Path, fault_log: FaultLog) -> None:
     seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     s = Site(tmp_path)
@@ -84,6 +85,8 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
         assert raised and all(n >= 1 for n in raised.values())
         per_dev = Counter(a["dev"] for a in district.of(dtopics.ALARM) if a["ev"] == "raised")
         assert set(per_dev) == set(s.devices)
+        fault_log.record("gateway SIGKILLed under load and restarted", injected=kills, unit="messages",
+                         sent=len(sent), delivered=len(got), duplicates=duplicates, where="district")
     finally:
         gw.kill()
         s.stop()

@@ -25,6 +25,7 @@ from gateway.store import open_store
 from gateway.uplink import Uplink
 from lifeline.virtual import recorder
 from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual.faultlog import FaultLog
 from protocol import district, senml_resolve
 
 SITE = "site-a"
@@ -210,8 +211,8 @@ async def test_only_committed_rows_go_and_an_open_batch_holds_nothing_up(tmp_pat
             await rec.until(lambda: sum(ob.depth().values()) == 0)
 
 
-async def test_district_outage_loses_nothing_and_order_holds(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_district_outage_loses_nothing_and_order_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             fault_log: FaultLog) -> None:
     caplog.set_level(logging.INFO, "lifeline.gateway.uplink")
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
@@ -240,6 +241,10 @@ async def test_district_outage_loses_nothing_and_order_holds(tmp_path: Path,
     assert drained and drained[-1].fields["backlog"] == bulk  # type: ignore[attr-defined]
     # PUBACKed by then: all but what was still in flight when the lane ran dry (32 publishes of 20 at most)
     assert drained[-1].fields["sent"] >= bulk - 32 * 20  # type: ignore[attr-defined]
+    seen, items = rec.seen(), before.all() | during.all()
+    fault_log.record("district broker stopped while the outbox fills, then started", injected=1, unit="outbox items",
+                     sent=len(items), delivered=len(items & set(seen)),
+                     duplicates=sum(k in items for k in seen) - len(items & set(seen)), where="district")
 
 
 async def test_live_alarm_overtakes_a_throttled_drain(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -368,7 +373,7 @@ async def test_downlink_messages_reach_the_handler(tmp_path: Path) -> None:
             assert got[0] == (district.down(SITE, district.ALARM_ACK), b"\xa1\x62id\x62a1")
 
 
-async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path) -> None:
+async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path, fault_log: FaultLog) -> None:
     worker = Path(__file__).with_name("uplink_worker.py")
     store = tmp_path / "store.db"
     n = 6000
@@ -399,3 +404,5 @@ async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path) -> None:
     keys = rec.seen()
     assert set(keys) == want  # nothing lost, nothing invented; duplicates only from unacked resends
     assert len(keys) - len(want) <= 2 * 8 * 20  # at most the in-flight window per kill
+    fault_log.record("uplink process SIGKILLed mid-drain and restarted", injected=kills, unit="outbox items",
+                     sent=len(want), delivered=len(set(keys)), duplicates=len(keys) - len(set(keys)), where="district")

@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from lifeline.virtual.faultlog import FaultLog
 from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import DISTRICT_USER, GatewayProcess, Site, reading
 from protocol import district as dtopics
@@ -16,7 +17,7 @@ RETURN_S = 4.0  # "forwarding again within a few seconds of its link returning"
 PERIOD_S = 0.1  # the device publishes ten messages a second throughout
 
 
-async def test_forwarding_resumes_within_seconds_of_the_district_returning(tmp_path: Path) -> None:
+async def test_forwarding_resumes_within_seconds_of_the_district_returning(tmp_path: Path, fault_log: FaultLog) -> None:
     s = Site(tmp_path)
     s.add("gas1", "gas")
     s.start()
@@ -58,6 +59,8 @@ async def test_forwarding_resumes_within_seconds_of_the_district_returning(tmp_p
         await publishing
         assert await rec.until(lambda: sent <= arrived(), 30), f"lost: {sorted(sent - arrived())[:10]}"
         assert arrived() == sent
+        fault_log.record(f"district broker down {OUTAGE_S:.0f} s while a device publishes (real gateway)", injected=1,
+                         unit="messages", sent=len(sent), delivered=len(arrived()), where="district")
     finally:
         stop.set()
         if publishing is not None:
