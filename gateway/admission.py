@@ -42,6 +42,7 @@ CLOCK_FUTURE = "future"
 CLOCK_PAST = "past"
 CLOCK_UNKNOWN = "unknown"  # boot clock, boot time not known
 TRUSTED = (CLOCK_OK, CLOCK_BOOT)
+VALUE_FIELDS = ("v", "vb", "vs", "vd", "s")  # a resolved record's value fields (protocol.senml_resolve)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class Reading:
     t: float  # epoch seconds to judge by: the device's time if trusted, else the arrival time
     t_device: float  # the time as the device sent it (on its own clock)
     clock: str
+    # The SenML value fields as the device sent them (v, vs, vb, vd and a sum s, resolved): `value` is what
+    # the rules judge, these are what goes upstream, so a sum stays a sum and data stays data.
+    fields: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,5 +193,6 @@ class Checker:
             value: Any = rec["v"] if "v" in rec else next((rec[k] for k in ("vb", "vs", "vd") if k in rec), None)
             if value is None:  # a sum-only record
                 value = rec["s"]
-            out.append(Reading(rec["n"], rec["n"].rsplit(":", 1)[-1], value, rec.get("u"), t, t_dev, clock))
+            fields = tuple((k, rec[k]) for k in VALUE_FIELDS if k in rec)
+            out.append(Reading(rec["n"], rec["n"].rsplit(":", 1)[-1], value, rec.get("u"), t, t_dev, clock, fields))
         return tuple(out)

@@ -140,7 +140,7 @@ class Gateway:
             for t in self.alarms.observe(dev.id, dev.cls, r.metric, float(value), r.t, now, position):
                 self._up_alarm(t)
         body = c.body
-        records = [_record(r) for r in c.readings if isinstance(r.value, int | float | str)]
+        records = [_record(r) for r in c.readings]
         if records:
             self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now)
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
@@ -315,8 +315,8 @@ class Gateway:
 
 
 def _record(r: Reading) -> dict[str, Any]:
-    key = "vb" if isinstance(r.value, bool) else "vs" if isinstance(r.value, str) else "v"
-    rec = {"n": r.name, key: r.value, "t": r.t}
+    """A reading as the outbox takes it: every value field the device sent, so each kind goes up as itself."""
+    rec: dict[str, Any] = {"n": r.name, **dict(r.fields), "t": r.t}
     if r.unit is not None:
         rec["u"] = r.unit
     return rec

@@ -146,7 +146,8 @@ def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int,
 
 
 def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]]) -> bytes:
-    """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"|"vd"})."""
+    """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields the
+    device sent: one of v, vb, vs, vd, a sum s, or both)."""
     return cbor2.dumps(TelemetryEntry(dev=dev, seq=seq, boot=boot, e=senml_pack(dev, records)))
 
 

@@ -194,7 +194,8 @@ class Outbox:
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
                       now: float | None = None) -> int:
-        """One device data message, its records resolved to absolute time ({"n","u","t","v"|"vb"|"vs"})."""
+        """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields
+        the device sent: v, vb, vs or vd, and a sum s)."""
         body = district_wire.telemetry_entry(dev, seq, boot, records)
         return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body)
 
