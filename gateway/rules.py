@@ -482,7 +482,7 @@ def default_ruleset() -> RuleSet:
 
 @dataclass(frozen=True)
 class Run:
-    """Consecutive samples beyond one level: device time of the first and the latest, and how many."""
+    """Consecutive samples reaching one level: device time of the first and the latest, and how many."""
 
     start: float
     last: float
@@ -495,7 +495,8 @@ class Judgement:
     runs: Mapping[Level, Run]
 
 
-def _beyond(direction: Direction, value: float, limit: float) -> bool:
+def _reaches(direction: Direction, value: float, limit: float) -> bool:
+    """A value equal to a level reaches it ("50 mm or more within 3 h", docs/rules.md)."""
     return value >= limit if direction == "above" else value <= limit
 
 
@@ -512,16 +513,17 @@ def judge(
 ) -> Judgement:
     """The level after one sample.
 
-    A level is entered only once samples beyond it have run for `for_samples` samples spanning `for_s`
+    A level is entered only once samples reaching it have run for `for_samples` samples spanning `for_s`
     seconds of device time: a condition seen in a single sample cannot prove it lasted. A level already
     held stays until its signal passes back over its clear level; then the alarm falls to the highest lower
     level still held, or clears. `signal` gives the judged value per level (one value for plain rules, one
-    per window for sums). A device clock that goes backwards restarts the runs.
+    per window for sums). A time before a run's latest restarts it; the alarm engine passes none, since it
+    takes a reading older than the newest as late (docs/rules.md).
     """
     new_runs: dict[Level, Run] = {}
     target: Level | None = None
     for lv in sorted(threshold.levels):
-        if not _beyond(threshold.direction, signal[lv], threshold.levels[lv]):
+        if not _reaches(threshold.direction, signal[lv], threshold.levels[lv]):
             continue
         old = runs.get(lv)
         run = Run(t, t, 1) if old is None or t < old.last else Run(old.start, t, old.count + 1)
@@ -541,7 +543,7 @@ def rate_signal(
     """Largest fall (or rise) into `value` from any sample within `window_s` before it, and the new window.
 
     The window keeps only samples that can still be the maximum (for a fall) or minimum (for a rise), so it
-    stays small; it restarts if the device clock goes backwards.
+    stays small; it restarts on a time before its newest, which the alarm engine never passes.
     """
     items = list(window)
     if items and t < items[-1][0]:

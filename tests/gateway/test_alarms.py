@@ -577,3 +577,32 @@ def test_a_restart_keeps_the_newest_judged_time(site: EngineOnDisk) -> None:
     assert site.feed("w-1", "water", "pressure", [40], t0=150) == []  # a backlog's low reading: no false alarm
     assert site.engine.active() == []
     assert steps(site.feed("gas-1", "gas", "ch4", [60, 60], t0=201)) == [("raised", None, RED)]
+
+
+def test_a_reading_stamped_before_the_newest_is_late_whatever_the_clock_did(site: EngineOnDisk) -> None:
+    """A device clock set back cannot be told from a late backlog reading, and the late reading wins
+    (docs/rules.md): nothing starts again; level and rate rules skip it, sum rules count it."""
+    assert site.feed("gas-1", "gas", "ch4", [60], t0=100) == []
+    assert site.engine.observe("gas-1", "gas", "ch4", 1.0, 50.0, 1101.0) == []  # does not break the run
+    assert steps(site.feed("gas-1", "gas", "ch4", [60], t0=101)) == [("raised", None, RED)]
+    assert site.feed("w-1", "water", "pressure", [400], t0=100) == []
+    assert site.engine.observe("w-1", "water", "pressure", 300.0, 50.0, 1101.0) == []  # does not empty the window
+    assert [(t.rule_kind, t.level, t.value) for t in site.feed("w-1", "water", "pressure", [290], t0=110)] == [
+        ("rate", RED, 110.0)
+    ]
+    assert site.feed("r-1", "rain", "rain", [30], t0=1000) == []
+    assert [(t.level, t.value) for t in site.feed("r-1", "rain", "rain", [30], t0=400)] == [(ORANGE, 60.0)]
+
+
+def test_a_value_equal_to_a_level_reaches_it_and_one_equal_to_its_clear_level_clears(site: EngineOnDisk) -> None:
+    """Levels are reached (docs/rules.md): a value equal to a level enters it; a level is held only while
+    the value is strictly beyond its clear level. The same for every kind of rule."""
+    assert steps(site.feed("gas-1", "gas", "ch4", [25, 25])) == [("raised", None, ORANGE)]
+    assert steps(site.feed("gas-2", "gas", "ch4", [24.999, 24.999])) == [("raised", None, YELLOW)]
+    assert site.feed("gas-1", "gas", "ch4", [20.001], t0=10) == []
+    assert steps(site.feed("gas-1", "gas", "ch4", [20], t0=11)) == [("de-escalated", ORANGE, YELLOW)]
+    assert steps(site.feed("w-1", "water", "pressure", [140])) == [("raised", None, YELLOW)]  # below: 140 kPa
+    assert steps(site.feed("w-1", "water", "pressure", [149.999, 150], t0=1000)) == [("cleared", YELLOW, None)]
+    rate = site.feed("w-2", "water", "pressure", [400, 350], dt=10)  # a fall of exactly 50
+    assert [(t.rule_kind, t.level, t.value) for t in rate] == [("rate", ORANGE, 50.0)]
+    assert [(t.level, t.value) for t in site.feed("r-1", "rain", "rain", [25, 25], dt=600)] == [(ORANGE, 50.0)]

@@ -560,3 +560,10 @@ def test_shipped_stale_intervals_match_the_shipped_firmware_profiles() -> None:
         stale = shipped.stale_rule(cls, "any-device")
         assert stale is not None, cls
         assert stale.interval_s == plan.quiet_interval(profile), cls
+
+
+def test_docs_link_the_alarm_body_to_the_district_wire() -> None:
+    """The alarm body is specified once, in docs/protocol.md ("The district wire"); docs/rules.md links it."""
+    doc = (Path(__file__).parents[2] / "docs" / "rules.md").read_text(encoding="utf-8")
+    assert "(protocol.md#the-district-wire)" in doc
+    assert "| `t_dev`, `t_gw` |" not in doc and "| `rule`, `rver` |" not in doc
