@@ -1,10 +1,12 @@
 """The alarm engine: judges readings by the rule set and runs each alarm's lifecycle.
 
-Lifecycle: raised -> escalated / de-escalated -> cleared. Every transition is returned to the caller as a
-Transition whose body() goes upstream. State lives in SQLite tables on the caller's connection and is
-written, never committed, here: the daemon calls flush() and commits it in the same transaction as the
-outbox rows carrying the transitions, so after a crash either both exist or neither does, and a restart
-neither re-raises an alarm nor forgets one.
+Lifecycle: raised -> escalated / de-escalated -> cleared; while the device is silent or dead its sensor
+alarms are unknown, so they are inhibited until a fresh reading resumes, moves or clears them (as
+Alertmanager's inhibit rules mute alerts). Every transition is returned to the caller as a Transition whose
+body() goes upstream. State lives in SQLite tables on the caller's connection and is written, never
+committed, here: the daemon calls flush() and commits it in the same transaction as the outbox rows
+carrying the transitions, so after a crash either both exist or neither does, and a restart neither
+re-raises an alarm nor forgets one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from gateway.rules import (
     sum_signal,
 )
 
-Event = Literal["raised", "escalated", "de-escalated", "cleared"]
+Event = Literal["raised", "escalated", "de-escalated", "cleared", "inhibited", "resumed"]
 RuleKind = Literal["level", "rate", "sum", "stale"]
 Key = tuple[str, str, str, str]  # scope ("device" | "point"), subject id, metric ("" for stale), rule kind
 
@@ -139,6 +141,11 @@ class Alarm:
     @property
     def device(self) -> str:
         return self.last.device
+
+    @property
+    def inhibited(self) -> bool:
+        """Its device is stale or dead, so its level is unknown until a fresh reading judges it again."""
+        return self.last.event == "inhibited"
 
     @property
     def metric(self) -> str | None:
@@ -335,7 +342,8 @@ class AlarmEngine:
         return out
 
     def device_dead(self, device: str, now: float, device_class: str | None = None) -> list[Transition]:
-        """The device's will (or a death message) arrived: stale at once, at the rule's `will` level."""
+        """The device's will (or a death message) arrived: stale at once, at the rule's `will` level, and its
+        sensor alarms inhibited (also where its class has no stale rule)."""
         info = self._devices.get(device)
         if info is None:
             if device_class is None:
@@ -345,7 +353,7 @@ class AlarmEngine:
             info.dead_at = now
             self._save_device(device, info)
         rule = self._rules.stale_rule(info.cls, device)
-        return [] if rule is None else self._stale(device, info, rule, now, "will")
+        return self._inhibit(device, now, "will") if rule is None else self._stale(device, info, rule, now, "will")
 
     def acknowledge(self, alarm_id: str, now: float) -> bool:
         """The district acknowledged `alarm_id`: stop re-sending it. False if no such alarm is active."""
@@ -488,7 +496,20 @@ class AlarmEngine:
             return []
         moved = self._move(key, level, rule.id, "stale", now, value=age, reading=None, device=device,
                            cls=info.cls, metric=None, device_time=None, cause=cause)
-        return [] if moved is None else [moved]
+        return [] if moved is None else [moved, *self._inhibit(device, now, cause)]
+
+    def _inhibit(self, device: str, now: float, cause: str) -> list[Transition]:
+        """The device went silent or died: its own sensor alarms are unknown until it reports again. Each says
+        so once (`inhibited`, at its last known level) and is not re-sent as if live meanwhile. Risk-point
+        alarms are left alone: other devices may still report there."""
+        out = []
+        for key, alarm in list(self._alarms.items()):
+            if key[0] == "device" and key[1] == device and key[3] != "stale" and not alarm.inhibited:
+                moved = replace(alarm.last, event="inhibited", prev=alarm.level, gateway_time=float(now),
+                                rule_version=self._rules.version, cause=cause, resend=0)
+                self._save_alarm(replace(alarm, next_resend=None, last=moved))
+                out.append(moved)
+        return out
 
     def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
         track = self._tracks.get(key, Track())
@@ -553,10 +574,13 @@ class AlarmEngine:
         """Record the change of one alarm's level, if any, and return its transition."""
         alarm = self._alarms.get(key)
         prev = None if alarm is None else alarm.level
-        if level == prev:
+        inhibited = alarm is not None and alarm.inhibited
+        if level == prev and not inhibited:
             return None
         event: Event
-        if prev is None:
+        if level == prev:
+            event = "resumed"  # a fresh reading after an inhibition holds the level
+        elif prev is None:
             event = "raised"
         elif level is None:
             event = "cleared"
@@ -575,6 +599,8 @@ class AlarmEngine:
             raised_at = now if alarm is None else alarm.raised_at
             self._save_alarm(Alarm(alarm_id, key, level, raised_at, None, 0, now + self._first, moved))
         else:
+            if inhibited and alarm.acked_at is None:  # live again: re-sends start over
+                alarm = replace(alarm, resends=0, next_resend=now + self._first)
             self._save_alarm(replace(alarm, level=level, last=moved))
         return moved
 

@@ -606,3 +606,50 @@ def test_a_value_equal_to_a_level_reaches_it_and_one_equal_to_its_clear_level_cl
     rate = site.feed("w-2", "water", "pressure", [400, 350], dt=10)  # a fall of exactly 50
     assert [(t.rule_kind, t.level, t.value) for t in rate] == [("rate", ORANGE, 50.0)]
     assert [(t.level, t.value) for t in site.feed("r-1", "rain", "rain", [25, 25], dt=600)] == [(ORANGE, 50.0)]
+
+
+# -------------------------------------------------------------------------------------------- inhibition
+
+
+def test_a_silent_or_dead_device_inhibits_its_sensor_alarms_until_fresh_readings_resolve_them(tmp_path: Path) -> None:
+    """While a device is stale or dead its own sensor alarms are unknown: one `inhibited` transition says so
+    and they are not re-sent as live. Fresh readings resolve them: `resumed` where the level holds, the
+    usual transition where it does not (Alertmanager's inhibit rules are the anchor; docs/rules.md)."""
+    s = EngineOnDisk(tmp_path / "db", resend_first_s=10.0, resend_max_s=40.0)
+    raised = s.feed("gas-1", "gas", "ch4", [30, 30])  # orange, gateway time 1001
+    assert [(t.event, t.resend) for t in s.engine.due_resends(1011.0)] == [("raised", 1)]
+    out = s.engine.tick(1031.0)
+    assert [(t.event, t.rule_kind, t.device, t.prev, t.level, t.cause) for t in out] == [
+        ("raised", "stale", "gas-1", None, YELLOW, "silence"),
+        ("inhibited", "level", "gas-1", ORANGE, ORANGE, "silence"),
+    ]
+    inhibited = out[1].body()
+    assert inhibited == {**raised[0].body(), "ev": "inhibited", "prev": "orange", "t_gw": 1031.0, "cause": "silence"}
+    assert [(a.last.rule_kind, a.inhibited) for a in s.engine.active()] == [("level", True), ("stale", False)]
+    assert [(t.event, t.rule_kind) for t in s.engine.tick(1101.0)] == [("escalated", "stale")]  # inhibited once
+    resent = [t.rule_kind for now in range(1031, 1300) for t in s.engine.due_resends(float(now))]
+    assert resent and set(resent) == {"stale"}  # the unknown level alarm is not re-sent as if live
+    s.restart()
+    assert [a.inhibited for a in s.engine.active() if a.metric == "ch4" and a.device == "gas-1"] == [True]
+    back = s.feed("gas-1", "gas", "ch4", [25], t0=300)  # gateway time 1300; 25 %LEL still holds orange
+    assert [(t.event, t.rule_kind, t.prev, t.level, t.value, t.cause) for t in back] == [
+        ("cleared", "stale", ORANGE, None, None, "reading"),
+        ("resumed", "level", ORANGE, ORANGE, 25.0, None),
+    ]
+    assert back[1].alarm_id == raised[0].alarm_id
+    assert [t.resend for t in s.engine.due_resends(1310.0) if t.device == "gas-1"] == [1]  # live again
+    assert s.feed("gas-1", "gas", "ch4", [25], t0=301) == []
+
+    # a will: inhibited at once; the device's first fresh reading clears what no longer holds
+    s.feed("gas-3", "gas", "ch4", [60, 60], t0=400)
+    died = s.engine.device_dead("gas-3", 1402.0)
+    assert [(t.event, t.level, t.cause) for t in died] == [("raised", ORANGE, "will"), ("inhibited", RED, "will")]
+    assert [(t.event, t.rule_kind) for t in s.feed("gas-3", "gas", "ch4", [1], t0=500)] == [
+        ("cleared", "stale"), ("cleared", "level")
+    ]
+    # a will inhibits a device whose class has no stale rule too
+    assert steps(s.feed("d-1", "drone", "ch4", [30], t0=600)) == [("raised", None, YELLOW)]
+    assert [(t.event, t.cause) for t in s.engine.device_dead("d-1", 1601.0, "drone")] == [("inhibited", "will")]
+    assert [t.event for t in s.feed("d-1", "drone", "ch4", [55], t0=700)] == ["escalated"]
+    assert [a.inhibited for a in s.engine.active() if a.device == "d-1"] == [False]
+    s.conn.close()

@@ -63,3 +63,45 @@ async def test_a_backlog_split_by_a_gateway_restart_is_judged_as_without_it(site
         assert [(a["ev"], a["level"], a["t_dev"]) for a in alarms(district)] == [("raised", "red", fresh + 1)]
     finally:
         gw.kill()
+
+
+async def test_a_silent_device_inhibits_its_alarm_and_a_normal_reading_clears_it(tmp_path: Path) -> None:
+    """A device goes silent with an open level alarm: the district hears once that the alarm is inhibited
+    (its level unknown) and gets no re-send of it as if live; the device's next reading, a normal one,
+    clears it."""
+    s = Site(tmp_path, tls=False)
+    s.add("gas1", "gas")
+    s.extra_toml = ("[rules.overrides.gas.stale]\ninterval_s = 1\n\n"  # stale after 3 s of silence
+                    "[alarms]\nresend_first_s = 1\nresend_max_s = 1\n")
+    s.start()
+    gw = GatewayProcess(s).start()
+    try:
+        await gw.ready()
+        async with District(s) as district, s.device_client("gas1") as gas1:
+            now = time.time()
+            for dt in (0, 0.5):
+                topic, payload, _ = s.data("gas1", [reading("ch4", 30.0, "%LEL", now + dt)])
+                await gas1.publish(topic, payload, qos=1)
+
+            def ch4() -> list[Any]:
+                return [a for a in alarms(district) if a["kind"] == "level"]
+
+            await district.wait_for(lambda: any(a["resend"] for a in ch4()))  # live: re-sent unacknowledged
+            await district.wait_for(lambda: any(a["ev"] == "inhibited" for a in ch4()))
+            # the stale alarm is live and re-sent meanwhile; the inhibited one is not
+            await district.wait_for(lambda: sum(a["kind"] == "stale" and a["resend"] for a in alarms(district)) >= 3)
+            topic, payload, _ = s.data("gas1", [reading("ch4", 1.0, "%LEL")])
+            await gas1.publish(topic, payload, qos=1)
+            await district.wait_for(lambda: any(a["ev"] == "cleared" for a in ch4()))
+        events = [(a["ev"], a["level"], a["resend"] > 0) for a in ch4()]
+        first = events.index(("inhibited", "orange", False))
+        assert events[0] == ("raised", "orange", False) and set(events[1:first]) == {("raised", "orange", True)}
+        assert events[first:] == [("inhibited", "orange", False), ("cleared", None, False)]
+        inhibited = ch4()[first]
+        assert inhibited["cause"] == "silence" and inhibited["prev"] == "orange"
+        assert len({a["id"] for a in ch4()}) == 1
+        stale = [(a["ev"], a["cause"]) for a in alarms(district) if a["kind"] == "stale" and not a["resend"]]
+        assert stale[0] == ("raised", "silence") and stale[-1] == ("cleared", "reading")
+    finally:
+        gw.kill()
+        s.stop()
