@@ -13,6 +13,19 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# The district's tests start a real PostgreSQL; its desk is tested in Debian's Chromium.
+missing=""
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgresql"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
+  echo "[bootstrap] installing$missing (apt-get)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  # The package starts a system cluster on 5432; the tests start their own on free ports.
+  $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
+fi
+
 # tests/test_deploy.py checks the systemd unit with the systemd tools (systemd-analyze, -sysusers, -tmpfiles).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "[bootstrap] installing systemd's tools (apt-get)"

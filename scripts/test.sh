@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "[test] ruff"; ruff check .
-echo "[test] mypy --strict gateway lifeline"; mypy --strict gateway lifeline
+echo "[test] mypy --strict gateway district lifeline"; mypy --strict gateway district lifeline
 echo "[test] pytest"
 pytest -n "${LIFELINE_TEST_WORKERS:-6}" --dist loadfile --durations=10 "$@"

@@ -1,5 +1,5 @@
-"""The import direction of the tree (docs/architecture.md): protocol <- firmware, gateway <- lifeline <-
-hil_tests, bench, and nothing but tests imports tests. Inside lifeline/, the virtual-site kit is below the
+"""The import direction of the tree (docs/architecture.md): protocol <- firmware, gateway <- district <-
+lifeline <- hil_tests, bench, and nothing but tests imports tests. Inside lifeline/, the virtual-site kit is below the
 demo that uses it. Read from the source with ast, so a late import inside a function counts too."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ ALLOWED = {
     "protocol": {"protocol"},
     "firmware": {"protocol"},
     "gateway": {"protocol", "gateway"},
-    "lifeline": {"protocol", "gateway", "lifeline"},
-    "hil_tests": {"protocol", "gateway", "lifeline", "hil_tests"},
-    "bench": {"protocol", "gateway", "lifeline", "bench"},
+    "district": {"protocol", "gateway", "district"},
+    "lifeline": {"protocol", "gateway", "district", "lifeline"},
+    "hil_tests": {"protocol", "gateway", "district", "lifeline", "hil_tests"},
+    "bench": {"protocol", "gateway", "district", "lifeline", "bench"},
 }
 OURS = {*ALLOWED, "tests"}
 

@@ -1,0 +1,236 @@
+"""The district's tables, in SQLAlchemy Core so that one schema serves SQLite (the default) and PostgreSQL.
+
+Everything a site sends is kept as it arrived and as the district understood it; every operator action is a
+new row, never an update of history (work orders keep their steps, alarms their transitions). Times are Unix
+epoch seconds as floats. Sequence numbers are unsigned 64-bit on the wire, one more bit than either engine's
+BIGINT holds, so they are stored shifted by 2^63 (`seq_key`): order and uniqueness survive, and the unique
+key on (site, dev, seq) is what de-duplicates redelivery and several workers, inside the database itself.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SEQ_SHIFT = 1 << 63
+
+metadata = MetaData()
+
+
+def seq_key(seq: int) -> int:
+    """A wire sequence number (0..2^64-1) as a signed 64-bit column value, order kept."""
+    if not 0 <= seq < 1 << 64:
+        raise ValueError(f"sequence number {seq} is outside 0..2^64-1")
+    return seq - SEQ_SHIFT
+
+
+def seq_of(key: int) -> int:
+    return key + SEQ_SHIFT
+
+
+Id = String(64)
+
+sites = Table(
+    "sites", metadata,
+    Column("site", Id, primary_key=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("session", BigInteger),  # the gateway's session number from its last birth or death
+    Column("born", Float),  # when the last birth arrived
+    Column("died", Float),  # when the last death (the gateway's will) arrived
+    Column("last_seen", Float),
+)
+
+devices = Table(
+    "devices", metadata,
+    Column("site", Id, primary_key=True),
+    Column("dev", Id, primary_key=True),
+    Column("state", String(16), nullable=False, default="unknown"),  # online, stale, dead, offline
+    Column("cls", String(16)),
+    Column("fw", String(64)),
+    Column("prof", String(16)),
+    Column("boot", BigInteger),
+    Column("batt", Float),
+    Column("rssi", Float),
+    Column("lat", Float),
+    Column("lon", Float),
+    Column("last_seen", Float),
+    Column("t_state", Float),  # gateway time of the birth or death the state comes from
+)
+
+# One row per device message the district accepted: the unique key that makes delivery exactly-once.
+messages = Table(
+    "messages", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("site", Id, nullable=False),
+    Column("dev", Id, nullable=False),
+    Column("seq_key", BigInteger, nullable=False),
+    Column("boot", BigInteger, nullable=False),
+    Column("pri", Integer, nullable=False, default=0),
+    Column("hist", Boolean, nullable=False, default=False),  # sent from the site's backlog, not live
+    Column("verified", Boolean, nullable=False, default=False),  # the device's own MAC checked here
+    Column("sealed", LargeBinary),  # the device's sealed bytes as they arrived, when the site forwarded them
+    Column("received", Float, nullable=False),
+    UniqueConstraint("site", "dev", "seq_key", name="messages_once"),
+)
+
+readings = Table(
+    "readings", metadata,
+    Column("message", BigInteger, ForeignKey("messages.id"), nullable=False),
+    Column("site", Id, nullable=False),
+    Column("dev", Id, nullable=False),
+    Column("n", String(64), nullable=False),  # metric name without the device's base name
+    Column("t", Float, nullable=False),  # reading time, epoch seconds
+    Column("u", String(16)),
+    Column("v", Float),
+    Column("vs", Text),
+    Column("vb", Boolean),
+    Column("vd", LargeBinary),
+    Column("s", Float),
+    Index("readings_series", "site", "dev", "n", "t"),
+)
+
+# Readings older than the raw retention are folded into one row per (series, bucket).
+rollups = Table(
+    "rollups", metadata,
+    Column("site", Id, primary_key=True),
+    Column("dev", Id, primary_key=True),
+    Column("n", String(64), primary_key=True),
+    Column("t", Float, primary_key=True),  # bucket start
+    Column("count", Integer, nullable=False),
+    Column("min", Float),
+    Column("max", Float),
+    Column("mean", Float),
+    Column("u", String(16)),
+)
+
+alarms = Table(
+    "alarms", metadata,
+    Column("id", String(32), primary_key=True),  # the gateway's episode id
+    Column("site", Id, nullable=False),
+    Column("dev", Id, nullable=False),
+    Column("cls", String(16)),
+    Column("metric", String(64)),
+    Column("kind", String(16), nullable=False),
+    Column("level", String(16)),  # current level; null once cleared
+    Column("peak", String(16)),  # the highest level the episode reached
+    Column("peak_rank", Integer, nullable=False, default=0),  # 1 blue .. 4 red
+    Column("state", String(16), nullable=False),  # open, inhibited, cleared
+    Column("hist", Boolean, nullable=False, default=False),
+    Column("value", Float),
+    Column("unit", String(16)),
+    Column("point", String(64)),
+    Column("lat", Float),
+    Column("lon", Float),
+    Column("rule", String(64)),
+    Column("raised", Float),  # gateway time of the raise
+    Column("t_dev", Float),  # device time of the reading that raised it
+    Column("received", Float, nullable=False),  # when the district first heard of it
+    Column("acked", Float),
+    Column("cleared", Float),
+    Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
+    Index("alarms_open", "state", "level"),
+)
+
+alarm_events = Table(
+    "alarm_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("alarm", String(32), nullable=False),
+    Column("ev", String(16), nullable=False),
+    Column("level", String(16)),
+    Column("prev", String(16)),
+    Column("value", Float),
+    Column("t_gw", Float, nullable=False),
+    Column("received", Float, nullable=False),
+    Column("resend", Integer, nullable=False, default=0),
+    Column("hist", Boolean, nullable=False, default=False),
+    UniqueConstraint("alarm", "ev", "t_gw", name="alarm_events_once"),  # resends of one transition, once
+)
+
+work_orders = Table(
+    "work_orders", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("alarm", String(32), nullable=False, unique=True),
+    Column("site", Id, nullable=False),
+    Column("state", String(16), nullable=False),  # see district/workorders.py
+    Column("team", String(64)),
+    Column("opened", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("round", Integer, nullable=False, default=1),  # 2 and up after each send-back
+)
+
+work_order_steps = Table(
+    "work_order_steps", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("order_id", BigInteger, ForeignKey("work_orders.id"), nullable=False),
+    Column("step", String(16), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("team", String(64)),
+    Column("note", Text),  # findings, action taken, or the correction, as the step says
+    Column("action", Text),
+)
+
+users = Table(
+    "users", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # viewer, operator, supervisor
+    Column("pw_hash", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+commands = Table(
+    "commands", metadata,
+    Column("id", BigInteger, primary_key=True),  # the command id sent down (< 2^63)
+    Column("site", Id, nullable=False),
+    Column("dev", Id),  # null for a rule-set change
+    Column("op", String(64), nullable=False),
+    Column("args", Text, nullable=False),  # JSON
+    Column("actor", String(64), nullable=False),
+    Column("sent", Float, nullable=False),
+    Column("ok", Boolean),
+    Column("result", Text),  # JSON of the ack's res, or the error
+    Column("answered", Float),
+)
+
+reports = Table(  # data-quality reports, device events and command acks the sites send, as they came
+    "reports", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("site", Id, nullable=False),
+    Column("kind", String(16), nullable=False),  # dq, event, ack, state
+    Column("dev", Id),
+    Column("body", Text, nullable=False),  # JSON
+    Column("received", Float, nullable=False),
+)
+
+refusals = Table(  # what the district would not take, kept for inspection
+    "refusals", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("received", Float, nullable=False),
+)
+
+audit = Table(  # every operator action, whatever it touched
+    "audit", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("actor", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("what", String(32), nullable=False),
+    Column("target", String(64)),
+    Column("detail", Text),
+)

@@ -1,0 +1,178 @@
+"""The district's database: one engine for SQLite or PostgreSQL, and the writes of what sites send.
+
+Every write is idempotent, because a site may deliver an item twice and several workers take items in any
+order: a device message is new only if its (site, dev, seq) row could be inserted; an alarm's state follows
+its transition with the latest gateway time, whichever order the transitions arrive in. The caller holds
+one transaction over a batch and acknowledges the batch's MQTT messages only after it commits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from district import schema
+from district.schema import (
+    alarm_events,
+    alarms,
+    devices,
+    messages,
+    readings,
+    refusals,
+    reports,
+    sites,
+    work_order_steps,
+    work_orders,
+)
+
+LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
+WORK_ORDER_LEVELS = {"orange", "red"}
+SQLITE_BUSY_MS = 10_000
+
+
+def url_of(database: str, base: Path | None = None) -> str:
+    """district.toml's `database`: a PostgreSQL URL, an SQLAlchemy URL, or a path to an SQLite file."""
+    if database.startswith("postgresql://"):
+        return "postgresql+psycopg://" + database.removeprefix("postgresql://")
+    if "://" in database:
+        return database
+    path = Path(database)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return f"sqlite:///{path}"
+
+
+def open_engine(database: str, base: Path | None = None) -> Engine:
+    engine = create_engine(url_of(database, base))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    schema.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    """WAL so that the desk reads while workers write; a busy writer is waited for, not an error."""
+    cur = dbapi.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """INSERT with the engine's ON CONFLICT (both engines have one; SQLAlchemy spells it per dialect)."""
+    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+
+
+def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, records: Iterable[Mapping[str, Any]],
+                *, received: float, pri: int = 0, hist: bool = False, verified: bool = False,
+                sealed: bytes | None = None) -> bool:
+    """One device message and its resolved readings (names without the device's base name); False if the
+    district already had it."""
+    stmt = _insert(conn, messages).values(site=site, dev=dev, seq_key=schema.seq_key(seq), boot=boot, pri=pri,
+                                          hist=hist, verified=verified, sealed=sealed, received=received)
+    row = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id)).first()
+    if row is None:
+        return False
+    rows = [{"message": row.id, "site": site, "dev": dev, "n": r["n"], "t": r["t"], "u": r.get("u"),
+             "v": r.get("v"), "vs": r.get("vs"), "vb": r.get("vb"), "vd": r.get("vd"), "s": r.get("s")}
+            for r in records]
+    if rows:
+        conn.execute(readings.insert(), rows)
+    conn.execute(update(devices).where(devices.c.site == site, devices.c.dev == dev)
+                 .where(func.coalesce(devices.c.last_seen, 0) < received).values(last_seen=received))
+    return True
+
+
+def _rank(level: str | None) -> int:
+    return LEVELS.index(level) + 1 if level in LEVELS else 0
+
+
+def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, received: float, hist: bool = False) -> bool:
+    """One alarm transition; False if it was a resend the district already had. Opens a work order when a
+    live alarm reaches orange or red."""
+    ev, level, t_gw = body["ev"], body.get("level"), float(body["t_gw"])
+    new = conn.execute(_insert(conn, alarm_events).values(
+        alarm=body["id"], ev=ev, level=level, prev=body.get("prev"), value=body.get("value"), t_gw=t_gw,
+        received=received, resend=body.get("resend", 0), hist=hist).on_conflict_do_nothing()
+        .returning(alarm_events.c.id)).first() is not None
+    if not new:
+        return False
+    pos = body.get("pos") or (None, None)
+    state = "cleared" if ev == "cleared" else "inhibited" if ev == "inhibited" else "open"
+    current = {"level": level, "state": state, "value": body.get("value"), "t_last": t_gw,
+               "cleared": t_gw if ev == "cleared" else None}
+    stmt = _insert(conn, alarms).values(
+        id=body["id"], site=site, dev=body["dev"], cls=body.get("cls"), metric=body.get("metric"), kind=body["kind"],
+        peak=level, peak_rank=_rank(level), hist=hist, unit=body.get("unit"), point=body.get("point"), lat=pos[0],
+        lon=pos[1], rule=body.get("rule"), raised=t_gw if ev == "raised" else None,
+        t_dev=body.get("t_dev") if ev == "raised" else None, received=received, **current)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[alarms.c.id], set_=current,
+                                            where=alarms.c.t_last < t_gw))
+    if ev == "raised":
+        conn.execute(update(alarms).where(alarms.c.id == body["id"])
+                     .values(raised=t_gw, t_dev=body.get("t_dev"), hist=hist))
+    if _rank(level) > 0:
+        conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
+                     .values(peak=level, peak_rank=_rank(level)))
+    if level in WORK_ORDER_LEVELS and not hist:
+        opened = conn.execute(_insert(conn, work_orders).values(
+            alarm=body["id"], site=site, state="open", opened=received, updated=received)
+            .on_conflict_do_nothing().returning(work_orders.c.id)).first()
+        if opened is not None:
+            conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
+                                                          at=received, note=f"{level} {body.get('metric')}"))
+    return True
+
+
+def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> None:
+    """A device's birth or death as its gateway saw it: the newest by gateway time wins."""
+    pos = body.get("pos") or (None, None)
+    values = {"state": "online" if body["st"] == "online" else "offline", "boot": body.get("boot"),
+              "t_state": float(body["t"])}
+    if body["st"] == "online":
+        values.update(fw=body.get("fw"), prof=body.get("prof"), batt=body.get("batt"), rssi=body.get("rssi"),
+                      lat=pos[0], lon=pos[1], last_seen=received)
+    stmt = _insert(conn, devices).values(site=site, dev=body["dev"], **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev], set_=values,
+                                            where=func.coalesce(devices.c.t_state, 0) < values["t_state"]))
+
+
+def gateway_state(conn: Connection, site: str, online: bool, session: int, *, received: float) -> None:
+    """A gateway's birth (online) or death (its will): a death of an older session than the newest birth is
+    stale news and changes nothing."""
+    values: dict[str, Any] = {"online": online, "session": session, "last_seen": received}
+    values["born" if online else "died"] = received
+    stmt = _insert(conn, sites).values(site=site, **values)
+    newer = func.coalesce(sites.c.session, -1) < session
+    where = newer if online else newer | (sites.c.session == session)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[sites.c.site], set_=values, where=where))
+
+
+def add_report(conn: Connection, site: str, kind: str, body: Mapping[str, Any], *, received: float) -> None:
+    conn.execute(reports.insert().values(site=site, kind=kind, dev=body.get("dev"),
+                                         body=json.dumps(body, default=_jsonable), received=received))
+
+
+def refuse(conn: Connection, topic: str, reason: str, detail: str, payload: bytes, *, received: float) -> None:
+    conn.execute(refusals.insert().values(topic=topic, reason=reason, detail=detail[:500], payload=payload,
+                                          received=received))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} in a report body")
+
+
+def open_alarm_count(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(alarms.c.level, func.count()).where(alarms.c.state == "open")
+                        .group_by(alarms.c.level)).all()
+    return {level: n for level, n in rows}

@@ -1,0 +1,105 @@
+"""The district's writes are idempotent and order-proof, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from district import store
+from district.schema import alarm_events, alarms, devices, messages, readings, sites, work_order_steps, work_orders
+
+RECORDS = [{"n": "ch4", "t": 1_800_000_000.125, "u": "%LEL", "v": 12.5},
+           {"n": "rain", "t": 1_800_000_000.5, "u": "mm", "s": 3.5},
+           {"n": "cover", "t": 1_800_000_000.5, "vb": True},
+           {"n": "note", "t": 1_800_000_000.5, "vs": "ok"},
+           {"n": "raw", "t": 1_800_000_000.5, "vd": b"\x00\x01"}]
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_a_message_is_stored_once_with_every_value_kind(engine: Engine) -> None:
+    for _ in range(2):
+        with engine.begin() as conn:
+            new = store.add_message(conn, "s1", "gas1", 7, 1, RECORDS, received=1.0)
+        assert new is (_ == 0)
+    assert count(engine, messages) == 1
+    with engine.connect() as conn:
+        got = [dict(r._mapping) for r in conn.execute(select(readings).order_by(readings.c.n))]
+    assert [(r["n"], r["t"], r["u"], r["v"], r["s"], r["vb"], r["vs"], r["vd"]) for r in got] == [
+        ("ch4", 1_800_000_000.125, "%LEL", 12.5, None, None, None, None),
+        ("cover", 1_800_000_000.5, None, None, None, True, None, None),
+        ("note", 1_800_000_000.5, None, None, None, None, "ok", None),
+        ("rain", 1_800_000_000.5, "mm", None, 3.5, None, None, None),
+        ("raw", 1_800_000_000.5, None, None, None, None, None, b"\x00\x01")]
+
+
+def test_sequence_numbers_span_64_bits_in_order(engine: Engine) -> None:
+    seqs = [0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+    with engine.begin() as conn:
+        for seq in reversed(seqs):
+            assert store.add_message(conn, "s1", "gas1", seq, 1, RECORDS[:1], received=1.0)
+        assert not store.add_message(conn, "s1", "gas1", (1 << 64) - 1, 1, RECORDS[:1], received=2.0)
+    with engine.connect() as conn:
+        keys = conn.execute(select(messages.c.seq_key).order_by(messages.c.seq_key)).scalars().all()
+    assert [store.schema.seq_of(k) for k in keys] == seqs
+
+
+def transition(ev: str, level: str | None, t_gw: float, **extra: Any) -> dict[str, Any]:
+    return {"id": "a" * 32, "ev": ev, "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4", "level": level,
+            "prev": None, "value": 30.0, "reading": 30.0, "rule": "gas.ch4", "rver": 1, "t_dev": t_gw - 0.5,
+            "t_gw": t_gw, "resend": 0, **extra}
+
+
+def test_an_alarm_follows_its_latest_transition_whatever_the_arrival_order(engine: Engine) -> None:
+    steps = [transition("raised", "yellow", 10.0), transition("escalated", "red", 11.0),
+             transition("de-escalated", "orange", 12.0), transition("cleared", None, 13.0)]
+    for order in (steps, list(reversed(steps))):
+        with engine.begin() as conn:
+            conn.execute(work_order_steps.delete())
+            conn.execute(work_orders.delete())
+            conn.execute(alarm_events.delete())
+            conn.execute(alarms.delete())
+        for body in order:
+            with engine.begin() as conn:
+                assert store.apply_alarm(conn, "s1", body, received=20.0)
+        with engine.begin() as conn:
+            assert not store.apply_alarm(conn, "s1", {**steps[1], "resend": 1}, received=21.0)  # a resend
+            row = conn.execute(select(alarms)).one()
+            orders = conn.execute(select(work_orders)).all()
+        assert (row.state, row.level, row.peak, row.raised, row.cleared) == ("cleared", None, "red", 10.0, 13.0)
+        assert len(orders) == 1 and orders[0].alarm == "a" * 32  # red opened one, once
+    assert count(engine, alarm_events) == 4
+
+
+def test_a_historical_alarm_opens_no_work_order(engine: Engine) -> None:
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", transition("raised", "red", 10.0), received=20.0, hist=True)
+        row = conn.execute(select(alarms)).one()
+    assert row.hist and row.state == "open"
+    assert count(engine, work_orders) == 0
+
+
+def test_a_late_death_of_an_old_gateway_session_changes_nothing(engine: Engine) -> None:
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", True, 2, received=10.0)
+        store.gateway_state(conn, "s1", False, 1, received=11.0)  # the will of session 1, delivered late
+        assert conn.execute(select(sites.c.online, sites.c.session)).one() == (True, 2)
+        store.gateway_state(conn, "s1", False, 2, received=12.0)
+        assert conn.execute(select(sites.c.online, sites.c.session)).one() == (False, 2)
+        store.gateway_state(conn, "s1", True, 3, received=13.0)
+        assert conn.execute(select(sites.c.online, sites.c.session)).one() == (True, 3)
+
+
+def test_device_state_follows_the_newest_gateway_time(engine: Engine) -> None:
+    birth = {"dev": "gas1", "st": "online", "boot": 4, "seq": 0, "t": 100.0, "retained": False, "fw": "1.2",
+             "prof": "gas", "batt": 87.0, "pos": [31.2, 121.4]}
+    death = {"dev": "gas1", "st": "offline", "boot": 3, "seq": 9, "t": 90.0, "retained": False}
+    with engine.begin() as conn:
+        store.device_state(conn, "s1", birth, received=101.0)
+        store.device_state(conn, "s1", death, received=102.0)  # older news
+        row = conn.execute(select(devices)).one()
+    assert (row.state, row.boot, row.fw, row.lat, row.lon) == ("online", 4, "1.2", 31.2, 121.4)
