@@ -142,7 +142,7 @@ class Gateway:
         body = c.body
         records = [_record(r) for r in c.readings]
         if records:
-            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now)
+            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"])
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
             self._up_state(district.DQ, district_wire.clock_report(

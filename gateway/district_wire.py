@@ -82,6 +82,7 @@ class TelemetryEntry(TypedDict):
     seq: int
     boot: int
     e: list[dict[int, Any]]
+    pri: NotRequired[int]
 
 
 class MetricSummary(TypedDict):
@@ -145,10 +146,13 @@ def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int,
     return pack
 
 
-def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]]) -> bytes:
+def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]], pri: int = 0) -> bytes:
     """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields the
-    device sent: one of v, vb, vs, vd, a sum s, or both)."""
-    return cbor2.dumps(TelemetryEntry(dev=dev, seq=seq, boot=boot, e=senml_pack(dev, records)))
+    device sent: one of v, vb, vs, vd, a sum s, or both). `pri` as the device sent it, left out when 0."""
+    entry = TelemetryEntry(dev=dev, seq=seq, boot=boot, e=senml_pack(dev, records))
+    if pri:
+        entry["pri"] = pri
+    return cbor2.dumps(entry)
 
 
 def read_telemetry_entry(data: bytes) -> TelemetryEntry:

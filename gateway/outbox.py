@@ -10,7 +10,8 @@ is a row deleted, in a commit of its own made while no batch is open. docs/outbo
 
 Lanes drain in order ALARM, STATE, TELEMETRY, and oldest first (insertion order) within a lane. A disk
 budget bounds the rows' bytes: past it the oldest telemetry is thinned to per-interval summaries, or
-evicted when summarising would not save space; alarms and state rows are never touched. What was thinned
+evicted when summarising would not save space; alarms, state rows and a device's alarm-priority packs (`pri`)
+are never touched. What was thinned
 or evicted goes upstream as a data-quality item.
 """
 
@@ -56,7 +57,8 @@ _SCHEMA = (
         boot INTEGER,
         msgs INTEGER NOT NULL DEFAULT 1,
         thinned INTEGER NOT NULL DEFAULT 0,
-        body BLOB NOT NULL)""",
+        body BLOB NOT NULL,
+        pri INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
         lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
@@ -146,6 +148,8 @@ class Outbox:
         opened = conn.in_transaction
         for statement in _SCHEMA:
             conn.execute(statement)
+        if "pri" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:  # a store made before pri
+            conn.execute("ALTER TABLE outbox ADD COLUMN pri INTEGER NOT NULL DEFAULT 0")
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
         if not opened:
             conn.commit()
@@ -193,17 +197,18 @@ class Outbox:
         return self._insert(STATE, kind, now, None, None, None, district_wire.encode(body))
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
-                      now: float | None = None) -> int:
+                      now: float | None = None, pri: int = 0) -> int:
         """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields
-        the device sent: v, vb, vs or vd, and a sum s)."""
-        body = district_wire.telemetry_entry(dev, seq, boot, records)
-        return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body)
+        the device sent: v, vb, vs or vd, and a sum s). A pack the device sent at alarm priority (`pri` 1) keeps
+        its flag upstream and is exempt from the disk budget, like an alarm: it is the evidence of one."""
+        body = district_wire.telemetry_entry(dev, seq, boot, records, pri)
+        return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body, pri)
 
     def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
-                boot: int | None, body: bytes) -> int:
+                boot: int | None, body: bytes, pri: int = 0) -> int:
         cur = self.conn.execute(
-            "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (lane, kind, time.time() if now is None else now, dev, _column(seq), _column(seq), boot, body))
+            "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body, pri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (lane, kind, time.time() if now is None else now, dev, _column(seq), _column(seq), boot, body, pri))
         self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
@@ -367,7 +372,7 @@ class Outbox:
         """Summarise the oldest interval of raw telemetry per device; returns rows consumed (0: none left)."""
         # Rows at or below the lane's cursor are in flight or PUBACKed: never thinned, never evicted.
         first = self.conn.execute(
-            "SELECT id, t FROM outbox WHERE lane = ? AND id > ? AND thinned = 0 ORDER BY id LIMIT 1",
+            "SELECT id, t FROM outbox WHERE lane = ? AND id > ? AND thinned = 0 AND pri = 0 ORDER BY id LIMIT 1",
             (TELEMETRY, max(self._thin_floor, self._cursor[TELEMETRY]))).fetchone()
         if first is None:
             return 0
@@ -375,7 +380,7 @@ class Outbox:
         # of one interval usually land in one summary entry per metric.
         end_t = (math.floor(first[1] / self.thin_interval_s) + 1) * self.thin_interval_s
         rows = self.conn.execute(
-            "SELECT id, t, dev, seq, seq_hi, msgs, thinned, body FROM outbox WHERE lane = ? AND id >= ? "
+            "SELECT id, t, dev, seq, seq_hi, msgs, thinned, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 "
             "ORDER BY id LIMIT ?", (TELEMETRY, first[0], WINDOW_ROWS)).fetchall()
         by_dev: dict[str, list[tuple[int, float, int, bytes]]] = {}
         consumed = 0
@@ -422,11 +427,12 @@ class Outbox:
         return min(rid for rid, *_ in group), min(t for _r, t, *_ in group), dev, lo, hi, len(group), body
 
     def _evict(self, report: BudgetReport, excess: int) -> None:
-        """Drop the oldest unleased telemetry rows (raw or thinned) until `excess` bytes are freed."""
+        """Drop the oldest unleased telemetry rows (raw or thinned, not alarm-priority) until `excess` bytes are
+        freed."""
         freed = 0
         while freed < excess:
             rows = self.conn.execute(
-                "SELECT id, dev, seq, seq_hi, msgs, length(body) FROM outbox WHERE lane = ? AND id > ? "
+                "SELECT id, dev, seq, seq_hi, msgs, length(body) FROM outbox WHERE lane = ? AND id > ? AND pri = 0 "
                 "ORDER BY id LIMIT 1000", (TELEMETRY, self._cursor[TELEMETRY])).fetchall()
             gone = []
             for rid, dev, lo, hi, msgs, size in rows:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from sitekit import District
 
-from lifeline.virtual.site import GatewayProcess, Site
+from lifeline.virtual.recorder import Recorder
+from lifeline.virtual.site import DISTRICT_USER, GatewayProcess, Site, reading
 from protocol import district as dtopics
-from protocol import senml
+from protocol import message, senml
 
 # RFC 8428 section 6: the integer labels of the value fields, written out here rather than taken from protocol/.
 VALUE_LABELS = {2: "v", 3: "vs", 4: "vb", 8: "vd", 5: "s"}
@@ -71,3 +72,49 @@ async def test_every_senml_value_kind_arrives_upstream_as_itself(site: Site, gat
         await dev.publish(topic, payload, qos=1)
         await district.wait_for(lambda: ("gas1", seq) in entries(district), 20)
     assert values(entries(district)[("gas1", seq)]) == sent
+
+
+async def test_an_alarm_priority_pack_survives_disk_pressure_and_arrives_with_its_flag(tmp_path: Path) -> None:
+    """The district is away while a device's routine packs fill a 1 MB budget; the oldest message, the
+    device's alarm-priority pack, must neither be thinned nor evicted, and must say it was one."""
+    s = Site(tmp_path, tls=False)
+    s.add("gas1", "gas")
+    s.start()
+    s.config_path.write_text(s.config_path.read_text().replace('path = "gateway.sqlite"\n',
+                                                               'path = "gateway.sqlite"\ndisk_budget_mb = 1\n'))
+    gw = GatewayProcess(s).start()
+    assert s.district_broker is not None
+    rec = Recorder("127.0.0.1", s.district_broker.port, s.id, (DISTRICT_USER, s.district_password), raw=True,
+                   session="district-pri")
+    try:
+        await gw.ready()
+        assert await rec.until(rec.subscribed.is_set, 10)
+        s.district_broker.stop()
+        await gw.wait_log('event="uplink disconnected"')
+        now = time.time()
+        async with s.device_client("gas1") as dev:
+            topic, payload, pri_seq = s.data("gas1", [reading("ch4", 30.0, "%LEL", now)], pri=message.PRI_ALARM)
+            await dev.publish(topic, payload, qos=1)
+            for i in range(2000):  # about 1.5 MB of routine telemetry rows
+                pack = [reading(f"m{j}", float(i + j), "Cel", now + i * 0.01) for j in range(30)]
+                topic, payload, _ = s.data("gas1", pack)
+                await dev.publish(topic, payload, qos=1)
+        await gw.wait_log('event=outbox-budget', timeout=30)
+        s.district_broker.start()
+
+        def arrived() -> dict[int, Any]:
+            return {p["seq"]: p for e in rec.entries(dtopics.TELEMETRY) for p in e.body["packs"]}
+
+        raw = await rec.until(lambda: pri_seq in arrived(), 30)
+        thinned = [(t["seq_lo"], t["seq_hi"]) for e in rec.entries(dtopics.TELEMETRY)
+                   for t in e.body.get("thinned", ())]
+        assert raw, f"seq {pri_seq} did not arrive raw; summaries of seq ranges: {thinned[:3]}"
+        entry = arrived()[pri_seq]
+        assert entry.get("pri") == message.PRI_ALARM
+        assert values(entry) == {"gas1:ch4": {"v": 30.0}}
+        routine = [p for p in arrived().values() if p["seq"] != pri_seq]
+        assert all("pri" not in p for p in routine)
+    finally:
+        rec.close()
+        gw.kill()
+        s.stop()
