@@ -191,6 +191,15 @@ users = Table(
     Column("created", Float, nullable=False),
 )
 
+sessions = Table(
+    "sessions", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("user", String(64), ForeignKey("users.name"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+
 commands = Table(
     "commands", metadata,
     Column("id", BigInteger, primary_key=True),  # the command id sent down (< 2^63)

@@ -1,0 +1,95 @@
+"""Desk accounts: who may do what, passwords hashed with Argon2id, and server-side sessions.
+
+Sessions live in the database, not in a signed cookie, so that logging out or removing a user ends them at
+once on every desk process. Each session carries its own CSRF token, which every state-changing request
+must echo in a header; the cookie itself is HttpOnly and SameSite=Strict.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection, delete, select, update
+
+from district.schema import sessions, users
+
+ROLES = ("viewer", "operator", "supervisor")
+# What each role may do; a supervisor may do everything an operator may.
+ACTIONS = {
+    "viewer": frozenset(),
+    "operator": frozenset({"ack", "dispatch", "report"}),
+    "supervisor": frozenset({"ack", "dispatch", "report", "close", "send-back", "command", "rules"}),
+}
+SESSION_S = 12 * 3600  # one duty shift
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+MIN_PASSWORD = 10
+MAX_PASSWORD = 256
+
+_hasher = PasswordHasher()
+
+
+class AccountError(ValueError):
+    """A bad name, role or password: the message says which."""
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    user: str
+    role: str
+    csrf: str
+
+    def may(self, action: str) -> bool:
+        return action in ACTIONS[self.role]
+
+
+def add_user(conn: Connection, name: str, role: str, password: str, *, now: float | None = None) -> None:
+    if not NAME.fullmatch(name):
+        raise AccountError("user name: 1-64 of a-z 0-9 _ . -, starting with a letter or digit")
+    if role not in ROLES:
+        raise AccountError(f"role: one of {', '.join(ROLES)}")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise AccountError(f"password: {MIN_PASSWORD}-{MAX_PASSWORD} characters")
+    if conn.execute(select(users.c.name).where(users.c.name == name)).first() is not None:
+        raise AccountError(f"user {name!r} exists")
+    conn.execute(users.insert().values(name=name, role=role, pw_hash=_hasher.hash(password),
+                                       created=time.time() if now is None else now))
+
+
+def log_in(conn: Connection, name: str, password: str, *, now: float | None = None) -> Session | None:
+    """A new session, or None for a wrong name or password (the caller does not learn which)."""
+    now = time.time() if now is None else now
+    row = conn.execute(select(users).where(users.c.name == name)).first()
+    if row is None:
+        _hasher.hash(password)  # the same work as a real check, so a wrong name takes as long as a wrong password
+        return None
+    try:
+        _hasher.verify(row.pw_hash, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if _hasher.check_needs_rehash(row.pw_hash):
+        conn.execute(update(users).where(users.c.name == name).values(pw_hash=_hasher.hash(password)))
+    s = Session(secrets.token_urlsafe(32), name, row.role, secrets.token_urlsafe(32))
+    conn.execute(sessions.insert().values(token=s.token, user=name, csrf=s.csrf, created=now,
+                                          expires=now + SESSION_S))
+    return s
+
+
+def session(conn: Connection, token: str | None, *, now: float | None = None) -> Session | None:
+    """The live session of a cookie, with the user's role as it is now."""
+    if not token:
+        return None
+    now = time.time() if now is None else now
+    row = conn.execute(select(sessions.c.token, sessions.c.csrf, users.c.name, users.c.role)
+                       .join(users, users.c.name == sessions.c.user)
+                       .where(sessions.c.token == token, sessions.c.expires > now)).first()
+    return None if row is None else Session(row.token, row.name, row.role, row.csrf)
+
+
+def log_out(conn: Connection, token: str) -> None:
+    conn.execute(delete(sessions).where(sessions.c.token == token))

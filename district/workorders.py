@@ -1,0 +1,109 @@
+"""The work-order lifecycle: 任务派发回流 + 人工纠错重发 (dispatch, report back, correct and re-dispatch).
+
+    open --ack--> acknowledged --dispatch--> dispatched --report--> reported --close--> closed
+                                                 ^                      |
+                                                 +--dispatch-- returned <--send-back--+
+
+An orange or red live alarm opens its order (district/store.py). Every step is a new row naming who and
+when; nothing is updated in place but the order's current state, and that only from the state the step
+expects, so two people acting on one order at once cannot both succeed. The server checks the actor's role
+here, whatever the page showed them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from district.accounts import Session
+from district.schema import alarms, audit, work_order_steps, work_orders
+
+# action -> (the states it may start from, the state it leads to)
+STEPS = {
+    "dispatch": (("acknowledged", "returned"), "dispatched"),
+    "report": (("dispatched",), "reported"),
+    "close": (("reported",), "closed"),
+    "send-back": (("reported",), "returned"),
+}
+MAX_TEXT = 2000
+MAX_TEAM = 64
+
+
+class WorkOrderError(Exception):
+    """A refused step: `status` is the HTTP status the desk answers with (400 bad input, 403 role, 404 no
+    such thing, 409 the order is not in a state that allows the step)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise WorkOrderError(400, f"{what}: required")
+        return None
+    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise WorkOrderError(400, f"{what}: text of at most {limit} characters")
+    return value.strip()
+
+
+def _allowed(who: Session, action: str) -> None:
+    if not who.may(action):
+        raise WorkOrderError(403, f"a {who.role} may not {action}")
+
+
+def _audit(conn: Connection, who: Session, what: str, target: str, detail: str | None, now: float) -> None:
+    conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
+
+
+def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | None = None) -> str:
+    """Acknowledge an alarm (and move its order, if any, to acknowledged); returns the alarm's site, to which
+    the desk sends the ack down so the gateway stops re-sending. Acknowledging twice changes nothing."""
+    now = time.time() if now is None else now
+    _allowed(who, "ack")
+    row = conn.execute(select(alarms.c.site, alarms.c.acked).where(alarms.c.id == alarm_id)).first()
+    if row is None:
+        raise WorkOrderError(404, f"no alarm {alarm_id}")
+    if row.acked is None:
+        conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked.is_(None)).values(acked=now))
+        _audit(conn, who, "ack", alarm_id, None, now)
+    order = conn.execute(update(work_orders).where(work_orders.c.alarm == alarm_id, work_orders.c.state == "open")
+                         .values(state="acknowledged", updated=now).returning(work_orders.c.id)).first()
+    if order is not None:
+        conn.execute(work_order_steps.insert().values(order_id=order.id, step="ack", actor=who.user, at=now))
+    return str(row.site)
+
+
+def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any = None, note: Any = None,
+        action_taken: Any = None, now: float | None = None) -> str:
+    """One step of an order; returns its new state. `note` is the findings of a report or the correction of
+    a send-back; `action_taken` what the team did."""
+    now = time.time() if now is None else now
+    if action not in STEPS:
+        raise WorkOrderError(400, f"action: one of {', '.join(STEPS)}")
+    _allowed(who, action)
+    sources, target = STEPS[action]
+    team = _text(team, "team", MAX_TEAM, required=action == "dispatch")
+    note = _text(note, "findings" if action == "report" else "correction", MAX_TEXT,
+                 required=action in ("report", "send-back"))
+    action_taken = _text(action_taken, "action taken", MAX_TEXT, required=False)
+    row = conn.execute(select(work_orders.c.state).where(work_orders.c.id == order_id)).first()
+    if row is None:
+        raise WorkOrderError(404, f"no work order {order_id}")
+    values: dict[str, Any] = {"state": target, "updated": now}
+    if team is not None:
+        values["team"] = team
+    if action == "dispatch" and row.state == "returned":
+        values["round"] = work_orders.c.round + 1
+    done = conn.execute(update(work_orders).where(work_orders.c.id == order_id, work_orders.c.state.in_(sources))
+                        .values(**values).returning(work_orders.c.state)).first()
+    if done is None:
+        state = conn.execute(select(work_orders.c.state).where(work_orders.c.id == order_id)).scalar_one()
+        raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be sent to {action}")
+    conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
+                                                  note=note, action=action_taken))
+    _audit(conn, who, action, f"work-order {order_id}", note, now)
+    return target

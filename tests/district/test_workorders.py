@@ -1,0 +1,143 @@
+"""Accounts and the work-order lifecycle, on both engines: the server refuses what a role may not do, a
+step from the wrong state, and bad input, and changes nothing when it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from district import accounts, store, workorders
+from district.accounts import AccountError, Session
+from district.schema import alarms, audit, work_order_steps, work_orders
+from district.workorders import WorkOrderError
+
+ALARM = "b" * 32
+
+
+def raise_red(engine: Engine) -> int:
+    body = {"id": ALARM, "ev": "raised", "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4",
+            "level": "red", "prev": None, "value": 60.0, "reading": 60.0, "rule": "gas.ch4", "rver": 1,
+            "t_dev": 9.5, "t_gw": 10.0, "resend": 0}
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", body, received=10.2)
+        return int(conn.execute(select(work_orders.c.id)).scalar_one())
+
+
+def login(engine: Engine, name: str, role: str) -> Session:
+    with engine.begin() as conn:
+        accounts.add_user(conn, name, role, f"{name}-password-1")
+        s = accounts.log_in(conn, name, f"{name}-password-1")
+    assert s is not None and s.role == role
+    return s
+
+
+def steps(engine: Engine, order: int) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [(r.step, r.actor) for r in conn.execute(select(work_order_steps)
+                                                         .where(work_order_steps.c.order_id == order)
+                                                         .order_by(work_order_steps.c.id))]
+
+
+def do(engine: Engine, order: int, action: str, who: Session, **kw: Any) -> str:
+    with engine.begin() as conn:
+        return workorders.act(conn, order, action, who, **kw)
+
+
+def test_the_whole_loop_with_a_send_back(engine: Engine) -> None:
+    order = raise_red(engine)
+    op, sup = login(engine, "li.wei", "operator"), login(engine, "chen", "supervisor")
+    with engine.begin() as conn:
+        assert workorders.ack_alarm(conn, ALARM, op, now=20.0) == "s1"
+        assert workorders.ack_alarm(conn, ALARM, sup, now=21.0) == "s1"  # a second ack changes nothing
+    assert do(engine, order, "dispatch", op, team="pipe team 3", now=30.0) == "dispatched"
+    assert do(engine, order, "report", op, note="valve seal leaking", action_taken="seal replaced",
+              now=40.0) == "reported"
+    assert do(engine, order, "send-back", sup, note="no gas reading after repair was given", now=50.0) == "returned"
+    assert do(engine, order, "dispatch", op, team="pipe team 3", now=60.0) == "dispatched"
+    assert do(engine, order, "report", op, note="0 %LEL after repair", now=70.0) == "reported"
+    assert do(engine, order, "close", sup, now=80.0) == "closed"
+    assert steps(engine, order) == [("opened", "system"), ("ack", "li.wei"), ("dispatch", "li.wei"),
+                                    ("report", "li.wei"), ("send-back", "chen"), ("dispatch", "li.wei"),
+                                    ("report", "li.wei"), ("close", "chen")]
+    with engine.connect() as conn:
+        row = conn.execute(select(work_orders)).one()
+        assert (row.state, row.round, row.team) == ("closed", 2, "pipe team 3")
+        assert conn.execute(select(alarms.c.acked)).scalar_one() == 20.0
+        assert len(conn.execute(select(audit)).all()) == 7  # the second ack is not an action
+
+
+@pytest.mark.parametrize(("role", "action", "kw"), [
+    ("viewer", "dispatch", {"team": "t"}), ("viewer", "report", {"note": "x"}), ("operator", "close", {}),
+    ("operator", "send-back", {"note": "x"})])
+def test_a_role_may_not_do_more_than_it_may(engine: Engine, role: str, action: str, kw: dict[str, Any]) -> None:
+    order = raise_red(engine)
+    who = login(engine, "someone", role)
+    with pytest.raises(WorkOrderError) as refused:
+        do(engine, order, action, who, **kw)
+    assert refused.value.status == 403
+    assert steps(engine, order) == [("opened", "system")]
+
+
+def test_a_viewer_cannot_ack(engine: Engine) -> None:
+    raise_red(engine)
+    who = login(engine, "watcher", "viewer")
+    with pytest.raises(WorkOrderError, match="viewer may not ack"), engine.begin() as conn:
+        workorders.ack_alarm(conn, ALARM, who)
+    with engine.connect() as conn:
+        assert conn.execute(select(alarms.c.acked)).scalar_one() is None
+
+
+@pytest.mark.parametrize(("action", "kw", "status", "message"), [
+    ("close", {}, 409, "is acknowledged: it cannot be sent to close"),
+    ("report", {"note": "x"}, 409, "is acknowledged"),
+    ("dispatch", {}, 400, "team: required"),
+    ("dispatch", {"team": "x" * 65}, 400, "team: text of at most 64"),
+    ("dispatch", {"team": 7}, 400, "team: text"),
+    ("dispatch", {"team": "a\x00b"}, 400, "team: text"),
+    ("launch", {}, 400, "action: one of"),
+])
+def test_bad_steps_are_refused_and_change_nothing(engine: Engine, action: str, kw: dict[str, Any], status: int,
+                                                   message: str) -> None:
+    order = raise_red(engine)
+    sup = login(engine, "chen", "supervisor")
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, ALARM, sup)
+    with pytest.raises(WorkOrderError, match=message) as refused:
+        do(engine, order, action, sup, **kw)
+    assert refused.value.status == status
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state)).scalar_one() == "acknowledged"
+    assert steps(engine, order) == [("opened", "system"), ("ack", "chen")]
+
+
+def test_no_such_order_or_alarm(engine: Engine) -> None:
+    sup = login(engine, "chen", "supervisor")
+    with pytest.raises(WorkOrderError) as refused:
+        do(engine, 99, "close", sup)
+    assert refused.value.status == 404
+    with pytest.raises(WorkOrderError) as refused, engine.begin() as conn:
+        workorders.ack_alarm(conn, "f" * 32, sup)
+    assert refused.value.status == 404
+
+
+def test_passwords_are_hashed_and_sessions_end(engine: Engine) -> None:
+    s = login(engine, "li.wei", "operator")
+    with engine.begin() as conn:
+        stored = conn.execute(select(accounts.users.c.pw_hash)).scalar_one()
+        assert stored.startswith("$argon2id$") and "li.wei-password-1" not in stored
+        assert accounts.log_in(conn, "li.wei", "wrong-password") is None
+        assert accounts.log_in(conn, "nobody", "li.wei-password-1") is None
+        assert accounts.session(conn, s.token) == s
+        assert accounts.session(conn, s.token, now=10**12) is None  # expired
+        accounts.log_out(conn, s.token)
+        assert accounts.session(conn, s.token) is None
+
+
+@pytest.mark.parametrize(("name", "role", "password", "message"), [
+    ("Li Wei", "operator", "long-enough-pw", "user name"), ("li", "admin", "long-enough-pw", "role"),
+    ("li", "operator", "short", "password")])
+def test_bad_accounts_are_refused(engine: Engine, name: str, role: str, password: str, message: str) -> None:
+    with pytest.raises(AccountError, match=message), engine.begin() as conn:
+        accounts.add_user(conn, name, role, password)
