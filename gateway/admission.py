@@ -91,9 +91,9 @@ class _PlainTags(Mapping[int, Callable[[Any, bool], Any]]):
 _PLAIN_TAGS = _PlainTags()
 
 
-def _loads(data: bytes) -> Any:
-    """The authenticated payload as one CBOR item exactly: cbor2.loads stops after the first and ignores the
-    rest, so the decoder's position is checked against the length."""
+def loads_one(data: bytes) -> Any:
+    """One CBOR item exactly (an authenticated payload, a downlink body): cbor2.loads stops after the first
+    and ignores the rest, so the decoder's position is checked against the length."""
     stream = io.BytesIO(data)
     item = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS).decode()
     if stream.tell() != len(data):
@@ -131,7 +131,7 @@ class Checker:
             return None
         records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
-            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, _loads, records))
+            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records))
         except message_check.MessageError as exc:
             detail = str(exc)
             while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason

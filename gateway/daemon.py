@@ -38,7 +38,7 @@ from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
 from gateway.site_config import ConfigError, GatewayConfig
 from gateway.store import open_store
-from gateway.uplink import Uplink
+from gateway.uplink import BACKOFF_MAX_S, Uplink
 from protocol import district, message, topics
 
 log = logging.getLogger("lifeline.gateway")
@@ -68,8 +68,9 @@ class Gateway:
                                                                       topics.ACK)]
         self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch)
         down = replace(cfg.district_broker, client_id=cfg.district_broker.client_id + "-down")
+        # After a district outage the downlink must be back as soon as the uplink is: the same backoff cap.
         self.down = Subscriber("downlink", down, [district.down(cfg.site, k) for k in district.DOWN_KINDS],
-                               self.handle_down, 50)
+                               self.handle_down, 50, BACKOFF_MAX_S)
         self.accepted: Counter[str] = Counter()
         self.gaps = 0
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
@@ -170,8 +171,11 @@ class Gateway:
         for m in batch:
             try:
                 _, kind = district.parse_down(m.topic)
+                district_wire.downlink(m.payload)
             except topics.TopicError:
                 continue
+            except DownlinkError as exc:  # kept and counted here; its handler below refuses it upstream
+                self.quarantine.put("malformed", f"downlink: {exc}", m.topic, m.payload, m.received)
             if kind == district.DOWN_CMD:
                 cmd, rejection = self.commands.command(m.payload, m.received)
                 if cmd is not None:

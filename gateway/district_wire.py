@@ -17,6 +17,7 @@ from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 import cbor2
 
+from gateway.admission import loads_one
 from protocol import message, senml
 
 BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body
@@ -391,9 +392,9 @@ class DownlinkError(ValueError):
 
 
 def downlink(payload: bytes) -> Mapping[str, Any]:
-    """Any downlink payload: a CBOR map."""
+    """Any downlink payload: one CBOR map, nothing after it (bytes the parser would skip are refused)."""
     try:
-        body = cbor2.loads(payload)
+        body = loads_one(payload)
     except Exception as exc:
         raise DownlinkError(f"not CBOR: {exc}") from None
     if not isinstance(body, Mapping):

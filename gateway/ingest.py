@@ -46,12 +46,14 @@ class Subscriber:
     """
 
     def __init__(self, name: str, broker: BrokerConfig, topics: Sequence[str],
-                 handle: Callable[[list[Incoming]], None], batch_max: int = 200) -> None:
+                 handle: Callable[[list[Incoming]], None], batch_max: int = 200,
+                 backoff_max_s: float = BACKOFF_MAX_S) -> None:
         self.name = name
         self.broker = broker
         self.topics = list(topics)
         self.handle = handle
         self.batch_max = batch_max
+        self.backoff_max_s = backoff_max_s
         self.connected = asyncio.Event()
         self._link: Link | None = None
         self.batches = 0
@@ -81,7 +83,7 @@ class Subscriber:
                 self._link = None
                 self.connected.clear()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _consume(self, link: Link) -> None:
         while True:

@@ -3,18 +3,22 @@ district broker, the district side read with cbor2 and RFC 8428's labels rather 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
-from sitekit import District
+from sitekit import District, quarantined
 
 from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import DISTRICT_USER, GatewayProcess, Site, reading
 from protocol import district as dtopics
-from protocol import message, senml
+from protocol import message, senml, topics
 
 # RFC 8428 section 6: the integer labels of the value fields, written out here rather than taken from protocol/.
 VALUE_LABELS = {2: "v", 3: "vs", 4: "vb", 8: "vd", 5: "s"}
@@ -118,3 +122,50 @@ async def test_an_alarm_priority_pack_survives_disk_pressure_and_arrives_with_it
         rec.close()
         gw.kill()
         s.stop()
+
+
+async def test_a_downlink_with_bytes_after_its_item_is_refused_counted_and_kept(site: Site,
+                                                                                 gateway: GatewayProcess) -> None:
+    """A command is one CBOR item exactly, as a device's payload is: bytes after it are refused upstream with
+    the reason, the raw message is kept in the quarantine (counted), and nothing reaches the device."""
+    cmd = {"dev": "gas1", "id": 7, "op": "ping", "args": {}}
+    payload = cbor2.dumps(cmd) + b"\x00"
+    async with District(site) as district, site.device_client("gas1") as dev:
+        await dev.subscribe(topics.device(site.id, "gas1", topics.CMD), qos=1)
+        assert district.recorder is not None
+        district.recorder._client.publish(dtopics.down(site.id, dtopics.DOWN_CMD), payload, qos=1).wait_for_publish(10)
+        await district.wait_for(lambda: bool(district.of(dtopics.UP_ACK)), 20)
+        relayed = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for m in dev.messages:
+                    relayed.append(m.payload)
+    ack = district.of(dtopics.UP_ACK)[0]
+    assert (ack["re"], ack["dev"], ack["id"], ack["ok"]) == ("cmd", None, None, False), ack  # unread: null
+    assert "1 trailing bytes" in ack["error"]
+    assert not relayed
+    store = await quarantined(site, 1)
+    rows = store.execute("SELECT reason, detail, topic, raw FROM quarantine").fetchall()
+    assert rows == [("malformed", "downlink: not CBOR: 1 trailing bytes after the item",
+                     dtopics.down(site.id, dtopics.DOWN_CMD), payload)]
+
+
+async def test_the_downlink_returns_within_seconds_of_the_district(site: Site, gateway: GatewayProcess) -> None:
+    """The downlink's reconnect backoff is the uplink's (2 s): after a 20 s district outage the gateway hears
+    the district again within a few seconds of its return, and a command then sent is relayed."""
+    assert site.district_broker is not None
+    site.district_broker.stop()
+    await gateway.wait_log("event=disconnected link=downlink")
+    await asyncio.sleep(20.0)
+    site.district_broker.start()
+    back = time.time()
+    await gateway.wait_log("event=connected link=downlink", timeout=30, count=2)
+    line = [x for x in gateway.lines() if "event=connected link=downlink" in x][-1]
+    stamp = datetime.fromisoformat(line.split()[0].removeprefix("ts=").replace("Z", "+00:00")).timestamp()
+    assert stamp - back <= 4.0, f"the downlink reconnected {stamp - back:.1f} s after the district came back"
+    async with District(site) as district, site.device_client("gas1") as dev:
+        await dev.subscribe(topics.device(site.id, "gas1", topics.CMD), qos=1)
+        await district.send(dtopics.DOWN_CMD, {"dev": "gas1", "id": 8, "op": "ping", "args": {}})
+        async with asyncio.timeout(10):
+            m = await anext(aiter(dev.messages))
+    assert m.topic.value == topics.device(site.id, "gas1", topics.CMD)
