@@ -49,16 +49,24 @@ def url_of(database: str, base: Path | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def open_engine(database: str, base: Path | None = None) -> Engine:
+def open_engine(database: str, base: Path | None = None, *, writer: bool = False) -> Engine:
+    """`writer`: an ingest worker's engine. On SQLite its transactions take the write lock when they begin
+    (BEGIN IMMEDIATE): two worker processes that each began reading and then both wanted to write would
+    otherwise deadlock, and SQLite answers that with an immediate "database is locked"."""
     engine = create_engine(url_of(database, base))
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect)
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     schema.metadata.create_all(engine)
     return engine
 
 
-def _sqlite_pragmas(dbapi: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-    """WAL so that the desk reads while workers write; a busy writer is waited for, not an error."""
+def _sqlite_connect(dbapi: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    """WAL so that the desk reads while workers write; a busy writer is waited for, not an error. Python's
+    sqlite3 module is told to leave transactions alone (isolation_level None) and SQLAlchemy's "begin" event
+    emits BEGIN itself: the documented way to get working SAVEPOINTs (begin_nested) from pysqlite."""
+    dbapi.isolation_level = None
     cur = dbapi.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
