@@ -87,7 +87,7 @@ class GatewayConfig:
     log_level: str
 
 
-class _Table:
+class ConfigTable:
     """One TOML table with its dotted path, handing out checked values and refusing unknown keys."""
 
     def __init__(self, data: Mapping[str, Any], where: str, base: Path, check_files: bool = True) -> None:
@@ -106,7 +106,7 @@ class _Table:
     def _get(self, key: str, kind: type[_T] | tuple[type, ...], what: str, default: Any) -> Any:
         self.used.add(key)
         if key not in self.data:
-            if default is _REQUIRED:
+            if default is REQUIRED:
                 raise self.fail(key, "missing (required)")
             return default
         value = self.data[key]
@@ -148,21 +148,21 @@ class _Table:
             raise self.fail(key, f"file {p} does not exist")
         return p
 
-    def table(self, key: str) -> _Table | None:
+    def table(self, key: str) -> ConfigTable | None:
         value = self._get(key, dict, "a table", None)
-        return None if value is None else _Table(value, self.name(key), self.base, self.check_files)
+        return None if value is None else ConfigTable(value, self.name(key), self.base, self.check_files)
 
-    def section(self, key: str) -> _Table:
+    def section(self, key: str) -> ConfigTable:
         """An optional table; absent, it reads as empty so that every key takes its default."""
-        return self.table(key) or _Table({}, self.name(key), self.base, self.check_files)
+        return self.table(key) or ConfigTable({}, self.name(key), self.base, self.check_files)
 
-    def tables(self, key: str) -> list[_Table]:
+    def tables(self, key: str) -> list[ConfigTable]:
         value = self._get(key, list, "an array of tables ([[" + key + "]])", [])
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise ConfigError(f"{self.name(key)}[{i}]: must be a table")
-            out.append(_Table(item, f"{self.name(key)}[{i}]", self.base, self.check_files))
+            out.append(ConfigTable(item, f"{self.name(key)}[{i}]", self.base, self.check_files))
         return out
 
     def done(self) -> None:
@@ -171,11 +171,11 @@ class _Table:
                 raise self.fail(key, "unknown key (see docs/gateway.md)")
 
 
-_REQUIRED = object()
+REQUIRED = object()
 
 
-def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfig:
-    host = t.text("host", _REQUIRED)
+def broker_config(t: ConfigTable, default_client_id: str, client_cert: bool) -> BrokerConfig:
+    host = t.text("host", REQUIRED)
     if not host:
         raise t.fail("host", "must not be empty")
     tls_t = t.table("tls")
@@ -212,12 +212,12 @@ def _broker(t: _Table, default_client_id: str, client_cert: bool) -> BrokerConfi
     return BrokerConfig(host, port, client_id, username, password, tls, keepalive)
 
 
-def _device(t: _Table) -> DeviceConfig:
-    dev_id = t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
-    cls = t.text("class", _REQUIRED)
+def _device(t: ConfigTable) -> DeviceConfig:
+    dev_id = t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
+    cls = t.text("class", REQUIRED)
     if cls not in DEVICE_CLASSES:
         raise t.fail("class", f"{cls!r} is not one of {', '.join(DEVICE_CLASSES)}")
-    key = t.text("key", _REQUIRED, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
+    key = t.text("key", REQUIRED, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
     pos = t._get("position", list, "[latitude, longitude]", None)
     position = None
     if pos is not None:
@@ -228,7 +228,7 @@ def _device(t: _Table) -> DeviceConfig:
     return DeviceConfig(dev_id, cls, bytes.fromhex(key), position)
 
 
-def _lat_lon(t: _Table, key: str, lat: float, lon: float) -> tuple[float, float]:
+def _lat_lon(t: ConfigTable, key: str, lat: float, lon: float) -> tuple[float, float]:
     if not -90.0 <= lat <= 90.0:
         raise t.fail(key, f"latitude {lat} is outside -90..90")
     if not -180.0 <= lon <= 180.0:
@@ -244,7 +244,7 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _rules(t: _Table | None, base: Path) -> tuple[tuple[Path, ...], Mapping[str, Any], RuleSet]:
+def _rules(t: ConfigTable | None, base: Path) -> tuple[tuple[Path, ...], Mapping[str, Any], RuleSet]:
     """The rule files (the shipped defaults unless listed) with the site's overrides merged on top."""
     files: list[Path] = []
     overrides: Mapping[str, Any] = {}
@@ -277,13 +277,13 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
 
     `check_files=False` skips reading the files it names (TLS files, password file), for tools that prepare
     them from this very config."""
-    root = _Table(data, "", path.parent, check_files)
+    root = ConfigTable(data, "", path.parent, check_files)
     site_t = root.section("site")
-    site = site_t.text("id", _REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
+    site = site_t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
     site_t.done()
 
-    site_broker = _broker(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
-    district_broker = _broker(root.section("district_broker"), f"lifeline-gw-{site}-up", client_cert=True)
+    site_broker = broker_config(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
+    district_broker = broker_config(root.section("district_broker"), f"lifeline-gw-{site}-up", client_cert=True)
 
     devices: dict[str, DeviceConfig] = {}
     for dt in root.tables("devices"):
@@ -301,7 +301,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         raise ConfigError(str(exc)) from None
 
     store_t = root.section("store")
-    store_path = store_t.path("path", _REQUIRED)
+    store_path = store_t.path("path", REQUIRED)
     assert store_path is not None
     disk_budget = float(store_t.number("disk_budget_mb", 512, 1.0))
     store_t.done()
