@@ -363,16 +363,20 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         log_format=log_format, log_level=log_level)
 
 
-def load(path: Path | str, check_files: bool = True) -> GatewayConfig:
-    p = Path(path)
+def read_toml(p: Path) -> dict[str, Any]:
+    """A TOML file as a dict, or a ConfigError that names the file and says what is wrong with it."""
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
     try:
-        data = tomllib.loads(raw.decode())
+        return tomllib.loads(raw.decode())
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-    return parse(data, p.resolve(), check_files)
+
+
+def load(path: Path | str, check_files: bool = True) -> GatewayConfig:
+    p = Path(path)
+    return parse(read_toml(p), p.resolve(), check_files)
