@@ -68,6 +68,12 @@ class Checked:
     body: Mapping[str, Any]
     readings: tuple[Reading, ...]
     retained: bool
+    raw: bytes = b""  # the message as the device sealed it, forwarded upstream as its proof of origin
+
+    @property
+    def retimed(self) -> bool:
+        """Whether a reading is judged at a time other than the device's own (relative, boot clock, untrusted)."""
+        return any(r.t != r.t_device for r in self.readings)
 
 
 class _PlainTags(Mapping[int, Callable[[Any, bool], Any]]):
@@ -156,7 +162,7 @@ class Checker:
             if not self._new(verdict, f"birth of boot {body['boot']} after a newer one", topic, raw, now):
                 return None
         self.registry.seen(dev, now)
-        return Checked(kind, device, body, readings, retained)
+        return Checked(kind, device, body, readings, retained, raw)
 
     def _new(self, verdict: Verdict, replay: str, topic: str, raw: bytes, now: float) -> bool:
         """Whether the sequence verdict admits the message: a replay is quarantined with its reason, a

@@ -38,7 +38,7 @@ from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
 from gateway.site_config import ConfigError, GatewayConfig
 from gateway.store import open_store
-from gateway.uplink import BACKOFF_MAX_S, Uplink
+from gateway.uplink import BACKOFF_MAX_S, Uplink, site_key
 from protocol import district, message, topics
 
 log = logging.getLogger("lifeline.gateway")
@@ -62,7 +62,8 @@ class Gateway:
         self.commands = Commands(self.conn, cfg.site, self.registry, cfg.command_timeout_s)
         self.outbox = Outbox(self.conn, int(cfg.disk_budget_mb * 1024 * 1024))
         self.uplink = Uplink(self.outbox, cfg.district_broker, cfg.site, max_items=cfg.batch_max_items,
-                             max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate)
+                             max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate,
+                             site_key=site_key(cfg.site_key_file))
         self.conn.commit()
         site_topics = [topics.device_filter(cfg.site, k) for k in (topics.DATA, topics.EVENT, topics.STATE,
                                                                       topics.ACK)]
@@ -143,7 +144,7 @@ class Gateway:
         body = c.body
         records = [_record(r) for r in c.readings]
         if records:
-            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"])
+            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"], c.raw, c.retimed)
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
             self._up_state(district.DQ, district_wire.clock_report(

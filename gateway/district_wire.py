@@ -18,7 +18,7 @@ from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 import cbor2
 
 from gateway.admission import loads_one
-from protocol import message, senml
+from protocol import district_verify, message, senml, senml_resolve
 
 BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body
 
@@ -77,12 +77,16 @@ def alarm_transition(*, id: str, ev: str, kind: str, dev: str, cls: str, metric:
 
 
 class TelemetryEntry(TypedDict):
-    """One device data message in a telemetry message's "packs"."""
+    """One device data message in a telemetry message's "packs": the device's sealed message as received
+    ("m"), with the gateway's resolved times ("t") where they differ from the device's; or, without the
+    device's message (a row queued by a gateway from before "m"), the resolved pack "e"."""
 
     dev: str
     seq: int
     boot: int
-    e: list[dict[int, Any]]
+    m: NotRequired[bytes]
+    t: NotRequired[list[float]]
+    e: NotRequired[list[dict[int, Any]]]
     pri: NotRequired[int]
 
 
@@ -147,10 +151,19 @@ def senml_pack(dev: str, records: Sequence[Mapping[str, Any]]) -> list[dict[int,
     return pack
 
 
-def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]], pri: int = 0) -> bytes:
+def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]], pri: int = 0,
+                    sealed: bytes | None = None, retimed: bool = False) -> bytes:
     """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields the
-    device sent: one of v, vb, vs, vd, a sum s, or both). `pri` as the device sent it, left out when 0."""
-    entry = TelemetryEntry(dev=dev, seq=seq, boot=boot, e=senml_pack(dev, records))
+    device sent: one of v, vb, vs, vd, a sum s, or both). With `sealed` (the device's COSE_Mac0 as received)
+    the entry carries that instead of the records, and their times only when `retimed` (one differs from the
+    device's own). `pri` as the device sent it, left out when 0."""
+    entry = TelemetryEntry(dev=dev, seq=seq, boot=boot)
+    if sealed is None:
+        entry["e"] = senml_pack(dev, records)
+    else:
+        entry["m"] = sealed
+        if retimed:
+            entry["t"] = [rec["t"] for rec in records]
     if pri:
         entry["pri"] = pri
     return cbor2.dumps(entry)
@@ -158,6 +171,25 @@ def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str
 
 def read_telemetry_entry(data: bytes) -> TelemetryEntry:
     return cast(TelemetryEntry, cbor2.loads(data))
+
+
+def entry_records(entry: TelemetryEntry) -> list[dict[str, Any]]:
+    """An entry's records resolved, at the gateway's times, without checking the device's MAC: for the
+    gateway's own rows (checked on arrival) and readers that trust the site; the district verifies with
+    protocol.district_verify."""
+    if "m" not in entry:
+        records: list[dict[str, Any]] = senml_resolve.resolve(entry["e"])
+        return records
+    out: list[dict[str, Any]] = district_verify.entry_records(_device_body(entry["m"]), entry.get("t"))
+    return out
+
+
+def _device_body(sealed: bytes) -> dict[str, Any]:
+    """The body of a device message the gateway has already authenticated, "dev" restored from the key id."""
+    _, unprotected, payload, _ = loads_one(sealed).value
+    body: dict[str, Any] = loads_one(payload)
+    body["dev"] = unprotected[4].decode()
+    return body
 
 
 def metric_summary(n: str, t: float, count: int, unit: str | None, last: str | None,

@@ -28,7 +28,7 @@ from typing import Any
 
 from gateway import district_wire
 from gateway.logs import event
-from protocol import district, senml_resolve
+from protocol import district
 
 log = logging.getLogger("lifeline.gateway.outbox")
 
@@ -197,11 +197,14 @@ class Outbox:
         return self._insert(STATE, kind, now, None, None, None, district_wire.encode(body))
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
-                      now: float | None = None, pri: int = 0) -> int:
+                      now: float | None = None, pri: int = 0, sealed: bytes | None = None,
+                      retimed: bool = False) -> int:
         """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields
         the device sent: v, vb, vs or vd, and a sum s). A pack the device sent at alarm priority (`pri` 1) keeps
-        its flag upstream and is exempt from the disk budget, like an alarm: it is the evidence of one."""
-        body = district_wire.telemetry_entry(dev, seq, boot, records, pri)
+        its flag upstream and is exempt from the disk budget, like an alarm: it is the evidence of one.
+        `sealed`, `retimed`: the device's message as received, which goes up in place of the records
+        (district_wire.telemetry_entry)."""
+        body = district_wire.telemetry_entry(dev, seq, boot, records, pri, sealed, retimed)
         return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body, pri)
 
     def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
@@ -413,7 +416,7 @@ class Outbox:
         for _rid, _t, _seq, body in group:
             msg = district_wire.read_telemetry_entry(body)
             boots.add(msg["boot"])
-            for rec in senml_resolve.resolve(msg["e"]):
+            for rec in district_wire.entry_records(msg):
                 name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
                 start = math.floor(rec["t"] / self.thin_interval_s) * self.thin_interval_s
                 key = (name, start)

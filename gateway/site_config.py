@@ -66,6 +66,7 @@ class GatewayConfig:
     ruleset: RuleSet
     risk_points: RiskPoints
     store_path: Path
+    site_key_file: Path  # the site key that seals every upstream publish (protocol/site_seal.py)
     disk_budget_mb: float
     batch_max_items: int
     batch_max_delay_s: float
@@ -280,6 +281,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     root = ConfigTable(data, "", path.parent, check_files)
     site_t = root.section("site")
     site = site_t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
+    site_key_file = site_t.path("key_file")
     site_t.done()
 
     site_broker = broker_config(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
@@ -303,6 +305,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     store_t = root.section("store")
     store_path = store_t.path("path", REQUIRED)
     assert store_path is not None
+    if site_key_file is None:  # beside the store: a directory the gateway may write its first key into
+        site_key_file = store_path.parent / "site.key"
     disk_budget = float(store_t.number("disk_budget_mb", 512, 1.0))
     store_t.done()
 
@@ -353,7 +357,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     return GatewayConfig(
         path=path, site=site, site_broker=site_broker, district_broker=district_broker, devices=devices,
         rule_files=rule_files, rule_overrides=rule_overrides, ruleset=ruleset, risk_points=risk_points,
-        store_path=store_path,
+        store_path=store_path, site_key_file=site_key_file,
         disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,

@@ -11,6 +11,9 @@ backlog. State and telemetry share the bulk path: state rows one per message, te
 of up to `max_items` device messages or `max_delay_s` of waiting, whichever comes first. After an outage
 (a backlog larger than one batch at connect time) bulk publishes are paced to `drain_rate` messages per
 second until the backlog is gone, with progress logged once a second.
+
+Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
+keeps bodies unsealed, so a key change applies to the backlog too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiomqtt
 
@@ -30,7 +34,7 @@ from gateway import district_wire
 from gateway.logs import event
 from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
 from gateway.site_config import BrokerConfig
-from protocol import district, topics
+from protocol import district, site_seal, topics
 
 log = logging.getLogger("lifeline.gateway.uplink")
 
@@ -53,7 +57,8 @@ class Uplink:
                  max_delay_s: float = 0.2, drain_rate: float = 500.0, max_inflight: int = 32,
                  alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = BACKOFF_MAX_S,
                  publish_timeout_s: float = 30.0, connect_timeout_s: float = 10.0, tick_s: float = 1.0,
-                 on_downlink: Downlink | None = None) -> None:
+                 on_downlink: Downlink | None = None, site_key: bytes | None = None) -> None:
+        """`site_key`: seals every publish; None sends bodies bare, for tests of the uplink alone."""
         if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
             raise ValueError("max_items, max_inflight, alarm_inflight and drain_rate must be positive")
         self.outbox = outbox
@@ -70,6 +75,7 @@ class Uplink:
         self.connect_timeout_s = connect_timeout_s
         self.tick_s = tick_s
         self.on_downlink = on_downlink
+        self.site_key = site_key
         # Metrics, read by the daemon's Prometheus collector.
         self.connected = False
         self.draining = False
@@ -200,9 +206,10 @@ class Uplink:
 
     # --- sending -------------------------------------------------------------------------------------------
 
-    def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, topic: str, payload: bytes,
+    def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, kind: str, body: bytes,
                items: list[Item]) -> None:
-        task = tg.create_task(self._publish(client, topic, payload, items))
+        payload = body if self.site_key is None else site_seal.seal(self.site_key, self.site, kind, body)
+        task = tg.create_task(self._publish(client, district.up(self.site, kind), payload, items))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -210,7 +217,7 @@ class Uplink:
         items = self.outbox.lease(ALARM, self.alarm_inflight - self._alarms_in_flight)
         for item in items:
             self._alarms_in_flight += 1
-            self._spawn(tg, client, district.up(self.site, district.ALARM), item.body, [item])
+            self._spawn(tg, client, district.ALARM, item.body, [item])
 
     async def _alarm_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         ob = self.outbox
@@ -226,16 +233,16 @@ class Uplink:
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
-                topic, payload, items = await self._next_bulk()
+                kind, payload, items = await self._next_bulk()
                 if self.draining:
                     await self._pace()
             except BaseException:
                 self._slots.release()
                 raise
-            self._spawn(tg, client, topic, payload, items)
+            self._spawn(tg, client, kind, payload, items)
 
     async def _next_bulk(self) -> tuple[str, bytes, list[Item]]:
-        """The next state item, else the next telemetry batch once it is full or old enough."""
+        """(kind, body, items): the next state item, else the next telemetry batch once full or old enough."""
         ob = self.outbox
         while True:
             ob.ready_event.clear()
@@ -247,7 +254,7 @@ class Uplink:
                 continue
             state = ob.lease(STATE, 1)
             if state:
-                return district.up(self.site, state[0].kind), state[0].body, state
+                return state[0].kind, state[0].body, state
             n, oldest = ob.pending(TELEMETRY, self.max_items)
             if self.draining and n < self.max_items:
                 self._end_drain()  # caught up: what is left is live traffic, batched by max_delay again
@@ -257,7 +264,7 @@ class Uplink:
                     items = ob.lease(TELEMETRY, self.max_items)
                     payload = district_wire.telemetry(self.site, [i.body for i in items if not i.thinned],
                                                       [i.body for i in items if i.thinned])
-                    return district.up(self.site, district.TELEMETRY), payload, items
+                    return district.TELEMETRY, payload, items
                 timeout = wait
             if ob.awaiting_commit(STATE, TELEMETRY):  # more may be in the ingest's open batch: look again soon
                 timeout = min(timeout or 0.002, 0.002)
@@ -313,3 +320,12 @@ class Uplink:
                 elapsed = max(time.monotonic() - self._drain_started, 1e-9)
                 event(log, "drain", sent=self._drain_sent, backlog=self._drain_total,
                       rate=round(self._drain_sent / elapsed), depth=self.outbox.depth())
+
+
+def site_key(path: Path) -> bytes:
+    """The site key from its file, made there first if missing (the district must then be given it)."""
+    if not path.exists():
+        site_seal.make_key(path)
+        event(log, "site key created", logging.WARNING, path=str(path), note="give it to the district")
+    key: bytes = site_seal.read_key(path)
+    return key

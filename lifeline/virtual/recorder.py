@@ -16,15 +16,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway import district_wire
 from lifeline.virtual import wire
 from protocol import district as dtopics
 from protocol import senml_resolve
+from protocol.district_verify import Verifier, VerifyError
 
 POLL_S = 0.05  # how often `wait` and `until` look again
 
@@ -112,12 +114,20 @@ class Recorder:
     Its network loop is paho's own thread, so threads wait on it with `wait` and asyncio tests with `until`,
     neither blocking it. `ack_alarms` acknowledges every raised or escalated alarm as the district desk
     does (the gateway then stops re-sending it). A `session` name makes the subscription persistent, so
-    nothing is lost while the district broker restarts: the recorder reconnects by itself."""
+    nothing is lost while the district broker restarts: the recorder reconnects by itself.
+
+    Publishes come sealed by the site, with each device's own sealed message inside telemetry
+    (protocol/district_verify.py). With a `verifier` every seal is checked: a publish or a pack entry that
+    fails is kept out of the log and in `refused` (reason, detail), and `verifier.missing()` names the
+    sequence numbers that never arrived. Either way each pack entry is handed over as before the seal,
+    {"dev", "seq", "boot", "e"} (and "pri"), "e" the upstream pack with the gateway's resolved times."""
 
     def __init__(self, host: str, port: int, site: str, auth: tuple[str, str] | None = None, *,
                  ack_alarms: bool = False, on_entry: Callable[[Entry], None] | None = None, raw: bool = False,
-                 session: str | None = None) -> None:
+                 session: str | None = None, verifier: Verifier | None = None) -> None:
         self.site = site
+        self.verifier = verifier
+        self.refused: list[tuple[str, str]] = []
         self.log = DistrictLog(raw)
         self.lock = threading.Lock()
         self.errors = 0  # messages that were not the uplink's CBOR
@@ -146,7 +156,15 @@ class Recorder:
         now = time.time()
         try:
             _, kind = dtopics.parse_up(msg.topic)
-            body = cbor2.loads(msg.payload)
+            if self.verifier is not None:
+                _, _, body = self.verifier.publish(msg.topic, msg.payload)
+            else:
+                body = cbor2.loads(unsealed(bytes(msg.payload)))
+            if kind == dtopics.TELEMETRY and isinstance(body, dict):
+                body = dict(body, packs=[p for p in map(self._entry, body.get("packs", ())) if p is not None])
+        except VerifyError as exc:
+            self.refused.append((exc.reason, str(exc)))
+            return
         except (ValueError, cbor2.CBORDecodeError):
             self.errors += 1
             return
@@ -158,6 +176,22 @@ class Recorder:
             self.acks += 1
         if self._on_entry is not None:
             self._on_entry(entry)
+
+    def _entry(self, entry: Any) -> dict[str, Any] | None:
+        """A pack entry as it read before the device's message went inside: None when it fails verification."""
+        if self.verifier is None and (not isinstance(entry, dict) or "m" not in entry):
+            return cast(dict[str, Any], entry)
+        try:
+            records = (district_wire.entry_records(cast(district_wire.TelemetryEntry, entry))
+                       if self.verifier is None else self.verifier.entry(entry))
+        except VerifyError as exc:
+            self.refused.append((exc.reason, str(exc)))
+            return None
+        out = {"dev": entry["dev"], "seq": entry["seq"], "boot": entry["boot"],
+               "e": district_wire.senml_pack(entry["dev"], records)}
+        if "pri" in entry:
+            out["pri"] = entry["pri"]
+        return out
 
     def entries(self, kind: str | None = None, since: float = 0.0) -> list[Entry]:
         """What has arrived (of one kind) since `since`, Unix seconds, in receipt order."""
@@ -223,6 +257,8 @@ class CountingRecorder:
 
     def _take(self, topic: str, payload: bytes) -> None:
         now = time.monotonic()
+        if topic.count("/") == 4:  # a gateway's own publish (not a bridge's): its body, from inside the seal
+            payload = unsealed(payload)
         self._count(topic, payload)
         with self._lock:
             self.mqtt_messages += 1
@@ -231,3 +267,11 @@ class CountingRecorder:
 
     def close(self) -> None:
         self._sub.close()
+
+
+def unsealed(payload: bytes) -> bytes:
+    """The body inside a site-sealed publish (COSE_Mac0, tag 17), unverified; a bare body as it is."""
+    if payload[:1] != b"\xd1":
+        return payload
+    inner: bytes = cbor2.loads(payload).value[2]
+    return inner

@@ -32,7 +32,7 @@ from prometheus_client.samples import Sample
 from lifeline import site_auth, upy
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.recorder import Entry, Recorder
-from protocol import message, senml, topics
+from protocol import district_verify, message, senml, site_seal, topics
 
 ROOT = upy.ROOT
 DEPLOY = ROOT / "deploy" / "mosquitto"
@@ -187,6 +187,8 @@ class Site:
 
     def start(self) -> Site:
         self.dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.dir / "site.key"  # the gateway's default key_file: beside its store
+        self.site_key = site_seal.read_key(key_file) if key_file.exists() else site_seal.make_key(key_file)
         if self.tls:
             self.pki = make_pki(self.dir / "pki", [self.id])
         self.write_config()
@@ -237,7 +239,11 @@ class Site:
         """The district application on this site's uplink (lifeline/virtual/recorder.py)."""
         assert self.district_broker is not None
         return Recorder("127.0.0.1", self.district_broker.port, self.id, (DISTRICT_USER, self.district_password),
-                        ack_alarms=ack_alarms, on_entry=on_entry, raw=raw)
+                        ack_alarms=ack_alarms, on_entry=on_entry, raw=raw, verifier=self.verifier())
+
+    def verifier(self) -> district_verify.Verifier:
+        """The district's verifier for this site: its site key and its devices' keys."""
+        return district_verify.Verifier({self.id: self.site_key}, {d.id: d.key for d in self.devices.values()})
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the gateway's Prometheus endpoint (0 when absent)."""
