@@ -4,13 +4,16 @@ profile, with the same functions (dense run of the real firmware, packs regroupe
 Run: .venv/bin/python -m bench.firmware_wire [--profiles gas,water] [--seconds 20] [--save F | --load F].
 --save keeps the decoded messages of the device runs; --load re-seals those same messages with the
 protocol code of this checkout instead of running the devices, so two envelope formats can be compared
-on identical readings. Prints a table; writes nothing else. A short run may not fill a whole batch
-(full_max < batch); at_batch spreads the measured per-message overhead over the profile's batch instead.
+on identical readings; --load F --whole-seconds re-stamps them first as the firmware did before issue 18
+(whole seconds in routine packs, 1/8 s in alarm ones), for the cost of millisecond times. Prints a table;
+writes nothing else. A short run may not fill a whole batch (full_max < batch); at_batch spreads the
+measured per-message overhead over the profile's batch instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import tempfile
 from pathlib import Path
@@ -21,7 +24,7 @@ from bench.firmware_bench import MEASURE_HEAP, PROFILES, batched, run_device, si
 from lifeline.virtual.firmware import build_firmware
 from lifeline.virtual.flashdir import KEY
 from lifeline.virtual.profiles import load_profile
-from protocol import message, senml_resolve, topics
+from protocol import message, senml, senml_resolve, topics
 
 
 def device_messages(names: list[str], seconds: float) -> dict[str, list[dict[str, Any]]]:
@@ -48,6 +51,20 @@ def reseal(body: dict[str, Any]) -> bytes:
         built = message.data(body["dev"], body["boot"], body["seq"], body["e"], clk, pri)
     sealed: bytes = message.encode(built, KEY)
     return sealed
+
+
+def whole_seconds(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with its record times rounded as before issue 18: to 1/8 s with alarm priority, else to 1 s."""
+    step = 8 if body.get("pri") else 1
+    for r in body["e"]:
+        if senml.T in r:
+            e = math.floor(r[senml.T] * step + 0.5)
+            t = e // step if e % step == 0 else e / step
+            if t:
+                r[senml.T] = t
+            else:
+                del r[senml.T]
+    return body
 
 
 def figures(name: str, bodies: list[dict[str, Any]], resealed: bool) -> dict[str, Any]:
@@ -79,10 +96,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--save", type=Path)
     ap.add_argument("--load", type=Path)
+    ap.add_argument("--whole-seconds", action="store_true", help="with --load: stamp as before issue 18")
     args = ap.parse_args()
     names = args.profiles.split(",")
     if args.load:
         runs: dict[str, list[dict[str, Any]]] = pickle.loads(args.load.read_bytes())
+        if args.whole_seconds:
+            runs = {name: [whole_seconds(b) for b in bodies] for name, bodies in runs.items()}
     else:
         runs = device_messages(names, args.seconds)
         if args.save:

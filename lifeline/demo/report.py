@@ -201,10 +201,9 @@ def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
     if ls["n"]:
         lines += [f"Latency, device sample to district receipt, over {ls['n']} alarm events: min "
                   f"{_ms(ls['min'])} ms, median {_ms(ls['median'])} ms, max {_ms(ls['max'])} ms.", "",
-                  "Devices stamp readings to 1/8 s in alarm-priority packs and to whole seconds in routine ones "
-                  "(firmware/lib/app/publisher.py), so a latency is good to about ±0.06 s, or ±0.5 s when a "
-                  "routine reading caused the transition (a clear, or a level below the device's own pre-alarm); "
-                  "such a latency can read below zero. Gateway to district is measured on one clock.", ""]
+                  "Devices stamp every reading to 1/1024 s (firmware/lib/app/publisher.py), so a latency is "
+                  "good to about a millisecond and never reads below zero. Gateway to district is measured on "
+                  "one clock.", ""]
     lines += ["## Expected alarms", "",
               "| incident | subject | rule | state | event | sample at (s) | device → gateway (ms) "
               "| gateway → district (ms) | total (ms) |",

@@ -18,7 +18,17 @@ class Clock:
             self._anchor()
 
     def _anchor(self):
-        self.epoch0_ms = int(self.board.time() * 1000) - self.up_ms()
+        """Epoch ms at boot, to the ms: board.time() is whole seconds on an ESP32, so the ms come from
+        rtc_ms(), the same clock a whole number of seconds away; read between two RTC reads within one
+        second, the seconds between the two clocks are exact."""
+        b = self.board
+        while True:
+            r = b.rtc_ms()
+            s = int(b.time())
+            now = b.rtc_ms()
+            if r // 1000 == now // 1000:
+                break
+        self.epoch0_ms = now + (s - now // 1000) * 1000 - self.up_ms()
 
     def up_ms(self):
         """Milliseconds since boot; must be called more often than every 6 days (ticks wrap)."""

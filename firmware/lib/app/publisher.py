@@ -81,7 +81,6 @@ class Publisher:
         base = clock.ms(recs[0][3])
         bt = base // 1000
         bu = recs[0][2]
-        fine = pri == message.PRI_ALARM
         bn = recs[0][0]
         for r in recs:
             if r[0] != bn:
@@ -90,12 +89,11 @@ class Publisher:
                 bu = None
         records = []
         for name, v, unit, up in recs:
-            dt = clock.ms(up) - bt * 1000
-            if fine:  # alarm packs keep 1/8 s: a half-precision float up to 256 s
-                e = (dt + 62) // 125
-                t = e // 8 if e % 8 == 0 else e / 8
-            else:
-                t = (dt + 500) // 1000
+            # ms after bt to the nearest 1/1024 s (integer arithmetic, exact on single-precision boards):
+            # exact as a binary float, so the encoder picks half precision within 2 s of bt (every
+            # pack's first reading) and single precision up to 4.5 h; a whole second stays an integer.
+            e = ((clock.ms(up) - bt * 1000) * 128 + 62) // 125
+            t = e >> 10 if e & 1023 == 0 else e / 1024
             rec = senml.record(name, v, None if unit == bu else unit, t or None)
             if bn:  # one metric only: its name goes once, as the base name
                 del rec[senml.N]
