@@ -1,0 +1,307 @@
+"""The district desk: the web page a duty officer uses, and the JSON API behind it (docs/district.md).
+
+Every request is checked on the server, whatever the page showed: a session cookie (HttpOnly,
+SameSite=Strict) for every /api call but login, the session's CSRF token in `X-CSRF-Token` for every POST,
+and the user's role for every action (district/accounts.py). Bad input is answered 400 with a message and
+changes nothing; unknown things 404; a step from the wrong state 409. The page is static files served from
+here (no CDN, no build step), and stays current through server-sent events from the change feed
+(district/live.py): a notice says what changed and the page fetches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from district import accounts, queries, workorders
+from district.accounts import Session
+from district.downlink import Downlink, DownlinkError, broker_publisher
+from district.live import Hub, notice
+from district.queries import RiskPoints
+from district.workorders import WorkOrderError
+from gateway.rules import RuleSet, default_ruleset
+from gateway.site_config import BrokerConfig
+
+STATIC = Path(__file__).with_name("static")
+COOKIE = "lifeline_desk"
+MAX_BODY = 128 * 1024  # a rule set is the largest thing anyone posts
+LOGIN_FAILURES = 5  # per user name per LOGIN_WINDOW_S, then 429 until the oldest failure ages out
+LOGIN_WINDOW_S = 60.0
+MAX_WINDOW_S = 400 * 86400
+HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+# action -> the body's fields (required, optional) and how workorders.act names them
+STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "dispatch": (("team",), ()),
+    "report": (("findings",), ("action",)),
+    "close": ((), ()),
+    "send-back": (("correction",), ()),
+}
+
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """An answer other than 200: the status and the message the client is shown."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, downlink: Downlink | None = None,
+             risk_points: RiskPoints | None = None, rules: RuleSet | None = None, secure_cookie: bool = False,
+             clock: Callable[[], float] = time.time) -> Starlette:
+    """The desk over one database. `broker`: the district broker, which the desk follows for the change
+    feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS."""
+    if downlink is None:
+        if broker is None:
+            raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
+        downlink = Downlink(broker_publisher(broker))
+    down = downlink
+    points: RiskPoints = risk_points or {}
+    ruleset = rules or default_ruleset()
+    failures: dict[str, deque[float]] = defaultdict(deque)
+
+    async def db(work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run database work off the event loop, in one transaction when it writes."""
+        def run() -> T:
+            with engine.begin() if write else engine.connect() as conn:
+                return work(conn)
+        return await run_in_threadpool(run)
+
+    async def who(request: Request) -> Session:
+        token = request.cookies.get(COOKIE)
+        found = await db(lambda c: accounts.session(c, token, now=clock())) if token else None
+        if found is None:
+            raise Refused(401, "log in first")
+        if request.method == "POST":
+            sent = request.headers.get("x-csrf-token", "")
+            if not secrets.compare_digest(sent.encode(), found.csrf.encode()):
+                raise Refused(403, "missing or wrong X-CSRF-Token")
+        return found
+
+    def allowed(s: Session, action: str) -> None:
+        if not s.may(action):
+            raise Refused(403, f"a {s.role} may not {action}")
+
+    async def body(request: Request, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The JSON object posted, with exactly the fields the endpoint takes."""
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise Refused(400, f"body: at most {MAX_BODY} bytes")
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            raise Refused(400, "body: not JSON") from None
+        if not isinstance(data, dict):
+            raise Refused(400, "body: a JSON object")
+        unknown = set(data) - set(fields) - set(optional)
+        if unknown:
+            raise Refused(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        missing = [f for f in fields if f not in data]
+        if missing:
+            raise Refused(400, f"missing field(s): {', '.join(missing)}")
+        return data
+
+    def endpoint(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                result = await handler(request)
+            except Refused as r:
+                return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
+            except (WorkOrderError, DownlinkError) as e:
+                return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
+            return result if isinstance(result, Response) else JSONResponse(result, headers=HEADERS)
+        return wrapped
+
+    # --- accounts -------------------------------------------------------------------------------------
+
+    async def login(request: Request) -> Response:
+        data = await body(request, ("user", "password"))
+        name, password = data["user"], data["password"]
+        if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
+            raise Refused(400, "user and password: text")
+        if len(name) > 64 or len(password) > accounts.MAX_PASSWORD:
+            raise Refused(401, "wrong user name or password")
+        now = clock()
+        recent = failures[name]
+        while recent and recent[0] < now - LOGIN_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= LOGIN_FAILURES:
+            raise Refused(429, "too many failed logins for this user: wait a minute")
+        s = await db(lambda c: accounts.log_in(c, name, password, now=now), write=True)
+        if s is None:
+            recent.append(now)
+            raise Refused(401, "wrong user name or password")
+        failures.pop(name, None)
+        response = JSONResponse({"user": s.user, "role": s.role, "csrf": s.csrf}, headers=HEADERS)
+        response.set_cookie(COOKIE, s.token, max_age=int(accounts.SESSION_S), httponly=True, samesite="strict",
+                            secure=secure_cookie, path="/")
+        return response
+
+    async def logout(request: Request) -> Response:
+        s = await who(request)
+        await db(lambda c: accounts.log_out(c, s.token), write=True)
+        response = JSONResponse({"ok": True}, headers=HEADERS)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    async def me(request: Request) -> Any:
+        s = await who(request)
+        return {"user": s.user, "role": s.role, "csrf": s.csrf, "may": sorted(accounts.ACTIONS[s.role])}
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    def read(query: Callable[[Connection, Request], Any]) -> Callable[[Request], Awaitable[Any]]:
+        async def handler(request: Request) -> Any:
+            await who(request)
+            result = await db(lambda c: query(c, request))
+            if result is None:
+                raise Refused(404, "no such thing")
+            return result
+        return handler
+
+    def history(conn: Connection, request: Request) -> Any:
+        q = request.query_params
+        site, dev, metric = q.get("site"), q.get("dev"), q.get("metric")
+        if not site or not dev or not metric:
+            raise Refused(400, "site, dev and metric are required")
+        try:
+            t_to = float(q.get("to") or clock())
+            t_from = float(q.get("from") or t_to - 6 * 3600)
+        except ValueError:
+            raise Refused(400, "from and to: epoch seconds") from None
+        if not 0 < t_to - t_from <= MAX_WINDOW_S:
+            raise Refused(400, f"from must be before to, at most {MAX_WINDOW_S // 86400} days apart")
+        return queries.history(conn, ruleset, site, dev, metric, t_from, t_to)
+
+    def order_id(request: Request) -> int:
+        try:
+            value = int(request.path_params["id"])
+        except ValueError:
+            raise Refused(404, "no such work order") from None
+        if not 0 < value < 2**63:
+            raise Refused(404, "no such work order")
+        return value
+
+    def command_id(request: Request) -> int:
+        try:
+            return int(request.path_params["id"])
+        except ValueError:
+            raise Refused(404, "no such command") from None
+
+    # --- actions --------------------------------------------------------------------------------------
+
+    async def ack(request: Request) -> Any:
+        s = await who(request)
+        allowed(s, "ack")
+        await body(request, ())
+        alarm_id = request.path_params["id"]
+        site = await db(lambda c: workorders.ack_alarm(c, alarm_id, s, now=clock()), write=True)
+        hub.publish(notice("alarm", site=site, id=alarm_id))
+        hub.publish(notice("work-order", alarm=alarm_id))
+        try:
+            await down.alarm_ack(site, [alarm_id])
+        except DownlinkError as e:
+            return {"ok": True, "down": f"acknowledged here; not sent to {site}: {e}"}
+        return {"ok": True, "down": "sent"}
+
+    async def step(request: Request) -> Any:
+        s = await who(request)
+        action = request.path_params["action"]
+        if action not in STEP_FIELDS:
+            raise Refused(404, f"no step {action}: one of {', '.join(STEP_FIELDS)}")
+        allowed(s, action)
+        oid = order_id(request)
+        data = await body(request, *STEP_FIELDS[action])
+        state = await db(lambda c: workorders.act(
+            c, oid, action, s, team=data.get("team"), note=data.get("findings", data.get("correction")),
+            action_taken=data.get("action"), now=clock()), write=True)
+        hub.publish(notice("work-order", id=oid))
+        return {"id": oid, "state": state}
+
+    async def command(request: Request) -> Any:
+        s = await who(request)
+        allowed(s, "command")
+        data = await body(request, ("site", "dev", "op"), ("args",))
+        cmd_id = await down.command(engine, s.user, data["site"], data["dev"], data["op"], data.get("args", {}))
+        hub.publish(notice("command", id=str(cmd_id)))
+        return {"id": str(cmd_id), "state": "sent"}
+
+    async def rules_change(request: Request) -> Any:
+        s = await who(request)
+        allowed(s, "rules")
+        data = await body(request, ("site", "ruleset"))
+        cmd_id = await down.rules(engine, s.user, data["site"], data["ruleset"])
+        hub.publish(notice("command", id=str(cmd_id)))
+        return {"id": str(cmd_id), "state": "sent"}
+
+    async def events(request: Request) -> Response:
+        await who(request)
+
+        async def stream() -> AsyncIterator[dict[str, str]]:
+            async with hub.listen() as q:
+                yield {"event": "hello", "data": "{}"}
+                while True:
+                    yield {"event": "change", "data": json.dumps(await q.get())}
+        return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=HEADERS)
+
+    routes = [
+        Route("/", page),
+        Route("/api/login", endpoint(login), methods=["POST"]),
+        Route("/api/logout", endpoint(logout), methods=["POST"]),
+        Route("/api/me", endpoint(me)),
+        Route("/api/alarms", endpoint(read(lambda c, r: queries.open_alarms(c, points)))),
+        Route("/api/alarms/{id}/ack", endpoint(ack), methods=["POST"]),
+        Route("/api/sites", endpoint(read(lambda c, r: queries.site_states(c)))),
+        Route("/api/devices", endpoint(read(lambda c, r: queries.device_states(c, r.query_params.get("site"))))),
+        Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, points)))),
+        Route("/api/history", endpoint(read(history))),
+        Route("/api/work-orders", endpoint(read(lambda c, r: queries.work_order_list(c)))),
+        Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, order_id(r))))),
+        Route("/api/work-orders/{id}/{action}", endpoint(step), methods=["POST"]),
+        Route("/api/response-times", endpoint(read(lambda c, r: queries.response_times(c)))),
+        Route("/api/commands", endpoint(command), methods=["POST"]),
+        Route("/api/commands/{id}", endpoint(read(lambda c, r: queries.command_state(c, command_id(r))))),
+        Route("/api/rules", endpoint(rules_change), methods=["POST"]),
+        Route("/api/events", endpoint(events)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        follower = asyncio.create_task(hub.follow(broker)) if broker is not None else None
+        try:
+            yield
+        finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def risk_points_of(sites: Mapping[str, Any]) -> RiskPoints:
+    """The district config's risk points ({site: SiteEntry}) in the shape the desk's queries take."""
+    return {site: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
+                   for p in entry.risk_points] for site, entry in sites.items()}

@@ -1,0 +1,221 @@
+"""The desk's read models: what each panel shows, read straight from the district's tables.
+
+Every function takes a connection and returns plain JSON-ready values. The alarm board never shows an
+item as live unless it is: an inhibited alarm (its device silent or dead) and a historical one (sent from
+a site's backlog) carry that state. Thresholds come from the gateway's own shipped rule sets
+(gateway/rules.py), so the desk's lines are the levels the site judges by.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, case, func, select
+
+from district.schema import (
+    alarm_events,
+    alarms,
+    commands,
+    devices,
+    messages,
+    readings,
+    rollups,
+    sites,
+    work_order_steps,
+    work_orders,
+)
+from gateway.rules import RuleSet
+
+RiskPoints = Mapping[str, Sequence[Mapping[str, Any]]]  # {site: [{"id", "class", "lat", "lon", "radius_m"}]}
+MAX_POINTS = 2000  # readings in one chart; a longer window is thinned evenly
+SAMPLE_WINDOW = 20000  # newest readings the sample -> desk times are taken from
+RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alarms.c.level == "yellow", 2),
+            (alarms.c.level == "blue", 1), else_=0)
+
+
+def _point(risk_points: RiskPoints, site: str, point: str | None) -> Mapping[str, Any] | None:
+    return next((p for p in risk_points.get(site, ()) if p.get("id") == point), None) if point else None
+
+
+def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any]]:
+    """Alarms not cleared, red first, then orange, yellow, blue; the oldest first within a colour."""
+    rows = conn.execute(
+        select(alarms, devices.c.lat.label("dev_lat"), devices.c.lon.label("dev_lon"),
+               work_orders.c.id.label("wo_id"), work_orders.c.state.label("wo_state"),
+               work_orders.c.team.label("wo_team"), work_orders.c.round.label("wo_round"))
+        .outerjoin(devices, (devices.c.site == alarms.c.site) & (devices.c.dev == alarms.c.dev))
+        .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
+        .where(alarms.c.state != "cleared")
+        .order_by(RANK.desc(), alarms.c.raised, alarms.c.received)).all()
+    out = []
+    for r in rows:
+        point = _point(risk_points, r.site, r.point)
+        pos = ((r.lat, r.lon) if r.lat is not None else (point["lat"], point["lon"]) if point
+               else (r.dev_lat, r.dev_lon) if r.dev_lat is not None else None)
+        out.append({
+            "id": r.id, "site": r.site, "dev": r.dev, "cls": r.cls, "kind": r.kind, "metric": r.metric,
+            "level": r.level, "peak": r.peak, "value": r.value, "unit": r.unit, "point": r.point,
+            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received, "acked": r.acked,
+            "state": "historical" if r.hist else r.state, "t_last": r.t_last,
+            "work_order": None if r.wo_id is None else
+            {"id": r.wo_id, "state": r.wo_state, "team": r.wo_team, "round": r.wo_round}})
+    return out
+
+
+def alarm(conn: Connection, alarm_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(alarms).where(alarms.c.id == alarm_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def site_states(conn: Connection) -> list[dict[str, Any]]:
+    """Each gateway online or offline, its session, when it was born and died, and its devices by state."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for site, state, n in conn.execute(select(devices.c.site, devices.c.state, func.count())
+                                       .group_by(devices.c.site, devices.c.state)):
+        counts[site][state] = n
+    return [{"site": r.site, "online": r.online, "session": r.session, "born": r.born, "died": r.died,
+             "last_seen": r.last_seen, "devices": counts.get(r.site, {})}
+            for r in conn.execute(select(sites).order_by(sites.c.site))]
+
+
+def device_states(conn: Connection, site: str | None = None) -> list[dict[str, Any]]:
+    q = select(devices).order_by(devices.c.site, devices.c.dev)
+    if site is not None:
+        q = q.where(devices.c.site == site)
+    return [{"site": r.site, "dev": r.dev, "state": r.state, "cls": r.cls, "fw": r.fw, "batt": r.batt,
+             "rssi": r.rssi, "last_seen": r.last_seen, "pos": [r.lat, r.lon] if r.lat is not None else None}
+            for r in conn.execute(q)]
+
+
+def map_view(conn: Connection, risk_points: RiskPoints) -> dict[str, Any]:
+    """What has coordinates: risk points (from the district config), devices, and open alarms."""
+    points = [{"site": site, "id": p["id"], "cls": p.get("class"), "lat": p["lat"], "lon": p["lon"],
+               "radius_m": p.get("radius_m")} for site, ps in risk_points.items() for p in ps]
+    devs = [d for d in device_states(conn) if d["pos"] is not None]
+    live = [{"id": a["id"], "site": a["site"], "dev": a["dev"], "level": a["level"], "state": a["state"],
+             "point": a["point"], "pos": a["pos"]} for a in open_alarms(conn, risk_points) if a["pos"]]
+    return {"points": points, "devices": devs, "alarms": live}
+
+
+def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, t_from: float,
+            t_to: float) -> dict[str, Any]:
+    """One sensor over a window: its readings (thinned evenly past MAX_POINTS), the rollups of spans older
+    than the raw readings kept, its class's thresholds, and the alarm transitions in the window."""
+    series = (readings.c.site == site) & (readings.c.dev == dev) & (readings.c.n == metric)
+    raw = conn.execute(select(readings.c.t.label("at"), readings.c.v, readings.c.s, readings.c.u)
+                       .where(series, readings.c.t >= t_from, readings.c.t <= t_to)
+                       .order_by(readings.c.t)).all()
+    stride = -(-len(raw) // MAX_POINTS) if raw else 1
+    points = [[r.at, r.v if r.v is not None else r.s] for r in raw[::stride] if r.v is not None or r.s is not None]
+    oldest_raw = raw[0].at if raw else t_to
+    rolled = [{"t": at, "count": n, "min": lo, "max": hi, "mean": mean}
+              for at, n, lo, hi, mean in conn.execute(select(
+                  rollups.c.t, rollups.c.count, rollups.c.min, rollups.c.max, rollups.c.mean).where(
+                  rollups.c.site == site, rollups.c.dev == dev, rollups.c.n == metric,
+                  rollups.c.t >= t_from, rollups.c.t < oldest_raw).order_by(rollups.c.t))]
+    cls = conn.execute(select(devices.c.cls).where(devices.c.site == site, devices.c.dev == dev)).scalar()
+    if cls is None:
+        cls = conn.execute(select(alarms.c.cls).where(alarms.c.site == site, alarms.c.dev == dev,
+                                                      alarms.c.metric == metric).limit(1)).scalar()
+    events = [{"alarm": r.alarm, "ev": r.ev, "level": r.level, "prev": r.prev, "value": r.value, "t": r.t_gw,
+               "hist": r.hist}
+              for r in conn.execute(select(alarm_events).join(alarms, alarms.c.id == alarm_events.c.alarm).where(
+                  alarms.c.site == site, alarms.c.dev == dev, alarms.c.metric == metric,
+                  alarm_events.c.t_gw >= t_from, alarm_events.c.t_gw <= t_to).order_by(alarm_events.c.t_gw))]
+    return {"site": site, "dev": dev, "metric": metric, "cls": cls, "from": t_from, "to": t_to,
+            "unit": raw[-1].u if raw else None, "readings": points, "rollups": rolled,
+            "thresholds": thresholds(rules, cls, dev, metric), "transitions": events}
+
+
+def thresholds(rules: RuleSet, cls: str | None, dev: str, metric: str) -> list[dict[str, Any]]:
+    """The level rule's levels and clear levels for a device's metric, lowest level first."""
+    judged = rules.metric_rules(cls, dev, metric) if cls else None
+    if judged is None or judged.level is None:
+        return []
+    level = judged.level
+    return [{"level": lv.label, "value": v, "clear": level.clear.get(lv), "direction": level.direction}
+            for lv, v in sorted(level.levels.items())]
+
+
+def work_order_list(conn: Connection, order_id: int | None = None) -> list[dict[str, Any]]:
+    """Work orders, newest first, with what their alarm was about."""
+    q = (select(work_orders, alarms.c.dev, alarms.c.metric, alarms.c.peak, alarms.c.level, alarms.c.point)
+         .join(alarms, alarms.c.id == work_orders.c.alarm).order_by(work_orders.c.id.desc()))
+    if order_id is not None:
+        q = q.where(work_orders.c.id == order_id)
+    return [{"id": r.id, "alarm": r.alarm, "site": r.site, "dev": r.dev, "metric": r.metric, "peak": r.peak,
+             "level": r.level, "point": r.point, "state": r.state, "team": r.team, "round": r.round,
+             "opened": r.opened, "updated": r.updated} for r in conn.execute(q)]
+
+
+def work_order(conn: Connection, order_id: int) -> dict[str, Any] | None:
+    """One order with every step, oldest first."""
+    found = work_order_list(conn, order_id)
+    if not found:
+        return None
+    steps = [{"step": r.step, "actor": r.actor, "at": r.at, "team": r.team, "note": r.note, "action": r.action}
+             for r in conn.execute(select(work_order_steps).where(work_order_steps.c.order_id == order_id)
+                                   .order_by(work_order_steps.c.id))]
+    return {**found[0], "steps": steps}
+
+
+def command_state(conn: Connection, cmd_id: int) -> dict[str, Any] | None:
+    """A command as sent and, once the site answered, its outcome (`state`: sent, done, failed)."""
+    r = conn.execute(select(commands).where(commands.c.id == cmd_id)).first()
+    if r is None:
+        return None
+    return {"id": str(r.id), "site": r.site, "dev": r.dev, "op": r.op, "args": json.loads(r.args),
+            "actor": r.actor, "sent": r.sent, "answered": r.answered,
+            "state": "sent" if r.answered is None else "done" if r.ok else "failed",
+            "result": None if r.result is None else json.loads(r.result)}
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    """p50, p90 (nearest rank), max and count of durations in seconds."""
+    v = sorted(values)
+    if not v:
+        return {"count": 0, "p50": None, "p90": None, "max": None}
+    def rank(p: int) -> float:
+        return v[max(0, -(-len(v) * p // 100) - 1)]
+    return {"count": len(v), "p50": rank(50), "p90": rank(90), "max": v[-1]}
+
+
+def response_times(conn: Connection) -> dict[str, Any]:
+    """The seeds' measures, per colour (an alarm's peak level) and per site:
+    sample -> desk (when the district received a reading minus its time; by colour, for the readings that
+    raised alarms), alarm -> ack (acked - raised), ack -> dispatch and dispatch -> closed (from the steps)."""
+    by: dict[str, dict[str, dict[str, list[float]]]] = {
+        "colour": defaultdict(lambda: defaultdict(list)), "site": defaultdict(lambda: defaultdict(list))}
+
+    def add(measure: str, colour: str | None, site: str | None, value: float | None) -> None:
+        if value is None or value < 0:
+            return
+        if colour:
+            by["colour"][colour][measure].append(value)
+        if site:
+            by["site"][site][measure].append(value)
+
+    for site, t, received in conn.execute(select(readings.c.site, readings.c.t, messages.c.received)
+                                          .join(messages, messages.c.id == readings.c.message)
+                                          .where(messages.c.hist.is_(False))
+                                          .order_by(messages.c.id.desc()).limit(SAMPLE_WINDOW)):
+        add("sample_desk", None, site, received - t)
+    for r in conn.execute(select(alarms).where(alarms.c.hist.is_(False))):
+        add("sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
+        add("alarm_ack", r.peak, r.site, None if r.acked is None or r.raised is None else r.acked - r.raised)
+    firsts: dict[int, dict[str, float]] = defaultdict(dict)
+    for order_id, step, at in conn.execute(select(work_order_steps.c.order_id, work_order_steps.c.step,
+                                                  work_order_steps.c.at).order_by(work_order_steps.c.id)):
+        firsts[order_id].setdefault(step, at)
+    for r in conn.execute(select(work_orders.c.id, work_orders.c.site, alarms.c.peak)
+                          .join(alarms, alarms.c.id == work_orders.c.alarm)):
+        s = firsts.get(r.id, {})
+        if "ack" in s and "dispatch" in s:
+            add("ack_dispatch", r.peak, r.site, s["dispatch"] - s["ack"])
+        if "dispatch" in s and "close" in s:
+            add("dispatch_closed", r.peak, r.site, s["close"] - s["dispatch"])
+    return {group: {key: {m: stats(vals) for m, vals in measures.items()} for key, measures in sorted(g.items())}
+            for group, g in by.items()}

@@ -1,0 +1,95 @@
+"""What the desk tests share: a real uvicorn serving the desk on a free port, a subscriber of what the desk
+sends down, and a district with one site, its devices and three users."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import uvicorn
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine
+
+from district import accounts, store
+from district.desk import make_app
+from district.live import Hub
+from gateway.site_config import BrokerConfig
+from lifeline.virtual.broker import Mosquitto, free_port
+
+PASSWORD = "desk-password-1"
+USERS = {"viewer": "vera", "operator": "li.wei", "supervisor": "chen"}
+RISK_POINTS = {"s1": [{"id": "rp-valve-7", "class": "gas", "lat": 31.2305, "lon": 121.4740, "radius_m": 30.0}]}
+
+
+def broker_config(broker: Mosquitto) -> BrokerConfig:
+    return BrokerConfig(broker.host, broker.port, "district-test", None, None, None, 30)
+
+
+@contextmanager
+def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
+    """The desk app under uvicorn in a thread, following the broker's change feed; yields its base URL."""
+    app = make_app(engine, hub=Hub(), broker=broker_config(broker), risk_points=RISK_POINTS)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the desk did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class Downlinks:
+    """Everything published under district/v1/+/down/#, as (topic, payload)."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-downlinks")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("district/v1/+/down/#", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rc, p: self._subscribed.set()
+        self.client.on_message = lambda c, u, m: self.got.append((m.topic, m.payload))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def wait(self, topic: str, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, payload in self.got:
+                if t == topic:
+                    return payload
+            time.sleep(0.02)
+        raise AssertionError(f"nothing on {topic} within {timeout}s; got {self.got}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def seed(engine: Engine, now: float) -> None:
+    """Site s1 online with two gas devices, and one user of each role."""
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", True, 1, received=now - 600)
+        for i, dev in enumerate(("gas1", "gas2")):
+            store.device_state(conn, "s1", {"dev": dev, "st": "online", "t": now - 500, "boot": 1, "batt": 3.9,
+                                            "pos": [31.2301 + i * 0.0006, 121.4735 + i * 0.0009]},
+                               received=now - 500)
+        for role, name in USERS.items():
+            accounts.add_user(conn, name, role, PASSWORD)
+
+
+def alarm_body(alarm_id: str, ev: str, level: str | None, t_gw: float, **extra: Any) -> dict[str, Any]:
+    return {"id": alarm_id, "ev": ev, "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4", "level": level,
+            "prev": None, "value": 60.0, "reading": 60.0, "rule": "gas.ch4", "rver": 1, "t_dev": t_gw - 0.5,
+            "t_gw": t_gw, "resend": 0, "unit": "%LEL", "point": "rp-valve-7", **extra}

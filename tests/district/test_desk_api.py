@@ -1,0 +1,264 @@
+"""The desk's API over a real uvicorn, on SQLite and PostgreSQL, with a real Mosquitto for what goes down:
+the server (not the page) enforces login, CSRF and roles; bad input is refused with 400 and changes nothing;
+the whole work-order loop runs through the API; an ack, a command and a rule set reach the site's topics in
+the bodies the gateway parses."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from deskkit import PASSWORD, USERS, Downlinks, alarm_body, desk_server, seed
+from sqlalchemy import Engine, func, select
+
+from district import store
+from district.schema import alarms, audit, commands, rollups, work_order_steps, work_orders
+from gateway.district_wire import alarm_ack_ids, command_request, downlink, ruleset_data
+from gateway.rules import default_ruleset
+from lifeline.virtual.broker import Mosquitto
+
+ALARM = "c" * 32
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+@pytest.fixture
+def desk(engine: Engine, broker: Mosquitto) -> Iterator[str]:
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(ALARM, "raised", "red", now - 60), received=now - 59)
+    with desk_server(engine, broker) as url:
+        yield url
+
+
+def client(url: str, role: str | None = None) -> tuple[httpx.Client, str]:
+    """A client logged in as the user of `role` (none when None), and its CSRF token."""
+    c = httpx.Client(base_url=url, timeout=20)
+    if role is None:
+        return c, ""
+    r = c.post("/api/login", json={"user": USERS[role], "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert r.json()["role"] == role
+    return c, r.json()["csrf"]
+
+
+def order_of(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == ALARM)).scalar_one())
+
+
+def snapshot(engine: Engine) -> tuple[Any, ...]:
+    """Everything an action could change."""
+    with engine.connect() as conn:
+        return (conn.execute(select(alarms.c.acked)).all(), conn.execute(select(work_orders)).all(),
+                conn.execute(select(func.count()).select_from(work_order_steps)).scalar(),
+                conn.execute(select(func.count()).select_from(commands)).scalar(),
+                conn.execute(select(func.count()).select_from(audit)).scalar())
+
+
+RULESET = {"version": 7, "gas": {"ch4": {"unit": "%LEL", "direction": "above", "levels": {"red": 40},
+                                          "clear": {"red": 30}}}}
+
+
+def every_post(order: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"/api/alarms/{ALARM}/ack", {}), (f"/api/work-orders/{order}/dispatch", {"team": "pipe 3"}),
+            (f"/api/work-orders/{order}/report", {"findings": "leak"}), (f"/api/work-orders/{order}/close", {}),
+            (f"/api/work-orders/{order}/send-back", {"correction": "again"}),
+            ("/api/commands", {"site": "s1", "dev": "gas1", "op": "ping", "args": {}}),
+            ("/api/rules", {"site": "s1", "ruleset": RULESET})]
+
+
+def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(desk: str) -> None:
+    c, _ = client(desk)
+    assert c.get("/api/me").status_code == 401
+    assert c.get("/api/alarms").status_code == 401
+    assert c.post("/api/login", json={"user": "chen", "password": "wrong-password"}).status_code == 401
+    assert c.post("/api/login", json={"user": "nobody", "password": PASSWORD}).status_code == 401
+    r = c.post("/api/login", json={"user": "chen", "password": PASSWORD})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    me = c.get("/api/me").json()
+    assert me["user"] == "chen" and me["role"] == "supervisor" and me["csrf"] == r.json()["csrf"]
+    assert c.post("/api/logout").status_code == 403  # a POST without the CSRF token
+    assert c.post("/api/logout", headers={"X-CSRF-Token": me["csrf"]}).status_code == 200
+    assert c.get("/api/me").status_code == 401
+
+
+def test_login_is_rate_limited_per_user_name(desk: str) -> None:
+    c, _ = client(desk)
+    for _ in range(5):
+        assert c.post("/api/login", json={"user": "li.wei", "password": "not-it-at-all"}).status_code == 401
+    r = c.post("/api/login", json={"user": "li.wei", "password": PASSWORD})
+    assert r.status_code == 429 and "wait" in r.json()["error"]
+    assert c.post("/api/login", json={"user": "chen", "password": PASSWORD}).status_code == 200  # others may
+
+
+def test_a_viewer_can_read_but_every_post_is_refused_and_changes_nothing(desk: str, engine: Engine) -> None:
+    c, csrf = client(desk, "viewer")
+    for path in ("/api/alarms", "/api/sites", "/api/devices", "/api/map", "/api/work-orders",
+                 "/api/response-times"):
+        assert c.get(path).status_code == 200, path
+    before = snapshot(engine)
+    for path, body in every_post(order_of(engine)):
+        r = c.post(path, json=body, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 403, (path, r.text)
+        assert "viewer may not" in r.json()["error"]
+    assert snapshot(engine) == before
+
+
+def test_a_post_without_the_right_csrf_token_is_refused(desk: str, engine: Engine) -> None:
+    c, csrf = client(desk, "supervisor")
+    before = snapshot(engine)
+    for path, body in every_post(order_of(engine)):
+        for headers in ({}, {"X-CSRF-Token": "x" + csrf[1:]}, {"X-CSRF-Token": ""}):
+            r = c.post(path, json=body, headers=headers)
+            assert r.status_code == 403 and "CSRF" in r.json()["error"], (path, headers, r.text)
+    anon, _ = client(desk)
+    assert anon.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf}).status_code == 401
+    assert snapshot(engine) == before
+
+
+def test_bad_input_to_every_post_is_a_400_with_a_message_and_changes_nothing(desk: str, engine: Engine) -> None:
+    c, csrf = client(desk, "supervisor")
+    h = {"X-CSRF-Token": csrf}
+    order = order_of(engine)
+    # a dispatched order, so that report's own checks are reached, not the state's
+    assert c.post(f"/api/alarms/{ALARM}/ack", headers=h).status_code == 200
+    assert c.post(f"/api/work-orders/{order}/dispatch", json={"team": "pipe 3"}, headers=h).status_code == 200
+    before = snapshot(engine)
+    bad: list[tuple[str, Any]] = [
+        ("/api/login", {"user": "chen"}), ("/api/login", {"user": 1, "password": PASSWORD}),
+        (f"/api/alarms/{ALARM}/ack", {"why": "no"}), (f"/api/alarms/{ALARM}/ack", [1]),
+        (f"/api/work-orders/{order}/report", {}), (f"/api/work-orders/{order}/report", {"findings": ""}),
+        (f"/api/work-orders/{order}/report", {"findings": 3}),
+        (f"/api/work-orders/{order}/report", {"findings": "x" * 3000}),
+        (f"/api/work-orders/{order}/report", {"findings": "ok", "action": "ok", "extra": 1}),
+        (f"/api/work-orders/{order}/report", {"findings": "bell\x07"}),
+        (f"/api/work-orders/{order}/dispatch", {"team": ["a"]}), (f"/api/work-orders/{order}/close", {"x": 1}),
+        (f"/api/work-orders/{order}/send-back", {"correction": None}),
+        ("/api/commands", {"site": "s1", "dev": "gas1"}), ("/api/commands", {"site": "s1", "dev": "gas1", "op": ""}),
+        ("/api/commands", {"site": "s1", "dev": "gas1", "op": "ping", "args": [1]}),
+        ("/api/commands", {"site": "S 1!", "dev": "gas1", "op": "ping"}),
+        ("/api/commands", {"site": "s1", "dev": 5, "op": "ping"}),
+        ("/api/commands", {"site": "s1", "dev": "gas1", "op": "ping", "args": {"blob": "x" * 5000}}),
+        ("/api/rules", {"site": "s1"}), ("/api/rules", {"site": "s1", "ruleset": "version = 1"}),
+        ("/api/rules", {"site": "s1", "ruleset": {"gas": {}}}),
+        ("/api/rules", {"site": "s1", "ruleset": {"version": 2, "gas": {"ch4": {"levels": {"purple": 1}}}}}),
+    ]
+    for path, body in bad:
+        r = c.post(path, json=body, headers=h)
+        assert r.status_code == 400 and r.json()["error"], (path, body, r.status_code, r.text)
+    for path in (f"/api/alarms/{ALARM}/ack", f"/api/work-orders/{order}/report", "/api/commands", "/api/rules"):
+        r = c.post(path, content=b"{not json", headers=h)
+        assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert c.get("/api/history", params={"site": "s1", "dev": "gas1"}).status_code == 400
+    assert c.get("/api/history", params={"site": "s1", "dev": "gas1", "metric": "ch4", "from": "x"}).status_code == 400
+    assert snapshot(engine) == before
+    # unknown things are 404, a step from the wrong state 409
+    assert c.post(f"/api/alarms/{'d' * 32}/ack", headers=h).status_code == 404
+    assert c.post("/api/work-orders/99999/close", json={}, headers=h).status_code == 404
+    assert c.post(f"/api/work-orders/{order}/fly", json={}, headers=h).status_code == 404
+    assert c.post("/api/commands", json={"site": "s9", "dev": "gas1", "op": "ping"}, headers=h).status_code == 404
+    assert c.post("/api/commands", json={"site": "s1", "dev": "gas9", "op": "ping"}, headers=h).status_code == 404
+    assert c.get("/api/work-orders/99999").status_code == 404
+    assert c.get("/api/commands/12").status_code == 404
+    r = c.post(f"/api/work-orders/{order}/close", json={}, headers=h)
+    assert r.status_code == 409 and "dispatched" in r.json()["error"]
+    assert snapshot(engine) == before
+
+
+def test_the_whole_work_order_loop_through_the_api_and_the_ack_goes_down(desk: str, engine: Engine,
+                                                                          broker: Mosquitto) -> None:
+    downs = Downlinks(broker)
+    try:
+        op, op_csrf = client(desk, "operator")
+        sup, sup_csrf = client(desk, "supervisor")
+        board = op.get("/api/alarms").json()
+        assert [a["id"] for a in board] == [ALARM]
+        assert board[0]["state"] == "open" and board[0]["level"] == "red" and board[0]["pos"] == [31.2305, 121.474]
+        order = board[0]["work_order"]["id"]
+        assert board[0]["work_order"]["state"] == "open"
+
+        def step(c: httpx.Client, csrf: str, action: str, body: dict[str, Any], state: str) -> None:
+            r = c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 200 and r.json()["state"] == state, r.text
+
+        r = op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf})
+        assert r.status_code == 200 and r.json()["down"] == "sent"
+        assert alarm_ack_ids(downs.wait("district/v1/s1/down/alarm-ack")) == [ALARM]
+        r = op.post(f"/api/work-orders/{order}/close", json={}, headers={"X-CSRF-Token": op_csrf})
+        assert r.status_code == 403  # an operator may not close
+        step(op, op_csrf, "dispatch", {"team": "pipe team 3"}, "dispatched")
+        step(op, op_csrf, "report", {"findings": "valve seal leaking", "action": "seal replaced"}, "reported")
+        step(sup, sup_csrf, "send-back", {"correction": "give the reading after the repair"}, "returned")
+        step(op, op_csrf, "dispatch", {"team": "pipe team 3"}, "dispatched")
+        step(op, op_csrf, "report", {"findings": "0 %LEL after repair"}, "reported")
+        step(sup, sup_csrf, "close", {}, "closed")
+        wo = sup.get(f"/api/work-orders/{order}").json()
+        assert wo["state"] == "closed" and wo["round"] == 2 and wo["team"] == "pipe team 3"
+        assert [(s["step"], s["actor"]) for s in wo["steps"]] == [
+            ("opened", "system"), ("ack", "li.wei"), ("dispatch", "li.wei"), ("report", "li.wei"),
+            ("send-back", "chen"), ("dispatch", "li.wei"), ("report", "li.wei"), ("close", "chen")]
+        assert wo["steps"][3]["note"] == "valve seal leaking" and wo["steps"][3]["action"] == "seal replaced"
+        times = sup.get("/api/response-times").json()
+        for measure in ("alarm_ack", "ack_dispatch", "dispatch_closed"):
+            assert times["colour"]["red"][measure]["count"] == 1, measure
+            assert times["site"]["s1"][measure]["count"] == 1, measure
+    finally:
+        downs.close()
+
+
+def test_a_command_and_a_rule_set_go_down_after_their_rows_exist(desk: str, engine: Engine,
+                                                                 broker: Mosquitto) -> None:
+    downs = Downlinks(broker)
+    try:
+        sup, csrf = client(desk, "supervisor")
+        r = sup.post("/api/commands", json={"site": "s1", "dev": "gas1", "op": "set_interval", "args": {"s": 30}},
+                     headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        cmd_id = int(r.json()["id"])
+        sent = command_request(downlink(downs.wait("district/v1/s1/down/cmd")))
+        assert (sent.dev, sent.id, sent.op, sent.args) == ("gas1", cmd_id, "set_interval", {"s": 30})
+        with engine.connect() as conn:
+            row = conn.execute(select(commands).where(commands.c.id == cmd_id)).one()
+        assert (row.site, row.dev, row.op, json.loads(row.args), row.actor) == ("s1", "gas1", "set_interval",
+                                                                              {"s": 30}, "chen")
+        state = sup.get(f"/api/commands/{cmd_id}").json()
+        assert state["state"] == "sent" and state["id"] == str(cmd_id)
+        r = sup.post("/api/rules", json={"site": "s1", "ruleset": RULESET}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        assert ruleset_data(downs.wait("district/v1/s1/down/rules")) == RULESET
+        assert sup.get(f"/api/commands/{r.json()['id']}").json()["op"] == "rules"
+    finally:
+        downs.close()
+
+
+def test_history_gives_readings_thresholds_and_transitions(desk: str, engine: Engine) -> None:
+    now = time.time()
+    with engine.begin() as conn:
+        for i in range(30):
+            store.add_message(conn, "s1", "gas1", i, 1, [{"n": "ch4", "t": now - 300 + i * 10, "u": "%LEL",
+                                                          "v": float(i)}], received=now - 300 + i * 10 + 0.4)
+        conn.execute(rollups.insert().values(site="s1", dev="gas1", n="ch4", t=now - 2000, count=60, min=0.5,
+                                             max=2.5, mean=1.0, u="%LEL"))
+    c, _ = client(desk, "viewer")
+    h = c.get("/api/history", params={"site": "s1", "dev": "gas1", "metric": "ch4", "from": now - 3600,
+                                      "to": now}).json()
+    assert len(h["readings"]) == 30 and h["readings"][-1][1] == 29.0 and h["unit"] == "%LEL"
+    assert [(r["count"], r["max"]) for r in h["rollups"]] == [(60, 2.5)]  # the span older than the raw readings
+    rules = default_ruleset().metric_rules("gas", "gas1", "ch4")
+    assert rules is not None and rules.level is not None
+    assert {t["level"]: t["value"] for t in h["thresholds"]} == {lv.label: v for lv, v in rules.level.levels.items()}
+    assert [e["ev"] for e in h["transitions"]] == ["raised"]
+    times = c.get("/api/response-times").json()
+    assert times["site"]["s1"]["sample_desk"]["count"] == 30
+    assert abs(times["site"]["s1"]["sample_desk"]["p50"] - 0.4) < 0.01
