@@ -27,6 +27,7 @@ from gateway import district_wire, site_config
 from gateway.admission import TRUSTED, Checked, Checker, Reading
 from gateway.alarms import AlarmEngine, Transition
 from gateway.command_relay import Commands, Outgoing
+from gateway.commit_watermark import Confirmations
 from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
@@ -60,10 +61,11 @@ class Gateway:
                                cfg.clock_past_s)
         self.alarms = self._alarm_engine()
         self.commands = Commands(self.conn, cfg.site, self.registry, cfg.command_timeout_s)
+        self.confirmations = Confirmations(self.conn, cfg.site)
         self.outbox = Outbox(self.conn, int(cfg.disk_budget_mb * 1024 * 1024))
         self.uplink = Uplink(self.outbox, cfg.district_broker, cfg.site, max_items=cfg.batch_max_items,
                              max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate,
-                             site_key=site_key(cfg.site_key_file))
+                             site_key=cfg.site_key or site_key(cfg.site_key_file))
         self.conn.commit()
         site_topics = [topics.device_filter(cfg.site, k) for k in (topics.DATA, topics.EVENT, topics.STATE,
                                                                       topics.ACK)]
@@ -106,12 +108,14 @@ class Gateway:
         self.conn.rollback()
         self.sequence.rollback()
         self.registry.rollback()
+        self.confirmations.rollback()
         self.alarms = self._alarm_engine()
 
     def _site_batch(self, batch: Sequence[Incoming]) -> None:
         for m in batch:
             checked = self.checker.check(m.topic, m.payload, m.retained, m.received)
             if checked is None:
+                self._heard(m.topic)
                 continue
             self.accepted[checked.kind] += 1
             if checked.kind in (topics.DATA, topics.EVENT):
@@ -123,11 +127,20 @@ class Gateway:
                 if result is not None:
                     self._up_state(district.UP_ACK, result)
         self._commit()
+        self.confirmations.committed_now()
+
+    def _heard(self, topic: str) -> None:
+        """A device message not admitted (a re-sent duplicate, say): its device is confirmed again."""
+        with contextlib.suppress(topics.TopicError):
+            _, dev, kind = topics.parse_device(topic)
+            if kind in (topics.DATA, topics.EVENT):
+                self.confirmations.heard(dev)
 
     def _commit(self) -> None:
         self.sequence.flush()
         self.registry.flush()
         self.alarms.flush()
+        self.confirmations.flush()
         self.conn.commit()
 
     def _data(self, c: Checked, now: float) -> None:
@@ -142,6 +155,7 @@ class Gateway:
             for t in self.alarms.observe(dev.id, dev.cls, r.metric, float(value), r.t, now, position):
                 self._up_alarm(t)
         body = c.body
+        self.confirmations.committed(dev.id, body["seq"])
         records = [_record(r) for r in c.readings]
         if records:
             self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"], c.raw, c.retimed)
@@ -159,6 +173,7 @@ class Gateway:
               retained=c.retained)
         if body["st"] == message.ONLINE:
             self.registry.birth(dev.id, body, now, live=not c.retained)
+            self.confirmations.born(dev.id, body["seq"])
         else:
             self.registry.death(dev.id)
             for t in self.alarms.device_dead(dev.id, now, dev.cls):
@@ -299,7 +314,8 @@ class Gateway:
               rules_version=self.alarms.ruleset.version)
         uplink = asyncio.create_task(self.uplink.run())
         tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
-                                                  self._send_commands())]
+                                                  self._send_commands(),
+                                                  self.confirmations.run(self.site.publish))]
         await stop.wait()
         event(log, "stopping")
         for t in tasks:

@@ -1,8 +1,13 @@
 """Device topics on the site broker, and the id rules every topic level follows. Other modules build and
 parse topics only through here and protocol/district.py (the gateway's topics on the district broker).
 
-Device side (site broker):  lifeline/v1/{site}/{device}/{kind}   kind: data, state, evt, cmd, ack
+Device side (site broker):  lifeline/v1/{site}/{device}/{kind}   kind: data, state, evt, cmd, ack, done
+
+`done` is the gateway's confirmation to one device: the sequence numbers it has committed (docs/protocol.md,
+Topics), a body small enough to read without the CBOR decoder: big-endian u64 pairs (first, last).
 """
+
+import struct
 
 ROOT = "lifeline/v1"
 
@@ -11,7 +16,9 @@ STATE = "state"
 EVENT = "evt"
 CMD = "cmd"
 ACK = "ack"
-DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK)
+DONE = "done"
+DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK, DONE)
+MAX_DONE_RANGES = 16
 
 MAX_ID = 32
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -52,3 +59,27 @@ def parse_device(topic):
     if len(parts) != 5 or parts[0] + "/" + parts[1] != ROOT:
         raise TopicError("not a device topic: %r" % topic)
     return check_id(parts[2], "site"), check_id(parts[3], "device"), check_kind(parts[4], DEVICE_KINDS)
+
+
+def done_body(ranges):
+    """The confirmation body: each (first, last) range of committed numbers, at most MAX_DONE_RANGES."""
+    if len(ranges) > MAX_DONE_RANGES:
+        raise TopicError("at most %d ranges" % MAX_DONE_RANGES)
+    out = bytearray()
+    for a, b in ranges:
+        out += struct.pack(">QQ", a, b)
+    return bytes(out)
+
+
+def done_ranges(payload):
+    """The (first, last) ranges of a confirmation body, or TopicError."""
+    n = len(payload) // 16
+    if len(payload) != n * 16 or n > MAX_DONE_RANGES:
+        raise TopicError("confirmation of %d bytes" % len(payload))
+    out = []
+    for i in range(n):
+        a, b = struct.unpack_from(">QQ", payload, i * 16)
+        if a > b:
+            raise TopicError("range %d > %d" % (a, b))
+        out.append((a, b))
+    return out

@@ -4,7 +4,7 @@ Layout of the queue directory:
   a<N>, r<N>   append-only segment files of the alarm and routine lanes, N counting up per lane
   idx          {"n": next id, "f": [[seg, off], [seg, off]] (first unacked byte per lane),
                 "x": ids acked out of order beyond a floor, "d": [alarm, routine] records dropped when
-                full, "c": records cut as damaged}; replaced by write-temp-then-rename (persist.save)
+                full, "c": records cut as damaged, "h": hold, below}; replaced by write-temp-then-rename (persist.save)
 A record is a 12-byte header <magic u8, flags u8, length u16, id u32, crc32 u32> and its payload; the CRC
 covers the first 8 header bytes and the payload. Flags bit 0 = alarm lane, bits 1..7 = caller's kind.
 
@@ -12,6 +12,12 @@ Why it survives a cut at any instant: segment bytes are only ever appended, so t
 torn last record, which the CRC exposes and open() cuts off; everything else that changes (acks, drops,
 which segments are dead) lives in the index, which is swapped atomically. A segment file is removed only
 after an index that no longer points into it is in place, and leftovers below a floor are removed at open.
+
+With `hold` on (the index keeps it: "h"; the first confirmation turns it on, so a node whose gateway never
+confirms works as before), a record outlives its broker's PUBACK: it leaves only when confirm() names its id (the
+gateway has committed it). Until then peek() hands each record out once, keeping a per-lane cursor in RAM,
+and resend() rewinds the cursors so that every unconfirmed record goes out again (after a reconnect, or when
+confirmations stop coming). A cut loses only the cursors, which is a resend.
 """
 
 import os
@@ -49,7 +55,9 @@ class FlashQ:
         self._rkey = -1  # segment * 2 + lane of the open read handle
         self._ln = self._rid = self._crc = 0
         self._pos = {}
+        self._cur = [None, None]  # with hold: where each lane's records not yet handed out begin
         st = persist.load(self._idx) or {}
+        self.hold = st.get("h", False)
         self._next = st.get("n", 1)
         self._floor = st.get("f") or [None, None]
         self._acked = st.get("x", [])
@@ -124,13 +132,17 @@ class FlashQ:
 
     def peek(self, n=1, skip=0):
         """Up to n unacked records as (id, kind, payload) in sending order: the alarm lane first, then the
-        routine lane, each oldest first. `skip` passes over that many first (the ones already in flight)."""
+        routine lane, each oldest first. `skip` passes over that many first (the ones already in flight).
+        With hold, only records not handed out since the last resend(), and each one returned counts as sent."""
         out = []
         left = skip
         if len(self._pos) > 16:
             self._pos = {}
         for lane in (ALARM, ROUTINE):
             seg, off = self._floor[lane]
+            cur = self._cur[lane]
+            if self.hold and cur and (cur[0] > seg or (cur[0] == seg and cur[1] > off)):
+                seg, off = cur
             while len(out) < n and seg <= self._head[lane]:
                 r = self._hdr(lane, seg, off)
                 if r is None:
@@ -148,6 +160,8 @@ class FlashQ:
                         out.append((rid, self._h[1] >> 1, data))
                         self._pos[rid] = (lane, seg, off)
                         off += _HLEN + ln
+                        if self.hold:
+                            self._cur[lane] = (seg, off)
                         continue
                 # Damaged after it was written (flash fault, failed put): cut it off like a torn tail.
                 # Nothing after it in this segment can be trusted, so go on with the next one.
@@ -160,7 +174,10 @@ class FlashQ:
         return out
 
     def ack(self, rid):
-        """Forget a record once the broker has it (after PUBACK). False if it is unknown or already gone."""
+        """Forget a record once the broker has it (after PUBACK). False if it is unknown or already gone.
+        With hold, the PUBACK proves nothing beyond the broker's RAM: the record stays for confirm()."""
+        if self.hold:
+            return self._pos.pop(rid, None) is not None
         loc = self._pos.pop(rid, None) or self._find(rid)
         if loc is None or rid in self._acked:
             return False
@@ -174,6 +191,56 @@ class FlashQ:
         self._save()
         self._reap(lane)
         return True
+
+    def confirm(self, ranges):
+        """Forget every record whose id lies in one of `ranges` ((first, last) pairs, inclusive): the gateway
+        has committed it. One index write for the lot; True if anything went. A confirmation naming an id
+        this queue has not issued yet comes from an earlier queue (flash wiped) and is ignored whole. Any
+        confirmation turns hold on for good: this node's gateway confirms."""
+        gone = 0
+        if not self.hold:
+            self.hold = True
+            self._save()
+        top = -1
+        for r in ranges:
+            top = max(top, r[1])
+        if top >= self._next:
+            return False
+        for lane in (ALARM, ROUTINE):
+            seg, off = self._floor[lane]
+            while seg <= self._head[lane]:
+                if not self._hdr(lane, seg, off):
+                    seg, off = seg + 1, 0
+                    continue
+                rid = self._rid
+                if rid > top:
+                    break
+                if rid not in self._acked:
+                    for a, b in ranges:
+                        if a <= rid <= b:
+                            self._acked.append(rid)
+                            self._live[lane] -= 1
+                            gone += 1
+                            break
+                off += _HLEN + self._ln
+        if gone:
+            for lane in (ALARM, ROUTINE):
+                self._advance(lane, False)
+            self._save()
+            for lane in (ALARM, ROUTINE):
+                self._reap(lane)
+        return gone > 0
+
+    def waiting(self):
+        """Whether peek() has a record to hand out (without handing it out)."""
+        cur = self._cur[:]
+        got = self.peek(1)
+        self._cur = cur
+        return bool(got)
+
+    def resend(self):
+        """With hold: hand every unconfirmed record out again, oldest first in each lane."""
+        self._cur = [None, None]
 
     def __len__(self):
         return self._live[0] + self._live[1]
@@ -200,7 +267,7 @@ class FlashQ:
 
     def _save(self):
         persist.save(self._idx, {"n": self._next, "f": self._floor, "x": self._acked, "d": self.dropped,
-                                 "c": self.corrupt})
+                                 "c": self.corrupt, "h": self.hold})
 
     def _close(self):
         if self._rf:

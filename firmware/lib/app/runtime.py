@@ -22,6 +22,7 @@ _UNSYNCED_S = const(60)  # NTP retry while the time is still unknown
 _INBOX = const(4)
 _TRIES = const(3)  # loads of the command path per command (runtime.commands)
 _RETRY_MS = const(1000)
+_RESEND_MAX_MS = const(600000)  # unconfirmed records go out again at most this far apart
 _UNITS = {"heap": "B", "heapmin": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
 
 
@@ -51,7 +52,7 @@ class App:
         self.clock = Clock(board)
         self.rst = board.reset_cause()
         self.topic = {}
-        for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK):
+        for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK, topics.DONE):
             self.topic[k] = topics.device(d["site"], self.dev, k)
         self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
         self.connected_at = None
@@ -72,6 +73,10 @@ class App:
                                ssl=True if b.get("tls") else None, on_message=self.on_message,
                                on_connect=self.birth)
         self.pub = Publisher(p, self.clock, self.dev, self.boot, self.key, self.topic, self.mqtt)
+        # End-to-end delivery: once the gateway confirms (topic done), a record leaves flash on its
+        # confirmation, not on the site broker's PUBACK, which a power cut of the site box can take back.
+        self.resend_ms = self.resend_wait = int(p.get("queue", {}).get("resend_s", 30) * 1000)
+        self.confirmed_at = 0
         self.configure(p)
         self.sensors = []
         self.beats = {}
@@ -117,13 +122,40 @@ class App:
         self.rejected[reason] = n + 1
 
     def on_message(self, topic, payload, retained):
-        if retained:  # a retained "reboot" would run on every connect
+        if topic == self.topic[topics.DONE]:  # retained on purpose: the newest confirmation, at every connect
+            self.done(payload)
+        elif retained:  # a retained "reboot" would run on every connect
             self.reject("retained")
         elif len(self.inbox) >= _INBOX:
             self.reject("inbox full")
         else:
             self.inbox.append(payload)
             self.got.set()
+
+    def done(self, payload):
+        """The gateway's confirmation: forget what it has committed. A malformed one is counted, not obeyed."""
+        try:
+            ranges = topics.done_ranges(payload)
+        except ValueError:
+            self.reject("done")
+            return
+        if self.pub.q.confirm(ranges):
+            self.confirmed_at = self.clock.up_ms()
+            self.resend_wait = self.resend_ms
+
+    def resend(self, up):
+        """Send unconfirmed records again when no confirmation has come for a while (a broker that lost them
+        without dropping the link, a gateway that was away), waiting twice as long each time up to
+        _RESEND_MAX_MS, so a gateway down for hours costs a few resends, not one a minute."""
+        if not len(self.pub.q):
+            self.confirmed_at = up
+            return
+        if up - self.confirmed_at < self.resend_wait:
+            return
+        self.confirmed_at = up
+        self.resend_wait = min(self.resend_wait * 2, _RESEND_MAX_MS)
+        self.pub.q.resend()
+        self.pub.wake.set()
 
     async def commands(self):
         """One command at a time. Loading its path can fail for memory in a heap the running node has cut
@@ -198,7 +230,10 @@ class App:
         return ok
 
     async def birth(self, client):
-        """The on-connect hook: time, birth (retained), then a config trial's verdict."""
+        """The on-connect hook: unconfirmed records queued to go again, time, birth (retained), then a config
+        trial's verdict."""
+        self.pub.q.resend()
+        self.pub.wake.set()
         if self.clock.clk == message.CLK_BOOT:
             self.sync_clock()
         extra = self.figures()
@@ -266,6 +301,8 @@ class App:
         for coro in self.board.services():
             asyncio.create_task(coro)
         await self.mqtt.subscribe(self.topic[topics.CMD])
+        # QoS 0: the broker keeps no confirmations for a node away; the retained one says it all.
+        await self.mqtt.subscribe(self.topic[topics.DONE], 0)
         asyncio.create_task(self.commands())
         if self.sleep and not self.safe:
             from app import sleeper
@@ -302,6 +339,7 @@ class App:
             stalled = late
             if self.pub.due(up):
                 self.pub.flush()
+            self.resend(up)
             if tick % 5 == 0 and not self.board.online():
                 await self.board.connect(self.secrets)
             if self.trial and up > self.trial_s * 1000:

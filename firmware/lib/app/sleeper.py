@@ -11,7 +11,11 @@ tip is counted and, unless the report is due, the node goes straight back to sle
 interval, before any sampling, sealing or connecting. What the rain figures need across sleeps -- the
 tips not yet reported, when their interval began, the last tip (for the debounce), when the report is
 due -- is kept in RTC memory (board.memory) as RTC milliseconds (board.rtc_ms, which runs through deep
-sleep), written once before each sleep; none of it goes to flash. Power loss forgets it."""
+sleep), written once before each sleep; none of it goes to flash. Power loss forgets it.
+
+Where the gateway confirms what it has committed (flashq's hold), a wake that has sent everything waits up to
+_CONFIRM_MS for the confirmation; without it the node sleeps keeping the records, and the next wake sends them
+again (deep sleep forgets what was sent; the gateway drops the repeats)."""
 
 import asyncio
 import struct
@@ -27,6 +31,7 @@ _KEEP = const("<HHqqq")  # magic, tips not yet taken, interval start, last tip (
 _MAGIC = const(0x7A1D)
 _SLACK_MS = const(1000)  # a tip this close to the report makes the report now
 _RELEASE_MS = const(500)  # how long a wake waits for the bucket's switch to open again
+_CONFIRM_MS = const(2000)  # a commit and its confirmation take tens of ms at a site
 
 
 def _sleep(app, ms, s, level):
@@ -108,9 +113,18 @@ async def cycle(app):
     await app.board.connect(app.secrets)
     app.mqtt.start()
     t0 = clock.up_ms()
+    q = app.pub.q
+    idle = None  # since when everything is sent and only confirmations are awaited
     # Connected means subscribed and born: commands the broker kept for this session came before that.
-    while (len(app.pub.q) or not app.mqtt.isconnected() or app.inbox) and \
-            clock.up_ms() - t0 < sl.get("awake_s", 30) * 1000:
+    while clock.up_ms() - t0 < sl.get("awake_s", 30) * 1000:
+        if not app.mqtt.isconnected() or app.inbox or (q.waiting() if q.hold else len(q)):
+            idle = None
+        elif not len(q):
+            break
+        elif idle is None:
+            idle = clock.up_ms()
+        elif clock.up_ms() - idle > _CONFIRM_MS:
+            break
         await asyncio.sleep_ms(100)
         app.wdt.feed()
     keep = {}

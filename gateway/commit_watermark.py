@@ -1,0 +1,112 @@
+"""Per-device confirmations of what the gateway has committed, so that a device forgets a message only once it
+is in the store, not when the site broker has it (a broker saves to disk every 30 s; a power cut of the site
+box took back what it held in memory).
+
+After each ingest commit the gateway publishes, for every device heard from in the batch, the ranges of that
+device's sequence numbers it has committed, retained, on lifeline/v1/{site}/{dev}/done (protocol/topics.py).
+Ranges, not one number: alarm packs jump the device's backlog, so numbers are committed out of order, and a
+single "everything up to N" would either wait for the backlog or pass over messages the gateway never had.
+A device heard from again (a re-send the sequence window refused as a duplicate) is confirmed again, so a
+confirmation lost with the broker costs a re-send, never a message. The ranges live in the store, written in
+the batch's own transaction; at most topics.MAX_DONE_RANGES per device, the oldest given up first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+from gateway.logs import event
+from protocol import topics
+
+log = logging.getLogger("lifeline.gateway.commit_watermark")
+
+Publish = Callable[..., Awaitable[None]]
+
+
+class Confirmations:
+    def __init__(self, conn: sqlite3.Connection, site: str) -> None:
+        self._conn = conn
+        self.site = site
+        conn.execute("CREATE TABLE IF NOT EXISTS done_ranges (dev TEXT PRIMARY KEY, ranges TEXT NOT NULL)")
+        self._load()
+        self._touched: set[str] = set()
+        self._due: dict[str, bytes] = {}
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def _load(self) -> None:
+        self._ranges: dict[str, list[list[int]]] = {
+            dev: json.loads(text) for dev, text in self._conn.execute("SELECT dev, ranges FROM done_ranges")}
+        self._dirty: set[str] = set()
+
+    def committed(self, dev: str, seq: int) -> None:
+        """Data or event number `seq` of `dev` is in this batch (call before its commit)."""
+        rs = self._ranges.setdefault(dev, [])
+        i = bisect.bisect_right(rs, seq, key=lambda r: r[0])
+        if i and rs[i - 1][1] >= seq:
+            self._touched.add(dev)
+            return
+        if i and rs[i - 1][1] == seq - 1:
+            rs[i - 1][1] = seq
+            i -= 1
+        else:
+            rs.insert(i, [seq, seq])
+        if i + 1 < len(rs) and rs[i + 1][0] == rs[i][1] + 1:
+            rs[i][1] = rs.pop(i + 1)[1]
+        del rs[:-topics.MAX_DONE_RANGES]
+        self._dirty.add(dev)
+        self._touched.add(dev)
+
+    def born(self, dev: str, seq: int) -> None:
+        """A birth whose next number is not above what was committed: the device's counter started over (its
+        flash was wiped), and the old ranges would make it forget new messages; they go."""
+        rs = self._ranges.get(dev)
+        if rs and seq <= rs[-1][1]:
+            event(log, "confirmations-reset", logging.WARNING, dev=dev, seq=seq, top=rs[-1][1])
+            rs.clear()
+            self._dirty.add(dev)
+            self._touched.add(dev)
+
+    def heard(self, dev: str) -> None:
+        """A message of `dev` that was not admitted (a duplicate, say): confirm again what it has."""
+        if self._ranges.get(dev):
+            self._touched.add(dev)
+
+    def flush(self) -> None:
+        """Write the changed devices into the current transaction (the caller commits)."""
+        if self._dirty:
+            self._conn.executemany("INSERT OR REPLACE INTO done_ranges (dev, ranges) VALUES (?, ?)",
+                                   [(dev, json.dumps(self._ranges[dev])) for dev in self._dirty])
+            self._dirty.clear()
+
+    def rollback(self) -> None:
+        """Forget what a failed batch added: reload from the (rolled back) store."""
+        self._load()
+        self._touched.clear()
+
+    def committed_now(self) -> None:
+        """The batch is committed: its devices' confirmations may go out."""
+        for dev in self._touched:
+            self._due[dev] = topics.done_body([(a, b) for a, b in self._ranges.get(dev, [])])
+        if self._touched:
+            self._touched.clear()
+            self._wake.set()
+
+    async def run(self, publish: Publish) -> None:
+        """Publish the due confirmations (retained, QoS 1), the newest per device. One that cannot go now is
+        not kept: the device re-sends what stays unconfirmed, and that brings a new one."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            due, self._due = self._due, {}
+            for dev, body in due.items():
+                try:
+                    await publish(topics.device(self.site, dev, topics.DONE), body, qos=1, retain=True)
+                    self.published += 1
+                except Exception as exc:  # not connected
+                    event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc))
