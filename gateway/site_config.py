@@ -66,7 +66,8 @@ class GatewayConfig:
     ruleset: RuleSet
     risk_points: RiskPoints
     store_path: Path
-    site_key_file: Path  # the site key that seals every upstream publish (protocol/site_seal.py)
+    site_key_file: Path  # the site key that seals every upstream publish (protocol/site_seal.py) ...
+    site_key: bytes | None  # ... unless given in site.toml itself
     disk_budget_mb: float
     batch_max_items: int
     batch_max_delay_s: float
@@ -282,6 +283,9 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     site_t = root.section("site")
     site = site_t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
     site_key_file = site_t.path("key_file")
+    site_key_hex = site_t.text("key", None, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
+    if site_key_hex is not None and site_key_file is not None:
+        raise site_t.fail("key", "give key or key_file, not both")
     site_t.done()
 
     site_broker = broker_config(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
@@ -358,6 +362,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         path=path, site=site, site_broker=site_broker, district_broker=district_broker, devices=devices,
         rule_files=rule_files, rule_overrides=rule_overrides, ruleset=ruleset, risk_points=risk_points,
         store_path=store_path, site_key_file=site_key_file,
+        site_key=None if site_key_hex is None else bytes.fromhex(site_key_hex),
         disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,

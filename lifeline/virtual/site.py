@@ -148,6 +148,7 @@ class Site:
         self.passwords: dict[str, str] = {}  # site-broker logins, from `lifeline site-auth`
         self.district_password = secrets.token_urlsafe(18)  # the district application's
         self.gateway_password = secrets.token_urlsafe(18)  # the gateway's at the district, without TLS
+        self.site_key = secrets.token_bytes(site_seal.KEY_BYTES)  # seals the uplink; the district holds it too
         self.site_broker: Mosquitto | None = None
         self.district_broker: Mosquitto | None = None
 
@@ -175,7 +176,7 @@ class Site:
             f'host = "127.0.0.1"\nport = {ports["district"]}\nusername = "{self.id}"\n'
             f'password = "{self.gateway_password}"\n')
         text = ("# Written for one run of a virtual site (lifeline/virtual/site.py); keys are fresh each run.\n\n"
-                f'[site]\nid = "{self.id}"\n\n'
+                f'[site]\nid = "{self.id}"\nkey = "{self.site_key.hex()}"\n\n'
                 f'[site_broker]\nhost = "127.0.0.1"\nport = {ports["site"]}\nusername = "{site_auth.GATEWAY_USER}"\n'
                 'password_file = "auth/gateway.password"\n\n'
                 f"[district_broker]\n{district}\n"
@@ -187,8 +188,6 @@ class Site:
 
     def start(self) -> Site:
         self.dir.mkdir(parents=True, exist_ok=True)
-        key_file = self.dir / "site.key"  # the gateway's default key_file: beside its store
-        self.site_key = site_seal.read_key(key_file) if key_file.exists() else site_seal.make_key(key_file)
         if self.tls:
             self.pki = make_pki(self.dir / "pki", [self.id])
         self.write_config()
