@@ -236,6 +236,36 @@ def telemetry(site: str, packs: Sequence[bytes], thinned: Sequence[bytes]) -> by
     return out
 
 
+# --- the gateway's own session -----------------------------------------------------------------------------
+
+
+class GatewayState(TypedDict):
+    """The gateway's birth (on each district connect) or death (its MQTT will), retained, as Sparkplug B's
+    NBIRTH/NDEATH with bdSeq: `session` counts connects, so a death names the session it ends."""
+
+    st: str
+    session: int
+    t: NotRequired[float]
+
+
+def gateway_birth(session: int, t: float) -> bytes:
+    return cbor2.dumps(GatewayState(st=message.ONLINE, session=session, t=t))
+
+
+def gateway_death(session: int) -> bytes:
+    """Fixed when the connection is made (it is the will), so it carries no time."""
+    return cbor2.dumps(GatewayState(st=message.OFFLINE, session=session))
+
+
+def historical(body: bytes) -> bytes:
+    """A stored body marked "hist": true: queued before the district session that sends it began (backlog
+    after an outage), so the district must not act on it as live."""
+    doc = loads_one(body)
+    doc["hist"] = True
+    out: bytes = cbor2.dumps(doc)
+    return out
+
+
 # --- state, event ----------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,7 @@ class Item:
     kind: str
     thinned: bool
     body: bytes
+    t: float = 0.0  # when it was queued
 
 
 @dataclass
@@ -255,15 +256,15 @@ class Outbox:
         if not self._readable() or limit <= 0:
             return []
         rows = self._reader.execute(
-            "SELECT id, kind, thinned, body FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, thinned, body, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit)).fetchall()
         items = []
-        for rid, kind, thinned, body in rows:
+        for rid, kind, thinned, body, t in rows:
             self._cursor[lane] = rid
             if rid in self._acked:
                 continue
             self._leased.add(rid)
-            items.append(Item(rid, lane, kind, bool(thinned), body))
+            items.append(Item(rid, lane, kind, bool(thinned), body, t))
         return items
 
     def ack(self, ids: Iterable[int]) -> None:

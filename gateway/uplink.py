@@ -12,6 +12,10 @@ of up to `max_items` device messages or `max_delay_s` of waiting, whichever come
 (a backlog larger than one batch at connect time) bulk publishes are paced to `drain_rate` messages per
 second until the backlog is gone, with progress logged once a second.
 
+On each connect the gateway publishes its birth with a session number (a persisted counter, +1 a connect)
+and leaves a death with the same number as its MQTT will, both retained on `up/gateway`; whatever was queued
+before the session began goes up marked historical (district_wire.historical).
+
 Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
 keeps bodies unsealed, so a key change applies to the backlog too.
 """
@@ -91,6 +95,10 @@ class Uplink:
         self._drain_total = 0
         self._drain_sent = 0
         self._drain_started = 0.0
+        self.session = 0  # the current district session's number, once connected
+        self._session_start = 0.0
+        outbox.conn.execute("CREATE TABLE IF NOT EXISTS uplink_session (one INTEGER PRIMARY KEY CHECK (one = 0), "
+                            "n INTEGER NOT NULL)")
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -135,6 +143,21 @@ class Uplink:
         event(log, "uplink disconnected" if self.connected else "uplink connect failed", level,
               host=self.broker.host, port=self.broker.port, error=self.last_error)
 
+    def _next_session(self) -> int:
+        """The session counter +1, committed before the connect that uses it (the store is idle here: every
+        batch commits before the loop runs us), so a restart never repeats a session number."""
+        conn = self.outbox.conn
+        opened = conn.in_transaction
+        row = conn.execute("SELECT n FROM uplink_session").fetchone()
+        n = (row[0] if row else 0) + 1
+        conn.execute("INSERT OR REPLACE INTO uplink_session (one, n) VALUES (0, ?)", (n,))
+        if not opened:
+            conn.commit()
+        return n
+
+    def _sealed(self, kind: str, body: bytes) -> bytes:
+        return body if self.site_key is None else site_seal.seal(self.site_key, self.site, kind, body)
+
     def _client(self) -> aiomqtt.Client:
         b = self.broker
         tls = None
@@ -150,13 +173,19 @@ class Uplink:
             clean_session=self.on_downlink is None,
             # Our semaphore bounds what is in flight; paho must not hold alarms back behind its own window.
             max_inflight_messages=0,
+            will=aiomqtt.Will(district.up(self.site, district.GATEWAY),
+                              self._sealed(district.GATEWAY, district_wire.gateway_death(self.session)), 1, True),
             # Without it Nagle holds a small alarm back until the previous segment is acked.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         client.pending_calls_threshold = self.max_inflight + self.alarm_inflight + 16
         return client
 
     async def _session(self) -> None:
+        self.session = self._next_session()
         async with self._client() as client:
+            self._session_start = time.time()
+            await client.publish(district.up(self.site, district.GATEWAY), self._sealed(
+                district.GATEWAY, district_wire.gateway_birth(self.session, self._session_start)), qos=1, retain=True)
             self.connected = True
             self.connects += 1
             if self.on_downlink is not None:
@@ -178,7 +207,7 @@ class Uplink:
                     tg.create_task(self._alarm_loop(client, tg))
                     tg.create_task(self._bulk_loop(client, tg))
                     tg.create_task(self._watch(client))
-                    tg.create_task(self._until_stopped())
+                    tg.create_task(self._until_stopped(client))
             except* _Stopped:
                 pass
             finally:
@@ -188,10 +217,15 @@ class Uplink:
         depth = self.outbox.depth()
         return depth["state"] + depth["telemetry"]
 
-    async def _until_stopped(self) -> None:
+    async def _until_stopped(self, client: aiomqtt.Client) -> None:
+        """On stop: the publishes in flight finish, then the death is published, as the will would be."""
         await self._stop.wait()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.publish_timeout_s)
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await client.publish(district.up(self.site, district.GATEWAY), self._sealed(
+                district.GATEWAY, district_wire.gateway_death(self.session)), qos=1, retain=True,
+                timeout=self.publish_timeout_s)
         raise _Stopped
 
     async def _watch(self, client: aiomqtt.Client) -> None:
@@ -208,7 +242,9 @@ class Uplink:
 
     def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, kind: str, body: bytes,
                items: list[Item]) -> None:
-        payload = body if self.site_key is None else site_seal.seal(self.site_key, self.site, kind, body)
+        if items[0].t < self._session_start:
+            body = district_wire.historical(body)
+        payload = self._sealed(kind, body)
         task = tg.create_task(self._publish(client, district.up(self.site, kind), payload, items))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,6 +1,7 @@
 """The gateway's topics on the district broker; nodes never see these.
 
-District side (uplink):     district/v1/{site}/up/{kind}         kind: telemetry, alarm, state, dq, ack, event
+District side (uplink):     district/v1/{site}/up/{kind}         kind: telemetry, alarm, state, dq, ack, event,
+                                                                  gateway (the gateway's birth and will, retained)
 District downlink:          district/v1/{site}/down/{kind}       kind: cmd, rules, alarm-ack
 """
 
@@ -14,7 +15,8 @@ UP_STATE = "state"
 DQ = "dq"
 UP_ACK = "ack"
 UP_EVENT = "event"
-UP_KINDS = (TELEMETRY, ALARM, UP_STATE, DQ, UP_ACK, UP_EVENT)
+GATEWAY = "gateway"
+UP_KINDS = (TELEMETRY, ALARM, UP_STATE, DQ, UP_ACK, UP_EVENT, GATEWAY)
 
 DOWN_CMD = "cmd"
 RULES = "rules"

@@ -194,10 +194,12 @@ class Recorder:
         return out
 
     def entries(self, kind: str | None = None, since: float = 0.0) -> list[Entry]:
-        """What has arrived (of one kind) since `since`, Unix seconds, in receipt order."""
+        """What has arrived (of one kind) since `since`, Unix seconds, in receipt order. The gateway's own
+        births and deaths (kind `gateway`) are listed only when asked for by kind: they are about the link,
+        not the site's traffic that every other user counts."""
         with self.lock:
             found = list(self.log.entries)
-        return [e for e in found if e.t >= since and (kind is None or e.kind == kind)]
+        return [e for e in found if e.t >= since and (e.kind == kind if kind else e.kind != dtopics.GATEWAY)]
 
     def save(self, path: Path) -> None:
         with self.lock:
