@@ -36,12 +36,16 @@ RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alar
             (alarms.c.level == "blue", 1), else_=0)
 
 
+NOT_LIVE = case(((alarms.c.state == "open") & alarms.c.hist.is_(False), 0), else_=1)
+
+
 def _point(risk_points: RiskPoints, site: str, point: str | None) -> Mapping[str, Any] | None:
     return next((p for p in risk_points.get(site, ()) if p.get("id") == point), None) if point else None
 
 
 def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any]]:
-    """Alarms not cleared, red first, then orange, yellow, blue; the oldest first within a colour."""
+    """Alarms not cleared: live ones first, red, then orange, yellow, blue, the oldest first within a colour;
+    then the inhibited and historical ones in the same order, so neither ever sits among the live."""
     rows = conn.execute(
         select(alarms, devices.c.lat.label("dev_lat"), devices.c.lon.label("dev_lon"),
                work_orders.c.id.label("wo_id"), work_orders.c.state.label("wo_state"),
@@ -49,7 +53,7 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
         .outerjoin(devices, (devices.c.site == alarms.c.site) & (devices.c.dev == alarms.c.dev))
         .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
         .where(alarms.c.state != "cleared")
-        .order_by(RANK.desc(), alarms.c.raised, alarms.c.received)).all()
+        .order_by(NOT_LIVE, RANK.desc(), alarms.c.raised, alarms.c.received)).all()
     out = []
     for r in rows:
         point = _point(risk_points, r.site, r.point)

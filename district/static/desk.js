@@ -1,0 +1,412 @@
+// The district desk's page: it shows what /api returns and refetches what a change notice names.
+// No framework and no build step; every element is built with textContent, never innerHTML.
+"use strict";
+
+const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#3e8ed0" };
+const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
+  close: "closed", "send-back": "sent back" };
+const desk = { me: null, alarms: [], orders: [], devices: [], selected: null, sent: new Map(), events: null };
+
+function $(id) { return document.getElementById(id); }
+
+function h(tag, attrs, ...children) {
+  const svg = ["svg", "line", "polyline", "circle", "rect", "text", "g", "path", "title"].includes(tag);
+  const el = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "on") for (const [ev, fn] of Object.entries(v)) el.addEventListener(ev, fn);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+async function api(path, body) {
+  const opts = { credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    opts.method = "POST";
+    opts.headers["Content-Type"] = "application/json";
+    opts.headers["X-CSRF-Token"] = desk.me ? desk.me.csrf : "";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const err = new Error(data.error || r.statusText);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+// --- formatting -----------------------------------------------------------------------------------
+
+function age(t) {
+  if (t === null || t === undefined) return "—";
+  let s = Math.max(0, Math.floor(Date.now() / 1000 - t));
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
+}
+function clock(t) {
+  return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "—";
+}
+function dur(s) {
+  if (s === null || s === undefined) return "—";
+  if (s < 1) return (s * 1000).toFixed(0) + " ms";
+  if (s < 120) return s.toFixed(1) + " s";
+  if (s < 7200) return (s / 60).toFixed(1) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+function num(v) { return v === null || v === undefined ? "—" : +v.toPrecision(4); }
+function ageCell(t) { return h("span", { class: "age", dataset: { t: t || "" } }, age(t)); }
+function may(action) { return desk.me && desk.me.may.includes(action); }
+
+// --- loading --------------------------------------------------------------------------------------
+
+async function loadAlarms() {
+  desk.alarms = await api("/api/alarms");
+  const list = $("alarms");
+  list.replaceChildren(...desk.alarms.map(alarmItem));
+  $("alarms-empty").hidden = desk.alarms.length > 0;
+  const live = desk.alarms.filter((a) => a.state === "open").length;
+  $("alarm-count").textContent = live + " live" + (desk.alarms.length > live ? ", " + (desk.alarms.length - live)
+    + " not live" : "");
+}
+
+function alarmItem(a) {
+  const level = a.level || a.peak || "none";
+  const tags = [];
+  if (a.state !== "open") tags.push(h("span", { class: "tag " + a.state }, a.state === "historical"
+    ? "historical" : a.state === "inhibited" ? "inhibited" : a.state));
+  if (a.acked) tags.push(h("span", { class: "tag acked" }, "acknowledged"));
+  if (a.work_order) tags.push(h("span", { class: "tag wo" }, "order " + a.work_order.state));
+  const sel = desk.selected && desk.selected.alarm === a.id;
+  return h("li", { class: `alarm lv-${level} st-${a.state}${sel ? " selected" : ""}`, dataset: { id: a.id },
+    tabindex: 0, on: { click: () => select({ alarm: a.id }), keydown: (e) => e.key === "Enter" && select({ alarm: a.id }) } },
+    h("div", { class: "alarm-top" }, h("span", { class: "level" }, level.toUpperCase()),
+      h("span", { class: "what" }, `${a.metric || a.kind} ${num(a.value)} ${a.unit || ""}`),
+      ageCell(a.raised || a.received)),
+    h("div", { class: "alarm-where" }, `${a.site} · ${a.dev}${a.point ? " · " + a.point : ""} · ${a.kind}`),
+    h("div", { class: "tags" }, tags));
+}
+
+async function loadOrders() {
+  desk.orders = await api("/api/work-orders");
+  $("orders").tBodies[0].replaceChildren(...desk.orders.map((o) => h("tr", {
+    class: "clickable st-" + o.state, dataset: { id: o.id },
+    on: { click: () => select({ alarm: o.alarm, order: o.id }) } },
+  h("td", {}, o.id), h("td", {}, o.site), h("td", {}, `${o.dev} ${o.metric || ""}`),
+  h("td", {}, h("span", { class: "dot lv-" + o.peak }), o.peak), h("td", { class: "wo-state" }, o.state),
+  h("td", {}, o.team || "—"), h("td", {}, o.round), h("td", {}, clock(o.opened)), h("td", {}, ageCell(o.updated)))));
+}
+
+async function loadState() {
+  const [sites, devices] = await Promise.all([api("/api/sites"), api("/api/devices")]);
+  desk.devices = devices;
+  $("sites").tBodies[0].replaceChildren(...sites.map((s) => h("tr", {},
+    h("td", {}, s.site), h("td", {}, h("span", { class: "pill " + (s.online ? "online" : "offline") },
+      s.online ? "online" : "offline")),
+    h("td", {}, s.session ?? "—"), h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
+    h("td", {}, Object.entries(s.devices).map(([k, n]) => `${n} ${k}`).join(", ") || "—"))));
+  $("devices").tBodies[0].replaceChildren(...devices.map((d) => h("tr", {},
+    h("td", {}, d.site), h("td", {}, d.dev), h("td", {}, h("span", { class: "pill " + d.state }, d.state)),
+    h("td", {}, d.batt === null ? "—" : d.batt + " V"), h("td", {}, ageCell(d.last_seen)),
+    h("td", { class: "muted" }, d.pos ? d.pos.map((x) => x.toFixed(5)).join(", ") : "—"))));
+}
+
+async function loadTimes() {
+  const t = await api("/api/response-times");
+  const measures = ["sample_desk", "alarm_ack", "ack_dispatch", "dispatch_closed"];
+  const rows = [];
+  for (const [group, label] of [["colour", "colour"], ["site", "site"]]) {
+    for (const [key, m] of Object.entries(t[group] || {})) {
+      rows.push(h("tr", {}, h("th", {}, group === "colour" ? h("span", { class: "dot lv-" + key }) : null,
+        `${label} ${key}`),
+      ...measures.map((name) => {
+        const s = m[name];
+        return h("td", {}, s && s.count ? `${dur(s.p50)} / ${dur(s.p90)} / ${dur(s.max)} (${s.count})` : "—");
+      })));
+    }
+  }
+  $("times").tBodies[0].replaceChildren(...rows);
+}
+
+// --- the map --------------------------------------------------------------------------------------
+
+async function loadMap() {
+  const m = await api("/api/map");
+  const svg = $("map");
+  const all = [...m.points.map((p) => [p.lat, p.lon]), ...m.devices.map((d) => d.pos), ...m.alarms.map((a) => a.pos)];
+  if (!all.length) { svg.replaceChildren(h("text", { x: 210, y: 150, class: "empty" }, "no coordinates yet")); return; }
+  const lat0 = all.reduce((s, p) => s + p[0], 0) / all.length;
+  const k = Math.cos(lat0 * Math.PI / 180);
+  const xs = all.map((p) => p[1] * k), ys = all.map((p) => p[0]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const span = Math.max(x1 - x0, y1 - y0, 0.0005);
+  const scale = Math.min(360 / span, 240 / span);
+  const at = (p) => [210 + (p[1] * k - (x0 + x1) / 2) * scale, 150 - (p[0] - (y0 + y1) / 2) * scale];
+  const metres = scale / 111320;  // pixels per metre
+  const grid = [];
+  for (let i = 1; i < 7; i++) grid.push(h("line", { x1: i * 60, y1: 0, x2: i * 60, y2: 300, class: "gridline" }));
+  for (let i = 1; i < 5; i++) grid.push(h("line", { x1: 0, y1: i * 60, x2: 420, y2: i * 60, class: "gridline" }));
+  const points = m.points.map((p) => {
+    const [x, y] = at([p.lat, p.lon]);
+    return h("g", {}, h("circle", { cx: x, cy: y, r: Math.max(6, (p.radius_m || 10) * metres), class: "rp" }),
+      h("text", { x: x + 8, y: y - 8, class: "label" }, p.id), h("title", {}, `${p.site} ${p.id} (${p.cls})`));
+  });
+  const devs = m.devices.map((d) => {
+    const [x, y] = at(d.pos);
+    return h("g", {}, h("rect", { x: x - 4, y: y - 4, width: 8, height: 8, class: "dev " + d.state }),
+      h("text", { x: x + 7, y: y + 12, class: "label small" }, d.dev), h("title", {}, `${d.site} ${d.dev}: ${d.state}`));
+  });
+  const alarms = m.alarms.map((a) => {
+    const [x, y] = at(a.pos);
+    return h("g", { class: "clickable", on: { click: () => select({ alarm: a.id }) } },
+      h("circle", { cx: x, cy: y, r: 11, class: `al st-${a.state}`, stroke: COLOURS[a.level] || "#888" }),
+      h("title", {}, `${a.level || ""} ${a.site} ${a.dev} (${a.state})`));
+  });
+  const bar = 100 * metres;  // a 100 m scale bar
+  svg.replaceChildren(...grid, ...points, ...devs, ...alarms,
+    h("line", { x1: 12, y1: 288, x2: 12 + bar, y2: 288, class: "scalebar" }),
+    h("text", { x: 12, y: 282, class: "label small" }, "100 m"));
+}
+
+// --- the detail panel -----------------------------------------------------------------------------
+
+function select(sel) {
+  desk.selected = sel;
+  for (const li of document.querySelectorAll(".alarm")) li.classList.toggle("selected", li.dataset.id === sel.alarm);
+  loadDetail().catch(showError("action-error"));
+}
+
+async function loadDetail() {
+  const sel = desk.selected;
+  if (!sel) return;
+  const a = desk.alarms.find((x) => x.id === sel.alarm);
+  const orderId = sel.order || (a && a.work_order && a.work_order.id);
+  const order = orderId ? await api("/api/work-orders/" + orderId) : null;
+  const subject = a || (order && { id: order.alarm, site: order.site, dev: order.dev, metric: order.metric,
+    level: order.level, peak: order.peak, state: "cleared", point: order.point });
+  if (!subject) return;
+  $("detail-title").replaceChildren(h("span", { class: "dot lv-" + (subject.level || subject.peak) }),
+    `${(subject.level || subject.peak || "").toUpperCase()} ${subject.metric || subject.kind || ""} at ${subject.site} · ${subject.dev}`);
+  $("detail-facts").replaceChildren(...[
+    ["state", subject.state], ["value", a ? `${num(a.value)} ${a.unit || ""}` : "—"], ["point", subject.point || "—"],
+    ["position", a && a.pos ? a.pos.map((x) => x.toFixed(5)).join(", ") : "—"],
+    ["raised", a ? clock(a.raised) : "—"], ["acknowledged", a && a.acked ? clock(a.acked) : "no"],
+  ].map(([k, v]) => h("div", {}, h("span", { class: "k" }, k), h("span", { class: "v", id: "fact-" + k }, v))));
+  renderOrder(order);
+  renderActions(a, order);
+  if (subject.metric) await loadChart(subject);
+  else { $("chart").replaceChildren(); $("chart-title").textContent = "no readings for a " + (subject.kind || "") + " alarm"; }
+}
+
+function renderOrder(order) {
+  if (!order) { $("order").replaceChildren(h("p", { class: "muted" }, "No work order (opened at orange or red).")); return; }
+  $("order").replaceChildren(
+    h("div", { class: "order-head" }, `Work order #${order.id} · `, h("b", { id: "wo-state", class: "st-" + order.state },
+      order.state), order.team ? ` · team ${order.team}` : "", order.round > 1 ? ` · round ${order.round}` : ""),
+    h("ol", { class: "steps" }, order.steps.map((s) => h("li", { class: "step-" + s.step },
+      h("span", { class: "when" }, clock(s.at)), h("b", {}, STEP_NAMES[s.step] || s.step), ` by ${s.actor}`,
+      s.team ? ` → ${s.team}` : "", s.note ? h("div", { class: "note" }, s.note) : null,
+      s.action ? h("div", { class: "note" }, "action: " + s.action) : null))));
+}
+
+function renderActions(a, order) {
+  const box = [];
+  const post = async (path, body) => {
+    $("action-error").textContent = "";
+    try { await api(path, body); } catch (e) { $("action-error").textContent = e.message; }
+    await refresh(["alarms", "orders", "times"]);
+  };
+  const field = (id, placeholder) => h("input", { id, placeholder });
+  if (a && !a.acked && may("ack")) {
+    box.push(h("button", { id: "act-ack", class: "primary", on: { click: () => post(`/api/alarms/${a.id}/ack`, {}) } },
+      "Acknowledge"));
+  }
+  const st = order && order.state;
+  if ((st === "acknowledged" || st === "returned") && may("dispatch")) {
+    box.push(h("div", { class: "form-row" }, field("team", "team"), h("button", { id: "act-dispatch", class: "primary",
+      on: { click: () => post(`/api/work-orders/${order.id}/dispatch`, { team: $("team").value }) } }, "Dispatch")));
+  }
+  if (st === "dispatched" && may("report")) {
+    box.push(h("div", { class: "form-row" }, field("findings", "findings"), field("action-taken", "action taken"),
+      h("button", { id: "act-report", class: "primary", on: { click: () => post(`/api/work-orders/${order.id}/report`,
+        { findings: $("findings").value, action: $("action-taken").value || null }) } }, "Report back")));
+  }
+  if (st === "reported" && may("close")) {
+    box.push(h("div", { class: "form-row" }, h("button", { id: "act-close", class: "primary",
+      on: { click: () => post(`/api/work-orders/${order.id}/close`, {}) } }, "Close")));
+  }
+  if (st === "reported" && may("send-back")) {
+    box.push(h("div", { class: "form-row" }, field("correction", "correction"), h("button", { id: "act-send-back",
+      on: { click: () => post(`/api/work-orders/${order.id}/send-back`, { correction: $("correction").value }) } },
+    "Send back")));
+  }
+  $("actions").replaceChildren(...box);
+}
+
+async function loadChart(s) {
+  const win = +$("window").value;
+  const to = Date.now() / 1000;
+  const q = new URLSearchParams({ site: s.site, dev: s.dev, metric: s.metric, from: to - win, to });
+  const d = await api("/api/history?" + q);
+  $("chart-title").textContent = `${s.dev} ${s.metric} (${d.unit || ""}), last ${$("window").selectedOptions[0].text}`;
+  const W = 640, H = 220, L = 44, R = 70, T = 10, B = 24;
+  const pts = [...d.rollups.map((r) => [r.t, r.mean]), ...d.readings];
+  const vals = [...pts.map((p) => p[1]), ...d.thresholds.map((t) => t.value)];
+  const lo = Math.min(0, ...vals), hi = Math.max(1, ...vals) * 1.08;
+  const x = (t) => L + (t - d.from) / (d.to - d.from) * (W - L - R);
+  const y = (v) => H - B - (v - lo) / (hi - lo) * (H - T - B);
+  const out = [h("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "plot" })];
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + (hi - lo) * i / 4;
+    out.push(h("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" }),
+      h("text", { x: L - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, num(v)));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = d.from + (d.to - d.from) * i / 4;
+    out.push(h("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": "middle" },
+      new Date(t * 1000).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" })));
+  }
+  for (const t of d.thresholds) {
+    out.push(h("line", { x1: L, x2: W - R, y1: y(t.value), y2: y(t.value), class: "threshold", stroke: COLOURS[t.level] }),
+      h("text", { x: W - R + 4, y: y(t.value) + 4, class: "axis", fill: COLOURS[t.level] }, `${t.level} ${num(t.value)}`));
+  }
+  for (const e of d.transitions) {
+    out.push(h("line", { x1: x(e.t), x2: x(e.t), y1: T, y2: H - B, class: "transition", stroke: COLOURS[e.level] || "#9aa4b2" }),
+      h("text", { x: x(e.t) + 3, y: T + 12, class: "axis", fill: COLOURS[e.level] || "#9aa4b2" }, e.ev),
+      h("title", {}, `${e.ev} ${e.level || ""} ${clock(e.t)}`));
+  }
+  if (pts.length) {
+    out.push(h("polyline", { points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), class: "series" }));
+    const last = pts[pts.length - 1];
+    out.push(h("circle", { cx: x(last[0]), cy: y(last[1]), r: 3, class: "last" }));
+  } else {
+    out.push(h("text", { x: (W - R + L) / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no readings in this window"));
+  }
+  $("chart").replaceChildren(...out);
+}
+
+// --- commands -------------------------------------------------------------------------------------
+
+async function sendCommand(path, body) {
+  $("command-error").textContent = "";
+  try {
+    const r = await api(path, body);
+    desk.sent.set(r.id, { id: r.id, site: body.site, dev: body.dev || "—", op: body.op || "rules", state: "sent" });
+    await loadSent();
+  } catch (e) { $("command-error").textContent = e.message; }
+}
+
+async function loadSent() {
+  for (const [id, c] of desk.sent) if (c.state === "sent") desk.sent.set(id, await api("/api/commands/" + id));
+  $("sent").tBodies[0].replaceChildren(...[...desk.sent.values()].reverse().map((c) => h("tr", {},
+    h("td", { class: "muted" }, c.id.slice(0, 8) + "…"), h("td", {}, c.site), h("td", {}, c.dev || "—"),
+    h("td", {}, c.op), h("td", {}, h("span", { class: "pill " + c.state }, c.state)),
+    h("td", {}, c.result === undefined || c.result === null ? "—" : JSON.stringify(c.result)))));
+}
+
+// --- live -----------------------------------------------------------------------------------------
+
+let pending = new Set(), timer = null;
+
+function refresh(parts) {
+  for (const p of parts) pending.add(p);
+  if (!timer) timer = new Promise((resolve) => setTimeout(resolve, 150)).then(async () => {
+    const todo = pending;
+    pending = new Set();
+    timer = null;
+    const jobs = { alarms: loadAlarms, orders: loadOrders, state: loadState, map: loadMap, times: loadTimes,
+      sent: loadSent };
+    await Promise.all([...todo].filter((p) => jobs[p]).map((p) => jobs[p]().catch(() => {})));
+    if (todo.has("detail") || todo.has("alarms") || todo.has("orders")) await loadDetail().catch(() => {});
+  });
+  return timer;
+}
+
+function onNotice(n) {
+  const sel = desk.selected;
+  switch (n.kind) {
+    case "alarm": refresh(["alarms", "map", "times"]); break;
+    case "work-order": refresh(["orders", "alarms", "times"]); break;
+    case "device": case "site": refresh(["state", "map"]); break;
+    case "command": refresh(["sent"]); break;
+    case "reading":
+      refresh(["state"]);
+      if (sel) { const a = desk.alarms.find((x) => x.id === sel.alarm); if (a && a.site === n.site && a.dev === n.dev) refresh(["detail"]); }
+      break;
+    default: refresh(["alarms", "orders", "state", "map", "times", "sent"]);
+  }
+}
+
+function connect() {
+  const es = new EventSource("/api/events");
+  desk.events = es;
+  es.addEventListener("hello", () => { $("live").textContent = "live"; $("live").className = "live on";
+    refresh(["alarms", "orders", "state", "map", "times"]); });
+  es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
+  es.onerror = () => { $("live").textContent = "reconnecting"; $("live").className = "live off"; };
+}
+
+// --- start ----------------------------------------------------------------------------------------
+
+function showError(id) { return (e) => { $(id).textContent = e.message; }; }
+
+async function start(me) {
+  desk.me = me;
+  $("login-view").hidden = true;
+  $("desk").hidden = false;
+  $("logout").hidden = false;
+  $("who").replaceChildren(h("b", {}, me.user), " · ", h("span", { id: "role", class: "role " + me.role }, me.role));
+  $("commands-card").hidden = !may("command");
+  connect();
+}
+
+function showLogin() {
+  desk.me = null;
+  $("desk").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("login-view").hidden = false;
+  $("login-user").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("login-error").textContent = "";
+    try {
+      await api("/api/login", { user: $("login-user").value.trim(), password: $("login-pass").value });
+      $("login-pass").value = "";
+      await start(await api("/api/me"));
+    } catch (err) { $("login-error").textContent = err.message; }
+  });
+  $("logout").addEventListener("click", async () => {
+    await api("/api/logout", {}).catch(() => {});
+    if (desk.events) desk.events.close();
+    showLogin();
+  });
+  $("window").addEventListener("change", () => loadDetail().catch(showError("action-error")));
+  $("command-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    let args = {};
+    try { args = $("cmd-args").value.trim() ? JSON.parse($("cmd-args").value) : {}; } catch (err) {
+      $("command-error").textContent = "args: not JSON"; return; }
+    sendCommand("/api/commands", { site: $("cmd-site").value.trim(), dev: $("cmd-dev").value.trim(),
+      op: $("cmd-op").value.trim(), args });
+  });
+  $("rules-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    let ruleset;
+    try { ruleset = JSON.parse($("rules-json").value); } catch (err) {
+      $("command-error").textContent = "rule set: not JSON"; return; }
+    sendCommand("/api/rules", { site: $("rules-site").value.trim(), ruleset });
+  });
+  // Ages tick on the page itself; nothing is fetched for them.
+  setInterval(() => { for (const el of document.querySelectorAll(".age")) el.textContent = age(+el.dataset.t || null); }, 1000);
+  api("/api/me").then(start, showLogin);
+});

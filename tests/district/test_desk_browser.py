@@ -1,0 +1,153 @@
+"""The desk page in a real headless Chromium (Debian's, driven by Playwright) over a real uvicorn and
+Mosquitto, on SQLite: a live alarm appears without a reload, the whole work-order loop is done with the
+page's own buttons and every state shows on it; a viewer sees no action buttons and the server refuses a
+POST made from the viewer's page. Leaves a screenshot of the desk in out/desk.png."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from deskkit import PASSWORD, USERS, alarm_body, desk_server, seed
+from paho.mqtt.enums import CallbackAPIVersion
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import Engine
+
+from district import store
+from district.live import CHANGES_TOPIC, notice
+from district.store import open_engine
+from lifeline.virtual.broker import Mosquitto
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+OUT = Path(__file__).resolve().parents[2] / "out"
+RED, ORANGE, YELLOW, OLD, QUIET = "e" * 32, "f" * 32, "1" * 32, "2" * 32, "3" * 32
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def announce(broker: Mosquitto, payload: bytes) -> None:
+    """Publish a change notice on the real broker, as an ingest worker does."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-ingest")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(CHANGES_TOPIC, payload).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+def log_in(page: Page, url: str, role: str) -> None:
+    page.goto(url)
+    page.fill("#login-user", USERS[role])
+    page.fill("#login-pass", PASSWORD)
+    page.click("#login-btn")
+    expect(page.locator("#role")).to_have_text(role)
+    expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+
+
+def history(engine: Engine, now: float) -> None:
+    """An hour of methane at gas1 rising into red, other alarms of every kind the board must tell apart."""
+    with engine.begin() as conn:
+        for i in range(120):
+            v = 2.0 + (i / 119) ** 3 * 58
+            store.add_message(conn, "s1", "gas1", i, 1, [{"n": "ch4", "t": now - 3570 + i * 30, "u": "%LEL", "v": v}],
+                              received=now - 3570 + i * 30 + 0.3)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 900, dev="gas2", value=27.0),
+                          received=now - 899)
+        store.apply_alarm(conn, "s1", alarm_body(YELLOW, "raised", "yellow", now - 2400, dev="gas2", value=21.0,
+                                                 metric="co", unit="ppm", point=None), received=now - 2399)
+        store.apply_alarm(conn, "s1", alarm_body(OLD, "raised", "red", now - 7200, value=55.0), received=now - 30,
+                          hist=True)
+        store.apply_alarm(conn, "s1", alarm_body(QUIET, "raised", "yellow", now - 3000, dev="gas2", point=None,
+                                                 metric="o2", unit="%", value=19.0), received=now - 2999)
+        store.apply_alarm(conn, "s1", alarm_body(QUIET, "inhibited", "yellow", now - 1200, dev="gas2", point=None,
+                                                 metric="o2", unit="%", value=19.0, cause="silence"),
+                          received=now - 1199)
+
+
+def test_the_desk_in_a_browser(tmp_path: Path, browser: Browser) -> None:
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    history(engine, now)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "supervisor")
+        expect(page.locator(f".alarm[data-id='{OLD}'] .tag.historical")).to_be_visible()
+        expect(page.locator(f".alarm[data-id='{QUIET}'] .tag.inhibited")).to_be_visible()
+        expect(page.locator(f".alarm[data-id='{RED}']")).to_have_count(0)
+
+        with engine.begin() as conn:  # the ingest stores a red alarm and tells the desks
+            store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 5), received=time.time())
+        announce(broker, notice("alarm", site="s1", id=RED))
+        card = page.locator(f".alarm[data-id='{RED}']")
+        expect(card).to_be_visible(timeout=10_000)  # no reload: the page got the notice
+        expect(page.locator(".alarm").first).to_have_attribute("data-id", RED)  # red, live, first
+        expect(page.locator(".alarm").nth(1)).to_have_attribute("data-id", ORANGE)
+        expect(page.locator(f".alarm[data-id='{OLD}']")).to_have_class(re.compile(r"\bst-historical\b"))
+
+        card.click()
+        expect(page.locator("#wo-state")).to_have_text("open")
+        expect(page.locator("#chart polyline.series")).to_have_count(1)
+        expect(page.locator("#chart line.threshold")).to_have_count(4)
+        page.click("#act-ack")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        expect(page.locator("#act-ack")).to_have_count(0)
+        page.fill("#team", "pipe team 3")
+        page.click("#act-dispatch")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        page.screenshot(path=str(tmp_path / "dispatched.png"))
+        page.fill("#findings", "valve seal leaking")
+        page.fill("#action-taken", "seal replaced")
+        page.click("#act-report")
+        expect(page.locator("#wo-state")).to_have_text("reported")
+        page.fill("#correction", "give the reading after the repair")
+        page.click("#act-send-back")
+        expect(page.locator("#wo-state")).to_have_text("returned")
+        page.fill("#team", "pipe team 3")
+        page.click("#act-dispatch")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        page.fill("#findings", "0 %LEL after repair")
+        page.click("#act-report")
+        expect(page.locator("#wo-state")).to_have_text("reported")
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / "desk.png"), full_page=True)
+        page.click("#act-close")
+        expect(page.locator("#wo-state")).to_have_text("closed")
+        steps = page.locator("#order .steps li b")
+        expect(steps).to_have_text(["opened", "acknowledged", "dispatched", "reported", "sent back", "dispatched",
+                                    "reported", "closed"])
+        expect(page.locator("#orders tr[data-id] .wo-state").first).to_have_text("closed")
+
+        viewer = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(viewer, url, "viewer")
+        viewer.locator(f".alarm[data-id='{ORANGE}']").click()
+        expect(viewer.locator("#wo-state")).to_have_text("open")
+        expect(viewer.locator("#actions button")).to_have_count(0)
+        expect(viewer.locator("#commands-card")).to_be_hidden()
+        status = viewer.evaluate("""async (id) => {
+            const me = await (await fetch('/api/me')).json();
+            const r = await fetch('/api/alarms/' + id + '/ack', {method: 'POST', headers:
+                {'X-CSRF-Token': me.csrf, 'Content-Type': 'application/json'}, body: '{}'});
+            return [r.status, (await r.json()).error];
+        }""", ORANGE)
+        assert status == [403, "a viewer may not ack"]
+        viewer.reload()
+        viewer.locator(f".alarm[data-id='{ORANGE}']").click()
+        expect(viewer.locator("#fact-acknowledged")).to_have_text("no")
+        viewer.close()
+        page.close()
+    engine.dispose()
