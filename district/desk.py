@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ COOKIE = "lifeline_desk"
 MAX_BODY = 128 * 1024  # a rule set is the largest thing anyone posts
 LOGIN_FAILURES = 5  # per user name per LOGIN_WINDOW_S, then 429 until the oldest failure ages out
 LOGIN_WINDOW_S = 60.0
+MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones are forgotten
 MAX_WINDOW_S = 400 * 86400
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
@@ -108,7 +109,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, f"body: at most {MAX_BODY} bytes")
         try:
             data = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             raise Refused(400, "body: not JSON") from None
         if not isinstance(data, dict):
             raise Refused(400, "body: a JSON object")
@@ -149,6 +150,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         s = await db(lambda c: accounts.log_in(c, name, password, now=now), write=True)
         if s is None:
             recent.append(now)
+            if len(failures) > MAX_TRACKED:  # names made up by the thousand must not grow memory for ever
+                for stale in [n for n, times in failures.items() if times[-1] < now - LOGIN_WINDOW_S]:
+                    del failures[stale]
             raise Refused(401, "wrong user name or password")
         failures.pop(name, None)
         response = JSONResponse({"user": s.user, "role": s.role, "csrf": s.csrf}, headers=HEADERS)
@@ -300,8 +304,3 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
 
     return Starlette(routes=routes, lifespan=lifespan)
 
-
-def risk_points_of(sites: Mapping[str, Any]) -> RiskPoints:
-    """The district config's risk points ({site: SiteEntry}) in the shape the desk's queries take."""
-    return {site: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
-                   for p in entry.risk_points] for site, entry in sites.items()}

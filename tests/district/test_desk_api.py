@@ -157,9 +157,11 @@ def test_bad_input_to_every_post_is_a_400_with_a_message_and_changes_nothing(des
     for path, body in bad:
         r = c.post(path, json=body, headers=h)
         assert r.status_code == 400 and r.json()["error"], (path, body, r.status_code, r.text)
-    for path in (f"/api/alarms/{ALARM}/ack", f"/api/work-orders/{order}/report", "/api/commands", "/api/rules"):
-        r = c.post(path, content=b"{not json", headers=h)
-        assert r.status_code == 400 and "JSON" in r.json()["error"]
+    for path in ("/api/login", f"/api/alarms/{ALARM}/ack", f"/api/work-orders/{order}/report", "/api/commands",
+                 "/api/rules"):
+        for junk in (b"{not json", b"[" * 100_000, b"\xff\xfe", b'{"site": NaN}'):
+            r = c.post(path, content=junk, headers=h)
+            assert r.status_code == 400 and r.json()["error"], (path, junk[:10], r.text)
     assert c.get("/api/history", params={"site": "s1", "dev": "gas1"}).status_code == 400
     assert c.get("/api/history", params={"site": "s1", "dev": "gas1", "metric": "ch4", "from": "x"}).status_code == 400
     assert snapshot(engine) == before
