@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from district.accounts import Session
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import Hub, notice
 from district.queries import RiskPoints
+from district.schema import work_orders
 from district.workorders import WorkOrderError
 from gateway.rules import RuleSet, default_ruleset
 from gateway.site_config import BrokerConfig
@@ -218,9 +219,13 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         allowed(s, "ack")
         await body(request, ())
         alarm_id = request.path_params["id"]
-        site = await db(lambda c: workorders.ack_alarm(c, alarm_id, s, now=clock()), write=True)
+        def acknowledge(conn: Connection) -> tuple[str, int | None]:
+            site = workorders.ack_alarm(conn, alarm_id, s, now=clock())
+            return site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar()
+        site, oid = await db(acknowledge, write=True)
         hub.publish(notice("alarm", site=site, id=alarm_id))
-        hub.publish(notice("work-order", alarm=alarm_id))
+        if oid is not None:
+            hub.publish(notice("work-order", id=oid))
         try:
             await down.alarm_ack(site, [alarm_id])
         except DownlinkError as e:

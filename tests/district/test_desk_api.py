@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from deskkit import PASSWORD, USERS, Downlinks, alarm_body, desk_server, seed
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from district import store
 from district.schema import alarms, audit, commands, rollups, work_order_steps, work_orders
@@ -236,6 +236,11 @@ def test_a_command_and_a_rule_set_go_down_after_their_rows_exist(desk: str, engi
                                                                               {"s": 30}, "chen")
         state = sup.get(f"/api/commands/{cmd_id}").json()
         assert state["state"] == "sent" and state["id"] == str(cmd_id)
+        with engine.begin() as conn:  # the site's ack, as the ingest stores it
+            conn.execute(update(commands).where(commands.c.id == cmd_id)
+                         .values(ok=True, result=json.dumps({"interval": 30}), answered=time.time()))
+        state = sup.get(f"/api/commands/{cmd_id}").json()
+        assert state["state"] == "done" and state["result"] == {"interval": 30}
         r = sup.post("/api/rules", json={"site": "s1", "ruleset": RULESET}, headers={"X-CSRF-Token": csrf})
         assert r.status_code == 200, r.text
         assert ruleset_data(downs.wait("district/v1/s1/down/rules")) == RULESET
