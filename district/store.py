@@ -94,8 +94,10 @@ def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, reco
             for r in records]
     if rows:
         conn.execute(readings.insert(), rows)
-    conn.execute(update(devices).where(devices.c.site == site, devices.c.dev == dev)
-                 .where(func.coalesce(devices.c.last_seen, 0) < received).values(last_seen=received))
+    seen = _insert(conn, devices).values(site=site, dev=dev, state="online", last_seen=received)
+    conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
+                                            set_={"last_seen": received},
+                                            where=func.coalesce(devices.c.last_seen, 0) < received))
     return True
 
 

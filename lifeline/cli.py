@@ -1,6 +1,6 @@
-"""The `lifeline` command for a site: the gateway, its status and quarantine, flashing nodes, the bench and
-the demo. Each subcommand is a module of lifeline/ named for it, and only the chosen one is imported, so a
-missing optional piece breaks only its own subcommand."""
+"""The `lifeline` command: the site gateway, its status and quarantine, the district centre, flashing nodes,
+the bench and the demo. Each subcommand is a module of lifeline/ named for it, and only the chosen one is
+imported, so a missing optional piece breaks only its own subcommand."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("lifeline.status", "devices and active alarms of a gateway (reads its store)"),
     "quarantine": ("lifeline.quarantine", "list or show messages the gateway rejected"),
     "site-auth": ("lifeline.site_auth", "write the site broker's password file and ACL from site.toml"),
+    "district": ("lifeline.district", "run the district centre: ingest workers and the web desk"),
     "flash": ("lifeline.flash", "flash the firmware and a device's identity onto a board (or a virtual one)"),
     "hil": ("lifeline.hil", "run the bench suite on virtual devices or real boards (docs/hil.md)"),
     "demo": ("lifeline.demo.run", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),

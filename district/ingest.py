@@ -1,0 +1,151 @@
+"""An ingest worker: takes every site's upstream from the district broker, checks it, stores it, and only
+then acknowledges it.
+
+N identical workers share one subscription (`$share/{group}/district/v1/+/up/#`, MQTT shared subscriptions),
+so the broker spreads the sites' messages over them; each worker keeps a persistent session under its own
+client id, so what was delivered to a worker that died is delivered to it again when it comes back (Mosquitto
+keeps it for that session; a broker cluster may hand it to a sibling). Either way the database's unique keys
+make every write idempotent (district/store.py), so redelivery and several workers never count twice, and
+alarm state follows the gateway's order of transitions, not the arrival order.
+
+The connection, batching and ack-after-commit are the gateway's own (`gateway.ingest.Subscriber`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+from sqlalchemy import Connection, Engine, update
+
+from district import store, upstream
+from district.live import CHANGES_TOPIC, notice
+from district.schema import commands
+from district.upstream import Refused
+from gateway.ingest import Incoming, Subscriber
+from gateway.logs import event
+from gateway.site_config import BrokerConfig
+from protocol import district as dtopics
+from protocol.district_verify import Verifier, VerifyError
+
+log = logging.getLogger("lifeline.district.ingest")
+
+UP_ALL = f"{dtopics.ROOT}/+/up/#"
+
+
+class Worker:
+    """One ingest worker over one database engine; `run()` until cancelled."""
+
+    def __init__(self, engine: Engine, broker: BrokerConfig, verifier: Verifier, *, group: str = "lifeline",
+                 batch_max: int = 500) -> None:
+        self.engine = engine
+        self.verifier = verifier
+        self.refused: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()
+        self.subscriber = Subscriber("district", broker, [f"$share/{group}/{UP_ALL}"], self.handle,
+                                     batch_max=batch_max, backoff_max_s=2.0)
+        self._notices: list[bytes] = []
+
+    async def run(self) -> None:
+        await self.subscriber.run()
+
+    def handle(self, batch: list[Incoming]) -> None:
+        """Store a batch in one transaction; the Subscriber acknowledges it after this returns."""
+        with self.engine.begin() as conn:
+            for item in batch:
+                self._one(conn, item)
+        notices, self._notices = self._notices, []
+        if notices:
+            asyncio.get_running_loop().create_task(self._announce(notices))
+
+    async def _announce(self, notices: list[bytes]) -> None:
+        """Tell the desks what changed (QoS 0: a desk that misses one catches up at its next fetch)."""
+        try:
+            for payload in notices:
+                await self.subscriber.publish(CHANGES_TOPIC, payload, qos=0)
+        except Exception as exc:  # the data is committed; only the desks' prompt is lost
+            event(log, "notice-failed", logging.WARNING, error=str(exc))
+
+    def _refuse(self, conn: Connection, item: Incoming, reason: str, detail: str, payload: bytes | None = None) -> None:
+        self.refused[reason] += 1
+        if self.refused[reason] == 1 or self.refused[reason] % 1000 == 0:
+            event(log, "refused", logging.WARNING, reason=reason, detail=detail, topic=item.topic,
+                  total=self.refused[reason])
+        store.refuse(conn, item.topic, reason, detail, item.payload if payload is None else payload,
+                     received=item.received)
+
+    def _one(self, conn: Connection, item: Incoming) -> None:
+        try:
+            site, kind, body = self.verifier.publish(item.topic, item.payload)
+        except VerifyError as exc:
+            return self._refuse(conn, item, exc.reason, str(exc))
+        try:
+            with conn.begin_nested():  # a body refused half-way leaves nothing behind
+                self._body(conn, item, site, kind, body, hist=body.get("hist") is True)
+        except Refused as r:
+            self._refuse(conn, item, r.reason, r.detail)
+
+    def _body(self, conn: Connection, item: Incoming, site: str, kind: str, body: Any, hist: bool) -> None:
+        received = item.received
+        if kind == dtopics.TELEMETRY:
+            self._telemetry(conn, item, site, upstream.mapping(body, "telemetry"), hist)
+        elif kind == dtopics.ALARM:
+            body = upstream.alarm(body)
+            if store.apply_alarm(conn, site, body, received=received, hist=hist):
+                self.stored["alarm"] += 1
+                self._notices.append(notice("alarm", site=site, id=body["id"]))
+        elif kind == dtopics.GATEWAY:
+            online, session = upstream.gateway_state(body)
+            store.gateway_state(conn, site, online, session, received=received)
+            self._notices.append(notice("site", site=site))
+        elif kind == dtopics.UP_STATE:
+            body = upstream.device_state(body)
+            store.device_state(conn, site, body, received=received)
+            self._notices.append(notice("device", site=site, dev=body["dev"]))
+        elif kind == dtopics.UP_ACK:
+            body = upstream.mapping(body, "ack")
+            store.add_report(conn, site, kind, body, received=received)
+            if body.get("re") == "cmd" and isinstance(body.get("id"), int):
+                self._command_answer(conn, site, body, received)
+        else:  # dq, event: kept as they came, for the desk and for audit
+            store.add_report(conn, site, kind, upstream.mapping(body, kind), received=received)
+        self.stored[kind] += 1
+
+    def _telemetry(self, conn: Connection, item: Incoming, site: str, body: Mapping[str, Any], hist: bool) -> None:
+        packs = body.get("packs")
+        if not isinstance(packs, list):
+            raise Refused("schema", "telemetry: packs must be an array")
+        newest: dict[str, float] = {}
+        for i, entry in enumerate(packs):
+            try:
+                dev, seq, boot, pri, records, sealed = upstream.pack_entry(entry, f"telemetry packs[{i}]",
+                                                                            self.verifier)
+            except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
+                self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
+                continue
+            if store.add_message(conn, site, dev, seq, boot, records, received=item.received, pri=pri, hist=hist,
+                                 verified=True, sealed=sealed):
+                self.stored["message"] += 1
+                newest[dev] = max([newest.get(dev, 0.0), *(r["t"] for r in records)])
+        for summary in body.get("thinned") or ():
+            store.add_report(conn, site, "thinned", upstream.mapping(summary, "thinned"), received=item.received)
+        for dev, t in newest.items():
+            self._notices.append(notice("reading", site=site, dev=dev, t=t, received=item.received))
+
+    def _command_answer(self, conn: Connection, site: str, body: Mapping[str, Any], received: float) -> None:
+        result = body.get("res") if body.get("ok") else body.get("error", body.get("res"))
+        conn.execute(update(commands).where(commands.c.id == body["id"], commands.c.site == site,
+                                            commands.c.answered.is_(None))
+                     .values(ok=bool(body.get("ok")), result=json.dumps(result, default=_jsonable),
+                             answered=received))
+        self._notices.append(notice("command", site=site, id=body["id"]))
+
+
+
+def _jsonable(value: Any) -> str:
+    return value.hex() if isinstance(value, bytes) else repr(value)

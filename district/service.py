@@ -1,0 +1,115 @@
+"""`lifeline district`: the district service's processes, run alone or under a supervisor.
+
+    lifeline district --config district.toml               # the supervisor: N ingest workers and the desk
+    lifeline district --config district.toml --worker 2    # one ingest worker (a systemd template unit's job)
+    lifeline district --config district.toml --desk        # the desk alone
+
+Each ingest worker is its own process with its own database connection and its own MQTT session (client id
+`{client_id}-w{N}`), so a district scales by starting more of them, here or on other machines against the
+same broker cluster and PostgreSQL. The supervisor restarts a worker that dies, which is also what gives a
+killed worker's session, and the messages the broker kept for it, back to the district.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from district import config
+from district.config import DistrictConfig
+from district.desk import make_app
+from district.ingest import Worker
+from district.live import Hub
+from district.store import open_engine
+from gateway.logs import event
+from gateway.site_config import BrokerConfig
+
+log = logging.getLogger("lifeline.district")
+
+RESTART_S = 1.0
+
+
+def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
+    return dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-w{index}")
+
+
+def run_worker(cfg: DistrictConfig, index: int) -> int:
+    """One ingest worker until SIGTERM or SIGINT."""
+    engine = open_engine(cfg.database, cfg.base, writer=True)
+    worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg), group=cfg.group, batch_max=cfg.batch)
+    asyncio.run(_until_signal(worker.run(), "worker", worker=index, database=engine.dialect.name))
+    event(log, "worker-stopped", worker=index, stored=dict(worker.stored), refused=dict(worker.refused))
+    engine.dispose()
+    return 0
+
+
+def run_desk(cfg: DistrictConfig) -> int:
+    """The desk (and its /metrics) until SIGTERM or SIGINT."""
+    engine = open_engine(cfg.database, cfg.base)
+    broker = dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-desk")
+    risk_points = {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
+                          for p in s.risk_points] for s in cfg.sites.values()}
+
+    async def serve() -> None:
+        hub = Hub()
+        app = make_app(engine, hub=hub, broker=broker, risk_points=risk_points)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.desk_host, port=cfg.desk_port, log_level="warning",
+                                               lifespan="on"))
+        await server.serve()
+
+    asyncio.run(_until_signal(serve(), "desk", url=f"http://{cfg.desk_host}:{cfg.desk_port}/"))
+    engine.dispose()
+    return 0
+
+
+async def _until_signal(work: Coroutine[Any, Any, None], role: str, **fields: Any) -> None:
+    task = asyncio.create_task(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    event(log, f"{role}-started", **fields)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def supervise(config: Path, cfg: DistrictConfig, *, desk: bool = True) -> int:
+    """Start the workers (and the desk), restart any that exits, stop them all on SIGTERM or SIGINT."""
+    roles = [["--worker", str(i)] for i in range(1, cfg.workers + 1)] + ([["--desk"]] if desk else [])
+    base = [sys.executable, "-m", "lifeline.cli", "district", "--config", str(config)]
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for i, role in enumerate(roles):
+            proc = procs.get(i)
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                event(log, "restarting", logging.WARNING, role=" ".join(role), exit=proc.returncode)
+            procs[i] = subprocess.Popen([*base, *role])
+        time.sleep(RESTART_S)
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0

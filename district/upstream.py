@@ -1,0 +1,162 @@
+"""What a site sends up, checked before anything is stored: the district's side of gateway/district_wire.py.
+
+A site is trusted no further than its seal, and a gateway can be wrong, so every field is checked for type,
+size and range (ids as protocol/topics.py allows them, sequence numbers within 64 bits, times finite).
+The site seal and each device's own MAC are checked by protocol/district_verify.py first. A bad body is
+refused whole with `Refused(reason, detail)`; inside a telemetry body, one bad pack entry is refused alone and
+the good entries beside it are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from protocol.district_verify import Verifier, VerifyError
+
+ID = re.compile(r"[a-z0-9_-]{1,32}\Z")  # protocol/topics.py: site and device ids
+ALARM_ID = re.compile(r"[0-9a-f]{32}\Z")
+ALARM_EVS = {"raised", "escalated", "de-escalated", "cleared", "inhibited", "resumed"}
+ALARM_KINDS = {"level", "rate", "sum", "stale"}
+LEVELS = {"blue", "yellow", "orange", "red"}
+MAX_TEXT = 200
+U64 = 1 << 64
+
+
+class Refused(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _field(body: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in body:
+        raise Refused("schema", f"{where}: {key} missing")
+    return body[key]
+
+
+def ident(body: Mapping[str, Any], key: str, where: str, pattern: re.Pattern[str] = ID) -> str:
+    value = _field(body, key, where)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise Refused("schema", f"{where}: {key} {value!r} is not a valid id")
+    return value
+
+
+def uint(body: Mapping[str, Any], key: str, where: str, limit: int = U64) -> int:
+    value = _field(body, key, where)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise Refused("schema", f"{where}: {key} must be an integer in 0..{limit - 1}")
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, where: str, optional: bool = False) -> float | None:
+    value = body.get(key) if optional else _field(body, key, where)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Refused("schema", f"{where}: {key} must be a finite number")
+    return float(value)
+
+
+def text(body: Mapping[str, Any], key: str, where: str, choices: set[str] | None = None,
+         optional: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise Refused("schema", f"{where}: {key} missing")
+    if not isinstance(value, str) or len(value) > MAX_TEXT or (choices is not None and value not in choices):
+        allowed = f"one of {', '.join(sorted(choices))}" if choices else f"text of at most {MAX_TEXT} characters"
+        raise Refused("schema", f"{where}: {key} must be {allowed}")
+    return value
+
+
+def position(body: Mapping[str, Any], where: str) -> tuple[float, float] | None:
+    pos = body.get("pos")
+    if pos is None:
+        return None
+    if (not isinstance(pos, list) or len(pos) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                              for x in pos)
+            or not -90 <= pos[0] <= 90 or not -180 <= pos[1] <= 180):
+        raise Refused("schema", f"{where}: pos must be [lat, lon]")
+    return float(pos[0]), float(pos[1])
+
+
+def mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise Refused("schema", f"{where}: not a map with text keys")
+    return value
+
+
+def pack_entry(raw: Any, where: str, verifier: Verifier) -> tuple[str, int, int, int, list[dict[str, Any]], bytes]:
+    """(dev, seq, boot, pri, readings, sealed) of one telemetry pack entry whose device MAC verifies; reading
+    names lose the "{dev}:" base."""
+    entry = mapping(raw, where)
+    dev = ident(entry, "dev", where)
+    seq, boot = uint(entry, "seq", where), uint(entry, "boot", where)
+    pri = uint(entry, "pri", where, 2) if "pri" in entry else 0
+    try:
+        records = verifier.entry(entry)
+    except VerifyError as exc:
+        raise Refused(exc.reason, f"{where}: {exc}") from None
+    prefix = dev + ":"
+    out = []
+    for r in records:
+        name = r["n"]
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+        if not 0 < len(name) <= 64:
+            raise Refused("senml", f"{where}: reading name {r['n']!r} too long")
+        if not isinstance(r["t"], (int, float)) or not math.isfinite(r["t"]):
+            raise Refused("senml", f"{where}: reading {name!r} has no finite time")
+        for k in ("v", "s"):
+            if k in r and not math.isfinite(r[k]):
+                raise Refused("senml", f"{where}: reading {name!r} has a {k} that is not finite")
+        out.append({**r, "n": name})
+    return dev, seq, boot, pri, out, entry["m"]
+
+
+def gateway_state(raw: Any) -> tuple[bool, int]:
+    """(online, session) of a gateway's birth or death."""
+    body = mapping(raw, "gateway")
+    st = text(body, "st", "gateway", {"online", "offline"})
+    return st == "online", uint(body, "session", "gateway", 1 << 63)
+
+
+def alarm(raw: Any) -> Mapping[str, Any]:
+    body = mapping(raw, "alarm")
+    ident(body, "id", "alarm", ALARM_ID)
+    ident(body, "dev", "alarm")
+    text(body, "ev", "alarm", ALARM_EVS)
+    text(body, "kind", "alarm", ALARM_KINDS)
+    text(body, "level", "alarm", LEVELS, optional=True)
+    text(body, "prev", "alarm", LEVELS, optional=True)
+    for key in ("cls", "rule"):
+        text(body, key, "alarm")
+    for key in ("metric", "unit", "point", "cause"):
+        text(body, key, "alarm", optional=True)
+    number(body, "t_gw", "alarm")
+    for key in ("value", "reading", "t_dev"):
+        number(body, key, "alarm", optional=True)
+    uint(body, "resend", "alarm", 1 << 31)
+    position(body, "alarm")
+    if body["ev"] != "cleared" and body.get("level") is None:
+        raise Refused("schema", f"alarm: {body['ev']} without a level")
+    return body
+
+
+def device_state(raw: Any) -> Mapping[str, Any]:
+    body = mapping(raw, "state")
+    ident(body, "dev", "state")
+    text(body, "st", "state", {"online", "offline"})
+    uint(body, "boot", "state")
+    number(body, "t", "state")
+    for key in ("fw", "prof", "rst"):
+        text(body, key, "state", optional=True)
+    for key in ("batt", "rssi"):
+        number(body, key, "state", optional=True)
+    position(body, "state")
+    return body

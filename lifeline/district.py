@@ -1,0 +1,38 @@
+"""`lifeline district --config district.toml`: the district centre's service (district/service.py). Exit
+codes: 0 after a clean stop, 1 when start-up failed (the database), 2 for a config error, printed with the
+field it names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from district import config, service
+from gateway.logs import setup
+from gateway.site_config import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="district.toml (see deploy/district.example.toml)")
+    role = parser.add_mutually_exclusive_group()
+    role.add_argument("--worker", type=int, metavar="N", help="run ingest worker N alone (1..workers)")
+    role.add_argument("--desk", action="store_true", help="run the desk alone")
+    role.add_argument("--no-desk", action="store_true", help="supervise the workers only")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    setup(cfg.log_format, cfg.log_level)
+    if args.worker is not None:
+        if not 1 <= args.worker <= cfg.workers:
+            print(f"config error: --worker {args.worker}: ingest.workers is {cfg.workers}", file=sys.stderr)
+            return 2
+        return service.run_worker(cfg, args.worker)
+    if args.desk:
+        return service.run_desk(cfg)
+    return service.supervise(args.config, cfg, desk=not args.no_desk)

@@ -1,0 +1,73 @@
+"""The district service of a virtual site: district.toml written from the site's own keys and registry, and
+`lifeline district` run as a process (the supervisor, or one worker), its output kept in a log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lifeline.virtual.broker import free_port
+from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
+
+
+def write_config(site: Site, path: Path, *, database: str, workers: int = 1, desk_port: int | None = None,
+                 extra: str = "") -> Path:
+    """district.toml for one site: its district broker, its seal key, and its site.toml as the registry."""
+    assert site.district_broker is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'[broker]\nhost = "127.0.0.1"\nport = {site.district_broker.port}\nusername = "{DISTRICT_USER}"\n'
+        f'password = "{site.district_password}"\nclient_id = "district-{site.id}"\n\n'
+        f'[database]\nurl = "{database}"\n\n[ingest]\nworkers = {workers}\nbatch = 200\n\n'
+        f'[desk]\nport = {desk_port or free_port()}\n\n[metrics]\nport = 0\n\n'
+        f'[[sites]]\nid = "{site.id}"\nseal_key = "{site.site_key.hex()}"\ndevices = "{site.config_path}"\n\n'
+        + extra)
+    return path
+
+
+class DistrictProcess:
+    """`lifeline district --config district.toml [role...]` in its own session."""
+
+    def __init__(self, config: Path, *role: str, log_path: Path | None = None) -> None:
+        self.config = config
+        self.role = list(role)
+        self.log_path = log_path or config.parent / ("district" + "".join(role).replace("-", "_") + ".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DistrictProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([*lifeline_cmd(), "district", "--config", str(self.config), *self.role],
+                                         stdout=log, stderr=log, env=environment(), cwd=ROOT, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.log():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SiteError(f"district exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise SiteError(f"no {needle!r} in the district log within {timeout:.0f} s: {self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, the process group with it (a supervisor's workers too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
