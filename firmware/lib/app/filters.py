@@ -10,7 +10,9 @@ apply in their order, then the gates decide:
                  goes regardless of delta and throttle (its place in the list does not matter)
 
 Level is a local pre-alarm threshold with hysteresis: {"above": x} or {"below": x}, optional "hyst",
-or {"is": value} for a switch. Both are checked by app.config before they get here.
+or {"is": value} for a switch. A numeric level may add a local rate trigger, "fall": d with "fall_s": s:
+a reading at least d below the highest of the last s seconds starts a fall (a burst main falls far
+before it falls below any level). Both are checked by app.config before they get here.
 """
 
 class Filter:
@@ -70,6 +72,26 @@ class Level:
     def __init__(self, spec):
         self.spec = spec
         self.active = False
+        self.falling = False
+        self.top = []  # (ms, v) of the fall window that can still be its highest, highest first
+
+    def fell(self, v, ms):
+        """The reading (ms, v) a fall started from when `v` at `ms` starts one, else None; `falling` holds
+        while readings stay `fall` below the highest of the window (the caller samples fast meanwhile)."""
+        by = self.spec.get("fall")
+        if by is None or isinstance(v, bool):
+            return None
+        w = self.top
+        start = ms - int(self.spec["fall_s"] * 1000)
+        while w and w[0][0] < start:
+            w.pop(0)
+        was = self.falling
+        self.falling = bool(w) and w[0][1] - v >= by
+        first = w[0] if self.falling and not was else None
+        while w and w[-1][1] <= v:
+            w.pop()
+        w.append((ms, v))
+        return first
 
     def step(self, v):
         s = self.spec

@@ -1,10 +1,11 @@
 """One asyncio task per sensor: read the driver on the sensor's schedule, pass every metric through
 its filters and pre-alarm level, and hand what survives to the app.
 
-The schedule is sample_s, or fast_s while any of the sensor's metrics is past its pre-alarm level,
-or burst.s during a burst window (burst.for_s every burst.every_s). Drivers whose bus buffers data
-(UART, accelerometer FIFO) are polled every poll_s in between. Driver faults are counted by reason
-and reported as a "fault" event when they start and when they clear, never as a crash.
+The schedule is sample_s, or fast_s while any of the sensor's metrics is past its pre-alarm level or
+falling by its local rate trigger, or burst.s during a burst window (burst.for_s every burst.every_s).
+Drivers whose bus buffers data (UART, accelerometer FIFO) are polled every poll_s in between. Driver
+faults are counted by reason and reported as a "fault" event when they start and when they clear,
+never as a crash.
 
 Every driver is made, read and polled the same way (drivers.make, values(), poll(): drivers/__init__.py),
 so this module names no driver or metric and loads only the drivers the profile uses.
@@ -96,9 +97,18 @@ class Sensor:
                 continue
             v = m.filter.transform(v)
             change = m.level.step(v) if m.level else 0
-            if self.app.reading(m, v, up, change, m.filter.send(v, now, change != 0), self.alarm):
+            top = m.level.fell(v, up) if m.level else None
+            if top is not None:
+                # The gateway's rate rule compares with an earlier sample: the one the fall started from
+                # goes first, in this pack, or just before a level event that carries this reading.
+                urgent.append((m.name, top[1], m.unit, top[0]))
+                if change:
+                    self.app.pub.seal(urgent, message.PRI_ALARM)
+                    urgent = []
+            send = m.filter.send(v, now, change != 0 or top is not None)
+            if self.app.reading(m, v, up, change, send, self.alarm or top is not None):
                 urgent.append((m.name, v, m.unit, up))
-        self.alarm = any(m.level is not None and m.level.active for m in self.metrics.values())
+        self.alarm = any(m.level is not None and (m.level.active or m.level.falling) for m in self.metrics.values())
         if urgent:
             self.app.pub.seal(urgent, message.PRI_ALARM)
         return True
