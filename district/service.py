@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy import Engine
 
-from district import config
+from district import config, retention
 from district.config import DistrictConfig
 from district.desk import make_app
 from district.ingest import Worker
 from district.live import Hub
+from district.metrics import DistrictCollector
 from district.store import open_engine
 from gateway.logs import event
 from gateway.site_config import BrokerConfig
@@ -38,6 +41,7 @@ from gateway.site_config import BrokerConfig
 log = logging.getLogger("lifeline.district")
 
 RESTART_S = 1.0
+RETENTION_S = 600.0  # between retention passes once caught up
 
 
 def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
@@ -46,12 +50,34 @@ def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
 
 def run_worker(cfg: DistrictConfig, index: int) -> int:
     """One ingest worker until SIGTERM or SIGINT."""
-    engine = open_engine(cfg.database, cfg.base, writer=True)
+    engine = open_engine(cfg.database, cfg.base)
     worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg), group=cfg.group, batch_max=cfg.batch)
-    asyncio.run(_until_signal(worker.run(), "worker", worker=index, database=engine.dialect.name))
+
+    async def work() -> None:
+        if index == 1:  # one worker of the district keeps the retention
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(worker.run())
+                tasks.create_task(_retention(engine, cfg))
+        else:
+            await worker.run()
+
+    asyncio.run(_until_signal(work(), "worker", worker=index, database=engine.dialect.name))
     event(log, "worker-stopped", worker=index, stored=dict(worker.stored), refused=dict(worker.refused))
     engine.dispose()
     return 0
+
+
+async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
+    """Fold old readings (district/retention.py) a chunk at a time, off the event loop, until caught up."""
+    while True:
+        def one_pass() -> int:
+            with engine.begin() as conn:
+                return retention.fold(conn, now=time.time(), raw_days=cfg.raw_days, rollup_s=cfg.rollup_s)
+
+        folded = await asyncio.to_thread(one_pass)
+        if folded:
+            event(log, "retention", folded=folded)
+        await asyncio.sleep(1.0 if folded else RETENTION_S)
 
 
 def run_desk(cfg: DistrictConfig) -> int:
@@ -60,6 +86,11 @@ def run_desk(cfg: DistrictConfig) -> int:
     broker = dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-desk")
     risk_points = {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
                           for p in s.risk_points] for s in cfg.sites.values()}
+
+    if cfg.metrics_port:
+        registry = CollectorRegistry()
+        registry.register(DistrictCollector(engine))
+        start_http_server(cfg.metrics_port, cfg.metrics_host, registry)
 
     async def serve() -> None:
         hub = Hub()

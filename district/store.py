@@ -49,15 +49,15 @@ def url_of(database: str, base: Path | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def open_engine(database: str, base: Path | None = None, *, writer: bool = False) -> Engine:
-    """`writer`: an ingest worker's engine. On SQLite its transactions take the write lock when they begin
-    (BEGIN IMMEDIATE): two worker processes that each began reading and then both wanted to write would
-    otherwise deadlock, and SQLite answers that with an immediate "database is locked"."""
+def open_engine(database: str, base: Path | None = None) -> Engine:
+    """On SQLite every transaction takes the write lock when it begins (BEGIN IMMEDIATE). Workers and the
+    desk both read, then write, in one transaction; in WAL mode a reader whose snapshot another process has
+    since written past cannot become a writer, and SQLite answers "database is locked" at once instead of
+    waiting. Taking the lock first makes them queue (busy_timeout). PostgreSQL needs none of this."""
     engine = create_engine(url_of(database, base))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
-        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     schema.metadata.create_all(engine)
     return engine
 
@@ -74,7 +74,7 @@ def _sqlite_connect(dbapi: DBAPIConnection, record: ConnectionPoolEntry) -> None
     cur.close()
 
 
-def _insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
     """INSERT with the engine's ON CONFLICT (both engines have one; SQLAlchemy spells it per dialect)."""
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
@@ -84,7 +84,7 @@ def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, reco
                 sealed: bytes | None = None) -> bool:
     """One device message and its resolved readings (names without the device's base name); False if the
     district already had it."""
-    stmt = _insert(conn, messages).values(site=site, dev=dev, seq_key=schema.seq_key(seq), boot=boot, pri=pri,
+    stmt = dialect_insert(conn, messages).values(site=site, dev=dev, seq_key=schema.seq_key(seq), boot=boot, pri=pri,
                                           hist=hist, verified=verified, sealed=sealed, received=received)
     row = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id)).first()
     if row is None:
@@ -94,7 +94,7 @@ def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, reco
             for r in records]
     if rows:
         conn.execute(readings.insert(), rows)
-    seen = _insert(conn, devices).values(site=site, dev=dev, state="online", last_seen=received)
+    seen = dialect_insert(conn, devices).values(site=site, dev=dev, state="online", last_seen=received)
     conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
                                             set_={"last_seen": received},
                                             where=func.coalesce(devices.c.last_seen, 0) < received))
@@ -109,7 +109,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     """One alarm transition; False if it was a resend the district already had. Opens a work order when a
     live alarm reaches orange or red."""
     ev, level, t_gw = body["ev"], body.get("level"), float(body["t_gw"])
-    new = conn.execute(_insert(conn, alarm_events).values(
+    new = conn.execute(dialect_insert(conn, alarm_events).values(
         alarm=body["id"], ev=ev, level=level, prev=body.get("prev"), value=body.get("value"), t_gw=t_gw,
         received=received, resend=body.get("resend", 0), hist=hist).on_conflict_do_nothing()
         .returning(alarm_events.c.id)).first() is not None
@@ -119,7 +119,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     state = "cleared" if ev == "cleared" else "inhibited" if ev == "inhibited" else "open"
     current = {"level": level, "state": state, "value": body.get("value"), "t_last": t_gw,
                "cleared": t_gw if ev == "cleared" else None}
-    stmt = _insert(conn, alarms).values(
+    stmt = dialect_insert(conn, alarms).values(
         id=body["id"], site=site, dev=body["dev"], cls=body.get("cls"), metric=body.get("metric"), kind=body["kind"],
         peak=level, peak_rank=_rank(level), hist=hist, unit=body.get("unit"), point=body.get("point"), lat=pos[0],
         lon=pos[1], rule=body.get("rule"), raised=t_gw if ev == "raised" else None,
@@ -133,7 +133,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
     if level in WORK_ORDER_LEVELS and not hist:
-        opened = conn.execute(_insert(conn, work_orders).values(
+        opened = conn.execute(dialect_insert(conn, work_orders).values(
             alarm=body["id"], site=site, state="open", opened=received, updated=received)
             .on_conflict_do_nothing().returning(work_orders.c.id)).first()
         if opened is not None:
@@ -150,7 +150,7 @@ def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     if body["st"] == "online":
         values.update(fw=body.get("fw"), prof=body.get("prof"), batt=body.get("batt"), rssi=body.get("rssi"),
                       lat=pos[0], lon=pos[1], last_seen=received)
-    stmt = _insert(conn, devices).values(site=site, dev=body["dev"], **values)
+    stmt = dialect_insert(conn, devices).values(site=site, dev=body["dev"], **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev], set_=values,
                                             where=func.coalesce(devices.c.t_state, 0) < values["t_state"]))
 
@@ -160,7 +160,7 @@ def gateway_state(conn: Connection, site: str, online: bool, session: int, *, re
     stale news and changes nothing."""
     values: dict[str, Any] = {"online": online, "session": session, "last_seen": received}
     values["born" if online else "died"] = received
-    stmt = _insert(conn, sites).values(site=site, **values)
+    stmt = dialect_insert(conn, sites).values(site=site, **values)
     newer = func.coalesce(sites.c.session, -1) < session
     where = newer if online else newer | (sites.c.session == session)
     conn.execute(stmt.on_conflict_do_update(index_elements=[sites.c.site], set_=values, where=where))

@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from district import config, service
+from district import accounts, config, service
+from district.store import open_engine
 from gateway.logs import setup
 from gateway.site_config import ConfigError
 
@@ -19,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role.add_argument("--worker", type=int, metavar="N", help="run ingest worker N alone (1..workers)")
     role.add_argument("--desk", action="store_true", help="run the desk alone")
     role.add_argument("--no-desk", action="store_true", help="supervise the workers only")
+    role.add_argument("--add-user", metavar="NAME", help="add a desk account (the password is read from stdin)")
+    parser.add_argument("--role", choices=accounts.ROLES, default="viewer", help="with --add-user")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +36,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"config error: --worker {args.worker}: ingest.workers is {cfg.workers}", file=sys.stderr)
             return 2
         return service.run_worker(cfg, args.worker)
+    if args.add_user:
+        return _add_user(cfg, args.add_user, args.role)
     if args.desk:
         return service.run_desk(cfg)
     return service.supervise(args.config, cfg, desk=not args.no_desk)
+
+
+def _add_user(cfg: config.DistrictConfig, name: str, role: str) -> int:
+    password = sys.stdin.readline().rstrip("\n")
+    engine = open_engine(cfg.database, cfg.base)
+    try:
+        with engine.begin() as conn:
+            accounts.add_user(conn, name, role, password)
+    except accounts.AccountError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"{role} {name} added")
+    return 0

@@ -103,3 +103,31 @@ def test_device_state_follows_the_newest_gateway_time(engine: Engine) -> None:
         store.device_state(conn, "s1", death, received=102.0)  # older news
         row = conn.execute(select(devices)).one()
     assert (row.state, row.boot, row.fw, row.lat, row.lon) == ("online", 4, "1.2", 31.2, 121.4)
+
+
+def test_old_readings_fold_into_buckets_and_new_ones_stay(engine: Engine) -> None:
+    from district import retention
+    from district.schema import rollups
+
+    day = 86_400.0
+    now = 100 * day
+    with engine.begin() as conn:
+        for i, (dt, v) in enumerate([(0, 1.0), (100, 3.0), (300, 5.0), (400, 7.0)]):  # 2 buckets, 40 days old
+            store.add_message(conn, "s1", "gas1", i, 1, [{"n": "ch4", "t": now - 40 * day + dt, "u": "%LEL",
+                                                          "v": v}], received=now)
+        store.add_message(conn, "s1", "gas1", 9, 1, [{"n": "ch4", "t": now - day, "u": "%LEL", "v": 9.0}],
+                          received=now)
+        assert retention.fold(conn, now=now, raw_days=30, rollup_s=300) == 4
+        assert retention.fold(conn, now=now, raw_days=30, rollup_s=300) == 0
+        got = [(r.count, r.min, r.max, r.mean, r.u) for r in conn.execute(select(rollups).order_by(rollups.c.t))]
+        left = conn.execute(select(readings.c.v)).scalars().all()
+    start = now - 40 * day
+    assert start % 300 == 0
+    assert got == [(2, 1.0, 3.0, 2.0, "%LEL"), (2, 5.0, 7.0, 6.0, "%LEL")]
+    assert left == [9.0]
+    with engine.begin() as conn:  # a late old reading merges into its bucket
+        store.add_message(conn, "s1", "gas1", 10, 1, [{"n": "ch4", "t": start + 10, "u": "%LEL", "v": 4.0}],
+                          received=now)
+        retention.fold(conn, now=now, raw_days=30, rollup_s=300)
+        first = conn.execute(select(rollups).order_by(rollups.c.t)).first()
+    assert first is not None and (first.count, first.min, first.max, first.mean) == (3, 1.0, 4.0, 8.0 / 3)

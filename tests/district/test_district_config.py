@@ -1,0 +1,59 @@
+"""district.toml: the shipped example loads; mistakes name their field; keys come from the site's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from district import config
+from gateway.site_config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "cd" * 32
+
+
+def test_the_example_loads() -> None:
+    cfg = config.load(ROOT / "deploy" / "district.example.toml", check_files=False)
+    assert (cfg.workers, cfg.group, cfg.desk_port, cfg.raw_days) == (2, "lifeline", 8080, 30)
+    assert cfg.sites["riverside-3"].risk_points[0].id == "station-7"
+
+
+def test_every_example_key_is_documented() -> None:
+    doc = (ROOT / "docs" / "district.md").read_text()
+    keys = [line.split("=")[0].strip() for line in (ROOT / "deploy" / "district.example.toml").read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")]
+    assert [k for k in keys if f"`{k}`" not in doc] == []
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "registry.toml").write_text(f'[[devices]]\nid = "gas1"\nclass = "gas"\nkey = "{"ab" * 32}"\n')
+    p = tmp_path / "district.toml"
+    p.write_text('[broker]\nhost = "127.0.0.1"\n\n' + text)
+    return p
+
+
+def test_a_site_gets_its_keys(tmp_path: Path) -> None:
+    (tmp_path / "s1.key").write_text(KEY + "\n")
+    cfg = config.load(write(tmp_path, '[[sites]]\nid = "s1"\nseal_key_file = "s1.key"\ndevices = "registry.toml"\n'))
+    site = cfg.sites["s1"]
+    assert site.seal_key == bytes.fromhex(KEY) and site.device_keys == {"gas1": bytes.fromhex("ab" * 32)}
+    v = config.verifier(cfg)
+    assert v.site_keys == {"s1": bytes.fromhex(KEY)} and not v.track
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[sites]]\nid = "s1"\ndevices = "registry.toml"\n', r"sites\[0\]\.seal_key: give seal_key or seal_key_file"),
+    (f'[[sites]]\nid = "S 1"\nseal_key = "{KEY}"\n', r"sites\[0\]\.id: must be"),
+    ('[[sites]]\nid = "s1"\nseal_key = "abc"\n', r"sites\[0\]\.seal_key: must be hex"),
+    (f'[[sites]]\nid = "s1"\nseal_key = "{KEY}"\ndevices = "registry.toml"\n'
+     f'[[sites]]\nid = "s2"\nseal_key = "{KEY}"\ndevices = "registry.toml"\n', r"device 'gas1' is also registered"),
+    ('[ingest]\nworkers = 0\n', r"ingest\.workers: must be at least 1"),
+    ('[database]\nuri = "x"\n', r"database\.uri: unknown key"),
+    ('[retention]\nraw_days = "ten"\n', r"retention\.raw_days: must be a number"),
+])
+def test_mistakes_name_their_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text))
+
+

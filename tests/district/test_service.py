@@ -1,0 +1,84 @@
+"""`lifeline district` as shipped, on SQLite: the supervisor runs a worker and the desk; an account made with
+`--add-user` logs in; a site's red alarm reaches the desk's API and the Prometheus endpoint; SIGTERM stops
+everything with status 0."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from lifeline.virtual.broker import free_port
+from lifeline.virtual.district import DistrictProcess, write_config
+from lifeline.virtual.site import GatewayProcess, Site, environment, lifeline_cmd, metrics, reading
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def until(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: Path) -> None:
+    s = Site(tmp_path / "site", tls=False)
+    s.add("gas1", "gas")
+    s.start()
+    desk_port, metrics_port = free_port(), free_port()
+    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=desk_port)
+    conf.write_text(conf.read_text().replace("[metrics]\nport = 0", f"[metrics]\nport = {metrics_port}"))
+    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei", "--role",
+                            "operator"], input="duty-password-1\n", capture_output=True, text=True,
+                           env=environment(), cwd=ROOT)
+    assert added.returncode == 0, added.stderr
+    bad = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
+                         input="duty-password-2\n", capture_output=True, text=True, env=environment(), cwd=ROOT)
+    assert bad.returncode == 2 and "exists" in bad.stderr
+    gw = GatewayProcess(s).start()
+    district = DistrictProcess(conf).start()
+    try:
+        asyncio.run(gw.ready())
+        district.wait_log("desk-started")
+        district.wait_log("worker-started")
+
+        async def red() -> None:
+            async with s.device_client("gas1") as c:
+                for _ in range(2):
+                    topic, payload, _ = s.data("gas1", [reading("ch4", 60.0, "%LEL")])
+                    await c.publish(topic, payload, qos=1)
+
+        asyncio.run(red())
+        base = f"http://127.0.0.1:{desk_port}"
+        until(lambda: _reachable(base), 20, "the desk answers")
+        with httpx.Client(base_url=base) as web:
+            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+
+            def board() -> list[dict[str, object]]:
+                got: list[dict[str, object]] = web.get("/api/alarms").json()
+                return got
+
+            until(lambda: any(a["level"] == "red" and a["dev"] == "gas1" for a in board()), 30, "the red alarm")
+        until(lambda: any(m.name == "lifeline_district_alarms_open" and m.labels.get("level") == "red"
+                          and m.value == 1 for m in metrics(metrics_port)), 10, "red in the metrics")
+        until(lambda: [m.value for m in metrics(metrics_port) if m.name == "lifeline_district_messages_total"]
+              == [2.0], 10, "the two messages counted (telemetry goes after alarms)")
+        online = [m.value for m in metrics(metrics_port) if m.name == "lifeline_district_sites_online"]
+        assert online == [1.0]
+    finally:
+        code = district.stop()
+        gw.kill()
+        s.stop()
+    assert code == 0, district.log()[-3000:]
+
+
+def _reachable(base: str) -> bool:
+    try:
+        return httpx.get(base + "/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
