@@ -32,11 +32,17 @@ def unit_values(key: str) -> list[str]:
     return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith(key + "=")]
 
 
-def test_the_unit_verifies(tmp_path: Path) -> None:
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(INSTALL, str(ROOT)))  # the only change: where it is installed
+@pytest.mark.parametrize("name", ["lifeline-gateway.service", "lifeline-district-worker@.service",
+                                  "lifeline-district-desk.service"])
+def test_the_unit_verifies(tmp_path: Path, name: str) -> None:
+    shipped = DEPLOY / name
+    unit = tmp_path / name.replace("@.", "@1.")  # a template is verified as one of its instances
+    unit.write_text(shipped.read_text().replace(INSTALL, str(ROOT)))  # the only change: where it is installed
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+    users = [line.split()[1] for line in (DEPLOY / "sysusers.d" / "lifeline.conf").read_text().splitlines()
+             if line.startswith("u ")]
+    assert [line.split("=", 1)[1] for line in shipped.read_text().splitlines() if line.startswith("User=")] == users
 
 
 def test_sysusers_creates_the_units_user() -> None:
