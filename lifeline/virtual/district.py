@@ -7,23 +7,30 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
 
 
-def write_config(site: Site, path: Path, *, database: str, workers: int = 1, desk_port: int | None = None,
-                 extra: str = "") -> Path:
-    """district.toml for one site: its district broker, its seal key, and its site.toml as the registry."""
-    assert site.district_broker is not None
+def write_config(site: Site | Sequence[Site], path: Path, *, database: str, workers: int = 1,
+                 desk_port: int | None = None, extra: str = "") -> Path:
+    """district.toml for one site or several on one district broker (the first's; the others made with
+    Site(..., district=first)): the broker, and per site its seal key and its site.toml as the registry."""
+    sites = [site] if isinstance(site, Site) else list(site)
+    first = sites[0]
+    assert first.district_broker is not None
+    if any(s.district_broker is not first.district_broker for s in sites):
+        raise SiteError("write_config: every site must use the first site's district broker")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        f'[broker]\nhost = "127.0.0.1"\nport = {site.district_broker.port}\nusername = "{DISTRICT_USER}"\n'
-        f'password = "{site.district_password}"\nclient_id = "district-{site.id}"\n\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {first.district_broker.port}\nusername = "{DISTRICT_USER}"\n'
+        f'password = "{first.district_password}"\nclient_id = "district-{first.id}"\n\n'
         f'[database]\nurl = "{database}"\n\n[ingest]\nworkers = {workers}\nbatch = 200\n\n'
         f'[desk]\nport = {desk_port or free_port()}\n\n[metrics]\nport = 0\n\n'
-        f'[[sites]]\nid = "{site.id}"\nseal_key = "{site.site_key.hex()}"\ndevices = "{site.config_path}"\n\n'
+        + "".join(f'[[sites]]\nid = "{s.id}"\nseal_key = "{s.site_key.hex()}"\ndevices = "{s.config_path}"\n\n'
+                  for s in sites)
         + extra)
     return path
 

@@ -128,17 +128,24 @@ class Site:
 
     `extra_toml` holds site.toml sections beyond the brokers, store and devices (rule overrides, risk
     points, uplink or ingest settings). `metrics` gives the gateway a Prometheus port; `device_host` opens
-    a second site-broker listener there for real boards on the bench's network."""
+    a second site-broker listener there for real boards on the bench's network. `district` is another site
+    whose district broker this one uses instead of its own, as sites of one district do: its gateway logs
+    in there by password (so both sites need tls=False), and the district ACL's pattern confines it to its
+    own site's topics."""
 
     def __init__(self, dir: Path, id: str = "s1", *, tls: bool = True, extra_toml: str = "", metrics: bool = False,
-                 device_host: str | None = None) -> None:
+                 device_host: str | None = None, district: Site | None = None) -> None:
+        if district is not None and (tls or district.tls):
+            raise SiteError("a shared district broker takes gateway logins by password: tls=False on both sites")
         self.dir = dir
         self.id = id
-        self.tls = tls
+        self.tls: bool = tls
         self.extra_toml = extra_toml
         self.device_host = device_host
         self.devices: dict[str, Device] = {}
-        self.ports = {name: free_port() for name in ("site", "district")}
+        self.shared = district  # the site whose district broker this one uses, if not its own
+        self.ports: dict[str, int] = {"site": free_port(),
+                                      "district": district.ports["district"] if district else free_port()}
         if tls:
             self.ports.update(site_tls=free_port(), district_tls=free_port())
         if device_host:
@@ -146,8 +153,10 @@ class Site:
         self.metrics_port = free_port() if metrics else 0
         self.pki: dict[str, Path] = {}
         self.passwords: dict[str, str] = {}  # site-broker logins, from `lifeline site-auth`
-        self.district_password = secrets.token_urlsafe(18)  # the district application's
+        # the district application's: one per district broker
+        self.district_password: str = district.district_password if district else secrets.token_urlsafe(18)
         self.gateway_password = secrets.token_urlsafe(18)  # the gateway's at the district, without TLS
+        self.district_logins = {self.id: self.gateway_password}  # gateways' logins at this site's district broker
         self.site_key = secrets.token_bytes(site_seal.KEY_BYTES)  # seals the uplink; the district holds it too
         self.site_broker: Mosquitto | None = None
         self.district_broker: Mosquitto | None = None
@@ -203,17 +212,33 @@ class Site:
         if self.device_host:
             site_conf += f"listener {self.ports['devices']} {self.device_host}\n"
         self.site_broker = self._broker(site_conf, "site")
-        # District: the district application and (without TLS) this site's gateway log in by password.
+        if self.shared is not None:
+            self.district_broker = self.shared.join_district(self.id, self.gateway_password)
+            return self
+        # District: the district application and (without TLS) each site's gateway log in by password.
         dauth = self.dir / "district-auth"
         dauth.mkdir(exist_ok=True)
-        hashed_passwords(dauth / "district-passwd", {DISTRICT_USER: self.district_password,
-                                                     self.id: self.gateway_password})
+        self._district_passwords()
         shutil.copy(DEPLOY / "district.acl", dauth / "district.acl")
         district_conf = adapt((DEPLOY / "district.conf").read_text(), self._tls_port("district_tls"),
                               {"district-passwd": dauth / "district-passwd", "district.acl": dauth / "district.acl",
                                **tls_files})
         self.district_broker = self._broker(district_conf, "district")
         return self
+
+    def _district_passwords(self) -> Path:
+        return hashed_passwords(self.dir / "district-auth" / "district-passwd",
+                                {DISTRICT_USER: self.district_password, **self.district_logins})
+
+    def join_district(self, site_id: str, password: str) -> Mosquitto:
+        """Give another site's gateway a login on this site's district broker (a running broker rereads its
+        password file on SIGHUP); returns that broker."""
+        if self.district_broker is None or self.district_broker.proc is None:
+            raise SiteError(f"site {site_id}: start the district's site {self.id} first")
+        self.district_logins[site_id] = password
+        self._district_passwords()
+        self.district_broker.proc.send_signal(signal.SIGHUP)
+        return self.district_broker
 
     def _tls_port(self, name: str) -> dict[str, int]:
         return {"8883": self.ports[name]} if self.tls else {}
@@ -226,7 +251,8 @@ class Site:
             raise SiteError(f"{name} broker: {exc}") from None
 
     def stop(self) -> None:
-        for b in (self.site_broker, self.district_broker):
+        """Stop this site's brokers; a shared district broker is its own site's to stop."""
+        for b in (self.site_broker, self.district_broker if self.shared is None else None):
             if b is not None:
                 b.stop()
 
