@@ -1,6 +1,7 @@
 """The gateway benchmark runs end to end at tiny sizes: both brokers, the bridge, the gateway daemon, the load
 generator and the district recorder fit together, the JSON has every figure, and nothing is lost. Speed is
-the benchmark's business (bench/gateway_throughput.py, docs/performance.md), never asserted here."""
+the benchmark's business (bench/gateway_throughput.py, docs/performance.md), never asserted here. The district
+benchmark (bench/district_ingest.py) is held to the same: every configuration ran and stored everything."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,3 +60,30 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     assert "## Gateway throughput" in text and text.count("| ratio gateway / bridge |") == 2
     assert "Over an emulated district link: 40 ms RTT" in text
     assert r["command"] in text
+
+
+def test_district_benchmark_quick_run(tmp_path: Path) -> None:
+    """Every configuration (baseline, 1 and 2 workers on SQLite and PostgreSQL) and the desk's live feed run
+    end to end at tiny sizes and store every message; bench/district_ingest.py."""
+    out = tmp_path / "district.json"
+    args = ["--quick", "--devices", "6", "--messages", "10", "--per-publish", "7", "--latency-s", "2", "--json",
+            str(out)]
+    proc = subprocess.run([sys.executable, "-m", "bench.district_ingest", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stored after" in proc.stderr  # progress while it runs
+    r = json.loads(out.read_text())
+    for key in ("date", "command", "machine", "git", "sizes", "baseline", "ingest", "desk", "targets", "met"):
+        assert key in r, key
+    assert r["baseline"]["received"] == r["baseline"]["device_messages"] == 60
+    assert set(r["ingest"]) == {"sqlite-1w", "sqlite-2w", "postgresql-1w", "postgresql-2w"}
+    for x in r["ingest"].values():
+        assert x["received"] == x["device_messages"] == 60 and x["lost"] == 0
+        assert x["readings_per_s"] == pytest.approx(3 * x["msgs_per_s"], rel=0.01) and x["msgs_per_s"] > 0
+        assert len(x["worker_cpu_busy"]) == x["workers"] and all(c > 0 for c in x["worker_cpu_busy"])
+        assert x["exit_codes"] == [0] * x["workers"]
+    assert "postgres (server and backends)" in r["ingest"]["postgresql-2w"]["cpu_s"]
+    desk = r["desk"]
+    assert desk["lost"] == 0 and desk["stored"] == desk["device_messages"] > 0 and desk["exit_code"] == 0
+    assert desk["notices"] > 0 and desk["p50_s"] <= desk["p99_s"] <= desk["max_s"]
+    assert set(r["met"]) == {"desk_p99", *(f"per_worker_{k}" for k in r["ingest"])}
