@@ -142,3 +142,29 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert s["t_dev"] - stamp <= s["t_gw"] <= s["t_district"], s
     assert (out / "summary.md").read_text().startswith("# Site demo")
     assert (out / "district.jsonl").stat().st_size > 0
+
+    # The district service took both sites' upstream, each through its own gateway, and its desk shows them.
+    desk = summary["district"]
+    neighbour = plan.neighbour(site)
+    assert desk["desk"].startswith("http://127.0.0.1:") and desk["desk"] in proc.stdout
+    assert {s["site"]: (s["online"], s["devices"]) for s in desk["sites"]} == {
+        site.id: (True, {"online": len(site.select(quick=True))}),
+        neighbour.id: (True, {"online": len(neighbour.devices)})}
+    # Every orange or red alarm opened a work order, and the scripted supervisor closed each one through the
+    # desk's API: acknowledged, dispatched, reported, closed.
+    orders = desk["work_orders"]
+    assert desk["operator"] and orders and all(o["state"] == "closed" and o["team"] for o in orders), orders
+    ordered = {o["point"] or o["dev"] for o in orders}
+    for inc in site.incidents:
+        for e in inc.expect:
+            if {"orange", "red"} & set(e.levels):
+                assert e.subject in ordered, (e.label(), orders)
+    # The desk's own response times are in the summary: alarm -> ack -> dispatch -> closed, per colour.
+    times = desk["response_times"]
+    for colour in {o["peak"] for o in orders}:
+        for measure in ("alarm_ack", "ack_dispatch", "dispatch_closed"):
+            assert times["colour"][colour][measure]["count"] >= 1, (colour, measure, times)
+    assert "## District desk" in (out / "summary.md").read_text()
+    with Image.open(out / "desk.png") as img:
+        assert img.format == "PNG" and img.width >= 1000
+        assert max(ImageStat.Stat(img.convert("L")).stddev) > 10  # the desk drawn (a dark theme), not blank

@@ -149,10 +149,14 @@ class Summary:
     latency_s: dict[str, float | int | None]
     received: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    # the district desk at the end (run.Demo.district_report): sites, work orders, response times
+    district: dict[str, Any] = field(default_factory=dict)
 
 
 def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Iterable[str],
-              notes: Sequence[str] = ()) -> Summary:
+              notes: Sequence[str] = (), desk: Mapping[str, Any] | None = None) -> Summary:
+    """The run judged. With the desk's scripted supervisor (`desk["operator"]`), a work order left
+    unclosed fails the run as a missing alarm does."""
     seen = judge(site, log)
     lat = [s.latency_s for s in seen if s.latency_s is not None]
     per_dev: dict[str, dict[str, Any]] = {d: {"births": 0, "deaths": 0, "packs": 0, "first_birth_s": None}
@@ -176,9 +180,14 @@ def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Ite
     other = [{"t_s": round(e.t - t0, 3), **{k: e.body.get(k) for k in ("ev", "dev", "point", "rule", "level",
                                                                         "prev", "reading", "cause")}}
              for e in others(site, log)]
+    at_desk = dict(desk or {})
+    missing = [s.label for s in seen if not s.seen]
+    if at_desk.get("operator"):
+        missing += [f"work order {o['id']} ({o['site']}/{o['point'] or o['dev']}) left {o['state']}"
+                    for o in at_desk.get("work_orders", []) if o["state"] != "closed"]
     return Summary(
-        site=site.id, quick=quick, t0=t0, ok=all(s.seen for s in seen), expected=seen,
-        missing=[s.label for s in seen if not s.seen], other_alarms=other, devices=per_dev,
+        site=site.id, quick=quick, t0=t0, ok=not missing, expected=seen, missing=missing, other_alarms=other,
+        devices=per_dev, district=at_desk,
         latency_s={"n": len(lat), "min": min(lat, default=None), "median": statistics.median(lat) if lat else None,
                    "max": max(lat, default=None)},
         received=dict(received), notes=list(notes))
@@ -229,11 +238,37 @@ def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
         lines.append(f"| {dev} | {d['births']} | {d['deaths']} | {d['packs']} | {online} |")
     lines += ["", "Received at the district, by kind: "
               + ", ".join(f"{k} {n}" for k, n in sorted(summary.received.items())) + "."]
+    lines += _district_lines(summary.district)
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
     md = out / "summary.md"
     md.write_text("\n".join(lines) + "\n")
     return md, js
+
+
+def _district_lines(desk: Mapping[str, Any]) -> list[str]:
+    """The district desk's part of summary.md: its sites, the work orders and its response times."""
+    if not desk:
+        return []
+    lines = ["", "## District desk", "", f"Desk: {desk['desk']} (user {desk['user']}, role supervisor).", "",
+             "Sites: " + ", ".join(f"{s['site']} {'online' if s['online'] else 'offline'}" for s in desk["sites"])
+             + ".", "", "| work order | site | subject | peak | state | team |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for o in desk["work_orders"]:
+        lines.append(f"| {o['id']} | {o['site']} | {o['point'] or o['dev']} {o['metric']} | {o['peak']} | "
+                     f"{o['state']} | {o['team'] or ''} |")
+    lines += ["", "Response times (the desk's /api/response-times), seconds:", "",
+              "| by | of | measure | p50 | p90 | max | count |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for by, groups in desk["response_times"].items():
+        for name, measures in groups.items():
+            for measure, q in measures.items():
+                lines.append(f"| {by} | {name} | {measure} | {_s(q['p50'])} | {_s(q['p90'])} | {_s(q['max'])} | "
+                             f"{q['count']} |")
+    return lines
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 # ------------------------------------------------------------------------------------------ plot

@@ -3,10 +3,14 @@
 Two Mosquitto brokers (site and district) started from deploy/mosquitto's configs on free loopback ports,
 the gateway daemon as a subprocess with a generated site.toml, and one virtual board per device of
 seeds/demo_site.toml: the real firmware on the MicroPython unix port (64K heap), its flash a directory.
+A small neighbouring site (plan.neighbour) with its own site broker, gateway and boards feeds the same
+district broker, and `lifeline district` (workers and the desk, on SQLite) takes both sites' upstream.
 The incident is played through each device's sim control port (lifeline/demo/script.py); a recorder on
 the district broker keeps everything that arrives, and a terminal shows it live (lifeline/demo/live.py).
-At the end the demo writes a timeline plot and a summary (lifeline/demo/report.py) and exits 0 only if
-every alarm the script expects reached the district. docs/demo.md explains the output.
+Without the live view a scripted supervisor works every work order through the desk's API
+(lifeline/demo/operator.py). At the end the demo writes a timeline plot, a screenshot of the desk and a
+summary (lifeline/demo/report.py) and exits 0 only if every alarm the script expects reached the district
+and, with the scripted supervisor, every work order was closed. docs/demo.md explains the output.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,14 +30,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
+
 from gateway import site_config
 from gateway.rules import default_ruleset
 from lifeline import flash, upy
-from lifeline.demo import live, script
+from lifeline.demo import live, operator, script
 from lifeline.demo import report as demo_report
 from lifeline.virtual import plan, stimulus
 from lifeline.virtual import site as virtual_site
+from lifeline.virtual.broker import free_port
 from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.district import DistrictProcess, write_config
 from lifeline.virtual.plan import Device, Site
 from lifeline.virtual.recorder import DistrictLog, Entry, Recorder
 
@@ -40,6 +49,9 @@ PER_DEVICE = ("profile.json", "device.json", "secrets.json")  # what `lifeline f
 ONLINE_TIMEOUT_S = 120.0  # every device's birth at the district, from the first power-on
 TAIL_S = 20.0  # after the script, at most this long for the last expected alarms
 FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
+DISTRICT_TIMEOUT_S = 30.0  # the district's workers and desk up, from their start
+ORDERS_TIMEOUT_S = 30.0  # after the script, at most this long for the scripted supervisor to close every order
+DESK_USER = "duty"  # the demo's supervisor at the desk; the password is fresh each run
 
 
 class DemoError(RuntimeError):
@@ -164,6 +176,10 @@ class Demo:
         self.metrics_port = 0
         self.gateway: virtual_site.GatewayProcess | None = None
         self.recorder: Recorder | None = None
+        self.neighbour = plan.neighbour(self.site)
+        self.neighbour_nodes: dict[str, Node] = {}
+        self.desk_password = secrets.token_urlsafe(12)
+        self.desk: operator.Operator | None = None  # a logged-in desk session; it works orders without --live
 
     # progress
 
@@ -200,7 +216,16 @@ class Demo:
                  f"work directory {self.work}")
         stack.callback(site.stop)
         site.start()
-        self.say(f"brokers up: site on {site.ports['site']}, district on {site.ports['district']}")
+        nb = self.neighbour
+        nb_devices = list(nb.devices.values())
+        nb_site = virtual_site.Site(self.work / nb.id, nb.id, tls=False, extra_toml=extra_toml(nb, nb_devices),
+                                    district=site)
+        for d in nb_devices:
+            nb_site.add(d.id, d.cls, position=d.position)
+        stack.callback(nb_site.stop)
+        nb_site.start()
+        self.say(f"brokers up: site on {site.ports['site']}, {nb.id} on {nb_site.ports['site']}, district on "
+                 f"{site.ports['district']}")
 
         self.recorder = site.recorder(ack_alarms=True, on_entry=self._on_entry)
         self.gateway = virtual_site.GatewayProcess(site, self.logs / "gateway.log")
@@ -214,24 +239,63 @@ class Demo:
         asyncio.run(self.gateway.start().ready())
         assert self.gateway.proc is not None
         self.say(f"gateway up (pid {self.gateway.proc.pid}), connected to both brokers")
+        nb_gateway = virtual_site.GatewayProcess(nb_site, self.logs / f"gateway-{nb.id}.log")
+        stack.callback(nb_gateway.stop)
+        asyncio.run(nb_gateway.start().ready())
+        self.say(f"gateway of {nb.id} up, connected to its site broker and the same district broker")
+        self.start_district(stack, [site, nb_site])
 
         image = firmware_image(self.work / "image", seed.id)
         for d in self.devices:
             login = site.devices[d.id]
             self.nodes[d.id] = provision(image, self.work / "flash" / d.id, d, seed, login.key, login.password,
                                          site.device_port, stimulus.free_udp_pair())
-        self.say(f"powering on {len(self.nodes)} virtual devices (MicroPython unix port, heap {self.args.heap})")
-        for node in self.nodes.values():
+        for d in nb_devices:
+            login = nb_site.devices[d.id]
+            self.neighbour_nodes[d.id] = provision(image, self.work / "flash" / d.id, d, nb, login.key,
+                                                   login.password, nb_site.device_port, stimulus.free_udp_pair())
+        boards = [*self.nodes.values(), *self.neighbour_nodes.values()]
+        self.say(f"powering on {len(boards)} virtual devices (MicroPython unix port, heap {self.args.heap})")
+        for node in boards:
             node.board = VirtualDevice(node.flash, node.dev.id, heap=self.args.heap,
                                        console_log=self.logs / f"{node.dev.id}.console.log")
             node.board.power_on()
             time.sleep(0.15)  # a staggered start spreads the interpreters' start-up over the cores
 
+    def start_district(self, stack: contextlib.ExitStack, sites: list[virtual_site.Site]) -> None:
+        """`lifeline district` for both sites on SQLite, a supervisor account made with --add-user, and a
+        desk session logged in as it."""
+        desk_port = free_port()
+        conf = write_config(sites, self.work / "district.toml", database="district.sqlite", desk_port=desk_port)
+        added = subprocess.run([*virtual_site.lifeline_cmd(), "district", "--config", str(conf), "--add-user",
+                                DESK_USER, "--role", "supervisor"], input=self.desk_password + "\n",
+                               capture_output=True, text=True, env=virtual_site.environment(), cwd=virtual_site.ROOT)
+        if added.returncode != 0:
+            raise DemoError(f"lifeline district --add-user: {added.stderr.strip()}")
+        district = DistrictProcess(conf, log_path=self.logs / "district.log").start()
+        stack.callback(district.stop)
+        district.wait_log("worker-started", DISTRICT_TIMEOUT_S)
+        district.wait_log("desk-started", DISTRICT_TIMEOUT_S)
+        desk = operator.Operator(f"http://127.0.0.1:{desk_port}", DESK_USER, self.desk_password)
+        stack.callback(desk.close)
+        deadline = time.monotonic() + DISTRICT_TIMEOUT_S
+        while True:
+            try:
+                desk.login()
+                break
+            except (httpx.HTTPError, operator.DeskError) as exc:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the district desk did not let {DESK_USER} in: {exc}") from None
+                time.sleep(0.2)
+        self.desk = desk
+        self.say(f"district desk: {desk.base}  (log in as {DESK_USER}, password {self.desk_password})")
+
     def _stop_devices(self) -> None:
-        for node in self.nodes.values():
+        boards = [*self.nodes.values(), *self.neighbour_nodes.values()]
+        for node in boards:
             if node.board is not None:
                 node.board.close()
-        for node in self.nodes.values():  # and its sim world, which would otherwise idle on for a while
+        for node in boards:  # and its sim world, which would otherwise idle on for a while
             with contextlib.suppress(stimulus.StimulusError):
                 stimulus.SimStimulus(node.control_port, timeout_s=0.3).send({"quit": True})
 
@@ -241,12 +305,23 @@ class Demo:
         self.status.phase = "devices booting"
         deadline = time.monotonic() + ONLINE_TIMEOUT_S
         while time.monotonic() < deadline:
-            missing = [d for d in self.nodes if not self.status.births.get(d)]
+            missing = [d for d in self.nodes if not self.status.births.get(d)] + self._neighbour_missing()
             if not missing:
-                self.say(f"all {len(self.nodes)} devices online at the district")
+                self.say(f"all {len(self.nodes)} devices online at the district, and the {len(self.neighbour_nodes)}"
+                         f" of {self.neighbour.id} on its desk")
                 return
             self._tick()
         self.problem(f"not online after {ONLINE_TIMEOUT_S:.0f} s: {', '.join(missing)}")
+
+    def _neighbour_missing(self) -> list[str]:
+        """The neighbouring site's devices the district's desk does not show online yet."""
+        assert self.desk is not None
+        try:
+            online = {d["dev"] for d in self.desk.get(f"/api/devices?site={self.neighbour.id}")
+                      if d["state"] == "online"}
+        except (httpx.HTTPError, operator.DeskError):
+            online = set()
+        return [d for d in self.neighbour_nodes if d not in online]
 
     def _tick(self, seconds: float = 0.25) -> None:
         with contextlib.suppress(OSError):
@@ -256,7 +331,36 @@ class Demo:
                 self.status.metrics = m
         if self.gateway is not None:
             self.gateway.check()
+        if self.desk is not None and not self.live:
+            try:
+                for line in self.desk.round():
+                    self.say(line)
+            except (httpx.HTTPError, operator.DeskError) as exc:
+                self.problem(f"desk: {exc}")
         time.sleep(seconds)
+
+    def finish_orders(self) -> None:
+        """Without the live view, give the scripted supervisor time to close the orders of the last alarms."""
+        assert self.desk is not None
+        if self.live:
+            return
+        self.status.phase = "closing work orders"
+        deadline = time.monotonic() + ORDERS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if all(o["state"] == "closed" for o in self.desk.get("/api/work-orders")):
+                    return
+            except (httpx.HTTPError, operator.DeskError) as exc:
+                self.problem(f"desk: {exc}")
+            self._tick()
+        self.problem(f"work orders still open after {ORDERS_TIMEOUT_S:.0f} s")
+
+    def district_report(self) -> dict[str, Any]:
+        """What the district's desk shows at the end: its sites, work orders and response times."""
+        assert self.desk is not None
+        return {"desk": self.desk.base, "user": DESK_USER, "sites": self.desk.get("/api/sites"),
+                "work_orders": self.desk.get("/api/work-orders"),
+                "response_times": self.desk.get("/api/response-times"), "operator": not self.live}
 
     def play(self) -> demo_report.Summary:
         site, st = self.site, self.status
@@ -303,18 +407,31 @@ class Demo:
         return part
 
     def report(self, t0: float) -> demo_report.Summary:
-        assert self.recorder is not None
+        assert self.recorder is not None and self.desk is not None
+        self.finish_orders()
         self.status.phase = "writing the report"
         self.recorder.save(self.out / "district.jsonl")
         log = self._since(t0)
         notes = list(self.status.problems)
         if self.recorder.errors:
             notes.append(f"{self.recorder.errors} district messages could not be decoded")
-        summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes)
+        try:
+            district = self.district_report()
+        except (httpx.HTTPError, operator.DeskError) as exc:
+            district = {}
+            notes.append(f"desk: {exc}")
+        summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes, district)
         ruleset = site_config.load(self.work / "site.toml").ruleset
         png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out)
+        desk_png = self.out / "desk.png"
+        desk_png.unlink(missing_ok=True)  # not an earlier run's
+        try:
+            shot = f"{operator.screenshot(self.desk.base, DESK_USER, self.desk_password, desk_png)}, "
+        except operator.DeskError as exc:  # the run still reports without it
+            shot = ""
+            summary.notes.append(f"no screenshot of the desk: {exc}")
         md, js = demo_report.write_summary(summary, self.out)
-        self.say(f"wrote {png}, {md} and {js}")
+        self.say(f"wrote {png}, {shot}{md} and {js}")
         return summary
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +286,12 @@ def load(path: Path = SEED) -> Site:
         for dev_id in [e.subject for e in inc.expect if not e.point] + [inc.panel.dev]:
             _need(devices[dev_id].quick, f"incident {inc.id}", f"device {dev_id} is expected but not quick")
     return Site(site_id, str(site.get("name", site_id)), devices, points, tuple(incidents), path, profiles)
+
+
+def neighbour(site: Site, count: int = 2) -> Site:
+    """A second, quiet site of the same district for the demo: the seed's first `count` quick devices with
+    their baselines and profiles, renamed (device ids are unique across a district), without risk points or
+    incident. It shows the district telling two sites apart and costs two more boards."""
+    devices = {f"{d.id}-b": replace(d, id=f"{d.id}-b") for d in site.select(quick=True)[:count]}
+    return replace(site, id=f"{site.id[:30]}-b", name=f"{site.name} (neighbouring site)", devices=devices,
+                   risk_points={}, incidents=())
