@@ -166,8 +166,8 @@ def loads(data):
     p = [0]
     try:
         value = _item(d, p, 0)
-    except CBORDecodeError:
-        raise
+    except (CBORDecodeError, MemoryError):
+        raise  # a node short of heap retries the item later: that is not a malformation
     except Exception as exc:
         # The contract is one exception type for any malformation, whatever the interpreter raised.
         raise CBORDecodeError("malformed CBOR: %s" % (exc,))

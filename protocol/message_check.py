@@ -105,6 +105,8 @@ def decode(data, key_for, kind, loads=None, records=None):
         raise MessageError(exc.reason, str(exc))
     try:
         body = (loads or cbor_loads)(payload)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise MessageError("malformed", "payload is not CBOR: %s" % exc)
     if not isinstance(body, dict):

@@ -182,3 +182,14 @@ def test_the_encoder_writes_no_simple_value_that_is_not_well_formed():
         raises(cbor.CBOREncodeError, cbor.dumps, Simple(v))
     for v in (0, 19, 32, 255):  # 20..23 are false, true, null and undefined
         assert cbor_decode.loads(cbor.dumps(Simple(v))) == Simple(v)
+
+
+def test_running_out_of_memory_is_not_a_malformation():
+    """A node that cannot hold a command must retry it once memory is freed, not refuse it as malformed:
+    under MicroPython's device-sized heap, 4,000 empty maps do not fit and the decoder must say so."""
+    data = b"\x99\x0f\xa0" + b"\xa0" * 4000
+    try:
+        value = cbor_decode.loads(data)
+    except MemoryError:
+        return
+    assert value == [{}] * 4000
