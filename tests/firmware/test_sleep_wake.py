@@ -113,7 +113,9 @@ def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, 
     # pack stamps whole seconds)
     assert -1 < at_open["t"] - (start + opened) < 3, at_open["t"] - (start + opened)
     assert -1 < at_close["t"] - (start + closed) < 3, at_close["t"] - (start + closed)
-    assert seen_open - (start + opened) < 6 and seen_closed - (start + closed) < 6
+    # and published by the wake the change caused, long before the 120 s timed wake; how many seconds a
+    # wake takes (boot, connect) is for the benchmarks, and under a loaded CI it was 6.8 s
+    assert seen_open - (start + opened) < 30 and seen_closed - (start + closed) < 30
     wakes = births(listener)
     assert [b["rst"] for b in wakes] == ["power-on", "deepsleep", "deepsleep"], "one wake per change, no other"
     assert exits == [4, 4]
