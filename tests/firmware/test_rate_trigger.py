@@ -64,3 +64,26 @@ def test_bad_fall_fields_are_refused(spec: dict[str, object]) -> None:
 
 def test_the_water_level_with_its_fall_is_accepted() -> None:
     assert check_level(dict(WATER)) == WATER
+
+
+def test_after_a_clear_readings_go_at_once_for_hold_s() -> None:
+    """The gateway's rate window still holds the fall when the level clears; only a reading after the
+    recovery lets it clear, and a routine batch would bring it minutes later."""
+    lv = Level(dict(WATER, hold_s=60))
+    assert not lv.holding(lv.step(320000), 0)
+    assert not lv.holding(lv.step(100000), 2000)  # past the level its readings go at once anyway
+    assert lv.holding(lv.step(300000), 10000)  # cleared: the hold starts
+    assert lv.holding(lv.step(318000), 69999)
+    assert not lv.holding(lv.step(318000), 70000)
+
+
+def test_a_level_without_hold_s_does_not_hold() -> None:
+    lv = Level(dict(WATER))
+    lv.step(100000)
+    assert not lv.holding(lv.step(300000), 10000)
+
+
+@pytest.mark.parametrize("hold", [0, -1, True, "60"])
+def test_bad_hold_s_is_refused(hold: object) -> None:
+    with pytest.raises(ValueError, match="hold_s"):
+        check_level(dict(WATER, hold_s=hold))

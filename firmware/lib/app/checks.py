@@ -44,11 +44,13 @@ def check_level(spec):
     if (k != "is" and not num(spec[k])) or not num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
         raise ValueError("prealarm %s and hyst must be numbers, hyst >= 0" % k)
     for name in spec:
-        if name not in ("above", "below", "is", "hyst", "ev", "fall", "fall_s"):
+        if name not in ("above", "below", "is", "hyst", "ev", "fall", "fall_s", "hold_s"):
             raise ValueError("prealarm: unknown field %r" % name)
     if ("fall" in spec or "fall_s" in spec) and (k == "is" or not num(spec.get("fall")) or spec["fall"] <= 0
                                                  or not num(spec.get("fall_s")) or spec["fall_s"] <= 0):
         raise ValueError("prealarm fall and fall_s must both be numbers > 0, on an above or below level")
+    if "hold_s" in spec and (k == "is" or not num(spec["hold_s"]) or spec["hold_s"] <= 0):
+        raise ValueError("prealarm hold_s must be a number > 0, on an above or below level")
     if not isinstance(spec.get("ev", ""), str):
         raise ValueError("prealarm ev must be an event name")
     return spec

@@ -12,7 +12,8 @@ apply in their order, then the gates decide:
 Level is a local pre-alarm threshold with hysteresis: {"above": x} or {"below": x}, optional "hyst",
 or {"is": value} for a switch. A numeric level may add a local rate trigger, "fall": d with "fall_s": s:
 a reading at least d below the highest of the last s seconds starts a fall (a burst main falls far
-before it falls below any level). Both are checked by app.config before they get here.
+before it falls below any level). "hold_s": h keeps readings going at once for h seconds after the level
+clears, so the gateway's rate rule sees the recovery within its window, not at the next routine batch. Both are checked by app.config before they get here.
 """
 
 class Filter:
@@ -73,6 +74,7 @@ class Level:
         self.spec = spec
         self.active = False
         self.falling = False
+        self.until = None  # up_ms at which the hold after a clear ends
         self.top = []  # (ms, v) of the fall window that can still be its highest, highest first
 
     def fell(self, v, ms):
@@ -92,6 +94,17 @@ class Level:
             w.pop()
         w.append((ms, v))
         return first
+
+    def holding(self, change, ms):
+        """True while a reading taken at `ms` (after `change` from step) falls in the hold after a clear."""
+        h = self.spec.get("hold_s")
+        if h is None:
+            return False
+        if change < 0:
+            self.until = ms + int(h * 1000)
+        elif change > 0:
+            self.until = None
+        return self.until is not None and ms < self.until
 
     def step(self, v):
         s = self.spec

@@ -105,8 +105,9 @@ class Sensor:
                 if change:
                     self.app.pub.seal(urgent, message.PRI_ALARM)
                     urgent = []
+            held = m.level.holding(change, up) if m.level else False
             send = m.filter.send(v, now, change != 0 or top is not None)
-            if self.app.reading(m, v, up, change, send, self.alarm or top is not None):
+            if self.app.reading(m, v, up, change, send, self.alarm or top is not None or held):
                 urgent.append((m.name, v, m.unit, up))
         self.alarm = any(m.level is not None and (m.level.active or m.level.falling) for m in self.metrics.values())
         if urgent:
