@@ -5,6 +5,7 @@ that the site went dark, and backlog from a district outage marked historical.""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,38 @@ async def test_backlog_from_a_district_outage_arrives_historical(tmp_path: Path)
             assert await rec.until(lambda: fresh in arrived(), 30)
         assert arrived()[old].get("hist") is True
         assert "hist" not in arrived()[fresh]
+        assert rec.refused == []
+    finally:
+        rec.close()
+        gw.kill()
+        s.stop()
+
+
+async def test_a_silent_gateway_with_its_socket_open_is_declared_dead_within_1_5_keepalives(tmp_path: Path) -> None:
+    """A hung site box (SIGSTOP: the TCP connection stays open, nothing is sent) is the case the keepalive is
+    for: the district broker publishes the will once 1.5 keepalives pass in silence, and the box that wakes up
+    finds its session gone and comes back with a new birth."""
+    s = site_with_keepalive(tmp_path)
+    rec = s.recorder(raw=True)
+    gw = GatewayProcess(s).start()
+    try:
+        assert await rec.until(rec.subscribed.is_set, 10)
+        await gw.ready()
+        assert await rec.until(lambda: {"st": "online", "session": 1} in _untimed(rec), 10), states(rec)
+        assert gw.proc is not None
+        stopped = time.time()
+        gw.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert await rec.until(lambda: states(rec)[-1]["st"] == "offline", 4 * KEEPALIVE_S), states(rec)
+            dark = rec.entries(dtopics.GATEWAY)[-1].t - stopped
+        finally:
+            gw.proc.send_signal(signal.SIGCONT)
+        assert states(rec)[-1] == {"st": "offline", "session": 1}
+        # 1.5 keepalives after the gateway's last packet (at most the stop), plus Mosquitto 2.0's check period:
+        # it looks every 6 s or so, in whole seconds (docs/protocol.md)
+        assert dark <= 1.5 * KEEPALIVE_S + 7.0, f"the will arrived {dark:.1f} s after the gateway went silent"
+        print(f"will after SIGSTOP: {dark:.1f} s (keepalive {KEEPALIVE_S} s)")
+        assert await rec.until(lambda: {"st": "online", "session": 2} in _untimed(rec), 6 * KEEPALIVE_S), states(rec)
         assert rec.refused == []
     finally:
         rec.close()
