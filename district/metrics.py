@@ -2,19 +2,34 @@
 
 Workers run in several processes, maybe on several machines; the database is what they share, so the
 figures come from it and any desk process can serve them, all alike. Ingest rate is `rate()` of the
-messages counter; response times are the desk's own measures (district/queries.py), as quantile gauges.
+messages counter; response times are the desk's own measures (district/queries.py), as histograms whose
+buckets span the seeds' scales: seconds to the desk, minutes to an answer, hours to a closed order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from district import queries
 from district.schema import alarms, messages, refusals, sites
+
+BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
+def _buckets(values: list[float]) -> list[tuple[str, float]]:
+    """Cumulative counts per upper bound, +Inf last, as the exposition format wants them."""
+    ordered = sorted(values)
+    out, i = [], 0
+    for bound in BUCKETS:
+        while i < len(ordered) and ordered[i] <= bound:
+            i += 1
+        out.append((str(bound), float(i)))
+    out.append(("+Inf", float(len(ordered))))
+    return out
 
 
 class DistrictCollector(Collector):
@@ -30,7 +45,7 @@ class DistrictCollector(Collector):
             open_by = conn.execute(select(alarms.c.level, func.count()).where(alarms.c.state == "open",
                                                                              alarms.c.hist.is_(False))
                                    .group_by(alarms.c.level)).all()
-            times = queries.response_times(conn)
+            times = queries.response_values(conn)
         yield CounterMetricFamily("lifeline_district_messages", "Device messages stored (once each)", value=stored)
         c = CounterMetricFamily("lifeline_district_refusals", "Upstream items refused, by reason", labels=["reason"])
         for reason, n in refused:
@@ -44,13 +59,11 @@ class DistrictCollector(Collector):
         for level in ("blue", "yellow", "orange", "red"):
             g.add_metric([level], counts.get(level, 0))
         yield g
-        r = GaugeMetricFamily("lifeline_district_response_seconds",
-                              "Response times (sample_desk, alarm_ack, ack_dispatch, dispatch_closed)",
-                              labels=["measure", "by", "key", "quantile"])
+        r = HistogramMetricFamily("lifeline_district_response_seconds",
+                                  "Response times (sample_desk, alarm_ack, ack_dispatch, dispatch_closed)",
+                                  labels=["measure", "by", "key"])
         for by, groups in times.items():
             for key, measures in groups.items():
-                for measure, s in measures.items():
-                    for q, name in (("0.5", "p50"), ("0.9", "p90"), ("1", "max")):
-                        if s[name] is not None:
-                            r.add_metric([measure, by, key, q], s[name])
+                for measure, values in measures.items():
+                    r.add_metric([measure, by, key], _buckets(values), sum(values))
         yield r

@@ -188,7 +188,13 @@ def stats(values: Iterable[float]) -> dict[str, Any]:
 
 
 def response_times(conn: Connection) -> dict[str, Any]:
-    """The seeds' measures, per colour (an alarm's peak level) and per site:
+    """p50, p90 and max of each of `response_values`, for the desk."""
+    return {group: {key: {m: stats(vals) for m, vals in measures.items()} for key, measures in g.items()}
+            for group, g in response_values(conn).items()}
+
+
+def response_values(conn: Connection) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The seeds' measures in seconds, per colour (an alarm's peak level) and per site:
     sample -> desk (when the district received a reading minus its time; by colour, for the readings that
     raised alarms), alarm -> ack (acked - raised), ack -> dispatch and dispatch -> closed (from the steps)."""
     by: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -221,5 +227,4 @@ def response_times(conn: Connection) -> dict[str, Any]:
             add("ack_dispatch", r.peak, r.site, s["dispatch"] - s["ack"])
         if "dispatch" in s and "close" in s:
             add("dispatch_closed", r.peak, r.site, s["close"] - s["dispatch"])
-    return {group: {key: {m: stats(vals) for m, vals in measures.items()} for key, measures in sorted(g.items())}
-            for group, g in by.items()}
+    return {group: {key: dict(measures) for key, measures in sorted(g.items())} for group, g in by.items()}

@@ -64,12 +64,29 @@ def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: P
                 return got
 
             until(lambda: any(a["level"] == "red" and a["dev"] == "gas1" for a in board()), 30, "the red alarm")
+            red_alarm = next(a for a in board() if a["level"] == "red")
+            csrf = web.get("/api/me").json()["csrf"]
+            acked = web.post(f"/api/alarms/{red_alarm['id']}/ack", headers={"X-CSRF-Token": csrf})
+            assert acked.status_code == 200, acked.text
         until(lambda: any(m.name == "lifeline_district_alarms_open" and m.labels.get("level") == "red"
                           and m.value == 1 for m in metrics(metrics_port)), 10, "red in the metrics")
         until(lambda: [m.value for m in metrics(metrics_port) if m.name == "lifeline_district_messages_total"]
               == [2.0], 10, "the two messages counted (telemetry goes after alarms)")
         online = [m.value for m in metrics(metrics_port) if m.name == "lifeline_district_sites_online"]
         assert online == [1.0]
+        # the seeds' response times as Prometheus histograms, per colour and per site
+        got = metrics(metrics_port)
+
+        def hist(measure: str, by: str, key: str) -> dict[str, float]:
+            return {m.name.rsplit("_", 1)[1] + m.labels.get("le", ""): m.value for m in got
+                    if m.name.startswith("lifeline_district_response_seconds_") and m.labels.get("measure") == measure
+                    and m.labels.get("by") == by and m.labels.get("key") == key}
+
+        ack = hist("alarm_ack", "colour", "red")
+        assert ack["count"] == 1 and ack["bucket+Inf"] == 1 and 0 <= ack["sum"] < 60, ack
+        assert hist("alarm_ack", "site", s.id)["count"] == 1
+        sample = hist("sample_desk", "site", s.id)
+        assert sample["count"] == 2 and sample["bucket1.0"] == 2, "two readings, each on the desk within 1 s"
     finally:
         code = district.stop()
         gw.kill()
