@@ -120,18 +120,19 @@ class Worker:
         packs = body.get("packs")
         if not isinstance(packs, list):
             raise Refused("schema", "telemetry: packs must be an array")
-        newest: dict[str, float] = {}
+        checked: list[store.DeviceMessage] = []
         for i, entry in enumerate(packs):
             try:
-                dev, seq, boot, pri, records, sealed = upstream.pack_entry(entry, f"telemetry packs[{i}]",
-                                                                            self.verifier)
+                checked.append(store.DeviceMessage(*upstream.pack_entry(entry, f"telemetry packs[{i}]",
+                                                                        self.verifier)))
             except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
                 self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
-                continue
-            if store.add_message(conn, site, dev, seq, boot, records, received=item.received, pri=pri, hist=hist,
-                                 verified=True, sealed=sealed):
+        newest: dict[str, float] = {}
+        for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
+                                                      verified=True), strict=True):
+            if new:
                 self.stored["message"] += 1
-                newest[dev] = max([newest.get(dev, 0.0), *(r["t"] for r in records)])
+                newest[m.dev] = max([newest.get(m.dev, 0.0), *(r["t"] for r in m.records)])
         for summary in body.get("thinned") or ():
             store.add_report(conn, site, "thinned", upstream.mapping(summary, "thinned"), received=item.received)
         for dev, t in newest.items():

@@ -9,9 +9,9 @@ one transaction over a batch and acknowledges the batch's MQTT messages only aft
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -79,26 +79,59 @@ def dialect_insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.I
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
+class DeviceMessage(NamedTuple):
+    """One device message of a telemetry body, checked: its resolved readings (names without the device's
+    base name) and the device's own sealed bytes."""
+    dev: str
+    seq: int
+    boot: int
+    pri: int
+    records: Sequence[Mapping[str, Any]]
+    sealed: bytes | None
+
+
 def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, records: Iterable[Mapping[str, Any]],
                 *, received: float, pri: int = 0, hist: bool = False, verified: bool = False,
                 sealed: bytes | None = None) -> bool:
-    """One device message and its resolved readings (names without the device's base name); False if the
-    district already had it."""
-    stmt = dialect_insert(conn, messages).values(site=site, dev=dev, seq_key=schema.seq_key(seq), boot=boot, pri=pri,
-                                          hist=hist, verified=verified, sealed=sealed, received=received)
-    row = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id)).first()
-    if row is None:
-        return False
-    rows = [{"message": row.id, "site": site, "dev": dev, "n": r["n"], "t": r["t"], "u": r.get("u"),
-             "v": r.get("v"), "vs": r.get("vs"), "vb": r.get("vb"), "vd": r.get("vd"), "s": r.get("s")}
-            for r in records]
+    """One device message; False if the district already had it."""
+    return add_messages(conn, site, [DeviceMessage(dev, seq, boot, pri, list(records), sealed)], received=received,
+                        hist=hist, verified=verified)[0]
+
+
+def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, received: float, hist: bool = False,
+                 verified: bool = False) -> list[bool]:
+    """A body's device messages in three statements, whatever their number (one at a time, building and
+    running three statements each was most of a worker's time); per message, whether it was new. The unique
+    key decides, so a copy within the batch or one another worker stored first is not new."""
+    if not batch:
+        return []
+    stmt = dialect_insert(conn, messages)
+    inserted = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id, messages.c.dev, messages.c.seq_key),
+                            [{"site": site, "dev": m.dev, "seq_key": schema.seq_key(m.seq), "boot": m.boot,
+                              "pri": m.pri, "hist": hist, "verified": verified, "sealed": m.sealed,
+                              "received": received} for m in batch]).all()
+    ids = {(r.dev, r.seq_key): r.id for r in inserted}
+    new: list[bool] = []
+    rows: list[dict[str, Any]] = []
+    devs: set[str] = set()
+    for m in batch:
+        row_id = ids.pop((m.dev, schema.seq_key(m.seq)), None)  # popped: a second copy in the batch is not new
+        new.append(row_id is not None)
+        if row_id is None:
+            continue
+        devs.add(m.dev)
+        rows.extend({"message": row_id, "site": site, "dev": m.dev, "n": r["n"], "t": r["t"], "u": r.get("u"),
+                     "v": r.get("v"), "vs": r.get("vs"), "vb": r.get("vb"), "vd": r.get("vd"), "s": r.get("s")}
+                    for r in m.records)
     if rows:
         conn.execute(readings.insert(), rows)
-    seen = dialect_insert(conn, devices).values(site=site, dev=dev, state="online", last_seen=received)
-    conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
-                                            set_={"last_seen": received},
-                                            where=func.coalesce(devices.c.last_seen, 0) < received))
-    return True
+    if devs:
+        seen = dialect_insert(conn, devices)
+        conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
+                                                set_={"last_seen": seen.excluded.last_seen},
+                                                where=func.coalesce(devices.c.last_seen, 0) < seen.excluded.last_seen),
+                     [{"site": site, "dev": dev, "state": "online", "last_seen": received} for dev in sorted(devs)])
+    return new
 
 
 def _rank(level: str | None) -> int:
