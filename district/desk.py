@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from district import accounts, queries, workorders
+from district import accounts, queries, store, workorders
 from district.accounts import Session
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import Hub, notice
@@ -84,7 +84,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     async def db(work: Callable[[Connection], T], *, write: bool = False) -> T:
         """Run database work off the event loop, in one transaction when it writes."""
         def run() -> T:
-            with engine.begin() if write else engine.connect() as conn:
+            with engine.begin() if write else store.reader(engine) as conn:
                 return work(conn)
         return await run_in_threadpool(run)
 

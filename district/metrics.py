@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from district import queries
+from district import queries, store
 from district.schema import alarms, messages, refusals, sites
 
 BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -37,7 +37,7 @@ class DistrictCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        with self.engine.connect() as conn:
+        with store.reader(self.engine) as conn:
             stored = conn.execute(select(func.count()).select_from(messages)).scalar_one()
             refused = conn.execute(select(refusals.c.reason, func.count()).group_by(refusals.c.reason)).all()
             online = conn.execute(select(func.count()).select_from(sites).where(sites.c.online)).scalar_one()

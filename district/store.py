@@ -35,6 +35,7 @@ from district.schema import (
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
 SQLITE_BUSY_MS = 10_000
+_READ_ONLY = "lifeline_read_only"
 
 
 def url_of(database: str, base: Path | None = None) -> str:
@@ -53,13 +54,25 @@ def open_engine(database: str, base: Path | None = None) -> Engine:
     """On SQLite every transaction takes the write lock when it begins (BEGIN IMMEDIATE). Workers and the
     desk both read, then write, in one transaction; in WAL mode a reader whose snapshot another process has
     since written past cannot become a writer, and SQLite answers "database is locked" at once instead of
-    waiting. Taking the lock first makes them queue (busy_timeout). PostgreSQL needs none of this."""
+    waiting. Taking the lock first makes them queue (busy_timeout); connections that only read (`reader`) do not
+take it. PostgreSQL needs none of this."""
     engine = create_engine(url_of(database, base))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _begin)
     schema.metadata.create_all(engine)
     return engine
+
+
+def reader(engine: Engine) -> Connection:
+    """A connection for reading only, as the desk's pages and the metrics read: on SQLite its transaction is
+    a plain BEGIN, a WAL snapshot that never holds a worker's write back (a long history query would
+    otherwise stall ingest for its whole length)."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
+
+
+def _begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def _sqlite_connect(dbapi: DBAPIConnection, record: ConnectionPoolEntry) -> None:
