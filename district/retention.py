@@ -4,6 +4,11 @@ Worker 1 runs `fold` now and then; it works through the oldest readings in chunk
 switches retention on with years of readings catches up over several passes instead of one long lock.
 Numbers (v) keep their spread; a reading of any other kind (a sum alone, text, boolean, data) keeps only its
 count, as the gateway's thinning does (docs/outbox.md).
+
+A pass names its readings by a time bound, never by a list of them: a list of ten thousand keys overflows
+PostgreSQL's parser stack, and SQLite caps bound parameters. Its DELETE returns what it removed, and only that
+is folded, so a late reading a worker commits meanwhile is either in this pass or left for the next. Buckets
+merge in the database (ON CONFLICT), so no pass reads the rollups back.
 """
 
 from __future__ import annotations
@@ -11,22 +16,24 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import ColumnElement, Connection, case, delete, select
 
 from district.schema import readings, rollups
 from district.store import dialect_insert
 
-CHUNK = 10_000  # two bound parameters a reading in the final DELETE: within SQLite's and PostgreSQL's limits
+CHUNK = 10_000  # readings a pass, plus any that share the last one's time
 Key = tuple[str, str, str, float]
 
 
 def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int:
-    """Fold up to CHUNK readings older than `raw_days` into their buckets; returns how many were folded."""
+    """Fold the oldest CHUNK readings older than `raw_days` (and any at the same instant as the last of them)
+    into their buckets; returns how many were folded."""
     cutoff = now - raw_days * 86_400
-    # labelled: a Row's own attribute `t` is the row as a tuple
-    rows = conn.execute(select(readings.c.message, readings.c.site, readings.c.dev, readings.c.n,
-                               readings.c.t.label("at"), readings.c.u, readings.c.v).where(readings.c.t < cutoff)
-                        .order_by(readings.c.t).limit(CHUNK)).all()
+    bound = conn.execute(select(readings.c.t).where(readings.c.t < cutoff).order_by(readings.c.t)
+                         .offset(CHUNK - 1).limit(1)).scalar()
+    old = readings.c.t < cutoff if bound is None else readings.c.t <= bound
+    rows = conn.execute(delete(readings).where(old).returning(
+        readings.c.site, readings.c.dev, readings.c.n, readings.c.t.label("at"), readings.c.u, readings.c.v)).all()
     if not rows:
         return 0
     acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "n_v": 0, "sum": 0.0, "min": None,
@@ -40,29 +47,23 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
             a["sum"] += r.v
             a["min"] = r.v if a["min"] is None else min(a["min"], r.v)
             a["max"] = r.v if a["max"] is None else max(a["max"], r.v)
-    keys = list(acc)
-    old = {(r.site, r.dev, r.n, r.at): r for r in conn.execute(select(rollups, rollups.c.t.label("at")).where(
-        tuple_(rollups.c.site, rollups.c.dev, rollups.c.n, rollups.c.t).in_(keys)))}
-    for key, a in acc.items():
-        prev = old.get(key)
-        n_v, total = a["n_v"], a["sum"]
-        lo, hi = a["min"], a["max"]
-        count = a["count"]
-        if prev is not None:
-            count += prev.count
-            if prev.mean is not None:
-                prev_n = prev.count  # every earlier reading of a numeric bucket was a number
-                total += prev.mean * prev_n
-                n_v += prev_n
-                lo = prev.min if lo is None else min(lo, prev.min)
-                hi = prev.max if hi is None else max(hi, prev.max)
-        values = {"count": count, "min": lo, "max": hi, "mean": total / n_v if n_v else None,
-                  "u": a["u"] or (prev.u if prev is not None else None)}
-        site, dev, n, t = key
-        stmt = dialect_insert(conn, rollups).values(site=site, dev=dev, n=n, t=t, **values)
-        conn.execute(stmt.on_conflict_do_update(index_elements=[rollups.c.site, rollups.c.dev, rollups.c.n,
-                                                                rollups.c.t], set_=values))
-    conn.execute(delete(readings).where(readings.c.t < cutoff, readings.c.t <= rows[-1].at,
-                                        tuple_(readings.c.message, readings.c.n).in_(
-                                            [(r.message, r.n) for r in rows])))
+    stmt = dialect_insert(conn, rollups)
+    new = stmt.excluded
+    # a numeric series' readings are all numbers, so a bucket's mean weighs by its count
+    merged = {"count": rollups.c.count + new.count,
+              "min": _merge(rollups.c.min, new.min, case((new.min < rollups.c.min, new.min), else_=rollups.c.min)),
+              "max": _merge(rollups.c.max, new.max, case((new.max > rollups.c.max, new.max), else_=rollups.c.max)),
+              "mean": _merge(rollups.c.mean, new.mean, (rollups.c.mean * rollups.c.count + new.mean * new.count)
+                             / (rollups.c.count + new.count)),
+              "u": _merge(rollups.c.u, new.u, new.u)}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[rollups.c.site, rollups.c.dev, rollups.c.n,
+                                                            rollups.c.t], set_=merged),
+                 [{"site": site, "dev": dev, "n": n, "t": t, "count": a["count"], "min": a["min"], "max": a["max"],
+                   "mean": a["sum"] / a["n_v"] if a["n_v"] else None, "u": a["u"]}
+                  for (site, dev, n, t), a in acc.items()])
     return len(rows)
+
+
+def _merge(old: ColumnElement[Any], new: ColumnElement[Any], both: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A bucket's column merged: the side that has a value, or `both` when each has one."""
+    return case((old.is_(None), new), (new.is_(None), old), else_=both)
