@@ -150,6 +150,8 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert {s["site"]: (s["online"], s["devices"]) for s in desk["sites"]} == {
         site.id: (True, {"online": len(site.select(quick=True))}),
         neighbour.id: (True, {"online": len(neighbour.devices)})}
+    # The desk's map has the seed's risk points beside the devices (drawn from coordinates, no tiles).
+    assert {(p["site"], p["id"]) for p in desk["map"]["points"]} == {(site.id, rp) for rp in site.risk_points}
     # Every orange or red alarm opened a work order, and the scripted supervisor closed each one through the
     # desk's API: acknowledged, dispatched, reported, closed.
     orders = desk["work_orders"]

@@ -266,7 +266,10 @@ class Demo:
         """`lifeline district` for both sites on SQLite, a supervisor account made with --add-user, and a
         desk session logged in as it."""
         desk_port = free_port()
-        conf = write_config(sites, self.work / "district.toml", database="district.sqlite", desk_port=desk_port)
+        points = "".join(f'[[sites.risk_points]]\nid = "{rp.id}"\nclass = "{rp.cls}"\nlat = {rp.lat}\nlon = {rp.lon}\n'
+                         f"radius_m = {rp.radius_m}\n\n" for rp in self.site.risk_points.values())
+        conf = write_config(sites, self.work / "district.toml", database="district.sqlite", desk_port=desk_port,
+                            per_site={sites[0].id: points})  # the desk's map draws them
         added = subprocess.run([*virtual_site.lifeline_cmd(), "district", "--config", str(conf), "--add-user",
                                 DESK_USER, "--role", "supervisor"], input=self.desk_password + "\n",
                                capture_output=True, text=True, env=virtual_site.environment(), cwd=virtual_site.ROOT)
@@ -356,11 +359,12 @@ class Demo:
         self.problem(f"work orders still open after {ORDERS_TIMEOUT_S:.0f} s")
 
     def district_report(self) -> dict[str, Any]:
-        """What the district's desk shows at the end: its sites, work orders and response times."""
+        """What the district's desk shows at the end: its sites, work orders, response times and map."""
         assert self.desk is not None
         return {"desk": self.desk.base, "user": DESK_USER, "sites": self.desk.get("/api/sites"),
                 "work_orders": self.desk.get("/api/work-orders"),
-                "response_times": self.desk.get("/api/response-times"), "operator": not self.live}
+                "response_times": self.desk.get("/api/response-times"), "map": self.desk.get("/api/map"),
+                "operator": not self.live}
 
     def play(self) -> demo_report.Summary:
         site, st = self.site, self.status

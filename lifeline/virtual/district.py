@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lifeline.virtual.broker import free_port
@@ -15,9 +15,10 @@ from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environm
 
 
 def write_config(site: Site | Sequence[Site], path: Path, *, database: str, workers: int = 1,
-                 desk_port: int | None = None, extra: str = "") -> Path:
+                 desk_port: int | None = None, extra: str = "", per_site: Mapping[str, str] | None = None) -> Path:
     """district.toml for one site or several on one district broker (the first's; the others made with
-    Site(..., district=first)): the broker, and per site its seal key and its site.toml as the registry."""
+    Site(..., district=first)): the broker, and per site its seal key and its site.toml as the registry.
+    `per_site`: TOML placed after a site's table, by site id (its [[sites.risk_points]])."""
     sites = [site] if isinstance(site, Site) else list(site)
     first = sites[0]
     assert first.district_broker is not None
@@ -30,7 +31,7 @@ def write_config(site: Site | Sequence[Site], path: Path, *, database: str, work
         f'[database]\nurl = "{database}"\n\n[ingest]\nworkers = {workers}\nbatch = 200\n\n'
         f'[desk]\nport = {desk_port or free_port()}\n\n[metrics]\nport = 0\n\n'
         + "".join(f'[[sites]]\nid = "{s.id}"\nseal_key = "{s.site_key.hex()}"\ndevices = "{s.config_path}"\n\n'
-                  for s in sites)
+                  + (per_site or {}).get(s.id, "") for s in sites)
         + extra)
     return path
 
