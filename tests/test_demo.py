@@ -48,6 +48,14 @@ def test_seed_has_the_demo_site() -> None:
     assert site.script_length(quick=True) < site.script_length(quick=False) <= 150
 
 
+def test_the_neighbouring_site_stands_apart_on_the_map() -> None:
+    site = plan.load()
+    nb = plan.neighbour(site)
+    for d in nb.devices.values():
+        own = site.devices[d.id.removesuffix("-b")]
+        assert 350 < haversine_m(*own.position, *d.position) < 450, (d.id, own.position, d.position)
+
+
 def test_drone_patrol_reads_methane_only_within_the_risk_point() -> None:
     site = plan.load()
     inc = next(i for i in site.incidents if i.id == "drone-patrol")

@@ -288,10 +288,15 @@ def load(path: Path = SEED) -> Site:
     return Site(site_id, str(site.get("name", site_id)), devices, points, tuple(incidents), path, profiles)
 
 
+NEIGHBOUR_NORTH = 0.0036  # degrees of latitude, about 400 m
+
+
 def neighbour(site: Site, count: int = 2) -> Site:
     """A second, quiet site of the same district for the demo: the seed's first `count` quick devices with
     their baselines and profiles, renamed (device ids are unique across a district), without risk points or
-    incident. It shows the district telling two sites apart and costs two more boards."""
-    devices = {f"{d.id}-b": replace(d, id=f"{d.id}-b") for d in site.select(quick=True)[:count]}
+    incident, about 400 m north of the seed's own (on the desk's map the two sites stand apart). It shows the
+    district telling two sites apart and costs two more boards."""
+    devices = {f"{d.id}-b": replace(d, id=f"{d.id}-b", position=(d.position[0] + NEIGHBOUR_NORTH, d.position[1]))
+               for d in site.select(quick=True)[:count]}
     return replace(site, id=f"{site.id[:30]}-b", name=f"{site.name} (neighbouring site)", devices=devices,
                    risk_points={}, incidents=())
