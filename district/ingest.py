@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import cbor2
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine, select, update
 
 from district import store, upstream
 from district.live import CHANGES_TOPIC, notice
@@ -110,8 +110,16 @@ class Worker:
         elif kind == dtopics.UP_ACK:
             body = upstream.mapping(body, "ack")
             store.add_report(conn, site, kind, body, received=received)
+            ok = body.get("ok") is True
             if body.get("re") == "cmd" and isinstance(body.get("id"), int):
-                self._command_answer(conn, site, body, received)
+                result = body.get("res") if ok else body.get("error", body.get("res"))
+                self._command_answer(conn, site, body["id"], ok, result, received)
+            elif body.get("re") == "rules":
+                cmd_id = _rules_command(conn, site, body.get("version"))
+                if cmd_id is not None:
+                    result = {"version": body["version"]} if ok else {"error": body.get("error"),
+                                                                      "active": body.get("active")}
+                    self._command_answer(conn, site, cmd_id, ok, result, received)
         else:  # dq, event: kept as they came, for the desk and for audit
             store.add_report(conn, site, kind, upstream.mapping(body, kind), received=received)
         self.stored[kind] += 1
@@ -138,14 +146,26 @@ class Worker:
         for dev, t in newest.items():
             self._notices.append(notice("reading", site=site, dev=dev, t=t, received=item.received))
 
-    def _command_answer(self, conn: Connection, site: str, body: Mapping[str, Any], received: float) -> None:
-        result = body.get("res") if body.get("ok") else body.get("error", body.get("res"))
-        conn.execute(update(commands).where(commands.c.id == body["id"], commands.c.site == site,
+    def _command_answer(self, conn: Connection, site: str, cmd_id: int, ok: bool, result: Any,
+                        received: float) -> None:
+        conn.execute(update(commands).where(commands.c.id == cmd_id, commands.c.site == site,
                                             commands.c.answered.is_(None))
-                     .values(ok=bool(body.get("ok")), result=json.dumps(result, default=_jsonable),
-                             answered=received))
-        self._notices.append(notice("command", site=site, id=body["id"]))
+                     .values(ok=ok, result=json.dumps(result, default=_jsonable), answered=received))
+        self._notices.append(notice("command", site=site, id=cmd_id))
 
+
+def _rules_command(conn: Connection, site: str, version: Any) -> int | None:
+    """The `commands` row a rules ack answers. The gateway's ack names no command id, only the version of the
+    set it read (docs/protocol.md, "ack"), so it answers the oldest unanswered rule set sent to that site with
+    that version: a site takes its downlink in order, so a set sent twice is answered once per ack. None for
+    an ack without a version (a set the gateway could not read; the district checks every set before it goes)
+    or one the district has no unanswered row for."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        return None
+    pending = conn.execute(select(commands.c.id, commands.c.args).where(
+        commands.c.site == site, commands.c.op == "rules", commands.c.dev.is_(None), commands.c.answered.is_(None))
+        .order_by(commands.c.sent, commands.c.id)).all()
+    return next((row.id for row in pending if json.loads(row.args).get("version") == version), None)
 
 
 def _jsonable(value: Any) -> str:
