@@ -7,8 +7,12 @@ a heap and a name pool the checks never touched; the boot is counted once, after
 cause. A trial is checked at every boot (app/trial.py), so a trial boot goes on without the soft reset.
 """
 
-import app
-from app import checked
+from ota import slot  # first: every module imported after select() comes from the running slot
+
+pending = slot.select()  # an update pending: this boot runs the updater instead of the app (docs/ota.md)
+del slot
+import app  # noqa: E402
+from app import checked  # noqa: E402
 
 if not checked.fresh():
     from app import config
@@ -20,11 +24,15 @@ if not checked.fresh():
         from hal import backend
 
         backend(checked.load()[0].get("hal")).soft_reset()
-from app import watchdog
+from app import watchdog  # noqa: E402
 
 st = watchdog.boot()
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
 app.drop("app.checked")
+if pending:
+    from ota import fetch
+
+    fetch.run(st, cfg.pop())  # ends in a reset
 app.warm(cfg[0][0], cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty
 from app import runtime  # noqa: E402
 

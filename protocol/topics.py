@@ -1,7 +1,8 @@
 """Device topics on the site broker, and the id rules every topic level follows. Other modules build and
 parse topics only through here and protocol/district.py (the gateway's topics on the district broker).
 
-Device side (site broker):  lifeline/v1/{site}/{device}/{kind}   kind: data, state, evt, cmd, ack, done
+Device side (site broker):  lifeline/v1/{site}/{device}/{kind}   kind: data, state, evt, cmd, ack, done,
+otareq, ota
 
 `done` is the gateway's confirmation to one device: the sequence numbers it has committed (docs/protocol.md,
 Topics), a body small enough to read without the CBOR decoder: big-endian u64 pairs (first, last).
@@ -17,7 +18,9 @@ EVENT = "evt"
 CMD = "cmd"
 ACK = "ack"
 DONE = "done"
-DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK, DONE)
+OTA_REQ = "otareq"  # a node updating asks for a range of a release's bytes: "version offset length"
+OTA = "ota"  # the gateway's answer: the offset (4 bytes, big-endian), then the bytes (docs/ota.md)
+DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK, DONE, OTA_REQ, OTA)
 MAX_DONE_RANGES = 16
 
 MAX_ID = 32

@@ -5,7 +5,7 @@ its `exp` is dropped unanswered once the node knows the time: by then its gatewa
 as timed out, and the district may have sent it again under a new id (a node without the time yet runs it).
 
 Ops (args in docs/firmware.md): set_intervals, set_filters, set_prealarm, birth, sync_time, reboot,
-config. The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
+config, ota (docs/ota.md). The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
 it at once. `config` stages new device/profile files for a trial boot; they are checked at that
 boot, where the heap is empty, and its ack (ok or rolled back, with the reason) follows the connect.
 This module is imported for one command and dropped after it, to keep the heap free; the decoder that
@@ -20,7 +20,7 @@ import persist
 from app.checks import check_filters, check_level, num
 
 _RECENT = const(8)
-_SAFE_OPS = const(("birth", "sync_time", "reboot", "config"))
+_SAFE_OPS = const(("birth", "sync_time", "reboot", "config", "ota"))
 _PROFILE = const("profile.json")
 
 
@@ -148,5 +148,22 @@ async def replace_config(app, args, cid):
     return None, "defer"
 
 
+async def update(app, args, cid):
+    """Mark an update pending and reboot into the updater (ota/fetch.py), which checks the release against
+    its signed manifest. What the command says is only checked for form here."""
+    v, n, sig = args.get("v"), args.get("n"), args.get("sig")
+    if not isinstance(v, str) or not isinstance(n, int) or not 0 < n <= 65536:
+        raise ValueError("ota needs v (text) and n (manifest bytes, 1..65536)")
+    if not isinstance(sig, str) or len(sig) != 128:
+        raise ValueError("ota needs sig: 64 bytes in hex")
+    if v == app.fw:
+        raise ValueError("version %s is running already" % v)
+    import ota
+
+    persist.save(ota.STATE, {"id": cid, "v": v, "n": n, "sig": sig})
+    return "updating to " + v, "reboot"
+
+
 _OPS = {"set_intervals": set_intervals, "set_filters": set_filters, "set_prealarm": set_prealarm,
-        "birth": birth, "sync_time": sync_time, "reboot": reboot, "config": replace_config}
+        "birth": birth, "sync_time": sync_time, "reboot": reboot, "config": replace_config,
+        "ota": update}

@@ -9,11 +9,12 @@ import sys
 from micropython import const
 
 import hal
+import ota
+import persist
 from app import COMMAND_PATH, drop, watchdog
 from app.clock import Clock
 from protocol import message, topics
 
-_FW = const("0.1.0")
 _STABLE_S = const(60)  # a boot that ran this long connected clears the crash-loop counter
 _TRIAL_S = const(180)  # a trial config must reach the broker within this (device.json trial_s)
 _SAFE_S = const(600)  # safe mode tries a normal boot again after this long connected
@@ -55,6 +56,9 @@ class App:
         for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK, topics.DONE):
             self.topic[k] = topics.device(d["site"], self.dev, k)
         self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
+        sl = persist.load(ota.SLOT) or {}
+        self.fw = sl.get("v", ota.VERSION)
+        self.ota_trial = "try" in sl  # new code on trial (ota/slot.py), confirmed by the first birth
         self.connected_at = None
         self.clock_told = False
         self.inbox = []
@@ -244,14 +248,32 @@ class App:
             extra["safe"] = True
         if self.sleep:
             extra["sleep"] = self.sleep["wake_s"]
-        body = message.birth(self.dev, self.boot, self.pub.next_seq, _FW, self.prof, self.rst,
+        body = message.birth(self.dev, self.boot, self.pub.next_seq, self.fw, self.prof, self.rst,
                              self.clock.now(), self.clock.clk, **extra)
         await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
             self.connected_at = self.clock.up_ms()
+        if self.ota_trial:
+            from ota import slot
+
+            slot.confirm()
+            self.ota_trial = False
+            drop("ota.slot")
+        if _exists(ota.RESULT):
+            self.ota_result()
         if self.trial or _exists("cfgack.json"):
             await self._trial()
             drop("app.trial")
+
+    def ota_result(self):
+        """An update's outcome (running, refused, rolled back) goes upstream as an "ota" event: sealed into
+        the flash queue, it is delivered like a reading, so the file can go."""
+        r = persist.load(ota.RESULT)
+        if r is not None:
+            up = self.clock.up_ms()
+            self.pub.seal([("ota.v", r["v"], None, up), ("ota.ok", r["ok"], None, up),
+                           ("ota.res", r["res"], None, up)], ev="ota")
+        os.remove(ota.RESULT)
 
     async def _trial(self):
         """A confirmed trial's ack goes out, then the node reboots into the config it confirmed: a trial
@@ -346,6 +368,11 @@ class App:
                 from app import trial
 
                 trial.rollback("no broker connection within %d s" % self.trial_s)
+                self.board.reset()
+            if self.ota_trial and up > self.trial_s * 1000:
+                from ota import slot
+
+                slot.rollback("no broker connection within %d s" % self.trial_s)
                 self.board.reset()
             if self.connected_at is not None and up - self.connected_at > (_SAFE_S if self.safe else _STABLE_S) * 1000:
                 watchdog.stable(self.st)

@@ -1,0 +1,238 @@
+"""The updater: what a node boots into while an update is pending (main.py), instead of the app. On a 64K
+heap the running app leaves too little room for a manifest, SHA-512 and curve arithmetic, so the node stops
+sampling for the download (seconds to a few minutes) and runs only this, its MQTT client and its HAL.
+
+It pulls the release from its gateway in chunks: a request "version offset length" on its otareq topic, the
+answer on its ota topic as the offset (4 bytes, big-endian) and the bytes. The release is one run of bytes:
+the manifest (JSON, signed with the district's release key), then each file it lists, in its order. The
+manifest is checked first (signature, version above the one running, this node's profile, heap); each file
+is hashed as it is written and checked against the manifest before the next one starts. What is on flash is
+the progress: after a power cut the node hashes what it already has and goes on from there.
+
+Every way out ends in a reset: with the new slot switched in on trial (ota/slot.py), or refused with the
+reason in ota.RESULT (app/runtime.py reports it upstream) and the old code running on.
+"""
+
+import asyncio
+import gc
+import hashlib
+import os
+import sys
+
+import hal
+import persist
+from mqtt import MQTTClient
+from ota import RESULT, STATE, slot
+from protocol import topics
+
+CHUNK = 1024
+_BOOTS = 5  # boots the updater gets before it gives up (a bug, or a release it cannot take)
+_WAIT_MS = 2000  # an unanswered request is sent again after this
+_IDLE_MS = 120000  # no chunk for this long: the gateway has no such release
+
+
+class Refused(Exception):
+    pass
+
+
+def _ver(v):
+    """"1.2.10" -> (1, 2, 10), for comparing versions as numbers."""
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except (ValueError, AttributeError):
+        raise Refused("version %r is not numbers and dots" % (v,))
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+def _makedirs(path):
+    d = ""
+    for part in path.split("/")[:-1]:
+        d = d + "/" + part if d else part
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+
+
+def _wipe(d):
+    """Remove a slot directory's contents (not the directory)."""
+    try:
+        entries = list(os.ilistdir(d))
+    except OSError:
+        return
+    for e in entries:
+        p = d + "/" + e[0]
+        if e[1] == 0x4000:
+            _wipe(p)
+            os.rmdir(p)
+        else:
+            os.remove(p)
+
+
+class Updater:
+    def __init__(self, board, cfg, st):
+        d, s, _ = cfg
+        self.board = board
+        self.secrets = s
+        self.st = st
+        self.prof = d["profile"]
+        self.pub = d.get("ota_key")
+        self.v = st["v"]
+        self.req = topics.device(d["site"], d["id"], topics.OTA_REQ)
+        self.want = -1
+        self.chunk = None
+        self.ev = asyncio.Event()
+        b = d["broker"]
+        self.mqtt = MQTTClient(d["id"] + "-ota", b["host"], port=b.get("port", 1883), user=b.get("user"),
+                               password=s.get("mqtt_password"), keepalive=30, ssl=True if b.get("tls") else None,
+                               on_message=self.on_message, max_packet=CHUNK + 128)
+        self.topic = topics.device(d["site"], d["id"], topics.OTA)
+
+    def on_message(self, topic, payload, retained):
+        if len(payload) >= 4 and int.from_bytes(payload[:4], "big") == self.want:
+            self.chunk = payload[4:]
+            self.ev.set()
+
+    async def get(self, off, n):
+        """Bytes off..off+n of the release, asked for again until they come; Refused after _IDLE_MS."""
+        self.want, self.chunk = off, None
+        waited = 0
+        while True:
+            self.ev.clear()
+            await self.mqtt.publish(self.req, ("%s %d %d" % (self.v, off, n)).encode())
+            try:
+                await asyncio.wait_for_ms(self.ev.wait(), _WAIT_MS)
+            except asyncio.TimeoutError:
+                waited += _WAIT_MS
+                if waited >= _IDLE_MS:
+                    raise Refused("no answer from the gateway for %d s" % (_IDLE_MS // 1000))
+                continue
+            c = self.chunk
+            if len(c) != n:
+                raise Refused("chunk at %d: %d bytes for %d" % (off, len(c), n))
+            return c
+
+    async def fill(self, path, off, size, h=None):
+        """The file at `path` made the release's bytes off..off+size, resuming from what is on flash; the
+        file's SHA-256 when `h` is a hash object."""
+        have = _size(path)
+        if have > size:
+            os.remove(path)
+            have = 0
+        if h is not None and have:
+            with open(path, "rb") as f:
+                while True:
+                    b = f.read(CHUNK)
+                    if not b:
+                        break
+                    h.update(b)
+        with open(path, "ab") as f:
+            while have < size:
+                n = min(CHUNK, size - have)
+                c = await self.get(off + have, n)
+                f.write(c)
+                f.flush()
+                if h is not None:
+                    h.update(c)
+                have += n
+        return h.digest() if h is not None else None
+
+    def manifest(self, path):
+        """The manifest, once its signature, version, profile and heap are good; else Refused."""
+        with open(path, "rb") as f:
+            raw = f.read()
+        if not self.pub:
+            raise Refused("no ota_key in device.json")
+        import ed25519
+
+        ok = ed25519.verify(bytes.fromhex(self.pub), raw, bytes.fromhex(self.st["sig"]))
+        del ed25519
+        if not ok:
+            raise Refused("bad signature")
+        import json
+
+        m = json.loads(raw)
+        del raw
+        if m.get("version") != self.v:
+            raise Refused("manifest is version %r, the command said %r" % (m.get("version"), self.v))
+        running = slot.state()["v"]
+        if _ver(self.v) <= _ver(running):
+            raise Refused("version %s is not above %s, the one running" % (self.v, running))
+        if self.prof not in m.get("profiles", ()):
+            raise Refused("release is not for the %s profile" % self.prof)
+        heap = gc.mem_free() + gc.mem_alloc()
+        if m.get("min_heap", 0) > heap:
+            raise Refused("release needs %d bytes of heap, this node has %d" % (m["min_heap"], heap))
+        return m["files"]
+
+    async def run(self):
+        st = self.st
+        await self.board.connect(self.secrets)
+        await self.mqtt.subscribe(self.topic, 0)
+        self.mqtt.start()
+        await self.mqtt.wait_connected()
+        d = st["dir"]
+        man = d + "/manifest.json"
+        n = st["n"]
+        await self.fill(man, 0, n)
+        files = self.manifest(man)
+        off = n
+        for i in range(len(files)):
+            f = files[i]
+            if i >= st["i"]:
+                if f["path"].startswith("/") or ".." in f["path"].split("/"):
+                    raise Refused("path %r leaves the slot" % f["path"])
+                path = d + "/" + f["path"]
+                _makedirs(path)
+                got = await self.fill(path, off, f["size"], hashlib.sha256())
+                if got.hex() != f["sha256"]:
+                    raise Refused("%s: SHA-256 does not match the manifest" % f["path"])
+                st["i"] = i + 1
+                persist.save(STATE, st)
+            off += f["size"]
+        slot.switch(d, self.v)
+
+
+def _end(ok, res, v):
+    if not ok:
+        persist.save(RESULT, {"v": v, "ok": False, "res": "refused: " + res})
+    try:
+        os.remove(STATE)
+    except OSError:
+        pass
+
+
+def run(st, cfg):
+    """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run."""
+    from app import watchdog
+
+    u = persist.load(STATE)
+    u["boots"] = u.get("boots", 0) + 1
+    if "dir" not in u:
+        u["dir"] = "ota/b" if slot.state()["run"] != "ota/b" else "ota/a"
+        _makedirs(u["dir"] + "/x")
+        _wipe(u["dir"])
+        u["i"] = 0
+    persist.save(STATE, u)
+    board = hal.board(cfg[0])
+    if u["boots"] > _BOOTS:
+        _end(False, "the updater did not finish in %d boots" % _BOOTS, u["v"])
+    elif slot.state()["v"] == u["v"] and "try" in slot.state():  # cut after the switch: it is done
+        _end(True, None, u["v"])
+    else:
+        try:
+            asyncio.run(Updater(board, cfg, u).run())
+            _end(True, None, u["v"])
+        except Refused as e:
+            print("ota:", e)
+            _end(False, str(e), u["v"])
+        except Exception as e:  # a bug, flash or memory: tried again at the next boot, up to _BOOTS
+            sys.print_exception(e)
+    watchdog.stable(st)
+    board.reset()

@@ -1,0 +1,152 @@
+"""`lifeline release`: a signed firmware release for over-the-air updates (docs/ota.md).
+
+    lifeline release keygen --out district-release.key
+    lifeline release build --key district-release.key --version 0.2.0 --out releases/
+
+`keygen` writes an Ed25519 private key (PKCS#8 PEM, mode 0600) and prints its public key in hex: that is
+what goes into each node's device.json as "ota_key". The private key stays with the district; a site gateway
+relays releases but holds no key and cannot make one.
+
+`build` compiles firmware/lib and protocol/ to .mpy (as `lifeline flash` ships them) into
+OUT/<version>/: manifest.json {version, profiles, files [{path, sha256, size}], min_heap}, its signature
+manifest.sig (64 bytes), and release.bin, the bytes a gateway serves: the manifest, then every file in the
+manifest's order. It prints the ota command's args.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lifeline import upy
+
+PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
+MIN_HEAP = 65536  # bytes: the 64 KB heap every profile is held to (README, "Node heap")
+
+
+class ReleaseError(Exception):
+    pass
+
+
+@dataclass
+class Release:
+    """A built release: where it is, its version, and what the ota command carries."""
+
+    dir: Path
+    version: str
+    manifest: bytes
+    signature: bytes
+
+    def command_args(self) -> dict[str, object]:
+        return {"v": self.version, "n": len(self.manifest), "sig": self.signature.hex()}
+
+
+def keygen(out: Path) -> str:
+    """Write a new private key to `out` (refusing to overwrite one); return the public key in hex."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ReleaseError(f"{out} exists: a release key is never overwritten") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return public_hex(key)
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()
+
+
+def load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"--key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ReleaseError(f"--key {path}: not an Ed25519 key")
+    return key
+
+
+def _version(text: str) -> str:
+    parts = text.split(".")
+    if not all(p.isdigit() for p in parts):
+        raise ReleaseError(f"--version {text!r}: numbers and dots (a node compares them as numbers)")
+    return text
+
+
+def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMWARE / "lib",
+          protocol: Path = upy.ROOT / "protocol", profiles: tuple[str, ...] = PROFILES,
+          min_heap: int = MIN_HEAP) -> Release:
+    """Compile, list, sign and write one release; `lib` and `protocol` are the source trees."""
+    unknown = sorted(set(profiles) - set(PROFILES))
+    if unknown or not profiles:
+        raise ReleaseError(f"--profile: {', '.join(unknown) or 'none given'} (profiles: {', '.join(PROFILES)})")
+    target = out / _version(version)
+    if target.exists():
+        raise ReleaseError(f"{target} exists: a version is released once")
+    with tempfile.TemporaryDirectory() as tmp:
+        files: list[tuple[str, bytes]] = []
+        for source_dir, prefix in ((lib, ""), (protocol, "protocol/")):
+            for source in sorted(source_dir.rglob("*.py")):
+                rel = prefix + source.relative_to(source_dir).with_suffix(".mpy").as_posix()
+                mpy = upy.compile_module(source, Path(tmp) / rel, upy.module_name(Path(rel)))
+                files.append((rel, mpy.read_bytes()))
+    manifest = json.dumps({
+        "version": version, "profiles": list(profiles), "min_heap": min_heap,
+        "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files],
+    }, separators=(",", ":"), sort_keys=True).encode()
+    signature = key.sign(manifest)
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_bytes(manifest)
+    (target / "manifest.sig").write_bytes(signature)
+    (target / "release.bin").write_bytes(manifest + b"".join(b for _, b in files))
+    return Release(target, version, manifest, signature)
+
+
+def load(release_dir: Path) -> Release:
+    """A built release read back (what the gateway's relay and `lifeline ota` take)."""
+    try:
+        manifest = (release_dir / "manifest.json").read_bytes()
+        signature = (release_dir / "manifest.sig").read_bytes()
+        version = json.loads(manifest)["version"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReleaseError(f"{release_dir}: not a release ({exc})") from None
+    return Release(release_dir, version, manifest, signature)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    k = sub.add_parser("keygen", help="a new release key (keep it at the district)")
+    k.add_argument("--out", type=Path, required=True, help="private key file to write (PEM)")
+    b = sub.add_parser("build", help="build and sign a release")
+    b.add_argument("--key", type=Path, required=True, help="the release private key (PEM)")
+    b.add_argument("--version", required=True, help="numbers and dots, above every version it replaces")
+    b.add_argument("--out", type=Path, required=True, help="directory that gets <version>/")
+    b.add_argument("--profile", action="append", choices=PROFILES, help="a profile it is for (default: all)")
+    b.add_argument("--min-heap", type=int, default=MIN_HEAP, help="heap bytes a node needs to take it")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "keygen":
+            print(keygen(args.out))
+            return 0
+        rel = build(load_key(args.key), args.version, args.out, profiles=tuple(args.profile or PROFILES),
+                    min_heap=args.min_heap)
+    except ReleaseError as exc:
+        print(f"lifeline release: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"dir": str(rel.dir), "ota": rel.command_args()}))
+    return 0
