@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import cbor2
@@ -41,10 +41,13 @@ UP_ALL = f"{dtopics.ROOT}/+/up/#"
 class Worker:
     """One ingest worker over one database engine; `run()` until cancelled."""
 
-    def __init__(self, engine: Engine, broker: BrokerConfig, verifier: Verifier, *, group: str = "lifeline",
-                 batch_max: int = 500) -> None:
+    def __init__(self, engine: Engine, broker: BrokerConfig, verifier: Verifier, devices: Mapping[str, Collection[str]],
+                 *, group: str = "lifeline", batch_max: int = 500) -> None:
+        """`devices`: each site's registered device ids. The verifier holds every device's key, so a site
+        could otherwise relay another site's genuine device messages as its own."""
         self.engine = engine
         self.verifier = verifier
+        self.devices = devices
         self.refused: Counter[str] = Counter()
         self.stored: Counter[str] = Counter()
         self.subscriber = Subscriber("district", broker, [f"$share/{group}/{UP_ALL}"], self.handle,
@@ -131,8 +134,11 @@ class Worker:
         checked: list[store.DeviceMessage] = []
         for i, entry in enumerate(packs):
             try:
-                checked.append(store.DeviceMessage(*upstream.pack_entry(entry, f"telemetry packs[{i}]",
-                                                                        self.verifier)))
+                m = store.DeviceMessage(*upstream.pack_entry(entry, f"telemetry packs[{i}]", self.verifier))
+                if m.dev not in self.devices.get(site, ()):
+                    raise Refused("foreign-device", f"telemetry packs[{i}]: device {m.dev} is not registered at "
+                                                    f"site {site}")
+                checked.append(m)
             except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
                 self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
         newest: dict[str, float] = {}

@@ -51,7 +51,8 @@ def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
 def run_worker(cfg: DistrictConfig, index: int) -> int:
     """One ingest worker until SIGTERM or SIGINT."""
     engine = open_engine(cfg.database, cfg.base)
-    worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg), group=cfg.group, batch_max=cfg.batch)
+    worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg),
+                    {s.id: frozenset(s.device_keys) for s in cfg.sites.values()}, group=cfg.group, batch_max=cfg.batch)
 
     async def work() -> None:
         if index == 1:  # one worker of the district keeps the retention
