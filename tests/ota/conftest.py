@@ -36,12 +36,12 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture(scope="module")
 def make_release(tmp_path_factory: pytest.TempPathFactory, key: Ed25519PrivateKey) -> Build:
-    """build(version, key=, profiles=, min_heap=, patch={module path: (old, new)}): a release of the firmware,
+    """build(version, signer=, profiles=, min_heap=, patch={module path: (old, new)}): a release of the firmware,
     with text replaced in the named modules of firmware/lib when `patch` says so."""
-    out = tmp_path_factory.mktemp("releases")
 
     def build(version: str, signer: Ed25519PrivateKey | None = None, patch: dict[str, tuple[str, str]] | None = None,
               **kw: Any) -> release.Release:
+        out = tmp_path_factory.mktemp("release")
         lib = upy.FIRMWARE / "lib"
         if patch:
             lib = out / f"src-{version}"

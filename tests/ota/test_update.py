@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ota_support import DEV, SITE, Build, Relay, births, ota_events, provision
 
@@ -47,3 +48,79 @@ def test_update_lands_and_the_node_reports_its_new_version(tmp_path: Path, mpy: 
     man = json.loads((tmp_path / "flash" / "ota" / "b" / "manifest.json").read_text())
     for f in man["files"]:
         assert (tmp_path / "flash" / "ota" / "b" / f["path"]).stat().st_size == f["size"]
+
+
+def refused_on_old_code(tmp_path: Path, mpy: Path, broker: Mosquitto, key: Ed25519PrivateKey, args: dict[str, Any],
+                        profile: str = "gas") -> tuple[dict[str, Any], FlashDirDevice, Listener]:
+    """Send the ota command; return the "ota" event and a device that has booted its old code again."""
+    listener = Listener(broker.port, SITE, DEV)
+    dev = device(tmp_path, mpy, broker, key, profile)
+    with dev:
+        assert on_version(listener, "0.1.0", 30), dev.console()
+        first = len(births(listener))
+        dev.command(1, "ota", args)
+        assert listener.wait(lambda m: ota_events(listener), 120), dev.console()
+        assert listener.wait(lambda m: len(births(listener)) > first, 30), dev.console()
+    listener.close()
+    return ota_events(listener)[-1], dev, listener
+
+
+@pytest.mark.parametrize("case", ["tampered file", "tampered manifest", "wrong key", "downgrade", "wrong profile",
+                                  "too little heap"])
+def test_a_bad_release_is_refused_with_its_reason_and_the_old_code_runs_on(
+        case: str, tmp_path: Path, mpy: Path, broker: Mosquitto, relay: Relay, make_release: Build,
+        key: Ed25519PrivateKey) -> None:
+    version = {"downgrade": "0.0.9"}.get(case, "0.2.0")
+    kw: dict[str, Any] = {"wrong key": {"signer": Ed25519PrivateKey.generate()},
+                          "wrong profile": {"profiles": ("water", "rain")},
+                          "too little heap": {"min_heap": 1 << 24}}.get(case, {})
+    rel = make_release(version, **kw)
+    relay.releases.add_dir(rel.dir)
+    if case == "tampered file":
+        relay.tamper = len(rel.manifest) + 3000
+    elif case == "tampered manifest":
+        relay.tamper = 40
+    ev, dev, listener = refused_on_old_code(tmp_path, mpy, broker, key, rel.command_args())
+    reason = {"tampered file": "SHA-256 does not match the manifest", "tampered manifest": "bad signature",
+              "wrong key": "bad signature", "downgrade": "version 0.0.9 is not above 0.1.0, the one running",
+              "wrong profile": "release is not for the gas profile", "too little heap": "release needs 16777216"}[case]
+    assert ev["ota.v"] == version and ev["ota.ok"] is False, ev
+    assert ev["ota.res"].startswith("refused: ") and reason in ev["ota.res"], ev
+    assert all(b["fw"] == "0.1.0" for b in births(listener)), "the old code runs on"
+    assert (dev.read("slot.json") if (dev.flash / "slot.json").exists() else {"run": ""})["run"] == ""
+    assert not (dev.flash / "ota.json").exists()
+
+
+@pytest.mark.parametrize("case", ["crashes on boot", "never connects"])
+def test_a_release_that_fails_its_trial_rolls_back_by_itself(case: str, tmp_path: Path, mpy: Path,
+                                                             broker: Mosquitto, relay: Relay, make_release: Build,
+                                                             key: Ed25519PrivateKey) -> None:
+    """The new code is in, switched to and booted, and fails: at import (every boot dies before the app runs),
+    or with an MQTT client that never reaches the broker (the app runs, so its trial_s ends the trial). The node
+    goes back to its old code by itself and says which version failed and why."""
+    patch = {"crashes on boot": {"app/runtime.py": ("import asyncio\n", "raise RuntimeError('broken release')\n")},
+             "never connects": {"mqtt.py": ("    async def _connect(self):\n",
+                                            "    async def _connect(self):\n        raise OSError('no route')\n")}}
+    rel = make_release("0.3.0", patch=patch[case])
+    relay.releases.add_dir(rel.dir)
+    listener = Listener(broker.port, SITE, DEV)
+    dev = device(tmp_path, mpy, broker, key)
+    d = dev.read("device.json")
+    d["trial_s"] = 10
+    dev._write("device.json", d)
+    with dev:
+        assert on_version(listener, "0.1.0", 30), dev.console()
+        first = len(births(listener))
+        dev.command(1, "ota", rel.command_args())
+        assert listener.wait(lambda m: ota_events(listener), 120), dev.console()
+        assert listener.wait(lambda m: len(births(listener)) > first, 30), dev.console()
+        console = dev.console()
+    listener.close()
+    ev = ota_events(listener)[-1]
+    reason = {"crashes on boot": "rolled back: 2 boots without a confirmed connection",
+              "never connects": "rolled back: no broker connection within 10 s"}[case]
+    assert (ev["ota.v"], ev["ota.ok"], ev["ota.res"]) == ("0.3.0", False, reason), ev
+    assert all(b["fw"] == "0.1.0" for b in births(listener)), "0.3.0 never reached the broker"
+    assert dev.read("slot.json")["run"] == "" and "try" not in dev.read("slot.json")
+    if case == "crashes on boot":
+        assert console.count("broken release") == 2, console
