@@ -9,8 +9,6 @@ import sys
 from micropython import const
 
 import hal
-import ota
-import persist
 from app import COMMAND_PATH, drop, watchdog
 from app.clock import Clock
 from protocol import message, topics
@@ -56,9 +54,10 @@ class App:
         for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK, topics.DONE):
             self.topic[k] = topics.device(d["site"], self.dev, k)
         self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
-        sl = persist.load(ota.SLOT) or {}
-        self.fw = sl.get("v", ota.VERSION)
-        self.ota_trial = "try" in sl  # new code on trial (ota/slot.py), confirmed by the first birth
+        from ota import slot
+
+        self.fw, self.ota_trial = slot.running()  # on trial: new code, confirmed by the first birth
+        drop("ota.slot", "ota")  # on a 64K heap the command path needs its room
         self.connected_at = None
         self.clock_told = False
         self.inbox = []
@@ -258,22 +257,15 @@ class App:
 
             slot.confirm()
             self.ota_trial = False
-            drop("ota.slot")
-        if _exists(ota.RESULT):
-            self.ota_result()
+            drop("ota.slot", "ota")
+        if _exists("otares.json"):  # ota.RESULT
+            from ota import slot
+
+            slot.report(self.pub, self.clock.up_ms())
+            drop("ota.slot", "ota")
         if self.trial or _exists("cfgack.json"):
             await self._trial()
             drop("app.trial")
-
-    def ota_result(self):
-        """An update's outcome (running, refused, rolled back) goes upstream as an "ota" event: sealed into
-        the flash queue, it is delivered like a reading, so the file can go."""
-        r = persist.load(ota.RESULT)
-        if r is not None:
-            up = self.clock.up_ms()
-            self.pub.seal([("ota.v", r["v"], None, up), ("ota.ok", r["ok"], None, up),
-                           ("ota.res", r["res"], None, up)], ev="ota")
-        os.remove(ota.RESULT)
 
     async def _trial(self):
         """A confirmed trial's ack goes out, then the node reboots into the config it confirmed: a trial

@@ -23,6 +23,22 @@ def state():
     return persist.load(SLOT) or {"run": "", "v": VERSION}
 
 
+def running():
+    """(the version running, whether it is on trial), for app/runtime.py."""
+    s = state()
+    return s["v"], "try" in s
+
+
+def report(pub, up):
+    """An update's outcome (running, refused, rolled back) goes upstream as an "ota" event: sealed into the
+    flash queue (app/publisher.py), it is delivered like a reading, so the file can go."""
+    r = persist.load(RESULT)
+    if r is not None:
+        pub.seal([("ota.v", r["v"], None, up), ("ota.ok", r["ok"], None, up), ("ota.res", r["res"], None, up)],
+                 ev="ota")
+    os.remove(RESULT)
+
+
 def _holds_code(d):
     """A sys.path entry with the firmware's packages in it: the factory lib (on the unix port, the two
     directories of the compiled tree)."""
