@@ -13,7 +13,8 @@ Level is a local pre-alarm threshold with hysteresis: {"above": x} or {"below": 
 or {"is": value} for a switch. A numeric level may add a local rate trigger, "fall": d with "fall_s": s:
 a reading at least d below the highest of the last s seconds starts a fall (a burst main falls far
 before it falls below any level). "hold_s": h keeps readings going at once for h seconds after the level
-clears, so the gateway's rate rule sees the recovery within its window, not at the next routine batch. Both are checked by app.config before they get here.
+clears, so the gateway's rate rule sees the recovery within its window, not at the next routine batch.
+Both are checked by app.config before they get here.
 """
 
 class Filter:
