@@ -272,7 +272,7 @@ def ingest(site: Site, workdir: Path, sizes: Sizes, label: str, database: str, w
              for n in range(1, workers + 1)]
     try:
         for p in procs:
-            p.wait_log("worker-started", 60)
+            p.wait_subscribed(60)
         before = stored(engine)
         total = sizes.devices * sizes.messages
         publisher = Publisher(site)
@@ -397,7 +397,7 @@ def desk_latency(site: Site, workdir: Path, sizes: Sizes, first_seq: int) -> dic
     engine = reader(str(rundir / "district.sqlite"))
     try:
         district.wait_log("desk-started", 60)
-        district.wait_log("worker-started", 60)
+        district.wait_subscribed(60)
         feed = Feed(f"http://127.0.0.1:{desk_port}")
         publisher = Publisher(site)
         progress = Progress("desk latency")

@@ -277,7 +277,7 @@ class Demo:
             raise DemoError(f"lifeline district --add-user: {added.stderr.strip()}")
         district = DistrictProcess(conf, log_path=self.logs / "district.log").start()
         stack.callback(district.stop)
-        district.wait_log("worker-started", DISTRICT_TIMEOUT_S)
+        district.wait_subscribed(DISTRICT_TIMEOUT_S)
         district.wait_log("desk-started", DISTRICT_TIMEOUT_S)
         desk = operator.Operator(f"http://127.0.0.1:{desk_port}", DESK_USER, self.desk_password)
         stack.callback(desk.close)

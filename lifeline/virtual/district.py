@@ -13,6 +13,8 @@ from pathlib import Path
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
 
+SUBSCRIBED = "event=connected link=district"  # gateway/ingest.py's Subscriber, as district/ingest.py names it
+
 
 def write_config(site: Site | Sequence[Site], path: Path, *, database: str, workers: int = 1,
                  desk_port: int | None = None, extra: str = "", per_site: Mapping[str, str] | None = None) -> Path:
@@ -53,6 +55,11 @@ class DistrictProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_subscribed(self, timeout: float = 20.0) -> None:
+        """Until a worker has subscribed: a shared subscription takes nothing published before its first
+        member joins, so "worker-started" (logged before the connect) is too early to publish after."""
+        self.wait_log(SUBSCRIBED, timeout)
 
     def wait_log(self, needle: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

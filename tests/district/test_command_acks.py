@@ -51,7 +51,7 @@ def test_a_rule_sets_ack_closes_its_command_row(engine: Engine, tmp_path: Path) 
     district = DistrictProcess(conf).start()
     try:
         asyncio.run(gw.ready())
-        district.wait_log("worker-started")
+        district.wait_subscribed()
         with httpx.Client(base_url=f"http://127.0.0.1:{desk_port}", timeout=20) as web:
             login = until(lambda: web.post("/api/login", json={"user": "chen", "password": "duty-password-1"})
                           .is_success and web, 30, "the desk answers")

@@ -46,7 +46,7 @@ def test_a_site_is_verified_stored_once_and_tampering_refused(engine: Engine, tm
     worker = DistrictProcess(conf, "--worker", "1").start()
     try:
         asyncio.run(gw.ready())
-        worker.wait_log("worker-started")
+        worker.wait_subscribed()
 
         async def publish() -> list[int]:
             seqs = []

@@ -45,7 +45,7 @@ def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: P
     try:
         asyncio.run(gw.ready())
         district.wait_log("desk-started")
-        district.wait_log("worker-started")
+        district.wait_subscribed()
 
         async def red() -> None:
             async with s.device_client("gas1") as c:

@@ -89,7 +89,7 @@ def test_replay_tamper_and_cross_site_publishes_are_refused_or_deduplicated(engi
     try:
         for gw in gateways:
             asyncio.run(gw.ready())
-        worker.wait_log("worker-started")
+        worker.wait_subscribed()
 
         async def readings_from(s: Site, dev: str, values: list[float]) -> None:
             async with s.device_client(dev) as c:

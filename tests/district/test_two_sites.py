@@ -44,7 +44,7 @@ def test_two_sites_feed_one_district(tmp_path: Path) -> None:
         for gw in gateways:
             asyncio.run(gw.ready())
         district.wait_log("desk-started")
-        district.wait_log("worker-started")
+        district.wait_subscribed()
 
         async def red(s: Site, dev: str) -> None:
             async with s.device_client(dev) as c:

@@ -41,8 +41,8 @@ def test_a_worker_killed_under_load_loses_nothing_and_doubles_nothing(engine: En
     sent: set[tuple[str, int]] = set()
     try:
         asyncio.run(gw.ready())
-        w1.wait_log("worker-started")
-        w2.wait_log("worker-started")
+        w1.wait_subscribed()
+        w2.wait_subscribed()
 
         async def device(dev: str) -> None:
             async with s.device_client(dev) as c:
