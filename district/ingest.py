@@ -93,12 +93,18 @@ class Worker:
         except Refused as r:
             self._refuse(conn, item, r.reason, r.detail)
 
+    def _own(self, site: str, dev: str, where: str) -> None:
+        """A site speaks only for the devices registered at it, in telemetry, alarms and device states alike."""
+        if dev not in self.devices.get(site, ()):
+            raise Refused("foreign-device", f"{where}: device {dev} is not registered at site {site}")
+
     def _body(self, conn: Connection, item: Incoming, site: str, kind: str, body: Any, hist: bool) -> None:
         received = item.received
         if kind == dtopics.TELEMETRY:
             self._telemetry(conn, item, site, upstream.mapping(body, "telemetry"), hist)
         elif kind == dtopics.ALARM:
             body = upstream.alarm(body)
+            self._own(site, body["dev"], "alarm")
             if store.apply_alarm(conn, site, body, received=received, hist=hist):
                 self.stored["alarm"] += 1
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
@@ -108,6 +114,7 @@ class Worker:
             self._notices.append(notice("site", site=site))
         elif kind == dtopics.UP_STATE:
             body = upstream.device_state(body)
+            self._own(site, body["dev"], "state")
             store.device_state(conn, site, body, received=received)
             self._notices.append(notice("device", site=site, dev=body["dev"]))
         elif kind == dtopics.UP_ACK:
@@ -135,9 +142,7 @@ class Worker:
         for i, entry in enumerate(packs):
             try:
                 m = store.DeviceMessage(*upstream.pack_entry(entry, f"telemetry packs[{i}]", self.verifier))
-                if m.dev not in self.devices.get(site, ()):
-                    raise Refused("foreign-device", f"telemetry packs[{i}]: device {m.dev} is not registered at "
-                                                    f"site {site}")
+                self._own(site, m.dev, f"telemetry packs[{i}]")
                 checked.append(m)
             except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
                 self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
