@@ -7,10 +7,15 @@ a heap and a name pool the checks never touched; the boot is counted once, after
 cause. A trial is checked at every boot (app/trial.py), so a trial boot goes on without the soft reset.
 """
 
-from ota import slot  # first: every module imported after select() comes from the running slot
+import ota  # first: every module imported after select() comes from the running slot
 
-pending = slot.select()  # an update pending: this boot runs the updater instead of the app (docs/ota.md)
-del slot
+pending = False  # an update pending: this boot runs the updater instead of the app (docs/ota.md)
+if ota.touched(ota.SLOT, ota.STATE):
+    from ota import slot
+
+    pending = slot.select()
+    del slot
+del ota
 import app  # noqa: E402
 from app import checked  # noqa: E402
 

@@ -54,9 +54,13 @@ class App:
         for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK, topics.DONE):
             self.topic[k] = topics.device(d["site"], self.dev, k)
         self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
-        from ota import slot
+        import ota
 
-        self.fw, self.ota_trial = slot.running()  # on trial: new code, confirmed by the first birth
+        self.fw, self.ota_trial = ota.VERSION, False
+        if _exists(ota.SLOT):
+            from ota import slot
+
+            self.fw, self.ota_trial = slot.running()  # on trial: new code, confirmed by the first birth
         drop("ota.slot", "ota")  # on a 64K heap the command path needs its room
         self.connected_at = None
         self.clock_told = False
