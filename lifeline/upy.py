@@ -19,6 +19,14 @@ DEVICE_HEAP = "64K"
 # unix port to scale the size by its word size: 64wK is the 64 KB of an ESP32's 4-byte words, 128 KB of this
 # port's 8-byte ones, where every object is about twice its ESP32 size (docs/firmware.md, "Memory").
 FIRMWARE_HEAP = "64wK"
+# On the ESP32 backend a virtual device also holds the stand-ins for the chip's ROM modules (firmware/sim/
+# esp32_machine), which bring the sim backend in beside hal/esp32.py: heap a board never spends.
+ESP32_SIM_HEAP = "96wK"
+
+
+def firmware_heap(hal: str) -> str:
+    """The heap a virtual device on this HAL backend is held to."""
+    return FIRMWARE_HEAP if hal == "sim" else ESP32_SIM_HEAP
 
 
 def _tool(name: str, package: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lifeline import upy
 from lifeline.upy import FIRMWARE_HEAP
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.faultlog import FaultLog
@@ -457,9 +458,9 @@ def test_every_profile_runs_on_the_esp32_backend(tmp_path: Path, mpy: Path, brok
     """run_every_profile with hal/esp32.py as the backend: each profile's buses made from its profile
     entry through machine (ADC, I2C, UART, Pin with its IRQ), network.WLAN, machine.WDT, RTC memory,
     the EXT0 wake and deep sleep, against the sim world's models (firmware/sim/esp32_machine). Those
-    modules bring the sim backend (hal_sim.py) in beside hal/esp32.py, so the heap is ESP32_SIM_HEAP, not
+    modules bring the sim backend (hal_sim.py) in beside hal/esp32.py, so the heap is upy.ESP32_SIM_HEAP, not
     the firmware's."""
-    devices, listeners = run_every_profile(tmp_path, mpy, broker, ESP32_SIM_HEAP, hal="esp32")
+    devices, listeners = run_every_profile(tmp_path, mpy, broker, upy.ESP32_SIM_HEAP, hal="esp32")
     for name, dev in devices.items():
         births = online_births(listeners[name])
         # the config check's soft reset came first, and hal/esp32.py carried the power-on across it
@@ -472,4 +473,3 @@ def test_every_profile_runs_on_the_esp32_backend(tmp_path: Path, mpy: Path, brok
 
 
 RUN_S = 15
-ESP32_SIM_HEAP = "96wK"  # see test_every_profile_runs_on_the_esp32_backend

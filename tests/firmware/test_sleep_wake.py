@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.flashdir import FlashDirDevice
 from lifeline.virtual.listener import Listener
@@ -20,7 +21,6 @@ from protocol import message, senml_resolve, topics
 
 SITE, DEV = "site-a", "dev-01"
 MM_PER_TIP = 0.2
-HEAP = "64wK"  # what a node must run in (docs/firmware.md, "Memory")
 
 
 def records(listener: Listener, name: str) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def test_sleeping_rain_gauge_reports_every_tip_and_the_rate_across_sleeps(tmp_pa
     tips = int(rate * (rain_to - rain_from) / 3600 / MM_PER_TIP)
     stimulus = {"rain_rate": [[0, 0.0], [rain_from, 0.0], [rain_from, rate], [rain_to, rate], [rain_to, 0.0]]}
     listener = Listener(broker.port, SITE, DEV)
-    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=upy.firmware_heap(hal), hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         # a report taken after the rain with nothing in it: every tip is in the reports before it
         assert listener.wait(lambda m: any(r["t"] > start + rain_to + 1 and r["v"] == 0
@@ -94,7 +94,7 @@ def test_sleeping_drainage_node_reports_a_cover_opening_at_once(tmp_path: Path, 
     stimulus: dict[str, list[list[Any]]] = {"level": [[0, 0.4]],
                                             "cover": [[0, False], [opened, True], [closed, False]]}
     listener = Listener(broker.port, SITE, DEV)
-    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=HEAP, hal=hal) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, stimulus, heap=upy.firmware_heap(hal), hal=hal) as dev:
         start = dev.read("sim.json")["start"]
         assert listener.wait(lambda m: any(x[0] == topics.EVENT and x[1]["ev"] == "cover-open" for x in m),
                              opened + 15), dev.console()
@@ -129,7 +129,7 @@ def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(t
     p["sleep"] = {"wake_s": 20, "awake_s": 10}
     p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
     listener = Listener(broker.port, SITE, DEV)
-    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=HEAP) as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=upy.FIRMWARE_HEAP) as dev:
         assert listener.wait(lambda m: births(listener), 20), dev.console()
         deadline = time.time() + 20
         while not dev.exits and time.time() < deadline:
