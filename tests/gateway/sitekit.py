@@ -51,6 +51,19 @@ class District:
                                  f"got {len(self.items)} items: {self.items[-5:]!r}")
 
 
+    async def drained(self, done: Any, progress: Any, stall: float = 20.0) -> None:
+        """Until `done()` holds, however long a backlog takes to drain on a loaded machine, as long as
+        `progress()` (a count of what has arrived) grows at least once every `stall` seconds; a stall fails."""
+        seen = -1
+        while not done():
+            if progress() <= seen:
+                raise AssertionError(f"district stalled: nothing more within {stall}s after {seen}; "
+                                     f"last items {self.items[-3:]!r}")
+            seen = progress()
+            assert self.recorder is not None
+            await self.recorder.until(lambda now=seen: done() or progress() > now, stall)
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*lifeline_cmd(), *args], capture_output=True, text=True, env=environment(), cwd=ROOT,
                           timeout=60)

@@ -73,7 +73,7 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path, fault_log: Fault
             def counts() -> Counter[tuple[str, int]]:
                 return Counter((p["dev"], p["seq"]) for b in district.of(dtopics.TELEMETRY) for p in b["packs"])
 
-            await district.wait_for(lambda: set(counts()) >= sent, timeout=20)
+            await district.drained(lambda: set(counts()) >= sent, lambda: len(counts()))
             await asyncio.sleep(0.5)
         got = counts()
         assert len(sent) > DEVICES * RATE  # the load ran across the kills
