@@ -137,7 +137,8 @@ class Checker:
             return None
         records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
-            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records))
+            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records,
+                                                                envelope_loads=loads_one))
         except message_check.MessageError as exc:
             detail = str(exc)
             while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
