@@ -17,7 +17,7 @@ import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from gateway import district_wire
 from gateway.riskpoints import RiskPoints
@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS alarm_active (
     level INTEGER NOT NULL, raised_at REAL NOT NULL, acked_at REAL, resends INTEGER NOT NULL, next_resend REAL,
     last TEXT NOT NULL, UNIQUE (scope, subject, metric, kind));
 """
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators builds an encoder per call
 
 
 def _label(level: Level | None) -> str | None:
@@ -175,7 +178,7 @@ class Track:
             data["window"] = [list(item) for item in self.window]
         if self.sums is not None:
             data["sums"] = {"last": self.sums.last, "bins": [list(item) for item in self.sums.bins]}
-        return json.dumps(data, separators=(",", ":"))
+        return _COMPACT.encode(data)
 
     @classmethod
     def from_json(cls, text: str) -> Track:
@@ -210,8 +213,9 @@ class _Device:
     dead_at: float | None
 
 
-@dataclass(frozen=True)
-class _Reading:
+class _Reading(NamedTuple):
+    """A reading as the rules see it; a NamedTuple because one is built for every judged reading."""
+
     device: str
     cls: str
     metric: str
@@ -543,6 +547,8 @@ class AlarmEngine:
         signal = dict.fromkeys(threshold.levels, judged)
         verdict = judge(threshold, self._level_of(key), track.runs, signal, ctx.device_time)
         self._save_track(key, Track(verdict.runs, track.window, track.sums, ctx.device_time))
+        if verdict.level is None and key not in self._alarms:
+            return []  # no alarm before and none now: what _move would find, without building its arguments
         return self._emit(key, verdict.level, rule_id, "level", ctx, signal)
 
     def _judge_rate(self, key: Key, rule_id: str, rule: RateRule, ctx: _Reading) -> list[Transition]:
