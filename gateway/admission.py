@@ -100,10 +100,15 @@ _PLAIN_TAGS = _PlainTags()
 
 
 def loads_one(data: bytes) -> Any:
-    """One CBOR item exactly (an authenticated payload, a downlink body): cbor2.loads stops after the first
-    and ignores the rest, so the decoder's position is checked against the length."""
+    """One CBOR item exactly (a device envelope, an authenticated payload, a downlink body): cbor2.loads stops
+    after the first and ignores the rest, so the decoder's position is checked against the length. Every
+    failure is a ValueError, as protocol.cbor_decode's are (cbor2's CBORDecodeError is not one), so
+    protocol.auth refuses a bad envelope as malformed whichever decoder read it."""
     stream = io.BytesIO(data)
-    item = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS).decode()
+    try:
+        item = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS).decode()
+    except cbor2.CBORError as exc:
+        raise ValueError(str(exc)) from exc
     if stream.tell() != len(data):
         raise ValueError(f"{len(data) - stream.tell()} trailing bytes after the item")
     return item
