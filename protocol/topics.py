@@ -35,10 +35,9 @@ def check_id(value, what="id"):
     """Site and device ids: 1-32 of [a-z0-9_-], so they are safe as topic levels and in ACL patterns."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
         raise TopicError("%s must be 1-%d characters: %r" % (what, MAX_ID, value))
-    if value.strip(_ID_CHARS):  # a character outside the set is left (ids are checked per message): find it
-        for ch in value:
-            if ch not in _ID_CHARS:
-                raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (what, value, ch))
+    for ch in value:
+        if ch not in _ID_CHARS:
+            raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (what, value, ch))
     return value
 
 
