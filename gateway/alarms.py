@@ -15,9 +15,9 @@ import json
 import math
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from gateway import district_wire
 from gateway.riskpoints import RiskPoints
@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS alarm_active (
     level INTEGER NOT NULL, raised_at REAL NOT NULL, acked_at REAL, resends INTEGER NOT NULL, next_resend REAL,
     last TEXT NOT NULL, UNIQUE (scope, subject, metric, kind));
 """
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators builds an encoder per call
 
 
 def _label(level: Level | None) -> str | None:
@@ -175,7 +178,7 @@ class Track:
             data["window"] = [list(item) for item in self.window]
         if self.sums is not None:
             data["sums"] = {"last": self.sums.last, "bins": [list(item) for item in self.sums.bins]}
-        return json.dumps(data, separators=(",", ":"))
+        return _COMPACT.encode(data)
 
     @classmethod
     def from_json(cls, text: str) -> Track:
@@ -195,6 +198,13 @@ class Track:
     def empty(self) -> bool:
         return not self.runs and not self.window and self.sums is None and self.latest is None
 
+    def same_but_latest(self, other: Track) -> bool:
+        """Equal but perhaps for `latest`: field by field, not through dataclasses.replace (every reading)."""
+        return self.runs == other.runs and self.window == other.window and self.sums == other.sums
+
+
+_NO_TRACK = Track()  # never changed (frozen, and its runs are only read): the state of a rule not yet judged
+
 
 @dataclass
 class _Device:
@@ -203,8 +213,9 @@ class _Device:
     dead_at: float | None
 
 
-@dataclass(frozen=True)
-class _Reading:
+class _Reading(NamedTuple):
+    """A reading as the rules see it; a NamedTuple because one is built for every judged reading."""
+
     device: str
     cls: str
     metric: str
@@ -298,32 +309,50 @@ class AlarmEngine:
 
         Raises ValueError for a non-finite value or time: the caller quarantines such a reading.
         """
-        reading = _finite(value, "value")
-        device_time = _finite(device_time, "device_time")
+        return self.observe_pack(device, device_class, ((metric, value, device_time),), now, position)
+
+    def observe_pack(
+        self,
+        device: str,
+        device_class: str,
+        readings: Sequence[tuple[str, float, float]],
+        now: float,
+        position: tuple[float, float] | None = None,
+    ) -> list[Transition]:
+        """Judge one message's readings, (metric, value, device time) each, as `observe` judges each in turn.
+
+        What is the same for every reading of a message (the device heard, the risk point its position falls
+        in) is done once, and a metric without rules costs a dictionary lookup: this runs for every reading.
+        Raises ValueError for a non-finite value or time before anything is judged.
+        """
+        checked = [(metric, _finite(value, "value"), _finite(device_time, "device_time"))
+                   for metric, value, device_time in readings]
         now = _finite(now, "now")
         if position is not None:
             position = (_finite(position[0], "latitude"), _finite(position[1], "longitude"))
+        if not checked:
+            return []
         out = self._seen(device, device_class, now)
-        scope, subject, cls, point = "device", device, device_class, None
-        rules = None
-        if position is not None:
-            hit = self._points.nearest(*position)
+        hit = self._points.nearest(*position) if position is not None else None
+        for metric, reading, device_time in checked:
+            scope, subject, cls, point = "device", device, device_class, None
+            rules = None
             if hit is not None:
                 rules = self._rules.metric_rules(hit[0].cls, hit[0].id, metric)
                 if rules is not None:
                     scope, subject, cls, point = "point", hit[0].id, hit[0].cls, hit[0].id
-        if rules is None:
-            rules = self._rules.metric_rules(device_class, device, metric)
-        if rules is None:
-            return out
-        ctx = _Reading(device, cls, metric, reading, device_time, now, point, position, rules.unit)
-        if rules.level is not None:
-            judged = abs(reading) if rules.abs else reading
-            out += self._judge((scope, subject, metric, "level"), rules.id, rules.level, ctx, judged)
-        if rules.rate is not None:
-            out += self._judge_rate((scope, subject, metric, "rate"), rules.id + ".rate", rules.rate, ctx)
-        if rules.sum is not None:
-            out += self._judge_sum((scope, subject, metric, "sum"), rules.id + ".sum", rules.sum, ctx)
+            if rules is None:
+                rules = self._rules.metric_rules(device_class, device, metric)
+            if rules is None:
+                continue
+            ctx = _Reading(device, cls, metric, reading, device_time, now, point, position, rules.unit)
+            if rules.level is not None:
+                judged = abs(reading) if rules.abs else reading
+                out += self._judge((scope, subject, metric, "level"), rules.id, rules.level, ctx, judged)
+            if rules.rate is not None:
+                out += self._judge_rate((scope, subject, metric, "rate"), rules.id + ".rate", rules.rate, ctx)
+            if rules.sum is not None:
+                out += self._judge_sum((scope, subject, metric, "sum"), rules.id + ".sum", rules.sum, ctx)
         return out
 
     def tick(self, now: float) -> list[Transition]:
@@ -512,16 +541,18 @@ class AlarmEngine:
         return out
 
     def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
-        track = self._tracks.get(key, Track())
+        track = self._tracks.get(key, _NO_TRACK)
         if track.is_older(ctx.device_time):
             return []
         signal = dict.fromkeys(threshold.levels, judged)
         verdict = judge(threshold, self._level_of(key), track.runs, signal, ctx.device_time)
-        self._save_track(key, replace(track, runs=verdict.runs, latest=ctx.device_time))
+        self._save_track(key, Track(verdict.runs, track.window, track.sums, ctx.device_time))
+        if verdict.level is None and key not in self._alarms:
+            return []  # no alarm before and none now: what _move would find, without building its arguments
         return self._emit(key, verdict.level, rule_id, "level", ctx, signal)
 
     def _judge_rate(self, key: Key, rule_id: str, rule: RateRule, ctx: _Reading) -> list[Transition]:
-        track = self._tracks.get(key, Track())
+        track = self._tracks.get(key, _NO_TRACK)
         if track.is_older(ctx.device_time):
             return []
         change, window = rate_signal(rule, track.window, ctx.reading, ctx.device_time)
@@ -531,7 +562,7 @@ class AlarmEngine:
         return self._emit(key, verdict.level, rule_id, "rate", ctx, signal)
 
     def _judge_sum(self, key: Key, rule_id: str, rule: SumRule, ctx: _Reading) -> list[Transition]:
-        track = self._tracks.get(key, Track())
+        track = self._tracks.get(key, _NO_TRACK)
         signal, sums = sum_signal(rule, track.sums, ctx.reading, ctx.device_time)
         # A late report changes the amounts in the windows ending at the newest one: judged as of that time.
         verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, sums.last)
@@ -625,7 +656,7 @@ class AlarmEngine:
             )
         else:
             self._tracks[key] = track
-            if old is not None and replace(old, latest=None) == replace(track, latest=None):
+            if old is not None and old.same_but_latest(track):
                 self._unsaved.add(key)  # only `latest` moved, as it does with every reading: flush() writes it
                 return
             self._unsaved.discard(key)

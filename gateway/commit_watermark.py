@@ -47,6 +47,11 @@ class Confirmations:
     def committed(self, dev: str, seq: int) -> None:
         """Data or event number `seq` of `dev` is in this batch (call before its commit)."""
         rs = self._ranges.setdefault(dev, [])
+        if rs and rs[-1][1] == seq - 1:  # the next number after the newest range, as it is nearly always
+            rs[-1][1] = seq
+            self._dirty.add(dev)
+            self._touched.add(dev)
+            return
         i = bisect.bisect_right(rs, seq, key=lambda r: r[0])
         if i and rs[i - 1][1] >= seq:
             self._touched.add(dev)

@@ -145,20 +145,24 @@ class Gateway:
 
     def _data(self, c: Checked, now: float) -> None:
         dev = c.device
-        position = _position(c.readings)
+        judged = []
         for r in c.readings:
             value = r.value
             if isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, int | float) or not math.isfinite(value) or r.metric in _POSITION:
                 continue
-            for t in self.alarms.observe(dev.id, dev.cls, r.metric, float(value), r.t, now, position):
+            judged.append((r.metric, float(value), r.t))
+        if judged:
+            for t in self.alarms.observe_pack(dev.id, dev.cls, judged, now, _position(c.readings)):
                 self._up_alarm(t)
         body = c.body
         self.confirmations.committed(dev.id, body["seq"])
-        records = [_record(r) for r in c.readings]
-        if records:
-            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"], c.raw, c.retimed)
+        if c.readings:
+            # The sealed message goes up as received; records are read only for the times of a retimed one.
+            retimed = c.retimed
+            records = [_record(r) for r in c.readings] if retimed else []
+            self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"], c.raw, retimed)
         flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
             self._up_state(district.DQ, district_wire.clock_report(

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.logs import event
 from gateway.mqtt_link import Link, LinkError
@@ -30,8 +30,9 @@ BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 15.0
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):
+    """One delivery as the handler gets it; a NamedTuple because one is built for every message received."""
+
     topic: str
     payload: bytes
     retained: bool

@@ -43,7 +43,7 @@ class Verifier:
         """`site_keys`: site id -> key; `dev_keys`: device id -> key (`device_keys`). `track`: remember every
         sequence number for `missing()`; a long-running district worker keeps that in its database instead.
         `loads`: a decoder of exactly one CBOR item that raises on anything else, for the bodies (a C-backed
-        one on CPython; the strict pure-Python decoder by default)."""
+        one on CPython; the strict pure-Python decoder by default), and for the device envelopes."""
         self.site_keys = site_keys
         self.dev_keys = dev_keys
         self.track = track
@@ -88,7 +88,7 @@ class Verifier:
         if not isinstance(m, bytes):
             raise VerifyError("no-device-mac", "entry %r carries no device message" % _name(entry))
         try:
-            kid, payload = auth.verify(m, self._dev_key)
+            kid, payload = auth.verify(m, self._dev_key, self._loads)
         except auth.AuthError as exc:
             raise VerifyError("device-mac", "%s: %s" % (_name(entry), exc))
         try:

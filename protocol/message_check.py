@@ -92,15 +92,17 @@ def check(body, kind, records=None):
     return body
 
 
-def decode(data, key_for, kind, loads=None, records=None):
+def decode(data, key_for, kind, loads=None, records=None, envelope_loads=None):
     """Authenticate, decode and check one message; every failure is a MessageError with a reason.
-    `loads` (the gateway's cbor2) decodes only the authenticated payload; the envelope always goes through
-    the strict decoder (auth.verify). `records`: as for `check`, filled only once the message has passed
-    every check."""
+    `loads` (the gateway's cbor2) decodes the authenticated payload, whose end the envelope fixes.
+    `envelope_loads` decodes the envelope, which nothing delimits: it must refuse bytes after one item (the
+    gateway's loads_one does), so a `loads` that stops after the first item is never used for it. The
+    strict pure-Python decoder is the default for both. `records`: as for `check`, filled only once the
+    message has passed every check."""
     if len(data) > MAX_MESSAGE:
         raise MessageError("oversize", "%d bytes, limit %d" % (len(data), MAX_MESSAGE))
     try:
-        kid, payload = auth.verify(data, key_for)
+        kid, payload = auth.verify(data, key_for, envelope_loads)
     except auth.AuthError as exc:
         raise MessageError(exc.reason, str(exc))
     try:

@@ -10,32 +10,37 @@ NAMES = {BVER: "bver", BN: "bn", BT: "bt", BU: "bu", BV: "bv", BS: "bs", N: "n",
 _VALUE_LABELS = (V, VS, VB, VD)
 VERSION = 10  # RFC 8428's, the default; older packs are read, newer ones refused (section 4.6)
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:./_"
-
+_PLAIN_NUMBERS = (int, float)  # exact classes: a bool or a subclass goes through the full check
 
 
 def _number(rec, label, where):
     x = rec.get(label, 0)
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise SenMLError("%s: %s must be a number" % (where, NAMES[label]))
+        raise SenMLError("%s: %s must be a number" % (_where(where), NAMES[label]))
     return x
 
 
 def _text(rec, label, where):
     x = rec.get(label)
     if x is not None and not isinstance(x, str):
-        raise SenMLError("%s: %s must be text" % (where, NAMES[label]))
+        raise SenMLError("%s: %s must be text" % (_where(where), NAMES[label]))
     return x
+
+
+def _where(i):
+    """A record's place for an error message, formatted only when there is an error to report."""
+    return "record %d" % i
 
 
 def _check_name(name, where):
     if not name:
-        raise SenMLError("%s: empty name" % where)
+        raise SenMLError("%s: empty name" % _where(where))
     if name.strip(_NAME_CHARS):  # something outside the set is left: find the first for the message
         for ch in name:
             if ch not in _NAME_CHARS:
-                raise SenMLError("%s: character %r not allowed in a name" % (where, ch))
+                raise SenMLError("%s: character %r not allowed in a name" % (_where(where), ch))
     if name[0] in "-:./_":
-        raise SenMLError("%s: name must start with a letter or digit" % where)
+        raise SenMLError("%s: name must start with a letter or digit" % _where(where))
 
 
 def resolve(senml_pack):
@@ -43,63 +48,72 @@ def resolve(senml_pack):
 
     Times stay as numbers on the pack's own clock: the message envelope says whether that clock is
     epoch time or seconds since boot, which SenML alone cannot express.
+
+    The gateway resolves every pack it admits, so the common record (integer labels, a plain number or
+    unit) takes the short way through each check; any other input takes the same checks as before.
     """
     if not isinstance(senml_pack, list) or not senml_pack:
         raise SenMLError("a pack is a non-empty array")
     bver, bn, bt, bu, bv, bs = VERSION, "", 0, None, 0, 0
     out = []
-    for i in range(len(senml_pack)):
-        rec = senml_pack[i]
-        where = "record %d" % i
+    for i, rec in enumerate(senml_pack):
         if not isinstance(rec, dict):
-            raise SenMLError("%s: not a map" % where)
+            raise SenMLError("%s: not a map" % _where(i))
         for label in rec:  # section 4.4: ignore unknown labels, except must-understand ones ending in "_"
-            if label not in NAMES and isinstance(label, str) and label.endswith("_"):
-                raise SenMLError("%s: must-understand label %r not understood" % (where, label))
+            if type(label) is not int and label not in NAMES and isinstance(label, str) and label.endswith("_"):
+                raise SenMLError("%s: must-understand label %r not understood" % (_where(i), label))
         if BVER in rec:
             bver = rec[BVER]
             if isinstance(bver, bool) or not isinstance(bver, int) or not 0 < bver <= VERSION:
-                raise SenMLError("%s: unsupported SenML version %r" % (where, bver))
+                raise SenMLError("%s: unsupported SenML version %r" % (_where(i), bver))
         if BN in rec:
-            bn = _text(rec, BN, where)
+            bn = _text(rec, BN, i)
         if BT in rec:
-            bt = _number(rec, BT, where)
+            bt = _number(rec, BT, i)
         if BU in rec:
-            bu = _text(rec, BU, where)
+            bu = _text(rec, BU, i)
         if BV in rec:
-            bv = _number(rec, BV, where)
+            bv = _number(rec, BV, i)
         if BS in rec:
-            bs = _number(rec, BS, where)
-        name = bn + (_text(rec, N, where) or "")
-        _check_name(name, where)
-        full = {"n": name, "t": bt + _number(rec, T, where)}
+            bs = _number(rec, BS, i)
+        n = rec.get(N)
+        name = bn + n if type(n) is str else bn + (_text(rec, N, i) or "")
+        _check_name(name, i)
+        t = rec.get(T, 0)
+        full = {"n": name, "t": bt + (t if type(t) in _PLAIN_NUMBERS else _number(rec, T, i))}
         if bver != VERSION:  # section 4.6: an older pack's version rides on every resolved record
             full["bver"] = bver
-        unit = _text(rec, U, where) or bu
+        unit = rec.get(U)
+        if unit is None or type(unit) is not str:
+            unit = _text(rec, U, i) or bu
+        elif not unit:
+            unit = bu
         if unit is not None:
             full["u"] = unit
-        present = [label for label in _VALUE_LABELS if label in rec]
-        if len(present) > 1:
-            raise SenMLError("%s: more than one value field" % where)
-        if present:
-            label = present[0]
+        label = None
+        for value_label in _VALUE_LABELS:
+            if value_label in rec:
+                if label is not None:
+                    raise SenMLError("%s: more than one value field" % _where(i))
+                label = value_label
+        if label is not None:
             value = rec[label]
             if label == V:
-                full["v"] = bv + _number(rec, V, where)
+                full["v"] = bv + (value if type(value) in _PLAIN_NUMBERS else _number(rec, V, i))
             elif label == VS and not isinstance(value, str):
-                raise SenMLError("%s: vs must be text" % where)
+                raise SenMLError("%s: vs must be text" % _where(i))
             elif label == VB and value is not True and value is not False:
-                raise SenMLError("%s: vb must be a boolean" % where)
+                raise SenMLError("%s: vb must be a boolean" % _where(i))
             elif label == VD and not isinstance(value, bytes):
-                raise SenMLError("%s: vd must be a byte string" % where)
+                raise SenMLError("%s: vd must be a byte string" % _where(i))
             else:
                 full[NAMES[label]] = value
         if S in rec:
-            full["s"] = bs + _number(rec, S, where)
-        if not present and "s" not in full:
-            raise SenMLError("%s: no value and no sum" % where)
+            full["s"] = bs + _number(rec, S, i)
+        if label is None and "s" not in full:
+            raise SenMLError("%s: no value and no sum" % _where(i))
         if UT in rec:
-            full["ut"] = _number(rec, UT, where)
+            full["ut"] = _number(rec, UT, i)
         out.append(full)
     return out
 

@@ -87,3 +87,14 @@ def test_district_benchmark_quick_run(tmp_path: Path) -> None:
     assert desk["lost"] == 0 and desk["stored"] == desk["device_messages"] > 0 and desk["exit_code"] == 0
     assert desk["notices"] > 0 and desk["p50_s"] <= desk["p99_s"] <= desk["max_s"]
     assert set(r["met"]) == {"desk_p99", *(f"per_worker_{k}" for k in r["ingest"])}
+
+
+def test_ingest_cpu_benchmark_admits_every_message() -> None:
+    """bench/ingest_cpu.py (the handler alone, in process) takes every message it feeds, with and without its
+    profile; the figure it prints is not judged here."""
+    run = [sys.executable, "-m", "bench.ingest_cpu", "--devices", "4", "--messages", "3", "--rounds", "2"]
+    proc = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "accepted 36, quarantined 0" in proc.stdout, proc.stdout  # warm-up and two rounds of 4 x 3
+    proc = subprocess.run([*run, "--profile", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "handle_site" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,97 @@
+"""The gateway's ingest handler alone, in process: CPU per device message and, with --profile, where it goes.
+
+    .venv/bin/python -m bench.ingest_cpu                     # CPU µs per message, best and median of rounds
+    .venv/bin/python -m bench.ingest_cpu --profile 25        # cProfile of one round, top 25 by own time
+
+bench/gateway_throughput.py measures the whole daemon end to end (MQTT in, SQLite, uplink out); this isolates
+`Gateway.handle_site`, the part that runs for every device message, on the same messages (lifeline/virtual/
+loadgen.build: gas packs of three readings from 200 devices) in batches of the shipped ingest size, with the
+store on disk as the daemon has it. The uplink does not run, so nothing leaves the outbox. Nothing asserts
+speed; the figures are for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.daemon import Gateway
+from gateway.ingest import Incoming
+from gateway.site_config import load
+from lifeline.virtual.loadgen import Load, build, device_id, device_key
+
+SITE = "bench"
+
+
+def make_gateway(d: Path, devices: int) -> Gateway:
+    """A gateway with the bench's gas devices and the shipped defaults; brokers are named but never reached."""
+    text = (f'[site]\nid = "{SITE}"\nkey = "{"00" * 32}"\n[site_broker]\nhost = "127.0.0.1"\n'
+            f'[district_broker]\nhost = "127.0.0.1"\nport = 1\n[store]\npath = "{d / "gw.sqlite"}"\n'
+            + "".join(f'[[devices]]\nid = "{device_id(i)}"\nclass = "gas"\nkey = "{device_key(i).hex()}"\n'
+                      for i in range(devices)))
+    (d / "site.toml").write_text(text)
+    return Gateway(load(d / "site.toml"))
+
+
+def batches(load_: Load, first_seq: int, per_device: int, size: int) -> list[list[Incoming]]:
+    now = time.time()
+    msgs = [build(load_, dev, seq) for seq in range(first_seq, first_seq + per_device) for dev in range(load_.devices)]
+    items = [Incoming(topic, payload, False, now) for topic, payload in msgs]
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run(gw: Gateway, work: list[list[Incoming]]) -> float:
+    """CPU seconds of this process to handle `work`."""
+    start = time.process_time()
+    for batch in work:
+        gw.handle_site(batch)
+    return time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_cpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=25, help="per device and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=200, help="messages per handle_site call (ingest batch)")
+    parser.add_argument("--profile", type=int, metavar="N", help="profile one round, print the top N functions")
+    args = parser.parse_args()
+    load_ = Load(SITE, args.devices, args.messages, 0, start_time=time.time() - 86400)
+    with tempfile.TemporaryDirectory() as tmp:
+        gw = make_gateway(Path(tmp), args.devices)
+        seq = 1
+        run(gw, batches(load_, seq, args.messages, args.batch))  # warm-up: first sight of every device
+        seq += args.messages
+        per_msg = []
+        for _ in range(args.rounds):
+            work = batches(load_, seq, args.messages, args.batch)
+            seq += args.messages
+            n = sum(map(len, work))
+            if args.profile:
+                prof = cProfile.Profile()
+                prof.enable()
+                run(gw, work)
+                prof.disable()
+                out = io.StringIO()
+                stats = pstats.Stats(prof, stream=out)
+                stats.sort_stats("tottime").print_stats(args.profile)
+                stats.sort_stats("cumulative").print_stats(args.profile)
+                print(out.getvalue())
+                break
+            per_msg.append(run(gw, work) / n * 1e6)
+        accepted = sum(gw.accepted.values())
+        gw.conn.close()
+    if per_msg:
+        print(f"handle_site CPU per device message, µs: best {min(per_msg):.1f}, "
+              f"median {statistics.median(per_msg):.1f} ({args.rounds} rounds of {args.devices * args.messages}; "
+              f"accepted {accepted}, quarantined {sum(gw.quarantine.counts.values())})")
+
+
+if __name__ == "__main__":
+    main()
