@@ -104,15 +104,15 @@ class App:
 
     # -- called by the parts --------------------------------------------------------------------------
 
-    def reading(self, m, v, up, change, send, alarm):
+    def reading(self, metric, v, up, change, send, alarm):
         """Route one filtered reading; True when it belongs in the sensor's urgent pack (sent at once
         while the sensor is past a pre-alarm level)."""
-        rec = (m.name, v, m.unit, up)
+        rec = (metric.name, v, metric.unit, up)
         pub = self.pub
-        if m.name in pub.tags:
-            pub.latest[m.name] = rec
+        if metric.name in pub.tags:
+            pub.latest[metric.name] = rec
         if change:
-            ev = m.level.spec.get("ev", "prealarm")
+            ev = metric.level.spec.get("ev", "prealarm")
             if change > 0:
                 pub.seal([rec], message.PRI_ALARM, ev)
             else:
@@ -184,7 +184,7 @@ class App:
                 await self.mqtt.wait_connected()
                 loaded = None
                 try:
-                    loaded = self._load(self.inbox[0])
+                    loaded = self._open(self.inbox[0])
                     if loaded:
                         await loaded[0].handle(self, loaded[1])
                 except MemoryError:
@@ -202,27 +202,27 @@ class App:
                 tries = 0
                 drop(*COMMAND_PATH)
 
-    def _load(self, payload):
+    def _open(self, payload):
         """(the handler module, the command), or None for a command refused. Authenticates and decodes
-        first, then drops the decoder before the handler loads: the two never share the heap."""
-        body = self._open(payload)
+        first, then drops the decoder before the handler loads: the two never share the heap (so nothing
+        here may still hold the decoder when it is dropped)."""
+        from protocol import message_check
+
+        def key_for(kid):
+            return self.key if kid == self.dev.encode() else None
+
+        body = None
+        try:
+            body = message_check.decode(payload, key_for, topics.CMD)
+        except message_check.MessageError as e:
+            self.reject(e.reason)
+        del message_check, key_for
         self.heap()  # the decoder half is the command path's high point
         drop(*COMMAND_PATH[2:])
         if body is not None:
             from app import commands
 
             return commands, body
-
-    def _open(self, payload):
-        from protocol import message_check
-
-        def key_for(kid):
-            return self.key if kid == self.dev.encode() else None
-
-        try:
-            return message_check.decode(payload, key_for, topics.CMD)
-        except message_check.MessageError as e:
-            self.reject(e.reason)
 
     async def ack(self, cid, ok, res):
         body = message.ack(self.dev, self.boot, cid, ok, res)
@@ -240,7 +240,7 @@ class App:
             self.pub.seal([("boot_t", self.clock.epoch0_ms // 1000, "s", self.clock.up_ms())], ev="clock")
         return ok
 
-    async def birth(self, client):
+    async def birth(self, mqtt):
         """The on-connect hook: unconfirmed records queued to go again, time, birth (retained), then a config
         trial's verdict."""
         self.pub.q.resend()
@@ -257,18 +257,15 @@ class App:
             extra["sleep"] = self.sleep["wake_s"]
         body = message.birth(self.dev, self.boot, self.pub.next_seq, self.fw, self.prof, self.rst,
                              self.clock.now(), self.clock.clk, **extra)
-        await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
+        await mqtt.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
             self.connected_at = self.clock.up_ms()
-        if self.trial or _exists("cfgack.json") or _exists("otares.json"):  # trial.RESULT, ota.RESULT
-            await self._trial()
-            drop("app.trial")
-
-    async def _trial(self):
-        """Connected: a trial is confirmed. New code on trial stays and its outcome goes upstream as an
-        event (app/trial.py). A confirmed config's ack goes out, then the node reboots into the config it
-        confirmed: a config trial boot ran on the heap and name pool the config checks grew (main.py), the
-        next boot does not."""
+        if not (self.trial or _exists("cfgack.json") or _exists("otares.json")):  # trial.RESULT, ota.RESULT
+            return
+        # Connected: what is on trial is confirmed. New code stays, and its outcome goes upstream as an event
+        # (app/trial.py). A confirmed config's ack goes out, then the node reboots into the config it
+        # confirmed: a config trial boot ran on the heap and name pool the config checks grew (main.py),
+        # the next boot does not.
         from app import trial
 
         confirmed = self.trial and trial.confirm()
@@ -278,6 +275,8 @@ class App:
         if done:
             await self.ack(*done)
             trial.acked()
+        del trial
+        drop("app.trial")
         if confirmed:
             self.reboot()
 
@@ -300,8 +299,9 @@ class App:
         return {"heap": heap, "heapmin": low, "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
                 "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
 
-    def watch(self, name, max_s):
-        self.beats[name] = [self.clock.up_ms(), int(max_s * 1000)]
+    def watch(self, name, limit):
+        """The watchdog is fed only while `name` beats at least every `limit` s."""
+        self.beats[name] = [self.clock.up_ms(), int(limit * 1000)]
 
     def beat(self, name):
         self.beats[name][0] = self.clock.up_ms()
