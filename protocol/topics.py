@@ -11,6 +11,12 @@ gateway builds it (gateway/commit_watermark.py, done_body); a node reads it with
 
 import struct
 
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is MicroPython's compile-time constant, the value itself here
+    def const(x):
+        return x
+
 ROOT = "lifeline/v1"
 
 DATA = "data"
@@ -24,8 +30,9 @@ OTA = "ota"  # the gateway's answer: the offset (4 bytes, big-endian), then the 
 DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK, DONE, OTA_REQ, OTA)
 MAX_DONE_RANGES = 16
 
-MAX_ID = 32
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+# const: folded away on MicroPython, so a node interns no name for them (docs/firmware.md, Memory)
+_MAX_ID = const(32)
+_ID_CHARS = const("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class TopicError(ValueError):
@@ -35,8 +42,8 @@ class TopicError(ValueError):
 def check_id(value, name="id"):
     """Site and device ids: 1-32 of [a-z0-9_-], so they are safe as topic levels and in ACL patterns.
     `name` says which id, in the error (named so on purpose: a name a node interns anyway)."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
-        raise TopicError("%s must be 1-%d characters: %r" % (name, MAX_ID, value))
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
+        raise TopicError("%s must be 1-%d characters: %r" % (name, _MAX_ID, value))
     for ch in value:
         if ch not in _ID_CHARS:
             raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (name, value, ch))

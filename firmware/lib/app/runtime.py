@@ -268,9 +268,8 @@ class App:
         # the next boot does not.
         from app import trial
 
-        confirmed = self.trial and trial.confirm()
+        confirmed = trial.confirm(self.pub, self.clock.up_ms(), self.trial)
         self.trial = False
-        trial.report(self.pub, self.clock.up_ms())
         done = trial.result()
         if done:
             await self.ack(*done)

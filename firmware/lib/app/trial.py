@@ -22,20 +22,19 @@ def _remove(name):
         pass
 
 
-def _slot():
-    """ota/slot.py when this node took an update (it has slot.json, ota.SLOT), else None."""
+def _exists(name):
     try:
-        os.stat("slot.json")
+        os.stat(name)
+        return True
     except OSError:
-        return None
-    from ota import slot
-
-    return slot
+        return False
 
 
 def running():
     """(the version of the code running, whether it is on trial): ota/slot.py's, read where slot.json is."""
-    r = _slot().running()
+    from ota import slot
+
+    r = slot.running()
     drop("ota.slot", "ota")
     return r
 
@@ -43,10 +42,12 @@ def running():
 def rollback(reason, code=False):
     """Put the .prev files back; the replacing command gets ok=false with the reason. With `code`, new
     code on trial goes back to the code before it too (its outcome waits in ota.RESULT)."""
-    slot = _slot() if code else None
-    if slot and slot.running()[1]:
-        slot.rollback(reason)
-    drop("ota.slot", "ota")
+    if code and _exists("slot.json"):  # ota.SLOT
+        from ota import slot
+
+        if slot.running()[1]:
+            slot.rollback(reason)
+        drop("ota.slot", "ota")
     t = persist.load(TRIAL)
     if t is None:
         return False
@@ -60,14 +61,21 @@ def rollback(reason, code=False):
     return True
 
 
-def confirm():
-    """Connected under what is on trial: keep it. True when that was a config, which the node then reboots
-    into; new code runs on, its outcome waiting in ota.RESULT for report()."""
-    slot = _slot()
-    if slot:
-        slot.confirm()
-    drop("ota.slot", "ota")
-    t = persist.load(TRIAL)
+def confirm(pub, up, on=True):
+    """Connected: what is on trial (`on`) is kept, and an update's outcome, if one waits in ota.RESULT, goes
+    upstream as an "ota" event (ota/slot.py). True when a config was confirmed, which the node then reboots
+    into; new code runs on."""
+    if on and _exists("slot.json"):  # ota.SLOT
+        from ota import slot
+
+        slot.confirm()  # its outcome goes in ota.RESULT, reported just below
+        drop("ota.slot", "ota")
+    if _exists("otares.json"):  # ota.RESULT: also an update refused, with no slot.json
+        from ota import slot
+
+        slot.report(pub, up)
+        drop("ota.slot", "ota")
+    t = persist.load(TRIAL) if on else None
     if t is None:
         return False
     persist.save(RESULT, {"id": t["id"], "ok": True, "res": "config applied"})
@@ -75,19 +83,6 @@ def confirm():
     for name in t["files"]:
         _remove(name + ".prev")
     return True
-
-
-def report(pub, up):
-    """An update's outcome (running, refused, rolled back), if one waits in ota.RESULT, goes upstream as an
-    "ota" event (ota/slot.py)."""
-    try:
-        os.stat("otares.json")
-    except OSError:
-        return
-    from ota import slot
-
-    slot.report(pub, up)
-    drop("ota.slot", "ota")
 
 
 def result():
