@@ -26,8 +26,8 @@ class Tag:
         self.tag = tag
         self.value = value
 
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+    def __eq__(self, obj):  # obj, not other: a name a node interns anyway
+        return isinstance(obj, Tag) and self.tag == obj.tag and self.value == obj.value
 
     def __hash__(self):
         return hash((self.tag, self.value))
@@ -42,8 +42,8 @@ class Simple:
     def __init__(self, value):
         self.value = value
 
-    def __eq__(self, other):
-        return isinstance(other, Simple) and self.value == other.value
+    def __eq__(self, obj):
+        return isinstance(obj, Simple) and self.value == obj.value
 
     def __hash__(self):
         return hash(("simple", self.value))

@@ -38,7 +38,7 @@ class Publisher:
         self.latest = {}  # the last reading of each tagged metric, kept by the app's routing
         self.pending = []
         self.wake = asyncio.Event()
-        self.boot_clk = False  # a boot-relative message was issued this boot
+        self.boot_clk = False  # a boot-relative message was issued this boot, its start not yet told (runtime)
         self.will()
 
     @property

@@ -65,7 +65,6 @@ class App:
             self.trial = self.trial or code
             drop("app.trial")
         self.connected_at = None
-        self.clock_told = False
         self.inbox = []
         self.recent = []
         self.rejected = {}
@@ -234,9 +233,10 @@ class App:
 
     def sync_clock(self):
         ok = self.clock.sync(self.ntp)
-        if ok and self.pub.boot_clk and not self.clock_told:
-            # Messages already sealed with boot-relative times: say when that boot began.
-            self.clock_told = True
+        if ok and self.pub.boot_clk:
+            # Messages already sealed with boot-relative times: say when that boot began, once (synced, the
+            # clock seals no more of them; the flag, cleared, says so without a name of its own).
+            self.pub.boot_clk = False
             self.pub.seal([("boot_t", self.clock.epoch0_ms // 1000, "s", self.clock.up_ms())], ev="clock")
         return ok
 

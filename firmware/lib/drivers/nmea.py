@@ -24,15 +24,6 @@ def _coord(text, hemi, neg, limit):
     return -value if hemi == neg else value
 
 
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-
-
 class NMEA(Driver):
     """Position state from GGA (lat, lon, alt, fix, sats, hdop) and RMC (time, date, valid).
     `uart` (machine.UART: any(), read(n)) is only needed for poll()."""
@@ -150,8 +141,16 @@ class NMEA(Driver):
         """UTC seconds since 1970 from the last RMC, or None before one with time and date."""
         if self.time is None or self.date is None:
             return None
-        h, m, s = self.time
-        return days_from_civil(*self.date) * 86400 + h * 3600 + m * 60 + s
+        h, mi, s = self.time
+        # Days since 1970-01-01 of a proleptic Gregorian date: H. Hinnant's days_from_civil, inline (as a
+        # function of its own, its name and arguments would be names the drone interns; docs/firmware.md, Memory)
+        y, m, d = self.date
+        y -= m <= 2
+        era = y // 400
+        yoe = y - era * 400
+        doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+        return days * 86400 + h * 3600 + mi * 60 + s
 
 
 nmea = NMEA  # the profile's driver name: the entry point drivers.make() looks up
