@@ -28,9 +28,9 @@ class NMEA(Driver):
     """Position state from GGA (lat, lon, alt, fix, sats, hdop) and RMC (time, date, valid).
     `uart` (machine.UART: any(), read(n)) is only needed for poll()."""
 
-    def __init__(self, uart=None, line_max=_LINE_MAX):
+    def __init__(self, uart=None):
         self.uart = uart
-        self._buf = bytearray(line_max)
+        self._buf = bytearray(_LINE_MAX)
         self._n = 0
         self.lat = self.lon = self.alt = self.hdop = None
         self.fix = 0
@@ -100,11 +100,30 @@ class NMEA(Driver):
             return 0
         f = line[1:star].split(b",")
         kind = f[0][2:]
+        # GGA and RMC are read here rather than in a method each: every method name is one more a node
+        # interns (docs/firmware.md, Memory). Every field is parsed before any is stored, so a bad one
+        # leaves the last fix whole.
         try:
             if kind == b"GGA":
-                self._gga(f)
+                fix = int(f[6])
+                if fix and f[2]:
+                    lat, lon = _coord(f[2], f[3], b"S", 90), _coord(f[4], f[5], b"W", 180)
+                    alt = float(f[9]) if f[9] else None
+                else:
+                    lat = lon = alt = None
+                sats = int(f[7]) if f[7] else 0
+                hdop = float(f[8]) if f[8] else None
+                self.fix, self.sats, self.hdop = fix, sats, hdop
+                self.lat, self.lon, self.alt = lat, lon, alt
             elif kind == b"RMC":
-                self._rmc(f)
+                t, d = f[1], f[9]
+                time = (int(t[0:2]), int(t[2:4]), float(t[4:])) if t else None
+                date = (2000 + int(d[4:6]), int(d[2:4]), int(d[0:2])) if d else None
+                # NMEA 2.3 adds a mode field; N (data not valid) overrides an A status
+                valid = f[2] == b"A" and not (len(f) > 12 and f[12][:1] == b"N")
+                if valid:
+                    self.lat, self.lon = _coord(f[3], f[4], b"S", 90), _coord(f[5], f[6], b"W", 180)
+                self.time, self.date, self.valid = time, date, valid
             else:
                 self.ignored += 1
                 return 0
@@ -113,29 +132,6 @@ class NMEA(Driver):
             return 0
         self.sentences += 1
         return 1
-
-    def _gga(self, f):
-        fix = int(f[6])
-        if fix and f[2]:
-            lat, lon = _coord(f[2], f[3], b"S", 90), _coord(f[4], f[5], b"W", 180)
-            alt = float(f[9]) if f[9] else None
-        else:
-            lat = lon = alt = None
-        sats = int(f[7]) if f[7] else 0
-        hdop = float(f[8]) if f[8] else None
-        # all fields parsed before any is stored: a bad one leaves the last fix whole
-        self.fix, self.sats, self.hdop = fix, sats, hdop
-        self.lat, self.lon, self.alt = lat, lon, alt
-
-    def _rmc(self, f):
-        t, d = f[1], f[9]
-        time = (int(t[0:2]), int(t[2:4]), float(t[4:])) if t else None
-        date = (2000 + int(d[4:6]), int(d[2:4]), int(d[0:2])) if d else None
-        # NMEA 2.3 adds a mode field; N (data not valid) overrides an A status
-        valid = f[2] == b"A" and not (len(f) > 12 and f[12][:1] == b"N")
-        if valid:
-            self.lat, self.lon = _coord(f[3], f[4], b"S", 90), _coord(f[5], f[6], b"W", 180)
-        self.time, self.date, self.valid = time, date, valid
 
     def unix_time(self):
         """UTC seconds since 1970 from the last RMC, or None before one with time and date."""
