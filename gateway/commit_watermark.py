@@ -18,6 +18,7 @@ import bisect
 import json
 import logging
 import sqlite3
+import struct
 from collections.abc import Awaitable, Callable
 
 from gateway.logs import event
@@ -26,6 +27,15 @@ from protocol import topics
 log = logging.getLogger("lifeline.gateway.commit_watermark")
 
 Publish = Callable[..., Awaitable[None]]
+
+
+def done_body(ranges: list[tuple[int, int]]) -> bytes:
+    """The confirmation body a node reads with protocol.topics.done_ranges: each (first, last) range of
+    committed numbers as two big-endian u64, at most topics.MAX_DONE_RANGES. Built here, not in topics.py,
+    which every node loads: there its name would be one more a node interns (docs/firmware.md, Memory)."""
+    if len(ranges) > topics.MAX_DONE_RANGES:
+        raise topics.TopicError(f"at most {topics.MAX_DONE_RANGES} ranges")
+    return b"".join(struct.pack(">QQ", a, b) for a, b in ranges)
 
 
 class Confirmations:
@@ -97,7 +107,7 @@ class Confirmations:
     def committed_now(self) -> None:
         """The batch is committed: its devices' confirmations may go out."""
         for dev in self._touched:
-            self._due[dev] = topics.done_body([(a, b) for a, b in self._ranges.get(dev, [])])
+            self._due[dev] = done_body([(a, b) for a, b in self._ranges.get(dev, [])])
         if self._touched:
             self._touched.clear()
             self._wake.set()

@@ -6,6 +6,12 @@ only sends carries no decoder in its heap; the gateway decodes with cbor2.
 
 import struct
 
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is MicroPython's compile-time constant, the value itself here
+    def const(x):
+        return x
+
 MAX_DEPTH = 16
 
 
@@ -20,8 +26,8 @@ class Tag:
         self.tag = tag
         self.value = value
 
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+    def __eq__(self, obj):  # obj, not other: a name a node interns anyway
+        return isinstance(obj, Tag) and self.tag == obj.tag and self.value == obj.value
 
     def __hash__(self):
         return hash((self.tag, self.value))
@@ -36,8 +42,8 @@ class Simple:
     def __init__(self, value):
         self.value = value
 
-    def __eq__(self, other):
-        return isinstance(other, Simple) and self.value == other.value
+    def __eq__(self, obj):
+        return isinstance(obj, Simple) and self.value == obj.value
 
     def __hash__(self):
         return hash(("simple", self.value))
@@ -52,7 +58,7 @@ class _Undefined:
 
 
 UNDEFINED = _Undefined()
-_U64 = 0x10000000000000000
+_U64 = const(0x10000000000000000)  # const: folded away on MicroPython, no interned name for a node
 
 
 def _head(out, major, n):
@@ -136,7 +142,7 @@ def _encode(out, obj, depth):
             kb = bytearray()
             _encode(kb, key, depth + 1)
             keyed.append((bytes(kb), key))
-        keyed.sort(key=_first)
+        keyed.sort()  # by encoding: distinct keys encode differently, so keys are never compared
         _head(out, 5, len(obj))
         for kb, key in keyed:
             out.extend(kb)
@@ -155,10 +161,6 @@ def _encode(out, obj, depth):
             raise CBOREncodeError("simple(%d) cannot be encoded" % v)
     else:
         raise CBOREncodeError("cannot encode %s" % type(obj).__name__)
-
-
-def _first(pair):
-    return pair[0]
 
 
 def dumps(obj):

@@ -11,9 +11,15 @@ import sys
 
 from protocol.cbor import MAX_DEPTH, UNDEFINED, Simple, Tag
 
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is MicroPython's compile-time constant, the value itself here
+    def const(x):
+        return x
+
 _MICROPYTHON = sys.implementation.name == "micropython"
 _BREAK = object()
-_UINT = ("B", ">H", ">I", ">Q")  # additional information 24..27
+_UINT = const(("B", ">H", ">I", ">Q"))  # additional information 24..27; const: no interned name on a node
 
 
 class CBORDecodeError(ValueError):

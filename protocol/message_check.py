@@ -9,7 +9,7 @@ the key. decode puts it back as body["dev"], and check supplies "clk" and "pri" 
 from protocol import auth, topics
 from protocol.cbor_decode import loads as cbor_loads
 from protocol.message import CLK_BOOT, CLK_EPOCH, MAX_MESSAGE, MAX_SEQ, OFFLINE, ONLINE, PRI_ALARM, PRI_ROUTINE
-from protocol.senml import SenMLError
+from protocol.senml_build import SenMLError  # not protocol.senml: a node loads only senml_build
 
 
 class MessageError(ValueError):

@@ -5,10 +5,17 @@ Device side (site broker):  lifeline/v1/{site}/{device}/{kind}   kind: data, sta
 otareq, ota
 
 `done` is the gateway's confirmation to one device: the sequence numbers it has committed (docs/protocol.md,
-Topics), a body small enough to read without the CBOR decoder: big-endian u64 pairs (first, last).
+Topics), a body small enough to read without the CBOR decoder: big-endian u64 pairs (first, last). The
+gateway builds it (gateway/commit_watermark.py, done_body); a node reads it with done_ranges.
 """
 
 import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is MicroPython's compile-time constant, the value itself here
+    def const(x):
+        return x
 
 ROOT = "lifeline/v1"
 
@@ -23,21 +30,23 @@ OTA = "ota"  # the gateway's answer: the offset (4 bytes, big-endian), then the 
 DEVICE_KINDS = (DATA, STATE, EVENT, CMD, ACK, DONE, OTA_REQ, OTA)
 MAX_DONE_RANGES = 16
 
-MAX_ID = 32
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+# const: folded away on MicroPython, so a node interns no name for them (docs/firmware.md, Memory)
+_MAX_ID = const(32)
+_ID_CHARS = const("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class TopicError(ValueError):
     pass
 
 
-def check_id(value, what="id"):
-    """Site and device ids: 1-32 of [a-z0-9_-], so they are safe as topic levels and in ACL patterns."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
-        raise TopicError("%s must be 1-%d characters: %r" % (what, MAX_ID, value))
+def check_id(value, name="id"):
+    """Site and device ids: 1-32 of [a-z0-9_-], so they are safe as topic levels and in ACL patterns.
+    `name` says which id, in the error (named so on purpose: a name a node interns anyway)."""
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
+        raise TopicError("%s must be 1-%d characters: %r" % (name, _MAX_ID, value))
     for ch in value:
         if ch not in _ID_CHARS:
-            raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (what, value, ch))
+            raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (name, value, ch))
     return value
 
 
@@ -64,16 +73,6 @@ def parse_device(topic):
     return check_id(parts[2], "site"), check_id(parts[3], "device"), check_kind(parts[4], DEVICE_KINDS)
 
 
-def done_body(ranges):
-    """The confirmation body: each (first, last) range of committed numbers, at most MAX_DONE_RANGES."""
-    if len(ranges) > MAX_DONE_RANGES:
-        raise TopicError("at most %d ranges" % MAX_DONE_RANGES)
-    out = bytearray()
-    for a, b in ranges:
-        out += struct.pack(">QQ", a, b)
-    return bytes(out)
-
-
 def done_ranges(payload):
     """The (first, last) ranges of a confirmation body, or TopicError."""
     n = len(payload) // 16
@@ -81,7 +80,7 @@ def done_ranges(payload):
         raise TopicError("confirmation of %d bytes" % len(payload))
     out = []
     for i in range(n):
-        a, b = struct.unpack_from(">QQ", payload, i * 16)
+        a, b = struct.unpack_from(">Q", payload, i * 16)[0], struct.unpack_from(">Q", payload, i * 16 + 8)[0]
         if a > b:
             raise TopicError("range %d > %d" % (a, b))
         out.append((a, b))

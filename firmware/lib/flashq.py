@@ -31,7 +31,8 @@ import persist
 _HDR = const("<BBHII")
 _HLEN = const(12)
 _MAGIC = const(0xA7)
-ALARM, ROUTINE = 0, 1
+_ALARM = const(0)  # the lanes
+_ROUTINE = const(1)
 _LANE = const("ar")
 
 
@@ -75,7 +76,7 @@ class FlashQ:
                 segs[lane].append(int(name[1:]))
         seen = []
         top = 0
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             nums = segs[lane]
             fl = self._floor[lane] or [min(nums) if nums else 0, 0]
             self._floor[lane] = fl
@@ -87,10 +88,10 @@ class FlashQ:
             top = max(top, self._scan(lane, seen))
         self._acked = seen
         self._next = max(self._next, top + 1)
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             self._advance(lane, False)
         self._save()
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             self._reap(lane)
 
     # -- public -----------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class FlashQ:
         n = len(data)
         if n > self.max_record or not 0 <= kind < 128:
             raise ValueError("record too large or kind out of range")
-        lane = ALARM if alarm else ROUTINE
+        lane = _ALARM if alarm else _ROUTINE
         need = _HLEN + n
         self._make_room(need)
         if self._hsize[lane] and self._hsize[lane] + need > self.segment:
@@ -138,7 +139,7 @@ class FlashQ:
         left = skip
         if len(self._pos) > 16:
             self._pos = {}
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             seg, off = self._floor[lane]
             cur = self._cur[lane]
             if self.hold and cur and (cur[0] > seg or (cur[0] == seg and cur[1] > off)):
@@ -206,7 +207,7 @@ class FlashQ:
             top = max(top, r[1])
         if top >= self._next:
             return False
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             seg, off = self._floor[lane]
             while seg <= self._head[lane]:
                 if not self._hdr(lane, seg, off):
@@ -224,10 +225,10 @@ class FlashQ:
                             break
                 off += _HLEN + self._ln
         if gone:
-            for lane in (ALARM, ROUTINE):
+            for lane in (_ALARM, _ROUTINE):
                 self._advance(lane, False)
             self._save()
-            for lane in (ALARM, ROUTINE):
+            for lane in (_ALARM, _ROUTINE):
                 self._reap(lane)
         return gone > 0
 
@@ -370,7 +371,7 @@ class FlashQ:
         os.rename(tmp, name)
 
     def _find(self, rid):
-        for lane in (ALARM, ROUTINE):
+        for lane in (_ALARM, _ROUTINE):
             seg, off = self._floor[lane]
             while seg <= self._head[lane]:
                 r = self._hdr(lane, seg, off)
@@ -430,7 +431,7 @@ class FlashQ:
     def _make_room(self, need):
         """Drop whole oldest segments, routine lane first, until `need` more bytes fit under capacity."""
         while self.used + need > self.capacity:
-            lane = ROUTINE if self._used[ROUTINE] else ALARM
+            lane = _ROUTINE if self._used[_ROUTINE] else _ALARM
             if not self._used[lane]:
                 raise ValueError("record larger than capacity")
             fl = self._floor[lane]

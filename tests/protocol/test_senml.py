@@ -16,6 +16,13 @@ def test_record_picks_the_value_field_by_type():
     assert senml.record("a", b"\x01") == {senml.N: "a", senml.VD: b"\x01"}
 
 
+def test_the_builders_labels_are_senmls():
+    """protocol/senml_build.py, all a node loads, keeps the labels as private constants of its own."""
+    assert senml.record("a", 1.5, "V", 2) == {senml.N: "a", senml.V: 1.5, senml.U: "V", senml.T: 2}
+    assert senml.record(None, 1) == {senml.V: 1}  # named by its pack's base name
+    assert senml.pack([{}], bn="x:", bt=5, bu="V") == [{senml.BN: "x:", senml.BT: 5, senml.BU: "V"}]
+
+
 def test_base_fields_ride_on_the_first_record():
     p = _gas_pack()
     assert p[0][senml.BN] == "gas-01:" and p[0][senml.BT] == 1763900000

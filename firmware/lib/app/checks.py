@@ -1,9 +1,16 @@
 """Checks of filter steps and pre-alarm levels (app/filters.py runs them), shared by the boot-time
 config check and the commands that change them; raise ValueError naming the bad step."""
 
-_TRANSFORMS = ("offset", "multiply", "round", "q", "clamp", "median", "avg")
-_GATES = ("delta", "throttle", "heartbeat")
-MAX_WINDOW = 32
+try:
+    from micropython import const
+except ImportError:  # CPython (tests/firmware import the checks): const() is the value itself there
+    def const(x):
+        return x
+
+# const: folded into the code that uses them, so they cost no interned name (docs/firmware.md, Memory)
+_TRANSFORMS = const(("offset", "multiply", "round", "q", "clamp", "median", "avg"))
+_GATES = const(("delta", "throttle", "heartbeat"))
+_MAX_WINDOW = const(32)
 
 
 def num(x):
@@ -24,7 +31,7 @@ def check_filters(steps):
         if op == "clamp":
             ok = isinstance(arg, list) and len(arg) == 2 and num(arg[0]) and num(arg[1]) and arg[0] <= arg[1]
         elif op in ("median", "avg", "round"):
-            ok = num(arg) and int(arg) == arg and 0 <= arg <= MAX_WINDOW and (op == "round" or arg >= 1)
+            ok = num(arg) and int(arg) == arg and 0 <= arg <= _MAX_WINDOW and (op == "round" or arg >= 1)
         elif op in ("offset", "multiply"):
             ok = num(arg)
         else:

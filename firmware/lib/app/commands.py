@@ -56,10 +56,11 @@ async def handle(app, body):
         app.reboot()
 
 
-def _positive(args, keys, where):
+def _positive(args, keys, name):
+    """`name` (a sensor's and a dot, or nothing) goes before the key in the error."""
     for k in keys:
         if k in args and not (num(args[k]) and args[k] > 0):
-            raise ValueError("%s%s must be a number > 0" % (where, k))
+            raise ValueError("%s%s must be a number > 0" % (name, k))
 
 
 def _find(p, key, name):

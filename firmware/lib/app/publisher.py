@@ -15,7 +15,7 @@ import asyncio
 from micropython import const
 
 from flashq import FlashQ
-from protocol import message, senml, topics
+from protocol import message, senml_build, topics
 
 _KIND_DATA = const(0)
 _KIND_EVENT = const(1)
@@ -38,7 +38,7 @@ class Publisher:
         self.latest = {}  # the last reading of each tagged metric, kept by the app's routing
         self.pending = []
         self.wake = asyncio.Event()
-        self.boot_clk = False  # a boot-relative message was issued this boot
+        self.boot_clk = False  # a boot-relative message was issued this boot, its start not yet told (runtime)
         self.will()
 
     @property
@@ -94,11 +94,9 @@ class Publisher:
             # pack's first reading) and single precision up to 4.5 h; a whole second stays an integer.
             e = ((clock.ms(up) - bt * 1000) * 128 + 62) // 125
             t = e >> 10 if e & 1023 == 0 else e / 1024
-            rec = senml.record(name, v, None if unit == bu else unit, t or None)
-            if bn:  # one metric only: its name goes once, as the base name
-                del rec[senml.N]
-            records.append(rec)
-        pack = senml.pack(records, bn=bn, bt=bt, bu=bu)
+            # one metric only (bn): its name goes once, as the base name
+            records.append(senml_build.record(None if bn else name, v, None if unit == bu else unit, t or None))
+        pack = senml_build.pack(records, bn=bn, bt=bt, bu=bu)
         seq = self.q.next_id
         clk = clock.clk
         if ev is None:

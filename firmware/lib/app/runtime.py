@@ -22,7 +22,7 @@ _INBOX = const(4)
 _TRIES = const(3)  # loads of the command path per command (runtime.commands)
 _RETRY_MS = const(1000)
 _RESEND_MAX_MS = const(600000)  # unconfirmed records go out again at most this far apart
-_UNITS = {"heap": "B", "heapmin": "B", "rssi": "dBm", "batt": "V", "qlen": None, "qdrop": None, "up": "s"}
+_FW = const("0.1.0")  # ota.VERSION: the code flashed by cable (tests/ota/test_ota_names.py keeps them equal)
 
 
 def _exists(path):
@@ -53,17 +53,18 @@ class App:
         self.topic = {}
         for k in (topics.DATA, topics.EVENT, topics.STATE, topics.CMD, topics.ACK, topics.DONE):
             self.topic[k] = topics.device(d["site"], self.dev, k)
-        self.trial = _exists("trial.json")  # app/trial.py, imported only while a trial is on
-        import ota
+        # A trial: of a config ("trial.json") or of new code (slot.json says so), decided by app/trial.py,
+        # imported only then. A node that never took an update loads nothing of ota/ and interns none of
+        # its names: on a 64K heap every name counts (docs/firmware.md, Memory).
+        self.trial = _exists("trial.json")
+        self.fw = _FW
+        if _exists("slot.json"):  # ota.SLOT
+            from app import trial
 
-        self.fw, self.ota_trial = ota.VERSION, False
-        if _exists(ota.SLOT):
-            from ota import slot
-
-            self.fw, self.ota_trial = slot.running()  # on trial: new code, confirmed by the first birth
-        drop("ota.slot", "ota")  # on a 64K heap the command path needs its room
+            self.fw, code = trial.running()  # new code on trial: confirmed by the first birth
+            self.trial = self.trial or code
+            drop("app.trial")
         self.connected_at = None
-        self.clock_told = False
         self.inbox = []
         self.recent = []
         self.rejected = {}
@@ -82,8 +83,10 @@ class App:
         self.pub = Publisher(p, self.clock, self.dev, self.boot, self.key, self.topic, self.mqtt)
         # End-to-end delivery: once the gateway confirms (topic done), a record leaves flash on its
         # confirmation, not on the site broker's PUBACK, which a power cut of the site box can take back.
-        self.resend_ms = self.resend_wait = int(p.get("queue", {}).get("resend_s", 30) * 1000)
-        self.confirmed_at = 0
+        # [since when (the last confirmation or resend), the wait before the next resend, its first wait]:
+        # one attribute, not three names.
+        r = int(p.get("queue", {}).get("resend_s", 30) * 1000)
+        self.resend_at = [0, r, r]
         self.configure(p)
         self.sensors = []
         self.beats = {}
@@ -100,15 +103,15 @@ class App:
 
     # -- called by the parts --------------------------------------------------------------------------
 
-    def reading(self, m, v, up, change, send, alarm):
+    def reading(self, metric, v, up, change, send, alarm):
         """Route one filtered reading; True when it belongs in the sensor's urgent pack (sent at once
         while the sensor is past a pre-alarm level)."""
-        rec = (m.name, v, m.unit, up)
+        rec = (metric.name, v, metric.unit, up)
         pub = self.pub
-        if m.name in pub.tags:
-            pub.latest[m.name] = rec
+        if metric.name in pub.tags:
+            pub.latest[metric.name] = rec
         if change:
-            ev = m.level.spec.get("ev", "prealarm")
+            ev = metric.level.spec.get("ev", "prealarm")
             if change > 0:
                 pub.seal([rec], message.PRI_ALARM, ev)
             else:
@@ -147,20 +150,20 @@ class App:
             self.reject("done")
             return
         if self.pub.q.confirm(ranges):
-            self.confirmed_at = self.clock.up_ms()
-            self.resend_wait = self.resend_ms
+            r = self.resend_at
+            r[0], r[1] = self.clock.up_ms(), r[2]
 
     def resend(self, up):
         """Send unconfirmed records again when no confirmation has come for a while (a broker that lost them
         without dropping the link, a gateway that was away), waiting twice as long each time up to
         _RESEND_MAX_MS, so a gateway down for hours costs a few resends, not one a minute."""
+        r = self.resend_at
         if not len(self.pub.q):
-            self.confirmed_at = up
+            r[0] = up
             return
-        if up - self.confirmed_at < self.resend_wait:
+        if up - r[0] < r[1]:
             return
-        self.confirmed_at = up
-        self.resend_wait = min(self.resend_wait * 2, _RESEND_MAX_MS)
+        r[0], r[1] = up, min(r[1] * 2, _RESEND_MAX_MS)
         self.pub.q.resend()
         self.pub.wake.set()
 
@@ -180,7 +183,7 @@ class App:
                 await self.mqtt.wait_connected()
                 loaded = None
                 try:
-                    loaded = self._load(self.inbox[0])
+                    loaded = self._open(self.inbox[0])
                     if loaded:
                         await loaded[0].handle(self, loaded[1])
                 except MemoryError:
@@ -198,27 +201,27 @@ class App:
                 tries = 0
                 drop(*COMMAND_PATH)
 
-    def _load(self, payload):
+    def _open(self, payload):
         """(the handler module, the command), or None for a command refused. Authenticates and decodes
-        first, then drops the decoder before the handler loads: the two never share the heap."""
-        body = self._open(payload)
+        first, then drops the decoder before the handler loads: the two never share the heap (so nothing
+        here may still hold the decoder when it is dropped)."""
+        from protocol import message_check
+
+        def key_for(kid):
+            return self.key if kid == self.dev.encode() else None
+
+        body = None
+        try:
+            body = message_check.decode(payload, key_for, topics.CMD)
+        except message_check.MessageError as e:
+            self.reject(e.reason)
+        del message_check, key_for
         self.heap()  # the decoder half is the command path's high point
         drop(*COMMAND_PATH[2:])
         if body is not None:
             from app import commands
 
             return commands, body
-
-    def _open(self, payload):
-        from protocol import message_check
-
-        def key_for(kid):
-            return self.key if kid == self.dev.encode() else None
-
-        try:
-            return message_check.decode(payload, key_for, topics.CMD)
-        except message_check.MessageError as e:
-            self.reject(e.reason)
 
     async def ack(self, cid, ok, res):
         body = message.ack(self.dev, self.boot, cid, ok, res)
@@ -230,13 +233,14 @@ class App:
 
     def sync_clock(self):
         ok = self.clock.sync(self.ntp)
-        if ok and self.pub.boot_clk and not self.clock_told:
-            # Messages already sealed with boot-relative times: say when that boot began.
-            self.clock_told = True
+        if ok and self.pub.boot_clk:
+            # Messages already sealed with boot-relative times: say when that boot began, once (synced, the
+            # clock seals no more of them; the flag, cleared, says so without a name of its own).
+            self.pub.boot_clk = False
             self.pub.seal([("boot_t", self.clock.epoch0_ms // 1000, "s", self.clock.up_ms())], ev="clock")
         return ok
 
-    async def birth(self, client):
+    async def birth(self, mqtt):
         """The on-connect hook: unconfirmed records queued to go again, time, birth (retained), then a config
         trial's verdict."""
         self.pub.q.resend()
@@ -253,37 +257,25 @@ class App:
             extra["sleep"] = self.sleep["wake_s"]
         body = message.birth(self.dev, self.boot, self.pub.next_seq, self.fw, self.prof, self.rst,
                              self.clock.now(), self.clock.clk, **extra)
-        await client.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
+        await mqtt.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
             self.connected_at = self.clock.up_ms()
-        if self.ota_trial:
-            from ota import slot
-
-            slot.confirm()
-            self.ota_trial = False
-            drop("ota.slot", "ota")
-        if _exists("otares.json"):  # ota.RESULT
-            from ota import slot
-
-            slot.report(self.pub, self.clock.up_ms())
-            drop("ota.slot", "ota")
-        if self.trial or _exists("cfgack.json"):
-            await self._trial()
-            drop("app.trial")
-
-    async def _trial(self):
-        """A confirmed trial's ack goes out, then the node reboots into the config it confirmed: a trial
-        boot ran on the heap and name pool the config checks grew (main.py), the next boot does not."""
+        if not (self.trial or _exists("cfgack.json") or _exists("otares.json")):  # trial.RESULT, ota.RESULT
+            return
+        # Connected: what is on trial is confirmed. New code stays, and its outcome goes upstream as an event
+        # (app/trial.py). A confirmed config's ack goes out, then the node reboots into the config it
+        # confirmed: a config trial boot ran on the heap and name pool the config checks grew (main.py),
+        # the next boot does not.
         from app import trial
 
-        confirmed = self.trial
-        if confirmed:
-            trial.confirm()
-            self.trial = False
+        confirmed = trial.confirm(self.pub, self.clock.up_ms(), self.trial)
+        self.trial = False
         done = trial.result()
         if done:
             await self.ack(*done)
             trial.acked()
+        del trial
+        drop("app.trial")
         if confirmed:
             self.reboot()
 
@@ -306,8 +298,9 @@ class App:
         return {"heap": heap, "heapmin": low, "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
                 "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
 
-    def watch(self, name, max_s):
-        self.beats[name] = [self.clock.up_ms(), int(max_s * 1000)]
+    def watch(self, name, limit):
+        """The watchdog is fed only while `name` beats at least every `limit` s."""
+        self.beats[name] = [self.clock.up_ms(), int(limit * 1000)]
 
     def beat(self, name):
         self.beats[name][0] = self.clock.up_ms()
@@ -363,12 +356,7 @@ class App:
             if self.trial and up > self.trial_s * 1000:
                 from app import trial
 
-                trial.rollback("no broker connection within %d s" % self.trial_s)
-                self.board.reset()
-            if self.ota_trial and up > self.trial_s * 1000:
-                from ota import slot
-
-                slot.rollback("no broker connection within %d s" % self.trial_s)
+                trial.rollback("no broker connection within %d s" % self.trial_s, True)
                 self.board.reset()
             if self.connected_at is not None and up - self.connected_at > (_SAFE_S if self.safe else _STABLE_S) * 1000:
                 watchdog.stable(self.st)
@@ -380,7 +368,8 @@ class App:
             if not self.safe and up - health >= self.health_ms:
                 health = up
                 f = self.figures()
-                self.pub.seal([(k, f[k], _UNITS[k], up) for k in f if f[k] is not None], ev="health")
+                units = {"heap": "B", "heapmin": "B", "rssi": "dBm", "batt": "V", "up": "s"}
+                self.pub.seal([(k, f[k], units.get(k), up) for k in f if f[k] is not None], ev="health")
 
 
 def run(st, cfg):

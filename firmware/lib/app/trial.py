@@ -1,10 +1,15 @@
 """A config replacement on trial (staged by app/commands.py, checked by app/config.py at boot): the
 files it replaced wait as <name>.prev until a broker connection confirms it, or go back on rollback.
-The verdict is kept in RESULT until its ack is out."""
+The verdict is kept in RESULT until its ack is out.
+
+New code on trial (ota/slot.py) is confirmed and rolled back from here too, so that app/runtime.py names
+no ota module: a node that never took an update loads none of them (it has no slot.json), and this module
+is loaded only while something is on trial or an outcome waits to be told."""
 
 import os
 
 import persist
+from app import drop
 
 TRIAL = "trial.json"
 RESULT = "cfgack.json"
@@ -17,8 +22,32 @@ def _remove(name):
         pass
 
 
-def rollback(reason):
-    """Put the .prev files back; the replacing command gets ok=false with the reason."""
+def _exists(name):
+    try:
+        os.stat(name)
+        return True
+    except OSError:
+        return False
+
+
+def running():
+    """(the version of the code running, whether it is on trial): ota/slot.py's, read where slot.json is."""
+    from ota import slot
+
+    r = slot.running()
+    drop("ota.slot", "ota")
+    return r
+
+
+def rollback(reason, code=False):
+    """Put the .prev files back; the replacing command gets ok=false with the reason. With `code`, new
+    code on trial goes back to the code before it too (its outcome waits in ota.RESULT)."""
+    if code and _exists("slot.json"):  # ota.SLOT
+        from ota import slot
+
+        if slot.running()[1]:
+            slot.rollback(reason)
+        drop("ota.slot", "ota")
     t = persist.load(TRIAL)
     if t is None:
         return False
@@ -32,14 +61,28 @@ def rollback(reason):
     return True
 
 
-def confirm():
-    """Connected under the trial config: keep it."""
-    t = persist.load(TRIAL)
-    if t is not None:
-        persist.save(RESULT, {"id": t["id"], "ok": True, "res": "config applied"})
-        _remove(TRIAL)
-        for name in t["files"]:
-            _remove(name + ".prev")
+def confirm(pub, up, on=True):
+    """Connected: what is on trial (`on`) is kept, and an update's outcome, if one waits in ota.RESULT, goes
+    upstream as an "ota" event (ota/slot.py). True when a config was confirmed, which the node then reboots
+    into; new code runs on."""
+    if on and _exists("slot.json"):  # ota.SLOT
+        from ota import slot
+
+        slot.confirm()  # its outcome goes in ota.RESULT, reported just below
+        drop("ota.slot", "ota")
+    if _exists("otares.json"):  # ota.RESULT: also an update refused, with no slot.json
+        from ota import slot
+
+        slot.report(pub, up)
+        drop("ota.slot", "ota")
+    t = persist.load(TRIAL) if on else None
+    if t is None:
+        return False
+    persist.save(RESULT, {"id": t["id"], "ok": True, "res": "config applied"})
+    _remove(TRIAL)
+    for name in t["files"]:
+        _remove(name + ".prev")
+    return True
 
 
 def result():

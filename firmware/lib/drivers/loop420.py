@@ -28,9 +28,13 @@ class Loop420(Driver):
         self.ma = None
         self.faults = 0
 
-    def read_ma(self):
-        """Mean loop current of `samples` ADC reads; from 4 reads on the highest and lowest are
-        dropped, so one spike from a relay or radio burst does not move the reading."""
+    def read(self):
+        """Engineering value, or Fault with reason open-loop / sensor-fault / under-range /
+        over-range / short and the loop current in mA as its value.
+
+        The current is the mean of `samples` ADC reads; from 4 reads on the highest and lowest are dropped,
+        so one spike from a relay or radio burst does not move the reading. (One method, not two: each
+        method's name is one more a node interns; docs/firmware.md, Memory.)"""
         n = self.samples
         low = high = total = self.adc.read_uv()
         i = 1
@@ -46,13 +50,7 @@ class Loop420(Driver):
             total -= low + high
             n -= 2
         # microvolts / ohms = microamps
-        self.ma = total / n / self.shunt_ohm / 1000
-        return self.ma
-
-    def read(self):
-        """Engineering value, or Fault with reason open-loop / sensor-fault / under-range /
-        over-range / short and the loop current in mA as its value."""
-        ma = self.read_ma()
+        ma = self.ma = total / n / self.shunt_ohm / 1000
         reason = None
         if ma < _OPEN_MA:
             reason = "open-loop"

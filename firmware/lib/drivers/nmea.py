@@ -24,22 +24,13 @@ def _coord(text, hemi, neg, limit):
     return -value if hemi == neg else value
 
 
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-
-
 class NMEA(Driver):
     """Position state from GGA (lat, lon, alt, fix, sats, hdop) and RMC (time, date, valid).
     `uart` (machine.UART: any(), read(n)) is only needed for poll()."""
 
-    def __init__(self, uart=None, line_max=_LINE_MAX):
+    def __init__(self, uart=None):
         self.uart = uart
-        self._buf = bytearray(line_max)
+        self._buf = bytearray(_LINE_MAX)
         self._n = 0
         self.lat = self.lon = self.alt = self.hdop = None
         self.fix = 0
@@ -109,11 +100,30 @@ class NMEA(Driver):
             return 0
         f = line[1:star].split(b",")
         kind = f[0][2:]
+        # GGA and RMC are read here rather than in a method each: every method name is one more a node
+        # interns (docs/firmware.md, Memory). Every field is parsed before any is stored, so a bad one
+        # leaves the last fix whole.
         try:
             if kind == b"GGA":
-                self._gga(f)
+                fix = int(f[6])
+                if fix and f[2]:
+                    lat, lon = _coord(f[2], f[3], b"S", 90), _coord(f[4], f[5], b"W", 180)
+                    alt = float(f[9]) if f[9] else None
+                else:
+                    lat = lon = alt = None
+                sats = int(f[7]) if f[7] else 0
+                hdop = float(f[8]) if f[8] else None
+                self.fix, self.sats, self.hdop = fix, sats, hdop
+                self.lat, self.lon, self.alt = lat, lon, alt
             elif kind == b"RMC":
-                self._rmc(f)
+                t, d = f[1], f[9]
+                time = (int(t[0:2]), int(t[2:4]), float(t[4:])) if t else None
+                date = (2000 + int(d[4:6]), int(d[2:4]), int(d[0:2])) if d else None
+                # NMEA 2.3 adds a mode field; N (data not valid) overrides an A status
+                valid = f[2] == b"A" and not (len(f) > 12 and f[12][:1] == b"N")
+                if valid:
+                    self.lat, self.lon = _coord(f[3], f[4], b"S", 90), _coord(f[5], f[6], b"W", 180)
+                self.time, self.date, self.valid = time, date, valid
             else:
                 self.ignored += 1
                 return 0
@@ -123,35 +133,20 @@ class NMEA(Driver):
         self.sentences += 1
         return 1
 
-    def _gga(self, f):
-        fix = int(f[6])
-        if fix and f[2]:
-            lat, lon = _coord(f[2], f[3], b"S", 90), _coord(f[4], f[5], b"W", 180)
-            alt = float(f[9]) if f[9] else None
-        else:
-            lat = lon = alt = None
-        sats = int(f[7]) if f[7] else 0
-        hdop = float(f[8]) if f[8] else None
-        # all fields parsed before any is stored: a bad one leaves the last fix whole
-        self.fix, self.sats, self.hdop = fix, sats, hdop
-        self.lat, self.lon, self.alt = lat, lon, alt
-
-    def _rmc(self, f):
-        t, d = f[1], f[9]
-        time = (int(t[0:2]), int(t[2:4]), float(t[4:])) if t else None
-        date = (2000 + int(d[4:6]), int(d[2:4]), int(d[0:2])) if d else None
-        # NMEA 2.3 adds a mode field; N (data not valid) overrides an A status
-        valid = f[2] == b"A" and not (len(f) > 12 and f[12][:1] == b"N")
-        if valid:
-            self.lat, self.lon = _coord(f[3], f[4], b"S", 90), _coord(f[5], f[6], b"W", 180)
-        self.time, self.date, self.valid = time, date, valid
-
     def unix_time(self):
         """UTC seconds since 1970 from the last RMC, or None before one with time and date."""
         if self.time is None or self.date is None:
             return None
-        h, m, s = self.time
-        return days_from_civil(*self.date) * 86400 + h * 3600 + m * 60 + s
+        h, mi, s = self.time
+        # Days since 1970-01-01 of a proleptic Gregorian date: H. Hinnant's days_from_civil, inline (as a
+        # function of its own, its name and arguments would be names the drone interns; docs/firmware.md, Memory)
+        y, m, d = self.date
+        y -= m <= 2
+        era = y // 400
+        yoe = y - era * 400
+        doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+        return days * 86400 + h * 3600 + mi * 60 + s
 
 
 nmea = NMEA  # the profile's driver name: the entry point drivers.make() looks up
