@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from micropython import const
+from micropython import const, qstr_info
 
 import persist
 
@@ -28,6 +28,7 @@ _EXIT_RESET = const(3)
 _EXIT_DEEPSLEEP = const(4)
 _EXIT_SOFT = const(5)
 _MARK = const(".hal.json")
+_NAMES_EVERY = const(50)  # polls between two prints of the interned-name pools (micropython.qstr_info)
 _WATCH_MS = const(50)  # how often a deep sleep with a wake pin asks the world about that pin
 _open_connection = asyncio.open_connection
 
@@ -196,8 +197,12 @@ class Board:
     async def _poll(self):
         """Network flags, battery and pin edges from the world, ten times a second."""
         last = [0] * len(self.pins)
+        k = 0
         while True:
             await asyncio.sleep_ms(100)
+            k += 1
+            if k % _NAMES_EVERY == 0:  # the name pools on the console, for the tests (they only grow)
+                qstr_info()
             now = time.ticks_ms()
             ready = [i for i in range(len(self.pins)) if time.ticks_diff(now, last[i]) >= 250]
             try:
@@ -297,6 +302,7 @@ class Board:
                 except OSError:
                     pass
             ms = 0
+        qstr_info()
         self._save("deepsleep", ms, pin)
         sys.exit(_EXIT_DEEPSLEEP)
 

@@ -5,6 +5,7 @@ arrives on the broker, decoded with cbor2 and verified with the device key."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -442,12 +443,27 @@ def run_every_profile(tmp_path: Path, mpy: Path, broker: Mosquitto, heap: str, r
     return devices, listeners
 
 
+NAME_POOLS = 5  # past 620 interned names MicroPython adds a sixth pool, 640 entries in one 7 KB block
+
+
+def name_pools(console: str) -> tuple[int, int]:
+    """The most name pools and interned names a virtual device's sim printed (micropython.qstr_info)."""
+    found = [(int(p), int(n)) for p, n in re.findall(r"n_pool=(\d+), n_qstr=(\d+)", console)]
+    return max(found, default=(0, 0))
+
+
 @pytest.mark.parametrize("deploy", ["files", "romfs"])
 def test_every_profile_runs_within_the_heap(tmp_path: Path, mpy: Path, broker: Mosquitto, deploy: str) -> None:
     """run_every_profile at the firmware's heap: once with the firmware as .mpy files, once as a ROMFS
-    image, the only place that deployment imports from (firmware/sim/simrom.py)."""
+    image, the only place that deployment imports from (firmware/sim/simrom.py). From files every node
+    stays under the name line: a change that took them past it cost every profile 3.5wK (docs/firmware.md,
+    "The name line again")."""
     romfs = build_romfs(mpy) if deploy == "romfs" else None
-    _, listeners = run_every_profile(tmp_path, mpy, broker, FIRMWARE_HEAP, romfs=romfs)
+    devices, listeners = run_every_profile(tmp_path, mpy, broker, FIRMWARE_HEAP, romfs=romfs)
+    pools = {name: name_pools(dev.console()) for name, dev in devices.items()}
+    print("name pools, names:", pools)
+    if romfs is None:
+        assert all(0 < p <= NAME_POOLS for p, _ in pools.values()), f"past the name line: {pools}"
     routine = sorted(r["t"] for b in listeners["water"].of(topics.DATA) if not b["pri"]
                      for r in readings(b, "pressure"))
     assert any(b - a < 1 for a, b in itertools.pairwise(routine)), \
