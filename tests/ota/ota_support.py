@@ -34,10 +34,10 @@ class Relay:
         self.client.loop_start()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        got = self.releases.answer(msg.topic, msg.payload)
-        if got is None:
+        chunk = self.releases.answer(msg.topic, msg.payload)
+        if chunk is None:
             return
-        topic, payload = got
+        topic, payload = chunk.topic, chunk.payload
         off = int.from_bytes(payload[:4], "big")
         if self.tamper is not None and off <= self.tamper < off + len(payload) - 4:
             b = bytearray(payload)
