@@ -21,12 +21,13 @@ import sys
 
 import hal
 import persist
+from app import watchdog
 from mqtt import MQTTClient
 from ota import RESULT, STATE, slot
 from protocol import topics
 
 CHUNK = 1024
-_BOOTS = 5  # boots the updater gets before it gives up (a bug, or a release it cannot take)
+_BOOTS = 5  # boots without a file completed before the updater gives up (a bug, a release it cannot take)
 _WAIT_MS = 2000  # an unanswered request is sent again after this
 _IDLE_MS = 120000  # no chunk for this long: the gateway has no such release
 
@@ -76,9 +77,10 @@ def _wipe(d):
 
 
 class Updater:
-    def __init__(self, board, cfg, st):
+    def __init__(self, board, cfg, st, boot):
         d, s, _ = cfg
         self.board = board
+        self.boot = boot  # app/watchdog.py's boot record
         self.secrets = s
         self.st = st
         self.prof = d["profile"]
@@ -194,7 +196,9 @@ class Updater:
                 if got.hex() != f["sha256"]:
                     raise Refused("%s: SHA-256 does not match the manifest" % f["path"])
                 st["i"] = i + 1
+                st["boots"] = 1  # this boot made progress: power cuts during a long download are no crash loop,
                 persist.save(STATE, st)
+                watchdog.stable(self.boot)  # for the updater's count nor the app's (it writes once a boot)
             off += f["size"]
         slot.switch(d, self.v)
 
@@ -210,8 +214,6 @@ def _end(ok, res, v):
 
 def run(st, cfg):
     """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run."""
-    from app import watchdog
-
     u = persist.load(STATE)
     u["boots"] = u.get("boots", 0) + 1
     if "dir" not in u:
@@ -227,7 +229,7 @@ def run(st, cfg):
         _end(True, None, u["v"])
     else:
         try:
-            asyncio.run(Updater(board, cfg, u).run())
+            asyncio.run(Updater(board, cfg, u, st).run())
             _end(True, None, u["v"])
         except Refused as e:
             print("ota:", e)
