@@ -54,14 +54,14 @@ def test_power_cuts_during_the_download_and_the_switch(tmp_path: Path, mpy: Path
         dev.command(1, "ota", rel.command_args())
         for where, at in [("manifest in", len(rel.manifest)), ("25%", size // 4), ("50%", size // 2),
                           ("75%", 3 * size // 4), ("last chunk", size)]:
-            assert relay.wait(lambda s: any(o + k >= at for o, k in s), 120), (where, dev.console()[-3000:])
+            assert relay.wait(lambda s, at=at: any(o + k >= at for o, k in s), 120), (where, dev.console()[-3000:])
             served = len(relay.served)
             before = max(o for o, _ in relay.served)
             dev.kill()
             runs = next_boot_runs(dev.flash, manifest)
             after = -1
             if where != "last chunk":  # the node boots again and asks on, from where it was
-                assert relay.wait(lambda s: len(s) > served, 60), (where, dev.console()[-3000:])
+                assert relay.wait(lambda s, n=served: len(s) > n, 60), (where, dev.console()[-3000:])
                 after = relay.served[served][0]
                 assert after >= before, f"{where}: asked for {after} after the cut, had {before}"
             cuts.append((where, before, after, runs))
