@@ -24,11 +24,13 @@ import argparse
 import json
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
@@ -39,9 +41,10 @@ from gateway.ota_relay import NodeOta
 from gateway.site_config import ConfigError, DeviceConfig, GatewayConfig, load
 from lifeline import release
 from lifeline.store_access import add_store_arguments, open_readonly
-from protocol import message, topics
+from protocol import message, message_check, topics
 
 BAR = 20
+_SENDS = 3  # times a silent node is sent the command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--stage-timeout", type=float, default=900.0,
                    help="seconds a stage waits for its nodes (cover a sleeping node's wake interval)")
     r.add_argument("--device", action="append", help="only these devices (default: every one the release is for)")
+    r.add_argument("--resend-s", type=float, default=60.0,
+                   help="send the command again to a node silent this long, plus its wake interval (default 60)")
     r.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the gateway's store")
     r.add_argument("--summary", type=Path, help="write the outcome as JSON here")
 
@@ -108,6 +113,15 @@ def _online(conn: sqlite3.Connection) -> dict[str, bool]:
         return {}
 
 
+def _sleep_s(conn: sqlite3.Connection) -> dict[str, float]:
+    """Each deep-sleeping node's wake interval, from its last birth: how late it may hear a command."""
+    try:
+        return {dev: float(json.loads(doc).get("sleep_s") or 0.0)
+                for dev, doc in conn.execute("SELECT dev, health FROM device_health")}
+    except sqlite3.OperationalError:
+        return {}
+
+
 def _outcome(n: NodeOta) -> str:
     if not n.outcome_v:
         return ""
@@ -143,11 +157,16 @@ def canary_size(text: str, n: int) -> int:
 
 
 class Sender:
-    """The site broker with the gateway's login: sealed commands out, nothing in."""
+    """The site broker with the gateway's login: sealed commands out, the nodes' sealed acks in (a node that
+    refuses the command says so only there)."""
 
     def __init__(self, cfg: GatewayConfig) -> None:
         b = cfg.site_broker
+        self.devices = cfg.devices
+        self.acks: dict[tuple[str, int], tuple[bool, str]] = {}
+        self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{b.client_id}-rollout-{time.time_ns()}")
+        self.client.on_message = self._on_message
         if b.username is not None:
             self.client.username_pw_set(b.username, b.password)
         if b.tls is not None:
@@ -155,8 +174,26 @@ class Sender:
                                 certfile=str(b.tls.cert_file) if b.tls.cert_file else None,
                                 keyfile=str(b.tls.key_file) if b.tls.key_file else None)
         self.client.connect(b.host, b.port, b.keepalive)
+        self.client.subscribe(topics.device_filter(cfg.site, topics.ACK), qos=1)
         self.client.loop_start()
         self.site = cfg.site
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        try:
+            _, dev, kind = topics.parse_device(msg.topic)
+            device = self.devices.get(dev)
+            if device is None:
+                return
+            body = message_check.decode(bytes(msg.payload), lambda kid: device.key if kid == dev.encode() else None,
+                                        kind, loads=cbor2.loads)
+        except (topics.TopicError, message_check.MessageError):
+            return
+        with self._lock:
+            self.acks[(dev, int(body["id"]))] = (bool(body["ok"]), str(body.get("res") or ""))
+
+    def ack(self, dev: str, cmd_id: int) -> tuple[bool, str] | None:
+        with self._lock:
+            return self.acks.get((dev, cmd_id))
 
     def send(self, device: DeviceConfig, cmd_id: int, args: Mapping[str, object], exp: int) -> None:
         body = message.command(device.id, cmd_id, "ota", dict(args), exp)
@@ -170,12 +207,16 @@ class Sender:
 
 
 class Rollout:
-    def __init__(self, cfg: GatewayConfig, rel: release.Release, profiles: list[str], stages: list[Stage],
-                 read: Callable[[], dict[str, NodeOta]], say: Callable[[str], None]) -> None:
-        self.cfg, self.rel, self.profiles, self.stages = cfg, rel, profiles, stages
-        self.read, self.say = read, say
+    def __init__(self, cfg: GatewayConfig, rel: release.Release, stages: list[Stage],
+                 read: Callable[[], tuple[dict[str, NodeOta], dict[str, float]]], say: Callable[[str], None],
+                 sender: Sender, resend_s: float) -> None:
+        self.cfg, self.rel, self.stages = cfg, rel, stages
+        self.read, self.say, self.sender, self.resend_s = read, say, sender, resend_s
         self.shown: dict[str, str] = {}
         self.halted = ""
+        self.cmd_id = int(time.time()) & 0x7FFFFFFF  # ids are per device; a fresh one, so no node takes it as a repeat
+        self.commands: dict[str, tuple[int, float, int]] = {}  # dev -> (command id, when, sends so far)
+        self.exp = 0
 
     def failed(self) -> int:
         return sum(len(s.failed) for s in self.stages)
@@ -183,17 +224,22 @@ class Rollout:
     def sent(self) -> int:
         return sum(len(s.devices) for s in self.stages if s.sent_at)
 
-    def run(self, sender: Sender, halt_share: float, timeout_s: float, poll_s: float) -> None:
-        cmd_id = int(time.time()) & 0x7FFFFFFF  # ids are per device; a fresh one, so no node takes it as a repeat
+    def send(self, dev: str) -> None:
+        _, _, sends = self.commands.get(dev, (0, 0.0, 0))
+        cmd_id = self.cmd_id + sends
+        self.sender.send(self.cfg.devices[dev], cmd_id, self.rel.command_args(), self.exp)
+        self.commands[dev] = (cmd_id, time.time(), sends + 1)
+
+    def run(self, halt_share: float, timeout_s: float, poll_s: float) -> None:
         for stage in self.stages:
             if self.halted:
                 break
             stage.sent_at = time.time()
-            exp = int(stage.sent_at + timeout_s)
+            self.exp = int(stage.sent_at + timeout_s)
             self.say(f"{stage.name}: sending {self.rel.version} to {len(stage.devices)} node(s): "
                      f"{', '.join(stage.devices)}")
             for dev in stage.devices:
-                sender.send(self.cfg.devices[dev], cmd_id, self.rel.command_args(), exp)
+                self.send(dev)
             deadline = stage.sent_at + timeout_s
             while stage.open() and time.time() < deadline:
                 self.look(stage)
@@ -210,23 +256,35 @@ class Rollout:
                                f"halt share {halt_share:g}")
 
     def look(self, stage: Stage) -> None:
-        """Read the gateway's view; say what changed for each node of the stage."""
-        nodes = self.read()
+        """Read the gateway's view and the acks; say what changed for each node of the stage. A node that has
+        neither answered the command nor asked for a chunk within --resend-s (plus its wake interval, from
+        its birth) is sent it again under a new id, up to _SENDS times: a node at the edge of its heap can
+        fail to load a command and then answers nothing (app/runtime.py, "no memory")."""
+        nodes, sleep_s = self.read()
         v = self.rel.version
+        now = time.time()
         for dev in stage.open():
             n = nodes.get(dev) or NodeOta(dev)
+            cmd_id, sent_at, sends = self.commands[dev]
+            ack = self.sender.ack(dev, cmd_id)
             if n.running == v and (n.born_at or 0) >= stage.sent_at:
                 stage.landed.add(dev)
                 line = f"[green]running {v}[/green]"
             elif n.outcome_v == v and n.ok is False and (n.outcome_at or 0) >= stage.sent_at:
                 stage.failed[dev] = n.res
                 line = f"[red]failed[/red]: {n.res}"
+            elif ack is not None and not ack[0]:
+                stage.failed[dev] = f"refused the command: {ack[1]}"
+                line = f"[red]failed[/red]: {stage.failed[dev]}"
             elif n.target == v and n.total and (n.asked_at or 0) >= stage.sent_at:
                 line = bar(n.done, n.total)
                 if n.done == n.total:
                     line += " switching"
+            elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < _SENDS:
+                self.send(dev)
+                line = f"no answer, sent again ({sends + 1})"
             else:
-                line = "waiting"
+                line = "took the command" if ack else "waiting"
             if self.shown.get(dev) != line:
                 self.shown[dev] = line
                 self.say(f"  {dev:<16} {line}")
@@ -250,11 +308,11 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         console.print("[red]--halt-share: a share from 0 up to (not including) 1[/red]")
         return 2
 
-    def read() -> dict[str, NodeOta]:
+    def read() -> tuple[dict[str, NodeOta], dict[str, float]]:
         with conn:
-            return ota_relay.read(conn)
+            return ota_relay.read(conn), _sleep_s(conn)
 
-    nodes = read()
+    nodes, _ = read()
     chosen = args.device or sorted(cfg.devices)
     unknown = [d for d in chosen if d not in cfg.devices]
     if unknown:
@@ -283,10 +341,10 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     wave = args.wave if args.wave > 0 else len(rest) or 1
     stages = [Stage("canary", targets[:k])] + [Stage(f"wave {i // wave + 1}", rest[i:i + wave])
                                                for i in range(0, len(rest), wave)]
-    ro = Rollout(cfg, rel, profiles, stages, read, console.print)
     sender = Sender(cfg)
+    ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
     try:
-        ro.run(sender, args.halt_share, args.stage_timeout, args.poll)
+        ro.run(args.halt_share, args.stage_timeout, args.poll)
     finally:
         sender.close()
         conn.close()

@@ -24,6 +24,7 @@ from lifeline import release
 from lifeline.virtual.flashdir import KEY, FlashDirDevice
 from lifeline.virtual.listener import Listener
 from lifeline.virtual.profiles import STIMULUS, sped_up
+from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import ROOT, GatewayProcess, Site, environment, lifeline_cmd
 from protocol import senml_resolve, topics
 
@@ -106,12 +107,14 @@ class OtaSite:
         for dev, profile in devices.items():
             self.site.add(dev, profile, key=KEY)
         self.gw: GatewayProcess | None = None
+        self.district: Recorder | None = None
         self.devices: dict[str, FlashDirDevice] = {}
 
     def start(self) -> OtaSite:
         self.site.start()
         self.gw = GatewayProcess(self.site).start()
         asyncio.run(self.gw.ready())
+        self.district = self.site.recorder(raw=True)
         for dev, profile in self.profiles.items():
             d = FlashDirDevice(self.tmp / dev, self.mpy, sped_up(profile), self.site.ports["site"], STIMULUS[profile],
                                dev=dev, site=self.site.id)
@@ -150,12 +153,19 @@ class OtaSite:
         return subprocess.run([*lifeline_cmd(), *args, "--config", str(self.site.config_path)], capture_output=True,
                               text=True, env=environment(), cwd=ROOT, timeout=timeout)
 
+    def upstream(self, kind: str) -> list[dict[str, Any]]:
+        """What the district received of one uplink kind (each publish checked with the site's seal)."""
+        assert self.district is not None
+        return [e.body for e in self.district.entries(kind)]
+
     def consoles(self) -> str:
         return "\n".join(f"--- {dev}\n{d.console()[-3000:]}" for dev, d in self.devices.items())
 
     def stop(self) -> None:
         for d in self.devices.values():
             d.stop()
+        if self.district is not None:
+            self.district.close()
         if self.gw is not None:
             self.gw.stop()
         self.site.stop()

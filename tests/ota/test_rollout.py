@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ota_support import Build, OtaSite
 
 from lifeline.virtual.profiles import STIMULUS
+from protocol import district as dtopics
 
 OLD, NEW = "0.1.0", "0.2.0"
 
@@ -32,11 +33,18 @@ def test_a_rollout_to_every_profile_lands_on_every_node(tmp_path: Path, mpy: Pat
         nodes = site.nodes()
         status = site.lifeline("ota", "status")
         consoles = site.consoles()
+        # upstream: each node's ota event and its birth on the new version reach the district
+        assert site.district is not None and site.district.wait(lambda: {
+            b["dev"] for b in site.upstream(dtopics.UP_EVENT) if b["ev"] == "ota"} == set(devices), 30), \
+            site.upstream(dtopics.UP_EVENT)
+        states = site.upstream(dtopics.UP_STATE)
+    assert {b["dev"] for b in states if b.get("fw") == NEW and b["st"] == "online"} == set(devices), states
     print(out.stdout, status.stdout)
     done = json.loads(summary.read_text())
     assert done["landed"] == sorted(devices) and not done["failed"] and not done["halted"], done
     assert [len(s["devices"]) for s in done["stages"]] == [2, 4]
-    assert "canary: sending 0.2.0 to 2 node(s)" in out.stdout and "100%" in out.stdout, out.stdout
+    assert "canary: sending 0.2.0 to 2 node(s)" in out.stdout, out.stdout
+    assert all(f"{dev:<16} running 0.2.0" in out.stdout for dev in devices), out.stdout
     for dev in devices:
         n = nodes[dev]
         assert (n.running, n.outcome_v, n.ok, n.res) == (NEW, NEW, True, "running"), n
