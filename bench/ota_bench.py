@@ -165,6 +165,7 @@ def min_heap(mpy: Path, name: str, rel: release.Release, key: Ed25519PrivateKey,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default=",".join(STIMULUS))
+    ap.add_argument("--no-min-heap", action="store_true", help="skip the heap search (about 4 updates a profile)")
     ap.add_argument("--json", type=Path, default=report.RESULTS / "ota.json")
     args = ap.parse_args()
     if not shutil.which("strace"):
@@ -186,8 +187,10 @@ def main() -> None:
             if not full["ok"]:
                 raise SystemExit(f"{name}: the update failed at {upy.FIRMWARE_HEAP}\n{full['console']}")
             timed = update(mpy, name, rel, key, FIRMWARE_WK, work)  # untraced: strace slows every write
-            print(f"{name}: min heap ...", flush=True)
-            least = min_heap(mpy, name, rel, key, work)
+            least = None
+            if not args.no_min_heap:
+                print(f"{name}: min heap ...", flush=True)
+                least = min_heap(mpy, name, rel, key, work)
             ms_kb = round(timed["ms"] / (size / 1024), 2)
             rows[name] = {"min_heap_wk": least, "headroom_wk": None if least is None else FIRMWARE_WK - least,
                           "flash_bytes": full["flash_bytes"], "release_bytes": size,

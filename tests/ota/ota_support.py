@@ -34,12 +34,14 @@ Build = Callable[..., release.Release]
 
 class Relay:
     """The gateway's part, served from gateway/ota_relay.Releases over paho; `tamper` flips one byte of the
-    release at that offset in what it serves."""
+    release at that offset in what it serves; `hold` stops the node at an offset (for a power cut there)."""
 
     def __init__(self, port: int, site: str = SITE) -> None:
         self.releases = Releases(site)
         self.tamper: int | None = None
         self.served: list[tuple[int, int]] = []  # (offset, length) of every chunk sent, in order
+        self.hold: int | None = None  # requests from this offset on are not answered (while set)
+        self.held: list[int] = []  # offsets of requests held back
         self._cv = threading.Condition()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"relay-{site}")
         self.client.on_message = self._on_message
@@ -53,6 +55,11 @@ class Relay:
             return
         topic, payload = chunk.topic, chunk.payload
         off = int.from_bytes(payload[:4], "big")
+        with self._cv:
+            if self.hold is not None and off >= self.hold:  # the node waits here, asking again every 2 s
+                self.held.append(off)
+                self._cv.notify_all()
+                return
         if self.tamper is not None and off <= self.tamper < off + len(payload) - 4:
             b = bytearray(payload)
             b[4 + self.tamper - off] ^= 0x01
@@ -61,6 +68,10 @@ class Relay:
         with self._cv:
             self.served.append((off, len(payload) - 4))
             self._cv.notify_all()
+
+    @property
+    def lock(self) -> threading.Condition:
+        return self._cv
 
     def wait(self, pred: Callable[[list[tuple[int, int]]], bool], timeout: float) -> bool:
         """Until pred(served) holds; False after timeout."""

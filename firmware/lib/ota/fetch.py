@@ -179,6 +179,15 @@ class Updater:
         await self.mqtt.subscribe(self.topic, 0)
         self.mqtt.start()
         await self.mqtt.wait_connected()
+        # A request is written in pieces (mqtt.py's _send), and Nagle held all but the first until the broker's
+        # delayed ACK: 59 ms a KB on loopback, 2 with TCP_NODELAY (bench/ota_bench.py). Set here, not in mqtt.py,
+        # which every boot keeps resident. IPPROTO_TCP 6 and TCP_NODELAY 1 on Linux and lwIP alike; the sim's
+        # link wraps the stream (its .w).
+        try:
+            w = self.mqtt._w
+            getattr(w, "w", w).s.setsockopt(6, 1, 1)
+        except Exception:  # a TLS socket, a port without it: slower, not wrong
+            pass
         d = st["dir"]
         man = d + "/manifest.json"
         n = st["n"]
