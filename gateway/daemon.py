@@ -120,6 +120,7 @@ class Gateway:
         self.sequence.rollback()
         self.registry.rollback()
         self.confirmations.rollback()
+        self.ota.rollback()
         self.alarms = self._alarm_engine()
 
     def _site_batch(self, batch: Sequence[Incoming]) -> None:

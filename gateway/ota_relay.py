@@ -56,15 +56,14 @@ class Releases:
 
     def add_dir(self, release_dir: Path) -> str:
         """A release built by `lifeline release build`: its release.bin, under its manifest's version."""
-        version = str(json.loads((release_dir / "manifest.json").read_bytes())["version"])
-        self.add(version, (release_dir / "release.bin").read_bytes())
+        version, data = _read_dir(release_dir)
+        self.add(version, data)
         return version
 
     def replace(self, dirs: tuple[Path, ...]) -> None:
-        """Serve exactly these release directories (site.toml's [ota] releases, at start and on SIGHUP)."""
-        self._data.clear()
-        for d in dirs:
-            self.add_dir(d)
+        """Serve exactly these release directories (site.toml's [ota] releases, at start and on SIGHUP); when
+        one cannot be read, the error is raised and the releases served so far stay."""
+        self._data = dict(_read_dir(d) for d in dirs)
 
     def versions(self) -> list[str]:
         return sorted(self._data)
@@ -100,6 +99,11 @@ class Releases:
         self.served += 1
         return Chunk(topics.device(site, dev, topics.OTA), off.to_bytes(4, "big") + data[off:off + n], dev, version,
                      off + n, len(data))
+
+
+def _read_dir(release_dir: Path) -> tuple[str, bytes]:
+    return (str(json.loads((release_dir / "manifest.json").read_bytes())["version"]),
+            (release_dir / "release.bin").read_bytes())
 
 
 @dataclass
@@ -147,6 +151,12 @@ class Ledger:
         n.outcome_v, n.ok, n.res, n.outcome_at = version, ok, res, now
         if ok and n.target == version:
             n.done = n.total
+
+    def rollback(self) -> None:
+        """The daemon rolled its transaction back: forget what it has not committed (progress comes again
+        with the next request)."""
+        self.nodes = read(self._conn)
+        self._dirty.clear()
 
     def flush(self) -> None:
         """Write what changed into the caller's transaction."""
