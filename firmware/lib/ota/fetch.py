@@ -78,7 +78,7 @@ def _wipe(d):
 
 class Updater:
     def __init__(self, board, cfg, st, boot):
-        d, s, _ = cfg
+        d, s = cfg
         self.board = board
         self.boot = boot  # app/watchdog.py's boot record
         self.secrets = s
@@ -155,6 +155,8 @@ class Updater:
 
         ok = ed25519.verify(bytes.fromhex(self.pub), raw, bytes.fromhex(self.st["sig"]))
         del ed25519
+        sys.modules.pop("ed25519", None)  # its tables go before the manifest's file list is parsed
+        gc.collect()
         if not ok:
             raise Refused("bad signature")
         import json
@@ -222,7 +224,14 @@ def _end(ok, res, v):
 
 
 def run(st, cfg):
-    """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run."""
+    """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run.
+    cfg: a list holding (device, secrets, profile) as app/checked.py loads them, taken out here so that the
+    profile can go at once: the updater has no use for it and the drone's is the largest. (A tuple, as an
+    older main.py passes it, still works, with the profile kept.)"""
+    if isinstance(cfg, list):
+        cfg = cfg.pop()
+    cfg = (cfg[0], cfg[1])
+    gc.collect()
     u = persist.load(STATE)
     u["boots"] = u.get("boots", 0) + 1
     if "dir" not in u:
