@@ -44,7 +44,7 @@ app.drop("app.checked")
 if pending:
     from ota import fetch
 
-    fetch.run(st, cfg.pop())  # ends in a reset
+    fetch.run(st, cfg)  # takes the config out of the list; ends in a reset
 app.warm(cfg[0][0], cfg[0][2])  # every name the node will intern, interned while the heap is nearly empty
 from app import runtime  # noqa: E402
 

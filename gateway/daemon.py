@@ -32,6 +32,7 @@ from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
 from gateway.metrics import Metrics, Snapshot
+from gateway.ota_relay import Ledger, Releases
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
@@ -78,6 +79,16 @@ class Gateway:
         self.gaps = 0
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
+        # OTA (docs/ota.md): nodes' chunk requests on a connection of their own, so that a download never
+        # waits behind an ingest batch's commit, nor a batch behind a download.
+        self.releases = Releases(cfg.site)
+        self.releases.replace(cfg.ota_releases)
+        self.ota = Ledger(self.conn)
+        self.conn.commit()
+        ota_broker = replace(cfg.site_broker, client_id=cfg.site_broker.client_id + "-ota")
+        self.ota_link = Subscriber("ota", ota_broker, [topics.device_filter(cfg.site, topics.OTA_REQ)],
+                                   self.handle_ota, 100)
+        self.chunks: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()  # a node has one request out at a time
 
     def _alarm_engine(self) -> AlarmEngine:
         return AlarmEngine(self.conn, self.cfg.ruleset, self.cfg.risk_points,
@@ -109,6 +120,7 @@ class Gateway:
         self.sequence.rollback()
         self.registry.rollback()
         self.confirmations.rollback()
+        self.ota.rollback()
         self.alarms = self._alarm_engine()
 
     def _site_batch(self, batch: Sequence[Incoming]) -> None:
@@ -141,6 +153,7 @@ class Gateway:
         self.registry.flush()
         self.alarms.flush()
         self.confirmations.flush()
+        self.ota.flush()
         self.conn.commit()
 
     def _data(self, c: Checked, now: float) -> None:
@@ -167,6 +180,8 @@ class Gateway:
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
             self._up_state(district.DQ, district_wire.clock_report(
                 dev.id, body["seq"], body["boot"], body["clk"], now, ((r.name, r.clock, r.t_device) for r in flagged)))
+        if c.kind == topics.EVENT and body["ev"] == "ota":
+            self._ota_outcome(dev.id, c.readings, now)
         if c.kind == topics.EVENT:
             self._up_state(district.UP_EVENT, district_wire.device_event(dev.id, body["ev"], body["seq"], body["boot"],
                                                                          body["pri"], now))
@@ -177,12 +192,37 @@ class Gateway:
               retained=c.retained)
         if body["st"] == message.ONLINE:
             self.registry.birth(dev.id, body, now, live=not c.retained)
+            self.ota.birth(dev.id, str(body["fw"]), now)
             self.confirmations.born(dev.id, body["seq"])
         else:
             self.registry.death(dev.id)
             for t in self.alarms.device_dead(dev.id, now, dev.cls):
                 self._up_alarm(t)
         self._up_state(district.UP_STATE, district_wire.device_state(dev.id, body, now, c.retained, dev.position))
+
+    # ------------------------------------------------------------------------------ OTA
+
+    def handle_ota(self, batch: list[Incoming]) -> None:
+        """Answer nodes' chunk requests. Progress goes into the ledger, which the next commit writes."""
+        for m in batch:
+            chunk = self.releases.answer(m.topic, m.payload)
+            if chunk is not None:
+                self.ota.progress(chunk, m.received)
+                self.chunks.put_nowait((chunk.topic, chunk.payload))
+
+    def _ota_outcome(self, dev: str, readings: Sequence[Reading], now: float) -> None:
+        """A node's sealed "ota" event (ota.v, ota.ok, ota.res): it still goes upstream as every event does."""
+        got = {r.metric: r.value for r in readings}
+        version, ok, res = got.get("ota.v"), got.get("ota.ok"), got.get("ota.res")
+        if isinstance(version, str) and isinstance(ok, bool):
+            self.ota.outcome(dev, version, ok, str(res or ""), now)
+            event(log, "ota-outcome", logging.INFO if ok else logging.WARNING, dev=dev, v=version, ok=ok, res=res)
+
+    async def _send_chunks(self) -> None:
+        while True:
+            topic, payload = await self.chunks.get()
+            with contextlib.suppress(Exception):  # not connected: the node asks again in 2 s
+                await self.ota_link.publish(topic, payload, qos=0)
 
     # ------------------------------------------------------------------------------ downlink
 
@@ -281,7 +321,8 @@ class Gateway:
                         gaps=self.gaps, outbox_depth=self.outbox.depth(), outbox_oldest_age_s=ages,
                         outbox_bytes=self.outbox.bytes_used(), uplink_connected=self.uplink.connected,
                         site_connected=self.site.connected.is_set(), alarms=dict(alarms),
-                        batches=self.site.batches)
+                        batches=self.site.batches, ota_refused=dict(self.releases.refused),
+                        ota_served=self.releases.served)
 
     async def _ticker(self) -> None:
         while True:
@@ -297,15 +338,19 @@ class Gateway:
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return
         self.registry.replace(cfg.devices)
+        try:
+            self.releases.replace(cfg.ota_releases)
+        except (OSError, ValueError, KeyError) as exc:  # changed on disk since the config check
+            event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
         applied = False
         if cfg.ruleset.version > self.alarms.ruleset.version:
             for t in self.alarms.replace_rules(cfg.ruleset, time.time()):
                 self._up_alarm(t)
             applied = True
-        self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset)
+        self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset, ota_releases=cfg.ota_releases)
         self._commit()
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
-              rules_applied=applied)
+              rules_applied=applied, ota_releases=",".join(self.releases.versions()))
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -315,10 +360,10 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
         event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
-              rules_version=self.alarms.ruleset.version)
+              rules_version=self.alarms.ruleset.version, ota_releases=",".join(self.releases.versions()))
         uplink = asyncio.create_task(self.uplink.run())
         tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
-                                                  self._send_commands(),
+                                                  self._send_commands(), self.ota_link.run(), self._send_chunks(),
                                                   self.confirmations.run(self.site.publish))]
         await stop.wait()
         event(log, "stopping")

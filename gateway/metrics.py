@@ -30,6 +30,8 @@ class Snapshot:
     site_connected: bool = False
     alarms: Mapping[str, int] = field(default_factory=dict)  # active, by level
     batches: int = 0
+    ota_refused: Mapping[str, int] = field(default_factory=dict)  # nodes' chunk requests refused, by reason
+    ota_served: int = 0
 
 
 class _Collector:
@@ -61,6 +63,9 @@ class _Collector:
         yield GaugeMetricFamily("lifeline_site_connected", "1 while connected to the site broker",
                                 value=int(s.site_connected))
         yield by("lifeline_alarms_active", "Active alarms, by level", "level", s.alarms, False)
+        yield CounterMetricFamily("lifeline_ota_chunks_served", "Release chunks sent to updating nodes",
+                                  value=s.ota_served)
+        yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 
 class Metrics:

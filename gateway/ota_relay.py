@@ -6,12 +6,20 @@ check the manifest's Ed25519 signature with the district's public key, and each 
 A request is text, "version offset length". One that names an unknown release, runs past its end, asks for
 more than MAX_CHUNK or does not parse is answered with nothing, counted by reason in `refused`, and logged
 once per reason; the node asks again and in the end gives up on its own.
+
+The Ledger is the gateway's view of each node's update, kept in the store for `lifeline ota status` and
+`lifeline ota rollout`: the version its last birth named, how far its download has got (the offsets it asks
+for: the updater keeps no other record and seals nothing, so its requests are its progress report), and the
+outcome its last sealed "ota" event reported.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gateway.logs import event
@@ -20,6 +28,18 @@ from protocol import topics
 log = logging.getLogger("lifeline.gateway.ota_relay")
 
 MAX_CHUNK = 2048  # the node asks for 1 KB; its MQTT client takes packets up to a little more
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The answer to one request, and what it tells of the node's progress."""
+
+    topic: str
+    payload: bytes
+    dev: str
+    version: str
+    end: int  # the node holds this many bytes of the release once it has this chunk
+    total: int
 
 
 class Releases:
@@ -36,11 +56,14 @@ class Releases:
 
     def add_dir(self, release_dir: Path) -> str:
         """A release built by `lifeline release build`: its release.bin, under its manifest's version."""
-        import json
-
-        version = str(json.loads((release_dir / "manifest.json").read_bytes())["version"])
-        self.add(version, (release_dir / "release.bin").read_bytes())
+        version, data = _read_dir(release_dir)
+        self.add(version, data)
         return version
+
+    def replace(self, dirs: tuple[Path, ...]) -> None:
+        """Serve exactly these release directories (site.toml's [ota] releases, at start and on SIGHUP); when
+        one cannot be read, the error is raised and the releases served so far stay."""
+        self._data = dict(_read_dir(d) for d in dirs)
 
     def versions(self) -> list[str]:
         return sorted(self._data)
@@ -50,8 +73,8 @@ class Releases:
             event(log, "ota-request-refused", logging.WARNING, reason=reason, dev=dev)
         self.refused[reason] += 1
 
-    def answer(self, topic: str, payload: bytes) -> tuple[str, bytes] | None:
-        """(topic, payload) of the chunk a request asks for, or None when it is refused."""
+    def answer(self, topic: str, payload: bytes) -> Chunk | None:
+        """The chunk a request asks for, or None when it is refused."""
         try:
             site, dev, kind = topics.parse_device(topic)
         except topics.TopicError:
@@ -74,4 +97,79 @@ class Releases:
             self._refuse("out of range", dev)
             return None
         self.served += 1
-        return topics.device(site, dev, topics.OTA), off.to_bytes(4, "big") + data[off:off + n]
+        return Chunk(topics.device(site, dev, topics.OTA), off.to_bytes(4, "big") + data[off:off + n], dev, version,
+                     off + n, len(data))
+
+
+def _read_dir(release_dir: Path) -> tuple[str, bytes]:
+    return (str(json.loads((release_dir / "manifest.json").read_bytes())["version"]),
+            (release_dir / "release.bin").read_bytes())
+
+
+@dataclass
+class NodeOta:
+    """One node's update as the gateway has seen it."""
+
+    dev: str
+    running: str = ""  # the version its last birth named (sealed by the node, checked by the gateway)
+    born_at: float | None = None
+    target: str = ""  # the release it last asked bytes of
+    done: int = 0
+    total: int = 0
+    asked_at: float | None = None
+    outcome_v: str = ""  # its last "ota" event: the version, whether it runs, and why (refused, rolled back)
+    ok: bool | None = None
+    res: str = ""
+    outcome_at: float | None = None
+
+
+class Ledger:
+    """NodeOta by device, written to the store with the daemon's commits. Chunk requests change it a
+    thousand times a megabyte, so it is kept in memory and written when the daemon next commits (once a
+    second at most for progress alone: the tick)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        conn.execute("CREATE TABLE IF NOT EXISTS ota_node (dev TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+        self.nodes = read(conn)
+        self._dirty: set[str] = set()
+
+    def _node(self, dev: str) -> NodeOta:
+        self._dirty.add(dev)
+        return self.nodes.setdefault(dev, NodeOta(dev))
+
+    def birth(self, dev: str, fw: str, now: float) -> None:
+        n = self._node(dev)
+        n.running, n.born_at = fw, now
+
+    def progress(self, c: Chunk, now: float) -> None:
+        n = self._node(c.dev)
+        n.target, n.done, n.total, n.asked_at = c.version, c.end, c.total, now
+
+    def outcome(self, dev: str, version: str, ok: bool, res: str, now: float) -> None:
+        n = self._node(dev)
+        n.outcome_v, n.ok, n.res, n.outcome_at = version, ok, res, now
+        if ok and n.target == version:
+            n.done = n.total
+
+    def rollback(self) -> None:
+        """The daemon rolled its transaction back: forget what it has not committed (progress comes again
+        with the next request)."""
+        self.nodes = read(self._conn)
+        self._dirty.clear()
+
+    def flush(self) -> None:
+        """Write what changed into the caller's transaction."""
+        if self._dirty:
+            self._conn.executemany("INSERT OR REPLACE INTO ota_node (dev, doc) VALUES (?, ?)",
+                                   [(d, json.dumps(asdict(self.nodes[d]))) for d in sorted(self._dirty)])
+            self._dirty.clear()
+
+
+def read(conn: sqlite3.Connection) -> dict[str, NodeOta]:
+    """Every node's NodeOta from a gateway store (empty before the daemon has made the table)."""
+    try:
+        rows = conn.execute("SELECT dev, doc FROM ota_node").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    return {dev: NodeOta(**json.loads(doc)) for dev, doc in rows}

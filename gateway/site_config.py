@@ -7,6 +7,7 @@ file's directory, so a site directory can be moved as a whole. docs/gateway.md d
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -83,6 +84,7 @@ class GatewayConfig:
     quarantine_max_mb: float  # raw bytes kept, at most a quarter of the store's disk_budget_mb
     quarantine_log_interval_s: float
     command_timeout_s: float
+    ota_releases: tuple[Path, ...]  # release directories the gateway serves to updating nodes (docs/ota.md)
     alarm_resend_first_s: float
     alarm_resend_max_s: float
     log_format: str
@@ -238,6 +240,35 @@ def _lat_lon(t: ConfigTable, key: str, lat: float, lon: float) -> tuple[float, f
     return lat, lon
 
 
+def _ota_releases(t: ConfigTable) -> tuple[Path, ...]:
+    """[ota] releases: directories of `lifeline release build`, each holding the manifest and the bytes the
+    gateway serves. Checked here so that a wrong path stops the daemon instead of leaving nodes asking for a
+    release nobody serves; two directories of one version would serve one of them at random."""
+    raw = t._get("releases", list, "a list of release directories", [])
+    out: list[Path] = []
+    versions: dict[str, int] = {}
+    for i, name in enumerate(raw):
+        key = f"releases[{i}]"
+        if not isinstance(name, str) or not name:
+            raise t.fail(key, "must be a directory name")
+        p = Path(name) if Path(name).is_absolute() else t.base / name
+        if t.check_files:
+            try:
+                version = json.loads((p / "manifest.json").read_bytes())["version"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise t.fail(key, f"{p} is not a release directory (manifest.json: {exc})") from None
+            if not (p / "release.bin").is_file():
+                raise t.fail(key, f"{p} has no release.bin")
+            if not isinstance(version, str):
+                raise t.fail(key, f"{p}: the manifest's version is not text")
+            if version in versions:
+                raise t.fail(key, f"version {version} is also releases[{versions[version]}]")
+            versions[version] = i
+        out.append(p)
+    t.done()
+    return tuple(out)
+
+
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -343,6 +374,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     cmd_timeout = float(c_t.number("timeout_s", 30, 0.1, 86400))
     c_t.done()
 
+    ota_releases = _ota_releases(root.section("ota"))
+
     a_t = root.section("alarms")
     resend_first = float(a_t.number("resend_first_s", 60, 1))
     resend_max = float(a_t.number("resend_max_s", 3600, resend_first))
@@ -368,7 +401,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
         metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_max_mb=q_mb,
         quarantine_log_interval_s=q_interval,
-        command_timeout_s=cmd_timeout, alarm_resend_first_s=resend_first, alarm_resend_max_s=resend_max,
+        command_timeout_s=cmd_timeout, ota_releases=ota_releases, alarm_resend_first_s=resend_first,
+        alarm_resend_max_s=resend_max,
         log_format=log_format, log_level=log_level)
 
 

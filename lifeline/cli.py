@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "district": ("lifeline.district", "run the district centre: ingest workers and the web desk"),
     "flash": ("lifeline.flash", "flash the firmware and a device's identity onto a board (or a virtual one)"),
     "release": ("lifeline.release", "build and sign a firmware release for OTA updates (keygen, build)"),
+    "ota": ("lifeline.ota", "over-the-air updates at the site: status per node, staged rollout"),
     "hil": ("lifeline.hil", "run the bench suite on virtual devices or real boards (docs/hil.md)"),
     "demo": ("lifeline.demo.run", "the site demo: brokers, gateway, ~20 virtual devices and a scripted incident"),
 }

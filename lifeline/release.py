@@ -23,11 +23,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from lifeline import upy
+
+if TYPE_CHECKING:  # cryptography is the tools extra's: a site box reads releases (lifeline ota) without it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 MIN_HEAP = 65536  # bytes: the 64 KB heap every profile is held to (README, "Node heap")
@@ -52,6 +53,9 @@ class Release:
 
 def keygen(out: Path) -> str:
     """Write a new private key to `out` (refusing to overwrite one); return the public key in hex."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -65,11 +69,16 @@ def keygen(out: Path) -> str:
 
 
 def public_hex(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return raw.hex()
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,9 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     ("risk_points", [{"id": "p", "class": "gas", "lat": 95, "lon": 0, "radius_m": 5}], "risk_points[0].lat"),
     ("rules.overrides", {"gas": {"ch4": {"direction": "sideways"}}}, "rules.overrides.gas.ch4.direction"),
     ("rules.files", ["nope.toml"], "rules.files[0]: file"),
+    ("ota.releases", "0.2.0", "ota.releases: must be a list of release directories"),
+    ("ota.releases", ["nowhere/0.2.0"], "ota.releases[0]: "),
+    ("ota.release", ["x"], "ota.release: unknown key"),
 ])
 def test_each_mistake_names_its_field(tmp_path: Path, path: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -138,3 +142,18 @@ def test_a_password_file_that_cannot_be_read_names_its_field(tmp_path: Path) -> 
     doc["site_broker"]["username"] = "gateway"
     with pytest.raises(ConfigError, match=r"^site_broker\.password_file: cannot read .*gw\.password: not UTF-8"):
         parse(doc, tmp_path / "site.toml")
+
+
+def test_ota_releases_are_release_directories_of_distinct_versions(tmp_path: Path) -> None:
+    for name, version in (("a", "0.2.0"), ("b", "0.2.0"), ("c", "0.3.0")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"version": version}))
+        (tmp_path / name / "release.bin").write_bytes(b"x")
+    assert parse(with_change("ota.releases", ["a", "c"]), tmp_path / "site.toml").ota_releases == (
+        tmp_path / "a", tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^ota\.releases\[1\]: version 0\.2\.0 is also releases\[0\]"):
+        parse(with_change("ota.releases", ["a", "b"]), tmp_path / "site.toml")
+    (tmp_path / "c" / "release.bin").unlink()
+    with pytest.raises(ConfigError, match=r"^ota\.releases\[0\]: .* has no release\.bin"):
+        parse(with_change("ota.releases", ["c"]), tmp_path / "site.toml")
+    assert parse(MINIMAL, tmp_path / "site.toml").ota_releases == ()

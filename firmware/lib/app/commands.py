@@ -159,9 +159,8 @@ async def update(app, args, cid):
         raise ValueError("ota needs sig: 64 bytes in hex")
     if v == app.fw:
         raise ValueError("version %s is running already" % v)
-    import ota
-
-    persist.save(ota.STATE, {"id": cid, "v": v, "n": n, "sig": sig})
+    # ota.STATE, named here: loading the ota package beside a command failed the drone for memory
+    persist.save("ota.json", {"id": cid, "v": v, "n": n, "sig": sig})
     return "updating to " + v, "reboot"
 
 

@@ -21,12 +21,13 @@ import sys
 
 import hal
 import persist
+from app import watchdog
 from mqtt import MQTTClient
 from ota import RESULT, STATE, slot
 from protocol import topics
 
 CHUNK = 1024
-_BOOTS = 5  # boots the updater gets before it gives up (a bug, or a release it cannot take)
+_BOOTS = 5  # boots without a file completed before the updater gives up (a bug, a release it cannot take)
 _WAIT_MS = 2000  # an unanswered request is sent again after this
 _IDLE_MS = 120000  # no chunk for this long: the gateway has no such release
 
@@ -76,9 +77,10 @@ def _wipe(d):
 
 
 class Updater:
-    def __init__(self, board, cfg, st):
-        d, s, _ = cfg
+    def __init__(self, board, cfg, st, boot):
+        d, s = cfg
         self.board = board
+        self.boot = boot  # app/watchdog.py's boot record
         self.secrets = s
         self.st = st
         self.prof = d["profile"]
@@ -153,6 +155,8 @@ class Updater:
 
         ok = ed25519.verify(bytes.fromhex(self.pub), raw, bytes.fromhex(self.st["sig"]))
         del ed25519
+        sys.modules.pop("ed25519", None)  # its tables go before the manifest's file list is parsed
+        gc.collect()
         if not ok:
             raise Refused("bad signature")
         import json
@@ -177,6 +181,15 @@ class Updater:
         await self.mqtt.subscribe(self.topic, 0)
         self.mqtt.start()
         await self.mqtt.wait_connected()
+        # A request is written in pieces (mqtt.py's _send), and Nagle held all but the first until the broker's
+        # delayed ACK: 59 ms a KB on loopback, 2 with TCP_NODELAY (bench/ota_bench.py). Set here, not in mqtt.py,
+        # which every boot keeps resident. IPPROTO_TCP 6 and TCP_NODELAY 1 on Linux and lwIP alike; the sim's
+        # link wraps the stream (its .w).
+        try:
+            w = self.mqtt._w
+            getattr(w, "w", w).s.setsockopt(6, 1, 1)
+        except Exception:  # a TLS socket, a port without it: slower, not wrong
+            pass
         d = st["dir"]
         man = d + "/manifest.json"
         n = st["n"]
@@ -194,7 +207,9 @@ class Updater:
                 if got.hex() != f["sha256"]:
                     raise Refused("%s: SHA-256 does not match the manifest" % f["path"])
                 st["i"] = i + 1
+                st["boots"] = 1  # this boot made progress: power cuts during a long download are no crash loop,
                 persist.save(STATE, st)
+                watchdog.stable(self.boot)  # for the updater's count nor the app's (it writes once a boot)
             off += f["size"]
         slot.switch(d, self.v)
 
@@ -209,9 +224,14 @@ def _end(ok, res, v):
 
 
 def run(st, cfg):
-    """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run."""
-    from app import watchdog
-
+    """Carry the pending update (ota.json) one boot further, then reset into whichever code is to run.
+    cfg: a list holding (device, secrets, profile) as app/checked.py loads them, taken out here so that the
+    profile can go at once: the updater has no use for it and the drone's is the largest. (A tuple, as an
+    older main.py passes it, still works, with the profile kept.)"""
+    if isinstance(cfg, list):
+        cfg = cfg.pop()
+    cfg = (cfg[0], cfg[1])
+    gc.collect()
     u = persist.load(STATE)
     u["boots"] = u.get("boots", 0) + 1
     if "dir" not in u:
@@ -227,7 +247,7 @@ def run(st, cfg):
         _end(True, None, u["v"])
     else:
         try:
-            asyncio.run(Updater(board, cfg, u).run())
+            asyncio.run(Updater(board, cfg, u, st).run())
             _end(True, None, u["v"])
         except Refused as e:
             print("ota:", e)

@@ -1,0 +1,374 @@
+"""`lifeline ota`: the site's over-the-air updates (docs/ota.md).
+
+    lifeline ota status --config site.toml
+    lifeline ota rollout --config site.toml --release releases/0.2.0 --canary 2 --halt-share 0.25
+
+Both read the gateway's view from its store (gateway/ota_relay.Ledger): the version each node's last birth
+named (sealed by the node, checked by the gateway), how far its download has got (the chunks the gateway
+served it), and its last "ota" outcome (a sealed event: running, refused or rolled back, with the reason).
+That is what an operator can trust: nothing in it comes from the node unchecked but the progress, which only
+the node's own broker login can ask for (the site ACL).
+
+`rollout` sends the sealed `ota` command, as the gateway's command relay seals a district command (the
+device's key from site.toml), over the site broker with the gateway's login: to the canary group first, then
+the rest (in waves when --wave is given). A stage ends when each of its nodes has born on the new version,
+reported a failure (refused, rolled back) or run out of --stage-timeout (a sleeping node takes the command
+at its next wake, so the timeout must cover its wake interval). The rollout halts by itself, before the next
+stage, once more than --halt-share of the nodes sent the command have failed (judged when a stage ends, so
+the count covers the whole stage); the nodes already sent it go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+from rich.table import Table
+
+from gateway import ota_relay
+from gateway.ota_relay import NodeOta
+from gateway.site_config import ConfigError, DeviceConfig, GatewayConfig, load
+from lifeline import release
+from lifeline.store_access import add_store_arguments, open_readonly
+from protocol import message, message_check, topics
+
+BAR = 20
+_SENDS = 3  # times a silent node is sent the command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    st = sub.add_parser("status", help="per node: version running, target, download progress, outcome")
+    add_store_arguments(st, "site.toml (devices and the [store] path)")
+    r = sub.add_parser("rollout", help="send a release to a canary group, then the rest; halt on failures")
+    r.add_argument("--config", type=Path, required=True, help="site.toml (devices, keys, site broker, store)")
+    r.add_argument("--release", type=Path, required=True, help="a release directory the gateway serves ([ota])")
+    r.add_argument("--canary", default="1", help="canary group: a number of nodes, or a share like 10%% (default 1)")
+    r.add_argument("--halt-share", type=float, default=0.25,
+                   help="halt when more than this share of the nodes sent the release fail (default 0.25)")
+    r.add_argument("--wave", type=int, default=0, help="after the canary, nodes a stage (default: all the rest)")
+    r.add_argument("--stage-timeout", type=float, default=900.0,
+                   help="seconds a stage waits for its nodes (cover a sleeping node's wake interval)")
+    r.add_argument("--device", action="append", help="only these devices (default: every one the release is for)")
+    r.add_argument("--resend-s", type=float, default=60.0,
+                   help="send the command again to a node silent this long, plus its wake interval (default 60)")
+    r.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the gateway's store")
+    r.add_argument("--summary", type=Path, help="write the outcome as JSON here")
+
+
+def bar(done: int, total: int) -> str:
+    share = done / total if total else 0.0
+    full = round(share * BAR)
+    return "#" * full + "." * (BAR - full) + f" {share * 100:3.0f}%"
+
+
+def _version(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return ()
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def status(args: argparse.Namespace, console: Console) -> int:
+    try:
+        conn = open_readonly(args)
+        devices = load(args.config).devices if args.config else {}
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    with conn:
+        nodes = ota_relay.read(conn)
+        online = _online(conn)
+    now = time.time()
+    table = Table("device", "class", "state", "running", "target", "download", "outcome", "when", title="ota")
+    for dev in sorted(set(nodes) | set(devices)):
+        n = nodes.get(dev) or NodeOta(dev)
+        d = devices.get(dev)
+        table.add_row(dev, d.cls if d else "", "online" if online.get(dev) else "offline", n.running or "?",
+                      n.target, bar(n.done, n.total) if n.total else "", _outcome(n),
+                      _ago(now, n.outcome_at or n.asked_at))
+    console.print(table)
+    return 0
+
+
+def _online(conn: sqlite3.Connection) -> dict[str, bool]:
+    try:
+        return {dev: bool(json.loads(doc).get("online")) for dev, doc in conn.execute("SELECT dev, health FROM "
+                                                                                      "device_health")}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def _sleep_s(conn: sqlite3.Connection) -> dict[str, float]:
+    """Each deep-sleeping node's wake interval, from its last birth: how late it may hear a command."""
+    try:
+        return {dev: float(json.loads(doc).get("sleep_s") or 0.0)
+                for dev, doc in conn.execute("SELECT dev, health FROM device_health")}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def _outcome(n: NodeOta) -> str:
+    if not n.outcome_v:
+        return ""
+    return f"{n.outcome_v} " + ("[green]running[/green]" if n.ok else f"[red]{n.res}[/red]")
+
+
+def _ago(now: float, t: float | None) -> str:
+    return "" if t is None else f"{max(0.0, now - t):.0f}s ago"
+
+
+# ---------------------------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class Stage:
+    name: str
+    devices: list[str]
+    sent_at: float = 0.0
+    landed: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def open(self) -> list[str]:
+        return [d for d in self.devices if d not in self.landed and d not in self.failed]
+
+
+def canary_size(text: str, n: int) -> int:
+    """--canary as a count, or a share of the nodes ("10%"): at least one node, at most all."""
+    try:
+        k = round(n * float(text[:-1]) / 100) if text.endswith("%") else int(text)
+    except ValueError:
+        raise release.ReleaseError(f"--canary {text!r}: a number of nodes or a share like 10%") from None
+    return max(1, min(n, k))
+
+
+class Sender:
+    """The site broker with the gateway's login: sealed commands out, the nodes' sealed acks in (a node that
+    refuses the command says so only there)."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        b = cfg.site_broker
+        self.devices = cfg.devices
+        self.acks: dict[tuple[str, int], tuple[bool, str]] = {}
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{b.client_id}-rollout-{time.time_ns()}")
+        self.client.on_message = self._on_message
+        if b.username is not None:
+            self.client.username_pw_set(b.username, b.password)
+        if b.tls is not None:
+            self.client.tls_set(ca_certs=str(b.tls.ca_file) if b.tls.ca_file else None,
+                                certfile=str(b.tls.cert_file) if b.tls.cert_file else None,
+                                keyfile=str(b.tls.key_file) if b.tls.key_file else None)
+        self.client.connect(b.host, b.port, b.keepalive)
+        self.client.subscribe(topics.device_filter(cfg.site, topics.ACK), qos=1)
+        self.client.loop_start()
+        self.site = cfg.site
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        try:
+            _, dev, kind = topics.parse_device(msg.topic)
+            device = self.devices.get(dev)
+            if device is None:
+                return
+            body = message_check.decode(bytes(msg.payload), lambda kid: device.key if kid == dev.encode() else None,
+                                        kind, loads=cbor2.loads)
+        except (topics.TopicError, message_check.MessageError):
+            return
+        with self._lock:
+            self.acks[(dev, int(body["id"]))] = (bool(body["ok"]), str(body.get("res") or ""))
+
+    def ack(self, dev: str, cmd_id: int) -> tuple[bool, str] | None:
+        with self._lock:
+            return self.acks.get((dev, cmd_id))
+
+    def send(self, device: DeviceConfig, cmd_id: int, args: Mapping[str, object], exp: int) -> None:
+        body = message.command(device.id, cmd_id, "ota", dict(args), exp)
+        info = self.client.publish(topics.device(self.site, device.id, topics.CMD), message.encode(body, device.key),
+                                   qos=1)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Rollout:
+    def __init__(self, cfg: GatewayConfig, rel: release.Release, stages: list[Stage],
+                 read: Callable[[], tuple[dict[str, NodeOta], dict[str, float]]], say: Callable[[str], None],
+                 sender: Sender, resend_s: float) -> None:
+        self.cfg, self.rel, self.stages = cfg, rel, stages
+        self.read, self.say, self.sender, self.resend_s = read, say, sender, resend_s
+        self.shown: dict[str, str] = {}
+        self.halted = ""
+        self.cmd_id = int(time.time()) & 0x7FFFFFFF  # ids are per device; a fresh one, so no node takes it as a repeat
+        self.commands: dict[str, tuple[int, float, int]] = {}  # dev -> (command id, when, sends so far)
+        self.exp = 0
+
+    def failed(self) -> int:
+        return sum(len(s.failed) for s in self.stages)
+
+    def sent(self) -> int:
+        return sum(len(s.devices) for s in self.stages if s.sent_at)
+
+    def send(self, dev: str) -> None:
+        _, _, sends = self.commands.get(dev, (0, 0.0, 0))
+        cmd_id = self.cmd_id + sends
+        self.sender.send(self.cfg.devices[dev], cmd_id, self.rel.command_args(), self.exp)
+        self.commands[dev] = (cmd_id, time.time(), sends + 1)
+
+    def run(self, halt_share: float, timeout_s: float, poll_s: float) -> None:
+        for stage in self.stages:
+            if self.halted:
+                break
+            stage.sent_at = time.time()
+            self.exp = int(stage.sent_at + timeout_s)
+            self.say(f"{stage.name}: sending {self.rel.version} to {len(stage.devices)} node(s): "
+                     f"{', '.join(stage.devices)}")
+            for dev in stage.devices:
+                self.send(dev)
+            deadline = stage.sent_at + timeout_s
+            while stage.open() and time.time() < deadline:
+                self.look(stage)
+                if not stage.open():
+                    break
+                time.sleep(poll_s)
+            self.look(stage)
+            for dev in stage.open():
+                stage.failed[dev] = f"no new birth within {timeout_s:g} s"
+                self.say(f"  {dev}: [red]failed[/red]: {stage.failed[dev]}")
+            self.say(f"{stage.name}: {len(stage.landed)} landed, {len(stage.failed)} failed")
+            if self.failed() > halt_share * self.sent():  # judged once a stage has had its say
+                self.halted = (f"{self.failed()} of {self.sent()} nodes sent {self.rel.version} failed, above the "
+                               f"halt share {halt_share:g}")
+
+    def look(self, stage: Stage) -> None:
+        """Read the gateway's view and the acks; say what changed for each node of the stage. A node that has
+        neither answered the command nor asked for a chunk within --resend-s (plus its wake interval, from
+        its birth) is sent it again under a new id, up to _SENDS times: a node at the edge of its heap can
+        fail to load a command and then answers nothing (app/runtime.py, "no memory")."""
+        nodes, sleep_s = self.read()
+        v = self.rel.version
+        now = time.time()
+        for dev in stage.open():
+            n = nodes.get(dev) or NodeOta(dev)
+            cmd_id, sent_at, sends = self.commands[dev]
+            ack = self.sender.ack(dev, cmd_id)
+            if n.running == v and (n.born_at or 0) >= stage.sent_at:
+                stage.landed.add(dev)
+                line = f"[green]running {v}[/green]"
+            elif n.outcome_v == v and n.ok is False and (n.outcome_at or 0) >= stage.sent_at:
+                stage.failed[dev] = n.res
+                line = f"[red]failed[/red]: {n.res}"
+            elif ack is not None and not ack[0]:
+                stage.failed[dev] = f"refused the command: {ack[1]}"
+                line = f"[red]failed[/red]: {stage.failed[dev]}"
+            elif n.target == v and n.total and (n.asked_at or 0) >= stage.sent_at:
+                line = bar(n.done, n.total)
+                if n.done == n.total:
+                    line += " switching"
+            elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < _SENDS:
+                self.send(dev)
+                line = f"no answer, sent again ({sends + 1})"
+            else:
+                line = "took the command" if ack else "waiting"
+            if self.shown.get(dev) != line:
+                self.shown[dev] = line
+                self.say(f"  {dev:<16} {line}")
+
+
+def rollout(args: argparse.Namespace, console: Console) -> int:
+    try:
+        cfg = load(args.config)
+        rel = release.load(args.release)
+        if args.release.resolve() not in {p.resolve() for p in cfg.ota_releases}:
+            raise release.ReleaseError(f"the gateway does not serve {args.release}: add it to [ota] releases in "
+                                       f"{args.config} and reload the gateway (SIGHUP)")
+        profiles = list(json.loads(rel.manifest).get("profiles", ()))
+        if not cfg.store_path.exists():
+            raise FileNotFoundError(f"no gateway store at {cfg.store_path}: the gateway runs the rollout's site")
+        conn = sqlite3.connect(f"file:{cfg.store_path}?mode=ro", uri=True)
+    except (ConfigError, FileNotFoundError, release.ReleaseError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if not 0 <= args.halt_share < 1:
+        console.print("[red]--halt-share: a share from 0 up to (not including) 1[/red]")
+        return 2
+
+    def read() -> tuple[dict[str, NodeOta], dict[str, float]]:
+        with conn:
+            return ota_relay.read(conn), _sleep_s(conn)
+
+    nodes, _ = read()
+    chosen = args.device or sorted(cfg.devices)
+    unknown = [d for d in chosen if d not in cfg.devices]
+    if unknown:
+        console.print(f"[red]--device: {', '.join(unknown)} not in {args.config}[/red]")
+        return 2
+    targets, skipped = [], []
+    for dev in chosen:
+        running = (nodes.get(dev) or NodeOta(dev)).running
+        if cfg.devices[dev].cls not in profiles:
+            skipped.append(f"{dev} (class {cfg.devices[dev].cls}: not in the release)")
+        elif running and _version(running) >= _version(rel.version):
+            skipped.append(f"{dev} (runs {running})")
+        else:
+            targets.append(dev)
+    for s in skipped:
+        console.print(f"skipped {s}")
+    if not targets:
+        console.print("nothing to update")
+        return 0
+    try:
+        k = canary_size(args.canary, len(targets))
+    except release.ReleaseError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    rest = targets[k:]
+    wave = args.wave if args.wave > 0 else len(rest) or 1
+    stages = [Stage("canary", targets[:k])] + [Stage(f"wave {i // wave + 1}", rest[i:i + wave])
+                                               for i in range(0, len(rest), wave)]
+    sender = Sender(cfg)
+    ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
+    try:
+        ro.run(args.halt_share, args.stage_timeout, args.poll)
+    finally:
+        sender.close()
+        conn.close()
+    untouched = [d for s in stages if not s.sent_at for d in s.devices]
+    landed = sorted(d for s in stages for d in s.landed)
+    failed = {d: why for s in stages for d, why in s.failed.items()}
+    if ro.halted:
+        console.print(f"[red]HALTED[/red]: {ro.halted}; {len(untouched)} node(s) not sent the release: "
+                      f"{', '.join(untouched) or 'none'}")
+    console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent")
+    if args.summary:
+        args.summary.write_text(json.dumps({"version": rel.version, "halted": ro.halted, "landed": landed,
+                                            "failed": failed, "untouched": untouched,
+                                            "stages": [{"name": s.name, "devices": s.devices} for s in stages]},
+                                           indent=1))
+    return 1 if ro.halted or failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    try:
+        if args.action == "status":
+            return status(args, console)
+        return rollout(args, console)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
