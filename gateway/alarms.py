@@ -159,7 +159,7 @@ class Alarm:
         return self.last.point
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Track:
     """Evaluation state of one rule on one subject, between samples."""
 
@@ -206,7 +206,7 @@ class Track:
 _NO_TRACK = Track()  # never changed (frozen, and its runs are only read): the state of a rule not yet judged
 
 
-@dataclass
+@dataclass(slots=True)
 class _Device:
     cls: str
     last_seen: float | None  # gateway time; None until the first reading or tick after a restart

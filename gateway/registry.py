@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.site_config import DeviceConfig
 
 
-@dataclass
+@dataclass(slots=True)
 class Health:
     dev: str
     online: bool = False
@@ -106,7 +106,7 @@ class Registry:
     def flush(self) -> None:
         if self._dirty:
             self._conn.executemany("INSERT OR REPLACE INTO device_health (dev, health) VALUES (?, ?)",
-                                   [(d, json.dumps(vars(self._health[d]))) for d in self._dirty])
+                                   [(d, json.dumps(asdict(self._health[d]))) for d in self._dirty])
             self._dirty.clear()
 
     def rollback(self) -> None:

@@ -480,7 +480,7 @@ def default_ruleset() -> RuleSet:
 # ----------------------------------------------------------------------------------- pure evaluation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """Consecutive samples reaching one level: device time of the first and the latest, and how many."""
 
@@ -567,7 +567,7 @@ def rate_signal(
     return change, tuple(items)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SumState:
     """Amounts in bins of `bin_s` seconds of device time (bin index, amount), and the newest sample time."""
 

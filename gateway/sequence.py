@@ -56,7 +56,7 @@ class Gap:
     kind: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Hole:
     first: int
     last: int
@@ -64,7 +64,7 @@ class _Hole:
     reported: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Device:
     floor: int = -1
     low: int | None = None

@@ -47,7 +47,7 @@ class BrokerConfig:
     keepalive: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     id: str
     cls: str
