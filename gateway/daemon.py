@@ -36,6 +36,7 @@ from gateway.ota_relay import Ledger, Releases
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
+from gateway.release_dir import ReleaseDirError
 from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
 from gateway.site_config import ConfigError, GatewayConfig
@@ -46,6 +47,7 @@ from protocol import district, message, topics
 log = logging.getLogger("lifeline.gateway")
 
 TICK_S = 1.0
+OTA_REPORT_S = 2.0  # download progress upstream at most this often: a rollout's bars, not a chunk count
 DRAIN_ON_STOP_S = 10.0
 _POSITION = ("lat", "lon")
 
@@ -83,6 +85,9 @@ class Gateway:
         # waits behind an ingest batch's commit, nor a batch behind a download.
         self.releases = Releases(cfg.site)
         self.releases.replace(cfg.ota_releases)
+        # the district learns what this site serves at start (when it serves any) and on each reload
+        self.offer_releases = bool(self.releases.versions())
+        self.ota_reported = 0.0
         self.ota = Ledger(self.conn)
         self.conn.commit()
         ota_broker = replace(cfg.site_broker, client_id=cfg.site_broker.client_id + "-ota")
@@ -294,6 +299,15 @@ class Gateway:
     def _up_state(self, kind: str, body: Mapping[str, Any]) -> None:
         self.outbox.put_state(kind, body)
 
+    def _up_ota(self, now: float) -> None:
+        """Download progress (and the releases served, when they changed) for the district's desk."""
+        nodes = self.ota.report()
+        if nodes or self.offer_releases:
+            self._up_state(district.UP_OTA, district_wire.ota_report(
+                now, nodes, self.releases.offers() if self.offer_releases else None))
+            self.offer_releases = False
+        self.ota_reported = now
+
     def _up_gap(self, gap: Gap) -> None:
         self.gaps += gap.kind == "gap"
         event(log, "sequence", logging.WARNING if gap.kind == "gap" else logging.INFO, kind=gap.kind,
@@ -309,6 +323,8 @@ class Gateway:
             self._up_gap(gap)
         for result in self.commands.expire(now):
             self._up_state(district.UP_ACK, result)
+        if now - self.ota_reported >= OTA_REPORT_S:
+            self._up_ota(now)
         self.quarantine.tick(now)
         self._commit()
         self.metrics.update(self.snapshot())
@@ -340,7 +356,8 @@ class Gateway:
         self.registry.replace(cfg.devices)
         try:
             self.releases.replace(cfg.ota_releases)
-        except (OSError, ValueError, KeyError) as exc:  # changed on disk since the config check
+            self.offer_releases = True
+        except ReleaseDirError as exc:  # changed on disk since the config check
             event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
         applied = False
         if cfg.ruleset.version > self.alarms.ruleset.version:

@@ -314,6 +314,46 @@ def device_event(dev: str, ev: str, seq: int, boot: int, pri: int, t: float) -> 
     return DeviceEvent(dev=dev, ev=ev, seq=seq, boot=boot, pri=pri, t=t)
 
 
+# --- OTA ------------------------------------------------------------------------------------------------
+
+
+class ReleaseOffer(TypedDict):
+    """A release the gateway serves, with what a district needs to send its `ota` command (lifeline/release.py,
+    `command_args`): the nodes check the signature, so a district need not trust the site for it."""
+
+    v: str
+    profiles: list[str]
+    n: int  # the manifest's length: release.bin starts with it
+    sig: bytes
+    size: int
+
+
+class OtaProgress(TypedDict):
+    """How far one node's download has got (from the chunks it asked the gateway for)."""
+
+    dev: str
+    v: str
+    done: int
+    total: int
+    t: float
+
+
+class OtaReport(TypedDict):
+    """The gateway's OTA news: nodes whose download moved since the last report, and (at start and on a
+    reload) every release it serves, which replaces the district's list for the site."""
+
+    t: float
+    nodes: list[OtaProgress]
+    releases: NotRequired[list[ReleaseOffer]]
+
+
+def ota_report(t: float, nodes: Sequence[OtaProgress], releases: Sequence[ReleaseOffer] | None) -> OtaReport:
+    out = OtaReport(t=t, nodes=list(nodes))
+    if releases is not None:
+        out["releases"] = list(releases)
+    return out
+
+
 # --- data quality ---------------------------------------------------------------------------------------
 
 

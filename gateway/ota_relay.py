@@ -7,10 +7,14 @@ A request is text, "version offset length". One that names an unknown release, r
 more than MAX_CHUNK or does not parse is answered with nothing, counted by reason in `refused`, and logged
 once per reason; the node asks again and in the end gives up on its own.
 
+Each release is offered upstream (district_wire.ReleaseOffer) so that a district desk can roll it out: its
+version, profiles and the signed manifest's length and signature, all a node's `ota` command carries.
+
 The Ledger is the gateway's view of each node's update, kept in the store for `lifeline ota status` and
 `lifeline ota rollout`: the version its last birth named, how far its download has got (the offsets it asks
 for: the updater keeps no other record and seals nothing, so its requests are its progress report), and the
-outcome its last sealed "ota" event reported.
+outcome its last sealed "ota" event reported. Progress also goes upstream (`report`), at most every
+REPORT_S, for the nodes whose download moved: births and outcomes reach the district sealed by the nodes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway import release_dir
+from gateway.district_wire import OtaProgress, ReleaseOffer
 from gateway.logs import event
 from protocol import topics
 
@@ -42,31 +48,40 @@ class Chunk:
     total: int
 
 
+@dataclass(frozen=True)
+class Served:
+    """One release as served: its bytes, and what the district is told of it."""
+
+    data: bytes
+    offer: ReleaseOffer
+
+
 class Releases:
     """The releases this gateway serves, by version, and the answers to nodes' requests."""
 
     def __init__(self, site: str) -> None:
         self.site = site
-        self._data: dict[str, bytes] = {}
+        self._served: dict[str, Served] = {}
         self.refused: Counter[str] = Counter()
         self.served = 0
 
-    def add(self, version: str, data: bytes) -> None:
-        self._data[version] = data
-
     def add_dir(self, release_dir: Path) -> str:
         """A release built by `lifeline release build`: its release.bin, under its manifest's version."""
-        version, data = _read_dir(release_dir)
-        self.add(version, data)
-        return version
+        release = _read_dir(release_dir)
+        self._served[release.offer["v"]] = release
+        return release.offer["v"]
 
     def replace(self, dirs: tuple[Path, ...]) -> None:
         """Serve exactly these release directories (site.toml's [ota] releases, at start and on SIGHUP); when
         one cannot be read, the error is raised and the releases served so far stay."""
-        self._data = dict(_read_dir(d) for d in dirs)
+        served = [_read_dir(d) for d in dirs]
+        self._served = {r.offer["v"]: r for r in served}
 
     def versions(self) -> list[str]:
-        return sorted(self._data)
+        return sorted(self._served)
+
+    def offers(self) -> list[ReleaseOffer]:
+        return [self._served[v].offer for v in self.versions()]
 
     def _refuse(self, reason: str, dev: str) -> None:
         if not self.refused[reason]:
@@ -89,10 +104,11 @@ class Releases:
         except (UnicodeDecodeError, ValueError):
             self._refuse("malformed", dev)
             return None
-        data = self._data.get(version)
-        if data is None:
+        release = self._served.get(version)
+        if release is None:
             self._refuse("unknown release", dev)
             return None
+        data = release.data
         if not 0 < n <= MAX_CHUNK or off < 0 or off + n > len(data):
             self._refuse("out of range", dev)
             return None
@@ -101,9 +117,10 @@ class Releases:
                      off + n, len(data))
 
 
-def _read_dir(release_dir: Path) -> tuple[str, bytes]:
-    return (str(json.loads((release_dir / "manifest.json").read_bytes())["version"]),
-            (release_dir / "release.bin").read_bytes())
+def _read_dir(path: Path) -> Served:
+    r = release_dir.read(path)
+    return Served(r.data, ReleaseOffer(v=r.version, profiles=list(r.profiles), n=r.manifest_len, sig=r.signature,
+                                       size=len(r.data)))
 
 
 @dataclass
@@ -133,6 +150,7 @@ class Ledger:
         conn.execute("CREATE TABLE IF NOT EXISTS ota_node (dev TEXT PRIMARY KEY, doc TEXT NOT NULL)")
         self.nodes = read(conn)
         self._dirty: set[str] = set()
+        self._moved: set[str] = set()  # downloads that moved since the last report upstream
 
     def _node(self, dev: str) -> NodeOta:
         self._dirty.add(dev)
@@ -145,12 +163,19 @@ class Ledger:
     def progress(self, c: Chunk, now: float) -> None:
         n = self._node(c.dev)
         n.target, n.done, n.total, n.asked_at = c.version, c.end, c.total, now
+        self._moved.add(c.dev)
 
     def outcome(self, dev: str, version: str, ok: bool, res: str, now: float) -> None:
         n = self._node(dev)
         n.outcome_v, n.ok, n.res, n.outcome_at = version, ok, res, now
         if ok and n.target == version:
             n.done = n.total
+
+    def report(self) -> list[OtaProgress]:
+        """The downloads that moved since the last call, for upstream."""
+        moved, self._moved = sorted(self._moved), set()
+        return [OtaProgress(dev=d, v=n.target, done=n.done, total=n.total, t=n.asked_at or 0.0)
+                for d in moved if (n := self.nodes.get(d)) is not None and n.target]
 
     def rollback(self) -> None:
         """The daemon rolled its transaction back: forget what it has not committed (progress comes again

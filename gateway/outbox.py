@@ -36,7 +36,7 @@ ALARM = 0
 STATE = 1
 TELEMETRY = 2
 LANES = ("alarm", "state", "telemetry")
-STATE_KINDS = (district.UP_STATE, district.DQ, district.UP_ACK, district.UP_EVENT)
+STATE_KINDS = (district.UP_STATE, district.DQ, district.UP_ACK, district.UP_EVENT, district.UP_OTA)
 
 # Bytes charged per row beyond its body: rowid, the other columns, the lane index entry and page slack.
 # Measured on SQLite 3.40 with typical rows (see docs/outbox.md); the budget is an estimate, not a statfs.
@@ -192,7 +192,8 @@ class Outbox:
         return rid
 
     def put_state(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> int:
-        """Device state, a data-quality event, a command ack or a device event: `kind` is its up topic kind."""
+        """Device state, a data-quality event, a command ack, a device event or an OTA report: `kind` is its up
+        topic kind."""
         if kind not in STATE_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
         return self._insert(STATE, kind, now, None, None, None, district_wire.encode(body))

@@ -7,7 +7,6 @@ file's directory, so a site directory can be moved as a whole. docs/gateway.md d
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import release_dir
 from gateway.riskpoints import RiskPoints
 from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
 
@@ -254,13 +254,9 @@ def _ota_releases(t: ConfigTable) -> tuple[Path, ...]:
         p = Path(name) if Path(name).is_absolute() else t.base / name
         if t.check_files:
             try:
-                version = json.loads((p / "manifest.json").read_bytes())["version"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise t.fail(key, f"{p} is not a release directory (manifest.json: {exc})") from None
-            if not (p / "release.bin").is_file():
-                raise t.fail(key, f"{p} has no release.bin")
-            if not isinstance(version, str):
-                raise t.fail(key, f"{p}: the manifest's version is not text")
+                version = release_dir.read(p).version
+            except release_dir.ReleaseDirError as exc:
+                raise t.fail(key, str(exc)) from None
             if version in versions:
                 raise t.fail(key, f"version {version} is also releases[{versions[version]}]")
             versions[version] = i

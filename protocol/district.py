@@ -1,7 +1,8 @@
 """The gateway's topics on the district broker; nodes never see these.
 
 District side (uplink):     district/v1/{site}/up/{kind}         kind: telemetry, alarm, state, dq, ack, event,
-                                                                  gateway (the gateway's birth and will, retained)
+                                                                  gateway (the gateway's birth and will, retained),
+                                                                  ota (releases served, nodes' download progress)
 District downlink:          district/v1/{site}/down/{kind}       kind: cmd, rules, alarm-ack
 """
 
@@ -16,7 +17,8 @@ DQ = "dq"
 UP_ACK = "ack"
 UP_EVENT = "event"
 GATEWAY = "gateway"
-UP_KINDS = (TELEMETRY, ALARM, UP_STATE, DQ, UP_ACK, UP_EVENT, GATEWAY)
+UP_OTA = "ota"
+UP_KINDS = (TELEMETRY, ALARM, UP_STATE, DQ, UP_ACK, UP_EVENT, GATEWAY, UP_OTA)
 
 DOWN_CMD = "cmd"
 RULES = "rules"

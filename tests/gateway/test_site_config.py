@@ -147,13 +147,15 @@ def test_a_password_file_that_cannot_be_read_names_its_field(tmp_path: Path) -> 
 def test_ota_releases_are_release_directories_of_distinct_versions(tmp_path: Path) -> None:
     for name, version in (("a", "0.2.0"), ("b", "0.2.0"), ("c", "0.3.0")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(json.dumps({"version": version}))
-        (tmp_path / name / "release.bin").write_bytes(b"x")
+        manifest = json.dumps({"version": version, "profiles": ["gas"]}).encode()
+        (tmp_path / name / "manifest.json").write_bytes(manifest)
+        (tmp_path / name / "manifest.sig").write_bytes(bytes(64))
+        (tmp_path / name / "release.bin").write_bytes(manifest + b"x")
     assert parse(with_change("ota.releases", ["a", "c"]), tmp_path / "site.toml").ota_releases == (
         tmp_path / "a", tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^ota\.releases\[1\]: version 0\.2\.0 is also releases\[0\]"):
         parse(with_change("ota.releases", ["a", "b"]), tmp_path / "site.toml")
     (tmp_path / "c" / "release.bin").unlink()
-    with pytest.raises(ConfigError, match=r"^ota\.releases\[0\]: .* has no release\.bin"):
+    with pytest.raises(ConfigError, match=r"^ota\.releases\[0\]: .* is not a release directory .*release\.bin"):
         parse(with_change("ota.releases", ["c"]), tmp_path / "site.toml")
     assert parse(MINIMAL, tmp_path / "site.toml").ota_releases == ()
