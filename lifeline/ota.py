@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cbor2
@@ -36,7 +35,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
-from gateway import ota_relay
+from gateway import ota_plan, ota_relay
+from gateway.ota_plan import Stage
 from gateway.ota_relay import NodeOta
 from gateway.site_config import ConfigError, DeviceConfig, GatewayConfig, load
 from lifeline import release
@@ -44,7 +44,6 @@ from lifeline.store_access import add_store_arguments, open_readonly
 from protocol import message, message_check, topics
 
 BAR = 20
-_SENDS = 3  # times a silent node is sent the command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,13 +70,6 @@ def bar(done: int, total: int) -> str:
     share = done / total if total else 0.0
     full = round(share * BAR)
     return "#" * full + "." * (BAR - full) + f" {share * 100:3.0f}%"
-
-
-def _version(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in v.split("."))
-    except ValueError:
-        return ()
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -133,27 +125,6 @@ def _ago(now: float, t: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- rollout
-
-
-@dataclass
-class Stage:
-    name: str
-    devices: list[str]
-    sent_at: float = 0.0
-    landed: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def open(self) -> list[str]:
-        return [d for d in self.devices if d not in self.landed and d not in self.failed]
-
-
-def canary_size(text: str, n: int) -> int:
-    """--canary as a count, or a share of the nodes ("10%"): at least one node, at most all."""
-    try:
-        k = round(n * float(text[:-1]) / 100) if text.endswith("%") else int(text)
-    except ValueError:
-        raise release.ReleaseError(f"--canary {text!r}: a number of nodes or a share like 10%") from None
-    return max(1, min(n, k))
 
 
 class Sender:
@@ -251,9 +222,7 @@ class Rollout:
                 stage.failed[dev] = f"no new birth within {timeout_s:g} s"
                 self.say(f"  {dev}: [red]failed[/red]: {stage.failed[dev]}")
             self.say(f"{stage.name}: {len(stage.landed)} landed, {len(stage.failed)} failed")
-            if self.failed() > halt_share * self.sent():  # judged once a stage has had its say
-                self.halted = (f"{self.failed()} of {self.sent()} nodes sent {self.rel.version} failed, above the "
-                               f"halt share {halt_share:g}")
+            self.halted = ota_plan.halt(self.failed(), self.sent(), halt_share, self.rel.version)
 
     def look(self, stage: Stage) -> None:
         """Read the gateway's view and the acks; say what changed for each node of the stage. A node that has
@@ -267,24 +236,20 @@ class Rollout:
             n = nodes.get(dev) or NodeOta(dev)
             cmd_id, sent_at, sends = self.commands[dev]
             ack = self.sender.ack(dev, cmd_id)
-            if n.running == v and (n.born_at or 0) >= stage.sent_at:
+            state, detail = ota_plan.verdict(n, ack, v, stage.sent_at)
+            if state == "landed":
                 stage.landed.add(dev)
-                line = f"[green]running {v}[/green]"
-            elif n.outcome_v == v and n.ok is False and (n.outcome_at or 0) >= stage.sent_at:
-                stage.failed[dev] = n.res
-                line = f"[red]failed[/red]: {n.res}"
-            elif ack is not None and not ack[0]:
-                stage.failed[dev] = f"refused the command: {ack[1]}"
-                line = f"[red]failed[/red]: {stage.failed[dev]}"
-            elif n.target == v and n.total and (n.asked_at or 0) >= stage.sent_at:
-                line = bar(n.done, n.total)
-                if n.done == n.total:
-                    line += " switching"
-            elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < _SENDS:
+                line = f"[green]{detail}[/green]"
+            elif state == "failed":
+                stage.failed[dev] = detail
+                line = f"[red]failed[/red]: {detail}"
+            elif state == "download":
+                line = bar(n.done, n.total) + (" switching" if n.done == n.total else "")
+            elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < ota_plan.SENDS:
                 self.send(dev)
                 line = f"no answer, sent again ({sends + 1})"
             else:
-                line = "took the command" if ack else "waiting"
+                line = "took the command" if state == "took" else "waiting"
             if self.shown.get(dev) != line:
                 self.shown[dev] = line
                 self.say(f"  {dev:<16} {line}")
@@ -318,29 +283,18 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if unknown:
         console.print(f"[red]--device: {', '.join(unknown)} not in {args.config}[/red]")
         return 2
-    targets, skipped = [], []
-    for dev in chosen:
-        running = (nodes.get(dev) or NodeOta(dev)).running
-        if cfg.devices[dev].cls not in profiles:
-            skipped.append(f"{dev} (class {cfg.devices[dev].cls}: not in the release)")
-        elif running and _version(running) >= _version(rel.version):
-            skipped.append(f"{dev} (runs {running})")
-        else:
-            targets.append(dev)
+    targets, skipped = ota_plan.targets({d: (cfg.devices[d].cls, (nodes.get(d) or NodeOta(d)).running)
+                                         for d in chosen}, profiles, rel.version)
     for s in skipped:
         console.print(f"skipped {s}")
     if not targets:
         console.print("nothing to update")
         return 0
     try:
-        k = canary_size(args.canary, len(targets))
-    except release.ReleaseError as exc:
-        console.print(f"[red]{exc}[/red]")
+        stages = ota_plan.stages(targets, args.canary, args.wave)
+    except ota_plan.PlanError as exc:
+        console.print(f"[red]--{exc}[/red]")
         return 2
-    rest = targets[k:]
-    wave = args.wave if args.wave > 0 else len(rest) or 1
-    stages = [Stage("canary", targets[:k])] + [Stage(f"wave {i // wave + 1}", rest[i:i + wave])
-                                               for i in range(0, len(rest), wave)]
     sender = Sender(cfg)
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
     try:
