@@ -23,7 +23,7 @@ ROLES = ("viewer", "operator", "supervisor")
 ACTIONS = {
     "viewer": frozenset(),
     "operator": frozenset({"ack", "dispatch", "report"}),
-    "supervisor": frozenset({"ack", "dispatch", "report", "close", "send-back", "command", "rules"}),
+    "supervisor": frozenset({"ack", "dispatch", "report", "close", "send-back", "command", "rules", "rollout"}),
 }
 SESSION_S = 12 * 3600  # one duty shift
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")

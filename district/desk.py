@@ -29,11 +29,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from district import accounts, queries, store, workorders
+from district import accounts, queries, rollout, store, workorders
 from district.accounts import Session
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import Hub, notice
 from district.queries import RiskPoints
+from district.rollout import Driver, RolloutError
 from district.schema import work_orders
 from district.workorders import WorkOrderError
 from gateway.rules import RuleSet, default_ruleset
@@ -69,9 +70,10 @@ class Refused(Exception):
 
 def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, downlink: Downlink | None = None,
              risk_points: RiskPoints | None = None, rules: RuleSet | None = None, secure_cookie: bool = False,
-             clock: Callable[[], float] = time.time) -> Starlette:
+             clock: Callable[[], float] = time.time, rollouts: bool = True) -> Starlette:
     """The desk over one database. `broker`: the district broker, which the desk follows for the change
-    feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS."""
+    feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS.
+    `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process."""
     if downlink is None:
         if broker is None:
             raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
@@ -128,7 +130,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 result = await handler(request)
             except Refused as r:
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
-            except (WorkOrderError, DownlinkError) as e:
+            except (WorkOrderError, DownlinkError, RolloutError) as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
             return result if isinstance(result, Response) else JSONResponse(result, headers=HEADERS)
         return wrapped
@@ -262,6 +264,35 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         hub.publish(notice("command", id=str(cmd_id)))
         return {"id": str(cmd_id), "state": "sent"}
 
+    def ota_site(conn: Connection, request: Request) -> Any:
+        site = request.query_params.get("site")
+        if not site:
+            raise Refused(400, "site is required")
+        return rollout.view(conn, site)
+
+    async def rollout_start(request: Request) -> Any:
+        s = await who(request)
+        allowed(s, "rollout")
+        data = await body(request, ("site", "version"), ("canary", "wave", "halt_share", "stage_timeout", "devices"))
+        rid = await db(lambda c: rollout.start(
+            c, s, data["site"], data["version"], canary=data.get("canary", "1"), wave=data.get("wave", 0),
+            halt_share=data.get("halt_share", 0.25), stage_timeout=data.get("stage_timeout", 900.0),
+            only=data.get("devices"), now=clock()), write=True)
+        hub.publish(notice("ota", site=data["site"]))
+        return {"id": rid, "state": "running"}
+
+    async def rollout_halt(request: Request) -> Any:
+        s = await who(request)
+        allowed(s, "rollout")
+        await body(request, ())
+        try:
+            rid = int(request.path_params["id"])
+        except ValueError:
+            raise Refused(404, "no such rollout") from None
+        site = await db(lambda c: rollout.halt(c, s, rid, now=clock()), write=True)
+        hub.publish(notice("ota", site=site))
+        return {"id": rid, "state": "halted"}
+
     async def events(request: Request) -> Response:
         await who(request)
 
@@ -293,19 +324,25 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/commands", endpoint(command), methods=["POST"]),
         Route("/api/commands/{id}", endpoint(read(lambda c, r: queries.command_state(c, command_id(r))))),
         Route("/api/rules", endpoint(rules_change), methods=["POST"]),
+        Route("/api/ota", endpoint(read(ota_site))),
+        Route("/api/ota/rollouts", endpoint(rollout_start), methods=["POST"]),
+        Route("/api/ota/rollouts/{id}/halt", endpoint(rollout_halt), methods=["POST"]),
         Route("/api/events", endpoint(events)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = asyncio.create_task(hub.follow(broker)) if broker is not None else None
+        tasks = [asyncio.create_task(hub.follow(broker))] if broker is not None else []
+        if rollouts:
+            driver = Driver(engine, down, lambda site: hub.publish(notice("ota", site=site)), clock)
+            tasks.append(asyncio.create_task(driver.run()))
         try:
             yield
         finally:
-            if follower is not None:
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -130,6 +130,12 @@ class Worker:
                     result = {"version": body["version"]} if ok else {"error": body.get("error"),
                                                                       "active": body.get("active")}
                     self._command_answer(conn, site, cmd_id, ok, result, received)
+        elif kind == dtopics.UP_OTA:
+            progress, offers = upstream.ota_report(body)
+            for p in progress:
+                self._own(site, p["dev"], "ota")
+            store.ota_report(conn, site, progress, offers, received=received)
+            self._notices.append(notice("ota", site=site))
         else:  # dq, event: kept as they came, for the desk and for audit
             store.add_report(conn, site, kind, upstream.mapping(body, kind), received=received)
         self.stored[kind] += 1

@@ -25,7 +25,7 @@ from gateway.site_config import BrokerConfig
 log = logging.getLogger("lifeline.district.live")
 
 CHANGES_TOPIC = "lifeline-district/v1/changes"
-KINDS = frozenset({"alarm", "reading", "device", "site", "work-order", "command"})
+KINDS = frozenset({"alarm", "reading", "device", "site", "work-order", "command", "ota"})
 CLIENT_QUEUE = 256  # notices a slow page may fall behind by before it is told to reload everything
 MAX_NOTICE = 1024
 BACKOFF_MAX_S = 2.0

@@ -224,6 +224,60 @@ reports = Table(  # data-quality reports, device events and command acks the sit
     Column("received", Float, nullable=False),
 )
 
+# OTA (docs/ota.md, "From the district desk"): what each site serves and how far each node's download is,
+# as the site reports them; a rollout and each of its nodes, as the desk's driver runs them.
+ota_releases = Table(
+    "ota_releases", metadata,
+    Column("site", Id, primary_key=True),
+    Column("v", String(32), primary_key=True),
+    Column("profiles", Text, nullable=False),  # JSON list
+    Column("n", Integer, nullable=False),  # the manifest's length, for the ota command
+    Column("sig", LargeBinary, nullable=False),  # the manifest's Ed25519 signature, for the ota command
+    Column("size", Integer, nullable=False),
+    Column("offered", Float, nullable=False),
+)
+
+ota_progress = Table(
+    "ota_progress", metadata,
+    Column("site", Id, primary_key=True),
+    Column("dev", Id, primary_key=True),
+    Column("v", String(32), nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("t", Float, nullable=False),  # gateway time of the chunk request
+    Column("received", Float, nullable=False),
+)
+
+ota_rollouts = Table(
+    "ota_rollouts", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("site", Id, nullable=False),
+    Column("v", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("halt_share", Float, nullable=False),
+    Column("stage_timeout", Float, nullable=False),
+    Column("state", String(16), nullable=False),  # running, halted, done
+    Column("stage", Integer, nullable=False, default=0),  # the stage being run
+    Column("stage_sent", Float),  # when the current stage's commands went
+    Column("reason", Text),  # why it halted
+    Column("finished", Float),
+    Column("owner", String(64)),  # the desk process driving it, and until when (a lease another may take)
+    Column("lease", Float),
+)
+
+ota_rollout_nodes = Table(
+    "ota_rollout_nodes", metadata,
+    Column("rollout", BigInteger, ForeignKey("ota_rollouts.id"), primary_key=True),
+    Column("dev", Id, primary_key=True),
+    Column("stage", Integer, nullable=False),
+    Column("stage_name", String(16), nullable=False),
+    Column("cmd", BigInteger),  # the last ota command sent it
+    Column("sends", Integer, nullable=False, default=0),
+    Column("state", String(16), nullable=False),  # waiting, sent, download, landed, failed
+    Column("detail", Text),
+)
+
 refusals = Table(  # what the district would not take, kept for inspection
     "refusals", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -24,6 +24,8 @@ from district.schema import (
     alarms,
     devices,
     messages,
+    ota_progress,
+    ota_releases,
     readings,
     refusals,
     reports,
@@ -210,6 +212,22 @@ def gateway_state(conn: Connection, site: str, online: bool, session: int, *, re
     newer = func.coalesce(sites.c.session, -1) < session
     where = newer if online else newer | (sites.c.session == session)
     conn.execute(stmt.on_conflict_do_update(index_elements=[sites.c.site], set_=values, where=where))
+
+
+def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offers: list[dict[str, Any]] | None,
+               *, received: float) -> None:
+    """A site's OTA report: each node's newest progress (by gateway time), and its releases replaced whole."""
+    for p in progress:
+        values = {"v": p["v"], "done": p["done"], "total": p["total"], "t": p["t"], "received": received}
+        stmt = dialect_insert(conn, ota_progress).values(site=site, dev=p["dev"], **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[ota_progress.c.site, ota_progress.c.dev], set_=values,
+                                                where=ota_progress.c.t <= values["t"]))
+    if offers is not None:
+        conn.execute(delete(ota_releases).where(ota_releases.c.site == site))
+        if offers:
+            conn.execute(ota_releases.insert(), [{"site": site, "v": o["v"], "profiles": json.dumps(o["profiles"]),
+                                                  "n": o["n"], "sig": o["sig"], "size": o["size"], "offered": received}
+                                                 for o in offers])
 
 
 def add_report(conn: Connection, site: str, kind: str, body: Mapping[str, Any], *, received: float) -> None:

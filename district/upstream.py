@@ -18,11 +18,15 @@ from protocol.district_verify import Verifier, VerifyError
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")  # protocol/topics.py: site and device ids
 ALARM_ID = re.compile(r"[0-9a-f]{32}\Z")
+VERSION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){0,4}\Z")  # lifeline/release.py: numbers and dots
 ALARM_EVS = {"raised", "escalated", "de-escalated", "cleared", "inhibited", "resumed"}
 ALARM_KINDS = {"level", "rate", "sum", "stale"}
 LEVELS = {"blue", "yellow", "orange", "red"}
 MAX_TEXT = 200
 U64 = 1 << 64
+MAX_RELEASE = 1 << 24  # bytes: a release far past any node's flash
+MAX_OTA_NODES = 10_000  # nodes in one progress report (a site's devices)
+MAX_RELEASES = 64
 
 
 class Refused(ValueError):
@@ -160,3 +164,43 @@ def device_state(raw: Any) -> Mapping[str, Any]:
         number(body, key, "state", optional=True)
     position(body, "state")
     return body
+
+
+def ota_report(raw: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(download progress per node, the releases the site serves or None when the report names none)."""
+    body = mapping(raw, "ota")
+    number(body, "t", "ota")
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list) or len(nodes) > MAX_OTA_NODES:
+        raise Refused("schema", f"ota: nodes must be a list of at most {MAX_OTA_NODES}")
+    progress = []
+    for i, raw_node in enumerate(nodes):
+        where = f"ota nodes[{i}]"
+        node = mapping(raw_node, where)
+        total = uint(node, "total", where, MAX_RELEASE + 1)
+        if uint(node, "done", where, MAX_RELEASE + 1) > total:
+            raise Refused("schema", f"{where}: done is past total")
+        progress.append({"dev": ident(node, "dev", where), "v": ident(node, "v", where, VERSION),
+                         "done": node["done"], "total": total, "t": number(node, "t", where)})
+    if "releases" not in body:
+        return progress, None
+    releases = body["releases"]
+    if not isinstance(releases, list) or len(releases) > MAX_RELEASES:
+        raise Refused("schema", f"ota: releases must be a list of at most {MAX_RELEASES}")
+    offers = []
+    for i, raw_rel in enumerate(releases):
+        where = f"ota releases[{i}]"
+        rel = mapping(raw_rel, where)
+        profiles = rel.get("profiles")
+        if not isinstance(profiles, list) or not 0 < len(profiles) <= 16 or not all(
+                isinstance(p, str) and ID.match(p) for p in profiles):
+            raise Refused("schema", f"{where}: profiles must be a list of 1-16 class names")
+        sig = rel.get("sig")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise Refused("schema", f"{where}: sig must be 64 bytes")
+        size = uint(rel, "size", where, MAX_RELEASE + 1)
+        if not 0 < uint(rel, "n", where, MAX_RELEASE + 1) <= size:
+            raise Refused("schema", f"{where}: n must be 1..size")
+        offers.append({"v": ident(rel, "v", where, VERSION), "profiles": list(profiles), "n": rel["n"], "sig": sig,
+                       "size": size})
+    return progress, offers

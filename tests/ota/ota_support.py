@@ -110,19 +110,24 @@ class OtaSite:
     gateway's store (gateway/ota_relay.Ledger: sealed births and ota events the gateway checked)."""
 
     def __init__(self, tmp: Path, mpy: Path, key: Ed25519PrivateKey, releases: list[Path],
-                 devices: dict[str, str]) -> None:
+                 devices: dict[str, str], before_gateway: Callable[[Site], None] | None = None) -> None:
+        """`before_gateway`: run once the brokers are up, before the gateway starts (a district service that
+        must hear the gateway's first reports)."""
         paths = ", ".join(json.dumps(str(p)) for p in releases)
         self.tmp, self.mpy, self.key = tmp, mpy, key
         self.site = Site(tmp / "site", tls=False, extra_toml=f"[ota]\nreleases = [{paths}]\n")
         self.profiles = devices
         for dev, profile in devices.items():
             self.site.add(dev, profile, key=KEY)
+        self.before_gateway = before_gateway
         self.gw: GatewayProcess | None = None
         self.district: Recorder | None = None
         self.devices: dict[str, FlashDirDevice] = {}
 
     def start(self) -> OtaSite:
         self.site.start()
+        if self.before_gateway is not None:
+            self.before_gateway(self.site)
         self.gw = GatewayProcess(self.site).start()
         asyncio.run(self.gw.ready())
         self.district = self.site.recorder(raw=True)

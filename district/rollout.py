@@ -1,0 +1,316 @@
+"""Staged OTA rollouts from the district desk (docs/ota.md, "From the district desk").
+
+A supervisor picks a site, a release the site's gateway serves (its OTA report offers it, with the signed
+manifest's length and signature: all an `ota` command carries) and the stages; the driver then does what
+`lifeline ota rollout` does at a site, with the rules of gateway/ota_plan.py: the `ota` command to the
+canary group through the normal command downlink (the gateway re-seals it with each device's key), then the
+rest in waves, each stage judged from what the district can trust. A node has landed when its birth names
+the new version (it ran an older one when the rollout was planned, so that birth came after), failed when
+its own sealed "ota" event says so or it refused the command, and is downloading while its site reports
+progress. A command the gateway timed out (a node that did not answer) is sent again, up to SENDS times.
+The rollout halts by itself when a stage ends with more than the halt share of the nodes sent it failed.
+
+Everything is in the database, so a desk restart or a second desk picks a rollout up where it was: the
+desk process that drives a rollout holds a lease on its row and renews it each pass; another takes over
+once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, or_, select, update
+
+from district import store
+from district.accounts import Session
+from district.downlink import Downlink, DownlinkError
+from district.schema import (
+    audit,
+    commands,
+    devices,
+    messages,
+    ota_progress,
+    ota_releases,
+    ota_rollout_nodes,
+    ota_rollouts,
+    readings,
+    sites,
+)
+from gateway import ota_plan
+from gateway.logs import event
+from gateway.ota_relay import NodeOta
+
+log = logging.getLogger("lifeline.district.rollout")
+
+LEASE_S = 15.0
+MAX_STAGE_S = 7 * 86400.0
+OUTCOME = ("ota.v", "ota.ok", "ota.res")
+
+
+class RolloutError(Exception):
+    """A refused request: `status` as the desk answers it (400, 403, 404, 409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: Any = "1", wave: Any = 0,
+          halt_share: Any = 0.25, stage_timeout: Any = 900.0, only: Any = None, now: float) -> int:
+    """Plan a rollout and record it; the driver sends it. Returns its id."""
+    if not who.may("rollout"):
+        raise RolloutError(403, f"a {who.role} may not roll out releases")
+    if not isinstance(site, str) or conn.execute(select(sites.c.site).where(sites.c.site == site)).first() is None:
+        raise RolloutError(404, f"no site {site!r}")
+    if not isinstance(version, str):
+        raise RolloutError(400, "version: text")
+    offer = conn.execute(select(ota_releases).where(ota_releases.c.site == site, ota_releases.c.v == version)).first()
+    if offer is None:
+        raise RolloutError(404, f"{site} does not serve release {version}: add it to the gateway's [ota] releases")
+    if not isinstance(canary, (str, int)) or isinstance(canary, bool):
+        raise RolloutError(400, "canary: a number of nodes or a share like 10%")
+    if isinstance(wave, bool) or not isinstance(wave, int) or not 0 <= wave <= 100_000:
+        raise RolloutError(400, "wave: nodes a stage after the canary (0: all the rest)")
+    if isinstance(halt_share, bool) or not isinstance(halt_share, (int, float)) or not 0 <= halt_share < 1:
+        raise RolloutError(400, "halt_share: a share from 0 up to (not including) 1")
+    if (isinstance(stage_timeout, bool) or not isinstance(stage_timeout, (int, float))
+            or not 10 <= stage_timeout <= MAX_STAGE_S):
+        raise RolloutError(400, f"stage_timeout: seconds, 10 to {MAX_STAGE_S:g}")
+    # a release names profiles; a node's birth names the one it runs
+    known = {r.dev: (r.prof or r.cls or "", r.fw or "") for r in conn.execute(
+        select(devices.c.dev, devices.c.prof, devices.c.cls, devices.c.fw).where(devices.c.site == site))}
+    if only is not None:
+        if not isinstance(only, list) or not all(isinstance(d, str) for d in only):
+            raise RolloutError(400, "devices: a list of device ids")
+        unknown = sorted(set(only) - set(known))
+        if unknown:
+            raise RolloutError(404, f"not devices of {site}: {', '.join(unknown)}")
+        known = {d: known[d] for d in only}
+    chosen, skipped = ota_plan.targets(known, json.loads(offer.profiles), version)
+    if not chosen:
+        raise RolloutError(409, f"nothing to update at {site}: " + ("; ".join(skipped) or "no devices"))
+    if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.site == site,
+                                                    ota_rollouts.c.state == "running")).first() is not None:
+        raise RolloutError(409, f"a rollout is already running at {site}: halt it first")
+    try:
+        plan = ota_plan.stages(chosen, str(canary), wave)
+    except ota_plan.PlanError as exc:
+        raise RolloutError(400, str(exc)) from None
+    rid = conn.execute(ota_rollouts.insert().values(
+        site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
+        stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)).scalar_one()
+    conn.execute(ota_rollout_nodes.insert(), [{"rollout": rid, "dev": d, "stage": i, "stage_name": s.name,
+                                               "sends": 0, "state": "waiting"}
+                                              for i, s in enumerate(plan) for d in s.devices])
+    conn.execute(audit.insert().values(actor=who.user, at=now, what="rollout", target=f"{site} {version}",
+                                       detail=f"stages {[len(s.devices) for s in plan]}, skipped: {skipped}"))
+    return int(rid)
+
+
+def halt(conn: Connection, who: Session, rollout_id: int, *, now: float) -> str:
+    """Stop a running rollout before its next stage; nodes already sent the release go on. Returns its site."""
+    if not who.may("rollout"):
+        raise RolloutError(403, f"a {who.role} may not halt rollouts")
+    row = conn.execute(select(ota_rollouts.c.site, ota_rollouts.c.state)
+                       .where(ota_rollouts.c.id == rollout_id)).first()
+    if row is None:
+        raise RolloutError(404, f"no rollout {rollout_id}")
+    done = conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rollout_id, ota_rollouts.c.state == "running")
+                        .values(state="halted", reason=f"halted by {who.user}", finished=now)).rowcount
+    if not done:
+        raise RolloutError(409, f"rollout {rollout_id} is {row.state}")
+    conn.execute(audit.insert().values(actor=who.user, at=now, what="rollout-halt", target=str(rollout_id)))
+    return str(row.site)
+
+
+def view(conn: Connection, site: str) -> dict[str, Any] | None:
+    """A site's updates for the desk: the releases it serves, each node (running, download, last outcome) and
+    its rollouts, newest first, with their nodes."""
+    if conn.execute(select(sites.c.site).where(sites.c.site == site)).first() is None:
+        return None
+    offers = [{"v": r.v, "profiles": json.loads(r.profiles), "size": r.size, "offered": r.offered}
+              for r in conn.execute(select(ota_releases).where(ota_releases.c.site == site))]
+    offers.sort(key=lambda o: ota_plan.version_key(o["v"]))
+    progress = {r.dev: r for r in conn.execute(select(ota_progress).where(ota_progress.c.site == site))}
+    nodes = []
+    for d in conn.execute(select(devices).where(devices.c.site == site).order_by(devices.c.dev)):
+        p = progress.get(d.dev)
+        out = _outcome(conn, site, d.dev, 0.0)
+        nodes.append({"dev": d.dev, "prof": d.prof or d.cls, "state": d.state, "running": d.fw,
+                      "target": p.v if p else None, "done": p.done if p else 0, "total": p.total if p else 0,
+                      "at": p.received if p else None,
+                      "outcome": None if out is None else {"v": out[0], "ok": out[1], "res": out[2], "at": out[3]}})
+    rollouts = []
+    for r in conn.execute(select(ota_rollouts).where(ota_rollouts.c.site == site)
+                          .order_by(ota_rollouts.c.id.desc()).limit(20)):
+        members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id)
+                               .order_by(ota_rollout_nodes.c.stage, ota_rollout_nodes.c.dev)).all()
+        rollouts.append({"id": r.id, "v": r.v, "actor": r.actor, "created": r.created, "state": r.state,
+                         "stage": r.stage, "reason": r.reason, "finished": r.finished, "halt_share": r.halt_share,
+                         "nodes": [{"dev": m.dev, "stage": m.stage_name, "state": m.state, "detail": m.detail,
+                                    "sends": m.sends} for m in members]})
+    return {"site": site, "releases": offers, "nodes": nodes, "rollouts": rollouts}
+
+
+def _outcome(conn: Connection, site: str, dev: str, since: float) -> tuple[str, bool, str, float] | None:
+    """The node's newest sealed "ota" event received since `since`: (version, ok, reason, received)."""
+    got = conn.execute(select(messages.c.id, messages.c.received, readings.c.n, readings.c.vs, readings.c.vb)
+                       .join(readings, readings.c.message == messages.c.id)
+                       .where(messages.c.site == site, messages.c.dev == dev, messages.c.received >= since,
+                              readings.c.n.in_(OUTCOME))
+                       .order_by(messages.c.id.desc()).limit(len(OUTCOME))).all()
+    if not got:
+        return None
+    newest = [r for r in got if r.id == got[0].id]
+    fields = {r.n: r.vs if r.vs is not None else r.vb for r in newest}
+    if not isinstance(fields.get("ota.v"), str) or not isinstance(fields.get("ota.ok"), bool):
+        return None
+    return fields["ota.v"], fields["ota.ok"], str(fields.get("ota.res") or ""), float(got[0].received)
+
+
+class Driver:
+    """Runs every rollout in the database, one pass a `poll_s`, over the desk's downlink."""
+
+    def __init__(self, engine: Engine, downlink: Downlink, on_change: Callable[[str], None],
+                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+        self.engine = engine
+        self.downlink = downlink
+        self.on_change = on_change  # told a site whose rollout moved, for the desk's live feed
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+
+    async def run(self, poll_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception:  # a pass that failed is tried again; the state is all in the database
+                log.exception("rollout pass failed")
+            await asyncio.sleep(poll_s)
+
+    async def step(self) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            mine = [r.id for r in conn.execute(
+                update(ota_rollouts).where(ota_rollouts.c.state == "running", or_(
+                    ota_rollouts.c.owner.is_(None), ota_rollouts.c.owner == self.owner, ota_rollouts.c.lease < now))
+                .values(owner=self.owner, lease=now + LEASE_S).returning(ota_rollouts.c.id))]
+        for rid in sorted(mine):
+            await self._advance(rid)
+
+    async def _advance(self, rid: int) -> None:
+        with store.reader(self.engine) as conn:
+            r = conn.execute(select(ota_rollouts).where(ota_rollouts.c.id == rid)).one()
+            offer = conn.execute(select(ota_releases).where(ota_releases.c.site == r.site,
+                                                            ota_releases.c.v == r.v)).first()
+            members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
+                                                                   ota_rollout_nodes.c.stage == r.stage)).all()
+        if r.state != "running":
+            return
+        if r.stage_sent is None:
+            await self._send_stage(r, offer, members)
+            return
+        moved = False
+        for m in members:
+            if m.state in ("landed", "failed"):
+                continue
+            moved |= await self._judge(r, offer, m)
+        with self.engine.begin() as conn:
+            members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
+                                                                   ota_rollout_nodes.c.stage == r.stage)).all()
+            open_nodes = [m.dev for m in members if m.state not in ("landed", "failed")]
+            now = self.clock()
+            if open_nodes and now < r.stage_sent + r.stage_timeout:
+                if moved:
+                    self.on_change(r.site)
+                return
+            if open_nodes:
+                conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
+                                                             ota_rollout_nodes.c.dev.in_(open_nodes))
+                             .values(state="failed", detail=f"no new birth within {r.stage_timeout:g} s"))
+            sent = conn.execute(select(ota_rollout_nodes.c.state).where(ota_rollout_nodes.c.rollout == rid,
+                                                                        ota_rollout_nodes.c.stage <= r.stage)).all()
+            failed = sum(1 for s in sent if s.state == "failed")
+            reason = ota_plan.halt(failed, len(sent), r.halt_share, r.v)
+            last = conn.execute(select(ota_rollout_nodes.c.stage).where(ota_rollout_nodes.c.rollout == rid)
+                                .order_by(ota_rollout_nodes.c.stage.desc()).limit(1)).scalar_one()
+            values: dict[str, Any]
+            if reason:
+                values = {"state": "halted", "reason": reason, "finished": now}
+            elif r.stage >= last:
+                values = {"state": "done", "finished": now}
+            else:
+                values = {"stage": r.stage + 1, "stage_sent": None}
+            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rid, ota_rollouts.c.state == "running")
+                         .values(**values))
+        event(log, "rollout-stage-ended", logging.WARNING if reason else logging.INFO, id=rid, site=r.site, v=r.v,
+              stage=r.stage, failed=failed, sent=len(sent), next=values.get("state", "next stage"), reason=reason)
+        self.on_change(r.site)
+
+    async def _send_stage(self, r: Any, offer: Any, members: Sequence[Any]) -> None:
+        """Send the stage's commands; the stage's clock starts once every one of them has gone."""
+        if offer is None:
+            self._finish(r.id, "halted", f"{r.site} no longer serves {r.v}")
+            return
+        for m in members:
+            if m.sends == 0 and not await self._send(r, offer, m.dev, 0):
+                return
+        with self.engine.begin() as conn:
+            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == r.id).values(stage_sent=self.clock()))
+        event(log, "rollout-stage-sent", id=r.id, site=r.site, v=r.v, stage=r.stage, nodes=len(members))
+        self.on_change(r.site)
+
+    async def _send(self, r: Any, offer: Any, dev: str, sends: int) -> bool:
+        args = {"v": r.v, "n": offer.n, "sig": bytes(offer.sig).hex()}
+        try:
+            cmd = await self.downlink.command(self.engine, r.actor, r.site, dev, "ota", args)
+        except DownlinkError as exc:  # the district broker is away: tried again next pass
+            event(log, "rollout-send-failed", logging.WARNING, id=r.id, dev=dev, error=str(exc))
+            return False
+        with self.engine.begin() as conn:
+            conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
+                                                         ota_rollout_nodes.c.dev == dev)
+                         .values(cmd=cmd, sends=sends + 1, state="sent", detail=None))
+        return True
+
+    async def _judge(self, r: Any, offer: Any, m: Any) -> bool:
+        """Bring one node's row up to date; True when it changed."""
+        since = r.stage_sent
+        with store.reader(self.engine) as conn:
+            d = conn.execute(select(devices.c.fw).where(devices.c.site == r.site, devices.c.dev == m.dev)).first()
+            p = conn.execute(select(ota_progress).where(ota_progress.c.site == r.site, ota_progress.c.dev == m.dev,
+                                                        ota_progress.c.received >= since)).first()
+            out = _outcome(conn, r.site, m.dev, since)
+            c = conn.execute(select(commands.c.ok, commands.c.result).where(
+                and_(commands.c.id == m.cmd, commands.c.answered.is_not(None)))).first() if m.cmd else None
+        running = d.fw if d is not None and d.fw else ""
+        n = NodeOta(m.dev, running=running, born_at=since if running == r.v else None,
+                    target=p.v if p else "", done=p.done if p else 0, total=p.total if p else 0,
+                    asked_at=since if p else None)
+        if out is not None:
+            n.outcome_v, n.ok, n.res, n.outcome_at = out
+        ack = None if c is None else (bool(c.ok), str(json.loads(c.result) if c.result else ""))
+        if ack is not None and not ack[0] and ack[1] == "timeout" and n.total == 0:
+            if m.sends < ota_plan.SENDS and offer is not None:  # the node did not answer: again, under a new id
+                return await self._send(r, offer, m.dev, m.sends)
+            ack = (False, f"no answer to {m.sends} commands")
+        state, detail = ota_plan.verdict(n, ack, r.v, since)
+        state = "sent" if state in ("took", "waiting") else state
+        if (state, detail) == (m.state, m.detail or ""):
+            return False
+        with self.engine.begin() as conn:
+            conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
+                                                         ota_rollout_nodes.c.dev == m.dev)
+                         .values(state=state, detail=detail))
+        return True
+
+    def _finish(self, rid: int, state: str, reason: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rid, ota_rollouts.c.state == "running")
+                         .values(state=state, reason=reason, finished=self.clock()))

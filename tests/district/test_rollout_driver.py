@@ -1,0 +1,203 @@
+"""district/rollout.py on both engines, with a real district broker: what the driver sends down and how it
+judges each node from the district's tables. The site's side (acks, progress, births, "ota" events) is
+written as the ingest worker writes it; tests/ota/test_district_rollout.py runs the whole path with a real
+gateway and real firmware."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cbor2
+import pytest
+from deskkit import Downlinks, broker_config
+from sqlalchemy import Connection, Engine, select, update
+
+from district import rollout, store
+from district.accounts import Session
+from district.downlink import Downlink, broker_publisher
+from district.rollout import Driver, RolloutError
+from district.schema import commands, ota_rollout_nodes, ota_rollouts
+from lifeline.virtual.broker import Mosquitto
+from protocol import district as dtopics
+
+SITE = "s1"
+OLD, NEW = "0.1.0", "0.2.0"
+BOSS = Session("t", "chen", "supervisor", "c")
+SIG = bytes(range(64))
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+def site_with(engine: Engine, now: float, nodes: dict[str, str]) -> None:
+    """Site s1 online, each node born on OLD with its profile, and the site serving NEW for gas and water."""
+    with engine.begin() as conn:
+        store.gateway_state(conn, SITE, True, 1, received=now)
+        for dev, prof in nodes.items():
+            birth(conn, dev, OLD, prof, now)
+        store.ota_report(conn, SITE, [], [{"v": NEW, "profiles": ["gas", "water"], "n": 300, "sig": SIG,
+                                           "size": 70_000}], received=now)
+
+
+def birth(conn: Connection, dev: str, fw: str, prof: str, now: float) -> None:
+    store.device_state(conn, SITE, {"dev": dev, "st": "online", "boot": 1, "seq": 0, "t": now, "fw": fw,
+                                    "prof": prof}, received=now)
+
+
+def answer(engine: Engine, cmd: int, ok: bool, result: object) -> None:
+    """The command's ack as the ingest worker stores it."""
+    with engine.begin() as conn:
+        conn.execute(update(commands).where(commands.c.id == cmd)
+                     .values(ok=ok, result=json.dumps(result), answered=time.time()))
+
+
+def outcome(engine: Engine, dev: str, seq: int, ok: bool, res: str) -> None:
+    """A node's sealed "ota" event, its readings as the worker stores a telemetry entry."""
+    t = time.time()
+    with engine.begin() as conn:
+        store.add_messages(conn, SITE, [store.DeviceMessage(dev, seq, 2, 1, [
+            {"n": "ota.v", "t": t, "vs": NEW}, {"n": "ota.ok", "t": t, "vb": ok}, {"n": "ota.res", "t": t, "vs": res}],
+            None)], received=t, verified=True)
+
+
+def nodes(engine: Engine, rid: int) -> dict[str, tuple[str, str | None, int, int | None]]:
+    with engine.begin() as conn:
+        return {r.dev: (r.state, r.detail, r.sends, r.cmd) for r in conn.execute(
+            select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid))}
+
+
+def state(engine: Engine, rid: int) -> tuple[str, int, str | None]:
+    with engine.begin() as conn:
+        r = conn.execute(select(ota_rollouts).where(ota_rollouts.c.id == rid)).one()
+        return r.state, r.stage, r.reason
+
+
+def sent_to(down: Downlinks) -> list[tuple[str, dict[str, object]]]:
+    cmds = [cbor2.loads(p) for t, p in down.got if t == dtopics.down(SITE, dtopics.DOWN_CMD)]
+    return [(c["dev"], c["args"]) for c in cmds]
+
+
+def test_canary_then_the_rest_with_progress_a_resend_and_a_landing(engine: Engine, broker: Mosquitto) -> None:
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas", "gas2": "gas", "water1": "water", "rain1": "rain"})
+    down = Downlinks(broker)
+    changed: list[str] = []
+    driver = Driver(engine, Downlink(broker_publisher(broker_config(broker))), changed.append)
+    try:
+        with engine.begin() as conn:
+            rid = rollout.start(conn, BOSS, SITE, NEW, canary="1", halt_share=0.5, stage_timeout=60, now=now)
+        asyncio.run(driver.step())
+        assert state(engine, rid) == ("running", 0, None)
+        assert nodes(engine, rid)["gas1"][:3] == ("sent", None, 1)
+        assert {d for d, _ in nodes(engine, rid).items()} == {"gas1", "gas2", "water1"}  # rain: not in the release
+        down.wait(dtopics.down(SITE, dtopics.DOWN_CMD))
+        assert sent_to(down) == [("gas1", {"v": NEW, "n": 300, "sig": SIG.hex()})]
+
+        gas1 = nodes(engine, rid)["gas1"][3]
+        assert gas1 is not None
+        answer(engine, gas1, True, "downloading")
+        with engine.begin() as conn:
+            store.ota_report(conn, SITE, [{"dev": "gas1", "v": NEW, "done": 35_000, "total": 70_000, "t": now}], None,
+                             received=time.time())
+        asyncio.run(driver.step())
+        assert nodes(engine, rid)["gas1"][:2] == ("download", "35000/70000")
+        with engine.begin() as conn:
+            birth(conn, "gas1", NEW, "gas", time.time())
+        asyncio.run(driver.step())  # gas1 landed: the canary stage ends, the next is due
+        assert nodes(engine, rid)["gas1"][:2] == ("landed", f"running {NEW}")
+        assert state(engine, rid) == ("running", 1, None)
+        asyncio.run(driver.step())
+        assert {n: s[:3] for n, s in nodes(engine, rid).items() if n != "gas1"} == {
+            "gas2": ("sent", None, 1), "water1": ("sent", None, 1)}
+
+        # gas2 never answered: the gateway reports a timeout and it is sent again under a new id
+        first = nodes(engine, rid)["gas2"][3]
+        assert first is not None
+        answer(engine, first, False, "timeout")
+        asyncio.run(driver.step())
+        again = nodes(engine, rid)["gas2"]
+        assert again[2] == 2 and again[3] != first
+        water1 = nodes(engine, rid)["water1"][3]
+        assert water1 is not None
+        answer(engine, water1, False, "refused: heap")
+        with engine.begin() as conn:
+            birth(conn, "gas2", NEW, "gas", time.time())
+        asyncio.run(driver.step())
+        assert nodes(engine, rid)["water1"][:2] == ("failed", "refused the command: refused: heap")
+        assert nodes(engine, rid)["gas2"][0] == "landed"
+        assert state(engine, rid)[0] == "done"  # 1 failed of 3 is not above half
+        view = store_view(engine)
+        assert view["releases"][0]["v"] == NEW and view["rollouts"][0]["state"] == "done"
+        assert {n["dev"]: n["running"] for n in view["nodes"]} == {"gas1": NEW, "gas2": NEW, "water1": OLD,
+                                                                   "rain1": OLD}
+        assert SITE in changed
+    finally:
+        down.close()
+
+
+def store_view(engine: Engine) -> dict[str, Any]:
+    with engine.begin() as conn:
+        got = rollout.view(conn, SITE)
+    assert got is not None
+    return got
+
+
+def test_failed_canaries_halt_the_rollout_before_the_rest_is_sent(engine: Engine, broker: Mosquitto) -> None:
+    now = time.time()
+    site_with(engine, now, {f"gas{i}": "gas" for i in range(1, 5)})
+    down = Downlinks(broker)
+    driver = Driver(engine, Downlink(broker_publisher(broker_config(broker))), lambda site: None)
+    try:
+        with engine.begin() as conn:
+            rid = rollout.start(conn, BOSS, SITE, NEW, canary="50%", halt_share=0.25, stage_timeout=60, now=now)
+        asyncio.run(driver.step())
+        for i, dev in enumerate(("gas1", "gas2")):
+            outcome(engine, dev, 100 + i, False, "rolled back: 2 boots without a confirmed connection")
+        asyncio.run(driver.step())
+        assert state(engine, rid) == ("halted", 0, f"2 of 2 nodes sent {NEW} failed, above the halt share 0.25")
+        asyncio.run(driver.step())
+        got = nodes(engine, rid)
+        assert {d: got[d][0] for d in got} == {"gas1": "failed", "gas2": "failed", "gas3": "waiting",
+                                               "gas4": "waiting"}
+        assert got["gas1"][1] == "rolled back: 2 boots without a confirmed connection"
+        time.sleep(0.3)
+        assert sorted(d for d, _ in sent_to(down)) == ["gas1", "gas2"]  # the rest never heard of it
+    finally:
+        down.close()
+
+
+def test_what_a_rollout_request_must_be(engine: Engine) -> None:
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas", "rain1": "rain"})
+    viewer = Session("t", "vera", "operator", "c")
+    with engine.begin() as conn:
+        for kwargs, status, says in (
+                ({"who": viewer}, 403, "may not roll out"),
+                ({"site": "nowhere"}, 404, "no site"),
+                ({"version": "9.9.9"}, 404, "does not serve release 9.9.9"),
+                ({"halt_share": 1.0}, 400, "halt_share"),
+                ({"stage_timeout": 1}, 400, "stage_timeout"),
+                ({"canary": "lots"}, 400, "canary 'lots'"),
+                ({"only": ["rain1"]}, 409, "class rain: not in the release"),
+                ({"only": ["gas9"]}, 404, "not devices of s1: gas9")):
+            args = {"who": BOSS, "site": SITE, "version": NEW, **kwargs}
+            with pytest.raises(RolloutError, match=says) as err:
+                rollout.start(conn, args.pop("who"), args.pop("site"), args.pop("version"), now=now, **args)
+            assert err.value.status == status
+        rid = rollout.start(conn, BOSS, SITE, NEW, now=now)
+        with pytest.raises(RolloutError, match="already running") as err:
+            rollout.start(conn, BOSS, SITE, NEW, now=now)
+        assert err.value.status == 409
+        with pytest.raises(RolloutError, match="may not halt"):
+            rollout.halt(conn, viewer, rid, now=now)
+        assert rollout.halt(conn, BOSS, rid, now=now) == SITE
+        with pytest.raises(RolloutError, match="is halted") as err:
+            rollout.halt(conn, BOSS, rid, now=now)
+        assert err.value.status == 409
