@@ -310,6 +310,43 @@ async function loadSent() {
     h("td", {}, c.result === undefined || c.result === null ? "—" : JSON.stringify(c.result)))));
 }
 
+// --- firmware updates -----------------------------------------------------------------------------
+
+function bar(done, total) {
+  const percent = (total ? Math.min(1, done / total) * 100 : 0).toFixed(0) + "%";
+  const fill = h("span", { class: "fill" });
+  fill.style.width = percent;  // through the CSSOM: the page's CSP allows no inline style attribute
+  return h("span", { class: "bar", title: `${done} of ${total} bytes` }, h("span", { class: "track" }, fill), percent);
+}
+
+async function loadOta() {
+  const sites = (await api("/api/sites")).map((x) => x.site);
+  const pick = $("ota-site");
+  const chosen = pick.value || sites[0];
+  pick.replaceChildren(...sites.map((x) => h("option", { value: x, selected: x === chosen }, x)));
+  if (!chosen) return;
+  const o = await api("/api/ota?site=" + encodeURIComponent(chosen));
+  $("ota-releases").textContent = o.releases.length ? "Serves: " + o.releases.map((r) =>
+    `${r.v} (${r.profiles.join(", ")}, ${(r.size / 1024).toFixed(0)} KB)`).join("; ") : "This site serves no release.";
+  $("ota-nodes").tBodies[0].replaceChildren(...o.nodes.map((n) => h("tr", { dataset: { dev: n.dev } },
+    h("td", {}, n.dev), h("td", {}, n.prof || "—"), h("td", {}, n.running || "?"),
+    h("td", {}, n.target ? [n.target + " ", bar(n.done, n.total)] : "—"),
+    h("td", {}, n.outcome ? h("span", { class: "pill " + (n.outcome.ok ? "done" : "failed") },
+      `${n.outcome.v} ${n.outcome.res}`) : "—"))));
+  const versions = o.releases.map((r) => r.v);
+  $("rollout-version").replaceChildren(...versions.map((v) => h("option", { value: v }, v)));
+  $("rollout-form").hidden = !may("rollout") || !versions.length;
+  $("rollouts").tBodies[0].replaceChildren(...o.rollouts.map((r) => {
+    const count = (s) => r.nodes.filter((n) => n.state === s).length;
+    return h("tr", { dataset: { rollout: r.id } }, h("td", {}, r.id), h("td", {}, r.v), h("td", {}, r.actor),
+      h("td", {}, h("span", { class: "pill " + (r.state === "running" ? "sent" : r.state === "done" ? "done" : "failed") },
+        r.state), r.reason ? " " + r.reason : ""),
+      h("td", {}, `${count("landed")} landed, ${count("failed")} failed, ${r.nodes.length} in all (stage ${r.stage + 1})`),
+      h("td", {}, r.state === "running" && may("rollout") ? h("button", { on: { click: () =>
+        api(`/api/ota/rollouts/${r.id}/halt`, {}).then(() => refresh(["ota"]), showError("ota-error")) } }, "Halt") : ""));
+  }));
+}
+
 // --- live -----------------------------------------------------------------------------------------
 
 let pending = new Set(), timer = null;
@@ -321,7 +358,7 @@ function refresh(parts) {
     pending = new Set();
     timer = null;
     const jobs = { alarms: loadAlarms, orders: loadOrders, state: loadState, map: loadMap, times: loadTimes,
-      sent: loadSent };
+      sent: loadSent, ota: loadOta };
     await Promise.all([...todo].filter((p) => jobs[p]).map((p) => jobs[p]().catch(() => {})));
     if (todo.has("detail") || todo.has("alarms") || todo.has("orders")) await loadDetail().catch(() => {});
   });
@@ -333,13 +370,14 @@ function onNotice(n) {
   switch (n.kind) {
     case "alarm": refresh(["alarms", "map", "times"]); break;
     case "work-order": refresh(["orders", "alarms", "times"]); break;
-    case "device": case "site": refresh(["state", "map"]); break;
+    case "device": case "site": refresh(["state", "map", "ota"]); break;
     case "command": refresh(["sent"]); break;
+    case "ota": refresh(["ota"]); break;
     case "reading":
       refresh(["state"]);
       if (sel) { const a = desk.alarms.find((x) => x.id === sel.alarm); if (a && a.site === n.site && a.dev === n.dev) refresh(["detail"]); }
       break;
-    default: refresh(["alarms", "orders", "state", "map", "times", "sent"]);
+    default: refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]);
   }
 }
 
@@ -347,7 +385,7 @@ function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
   es.addEventListener("hello", () => { $("live").textContent = "live"; $("live").className = "live on";
-    refresh(["alarms", "orders", "state", "map", "times"]); });
+    refresh(["alarms", "orders", "state", "map", "times", "ota"]); });
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
   es.onerror = () => { $("live").textContent = "reconnecting"; $("live").className = "live off"; };
 }
@@ -405,6 +443,15 @@ document.addEventListener("DOMContentLoaded", () => {
     try { ruleset = JSON.parse($("rules-json").value); } catch (err) {
       $("command-error").textContent = "rule set: not JSON"; return; }
     sendCommand("/api/rules", { site: $("rules-site").value.trim(), ruleset });
+  });
+  $("ota-site").addEventListener("change", () => loadOta().catch(showError("ota-error")));
+  $("rollout-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    $("ota-error").textContent = "";
+    const canary = $("rollout-canary").value.trim();
+    api("/api/ota/rollouts", { site: $("ota-site").value, version: $("rollout-version").value,
+      canary: /^\d+$/.test(canary) ? +canary : canary, halt_share: +$("rollout-halt").value,
+      stage_timeout: +$("rollout-timeout").value }).then(() => refresh(["ota"]), showError("ota-error"));
   });
   // Ages tick on the page itself; nothing is fetched for them.
   setInterval(() => { for (const el of document.querySelectorAll(".age")) el.textContent = age(+el.dataset.t || null); }, 1000);
