@@ -48,6 +48,7 @@ log = logging.getLogger("lifeline.gateway")
 
 TICK_S = 1.0
 OTA_REPORT_S = 2.0  # download progress upstream at most this often: a rollout's bars, not a chunk count
+OTA_OFFER_S = 600.0  # releases offered again this often: a district that started after the gateway learns them
 DRAIN_ON_STOP_S = 10.0
 _POSITION = ("lat", "lon")
 
@@ -85,9 +86,10 @@ class Gateway:
         # waits behind an ingest batch's commit, nor a batch behind a download.
         self.releases = Releases(cfg.site)
         self.releases.replace(cfg.ota_releases)
-        # the district learns what this site serves at start (when it serves any) and on each reload
+        # the district learns what this site serves at start (when it serves any), on each reload, and every
+        # OTA_OFFER_S while it serves any
         self.offer_releases = bool(self.releases.versions())
-        self.ota_reported = 0.0
+        self.ota_reported = self.ota_offered = 0.0
         self.ota = Ledger(self.conn)
         self.conn.commit()
         ota_broker = replace(cfg.site_broker, client_id=cfg.site_broker.client_id + "-ota")
@@ -300,12 +302,14 @@ class Gateway:
         self.outbox.put_state(kind, body)
 
     def _up_ota(self, now: float) -> None:
-        """Download progress (and the releases served, when they changed) for the district's desk."""
+        """Download progress (and the releases served, when due) for the district's desk."""
         nodes = self.ota.report()
-        if nodes or self.offer_releases:
+        offer = self.offer_releases or (bool(self.releases.versions()) and now - self.ota_offered >= OTA_OFFER_S)
+        if nodes or offer:
             self._up_state(district.UP_OTA, district_wire.ota_report(
-                now, nodes, self.releases.offers() if self.offer_releases else None))
-            self.offer_releases = False
+                now, nodes, self.releases.offers() if offer else None))
+        if offer:
+            self.offer_releases, self.ota_offered = False, now
         self.ota_reported = now
 
     def _up_gap(self, gap: Gap) -> None:
