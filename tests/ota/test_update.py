@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ota_support import DEV, SITE, Build, Relay, births, ota_events, provision
 
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.firmware import build_romfs
 from lifeline.virtual.flashdir import FlashDirDevice
 from lifeline.virtual.listener import Listener
 from lifeline.virtual.profiles import load_profile
@@ -124,3 +125,27 @@ def test_a_release_that_fails_its_trial_rolls_back_by_itself(case: str, tmp_path
     assert dev.read("slot.json")["run"] == "" and "try" not in dev.read("slot.json")
     if case == "crashes on boot":
         assert console.count("broken release") == 2, console
+
+
+def test_a_node_that_runs_from_romfs_updates_into_its_file_slot(tmp_path: Path, mpy: Path, broker: Mosquitto,
+                                                                relay: Relay, make_release: Build,
+                                                                key: Ed25519PrivateKey) -> None:
+    """A node deployed with `lifeline flash --romfs` imports its code from the ROM image; the release lands in
+    the file slot, and after the switch every module comes from the slot, none from the image: the new code's
+    own line is printed, and the node runs on it in 64wK."""
+    rel = make_release("0.2.0", patch={"app/runtime.py": ("def run(st, cfg):\n",
+                                                          "def run(st, cfg):\n    print('runs release 0.2.0')\n")})
+    relay.releases.add_dir(rel.dir)
+    listener = Listener(broker.port, SITE, DEV)
+    with device(tmp_path, mpy, broker, key, romfs=build_romfs(mpy)) as dev:
+        assert on_version(listener, "0.1.0", 30), dev.console()
+        assert "runs release" not in dev.console()
+        dev.command(1, "ota", rel.command_args())
+        assert on_version(listener, "0.2.0", 120), dev.console()
+        assert listener.wait(lambda m: ota_events(listener), 30), dev.console()
+        console = dev.console()
+    listener.close()
+    assert ota_events(listener)[-1] == {"ota.v": "0.2.0", "ota.ok": True, "ota.res": "running"}
+    assert "runs release 0.2.0" in console, console
+    assert "MemoryError" not in console, console
+    assert dev.read("slot.json")["run"] == "ota/b"
