@@ -168,8 +168,9 @@ class Ledger:
     def outcome(self, dev: str, version: str, ok: bool, res: str, now: float) -> None:
         n = self._node(dev)
         n.outcome_v, n.ok, n.res, n.outcome_at = version, ok, res, now
-        if ok and n.target == version:
-            n.done = n.total
+        if ok and n.target == version and n.done != n.total:
+            n.done = n.total  # it runs the release, so every byte arrived, whatever the last request said
+            self._moved.add(dev)
 
     def report(self) -> list[OtaProgress]:
         """The downloads that moved since the last call, for upstream."""

@@ -79,7 +79,13 @@ def test_a_rollout_from_the_desk_lands_and_the_desk_shows_each_download(tmp_path
             rid = started.json()["id"]
             done = until(lambda: (r := ota()["rollouts"][0])["state"] != "running" and r, 400,
                          "the rollout ends: " + str(ota()))
-            view = ota()
+            # Progress travels in the gateway's OTA report (every 2 s), a node's version in its birth: the
+            # desk may see the birth first, and shows the whole download by the next report.
+            def whole() -> dict[str, Any] | None:
+                v = ota()
+                return v if all(n["done"] == n["total"] for n in v["nodes"] if n["target"]) else None
+
+            view = until(whole, 30, "every download shown whole: " + str(ota()))
             consoles = site.consoles()
     finally:
         for d in district:

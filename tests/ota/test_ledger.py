@@ -86,6 +86,10 @@ def test_the_district_is_offered_each_release_and_told_of_downloads_that_moved(t
     assert ledger.report() == [{"dev": "gas-1", "v": "0.2.0", "done": 2048, "total": size, "t": 12.0},
                                {"dev": "rain-1", "v": "0.2.0", "done": 1024, "total": size, "t": 11.0}]
     assert ledger.report() == []  # nothing moved since
+    ledger.outcome("gas-1", "0.2.0", True, "running", 13.0)  # its last requests were not reported yet
+    assert ledger.report() == [{"dev": "gas-1", "v": "0.2.0", "done": size, "total": size, "t": 12.0}]
+    ledger.outcome("gas-1", "0.2.0", True, "running", 14.0)
+    assert ledger.report() == []
 
 
 @pytest.mark.parametrize(("broken", "says"), [
