@@ -142,6 +142,7 @@ class Checker:
         if device is None:
             self._reject("unknown-device", f"device {dev!r} is not in the registry", topic, raw, now)
             return None
+        dev = device.id  # the registry's string, not the topic's: per-device state keeps one copy of each id
         records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
             body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records,
