@@ -182,3 +182,22 @@ def test_due_finds_a_new_hole_of_a_settled_device_and_holes_loaded_from_the_stor
     again.check("d3", 5, 80.0)
     again.rollback()  # d3 was never flushed: it is gone, and d1's and d2's holes stay reported
     assert again.due(200.0) == []
+
+
+def test_devices_without_holes_share_nothing_with_those_that_have_some() -> None:
+    """A device with no hole keeps the one shared empty list (memory at 50,000 devices); the first hole above
+    or below its window, and a restart of the window, give it a list of its own."""
+    t = tracker()
+    for dev in ("d1", "d2", "d3"):
+        t.check(dev, 10, 0.0)
+    t.check("d1", 14, 0.0)  # 11-13 above
+    t.check("d2", 9, 0.0)  # next below: no hole
+    t.check("d3", 7, 0.0)  # 8-9 below
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [3, 0, 2]
+    t.check("d2", 12, 0.0)
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [3, 1, 2]
+    assert t.check_state("d1", 2, 5, True) is Verdict.NEW  # a newer boot below the highest: the window restarts
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [0, 1, 2]
+    t.check("d1", 3, 0.0)
+    t.check("d1", 6, 0.0)
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [2, 1, 2]
