@@ -37,6 +37,7 @@ from gateway.rules import (
     stale_level,
     sum_signal,
 )
+from gateway.store import to_json
 
 Event = Literal["raised", "escalated", "de-escalated", "cleared", "inhibited", "resumed"]
 RuleKind = Literal["level", "rate", "sum", "stale"]
@@ -57,7 +58,6 @@ CREATE TABLE IF NOT EXISTS alarm_active (
 """
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators builds an encoder per call
 
 
 def _label(level: Level | None) -> str | None:
@@ -178,7 +178,7 @@ class Track:
             data["window"] = [list(item) for item in self.window]
         if self.sums is not None:
             data["sums"] = {"last": self.sums.last, "bins": [list(item) for item in self.sums.bins]}
-        return _COMPACT.encode(data)
+        return to_json(data)
 
     @classmethod
     def from_json(cls, text: str) -> Track:

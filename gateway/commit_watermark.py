@@ -22,6 +22,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from gateway.logs import event
+from gateway.store import to_json
 from protocol import topics
 
 log = logging.getLogger("lifeline.gateway.commit_watermark")
@@ -101,7 +102,7 @@ class Confirmations:
         """Write the changed devices into the current transaction (the caller commits)."""
         if self._dirty:
             self._conn.executemany("INSERT OR REPLACE INTO done_ranges (dev, ranges) VALUES (?, ?)",
-                                   [(dev, json.dumps(_pairs(self._ranges[dev]))) for dev in self._dirty])
+                                   [(dev, to_json(_pairs(self._ranges[dev]))) for dev in self._dirty])
             self._dirty.clear()
 
     def rollback(self) -> None:

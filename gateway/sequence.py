@@ -32,6 +32,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from gateway.logs import event
+from gateway.store import to_json
 
 log = logging.getLogger("lifeline.gateway.sequence")
 
@@ -85,8 +86,8 @@ class _Device:
 
     def to_json(self) -> str:
         holes = [[h.first, h.last, h.since, h.reported] for h in self.holes]
-        return json.dumps([self.floor, self.low, self.high, holes, self.state_key, self.boot,
-                           self.duplicates, self.replays, self.gaps, self.high_boot])
+        return to_json([self.floor, self.low, self.high, holes, self.state_key, self.boot,
+                        self.duplicates, self.replays, self.gaps, self.high_boot])
 
     @classmethod
     def from_json(cls, text: str) -> _Device:
