@@ -366,14 +366,21 @@ class Gateway:
               rules_applied=applied, ota_releases=",".join(self.releases.versions()))
 
     async def run(self) -> int:
+        """Run until SIGTERM or SIGINT; the collector makes no full pass of its own meanwhile (_ticker does)."""
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], thresholds[1], 1_000_000_000)
+        try:
+            return await self._run()
+        finally:
+            gc.set_threshold(*thresholds)
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
-        thresholds = gc.get_threshold()
-        gc.set_threshold(thresholds[0], thresholds[1], 1_000_000_000)  # no full pass but _ticker's
         _settle_memory()
         event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
               rules_version=self.alarms.ruleset.version, ota_releases=",".join(self.releases.versions()))
@@ -396,7 +403,6 @@ class Gateway:
         await uplink
         left = self.outbox.depth()
         self.conn.close()
-        gc.set_threshold(*thresholds)
         event(log, "stopped", outbox_left=left)
         return 0
 
