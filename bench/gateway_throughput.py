@@ -17,7 +17,11 @@ per worker process instead of one per device, so the generator is not the bottle
 4. over an emulated district link (bench/wanlink.py, default 40 ms RTT and 10 Mbit/s each way): first the
    bridge's loopback load through the proxy with no delay or limit (what the proxy itself carries), then
    phases 1 to 3 again with both the bridge and the gateway reaching the district broker through the link
-   (the gateway restarted with its district port moved to the link's, nothing else changed).
+   (the gateway restarted with its district port moved to the link's, nothing else changed);
+5. at scale (issue 20): a second site with many more registered devices (default 50,000), the gateway alone,
+   on loopback: its resident memory once started (every device registered, none heard), after every device
+   has sent a few messages (each then has its per-device state), its peak, and alarm latency at the same
+   background rate.
 
 Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
 receipt of the last new one. The gateway's peak RSS is VmHWM, and each process's CPU time, from /proc
@@ -41,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,7 @@ LOADGEN_USER = "loadgen"
 RED = 60.0  # above gas.ch4's red level (50 %LEL)
 CLEAR = 5.0  # below blue's clear level (8 %LEL), so each such reading clears the alarm
 TARGETS = {"ratio": 1.0, "alarm_p99_ms": 50.0, "rss_mb": 150.0}
+SCALE_TARGETS = {"alarm_p99_ms": 50.0, "rss_mb": 60.0}  # issue 20, with 50,000 registered devices
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,14 @@ class Sizes:
     rounds: int  # bridge and gateway phases alternate this many times; the median round is reported
     link_messages: int  # per device, in the throughput phases over the emulated link
     link_rounds: int  # 0: no link scenario
+    scale_devices: int  # registered devices in the scale scenario; 0: none
+    scale_messages: int  # per device, in its throughput phase
 
 
 FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000,
-             rounds=3, link_messages=300, link_rounds=3)
+             rounds=3, link_messages=300, link_rounds=3, scale_devices=50_000, scale_messages=4)
 QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
-              rounds=1, link_messages=40, link_rounds=1)
+              rounds=1, link_messages=40, link_rounds=1, scale_devices=0, scale_messages=2)
 
 
 class Tally:
@@ -526,7 +533,49 @@ def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None
     result = {"sizes": asdict(sizes), **loopback, "recorder_errors": errors[:20], "targets": TARGETS}
     if link_result is not None:
         result["link"] = link_result
+    if sizes.scale_devices:
+        result["scale"] = at_scale(sizes, workdir / "scale")
     return result
+
+
+def at_scale(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """The gateway alone on loopback with `scale_devices` registered: memory once started (registered, none
+    heard), after each device has sent `scale_messages` (each then has its per-device state), the peak, CPU
+    per message and alarm latency at the same background rate. A site of its own (brokers, logins, site.toml
+    of that many devices); no bridge: the comparison with it is the 200-device run's."""
+    big = replace(sizes, devices=sizes.scale_devices)
+    say(f"at scale: a site of {big.devices:,} registered devices, the gateway alone")
+    site, password = build_site(workdir, big)
+    with contextlib.ExitStack() as stack:
+        stack.callback(site.stop)
+        rig = Rig(site, big, (LOADGEN_USER, password), stack)
+        assert site.site_broker is not None
+        began = time.monotonic()
+        gateway = rig.gateway()
+        ready_s = time.monotonic() - began
+        assert gateway.proc is not None
+        pid = gateway.proc.pid
+        registered = proc_status(pid)
+        tag = f" ({big.devices:,} devices)"
+        say(f"throughput{tag}: every device sends {sizes.scale_messages}")
+        run_ = throughput("gateway" + tag, site.site_broker.port, rig.auth, rig.load(sizes.scale_messages),
+                          rig.telemetry, rig.procs(gateway=pid, **{"site broker": broker_pid(site.site_broker)}),
+                          lambda: rss_mb(pid))
+        run_["gateway_cpu_us_per_msg"] = round(run_["cpu_s"]["gateway"] / max(run_["received"], 1) * 1e6, 1)
+        run_["gateway_cpu_busy"] = round(run_["cpu_s"]["gateway"] / run_["wall_s"], 2)
+        heard = proc_status(pid)
+        alarm = rig.alarms(gateway, tag)
+        memory, code = stop_gateway(gateway)
+        errors = rig.errors()
+    rss = {"registered_mb": round(registered.get("VmRSS", 0.0), 1),
+           "registered_peak_mb": round(registered.get("VmHWM", 0.0), 1),
+           "heard_mb": round(heard.get("VmRSS", 0.0), 1), "peak_mb": round(memory.get("VmHWM", 0.0), 1),
+           "end_mb": round(memory.get("VmRSS", 0.0), 1)}
+    return {"devices": big.devices, "messages_per_device": sizes.scale_messages, "ready_s": round(ready_s, 2),
+            "gateway": run_, "alarm": alarm, "rss": rss, "gateway_exit_code": code, "recorder_errors": errors[:20],
+            "targets": SCALE_TARGETS,
+            "met": {"alarm_p99": alarm["p99_ms"] is not None and alarm["p99_ms"] <= SCALE_TARGETS["alarm_p99_ms"],
+                    "rss": rss["peak_mb"] <= SCALE_TARGETS["rss_mb"]}}
 
 
 def over_link(bench: Rig, spec: LinkSpec, district_port: int, profile: Path | None = None) -> dict[str, Any]:
@@ -604,7 +653,9 @@ def main(argv: list[str] | None = None) -> int:
                              ("background_rate", float, "messages/s of background load in the alarm phase"),
                              ("rounds", int, "bridge and gateway phases, alternating; the median is reported"),
                              ("link_messages", int, "messages per device in each phase over the emulated link"),
-                             ("link_rounds", int, "rounds over the emulated link (0: none)")):
+                             ("link_rounds", int, "rounds over the emulated link (0: none)"),
+                             ("scale_devices", int, "registered devices in the scale scenario (0: none)"),
+                             ("scale_messages", int, "messages per device in the scale scenario")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                             help=f"{what} (default {getattr(FULL, name):g}, --quick {getattr(QUICK, name):g})")
     link = LinkSpec()
@@ -644,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(result, TARGETS))
     if "link" in result:
         print("\n" + "\n".join(report.link_text(result)))
+    if "scale" in result:
+        print("\n" + "\n".join(report.scale_text(result)))
     print(f"\nJSON: {args.json}")
     if not args.no_doc and not args.profile and not args.profile_link:
         report.write_doc(args.doc, result)
@@ -651,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     lost = sum(x["gateway"]["lost_total"] + x["bridge"]["lost_total"] + x["alarm"]["lost"]
                + x["alarm"]["background"]["lost"] for x in (result, result.get("link") or result))
     lost += result["link"]["pass_through"]["lost"] if "link" in result else 0
+    if "scale" in result:
+        s = result["scale"]
+        lost += s["gateway"]["lost"] + s["alarm"]["lost"] + s["alarm"]["background"]["lost"]
     return 1 if lost else 0
 
 

@@ -19,6 +19,7 @@ without one they are flagged "unknown" the same way. The flag and the device's o
 from __future__ import annotations
 
 import io
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ class Checker:
         if device is None:
             self._reject("unknown-device", f"device {dev!r} is not in the registry", topic, raw, now)
             return None
+        dev = device.id  # the registry's string, not the topic's: per-device state keeps one copy of each id
         records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
         try:
             body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records,
@@ -214,5 +216,7 @@ class Checker:
                     value = rec["s"]
                 fields = tuple((k, rec[k]) for k in VALUE_FIELDS if k in rec)
             name = rec["n"]
-            out.append(Reading(name, name.rpartition(":")[2], value, rec.get("u"), t, t_dev, clock, fields))
+            # The metric is interned: the alarm engine keeps it in each track's key, one copy for all devices.
+            out.append(Reading(name, sys.intern(name.rpartition(":")[2]), value, rec.get("u"), t, t_dev, clock,
+                               fields))
         return tuple(out)

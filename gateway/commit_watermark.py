@@ -22,6 +22,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from gateway.logs import event
+from gateway.store import to_json
 from protocol import topics
 
 log = logging.getLogger("lifeline.gateway.commit_watermark")
@@ -50,30 +51,35 @@ class Confirmations:
         self.published = 0
 
     def _load(self) -> None:
-        self._ranges: dict[str, list[list[int]]] = {
-            dev: json.loads(text) for dev, text in self._conn.execute("SELECT dev, ranges FROM done_ranges")}
+        # Each device's ranges as one flat list, first and last of each range in turn, oldest first: one list
+        # of ints a device rather than a list of two-item lists (about 90 bytes less each, at 50,000 devices).
+        # The stored form stays a JSON list of [first, last] pairs.
+        self._ranges: dict[str, list[int]] = {
+            dev: [n for r in json.loads(text) for n in r]
+            for dev, text in self._conn.execute("SELECT dev, ranges FROM done_ranges")}
         self._dirty: set[str] = set()
 
     def committed(self, dev: str, seq: int) -> None:
         """Data or event number `seq` of `dev` is in this batch (call before its commit)."""
-        rs = self._ranges.setdefault(dev, [])
-        if rs and rs[-1][1] == seq - 1:  # the next number after the newest range, as it is nearly always
-            rs[-1][1] = seq
-            self._dirty.add(dev)
-            self._touched.add(dev)
-            return
-        i = bisect.bisect_right(rs, seq, key=lambda r: r[0])
-        if i and rs[i - 1][1] >= seq:
-            self._touched.add(dev)
-            return
-        if i and rs[i - 1][1] == seq - 1:
-            rs[i - 1][1] = seq
-            i -= 1
+        rs = self._ranges.get(dev)
+        if not rs:
+            self._ranges[dev] = [seq, seq]
+        elif rs[-1] == seq - 1:  # the next number after the newest range, as it is nearly always
+            rs[-1] = seq
         else:
-            rs.insert(i, [seq, seq])
-        if i + 1 < len(rs) and rs[i + 1][0] == rs[i][1] + 1:
-            rs[i][1] = rs.pop(i + 1)[1]
-        del rs[:-topics.MAX_DONE_RANGES]
+            i = bisect.bisect_right(rs[0::2], seq)  # ranges starting at or below seq
+            if i and rs[2 * i - 1] >= seq:
+                self._touched.add(dev)
+                return
+            if i and rs[2 * i - 1] == seq - 1:
+                rs[2 * i - 1] = seq
+                i -= 1
+            else:
+                rs[2 * i:2 * i] = [seq, seq]
+            if 2 * i + 2 < len(rs) and rs[2 * i + 2] == rs[2 * i + 1] + 1:  # it joins the next range
+                rs[2 * i + 1] = rs[2 * i + 3]
+                del rs[2 * i + 2:2 * i + 4]
+            del rs[:-2 * topics.MAX_DONE_RANGES]
         self._dirty.add(dev)
         self._touched.add(dev)
 
@@ -81,8 +87,8 @@ class Confirmations:
         """A birth whose next number is not above what was committed: the device's counter started over (its
         flash was wiped), and the old ranges would make it forget new messages; they go."""
         rs = self._ranges.get(dev)
-        if rs and seq <= rs[-1][1]:
-            event(log, "confirmations-reset", logging.WARNING, dev=dev, seq=seq, top=rs[-1][1])
+        if rs and seq <= rs[-1]:
+            event(log, "confirmations-reset", logging.WARNING, dev=dev, seq=seq, top=rs[-1])
             rs.clear()
             self._dirty.add(dev)
             self._touched.add(dev)
@@ -96,7 +102,7 @@ class Confirmations:
         """Write the changed devices into the current transaction (the caller commits)."""
         if self._dirty:
             self._conn.executemany("INSERT OR REPLACE INTO done_ranges (dev, ranges) VALUES (?, ?)",
-                                   [(dev, json.dumps(self._ranges[dev])) for dev in self._dirty])
+                                   [(dev, to_json(_pairs(self._ranges[dev]))) for dev in self._dirty])
             self._dirty.clear()
 
     def rollback(self) -> None:
@@ -107,7 +113,7 @@ class Confirmations:
     def committed_now(self) -> None:
         """The batch is committed: its devices' confirmations may go out."""
         for dev in self._touched:
-            self._due[dev] = done_body([(a, b) for a, b in self._ranges.get(dev, [])])
+            self._due[dev] = done_body(_pairs(self._ranges.get(dev, [])))
         if self._touched:
             self._touched.clear()
             self._wake.set()
@@ -125,3 +131,8 @@ class Confirmations:
                     self.published += 1
                 except Exception as exc:  # not connected
                     event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc))
+
+
+def _pairs(flat: list[int]) -> list[tuple[int, int]]:
+    """(first, last) of each range of a device's flat list."""
+    return list(zip(flat[0::2], flat[1::2], strict=True))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 Direction = Literal["above", "below"]
@@ -504,6 +505,9 @@ def _holds(direction: Direction, value: float, clear: float) -> bool:
     return value > clear if direction == "above" else value < clear
 
 
+_NO_RUNS: Mapping[Level, Run] = MappingProxyType({})  # no level reached: one object for every such track
+
+
 def judge(
     threshold: Threshold,
     level: Level | None,
@@ -534,7 +538,7 @@ def judge(
         for lv, clear in threshold.clear.items():
             if lv <= level and (target is None or lv > target) and _holds(threshold.direction, signal[lv], clear):
                 target = lv
-    return Judgement(target, new_runs)
+    return Judgement(target, new_runs or _NO_RUNS)
 
 
 def rate_signal(

@@ -20,7 +20,8 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n## Firmware\n\nkept as it is\n")
     args = ["--quick", "--devices", "8", "--messages", "25", "--rounds", "2", "--alarm-samples", "10",
-            "--link-messages", "20", "--link-rounds", "1", "--json", str(out), "--doc", str(doc)]
+            "--link-messages", "20", "--link-rounds", "1", "--scale-devices", "12", "--scale-messages", "2",
+            "--json", str(out), "--doc", str(doc)]
     proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -54,11 +55,18 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
         assert link[phase]["link_bytes_per_msg"]["up"] >= link[phase]["upstream_bytes_per_msg"]
     assert link["pass_through"]["received"] == link["pass_through"]["device_messages"] == 8 * 25
     assert link["counters"]["connections"] >= 2  # the bridge's and the gateway's
+    # At scale (a site of its own with more devices registered): every device heard, nothing lost.
+    scale = r["scale"]
+    assert scale["devices"] == 12 and scale["gateway"]["received"] == scale["gateway"]["device_messages"] == 24
+    assert scale["alarm"]["received"] == 10 and scale["alarm"]["background"]["lost"] == 0
+    assert 0 < scale["rss"]["registered_mb"] <= scale["rss"]["peak_mb"] and scale["gateway_exit_code"] == 0
+    assert set(scale["met"]) == {"alarm_p99", "rss"} and scale["recorder_errors"] == []
 
     text = doc.read_text()
     assert "## Firmware\n\nkept as it is" in text
     assert "## Gateway throughput" in text and text.count("| ratio gateway / bridge |") == 2
     assert "Over an emulated district link: 40 ms RTT" in text
+    assert "**With 12 registered devices**" in text
     assert r["command"] in text
 
 

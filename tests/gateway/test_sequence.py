@@ -155,3 +155,49 @@ def test_state_stored_before_boots_were_tracked_loads_and_keeps_its_floor() -> N
     assert t.check("d1", 90, 0.0, 3) is Verdict.REPLAY
     assert t.check("d1", 95, 0.0, 3) is Verdict.DUPLICATE
     assert t.check("d1", 101, 0.0, 3) is Verdict.NEW
+
+
+def test_due_finds_a_new_hole_of_a_settled_device_and_holes_loaded_from_the_store() -> None:
+    """due() looks only at devices that may hold an unreported hole (not at every device each second): a
+    device whose holes were all reported is looked at again once a new one opens, and after a restart the
+    open holes read from the store are looked at too, as are rolled-back ones."""
+    conn = sqlite3.connect(":memory:")
+    t = SequenceTracker(conn, 1000, 10.0)
+    for s in (1, 3):
+        t.check("d1", s, 0.0)
+    assert [(g.first, g.kind) for g in t.due(10.0)] == [(2, "gap")]
+    assert t.due(50.0) == []
+    t.check("d1", 6, 60.0)  # a new hole, 4-5
+    t.check("d2", 1, 60.0)
+    t.check("d2", 0, 60.0)
+    t.check("d2", 4, 61.0)  # 2-3
+    t.flush()
+    conn.commit()
+    again = SequenceTracker(conn, 1000, 10.0)
+    assert again.due(65.0) == []
+    assert sorted((g.dev, g.first, g.last) for g in again.due(71.0)) == [("d1", 4, 5), ("d2", 2, 3)]
+    again.flush()
+    conn.commit()
+    again.check("d3", 1, 80.0)
+    again.check("d3", 5, 80.0)
+    again.rollback()  # d3 was never flushed: it is gone, and d1's and d2's holes stay reported
+    assert again.due(200.0) == []
+
+
+def test_devices_without_holes_share_nothing_with_those_that_have_some() -> None:
+    """A device with no hole keeps the one shared empty list (memory at 50,000 devices); the first hole above
+    or below its window, and a restart of the window, give it a list of its own."""
+    t = tracker()
+    for dev in ("d1", "d2", "d3"):
+        t.check(dev, 10, 0.0)
+    t.check("d1", 14, 0.0)  # 11-13 above
+    t.check("d2", 9, 0.0)  # next below: no hole
+    t.check("d3", 7, 0.0)  # 8-9 below
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [3, 0, 2]
+    t.check("d2", 12, 0.0)
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [3, 1, 2]
+    assert t.check_state("d1", 2, 5, True) is Verdict.NEW  # a newer boot below the highest: the window restarts
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [0, 1, 2]
+    t.check("d1", 3, 0.0)
+    t.check("d1", 6, 0.0)
+    assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [2, 1, 2]
