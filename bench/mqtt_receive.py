@@ -13,7 +13,9 @@ message acknowledged, over N. The broker is another process and is not counted. 
 interleaved so a change of load on the machine falls on all of them alike.
 
 The clients:
-- link: gateway.mqtt_link.Link as gateway.ingest.Subscriber drives it, the baseline (paho, manual ack);
+- link: gateway.mqtt_link.Link of the tree measured, as gateway.ingest.Subscriber drives it: the baseline
+  (up to commit 5d6c243 paho's client with manual ack; since issue 20 the mqtt5 reader, like `mqtt5` below,
+  so compare a base tree's `--clients link` with the branch's in one sitting);
 - aiomqtt: aiomqtt.Client iterating `messages`; it cannot hold the PUBACK (paho acknowledges when the
   message is queued), so it does less than the gateway needs and is shown for scale;
 - zmqtt: zmqtt.MQTTClient, MQTT 3.1.1, `subscribe(auto_ack=False)` and `await message.ack()`;
