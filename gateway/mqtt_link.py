@@ -12,7 +12,8 @@ expires (MQTT 5's form of clean_session False), SUBSCRIBE and wait for the SUBAC
 
 Hostile or broken input: the CONNECT asks the broker for packets of at most `max_packet` bytes, and the
 Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
-on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`.
+on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`, and
+past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half.
 
 One Link is one connection: message ids belong to it, so an ack can never reach a later connection.
 """
@@ -35,6 +36,9 @@ from gateway.site_config import BrokerConfig
 NEVER_EXPIRES = 0xFFFFFFFF  # session expiry: the broker keeps the session (and its queue) while we are away
 RECEIVE_MAX = 1000  # unacknowledged QoS 1 deliveries the broker may have out to us, as deploy's site.conf
 MAX_PACKET = 1 << 20  # bytes; the site broker's message_size_limit is 64 KiB
+# Deliveries held before the link stops reading the socket (TCP then holds the broker back): Mosquitto 2.0.11
+# was seen sending a returning session's queue past its window of unacknowledged messages, and QoS 0 has none.
+INBOX_MAX = 5000
 # A PINGREQ goes after every batch of PUBACKs: Mosquitto 2.0.11 (Debian's) lets the freed window fill with
 # queued messages but may not write them until the client's next packet, so a client that acknowledges a
 # batch in one write waited for its keepalive (seen with bench/mqtt_receive.py; MQTT allows a PINGREQ at any
@@ -53,12 +57,14 @@ class Link(asyncio.Protocol):
     """One persistent-session connection with manual acknowledgement; use as `async with Link(...)`."""
 
     def __init__(self, broker: BrokerConfig, logger: logging.Logger, timeout_s: float = 10.0,
-                 max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX) -> None:
+                 max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX, inbox_max: int = INBOX_MAX) -> None:
         self.broker = broker
         self.log = logger
         self.timeout_s = timeout_s
         self.max_packet = max_packet
         self.receive_max = receive_max
+        self.inbox_max = inbox_max
+        self._paused = False  # reading stopped until the inbox is down to half of inbox_max
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -182,12 +188,23 @@ class Link(asyncio.Protocol):
                 raise LinkError(self._error)
             self._wake.clear()
             await self._wake.wait()
+        if self._paused:
+            self._resume()
         return self._inbox.popleft()
 
     def ready(self, limit: int) -> list[Message]:
         """Up to `limit` deliveries that need no waiting: every packet read so far is already parsed."""
         inbox = self._inbox
-        return [inbox.popleft() for _ in range(min(limit, len(inbox)))]
+        taken = [inbox.popleft() for _ in range(min(limit, len(inbox)))]
+        if self._paused:
+            self._resume()
+        return taken
+
+    def _resume(self) -> None:
+        t = self._transport
+        if len(self._inbox) <= self.inbox_max // 2 and t is not None and not t.is_closing():
+            self._paused = False
+            t.resume_reading()
 
     def ack(self, message: Message) -> None:
         """Send the PUBACK for a delivery (QoS 0 has none); the PUBACKs of one turn of the loop go together."""
@@ -268,6 +285,9 @@ class Link(asyncio.Protocol):
         del buf[:pos]
         if self._inbox:
             self._wake.set()
+            if len(self._inbox) >= self.inbox_max and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
 
     def _check_size(self, head: memoryview) -> None:
         """Refuse a packet whose fixed header declares more than max_packet bytes before it is all read."""

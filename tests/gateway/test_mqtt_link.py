@@ -127,3 +127,17 @@ async def test_an_idle_link_stays_up_on_pings() -> None:
         await asyncio.sleep(2.5)
         assert link.ready(10) == []
         await link.publish(TOPIC, b"q0", qos=0)  # still connected
+
+
+async def test_a_flood_stops_the_reading_until_the_caller_has_taken_half() -> None:
+    flood = mqtt5.PublishPacket(TOPIC, b"x" * 100).write() * 20_000  # QoS 0: no window holds it back
+    async with fake_broker(lambda w: w.write(flood)) as port, Link(config(port), log, inbox_max=1000) as link:
+        await asyncio.sleep(0.5)
+        held = link.ready(100_000)
+        assert 1000 <= len(held) < 1000 + 3000  # past the limit by at most what one read brought
+        got = len(held)
+        async with asyncio.timeout(10):
+            while got < 20_000:  # taking them lets the rest in
+                await link.message()
+                got += 1 + len(link.ready(100_000))
+        assert got == 20_000
