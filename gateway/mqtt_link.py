@@ -78,6 +78,7 @@ class Link(asyncio.Protocol):
         self._next_id = 0
         self._acks: list[bytes] = []  # PUBACKs to write at the next turn of the loop
         self._last_in = self._last_ping = time.monotonic()
+        self._keepalive_s = broker.keepalive  # as the CONNACK may set it (MQTT 5's Server Keep Alive)
         self._misc: asyncio.Task[None] | None = None
 
     # --- connection ----------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class Link(asyncio.Protocol):
 
     async def _keepalive(self) -> None:
         """A PINGREQ every half keepalive; the connection is taken as dead after 1.5 keepalives of silence."""
-        keepalive = self.broker.keepalive
+        keepalive = self._keepalive_s
         if keepalive <= 0:
             return
         while self._error is None:
@@ -309,6 +310,8 @@ class Link(asyncio.Protocol):
         elif isinstance(packet, mqtt5.ConnAckPacket) and not self._connack.is_set():
             if packet.reason_code.value != 0:
                 self._refused = f"connection refused: {packet.reason_code.name}"
+            if packet.server_keep_alive is not None:
+                self._keepalive_s = packet.server_keep_alive
             self._connack.set()
         elif isinstance(packet, mqtt5.DisconnectPacket):
             reason = packet.reason_code.name + (f" ({packet.reason_str})" if packet.reason_str else "")
