@@ -13,7 +13,9 @@ expires (MQTT 5's form of clean_session False), SUBSCRIBE and wait for the SUBAC
 Hostile or broken input: the CONNECT asks the broker for packets of at most `max_packet` bytes, and the
 Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
 on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`, and
-past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half.
+past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half, except while
+a SUBACK or PUBACK is awaited (a returning session's queue comes before the SUBACK, and nobody takes
+deliveries before the subscription is confirmed; paho's link held them all as well).
 
 One Link is one connection: message ids belong to it, so an ack can never reach a later connection.
 """
@@ -233,6 +235,9 @@ class Link(asyncio.Protocol):
     async def _request(self, mid: int, data: bytes, what: str) -> mqtt5.PubAckPacket | mqtt5.SubAckPacket:
         answer: asyncio.Future[mqtt5.PubAckPacket | mqtt5.SubAckPacket] = self._loop.create_future()
         self._waiting[mid] = answer
+        if self._paused and self._transport is not None:  # the answer may be behind deliveries: read on
+            self._paused = False
+            self._transport.resume_reading()
         try:
             self._write(data)
             async with asyncio.timeout(self.timeout_s):
@@ -286,7 +291,7 @@ class Link(asyncio.Protocol):
         del buf[:pos]
         if self._inbox:
             self._wake.set()
-            if len(self._inbox) >= self.inbox_max and self._transport is not None:
+            if len(self._inbox) >= self.inbox_max and not self._waiting and self._transport is not None:
                 self._paused = True
                 self._transport.pause_reading()
 

@@ -141,3 +141,22 @@ async def test_a_flood_stops_the_reading_until_the_caller_has_taken_half() -> No
                 await link.message()
                 got += 1 + len(link.ready(100_000))
         assert got == 20_000
+
+
+async def test_a_subscribe_behind_a_flood_still_gets_its_suback() -> None:
+    flood = mqtt5.PublishPacket(TOPIC, b"x" * 100, qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=7).write() * 5_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket(session_present=True).write() + flood)  # a returning session's queue
+        subscribe = await reader.read(1024)
+        packet, _ = mqtt5.read(memoryview(subscribe))
+        assert isinstance(packet, mqtt5.SubscribePacket)
+        writer.write(mqtt5.SubAckPacket(packet.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]).write())
+        while await reader.read(1024):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log, inbox_max=500) as link:
+        await link.subscribe([TOPIC], qos=1)  # within its timeout, though the queue is past inbox_max
+        assert len(link.ready(100_000)) == 5_000
