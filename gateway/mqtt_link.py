@@ -123,14 +123,21 @@ class Link(asyncio.Protocol):
         t = self._transport
         if t is None:
             return
-        if not t.is_closing():
-            self._flush()  # acknowledgements of committed batches still go out
-            t.write(DISCONNECT)
-            t.close()
         self._error = self._error or "closed"
+        if not t.is_closing():
+            # Acknowledgements of committed batches go out, then the DISCONNECT, and the broker closes. Closing
+            # our socket at once would reset the connection if deliveries are still arriving (Linux sends RST
+            # when unread data is left), and the broker would drop the acknowledgements it had not read yet.
+            self._flush()
+            t.write(DISCONNECT)
+            self._paused = False
+            t.resume_reading()  # what still comes is dropped (data_received), so the broker's close is seen
+            if t.can_write_eof():
+                t.write_eof()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout_s):
                 await self._closed.wait()
+        t.close()
 
     def _tls(self) -> ssl.SSLContext | None:
         tls = self.broker.tls
@@ -264,6 +271,8 @@ class Link(asyncio.Protocol):
         self._closed.set()
 
     def data_received(self, data: bytes) -> None:
+        if self._error is not None:  # closing or failed: nothing more is taken or acknowledged
+            return
         self._last_in = time.monotonic()
         buf = self._buf
         buf += data
