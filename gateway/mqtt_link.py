@@ -133,7 +133,8 @@ class Link(asyncio.Protocol):
             self._paused = False
             t.resume_reading()  # what still comes is dropped (data_received), so the broker's close is seen
             if t.can_write_eof():
-                t.write_eof()
+                with contextlib.suppress(OSError):  # the broker may have closed first (a refused CONNECT)
+                    t.write_eof()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout_s):
                 await self._closed.wait()

@@ -155,6 +155,7 @@ async def test_a_subscribe_behind_a_flood_still_gets_its_suback() -> None:
         writer.write(mqtt5.SubAckPacket(packet.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]).write())
         while await reader.read(1024):
             pass
+        writer.close()  # as a broker does after the DISCONNECT: the link waits for it
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     async with server, Link(config(server.sockets[0].getsockname()[1]), log, inbox_max=500) as link:
