@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,22 @@ def publish(port: int, n: int, chunk: int = 1000) -> None:
                 raise RuntimeError(f"only {acked} of {n} published")
     c.disconnect()
     c.loop_stop()
+
+
+def goodbyes(broker: Mosquitto, client_id: str) -> int:
+    """How many times the broker's log says the client went (a DISCONNECT read, or the socket closed)."""
+    log = broker.log_path.read_text(errors="replace")
+    return log.count(f"Client {client_id} disconnected") + log.count(f"Client {client_id} closed its connection")
+
+
+def gone_from(broker: Mosquitto, client_id: str, before: int, timeout_s: float = 30.0) -> None:
+    """Wait until the broker has read the client's last packets, up to its DISCONNECT.
+
+    The client has closed its end already, but the broker can still be reading PUBACKs behind: Mosquitto
+    2.0.11 sends a returning session's queue past its window of unacknowledged messages."""
+    deadline = time.monotonic() + timeout_s
+    while goodbyes(broker, client_id) <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def left_over(port: int, client_id: str, v5: bool) -> int:
@@ -395,9 +412,11 @@ def measure(name: str, n: int, round_: int) -> dict[str, float]:
     with Mosquitto(CONF) as broker:
         make_session(broker.port, client_id, name in V5)
         publish(broker.port, n)
+        before = goodbyes(broker, client_id)
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         asyncio.run(asyncio.wait_for(DRAIN[name](broker.port, client_id, n), 600))
         cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+        gone_from(broker, client_id, before)
         left = left_over(broker.port, client_id, name in V5)
     return {"cpu_us_per_msg": round(cpu / n * 1e6, 2), "msg_per_s": round(n / wall), "wall_s": round(wall, 2),
             "left_in_session": left}
@@ -440,11 +459,9 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
     versions = {}
-    for c in names:
-        module = IMPORTS.get(c, "paho.mqtt")
+    for c in names:  # the libraries measured (the link's own is in the git state below)
         with contextlib.suppress(Exception):
-            from importlib.metadata import version
-            versions[c] = version({"paho.mqtt": "paho-mqtt"}.get(module, module))
+            versions[c] = version(IMPORTS[c])
     report.save(args.json, {"messages": args.messages, "payload_bytes": len(PAYLOAD), "rounds": args.rounds,
                             "batch": BATCH, "summary": rows, "runs": runs, "versions": versions,
                             "load_before": load_before, "load_after": load_after,
