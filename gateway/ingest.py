@@ -2,7 +2,7 @@
 
 A broker forgets a QoS 1 message once it has the PUBACK, and a client that sends the PUBACK as soon as the
 message is handed over would lose it in a crash between that PUBACK and the commit. So each connection is a
-`gateway.mqtt_link.Link` (paho's client with manual acknowledgement), and every message of a batch is
+`gateway.mqtt_link.Link` (an MQTT client that acknowledges only when told), and every message of a batch is
 acknowledged after the batch's handler has committed. The session is persistent (fixed client id,
 clean_session False), so what arrives while the gateway is down or restarting waits in the broker, and what
 was delivered but not acknowledged is delivered again on the next connection; sequence numbers then tell
@@ -91,7 +91,7 @@ class Subscriber:
             batch = [await link.message()]
             batch += link.ready(self.batch_max - 1)
             now = time.time()
-            items = [Incoming(m.topic, _bytes(m.payload), m.retain, now) for m in batch]
+            items = [Incoming(m.topic, m.payload, m.retain, now) for m in batch]
             self.handle(items)  # commits
             for m in batch:
                 link.ack(m)
@@ -105,8 +105,3 @@ class Subscriber:
             raise LinkError(f"{self.name}: not connected")
         await link.publish(topic, payload, qos=qos, retain=retain)
 
-
-def _bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return str(payload).encode() if payload is not None else b""

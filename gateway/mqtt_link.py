@@ -1,12 +1,21 @@
-"""paho-mqtt's own client, driven by the asyncio loop, with each delivery acknowledged only when we say so.
+"""One MQTT connection of the gateway: an asyncio Protocol that parses every packet of a read at once, with
+each delivery acknowledged only when we say so.
 
-The ingest must not PUBACK a message before its batch is committed, and aiomqtt (which wraps paho) gives
-no public way to hold the PUBACK back. paho does (`manual_ack=True`, then `ack(mid, qos)`), and it can run
-inside someone else's event loop through its documented external-loop interface: the socket callbacks
-tell us when to watch the socket for writing, `loop_read`/`loop_write` do the I/O when the loop says the
-socket is ready, and `loop_misc` once a second keeps the connection alive. This is the way aiomqtt drives
-paho too, reduced to what the gateway's subscriptions need: connect, subscribe, deliveries in arrival
-order, acknowledgement, and a publish that returns once the broker has acknowledged it.
+The ingest must not PUBACK a message before its batch is committed. paho can hold the PUBACK back
+(`manual_ack`), but it reads one packet per `loop_read` with a `recv` per header byte, and that cost about
+14 µs a message here (bench/mqtt_receive.py; docs/performance.md, "The receive path"). So the Link reads
+what the socket has, cuts it into packets with the `mqtt5` package's reader (MQTT 5, sans-I/O, written in
+Rust; its public `read` and packet classes only) and keeps the deliveries in a deque until the caller takes
+and acknowledges them. What a client must do besides that is here: CONNECT with a session that never
+expires (MQTT 5's form of clean_session False), SUBSCRIBE and wait for the SUBACK, PUBLISH at QoS 0 or 1
+(waiting for the PUBACK), PINGREQ on the keepalive, and LinkError once the connection is gone.
+
+Hostile or broken input: the CONNECT asks the broker for packets of at most `max_packet` bytes, and the
+Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
+on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`, and
+past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half, except while
+a SUBACK or PUBACK is awaited (a returning session's queue comes before the SUBACK, and nobody takes
+deliveries before the subscription is confirmed; paho's link held them all as well).
 
 One Link is one connection: message ids belong to it, so an ack can never reach a later connection.
 """
@@ -17,85 +26,88 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+import mqtt5
 
 from gateway.site_config import BrokerConfig
 
-MISC_INTERVAL_S = 1.0  # how often paho's keepalive bookkeeping runs, as paho's own loop does
+NEVER_EXPIRES = 0xFFFFFFFF  # session expiry: the broker keeps the session (and its queue) while we are away
+RECEIVE_MAX = 1000  # unacknowledged QoS 1 deliveries the broker may have out to us, as deploy's site.conf
+MAX_PACKET = 1 << 20  # bytes; the site broker's message_size_limit is 64 KiB
+# Deliveries held before the link stops reading the socket (TCP then holds the broker back): Mosquitto 2.0.11
+# was seen sending a returning session's queue past its window of unacknowledged messages, and QoS 0 has none.
+INBOX_MAX = 5000
+# A PINGREQ goes after every batch of PUBACKs: Mosquitto 2.0.11 (Debian's) lets the freed window fill with
+# queued messages but may not write them until the client's next packet, so a client that acknowledges a
+# batch in one write waited for its keepalive (seen with bench/mqtt_receive.py; MQTT allows a PINGREQ at any
+# time). It costs two bytes each way per batch. (mqtt5's enums are not ints at run time: compare `.value`.)
+PINGREQ = mqtt5.PingReqPacket().write()
+DISCONNECT = mqtt5.DisconnectPacket().write()
+
+Message = mqtt5.PublishPacket  # a delivery: topic, payload, qos, retain, packet_id
 
 
 class LinkError(Exception):
     """The connection could not be made, or was lost; whatever was not acknowledged comes again."""
 
 
-class Link:
+class Link(asyncio.Protocol):
     """One persistent-session connection with manual acknowledgement; use as `async with Link(...)`."""
 
-    def __init__(self, broker: BrokerConfig, logger: logging.Logger, timeout_s: float = 10.0) -> None:
+    def __init__(self, broker: BrokerConfig, logger: logging.Logger, timeout_s: float = 10.0,
+                 max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX, inbox_max: int = INBOX_MAX) -> None:
         self.broker = broker
+        self.log = logger
         self.timeout_s = timeout_s
+        self.max_packet = max_packet
+        self.receive_max = receive_max
+        self.inbox_max = inbox_max
+        self._paused = False  # reading stopped until the inbox is down to half of inbox_max
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id, clean_session=False,
-                             reconnect_on_failure=False, manual_ack=True)
-        client.enable_logger(logger)
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls is not None:
-            client.tls_set(ca_certs=_path(broker.tls.ca_file), certfile=_path(broker.tls.cert_file),
-                           keyfile=_path(broker.tls.key_file), cert_reqs=ssl.CERT_REQUIRED,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        self._client = client
-        self._fd: int | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
         self._connack = asyncio.Event()  # the broker answered the CONNECT, or the connection went first
         self._refused: str | None = None
         self._error: str | None = None  # set once the connection is gone, with the reason
-        self._inbox: deque[mqtt.MQTTMessage] = deque()
+        self._closed = asyncio.Event()  # the transport is closed
+        self._inbox: deque[Message] = deque()
         self._wake = asyncio.Event()  # a delivery arrived or the connection went
-        self._waiting: dict[int, asyncio.Event] = {}  # SUBACK and PUBACK by message id
+        self._waiting: dict[int, asyncio.Future[mqtt5.PubAckPacket | mqtt5.SubAckPacket]] = {}
+        self._next_id = 0
+        self._acks: list[bytes] = []  # PUBACKs to write at the next turn of the loop
+        self._last_in = self._last_ping = time.monotonic()
+        self._keepalive_s = broker.keepalive  # as the CONNACK may set it (MQTT 5's Server Keep Alive)
         self._misc: asyncio.Task[None] | None = None
 
     # --- connection ----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Link:
         b = self.broker
-        try:  # connect() blocks on the TCP (and TLS) handshake, so it runs in a worker thread
-            await self._loop.run_in_executor(None, self._client.connect, b.host, b.port, b.keepalive)
-        except (OSError, ValueError) as exc:
-            raise LinkError(str(exc) or type(exc).__name__) from None
-        sock = self._client.socket()
-        if sock is not None:
-            self._loop.add_reader(sock.fileno(), self._readable)
-        self._misc = self._loop.create_task(self._keepalive())
+        connect = mqtt5.ConnectPacket(
+            b.client_id, username=b.username, password=None if b.password is None else b.password.encode(),
+            clean_start=False, keep_alive=b.keepalive, session_expiry_interval=NEVER_EXPIRES,
+            receive_max=self.receive_max, max_packet_size=self.max_packet)
         try:
             async with asyncio.timeout(self.timeout_s):
+                await self._loop.create_connection(lambda: self, b.host, b.port, ssl=self._tls())
+                self._write(connect.write())
                 await self._connack.wait()
-            if self._refused is not None or self._error is not None:
-                raise LinkError(self._refused or self._error)
         except TimeoutError:
-            await self.close()
-            raise LinkError(f"no CONNACK in {self.timeout_s} s") from None
+            self._fail(f"no CONNACK in {self.timeout_s} s")
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self._fail(str(exc) or type(exc).__name__)
         except BaseException:
             await self.close()
             raise
+        if self._refused is not None or self._error is not None:
+            reason = self._refused or self._error
+            await self.close()
+            raise LinkError(reason)
+        self._misc = self._loop.create_task(self._keepalive())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -104,166 +116,239 @@ class Link:
 
     async def close(self) -> None:
         """Disconnect cleanly if the connection is still up; what was not acknowledged stays in the session."""
-        if self._client.socket() is not None and self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
-            self._writable()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timeout_s):
-                    while self._client.socket() is not None:
-                        self._wake.clear()
-                        await self._wake.wait()
-        self._unwatch()
         if self._misc is not None:
             self._misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._misc
+        t = self._transport
+        if t is None:
+            return
+        self._error = self._error or "closed"
+        if not t.is_closing():
+            # Acknowledgements of committed batches go out, then the DISCONNECT, and the broker closes. Closing
+            # our socket at once would reset the connection if deliveries are still arriving (Linux sends RST
+            # when unread data is left), and the broker would drop the acknowledgements it had not read yet.
+            self._flush()
+            t.write(DISCONNECT)
+            self._paused = False
+            t.resume_reading()  # what still comes is dropped (data_received), so the broker's close is seen
+            if t.can_write_eof():
+                with contextlib.suppress(OSError):  # the broker may have closed first (a refused CONNECT)
+                    t.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout_s):
+                await self._closed.wait()
+        t.close()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        tls = self.broker.tls
+        if tls is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # certificate and host name checked
+        if tls.ca_file is not None:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        else:
+            ctx.load_default_certs()
+        if tls.cert_file is not None:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        return ctx
 
     async def _keepalive(self) -> None:
-        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(MISC_INTERVAL_S)
+        """A PINGREQ every half keepalive; the connection is taken as dead after 1.5 keepalives of silence."""
+        keepalive = self._keepalive_s
+        if keepalive <= 0:
+            return
+        while self._error is None:
+            await asyncio.sleep(min(1.0, keepalive / 2))
+            now = time.monotonic()
+            if now - self._last_in > 1.5 * keepalive:
+                self._fail(f"nothing from the broker in {1.5 * keepalive:g} s")
+            elif now - self._last_ping >= keepalive / 2 and self._transport is not None:
+                self._last_ping = now
+                self._transport.write(PINGREQ)
 
     # --- what the caller does ------------------------------------------------------------------------------
 
     async def subscribe(self, topics: Sequence[str], qos: int = 1) -> None:
-        rc, mid = self._client.subscribe([(topic, qos) for topic in topics])
-        await self._acknowledged(rc, mid, "subscribe")
+        """Subscribe and wait for the SUBACK; retained flags as MQTT 3.1.1 had them (set only on subscribe)."""
+        filters = [mqtt5.TopicFilter(t, max_qos=_qos(qos), retain_as_published=False) for t in topics]
+        mid = self._message_id()
+        suback = await self._request(mid, mqtt5.SubscribePacket(mid, filters).write(), "subscribe")
+        assert isinstance(suback, mqtt5.SubAckPacket)
+        codes = zip(topics, suback.reason_codes, strict=False)
+        refused = [f"{t}: {code.name}" for t, code in codes if code.value >= 0x80]
+        if refused:
+            self.log.warning("subscription refused: %s", ", ".join(refused))
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Returns once paho reports the message published: for QoS 1, when the broker's PUBACK is in."""
-        info = self._client.publish(topic, payload, qos, retain)
-        await self._acknowledged(info.rc, info.mid, "publish", info.is_published)
+        """Returns once written (QoS 0) or once the broker's PUBACK is in (QoS 1)."""
+        if qos == 0:
+            self._write(mqtt5.PublishPacket(topic, payload, retain=retain).write())
+            return
+        mid = self._message_id()
+        packet = mqtt5.PublishPacket(topic, payload, qos=_qos(qos), retain=retain, packet_id=mid)
+        puback = await self._request(mid, packet.write(), "publish")
+        assert isinstance(puback, mqtt5.PubAckPacket)
+        if puback.reason_code.value >= 0x80:  # MQTT 3.1.1 brokers dropped such a message silently; we log it
+            self.log.warning("publish to %s refused: %s", topic, puback.reason_code.name)
 
-    async def message(self) -> mqtt.MQTTMessage:
+    async def message(self) -> Message:
         """The next delivery, in arrival order; raises LinkError once the connection is gone."""
         while not self._inbox:
             if self._error is not None:
                 raise LinkError(self._error)
             self._wake.clear()
             await self._wake.wait()
+        if self._paused:
+            self._resume()
         return self._inbox.popleft()
 
-    def ready(self, limit: int) -> list[mqtt.MQTTMessage]:
-        """Up to `limit` deliveries that need no waiting: those received, then what is already in the socket.
+    def ready(self, limit: int) -> list[Message]:
+        """Up to `limit` deliveries that need no waiting: every packet read so far is already parsed."""
+        inbox = self._inbox
+        taken = [inbox.popleft() for _ in range(min(limit, len(inbox)))]
+        if self._paused:
+            self._resume()
+        return taken
 
-        paho decodes one packet per `loop_read`, and the loop calls us once per readiness, so without reading
-        on here a batch would hold the one or two messages that happened to be decoded."""
+    def _resume(self) -> None:
+        t = self._transport
+        if len(self._inbox) <= self.inbox_max // 2 and t is not None and not t.is_closing():
+            self._paused = False
+            t.resume_reading()
+
+    def ack(self, message: Message) -> None:
+        """Send the PUBACK for a delivery (QoS 0 has none); the PUBACKs of one turn of the loop go together."""
+        if message.packet_id is not None:  # QoS 1 (a QoS 0 delivery has no id)
+            if not self._acks:
+                self._loop.call_soon(self._flush)
+            self._acks.append(mqtt5.PubAckPacket(message.packet_id).write())
+
+    def _flush(self) -> None:
+        if not self._acks:
+            return
+        t = self._transport
+        if t is not None and not t.is_closing():
+            self._acks.append(PINGREQ)  # see PINGREQ above
+            t.write(b"".join(self._acks))
+        self._acks.clear()
+
+    def _message_id(self) -> int:
+        for _ in range(65535):
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._waiting:
+                return self._next_id
+        raise LinkError("no free message id")
+
+    async def _request(self, mid: int, data: bytes, what: str) -> mqtt5.PubAckPacket | mqtt5.SubAckPacket:
+        answer: asyncio.Future[mqtt5.PubAckPacket | mqtt5.SubAckPacket] = self._loop.create_future()
+        self._waiting[mid] = answer
+        if self._paused and self._transport is not None:  # the answer may be behind deliveries: read on
+            self._paused = False
+            self._transport.resume_reading()
         try:
-            while len(self._inbox) < limit:
-                before = len(self._inbox)
-                if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._inbox) == before:
-                    break
-        except OSError as exc:
-            self._gone(f"read failed: {exc}")
-        return [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
-
-    def ack(self, message: mqtt.MQTTMessage) -> None:
-        """Send the PUBACK for a delivery (QoS 0 has none)."""
-        if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
-
-    async def _acknowledged(self, rc: int, mid: int | None, what: str,
-                            done: Callable[[], bool] = lambda: False) -> None:
-        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
-            raise LinkError(f"{what} failed: {mqtt.error_string(rc)}")
-        arrived = self._waiting[mid] = asyncio.Event()
-        try:
-            if not done():
-                async with asyncio.timeout(self.timeout_s):
-                    await arrived.wait()
+            self._write(data)
+            async with asyncio.timeout(self.timeout_s):
+                return await answer
         except TimeoutError:
             raise LinkError(f"{what}: no acknowledgement in {self.timeout_s} s") from None
         finally:
             del self._waiting[mid]
 
-    # --- paho's callbacks (on the loop, except the socket ones during connect) ----------------------------
+    def _write(self, data: bytes) -> None:
+        t = self._transport
+        if self._error is not None or t is None or t.is_closing():
+            raise LinkError(self._error or "not connected")
+        t.write(data)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
-                    properties: Properties | None) -> None:
-        if reason.is_failure:
-            self._refused = f"connection refused: {reason}"
-        self._connack.set()
+    # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, properties: Properties | None) -> None:
-        self._gone(f"disconnected: {reason}" if reason.is_failure else "disconnected")
-        self._connack.set()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append(message)
-        self._wake.set()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"connection lost: {exc}" if exc is not None else "connection closed by the broker")
+        self._closed.set()
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
-                    properties: Properties) -> None:
-        self._arrived(mid)
+    def data_received(self, data: bytes) -> None:
+        if self._error is not None:  # closing or failed: nothing more is taken or acknowledged
+            return
+        self._last_in = time.monotonic()
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            with memoryview(buf) as view:
+                while pos < len(buf):
+                    try:
+                        packet, used = mqtt5.read(view[pos:])
+                    except IndexError:  # the rest of the packet is still to come
+                        self._check_size(view[pos:pos + 5])
+                        break
+                    if used > self.max_packet:
+                        raise ValueError(f"a packet of {used} bytes, over the limit of {self.max_packet}")
+                    pos += used
+                    if isinstance(packet, mqtt5.PublishPacket):
+                        if packet.qos.value > 1:
+                            raise ValueError("a QoS 2 delivery, never subscribed for")
+                        self._inbox.append(packet)
+                    else:
+                        self._control(packet)
+        except ValueError as exc:
+            self._fail(f"malformed packet from the broker: {exc}")
+            return
+        del buf[:pos]
+        if self._inbox:
+            self._wake.set()
+            if len(self._inbox) >= self.inbox_max and not self._waiting and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
-                      properties: Properties) -> None:
-        self._arrived(mid)
+    def _check_size(self, head: memoryview) -> None:
+        """Refuse a packet whose fixed header declares more than max_packet bytes before it is all read."""
+        size = 0
+        for i in range(1, len(head)):
+            size |= (head[i] & 0x7F) << (7 * (i - 1))
+            if head[i] < 0x80:
+                if 1 + i + size > self.max_packet:
+                    raise ValueError(f"a packet of {1 + i + size} bytes, over the limit of {self.max_packet}")
+                return
 
-    def _arrived(self, mid: int) -> None:
-        waiting = self._waiting.get(mid)
-        if waiting is not None:
-            waiting.set()
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
-        self._fd = sock.fileno()
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
-        self._on_loop(self._unwatch)
-
-    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
-        self._on_loop(self._watch_write, sock)
-
-    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
-        self._on_loop(self._unwatch_write)
-
-    # --- the socket on the loop ----------------------------------------------------------------------------
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run now when on the loop's thread (so it sees the socket as it is), else soon on the loop."""
-        if threading.get_ident() == self._thread:
-            fn(*args)
+    def _control(self, packet: mqtt5.Packet) -> None:
+        if isinstance(packet, mqtt5.PubAckPacket | mqtt5.SubAckPacket):
+            answer = self._waiting.get(packet.packet_id)
+            if answer is not None and not answer.done():
+                answer.set_result(packet)
+        elif isinstance(packet, mqtt5.PingRespPacket):
+            pass
+        elif isinstance(packet, mqtt5.ConnAckPacket) and not self._connack.is_set():
+            if packet.reason_code.value != 0:
+                self._refused = f"connection refused: {packet.reason_code.name}"
+            if packet.server_keep_alive is not None:
+                self._keepalive_s = packet.server_keep_alive
+            self._connack.set()
+        elif isinstance(packet, mqtt5.DisconnectPacket):
+            reason = packet.reason_code.name + (f" ({packet.reason_str})" if packet.reason_str else "")
+            self._fail(f"disconnected by the broker: {reason}")
         else:
-            self._loop.call_soon_threadsafe(fn, *args)
+            raise ValueError(f"unexpected {type(packet).__name__}")
 
-    def _readable(self) -> None:
-        try:
-            self._client.loop_read()
-            sock = self._client.socket()
-            # TLS may hold decoded bytes the selector cannot see: read them now, not at the next packet.
-            while isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-                if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                    break
-                sock = self._client.socket()
-        except OSError as exc:
-            self._gone(f"read failed: {exc}")
-
-    def _writable(self) -> None:
-        try:
-            self._client.loop_write()
-        except OSError as exc:
-            self._gone(f"write failed: {exc}")
-        if not self._client.want_write():
-            self._unwatch_write()
-
-    def _watch_write(self, sock: mqtt.SocketLike) -> None:
-        if self._client.socket() is sock and self._fd is not None:
-            self._loop.add_writer(self._fd, self._writable)
-
-    def _unwatch_write(self) -> None:
-        if self._fd is not None:
-            self._loop.remove_writer(self._fd)
-
-    def _unwatch(self) -> None:
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-            self._fd = None
-
-    def _gone(self, reason: str) -> None:
+    def _fail(self, reason: str) -> None:
+        """The connection is over: say why once, wake whoever waits, and drop the socket."""
         if self._error is None:
             self._error = reason
+        self._connack.set()
         self._wake.set()
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_exception(LinkError(reason))
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.abort()
 
 
-def _path(p: object) -> str | None:
-    return None if p is None else str(p)
+def _qos(qos: int) -> mqtt5.QoS:
+    if qos not in (0, 1):
+        raise ValueError(f"QoS {qos}: the link handles 0 and 1")
+    return mqtt5.QoS.AT_LEAST_ONCE if qos else mqtt5.QoS.AT_MOST_ONCE

@@ -1,0 +1,163 @@
+"""gateway.mqtt_link.Link on its own: against a real Mosquitto for what a client does, and against a scripted
+fake broker for what a hostile or broken one could send (each must end the link with a clear LinkError)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import mqtt5
+import pytest
+
+from gateway.mqtt_link import Link, LinkError
+from gateway.site_config import BrokerConfig
+from lifeline.virtual.broker import Mosquitto
+
+TOPIC = "lifeline/v1/s1/d1/data"
+log = logging.getLogger("test.mqtt_link")
+
+
+def config(port: int, client_id: str = "link-test", keepalive: int = 30) -> BrokerConfig:
+    return BrokerConfig("127.0.0.1", port, client_id, None, None, None, keepalive)
+
+
+async def test_deliveries_wait_for_the_ack_and_publish_waits_for_the_puback() -> None:
+    with Mosquitto("max_inflight_messages 1000") as b:
+        async with Link(config(b.port), log) as link:
+            await link.subscribe([TOPIC], qos=1)
+            async with Link(config(b.port, "publisher"), log) as pub:
+                for i in range(5):
+                    await pub.publish(TOPIC, str(i).encode(), qos=1)
+                await pub.publish(TOPIC, b"q0", qos=0)
+            first = await link.message()
+            await asyncio.sleep(0.2)
+            rest = link.ready(100)
+            got = [first, *rest]
+            assert [m.payload for m in got] == [b"0", b"1", b"2", b"3", b"4", b"q0"]
+            assert not any(m.retain for m in got)
+            for m in got[:3]:
+                link.ack(m)
+            await asyncio.sleep(0.1)
+        async with Link(config(b.port), log) as link:  # the two not acknowledged come again
+            await link.subscribe([TOPIC], qos=1)
+            again = [await link.message()]
+            await asyncio.sleep(0.2)
+            again += link.ready(100)
+            assert [m.payload for m in again] == [b"3", b"4"]
+
+
+async def test_a_refused_login_is_a_link_error() -> None:
+    with Mosquitto(anonymous=False) as b, pytest.raises(LinkError, match="refused"):
+        async with Link(config(b.port), log):
+            pass
+
+
+async def test_nobody_listening_is_a_link_error() -> None:
+    with Mosquitto() as b:
+        port = b.port
+    with pytest.raises(LinkError):
+        async with Link(config(port), log):
+            pass
+
+
+# --- a fake broker that answers the CONNECT, then sends what the test says ---------------------------------
+
+@contextlib.asynccontextmanager
+async def fake_broker(after_connect: Callable[[asyncio.StreamWriter], None],
+                      answer_pings: bool = True) -> AsyncIterator[int]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        await asyncio.sleep(0.1)  # the link is up before the rest comes
+        after_connect(writer)
+        while data := await reader.read(1024):
+            if answer_pings and mqtt5.PingReqPacket().write() in data:
+                writer.write(mqtt5.PingRespPacket().write())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def expect_link_error(after_connect: Callable[[asyncio.StreamWriter], None], match: str,
+                            max_packet: int = 1 << 20, keepalive: int = 30, answer_pings: bool = True) -> None:
+    async with (fake_broker(after_connect, answer_pings) as port,
+                Link(config(port, keepalive=keepalive), log, max_packet=max_packet) as link):
+        with pytest.raises(LinkError, match=match):
+            async with asyncio.timeout(10):
+                while True:
+                    await link.message()
+
+
+async def test_a_packet_declared_past_the_limit_closes_the_link_before_it_is_read() -> None:
+    header = bytes([0x30, 0x80, 0x80, 0x80, 0x01])  # a PUBLISH of 2 MiB, of which only the header comes
+    await expect_link_error(lambda w: w.write(header), "over the limit", max_packet=1 << 20)
+
+
+async def test_a_whole_packet_past_the_limit_closes_the_link() -> None:
+    big = mqtt5.PublishPacket(TOPIC, b"x" * 2000, qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=1).write()
+    await expect_link_error(lambda w: w.write(big), "over the limit", max_packet=1000)
+
+
+@pytest.mark.parametrize("garbage", [
+    bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # a remaining length of five bytes
+    bytes([0x30, 0x03, 0x00, 0x09, 0x61]),  # a topic longer than its packet
+    bytes([0xF0, 0x00]),  # packet type 15 (AUTH) without its reason code
+    mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.EXACTLY_ONCE, packet_id=1).write(),  # QoS 2, never asked for
+    mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(TOPIC)]).write(),  # a packet only a client sends
+])
+async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes) -> None:
+    await expect_link_error(lambda w: w.write(garbage), "malformed packet")
+
+
+async def test_a_broker_disconnect_is_a_link_error_with_its_reason() -> None:
+    goodbye = mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.SESSION_TAKEN_OVER).write()
+    await expect_link_error(lambda w: w.write(goodbye), "SESSION_TAKEN_OVER")
+
+
+async def test_a_silent_broker_is_a_link_error_after_one_and_a_half_keepalives() -> None:
+    await expect_link_error(lambda w: None, "nothing from the broker", keepalive=1, answer_pings=False)
+
+
+async def test_an_idle_link_stays_up_on_pings() -> None:
+    async with fake_broker(lambda w: None) as port, Link(config(port, keepalive=1), log) as link:
+        await asyncio.sleep(2.5)
+        assert link.ready(10) == []
+        await link.publish(TOPIC, b"q0", qos=0)  # still connected
+
+
+async def test_a_flood_stops_the_reading_until_the_caller_has_taken_half() -> None:
+    flood = mqtt5.PublishPacket(TOPIC, b"x" * 100).write() * 20_000  # QoS 0: no window holds it back
+    async with fake_broker(lambda w: w.write(flood)) as port, Link(config(port), log, inbox_max=1000) as link:
+        await asyncio.sleep(0.5)
+        held = link.ready(100_000)
+        assert 1000 <= len(held) < 1000 + 3000  # past the limit by at most what one read brought
+        got = len(held)
+        async with asyncio.timeout(10):
+            while got < 20_000:  # taking them lets the rest in
+                await link.message()
+                got += 1 + len(link.ready(100_000))
+        assert got == 20_000
+
+
+async def test_a_subscribe_behind_a_flood_still_gets_its_suback() -> None:
+    flood = mqtt5.PublishPacket(TOPIC, b"x" * 100, qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=7).write() * 5_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket(session_present=True).write() + flood)  # a returning session's queue
+        subscribe = await reader.read(1024)
+        packet, _ = mqtt5.read(memoryview(subscribe))
+        assert isinstance(packet, mqtt5.SubscribePacket)
+        writer.write(mqtt5.SubAckPacket(packet.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]).write())
+        while await reader.read(1024):
+            pass
+        writer.close()  # as a broker does after the DISCONNECT: the link waits for it
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log, inbox_max=500) as link:
+        await link.subscribe([TOPIC], qos=1)  # within its timeout, though the queue is past inbox_max
+        assert len(link.ready(100_000)) == 5_000
