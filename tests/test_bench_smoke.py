@@ -88,7 +88,9 @@ def test_district_benchmark_quick_run(tmp_path: Path) -> None:
     for x in r["ingest"].values():
         assert x["received"] == x["device_messages"] == 60 and x["lost"] == 0
         assert x["readings_per_s"] == pytest.approx(3 * x["msgs_per_s"], rel=0.01) and x["msgs_per_s"] > 0
-        assert len(x["worker_cpu_busy"]) == x["workers"] and all(c > 0 for c in x["worker_cpu_busy"])
+        # a share of a core per worker; at 60 messages one worker may round to 0 (the broker shares them out)
+        assert len(x["worker_cpu_busy"]) == x["workers"] and all(c >= 0 for c in x["worker_cpu_busy"])
+        assert x["worker_cpu_us_per_msg"] > 0
         assert x["exit_codes"] == [0] * x["workers"]
     assert "postgres (server and backends)" in r["ingest"]["postgresql-2w"]["cpu_s"]
     desk = r["desk"]
