@@ -97,6 +97,10 @@ class Subscriber:
                 link.ack(m)
             self.batches += 1
             self.messages += len(batch)
+            # The link parses a whole read at once, so the inbox can hold thousands: without a turn of the loop
+            # here the PUBACKs would wait (and the broker's window with them), and the uplink with its
+            # PUBACKs from the district (docs/performance.md, "The receive path").
+            await asyncio.sleep(0)
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish on this connection; raises LinkError when not connected."""
