@@ -387,9 +387,12 @@ class Rig:
     """What the phases of one run share: the site, the district recorders and the devices' next sequence
     number (each load continues it, so the gateway never drops a repeat as a duplicate)."""
 
-    def __init__(self, site: Site, sizes: Sizes, auth: tuple[str, str], stack: contextlib.ExitStack) -> None:
+    def __init__(self, site: Site, sizes: Sizes, auth: tuple[str, str], stack: contextlib.ExitStack,
+                 gateway_cpu: int | None = None) -> None:
         assert site.district_broker is not None
         self.site, self.sizes, self.auth, self.stack = site, sizes, auth, stack
+        self.gateway_cpu = gateway_cpu
+        self.gateway_cpus: list[int] = []  # as the kernel reports the gateway's affinity, once it ran
         self.next_seq = 1
         # Reading times a day back (trusted by the clock check) that rise with the sequence number through
         # every phase: the alarm engine skips a reading older than one it has judged, and every phase's
@@ -424,9 +427,11 @@ class Rig:
         return bridge
 
     def gateway(self) -> GatewayProcess:
-        gateway = GatewayProcess(self.site).start()
+        gateway = GatewayProcess(self.site, cpu=self.gateway_cpu).start()
         self.stack.callback(gateway.kill)
         asyncio.run(gateway.ready())
+        assert gateway.proc is not None
+        self.gateway_cpus = sorted(os.sched_getaffinity(gateway.proc.pid))
         return gateway
 
     def procs(self, **named: int) -> dict[str, int]:
@@ -510,12 +515,12 @@ def route_gateway(site: Site, port: int) -> None:
 
 
 def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None,
-        profile_link: Path | None = None) -> dict[str, Any]:
+        profile_link: Path | None = None, gateway_cpu: int | None = None) -> dict[str, Any]:
     say(f"setting up brokers, certificates and {sizes.devices} device logins in {workdir}")
     site, password = build_site(workdir, sizes)
     with contextlib.ExitStack() as stack:
         stack.callback(site.stop)
-        bench = Rig(site, sizes, (LOADGEN_USER, password), stack)
+        bench = Rig(site, sizes, (LOADGEN_USER, password), stack, gateway_cpu)
         district_port = site.ports["district_tls"]
 
         # Loopback: both go straight to the district broker.
@@ -530,15 +535,16 @@ def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None
         if sizes.link_rounds:
             link_result = over_link(bench, spec, district_port, profile_link)
         errors = bench.errors()
-    result = {"sizes": asdict(sizes), **loopback, "recorder_errors": errors[:20], "targets": TARGETS}
+    result = {"sizes": asdict(sizes), **loopback, "recorder_errors": errors[:20], "targets": TARGETS,
+              "cpus": {"gateway": bench.gateway_cpus, "the rest": sorted(os.sched_getaffinity(0))}}
     if link_result is not None:
         result["link"] = link_result
     if sizes.scale_devices:
-        result["scale"] = at_scale(sizes, workdir / "scale")
+        result["scale"] = at_scale(sizes, workdir / "scale", gateway_cpu)
     return result
 
 
-def at_scale(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dict[str, Any]:
     """The gateway alone on loopback with `scale_devices` registered: memory once started (registered, none
     heard), after each device has sent `scale_messages` (each then has its per-device state), the peak, CPU
     per message and alarm latency at the same background rate. A site of its own (brokers, logins, site.toml
@@ -548,7 +554,7 @@ def at_scale(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     site, password = build_site(workdir, big)
     with contextlib.ExitStack() as stack:
         stack.callback(site.stop)
-        rig = Rig(site, big, (LOADGEN_USER, password), stack)
+        rig = Rig(site, big, (LOADGEN_USER, password), stack, gateway_cpu)
         assert site.site_broker is not None
         began = time.monotonic()
         gateway = rig.gateway()
@@ -673,7 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway during phase 2 "
                         "(sampling slows it: such a run does not update the markdown file)")
     parser.add_argument("--profile-link", type=Path, help="the same for its first round over the emulated link")
+    parser.add_argument("--gateway-cpu", type=int, help="run the gateway on this CPU alone and everything else "
+                        "(brokers, load, recorders) on the others: the gateway's figure per core")
     args = parser.parse_args(argv)
+    if args.gateway_cpu is not None:
+        cpus = os.sched_getaffinity(0)
+        if args.gateway_cpu not in cpus or len(cpus) < 2:
+            parser.error(f"--gateway-cpu {args.gateway_cpu}: needs one of {sorted(cpus)} and another CPU besides")
+        os.sched_setaffinity(0, cpus - {args.gateway_cpu})  # the brokers and generators started later inherit it
     base = QUICK if args.quick else FULL
     sizes = Sizes(**{name: value if getattr(args, name) is None else getattr(args, name)
                      for name, value in asdict(base).items()})
@@ -681,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     try:
-        result = run(sizes, spec, workdir, args.profile, args.profile_link)
+        result = run(sizes, spec, workdir, args.profile, args.profile_link, args.gateway_cpu)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -697,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + "\n".join(report.link_text(result)))
     if "scale" in result:
         print("\n" + "\n".join(report.scale_text(result)))
-    print(f"\nJSON: {args.json}")
+    print(f"\ngateway on CPU {result['cpus']['gateway']}, the rest on {result['cpus']['the rest']}")
+    print(f"JSON: {args.json}")
     if not args.no_doc and not args.profile and not args.profile_link:
         report.write_doc(args.doc, result)
         print(f"table written to {args.doc}")

@@ -6,6 +6,7 @@ benchmark (bench/district_ingest.py) is held to the same: every configuration ra
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,25 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     assert "Over an emulated district link: 40 ms RTT" in text
     assert "**With 12 registered devices**" in text
     assert r["command"] in text
+
+
+def test_gateway_benchmark_pins_the_gateway_to_one_cpu(tmp_path: Path) -> None:
+    """`--gateway-cpu N`: the gateway alone on CPU N, the brokers, load and recorders on the others (the
+    per-core figure); as the kernel reports the affinity. A machine of one CPU gets a clear refusal."""
+    out = tmp_path / "result.json"
+    cpus = sorted(os.sched_getaffinity(0))
+    args = ["--quick", "--devices", "4", "--messages", "10", "--rounds", "1", "--alarm-samples", "4",
+            "--link-rounds", "0", "--scale-devices", "0", "--gateway-cpu", str(cpus[-1]), "--json", str(out),
+            "--no-doc"]
+    proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    if len(cpus) < 2:
+        assert proc.returncode == 2 and "and another CPU besides" in proc.stderr, proc.stderr
+        return
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["cpus"] == {"gateway": [cpus[-1]], "the rest": cpus[:-1]}
+    assert r["gateway"]["received"] == r["gateway"]["device_messages"] == 40 and r["gateway"]["lost_total"] == 0
 
 
 def test_district_benchmark_quick_run(tmp_path: Path) -> None:

@@ -328,17 +328,19 @@ class GatewayProcess:
     log. The waits are coroutines (asyncio tests run clients beside them); a thread runs them with
     asyncio.run."""
 
-    def __init__(self, site: Site, log_path: Path | None = None) -> None:
+    def __init__(self, site: Site, log_path: Path | None = None, cpu: int | None = None) -> None:
         self.site = site
         self.log_path = log_path or site.dir / "gateway.log"
+        self.cpu = cpu  # run on this CPU alone (taskset, so every thread the daemon starts stays on it)
         self.proc: subprocess.Popen[bytes] | None = None
         self._offset = 0
 
     def start(self) -> GatewayProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        pin = [] if self.cpu is None else ["taskset", "--cpu-list", str(self.cpu)]
         with self.log_path.open("ab") as log:
             self._offset = log.tell()
-            self.proc = subprocess.Popen([*lifeline_cmd(), "gateway", "--config", str(self.site.config_path)],
+            self.proc = subprocess.Popen([*pin, *lifeline_cmd(), "gateway", "--config", str(self.site.config_path)],
                                          stdout=log, stderr=log, env=environment(), cwd=ROOT, start_new_session=True)
         return self
 
