@@ -14,8 +14,9 @@ Hostile or broken input: the CONNECT asks the broker for packets of at most `max
 Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
 on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`, and
 past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half, except while
-a SUBACK or PUBACK is awaited (a returning session's queue comes before the SUBACK, and nobody takes
-deliveries before the subscription is confirmed; paho's link held them all as well).
+a SUBACK is awaited (a returning session's queue comes before the SUBACK, and nobody takes deliveries before
+the subscription is confirmed). A PUBACK behind the deliveries does not lift the limit: the caller publishes
+while it takes deliveries, and taking them lets the PUBACK in.
 
 One Link is one connection: message ids belong to it, so an ack can never reach a later connection.
 """
@@ -67,6 +68,7 @@ class Link(asyncio.Protocol):
         self.receive_max = receive_max
         self.inbox_max = inbox_max
         self._paused = False  # reading stopped until the inbox is down to half of inbox_max
+        self._subscribing = 0  # SUBACKs awaited
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -173,7 +175,14 @@ class Link(asyncio.Protocol):
         """Subscribe and wait for the SUBACK; retained flags as MQTT 3.1.1 had them (set only on subscribe)."""
         filters = [mqtt5.TopicFilter(t, max_qos=_qos(qos), retain_as_published=False) for t in topics]
         mid = self._message_id()
-        suback = await self._request(mid, mqtt5.SubscribePacket(mid, filters).write(), "subscribe")
+        self._subscribing += 1  # reading goes on past inbox_max until the SUBACK is in (module docstring)
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        try:
+            suback = await self._request(mid, mqtt5.SubscribePacket(mid, filters).write(), "subscribe")
+        finally:
+            self._subscribing -= 1
         assert isinstance(suback, mqtt5.SubAckPacket)
         codes = zip(topics, suback.reason_codes, strict=False)
         refused = [f"{t}: {code.name}" for t, code in codes if code.value >= 0x80]
@@ -243,9 +252,6 @@ class Link(asyncio.Protocol):
     async def _request(self, mid: int, data: bytes, what: str) -> mqtt5.PubAckPacket | mqtt5.SubAckPacket:
         answer: asyncio.Future[mqtt5.PubAckPacket | mqtt5.SubAckPacket] = self._loop.create_future()
         self._waiting[mid] = answer
-        if self._paused and self._transport is not None:  # the answer may be behind deliveries: read on
-            self._paused = False
-            self._transport.resume_reading()
         try:
             self._write(data)
             async with asyncio.timeout(self.timeout_s):
@@ -301,7 +307,7 @@ class Link(asyncio.Protocol):
         del buf[:pos]
         if self._inbox:
             self._wake.set()
-            if len(self._inbox) >= self.inbox_max and not self._waiting and self._transport is not None:
+            if len(self._inbox) >= self.inbox_max and not self._subscribing and self._transport is not None:
                 self._paused = True
                 self._transport.pause_reading()
 

@@ -161,3 +161,34 @@ async def test_a_subscribe_behind_a_flood_still_gets_its_suback() -> None:
     async with server, Link(config(server.sockets[0].getsockname()[1]), log, inbox_max=500) as link:
         await link.subscribe([TOPIC], qos=1)  # within its timeout, though the queue is past inbox_max
         assert len(link.ready(100_000)) == 5_000
+
+
+async def test_a_publish_awaiting_its_puback_does_not_lift_the_limit() -> None:
+    """The gateway publishes a confirmation at QoS 1 after nearly every commit, so there is almost always a
+    PUBACK awaited; the limit must hold meanwhile (it did not: 87,000 deliveries, 80 MB, in the bench)."""
+    flood = mqtt5.PublishPacket(TOPIC, b"x" * 100).write() * 20_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        packet, _ = mqtt5.read(memoryview(await reader.read(1024)))
+        assert isinstance(packet, mqtt5.PublishPacket)
+        writer.write(flood + mqtt5.PubAckPacket(packet.packet_id).write())  # the PUBACK behind the flood
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log, inbox_max=1000) as link:
+        publish = asyncio.create_task(link.publish(TOPIC + "/done", b"ranges", qos=1, retain=True))
+        await asyncio.sleep(0.5)
+        held = link.ready(100_000)
+        assert 1000 <= len(held) < 1000 + 3000  # past the limit by at most what one read brought
+        assert not publish.done()
+        got = len(held)
+        async with asyncio.timeout(10):
+            while got < 20_000:  # the caller takes deliveries, and the PUBACK behind them comes in
+                await link.message()
+                got += 1 + len(link.ready(100_000))
+            await publish
+        assert got == 20_000
