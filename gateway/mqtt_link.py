@@ -83,6 +83,8 @@ class Link(asyncio.Protocol):
         self._acks: list[bytes] = []  # PUBACKs to write at the next turn of the loop
         self._last_in = self._last_ping = time.monotonic()
         self._keepalive_s = broker.keepalive  # as the CONNACK may set it (MQTT 5's Server Keep Alive)
+        # QoS 1 publishes the broker takes unacknowledged: its Receive Maximum, from the CONNACK (MQTT 5 3.2.2.3.3)
+        self._quota = asyncio.Semaphore(65535)
         self._misc: asyncio.Task[None] | None = None
 
     # --- connection ----------------------------------------------------------------------------------------
@@ -190,13 +192,15 @@ class Link(asyncio.Protocol):
             self.log.warning("subscription refused: %s", ", ".join(refused))
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Returns once written (QoS 0) or once the broker's PUBACK is in (QoS 1)."""
+        """Returns once written (QoS 0) or once the broker's PUBACK is in (QoS 1); at most the broker's Receive
+        Maximum of QoS 1 publishes are out at once, the rest wait their turn."""
         if qos == 0:
             self._write(mqtt5.PublishPacket(topic, payload, retain=retain).write())
             return
-        mid = self._message_id()
-        packet = mqtt5.PublishPacket(topic, payload, qos=_qos(qos), retain=retain, packet_id=mid)
-        puback = await self._request(mid, packet.write(), "publish")
+        async with self._quota:
+            mid = self._message_id()
+            packet = mqtt5.PublishPacket(topic, payload, qos=_qos(qos), retain=retain, packet_id=mid)
+            puback = await self._request(mid, packet.write(), "publish")
         assert isinstance(puback, mqtt5.PubAckPacket)
         if puback.reason_code.value >= 0x80:  # MQTT 3.1.1 brokers dropped such a message silently; we log it
             self.log.warning("publish to %s refused: %s", topic, puback.reason_code.name)
@@ -333,6 +337,7 @@ class Link(asyncio.Protocol):
                 self._refused = f"connection refused: {packet.reason_code.name}"
             if packet.server_keep_alive is not None:
                 self._keepalive_s = packet.server_keep_alive
+            self._quota = asyncio.Semaphore(packet.receive_max)
             self._connack.set()
         elif isinstance(packet, mqtt5.DisconnectPacket):
             reason = packet.reason_code.name + (f" ({packet.reason_str})" if packet.reason_str else "")

@@ -172,7 +172,7 @@ async def test_a_publish_awaiting_its_puback_does_not_lift_the_limit() -> None:
         await reader.read(1024)  # the CONNECT
         writer.write(mqtt5.ConnAckPacket().write())
         packet, _ = mqtt5.read(memoryview(await reader.read(1024)))
-        assert isinstance(packet, mqtt5.PublishPacket)
+        assert isinstance(packet, mqtt5.PublishPacket) and packet.packet_id is not None
         writer.write(flood + mqtt5.PubAckPacket(packet.packet_id).write())  # the PUBACK behind the flood
         while await reader.read(1024):
             pass
@@ -192,3 +192,39 @@ async def test_a_publish_awaiting_its_puback_does_not_lift_the_limit() -> None:
                 got += 1 + len(link.ready(100_000))
             await publish
         assert got == 20_000
+
+
+async def test_qos1_publishes_wait_within_the_brokers_receive_maximum() -> None:
+    seen: list[int] = []  # message ids of the PUBLISHes the broker has read
+    writers: list[asyncio.StreamWriter] = []
+    answering = asyncio.Event()  # the broker acknowledges only once the test has looked
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket(receive_max=2).write())
+        buf = b""
+        while data := await reader.read(4096):
+            buf += data
+            while buf:
+                try:
+                    packet, used = mqtt5.read(memoryview(buf))
+                except IndexError:
+                    break
+                buf = buf[used:]
+                if isinstance(packet, mqtt5.PublishPacket) and packet.packet_id is not None:
+                    seen.append(packet.packet_id)
+                    if answering.is_set():
+                        writer.write(mqtt5.PubAckPacket(packet.packet_id).write())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log) as link:
+        sends = [asyncio.create_task(link.publish(f"{TOPIC}/{i}", b"x", qos=1)) for i in range(5)]
+        await asyncio.sleep(0.3)
+        assert len(seen) == 2  # the broker said two at a time; the other three wait in the link
+        answering.set()
+        writers[0].write(b"".join(mqtt5.PubAckPacket(i).write() for i in seen))
+        async with asyncio.timeout(5):
+            await asyncio.gather(*sends)
+        assert len(seen) == 5
