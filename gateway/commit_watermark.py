@@ -28,6 +28,7 @@ from protocol import topics
 log = logging.getLogger("lifeline.gateway.commit_watermark")
 
 Publish = Callable[..., Awaitable[None]]
+WINDOW = 64  # confirmations awaiting their PUBACK at once (the link also keeps within the broker's Receive Maximum)
 
 
 def done_body(ranges: list[tuple[int, int]]) -> bytes:
@@ -46,7 +47,7 @@ class Confirmations:
         conn.execute("CREATE TABLE IF NOT EXISTS done_ranges (dev TEXT PRIMARY KEY, ranges TEXT NOT NULL)")
         self._load()
         self._touched: set[str] = set()
-        self._due: dict[str, bytes] = {}
+        self._due: dict[str, None] = {}  # devices to confirm, in the order their batches committed
         self._wake = asyncio.Event()
         self.published = 0
 
@@ -112,25 +113,46 @@ class Confirmations:
 
     def committed_now(self) -> None:
         """The batch is committed: its devices' confirmations may go out."""
-        for dev in self._touched:
-            self._due[dev] = done_body(_pairs(self._ranges.get(dev, [])))
         if self._touched:
+            self._due.update(dict.fromkeys(self._touched))
             self._touched.clear()
             self._wake.set()
 
-    async def run(self, publish: Publish) -> None:
-        """Publish the due confirmations (retained, QoS 1), the newest per device. One that cannot go now is
-        not kept: the device re-sends what stays unconfirmed, and that brings a new one."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            due, self._due = self._due, {}
-            for dev, body in due.items():
-                try:
-                    await publish(topics.device(self.site, dev, topics.DONE), body, qos=1, retain=True)
-                    self.published += 1
-                except Exception as exc:  # not connected
-                    event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc))
+    def due(self) -> list[str]:
+        """The devices whose confirmation has not gone out yet."""
+        return list(self._due)
+
+    def body(self, dev: str) -> bytes:
+        """The confirmation of what is committed for `dev`. Between batches (a batch is handled without a turn of
+        the event loop) the ranges held are the committed ones."""
+        return done_body(_pairs(self._ranges.get(dev, [])))
+
+    async def run(self, publish: Publish, window: int = WINDOW) -> None:
+        """Publish the due confirmations (retained, QoS 1), up to `window` at once, each built as it goes, so a
+        device heard in many batches gets one with its newest ranges. One at a time, each PUBACK waiting behind
+        the deliveries the site link holds, a busy site confirmed a device every half second or so: at 1,000
+        devices minutes, past the nodes' resend (30 s). Two for one device go out in the order built, so the
+        broker retains the newer. One that cannot go now is not kept: the device re-sends what stays
+        unconfirmed, and that brings a new one."""
+        slots = asyncio.Semaphore(window)
+        async with asyncio.TaskGroup() as sending:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._due:
+                    await slots.acquire()
+                    dev = next(iter(self._due))
+                    del self._due[dev]
+                    sending.create_task(self._send(publish, dev, self.body(dev), slots))
+
+    async def _send(self, publish: Publish, dev: str, body: bytes, slots: asyncio.Semaphore) -> None:
+        try:
+            await publish(topics.device(self.site, dev, topics.DONE), body, qos=1, retain=True)
+            self.published += 1
+        except Exception as exc:  # not connected
+            event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc))
+        finally:
+            slots.release()
 
 
 def _pairs(flat: list[int]) -> list[tuple[int, int]]:

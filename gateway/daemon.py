@@ -348,7 +348,8 @@ class Gateway:
                         outbox_bytes=self.outbox.bytes_used(), uplink_connected=self.uplink.connected,
                         site_connected=self.site.connected.is_set(), alarms=dict(alarms),
                         batches=self.site.batches, ota_refused=dict(self.releases.refused),
-                        ota_served=self.releases.served)
+                        ota_served=self.releases.served, confirmations_sent=self.confirmations.published,
+                        confirmations_due=len(self.confirmations.due()))
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S

@@ -32,6 +32,8 @@ class Snapshot:
     batches: int = 0
     ota_refused: Mapping[str, int] = field(default_factory=dict)  # nodes' chunk requests refused, by reason
     ota_served: int = 0
+    confirmations_sent: int = 0
+    confirmations_due: int = 0  # devices whose commit confirmation has not gone out yet
 
 
 class _Collector:
@@ -65,6 +67,10 @@ class _Collector:
         yield by("lifeline_alarms_active", "Active alarms, by level", "level", s.alarms, False)
         yield CounterMetricFamily("lifeline_ota_chunks_served", "Release chunks sent to updating nodes",
                                   value=s.ota_served)
+        yield CounterMetricFamily("lifeline_confirmations_sent", "Commit confirmations the site broker took",
+                                  value=s.confirmations_sent)
+        yield GaugeMetricFamily("lifeline_confirmations_due", "Devices whose commit confirmation is still to go",
+                                value=s.confirmations_due)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 

@@ -5,6 +5,7 @@ clocks are flagged, gaps are reported, and the daemon keeps running."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 import urllib.request
@@ -140,6 +141,8 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
         assert 'lifeline_ingest_rejects_total{reason="replay"} 2.0' in scrape
         assert 'lifeline_ingest_dropped_total{why="duplicate"} 1.0' in scrape
         assert "lifeline_uplink_connected 1.0" in scrape
+        sent = re.search(r"^lifeline_confirmations_sent_total (\S+)$", scrape, re.M)
+        assert sent and float(sent[1]) >= 1  # the good messages' devices were told they are committed
         assert gw.proc is not None and gw.proc.poll() is None  # still running
     finally:
         gw.kill()

@@ -3,9 +3,11 @@ one flat list (memory at 50,000 devices) and stored as JSON [first, last] pairs.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import sqlite3
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,7 +52,7 @@ def test_ranges_are_those_of_the_pairs_form_in_any_order(seqs: list[int], cut: i
     assert json.loads(text) == model
     c.heard("d1")  # confirmed again, as after a duplicate (needed when the last number was read back)
     c.committed_now()
-    assert c._due["d1"] == done_body([(a, b) for a, b in model])
+    assert c.due() == ["d1"] and c.body("d1") == done_body([(a, b) for a, b in model])
 
 
 def test_a_birth_below_the_committed_numbers_starts_the_ranges_over() -> None:
@@ -60,4 +62,38 @@ def test_a_birth_below_the_committed_numbers_starts_the_ranges_over() -> None:
     c.born("d1", 7)
     c.committed("d1", 7)
     c.committed_now()
-    assert c._due["d1"] == done_body([(7, 7)])
+    assert c.due() == ["d1"] and c.body("d1") == done_body([(7, 7)])
+
+
+async def test_confirmations_go_out_a_window_at_a_time_each_with_the_newest_ranges() -> None:
+    """Many devices due at once (a busy site) are confirmed several at a time, not each after the last PUBACK;
+    a device committed again while waiting gets one confirmation, with what is committed when it goes."""
+    c = Confirmations(sqlite3.connect(":memory:"), "s1")
+    devs = [f"d{i:03}" for i in range(100)]
+    for dev in devs:
+        c.committed(dev, 1)
+    c.committed_now()
+    c.committed("d099", 2)  # a later batch, before d099's turn
+    c.committed_now()
+    out: dict[str, list[bytes]] = {}
+    flying: list[int] = [0, 0]  # now, most
+    pubacks = asyncio.Event()
+
+    async def publish(topic: str, body: bytes, **kw: Any) -> None:
+        assert kw == {"qos": 1, "retain": True}
+        out.setdefault(topics.parse_device(topic)[1], []).append(body)
+        flying[0] += 1
+        flying[1] = max(flying)
+        await pubacks.wait()
+        flying[0] -= 1
+
+    task = asyncio.create_task(c.run(publish, window=8))
+    await asyncio.sleep(0.1)
+    assert flying == [8, 8] and len(out) == 8  # eight out, the rest wait for a PUBACK
+    pubacks.set()
+    async with asyncio.timeout(5):
+        while len(out) < 100:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    assert flying[1] == 8 and c.due() == [] and c.published == 100
+    assert out["d099"] == [done_body([(1, 2)])] and out["d000"] == [done_body([(1, 1)])]
