@@ -57,6 +57,7 @@ from bench import report
 from bench.procmeter import CpuMeter, broker_pid, proc_status, rss_mb
 from bench.wanlink import LinkSpec, WanLink
 from lifeline import site_auth
+from lifeline.virtual import wire
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.loadgen import Generator, Load, device_id, device_key
 from lifeline.virtual.recorder import CountingRecorder
@@ -127,6 +128,43 @@ class Tally:
         return self.add(unprotected[4].decode(), cbor2.loads(body)["seq"])
 
 
+class Confirmed:
+    """When each device's commit confirmation (retained, on its done topic at the site broker) first covered a
+    sequence number: the nodes keep a message in flash until then, and re-send what stays unconfirmed for 30 s
+    (firmware/lib/app/runtime.py), so a site that confirms slowly under load invites a storm of re-sends."""
+
+    def __init__(self, host: str, port: int, auth: tuple[str, str]) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self._tops: dict[str, list[tuple[int, float]]] = {}  # dev -> (newest confirmed number, when) in turn
+        self._sub = wire.Subscriber(host, port, f"bench-done-{time.time_ns()}",
+                                    f"{topics.ROOT}/{SITE}/+/{topics.DONE}", self._on_message, auth)
+        self.subscribed = self._sub.subscribed
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        dev = topic.split("/")[3]
+        ranges = topics.done_ranges(payload)
+        if ranges:
+            with self._lock:
+                self.received += 1
+                self._tops.setdefault(dev, []).append((ranges[-1][1], time.monotonic()))
+
+    def all_by(self, devs: list[str], seq: int, timeout: float) -> float | None:
+        """The monotonic time by which every one of `devs` was confirmed up to `seq`, or None after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                firsts = [next((t for top, t in self._tops.get(d, []) if top >= seq), None) for d in devs]
+            if all(t is not None for t in firsts):
+                return max(t for t in firsts if t is not None)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._sub.close()
+
+
 class AlarmProbe:
     """Publish times of the alarm device's readings, matched to the transitions the district receives.
 
@@ -190,8 +228,9 @@ def build_site(workdir: Path, sizes: Sizes) -> tuple[Site, str]:
     auth = workdir / "auth"
     subprocess.run([site_auth.mosquitto_passwd(), "-b", str(auth / "passwd"), LOADGEN_USER, password], check=True)
     with (auth / "acl").open("a") as acl:
-        acl.write(f"\n# benchmark load generator: publishes for every device\nuser {LOADGEN_USER}\n"
-                  f"topic write {topics.ROOT}/{SITE}/+/{topics.DATA}\n")
+        acl.write(f"\n# benchmark load generator: publishes for every device, reads their confirmations\n"
+                  f"user {LOADGEN_USER}\ntopic write {topics.ROOT}/{SITE}/+/{topics.DATA}\n"
+                  f"topic read {topics.ROOT}/{SITE}/+/{topics.DONE}\n")
     assert site.site_broker is not None and site.site_broker.proc is not None
     site.site_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto re-reads password_file and acl_file
     wait_login(site.site_broker.port, LOADGEN_USER, password)
@@ -410,6 +449,10 @@ class Rig:
         for r in self.recorders:
             stack.callback(r.close)
             r.subscribed.wait(10)
+        assert site.site_broker is not None
+        self.confirmed = Confirmed("127.0.0.1", site.site_broker.port, auth)
+        stack.callback(self.confirmed.close)
+        self.confirmed.subscribed.wait(10)
 
     def errors(self) -> list[str]:
         return [e for r in self.recorders for e in r.errors]
@@ -455,10 +498,11 @@ class Rig:
                                           link=link))
             say(f"round {i + 1}/{n}{tag}: the gateway")
             spy = start_profile(pid, profile) if profile and i == 0 else None
-            upstream_before = self.recorders[1].mqtt_messages
+            upstream_before, done_before = self.recorders[1].mqtt_messages, self.confirmed.received
             gateway_runs.append(throughput("gateway" + tag, self.site.site_broker.port, self.auth, load,
                                            self.telemetry, gateway_procs, lambda: rss_mb(pid), link))
             gateway_runs[-1]["upstream_publishes"] = self.recorders[1].mqtt_messages - upstream_before
+            gateway_runs[-1].update(self.confirmations(load, done_before))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
@@ -469,6 +513,14 @@ class Rig:
             b["brokers_cpu_us_per_msg"] = round(
                 (b["cpu_s"]["site broker"] + b["cpu_s"]["district broker"]) / max(b["received"], 1) * 1e6, 1)
         return bridge_runs, gateway_runs
+
+    def confirmations(self, load: Load, received_before: int) -> dict[str, Any]:
+        """How long after the round's last message reached the district every device had its confirmation,
+        and how many confirmations the round took."""
+        top = load.first_seq + load.messages_per_device - 1
+        by = self.confirmed.all_by([device_id(i) for i in range(load.devices)], top, 60.0)
+        return {"confirmed_all_after_s": None if by is None else round(max(0.0, by - self.telemetry.last_new), 2),
+                "confirmations": self.confirmed.received - received_before}
 
     def alarms(self, gateway: GatewayProcess, tag: str = "") -> dict[str, Any]:
         assert gateway.proc is not None
@@ -564,9 +616,10 @@ def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dic
         registered = proc_status(pid)
         tag = f" ({big.devices:,} devices)"
         say(f"throughput{tag}: every device sends {sizes.scale_messages}")
-        run_ = throughput("gateway" + tag, site.site_broker.port, rig.auth, rig.load(sizes.scale_messages),
-                          rig.telemetry, rig.procs(gateway=pid, **{"site broker": broker_pid(site.site_broker)}),
-                          lambda: rss_mb(pid))
+        load, done_before = rig.load(sizes.scale_messages), rig.confirmed.received
+        run_ = throughput("gateway" + tag, site.site_broker.port, rig.auth, load, rig.telemetry,
+                          rig.procs(gateway=pid, **{"site broker": broker_pid(site.site_broker)}), lambda: rss_mb(pid))
+        run_.update(rig.confirmations(load, done_before))
         run_["gateway_cpu_us_per_msg"] = round(run_["cpu_s"]["gateway"] / max(run_["received"], 1) * 1e6, 1)
         run_["gateway_cpu_busy"] = round(run_["cpu_s"]["gateway"] / run_["wall_s"], 2)
         heard = proc_status(pid)

@@ -55,6 +55,13 @@ def git_state() -> dict[str, Any]:
             "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway"))}
 
 
+def confirmed_row(g: dict[str, Any]) -> tuple[str, str, str, str]:
+    """How soon every device had the gateway's confirmation of its round (bench/gateway_throughput.Confirmed)."""
+    after = g["confirmed_all_after_s"]
+    return ("devices told their messages are committed: all, s after the last reached the district "
+            "(confirmations sent)", f"{'not in 60 s' if after is None else after} ({g['confirmations']:,})", "", "")
+
+
 def table(r: dict[str, Any], targets: dict[str, float]) -> str:
     """One scenario's table of the gateway benchmark, against its targets: the run's top level (loopback) or
     its "link" part."""
@@ -79,6 +86,8 @@ def table(r: dict[str, Any], targets: dict[str, float]) -> str:
         ("upstream bytes per device message (topic + payload), gateway / bridge",
          f"{g['upstream_bytes_per_msg']:.0f} / {b['upstream_bytes_per_msg']:.0f}", "", ""),
     ]
+    if "confirmed_all_after_s" in g:
+        rows.append(confirmed_row(g))
     if "link_bytes_per_msg" in g:
         rows += [
             ("bytes on the link per device message, up (MQTT, TLS), gateway / bridge",
@@ -132,6 +141,7 @@ def scale_text(r: dict[str, Any]) -> list[str]:
         ("gateway: device messages/s, end to end", f"{g['msgs_per_s']:,.0f}", "", ""),
         ("gateway CPU per device message, µs (share of one core busy)",
          f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})", "", ""),
+        *([confirmed_row(g)] if "confirmed_all_after_s" in g else []),
         (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {t['alarm_p99_ms']:.0f}", yes(k["met"]["alarm_p99"])),
         ("gateway RSS once started (every device registered, none heard), MB", f"{m['registered_mb']:.0f}", "", ""),
