@@ -129,11 +129,10 @@ class Confirmations:
 
     async def run(self, publish: Publish, window: int = WINDOW) -> None:
         """Publish the due confirmations (retained, QoS 1), up to `window` at once, each built as it goes, so a
-        device heard in many batches gets one with its newest ranges. One at a time, each PUBACK waiting behind
-        the deliveries the site link holds, a busy site confirmed a device every half second or so: at 1,000
-        devices minutes, past the nodes' resend (30 s). Two for one device go out in the order built, so the
-        broker retains the newer. One that cannot go now is not kept: the device re-sends what stays
-        unconfirmed, and that brings a new one."""
+        device heard in many batches gets one with its newest ranges. One at a time, a site under full load
+        confirmed about one device per ingest batch (docs/performance.md, "Commit confirmations under load").
+        Two for one device go out in the order built, so the broker retains the newer. One that cannot go now
+        is not kept: the device re-sends what stays unconfirmed, and that brings a new one."""
         slots = asyncio.Semaphore(window)
         async with asyncio.TaskGroup() as sending:
             while True:
