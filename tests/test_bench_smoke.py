@@ -41,6 +41,7 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
             assert x["received"] == x["device_messages"] and x["lost_total"] == 0
             assert x["msgs_per_s"] > 0
         assert scenario["gateway"]["upstream_publishes"] < scenario["gateway"]["device_messages"]  # batched
+        assert scenario["gateway"]["confirmed_all_after_s"] is not None  # every device told its messages are in
         alarm = scenario["alarm"]
         assert alarm["received"] == alarm["samples"] == 10 and alarm["lost"] == 0
         assert alarm["events"] == {"raised": 5, "cleared": 5}
@@ -48,7 +49,7 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
         assert alarm["background"]["lost"] == 0 and alarm["background"]["received"] > 0
         assert scenario["rss"]["peak_mb"] > 0
         assert scenario["gateway_exit_code"] == 0
-        assert set(scenario["met"]) == {"ratio", "alarm_p99", "rss"}
+        assert set(scenario["met"]) == {"ratio", "cpu", "alarm_p99", "rss"}
     assert r["recorder_errors"] == []
     # Over the link, what crossed it is counted, and the pass-through round lost nothing either.
     assert link["spec"]["rtt_ms"] == 40 and link["spec"]["up_mbit_s"] == 10
