@@ -19,6 +19,7 @@ import json
 import logging
 import sqlite3
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
 from gateway.logs import event
@@ -29,6 +30,7 @@ log = logging.getLogger("lifeline.gateway.commit_watermark")
 
 Publish = Callable[..., Awaitable[None]]
 WINDOW = 64  # confirmations awaiting their PUBACK at once (the link also keeps within the broker's Receive Maximum)
+LOG_INTERVAL_S = 10.0  # confirmations not sent are logged at most this often, with the count folded away
 
 
 def done_body(ranges: list[tuple[int, int]]) -> bytes:
@@ -50,6 +52,9 @@ class Confirmations:
         self._due: dict[str, None] = {}  # devices to confirm, in the order their batches committed
         self._wake = asyncio.Event()
         self.published = 0
+        self.not_sent = 0
+        self._logged_at: float | None = None
+        self._suppressed = 0
 
     def _load(self) -> None:
         # Each device's ranges as one flat list, first and last of each range in turn, oldest first: one list
@@ -148,8 +153,15 @@ class Confirmations:
         try:
             await publish(topics.device(self.site, dev, topics.DONE), body, qos=1, retain=True)
             self.published += 1
-        except Exception as exc:  # not connected
-            event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc))
+        except Exception as exc:  # not connected: every due device fails at once, so one line per interval
+            self.not_sent += 1
+            now = time.monotonic()
+            if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL_S:
+                event(log, "confirmation-not-sent", logging.WARNING, dev=dev, error=str(exc),
+                      suppressed=self._suppressed, total=self.not_sent)
+                self._logged_at, self._suppressed = now, 0
+            else:
+                self._suppressed += 1
         finally:
             slots.release()
 

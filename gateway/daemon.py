@@ -349,6 +349,7 @@ class Gateway:
                         site_connected=self.site.connected.is_set(), alarms=dict(alarms),
                         batches=self.site.batches, ota_refused=dict(self.releases.refused),
                         ota_served=self.releases.served, confirmations_sent=self.confirmations.published,
+                        confirmations_not_sent=self.confirmations.not_sent,
                         confirmations_due=len(self.confirmations.due()))
 
     async def _ticker(self) -> None:

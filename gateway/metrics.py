@@ -33,6 +33,7 @@ class Snapshot:
     ota_refused: Mapping[str, int] = field(default_factory=dict)  # nodes' chunk requests refused, by reason
     ota_served: int = 0
     confirmations_sent: int = 0
+    confirmations_not_sent: int = 0  # the site link was down: the device re-sends, and is confirmed then
     confirmations_due: int = 0  # devices whose commit confirmation has not gone out yet
 
 
@@ -69,6 +70,8 @@ class _Collector:
                                   value=s.ota_served)
         yield CounterMetricFamily("lifeline_confirmations_sent", "Commit confirmations the site broker took",
                                   value=s.confirmations_sent)
+        yield CounterMetricFamily("lifeline_confirmations_not_sent", "Commit confirmations that could not go",
+                                  value=s.confirmations_not_sent)
         yield GaugeMetricFamily("lifeline_confirmations_due", "Devices whose commit confirmation is still to go",
                                 value=s.confirmations_due)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import logging
 import sqlite3
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.commit_watermark import Confirmations, done_body
+from gateway.mqtt_link import LinkError
 from protocol import topics
 
 
@@ -97,3 +100,23 @@ async def test_confirmations_go_out_a_window_at_a_time_each_with_the_newest_rang
     task.cancel()
     assert flying[1] == 8 and c.due() == [] and c.published == 100
     assert out["d099"] == [done_body([(1, 2)])] and out["d000"] == [done_body([(1, 1)])]
+
+
+async def test_confirmations_that_cannot_go_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The site link down: every due device fails at once; one log line, not one per device."""
+    c = Confirmations(sqlite3.connect(":memory:"), "s1")
+    for i in range(100):
+        c.committed(f"d{i:03}", 1)
+    c.committed_now()
+
+    async def publish(topic: str, body: bytes, **kw: Any) -> None:
+        raise LinkError("site: not connected")
+
+    with caplog.at_level(logging.WARNING, logger="lifeline.gateway.commit_watermark"):
+        task = asyncio.create_task(c.run(publish))
+        async with asyncio.timeout(5):
+            while c.not_sent < 100:
+                await asyncio.sleep(0.01)
+        task.cancel()
+    lines = [r for r in caplog.records if r.getMessage() == "confirmation-not-sent"]
+    assert len(lines) == 1 and c.published == 0 and c.due() == []
