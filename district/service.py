@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,14 +94,24 @@ def run_desk(cfg: DistrictConfig) -> int:
         registry.register(DistrictCollector(engine))
         start_http_server(cfg.metrics_port, cfg.metrics_host, registry)
 
+    # Bound here, before `desk-started` is logged: uvicorn binds only after the app's startup, and a client
+    # that took the log line at its word was refused meanwhile.
+    try:
+        listening = socket.create_server((cfg.desk_host, cfg.desk_port),
+                                         family=socket.AF_INET6 if ":" in cfg.desk_host else socket.AF_INET)
+    except OSError as exc:
+        event(log, "desk-not-started", logging.ERROR, host=cfg.desk_host, port=cfg.desk_port, error=str(exc))
+        engine.dispose()
+        return 1
+
     async def serve() -> None:
         hub = Hub()
         app = make_app(engine, hub=hub, broker=broker, risk_points=risk_points)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.desk_host, port=cfg.desk_port, log_level="warning",
-                                               lifespan="on"))
-        await server.serve()
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        await server.serve(sockets=[listening])
 
-    asyncio.run(_until_signal(serve(), "desk", url=f"http://{cfg.desk_host}:{cfg.desk_port}/"))
+    port = listening.getsockname()[1]
+    asyncio.run(_until_signal(serve(), "desk", url=f"http://{cfg.desk_host}:{port}/"))
     engine.dispose()
     return 0
 

@@ -5,6 +5,7 @@ everything with status 0."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -99,3 +100,22 @@ def _reachable(base: str) -> bool:
         return httpx.get(base + "/", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_desk_takes_connections_once_its_log_says_started(tmp_path: Path) -> None:
+    """`desk-started` is what an operator's script and the benches wait for; it was logged before the port was
+    bound, and a client that connected at once was refused (the district bench failed on it)."""
+    s = Site(tmp_path / "site", tls=False)
+    s.start()
+    desk_port = free_port()
+    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=desk_port)
+    district = DistrictProcess(conf, "--desk").start()
+    try:
+        deadline = time.monotonic() + 30
+        while "desk-started" not in district.log():
+            assert time.monotonic() < deadline, district.log()[-2000:]
+            time.sleep(0.002)
+        socket.create_connection(("127.0.0.1", desk_port), timeout=5).close()
+    finally:
+        district.stop()
+        s.stop()
