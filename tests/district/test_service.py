@@ -119,3 +119,19 @@ def test_the_desk_takes_connections_once_its_log_says_started(tmp_path: Path) ->
     finally:
         district.stop()
         s.stop()
+
+
+def test_a_desk_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    s = Site(tmp_path / "site", tls=False)
+    s.start()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        conf = write_config(s, tmp_path / "district.toml", database="district.sqlite",
+                            desk_port=taken.getsockname()[1])
+        try:
+            desk = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--desk"], capture_output=True,
+                                  text=True, env=environment(), cwd=ROOT, timeout=60)
+        finally:
+            s.stop()
+    assert desk.returncode == 1
+    assert "desk-not-started" in desk.stderr and "Address already in use" in desk.stderr
+    assert "Traceback" not in desk.stderr
