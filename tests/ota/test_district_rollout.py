@@ -80,10 +80,13 @@ def test_a_rollout_from_the_desk_lands_and_the_desk_shows_each_download(tmp_path
             done = until(lambda: (r := ota()["rollouts"][0])["state"] != "running" and r, 400,
                          "the rollout ends: " + str(ota()))
             # Progress travels in the gateway's OTA report (every 2 s), a node's version in its birth: the
-            # desk may see the birth first, and shows the whole download by the next report.
+            # desk may see the birth first (and the rollout end) before any progress of a node that downloaded
+            # between two reports, and shows the whole download by the next report.
             def whole() -> dict[str, Any] | None:
                 v = ota()
-                return v if all(n["done"] == n["total"] for n in v["nodes"] if n["target"]) else None
+                shown = {n["dev"]: n for n in v["nodes"]}
+                return v if all(shown[d]["target"] == NEW and shown[d]["done"] == shown[d]["total"]
+                                for d in ("gas-1", "water-1", "rain-1")) else None
 
             view = until(whole, 30, "every download shown whole: " + str(ota()))
             consoles = site.consoles()
