@@ -5,6 +5,7 @@ port, real Mosquitto; receipt times are taken as the messages arrive (issue 18).
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def test_routine_readings_are_stamped_to_the_millisecond_and_never_after_their_r
     assert not late, f"readings stamped after they arrived (s after receipt): {late}"
     times = [t for _, t in stamped]
     steps = [round(b - a, 4) for a, b in itertools.pairwise(times)]
-    # sampled every 0.3 s on asyncio's ms sleeps: each step 0.3 s and a little, none 0 or a whole second
-    assert all(0.25 <= s <= 0.45 for s in steps), steps
+    # sampled every 0.3 s on asyncio's ms sleeps: no step under the period (none 0), the typical one 0.3 s and a
+    # little (a loaded machine delays a few samples, and their stamps say so: that is what they are for)
+    assert all(s >= 0.25 for s in steps), steps
+    assert 0.25 <= statistics.median(steps) <= 0.45, steps
     assert sum(1 for t in times if t != int(t)) >= len(times) - 1, times
