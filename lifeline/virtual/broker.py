@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import os
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +25,60 @@ def mosquitto_binary() -> str:
     return found
 
 
-def free_port() -> int:
+PORTS_FROM = 10000  # the lowest port handed out; the top is where the kernel's ephemeral range starts
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _port_slice() -> range | None:
+    """This process's ports: below the ephemeral range, the pytest-xdist worker's own share of them (a test's
+    subprocesses share its worker's), or None when the range is too small to share."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    size = (_ephemeral_low() - PORTS_FROM) // max(count, 1)
+    if size < 200:
+        return None
+    first = PORTS_FROM + (int(worker) % count if worker.isdigit() else 0) * size
+    return range(first, first + size)
+
+
+_SLICE = _port_slice()
+_next = random.randrange(len(_SLICE)) if _SLICE else 0  # processes of one worker start at different places
+_lock = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A loopback port nothing holds, for a broker or server that a test, bench or the demo starts. Not one the
+    kernel picks for port 0: those come from the ephemeral range, where every outgoing connection takes its
+    source port, so one could hold it by the time the server binds (a district desk could not bind its port for
+    seconds, once in ten full runs). Each xdist worker takes from its own share, so workers never collide."""
+    global _next
+    if _SLICE is None:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+    with _lock:
+        for _ in range(len(_SLICE)):
+            port = _SLICE[_next % len(_SLICE)]
+            _next += 1
+            if _bindable(port):
+                return port
+    raise RuntimeError(f"no free port in {_SLICE}")
 
 
 class Mosquitto:
