@@ -762,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": report.machine(), "load_average_before": load_before, "git": report.git_state(), **result}
     report.save(args.json, result)
     print()
-    print(report.table(result, TARGETS))
+    print(report.table(result))
     if "link" in result:
         print("\n" + "\n".join(report.link_text(result)))
     if "scale" in result:
