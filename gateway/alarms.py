@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
-from gateway import district_wire
+from gateway import device_states, district_wire
 from gateway.riskpoints import RiskPoints
 from gateway.rules import (
     Level,
@@ -37,7 +37,7 @@ from gateway.rules import (
     stale_level,
     sum_signal,
 )
-from gateway.store import to_json
+from gateway.store import from_json, to_json
 
 Event = Literal["raised", "escalated", "de-escalated", "cleared", "inhibited", "resumed"]
 RuleKind = Literal["level", "rate", "sum", "stale"]
@@ -182,7 +182,7 @@ class Track:
 
     @classmethod
     def from_json(cls, text: str) -> Track:
-        data = json.loads(text)
+        data = from_json(text)
         runs = {Level(int(lv)): Run(float(s), float(last), int(n)) for lv, (s, last, n) in data["runs"].items()}
         window = tuple((float(t), float(v)) for t, v in data.get("window", ()))
         sums = data.get("sums")
@@ -249,6 +249,7 @@ class AlarmEngine:
         *,
         resend_first_s: float = 60.0,
         resend_max_s: float = 3600.0,
+        capacity: int = device_states.CAPACITY,
     ) -> None:
         if not 0 < resend_first_s <= resend_max_s:
             raise ValueError("need 0 < resend_first_s <= resend_max_s")
@@ -266,12 +267,11 @@ class AlarmEngine:
             dev: _Device(cls, None, dead)
             for dev, cls, dead in conn.execute("SELECT device, device_class, dead_at FROM alarm_device")
         }
-        self._tracks: dict[Key, Track] = {
-            (scope, subject, metric, kind): Track.from_json(state)
-            for scope, subject, metric, kind, state in conn.execute(
-                "SELECT scope, subject, metric, kind, state FROM alarm_track"
-            )
-        }
+        # Tracks by subject, only of the `capacity` subjects judged most recently (least recent first); the
+        # others stay in alarm_track until their next reading (gateway/device_states.py says why).
+        self._tracks: dict[tuple[str, str], dict[tuple[str, str], Track]] = {}
+        self._capacity = capacity
+        self.track_reads = 0  # subjects whose tracks were read back from the store
         self._unsaved: set[Key] = set()  # tracks whose newest judged time moved since the last flush()
         self._quiet: dict[int, float] = {}  # by id() of a StaleRule of the active rule set (_switch clears it)
         self._alarms: dict[Key, Alarm] = {}
@@ -285,8 +285,7 @@ class AlarmEngine:
         # Compare against the rules the stored state was judged under; unknown rules reset every track.
         self._rules = stored if stored is not None else active
         if stored is None:
-            for key in list(self._tracks):
-                self._save_track(key, Track())
+            conn.execute("DELETE FROM alarm_track")
         if stored is None or not newer:
             self._switch(active, None)
 
@@ -441,9 +440,13 @@ class AlarmEngine:
         if self._unsaved:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO alarm_track (scope, subject, metric, kind, state) VALUES (?, ?, ?, ?, ?)",
-                [(*key, self._tracks[key].to_json()) for key in self._unsaved],
+                [(*key, self._tracks[key[0], key[1]][key[2], key[3]].to_json()) for key in self._unsaved],
             )
             self._unsaved.clear()
+        excess = len(self._tracks) - self._capacity
+        if excess > 0:
+            for subject in list(self._tracks)[:excess]:
+                del self._tracks[subject]
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -468,7 +471,8 @@ class AlarmEngine:
 
     def _switch(self, ruleset: RuleSet, now: float | None) -> None:
         """Make `ruleset` active; pending runs and windows judged under a changed rule start again."""
-        for key in list(self._tracks):
+        stored: list[Key] = self._conn.execute("SELECT scope, subject, metric, kind FROM alarm_track").fetchall()
+        for key in stored:
             if self._part(self._rules, key) != self._part(ruleset, key):
                 self._save_track(key, Track())
         self._rules = ruleset
@@ -554,7 +558,7 @@ class AlarmEngine:
         return out
 
     def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
-        track = self._tracks.get(key, _NO_TRACK)
+        track = self._held(key[0], key[1]).get((key[2], key[3]), _NO_TRACK)
         if track.is_older(ctx.device_time):
             return []
         signal = dict.fromkeys(threshold.levels, judged)
@@ -565,7 +569,7 @@ class AlarmEngine:
         return self._emit(key, verdict.level, rule_id, "level", ctx, signal)
 
     def _judge_rate(self, key: Key, rule_id: str, rule: RateRule, ctx: _Reading) -> list[Transition]:
-        track = self._tracks.get(key, _NO_TRACK)
+        track = self._held(key[0], key[1]).get((key[2], key[3]), _NO_TRACK)
         if track.is_older(ctx.device_time):
             return []
         change, window = rate_signal(rule, track.window, ctx.reading, ctx.device_time)
@@ -575,7 +579,7 @@ class AlarmEngine:
         return self._emit(key, verdict.level, rule_id, "rate", ctx, signal)
 
     def _judge_sum(self, key: Key, rule_id: str, rule: SumRule, ctx: _Reading) -> list[Transition]:
-        track = self._tracks.get(key, _NO_TRACK)
+        track = self._held(key[0], key[1]).get((key[2], key[3]), _NO_TRACK)
         signal, sums = sum_signal(rule, track.sums, ctx.reading, ctx.device_time)
         # A late report changes the amounts in the windows ending at the newest one: judged as of that time.
         verdict = judge(rule.threshold, self._level_of(key), track.runs, signal, sums.last)
@@ -657,18 +661,30 @@ class AlarmEngine:
              alarm.next_resend, json.dumps(alarm.last.body(), separators=(",", ":"))),
         )
 
+    def _held(self, scope: str, subject: str) -> dict[tuple[str, str], Track]:
+        """The tracks of one subject by (metric, kind), read from the store if they were let go."""
+        tracks = self._tracks.pop((scope, subject), None)
+        if tracks is None:
+            tracks = {(metric, kind): Track.from_json(state) for metric, kind, state in self._conn.execute(
+                "SELECT metric, kind, state FROM alarm_track WHERE scope = ? AND subject = ?", (scope, subject))}
+            self.track_reads += 1
+        self._tracks[scope, subject] = tracks
+        return tracks
+
     def _save_track(self, key: Key, track: Track) -> None:
-        old = self._tracks.get(key)
+        tracks = self._held(key[0], key[1])
+        part = key[2], key[3]
+        old = tracks.get(part)
         if old == track or (old is None and track.empty()):
             return
         if track.empty():
-            del self._tracks[key]
+            del tracks[part]
             self._unsaved.discard(key)
             self._conn.execute(
                 "DELETE FROM alarm_track WHERE scope = ? AND subject = ? AND metric = ? AND kind = ?", key
             )
         else:
-            self._tracks[key] = track
+            tracks[part] = track
             if old is not None and old.same_but_latest(track):
                 self._unsaved.add(key)  # only `latest` moved, as it does with every reading: flush() writes it
                 return

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import logging
 import sqlite3
 import struct
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway import device_states
 from gateway.logs import event
-from gateway.store import to_json
+from gateway.store import from_json, to_json
 from protocol import topics
 
 log = logging.getLogger("lifeline.gateway.commit_watermark")
@@ -43,11 +43,12 @@ def done_body(ranges: list[tuple[int, int]]) -> bytes:
 
 
 class Confirmations:
-    def __init__(self, conn: sqlite3.Connection, site: str) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, site: str, capacity: int = device_states.CAPACITY) -> None:
         self.site = site
-        conn.execute("CREATE TABLE IF NOT EXISTS done_ranges (dev TEXT PRIMARY KEY, ranges TEXT NOT NULL)")
-        self._load()
+        # Each device's ranges as one flat list, first and last of each range in turn, oldest first: one list
+        # of ints a device rather than a list of two-item lists (about 90 bytes less each, at 50,000 devices).
+        # The stored form stays a JSON list of [first, last] pairs.
+        self._ranges = device_states.DeviceStates(conn, "done_ranges", "ranges", _flat, _stored, capacity)
         self._touched: set[str] = set()
         self._due: dict[str, None] = {}  # devices to confirm, in the order their batches committed
         self._wake = asyncio.Event()
@@ -56,20 +57,13 @@ class Confirmations:
         self._logged_at: float | None = None
         self._suppressed = 0
 
-    def _load(self) -> None:
-        # Each device's ranges as one flat list, first and last of each range in turn, oldest first: one list
-        # of ints a device rather than a list of two-item lists (about 90 bytes less each, at 50,000 devices).
-        # The stored form stays a JSON list of [first, last] pairs.
-        self._ranges: dict[str, list[int]] = {
-            dev: [n for r in json.loads(text) for n in r]
-            for dev, text in self._conn.execute("SELECT dev, ranges FROM done_ranges")}
-        self._dirty: set[str] = set()
-
     def committed(self, dev: str, seq: int) -> None:
         """Data or event number `seq` of `dev` is in this batch (call before its commit)."""
         rs = self._ranges.get(dev)
-        if not rs:
-            self._ranges[dev] = [seq, seq]
+        if rs is None:
+            self._ranges.put(dev, [seq, seq])
+        elif not rs:
+            rs[:] = [seq, seq]
         elif rs[-1] == seq - 1:  # the next number after the newest range, as it is nearly always
             rs[-1] = seq
         else:
@@ -86,7 +80,7 @@ class Confirmations:
                 rs[2 * i + 1] = rs[2 * i + 3]
                 del rs[2 * i + 2:2 * i + 4]
             del rs[:-2 * topics.MAX_DONE_RANGES]
-        self._dirty.add(dev)
+        self._ranges.changed(dev)
         self._touched.add(dev)
 
     def born(self, dev: str, seq: int) -> None:
@@ -96,7 +90,7 @@ class Confirmations:
         if rs and seq <= rs[-1]:
             event(log, "confirmations-reset", logging.WARNING, dev=dev, seq=seq, top=rs[-1])
             rs.clear()
-            self._dirty.add(dev)
+            self._ranges.changed(dev)
             self._touched.add(dev)
 
     def heard(self, dev: str) -> None:
@@ -106,14 +100,11 @@ class Confirmations:
 
     def flush(self) -> None:
         """Write the changed devices into the current transaction (the caller commits)."""
-        if self._dirty:
-            self._conn.executemany("INSERT OR REPLACE INTO done_ranges (dev, ranges) VALUES (?, ?)",
-                                   [(dev, to_json(_pairs(self._ranges[dev]))) for dev in self._dirty])
-            self._dirty.clear()
+        self._ranges.flush()
 
     def rollback(self) -> None:
-        """Forget what a failed batch added: reload from the (rolled back) store."""
-        self._load()
+        """Forget what a failed batch added: the (rolled back) store is read again."""
+        self._ranges.forget()
         self._touched.clear()
 
     def committed_now(self) -> None:
@@ -130,7 +121,7 @@ class Confirmations:
     def body(self, dev: str) -> bytes:
         """The confirmation of what is committed for `dev`. Between batches (a batch is handled without a turn of
         the event loop) the ranges held are the committed ones."""
-        return done_body(_pairs(self._ranges.get(dev, [])))
+        return done_body(_pairs(self._ranges.get(dev) or []))
 
     async def run(self, publish: Publish, window: int = WINDOW) -> None:
         """Publish the due confirmations (retained, QoS 1), up to `window` at once, each built as it goes, so a
@@ -169,3 +160,11 @@ class Confirmations:
 def _pairs(flat: list[int]) -> list[tuple[int, int]]:
     """(first, last) of each range of a device's flat list."""
     return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def _flat(text: str) -> list[int]:
+    return [n for r in from_json(text) for n in r]
+
+
+def _stored(flat: list[int]) -> str:
+    return to_json(_pairs(flat))

@@ -8,14 +8,14 @@ missing. It lives in the store (rows written inside the ingest batch, never comm
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gateway import device_states
 from gateway.site_config import DeviceConfig
-from gateway.store import to_json
+from gateway.store import from_json, to_json
 
 
 @dataclass(slots=True)
@@ -38,17 +38,11 @@ class Health:
 
 
 class Registry:
-    def __init__(self, conn: sqlite3.Connection, devices: Mapping[str, DeviceConfig]) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, devices: Mapping[str, DeviceConfig],
+                 capacity: int = device_states.CAPACITY) -> None:
         self.devices: Mapping[str, DeviceConfig] = devices
-        conn.execute("CREATE TABLE IF NOT EXISTS device_health (dev TEXT PRIMARY KEY, health TEXT NOT NULL)")
-        self._health: dict[str, Health] = {}
-        self._load()
-        self._dirty: set[str] = set()
-
-    def _load(self) -> None:
-        self._health = {dev: Health(**json.loads(text))
-                        for dev, text in self._conn.execute("SELECT dev, health FROM device_health")}
+        self._health = device_states.DeviceStates(conn, "device_health", "health", _health_from_json, _health_json,
+                                                  capacity)
 
     def replace(self, devices: Mapping[str, DeviceConfig]) -> None:
         """New registry from a reloaded config; health of devices that stay is kept."""
@@ -64,8 +58,10 @@ class Registry:
     def health(self, dev: str) -> Health:
         h = self._health.get(dev)
         if h is None:
-            h = self._health[dev] = Health(dev)
-        self._dirty.add(dev)
+            h = Health(dev)
+            self._health.put(dev, h)
+        else:
+            self._health.changed(dev)
         return h
 
     def seen(self, dev: str, now: float) -> None:
@@ -102,17 +98,14 @@ class Registry:
         return h.boot_epoch if h is not None and h.boot == boot else None
 
     def all(self) -> list[Health]:
-        return [self._health.get(dev) or Health(dev) for dev in sorted(self.devices)]
+        known = dict(self._health.items())
+        return [known.get(dev) or Health(dev) for dev in sorted(self.devices)]
 
     def flush(self) -> None:
-        if self._dirty:
-            self._conn.executemany("INSERT OR REPLACE INTO device_health (dev, health) VALUES (?, ?)",
-                                   [(d, _health_json(self._health[d])) for d in self._dirty])
-            self._dirty.clear()
+        self._health.flush()
 
     def rollback(self) -> None:
-        self._load()
-        self._dirty.clear()
+        self._health.forget()
 
 
 _HEALTH_FIELDS = tuple(f.name for f in fields(Health))
@@ -121,6 +114,10 @@ _HEALTH_FIELDS = tuple(f.name for f in fields(Health))
 def _health_json(h: Health) -> str:
     """A health row: its fields by name (dataclasses.asdict deep-copies each value first: 15 µs a row)."""
     return to_json({name: getattr(h, name) for name in _HEALTH_FIELDS})
+
+
+def _health_from_json(text: str) -> Health:
+    return Health(**from_json(text))
 
 
 def _number(v: object) -> float | None:

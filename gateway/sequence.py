@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import bisect
 import enum
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
 
+from gateway import device_states
 from gateway.logs import event
-from gateway.store import to_json
+from gateway.store import from_json, to_json
 
 log = logging.getLogger("lifeline.gateway.sequence")
 
@@ -91,7 +91,7 @@ class _Device:
 
     @classmethod
     def from_json(cls, text: str) -> _Device:
-        f, lo, hi, holes, sk, boot, d, r, g, *rest = json.loads(text)
+        f, lo, hi, holes, sk, boot, d, r, g, *rest = from_json(text)
         # A row written before boots were kept: its window is taken to be of the newest boot born, so only a
         # later boot can restart it.
         high_boot = rest[0] if rest else boot
@@ -100,18 +100,16 @@ class _Device:
 
 
 class SequenceTracker:
-    def __init__(self, conn: sqlite3.Connection, window: int = 65536, grace_s: float = 300.0) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, window: int = 65536, grace_s: float = 300.0,
+                 capacity: int = device_states.CAPACITY) -> None:
         self.window = window
         self.grace_s = grace_s
-        conn.execute("CREATE TABLE IF NOT EXISTS seq_state (dev TEXT PRIMARY KEY, state TEXT NOT NULL)")
-        self._load()
-        self._dirty: set[str] = set()
+        self._devices = device_states.DeviceStates(conn, "seq_state", "state", _Device.from_json, _Device.to_json,
+                                                   capacity)
         self._events: list[Gap] = []
+        self._find_holed()
 
-    def _load(self) -> None:
-        self._devices = {dev: _Device.from_json(text)
-                         for dev, text in self._conn.execute("SELECT dev, state FROM seq_state")}
+    def _find_holed(self) -> None:
         # Devices that may hold a hole not yet reported: due() looks at these only, not at every device a
         # second (9 ms at 50,000). A device joins when a hole opens and leaves when due() finds none unreported.
         self._holed = {dev for dev, d in self._devices.items() if d.holes}
@@ -119,8 +117,10 @@ class SequenceTracker:
     def _dev(self, dev: str) -> _Device:
         d = self._devices.get(dev)
         if d is None:
-            d = self._devices[dev] = _Device()
-        self._dirty.add(dev)
+            d = _Device()
+            self._devices.put(dev, d)
+        else:
+            self._devices.changed(dev)
         return d
 
     def check(self, dev: str, seq: int, now: float, boot: int = 0) -> Verdict:
@@ -215,7 +215,10 @@ class SequenceTracker:
         """Gaps past their grace period and recoveries since the last call; each is returned once."""
         settled = []
         for dev in self._holed:
-            d = self._devices[dev]
+            d = self._devices.get(dev)
+            if d is None:  # written off with its window by a rollback
+                settled.append(dev)
+                continue
             waiting = False
             for h in d.holes:
                 if h.reported:
@@ -223,7 +226,7 @@ class SequenceTracker:
                 if h.since + self.grace_s <= now:
                     h.reported = True
                     d.gaps += 1
-                    self._dirty.add(dev)
+                    self._devices.changed(dev)
                     self._events.append(Gap(dev, h.first, h.last, h.since, "gap"))
                 else:
                     waiting = True
@@ -244,16 +247,13 @@ class SequenceTracker:
 
     def flush(self) -> None:
         """Write changed devices into the current transaction (the caller commits)."""
-        if self._dirty:
-            self._conn.executemany("INSERT OR REPLACE INTO seq_state (dev, state) VALUES (?, ?)",
-                                   [(dev, self._devices[dev].to_json()) for dev in self._dirty])
-            self._dirty.clear()
+        self._devices.flush()
 
     def rollback(self) -> None:
-        """Forget unflushed changes after a failed batch: reload from the (rolled back) store."""
-        self._load()
-        self._dirty.clear()
+        """Forget unflushed changes after a failed batch: the (rolled back) store is read again."""
+        self._devices.forget()
         self._events.clear()
+        self._find_holed()
 
 
 def sequence_stats(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int]]:

@@ -37,6 +37,13 @@ def test_what_orjson_refuses_goes_through_json() -> None:
     assert json.loads(store.to_json(big)) == big
 
 
+@pytest.mark.parametrize("doc", [*DOCS, [2 ** 64, -(2 ** 63) - 1, 10 ** 30, 2 ** 64 - 1, 1e300]])
+def test_from_json_reads_state_back_exactly(doc: Any) -> None:
+    got = store.from_json(store.to_json(doc))
+    assert got == json.loads(json.dumps(doc))
+    assert json.dumps(got) == json.dumps(json.loads(json.dumps(doc)))  # an int stays an int
+
+
 def test_a_float_that_is_not_finite_is_read_back_as_unknown() -> None:
     back = json.loads(store.to_json({"batt": math.nan, "rssi": math.inf}))
     assert back == {"batt": None, "rssi": None}
