@@ -18,10 +18,10 @@ per worker process instead of one per device, so the generator is not the bottle
    bridge's loopback load through the proxy with no delay or limit (what the proxy itself carries), then
    phases 1 to 3 again with both the bridge and the gateway reaching the district broker through the link
    (the gateway restarted with its district port moved to the link's, nothing else changed);
-5. at scale (issue 20): a second site with many more registered devices (default 50,000), the gateway alone,
-   on loopback: its resident memory once started (every device registered, none heard), after every device
-   has sent a few messages (each then has its per-device state), its peak, and alarm latency at the same
-   background rate.
+5. at scale (issue 20): a second site with many more registered devices (default 50,000, listed in its
+   devices.csv: [site] devices_file), the gateway alone, on loopback: its resident memory once started
+   (every device registered, none heard), after every device has sent a few messages (each then has its
+   per-device state), its peak, and alarm latency at the same background rate.
 
 Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
 receipt of the last new one. The gateway's peak RSS is VmHWM, and each process's CPU time, from /proc
@@ -217,10 +217,11 @@ def _count_alarm(topic: str, payload: bytes) -> int:
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def build_site(workdir: Path, sizes: Sizes) -> tuple[Site, str]:
-    """Both brokers from the deploy configs, the load devices registered with the generator's keys, and a
-    login for the generator; returns the site and that login's password."""
-    site = Site(workdir, SITE, tls=True, extra_toml=(
+def build_site(workdir: Path, sizes: Sizes, devices_csv: bool = False) -> tuple[Site, str]:
+    """Both brokers from the deploy configs, the load devices registered with the generator's keys (in
+    devices.csv with `devices_csv`, as a large site has them), and a login for the generator; returns the
+    site and that login's password."""
+    site = Site(workdir, SITE, tls=True, devices_csv=devices_csv, extra_toml=(
         f"[rules.overrides.gas.devices.{ALARM_DEV}.ch4]\nfor_samples = 1\n"))
     for i in range(sizes.devices):
         site.devices[device_id(i)] = Device(device_id(i), "gas", device_key(i))
@@ -603,11 +604,12 @@ def run(sizes: Sizes, spec: LinkSpec, workdir: Path, profile: Path | None = None
 def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dict[str, Any]:
     """The gateway alone on loopback with `scale_devices` registered: memory once started (registered, none
     heard), after each device has sent `scale_messages` (each then has its per-device state), the peak, CPU
-    per message and alarm latency at the same background rate. A site of its own (brokers, logins, site.toml
-    of that many devices); no bridge: the comparison with it is the 200-device run's."""
+    per message and alarm latency at the same background rate. A site of its own (brokers, logins, a
+    devices.csv of that many devices, as a large site keeps them); no bridge: the comparison with it is the
+    200-device run's."""
     big = replace(sizes, devices=sizes.scale_devices)
     say(f"at scale: a site of {big.devices:,} registered devices, the gateway alone")
-    site, password = build_site(workdir, big)
+    site, password = build_site(workdir, big, devices_csv=True)
     with contextlib.ExitStack() as stack:
         stack.callback(site.stop)
         rig = Rig(site, big, (LOADGEN_USER, password), stack, gateway_cpu)

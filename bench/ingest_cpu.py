@@ -30,12 +30,13 @@ SITE = "bench"
 
 
 def make_gateway(d: Path, devices: int) -> Gateway:
-    """A gateway with the bench's gas devices and the shipped defaults; brokers are named but never reached."""
-    text = (f'[site]\nid = "{SITE}"\nkey = "{"00" * 32}"\n[site_broker]\nhost = "127.0.0.1"\n'
-            f'[district_broker]\nhost = "127.0.0.1"\nport = 1\n[store]\npath = "{d / "gw.sqlite"}"\n'
-            + "".join(f'[[devices]]\nid = "{device_id(i)}"\nclass = "gas"\nkey = "{device_key(i).hex()}"\n'
-                      for i in range(devices)))
-    (d / "site.toml").write_text(text)
+    """A gateway with the bench's gas devices (in devices.csv, as a large site lists them) and the shipped
+    defaults; brokers are named but never reached."""
+    (d / "devices.csv").write_text("id,class,key\n" + "".join(f"{device_id(i)},gas,{device_key(i).hex()}\n"
+                                                              for i in range(devices)))
+    (d / "site.toml").write_text(f'[site]\nid = "{SITE}"\nkey = "{"00" * 32}"\ndevices_file = "devices.csv"\n'
+                                 f'[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+                                 f'port = 1\n[store]\npath = "{d / "gw.sqlite"}"\n')
     return Gateway(load(d / "site.toml"))
 
 

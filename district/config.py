@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.admission import loads_one
-from gateway.site_config import REQUIRED, BrokerConfig, ConfigError, ConfigTable, broker_config, read_toml
+from gateway.site_config import (
+    REQUIRED,
+    BrokerConfig,
+    ConfigError,
+    ConfigTable,
+    broker_config,
+    file_devices,
+    read_toml,
+)
 from protocol import site_seal
 from protocol.district_verify import Verifier
 
@@ -73,9 +81,20 @@ def _registry(t: ConfigTable) -> tuple[dict[str, bytes], dict[str, str]]:
     path = t.path("devices", must_exist=True)
     if path is None or not t.check_files:
         return {}, {}
-    data = read_toml(path)
     keys: dict[str, bytes] = {}
     classes: dict[str, str] = {}
+    if path.suffix == ".csv":  # a site's devices file ([site] devices_file), checked as its gateway checks it
+        try:
+            for line, dev in file_devices(path):
+                if dev.id in keys:
+                    raise ConfigError(f"{t.name('devices')} ({path}) line {line}: device {dev.id!r} is listed twice")
+                keys[dev.id], classes[dev.id] = dev.key, dev.cls
+        except OSError as exc:
+            raise t.fail("devices", f"cannot read {path}: {exc.strerror}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{t.name('devices')}: {exc}") from None
+        return keys, classes
+    data = read_toml(path)
     for i, d in enumerate(data.get("devices", [])):
         where = f"{t.name('devices')} ({path}) devices[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("id"), str) or not isinstance(d.get("key"), str):

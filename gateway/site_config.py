@@ -7,13 +7,15 @@ file's directory, so a site directory can be moved as a whole. docs/gateway.md d
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from gateway import release_dir
 from gateway.riskpoints import RiskPoints
@@ -23,6 +25,11 @@ DEVICE_CLASSES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 _CLASS = {cls: cls for cls in DEVICE_CLASSES}  # one string object per class for every device
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_REQUIRED_COLUMNS = ("id", "class", "key")  # of the devices file ([site] devices_file)
+_POSITION = ("latitude", "longitude")
+_COLUMNS = _REQUIRED_COLUMNS + _POSITION
+_CELL_MAX = 256  # characters; a key, the longest cell of a device, is 64
+_LINE_MAX = 4096  # bytes; a device's line is under 200
 _T = TypeVar("_T")
 
 
@@ -217,31 +224,140 @@ def broker_config(t: ConfigTable, default_client_id: str, client_cert: bool) -> 
     return BrokerConfig(host, port, client_id, username, password, tls, keepalive)
 
 
-def _device(t: ConfigTable) -> DeviceConfig:
-    dev_id = t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ -")
-    cls = t.text("class", REQUIRED)
+def _device(dev_id: str, cls: str, key: str, position: tuple[float, float] | None,
+            fail: Callable[[str, str], ConfigError]) -> DeviceConfig:
+    """One device, whether a [[devices]] table or a row of the devices file gave its values: both are checked
+    alike. `fail(field, why)` names the field the way its source does."""
+    if not _ID.match(dev_id):
+        raise fail("id", "must be 1-32 characters of a-z 0-9 _ -")
     if cls not in DEVICE_CLASSES:
-        raise t.fail("class", f"{cls!r} is not one of {', '.join(DEVICE_CLASSES)}")
-    key = t.text("key", REQUIRED, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
-    pos = t._get("position", list, "[latitude, longitude]", None)
-    position = None
-    if pos is not None:
-        if len(pos) != 2 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pos):
-            raise t.fail("position", "must be [latitude, longitude] in degrees")
-        position = _lat_lon(t, "position", float(pos[0]), float(pos[1]))
-    t.done()
-    # What is kept of a device is copied out of the parsed document (the id as a fresh string, the class as
-    # the module's own constant): objects the TOML parser made stay scattered among the parse's garbage and
-    # keep its memory from being returned, about 25 MB at 50,000 devices (docs/performance.md).
+        raise fail("class", f"{cls!r} is not one of {', '.join(DEVICE_CLASSES)}")
+    if not _HEX64.match(key):
+        raise fail("key", "must be 64 hex characters (a 32-byte HMAC key)")
+    if position is not None:
+        for name, value, limit in zip(_POSITION, position, (90, 180), strict=True):
+            if not -limit <= value <= limit:
+                raise fail(name, f"{value} is outside -{limit}..{limit}")
+    # What is kept of a device is copied out of what the parser made (the id as a fresh string, the class as
+    # the module's own constant): the parser's objects stay scattered among its garbage and keep its memory
+    # from being returned, about 25 MB at 50,000 devices as TOML tables (docs/performance.md).
     return DeviceConfig(dev_id.encode().decode(), _CLASS[cls], bytes.fromhex(key), position)
 
 
-def _lat_lon(t: ConfigTable, key: str, lat: float, lon: float) -> tuple[float, float]:
-    if not -90.0 <= lat <= 90.0:
-        raise t.fail(key, f"latitude {lat} is outside -90..90")
-    if not -180.0 <= lon <= 180.0:
-        raise t.fail(key, f"longitude {lon} is outside -180..180")
-    return lat, lon
+def _table_device(t: ConfigTable) -> DeviceConfig:
+    def fail(name: str, why: str) -> ConfigError:
+        return t.fail("position", f"{name} {why}") if name in _POSITION else t.fail(name, why)
+
+    pos = t._get("position", list, "[latitude, longitude]", None)
+    if pos is not None and (len(pos) != 2 or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                                     for x in pos)):
+        raise t.fail("position", "must be [latitude, longitude] in degrees")
+    dev = _device(t.text("id", REQUIRED), t.text("class", REQUIRED), t.text("key", REQUIRED),
+                  None if pos is None else (float(pos[0]), float(pos[1])), fail)
+    t.done()
+    return dev
+
+
+def _lines(name: str, f: BinaryIO) -> Iterator[str]:
+    """The devices file decoded a line at a time: a byte that is not UTF-8 is reported on its own line (a
+    text file decodes in blocks), and a file that is no device list is refused before it is read whole. A
+    byte-order mark, as spreadsheets write, is dropped."""
+    n = 0
+    while raw := f.readline(_LINE_MAX + 1):
+        n += 1
+        if len(raw) > _LINE_MAX:
+            raise ConfigError(f"{name}:{n}: longer than {_LINE_MAX} bytes (not a devices file?)")
+        try:
+            yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}:{n}: not UTF-8 text") from None
+
+
+def _records(name: str, f: BinaryIO) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of each record that has anything in it: spreadsheets end a sheet with empty rows."""
+    reader = csv.reader(_lines(name, f), strict=True)
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            raise ConfigError(f"{name}:{line}: not CSV ({exc})") from None
+        if cells is None:
+            return
+        if any(cells):
+            yield line, cells
+
+
+def _row_error(name: str, line: int, column: str, why: str) -> ConfigError:
+    return ConfigError(f"{name}:{line}: {column}: {why}")
+
+
+def _degrees(cell: str, fail: Callable[[str, str], ConfigError], column: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise fail(column, f"{cell!r} is not a number of degrees") from None
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, str, str, str, tuple[float, float] | None]]:
+    """(line, id, class, key, position) of each device in the devices file, read a row at a time: a site's
+    whole registry parsed at once is what the file is for avoiding (docs/performance.md, "Memory at 50,000
+    devices"). OSError if it cannot be opened."""
+    f = path.open("rb")
+    name = path.name
+    with f:
+        records = _records(name, f)
+        line, header = next(records, (1, []))
+        for i, column in enumerate(header):
+            if column not in _COLUMNS:
+                raise _row_error(name, line, repr(column), f"unknown column (the columns are {', '.join(_COLUMNS)})")
+            if column in header[:i]:
+                raise _row_error(name, line, repr(column), "a column named twice")
+        for column in _REQUIRED_COLUMNS:
+            if column not in header:
+                raise _row_error(name, line, repr(column), "missing column (required)")
+        if ("latitude" in header) != ("longitude" in header):
+            missing = "longitude" if "latitude" in header else "latitude"
+            raise _row_error(name, line, repr(missing), "missing column (latitude and longitude go together)")
+        id_at, cls_at, key_at = (header.index(c) for c in _REQUIRED_COLUMNS)
+        pos_at = [header.index(c) for c in _POSITION] if "latitude" in header else None
+        for line, cells in records:
+            fail = partial(_row_error, name, line)
+            if len(cells) != len(header):
+                raise ConfigError(f"{name}:{line}: {len(cells)} cells where the first line names {len(header)}")
+            for column, cell in zip(header, cells, strict=True):
+                if len(cell) > _CELL_MAX:
+                    raise fail(column, f"longer than {_CELL_MAX} characters")
+            lat, lon = ("", "") if pos_at is None else (cells[pos_at[0]], cells[pos_at[1]])
+            if bool(lat) != bool(lon):
+                raise fail("longitude" if lat else "latitude", "empty (latitude and longitude go together)")
+            position = (_degrees(lat, fail, "latitude"), _degrees(lon, fail, "longitude")) if lat and lon else None
+            yield line, cells[id_at], cells[cls_at], cells[key_at], position
+
+
+def file_devices(path: Path) -> Iterator[tuple[int, DeviceConfig]]:
+    """(line, device) of each row of a devices file ([site] devices_file, docs/gateway.md), checked as a
+    [[devices]] table is; a ConfigError names the file, line and column. OSError if it cannot be opened. The
+    district reads a site's registry with it too."""
+    for line, dev_id, cls, key, position in _file_rows(path):
+        yield line, _device(dev_id, cls, key, position, partial(_row_error, path.name, line))
+
+
+def _add_file_devices(t: ConfigTable, path: Path, devices: dict[str, DeviceConfig], config: Path) -> None:
+    """The devices file's devices into `devices`, which holds those of the [[devices]] tables."""
+    tables = len(devices)
+    try:
+        for line, dev in file_devices(path):
+            if dev.id in devices:  # where the first one is, looked up only now: remembering costs memory per device
+                index = list(devices).index(dev.id)
+                fail = partial(_row_error, path.name, line)
+                if index < tables:
+                    raise fail("id", f"device {dev.id!r} is also devices[{index}] in {config.name}")
+                first = next(n for n, other, *_ in _file_rows(path) if other == dev.id)
+                raise fail("id", f"device {dev.id!r} is listed twice (also line {first})")
+            devices[dev.id] = dev
+    except OSError as exc:
+        raise t.fail("devices_file", f"cannot read {path}: {exc.strerror}") from None
 
 
 def _ota_releases(t: ConfigTable) -> tuple[Path, ...]:
@@ -309,11 +425,12 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     """Check a parsed TOML document; `path` names the file that relative paths start from.
 
     `check_files=False` skips reading the files it names (TLS files, password file), for tools that prepare
-    them from this very config."""
+    them from this very config; the devices file is read all the same, its devices being config."""
     root = ConfigTable(data, "", path.parent, check_files)
     site_t = root.section("site")
     site = site_t.text("id", REQUIRED, _ID, "must be 1-32 characters of a-z 0-9 _ - (it is a topic level)")
     site_key_file = site_t.path("key_file")
+    devices_file = site_t.path("devices_file")
     site_key_hex = site_t.text("key", None, _HEX64, "must be 64 hex characters (a 32-byte HMAC key)")
     if site_key_hex is not None and site_key_file is not None:
         raise site_t.fail("key", "give key or key_file, not both")
@@ -324,10 +441,12 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
 
     devices: dict[str, DeviceConfig] = {}
     for dt in root.tables("devices"):
-        dev = _device(dt)
+        dev = _table_device(dt)
         if dev.id in devices:
             raise dt.fail("id", f"device {dev.id!r} is listed twice")
         devices[dev.id] = dev
+    if devices_file is not None:
+        _add_file_devices(site_t, devices_file, devices, path)
 
     rule_files, rule_overrides, ruleset = _rules(root.table("rules"), path.parent)
 

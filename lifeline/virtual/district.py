@@ -19,7 +19,8 @@ SUBSCRIBED = "event=connected link=district"  # gateway/ingest.py's Subscriber, 
 def write_config(site: Site | Sequence[Site], path: Path, *, database: str, workers: int = 1,
                  desk_port: int | None = None, extra: str = "", per_site: Mapping[str, str] | None = None) -> Path:
     """district.toml for one site or several on one district broker (the first's; the others made with
-    Site(..., district=first)): the broker, and per site its seal key and its site.toml as the registry.
+    Site(..., district=first)): the broker, and per site its seal key and its site.toml (or its devices.csv) as
+    the registry.
     `per_site`: TOML placed after a site's table, by site id (its [[sites.risk_points]])."""
     sites = [site] if isinstance(site, Site) else list(site)
     first = sites[0]
@@ -32,10 +33,15 @@ def write_config(site: Site | Sequence[Site], path: Path, *, database: str, work
         f'password = "{first.district_password}"\nclient_id = "district-{first.id}"\n\n'
         f'[database]\nurl = "{database}"\n\n[ingest]\nworkers = {workers}\nbatch = 200\n\n'
         f'[desk]\nport = {desk_port or free_port()}\n\n[metrics]\nport = 0\n\n'
-        + "".join(f'[[sites]]\nid = "{s.id}"\nseal_key = "{s.site_key.hex()}"\ndevices = "{s.config_path}"\n\n'
+        + "".join(f'[[sites]]\nid = "{s.id}"\nseal_key = "{s.site_key.hex()}"\ndevices = "{registry(s)}"\n\n'
                   + (per_site or {}).get(s.id, "") for s in sites)
         + extra)
     return path
+
+
+def registry(site: Site) -> Path:
+    """The file the district takes a site's device keys from: its site.toml, or its devices file."""
+    return site.dir / "devices.csv" if site.devices_csv else site.config_path
 
 
 class DistrictProcess:

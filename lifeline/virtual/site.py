@@ -117,6 +117,11 @@ class Device:
         where = "" if self.position is None else f"position = [{self.position[0]}, {self.position[1]}]\n"
         return f'[[devices]]\nid = "{self.id}"\nclass = "{self.cls}"\nkey = "{self.key.hex()}"\n{where}\n'
 
+    def csv(self) -> str:
+        """Its row of devices.csv ([site] devices_file; columns id,class,key,latitude,longitude)."""
+        where = "," if self.position is None else f"{self.position[0]},{self.position[1]}"
+        return f"{self.id},{self.cls},{self.key.hex()},{where}\n"
+
 
 def reading(name: str, value: float | bool, unit: str | None = None, t: float | None = None) -> dict[int, Any]:
     rec: dict[int, Any] = senml.record(name, value, unit, time.time() if t is None else t)
@@ -131,10 +136,12 @@ class Site:
     a second site-broker listener there for real boards on the bench's network. `district` is another site
     whose district broker this one uses instead of its own, as sites of one district do: its gateway logs
     in there by password (so both sites need tls=False), and the district ACL's pattern confines it to its
-    own site's topics."""
+    own site's topics. `devices_csv` registers the devices in a devices.csv beside site.toml ([site]
+    devices_file), as a large site does, instead of as [[devices]] tables; the district's registry is
+    [[devices]] tables (lifeline/virtual/district.py), so such a site has no district service."""
 
     def __init__(self, dir: Path, id: str = "s1", *, tls: bool = True, extra_toml: str = "", metrics: bool = False,
-                 device_host: str | None = None, district: Site | None = None) -> None:
+                 device_host: str | None = None, district: Site | None = None, devices_csv: bool = False) -> None:
         if district is not None and (tls or district.tls):
             raise SiteError("a shared district broker takes gateway logins by password: tls=False on both sites")
         self.dir = dir
@@ -142,6 +149,7 @@ class Site:
         self.tls: bool = tls
         self.extra_toml = extra_toml
         self.device_host = device_host
+        self.devices_csv = devices_csv
         self.devices: dict[str, Device] = {}
         self.shared = district  # the site whose district broker this one uses, if not its own
         self.ports: dict[str, int] = {"site": free_port(),
@@ -184,14 +192,20 @@ class Site:
                     f'key_file = "{self.pki[self.id + ".key"]}"\n') if self.tls else (
             f'host = "127.0.0.1"\nport = {ports["district"]}\nusername = "{self.id}"\n'
             f'password = "{self.gateway_password}"\n')
+        if self.devices_csv:
+            (self.dir / "devices.csv").write_text("id,class,key,latitude,longitude\n"
+                                                  + "".join(d.csv() for d in self.devices.values()))
+            devices, listed = "", 'devices_file = "devices.csv"\n'
+        else:
+            devices, listed = "".join(d.toml() for d in self.devices.values()), ""
         text = ("# Written for one run of a virtual site (lifeline/virtual/site.py); keys are fresh each run.\n\n"
-                f'[site]\nid = "{self.id}"\nkey = "{self.site_key.hex()}"\n\n'
+                f'[site]\nid = "{self.id}"\nkey = "{self.site_key.hex()}"\n{listed}\n'
                 f'[site_broker]\nhost = "127.0.0.1"\nport = {ports["site"]}\nusername = "{site_auth.GATEWAY_USER}"\n'
                 'password_file = "auth/gateway.password"\n\n'
                 f"[district_broker]\n{district}\n"
                 '[store]\npath = "gateway.sqlite"\n\n'
                 f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n\n'
-                + self.extra_toml + "\n" + "".join(d.toml() for d in self.devices.values()))
+                + self.extra_toml + "\n" + devices)
         self.config_path.write_text(text)
         return self.config_path
 

@@ -42,6 +42,16 @@ def test_a_site_gets_its_keys(tmp_path: Path) -> None:
     assert v.site_keys == {"s1": bytes.fromhex(KEY)} and not v.track
 
 
+def test_a_site_devices_file_gives_its_keys_checked_as_the_gateway_checks_it(tmp_path: Path) -> None:
+    (tmp_path / "devices.csv").write_text(f"id,class,key\r\ngas1,gas,{'ab' * 32}\r\nmain2,water,{'ef' * 32}\r\n")
+    cfg = config.load(write(tmp_path, f'[[sites]]\nid = "s1"\nseal_key = "{KEY}"\ndevices = "devices.csv"\n'))
+    site = cfg.sites["s1"]
+    assert site.device_keys == {"gas1": bytes.fromhex("ab" * 32), "main2": bytes.fromhex("ef" * 32)}
+    (tmp_path / "devices.csv").write_text(f"id,class,key\ngas1,gas,{'ab' * 32}\nmain2,sewer,{'ef' * 32}\n")
+    with pytest.raises(ConfigError, match=r"sites\[0\]\.devices: devices\.csv:3: class: 'sewer' is not one of"):
+        config.load(write(tmp_path, f'[[sites]]\nid = "s1"\nseal_key = "{KEY}"\ndevices = "devices.csv"\n'))
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[[sites]]\nid = "s1"\ndevices = "registry.toml"\n', r"sites\[0\]\.seal_key: give seal_key or seal_key_file"),
     (f'[[sites]]\nid = "S 1"\nseal_key = "{KEY}"\n', r"sites\[0\]\.id: must be"),

@@ -28,7 +28,8 @@ def until(check: object, timeout: float, what: str) -> None:
 
 
 def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: Path) -> None:
-    s = Site(tmp_path / "site", tls=False)
+    # the site's devices in a devices file, which the gateway and the district (for the device keys) both read
+    s = Site(tmp_path / "site", tls=False, devices_csv=True)
     s.add("gas1", "gas")
     s.start()
     desk_port, metrics_port = free_port(), free_port()

@@ -31,8 +31,9 @@ radius_m = 150
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    s = Site(tmp_path)
+async def site(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Site]:
+    """The devices as [[devices]] tables, or in devices.csv when a test parametrizes this fixture with True."""
+    s = Site(tmp_path, devices_csv=getattr(request, "param", False))
     s.add("gas1", "gas")
     s.add("gas2", "gas")
     s.add("pod1", "drone")
@@ -200,6 +201,7 @@ class _same:
         return None
 
 
+@pytest.mark.parametrize("site", [False, True], indirect=True, ids=["tables", "devices_file"])
 async def test_sighup_reloads_registry_and_sigterm_exits_cleanly(site: Site, gateway: GatewayProcess) -> None:
     site.add("gas3", "gas")  # has a site-broker login (written below) but the gateway does not know it yet
     from lifeline import site_auth

@@ -159,3 +159,89 @@ def test_ota_releases_are_release_directories_of_distinct_versions(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"^ota\.releases\[0\]: .* is not a release directory .*release\.bin"):
         parse(with_change("ota.releases", ["c"]), tmp_path / "site.toml")
     assert parse(MINIMAL, tmp_path / "site.toml").ota_releases == ()
+
+
+# ------------------------------------------------------------------------------ [site] devices_file
+
+HEAD = "id,class,key,latitude,longitude\n"
+KEY2 = "CD" * 32
+
+
+def with_devices_file(tmp_path: Path, content: str | bytes, tables: bool = False) -> dict[str, Any]:
+    """MINIMAL with its devices in devices.csv (`content`) instead, or beside its tables with `tables`."""
+    (tmp_path / "devices.csv").write_bytes(content.encode() if isinstance(content, str) else content)
+    doc = copy.deepcopy(MINIMAL) if tables else with_change("devices", None)
+    doc["site"]["devices_file"] = "devices.csv"
+    return doc
+
+
+def test_a_devices_file_gives_what_the_same_devices_as_tables_give(tmp_path: Path) -> None:
+    as_file = with_devices_file(tmp_path, HEAD + f"gas-1,gas,{KEY},31.2311,121.4721\nmain_2,water,{KEY2},,\n")
+    as_tables = with_change("devices", [
+        {"id": "gas-1", "class": "gas", "key": KEY, "position": [31.2311, 121.4721]},
+        {"id": "main_2", "class": "water", "key": KEY2}])
+    devices = parse(as_file, tmp_path / "site.toml").devices
+    assert devices == parse(as_tables, tmp_path / "site.toml").devices
+    assert devices["gas-1"].position == (31.2311, 121.4721) and devices["main_2"].position is None
+
+
+def test_a_devices_file_adds_to_the_tables_and_may_omit_positions(tmp_path: Path) -> None:
+    doc = with_devices_file(tmp_path, f"key,id,class\n{KEY2},d3,rain\n", tables=True)
+    devices = parse(doc, tmp_path / "site.toml").devices
+    assert list(devices) == ["d1", "d2", "d3"]
+    assert devices["d3"].key == bytes.fromhex(KEY2) and devices["d3"].cls == "rain"
+
+
+def test_a_spreadsheet_export_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8": a byte-order mark, CRLF line ends, quoted cells and empty rows at the end."""
+    rows = f'{HEAD}"d3",gas,{KEY},-33.9,18.4\n\n,,,,\n'.replace("\n", "\r\n")
+    doc = with_devices_file(tmp_path, b"\xef\xbb\xbf" + rows.encode())
+    assert parse(doc, tmp_path / "site.toml").devices["d3"].position == (-33.9, 18.4)
+
+
+def test_the_devices_file_is_read_when_other_files_are_not(tmp_path: Path) -> None:
+    """site-auth loads with check_files=False, and the devices are what it writes logins for."""
+    doc = with_devices_file(tmp_path, f"id,class,key\nd3,gas,{KEY}\n")
+    assert list(parse(doc, tmp_path / "site.toml", check_files=False).devices) == ["d3"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "devices.csv:1: 'id': missing column (required)"),
+    ("id,class\n", "devices.csv:1: 'key': missing column (required)"),
+    ("id,class,key,colour\n", "devices.csv:1: 'colour': unknown column (the columns are id, class, key, "),
+    ("id,class,key,id\n", "devices.csv:1: 'id': a column named twice"),
+    ("id,class,key,latitude\n", "devices.csv:1: 'longitude': missing column (latitude and longitude go together)"),
+    (f"{HEAD}\nd3,gas,{KEY},1\n", "devices.csv:3: 4 cells where the first line names 5"),
+    (HEAD + "".join(f"d{i},gas,{KEY},,\n" for i in range(5)) + f"d9,gas,{KEY[2:]},,\n",
+     "devices.csv:7: key: must be 64 hex characters (a 32-byte HMAC key)"),
+    (f"{HEAD}D3,gas,{KEY},,\n", "devices.csv:2: id: must be 1-32 characters of a-z 0-9 _ -"),
+    (f"{HEAD}d3,volcano,{KEY},,\n", "devices.csv:2: class: 'volcano' is not one of gas"),
+    (f"{HEAD}d3,gas,{KEY},91,0\n", "devices.csv:2: latitude: 91.0 is outside -90..90"),
+    (f"{HEAD}d3,gas,{KEY},0,-180.5\n", "devices.csv:2: longitude: -180.5 is outside -180..180"),
+    (f"{HEAD}d3,gas,{KEY},north,0\n", "devices.csv:2: latitude: 'north' is not a number of degrees"),
+    (f"{HEAD}d3,gas,{KEY},31.2,\n", "devices.csv:2: longitude: empty (latitude and longitude go together)"),
+    (f"{HEAD}{'d' * 300},gas,{KEY},,\n", "devices.csv:2: id: longer than 256 characters"),
+    (f'{HEAD}"d3"x,gas,{KEY},,\n', "devices.csv:2: not CSV ("),
+    (f'{HEAD}"d3,gas,{KEY},,\nd4,gas,{KEY},,\n', "devices.csv:2: not CSV ("),  # a quote left open
+    (f"{HEAD}d3,gas,{KEY},,\n".encode() + b"d\xff,gas\n", "devices.csv:3: not UTF-8 text"),
+    (f"{HEAD}d3,gas,{KEY},,{'0' * 5000}\n", "devices.csv:2: longer than 4096 bytes"),
+    (f"{HEAD}d3,gas,{KEY},,\nd4,gas,{KEY},,\nd3,gas,{KEY2},,\n",
+     "devices.csv:4: id: device 'd3' is listed twice (also line 2)"),
+])
+def test_each_mistake_in_the_devices_file_names_its_line_and_column(tmp_path: Path, content: str | bytes,
+                                                                    message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(with_devices_file(tmp_path, content), tmp_path / "site.toml")
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_a_device_in_both_places_names_both(tmp_path: Path) -> None:
+    doc = with_devices_file(tmp_path, f"id,class,key\nd3,gas,{KEY}\nd2,gas,{KEY}\n", tables=True)
+    with pytest.raises(ConfigError, match=r"^devices\.csv:3: id: device 'd2' is also devices\[1\] in site\.toml$"):
+        parse(doc, tmp_path / "site.toml")
+
+
+def test_a_missing_devices_file_names_the_key(tmp_path: Path) -> None:
+    doc = with_change("site.devices_file", "absent.csv")
+    with pytest.raises(ConfigError, match=r"^site\.devices_file: cannot read .*absent\.csv: No such file"):
+        parse(doc, tmp_path / "site.toml")
