@@ -15,7 +15,7 @@ import json
 import math
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
@@ -660,6 +660,21 @@ class AlarmEngine:
             (alarm.id, *alarm.key, int(alarm.level), alarm.raised_at, alarm.acked_at, alarm.resends,
              alarm.next_resend, json.dumps(alarm.last.body(), separators=(",", ":"))),
         )
+
+    def prefetch(self, devices: Iterable[str]) -> None:
+        """Read the tracks of those of `devices` not held, a query for up to PREFETCH of them (as
+        DeviceStates.prefetch does; a device with none is held with none)."""
+        missing = [dev for dev in devices if ("device", dev) not in self._tracks]
+        for i in range(0, len(missing), device_states.PREFETCH):
+            part = missing[i:i + device_states.PREFETCH]
+            got: dict[str, dict[tuple[str, str], Track]] = {dev: {} for dev in part}
+            for subject, metric, kind, state in self._conn.execute(
+                    "SELECT subject, metric, kind, state FROM alarm_track WHERE scope = 'device' AND subject IN "
+                    f"({','.join('?' * len(part))})", part):
+                got[subject][metric, kind] = Track.from_json(state)
+            for dev, tracks in got.items():
+                self._tracks["device", dev] = tracks
+            self.track_reads += len(part)
 
     def _held(self, scope: str, subject: str) -> dict[tuple[str, str], Track]:
         """The tracks of one subject by (metric, kind), read from the store if they were let go."""

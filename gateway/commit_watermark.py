@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from gateway import device_states
 from gateway.logs import event
@@ -97,6 +97,10 @@ class Confirmations:
         """A message of `dev` that was not admitted (a duplicate, say): confirm again what it has."""
         if self._ranges.get(dev):
             self._touched.add(dev)
+
+    def prefetch(self, devs: Iterable[str]) -> None:
+        """Read the state of a batch's devices at once (device_states.DeviceStates.prefetch)."""
+        self._ranges.prefetch(devs)
 
     def flush(self) -> None:
         """Write the changed devices into the current transaction (the caller commits)."""

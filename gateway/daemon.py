@@ -137,6 +137,7 @@ class Gateway:
         self.alarms = self._alarm_engine()
 
     def _site_batch(self, batch: Sequence[Incoming]) -> None:
+        self._prefetch(batch)
         for m in batch:
             checked = self.checker.check(m.topic, m.payload, m.retained, m.received)
             if checked is None:
@@ -153,6 +154,20 @@ class Gateway:
                     self._up_state(district.UP_ACK, result)
         self._commit()
         self.confirmations.committed_now()
+
+    def _prefetch(self, batch: Sequence[Incoming]) -> None:
+        """The state of the batch's registered devices read from the store at once, rather than a lookup per
+        device and module for each device that was let go (gateway/device_states.py)."""
+        devs = set()
+        for m in batch:
+            with contextlib.suppress(topics.TopicError):
+                dev = topics.parse_device(m.topic)[1]
+                if dev in self.registry.devices:
+                    devs.add(dev)
+        self.sequence.prefetch(devs)
+        self.registry.prefetch(devs)
+        self.confirmations.prefetch(devs)
+        self.alarms.prefetch(devs)
 
     def _heard(self, topic: str) -> None:
         """A device message not admitted (a re-sent duplicate, say): its device is confirmed again."""

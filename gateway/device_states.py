@@ -15,12 +15,13 @@ held, and the store, rolled back too, is read again as devices come.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 CAPACITY = 4096  # devices held by default: about 5 MB of state, a few seconds of a busy site's devices
+PREFETCH = 500  # devices read by one query (SQLite takes 32,766 parameters)
 
 
 class DeviceStates(Generic[T]):
@@ -54,6 +55,18 @@ class DeviceStates(Generic[T]):
             self.reads += 1
         held[dev] = state
         return state
+
+    def prefetch(self, devs: Iterable[str]) -> None:
+        """Read the states of those of `devs` not held, a query for up to PREFETCH of them: a batch's devices
+        read at once cost about half of a lookup each (docs/performance.md)."""
+        held = self._held
+        missing = [dev for dev in devs if dev not in held]
+        for i in range(0, len(missing), PREFETCH):
+            part = missing[i:i + PREFETCH]
+            query = f"{self._all} WHERE dev IN ({','.join('?' * len(part))})"
+            for dev, text in self._conn.execute(query, part):
+                held[dev] = self._decode(text)
+                self.reads += 1
 
     def put(self, dev: str, state: T) -> None:
         """A new state for `dev`, written at the next flush."""

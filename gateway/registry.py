@@ -9,7 +9,7 @@ missing. It lives in the store (rows written inside the ingest batch, never comm
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -100,6 +100,10 @@ class Registry:
     def all(self) -> list[Health]:
         known = dict(self._health.items())
         return [known.get(dev) or Health(dev) for dev in sorted(self.devices)]
+
+    def prefetch(self, devs: Iterable[str]) -> None:
+        """Read the state of a batch's devices at once (device_states.DeviceStates.prefetch)."""
+        self._health.prefetch(devs)
 
     def flush(self) -> None:
         self._health.flush()

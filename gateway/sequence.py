@@ -28,6 +28,7 @@ import bisect
 import enum
 import logging
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway import device_states
@@ -244,6 +245,10 @@ class SequenceTracker:
     def open_holes(self, dev: str) -> int:
         d = self._devices.get(dev)
         return sum(h.last - h.first + 1 for h in d.holes) if d else 0
+
+    def prefetch(self, devs: Iterable[str]) -> None:
+        """Read the state of a batch's devices at once (device_states.DeviceStates.prefetch)."""
+        self._devices.prefetch(devs)
 
     def flush(self) -> None:
         """Write changed devices into the current transaction (the caller commits)."""

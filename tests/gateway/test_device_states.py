@@ -92,6 +92,24 @@ def test_items_walks_the_store_with_what_is_held_in_its_place(conn: sqlite3.Conn
     assert dict(states.items()) == {"a": {"n": 1}, "b": {"n": 3}, "c": {"n": 4}}
 
 
+def test_prefetch_reads_what_is_not_held_and_leaves_what_is(conn: sqlite3.Connection) -> None:
+    states = counters(conn, capacity=1)
+    for dev in ("a", "b", "c"):
+        states.put(dev, {"n": 1})
+    states.flush()
+    conn.commit()
+    c = states.get("c")
+    assert c is not None and states.held() == 1
+    c["n"] = 9  # changed, not written yet: a prefetch must not put the stored state in its place
+    states.changed("c")
+    reads = states.reads
+    states.prefetch(["a", "b", "c", "unknown"])
+    assert states.reads == reads + 2
+    assert states.held() == 3
+    assert [states.get(dev) for dev in ("a", "b", "c", "unknown")] == [{"n": 1}, {"n": 1}, {"n": 9}, None]
+    assert states.reads == reads + 2  # read once, by the prefetch
+
+
 def test_capacity_below_one_is_refused(conn: sqlite3.Connection) -> None:
     with pytest.raises(ValueError, match="capacity"):
         counters(conn, capacity=0)
@@ -114,6 +132,8 @@ def test_sequence_verdicts_do_not_depend_on_what_is_held(script: list[tuple[str,
         tracker = SequenceTracker(c, window=16, grace_s=5.0, capacity=capacity)
         out = []
         for i, (dev, seq, boot) in enumerate(script):
+            if capacity == 1 and i % 3 == 0:
+                tracker.prefetch(DEVICES)  # as the daemon does before each batch
             out.append(tracker.check(dev, seq, float(i), boot).value)
             out += [(g.dev, g.first, g.last, g.kind) for g in tracker.due(float(i))]
             tracker.flush()
@@ -133,6 +153,8 @@ def test_confirmations_do_not_depend_on_what_is_held(script: list[tuple[str, int
         confirmations = Confirmations(c, "s1", capacity=capacity)
         out = []
         for dev, seq, birth in script:
+            if capacity == 1 and seq % 3 == 0:
+                confirmations.prefetch(DEVICES)
             if birth == 2:
                 confirmations.born(dev, seq)
             else:
@@ -174,6 +196,8 @@ def test_alarm_transitions_do_not_depend_on_what_is_held(script: list[tuple[str,
         out = []
         for i, (dev, (cls, metric), value) in enumerate(script):
             name = f"{cls}-{dev}"
+            if capacity == 1 and i % 3 == 0:
+                engine.prefetch([f"{c}-{d}" for d in DEVICES for c in ("gas", "water")])
             scale = 5.0 if cls == "water" else 1.0
             out += [(t.device, t.event, t.rule_kind, t.prev, t.level)
                     for t in engine.observe(name, cls, metric, value * scale, 10.0 * i, 1000.0 + i)]
