@@ -65,13 +65,13 @@ class Gateway:
         self.conn = open_store(cfg.store_path)
         self.quarantine = Quarantine(self.conn, cfg.quarantine_rows, cfg.quarantine_log_interval_s,
                                      int(cfg.quarantine_max_mb * 1024 * 1024))
-        self.sequence = SequenceTracker(self.conn, cfg.seq_window, cfg.gap_grace_s)
-        self.registry = Registry(self.conn, cfg.devices)
+        self.sequence = SequenceTracker(self.conn, cfg.seq_window, cfg.gap_grace_s, cfg.devices_in_memory)
+        self.registry = Registry(self.conn, cfg.devices, cfg.devices_in_memory)
         self.checker = Checker(cfg.site, self.registry, self.sequence, self.quarantine, cfg.clock_future_s,
                                cfg.clock_past_s)
         self.alarms = self._alarm_engine()
         self.commands = Commands(self.conn, cfg.site, self.registry, cfg.command_timeout_s)
-        self.confirmations = Confirmations(self.conn, cfg.site)
+        self.confirmations = Confirmations(self.conn, cfg.site, cfg.devices_in_memory)
         self.outbox = Outbox(self.conn, int(cfg.disk_budget_mb * 1024 * 1024))
         self.uplink = Uplink(self.outbox, cfg.district_broker, cfg.site, max_items=cfg.batch_max_items,
                              max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate,
@@ -105,7 +105,8 @@ class Gateway:
 
     def _alarm_engine(self) -> AlarmEngine:
         return AlarmEngine(self.conn, self.cfg.ruleset, self.cfg.risk_points,
-                           resend_first_s=self.cfg.alarm_resend_first_s, resend_max_s=self.cfg.alarm_resend_max_s)
+                           resend_first_s=self.cfg.alarm_resend_first_s, resend_max_s=self.cfg.alarm_resend_max_s,
+                           capacity=self.cfg.devices_in_memory)
 
     # ------------------------------------------------------------------------------ site messages
 
@@ -357,6 +358,7 @@ class Gateway:
     def snapshot(self) -> Snapshot:
         alarms: Counter[str] = Counter(a.level.label for a in self.alarms.active())
         ages = {lane: age for lane, age in self.outbox.oldest_age().items() if age is not None}
+        held, read = self.sequence.held()
         return Snapshot(accepted=dict(self.accepted), rejected=dict(self.quarantine.counts),
                         dropped=dict(self.checker.dropped), clock_flags=dict(self.checker.flagged),
                         gaps=self.gaps, outbox_depth=self.outbox.depth(), outbox_oldest_age_s=ages,
@@ -365,7 +367,8 @@ class Gateway:
                         batches=self.site.batches, ota_refused=dict(self.releases.refused),
                         ota_served=self.releases.served, confirmations_sent=self.confirmations.published,
                         confirmations_not_sent=self.confirmations.not_sent,
-                        confirmations_due=len(self.confirmations.due()))
+                        confirmations_due=len(self.confirmations.due()), devices_in_memory=held,
+                        device_states_read=read)
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S

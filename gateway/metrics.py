@@ -35,6 +35,8 @@ class Snapshot:
     confirmations_sent: int = 0
     confirmations_not_sent: int = 0  # the site link was down: the device re-sends, and is confirmed then
     confirmations_due: int = 0  # devices whose commit confirmation has not gone out yet
+    devices_in_memory: int = 0  # devices whose per-device state is held (at most [store] devices_in_memory)
+    device_states_read: int = 0  # devices whose state was read back from the store
 
 
 class _Collector:
@@ -74,6 +76,10 @@ class _Collector:
                                   value=s.confirmations_not_sent)
         yield GaugeMetricFamily("lifeline_confirmations_due", "Devices whose commit confirmation is still to go",
                                 value=s.confirmations_due)
+        yield GaugeMetricFamily("lifeline_devices_in_memory", "Devices whose per-device state is held in memory",
+                                value=s.devices_in_memory)
+        yield CounterMetricFamily("lifeline_device_states_read", "Devices whose state was read back from the store",
+                                  value=s.device_states_read)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 

@@ -246,6 +246,12 @@ class SequenceTracker:
         d = self._devices.get(dev)
         return sum(h.last - h.first + 1 for h in d.holes) if d else 0
 
+    def held(self) -> tuple[int, int]:
+        """(devices whose state is in memory, states read back from the store so far): every heard device has a
+        sequence window, so these stand for all per-device state (the metrics lifeline_devices_in_memory and
+        lifeline_device_states_read)."""
+        return self._devices.held(), self._devices.reads
+
     def prefetch(self, devs: Iterable[str]) -> None:
         """Read the state of a batch's devices at once (device_states.DeviceStates.prefetch)."""
         self._devices.prefetch(devs)

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from gateway import release_dir
+from gateway import device_states, release_dir
 from gateway.riskpoints import RiskPoints
 from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
 
@@ -78,6 +78,7 @@ class GatewayConfig:
     site_key_file: Path  # the site key that seals every upstream publish (protocol/site_seal.py) ...
     site_key: bytes | None  # ... unless given in site.toml itself
     disk_budget_mb: float
+    devices_in_memory: int  # devices whose per-device state is held in memory (gateway/device_states.py)
     batch_max_items: int
     batch_max_delay_s: float
     drain_rate: float
@@ -462,6 +463,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     if site_key_file is None:  # beside the store: a directory the gateway may write its first key into
         site_key_file = store_path.parent / "site.key"
     disk_budget = float(store_t.number("disk_budget_mb", 512, 1.0))
+    in_memory = store_t.number("devices_in_memory", device_states.CAPACITY, 1, 1_000_000, integer=True)
     store_t.done()
 
     up_t = root.section("uplink")
@@ -515,7 +517,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         rule_files=rule_files, rule_overrides=rule_overrides, ruleset=ruleset, risk_points=risk_points,
         store_path=store_path, site_key_file=site_key_file,
         site_key=None if site_key_hex is None else bytes.fromhex(site_key_hex),
-        disk_budget_mb=disk_budget, batch_max_items=max_items, batch_max_delay_s=max_delay,
+        disk_budget_mb=disk_budget, devices_in_memory=in_memory, batch_max_items=max_items, batch_max_delay_s=max_delay,
         drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
         metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_max_mb=q_mb,

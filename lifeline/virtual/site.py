@@ -137,8 +137,8 @@ class Site:
     whose district broker this one uses instead of its own, as sites of one district do: its gateway logs
     in there by password (so both sites need tls=False), and the district ACL's pattern confines it to its
     own site's topics. `devices_csv` registers the devices in a devices.csv beside site.toml ([site]
-    devices_file), as a large site does, instead of as [[devices]] tables; the district's registry is
-    [[devices]] tables (lifeline/virtual/district.py), so such a site has no district service."""
+    devices_file), as a large site does, instead of as [[devices]] tables (the district then reads that file for
+    the device keys). `store_toml` holds keys added to site.toml's [store] table."""
 
     def __init__(self, dir: Path, id: str = "s1", *, tls: bool = True, extra_toml: str = "", metrics: bool = False,
                  device_host: str | None = None, district: Site | None = None, devices_csv: bool = False) -> None:
@@ -148,6 +148,7 @@ class Site:
         self.id = id
         self.tls: bool = tls
         self.extra_toml = extra_toml
+        self.store_toml = ""
         self.device_host = device_host
         self.devices_csv = devices_csv
         self.devices: dict[str, Device] = {}
@@ -203,7 +204,7 @@ class Site:
                 f'[site_broker]\nhost = "127.0.0.1"\nport = {ports["site"]}\nusername = "{site_auth.GATEWAY_USER}"\n'
                 'password_file = "auth/gateway.password"\n\n'
                 f"[district_broker]\n{district}\n"
-                '[store]\npath = "gateway.sqlite"\n\n'
+                f'[store]\npath = "gateway.sqlite"\n{self.store_toml}\n'
                 f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n\n'
                 + self.extra_toml + "\n" + devices)
         self.config_path.write_text(text)

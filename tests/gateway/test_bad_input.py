@@ -32,6 +32,7 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
     for dev in ("d1", "d2", "d9"):
         s.add(dev, "gas")
     s.extra_toml = "[ingest]\nseq_window = 16\ngap_grace_s = 1\n"
+    s.store_toml = "devices_in_memory = 1\n"  # d1 and d2 in turn: duplicates and replays told from state read back
     s.start()
     d9 = s.devices.pop("d9")  # d9 has a site-broker login, but the gateway's registry does not list it
     metrics_port = free_port()
@@ -143,6 +144,9 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
         assert "lifeline_uplink_connected 1.0" in scrape
         sent = re.search(r"^lifeline_confirmations_sent_total (\S+)$", scrape, re.M)
         assert sent and float(sent[1]) >= 1  # the good messages' devices were told they are committed
+        assert "lifeline_devices_in_memory 1.0" in scrape
+        read = re.search(r"^lifeline_device_states_read_total (\S+)$", scrape, re.M)
+        assert read and float(read[1]) >= 1
         assert gw.proc is not None and gw.proc.poll() is None  # still running
     finally:
         gw.kill()

@@ -64,6 +64,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.store_path == tmp_path / "gw.sqlite"  # relative to the config file
     assert cfg.devices["d1"].key == bytes.fromhex(KEY)
     assert cfg.ruleset.classes  # the shipped rule sets
+    assert cfg.devices_in_memory == 4096
 
 
 def test_quarantine_bytes_default_to_a_share_of_the_disk_budget(tmp_path: Path) -> None:
@@ -102,6 +103,8 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     ("district_broker.tls", {"ca_file": "/nonexistent/ca.crt"}, "district_broker.tls.ca_file: file"),
     ("store.path", None, "store.path: missing"),
     ("store.disk_budget_mb", "big", "store.disk_budget_mb: must be a number"),
+    ("store.devices_in_memory", 0, "store.devices_in_memory: must be at least 1"),
+    ("store.devices_in_memory", 2.5, "store.devices_in_memory: must be an integer"),
     ("uplink.batch_max_items", 0, "uplink.batch_max_items: must be at least 1"),
     ("ingest.clock_future_s", True, "ingest.clock_future_s: must be a number, not a boolean"),
     ("log.format", "xml", "log.format: 'xml' is not kv or json"),
