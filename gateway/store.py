@@ -17,8 +17,10 @@ Pragmas, and why:
   instead of failing a batch with "database is locked".
 - wal_autocheckpoint=1000 pages (SQLite's default, stated so it is a decision) with journal_size_limit=64 MiB:
   after a burst the WAL is truncated back instead of keeping its high-water size on a small disk.
-- cache_size=-8192 (8 MiB) and temp_store=MEMORY: enough for the hot index pages, well inside the gateway's
-  150 MB resident-memory target.
+- cache_size=-2048 (2 MiB) and temp_store=MEMORY: the hot pages (the outbox's tail, its indexes) fit. A
+  site of 50,000 devices reads the state of devices let go by primary key from all over four tables, so the
+  cache fills whatever its size: at 8 MiB it was a tenth of the daemon's memory (docs/performance.md), and a
+  page it misses is a read from the kernel's page cache.
 """
 
 from __future__ import annotations
@@ -74,6 +76,6 @@ def open_store(path: Path | str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA wal_autocheckpoint=1000")
     conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-    conn.execute("PRAGMA cache_size=-8192")
+    conn.execute("PRAGMA cache_size=-2048")
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
