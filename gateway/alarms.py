@@ -206,13 +206,6 @@ class Track:
 _NO_TRACK = Track()  # never changed (frozen, and its runs are only read): the state of a rule not yet judged
 
 
-@dataclass(slots=True)
-class _Device:
-    cls: str
-    last_seen: float | None  # gateway time; None until the first reading or tick after a restart
-    dead_at: float | None
-
-
 class _Reading(NamedTuple):
     """A reading as the rules see it; a NamedTuple because one is built for every judged reading."""
 
@@ -263,10 +256,15 @@ class AlarmEngine:
         stored, newer = self._stored_ruleset(ruleset.version)
         active = stored if newer and stored is not None else ruleset
         self._check_points(active)
-        self._devices: dict[str, _Device] = {
-            dev: _Device(cls, None, dead)
-            for dev, cls, dead in conn.execute("SELECT device, device_class, dead_at FROM alarm_device")
-        }
+        # When each device was last heard (gateway time; None until its first reading or tick after a restart),
+        # by class: a float and a dict entry a device, about half of what an object a device cost (50,000
+        # devices, docs/performance.md). Dead devices (a will) and since when, apart: few.
+        self._heard: dict[str, dict[str, float | None]] = {}
+        self._dead: dict[str, float] = {}
+        for dev, cls, dead in conn.execute("SELECT device, device_class, dead_at FROM alarm_device"):
+            self._heard.setdefault(cls, {})[dev] = None
+            if dead is not None:
+                self._dead[dev] = dead
         # Tracks by subject, only of the `capacity` subjects judged most recently (least recent first); the
         # others stay in alarm_track until their next reading (gateway/device_states.py says why).
         self._tracks: dict[tuple[str, str], dict[tuple[str, str], Track]] = {}
@@ -363,37 +361,42 @@ class AlarmEngine:
         """
         out = self._sweep(now)
         quiet = self._quiet  # per stale rule, the silence below which it raises nothing
-        for device, info in self._devices.items():
-            if info.last_seen is None:
-                info.last_seen = now  # after a restart, silence is counted from here, not from the outage
-            rule = self._rules.stale_rule(info.cls, device)
-            if rule is None:
-                continue
-            if info.dead_at is None:
-                # Every device is looked at every second, and nearly all have been heard lately: what _stale
-                # would find (no level), without its work. 35 -> 8 ms a tick at 50,000 devices.
-                least = quiet.get(id(rule))
-                if least is None:
-                    least = quiet[id(rule)] = min((f * rule.interval_s for f in rule.levels.values()),
-                                                  default=math.inf)
-                if now - info.last_seen < least:
+        for cls, heard in self._heard.items():
+            for device, last in heard.items():
+                if last is None:
+                    heard[device] = last = now  # after a restart, silence is counted from here, not from the outage
+                rule = self._rules.stale_rule(cls, device)
+                if rule is None:
                     continue
-            out += self._stale(device, info, rule, now, "will" if info.dead_at is not None else "silence")
+                dead = device in self._dead
+                if not dead:
+                    # Every device is looked at every second, and nearly all have been heard lately: what _stale
+                    # would find (no level), without its work. 35 -> 8 ms a tick at 50,000 devices.
+                    least = quiet.get(id(rule))
+                    if least is None:
+                        least = quiet[id(rule)] = min((f * rule.interval_s for f in rule.levels.values()),
+                                                      default=math.inf)
+                    if now - last < least:
+                        continue
+                out += self._stale(device, cls, last, dead, rule, now, "will" if dead else "silence")
         return out
 
     def device_dead(self, device: str, now: float, device_class: str | None = None) -> list[Transition]:
         """The device's will (or a death message) arrived: stale at once, at the rule's `will` level, and its
         sensor alarms inhibited (also where its class has no stale rule)."""
-        info = self._devices.get(device)
-        if info is None:
+        cls = self._device_class(device)
+        if cls is None:
             if device_class is None:
                 return []
-            info = self._devices[device] = _Device(device_class, None, None)
-        if info.dead_at is None:
-            info.dead_at = now
-            self._save_device(device, info)
-        rule = self._rules.stale_rule(info.cls, device)
-        return self._inhibit(device, now, "will") if rule is None else self._stale(device, info, rule, now, "will")
+            cls = device_class
+            self._heard.setdefault(cls, {})[device] = None
+        if device not in self._dead:
+            self._dead[device] = now
+            self._save_device(device, cls, now)
+        rule = self._rules.stale_rule(cls, device)
+        if rule is None:
+            return self._inhibit(device, now, "will")
+        return self._stale(device, cls, self._heard[cls][device], True, rule, now, "will")
 
     def acknowledge(self, alarm_id: str, now: float) -> bool:
         """The district acknowledged `alarm_id`: stop re-sending it. False if no such alarm is active."""
@@ -488,8 +491,13 @@ class AlarmEngine:
         if scope == "point":
             point = self._points.get(subject)
             return None if point is None else point.cls
-        info = self._devices.get(subject)
-        return None if info is None else info.cls
+        return self._device_class(subject)
+
+    def _device_class(self, device: str) -> str | None:
+        for cls, heard in self._heard.items():
+            if device in heard:
+                return cls
+        return None
 
     def _part(self, ruleset: RuleSet, key: Key) -> Threshold | RateRule | SumRule | StaleRule | None:
         scope, subject, metric, kind = key
@@ -519,11 +527,15 @@ class AlarmEngine:
         return out
 
     def _seen(self, device: str, cls: str, now: float) -> list[Transition]:
-        info = self._devices.get(device)
-        if info is None or info.cls != cls or info.dead_at is not None:
-            info = self._devices[device] = _Device(cls, now, None)
-            self._save_device(device, info)
-        info.last_seen = now
+        heard = self._heard.get(cls)
+        if heard is None or device not in heard or device in self._dead:  # new, of another class, or back alive
+            for other in self._heard.values():
+                other.pop(device, None)
+            self._dead.pop(device, None)
+            self._heard.setdefault(cls, {})[device] = now
+            self._save_device(device, cls, None)
+        else:
+            heard[device] = now
         key: Key = ("device", device, "", "stale")
         alarm = self._alarms.get(key)
         if alarm is None:
@@ -532,16 +544,17 @@ class AlarmEngine:
                            cls=cls, metric=None, device_time=None, cause="reading")
         return [] if moved is None else [moved]
 
-    def _stale(self, device: str, info: _Device, rule: StaleRule, now: float, cause: str) -> list[Transition]:
+    def _stale(self, device: str, cls: str, last_seen: float | None, dead: bool, rule: StaleRule, now: float,
+               cause: str) -> list[Transition]:
         """Stale alarms only rise with silence; the next reading clears them."""
-        age = 0.0 if info.last_seen is None else max(0.0, now - info.last_seen)
-        level = stale_level(rule, age, info.dead_at is not None)
+        age = 0.0 if last_seen is None else max(0.0, now - last_seen)
+        level = stale_level(rule, age, dead)
         key: Key = ("device", device, "", "stale")
         current = self._alarms.get(key)
         if level is None or (current is not None and level <= current.level):
             return []
         moved = self._move(key, level, rule.id, "stale", now, value=age, reading=None, device=device,
-                           cls=info.cls, metric=None, device_time=None, cause=cause)
+                           cls=cls, metric=None, device_time=None, cause=cause)
         return [] if moved is None else [moved, *self._inhibit(device, now, cause)]
 
     def _inhibit(self, device: str, now: float, cause: str) -> list[Transition]:
@@ -709,8 +722,8 @@ class AlarmEngine:
                 (*key, track.to_json()),
             )
 
-    def _save_device(self, device: str, info: _Device) -> None:
+    def _save_device(self, device: str, cls: str, dead_at: float | None) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO alarm_device (device, device_class, dead_at) VALUES (?, ?, ?)",
-            (device, info.cls, info.dead_at),
+            (device, cls, dead_at),
         )
