@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 from gateway import device_states
@@ -50,7 +51,11 @@ class Confirmations:
         # The stored form stays a JSON list of [first, last] pairs.
         self._ranges = device_states.DeviceStates(conn, "done_ranges", "ranges", _flat, _stored, capacity)
         self._touched: set[str] = set()
-        self._due: dict[str, None] = {}  # devices to confirm, in the order their batches committed
+        # Devices to confirm, in the order their batches committed, each once. A queue and a set, not a dict taken
+        # from the front: a dict's first key is found by walking past the slots of those taken before it, which
+        # made 50,000 due devices cost 0.7 s of CPU to take in turn (docs/performance.md).
+        self._queue: deque[str] = deque()
+        self._due: set[str] = set()
         self._wake = asyncio.Event()
         self.published = 0
         self.not_sent = 0
@@ -114,13 +119,17 @@ class Confirmations:
     def committed_now(self) -> None:
         """The batch is committed: its devices' confirmations may go out."""
         if self._touched:
-            self._due.update(dict.fromkeys(self._touched))
+            self._queue.extend(self._touched - self._due)
+            self._due |= self._touched
             self._touched.clear()
             self._wake.set()
 
     def due(self) -> list[str]:
-        """The devices whose confirmation has not gone out yet."""
-        return list(self._due)
+        """The devices whose confirmation has not gone out yet, in the order they go."""
+        return list(self._queue)
+
+    def due_count(self) -> int:
+        return len(self._due)
 
     def body(self, dev: str) -> bytes:
         """The confirmation of what is committed for `dev`. Between batches (a batch is handled without a turn of
@@ -138,10 +147,10 @@ class Confirmations:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._due:
+                while self._queue:
                     await slots.acquire()
-                    dev = next(iter(self._due))
-                    del self._due[dev]
+                    dev = self._queue.popleft()
+                    self._due.discard(dev)
                     sending.create_task(self._send(publish, dev, self.body(dev), slots))
 
     async def _send(self, publish: Publish, dev: str, body: bytes, slots: asyncio.Semaphore) -> None:

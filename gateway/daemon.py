@@ -370,7 +370,7 @@ class Gateway:
                         batches=self.site.batches, ota_refused=dict(self.releases.refused),
                         ota_served=self.releases.served, confirmations_sent=self.confirmations.published,
                         confirmations_not_sent=self.confirmations.not_sent,
-                        confirmations_due=len(self.confirmations.due()), devices_in_memory=held,
+                        confirmations_due=self.confirmations.due_count(), devices_in_memory=held,
                         device_states_read=read)
 
     async def _ticker(self) -> None:

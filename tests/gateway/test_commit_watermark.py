@@ -120,3 +120,13 @@ async def test_confirmations_that_cannot_go_are_counted_and_logged_once(caplog: 
         task.cancel()
     lines = [r for r in caplog.records if r.getMessage() == "confirmation-not-sent"]
     assert len(lines) == 1 and c.published == 0 and c.due() == []
+
+
+def test_due_devices_go_in_the_order_their_batches_committed_each_once() -> None:
+    conn = sqlite3.connect(":memory:")
+    c = Confirmations(conn, "s1")
+    for batch in (["d1"], ["d2", "d1"], ["d3"], ["d2"]):
+        for dev in batch:
+            c.committed(dev, 1)
+        c.committed_now()
+    assert c.due() == ["d1", "d2", "d3"] and c.due_count() == 3
