@@ -56,6 +56,19 @@ class DeviceStates(Generic[T]):
         held[dev] = state
         return state
 
+    def peek(self, dev: str) -> T | None:
+        """The state of `dev` to read, not to change: one not held is read from the store and not held, as the
+        commit confirmations read the state of thousands of devices between two commits, when nothing lets
+        devices go."""
+        state = self._held.get(dev)
+        if state is None:
+            row = self._conn.execute(self._select, (dev,)).fetchone()
+            if row is None:
+                return None
+            state = self._decode(row[0])
+            self.reads += 1
+        return state
+
     def prefetch(self, devs: Iterable[str]) -> None:
         """Read the states of those of `devs` not held, a query for up to PREFETCH of them: a batch's devices
         read at once cost about half of a lookup each (docs/performance.md)."""

@@ -90,11 +90,11 @@ class Registry:
         h.deaths += 1
 
     def sleep_s(self, dev: str) -> float:
-        h = self._health.get(dev)
+        h = self._health.peek(dev)
         return h.sleep_s if h is not None else 0.0
 
     def boot_epoch(self, dev: str, boot: int) -> float | None:
-        h = self._health.get(dev)
+        h = self._health.peek(dev)
         return h.boot_epoch if h is not None and h.boot == boot else None
 
     def all(self) -> list[Health]:

@@ -239,11 +239,11 @@ class SequenceTracker:
 
     def stats(self, dev: str) -> tuple[int, int, int]:
         """(duplicates, replays, gaps reported) for one device."""
-        d = self._devices.get(dev)
+        d = self._devices.peek(dev)
         return (d.duplicates, d.replays, d.gaps) if d else (0, 0, 0)
 
     def open_holes(self, dev: str) -> int:
-        d = self._devices.get(dev)
+        d = self._devices.peek(dev)
         return sum(h.last - h.first + 1 for h in d.holes) if d else 0
 
     def held(self) -> tuple[int, int]:

@@ -110,6 +110,17 @@ def test_prefetch_reads_what_is_not_held_and_leaves_what_is(conn: sqlite3.Connec
     assert states.reads == reads + 2  # read once, by the prefetch
 
 
+def test_a_peek_reads_without_holding(conn: sqlite3.Connection) -> None:
+    states = counters(conn, capacity=1)
+    states.put("a", {"n": 1})
+    states.put("b", {"n": 2})
+    states.flush()
+    conn.commit()
+    assert states.held() == 1
+    assert states.peek("a") == {"n": 1} and states.peek("b") == {"n": 2} and states.peek("unknown") is None
+    assert states.held() == 1  # what a reader asks for between two commits does not pile up
+
+
 def test_capacity_below_one_is_refused(conn: sqlite3.Connection) -> None:
     with pytest.raises(ValueError, match="capacity"):
         counters(conn, capacity=0)
