@@ -678,12 +678,11 @@ class AlarmEngine:
         """Read the tracks of those of `devices` not held, a query for up to PREFETCH of them (as
         DeviceStates.prefetch does; a device with none is held with none)."""
         missing = [dev for dev in devices if ("device", dev) not in self._tracks]
-        for i in range(0, len(missing), device_states.PREFETCH):
-            part = missing[i:i + device_states.PREFETCH]
+        for part, marks in device_states.chunks(missing):
             got: dict[str, dict[tuple[str, str], Track]] = {dev: {} for dev in part}
             for subject, metric, kind, state in self._conn.execute(
                     "SELECT subject, metric, kind, state FROM alarm_track WHERE scope = 'device' AND subject IN "
-                    f"({','.join('?' * len(part))})", part):
+                    f"({marks})", part):
                 got[subject][metric, kind] = Track.from_json(state)
             for dev, tracks in got.items():
                 self._tracks["device", dev] = tracks

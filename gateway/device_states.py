@@ -45,15 +45,12 @@ class DeviceStates(Generic[T]):
 
     def get(self, dev: str) -> T | None:
         """The state of `dev`, or None if the store has none."""
-        held = self._held
-        state = held.pop(dev, None)
+        state = self._held.pop(dev, None)
         if state is None:
-            row = self._conn.execute(self._select, (dev,)).fetchone()
-            if row is None:
+            state = self._read(dev)
+            if state is None:
                 return None
-            state = self._decode(row[0])
-            self.reads += 1
-        held[dev] = state
+        self._held[dev] = state
         return state
 
     def peek(self, dev: str) -> T | None:
@@ -61,23 +58,21 @@ class DeviceStates(Generic[T]):
         commit confirmations read the state of thousands of devices between two commits, when nothing lets
         devices go."""
         state = self._held.get(dev)
-        if state is None:
-            row = self._conn.execute(self._select, (dev,)).fetchone()
-            if row is None:
-                return None
-            state = self._decode(row[0])
-            self.reads += 1
-        return state
+        return self._read(dev) if state is None else state
+
+    def _read(self, dev: str) -> T | None:
+        row = self._conn.execute(self._select, (dev,)).fetchone()
+        if row is None:
+            return None
+        self.reads += 1
+        return self._decode(row[0])
 
     def prefetch(self, devs: Iterable[str]) -> None:
         """Read the states of those of `devs` not held, a query for up to PREFETCH of them: a batch's devices
         read at once cost about half of a lookup each (docs/performance.md)."""
         held = self._held
-        missing = [dev for dev in devs if dev not in held]
-        for i in range(0, len(missing), PREFETCH):
-            part = missing[i:i + PREFETCH]
-            query = f"{self._all} WHERE dev IN ({','.join('?' * len(part))})"
-            for dev, text in self._conn.execute(query, part):
+        for part, marks in chunks([dev for dev in devs if dev not in held]):
+            for dev, text in self._conn.execute(f"{self._all} WHERE dev IN ({marks})", part):
                 held[dev] = self._decode(text)
                 self.reads += 1
 
@@ -122,3 +117,10 @@ class DeviceStates(Generic[T]):
         for dev, state in list(self._held.items()):
             if dev not in stored:  # new since the last flush
                 yield dev, state
+
+
+def chunks(devs: list[str]) -> Iterator[tuple[list[str], str]]:
+    """`devs` in parts of up to PREFETCH, each with the "?,?,..." of its IN clause."""
+    for i in range(0, len(devs), PREFETCH):
+        part = devs[i:i + PREFETCH]
+        yield part, ",".join("?" * len(part))
