@@ -33,12 +33,26 @@ def counters(conn: sqlite3.Connection, capacity: int) -> DeviceStates[dict[str, 
     return DeviceStates(conn, "counters", "state", json.loads, json.dumps, capacity)
 
 
-def test_a_device_that_fell_out_is_read_back_as_it_was_written(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=2)
-    for dev in ("a", "b", "c"):
-        states.put(dev, {"n": ord(dev)})
+def stored(conn: sqlite3.Connection, capacity: int, **n: int) -> DeviceStates[dict[str, int]]:
+    """Counters with these devices written and committed (dev=n each)."""
+    states = counters(conn, capacity)
+    for dev, value in n.items():
+        states.put(dev, {"n": value})
     states.flush()
     conn.commit()
+    return states
+
+
+def change(states: DeviceStates[dict[str, int]], dev: str, n: int) -> None:
+    """Change a device's held state in place, as the modules do."""
+    state = states.get(dev)
+    assert state is not None
+    state["n"] = n
+    states.changed(dev)
+
+
+def test_a_device_that_fell_out_is_read_back_as_it_was_written(conn: sqlite3.Connection) -> None:
+    states = stored(conn, 2, a=97, b=98, c=99)
     assert states.held() == 2  # "a", used least recently, fell out once written
     assert states.reads == 0
     assert states.get("a") == {"n": 97}
@@ -47,14 +61,8 @@ def test_a_device_that_fell_out_is_read_back_as_it_was_written(conn: sqlite3.Con
 
 
 def test_a_change_in_place_is_written_at_the_flush_and_nothing_unwritten_falls_out(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=1)
-    states.put("a", {"n": 1})
-    states.flush()
-    conn.commit()
-    a = states.get("a")
-    assert a is not None
-    a["n"] = 2
-    states.changed("a")
+    states = stored(conn, 1, a=1)
+    change(states, "a", 2)
     states.put("b", {"n": 1})  # "a" is beyond the capacity now, but not yet written
     states.flush()
     conn.commit()
@@ -63,14 +71,8 @@ def test_a_change_in_place_is_written_at_the_flush_and_nothing_unwritten_falls_o
 
 
 def test_forget_drops_what_a_rolled_back_transaction_held(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=10)
-    states.put("a", {"n": 1})
-    states.flush()
-    conn.commit()
-    a = states.get("a")
-    assert a is not None
-    a["n"] = 5
-    states.changed("a")
+    states = stored(conn, 10, a=1)
+    change(states, "a", 5)
     states.put("b", {"n": 1})
     states.flush()
     conn.rollback()
@@ -80,28 +82,16 @@ def test_forget_drops_what_a_rolled_back_transaction_held(conn: sqlite3.Connecti
 
 
 def test_items_walks_the_store_with_what_is_held_in_its_place(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=1)
-    states.put("a", {"n": 1})
-    states.put("b", {"n": 2})
-    states.flush()
-    conn.commit()
-    b = states.get("b")
-    assert b is not None
-    b["n"] = 3
+    states = stored(conn, 1, a=1, b=2)
+    change(states, "b", 3)
     states.put("c", {"n": 4})  # not written yet
     assert dict(states.items()) == {"a": {"n": 1}, "b": {"n": 3}, "c": {"n": 4}}
 
 
 def test_prefetch_reads_what_is_not_held_and_leaves_what_is(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=1)
-    for dev in ("a", "b", "c"):
-        states.put(dev, {"n": 1})
-    states.flush()
-    conn.commit()
-    c = states.get("c")
-    assert c is not None and states.held() == 1
-    c["n"] = 9  # changed, not written yet: a prefetch must not put the stored state in its place
-    states.changed("c")
+    states = stored(conn, 1, a=1, b=1, c=1)
+    change(states, "c", 9)  # changed, not written yet: a prefetch must not put the stored state in its place
+    assert states.held() == 1
     reads = states.reads
     states.prefetch(["a", "b", "c", "unknown"])
     assert states.reads == reads + 2
@@ -111,11 +101,7 @@ def test_prefetch_reads_what_is_not_held_and_leaves_what_is(conn: sqlite3.Connec
 
 
 def test_a_peek_reads_without_holding(conn: sqlite3.Connection) -> None:
-    states = counters(conn, capacity=1)
-    states.put("a", {"n": 1})
-    states.put("b", {"n": 2})
-    states.flush()
-    conn.commit()
+    states = stored(conn, 1, a=1, b=2)
     assert states.held() == 1
     assert states.peek("a") == {"n": 1} and states.peek("b") == {"n": 2} and states.peek("unknown") is None
     assert states.held() == 1  # what a reader asks for between two commits does not pile up
