@@ -27,10 +27,10 @@ from typing import Any, NamedTuple, cast
 
 import cbor2
 
+from gateway.device_list import DeviceConfig
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
-from gateway.site_config import DeviceConfig
 from protocol import message, message_check, topics
 
 RELATIVE_LIMIT = 2 ** 28  # RFC 8428 section 4.5.3

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway import device_states
-from gateway.site_config import DeviceConfig
+from gateway.device_list import DeviceConfig
 from gateway.store import from_json, to_json
 
 

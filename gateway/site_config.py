@@ -12,12 +12,13 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from gateway import device_states, release_dir
+from gateway.device_list import DeviceConfig, DeviceList
 from gateway.riskpoints import RiskPoints
 from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
 
@@ -53,14 +54,6 @@ class BrokerConfig:
     password: str | None
     tls: TLSFiles | None
     keepalive: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    id: str
-    cls: str
-    key: bytes = field(repr=False)
-    position: tuple[float, float] | None
 
 
 @dataclass(frozen=True)
@@ -344,21 +337,31 @@ def file_devices(path: Path) -> Iterator[tuple[int, DeviceConfig]]:
         yield line, _device(dev_id, cls, key, position, partial(_row_error, path.name, line))
 
 
-def _add_file_devices(t: ConfigTable, path: Path, devices: dict[str, DeviceConfig], config: Path) -> None:
-    """The devices file's devices into `devices`, which holds those of the [[devices]] tables."""
-    tables = len(devices)
+def _devices(root: ConfigTable, site_t: ConfigTable, devices_file: Path | None, config: Path) -> Iterator[DeviceConfig]:
+    """The [[devices]] tables' devices, then the devices file's, each once (DeviceList packs them as they come)."""
+    tables: list[str] = []
+    seen: set[str] = set()
+    for dt in root.tables("devices"):
+        dev = _table_device(dt)
+        if dev.id in seen:
+            raise dt.fail("id", f"device {dev.id!r} is listed twice")
+        seen.add(dev.id)
+        tables.append(dev.id)
+        yield dev
+    if devices_file is None:
+        return
     try:
-        for line, dev in file_devices(path):
-            if dev.id in devices:  # where the first one is, looked up only now: remembering costs memory per device
-                index = list(devices).index(dev.id)
-                fail = partial(_row_error, path.name, line)
-                if index < tables:
-                    raise fail("id", f"device {dev.id!r} is also devices[{index}] in {config.name}")
-                first = next(n for n, other, *_ in _file_rows(path) if other == dev.id)
+        for line, dev in file_devices(devices_file):
+            if dev.id in seen:  # where the first one is, looked up only now: remembering costs memory per device
+                fail = partial(_row_error, devices_file.name, line)
+                if dev.id in tables:
+                    raise fail("id", f"device {dev.id!r} is also devices[{tables.index(dev.id)}] in {config.name}")
+                first = next(n for n, other, *_ in _file_rows(devices_file) if other == dev.id)
                 raise fail("id", f"device {dev.id!r} is listed twice (also line {first})")
-            devices[dev.id] = dev
+            seen.add(dev.id)
+            yield dev
     except OSError as exc:
-        raise t.fail("devices_file", f"cannot read {path}: {exc.strerror}") from None
+        raise site_t.fail("devices_file", f"cannot read {devices_file}: {exc.strerror}") from None
 
 
 def _ota_releases(t: ConfigTable) -> tuple[Path, ...]:
@@ -440,14 +443,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     site_broker = broker_config(root.section("site_broker"), f"lifeline-gw-{site}", client_cert=False)
     district_broker = broker_config(root.section("district_broker"), f"lifeline-gw-{site}-up", client_cert=True)
 
-    devices: dict[str, DeviceConfig] = {}
-    for dt in root.tables("devices"):
-        dev = _table_device(dt)
-        if dev.id in devices:
-            raise dt.fail("id", f"device {dev.id!r} is listed twice")
-        devices[dev.id] = dev
-    if devices_file is not None:
-        _add_file_devices(site_t, devices_file, devices, path)
+    devices = DeviceList(_devices(root, site_t, devices_file, path))
 
     rule_files, rule_overrides, ruleset = _rules(root.table("rules"), path.parent)
 

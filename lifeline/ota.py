@@ -36,9 +36,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway import ota_plan, ota_relay
+from gateway.device_list import DeviceConfig
 from gateway.ota_plan import Stage
 from gateway.ota_relay import NodeOta
-from gateway.site_config import ConfigError, DeviceConfig, GatewayConfig, load
+from gateway.site_config import ConfigError, GatewayConfig, load
 from lifeline import release
 from lifeline.store_access import add_store_arguments, open_readonly
 from protocol import message, message_check, topics

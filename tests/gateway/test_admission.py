@@ -8,10 +8,10 @@ import sqlite3
 import pytest
 
 from gateway.admission import Checker
+from gateway.device_list import DeviceConfig
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
-from gateway.site_config import DeviceConfig
 from protocol import message, senml, topics
 
 KEY = bytes(range(32))

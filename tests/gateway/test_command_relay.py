@@ -9,8 +9,8 @@ import cbor2
 import pytest
 
 from gateway.command_relay import Commands
+from gateway.device_list import DeviceConfig
 from gateway.registry import Registry
-from gateway.site_config import DeviceConfig
 from protocol import message, message_check, topics
 
 KEY = bytes(range(32))

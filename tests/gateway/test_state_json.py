@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from gateway import store
+from gateway.device_list import DeviceConfig
 from gateway.registry import Health, Registry
 from gateway.sequence import SequenceTracker
-from gateway.site_config import DeviceConfig
 
 DOCS: list[Any] = [
     {"dev": "gas-1", "online": True, "boot": 3, "boot_epoch": None, "fw": "1.2.3", "rssi": -67.5, "ip": "",
