@@ -106,7 +106,7 @@ class Gateway:
     def _alarm_engine(self) -> AlarmEngine:
         return AlarmEngine(self.conn, self.cfg.ruleset, self.cfg.risk_points,
                            resend_first_s=self.cfg.alarm_resend_first_s, resend_max_s=self.cfg.alarm_resend_max_s,
-                           capacity=self.cfg.devices_in_memory)
+                           capacity=self.cfg.devices_in_memory, devices=self.registry.devices)
 
     # ------------------------------------------------------------------------------ site messages
 

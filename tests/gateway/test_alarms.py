@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.alarms import AlarmEngine, Transition
+from gateway.device_list import DeviceConfig, DeviceList
 from gateway.riskpoints import RiskPoints
 from gateway.rules import Level, RuleError, RuleSet, default_ruleset, parse_ruleset
 
@@ -310,6 +311,20 @@ def test_restart_counts_silence_from_the_restart_not_the_outage(site: EngineOnDi
     engine = site.restart()
     assert engine.tick(9000) == []  # the gateway was down; devices' messages are still queued
     assert steps(engine.tick(9030)) == [("raised", None, YELLOW)]
+
+
+def test_a_restart_keeps_the_registry_s_id_of_each_stored_device(site: EngineOnDisk) -> None:
+    """Ids read from the store are new strings; the engine keeps the registry's instead (one per device)."""
+    site.feed("gas-1", "gas", "ch4", [1])
+    site.feed("gas-2", "gas", "ch4", [1])
+    site.engine.flush()
+    site.conn.commit()
+    registry = DeviceList([DeviceConfig("".join("gas-1"), "gas", bytes(32), None)])
+    engine = AlarmEngine(site.conn, rules(), devices=registry)
+    engine.tick(9000)
+    stale = {t.device: t for t in engine.tick(9030)}
+    assert sorted(stale) == ["gas-1", "gas-2"]
+    assert stale["gas-1"].device is registry["gas-1"].id  # gas-2 is no longer registered: its stored id stays
 
 
 # -------------------------------------------------------------------------------------- ack and re-send
