@@ -55,6 +55,15 @@ class DeviceList(Mapping[str, DeviceConfig]):
         self._positions = None if all(math.isnan(x) for x in positions) else positions
         self._last: DeviceConfig | None = None  # a message looks its device up more than once
 
+    def share_ids(self, other: DeviceList) -> None:
+        """Take `other`'s string for each id both hold. The per-device tables keep the strings of the list
+        they were filled from: a reloaded registry with strings of its own would hold every id twice."""
+        for i, dev in enumerate(self._ids):
+            at = other._index(dev)
+            if at >= 0:
+                self._ids[i] = other._ids[at]
+        self._last = None
+
     def _index(self, dev: object) -> int:
         """Where `dev` is, or -1."""
         if not isinstance(dev, str):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway import device_states
-from gateway.device_list import DeviceConfig
+from gateway.device_list import DeviceList
 from gateway.store import from_json, to_json
 
 
@@ -38,14 +38,14 @@ class Health:
 
 
 class Registry:
-    def __init__(self, conn: sqlite3.Connection, devices: Mapping[str, DeviceConfig],
-                 capacity: int = device_states.CAPACITY) -> None:
-        self.devices: Mapping[str, DeviceConfig] = devices
+    def __init__(self, conn: sqlite3.Connection, devices: DeviceList, capacity: int = device_states.CAPACITY) -> None:
+        self.devices = devices
         self._health = device_states.DeviceStates(conn, "device_health", "health", _health_from_json, _health_json,
                                                   capacity)
 
-    def replace(self, devices: Mapping[str, DeviceConfig]) -> None:
-        """New registry from a reloaded config; health of devices that stay is kept."""
+    def replace(self, devices: DeviceList) -> None:
+        """New registry from a reloaded config; health of devices that stay is kept, and so is their id string."""
+        devices.share_ids(self.devices)
         self.devices = devices
 
     def key_for(self, kid: bytes) -> bytes | None:

@@ -62,7 +62,7 @@ class GatewayConfig:
     site: str
     site_broker: BrokerConfig
     district_broker: BrokerConfig
-    devices: Mapping[str, DeviceConfig]
+    devices: DeviceList
     rule_files: tuple[Path, ...]
     rule_overrides: Mapping[str, Any]
     ruleset: RuleSet

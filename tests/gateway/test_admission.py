@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from gateway.admission import Checker
-from gateway.device_list import DeviceConfig
+from gateway.device_list import DeviceConfig, DeviceList
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
@@ -20,7 +20,7 @@ NOW = 1_800_000_000.0
 
 def checker(conn: sqlite3.Connection | None = None) -> Checker:
     conn = conn or sqlite3.connect(":memory:")
-    registry = Registry(conn, {"d1": DeviceConfig("d1", "gas", KEY, None)})
+    registry = Registry(conn, DeviceList([DeviceConfig("d1", "gas", KEY, None)]))
     return Checker("s1", registry, SequenceTracker(conn), Quarantine(conn), clock_future_s=60, clock_past_s=3600)
 
 

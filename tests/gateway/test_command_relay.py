@@ -9,7 +9,7 @@ import cbor2
 import pytest
 
 from gateway.command_relay import Commands
-from gateway.device_list import DeviceConfig
+from gateway.device_list import DeviceConfig, DeviceList
 from gateway.registry import Registry
 from protocol import message, message_check, topics
 
@@ -29,7 +29,7 @@ def sealed_exp(commands: Commands, dev: str, cmd_id: int) -> int:
 @pytest.mark.parametrize("sleep,extra", [(None, 0), (300, 300), (True, 0), ("300", 0)])
 def test_a_sleeping_device_gets_its_wake_interval_on_top_of_the_ack_timeout(sleep: object, extra: float) -> None:
     conn = sqlite3.connect(":memory:")
-    registry = Registry(conn, {"rain1": DeviceConfig("rain1", "rain", KEY, None)})
+    registry = Registry(conn, DeviceList([DeviceConfig("rain1", "rain", KEY, None)]))
     commands = Commands(conn, "s1", registry, timeout_s=TIMEOUT_S)
     assert sealed_exp(commands, "rain1", 1) == int(NOW + TIMEOUT_S), "no birth yet: the plain deadline"
     extras = {} if sleep is None else {"sleep": sleep}

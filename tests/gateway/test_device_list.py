@@ -64,3 +64,16 @@ def test_it_refuses_a_twice_listed_id_and_a_key_of_another_size() -> None:
         DeviceList([one, one])
     with pytest.raises(ValueError, match="32 bytes, not 31"):
         DeviceList([DeviceConfig("a", "gas", bytes(31), None)])
+
+
+def test_a_reloaded_list_takes_the_id_strings_of_the_one_it_replaces() -> None:
+    """The per-device tables keep the strings of the list they were filled from (Registry.replace)."""
+    given = devices(30, 3, 0.5)
+    old = DeviceList(given)
+    new = DeviceList([DeviceConfig("".join(d.id), d.cls, d.key, d.position) for d in given[5:]]
+                     + [DeviceConfig("added", "rain", bytes(32), None)])
+    new.share_ids(old)
+    assert new == {d.id: d for d in [*given[5:], DeviceConfig("added", "rain", bytes(32), None)]}
+    for dev in given[5:]:
+        assert new[dev.id].id is old[dev.id].id
+    assert "added" in new and given[0].id not in new

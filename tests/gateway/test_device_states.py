@@ -16,6 +16,7 @@ from test_alarms import rules
 
 from gateway.alarms import AlarmEngine
 from gateway.commit_watermark import Confirmations
+from gateway.device_list import DeviceList
 from gateway.device_states import DeviceStates
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
@@ -166,7 +167,7 @@ def test_confirmations_do_not_depend_on_what_is_held(script: list[tuple[str, int
 
 
 def test_health_counts_on_across_a_device_falling_out(conn: sqlite3.Connection) -> None:
-    registry = Registry(conn, {}, capacity=1)
+    registry = Registry(conn, DeviceList(), capacity=1)
     for i in range(3):
         for dev in DEVICES:
             registry.seen(dev, 100.0 + i)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import store
-from gateway.device_list import DeviceConfig
+from gateway.device_list import DeviceConfig, DeviceList
 from gateway.registry import Health, Registry
 from gateway.sequence import SequenceTracker
 
@@ -51,7 +51,7 @@ def test_a_float_that_is_not_finite_is_read_back_as_unknown() -> None:
 
 def test_health_and_sequence_rows_load_back() -> None:
     conn = sqlite3.connect(":memory:")
-    reg = Registry(conn, {})
+    reg = Registry(conn, DeviceList())
     reg.birth("gas-1", {"boot": 2, "fw": "1.0", "prof": "gas", "rst": "power", "rssi": -70, "batt": 88.5,
                         "ip": "10.0.0.7", "sleep": 60, "clk": 1, "t": 12.5}, 1764900000.0, live=True)
     reg.seen("gas-1", 1764900001.0)
@@ -61,7 +61,7 @@ def test_health_and_sequence_rows_load_back() -> None:
         seq.check("gas-1", n, 0.0, 2)
     seq.flush()
     conn.commit()
-    h = Registry(conn, {"gas-1": DeviceConfig("gas-1", "gas", bytes(32), None)}).all()[0]
+    h = Registry(conn, DeviceList([DeviceConfig("gas-1", "gas", bytes(32), None)])).all()[0]
     assert h == Health("gas-1", True, 2, 1764900000.0 - 12.5, "1.0", "gas", "power", 1764900001.0, -70.0, 88.5,
                        "10.0.0.7", 60.0, 1, 0, 1)
     again = SequenceTracker(conn, 1000, 10.0)
