@@ -21,7 +21,9 @@ per worker process instead of one per device, so the generator is not the bottle
 5. at scale (issue 20): a second site with many more registered devices (default 50,000, listed in its
    devices.csv: [site] devices_file), the gateway alone, on loopback: its resident memory once started
    (every device registered, none heard), after every device has sent a few messages (each then has its
-   per-device state), its peak, and alarm latency at the same background rate.
+   per-device state), its peak, and alarm latency at the same background rate; then a new gateway on the same
+   store (a restart, every device's state in it), its memory once started and its peak after every device
+   has sent once more.
 
 Throughput is device messages after de-duplication by (dev, seq), from the generator's release to the district's
 receipt of the last new one. The gateway's peak RSS is VmHWM, and each process's CPU time, from /proc
@@ -631,16 +633,28 @@ def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dic
         heard = proc_status(pid)
         alarm = rig.alarms(gateway, tag)
         memory, code = stop_gateway(gateway)
+        # A site's gateway is restarted with every device in its store (the alarm engine reads them all back)
+        say(f"restart{tag}: a new gateway on the same store, every device sends once more")
+        again = rig.gateway()
+        assert again.proc is not None
+        again_pid = again.proc.pid
+        restarted = proc_status(again_pid)
+        rerun = throughput("gateway, restarted" + tag, site.site_broker.port, rig.auth, rig.load(1), rig.telemetry,
+                           rig.procs(gateway=again_pid, **{"site broker": broker_pid(site.site_broker)}),
+                           lambda: rss_mb(again_pid))
+        memory_again, code_again = stop_gateway(again)
         errors = rig.errors()
     rss = {"registered_mb": round(registered.get("VmRSS", 0.0), 1),
            "registered_peak_mb": round(registered.get("VmHWM", 0.0), 1),
            "heard_mb": round(heard.get("VmRSS", 0.0), 1), "peak_mb": round(memory.get("VmHWM", 0.0), 1),
-           "end_mb": round(memory.get("VmRSS", 0.0), 1)}
+           "end_mb": round(memory.get("VmRSS", 0.0), 1),
+           "restarted_mb": round(restarted.get("VmRSS", 0.0), 1),
+           "restarted_peak_mb": round(memory_again.get("VmHWM", 0.0), 1)}
     return {"devices": big.devices, "messages_per_device": sizes.scale_messages, "ready_s": round(ready_s, 2),
-            "gateway": run_, "alarm": alarm, "rss": rss, "gateway_exit_code": code, "recorder_errors": errors[:20],
-            "targets": SCALE_TARGETS,
+            "gateway": run_, "restarted": rerun, "alarm": alarm, "rss": rss, "gateway_exit_code": code or code_again,
+            "recorder_errors": errors[:20], "targets": SCALE_TARGETS,
             "met": {"alarm_p99": alarm["p99_ms"] is not None and alarm["p99_ms"] <= SCALE_TARGETS["alarm_p99_ms"],
-                    "rss": rss["peak_mb"] <= SCALE_TARGETS["rss_mb"]}}
+                    "rss": max(rss["peak_mb"], rss["restarted_peak_mb"]) <= SCALE_TARGETS["rss_mb"]}}
 
 
 def over_link(bench: Rig, spec: LinkSpec, district_port: int, profile: Path | None = None) -> dict[str, Any]:
@@ -779,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     lost += result["link"]["pass_through"]["lost"] if "link" in result else 0
     if "scale" in result:
         s = result["scale"]
-        lost += s["gateway"]["lost"] + s["alarm"]["lost"] + s["alarm"]["background"]["lost"]
+        lost += s["gateway"]["lost"] + s["restarted"]["lost"] + s["alarm"]["lost"] + s["alarm"]["background"]["lost"]
     return 1 if lost else 0
 
 

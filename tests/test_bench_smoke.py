@@ -62,6 +62,9 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     assert scale["devices"] == 12 and scale["gateway"]["received"] == scale["gateway"]["device_messages"] == 24
     assert scale["alarm"]["received"] == 10 and scale["alarm"]["background"]["lost"] == 0
     assert 0 < scale["rss"]["registered_mb"] <= scale["rss"]["peak_mb"] and scale["gateway_exit_code"] == 0
+    restarted = scale["restarted"]  # a new gateway on the same store: each device once more, none lost
+    assert restarted["received"] == restarted["device_messages"] == 12 and restarted["lost"] == 0
+    assert 0 < scale["rss"]["restarted_mb"] <= scale["rss"]["restarted_peak_mb"]
     assert set(scale["met"]) == {"alarm_p99", "rss"} and scale["recorder_errors"] == []
 
     text = doc.read_text()
