@@ -108,14 +108,18 @@ class DeviceStates(Generic[T]):
 
     def items(self) -> Iterator[tuple[str, T]]:
         """Every device's state: the store's, with what is held in its place (for a walk over all devices, rare:
-        it decodes every row)."""
-        stored = set()
-        for dev, text in self._conn.execute(self._all).fetchall():
-            stored.add(dev)
+        it decodes every row). Row by row, remembering only held devices: the sequence tracker walks them all
+        at start, and every row at once was a transient of 12.6 MB at 50,000 devices (docs/performance.md)."""
+        held_stored = set()
+        for dev, text in self._conn.execute(self._all):
             state = self._held.get(dev)
-            yield dev, self._decode(text) if state is None else state
+            if state is None:
+                yield dev, self._decode(text)
+            else:
+                held_stored.add(dev)
+                yield dev, state
         for dev, state in list(self._held.items()):
-            if dev not in stored:  # new since the last flush
+            if dev not in held_stored:  # new since the last flush
                 yield dev, state
 
 
