@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gateway.alarms
 from gateway.alarms import AlarmEngine, Transition
 from gateway.device_list import DeviceConfig, DeviceList
 from gateway.riskpoints import RiskPoints
@@ -465,11 +466,20 @@ def test_a_removed_rule_clears_its_alarms(site: EngineOnDisk) -> None:
     assert site.feed("gas-1", "gas", "ch4", [60, 60], t0=10) == []
 
 
-def test_a_changed_rule_restarts_pending(site: EngineOnDisk) -> None:
-    site.feed("gas-1", "gas", "ch4", [60])
+@pytest.mark.parametrize("page", [gateway.alarms.SWITCH_PAGE, 1, 2])
+def test_a_changed_rule_restarts_pending(site: EngineOnDisk, page: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stored track is looked at, however many pages they take (one track a page at the smallest)."""
+    monkeypatch.setattr(gateway.alarms, "SWITCH_PAGE", page)
+    devices = ["gas-1", "gas-2", "gas-3"]
+    for dev in devices:
+        site.feed(dev, "gas", "ch4", [60])
+        site.feed(dev, "gas", "co", [1])
+    site.engine.flush()  # into alarm_track, where the walk reads them
+    site.conn.commit()
     site.engine.replace_rules(rules(2, gas__ch4__for_samples=3), 2000.0)
-    assert site.feed("gas-1", "gas", "ch4", [60, 60], t0=10) == []
-    assert steps(site.feed("gas-1", "gas", "ch4", [60], t0=20)) == [("raised", None, RED)]
+    for dev in devices:
+        assert site.feed(dev, "gas", "ch4", [60, 60], t0=10) == []
+        assert steps(site.feed(dev, "gas", "ch4", [60], t0=20)) == [("raised", None, RED)]
 
 
 def test_the_newest_rule_set_survives_restart(site: EngineOnDisk) -> None:
