@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-CAPACITY = 4096  # devices held by default: about 5 MB of state, a few seconds of a busy site's devices
+CAPACITY = 1024  # devices held by default: about 1 MB of state; a site of up to this many never reads state back
 PREFETCH = 500  # devices read by one query (SQLite takes 32,766 parameters)
 
 
