@@ -97,10 +97,6 @@ class Registry:
         h = self._health.peek(dev)
         return h.boot_epoch if h is not None and h.boot == boot else None
 
-    def all(self) -> list[Health]:
-        known = dict(self._health.items())
-        return [known.get(dev) or Health(dev) for dev in sorted(self.devices)]
-
     def prefetch(self, devs: Iterable[str]) -> None:
         """Read the state of a batch's devices at once (device_states.DeviceStates.prefetch)."""
         self._health.prefetch(devs)

@@ -61,7 +61,7 @@ def test_health_and_sequence_rows_load_back() -> None:
         seq.check("gas-1", n, 0.0, 2)
     seq.flush()
     conn.commit()
-    h = Registry(conn, DeviceList([DeviceConfig("gas-1", "gas", bytes(32), None)])).all()[0]
+    h = Registry(conn, DeviceList([DeviceConfig("gas-1", "gas", bytes(32), None)])).health("gas-1")
     assert h == Health("gas-1", True, 2, 1764900000.0 - 12.5, "1.0", "gas", "power", 1764900001.0, -70.0, 88.5,
                        "10.0.0.7", 60.0, 1, 0, 1)
     again = SequenceTracker(conn, 1000, 10.0)
