@@ -1,6 +1,6 @@
 """The site's registered devices, packed: what the gateway holds of every device, whether it is heard or not.
 
-A dict of one `DeviceConfig` a device costs 230 bytes each (the object, its id, its key as its own bytes
+A dict of one `DeviceConfig` a device costs about 230 bytes a device (the object, its id, its key as its own bytes
 object, the dict's slot): 11 MB at 50,000 devices, the largest thing in the daemon (docs/performance.md).
 Packed, a device is its id string, one byte of class, 32 bytes of key in one buffer and, where any device has
 a position, 16 bytes of coordinates: about 5 MB. A lookup finds the id by bisection and builds the
@@ -28,8 +28,8 @@ class DeviceConfig:
 
 
 class DeviceList(Mapping[str, DeviceConfig]):
-    """Device id -> DeviceConfig, in id order; immutable once built. Ids must be distinct (site_config checks
-    that first, to name both places a device is listed)."""
+    """Device id -> DeviceConfig, in id order; its value never changes once built (share_ids swaps equal
+    strings only). Ids must be distinct (site_config checks that first, to name both places a device is listed)."""
 
     __slots__ = ("_classes", "_ids", "_keys", "_kinds", "_last", "_positions")
 
