@@ -108,6 +108,46 @@ def test_a_peek_reads_without_holding(conn: sqlite3.Connection) -> None:
     assert states.held() == 1  # what a reader asks for between two commits does not pile up
 
 
+def _shape(conn: sqlite3.Connection, table: str) -> str:
+    return str(conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0])
+
+
+def test_the_table_is_keyed_by_device_alone(conn: sqlite3.Connection) -> None:
+    stored(conn, 4, a=1)
+    assert "WITHOUT ROWID" in _shape(conn, "counters")
+
+
+def test_a_table_from_an_older_store_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = open_store(path)
+    old.execute("CREATE TABLE counters (dev TEXT PRIMARY KEY, state TEXT NOT NULL)")  # as stores were made before
+    old.executemany("INSERT INTO counters VALUES (?, ?)", [("a", '{"n": 1}'), ("b", '{"n": 2}')])
+    old.commit()
+    old.close()
+    conn = open_store(path)
+    states = counters(conn, 4)
+    assert not conn.in_transaction  # the rebuild is committed, not left open for the first batch
+    assert "WITHOUT ROWID" in _shape(conn, "counters")
+    assert dict(states.items()) == {"a": {"n": 1}, "b": {"n": 2}}
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'counters%'").fetchall() == [("counters",)]
+    conn.close()
+
+
+def test_a_rebuild_inside_an_open_transaction_goes_with_it(tmp_path: Path) -> None:
+    """The daemon builds its modules in one transaction: a rollback there leaves the old table and its rows."""
+    conn = open_store(tmp_path / "old.sqlite")
+    conn.execute("CREATE TABLE counters (dev TEXT PRIMARY KEY, state TEXT NOT NULL)")
+    conn.execute("INSERT INTO counters VALUES ('a', '{\"n\": 1}')")
+    conn.commit()
+    conn.execute("INSERT INTO counters VALUES ('b', '{\"n\": 2}')")  # opens a transaction
+    counters(conn, 4)
+    assert conn.in_transaction
+    conn.rollback()
+    assert "WITHOUT ROWID" not in _shape(conn, "counters")
+    assert conn.execute("SELECT dev FROM counters").fetchall() == [("a",)]
+    conn.close()
+
+
 def test_capacity_below_one_is_refused(conn: sqlite3.Connection) -> None:
     with pytest.raises(ValueError, match="capacity"):
         counters(conn, capacity=0)
