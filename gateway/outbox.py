@@ -18,11 +18,12 @@ or evicted goes upstream as a data-quality item.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +63,16 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
         lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
-    f"""CREATE TRIGGER IF NOT EXISTS outbox_ins AFTER INSERT ON outbox BEGIN
-        UPDATE outbox_lanes SET rows = rows + 1, bytes = bytes + length(NEW.body) + {ROW_OVERHEAD}
-        WHERE lane = NEW.lane; END""",
-    f"""CREATE TRIGGER IF NOT EXISTS outbox_del AFTER DELETE ON outbox BEGIN
+    # The lane totals include every row up to this id; rows past it are added when the totals are next read.
+    """CREATE TABLE IF NOT EXISTS outbox_counted (one INTEGER PRIMARY KEY CHECK (one = 0), id INTEGER NOT NULL)""",
+)
+# Run after the row of outbox_counted exists, in the same transaction: a store made before counted every row by
+# a trigger on INSERT as well, so its counted id is its highest, and the old triggers go with the same commit.
+_TRIGGERS = (
+    "DROP TRIGGER IF EXISTS outbox_ins",
+    "DROP TRIGGER IF EXISTS outbox_del",
+    f"""CREATE TRIGGER IF NOT EXISTS outbox_del_counted AFTER DELETE ON outbox
+        WHEN OLD.id <= (SELECT id FROM outbox_counted) BEGIN
         UPDATE outbox_lanes SET rows = rows - 1, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
         WHERE lane = OLD.lane; END""",
 )
@@ -152,6 +159,9 @@ class Outbox:
         if "pri" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:  # a store made before pri
             conn.execute("ALTER TABLE outbox ADD COLUMN pri INTEGER NOT NULL DEFAULT 0")
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
+        conn.execute("INSERT OR IGNORE INTO outbox_counted VALUES (0, (SELECT coalesce(max(id), 0) FROM outbox))")
+        for statement in _TRIGGERS:
+            conn.execute(statement)
         if not opened:
             conn.commit()
         self._reader = self._open_reader(conn)
@@ -211,6 +221,8 @@ class Outbox:
 
     def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
                 boot: int | None, body: bytes, pri: int = 0) -> int:
+        """One row, not yet in the lane totals (`_count` adds it): a trigger counting each row as it went in cost
+        4 µs of the gateway's 100 a device message (docs/performance.md)."""
         cur = self.conn.execute(
             "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body, pri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (lane, kind, time.time() if now is None else now, dev, _column(seq), _column(seq), boot, body, pri))
@@ -285,15 +297,26 @@ class Outbox:
         if not self._acked or not self.idle:
             return 0
         ids = list(self._acked)
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        try:
+        with self._unsynced():
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", ((rid,) for rid in ids))
-            self.conn.commit()
-        finally:
-            self.conn.execute("PRAGMA synchronous=FULL")
         self._acked.difference_update(ids)
         self.acked_rows += len(ids)
         return len(ids)
+
+    @contextlib.contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """A commit of our own bookkeeping without the fsync (the level can only change between transactions): a
+        power cut that rolls it back only means rows sent again (the district drops the duplicates) or counted
+        again from the counted id, which rolls back with the totals."""
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()  # ours: it was entered with no transaction open
+            raise
+        finally:
+            self.conn.execute("PRAGMA synchronous=FULL")
 
     def release_all(self) -> None:
         """The connection dropped: every row not PUBACKed may be sent again, from the head of each lane."""
@@ -307,10 +330,29 @@ class Outbox:
 
     def depth(self) -> dict[str, int]:
         """Rows per lane, sent-but-unacked included (they are still on disk)."""
+        self._count()
         return {LANES[lane]: rows for lane, rows in self.conn.execute("SELECT lane, rows FROM outbox_lanes")}
 
     def bytes_used(self) -> int:
+        self._count()
         return int(self.conn.execute("SELECT total(bytes) FROM outbox_lanes").fetchone()[0])
+
+    def _count(self) -> None:
+        """Add the rows put since the last count to the lane totals, and move the counted id past them.
+
+        The totals and the counted id are rows of the store, changed in the transaction that is open (a batch's:
+        they commit or roll back with its rows) or in a commit of our own. A row deleted before it was counted
+        is not subtracted (the delete trigger's WHEN), so a row sent and PUBACKed between two counts is never in
+        the totals at all. Reading the rows past the counted id is a range of the primary key."""
+        counted = self.conn.execute("SELECT id FROM outbox_counted").fetchone()[0]
+        new = self.conn.execute("SELECT lane, count(*), total(length(body)), max(id) FROM outbox WHERE id > ? "
+                                "GROUP BY lane", (counted,)).fetchall()
+        if not new:
+            return
+        with self._unsynced() if self.idle else contextlib.nullcontext():
+            self.conn.executemany("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
+                                  [(n, int(size) + n * ROW_OVERHEAD, lane) for lane, n, size, _top in new])
+            self.conn.execute("UPDATE outbox_counted SET id = ?", (max(top for *_, top in new),))
 
     def oldest_age(self, now: float | None = None) -> dict[str, float | None]:
         """Seconds since the oldest row of each lane was queued (None for an empty lane)."""
@@ -406,6 +448,9 @@ class Outbox:
                 "INSERT INTO outbox (id, lane, kind, t, dev, seq, seq_hi, boot, msgs, thinned, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, district.TELEMETRY, t, dev,
                                                               _column(lo), _column(hi), msgs, body))
+            # It takes the id of a row already counted (the budget pass counted them all first): counted here.
+            self.conn.execute("UPDATE outbox_lanes SET rows = rows + 1, bytes = bytes + ? WHERE lane = ?",
+                              (len(body) + ROW_OVERHEAD, TELEMETRY))
             report.thinned.setdefault(dev, _Span()).add(msgs, lo, hi)
         return max(consumed, 1)
 
