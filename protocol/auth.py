@@ -62,14 +62,22 @@ def _equal(a, b):
 
 
 def _bstr(data):
+    n = len(data)
+    if n < 256:  # every message a node sends: its head is one or two bytes
+        return (bytes((0x40 | n,)) if n < 24 else bytes((0x58, n))) + data
     head = bytearray()
-    cbor._head(head, 2, len(data))
+    cbor._head(head, 2, n)
     return bytes(head) + data
 
 
+_MAC0_HEAD = b"\x84\x64MAC0" + _bstr(_PROTECTED) + b"\x40"  # up to the payload, for the header every sender writes
+
+
 def _to_be_maced(protected, payload):
-    """CBOR of ["MAC0", protected, h'', payload], written directly: it is built for every message verified."""
-    return b"\x84\x64MAC0" + _bstr(protected) + b"\x40" + _bstr(payload)
+    """CBOR of ["MAC0", protected, h'', payload], written directly: it is built for every message sealed or
+    verified."""
+    head = _MAC0_HEAD if protected == _PROTECTED else b"\x84\x64MAC0" + _bstr(protected) + b"\x40"
+    return head + _bstr(payload)
 
 
 def seal(key, kid, payload):

@@ -75,8 +75,10 @@ def test_no_downgrade_and_no_other_tag_length():
 
 
 def test_mac_structure_is_the_cbor_of_rfc_9052():
-    for payload in (b"", b"x" * 23, b"x" * 24, b"x" * 300):
-        assert auth._to_be_maced(b"\xa1\x01\x04", payload) == cbor.dumps(["MAC0", b"\xa1\x01\x04", b"", payload])
+    # every head length of a byte string a message can have, with the usual header and with others
+    for protected in (b"\xa1\x01\x04", b"\xa1\x01\x05", b"\xa2\x01\x04\x04" + b"\x58\x1c" + b"k" * 28):
+        for payload in (b"", b"x" * 23, b"x" * 24, b"x" * 255, b"x" * 256, b"x" * 300):
+            assert auth._to_be_maced(protected, payload) == cbor.dumps(["MAC0", protected, b"", payload])
 
 
 def test_protected_header_is_judged_by_what_it_says():
