@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", str, int)  # a row key bound into an IN clause
 
 CAPACITY = 1024  # devices held by default: about 1 MB of state; a site of up to this many never reads state back
-PREFETCH = 500  # devices read by one query (SQLite takes 32,766 parameters)
+PREFETCH = 500  # keys bound in one IN clause: devices read, outbox rows deleted (SQLite takes 32,766)
 
 
 class DeviceStates(Generic[T]):
@@ -141,8 +142,8 @@ def _create(conn: sqlite3.Connection, table: str, column: str) -> None:
         conn.execute(f"RELEASE {table}_rebuild")
 
 
-def chunks(devs: list[str]) -> Iterator[tuple[list[str], str]]:
-    """`devs` in parts of up to PREFETCH, each with the "?,?,..." of its IN clause."""
-    for i in range(0, len(devs), PREFETCH):
-        part = devs[i:i + PREFETCH]
+def chunks(keys: list[K]) -> Iterator[tuple[list[K], str]]:
+    """`keys` in parts of up to PREFETCH, each with the "?,?,..." of its IN clause."""
+    for i in range(0, len(keys), PREFETCH):
+        part = keys[i:i + PREFETCH]
         yield part, ",".join("?" * len(part))

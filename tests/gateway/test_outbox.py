@@ -76,6 +76,17 @@ def test_rows_are_deleted_only_when_acked_and_resent_after_release(store: sqlite
     assert [i.id for i in ob.lease(TELEMETRY, 10)] == [ids[1], ids[3], ids[4]]
 
 
+def test_a_backlog_acked_at_once_is_deleted_in_parts_and_only_what_was_acked(store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    for s in range(1203):  # past two parts of the delete's IN clause
+        ob.put_telemetry("d1", s, 1, reading("d1", s, s))
+    store.commit()
+    items = ob.lease(TELEMETRY, 2000)
+    ob.ack(i.id for i in items[:1201])
+    assert ob.acked_rows == 1201 and ob.depth()["telemetry"] == 2
+    assert [seq for (seq,) in store.execute("SELECT seq FROM outbox ORDER BY id")] == [1201, 1202]
+
+
 def test_ack_never_commits_someone_elses_batch(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
     rid = ob.put_alarm({"id": "a1"})
