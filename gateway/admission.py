@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -100,14 +101,25 @@ class _PlainTags(Mapping[int, Callable[[Any, bool], Any]]):
 _PLAIN_TAGS = _PlainTags()
 
 
+_DECODERS = threading.local()  # one decoder a thread (the district's web desk has several)
+
+
 def loads_one(data: bytes) -> Any:
     """One CBOR item exactly (a device envelope, an authenticated payload, a downlink body): cbor2.loads stops
     after the first and ignores the rest, so the decoder's position is checked against the length. Every
     failure is a ValueError, as protocol.cbor_decode's are (cbor2's CBORDecodeError is not one), so
-    protocol.auth refuses a bad envelope as malformed whichever decoder read it."""
+    protocol.auth refuses a bad envelope as malformed whichever decoder read it.
+
+    The decoder is made once per thread and given each stream (its public `fp`): making one was a third of
+    the call, twice for every device message. A decode that failed leaves nothing behind for the next (tested)."""
     stream = io.BytesIO(data)
+    decoder = getattr(_DECODERS, "decoder", None)
+    if decoder is None:
+        decoder = _DECODERS.decoder = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS)
+    else:
+        decoder.fp = stream
     try:
-        item = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS).decode()
+        item = decoder.decode()
     except cbor2.CBORError as exc:
         raise ValueError(str(exc)) from exc
     if stream.tell() != len(data):
