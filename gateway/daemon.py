@@ -191,15 +191,19 @@ class Gateway:
     def _data(self, c: Checked, now: float) -> None:
         dev = c.device
         judged = []
+        placed = False  # the pack carries a position: found here rather than by a walk of its own
         for r in c.readings:
             value = r.value
             if isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, int | float) or not math.isfinite(value) or r.metric in _POSITION:
+            if r.metric in _POSITION:
+                placed = True
+                continue
+            if not isinstance(value, int | float) or not math.isfinite(value):
                 continue
             judged.append((r.metric, float(value), r.t))
         if judged:
-            for t in self.alarms.observe_pack(dev.id, dev.cls, judged, now, _position(c.readings)):
+            for t in self.alarms.observe_pack(dev.id, dev.cls, judged, now, _position(c.readings) if placed else None):
                 self._up_alarm(t)
         body = c.body
         self.confirmations.committed(dev.id, body["seq"])
