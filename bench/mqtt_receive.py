@@ -7,7 +7,7 @@ For each client and round: a real Mosquitto (lifeline.virtual.broker, with the d
 1,000 unacknowledged messages) gets a persistent session for the client's id with a QoS 1 subscription, then
 N small messages (a device data topic and a 110-byte payload, about 150 bytes on the wire) are published
 into it at QoS 1 while the client is away. The client then connects and drains the session the way
-gateway.ingest.Subscriber consumes: a batch of what is at hand (up to 200), an Incoming tuple per message,
+gateway.ingest.Subscriber consumes: a batch of what is at hand (up to BATCH), an Incoming tuple per message,
 then a PUBACK for each. The figure is this process's CPU time (user + system) from the connect to the last
 message acknowledged, over N. The broker is another process and is not counted. Clients and rounds are
 interleaved so a change of load on the machine falls on all of them alike.

@@ -469,7 +469,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
     up_t.done()
 
     in_t = root.section("ingest")
-    ingest_batch = in_t.number("batch", 200, 1, 10_000, integer=True)
+    ingest_batch = in_t.number("batch", 500, 1, 10_000, integer=True)
     clock_future = float(in_t.number("clock_future_s", 120, 1))
     clock_past = float(in_t.number("clock_past_s", 30 * 86400, 1))
     gap_grace = float(in_t.number("gap_grace_s", 300, 0))

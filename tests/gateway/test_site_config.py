@@ -65,6 +65,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.devices["d1"].key == bytes.fromhex(KEY)
     assert cfg.ruleset.classes  # the shipped rule sets
     assert cfg.devices_in_memory == 1024
+    assert cfg.ingest_batch == 500
 
 
 def test_quarantine_bytes_default_to_a_share_of_the_disk_budget(tmp_path: Path) -> None:
