@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--messages", type=int, default=25, help="per device and round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=500, help="messages per handle_site call (the shipped ingest batch)")
+    parser.add_argument("--batch", type=int, default=500, help="messages per handle_site call (the shipped batch)")
     parser.add_argument("--profile", type=int, metavar="N", help="profile one round, print the top N functions")
     args = parser.parse_args()
     load_ = Load(SITE, args.devices, args.messages, 0, start_time=time.time() - 86400)
