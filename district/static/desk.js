@@ -222,7 +222,13 @@ function renderActions(a, order) {
     try { await api(path, body); } catch (e) { $("action-error").textContent = e.message; }
     await refresh(["alarms", "orders", "times"]);
   };
-  const field = (id, placeholder) => h("input", { id, placeholder });
+  // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,
+  // goes into the new fields, or a correction being written would vanish under the cursor.
+  const typed = {};
+  for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el.value;
+  const active = document.activeElement;
+  const focused = active && typed[active.id] !== undefined ? active.id : null;
+  const field = (id, placeholder) => { const el = h("input", { id, placeholder }); el.value = typed[id] || ""; return el; };
   if (a && !a.acked && may("ack")) {
     box.push(h("button", { id: "act-ack", class: "primary", on: { click: () => post(`/api/alarms/${a.id}/ack`, {}) } },
       "Acknowledge"));
@@ -247,6 +253,7 @@ function renderActions(a, order) {
     "Send back")));
   }
   $("actions").replaceChildren(...box);
+  if (focused && $(focused)) $(focused).focus();
 }
 
 async function loadChart(s) {
