@@ -62,11 +62,8 @@ def _equal(a, b):
 
 
 def _bstr(data):
-    n = len(data)
-    if n < 256:  # every message a node sends: its head is one or two bytes
-        return (bytes((0x40 | n,)) if n < 24 else bytes((0x58, n))) + data
     head = bytearray()
-    cbor._head(head, 2, n)
+    cbor._head(head, 2, len(data))
     return bytes(head) + data
 
 
