@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.admission import loads_one
+from gateway.message_decode import loads_one
 from gateway.site_config import (
     REQUIRED,
     BrokerConfig,

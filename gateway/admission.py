@@ -18,24 +18,20 @@ without one they are flagged "unknown" the same way. The flag and the device's o
 
 from __future__ import annotations
 
-import io
 import sys
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
-
-import cbor2
+from typing import Any, NamedTuple
 
 from gateway.device_list import DeviceConfig
+from gateway.message_decode import Decoded, decode
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
-from protocol import message, message_check, topics
+from protocol import message, topics
 
 RELATIVE_LIMIT = 2 ** 28  # RFC 8428 section 4.5.3
-_REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons
 
 # Clock verdicts of a reading
 CLOCK_OK = "ok"  # epoch time within tolerance
@@ -80,53 +76,6 @@ class Checked:
         return any(r.t != r.t_device for r in self.readings)
 
 
-class _PlainTags(Mapping[int, Callable[[Any, bool], Any]]):
-    """cbor2 turns some tags into library objects the protocol knows nothing of (36 a MIME message, 1 a
-    datetime, 4 a Decimal), and a MIME message duck-types as a map. Here every tag but the bignums (2, 3)
-    stays a plain tag, as protocol.cbor_decode leaves it, so the checks refuse it like any other wrong type.
-    cbor2 asks this mapping for each tag it meets, so the tags it interprets need not be listed."""
-
-    def __getitem__(self, tag: int) -> Callable[[Any, bool], Any]:
-        if tag in (2, 3):
-            raise KeyError(tag)
-        return lambda value, immutable: cbor2.CBORTag(tag, value)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-_PLAIN_TAGS = _PlainTags()
-
-
-_DECODERS = threading.local()  # one decoder a thread (the district's web desk has several)
-
-
-def loads_one(data: bytes) -> Any:
-    """One CBOR item exactly (a device envelope, an authenticated payload, a downlink body): cbor2.loads stops
-    after the first and ignores the rest, so the decoder's position is checked against the length. Every
-    failure is a ValueError, as protocol.cbor_decode's are (cbor2's CBORDecodeError is not one), so
-    protocol.auth refuses a bad envelope as malformed whichever decoder read it.
-
-    The decoder is made once per thread and given each stream (its public `fp`): making one was a third of
-    the call, twice for every device message. A decode that failed leaves nothing behind for the next (tested)."""
-    stream = io.BytesIO(data)
-    decoder = getattr(_DECODERS, "decoder", None)
-    if decoder is None:
-        decoder = _DECODERS.decoder = cbor2.CBORDecoder(stream, semantic_decoders=_PLAIN_TAGS)
-    else:
-        decoder.fp = stream
-    try:
-        item = decoder.decode()
-    except cbor2.CBORError as exc:
-        raise ValueError(str(exc)) from exc
-    if stream.tell() != len(data):
-        raise ValueError(f"{len(data) - stream.tell()} trailing bytes after the item")
-    return item
-
-
 class Checker:
     def __init__(self, site: str, registry: Registry, sequence: SequenceTracker, quarantine: Quarantine,
                  clock_future_s: float = 120.0, clock_past_s: float = 30 * 86400.0) -> None:
@@ -142,7 +91,10 @@ class Checker:
     def _reject(self, reason: str, detail: str, topic: str, raw: bytes, now: float) -> None:
         self.quarantine.put(reason, detail, topic, raw, now)
 
-    def check(self, topic: str, raw: bytes, retained: bool, now: float) -> Checked | None:
+    def check(self, topic: str, raw: bytes, retained: bool, now: float,
+              decoded: Decoded | None = None) -> Checked | None:
+        """The message admitted, or None once it is quarantined or counted. `decoded`: what `decode` made of it
+        elsewhere (gateway/check_stage.py); without it the message is decoded here."""
         try:
             site, dev, kind = topics.parse_device(topic)
         except topics.TopicError as exc:
@@ -156,19 +108,16 @@ class Checker:
             self._reject("unknown-device", f"device {dev!r} is not in the registry", topic, raw, now)
             return None
         dev = device.id  # the registry's string, not the topic's: per-device state keeps one copy of each id
-        records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
-        try:
-            body = cast(Mapping[str, Any], message_check.decode(raw, self.registry.key_for, kind, loads_one, records,
-                                                                envelope_loads=loads_one))
-        except message_check.MessageError as exc:
-            detail = str(exc)
-            while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
-                detail = detail[len(exc.reason) + 2:]
-            self._reject(_REASON.get(exc.reason, exc.reason), detail, topic, raw, now)
+        if decoded is None:
+            try:
+                decoded = decode(kind, raw, self.registry.devices.key_for)
+            except Exception as exc:  # a bug must not stop the daemon nor flood its log: kept, logged per interval
+                self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", topic, raw, now, exc)
+                return None
+        if not decoded[0]:
+            self._reject(decoded[1], decoded[2], topic, raw, now)
             return None
-        except Exception as exc:  # a bug must not stop the daemon nor flood its log: kept, logged per interval
-            self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", topic, raw, now, exc)
-            return None
+        _, body, records = decoded
         if body["dev"] != dev:
             self._reject("device-mismatch", f"key id says {body['dev']!r}, topic says {dev!r}", topic, raw, now)
             return None

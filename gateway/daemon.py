@@ -28,6 +28,7 @@ from typing import Any
 from gateway import district_wire, site_config
 from gateway.admission import TRUSTED, Checked, Checker, Reading
 from gateway.alarms import AlarmEngine, Transition
+from gateway.check_stage import CheckStage
 from gateway.command_relay import Commands, Outgoing
 from gateway.commit_watermark import Confirmations
 from gateway.district_wire import DownlinkError
@@ -79,7 +80,9 @@ class Gateway:
         self.conn.commit()
         site_topics = [topics.device_filter(cfg.site, k) for k in (topics.DATA, topics.EVENT, topics.STATE,
                                                                       topics.ACK)]
-        self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch)
+        self.stage = CheckStage(cfg.check_processes, self.registry.devices) if cfg.check_processes else None
+        self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch,
+                               prepare=self.stage.prepare if self.stage else None)
         down = replace(cfg.district_broker, client_id=cfg.district_broker.client_id + "-down")
         # After a district outage the downlink must be back as soon as the uplink is: the same backoff cap.
         self.down = Subscriber("downlink", down, [district.down(cfg.site, k) for k in district.DOWN_KINDS],
@@ -140,7 +143,7 @@ class Gateway:
     def _site_batch(self, batch: Sequence[Incoming]) -> None:
         self._prefetch(batch)
         for m in batch:
-            checked = self.checker.check(m.topic, m.payload, m.retained, m.received)
+            checked = self.checker.check(m.topic, m.payload, m.retained, m.received, m.decoded)
             if checked is None:
                 self._heard(m.topic)
                 continue
@@ -375,7 +378,9 @@ class Gateway:
                         ota_served=self.releases.served, confirmations_sent=self.confirmations.published,
                         confirmations_not_sent=self.confirmations.not_sent,
                         confirmations_due=self.confirmations.due_count(), devices_in_memory=held,
-                        device_states_read=read)
+                        device_states_read=read, check_processes=len(self.stage.pids()) if self.stage else 0,
+                        check_processes_lost=self.stage.lost if self.stage else 0,
+                        checked_in_ingest=self.stage.in_process if self.stage else 0)
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S
@@ -397,6 +402,8 @@ class Gateway:
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return
         self.registry.replace(cfg.devices)
+        if self.stage:
+            self.stage.replace(self.registry.devices)
         try:
             self.releases.replace(cfg.ota_releases)
             self.offer_releases = True
@@ -432,6 +439,8 @@ class Gateway:
         _settle_memory()
         event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
               rules_version=self.alarms.ruleset.version, ota_releases=",".join(self.releases.versions()))
+        if self.stage:
+            await self.stage.start()
         uplink = asyncio.create_task(self.uplink.run())
         tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
                                                   self._send_commands(), self.ota_link.run(), self._send_chunks(),
@@ -443,6 +452,8 @@ class Gateway:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.stage:
+            await self.stage.close()
         self.tick(time.time())
         deadline = time.monotonic() + DRAIN_ON_STOP_S
         while self.uplink.connected and any(self.outbox.depth().values()) and time.monotonic() < deadline:

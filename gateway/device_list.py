@@ -88,6 +88,18 @@ class DeviceList(Mapping[str, DeviceConfig]):
     def __contains__(self, dev: object) -> bool:
         return self._index(dev) >= 0
 
+    def key_for(self, kid: bytes) -> bytes | None:
+        """The key of the device a COSE key id names (protocol.auth.verify's lookup), or None."""
+        try:
+            dev = kid.decode()
+        except UnicodeDecodeError:
+            return None
+        last = self._last  # the ingest looked the device up by its topic just before
+        if last is not None and last.id == dev:
+            return last.key
+        i = self._index(dev)
+        return None if i < 0 else self._keys[KEY_BYTES * i:KEY_BYTES * (i + 1)]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 import cbor2
 
-from gateway.admission import loads_one
+from gateway.message_decode import loads_one
 from protocol import district_verify, message, senml, senml_resolve
 
 BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body

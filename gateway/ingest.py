@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from gateway.logs import event
-from gateway.mqtt_link import Link, LinkError
+from gateway.message_decode import Decoded
+from gateway.mqtt_link import Link, LinkError, Message
 from gateway.site_config import BrokerConfig
 
 log = logging.getLogger("lifeline.gateway.ingest")
@@ -37,6 +39,7 @@ class Incoming(NamedTuple):
     payload: bytes
     retained: bool
     received: float
+    decoded: Decoded | None = None  # what a check process made of it (gateway/check_stage.py), if one did
 
 
 class Subscriber:
@@ -44,15 +47,20 @@ class Subscriber:
 
     `handle(batch)` must commit before it returns; if it raises, nothing of the batch is acknowledged and
     the connection is dropped, so the broker delivers the batch again.
+
+    `prepare(batch)`, when given, returns the batch with work done elsewhere (the check processes): the next
+    batch is taken and handed to it before the one before is handled, so both run at once.
     """
 
     def __init__(self, name: str, broker: BrokerConfig, topics: Sequence[str],
                  handle: Callable[[list[Incoming]], None], batch_max: int = 200,
-                 backoff_max_s: float = BACKOFF_MAX_S) -> None:
+                 backoff_max_s: float = BACKOFF_MAX_S,
+                 prepare: Callable[[list[Incoming]], Awaitable[list[Incoming]]] | None = None) -> None:
         self.name = name
         self.broker = broker
         self.topics = list(topics)
         self.handle = handle
+        self.prepare = prepare
         self.batch_max = batch_max
         self.backoff_max_s = backoff_max_s
         self.connected = asyncio.Event()
@@ -87,20 +95,34 @@ class Subscriber:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _consume(self, link: Link) -> None:
-        while True:
-            batch = [await link.message()]
-            batch += link.ready(self.batch_max - 1)
-            now = time.time()
-            items = [Incoming(m.topic, m.payload, m.retain, now) for m in batch]
-            self.handle(items)  # commits
-            for m in batch:
-                link.ack(m)
-            self.batches += 1
-            self.messages += len(batch)
-            # The link parses a whole read at once, so the inbox can hold thousands: without a turn of the loop
-            # here the PUBACKs would wait (and the broker's window with them), and the uplink with its
-            # PUBACKs from the district (docs/performance.md, "The receive path").
-            await asyncio.sleep(0)
+        queued: deque[tuple[list[Message], Awaitable[list[Incoming]] | list[Incoming]]] = deque()
+        try:
+            while True:
+                if queued:
+                    batch = link.ready(self.batch_max)
+                else:
+                    batch = [await link.message()]
+                    batch += link.ready(self.batch_max - 1)
+                if batch:
+                    now = time.time()
+                    items = [Incoming(m.topic, m.payload, m.retain, now) for m in batch]
+                    queued.append((batch, items if self.prepare is None else self.prepare(items)))
+                if self.prepare is not None and batch and len(queued) < 2:
+                    continue  # one batch ahead: take the next before this one is handled
+                batch, handed = queued.popleft()
+                self.handle(handed if isinstance(handed, list) else await handed)  # commits
+                for m in batch:
+                    link.ack(m)
+                self.batches += 1
+                self.messages += len(batch)
+                # The link parses a whole read at once, so the inbox can hold thousands: without a turn of the
+                # loop here the PUBACKs would wait (and the broker's window with them), and the uplink with its
+                # PUBACKs from the district (docs/performance.md, "The receive path").
+                await asyncio.sleep(0)
+        finally:
+            for _, handed in queued:  # never handled nor acknowledged: the broker delivers them again
+                if not isinstance(handed, list):
+                    asyncio.ensure_future(handed).cancel()
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish on this connection; raises LinkError when not connected."""

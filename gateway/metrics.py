@@ -37,6 +37,9 @@ class Snapshot:
     confirmations_due: int = 0  # devices whose commit confirmation has not gone out yet
     devices_in_memory: int = 0  # devices whose per-device state is held (at most [store] devices_in_memory)
     device_states_read: int = 0  # devices whose state was read back from the store
+    check_processes: int = 0  # check processes running (gateway/check_stage.py)
+    check_processes_lost: int = 0
+    checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
 
 
 class _Collector:
@@ -80,6 +83,13 @@ class _Collector:
                                 value=s.devices_in_memory)
         yield CounterMetricFamily("lifeline_device_states_read", "Devices whose state was read back from the store",
                                   value=s.device_states_read)
+        yield GaugeMetricFamily("lifeline_check_processes", "Check processes running beside the ingest",
+                                value=s.check_processes)
+        yield CounterMetricFamily("lifeline_check_processes_lost", "Check processes that died (each is restarted)",
+                                  value=s.check_processes_lost)
+        yield CounterMetricFamily("lifeline_checked_in_ingest",
+                                  "Messages the ingest decoded itself because their check process was lost",
+                                  value=s.checked_in_ingest)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 

@@ -48,13 +48,6 @@ class Registry:
         devices.share_ids(self.devices)
         self.devices = devices
 
-    def key_for(self, kid: bytes) -> bytes | None:
-        try:
-            dev = self.devices.get(kid.decode())
-        except UnicodeDecodeError:
-            return None
-        return None if dev is None else dev.key
-
     def health(self, dev: str) -> Health:
         h = self._health.get(dev)
         if h is None:

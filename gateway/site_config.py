@@ -76,6 +76,7 @@ class GatewayConfig:
     batch_max_delay_s: float
     drain_rate: float
     ingest_batch: int
+    check_processes: int  # processes that decode and authenticate device messages; 0: the ingest does (check_stage)
     clock_future_s: float
     clock_past_s: float
     gap_grace_s: float
@@ -470,6 +471,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
 
     in_t = root.section("ingest")
     ingest_batch = in_t.number("batch", 500, 1, 10_000, integer=True)
+    check_processes = in_t.number("check_processes", 0, 0, 16, integer=True)
     clock_future = float(in_t.number("clock_future_s", 120, 1))
     clock_past = float(in_t.number("clock_past_s", 30 * 86400, 1))
     gap_grace = float(in_t.number("gap_grace_s", 300, 0))
@@ -514,7 +516,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
         store_path=store_path, site_key_file=site_key_file,
         site_key=None if site_key_hex is None else bytes.fromhex(site_key_hex),
         disk_budget_mb=disk_budget, devices_in_memory=in_memory, batch_max_items=max_items, batch_max_delay_s=max_delay,
-        drain_rate=drain_rate, ingest_batch=ingest_batch, clock_future_s=clock_future,
+        drain_rate=drain_rate, ingest_batch=ingest_batch, check_processes=check_processes, clock_future_s=clock_future,
         clock_past_s=clock_past, gap_grace_s=gap_grace, seq_window=seq_window, metrics_host=metrics_host,
         metrics_port=metrics_port, quarantine_rows=q_rows, quarantine_max_mb=q_mb,
         quarantine_log_interval_s=q_interval,

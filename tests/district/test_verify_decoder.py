@@ -1,4 +1,4 @@
-"""The district's verifier with cbor2 (gateway.admission.loads_one) in place of the strict pure-Python decoder
+"""The district's verifier with cbor2 (gateway.message_decode.loads_one) in place of the strict pure-Python decoder
 (district/config.py): the same records from the same publish, and the same refusal of a body or a device
 payload that is more than one CBOR item."""
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gateway import district_wire
-from gateway.admission import loads_one
+from gateway.message_decode import loads_one
 from lifeline.virtual.loadgen import Load, build, device_id, device_key
 from protocol import auth, cbor, site_seal
 from protocol import district as dtopics

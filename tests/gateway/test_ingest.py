@@ -132,3 +132,54 @@ async def test_the_loop_turns_between_batches_of_a_backlog() -> None:
                 await t
         assert sub.messages == 1000 and len(seen) >= 50
         assert all(a < b for a, b in itertools.pairwise(seen)), seen
+
+
+async def test_with_prepare_the_next_batch_is_handed_over_before_this_one_is_handled() -> None:
+    """`prepare` (the check processes' hand-over): a backlog's batches go to it one ahead of the handler, so
+    both work at once; the handler still gets every message once, in order, each with what prepare made of
+    it, and what was handled is acknowledged (a new connection gets nothing again)."""
+    with Mosquitto("max_inflight_messages 1000") as b:
+        steps: list[tuple[str, bytes]] = []
+        handled: list[Incoming] = []
+
+        def prepare(batch: list[Incoming]) -> asyncio.Future[list[Incoming]]:
+            steps.append(("prepare", batch[0].payload))
+            done: asyncio.Future[list[Incoming]] = asyncio.get_running_loop().create_future()
+            done.set_result([m._replace(decoded=(False, "prepared", m.payload.decode())) for m in batch])
+            return done
+
+        def handle(batch: list[Incoming]) -> None:
+            steps.append(("handle", batch[0].payload))
+            handled.extend(batch)
+
+        sub = Subscriber("site", broker_config(b), [TOPIC], handle, batch_max=50, prepare=prepare)
+        task = asyncio.create_task(sub.run())
+        await asyncio.wait_for(sub.connected.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sent = [str(i).encode() for i in range(600)]
+        await publish(b, sent)  # waits in the session, then comes as a backlog
+        task = asyncio.create_task(sub.run())
+        for _ in range(500):
+            if sub.messages >= 600:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert [m.payload for m in handled] == sent
+        assert all(m.decoded == (False, "prepared", m.payload.decode()) for m in handled)
+        ahead = [i for i, (a, b_) in enumerate(itertools.pairwise(steps)) if a[0] == b_[0] == "prepare"]
+        assert ahead, steps  # some batch was prepared while the one before waited to be handled
+        firsts = [p for what, p in steps if what == "handle"]
+        assert firsts == [p for what, p in steps if what == "prepare"]  # handled in the order prepared
+        again: list[bytes] = []
+        sub = Subscriber("site", broker_config(b), [TOPIC], lambda batch: again.extend(m.payload for m in batch))
+        task = asyncio.create_task(sub.run())
+        await asyncio.wait_for(sub.connected.wait(), 10)
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert again == []

@@ -1,4 +1,4 @@
-"""gateway.admission.loads_one keeps one cbor2 decoder per thread: whatever a hostile message did to it, the
+"""gateway.message_decode.loads_one keeps one cbor2 decoder per thread: whatever a hostile message did to it, the
 next message is read as a fresh decoder reads it, and threads never share one."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.admission import _PLAIN_TAGS, loads_one
+from gateway.message_decode import _PLAIN_TAGS, loads_one
 
 
 def fresh(data: bytes) -> str:

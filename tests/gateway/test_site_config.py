@@ -66,6 +66,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.ruleset.classes  # the shipped rule sets
     assert cfg.devices_in_memory == 1024
     assert cfg.ingest_batch == 500
+    assert cfg.check_processes == 0  # the ingest decodes; check processes are asked for
 
 
 def test_quarantine_bytes_default_to_a_share_of_the_disk_budget(tmp_path: Path) -> None:
@@ -108,6 +109,9 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     ("store.devices_in_memory", 2.5, "store.devices_in_memory: must be an integer"),
     ("uplink.batch_max_items", 0, "uplink.batch_max_items: must be at least 1"),
     ("ingest.clock_future_s", True, "ingest.clock_future_s: must be a number, not a boolean"),
+    ("ingest.check_processes", -1, "ingest.check_processes: must be at least 0"),
+    ("ingest.check_processes", 17, "ingest.check_processes: must be at most 16"),
+    ("ingest.check_processes", 1.5, "ingest.check_processes: must be an integer"),
     ("log.format", "xml", "log.format: 'xml' is not kv or json"),
     ("quarantine.max_mb", 200, "quarantine.max_mb: must be at most 128.0"),  # a quarter of the default 512
     ("risk_points", [{"id": "p", "class": "gas", "lat": 95, "lon": 0, "radius_m": 5}], "risk_points[0].lat"),
