@@ -56,7 +56,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import report
-from bench.procmeter import CpuMeter, broker_pid, proc_status, rss_mb
+from bench.procmeter import CpuMeter, broker_pid, proc_status
 from bench.wanlink import LinkSpec, WanLink
 from lifeline import site_auth
 from lifeline.virtual import wire
@@ -91,12 +91,14 @@ class Sizes:
     link_rounds: int  # 0: no link scenario
     scale_devices: int  # registered devices in the scale scenario; 0: none
     scale_messages: int  # per device, in its throughput phase
+    check_processes: int = 0  # the gateway's [ingest] check_processes (gateway/check_stage.py)
 
 
 FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_interval_s=0.1, background_rate=1000,
              rounds=3, link_messages=300, link_rounds=3, scale_devices=50_000, scale_messages=4)
 QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
               rounds=1, link_messages=40, link_rounds=1, scale_devices=0, scale_messages=2)
+CHECK = "check process "  # the CPU meter's name for the gateway's check processes, numbered from 1
 
 
 class Tally:
@@ -224,6 +226,7 @@ def build_site(workdir: Path, sizes: Sizes, devices_csv: bool = False) -> tuple[
     devices.csv with `devices_csv`, as a large site has them), and a login for the generator; returns the
     site and that login's password."""
     site = Site(workdir, SITE, tls=True, devices_csv=devices_csv, extra_toml=(
+        f"[ingest]\ncheck_processes = {sizes.check_processes}\n\n"
         f"[rules.overrides.gas.devices.{ALARM_DEV}.ch4]\nfor_samples = 1\n"))
     for i in range(sizes.devices):
         site.devices[device_id(i)] = Device(device_id(i), "gas", device_key(i))
@@ -494,7 +497,8 @@ class Rig:
         pid = gateway.proc.pid
         extra = {"wan link": link.pid} if link else {}
         bridge_procs = self.procs(**{"site broker": broker_pid(bridge)}, **extra)
-        gateway_procs = self.procs(gateway=pid, **{"site broker": broker_pid(self.site.site_broker)}, **extra)
+        gateway_procs = self.procs(**gateway_pids(gateway), **{"site broker": broker_pid(self.site.site_broker)},
+                                   **extra)
         bridge_runs, gateway_runs = [], []
         for i in range(n):
             load = self.load(messages)
@@ -505,15 +509,14 @@ class Rig:
             spy = start_profile(pid, profile) if profile and i == 0 else None
             upstream_before, done_before = self.recorders[1].mqtt_messages, self.confirmed.received
             gateway_runs.append(throughput("gateway" + tag, self.site.site_broker.port, self.auth, load,
-                                           self.telemetry, gateway_procs, lambda: rss_mb(pid), link))
+                                           self.telemetry, gateway_procs, gateway_rss(gateway_pids(gateway)), link))
             gateway_runs[-1]["upstream_publishes"] = self.recorders[1].mqtt_messages - upstream_before
             gateway_runs[-1].update(self.confirmations(load, done_before))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
         for g in gateway_runs:
-            g["gateway_cpu_us_per_msg"] = round(g["cpu_s"]["gateway"] / max(g["received"], 1) * 1e6, 1)
-            g["gateway_cpu_busy"] = round(g["cpu_s"]["gateway"] / g["wall_s"], 2)
+            add_gateway_cpu(g)
         for b in bridge_runs:
             b["brokers_cpu_us_per_msg"] = round(
                 (b["cpu_s"]["site broker"] + b["cpu_s"]["district broker"]) / max(b["received"], 1) * 1e6, 1)
@@ -528,12 +531,10 @@ class Rig:
                 "confirmations": self.confirmed.received - received_before}
 
     def alarms(self, gateway: GatewayProcess, tag: str = "") -> dict[str, Any]:
-        assert gateway.proc is not None
-        pid = gateway.proc.pid
         self.probe = AlarmProbe()  # the same readings recur in each alarm phase
         say(f"alarm latency under background load{tag}")
         result = alarm_phase(self.site, self.sizes, self.next_seq, self.time_base, self.auth, self.telemetry,
-                             self.probe, lambda: rss_mb(pid))
+                             self.probe, gateway_rss(gateway_pids(gateway)))
         self.next_seq += result["background"]["messages_per_device"]
         return result
 
@@ -552,14 +553,47 @@ class Rig:
                         "rss": rss["peak_mb"] <= targets["rss_mb"]}}
 
 
+def gateway_pids(gateway: GatewayProcess) -> dict[str, int]:
+    """The gateway's processes by the CPU meter's names: the daemon, and its check processes if it has any."""
+    assert gateway.proc is not None
+    pid = gateway.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    checks = [c for c in children if "gateway.check_worker" in Path(f"/proc/{c}/cmdline").read_text()]
+    return {"gateway": pid, **{f"{CHECK}{i + 1}": int(c) for i, c in enumerate(checks)}}
+
+
+def gateway_memory(pids: dict[str, int]) -> dict[str, float]:
+    """VmRSS and VmHWM summed over the gateway's processes (pages a child shares count twice: an upper bound)."""
+    out: dict[str, float] = {}
+    for pid in pids.values():
+        for key, mb in proc_status(pid).items():
+            out[key] = out.get(key, 0.0) + mb
+    return out
+
+
+def gateway_rss(pids: dict[str, int]) -> Callable[[], float | None]:
+    return lambda: gateway_memory(pids).get("VmRSS")
+
+
+def add_gateway_cpu(run_: dict[str, Any]) -> None:
+    """CPU a message of all the gateway's processes, how busy that kept them, and the daemon's own share."""
+    cpu = run_["cpu_s"]
+    total = sum(v for k, v in cpu.items() if k == "gateway" or k.startswith(CHECK))
+    received = max(run_["received"], 1)
+    run_["gateway_cpu_us_per_msg"] = round(total / received * 1e6, 1)
+    run_["gateway_cpu_busy"] = round(total / run_["wall_s"], 2)
+    if any(k.startswith(CHECK) for k in cpu):
+        run_["ingest_cpu_us_per_msg"] = round(cpu["gateway"] / received * 1e6, 1)
+        run_["ingest_cpu_busy"] = round(cpu["gateway"] / run_["wall_s"], 2)
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def stop_gateway(gateway: GatewayProcess) -> tuple[dict[str, float], int]:
     """Peak memory, then SIGTERM (drain) and the exit code."""
-    assert gateway.proc is not None
-    memory = proc_status(gateway.proc.pid)
+    memory = gateway_memory(gateway_pids(gateway))
     gateway.signal(signal.SIGTERM)
     return memory, asyncio.run(gateway.wait())
 
@@ -619,29 +653,26 @@ def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dic
         began = time.monotonic()
         gateway = rig.gateway()
         ready_s = time.monotonic() - began
-        assert gateway.proc is not None
-        pid = gateway.proc.pid
-        registered = proc_status(pid)
+        pids = gateway_pids(gateway)
+        registered = gateway_memory(pids)
         tag = f" ({big.devices:,} devices)"
         say(f"throughput{tag}: every device sends {sizes.scale_messages}")
         load, done_before = rig.load(sizes.scale_messages), rig.confirmed.received
         run_ = throughput("gateway" + tag, site.site_broker.port, rig.auth, load, rig.telemetry,
-                          rig.procs(gateway=pid, **{"site broker": broker_pid(site.site_broker)}), lambda: rss_mb(pid))
+                          rig.procs(**pids, **{"site broker": broker_pid(site.site_broker)}), gateway_rss(pids))
         run_.update(rig.confirmations(load, done_before))
-        run_["gateway_cpu_us_per_msg"] = round(run_["cpu_s"]["gateway"] / max(run_["received"], 1) * 1e6, 1)
-        run_["gateway_cpu_busy"] = round(run_["cpu_s"]["gateway"] / run_["wall_s"], 2)
-        heard = proc_status(pid)
+        add_gateway_cpu(run_)
+        heard = gateway_memory(pids)
         alarm = rig.alarms(gateway, tag)
         memory, code = stop_gateway(gateway)
         # A site's gateway is restarted with every device in its store (the alarm engine reads them all back)
         say(f"restart{tag}: a new gateway on the same store, every device sends once more")
         again = rig.gateway()
-        assert again.proc is not None
-        again_pid = again.proc.pid
-        restarted = proc_status(again_pid)
+        again_pids = gateway_pids(again)
+        restarted = gateway_memory(again_pids)
         rerun = throughput("gateway, restarted" + tag, site.site_broker.port, rig.auth, rig.load(1), rig.telemetry,
-                           rig.procs(gateway=again_pid, **{"site broker": broker_pid(site.site_broker)}),
-                           lambda: rss_mb(again_pid))
+                           rig.procs(**again_pids, **{"site broker": broker_pid(site.site_broker)}),
+                           gateway_rss(again_pids))
         memory_again, code_again = stop_gateway(again)
         errors = rig.errors()
     rss = {"registered_mb": round(registered.get("VmRSS", 0.0), 1),
@@ -734,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("link_messages", int, "messages per device in each phase over the emulated link"),
                              ("link_rounds", int, "rounds over the emulated link (0: none)"),
                              ("scale_devices", int, "registered devices in the scale scenario (0: none)"),
-                             ("scale_messages", int, "messages per device in the scale scenario")):
+                             ("scale_messages", int, "messages per device in the scale scenario"),
+                             ("check_processes", int, "the gateway's [ingest] check_processes")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                             help=f"{what} (default {getattr(FULL, name):g}, --quick {getattr(QUICK, name):g})")
     link = LinkSpec()

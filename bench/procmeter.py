@@ -24,10 +24,6 @@ def proc_status(pid: int) -> dict[str, float]:
     return out
 
 
-def rss_mb(pid: int) -> float | None:
-    return proc_status(pid).get("VmRSS")
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (0 once it is gone)."""
     try:

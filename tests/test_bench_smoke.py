@@ -77,12 +77,13 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
 
 def test_gateway_benchmark_pins_the_gateway_to_one_cpu(tmp_path: Path) -> None:
     """`--gateway-cpu N`: the gateway alone on CPU N, the brokers, load and recorders on the others (the
-    per-core figure); as the kernel reports the affinity. A machine of one CPU gets a clear refusal."""
+    per-core figure); as the kernel reports the affinity. A machine of one CPU gets a clear refusal. The
+    gateway runs with a check process here, whose CPU is metered apart and counted in the gateway's."""
     out = tmp_path / "result.json"
     cpus = sorted(os.sched_getaffinity(0))
     args = ["--quick", "--devices", "4", "--messages", "10", "--rounds", "1", "--alarm-samples", "4",
             "--link-rounds", "0", "--scale-devices", "0", "--gateway-cpu", str(cpus[-1]), "--json", str(out),
-            "--no-doc"]
+            "--no-doc", "--check-processes", "1"]
     proc = subprocess.run([sys.executable, "-m", "bench.gateway_throughput", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     if len(cpus) < 2:
@@ -92,6 +93,11 @@ def test_gateway_benchmark_pins_the_gateway_to_one_cpu(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
     assert r["cpus"] == {"gateway": [cpus[-1]], "the rest": cpus[:-1]}
     assert r["gateway"]["received"] == r["gateway"]["device_messages"] == 40 and r["gateway"]["lost_total"] == 0
+    cpu = r["gateway"]["cpu_s"]
+    assert r["sizes"]["check_processes"] == 1 and "check process 1" in cpu and "check process 2" not in cpu
+    total = (cpu["gateway"] + cpu["check process 1"]) / r["gateway"]["received"] * 1e6
+    assert r["gateway"]["gateway_cpu_us_per_msg"] == pytest.approx(total, abs=0.1)
+    assert r["gateway"]["ingest_cpu_us_per_msg"] <= r["gateway"]["gateway_cpu_us_per_msg"]
 
 
 def test_district_benchmark_quick_run(tmp_path: Path) -> None:
