@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import cbor2
 
-from protocol import message_check
+from protocol import message_check, topics
 
 _REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons
 
@@ -71,7 +71,8 @@ Decoded = tuple[Literal[True], dict[str, Any], list[dict[str, Any]]] | tuple[Lit
 
 def decode(kind: str, raw: bytes, key_for: Callable[[bytes], bytes | None]) -> Decoded:
     """MAC, CBOR and schema (protocol.message_check.decode) with cbor2: everything about a message that needs
-    its device's key and nothing else the gateway knows. Raises only on a bug."""
+    its device's key and nothing else the gateway knows. A data or event body comes back without its SenML
+    pack "e", which `records` holds resolved. Raises only on a bug."""
     records: list[dict[str, Any]] = []  # the pack as the schema check resolved it (data, events)
     try:
         body = message_check.decode(raw, key_for, kind, loads_one, records, envelope_loads=loads_one)
@@ -80,4 +81,6 @@ def decode(kind: str, raw: bytes, key_for: Callable[[bytes], bytes | None]) -> D
         while detail.startswith(exc.reason + ": "):  # the envelope's error repeats the reason
             detail = detail[len(exc.reason) + 2:]
         return False, _REASON.get(exc.reason, exc.reason), detail
+    if kind in (topics.DATA, topics.EVENT):
+        del body["e"]  # resolved into `records`, and nothing reads it again: a check process would pickle it twice
     return True, body, records

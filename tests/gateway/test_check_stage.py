@@ -72,6 +72,8 @@ async def test_check_processes_give_the_ingests_verdicts_in_order() -> None:
     assert decoded[6:8] == [None, None]  # not device uplinks: left to the ingest, which quarantines them as "topic"
     assert decoded[8] == decode(topics.DATA, batch[8].payload, listed.key_for)
     assert decoded[8][0] and decoded[8][1]["seq"] == 8  # type: ignore[index]
+    # the pack comes back resolved only: half the bytes to pickle (docs/performance.md, "The check stage")
+    assert "e" not in decoded[8][1] and decoded[8][2][0]["n"] == "d1:ch4"  # type: ignore[index,operator]
     assert stage.in_process == 0 and stage.lost == 0
 
 
