@@ -97,6 +97,7 @@ class CheckStage:
         self._restart_s = RESTART_FIRST_S
         self._restarting: set[asyncio.Task[None]] = set()
         self.lost = 0  # processes that died
+        self.reloads = 0
         self.in_process = 0  # messages decoded in the ingest process because their check process was lost
 
     async def start(self) -> None:
@@ -117,8 +118,10 @@ class CheckStage:
         return [p.proc.pid for p in self._procs if p.alive]
 
     def replace(self, devices: DeviceList) -> None:
-        """A reloaded registry: batches sent after this are checked against it."""
+        """A reloaded registry: batches sent after this are checked against it, and the ingest decodes those
+        sent before (against it too), as it would have without the stage."""
         self.devices = devices
+        self.reloads += 1
         data = check_worker.frame(("devices", devices))
         for p in self._procs:
             if p.alive:
@@ -132,14 +135,16 @@ class CheckStage:
         parts = [items[i:i + size] for i in range(0, len(items), size)]
         answers = [p.ask(check_worker.frame(("batch", [(m.topic, m.payload) for m in part])))
                    for p, part in zip(live, parts, strict=False)]
-        return asyncio.ensure_future(self._collect(parts, answers))
+        return asyncio.ensure_future(self._collect(parts, answers, self.reloads))
 
-    async def _collect(self, parts: list[list[Incoming]],
-                       answers: list[asyncio.Future[list[Decoded | None] | None]]) -> list[Incoming]:
+    async def _collect(self, parts: list[list[Incoming]], answers: list[asyncio.Future[list[Decoded | None] | None]],
+                       reloads: int) -> list[Incoming]:
         out: list[Incoming] = []
         for i, part in enumerate(parts):
             decoded = await answers[i] if i < len(answers) else None
-            if decoded is None or len(decoded) != len(part):  # lost, or no process: decoded in the ingest
+            if reloads != self.reloads:  # checked against the registry before a reload
+                out += part
+            elif decoded is None or len(decoded) != len(part):  # lost, or no process: decoded in the ingest
                 self.in_process += len(part)
                 out += part
             else:

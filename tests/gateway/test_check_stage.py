@@ -103,17 +103,22 @@ async def test_a_lost_process_leaves_its_part_to_the_ingest_and_is_started_again
 
 
 async def test_a_reloaded_registry_reaches_the_processes() -> None:
+    """After a reload each batch is checked against the new registry: by the processes from then on, and by
+    the ingest for a batch they had before it (a device added by the reload is not refused as unknown)."""
     stage = CheckStage(2, devices("d0"))
     await stage.start()
     try:
         before = await stage.prepare([data("d1", 1), data("d0", 1)])
+        across = stage.prepare([data("d1", 2), data("d0", 2)])  # sent before the reload, handled after it
         stage.replace(devices("d0", "d1"))
-        after = await stage.prepare([data("d1", 1), data("d0", 2)])
+        after = await stage.prepare([data("d1", 3), data("d0", 3)])
+        left_to_the_ingest = await across
     finally:
         await stage.close()
     assert before[0].decoded and before[0].decoded[:2] == (False, "unknown-device")
     assert before[1].decoded and before[1].decoded[0]
     assert all(m.decoded and m.decoded[0] for m in after)
+    assert [m.decoded for m in left_to_the_ingest] == [None, None] and stage.in_process == 0
 
 
 def check_process_pids(gateway_pid: int) -> list[int]:
