@@ -544,8 +544,10 @@ class Rig:
         """One scenario's figures and which targets they meet."""
         bridge, gateway = summary(bridge_runs, self.bridged), summary(gateway_runs, self.telemetry)
         ratio = gateway["msgs_per_s"] / bridge["msgs_per_s"]
-        rss = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1)}
+        rss = {"peak_mb": round(memory.get("VmHWM", 0.0), 1), "end_mb": round(memory.get("VmRSS", 0.0), 1),
+               "end_pss_mb": round(memory.get("Pss", 0.0), 1)}
         return {"bridge": bridge, "gateway": gateway, "ratio": round(ratio, 3), "alarm": alarm, "rss": rss,
+                "check_processes": self.sizes.check_processes,
                 "gateway_exit_code": exit_code, "targets": targets,
                 "met": {"ratio": ratio >= targets["ratio"],
                         "cpu": gateway["gateway_cpu_us_per_msg"] <= targets["cpu_us"],
@@ -678,10 +680,11 @@ def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dic
     rss = {"registered_mb": round(registered.get("VmRSS", 0.0), 1),
            "registered_peak_mb": round(registered.get("VmHWM", 0.0), 1),
            "heard_mb": round(heard.get("VmRSS", 0.0), 1), "peak_mb": round(memory.get("VmHWM", 0.0), 1),
-           "end_mb": round(memory.get("VmRSS", 0.0), 1),
+           "end_mb": round(memory.get("VmRSS", 0.0), 1), "end_pss_mb": round(memory.get("Pss", 0.0), 1),
            "restarted_mb": round(restarted.get("VmRSS", 0.0), 1),
            "restarted_peak_mb": round(memory_again.get("VmHWM", 0.0), 1)}
     return {"devices": big.devices, "messages_per_device": sizes.scale_messages, "ready_s": round(ready_s, 2),
+            "check_processes": sizes.check_processes,
             "gateway": run_, "restarted": rerun, "alarm": alarm, "rss": rss, "gateway_exit_code": code or code_again,
             "recorder_errors": errors[:20], "targets": SCALE_TARGETS,
             "met": {"alarm_p99": alarm["p99_ms"] is not None and alarm["p99_ms"] <= SCALE_TARGETS["alarm_p99_ms"],

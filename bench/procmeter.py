@@ -14,13 +14,15 @@ from lifeline.virtual.broker import Mosquitto
 
 
 def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MB (1 MB = 2**20 bytes)."""
+    """VmRSS and VmHWM of a process, and its Pss (the pages it shares divided among their sharers, which is
+    what processes of one program sum to), in MB (1 MB = 2**20 bytes)."""
     out: dict[str, float] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0]) / 1024
+    for path, keys in ((f"/proc/{pid}/status", ("VmRSS", "VmHWM")), (f"/proc/{pid}/smaps_rollup", ("Pss",))):
+        with contextlib.suppress(OSError), open(path) as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    out[key] = int(rest.split()[0]) / 1024
     return out
 
 

@@ -100,8 +100,7 @@ def table(r: dict[str, Any]) -> str:
         (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {targets['alarm_p99_ms']:.0f}",
          yes(r["met"]["alarm_p99"])),
-        ("gateway peak RSS (VmHWM), MB", f"{r['rss']['peak_mb']:.0f}", f"≤ {targets['rss_mb']:.0f}",
-         yes(r["met"]["rss"])),
+        ("gateway peak RSS (VmHWM), MB", memory_cell(r), f"≤ {targets['rss_mb']:.0f}", yes(r["met"]["rss"])),
         ("lost: gateway / bridge / background / alarms", " / ".join(map(str, lost)), "0", yes(not any(lost))),
     ]
     out = ["| measure | result | target | met |", "| --- | ---: | --- | --- |"]
@@ -114,6 +113,16 @@ def cpu_cell(g: dict[str, Any]) -> str:
     text = f"{g['gateway_cpu_us_per_msg']:.0f} ({g['gateway_cpu_busy']:.0%})"
     if "ingest_cpu_us_per_msg" in g:
         text += f", of it the ingest process {g['ingest_cpu_us_per_msg']:.0f} ({g['ingest_cpu_busy']:.0%})"
+    return text
+
+
+def memory_cell(r: dict[str, Any]) -> str:
+    """The peak; with check processes, the sum of each process's peak (pages they share counted in each) and
+    what they held at the end counted proportionally (PSS), which is what they cost the box."""
+    text = f"{r['rss']['peak_mb']:.0f}"
+    processes = r.get("check_processes", 0)
+    if processes:
+        text += f" summed over {processes + 1} processes; PSS at the end {r['rss']['end_pss_mb']:.0f}"
     return text
 
 
@@ -153,8 +162,8 @@ def scale_text(r: dict[str, Any]) -> list[str]:
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {t['alarm_p99_ms']:.0f}", yes(k["met"]["alarm_p99"])),
         ("gateway RSS once started (every device registered, none heard), MB", f"{m['registered_mb']:.0f}", "", ""),
         ("gateway RSS after every device was heard, MB", f"{m['heard_mb']:.0f}", "", ""),
-        ("gateway peak RSS (VmHWM), MB; of it before any message", f"{m['peak_mb']:.0f}; {m['registered_peak_mb']:.0f}",
-         f"≤ {t['rss_mb']:.0f}", yes(m["peak_mb"] <= t["rss_mb"])),
+        ("gateway peak RSS (VmHWM), MB; of it before any message",
+         f"{memory_cell(k)}; {m['registered_peak_mb']:.0f}", f"≤ {t['rss_mb']:.0f}", yes(m["peak_mb"] <= t["rss_mb"])),
         ("restarted on the same store: RSS once started, MB; peak after every device sent once more",
          f"{m['restarted_mb']:.0f}; {m['restarted_peak_mb']:.0f}", f"≤ {t['rss_mb']:.0f}",
          yes(m["restarted_peak_mb"] <= t["rss_mb"])),
