@@ -2,16 +2,16 @@
 core for the work that needs per-device state: sequence numbers, alarms, the outbox and its commit.
 
 Decoding a message (COSE_Mac0, HMAC, two CBOR decodes, the SenML schema) needs only the device's key. It was
-about a quarter of the ingest's CPU (docs/performance.md, "The check stage"). With `[ingest] check_processes
+about a third of the ingest's CPU (docs/performance.md, "The check stage"). With `[ingest] check_processes
 = N` the site subscriber hands each batch to this stage as it arrives. The stage splits the batch into N
 contiguous parts, and each process decodes its part while the ingest handles the batch before. The results
 come back in order, so a device's messages keep their order.
 
 Nothing here can lose a message. A batch is acknowledged only after the ingest has committed it, and the
 ingest checks a batch the same way whoever decoded it. So if a process dies, the batch parts it held are
-decoded in the ingest process instead, and the process is started again after a pause. The pause is
-RESTART_FIRST_S and doubles after each loss that follows, up to RESTART_MAX_S. Any MAC failure or malformed
-message is the ingest's to quarantine, as before, because a result is only a verdict.
+decoded in the ingest process instead, and the process is started again after a pause: RESTART_FIRST_S,
+doubled each time a new one dies before its first answer (or cannot be started), up to RESTART_MAX_S. Any
+MAC failure or malformed message is the ingest's to quarantine, as before, because a result is only a verdict.
 """
 
 from __future__ import annotations
@@ -168,10 +168,17 @@ class CheckStage:
         await p.proc.wait()
         event(log, "check-process-lost", logging.ERROR, pid=p.proc.pid, returncode=p.proc.returncode,
               restart_in_s=delay)
-        await asyncio.sleep(delay)
-        started = await self._spawn()
-        self._procs.append(started)
-        event(log, "check-process-started", pid=started.proc.pid)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                started = await self._spawn()
+            except OSError as exc:  # the ingest decodes meanwhile, as it does without the stage
+                delay, self._restart_s = self._restart_s, min(self._restart_s * 2, RESTART_MAX_S)
+                event(log, "check-process-not-started", logging.ERROR, error=str(exc), retry_in_s=delay)
+                continue
+            self._procs.append(started)
+            event(log, "check-process-started", pid=started.proc.pid)
+            return
 
     async def close(self) -> None:
         """End the processes: each sees its stdin end, answers what it holds and exits."""

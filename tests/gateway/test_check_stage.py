@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -100,6 +101,32 @@ async def test_a_lost_process_leaves_its_part_to_the_ingest_and_is_started_again
     finally:
         await stage.close()
     assert stage.pids() == []
+
+
+async def test_a_process_that_cannot_be_started_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting a new process can fail (the interpreter gone in an upgrade, no memory): the ingest decodes
+    meanwhile and the stage keeps trying, each time later."""
+    monkeypatch.setattr(check_stage, "RESTART_FIRST_S", 0.05)
+    stage = CheckStage(1, devices("d0"))
+    await stage.start()
+    try:
+        python = sys.executable
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+        os.kill(stage.pids()[0], signal.SIGKILL)
+        await asyncio.sleep(0.5)  # some attempts fail
+        assert stage.pids() == []
+        out = await stage.prepare([data("d0", 1)])
+        assert out[0].decoded is None  # left to the ingest
+        monkeypatch.setattr(sys, "executable", python)
+        for _ in range(300):
+            if stage.pids():
+                break
+            await asyncio.sleep(0.02)
+        assert stage.pids()
+        out = await stage.prepare([data("d0", 2)])
+        assert out[0].decoded and out[0].decoded[0]
+    finally:
+        await stage.close()
 
 
 async def test_a_reloaded_registry_reaches_the_processes() -> None:
