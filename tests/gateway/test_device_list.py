@@ -77,3 +77,12 @@ def test_a_reloaded_list_takes_the_id_strings_of_the_one_it_replaces() -> None:
     for dev in given[5:]:
         assert new[dev.id].id is old[dev.id].id
     assert "added" in new and given[0].id not in new
+
+
+def test_a_device_and_the_list_never_show_a_key() -> None:
+    """A device is logged (a birth, a refusal) and a config printed while debugging: the key stays out."""
+    key = bytes(range(32))
+    devices = DeviceList([DeviceConfig("gas-1", "gas", key, (31.2, 121.5))])
+    text = repr(devices["gas-1"]) + repr(devices) + str(devices["gas-1"])
+    assert "gas-1" in text and "31.2" in text
+    assert repr(key) not in text and key.hex() not in text and "key" not in text
