@@ -23,7 +23,9 @@ import os
 import pickle
 import sys
 from collections import deque
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from gateway import check_worker
 from gateway.device_list import DeviceList
@@ -102,8 +104,13 @@ class CheckStage:
 
     async def start(self) -> None:
         for _ in range(self.count):
-            self._procs.append(await self._spawn())
-        event(log, "check-processes", started=self.count, pids=",".join(str(p.proc.pid) for p in self._procs))
+            try:
+                self._procs.append(await self._spawn())
+            except OSError as exc:  # the gateway runs without it, and keeps trying
+                delay, self._restart_s = self._restart_s, min(self._restart_s * 2, RESTART_MAX_S)
+                event(log, "check-process-not-started", logging.ERROR, error=str(exc), retry_in_s=delay)
+                self._schedule(self._restart(None, delay))
+        event(log, "check-processes", started=len(self._procs), pids=",".join(str(p.proc.pid) for p in self._procs))
 
     async def _spawn(self) -> _Process:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH")))))
@@ -160,14 +167,19 @@ class CheckStage:
         # one that had been working is started again soon; one that died before its first answer, later each time
         delay = RESTART_FIRST_S if p.answered else self._restart_s
         self._restart_s = min(delay * 2, RESTART_MAX_S)
-        task = asyncio.create_task(self._restart(p, delay))
+        self._schedule(self._restart(p, delay))
+
+    def _schedule(self, restart: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(restart)
         self._restarting.add(task)
         task.add_done_callback(self._restarting.discard)
 
-    async def _restart(self, p: _Process, delay: float) -> None:
-        await p.proc.wait()
-        event(log, "check-process-lost", logging.ERROR, pid=p.proc.pid, returncode=p.proc.returncode,
-              restart_in_s=delay)
+    async def _restart(self, p: _Process | None, delay: float) -> None:
+        """Start a process again after `delay`: in place of `p`, lost, or of one that could not be started."""
+        if p is not None:
+            await p.proc.wait()
+            event(log, "check-process-lost", logging.ERROR, pid=p.proc.pid, returncode=p.proc.returncode,
+                  restart_in_s=delay)
         while True:
             await asyncio.sleep(delay)
             try:

@@ -129,6 +129,29 @@ async def test_a_process_that_cannot_be_started_is_tried_again(monkeypatch: pyte
         await stage.close()
 
 
+async def test_a_stage_that_cannot_start_its_process_leaves_the_ingest_to_decode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same at the gateway's start: it runs, decoding in the ingest, and the process comes when it can."""
+    monkeypatch.setattr(check_stage, "RESTART_FIRST_S", 0.05)
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    stage = CheckStage(1, devices("d0"))
+    await stage.start()
+    try:
+        assert stage.pids() == []
+        out = await stage.prepare([data("d0", 1)])
+        assert out[0].decoded is None and stage.in_process == 1
+        monkeypatch.setattr(sys, "executable", python)
+        for _ in range(300):
+            if stage.pids():
+                break
+            await asyncio.sleep(0.02)
+        out = await stage.prepare([data("d0", 2)])
+        assert stage.pids() and out[0].decoded and out[0].decoded[0]
+    finally:
+        await stage.close()
+
+
 async def test_a_reloaded_registry_reaches_the_processes() -> None:
     """After a reload each batch is checked against the new registry: by the processes from then on, and by
     the ingest for a batch they had before it (a device added by the reload is not refused as unknown)."""
