@@ -8,10 +8,12 @@ import asyncio
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import ROOT, Site, environment, lifeline_cmd
+from protocol import district as dtopics
 
 
 class District:
@@ -39,6 +41,10 @@ class District:
     def of(self, kind: str) -> list[Any]:
         assert self.recorder is not None
         return [e.body for e in self.recorder.entries(kind)]
+
+    def packs(self) -> Counter[tuple[str, int]]:
+        """How many times each (device, seq) arrived in telemetry: exactly once is what de-duplication leaves."""
+        return Counter((p["dev"], p["seq"]) for b in self.of(dtopics.TELEMETRY) for p in b["packs"])
 
     async def send(self, kind: str, body: Any) -> None:
         assert self.recorder is not None

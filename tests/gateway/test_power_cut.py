@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from lifeline.virtual.firmware import build_firmware
 from lifeline.virtual.flashdir import KEY, FlashDirDevice
 from lifeline.virtual.profiles import load_profile
 from lifeline.virtual.site import GatewayProcess, Site
-from protocol import district as dtopics
 
 DEVICES = 3
 LAG_S = 3.0  # the gateway falls this far behind its broker before the cut
@@ -72,10 +70,7 @@ async def test_power_cut_of_the_site_box_loses_no_reading(tmp_path: Path, fault_
             devices.append(d.start())
         async with District(s) as district:
 
-            def counts() -> Counter[tuple[str, int]]:
-                return Counter((p["dev"], p["seq"]) for b in district.of(dtopics.TELEMETRY) for p in b["packs"])
-
-            await district.wait_for(lambda: {dev for dev, _ in counts()} == set(names), 40)
+            await district.wait_for(lambda: {dev for dev, _ in district.packs()} == set(names), 40)
             await asyncio.sleep(3.0)
             # The gateway lags (a slow disk, a burst): the broker holds what the devices sent meanwhile.
             assert gw.proc is not None
@@ -102,13 +97,13 @@ async def test_power_cut_of_the_site_box_loses_no_reading(tmp_path: Path, fault_
             taken = {d.dev: sealed(d.flash) for d in devices}
 
             def delivered() -> bool:
-                got = counts()
+                got = district.packs()
                 return all((dev, seq) in got for dev, top in taken.items() for seq in range(1, top + 1))
 
             try:
                 await district.wait_for(delivered, 30)
             finally:
-                got = counts()
+                got = district.packs()
                 missing = {dev: [q for q in range(1, top + 1) if (dev, q) not in got] for dev, top in taken.items()}
                 print(f"sealed before the cut {before}, by the end {taken}; missing {missing}")
         lost = sum(len(v) for v in missing.values())
