@@ -8,12 +8,38 @@ Ingest rate is `rate(lifeline_ingest_messages_total[1m])`.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
+
+# Upper bounds, in seconds, of the commit-time histogram. An fsync on a healthy disk takes under a millisecond;
+# the tail above 25 ms is what delays alarms (docs/performance.md, "The alarm tail found").
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Durations:
+    """A histogram kept on the event loop, one `observe` a batch; the snapshot carries a copy of its counts."""
+
+    def __init__(self, bounds: tuple[float, ...] = COMMIT_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, "+Inf" last, as Prometheus histograms have them."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,8 @@ class Snapshot:
     check_processes: int = 0  # check processes running (gateway/check_stage.py)
     check_processes_lost: int = 0
     checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
+    commit_buckets: tuple[tuple[str, float], ...] = ()  # Durations.buckets() of the batch commits
+    commit_seconds: float = 0.0
 
 
 class _Collector:
@@ -91,6 +119,10 @@ class _Collector:
                                   "Messages the ingest decoded itself because their check process was lost",
                                   value=s.checked_in_ingest)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
+        if s.commit_buckets:
+            yield HistogramMetricFamily("lifeline_store_commit_seconds",
+                                        "Time of each commit of the ingest's store connection, its fsync included",
+                                        buckets=list(s.commit_buckets), sum_value=s.commit_seconds)
 
 
 class Metrics:

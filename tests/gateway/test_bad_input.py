@@ -149,6 +149,8 @@ async def test_bad_input_is_quarantined_and_good_input_beside_it_arrives(tmp_pat
         assert "lifeline_devices_in_memory 1.0" in scrape
         read = re.search(r"^lifeline_device_states_read_total (\S+)$", scrape, re.M)
         assert read and float(read[1]) >= 1
+        commits = re.search(r"^lifeline_store_commit_seconds_count (\S+)$", scrape, re.M)
+        assert commits and float(commits[1]) >= 1  # every batch's commit is timed
         assert gw.proc is not None and gw.proc.poll() is None  # still running
     finally:
         gw.kill()
