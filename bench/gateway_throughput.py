@@ -63,7 +63,7 @@ from lifeline.virtual import wire
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.loadgen import Generator, Load, device_id, device_key
 from lifeline.virtual.recorder import CountingRecorder
-from lifeline.virtual.site import DEPLOY, Device, GatewayProcess, Site, adapt, reading
+from lifeline.virtual.site import DEPLOY, Device, GatewayProcess, Site, adapt, metrics, reading
 from protocol import district as dtopics
 from protocol import topics
 
@@ -98,6 +98,8 @@ FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_inte
              rounds=3, link_messages=300, link_rounds=3, scale_devices=50_000, scale_messages=4)
 QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
               rounds=1, link_messages=40, link_rounds=1, scale_devices=0, scale_messages=2)
+SLOW_COMMIT_S = 0.025  # a bound of gateway.metrics.COMMIT_BUCKETS: a store commit this slow delays an alarm visibly
+METRICS_SNAPSHOT_S = 1.2  # the daemon hands its metrics a snapshot once a second
 CHECK = "check process "  # the CPU meter's name for the gateway's check processes, numbered from 1
 
 
@@ -225,7 +227,7 @@ def build_site(workdir: Path, sizes: Sizes, devices_csv: bool = False) -> tuple[
     """Both brokers from the deploy configs, the load devices registered with the generator's keys (in
     devices.csv with `devices_csv`, as a large site has them), and a login for the generator; returns the
     site and that login's password."""
-    site = Site(workdir, SITE, tls=True, devices_csv=devices_csv, extra_toml=(
+    site = Site(workdir, SITE, tls=True, devices_csv=devices_csv, metrics=True, extra_toml=(
         f"[ingest]\ncheck_processes = {sizes.check_processes}\n\n"
         f"[rules.overrides.gas.devices.{ALARM_DEV}.ch4]\nfor_samples = 1\n"))
     for i in range(sizes.devices):
@@ -364,6 +366,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def store_commits(site: Site) -> tuple[float, float]:
+    """The gateway's store commits so far, and how many of them took longer than SLOW_COMMIT_S (its histogram
+    `lifeline_store_commit_seconds`): a commit waiting on the disk holds up every alarm behind it."""
+    buckets = {x.labels["le"]: x.value for x in metrics(site.metrics_port)
+               if x.name == "lifeline_store_commit_seconds_bucket"}
+    if not buckets:
+        return 0.0, 0.0
+    return buckets["+Inf"], buckets["+Inf"] - buckets[str(SLOW_COMMIT_S)]
+
+
 def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, auth: tuple[str, str], tally: Tally,
                 probe: AlarmProbe, rss: Callable[[], float | None]) -> dict[str, Any]:
     """Background load through the gateway while the alarm device flips between red and clear."""
@@ -376,6 +388,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     total = sizes.devices * per_device
     before = len(tally.seen)
     dev = site.devices[ALARM_DEV]
+    commits_before, slow_before = store_commits(site)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{ALARM_DEV}")
     client.username_pw_set(ALARM_DEV, dev.password)
     client.connect("127.0.0.1", site.site_broker.port)
@@ -402,6 +415,8 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     published, first, last = gen.join()
     client.loop_stop()
     client.disconnect()
+    time.sleep(METRICS_SNAPSHOT_S)  # the daemon's metrics snapshot after the phase's last commit
+    commits_after, slow_after = store_commits(site)
     lat_ms = [s * 1000 for s in probe.latency_s.values()]
     got = len(tally.seen) - before
     return {"samples": sizes.alarm_samples, "received": len(lat_ms), "lost": sizes.alarm_samples - len(lat_ms),
@@ -413,6 +428,8 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
                                                  ("gateway_to_district", probe.from_gateway_s)) if v},
             "events": {ev: probe.events.count(ev) for ev in sorted(set(probe.events))},
             "repeats": probe.repeats, "other_alarms": probe.others,
+            "store_commits": {"all": commits_after - commits_before, "slow": slow_after - slow_before,
+                              "slow_over_s": SLOW_COMMIT_S},
             "background": {"target_msgs_per_s": sizes.background_rate, "messages_per_device": per_device,
                            "achieved_msgs_per_s": round(published / (last - first), 1),
                            "device_messages": total, "received": got, "lost": total - got, "complete": complete}}

@@ -47,6 +47,8 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
         assert alarm["events"] == {"raised": 5, "cleared": 5}
         assert alarm["p50_ms"] is not None and alarm["p50_ms"] <= alarm["p99_ms"] <= alarm["max_ms"]
         assert alarm["background"]["lost"] == 0 and alarm["background"]["received"] > 0
+        commits = alarm["store_commits"]  # read from the gateway's commit-time histogram
+        assert commits["all"] >= 1 and 0 <= commits["slow"] <= commits["all"]
         assert scenario["rss"]["peak_mb"] > 0
         assert scenario["gateway_exit_code"] == 0
         assert set(scenario["met"]) == {"ratio", "cpu", "alarm_p99", "rss"}
@@ -61,6 +63,7 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
     scale = r["scale"]
     assert scale["devices"] == 12 and scale["gateway"]["received"] == scale["gateway"]["device_messages"] == 24
     assert scale["alarm"]["received"] == 10 and scale["alarm"]["background"]["lost"] == 0
+    assert scale["alarm"]["store_commits"]["all"] >= 1
     assert 0 < scale["rss"]["registered_mb"] <= scale["rss"]["peak_mb"] and scale["gateway_exit_code"] == 0
     restarted = scale["restarted"]  # a new gateway on the same store: each device once more, none lost
     assert restarted["received"] == restarted["device_messages"] == 12 and restarted["lost"] == 0
