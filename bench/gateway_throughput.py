@@ -99,7 +99,6 @@ FULL = Sizes(devices=200, messages=500, workers=2, alarm_samples=300, alarm_inte
 QUICK = Sizes(devices=20, messages=40, workers=2, alarm_samples=20, alarm_interval_s=0.05, background_rate=1000,
               rounds=1, link_messages=40, link_rounds=1, scale_devices=0, scale_messages=2)
 SLOW_COMMIT_S = 0.025  # a bound of gateway.metrics.COMMIT_BUCKETS: a store commit this slow delays an alarm visibly
-METRICS_SNAPSHOT_S = 1.2  # the daemon hands its metrics a snapshot once a second
 CHECK = "check process "  # the CPU meter's name for the gateway's check processes, numbered from 1
 
 
@@ -415,7 +414,6 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     published, first, last = gen.join()
     client.loop_stop()
     client.disconnect()
-    time.sleep(METRICS_SNAPSHOT_S)  # the daemon's metrics snapshot after the phase's last commit
     commits_after, slow_after = store_commits(site)
     lat_ms = [s * 1000 for s in probe.latency_s.values()]
     got = len(tally.seen) - before

@@ -34,7 +34,7 @@ from gateway.commit_watermark import Confirmations
 from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
-from gateway.metrics import Durations, Metrics, Snapshot
+from gateway.metrics import Metrics, Snapshot
 from gateway.ota_relay import Ledger, Releases
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
@@ -91,7 +91,6 @@ class Gateway:
         self.gaps = 0
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
-        self.commit_times = Durations()  # the store's commits: a disk slow to fsync delays every alarm behind it
         # OTA (docs/ota.md): nodes' chunk requests on a connection of their own, so that a download never
         # waits behind an ingest batch's commit, nor a batch behind a download.
         self.releases = Releases(cfg.site)
@@ -192,7 +191,7 @@ class Gateway:
         self.ota.flush()
         began = time.perf_counter()
         self.conn.commit()
-        self.commit_times.observe(time.perf_counter() - began)
+        self.metrics.commit_seconds.observe(time.perf_counter() - began)  # a slow fsync delays every alarm behind it
 
     def _data(self, c: Checked, now: float) -> None:
         dev = c.device
@@ -383,8 +382,7 @@ class Gateway:
                         confirmations_due=self.confirmations.due_count(), devices_in_memory=held,
                         device_states_read=read, check_processes=len(self.stage.pids()) if self.stage else 0,
                         check_processes_lost=self.stage.lost if self.stage else 0,
-                        checked_in_ingest=self.stage.in_process if self.stage else 0,
-                        commit_buckets=tuple(self.commit_times.buckets()), commit_seconds=self.commit_times.total)
+                        checked_in_ingest=self.stage.in_process if self.stage else 0)
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S

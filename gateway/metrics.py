@@ -3,43 +3,22 @@
 prometheus-client serves scrapes from its own thread, while the daemon's counters live on the event loop
 and change under it. So the daemon hands over a finished snapshot (`Metrics.update`, once a second, on the
 loop), and the collector only reads the latest one: a scrape never iterates a dict that is being written.
+The commit-time histogram is prometheus-client's own, observed on the loop: it takes its own lock.
 Ingest rate is `rate(lifeline_ingest_messages_total[1m])`.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 # Upper bounds, in seconds, of the commit-time histogram. An fsync on a healthy disk takes under a millisecond;
 # the tail above 25 ms is what delays alarms (docs/performance.md, "The alarm tail found").
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class Durations:
-    """A histogram kept on the event loop, one `observe` a batch; the snapshot carries a copy of its counts."""
-
-    def __init__(self, bounds: tuple[float, ...] = COMMIT_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative counts by upper bound, "+Inf" last, as Prometheus histograms have them."""
-        out, running = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, float(running)))
-        return out
 
 
 @dataclass(frozen=True)
@@ -66,8 +45,6 @@ class Snapshot:
     check_processes: int = 0  # check processes running (gateway/check_stage.py)
     check_processes_lost: int = 0
     checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
-    commit_buckets: tuple[tuple[str, float], ...] = ()  # Durations.buckets() of the batch commits
-    commit_seconds: float = 0.0
 
 
 class _Collector:
@@ -119,10 +96,6 @@ class _Collector:
                                   "Messages the ingest decoded itself because their check process was lost",
                                   value=s.checked_in_ingest)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
-        if s.commit_buckets:
-            yield HistogramMetricFamily("lifeline_store_commit_seconds",
-                                        "Time of each commit of the ingest's store connection, its fsync included",
-                                        buckets=list(s.commit_buckets), sum_value=s.commit_seconds)
 
 
 class Metrics:
@@ -130,6 +103,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._collector = _Collector()
         self.registry.register(self._collector)
+        # Observed on the loop once a commit; prometheus-client's histogram is safe to scrape meanwhile.
+        self.commit_seconds = Histogram("lifeline_store_commit_seconds",
+                                        "Time of each commit of the store, its fsync included",
+                                        buckets=COMMIT_BUCKETS, registry=self.registry)
 
     def update(self, snapshot: Snapshot) -> None:
         self._collector.snapshot = snapshot
