@@ -586,8 +586,18 @@ class AlarmEngine:
         return out
 
     def _judge(self, key: Key, rule_id: str, threshold: Threshold, ctx: _Reading, judged: float) -> list[Transition]:
-        track = self._held(key[0], key[1]).get((key[2], key[3]), _NO_TRACK)
+        tracks = self._held(key[0], key[1])
+        part = key[2], key[3]
+        track = tracks.get(part, _NO_TRACK)
         if track.is_older(ctx.device_time):
+            return []
+        if (track is not _NO_TRACK and not track.runs and not threshold.reached_by(judged)
+                and key not in self._alarms):
+            # Short of every level, with no run to end and no alarm to clear: judge() would find nothing, and only
+            # `latest` moves, which flush() writes (as _save_track does). Most readings take this way.
+            if track.latest != ctx.device_time:
+                tracks[part] = Track(track.runs, track.window, track.sums, ctx.device_time)
+                self._unsaved.add(key)
             return []
         signal = dict.fromkeys(threshold.levels, judged)
         verdict = judge(threshold, self._level_of(key), track.runs, signal, ctx.device_time)

@@ -78,6 +78,18 @@ class Threshold:
     clear: Mapping[Level, float]
     for_s: float = 0.0
     for_samples: int = 1
+    # The level a value reaches first (the lowest of an "above" rule). Most readings fall short of it, and the
+    # alarm engine then skips judge(): a value short of it reaches no level.
+    first: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limits = self.levels.values()
+        first = min(limits, default=math.inf) if self.direction == "above" else max(limits, default=-math.inf)
+        object.__setattr__(self, "first", first)
+
+    def reached_by(self, value: float) -> bool:
+        """Whether `value` reaches any level."""
+        return _reaches(self.direction, value, self.first)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gateway.alarms
-from gateway.alarms import AlarmEngine, Transition
+from gateway.alarms import AlarmEngine, Track, Transition
 from gateway.device_list import DeviceConfig, DeviceList
 from gateway.riskpoints import RiskPoints
-from gateway.rules import Level, RuleError, RuleSet, default_ruleset, parse_ruleset
+from gateway.rules import Level, RuleError, RuleSet, default_ruleset, judge, parse_ruleset
 
 BLUE, YELLOW, ORANGE, RED = Level.BLUE, Level.YELLOW, Level.ORANGE, Level.RED
 
@@ -437,6 +437,52 @@ def test_restarts_anywhere_change_nothing(script: list[tuple[float, bool]], targ
         )
         assert t.event == expected
         levels[t.rule_kind] = t.level
+
+
+@pytest.mark.parametrize("target", [("gas", "ch4"), ("water", "pressure")])
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(-2, 3), st.booleans()), min_size=1, max_size=60))
+def test_a_level_rule_judges_every_reading_as_judge_does(
+    target: tuple[str, str], script: list[tuple[int, int, bool]]
+) -> None:
+    """The engine skips judge() for a reading short of every level with no run and no alarm; the transitions
+    and the pending runs must be what judge() applied to every reading gives, late readings left out, across
+    restarts. Values sit on, just above and just below each level and clear level, and times step back."""
+    cls, metric = target
+    rule = rules().metric_rules(cls, "dev-1", metric)
+    threshold = rule.level if rule is not None else None
+    assert threshold is not None
+    edges = sorted({*threshold.levels.values(), *threshold.clear.values()})
+    values = [v + d for v in edges for d in (-0.5, 0.0, 0.5)] + [0.0, edges[-1] * 2]
+    level: Level | None = None
+    runs: Any = {}
+    latest: float | None = None
+    expected: list[tuple[Level | None, Level | None]] = []
+    t = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        s = EngineOnDisk(Path(tmp) / "gateway.db")
+        got: list[tuple[Level | None, Level | None]] = []
+        for pick, step, restart in script:
+            value = values[pick % len(values)]
+            t += step
+            if restart:
+                s.restart()
+            got += [(x.prev, x.level) for x in s.engine.observe("dev-1", cls, metric, value, t, 1000.0 + t)
+                    if x.rule_kind == "level"]
+            if latest is not None and t < latest:
+                continue  # late: the engine judges nothing older than the newest
+            verdict = judge(threshold, level, runs, dict.fromkeys(threshold.levels, value), t)
+            runs, latest = verdict.runs, t
+            if verdict.level != level:
+                expected.append((level, verdict.level))
+                level = verdict.level
+        s.restart()
+        stored = s.conn.execute("SELECT state FROM alarm_track WHERE subject = 'dev-1' AND metric = ? AND kind = "
+                                "'level'", (metric,)).fetchone()
+        s.conn.close()
+    assert got == expected
+    held = Track.from_json(stored[0])
+    assert dict(held.runs) == dict(runs) and held.latest == latest
 
 
 # ------------------------------------------------------------------------------------------ rule changes

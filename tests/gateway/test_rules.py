@@ -313,6 +313,22 @@ def test_judge_below_rules_mirror_above() -> None:
     ]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["above", "below"]),
+       st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=4, unique=True), st.floats(-2e6, 2e6))
+def test_a_value_reaches_a_level_exactly_when_it_reaches_the_first(
+    direction: Direction, limits: list[float], value: float
+) -> None:
+    """Threshold.reached_by, which lets the alarm engine skip judge() for most readings, is "some level reached"."""
+    limits.sort(reverse=direction == "below")
+    levels = dict(zip([BLUE, YELLOW, ORANGE, RED], limits, strict=False))
+    th = Threshold(direction, levels, levels)
+    reached = any(value >= v if direction == "above" else value <= v for v in levels.values())
+    assert th.reached_by(value) == reached
+    assert th.reached_by(th.first)
+    assert bool(judge(th, None, {}, dict.fromkeys(levels, value), 0.0).runs) == reached  # what judge() would start
+
+
 def test_pending_by_samples_and_by_seconds() -> None:
     by_samples = Threshold("above", {RED: 50}, {RED: 40}, 0.0, 3)
     assert run_judge(by_samples, [(0, 60), (1, 60), (2, 30), (3, 60), (4, 60), (5, 60)]) == [
