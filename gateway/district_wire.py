@@ -18,7 +18,7 @@ from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 import cbor2
 
 from gateway.message_decode import loads_one
-from protocol import district_verify, message, senml, senml_resolve
+from protocol import cbor, district_verify, message, senml, senml_resolve
 
 BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body
 
@@ -211,29 +211,24 @@ def thinned_entry(dev: str, seq_lo: int, seq_hi: int, msgs: int, boots: list[int
                                     interval=interval, s=s))
 
 
-class _Encoded:
-    """Bytes that are already CBOR, spliced into a telemetry message without decoding them again."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _splice(encoder: Any, value: Any) -> None:
-    if not isinstance(value, _Encoded):
-        raise TypeError(f"cannot encode {type(value).__name__}")
-    encoder.write(value.data)
+_ARRAY, _MAP = 4, 5  # CBOR major types (RFC 8949 section 3.1)
 
 
 def telemetry(site: str, packs: Sequence[bytes], thinned: Sequence[bytes]) -> bytes:
     """{"site", "packs": [entry...], "thinned": [entry...]} ("thinned" only when there are some), from the
-    entries as stored (telemetry_entry, thinned_entry)."""
-    doc: dict[str, Any] = {"site": site, "packs": [_Encoded(p) for p in packs]}
-    if thinned:
-        doc["thinned"] = [_Encoded(t) for t in thinned]
-    out: bytes = cbor2.dumps(doc, default=_splice)
-    return out
+    entries as stored (telemetry_entry, thinned_entry). The entries are already CBOR and go in as they are:
+    only the map and the array heads are written here (through cbor2's `default` hook each entry cost half a
+    microsecond, more than the rest of the message)."""
+    out = bytearray()
+    cbor.head(out, _MAP, 3 if thinned else 2)
+    out += cbor2.dumps("site")
+    out += cbor2.dumps(site)
+    for key, entries in (("packs", packs), ("thinned", thinned)):
+        if entries or key == "packs":
+            out += cbor2.dumps(key)
+            cbor.head(out, _ARRAY, len(entries))
+            out += b"".join(entries)
+    return bytes(out)
 
 
 # --- the gateway's own session -----------------------------------------------------------------------------

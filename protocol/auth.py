@@ -62,9 +62,9 @@ def _equal(a, b):
 
 
 def _bstr(data):
-    head = bytearray()
-    cbor._head(head, 2, len(data))
-    return bytes(head) + data
+    out = bytearray()
+    cbor.head(out, 2, len(data))
+    return bytes(out) + data
 
 
 _MAC0_HEAD = b"\x84\x64MAC0" + _bstr(_PROTECTED) + b"\x40"  # up to the payload, for the header every sender writes

@@ -61,7 +61,10 @@ UNDEFINED = _Undefined()
 _U64 = const(0x10000000000000000)  # const: folded away on MicroPython, no interned name for a node
 
 
-def _head(out, major, n):
+# Appends the head of an item of major type `major`, argument `n` (RFC 8949 section 3): a whole integer, or the
+# start of a string, array or map whose content the caller writes. A comment, not a docstring: on a node a
+# docstring is a string held in RAM.
+def head(out, major, n):
     mt = major << 5
     if n < 24:
         out.append(mt | n)
@@ -109,29 +112,29 @@ def _encode(out, obj, depth):
         out.append(0xF7)
     elif isinstance(obj, int):
         if 0 <= obj < _U64:
-            _head(out, 0, obj)
+            head(out, 0, obj)
         elif -_U64 <= obj < 0:
-            _head(out, 1, -1 - obj)
+            head(out, 1, -1 - obj)
         else:
             tag, n = (2, obj) if obj > 0 else (3, -1 - obj)
-            _head(out, 6, tag)
+            head(out, 6, tag)
             size = 0
             while n >> (8 * size):
                 size += 1
             raw = n.to_bytes(size, "big")
-            _head(out, 2, len(raw))
+            head(out, 2, len(raw))
             out.extend(raw)
     elif isinstance(obj, float):
         _float(out, obj)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        _head(out, 2, len(obj))
+        head(out, 2, len(obj))
         out.extend(obj)
     elif isinstance(obj, str):
         raw = obj.encode("utf-8")
-        _head(out, 3, len(raw))
+        head(out, 3, len(raw))
         out.extend(raw)
     elif isinstance(obj, (list, tuple)):
-        _head(out, 4, len(obj))
+        head(out, 4, len(obj))
         for item in obj:
             _encode(out, item, depth + 1)
     elif isinstance(obj, dict):
@@ -143,12 +146,12 @@ def _encode(out, obj, depth):
             _encode(kb, key, depth + 1)
             keyed.append((bytes(kb), key))
         keyed.sort()  # by encoding: distinct keys encode differently, so keys are never compared
-        _head(out, 5, len(obj))
+        head(out, 5, len(obj))
         for kb, key in keyed:
             out.extend(kb)
             _encode(out, obj[key], depth + 1)
     elif isinstance(obj, Tag):
-        _head(out, 6, obj.tag)
+        head(out, 6, obj.tag)
         _encode(out, obj.value, depth + 1)
     elif isinstance(obj, Simple):
         v = obj.value
