@@ -69,11 +69,6 @@ class Checked(NamedTuple):
     retained: bool
     raw: bytes = b""  # the message as the device sealed it, forwarded upstream as its proof of origin
 
-    @property
-    def retimed(self) -> bool:
-        """Whether a reading is judged at a time other than the device's own (relative, boot clock, untrusted)."""
-        return any(r.t != r.t_device for r in self.readings)
-
 
 class Checker:
     def __init__(self, site: str, registry: Registry, sequence: SequenceTracker, quarantine: Quarantine,

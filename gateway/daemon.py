@@ -196,8 +196,16 @@ class Gateway:
     def _data(self, c: Checked, now: float) -> None:
         dev = c.device
         judged = []
-        placed = False  # the pack carries a position: found here rather than by a walk of its own
+        # Found in this one walk rather than by walks of their own: the pack carries a position; a reading is
+        # judged at a time other than the device's own (relative, boot clock, untrusted); readings whose clock
+        # is not trusted.
+        placed = retimed = False
+        flagged = []
         for r in c.readings:
+            if r.t != r.t_device:
+                retimed = True
+            if r.clock not in TRUSTED:
+                flagged.append(r)
             value = r.value
             if isinstance(value, bool):
                 value = float(value)
@@ -214,10 +222,8 @@ class Gateway:
         self.confirmations.committed(dev.id, body["seq"])
         if c.readings:
             # The sealed message goes up as received; records are read only for the times of a retimed one.
-            retimed = c.retimed
             records = [_record(r) for r in c.readings] if retimed else []
             self.outbox.put_telemetry(dev.id, body["seq"], body["boot"], records, now, body["pri"], c.raw, retimed)
-        flagged = [r for r in c.readings if r.clock not in TRUSTED]
         if flagged:  # judged and sent with the arrival time; the device's own time goes upstream here
             self._up_state(district.DQ, district_wire.clock_report(
                 dev.id, body["seq"], body["boot"], body["clk"], now, ((r.name, r.clock, r.t_device) for r in flagged)))

@@ -157,7 +157,7 @@ def telemetry_entry(dev: str, seq: int, boot: int, records: Sequence[Mapping[str
     device sent: one of v, vb, vs, vd, a sum s, or both). With `sealed` (the device's COSE_Mac0 as received)
     the entry carries that instead of the records, and their times only when `retimed` (one differs from the
     device's own). `pri` as the device sent it, left out when 0."""
-    entry = TelemetryEntry(dev=dev, seq=seq, boot=boot)
+    entry: TelemetryEntry = {"dev": dev, "seq": seq, "boot": boot}  # a literal: 0.1 us, the class called 0.27
     if sealed is None:
         entry["e"] = senml_pack(dev, records)
     else:
