@@ -376,8 +376,10 @@ def store_commits(site: Site) -> tuple[float, float]:
 
 
 def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, auth: tuple[str, str], tally: Tally,
-                probe: AlarmProbe, rss: Callable[[], float | None]) -> dict[str, Any]:
-    """Background load through the gateway while the alarm device flips between red and clear."""
+                probe: AlarmProbe, rss: Callable[[], float | None], gateway: dict[str, int]) -> dict[str, Any]:
+    """Background load through the gateway while the alarm device flips between red and clear. `gateway`: its
+    processes, whose CPU the phase reports a message: at this light load a batch holds about one message, and
+    a message costs several times what it does at full load (docs/performance.md, "Light load")."""
     assert site.site_broker is not None
     warmup_s = 1.0
     span = warmup_s + sizes.alarm_samples * sizes.alarm_interval_s + 1.0
@@ -393,6 +395,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     client.connect("127.0.0.1", site.site_broker.port)
     client.loop_start()
     gen = Generator(load, "127.0.0.1", site.site_broker.port, auth)
+    meter = CpuMeter(gateway)
     released = gen.go()
     print(f"  [alarms] background {sizes.background_rate:,.0f} msg/s for {span:.0f} s, {sizes.alarm_samples} "
           f"alarm readings every {sizes.alarm_interval_s * 1000:.0f} ms", file=sys.stderr, flush=True)
@@ -412,11 +415,13 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
         time.sleep(0.02)
     complete = wait_count(tally, before + total, timeout_for(total), Progress("background", before, rss))
     published, first, last = gen.join()
+    cpu_s = sum(meter.stop()["cpu_s"].values())
     client.loop_stop()
     client.disconnect()
     commits_after, slow_after = store_commits(site)
     lat_ms = [s * 1000 for s in probe.latency_s.values()]
     got = len(tally.seen) - before
+    messages = got + len(lat_ms)
     return {"samples": sizes.alarm_samples, "received": len(lat_ms), "lost": sizes.alarm_samples - len(lat_ms),
             "p50_ms": round(percentile(lat_ms, 50), 2) if lat_ms else None,
             "p99_ms": round(percentile(lat_ms, 99), 2) if lat_ms else None,
@@ -428,6 +433,8 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
             "repeats": probe.repeats, "other_alarms": probe.others,
             "store_commits": {"all": commits_after - commits_before, "slow": slow_after - slow_before,
                               "slow_over_s": SLOW_COMMIT_S},
+            "gateway_cpu_us_per_msg": round(cpu_s / max(messages, 1) * 1e6, 1),
+            "msgs_per_commit": round(messages / max(commits_after - commits_before, 1), 2),
             "background": {"target_msgs_per_s": sizes.background_rate, "messages_per_device": per_device,
                            "achieved_msgs_per_s": round(published / (last - first), 1),
                            "device_messages": total, "received": got, "lost": total - got, "complete": complete}}
@@ -549,7 +556,7 @@ class Rig:
         self.probe = AlarmProbe()  # the same readings recur in each alarm phase
         say(f"alarm latency under background load{tag}")
         result = alarm_phase(self.site, self.sizes, self.next_seq, self.time_base, self.auth, self.telemetry,
-                             self.probe, gateway_rss(gateway_pids(gateway)))
+                             self.probe, gateway_rss(gateway_pids(gateway)), gateway_pids(gateway))
         self.next_seq += result["background"]["messages_per_device"]
         return result
 

@@ -101,6 +101,7 @@ def table(r: dict[str, Any]) -> str:
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {targets['alarm_p99_ms']:.0f}",
          yes(r["met"]["alarm_p99"])),
         commits_row(a),
+        light_load_row(a),
         ("gateway peak RSS (VmHWM), MB", memory_cell(r), f"≤ {targets['rss_mb']:.0f}", yes(r["met"]["rss"])),
         ("lost: gateway / bridge / background / alarms", " / ".join(map(str, lost)), "0", yes(not any(lost))),
     ]
@@ -114,6 +115,12 @@ def commits_row(a: dict[str, Any]) -> tuple[str, str, str, str]:
     c = a["store_commits"]
     return (f"the gateway's store commits in the alarm phase: slower than {c['slow_over_s'] * 1000:.0f} ms (all)",
             f"{c['slow']:,.0f} ({c['all']:,.0f})", "", "")
+
+
+def light_load_row(a: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What a message costs when batches are small: the alarm phase's background is a light load."""
+    return ("gateway CPU per device message in the alarm phase, µs (device messages a commit)",
+            f"{a['gateway_cpu_us_per_msg']:.0f} ({a['msgs_per_commit']:.1f})", "", "")
 
 
 def cpu_cell(g: dict[str, Any]) -> str:
@@ -169,6 +176,7 @@ def scale_text(r: dict[str, Any]) -> list[str]:
         (f"alarm latency p50 / p99, ms ({a['received']} transitions, {bg['achieved_msgs_per_s']:,.0f} msg/s "
          "background)", f"{a['p50_ms']} / {a['p99_ms']}", f"p99 ≤ {t['alarm_p99_ms']:.0f}", yes(k["met"]["alarm_p99"])),
         commits_row(a),
+        light_load_row(a),
         ("gateway RSS once started (every device registered, none heard), MB", f"{m['registered_mb']:.0f}", "", ""),
         ("gateway RSS after every device was heard, MB", f"{m['heard_mb']:.0f}", "", ""),
         ("gateway peak RSS (VmHWM), MB; of it before any message",

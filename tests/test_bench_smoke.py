@@ -49,6 +49,7 @@ def test_gateway_benchmark_quick_run(tmp_path: Path) -> None:
         assert alarm["background"]["lost"] == 0 and alarm["background"]["received"] > 0
         commits = alarm["store_commits"]  # read from the gateway's commit-time histogram
         assert commits["all"] >= 1 and 0 <= commits["slow"] <= commits["all"]
+        assert alarm["gateway_cpu_us_per_msg"] > 0 and alarm["msgs_per_commit"] >= 1  # light load's cost
         assert scenario["rss"]["peak_mb"] > 0
         assert scenario["gateway_exit_code"] == 0
         assert set(scenario["met"]) == {"ratio", "cpu", "alarm_p99", "rss"}
