@@ -61,10 +61,9 @@ UNDEFINED = _Undefined()
 _U64 = const(0x10000000000000000)  # const: folded away on MicroPython, no interned name for a node
 
 
-# Appends the head of an item of major type `major`, argument `n` (RFC 8949 section 3): a whole integer, or the
-# start of a string, array or map whose content the caller writes. A comment, not a docstring: on a node a
-# docstring is a string held in RAM.
 def head(out, major, n):
+    """Append the head of an item of major type `major` with argument `n` (RFC 8949 section 3): a whole integer,
+    or the start of a string, array or map whose content the caller writes."""
     mt = major << 5
     if n < 24:
         out.append(mt | n)
