@@ -81,14 +81,16 @@ def test_a_rollout_from_the_desk_lands_and_the_desk_shows_each_download(tmp_path
                          "the rollout ends: " + str(ota()))
             # Progress travels in the gateway's OTA report (every 2 s), a node's version in its birth: the
             # desk may see the birth first (and the rollout end) before any progress of a node that downloaded
-            # between two reports, and shows the whole download by the next report.
+            # between two reports, and shows the whole download by the next report. The node's sealed "ota"
+            # event goes up in the telemetry lane, which may trail its birth in the state lane too.
             def whole() -> dict[str, Any] | None:
                 v = ota()
                 shown = {n["dev"]: n for n in v["nodes"]}
                 return v if all(shown[d]["target"] == NEW and shown[d]["done"] == shown[d]["total"]
+                                and shown[d]["outcome"] is not None
                                 for d in ("gas-1", "water-1", "rain-1")) else None
 
-            view = until(whole, 30, "every download shown whole: " + str(ota()))
+            view = until(whole, 30, "every download and outcome shown: " + str(ota()))
             consoles = site.consoles()
     finally:
         for d in district:
