@@ -419,6 +419,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     client.loop_stop()
     client.disconnect()
     commits_after, slow_after = store_commits(site)
+    commits = commits_after - commits_before
     lat_ms = [s * 1000 for s in probe.latency_s.values()]
     got = len(tally.seen) - before
     messages = got + len(lat_ms)
@@ -431,10 +432,10 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
                                                  ("gateway_to_district", probe.from_gateway_s)) if v},
             "events": {ev: probe.events.count(ev) for ev in sorted(set(probe.events))},
             "repeats": probe.repeats, "other_alarms": probe.others,
-            "store_commits": {"all": commits_after - commits_before, "slow": slow_after - slow_before,
+            "store_commits": {"all": commits, "slow": slow_after - slow_before,
                               "slow_over_s": SLOW_COMMIT_S},
             "gateway_cpu_us_per_msg": round(cpu_s / max(messages, 1) * 1e6, 1),
-            "msgs_per_commit": round(messages / max(commits_after - commits_before, 1), 2),
+            "msgs_per_commit": round(messages / max(commits, 1), 2),
             "background": {"target_msgs_per_s": sizes.background_rate, "messages_per_device": per_device,
                            "achieved_msgs_per_s": round(published / (last - first), 1),
                            "device_messages": total, "received": got, "lost": total - got, "complete": complete}}
@@ -555,8 +556,9 @@ class Rig:
     def alarms(self, gateway: GatewayProcess, tag: str = "") -> dict[str, Any]:
         self.probe = AlarmProbe()  # the same readings recur in each alarm phase
         say(f"alarm latency under background load{tag}")
+        pids = gateway_pids(gateway)
         result = alarm_phase(self.site, self.sizes, self.next_seq, self.time_base, self.auth, self.telemetry,
-                             self.probe, gateway_rss(gateway_pids(gateway)), gateway_pids(gateway))
+                             self.probe, gateway_rss(pids), pids)
         self.next_seq += result["background"]["messages_per_device"]
         return result
 
