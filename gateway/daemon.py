@@ -134,6 +134,7 @@ class Gateway:
 
     def _rollback(self) -> None:
         self.conn.rollback()
+        self.outbox.rollback()
         self.sequence.rollback()
         self.registry.rollback()
         self.confirmations.rollback()
@@ -184,6 +185,7 @@ class Gateway:
                 self.confirmations.heard(dev)
 
     def _commit(self) -> None:
+        self.outbox.flush()
         self.sequence.flush()
         self.registry.flush()
         self.alarms.flush()

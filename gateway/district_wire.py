@@ -10,8 +10,9 @@ nodes never see these bodies, so this lives beside the gateway rather than in th
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
@@ -214,21 +215,37 @@ def thinned_entry(dev: str, seq_lo: int, seq_hi: int, msgs: int, boots: list[int
 _ARRAY, _MAP = 4, 5  # CBOR major types (RFC 8949 section 3.1)
 
 
-def telemetry(site: str, packs: Sequence[bytes], thinned: Sequence[bytes]) -> bytes:
+def telemetry(site: str, packs: Sequence[bytes], thinned: Sequence[bytes],
+              counts: tuple[int, int] | None = None) -> bytes:
     """{"site", "packs": [entry...], "thinned": [entry...]} ("thinned" only when there are some), from the
-    entries as stored (telemetry_entry, thinned_entry). The entries are already CBOR and go in as they are:
-    only the map and the array heads are written here (through cbor2's `default` hook each entry cost half a
-    microsecond, more than the rest of the message)."""
+    entries as stored (telemetry_entry, thinned_entry): each one entry, or with `counts` CBOR sequences of
+    entries (outbox rows), `counts` saying how many entries the packs and the thinned hold. The entries are
+    already CBOR and go in as they are: only the map and the array heads are written here (through cbor2's
+    `default` hook each entry cost half a microsecond, more than the rest of the message)."""
+    n_packs, n_thinned = (len(packs), len(thinned)) if counts is None else counts
     out = bytearray()
-    cbor.head(out, _MAP, 3 if thinned else 2)
+    cbor.head(out, _MAP, 3 if n_thinned else 2)
     out += cbor2.dumps("site")
     out += cbor2.dumps(site)
-    for key, entries in (("packs", packs), ("thinned", thinned)):
-        if entries or key == "packs":
+    for key, entries, n in (("packs", packs, n_packs), ("thinned", thinned, n_thinned)):
+        if n or key == "packs":
             out += cbor2.dumps(key)
-            cbor.head(out, _ARRAY, len(entries))
+            cbor.head(out, _ARRAY, n)
             out += b"".join(entries)
     return bytes(out)
+
+
+def stored_entries(data: bytes) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Each entry of a stored telemetry row, a CBOR sequence (RFC 8742) of pack or summary entries, decoded and
+    with its own bytes: for the outbox's budget pass, which regroups the entries of a row by device."""
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(stream)
+    start = 0
+    while start < len(data):
+        entry = decoder.decode()
+        end = stream.tell()
+        yield entry, data[start:end]
+        start = end
 
 
 # --- the gateway's own session -----------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 Rows are written by the ingest (alarm transitions, device state, data-quality events, command acks, device
 data) inside its batch transaction: `put_*` never commits, so an item exists exactly when the batch that
 produced it (and the alarm state beside it) is committed, and that commit happens before the site broker
-gets its PUBACK. The uplink leases rows through a second, read-only connection, which in WAL mode sees
-only committed data: nothing a failed batch rolls back is ever sent, and an open batch never holds the
-uplink up. It publishes them with QoS 1 and calls `ack` once the district broker's PUBACK is in; only then
-is a row deleted, in a commit of its own made while no batch is open. docs/outbox.md has the full argument.
+gets its PUBACK. A batch's device messages go in at `flush`, just before that commit, as rows of up to
+`row_entries` pack entries: a row each cost more than the rest of the outbox's work together. The uplink
+leases rows through a second, read-only connection, which in WAL mode sees only committed data: nothing a
+failed batch rolls back is ever sent, and an open batch never holds the uplink up. It publishes them with QoS 1
+and calls `ack` once the district broker's PUBACK is in; only then is a row deleted, in a commit of its own
+made while no batch is open. docs/outbox.md has the full argument.
 
 Lanes drain in order ALARM, STATE, TELEMETRY, and oldest first (insertion order) within a lane. A disk
 budget bounds the rows' bytes: past it the oldest telemetry is thinned to per-interval summaries, or
@@ -25,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from gateway import district_wire
 from gateway.device_states import chunks
@@ -44,8 +46,9 @@ STATE_KINDS = (district.UP_STATE, district.DQ, district.UP_ACK, district.UP_EVEN
 # Measured on SQLite 3.40 with typical rows (see docs/outbox.md); the budget is an estimate, not a statfs.
 ROW_OVERHEAD = 64
 LOW_WATER = 0.9  # a budget pass frees down to this fraction, so the next few puts do not start another
-WINDOW_ROWS = 5000  # rows read per thinning window
-PASS_ROWS = 50_000  # rows thinned per pass at most; eviction then takes the rest of the excess
+WINDOW_ENTRIES = 5000  # entries read per thinning window
+PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
+EVICT_ROWS = 1000  # rows looked at per eviction query
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
@@ -53,14 +56,11 @@ _SCHEMA = (
         lane INTEGER NOT NULL,
         kind TEXT NOT NULL,
         t REAL NOT NULL,
-        dev TEXT,
-        seq INTEGER,
-        seq_hi INTEGER,
-        boot INTEGER,
         msgs INTEGER NOT NULL DEFAULT 1,
         thinned INTEGER NOT NULL DEFAULT 0,
         body BLOB NOT NULL,
-        pri INTEGER NOT NULL DEFAULT 0)""",
+        pri INTEGER NOT NULL DEFAULT 0,
+        entries INTEGER NOT NULL DEFAULT 1)""",
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
         lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
@@ -69,19 +69,22 @@ _SCHEMA = (
 )
 # Run after the row of outbox_counted exists, in the same transaction: a store made before counted every row by
 # a trigger on INSERT as well, so its counted id is its highest, and the old triggers go with the same commit.
+# The totals' "rows" are entries (an item, a device message or a summary); a store made before telemetry rows
+# held several had one entry a row, and its trigger that subtracted 1 a row goes in that commit too.
 _TRIGGERS = (
     "DROP TRIGGER IF EXISTS outbox_ins",
     "DROP TRIGGER IF EXISTS outbox_del",
-    f"""CREATE TRIGGER IF NOT EXISTS outbox_del_counted AFTER DELETE ON outbox
+    "DROP TRIGGER IF EXISTS outbox_del_counted",
+    f"""CREATE TRIGGER IF NOT EXISTS outbox_del_entries AFTER DELETE ON outbox
         WHEN OLD.id <= (SELECT id FROM outbox_counted) BEGIN
-        UPDATE outbox_lanes SET rows = rows - 1, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
+        UPDATE outbox_lanes SET rows = rows - OLD.entries, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
         WHERE lane = OLD.lane; END""",
 )
 
 
 class Item(NamedTuple):
-    """One leased row. `body` is the CBOR the district receives (a telemetry row is one pack entry). A NamedTuple:
-    one is built for every device message sent, in a third of a frozen dataclass's time."""
+    """One leased row. `body` is the CBOR the district receives: one item, or for telemetry a CBOR sequence
+    (RFC 8742) of `entries` pack or summary entries. A NamedTuple, a third of a frozen dataclass's cost."""
 
     id: int
     lane: int
@@ -89,6 +92,7 @@ class Item(NamedTuple):
     thinned: bool
     body: bytes
     t: float = 0.0  # when it was queued
+    entries: int = 1
 
 
 @dataclass
@@ -148,17 +152,24 @@ class _Stats:
 class Outbox:
     """The outbox tables on the shared store connection, with in-memory leases for rows in flight."""
 
-    def __init__(self, conn: sqlite3.Connection, budget_bytes: int, thin_interval_s: float = 300.0) -> None:
-        if budget_bytes <= 0 or thin_interval_s <= 0:
-            raise ValueError("budget_bytes and thin_interval_s must be positive")
+    def __init__(self, conn: sqlite3.Connection, budget_bytes: int, thin_interval_s: float = 300.0,
+                 row_entries: int = 100) -> None:
+        """`row_entries`: device messages a telemetry row holds at most; the uplink sets its `max_items`, so that
+        a row fits in one publish."""
+        if budget_bytes <= 0 or thin_interval_s <= 0 or row_entries < 1:
+            raise ValueError("budget_bytes, thin_interval_s and row_entries must be positive")
         self.conn = conn
         self.budget_bytes = budget_bytes
         self.thin_interval_s = thin_interval_s
+        self.row_entries = row_entries
         opened = conn.in_transaction
         for statement in _SCHEMA:
             conn.execute(statement)
-        if "pri" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:  # a store made before pri
-            conn.execute("ALTER TABLE outbox ADD COLUMN pri INTEGER NOT NULL DEFAULT 0")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        for column in ("pri", "entries"):  # a store made before them
+            if column not in columns:
+                conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} INTEGER NOT NULL "
+                             f"DEFAULT {1 if column == 'entries' else 0}")
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
         conn.execute("INSERT OR IGNORE INTO outbox_counted VALUES (0, (SELECT coalesce(max(id), 0) FROM outbox))")
         for statement in _TRIGGERS:
@@ -167,6 +178,8 @@ class Outbox:
             conn.commit()
         self._reader = self._open_reader(conn)
         self._open_lanes: set[int] = set()  # lanes put to since the connection was last seen idle
+        self._pending: list[bytes] = []  # the open batch's pack entries, written by flush
+        self._pending_t = 0.0  # when the first of them was put
         # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
         self.alarm_event = asyncio.Event()
         self.ready_event = asyncio.Event()
@@ -198,7 +211,7 @@ class Outbox:
 
     def put_alarm(self, body: Mapping[str, Any], now: float | None = None) -> int:
         """An alarm transition (alarms.Transition.body()); the uplink is woken at once."""
-        rid = self._insert(ALARM, district.ALARM, now, None, None, None, district_wire.encode(body))
+        rid = self._insert(ALARM, district.ALARM, now, district_wire.encode(body))
         self.alarm_event.set()
         return rid
 
@@ -207,26 +220,48 @@ class Outbox:
         topic kind."""
         if kind not in STATE_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
-        return self._insert(STATE, kind, now, None, None, None, district_wire.encode(body))
+        return self._insert(STATE, kind, now, district_wire.encode(body))
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
                       now: float | None = None, pri: int = 0, sealed: bytes | None = None,
-                      retimed: bool = False) -> int:
+                      retimed: bool = False) -> None:
         """One device data message, its records resolved to absolute time ({"n","u","t"} and the value fields
-        the device sent: v, vb, vs or vd, and a sum s). A pack the device sent at alarm priority (`pri` 1) keeps
-        its flag upstream and is exempt from the disk budget, like an alarm: it is the evidence of one.
-        `sealed`, `retimed`: the device's message as received, which goes up in place of the records
-        (district_wire.telemetry_entry)."""
+        the device sent: v, vb, vs or vd, and a sum s), written with the batch's others by `flush`. A pack the
+        device sent at alarm priority (`pri` 1) keeps its flag upstream and is exempt from the disk budget, like
+        an alarm: it is the evidence of one, and has a row of its own at once. `sealed`, `retimed`: the device's
+        message as received, which goes up in place of the records (district_wire.telemetry_entry)."""
         body = district_wire.telemetry_entry(dev, seq, boot, records, pri, sealed, retimed)
-        return self._insert(TELEMETRY, district.TELEMETRY, now, dev, seq, boot, body, pri)
+        now = time.time() if now is None else now
+        if pri:
+            self._insert(TELEMETRY, district.TELEMETRY, now, body, pri)
+            return
+        if not self._pending:
+            self._pending_t = now
+        self._pending.append(body)
+        self._open_lanes.add(TELEMETRY)
+        self.ready_event.set()
 
-    def _insert(self, lane: int, kind: str, now: float | None, dev: str | None, seq: int | None,
-                boot: int | None, body: bytes, pri: int = 0) -> int:
+    def flush(self) -> None:
+        """Write the batch's device messages into the current transaction (the caller commits), as rows of up to
+        `row_entries` pack entries in the order put: one INSERT a message was 5 µs of the gateway's 50, and one
+        row a message cost the uplink a lease, an ack and a delete each (docs/performance.md)."""
+        pending, n = self._pending, self.row_entries
+        if pending:
+            self.conn.executemany(
+                "INSERT INTO outbox (lane, kind, t, msgs, entries, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), len(part), b"".join(part))
+                 for part in (pending[i:i + n] for i in range(0, len(pending), n))])
+            self._pending = []
+
+    def rollback(self) -> None:
+        """Forget the device messages put since the last flush: their batch was rolled back."""
+        self._pending = []
+
+    def _insert(self, lane: int, kind: str, now: float | None, body: bytes, pri: int = 0) -> int:
         """One row, not yet in the lane totals (`_count` adds it): a trigger counting each row as it went in cost
         4 µs of the gateway's 100 a device message (docs/performance.md)."""
-        cur = self.conn.execute(
-            "INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body, pri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (lane, kind, time.time() if now is None else now, dev, _column(seq), _column(seq), boot, body, pri))
+        cur = self.conn.execute("INSERT INTO outbox (lane, kind, t, body, pri) VALUES (?, ?, ?, ?, ?)",
+                                (lane, kind, time.time() if now is None else now, body, pri))
         self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
@@ -257,28 +292,35 @@ class Outbox:
         return self._reader is not self.conn or self.idle
 
     def pending(self, lane: int, limit: int) -> tuple[int, float | None]:
-        """How many committed rows (up to `limit`) wait unleased in a lane, and the oldest one's queue time."""
+        """How many committed entries wait unleased in a lane (counted over the first `limit` rows, so at least
+        `limit` if that many wait), and the oldest one's queue time."""
         if not self._readable():
             return 0, None
         n, oldest = self._reader.execute(
-            "SELECT count(*), min(t) FROM (SELECT t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?)",
+            "SELECT total(entries), min(t) FROM "
+            "(SELECT entries, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?)",
             (lane, self._cursor[lane], limit)).fetchone()
         return int(n), oldest
 
     def lease(self, lane: int, limit: int) -> list[Item]:
-        """The next committed rows of a lane, oldest first, marked in flight."""
+        """The next committed rows of a lane, oldest first, marked in flight: as many as hold at most `limit`
+        entries, and always the first."""
         if not self._readable() or limit <= 0:
             return []
         rows = self._reader.execute(
-            "SELECT id, kind, thinned, body, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, thinned, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit)).fetchall()
-        items = []
-        for rid, kind, thinned, body, t in rows:
+        items: list[Item] = []
+        taken = 0
+        for rid, kind, thinned, body, t, entries in rows:
+            if items and taken + entries > limit:
+                break
             self._cursor[lane] = rid
             if rid in self._acked:
                 continue
             self._leased.add(rid)
-            items.append(Item(rid, lane, kind, bool(thinned), body, t))
+            items.append(Item(rid, lane, kind, bool(thinned), body, t, entries))
+            taken += entries
         return items
 
     def ack(self, ids: Iterable[int]) -> None:
@@ -331,7 +373,7 @@ class Outbox:
     # --- metrics --------------------------------------------------------------------------------------------
 
     def depth(self) -> dict[str, int]:
-        """Rows per lane, sent-but-unacked included (they are still on disk)."""
+        """Entries per lane (items, device messages, summaries), sent-but-unacked included (still on disk)."""
         self._count()
         return {LANES[lane]: rows for lane, rows in self.conn.execute("SELECT lane, rows FROM outbox_lanes")}
 
@@ -347,13 +389,14 @@ class Outbox:
         is not subtracted (the delete trigger's WHEN), so a row sent and PUBACKed between two counts is never in
         the totals at all. Reading the rows past the counted id is a range of the primary key."""
         counted = self.conn.execute("SELECT id FROM outbox_counted").fetchone()[0]
-        new = self.conn.execute("SELECT lane, count(*), total(length(body)), max(id) FROM outbox WHERE id > ? "
-                                "GROUP BY lane", (counted,)).fetchall()
+        new = self.conn.execute("SELECT lane, count(*), total(entries), total(length(body)), max(id) FROM outbox "
+                                "WHERE id > ? GROUP BY lane", (counted,)).fetchall()
         if not new:
             return
         with self._unsynced() if self.idle else contextlib.nullcontext():
             self.conn.executemany("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
-                                  [(n, int(size) + n * ROW_OVERHEAD, lane) for lane, n, size, _top in new])
+                                  [(int(entries), int(size) + n * ROW_OVERHEAD, lane)
+                                   for lane, n, entries, size, _top in new])
             self.conn.execute("UPDATE outbox_counted SET id = ?", (max(top for *_, top in new),))
 
     def oldest_age(self, now: float | None = None) -> dict[str, float | None]:
@@ -387,7 +430,7 @@ class Outbox:
         target = int(self.budget_bytes * LOW_WATER)
         try:
             work = 0
-            while used > target and work < PASS_ROWS:
+            while used > target and work < PASS_ENTRIES:
                 done = self._thin_window(report)
                 if done == 0:
                     break
@@ -418,7 +461,12 @@ class Outbox:
         return report
 
     def _thin_window(self, report: BudgetReport) -> int:
-        """Summarise the oldest interval of raw telemetry per device; returns rows consumed (0: none left)."""
+        """Summarise the oldest interval of raw telemetry per device; returns entries consumed (0: none left).
+
+        The window's rows are replaced by rows that take their ids in order, so what they hold keeps its place in
+        the drain: first the entries of devices too sparse to gain from a summary, then the summaries. A window
+        whose replacement would need more rows than it had stays as it is (a single row of many devices, say),
+        and eviction may take it."""
         # Rows at or below the lane's cursor are in flight or PUBACKed: never thinned, never evicted.
         first = self.conn.execute(
             "SELECT id, t FROM outbox WHERE lane = ? AND id > ? AND thinned = 0 AND pri = 0 ORDER BY id LIMIT 1",
@@ -428,42 +476,58 @@ class Outbox:
         # Windows are aligned to the interval grid, as the summaries' buckets are, so one device's messages
         # of one interval usually land in one summary entry per metric.
         end_t = (math.floor(first[1] / self.thin_interval_s) + 1) * self.thin_interval_s
-        rows = self.conn.execute(
-            "SELECT id, t, dev, seq, seq_hi, msgs, thinned, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 "
-            "ORDER BY id LIMIT ?", (TELEMETRY, first[0], WINDOW_ROWS)).fetchall()
-        by_dev: dict[str, list[tuple[int, float, int, bytes]]] = {}
+        window: list[tuple[int, float]] = []  # (id, t) of the raw rows taken
+        by_dev: dict[str, list[tuple[district_wire.TelemetryEntry, bytes]]] = {}
         consumed = 0
-        for rid, t, dev, seq, _hi, _msgs, thinned, body in rows:
-            if t >= end_t:
+        rows = self.conn.execute(
+            "SELECT id, t, thinned, entries, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 ORDER BY id",
+            (TELEMETRY, first[0]))
+        for rid, t, thinned, entries, body in rows:  # stepped row by row: a window is read, not the lane
+            if t >= end_t or consumed >= WINDOW_ENTRIES:
                 break
-            consumed += 1
+            consumed += entries
             self._thin_floor = rid
             if thinned:
                 continue
-            by_dev.setdefault(dev, []).append((rid, t, _seq(seq), body))
+            window.append((rid, t))
+            for entry, raw in district_wire.stored_entries(body):
+                by_dev.setdefault(entry["dev"], []).append((cast(district_wire.TelemetryEntry, entry), raw))
+        rows.close()
+        kept: list[bytes] = []
+        summaries: list[tuple[bytes, int]] = []
+        spans: dict[str, _Span] = {}
         for dev, group in by_dev.items():
-            rid, t, _dev, lo, hi, msgs, body = self._summary(dev, group)
-            if len(body) >= sum(len(raw) for *_, raw in group):
-                continue  # too few messages to gain from a summary: they stay raw (eviction may take them)
-            self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(g[0],) for g in group])
-            self.conn.execute(
-                "INSERT INTO outbox (id, lane, kind, t, dev, seq, seq_hi, boot, msgs, thinned, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 1, ?)", (rid, TELEMETRY, district.TELEMETRY, t, dev,
-                                                              _column(lo), _column(hi), msgs, body))
-            # It takes the id of a row already counted (the budget pass counted them all first): counted here.
-            self.conn.execute("UPDATE outbox_lanes SET rows = rows + 1, bytes = bytes + ? WHERE lane = ?",
-                              (len(body) + ROW_OVERHEAD, TELEMETRY))
-            report.thinned.setdefault(dev, _Span()).add(msgs, lo, hi)
+            span, body = self._summary(dev, group)
+            if len(body) >= sum(len(raw) for _, raw in group):
+                kept += [raw for _, raw in group]  # too few messages to gain from a summary: they stay raw
+            else:
+                summaries.append((body, span.msgs))
+                spans[dev] = span
+        n = self.row_entries
+        parts = [(0, len(part), part) for part in (kept[i:i + n] for i in range(0, len(kept), n))]
+        parts += [(1, sum(msgs for _, msgs in summaries[i:i + n]), [body for body, _ in summaries[i:i + n]])
+                  for i in range(0, len(summaries), n)]
+        if not summaries or len(parts) > len(window):
+            return max(consumed, 1)
+        for ids, marks in chunks([rid for rid, _ in window]):
+            self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
+        new = [(rid, TELEMETRY, district.TELEMETRY, t, msgs, thinned, len(part), b"".join(part))
+               for (rid, t), (thinned, msgs, part) in zip(window, parts, strict=False)]
+        self.conn.executemany("INSERT INTO outbox (id, lane, kind, t, msgs, thinned, entries, body) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        # They take ids of rows already counted (the budget pass counted them all first): counted here.
+        self.conn.execute("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
+                          (sum(row[6] for row in new), sum(len(row[7]) + ROW_OVERHEAD for row in new), TELEMETRY))
+        for dev, span in spans.items():
+            report.thinned.setdefault(dev, _Span()).add(span.msgs, span.seq_lo, span.seq_hi)
         return max(consumed, 1)
 
-    def _summary(self, dev: str, group: list[tuple[int, float, int, bytes]]
-                 ) -> tuple[int, float, str, int, int, int, bytes]:
-        """(id, t, dev, seq_lo, seq_hi, msgs, body) of the summary row replacing a device's raw rows."""
+    def _summary(self, dev: str, group: list[tuple[district_wire.TelemetryEntry, bytes]]) -> tuple[_Span, bytes]:
+        """The device messages of one device summarised: what they span, and the summary entry."""
         prefix = dev + ":"
         stats: dict[tuple[str, float], _Stats] = {}
         boots: set[int] = set()
-        for _rid, _t, _seq, body in group:
-            msg = district_wire.read_telemetry_entry(body)
+        for msg, _raw in group:
             boots.add(msg["boot"])
             for rec in district_wire.entry_records(msg):
                 name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
@@ -472,11 +536,12 @@ class Outbox:
                 if key not in stats:
                     stats[key] = _Stats(rec.get("u"))
                 stats[key].add(rec)
-        seqs = [seq for _rid, _t, seq, _body in group]
-        lo, hi = min(seqs), max(seqs)
-        body = district_wire.thinned_entry(dev, lo, hi, len(group), sorted(boots), self.thin_interval_s,
+        seqs = [msg["seq"] for msg, _raw in group]
+        span = _Span(len(group), min(seqs), max(seqs))
+        body = district_wire.thinned_entry(dev, span.seq_lo, span.seq_hi, span.msgs, sorted(boots),
+                                           self.thin_interval_s,
                                            [st.body(name, start) for (name, start), st in sorted(stats.items())])
-        return min(rid for rid, *_ in group), min(t for _r, t, *_ in group), dev, lo, hi, len(group), body
+        return span, body
 
     def _evict(self, report: BudgetReport, excess: int) -> None:
         """Drop the oldest unleased telemetry rows (raw or thinned, not alarm-priority) until `excess` bytes are
@@ -484,28 +549,24 @@ class Outbox:
         freed = 0
         while freed < excess:
             rows = self.conn.execute(
-                "SELECT id, dev, seq, seq_hi, msgs, length(body) FROM outbox WHERE lane = ? AND id > ? AND pri = 0 "
-                "ORDER BY id LIMIT 1000", (TELEMETRY, self._cursor[TELEMETRY])).fetchall()
+                "SELECT id, length(body) FROM outbox WHERE lane = ? AND id > ? AND pri = 0 ORDER BY id LIMIT ?",
+                (TELEMETRY, self._cursor[TELEMETRY], EVICT_ROWS)).fetchall()
             gone = []
-            for rid, dev, lo, hi, msgs, size in rows:
+            for rid, size in rows:
                 if freed >= excess:
                     break
                 if rid in self._leased:
                     continue
                 gone.append((rid,))
                 freed += size + ROW_OVERHEAD
-                report.evicted.setdefault(dev, _Span()).add(msgs, _seq(lo), _seq(hi))
+                (body,) = self.conn.execute("SELECT body FROM outbox WHERE id = ?", (rid,)).fetchone()
+                for entry, _ in district_wire.stored_entries(body):
+                    if "seq_lo" in entry:  # a summary
+                        report.evicted.setdefault(entry["dev"], _Span()).add(entry["msgs"], entry["seq_lo"],
+                                                                             entry["seq_hi"])
+                    else:
+                        report.evicted.setdefault(entry["dev"], _Span()).add(1, entry["seq"], entry["seq"])
             if not gone:
                 return
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", gone)
 
-
-# A device's seq runs to 2^64 - 1 (docs/protocol.md) and SQLite's INTEGER is signed 64-bit, so the seq columns
-# hold it in two's complement: numbers below 2^63, all a store ever held before, read back unchanged.
-def _column(seq: int | None) -> int | None:
-    return None if seq is None else seq - (1 << 64) if seq >= 1 << 63 else seq
-
-
-def _seq(value: int) -> int:
-    """A telemetry row's seq column read back (telemetry rows always have one)."""
-    return value + (1 << 64) if value < 0 else value

@@ -66,6 +66,7 @@ class Uplink:
         if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
             raise ValueError("max_items, max_inflight, alarm_inflight and drain_rate must be positive")
         self.outbox = outbox
+        outbox.row_entries = max_items  # a telemetry row is sent whole: one must fit in a publish
         self.broker = broker
         self.site = topics.check_id(site, "site")
         self.max_items = max_items
@@ -84,7 +85,7 @@ class Uplink:
         self.connected = False
         self.draining = False
         self.sent_msgs = 0  # upstream publishes PUBACKed
-        self.sent_items = 0  # outbox rows PUBACKed (alarms, state items, device messages or summaries)
+        self.sent_items = 0  # outbox entries PUBACKed (alarms, state items, device messages or summaries)
         self.connects = 0
         self.last_error: str | None = None
         self._stop = asyncio.Event()
@@ -298,8 +299,11 @@ class Uplink:
                 wait = 0.0 if n >= self.max_items or self.draining else oldest + self.max_delay_s - time.time()
                 if wait <= 0:
                     items = ob.lease(TELEMETRY, self.max_items)
-                    payload = district_wire.telemetry(self.site, [i.body for i in items if not i.thinned],
-                                                      [i.body for i in items if i.thinned])
+                    packs = [i for i in items if not i.thinned]
+                    thinned = [i for i in items if i.thinned]
+                    payload = district_wire.telemetry(
+                        self.site, [i.body for i in packs], [i.body for i in thinned],
+                        (sum(i.entries for i in packs), sum(i.entries for i in thinned)))
                     return district.TELEMETRY, payload, items
                 timeout = wait
             if ob.awaiting_commit(STATE, TELEMETRY):  # more may be in the ingest's open batch: look again soon
@@ -327,10 +331,11 @@ class Uplink:
             else:
                 self._slots.release()
         self.outbox.ack(i.id for i in items)
+        entries = sum(i.entries for i in items)
         self.sent_msgs += 1
-        self.sent_items += len(items)
+        self.sent_items += entries
         if self.draining and not alarm:
-            self._drain_sent += len(items)
+            self._drain_sent += entries
 
     # --- drain progress and upkeep -------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.district_wire import senml_pack
-from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Outbox
+from gateway.district_wire import senml_pack, stored_entries
+from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Item, Outbox
 from gateway.store import open_store
 from protocol import district, senml_resolve
 
@@ -24,6 +24,16 @@ def reading(dev: str, seq: int, value: float, t: float | None = None) -> list[di
     t = T0 + seq if t is None else t
     return [{"n": f"{dev}:ch4", "u": "%LEL", "t": t, "v": value}, {"n": "temp", "u": "Cel", "t": t, "v": 21.5},
             {"n": "cover", "t": t + 1, "vb": seq % 2 == 0}]
+
+
+def entries(item: Item) -> list[dict[str, Any]]:
+    return [entry for entry, _ in stored_entries(item.body)]
+
+
+def put_one(ob: Outbox, dev: str, seq: int, value: float) -> None:
+    """A batch of one device message: a row of its own."""
+    ob.put_telemetry(dev, seq, 1, reading(dev, seq, value))
+    ob.flush()
 
 
 @pytest.fixture
@@ -39,11 +49,12 @@ def test_store_pragmas(store: sqlite3.Connection) -> None:
 
 def test_lanes_lease_by_priority_and_age_and_only_committed_rows(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
-    t1 = ob.put_telemetry("gas-01", 7, 2, reading("gas-01", 7, 12.5), now=T0)
+    ob.put_telemetry("gas-01", 7, 2, reading("gas-01", 7, 12.5), now=T0)
     s1 = ob.put_state(district.UP_STATE, {"dev": "gas-01", "st": "online"}, now=T0 + 1)
     a1 = ob.put_alarm({"id": "a1", "ev": "raised"}, now=T0 + 2)
-    t2 = ob.put_telemetry("gas-02", 1, 1, reading("gas-02", 1, 3.0), now=T0 + 3)
+    ob.put_telemetry("gas-02", 1, 1, reading("gas-02", 1, 3.0), now=T0 + 3)
     a2 = ob.put_alarm({"id": "a2", "ev": "raised"}, now=T0 + 4)
+    ob.flush()
     # put_* leave the batch open for the ingest to commit: nothing uncommitted may be sent
     assert store.in_transaction and ob.alarm_event.is_set()
     assert ob.lease(ALARM, 10) == [] and ob.pending(TELEMETRY, 10) == (0, None)
@@ -51,24 +62,64 @@ def test_lanes_lease_by_priority_and_age_and_only_committed_rows(store: sqlite3.
     assert [i.id for i in ob.lease(ALARM, 10)] == [a1, a2]
     assert [i.id for i in ob.lease(STATE, 10)] == [s1]
     assert ob.pending(TELEMETRY, 10) == (2, T0)
-    tel = ob.lease(TELEMETRY, 10)
-    assert [i.id for i in tel] == [t1, t2]
+    [tel] = ob.lease(TELEMETRY, 10)  # the batch's device messages are one row, queued when the first was put
+    assert tel.entries == 2 and tel.t == T0 and not tel.thinned
     assert ob.lease(TELEMETRY, 10) == []  # leased rows are not handed out twice
     assert ob.depth() == {"alarm": 2, "state": 1, "telemetry": 2}
     assert ob.oldest_age(T0 + 10) == {"alarm": 8.0, "state": 9.0, "telemetry": 10.0}
-    # the stored telemetry row is exactly the upstream pack entry, names "{dev}:{metric}" without a double prefix
-    body = cbor2.loads(tel[0].body)
+    # the stored row is exactly the upstream pack entries, names "{dev}:{metric}" without a double prefix
+    body, second = entries(tel)
     assert (body["dev"], body["seq"], body["boot"]) == ("gas-01", 7, 2)
+    assert (second["dev"], second["seq"], second["boot"]) == ("gas-02", 1, 1)
     assert senml_resolve.resolve(body["e"]) == [
         {"n": "gas-01:ch4", "u": "%LEL", "t": T0 + 7, "v": 12.5},
         {"n": "gas-01:temp", "u": "Cel", "t": T0 + 7, "v": 21.5},
         {"n": "gas-01:cover", "t": T0 + 8, "vb": False}]
 
 
+def test_a_batch_goes_in_as_rows_of_up_to_row_entries_and_a_lease_holds_up_to_its_limit(
+        store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9, row_entries=100)
+    for s in range(250):
+        ob.put_telemetry(f"d{s % 7}", s, 1, reading(f"d{s % 7}", s, s), now=T0 + s)
+    assert not store.in_transaction  # nothing is written before the flush ...
+    ob.flush()
+    ob.flush()  # ... and once only
+    store.commit()
+    rows = store.execute("SELECT entries, msgs, t, thinned FROM outbox ORDER BY id").fetchall()
+    assert rows == [(100, 100, T0, 0), (100, 100, T0, 0), (50, 50, T0, 0)]  # queued when the batch began
+    assert ob.depth()["telemetry"] == 250 and ob.pending(TELEMETRY, 100) == (250, T0)
+    assert ob.pending(TELEMETRY, 2) == (200, T0)  # counted over the first rows: enough to know a bulk is full
+    assert [i.entries for i in ob.lease(TELEMETRY, 150)] == [100]  # a second row would pass the limit
+    assert [i.entries for i in ob.lease(TELEMETRY, 1)] == [100]  # the first row always goes, whole
+    last = ob.lease(TELEMETRY, 1000)
+    assert [i.entries for i in last] == [50]
+    assert [doc["seq"] for doc in entries(last[0])] == list(range(200, 250))  # in the order put
+
+
+def test_a_rolled_back_batch_puts_nothing_and_alarm_priority_packs_have_rows_of_their_own(
+        store: sqlite3.Connection) -> None:
+    ob = Outbox(store, 10**9)
+    ob.put_telemetry("d1", 1, 1, reading("d1", 1, 1.0))
+    ob.put_alarm({"id": "a1"})
+    store.rollback()  # the batch failed
+    ob.rollback()
+    ob.put_telemetry("d1", 2, 1, reading("d1", 2, 2.0))
+    ob.put_telemetry("d1", 3, 1, reading("d1", 3, 9.0), pri=1)  # evidence of an alarm: at once, alone
+    ob.put_telemetry("d1", 4, 1, reading("d1", 4, 3.0))
+    ob.flush()
+    store.commit()
+    got = [(i.entries, [(doc["seq"], doc.get("pri", 0)) for doc in entries(i)]) for i in ob.lease(TELEMETRY, 100)]
+    assert got == [(1, [(3, 1)]), (2, [(2, 0), (4, 0)])]
+    assert ob.depth() == {"alarm": 0, "state": 0, "telemetry": 3}
+
+
 def test_rows_are_deleted_only_when_acked_and_resent_after_release(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
-    ids = [ob.put_telemetry("d1", s, 1, reading("d1", s, s)) for s in range(5)]
+    for s in range(5):
+        put_one(ob, "d1", s, s)
     store.commit()
+    ids = [rid for (rid,) in store.execute("SELECT id FROM outbox ORDER BY id")]
     first = ob.lease(TELEMETRY, 3)
     ob.ack([first[0].id, first[2].id])
     assert ob.depth()["telemetry"] == 3
@@ -79,12 +130,14 @@ def test_rows_are_deleted_only_when_acked_and_resent_after_release(store: sqlite
 def test_a_backlog_acked_at_once_is_deleted_in_parts_and_only_what_was_acked(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
     for s in range(1203):  # past two parts of the delete's IN clause
-        ob.put_telemetry("d1", s, 1, reading("d1", s, s))
+        put_one(ob, "d1", s, s)
     store.commit()
     items = ob.lease(TELEMETRY, 2000)
     ob.ack(i.id for i in items[:1201])
     assert ob.acked_rows == 1201 and ob.depth()["telemetry"] == 2
-    assert [seq for (seq,) in store.execute("SELECT seq FROM outbox ORDER BY id")] == [1201, 1202]
+    assert [entries(i)[0]["seq"] for i in ob.lease(TELEMETRY, 10)] == []  # the rest is still leased
+    ob.release_all()
+    assert [entries(i)[0]["seq"] for i in ob.lease(TELEMETRY, 10)] == [1201, 1202]
 
 
 def test_ack_never_commits_someone_elses_batch(store: sqlite3.Connection) -> None:
@@ -129,6 +182,7 @@ def test_every_senml_value_kind_round_trips(store: sqlite3.Connection) -> None:
                {"n": "mode", "t": T0 + 2, "vs": "auto"}, {"n": "rate", "u": "mm/h", "t": T0 + 3, "v": 2, "s": 1}]
     ob = Outbox(store, 10**9)
     ob.put_telemetry("rain-1", 5, 1, records)
+    ob.flush()
     store.commit()
     [item] = ob.lease(TELEMETRY, 1)
     assert senml_resolve.resolve(cbor2.loads(item.body)["e"]) == [dict(r, n="rain-1:" + str(r["n"])) for r in records]
@@ -139,7 +193,8 @@ def test_every_senml_value_kind_round_trips(store: sqlite3.Connection) -> None:
 
 def fill(ob: Outbox, store: sqlite3.Connection, devices: int, per_device: int, step: float,
          alarms_every: int = 50) -> tuple[list[str], dict[str, set[int]]]:
-    """Telemetry from `devices` devices every `step` seconds, with an alarm and a state item now and then."""
+    """Telemetry from `devices` devices every `step` seconds, a batch each step (a row of `devices` entries), with
+    an alarm and a state item now and then."""
     alarm_ids: list[str] = []
     seqs: dict[str, set[int]] = {}
     n = 0
@@ -154,6 +209,7 @@ def fill(ob: Outbox, store: sqlite3.Connection, devices: int, per_device: int, s
                 alarm_ids.append(f"alarm-{n}")
                 ob.put_alarm({"id": alarm_ids[-1], "ev": "raised", "pad": "x" * 200}, now=t)
                 ob.put_state(district.UP_STATE, {"dev": dev, "n": n}, now=t)
+        ob.flush()
     store.commit()
     return alarm_ids, seqs
 
@@ -164,11 +220,11 @@ def accounting(ob: Outbox) -> tuple[dict[str, set[int]], list[dict[str, Any]], l
     summaries = []
     for thinned, body in ob.conn.execute(
             "SELECT thinned, body FROM outbox WHERE lane = ? ORDER BY id", (TELEMETRY,)):
-        doc = cbor2.loads(body)
-        if thinned:
-            summaries.append(doc)
-        else:
-            raw.setdefault(doc["dev"], set()).add(doc["seq"])
+        for doc, _ in stored_entries(body):
+            if thinned:
+                summaries.append(doc)
+            else:
+                raw.setdefault(doc["dev"], set()).add(doc["seq"])
     dq = [cbor2.loads(b) for (b,) in ob.conn.execute("SELECT body FROM outbox WHERE kind = ?", (district.DQ,))]
     return raw, summaries, dq
 
@@ -198,7 +254,7 @@ def test_budget_thins_oldest_telemetry_keeps_every_alarm_and_reports(store: sqli
         [entry] = [e for e in dq["thinned"] if e["dev"] == dev]
         assert (entry["seq_lo"], entry["seq_hi"], entry["msgs"]) == (min(thinned), max(thinned), len(thinned))
     # summaries keep their place in the lane: draining still sends the oldest telemetry first
-    order = [cbor2.loads(i.body) for i in ob.lease(TELEMETRY, 10**6)]
+    order = [doc for i in ob.lease(TELEMETRY, 10**6) for doc in entries(i)]
     firsts = [d.get("seq_lo", d.get("seq")) for d in order if d["dev"] == "dev-0"]
     assert firsts == sorted(firsts)
 
@@ -227,7 +283,7 @@ def test_budget_never_touches_rows_in_flight_nor_alarms_when_only_alarms_remain(
     for i in range(200):
         ob.put_alarm({"id": f"a{i}", "pad": "x" * 500})
     for s in range(100):
-        ob.put_telemetry("d1", s, 1, reading("d1", s, 1.0))
+        put_one(ob, "d1", s, 1.0)
     store.commit()
     leased = ob.lease(TELEMETRY, 10)
     ob.budget_bytes = ob.bytes_used() // 10  # the alarms alone are over it
@@ -253,31 +309,38 @@ def test_budget_never_folds_a_pubacked_row_into_a_summary(store: sqlite3.Connect
     store.commit()  # the batch commits
     ob.budget_bytes = ob.bytes_used() // 2
     assert ob.enforce_budget(now=T0 + 2000) is not None
-    delivered = {(cbor2.loads(i.body)["dev"], cbor2.loads(i.body)["seq"]) for i in sent}
+    delivered = {(doc["dev"], doc["seq"]) for i in sent for doc in entries(i)}
     for item in ob.lease(TELEMETRY, 10**6):
-        doc = cbor2.loads(item.body)
-        if item.thinned:
-            delivered |= {(doc["dev"], q) for q in range(doc["seq_lo"], doc["seq_hi"] + 1)}
-        else:
-            delivered.add((doc["dev"], doc["seq"]))
+        for doc in entries(item):
+            if item.thinned:
+                delivered |= {(doc["dev"], q) for q in range(doc["seq_lo"], doc["seq_hi"] + 1)}
+            else:
+                delivered.add((doc["dev"], doc["seq"]))
     assert delivered == {(dev, seq) for dev, want in seqs.items() for seq in want}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 3), st.floats(-1e3, 1e3, allow_nan=False), st.booleans(),
-                          st.floats(0, 3600)), min_size=1, max_size=120))
+                          st.floats(0, 3600), st.booleans()), min_size=1, max_size=120),
+       st.integers(1, 8), st.floats(0, 1800))
 def test_every_message_is_raw_summarised_or_evicted_and_summaries_are_exact(
-        tmp_path_factory: pytest.TempPathFactory, samples: list[tuple[int, float, bool, float]]) -> None:
+        tmp_path_factory: pytest.TempPathFactory, samples: list[tuple[int, float, bool, float, bool]],
+        row_entries: int, spread: float) -> None:
+    """Batches end where a sample says so, rows hold up to `row_entries` of a batch's messages, and the rows are
+    queued over `spread` seconds, so a thinning window takes one row or many, of one device or several."""
     conn = open_store(tmp_path_factory.mktemp("thin") / "s.db")
     interval = 600.0
-    ob = Outbox(conn, 10**9, thin_interval_s=interval)
+    ob = Outbox(conn, 10**9, thin_interval_s=interval, row_entries=row_entries)
     sent: dict[int, tuple[str, float, float, bool]] = {}
-    for seq, (d, value, flag, dt) in enumerate(samples):
+    for seq, (d, value, flag, dt, end) in enumerate(samples):
         dev, t = f"d{d}", T0 + dt
         ob.put_telemetry(dev, seq, 1, [{"n": "level", "u": "m", "t": t, "v": value},
                                        {"n": "cover", "t": t, "vb": flag}, {"n": "mode", "t": t, "vs": "auto"}],
-                         now=T0)
+                         now=T0 + spread * seq / len(samples))
         sent[seq] = (dev, t, value, flag)
+        if end:
+            ob.flush()
+    ob.flush()
     conn.commit()
     ob.budget_bytes = ob.bytes_used() * 3 // 4
     report = ob.enforce_budget(now=T0)
@@ -315,17 +378,18 @@ def test_every_message_is_raw_summarised_or_evicted_and_summaries_are_exact(
 
 
 def actual_totals(conn: sqlite3.Connection) -> tuple[dict[str, int], int]:
-    """Rows per lane and bytes charged, recounted from the rows themselves."""
-    rows = {name: 0 for name in ("alarm", "state", "telemetry")}
+    """Entries per lane and bytes charged, recounted from the rows themselves."""
+    counts = {name: 0 for name in ("alarm", "state", "telemetry")}
     size = 0
-    for lane, n, total in conn.execute("SELECT lane, count(*), total(length(body)) FROM outbox GROUP BY lane"):
-        rows[("alarm", "state", "telemetry")[lane]] = n
+    for lane, n, held, total in conn.execute(
+            "SELECT lane, count(*), total(entries), total(length(body)) FROM outbox GROUP BY lane"):
+        counts[("alarm", "state", "telemetry")[lane]] = int(held)
         size += int(total) + n * ROW_OVERHEAD
-    return rows, size
+    return counts, size
 
 
-OPS = st.sampled_from(["alarm", "state", "telemetry", "telemetry", "commit", "rollback", "send", "ack",
-                       "count", "budget", "reopen"])
+OPS = st.sampled_from(["alarm", "state", "telemetry", "telemetry", "telemetry", "commit", "rollback", "send",
+                       "ack", "count", "budget", "reopen"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -334,7 +398,7 @@ def test_lane_totals_always_match_the_rows(tmp_path_factory: pytest.TempPathFact
     """The totals are kept without a trigger on INSERT (rows are counted when the totals are read): whatever
     the order of puts, commits, rollbacks, sends and PUBACKs, budget passes and restarts, they are the rows'."""
     conn = open_store(tmp_path_factory.mktemp("totals") / "s.db")
-    ob = Outbox(conn, 10**9, thin_interval_s=60.0)
+    ob = Outbox(conn, 10**9, thin_interval_s=60.0, row_entries=3)
     in_flight: list[int] = []
     for seq, op in enumerate(ops, 1):
         if op == "alarm":
@@ -344,9 +408,11 @@ def test_lane_totals_always_match_the_rows(tmp_path_factory: pytest.TempPathFact
         elif op == "telemetry":
             ob.put_telemetry(f"d{seq % 3}", seq, 1, reading(f"d{seq % 3}", seq, seq % 7), now=T0 + seq)
         elif op == "commit":
+            ob.flush()
             conn.commit()
         elif op == "rollback":
             conn.rollback()
+            ob.rollback()
         elif op == "send":
             in_flight += [i.id for lane in (ALARM, STATE, TELEMETRY) for i in ob.lease(lane, 2)]
         elif op == "ack":
@@ -360,11 +426,53 @@ def test_lane_totals_always_match_the_rows(tmp_path_factory: pytest.TempPathFact
             ob.budget_bytes = 10**9
         elif op == "reopen" and ob.idle:  # a restart: leases are gone, the store stays
             ob.close()
-            ob = Outbox(conn, 10**9, thin_interval_s=60.0)
+            ob = Outbox(conn, 10**9, thin_interval_s=60.0, row_entries=3)
             in_flight = []
     assert (ob.depth(), ob.bytes_used()) == actual_totals(conn)
     conn.rollback()
     assert (ob.depth(), ob.bytes_used()) == actual_totals(conn)
+    ob.close()
+    conn.close()
+
+
+def test_a_store_of_one_message_a_row_keeps_its_totals_and_its_rows_go_as_before(tmp_path: Path) -> None:
+    """Stores made before telemetry rows held a batch have no entries column and a trigger that subtracts one a
+    row: opened now, the column comes with one entry a row, and the trigger that subtracts a row's entries
+    replaces the old one in the same commit."""
+    path = tmp_path / "old.db"
+    conn = open_store(path)
+    conn.executescript(f"""
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, kind TEXT NOT NULL,
+            t REAL NOT NULL, dev TEXT, seq INTEGER, seq_hi INTEGER, boot INTEGER, msgs INTEGER NOT NULL DEFAULT 1,
+            thinned INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL, pri INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX outbox_by_lane ON outbox (lane);
+        CREATE TABLE outbox_lanes (lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);
+        CREATE TABLE outbox_counted (one INTEGER PRIMARY KEY CHECK (one = 0), id INTEGER NOT NULL);
+        INSERT INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 3, {3 * (ROW_OVERHEAD + 1)});
+        INSERT INTO outbox_counted VALUES (0, 3);
+        CREATE TRIGGER outbox_del_counted AFTER DELETE ON outbox WHEN OLD.id <= (SELECT id FROM outbox_counted)
+            BEGIN UPDATE outbox_lanes SET rows = rows - 1, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
+            WHERE lane = OLD.lane; END;
+        INSERT INTO outbox (lane, kind, t, dev, seq, body) VALUES
+            (2, 'telemetry', 1, 'd1', 1, x'01'), (2, 'telemetry', 2, 'd1', 2, x'02'),
+            (2, 'telemetry', 3, 'd1', 3, x'03');
+    """)
+    conn.close()
+    conn = open_store(path)
+    ob = Outbox(conn, 10**9)
+    triggers = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert triggers == {"outbox_del_entries"} and not conn.in_transaction
+    assert (ob.depth(), ob.bytes_used()) == actual_totals(conn) == (
+        {"alarm": 0, "state": 0, "telemetry": 3}, 3 * (ROW_OVERHEAD + 1))
+    old = ob.lease(TELEMETRY, 2)
+    assert [(i.body, i.entries) for i in old] == [(b"\x01", 1), (b"\x02", 1)]
+    ob.put_telemetry("d1", 4, 1, reading("d1", 4, 1.0))
+    ob.put_telemetry("d1", 5, 1, reading("d1", 5, 1.0))
+    ob.flush()
+    conn.commit()
+    ob.ack(i.id for i in old)
+    assert (ob.depth(), ob.bytes_used()) == actual_totals(conn)
+    assert ob.depth()["telemetry"] == 3
     ob.close()
     conn.close()
 
@@ -393,7 +501,7 @@ def test_a_store_counted_by_the_old_triggers_keeps_its_totals(tmp_path: Path) ->
     ob = Outbox(conn, 10**9)
     assert not conn.in_transaction
     triggers = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert triggers == {"outbox_del_counted"}
+    assert triggers == {"outbox_del_entries"}
     assert (ob.depth(), ob.bytes_used()) == actual_totals(conn) == (
         {"alarm": 1, "state": 0, "telemetry": 1}, 3 + 2 * ROW_OVERHEAD)
     ob.put_alarm({"id": "new"}, now=T0)

@@ -93,6 +93,12 @@ def district_broker(port: int, tls: TLSFiles | None = None, client_id: str = "gw
     return BrokerConfig("127.0.0.1", port, client_id, None, None, tls, 30)
 
 
+def commit(ob: Outbox) -> None:
+    """What the ingest does at the end of a batch: its device messages into rows, then the commit."""
+    ob.flush()
+    ob.conn.commit()
+
+
 def new_outbox(tmp_path: Path, budget: int = 1 << 30) -> Outbox:
     return Outbox(open_store(tmp_path / "store.db"), budget, thin_interval_s=60.0)
 
@@ -132,8 +138,8 @@ class Source:
             if i % 11 == 3:
                 self.state()
             if i % 50 == 49:
-                self.outbox.conn.commit()
-        self.outbox.conn.commit()
+                commit(self.outbox)
+        commit(self.outbox)
 
     def all(self) -> set[Key]:
         return set(self.alarms) | set(self.states) | set(self.tel)
@@ -149,8 +155,8 @@ async def test_backlog_drains_by_lane_then_age_in_batched_senml_packs(tmp_path: 
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         src = Source(ob)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=7)  # before the puts: rows of 7
         src.mixed(300)
-        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=7)
         async with recording(broker.port) as rec, running(uplink) as up:
             await rec.until(lambda: src.all() <= set(rec.seen()))
             lane_order_holds(rec.firsts(), src)
@@ -174,11 +180,11 @@ async def test_live_telemetry_is_batched_by_max_items_or_max_delay(tmp_path: Pat
             await rec.until(lambda: uplink.connected)
             for _ in range(3):
                 src.telemetry("dev-1")
-            ob.conn.commit()
+            commit(ob)
             await rec.until(lambda: len(rec.seen()) == 3)
             for _ in range(120):
                 src.telemetry("dev-2")
-            ob.conn.commit()
+            commit(ob)
             await rec.until(lambda: len(rec.seen()) == 123)
             # three readings waited for max_delay and went as one message; 120 as two full packs and the rest
             assert [len(body["packs"]) for _, body in rec.got] == [3, 50, 50, 20]
@@ -197,7 +203,7 @@ async def test_only_committed_rows_go_and_an_open_batch_holds_nothing_up(tmp_pat
             src.alarm()
             for _ in range(3):
                 src.telemetry("dev-1")
-            ob.conn.commit()
+            commit(ob)
             ob.committed()
             ob.put_alarm({"id": "open"})  # ... and the next batch stays open for a while
             src.telemetry("dev-2")
@@ -205,7 +211,7 @@ async def test_only_committed_rows_go_and_an_open_batch_holds_nothing_up(tmp_pat
             await rec.until(lambda: set(rec.seen()) == set(src.alarms) | set(src.tel[:3]))
             await asyncio.sleep(0.3)
             assert ("alarm", "open") not in rec.seen() and ob.conn.in_transaction
-            ob.conn.commit()
+            commit(ob)
             await rec.until(lambda: ("alarm", "open") in rec.seen() and src.tel[3] in rec.seen())
             assert ("alarm", "rolled-back") not in rec.seen()
             await rec.until(lambda: sum(ob.depth().values()) == 0)
@@ -252,16 +258,16 @@ async def test_live_alarm_overtakes_a_throttled_drain(tmp_path: Path, caplog: py
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
         src = Source(ob)
-        for _ in range(1000):
-            src.telemetry("dev-0")
-        ob.conn.commit()
         rate = 40.0
         uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=10, drain_rate=rate, tick_s=0.2)
+        for _ in range(1000):
+            src.telemetry("dev-0")
+        commit(ob)
         async with recording(broker.port) as rec, running(uplink):
             await rec.until(lambda: len(rec.got) >= 10)
             assert uplink.draining and uplink.drain_progress() is not None
             src.alarm()
-            ob.conn.commit()
+            commit(ob)
             await rec.until(lambda: ("alarm", "a1001") in rec.seen())
             at = next(i for i, (kind, _) in enumerate(rec.got) if kind == district.ALARM)
             await rec.until(lambda: len(rec.seen()) == 1001, timeout=60)
@@ -294,7 +300,7 @@ async def test_disk_budget_during_outage_thins_reports_and_keeps_every_alarm(tmp
                     src.tel.append(("tel", f"dev-{d}", k))
                 if k % 20 == 0:
                     src.alarm()
-                ob.conn.commit()
+                commit(ob)
             full = ob.bytes_used()
             ob.budget_bytes = full // 3
             await rec.until(lambda: ob.thinned_msgs > 0 and ob.bytes_used() <= ob.budget_bytes * 1.1)
@@ -345,7 +351,7 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         ob = new_outbox(tmp_path)
         src = Source(ob)
         src.alarm()
-        ob.conn.commit()
+        commit(ob)
         no_cert = Uplink(ob, district_broker(tls_port, TLSFiles(certs["ca.crt"], None, None), "no-cert"), SITE,
                          backoff_max_s=0.2, connect_timeout_s=1.0)  # TLS 1.3: refused after the handshake
         async with recording(broker.port) as rec:

@@ -31,7 +31,9 @@ def fill(outbox: Outbox, n: int) -> None:
             outbox.put_alarm({"id": f"alarm-{i}", "ev": "raised"})
             outbox.put_state(district.UP_STATE, {"n": i})
         if i % 200 == 199:
+            outbox.flush()
             outbox.conn.commit()
+    outbox.flush()
     outbox.conn.commit()
 
 
