@@ -50,6 +50,7 @@ WINDOW_ENTRIES = 5000  # entries read per thinning window
 PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
 EVICT_ROWS = 1000  # rows looked at per eviction query
 
+# The body is the last column: reading a column stored after a body of many pages walks its overflow pages.
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,9 +59,9 @@ _SCHEMA = (
         t REAL NOT NULL,
         msgs INTEGER NOT NULL DEFAULT 1,
         thinned INTEGER NOT NULL DEFAULT 0,
-        body BLOB NOT NULL,
         pri INTEGER NOT NULL DEFAULT 0,
-        entries INTEGER NOT NULL DEFAULT 1)""",
+        entries INTEGER NOT NULL DEFAULT 1,
+        body BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
         lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
@@ -292,15 +293,20 @@ class Outbox:
         return self._reader is not self.conn or self.idle
 
     def pending(self, lane: int, limit: int) -> tuple[int, float | None]:
-        """How many committed entries wait unleased in a lane (counted over the first `limit` rows, so at least
-        `limit` if that many wait), and the oldest one's queue time."""
+        """How many committed entries wait unleased in a lane (counted until `limit` are seen), and the oldest
+        counted one's queue time."""
         if not self._readable():
             return 0, None
-        n, oldest = self._reader.execute(
-            "SELECT total(entries), min(t) FROM "
-            "(SELECT entries, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?)",
-            (lane, self._cursor[lane], limit)).fetchone()
-        return int(n), oldest
+        rows = self._reader.execute("SELECT entries, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+                                    (lane, self._cursor[lane], limit))
+        n, oldest = 0, None
+        for entries, t in rows:  # stepped, and only until `limit` entries are seen: a full row is often enough
+            n += entries
+            oldest = t if oldest is None else min(oldest, t)
+            if n >= limit:
+                break
+        rows.close()
+        return n, oldest
 
     def lease(self, lane: int, limit: int) -> list[Item]:
         """The next committed rows of a lane, oldest first, marked in flight: as many as hold at most `limit`
@@ -309,10 +315,10 @@ class Outbox:
             return []
         rows = self._reader.execute(
             "SELECT id, kind, thinned, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
-            (lane, self._cursor[lane], limit)).fetchall()
+            (lane, self._cursor[lane], limit))
         items: list[Item] = []
         taken = 0
-        for rid, kind, thinned, body, t, entries in rows:
+        for rid, kind, thinned, body, t, entries in rows:  # stepped: a full row is often the only one taken
             if items and taken + entries > limit:
                 break
             self._cursor[lane] = rid
@@ -321,6 +327,7 @@ class Outbox:
             self._leased.add(rid)
             items.append(Item(rid, lane, kind, bool(thinned), body, t, entries))
             taken += entries
+        rows.close()
         return items
 
     def ack(self, ids: Iterable[int]) -> None:
