@@ -436,6 +436,13 @@ def test_lane_totals_always_match_the_rows(tmp_path_factory: pytest.TempPathFact
     conn.close()
 
 
+# The outbox of a store made before telemetry rows held a batch (December 2026).
+ONE_A_ROW = """CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, kind TEXT NOT NULL,
+            t REAL NOT NULL, dev TEXT, seq INTEGER, seq_hi INTEGER, boot INTEGER, msgs INTEGER NOT NULL DEFAULT 1,
+            thinned INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL, pri INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE outbox_lanes (lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);"""
+
+
 def test_a_store_of_one_message_a_row_keeps_its_totals_and_its_rows_go_as_before(tmp_path: Path) -> None:
     """Stores made before telemetry rows held a batch have no entries column and a trigger that subtracts one a
     row: opened now, the column comes with one entry a row, and the trigger that subtracts a row's entries
@@ -443,11 +450,8 @@ def test_a_store_of_one_message_a_row_keeps_its_totals_and_its_rows_go_as_before
     path = tmp_path / "old.db"
     conn = open_store(path)
     conn.executescript(f"""
-        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, kind TEXT NOT NULL,
-            t REAL NOT NULL, dev TEXT, seq INTEGER, seq_hi INTEGER, boot INTEGER, msgs INTEGER NOT NULL DEFAULT 1,
-            thinned INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL, pri INTEGER NOT NULL DEFAULT 0);
+        {ONE_A_ROW}
         CREATE INDEX outbox_by_lane ON outbox (lane);
-        CREATE TABLE outbox_lanes (lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);
         CREATE TABLE outbox_counted (one INTEGER PRIMARY KEY CHECK (one = 0), id INTEGER NOT NULL);
         INSERT INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 3, {3 * (ROW_OVERHEAD + 1)});
         INSERT INTO outbox_counted VALUES (0, 3);
@@ -484,10 +488,7 @@ def test_a_store_counted_by_the_old_triggers_keeps_its_totals(tmp_path: Path) ->
     path = tmp_path / "old.db"
     conn = open_store(path)
     conn.executescript(f"""
-        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, kind TEXT NOT NULL,
-            t REAL NOT NULL, dev TEXT, seq INTEGER, seq_hi INTEGER, boot INTEGER, msgs INTEGER NOT NULL DEFAULT 1,
-            thinned INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL, pri INTEGER NOT NULL DEFAULT 0);
-        CREATE TABLE outbox_lanes (lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);
+        {ONE_A_ROW}
         INSERT INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0);
         CREATE TRIGGER outbox_ins AFTER INSERT ON outbox BEGIN
             UPDATE outbox_lanes SET rows = rows + 1, bytes = bytes + length(NEW.body) + {ROW_OVERHEAD}
