@@ -57,7 +57,6 @@ _SCHEMA = (
         lane INTEGER NOT NULL,
         kind TEXT NOT NULL,
         t REAL NOT NULL,
-        msgs INTEGER NOT NULL DEFAULT 1,
         thinned INTEGER NOT NULL DEFAULT 0,
         pri INTEGER NOT NULL DEFAULT 0,
         entries INTEGER NOT NULL DEFAULT 1,
@@ -249,8 +248,8 @@ class Outbox:
         pending, n = self._pending, self.row_entries
         if pending:
             self.conn.executemany(
-                "INSERT INTO outbox (lane, kind, t, msgs, entries, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), len(part), b"".join(part))
+                "INSERT INTO outbox (lane, kind, t, entries, body) VALUES (?, ?, ?, ?, ?)",
+                [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), b"".join(part))
                  for part in (pending[i:i + n] for i in range(0, len(pending), n))])
             self._pending = []
 
@@ -501,30 +500,29 @@ class Outbox:
                 by_dev.setdefault(entry["dev"], []).append((cast(district_wire.TelemetryEntry, entry), raw))
         rows.close()
         kept: list[bytes] = []
-        summaries: list[tuple[bytes, int]] = []
+        summaries: list[bytes] = []
         spans: dict[str, _Span] = {}
         for dev, group in by_dev.items():
             span, body = self._summary(dev, group)
             if len(body) >= sum(len(raw) for _, raw in group):
                 kept += [raw for _, raw in group]  # too few messages to gain from a summary: they stay raw
             else:
-                summaries.append((body, span.msgs))
+                summaries.append(body)
                 spans[dev] = span
         n = self.row_entries
-        parts = [(0, len(part), part) for part in (kept[i:i + n] for i in range(0, len(kept), n))]
-        parts += [(1, sum(msgs for _, msgs in summaries[i:i + n]), [body for body, _ in summaries[i:i + n]])
-                  for i in range(0, len(summaries), n)]
+        parts = [(0, kept[i:i + n]) for i in range(0, len(kept), n)]
+        parts += [(1, summaries[i:i + n]) for i in range(0, len(summaries), n)]
         if not summaries or len(parts) > len(window):
             return max(consumed, 1)
         for ids, marks in chunks([rid for rid, _ in window]):
             self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
-        new = [(rid, TELEMETRY, district.TELEMETRY, t, msgs, thinned, len(part), b"".join(part))
-               for (rid, t), (thinned, msgs, part) in zip(window, parts, strict=False)]
-        self.conn.executemany("INSERT INTO outbox (id, lane, kind, t, msgs, thinned, entries, body) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        new = [(rid, TELEMETRY, district.TELEMETRY, t, thinned, len(part), b"".join(part))
+               for (rid, t), (thinned, part) in zip(window, parts, strict=False)]
+        self.conn.executemany("INSERT INTO outbox (id, lane, kind, t, thinned, entries, body) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)", new)
         # They take ids of rows already counted (the budget pass counted them all first): counted here.
         self.conn.execute("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
-                          (sum(row[6] for row in new), sum(len(row[7]) + ROW_OVERHEAD for row in new), TELEMETRY))
+                          (sum(row[5] for row in new), sum(len(row[6]) + ROW_OVERHEAD for row in new), TELEMETRY))
         for dev, span in spans.items():
             report.thinned.setdefault(dev, _Span()).add(span.msgs, span.seq_lo, span.seq_hi)
         return max(consumed, 1)
