@@ -359,6 +359,12 @@ def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: 
     return out
 
 
+def per_commit(run_: dict[str, Any], commits: float) -> float:
+    """Device messages a store commit: the ingest's batch size, which sets what the commit and the per-device
+    state written with it cost a message (the in-process figure, bench/ingest_cpu.py, takes batches of 500)."""
+    return round(int(run_["received"]) / max(commits, 1), 1)
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -531,9 +537,12 @@ class Rig:
             say(f"round {i + 1}/{n}{tag}: the gateway")
             spy = start_profile(pid, profile) if profile and i == 0 else None
             upstream_before, done_before = self.recorders[1].mqtt_messages, self.confirmed.received
+            commits_before = store_commits(self.site)[0]
             gateway_runs.append(throughput("gateway" + tag, self.site.site_broker.port, self.auth, load,
                                            self.telemetry, gateway_procs, gateway_rss(gateway_pids(gateway)), link))
             gateway_runs[-1]["upstream_publishes"] = self.recorders[1].mqtt_messages - upstream_before
+            commits = store_commits(self.site)[0] - commits_before
+            gateway_runs[-1]["msgs_per_commit"] = per_commit(gateway_runs[-1], commits)
             gateway_runs[-1].update(self.confirmations(load, done_before))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -684,8 +693,10 @@ def at_scale(sizes: Sizes, workdir: Path, gateway_cpu: int | None = None) -> dic
         tag = f" ({big.devices:,} devices)"
         say(f"throughput{tag}: every device sends {sizes.scale_messages}")
         load, done_before = rig.load(sizes.scale_messages), rig.confirmed.received
+        commits_before = store_commits(site)[0]
         run_ = throughput("gateway" + tag, site.site_broker.port, rig.auth, load, rig.telemetry,
                           rig.procs(**pids, **{"site broker": broker_pid(site.site_broker)}), gateway_rss(pids))
+        run_["msgs_per_commit"] = per_commit(run_, store_commits(site)[0] - commits_before)
         run_.update(rig.confirmations(load, done_before))
         add_gateway_cpu(run_)
         heard = gateway_memory(pids)
