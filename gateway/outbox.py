@@ -296,10 +296,12 @@ class Outbox:
         counted one's queue time."""
         if not self._readable():
             return 0, None
-        rows = self._reader.execute("SELECT entries, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+        rows = self._reader.execute("SELECT id, entries, t FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
                                     (lane, self._cursor[lane], limit))
         n, oldest = 0, None
-        for entries, t in rows:  # stepped, and only until `limit` entries are seen: a full row is often enough
+        for rid, entries, t in rows:  # stepped, and only until `limit` entries are seen: a full row is often enough
+            if rid in self._acked:  # its delete waits; `lease` skips it too
+                continue
             n += entries
             oldest = t if oldest is None else min(oldest, t)
             if n >= limit:

@@ -128,6 +128,22 @@ def test_rows_are_deleted_only_when_acked_and_resent_after_release(store: sqlite
     assert [i.id for i in ob.lease(TELEMETRY, 10)] == [ids[1], ids[3], ids[4]]
 
 
+def test_a_row_acked_but_not_yet_deleted_is_not_counted_as_waiting_after_a_release(
+        store: sqlite3.Connection) -> None:
+    """Its PUBACK came while a batch was open and the connection dropped before the delete: `pending` must count
+    only what `lease` hands out, or the uplink asks for a bulk of nothing."""
+    ob = Outbox(store, 10**9)
+    put_one(ob, "d1", 1, 1.0)
+    store.commit()
+    [item] = ob.lease(TELEMETRY, 10)
+    ob.put_state(district.DQ, {"ev": "gap"})  # the ingest's batch is open ...
+    ob.ack([item.id])  # ... so the delete waits
+    ob.release_all()
+    store.commit()
+    assert ob.pending(TELEMETRY, 10) == (0, None)  # asked first, as the uplink does
+    assert ob.lease(TELEMETRY, 10) == []
+
+
 def test_a_backlog_acked_at_once_is_deleted_in_parts_and_only_what_was_acked(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
     for s in range(1203):  # past two parts of the delete's IN clause
