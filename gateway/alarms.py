@@ -515,10 +515,13 @@ class AlarmEngine:
         return None
 
     def _part(self, ruleset: RuleSet, key: Key) -> Threshold | RateRule | SumRule | StaleRule | None:
-        scope, subject, metric, kind = key
-        cls = self._class_of(scope, subject)
-        if cls is None:
-            return None
+        cls = self._class_of(key[0], key[1])
+        return None if cls is None else self._rule_part(ruleset, cls, key)
+
+    @staticmethod
+    def _rule_part(ruleset: RuleSet, cls: str, key: Key) -> Threshold | RateRule | SumRule | StaleRule | None:
+        """The rule a track follows when its subject is of class `cls`."""
+        _, subject, metric, kind = key
         if kind == "stale":
             return ruleset.stale_rule(cls, subject)
         rules = ruleset.metric_rules(cls, subject, metric)
@@ -542,8 +545,12 @@ class AlarmEngine:
         return out
 
     def _seen(self, device: str, cls: str, now: float) -> list[Transition]:
+        out = []
         heard = self._heard.get(cls)
         if heard is None or device not in heard or device in self._dead:  # new, of another class, or back alive
+            before = self._device_class(device)
+            if before is not None and before != cls:
+                out += self._reclassed(device, before, cls, now)
             for other in self._heard.values():
                 other.pop(device, None)
             self._dead.pop(device, None)
@@ -554,10 +561,34 @@ class AlarmEngine:
         key: Key = ("device", device, "", "stale")
         alarm = self._alarms.get(key)
         if alarm is None:
-            return []
+            return out
         moved = self._move(key, None, alarm.last.rule, "stale", now, value=None, reading=None, device=device,
                            cls=cls, metric=None, device_time=None, cause="reading")
-        return [] if moved is None else [moved]
+        return out if moved is None else [*out, moved]
+
+    def _reclassed(self, device: str, before: str, cls: str, now: float) -> list[Transition]:
+        """The device list gave a device another class: what a rule-set switch does for a changed rule, for this
+        device's tracks. A run or window judged under the old class's rule starts again, and an alarm whose
+        rule the new class lacks is cleared now, as a removed rule's is; the rest are judged by the new class's
+        rules from the next reading on."""
+        out = []
+        for metric, kind in list(self._held("device", device)):
+            if kind == "stale":
+                continue
+            key: Key = ("device", device, metric, kind)
+            if self._rule_part(self._rules, before, key) != self._rule_part(self._rules, cls, key):
+                self._save_track(key, Track())
+        for key, alarm in list(self._alarms.items()):
+            if key[:2] != ("device", device) or key[3] == "stale" or self._rule_part(self._rules, cls, key) is not None:
+                continue
+            last = alarm.last
+            moved = self._move(key, None, last.rule, last.rule_kind, now, value=last.value, reading=last.reading,
+                               device=device, cls=last.device_class, metric=last.metric, device_time=None,
+                               point=last.point, position=last.position, unit=last.unit, cause="rule-removed")
+            self._save_track(key, Track())
+            if moved is not None:
+                out.append(moved)
+        return out
 
     def _stale(self, device: str, cls: str, last_seen: float | None, dead: bool, rule: StaleRule, now: float,
                cause: str) -> list[Transition]:

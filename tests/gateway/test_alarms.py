@@ -528,6 +528,27 @@ def test_a_changed_rule_restarts_pending(site: EngineOnDisk, page: int, monkeypa
         assert steps(site.feed(dev, "gas", "ch4", [60], t0=20)) == [("raised", None, RED)]
 
 
+def test_a_device_given_another_class_clears_the_alarms_that_class_has_no_rule_for(site: EngineOnDisk) -> None:
+    """The site's device list corrected a device's class (a reload, or a restart on a new file): its next
+    message is judged by the new class, and an alarm of a rule the new class lacks is cleared at once, as
+    when a rule is removed, rather than left active with nothing to clear it."""
+    raised = site.feed("gas-1", "gas", "ch4", [60, 60])
+    assert steps(raised) == [("raised", None, RED)]
+    engine = site.restart()
+    out = site.feed("gas-1", "water", "ch4", [60], t0=10)
+    assert [(t.event, t.cause, t.alarm_id, t.device_class) for t in out] == [
+        ("cleared", "rule-removed", raised[0].alarm_id, "gas")]
+    assert engine.active() == []
+    assert site.feed("gas-1", "water", "pressure", [40, 40], t0=20) != []  # judged as water from now on
+
+
+def test_a_device_given_another_class_starts_its_pending_runs_again(tmp_path: Path) -> None:
+    site = EngineOnDisk(tmp_path / "a.db", rules(drone__ch4__for_samples=2))
+    assert site.feed("gas-1", "gas", "ch4", [60]) == []  # one of gas's two samples
+    assert site.feed("gas-1", "drone", "ch4", [60], t0=10) == []  # the drone rule's first, not its second
+    assert steps(site.feed("gas-1", "drone", "ch4", [60], t0=20)) == [("raised", None, RED)]
+
+
 def test_the_newest_rule_set_survives_restart(site: EngineOnDisk) -> None:
     site.engine.replace_rules(rules(5, gas__ch4__for_samples=1), 2000.0)
     engine = site.restart(rules(4))
