@@ -87,11 +87,17 @@ class Worker:
             site, kind, body = self.verifier.publish(item.topic, item.payload)
         except VerifyError as exc:
             return self._refuse(conn, item, exc.reason, str(exc))
+        except Exception as exc:  # a check that failed on input it did not foresee: this publish, not the batch
+            log.exception("checking a publish on %s failed", item.topic)
+            return self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}")
         try:
             with conn.begin_nested():  # a body refused half-way leaves nothing behind
                 self._body(conn, item, site, kind, body, hist=body.get("hist") is True)
         except Refused as r:
             self._refuse(conn, item, r.reason, r.detail)
+        except Exception as exc:  # as above; raised again, it would fail every publish of the batch, for good
+            log.exception("storing a publish on %s failed", item.topic)
+            self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}")
 
     def _own(self, site: str, dev: str, where: str) -> None:
         """A site speaks only for the devices registered at it, in telemetry, alarms and device states alike."""
@@ -105,6 +111,9 @@ class Worker:
         elif kind == dtopics.ALARM:
             body = upstream.alarm(body)
             self._own(site, body["dev"], "alarm")
+            owner = store.alarm_site(conn, body["id"])
+            if owner is not None and owner != site:
+                raise Refused("foreign-alarm", f"alarm {body['id']} belongs to site {owner}")
             if store.apply_alarm(conn, site, body, received=received, hist=hist):
                 self.stored["alarm"] += 1
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
@@ -119,11 +128,12 @@ class Worker:
             self._notices.append(notice("device", site=site, dev=body["dev"]))
         elif kind == dtopics.UP_ACK:
             body = upstream.mapping(body, "ack")
-            store.add_report(conn, site, kind, body, received=received)
+            store.add_report(conn, site, kind, *upstream.report(body, "ack"), received=received)
             ok = body.get("ok") is True
-            if body.get("re") == "cmd" and isinstance(body.get("id"), int):
+            cmd_id = body.get("id")
+            if body.get("re") == "cmd" and type(cmd_id) is int and 0 <= cmd_id < upstream.I64:  # a command's id
                 result = body.get("res") if ok else body.get("error", body.get("res"))
-                self._command_answer(conn, site, body["id"], ok, result, received)
+                self._command_answer(conn, site, cmd_id, ok, result, received)
             elif body.get("re") == "rules":
                 cmd_id = _rules_command(conn, site, body.get("version"))
                 if cmd_id is not None:
@@ -137,13 +147,17 @@ class Worker:
             store.ota_report(conn, site, progress, offers, received=received)
             self._notices.append(notice("ota", site=site))
         else:  # dq, event: kept as they came, for the desk and for audit
-            store.add_report(conn, site, kind, upstream.mapping(body, kind), received=received)
+            store.add_report(conn, site, kind, *upstream.report(body, kind), received=received)
         self.stored[kind] += 1
 
     def _telemetry(self, conn: Connection, item: Incoming, site: str, body: Mapping[str, Any], hist: bool) -> None:
         packs = body.get("packs")
         if not isinstance(packs, list):
             raise Refused("schema", "telemetry: packs must be an array")
+        thinned = body.get("thinned", [])
+        if not isinstance(thinned, list):
+            raise Refused("schema", "telemetry: thinned must be an array")
+        summaries = [upstream.report(summary, f"telemetry thinned[{i}]") for i, summary in enumerate(thinned)]
         checked: list[store.DeviceMessage] = []
         for i, entry in enumerate(packs):
             try:
@@ -152,14 +166,18 @@ class Worker:
                 checked.append(m)
             except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
                 self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
+            except Exception as exc:  # as one the checks did not foresee
+                log.exception("checking telemetry packs[%d] on %s failed", i, item.topic)
+                self._refuse(conn, item, "internal", f"telemetry packs[{i}]: {type(exc).__name__}: {exc}",
+                             cbor2.dumps(entry))
         newest: dict[str, float] = {}
         for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
                                                       verified=True), strict=True):
             if new:
                 self.stored["message"] += 1
                 newest[m.dev] = max([newest.get(m.dev, 0.0), *(r["t"] for r in m.records)])
-        for summary in body.get("thinned") or ():
-            store.add_report(conn, site, "thinned", upstream.mapping(summary, "thinned"), received=item.received)
+        for dev, summary in summaries:
+            store.add_report(conn, site, "thinned", dev, summary, received=item.received)
         for dev, t in newest.items():
             self._notices.append(notice("reading", site=site, dev=dev, t=t, received=item.received))
 
@@ -167,7 +185,7 @@ class Worker:
                         received: float) -> None:
         conn.execute(update(commands).where(commands.c.id == cmd_id, commands.c.site == site,
                                             commands.c.answered.is_(None))
-                     .values(ok=ok, result=json.dumps(result, default=_jsonable), answered=received))
+                     .values(ok=ok, result=json.dumps(result, default=upstream.jsonable), answered=received))
         self._notices.append(notice("command", site=site, id=cmd_id))
 
 
@@ -184,6 +202,3 @@ def _rules_command(conn: Connection, site: str, version: Any) -> int | None:
         .order_by(commands.c.sent, commands.c.id)).all()
     return next((row.id for row in pending if json.loads(row.args).get("version") == version), None)
 
-
-def _jsonable(value: Any) -> str:
-    return value.hex() if isinstance(value, bytes) else repr(value)

@@ -230,20 +230,20 @@ def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offe
                                                  for o in offers])
 
 
-def add_report(conn: Connection, site: str, kind: str, body: Mapping[str, Any], *, received: float) -> None:
-    conn.execute(reports.insert().values(site=site, kind=kind, dev=body.get("dev"),
-                                         body=json.dumps(body, default=_jsonable), received=received))
+def add_report(conn: Connection, site: str, kind: str, dev: str | None, body: str, *, received: float) -> None:
+    """A body kept as it came, as JSON text (district/upstream.report)."""
+    conn.execute(reports.insert().values(site=site, kind=kind, dev=dev, body=body, received=received))
+
+
+def alarm_site(conn: Connection, alarm_id: str) -> str | None:
+    """The site an alarm episode belongs to, or None for one the district has not heard of."""
+    row = conn.execute(select(alarms.c.site).where(alarms.c.id == alarm_id)).first()
+    return None if row is None else str(row.site)
 
 
 def refuse(conn: Connection, topic: str, reason: str, detail: str, payload: bytes, *, received: float) -> None:
     conn.execute(refusals.insert().values(topic=topic, reason=reason, detail=detail[:500], payload=payload,
                                           received=received))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"{type(value).__name__} in a report body")
 
 
 def open_alarm_count(conn: Connection) -> dict[str, int]:

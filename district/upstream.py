@@ -9,11 +9,15 @@ the good entries beside it are kept.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import Column, String
+
+from district.schema import alarms, devices, ota_releases, readings
 from protocol.district_verify import Verifier, VerifyError
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")  # protocol/topics.py: site and device ids
@@ -24,6 +28,7 @@ ALARM_KINDS = {"level", "rate", "sum", "stale"}
 LEVELS = {"blue", "yellow", "orange", "red"}
 MAX_TEXT = 200
 U64 = 1 << 64
+I64 = 1 << 63  # an integer the database keeps (BIGINT) is below this
 MAX_RELEASE = 1 << 24  # bytes: a release far past any node's flash
 MAX_OTA_NODES = 10_000  # nodes in one progress report (a site's devices)
 MAX_RELEASES = 64
@@ -56,24 +61,44 @@ def uint(body: Mapping[str, Any], key: str, where: str, limit: int = U64) -> int
     return value
 
 
+def finite(value: Any) -> float | None:
+    """`value` as a float if it is a number a float column holds (not a bool, not an integer past a float's
+    range, not NaN or an infinity), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # a bignum: the decoder lets tags 2 and 3 through
+        return None
+    return number if math.isfinite(number) else None
+
+
 def number(body: Mapping[str, Any], key: str, where: str, optional: bool = False) -> float | None:
     value = body.get(key) if optional else _field(body, key, where)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = finite(value)
+    if number is None:
         raise Refused("schema", f"{where}: {key} must be a finite number")
-    return float(value)
+    return number
+
+
+def width(column: Column[Any]) -> int:
+    """The characters a text column holds (PostgreSQL refuses more; SQLite would keep them)."""
+    assert isinstance(column.type, String) and column.type.length is not None
+    return column.type.length
 
 
 def text(body: Mapping[str, Any], key: str, where: str, choices: set[str] | None = None,
-         optional: bool = False) -> str | None:
+         optional: bool = False, limit: int = MAX_TEXT) -> str | None:
     value = body.get(key)
     if value is None:
         if optional:
             return None
         raise Refused("schema", f"{where}: {key} missing")
-    if not isinstance(value, str) or len(value) > MAX_TEXT or (choices is not None and value not in choices):
-        allowed = f"one of {', '.join(sorted(choices))}" if choices else f"text of at most {MAX_TEXT} characters"
+    if (not isinstance(value, str) or len(value) > limit or "\x00" in value
+            or (choices is not None and value not in choices)):
+        allowed = f"one of {', '.join(sorted(choices))}" if choices else f"text of at most {limit} characters"
         raise Refused("schema", f"{where}: {key} must be {allowed}")
     return value
 
@@ -95,12 +120,31 @@ def mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
+def report(value: Any, where: str) -> tuple[str | None, str]:
+    """(dev, JSON text) of a body kept as it came (dq, event, ack, a thinned summary): byte strings as hex,
+    any other value JSON has no form for (a CBOR tag, undefined) by its repr. A body JSON cannot hold at all (a
+    map with an array for a key) is refused, as is a device id that is not one."""
+    body = mapping(value, where)
+    dev = body.get("dev")
+    if dev is not None:
+        ident(body, "dev", where)
+    try:
+        return dev, json.dumps(body, default=jsonable)
+    except (TypeError, ValueError) as exc:
+        raise Refused("schema", f"{where}: not storable as JSON: {exc}") from None
+
+
+def jsonable(value: Any) -> str:
+    """JSON's form of a value it has none for: bytes as hex, anything else by its repr."""
+    return value.hex() if isinstance(value, bytes) else repr(value)
+
+
 def pack_entry(raw: Any, where: str, verifier: Verifier) -> tuple[str, int, int, int, list[dict[str, Any]], bytes]:
     """(dev, seq, boot, pri, readings, sealed) of one telemetry pack entry whose device MAC verifies; reading
     names lose the "{dev}:" base."""
     entry = mapping(raw, where)
     dev = ident(entry, "dev", where)
-    seq, boot = uint(entry, "seq", where), uint(entry, "boot", where)
+    seq, boot = uint(entry, "seq", where), uint(entry, "boot", where, I64)
     pri = uint(entry, "pri", where, 2) if "pri" in entry else 0
     try:
         records = verifier.entry(entry)
@@ -112,14 +156,21 @@ def pack_entry(raw: Any, where: str, verifier: Verifier) -> tuple[str, int, int,
         name = r["n"]
         if name.startswith(prefix):
             name = name[len(prefix):]
-        if not 0 < len(name) <= 64:
+        if not 0 < len(name) <= width(readings.c.n):
             raise Refused("senml", f"{where}: reading name {r['n']!r} too long")
-        if not isinstance(r["t"], (int, float)) or not math.isfinite(r["t"]):
+        t = finite(r["t"])
+        if t is None:
             raise Refused("senml", f"{where}: reading {name!r} has no finite time")
         for k in ("v", "s"):
-            if k in r and not math.isfinite(r[k]):
+            if k in r and finite(r[k]) is None:
                 raise Refused("senml", f"{where}: reading {name!r} has a {k} that is not finite")
-        out.append({**r, "n": name})
+        unit = r.get("u")
+        if unit is not None and (len(unit) > width(readings.c.u) or "\x00" in unit):
+            raise Refused("senml", f"{where}: reading {name!r} has a unit of more than {width(readings.c.u)} "
+                                   "characters or a NUL")
+        if "\x00" in r.get("vs", ""):
+            raise Refused("senml", f"{where}: reading {name!r} has a NUL in its text")
+        out.append({**r, "n": name, "t": t})
     return dev, seq, boot, pri, out, entry["m"]
 
 
@@ -138,10 +189,11 @@ def alarm(raw: Any) -> Mapping[str, Any]:
     text(body, "kind", "alarm", ALARM_KINDS)
     text(body, "level", "alarm", LEVELS, optional=True)
     text(body, "prev", "alarm", LEVELS, optional=True)
-    for key in ("cls", "rule"):
-        text(body, key, "alarm")
-    for key in ("metric", "unit", "point", "cause"):
-        text(body, key, "alarm", optional=True)
+    text(body, "cls", "alarm", limit=width(alarms.c.cls))
+    text(body, "rule", "alarm", limit=width(alarms.c.rule))
+    for key in ("metric", "unit", "point"):
+        text(body, key, "alarm", optional=True, limit=width(alarms.c[key]))
+    text(body, "cause", "alarm", optional=True)
     number(body, "t_gw", "alarm")
     for key in ("value", "reading", "t_dev"):
         number(body, key, "alarm", optional=True)
@@ -156,10 +208,11 @@ def device_state(raw: Any) -> Mapping[str, Any]:
     body = mapping(raw, "state")
     ident(body, "dev", "state")
     text(body, "st", "state", {"online", "offline"})
-    uint(body, "boot", "state")
+    uint(body, "boot", "state", I64)
     number(body, "t", "state")
-    for key in ("fw", "prof", "rst"):
-        text(body, key, "state", optional=True)
+    for key in ("fw", "prof"):
+        text(body, key, "state", optional=True, limit=width(devices.c[key]))
+    text(body, "rst", "state", optional=True)
     for key in ("batt", "rssi"):
         number(body, key, "state", optional=True)
     position(body, "state")
@@ -180,7 +233,7 @@ def ota_report(raw: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | N
         total = uint(node, "total", where, MAX_RELEASE + 1)
         if uint(node, "done", where, MAX_RELEASE + 1) > total:
             raise Refused("schema", f"{where}: done is past total")
-        progress.append({"dev": ident(node, "dev", where), "v": ident(node, "v", where, VERSION),
+        progress.append({"dev": ident(node, "dev", where), "v": version(node, where),
                          "done": node["done"], "total": total, "t": number(node, "t", where)})
     if "releases" not in body:
         return progress, None
@@ -201,6 +254,15 @@ def ota_report(raw: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | N
         size = uint(rel, "size", where, MAX_RELEASE + 1)
         if not 0 < uint(rel, "n", where, MAX_RELEASE + 1) <= size:
             raise Refused("schema", f"{where}: n must be 1..size")
-        offers.append({"v": ident(rel, "v", where, VERSION), "profiles": list(profiles), "n": rel["n"], "sig": sig,
+        offers.append({"v": version(rel, where), "profiles": list(profiles), "n": rel["n"], "sig": sig,
                        "size": size})
+    if len({o["v"] for o in offers}) != len(offers):
+        raise Refused("schema", "ota: a release version is listed twice")
     return progress, offers
+
+
+def version(body: Mapping[str, Any], where: str) -> str:
+    v = ident(body, "v", where, VERSION)
+    if len(v) > width(ota_releases.c.v):
+        raise Refused("schema", f"{where}: v {v!r} is longer than {width(ota_releases.c.v)} characters")
+    return v

@@ -31,6 +31,8 @@ def entry_records(body, times):
     records = []
     message_check.check(body, body.get("k"), records)
     if times is not None:
+        if not isinstance(times, list):
+            raise VerifyError("malformed", "t must be an array of times")
         if len(times) != len(records):
             raise VerifyError("mismatch", "%d times for %d records" % (len(times), len(records)))
         for i in range(len(records)):

@@ -68,6 +68,8 @@ def resolve(senml_pack):
                 raise SenMLError("%s: unsupported SenML version %r" % (_where(i), bver))
         if BN in rec:
             bn = _text(rec, BN, i)
+            if bn is None:
+                raise SenMLError("%s: bn must be text" % _where(i))
         if BT in rec:
             bt = _number(rec, BT, i)
         if BU in rec:

@@ -63,6 +63,7 @@ def test_resolve_rejects_bad_packs():
         [{senml.N: "a", senml.V: 1, "x_": 0}],
         [{senml.N: "a", senml.V: 1, senml.T: "now"}],
         [{senml.BVER: 11, senml.N: "a", senml.V: 1}],
+        [{senml.BN: None, senml.N: "a", senml.V: 1}],  # a null base name: bn + n was a TypeError
     ]
     for p in bad:
         raises(senml.SenMLError, senml_resolve.resolve, p)
