@@ -88,9 +88,10 @@ class Confirmations:
         self._ranges.changed(dev)
         self._touched.add(dev)
 
-    def born(self, dev: str, seq: int) -> None:
-        """A birth whose next number is not above what was committed: the device's counter started over (its
-        flash was wiped), and the old ranges would make it forget new messages; they go."""
+    def started_over(self, dev: str, seq: int) -> None:
+        """A birth whose next number, or a message of a newer boot whose number, is not above what was
+        committed: the device's counter started over (its flash was wiped), and the old ranges would make it
+        forget new messages; they go. Called before the message's own number is committed."""
         rs = self._ranges.get(dev)
         if rs and seq <= rs[-1]:
             event(log, "confirmations-reset", logging.WARNING, dev=dev, seq=seq, top=rs[-1])

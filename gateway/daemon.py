@@ -221,6 +221,9 @@ class Gateway:
             for t in self.alarms.observe_pack(dev.id, dev.cls, judged, now, _position(c.readings) if placed else None):
                 self._up_alarm(t)
         body = c.body
+        if dev.id in self.sequence.restarted:  # a newer boot's count started over: the old confirmations go
+            self.sequence.restarted.discard(dev.id)
+            self.confirmations.started_over(dev.id, body["seq"])
         self.confirmations.committed(dev.id, body["seq"])
         if c.readings:
             # The sealed message goes up as received; records are read only for the times of a retimed one.
@@ -242,7 +245,7 @@ class Gateway:
         if body["st"] == message.ONLINE:
             self.registry.birth(dev.id, body, now, live=not c.retained)
             self.ota.birth(dev.id, str(body["fw"]), now)
-            self.confirmations.born(dev.id, body["seq"])
+            self.confirmations.started_over(dev.id, body["seq"])
         else:
             self.registry.death(dev.id)
             for t in self.alarms.device_dead(dev.id, now, dev.cls):

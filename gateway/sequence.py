@@ -108,6 +108,10 @@ class SequenceTracker:
         self._devices = device_states.DeviceStates(conn, "seq_state", "state", _Device.from_json, _Device.to_json,
                                                    capacity)
         self._events: list[Gap] = []
+        self._flushed = 0  # events before this index were flushed with their batch: a later rollback keeps them
+        # Devices whose window a data or event message of a newer boot restarted in the open batch: their
+        # commit confirmations name numbers of the old count, and the ingest drops them (its `_data`).
+        self.restarted: set[str] = set()
         self._find_holed()
 
     def _find_holed(self) -> None:
@@ -129,6 +133,7 @@ class SequenceTracker:
         d = self._dev(dev)
         if boot > d.high_boot and seq <= d.high:
             self._restart(dev, d, boot, seq, seq)
+            self.restarted.add(dev)
         if seq <= d.floor:
             d.replays += 1
             return Verdict.REPLAY
@@ -234,7 +239,7 @@ class SequenceTracker:
             if not waiting:
                 settled.append(dev)
         self._holed.difference_update(settled)
-        out, self._events = self._events, []
+        out, self._events, self._flushed = self._events, [], 0
         return out
 
     def stats(self, dev: str) -> tuple[int, int, int]:
@@ -259,11 +264,16 @@ class SequenceTracker:
     def flush(self) -> None:
         """Write changed devices into the current transaction (the caller commits)."""
         self._devices.flush()
+        self._flushed = len(self._events)
 
     def rollback(self) -> None:
-        """Forget unflushed changes after a failed batch: the (rolled back) store is read again."""
+        """Forget unflushed changes after a failed batch: the (rolled back) store is read again. The gaps and
+        recoveries of batches flushed before it wait for `due()` still: their holes are gone from the store.
+        (A commit that fails after its flush leaves its batch's events too; the batch comes again, and the
+        district is told twice.)"""
         self._devices.forget()
-        self._events.clear()
+        del self._events[self._flushed:]
+        self.restarted.clear()
         self._find_holed()
 
 

@@ -8,6 +8,7 @@ import bisect
 import json
 import logging
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.commit_watermark import Confirmations, done_body
+from gateway.daemon import Gateway
+from gateway.ingest import Incoming
 from gateway.mqtt_link import LinkError
-from protocol import topics
+from gateway.site_config import load
+from protocol import message, senml, topics
 
 
 def reference(ranges: list[list[int]], seq: int) -> None:
@@ -62,10 +66,47 @@ def test_a_birth_below_the_committed_numbers_starts_the_ranges_over() -> None:
     c = Confirmations(sqlite3.connect(":memory:"), "s1")
     for seq in (5, 6, 9):
         c.committed("d1", seq)
-    c.born("d1", 7)
+    c.started_over("d1", 7)
     c.committed("d1", 7)
     c.committed_now()
     assert c.due() == ["d1"] and c.body("d1") == done_body([(7, 7)])
+
+
+KEY = bytes(range(32))
+
+
+def site_gateway(tmp_path: Path) -> Gateway:
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
+    return Gateway(load(tmp_path / "site.toml"))
+
+
+def data(seq: int, boot: int) -> Incoming:
+    pack = senml.pack([senml.record("ch4", 1.5, "%LEL", 1_800_000_000.0)], bn="d1:")
+    return Incoming(topics.device("s1", "d1", topics.DATA), message.encode(message.data("d1", boot, seq, pack), KEY),
+                    False, 1_800_000_000.0)
+
+
+def confirmed(gw: Gateway) -> list[tuple[int, int]]:
+    return topics.done_ranges(gw.confirmations.body("d1"))
+
+
+def test_a_count_started_over_without_its_birth_is_confirmed_from_its_own_numbers(tmp_path: Path) -> None:
+    """A device whose flash was wiped counts from 0 again in its next boot, and its birth was lost: its first
+    message restarts the sequence window, and the confirmation must name only what the new count committed.
+    It named 0-9 of the old count, so the device would have deleted its new 1-9 unsent."""
+    gw = site_gateway(tmp_path)
+    try:
+        gw.handle_site([data(seq, boot=1) for seq in range(10)])
+        assert confirmed(gw) == [(0, 9)]
+        gw.handle_site([data(0, boot=2)])
+        assert confirmed(gw) == [(0, 0)]
+        gw.handle_site([data(1, boot=2)])
+        assert confirmed(gw) == [(0, 1)]
+    finally:
+        gw.conn.close()
 
 
 async def test_confirmations_go_out_a_window_at_a_time_each_with_the_newest_ranges() -> None:

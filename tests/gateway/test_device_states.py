@@ -194,7 +194,7 @@ def test_confirmations_do_not_depend_on_what_is_held(script: list[tuple[str, int
             if capacity == 1 and seq % 3 == 0:
                 confirmations.prefetch(DEVICES)
             if birth == 2:
-                confirmations.born(dev, seq)
+                confirmations.started_over(dev, seq)
             else:
                 confirmations.committed(dev, seq)
             confirmations.flush()

@@ -201,3 +201,28 @@ def test_devices_without_holes_share_nothing_with_those_that_have_some() -> None
     t.check("d1", 3, 0.0)
     t.check("d1", 6, 0.0)
     assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [2, 1, 2]
+
+
+def test_a_rolled_back_batch_takes_only_its_own_gap_reports() -> None:
+    """Reports wait for the tick's `due()`; a batch that fails after others were committed must not take their
+    reports with it: the holes they report are gone from the store, so nothing would report them again."""
+    conn = sqlite3.connect(":memory:")
+    t = SequenceTracker(conn, window=10, grace_s=10.0)
+    for s in (1, 3):
+        t.check("d1", s, 0.0)
+    t.flush()
+    conn.commit()
+    assert [(g.first, g.kind) for g in t.due(11.0)] == [(2, "gap")]
+    t.check("d1", 2, 12.0)  # found after all: a recovery
+    for s in (20, 25):  # the floor passes 11..19 and writes off its hole at once, as a gap
+        t.check("d2", s, 12.0)
+    t.check("d2", 40, 12.0)
+    t.flush()
+    conn.commit()
+    t.check("d3", 1, 13.0)
+    t.check("d3", 5, 13.0)
+    t.check("d3", 30, 13.0)  # this batch's own write-off (2..4, 6..19): it fails
+    t.rollback()
+    conn.rollback()
+    assert sorted((g.dev, g.first, g.last, g.kind) for g in t.due(14.0)) == [
+        ("d1", 2, 2, "recovered"), ("d2", 21, 24, "gap"), ("d2", 26, 30, "gap")]
