@@ -52,14 +52,20 @@ class Commands:
             device = self.registry.devices.get(req.dev)
             if device is None:
                 raise DownlinkError(f"unknown device {req.dev!r}")
+            # The device refuses it after the deadline, when it has been reported upstream as a timeout and
+            # the district may already have sent it again under a new id. A device that deep-sleeps hears it
+            # at its next wake (the broker keeps it for the device's session), so its wake interval is added.
+            deadline = now + self.timeout_s + self.registry.sleep_s(device.id)
+            try:
+                sealed = message.encode(message.command(device.id, req.id, req.op, req.args, int(deadline)),
+                                        device.key)
+            except ValueError as exc:  # args our CBOR encoder does not write (too deep, a tag, undefined)
+                raise DownlinkError(f"args cannot be sent to a device: {exc}") from None
+            if len(sealed) > message.MAX_MESSAGE:  # the device would refuse it unread, and never ack
+                raise DownlinkError(f"{len(sealed)} bytes sealed, a device takes {message.MAX_MESSAGE}")
         except DownlinkError as exc:
             event(log, "command-rejected", logging.WARNING, error=str(exc))
             return None, district_wire.command_refused(sent, str(exc))
-        # The device refuses it after the deadline, when it has been reported upstream as a timeout and
-        # the district may already have sent it again under a new id. A device that deep-sleeps hears it
-        # at its next wake (the broker keeps it for the device's session), so its wake interval is added.
-        deadline = now + self.timeout_s + self.registry.sleep_s(device.id)
-        sealed = message.encode(message.command(device.id, req.id, req.op, req.args, int(deadline)), device.key)
         self._conn.execute("INSERT OR REPLACE INTO command_pending (dev, id, op, sent_at, deadline) "
                            "VALUES (?, ?, ?, ?, ?)", (device.id, req.id, req.op, now, deadline))
         event(log, "command", dev=device.id, id=req.id, op=req.op)
@@ -67,6 +73,9 @@ class Commands:
 
     def on_ack(self, dev: str, body: Mapping[str, Any], now: float) -> CommandResult | None:
         """A device's ack: the result for upstream if it answers a pending command, else None (logged)."""
+        if body["id"] >= 1 << 63:  # past any id SQLite keeps, so past any command relayed
+            event(log, "ack-unmatched", logging.WARNING, dev=dev, id=body["id"])
+            return None
         row = self._conn.execute("SELECT op, sent_at FROM command_pending WHERE dev = ? AND id = ?",
                                  (dev, body["id"])).fetchone()
         if row is None:

@@ -21,7 +21,7 @@ import math
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -114,18 +114,23 @@ class Gateway:
     # ------------------------------------------------------------------------------ site messages
 
     def handle_site(self, batch: list[Incoming]) -> None:
-        """Check, judge and queue a batch, then commit it once. A message that makes this fail (a bug, not
-        bad input: checks never raise) is isolated by redoing the batch one message at a time, and kept in
-        the quarantine as "internal" so that it cannot block the site's queue."""
+        """Check, judge and queue a batch, then commit it once."""
+        self._isolated(batch, self._site_batch)
+
+    def _isolated(self, batch: list[Incoming], handle: Callable[[list[Incoming]], None]) -> None:
+        """`handle` a batch of one connection. A message that makes it fail (a bug, not bad input: checks
+        never raise) is isolated by redoing the batch one message at a time, and kept in the quarantine as
+        "internal", so that it cannot block its connection's queue (its batch, unacknowledged, would come again
+        and fail again)."""
         try:
-            self._site_batch(batch)
+            handle(batch)
             return
         except Exception:
             log.exception("batch failed; retrying its messages one at a time")
             self._rollback()
         for m in batch:
             try:
-                self._site_batch([m])
+                handle([m])
             except Exception as exc:
                 log.exception("message failed")
                 self._rollback()
@@ -279,6 +284,11 @@ class Gateway:
     # ------------------------------------------------------------------------------ downlink
 
     def handle_down(self, batch: list[Incoming]) -> None:
+        """The district's commands, rule sets and alarm acknowledgements, committed once; a message that fails
+        is isolated as a site message is."""
+        self._isolated(batch, self._down_batch)
+
+    def _down_batch(self, batch: list[Incoming]) -> None:
         outgoing: list[Outgoing] = []
         for m in batch:
             try:

@@ -556,7 +556,7 @@ def ruleset_data(payload: bytes) -> dict[str, Any]:
     if isinstance(data, str):
         try:
             data = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             raise DownlinkError(f"ruleset: not JSON: {exc}") from None
     if not isinstance(data, Mapping):
         raise DownlinkError("expected {'ruleset': {...}}")

@@ -8,6 +8,7 @@ missing. It lives in the store (rows written inside the ingest batch, never comm
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -16,6 +17,8 @@ from typing import Any
 from gateway import device_states
 from gateway.device_list import DeviceList
 from gateway.store import from_json, to_json
+
+MAX_WAKE_S = 7 * 86400.0  # a sleeping device's wake interval is taken as at most this: a command waits no longer
 
 
 @dataclass(slots=True)
@@ -73,7 +76,7 @@ class Registry:
         h.batt = _number(body.get("batt"))
         ip = body.get("ip")
         h.ip = ip if isinstance(ip, str) else ""
-        h.sleep_s = _number(body.get("sleep")) or 0.0
+        h.sleep_s = min(max(_number(body.get("sleep")) or 0.0, 0.0), MAX_WAKE_S)
         if live and body["clk"] == 1:
             h.boot_epoch = now - float(body["t"])
 
@@ -114,4 +117,11 @@ def _health_from_json(text: str) -> Health:
 
 
 def _number(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    """A birth's number, or None for one that is not a finite float (a bool, NaN, a bignum past a float)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        number = float(v)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

@@ -25,6 +25,8 @@ RateDirection = Literal["fall", "rise"]
 RULESETS_DIR = Path(__file__).with_name("rulesets")
 RATE_WINDOW_CAP = 4096
 SUM_BINS_PER_WINDOW = 120
+MIN_WINDOW_S = 1.0  # a rate or sum window
+MAX_SUM_WINDOWS = 100  # a sum's longest window, in its shortest ones
 
 _CLASS_RE = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -178,17 +180,38 @@ def _table(value: object, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise RuleError(path, f"must be a table, not {type(value).__name__}")
     for key in value:
-        if not isinstance(key, str):
+        if not isinstance(key, str) or not _utf8(key):
             raise RuleError(path, f"keys must be strings, not {key!r}")
     return value
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can go on the wire: JSON text may hold a lone surrogate, which UTF-8 cannot."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(value: object, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RuleError(path, f"must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise RuleError(path, "must be finite") from None
+    if not math.isfinite(number):
         raise RuleError(path, "must be finite")
-    return float(value)
+    return number
+
+
+def _window(value: object, path: str) -> float:
+    """A rate or sum window: readings are stamped to 1/1024 s, and a sum's bins are its shortest window / 120."""
+    number = _number(value, path)
+    if number < MIN_WINDOW_S:
+        raise RuleError(path, f"must be at least {MIN_WINDOW_S:g} s")
+    return number
 
 
 def _positive(value: object, path: str) -> float:
@@ -291,7 +314,7 @@ def _rate_rule(value: object, path: str) -> RateRule | None:
     table = _enabled(value, path, _RATE_KEYS, ("window_s", "direction", "levels"))
     if table is None:
         return None
-    window_s = _positive(table["window_s"], f"{path}.window_s")
+    window_s = _window(table["window_s"], f"{path}.window_s")
     choice = _choice(table["direction"], f"{path}.direction", ("fall", "rise"))
     direction: RateDirection = "fall" if choice == "fall" else "rise"
     levels = _levels(table["levels"], f"{path}.levels")
@@ -315,7 +338,7 @@ def _sum_rule(value: object, path: str) -> SumRule | None:
     windows: dict[Level, float]
     if isinstance(raw, Mapping):
         given = _levels(raw, f"{path}.window_s")
-        windows = {lv: _positive(w, f"{path}.window_s.{lv.label}") for lv, w in given.items()}
+        windows = {lv: _window(w, f"{path}.window_s.{lv.label}") for lv, w in given.items()}
         for level in levels:
             if level not in windows:
                 raise RuleError(f"{path}.window_s.{level.label}", "missing: every level needs a window")
@@ -323,8 +346,11 @@ def _sum_rule(value: object, path: str) -> SumRule | None:
             if level not in levels:
                 raise RuleError(f"{path}.window_s.{level.label}", "no such level in levels")
     else:
-        window = _positive(raw, f"{path}.window_s")
+        window = _window(raw, f"{path}.window_s")
         windows = {level: window for level in levels}
+    if max(windows.values()) > MAX_SUM_WINDOWS * min(windows.values()):
+        # A sum keeps bins of the shortest window / 120 over the longest: 120 x this many at most a track.
+        raise RuleError(f"{path}.window_s", f"the longest window may be at most {MAX_SUM_WINDOWS} times the shortest")
     ordered = sorted(levels)
     for low, high in itertools.pairwise(ordered):
         # A higher level must be strictly harder to reach, so reaching it implies every lower one.
@@ -342,7 +368,7 @@ def _metric(table: Mapping[str, Any], path: str) -> MetricRules | None:
     if not _bool(table.get("enabled", True), f"{path}.enabled"):
         return None
     unit = table.get("unit")
-    if unit is not None and not isinstance(unit, str):
+    if unit is not None and (not isinstance(unit, str) or not _utf8(unit)):
         raise RuleError(f"{path}.unit", "must be a string")
     use_abs = _bool(table.get("abs", False), f"{path}.abs")
     level = _level_rule(table, path) if "levels" in table else None

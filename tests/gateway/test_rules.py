@@ -137,8 +137,22 @@ def test_parse_builds_the_model() -> None:
             "gas.ch4.rate",
             {"window_s": 0, "direction": "rise", "levels": {"red": 5}, "clear": {"red": 1}},
             "gas.ch4.rate.window_s",
-            "must be greater than 0",
+            "must be at least 1 s",
         ),
+        (
+            "gas.ch4.sum",
+            {"window_s": 1e-300, "levels": {"red": 5}, "clear": {"red": 1}},
+            "gas.ch4.sum.window_s",
+            "must be at least 1 s",  # its bins were 1e-302 s: a reading's bin number overflowed
+        ),
+        (
+            "gas.ch4.sum",
+            {"window_s": {"blue": 1e9, "red": 1}, "levels": {"blue": 5, "red": 10}, "clear": {"blue": 1, "red": 2}},
+            "gas.ch4.sum.window_s",
+            "the longest window may be at most 100 times the shortest",  # 120 bins a shortest window, kept
+        ),
+        ("gas.ch4.levels", {"red": 10**400}, "gas.ch4.levels.red", "must be finite"),  # a bignum: OverflowError
+        ("gas.ch4.unit", "\ud800", "gas.ch4.unit", "must be a string"),  # a lone surrogate, from JSON text
         (
             "gas.ch4.rate",
             {"window_s": 60, "direction": "up", "levels": {"red": 5}, "clear": {"red": 1}},
