@@ -60,6 +60,27 @@ STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 T = TypeVar("T")
 
 
+def storable(value: Any) -> bool:
+    """Whether every text in a request's values can be kept: JSON may carry a lone surrogate, which UTF-8
+    cannot encode, and a NUL, which PostgreSQL's text refuses; either would fail in the driver, a 500."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            todo += item.keys()
+            todo += item.values()
+        elif isinstance(item, list):
+            todo += item
+    return True
+
+
 class Refused(Exception):
     """An answer other than 200: the status and the message the client is shown."""
 
@@ -92,7 +113,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
 
     async def who(request: Request) -> Session:
         token = request.cookies.get(COOKIE)
-        found = await db(lambda c: accounts.session(c, token, now=clock())) if token else None
+        found = await db(lambda c: accounts.session(c, token, now=clock())) if token and storable(token) else None
         if found is None:
             raise Refused(401, "log in first")
         if request.method == "POST":
@@ -106,12 +127,17 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(403, f"a {s.role} may not {action}")
 
     async def body(request: Request, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The JSON object posted, with exactly the fields the endpoint takes."""
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise Refused(400, f"body: at most {MAX_BODY} bytes")
+        """The JSON object posted, with exactly the fields the endpoint takes. Read up to MAX_BODY and no
+        further, so a client cannot make the desk hold more."""
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise Refused(400, f"body: at most {MAX_BODY} bytes")
         try:
             data = json.loads(raw or b"{}")
+            if not storable(data):
+                raise Refused(400, "body: text with a NUL or a lone surrogate, which no column keeps")
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             raise Refused(400, "body: not JSON") from None
         if not isinstance(data, dict):
@@ -127,6 +153,8 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     def endpoint(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             try:
+                if not storable([*request.path_params.values(), *request.query_params.values()]):
+                    raise Refused(400, "a NUL or a lone surrogate in the address")
                 result = await handler(request)
             except Refused as r:
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
@@ -154,7 +182,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         if s is None:
             recent.append(now)
             if len(failures) > MAX_TRACKED:  # names made up by the thousand must not grow memory for ever
-                for stale in [n for n, times in failures.items() if times[-1] < now - LOGIN_WINDOW_S]:
+                for stale in [n for n, times in failures.items() if not times or times[-1] < now - LOGIN_WINDOW_S]:
                     del failures[stale]
             raise Refused(401, "wrong user name or password")
         failures.pop(name, None)
@@ -199,20 +227,15 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, f"from must be before to, at most {MAX_WINDOW_S // 86400} days apart")
         return queries.history(conn, ruleset, site, dev, metric, t_from, t_to)
 
-    def order_id(request: Request) -> int:
+    def path_id(request: Request, what: str) -> int:
+        """The row id in the address; one that is not a number a BIGINT column holds names nothing."""
         try:
             value = int(request.path_params["id"])
         except ValueError:
-            raise Refused(404, "no such work order") from None
+            raise Refused(404, f"no such {what}") from None
         if not 0 < value < 2**63:
-            raise Refused(404, "no such work order")
+            raise Refused(404, f"no such {what}")
         return value
-
-    def command_id(request: Request) -> int:
-        try:
-            return int(request.path_params["id"])
-        except ValueError:
-            raise Refused(404, "no such command") from None
 
     # --- actions --------------------------------------------------------------------------------------
 
@@ -240,7 +263,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         if action not in STEP_FIELDS:
             raise Refused(404, f"no step {action}: one of {', '.join(STEP_FIELDS)}")
         allowed(s, action)
-        oid = order_id(request)
+        oid = path_id(request, "work order")
         data = await body(request, *STEP_FIELDS[action])
         state = await db(lambda c: workorders.act(
             c, oid, action, s, team=data.get("team"), note=data.get("findings", data.get("correction")),
@@ -285,10 +308,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         s = await who(request)
         allowed(s, "rollout")
         await body(request, ())
-        try:
-            rid = int(request.path_params["id"])
-        except ValueError:
-            raise Refused(404, "no such rollout") from None
+        rid = path_id(request, "rollout")
         site = await db(lambda c: rollout.halt(c, s, rid, now=clock()), write=True)
         hub.publish(notice("ota", site=site))
         return {"id": rid, "state": "halted"}
@@ -297,10 +317,17 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         await who(request)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
+            """Change notices while the session lasts: a logout or expiry ends the stream at the next notice,
+            the session looked up again before each (one read by primary key)."""
             async with hub.listen() as q:
                 yield {"event": "hello", "data": "{}"}
                 while True:
-                    yield {"event": "change", "data": json.dumps(await q.get())}
+                    change = await q.get()
+                    try:
+                        await who(request)
+                    except Refused:
+                        return
+                    yield {"event": "change", "data": json.dumps(change)}
         return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
 
     async def page(request: Request) -> Response:
@@ -318,11 +345,11 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, points)))),
         Route("/api/history", endpoint(read(history))),
         Route("/api/work-orders", endpoint(read(lambda c, r: queries.work_order_list(c)))),
-        Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, order_id(r))))),
+        Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, path_id(r, "work order"))))),
         Route("/api/work-orders/{id}/{action}", endpoint(step), methods=["POST"]),
         Route("/api/response-times", endpoint(read(lambda c, r: queries.response_times(c)))),
         Route("/api/commands", endpoint(command), methods=["POST"]),
-        Route("/api/commands/{id}", endpoint(read(lambda c, r: queries.command_state(c, command_id(r))))),
+        Route("/api/commands/{id}", endpoint(read(lambda c, r: queries.command_state(c, path_id(r, "command"))))),
         Route("/api/rules", endpoint(rules_change), methods=["POST"]),
         Route("/api/ota", endpoint(read(ota_site))),
         Route("/api/ota/rollouts", endpoint(rollout_start), methods=["POST"]),

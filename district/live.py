@@ -45,9 +45,9 @@ def read_notice(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
-    if not isinstance(body, dict) or body.get("kind") not in KINDS:
+    if not isinstance(body, dict) or not isinstance(body.get("kind"), str) or body["kind"] not in KINDS:
         return None
     return body
 

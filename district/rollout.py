@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from district import store
 from district.accounts import Session
@@ -103,9 +104,12 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
         plan = ota_plan.stages(chosen, str(canary), wave)
     except ota_plan.PlanError as exc:
         raise RolloutError(400, str(exc)) from None
-    rid = conn.execute(ota_rollouts.insert().values(
-        site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
-        stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)).scalar_one()
+    try:
+        rid = conn.execute(ota_rollouts.insert().values(
+            site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
+            stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)).scalar_one()
+    except IntegrityError:  # another desk's start committed since the check above (schema.ONE_RUNNING_ROLLOUT)
+        raise RolloutError(409, f"a rollout is already running at {site}: halt it first") from None
     conn.execute(ota_rollout_nodes.insert(), [{"rollout": rid, "dev": d, "stage": i, "stage_name": s.name,
                                                "sends": 0, "state": "waiting"}
                                               for i, s in enumerate(plan) for d in s.devices])

@@ -265,6 +265,11 @@ ota_rollouts = Table(
     Column("owner", String(64)),  # the desk process driving it, and until when (a lease another may take)
     Column("lease", Float),
 )
+# One running rollout a site: two desks starting one at once cannot both commit (on PostgreSQL both would
+# read "none running" first; SQLite's writers queue). district/store.open_engine adds it to an older database.
+ONE_RUNNING_ROLLOUT = Index("ota_rollouts_one_running", ota_rollouts.c.site, unique=True,
+                            sqlite_where=ota_rollouts.c.state == "running",
+                            postgresql_where=ota_rollouts.c.state == "running")
 
 ota_rollout_nodes = Table(
     "ota_rollout_nodes", metadata,

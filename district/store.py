@@ -63,6 +63,7 @@ take it. PostgreSQL needs none of this."""
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
     schema.metadata.create_all(engine)
+    schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     return engine
 
 

@@ -42,7 +42,7 @@ def canary_size(text: str, n: int) -> int:
     """A canary as a count, or a share of the nodes ("10%"): at least one node, at most all."""
     try:
         k = round(n * float(text[:-1]) / 100) if text.endswith("%") else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an infinite share
         raise PlanError(f"canary {text!r}: a number of nodes or a share like 10%") from None
     return max(1, min(n, k))
 

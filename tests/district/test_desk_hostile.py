@@ -1,0 +1,230 @@
+"""Requests the desk must answer with a 4xx and nothing changed, on SQLite and on PostgreSQL: ids past a BIGINT,
+text JSON can carry and no column keeps (a lone surrogate, a NUL), numbers past a float, a body larger than the
+desk reads. Each was a 500 before (the driver or the parser raised). The desk runs in process over a real
+database; what it would send down is recorded, and nothing here reaches the downlink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from deskkit import PASSWORD, RISK_POINTS, USERS, seed
+from sqlalchemy import Engine, func, select
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from district import rollout, store
+from district.accounts import Session
+from district.desk import MAX_BODY, make_app
+from district.downlink import Downlink
+from district.live import Hub, notice, read_notice
+from district.rollout import RolloutError
+from district.schema import commands, ota_rollouts, work_orders
+
+ALARM = "c" * 32
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def __call__(self, topic: str, payload: bytes) -> None:
+        self.sent.append((topic, payload))
+
+
+@pytest.fixture
+def desk(engine: Engine) -> Iterator[tuple[Starlette, Hub, Recorded]]:
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", {"id": ALARM, "ev": "raised", "kind": "level", "dev": "gas1", "cls": "gas",
+                                       "metric": "ch4", "level": "red", "t_gw": now - 60, "value": 60.0},
+                          received=now - 59)
+    hub, sent = Hub(), Recorded()
+    yield make_app(engine, hub=hub, downlink=Downlink(sent), risk_points=RISK_POINTS, rollouts=False), hub, sent
+
+
+def logged_in(app: Starlette, role: str = "supervisor") -> tuple[TestClient, dict[str, str]]:
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post("/api/login", json={"user": USERS[role], "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return client, {"X-CSRF-Token": r.json()["csrf"]}
+
+
+@pytest.mark.parametrize("path", ["/api/commands/9223372036854775808", "/api/work-orders/99999999999999999999"])
+def test_an_id_past_a_bigint_is_not_found(desk: Any, path: str) -> None:
+    client, _ = logged_in(desk[0])
+    assert client.get(path).status_code == 404
+
+
+def test_halting_a_rollout_past_a_bigint_is_not_found(desk: Any) -> None:
+    client, csrf = logged_in(desk[0])
+    assert client.post("/api/ota/rollouts/99999999999999999999/halt", json={}, headers=csrf).status_code == 404
+
+
+BAD_TEXT = {"a lone surrogate": "\ud800", "a NUL": "a\x00b"}
+
+
+def post(client: TestClient, path: str, body: Any, headers: dict[str, str] | None = None) -> int:
+    """The body as JSON text escapes it (a lone surrogate as \\ud800), as a browser's JSON.stringify does."""
+    return client.post(path, content=json.dumps(body), headers={**(headers or {}),
+                                                                "content-type": "application/json"}).status_code
+
+
+@pytest.mark.parametrize("bad", list(BAD_TEXT))
+def test_text_no_column_keeps_is_refused_in_a_body(desk: Any, engine: Engine, bad: str) -> None:
+    app, _, sent = desk
+    anyone = TestClient(app, raise_server_exceptions=False)
+    assert post(anyone, "/api/login", {"user": BAD_TEXT[bad], "password": "x"}) == 400
+    client, csrf = logged_in(app)
+    with engine.connect() as conn:
+        order = conn.execute(select(work_orders.c.id)).scalar_one()
+    assert post(client, f"/api/work-orders/{order}/dispatch", {"team": BAD_TEXT[bad]}, csrf) == 400
+    assert post(client, "/api/commands", {"site": "s1", "dev": "gas1", "op": BAD_TEXT[bad], "args": {}}, csrf) == 400
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state)).scalar_one() == "open"
+        assert conn.execute(select(func.count()).select_from(commands)).scalar() == 0
+    assert sent.sent == []
+
+
+def test_a_nul_in_the_address_is_refused(desk: Any) -> None:
+    """(A lone surrogate cannot be written into an address: percent-encoded, it is not UTF-8, and is read as
+    U+FFFD.)"""
+    client, csrf = logged_in(desk[0])
+    assert client.get("/api/devices", params={"site": "s\x001"}).status_code == 400
+    assert client.get("/api/history", params={"site": "s1", "dev": "gas\x001", "metric": "ch4"}).status_code == 400
+    assert client.post("/api/alarms/c%00/ack", json={}, headers=csrf).status_code == 400
+
+
+def test_a_session_cookie_with_a_nul_is_no_session(desk: Any) -> None:
+    client = TestClient(desk[0], raise_server_exceptions=False)
+    assert client.get("/api/me", headers={"cookie": 'lifeline_desk="ab\\000cd"'}).status_code == 401
+
+
+def offer_release(engine: Engine, now: float) -> None:
+    """Site s1 serving release 0.2.0 to its two gas nodes, so a rollout gets as far as its plan."""
+    with engine.begin() as conn:
+        for dev in ("gas1", "gas2"):
+            store.device_state(conn, "s1", {"dev": dev, "st": "online", "boot": 1, "seq": 0, "t": now, "fw": "0.1.0",
+                                            "prof": "gas"}, received=now)
+        store.ota_report(conn, "s1", [], [{"v": "0.2.0", "profiles": ["gas"], "n": 300, "sig": bytes(64),
+                                           "size": 70_000}], received=now)
+
+
+def test_numbers_past_a_float_are_refused(desk: Any, engine: Engine) -> None:
+    client, csrf = logged_in(desk[0])
+    ruleset = {"version": 2, "gas": {"ch4": {"direction": "above", "levels": {"red": 10**400}, "clear": {"red": 1}}}}
+    assert client.post("/api/rules", json={"site": "s1", "ruleset": ruleset}, headers=csrf).status_code == 400
+    offer_release(engine, time.time())
+    r = client.post("/api/ota/rollouts", json={"site": "s1", "version": "0.2.0", "canary": "inf%"}, headers=csrf)
+    assert r.status_code == 400, r.text
+    assert desk[2].sent == []
+
+
+async def test_a_body_past_the_limit_is_refused_before_it_is_all_read(desk: Any) -> None:
+    """4 MiB offered 64 KiB at a time to the login, which needs no session: the desk stops reading past
+    MAX_BODY (it read all of it before), so no client makes it hold more."""
+    app = desk[0]
+    pulled = 0
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 65536
+        return {"type": "http.request", "body": b" " * 65536, "more_body": pulled < 64 * 65536}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/login", "raw_path": b"/api/login", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "state": {}}
+    await app(scope, receive, send)
+    assert status == [400]
+    assert pulled <= MAX_BODY + 65536
+
+
+def test_notices_that_are_not_a_small_map_of_a_known_kind_are_refused() -> None:
+    assert read_notice(b'{"kind": ["alarm"]}') is None
+    assert read_notice(b"[" * 1000) is None
+    assert read_notice(notice("alarm", site="s1", id=ALARM)) == {"kind": "alarm", "site": "s1", "id": ALARM}
+
+
+async def test_the_change_feed_ends_at_the_first_notice_after_a_logout(desk: Any) -> None:
+    app, hub, _ = desk
+    client, csrf = await asyncio.to_thread(logged_in, app, "viewer")
+    token = client.cookies["lifeline_desk"]
+    body: list[bytes] = []
+    ended = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                ended.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/api/events", "raw_path": b"/api/events", "query_string": b"", "root_path": "",
+             "headers": [(b"cookie", f"lifeline_desk={token}".encode())], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "state": {}}
+    task = asyncio.create_task(app(scope, receive, send))
+    try:
+        for _ in range(200):
+            if hub.clients:
+                break
+            await asyncio.sleep(0.02)
+        hub.publish(notice("work-order", id=1))
+        for _ in range(200):
+            if b"work-order" in b"".join(body):
+                break
+            await asyncio.sleep(0.02)
+        assert b'"id": 1' in b"".join(body)  # while logged in
+        await asyncio.to_thread(lambda: client.post("/api/logout", headers=csrf))
+        hub.publish(notice("work-order", id=2))
+        await asyncio.wait_for(ended.wait(), 10)
+        assert b'"id": 2' not in b"".join(body)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_two_rollouts_started_at_once_at_one_site_one_is_refused(engine: Engine) -> None:
+    """Two desks each read "none running" before either commits (PostgreSQL; SQLite's writers queue): the
+    index on the running rollout of a site refuses the second as 409."""
+    now = time.time()
+    seed(engine, now)
+    offer_release(engine, now)
+    boss = Session("t", USERS["supervisor"], "supervisor", "c")
+    first = engine.connect()
+    first.begin()
+    rollout.start(first, boss, "s1", "0.2.0", now=now)
+    outcome: list[Any] = []
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                outcome.append(rollout.start(conn, boss, "s1", "0.2.0", now=now))
+        except RolloutError as exc:
+            outcome.append(exc.status)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(1.0)  # on PostgreSQL it waits on the first's uncommitted row; on SQLite, on the write lock
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert outcome == [409]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ota_rollouts)
+                            .where(ota_rollouts.c.state == "running")).scalar() == 1
