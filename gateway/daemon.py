@@ -262,7 +262,7 @@ class Gateway:
     def handle_ota(self, batch: list[Incoming]) -> None:
         """Answer nodes' chunk requests. Progress goes into the ledger, which the next commit writes."""
         for m in batch:
-            chunk = self.releases.answer(m.topic, m.payload)
+            chunk = self.releases.answer(m.topic, m.payload, self.registry.devices)
             if chunk is not None:
                 self.ota.progress(chunk, m.received)
                 self.chunks.put_nowait((chunk.topic, chunk.payload))

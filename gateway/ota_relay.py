@@ -4,8 +4,9 @@ in memory, and serves every node from it. It cannot make or alter a release that
 check the manifest's Ed25519 signature with the district's public key, and each file against the manifest.
 
 A request is text, "version offset length". One that names an unknown release, runs past its end, asks for
-more than MAX_CHUNK or does not parse is answered with nothing, counted by reason in `refused`, and logged
-once per reason; the node asks again and in the end gives up on its own.
+more than MAX_CHUNK, does not parse or comes from a device the registry does not list is answered with
+nothing, counted by reason in `refused`, and logged once per reason; the node asks again and in the end gives
+up on its own.
 
 Each release is offered upstream (district_wire.ReleaseOffer) so that a district desk can roll it out: its
 version, profiles and the signed manifest's length and signature, all a node's `ota` command carries.
@@ -23,6 +24,7 @@ import json
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Container
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,8 +90,9 @@ class Releases:
             event(log, "ota-request-refused", logging.WARNING, reason=reason, dev=dev)
         self.refused[reason] += 1
 
-    def answer(self, topic: str, payload: bytes) -> Chunk | None:
-        """The chunk a request asks for, or None when it is refused."""
+    def answer(self, topic: str, payload: bytes, devices: Container[str] | None = None) -> Chunk | None:
+        """The chunk a request asks for, or None when it is refused. `devices`: the registry, when a request
+        from a device outside it is to be refused (the daemon's; the site broker's ACL is the first check)."""
         try:
             site, dev, kind = topics.parse_device(topic)
         except topics.TopicError:
@@ -97,6 +100,9 @@ class Releases:
             return None
         if site != self.site or kind != topics.OTA_REQ:
             self._refuse("topic", dev)
+            return None
+        if devices is not None and dev not in devices:
+            self._refuse("unknown device", dev)
             return None
         try:
             version, off_text, n_text = payload.decode("ascii").split(" ")

@@ -1,7 +1,7 @@
-"""The district's downlink and a device's birth and ack, each hostile until checked, on an in-process gateway
-over its real store. What cannot be relayed or applied is refused upstream with its reason, and the good
-message beside it still goes; nothing raises out of a batch. Before these checks every case raised: the
-downlink's batch, unacknowledged, came again and failed again for good."""
+"""The district's downlink, a device's birth and ack, and a node's OTA request, each hostile until checked,
+on an in-process gateway over its real store. What cannot be relayed or applied is refused upstream with its
+reason, and the good message beside it still goes; nothing raises out of a batch. Before these checks every
+downlink case raised: its batch, unacknowledged, came again and failed again for good."""
 
 from __future__ import annotations
 
@@ -128,3 +128,18 @@ def test_a_downlink_message_that_meets_a_bug_is_kept_and_the_rest_of_its_batch_g
     gw.handle_down([cmd(1), cmd(2)])
     assert [c["id"] for c in relayed(gw)] == [2]
     assert gw.quarantine.counts == {"internal": 1}
+
+
+def test_a_chunk_request_from_a_device_the_registry_does_not_list_is_refused(gw: Gateway, tmp_path: Path) -> None:
+    release = tmp_path / "0.2.0"
+    release.mkdir()
+    manifest = json.dumps({"version": "0.2.0", "profiles": ["gas"]}).encode()
+    (release / "manifest.json").write_bytes(manifest)
+    (release / "manifest.sig").write_bytes(bytes(64))
+    (release / "release.bin").write_bytes(manifest + b"x" * 4000)
+    gw.releases.add_dir(release)
+    request = b"0.2.0 0 1024"
+    gw.handle_ota([Incoming(topics.device("s1", "ghost", topics.OTA_REQ), request, False, NOW)])
+    assert gw.chunks.empty() and gw.releases.refused == {"unknown device": 1} and "ghost" not in gw.ota.nodes
+    gw.handle_ota([Incoming(topics.device("s1", "d1", topics.OTA_REQ), request, False, NOW)])
+    assert gw.chunks.qsize() == 1
