@@ -65,8 +65,8 @@ class Downlink:
 
     async def command(self, engine: Engine, actor: str, site: Any, dev: Any, op: Any, args: Any) -> int:
         """A device command: checked, recorded, sent; returns its id."""
-        if not isinstance(op, str) or not op.strip() or len(op) > MAX_OP:
-            raise DownlinkError(400, f"op: a command name of 1-{MAX_OP} characters")
+        if not isinstance(op, str) or not op.strip() or len(op) > MAX_OP or not op.isprintable():
+            raise DownlinkError(400, f"op: a command name of 1-{MAX_OP} printable characters")
         if not isinstance(args, Mapping):
             raise DownlinkError(400, "args: a map of the command's arguments")
         text = _json(args, "args", MAX_ARGS)
@@ -111,9 +111,12 @@ class Downlink:
 
 
 def _json(value: Mapping[str, Any], what: str, limit: int) -> str:
+    """The JSON text the row keeps, once the value is known to go on the wire too: text JSON would escape but
+    UTF-8 cannot hold (a lone surrogate) is refused here, before a row says it was sent."""
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+        cbor2.dumps(value)
+    except (TypeError, ValueError, cbor2.CBOREncodeError) as exc:  # UnicodeEncodeError is a ValueError
         raise DownlinkError(400, f"{what}: {exc}") from None
     if len(text) > limit:
         raise DownlinkError(400, f"{what}: at most {limit} bytes as JSON")

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from district import rollout, store
 from district.accounts import Session
 from district.desk import MAX_BODY, make_app
-from district.downlink import Downlink
+from district.downlink import Downlink, DownlinkError
 from district.live import Hub, notice, read_notice
 from district.rollout import RolloutError
 from district.schema import commands, ota_rollouts, work_orders
@@ -228,3 +228,16 @@ def test_two_rollouts_started_at_once_at_one_site_one_is_refused(engine: Engine)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ota_rollouts)
                             .where(ota_rollouts.c.state == "running")).scalar() == 1
+
+
+@pytest.mark.parametrize("op,args", [("birth", {"x": "\ud800"}), ("bi\ud800rth", {}), ("bi\x00rth", {})],
+                         ids=["args", "op", "op with a NUL"])
+async def test_a_command_that_cannot_go_on_the_wire_leaves_no_row_sent(engine: Engine, op: str, args: Any) -> None:
+    """Checked before its row is recorded: a row recorded first stayed "sent" for a command never sent."""
+    seed(engine, time.time())
+    sent = Recorded()
+    with pytest.raises(DownlinkError) as refused:
+        await Downlink(sent).command(engine, "chen", "s1", "gas1", op, args)
+    assert refused.value.status == 400 and sent.sent == []
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(commands)).scalar() == 0
