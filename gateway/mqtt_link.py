@@ -185,7 +185,8 @@ class Link(asyncio.Protocol):
             suback = await self._request(mid, mqtt5.SubscribePacket(mid, filters).write(), "subscribe")
         finally:
             self._subscribing -= 1
-        assert isinstance(suback, mqtt5.SubAckPacket)
+        if not isinstance(suback, mqtt5.SubAckPacket):
+            raise self._misanswered("subscribe", suback)
         codes = zip(topics, suback.reason_codes, strict=False)
         refused = [f"{t}: {code.name}" for t, code in codes if code.value >= 0x80]
         if refused:
@@ -201,7 +202,8 @@ class Link(asyncio.Protocol):
             mid = self._message_id()
             packet = mqtt5.PublishPacket(topic, payload, qos=_qos(qos), retain=retain, packet_id=mid)
             puback = await self._request(mid, packet.write(), "publish")
-        assert isinstance(puback, mqtt5.PubAckPacket)
+        if not isinstance(puback, mqtt5.PubAckPacket):
+            raise self._misanswered("publish", puback)
         if puback.reason_code.value >= 0x80:  # MQTT 3.1.1 brokers dropped such a message silently; we log it
             self.log.warning("publish to %s refused: %s", topic, puback.reason_code.name)
 
@@ -296,6 +298,11 @@ class Link(asyncio.Protocol):
                     except IndexError:  # the rest of the packet is still to come
                         self._check_size(view[pos:pos + 5])
                         break
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:  # the reader (Rust) panics on text that is not UTF-8, and a
+                        # pyo3 PanicException is a BaseException: the packet is malformed all the same
+                        raise ValueError(f"{type(exc).__name__}: {exc}") from None
                     if used > self.max_packet:
                         raise ValueError(f"a packet of {used} bytes, over the limit of {self.max_packet}")
                     pos += used
@@ -344,6 +351,13 @@ class Link(asyncio.Protocol):
             self._fail(f"disconnected by the broker: {reason}")
         else:
             raise ValueError(f"unexpected {type(packet).__name__}")
+
+    def _misanswered(self, what: str, answer: mqtt5.Packet) -> LinkError:
+        """The broker answered a request with the other kind of acknowledgement (the packet ids are shared): it
+        is not to be trusted with this connection."""
+        reason = f"{what} answered with a {type(answer).__name__}"
+        self._fail(reason)
+        return LinkError(reason)
 
     def _fail(self, reason: str) -> None:
         """The connection is over: say why once, wake whoever waits, and drop the socket."""

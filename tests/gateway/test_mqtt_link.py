@@ -108,9 +108,37 @@ async def test_a_whole_packet_past_the_limit_closes_the_link() -> None:
     bytes([0xF0, 0x00]),  # packet type 15 (AUTH) without its reason code
     mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.EXACTLY_ONCE, packet_id=1).write(),  # QoS 2, never asked for
     mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(TOPIC)]).write(),  # a packet only a client sends
+    bytes([0x30, 0x05, 0x00, 0x02, 0xFF, 0xFE, 0x00]),  # a topic that is not UTF-8: the reader panicked
+    bytes([0x30, 0x0A, 0x00, 0x01, 0x61, 0x06, 0x26, 0x00, 0x01, 0xFF, 0x00, 0x00]),  # a user property, the same
 ])
 async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes) -> None:
     await expect_link_error(lambda w: w.write(garbage), "malformed packet")
+
+
+@pytest.mark.parametrize("request_, answer", [
+    ("subscribe", lambda mid: mqtt5.PubAckPacket(mid).write()),
+    ("publish", lambda mid: mqtt5.SubAckPacket(mid, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]).write()),
+])
+async def test_an_acknowledgement_of_the_other_kind_is_a_link_error(request_: str,
+                                                                    answer: Callable[[int], bytes]) -> None:
+    """SUBSCRIBE and PUBLISH share packet ids; a broker answering one with the other's ack raised an
+    AssertionError (an AttributeError under -O), not a LinkError."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        while data := await reader.read(4096):
+            packet, _ = mqtt5.read(data)
+            if isinstance(packet, mqtt5.SubscribePacket | mqtt5.PublishPacket):
+                writer.write(answer(packet.packet_id))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log, timeout_s=5) as link:
+        with pytest.raises(LinkError, match="answered with a"):
+            if request_ == "subscribe":
+                await link.subscribe([TOPIC])
+            else:
+                await link.publish(TOPIC, b"x", qos=1)
 
 
 async def test_a_broker_disconnect_is_a_link_error_with_its_reason() -> None:
