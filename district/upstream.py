@@ -10,7 +10,6 @@ the good entries beside it are kept.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from sqlalchemy import Column, String
 
 from district.schema import alarms, devices, ota_releases, readings
+from gateway.numbers import finite
 from protocol.district_verify import Verifier, VerifyError
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")  # protocol/topics.py: site and device ids
@@ -59,18 +59,6 @@ def uint(body: Mapping[str, Any], key: str, where: str, limit: int = U64) -> int
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
         raise Refused("schema", f"{where}: {key} must be an integer in 0..{limit - 1}")
     return value
-
-
-def finite(value: Any) -> float | None:
-    """`value` as a float if it is a number a float column holds (not a bool, not an integer past a float's
-    range, not NaN or an infinity), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # a bignum: the decoder lets tags 2 and 3 through
-        return None
-    return number if math.isfinite(number) else None
 
 
 def number(body: Mapping[str, Any], key: str, where: str, optional: bool = False) -> float | None:

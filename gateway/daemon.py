@@ -419,9 +419,17 @@ class Gateway:
     # ------------------------------------------------------------------------------ reload, run
 
     def reload(self) -> None:
+        """SIGHUP: the devices, rules and OTA releases read again. A config that fails its checks is refused
+        whole and the running one kept; the rules, which the alarm engine checks once more against the risk
+        points, go first, so that nothing else is applied before a refusal."""
         try:
             cfg = site_config.load(self.cfg.path)
-        except ConfigError as exc:
+            applied = False
+            if cfg.ruleset.version > self.alarms.ruleset.version:
+                for t in self.alarms.replace_rules(cfg.ruleset, time.time()):
+                    self._up_alarm(t)
+                applied = True
+        except (ConfigError, RuleError) as exc:
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return
         self.registry.replace(cfg.devices)
@@ -432,11 +440,6 @@ class Gateway:
             self.offer_releases = True
         except ReleaseDirError as exc:  # changed on disk since the config check
             event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
-        applied = False
-        if cfg.ruleset.version > self.alarms.ruleset.version:
-            for t in self.alarms.replace_rules(cfg.ruleset, time.time()):
-                self._up_alarm(t)
-            applied = True
         self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset, ota_releases=cfg.ota_releases)
         self._commit()
         _settle_memory()

@@ -8,7 +8,6 @@ missing. It lives in the store (rows written inside the ingest batch, never comm
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -16,6 +15,7 @@ from typing import Any
 
 from gateway import device_states
 from gateway.device_list import DeviceList
+from gateway.numbers import finite
 from gateway.store import from_json, to_json
 
 MAX_WAKE_S = 7 * 86400.0  # a sleeping device's wake interval is taken as at most this: a command waits no longer
@@ -72,11 +72,11 @@ class Registry:
             h.boot_epoch = None
         h.online, h.boot, h.births = True, body["boot"], h.births + 1
         h.fw, h.prof, h.rst = body["fw"], body["prof"], body["rst"]
-        h.rssi = _number(body.get("rssi"))
-        h.batt = _number(body.get("batt"))
+        h.rssi = finite(body.get("rssi"))
+        h.batt = finite(body.get("batt"))
         ip = body.get("ip")
         h.ip = ip if isinstance(ip, str) else ""
-        h.sleep_s = min(max(_number(body.get("sleep")) or 0.0, 0.0), MAX_WAKE_S)
+        h.sleep_s = min(max(finite(body.get("sleep")) or 0.0, 0.0), MAX_WAKE_S)
         if live and body["clk"] == 1:
             h.boot_epoch = now - float(body["t"])
 
@@ -114,14 +114,3 @@ def _health_json(h: Health) -> str:
 
 def _health_from_json(text: str) -> Health:
     return Health(**from_json(text))
-
-
-def _number(v: object) -> float | None:
-    """A birth's number, or None for one that is not a finite float (a bool, NaN, a bignum past a float)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    try:
-        number = float(v)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.numbers import finite
 from gateway.rules import RuleError
 
 EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
@@ -40,11 +41,12 @@ class RiskPoint:
 
 
 def _coordinate(value: object, path: str, limit: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    number = finite(value)
+    if number is None:
         raise RuleError(path, "must be a finite number")
-    if not -limit <= value <= limit:
+    if not -limit <= number <= limit:
         raise RuleError(path, f"must be within -{limit:g}..{limit:g} degrees")
-    return float(value)
+    return number
 
 
 def parse_riskpoint(data: Mapping[str, Any], path: str) -> RiskPoint:
@@ -62,12 +64,12 @@ def parse_riskpoint(data: Mapping[str, Any], path: str) -> RiskPoint:
         raise RuleError(f"{path}.id", "must be 1-64 of [A-Za-z0-9_-]")
     if not isinstance(cls, str) or not _CLASS_RE.match(cls):
         raise RuleError(f"{path}.class", "must be a rule-set class name, 1-32 of [a-z0-9_-]")
-    radius = data["radius_m"]
-    if isinstance(radius, bool) or not isinstance(radius, int | float) or not math.isfinite(radius) or radius <= 0:
+    radius = finite(data["radius_m"])
+    if radius is None or radius <= 0:
         raise RuleError(f"{path}.radius_m", "must be a finite number greater than 0")
     lat = _coordinate(data["lat"], f"{path}.lat", 90.0)
     lon = _coordinate(data["lon"], f"{path}.lon", 180.0)
-    return RiskPoint(ident, cls, lat, lon, float(radius))
+    return RiskPoint(ident, cls, lat, lon, radius)
 
 
 class RiskPoints:

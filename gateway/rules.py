@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from gateway.numbers import finite
+
 Direction = Literal["above", "below"]
 RateDirection = Literal["fall", "rise"]
 
@@ -197,11 +199,8 @@ def _utf8(text: str) -> bool:
 def _number(value: object, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RuleError(path, f"must be a number, not {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise RuleError(path, "must be finite") from None
-    if not math.isfinite(number):
+    number = finite(value)
+    if number is None:
         raise RuleError(path, "must be finite")
     return number
 
@@ -472,7 +471,7 @@ def _read(path: Path) -> Mapping[str, Any]:
                 loaded = tomllib.load(fh)
     except OSError as exc:
         raise RuleError(str(path), f"cannot read: {exc.strerror}") from None
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested past the parser
         raise RuleError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
     return _table(loaded, str(path))
 

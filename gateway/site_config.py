@@ -8,7 +8,6 @@ file's directory, so a site directory can be moved as a whole. docs/gateway.md d
 from __future__ import annotations
 
 import csv
-import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from gateway import device_states, release_dir
 from gateway.device_list import DeviceConfig, DeviceList
+from gateway.numbers import finite
 from gateway.riskpoints import RiskPoints
 from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
 
@@ -136,7 +136,7 @@ class ConfigTable:
                           default)
         if value is None:
             return None
-        if not math.isfinite(value):
+        if finite(value) is None:  # NaN, an infinity, or an integer past a float (TOML has any size)
             raise self.fail(key, "must be finite")
         if low is not None and value < low:
             raise self.fail(key, f"must be at least {low}, not {value}")
@@ -244,8 +244,7 @@ def _table_device(t: ConfigTable) -> DeviceConfig:
         return t.fail("position", f"{name} {why}") if name in _POSITION else t.fail(name, why)
 
     pos = t._get("position", list, "[latitude, longitude]", None)
-    if pos is not None and (len(pos) != 2 or not all(isinstance(x, int | float) and not isinstance(x, bool)
-                                                     for x in pos)):
+    if pos is not None and (len(pos) != 2 or any(finite(x) is None for x in pos)):
         raise t.fail("position", "must be [latitude, longitude] in degrees")
     dev = _device(t.text("id", REQUIRED), t.text("class", REQUIRED), t.text("key", REQUIRED),
                   None if pos is None else (float(pos[0]), float(pos[1])), fail)
@@ -453,6 +452,9 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
                                                  []), "risk_points")
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
+    for point in risk_points:  # else the alarm engine refuses the rules at start, or a reload half applies
+        if point.cls not in ruleset.classes:
+            raise ConfigError(f"risk_points.{point.id}.class: the rule set has no class {point.cls!r}")
 
     store_t = root.section("store")
     store_path = store_t.path("path", REQUIRED)
@@ -535,7 +537,7 @@ def read_toml(p: Path) -> dict[str, Any]:
         return tomllib.loads(raw.decode())
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested past the parser
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
 
 

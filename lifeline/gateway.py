@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
 async def _main(cfg: GatewayConfig) -> int:
     try:
         gateway = Gateway(cfg)
-    except (OSError, sqlite3.Error, RuntimeError) as exc:
+    except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:  # ValueError: a site key file unreadable
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 1
-    return await gateway.run()
+    try:
+        return await gateway.run()
+    except OSError as exc:  # the metrics port taken, say: a message, not a traceback
+        print(f"gateway stopped: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,104 @@
+"""Configurations that passed site.toml's checks, or escaped them, and then failed as a traceback: at start
+`lifeline gateway` must stop with one line (exit 2 for the config, 1 for what it cannot open or bind), and on
+SIGHUP a bad config is refused whole, logged as reload-failed, and the running one kept."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.daemon import Gateway
+from gateway.rules import RULESETS_DIR
+from gateway.site_config import ConfigError, load
+from lifeline import gateway as gateway_cli
+
+KEY = "ab" * 32
+HUGE = "1" + "0" * 400  # a TOML integer past a float: math.isfinite raised OverflowError on it
+POINT = '[[risk_points]]\nid = "p"\nclass = "water"\nlat = 1\nlon = 1\nradius_m = 5\n'
+
+
+def site_toml(d: Path, extra: str = "", devices: str = "") -> Path:
+    p = d / "site.toml"
+    p.write_text(f'[site]\nid = "s1"\nkey = "{KEY}"\n\n[site_broker]\nhost = "127.0.0.1"\nport = 1\n\n'
+                 f'[district_broker]\nhost = "127.0.0.1"\nport = 1\n\n[store]\npath = "gw.sqlite"\n\n'
+                 f'[metrics]\nport = 0\n\n[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY}"\n{devices}\n{extra}')
+    return p
+
+
+def gas_rules(d: Path, version: int) -> str:
+    """A rule file of the gas class alone."""
+    p = d / f"gas-v{version}.toml"
+    p.write_text((RULESETS_DIR / "gas.toml").read_text().replace("version = 1", f"version = {version}"))
+    return p.name
+
+
+@pytest.mark.parametrize("extra", [f"[uplink]\ndrain_rate = {HUGE}\n", f"[ingest]\nseq_window = {HUGE}\n",
+                                   f'[[devices]]\nid = "d2"\nclass = "gas"\nkey = "{KEY}"\nposition = [{HUGE}, 0]\n',
+                                   POINT.replace("radius_m = 5", f"radius_m = {HUGE}").replace("water", "gas"),
+                                   "[x]\ny = " + "[" * 5000 + "]" * 5000 + "\n"],
+                         ids=["a setting", "an integer setting", "a device position", "a risk point",
+                              "TOML nested past the parser"])
+def test_a_number_past_a_float_or_a_file_nested_past_the_parser_is_a_config_error(tmp_path: Path,
+                                                                                  extra: str) -> None:
+    with pytest.raises(ConfigError):
+        load(site_toml(tmp_path, extra))
+    assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 2
+
+
+def test_a_json_rule_file_nested_past_the_parser_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text('{"version": 2, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError, match=r"deep\.json"):
+        load(site_toml(tmp_path, '[rules]\nfiles = ["deep.json"]\n'))
+
+
+def test_a_risk_point_of_a_class_the_rules_lack_is_a_config_error(tmp_path: Path) -> None:
+    """It passed the config and made the alarm engine refuse the rules inside Gateway(): a traceback."""
+    with pytest.raises(ConfigError, match=r"risk_points\.p\.class"):
+        load(site_toml(tmp_path, f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n\n{POINT}'))
+
+
+def test_a_reload_whose_rules_drop_a_risk_points_class_is_refused_whole(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """It replaced the device list, then failed on the rules: half applied, and not logged as refused."""
+    for name in ("gas.toml", "water.toml"):
+        shutil.copy(RULESETS_DIR / name, tmp_path / name)
+    gw = Gateway(load(site_toml(tmp_path, f'[rules]\nfiles = ["gas.toml", "water.toml"]\n\n{POINT}')))
+    try:
+        site_toml(tmp_path, f'[rules]\nfiles = ["{gas_rules(tmp_path, 2)}"]\n\n{POINT}',
+                  devices=f'[[devices]]\nid = "d2"\nclass = "gas"\nkey = "{KEY}"\n')
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        assert "d2" not in gw.registry.devices and gw.alarms.ruleset.version == 1
+        assert any("reload-failed" in r.getMessage() for r in caplog.records)
+        site_toml(tmp_path, f"[uplink]\ndrain_rate = {HUGE}\n")
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        assert any("reload-failed" in r.getMessage() for r in caplog.records)
+    finally:
+        gw.conn.close()
+
+
+def test_a_site_key_file_of_the_wrong_length_stops_start_with_a_message(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "short.key").write_text("abcd\n")
+    text = site_toml(tmp_path).read_text().replace(f'key = "{KEY}"\n\n', 'key_file = "short.key"\n\n', 1)
+    (tmp_path / "site.toml").write_text(text)
+    assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
+    assert capsys.readouterr().err.startswith("start-up failed:")
+
+
+def test_a_metrics_port_in_use_stops_the_gateway_with_a_message(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        text = site_toml(tmp_path).read_text().replace("port = 0", f"port = {taken.getsockname()[1]}")
+        (tmp_path / "site.toml").write_text(text)
+        assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
+    assert "gateway stopped:" in capsys.readouterr().err
