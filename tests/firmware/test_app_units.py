@@ -75,6 +75,36 @@ def test_bad_levels_are_named() -> None:
             check_level(bad)
 
 
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("steps", [[{"offset": NAN}], [{"multiply": INF}], [{"multiply": 1e308}, {"q": 0.0625}],
+                                   [{"clamp": [-INF, 5]}], [{"median": INF}], [{"delta": 10**400}]])
+def test_filter_values_past_what_a_profile_keeps_are_refused(steps: Any) -> None:
+    """A set_filters command saved such a profile, acked ok, and the next boot could not read it (JSON has no
+    inf or NaN), or the sampler's round() overflowed at every reading; {"median": inf} raised OverflowError,
+    which the command handler did not catch, so there was no ack at all."""
+    with pytest.raises(ValueError, match="bad argument"):
+        check_filters(steps)
+
+
+@pytest.mark.parametrize("level", [{"above": INF}, {"below": NAN}, {"above": 1, "fall": 1, "fall_s": 1e308},
+                                   {"is": b"x"}, {"is": None}, {"is": [1]}])
+def test_level_values_past_what_a_profile_keeps_are_refused(level: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="prealarm"):
+        check_level(level)
+    assert check_level({"is": "open"}) and check_level({"is": True}) and check_level({"is": 3})
+
+
+@pytest.mark.parametrize(("key", "value"), [("report_s", 1e308), ("health_s", INF), ("report_s", 86401)])
+def test_intervals_past_a_day_are_refused(key: str, value: float) -> None:
+    """report_s 1e308 passed, and int(x * 1000) overflowed in App.configure at every boot, safe mode too."""
+    p = json.loads((upy.FIRMWARE / "profiles" / "gas.json").read_text())
+    p[key] = value
+    with pytest.raises(config.ConfigError, match=key):
+        config.check_profile(p)
+
+
 @pytest.mark.parametrize("name", PROFILES)
 def test_shipped_profiles_pass_the_boot_check(name: str) -> None:
     p = json.loads((upy.FIRMWARE / "profiles" / f"{name}.json").read_text())

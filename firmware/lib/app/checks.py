@@ -14,7 +14,9 @@ _MAX_WINDOW = const(32)
 
 
 def num(x):
-    return not isinstance(x, bool) and isinstance(x, (int, float))
+    """A number a profile can hold and the node compute with: finite (JSON has no inf or NaN, so one saved
+    could not be read back at the next boot) and within 1e9, past which int(x * 1000) and round() overflow."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and -1e9 < x < 1e9
 
 
 def check_filters(steps):
@@ -48,8 +50,9 @@ def check_level(spec):
     if len(kinds) != 1:
         raise ValueError("prealarm needs exactly one of above, below, is")
     k = kinds[0]
-    if (k != "is" and not num(spec[k])) or not num(spec.get("hyst", 0)) or spec.get("hyst", 0) < 0:
-        raise ValueError("prealarm %s and hyst must be numbers, hyst >= 0" % k)
+    if (not num(spec[k]) and (k != "is" or not isinstance(spec[k], (bool, str)))) or not num(spec.get("hyst", 0)) \
+            or spec.get("hyst", 0) < 0:
+        raise ValueError("prealarm %s and hyst must be numbers (is: or a boolean or text), hyst >= 0" % k)
     for name in spec:
         if name not in ("above", "below", "is", "hyst", "ev", "fall", "fall_s", "hold_s"):
             raise ValueError("prealarm: unknown field %r" % name)

@@ -46,7 +46,7 @@ async def handle(app, body):
             ok, res = True, await op(app, body["args"], cid)
             if isinstance(res, tuple):
                 res, action = res
-        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # OSError: flash
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, OverflowError) as e:  # OSError: flash
             ok, res = False, str(e)
     if action != "defer":
         app.recent.append((cid, ok, res))
@@ -59,8 +59,8 @@ async def handle(app, body):
 def _positive(args, keys, name):
     """`name` (a sensor's and a dot, or nothing) goes before the key in the error."""
     for k in keys:
-        if k in args and not (num(args[k]) and args[k] > 0):
-            raise ValueError("%s%s must be a number > 0" % (name, k))
+        if k in args and not (num(args[k]) and 0 < args[k] <= 86400):
+            raise ValueError("%s%s must be a number > 0, at most a day" % (name, k))
 
 
 def _find(p, key, name):

@@ -29,7 +29,8 @@ def _need(cond, where, what):
 
 
 def _pos(x):
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and x > 0
+    """A time in seconds: up to a day, so that its milliseconds stay well inside a ticks period."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and 0 < x <= 86400
 
 
 def _int(x, lo, hi):
@@ -101,18 +102,18 @@ def check_sensor(s, i):
 
 
 def check_intervals(s, w):
-    _need(_pos(s.get("sample_s")), w, "sample_s must be > 0")
-    _need(s.get("fast_s") is None or _pos(s["fast_s"]), w, "fast_s must be > 0")
-    _need(s.get("poll_s") is None or _pos(s["poll_s"]), w, "poll_s must be > 0")
+    _need(_pos(s.get("sample_s")), w, "sample_s must be > 0, at most a day")
+    _need(s.get("fast_s") is None or _pos(s["fast_s"]), w, "fast_s must be > 0, at most a day")
+    _need(s.get("poll_s") is None or _pos(s["poll_s"]), w, "poll_s must be > 0, at most a day")
 
 
 def check_profile(p):
     w = PROFILE
     _need(isinstance(p, dict), w, "must be a map")
     _need(p.get("name") in PROFILES, w, "name must be one of " + ", ".join(PROFILES))
-    _need(_pos(p.get("report_s")), w, "report_s must be > 0")
+    _need(_pos(p.get("report_s")), w, "report_s must be > 0, at most a day")
     _need(_int(p.get("batch", 16), 1, 64), w, "batch must be 1..64")
-    _need(_pos(p.get("health_s", 3600)), w, "health_s must be > 0")
+    _need(_pos(p.get("health_s", 3600)), w, "health_s must be > 0, at most a day")
     _need(_int(p.get("keepalive", 60), 5, 3600), w, "keepalive must be 5..3600")
     _need(_int(p.get("wdt_ms", 30000), 1000, 600000), w, "wdt_ms must be 1000..600000")
     q = p.get("queue", {})
