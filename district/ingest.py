@@ -74,11 +74,16 @@ class Worker:
         except Exception as exc:  # the data is committed; only the desks' prompt is lost
             event(log, "notice-failed", logging.WARNING, error=str(exc))
 
-    def _refuse(self, conn: Connection, item: Incoming, reason: str, detail: str, payload: bytes | None = None) -> None:
+    def _refuse(self, conn: Connection, item: Incoming, reason: str, detail: str, payload: bytes | None = None,
+                exc: Exception | None = None) -> None:
+        """Count, keep, and log the first of each reason and every thousandth after; `exc`, a failure no check
+        foresaw (reason "internal"), is logged with its traceback on those lines only."""
         self.refused[reason] += 1
         if self.refused[reason] == 1 or self.refused[reason] % 1000 == 0:
             event(log, "refused", logging.WARNING, reason=reason, detail=detail, topic=item.topic,
                   total=self.refused[reason])
+            if exc is not None:
+                log.error("the refusal's traceback", exc_info=exc)
         store.refuse(conn, item.topic, reason, detail, item.payload if payload is None else payload,
                      received=item.received)
 
@@ -88,16 +93,14 @@ class Worker:
         except VerifyError as exc:
             return self._refuse(conn, item, exc.reason, str(exc))
         except Exception as exc:  # a check that failed on input it did not foresee: this publish, not the batch
-            log.exception("checking a publish on %s failed", item.topic)
-            return self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}")
+            return self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc=exc)
         try:
             with conn.begin_nested():  # a body refused half-way leaves nothing behind
                 self._body(conn, item, site, kind, body, hist=body.get("hist") is True)
         except Refused as r:
             self._refuse(conn, item, r.reason, r.detail)
         except Exception as exc:  # as above; raised again, it would fail every publish of the batch, for good
-            log.exception("storing a publish on %s failed", item.topic)
-            self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}")
+            self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc=exc)
 
     def _own(self, site: str, dev: str, where: str) -> None:
         """A site speaks only for the devices registered at it, in telemetry, alarms and device states alike."""
@@ -167,9 +170,8 @@ class Worker:
             except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
                 self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
             except Exception as exc:  # as one the checks did not foresee
-                log.exception("checking telemetry packs[%d] on %s failed", i, item.topic)
                 self._refuse(conn, item, "internal", f"telemetry packs[{i}]: {type(exc).__name__}: {exc}",
-                             cbor2.dumps(entry))
+                             cbor2.dumps(entry), exc)
         newest: dict[str, float] = {}
         for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
                                                       verified=True), strict=True):
