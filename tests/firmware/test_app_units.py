@@ -79,7 +79,8 @@ INF, NAN = float("inf"), float("nan")
 
 
 @pytest.mark.parametrize("steps", [[{"offset": NAN}], [{"multiply": INF}], [{"multiply": 1e308}, {"q": 0.0625}],
-                                   [{"clamp": [-INF, 5]}], [{"median": INF}], [{"delta": 10**400}]])
+                                   [{"clamp": [-INF, 5]}], [{"median": INF}], [{"delta": 10**400}],
+                                   [{"q": 1e-300}]])
 def test_filter_values_past_what_a_profile_keeps_are_refused(steps: Any) -> None:
     """A set_filters command saved such a profile, acked ok, and the next boot could not read it (JSON has no
     inf or NaN), or the sampler's round() overflowed at every reading; {"median": inf} raised OverflowError,

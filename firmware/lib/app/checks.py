@@ -37,7 +37,7 @@ def check_filters(steps):
         elif op in ("offset", "multiply"):
             ok = num(arg)
         else:
-            ok = (num(arg) and arg > 0) or (op == "delta" and arg == 0)
+            ok = (num(arg) and arg >= 1e-6) or (op == "delta" and arg == 0)  # a q of 1e-300: v / q overflows
         if not ok:
             raise ValueError("filter %d: bad argument for %s: %r" % (i, op, arg))
     return steps
