@@ -371,12 +371,22 @@ class Outbox:
             self.conn.execute("PRAGMA synchronous=FULL")
 
     def release_all(self) -> None:
-        """The connection dropped: every row not PUBACKed may be sent again, from the head of each lane."""
-        self.flush_acks()
-        self._leased.clear()
-        self._cursor = [0, 0, 0]
-        self.alarm_event.set()
-        self.ready_event.set()
+        """The connection dropped: every row not PUBACKed may be sent again, from the head of each lane. The
+        lanes are rewound even when the PUBACKed rows cannot be deleted now (a full disk): they wait in
+        `_acked`, which leases skip, for the next delete."""
+        try:
+            self.flush_acks()
+        finally:
+            self._leased.clear()
+            self._cursor = [0, 0, 0]
+            self.alarm_event.set()
+            self.ready_event.set()
+
+    def last_id(self) -> int:
+        """The newest committed row's id, 0 for none: a row above it was queued after this call (ids only grow,
+        AUTOINCREMENT), whatever the wall clock did meanwhile."""
+        row = self._reader.execute("SELECT max(id) FROM outbox").fetchone()
+        return int(row[0] or 0)
 
     # --- metrics --------------------------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ class Uplink:
         self._drain_sent = 0
         self._drain_started = 0.0
         self.session = 0  # the current district session's number, once connected
-        self._session_start = 0.0
+        self._session_first = 0  # the newest outbox row at connect: rows up to it were queued before the session
         outbox.conn.execute("CREATE TABLE IF NOT EXISTS uplink_session (one INTEGER PRIMARY KEY CHECK (one = 0), "
                             "n INTEGER NOT NULL)")
 
@@ -118,7 +118,10 @@ class Uplink:
                 if self.connected:
                     backoff = self.backoff_initial_s
                 self.connected = False
-                self.outbox.release_all()
+                try:
+                    self.outbox.release_all()
+                except sqlite3.Error as exc:  # its PUBACKed rows' delete failed again: they wait for the next
+                    self._lost(exc, logging.ERROR)
                 if self._stop.is_set():
                     break
                 delay = backoff * random.uniform(0.8, 1.2)  # spread the reconnects of many sites
@@ -184,9 +187,9 @@ class Uplink:
     async def _session(self) -> None:
         self.session = self._next_session()
         async with self._client() as client:
-            self._session_start = time.time()
+            self._session_first = self.outbox.last_id()
             await client.publish(district.up(self.site, district.GATEWAY), self._sealed(
-                district.GATEWAY, district_wire.gateway_birth(self.session, self._session_start)), qos=1, retain=True)
+                district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), qos=1, retain=True)
             self.connected = True
             self.connects += 1
             if self.on_downlink is not None:
@@ -243,7 +246,7 @@ class Uplink:
 
     def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, kind: str, body: bytes,
                items: list[Item]) -> None:
-        if items[0].t < self._session_start:
+        if items[0].id <= self._session_first:  # by queue order, not the wall clock, which NTP may step
             body = district_wire.historical(body)
         payload = self._sealed(kind, body)
         task = tg.create_task(self._publish(client, district.up(self.site, kind), payload, items))
@@ -296,7 +299,9 @@ class Uplink:
             if self.draining and n < self.max_items:
                 self._end_drain()  # caught up: what is left is live traffic, batched by max_delay again
             if n and oldest is not None:
-                wait = 0.0 if n >= self.max_items or self.draining else oldest + self.max_delay_s - time.time()
+                # A row queued "in the future" was queued before the wall clock stepped back: it is due now.
+                age = time.time() - oldest
+                wait = 0.0 if n >= self.max_items or self.draining or age < 0 else self.max_delay_s - age
                 if wait <= 0:
                     items = ob.lease(TELEMETRY, self.max_items)
                     packs = [i for i in items if not i.thinned]

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -412,3 +413,57 @@ async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path, fault_log:
     assert len(keys) - len(want) <= 2 * 8 * 20  # at most the in-flight window per kill
     fault_log.record("uplink process SIGKILLed mid-drain and restarted", injected=kills, unit="outbox items",
                      sent=len(want), delivered=len(set(keys)), duplicates=len(keys) - len(set(keys)), where="district")
+
+
+async def test_a_live_alarm_is_not_historical_after_the_clock_steps_back(tmp_path: Path) -> None:
+    """Historical means queued before the session began, by queue order: compared by wall clock, an alarm
+    queued after NTP stepped the clock back went up "hist", and the district opened no work order for it."""
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        ob.put_alarm({"n": 1}, now=time.time())  # before the session: historical
+        commit(ob)
+        async with recording(broker.port) as rec, running(Uplink(ob, district_broker(broker.port), SITE)) as up:
+            await rec.until(lambda: up.connected and len(rec.got) >= 1)
+            ob.put_alarm({"n": 2}, now=time.time() - 30.0)  # the clock stepped back 30 s
+            commit(ob)
+            ob.committed()
+            await rec.until(lambda: len(rec.got) >= 2)
+            assert [(body["n"], body.get("hist", False)) for _, body in rec.got] == [(1, True), (2, False)]
+
+
+async def test_telemetry_waits_at_most_max_delay_when_the_clock_steps_back(tmp_path: Path) -> None:
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=50, max_delay_s=0.2)
+        async with recording(broker.port) as rec, running(uplink) as up:
+            await rec.until(lambda: up.connected)
+            ob.put_telemetry("dev-1", 1, 4, [{"n": "ch4", "u": "%LEL", "t": time.time(), "v": 0.5}],
+                             now=time.time() + 30.0)  # queued, then the clock stepped back 30 s: it waited 30 s
+            commit(ob)
+            ob.committed()
+            await rec.until(lambda: any(kind == district.TELEMETRY for kind, _ in rec.got), 5)
+
+
+async def test_the_uplink_outlives_a_store_that_cannot_delete_for_a_while(tmp_path: Path) -> None:
+    """A PUBACKed row's delete failed (a full disk, stood in for by an authorizer); the retry at the reconnect
+    failed too, out of the uplink's task, which ended: the daemon went on ingesting and never forwarded."""
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        ob.put_state(district.UP_STATE, {"n": 1})
+        commit(ob)
+        disk_bad = True
+
+        def authorizer(action: int, *args: object) -> int:
+            return sqlite3.SQLITE_DENY if disk_bad and action == sqlite3.SQLITE_DELETE else sqlite3.SQLITE_OK
+
+        ob.conn.set_authorizer(authorizer)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, backoff_initial_s=0.1, backoff_max_s=0.2, tick_s=0.1)
+        async with recording(broker.port) as rec, running(uplink):
+            await rec.until(lambda: len(rec.got) >= 1)
+            await asyncio.sleep(1.0)  # deletes refused, the session lost and retried meanwhile
+            disk_bad = False
+            ob.put_alarm({"n": 2})
+            commit(ob)
+            ob.committed()
+            await rec.until(lambda: any(kind == district.ALARM for kind, _ in rec.got), 15)
+        assert ob.depth() == {"alarm": 0, "state": 0, "telemetry": 0}
