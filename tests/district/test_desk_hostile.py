@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,13 +19,14 @@ from sqlalchemy import Engine, func, select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from district import rollout, store
+from district import queries, rollout, store
 from district.accounts import Session
 from district.desk import MAX_BODY, make_app
 from district.downlink import Downlink, DownlinkError
 from district.live import Hub, notice, read_notice
 from district.rollout import RolloutError
-from district.schema import commands, ota_rollouts, work_orders
+from district.schema import commands, messages, ota_rollouts, readings, work_orders
+from gateway.rules import default_ruleset
 
 ALARM = "c" * 32
 
@@ -241,3 +243,24 @@ async def test_a_command_that_cannot_go_on_the_wire_leaves_no_row_sent(engine: E
     assert refused.value.status == 400 and sent.sent == []
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(commands)).scalar() == 0
+
+
+def test_a_long_history_is_thinned_in_the_database(engine: Engine) -> None:
+    """Any viewer may ask for 400 days: every raw reading in the window was read into the desk's memory to
+    keep one in `stride` of them."""
+    n, t0 = 40_000, 1_700_000_000.0
+    with engine.begin() as conn:
+        mid = conn.execute(messages.insert().values(site="s1", dev="gas1", seq_key=1, boot=1, received=t0)
+                           .returning(messages.c.id)).scalar_one()
+        conn.execute(readings.insert(), [{"message": mid, "site": "s1", "dev": "gas1", "n": "ch4", "t": t0 + i,
+                                          "u": "%LEL", "v": float(i % 50)} for i in range(n)])
+    with engine.connect() as conn:
+        tracemalloc.start()
+        try:
+            out = queries.history(conn, default_ruleset(), "s1", "gas1", "ch4", t0, t0 + n)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    stride = -(-n // queries.MAX_POINTS)
+    assert out["readings"] == [[t0 + i, float(i % 50)] for i in range(0, n, stride)]
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB for {len(out['readings'])} points"
