@@ -9,6 +9,7 @@ one transaction over a batch and acknowledges the batch's MQTT messages only aft
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from district import schema
@@ -33,6 +35,8 @@ from district.schema import (
     work_order_steps,
     work_orders,
 )
+
+log = logging.getLogger("lifeline.district.store")
 
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
@@ -63,7 +67,10 @@ take it. PostgreSQL needs none of this."""
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
     schema.metadata.create_all(engine)
-    schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
+    try:
+        schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
+    except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
+        log.warning("two rollouts run at one site: one running rollout a site is checked, not yet indexed")
     return engine
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import tracemalloc
@@ -25,7 +26,7 @@ from district.desk import MAX_BODY, make_app
 from district.downlink import Downlink, DownlinkError
 from district.live import Hub, notice, read_notice
 from district.rollout import RolloutError
-from district.schema import commands, messages, ota_rollouts, readings, work_orders
+from district.schema import ONE_RUNNING_ROLLOUT, commands, messages, ota_rollouts, readings, work_orders
 from gateway.rules import default_ruleset
 
 ALARM = "c" * 32
@@ -264,3 +265,17 @@ def test_a_long_history_is_thinned_in_the_database(engine: Engine) -> None:
     stride = -(-n // queries.MAX_POINTS)
     assert out["readings"] == [[t0 + i, float(i % 50)] for i in range(0, n, stride)]
     assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB for {len(out['readings'])} points"
+
+
+def test_a_database_with_two_rollouts_running_at_a_site_still_opens(engine: Engine,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Made before the index, it may hold what the index forbids; the district starts, and says so."""
+    ONE_RUNNING_ROLLOUT.drop(engine)
+    with engine.begin() as conn:
+        conn.execute(ota_rollouts.insert(), [{"site": "s1", "v": "0.2.0", "actor": "chen", "created": 1.0,
+                                              "halt_share": 0.25, "stage_timeout": 900.0, "state": "running",
+                                              "stage": 0}] * 2)
+    with caplog.at_level(logging.WARNING, logger="lifeline.district.store"):
+        store.open_engine(engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql"
+                         else str(engine.url.database))
+    assert any("two rollouts run at one site" in r.getMessage() for r in caplog.records)
