@@ -136,6 +136,12 @@ def _item(d, p, depth, in_indefinite=False):
     if major < 4:
         raw = _take(d, p, n)
         return bytes(raw) if major == 2 else _text(raw)
+    # An array, a map or a tag costs a node's heap some 50-100 bytes however short its encoding (an empty
+    # array is one byte): one for every 8 bytes of input, and 16 more, keeps a hostile message to a few
+    # times its size before its MAC is checked (loads sets the count in p[1]).
+    p[1] -= 1
+    if p[1] < 0:
+        raise CBORDecodeError("more arrays, maps and tags than one for every 8 bytes")
     if major == 6:
         value = _item(d, p, depth + 1)
         if n == 2 or n == 3:
@@ -169,7 +175,7 @@ def loads(data):
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CBORDecodeError("expected bytes, got %s" % type(data).__name__)
     d = memoryview(data)
-    p = [0]
+    p = [0, len(d) // 8 + 16]  # the position, and the arrays, maps and tags still allowed (_item)
     try:
         value = _item(d, p, 0)
     except (CBORDecodeError, MemoryError):
