@@ -136,10 +136,10 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 raise Refused(400, f"body: at most {MAX_BODY} bytes")
         try:
             data = json.loads(raw or b"{}")
-            if not storable(data):
-                raise Refused(400, "body: text with a NUL or a lone surrogate, which no column keeps")
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             raise Refused(400, "body: not JSON") from None
+        if not storable(data):
+            raise Refused(400, "body: text with a NUL or a lone surrogate, which no column keeps")
         if not isinstance(data, dict):
             raise Refused(400, "body: a JSON object")
         unknown = set(data) - set(fields) - set(optional)
