@@ -3,6 +3,7 @@ step from the wrong state, and bad input, and changes nothing when it refuses.""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -141,3 +142,30 @@ def test_passwords_are_hashed_and_sessions_end(engine: Engine) -> None:
 def test_bad_accounts_are_refused(engine: Engine, name: str, role: str, password: str, message: str) -> None:
     with pytest.raises(AccountError, match=message), engine.begin() as conn:
         accounts.add_user(conn, name, role, password)
+
+
+def test_two_acks_of_one_alarm_at_once_write_one_audit_row(engine: Engine) -> None:
+    """Both read the alarm unacknowledged before either commits (PostgreSQL; SQLite's writers queue): the
+    second's UPDATE then changes nothing, and each wrote its own audit row of the acknowledgement."""
+    order = raise_red(engine)
+    op, sup = login(engine, "li.wei", "operator"), login(engine, "chen", "supervisor")
+    first = engine.connect()
+    first.begin()
+    assert workorders.ack_alarm(first, ALARM, op, now=20.0) == "s1"
+    outcome: list[Any] = []
+
+    def second() -> None:
+        with engine.begin() as conn:
+            outcome.append(workorders.ack_alarm(conn, ALARM, sup, now=21.0))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(1.0)  # on PostgreSQL it waits on the first's locked alarm row; on SQLite, on the write lock
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert outcome == ["s1"]
+    with engine.connect() as conn:
+        assert conn.execute(select(audit.c.actor, audit.c.what, audit.c.target)).all() == [("li.wei", "ack", ALARM)]
+        assert conn.execute(select(alarms.c.acked)).scalar_one() == 20.0
+    assert steps(engine, order) == [("opened", "system"), ("ack", "li.wei")]
