@@ -29,7 +29,6 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -42,7 +41,6 @@ from protocol import district, site_seal, topics
 
 log = logging.getLogger("lifeline.gateway.uplink")
 
-Downlink = Callable[[str, bytes], None]
 
 # The reconnect backoff's cap is how late a site may be forwarding again after the district returns (2.4 s
 # at most with the jitter; 30 s made it 9-13 s after a 20 s outage). A failed attempt costs one refused TCP
@@ -61,7 +59,7 @@ class Uplink:
                  max_delay_s: float = 0.2, drain_rate: float = 500.0, max_inflight: int = 32,
                  alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = BACKOFF_MAX_S,
                  publish_timeout_s: float = 30.0, connect_timeout_s: float = 10.0, tick_s: float = 1.0,
-                 on_downlink: Downlink | None = None, site_key: bytes | None = None) -> None:
+                 site_key: bytes | None = None) -> None:
         """`site_key`: seals every publish; None sends bodies bare, for tests of the uplink alone."""
         if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
             raise ValueError("max_items, max_inflight, alarm_inflight and drain_rate must be positive")
@@ -79,7 +77,6 @@ class Uplink:
         self.publish_timeout_s = publish_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.tick_s = tick_s
-        self.on_downlink = on_downlink
         self.site_key = site_key
         # Metrics, read by the daemon's Prometheus collector.
         self.connected = False
@@ -173,8 +170,8 @@ class Uplink:
         client = aiomqtt.Client(
             b.host, b.port, username=b.username, password=b.password, identifier=b.client_id,
             keepalive=b.keepalive, tls_params=tls, timeout=self.connect_timeout_s,
-            # A persistent session only when we subscribe, so downlink sent while we are away waits for us.
-            clean_session=self.on_downlink is None,
+            # Nothing is subscribed here (the downlink has a connection of its own, gateway/daemon.py).
+            clean_session=True,
             # Our semaphore bounds what is in flight; paho must not hold alarms back behind its own window.
             max_inflight_messages=0,
             will=aiomqtt.Will(district.up(self.site, district.GATEWAY),
@@ -192,8 +189,6 @@ class Uplink:
                 district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), qos=1, retain=True)
             self.connected = True
             self.connects += 1
-            if self.on_downlink is not None:
-                await client.subscribe([(district.down(self.site, k), 1) for k in district.DOWN_KINDS])
             self.outbox.release_all()
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._alarms_in_flight = 0
@@ -234,13 +229,8 @@ class Uplink:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Ends the session with MqttError when the connection drops (aiomqtt reports it through here)."""
-        async for message in client.messages:
-            payload = message.payload
-            if self.on_downlink is not None and isinstance(payload, bytes | bytearray):
-                try:
-                    self.on_downlink(message.topic.value, bytes(payload))
-                except Exception:  # a handler's bug must not cut the uplink
-                    log.exception("downlink handler failed")
+        async for _ in client.messages:  # nothing is subscribed: the loop only waits for the end
+            pass
 
     # --- sending -------------------------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from gateway.outbox import Outbox
@@ -364,20 +363,6 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
             async with running(with_cert):
                 await rec.until(lambda: rec.seen() == src.alarms)
                 await rec.until(lambda: ob.depth()["alarm"] == 0)
-
-
-async def test_downlink_messages_reach_the_handler(tmp_path: Path) -> None:
-    with Mosquitto() as broker:
-        got: list[tuple[str, bytes]] = []
-        uplink = Uplink(new_outbox(tmp_path), district_broker(broker.port), SITE,
-                        on_downlink=lambda topic, payload: got.append((topic, payload)))
-        async with running(uplink), aiomqtt.Client("127.0.0.1", broker.port) as district_side:
-            deadline = time.monotonic() + 10
-            while not got:  # retained=False: publish until the uplink's subscription is in place
-                assert time.monotonic() < deadline
-                await district_side.publish(district.down(SITE, district.ALARM_ACK), b"\xa1\x62id\x62a1", qos=1)
-                await asyncio.sleep(0.1)
-            assert got[0] == (district.down(SITE, district.ALARM_ACK), b"\xa1\x62id\x62a1")
 
 
 async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path, fault_log: FaultLog) -> None:
