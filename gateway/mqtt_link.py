@@ -174,7 +174,9 @@ class Link(asyncio.Protocol):
     # --- what the caller does ------------------------------------------------------------------------------
 
     async def subscribe(self, topics: Sequence[str], qos: int = 1) -> None:
-        """Subscribe and wait for the SUBACK; retained flags as MQTT 3.1.1 had them (set only on subscribe)."""
+        """Subscribe and wait for the SUBACK; retained flags as MQTT 3.1.1 had them (set only on subscribe).
+        A filter the broker refuses (an ACL that does not let us read) is a LinkError: a link kept up without it
+        would look connected and receive nothing."""
         filters = [mqtt5.TopicFilter(t, max_qos=_qos(qos), retain_as_published=False) for t in topics]
         mid = self._message_id()
         self._subscribing += 1  # reading goes on past inbox_max until the SUBACK is in (module docstring)
@@ -187,10 +189,12 @@ class Link(asyncio.Protocol):
             self._subscribing -= 1
         if not isinstance(suback, mqtt5.SubAckPacket):
             raise self._misanswered("subscribe", suback)
-        codes = zip(topics, suback.reason_codes, strict=False)
-        refused = [f"{t}: {code.name}" for t, code in codes if code.value >= 0x80]
+        if len(suback.reason_codes) != len(topics):
+            raise LinkError(f"a SUBACK of {len(suback.reason_codes)} codes for {len(topics)} filters")
+        codes = zip(topics, suback.reason_codes, strict=True)
+        refused = [f"{t} ({code.name})" for t, code in codes if code.value >= 0x80]
         if refused:
-            self.log.warning("subscription refused: %s", ", ".join(refused))
+            raise LinkError(f"subscription refused: {', '.join(refused)}")
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Returns once written (QoS 0) or once the broker's PUBACK is in (QoS 1); at most the broker's Receive

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import glob
+import json
 import os
 import random
 import shutil
@@ -12,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -79,6 +81,26 @@ def free_port() -> int:
             if _bindable(port):
                 return port
     raise RuntimeError(f"no free port in {_SLICE}")
+
+
+def subscribe_only(workdir: Path, patterns: Sequence[str]) -> str:
+    """Config lines for a broker whose anonymous clients may publish anything but subscribe only to
+    `patterns`, refusing any other filter in the SUBACK, as a broker's access rules can. Mosquitto's acl_file
+    grants every subscription and filters at delivery; its dynamic-security plugin (in Debian's package)
+    refuses at the subscribe, so it is the one used."""
+    plugins = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so")
+    if not plugins:
+        raise RuntimeError("Mosquitto's dynamic-security plugin is missing (Debian package mosquitto)")
+    allowed = [{"acltype": "subscribePattern", "topic": p, "allow": True} for p in patterns]
+    rules = {"anonymousGroup": "anonymous", "clients": [],
+             "groups": [{"groupname": "anonymous", "roles": [{"rolename": "anonymous"}]}],
+             "roles": [{"rolename": "anonymous", "acls": [
+                 {"acltype": "publishClientSend", "topic": "#", "allow": True}, *allowed]}],
+             "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
+                                  "unsubscribe": True}}
+    path = workdir / "dynamic-security.json"
+    path.write_text(json.dumps(rules))
+    return f"plugin {plugins[0]}\nplugin_opt_config_file {path}"
 
 
 class Mosquitto:

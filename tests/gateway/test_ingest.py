@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from gateway.ingest import Incoming, Subscriber
 from gateway.site_config import BrokerConfig
-from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto, subscribe_only
 
 TOPIC = "lifeline/v1/s1/d1/data"
 
@@ -183,3 +184,19 @@ async def test_with_prepare_the_next_batch_is_handed_over_before_this_one_is_han
         with contextlib.suppress(asyncio.CancelledError):
             await task
         assert again == []
+
+
+async def test_a_refused_subscription_keeps_the_subscriber_down_and_says_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A site broker whose access rules refuse the gateway's filters: the subscriber is not shown connected (so
+    `lifeline_site_connected` stays 0) and logs the refusal at each retry, instead of sitting deaf."""
+    with Mosquitto(subscribe_only(tmp_path, [])) as b:
+        sub = Subscriber("site", broker_config(b), [TOPIC], lambda batch: None)
+        task = asyncio.create_task(sub.run())
+        await asyncio.sleep(1.0)  # the first attempt and a retry (backoff from 0.2 s)
+        assert not sub.connected.is_set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    errors = [getattr(r, "fields", {}).get("error", "") for r in caplog.records if r.getMessage() == "disconnected"]
+    assert len(errors) >= 2 and all(e == f"subscription refused: {TOPIC} (NOT_AUTHORIZED)" for e in errors)

@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import mqtt5
 import pytest
 
 from gateway.mqtt_link import Link, LinkError
 from gateway.site_config import BrokerConfig
-from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto, subscribe_only
 
 TOPIC = "lifeline/v1/s1/d1/data"
 log = logging.getLogger("test.mqtt_link")
@@ -52,6 +53,17 @@ async def test_a_refused_login_is_a_link_error() -> None:
     with Mosquitto(anonymous=False) as b, pytest.raises(LinkError, match="refused"):
         async with Link(config(b.port), log):
             pass
+
+
+async def test_a_refused_subscription_is_a_link_error(tmp_path: Path) -> None:
+    """A SUBACK that refuses a filter (a broker whose access rules do not let the gateway read it) left the link
+    up and receiving nothing: the site looked connected and was deaf. It is a LinkError, so the subscriber's
+    reconnect loop logs it and shows the link down until the rules let it read."""
+    with Mosquitto(subscribe_only(tmp_path, ["lifeline/v1/s1/+/birth"])) as b:
+        async with Link(config(b.port), log) as link:
+            await link.subscribe(["lifeline/v1/s1/+/birth"], qos=1)  # allowed: no error
+            with pytest.raises(LinkError, match=r"subscription refused: lifeline/v1/s1/\+/data \(NOT_AUTHORIZED\)"):
+                await link.subscribe(["lifeline/v1/s1/+/birth", "lifeline/v1/s1/+/data"], qos=1)
 
 
 async def test_nobody_listening_is_a_link_error() -> None:
