@@ -313,6 +313,10 @@ class Link(asyncio.Protocol):
                     if isinstance(packet, mqtt5.PublishPacket):
                         if packet.qos.value > 1:
                             raise ValueError("a QoS 2 delivery, never subscribed for")
+                        if packet.qos.value == 1 and not packet.packet_id:
+                            raise ValueError("a QoS 1 delivery without a packet id")
+                        if packet.topic_alias is not None:  # the CONNECT allows none: taken, it had no topic
+                            raise ValueError("a topic alias, never allowed")
                         self._inbox.append(packet)
                     else:
                         self._control(packet)

@@ -119,6 +119,8 @@ async def test_a_whole_packet_past_the_limit_closes_the_link() -> None:
     bytes([0x30, 0x03, 0x00, 0x09, 0x61]),  # a topic longer than its packet
     bytes([0xF0, 0x00]),  # packet type 15 (AUTH) without its reason code
     mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.EXACTLY_ONCE, packet_id=1).write(),  # QoS 2, never asked for
+    mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=0).write(),  # QoS 1 needs an id
+    mqtt5.PublishPacket("", b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=1, topic_alias=1).write(),  # never allowed
     mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(TOPIC)]).write(),  # a packet only a client sends
     bytes([0x30, 0x05, 0x00, 0x02, 0xFF, 0xFE, 0x00]),  # a topic that is not UTF-8: the reader panicked
     bytes([0x30, 0x0A, 0x00, 0x01, 0x61, 0x06, 0x26, 0x00, 0x01, 0xFF, 0x00, 0x00]),  # a user property, the same
