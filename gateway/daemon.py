@@ -7,7 +7,8 @@ broker only after their batch is committed (gateway/ingest.py).
 
 Signals: SIGTERM (and SIGINT) stop taking input, commit, let the uplink drain for a bounded time and exit 0.
 SIGHUP re-reads site.toml: the device registry is replaced, and a rule set with a higher version is applied
-through the alarm engine (a config error is logged and the running configuration kept).
+through the alarm engine (a config error is logged and the running configuration kept); other settings
+changed in the file are named in a warning, as they need a restart.
 """
 
 from __future__ import annotations
@@ -445,6 +446,9 @@ class Gateway:
         _settle_memory()
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
               rules_applied=applied, ota_releases=",".join(self.releases.versions()))
+        ignored = site_config.restart_needed(self.cfg, cfg)
+        if ignored:
+            event(log, "reload-needs-restart", logging.WARNING, settings=",".join(ignored))
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; the collector makes no full pass of its own meanwhile (_ticker does)."""

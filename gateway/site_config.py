@@ -11,7 +11,7 @@ import csv
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -92,6 +92,20 @@ class GatewayConfig:
     alarm_resend_max_s: float
     log_format: str
     log_level: str
+
+
+# What a SIGHUP applies (gateway/daemon.py, Gateway.reload); every other setting is read at start only.
+RELOADED = frozenset({"devices", "ruleset", "rule_files", "rule_overrides", "ota_releases"})
+
+
+def restart_needed(running: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The settings in which `new` differs from `running` that a reload cannot apply: an operator who edited
+    one and sent SIGHUP is told so, rather than left to believe it took effect."""
+    def value(cfg: GatewayConfig, name: str) -> Any:
+        v = getattr(cfg, name)
+        return tuple(v) if isinstance(v, RiskPoints) else v  # RiskPoints compares by identity
+    return [f.name for f in fields(GatewayConfig)
+            if f.name not in RELOADED and value(running, f.name) != value(new, f.name)]
 
 
 class ConfigTable:

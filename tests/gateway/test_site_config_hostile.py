@@ -102,3 +102,25 @@ def test_a_metrics_port_in_use_stops_the_gateway_with_a_message(tmp_path: Path,
         (tmp_path / "site.toml").write_text(text)
         assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
     assert "gateway stopped:" in capsys.readouterr().err
+
+
+def test_a_reload_names_the_changed_settings_it_cannot_apply(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP applies the devices, rules and OTA releases; a changed drain rate or risk point was dropped
+    without a word, and the operator believed it in force."""
+    shutil.copy(RULESETS_DIR / "water.toml", tmp_path / "water.toml")
+    rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}", "water.toml"]\n'
+    gw = Gateway(load(site_toml(tmp_path, rules)))
+    try:
+        with caplog.at_level(logging.INFO):
+            gw.reload()  # nothing changed
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            site_toml(tmp_path, f"{rules}\n[uplink]\ndrain_rate = 50\n\n{POINT}",
+                      devices=f'[[devices]]\nid = "d2"\nclass = "gas"\nkey = "{KEY}"\n')
+            gw.reload()
+        assert "d2" in gw.registry.devices  # what a reload applies, it applied
+        warned = [r for r in caplog.records if r.getMessage() == "reload-needs-restart"]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert getattr(warned[0], "fields", {})["settings"] == "risk_points,drain_rate"
+    finally:
+        gw.conn.close()
