@@ -36,6 +36,7 @@ from district.live import Hub, notice
 from district.queries import RiskPoints
 from district.rollout import Driver, RolloutError
 from district.schema import work_orders
+from district.text import storable
 from district.workorders import WorkOrderError
 from gateway.rules import RuleSet, default_ruleset
 from gateway.site_config import BrokerConfig
@@ -58,27 +59,6 @@ STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 T = TypeVar("T")
-
-
-def storable(value: Any) -> bool:
-    """Whether every text in a request's values can be kept: JSON may carry a lone surrogate, which UTF-8
-    cannot encode, and a NUL, which PostgreSQL's text refuses; either would fail in the driver, a 500."""
-    todo = [value]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return False
-            try:
-                item.encode()
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, dict):
-            todo += item.keys()
-            todo += item.values()
-        elif isinstance(item, list):
-            todo += item
-    return True
 
 
 class Refused(Exception):

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, select, update
 
 from district.accounts import Session
 from district.schema import alarms, audit, work_order_steps, work_orders
+from district.text import ILLEGIBLE, storable
 
 # action -> (the states it may start from, the state it leads to)
 STEPS = {
@@ -45,8 +46,11 @@ def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
         if required:
             raise WorkOrderError(400, f"{what}: required")
         return None
-    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 and c not in "\n\t" for c in value):
+    if not isinstance(value, str) or len(value) > limit:
         raise WorkOrderError(400, f"{what}: text of at most {limit} characters")
+    if not storable(value, ILLEGIBLE):
+        raise WorkOrderError(400, f"{what}: text without control characters or direction overrides "
+                                  "(U+202A-U+202E, U+2066-U+2069), which make it read differently to the team")
     return value.strip()
 
 

@@ -95,6 +95,24 @@ def test_text_no_column_keeps_is_refused_in_a_body(desk: Any, engine: Engine, ba
     assert sent.sent == []
 
 
+@pytest.mark.parametrize("char", ["\x7f", "\x9b", "\u202e", "\u2067"], ids=["DEL", "CSI", "RLO", "RLI"])
+def test_work_order_text_that_reads_other_than_written_is_a_400_naming_the_field(desk: Any, engine: Engine,
+                                                                                  char: str) -> None:
+    """Was stored and shown to the team: a bidi override reorders what the officer typed."""
+    client, csrf = logged_in(desk[0])
+    with engine.connect() as conn:
+        order = conn.execute(select(work_orders.c.id)).scalar_one()
+    assert client.post(f"/api/alarms/{ALARM}/ack", json={}, headers=csrf).status_code == 200
+    r = client.post(f"/api/work-orders/{order}/dispatch", json={"team": f"pipe {char}3"}, headers=csrf)
+    assert r.status_code == 400 and r.json()["error"].startswith("team: "), r.text
+    assert client.post(f"/api/work-orders/{order}/dispatch", json={"team": "pipe 3"}, headers=csrf).status_code == 200
+    r = client.post(f"/api/work-orders/{order}/report", json={"findings": "leak", "action": f"seal{char} fixed"},
+                    headers=csrf)
+    assert r.status_code == 400 and r.json()["error"].startswith("action taken: "), r.text
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state, work_orders.c.team)).one() == ("dispatched", "pipe 3")
+
+
 def test_a_nul_in_the_address_is_refused(desk: Any) -> None:
     """(A lone surrogate cannot be written into an address: percent-encoded, it is not UTF-8, and is read as
     U+FFFD.)"""

@@ -113,6 +113,32 @@ def test_bad_steps_are_refused_and_change_nothing(engine: Engine, action: str, k
     assert steps(engine, order) == [("opened", "system"), ("ack", "chen")]
 
 
+HIDDEN = {"DEL": "\x7f", "NEL (C1)": "\x85", "CSI (C1)": "\x9b", "LRE": "\u202a", "RLO": "\u202e", "LRI": "\u2066",
+          "PDI": "\u2069"}
+
+
+@pytest.mark.parametrize("char", list(HIDDEN))
+@pytest.mark.parametrize(("action", "field", "what"), [
+    ("dispatch", "team", "team"), ("report", "note", "findings"), ("report", "action_taken", "action taken"),
+    ("send-back", "note", "correction")])
+def test_text_that_reads_other_than_it_was_written_is_refused(engine: Engine, char: str, action: str, field: str,
+                                                                what: str) -> None:
+    """A direction override makes a dispatched order read differently to the team than to the officer; DEL and
+    the C1 controls are no text either."""
+    order = raise_red(engine)
+    sup = login(engine, "chen", "supervisor")
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, ALARM, sup)
+    before = {"dispatch": [], "report": ["dispatch"], "send-back": ["dispatch", "report"]}[action]
+    for i, step in enumerate(before):
+        do(engine, order, step, sup, team="pipe team 3", note="leak", now=30.0 + i)
+    kw = {"team": "pipe team 3", "note": "leak", field: f"pipe {HIDDEN[char]}3"}
+    with pytest.raises(WorkOrderError, match=f"^{what}: ") as refused:
+        do(engine, order, action, sup, **kw)
+    assert refused.value.status == 400
+    assert [s for s, _ in steps(engine, order)] == ["opened", "ack", *before]
+
+
 def test_no_such_order_or_alarm(engine: Engine) -> None:
     sup = login(engine, "chen", "supervisor")
     with pytest.raises(WorkOrderError) as refused:
