@@ -446,9 +446,19 @@ class Gateway:
         _settle_memory()
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
               rules_applied=applied, ota_releases=",".join(self.releases.versions()))
+        self._warn_unruled()
         ignored = site_config.restart_needed(self.cfg, cfg)
         if ignored:
             event(log, "reload-needs-restart", logging.WARNING, settings=",".join(ignored))
+
+    def _warn_unruled(self) -> None:
+        """Devices of a class the active rules lack are taken and forwarded, but nothing they send can raise
+        an alarm: a site that listed a class and forgot its rule file would not know it."""
+        counts = self.registry.devices.class_counts()
+        missing = sorted(cls for cls in counts if cls not in self.alarms.ruleset.classes)
+        if missing:
+            event(log, "devices-without-rules", logging.WARNING,
+                  classes=",".join(f"{cls}:{counts[cls]}" for cls in missing))
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; the collector makes no full pass of its own meanwhile (_ticker does)."""
@@ -469,6 +479,7 @@ class Gateway:
         _settle_memory()
         event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
               rules_version=self.alarms.ruleset.version, ota_releases=",".join(self.releases.versions()))
+        self._warn_unruled()
         if self.stage:
             await self.stage.start()
         uplink = asyncio.create_task(self.uplink.run())

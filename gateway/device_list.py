@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from typing import NamedTuple
@@ -104,6 +105,11 @@ class DeviceList(Mapping[str, DeviceConfig]):
             return last.key
         i = self._index(dev)
         return None if i < 0 else self._keys[KEY_BYTES * i:KEY_BYTES * (i + 1)]
+
+    def class_counts(self) -> dict[str, int]:
+        """Devices listed of each class."""
+        counts = Counter(self._classes)
+        return {cls: counts[i] for i, cls in enumerate(self._kinds) if counts[i]}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)

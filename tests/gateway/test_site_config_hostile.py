@@ -124,3 +124,21 @@ def test_a_reload_names_the_changed_settings_it_cannot_apply(tmp_path: Path,
         assert getattr(warned[0], "fields", {})["settings"] == "risk_points,drain_rate"
     finally:
         gw.conn.close()
+
+
+def test_devices_of_a_class_without_rules_are_named_in_a_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A water main listed at a site whose rules are gas alone was taken silently: its readings went up, and
+    no burst could ever raise an alarm."""
+    rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n'
+    gw = Gateway(load(site_toml(tmp_path, rules)))
+    try:
+        site_toml(tmp_path, rules, devices=f'[[devices]]\nid = "w1"\nclass = "water"\nkey = "{KEY}"\n'
+                                           f'[[devices]]\nid = "w2"\nclass = "water"\nkey = "{KEY}"\n')
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        assert "w1" in gw.registry.devices
+        warned = [r for r in caplog.records if r.getMessage() == "devices-without-rules"]
+        assert len(warned) == 1 and getattr(warned[0], "fields", {})["classes"] == "water:2"
+    finally:
+        gw.conn.close()
