@@ -1,4 +1,4 @@
-"""Raw readings for `raw_days`, then one row per sensor and `rollup_s` bucket (count, min, max, mean).
+"""Raw readings for `raw_days`, then one row per sensor and `rollup_s` bucket (count, numbers, min, max, mean).
 
 Worker 1 runs `fold` now and then; it works through the oldest readings in chunks, so a district that
 switches retention on with years of readings catches up over several passes instead of one long lock.
@@ -36,30 +36,31 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
         readings.c.site, readings.c.dev, readings.c.n, readings.c.t.label("at"), readings.c.u, readings.c.v)).all()
     if not rows:
         return 0
-    acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "n_v": 0, "sum": 0.0, "min": None,
+    acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "numbers": 0, "sum": 0.0, "min": None,
                                                           "max": None, "u": None})
     for r in rows:
         a = acc[(r.site, r.dev, r.n, r.at - r.at % rollup_s)]
         a["count"] += 1
         a["u"] = a["u"] or r.u
         if r.v is not None:
-            a["n_v"] += 1
+            a["numbers"] += 1
             a["sum"] += r.v
             a["min"] = r.v if a["min"] is None else min(a["min"], r.v)
             a["max"] = r.v if a["max"] is None else max(a["max"], r.v)
     stmt = dialect_insert(conn, rollups)
     new = stmt.excluded
-    # a numeric series' readings are all numbers, so a bucket's mean weighs by its count
-    merged = {"count": rollups.c.count + new.count,
+    # a bucket's mean weighs by its numbers, not its count: a sum or a text beside them is no number
+    merged = {"count": rollups.c.count + new.count, "numbers": rollups.c.numbers + new.numbers,
               "min": _merge(rollups.c.min, new.min, case((new.min < rollups.c.min, new.min), else_=rollups.c.min)),
               "max": _merge(rollups.c.max, new.max, case((new.max > rollups.c.max, new.max), else_=rollups.c.max)),
-              "mean": _merge(rollups.c.mean, new.mean, (rollups.c.mean * rollups.c.count + new.mean * new.count)
-                             / (rollups.c.count + new.count)),
+              "mean": _merge(rollups.c.mean, new.mean, (rollups.c.mean * rollups.c.numbers
+                                                        + new.mean * new.numbers) / (rollups.c.numbers + new.numbers)),
               "u": _merge(rollups.c.u, new.u, new.u)}
     conn.execute(stmt.on_conflict_do_update(index_elements=[rollups.c.site, rollups.c.dev, rollups.c.n,
                                                             rollups.c.t], set_=merged),
-                 [{"site": site, "dev": dev, "n": n, "t": t, "count": a["count"], "min": a["min"], "max": a["max"],
-                   "mean": a["sum"] / a["n_v"] if a["n_v"] else None, "u": a["u"]}
+                 [{"site": site, "dev": dev, "n": n, "t": t, "count": a["count"], "numbers": a["numbers"],
+                   "min": a["min"], "max": a["max"], "mean": a["sum"] / a["numbers"] if a["numbers"] else None,
+                   "u": a["u"]}
                   for (site, dev, n, t), a in acc.items()])
     return len(rows)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +31,7 @@ from district.schema import (
     readings,
     refusals,
     reports,
+    rollups,
     sites,
     work_order_steps,
     work_orders,
@@ -61,17 +62,35 @@ def open_engine(database: str, base: Path | None = None) -> Engine:
     desk both read, then write, in one transaction; in WAL mode a reader whose snapshot another process has
     since written past cannot become a writer, and SQLite answers "database is locked" at once instead of
     waiting. Taking the lock first makes them queue (busy_timeout); connections that only read (`reader`) do not
-take it. PostgreSQL needs none of this."""
+take it. PostgreSQL needs none of this. A database made by an older version gets what it lacks."""
     engine = create_engine(url_of(database, base))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
     schema.metadata.create_all(engine)
+    _add_rollup_numbers(engine)
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
         log.warning("two rollouts run at one site: one running rollout a site is checked, not yet indexed")
     return engine
+
+
+def _add_rollup_numbers(engine: Engine) -> None:
+    """A database made before `rollups.numbers` gets it. Its fold weighed a bucket's mean by the bucket's count,
+    taking every reading for a number, so a bucket with a mean counts all its readings as numbers (exact for a
+    number series, the best left to know of a mixed one) and a bucket without one none. The check is repeated
+    under the table's lock, so processes starting at once add and fill it once."""
+    if "numbers" in {c["name"] for c in inspect(engine).get_columns("rollups")}:
+        return
+    with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("LOCK TABLE rollups IN ACCESS EXCLUSIVE MODE")
+        if "numbers" in {c["name"] for c in inspect(conn).get_columns("rollups")}:
+            return
+        conn.exec_driver_sql("ALTER TABLE rollups ADD COLUMN numbers INTEGER NOT NULL DEFAULT 0")
+        conn.execute(update(rollups).where(rollups.c.mean.is_not(None)).values(numbers=rollups.c.count))
+    log.info("rollups: added the count of numbers of each bucket")
 
 
 def reader(engine: Engine) -> Connection:

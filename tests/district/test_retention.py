@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, MetaData, Table, func, select
 
 from district import retention, store
 from district.schema import readings, rollups
@@ -77,3 +77,54 @@ def test_a_bucket_split_across_passes_keeps_its_count_spread_and_mean(engine: En
         row = conn.execute(select(rollups)).mappings().one()
     assert (row["count"], row["min"], row["max"], row["u"]) == (4, -1.0, 9.0, "ppm")
     assert row["mean"] == pytest.approx(14.0 / 4)
+
+
+def test_a_mixed_bucket_split_across_passes_weighs_its_mean_by_its_numbers(engine: Engine) -> None:
+    """A sum and a text reading in a bucket count as readings but are no numbers: merged by all readings, the
+    mean of 2, 4 and 6 came out (2 * 3 + 5 * 2) / 5 = 3.2."""
+    start = NOW - 40 * DAY
+    cases: list[list[dict[str, Any]]] = [
+        [{"n": "flow", "t": start + 1, "u": "l", "v": 2.0}, {"n": "flow", "t": start + 2, "u": "l", "s": 90.0},
+         {"n": "flow", "t": start + 3, "vs": "meter reset"}],
+        [{"n": "flow", "t": start + 4, "u": "l", "v": 4.0}, {"n": "flow", "t": start + 5, "u": "l", "v": 6.0}]]
+    for seq, records in enumerate(cases):
+        with engine.begin() as conn:
+            store.add_message(conn, "s1", "gas1", seq, 1, records, received=NOW)
+            assert retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S) == len(records)
+    with engine.connect() as conn:
+        row = conn.execute(select(rollups)).mappings().one()
+    assert row["mean"] == pytest.approx(4.0)
+    assert (row["count"], row["numbers"], row["min"], row["max"], row["u"]) == (5, 3, 2.0, 6.0, "l")
+
+
+def test_an_older_database_gets_the_numbers_of_its_rollups(engine: Engine) -> None:
+    """Made before `rollups.numbers`: the column is added at start, each bucket with a mean counted as all
+    numbers (what its mean was weighed by) and one without as none, and a later pass merges by it."""
+    start = NOW - 40 * DAY
+    old = MetaData()
+    Table("rollups", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                            for c in rollups.columns if c.name != "numbers"))
+    rollups.drop(engine)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.tables["rollups"].insert(), [
+            {"site": "s1", "dev": "gas1", "n": "ch4", "t": start, "count": 4, "min": 1.0, "max": 3.0, "mean": 2.0,
+             "u": "ppm"},
+            {"site": "s1", "dev": "gas1", "n": "mode", "t": start, "count": 2, "min": None, "max": None,
+             "mean": None, "u": None}])
+    reopened = store.open_engine(engine.url.render_as_string(hide_password=False)
+                                 if engine.dialect.name == "postgresql" else str(engine.url.database))
+    try:
+        with reopened.begin() as conn:
+            assert dict(conn.execute(select(rollups.c.n, rollups.c.numbers)).all()) == {"ch4": 4, "mode": 0}
+            store.add_message(conn, "s1", "gas1", 0, 1, [{"n": "ch4", "t": start + 5, "u": "ppm", "v": 7.0},
+                                                         {"n": "ch4", "t": start + 6, "u": "ppm", "s": 1.0}],
+                              received=NOW)
+            assert retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S) == 2
+        store.open_engine(reopened.url.render_as_string(hide_password=False)).dispose()  # a second start: no change
+        with reopened.connect() as conn:
+            row = conn.execute(select(rollups).where(rollups.c.n == "ch4")).mappings().one()
+        assert (row["count"], row["numbers"], row["max"]) == (6, 5, 7.0)
+        assert row["mean"] == pytest.approx(15.0 / 5)
+    finally:
+        reopened.dispose()
