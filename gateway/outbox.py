@@ -446,6 +446,7 @@ class Outbox:
         now = time.time() if now is None else now
         report = BudgetReport(self.budget_bytes, used)
         target = int(self.budget_bytes * LOW_WATER)
+        floor = self._thin_floor
         try:
             work = 0
             while used > target and work < PASS_ENTRIES:
@@ -465,6 +466,7 @@ class Outbox:
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
+            self._thin_floor = floor  # the windows read are raw again: the next pass takes them first
             raise
         self.thinned_msgs += sum(s.msgs for s in report.thinned.values())
         self.evicted_msgs += sum(s.msgs for s in report.evicted.values())

@@ -276,6 +276,26 @@ def test_budget_thins_oldest_telemetry_keeps_every_alarm_and_reports(store: sqli
     assert firsts == sorted(firsts)
 
 
+def test_a_budget_pass_that_failed_leaves_its_windows_to_the_next(store: sqlite3.Connection) -> None:
+    """A pass that raised (its writes refused, as by a full disk; stood in for by an authorizer) was rolled
+    back, but the windows it had read stayed behind its in-memory floor: until a restart the next passes
+    skipped the oldest telemetry, thinned newer windows first and reached eviction sooner."""
+    ob = Outbox(store, 10**9, thin_interval_s=300.0)
+    fill(ob, store, devices=20, per_device=120, step=10.0)
+    ob.budget_bytes = ob.bytes_used() // 2
+    store.set_authorizer(lambda action, *args: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT
+                         else sqlite3.SQLITE_OK)
+    with pytest.raises(sqlite3.DatabaseError):
+        ob.enforce_budget(now=T0 + 700)
+    store.set_authorizer(None)
+    report = ob.enforce_budget(now=T0 + 700)
+    assert report is not None and report.thinned and not report.evicted
+    raw, summaries, _ = accounting(ob)
+    for dev in raw:
+        thinned = set().union(*(set(range(s["seq_lo"], s["seq_hi"] + 1)) for s in summaries if s["dev"] == dev))
+        assert thinned and max(thinned) < min(raw[dev])  # the oldest went first
+
+
 def test_budget_evicts_when_summaries_would_not_be_smaller(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9, thin_interval_s=5.0)
     alarm_ids, seqs = fill(ob, store, devices=10, per_device=40, step=10.0)  # one message per device per window
