@@ -24,6 +24,7 @@ from protocol import site_seal
 from protocol.district_verify import Verifier
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
+ROLLUP_S = 300  # [retention] rollup_s unless set: the desk's default too
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     met.done()
     ret = root.section("retention")
     raw_days = ret.number("raw_days", 30, 1, 3650)
-    rollup_s = ret.number("rollup_s", 300, 10, 86_400, integer=True)
+    rollup_s = ret.number("rollup_s", ROLLUP_S, 10, 86_400, integer=True)
     ret.done()
     sites: dict[str, SiteEntry] = {}
     for st in root.tables("sites"):

@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from district import accounts, queries, rollout, store, workorders
 from district.accounts import Session
+from district.config import ROLLUP_S
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import Hub, notice
 from district.queries import RiskPoints
@@ -71,10 +72,12 @@ class Refused(Exception):
 
 def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, downlink: Downlink | None = None,
              risk_points: RiskPoints | None = None, rules: RuleSet | None = None, secure_cookie: bool = False,
-             clock: Callable[[], float] = time.time, rollouts: bool = True) -> Starlette:
+             clock: Callable[[], float] = time.time, rollouts: bool = True,
+             rollup_s: int = ROLLUP_S) -> Starlette:
     """The desk over one database. `broker`: the district broker, which the desk follows for the change
     feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS.
-    `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process."""
+    `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process. `rollup_s`:
+    the retention's bucket width, so that a history has the bucket its window starts in."""
     if downlink is None:
         if broker is None:
             raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
@@ -205,7 +208,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, "from and to: epoch seconds") from None
         if not 0 < t_to - t_from <= MAX_WINDOW_S:
             raise Refused(400, f"from must be before to, at most {MAX_WINDOW_S // 86400} days apart")
-        return queries.history(conn, ruleset, site, dev, metric, t_from, t_to)
+        return queries.history(conn, ruleset, site, dev, metric, t_from, t_to, rollup_s)
 
     def path_id(request: Request, what: str) -> int:
         """The row id in the address; one that is not a number a BIGINT column holds names nothing."""

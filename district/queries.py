@@ -104,10 +104,15 @@ def map_view(conn: Connection, risk_points: RiskPoints) -> dict[str, Any]:
     return {"points": points, "devices": devs, "alarms": live}
 
 
-def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, t_from: float,
-            t_to: float) -> dict[str, Any]:
-    """One sensor over a window: its readings (thinned evenly past MAX_POINTS), the rollups of spans older
-    than the raw readings kept, its class's thresholds, and the alarm transitions in the window."""
+def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, t_from: float, t_to: float,
+            rollup_s: int) -> dict[str, Any]:
+    """One sensor over a window: its readings (thinned evenly past MAX_POINTS), its rollups (`rollup_s` wide:
+    every bucket that overlaps the window, the one it starts in too), its class's thresholds, and the alarm
+    transitions in the window.
+
+    Rollups and readings are each given whole, not cut where the other begins: a reading older than the raw
+    retention that arrived late waits in `readings` for the next fold beside the rollups of its span, and
+    cutting the rollups at the oldest reading hid every bucket newer than it until then."""
     window = ((readings.c.site == site) & (readings.c.dev == dev) & (readings.c.n == metric)
               & (readings.c.t >= t_from) & (readings.c.t <= t_to))
     # Thinned in the database: a window of up to 400 days at 1 Hz is tens of millions of readings.
@@ -118,12 +123,11 @@ def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, 
     raw = conn.execute(select(numbered.c.at, numbered.c.v, numbered.c.s, numbered.c.u)
                        .where((numbered.c.i - 1) % stride == 0).order_by(numbered.c.at)).all()
     points = [[r.at, r.v if r.v is not None else r.s] for r in raw if r.v is not None or r.s is not None]
-    oldest_raw = raw[0].at if raw else t_to
     rolled = [{"t": at, "count": n, "min": lo, "max": hi, "mean": mean}
               for at, n, lo, hi, mean in conn.execute(select(
                   rollups.c.t, rollups.c.count, rollups.c.min, rollups.c.max, rollups.c.mean).where(
                   rollups.c.site == site, rollups.c.dev == dev, rollups.c.n == metric,
-                  rollups.c.t >= t_from, rollups.c.t < oldest_raw).order_by(rollups.c.t))]
+                  rollups.c.t > t_from - rollup_s, rollups.c.t <= t_to).order_by(rollups.c.t))]
     cls = conn.execute(select(devices.c.cls).where(devices.c.site == site, devices.c.dev == dev)).scalar()
     if cls is None:
         cls = conn.execute(select(alarms.c.cls).where(alarms.c.site == site, alarms.c.dev == dev,

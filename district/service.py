@@ -106,7 +106,7 @@ def run_desk(cfg: DistrictConfig) -> int:
 
     async def serve() -> None:
         hub = Hub()
-        app = make_app(engine, hub=hub, broker=broker, risk_points=risk_points)
+        app = make_app(engine, hub=hub, broker=broker, risk_points=risk_points, rollup_s=cfg.rollup_s)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         await server.serve(sockets=[listening])
 

@@ -263,7 +263,10 @@ async function loadChart(s) {
   const d = await api("/api/history?" + q);
   $("chart-title").textContent = `${s.dev} ${s.metric} (${d.unit || ""}), last ${$("window").selectedOptions[0].text}`;
   const W = 640, H = 220, L = 44, R = 70, T = 10, B = 24;
-  const pts = [...d.rollups.map((r) => [r.t, r.mean]), ...d.readings];
+  // Rollups and readings in time order: a reading that arrived late sits among the rollups until the next fold.
+  // The bucket the window starts in is drawn from the window's edge; a bucket of no numbers has no mean to draw.
+  const pts = [...d.rollups.filter((r) => r.mean !== null).map((r) => [Math.max(r.t, d.from), r.mean]), ...d.readings]
+    .sort((p, q) => p[0] - q[0]);
   const vals = [...pts.map((p) => p[1]), ...d.thresholds.map((t) => t.value)];
   const lo = Math.min(0, ...vals), hi = Math.max(1, ...vals) * 1.08;
   const x = (t) => L + (t - d.from) / (d.to - d.from) * (W - L - R);

@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 from district import queries, rollout, store
 from district.accounts import Session
+from district.config import ROLLUP_S
 from district.desk import MAX_BODY, make_app
 from district.downlink import Downlink, DownlinkError
 from district.live import Hub, notice, read_notice
@@ -276,7 +277,7 @@ def test_a_long_history_is_thinned_in_the_database(engine: Engine) -> None:
     with engine.connect() as conn:
         tracemalloc.start()
         try:
-            out = queries.history(conn, default_ruleset(), "s1", "gas1", "ch4", t0, t0 + n)
+            out = queries.history(conn, default_ruleset(), "s1", "gas1", "ch4", t0, t0 + n, ROLLUP_S)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
