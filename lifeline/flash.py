@@ -469,13 +469,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     out = Console()
     err = Console(stderr=True)
     try:
         return _run(args, out)
-    except FlashError as exc:
-        err.print(f"[bold red]flash failed:[/] {exc}")
+    except FlashError as exc:  # one line, as it is: a path broken at the terminal's width cannot be copied
+        err.print(f"[bold red]flash failed:[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 
 

@@ -123,6 +123,15 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
 
 
+def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The reason is printed on one line, whatever the terminal's width, and brackets in it are text: a long
+    path broken in two, or a [dir] taken for markup, could not be copied back into the command."""
+    image = tmp_path / "[builds]" / ("micropython-" + "x" * 80 + ".bin")
+    assert flash(vdev, tmp_path, "--image", str(image)) == 1
+    assert capsys.readouterr().err == f"flash failed: --image: {image} does not exist\n"
+
+
 ROM_LISTING = """
 import hashlib, os, sys, vfs
 with open(sys.argv[1], "rb") as f:
