@@ -27,7 +27,6 @@ import ast
 import functools
 import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeline import upy
+from lifeline.private_file import write_private
 
 PROTOCOL = upy.ROOT / "protocol"
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
@@ -344,7 +344,9 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
         return []
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise FlashError(f"registry {path}: cannot read it ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FlashError(f"registry {path}: not valid TOML ({exc})") from None
     devices = data.get("devices", [])
     if not isinstance(devices, list):
@@ -380,11 +382,10 @@ def record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> s
              "# It holds HMAC keys: keep it as secret as the gateway's config."]
     for d in devices:
         lines += ["", "[[devices]]"] + [f"{k} = {_toml_value(v)}" for k, v in d.items()]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    tmp.replace(path)
+    try:
+        write_private(path, "\n".join(lines) + "\n")
+    except OSError as exc:
+        raise FlashError(f"registry {path}: cannot write it ({exc.strerror}); the board was not written") from None
     return status
 
 
@@ -497,6 +498,8 @@ def _run(args: argparse.Namespace, out: Any) -> int:
                      ntp=tuple(args.ntp or ("pool.ntp.org",)))
     with tempfile.TemporaryDirectory(prefix="lifeline-flash-") as tmp:
         files = stage(prov, Path(tmp), firmware=args.firmware, compile_mpy=not args.no_compile)
+        # The key is recorded before any board gets it: a key only the board held would be lost to the gateway.
+        status = record(registry, args.site, args.device_id, args.profile, key) if registry else None
         if args.image is not None:
             out.print(f"writing {args.image} with esptool")
             write_image(args.port, args.image, args.chip, args.image_offset, args.erase, args.image_baud)
@@ -530,7 +533,6 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             bar.update(task, description=args.device_id)
             if not args.no_reset:
                 b.reboot()
-    status = record(registry, args.site, args.device_id, args.profile, key) if registry else None
     table = Table(title=f"flashed {args.device_id} on {args.port}", show_header=False)
     code_bytes = sum(f.size for f in files if f.path.startswith("lib/"))
     code = (f"lib/ holds {code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}" if not args.romfs

@@ -132,6 +132,17 @@ def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
     assert capsys.readouterr().err == f"flash failed: --image: {image} does not exist\n"
 
 
+def test_a_registry_it_cannot_write_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A generated key goes into the registry before the board gets it: a board flashed with a key the registry
+    could not take would hold the only copy, and the gateway could never check its messages."""
+    registry = tmp_path / "no-such-dir" / "registry.toml"
+    assert cli.main(["flash", "--port", vdev.port, "--profile", "gas", "--device-id", "gas-01", "--site", "site-a",
+                     "--broker", "127.0.0.1:1883", "--registry", str(registry), "--no-reset"]) == 1
+    assert f"registry {registry}: cannot write it" in capsys.readouterr().err
+    assert flash_files(vdev) == {}
+
+
 ROM_LISTING = """
 import hashlib, os, sys, vfs
 with open(sys.argv[1], "rb") as f:
