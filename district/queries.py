@@ -106,7 +106,8 @@ def map_view(conn: Connection, risk_points: RiskPoints) -> dict[str, Any]:
 
 def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, t_from: float, t_to: float,
             rollup_s: int) -> dict[str, Any]:
-    """One sensor over a window: its readings (thinned evenly past MAX_POINTS), its rollups (`rollup_s` wide:
+    """One sensor over a window: its readings (thinned evenly past MAX_POINTS; a boolean as 0 or 1, and
+    `boolean` says the series is one, to be drawn in steps), its rollups (`rollup_s` wide:
     every bucket that overlaps the window, the one it starts in too), its class's thresholds, and the alarm
     transitions in the window.
 
@@ -118,11 +119,12 @@ def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, 
     # Thinned in the database: a window of up to 400 days at 1 Hz is tens of millions of readings.
     total = conn.execute(select(func.count()).select_from(readings).where(window)).scalar() or 0
     stride = max(-(-total // MAX_POINTS), 1)
-    numbered = select(readings.c.t.label("at"), readings.c.v, readings.c.s, readings.c.u,
+    numbered = select(readings.c.t.label("at"), readings.c.v, readings.c.s, readings.c.vb, readings.c.u,
                       func.row_number().over(order_by=readings.c.t).label("i")).where(window).subquery()
-    raw = conn.execute(select(numbered.c.at, numbered.c.v, numbered.c.s, numbered.c.u)
+    raw = conn.execute(select(numbered.c.at, numbered.c.v, numbered.c.s, numbered.c.vb, numbered.c.u)
                        .where((numbered.c.i - 1) % stride == 0).order_by(numbered.c.at)).all()
-    points = [[r.at, r.v if r.v is not None else r.s] for r in raw if r.v is not None or r.s is not None]
+    points = [[r.at, r.v if r.v is not None else r.s if r.s is not None else int(r.vb)]
+              for r in raw if r.v is not None or r.s is not None or r.vb is not None]
     rolled = [{"t": at, "count": n, "min": lo, "max": hi, "mean": mean}
               for at, n, lo, hi, mean in conn.execute(select(
                   rollups.c.t, rollups.c.count, rollups.c.min, rollups.c.max, rollups.c.mean).where(
@@ -138,7 +140,8 @@ def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, 
                   alarms.c.site == site, alarms.c.dev == dev, alarms.c.metric == metric,
                   alarm_events.c.t_gw >= t_from, alarm_events.c.t_gw <= t_to).order_by(alarm_events.c.t_gw))]
     return {"site": site, "dev": dev, "metric": metric, "cls": cls, "from": t_from, "to": t_to,
-            "unit": raw[-1].u if raw else None, "readings": points, "rollups": rolled,
+            "unit": raw[-1].u if raw else None, "boolean": bool(raw) and raw[-1].vb is not None,
+            "readings": points, "rollups": rolled,
             "thresholds": thresholds(rules, cls, dev, metric), "transitions": events}
 
 

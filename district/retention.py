@@ -2,8 +2,9 @@
 
 Worker 1 runs `fold` now and then; it works through the oldest readings in chunks, so a district that
 switches retention on with years of readings catches up over several passes instead of one long lock.
-Numbers (v) keep their spread; a reading of any other kind (a sum alone, text, boolean, data) keeps only its
-count, as the gateway's thinning does (docs/outbox.md).
+Numbers (v) keep their spread, and so do booleans as 0 and 1, so that a bucket's mean is the share true and a
+chart of a door contact's older spans has something to draw; a reading of any other kind (a sum alone, text,
+data) keeps only its count. The gateway's thinning counts them the same way (docs/outbox.md).
 
 A pass names its readings by a time bound, never by a list of them: a list of ten thousand keys overflows
 PostgreSQL's parser stack, and SQLite caps bound parameters. Its DELETE returns what it removed, and only that
@@ -33,7 +34,8 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
                          .offset(CHUNK - 1).limit(1)).scalar()
     old = readings.c.t < cutoff if bound is None else readings.c.t <= bound
     rows = conn.execute(delete(readings).where(old).returning(
-        readings.c.site, readings.c.dev, readings.c.n, readings.c.t.label("at"), readings.c.u, readings.c.v)).all()
+        readings.c.site, readings.c.dev, readings.c.n, readings.c.t.label("at"), readings.c.u, readings.c.v,
+        readings.c.vb)).all()
     if not rows:
         return 0
     acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "numbers": 0, "sum": 0.0, "min": None,
@@ -42,11 +44,12 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
         a = acc[(r.site, r.dev, r.n, r.at - r.at % rollup_s)]
         a["count"] += 1
         a["u"] = a["u"] or r.u
-        if r.v is not None:
+        x = r.v if r.v is not None else None if r.vb is None else float(r.vb)
+        if x is not None:
             a["numbers"] += 1
-            a["sum"] += r.v
-            a["min"] = r.v if a["min"] is None else min(a["min"], r.v)
-            a["max"] = r.v if a["max"] is None else max(a["max"], r.v)
+            a["sum"] += x
+            a["min"] = x if a["min"] is None else min(a["min"], x)
+            a["max"] = x if a["max"] is None else max(a["max"], x)
     stmt = dialect_insert(conn, rollups)
     new = stmt.excluded
     # a bucket's mean weighs by its numbers, not its count: a sum or a text beside them is no number

@@ -110,8 +110,8 @@ rollups = Table(
     Column("n", String(64), primary_key=True),
     Column("t", Float, primary_key=True),  # bucket start
     Column("count", Integer, nullable=False),
-    # readings of the bucket that are numbers, which min, max and mean are of (district/store.open_engine adds it
-    # to an older database)
+    # readings of the bucket that are numbers (booleans as 0 or 1), which min, max and mean are of
+    # (district/store.open_engine adds it to an older database)
     Column("numbers", Integer, nullable=False, server_default="0"),
     Column("min", Float),
     Column("max", Float),

@@ -292,7 +292,9 @@ async function loadChart(s) {
       h("title", {}, `${e.ev} ${e.level || ""} ${clock(e.t)}`));
   }
   if (pts.length) {
-    out.push(h("polyline", { points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), class: "series" }));
+    // A boolean series (a float switch, a door contact) holds each value until the next reading: drawn in steps.
+    const line = d.boolean ? pts.flatMap((p, i) => (i ? [[p[0], pts[i - 1][1]], p] : [p])) : pts;
+    out.push(h("polyline", { points: line.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), class: "series" }));
     const last = pts[pts.length - 1];
     out.push(h("circle", { cx: x(last[0]), cy: y(last[1]), r: 3, class: "last" }));
   } else {

@@ -2,13 +2,14 @@
 Mosquitto, on SQLite: a live alarm appears without a reload, the whole work-order loop is done with the
 page's own buttons and every state shows on it, and what an officer types survives a redraw; a viewer sees
 no action buttons and the server refuses a POST made from the viewer's page. Leaves a screenshot of the desk
-in out/desk.png."""
+in out/desk.png. A boolean series (a cover switch) is drawn in steps."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -157,5 +158,36 @@ def test_the_desk_in_a_browser(tmp_path: Path, browser: Browser) -> None:
         viewer.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(viewer.locator("#fact-acknowledged")).to_have_text("no")
         viewer.close()
+        page.close()
+    engine.dispose()
+
+
+def test_a_boolean_series_charts_in_steps(tmp_path: Path, browser: Browser) -> None:
+    """A manhole cover's switch (SenML vb) open, shut and open again: the chart held nothing ("no readings in
+    this window"); now each reading is 0 or 1, held until the next, so every segment is level or upright."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    flips = [False, False, True, True, False, True]
+    with engine.begin() as conn:
+        for i, open_ in enumerate(flips):
+            store.add_message(conn, "s1", "drain1", i, 1, [{"n": "cover", "t": now - 3000 + i * 500, "vb": open_}],
+                              received=now - 3000 + i * 500)
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "orange", now - 500, dev="drain1", cls="drainage",
+                                                 metric="cover", unit=None, value=1.0, point=None),
+                          received=now - 499)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        series = page.locator("#chart polyline.series")
+        expect(series).to_have_count(1)
+        expect(page.locator("#chart line.threshold")).to_have_count(1)  # orange at 0.5
+        points = [tuple(map(float, p.split(","))) for p in (series.get_attribute("points") or "").split()]
+        assert len(points) == 2 * len(flips) - 1, points
+        assert all(a[0] == b[0] or a[1] == b[1] for a, b in pairwise(points)), points
+        levels = sorted({y for _, y in points})
+        assert len(levels) == 2, points  # 1 (open) above 0 (shut): a smaller y
+        assert [y == levels[0] for _, y in points[::2]] == flips
         page.close()
     engine.dispose()

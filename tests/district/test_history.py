@@ -13,7 +13,7 @@ from deskkit import PASSWORD, USERS, seed
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from district import store
+from district import retention, store
 from district.desk import make_app
 from district.downlink import Downlink
 from district.live import Hub
@@ -74,3 +74,34 @@ def test_a_late_raw_reading_hides_no_rollups(viewer: TestClient, engine: Engine)
     h = history(viewer, "gas1", "ch4", t0, recent + 60)
     assert [r["t"] for r in h["rollups"]] == [t0 + k * ROLLUP_S for k in range(10)]
     assert h["readings"] == [[t0 + 2 * ROLLUP_S + 7, 2.5], [recent, 5.0]]
+
+
+def test_a_boolean_series_charts_as_zero_and_one(viewer: TestClient, engine: Engine) -> None:
+    """A float switch or a door contact (SenML vb): its readings were left out, an empty chart."""
+    t0 = time.time() - 3600
+    flips = [False, True, True, False, True]
+    with engine.begin() as conn:
+        for i, closed in enumerate(flips):
+            store.add_message(conn, "s1", "gas1", i, 1, [{"n": "cover", "t": t0 + i * 60, "vb": closed},
+                                                         {"n": "ch4", "t": t0 + i * 60, "u": "%LEL", "v": 1.5}],
+                              received=t0 + i * 60)
+    h = history(viewer, "gas1", "cover", t0 - 60, t0 + 600)
+    assert h["readings"] == [[t0 + i * 60, int(closed)] for i, closed in enumerate(flips)]
+    assert h["boolean"] is True
+    h = history(viewer, "gas1", "ch4", t0 - 60, t0 + 600)
+    assert h["boolean"] is False and h["readings"][0] == [t0, 1.5]
+
+
+def test_a_folded_boolean_series_charts_the_share_true(viewer: TestClient, engine: Engine) -> None:
+    """Folded, a boolean counts as 0 or 1, as the gateway's thinning counts it (docs/outbox.md): a bucket's
+    mean is the share of its readings that were true, and min and max say whether it was ever false or true.
+    It kept only its count, and a chart of its older spans had nothing to draw."""
+    t0 = 1_700_000_100.0 - 1_700_000_100.0 % ROLLUP_S
+    with engine.begin() as conn:
+        for i, closed in enumerate([False, True, True, False, True, True]):
+            store.add_message(conn, "s1", "gas1", i, 1, [{"n": "cover", "t": t0 + i * 100, "vb": closed}],
+                              received=t0)
+        assert retention.fold(conn, now=t0 + 40 * 86_400, raw_days=30, rollup_s=ROLLUP_S) == 6
+    h = history(viewer, "gas1", "cover", t0, t0 + 2 * ROLLUP_S)
+    assert [(r["t"], r["count"], r["min"], r["max"], r["mean"]) for r in h["rollups"]] == [
+        (t0, 3, 0.0, 1.0, pytest.approx(2 / 3)), (t0 + ROLLUP_S, 3, 0.0, 1.0, pytest.approx(2 / 3))]
