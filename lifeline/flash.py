@@ -348,10 +348,18 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
         raise FlashError(f"registry {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FlashError(f"registry {path}: not valid TOML ({exc})") from None
+    others = sorted(set(data) - {"devices"})
+    if others:  # a site.toml, say: rewritten as a device list, it would lose everything else it holds
+        raise FlashError(f"registry {path}: holds {', '.join(others)} beside [[devices]], so it is no registry of "
+                         "`lifeline flash` (a site.toml?); give --registry a file of its own")
     devices = data.get("devices", [])
-    if not isinstance(devices, list):
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
         raise FlashError(f"registry {path}: devices must be [[devices]] tables")
-    return [d for d in devices if isinstance(d, dict)]
+    ids = [d.get("id") for d in devices]
+    for i, dev_id in enumerate(ids):
+        if dev_id in ids[:i]:  # which one would be the device's key?
+            raise FlashError(f"registry {path}: devices[{i}]: device {dev_id!r} is also devices[{ids.index(dev_id)}]")
+    return devices
 
 
 def _toml_value(v: Any) -> str:

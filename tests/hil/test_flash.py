@@ -143,6 +143,25 @@ def test_a_registry_it_cannot_write_stops_before_the_board(vdev: VirtualDevice, 
     assert flash_files(vdev) == {}
 
 
+SITE_TOML = ('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+             '[store]\npath = "gw.db"\n\n[[devices]]\nid = "gas-01"\nclass = "gas"\nkey = "' + KEY.hex() + '"\n')
+
+
+@pytest.mark.parametrize("text, complaint", [
+    (SITE_TOML, "holds district_broker, site, site_broker, store beside [[devices]]"),
+    (SITE_TOML.split("\n\n")[1] * 2, "devices[1]: device 'gas-01' is also devices[0]"),
+])
+def test_a_registry_that_is_no_device_list_is_left_alone(vdev: VirtualDevice, tmp_path: Path, text: str,
+                                                         complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--registry naming the site.toml is refused, not rewritten as [[devices]] alone (its site, brokers and
+    store were dropped); nor is a registry that lists a device twice, with two keys to choose from, taken."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text(text)
+    assert flash(vdev, tmp_path, device_id="gas-02") == 1
+    assert complaint in capsys.readouterr().err
+    assert registry.read_text() == text and flash_files(vdev) == {}
+
+
 ROM_LISTING = """
 import hashlib, os, sys, vfs
 with open(sys.argv[1], "rb") as f:
