@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import hashlib
 import json
@@ -204,10 +205,9 @@ class Repl:
         except self._error as exc:
             raise FlashError(f"{self.port}: the board failed running {code.splitlines()[0]!r}: "
                              f"{str(exc).strip()}") from None
+        except OSError as exc:  # pyserial's SerialException: the port went away
+            raise _lost(self.port, exc) from None
         return out
-
-    def eval(self, expr: str) -> Any:
-        return self.t.eval(expr)
 
     def sha256(self, path: str) -> bytes | None:
         """The hash of a file on the board, or None when it does not exist."""
@@ -235,7 +235,8 @@ class Repl:
         try:
             self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=step)
         except (OSError, self._error) as exc:
-            raise FlashError(f"{self.port}: writing {path} failed ({exc}); is the flash full?") from None
+            raise FlashError(f"{self.port}: writing {path} failed ({exc}); is the board still connected, is its "
+                             "flash full? Files already copied are kept: run it again") from None
         got = self.sha256(tmp)
         if got != hashlib.sha256(data).digest():
             raise FlashError(f"{self.port}: {path} did not verify after writing "
@@ -268,17 +269,26 @@ class Repl:
     def reboot(self) -> None:
         """Leave the raw REPL and soft-reset (Ctrl-D at the friendly REPL): the board runs boot.py and
         main.py; the unix port exits instead and its supervisor boots it again."""
-        self.t.exit_raw_repl()
-        time.sleep(0.1)
-        self.t.serial.write(b"\x04")
-        self.t.serial.flush()
+        try:
+            self.t.exit_raw_repl()
+            time.sleep(0.1)
+            self.t.serial.write(b"\x04")
+            self.t.serial.flush()
+        except OSError as exc:
+            raise _lost(self.port, exc) from None
 
     def close(self) -> None:
-        try:
+        """Let the port go; on a port that is gone, quietly: the error that ended the run is the one to tell."""
+        with contextlib.suppress(OSError, self._error):
             if self.t.in_raw_repl:
                 self.t.exit_raw_repl()
-        finally:
+        with contextlib.suppress(OSError):
             self.t.close()
+
+
+def _lost(port: str, exc: OSError) -> FlashError:
+    return FlashError(f"{port}: the serial link failed ({exc}); is the board still connected? Files already "
+                      "copied are kept: run it again")
 
 
 @contextmanager

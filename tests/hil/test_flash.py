@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,30 @@ def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
     assert "no MicroPython raw REPL" in capsys.readouterr().err
+
+
+def test_a_board_unplugged_mid_flash_is_told_in_a_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The port goes away while the files are copied (the USB cable pulled): the run ends with the step that
+    failed and what to do, not with a traceback of the port's close that hid it."""
+    with VirtualDevice(tmp_path / "flash", name="dut") as dev:
+        dev.power_on()
+
+        def unplug() -> None:
+            deadline = time.monotonic() + 60
+            while not list((dev.flash_dir / "lib").rglob("*.mpy")) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            dev.close()  # the board and its end of the line gone at once
+
+        puller = threading.Thread(target=unplug)
+        puller.start()
+        try:
+            assert flash(dev, tmp_path, "--key", KEY.hex()) == 1
+        finally:
+            puller.join()
+    err = capsys.readouterr().err
+    assert err.startswith(f"flash failed: {dev.port}: ") and err.endswith("run it again\n"), err
+    assert len(err.splitlines()) == 1, err
+    assert not (dev.flash_dir / "secrets.json").exists()
 
 
 def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
