@@ -417,6 +417,8 @@ def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes,
             text, source = Path(args.key_file).read_text().strip(), str(args.key_file)
         except OSError as exc:
             raise FlashError(f"--key-file: cannot read {args.key_file} ({exc.strerror})") from None
+        except UnicodeDecodeError:  # the key's raw bytes, say
+            raise FlashError(f"--key-file {args.key_file}: not text; it holds the key in hex") from None
     elif registry is not None:
         for d in read_registry(registry):
             if d.get("id") == args.device_id and isinstance(d.get("key"), str):

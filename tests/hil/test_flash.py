@@ -124,6 +124,14 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
 
 
+def test_a_key_file_of_raw_bytes_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gas-01.key").write_bytes(bytes(range(200, 232)))  # 32 bytes, not hex: not UTF-8 either
+    assert flash(vdev, tmp_path, "--key-file", str(tmp_path / "gas-01.key")) == 1
+    assert "gas-01.key: not text; it holds the key in hex" in capsys.readouterr().err
+    assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
 def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The reason is printed on one line, whatever the terminal's width, and brackets in it are text: a long
