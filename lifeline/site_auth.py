@@ -10,51 +10,79 @@ Writes into --out:
   passwd            the same passwords hashed by mosquitto_passwd (Mosquitto's password_file).
   acl               deploy/mosquitto/site.acl with SITE replaced by the site id (Mosquitto's acl_file).
 Then reload the broker (systemctl reload mosquitto) so it reads both files.
+
+Each file is written whole (a new file renamed over the old, passwd only once mosquitto_passwd has hashed it),
+keeping an old file's owner and group but not its others' bits: a crash or a failing mosquitto_passwd leaves
+the files as they were, never a half-written passwords.json (the only copy of every device's password) or a
+passwd of clear text.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from gateway.site_config import ConfigError, load
+from lifeline.private_file import write_private
 
 ACL_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "site.acl"
 
 GATEWAY_USER = "gateway"
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+class SiteAuthError(Exception):
+    """The files in --out cannot be read or written; the message says which and why."""
 
 
 def mosquitto_passwd() -> str:
     return shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
+def _hash(passwd: Path) -> None:
+    try:
+        subprocess.run([mosquitto_passwd(), "-U", str(passwd)], check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SiteAuthError(f"{mosquitto_passwd()} not found: install mosquitto (its clients)") from None
+    except subprocess.CalledProcessError as exc:
+        raise SiteAuthError(f"mosquitto_passwd -U failed: {(exc.stderr or exc.stdout).strip()}") from None
+
+
+def _kept(store: Path) -> dict[str, str]:
+    """The passwords of an earlier run: a file this command did not write is refused, not replaced, since
+    new passwords would lock out every device flashed with the old ones."""
+    if not store.exists():
+        return {}
+    try:
+        kept = json.loads(store.read_text())
+    except (OSError, ValueError) as exc:
+        raise SiteAuthError(f"{store}: cannot read the passwords of the last run ({exc}); restore it (without "
+                            "it every device gets a new password and must be flashed again)") from None
+    if not isinstance(kept, dict) or not all(isinstance(u, str) and isinstance(p, str) for u, p in kept.items()):
+        raise SiteAuthError(f"{store}: not a map of user to password; restore it (without it every device gets "
+                            "a new password and must be flashed again)")
+    return kept
+
+
 def generate(config: Path, out: Path, acl_template: Path = ACL_TEMPLATE) -> dict[str, str]:
     cfg = load(config, check_files=False)  # the gateway's password file is written here
     if GATEWAY_USER in cfg.devices:
         raise ConfigError(f"devices: id {GATEWAY_USER!r} is the gateway's own broker login; rename the device")
-    out.mkdir(parents=True, exist_ok=True)
     store = out / "passwords.json"
-    passwords: dict[str, str] = json.loads(store.read_text()) if store.exists() else {}
-    users = [GATEWAY_USER, *sorted(cfg.devices)]
-    passwords = {u: passwords.get(u) or secrets.token_urlsafe(24) for u in users}
-    _write_private(store, json.dumps(passwords, indent=2) + "\n")
-    _write_private(out / "gateway.password", passwords[GATEWAY_USER] + "\n")
-    passwd = out / "passwd"
-    _write_private(passwd, "".join(f"{u}:{p}\n" for u, p in passwords.items()))
-    subprocess.run([mosquitto_passwd(), "-U", str(passwd)], check=True)  # hashes the file in place
-    acl = acl_template.read_text().replace("/SITE/", f"/{cfg.site}/")
-    (out / "acl").write_text(acl)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = _kept(store)
+        passwords = {u: kept.get(u) or secrets.token_urlsafe(24) for u in [GATEWAY_USER, *sorted(cfg.devices)]}
+        write_private(store, json.dumps(passwords, indent=2) + "\n")
+        write_private(out / "gateway.password", passwords[GATEWAY_USER] + "\n")
+        write_private(out / "passwd", "".join(f"{u}:{p}\n" for u, p in passwords.items()), before_rename=_hash)
+        (out / "acl").write_text(acl_template.read_text().replace("/SITE/", f"/{cfg.site}/"))
+    except OSError as exc:
+        raise SiteAuthError(f"{exc.filename or out}: {exc.strerror}") from None
     return passwords
 
 
@@ -67,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         passwords = generate(args.config, args.out)
     except ConfigError as exc:
-        print(f"config error: {exc}")
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except SiteAuthError as exc:
+        print(f"site-auth: {exc}", file=sys.stderr)
         return 2
     print(f"{len(passwords) - 1} devices and the gateway written to {args.out}")
     return 0
