@@ -121,13 +121,14 @@ class BudgetReport:
 
 
 class _Stats:
-    """Running min/max/mean/count of one metric in one interval; strings keep their last value."""
+    """Running min/max/mean/count of one metric in one interval; strings keep their last value. The mean is
+    of the numbers alone (`numbers`): a record may carry only a sum (RFC 8428), and it is counted, not averaged."""
 
-    __slots__ = ("count", "last", "max", "min", "total", "unit")
+    __slots__ = ("count", "last", "max", "min", "numbers", "total", "unit")
 
     def __init__(self, unit: str | None) -> None:
         self.unit = unit
-        self.count = 0
+        self.count = self.numbers = 0
         self.min = math.inf
         self.max = -math.inf
         self.total = 0.0
@@ -143,9 +144,10 @@ class _Stats:
             self.min = min(self.min, x)
             self.max = max(self.max, x)
             self.total += x
+            self.numbers += 1
 
     def body(self, name: str, start: float) -> district_wire.MetricSummary:
-        spread = (self.min, self.max, self.total / self.count) if self.max >= self.min else None
+        spread = (self.min, self.max, self.total / self.numbers) if self.numbers else None
         return district_wire.metric_summary(name, start, self.count, self.unit, self.last, spread)
 
 

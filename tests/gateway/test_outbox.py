@@ -296,6 +296,25 @@ def test_a_budget_pass_that_failed_leaves_its_windows_to_the_next(store: sqlite3
         assert thinned and max(thinned) < min(raw[dev])  # the oldest went first
 
 
+def test_a_summary_mean_is_weighed_by_the_numbers_alone(store: sqlite3.Connection) -> None:
+    """A metric whose readings were now a value and now a sum alone (RFC 8428 lets a record carry only a sum)
+    had its mean divided by every reading: values 2, 4 and 6 beside two sums summarised to a mean of 2.4."""
+    ob = Outbox(store, 10**9, thin_interval_s=300.0)
+    shapes: list[dict[str, Any]] = [{"v": 2.0}, {"s": 9.0}, {"v": 4.0}, {"s": 9.5}, {"v": 6.0}]
+    for k in range(60):
+        t = T0 + k
+        ob.put_telemetry("dev-0", k + 1, 1, [{"n": "dev-0:rain", "u": "mm", "t": t, **shapes[k % 5]}], now=t)
+    ob.flush()
+    store.commit()
+    ob.budget_bytes = ob.bytes_used() // 2
+    assert ob.enforce_budget(now=T0 + 700) is not None
+    _, summaries, _ = accounting(ob)
+    assert summaries
+    for summary in summaries:
+        [rain] = summary["s"]
+        assert rain["mean"] == 4.0 and (rain["min"], rain["max"]) == (2.0, 6.0) and rain["count"] == 60
+
+
 def test_budget_evicts_when_summaries_would_not_be_smaller(store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9, thin_interval_s=5.0)
     alarm_ids, seqs = fill(ob, store, devices=10, per_device=40, step=10.0)  # one message per device per window
