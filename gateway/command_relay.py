@@ -43,12 +43,16 @@ class Commands:
         conn.execute("CREATE TABLE IF NOT EXISTS command_pending (dev TEXT NOT NULL, id INTEGER NOT NULL, "
                      "op TEXT NOT NULL, sent_at REAL NOT NULL, deadline REAL NOT NULL, PRIMARY KEY (dev, id))")
 
-    def command(self, payload: bytes, now: float) -> tuple[Outgoing | None, CommandResult | None]:
-        """A district command: (sealed command for the device, None) or (None, a refusal for upstream)."""
+    def command(self, payload: bytes, now: float,
+                retained: bool = False) -> tuple[Outgoing | None, CommandResult | None]:
+        """A district command: (sealed command for the device, None) or (None, a refusal for upstream). A retained
+        one is refused: the broker delivers it again at every subscribe, and it would run at each reconnect."""
         sent: Mapping[str, Any] = {}
         try:
             sent = district_wire.downlink(payload)
             req = district_wire.command_request(sent)
+            if retained:
+                raise DownlinkError("retained: it would run again at every reconnect of the gateway")
             device = self.registry.devices.get(req.dev)
             if device is None:
                 raise DownlinkError(f"unknown device {req.dev!r}")

@@ -300,7 +300,7 @@ class Gateway:
             except DownlinkError as exc:  # kept and counted here; its handler below refuses it upstream
                 self.quarantine.put("malformed", f"downlink: {exc}", m.topic, m.payload, m.received)
             if kind == district.DOWN_CMD:
-                cmd, rejection = self.commands.command(m.payload, m.received)
+                cmd, rejection = self.commands.command(m.payload, m.received, m.retained)
                 if cmd is not None:
                     outgoing.append(cmd)
                 if rejection is not None:

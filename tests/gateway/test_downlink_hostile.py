@@ -119,10 +119,10 @@ def test_a_downlink_message_that_meets_a_bug_is_kept_and_the_rest_of_its_batch_g
     """As a site message is: its batch is redone one message at a time, and it is quarantined as internal."""
     real = gw.commands.command
 
-    def broken(payload: bytes, now: float) -> Any:
+    def broken(payload: bytes, now: float, retained: bool) -> Any:
         if cbor2.loads(payload)["id"] == 1:
             raise RuntimeError("a bug")
-        return real(payload, now)
+        return real(payload, now, retained)
 
     monkeypatch.setattr(gw.commands, "command", broken)
     gw.handle_down([cmd(1), cmd(2)])
@@ -143,3 +143,14 @@ def test_a_chunk_request_from_a_device_the_registry_does_not_list_is_refused(gw:
     assert gw.chunks.empty() and gw.releases.refused == {"unknown device": 1} and "ghost" not in gw.ota.nodes
     gw.handle_ota([Incoming(topics.device("s1", "d1", topics.OTA_REQ), request, False, NOW)])
     assert gw.chunks.qsize() == 1
+
+
+def test_a_retained_command_is_refused_and_the_next_relayed(gw: Gateway) -> None:
+    """The broker delivers a retained command again at every subscribe, so at each reconnect of the gateway's
+    downlink: relayed as a fresh command each time, a retained "reboot" rebooted the device every time. The
+    node refuses retained commands for the same reason; the gateway relays what it gets unretained."""
+    again = cmd(1)
+    gw.handle_down([Incoming(again.topic, again.payload, True, NOW), cmd(2)])
+    assert [c["id"] for c in relayed(gw)] == [2]
+    [refusal] = acks(gw)
+    assert (refusal["id"], refusal["ok"]) == (1, False) and refusal["error"].startswith("retained")
