@@ -41,7 +41,7 @@ from gateway.ota_plan import Stage
 from gateway.ota_relay import NodeOta
 from gateway.site_config import ConfigError, GatewayConfig, load
 from lifeline import release
-from lifeline.store_access import add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly
 from protocol import message, message_check, topics
 
 BAR = 20
@@ -80,8 +80,8 @@ def status(args: argparse.Namespace, console: Console) -> int:
     try:
         conn = open_readonly(args)
         devices = load(args.config).devices if args.config else {}
-    except (ConfigError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
+    except (ConfigError, StoreError) as exc:
+        print(exc, file=sys.stderr)  # one line as it is: a terminal-wide wrap would break a path
         return 2
     with conn:
         nodes = ota_relay.read(conn)

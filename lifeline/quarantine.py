@@ -4,6 +4,7 @@ store while the daemon runs; `show` prints one in full with a best-effort CBOR d
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import cbor2
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from gateway.quarantine import REASONS, row, rows
 from gateway.site_config import ConfigError
-from lifeline.store_access import add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +45,9 @@ def _diagnostic(raw: bytes) -> str:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
-        conn = open_readonly(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        conn = open_readonly(args, ("quarantine",))
+    except (ConfigError, StoreError) as exc:
+        print(exc, file=sys.stderr)  # one line as it is: a terminal-wide wrap would break a path
         return 2
     with conn:
         if args.action == "list":

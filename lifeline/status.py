@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
 from gateway.site_config import ConfigError, load
-from lifeline.store_access import add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +35,10 @@ def _age(now: float, t: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
-        conn = open_readonly(args)
+        conn = open_readonly(args, ("device_health",))
         classes = {d.id: d.cls for d in load(args.config).devices.values()} if args.config else {}
-    except (ConfigError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
+    except (ConfigError, StoreError) as exc:
+        print(exc, file=sys.stderr)  # one line as it is: a terminal-wide wrap would break a path
         return 2
     now = time.time()
     with conn:

@@ -1,6 +1,6 @@
 """A gateway's store opened read-only for the site's inspection commands (`lifeline status`, `lifeline
-quarantine`), found from site.toml or named directly, so inspection never takes a write lock from the
-running daemon."""
+quarantine`, `lifeline ota status`), found from site.toml or named directly, so inspection never takes a write
+lock from the running daemon."""
 
 from __future__ import annotations
 
@@ -11,14 +11,33 @@ from pathlib import Path
 from gateway.site_config import load
 
 
+class StoreError(Exception):
+    """No store to read at the path given: missing, not SQLite, or without the tables a command reads."""
+
+
 def add_store_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help=config_help)
     where.add_argument("--store", type=Path, help="the gateway's SQLite store")
 
 
-def open_readonly(args: argparse.Namespace) -> sqlite3.Connection:
+def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = ()) -> sqlite3.Connection:
+    """The store, checked to be one before it is read: a wrong --store (the site.toml, the district's database,
+    a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query."""
     path = Path(args.store) if args.store is not None else load(args.config).store_path
     if not path.exists():
-        raise FileNotFoundError(f"no gateway store at {path}")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        raise StoreError(f"no gateway store at {path}")
+    conn = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise StoreError(f"{path}: cannot read it as a gateway store ({exc})") from None
+    missing = [t for t in tables if t not in found]
+    if missing:
+        conn.close()
+        raise StoreError(f"{path}: no table {', '.join(missing)}: not a gateway store, or the gateway has not "
+                         "started on it")
+    return conn
