@@ -143,7 +143,7 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
                 try:
                     upy.compile_module(source, target, upy.module_name(target.relative_to(out / "lib")))
                 except subprocess.CalledProcessError as exc:
-                    raise FlashError(f"mpy-cross {source}: {exc.stderr.strip()}") from None
+                    raise FlashError(f"mpy-cross {source}: {upy.compile_error(exc)}") from None
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ def keygen(out: Path) -> str:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ReleaseError(f"{out} exists: a release key is never overwritten") from None
+    except OSError as exc:
+        raise ReleaseError(f"--out {out}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return public_hex(key)
@@ -76,13 +79,17 @@ def public_hex(key: Ed25519PrivateKey) -> str:
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise ReleaseError(f"--key {path}: {exc}") from None
+    except TypeError:  # what cryptography raises for a key under a passphrase
+        raise ReleaseError(f"--key {path}: encrypted with a passphrase; give it as keygen writes it (PKCS#8 PEM, "
+                           "unencrypted, mode 0600)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ReleaseError(f"--key {path}: not an Ed25519 key")
     return key
@@ -110,17 +117,29 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
         for source_dir, prefix in ((lib, ""), (protocol, "protocol/")):
             for source in sorted(source_dir.rglob("*.py")):
                 rel = prefix + source.relative_to(source_dir).with_suffix(".mpy").as_posix()
-                mpy = upy.compile_module(source, Path(tmp) / rel, upy.module_name(Path(rel)))
+                try:
+                    mpy = upy.compile_module(source, Path(tmp) / rel, upy.module_name(Path(rel)))
+                except subprocess.CalledProcessError as exc:
+                    raise ReleaseError(f"mpy-cross {source}: {upy.compile_error(exc)}") from None
                 files.append((rel, mpy.read_bytes()))
     manifest = json.dumps({
         "version": version, "profiles": list(profiles), "min_heap": min_heap,
         "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files],
     }, separators=(",", ":"), sort_keys=True).encode()
     signature = key.sign(manifest)
-    target.mkdir(parents=True)
-    (target / "manifest.json").write_bytes(manifest)
-    (target / "manifest.sig").write_bytes(signature)
-    (target / "release.bin").write_bytes(manifest + b"".join(b for _, b in files))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed into place whole: a run that fails midway leaves no half a
+        # release under the version's name, which the gateway would refuse and a rebuild could not replace.
+        with tempfile.TemporaryDirectory(dir=out, prefix=f".{version}.") as tmp:
+            staged = Path(tmp) / version
+            staged.mkdir()
+            (staged / "manifest.json").write_bytes(manifest)
+            (staged / "manifest.sig").write_bytes(signature)
+            (staged / "release.bin").write_bytes(manifest + b"".join(b for _, b in files))
+            staged.rename(target)
+    except OSError as exc:
+        raise ReleaseError(f"--out {out}: cannot write the release ({exc.strerror})") from None
     return Release(target, version, manifest, signature)
 
 

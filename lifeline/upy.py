@@ -95,6 +95,12 @@ def compile_module(source: Path, target: Path, module: str | None = None) -> Pat
     return target
 
 
+def compile_error(exc: subprocess.CalledProcessError) -> str:
+    """mpy-cross's complaint on one line: where (file, line) and what, without its "Traceback" header."""
+    return "; ".join(line.strip() for line in exc.stderr.splitlines() if line.strip()
+                     and not line.startswith("Traceback"))
+
+
 def compile_package(package_dir: Path, out_dir: Path) -> list[Path]:
     """Compile every .py below package_dir into out_dir/<package name>/..., keeping the layout. A directory
     without __init__.py (firmware/lib) is an import root: its modules are named from inside it."""

@@ -1,0 +1,57 @@
+"""`lifeline release` given what an engineer gets wrong: a module that does not compile, a key under a
+passphrase, an --out it cannot write. Each is one line and exit 2 (the compiler's own message for the module),
+with nothing left behind; each ended in a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lifeline import cli, release
+
+
+def tree(tmp_path: Path, **modules: str) -> Path:
+    top = tmp_path / "src"
+    top.mkdir()
+    for name, text in modules.items():
+        (top / f"{name}.py").write_text(text)
+    return top
+
+
+def test_a_module_that_does_not_compile_is_named_with_the_compilers_message(tmp_path: Path) -> None:
+    """mpy-cross's complaint (file, line, what) is the engineer's next step; a CalledProcessError hid it."""
+    src = tree(tmp_path, good="X = 1\n", sampler="def f(:\n")
+    with pytest.raises(release.ReleaseError) as refused:
+        release.build(Ed25519PrivateKey.generate(), "0.2.0", tmp_path / "out", lib=src, protocol=src)
+    where = src / "sampler.py"
+    assert str(refused.value) == f'mpy-cross {where}: File "{where}", line 1; SyntaxError: invalid syntax'
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_with_nothing_left(tmp_path: Path) -> None:
+    src = tree(tmp_path, good="X = 1\n")
+    (tmp_path / "releases").write_text("")
+    with pytest.raises(release.ReleaseError, match=r"--out .*releases: cannot write the release \(File exists"):
+        release.build(Ed25519PrivateKey.generate(), "0.2.0", tmp_path / "releases", lib=src, protocol=src)
+    built = release.build(Ed25519PrivateKey.generate(), "0.2.0", tmp_path / "ok", lib=src, protocol=src)
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["0.2.0"]  # no staging directory beside it
+    assert sorted(p.name for p in built.dir.iterdir()) == ["manifest.json", "manifest.sig", "release.bin"]
+
+
+def test_a_key_under_a_passphrase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "district-release.key"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    assert cli.main(["release", "build", "--key", str(key), "--version", "0.2.0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"lifeline release: --key {key}: encrypted with a passphrase; give it as keygen writes it "
+                   "(PKCS#8 PEM, unencrypted, mode 0600)\n")
+
+
+def test_keygen_into_a_directory_that_is_not_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "keys" / "district-release.key"
+    assert cli.main(["release", "keygen", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"lifeline release: --out {out}: No such file or directory\n"
