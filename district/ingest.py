@@ -22,6 +22,7 @@ from typing import Any
 
 import cbor2
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import DBAPIError
 
 from district import store, upstream
 from district.live import CHANGES_TOPIC, notice
@@ -36,6 +37,7 @@ from protocol.district_verify import Verifier, VerifyError
 log = logging.getLogger("lifeline.district.ingest")
 
 UP_ALL = f"{dtopics.ROOT}/+/up/#"
+ATTEMPTS = 5  # a batch's transaction, when the database rolls it back for another's sake (deadlock, serialization)
 
 
 class Worker:
@@ -58,10 +60,22 @@ class Worker:
         await self.subscriber.run()
 
     def handle(self, batch: list[Incoming]) -> None:
-        """Store a batch in one transaction; the Subscriber acknowledges it after this returns."""
-        with self.engine.begin() as conn:
-            for item in batch:
-                self._one(conn, item)
+        """Store a batch in one transaction; the Subscriber acknowledges it after this returns. Workers storing
+        the same rows in other orders deadlock, and PostgreSQL aborts one of them: that batch is run again
+        whole (its counts and notices with it), and raised past the last attempt, so that it is not
+        acknowledged and comes again."""
+        for attempt in range(1, ATTEMPTS + 1):
+            stored, refused, self._notices = self.stored.copy(), self.refused.copy(), []
+            try:
+                with self.engine.begin() as conn:
+                    for item in batch:
+                        self._one(conn, item)
+                break
+            except DBAPIError as exc:
+                if attempt == ATTEMPTS or not _lost_to_another(exc):
+                    raise
+                self.stored, self.refused = stored, refused
+                event(log, "batch-retried", logging.WARNING, attempt=attempt, error=str(exc.orig).splitlines()[0])
         notices, self._notices = self._notices, []
         if notices:
             asyncio.get_running_loop().create_task(self._announce(notices))
@@ -100,6 +114,8 @@ class Worker:
         except Refused as r:
             self._refuse(conn, item, r.reason, r.detail)
         except Exception as exc:  # as above; raised again, it would fail every publish of the batch, for good
+            if isinstance(exc, DBAPIError) and _lost_to_another(exc):
+                raise  # not this publish's fault: the batch is run again (handle)
             self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc=exc)
 
     def _own(self, site: str, dev: str, where: str) -> None:
@@ -189,6 +205,12 @@ class Worker:
                                             commands.c.answered.is_(None))
                      .values(ok=ok, result=json.dumps(result, default=upstream.jsonable), answered=received))
         self._notices.append(notice("command", site=site, id=cmd_id))
+
+
+def _lost_to_another(exc: DBAPIError) -> bool:
+    """The database rolled the statement back for a concurrent transaction's sake (SQLSTATE class 40: a
+    deadlock, a serialization failure), which the same work run again gets past."""
+    return str(getattr(exc.orig, "sqlstate", None) or "").startswith("40")
 
 
 def _rules_command(conn: Connection, site: str, version: Any) -> int | None:

@@ -1,0 +1,105 @@
+"""Several ingest workers on one PostgreSQL, sharing one subscription: consecutive publishes of one site land
+on different workers and are stored concurrently, in any order. Each case drives a real worker in a thread
+against a second transaction on the same rows (the other worker), and checks what the database ends with."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, func, select, text
+from test_hostile_upstream import KEYS, T0, alarm, publish, worker
+
+from district import store
+from district.ingest import Worker
+from district.schema import alarms, metadata, refusals
+from gateway.ingest import Incoming
+from lifeline.virtual.postgres import Postgres
+from protocol import district as dtopics
+
+A, B = "a" * 32, "b" * 32
+assert "north" in KEYS
+
+
+@pytest.fixture
+def pg(postgres: Postgres) -> Iterator[Engine]:
+    eng = store.open_engine(postgres.url)
+    yield eng
+    metadata.drop_all(eng)
+    eng.dispose()
+
+
+def in_thread(w: Worker, batch: list[Incoming]) -> tuple[threading.Thread, list[BaseException]]:
+    """`w.handle(batch)` in a thread of its own (with the event loop a worker runs in), as another process."""
+    errors: list[BaseException] = []
+
+    async def handle() -> None:
+        w.handle(batch)
+
+    def run() -> None:
+        try:
+            asyncio.run(handle())
+        except BaseException as exc:  # the test reads it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def until_waiting(engine: Engine, backends: int) -> None:
+    """Until `backends` sessions wait on a lock another holds (the worker blocked on the other's rows)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with engine.connect() as conn:
+            waiting = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+            if waiting.scalar_one() >= backends:
+                return
+        assert time.monotonic() < deadline, "the worker never waited on the other's rows"
+        time.sleep(0.05)
+
+
+def interleave(engine: Engine, w: Worker, batch: list[Incoming], first: Callable[[Connection], Any],
+               then: Callable[[Connection], Any]) -> list[BaseException]:
+    """The other worker's transaction runs `first`, the worker's batch blocks on its rows, then the other runs
+    `then` (which may block on the worker's rows) and commits."""
+    other = engine.connect()
+    other.begin()
+    first(other)
+    thread, errors = in_thread(w, batch)
+    until_waiting(engine, 1)
+    then(other)
+    other.commit()
+    other.close()
+    thread.join(60)
+    assert not thread.is_alive()
+    return errors
+
+
+def state_of(engine: Engine, alarm_id: str) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(select(alarms.c.state).where(alarms.c.id == alarm_id)).scalar_one())
+
+
+def test_a_deadlock_with_another_worker_retries_the_batch_and_loses_no_transition(pg: Engine) -> None:
+    """Worker 1 stores A raised then B cleared; worker 2, at once, B raised then A cleared. Each waits on the
+    other's alarm row: PostgreSQL aborts one statement (deadlock detected). That publish was refused
+    "internal" and its batch acknowledged, so A's clear was lost for good and A stayed open."""
+    w = worker(pg)
+    errors = interleave(
+        pg, w, [publish(dtopics.ALARM, alarm(id=B, level="yellow", t_gw=T0 + 1)),
+                publish(dtopics.ALARM, alarm(id=A, ev="cleared", level=None, prev="yellow", t_gw=T0 + 2))],
+        lambda conn: store.apply_alarm(conn, "north", alarm(id=A, level="yellow", t_gw=T0 + 1), received=T0),
+        lambda conn: store.apply_alarm(conn, "north", alarm(id=B, ev="cleared", level=None, prev="yellow",
+                                                            t_gw=T0 + 2), received=T0))
+    assert errors == []
+    with pg.connect() as conn:
+        assert conn.execute(select(refusals.c.reason, refusals.c.detail)).all() == []
+        assert conn.execute(select(func.count()).select_from(alarms)).scalar_one() == 2
+    assert (state_of(pg, A), state_of(pg, B)) == ("cleared", "cleared")
+    assert not w.refused
+    assert w.stored == {"alarm": 4}  # each publish and its new transition, counted once: not again per attempt
