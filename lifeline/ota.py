@@ -128,6 +128,10 @@ def _ago(now: float, t: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- rollout
 
 
+class SiteBrokerError(Exception):
+    pass
+
+
 class Sender:
     """The site broker with the gateway's login: sealed commands out, the nodes' sealed acks in (a node that
     refuses the command says so only there)."""
@@ -145,7 +149,11 @@ class Sender:
             self.client.tls_set(ca_certs=str(b.tls.ca_file) if b.tls.ca_file else None,
                                 certfile=str(b.tls.cert_file) if b.tls.cert_file else None,
                                 keyfile=str(b.tls.key_file) if b.tls.key_file else None)
-        self.client.connect(b.host, b.port, b.keepalive)
+        try:
+            self.client.connect(b.host, b.port, b.keepalive)
+        except OSError as exc:
+            raise SiteBrokerError(f"site_broker {b.host}:{b.port}: cannot connect ({exc.strerror or exc}); "
+                                  "nothing was sent") from None
         self.client.subscribe(topics.device_filter(cfg.site, topics.ACK), qos=1)
         self.client.loop_start()
         self.site = cfg.site
@@ -268,10 +276,10 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             raise FileNotFoundError(f"no gateway store at {cfg.store_path}: the gateway runs the rollout's site")
         conn = sqlite3.connect(f"file:{cfg.store_path}?mode=ro", uri=True)
     except (ConfigError, FileNotFoundError, release.ReleaseError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        print(exc, file=sys.stderr)  # as it is: "[ota] releases" is no markup
         return 2
     if not 0 <= args.halt_share < 1:
-        console.print("[red]--halt-share: a share from 0 up to (not including) 1[/red]")
+        print("--halt-share: a share from 0 up to (not including) 1", file=sys.stderr)
         return 2
 
     def read() -> tuple[dict[str, NodeOta], dict[str, float]]:
@@ -282,7 +290,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     chosen = args.device or sorted(cfg.devices)
     unknown = [d for d in chosen if d not in cfg.devices]
     if unknown:
-        console.print(f"[red]--device: {', '.join(unknown)} not in {args.config}[/red]")
+        print(f"--device: {', '.join(unknown)} not in {args.config}", file=sys.stderr)
         return 2
     targets, skipped = ota_plan.targets({d: (cfg.devices[d].cls, (nodes.get(d) or NodeOta(d)).running)
                                          for d in chosen}, profiles, rel.version)
@@ -294,9 +302,14 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     try:
         stages = ota_plan.stages(targets, args.canary, args.wave)
     except ota_plan.PlanError as exc:
-        console.print(f"[red]--{exc}[/red]")
+        print(f"--{exc}", file=sys.stderr)
         return 2
-    sender = Sender(cfg)
+    try:
+        sender = Sender(cfg)
+    except SiteBrokerError as exc:
+        conn.close()
+        print(exc, file=sys.stderr)
+        return 1
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
     try:
         ro.run(args.halt_share, args.stage_timeout, args.poll)

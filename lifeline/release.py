@@ -144,14 +144,14 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
 
 
 def load(release_dir: Path) -> Release:
-    """A built release read back (what the gateway's relay and `lifeline ota` take)."""
+    """A built release read back (what `lifeline ota` takes), checked as the gateway checks what it serves."""
+    from gateway.release_dir import ReleaseDirError, read
+
     try:
-        manifest = (release_dir / "manifest.json").read_bytes()
-        signature = (release_dir / "manifest.sig").read_bytes()
-        version = json.loads(manifest)["version"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ReleaseError(f"{release_dir}: not a release ({exc})") from None
-    return Release(release_dir, version, manifest, signature)
+        found = read(release_dir)
+    except ReleaseDirError as exc:
+        raise ReleaseError(str(exc)) from None
+    return Release(release_dir, found.version, found.data[:found.manifest_len], found.signature)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

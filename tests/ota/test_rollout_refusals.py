@@ -1,0 +1,59 @@
+"""`lifeline ota rollout` stopped before it sends anything: a release directory that is no release (a manifest
+that is not an object), one the gateway does not serve, a site broker nobody answers on. One line each on
+stderr, as it is; they were a TypeError traceback, a message whose "[ota]" rich took for markup, and a
+ConnectionRefusedError traceback."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lifeline import cli
+from lifeline.virtual.broker import free_port
+
+
+def release_dir(path: Path, manifest: bytes = b'{"version":"0.2.0","profiles":["gas"],"files":[]}') -> Path:
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_bytes(manifest)
+    (path / "manifest.sig").write_bytes(bytes(64))
+    (path / "release.bin").write_bytes(manifest)
+    return path
+
+
+def site(tmp_path: Path, served: Path) -> Path:
+    store = tmp_path / "gw.db"
+    sqlite3.connect(store).close()
+    config = tmp_path / "site.toml"
+    config.write_text(f'[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                      f'[district_broker]\nhost = "127.0.0.1"\n[store]\npath = "{store}"\n'
+                      f'[ota]\nreleases = ["{served}"]\n\n[[devices]]\nid = "gas-01"\nclass = "gas"\n'
+                      f'key = "{bytes(32).hex()}"\n')
+    return config
+
+
+def rollout(config: Path, rel: Path) -> int:
+    return cli.main(["ota", "rollout", "--config", str(config), "--release", str(rel), "--stage-timeout", "1"])
+
+
+def test_a_manifest_that_is_no_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = release_dir(tmp_path / "bad", b"[]")
+    assert rollout(site(tmp_path, release_dir(tmp_path / "0.2.0")), bad) == 2
+    assert capsys.readouterr().err == f"{bad}: manifest.json names no version\n"
+
+
+def test_a_release_the_gateway_does_not_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = site(tmp_path, release_dir(tmp_path / "0.2.0"))
+    other = release_dir(tmp_path / "other")
+    assert rollout(config, other) == 2
+    assert capsys.readouterr().err == (f"the gateway does not serve {other}: add it to [ota] releases in {config} "
+                                       "and reload the gateway (SIGHUP)\n")
+
+
+def test_a_site_broker_nobody_answers_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served)
+    assert rollout(config, served) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("site_broker 127.0.0.1:") and err.endswith("(Connection refused); nothing was sent\n"), err
