@@ -2,8 +2,9 @@
 
 Every write is idempotent, because a site may deliver an item twice and several workers take items in any
 order: a device message is new only if its (site, dev, seq) row could be inserted; an alarm's state follows
-its transition with the latest gateway time, whichever order the transitions arrive in. The caller holds
-one transaction over a batch and acknowledges the batch's MQTT messages only after it commits.
+its transition with the latest gateway time, whichever order the transitions arrive in (`_follows` for
+transitions of one time). The caller holds one transaction over a batch and acknowledges the batch's MQTT
+messages only after it commits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
@@ -199,8 +211,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
         peak=level, peak_rank=_rank(level), hist=hist, unit=body.get("unit"), point=body.get("point"), lat=pos[0],
         lon=pos[1], rule=body.get("rule"), raised=t_gw if ev == "raised" else None,
         t_dev=body.get("t_dev") if ev == "raised" else None, received=received, **current)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[alarms.c.id], set_=current,
-                                            where=alarms.c.t_last < t_gw))
+    conn.execute(stmt.on_conflict_do_update(index_elements=[alarms.c.id], set_=current, where=_follows(ev, t_gw)))
     if ev == "raised":
         conn.execute(update(alarms).where(alarms.c.id == body["id"])
                      .values(raised=t_gw, t_dev=body.get("t_dev"), hist=hist))
@@ -215,6 +226,18 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
             conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
                                                           at=received, note=f"{level} {body.get('metric')}"))
     return True
+
+
+def _follows(ev: str, t_gw: float) -> ColumnElement[bool]:
+    """Whether a transition at `t_gw` comes after the one an alarm's row holds. A gateway stamps every
+    transition of a batch with the batch's time, so a device's backlog raises, escalates and clears one
+    episode at one t_gw: a raise comes before anything else at its time, a clear after everything (an
+    episode ends there), and of two other transitions at one time the later stored is taken."""
+    if ev == "raised":
+        return alarms.c.t_last < t_gw
+    if ev == "cleared":
+        return alarms.c.t_last <= t_gw
+    return (alarms.c.t_last < t_gw) | ((alarms.c.t_last == t_gw) & (alarms.c.state != "cleared"))
 
 
 def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from district import store
 from district.schema import alarm_events, alarms, devices, messages, readings, sites, work_order_steps, work_orders
+from gateway.alarms import AlarmEngine
+from gateway.rules import default_ruleset
 
 RECORDS = [{"n": "ch4", "t": 1_800_000_000.125, "u": "%LEL", "v": 12.5},
            {"n": "rain", "t": 1_800_000_000.5, "u": "mm", "s": 3.5},
@@ -73,6 +77,47 @@ def test_an_alarm_follows_its_latest_transition_whatever_the_arrival_order(engin
         assert (row.state, row.level, row.peak, row.raised, row.cleared) == ("cleared", None, "red", 10.0, 13.0)
         assert len(orders) == 1 and orders[0].alarm == "a" * 32  # red opened one, once
     assert count(engine, alarm_events) == 4
+
+
+def one_batchs_transitions() -> list[dict[str, Any]]:
+    """What the gateway sends for a device's backlog judged in one batch: every transition is stamped with
+    the batch's arrival time, so the episode's raise, escalation and clear share one t_gw."""
+    gw = AlarmEngine(sqlite3.connect(":memory:"), default_ruleset())
+    now = 1_800_000_100.0
+    out = [t for i, v in enumerate([30.0, 30.0, 60.0, 60.0, 5.0])
+           for t in gw.observe("gas1", "gas", "ch4", v, 1_800_000_000.0 + i, now)]
+    bodies = [dict(t.body()) for t in out]
+    assert [(b["ev"], b["t_gw"]) for b in bodies] == [("raised", now), ("escalated", now), ("cleared", now)]
+    return bodies
+
+
+def test_transitions_of_one_gateway_time_leave_the_alarm_as_the_site_does_in_any_order(engine: Engine) -> None:
+    """A raise and its clear at one gateway time: the clear was taken only if it came first, so a worker that
+    stored them in the gateway's own order left the alarm open (and orange) for good."""
+    bodies = one_batchs_transitions()
+    for order in itertools.permutations(bodies):
+        with engine.begin() as conn:
+            for table in (work_order_steps, work_orders, alarm_events, alarms):
+                conn.execute(table.delete())
+        for body in order:
+            with engine.begin() as conn:
+                assert store.apply_alarm(conn, "s1", body, received=20.0)
+        with engine.connect() as conn:
+            row = conn.execute(select(alarms)).one()
+        assert (row.state, row.level, row.peak, row.cleared) == ("cleared", None, "red", bodies[0]["t_gw"]), \
+            [b["ev"] for b in order]
+
+
+def test_an_escalation_at_the_raises_gateway_time_sets_the_level(engine: Engine) -> None:
+    raised, escalated, _ = one_batchs_transitions()
+    for order in ((raised, escalated), (escalated, raised)):
+        with engine.begin() as conn:
+            for table in (work_order_steps, work_orders, alarm_events, alarms):
+                conn.execute(table.delete())
+            for body in order:
+                store.apply_alarm(conn, "s1", body, received=20.0)
+            row = conn.execute(select(alarms)).one()
+        assert (row.state, row.level, row.peak) == ("open", "red", "red"), [b["ev"] for b in order]
 
 
 def test_a_historical_alarm_opens_no_work_order(engine: Engine) -> None:
