@@ -154,11 +154,11 @@ class Worker:
                 result = body.get("res") if ok else body.get("error", body.get("res"))
                 self._command_answer(conn, site, cmd_id, ok, result, received)
             elif body.get("re") == "rules":
-                cmd_id = _rules_command(conn, site, body.get("version"))
-                if cmd_id is not None:
-                    result = {"version": body["version"]} if ok else {"error": body.get("error"),
+                result = {"version": body.get("version")} if ok else {"error": body.get("error"),
                                                                       "active": body.get("active")}
-                    self._command_answer(conn, site, cmd_id, ok, result, received)
+                for cmd_id in _rules_commands(conn, site, body.get("version")):
+                    if self._command_answer(conn, site, cmd_id, ok, result, received):
+                        break
         elif kind == dtopics.UP_OTA:
             progress, offers = upstream.ota_report(body)
             for p in progress:
@@ -200,11 +200,16 @@ class Worker:
             self._notices.append(notice("reading", site=site, dev=dev, t=t, received=item.received))
 
     def _command_answer(self, conn: Connection, site: str, cmd_id: int, ok: bool, result: Any,
-                        received: float) -> None:
-        conn.execute(update(commands).where(commands.c.id == cmd_id, commands.c.site == site,
-                                            commands.c.answered.is_(None))
-                     .values(ok=ok, result=json.dumps(result, default=upstream.jsonable), answered=received))
-        self._notices.append(notice("command", site=site, id=cmd_id))
+                        received: float) -> bool:
+        """Answer a command's row, if no ack did before (this one's UPDATE waits for a concurrent one's, then
+        finds the row answered); whether it did."""
+        done = conn.execute(update(commands).where(commands.c.id == cmd_id, commands.c.site == site,
+                                                   commands.c.answered.is_(None))
+                            .values(ok=ok, result=json.dumps(result, default=upstream.jsonable), answered=received)
+                            .returning(commands.c.id)).first() is not None
+        if done:
+            self._notices.append(notice("command", site=site, id=cmd_id))
+        return done
 
 
 def _lost_to_another(exc: DBAPIError) -> bool:
@@ -213,16 +218,16 @@ def _lost_to_another(exc: DBAPIError) -> bool:
     return str(getattr(exc.orig, "sqlstate", None) or "").startswith("40")
 
 
-def _rules_command(conn: Connection, site: str, version: Any) -> int | None:
-    """The `commands` row a rules ack answers. The gateway's ack names no command id, only the version of the
-    set it read (docs/protocol.md, "ack"), so it answers the oldest unanswered rule set sent to that site with
-    that version: a site takes its downlink in order, so a set sent twice is answered once per ack. None for
-    an ack without a version (a set the gateway could not read; the district checks every set before it goes)
-    or one the district has no unanswered row for."""
+def _rules_commands(conn: Connection, site: str, version: Any) -> list[int]:
+    """The `commands` rows a rules ack may answer, in the order it tries them. The gateway's ack names no command
+    id, only the version of the set it read (docs/protocol.md, "ack"), so it answers the oldest unanswered rule
+    set sent to that site with that version: a site takes its downlink in order, so a set sent twice is
+    answered once per ack. The rest follow in order, for a worker storing the other ack at once answers the
+    oldest first (`_command_answer` then finds it answered). None at all for an ack without a version (a set the
+    gateway could not read; the district checks every set before it goes)."""
     if isinstance(version, bool) or not isinstance(version, int):
-        return None
+        return []
     pending = conn.execute(select(commands.c.id, commands.c.args).where(
         commands.c.site == site, commands.c.op == "rules", commands.c.dev.is_(None), commands.c.answered.is_(None))
         .order_by(commands.c.sent, commands.c.id)).all()
-    return next((row.id for row in pending if json.loads(row.args).get("version") == version), None)
-
+    return [row.id for row in pending if json.loads(row.args).get("version") == version]

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text, update
 from test_hostile_upstream import KEYS, T0, alarm, publish, worker
 
 from district import store
 from district.ingest import Worker
-from district.schema import alarms, metadata, refusals
+from district.schema import alarms, commands, metadata, refusals
 from gateway.ingest import Incoming
 from lifeline.virtual.postgres import Postgres
 from protocol import district as dtopics
@@ -103,3 +103,24 @@ def test_a_deadlock_with_another_worker_retries_the_batch_and_loses_no_transitio
     assert (state_of(pg, A), state_of(pg, B)) == ("cleared", "cleared")
     assert not w.refused
     assert w.stored == {"alarm": 4}  # each publish and its new transition, counted once: not again per attempt
+
+
+def test_two_acks_of_one_rule_set_sent_twice_answer_both_rows(pg: Engine) -> None:
+    """The same rule set sent twice is answered once per ack, oldest row first. Two workers taking the two
+    acks at once both picked the oldest unanswered row; the second's UPDATE, waiting on the first's, then
+    found it answered and changed nothing, and the newer row stayed "sent" for good."""
+    ruleset = '{"version":7}'
+    with pg.begin() as conn:
+        for cmd_id, sent in ((11, T0), (12, T0 + 1)):
+            conn.execute(commands.insert().values(id=cmd_id, site="north", dev=None, op="rules", args=ruleset,
+                                                  actor="chen", sent=sent))
+    ack = {"re": "rules", "ok": True, "version": 7}
+    errors = interleave(
+        pg, worker(pg), [publish(dtopics.UP_ACK, ack)],
+        lambda conn: conn.execute(update(commands).where(commands.c.id == 11)  # the other worker's answer
+                                  .values(ok=True, result='{"version":7}', answered=T0 + 2)),
+        lambda conn: None)
+    assert errors == []
+    with pg.connect() as conn:
+        answered = conn.execute(select(commands.c.id, commands.c.ok).order_by(commands.c.id)).all()
+    assert answered == [(11, True), (12, True)]
