@@ -266,18 +266,24 @@ def gateway_state(conn: Connection, site: str, online: bool, session: int, *, re
 
 def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offers: list[dict[str, Any]] | None,
                *, received: float) -> None:
-    """A site's OTA report: each node's newest progress (by gateway time), and its releases replaced whole."""
+    """A site's OTA report: each node's newest progress (by gateway time), and its releases replaced whole:
+    each written over (ON CONFLICT) and the rest deleted, since a delete does not see the rows another
+    worker's report inserts meanwhile, and inserting them too was a unique violation that refused the report."""
     for p in progress:
         values = {"v": p["v"], "done": p["done"], "total": p["total"], "t": p["t"], "received": received}
         stmt = dialect_insert(conn, ota_progress).values(site=site, dev=p["dev"], **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[ota_progress.c.site, ota_progress.c.dev], set_=values,
                                                 where=ota_progress.c.t <= values["t"]))
     if offers is not None:
-        conn.execute(delete(ota_releases).where(ota_releases.c.site == site))
+        conn.execute(delete(ota_releases).where(ota_releases.c.site == site,
+                                                ota_releases.c.v.not_in([o["v"] for o in offers])))
         if offers:
-            conn.execute(ota_releases.insert(), [{"site": site, "v": o["v"], "profiles": json.dumps(o["profiles"]),
-                                                  "n": o["n"], "sig": o["sig"], "size": o["size"], "offered": received}
-                                                 for o in offers])
+            stmt = dialect_insert(conn, ota_releases)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[ota_releases.c.site, ota_releases.c.v],
+                set_={c: stmt.excluded[c] for c in ("profiles", "n", "sig", "size", "offered")}),
+                [{"site": site, "v": o["v"], "profiles": json.dumps(o["profiles"]), "n": o["n"], "sig": o["sig"],
+                  "size": o["size"], "offered": received} for o in offers])
 
 
 def add_report(conn: Connection, site: str, kind: str, dev: str | None, body: str, *, received: float) -> None:

@@ -16,7 +16,7 @@ from test_hostile_upstream import KEYS, T0, alarm, publish, worker
 
 from district import store
 from district.ingest import Worker
-from district.schema import alarms, commands, metadata, refusals
+from district.schema import alarms, commands, metadata, ota_progress, ota_releases, refusals
 from gateway.ingest import Incoming
 from lifeline.virtual.postgres import Postgres
 from protocol import district as dtopics
@@ -124,3 +124,22 @@ def test_two_acks_of_one_rule_set_sent_twice_answer_both_rows(pg: Engine) -> Non
     with pg.connect() as conn:
         answered = conn.execute(select(commands.c.id, commands.c.ok).order_by(commands.c.id)).all()
     assert answered == [(11, True), (12, True)]
+
+
+def test_two_ota_reports_of_one_site_at_once_are_both_stored(pg: Engine) -> None:
+    """A site's OTA report replaces the releases it serves. Two reports stored at once both deleted what the
+    other had not committed yet, then inserted the same release: the second's unique violation refused its
+    report "internal", and the node's download progress in it was lost."""
+    release = {"v": "1.2", "profiles": ["gas"], "n": 100, "sig": bytes(64), "size": 1000}
+    report = {"t": T0 + 5, "nodes": [{"dev": "gas1", "v": "1.2", "done": 500, "total": 1000, "t": T0 + 5}],
+              "releases": [release]}
+    w = worker(pg)
+    errors = interleave(
+        pg, w, [publish(dtopics.UP_OTA, report)],
+        lambda conn: store.ota_report(conn, "north", [], [release], received=T0),
+        lambda conn: None)
+    assert errors == []
+    with pg.connect() as conn:
+        assert conn.execute(select(refusals.c.reason, refusals.c.detail)).all() == []
+        assert conn.execute(select(ota_releases.c.site, ota_releases.c.v)).all() == [("north", "1.2")]
+        assert conn.execute(select(ota_progress.c.dev, ota_progress.c.done)).all() == [("gas1", 500)]
