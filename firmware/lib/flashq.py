@@ -97,39 +97,56 @@ class FlashQ:
     # -- public -----------------------------------------------------------------------------------------
 
     def put(self, data, alarm=False, kind=0):
-        """Append one record and return its id; it is on flash when this returns."""
+        """Append one record and return its id; it is on flash when this returns. A write the flash refuses
+        (full: other files took the room `capacity` counted on; or failing) is taken back and tried once more
+        after the oldest segment is dropped, routine lane first, as a full queue drops it. A record that still
+        does not go on flash is dropped too: counted in `dropped`, its id spent (the gap the gateway counts for
+        any drop), and None returned, so a node with a full flash samples and sends on (docs/firmware.md)."""
         n = len(data)
         if n > self.max_record or not 0 <= kind < 128:
             raise ValueError("record too large or kind out of range")
         lane = _ALARM if alarm else _ROUTINE
         need = _HLEN + n
-        self._make_room(need)
-        if self._hsize[lane] and self._hsize[lane] + need > self.segment:
-            self._roll(lane)
         rid = self._next
-        h = self._h
-        struct.pack_into(_HDR, h, 0, _MAGIC, kind << 1 | (lane ^ 1), n, rid, 0)
-        struct.pack_into("<I", h, 8, crc32(data, crc32(self._h8)))
-        if self._rkey == self._head[lane] * 2 + lane:
-            self._close()
-        try:
-            with open(self._name(lane, self._head[lane]), "ab") as f:
-                f.write(h)
-                f.write(data)
-        except OSError:
-            # Flash full or failing: take back a partial record, or at least leave it last in its segment
-            # (a damaged record ends its segment for every reader).
+        for retry in (False, True):
             try:
-                self._cut(lane, self._head[lane], self._hsize[lane])
+                if retry and self.used:
+                    self._make_room(self.capacity - self.used + 1)  # the oldest segment, whatever its size
+                self._make_room(need)
+                if self._hsize[lane] and self._hsize[lane] + need > self.segment:
+                    self._roll(lane)
+                h = self._h
+                struct.pack_into(_HDR, h, 0, _MAGIC, kind << 1 | (lane ^ 1), n, rid, 0)
+                struct.pack_into("<I", h, 8, crc32(data, crc32(self._h8)))
+                if self._rkey == self._head[lane] * 2 + lane:
+                    self._close()
+                try:
+                    with open(self._name(lane, self._head[lane]), "ab") as f:
+                        f.write(h)
+                        f.write(data)
+                except OSError:
+                    # Take back a partial record, or at least leave it last in its segment (a damaged record
+                    # ends its segment for every reader).
+                    try:
+                        self._cut(lane, self._head[lane], self._hsize[lane])
+                    except OSError:
+                        self._head[lane] += 1
+                        self._hsize[lane] = 0
+                    raise
             except OSError:
-                self._head[lane] += 1
-                self._hsize[lane] = 0
-            raise
+                continue
+            self._next = rid + 1
+            self._hsize[lane] += need
+            self._used[lane] += need
+            self._live[lane] += 1
+            return rid
         self._next = rid + 1
-        self._hsize[lane] += need
-        self._used[lane] += need
-        self._live[lane] += 1
-        return rid
+        self.dropped[lane] += 1
+        try:
+            self._save()
+        except OSError:
+            pass  # the count reaches flash with the next index written
+        return None
 
     def peek(self, n=1, skip=0):
         """Up to n unacked records as (id, kind, payload) in sending order: the alarm lane first, then the

@@ -39,6 +39,7 @@ class Publisher:
         self.pending = []
         self.wake = asyncio.Event()
         self.boot_clk = False  # a boot-relative message was issued this boot, its start not yet told (runtime)
+        self.full = False  # a message found the flash full this boot (said once)
         self.will()
 
     @property
@@ -109,7 +110,14 @@ class Publisher:
             self.seal(recs[:half], pri, ev, urgent)
             self.seal(recs[half:], pri, ev, urgent)
             return
-        self.q.put(data, urgent, _KIND_EVENT if ev else _KIND_DATA)
+        if self.q.put(data, urgent, _KIND_EVENT if ev else _KIND_DATA) is None:
+            # The flash is full even after the queue's oldest records went: the message is counted as dropped
+            # (qdrop) and goes out once, QoS 0, if the link is up; nothing keeps it for later. Said once a boot.
+            if not self.full:
+                print("flash full: messages dropped (qdrop %d)" % sum(self.q.dropped))
+            self.full = True
+            if self.mqtt.isconnected():
+                asyncio.create_task(self.mqtt.publish(self.topic[topics.EVENT if ev else topics.DATA], data))
         if clk == message.CLK_BOOT:
             self.boot_clk = True
         self.will()

@@ -1,0 +1,103 @@
+"""A node whose flash fills up (other files took the room its queue's capacity counted on): a virtual device
+on a littlefs image of a fixed size (tests/firmware/upy/lfsflash.py), the real firmware, a real Mosquitto."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from upy_support import SCRIPTS
+
+from lifeline import upy
+from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.flashdir import FlashDirDevice
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import load_profile
+from protocol import message, senml_resolve, topics
+
+SITE, DEV = "site-a", "dev-01"
+
+
+class LfsDevice(FlashDirDevice):
+    """A FlashDirDevice whose flash is a littlefs image of `blocks` 4 KB blocks, all but `free` of them taken
+    by other files before the node boots."""
+
+    def __init__(self, *args: Any, blocks: int, free: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.blocks, self.free = blocks, free
+        with (self.flash / ".flash.img").open("wb") as f:
+            f.truncate(blocks * 4096)
+
+    def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
+        argv = self.argv(str(SCRIPTS / "lfsflash.py"), str(self.blocks), str(self.free),
+                         str(upy.FIRMWARE / "main.py"))
+        with self.log.open("ab") as out:
+            return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
+                                    env=upy.environment(self._environment(self.hal)))
+
+
+def chatty_gas() -> dict[str, Any]:
+    """Gas with every methane reading sent, one per pack, ten a second: the queue grows fast while the
+    link is down; health every 2 s."""
+    p = load_profile("gas")
+    p["report_s"], p["batch"], p["health_s"] = 1, 1, 2
+    ch4 = p["sensors"][0]
+    ch4["sample_s"] = 0.1
+    ch4["metrics"]["ch4"]["filters"] = []
+    return p
+
+
+def health(body: dict[str, Any]) -> dict[str, Any]:
+    return {r["n"]: r["v"] for r in senml_resolve.resolve(list(body["e"]))}
+
+
+def test_full_flash_drops_the_oldest_routine_records_and_the_node_runs_on(tmp_path: Path, mpy: Path,
+                                                                           broker: Mosquitto) -> None:
+    """Put raised OSError (ENOSPC) out of the flash queue into the sampler or the main loop: the node stopped
+    sampling, the watchdog reset it, and it came back into the same full flash. Now the queue makes room by
+    dropping its oldest routine records, and a reading it still cannot store is counted (qdrop) and the node
+    goes on sampling and publishing."""
+    listener = Listener(broker.port, SITE, DEV)
+    with LfsDevice(tmp_path / "flash", mpy, chatty_gas(), broker.port, {"ch4": [[0, 2.0], [600, 9.0]],
+                                                                       "temp": [[0, 11.5]]},
+                   blocks=32, free=4) as dev:
+        assert listener.wait(lambda m: any(x[0] == topics.DATA for x in m), 20), dev.console()
+        assert dev.control(net=False)["ok"]
+        time.sleep(12)  # ten records a second, about 150 bytes each: far more than the flash has room for
+        assert dev.control(net=True)["ok"]
+        back = len(listener.messages)
+        assert listener.wait(lambda m: len([x for x in m[back:] if x[0] == topics.DATA]) >= 30, 30), dev.console()
+        console = dev.console()
+        exits = list(dev.exits)
+    listener.close()
+    assert "Traceback" not in console and not exits, (exits, console[-3000:])
+    births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+    assert [b["boot"] for b in births] == [1, 1], "a reconnect, not a reboot"
+    assert births[1]["qdrop"] > 0, births[1]
+    live = [b for b in listener.messages[back:] if b[0] == topics.DATA]
+    assert all(b[1]["boot"] == 1 for b in live)
+
+
+def test_flash_taken_by_other_files_counts_what_it_cannot_keep_and_sends_it_live(tmp_path: Path, mpy: Path,
+                                                                                 broker: Mosquitto) -> None:
+    """Other files left room for the queue's directory and index but not one segment: with no queued record to
+    make room with, every message is counted as dropped (qdrop), said once on the console, and goes out live
+    while the link is up."""
+    listener = Listener(broker.port, SITE, DEV)
+    with LfsDevice(tmp_path / "flash", mpy, chatty_gas(), broker.port, {"ch4": [[0, 2.0], [600, 9.0]],
+                                                                       "temp": [[0, 11.5]]},
+                   blocks=32, free=2) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[1].get("ev") == "health"]) >= 2, 20), dev.console()
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 30, 10), dev.console()
+        console = dev.console()
+        exits = list(dev.exits)
+    listener.close()
+    assert "Traceback" not in console and not exits, (exits, console[-3000:])
+    assert console.count("flash full") == 1, console
+    assert [b["boot"] for b in listener.of(topics.STATE) if b["st"] == message.ONLINE] == [1]
+    figures = [health(b) for b in listener.of(topics.EVENT) if b["ev"] == "health"]
+    assert figures[-1]["qdrop"] > 0, figures
+    sent = sorted({b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)})
+    assert sent == list(range(sent[0], sent[-1] + 1)), "what the flash could not keep went out live"
