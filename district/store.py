@@ -241,16 +241,23 @@ def _follows(ev: str, t_gw: float) -> ColumnElement[bool]:
 
 
 def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> None:
-    """A device's birth or death as its gateway saw it: the newest by gateway time wins."""
+    """A device's birth or death as its gateway saw it: the newest by gateway time wins. A gateway stamps a
+    batch's states with the batch's time, so a will and the next boot's birth can share one: at one time a
+    later boot wins, and a boot's death follows its own birth."""
     pos = body.get("pos") or (None, None)
     values = {"state": "online" if body["st"] == "online" else "offline", "boot": body.get("boot"),
               "t_state": float(body["t"])}
     if body["st"] == "online":
         values.update(fw=body.get("fw"), prof=body.get("prof"), batt=body.get("batt"), rssi=body.get("rssi"),
                       lat=pos[0], lon=pos[1], last_seen=received)
+    later = func.coalesce(devices.c.boot, -1) < body["boot"]
+    if body["st"] != "online":
+        later |= (devices.c.boot == body["boot"]) & (devices.c.state != "offline")
     stmt = dialect_insert(conn, devices).values(site=site, dev=body["dev"], **values)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev], set_=values,
-                                            where=func.coalesce(devices.c.t_state, 0) < values["t_state"]))
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[devices.c.site, devices.c.dev], set_=values,
+        where=(func.coalesce(devices.c.t_state, 0) < values["t_state"])
+        | ((devices.c.t_state == values["t_state"]) & later)))
 
 
 def gateway_state(conn: Connection, site: str, online: bool, session: int, *, received: float) -> None:

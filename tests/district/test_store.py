@@ -150,6 +150,23 @@ def test_device_state_follows_the_newest_gateway_time(engine: Engine) -> None:
     assert (row.state, row.boot, row.fw, row.lat, row.lon) == ("online", 4, "1.2", 31.2, 121.4)
 
 
+def test_a_death_and_the_next_birth_at_one_gateway_time_leave_the_device_online(engine: Engine) -> None:
+    """A gateway stamps a batch's states with the batch's time, so a device that rebooted while its gateway was
+    catching up sends its will and its next boot's birth at one t: the birth was dropped when the will came
+    first (the gateway's own order), and the device shown offline while it reported."""
+    death = {"dev": "gas1", "st": "offline", "boot": 3, "seq": 9, "t": 100.0, "retained": False}
+    birth = {"dev": "gas1", "st": "online", "boot": 4, "seq": 0, "t": 100.0, "retained": False, "fw": "1.2"}
+    own_death = {**death, "boot": 4, "seq": 5}
+    for order, expected in [((death, birth), ("online", 4)), ((birth, death), ("online", 4)),
+                            ((birth, own_death), ("offline", 4)), ((own_death, birth), ("offline", 4))]:
+        with engine.begin() as conn:
+            conn.execute(devices.delete())
+            for body in order:
+                store.device_state(conn, "s1", body, received=101.0)
+            row = conn.execute(select(devices)).one()
+        assert (row.state, row.boot) == expected, [(b["st"], b["boot"]) for b in order]
+
+
 def test_old_readings_fold_into_buckets_and_new_ones_stay(engine: Engine) -> None:
     from district import retention
     from district.schema import rollups
