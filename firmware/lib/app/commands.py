@@ -6,13 +6,11 @@ as timed out, and the district may have sent it again under a new id (a node wit
 
 Ops (args in docs/firmware.md): set_intervals, set_filters, set_prealarm, birth, sync_time, reboot,
 config, ota (docs/ota.md). The set_* ops check what they change, write profile.json (so it outlives a reset) and apply
-it at once. `config` stages new device/profile files for a trial boot; they are checked at that
-boot, where the heap is empty, and its ack (ok or rolled back, with the reason) follows the connect.
+it at once. `config` stages new device/profile files for a trial boot, which puts them in place and
+checks them, where the heap is empty, and its ack (ok or rolled back, with the reason) follows the connect.
 This module is imported for one command and dropped after it, to keep the heap free; the decoder that
 opened the command is dropped before it loads.
 """
-
-import os
 
 from micropython import const
 
@@ -135,17 +133,14 @@ async def reboot(app, args, cid):
 
 
 async def replace_config(app, args, cid):
-    """Stage the new files for a trial boot. A cut at any point leaves the old files, or a trial
-    that the next boot checks and, if need be, rolls back (app/config.py)."""
+    """Stage the new files as <name>.new and record the trial; the next boot puts them in place
+    (app/trial.py). A cut before trial.json is written leaves the old files and no trial."""
     files = [n for n in ("device", "profile") if isinstance(args.get(n), dict)]
     if not files:
         raise ValueError("config needs a device and/or a profile map")
     for n in files:
         persist.save(n + ".json.new", args[n])
     persist.save("trial.json", {"id": cid, "boots": 0, "files": [n + ".json" for n in files]})
-    for n in files:
-        os.rename(n + ".json", n + ".json.prev")
-        os.rename(n + ".json.new", n + ".json")
     return None, "defer"
 
 

@@ -1,8 +1,8 @@
 """The three config files on flash (device.json, secrets.json, profile.json; fields in
 docs/firmware.md): loading with per-field errors, and replacement that cannot brick a node.
 
-A replacement (app/commands.py stages it) keeps the current files as <name>.prev, swaps the new ones
-in atomically, and marks the trial in trial.json. The new files are checked here at the next boot,
+A replacement (app/commands.py stages it as <name>.new and marks the trial in trial.json) is put in
+place at the next boot (app/trial.py: swap), keeping the current files as <name>.prev, and checked here,
 where the heap is still empty; a config that does not load, or a second boot without a broker
 connection under it, is rolled back to the .prev copies, and a connect confirms it.
 """
@@ -160,7 +160,8 @@ def boot():
         if t["boots"] > 1:
             trial.rollback("not confirmed after a boot")
         else:
-            persist.save(trial.TRIAL, t)
+            persist.save(trial.TRIAL, t)  # first: a cut or an error in the swap makes the next boot roll back
+            trial.swap(t)
     try:
         load()
     except ConfigError as e:

@@ -1,5 +1,6 @@
-"""A config replacement on trial (staged by app/commands.py, checked by app/config.py at boot): the
-files it replaced wait as <name>.prev until a broker connection confirms it, or go back on rollback.
+"""A config replacement on trial (staged by app/commands.py as <name>.new, put in place and checked by
+app/config.py at boot): the files it replaced wait as <name>.prev until a broker connection confirms it,
+or go back on rollback.
 The verdict is kept in RESULT until its ack is out.
 
 New code on trial (ota/slot.py) is confirmed and rolled back from here too, so that app/runtime.py names
@@ -39,6 +40,15 @@ def running():
     return r
 
 
+def swap(t):
+    """Put the files staged as <name>.new in place, keeping the ones they replace as <name>.prev. Done by the
+    trial's first boot, once trial.json counts it: a cut in here makes the next boot a second one, which rolls
+    back, so a trial is never confirmed over a partial set of files (a cut used to leave one to the command)."""
+    for name in t["files"]:
+        os.rename(name, name + ".prev")
+        os.rename(name + ".new", name)
+
+
 def rollback(reason, code=False):
     """Put the .prev files back; the replacing command gets ok=false with the reason. With `code`, new
     code on trial goes back to the code before it too (its outcome waits in ota.RESULT)."""
@@ -55,7 +65,8 @@ def rollback(reason, code=False):
         try:
             os.rename(name + ".prev", name)
         except OSError:
-            pass
+            pass  # not swapped in (yet): the file in place is the old one
+        _remove(name + ".new")
     persist.save(RESULT, {"id": t["id"], "ok": False, "res": "rolled back: " + reason})
     _remove(TRIAL)
     return True
