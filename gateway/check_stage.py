@@ -37,6 +37,7 @@ log = logging.getLogger("lifeline.gateway.check_stage")
 
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
+ANSWER_S = 10.0  # a batch part takes milliseconds; a process silent this long (stopped, looping) is killed
 CLOSE_WAIT_S = 5.0
 _ROOT = str(Path(__file__).resolve().parent.parent)  # where the `gateway` package is, for the child's path
 
@@ -140,15 +141,16 @@ class CheckStage:
         live = [p for p in self._procs if p.alive]
         size = max(-(-len(items) // max(len(live), 1)), 1)
         parts = [items[i:i + size] for i in range(0, len(items), size)]
-        answers = [p.ask(check_worker.frame(("batch", [(m.topic, m.payload) for m in part])))
-                   for p, part in zip(live, parts, strict=False)]
-        return asyncio.ensure_future(self._collect(parts, answers, self.reloads))
+        asked = [(p, p.ask(check_worker.frame(("batch", [(m.topic, m.payload) for m in part]))))
+                 for p, part in zip(live, parts, strict=False)]
+        return asyncio.ensure_future(self._collect(parts, asked, self.reloads))
 
-    async def _collect(self, parts: list[list[Incoming]], answers: list[asyncio.Future[list[Decoded | None] | None]],
+    async def _collect(self, parts: list[list[Incoming]],
+                       asked: list[tuple[_Process, asyncio.Future[list[Decoded | None] | None]]],
                        reloads: int) -> list[Incoming]:
         out: list[Incoming] = []
         for i, part in enumerate(parts):
-            decoded = await answers[i] if i < len(answers) else None
+            decoded = await _answer(*asked[i]) if i < len(asked) else None
             if reloads != self.reloads:  # checked against the registry before a reload
                 out += part
             elif decoded is None or len(decoded) != len(part):  # lost, or no process: decoded in the ingest
@@ -207,3 +209,16 @@ class CheckStage:
                 p.proc.kill()
                 await p.proc.wait()
             await p.reader
+
+
+async def _answer(p: _Process, answer: asyncio.Future[list[Decoded | None] | None]) -> list[Decoded | None] | None:
+    """The process's answer, or None if it is lost or silent past ANSWER_S. A process that stopped answering
+    would hold the ingest, which takes batches in order, for good: it is killed, its parts are decoded in the
+    ingest, and it is started again as a lost one is."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(answer), ANSWER_S)
+    except TimeoutError:
+        event(log, "check-process-stuck", logging.ERROR, pid=p.proc.pid, waited_s=ANSWER_S)
+        with contextlib.suppress(ProcessLookupError):
+            p.proc.kill()
+        return None

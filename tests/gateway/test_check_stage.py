@@ -102,6 +102,33 @@ async def test_a_lost_process_leaves_its_part_to_the_ingest_and_is_started_again
     assert stage.pids() == []
 
 
+async def test_a_process_that_stops_answering_is_killed_and_its_part_left_to_the_ingest(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A check process stopped (SIGSTOP here; swapped out or looping in the field) held its batch, and the
+    ingest, which takes batches in order, waited for it for good: the site ingested nothing, and said nothing."""
+    monkeypatch.setattr(check_stage, "RESTART_FIRST_S", 0.05)
+    monkeypatch.setattr(check_stage, "ANSWER_S", 0.5)
+    stage = CheckStage(1, devices("d0"))
+    await stage.start()
+    try:
+        first = stage.pids()
+        os.kill(first[0], signal.SIGSTOP)
+        batch = [data("d0", i) for i in range(5)]
+        async with asyncio.timeout(10):
+            out = await stage.prepare(batch)
+        assert out == batch and stage.in_process == 5  # undecoded: the ingest decodes them
+        assert any(r.getMessage() == "check-process-stuck" for r in caplog.records)
+        for _ in range(200):
+            if stage.pids() and stage.pids() != first:
+                break
+            await asyncio.sleep(0.02)
+        assert stage.pids() and stage.pids() != first and stage.lost == 1
+        out = await stage.prepare([data("d0", 9)])
+        assert out[0].decoded and out[0].decoded[0]  # the new process decodes
+    finally:
+        await stage.close()
+
+
 async def test_a_process_that_cannot_be_started_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting a new process can fail (the interpreter gone in an upgrade, no memory): the ingest decodes
     meanwhile and the stage keeps trying, each time later."""
