@@ -339,6 +339,31 @@ def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, brok
     assert took > 3, "not before the watchdog's timeout"
 
 
+def test_wifi_outage_longer_than_the_watchdog_reconnects_without_a_reset(tmp_path: Path, mpy: Path,
+                                                                          broker: Mosquitto) -> None:
+    """hal/esp32.py's connect() waits up to 20 s for the access point, and the main loop (and the boot, before
+    it) awaited it without feeding the watchdog: a gas or drone node (wdt_ms 20000) was reset at every Wi-Fi
+    outage, again at each boot while the access point stayed down, and after three boots went into safe mode,
+    which samples nothing. wdt_ms 5000 here stands for any watchdog shorter than that wait."""
+    p = fast_gas(report_s=0.5, batch=2)
+    p["wdt_ms"] = 5000
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal="esp32") as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        assert dev.control(net=False)["ok"]
+        time.sleep(12)
+        dev.kill()  # a power cut while the access point is away: the boot finds no Wi-Fi
+        time.sleep(12)
+        assert dev.control(net=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 30), dev.console()
+        assert listener.wait(lambda m: any(x[0] == topics.DATA and x[1]["boot"] > 1 for x in m), 10), \
+            (dev.exits, [(b["boot"], b["rst"], b.get("safe")) for b in online_births(listener)])
+        exits = list(dev.exits)
+    listener.close()
+    births = [(b["boot"], b["rst"]) for b in online_births(listener)]
+    assert exits == [-9] and births[:2] == [(1, "power-on"), (2, "power-on")], (exits, births)
+
+
 def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}) as dev:

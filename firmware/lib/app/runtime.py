@@ -325,15 +325,17 @@ class App:
             asyncio.create_task(s.run())
         if not self.safe:
             asyncio.create_task(self.pub.run())
-        await self.board.connect(self.secrets)
-        self.mqtt.start()
+        self.mqtt.start()  # it retries with backoff until the Wi-Fi is up
         await self.loop()
 
     async def loop(self):
-        """The watched main loop: feeds the watchdog only while it runs and every sampler beats."""
+        """The watched main loop: feeds the watchdog only while it runs and every sampler beats. Wi-Fi is
+        joined in a task of its own: the backend waits up to 20 s for the access point, longer than a
+        20 s watchdog, so awaited here it reset the node at every outage (and every boot without Wi-Fi)."""
         synced = health = self.clock.up_ms()
         stalled = None
         tick = 0
+        link = asyncio.create_task(self.board.connect(self.secrets))
         while True:
             await asyncio.sleep_ms(1000)
             tick += 1
@@ -351,8 +353,8 @@ class App:
             if self.pub.due(up):
                 self.pub.flush()
             self.resend(up)
-            if tick % 5 == 0 and not self.board.online():
-                await self.board.connect(self.secrets)
+            if tick % 5 == 0 and link.done() and not self.board.online():
+                link = asyncio.create_task(self.board.connect(self.secrets))
             if self.trial and up > self.trial_s * 1000:
                 from app import trial
 
