@@ -94,7 +94,7 @@ class App:
             from app.sampler import Sensor
 
             for spec in p["sensors"]:
-                self.sensors.append(Sensor(spec, board, self))
+                self.sensors.append(Sensor(spec, self))
 
     def configure(self, p):
         self.health_ms = int(p.get("health_s", 3600) * 1000)

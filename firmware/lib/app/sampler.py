@@ -33,7 +33,7 @@ def _ms(x):
 
 
 class Sensor:
-    def __init__(self, spec, board, app):
+    def __init__(self, spec, app):
         self.name = spec["name"]
         self.kind = spec["driver"]
         self.app = app
@@ -45,8 +45,17 @@ class Sensor:
         self.faults = {}
         self.drv = None
         self._burst_at = time.ticks_ms()
+        self.spec = spec
+        self.make()
+
+    def make(self):
+        """Make the driver, or report why not. Tried again at each sample until it is made (the spec is kept
+        until then): a sensor that did not answer at boot (powered up after the board, a bus glitch) stayed
+        faulty until the next reboot, on a node that looked healthy."""
+        spec = self.spec
         try:
-            self.drv = make(self.kind, board.bus(spec), spec.get("args", {}))
+            self.drv = make(self.kind, self.app.board.bus(spec), spec.get("args", {}))
+            self.spec = None
         except Fault as f:
             self._fault(f.reason)
         except (OSError, ValueError, TypeError, KeyError) as e:
@@ -76,6 +85,7 @@ class Sensor:
     def sample(self):
         """Read once and process every metric; returns False while the driver is faulty."""
         if self.drv is None:
+            self.make()  # read from the next sample on: a device just set up may have nothing yet (a FIFO)
             return False
         try:
             values = self.drv.values()

@@ -1,0 +1,78 @@
+"""app/sampler.py against a fake app and board: what a sensor does when its device does not answer at
+boot, or its driver hands back something that is not a reading. The app records what the sensor tells it."""
+
+from drivercheck import eq
+from simdev import SimADXL345
+
+from app.sampler import Sensor
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0
+
+    def __call__(self):
+        return self.t
+
+    def up_ms(self):
+        return self.t
+
+    def ms(self, up):
+        return up
+
+
+class Absent(SimADXL345):
+    """An ADXL345 that does not acknowledge on the bus (ENODEV) until `up`."""
+
+    up = False
+
+    def readfrom_mem_into(self, addr, reg, buf):
+        if not self.up:
+            raise OSError(19)
+        super().readfrom_mem_into(addr, reg, buf)
+
+    def writeto_mem(self, addr, reg, buf):
+        if not self.up:
+            raise OSError(19)
+        super().writeto_mem(addr, reg, buf)
+
+
+class App:
+    def __init__(self, bus, clock):
+        self.board = self
+        self.bus_ = bus
+        self.clock = clock
+        self.faults = []
+        self.got = []
+
+    def bus(self, spec):
+        return self.bus_
+
+    def fault(self, sensor, reason):
+        self.faults.append(reason)
+
+    def reading(self, metric, v, up, change, send, alarm):
+        self.got.append((metric.name, v))
+        return False
+
+
+def bridge_spec():
+    return {"name": "accel", "driver": "adxl345", "bus": {"type": "i2c"}, "args": {}, "sample_s": 10,
+            "metrics": {"tilt_x": {"u": "rad"}, "tilt_y": {"u": "rad"}, "vib_rms": {}, "vib_peak": {}}}
+
+
+def case_a_device_that_answers_after_boot_is_set_up_and_read():
+    clock = Clock()
+    bus = Absent(clock=clock)
+    app = App(bus, clock)
+    s = Sensor(bridge_spec(), app)
+    eq(app.faults, ["no-device"], "fault at boot")
+    eq(s.sample(), False, "still absent")
+    eq(app.faults, ["no-device"], "said once")
+    bus.up = True
+    clock.t += 1000
+    s.sample()  # set up now; its FIFO fills from here
+    clock.t += 1000
+    eq(s.sample(), True, "read once it answers")
+    eq(app.faults, ["no-device", None], "the fault clears")
+    eq(sorted(n for n, _ in app.got), ["tilt_x", "tilt_y", "vib_peak", "vib_rms"], "readings")
