@@ -4,8 +4,8 @@ its filters and pre-alarm level, and hand what survives to the app.
 The schedule is sample_s, or fast_s while any of the sensor's metrics is past its pre-alarm level or
 falling by its local rate trigger, or burst.s during a burst window (burst.for_s every burst.every_s).
 Drivers whose bus buffers data (UART, accelerometer FIFO) are polled every poll_s in between. Driver
-faults are counted by reason and reported as a "fault" event when they start and when they clear,
-never as a crash.
+faults, and reads that are no reading (NaN, an infinity, None), are counted by reason and reported as a
+"fault" event when they start and when they clear, never as a crash.
 
 Every driver is made, read and polled the same way (drivers.make, values(), poll(): drivers/__init__.py),
 so this module names no driver or metric and loads only the drivers the profile uses.
@@ -95,6 +95,12 @@ class Sensor:
         except Exception as e:
             self._fault("%s: %s" % (type(e).__name__, e))
             return False
+        for _, v in values:
+            # NaN, an infinity or None is no reading: it raised in the filters, which killed this task (and the
+            # watchdog then reset the node, into safe mode in the end), or went out as a reading.
+            if not (isinstance(v, (int, str)) or (isinstance(v, float) and v - v == 0)):
+                self._fault("bad reading")
+                return False
         if self.fault is not None:
             self.fault = None
             self.app.fault(self, None)

@@ -76,3 +76,31 @@ def case_a_device_that_answers_after_boot_is_set_up_and_read():
     eq(s.sample(), True, "read once it answers")
     eq(app.faults, ["no-device", None], "the fault clears")
     eq(sorted(n for n, _ in app.got), ["tilt_x", "tilt_y", "vib_peak", "vib_rms"], "readings")
+
+
+class Replay:
+    """A driver that hands back the given values, one a read."""
+
+    def __init__(self, values):
+        self.left = list(values)
+
+    def values(self):
+        return ((None, self.left.pop(0)),)
+
+
+def case_a_value_that_is_no_reading_is_a_fault_not_a_crash_nor_a_reading():
+    nan, inf = float("nan"), float("inf")
+    for filters in ([{"q": 0.0625}, {"delta": 0.5}, {"heartbeat": 10}], [{"delta": 0.0001}]):
+        clock = Clock()
+        app = App(None, clock)
+        spec = {"name": "ch4", "driver": "loop420", "bus": {"type": "adc"}, "args": {"lo": 0, "hi": 100},
+                "sample_s": 1, "metrics": {"ch4": {"u": "%LEL", "filters": filters, "prealarm": {"above": 10}}}}
+        s = Sensor(spec, app)
+        s.drv = Replay([5.0, nan, None, -inf, 6.0])
+        got = []
+        for _ in range(5):
+            clock.t += 1000
+            got.append(s.sample())
+        eq(got, [True, False, False, False, True], "samples")
+        eq(app.faults, ["bad reading", None], "one fault, then its clear")
+        eq(app.got, [("ch4", 5.0), ("ch4", 6.0)], "readings")
