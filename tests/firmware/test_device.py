@@ -364,6 +364,26 @@ def test_wifi_outage_longer_than_the_watchdog_reconnects_without_a_reset(tmp_pat
     assert exits == [-9] and births[:2] == [(1, "power-on"), (2, "power-on")], (exits, births)
 
 
+def test_a_longer_sample_interval_by_command_does_not_starve_the_watchdog(tmp_path: Path, mpy: Path,
+                                                                           broker: Mosquitto) -> None:
+    """The main loop feeds the watchdog while each sampler beats within 3 sample periods (30 s at least); the
+    limit was taken once at boot, so set_intervals raising sample_s past it (gas: 2 s to 60 s) stopped the
+    feeding and the watchdog reset the node half a minute after it acked the change."""
+    p = fast_gas()
+    p["wdt_ms"] = 2000
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        dev.command(7, "set_intervals", {"sensors": {"ch4": {"sample_s": 40}}})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        time.sleep(36)
+        exits = list(dev.exits)
+        console = dev.console()
+    listener.close()
+    assert listener.of(topics.ACK)[0]["ok"] is True
+    assert not exits and "stalled" not in console, (exits, console[-2000:])
+
+
 def test_config_replacement_applies_or_rolls_back(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
     listener = Listener(broker.port, SITE, DEV)
     with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}) as dev:

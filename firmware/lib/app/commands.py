@@ -79,6 +79,8 @@ def _commit(app, p):
         for spec in p["sensors"]:
             if spec["name"] == sensor.name:
                 sensor.configure(spec)
+                if sensor.name in app.beats:
+                    app.watch(sensor)
 
 
 async def set_intervals(app, args, cid):

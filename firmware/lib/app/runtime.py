@@ -298,9 +298,10 @@ class App:
         return {"heap": heap, "heapmin": low, "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
                 "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
 
-    def watch(self, name, limit):
-        """The watchdog is fed only while `name` beats at least every `limit` s."""
-        self.beats[name] = [self.clock.up_ms(), int(limit * 1000)]
+    def watch(self, sensor):
+        """The watchdog is fed only while `sensor` beats at least every 3 sample periods (30 s at least).
+        Called again when a command changes its schedule: a limit kept from a shorter sample_s reset the node."""
+        self.beats[sensor.name] = [self.clock.up_ms(), 3 * max(sensor.sample_ms, 10000)]
 
     def beat(self, name):
         self.beats[name][0] = self.clock.up_ms()
@@ -321,7 +322,7 @@ class App:
             await sleeper.cycle(self)
             return
         for s in self.sensors:
-            self.watch(s.name, 3 * max(s.sample_ms // 1000, 10))
+            self.watch(s)
             asyncio.create_task(s.run())
         if not self.safe:
             asyncio.create_task(self.pub.run())
