@@ -98,7 +98,7 @@ class Sensor:
         for _, v in values:
             # NaN, an infinity or None is no reading: it raised in the filters, which killed this task (and the
             # watchdog then reset the node, into safe mode in the end), or went out as a reading.
-            if not (isinstance(v, (int, str)) or (isinstance(v, float) and v - v == 0)):
+            if not (isinstance(v, (bool, int, str)) or (isinstance(v, float) and v - v == 0)):
                 self._fault("bad reading")
                 return False
         if self.fault is not None:

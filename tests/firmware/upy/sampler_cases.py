@@ -104,3 +104,15 @@ def case_a_value_that_is_no_reading_is_a_fault_not_a_crash_nor_a_reading():
         eq(got, [True, False, False, False, True], "samples")
         eq(app.faults, ["bad reading", None], "one fault, then its clear")
         eq(app.got, [("ch4", 5.0), ("ch4", 6.0)], "readings")
+
+
+def case_a_switch_reads_booleans():
+    """A cover switch (drivers/cover.py) reads True and False: readings, not faults."""
+    app = App(None, Clock())
+    spec = {"name": "cover", "driver": "cover", "bus": {"type": "pin"}, "args": {}, "sample_s": 1,
+            "metrics": {"cover": {"filters": [{"delta": 0}], "prealarm": {"is": True}}}}
+    s = Sensor(spec, app)
+    s.drv = Replay([False, True])
+    eq([s.sample(), s.sample()], [True, True], "samples")
+    eq(app.faults, [], "no fault")
+    eq(app.got, [("cover", False), ("cover", True)], "readings")
