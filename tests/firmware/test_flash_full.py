@@ -28,7 +28,13 @@ class LfsDevice(FlashDirDevice):
         super().__init__(*args, **kw)
         self.blocks, self.free = blocks, free
         with (self.flash / ".flash.img").open("wb") as f:
-            f.truncate(blocks * 4096)
+            f.truncate(blocks * 4096 + 1)  # the last byte: reads fail while it is set (lfsflash.py)
+
+    def failing(self, on: bool) -> None:
+        """Every block read of the node's flash fails from now on, or no longer."""
+        with (self.flash / ".flash.img").open("r+b") as f:
+            f.seek(self.blocks * 4096)
+            f.write(bytes([on]))
 
     def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
         argv = self.argv(str(SCRIPTS / "lfsflash.py"), str(self.blocks), str(self.free),
@@ -101,3 +107,25 @@ def test_flash_taken_by_other_files_counts_what_it_cannot_keep_and_sends_it_live
     assert figures[-1]["qdrop"] > 0, figures
     sent = sorted({b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)})
     assert sent == list(range(sent[0], sent[-1] + 1)), "what the flash could not keep went out live"
+
+
+def test_a_publisher_ended_by_a_failing_flash_is_started_again(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """Reads of the flash failed for a moment (EIO from the chip): the publisher's task ended on it, or on a
+    MemoryError in a publish on a fragmented heap, as seen once in CI. The node sampled and fed its watchdog
+    on, and sent nothing until a reboot. The main loop now starts the publisher again."""
+    listener = Listener(broker.port, SITE, DEV)
+    with LfsDevice(tmp_path / "flash", mpy, chatty_gas(), broker.port, {"ch4": [[0, 2.0], [600, 9.0]],
+                                                                       "temp": [[0, 11.5]]},
+                   blocks=64, free=48) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 5, 20), dev.console()
+        dev.failing(True)
+        time.sleep(3)
+        dev.failing(False)
+        back = len(listener.messages)
+        assert listener.wait(lambda m: len([x for x in m[back:] if x[0] == topics.DATA]) >= 20, 20), \
+            dev.console()[-3000:]
+        console = dev.console()
+        exits = list(dev.exits)
+    listener.close()
+    assert not exits, (exits, console[-3000:])
+    assert "publisher ended, started again" in console

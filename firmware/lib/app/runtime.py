@@ -324,15 +324,15 @@ class App:
         for s in self.sensors:
             self.watch(s)
             asyncio.create_task(s.run())
-        if not self.safe:
-            asyncio.create_task(self.pub.run())
         self.mqtt.start()  # it retries with backoff until the Wi-Fi is up
-        await self.loop()
+        await self.loop(None if self.safe else asyncio.create_task(self.pub.run()))
 
-    async def loop(self):
+    async def loop(self, pub):
         """The watched main loop: feeds the watchdog only while it runs and every sampler beats. Wi-Fi is
         joined in a task of its own: the backend waits up to 20 s for the access point, longer than a
-        20 s watchdog, so awaited here it reset the node at every outage (and every boot without Wi-Fi)."""
+        20 s watchdog, so awaited here it reset the node at every outage (and every boot without Wi-Fi).
+        `pub`, the publisher's task, is started again if it ended: a MemoryError in a publish (a fragmented
+        heap) ended it, and the node sampled and fed its watchdog on, sending nothing until a reboot."""
         synced = health = self.clock.up_ms()
         stalled = None
         tick = 0
@@ -351,6 +351,10 @@ class App:
             elif late != stalled:
                 print("watchdog: %s stalled, not feeding" % late)
             stalled = late
+            if pub is not None and pub.done():  # its record stays queued, unacked: it goes again
+                print("publisher ended, started again")
+                gc.collect()
+                pub = asyncio.create_task(self.pub.run())
             if self.pub.due(up):
                 self.pub.flush()
             self.resend(up)

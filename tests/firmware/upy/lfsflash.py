@@ -1,7 +1,8 @@
 """A virtual device whose flash is littlefs (the ESP32 port's file system) of a fixed size, so that it can
 fill up as a board's does: `micropython lfsflash.py BLOCKS FREE MAIN`.
 
-The image is `.flash.img` in the device's directory, BLOCKS blocks of 4 KB (the harness makes the file). At
+The image is `.flash.img` in the device's directory, BLOCKS blocks of 4 KB (the harness makes the file), and
+one byte more past them: while the harness sets it, every block read fails (EIO), as a failing chip's do. At
 the first start it is formatted and the config files the harness wrote beside it (device.json, secrets.json,
 profile.json, sim.json) are copied in. At every start a filler file (other files on the flash) grows until no
 more than FREE blocks are free; the image is mounted at /flash, made the working directory, as a board's flash
@@ -27,8 +28,14 @@ class _Image:
     def __init__(self, blocks):
         self.blocks = blocks
         self.f = open(_IMAGE, "r+b")  # noqa: SIM115 - held open as long as it is mounted
+        self.flag = bytearray(1)
+        self.err = OSError(5)  # made here: raised where the heap may be locked
 
     def readblocks(self, block, buf, off=0):
+        self.f.seek(self.blocks * _BLOCK)
+        self.f.readinto(self.flag)
+        if self.flag[0]:
+            raise self.err
         self.f.seek(block * _BLOCK + off)
         self.f.readinto(buf)
 
