@@ -1,0 +1,105 @@
+"""The node's watchdog and safe mode on the real firmware: a crash loop ends in safe mode, a hung main loop is
+reset, and neither a Wi-Fi outage longer than the watchdog nor a longer sample interval by command gets a
+healthy node reset. Kept apart from test_device.py, whose tests run in one process of the parallel suite."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from test_device import DEV, SITE, fast_gas, online_births
+
+from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.flashdir import FlashDirDevice
+from lifeline.virtual.listener import Listener
+from protocol import topics
+
+
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
+def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, mpy: Path,
+                                                               broker: Mosquitto, hal: str) -> None:
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+                       {"ch4": [[0, 2.0]]}, hal=hal) as dev:
+        for boot in (1, 2, 3):  # each boot dies young, before it has run cleanly for a minute
+            assert listener.wait(lambda m, b=boot: len(online_births(listener)) >= b, 20), dev.console()
+            dev.kill()
+        assert listener.wait(lambda m: len(online_births(listener)) >= 4, 20), dev.console()
+        safe = online_births(listener)[3]
+        time.sleep(3)
+        dev.command(7, "set_intervals", {"report_s": 5})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        dev.command(8, "reboot", {})
+        assert listener.wait(lambda m: any(x[1].get("boot") == 5 and x[0] == topics.DATA for x in m), 20)
+    listener.close()
+    assert safe["boot"] == 4 and safe.get("safe") is True
+    assert not [b for b in listener.of(topics.DATA) if b["boot"] == 4], "safe mode does not sample"
+    acks = {a["id"]: a for a in listener.of(topics.ACK)}
+    assert (acks[7]["ok"], acks[7]["res"]) == (False, "safe mode")
+    assert acks[8]["ok"] is True
+    normal = online_births(listener)[4]
+    assert normal["rst"] == "soft" and "safe" not in normal
+
+
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
+def test_hung_main_loop_is_reset_by_the_watchdog(tmp_path: Path, mpy: Path, broker: Mosquitto, hal: str) -> None:
+    p = fast_gas()
+    p["wdt_ms"] = 3000
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal=hal) as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        hung = time.monotonic()
+        assert dev.control(hang=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 20), dev.console()
+        took = time.monotonic() - hung
+        exits = list(dev.exits)
+    listener.close()
+    assert exits[:1] == [-14], "the watchdog ends the process with SIGALRM"  # docs/firmware.md
+    assert online_births(listener)[1]["rst"] == "wdt"
+    assert took > 3, "not before the watchdog's timeout"
+
+
+def test_wifi_outage_longer_than_the_watchdog_reconnects_without_a_reset(tmp_path: Path, mpy: Path,
+                                                                          broker: Mosquitto) -> None:
+    """hal/esp32.py's connect() waits up to 20 s for the access point, and the main loop (and the boot, before
+    it) awaited it without feeding the watchdog: a gas or drone node (wdt_ms 20000) was reset at every Wi-Fi
+    outage, again at each boot while the access point stayed down, and after three boots went into safe mode,
+    which samples nothing. wdt_ms 5000 here stands for any watchdog shorter than that wait."""
+    p = fast_gas(report_s=0.5, batch=2)
+    p["wdt_ms"] = 5000
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal="esp32") as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        assert dev.control(net=False)["ok"]
+        time.sleep(12)
+        dev.kill()  # a power cut while the access point is away: the boot finds no Wi-Fi
+        time.sleep(12)
+        assert dev.control(net=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 30), dev.console()
+        assert listener.wait(lambda m: any(x[0] == topics.DATA and x[1]["boot"] > 1 for x in m), 10), \
+            (dev.exits, [(b["boot"], b["rst"], b.get("safe")) for b in online_births(listener)])
+        exits = list(dev.exits)
+    listener.close()
+    births = [(b["boot"], b["rst"]) for b in online_births(listener)]
+    assert exits == [-9] and births[:2] == [(1, "power-on"), (2, "power-on")], (exits, births)
+
+
+def test_a_longer_sample_interval_by_command_does_not_starve_the_watchdog(tmp_path: Path, mpy: Path,
+                                                                           broker: Mosquitto) -> None:
+    """The main loop feeds the watchdog while each sampler beats within 3 sample periods (30 s at least); the
+    limit was taken once at boot, so set_intervals raising sample_s past it (gas: 2 s to 60 s) stopped the
+    feeding and the watchdog reset the node half a minute after it acked the change."""
+    p = fast_gas()
+    p["wdt_ms"] = 2000
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}) as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        dev.command(7, "set_intervals", {"sensors": {"ch4": {"sample_s": 40}}})
+        assert listener.wait(lambda m: any(x[0] == topics.ACK for x in m), 10), dev.console()
+        time.sleep(36)
+        exits = list(dev.exits)
+        console = dev.console()
+    listener.close()
+    assert listener.of(topics.ACK)[0]["ok"] is True
+    assert not exits and "stalled" not in console, (exits, console[-2000:])
