@@ -105,8 +105,13 @@ def test_flash_taken_by_other_files_counts_what_it_cannot_keep_and_sends_it_live
     assert [b["boot"] for b in listener.of(topics.STATE) if b["st"] == message.ONLINE] == [1]
     figures = [health(b) for b in listener.of(topics.EVENT) if b["ev"] == "health"]
     assert figures[-1]["qdrop"] > 0, figures
+    # What the flash could not keep goes out live while the link is up, so every message sealed after the first
+    # that went out live arrives. Those sealed before the link was up (the birth is built with the next seq and
+    # the link opens after its PUBACK) are lost as the docs say: under the parallel suites' load, seq 2 was.
+    birth = next(b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE)
     sent = sorted({b["seq"] for k, b, _, _ in listener.messages if k in (topics.DATA, topics.EVENT)})
-    assert sent == list(range(sent[0], sent[-1] + 1)), "what the flash could not keep went out live"
+    live = [seq for seq in sent if seq >= birth["seq"]]
+    assert live and live == list(range(live[0], sent[-1] + 1)), "what the flash could not keep went out live"
 
 
 def test_a_publisher_ended_by_a_failing_flash_is_started_again(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
