@@ -116,7 +116,7 @@ def test_flash_taken_by_other_files_counts_what_it_cannot_keep_and_sends_it_live
 
 
 def test_a_publisher_ended_by_a_failing_flash_is_started_again(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
-    """Reads of the flash failed for a moment (EIO from the chip): the publisher's task ended on it, or on a
+    """Reads of the flash failed for a while (EIO from the chip): the publisher's task ended on it, or on a
     MemoryError in a publish on a fragmented heap, as seen once in CI. The node sampled and fed its watchdog
     on, and sent nothing until a reboot. The main loop now starts the publisher again."""
     listener = Listener(broker.port, SITE, DEV)
@@ -124,9 +124,12 @@ def test_a_publisher_ended_by_a_failing_flash_is_started_again(tmp_path: Path, m
                                                                        "temp": [[0, 11.5]]},
                    blocks=64, free=48) as dev:
         assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 5, 20), dev.console()
-        dev.failing(True)
-        time.sleep(3)
-        dev.failing(False)
+        deadline = time.monotonic() + 40
+        while "app.publisher" not in dev.console() and time.monotonic() < deadline:
+            dev.failing(True)  # spells of failing reads until one meets a read of the publisher's (its ack's
+            time.sleep(2)  # index save, or a peek): which of the node's tasks reads first is the scheduler's
+            dev.failing(False)
+            time.sleep(0.5)
         back = len(listener.messages)
         assert listener.wait(lambda m: len([x for x in m[back:] if x[0] == topics.DATA]) >= 20, 20), \
             dev.console()[-3000:]

@@ -395,7 +395,9 @@ async def test_sigkilled_uplink_process_loses_nothing(tmp_path: Path, fault_log:
     assert kills == 2
     keys = rec.seen()
     assert set(keys) == want  # nothing lost, nothing invented; duplicates only from unacked resends
-    assert len(keys) - len(want) <= 2 * 8 * 20  # at most the in-flight window per kill
+    # at most the in-flight windows per kill: 8 bulk publishes of up to 20 entries (uplink_worker.py), and the
+    # alarm lane's own 64, which the bound left out (400 duplicates in a loaded fresh-clone run, over 320)
+    assert len(keys) - len(want) <= kills * (8 * 20 + 64)
     fault_log.record("uplink process SIGKILLed mid-drain and restarted", injected=kills, unit="outbox items",
                      sent=len(want), delivered=len(set(keys)), duplicates=len(keys) - len(set(keys)), where="district")
 
