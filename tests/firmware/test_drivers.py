@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from upy_support import LIB, SCRIPTS, env
+from upy_support import LIB, SCRIPTS, case_outcomes, env
 
 from lifeline import upy
 from lifeline.virtual.firmware import SIM
@@ -37,12 +37,8 @@ _outcomes: dict[str, dict[str, str]] = {}
 def outcome(driver: str, mpy_dir: Path) -> dict[str, str]:
     """Case name -> its PASS/FAIL line and the traceback after it, one interpreter run per driver."""
     if driver not in _outcomes:
-        result = upy.run("-m drivercheck", f"drivers_{driver}_cases", env=env(mpy_dir), timeout=60)
-        blocks = re.split(r"^(?=PASS |FAIL )", result.stdout, flags=re.M)
-        found = {m.group(1): b for b in blocks if (m := re.match(r"(?:PASS|FAIL) (\w+)", b))}
-        if not found:
-            found = {"": f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"}
-        _outcomes[driver] = found
+        _outcomes[driver] = case_outcomes(upy.run("-m drivercheck", f"drivers_{driver}_cases", env=env(mpy_dir),
+                                                  timeout=60))
     return _outcomes[driver]
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from upy_support import LIB, SCRIPTS, build, env
+from upy_support import LIB, SCRIPTS, build, case_outcomes, env
 
 from lifeline import upy
 from lifeline.virtual.firmware import SIM
@@ -30,11 +30,8 @@ def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def outcome(mpy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Case name -> its PASS/FAIL line and traceback, from one interpreter run in a scratch directory."""
-    result = upy.run("-m drivercheck", "sleeper_cases", env=env(mpy_dir), cwd=tmp_path_factory.mktemp("flash"),
-                     timeout=60)
-    blocks = re.split(r"^(?=PASS |FAIL )", result.stdout, flags=re.M)
-    found = {m.group(1): b for b in blocks if (m := re.match(r"(?:PASS|FAIL) (\w+)", b))}
-    return found or {"": f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"}
+    return case_outcomes(upy.run("-m drivercheck", "sleeper_cases", env=env(mpy_dir),
+                                 cwd=tmp_path_factory.mktemp("flash"), timeout=60))
 
 
 @pytest.mark.parametrize("case", CASES)

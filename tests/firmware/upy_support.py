@@ -3,6 +3,8 @@ the 64K heap cannot compile the larger modules from source."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 from lifeline import upy
@@ -34,3 +36,11 @@ def queue_dir(fs: str, tmp_path: Path, mpy_dir: Path) -> str:
     result = upy.run("-m lfsdisk", str(image), env=env(mpy_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     return f"lfs:{image}"
+
+
+def case_outcomes(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """Case name -> its PASS/FAIL line and the traceback after it, from a drivercheck run's output; what the
+    run printed whole under the name "" when no case ran."""
+    blocks = re.split(r"^(?=PASS |FAIL )", result.stdout, flags=re.M)
+    found = {m.group(1): b for b in blocks if (m := re.match(r"(?:PASS|FAIL) (\w+)", b))}
+    return found or {"": f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"}
