@@ -407,14 +407,18 @@ class AlarmEngine:
             return self._inhibit(device, now, "will")
         return self._stale(device, cls, self._heard[cls][device], True, rule, now, "will")
 
-    def acknowledge(self, alarm_id: str, now: float) -> bool:
-        """The district acknowledged `alarm_id`: stop re-sending it. False if no such alarm is active."""
-        for alarm in self._alarms.values():
-            if alarm.id == alarm_id:
+    def acknowledge(self, alarm_ids: Iterable[str], now: float) -> set[str]:
+        """The district acknowledged `alarm_ids`: stop re-sending them. The ids of active alarms among them are
+        returned. One pass over the active alarms for the whole list: a storm's page of acknowledgements
+        against a storm's alarms would otherwise cost their product."""
+        wanted = set(alarm_ids)
+        known: set[str] = set()
+        for alarm in list(self._alarms.values()):
+            if alarm.id in wanted:
+                known.add(alarm.id)
                 if alarm.acked_at is None:
                     self._save_alarm(replace(alarm, acked_at=now, next_resend=None))
-                return True
-        return False
+        return known
 
     def due_resends(self, now: float) -> list[Transition]:
         """The latest transition of each unacknowledged alarm whose re-send is due, with backoff doubling

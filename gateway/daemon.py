@@ -319,9 +319,9 @@ class Gateway:
         except DownlinkError as exc:
             event(log, "alarm-ack-rejected", logging.WARNING, error=str(exc))
             return
-        for alarm_id in ids:
-            known = self.alarms.acknowledge(alarm_id, now)
-            event(log, "alarm-ack", id=alarm_id, known=known)
+        known = self.alarms.acknowledge(ids, now)
+        for alarm_id in dict.fromkeys(ids):
+            event(log, "alarm-ack", id=alarm_id, known=alarm_id in known)
 
     def _rules(self, payload: bytes, now: float) -> None:
         version = None

@@ -21,6 +21,7 @@ import cbor2
 from gateway.message_decode import loads_one
 from protocol import cbor, district_verify, message, senml, senml_resolve
 
+MAX_ACK_IDS = 1000  # alarm ids in one `alarm-ack`: the desk sends one, a page of a storm fits
 BIRTH_FIELDS = ("fw", "prof", "rst", "rssi", "batt", "ip")  # what a birth adds to the upstream state body
 
 
@@ -541,11 +542,14 @@ def command_request(body: Mapping[str, Any]) -> CommandRequest:
 
 
 def alarm_ack_ids(payload: bytes) -> list[str]:
-    """`alarm-ack`: {"id": ID} or {"ids": [ID, ...]}: the alarm ids the district acknowledges."""
+    """`alarm-ack`: {"id": ID} or {"ids": [ID, ...]}: the alarm ids the district acknowledges, at most
+    MAX_ACK_IDS (the gateway logs each one)."""
     body = downlink(payload)
     ids = body.get("ids", [body.get("id")] if "id" in body else [])
     if not isinstance(ids, list | tuple) or not ids or not all(isinstance(i, str) for i in ids):
         raise DownlinkError("expected {'id': alarm id} or {'ids': [alarm ids]}")
+    if len(ids) > MAX_ACK_IDS:
+        raise DownlinkError(f"{len(ids)} alarm ids in one acknowledgement, at most {MAX_ACK_IDS}")
     return list(ids)
 
 

@@ -341,15 +341,15 @@ def test_unacknowledged_alarms_are_resent_with_backoff(tmp_path: Path) -> None:
             assert t.body() == {**raised[0].body(), "resend": t.resend}
             due_times.append(now)
     assert due_times == [1011, 1031, 1071, 1111, 1151, 1191]  # +10, then 20, 40, capped at 40
-    assert s.engine.acknowledge(raised[0].alarm_id, 1195.0) is True
+    assert s.engine.acknowledge([raised[0].alarm_id, "no-such-alarm"], 1195.0) == {raised[0].alarm_id}
     assert s.engine.due_resends(9999.0) == []
-    assert s.engine.acknowledge("no-such-alarm", 1195.0) is False
+    assert s.engine.acknowledge(["no-such-alarm"], 1195.0) == set()
     s.conn.close()
 
 
 def test_escalation_needs_a_new_acknowledgement(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [30, 30])
-    assert site.engine.acknowledge(raised[0].alarm_id, 1002.0)
+    assert site.engine.acknowledge([raised[0].alarm_id], 1002.0) == {raised[0].alarm_id}
     assert site.engine.due_resends(2000.0) == []
     down = site.feed("gas-1", "gas", "ch4", [18], t0=10)  # de-escalation keeps the acknowledgement
     assert steps(down) == [("de-escalated", ORANGE, YELLOW)] and site.engine.due_resends(3000.0) == []
@@ -364,12 +364,23 @@ def test_escalation_needs_a_new_acknowledgement(site: EngineOnDisk) -> None:
 def test_acknowledgement_and_schedule_survive_restart(site: EngineOnDisk) -> None:
     a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
     b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
-    site.engine.acknowledge(a.alarm_id, 1005.0)
+    site.engine.acknowledge([a.alarm_id], 1005.0)
     assert [t.alarm_id for t in site.engine.due_resends(1062.0)] == [b.alarm_id]
     engine = site.restart()
     assert engine.due_resends(1100.0) == []
     assert [(t.alarm_id, t.resend) for t in engine.due_resends(1182.0)] == [(b.alarm_id, 2)]
     assert {a.id: a.acked_at for a in engine.active()} == {a.alarm_id: 1005.0, b.alarm_id: None}
+
+
+def test_one_acknowledgement_names_several_alarms(site: EngineOnDisk) -> None:
+    """A district message may acknowledge a page of alarms at once; each named alarm stops re-sending and
+    the others go on."""
+    a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
+    b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
+    c = site.feed("gas-3", "gas", "ch4", [30, 30])[0]
+    assert site.engine.acknowledge([a.alarm_id, c.alarm_id, a.alarm_id, "gone"], 1005.0) == {a.alarm_id, c.alarm_id}
+    assert {x.id: x.acked_at for x in site.engine.active()} == {a.alarm_id: 1005.0, b.alarm_id: None,
+                                                                c.alarm_id: 1005.0}
 
 
 # ---------------------------------------------------------------------------------------------- restart

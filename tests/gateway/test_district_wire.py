@@ -24,3 +24,16 @@ def test_a_telemetry_publish_is_the_cbor_of_its_document(site: str, packs: list[
     data = district_wire.telemetry(site, packs, thinned)
     assert data == cbor2.dumps(doc)
     assert cbor2.loads(data) == doc
+
+
+def test_an_alarm_ack_names_a_bounded_number_of_ids() -> None:
+    """The gateway looks each acknowledged id up among its active alarms and logs it, so the list a district
+    message may carry is bounded: a page of acknowledgements passes, a longer list is refused whole."""
+    ids = [f"a{i}" for i in range(district_wire.MAX_ACK_IDS)]
+    assert district_wire.alarm_ack_ids(cbor2.dumps({"ids": ids})) == ids
+    try:
+        district_wire.alarm_ack_ids(cbor2.dumps({"ids": [*ids, "one-more"]}))
+    except district_wire.DownlinkError as exc:
+        assert f"at most {district_wire.MAX_ACK_IDS}" in str(exc)
+    else:
+        raise AssertionError("a list over the bound was taken")
