@@ -32,6 +32,8 @@ from pathlib import Path
 import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
 from rich.table import Table
 
@@ -45,6 +47,7 @@ from lifeline.store_access import StoreError, add_store_arguments, open_readonly
 from protocol import message, message_check, topics
 
 BAR = 20
+CONNACK_S = 10.0  # how long the site broker may take to answer CONNECT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,7 +139,7 @@ class Sender:
     """The site broker with the gateway's login: sealed commands out, the nodes' sealed acks in (a node that
     refuses the command says so only there)."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig, config: Path | str = "site.toml") -> None:
         b = cfg.site_broker
         self.devices = cfg.devices
         self.acks: dict[tuple[str, int], tuple[bool, str]] = {}
@@ -149,6 +152,9 @@ class Sender:
             self.client.tls_set(ca_certs=str(b.tls.ca_file) if b.tls.ca_file else None,
                                 certfile=str(b.tls.cert_file) if b.tls.cert_file else None,
                                 keyfile=str(b.tls.key_file) if b.tls.key_file else None)
+        self._connack = threading.Event()
+        self._refused: str | None = None
+        self.client.on_connect = self._on_connect
         try:
             self.client.connect(b.host, b.port, b.keepalive)
         except OSError as exc:
@@ -156,7 +162,22 @@ class Sender:
                                   "nothing was sent") from None
         self.client.subscribe(topics.device_filter(cfg.site, topics.ACK), qos=1)
         self.client.loop_start()
+        # The broker's answer to CONNECT before anything is sent: a refused login (a wrong username or password
+        # in site.toml) would otherwise surface only at the first publish, as a traceback.
+        if not self._connack.wait(CONNACK_S) or self._refused is not None:
+            self.client.loop_stop()  # paho would try again and again
+            self.client.disconnect()
+            login = f"user {b.username!r}" if b.username is not None else "no username"
+            why = (f"refused the login ({self._refused}; {login}): check site_broker username and password "
+                   f"in {config}" if self._refused is not None else f"no answer to CONNECT within {CONNACK_S:g} s")
+            raise SiteBrokerError(f"site_broker {b.host}:{b.port}: {why}; nothing was sent")
         self.site = cfg.site
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if not self._connack.is_set():
+            self._refused = str(reason) if reason.is_failure else None
+            self._connack.set()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
@@ -305,7 +326,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         print(f"--{exc}", file=sys.stderr)
         return 2
     try:
-        sender = Sender(cfg)
+        sender = Sender(cfg, args.config)
     except SiteBrokerError as exc:
         conn.close()
         print(exc, file=sys.stderr)

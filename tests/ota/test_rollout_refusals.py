@@ -1,17 +1,18 @@
 """`lifeline ota rollout` stopped before it sends anything: a release directory that is no release (a manifest
-that is not an object), one the gateway does not serve, a site broker nobody answers on. One line each on
-stderr, as it is; they were a TypeError traceback, a message whose "[ota]" rich took for markup, and a
-ConnectionRefusedError traceback."""
+that is not an object), one the gateway does not serve, a site broker nobody answers on, one that refuses the
+gateway's login. One line each on stderr, as it is; they were a TypeError traceback, a message whose "[ota]"
+rich took for markup, a ConnectionRefusedError traceback, and a RuntimeError traceback at the first send."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lifeline import cli
-from lifeline.virtual.broker import free_port
+from lifeline.virtual.broker import Mosquitto, free_port
 
 
 def release_dir(path: Path, manifest: bytes = b'{"version":"0.2.0","profiles":["gas"],"files":[]}') -> Path:
@@ -22,11 +23,11 @@ def release_dir(path: Path, manifest: bytes = b'{"version":"0.2.0","profiles":["
     return path
 
 
-def site(tmp_path: Path, served: Path) -> Path:
+def site(tmp_path: Path, served: Path, port: int | None = None, login: str = "") -> Path:
     store = tmp_path / "gw.db"
     sqlite3.connect(store).close()
     config = tmp_path / "site.toml"
-    config.write_text(f'[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+    config.write_text(f'[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\nport = {port or free_port()}\n{login}'
                       f'[district_broker]\nhost = "127.0.0.1"\n[store]\npath = "{store}"\n'
                       f'[ota]\nreleases = ["{served}"]\n\n[[devices]]\nid = "gas-01"\nclass = "gas"\n'
                       f'key = "{bytes(32).hex()}"\n')
@@ -57,3 +58,20 @@ def test_a_site_broker_nobody_answers_on(tmp_path: Path, capsys: pytest.CaptureF
     assert rollout(config, served) == 1
     err = capsys.readouterr().err
     assert err.startswith("site_broker 127.0.0.1:") and err.endswith("(Connection refused); nothing was sent\n"), err
+
+
+@pytest.mark.parametrize("user, password", [("gateway", "not-the-password"), ("nobody", "right")])
+def test_a_site_broker_that_refuses_the_login(tmp_path: Path, capsys: pytest.CaptureFixture[str], user: str,
+                                               password: str) -> None:
+    """A wrong password or user in site.toml ends the rollout before any send, in one line naming the broker
+    and the broker's reason, exit 1 (as an unreachable broker); it was a RuntimeError traceback at the send."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gateway", "right"], check=True, capture_output=True)
+    served = release_dir(tmp_path / "0.2.0")
+    with Mosquitto(extra_conf=f"password_file {passwd}", anonymous=False) as broker:
+        config = site(tmp_path, served, broker.port, f'username = "{user}"\npassword = "{password}"\n')
+        assert rollout(config, served) == 1
+    out, err = capsys.readouterr()
+    assert err == (f"site_broker 127.0.0.1:{broker.port}: refused the login (Not authorized; user '{user}'): check "
+                   f"site_broker username and password in {config}; nothing was sent\n")
+    assert "sending" not in out
