@@ -134,7 +134,7 @@ class Worker:
             if owner is not None and owner != site:
                 raise Refused("foreign-alarm", f"alarm {body['id']} belongs to site {owner}")
             if store.apply_alarm(conn, site, body, received=received, hist=hist):
-                self.stored["alarm"] += 1
+                self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
         elif kind == dtopics.GATEWAY:
             online, session = upstream.gateway_state(body)

@@ -9,22 +9,31 @@ import re
 import time
 from pathlib import Path
 
+import aiomqtt
+import cbor2
 from sqlalchemy import Engine, func, select
 
-from district.schema import messages, refusals
+from district.schema import alarm_events, alarms, messages, refusals
 from lifeline.virtual.district import DistrictProcess, write_config
 from lifeline.virtual.faultlog import FaultLog
 from lifeline.virtual.site import GatewayProcess, Site, reading
+from protocol import district as dtopics
+from protocol import site_seal
 
 DEVICES = 4
 RATE = 100  # messages a second per device
 SECONDS = 6.0
 
 
-def stored_by(proc: DistrictProcess) -> int:
-    """Messages this worker process stored, from its worker-stopped line."""
+def stop_lines(proc: DistrictProcess) -> list[dict[str, int]]:
+    """The `stored` counts of each of this worker process's worker-stopped lines."""
     found = re.findall(r'event=worker-stopped .*stored="(\{.*?\})"', proc.log().replace('\\"', '"'))
-    return sum(json.loads(s).get("message", 0) for s in found)
+    return [json.loads(s) for s in found]
+
+
+def stored_by(proc: DistrictProcess) -> int:
+    """Messages this worker process stored, from its worker-stopped lines."""
+    return sum(line.get("message", 0) for line in stop_lines(proc))
 
 
 def test_a_worker_killed_under_load_loses_nothing_and_doubles_nothing(engine: Engine, tmp_path: Path,
@@ -87,3 +96,47 @@ def test_a_worker_killed_under_load_loses_nothing_and_doubles_nothing(engine: En
     assert all(n > 0 for n in shares), f"the broker gave every message to one worker: {shares}"
     fault_log.record(f"district worker SIGKILLed under load and restarted ({engine.dialect.name})", injected=1,
                      unit="messages", sent=len(sent), delivered=len(got), where="district database")
+
+
+def test_the_stop_line_counts_each_alarm_publish_once(engine: Engine, tmp_path: Path) -> None:
+    """An alarm publish was counted twice in `stored["alarm"]` when its transition was new (once for the
+    transition, once for the publish), once when it was a resend: three publishes, two of them new, showed 5.
+    Now `alarm` counts publishes as every kind does, and `transition` the new transitions among them, as
+    `message` counts the new device messages among telemetry publishes."""
+    s = Site(tmp_path / "site", tls=False)
+    s.add("gas1", "gas")
+    s.start()
+    conf = write_config(s, tmp_path / "district.toml", database=engine.url.render_as_string(hide_password=False))
+    w = DistrictProcess(conf, "--worker", "1").start()
+    t = time.time()
+    raised = {"id": "d" * 32, "ev": "raised", "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4",
+              "level": "red", "prev": None, "value": 60.0, "reading": 60.0, "rule": "gas.ch4", "rver": 1,
+              "t_dev": t - 1, "t_gw": t, "resend": 0}
+    bodies = [raised, {**raised, "resend": 1},  # the gateway sent it again: the district has it
+              {**raised, "ev": "cleared", "level": None, "prev": "red", "value": 1.0, "t_gw": t + 5}]
+    try:
+        w.wait_subscribed()
+
+        async def send() -> None:
+            async with aiomqtt.Client("127.0.0.1", s.district_broker.port,  # type: ignore[union-attr]
+                                      username=s.id, password=s.gateway_password, identifier="alarms") as c:
+                for body in bodies:
+                    await c.publish(dtopics.up(s.id, dtopics.ALARM),
+                                    site_seal.seal(s.site_key, s.id, dtopics.ALARM, cbor2.dumps(body)), qos=1)
+
+        asyncio.run(send())
+
+        def cleared() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(select(alarms.c.state)).scalar() == "cleared"
+
+        deadline = time.monotonic() + 30
+        while not cleared():
+            assert time.monotonic() < deadline, f"the clear was not stored; log: {w.log()[-2000:]}"
+            time.sleep(0.1)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(alarm_events)).scalar() == 2
+    finally:
+        assert w.stop() == 0
+        s.stop()
+    assert stop_lines(w) == [{"alarm": 3, "transition": 2}]
