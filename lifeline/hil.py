@@ -5,7 +5,8 @@
         --bench-host 192.168.4.2 --wifi-ssid bench --wifi-password secret
 
 Writes OUT/junit.xml, OUT/report.json (outcomes, durations, latencies) and OUT/bench/ (broker and gateway
-directories, site.toml, device consoles, district.jsonl), then prints the latency summary.
+directories, site.toml, device consoles, district.jsonl), then prints the latency summary. A run removes only
+OUT/bench/devices and OUT/bench/site (an earlier run's bench); an OUT/bench holding anything else is refused.
 Arguments after `--` go to pytest unchanged (e.g. `-- -k ramp -x`).
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from lifeline.upy import ROOT
 
 SUITE = ROOT / "hil_tests"
+BENCH_WRITES = ("devices", "site")  # what hil_tests/testbed.py makes in --bench-dir, all a run removes there
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +35,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest")
 
 
+def clear_bench(bench: Path) -> str | None:
+    """Remove what an earlier run's bench wrote in `bench` (a bench starts from blank boards every run), and
+    nothing else: a directory holding anything the bench does not write is left whole, and the reason is
+    returned (a user's --out may already have a bench/ of their own)."""
+    if not bench.exists() and not bench.is_symlink():
+        return None
+    if not bench.is_dir() or bench.is_symlink():
+        return f"{bench} is not a directory the bench wrote; give --out a directory of its own"
+    others = sorted(p.name for p in bench.iterdir() if p.name not in BENCH_WRITES)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return (f"{bench} holds files the bench did not write ({shown}); nothing was removed: give --out a "
+                "directory of its own, or move them")
+    for name in BENCH_WRITES:
+        path = bench / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import pytest
     from rich.console import Console
@@ -39,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     bench = out / "bench"
-    if bench.exists():
-        shutil.rmtree(bench)  # a bench starts from blank boards every run
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        refused = clear_bench(bench)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        refused = f"{exc.filename or out}: {exc.strerror or exc}"
+    if refused:
+        print(f"--out: {refused}", file=sys.stderr)
+        return 2
     argv = [str(SUITE), "--junitxml", str(out / "junit.xml"), "--hil-json", str(out / "report.json"),
             "--bench-dir", str(bench), "--count", str(args.count), "-p", "no:cacheprovider"]
     for spec in args.device:

@@ -1,0 +1,61 @@
+"""`lifeline hil --out DIR` and what it removes in DIR/bench before a run: only what the bench writes there (its
+blank boards and its site), never a user's files. It removed the whole of DIR/bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifeline import cli
+
+
+@pytest.fixture
+def suite_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """pytest.main as `lifeline hil` calls it, replaced: the arguments of each run, and no bench started."""
+    runs: list[list[str]] = []
+
+    def main(argv: list[str]) -> int:
+        runs.append(argv)
+        return 0
+
+    monkeypatch.setattr(pytest, "main", main)
+    return runs
+
+
+def test_a_bench_directory_holding_a_users_files_is_left_whole(tmp_path: Path, suite_runs: list[list[str]],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    bench = tmp_path / "bench"
+    (bench / "mine").mkdir(parents=True)
+    (bench / "mine" / "results.csv").write_text("1,2\n")
+    (bench / "notes.txt").write_text("keep me\n")
+    (bench / "site").mkdir()
+    (bench / "site" / "site.toml").write_text("")
+    assert cli.main(["hil", "--out", str(tmp_path)]) == 2
+    assert (bench / "notes.txt").read_text() == "keep me\n"
+    assert (bench / "mine" / "results.csv").read_text() == "1,2\n"
+    assert (bench / "site" / "site.toml").exists()  # nothing at all is removed once one file is not the bench's
+    assert capsys.readouterr().err == (f"--out: {bench} holds files the bench did not write (mine, notes.txt); "
+                                       "nothing was removed: give --out a directory of its own, or move them\n")
+    assert suite_runs == []
+
+
+def test_an_earlier_runs_bench_is_removed_before_the_next(tmp_path: Path, suite_runs: list[list[str]]) -> None:
+    bench = tmp_path / "out" / "bench"
+    (bench / "devices" / "gas-01").mkdir(parents=True)
+    (bench / "devices" / "gas-01" / "device.json").write_text("{}")
+    (bench / "site").mkdir()
+    (bench / "site" / "district.jsonl").write_text("")
+    assert cli.main(["hil", "--out", str(tmp_path / "out"), "--", "-k", "ramp"]) == 0
+    assert not (bench / "devices").exists() and not (bench / "site").exists()
+    [argv] = suite_runs
+    assert argv[argv.index("--bench-dir") + 1] == str(bench) and argv[-2:] == ["-k", "ramp"]
+
+
+def test_a_bench_path_that_is_a_file_is_refused(tmp_path: Path, suite_runs: list[list[str]],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bench").write_text("a file of the user's\n")
+    assert cli.main(["hil", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "bench").read_text() == "a file of the user's\n"
+    assert capsys.readouterr().err.startswith(f"--out: {tmp_path / 'bench'} is not a directory the bench wrote")
+    assert suite_runs == []
