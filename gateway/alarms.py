@@ -420,6 +420,17 @@ class AlarmEngine:
                     self._save_alarm(replace(alarm, acked_at=now, next_resend=None))
         return known
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was set by `step` seconds (gateway/clock_step.py): silences and re-sends are spans,
+        so their starts and deadlines move with it."""
+        for heard in self._heard.values():
+            for device, last in heard.items():
+                if last is not None:
+                    heard[device] = last + step
+        for alarm in list(self._alarms.values()):
+            if alarm.next_resend is not None:
+                self._save_alarm(replace(alarm, next_resend=alarm.next_resend + step))
+
     def due_resends(self, now: float) -> list[Transition]:
         """The latest transition of each unacknowledged alarm whose re-send is due, with backoff doubling
         from resend_first_s up to resend_max_s."""

@@ -90,6 +90,10 @@ class Commands:
         return district_wire.command_done(dev, body["id"], op, body["ok"], body.get("res"), body["boot"],
                                           round(now - sent_at, 3))
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was set by `step` seconds: a pending command's deadline and its round trip are spans."""
+        self._conn.execute("UPDATE command_pending SET deadline = deadline + ?, sent_at = sent_at + ?", (step, step))
+
     def expire(self, now: float) -> list[CommandResult]:
         """Commands past their deadline: each reported once as a timeout."""
         rows = self._conn.execute("SELECT dev, id, op, sent_at FROM command_pending WHERE deadline <= ?",

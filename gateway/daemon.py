@@ -30,6 +30,7 @@ from gateway import district_wire, site_config
 from gateway.admission import TRUSTED, Checked, Checker, Reading
 from gateway.alarms import AlarmEngine, Transition
 from gateway.check_stage import CheckStage
+from gateway.clock_step import ClockWatch
 from gateway.command_relay import Commands, Outgoing
 from gateway.commit_watermark import Confirmations
 from gateway.district_wire import DownlinkError
@@ -100,6 +101,7 @@ class Gateway:
         # OTA_OFFER_S while it serves any
         self.offer_releases = bool(self.releases.versions())
         self.ota_reported = self.ota_offered = 0.0
+        self.clock = ClockWatch()
         self.ota = Ledger(self.conn)
         self.conn.commit()
         ota_broker = replace(cfg.site_broker, client_id=cfg.site_broker.client_id + "-ota")
@@ -376,7 +378,13 @@ class Gateway:
 
     # ------------------------------------------------------------------------------ time
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, mono: float | None = None) -> None:
+        """Time-driven work at wall time `now`; `mono`, the monotonic clock read beside it, lets a step of the
+        wall clock since the last tick be found and taken out of every span first."""
+        if mono is not None:
+            step = self.clock.step(now, mono)
+            if step:
+                self.clock_stepped(step)
         for t in self.alarms.tick(now) + self.alarms.due_resends(now):
             self._up_alarm(t)
         for gap in self.sequence.due(now):
@@ -388,6 +396,15 @@ class Gateway:
         self.quarantine.tick(now)
         self._commit()
         self.metrics.update(self.snapshot())
+
+    def clock_stepped(self, step: float) -> None:
+        event(log, "clock-step", logging.WARNING, seconds=round(step, 3))
+        self.alarms.clock_stepped(step)
+        self.commands.clock_stepped(step)
+        self.sequence.clock_stepped(step)
+        self.quarantine.clock_stepped(step)
+        self.ota_reported += step
+        self.ota_offered += step
 
     def snapshot(self) -> Snapshot:
         alarms: Counter[str] = Counter(a.level.label for a in self.alarms.active())
@@ -410,7 +427,7 @@ class Gateway:
         next_gc = time.monotonic() + FULL_GC_S
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick(time.time())
+            self.tick(time.time(), time.monotonic())
             if time.monotonic() >= next_gc:
                 began = time.perf_counter()
                 found = gc.collect()

@@ -102,6 +102,11 @@ class Quarantine:
             self._bytes -= freed
             self.evicted[bound] += n
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was set by `step` seconds: a reason's log interval runs on from where it was."""
+        for reason in self._logged_at:
+            self._logged_at[reason] += step
+
     def tick(self, now: float) -> None:
         """Log the rejects folded away during an interval that has now ended."""
         for reason, n in list(self._suppressed.items()):

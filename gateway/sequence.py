@@ -217,6 +217,17 @@ class SequenceTracker:
                 self._restart(dev, d, boot, seq, seq - 1)
         return Verdict.NEW
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was set by `step` seconds: a hole's grace period is a span, so the time it was seen
+        moves with the clock (the old reading of the clock was off by the step)."""
+        for dev in self._holed:
+            d = self._devices.get(dev)
+            if d is not None:
+                for h in d.holes:
+                    if not h.reported:
+                        h.since += step
+                self._devices.changed(dev)
+
     def due(self, now: float) -> list[Gap]:
         """Gaps past their grace period and recoveries since the last call; each is returned once."""
         settled = []

@@ -69,6 +69,19 @@ def test_unexpected_exception_logs_its_traceback_once_per_interval(caplog: pytes
     assert len(caplog.records) == 1 and len(traces) == 1
 
 
+def test_folded_rejects_are_logged_an_interval_on_after_the_clock_is_set_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The interval is a span: with the clock set back an hour, the folded line comes an interval after the
+    first, not an hour and an interval."""
+    q = Quarantine(sqlite3.connect(":memory:"), log_interval_s=60)
+    with caplog.at_level(logging.WARNING, "lifeline.gateway.quarantine"):
+        q.put("malformed", "x", "t", b"\x00", now=1000.0)
+        q.put("malformed", "x", "t", b"\x00", now=1001.0)
+        q.clock_stepped(-3600.0)
+        q.tick(1000.0 - 3600 + 61)
+    assert [getattr(r, "fields", {}).get("suppressed") for r in caplog.records] == [0, 1]
+
+
 async def test_the_gateway_keeps_its_quarantine_within_site_tomls_max_mb(tmp_path: Path) -> None:
     """[quarantine] max_mb reaches the daemon's quarantine, not only the parsed config."""
     text = (f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
