@@ -18,6 +18,9 @@ the image. A board whose MicroPython has no ROMFS is refused before anything is 
 Without --key the device keeps the key recorded for it in the registry, or gets a fresh random one.
 The registry is a TOML fragment of gateway `[[devices]]` tables, so flashing a batch of nodes also
 yields the gateway's device list.
+
+Exit status: 0 flashed, 1 a board or port that failed, 2 a usage error (UsageError: an option or a file it
+names), as argparse and the other tools use it.
 """
 
 from __future__ import annotations
@@ -58,7 +61,12 @@ IMAGE_OFFSETS = {"esp32": "0x1000", "esp32s2": "0x1000", "esp32s3": "0x0", "esp3
 
 
 class FlashError(Exception):
-    """A flashing step failed; the message says which step and what to do."""
+    """A flashing step failed; the message says which step and what to do. Exit status 1."""
+
+
+class UsageError(FlashError):
+    """An option, or a file an option names (key, image, registry), cannot be used; nothing was written to the
+    board. Exit status 2, as for the options argparse refuses and the other tools' usage errors."""
 
 
 @dataclass(frozen=True)
@@ -355,20 +363,20 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise FlashError(f"registry {path}: cannot read it ({exc.strerror})") from None
+        raise UsageError(f"registry {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FlashError(f"registry {path}: not valid TOML ({exc})") from None
+        raise UsageError(f"registry {path}: not valid TOML ({exc})") from None
     others = sorted(set(data) - {"devices"})
     if others:  # a site.toml, say: rewritten as a device list, it would lose everything else it holds
-        raise FlashError(f"registry {path}: holds {', '.join(others)} beside [[devices]], so it is no registry of "
+        raise UsageError(f"registry {path}: holds {', '.join(others)} beside [[devices]], so it is no registry of "
                          "`lifeline flash` (a site.toml?); give --registry a file of its own")
     devices = data.get("devices", [])
     if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
-        raise FlashError(f"registry {path}: devices must be [[devices]] tables")
+        raise UsageError(f"registry {path}: devices must be [[devices]] tables")
     ids = [d.get("id") for d in devices]
     for i, dev_id in enumerate(ids):
         if dev_id in ids[:i]:  # which one would be the device's key?
-            raise FlashError(f"registry {path}: devices[{i}]: device {dev_id!r} is also devices[{ids.index(dev_id)}]")
+            raise UsageError(f"registry {path}: devices[{i}]: device {dev_id!r} is also devices[{ids.index(dev_id)}]")
     return devices
 
 
@@ -403,7 +411,7 @@ def record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> s
     try:
         write_private(path, "\n".join(lines) + "\n")
     except OSError as exc:
-        raise FlashError(f"registry {path}: cannot write it ({exc.strerror}); the board was not written") from None
+        raise UsageError(f"registry {path}: cannot write it ({exc.strerror}); the board was not written") from None
     return status
 
 
@@ -416,9 +424,9 @@ def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes,
         try:
             text, source = Path(args.key_file).read_text().strip(), str(args.key_file)
         except OSError as exc:
-            raise FlashError(f"--key-file: cannot read {args.key_file} ({exc.strerror})") from None
+            raise UsageError(f"--key-file: cannot read {args.key_file} ({exc.strerror})") from None
         except UnicodeDecodeError:  # the key's raw bytes, say
-            raise FlashError(f"--key-file {args.key_file}: not text; it holds the key in hex") from None
+            raise UsageError(f"--key-file {args.key_file}: not text; it holds the key in hex") from None
     elif registry is not None:
         for d in read_registry(registry):
             if d.get("id") == args.device_id and isinstance(d.get("key"), str):
@@ -428,9 +436,9 @@ def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes,
     try:
         key = bytes.fromhex(text)
     except ValueError:
-        raise FlashError(f"{source}: the key must be hex") from None
+        raise UsageError(f"{source}: the key must be hex") from None
     if len(key) != KEY_BYTES:
-        raise FlashError(f"{source}: the key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
+        raise UsageError(f"{source}: the key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
                          f"not {len(key)}")
     return key, source
 
@@ -452,6 +460,8 @@ def _ident(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("exit status: 0 flashed; 1 the board, its port or a step on it failed; 2 a usage error (an option, "
+                "or the key, image or registry file it names), refused before the board is touched")
     p.add_argument("--port", required=True, help="serial port of the board (or a virtual device's pty)")
     p.add_argument("--profile", required=True, choices=PROFILES, help="device class")
     p.add_argument("--device-id", required=True, type=_ident)
@@ -498,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, out)
     except FlashError as exc:  # one line, as it is: a path broken at the terminal's width cannot be copied
         err.print(f"[bold red]flash failed:[/] {escape(str(exc))}", soft_wrap=True)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 def _run(args: argparse.Namespace, out: Any) -> int:
@@ -506,9 +516,9 @@ def _run(args: argparse.Namespace, out: Any) -> int:
     from rich.table import Table
 
     if args.image is not None and not args.image.is_file():
-        raise FlashError(f"--image: {args.image} does not exist")
+        raise UsageError(f"--image: {args.image} does not exist")
     if args.romfs and args.no_compile:
-        raise FlashError("--romfs takes the compiled modules: leave out --no-compile")
+        raise UsageError("--romfs takes the compiled modules: leave out --no-compile")
     registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))
     key, key_source = resolve_key(args, registry)
     host, port = args.broker

@@ -116,10 +116,14 @@ def test_generated_keys_form_the_gateway_registry(tmp_path: Path) -> None:
     (("--key", "abcd"), "must be 32 bytes"),
     (("--key", "zz" * 32), "must be hex"),
     (("--image", "/nonexistent/micropython.bin"), "does not exist"),
+    (("--romfs", "--no-compile"), "leave out --no-compile"),
+    (("--key-file", "/nonexistent/gas-01.key"), "--key-file: cannot read"),
 ])
 def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, extra: tuple[str, ...],
                                           complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert flash(vdev, tmp_path, *extra) == 1
+    """A usage error (an option or a file the operator named that cannot be used) is exit 2, as argparse's own
+    and the other tools'; 1 is for a board or port that failed. It was 1 for both."""
+    assert flash(vdev, tmp_path, *extra) == 2
     assert complaint in capsys.readouterr().err
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
 
@@ -127,9 +131,15 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
 def test_a_key_file_of_raw_bytes_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "gas-01.key").write_bytes(bytes(range(200, 232)))  # 32 bytes, not hex: not UTF-8 either
-    assert flash(vdev, tmp_path, "--key-file", str(tmp_path / "gas-01.key")) == 1
+    assert flash(vdev, tmp_path, "--key-file", str(tmp_path / "gas-01.key")) == 2
     assert "gas-01.key: not text; it holds the key in hex" in capsys.readouterr().err
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
+def test_an_option_argparse_refuses_is_exit_2(vdev: VirtualDevice, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        flash(vdev, tmp_path, broker="no-port")
+    assert exit_.value.code == 2 and flash_files(vdev) == {}
 
 
 def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
@@ -137,7 +147,7 @@ def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
     """The reason is printed on one line, whatever the terminal's width, and brackets in it are text: a long
     path broken in two, or a [dir] taken for markup, could not be copied back into the command."""
     image = tmp_path / "[builds]" / ("micropython-" + "x" * 80 + ".bin")
-    assert flash(vdev, tmp_path, "--image", str(image)) == 1
+    assert flash(vdev, tmp_path, "--image", str(image)) == 2
     assert capsys.readouterr().err == f"flash failed: --image: {image} does not exist\n"
 
 
@@ -147,7 +157,7 @@ def test_a_registry_it_cannot_write_stops_before_the_board(vdev: VirtualDevice, 
     could not take would hold the only copy, and the gateway could never check its messages."""
     registry = tmp_path / "no-such-dir" / "registry.toml"
     assert cli.main(["flash", "--port", vdev.port, "--profile", "gas", "--device-id", "gas-01", "--site", "site-a",
-                     "--broker", "127.0.0.1:1883", "--registry", str(registry), "--no-reset"]) == 1
+                     "--broker", "127.0.0.1:1883", "--registry", str(registry), "--no-reset"]) == 2
     assert f"registry {registry}: cannot write it" in capsys.readouterr().err
     assert flash_files(vdev) == {}
 
@@ -166,7 +176,7 @@ def test_a_registry_that_is_no_device_list_is_left_alone(vdev: VirtualDevice, tm
     store were dropped); nor is a registry that lists a device twice, with two keys to choose from, taken."""
     registry = tmp_path / "registry.toml"
     registry.write_text(text)
-    assert flash(vdev, tmp_path, device_id="gas-02") == 1
+    assert flash(vdev, tmp_path, device_id="gas-02") == 2
     assert complaint in capsys.readouterr().err
     assert registry.read_text() == text and flash_files(vdev) == {}
 
