@@ -15,7 +15,7 @@ import json
 import math
 import sqlite3
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
@@ -549,14 +549,36 @@ class AlarmEngine:
         out = []
         for key, alarm in list(self._alarms.items()):
             if self._part(self._rules, key) is None:
-                last = alarm.last
-                moved = self._move(key, None, last.rule, alarm.last.rule_kind, now, value=last.value,
-                                   reading=last.reading, device=last.device, cls=last.device_class,
-                                   metric=last.metric, device_time=None, point=last.point,
-                                   position=last.position, unit=last.unit, cause="rule-removed")
-                self._save_track(key, Track())
-                if moved is not None:
-                    out.append(moved)
+                out += self._withdraw(key, alarm, now, "rule-removed")
+        return out
+
+    def _withdraw(self, key: Key, alarm: Alarm, now: float, cause: str) -> list[Transition]:
+        """Clear an alarm that nothing will judge again (its rule or its device is gone), and its track."""
+        last = alarm.last
+        moved = self._move(key, None, last.rule, last.rule_kind, now, value=last.value, reading=last.reading,
+                           device=last.device, cls=last.device_class, metric=last.metric, device_time=None,
+                           point=last.point, position=last.position, unit=last.unit, cause=cause)
+        self._save_track(key, Track())
+        return [] if moved is None else [moved]
+
+    def forget_unlisted(self, listed: Container[str], now: float) -> list[Transition]:
+        """Devices no longer on the site's list (a reload, or a restart with a new list): their own alarms are
+        cleared (`device-removed`) and their silence no longer counted. The gateway takes no message from
+        them, so nothing else would ever clear those alarms. Risk-point alarms are left to their points."""
+        gone = {dev for heard in self._heard.values() for dev in heard if dev not in listed}
+        out = []
+        for key, alarm in list(self._alarms.items()):
+            if key[0] == "device" and key[1] in gone:
+                out += self._withdraw(key, alarm, now, "device-removed")
+        for dev in gone:
+            for heard in self._heard.values():
+                heard.pop(dev, None)
+            self._dead.pop(dev, None)
+            self._tracks.pop(("device", dev), None)
+        self._unsaved = {key for key in self._unsaved if key[0] != "device" or key[1] not in gone}
+        self._conn.executemany("DELETE FROM alarm_device WHERE device = ?", [(dev,) for dev in gone])
+        self._conn.executemany("DELETE FROM alarm_track WHERE scope = 'device' AND subject = ?",
+                               [(dev,) for dev in gone])
         return out
 
     def _seen(self, device: str, cls: str, now: float) -> list[Transition]:
@@ -596,13 +618,7 @@ class AlarmEngine:
         for key, alarm in list(self._alarms.items()):
             if key[:2] != ("device", device) or key[3] == "stale" or self._rule_part(self._rules, cls, key) is not None:
                 continue
-            last = alarm.last
-            moved = self._move(key, None, last.rule, last.rule_kind, now, value=last.value, reading=last.reading,
-                               device=device, cls=last.device_class, metric=last.metric, device_time=None,
-                               point=last.point, position=last.position, unit=last.unit, cause="rule-removed")
-            self._save_track(key, Track())
-            if moved is not None:
-                out.append(moved)
+            out += self._withdraw(key, alarm, now, "rule-removed")
         return out
 
     def _stale(self, device: str, cls: str, last_seen: float | None, dead: bool, rule: StaleRule, now: float,

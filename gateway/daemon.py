@@ -79,6 +79,8 @@ class Gateway:
         self.uplink = Uplink(self.outbox, cfg.district_broker, cfg.site, max_items=cfg.batch_max_items,
                              max_delay_s=cfg.batch_max_delay_s, drain_rate=cfg.drain_rate,
                              site_key=cfg.site_key or site_key(cfg.site_key_file))
+        for t in self.alarms.forget_unlisted(self.registry.devices, time.time()):  # taken off while stopped
+            self._up_alarm(t)
         self.conn.commit()
         site_topics = [topics.device_filter(cfg.site, k) for k in (topics.DATA, topics.EVENT, topics.STATE,
                                                                       topics.ACK)]
@@ -451,6 +453,8 @@ class Gateway:
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return
         self.registry.replace(cfg.devices)
+        for t in self.alarms.forget_unlisted(self.registry.devices, time.time()):
+            self._up_alarm(t)
         if self.stage:
             self.stage.replace(self.registry.devices)
         try:
