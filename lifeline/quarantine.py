@@ -9,6 +9,7 @@ import time
 
 import cbor2
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.quarantine import REASONS, row, rows
@@ -53,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             table = Table("id", "time (UTC)", "reason", "topic", "bytes", "detail")
             for r in rows(conn, args.reason, args.limit):
-                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), r.reason,
-                              r.topic, str(r.size), r.detail)
+                # topic and detail are what a publisher chose (a key id, say): text, never markup
+                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), escape(r.reason),
+                              escape(r.topic), str(r.size), escape(r.detail))
             console.print(table)
             totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
             console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         r = one
         console.print(f"id {r.id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.at))} UTC\n"
-                      f"reason {r.reason}: {r.detail}\ntopic {r.topic}\nsize {r.size} bytes"
+                      f"reason {escape(r.reason)}: {escape(r.detail)}\ntopic {escape(r.topic)}\nsize {r.size} bytes"
                       + (f" (first {len(r.raw)} kept)" if len(r.raw) < r.size else ""))
         console.print("hex: " + r.raw[:512].hex() + ("..." if len(r.raw) > 512 else ""))
         console.print(_diagnostic(r.raw), markup=False)
