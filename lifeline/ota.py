@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway import ota_plan, ota_relay
@@ -94,8 +95,8 @@ def status(args: argparse.Namespace, console: Console) -> int:
     for dev in sorted(set(nodes) | set(devices)):
         n = nodes.get(dev) or NodeOta(dev)
         d = devices.get(dev)
-        table.add_row(dev, d.cls if d else "", "online" if online.get(dev) else "offline", n.running or "?",
-                      n.target, bar(n.done, n.total) if n.total else "", _outcome(n),
+        table.add_row(dev, d.cls if d else "", "online" if online.get(dev) else "offline", escape(n.running or "?"),
+                      escape(n.target), bar(n.done, n.total) if n.total else "", _outcome(n),
                       _ago(now, n.outcome_at or n.asked_at))
     console.print(table)
     return 0
@@ -121,7 +122,8 @@ def _sleep_s(conn: sqlite3.Connection) -> dict[str, float]:
 def _outcome(n: NodeOta) -> str:
     if not n.outcome_v:
         return ""
-    return f"{n.outcome_v} " + ("[green]running[/green]" if n.ok else f"[red]{n.res}[/red]")
+    # the node's own words: text, never markup
+    return f"{escape(n.outcome_v)} " + ("[green]running[/green]" if n.ok else f"[red]{escape(n.res)}[/red]")
 
 
 def _ago(now: float, t: float | None) -> str:
@@ -272,7 +274,7 @@ class Rollout:
                 line = f"[green]{detail}[/green]"
             elif state == "failed":
                 stage.failed[dev] = detail
-                line = f"[red]failed[/red]: {detail}"
+                line = f"[red]failed[/red]: {escape(detail)}"  # a node's words (an ack's reason): text
             elif state == "download":
                 line = bar(n.done, n.total) + (" switching" if n.done == n.total else "")
             elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < ota_plan.SENDS:

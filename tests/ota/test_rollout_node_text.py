@@ -1,0 +1,75 @@
+"""What a node says in words (a refusing ack's reason, its "ota" outcome, the version its birth names) printed by
+`lifeline ota rollout` and `ota status` as text: rich took "[/]" in it for a closing tag, and a rollout ended in
+a MarkupError traceback mid-stage, its later stages never sent and no summary written."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from test_rollout_refusals import release_dir, site
+
+from gateway.ota_relay import Ledger
+from lifeline import cli
+from lifeline.virtual.broker import Mosquitto
+from protocol import message, message_check, topics
+
+KEY = bytes(32)  # the key test_rollout_refusals.site gives gas-01
+HOSTILE = "[/]no room [bold]"
+
+
+@pytest.fixture
+def refusing_node() -> Iterator[Mosquitto]:
+    """A broker with gas-01 on it, refusing each command it is sent with HOSTILE as the reason."""
+    with Mosquitto() as broker:
+        node = paho.Client(CallbackAPIVersion.VERSION2, client_id="gas-01")
+
+        def on_message(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+            body = message_check.decode(bytes(msg.payload), lambda kid: KEY, topics.CMD, loads=cbor2.loads)
+            client.publish(topics.device("site-a", "gas-01", topics.ACK),
+                           message.encode(message.ack("gas-01", 1, body["id"], False, HOSTILE), KEY), qos=1)
+
+        node.on_message = on_message
+        node.connect(broker.host, broker.port)
+        node.subscribe(topics.device("site-a", "gas-01", topics.CMD), qos=1)
+        node.loop_start()
+        try:
+            yield broker
+        finally:
+            node.loop_stop()
+            node.disconnect()
+
+
+def test_a_refusal_whose_reason_looks_like_markup(tmp_path: Path, refusing_node: Mosquitto,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served, refusing_node.port)
+    summary = tmp_path / "summary.json"
+    assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout", "20",
+                     "--poll", "0.1", "--summary", str(summary)]) == 1
+    out = capsys.readouterr().out
+    assert f"gas-01           failed: refused the command: {HOSTILE}" in out, out
+    assert "0.2.0: 0 landed, 1 failed, 0 not sent" in out and summary.exists()
+
+
+def test_ota_status_shows_a_nodes_words_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    store = tmp_path / "gw.db"
+    conn = sqlite3.connect(store)
+    ledger = Ledger(conn)
+    ledger.birth("gas-01", "0.1[/]", 1_800_000_000.0)
+    ledger.outcome("gas-01", "0.2.0", False, "rolled back: " + HOSTILE, 1_800_000_000.0)
+    ledger.flush()
+    conn.commit()
+    conn.close()
+    assert cli.main(["ota", "status", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "0.1[/]" in out and f"0.2.0 rolled back: {HOSTILE}" in out, out
