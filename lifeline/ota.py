@@ -162,7 +162,7 @@ class Sender:
         except OSError as exc:
             raise SiteBrokerError(f"site_broker {b.host}:{b.port}: cannot connect ({exc.strerror or exc}); "
                                   "nothing was sent") from None
-        self.client.subscribe(topics.device_filter(cfg.site, topics.ACK), qos=1)
+        self.site = cfg.site
         self.client.loop_start()
         # The broker's answer to CONNECT before anything is sent: a refused login (a wrong username or password
         # in site.toml) would otherwise surface only at the first publish, as a traceback.
@@ -173,10 +173,12 @@ class Sender:
             why = (f"refused the login ({self._refused}; {login}): check site_broker username and password "
                    f"in {config}" if self._refused is not None else f"no answer to CONNECT within {CONNACK_S:g} s")
             raise SiteBrokerError(f"site_broker {b.host}:{b.port}: {why}; nothing was sent")
-        self.site = cfg.site
+        self.where = f"site_broker {b.host}:{b.port}"
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
+        if not reason.is_failure:  # each time: a broker restarted mid-rollout has forgotten the subscription
+            client.subscribe(topics.device_filter(self.site, topics.ACK), qos=1)
         if not self._connack.is_set():
             self._refused = str(reason) if reason.is_failure else None
             self._connack.set()
@@ -198,11 +200,19 @@ class Sender:
         with self._lock:
             return self.acks.get((dev, cmd_id))
 
-    def send(self, device: DeviceConfig, cmd_id: int, args: Mapping[str, object], exp: int) -> None:
+    def send(self, device: DeviceConfig, cmd_id: int, args: Mapping[str, object], exp: int) -> bool:
+        """True once the broker has the command; False while the broker is away (restarted, say): paho keeps
+        the command and sends it when it has connected again."""
         body = message.command(device.id, cmd_id, "ota", dict(args), exp)
         info = self.client.publish(topics.device(self.site, device.id, topics.CMD), message.encode(body, device.key),
                                    qos=1)
-        info.wait_for_publish(10)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            return False
+        try:
+            info.wait_for_publish(10)
+        except RuntimeError:  # the connection lost before it went out; kept for the next one as above
+            return False
+        return info.is_published()
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -220,6 +230,7 @@ class Rollout:
         self.cmd_id = int(time.time()) & 0x7FFFFFFF  # ids are per device; a fresh one, so no node takes it as a repeat
         self.commands: dict[str, tuple[int, float, int]] = {}  # dev -> (command id, when, sends so far)
         self.exp = 0
+        self.delivered = True  # the last send reached the broker
 
     def failed(self) -> int:
         return sum(len(s.failed) for s in self.stages)
@@ -230,8 +241,12 @@ class Rollout:
     def send(self, dev: str) -> None:
         _, _, sends = self.commands.get(dev, (0, 0.0, 0))
         cmd_id = self.cmd_id + sends
-        self.sender.send(self.cfg.devices[dev], cmd_id, self.rel.command_args(), self.exp)
+        delivered = self.sender.send(self.cfg.devices[dev], cmd_id, self.rel.command_args(), self.exp)
         self.commands[dev] = (cmd_id, time.time(), sends + 1)
+        if not delivered and self.delivered:  # once an outage
+            self.say(f"{self.sender.where}: not connected; the commands wait until it is back (the stage's "
+                     "timeout runs on)")
+        self.delivered = delivered
 
     def run(self, halt_share: float, timeout_s: float, poll_s: float) -> None:
         for stage in self.stages:
