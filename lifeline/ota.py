@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -319,6 +320,10 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if not 0 <= args.halt_share < 1:
         print("--halt-share: a share from 0 up to (not including) 1", file=sys.stderr)
         return 2
+    if args.summary is not None and not (args.summary.parent.is_dir() and os.access(args.summary.parent, os.W_OK)):
+        conn.close()  # known now, not after the whole rollout
+        print(f"--summary: {args.summary.parent} is no directory it can write in", file=sys.stderr)
+        return 2
 
     def read() -> tuple[dict[str, NodeOta], dict[str, float]]:
         with conn:
@@ -362,10 +367,18 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
                       f"{', '.join(untouched) or 'none'}")
     console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent")
     if args.summary:
-        args.summary.write_text(json.dumps({"version": rel.version, "halted": ro.halted, "landed": landed,
-                                            "failed": failed, "untouched": untouched,
-                                            "stages": [{"name": s.name, "devices": s.devices} for s in stages]},
-                                           indent=1))
+        doc = json.dumps({"version": rel.version, "halted": ro.halted, "landed": landed, "failed": failed,
+                          "untouched": untouched, "stages": [{"name": s.name, "devices": s.devices} for s in stages]},
+                         indent=1)
+        tmp = args.summary.with_name(f".{args.summary.name}.tmp")
+        try:  # whole or not at all: a reader never finds half a summary
+            tmp.write_text(doc)
+            tmp.replace(args.summary)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"--summary: cannot write {args.summary} ({exc.strerror or exc}); the outcome is above",
+                  file=sys.stderr)
+            return 1
     return 1 if ro.halted or failed else 0
 
 

@@ -75,3 +75,16 @@ def test_a_site_broker_that_refuses_the_login(tmp_path: Path, capsys: pytest.Cap
     assert err == (f"site_broker 127.0.0.1:{broker.port}: refused the login (Not authorized; user '{user}'): check "
                    f"site_broker username and password in {config}; nothing was sent\n")
     assert "sending" not in out
+
+
+def test_a_summary_it_could_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--summary in a directory that is not there is refused before anything is sent: it was found only after
+    the whole rollout, as a FileNotFoundError traceback, and the outcome was not written anywhere."""
+    served = release_dir(tmp_path / "0.2.0")
+    summary = tmp_path / "no-such-dir" / "summary.json"
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout",
+                         "1", "--summary", str(summary)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"--summary: {summary.parent} is no directory it can write in\n" and "sending" not in out, out
