@@ -6,7 +6,8 @@
 
 Writes OUT/junit.xml, OUT/report.json (outcomes, durations, latencies) and OUT/bench/ (broker and gateway
 directories, site.toml, device consoles, district.jsonl), then prints the latency summary. A run removes only
-OUT/bench/devices and OUT/bench/site (an earlier run's bench); an OUT/bench holding anything else is refused.
+OUT/bench/devices and OUT/bench/site (an earlier run's bench) and the last run's reports; an OUT/bench holding
+anything else is refused.
 Arguments after `--` go to pytest unchanged (e.g. `-- -k ramp -x`).
 """
 
@@ -64,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     bench = out / "bench"
+    report = out / "report.json"
     try:
         refused = clear_bench(bench)
         out.mkdir(parents=True, exist_ok=True)
+        if not refused:  # the last run's reports, so that one this run did not write is never shown as its own
+            report.unlink(missing_ok=True)
+            (out / "junit.xml").unlink(missing_ok=True)
     except OSError as exc:
         refused = f"{exc.filename or out}: {exc.strerror or exc}"
     if refused:
         print(f"--out: {refused}", file=sys.stderr)
         return 2
-    argv = [str(SUITE), "--junitxml", str(out / "junit.xml"), "--hil-json", str(out / "report.json"),
+    argv = [str(SUITE), "--junitxml", str(out / "junit.xml"), "--hil-json", str(report),
             "--bench-dir", str(bench), "--count", str(args.count), "-p", "no:cacheprovider"]
     for spec in args.device:
         argv += ["--device", spec]
@@ -83,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     argv += [a for a in args.pytest_args if a != "--"]
     code = int(pytest.main(argv))
     console = Console()
-    report = out / "report.json"
-    if report.exists():
+    if not report.exists():
+        print(f"no report: pytest ended with exit status {code} before writing {report}", file=sys.stderr)
+    else:
         summary = json.loads(report.read_text())["summary"]
         table = Table(title="bench latencies (s)")
         for col in ("measure", "n", "min", "median", "max"):

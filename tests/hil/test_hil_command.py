@@ -3,6 +3,7 @@ blank boards and its site), never a user's files. It removed the whole of DIR/be
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,19 @@ def test_a_bench_path_that_is_a_file_is_refused(tmp_path: Path, suite_runs: list
     assert (tmp_path / "bench").read_text() == "a file of the user's\n"
     assert capsys.readouterr().err.startswith(f"--out: {tmp_path / 'bench'} is not a directory the bench wrote")
     assert suite_runs == []
+
+
+def test_an_earlier_runs_report_is_not_shown_for_a_run_that_wrote_none(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """pytest can end before the suite runs (an option it does not know, a --device spec the plugin refuses:
+    exit 4) and write no report; the last run's report.json was then read and its outcomes printed as this
+    run's, a bench that never started shown as passing."""
+    (tmp_path / "report.json").write_text(json.dumps({"summary": {"outcomes": {"passed": 9}, "latency_s": {}}}))
+    (tmp_path / "junit.xml").write_text("<testsuites/>")
+    monkeypatch.setattr(pytest, "main", lambda argv: 4)
+    assert cli.main(["hil", "--out", str(tmp_path), "--", "--no-such-option"]) == 4
+    out, err = capsys.readouterr()
+    assert "passed" not in out, out
+    assert err == f"no report: pytest ended with exit status 4 before writing {tmp_path / 'report.json'}\n"
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "junit.xml").exists()
