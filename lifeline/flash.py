@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -390,8 +392,30 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+@contextmanager
+def _registry_lock(path: Path) -> Iterator[None]:
+    """The registry to this run alone while it reads, changes and writes it: runs flashing boards on other ports
+    at the same time wait here, so none writes over a device another has just added. The lock is a file of its
+    own beside the registry (the registry itself is replaced by a rename on each write), left in place."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(f"registry {path}: cannot write it ({exc.strerror}); the board was not written") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> str:
     """Add or update a device in the registry; returns "added", "updated" or "unchanged"."""
+    with _registry_lock(path):
+        return _record(path, site, device_id, profile, key)
+
+
+def _record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> str:
     devices = read_registry(path)
     entry = {"id": device_id, "class": profile, "key": key.hex()}
     status = "added"

@@ -162,6 +162,34 @@ def test_a_registry_it_cannot_write_stops_before_the_board(vdev: VirtualDevice, 
     assert flash_files(vdev) == {}
 
 
+def test_flashes_run_side_by_side_keep_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field team flashes boards on several ports at once, each run adding its device to the one registry. Each
+    read the registry, added its device and wrote it whole, so the last to write dropped the devices the others
+    had added meanwhile: their keys were on their boards alone, and the gateway could check none of their
+    messages. Writing is slowed here so the runs overlap as they do over a 20 s serial copy."""
+    write = flash_mod.write_private
+
+    def slow_write(path: Path, text: str) -> None:
+        time.sleep(0.05)
+        write(path, text)
+
+    monkeypatch.setattr(flash_mod, "write_private", slow_write)
+    registry = tmp_path / "registry.toml"
+    keys = {f"gas-{i:02d}": bytes([i]) * 32 for i in range(1, 13)}
+    start = threading.Barrier(len(keys))
+
+    def one(dev: str) -> None:
+        start.wait()
+        flash_mod.record(registry, "site-a", dev, "gas", keys[dev])
+
+    threads = [threading.Thread(target=one, args=(dev,)) for dev in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {d["id"]: d["key"] for d in flash_mod.read_registry(registry)} == {d: k.hex() for d, k in keys.items()}
+
+
 SITE_TOML = ('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
              '[store]\npath = "gw.db"\n\n[[devices]]\nid = "gas-01"\nclass = "gas"\nkey = "' + KEY.hex() + '"\n')
 
