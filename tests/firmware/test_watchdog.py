@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from test_device import DEV, SITE, fast_gas, online_births
 
+from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.flashdir import FlashDirDevice
 from lifeline.virtual.listener import Listener
+from lifeline.virtual.profiles import load_profile
 from protocol import topics
 
 
@@ -103,3 +105,28 @@ def test_a_longer_sample_interval_by_command_does_not_starve_the_watchdog(tmp_pa
     listener.close()
     assert listener.of(topics.ACK)[0]["ok"] is True
     assert not exits and "stalled" not in console, (exits, console[-2000:])
+
+
+def test_a_sleeping_node_waking_without_wifi_sleeps_again_without_a_reset(tmp_path: Path, mpy: Path,
+                                                                       broker: Mosquitto) -> None:
+    """A sleeping profile's wake awaited the Wi-Fi join (up to 20 s on an ESP32) without feeding the watchdog,
+    and so its tries for a first frame from a level sensor that gives none (3 s). The shipped 30 s watchdog
+    outlasts both, but a profile may set wdt_ms down to 1 s: such a drainage node was reset by its watchdog at
+    every wake while the access point was away (or the echo lost), and never slept. wdt_ms 2000 here stands
+    for any watchdog shorter than those waits."""
+    p = load_profile("drainage")
+    p["wdt_ms"] = 2000
+    p["sleep"] = {"wake_s": 10, "awake_s": 5}
+    p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, None]]},  # no echo: no frame
+                        heap=upy.firmware_heap("esp32"), hal="esp32") as dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        assert dev.control(net=False)["ok"]
+        time.sleep(24)  # the next wake comes within 10 s and finds no access point
+        assert dev.control(net=True)["ok"]
+        assert listener.wait(lambda m: len(online_births(listener)) >= 2, 40), (dev.exits, dev.console()[-2000:])
+        exits = list(dev.exits)
+    listener.close()
+    births = [(b["boot"], b["rst"]) for b in online_births(listener)]
+    assert set(exits) == {4} and all(rst == "deepsleep" for _, rst in births[1:]), (exits, births)

@@ -105,12 +105,18 @@ async def cycle(app):
         while not s.sample() and s.drv is not None and tries:
             tries -= 1
             await asyncio.sleep_ms(100)
+            app.wdt.feed()  # 3 s of tries outlast a short watchdog (wdt_ms may be 1000)
         if s is wake_s and s.kind == "cover":
             level = 1 - s.drv.pin.value()  # wake when the switch leaves the state just sampled
         app.wdt.feed()
     app.pub.flush()
     asyncio.create_task(app.pub.run())
-    await app.board.connect(app.secrets)
+    # Wi-Fi is joined in a task, the watchdog fed while it runs: the backend waits up to 20 s for the access
+    # point, and awaited unfed that reset a node whose wdt_ms is shorter at every wake without Wi-Fi.
+    link = asyncio.create_task(app.board.connect(app.secrets))
+    while not link.done():
+        await asyncio.sleep_ms(100)
+        app.wdt.feed()
     app.mqtt.start()
     t0 = clock.up_ms()
     q = app.pub.q
