@@ -16,6 +16,7 @@ manifest's order. It prints the ota command's args.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -60,14 +61,35 @@ def keygen(out: Path) -> str:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
+    if out.exists() or out.is_symlink():
+        raise ReleaseError(f"{out} exists: a release key is never overwritten")
+    # Written beside --out, flushed to disk, then linked into place (which, unlike a rename, never replaces a
+    # file): a full disk or a power cut leaves no short key under --out that keygen would then refuse to
+    # replace and `build` could not read, after its public half went into the nodes' device.json.
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # 0600
+    except OSError as exc:
+        raise ReleaseError(f"--out {out}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(name, out)
     except FileExistsError:
         raise ReleaseError(f"{out} exists: a release key is never overwritten") from None
     except OSError as exc:
-        raise ReleaseError(f"--out {out}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+        raise ReleaseError(f"--out {out}: cannot write the key ({exc.strerror or exc}); nothing was left "
+                           "there") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    with contextlib.suppress(OSError):  # the link itself to disk; the key is in place whatever this says
+        dir_fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return public_hex(key)
 
 

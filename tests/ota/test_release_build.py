@@ -4,6 +4,11 @@ with nothing left behind; each ended in a traceback."""
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline import cli, release
+
+LIFELINE = str(Path(sys.executable).parent / "lifeline")
 
 
 def tree(tmp_path: Path, **modules: str) -> Path:
@@ -55,3 +62,25 @@ def test_keygen_into_a_directory_that_is_not_there(tmp_path: Path, capsys: pytes
     out = tmp_path / "keys" / "district-release.key"
     assert cli.main(["release", "keygen", "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"lifeline release: --out {out}: No such file or directory\n"
+
+
+def test_keygen_on_a_full_disk_leaves_no_half_a_key(tmp_path: Path) -> None:
+    """The key written short (a full disk; here a file size limit of 40 bytes, below the PEM's 119) ended in a
+    traceback and left the short file under --out, which keygen then refused to replace ("exists") and
+    `release build` could not read. Now: one line, exit 2, nothing under --out, and a second run writes it."""
+    out = tmp_path / "district-release.key"
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as ENOSPC would be
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    full = subprocess.run([LIFELINE, "release", "keygen", "--out", str(out)], capture_output=True, text=True,
+                          preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert full.returncode == 2, full.stderr
+    assert full.stderr.startswith(f"lifeline release: --out {out}: cannot write the key (File too large)"), full.stderr
+    assert len(full.stderr.splitlines()) == 1 and not out.exists() and list(tmp_path.iterdir()) == []
+    again = subprocess.run([LIFELINE, "release", "keygen", "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    key = serialization.load_pem_private_key(out.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey) and again.stdout.strip() == release.public_hex(key)
+    assert out.stat().st_mode & 0o777 == 0o600
