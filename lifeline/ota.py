@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -320,6 +321,12 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if not 0 <= args.halt_share < 1:
         print("--halt-share: a share from 0 up to (not including) 1", file=sys.stderr)
         return 2
+    for option, seconds in (("--poll", args.poll), ("--stage-timeout", args.stage_timeout),
+                            ("--resend-s", args.resend_s)):
+        if not (math.isfinite(seconds) and seconds > 0):
+            conn.close()
+            print(f"{option}: a number of seconds above 0, not {seconds:g}", file=sys.stderr)
+            return 2
     if args.summary is not None and not (args.summary.parent.is_dir() and os.access(args.summary.parent, os.W_OK)):
         conn.close()  # known now, not after the whole rollout
         print(f"--summary: {args.summary.parent} is no directory it can write in", file=sys.stderr)

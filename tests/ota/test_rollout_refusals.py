@@ -88,3 +88,18 @@ def test_a_summary_it_could_not_write(tmp_path: Path, capsys: pytest.CaptureFixt
                          "1", "--summary", str(summary)]) == 2
     out, err = capsys.readouterr()
     assert err == f"--summary: {summary.parent} is no directory it can write in\n" and "sending" not in out, out
+
+
+@pytest.mark.parametrize("option, value", [("--poll", "-1"), ("--poll", "nan"), ("--stage-timeout", "-5"),
+                                           ("--resend-s", "inf")])
+def test_a_time_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
+                                      value: str) -> None:
+    """Refused before anything is sent: --poll -1 sent the canary its command and then ended in a ValueError
+    traceback at the first sleep; a negative --stage-timeout failed every node it was sent to."""
+    served = release_dir(tmp_path / "0.2.0")
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout",
+                         "1", option, value]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"{option}: ") and len(err.splitlines()) == 1 and "sending" not in out, (out, err)
