@@ -361,22 +361,28 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         print(exc, file=sys.stderr)
         return 1
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
+    interrupted = False
     try:
         ro.run(args.halt_share, args.stage_timeout, args.poll)
+    except KeyboardInterrupt:  # the outcome so far is still told and written: which nodes have the command
+        interrupted = True
+        ro.halted = "interrupted (Ctrl-C); the nodes sent the release go on"
     finally:
         sender.close()
         conn.close()
     untouched = [d for s in stages if not s.sent_at for d in s.devices]
+    pending = [d for s in stages if s.sent_at for d in s.devices if d not in s.landed and d not in s.failed]
     landed = sorted(d for s in stages for d in s.landed)
     failed = {d: why for s in stages for d, why in s.failed.items()}
     if ro.halted:
         console.print(f"[red]HALTED[/red]: {ro.halted}; {len(untouched)} node(s) not sent the release: "
                       f"{', '.join(untouched) or 'none'}")
-    console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent")
+    console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent"
+                  + (f", {len(pending)} sent and not yet judged: {', '.join(pending)}" if pending else ""))
     if args.summary:
         doc = json.dumps({"version": rel.version, "halted": ro.halted, "landed": landed, "failed": failed,
-                          "untouched": untouched, "stages": [{"name": s.name, "devices": s.devices} for s in stages]},
-                         indent=1)
+                          "pending": pending, "untouched": untouched,
+                          "stages": [{"name": s.name, "devices": s.devices} for s in stages]}, indent=1)
         tmp = args.summary.with_name(f".{args.summary.name}.tmp")
         try:  # whole or not at all: a reader never finds half a summary
             tmp.write_text(doc)
@@ -386,7 +392,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             print(f"--summary: cannot write {args.summary} ({exc.strerror or exc}); the outcome is above",
                   file=sys.stderr)
             return 1
-    return 1 if ro.halted or failed else 0
+    return 130 if interrupted else 1 if ro.halted or failed else 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ a MarkupError traceback mid-stage, its later stages never sent and no summary wr
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_rollout_refusals import release_dir, site
 
 from gateway.ota_relay import Ledger
-from lifeline import cli
+from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto
 from protocol import message, message_check, topics
 
@@ -73,3 +74,22 @@ def test_ota_status_shows_a_nodes_words_as_text(tmp_path: Path, monkeypatch: pyt
     assert cli.main(["ota", "status", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "0.1[/]" in out and f"0.2.0 rolled back: {HOSTILE}" in out, out
+
+
+def test_an_interrupted_rollout_writes_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while a stage waits: the nodes already sent the release go on, and which they are is what the
+    operator needs next; the rollout ended with "interrupted" alone, the --summary it was given never written."""
+    def interrupt(self: ota.Rollout, stage: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ota.Rollout, "look", interrupt)
+    served = release_dir(tmp_path / "0.2.0")
+    summary = tmp_path / "summary.json"
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--summary",
+                         str(summary)]) == 130
+    doc = json.loads(summary.read_text())
+    assert doc["pending"] == ["gas-01"] and doc["untouched"] == [] and doc["halted"].startswith("interrupted")
+    assert "HALTED: interrupted" in capsys.readouterr().out
