@@ -20,11 +20,14 @@ passwd of clear text.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway.site_config import ConfigError, load
@@ -68,6 +71,26 @@ def _kept(store: Path) -> dict[str, str]:
     return kept
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """`text` written beside `path` and renamed over it once on disk: a full disk leaves the old file, never a
+    short one the broker would read at its next reload. Readable as a file written in place would be (the
+    old file's mode, or 0666 less the umask); unlike write_private's files, the ACL holds no secret."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fh.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+
+
 def generate(config: Path, out: Path, acl_template: Path = ACL_TEMPLATE) -> dict[str, str]:
     cfg = load(config, check_files=False)  # the gateway's password file is written here
     if GATEWAY_USER in cfg.devices:
@@ -80,7 +103,7 @@ def generate(config: Path, out: Path, acl_template: Path = ACL_TEMPLATE) -> dict
         write_private(store, json.dumps(passwords, indent=2) + "\n")
         write_private(out / "gateway.password", passwords[GATEWAY_USER] + "\n")
         write_private(out / "passwd", "".join(f"{u}:{p}\n" for u, p in passwords.items()), before_rename=_hash)
-        (out / "acl").write_text(acl_template.read_text().replace("/SITE/", f"/{cfg.site}/"))
+        _write_whole(out / "acl", acl_template.read_text().replace("/SITE/", f"/{cfg.site}/"))
     except OSError as exc:
         raise SiteAuthError(f"{exc.filename or out}: {exc.strerror}") from None
     return passwords

@@ -4,6 +4,11 @@ mode an old one had, and the passwords of the last run, when unreadable, are ref
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from lifeline import cli
 
 KEY = bytes(range(32)).hex()
+LIFELINE = str(Path(sys.executable).parent / "lifeline")
 SITE = ('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
         '[store]\npath = "gw.db"\n')
 
@@ -58,3 +64,26 @@ def test_passwords_of_the_last_run_it_cannot_read_are_left_alone(tmp_path: Path,
     assert err.startswith(f"site-auth: {out / 'passwords.json'}: ") and "restore it" in err, err
     assert len(err.splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["passwords.json"] and (out / "passwords.json").read_text() == text
+
+
+def test_an_acl_written_short_leaves_the_last_one(tmp_path: Path) -> None:
+    """The ACL was written in place: a full disk (here a file size limit below its size) left a short ACL that
+    the broker's next reload read, its last lines (the gateway's) gone, and the site stopped taking data. Now
+    it is written whole beside the old one and renamed over it, or not at all."""
+    out = tmp_path / "auth"
+    config = site(tmp_path, "gas-01")
+    assert site_auth(config, out) == 0
+    acl = (out / "acl").read_text()
+    limit = len(acl) - 200
+    assert limit > (out / "passwd").stat().st_size + 300  # only the ACL, of the files written, is over it
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as ENOSPC would be
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    full = subprocess.run([LIFELINE, "site-auth", "--config", str(config), "--out", str(out)], capture_output=True,
+                          text=True, preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert full.returncode == 2 and len(full.stderr.splitlines()) == 1, full.stderr
+    assert full.stderr.startswith("site-auth: ") and "File too large" in full.stderr, full.stderr
+    assert (out / "acl").read_text() == acl
+    assert sorted(p.name for p in out.iterdir()) == ["acl", "gateway.password", "passwd", "passwords.json"]
