@@ -70,7 +70,11 @@ class FlashQ:
         self._used = [0, 0]
         self._live = [0, 0]
         segs = ([], [])
-        for name in os.listdir(path):
+        try:
+            names = os.listdir(path)
+        except OSError:  # no room for the directory (a flash full at the first boot): every record is dropped
+            names = ()
+        for name in names:
             lane = _LANE.find(name[:1])
             if lane >= 0 and name[1:].isdigit():
                 segs[lane].append(int(name[1:]))
@@ -90,7 +94,10 @@ class FlashQ:
         self._next = max(self._next, top + 1)
         for lane in (_ALARM, _ROUTINE):
             self._advance(lane, False)
-        self._save()
+        try:
+            self._save()
+        except OSError:
+            return  # flash full: nothing to reap; the index goes with the first one that fits
         for lane in (_ALARM, _ROUTINE):
             self._reap(lane)
 
@@ -130,8 +137,9 @@ class FlashQ:
                     try:
                         self._cut(lane, self._head[lane], self._hsize[lane])
                     except OSError:
-                        self._head[lane] += 1
-                        self._hsize[lane] = 0
+                        if self._size(lane, self._head[lane]) > self._hsize[lane]:  # else nothing went on flash
+                            self._head[lane] += 1
+                            self._hsize[lane] = 0
                     raise
             except OSError:
                 continue

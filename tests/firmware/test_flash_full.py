@@ -138,3 +138,25 @@ def test_a_publisher_ended_by_a_failing_flash_is_started_again(tmp_path: Path, m
     listener.close()
     assert not exits, (exits, console[-3000:])
     assert "publisher ended, started again" in console
+
+
+def test_a_flash_with_no_room_for_the_queue_directory_boots_and_sends_live(tmp_path: Path, mpy: Path,
+                                                                          broker: Mosquitto) -> None:
+    """Other files took the flash before the first boot, leaving no room for the queue's directory `q/`: the
+    queue's start failed on it, every boot crashed and the node went round boot, crash, reset. Now the queue
+    starts without its directory, counts what it cannot keep (qdrop, 'flash full' on the console) and the
+    node samples and sends live."""
+    listener = Listener(broker.port, SITE, DEV)
+    with LfsDevice(tmp_path / "flash", mpy, chatty_gas(), broker.port, {"ch4": [[0, 2.0], [600, 9.0]],
+                                                                       "temp": [[0, 11.5]]},
+                   blocks=32, free=0) as dev:
+        assert listener.wait(lambda m: len([x for x in m if x[1].get("ev") == "health"]) >= 2, 30), dev.console()
+        assert listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 20, 10), dev.console()
+        console = dev.console()
+        exits = list(dev.exits)
+    listener.close()
+    assert "Traceback" not in console and not exits, (exits, console[-3000:])
+    assert console.count("flash full") == 1, console
+    births = [b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]
+    assert [b["boot"] for b in births] == [1] and "safe" not in births[0], births
+    assert health([b for b in listener.of(topics.EVENT) if b["ev"] == "health"][-1])["qdrop"] > 0
