@@ -4,8 +4,9 @@
 
 Writes into --out:
   passwords.json    user -> clear-text password (mode 0600): one per device and one for the gateway. Kept
-                    across runs, so adding a device does not change the others'. A device's goes into its
-                    secrets.json ("mqtt_password").
+                    across runs, so adding a device does not change the others', and a device taken out of
+                    site.toml keeps its own (without a login in passwd) for when it is put back. A device's
+                    goes into its secrets.json ("mqtt_password").
   gateway.password  the gateway's password alone, for site_broker.password_file.
   passwd            the same passwords hashed by mosquitto_passwd (Mosquitto's password_file).
   acl               deploy/mosquitto/site.acl with SITE replaced by the site id (Mosquitto's acl_file).
@@ -100,7 +101,10 @@ def generate(config: Path, out: Path, acl_template: Path = ACL_TEMPLATE) -> dict
         out.mkdir(parents=True, exist_ok=True)
         kept = _kept(store)
         passwords = {u: kept.get(u) or secrets.token_urlsafe(24) for u in [GATEWAY_USER, *sorted(cfg.devices)]}
-        write_private(store, json.dumps(passwords, indent=2) + "\n")
+        # A device out of site.toml keeps its password here (the only copy; back in, its node logs in as it
+        # was flashed) but has no login in passwd while it is out.
+        left_out = {u: p for u, p in sorted(kept.items()) if u not in passwords}
+        write_private(store, json.dumps({**passwords, **left_out}, indent=2) + "\n")
         write_private(out / "gateway.password", passwords[GATEWAY_USER] + "\n")
         write_private(out / "passwd", "".join(f"{u}:{p}\n" for u, p in passwords.items()), before_rename=_hash)
         _write_whole(out / "acl", acl_template.read_text().replace("/SITE/", f"/{cfg.site}/"))

@@ -87,3 +87,21 @@ def test_an_acl_written_short_leaves_the_last_one(tmp_path: Path) -> None:
     assert full.stderr.startswith("site-auth: ") and "File too large" in full.stderr, full.stderr
     assert (out / "acl").read_text() == acl
     assert sorted(p.name for p in out.iterdir()) == ["acl", "gateway.password", "passwd", "passwords.json"]
+
+
+def test_a_device_left_out_of_site_toml_keeps_its_password(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with a device missing from site.toml (taken out for repair, or a site.toml pasted from one batch's
+    registry) dropped its password from passwords.json, the only copy: put back, it got a new one, and the
+    node flashed with the old one was locked out until flashed again by cable. The password is kept now, with
+    no broker login while the device is out of site.toml."""
+    out = tmp_path / "auth"
+    assert site_auth(site(tmp_path, "gas-01", "gas-02"), out) == 0
+    first = json.loads((out / "passwords.json").read_text())
+    assert site_auth(site(tmp_path, "gas-01"), out) == 0
+    assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()] == ["gateway", "gas-01"]
+    assert "1 devices and the gateway written to" in capsys.readouterr().out
+    assert site_auth(site(tmp_path, "gas-01", "gas-02"), out) == 0
+    assert json.loads((out / "passwords.json").read_text()) == first
+    assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()] == ["gateway", "gas-01",
+                                                                                          "gas-02"]
