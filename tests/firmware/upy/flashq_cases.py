@@ -248,6 +248,16 @@ def case_damage_after_open_is_caught_at_peek():
     assert payloads(q) == [b"fine"] and q.corrupt == 1 and len(q) == 1
 
 
+def case_a_queue_whose_directory_cannot_be_made_drops_and_counts():
+    """No room for the directory (a full flash at the first boot): the queue opens, and every put is dropped
+    and counted without moving its head on (it went on two segments a put, and each peek tried them all)."""
+    wipe()
+    q = FlashQ(DIR + "/none/q", capacity=8192, segment=512, max_record=300)
+    for _ in range(50):
+        assert q.put(b"reading") is None
+    assert q.dropped == [0, 50] and len(q) == 0 and q.peek(1) == [] and q._head == [0, 0], q._head
+
+
 def case_persist_roundtrip_and_defaults():
     wipe()
     os.mkdir(DIR)
