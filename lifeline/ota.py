@@ -314,8 +314,8 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         profiles = list(json.loads(rel.manifest).get("profiles", ()))
         if not cfg.store_path.exists():
             raise FileNotFoundError(f"no gateway store at {cfg.store_path}: the gateway runs the rollout's site")
-        conn = sqlite3.connect(f"file:{cfg.store_path}?mode=ro", uri=True)
-    except (ConfigError, FileNotFoundError, release.ReleaseError) as exc:
+        conn = open_readonly(argparse.Namespace(store=cfg.store_path, config=None))  # checked to be SQLite
+    except (ConfigError, FileNotFoundError, StoreError, release.ReleaseError) as exc:
         print(exc, file=sys.stderr)  # as it is: "[ota] releases" is no markup
         return 2
     if not 0 <= args.halt_share < 1:

@@ -103,3 +103,14 @@ def test_a_time_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                          "1", option, value]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(f"{option}: ") and len(err.splitlines()) == 1 and "sending" not in out, (out, err)
+
+
+def test_a_store_path_that_is_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """site.toml's [store] path naming something that is not the gateway's SQLite store (a copied site.toml):
+    one line, exit 2, before any send; it was a sqlite3.DatabaseError traceback at the first read."""
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served)
+    (tmp_path / "gw.db").write_text("not a database, but long enough that SQLite reads its header " * 4)
+    assert rollout(config, served) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{tmp_path / 'gw.db'}: cannot read it as a gateway store (") and err.count("\n") == 1, err
