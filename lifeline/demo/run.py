@@ -52,6 +52,7 @@ FOREVER_PAUSE_S = 20.0  # between incident replays under --forever
 DISTRICT_TIMEOUT_S = 30.0  # the district's workers and desk up, from their start
 ORDERS_TIMEOUT_S = 30.0  # after the script, at most this long for the scripted supervisor to close every order
 DESK_USER = "duty"  # the demo's supervisor at the desk; the password is fresh each run
+RUN_MARK = ".lifeline-demo-run"  # in OUT/run: a run of the demo, which the next one removes
 
 
 class DemoError(RuntimeError):
@@ -204,8 +205,9 @@ class Demo:
 
     def start(self, stack: contextlib.ExitStack) -> None:
         if self.work.exists():
-            shutil.rmtree(self.work)
+            shutil.rmtree(self.work)  # an earlier run's: run() has made sure (earlier_run)
         self.logs.mkdir(parents=True)
+        (self.work / RUN_MARK).write_text("a run of `lifeline demo`: the next one removes this directory\n")
         seed = self.site
         site = virtual_site.Site(self.work, seed.id, tls=False, extra_toml=extra_toml(seed, self.devices),
                                  metrics=True)
@@ -455,11 +457,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument("--plain", dest="live", action="store_false", help="progress lines instead of the live view")
 
 
+def earlier_run(work: Path) -> bool:
+    """Whether `work` (OUT/run) is nothing or what an earlier demo left, which the next run removes: never a
+    directory of the user's that --out happened to hold. A run before the mark had logs/ and image/ there."""
+    if not work.exists() and not work.is_symlink():
+        return True
+    if work.is_symlink() or not work.is_dir():
+        return False
+    return (work / RUN_MARK).is_file() or not any(work.iterdir()) or ((work / "logs").is_dir()
+                                                                      and (work / "image").is_dir())
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         demo = Demo(args)
     except plan.SeedError as exc:
         print(f"seed error: {exc}", file=sys.stderr)
+        return 2
+    if not earlier_run(demo.work):
+        print(f"--out: {demo.work} is not a run of the demo; nothing was removed: give --out a directory of its "
+              "own, or move it", file=sys.stderr)
         return 2
     demo.out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _sigterm)

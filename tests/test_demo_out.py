@@ -1,0 +1,43 @@
+"""`lifeline demo --out DIR` and what it removes before a run: DIR/run when an earlier demo made it, never a
+directory of the user's own. It removed DIR/run whatever it held."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifeline import cli
+from lifeline.demo import run as demo_run
+
+
+class Stop(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def no_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo stopped where it would stand its site up, just after clearing DIR/run."""
+    def site(*args: object, **kwargs: object) -> None:
+        raise Stop("stopped by the test before the site")
+
+    monkeypatch.setattr(demo_run.virtual_site, "Site", site)
+
+
+def test_a_run_directory_of_the_users_own_is_left_whole(tmp_path: Path, no_site: None,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "run"
+    (mine / "logs").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me\n")
+    assert cli.main(["demo", "--plain", "--out", str(tmp_path)]) == 2
+    assert (mine / "notes.txt").read_text() == "keep me\n"
+    assert capsys.readouterr().err == (f"--out: {mine} is not a run of the demo; nothing was removed: give --out "
+                                       "a directory of its own, or move it\n")
+
+
+def test_an_earlier_demo_run_is_removed(tmp_path: Path, no_site: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--plain", "--out", str(tmp_path)]) == 1  # the run the test stops makes DIR/run
+    (tmp_path / "run" / "logs" / "gateway.log").write_text("an earlier run's\n")
+    assert cli.main(["demo", "--plain", "--out", str(tmp_path)]) == 1
+    assert not (tmp_path / "run" / "logs" / "gateway.log").exists()
+    assert capsys.readouterr().err.count("demo failed: stopped by the test before the site\n") == 2
