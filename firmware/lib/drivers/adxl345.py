@@ -49,19 +49,9 @@ class ADXL345(Driver):
     def __init__(self, i2c, addr=0x53, g_range=16, rate_hz=100, window=128):
         self.i2c = i2c
         self.addr = addr
-        try:
-            devid = i2c.readfrom_mem(addr, _DEVID, 1)[0]
-        except OSError:
-            raise Fault("no-device", addr)
-        if devid != _DEVID_ADXL345:
-            raise Fault("devid", devid)
+        self.g_range = g_range
         self.rate_hz = rate_hz
-        w = i2c.writeto_mem
-        w(addr, _POWER_CTL, b"\x00")  # standby while configuring
-        w(addr, _DATA_FORMAT, bytes((_FULL_RES | _RANGES.index(g_range),)))
-        w(addr, _BW_RATE, bytes((0x0F - _RATES.index(rate_hz),)))
-        w(addr, _FIFO_CTL, bytes((_FIFO_STREAM,)))
-        w(addr, _POWER_CTL, bytes((_MEASURE,)))
+        self.configure()
         self.scale = _LSB_G * _G  # m/s2 per count
         self._status = bytearray(1)
         self._data = bytearray(6)
@@ -70,6 +60,25 @@ class ADXL345(Driver):
         self.n = 0
         self._i = 0
         self.overruns = 0
+
+    def configure(self):
+        """Check the device and write its config registers: at start, and again whenever a window ends without
+        a sample. A chip that lost power answers again in standby with its registers at their reset values,
+        and its FIFO stays empty until it is set up again. (Named as the sampler's method: no new name.)"""
+        i2c = self.i2c
+        addr = self.addr
+        try:
+            devid = i2c.readfrom_mem(addr, _DEVID, 1)[0]
+        except OSError:
+            raise Fault("no-device", addr)
+        if devid != _DEVID_ADXL345:
+            raise Fault("devid", devid)
+        w = i2c.writeto_mem
+        w(addr, _POWER_CTL, b"\x00")  # standby while configuring
+        w(addr, _DATA_FORMAT, bytes((_FULL_RES | _RANGES.index(self.g_range),)))
+        w(addr, _BW_RATE, bytes((0x0F - _RATES.index(self.rate_hz),)))
+        w(addr, _FIFO_CTL, bytes((_FIFO_STREAM,)))
+        w(addr, _POWER_CTL, bytes((_MEASURE,)))
 
     def read_raw(self):
         """Current (x, y, z) counts straight from the data registers."""
@@ -124,6 +133,7 @@ class ADXL345(Driver):
         window mean; vibration is the deviation vector from it, so neither depends on mounting."""
         n = self.n
         if not n:
+            self.configure()  # powered again after a loss: set up anew, read from the next window on
             raise Fault("no-samples")
         w = self._win
         sx = sy = sz = 0

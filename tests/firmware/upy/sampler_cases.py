@@ -78,6 +78,29 @@ def case_a_device_that_answers_after_boot_is_set_up_and_read():
     eq(sorted(n for n, _ in app.got), ["tilt_x", "tilt_y", "vib_peak", "vib_rms"], "readings")
 
 
+def case_a_device_that_loses_power_after_boot_is_set_up_again():
+    """An ADXL345 that loses power comes back in standby with its registers at their reset values: it answers,
+    but its FIFO stays empty ("no-samples") until it is set up again."""
+    clock = Clock()
+    bus = Absent(clock=clock)
+    bus.up = True
+    app = App(bus, clock)
+    s = Sensor(bridge_spec(), app)
+    clock.t += 1000
+    eq(s.sample(), True, "read at boot")
+    bus.up = False  # power lost: no answer, and the registers back at their reset values
+    SimADXL345.__init__(bus, clock=clock)
+    clock.t += 1000
+    eq(s.sample(), False, "no answer")
+    bus.up = True
+    for _ in range(3):
+        clock.t += 1000
+        s.sample()
+    clock.t += 1000
+    eq(s.sample(), True, "read again once powered, without a reboot")
+    eq(app.faults[-1], None, "the fault clears")
+
+
 class Replay:
     """A driver that hands back the given values, one a read."""
 
