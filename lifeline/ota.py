@@ -57,7 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     st = sub.add_parser("status", help="per node: version running, target, download progress, outcome")
     add_store_arguments(st, "site.toml (devices and the [store] path)")
-    r = sub.add_parser("rollout", help="send a release to a canary group, then the rest; halt on failures")
+    r = sub.add_parser("rollout", help="send a release to a canary group, then the rest; halt on failures",
+                       epilog="exit status: 0 every node landed; 1 a halt or a failed node, or a site broker that "
+                              "cannot be reached or refuses the login (nothing sent); 2 a usage error (nothing "
+                              "sent); 130 interrupted (the outcome so far is written)")
     r.add_argument("--config", type=Path, required=True, help="site.toml (devices, keys, site broker, store)")
     r.add_argument("--release", type=Path, required=True, help="a release directory the gateway serves ([ota])")
     r.add_argument("--canary", default="1", help="canary group: a number of nodes, or a share like 10%% (default 1)")
