@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from district import config, retention
 from district.config import DistrictConfig
@@ -70,13 +71,22 @@ def run_worker(cfg: DistrictConfig, index: int) -> int:
 
 
 async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
-    """Fold old readings (district/retention.py) a chunk at a time, off the event loop, until caught up."""
+    """Fold old readings (district/retention.py) a chunk at a time, off the event loop, until caught up. A pass
+    the database fails (locked past the busy timeout, read-only, its connection lost) is logged once with its
+    reason and tried again at the next interval: raised, it ended the task group and the ingest beside it."""
     while True:
         def one_pass() -> int:
             with engine.begin() as conn:
                 return retention.fold(conn, now=time.time(), raw_days=cfg.raw_days, rollup_s=cfg.rollup_s)
 
-        folded = await asyncio.to_thread(one_pass)
+        try:
+            folded = await asyncio.to_thread(one_pass)
+        except DBAPIError as exc:  # the pass rolled back whole; its readings are all still there
+            reason = str(exc.orig).strip().splitlines() or [""]
+            event(log, "retention-failed", logging.WARNING, error=f"{type(exc.orig).__name__}: {reason[0]}",
+                  retry_s=RETENTION_S)
+            await asyncio.sleep(RETENTION_S)
+            continue
         if folded:
             event(log, "retention", folded=folded)
         await asyncio.sleep(1.0 if folded else RETENTION_S)

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
+import time
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, MetaData, Table, func, select
+from sqlalchemy import Column, Engine, MetaData, Table, func, select, text
 
-from district import retention, store
+from district import retention, service, store
 from district.schema import readings, rollups
 
 DAY = 86_400.0
@@ -128,3 +133,74 @@ def test_an_older_database_gets_the_numbers_of_its_rollups(engine: Engine) -> No
         assert row["mean"] == pytest.approx(15.0 / 5)
     finally:
         reopened.dispose()
+
+
+async def test_a_database_error_in_a_retention_pass_is_logged_and_the_pass_tried_again(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Worker 1 runs the retention beside its ingest, in one task group: a pass the database failed (SQLite
+    locked past its busy timeout by another process; PostgreSQL's connection ended under it) raised out of the
+    group and took the worker down with it, to be restarted by its supervisor. The failure is now logged once,
+    with its reason, and the pass tried again at the next interval."""
+    monkeypatch.setattr(service, "RETENTION_S", 0.3)
+    if engine.dialect.name == "sqlite":
+        monkeypatch.setattr(store, "SQLITE_BUSY_MS", 200)
+        engine = store.open_engine(str(engine.url.database))  # its connections wait 200 ms for the lock
+    old = time.time() - 40 * DAY
+    with engine.begin() as conn:
+        store.add_message(conn, "s1", "gas1", 0, 1, [{"n": "ch4", "t": old, "u": "ppm", "v": 2.0}], received=old)
+
+    if engine.dialect.name == "sqlite":
+        holder = sqlite3.connect(str(engine.url.database), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        release = holder.close  # (its transaction rolled back)
+    else:
+        holder_conn = engine.connect()
+        holder_conn.begin()
+        holder_conn.execute(text("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE"))
+        release = holder_conn.close  # (its transaction rolled back)
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "retention-failed"]
+
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S)
+    task = asyncio.create_task(service._retention(engine, cfg))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 20
+        if engine.dialect.name == "postgresql":  # the pass waits on the lock; its connection is ended
+            while True:
+                assert not task.done(), task
+                with engine.connect() as conn:
+                    waiting = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                                "AND datname = current_database()")).scalars().all()
+                    if waiting:
+                        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": waiting[0]})
+                        break
+                assert time.monotonic() < deadline, "the pass never waited on the lock"
+                await asyncio.sleep(0.05)
+        while not failures():
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "no retention-failed line"
+            await asyncio.sleep(0.02)
+        release()
+        while True:
+            with engine.connect() as conn:
+                folded = conn.execute(select(func.sum(rollups.c.count))).scalar()
+            if folded == 1:
+                break
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "the pass was not tried again"
+            await asyncio.sleep(0.05)
+        assert not task.done()
+    finally:
+        release()  # again, if the test failed before: nothing is left locked for the next
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if engine.dialect.name == "sqlite":
+            engine.dispose()
+    [failed] = failures()
+    reason = failed.fields["error"]  # type: ignore[attr-defined]
+    assert failed.levelno == logging.WARNING and failed.exc_info is None
+    assert ("database is locked" if engine.dialect.name == "sqlite" else "terminat") in reason, reason
+    assert any(r.getMessage() == "retention" and r.fields == {"folded": 1}  # type: ignore[attr-defined]
+               for r in caplog.records)
