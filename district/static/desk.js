@@ -229,11 +229,14 @@ function renderActions(a, order) {
   const active = document.activeElement;
   const focused = active && typed[active.id] !== undefined ? active.id : null;
   const field = (id, placeholder) => { const el = h("input", { id, placeholder }); el.value = typed[id] || ""; return el; };
-  if (a && !a.acked && may("ack")) {
-    box.push(h("button", { id: "act-ack", class: "primary", on: { click: () => post(`/api/alarms/${a.id}/ack`, {}) } },
+  const st = order && order.state;
+  // An open order is acknowledged through its alarm, whether or not the alarm is still on the board (it may have
+  // cleared) or was acknowledged before it went orange or red and opened the order.
+  const toAck = a && !a.acked ? a.id : st === "open" ? order.alarm : null;
+  if (toAck && may("ack")) {
+    box.push(h("button", { id: "act-ack", class: "primary", on: { click: () => post(`/api/alarms/${toAck}/ack`, {}) } },
       "Acknowledge"));
   }
-  const st = order && order.state;
   if ((st === "acknowledged" || st === "returned") && may("dispatch")) {
     box.push(h("div", { class: "form-row" }, field("team", "team"), h("button", { id: "act-dispatch", class: "primary",
       on: { click: () => post(`/api/work-orders/${order.id}/dispatch`, { team: $("team").value }) } }, "Dispatch")));

@@ -17,10 +17,12 @@ import pytest
 from deskkit import PASSWORD, USERS, alarm_body, desk_server, seed
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from district import store
+from district import store, workorders
+from district.accounts import Session
 from district.live import CHANGES_TOPIC, notice
+from district.schema import work_orders
 from district.store import open_engine
 from lifeline.virtual.broker import Mosquitto
 
@@ -189,5 +191,51 @@ def test_a_boolean_series_charts_in_steps(tmp_path: Path, browser: Browser) -> N
         levels = sorted({y for _, y in points})
         assert len(levels) == 2, points  # 1 (open) above 0 (shut): a smaller y
         assert [y == levels[0] for _, y in points[::2]] == flips
+        page.close()
+    engine.dispose()
+
+
+def test_an_open_order_whose_alarm_left_the_board_or_was_acknowledged_before_can_be_acknowledged(
+        tmp_path: Path, browser: Browser) -> None:
+    """An order is dispatched only once acknowledged, and the page offered Acknowledge only on an alarm of the
+    board not yet acknowledged. A red burst that cleared before anyone acknowledged it, and a yellow alarm
+    acknowledged before it went red (which opens its order), left an open order the page could never move:
+    no button to acknowledge it, none to dispatch it."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 120), received=now - 119)
+        store.apply_alarm(conn, "s1", alarm_body(RED, "cleared", None, now - 90, prev="red", value=3.0),
+                          received=now - 89)
+        store.apply_alarm(conn, "s1", alarm_body(YELLOW, "raised", "yellow", now - 300, dev="gas2", value=21.0),
+                          received=now - 299)
+        boss = Session("t", USERS["supervisor"], "supervisor", "c")
+        workorders.ack_alarm(conn, YELLOW, boss, now=now - 200)
+        store.apply_alarm(conn, "s1", alarm_body(YELLOW, "escalated", "red", now - 60, dev="gas2", prev="yellow",
+                                                 value=61.0), received=now - 59)
+        orders = dict(conn.execute(select(work_orders.c.alarm, work_orders.c.id)).all())
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        expect(page.locator(f".alarm[data-id='{RED}']")).to_have_count(0)  # cleared: off the board
+        page.locator(f"#orders tr[data-id='{orders[RED]}']").click()
+        expect(page.locator("#wo-state")).to_have_text("open")
+        page.click("#act-ack")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        page.fill("#team", "pipe team 3")
+        page.click("#act-dispatch")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+
+        page.locator(f".alarm[data-id='{YELLOW}']").click()
+        expect(page.locator("#wo-state")).to_have_text("open")
+        expect(page.locator(f".alarm[data-id='{YELLOW}'] .tag.acked")).to_be_visible()
+        page.click("#act-ack")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        expect(page.locator("#act-ack")).to_have_count(0)
+        page.fill("#team", "gas team 1")
+        page.click("#act-dispatch")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
         page.close()
     engine.dispose()
