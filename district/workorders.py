@@ -66,20 +66,22 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | None = None) -> str:
     """Acknowledge an alarm (and move its order, if any, to acknowledged); returns the alarm's site, to which
     the desk sends the ack down so the gateway stops re-sending. Acknowledging twice changes nothing: only
-    the UPDATE that found the alarm unacknowledged audits, since two acks at once on PostgreSQL both read it
-    unacknowledged, and the second's UPDATE, waiting on the first's row lock, then changes nothing."""
+    the UPDATEs that found the alarm unacknowledged or its order open audit, since two acks at once on
+    PostgreSQL both read them so, and the second's UPDATEs, waiting on the first's row locks, then change
+    nothing. The order's may be the only one: an alarm acknowledged at yellow opens its order when it goes red."""
     now = time.time() if now is None else now
     _allowed(who, "ack")
     site = conn.execute(select(alarms.c.site).where(alarms.c.id == alarm_id)).scalar()
     if site is None:
         raise WorkOrderError(404, f"no alarm {alarm_id}")
-    if conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked.is_(None)).values(acked=now)
-                    .returning(alarms.c.id)).first() is not None:
-        _audit(conn, who, "ack", alarm_id, None, now)
+    acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked.is_(None)).values(acked=now)
+                         .returning(alarms.c.id)).first() is not None
     order = conn.execute(update(work_orders).where(work_orders.c.alarm == alarm_id, work_orders.c.state == "open")
                          .values(state="acknowledged", updated=now).returning(work_orders.c.id)).first()
     if order is not None:
         conn.execute(work_order_steps.insert().values(order_id=order.id, step="ack", actor=who.user, at=now))
+    if acked or order is not None:
+        _audit(conn, who, "ack", alarm_id, None, now)
     return str(site)
 
 

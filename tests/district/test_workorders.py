@@ -195,3 +195,25 @@ def test_two_acks_of_one_alarm_at_once_write_one_audit_row(engine: Engine) -> No
         assert conn.execute(select(audit.c.actor, audit.c.what, audit.c.target)).all() == [("li.wei", "ack", ALARM)]
         assert conn.execute(select(alarms.c.acked)).scalar_one() == 20.0
     assert steps(engine, order) == [("opened", "system"), ("ack", "li.wei")]
+
+
+def test_acknowledging_an_order_whose_alarm_was_acknowledged_before_is_audited(engine: Engine) -> None:
+    """A yellow alarm acknowledged, then red: that opens its order, which a second ack moves on. Only the ack
+    that found the alarm unacknowledged wrote an audit row, so the order's ack step, a person's act, had none."""
+    yellow = {"id": ALARM, "ev": "raised", "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4",
+              "level": "yellow", "prev": None, "value": 21.0, "t_gw": 10.0, "resend": 0}
+    op, sup = login(engine, "li.wei", "operator"), login(engine, "chen", "supervisor")
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", yellow, received=10.2)
+        workorders.ack_alarm(conn, ALARM, op, now=20.0)
+        store.apply_alarm(conn, "s1", {**yellow, "ev": "escalated", "level": "red", "prev": "yellow", "t_gw": 30.0},
+                          received=30.2)
+        order = int(conn.execute(select(work_orders.c.id)).scalar_one())
+        workorders.ack_alarm(conn, ALARM, sup, now=40.0)
+        workorders.ack_alarm(conn, ALARM, op, now=41.0)  # changes nothing
+    assert steps(engine, order) == [("opened", "system"), ("ack", "chen")]
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state)).scalar_one() == "acknowledged"
+        assert conn.execute(select(audit.c.actor, audit.c.what, audit.c.target, audit.c.at)
+                            .order_by(audit.c.id)).all() == [("li.wei", "ack", ALARM, 20.0),
+                                                             ("chen", "ack", ALARM, 40.0)]
