@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections import defaultdict, deque
@@ -33,14 +34,17 @@ from district import accounts, queries, rollout, store, workorders
 from district.accounts import Session
 from district.config import ROLLUP_S
 from district.downlink import Downlink, DownlinkError, broker_publisher
-from district.live import Hub, notice
+from district.live import CHANGES_TOPIC, Hub, notice
 from district.queries import RiskPoints
 from district.rollout import Driver, RolloutError
 from district.schema import work_orders
 from district.text import storable
 from district.workorders import WorkOrderError
+from gateway.logs import event
 from gateway.rules import RuleSet, default_ruleset
 from gateway.site_config import BrokerConfig
+
+log = logging.getLogger("lifeline.district.desk")
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "lifeline_desk"
@@ -86,6 +90,28 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     points: RiskPoints = risk_points or {}
     ruleset = rules or default_ruleset()
     failures: dict[str, deque[float]] = defaultdict(deque)
+    to_broker = broker_publisher(broker) if broker is not None else None
+    telling: set[asyncio.Task[None]] = set()
+
+    def tell(payload: bytes) -> None:
+        """A change made here: this desk's pages hear of it at once, every other desk process's through the
+        broker's change feed, which each follows (as this one does, so its pages hear of it twice: one more
+        fetch). Sent in the background, like a worker's notice: the change is committed, and a broker that is
+        slow or away must not hold up the officer's answer."""
+        hub.publish(payload)
+        if to_broker is None:
+            return
+        publish = to_broker
+
+        async def send() -> None:
+            try:
+                await publish(CHANGES_TOPIC, payload)
+            except DownlinkError as exc:  # the other desks' pages see it at their next fetch
+                event(log, "notice-failed", logging.WARNING, error=str(exc))
+
+        task = asyncio.get_running_loop().create_task(send())
+        telling.add(task)
+        task.add_done_callback(telling.discard)
 
     async def db(work: Callable[[Connection], T], *, write: bool = False) -> T:
         """Run database work off the event loop, in one transaction when it writes."""
@@ -231,9 +257,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             site = workorders.ack_alarm(conn, alarm_id, s, now=clock())
             return site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar()
         site, oid = await db(acknowledge, write=True)
-        hub.publish(notice("alarm", site=site, id=alarm_id))
+        tell(notice("alarm", site=site, id=alarm_id))
         if oid is not None:
-            hub.publish(notice("work-order", id=oid))
+            tell(notice("work-order", id=oid))
         try:
             await down.alarm_ack(site, [alarm_id])
         except DownlinkError as e:
@@ -251,7 +277,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         state = await db(lambda c: workorders.act(
             c, oid, action, s, team=data.get("team"), note=data.get("findings", data.get("correction")),
             action_taken=data.get("action"), now=clock()), write=True)
-        hub.publish(notice("work-order", id=oid))
+        tell(notice("work-order", id=oid))
         return {"id": oid, "state": state}
 
     async def command(request: Request) -> Any:
@@ -259,7 +285,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         allowed(s, "command")
         data = await body(request, ("site", "dev", "op"), ("args",))
         cmd_id = await down.command(engine, s.user, data["site"], data["dev"], data["op"], data.get("args", {}))
-        hub.publish(notice("command", id=str(cmd_id)))
+        tell(notice("command", id=str(cmd_id)))
         return {"id": str(cmd_id), "state": "sent"}
 
     async def rules_change(request: Request) -> Any:
@@ -267,7 +293,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         allowed(s, "rules")
         data = await body(request, ("site", "ruleset"))
         cmd_id = await down.rules(engine, s.user, data["site"], data["ruleset"])
-        hub.publish(notice("command", id=str(cmd_id)))
+        tell(notice("command", id=str(cmd_id)))
         return {"id": str(cmd_id), "state": "sent"}
 
     def ota_site(conn: Connection, request: Request) -> Any:
@@ -284,7 +310,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             c, s, data["site"], data["version"], canary=data.get("canary", "1"), wave=data.get("wave", 0),
             halt_share=data.get("halt_share", 0.25), stage_timeout=data.get("stage_timeout", 900.0),
             only=data.get("devices"), now=clock()), write=True)
-        hub.publish(notice("ota", site=data["site"]))
+        tell(notice("ota", site=data["site"]))
         return {"id": rid, "state": "running"}
 
     async def rollout_halt(request: Request) -> Any:
@@ -293,7 +319,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         await body(request, ())
         rid = path_id(request, "rollout")
         site = await db(lambda c: rollout.halt(c, s, rid, now=clock()), write=True)
-        hub.publish(notice("ota", site=site))
+        tell(notice("ota", site=site))
         return {"id": rid, "state": "halted"}
 
     async def events(request: Request) -> Response:
@@ -345,11 +371,12 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(hub.follow(broker))] if broker is not None else []
         if rollouts:
-            driver = Driver(engine, down, lambda site: hub.publish(notice("ota", site=site)), clock)
+            driver = Driver(engine, down, lambda site: tell(notice("ota", site=site)), clock)
             tasks.append(asyncio.create_task(driver.run()))
         try:
             yield
         finally:
+            tasks += telling
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

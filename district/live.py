@@ -3,8 +3,9 @@
 Ingest workers run in other processes, maybe on other machines, so they tell the desks over MQTT: a small
 JSON notice on `CHANGES_TOPIC` (QoS 0: a lost notice costs one page a refresh, never data, which is in the
 database). A desk process subscribes once and its `Hub` fans each notice out to its server-sent-event
-clients; the desk's own actions go into the hub directly. A notice names what changed, not its new state,
-so a page fetches what it shows and a notice can never show something the database does not hold.
+clients; the desk's own actions go into the hub directly, and onto the topic for the other desk processes
+(district/desk.py). A notice names what changed, not its new state, so a page fetches what it shows and a
+notice can never show something the database does not hold.
 """
 
 from __future__ import annotations

@@ -1,15 +1,23 @@
 """The change feed: a notice published on the real broker reaches every live client of a desk's hub, and
-what is not a notice is refused and counted, not passed to a page."""
+what is not a notice is refused and counted, not passed to a page. What an officer does at one desk process
+reaches the pages of another."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
+from deskkit import PASSWORD, USERS, alarm_body, desk_server, seed
 
+from district import store
 from district.live import CHANGES_TOPIC, Hub, notice
+from district.store import open_engine
 from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto
 
@@ -49,3 +57,53 @@ async def test_a_client_that_falls_behind_is_told_to_reload() -> None:
         assert q.qsize() < 300
         seen = [q.get_nowait() for _ in range(q.qsize())]
         assert {"kind": "reload"} in seen and seen[-1] == {"kind": "work-order", "id": 999}
+
+
+def test_an_action_at_one_desk_process_reaches_the_pages_of_another(tmp_path: Path) -> None:
+    """A scaled-out district runs several desk processes, each following the broker's change feed. A desk put
+    its own actions into its own hub only: an officer at another desk saw an alarm acknowledged and an order
+    dispatched by a colleague only at their next reload, and was offered the buttons for steps already taken."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    alarm = "c" * 32
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", "red", now - 60), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as one, desk_server(engine, broker) as other:
+        seen: list[dict[str, object]] = []
+        listening = threading.Event()
+        watcher = httpx.Client(base_url=other, timeout=httpx.Timeout(5, read=None))
+        assert watcher.post("/api/login", json={"user": USERS["viewer"], "password": PASSWORD}).status_code == 200
+
+        def watch() -> None:
+            try:
+                with watcher.stream("GET", "/api/events") as events:
+                    for line in events.iter_lines():
+                        if line.startswith("event: hello"):
+                            listening.set()
+                        elif line.startswith("data: ") and line != "data: {}":
+                            seen.append(json.loads(line.removeprefix("data: ")))
+            except httpx.HTTPError:  # closed by the test
+                pass
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        assert listening.wait(10), "the other desk's change feed did not start"
+        time.sleep(0.5)  # the other desk follows the broker (its pages are told to reload when it connects)
+        officer = httpx.Client(base_url=one, timeout=20)
+        r = officer.post("/api/login", json={"user": USERS["operator"], "password": PASSWORD})
+        csrf = {"X-CSRF-Token": r.json()["csrf"]}
+        assert officer.post(f"/api/alarms/{alarm}/ack", json={}, headers=csrf).status_code == 200
+        order = officer.get("/api/work-orders").json()[0]["id"]
+        r = officer.post(f"/api/work-orders/{order}/dispatch", json={"team": "pipe team 3"}, headers=csrf)
+        assert r.status_code == 200, r.text
+        wanted = [{"kind": "alarm", "site": "s1", "id": alarm}, {"kind": "work-order", "id": order}]
+        deadline = time.monotonic() + 10
+        while not all(w in seen for w in wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watcher.close()
+        officer.close()
+        thread.join(10)
+        assert all(w in seen for w in wanted), seen
+        assert seen.count({"kind": "work-order", "id": order}) == 2  # the ack's and the dispatch's
+    engine.dispose()
