@@ -13,6 +13,7 @@ here, whatever the page showed them.
 from __future__ import annotations
 
 import time
+import unicodedata
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -42,7 +43,10 @@ class WorkOrderError(Exception):
 
 
 def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """A text a person reads, stripped; None when it has nothing to read (blank, or zero-width characters
+    alone, which would make an order read as dispatched to no one)."""
+    if value is None or (isinstance(value, str) and not any(not c.isspace() and unicodedata.category(c) != "Cf"
+                                                            for c in value)):
         if required:
             raise WorkOrderError(400, f"{what}: required")
         return None

@@ -217,3 +217,25 @@ def test_acknowledging_an_order_whose_alarm_was_acknowledged_before_is_audited(e
         assert conn.execute(select(audit.c.actor, audit.c.what, audit.c.target, audit.c.at)
                             .order_by(audit.c.id)).all() == [("li.wei", "ack", ALARM, 20.0),
                                                              ("chen", "ack", ALARM, 40.0)]
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", " \u2060 ", "\ufeff", "\u200d\u200c"],
+                         ids=["ZWSP", "word joiner", "BOM", "ZWJ ZWNJ"])
+@pytest.mark.parametrize(("action", "field", "what"), [
+    ("dispatch", "team", "team"), ("report", "note", "findings"), ("send-back", "note", "correction")])
+def test_a_required_text_of_invisible_characters_alone_is_refused(engine: Engine, invisible: str, action: str,
+                                                                  field: str, what: str) -> None:
+    """A team, findings or correction is required, and blank text was refused; one of zero-width characters
+    alone was taken, and the order read as dispatched to no one the officer or the team could see."""
+    order = raise_red(engine)
+    sup = login(engine, "chen", "supervisor")
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, ALARM, sup)
+    before = {"dispatch": [], "report": ["dispatch"], "send-back": ["dispatch", "report"]}[action]
+    for i, step in enumerate(before):
+        do(engine, order, step, sup, team="pipe team 3", note="leak", now=30.0 + i)
+    kw = {"team": "pipe team 3", "note": "leak", field: invisible}
+    with pytest.raises(WorkOrderError, match=f"^{what}: required") as refused:
+        do(engine, order, action, sup, **kw)
+    assert refused.value.status == 400
+    assert [s for s, _ in steps(engine, order)] == ["opened", "ack", *before]
