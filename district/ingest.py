@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from district import store, upstream
 from district.live import CHANGES_TOPIC, notice
-from district.schema import commands
+from district.schema import commands, work_orders
 from district.upstream import Refused
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
@@ -136,6 +136,10 @@ class Worker:
             if store.apply_alarm(conn, site, body, received=received, hist=hist):
                 self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
+                if body.get("level") in store.WORK_ORDER_LEVELS and not hist:  # it may have opened its order
+                    order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == body["id"])).scalar()
+                    if order is not None:
+                        self._notices.append(notice("work-order", id=order))
         elif kind == dtopics.GATEWAY:
             online, session = upstream.gateway_state(body)
             store.gateway_state(conn, site, online, session, received=received)
