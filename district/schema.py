@@ -144,6 +144,7 @@ alarms = Table(
     Column("acked", Float),
     Column("cleared", Float),
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
+    Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),
 )
 

@@ -19,6 +19,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Table,
+    Update,
     create_engine,
     delete,
     event,
@@ -80,7 +82,14 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
     schema.metadata.create_all(engine)
-    _add_rollup_numbers(engine)
+    # A fold before `rollups.numbers` weighed a bucket's mean by the bucket's count, taking every reading for a
+    # number, so a bucket with a mean counts all its readings as numbers (exact for a number series, the best
+    # left to know of a mixed one) and a bucket without one none.
+    if _add_column(engine, rollups, "numbers INTEGER NOT NULL DEFAULT 0",
+                   update(rollups).where(rollups.c.mean.is_not(None)).values(numbers=rollups.c.count)):
+        log.info("rollups: added the count of numbers of each bucket")
+    if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
+        log.info("alarms: added the number of the transition each state comes from")
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
@@ -88,21 +97,22 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
     return engine
 
 
-def _add_rollup_numbers(engine: Engine) -> None:
-    """A database made before `rollups.numbers` gets it. Its fold weighed a bucket's mean by the bucket's count,
-    taking every reading for a number, so a bucket with a mean counts all its readings as numbers (exact for a
-    number series, the best left to know of a mixed one) and a bucket without one none. The check is repeated
-    under the table's lock, so processes starting at once add and fill it once."""
-    if "numbers" in {c["name"] for c in inspect(engine).get_columns("rollups")}:
-        return
+def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = None) -> bool:
+    """A database made by an older version gets a column it lacks (`ddl`, its name first), filled by `fill`;
+    True if it was added. The check is repeated under the table's lock, so processes starting at once add and
+    fill it once."""
+    name = ddl.split()[0]
+    if name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+        return False
     with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("LOCK TABLE rollups IN ACCESS EXCLUSIVE MODE")
-        if "numbers" in {c["name"] for c in inspect(conn).get_columns("rollups")}:
-            return
-        conn.exec_driver_sql("ALTER TABLE rollups ADD COLUMN numbers INTEGER NOT NULL DEFAULT 0")
-        conn.execute(update(rollups).where(rollups.c.mean.is_not(None)).values(numbers=rollups.c.count))
-    log.info("rollups: added the count of numbers of each bucket")
+            conn.exec_driver_sql(f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE")
+        if name in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            return False
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+        if fill is not None:
+            conn.execute(fill)
+    return True
 
 
 def reader(engine: Engine) -> Connection:
@@ -205,13 +215,14 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     pos = body.get("pos") or (None, None)
     state = "cleared" if ev == "cleared" else "inhibited" if ev == "inhibited" else "open"
     current = {"level": level, "state": state, "value": body.get("value"), "t_last": t_gw,
-               "cleared": t_gw if ev == "cleared" else None}
+               "cleared": t_gw if ev == "cleared" else None, "step": body.get("step")}
     stmt = dialect_insert(conn, alarms).values(
         id=body["id"], site=site, dev=body["dev"], cls=body.get("cls"), metric=body.get("metric"), kind=body["kind"],
         peak=level, peak_rank=_rank(level), hist=hist, unit=body.get("unit"), point=body.get("point"), lat=pos[0],
         lon=pos[1], rule=body.get("rule"), raised=t_gw if ev == "raised" else None,
         t_dev=body.get("t_dev") if ev == "raised" else None, received=received, **current)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[alarms.c.id], set_=current, where=_follows(ev, t_gw)))
+    conn.execute(stmt.on_conflict_do_update(index_elements=[alarms.c.id], set_=current,
+                                            where=_follows(ev, t_gw, body.get("step"))))
     if ev == "raised":
         conn.execute(update(alarms).where(alarms.c.id == body["id"])
                      .values(raised=t_gw, t_dev=body.get("t_dev"), hist=hist))
@@ -228,16 +239,22 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     return True
 
 
-def _follows(ev: str, t_gw: float) -> ColumnElement[bool]:
-    """Whether a transition at `t_gw` comes after the one an alarm's row holds. A gateway stamps every
-    transition of a batch with the batch's time, so a device's backlog raises, escalates and clears one
-    episode at one t_gw: a raise comes before anything else at its time, a clear after everything (an
-    episode ends there), and of two other transitions at one time the later stored is taken."""
+def _follows(ev: str, t_gw: float, step: int | None) -> ColumnElement[bool]:
+    """Whether a transition comes after the one an alarm's row holds. A gateway numbers an alarm's transitions
+    (`step`), and where both have a number it decides. Without one (a gateway from before the numbers) the
+    gateway time does: a gateway stamps every transition of a batch with the batch's time, so a device's backlog
+    raises, escalates and clears one episode at one t_gw: a raise comes before anything else at its time, a
+    clear after everything (an episode ends there), and of two other transitions at one time the later stored
+    is taken."""
     if ev == "raised":
-        return alarms.c.t_last < t_gw
-    if ev == "cleared":
-        return alarms.c.t_last <= t_gw
-    return (alarms.c.t_last < t_gw) | ((alarms.c.t_last == t_gw) & (alarms.c.state != "cleared"))
+        by_time = alarms.c.t_last < t_gw
+    elif ev == "cleared":
+        by_time = alarms.c.t_last <= t_gw
+    else:
+        by_time = (alarms.c.t_last < t_gw) | ((alarms.c.t_last == t_gw) & (alarms.c.state != "cleared"))
+    if step is None:
+        return by_time
+    return (alarms.c.step.is_not(None) & (alarms.c.step < step)) | (alarms.c.step.is_(None) & by_time)
 
 
 def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> None:

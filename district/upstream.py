@@ -186,6 +186,8 @@ def alarm(raw: Any) -> Mapping[str, Any]:
     for key in ("value", "reading", "t_dev"):
         number(body, key, "alarm", optional=True)
     uint(body, "resend", "alarm", 1 << 31)
+    if body.get("step") is not None:
+        uint(body, "step", "alarm", 1 << 31)
     position(body, "alarm")
     if body["ev"] != "cleared" and body.get("level") is None:
         raise Refused("schema", f"alarm: {body['ev']} without a level")

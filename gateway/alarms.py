@@ -93,6 +93,10 @@ class Transition:
     unit: str | None = None
     cause: str | None = None
     resend: int = 0
+    # The transition's number in its alarm's life (the raise is 0; a re-send repeats it). The district orders
+    # an alarm's transitions by it, as gateway times cannot: one batch stamps several with one time, and the
+    # gateway's clock may be set back between two.
+    step: int = 0
 
     def body(self) -> district_wire.AlarmTransition:
         """The upstream event. `value` is what the rule judged (the reading, its size, the change within the
@@ -101,8 +105,8 @@ class Transition:
             id=self.alarm_id, ev=self.event, kind=self.rule_kind, dev=self.device, cls=self.device_class,
             metric=self.metric, level=_label(self.level), prev=_label(self.prev), value=self.value,
             reading=self.reading, rule=self.rule, rver=self.rule_version, t_dev=self.device_time,
-            t_gw=self.gateway_time, resend=self.resend, point=self.point, pos=self.position, unit=self.unit,
-            cause=self.cause)
+            t_gw=self.gateway_time, resend=self.resend, step=self.step, point=self.point, pos=self.position,
+            unit=self.unit, cause=self.cause)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Transition:
@@ -127,6 +131,7 @@ class Transition:
             unit=body.get("unit"),
             cause=body.get("cause"),
             resend=body.get("resend", 0),
+            step=body.get("step", 0),  # a transition stored by a gateway from before the numbers
         )
 
 
@@ -642,7 +647,7 @@ class AlarmEngine:
         for key, alarm in list(self._alarms.items()):
             if key[0] == "device" and key[1] == device and key[3] != "stale" and not alarm.inhibited:
                 moved = replace(alarm.last, event="inhibited", prev=alarm.level, gateway_time=float(now),
-                                rule_version=self._rules.version, cause=cause, resend=0)
+                                rule_version=self._rules.version, cause=cause, resend=0, step=alarm.last.step + 1)
                 self._save_alarm(replace(alarm, next_resend=None, last=moved))
                 out.append(moved)
         return out
@@ -738,7 +743,8 @@ class AlarmEngine:
             event = "de-escalated"
         alarm_id = uuid.uuid4().hex if alarm is None else alarm.id
         moved = Transition(event, alarm_id, kind, device, cls, metric, level, prev, value, reading, rule_id,
-                           self._rules.version, device_time, float(now), point, position, unit, cause)
+                           self._rules.version, device_time, float(now), point, position, unit, cause,
+                           step=0 if alarm is None else alarm.last.step + 1)
         if level is None:
             del self._alarms[key]
             self._conn.execute("DELETE FROM alarm_active WHERE id = ?", (alarm_id,))

@@ -51,6 +51,7 @@ class AlarmTransition(TypedDict):
     t_dev: float | None
     t_gw: float
     resend: int
+    step: int
     point: NotRequired[str]
     pos: NotRequired[list[float]]
     unit: NotRequired[str]
@@ -59,11 +60,12 @@ class AlarmTransition(TypedDict):
 
 def alarm_transition(*, id: str, ev: str, kind: str, dev: str, cls: str, metric: str | None,
                      level: str | None, prev: str | None, value: float | None, reading: float | None, rule: str,
-                     rver: int, t_dev: float | None, t_gw: float, resend: int, point: str | None = None,
-                     pos: tuple[float, float] | None = None, unit: str | None = None,
+                     rver: int, t_dev: float | None, t_gw: float, resend: int, step: int,
+                     point: str | None = None, pos: tuple[float, float] | None = None, unit: str | None = None,
                      cause: str | None = None) -> AlarmTransition:
     out = AlarmTransition(id=id, ev=ev, kind=kind, dev=dev, cls=cls, metric=metric, level=level, prev=prev,
-                          value=value, reading=reading, rule=rule, rver=rver, t_dev=t_dev, t_gw=t_gw, resend=resend)
+                          value=value, reading=reading, rule=rule, rver=rver, t_dev=t_dev, t_gw=t_gw, resend=resend,
+                          step=step)
     if point is not None:
         out["point"] = point
     if pos is not None:

@@ -29,7 +29,7 @@ def alarm(dev: str) -> bytes:
     return district_wire.encode(district_wire.alarm_transition(
         id=("a" if dev.startswith("n") else "b") * 32, ev="raised", kind="level", dev=dev, cls="gas", metric="ch4",
         level="red", prev=None, value=60.0, reading=60.0, rule="gas.ch4", rver=1, t_dev=time.time(),
-        t_gw=time.time(), resend=0))
+        t_gw=time.time(), resend=0, step=0))
 
 
 def state(dev: str) -> bytes:

@@ -6,7 +6,7 @@ import itertools
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, MetaData, Table, func, select
 
 from district import store
 from district.schema import alarm_events, alarms, devices, messages, readings, sites, work_order_steps, work_orders
@@ -193,3 +193,69 @@ def test_old_readings_fold_into_buckets_and_new_ones_stay(engine: Engine) -> Non
         retention.fold(conn, now=now, raw_days=30, rollup_s=300)
         first = conn.execute(select(rollups).order_by(rollups.c.t)).first()
     assert first is not None and (first.count, first.min, first.max, first.mean) == (3, 1.0, 4.0, 8.0 / 3)
+
+
+def test_an_alarm_follows_its_transition_number_when_the_gateway_clock_went_back(engine: Engine) -> None:
+    """A gateway numbers an alarm's transitions ("step"); its clock may be set back between two of them (an
+    operator, or NTP correcting a clock that ran ahead). The number, not the earlier gateway time, says which
+    is the later: the clear closes the alarm, whichever order they come in."""
+    steps = [transition("raised", "yellow", 5000.0, step=0), transition("escalated", "red", 5001.0, step=1),
+             transition("cleared", None, 1500.0, step=2)]
+    for order in itertools.permutations(steps):
+        with engine.begin() as conn:
+            for table in (work_order_steps, work_orders, alarm_events, alarms):
+                conn.execute(table.delete())
+        for body in order:
+            with engine.begin() as conn:
+                assert store.apply_alarm(conn, "s1", body, received=20.0)
+        with engine.connect() as conn:
+            row = conn.execute(select(alarms)).one()
+        assert (row.state, row.level, row.peak) == ("cleared", None, "red"), [b["ev"] for b in order]
+
+
+def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine: Engine) -> None:
+    """An escalation and a de-escalation judged in one gateway batch share its t_gw: their numbers order them."""
+    steps = [transition("raised", "yellow", 10.0, step=0), transition("escalated", "red", 11.0, step=1),
+             transition("de-escalated", "orange", 11.0, step=2)]
+    for order in itertools.permutations(steps):
+        with engine.begin() as conn:
+            for table in (work_order_steps, work_orders, alarm_events, alarms):
+                conn.execute(table.delete())
+        for body in order:
+            with engine.begin() as conn:
+                assert store.apply_alarm(conn, "s1", body, received=20.0)
+        with engine.connect() as conn:
+            row = conn.execute(select(alarms)).one()
+        assert (row.state, row.level) == ("open", "orange"), [b["ev"] for b in order]
+
+
+def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine) -> None:
+    """Made before `alarms.step`: the column is added at start, the rows it held stay without a number, and
+    the next transition of such a row is ordered by gateway time, as before."""
+    old = MetaData()
+    Table("alarms", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                           for c in alarms.columns if c.name != "step"))
+    alarms.drop(engine)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.tables["alarms"].insert().values(
+            id="a" * 32, site="s1", dev="gas1", kind="level", level="red", peak="red", peak_rank=4, state="open",
+            hist=False, received=1.0, raised=10.0, t_last=10.0))
+    url = engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql" else \
+        str(engine.url.database)
+    reopened = store.open_engine(url)
+    try:
+        store.open_engine(url).dispose()  # a second start adds nothing
+        with reopened.begin() as conn:
+            assert conn.execute(select(alarms.c.step)).scalar_one() is None
+            store.apply_alarm(conn, "s1", transition("de-escalated", "orange", 9.0, step=3), received=20.0)
+            assert conn.execute(select(alarms.c.level, alarms.c.step)).one() == ("red", None)  # older by time
+            store.apply_alarm(conn, "s1", transition("cleared", None, 11.0, step=4), received=20.0)
+            assert conn.execute(select(alarms.c.state, alarms.c.step)).one() == ("cleared", 4)
+    finally:
+        reopened.dispose()
+
+
+def test_a_gateway_numbers_each_alarms_transitions() -> None:
+    bodies = one_batchs_transitions()
+    assert [b["step"] for b in bodies] == [0, 1, 2]

@@ -172,8 +172,10 @@ def test_lifecycle_raised_escalated_de_escalated_cleared(site: EngineOnDisk) -> 
         "t_dev": 2.0,
         "t_gw": 1002.0,
         "resend": 0,
+        "step": 0,
         "unit": "%LEL",
     }
+    assert [t.step for t in out] == list(range(len(out)))  # numbered in the alarm's life
     assert out[-1].body()["level"] is None and out[-1].body()["prev"] == "blue"
     assert Transition.from_body(first) == out[0]
     assert site.engine.active() == []
@@ -727,7 +729,8 @@ def test_a_silent_or_dead_device_inhibits_its_sensor_alarms_until_fresh_readings
         ("inhibited", "level", "gas-1", ORANGE, ORANGE, "silence"),
     ]
     inhibited = out[1].body()
-    assert inhibited == {**raised[0].body(), "ev": "inhibited", "prev": "orange", "t_gw": 1031.0, "cause": "silence"}
+    assert inhibited == {**raised[0].body(), "ev": "inhibited", "prev": "orange", "t_gw": 1031.0, "cause": "silence",
+                         "step": raised[0].step + 1}
     assert [(a.last.rule_kind, a.inhibited) for a in s.engine.active()] == [("level", True), ("stale", False)]
     assert [(t.event, t.rule_kind) for t in s.engine.tick(1101.0)] == [("escalated", "stale")]  # inhibited once
     resent = [t.rule_kind for now in range(1031, 1300) for t in s.engine.due_resends(float(now))]
