@@ -72,7 +72,9 @@ class FlashQ:
         segs = ([], [])
         try:
             names = os.listdir(path)
-        except OSError:  # no room for the directory (a flash full at the first boot): every record is dropped
+        except OSError as e:  # no room for the directory (a flash full at the first boot): every record is dropped
+            if e.errno != 2:  # ENOENT only: a read error must not make the queue's segments look gone
+                raise
             names = ()
         for name in names:
             lane = _LANE.find(name[:1])

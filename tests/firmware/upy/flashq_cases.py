@@ -258,6 +258,21 @@ def case_a_queue_whose_directory_cannot_be_made_drops_and_counts():
     assert q.dropped == [0, 50] and len(q) == 0 and q.peek(1) == [] and q._head == [0, 0], q._head
 
 
+def case_a_queue_whose_directory_cannot_be_read_is_not_taken_for_empty():
+    """Only a missing directory is an empty queue. Any other error listing it (a read error of the chip; here
+    the path is a file) is raised: taken for empty, the queue would open without the segments its index names."""
+    wipe()
+    os.mkdir(DIR)
+    rewrite("q", b"not a directory")
+    try:
+        FlashQ(DIR + "/q", capacity=8192, segment=512, max_record=300)
+    except OSError as e:
+        assert e.errno != 2, e
+    else:
+        raise AssertionError("opened over a directory it could not list")
+    os.remove(DIR + "/q")
+
+
 def case_persist_roundtrip_and_defaults():
     wipe()
     os.mkdir(DIR)
