@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Column, Engine, MetaData, Table, func, select
@@ -91,10 +92,8 @@ def one_batchs_transitions() -> list[dict[str, Any]]:
     return bodies
 
 
-def test_transitions_of_one_gateway_time_leave_the_alarm_as_the_site_does_in_any_order(engine: Engine) -> None:
-    """A raise and its clear at one gateway time: the clear was taken only if it came first, so a worker that
-    stored them in the gateway's own order left the alarm open (and orange) for good."""
-    bodies = one_batchs_transitions()
+def stored_in_every_order(engine: Engine, bodies: list[dict[str, Any]]) -> Iterator[tuple[Any, Any]]:
+    """Each order the transitions could be stored in by workers, from empty tables, with the alarm's row after."""
     for order in itertools.permutations(bodies):
         with engine.begin() as conn:
             for table in (work_order_steps, work_orders, alarm_events, alarms):
@@ -103,7 +102,14 @@ def test_transitions_of_one_gateway_time_leave_the_alarm_as_the_site_does_in_any
             with engine.begin() as conn:
                 assert store.apply_alarm(conn, "s1", body, received=20.0)
         with engine.connect() as conn:
-            row = conn.execute(select(alarms)).one()
+            yield order, conn.execute(select(alarms)).one()
+
+
+def test_transitions_of_one_gateway_time_leave_the_alarm_as_the_site_does_in_any_order(engine: Engine) -> None:
+    """A raise and its clear at one gateway time: the clear was taken only if it came first, so a worker that
+    stored them in the gateway's own order left the alarm open (and orange) for good."""
+    bodies = one_batchs_transitions()
+    for order, row in stored_in_every_order(engine, bodies):
         assert (row.state, row.level, row.peak, row.cleared) == ("cleared", None, "red", bodies[0]["t_gw"]), \
             [b["ev"] for b in order]
 
@@ -201,15 +207,7 @@ def test_an_alarm_follows_its_transition_number_when_the_gateway_clock_went_back
     is the later: the clear closes the alarm, whichever order they come in."""
     steps = [transition("raised", "yellow", 5000.0, step=0), transition("escalated", "red", 5001.0, step=1),
              transition("cleared", None, 1500.0, step=2)]
-    for order in itertools.permutations(steps):
-        with engine.begin() as conn:
-            for table in (work_order_steps, work_orders, alarm_events, alarms):
-                conn.execute(table.delete())
-        for body in order:
-            with engine.begin() as conn:
-                assert store.apply_alarm(conn, "s1", body, received=20.0)
-        with engine.connect() as conn:
-            row = conn.execute(select(alarms)).one()
+    for order, row in stored_in_every_order(engine, steps):
         assert (row.state, row.level, row.peak) == ("cleared", None, "red"), [b["ev"] for b in order]
 
 
@@ -217,15 +215,7 @@ def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine:
     """An escalation and a de-escalation judged in one gateway batch share its t_gw: their numbers order them."""
     steps = [transition("raised", "yellow", 10.0, step=0), transition("escalated", "red", 11.0, step=1),
              transition("de-escalated", "orange", 11.0, step=2)]
-    for order in itertools.permutations(steps):
-        with engine.begin() as conn:
-            for table in (work_order_steps, work_orders, alarm_events, alarms):
-                conn.execute(table.delete())
-        for body in order:
-            with engine.begin() as conn:
-                assert store.apply_alarm(conn, "s1", body, received=20.0)
-        with engine.connect() as conn:
-            row = conn.execute(select(alarms)).one()
+    for order, row in stored_in_every_order(engine, steps):
         assert (row.state, row.level) == ("open", "orange"), [b["ev"] for b in order]
 
 
