@@ -19,6 +19,7 @@ STEP_S = 2.0
 class ClockWatch:
     def __init__(self) -> None:
         self._last: tuple[float, float] | None = None
+        self.steps = 0  # found so far, for the metrics
 
     def step(self, wall: float, mono: float) -> float:
         """Seconds the wall clock was set by (forward positive) since the last look, or 0.0."""
@@ -26,4 +27,7 @@ class ClockWatch:
         if last is None:
             return 0.0
         stepped = (wall - last[0]) - (mono - last[1])
-        return stepped if abs(stepped) >= STEP_S else 0.0
+        if abs(stepped) < STEP_S:
+            return 0.0
+        self.steps += 1
+        return stepped

@@ -423,7 +423,8 @@ class Gateway:
                         confirmations_due=self.confirmations.due_count(), devices_in_memory=held,
                         device_states_read=read, check_processes=len(self.stage.pids()) if self.stage else 0,
                         check_processes_lost=self.stage.lost if self.stage else 0,
-                        checked_in_ingest=self.stage.in_process if self.stage else 0)
+                        checked_in_ingest=self.stage.in_process if self.stage else 0,
+                        clock_steps=self.clock.steps)
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S

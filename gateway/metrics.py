@@ -45,6 +45,7 @@ class Snapshot:
     check_processes: int = 0  # check processes running (gateway/check_stage.py)
     check_processes_lost: int = 0
     checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
+    clock_steps: int = 0  # steps of the wall clock found (gateway/clock_step.py)
 
 
 class _Collector:
@@ -95,6 +96,8 @@ class _Collector:
         yield CounterMetricFamily("lifeline_checked_in_ingest",
                                   "Messages the ingest decoded itself because their check process was lost",
                                   value=s.checked_in_ingest)
+        yield CounterMetricFamily("lifeline_clock_steps", "Steps of the site box's wall clock the gateway took out of "
+                                  "its spans", value=s.clock_steps)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 

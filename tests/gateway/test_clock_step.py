@@ -59,7 +59,7 @@ def test_a_step_forward_raises_no_stale_alarm_and_silence_still_counts(gw: Gatew
     gw.handle_site([reading("d1", 1, 0.1, NOW), reading("d2", 1, 0.1, NOW)])
     gw.tick(NOW + 1, MONO + 1)
     gw.tick(NOW + 7200 + 2, MONO + 2)  # NTP sets the clock two hours on
-    assert stale(gw) == []
+    assert stale(gw) == [] and gw.snapshot().clock_steps == 1
     gw.tick(NOW + 7200 + GAS_YELLOW_S - 5, MONO + GAS_YELLOW_S - 5)
     assert stale(gw) == []
     gw.tick(NOW + 7200 + GAS_YELLOW_S + 1, MONO + GAS_YELLOW_S + 1)
@@ -116,3 +116,4 @@ def test_the_watch_names_a_step_and_ignores_drift() -> None:
     steps = [watch.step(NOW + wall, MONO + mono) for wall, mono in looks]
     # the first look has nothing to compare with; NTP's slewing (half a millisecond a second at most) is no step
     assert steps == [0.0, 0.0, pytest.approx(3600), pytest.approx(-STEP_S - 1), 0.0]
+    assert watch.steps == 2
