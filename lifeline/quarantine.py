@@ -16,13 +16,26 @@ from gateway.quarantine import REASONS, row, rows
 from gateway.site_config import ConfigError
 from lifeline.store_access import StoreError, add_store_arguments, open_readonly
 
+MAX_LIMIT = 1000  # rows one `list` reads: each holds its raw payload, up to 64 KiB
+
+
+def _limit(text: str) -> int:
+    """A number of rows from 1 to MAX_LIMIT: SQLite reads a negative LIMIT as none, the whole table."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= n <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{n}: a number of rows from 1 to {MAX_LIMIT}")
+    return n
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_arguments(parser, "site.toml (its [store] path is read)")
     sub = parser.add_subparsers(dest="action", required=True)
     lst = sub.add_parser("list", help="newest rejected messages")
     lst.add_argument("--reason", choices=REASONS)
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=_limit, default=50, help=f"rows, 1 to {MAX_LIMIT} (default 50)")
     show = sub.add_parser("show", help="one rejected message in full")
     show.add_argument("id", type=int)
 
@@ -63,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         one = row(conn, args.id)
         if one is None:
-            console.print(f"[red]no quarantined message {args.id}[/red]")
-            return 1
+            print(f"no quarantined message {args.id}", file=sys.stderr)
+            return 2
         r = one
         console.print(f"id {r.id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.at))} UTC\n"
                       f"reason {escape(r.reason)}: {escape(r.detail)}\ntopic {escape(r.topic)}\nsize {r.size} bytes"

@@ -93,3 +93,46 @@ def test_a_firmware_version_that_looks_like_markup_is_shown_as_text(tmp_path: Pa
     conn.close()
     assert cli.main(["status", "--store", str(store)]) == 0
     assert "0.1[/]" in capsys.readouterr().out
+
+
+def _store_with_rejects(path: Path, n: int) -> None:
+    conn = sqlite3.connect(path)
+    quarantine = Quarantine(conn)
+    for i in range(n):
+        quarantine.put("malformed", f"reject {i}", "lifeline/v1/site-a/gas-01/data", b"\xff" * 16, now=1.8e9 + i)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "1001"])
+def test_a_list_limit_outside_its_range_is_a_usage_error(tmp_path: Path, limit: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite takes LIMIT -1 for no limit: `--limit -1` listed every row of a store that may keep 10,000 rejects
+    of 64 KiB each, read whole into memory. A limit outside 1..1000 is refused as argparse refuses an option."""
+    store = tmp_path / "gw.db"
+    _store_with_rejects(store, 3)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["quarantine", "--store", str(store), "list", "--limit", limit])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert "argument --limit: " in captured.err and "reject" not in captured.out
+
+
+def test_a_list_limit_in_range_lists_that_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    store = tmp_path / "gw.db"
+    _store_with_rejects(store, 3)
+    assert cli.main(["quarantine", "--store", str(store), "list", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "reject 2" in out and "reject 1" in out and "reject 0" not in out
+
+
+def test_show_of_an_id_not_kept_is_one_line_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An id that is not in the store (evicted since it was listed, or mistyped) is the operator's input: one line
+    on stderr and exit 2, as the tools' other input errors; it was printed on stdout, as if it were the message."""
+    store = tmp_path / "gw.db"
+    _store_with_rejects(store, 1)
+    assert cli.main(["quarantine", "--store", str(store), "show", "7"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "no quarantined message 7\n"
