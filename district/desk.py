@@ -236,6 +236,19 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, f"from must be before to, at most {MAX_WINDOW_S // 86400} days apart")
         return queries.history(conn, ruleset, site, dev, metric, t_from, t_to, rollup_s)
 
+    def order_list(conn: Connection, request: Request) -> Any:
+        """Every active order, and the newest closed ones: `limit` of them (1 and up, at most CLOSED_MAX),
+        or with `before` (an order id) only the closed ones older than it."""
+        q = request.query_params
+        try:
+            limit = int(q.get("limit") or queries.CLOSED_SHOWN)
+            before = None if q.get("before") is None else int(q.get("before") or "")
+        except ValueError:
+            raise Refused(400, "limit and before: whole numbers") from None
+        if limit < 1 or (before is not None and not 0 < before < 2**63):
+            raise Refused(400, "limit: 1 or more; before: an order id")
+        return queries.work_order_list(conn, closed=min(limit, queries.CLOSED_MAX), before=before)
+
     def path_id(request: Request, what: str) -> int:
         """The row id in the address; one that is not a number a BIGINT column holds names nothing."""
         try:
@@ -353,7 +366,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/devices", endpoint(read(lambda c, r: queries.device_states(c, r.query_params.get("site"))))),
         Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, points)))),
         Route("/api/history", endpoint(read(history))),
-        Route("/api/work-orders", endpoint(read(lambda c, r: queries.work_order_list(c)))),
+        Route("/api/work-orders", endpoint(read(order_list))),
         Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, path_id(r, "work order"))))),
         Route("/api/work-orders/{id}/{action}", endpoint(step), methods=["POST"]),
         Route("/api/response-times", endpoint(read(lambda c, r: queries.response_times(c)))),

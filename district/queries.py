@@ -32,6 +32,8 @@ from gateway.rules import RuleSet
 RiskPoints = Mapping[str, Sequence[Mapping[str, Any]]]  # {site: [{"id", "class", "lat", "lon", "radius_m"}]}
 MAX_POINTS = 2000  # readings in one chart; a longer window is thinned evenly
 SAMPLE_WINDOW = 20000  # newest readings the sample -> desk times are taken from
+CLOSED_SHOWN = 50  # closed work orders in the list unless a page asks for more (docs/district.md)
+CLOSED_MAX = 500  # and at most this many at once
 RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alarms.c.level == "yellow", 2),
             (alarms.c.level == "blue", 1), else_=0)
 
@@ -155,15 +157,24 @@ def thresholds(rules: RuleSet, cls: str | None, dev: str, metric: str) -> list[d
             for lv, v in sorted(level.levels.items())]
 
 
-def work_order_list(conn: Connection, order_id: int | None = None) -> list[dict[str, Any]]:
-    """Work orders, newest first, with what their alarm was about."""
+def work_order_list(conn: Connection, order_id: int | None = None, *, closed: int = CLOSED_SHOWN,
+                    before: int | None = None) -> list[dict[str, Any]]:
+    """Work orders, newest first, with what their alarm was about: every order not yet closed, and the newest
+    `closed` closed ones. With `before` (an order id), only the closed orders older than it, the next page
+    back through the history. A district makes tens of thousands of orders a year, and every open page
+    fetches this list at each work-order notice: it was every order ever made."""
     q = (select(work_orders, alarms.c.dev, alarms.c.metric, alarms.c.peak, alarms.c.level, alarms.c.point)
          .join(alarms, alarms.c.id == work_orders.c.alarm).order_by(work_orders.c.id.desc()))
     if order_id is not None:
-        q = q.where(work_orders.c.id == order_id)
+        rows = list(conn.execute(q.where(work_orders.c.id == order_id)))
+    else:
+        done = q.where(work_orders.c.state == "closed")
+        rows = [] if before is not None else list(conn.execute(q.where(work_orders.c.state != "closed")))
+        rows += conn.execute((done if before is None else done.where(work_orders.c.id < before)).limit(closed))
+        rows.sort(key=lambda r: r.id, reverse=True)
     return [{"id": r.id, "alarm": r.alarm, "site": r.site, "dev": r.dev, "metric": r.metric, "peak": r.peak,
              "level": r.level, "point": r.point, "state": r.state, "team": r.team, "round": r.round,
-             "opened": r.opened, "updated": r.updated} for r in conn.execute(q)]
+             "opened": r.opened, "updated": r.updated} for r in rows]
 
 
 def work_order(conn: Connection, order_id: int) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from district import accounts, store
 from district.desk import make_app
 from district.live import Hub
+from district.schema import alarms, work_orders
 from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto, free_port
 
@@ -93,3 +94,22 @@ def alarm_body(alarm_id: str, ev: str, level: str | None, t_gw: float, **extra: 
     return {"id": alarm_id, "ev": ev, "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4", "level": level,
             "prev": None, "value": 60.0, "reading": 60.0, "rule": "gas.ch4", "rver": 1, "t_dev": t_gw - 0.5,
             "t_gw": t_gw, "resend": 0, "unit": "%LEL", "point": "rp-valve-7", **extra}
+
+
+def closed_orders(engine: Engine, n: int, now: float) -> None:
+    """`n` closed work orders of a year gone by, each with its cleared alarm, written in bulk: a district's
+    history of orders, which no page should be sent whole."""
+    year = 365 * 86400
+    alarm_rows, order_rows = [], []
+    for i in range(n):
+        t = now - year + i * (year / max(n, 1)) / 2
+        alarm_id = f"{i:032x}"
+        alarm_rows.append({"id": alarm_id, "site": "s1", "dev": "gas1", "cls": "gas", "metric": "ch4",
+                           "kind": "level", "level": None, "peak": "red", "peak_rank": 4, "state": "cleared",
+                           "hist": False, "raised": t, "received": t, "acked": t + 60, "cleared": t + 600,
+                           "t_last": t + 600})
+        order_rows.append({"alarm": alarm_id, "site": "s1", "state": "closed", "team": "pipe 1", "opened": t,
+                           "updated": t + 3600, "round": 1})
+    with engine.begin() as conn:
+        conn.execute(alarms.insert(), alarm_rows)
+        conn.execute(work_orders.insert(), order_rows)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from deskkit import PASSWORD, USERS, Downlinks, alarm_body, desk_server, seed
+from deskkit import PASSWORD, USERS, Downlinks, alarm_body, closed_orders, desk_server, seed
 from sqlalchemy import Engine, func, select, update
 
 from district import store
@@ -270,3 +270,45 @@ def test_history_gives_readings_thresholds_and_transitions(desk: str, engine: En
     times = c.get("/api/response-times").json()
     assert times["site"]["s1"]["sample_desk"]["count"] == 30
     assert abs(times["site"]["s1"]["sample_desk"]["p50"] - 0.4) < 0.01
+
+
+def test_the_work_order_list_is_bounded_and_keeps_every_active_order(desk: str, engine: Engine) -> None:
+    """A year of a district's orders, 5,000 closed and four still active: the list was every order ever made,
+    fetched again by every open page at each work-order notice. It now holds every order not closed and only
+    the newest closed ones (`limit`, 50 unless asked, at most 500); `before` pages back through older ones."""
+    now = time.time()
+    closed_orders(engine, 5000, now)
+    with engine.begin() as conn:  # three more active orders, older than most of the closed ones
+        for i, state in enumerate(("acknowledged", "dispatched", "returned")):
+            alarm_id = f"a{i:031x}"
+            conn.execute(alarms.insert().values(id=alarm_id, site="s1", dev="gas2", kind="level", level="red",
+                                                peak="red", peak_rank=4, state="open", received=now - 9000,
+                                                t_last=now - 9000))
+            conn.execute(work_orders.insert().values(alarm=alarm_id, site="s1", state=state, opened=now - 9000,
+                                                     updated=now - 900))
+        oldest = conn.execute(select(func.min(work_orders.c.id)).where(work_orders.c.state == "closed")).scalar()
+        conn.execute(update(work_orders).where(work_orders.c.id == oldest).values(state="reported"))
+        active = set(conn.execute(select(work_orders.c.id).where(work_orders.c.state != "closed")).scalars())
+        newest_closed = list(conn.execute(select(work_orders.c.id).where(work_orders.c.state == "closed")
+                                          .order_by(work_orders.c.id.desc()).limit(600)).scalars())
+    assert len(active) == 5  # the seeded open order, the reported one and the three
+    c, _ = client(desk, "viewer")
+    r = c.get("/api/work-orders")
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert {o["id"] for o in got if o["state"] != "closed"} == active
+    assert [o["id"] for o in got if o["state"] == "closed"] == newest_closed[:50]
+    assert [o["id"] for o in got] == sorted((o["id"] for o in got), reverse=True)  # newest first, as before
+    assert len(r.content) < 40_000, len(r.content)
+    some = c.get("/api/work-orders", params={"limit": 10}).json()
+    assert [o["id"] for o in some if o["state"] == "closed"] == newest_closed[:10]
+    assert {o["id"] for o in some if o["state"] != "closed"} == active
+    older = c.get("/api/work-orders", params={"limit": 10, "before": newest_closed[9]}).json()
+    assert [o["id"] for o in older] == newest_closed[10:20]  # older closed ones only: the active came before
+    for huge in (100_000, "9" * 400):
+        most = c.get("/api/work-orders", params={"limit": huge}).json()
+        assert [o["id"] for o in most if o["state"] == "closed"] == newest_closed[:500]
+    for bad in ({"limit": "x"}, {"limit": "0"}, {"limit": "-3"}, {"before": "1e9"}, {"before": "0"},
+                {"before": "9" * 30}):
+        r = c.get("/api/work-orders", params=bad)
+        assert r.status_code == 400 and r.json()["error"], (bad, r.text)

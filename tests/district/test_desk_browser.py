@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from deskkit import PASSWORD, USERS, alarm_body, desk_server, seed
+from deskkit import PASSWORD, USERS, alarm_body, closed_orders, desk_server, seed
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine, select
@@ -237,5 +237,36 @@ def test_an_open_order_whose_alarm_left_the_board_or_was_acknowledged_before_can
         page.click("#act-dispatch")
         expect(page.locator("#wo-state")).to_have_text("dispatched")
         expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
+        page.close()
+    engine.dispose()
+
+
+def test_a_years_work_orders_list_every_active_one_and_only_the_newest_closed(tmp_path: Path,
+                                                                               browser: Browser) -> None:
+    """With 5,000 closed orders the page fetched and drew all of them at every work-order notice. It shows
+    every active order, the oldest too, and the newest 50 closed ones."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:  # an order opened before the year's closed ones, still dispatched
+        store.apply_alarm(conn, "s1", alarm_body(OLD, "raised", "red", now - 7200), received=now - 7199)
+        boss = Session("t", USERS["supervisor"], "supervisor", "c")
+        workorders.ack_alarm(conn, OLD, boss, now=now - 7000)
+        [old] = conn.execute(select(work_orders.c.id)).scalars()
+        workorders.act(conn, old, "dispatch", boss, team="pipe team 3", now=now - 6900)
+    closed_orders(engine, 5000, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        orders = dict(conn.execute(select(work_orders.c.alarm, work_orders.c.id)
+                                   .where(work_orders.c.alarm.in_([OLD, RED]))).all())
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        expect(page.locator(f"#orders tr[data-id='{orders[RED]}'] .wo-state")).to_have_text("open")
+        expect(page.locator(f"#orders tr[data-id='{orders[OLD]}'] .wo-state")).to_have_text("dispatched")
+        expect(page.locator("#orders tr[data-id]")).to_have_count(2 + 50)
+        expect(page.locator("#orders tr.st-closed")).to_have_count(50)
+        page.locator(f"#orders tr[data-id='{orders[OLD]}']").click()
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
         page.close()
     engine.dispose()
