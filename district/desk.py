@@ -3,7 +3,8 @@
 Every request is checked on the server, whatever the page showed: a session cookie (HttpOnly,
 SameSite=Strict) for every /api call but login, the session's CSRF token in `X-CSRF-Token` for every POST,
 and the user's role for every action (district/accounts.py). Bad input is answered 400 with a message and
-changes nothing; unknown things 404; a step from the wrong state 409. The page is static files served from
+changes nothing; unknown things 404; a step from the wrong state 409; a database that failed the call (locked,
+its connection lost) 503, "the database is busy, try again". The page is static files served from
 here (no CDN, no build step), and stays current through server-sent events from the change feed
 (district/live.py): a notice says what changed and the page fetches it.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -53,6 +56,7 @@ LOGIN_FAILURES = 5  # per user name per LOGIN_WINDOW_S, then 429 until the oldes
 LOGIN_WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones are forgotten
 MAX_WINDOW_S = 400 * 86400
+BUSY = "the database is busy, try again"  # what a desk action the database failed answers (503)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 # action -> the body's fields (required, optional) and how workorders.act names them
@@ -169,6 +173,14 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
             except (WorkOrderError, DownlinkError, RolloutError) as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
+            except (OperationalError, InterfaceError, PoolTimeout) as e:
+                # SQLite locked past its busy timeout, PostgreSQL's connection ended or the pool exhausted:
+                # the transaction rolled back whole and nothing changed, so the officer may simply try again
+                exc = getattr(e, "orig", None) or e
+                reason = str(exc).strip().splitlines() or [""]
+                event(log, "desk-db-failed", logging.WARNING, path=request.url.path,
+                      error=f"{type(exc).__name__}: {reason[0]}")
+                return JSONResponse({"error": BUSY}, 503, headers=HEADERS)
             return result if isinstance(result, Response) else JSONResponse(result, headers=HEADERS)
         return wrapped
 

@@ -6,8 +6,11 @@ the bodies the gateway parses."""
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -312,3 +315,39 @@ def test_the_work_order_list_is_bounded_and_keeps_every_active_order(desk: str, 
                 {"before": "9" * 30}):
         r = c.get("/api/work-orders", params=bad)
         assert r.status_code == 400 and r.json()["error"], (bad, r.text)
+
+
+def test_a_database_busy_past_its_timeout_answers_503_with_a_reason(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite locked by another process past the busy timeout (here 200 ms) during a desk action was a bare 500
+    with a traceback; it is a 503 with a line the page shows the officer, logged once with its reason, and the
+    same action goes through once the lock is gone. Reads go on meanwhile (WAL)."""
+    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 200)
+    path = tmp_path / "district.sqlite"
+    engine = store.open_engine(str(path))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(ALARM, "raised", "red", now - 60), received=now - 59)
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+    try:
+        with desk_server(engine, broker) as url:
+            c, csrf = client(url, "operator")
+            holder = sqlite3.connect(str(path), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            try:
+                r = c.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf})
+                assert r.status_code == 503, r.text
+                assert r.json() == {"error": "the database is busy, try again"}
+                assert c.get("/api/alarms").json()[0]["acked"] is None
+            finally:
+                holder.close()
+            r = c.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 200, r.text
+    finally:
+        engine.dispose()
+    [failed] = [r for r in caplog.records if r.getMessage() == "desk-db-failed"]
+    reason = failed.fields["error"]  # type: ignore[attr-defined]
+    assert failed.levelno == logging.WARNING and failed.exc_info is None
+    assert "database is locked" in reason and "\n" not in reason, reason
+    assert failed.fields["path"] == f"/api/alarms/{ALARM}/ack"  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ in out/desk.png. A boolean series (a cover switch) is drawn in steps."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -268,5 +269,37 @@ def test_a_years_work_orders_list_every_active_one_and_only_the_newest_closed(tm
         expect(page.locator("#orders tr.st-closed")).to_have_count(50)
         page.locator(f"#orders tr[data-id='{orders[OLD]}']").click()
         expect(page.locator("#wo-state")).to_have_text("dispatched")
+        page.close()
+    engine.dispose()
+
+
+def test_a_busy_database_is_told_to_the_officer(tmp_path: Path, browser: Browser,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ack while another process held SQLite's write lock past the busy timeout was a bare 500, shown as
+    "Internal Server Error"; the page now says the database is busy, and the ack goes through when tried
+    again."""
+    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 200)
+    path = tmp_path / "district.sqlite"
+    engine = open_engine(str(path))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("open")
+        holder = sqlite3.connect(str(path), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            page.click("#act-ack")
+            expect(page.locator("#action-error")).to_have_text("the database is busy, try again")
+            expect(page.locator("#wo-state")).to_have_text("open")
+        finally:
+            holder.close()
+        page.click("#act-ack")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        expect(page.locator("#action-error")).to_have_text("")
         page.close()
     engine.dispose()
