@@ -140,7 +140,11 @@ async def cycle(app):
             keep[name] = [m.filter.last, m.filter.sent_at, m.level.active if m.level else False]
     keep["heapmin"] = app.heapmin
     persist.save(_SLEEP, keep)
-    await app.mqtt.disconnect()
+    # The DISCONNECT waits up to the client's ack timeout (5 s) for a stalled socket: fed meanwhile, as the join.
+    link = asyncio.create_task(app.mqtt.disconnect())
+    while not link.done():
+        await asyncio.sleep_ms(100)
+        app.wdt.feed()
     wake = sl["wake_s"]
     for s in app.sensors:
         if s.alarm and s.fast_ms:
