@@ -29,6 +29,7 @@ STEPS = {
     "close": (("reported",), "closed"),
     "send-back": (("reported",), "returned"),
 }
+STEP_DONE = {"dispatch": "dispatched", "report": "reported", "close": "closed", "send-back": "sent back"}
 MAX_TEXT = 2000
 MAX_TEAM = 64
 
@@ -92,7 +93,9 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | Non
 def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any = None, note: Any = None,
         action_taken: Any = None, now: float | None = None) -> str:
     """One step of an order; returns its new state. `note` is the findings of a report or the correction of
-    a send-back; `action_taken` what the team did."""
+    a send-back; `action_taken` what the team did. The same step again, by the same person with the same
+    text, finding the order already where it leads (a double click, a request sent again), is done: it
+    returns that state and writes nothing. Another's, or other text, is refused 409 naming who did it."""
     now = time.time() if now is None else now
     if action not in STEPS:
         raise WorkOrderError(400, f"action: one of {', '.join(STEPS)}")
@@ -114,6 +117,13 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
                         .values(**values).returning(work_orders.c.state)).first()
     if done is None:
         state = conn.execute(select(work_orders.c.state).where(work_orders.c.id == order_id)).scalar_one()
+        last = conn.execute(select(work_order_steps).where(work_order_steps.c.order_id == order_id)
+                            .order_by(work_order_steps.c.id.desc()).limit(1)).first()
+        if state == target and last is not None and last.step == action:
+            if (last.actor, last.team, last.note, last.action) == (who.user, team, note, action_taken):
+                return target  # the same request again (a double click): done already, and written once
+            raise WorkOrderError(409, f"work order {order_id} is already {STEP_DONE[action]} by {last.actor}"
+                                      f"{f' to {last.team}' if last.team else ''}")
         raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be sent to {action}")
     conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
                                                   note=note, action=action_taken))

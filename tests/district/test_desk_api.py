@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,44 @@ def test_the_work_order_list_is_bounded_and_keeps_every_active_order(desk: str, 
                 {"before": "9" * 30}):
         r = c.get("/api/work-orders", params=bad)
         assert r.status_code == 400 and r.json()["error"], (bad, r.text)
+
+
+def test_a_repeated_step_is_done_once_and_a_different_one_is_told_who_did_it(desk: str, engine: Engine) -> None:
+    """A double-clicked step sent the same request twice and the second was a 409, shown as an error. The same
+    step by the same officer with the same text, finding the order already where it leads, is answered 200
+    with the order's state and writes no second step or audit row. Another officer's, or other text, is
+    still 409, and says who did the step."""
+    op, op_csrf = client(desk, "operator")
+    sup, sup_csrf = client(desk, "supervisor")
+    order = order_of(engine)
+
+    def post(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
+        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+
+    def count(step: str) -> tuple[int, int]:
+        with engine.connect() as conn:
+            return (conn.execute(select(func.count()).select_from(work_order_steps).where(
+                work_order_steps.c.order_id == order, work_order_steps.c.step == step)).scalar_one(),
+                conn.execute(select(func.count()).select_from(audit).where(audit.c.what == step)).scalar_one())
+
+    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
+    for _ in range(2):
+        r = post(op, op_csrf, "dispatch", {"team": "pipe 3"})
+        assert r.status_code == 200 and r.json()["state"] == "dispatched", r.text
+    assert count("dispatch") == (1, 1)
+    for who, csrf, body in ((op, op_csrf, {"team": "pipe 4"}), (sup, sup_csrf, {"team": "pipe 3"})):
+        r = post(who, csrf, "dispatch", body)
+        assert r.status_code == 409 and "already dispatched by li.wei" in r.json()["error"], r.text
+    assert count("dispatch") == (1, 1)
+    with ThreadPoolExecutor(2) as pool:  # a double click: both requests in flight at once
+        answers = list(pool.map(lambda _: post(op, op_csrf, "report", {"findings": "seal leaking"}), range(2)))
+    assert [(a.status_code, a.json()["state"]) for a in answers] == [(200, "reported")] * 2, [a.text for a in answers]
+    assert count("report") == (1, 1)
+    for _ in range(2):
+        assert post(sup, sup_csrf, "close", {}).json() == {"id": order, "state": "closed"}
+    assert count("close") == (1, 1)
+    r = post(sup, sup_csrf, "send-back", {"correction": "again"})
+    assert r.status_code == 409 and "closed" in r.json()["error"], r.text
 
 
 def test_a_database_busy_past_its_timeout_answers_503_with_a_reason(
