@@ -381,7 +381,8 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/work-orders", endpoint(read(order_list))),
         Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, path_id(r, "work order"))))),
         Route("/api/work-orders/{id}/{action}", endpoint(step), methods=["POST"]),
-        Route("/api/response-times", endpoint(read(lambda c, r: queries.response_times(c)))),
+        Route("/api/response-times", endpoint(read(
+            lambda c, r: queries.response_times(c, since=clock() - queries.RESPONSE_WINDOW_S)))),
         Route("/api/commands", endpoint(command), methods=["POST"]),
         Route("/api/commands/{id}", endpoint(read(lambda c, r: queries.command_state(c, path_id(r, "command"))))),
         Route("/api/rules", endpoint(rules_change), methods=["POST"]),

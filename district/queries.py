@@ -34,6 +34,7 @@ MAX_POINTS = 2000  # readings in one chart; a longer window is thinned evenly
 SAMPLE_WINDOW = 20000  # newest readings the sample -> desk times are taken from
 CLOSED_SHOWN = 50  # closed work orders in the list unless a page asks for more (docs/district.md)
 CLOSED_MAX = 500  # and at most this many at once
+RESPONSE_WINDOW_S = 30 * 86400  # the desk's response times are of the alarms and orders of the last 30 days
 RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alarms.c.level == "yellow", 2),
             (alarms.c.level == "blue", 1), else_=0)
 
@@ -209,16 +210,18 @@ def stats(values: Iterable[float]) -> dict[str, Any]:
     return {"count": len(v), "p50": rank(50), "p90": rank(90), "max": v[-1]}
 
 
-def response_times(conn: Connection) -> dict[str, Any]:
+def response_times(conn: Connection, since: float | None = None) -> dict[str, Any]:
     """p50, p90 and max of each of `response_values`, for the desk."""
     return {group: {key: {m: stats(vals) for m, vals in measures.items()} for key, measures in g.items()}
-            for group, g in response_values(conn).items()}
+            for group, g in response_values(conn, since).items()}
 
 
-def response_values(conn: Connection) -> dict[str, dict[str, dict[str, list[float]]]]:
+def response_values(conn: Connection, since: float | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
     """The seeds' measures in seconds, per colour (an alarm's peak level) and per site:
     sample -> desk (when the district received a reading minus its time; by colour, for the readings that
-    raised alarms), alarm -> ack (acked - raised), ack -> dispatch and dispatch -> closed (from the steps)."""
+    raised alarms), alarm -> ack (acked - raised), ack -> dispatch and dispatch -> closed (from the steps).
+    `since`: of the alarms the district received and the orders opened from then on only (the desk's, every
+    page fetching them at each notice); None, of all it holds."""
     by: dict[str, dict[str, dict[str, list[float]]]] = {
         "colour": defaultdict(lambda: defaultdict(list)), "site": defaultdict(lambda: defaultdict(list))}
 
@@ -235,15 +238,23 @@ def response_values(conn: Connection) -> dict[str, dict[str, dict[str, list[floa
                                           .where(messages.c.hist.is_(False))
                                           .order_by(messages.c.id.desc()).limit(SAMPLE_WINDOW)):
         add("sample_desk", None, site, received - t)
-    for r in conn.execute(select(alarms).where(alarms.c.hist.is_(False))):
+    recent_alarms = select(alarms).where(alarms.c.hist.is_(False))
+    steps = (select(work_order_steps.c.order_id, work_order_steps.c.step, work_order_steps.c.at)
+             .order_by(work_order_steps.c.id))
+    orders = (select(work_orders.c.id, work_orders.c.site, alarms.c.peak)
+              .join(alarms, alarms.c.id == work_orders.c.alarm))
+    if since is not None:
+        recent_alarms = recent_alarms.where(alarms.c.received >= since)
+        steps = steps.join(work_orders, work_orders.c.id == work_order_steps.c.order_id).where(
+            work_orders.c.opened >= since)
+        orders = orders.where(work_orders.c.opened >= since)
+    for r in conn.execute(recent_alarms):
         add("sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
         add("alarm_ack", r.peak, r.site, None if r.acked is None or r.raised is None else r.acked - r.raised)
     firsts: dict[int, dict[str, float]] = defaultdict(dict)
-    for order_id, step, at in conn.execute(select(work_order_steps.c.order_id, work_order_steps.c.step,
-                                                  work_order_steps.c.at).order_by(work_order_steps.c.id)):
+    for order_id, step, at in conn.execute(steps):
         firsts[order_id].setdefault(step, at)
-    for r in conn.execute(select(work_orders.c.id, work_orders.c.site, alarms.c.peak)
-                          .join(alarms, alarms.c.id == work_orders.c.alarm)):
+    for r in conn.execute(orders):
         s = firsts.get(r.id, {})
         if "ack" in s and "dispatch" in s:
             add("ack_dispatch", r.peak, r.site, s["dispatch"] - s["ack"])
