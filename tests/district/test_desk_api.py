@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from deskkit import PASSWORD, USERS, Downlinks, alarm_body, closed_orders, desk_server, seed
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
 from district import store
-from district.schema import alarms, audit, commands, rollups, work_order_steps, work_orders
+from district.schema import alarms, audit, commands, metadata, rollups, work_order_steps, work_orders
 from gateway.district_wire import alarm_ack_ids, command_request, downlink, ruleset_data
 from gateway.rules import default_ruleset
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.postgres import Postgres
 
 ALARM = "c" * 32
 
@@ -404,3 +405,33 @@ def test_response_times_are_of_the_last_30_days(desk: str, engine: Engine) -> No
     times = c.get("/api/response-times").json()
     assert times["colour"]["red"]["alarm_ack"]["count"] == 1, times["colour"]["red"]
     assert times["site"]["s1"]["alarm_ack"]["count"] == 1, times["site"]["s1"]
+
+
+def test_a_postgresql_connection_ended_under_the_desk_answers_503_and_the_next_call_goes_through(
+        postgres: Postgres, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """The server ended the desk's pooled connections (a restart, a failover, an administrator): the next
+    action on each was a bare 500 with a traceback. It is a 503 the officer can try again, and is."""
+    engine = store.open_engine(postgres.url)
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(ALARM, "raised", "red", now - 60), received=now - 59)
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+    try:
+        with desk_server(engine, broker) as url:
+            c, csrf = client(url, "operator")
+            admin = store.open_engine(postgres.url)  # a connection of its own, not one of the desk's pool
+            with admin.connect() as conn:
+                ended = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                          "datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
+                conn.commit()
+            admin.dispose()
+            assert ended and all(ended)
+            answers = [c.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf}) for _ in range(2)]
+            assert [a.status_code for a in answers] == [503, 200], [a.text for a in answers]
+            assert answers[0].json() == {"error": "the database is busy, try again"}
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    [failed] = [r for r in caplog.records if r.getMessage() == "desk-db-failed"]
+    assert "terminat" in failed.fields["error"], failed.fields  # type: ignore[attr-defined]
