@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_device import DEV, SITE, fast_gas, online_births
+from upy_support import SCRIPTS
 
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
@@ -130,3 +131,11 @@ def test_a_sleeping_node_waking_without_wifi_sleeps_again_without_a_reset(tmp_pa
     listener.close()
     births = [(b["boot"], b["rst"]) for b in online_births(listener)]
     assert set(exits) == {4} and all(rst == "deepsleep" for _, rst in births[1:]), (exits, births)
+
+
+def test_the_main_loop_feeds_a_short_watchdog_with_margin(tmp_path: Path) -> None:
+    """tests/firmware/upy/runtime_loop_cases.py: App.loop on MicroPython against a fake node, timing its feeds.
+    (On a virtual device the sim's watchdog, polled every 50 ms, rarely sees a feed a few ms late.)"""
+    result = upy.run("-m drivercheck", "runtime_loop_cases", heap=upy.FIRMWARE_HEAP, cwd=tmp_path, timeout=60,
+                     env={"MICROPYPATH": f"{upy.upy_path()}:{SCRIPTS}"})
+    assert result.returncode == 0, result.stdout + result.stderr

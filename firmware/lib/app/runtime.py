@@ -333,13 +333,13 @@ class App:
         20 s watchdog, so awaited here it reset the node at every outage (and every boot without Wi-Fi).
         `pub`, the publisher's task, is started again if it ended: a MemoryError in a publish (a fragmented
         heap) ended it, and the node sampled and fed its watchdog on, sending nothing until a reboot."""
-        synced = health = self.clock.up_ms()
+        synced = health = tick = self.clock.up_ms()  # tick: when the Wi-Fi was last looked at
         stalled = None
-        tick = 0
         link = asyncio.create_task(self.board.connect(self.secrets))
         while True:
-            await asyncio.sleep_ms(1000)
-            tick += 1
+            # A tick a second, or a quarter of the watchdog's limit if that is shorter (wdt_ms may be 1000): fed
+            # once a 1 s tick, a node with the shortest watchdog went its whole limit unfed and was reset.
+            await asyncio.sleep_ms(min(1000, self.wdt_ms // 4))
             up = self.clock.up_ms()
             late = None
             for name in self.beats:
@@ -358,8 +358,10 @@ class App:
             if self.pub.due(up):
                 self.pub.flush()
             self.resend(up)
-            if tick % 5 == 0 and link.done() and not self.board.online():
-                link = asyncio.create_task(self.board.connect(self.secrets))
+            if up - tick >= 5000:
+                tick = up
+                if link.done() and not self.board.online():
+                    link = asyncio.create_task(self.board.connect(self.secrets))
             if self.trial and up > self.trial_s * 1000:
                 from app import trial
 
