@@ -255,28 +255,30 @@ class Repl:
                              f"(board sha256 {got.hex() if got else 'missing'})")
         self.exec(f"os.rename({tmp!r}, {path!r})")
 
-    def files_under(self, top: str) -> list[str]:
-        """Every file below a directory on the board (none when it does not exist)."""
+    def files_under(self, top: str) -> list[bytes]:
+        """Every file below a directory on the board (none when it does not exist), its path as the bytes of
+        the board's name: a littlefs name need not be UTF-8, and listed as text one raised UnicodeError on the
+        board. A bytes path lists bytes names, and their repr is ASCII."""
         listing = self.exec(
             "def _walk(p, out):\n"
             " for e in os.ilistdir(p):\n"
-            "  q = p + '/' + e[0]\n"
+            "  q = p + b'/' + e[0]\n"
             "  _walk(q, out) if e[1] & 0x4000 else out.append(q)\n"
             "_found = []\n"
             "try:\n"
-            f" _walk({top!r}, _found)\n"
+            f" _walk({top.encode()!r}, _found)\n"
             "except OSError:\n"
             " pass\n"
             "print(repr(_found))")
-        found: list[str] = ast.literal_eval(listing.decode().strip())
+        found: list[bytes] = ast.literal_eval(listing.decode().strip())
         return found
 
     def has_romfs(self) -> bool:
         """Whether the board's MicroPython was built with a ROMFS partition (as `mpremote romfs query` asks)."""
         return self.exec("import vfs\nprint(hasattr(vfs, 'rom_ioctl') and vfs.rom_ioctl(1) > 0)").strip() == b"True"
 
-    def remove(self, path: str) -> None:
-        self.exec(f"os.remove({path!r})")
+    def remove(self, path: str | bytes) -> None:
+        self.exec(f"os.remove({path!r})")  # MicroPython takes a bytes path as its name's bytes
 
     def reboot(self) -> None:
         """Leave the raw REPL and soft-reset (Ctrl-D at the friendly REPL): the board runs boot.py and
@@ -332,11 +334,11 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
             result.written.append(f.path)
             result.bytes_written += f.size
         report(0, None)
-    keep = {f.path for f in files}
+    keep = {f.path.encode() for f in files}
     for path in b.files_under("lib"):
         if path not in keep:
             b.remove(path)
-            result.removed.append(path)
+            result.removed.append(path.decode(errors="backslashreplace"))  # a name not UTF-8 shown escaped
     if (result.written or new_code) and b.sha256(CHECKED_STAMP) is not None:
         b.remove(CHECKED_STAMP)
         result.removed.append(CHECKED_STAMP)

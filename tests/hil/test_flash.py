@@ -5,6 +5,7 @@ board is touched, and a flashed board boots the firmware and announces itself on
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -149,6 +150,33 @@ def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
     image = tmp_path / "[builds]" / ("micropython-" + "x" * 80 + ".bin")
     assert flash(vdev, tmp_path, "--image", str(image)) == 2
     assert capsys.readouterr().err == f"flash failed: --image: {image} does not exist\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_removed_from_lib(vdev: VirtualDevice, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A littlefs name is bytes, and a board may hold one that is not UTF-8 (written by a script of its own,
+    or a corrupted entry). Listing lib/ for stale modules read the names as text, and the run ended there; it
+    is a stale file like any other under lib/, removed, and named escaped."""
+    monkeypatch.setenv("COLUMNS", "200")
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    capsys.readouterr()
+    odd = os.fsdecode(b"stale-\xff\xfe.mpy")
+    (vdev.flash_dir / "lib" / odd).write_bytes(b"old module")
+    (vdev.flash_dir / "lib" / os.fsdecode(b"dir-\xe9")).mkdir()
+    (vdev.flash_dir / "lib" / os.fsdecode(b"dir-\xe9") / "inner.mpy").write_bytes(b"old module")
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    assert not (vdev.flash_dir / "lib" / odd).exists()
+    assert not (vdev.flash_dir / "lib" / os.fsdecode(b"dir-\xe9") / "inner.mpy").exists()
+    assert set(flash_files(vdev)) == set(expected_image(tmp_path)) | {"profile.json", "device.json",
+                                                                      "secrets.json"}
+    assert "2 stale removed" in capsys.readouterr().out
+    (vdev.flash_dir / "lib" / odd).write_bytes(b"old module")
+    prov = flash_mod.Provision("gas-01", "site-a", "gas", "127.0.0.1", 1883, KEY, mqtt_user="gas-01")
+    (tmp_path / "stage").mkdir()
+    with flash_mod.board(vdev.port) as b:
+        result = flash_mod.upload(b, flash_mod.stage(prov, tmp_path / "stage"))
+    assert result.removed == ["lib/stale-\\xff\\xfe.mpy"] and not result.written
 
 
 def test_a_registry_it_cannot_write_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
