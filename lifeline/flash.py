@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import datetime
 import fcntl
 import functools
 import hashlib
@@ -57,6 +58,7 @@ CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new fi
 READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its own deadlines
 CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")  # a TOML key written without quotes
 # Default flash offset of a MicroPython image by chip family (MicroPython's ESP32 download pages).
 IMAGE_OFFSETS = {"esp32": "0x1000", "esp32s2": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0",
                  "esp32c6": "0x0"}
@@ -386,14 +388,40 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
     return devices
 
 
+def _toml_string(text: str) -> str:
+    """`text` as a TOML basic string in ASCII: every character outside printable ASCII as its code point,
+    which TOML reads back as that character. (JSON's escapes are not TOML's: a character past U+FFFF is a
+    surrogate pair there, which TOML refuses.)"""
+    out = []
+    for ch in text:
+        c = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= c < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\u{c:04X}" if c <= 0xFFFF else f"\\U{c:08X}")
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
 def _toml_value(v: Any) -> str:
+    """A value read from the registry as the same TOML value, so that rewriting it changes only the device
+    recorded: a table (a dotted key, an array of tables) inline, a date or time as TOML's own."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
-        return repr(v)
+        return repr(v)  # inf and nan are TOML's words too
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, datetime.date | datetime.time):  # a datetime is a date
+        return v.isoformat()
+    return _toml_string(str(v))
 
 
 @contextmanager
@@ -435,7 +463,7 @@ def _record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> 
     lines = [f"# Devices flashed for site {site!r} by `lifeline flash`: paste into site.toml.",
              "# It holds HMAC keys: keep it as secret as the gateway's config."]
     for d in devices:
-        lines += ["", "[[devices]]"] + [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+        lines += ["", "[[devices]]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items()]
     try:
         write_private(path, "\n".join(lines) + "\n")
     except OSError as exc:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,6 +236,40 @@ def test_a_registry_that_is_no_device_list_is_left_alone(vdev: VirtualDevice, tm
     assert flash(vdev, tmp_path, device_id="gas-02") == 2
     assert complaint in capsys.readouterr().err
     assert registry.read_text() == text and flash_files(vdev) == {}
+
+
+KEPT_REGISTRY = r"""# kept as written by hand
+[[devices]]
+id = "gas-01"
+class = "gas"
+key = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f"
+position = [47.37, 8.54]
+installed = 2026-05-01
+checked = 2026-11-30T08:15:00.250Z
+window = 06:30:00
+mount.kind = "wall"
+mount.height_m = 2.5
+contacts = [{ name = "ops", phone = "+41 44" }, { name = "night", on = true }]
+limits = { low = -1e300, high = inf, steps = [[1, 2], [3]] }
+"site note" = "Zürich \U0001F600 \u007f \"quoted\" back\\slash\ttab"
+
+[[devices.sensors]]
+bus = "i2c"
+addr = 0x53
+"""
+
+
+def test_a_registry_with_nested_values_keeps_them(vdev: VirtualDevice, tmp_path: Path) -> None:
+    """The registry is rewritten whole when a device is added: a nested table, an array of tables, a date and a
+    time came back as strings of their Python repr, a key that needs quotes came back bare and a character past
+    U+FFFF as a surrogate pair, so the file was no longer TOML, or no longer what the operator wrote. Each value
+    is written back as the TOML value it was."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text(KEPT_REGISTRY, encoding="utf-8")
+    before = tomllib.loads(KEPT_REGISTRY)["devices"]
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), device_id="gas-02") == 0
+    after = tomllib.loads(registry.read_text(encoding="utf-8"))["devices"]
+    assert after == [*before, {"id": "gas-02", "class": "gas", "key": KEY.hex()}]
 
 
 ROM_LISTING = """
