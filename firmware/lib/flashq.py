@@ -76,6 +76,7 @@ class FlashQ:
             if e.errno != 2:  # ENOENT only: a read error must not make the queue's segments look gone
                 raise
             names = ()
+            self.hold = None  # nothing is ever held, so nothing is confirmed (confirm)
         for name in names:
             lane = _LANE.find(name[:1])
             if lane >= 0 and name[1:].isdigit():
@@ -224,7 +225,10 @@ class FlashQ:
         """Forget every record whose id lies in one of `ranges` ((first, last) pairs, inclusive): the gateway
         has committed it. One index write for the lot; True if anything went. A confirmation naming an id
         this queue has not issued yet comes from an earlier queue (flash wiped) and is ignored whole. Any
-        confirmation turns hold on for good: this node's gateway confirms."""
+        confirmation turns hold on for good: this node's gateway confirms. A queue without its directory holds
+        nothing (hold None): it has nothing to confirm, and no index to turn hold on in."""
+        if self.hold is None:
+            return False
         gone = 0
         if not self.hold:
             self.hold = True

@@ -258,6 +258,17 @@ def case_a_queue_whose_directory_cannot_be_made_drops_and_counts():
     assert q.dropped == [0, 50] and len(q) == 0 and q.peek(1) == [] and q._head == [0, 0], q._head
 
 
+def case_a_queue_without_its_directory_has_nothing_to_confirm():
+    """The gateway confirms what such a node sent live. Nothing is held, so confirm() has nothing to do; it turned
+    hold on and saved the index into the missing directory, and the OSError reached the MQTT client's log."""
+    wipe()
+    q = FlashQ(DIR + "/none/q", capacity=8192, segment=512, max_record=300)
+    for _ in range(3):
+        assert q.put(b"reading") is None
+    assert q.confirm([(1, 3)]) is False and q.confirm([(1, 1), (3, 3)]) is False
+    assert not q.hold and len(q) == 0 and q.peek(1) == [] and q.dropped == [0, 3]
+
+
 def case_a_queue_whose_directory_cannot_be_read_is_not_taken_for_empty():
     """Only a missing directory is an empty queue. Any other error listing it (a read error of the chip; here
     the path is a file) is raised: taken for empty, the queue would open without the segments its index names."""
