@@ -350,7 +350,11 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     for s in skipped:
         console.print(f"skipped {s}")
     if not targets:
+        conn.close()
         console.print("nothing to update")
+        # the summary all the same: a script that reads it after the rollout finds this one, not the last one's
+        if args.summary and not _write_summary(args.summary, rel.version, "", [], {}, [], [], []):
+            return 1
         return 0
     try:
         stages = ota_plan.stages(targets, args.canary, args.wave)
@@ -382,20 +386,28 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
                       f"{', '.join(untouched) or 'none'}")
     console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent"
                   + (f", {len(pending)} sent and not yet judged: {', '.join(pending)}" if pending else ""))
-    if args.summary:
-        doc = json.dumps({"version": rel.version, "halted": ro.halted, "landed": landed, "failed": failed,
-                          "pending": pending, "untouched": untouched,
-                          "stages": [{"name": s.name, "devices": s.devices} for s in stages]}, indent=1)
-        tmp = args.summary.with_name(f".{args.summary.name}.tmp")
-        try:  # whole or not at all: a reader never finds half a summary
-            tmp.write_text(doc)
-            tmp.replace(args.summary)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            print(f"--summary: cannot write {args.summary} ({exc.strerror or exc}); the outcome is above",
-                  file=sys.stderr)
-            return 1
+    if args.summary and not _write_summary(args.summary, rel.version, ro.halted, landed, failed, pending, untouched,
+                                           stages):
+        return 1
     return 130 if interrupted else 1 if ro.halted or failed else 0
+
+
+def _write_summary(path: Path, version: str, halted: str, landed: list[str], failed: dict[str, str],
+                   pending: list[str], untouched: list[str], stages: list[Stage]) -> bool:
+    """The outcome as JSON at `path`, whole or not at all (a reader never finds half a summary); False, with the
+    reason on stderr, when it cannot be written."""
+    doc = json.dumps({"version": version, "halted": halted, "landed": landed, "failed": failed,
+                      "pending": pending, "untouched": untouched,
+                      "stages": [{"name": s.name, "devices": s.devices} for s in stages]}, indent=1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(doc)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        print(f"--summary: cannot write {path} ({exc.strerror or exc}); the outcome is above", file=sys.stderr)
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:

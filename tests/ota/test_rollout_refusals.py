@@ -5,6 +5,7 @@ rich took for markup, a ConnectionRefusedError traceback, and a RuntimeError tra
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -114,3 +115,18 @@ def test_a_store_path_that_is_no_database(tmp_path: Path, capsys: pytest.Capture
     assert rollout(config, served) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{tmp_path / 'gw.db'}: cannot read it as a gateway store (") and err.count("\n") == 1, err
+
+
+def test_nothing_to_update_still_writes_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release for no node of the site (another class here; or every node runs it already): "nothing to
+    update", exit 0, and the summary written with nothing sent. It was not written at all, and a script reading
+    it after the rollout failed on a missing file, or read the last rollout's."""
+    served = release_dir(tmp_path / "0.2.0", b'{"version":"0.2.0","profiles":["water"],"files":[]}')
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"version": "0.1.0", "landed": ["gas-01"]}')  # the last rollout's
+    config = site(tmp_path, served)  # no broker: nothing is sent, so none is asked
+    assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--summary",
+                     str(summary)]) == 0
+    assert "nothing to update" in capsys.readouterr().out
+    assert json.loads(summary.read_text()) == {"version": "0.2.0", "halted": "", "landed": [], "failed": {},
+                                               "pending": [], "untouched": [], "stages": []}
