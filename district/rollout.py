@@ -199,12 +199,22 @@ class Driver:
             await asyncio.sleep(poll_s)
 
     async def step(self) -> None:
-        now = self.clock()
-        with self.engine.begin() as conn:
-            mine = [r.id for r in conn.execute(
-                update(ota_rollouts).where(ota_rollouts.c.state == "running", or_(
-                    ota_rollouts.c.owner.is_(None), ota_rollouts.c.owner == self.owner, ota_rollouts.c.lease < now))
-                .values(owner=self.owner, lease=now + LEASE_S).returning(ota_rollouts.c.id))]
+        """One pass. Off the event loop, and taking the write lock (SQLite's, for the whole database) only when
+        a rollout runs: each second on the loop, it held up every request of the desk while an ingest worker
+        held the lock, up to the busy timeout."""
+        def claim() -> list[int]:
+            with store.reader(self.engine) as conn:
+                if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.state == "running").limit(1)
+                                ).first() is None:
+                    return []
+            now = self.clock()
+            with self.engine.begin() as conn:
+                return [r.id for r in conn.execute(
+                    update(ota_rollouts).where(ota_rollouts.c.state == "running", or_(
+                        ota_rollouts.c.owner.is_(None), ota_rollouts.c.owner == self.owner,
+                        ota_rollouts.c.lease < now))
+                    .values(owner=self.owner, lease=now + LEASE_S).returning(ota_rollouts.c.id))]
+        mine = await asyncio.to_thread(claim)
         for rid in sorted(mine):
             await self._advance(rid)
 

@@ -435,3 +435,36 @@ def test_a_postgresql_connection_ended_under_the_desk_answers_503_and_the_next_c
         engine.dispose()
     [failed] = [r for r in caplog.records if r.getMessage() == "desk-db-failed"]
     assert "terminat" in failed.fields["error"], failed.fields  # type: ignore[attr-defined]
+
+
+def test_a_write_lock_held_elsewhere_does_not_stall_the_desks_other_requests(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollout driver (in the desk process, with no rollout running) took SQLite's write lock once a second
+    and a command recorded its row, both on the desk's event loop: while an ingest worker held the lock, every
+    page's every request and change feed waited out the busy timeout with them (10 s by default). Reads go on
+    beside a writer (WAL), and now so does the desk."""
+    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 1500)
+    path = tmp_path / "district.sqlite"
+    engine = store.open_engine(str(path))
+    seed(engine, time.time())
+    try:
+        with desk_server(engine, broker) as url:
+            c, csrf = client(url, "supervisor")
+            holder = sqlite3.connect(str(path), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # an ingest worker's batch, say
+            try:
+                with ThreadPoolExecutor(1) as pool:
+                    sent = pool.submit(c.post, "/api/commands", json={"site": "s1", "dev": "gas1", "op": "ping"},
+                                       headers={"X-CSRF-Token": csrf})
+                    slowest, until = 0.0, time.monotonic() + 3.5  # past two busy timeouts
+                    while time.monotonic() < until:
+                        t = time.monotonic()
+                        assert c.get("/api/me").status_code == 200
+                        slowest = max(slowest, time.monotonic() - t)
+                        time.sleep(0.05)
+                    assert sent.result().status_code == 503, sent.result().text
+            finally:
+                holder.close()
+            assert slowest < 0.75, slowest
+    finally:
+        engine.dispose()
