@@ -33,6 +33,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -515,6 +516,29 @@ def _ident(text: str) -> str:
     return text
 
 
+def _rate(text: str) -> int:
+    """A baud rate: a whole number above 0 (pyserial raised ValueError, a traceback, on a negative one)."""
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"{rate}: a baud rate above 0")
+    return rate
+
+
+def _seconds(text: str) -> float:
+    """A wait: finite and above 0. mpremote's deadline is never passed at nan or inf, and -1 gives up at the
+    board's first pause."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text}: a number of seconds above 0")
+    return seconds
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("exit status: 0 flashed; 1 the board, its port or a step on it failed; 2 a usage error (an option, "
                 "or the key, image or registry file it names), refused before the board is touched")
@@ -541,10 +565,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chip", default="esp32", help="esptool chip for --image (default esp32)")
     p.add_argument("--image-offset", default=None, help="flash offset for --image (default by chip)")
     p.add_argument("--erase", action="store_true", help="erase the whole flash before --image")
-    p.add_argument("--baud", type=int, default=115200, help="REPL baud rate")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--baud", type=_rate, default=115200, help="REPL baud rate")
+    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S",
                    help="how long to wait for the board's REPL (default 10)")
-    p.add_argument("--image-baud", type=int, default=460800, help="esptool baud rate")
+    p.add_argument("--image-baud", type=_rate, default=460800, help="esptool baud rate")
     p.add_argument("--no-compile", action="store_true", help="copy lib/ as .py source (debugging)")
     p.add_argument("--romfs", action="store_true", help="put lib/ in the board's ROMFS partition, where its code "
                    "runs from flash instead of the heap (needs a MicroPython built with ROMFS)")

@@ -144,6 +144,21 @@ def test_an_option_argparse_refuses_is_exit_2(vdev: VirtualDevice, tmp_path: Pat
     assert exit_.value.code == 2 and flash_files(vdev) == {}
 
 
+@pytest.mark.parametrize("option, value", [("--baud", "-5"), ("--baud", "0"), ("--image-baud", "-1"),
+                                           ("--connect-timeout", "nan"), ("--connect-timeout", "-1"),
+                                           ("--connect-timeout", "inf")])
+def test_a_rate_or_timeout_out_of_range_is_exit_2(vdev: VirtualDevice, tmp_path: Path, option: str, value: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--baud -5 ended in pyserial's ValueError traceback; at --connect-timeout nan or inf mpremote's deadline
+    for the raw REPL is never passed (a board in a boot loop, printing, is waited on for ever), and at -1 it
+    gives up at the board's first pause. Each is refused as argparse refuses an option, before the board is
+    touched."""
+    with pytest.raises(SystemExit) as exit_:
+        flash(vdev, tmp_path, "--key", KEY.hex(), option, value)
+    assert exit_.value.code == 2 and f"argument {option}: " in capsys.readouterr().err
+    assert flash_files(vdev) == {}
+
+
 def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The reason is printed on one line, whatever the terminal's width, and brackets in it are text: a long
