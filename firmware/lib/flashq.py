@@ -11,7 +11,8 @@ covers the first 8 header bytes and the payload. Flags bit 0 = alarm lane, bits 
 Why it survives a cut at any instant: segment bytes are only ever appended, so the worst a cut leaves is a
 torn last record, which the CRC exposes and open() cuts off; everything else that changes (acks, drops,
 which segments are dead) lives in the index, which is swapped atomically. A segment file is removed only
-after an index that no longer points into it is in place, and leftovers below a floor are removed at open.
+after an index that no longer points into it is in place, and leftovers below a floor are removed at open,
+as is a cut's copy (cut.tmp) that a cut never renamed over its segment, which it left whole.
 
 With `hold` on (the index keeps it: "h"; the first confirmation turns it on, so a node whose gateway never
 confirms works as before), a record outlives its broker's PUBACK: it leaves only when confirm() names its id (the
@@ -70,6 +71,10 @@ class FlashQ:
         self._used = [0, 0]
         self._live = [0, 0]
         segs = ([], [])
+        try:
+            os.remove(path + "/cut.tmp")  # a cut (_cut) a power loss ended before its rename: never a segment
+        except OSError:
+            pass
         try:
             names = os.listdir(path)
         except OSError as e:  # no room for the directory (a flash full at the first boot): every record is dropped

@@ -220,6 +220,22 @@ def case_torn_last_record_is_cut_at_every_byte():
         assert again >= third
 
 
+def case_a_cut_ended_by_a_power_loss_leaves_no_copy_behind():
+    """A power loss during _cut's copy leaves cut.tmp, a partial copy of a segment still whole beside it. When
+    the next open has nothing to cut (a put taken back when nothing of it had reached flash), nothing renamed it
+    away: it held up to a segment of flash that `used` does not count, until some later cut."""
+    q = fresh()
+    q.put(b"first")
+    q.put(b"second")
+    q.close()
+    whole = read("r0")
+    rewrite("cut.tmp", whole[:20])
+    q = reopen(q)
+    assert "cut.tmp" not in os.listdir(DIR), os.listdir(DIR)
+    assert payloads(q) == [b"first", b"second"] and q.corrupt == 0 and read("r0") == whole
+    assert q.used == len(whole)
+
+
 def case_flipped_byte_is_never_delivered():
     for where in (0, 3, 6, 9, 14):  # magic, length, id, crc, payload of the second record
         q = fresh()
