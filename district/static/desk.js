@@ -409,6 +409,14 @@ function connect() {
 
 function showError(id) { return (e) => { $(id).textContent = e.message; }; }
 
+// A form sends one request at a time: a double click sent a command to the device twice.
+async function once(form, work) {
+  const button = form.querySelector("button[type=submit]");
+  if (button.disabled) return;
+  button.disabled = true;
+  try { await work(); } finally { button.disabled = false; }
+}
+
 async function start(me) {
   desk.me = me;
   $("login-view").hidden = true;
@@ -449,24 +457,24 @@ document.addEventListener("DOMContentLoaded", () => {
     let args = {};
     try { args = $("cmd-args").value.trim() ? JSON.parse($("cmd-args").value) : {}; } catch (err) {
       $("command-error").textContent = "args: not JSON"; return; }
-    sendCommand("/api/commands", { site: $("cmd-site").value.trim(), dev: $("cmd-dev").value.trim(),
-      op: $("cmd-op").value.trim(), args });
+    once(e.target, () => sendCommand("/api/commands", { site: $("cmd-site").value.trim(),
+      dev: $("cmd-dev").value.trim(), op: $("cmd-op").value.trim(), args }));
   });
   $("rules-form").addEventListener("submit", (e) => {
     e.preventDefault();
     let ruleset;
     try { ruleset = JSON.parse($("rules-json").value); } catch (err) {
       $("command-error").textContent = "rule set: not JSON"; return; }
-    sendCommand("/api/rules", { site: $("rules-site").value.trim(), ruleset });
+    once(e.target, () => sendCommand("/api/rules", { site: $("rules-site").value.trim(), ruleset }));
   });
   $("ota-site").addEventListener("change", () => loadOta().catch(showError("ota-error")));
   $("rollout-form").addEventListener("submit", (e) => {
     e.preventDefault();
     $("ota-error").textContent = "";
     const canary = $("rollout-canary").value.trim();
-    api("/api/ota/rollouts", { site: $("ota-site").value, version: $("rollout-version").value,
+    once(e.target, () => api("/api/ota/rollouts", { site: $("ota-site").value, version: $("rollout-version").value,
       canary: /^\d+$/.test(canary) ? +canary : canary, halt_share: +$("rollout-halt").value,
-      stage_timeout: +$("rollout-timeout").value }).then(() => refresh(["ota"]), showError("ota-error"));
+      stage_timeout: +$("rollout-timeout").value }).then(() => refresh(["ota"]), showError("ota-error")));
   });
   // Ages tick on the page itself; nothing is fetched for them.
   setInterval(() => { for (const el of document.querySelectorAll(".age")) el.textContent = age(+el.dataset.t || null); }, 1000);

@@ -18,12 +18,12 @@ import pytest
 from deskkit import PASSWORD, USERS, alarm_body, closed_orders, desk_server, seed
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from district import store, workorders
 from district.accounts import Session
 from district.live import CHANGES_TOPIC, notice
-from district.schema import work_orders
+from district.schema import commands, work_orders
 from district.store import open_engine
 from lifeline.virtual.broker import Mosquitto
 
@@ -332,5 +332,27 @@ def test_a_busy_database_is_told_to_the_officer(tmp_path: Path, browser: Browser
         page.click("#act-ack")
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         expect(page.locator("#action-error")).to_have_text("")
+        page.close()
+    engine.dispose()
+
+
+def test_a_double_clicked_command_is_sent_once(tmp_path: Path, browser: Browser) -> None:
+    """Send command double-clicked sent the command to the device twice (a second reboot, a valve worked twice):
+    the form now sends one at a time."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    seed(engine, time.time())
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "supervisor")
+        page.fill("#cmd-site", "s1")
+        page.fill("#cmd-dev", "gas1")
+        page.fill("#cmd-op", "reboot")
+        page.dblclick("#command-form button[type=submit]")
+        expect(page.locator("#sent tbody tr")).to_have_count(1)
+        expect(page.locator("#command-form button[type=submit]")).to_be_enabled()
+        page.wait_for_timeout(500)  # a second request, had one gone, is recorded by now
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(commands)).scalar_one() == 1
+        expect(page.locator("#sent tbody tr")).to_have_count(1)
         page.close()
     engine.dispose()
