@@ -225,10 +225,13 @@ class Repl:
         return out
 
     def sha256(self, path: str) -> bytes | None:
-        """The hash of a file on the board, or None when it does not exist."""
+        """The hash of a file on the board, or None when it does not exist (or the board cannot read it)."""
         try:
             digest: bytes = self.t.fs_hashfile(path, "sha256")
         except OSError:
+            # mpremote raises the board's error as an OSError, and pyserial a lost port as one too: a port that
+            # went away is told as such (exec raises it), not taken for a missing file
+            self.exec("pass")
             return None
         return digest
 
