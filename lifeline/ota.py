@@ -324,6 +324,11 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if not 0 <= args.halt_share < 1:
         print("--halt-share: a share from 0 up to (not including) 1", file=sys.stderr)
         return 2
+    if args.wave < 0:  # it was taken as 0: every node after the canary in one stage
+        conn.close()
+        print(f"--wave: a number of nodes a stage after the canary (0: all the rest), not {args.wave}",
+              file=sys.stderr)
+        return 2
     for option, seconds in (("--poll", args.poll), ("--stage-timeout", args.stage_timeout),
                             ("--resend-s", args.resend_s)):
         if not (math.isfinite(seconds) and seconds > 0):

@@ -106,6 +106,19 @@ def test_a_time_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert err.startswith(f"{option}: ") and len(err.splitlines()) == 1 and "sending" not in out, (out, err)
 
 
+def test_a_negative_wave(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--wave -1 was taken as 0, all the nodes after the canary in one stage: a typo undid the staging the
+    operator asked for. Refused before anything is sent, as the desk refuses it (district/rollout.py)."""
+    served = release_dir(tmp_path / "0.2.0")
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout",
+                         "1", "--wave", "-1"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "--wave: a number of nodes a stage after the canary (0: all the rest), not -1\n", err
+    assert "sending" not in out, out
+
+
 def test_a_store_path_that_is_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """site.toml's [store] path naming something that is not the gateway's SQLite store (a copied site.toml):
     one line, exit 2, before any send; it was a sqlite3.DatabaseError traceback at the first read."""
