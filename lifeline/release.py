@@ -119,7 +119,7 @@ def load_key(path: Path) -> Ed25519PrivateKey:
 
 def _version(text: str) -> str:
     parts = text.split(".")
-    if not all(p.isdigit() for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts):  # ASCII: isdigit takes "²" too, a node not
         raise ReleaseError(f"--version {text!r}: numbers and dots (a node compares them as numbers)")
     return text
 

@@ -48,6 +48,16 @@ def test_an_out_that_is_a_file_is_refused_with_nothing_left(tmp_path: Path) -> N
     assert sorted(p.name for p in built.dir.iterdir()) == ["manifest.json", "manifest.sig", "release.bin"]
 
 
+@pytest.mark.parametrize("version", ["1.\u00b2", "\u0661.\u0662", "0.\uff12"])
+def test_a_version_of_digits_a_node_cannot_read_is_refused(tmp_path: Path, version: str) -> None:
+    """str.isdigit() takes a superscript two, Arabic-Indic and full-width digits for digits: such a version was
+    built and signed, and every node refuses it (its int() reads ASCII digits alone: "not numbers and dots")."""
+    src = tree(tmp_path, good="X = 1\n")
+    with pytest.raises(release.ReleaseError, match="numbers and dots"):
+        release.build(Ed25519PrivateKey.generate(), version, tmp_path / "out", lib=src, protocol=src)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_key_under_a_passphrase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "district-release.key"
     key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
