@@ -41,3 +41,14 @@ def test_an_earlier_demo_run_is_removed(tmp_path: Path, no_site: None, capsys: p
     assert cli.main(["demo", "--plain", "--out", str(tmp_path)]) == 1
     assert not (tmp_path / "run" / "logs" / "gateway.log").exists()
     assert capsys.readouterr().err.count("demo failed: stopped by the test before the site\n") == 2
+
+
+def test_an_out_that_cannot_be_a_directory_is_one_line(tmp_path: Path, no_site: None,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--out naming a file (or a directory below one) was a FileExistsError traceback before anything ran; it is
+    a usage error, one line and exit 2, as an --out holding a directory of the user's."""
+    afile = tmp_path / "results.txt"
+    afile.write_text("mine\n")
+    assert cli.main(["demo", "--plain", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"--out: {afile}: File exists\n"
+    assert afile.read_text() == "mine\n"

@@ -478,7 +478,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"--out: {demo.work} is not a run of the demo; nothing was removed: give --out a directory of its "
               "own, or move it", file=sys.stderr)
         return 2
-    demo.out.mkdir(parents=True, exist_ok=True)
+    try:
+        demo.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, say: told as the other --out refusals are
+        print(f"--out: {exc.filename or demo.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _sigterm)
     # Ctrl-C must reach the demo even where it was started with SIGINT ignored (a background job of a script).
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
