@@ -365,6 +365,13 @@ async function loadOta() {
 // --- live -----------------------------------------------------------------------------------------
 
 let pending = new Set(), timer = null;
+const stale = new Map();  // part -> why its last fetch failed; shown until a fetch of it succeeds
+
+function showStale() {
+  const why = [...stale.values()];
+  $("stale").textContent = why.length ? "Not up to date: " + why[why.length - 1] : "";
+  $("stale").hidden = !why.length;
+}
 
 function refresh(parts) {
   for (const p of parts) pending.add(p);
@@ -374,8 +381,11 @@ function refresh(parts) {
     timer = null;
     const jobs = { alarms: loadAlarms, orders: loadOrders, state: loadState, map: loadMap, times: loadTimes,
       sent: loadSent, ota: loadOta };
-    await Promise.all([...todo].filter((p) => jobs[p]).map((p) => jobs[p]().catch(() => {})));
-    if (todo.has("detail") || todo.has("alarms") || todo.has("orders")) await loadDetail().catch(() => {});
+    // A fetch the desk could not answer (its database busy, say) leaves that part as it was: the officer is told.
+    const run = (p, job) => job().then(() => stale.delete(p), (e) => stale.set(p, e.message));
+    await Promise.all([...todo].filter((p) => jobs[p]).map((p) => run(p, jobs[p])));
+    if (todo.has("detail") || todo.has("alarms") || todo.has("orders")) await run("detail", loadDetail);
+    showStale();
   });
   return timer;
 }

@@ -356,3 +356,30 @@ def test_a_double_clicked_command_is_sent_once(tmp_path: Path, browser: Browser)
         expect(page.locator("#sent tbody tr")).to_have_count(1)
         page.close()
     engine.dispose()
+
+
+def test_a_refresh_the_desk_could_not_answer_is_shown_until_one_is(tmp_path: Path, browser: Browser) -> None:
+    """A notice's fetch the desk answered 503 (its database busy or its connection lost) was dropped without a
+    word: the board stayed as it was, still marked live, with a new alarm missing from it. The page now says
+    it is not up to date, and why, until a fetch of that part succeeds."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        expect(page.locator("#stale")).to_be_hidden()
+        busy = '{"error": "the database is busy, try again"}'
+        page.route("**/api/alarms", lambda route: route.fulfill(status=503, body=busy,
+                                                                content_type="application/json"))
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 5), received=time.time())
+        announce(broker, notice("alarm", site="s1", id=RED))
+        expect(page.locator("#stale")).to_have_text("Not up to date: the database is busy, try again",
+                                                    timeout=10_000)
+        page.unroute("**/api/alarms")
+        announce(broker, notice("alarm", site="s1", id=RED))
+        expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible(timeout=10_000)
+        expect(page.locator("#stale")).to_be_hidden()
+        page.close()
+    engine.dispose()
