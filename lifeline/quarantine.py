@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
             console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
             return 0
-        one = row(conn, args.id)
+        one = row(conn, args.id) if -2**63 <= args.id < 2**63 else None  # past SQLite's integers: none such
         if one is None:
             print(f"no quarantined message {args.id}", file=sys.stderr)
             return 2

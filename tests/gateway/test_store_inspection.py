@@ -128,11 +128,14 @@ def test_a_list_limit_in_range_lists_that_many(tmp_path: Path, monkeypatch: pyte
     assert "reject 2" in out and "reject 1" in out and "reject 0" not in out
 
 
-def test_show_of_an_id_not_kept_is_one_line_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("row_id", ["7", "99999999999999999999"])
+def test_show_of_an_id_not_kept_is_one_line_on_stderr(tmp_path: Path, row_id: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """An id that is not in the store (evicted since it was listed, or mistyped) is the operator's input: one line
-    on stderr and exit 2, as the tools' other input errors; it was printed on stdout, as if it were the message."""
+    on stderr and exit 2, as the tools' other input errors; it was printed on stdout, as if it were the message.
+    One past SQLite's integers ended in an OverflowError traceback."""
     store = tmp_path / "gw.db"
     _store_with_rejects(store, 1)
-    assert cli.main(["quarantine", "--store", str(store), "show", "7"]) == 2
+    assert cli.main(["quarantine", "--store", str(store), "show", row_id]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == "no quarantined message 7\n"
+    assert captured.out == "" and captured.err == f"no quarantined message {row_id}\n"
