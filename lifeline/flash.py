@@ -373,7 +373,7 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode())  # UTF-8, as TOML is, whatever the locale
     except OSError as exc:
         raise UsageError(f"registry {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -287,6 +287,22 @@ def test_a_registry_with_nested_values_keeps_them(vdev: VirtualDevice, tmp_path:
     assert after == [*before, {"id": "gas-02", "class": "gas", "key": KEY.hex()}]
 
 
+def test_a_registry_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """TOML is UTF-8, and the gateway reads it so; the registry was read in the locale's encoding, and in an ASCII
+    locale (C, without Python's coercion to UTF-8) a device table with "Zürich" in it was refused as no TOML,
+    so no board could be flashed with that registry."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text('[[devices]]\nid = "gas-01"\nclass = "gas"\nkey = "' + KEY.hex() + '"\nnote = "Zürich"\n',
+                        encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import sys; from pathlib import Path; from lifeline import flash; "
+            "print(flash.record(Path(sys.argv[1]), 'site-a', 'gas-02', 'gas', bytes(32)))")
+    done = subprocess.run([sys.executable, "-c", code, str(registry)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout == "added\n", done.stderr
+    assert [(d["id"], d.get("note")) for d in tomllib.loads(registry.read_text(encoding="utf-8"))["devices"]] == [
+        ("gas-01", "Zürich"), ("gas-02", None)]
+
+
 ROM_LISTING = """
 import hashlib, os, sys, vfs
 with open(sys.argv[1], "rb") as f:
