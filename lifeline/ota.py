@@ -339,6 +339,10 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         conn.close()  # known now, not after the whole rollout
         print(f"--summary: {args.summary.parent} is no directory it can write in", file=sys.stderr)
         return 2
+    if args.summary is not None and args.summary.is_dir():  # the rename onto it would fail after the rollout
+        conn.close()
+        print(f"--summary: {args.summary} is a directory; name a file in it", file=sys.stderr)
+        return 2
 
     def read() -> tuple[dict[str, NodeOta], dict[str, float]]:
         with conn:

@@ -91,6 +91,20 @@ def test_a_summary_it_could_not_write(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err == f"--summary: {summary.parent} is no directory it can write in\n" and "sending" not in out, out
 
 
+def test_a_summary_that_names_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--summary out/ (a directory, not a file in it) passed the check of its parent and was found only after the
+    whole rollout, when the rename onto the directory failed: exit 1 and no summary. Refused before any send."""
+    served = release_dir(tmp_path / "0.2.0")
+    summary = tmp_path / "out"
+    summary.mkdir()
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout",
+                         "1", "--summary", str(summary)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"--summary: {summary} is a directory; name a file in it\n" and "sending" not in out, out
+
+
 @pytest.mark.parametrize("option, value", [("--poll", "-1"), ("--poll", "nan"), ("--stage-timeout", "-5"),
                                            ("--resend-s", "inf")])
 def test_a_time_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
