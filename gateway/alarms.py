@@ -443,7 +443,8 @@ class AlarmEngine:
         for alarm in sorted(self._alarms.values(), key=lambda a: (-a.level, a.raised_at)):
             if alarm.acked_at is None and alarm.next_resend is not None and alarm.next_resend <= now:
                 count = alarm.resends + 1
-                delay = min(self._first * 2**count, self._max)
+                # 2.0**, not 2**: past 1,024 re-sends the int's product with a float raised OverflowError
+                delay = min(self._first * 2.0 ** min(count, 1023), self._max)
                 self._save_alarm(replace(alarm, resends=count, next_resend=now + delay))
                 out.append(replace(alarm.last, resend=count))
         return out

@@ -55,6 +55,7 @@ TICK_S = 1.0
 OTA_REPORT_S = 2.0  # download progress upstream at most this often: a rollout's bars, not a chunk count
 OTA_OFFER_S = 600.0  # releases offered again this often: a district that started after the gateway learns them
 DRAIN_ON_STOP_S = 10.0
+TICK_FAIL_LOG_S = 60.0  # while ticks keep failing, one line this often (the first with its traceback)
 # The collector's full pass looks at every object in memory: about 100 ms at 50,000 devices, during which no
 # message is taken. Python starts one whenever the old objects have grown by a quarter, as the per-device
 # state's objects do under load; the daemon runs it itself, at this interval, instead (docs/performance.md).
@@ -428,9 +429,24 @@ class Gateway:
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S
+        failing: float | None = None  # monotonic time of the last logged failure while ticks keep failing
+        failed = 0
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick(time.time(), time.monotonic())
+            try:
+                self.tick(time.time(), time.monotonic())
+            except Exception as exc:  # a store that cannot write (a full disk), a bug: the next tick tries again
+                failed += 1
+                with contextlib.suppress(Exception):  # its half-written work must not go with the next commit
+                    self._rollback()
+                if failing is None or time.monotonic() - failing >= TICK_FAIL_LOG_S:
+                    fields = {"error": f"{type(exc).__name__}: {exc}", "failed": failed}
+                    log.error("tick-failed", exc_info=failing is None, extra={"fields": fields})  # traceback once
+                    failing = time.monotonic()
+                continue
+            if failing is not None:
+                event(log, "tick-recovered", logging.WARNING, failed=failed)
+                failing, failed = None, 0
             if time.monotonic() >= next_gc:
                 began = time.perf_counter()
                 found = gc.collect()
