@@ -56,67 +56,70 @@ def resolve(senml_pack):
         raise SenMLError("a pack is a non-empty array")
     bver, bn, bt, bu, bv, bs = VERSION, "", 0, None, 0, 0
     out = []
-    for i, rec in enumerate(senml_pack):
-        if not isinstance(rec, dict):
-            raise SenMLError("%s: not a map" % _where(i))
-        for label in rec:  # section 4.4: ignore unknown labels, except must-understand ones ending in "_"
-            if type(label) is not int and label not in NAMES and isinstance(label, str) and label.endswith("_"):
-                raise SenMLError("%s: must-understand label %r not understood" % (_where(i), label))
-        if BVER in rec:
-            bver = rec[BVER]
-            if isinstance(bver, bool) or not isinstance(bver, int) or not 0 < bver <= VERSION:
-                raise SenMLError("%s: unsupported SenML version %r" % (_where(i), bver))
-        if BN in rec:
-            bn = _text(rec, BN, i)
-            if bn is None:
-                raise SenMLError("%s: bn must be text" % _where(i))
-        if BT in rec:
-            bt = _number(rec, BT, i)
-        if BU in rec:
-            bu = _text(rec, BU, i)
-        if BV in rec:
-            bv = _number(rec, BV, i)
-        if BS in rec:
-            bs = _number(rec, BS, i)
-        n = rec.get(N)
-        name = bn + n if type(n) is str else bn + (_text(rec, N, i) or "")
-        _check_name(name, i)
-        t = rec.get(T, 0)
-        full = {"n": name, "t": bt + (t if type(t) in _PLAIN_NUMBERS else _number(rec, T, i))}
-        if bver != VERSION:  # section 4.6: an older pack's version rides on every resolved record
-            full["bver"] = bver
-        unit = rec.get(U)
-        if unit is None or type(unit) is not str:
-            unit = _text(rec, U, i) or bu
-        elif not unit:
-            unit = bu
-        if unit is not None:
-            full["u"] = unit
-        label = None
-        for value_label in _VALUE_LABELS:
-            if value_label in rec:
-                if label is not None:
-                    raise SenMLError("%s: more than one value field" % _where(i))
-                label = value_label
-        if label is not None:
-            value = rec[label]
-            if label == V:
-                full["v"] = bv + (value if type(value) in _PLAIN_NUMBERS else _number(rec, V, i))
-            elif label == VS and not isinstance(value, str):
-                raise SenMLError("%s: vs must be text" % _where(i))
-            elif label == VB and value is not True and value is not False:
-                raise SenMLError("%s: vb must be a boolean" % _where(i))
-            elif label == VD and not isinstance(value, bytes):
-                raise SenMLError("%s: vd must be a byte string" % _where(i))
-            else:
-                full[NAMES[label]] = value
-        if S in rec:
-            full["s"] = bs + _number(rec, S, i)
-        if label is None and "s" not in full:
-            raise SenMLError("%s: no value and no sum" % _where(i))
-        if UT in rec:
-            full["ut"] = _number(rec, UT, i)
-        out.append(full)
+    try:
+        for i, rec in enumerate(senml_pack):
+            if not isinstance(rec, dict):
+                raise SenMLError("%s: not a map" % _where(i))
+            for label in rec:  # section 4.4: ignore unknown labels, except must-understand ones ending in "_"
+                if type(label) is not int and label not in NAMES and isinstance(label, str) and label.endswith("_"):
+                    raise SenMLError("%s: must-understand label %r not understood" % (_where(i), label))
+            if BVER in rec:
+                bver = rec[BVER]
+                if isinstance(bver, bool) or not isinstance(bver, int) or not 0 < bver <= VERSION:
+                    raise SenMLError("%s: unsupported SenML version %r" % (_where(i), bver))
+            if BN in rec:
+                bn = _text(rec, BN, i)
+                if bn is None:
+                    raise SenMLError("%s: bn must be text" % _where(i))
+            if BT in rec:
+                bt = _number(rec, BT, i)
+            if BU in rec:
+                bu = _text(rec, BU, i)
+            if BV in rec:
+                bv = _number(rec, BV, i)
+            if BS in rec:
+                bs = _number(rec, BS, i)
+            n = rec.get(N)
+            name = bn + n if type(n) is str else bn + (_text(rec, N, i) or "")
+            _check_name(name, i)
+            t = rec.get(T, 0)
+            full = {"n": name, "t": bt + (t if type(t) in _PLAIN_NUMBERS else _number(rec, T, i))}
+            if bver != VERSION:  # section 4.6: an older pack's version rides on every resolved record
+                full["bver"] = bver
+            unit = rec.get(U)
+            if unit is None or type(unit) is not str:
+                unit = _text(rec, U, i) or bu
+            elif not unit:
+                unit = bu
+            if unit is not None:
+                full["u"] = unit
+            label = None
+            for value_label in _VALUE_LABELS:
+                if value_label in rec:
+                    if label is not None:
+                        raise SenMLError("%s: more than one value field" % _where(i))
+                    label = value_label
+            if label is not None:
+                value = rec[label]
+                if label == V:
+                    full["v"] = bv + (value if type(value) in _PLAIN_NUMBERS else _number(rec, V, i))
+                elif label == VS and not isinstance(value, str):
+                    raise SenMLError("%s: vs must be text" % _where(i))
+                elif label == VB and value is not True and value is not False:
+                    raise SenMLError("%s: vb must be a boolean" % _where(i))
+                elif label == VD and not isinstance(value, bytes):
+                    raise SenMLError("%s: vd must be a byte string" % _where(i))
+                else:
+                    full[NAMES[label]] = value
+            if S in rec:
+                full["s"] = bs + _number(rec, S, i)
+            if label is None and "s" not in full:
+                raise SenMLError("%s: no value and no sum" % _where(i))
+            if UT in rec:
+                full["ut"] = _number(rec, UT, i)
+            out.append(full)
+    except OverflowError:  # CPython: an integer past a double's range added to a float (MicroPython makes inf)
+        raise SenMLError("%s: a number past the range of a float" % _where(i))
     return out
 
 

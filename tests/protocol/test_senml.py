@@ -69,6 +69,21 @@ def test_resolve_rejects_bad_packs():
         raises(senml.SenMLError, senml_resolve.resolve, p)
 
 
+def test_a_number_past_a_float_is_a_senml_error():
+    """A bignum added to a float base (bt + t, bv + v, bs + s) is past a double's range: CPython raised
+    OverflowError, which no caller expects of a pack (the gateway's check, the district's parse). MicroPython
+    makes inf of it, which the gateway's number rules then refuse."""
+    big = 1 << 1100
+    for p in ([{senml.BT: 1.5, senml.N: "a", senml.V: 1, senml.T: big}],
+              [{senml.BV: 0.5, senml.N: "a", senml.V: big}],
+              [{senml.BS: 0.5, senml.N: "a", senml.S: big}],
+              [{senml.N: "a", senml.V: 1}, {senml.BT: 2.5, senml.N: "b", senml.V: 1, senml.T: -big}]):
+        try:
+            senml_resolve.resolve(p)
+        except senml.SenMLError as e:
+            assert "past the range of a float" in str(e), str(e)
+
+
 def test_pack_needs_records():
     raises(senml.SenMLError, senml.pack, [])
 
