@@ -30,6 +30,7 @@ log = logging.getLogger("lifeline.gateway.ingest")
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 15.0
+FAIL_LOG_S = 60.0  # a link that stays down: one `disconnected` line this often, unless its error changes
 
 
 class Incoming(NamedTuple):
@@ -71,6 +72,8 @@ class Subscriber:
     async def run(self) -> None:
         """Connect, consume and reconnect with backoff until cancelled (cancellation disconnects cleanly)."""
         backoff = BACKOFF_FIRST_S
+        failed = 0  # attempts failed in a row (a connection lost counts as one)
+        logged: tuple[str, float] | None = None  # the last failure logged: its error, and when (monotonic)
         while True:
             try:
                 async with Link(self.broker, logging.getLogger(f"lifeline.mqtt.{self.name}")) as link:
@@ -78,12 +81,17 @@ class Subscriber:
                     self._link = link
                     self.connected.set()
                     event(log, "connected", link=self.name, host=self.broker.host, port=self.broker.port,
-                          client_id=self.broker.client_id)
+                          client_id=self.broker.client_id, failed=failed)
                     backoff = BACKOFF_FIRST_S
+                    failed = 0
                     await self._consume(link)
             except LinkError as exc:
-                event(log, "disconnected", logging.WARNING, link=self.name, error=str(exc),
-                      retry_in_s=round(backoff, 2))
+                failed += 1
+                now, error = time.monotonic(), str(exc)
+                if failed == 1 or logged is None or logged[0] != error or now - logged[1] >= FAIL_LOG_S:
+                    event(log, "disconnected", logging.WARNING, link=self.name, error=error,
+                          retry_in_s=round(backoff, 2), failed=failed)
+                    logged = (error, now)
             except Exception as exc:  # the handler failed: its batch stays unacknowledged and comes again
                 log.exception("batch handler failed")
                 event(log, "reconnecting", logging.ERROR, link=self.name, error=repr(exc),

@@ -46,6 +46,9 @@ log = logging.getLogger("lifeline.gateway.uplink")
 # at most with the jitter; 30 s made it 9-13 s after a 20 s outage). A failed attempt costs one refused TCP
 # connect or TLS handshake, so even hundreds of sites retrying every 2 s are a light load on a district broker.
 BACKOFF_MAX_S = 2.0
+# A link that stays down fails an attempt every 2 s: its line is logged at the first failure, when the error
+# changes, and then once this often with the count of attempts (43,200 identical lines a day otherwise).
+FAIL_LOG_S = 60.0
 
 
 class _Stopped(Exception):
@@ -85,6 +88,8 @@ class Uplink:
         self.sent_items = 0  # outbox entries PUBACKed (alarms, state items, device messages or summaries)
         self.connects = 0
         self.last_error: str | None = None
+        self.failed = 0  # attempts failed in a row (a session lost counts as one), 0 once connected
+        self._logged: tuple[str, float] | None = None  # the last failure logged: its error, and when (monotonic)
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,9 +145,13 @@ class Uplink:
         self.outbox.ready_event.set()
 
     def _lost(self, exc: BaseException, level: int = logging.WARNING) -> None:
-        self.last_error = str(exc) or type(exc).__name__
-        event(log, "uplink disconnected" if self.connected else "uplink connect failed", level,
-              host=self.broker.host, port=self.broker.port, error=self.last_error)
+        self.last_error = error = str(exc) or type(exc).__name__
+        self.failed += 1
+        now = time.monotonic()
+        if self.failed == 1 or self._logged is None or self._logged[0] != error or now - self._logged[1] >= FAIL_LOG_S:
+            event(log, "uplink disconnected" if self.connected else "uplink connect failed", level,
+                  host=self.broker.host, port=self.broker.port, error=error, failed=self.failed)
+            self._logged = (error, now)
 
     def _next_session(self) -> int:
         """The session counter +1, committed before the connect that uses it (the store is idle here: every
@@ -193,7 +202,9 @@ class Uplink:
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._alarms_in_flight = 0
             backlog = self._backlog()
-            event(log, "uplink connected", host=self.broker.host, port=self.broker.port, backlog=backlog)
+            event(log, "uplink connected", host=self.broker.host, port=self.broker.port, backlog=backlog,
+                  failed=self.failed)
+            self.failed = 0
             if backlog > self.max_items:
                 self.draining = True
                 self._drain_total, self._drain_sent = backlog, 0
