@@ -320,7 +320,7 @@ class MQTTClient:
             raise MQTTError("QoS 2 not subscribed")
         tlen = struct.unpack(">H", await r.readexactly(2))[0]
         left = n - 2 - tlen - (2 if qos else 0)
-        if left < 0:
+        if left < 0 or qos == 3:  # both QoS bits set: a malformed PUBLISH (MQTT 3.1.1 section 3.3.1.2)
             raise MQTTError("bad PUBLISH")
         if n > self.max_packet:
             # Too big for our heap: read it away in small pieces, count it, and ack it so a persistent
@@ -334,10 +334,16 @@ class MQTTClient:
             topic = await r.readexactly(tlen)
             pid = struct.unpack(">H", await r.readexactly(2))[0] if qos else 0
             payload = await r.readexactly(left)
+        if qos and not pid:  # QoS 1 needs a packet id other than 0 (MQTT 3.1.1 section 2.3.1): end the link
+            raise MQTTError("bad PUBLISH")
         if topic is not None and self.on_message is not None:
             try:
-                self.on_message(topic.decode(), payload, bool(b & 1))
-            except Exception as e:  # a bad handler must not kill the link
+                topic = topic.decode()
+                # Only what we subscribed to reaches the handler (the node reads anything else as a command)
+                if (topic, 0) not in self._subs and (topic, 1) not in self._subs:
+                    raise MQTTError("PUBLISH not subscribed: " + topic)
+                self.on_message(topic, payload, bool(b & 1))
+            except Exception as e:  # a bad handler (or topic) must not kill the link
                 self.cb_errors += 1
                 self._error(e)
         if qos:

@@ -3,8 +3,10 @@ Mosquitto, checked from the host with paho-mqtt as the other client."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -267,6 +269,84 @@ def test_clean_disconnect_does_not_fire_the_will_or_log_an_error(broker: Mosquit
     assert ("t/d1/state", b"offline") not in host.drain()
     said = dev.seen + [dev.lines.get() for _ in range(dev.lines.qsize())]
     assert not [line for line in said if line.startswith("mqtt:")], f"a clean disconnect is not an error: {said}"
+
+
+class RawBroker:
+    """A broker of a few lines on a socket: CONNACK, SUBACK (granted QoS 1), PUBACK and PINGRESP, and whatever
+    raw packets a test sends down the newest connection, which a real broker would never send."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.subscribed: queue.Queue[socket.socket] = queue.Queue()  # a connection, once it has subscribed
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f, contextlib.suppress(OSError):  # the client dropping the link
+            while head := f.read(1):
+                n, shift = 0, 0
+                while True:
+                    c = f.read(1)[0]
+                    n |= (c & 0x7F) << shift
+                    shift += 7
+                    if not c & 0x80:
+                        break
+                body = f.read(n)
+                kind = head[0] >> 4
+                if kind == 1:
+                    conn.sendall(b"\x20\x02\x00\x00")
+                elif kind == 8:
+                    conn.sendall(b"\x90\x03" + body[:2] + b"\x01")
+                    self.subscribed.put(conn)
+                elif kind == 3 and head[0] & 6:
+                    tlen = int.from_bytes(body[:2], "big")
+                    conn.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                elif kind == 12:
+                    conn.sendall(b"\xd0\x00")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def raw_publish(topic: bytes, payload: bytes, first: int = 0x32, pid: int | None = 1) -> bytes:
+    rest = len(topic).to_bytes(2, "big") + topic + (b"" if pid is None else pid.to_bytes(2, "big")) + payload
+    assert len(rest) < 128
+    return bytes((first, len(rest))) + rest
+
+
+def test_a_publish_the_protocol_forbids_ends_the_link_and_reaches_no_handler(mpy_dir: Path,
+                                                                              devices: list[Device]) -> None:
+    """A QoS 1 PUBLISH with packet id 0 and one with both QoS bits set are malformed (MQTT 3.1.1 sections 2.3.1
+    and 3.3.1.2): the link ends and the handler never sees them (they were delivered, and acked). A PUBLISH
+    to a topic the client never subscribed is acked and dropped: the node's handler took any such topic
+    for a command."""
+    raw = RawBroker()
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        dev.expect("UP 1")
+        raw.subscribed.get(timeout=10).sendall(raw_publish(b"t/d1/cmd", b"pid-zero", pid=0))
+        dev.expect("DOWN", timeout=3)
+        dev.expect("UP 2")
+        raw.subscribed.get(timeout=10).sendall(raw_publish(b"t/d1/cmd", b"qos-three", first=0x36, pid=5))
+        dev.expect("DOWN", timeout=3)
+        dev.expect("UP 3")
+        conn = raw.subscribed.get(timeout=10)
+        conn.sendall(raw_publish(b"t/d1/other", b"not-subscribed", pid=6) + raw_publish(b"t/d1/cmd", b"after"))
+        dev.expect("RX t/d1/cmd after")
+        stats = dev.stats()
+        assert stats["connects"] == "3" and "not subscribed" in stats["error"], stats
+        assert not [line for line in dev.seen if line.startswith("RX") and "after" not in line], dev.seen
+    finally:
+        raw.close()
 
 
 def make_tls(out: Path) -> tuple[Path, Path, Path, Path]:
