@@ -8,7 +8,10 @@ file's directory, so a site directory can be moved as a whole. docs/gateway.md d
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -311,7 +314,7 @@ def _file_rows(path: Path) -> Iterator[tuple[int, str, str, str, tuple[float, fl
     """(line, id, class, key, position) of each device in the devices file, read a row at a time: a site's
     whole registry parsed at once is what the file is for avoiding (docs/performance.md, "Memory at 50,000
     devices"). OSError if it cannot be opened."""
-    f = path.open("rb")
+    f = _open_regular(path)
     name = path.name
     with f:
         records = _records(name, f)
@@ -341,6 +344,24 @@ def _file_rows(path: Path) -> Iterator[tuple[int, str, str, str, tuple[float, fl
                 raise fail("longitude" if lat else "latitude", "empty (latitude and longitude go together)")
             position = (_degrees(lat, fail, "latitude"), _degrees(lon, fail, "longitude")) if lat and lon else None
             yield line, cells[id_at], cells[cls_at], cells[key_at], position
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (a symlink to one included), else OSError. Opened
+    without waiting: a named pipe's open blocks until a writer comes, which held start, or on SIGHUP the
+    whole daemon. A NUL in the name (TOML lets "\u0000" through) is an OSError too, not a ValueError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except ValueError as exc:
+        raise OSError(errno.EINVAL, str(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def file_devices(path: Path) -> Iterator[tuple[int, DeviceConfig]]:

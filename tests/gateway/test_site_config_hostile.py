@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,35 @@ def test_devices_of_a_class_without_rules_are_named_in_a_warning(tmp_path: Path,
         assert len(warned) == 1 and getattr(warned[0], "fields", {})["classes"] == "water:2"
     finally:
         gw.conn.close()
+
+
+@pytest.mark.parametrize("name", ["fifo", "nul"], ids=["a named pipe", "a NUL in the name"])
+def test_a_devices_file_that_is_no_regular_file_is_a_config_error(tmp_path: Path, name: str) -> None:
+    """A named pipe was opened for reading and blocked start (or, on SIGHUP, the whole daemon) until something
+    wrote to it; a NUL in the name was a ValueError traceback."""
+    if name == "fifo":
+        os.mkfifo(tmp_path / "devices.csv")
+        given = "devices.csv"
+    else:
+        given = "devices\\u0000.csv"
+    p = site_toml(tmp_path)
+    p.write_text(p.read_text().replace('id = "s1"\n', f'id = "s1"\ndevices_file = "{given}"\n', 1))
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            load(p)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=attempt, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # let the blocked open go, so the thread ends
+        with open(tmp_path / "devices.csv", "wb"):
+            pass
+        reader.join(5)
+        pytest.fail("reading the devices file blocked")
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert str(outcome[0]).startswith("site.devices_file: cannot read ")
