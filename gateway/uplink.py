@@ -356,13 +356,23 @@ class Uplink:
         return (self._drain_sent, self._drain_total) if self.draining else None
 
     async def _upkeep(self) -> None:
+        failed = 0  # passes failed in a row (a full disk fails every one, once a tick)
+        logged: tuple[str, float] | None = None  # the last failure logged: its error, and when (monotonic)
         while True:
             await asyncio.sleep(self.tick_s)
             try:
                 self.outbox.flush_acks()
                 self.outbox.enforce_budget()
             except sqlite3.Error as exc:
-                event(log, "outbox upkeep failed", logging.ERROR, error=str(exc))
+                failed += 1
+                now, error = time.monotonic(), str(exc)
+                if failed == 1 or logged is None or logged[0] != error or now - logged[1] >= FAIL_LOG_S:
+                    event(log, "outbox upkeep failed", logging.ERROR, error=error, failed=failed)
+                    logged = (error, now)
+            else:
+                if failed:
+                    event(log, "outbox upkeep recovered", logging.WARNING, failed=failed)
+                failed = 0
             if self.draining:
                 elapsed = max(time.monotonic() - self._drain_started, 1e-9)
                 event(log, "drain", sent=self._drain_sent, backlog=self._drain_total,

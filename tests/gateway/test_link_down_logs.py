@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-import gateway.ingest
 import gateway.uplink
 from gateway.ingest import Subscriber
+from gateway.mqtt_link import Link
 from gateway.outbox import Outbox
 from gateway.site_config import BrokerConfig
 from gateway.store import open_store
@@ -26,7 +28,7 @@ def unreachable() -> BrokerConfig:
     return BrokerConfig("127.0.0.1", free_port(), "gw-s1-up", None, None, None, 30)  # nothing listens there
 
 
-def lines(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
+def lines(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
     return [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == name]
 
 
@@ -62,16 +64,16 @@ async def test_a_failing_uplink_says_how_many_attempts_failed_at_each_interval(
 async def test_an_unreachable_downlink_is_logged_once_a_minute_not_at_each_attempt(
         caplog: pytest.LogCaptureFixture) -> None:
     attempts = 0
-    real = gateway.ingest.Link.__aenter__
+    real = Link.__aenter__
 
-    async def counted(link: gateway.ingest.Link) -> gateway.ingest.Link:
+    async def counted(link: Link) -> Link:
         nonlocal attempts
         attempts += 1
         return await real(link)
 
     sub = Subscriber("downlink", unreachable(), ["district/v1/s1/down/#"], lambda batch: None, 50, 0.02)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gateway.ingest.Link, "__aenter__", counted)
+        mp.setattr(Link, "__aenter__", counted)
         task = asyncio.create_task(sub.run())
         await asyncio.sleep(1.2)
         task.cancel()
@@ -80,3 +82,28 @@ async def test_an_unreachable_downlink_is_logged_once_a_minute_not_at_each_attem
     assert attempts >= 10
     failed = lines(caplog, "disconnected")
     assert len(failed) == 1 and failed[0]["failed"] == 1
+
+
+async def test_an_outbox_upkeep_that_keeps_failing_is_logged_once_a_minute(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk fails the outbox's upkeep (its deletes, the budget pass) at every tick: a line a second."""
+    outbox = Outbox(open_store(tmp_path / "gw.sqlite"), 1 << 20)
+    passes = 0
+
+    def full_disk(now: float | None = None) -> None:
+        nonlocal passes
+        passes += 1
+        if passes <= 30:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    outbox.enforce_budget = full_disk  # type: ignore[method-assign]
+    uplink = Uplink(outbox, unreachable(), "s1", backoff_initial_s=1.0, backoff_max_s=1.0, tick_s=0.01)
+    task = asyncio.create_task(uplink.run())
+    async with asyncio.timeout(5):
+        while passes < 35:
+            await asyncio.sleep(0.01)
+    uplink.stop()
+    await asyncio.wait_for(task, 10)
+    failed = lines(caplog, "outbox upkeep failed")
+    assert len(failed) == 1 and failed[0]["failed"] == 1
+    assert [f["failed"] for f in lines(caplog, "outbox upkeep recovered")] == [30]
