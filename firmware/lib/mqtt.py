@@ -139,15 +139,16 @@ class MQTTClient:
     async def _supervise(self):
         fails = 0
         while self._run:
+            if fails:  # after a failed connect, or a link that ended soon after it came up (below)
+                delay = min(self._bmax, self._bmin << min(fails - 1, 16))
+                await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
             try:
                 await self._connect()
             except Exception as e:  # any failure to connect is retried the same way
                 self._error(e)
                 fails += 1
-                delay = min(self._bmax, self._bmin << min(fails - 1, 16))
-                await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
                 continue
-            fails = 0
+            delay = ticks_ms()  # when this link came up
             self.connects += 1
             self._down.clear()
             reader = keeper = None
@@ -174,6 +175,10 @@ class MQTTClient:
                 await _close(w)
                 for slot in self._pend.values():
                     slot[0].set()  # waiting publishers resend after the reconnect
+            # A link that ended within the longest backoff counts as a failed connect: a broker that takes the
+            # connect and drops the link (another node with our client id takes it over) is retried with
+            # backoff, not at once and without end
+            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < self._bmax else 0
 
     async def _connect(self):
         if self.ssl:

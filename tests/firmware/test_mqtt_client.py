@@ -273,9 +273,11 @@ def test_clean_disconnect_does_not_fire_the_will_or_log_an_error(broker: Mosquit
 
 class RawBroker:
     """A broker of a few lines on a socket: CONNACK, SUBACK (granted QoS 1), PUBACK and PINGRESP, and whatever
-    raw packets a test sends down the newest connection, which a real broker would never send."""
+    raw packets a test sends down the newest connection, which a real broker would never send. `kick`: each
+    link is closed once its first PUBLISH is acked, as a broker does when another client takes its client id."""
 
-    def __init__(self) -> None:
+    def __init__(self, kick: bool = False) -> None:
+        self.kick = kick
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.subscribed: queue.Queue[socket.socket] = queue.Queue()  # a connection, once it has subscribed
@@ -309,6 +311,8 @@ class RawBroker:
                 elif kind == 3 and head[0] & 6:
                     tlen = int.from_bytes(body[:2], "big")
                     conn.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                    if self.kick:
+                        return
                 elif kind == 12:
                     conn.sendall(b"\xd0\x00")
 
@@ -345,6 +349,22 @@ def test_a_publish_the_protocol_forbids_ends_the_link_and_reaches_no_handler(mpy
         stats = dev.stats()
         assert stats["connects"] == "3" and "not subscribed" in stats["error"], stats
         assert not [line for line in dev.seen if line.startswith("RX") and "after" not in line], dev.seen
+    finally:
+        raw.close()
+
+
+def test_a_link_the_broker_ends_at_once_is_retried_with_backoff(mpy_dir: Path, devices: list[Device]) -> None:
+    """A broker that takes every connect and closes the link right after (another node with the same client
+    id, say): the client backs off as after a refused connect, 50-100 ms, then twice that up to the 1 s most
+    (mqtt_device's backoff=(0.1, 1)), some 6 connects in 3 s. It reconnected at once, 30 or more times."""
+    raw = RawBroker(kick=True)
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        dev.expect("UP 1")
+        time.sleep(3)
+        stats = dev.stats()
+        assert 3 <= int(stats["connects"]) <= 10, stats
     finally:
         raw.close()
 
