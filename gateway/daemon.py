@@ -367,8 +367,11 @@ class Gateway:
         nodes = self.ota.report()
         offer = self.offer_releases or (bool(self.releases.versions()) and now - self.ota_offered >= OTA_OFFER_S)
         if nodes or offer:
-            self._up_state(district.UP_OTA, district_wire.ota_report(
-                now, nodes, self.releases.offers() if offer else None))
+            releases = self.releases.offers() if offer else None
+            n = district_wire.OTA_REPORT_NODES  # what the district takes in one report; the releases go once
+            for at in range(0, max(len(nodes), 1), n):
+                self._up_state(district.UP_OTA, district_wire.ota_report(now, nodes[at:at + n],
+                                                                         releases if at == 0 else None))
         if offer:
             self.offer_releases, self.ota_offered = False, now
         self.ota_reported = now

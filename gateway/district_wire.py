@@ -362,6 +362,11 @@ class OtaReport(TypedDict):
     releases: NotRequired[list[ReleaseOffer]]
 
 
+# Nodes in one `ota` report at most: the district refuses a longer list whole (district/upstream.py,
+# MAX_OTA_NODES), so the daemon sends the nodes of a wave larger than this in several reports.
+OTA_REPORT_NODES = 10_000
+
+
 def ota_report(t: float, nodes: Sequence[OtaProgress], releases: Sequence[ReleaseOffer] | None) -> OtaReport:
     out = OtaReport(t=t, nodes=list(nodes))
     if releases is not None:
