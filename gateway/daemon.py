@@ -93,6 +93,8 @@ class Gateway:
         self.down = Subscriber("downlink", down, [district.down(cfg.site, k) for k in district.DOWN_KINDS],
                                self.handle_down, 50, BACKOFF_MAX_S)
         self.accepted: Counter[str] = Counter()
+        self.batches_redone = 0  # batches that failed whole and were redone one message at a time
+        self._redone_logged: float | None = None  # monotonic time of the last line saying so
         self.gaps = 0
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
@@ -131,16 +133,24 @@ class Gateway:
         try:
             handle(batch)
             return
-        except Exception:
-            log.exception("batch failed; retrying its messages one at a time")
+        except Exception as exc:
             self._rollback()
+            failed = exc
+        # Logged once per interval, as the quarantine logs the message that fails again (its traceback on that
+        # line): a device that keeps sending such a message must not put two tracebacks a message in the log.
+        self.batches_redone += 1
+        now = time.monotonic()
+        if self._redone_logged is None or now - self._redone_logged >= self.cfg.quarantine_log_interval_s:
+            event(log, "batch failed; retrying its messages one at a time", logging.ERROR,
+                  error=f"{type(failed).__name__}: {failed}", messages=len(batch), total=self.batches_redone)
+            self._redone_logged = now
         for m in batch:
             try:
                 handle([m])
             except Exception as exc:
-                log.exception("message failed")
                 self._rollback()
-                self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received)
+                self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received,
+                                    exc=exc)
                 self.conn.commit()
 
     def _rollback(self) -> None:

@@ -154,3 +154,26 @@ def test_a_retained_command_is_refused_and_the_next_relayed(gw: Gateway) -> None
     assert [c["id"] for c in relayed(gw)] == [2]
     [refusal] = acks(gw)
     assert (refusal["id"], refusal["ok"]) == (1, False) and refusal["error"].startswith("retained")
+
+
+def test_messages_that_meet_a_bug_log_its_traceback_once_per_interval(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/gateway.md: an `internal` reject is logged like every reason, once per interval, that line with the
+    traceback. Each such message logged two tracebacks of its own (its batch's and its own), and the interval
+    line had none: a device that kept sending one flooded the journal."""
+    real = gw.registry.birth
+
+    def broken(dev: str, body: Any, now: float, live: bool) -> None:
+        if body.get("ip") == "poison":
+            raise RuntimeError("a bug")
+        real(dev, body, now, live)
+
+    monkeypatch.setattr(gw.registry, "birth", broken)
+    for boot in range(1, 21):
+        body = message.birth("d1", boot, 0, "0.1.0", "gas", "power-on", NOW, ip="poison")
+        state = topics.device("s1", "d1", topics.STATE)
+        gw.handle_site([Incoming(state, message.encode(body, KEY), False, NOW + boot)])
+    assert gw.quarantine.counts == {"internal": 20}
+    traces = [r for r in caplog.records if r.exc_info or "Traceback" in str(getattr(r, "fields", {}).get("exc", ""))]
+    assert len(traces) == 1 and traces[0].getMessage() == "quarantined", [r.getMessage() for r in traces]
+    assert len(caplog.records) <= 3, [r.getMessage() for r in caplog.records]
