@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,3 +140,12 @@ def test_device_and_secrets_checks() -> None:
     assert config.check_secrets(secrets)
     with pytest.raises(config.ConfigError, match="key"):
         config.check_secrets({**secrets, "key": "00" * 8})
+
+
+def test_commands_that_must_be_refused_are_refused_and_acked(tmp_path: Path) -> None:
+    """tests/firmware/upy/commands_cases.py: app/commands.py's handle() on MicroPython against a fake node."""
+    from upy_support import SCRIPTS, case_outcomes
+
+    result = upy.run("-m drivercheck", "commands_cases", heap=upy.FIRMWARE_HEAP, cwd=tmp_path, timeout=60,
+                     env={"MICROPYPATH": f"{upy.upy_path()}:{SCRIPTS}"})
+    assert result.returncode == 0, case_outcomes(result)

@@ -47,6 +47,8 @@ async def handle(app, body):
         except (ValueError, KeyError, TypeError, AttributeError, OSError, OverflowError) as e:  # OSError: flash
             ok, res = False, str(e)
     if action != "defer":
+        if not ok:  # an error may quote the command (%r writes a control character as 4): short enough to ack
+            res = res[:200]
         app.recent.append((cid, ok, res))
         del app.recent[:-_RECENT]
         await app.ack(cid, ok, res)
