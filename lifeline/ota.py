@@ -375,6 +375,9 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     except SiteBrokerError as exc:
         conn.close()
         print(exc, file=sys.stderr)
+        # written as a halt's is (exit 1 is one too): a script reading it finds this rollout, not the last one's
+        if args.summary:
+            _write_summary(args.summary, rel.version, str(exc), [], {}, [], list(targets), stages)
         return 1
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
     interrupted = False

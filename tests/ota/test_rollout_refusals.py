@@ -61,6 +61,25 @@ def test_a_site_broker_nobody_answers_on(tmp_path: Path, capsys: pytest.CaptureF
     assert err.startswith("site_broker 127.0.0.1:") and err.endswith("(Connection refused); nothing was sent\n"), err
 
 
+def test_a_site_broker_nobody_answers_on_still_writes_the_summary(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable site broker ends the rollout with exit 1, as a halt does, and the --summary says so: every
+    node untouched, the reason as `halted`. It was not written at all, so a script reading it after an exit 1
+    (which a failed node gives too) found the last rollout's, or no file."""
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served)
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"version": "0.1.0", "landed": ["gas-01"]}')  # the last rollout's
+    assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--summary",
+                     str(summary)]) == 1
+    err = capsys.readouterr().err
+    doc = json.loads(summary.read_text())
+    assert doc["halted"] == err.strip() and "nothing was sent" in doc["halted"], (doc, err)
+    assert {k: v for k, v in doc.items() if k != "halted"} == {
+        "version": "0.2.0", "landed": [], "failed": {}, "pending": [], "untouched": ["gas-01"],
+        "stages": [{"name": "canary", "devices": ["gas-01"]}]}
+
+
 @pytest.mark.parametrize("user, password", [("gateway", "not-the-password"), ("nobody", "right")])
 def test_a_site_broker_that_refuses_the_login(tmp_path: Path, capsys: pytest.CaptureFixture[str], user: str,
                                                password: str) -> None:
