@@ -131,6 +131,8 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
     unknown = sorted(set(profiles) - set(PROFILES))
     if unknown or not profiles:
         raise ReleaseError(f"--profile: {', '.join(unknown) or 'none given'} (profiles: {', '.join(PROFILES)})")
+    if min_heap <= 0:  # signed in, a node's check (min_heap > its heap) could never refuse it
+        raise ReleaseError(f"--min-heap {min_heap}: the heap bytes a node needs, above 0")
     target = out / _version(version)
     if target.exists():
         raise ReleaseError(f"{target} exists: a version is released once")

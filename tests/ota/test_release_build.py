@@ -94,3 +94,19 @@ def test_keygen_on_a_full_disk_leaves_no_half_a_key(tmp_path: Path) -> None:
     key = serialization.load_pem_private_key(out.read_bytes(), password=None)
     assert isinstance(key, Ed25519PrivateKey) and again.stdout.strip() == release.public_hex(key)
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("min_heap", ["-65536", "0"])
+def test_a_min_heap_that_is_no_heap(tmp_path: Path, capsys: pytest.CaptureFixture[str], min_heap: str) -> None:
+    """--min-heap -65536 (or 0) was built and signed into the manifest, where a node's check (min_heap > its heap)
+    can never refuse: a release meant to need a heap went to every node, and its version could not be built again
+    with the right figure. Refused before anything is compiled or written."""
+    key = tmp_path / "district-release.key"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    out = tmp_path / "out"
+    assert cli.main(["release", "build", "--key", str(key), "--version", "0.2.0", "--out", str(out), "--min-heap",
+                     min_heap]) == 2
+    assert capsys.readouterr().err == (f"lifeline release: --min-heap {min_heap}: the heap bytes a node needs, "
+                                       "above 0\n")
+    assert not out.exists()
