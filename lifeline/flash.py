@@ -378,6 +378,8 @@ def read_registry(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"registry {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"registry {path}: not valid TOML ({exc})") from None
+    except RecursionError:  # nested past the parser's stack
+        raise UsageError(f"registry {path}: not valid TOML (nested deeper than it reads)") from None
     others = sorted(set(data) - {"devices"})
     if others:  # a site.toml, say: rewritten as a device list, it would lose everything else it holds
         raise UsageError(f"registry {path}: holds {', '.join(others)} beside [[devices]], so it is no registry of "

@@ -241,11 +241,14 @@ SITE_TOML = ('[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\n[distric
 @pytest.mark.parametrize("text, complaint", [
     (SITE_TOML, "holds district_broker, site, site_broker, store beside [[devices]]"),
     (SITE_TOML.split("\n\n")[1] * 2, "devices[1]: device 'gas-01' is also devices[0]"),
+    (SITE_TOML.split("\n\n")[1] + "v = " + "[" * 1000 + "]" * 1000 + "\n",  # was a RecursionError traceback
+     "not valid TOML (nested deeper than it reads)"),
 ])
 def test_a_registry_that_is_no_device_list_is_left_alone(vdev: VirtualDevice, tmp_path: Path, text: str,
                                                          complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
     """--registry naming the site.toml is refused, not rewritten as [[devices]] alone (its site, brokers and
-    store were dropped); nor is a registry that lists a device twice, with two keys to choose from, taken."""
+    store were dropped); nor is a registry that lists a device twice, with two keys to choose from, taken; nor
+    one nested past the TOML parser's stack, which was a RecursionError traceback."""
     registry = tmp_path / "registry.toml"
     registry.write_text(text)
     assert flash(vdev, tmp_path, device_id="gas-02") == 2
