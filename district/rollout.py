@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, Executable, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from district import store
@@ -199,9 +199,9 @@ class Driver:
             await asyncio.sleep(poll_s)
 
     async def step(self) -> None:
-        """One pass. Off the event loop, and taking the write lock (SQLite's, for the whole database) only when
-        a rollout runs: each second on the loop, it held up every request of the desk while an ingest worker
-        held the lock, up to the busy timeout."""
+        """One pass. Every database call of it off the event loop, and taking the write lock (SQLite's, for the
+        whole database) only when a rollout runs: on the loop, it held up every request of the desk while an
+        ingest worker held the lock, up to the busy timeout."""
         def claim() -> list[int]:
             with store.reader(self.engine) as conn:
                 if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.state == "running").limit(1)
@@ -219,12 +219,14 @@ class Driver:
             await self._advance(rid)
 
     async def _advance(self, rid: int) -> None:
-        with store.reader(self.engine) as conn:
-            r = conn.execute(select(ota_rollouts).where(ota_rollouts.c.id == rid)).one()
-            offer = conn.execute(select(ota_releases).where(ota_releases.c.site == r.site,
-                                                            ota_releases.c.v == r.v)).first()
-            members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
-                                                                   ota_rollout_nodes.c.stage == r.stage)).all()
+        def load() -> tuple[Any, Any, Sequence[Any]]:
+            with store.reader(self.engine) as conn:
+                r = conn.execute(select(ota_rollouts).where(ota_rollouts.c.id == rid)).one()
+                offer = conn.execute(select(ota_releases).where(ota_releases.c.site == r.site,
+                                                                ota_releases.c.v == r.v)).first()
+                return r, offer, conn.execute(select(ota_rollout_nodes).where(
+                    ota_rollout_nodes.c.rollout == rid, ota_rollout_nodes.c.stage == r.stage)).all()
+        r, offer, members = await asyncio.to_thread(load)
         if r.state != "running":
             return
         if r.stage_sent is None:
@@ -235,24 +237,35 @@ class Driver:
             if m.state in ("landed", "failed"):
                 continue
             moved |= await self._judge(r, offer, m)
+        ended = await asyncio.to_thread(self._end_stage, r)
+        if ended is None:
+            if moved:
+                self.on_change(r.site)
+            return
+        failed, sent, values, reason = ended
+        event(log, "rollout-stage-ended", logging.WARNING if reason else logging.INFO, id=rid, site=r.site, v=r.v,
+              stage=r.stage, failed=failed, sent=sent, next=values.get("state", "next stage"), reason=reason)
+        self.on_change(r.site)
+
+    def _end_stage(self, r: Any) -> tuple[int, int, dict[str, Any], str] | None:
+        """End the stage if every node of it is judged or its time is up: (failed, sent, what the rollout's row
+        became, why it halted); None while it runs."""
         with self.engine.begin() as conn:
-            members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
+            members = conn.execute(select(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
                                                                    ota_rollout_nodes.c.stage == r.stage)).all()
             open_nodes = [m.dev for m in members if m.state not in ("landed", "failed")]
             now = self.clock()
             if open_nodes and now < r.stage_sent + r.stage_timeout:
-                if moved:
-                    self.on_change(r.site)
-                return
+                return None
             if open_nodes:
-                conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == rid,
+                conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
                                                              ota_rollout_nodes.c.dev.in_(open_nodes))
                              .values(state="failed", detail=f"no new birth within {r.stage_timeout:g} s"))
-            sent = conn.execute(select(ota_rollout_nodes.c.state).where(ota_rollout_nodes.c.rollout == rid,
+            sent = conn.execute(select(ota_rollout_nodes.c.state).where(ota_rollout_nodes.c.rollout == r.id,
                                                                         ota_rollout_nodes.c.stage <= r.stage)).all()
             failed = sum(1 for s in sent if s.state == "failed")
             reason = ota_plan.halt(failed, len(sent), r.halt_share, r.v)
-            last = conn.execute(select(ota_rollout_nodes.c.stage).where(ota_rollout_nodes.c.rollout == rid)
+            last = conn.execute(select(ota_rollout_nodes.c.stage).where(ota_rollout_nodes.c.rollout == r.id)
                                 .order_by(ota_rollout_nodes.c.stage.desc()).limit(1)).scalar_one()
             values: dict[str, Any]
             if reason:
@@ -261,22 +274,21 @@ class Driver:
                 values = {"state": "done", "finished": now}
             else:
                 values = {"stage": r.stage + 1, "stage_sent": None}
-            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rid, ota_rollouts.c.state == "running")
+            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == r.id, ota_rollouts.c.state == "running")
                          .values(**values))
-        event(log, "rollout-stage-ended", logging.WARNING if reason else logging.INFO, id=rid, site=r.site, v=r.v,
-              stage=r.stage, failed=failed, sent=len(sent), next=values.get("state", "next stage"), reason=reason)
-        self.on_change(r.site)
+        return failed, len(sent), values, reason
 
     async def _send_stage(self, r: Any, offer: Any, members: Sequence[Any]) -> None:
         """Send the stage's commands; the stage's clock starts once every one of them has gone."""
         if offer is None:
-            self._finish(r.id, "halted", f"{r.site} no longer serves {r.v}")
+            await self._write(update(ota_rollouts).where(ota_rollouts.c.id == r.id, ota_rollouts.c.state == "running")
+                              .values(state="halted", reason=f"{r.site} no longer serves {r.v}",
+                                      finished=self.clock()))
             return
         for m in members:
             if m.sends == 0 and not await self._send(r, offer, m.dev, 0):
                 return
-        with self.engine.begin() as conn:
-            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == r.id).values(stage_sent=self.clock()))
+        await self._write(update(ota_rollouts).where(ota_rollouts.c.id == r.id).values(stage_sent=self.clock()))
         event(log, "rollout-stage-sent", id=r.id, site=r.site, v=r.v, stage=r.stage, nodes=len(members))
         self.on_change(r.site)
 
@@ -287,22 +299,24 @@ class Driver:
         except DownlinkError as exc:  # the district broker is away: tried again next pass
             event(log, "rollout-send-failed", logging.WARNING, id=r.id, dev=dev, error=str(exc))
             return False
-        with self.engine.begin() as conn:
-            conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
-                                                         ota_rollout_nodes.c.dev == dev)
-                         .values(cmd=cmd, sends=sends + 1, state="sent", detail=None))
+        await self._write(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
+                                                          ota_rollout_nodes.c.dev == dev)
+                          .values(cmd=cmd, sends=sends + 1, state="sent", detail=None))
         return True
 
     async def _judge(self, r: Any, offer: Any, m: Any) -> bool:
         """Bring one node's row up to date; True when it changed."""
         since = r.stage_sent
-        with store.reader(self.engine) as conn:
-            d = conn.execute(select(devices.c.fw).where(devices.c.site == r.site, devices.c.dev == m.dev)).first()
-            p = conn.execute(select(ota_progress).where(ota_progress.c.site == r.site, ota_progress.c.dev == m.dev,
-                                                        ota_progress.c.received >= since)).first()
-            out = _outcome(conn, r.site, m.dev, since)
-            c = conn.execute(select(commands.c.ok, commands.c.result).where(
-                and_(commands.c.id == m.cmd, commands.c.answered.is_not(None)))).first() if m.cmd else None
+
+        def load() -> tuple[Any, Any, tuple[str, bool, str, float] | None, Any]:
+            with store.reader(self.engine) as conn:
+                d = conn.execute(select(devices.c.fw).where(devices.c.site == r.site, devices.c.dev == m.dev)).first()
+                p = conn.execute(select(ota_progress).where(ota_progress.c.site == r.site, ota_progress.c.dev == m.dev,
+                                                            ota_progress.c.received >= since)).first()
+                c = conn.execute(select(commands.c.ok, commands.c.result).where(
+                    and_(commands.c.id == m.cmd, commands.c.answered.is_not(None)))).first() if m.cmd else None
+                return d, p, _outcome(conn, r.site, m.dev, since), c
+        d, p, out, c = await asyncio.to_thread(load)
         running = d.fw if d is not None and d.fw else ""
         n = NodeOta(m.dev, running=running, born_at=since if running == r.v else None,
                     target=p.v if p else "", done=p.done if p else 0, total=p.total if p else 0,
@@ -318,13 +332,15 @@ class Driver:
         state = "sent" if state in ("took", "waiting") else state
         if (state, detail) == (m.state, m.detail or ""):
             return False
-        with self.engine.begin() as conn:
-            conn.execute(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
-                                                         ota_rollout_nodes.c.dev == m.dev)
-                         .values(state=state, detail=detail))
+        await self._write(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
+                                                          ota_rollout_nodes.c.dev == m.dev)
+                          .values(state=state, detail=detail))
         return True
 
-    def _finish(self, rid: int, state: str, reason: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rid, ota_rollouts.c.state == "running")
-                         .values(state=state, reason=reason, finished=self.clock()))
+    async def _write(self, statement: Executable) -> None:
+        """One statement in its own transaction, in a thread: on the desk's event loop, a worker holding SQLite's
+        write lock held up every page's every request while the statement waited for it."""
+        def run() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(statement)
+        await asyncio.to_thread(run)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -201,3 +202,47 @@ def test_what_a_rollout_request_must_be(engine: Engine) -> None:
         with pytest.raises(RolloutError, match="is halted") as err:
             rollout.halt(conn, BOSS, rid, now=now)
         assert err.value.status == 409
+
+
+def test_a_database_that_makes_a_pass_wait_does_not_stall_the_desks_event_loop(
+        engine: Engine, broker: Mosquitto) -> None:
+    """The driver runs in the desk process. Only its claim was off the event loop: a running rollout's reads
+    and writes ran on it, so a worker's batch holding SQLite's write lock (or a PostgreSQL row lock) as a
+    command went out held up every page's every request until it ended, up to the busy timeout. Here the
+    lock is taken as the canary's command is published and held 1.5 s; the loop must go on meanwhile."""
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas", "gas2": "gas"})
+    held = threading.Event()
+    holder = engine.connect()
+    real = broker_publisher(broker_config(broker))
+
+    async def publish(topic: str, payload: bytes) -> None:
+        await real(topic, payload)
+        holder.begin()  # on SQLite, BEGIN IMMEDIATE: the whole database's write lock
+        holder.execute(select(ota_rollout_nodes).with_for_update())  # on PostgreSQL, the nodes' rows
+        held.set()
+        threading.Timer(1.5, holder.rollback).start()
+
+    driver = Driver(engine, Downlink(publish), lambda site: None)
+    with engine.begin() as conn:
+        rid = rollout.start(conn, BOSS, SITE, NEW, canary="1", stage_timeout=60, now=now)
+
+    async def pass_and_heartbeat() -> float:
+        gaps = [0.0]
+        running = asyncio.get_running_loop().create_task(driver.step())
+        last = time.monotonic()
+        while not running.done():
+            await asyncio.sleep(0.02)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+        await running
+        return max(gaps)
+
+    try:
+        slowest = asyncio.run(pass_and_heartbeat())
+    finally:
+        time.sleep(1.6)
+        holder.close()
+    assert held.is_set()
+    assert nodes(engine, rid)["gas1"][:3] == ("sent", None, 1)  # the pass did its work, once the lock was free
+    assert slowest < 0.5, slowest
