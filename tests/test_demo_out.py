@@ -52,3 +52,24 @@ def test_an_out_that_cannot_be_a_directory_is_one_line(tmp_path: Path, no_site: 
     assert cli.main(["demo", "--plain", "--out", str(afile)]) == 2
     assert capsys.readouterr().err == f"--out: {afile}: File exists\n"
     assert afile.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("heap", ["-5", "0", "64", "64Kw", "abc", "100000M", "1e5"])
+def test_a_heap_the_boards_cannot_run_in_is_refused(tmp_path: Path, no_site: None, heap: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--heap went to the unix port unchecked: the port refuses -5, 64 (no K) or abc and crashes at 100000M, so
+    every board died at power-on, the site stood up all the same and the run said only, two minutes later, that
+    no device came online. A usage error (exit 2) before anything runs."""
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["demo", "--plain", "--out", str(tmp_path), "--heap", heap])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lifeline demo ") and err.splitlines()[-1] == (  # argparse's usage, then one line
+        f"lifeline demo: error: argument --heap: {heap!r}: a heap size the unix port takes, digits then w (32-bit "
+        "words) and K or M, from 16K to 64M, like 64wK"), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("heap", ["64wK", "128k", "96wK", "1M", "65536"])
+def test_a_heap_as_the_unix_port_takes_it(tmp_path: Path, no_site: None, heap: str) -> None:
+    assert cli.main(["demo", "--plain", "--out", str(tmp_path), "--heap", heap]) == 1  # stopped at the site

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import shutil
 import signal
@@ -441,6 +442,22 @@ class Demo:
         return summary
 
 
+HEAP_FORM = re.compile(r"([0-9]+)(w?)([km]?)\Z", re.IGNORECASE)  # the unix port's -X heapsize=, less its hex
+HEAP_RANGE = (16 << 10, 64 << 20)  # bytes as written: no profile boots below; more than any ESP32 board has
+
+
+def _heap(text: str) -> str:
+    """--heap as the unix port reads it, checked before any board is powered: it refuses a size it cannot read
+    (64, no K; -5) and crashes on an absurd one (100000M), and a board that cannot start was only found when
+    the demo gave up waiting for it, minutes into the run."""
+    form = HEAP_FORM.match(text)
+    size = int(form[1]) << {"": 0, "k": 10, "m": 20}[form[3].lower()] if form else 0
+    if not HEAP_RANGE[0] <= size <= HEAP_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: a heap size the unix port takes, digits then w (32-bit words) "
+                                         f"and K or M, from 16K to 64M, like {upy.FIRMWARE_HEAP}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="only the devices the incident needs, with its parts overlapping (about 80 s)")
@@ -449,7 +466,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the plot, summary and district record go (default out/demo)")
     parser.add_argument("--seed", type=Path, default=plan.SEED, help="site and incident (seeds/demo_site.toml)")
-    parser.add_argument("--heap", default=upy.FIRMWARE_HEAP,
+    parser.add_argument("--heap", default=upy.FIRMWARE_HEAP, type=_heap,
                         help=f"MicroPython heap per device (default {upy.FIRMWARE_HEAP}; docs/firmware.md, Memory)")
     live = parser.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
