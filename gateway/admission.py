@@ -13,7 +13,8 @@ Times are not rejected but judged. On an epoch clock (clk=0), SenML times below 
 (RFC 8428 section 4.5.3), so they are taken from the arrival time; absolute times too far in the future or
 past are flagged and replaced by the arrival time for alarm evaluation. On a boot clock (clk=1), times are
 converted with the gateway's estimate of when that boot started (from a live birth, see registry.py);
-without one they are flagged "unknown" the same way. The flag and the device's own time travel upstream.
+without one they are flagged "unknown" the same way, as is a time that is no number (NaN). The flag and the
+device's own time travel upstream.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ class Checker:
                 clock, t = CLOCK_OK, t_dev
             if clock in TRUSTED and t > now + self.clock_future_s:
                 clock, t = CLOCK_FUTURE, now
-            elif clock in TRUSTED and t < now - self.clock_past_s:
-                clock, t = CLOCK_PAST, now
+            elif clock in TRUSTED and not t >= now - self.clock_past_s:  # a NaN is no time: not trusted either
+                clock, t = CLOCK_PAST if t == t else CLOCK_UNKNOWN, now
             if clock != CLOCK_OK:
                 self.flagged[clock] += 1
             # A resolved record has at most one value field, and a sum when it has none.

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
+from pathlib import Path
 
+import cbor2
 import pytest
 
 from gateway.admission import Checker
+from gateway.daemon import Gateway
 from gateway.device_list import DeviceConfig, DeviceList
+from gateway.ingest import Incoming
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
-from protocol import message, senml, topics
+from gateway.site_config import load
+from protocol import district, message, senml, topics
 
 KEY = bytes(range(32))
 NOW = 1_800_000_000.0
@@ -105,3 +111,32 @@ def test_a_payload_is_exactly_one_cbor_item() -> None:
     assert c.check(TOPIC, auth.seal(KEY, b"d1", cbor.dumps(body) + b"\x00"), False, NOW) is None
     assert conn.execute("SELECT reason FROM quarantine").fetchall() == [("malformed",)]
     assert c.check(TOPIC, auth.seal(KEY, b"d1", cbor.dumps(body)), False, NOW) is not None
+
+
+def test_a_reading_time_that_is_no_number_is_not_trusted(tmp_path: Path) -> None:
+    """A time of NaN (CBOR carries one, and a pack's bt + t makes one of inf and -inf) failed both the future
+    and the past check, so it was trusted as it was: the alarm engine refused it, which failed the message's
+    whole batch (every message of it retried one at a time) and kept the message as an internal error, logged
+    as a bug; its reading was lost. It is flagged "unknown" and judged at the arrival time, as an unknown boot
+    clock is, and the outbox's budget pass (which puts each reading in the interval of its time) thins it."""
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
+    gw = Gateway(load(tmp_path / "site.toml"))
+    try:
+        batch = [Incoming(TOPIC, data(seq, NOW + seq), False, NOW + seq) for seq in range(1, 40)]
+        batch.append(Incoming(TOPIC, data(40, math.nan), False, NOW + 40))
+        gw.handle_site(batch)
+        [report] = [r for r in (cbor2.loads(b) for (b,) in gw.conn.execute(
+            "SELECT body FROM outbox WHERE kind = ?", (district.DQ,))) if r.get("kind") == "clock"]
+        assert report["seq"] == 40 and report["t"] == NOW + 40
+        [flagged] = report["readings"]
+        assert flagged["clock"] == "unknown" and math.isnan(flagged["t_device"])
+        gw.outbox.budget_bytes = gw.outbox.bytes_used() // 2
+        budget = gw.outbox.enforce_budget(now=NOW + 60)
+        assert budget is not None and budget.thinned["d1"].msgs == 40
+        assert gw.outbox.bytes_used() <= gw.outbox.budget_bytes
+    finally:
+        gw.outbox.close()
+        gw.conn.close()
