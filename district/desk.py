@@ -67,6 +67,7 @@ STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "send-back": (("correction",), ()),
 }
 
+DB_FAILED = (OperationalError, InterfaceError, PoolTimeout)  # a call the database failed, answered 503
 T = TypeVar("T")
 
 
@@ -163,6 +164,13 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, f"missing field(s): {', '.join(missing)}")
         return data
 
+    def db_failed(request: Request, e: Exception) -> None:
+        """One line for a call the database failed: SQLite locked past its busy timeout, PostgreSQL's connection
+        ended or the pool exhausted. Its transaction rolled back whole."""
+        exc = getattr(e, "orig", None) or e
+        reason = str(exc).strip().splitlines() or [""]
+        event(log, "desk-db-failed", logging.WARNING, path=request.url.path, error=f"{type(exc).__name__}: {reason[0]}")
+
     def endpoint(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             try:
@@ -173,13 +181,8 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
             except (WorkOrderError, DownlinkError, RolloutError) as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
-            except (OperationalError, InterfaceError, PoolTimeout) as e:
-                # SQLite locked past its busy timeout, PostgreSQL's connection ended or the pool exhausted:
-                # the transaction rolled back whole and nothing changed, so the officer may simply try again
-                exc = getattr(e, "orig", None) or e
-                reason = str(exc).strip().splitlines() or [""]
-                event(log, "desk-db-failed", logging.WARNING, path=request.url.path,
-                      error=f"{type(exc).__name__}: {reason[0]}")
+            except DB_FAILED as e:  # nothing changed, so the officer may simply try again
+                db_failed(request, e)
                 return JSONResponse({"error": BUSY}, 503, headers=HEADERS)
             return result if isinstance(result, Response) else JSONResponse(result, headers=HEADERS)
         return wrapped
@@ -352,7 +355,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
 
         async def stream() -> AsyncIterator[dict[str, str]]:
             """Change notices while the session lasts: a logout or expiry ends the stream at the next notice,
-            the session looked up again before each (one read by primary key)."""
+            the session looked up again before each (one read by primary key). A look-up the database failed
+            ends it too, as the page's next connection starts afresh; raised, it cut the stream with a
+            traceback."""
             async with hub.listen() as q:
                 yield {"event": "hello", "data": "{}"}
                 while True:
@@ -360,6 +365,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                     try:
                         await who(request)
                     except Refused:
+                        return
+                    except DB_FAILED as e:
+                        db_failed(request, e)
                         return
                     yield {"event": "change", "data": json.dumps(change)}
         return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})

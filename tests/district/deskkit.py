@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from district import accounts, store
 from district.desk import make_app
-from district.live import Hub
+from district.live import CHANGES_TOPIC, Hub
 from district.schema import alarms, work_orders
 from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto, free_port
@@ -48,6 +48,16 @@ def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def announce(broker: Mosquitto, payload: bytes) -> None:
+    """Publish a change notice on the real broker, as an ingest worker does."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-ingest")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(CHANGES_TOPIC, payload).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
 
 
 class Downlinks:

@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from deskkit import PASSWORD, USERS, Downlinks, alarm_body, closed_orders, desk_server, seed
+from deskkit import PASSWORD, USERS, Downlinks, alarm_body, announce, closed_orders, desk_server, seed
 from sqlalchemy import Engine, func, select, text, update
 
 from district import store
+from district.live import notice
 from district.schema import alarms, audit, commands, metadata, rollups, work_order_steps, work_orders
 from gateway.district_wire import alarm_ack_ids, command_request, downlink, ruleset_data
 from gateway.rules import default_ruleset
@@ -468,3 +469,39 @@ def test_a_write_lock_held_elsewhere_does_not_stall_the_desks_other_requests(
             assert slowest < 0.75, slowest
     finally:
         engine.dispose()
+
+
+def test_a_database_that_fails_under_a_live_feed_ends_it_with_one_line(
+        postgres: Postgres, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """The change feed looks the session up again before each notice. When the database failed that look-up
+    (PostgreSQL's connections ended by a restart or a failover), the stream died with an "Exception in ASGI
+    application" traceback and its connection cut mid-chunk. It now ends as a stream ends, with one
+    desk-db-failed line, and the page's next connection is served as usual."""
+    engine = store.open_engine(postgres.url)
+    seed(engine, time.time())
+    caplog.set_level(logging.INFO)
+    try:
+        with desk_server(engine, broker) as url:
+            c, _ = client(url, "viewer")
+            with c.stream("GET", "/api/events") as events:
+                assert events.status_code == 200
+                lines = events.iter_lines()
+                assert next(lines) == "event: hello"
+                admin = store.open_engine(postgres.url)
+                with admin.connect() as conn:
+                    conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                      "datname = current_database() AND pid <> pg_backend_pid()"))
+                    conn.commit()
+                admin.dispose()
+                announce(broker, notice("alarm", site="s1", id=ALARM))
+                rest = list(lines)  # the stream ends; a cut connection raises here
+            assert not any(line.startswith("event: change") for line in rest), rest
+            with c.stream("GET", "/api/events") as again:
+                assert again.status_code == 200 and next(again.iter_lines()) == "event: hello"
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    [failed] = [r for r in caplog.records if r.getMessage() == "desk-db-failed"]
+    assert failed.fields["path"] == "/api/events", failed.fields  # type: ignore[attr-defined]
+    assert "terminat" in failed.fields["error"], failed.fields  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

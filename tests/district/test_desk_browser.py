@@ -13,16 +13,14 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from deskkit import PASSWORD, USERS, alarm_body, closed_orders, desk_server, seed
-from paho.mqtt.enums import CallbackAPIVersion
+from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, seed
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine, func, select
 
 from district import store, workorders
 from district.accounts import Session
-from district.live import CHANGES_TOPIC, notice
+from district.live import notice
 from district.schema import commands, work_orders
 from district.store import open_engine
 from lifeline.virtual.broker import Mosquitto
@@ -42,16 +40,6 @@ def browser() -> Iterator[Browser]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
-
-
-def announce(broker: Mosquitto, payload: bytes) -> None:
-    """Publish a change notice on the real broker, as an ingest worker does."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-ingest")
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    c.publish(CHANGES_TOPIC, payload).wait_for_publish(5)
-    c.loop_stop()
-    c.disconnect()
 
 
 def log_in(page: Page, url: str, role: str) -> None:
