@@ -78,6 +78,47 @@ def test_seed_errors_name_the_field(tmp_path: Path) -> None:
         plan.load(bad)
 
 
+GAS_PANEL = 'panel = { dev = "gas-02", metric = "ch4", rule = "gas.ch4" }\n'
+
+
+@pytest.mark.parametrize("edits, complaint", [
+    ([("[site]\n", 'site = "yongchuan-3"\n[site_]\n')], "site: must be a table"),
+    ([(GAS_PANEL, 'panel = "gas-02"\n')], r"incidents\[0\]\.panel: must be a table"),
+    ([("[incidents.patrol]\n", "patrol = 3\n[incidents.patrol_]\n")], r"incidents\[3\]\.patrol: must be a table"),
+    ([('rule = "gas.ch4", point = "station-1" }', 'rule = "gas.ch4", point = "station-9" }')],
+     r"incidents\[3\]\.panel\.point: is not a risk point of this site"),
+    ([('rule = "drainage.level", rain = "rain-01" }', 'rule = "drainage.level", rain = 1 }')],
+     r"incidents\[2\]\.panel\.rain: is not a device of this site"),
+    ([("sensors.gauge = { sample_s = 12, fast_s = 12 }", "sensors.gauge = 12")],
+     r"profiles\.rain\.sensors\.gauge: must be a table"),
+    ([('drop = ["sleep"]', 'drop = [["sleep"]]')], r"profiles\.rain\.drop: must be a list of keys"),
+    ([("[[devices]]", "[[devices_]]"), ("[site]\n", "devices = 3\n[site]\n")], "devices: must be an array of tables"),
+    ([(GAS_PANEL, GAS_PANEL + "expect = 3\n"), ("[[incidents.expect]]\ndev = \"gas-02\"", "[[incidents.expect_]]")],
+     r"incidents\[0\]\.expect: must be an array of tables"),
+    ([("\n[[incidents]]", "\nzz = " + "[" * 1000 + "]" * 1000 + "\n[[incidents]]")], "nested deeper than it reads"),
+])
+def test_a_seed_of_the_wrong_shape_names_the_field(tmp_path: Path, edits: list[tuple[str, str]],
+                                                   complaint: str) -> None:
+    """A table, a list or a name where the seed wants another was an AttributeError or TypeError traceback (a
+    profile's when the site was being set up), a panel's risk point no site has a KeyError at the very end of
+    the run, when the plot was drawn, and nesting past the parser a RecursionError."""
+    text = plan.SEED.read_text()
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1 if old != "[[devices]]" else -1)
+    bad = tmp_path / "seed.toml"
+    bad.write_text(text)
+    with pytest.raises(plan.SeedError, match=complaint):
+        plan.load(bad)
+
+
+def test_a_seed_that_is_not_utf8(tmp_path: Path) -> None:
+    bad = tmp_path / "seed.toml"
+    bad.write_bytes(plan.SEED.read_bytes() + b"# caf\xe9\n")
+    with pytest.raises(plan.SeedError, match="not UTF-8"):
+        plan.load(bad)
+
+
 def test_schedule_replays_every_ramp() -> None:
     """Cut into datagram-sized pieces, the ramps give the world the values the seed declares at every moment."""
     site = plan.load()

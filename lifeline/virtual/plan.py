@@ -132,6 +132,17 @@ def _num(value: object, where: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _table(value: Any, where: str) -> dict[str, Any]:
+    _need(isinstance(value, dict), where, "must be a table")
+    return value  # type: ignore[no-any-return]
+
+
+def _tables(value: Any, where: str) -> list[dict[str, Any]]:
+    _need(isinstance(value, list) and all(isinstance(x, dict) for x in value), where,
+          "must be an array of tables ([[...]])")
+    return value  # type: ignore[no-any-return]
+
+
 def _text(data: Mapping[str, Any], key: str, where: str) -> str:
     value = data.get(key)
     _need(isinstance(value, str) and bool(value), f"{where}.{key}", "must be a non-empty string")
@@ -219,15 +230,21 @@ def patrol_ramps(patrol: Mapping[str, Any], points: Mapping[str, RiskPoint], whe
 
 def load(path: Path = SEED) -> Site:
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_bytes().decode())
+    except OSError as exc:
         raise SeedError(f"{path}: {exc}") from None
-    site = data.get("site", {})
+    except UnicodeDecodeError:
+        raise SeedError(f"{path}: not UTF-8 text") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested past the parser's stack
+        raise SeedError(f"{path}: {'nested deeper than it reads' if isinstance(exc, RecursionError) else exc}"
+                        ) from None
+    site = _table(data.get("site", {}), "site")
     site_id = _text(site, "id", "site")
-    baselines = {cls: _channels(v, f"baseline.{cls}") for cls, v in data.get("baseline", {}).items()}
+    baselines = {cls: _channels(v, f"baseline.{cls}") for cls, v in _table(data.get("baseline", {}),
+                                                                          "baseline").items()}
 
     points: dict[str, RiskPoint] = {}
-    for i, p in enumerate(data.get("risk_points", [])):
+    for i, p in enumerate(_tables(data.get("risk_points", []), "risk_points")):
         w = f"risk_points[{i}]"
         rp = RiskPoint(_text(p, "id", w), _text(p, "class", w), str(p.get("what", "")), _num(p.get("lat"), w + ".lat"),
                        _num(p.get("lon"), w + ".lon"), _num(p.get("radius_m"), w + ".radius_m"))
@@ -235,7 +252,7 @@ def load(path: Path = SEED) -> Site:
         points[rp.id] = rp
 
     devices: dict[str, Device] = {}
-    for i, d in enumerate(data.get("devices", [])):
+    for i, d in enumerate(_tables(data.get("devices", []), "devices")):
         w = f"devices[{i}]"
         cls = _text(d, "class", w)
         _need(cls in DEVICE_CLASSES, w + ".class", f"must be one of {', '.join(DEVICE_CLASSES)}")
@@ -247,44 +264,52 @@ def load(path: Path = SEED) -> Site:
         devices[dev.id] = dev
 
     incidents = []
-    for i, inc in enumerate(data.get("incidents", [])):
+    for i, inc in enumerate(_tables(data.get("incidents", []), "incidents")):
         w = f"incidents[{i}]"
         stim: dict[str, dict[str, Points]] = {}
-        for dev_id, chans in inc.get("stimulus", {}).items():
+        for dev_id, chans in _table(inc.get("stimulus", {}), w + ".stimulus").items():
             _need(dev_id in devices, f"{w}.stimulus.{dev_id}", "is not a device of this site")
-            stim[dev_id] = {ch: _points(pts, f"{w}.stimulus.{dev_id}.{ch}") for ch, pts in chans.items()}
+            stim[dev_id] = {ch: _points(pts, f"{w}.stimulus.{dev_id}.{ch}")
+                            for ch, pts in _table(chans, f"{w}.stimulus.{dev_id}").items()}
         if "patrol" in inc:
-            dev_id = _text(inc["patrol"], "dev", w + ".patrol")
+            patrol = _table(inc["patrol"], w + ".patrol")
+            dev_id = _text(patrol, "dev", w + ".patrol")
             _need(dev_id in devices, f"{w}.patrol.dev", "is not a device of this site")
-            stim[dev_id] = patrol_ramps(inc["patrol"], points, w + ".patrol")
+            stim[dev_id] = patrol_ramps(patrol, points, w + ".patrol")
         expects = []
-        for j, e in enumerate(inc.get("expect", [])):
+        for j, e in enumerate(_tables(inc.get("expect", []), w + ".expect")):
             we = f"{w}.expect[{j}]"
             _need(("dev" in e) != ("point" in e), we, "give dev or point, one of them")
             subject = str(e.get("dev") or e.get("point"))
             _need(subject in (devices if "dev" in e else points), we, f"{subject!r} is not on this site")
-            levels = e.get("levels")
+            levels: Any = e.get("levels")
             _need(isinstance(levels, list) and bool(levels)
                   and all(x in (*LEVEL_NAMES, CLEAR) for x in levels), we + ".levels",
                   f"must be a list of {', '.join(LEVEL_NAMES)} or {CLEAR}")
             expects.append(Expect(subject, "point" in e, _text(e, "rule", we), tuple(levels)))
-        pan = inc.get("panel", {})
+        pan = _table(inc.get("panel", {}), w + ".panel")
         panel = Panel(_text(pan, "dev", w + ".panel"), _text(pan, "metric", w + ".panel"),
                       _text(pan, "rule", w + ".panel"), pan.get("point"), pan.get("rain"))
         _need(panel.dev in devices, w + ".panel.dev", "is not a device of this site")
+        # the plot, drawn at the very end of a run, looks them up
+        _need(panel.point is None or panel.point in points, w + ".panel.point", "is not a risk point of this site")
+        _need(panel.rain is None or panel.rain in devices, w + ".panel.rain", "is not a device of this site")
         incidents.append(Incident(_text(inc, "id", w), _text(inc, "title", w), _num(inc.get("at", 0), w + ".at"),
                                   _num(inc.get("quick_at", inc.get("at", 0)), w + ".quick_at"), panel, stim,
                                   tuple(expects)))
     _need(bool(incidents), "incidents", "the seed has no incident")
-    profiles = data.get("profiles", {})
+    profiles = _table(data.get("profiles", {}), "profiles")
     for cls, changes in profiles.items():
         _need(cls in DEVICE_CLASSES and isinstance(changes, dict), f"profiles.{cls}",
               "must be a table named after a device class")
-        _need(isinstance(changes.get("drop", []), list), f"profiles.{cls}.drop", "must be a list of keys")
-        _need(isinstance(changes.get("sensors", {}), dict), f"profiles.{cls}.sensors", "must be a table by name")
-    for inc in incidents:  # a quick run must still be able to see every expected alarm
-        for dev_id in [e.subject for e in inc.expect if not e.point] + [inc.panel.dev]:
-            _need(devices[dev_id].quick, f"incident {inc.id}", f"device {dev_id} is expected but not quick")
+        drop = changes.get("drop", [])
+        _need(isinstance(drop, list) and all(isinstance(k, str) for k in drop), f"profiles.{cls}.drop",
+              "must be a list of keys")
+        for name, sensor in _table(changes.get("sensors", {}), f"profiles.{cls}.sensors").items():
+            _table(sensor, f"profiles.{cls}.sensors.{name}")
+    for incident in incidents:  # a quick run must still be able to see every expected alarm
+        for dev_id in [e.subject for e in incident.expect if not e.point] + [incident.panel.dev]:
+            _need(devices[dev_id].quick, f"incident {incident.id}", f"device {dev_id} is expected but not quick")
     return Site(site_id, str(site.get("name", site_id)), devices, points, tuple(incidents), path, profiles)
 
 
