@@ -9,6 +9,7 @@ import pytest
 
 from lifeline import cli
 from lifeline.demo import run as demo_run
+from lifeline.virtual import plan
 
 
 class Stop(RuntimeError):
@@ -73,3 +74,32 @@ def test_a_heap_the_boards_cannot_run_in_is_refused(tmp_path: Path, no_site: Non
 @pytest.mark.parametrize("heap", ["64wK", "128k", "96wK", "1M", "65536"])
 def test_a_heap_as_the_unix_port_takes_it(tmp_path: Path, no_site: None, heap: str) -> None:
     assert cli.main(["demo", "--plain", "--out", str(tmp_path), "--heap", heap]) == 1  # stopped at the site
+
+
+def test_seed_text_is_shown_as_written_in_the_live_view(tmp_path: Path) -> None:
+    """An incident's title and id, the site's id and the lines said above the live view are the seed's or a
+    desk's words, shown as text: rich read them as markup, so "[/]" in a title ended the run with a MarkupError
+    traceback when its part began, and "[north gate]" vanished from the line."""
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from lifeline.demo import live
+
+    text = plan.SEED.read_text()
+    for old, new in (('title = "Gas leak beside the Renmin Rd main"', 'title = "Gas leak [north gate] [/]"'),
+                     ('id = "yongchuan-3"', 'id = "[bold]yongchuan[/]"')):
+        assert old in text
+        text = text.replace(old, new, 1)
+    seed = tmp_path / "seed.toml"
+    seed.write_text(text)
+    demo = demo_run.Demo(argparse.Namespace(seed=seed, out=tmp_path, quick=True, live=True, heap="64wK"))
+    console = Console(file=io.StringIO(), width=200)
+    demo.console = console
+    demo.say(f"incident: {demo.site.incidents[0].title}")
+    demo.status.phase = "playing [/gas-leak]"
+    console.print(live.render(demo.status))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "incident: Gas leak [north gate] [/]" in shown and "[bold]yongchuan[/]" in shown, shown
+    assert "playing [/gas-leak]" in shown, shown

@@ -101,6 +101,7 @@ class Status:
 
 def render(st: Status) -> Any:
     from rich.console import Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -117,15 +118,15 @@ def render(st: Status) -> Any:
                      "[red]offline[/]" if dev in st.online else "[dim]booting[/]")
             _, _, unit = SHOWN[node.dev.cls]
             value = st.reading.get(dev)
-            devs.add_row(dev, node.dev.cls, state, "-" if seen is None else f"{now - seen:4.0f} s ago",
+            devs.add_row(escape(dev), node.dev.cls, state, "-" if seen is None else f"{now - seen:4.0f} s ago",
                          "-" if value is None else f"{value:.4g} {unit}")
         alarms = Table(title="active alarms (at the district)", expand=True, show_edge=False)
         for col in ("subject", "rule", "level", "for"):
             alarms.add_column(col, no_wrap=True)
         for key, body in sorted(st.active.items()):
             level = str(body.get("level"))
-            alarms.add_row(key.split(" ")[0], str(body.get("rule")), Text(level, style=colours.get(level, "")),
-                           f"{now - body['since']:.0f} s")
+            alarms.add_row(escape(key.split(" ")[0]), escape(str(body.get("rule"))),
+                           Text(level, style=colours.get(level, "")), f"{now - body['since']:.0f} s")
         gw = st.metrics
         depth = ", ".join(f"{lane} {int(gw.get('outbox_' + lane, 0))}" for lane in ("alarm", "state", "telemetry"))
         gateway = Text.from_markup(
@@ -137,9 +138,11 @@ def render(st: Status) -> Any:
         for col in ("at", "subject", "rule", "event", "level", "latency"):
             recent.add_column(col, no_wrap=True, justify="right" if col in ("at", "latency") else "left")
         for at, subject, rule, ev, level, latency in st.recent:
-            recent.add_row(at, subject, rule, ev, Text(level, style=colours.get(level, "green")), latency)
+            recent.add_row(at, escape(subject), escape(rule), escape(ev),
+                           Text(level, style=colours.get(level, "green")), latency)
         header = Text.from_markup(
-            f"[bold]lifeline demo[/]  site [bold]{st.site.id}[/]  {st.clock()}  phase: [bold]{st.phase}[/]  "
+            f"[bold]lifeline demo[/]  site [bold]{escape(st.site.id)}[/]  {st.clock()}  "
+            f"phase: [bold]{escape(st.phase)}[/]  "
             f"expected alarms seen: {st.seen_expected}/{st.expected}")
         problems = [Text(p, style="red") for p in st.problems[-3:]]
     grid = Table.grid(expand=True, padding=(0, 2))

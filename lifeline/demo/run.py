@@ -188,7 +188,7 @@ class Demo:
     def say(self, line: str) -> None:
         stamp = self.status.clock_short(time.time())
         if self.live and self.console is not None:
-            self.console.log(line)
+            self.console.log(line, markup=False)  # the seed's and the desk's words, never markup
         else:
             print(f"[{stamp}] {line}", flush=True)
 
