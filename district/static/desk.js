@@ -412,7 +412,18 @@ function connect() {
   es.addEventListener("hello", () => { $("live").textContent = "live"; $("live").className = "live on";
     refresh(["alarms", "orders", "state", "map", "times", "ota"]); });
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
-  es.onerror = () => { $("live").textContent = "reconnecting"; $("live").className = "live off"; };
+  es.onerror = () => {
+    $("live").textContent = "reconnecting"; $("live").className = "live off";
+    // The browser connects again by itself after a stream that ended, never after an answer other than 200
+    // (503: the database busy; 401: the session ended): the page asks who it is, then connects or shows the login.
+    if (es.readyState === EventSource.CLOSED) setTimeout(() => reopen(es), 3000);
+  };
+}
+
+function reopen(es) {
+  if (desk.events !== es || !desk.me) return;
+  api("/api/me").then(() => { if (desk.events === es) connect(); },
+    (e) => { if (e.status === 401) showLogin(); else setTimeout(() => reopen(es), 3000); });
 }
 
 // --- start ----------------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, seed
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 
 from district import store, workorders
 from district.accounts import Session
 from district.live import notice
-from district.schema import commands, work_orders
+from district.schema import commands, sessions, work_orders
 from district.store import open_engine
 from lifeline.virtual.broker import Mosquitto
 
@@ -369,5 +369,27 @@ def test_a_refresh_the_desk_could_not_answer_is_shown_until_one_is(tmp_path: Pat
         announce(broker, notice("alarm", site="s1", id=RED))
         expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible(timeout=10_000)
         expect(page.locator("#stale")).to_be_hidden()
+        page.close()
+    engine.dispose()
+
+
+def test_a_live_feed_the_desk_refused_is_opened_again_or_the_login_shown(tmp_path: Path, browser: Browser) -> None:
+    """A browser's EventSource connects again by itself after a stream that ended, but never after an answer
+    other than 200: a 503 (the database busy as the page connected) left the page empty and "reconnecting" for
+    good, and a 401 (the session ended at another desk, or the shift's 12 h ran out) left it so with the data
+    of the shift before. The page now asks who it is and connects again, or shows the login."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    seed(engine, time.time())
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        busy = '{"error": "the database is busy, try again"}'
+        page.route("**/api/events", lambda route: route.fulfill(status=503, body=busy,
+                                                                content_type="application/json"), times=1)
+        log_in(page, url, "operator")  # live in the end
+        with engine.begin() as conn:
+            conn.execute(delete(sessions))
+        announce(broker, notice("site", site="s1"))  # the feed ends at its next notice; connecting again is 401
+        expect(page.locator("#login-view")).to_be_visible(timeout=15_000)
+        expect(page.locator("#desk")).to_be_hidden()
         page.close()
     engine.dispose()
