@@ -37,7 +37,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gateway import ota_plan, ota_relay
@@ -46,7 +45,7 @@ from gateway.ota_plan import Stage
 from gateway.ota_relay import NodeOta
 from gateway.site_config import ConfigError, GatewayConfig, load
 from lifeline import release
-from lifeline.store_access import StoreError, add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
 from protocol import message, message_check, topics
 
 BAR = 20
@@ -100,8 +99,8 @@ def status(args: argparse.Namespace, console: Console) -> int:
     for dev in sorted(set(nodes) | set(devices)):
         n = nodes.get(dev) or NodeOta(dev)
         d = devices.get(dev)
-        table.add_row(dev, d.cls if d else "", "online" if online.get(dev) else "offline", escape(n.running or "?"),
-                      escape(n.target), bar(n.done, n.total) if n.total else "", _outcome(n),
+        table.add_row(dev, d.cls if d else "", "online" if online.get(dev) else "offline", shown(n.running or "?"),
+                      shown(n.target), bar(n.done, n.total) if n.total else "", _outcome(n),
                       _ago(now, n.outcome_at or n.asked_at))
     console.print(table)
     return 0
@@ -128,7 +127,7 @@ def _outcome(n: NodeOta) -> str:
     if not n.outcome_v:
         return ""
     # the node's own words: text, never markup
-    return f"{escape(n.outcome_v)} " + ("[green]running[/green]" if n.ok else f"[red]{escape(n.res)}[/red]")
+    return f"{shown(n.outcome_v)} " + ("[green]running[/green]" if n.ok else f"[red]{shown(n.res)}[/red]")
 
 
 def _ago(now: float, t: float | None) -> str:
@@ -294,7 +293,7 @@ class Rollout:
                 line = f"[green]{detail}[/green]"
             elif state == "failed":
                 stage.failed[dev] = detail
-                line = f"[red]failed[/red]: {escape(detail)}"  # a node's words (an ack's reason): text
+                line = f"[red]failed[/red]: {shown(detail)}"  # a node's words (an ack's reason): text
             elif state == "download":
                 line = bar(n.done, n.total) + (" switching" if n.done == n.total else "")
             elif ack is None and now - sent_at > self.resend_s + sleep_s.get(dev, 0.0) and sends < ota_plan.SENDS:

@@ -9,12 +9,11 @@ import time
 
 import cbor2
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gateway.quarantine import REASONS, row, rows
 from gateway.site_config import ConfigError
-from lifeline.store_access import StoreError, add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
 
 MAX_LIMIT = 1000  # rows one `list` reads: each holds its raw payload, up to 64 KiB
 
@@ -67,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             table = Table("id", "time (UTC)", "reason", "topic", "bytes", "detail")
             for r in rows(conn, args.reason, args.limit):
-                # topic and detail are what a publisher chose (a key id, say): text, never markup
-                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), escape(r.reason),
-                              escape(r.topic), str(r.size), escape(r.detail))
+                # topic and detail are what a publisher chose (a key id, say): text, never markup or a control
+                table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at)), shown(r.reason),
+                              shown(r.topic), str(r.size), shown(r.detail))
             console.print(table)
             totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
             console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         r = one
         console.print(f"id {r.id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.at))} UTC\n"
-                      f"reason {escape(r.reason)}: {escape(r.detail)}\ntopic {escape(r.topic)}\nsize {r.size} bytes"
+                      f"reason {shown(r.reason)}: {shown(r.detail)}\ntopic {shown(r.topic)}\nsize {r.size} bytes"
                       + (f" (first {len(r.raw)} kept)" if len(r.raw) < r.size else ""))
         console.print("hex: " + r.raw[:512].hex() + ("..." if len(r.raw) > 512 else ""))
         console.print(_diagnostic(r.raw), markup=False)

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gateway.alarms import Transition
@@ -19,7 +18,7 @@ from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
 from gateway.site_config import ConfigError, load
-from lifeline.store_access import StoreError, add_store_arguments, open_readonly
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             h = health.get(dev) or Health(dev)
             dups, replays, gaps = seq.get(dev, (0, 0, 0))
             table.add_row(dev, classes.get(dev, ""), "[green]online[/green]" if h.online else "[red]offline[/red]",
-                          str(h.boot) if h.boot >= 0 else "", escape(h.fw), _age(now, h.last_seen),
+                          str(h.boot) if h.boot >= 0 else "", shown(h.fw), _age(now, h.last_seen),
                           "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
                           str(gaps), str(dups), str(replays))
         console.print(table)

@@ -8,7 +8,12 @@ import argparse
 import sqlite3
 from pathlib import Path
 
+from rich.markup import escape
+
 from gateway.site_config import load
+
+# C0, DEL and C1 (0x9b is a CSI on its own to some terminals): each as its \x escape
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 class StoreError(Exception):
@@ -41,3 +46,10 @@ def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = ()) -> sql
         raise StoreError(f"{path}: no table {', '.join(missing)}: not a gateway store, or the gateway has not "
                          "started on it")
     return conn
+
+
+def shown(text: str) -> str:
+    """Text from the store that came from outside (a publisher's topic, a node's words) for a rich console: as
+    text, not markup, and with every control character as its \\x escape, so none can recolour, clear or retitle
+    the operator's terminal (rich escapes markup and drops a few controls, but passes ESC through)."""
+    return escape(text.translate(_CONTROLS))

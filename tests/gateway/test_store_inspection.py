@@ -11,6 +11,7 @@ import pytest
 
 from gateway.admission import Checker
 from gateway.device_list import DeviceConfig, DeviceList
+from gateway.ota_relay import Ledger
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
@@ -93,6 +94,34 @@ def test_a_firmware_version_that_looks_like_markup_is_shown_as_text(tmp_path: Pa
     conn.close()
     assert cli.main(["status", "--store", str(store)]) == 0
     assert "0.1[/]" in capsys.readouterr().out
+
+
+def test_control_characters_from_outside_never_reach_the_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A topic any publisher on the site broker chooses, a node's firmware version and its OTA refusal went to the
+    terminal with their control characters: ESC sequences recoloured the operator's terminal, cleared it or set
+    its title (rich escapes markup, not these). Each is shown as its \\x escape."""
+    monkeypatch.setenv("COLUMNS", "400")
+    store = tmp_path / "gw.db"
+    conn, checker = _site_store(store)
+    hostile = "\x1b]0;pwned\x1b[2J\x9b31m"
+    assert checker.check(f"lifeline/v1/site-a/gas-01/{hostile}", b"\xa0", False, 1_800_000_000.0) is None
+    checker.registry.birth("gas-01", message.birth("gas-01", 1, 1, f"0.1{hostile}", "gas", "po", 40.0),
+                           1_800_000_000.0, live=False)
+    checker.registry.flush()
+    ledger = Ledger(conn)  # what `ota status` reads: the version a birth named, a node's sealed outcome
+    ledger.birth("gas-01", f"0.1{hostile}", 1_800_000_000.0)
+    ledger.outcome("gas-01", "0.2.0", False, f"refused{hostile}", 1_800_000_000.0)
+    ledger.flush()
+    conn.commit()
+    conn.close()
+    shown = r"\x1b]0;pwned\x1b[2J\x9b31m"
+    for words in (["quarantine", "--store", str(store), "list"], ["quarantine", "--store", str(store), "show", "1"],
+                  ["status", "--store", str(store)], ["ota", "status", "--store", str(store)]):
+        assert cli.main(words) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out, (words, out)
+        assert shown in out, (words, out)
 
 
 def _store_with_rejects(path: Path, n: int) -> None:
