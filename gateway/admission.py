@@ -82,6 +82,9 @@ class Checker:
         self.clock_past_s = clock_past_s
         self.dropped: Counter[str] = Counter()  # accepted by the checks but not new: duplicate, stale
         self.flagged: Counter[str] = Counter()  # readings by clock verdict other than ok
+        # (device, number) of the last data or event message refused as a duplicate, until the ingest takes it: a
+        # number the gateway has that its device sent again, as it does with what no confirmation has named.
+        self.resent: tuple[str, int] | None = None
 
     def _reject(self, reason: str, detail: str, topic: str, raw: bytes, now: float) -> None:
         self.quarantine.put(reason, detail, topic, raw, now)
@@ -119,7 +122,10 @@ class Checker:
         readings: tuple[Reading, ...] = ()
         if kind in (topics.DATA, topics.EVENT):
             verdict = self.sequence.check(dev, body["seq"], now, body["boot"])
-            if not self._new(verdict, f"seq {body['seq']} is at or below the window floor", topic, raw, now):
+            if verdict is not Verdict.NEW:
+                if verdict is Verdict.DUPLICATE:
+                    self.resent = (dev, body["seq"])
+                self._new(verdict, f"seq {body['seq']} is at or below the window floor", topic, raw, now)
                 return None
             readings = self._readings(dev, body, records, now)
         elif kind == topics.STATE:

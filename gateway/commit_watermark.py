@@ -6,9 +6,10 @@ After each ingest commit the gateway publishes, for every device heard from in t
 device's sequence numbers it has committed, retained, on lifeline/v1/{site}/{dev}/done (protocol/topics.py).
 Ranges, not one number: alarm packs jump the device's backlog, so numbers are committed out of order, and a
 single "everything up to N" would either wait for the backlog or pass over messages the gateway never had.
-A device heard from again (a re-send the sequence window refused as a duplicate) is confirmed again, so a
-confirmation lost with the broker costs a re-send, never a message. The ranges live in the store, written in
-the batch's own transaction; at most topics.MAX_DONE_RANGES per device, the oldest given up first.
+A device heard from again (a re-send the sequence window refused as a duplicate) is confirmed again, its
+number put back in the ranges, so a confirmation lost with the broker costs a re-send, never a message. The
+ranges live in the store, written in the batch's own transaction; at most topics.MAX_DONE_RANGES per device:
+past that the lowest one the device has been told of is given up (`_give_up`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Confirmations:
         # The stored form stays a JSON list of [first, last] pairs.
         self._ranges = device_states.DeviceStates(conn, "done_ranges", "ranges", _flat, _stored, capacity)
         self._touched: set[str] = set()
+        # Per device, numbers committed out of order since its confirmation was last built (with the highest range
+        # of the time when a range opened above it): the ranges holding them are the ones the device may not
+        # have heard of, which _give_up keeps. Only out of order: the common message, the next number after the
+        # highest range, is in the range every give-up keeps. In memory: after a restart every range counts as told.
+        self._untold: dict[str, set[int]] = {}
         # Devices to confirm, in the order their batches committed, each once. A queue and a set, not a dict taken
         # from the front: a dict's first key is found by walking past the slots of those taken before it, which
         # made 50,000 due devices cost 0.7 s of CPU to take in turn (docs/performance.md).
@@ -80,13 +86,30 @@ class Confirmations:
                 rs[2 * i - 1] = seq
                 i -= 1
             else:
+                if 2 * i == len(rs):  # a range above the highest: the one it was has grown unseen by _untold
+                    self._untold.setdefault(dev, set()).add(rs[-1])
                 rs[2 * i:2 * i] = [seq, seq]
             if 2 * i + 2 < len(rs) and rs[2 * i + 2] == rs[2 * i + 1] + 1:  # it joins the next range
                 rs[2 * i + 1] = rs[2 * i + 3]
                 del rs[2 * i + 2:2 * i + 4]
-            del rs[:-2 * topics.MAX_DONE_RANGES]
+            untold = self._untold.setdefault(dev, set())
+            untold.add(seq)
+            if len(rs) > 2 * topics.MAX_DONE_RANGES:
+                self._give_up(rs, i, untold)
         self._ranges.changed(dev)
         self._touched.add(dev)
+
+    @staticmethod
+    def _give_up(rs: list[int], i: int, untold: set[int]) -> None:
+        """One range too many: the lowest the device has been told of goes, not one it may still hold records of:
+        the range `i` just committed into, the highest (grown at every message) and those holding a number not yet
+        in a confirmation built. A backlog drained oldest first behind alarm packs, each a range of its own, had
+        its own range given up as soon as a number joined it, so none of it was ever confirmed. Only when every
+        range is untold, the lowest but `i`."""
+        last = len(rs) // 2 - 1
+        told = (k for k in range(last) if k != i and not any(rs[2 * k] <= n <= rs[2 * k + 1] for n in untold))
+        k = next(told, 1 if i == 0 else 0)
+        del rs[2 * k:2 * k + 2]
 
     def started_over(self, dev: str, seq: int) -> None:
         """A birth whose next number, or a message of a newer boot whose number, is not above what was
@@ -134,7 +157,8 @@ class Confirmations:
 
     def body(self, dev: str) -> bytes:
         """The confirmation of what is committed for `dev`. Between batches (a batch is handled without a turn of
-        the event loop) the ranges held are the committed ones."""
+        the event loop) the ranges held are the committed ones. Built, it tells the device of them all."""
+        self._untold.pop(dev, None)
         return done_body(_pairs(self._ranges.peek(dev) or []))
 
     async def run(self, publish: Publish, window: int = WINDOW) -> None:

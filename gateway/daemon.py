@@ -199,7 +199,13 @@ class Gateway:
         self.alarms.prefetch(devs)
 
     def _heard(self, topic: str) -> None:
-        """A device message not admitted (a re-sent duplicate, say): its device is confirmed again."""
+        """A device message not admitted (a re-sent duplicate, say): its device is confirmed again. A duplicate
+        goes back into the confirmation, which may have given its number up (commit_watermark): the device holds
+        it still, or it would not have sent it again."""
+        resent, self.checker.resent = self.checker.resent, None
+        if resent is not None:
+            self.confirmations.committed(*resent)
+            return
         with contextlib.suppress(topics.TopicError):
             _, dev, kind = topics.parse_device(topic)
             if kind in (topics.DATA, topics.EVENT):
