@@ -31,3 +31,26 @@ def test_each_subcommand_has_help(name: str) -> None:
     out = subprocess.run([LIFELINE, name, "--help"], capture_output=True, text=True, env=ENV)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: lifeline {name}")
+
+
+@pytest.mark.parametrize("database", ["no-such-dir/district.sqlite", "postgresql://lifeline@127.0.0.1:{port}/lifeline",
+                                      "postgresql://lifeline:s3cret@127.0.0.1:{port}/lifeline"])
+def test_add_user_with_a_database_it_cannot_open(tmp_path: Path, database: str,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifeline district --add-user` with PostgreSQL down (or an SQLite file in a directory not there) is one line
+    naming the database (not its password) and exit 1, as start-up failures are; it was a page of SQLAlchemy
+    traceback."""
+    import io
+
+    from lifeline.virtual.broker import free_port
+
+    database = database.format(port=free_port())
+    conf = tmp_path / "district.toml"
+    conf.write_text(f'[broker]\nhost = "127.0.0.1"\n[database]\nurl = "{database}"\n[[sites]]\nid = "site-a"\n'
+                    f'seal_key = "{"00" * 32}"\n')
+    monkeypatch.setattr(sys, "stdin", io.StringIO("duty-password-1\n"))
+    assert cli.main(["district", "--config", str(conf), "--add-user", "li.wei"]) == 1
+    err = capsys.readouterr().err
+    shown = database.replace(":s3cret@", ":***@")  # a password in the URL is not printed
+    assert err.startswith(f"start-up failed: database {shown}: cannot open it (") and err.count("\n") == 1, err
