@@ -37,6 +37,7 @@ from gateway.district_wire import DownlinkError
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
 from gateway.metrics import Metrics, Snapshot
+from gateway.numbers import finite
 from gateway.ota_relay import Ledger, Releases
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
@@ -241,7 +242,10 @@ class Gateway:
             if r.metric in _POSITION:
                 placed = True
                 continue
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            try:
+                if not isinstance(value, int | float) or not math.isfinite(value):
+                    continue
+            except OverflowError:  # an integer past a float's range (CBOR carries any): no number to judge
                 continue
             judged.append((r.metric, float(value), r.t))
         if judged:
@@ -582,9 +586,9 @@ def _record(r: Reading) -> dict[str, Any]:
 
 
 def _position(readings: Sequence[Reading]) -> tuple[float, float] | None:
-    """A drone pack's own position: its lat/lon readings, unless the GNSS reports no fix."""
+    """A drone pack's own position: its lat/lon readings, unless the GNSS reports no fix or one is no number."""
     found = {r.metric: r.value for r in readings if r.metric in ("lat", "lon", "fix")}
-    lat, lon = found.get("lat"), found.get("lon")
-    if not isinstance(lat, int | float) or not isinstance(lon, int | float) or found.get("fix") == 0:
+    lat, lon = finite(found.get("lat")), finite(found.get("lon"))
+    if lat is None or lon is None or found.get("fix") == 0:
         return None
-    return float(lat), float(lon)
+    return lat, lon

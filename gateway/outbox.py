@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, cast
 from gateway import district_wire
 from gateway.device_states import chunks
 from gateway.logs import event
+from gateway.numbers import finite
 from protocol import district
 
 log = logging.getLogger("lifeline.gateway.outbox")
@@ -139,8 +140,8 @@ class _Stats:
         if "vs" in rec:
             self.last = rec["vs"]
             return
-        x = float(rec["vb"]) if "vb" in rec else rec.get("v")
-        if isinstance(x, int | float):
+        x = float(rec["vb"]) if "vb" in rec else finite(rec.get("v"))  # NaN, or an integer past a float: no number
+        if x is not None:
             self.min = min(self.min, x)
             self.max = max(self.max, x)
             self.total += x

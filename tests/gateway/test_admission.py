@@ -10,6 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from gateway import district_wire
 from gateway.admission import Checker
 from gateway.daemon import Gateway
 from gateway.device_list import DeviceConfig, DeviceList
@@ -137,6 +138,42 @@ def test_a_reading_time_that_is_no_number_is_not_trusted(tmp_path: Path) -> None
         budget = gw.outbox.enforce_budget(now=NOW + 60)
         assert budget is not None and budget.thinned["d1"].msgs == 40
         assert gw.outbox.bytes_used() <= gw.outbox.budget_bytes
+    finally:
+        gw.outbox.close()
+        gw.conn.close()
+
+
+def test_a_reading_value_past_a_float_or_no_number_is_forwarded_and_judged_by_no_rule(tmp_path: Path) -> None:
+    """CBOR carries integers of any size: a value or a position past a float's range (and a position of NaN)
+    raised out of the ingest (`math.isfinite`, `float`, the alarm engine's check of a position), which failed
+    the message's whole batch, every message of it redone alone, and kept the message as an internal error,
+    logged as a bug. Such a value is no number a rule can judge, as NaN is not: the message goes upstream as
+    sent, and the outbox's budget pass summarises it with the others (its mean raised on one, which ended the
+    uplink's upkeep task for good: no budget pass ran again until a restart)."""
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
+    gw = Gateway(load(tmp_path / "site.toml"))
+
+    def sent(seq: int, *records: tuple[str, object]) -> Incoming:
+        pack = senml.pack([senml.record(n, v, None, NOW + seq) for n, v in records], bn="d1:")
+        return Incoming(TOPIC, message.encode(message.data("d1", 1, seq, pack), KEY), False, NOW + seq)
+
+    try:
+        batch = [sent(seq, ("ch4", 1.0)) for seq in range(1, 40)]
+        batch += [sent(40, ("ch4", 10 ** 400)), sent(41, ("lat", math.nan), ("lon", 45.0), ("ch4", 1.0)),
+                  sent(42, ("lat", 45.0), ("lon", -(2 ** 1100)), ("ch4", math.nan))]
+        gw.handle_site(batch)
+        assert gw.batches_redone == 0 and gw.quarantine.counts == {}
+        assert gw.outbox.depth()["telemetry"] == 42
+        gw.outbox.budget_bytes = gw.outbox.bytes_used() // 2
+        budget = gw.outbox.enforce_budget(now=NOW + 60)
+        assert budget is not None and budget.thinned["d1"].msgs == 42
+        (body,) = [b for (b,) in gw.conn.execute("SELECT body FROM outbox WHERE thinned = 1")]
+        [summary] = [doc for doc, _ in district_wire.stored_entries(body)]
+        [ch4] = [s for s in summary["s"] if s["n"] == "ch4"]
+        assert (ch4["count"], ch4["min"], ch4["max"], ch4["mean"]) == (42, 1.0, 1.0, 1.0)  # the numbers alone
     finally:
         gw.outbox.close()
         gw.conn.close()
