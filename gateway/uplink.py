@@ -363,11 +363,13 @@ class Uplink:
             try:
                 self.outbox.flush_acks()
                 self.outbox.enforce_budget()
-            except sqlite3.Error as exc:
+            except Exception as exc:  # a full disk, or a bug: the next tick tries again, as the ticker's does
                 failed += 1
-                now, error = time.monotonic(), str(exc)
+                now, error = time.monotonic(), str(exc) or type(exc).__name__
                 if failed == 1 or logged is None or logged[0] != error or now - logged[1] >= FAIL_LOG_S:
-                    event(log, "outbox upkeep failed", logging.ERROR, error=error, failed=failed)
+                    # a bug's traceback, once: a store that refuses a write says all in its error
+                    log.error("outbox upkeep failed", exc_info=failed == 1 and not isinstance(exc, sqlite3.Error),
+                              extra={"fields": {"error": error, "failed": failed}})
                     logged = (error, now)
             else:
                 if failed:

@@ -107,3 +107,32 @@ async def test_an_outbox_upkeep_that_keeps_failing_is_logged_once_a_minute(
     failed = lines(caplog, "outbox upkeep failed")
     assert len(failed) == 1 and failed[0]["failed"] == 1
     assert [f["failed"] for f in lines(caplog, "outbox upkeep recovered")] == [30]
+
+
+async def test_an_outbox_upkeep_that_fails_with_a_bug_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upkeep pass that raised anything but a store error (a bug; one was the budget pass's mean of a value
+    past a float's range) ended the upkeep task for good: no budget pass ran again until a restart, and the
+    outbox grew past its budget until the disk was full. It is logged with its traceback once and the next
+    tick tries again, as the ticker does."""
+    outbox = Outbox(open_store(tmp_path / "gw.sqlite"), 1 << 20)
+    passes = 0
+
+    def buggy(now: float | None = None) -> None:
+        nonlocal passes
+        passes += 1
+        if passes <= 3:
+            raise OverflowError("int too large to convert to float")
+
+    outbox.enforce_budget = buggy  # type: ignore[method-assign]
+    uplink = Uplink(outbox, unreachable(), "s1", backoff_initial_s=1.0, backoff_max_s=1.0, tick_s=0.01)
+    task = asyncio.create_task(uplink.run())
+    try:
+        async with asyncio.timeout(5):
+            while passes < 10:
+                await asyncio.sleep(0.01)
+    finally:
+        uplink.stop()
+        await asyncio.wait_for(task, 10)
+    [failed] = [r for r in caplog.records if r.getMessage() == "outbox upkeep failed"]
+    assert failed.exc_info is not None and failed.fields["error"] == "int too large to convert to float"  # type: ignore[attr-defined]
+    assert [f["failed"] for f in lines(caplog, "outbox upkeep recovered")] == [3]
