@@ -100,6 +100,9 @@ readings = Table(
     Column("vd", LargeBinary),
     Column("s", Float),
     Index("readings_series", "site", "dev", "n", "t"),
+    # a message's readings: the newest ones the desk's sample -> desk times are of, found from the newest messages
+    # without reading the whole table (district/store.open_engine adds it to an older database)
+    Index("readings_message", "message"),
 )
 
 # Readings older than the raw retention are folded into one row per (series, bucket).

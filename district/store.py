@@ -90,6 +90,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("rollups: added the count of numbers of each bucket")
     if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
+    if _add_index(engine, readings, "readings_message"):
+        log.info("readings: indexed by message")
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
@@ -112,6 +114,20 @@ def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = No
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
         if fill is not None:
             conn.execute(fill)
+    return True
+
+
+def _add_index(engine: Engine, table: Table, name: str) -> bool:
+    """A database made by an older version gets an index of `table` it lacks (built once, which takes a while
+    on a large table); True if it was added. As with a column, processes starting at once build it once."""
+    if name in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+        return False
+    with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
+        if name in {i["name"] for i in inspect(conn).get_indexes(table.name)}:
+            return False
+        next(i for i in table.indexes if i.name == name).create(conn)
     return True
 
 
