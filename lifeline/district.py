@@ -5,6 +5,7 @@ field it names."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role.add_argument("--worker", type=int, metavar="N", help="run ingest worker N alone (1..workers)")
     role.add_argument("--desk", action="store_true", help="run the desk alone")
     role.add_argument("--no-desk", action="store_true", help="supervise the workers only")
-    role.add_argument("--add-user", metavar="NAME", help="add a desk account (the password is read from stdin)")
+    role.add_argument("--add-user", metavar="NAME",
+                      help="add a desk account (the password asked for at a terminal, else a line of stdin)")
     parser.add_argument("--role", choices=accounts.ROLES, default="viewer", help="with --add-user")
 
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_user(cfg: config.DistrictConfig, name: str, role: str) -> int:
-    password = sys.stdin.readline().rstrip("\n")
+    # at a terminal asked for and unechoed, as passwd does; it sat silent there and echoed the password typed
+    password = getpass.getpass(f"password for {name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     try:
         engine = open_engine(cfg.database, cfg.base)
     except DBAPIError as exc:  # PostgreSQL down, say: one line, as the other start-up failures

@@ -54,3 +54,48 @@ def test_add_user_with_a_database_it_cannot_open(tmp_path: Path, database: str,
     err = capsys.readouterr().err
     shown = database.replace(":s3cret@", ":***@")  # a password in the URL is not printed
     assert err.startswith(f"start-up failed: database {shown}: cannot open it (") and err.count("\n") == 1, err
+
+
+def test_add_user_on_a_terminal_asks_for_the_password_without_echo(tmp_path: Path) -> None:
+    """On a terminal `--add-user` sat silent, waiting for a line no prompt asked for, and the password typed
+    there was echoed on the screen (and into any session recording). It asks, and reads it unechoed, as passwd
+    does; from a pipe it still reads a line."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    conf = tmp_path / "district.toml"
+    conf.write_text(f'[broker]\nhost = "127.0.0.1"\n[database]\nurl = "district.sqlite"\n[[sites]]\nid = "site-a"\n'
+                    f'seal_key = "{"00" * 32}"\n')
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on the pty, as an operator at a terminal runs it
+        os.execve(LIFELINE, [LIFELINE, "district", "--config", str(conf), "--add-user", "li.wei"], ENV)
+    seen = b""
+
+    def read_until(what: bytes, timeout: float = 20.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while what not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 1024)
+                except OSError:  # the child has ended
+                    break
+        assert what in seen, seen
+
+    try:
+        read_until(b"password for li.wei: ")
+        os.write(fd, b"duty-password-1\n")
+        read_until(b"viewer li.wei added")
+    finally:
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done == (0, 0):  # still waiting for a line: ended, so that the test ends
+            os.kill(pid, signal.SIGKILL)
+            done = os.waitpid(pid, 0)
+        os.close(fd)
+    status = done[1]
+    assert os.waitstatus_to_exitcode(status) == 0 and b"duty-password-1" not in seen, seen
