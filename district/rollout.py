@@ -164,11 +164,12 @@ def view(conn: Connection, site: str) -> dict[str, Any] | None:
 
 
 def _outcome(conn: Connection, site: str, dev: str, since: float) -> tuple[str, bool, str, float] | None:
-    """The node's newest sealed "ota" event received since `since`: (version, ok, reason, received)."""
+    """The node's newest sealed "ota" event received since `since`: (version, ok, reason, received). Its readings
+    are sought by their series (site, dev, n): through the node's messages, it read every one the node had sent."""
     got = conn.execute(select(messages.c.id, messages.c.received, readings.c.n, readings.c.vs, readings.c.vb)
                        .join(readings, readings.c.message == messages.c.id)
-                       .where(messages.c.site == site, messages.c.dev == dev, messages.c.received >= since,
-                              readings.c.n.in_(OUTCOME))
+                       .where(readings.c.site == site, readings.c.dev == dev, readings.c.n.in_(OUTCOME),
+                              messages.c.received >= since)
                        .order_by(messages.c.id.desc()).limit(len(OUTCOME))).all()
     if not got:
         return None
