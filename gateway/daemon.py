@@ -20,6 +20,7 @@ import gc
 import logging
 import math
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -130,12 +131,15 @@ class Gateway:
         """`handle` a batch of one connection. A message that makes it fail (a bug, not bad input: checks
         never raise) is isolated by redoing the batch one message at a time, and kept in the quarantine as
         "internal", so that it cannot block its connection's queue (its batch, unacknowledged, would come again
-        and fail again)."""
+        and fail again). A store that refuses writes (a full disk) is no message's fault: the error goes to the
+        caller with nothing kept, the batch unacknowledged, and the broker delivers it again."""
         try:
             handle(batch)
             return
         except Exception as exc:
             self._rollback()
+            if _store_failed(exc):
+                raise
             failed = exc
         # Logged once per interval, as the quarantine logs the message that fails again (its traceback on that
         # line): a device that keeps sending such a message must not put two tracebacks a message in the log.
@@ -150,6 +154,8 @@ class Gateway:
                 handle([m])
             except Exception as exc:
                 self._rollback()
+                if _store_failed(exc):  # the disk filled meanwhile: those done are committed, the rest come again
+                    raise
                 self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received,
                                     exc=exc)
                 self.conn.commit()
@@ -575,6 +581,18 @@ def _settle_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
+
+
+# SQLite's primary result codes of a store that cannot take a write now, whatever is written: full, failing,
+# locked by another process, read-only, out of memory.
+_STORE_ERRORS = frozenset((sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
+                           sqlite3.SQLITE_READONLY, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_CANTOPEN))
+
+
+def _store_failed(exc: BaseException) -> bool:
+    """Whether `exc` is the store refusing any write (a full disk), not a fault of what was written."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return code is not None and (code & 0xFF) in _STORE_ERRORS
 
 
 def _record(r: Reading) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.daemon import Gateway
+from gateway.ingest import Incoming
 from gateway.quarantine import MAX_RAW, Quarantine
 from gateway.site_config import load
+from protocol import message, senml, topics
 
 
 def kept_bytes(conn: sqlite3.Connection) -> int:
@@ -91,4 +93,38 @@ async def test_the_gateway_keeps_its_quarantine_within_site_tomls_max_mb(tmp_pat
     try:
         assert gateway.quarantine.max_bytes == 2 * 1024 * 1024
     finally:
+        gateway.conn.close()
+
+
+def test_a_full_store_quarantines_no_message_and_its_batch_comes_again(tmp_path: Path) -> None:
+    """A batch that failed was redone a message at a time and each message that failed alone was kept as
+    "internal": on a full disk (stood in for by SQLite's max_page_count, which refuses a write as a full disk
+    does, SQLITE_FULL) every message of it failed, and those whose small quarantine row still fitted in a free
+    page were kept there and acknowledged with the batch: good readings never judged nor forwarded. A store
+    that refuses writes is no message's fault: the batch goes unacknowledged, and the broker delivers it again."""
+    key = bytes(range(32))
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{key.hex()}"\n')
+    gateway = Gateway(load(tmp_path / "site.toml"))
+
+    def data(seq: int) -> Incoming:
+        pack = senml.pack([senml.record("ch4", 1.0, "%LEL", 1_800_000_000.0 + seq)], bn="d1:")
+        return Incoming(topics.device("s1", "d1", topics.DATA), message.encode(message.data("d1", 1, seq, pack), key),
+                        False, 1_800_000_000.0 + seq)
+
+    try:
+        gateway.handle_site([data(1)])
+        full = gateway.conn.execute("PRAGMA page_count").fetchone()[0]
+        gateway.conn.execute(f"PRAGMA max_page_count = {full}")
+        batch = [data(seq) for seq in range(2, 45)]
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            gateway.handle_site(batch)
+        assert gateway.quarantine.counts == {}
+        gateway.conn.execute("PRAGMA max_page_count = 1000000")  # room again: the broker delivers the batch anew
+        gateway.handle_site(batch)
+        assert gateway.outbox.depth()["telemetry"] == 44
+        assert gateway.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+    finally:
+        gateway.outbox.close()
         gateway.conn.close()
