@@ -6,6 +6,7 @@ is read from the outside: its births (the version it runs) and its "ota" events.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,36 @@ def test_a_node_that_runs_from_romfs_updates_into_its_file_slot(tmp_path: Path, 
     assert "runs release 0.2.0" in console, console
     assert "MemoryError" not in console, console
     assert dev.read("slot.json")["run"] == "ota/b"
+
+
+def test_an_update_whose_link_stays_down_gives_up_and_the_node_samples_again(tmp_path: Path, mpy: Path,
+                                                                             broker: Mosquitto, relay: Relay,
+                                                                             make_release: Build,
+                                                                             key: Ed25519PrivateKey) -> None:
+    """The updater stops sampling for the download. A broker that went away mid-download (or a link that never
+    came up) left it waiting for the link with no limit: a node blind, storing nothing, for as long as the broker
+    was away. Two minutes without a chunk end the update whatever the cause: refused with the reason, the old
+    code runs on and samples, and the refusal goes upstream once the broker is back."""
+    rel = make_release("0.2.0")
+    relay.releases.add_dir(rel.dir)
+    relay.hold = len(rel.manifest) + 2048  # the download stops there; the node is mid-file when the broker goes
+    listener = Listener(broker.port, SITE, DEV)
+    with device(tmp_path, mpy, broker, key) as dev:
+        assert on_version(listener, "0.1.0", 30), dev.console()
+        dev.command(1, "ota", rel.command_args())
+        with relay.lock:
+            assert relay.lock.wait_for(lambda: relay.held, 60), dev.console()
+        listener.close()
+        broker.stop()
+        time.sleep(135)  # past the updater's two minutes without a chunk
+        broker.start()
+        listener = Listener(broker.port, SITE, DEV)
+        assert listener.wait(lambda m: ota_events(listener) and births(listener), 90), dev.console()
+        console = dev.console()
+    listener.close()
+    ev = ota_events(listener)[-1]
+    assert (ev["ota.v"], ev["ota.ok"]) == ("0.2.0", False), ev
+    assert ev["ota.res"] == "refused: no link to the broker for 120 s", ev
+    assert births(listener)[-1]["fw"] == "0.1.0"
+    assert not (dev.flash / "ota.json").exists()
+    assert "Traceback" not in console, console

@@ -18,6 +18,7 @@ import gc
 import hashlib
 import os
 import sys
+from time import ticks_diff, ticks_ms
 
 import hal
 import persist
@@ -29,7 +30,7 @@ from protocol import topics
 CHUNK = 1024
 _BOOTS = 5  # boots without a file completed before the updater gives up (a bug, a release it cannot take)
 _WAIT_MS = 2000  # an unanswered request is sent again after this
-_IDLE_MS = 120000  # no chunk for this long: the gateway has no such release
+_IDLE_MS = 120000  # no chunk for this long: the gateway has no such release, or the link is down
 
 
 class Refused(Exception):
@@ -102,23 +103,30 @@ class Updater:
             self.ev.set()
 
     async def get(self, off, n):
-        """Bytes off..off+n of the release, asked for again until they come; Refused after _IDLE_MS."""
+        """Bytes off..off+n of the release, asked for again until they come; Refused after _IDLE_MS without
+        them, the link up or not: the node samples nothing while the updater runs, so a broker or Wi-Fi that
+        stays away must not keep it here."""
         self.want, self.chunk = off, None
-        waited = 0
+        t0 = ticks_ms()
         while True:
             self.ev.clear()
-            await self.mqtt.publish(self.req, ("%s %d %d" % (self.v, off, n)).encode())
             try:
+                if not self.mqtt.isconnected():
+                    await asyncio.wait_for_ms(self.mqtt.wait_connected(), _WAIT_MS)
+                await self.mqtt.publish(self.req, ("%s %d %d" % (self.v, off, n)).encode())
                 await asyncio.wait_for_ms(self.ev.wait(), _WAIT_MS)
-            except asyncio.TimeoutError:
-                waited += _WAIT_MS
-                if waited >= _IDLE_MS:
-                    raise Refused("no answer from the gateway for %d s" % (_IDLE_MS // 1000))
+            except (asyncio.TimeoutError, OSError):  # OSError: the link went down under the request
+                if ticks_diff(ticks_ms(), t0) >= _IDLE_MS:
+                    self._idle()
                 continue
             c = self.chunk
             if len(c) != n:
                 raise Refused("chunk at %d: %d bytes for %d" % (off, len(c), n))
             return c
+
+    def _idle(self):
+        raise Refused("%s for %d s" % ("no answer from the gateway" if self.mqtt.isconnected()
+                                       else "no link to the broker", _IDLE_MS // 1000))
 
     async def fill(self, path, off, size, h=None):
         """The file at `path` made the release's bytes off..off+size, resuming from what is on flash; the
@@ -180,7 +188,10 @@ class Updater:
         await self.board.connect(self.secrets)
         await self.mqtt.subscribe(self.topic, 0)
         self.mqtt.start()
-        await self.mqtt.wait_connected()
+        try:
+            await asyncio.wait_for_ms(self.mqtt.wait_connected(), _IDLE_MS)
+        except asyncio.TimeoutError:
+            self._idle()
         # A request is written in pieces (mqtt.py's _send), and Nagle held all but the first until the broker's
         # delayed ACK: 59 ms a KB on loopback, 2 with TCP_NODELAY (bench/ota_bench.py). Set here, not in mqtt.py,
         # which every boot keeps resident. IPPROTO_TCP 6 and TCP_NODELAY 1 on Linux and lwIP alike; the sim's
