@@ -598,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, out: Any) -> int:
     from rich import progress as rp
+    from rich.markup import escape
     from rich.table import Table
 
     if args.image is not None and not args.image.is_file():
@@ -616,7 +617,7 @@ def _run(args: argparse.Namespace, out: Any) -> int:
         # The key is recorded before any board gets it: a key only the board held would be lost to the gateway.
         status = record(registry, args.site, args.device_id, args.profile, key) if registry else None
         if args.image is not None:
-            out.print(f"writing {args.image} with esptool")
+            out.print(f"writing {escape(str(args.image))} with esptool")
             write_image(args.port, args.image, args.chip, args.image_offset, args.erase, args.image_baud)
         if args.romfs:
             with board(args.port, args.baud, args.connect_timeout, soft_reset=not args.resume) as b:
@@ -648,18 +649,19 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             bar.update(task, description=args.device_id)
             if not args.no_reset:
                 b.reboot()
-    table = Table(title=f"flashed {args.device_id} on {args.port}", show_header=False)
+    # what the operator typed (a port, a host, a path with [brackets]) shown as text, never markup
+    table = Table(title=f"flashed {args.device_id} on {escape(args.port)}", show_header=False)
     code_bytes = sum(f.size for f in files if f.path.startswith("lib/"))
     code = (f"lib/ holds {code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}" if not args.romfs
             else "the code is in the ROMFS partition, lib/ is empty")
     table.add_row("profile / site", f"{args.profile} / {args.site}")
-    table.add_row("broker", f"{host}:{port}{' (TLS)' if args.tls else ''}")
+    table.add_row("broker", f"{escape(host)}:{port}{' (TLS)' if args.tls else ''}")
     table.add_row("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
                            f"{len(result.removed)} stale removed; all verified by SHA-256")
     table.add_row("bytes", f"{result.bytes_written} written in {result.seconds:.1f} s; {code}")
-    table.add_row("key", f"{key_source}, sha256 {hashlib.sha256(key).hexdigest()[:12]}")
+    table.add_row("key", f"{escape(key_source)}, sha256 {hashlib.sha256(key).hexdigest()[:12]}")
     if registry is not None:
-        table.add_row("registry", f"{registry} ({status}): paste its \\[\\[devices]] into site.toml")
+        table.add_row("registry", f"{escape(str(registry))} ({status}): paste its \\[\\[devices]] into site.toml")
     table.add_row("next", "left at the REPL" if args.no_reset else "board reset: it boots the firmware")
     out.print(table)
     return 0

@@ -168,6 +168,19 @@ def test_an_error_is_one_line_as_it_is(vdev: VirtualDevice, tmp_path: Path,
     assert capsys.readouterr().err == f"flash failed: --image: {image} does not exist\n"
 
 
+def test_what_the_operator_typed_is_shown_as_text(vdev: VirtualDevice, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The registry path in the summary is what the operator typed: a "[site-a]" in it vanished from the line, and
+    a "[/]" ended a run that had flashed the board in a MarkupError traceback (exit 1, as if it had failed)."""
+    monkeypatch.setenv("COLUMNS", "300")
+    registry = tmp_path / "[site-a]" / "batch[" / "]registry.toml"  # .../[site-a]/batch[/]registry.toml
+    registry.parent.mkdir(parents=True)
+    assert cli.main(["flash", "--port", vdev.port, "--profile", "gas", "--device-id", "gas-01", "--site", "site-a",
+                     "--broker", "127.0.0.1:1883", "--registry", str(registry), "--no-reset"]) == 0
+    assert f"{registry} (added)" in capsys.readouterr().out
+
+
 def test_a_file_name_that_is_not_utf8_is_removed_from_lib(vdev: VirtualDevice, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
