@@ -68,20 +68,24 @@ class Subscriber:
         self._link: Link | None = None
         self.batches = 0
         self.messages = 0
+        self._stuck = 0  # handler failures since a batch was last handled (reset by _consume)
 
     async def run(self) -> None:
         """Connect, consume and reconnect with backoff until cancelled (cancellation disconnects cleanly)."""
         backoff = BACKOFF_FIRST_S
         failed = 0  # attempts failed in a row (a connection lost counts as one)
         logged: tuple[str, float] | None = None  # the last failure logged: its error, and when (monotonic)
+        self._stuck = 0
+        stuck_logged: tuple[str, float] | None = None
         while True:
             try:
                 async with Link(self.broker, logging.getLogger(f"lifeline.mqtt.{self.name}")) as link:
                     await link.subscribe(self.topics, qos=1)
                     self._link = link
                     self.connected.set()
-                    event(log, "connected", link=self.name, host=self.broker.host, port=self.broker.port,
-                          client_id=self.broker.client_id, failed=failed)
+                    if self._stuck < 2:  # a handler that keeps failing reconnects each time: its own line says so
+                        event(log, "connected", link=self.name, host=self.broker.host, port=self.broker.port,
+                              client_id=self.broker.client_id, failed=failed)
                     backoff = BACKOFF_FIRST_S
                     failed = 0
                     await self._consume(link)
@@ -93,9 +97,16 @@ class Subscriber:
                           retry_in_s=round(backoff, 2), failed=failed)
                     logged = (error, now)
             except Exception as exc:  # the handler failed: its batch stays unacknowledged and comes again
-                log.exception("batch handler failed")
-                event(log, "reconnecting", logging.ERROR, link=self.name, error=repr(exc),
-                      retry_in_s=round(backoff, 2))
+                # A store that stays full fails every redelivery: the first failure is logged with its traceback,
+                # then a changed error, and otherwise one line a minute with the count, as a link that stays down.
+                self._stuck += 1
+                now, error = time.monotonic(), repr(exc)
+                if (self._stuck == 1 or stuck_logged is None or stuck_logged[0] != error
+                        or now - stuck_logged[1] >= FAIL_LOG_S):
+                    log.error("batch handler failed", exc_info=self._stuck == 1,
+                              extra={"fields": {"link": self.name, "error": error, "failed": self._stuck,
+                                                "retry_in_s": round(backoff, 2)}})
+                    stuck_logged = (error, now)
             finally:
                 self._link = None
                 self.connected.clear()
@@ -121,6 +132,9 @@ class Subscriber:
                 self.handle(handed if isinstance(handed, list) else await handed)  # commits
                 for m in batch:
                     link.ack(m)
+                if self._stuck:
+                    event(log, "batch handler recovered", logging.WARNING, link=self.name, failed=self._stuck)
+                    self._stuck = 0
                 self.batches += 1
                 self.messages += len(batch)
                 # The link parses a whole read at once, so the inbox can hold thousands: without a turn of the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import sqlite3
 from pathlib import Path
 
 import aiomqtt
@@ -201,3 +203,43 @@ async def test_a_refused_subscription_keeps_the_subscriber_down_and_says_why(
             await task
     errors = [getattr(r, "fields", {}).get("error", "") for r in caplog.records if r.getMessage() == "disconnected"]
     assert errors == [f"subscription refused: {TOPIC} (NOT_AUTHORIZED)"]
+
+
+async def test_a_handler_that_keeps_failing_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """A store that stays full fails the batch at each redelivery: every reconnect logged a traceback and two
+    lines more (connected, reconnecting), thousands a day in a site box's journal. The first failure is logged
+    with its traceback, then one line a minute with the count, and the recovery once with the count."""
+    caplog.set_level(logging.INFO)
+    with Mosquitto() as b:
+        full = {"on": True}
+        got: list[bytes] = []
+        calls = 0
+
+        def handle(batch: list[Incoming]) -> None:
+            nonlocal calls
+            calls += 1
+            if full["on"]:
+                raise sqlite3.OperationalError("database or disk is full")
+            got.extend(m.payload for m in batch)
+
+        sub = Subscriber("site", broker_config(b), [TOPIC], handle, backoff_max_s=0.02)
+        task = asyncio.create_task(sub.run())
+        try:
+            await asyncio.wait_for(sub.connected.wait(), 10)
+            await publish(b, [b"reading"])
+            async with asyncio.timeout(10):
+                while calls < 10:
+                    await asyncio.sleep(0.01)
+            full["on"] = False
+            async with asyncio.timeout(10):
+                while not got:
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    [failed] = [r for r in caplog.records if r.getMessage() == "batch handler failed"]
+    assert failed.exc_info is not None and failed.fields["failed"] == 1  # type: ignore[attr-defined]
+    assert len([r for r in caplog.records if r.getMessage() == "connected"]) <= 2
+    [recovered] = [r.fields for r in caplog.records if r.getMessage() == "batch handler recovered"]  # type: ignore[attr-defined]
+    assert recovered["failed"] >= 10 and got == [b"reading"]
