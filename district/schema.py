@@ -101,8 +101,10 @@ readings = Table(
     Column("s", Float),
     Index("readings_series", "site", "dev", "n", "t"),
     # a message's readings: the newest ones the desk's sample -> desk times are of, found from the newest messages
-    # without reading the whole table (district/store.open_engine adds it to an older database)
+    # without reading the whole table (district/store.open_engine adds this index and the next to an older database)
     Index("readings_message", "message"),
+    # the oldest readings, which the retention folds (district/retention.py) without reading the recent ones
+    Index("readings_time", "t"),
 )
 
 # Readings older than the raw retention are folded into one row per (series, bucket).
