@@ -544,6 +544,26 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _ssid(text: str) -> str:
+    """An SSID of at most 32 bytes (802.11): ESP-IDF cuts a longer one to its 32-byte field, and the board looks
+    for a network of that name for ever."""
+    if len(text.encode()) > 32:
+        raise argparse.ArgumentTypeError(f"{len(text.encode())} bytes: an SSID is at most 32")
+    return text
+
+
+def _wifi_password(text: str) -> str:
+    """A password some Wi-Fi security takes: none (an open network), WEP's 5 or 13 characters or 10 or 26 hex
+    digits, or WPA's passphrase of 8-63 characters or key of 64 hex digits. Anything else never joins: ESP-IDF
+    cuts it to its 64-byte field, or the access point refuses it, and the board boots to no network."""
+    n = len(text.encode())
+    hex_key = all(c in "0123456789abcdefABCDEF" for c in text)
+    if not (n in (0, 5) or 8 <= n <= 63 or (n == 64 and hex_key)):
+        raise argparse.ArgumentTypeError(f"{n} bytes: no Wi-Fi security takes that (WPA: 8-63 characters or 64 hex "
+                                         "digits; WEP: 5 or 13 characters; empty for an open network)")
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("exit status: 0 flashed; 1 the board, its port or a step on it failed; 2 a usage error (an option, "
                 "or the key, image or registry file it names), refused before the board is touched")
@@ -554,8 +574,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, type=_host_port, metavar="HOST:PORT",
                    help="the site broker as the device reaches it")
     p.add_argument("--tls", action="store_true", help="connect to the broker with TLS")
-    p.add_argument("--wifi-ssid", default="")
-    p.add_argument("--wifi-password", default="")
+    p.add_argument("--wifi-ssid", type=_ssid, default="")
+    p.add_argument("--wifi-password", type=_wifi_password, default="")
     p.add_argument("--mqtt-user", default=None, help="broker user name (default: the device id)")
     p.add_argument("--mqtt-password", default=None)
     p.add_argument("--ntp", action="append", metavar="HOST", help="NTP server (repeatable; "

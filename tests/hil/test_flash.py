@@ -138,6 +138,29 @@ def test_a_key_file_of_raw_bytes_stops_before_the_board(vdev: VirtualDevice, tmp
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--wifi-ssid", "s" * 33), ("--wifi-ssid", "\u00e9" * 17),
+                                           ("--wifi-password", "four"), ("--wifi-password", "seven77"),
+                                           ("--wifi-password", "p" * 65), ("--wifi-password", "g" * 64)])
+def test_wifi_settings_no_network_takes_are_exit_2(vdev: VirtualDevice, tmp_path: Path, option: str, value: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An SSID past 32 bytes, a password past 64 (ESP-IDF's fields: the rest is cut off), or one no Wi-Fi security
+    takes (4 or 7 characters, 64 that are not hex) was flashed: the board booted and never joined its network,
+    a node that never came online with nothing to say why. Refused before the board is touched."""
+    with pytest.raises(SystemExit) as exit_:
+        flash(vdev, tmp_path, "--key", KEY.hex(), option, value)
+    assert exit_.value.code == 2 and f"argument {option}: " in capsys.readouterr().err
+    assert flash_files(vdev) == {}
+
+
+@pytest.mark.parametrize("option, value", [("--wifi-ssid", "s" * 32), ("--wifi-password", ""),
+                                           ("--wifi-password", "wep40"), ("--wifi-password", "eight888"),
+                                           ("--wifi-password", "p" * 63), ("--wifi-password", "ab" * 32)])
+def test_wifi_settings_a_network_takes(tmp_path: Path, option: str, value: str) -> None:
+    args = cli.build_parser("flash").parse_args(["flash", "--port", "/dev/null", "--profile", "gas", "--device-id",
+                                                 "gas-01", "--site", "site-a", "--broker", "h:1", option, value])
+    assert getattr(args, option[2:].replace("-", "_")) == value
+
+
 def test_an_option_argparse_refuses_is_exit_2(vdev: VirtualDevice, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         flash(vdev, tmp_path, broker="no-port")
