@@ -50,6 +50,7 @@ from protocol import message, message_check, topics
 
 BAR = 20
 CONNACK_S = 10.0  # how long the site broker may take to answer CONNECT
+PROGRESS_S = 60.0  # a stage that waits says how far it is this often: a node's news may be minutes apart
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,10 +264,15 @@ class Rollout:
             for dev in stage.devices:
                 self.send(dev)
             deadline = stage.sent_at + timeout_s
+            told = stage.sent_at
             while stage.open() and time.time() < deadline:
                 self.look(stage)
                 if not stage.open():
                     break
+                if time.time() - told >= PROGRESS_S:  # a sleeping node is silent till its wake: not a hang
+                    told = time.time()
+                    self.say(f"{stage.name}: {len(stage.landed)} landed, {len(stage.failed)} failed, "
+                             f"{len(stage.open())} waiting; {deadline - told:.0f} s left of --stage-timeout")
                 time.sleep(poll_s)
             self.look(stage)
             for dev in stage.open():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeline import cli
+from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto, free_port
 
 
@@ -176,3 +176,19 @@ def test_nothing_to_update_still_writes_the_summary(tmp_path: Path, capsys: pyte
     assert "nothing to update" in capsys.readouterr().out
     assert json.loads(summary.read_text()) == {"version": "0.2.0", "halted": "", "landed": [], "failed": {},
                                                "pending": [], "untouched": [], "stages": []}
+
+
+def test_a_stage_that_waits_says_how_far_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage waits up to --stage-timeout (900 s by default, to cover a sleeping node's wake): after a node's
+    "waiting" nothing was printed until the stage ended, and a quarter of an hour of silence looked like a hang.
+    It says how far the stage is every PROGRESS_S (60 s; 1 s here)."""
+    monkeypatch.setattr(ota, "PROGRESS_S", 1.0)
+    served = release_dir(tmp_path / "0.2.0")
+    with Mosquitto() as broker:  # no node on it: gas-01 never answers
+        config = site(tmp_path, served, broker.port)
+        assert cli.main(["ota", "rollout", "--config", str(config), "--release", str(served), "--stage-timeout",
+                         "3.5", "--poll", "0.2"]) == 1
+    out = capsys.readouterr().out
+    told = [line for line in out.splitlines() if line.startswith("canary: 0 landed, 0 failed, 1 waiting; ")]
+    assert len(told) >= 2 and all(line.endswith(" s left of --stage-timeout") for line in told), out
