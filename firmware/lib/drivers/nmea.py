@@ -2,13 +2,16 @@
 
 Only checksummed sentences count; a bad checksum, a sentence cut short (a new '$' before its end, an
 over-long line, no '*hh') or fields that do not parse are dropped and counted by reason, and the
-last good fix stays. See docs/drivers.md for the fields used."""
+last good fix stays, until the receiver has sent nothing for _QUIET_MS. See docs/drivers.md for the fields used."""
+
+from time import ticks_diff, ticks_ms
 
 from micropython import const
 
 from drivers import Driver
 
 _LINE_MAX = const(100)  # NMEA 0183 caps a sentence at 82 characters; some receivers run over
+_QUIET_MS = const(5000)  # no sentence for this long (several of a 1 Hz receiver's periods): it stopped answering
 
 
 def _coord(text, hemi, neg, limit):
@@ -43,6 +46,7 @@ class NMEA(Driver):
         self.bad_checksum = 0
         self.partial = 0
         self.malformed = 0
+        self._last = ticks_ms()  # when the last sentence was accepted (named as clock.py's: no new name)
 
     def poll(self):
         """Feeds whatever the UART holds; returns the number of GGA/RMC sentences accepted."""
@@ -50,8 +54,12 @@ class NMEA(Driver):
         return self.feed(self.uart.read(n)) if n else 0
 
     def values(self):
-        """The sampler's read: fix, and lat, lon (and alt) while there is a position."""
+        """The sampler's read: fix, and lat, lon (and alt) while there is a position. A receiver that stopped
+        answering has no fix: its last one, sent on as current, put every reading where the drone had been."""
         self.poll()
+        if ticks_diff(ticks_ms(), self._last) > _QUIET_MS:
+            self.fix = 0
+            self.lat = self.lon = self.alt = None
         out = [("fix", self.fix)]
         if self.lat is not None:
             out += [("lat", self.lat), ("lon", self.lon)]
@@ -131,6 +139,7 @@ class NMEA(Driver):
             self.malformed += 1
             return 0
         self.sentences += 1
+        self._last = ticks_ms()
         return 1
 
     def unix_time(self):

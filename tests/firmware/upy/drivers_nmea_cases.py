@@ -1,6 +1,8 @@
 """NMEA 0183: real GGA/RMC/GSV sentences with their checksums, in any chunking, with bad checksums,
 cut sentences and checksummed junk; a SimNMEA round trip."""
 
+import time
+
 from drivercheck import Clock, eq, near
 from simdev import SimNMEA
 
@@ -132,3 +134,19 @@ def case_nmea_made_by_profile_name_gives_fix_and_position():
     clock.t += 1000
     eq(gps.poll(), 2, "poll feeds the UART")
     eq(gps.values(), [("fix", 0)], "no position without a fix")
+
+
+def case_nmea_a_receiver_that_stops_answering_has_no_fix():
+    """A receiver gone silent (unplugged, dead, its UART cut) kept its last fix: every drone pack went on
+    carrying that position with fix 1, as if current, and the gateway attributed the readings to where the
+    drone had been. Past _QUIET_MS without a sentence its fix is gone, as a GGA without fix says it."""
+    clock = Clock()
+    pos = [(48.858370, 2.294481, 35.0)]
+    gps = NMEA(SimNMEA(lambda: pos[0], utc_fn=lambda: 1715941293.5, clock=clock))
+    eq(gps.values()[0], ("fix", 1), "a fix while it answers")
+    time.sleep_ms(1500)  # a sample between two sentences is no silence
+    eq(gps.values()[0], ("fix", 1), "one quiet second")
+    time.sleep_ms(4000)  # the model's clock stands still: it sends nothing more
+    eq(gps.values(), [("fix", 0)], "no position once it stopped answering")
+    clock.t += 1000
+    eq(gps.values()[0], ("fix", 1), "a fix again once it answers")
