@@ -103,3 +103,33 @@ def test_seed_text_is_shown_as_written_in_the_live_view(tmp_path: Path) -> None:
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert "incident: Gas leak [north gate] [/]" in shown and "[bold]yongchuan[/]" in shown, shown
     assert "playing [/gas-leak]" in shown, shown
+
+
+def test_a_summary_that_cannot_be_written_leaves_the_last_one_whole(tmp_path: Path) -> None:
+    """summary.json is for tools, and under --forever it is rewritten after each pass: it was truncated and then
+    written in place, so a tool reading it meanwhile, or after a write the disk could not take (here a file size
+    limit), found half a JSON document. The last one stays whole until the new one is."""
+    import json
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    last = {"ok": True, "site": "the last pass"}
+    (tmp_path / "summary.json").write_text(json.dumps(last))
+    (tmp_path / "summary.md").write_text("# the last pass\n")
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as ENOSPC would be
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    code = ("import sys\nfrom pathlib import Path\nfrom lifeline.demo import report\nfrom lifeline.virtual import "
+            "plan\nfrom lifeline.virtual.recorder import DistrictLog\n"
+            "report.write_summary(report.summarise(plan.load(), DistrictLog(), 0.0, True, []), Path(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode != 0 and "File too large" in done.stderr, done.stderr
+    assert json.loads((tmp_path / "summary.json").read_text()) == last
+    assert (tmp_path / "summary.md").read_text() == "# the last pass\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "summary.md"]  # no temp file left

@@ -9,6 +9,7 @@ recorder share one host clock, so the difference needs no clock correction.
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from collections import defaultdict
@@ -197,10 +198,23 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.0f}"
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """`data` written beside `path` and renamed over it: a tool reading the report (rewritten after each pass
+    under --forever) finds the last one or this one whole, never half, and a write the disk cannot take leaves
+    the last one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
     data = asdict(summary)
     js = out / "summary.json"
-    js.write_text(json.dumps(data, indent=2) + "\n")
+    replace_whole(js, (json.dumps(data, indent=2) + "\n").encode())
     t0 = summary.t0
     lines = [f"# Site demo: {summary.site}{' (quick)' if summary.quick else ''}", ""]
     verdict = ("every expected alarm reached the district" if summary.ok
@@ -242,7 +256,7 @@ def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
     md = out / "summary.md"
-    md.write_text("\n".join(lines) + "\n")
+    replace_whole(md, ("\n".join(lines) + "\n").encode())
     return md, js
 
 
@@ -306,8 +320,10 @@ def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool,
                  f"(labels: level, device sample → district ms)", fontsize=12)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     path = out / "timeline.png"
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    replace_whole(path, png.getvalue())
     return path
 
 
