@@ -89,11 +89,11 @@ class Gateway:
                                                                       topics.ACK)]
         self.stage = CheckStage(cfg.check_processes, self.registry.devices) if cfg.check_processes else None
         self.site = Subscriber("site", cfg.site_broker, site_topics, self.handle_site, cfg.ingest_batch,
-                               prepare=self.stage.prepare if self.stage else None)
+                               prepare=self.stage.prepare if self.stage else None, clock=self.stamp)
         down = replace(cfg.district_broker, client_id=cfg.district_broker.client_id + "-down")
         # After a district outage the downlink must be back as soon as the uplink is: the same backoff cap.
         self.down = Subscriber("downlink", down, [district.down(cfg.site, k) for k in district.DOWN_KINDS],
-                               self.handle_down, 50, BACKOFF_MAX_S)
+                               self.handle_down, 50, BACKOFF_MAX_S, clock=self.stamp)
         self.accepted: Counter[str] = Counter()
         self.batches_redone = 0  # batches that failed whole and were redone one message at a time
         self._redone_logged: float | None = None  # monotonic time of the last line saying so
@@ -113,7 +113,7 @@ class Gateway:
         self.conn.commit()
         ota_broker = replace(cfg.site_broker, client_id=cfg.site_broker.client_id + "-ota")
         self.ota_link = Subscriber("ota", ota_broker, [topics.device_filter(cfg.site, topics.OTA_REQ)],
-                                   self.handle_ota, 100)
+                                   self.handle_ota, 100, clock=self.stamp)
         self.chunks: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()  # a node has one request out at a time
 
     def _alarm_engine(self) -> AlarmEngine:
@@ -412,11 +412,9 @@ class Gateway:
 
     def tick(self, now: float, mono: float | None = None) -> None:
         """Time-driven work at wall time `now`; `mono`, the monotonic clock read beside it, lets a step of the
-        wall clock since the last tick be found and taken out of every span first."""
+        wall clock since the last look be found and taken out of every span first."""
         if mono is not None:
-            step = self.clock.step(now, mono)
-            if step:
-                self.clock_stepped(step)
+            self._look(now, mono)
         for t in self.alarms.tick(now) + self.alarms.due_resends(now):
             self._up_alarm(t)
         for gap in self.sequence.due(now):
@@ -428,6 +426,21 @@ class Gateway:
         self.quarantine.tick(now)
         self._commit()
         self.metrics.update(self.snapshot())
+
+    def stamp(self, now: float | None = None, mono: float | None = None) -> float:
+        """The wall time a batch of messages is stamped with as it arrives (`now` and `mono` as read, when not
+        read here). A step of the wall clock is looked for first: found only by the next tick, up to a second
+        later, the step moved what had arrived meanwhile, stamped on the clock as set, with the spans of
+        before: set back an hour, a device just heard looked silent for an hour, a stale alarm at once."""
+        now = time.time() if now is None else now
+        self._look(now, time.monotonic() if mono is None else mono)
+        return now
+
+    def _look(self, now: float, mono: float) -> None:
+        step = self.clock.step(now, mono)
+        if step:
+            self.clock_stepped(step)
+            self._commit()  # at once: a batch rolled back after it must not take the moved spans with it
 
     def clock_stepped(self, step: float) -> None:
         event(log, "clock-step", logging.WARNING, seconds=round(step, 3))

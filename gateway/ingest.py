@@ -56,8 +56,11 @@ class Subscriber:
     def __init__(self, name: str, broker: BrokerConfig, topics: Sequence[str],
                  handle: Callable[[list[Incoming]], None], batch_max: int = 200,
                  backoff_max_s: float = BACKOFF_MAX_S,
-                 prepare: Callable[[list[Incoming]], Awaitable[list[Incoming]]] | None = None) -> None:
+                 prepare: Callable[[list[Incoming]], Awaitable[list[Incoming]]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the wall time each batch is stamped with as it arrives."""
         self.name = name
+        self.clock = clock
         self.broker = broker
         self.topics = list(topics)
         self.handle = handle
@@ -123,7 +126,7 @@ class Subscriber:
                     batch = [await link.message()]
                     batch += link.ready(self.batch_max - 1)
                 if batch:
-                    now = time.time()
+                    now = self.clock()
                     items = [Incoming(m.topic, m.payload, m.retain, now) for m in batch]
                     queued.append((batch, items if self.prepare is None else self.prepare(items)))
                 if self.prepare is not None and batch and len(queued) < 2:

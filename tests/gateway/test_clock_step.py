@@ -117,3 +117,21 @@ def test_the_watch_names_a_step_and_ignores_drift() -> None:
     # the first look has nothing to compare with; NTP's slewing (half a millisecond a second at most) is no step
     assert steps == [0.0, 0.0, pytest.approx(3600), pytest.approx(-STEP_S - 1), 0.0]
     assert watch.steps == 2
+
+
+def test_what_arrives_between_a_step_and_the_next_tick_keeps_its_time(gw: Gateway) -> None:
+    """The ingest stamps each batch as it arrives; the tick alone looked for a step, up to a second later, and
+    then moved what had arrived meanwhile, stamped on the clock as set, with the spans of before: set back an
+    hour, a device heard half a second before the tick looked silent for an hour, a stale alarm at once. A
+    batch's stamp now looks for the step first; the daemon's links stamp their batches with it."""
+    assert gw.site.clock == gw.down.clock == gw.ota_link.clock == gw.stamp
+    gw.handle_site([reading("d1", 1, 0.1, NOW)])
+    gw.tick(NOW + 1, MONO + 1)
+    at = gw.stamp(NOW - 3600 + 1.5, MONO + 1.5)  # set back an hour, and a reading arrives before the next tick
+    gw.handle_site([reading("d1", 2, 0.1, at)])
+    gw.tick(NOW - 3600 + 2, MONO + 2)
+    assert stale(gw) == [] and gw.snapshot().clock_steps == 1
+    gw.tick(at + GAS_YELLOW_S - 5, MONO + 1.5 + GAS_YELLOW_S - 5)
+    assert stale(gw) == []
+    gw.tick(at + GAS_YELLOW_S + 1, MONO + 1.5 + GAS_YELLOW_S + 1)
+    assert stale(gw) == [("d1", "raised")]
