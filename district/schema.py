@@ -190,6 +190,7 @@ work_order_steps = Table(
     Column("team", String(64)),
     Column("note", Text),  # findings, action taken, or the correction, as the step says
     Column("action", Text),
+    Index("work_order_steps_order", "order_id"),  # an order's steps (district/store.open_engine adds it too)
 )
 
 users = Table(

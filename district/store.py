@@ -90,9 +90,10 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("rollups: added the count of numbers of each bucket")
     if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
-    for name in ("readings_message", "readings_time"):
-        if _add_index(engine, readings, name):
-            log.info("readings: added the index %s", name)
+    for table, name in ((readings, "readings_message"), (readings, "readings_time"),
+                        (work_order_steps, "work_order_steps_order")):
+        if _add_index(engine, table, name):
+            log.info("%s: added the index %s", table.name, name)
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
