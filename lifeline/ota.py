@@ -24,12 +24,14 @@ import argparse
 import json
 import math
 import os
+import signal
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 
 import cbor2
 import paho.mqtt.client as paho
@@ -60,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("rollout", help="send a release to a canary group, then the rest; halt on failures",
                        epilog="exit status: 0 every node landed; 1 a halt or a failed node, or a site broker that "
                               "cannot be reached or refuses the login (nothing sent); 2 a usage error (nothing "
-                              "sent); 130 interrupted (the outcome so far is written)")
+                              "sent); 130 interrupted (the outcome so far is written), 143 and 129 likewise on "
+                              "SIGTERM and SIGHUP")
     r.add_argument("--config", type=Path, required=True, help="site.toml (devices, keys, site broker, store)")
     r.add_argument("--release", type=Path, required=True, help="a release directory the gateway serves ([ota])")
     r.add_argument("--canary", default="1", help="canary group: a number of nodes, or a share like 10%% (default 1)")
@@ -140,6 +143,18 @@ def _ago(now: float, t: float | None) -> str:
 
 class SiteBrokerError(Exception):
     pass
+
+
+class Ended(Exception):
+    """SIGTERM or SIGHUP (a stop, a dropped SSH session) while the rollout runs: ended as Ctrl-C ends it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _ended(signum: int, frame: FrameType | None) -> None:
+    raise Ended(signum)
 
 
 class Sender:
@@ -385,28 +400,36 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             _write_summary(args.summary, rel.version, str(exc), [], {}, [], list(targets), stages)
         return 1
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
-    interrupted = False
+    interrupted = 0  # the exit status of a rollout ended early
+    previous = {signum: signal.signal(signum, _ended) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         ro.run(args.halt_share, args.stage_timeout, args.poll)
     except KeyboardInterrupt:  # the outcome so far is still told and written: which nodes have the command
-        interrupted = True
+        interrupted = 130
         ro.halted = "interrupted (Ctrl-C); the nodes sent the release go on"
+    except Ended as exc:  # killed outright, it told and wrote nothing
+        interrupted = 128 + exc.signum
+        ro.halted = f"ended by {exc}; the nodes sent the release go on"
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sender.close()
         conn.close()
     untouched = [d for s in stages if not s.sent_at for d in s.devices]
     pending = [d for s in stages if s.sent_at for d in s.devices if d not in s.landed and d not in s.failed]
     landed = sorted(d for s in stages for d in s.landed)
     failed = {d: why for s in stages for d, why in s.failed.items()}
+    # written before it is told: after a hang-up the terminal is gone, and a print there fails
+    written = not args.summary or _write_summary(args.summary, rel.version, ro.halted, landed, failed, pending,
+                                                 untouched, stages)
     if ro.halted:
         console.print(f"[red]HALTED[/red]: {ro.halted}; {len(untouched)} node(s) not sent the release: "
                       f"{', '.join(untouched) or 'none'}")
     console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent"
                   + (f", {len(pending)} sent and not yet judged: {', '.join(pending)}" if pending else ""))
-    if args.summary and not _write_summary(args.summary, rel.version, ro.halted, landed, failed, pending, untouched,
-                                           stages):
+    if not written:
         return 1
-    return 130 if interrupted else 1 if ro.halted or failed else 0
+    return interrupted or (1 if ro.halted or failed else 0)
 
 
 def _write_summary(path: Path, version: str, halted: str, landed: list[str], failed: dict[str, str],
@@ -422,7 +445,7 @@ def _write_summary(path: Path, version: str, halted: str, landed: list[str], fai
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        print(f"--summary: cannot write {path} ({exc.strerror or exc}); the outcome is above", file=sys.stderr)
+        print(f"--summary: cannot write {path} ({exc.strerror or exc}); the outcome is on stdout", file=sys.stderr)
         return False
     return True
 

@@ -5,7 +5,9 @@ a MarkupError traceback mid-stage, its later stages never sent and no summary wr
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from test_rollout_refusals import release_dir, site
 from gateway.ota_relay import Ledger
 from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.site import ROOT, environment, lifeline_cmd
 from protocol import message, message_check, topics
 
 KEY = bytes(32)  # the key test_rollout_refusals.site gives gas-01
@@ -93,3 +96,33 @@ def test_an_interrupted_rollout_writes_its_summary(tmp_path: Path, monkeypatch: 
     doc = json.loads(summary.read_text())
     assert doc["pending"] == ["gas-01"] and doc["untouched"] == [] and doc["halted"].startswith("interrupted")
     assert "HALTED: interrupted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_rollout_ended_by_a_signal_writes_its_summary(tmp_path: Path, signum: signal.Signals) -> None:
+    """A dropped SSH session (SIGHUP) or a stop (SIGTERM) mid-stage ended the rollout at once, with nothing
+    said and the --summary never written: which nodes had the release was lost. Ended as Ctrl-C ends it: the
+    outcome so far written, exit 128 + the signal."""
+    served = release_dir(tmp_path / "0.2.0")
+    summary = tmp_path / "summary.json"
+    with Mosquitto() as broker:  # gas-01 is not on it: the stage waits
+        config = site(tmp_path, served, broker.port)
+        proc = subprocess.Popen([*lifeline_cmd(), "ota", "rollout", "--config", str(config), "--release",
+                                 str(served), "--stage-timeout", "120", "--summary", str(summary)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+                                cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if "gas-01" in line and "waiting" in line:
+                    break
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + signum, (out, err)
+    doc = json.loads(summary.read_text())
+    assert doc["pending"] == ["gas-01"] and doc["halted"].startswith(f"ended by {signum.name}"), doc
+    assert f"HALTED: ended by {signum.name}" in out, out
