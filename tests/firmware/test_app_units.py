@@ -117,6 +117,8 @@ def test_shipped_profiles_pass_the_boot_check(name: str) -> None:
     (("report_s",), 0, "report_s"), (("batch",), 100, "batch"), (("sensors", 0, "driver"), "x", "driver"),
     (("sensors", 0, "metrics", "ch4", "filters"), [{"delta": "a"}], "metric ch4"),
     (("tag",), ["nope"], "tag"), (("sleep",), {"awake_s": 3}, "sleep"),
+    # the flash queue refused it as it opened, at every boot, safe mode too
+    (("queue",), {"capacity": 4096, "segment": 4096}, "queue"),
 ])
 def test_profile_errors_name_the_field(path: tuple[Any, ...], value: Any, error: str) -> None:
     p = copy.deepcopy(json.loads((upy.FIRMWARE / "profiles" / "gas.json").read_text()))

@@ -117,8 +117,10 @@ def check_profile(p):
     _need(_int(p.get("keepalive", 60), 5, 3600), w, "keepalive must be 5..3600")
     _need(_int(p.get("wdt_ms", 30000), 1000, 600000), w, "wdt_ms must be 1000..600000")
     q = p.get("queue", {})
+    # Two segments at least: the flash queue refuses less as it opens, which crashed every boot, safe mode too
     _need(isinstance(q, dict) and _int(q.get("capacity", 65536), 4096, 1 << 24)
-          and _int(q.get("segment", 4096), 512, 1 << 20), w, "queue needs capacity and segment in bytes")
+          and _int(q.get("segment", 4096), 512, min(1 << 20, q.get("capacity", 65536) // 2)),
+          w, "queue needs capacity and segment in bytes, capacity at least two segments")
     sl = p.get("sleep")
     _need(sl is None or (isinstance(sl, dict) and _pos(sl.get("wake_s")) and _pos(sl.get("awake_s", 30))),
           w, "sleep needs wake_s (and awake_s) > 0")
