@@ -13,14 +13,13 @@ here, whatever the page showed them.
 from __future__ import annotations
 
 import time
-import unicodedata
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from district.accounts import Session
 from district.schema import alarms, audit, work_order_steps, work_orders
-from district.text import ILLEGIBLE, storable
+from district.text import ILLEGIBLE, readable, storable
 
 # action -> (the states it may start from, the state it leads to)
 STEPS = {
@@ -44,10 +43,9 @@ class WorkOrderError(Exception):
 
 
 def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
-    """A text a person reads, stripped; None when it has nothing to read (blank, or zero-width characters
+    """A text a person reads, stripped; None when it has nothing to read (blank, or characters that draw nothing
     alone, which would make an order read as dispatched to no one)."""
-    if value is None or (isinstance(value, str) and not any(not c.isspace() and unicodedata.category(c) != "Cf"
-                                                            for c in value)):
+    if value is None or (isinstance(value, str) and not readable(value)):
         if required:
             raise WorkOrderError(400, f"{what}: required")
         return None

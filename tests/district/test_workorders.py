@@ -219,14 +219,18 @@ def test_acknowledging_an_order_whose_alarm_was_acknowledged_before_is_audited(e
                                                              ("chen", "ack", ALARM, 40.0)]
 
 
-@pytest.mark.parametrize("invisible", ["\u200b", " \u2060 ", "\ufeff", "\u200d\u200c"],
-                         ids=["ZWSP", "word joiner", "BOM", "ZWJ ZWNJ"])
+@pytest.mark.parametrize("invisible", ["\u200b", " \u2060 ", "\ufeff", "\u200d\u200c", "\u200e\u200f", "\u061c",
+                                       "\u3164", "\u115f\u1160", "\uffa0", "\u2800 \u2800", "\u034f", "\ufe0f"],
+                         ids=["ZWSP", "word joiner", "BOM", "ZWJ ZWNJ", "LRM RLM", "ALM", "Hangul filler",
+                              "Hangul choseong and jungseong fillers", "halfwidth Hangul filler", "Braille blank",
+                              "combining grapheme joiner", "variation selector"])
 @pytest.mark.parametrize(("action", "field", "what"), [
     ("dispatch", "team", "team"), ("report", "note", "findings"), ("send-back", "note", "correction")])
 def test_a_required_text_of_invisible_characters_alone_is_refused(engine: Engine, invisible: str, action: str,
                                                                   field: str, what: str) -> None:
     """A team, findings or correction is required, and blank text was refused; one of zero-width characters
-    alone was taken, and the order read as dispatched to no one the officer or the team could see."""
+    alone was taken, and the order read as dispatched to no one the officer or the team could see. So was one
+    of fillers that draw nothing (Hangul's, Braille's blank) or of marks with nothing to mark."""
     order = raise_red(engine)
     sup = login(engine, "chen", "supervisor")
     with engine.begin() as conn:
