@@ -291,12 +291,12 @@ class App:
 
     def figures(self):
         """Health: free heap now and its low since the last figures, Wi-Fi signal, battery, queue depth and
-        drops, uptime."""
+        records lost (dropped to make room, or cut as damaged: a reading lost either way), uptime."""
         heap = self.heap()
         low, self.heapmin = self.heapmin, None
         q = self.pub.q
         return {"heap": heap, "heapmin": low, "rssi": self.board.rssi(), "batt": self.board.battery(), "qlen": len(q),
-                "qdrop": q.dropped[0] + q.dropped[1], "up": self.clock.up_ms() // 1000}
+                "qdrop": q.dropped[0] + q.dropped[1] + q.corrupt, "up": self.clock.up_ms() // 1000}
 
     def watch(self, sensor):
         """The watchdog is fed only while `sensor` beats at least every 3 sample periods (30 s at least).
