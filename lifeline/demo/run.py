@@ -155,7 +155,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 class _Stop(Exception):
-    """SIGTERM: leave through the same clean shutdown as Ctrl-C."""
+    """SIGTERM or SIGHUP: leave through the same clean shutdown as Ctrl-C."""
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -501,6 +501,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--out: {exc.filename or demo.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _sigterm)
+    # a dropped SSH session: its parts each run in a session of their own, so they would run on without it
+    previous_hup = signal.signal(signal.SIGHUP, _sigterm)
     # Ctrl-C must reach the demo even where it was started with SIGINT ignored (a background job of a script).
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     summary: demo_report.Summary | None = None
@@ -527,6 +529,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         signal.signal(signal.SIGINT, previous_int)
     assert summary is not None
     return 0 if summary.ok else 1
