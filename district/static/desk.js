@@ -5,7 +5,7 @@
 const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#3e8ed0" };
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back" };
-const desk = { me: null, alarms: [], orders: [], devices: [], selected: null, sent: new Map(), events: null };
+const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, sent: new Map(), events: null };
 
 function $(id) { return document.getElementById(id); }
 
@@ -105,16 +105,29 @@ async function loadOrders() {
 
 async function loadState() {
   const [sites, devices] = await Promise.all([api("/api/sites"), api("/api/devices")]);
-  desk.devices = devices;
+  desk.devices = new Map();
   $("sites").tBodies[0].replaceChildren(...sites.map((s) => h("tr", {},
     h("td", {}, s.site), h("td", {}, h("span", { class: "pill " + (s.online ? "online" : "offline") },
       s.online ? "online" : "offline")),
     h("td", {}, s.session ?? "—"), h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
     h("td", {}, Object.entries(s.devices).map(([k, n]) => `${n} ${k}`).join(", ") || "—"))));
-  $("devices").tBodies[0].replaceChildren(...devices.map((d) => h("tr", {},
-    h("td", {}, d.site), h("td", {}, d.dev), h("td", {}, h("span", { class: "pill " + d.state }, d.state)),
-    h("td", {}, d.batt === null ? "—" : d.batt + " V"), h("td", {}, ageCell(d.last_seen)),
-    h("td", { class: "muted" }, d.pos ? d.pos.map((x) => x.toFixed(5)).join(", ") : "—"))));
+  $("devices").tBodies[0].replaceChildren(...devices.map((d) => {
+    const seen = ageCell(d.last_seen);
+    desk.devices.set(d.site + "\n" + d.dev, seen);
+    return h("tr", {},
+      h("td", {}, d.site), h("td", {}, d.dev), h("td", {}, h("span", { class: "pill " + d.state }, d.state)),
+      h("td", {}, d.batt === null ? "—" : d.batt + " V"), h("td", {}, seen),
+      h("td", { class: "muted" }, d.pos ? d.pos.map((x) => x.toFixed(5)).join(", ") : "—"));
+  }));
+}
+
+// A reading changes nothing of a device the page shows but when it was last seen, which its notice carries: moved
+// here, since fetching every device of the district at each one was several fetches a second under ingest.
+function readingSeen(n) {
+  const seen = desk.devices.get(n.site + "\n" + n.dev);
+  if (!seen || typeof n.received !== "number") return false;
+  if (n.received > (+seen.dataset.t || 0)) { seen.dataset.t = n.received; seen.textContent = age(n.received); }
+  return true;
 }
 
 async function loadTimes() {
@@ -399,7 +412,7 @@ function onNotice(n) {
     case "command": refresh(["sent"]); break;
     case "ota": refresh(["ota"]); break;
     case "reading":
-      refresh(["state"]);
+      if (!readingSeen(n)) refresh(["state"]);
       if (sel) { const a = desk.alarms.find((x) => x.id === sel.alarm); if (a && a.site === n.site && a.dev === n.dev) refresh(["detail"]); }
       break;
     default: refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]);
