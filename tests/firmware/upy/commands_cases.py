@@ -5,6 +5,7 @@ profile (test_app_units.py)."""
 
 import asyncio
 import json
+import os
 
 from drivercheck import eq
 
@@ -66,3 +67,17 @@ def case_a_refusal_that_quotes_a_long_command_is_still_acked():
         raise AssertionError("results: %r" % [a[2][:20] for a in node.acks])
     _handle(node, 2, "\x01" * 600, {})  # redelivered: answered from memory, the same
     eq(node.acks[-1], node.acks[0], "the answer again")
+
+
+def case_an_ota_whose_signature_is_not_hex_is_refused_at_once():
+    """A sig of 128 characters that are not hex passed the form check: the node acked "updating", rebooted into
+    the updater, which failed on it at each of its 5 boots (a traceback each) and reported only that it did not
+    finish. It is refused with the command's ack now, and nothing is staged."""
+    node = Node()
+    _handle(node, 4, "ota", {"v": "2.0.0", "n": 100, "sig": "zz" * 64})
+    eq(node.acks, [(4, False, "ota needs sig: 64 bytes in hex")], "acks")
+    try:
+        os.stat("ota.json")
+    except OSError:
+        return
+    raise AssertionError("ota.json staged")
