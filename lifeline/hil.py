@@ -25,10 +25,22 @@ SUITE = ROOT / "hil_tests"
 BENCH_WRITES = ("devices", "site")  # what hil_tests/testbed.py makes in --bench-dir, all a run removes there
 
 
+def _count(text: str) -> int:
+    """Virtual devices per profile, at least one: the bench's plugin refuses fewer, but only after this command
+    has removed the last run's bench and reports."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least one device per profile")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", default=[], metavar="SPEC",
                    help="virtual (default) or serial:PORT[,profile=P][,id=ID][,stim=PORT,rig=FILE]; repeatable")
-    p.add_argument("--count", type=int, default=1, help="virtual devices per profile")
+    p.add_argument("--count", type=_count, default=1, help="virtual devices per profile (at least 1)")
     p.add_argument("--bench-host", default=None, help="address real boards reach the site broker at")
     p.add_argument("--wifi-ssid", default="")
     p.add_argument("--wifi-password", default="")

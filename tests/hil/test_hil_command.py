@@ -76,3 +76,15 @@ def test_an_earlier_runs_report_is_not_shown_for_a_run_that_wrote_none(tmp_path:
     assert "passed" not in out, out
     assert err == f"no report: pytest ended with exit status 4 before writing {tmp_path / 'report.json'}\n"
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "junit.xml").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_a_count_of_no_devices_is_a_usage_error(tmp_path: Path, suite_runs: list[list[str]], count: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--count 0 went to pytest, whose plugin refused it (exit 4, its own ERROR line and then "no report"), after
+    the last run's bench and reports were removed. A usage error (exit 2) before anything is removed or run."""
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["hil", "--out", str(tmp_path), "--count", count])
+    assert ended.value.code == 2 and "argument --count: " in capsys.readouterr().err
+    assert (tmp_path / "report.json").read_text() == "{}" and suite_runs == []
