@@ -16,6 +16,7 @@ from gateway.site_config import (
     BrokerConfig,
     ConfigError,
     ConfigTable,
+    _table_device,
     broker_config,
     file_devices,
     read_toml,
@@ -95,16 +96,15 @@ def _registry(t: ConfigTable) -> tuple[dict[str, bytes], dict[str, str]]:
         except ConfigError as exc:
             raise ConfigError(f"{t.name('devices')}: {exc}") from None
         return keys, classes
-    data = read_toml(path)
-    for i, d in enumerate(data.get("devices", [])):
-        where = f"{t.name('devices')} ({path}) devices[{i}]"
-        if not isinstance(d, dict) or not isinstance(d.get("id"), str) or not isinstance(d.get("key"), str):
-            raise ConfigError(f"{where}: each device needs an id and a key")
-        try:
-            keys[d["id"]] = bytes.fromhex(d["key"])
-        except ValueError:
-            raise ConfigError(f"{where}: key must be hex") from None
-        classes[d["id"]] = str(d.get("class", ""))
+    # [[devices]] tables, checked as the gateway checks them: each key was only hex, so a short key, an id
+    # listed twice (the later key taken) or an id the gateway refuses loaded, and the device's every message
+    # was then refused at ingest
+    registry = ConfigTable(read_toml(path), f"{t.name('devices')} ({path.name})", path.parent, t.check_files)
+    for dt in registry.tables("devices"):
+        dev = _table_device(dt)
+        if dev.id in keys:
+            raise dt.fail("id", f"device {dev.id!r} is listed twice")
+        keys[dev.id], classes[dev.id] = dev.key, dev.cls
     return keys, classes
 
 

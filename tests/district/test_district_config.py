@@ -67,3 +67,26 @@ def test_mistakes_name_their_field(tmp_path: Path, text: str, message: str) -> N
         config.load(write(tmp_path, text))
 
 
+
+
+@pytest.mark.parametrize(("devices", "message"), [
+    (f'[[devices]]\nid = "gas1"\nclass = "gas"\nkey = "{"ab" * 16}"\n',
+     r"sites\[0\]\.devices \(registry\.toml\)\.devices\[0\]\.key: must be 64 hex characters"),
+    (f'[[devices]]\nid = "gas1"\nclass = "gas"\nkey = "{"ab" * 32}"\n'
+     f'[[devices]]\nid = "gas1"\nclass = "gas"\nkey = "{"cd" * 32}"\n',
+     r"devices\[1\]\.id: device 'gas1' is listed twice"),
+    (f'[[devices]]\nid = "Gas 1"\nclass = "gas"\nkey = "{"ab" * 32}"\n', r"devices\[0\]\.id: must be 1-32 characters"),
+    (f'[[devices]]\nid = "gas1"\nclass = "sewer"\nkey = "{"ab" * 32}"\n',
+     r"devices\[0\]\.class: 'sewer' is not one of"),
+    (f'[[devices]]\nid = "gas1"\nclass = "gas"\nkey = "{"ab" * 32}"\nkye = "x"\n', r"devices\[0\]\.kye: unknown key"),
+])
+def test_a_registrys_devices_are_checked_as_the_gateway_checks_them(tmp_path: Path, devices: str, message: str) -> None:
+    """A site's registry (the [[devices]] tables `lifeline flash` writes, maybe edited by hand) was read with
+    no check but that each key is hex: a key of 16 bytes, a device listed twice with two keys (the later
+    taken), an id or class the gateway refuses were all loaded, and that device's every message was then
+    refused at ingest, its MAC failing. Each is a configuration error naming the file and the field, as in a
+    site's devices file."""
+    path = write(tmp_path, f'[[sites]]\nid = "s1"\nseal_key = "{KEY}"\ndevices = "registry.toml"\n')
+    (tmp_path / "registry.toml").write_text(devices)
+    with pytest.raises(ConfigError, match=message):
+        config.load(path)
