@@ -335,9 +335,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             raise release.ReleaseError(f"the gateway does not serve {args.release}: add it to [ota] releases in "
                                        f"{args.config} and reload the gateway (SIGHUP)")
         profiles = list(json.loads(rel.manifest).get("profiles", ()))
-        if not cfg.store_path.exists():
-            raise FileNotFoundError(f"no gateway store at {cfg.store_path}: the gateway runs the rollout's site")
-        conn = open_readonly(argparse.Namespace(store=cfg.store_path, config=None))  # checked to be SQLite
+        conn = open_readonly(argparse.Namespace(store=cfg.store_path, config=None))  # there, and SQLite
     except (ConfigError, FileNotFoundError, StoreError, release.ReleaseError) as exc:
         print(exc, file=sys.stderr)  # as it is: "[ota] releases" is no markup
         return 2

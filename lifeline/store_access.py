@@ -26,12 +26,22 @@ def add_store_arguments(parser: argparse.ArgumentParser, config_help: str) -> No
     where.add_argument("--store", type=Path, help="the gateway's SQLite store")
 
 
+def check_reachable(path: Path) -> None:
+    """A StoreError unless something is at `path`: a directory the operator may not enter (the gateway's state
+    directory is 0750) made Path.exists raise PermissionError, a traceback."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"no gateway store at {path}") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot reach it ({exc.strerror or exc})") from None
+
+
 def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = ()) -> sqlite3.Connection:
     """The store, checked to be one before it is read: a wrong --store (the site.toml, the district's database,
     a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query."""
     path = Path(args.store) if args.store is not None else load(args.config).store_path
-    if not path.exists():
-        raise StoreError(f"no gateway store at {path}")
+    check_reachable(path)
     conn = None
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

@@ -5,6 +5,7 @@ came from outside (a reject's topic and detail, a node's firmware version) shown
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
 from lifeline import cli
+from lifeline.virtual.site import ROOT, environment, lifeline_cmd
 from protocol import auth, message, topics
 
 KEY = bytes(range(32))
@@ -40,6 +42,28 @@ def test_a_file_that_is_no_database(tmp_path: Path, name: str, kind: str, capsys
     assert inspect(name, store) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{store}: cannot read it as a gateway store (") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_store_in_a_directory_it_may_not_enter(tmp_path: Path, name: str) -> None:
+    """An operator not in the gateway's group (its StateDirectory is 0750) ran `lifeline status` and got a
+    PermissionError traceback from the first look at the path. One line naming it, exit 2. Run as root without
+    the capabilities that let root past file modes, which is what such an operator has."""
+    locked = tmp_path / "lifeline"
+    locked.mkdir()
+    _store_with_rejects(locked / "gw.db", 1)
+    locked.chmod(0)
+    words = COMMANDS[name]
+    argv = ([*words[:1], "--store", str(locked / "gw.db"), *words[1:]] if name == "quarantine"
+            else [*words, "--store", str(locked / "gw.db")])
+    caps = "-dac_override,-dac_read_search"
+    try:
+        done = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *lifeline_cmd(), *argv],
+                              capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60)
+    finally:
+        locked.chmod(0o700)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"{locked / 'gw.db'}: cannot reach it (Permission denied)\n", done.stderr
 
 
 @pytest.mark.parametrize("name, table", [("status", "device_health"), ("quarantine", "quarantine")])

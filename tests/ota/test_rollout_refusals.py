@@ -14,6 +14,7 @@ import pytest
 
 from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto, free_port
+from lifeline.virtual.site import ROOT, environment, lifeline_cmd
 
 
 def release_dir(path: Path, manifest: bytes = b'{"version":"0.2.0","profiles":["gas"],"files":[]}') -> Path:
@@ -192,3 +193,25 @@ def test_a_stage_that_waits_says_how_far_it_is(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     told = [line for line in out.splitlines() if line.startswith("canary: 0 landed, 0 failed, 1 waiting; ")]
     assert len(told) >= 2 and all(line.endswith(" s left of --stage-timeout") for line in told), out
+
+
+def test_a_store_in_a_directory_it_may_not_enter(tmp_path: Path) -> None:
+    """Run by an operator who may not enter the gateway's state directory (0750): a PermissionError traceback
+    from the look for the store. One line naming it, exit 2, before anything is sent (root without the
+    capabilities that let it past file modes is such an operator)."""
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served)
+    locked = tmp_path / "state"
+    locked.mkdir()
+    (tmp_path / "gw.db").rename(locked / "gw.db")
+    config.write_text(config.read_text().replace(str(tmp_path / "gw.db"), str(locked / "gw.db")))
+    locked.chmod(0)
+    caps = "-dac_override,-dac_read_search"
+    try:
+        done = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *lifeline_cmd(), "ota",
+                               "rollout", "--config", str(config), "--release", str(served)],
+                              capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60)
+    finally:
+        locked.chmod(0o700)
+    assert done.returncode == 2 and done.stderr == f"{locked / 'gw.db'}: cannot reach it (Permission denied)\n", (
+        done.stderr)
