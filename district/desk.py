@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -67,7 +65,6 @@ STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "send-back": (("correction",), ()),
 }
 
-DB_FAILED = (OperationalError, InterfaceError, PoolTimeout)  # a call the database failed, answered 503
 T = TypeVar("T")
 
 
@@ -165,11 +162,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         return data
 
     def db_failed(request: Request, e: Exception) -> None:
-        """One line for a call the database failed: SQLite locked past its busy timeout, PostgreSQL's connection
-        ended or the pool exhausted. Its transaction rolled back whole."""
-        exc = getattr(e, "orig", None) or e
-        reason = str(exc).strip().splitlines() or [""]
-        event(log, "desk-db-failed", logging.WARNING, path=request.url.path, error=f"{type(exc).__name__}: {reason[0]}")
+        event(log, "desk-db-failed", logging.WARNING, path=request.url.path, error=store.failure(e))
 
     def endpoint(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
@@ -181,7 +174,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
             except (WorkOrderError, DownlinkError, RolloutError) as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
-            except DB_FAILED as e:  # nothing changed, so the officer may simply try again
+            except store.DB_FAILED as e:  # nothing changed, so the officer may simply try again
                 db_failed(request, e)
                 return JSONResponse({"error": BUSY}, 503, headers=HEADERS)
             return result if isinstance(result, Response) else JSONResponse(result, headers=HEADERS)
@@ -366,7 +359,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                         await who(request)
                     except Refused:
                         return
-                    except DB_FAILED as e:
+                    except store.DB_FAILED as e:
                         db_failed(request, e)
                         return
                     yield {"event": "change", "data": json.dumps(change)}

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from district import config, retention
+from district import config, retention, store
 from district.config import DistrictConfig
 from district.desk import make_app
 from district.ingest import Worker
@@ -82,9 +82,7 @@ async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
         try:
             folded = await asyncio.to_thread(one_pass)
         except DBAPIError as exc:  # the pass rolled back whole; its readings are all still there
-            reason = str(exc.orig).strip().splitlines() or [""]
-            event(log, "retention-failed", logging.WARNING, error=f"{type(exc.orig).__name__}: {reason[0]}",
-                  retry_s=RETENTION_S)
+            event(log, "retention-failed", logging.WARNING, error=store.failure(exc), retry_s=RETENTION_S)
             await asyncio.sleep(RETENTION_S)
             continue
         if folded:

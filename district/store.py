@@ -31,7 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from district import schema
@@ -56,6 +57,9 @@ log = logging.getLogger("lifeline.district.store")
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
 SQLITE_BUSY_MS = 10_000
+# a call the database failed, which rolled back whole: SQLite locked past its busy timeout, PostgreSQL's connection
+# ended, no pooled connection free in time
+DB_FAILED = (OperationalError, InterfaceError, PoolTimeout)
 _READ_ONLY = "lifeline_read_only"
 
 
@@ -131,6 +135,13 @@ def _add_index(engine: Engine, table: Table, name: str) -> bool:
             return False
         next(i for i in table.indexes if i.name == name).create(conn)
     return True
+
+
+def failure(exc: Exception) -> str:
+    """A failed call's reason in one line: the driver's error's type and the first line of its message."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = str(orig).strip().splitlines() or [""]
+    return f"{type(orig).__name__}: {reason[0]}"
 
 
 def reader(engine: Engine) -> Connection:
