@@ -183,3 +183,25 @@ def test_an_update_whose_link_stays_down_gives_up_and_the_node_samples_again(tmp
     assert births(listener)[-1]["fw"] == "0.1.0"
     assert not (dev.flash / "ota.json").exists()
     assert "Traceback" not in console, console
+
+
+def test_an_ota_key_that_is_not_hex_is_refused_with_its_reason(tmp_path: Path, mpy: Path, broker: Mosquitto,
+                                                               relay: Relay, make_release: Build,
+                                                               key: Ed25519PrivateKey) -> None:
+    """device.json's ota_key (written by hand, or by a config command) that is not hex failed the updater at each
+    of its 5 boots, a traceback each, and the outcome said only that it did not finish."""
+    rel = make_release("0.2.0")
+    relay.releases.add_dir(rel.dir)
+    listener = Listener(broker.port, SITE, DEV)
+    dev = device(tmp_path, mpy, broker, key)
+    dev._write("device.json", {**dev.read("device.json"), "ota_key": "zz" * 32})
+    with dev:
+        assert on_version(listener, "0.1.0", 30), dev.console()
+        dev.command(1, "ota", rel.command_args())
+        assert listener.wait(lambda m: ota_events(listener), 120), dev.console()
+        console = dev.console()
+    listener.close()
+    ev = ota_events(listener)[-1]
+    assert (ev["ota.v"], ev["ota.ok"]) == ("0.2.0", False), ev
+    assert ev["ota.res"] == "refused: ota_key in device.json is not 32 bytes of hex", ev
+    assert "Traceback" not in console, console

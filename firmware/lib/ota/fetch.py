@@ -157,11 +157,15 @@ class Updater:
         """The manifest, once its signature, version, profile and heap are good; else Refused."""
         with open(path, "rb") as f:
             raw = f.read()
-        if not self.pub:
-            raise Refused("no ota_key in device.json")
+        try:  # not hex: a ValueError, taken for a bug and tried again at each of the updater's boots
+            pub = bytes.fromhex(self.pub or "")
+        except (ValueError, TypeError):  # TypeError: not text
+            pub = b""
+        if len(pub) != 32:
+            raise Refused("ota_key in device.json is not 32 bytes of hex" if self.pub else "no ota_key in device.json")
         import ed25519
 
-        ok = ed25519.verify(bytes.fromhex(self.pub), raw, bytes.fromhex(self.st["sig"]))
+        ok = ed25519.verify(pub, raw, bytes.fromhex(self.st["sig"]))
         del ed25519
         sys.modules.pop("ed25519", None)  # its tables go before the manifest's file list is parsed
         gc.collect()
