@@ -63,7 +63,7 @@ def flash_files(dev: VirtualDevice) -> dict[str, bytes]:
 
 
 def test_flash_writes_the_layout(vdev: VirtualDevice, tmp_path: Path) -> None:
-    assert flash(vdev, tmp_path, "--key", KEY.hex(), "--wifi-ssid", "bench", "--wifi-password", "pw",
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), "--wifi-ssid", "bench", "--wifi-password", "bench-pass",
                  "--mqtt-password", "mq", "--ntp", "ntp.example") == 0
     files = flash_files(vdev)
     image = expected_image(tmp_path)
@@ -76,7 +76,7 @@ def test_flash_writes_the_layout(vdev: VirtualDevice, tmp_path: Path) -> None:
         "id": "gas-01", "site": "site-a", "profile": "gas", "ntp": ["ntp.example"],
         "broker": {"host": "127.0.0.1", "port": 1883, "user": "gas-01", "tls": False}}
     assert json.loads(files["secrets.json"]) == {
-        "wifi": {"ssid": "bench", "password": "pw"}, "mqtt_password": "mq", "key": KEY.hex()}
+        "wifi": {"ssid": "bench", "password": "bench-pass"}, "mqtt_password": "mq", "key": KEY.hex()}
 
 
 def test_reflash_rewrites_only_what_differs(vdev: VirtualDevice, tmp_path: Path) -> None:
