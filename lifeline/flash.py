@@ -370,11 +370,11 @@ def write_image(port: str, image: Path, chip: str, offset: str | None, erase: bo
 
 
 def read_registry(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
     try:
         data = tomllib.loads(path.read_bytes().decode())  # UTF-8, as TOML is, whatever the locale
-    except OSError as exc:
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # a directory the operator may not enter, too: Path.exists raised there
         raise UsageError(f"registry {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"registry {path}: not valid TOML ({exc})") from None
@@ -621,8 +621,13 @@ def _run(args: argparse.Namespace, out: Any) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    if args.image is not None and not args.image.is_file():
-        raise UsageError(f"--image: {args.image} does not exist")
+    if args.image is not None:
+        try:
+            found = args.image.is_file()
+        except OSError as exc:  # a directory the operator may not enter
+            raise UsageError(f"--image: cannot reach {args.image} ({exc.strerror})") from None
+        if not found:
+            raise UsageError(f"--image: {args.image} does not exist")
     if args.romfs and args.no_compile:
         raise UsageError("--romfs takes the compiled modules: leave out --no-compile")
     registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))

@@ -353,11 +353,13 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             conn.close()
             print(f"{option}: a number of seconds above 0, not {seconds:g}", file=sys.stderr)
             return 2
-    if args.summary is not None and not (args.summary.parent.is_dir() and os.access(args.summary.parent, os.W_OK)):
+    # os.path's: False, not PermissionError, where the operator may not look
+    if args.summary is not None and not (os.path.isdir(args.summary.parent) and os.access(args.summary.parent,
+                                                                                         os.W_OK)):
         conn.close()  # known now, not after the whole rollout
         print(f"--summary: {args.summary.parent} is no directory it can write in", file=sys.stderr)
         return 2
-    if args.summary is not None and args.summary.is_dir():  # the rename onto it would fail after the rollout
+    if args.summary is not None and os.path.isdir(args.summary):  # the rename onto it would fail after the rollout
         conn.close()
         print(f"--summary: {args.summary} is a directory; name a file in it", file=sys.stderr)
         return 2

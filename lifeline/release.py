@@ -61,7 +61,7 @@ def keygen(out: Path) -> str:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    if out.exists() or out.is_symlink():
+    if os.path.lexists(out):  # False where it cannot look (a directory it may not enter): the write says why
         raise ReleaseError(f"{out} exists: a release key is never overwritten")
     # Written beside --out, flushed to disk, then linked into place (which, unlike a rename, never replaces a
     # file): a full disk or a power cut leaves no short key under --out that keygen would then refuse to
@@ -134,8 +134,11 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
     if min_heap <= 0:  # signed in, a node's check (min_heap > its heap) could never refuse it
         raise ReleaseError(f"--min-heap {min_heap}: the heap bytes a node needs, above 0")
     target = out / _version(version)
-    if target.exists():
-        raise ReleaseError(f"{target} exists: a version is released once")
+    try:
+        if target.exists():
+            raise ReleaseError(f"{target} exists: a version is released once")
+    except OSError as exc:  # a directory the operator may not enter: told before all is compiled
+        raise ReleaseError(f"--out {out}: cannot write the release ({exc.strerror})") from None
     with tempfile.TemporaryDirectory() as tmp:
         files: list[tuple[str, bytes]] = []
         for source_dir, prefix in ((lib, ""), (protocol, "protocol/")):

@@ -491,13 +491,13 @@ def run(args: argparse.Namespace) -> int:
     except plan.SeedError as exc:
         print(f"seed error: {exc}", file=sys.stderr)
         return 2
-    if not earlier_run(demo.work):
-        print(f"--out: {demo.work} is not a run of the demo; nothing was removed: give --out a directory of its "
-              "own, or move it", file=sys.stderr)
-        return 2
     try:
+        if not earlier_run(demo.work):
+            print(f"--out: {demo.work} is not a run of the demo; nothing was removed: give --out a directory of its "
+                  "own, or move it", file=sys.stderr)
+            return 2
         demo.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file of that name, say: told as the other --out refusals are
+    except OSError as exc:  # a file of that name, a directory it may not enter: told as the other --out refusals
         print(f"--out: {exc.filename or demo.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _sigterm)

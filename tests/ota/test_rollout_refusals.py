@@ -215,3 +215,22 @@ def test_a_store_in_a_directory_it_may_not_enter(tmp_path: Path) -> None:
         locked.chmod(0o700)
     assert done.returncode == 2 and done.stderr == f"{locked / 'gw.db'}: cannot reach it (Permission denied)\n", (
         done.stderr)
+
+
+def test_a_summary_in_a_directory_it_may_not_enter(tmp_path: Path) -> None:
+    """--summary below a directory the operator may not enter: is_dir raised PermissionError, a traceback. The
+    usage error of a summary it cannot write, before anything is sent."""
+    served = release_dir(tmp_path / "0.2.0")
+    config = site(tmp_path, served)
+    summary = tmp_path / "locked" / "out" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.parent.parent.chmod(0)
+    caps = "-dac_override,-dac_read_search"
+    try:
+        done = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *lifeline_cmd(), "ota",
+                               "rollout", "--config", str(config), "--release", str(served), "--summary",
+                               str(summary)], capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60)
+    finally:
+        summary.parent.parent.chmod(0o700)
+    assert done.returncode == 2 and done.stderr == f"--summary: {summary.parent} is no directory it can write in\n", (
+        done.stderr)
