@@ -43,6 +43,17 @@ def test_the_fall_ends_when_the_window_holds_no_higher_reading_then_fires_again(
     assert falls(lv, [(12000, 260000)]) == [(10000, 290000)]
 
 
+def test_a_long_steady_decline_keeps_the_window_bounded() -> None:
+    """The window keeps each reading higher than every later one: a steady decline kept all of fall_s (a
+    set_prealarm may send up to 1e9 s). An hour of a draining main at 0.5 s was 7,200 tuples, past a 64K heap:
+    a MemoryError in the sampler at every boot, the profile kept on flash. A fall still fires from the window."""
+    lv = Level({"below": 1, "fall": 100000, "fall_s": 3600})
+    assert falls(lv, [(i * 500, 900000 - i * 10) for i in range(7200)]) == [None] * 7200  # 72 kPa in the hour
+    assert len(lv.top) <= 32, len(lv.top)
+    top = lv.fell(700000, 3600000)
+    assert top is not None and top[1] - 700000 >= 100000, top
+
+
 def test_a_level_without_fall_never_fires() -> None:
     lv = Level({"below": 250000})
     assert falls(lv, [(0, 320000), (1000, 100000)]) == [None, None]

@@ -93,6 +93,8 @@ class Level:
         first = w[0] if self.falling and not was else None
         while w and w[-1][1] <= v:
             w.pop()
+        if len(w) >= 32:  # bounded: a steady decline kept all of fall_s; the oldest goes, 32 samples back
+            w.pop(0)
         w.append((ms, v))
         return first
 
