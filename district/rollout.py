@@ -11,7 +11,7 @@ progress. A command the gateway timed out (a node that did not answer) is sent a
 The rollout halts by itself when a stage ends with more than the halt share of the nodes sent it failed.
 
 Everything is in the database, so a desk restart or a second desk picks a rollout up where it was: the
-desk process that drives a rollout holds a lease on its row and renews it each pass; another takes over
+desk process that drives a rollout holds a lease on its row and renews it as a pass goes; another takes over
 once the lease has run out.
 """
 
@@ -190,6 +190,7 @@ class Driver:
         self.on_change = on_change  # told a site whose rollout moved, for the desk's live feed
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self._leased: dict[int, float] = {}  # each rollout this desk drives: when its lease was last renewed
 
     async def run(self, poll_s: float = 1.0) -> None:
         while True:
@@ -203,12 +204,13 @@ class Driver:
         """One pass. Every database call of it off the event loop, and taking the write lock (SQLite's, for the
         whole database) only when a rollout runs: on the loop, it held up every request of the desk while an
         ingest worker held the lock, up to the busy timeout."""
+        now = self.clock()
+
         def claim() -> list[int]:
             with store.reader(self.engine) as conn:
                 if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.state == "running").limit(1)
                                 ).first() is None:
                     return []
-            now = self.clock()
             with self.engine.begin() as conn:
                 return [r.id for r in conn.execute(
                     update(ota_rollouts).where(ota_rollouts.c.state == "running", or_(
@@ -216,8 +218,29 @@ class Driver:
                         ota_rollouts.c.lease < now))
                     .values(owner=self.owner, lease=now + LEASE_S).returning(ota_rollouts.c.id))]
         mine = await asyncio.to_thread(claim)
+        self._leased = dict.fromkeys(mine, now)
         for rid in sorted(mine):
             await self._advance(rid)
+
+    async def _hold(self, rid: int) -> bool:
+        """Whether this desk still drives the rollout, its lease renewed once a third of it has gone. A pass can
+        outlast the lease (a stage of hundreds of nodes, a command a connection to the broker), and another desk
+        that took the rollout over meanwhile sent the nodes this one had not reached yet too."""
+        now = self.clock()
+        if now < self._leased.get(rid, 0.0) + LEASE_S / 3:
+            return True
+
+        def renew() -> bool:
+            with self.engine.begin() as conn:
+                return conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rid,
+                                                               ota_rollouts.c.owner == self.owner)
+                                    .values(lease=now + LEASE_S).returning(ota_rollouts.c.id)).first() is not None
+        if not await asyncio.to_thread(renew):
+            event(log, "rollout-lease-lost", logging.WARNING, id=rid, owner=self.owner)
+            self._leased.pop(rid, None)
+            return False
+        self._leased[rid] = now
+        return True
 
     async def _advance(self, rid: int) -> None:
         def load() -> tuple[Any, Any, Sequence[Any]]:
@@ -237,6 +260,8 @@ class Driver:
         for m in members:
             if m.state in ("landed", "failed"):
                 continue
+            if not await self._hold(rid):
+                return
             moved |= await self._judge(r, offer, m)
         ended = await asyncio.to_thread(self._end_stage, r)
         if ended is None:
@@ -287,7 +312,7 @@ class Driver:
                                       finished=self.clock()))
             return
         for m in members:
-            if m.sends == 0 and not await self._send(r, offer, m.dev, 0):
+            if m.sends == 0 and not (await self._hold(r.id) and await self._send(r, offer, m.dev, 0)):
                 return
         await self._write(update(ota_rollouts).where(ota_rollouts.c.id == r.id).values(stage_sent=self.clock()))
         event(log, "rollout-stage-sent", id=r.id, site=r.site, v=r.v, stage=r.stage, nodes=len(members))

@@ -246,3 +246,43 @@ def test_a_database_that_makes_a_pass_wait_does_not_stall_the_desks_event_loop(
     assert held.is_set()
     assert nodes(engine, rid)["gas1"][:3] == ("sent", None, 1)  # the pass did its work, once the lock was free
     assert slowest < 0.5, slowest
+
+
+def test_a_stage_that_takes_longer_than_the_lease_to_send_is_sent_once(
+        engine: Engine, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A desk claims a rollout for LEASE_S and a second desk process takes it over once that has run out. The
+    claim was renewed only between passes, and sending a stage is one pass: a stage of a few hundred nodes over
+    a TLS link to the broker (a connection per command) outlasts the lease, and the second desk then sent the
+    nodes the first had not reached yet too, every one of them told twice to update. The lease is now renewed
+    as the stage goes. Here the lease is 2 s and each command takes 0.2 s: twenty nodes, each sent once."""
+    monkeypatch.setattr(rollout, "LEASE_S", 2.0)
+    now = time.time()
+    devs = [f"gas{i:02}" for i in range(20)]
+    site_with(engine, now, dict.fromkeys(devs, "gas"))
+    down = Downlinks(broker)
+    real = broker_publisher(broker_config(broker))
+
+    async def slow(topic: str, payload: bytes) -> None:
+        await real(topic, payload)
+        await asyncio.sleep(0.2)
+
+    first = Driver(engine, Downlink(slow), lambda site: None, owner="desk-a")
+    second = Driver(engine, Downlink(slow), lambda site: None, owner="desk-b")
+    with engine.begin() as conn:
+        rollout.start(conn, BOSS, SITE, NEW, canary="20", stage_timeout=60, now=now)
+
+    async def both() -> None:
+        sending = asyncio.get_running_loop().create_task(first.step())
+        await asyncio.sleep(0.1)
+        while not sending.done():
+            await second.step()
+            await asyncio.sleep(0.2)
+        await sending
+
+    try:
+        asyncio.run(both())
+        time.sleep(0.3)
+        sent = [d for d, _ in sent_to(down)]
+        assert sorted(sent) == devs, sent
+    finally:
+        down.close()
