@@ -133,9 +133,14 @@ def test_profile_errors_name_the_field(path: tuple[Any, ...], value: Any, error:
 def test_device_and_secrets_checks() -> None:
     good = {"id": "gas-01", "site": "s1", "profile": "gas", "broker": {"host": "h", "port": 1883}}
     assert config.check_device(good)
+    assert config.check_device({**good, "batt": {"pin": 35, "ratio": 2.0}})
     for bad, error in (({**good, "id": "Gas 01"}, "device"), ({**good, "broker": {"host": ""}}, "broker.host"),
                        ({**good, "broker": {"host": "h", "port": 0}}, "broker.port"),
-                       ({**good, "trial_s": 1}, "trial_s")):
+                       ({**good, "trial_s": 1}, "trial_s"),
+                       # read at every birth and health figure: a batt that is no map raised in the birth, so the
+                       # node never came online; an ADC2 pin is unusable while Wi-Fi is on; a ratio of 0 reads 0 V
+                       ({**good, "batt": {"pin": 25}}, "batt"), ({**good, "batt": 34}, "batt"),
+                       ({**good, "batt": {"pin": 34, "ratio": 0}}, "batt")):
         with pytest.raises(config.ConfigError, match=error):
             config.check_device(bad)
     secrets = {"wifi": {"ssid": "a", "password": "b"}, "key": "00" * 16}
