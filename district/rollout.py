@@ -51,6 +51,7 @@ from gateway.ota_relay import NodeOta
 log = logging.getLogger("lifeline.district.rollout")
 
 LEASE_S = 15.0
+FAIL_LOG_S = 60.0  # while passes keep failing, one line a minute
 MAX_STAGE_S = 7 * 86400.0
 OUTCOME = ("ota.v", "ota.ok", "ota.res")
 
@@ -193,11 +194,26 @@ class Driver:
         self._leased: dict[int, float] = {}  # each rollout this desk drives: when its lease was last renewed
 
     async def run(self, poll_s: float = 1.0) -> None:
+        """A pass each `poll_s`. One that fails is tried again (the state is all in the database); the first
+        failure is logged, with a traceback unless the database failed it, then one a minute with the count,
+        and the pass that succeeds again says so: a traceback each second filled the journal while the
+        database was away."""
+        failing: float | None = None  # when the last failure was logged, while passes keep failing
+        failed = 0
         while True:
             try:
                 await self.step()
-            except Exception:  # a pass that failed is tried again; the state is all in the database
-                log.exception("rollout pass failed")
+            except Exception as exc:
+                failed += 1
+                if failing is None or time.monotonic() - failing >= FAIL_LOG_S:
+                    ours = not isinstance(exc, store.DB_FAILED)  # a bug, not the database: its traceback, once
+                    fields = {"error": store.failure(exc), "failed": failed}
+                    log.error("rollout-pass-failed", exc_info=ours and failing is None, extra={"fields": fields})
+                    failing = time.monotonic()
+            else:
+                if failing is not None:
+                    event(log, "rollout-pass-recovered", logging.WARNING, failed=failed)
+                failing, failed = None, 0
             await asyncio.sleep(poll_s)
 
     async def step(self) -> None:

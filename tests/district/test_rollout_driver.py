@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -286,3 +289,40 @@ def test_a_stage_that_takes_longer_than_the_lease_to_send_is_sent_once(
         assert sorted(sent) == devs, sent
     finally:
         down.close()
+
+
+def test_passes_the_database_fails_are_logged_once_not_each_second(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The driver runs a pass a second. While the database failed them (SQLite's write lock held past the busy
+    timeout, PostgreSQL restarting) each one logged a traceback: some 3,600 an hour of an outage. The first
+    failure is logged, in one line, then one a minute with the count, and the pass that succeeds again says so."""
+    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 50)
+    path = tmp_path / "district.sqlite"
+    engine = store.open_engine(str(path))
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas"})
+    with engine.begin() as conn:
+        rid = rollout.start(conn, BOSS, SITE, NEW, canary="1", stage_timeout=60, now=now)
+    driver = Driver(engine, Downlink(broker_publisher(broker_config(broker))), lambda site: None)
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+
+    async def outage() -> None:
+        running = asyncio.get_running_loop().create_task(driver.run(poll_s=0.05))
+        holder = sqlite3.connect(str(path), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # an ingest worker's long batch, a retention pass
+        await asyncio.sleep(2.0)
+        holder.close()
+        while nodes(engine, rid)["gas1"][0] != "sent":
+            await asyncio.sleep(0.05)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    try:
+        asyncio.run(outage())
+    finally:
+        engine.dispose()
+    failed = [r for r in caplog.records if "pass" in r.getMessage() and "fail" in r.getMessage()]
+    assert [r.getMessage() for r in failed] == ["rollout-pass-failed"], [r.getMessage() for r in failed]
+    assert "database is locked" in failed[0].fields["error"] and not failed[0].exc_info  # type: ignore[attr-defined]
+    [back] = [r for r in caplog.records if r.getMessage() == "rollout-pass-recovered"]
+    assert back.fields["failed"] > 5, back.fields  # type: ignore[attr-defined]
