@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,7 @@ KINDS = frozenset({"alarm", "reading", "device", "site", "work-order", "command"
 CLIENT_QUEUE = 256  # notices a slow page may fall behind by before it is told to reload everything
 MAX_NOTICE = 1024
 BACKOFF_MAX_S = 2.0
+FAIL_LOG_S = 60.0  # while the broker stays away, one line a minute
 
 
 def notice(kind: str, **ids: Any) -> bytes:
@@ -89,20 +91,30 @@ class Hub:
 
     async def follow(self, broker: BrokerConfig) -> None:
         """Feed the hub from the broker until cancelled, reconnecting with a short backoff (a desk that
-        was cut off tells its pages to reload, since it missed what happened meanwhile)."""
+        was cut off tells its pages to reload, since it missed what happened meanwhile). A broker away is
+        logged at the first failure, then once a minute with the count, and when it is back: each try logged a
+        line, one every 2 s of an outage."""
         backoff = 0.1
+        failing: float | None = None  # when the last failure was logged, while tries keep failing
+        failed = 0
         while True:
             try:
                 async with mqtt_client(broker, "live") as client:
                     await client.subscribe(CHANGES_TOPIC, qos=0)
                     backoff = 0.1
+                    if failing is not None:
+                        event(log, "change feed reconnected", logging.WARNING, failed=failed)
+                    failing, failed = None, 0
                     for q in self._clients:
                         _reload(q)
                     async for message in client.messages:
                         if isinstance(message.payload, bytes):
                             self.publish(message.payload)
             except aiomqtt.MqttError as exc:
-                event(log, "change feed disconnected", logging.WARNING, error=str(exc))
+                failed += 1
+                if failing is None or time.monotonic() - failing >= FAIL_LOG_S:
+                    event(log, "change feed disconnected", logging.WARNING, error=str(exc), failed=failed)
+                    failing = time.monotonic()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 

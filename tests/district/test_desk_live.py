@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_an_action_at_one_desk_process_reaches_the_pages_of_another(tmp_path: Pa
         assert all(w in seen for w in wanted), seen
         assert seen.count({"kind": "work-order", "id": order}) == 2  # the ack's and the dispatch's
     engine.dispose()
+
+
+async def test_a_broker_away_is_logged_once_not_at_each_retry(caplog: pytest.LogCaptureFixture) -> None:
+    """A desk follows the change feed and tries the broker again every 2 s at most while it is away: each try
+    logged a warning, 43,200 a day of a broker outage. The first is logged, then one a minute with the count,
+    and the connection that comes back says how many failed."""
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+    hub = Hub()
+    with Mosquitto() as broker:
+        cfg = BrokerConfig("127.0.0.1", broker.port, "test", None, None, None, 30)
+        follower = asyncio.create_task(hub.follow(cfg))
+        async with hub.listen() as q:
+            assert (await asyncio.wait_for(q.get(), 10)) == {"kind": "reload"}
+            broker.stop()
+            await asyncio.sleep(5)  # tries 0.1, 0.2, 0.4, 0.8, 1.6 and 2 s apart
+            broker.start()
+            assert (await asyncio.wait_for(q.get(), 10)) == {"kind": "reload"}
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+    said = [(r.getMessage(), r.fields.get("failed")) for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage().startswith("change feed")]
+    assert [m for m, _ in said] == ["change feed disconnected", "change feed reconnected"], said
+    assert said[1][1] >= 4, said
