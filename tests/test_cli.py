@@ -35,25 +35,22 @@ def test_each_subcommand_has_help(name: str) -> None:
 
 @pytest.mark.parametrize("database", ["no-such-dir/district.sqlite", "postgresql://lifeline@127.0.0.1:{port}/lifeline",
                                       "postgresql://lifeline:s3cret@127.0.0.1:{port}/lifeline"])
-def test_add_user_with_a_database_it_cannot_open(tmp_path: Path, database: str,
-                                                 capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_user_with_a_database_it_cannot_open(tmp_path: Path, database: str) -> None:
     """`lifeline district --add-user` with PostgreSQL down (or an SQLite file in a directory not there) is one line
     naming the database (not its password) and exit 1, as start-up failures are; it was a page of SQLAlchemy
-    traceback."""
-    import io
-
+    traceback. (A process of its own: the command sets up the process's logging.)"""
     from lifeline.virtual.broker import free_port
 
     database = database.format(port=free_port())
     conf = tmp_path / "district.toml"
     conf.write_text(f'[broker]\nhost = "127.0.0.1"\n[database]\nurl = "{database}"\n[[sites]]\nid = "site-a"\n'
                     f'seal_key = "{"00" * 32}"\n')
-    monkeypatch.setattr(sys, "stdin", io.StringIO("duty-password-1\n"))
-    assert cli.main(["district", "--config", str(conf), "--add-user", "li.wei"]) == 1
-    err = capsys.readouterr().err
+    done = subprocess.run([LIFELINE, "district", "--config", str(conf), "--add-user", "li.wei"],
+                          input="duty-password-1\n", capture_output=True, text=True, env=ENV, timeout=60)
     shown = database.replace(":s3cret@", ":***@")  # a password in the URL is not printed
-    assert err.startswith(f"start-up failed: database {shown}: cannot open it (") and err.count("\n") == 1, err
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"start-up failed: database {shown}: cannot open it (") and (
+        done.stderr.count("\n") == 1), done.stderr
 
 
 def test_add_user_on_a_terminal_asks_for_the_password_without_echo(tmp_path: Path) -> None:
