@@ -73,6 +73,7 @@ def clear_bench(bench: Path) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import pytest
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     out: Path = args.out
@@ -110,5 +111,6 @@ def run(args: argparse.Namespace) -> int:
         for name, s in summary["latency_s"].items():
             table.add_row(name, str(s["n"]), f"{s['min']:.3f}", f"{s['median']:.3f}", f"{s['max']:.3f}")
         console.print(table)
-        console.print(f"outcomes: {summary['outcomes']}; reports in {out}/ (junit.xml, report.json, bench/)")
+        console.print(f"outcomes: {summary['outcomes']}; reports in {escape(str(out))}/ (junit.xml, report.json, "
+                      "bench/)")  # --out as typed, brackets and all
     return code

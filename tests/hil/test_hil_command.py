@@ -88,3 +88,19 @@ def test_a_count_of_no_devices_is_a_usage_error(tmp_path: Path, suite_runs: list
         cli.main(["hil", "--out", str(tmp_path), "--count", count])
     assert ended.value.code == 2 and "argument --count: " in capsys.readouterr().err
     assert (tmp_path / "report.json").read_text() == "{}" and suite_runs == []
+
+
+def test_the_out_directory_is_shown_as_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The closing line names --out as the operator typed it: rich read "[site-a]" in it as markup and dropped it,
+    so the line named a directory that was not where the reports were."""
+    out = tmp_path / "[site-a]" / "hil"
+
+    def main(argv: list[str]) -> int:
+        (out / "report.json").write_text(json.dumps({"summary": {"outcomes": {"passed": 1}, "latency_s": {}}}))
+        return 0
+
+    monkeypatch.setattr(pytest, "main", main)
+    monkeypatch.setenv("COLUMNS", "300")
+    assert cli.main(["hil", "--out", str(out)]) == 0
+    assert f"reports in {out}/ (junit.xml, report.json, bench/)" in capsys.readouterr().out
