@@ -117,9 +117,13 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def _numeric(version: str) -> bool:
+    """Numbers and dots, as a node reads a version (ota/fetch.py's _ver refuses anything else)."""
+    return all(p.isascii() and p.isdigit() for p in version.split("."))  # ASCII: isdigit takes "²" too
+
+
 def _version(text: str) -> str:
-    parts = text.split(".")
-    if not all(p.isascii() and p.isdigit() for p in parts):  # ASCII: isdigit takes "²" too, a node not
+    if not _numeric(text):
         raise ReleaseError(f"--version {text!r}: numbers and dots (a node compares them as numbers)")
     return text
 
@@ -180,6 +184,8 @@ def load(release_dir: Path) -> Release:
         found = read(release_dir)
     except ReleaseDirError as exc:
         raise ReleaseError(str(exc)) from None
+    if not _numeric(found.version):  # a hand-made one: `build` makes none such
+        raise ReleaseError(f"{release_dir}: version {found.version!r} is not numbers and dots: every node refuses it")
     return Release(release_dir, found.version, found.data[:found.manifest_len], found.signature)
 
 

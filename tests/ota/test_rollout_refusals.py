@@ -234,3 +234,20 @@ def test_a_summary_in_a_directory_it_may_not_enter(tmp_path: Path) -> None:
         summary.parent.parent.chmod(0o700)
     assert done.returncode == 2 and done.stderr == f"--summary: {summary.parent} is no directory it can write in\n", (
         done.stderr)
+
+
+@pytest.mark.parametrize("version", ["0.2.0[/]", "0.2.0-beta"])
+def test_a_release_whose_version_no_node_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               version: str) -> None:
+    """A release directory whose manifest names a version that is not numbers and dots (a hand-made one; `release
+    build` refuses them): every node refuses it ("not numbers and dots"), so the canary failed and the rollout
+    halted, and one with "[/]" in it ended in a MarkupError traceback as the canary stage began. Refused before
+    anything is sent, one line, exit 2."""
+    manifest = json.dumps({"version": version, "profiles": ["gas"], "files": []}).encode()
+    served = release_dir(tmp_path / "next", manifest)
+    with Mosquitto() as broker:
+        config = site(tmp_path, served, broker.port)
+        assert rollout(config, served) == 2
+    out, err = capsys.readouterr()
+    assert err == f"{served}: version {version!r} is not numbers and dots: every node refuses it\n", err
+    assert "sending" not in out, out
