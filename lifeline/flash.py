@@ -32,6 +32,7 @@ import datetime
 import fcntl
 import functools
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -60,6 +61,7 @@ READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its 
 CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")  # a TOML key written without quotes
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")  # one label of a DNS name (RFC 1123)
 # Default flash offset of a MicroPython image by chip family (MicroPython's ESP32 download pages).
 IMAGE_OFFSETS = {"esp32": "0x1000", "esp32s2": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0",
                  "esp32c6": "0x0"}
@@ -509,10 +511,25 @@ def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes,
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT where HOST is one a board can look up or use: an IP address (IPv6 in brackets) or a DNS name.
+    Any text was taken (an empty "[]", a space, 192.168.10.256) and the board tried it at every boot, for ever."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if address is not None and (address.version == 6) == bracketed:
+        return name, int(port)
+    if bracketed or address is not None or ":" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, [fe80::1]:1883, and only it")
+    labels = name.removesuffix(".").split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the host is no IP address or DNS name")
+    return name, int(port)
 
 
 def _ident(text: str) -> str:

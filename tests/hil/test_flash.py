@@ -161,6 +161,29 @@ def test_wifi_settings_a_network_takes(tmp_path: Path, option: str, value: str) 
     assert getattr(args, option[2:].replace("-", "_")) == value
 
 
+@pytest.mark.parametrize("broker", ["[]:1883", "my broker:1883", "192.168.10.256:1883", "broker\x1b[2J:1883",
+                                    "-broker:1883", "a..b:1883", "fe80::1:1883"])
+def test_a_broker_host_no_board_can_reach_is_exit_2(vdev: VirtualDevice, tmp_path: Path, broker: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Any text before the port was taken for the broker's host: an empty one ("[]"), one with a space or a
+    control character, a dotted quad past 255, went into device.json, and the board looked it up at every boot
+    and never connected. Refused as argparse refuses an option, before the board is touched."""
+    with pytest.raises(SystemExit) as exit_:
+        flash(vdev, tmp_path, "--key", KEY.hex(), broker=broker)
+    assert exit_.value.code == 2 and "argument --broker: " in capsys.readouterr().err
+    assert flash_files(vdev) == {}
+
+
+@pytest.mark.parametrize("broker, host", [("broker.site-a.lan:1883", "broker.site-a.lan"),
+                                          ("192.168.10.2:8883", "192.168.10.2"), ("[fe80::1]:1883", "fe80::1"),
+                                          ("localhost:1883", "localhost"), ("gw-3.example.org.:1883",
+                                                                            "gw-3.example.org.")])
+def test_a_broker_host_a_board_can_reach(broker: str, host: str) -> None:
+    args = cli.build_parser("flash").parse_args(["flash", "--port", "/dev/null", "--profile", "gas", "--device-id",
+                                                 "gas-01", "--site", "site-a", "--broker", broker])
+    assert args.broker[0] == host
+
+
 def test_an_option_argparse_refuses_is_exit_2(vdev: VirtualDevice, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         flash(vdev, tmp_path, broker="no-port")
