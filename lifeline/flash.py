@@ -517,19 +517,22 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     bracketed = host.startswith("[") and host.endswith("]")
-    name = host[1:-1] if bracketed else host
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        address = None
-    if address is not None and (address.version == 6) == bracketed:
-        return name, int(port)
-    if bracketed or address is not None or ":" in name:
+    if bracketed != (":" in host):
         raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, [fe80::1]:1883, and only it")
-    labels = name.removesuffix(".").split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: the host is no IP address or DNS name")
-    return name, int(port)
+    return _host(host[1:-1] if bracketed else host), int(port)
+
+
+def _host(text: str) -> str:
+    """An IP address or a DNS name (RFC 1123 labels; a dotted quad past 255 is neither)."""
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.removesuffix(".").split(".")
+    if len(text) > 253 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: no IP address or DNS name")
+    return text
 
 
 def _ident(text: str) -> str:
@@ -595,7 +598,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wifi-password", type=_wifi_password, default="")
     p.add_argument("--mqtt-user", default=None, help="broker user name (default: the device id)")
     p.add_argument("--mqtt-password", default=None)
-    p.add_argument("--ntp", action="append", metavar="HOST", help="NTP server (repeatable; "
+    p.add_argument("--ntp", action="append", type=_host, metavar="HOST", help="NTP server (repeatable; "
                    "default pool.ntp.org)")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key", help="device HMAC key, 64 hex digits")

@@ -174,6 +174,17 @@ def test_a_broker_host_no_board_can_reach_is_exit_2(vdev: VirtualDevice, tmp_pat
     assert flash_files(vdev) == {}
 
 
+@pytest.mark.parametrize("ntp", ["pool.ntp.org ", "", "ntp_1.lan", "10.0.0.300"])
+def test_an_ntp_host_no_board_can_reach_is_exit_2(tmp_path: Path, ntp: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--ntp went into device.json as typed (a trailing space, nothing at all), and the board asked it for the
+    time at every boot in vain."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["flash", "--port", "/dev/null", "--profile", "gas", "--device-id", "gas-01", "--site", "site-a",
+                  "--broker", "127.0.0.1:1883", "--no-registry", "--ntp", ntp])
+    assert exit_.value.code == 2 and "argument --ntp: " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("broker, host", [("broker.site-a.lan:1883", "broker.site-a.lan"),
                                           ("192.168.10.2:8883", "192.168.10.2"), ("[fe80::1]:1883", "fe80::1"),
                                           ("localhost:1883", "localhost"), ("gw-3.example.org.:1883",
