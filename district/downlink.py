@@ -104,13 +104,18 @@ class Downlink:
 
     async def _send(self, engine: Engine, cmd_id: int, topic: str, payload: bytes) -> None:
         """Publish; a send that failed is answered in the row at once, so the desk never waits for an ack
-        of something the site never got."""
+        of something the site never got. Written in a thread, as the row was: on the event loop, a database
+        locked by a worker held up every other request of the desk."""
         try:
             await self.publish(topic, payload)
         except DownlinkError as exc:
-            with engine.begin() as conn:
-                conn.execute(update(commands).where(commands.c.id == cmd_id)
-                             .values(ok=False, result=json.dumps(str(exc)), answered=self.clock()))
+            failed = update(commands).where(commands.c.id == cmd_id).values(
+                ok=False, result=json.dumps(str(exc)), answered=self.clock())
+
+            def answer() -> None:
+                with engine.begin() as conn:
+                    conn.execute(failed)
+            await asyncio.to_thread(answer)
             raise
 
 

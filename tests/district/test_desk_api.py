@@ -5,9 +5,11 @@ the bodies the gateway parses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +22,13 @@ from deskkit import PASSWORD, USERS, Downlinks, alarm_body, announce, closed_ord
 from sqlalchemy import Engine, func, select, text, update
 
 from district import store
+from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import notice
 from district.schema import alarms, audit, commands, metadata, rollups, work_order_steps, work_orders
 from gateway.district_wire import alarm_ack_ids, command_request, downlink, ruleset_data
 from gateway.rules import default_ruleset
-from lifeline.virtual.broker import Mosquitto
+from gateway.site_config import BrokerConfig
+from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.postgres import Postgres
 
 ALARM = "c" * 32
@@ -505,3 +509,32 @@ def test_a_database_that_fails_under_a_live_feed_ends_it_with_one_line(
     assert failed.fields["path"] == "/api/events", failed.fields  # type: ignore[attr-defined]
     assert "terminat" in failed.fields["error"], failed.fields  # type: ignore[attr-defined]
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def test_a_command_the_broker_refused_is_answered_off_the_event_loop(engine: Engine) -> None:
+    """A command the district broker did not take is answered failed in its row at once. That write ran on the
+    desk's event loop, so while a worker held SQLite's write lock (or the row was locked on PostgreSQL) every
+    page's every request waited with it. Here the lock is taken as the publish fails and held 1.5 s."""
+    seed(engine, time.time())
+    holder = engine.connect()
+    nowhere = broker_publisher(BrokerConfig("127.0.0.1", free_port(), "district-test", None, None, None, 30))
+
+    async def publish(topic: str, payload: bytes) -> None:
+        holder.begin()  # on SQLite, BEGIN IMMEDIATE: the whole database's write lock
+        holder.execute(select(commands).with_for_update())  # on PostgreSQL, the command's row
+        threading.Timer(1.5, holder.rollback).start()
+        await nowhere(topic, payload)
+
+    down = Downlink(publish)
+    sending = asyncio.get_running_loop().create_task(down.command(engine, "chen", "s1", "gas1", "ping", {}))
+    slowest, last = 0.0, time.monotonic()
+    while not sending.done():
+        await asyncio.sleep(0.02)
+        slowest, last = max(slowest, time.monotonic() - last), time.monotonic()
+    with pytest.raises(DownlinkError, match="did not take it"):
+        await sending
+    await asyncio.sleep(1.6)
+    holder.close()
+    with engine.connect() as conn:
+        assert conn.execute(select(commands.c.ok, commands.c.answered.is_not(None))).one() == (False, True)
+    assert slowest < 0.5, slowest
