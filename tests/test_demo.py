@@ -96,12 +96,17 @@ GAS_PANEL = 'panel = { dev = "gas-02", metric = "ch4", rule = "gas.ch4" }\n'
     ([(GAS_PANEL, GAS_PANEL + "expect = 3\n"), ("[[incidents.expect]]\ndev = \"gas-02\"", "[[incidents.expect_]]")],
      r"incidents\[0\]\.expect: must be an array of tables"),
     ([("\n[[incidents]]", "\nzz = " + "[" * 1000 + "]" * 1000 + "\n[[incidents]]")], "nested deeper than it reads"),
+    ([('id = "yongchuan-3"', 'id = "Yongchuan 3"')], r"site\.id: must be 1-30 characters of a-z 0-9 _ -"),
+    ([('id = "gas-02"', 'id = "gas/02"')], r"devices\[\d+\]\.id: must be 1-30 characters of a-z 0-9 _ -"),
+    ([('id = "gas-02"', 'id = "' + "g" * 31 + '"')], r"devices\[\d+\]\.id: must be 1-30 characters"),
+    ([('id = "station-1"', 'id = "station 1"')], r"risk_points\[\d+\]\.id: must be 1-64 characters of"),
 ])
 def test_a_seed_of_the_wrong_shape_names_the_field(tmp_path: Path, edits: list[tuple[str, str]],
                                                    complaint: str) -> None:
     """A table, a list or a name where the seed wants another was an AttributeError or TypeError traceback (a
     profile's when the site was being set up), a panel's risk point no site has a KeyError at the very end of
-    the run, when the plot was drawn, and nesting past the parser a RecursionError."""
+    the run, when the plot was drawn, and nesting past the parser a RecursionError. An id the gateway refuses
+    (site and device ids are topic levels) was found only when the gateway would not start on it, brokers up."""
     text = plan.SEED.read_text()
     for old, new in edits:
         assert old in text

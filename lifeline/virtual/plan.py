@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,10 @@ from lifeline.upy import ROOT
 
 SEED = ROOT / "seeds" / "demo_site.toml"
 CLEAR = "clear"
+# The gateway's site and device ids (topic levels; gateway/site_config.py), less the "-b" the neighbouring site
+# adds to its copies, and its risk point ids (gateway/riskpoints.py): checked here, not once the brokers are up.
+ID = (re.compile(r"[a-z0-9_-]{1,30}\Z"), "must be 1-30 characters of a-z 0-9 _ - (a topic level)")
+POINT_ID = (re.compile(r"[A-Za-z0-9_-]{1,64}\Z"), "must be 1-64 characters of A-Z a-z 0-9 _ -")
 
 Points = list[tuple[float, float | bool]]
 
@@ -132,6 +137,12 @@ def _num(value: object, where: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _id(data: Mapping[str, Any], key: str, where: str, rule: tuple[re.Pattern[str], str]) -> str:
+    value = _text(data, key, where)
+    _need(bool(rule[0].match(value)), f"{where}.{key}", rule[1])
+    return value
+
+
 def _table(value: Any, where: str) -> dict[str, Any]:
     _need(isinstance(value, dict), where, "must be a table")
     return value  # type: ignore[no-any-return]
@@ -239,15 +250,16 @@ def load(path: Path = SEED) -> Site:
         raise SeedError(f"{path}: {'nested deeper than it reads' if isinstance(exc, RecursionError) else exc}"
                         ) from None
     site = _table(data.get("site", {}), "site")
-    site_id = _text(site, "id", "site")
+    site_id = _id(site, "id", "site", ID)
     baselines = {cls: _channels(v, f"baseline.{cls}") for cls, v in _table(data.get("baseline", {}),
                                                                           "baseline").items()}
 
     points: dict[str, RiskPoint] = {}
     for i, p in enumerate(_tables(data.get("risk_points", []), "risk_points")):
         w = f"risk_points[{i}]"
-        rp = RiskPoint(_text(p, "id", w), _text(p, "class", w), str(p.get("what", "")), _num(p.get("lat"), w + ".lat"),
-                       _num(p.get("lon"), w + ".lon"), _num(p.get("radius_m"), w + ".radius_m"))
+        rp = RiskPoint(_id(p, "id", w, POINT_ID), _text(p, "class", w), str(p.get("what", "")),
+                       _num(p.get("lat"), w + ".lat"), _num(p.get("lon"), w + ".lon"),
+                       _num(p.get("radius_m"), w + ".radius_m"))
         _need(rp.id not in points, w + ".id", "listed twice")
         points[rp.id] = rp
 
@@ -258,7 +270,7 @@ def load(path: Path = SEED) -> Site:
         _need(cls in DEVICE_CLASSES, w + ".class", f"must be one of {', '.join(DEVICE_CLASSES)}")
         base = dict(baselines.get(cls, {}))
         base.update(_channels(d.get("baseline", {}), w + ".baseline"))
-        dev = Device(_text(d, "id", w), cls, str(d.get("where", "")), _position(d.get("position"), w + ".position"),
+        dev = Device(_id(d, "id", w, ID), cls, str(d.get("where", "")), _position(d.get("position"), w + ".position"),
                      base, bool(d.get("quick", False)))
         _need(dev.id not in devices, w + ".id", "listed twice")
         devices[dev.id] = dev
