@@ -192,6 +192,8 @@ class Driver:
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._leased: dict[int, float] = {}  # each rollout this desk drives: when its lease was last renewed
+        self._send_failing: float | None = None  # when a send the broker refused was last logged, while they go on
+        self._send_failed = 0
 
     async def run(self, poll_s: float = 1.0) -> None:
         """A pass each `poll_s`. One that fails is tried again (the state is all in the database); the first
@@ -335,12 +337,22 @@ class Driver:
         self.on_change(r.site)
 
     async def _send(self, r: Any, offer: Any, dev: str, sends: int) -> bool:
+        """Send a node the ota command; False when the broker did not take it (tried again next pass). A broker
+        away is logged at the first refusal, then once a minute with the count, and when a send goes through
+        again: a line each pass was one a second of an outage."""
         args = {"v": r.v, "n": offer.n, "sig": bytes(offer.sig).hex()}
         try:
             cmd = await self.downlink.command(self.engine, r.actor, r.site, dev, "ota", args)
-        except DownlinkError as exc:  # the district broker is away: tried again next pass
-            event(log, "rollout-send-failed", logging.WARNING, id=r.id, dev=dev, error=str(exc))
+        except DownlinkError as exc:
+            self._send_failed += 1
+            if self._send_failing is None or time.monotonic() - self._send_failing >= FAIL_LOG_S:
+                event(log, "rollout-send-failed", logging.WARNING, id=r.id, dev=dev, error=str(exc),
+                      failed=self._send_failed)
+                self._send_failing = time.monotonic()
             return False
+        if self._send_failing is not None:
+            event(log, "rollout-send-recovered", logging.WARNING, id=r.id, failed=self._send_failed)
+        self._send_failing, self._send_failed = None, 0
         await self._write(update(ota_rollout_nodes).where(ota_rollout_nodes.c.rollout == r.id,
                                                           ota_rollout_nodes.c.dev == dev)
                           .values(cmd=cmd, sends=sends + 1, state="sent", detail=None))

@@ -326,3 +326,36 @@ def test_passes_the_database_fails_are_logged_once_not_each_second(
     assert "database is locked" in failed[0].fields["error"] and not failed[0].exc_info  # type: ignore[attr-defined]
     [back] = [r for r in caplog.records if r.getMessage() == "rollout-pass-recovered"]
     assert back.fields["failed"] > 5, back.fields  # type: ignore[attr-defined]
+
+
+def test_a_broker_away_during_a_rollout_is_logged_once_not_each_pass(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A stage's command the district broker did not take is sent again at the next pass, a second later. Each
+    such pass logged a warning, one a second of a broker outage while a rollout ran. The first is logged, then
+    one a minute with the count, and the send that goes through again says so."""
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas"})
+    broker = Mosquitto()
+    down = Downlink(broker_publisher(broker_config(broker)))  # its port has no broker yet
+    driver = Driver(engine, down, lambda site: None)
+    with engine.begin() as conn:
+        rid = rollout.start(conn, BOSS, SITE, NEW, canary="1", stage_timeout=60, now=now)
+    caplog.set_level(logging.INFO, logger="lifeline.district")
+
+    async def outage() -> None:
+        running = asyncio.get_running_loop().create_task(driver.run(poll_s=0.05))
+        await asyncio.sleep(1.5)
+        broker.start()
+        while nodes(engine, rid)["gas1"][0] != "sent":
+            await asyncio.sleep(0.05)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    try:
+        asyncio.run(outage())
+    finally:
+        broker.close()
+    said = [(r.getMessage(), r.fields.get("failed")) for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage().startswith("rollout-send")]
+    assert [m for m, _ in said] == ["rollout-send-failed", "rollout-send-recovered"], said
+    assert said[1][1] > 5, said
