@@ -519,10 +519,10 @@ def _host_port(text: str) -> tuple[str, int]:
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed != (":" in host):
         raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, [fe80::1]:1883, and only it")
-    return _host(host[1:-1] if bracketed else host), int(port)
+    return check_host(host[1:-1] if bracketed else host), int(port)
 
 
-def _host(text: str) -> str:
+def check_host(text: str) -> str:
     """An IP address or a DNS name (RFC 1123 labels; a dotted quad past 255 is neither)."""
     try:
         ipaddress.ip_address(text)
@@ -564,7 +564,7 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _ssid(text: str) -> str:
+def check_ssid(text: str) -> str:
     """An SSID of at most 32 bytes (802.11): ESP-IDF cuts a longer one to its 32-byte field, and the board looks
     for a network of that name for ever."""
     if len(text.encode()) > 32:
@@ -572,7 +572,7 @@ def _ssid(text: str) -> str:
     return text
 
 
-def _wifi_password(text: str) -> str:
+def check_wifi_password(text: str) -> str:
     """A password some Wi-Fi security takes: none (an open network), WEP's 5 or 13 characters or 10 or 26 hex
     digits, or WPA's passphrase of 8-63 characters or key of 64 hex digits. Anything else never joins: ESP-IDF
     cuts it to its 64-byte field, or the access point refuses it, and the board boots to no network."""
@@ -594,11 +594,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, type=_host_port, metavar="HOST:PORT",
                    help="the site broker as the device reaches it")
     p.add_argument("--tls", action="store_true", help="connect to the broker with TLS")
-    p.add_argument("--wifi-ssid", type=_ssid, default="")
-    p.add_argument("--wifi-password", type=_wifi_password, default="")
+    p.add_argument("--wifi-ssid", type=check_ssid, default="")
+    p.add_argument("--wifi-password", type=check_wifi_password, default="")
     p.add_argument("--mqtt-user", default=None, help="broker user name (default: the device id)")
     p.add_argument("--mqtt-password", default=None)
-    p.add_argument("--ntp", action="append", type=_host, metavar="HOST", help="NTP server (repeatable; "
+    p.add_argument("--ntp", action="append", type=check_host, metavar="HOST", help="NTP server (repeatable; "
                    "default pool.ntp.org)")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key", help="device HMAC key, 64 hex digits")

@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from lifeline.flash import check_host, check_ssid, check_wifi_password
 from lifeline.upy import ROOT
 
 SUITE = ROOT / "hil_tests"
@@ -41,9 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", default=[], metavar="SPEC",
                    help="virtual (default) or serial:PORT[,profile=P][,id=ID][,stim=PORT,rig=FILE]; repeatable")
     p.add_argument("--count", type=_count, default=1, help="virtual devices per profile (at least 1)")
-    p.add_argument("--bench-host", default=None, help="address real boards reach the site broker at")
-    p.add_argument("--wifi-ssid", default="")
-    p.add_argument("--wifi-password", default="")
+    # checked as `lifeline flash` checks them: each real board is flashed with them
+    p.add_argument("--bench-host", type=check_host, default=None, help="address real boards reach the site broker at")
+    p.add_argument("--wifi-ssid", type=check_ssid, default="")
+    p.add_argument("--wifi-password", type=check_wifi_password, default="")
     p.add_argument("--out", type=Path, default=Path("out/hil"), help="reports and bench files (default out/hil)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest")
 

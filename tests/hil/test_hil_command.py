@@ -104,3 +104,15 @@ def test_the_out_directory_is_shown_as_typed(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("COLUMNS", "300")
     assert cli.main(["hil", "--out", str(out)]) == 0
     assert f"reports in {out}/ (junit.xml, report.json, bench/)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, value", [("--bench-host", "bench host"), ("--bench-host", "192.168.4.256"),
+                                           ("--wifi-ssid", "s" * 33), ("--wifi-password", "seven77")])
+def test_bench_settings_no_board_can_use_are_a_usage_error(tmp_path: Path, suite_runs: list[list[str]], option: str,
+                                                           value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The address real boards reach the bench at and its Wi-Fi go into each board as `lifeline flash` writes
+    them, but were taken unchecked: every board was flashed with what it could not use, and the bench waited out
+    its timeout for births that never came. Refused as `lifeline flash` refuses them, before anything runs."""
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["hil", "--out", str(tmp_path), option, value])
+    assert ended.value.code == 2 and f"argument {option}: " in capsys.readouterr().err and suite_runs == []
