@@ -62,19 +62,41 @@ def add_user(conn: Connection, name: str, role: str, password: str, *, now: floa
 
 
 def log_in(conn: Connection, name: str, password: str, *, now: float | None = None) -> Session | None:
-    """A new session, or None for a wrong name or password (the caller does not learn which)."""
-    now = time.time() if now is None else now
-    row = conn.execute(select(users).where(users.c.name == name)).first()
-    if row is None:
-        _hasher.hash(password)  # the same work as a real check, so a wrong name takes as long as a wrong password
-        return None
+    """A new session, or None for a wrong name or password (the caller does not learn which). The desk runs the
+    three steps apart, the hash outside any transaction."""
+    ok, rehashed = verify(stored_hash(conn, name), password)
+    return open_session(conn, name, rehashed=rehashed, now=now) if ok else None
+
+
+def stored_hash(conn: Connection, name: str) -> str | None:
+    return conn.execute(select(users.c.pw_hash).where(users.c.name == name)).scalar()
+
+
+def verify(pw_hash: str | None, password: str) -> tuple[bool, str | None]:
+    """Whether the password is the one `pw_hash` (None: no such user) was made of, and its new hash when the
+    hasher's parameters have changed since. Argon2id: 64 MiB and a tenth of a second of a core each, no user
+    (the same work as a real check, so a wrong name takes as long as a wrong password) or not."""
+    if pw_hash is None:
+        _hasher.hash(password)
+        return False, None
     try:
-        _hasher.verify(row.pw_hash, password)
+        _hasher.verify(pw_hash, password)
     except (VerificationError, InvalidHashError):
+        return False, None
+    return True, _hasher.hash(password) if _hasher.check_needs_rehash(pw_hash) else None
+
+
+def open_session(conn: Connection, name: str, *, rehashed: str | None = None, now: float | None = None
+                 ) -> Session | None:
+    """A new session of a user whose password was verified (and its new hash, if any), or None if the user
+    was removed meanwhile."""
+    now = time.time() if now is None else now
+    role = conn.execute(select(users.c.role).where(users.c.name == name)).scalar()
+    if role is None:
         return None
-    if _hasher.check_needs_rehash(row.pw_hash):
-        conn.execute(update(users).where(users.c.name == name).values(pw_hash=_hasher.hash(password)))
-    s = Session(secrets.token_urlsafe(32), name, row.role, secrets.token_urlsafe(32))
+    if rehashed is not None:
+        conn.execute(update(users).where(users.c.name == name).values(pw_hash=rehashed))
+    s = Session(secrets.token_urlsafe(32), name, role, secrets.token_urlsafe(32))
     conn.execute(sessions.insert().values(token=s.token, user=name, csrf=s.csrf, created=now,
                                           expires=now + SESSION_S))
     return s

@@ -538,3 +538,77 @@ async def test_a_command_the_broker_refused_is_answered_off_the_event_loop(engin
     with engine.connect() as conn:
         assert conn.execute(select(commands.c.ok, commands.c.answered.is_not(None))).one() == (False, True)
     assert slowest < 0.5, slowest
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_logins_by_the_dozen_under_made_up_names_do_not_take_a_gigabyte(postgres: Postgres, broker: Mosquitto) -> None:
+    """A login hashes the password with Argon2id (64 MiB a hash), for a made-up user name too, so that a wrong
+    name takes as long as a wrong password; the failed-login limit is per name. Logins ran as many at once as
+    the desk's thread pool holds (40): a client posting logins under made-up names, a dozen at a time, made the
+    desk take 64 MiB for each, 2.5 GiB at forty, enough to have it killed for memory. The desk now hashes
+    two at a time; the rest wait their turn. (On SQLite the write lock queued them, see the next test.)"""
+    engine = store.open_engine(postgres.url)
+    seed(engine, time.time())
+    try:
+        with desk_server(engine, broker) as url:
+            c, _ = client(url)
+            c.post("/api/login", json={"user": "warm-up", "password": "not-the-password"})  # the pool's threads
+            base, peak, done = rss_mb(), 0.0, threading.Event()
+
+            def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, rss_mb())
+                    time.sleep(0.002)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda i: client(url)[0].post(
+                    "/api/login", json={"user": f"made-up-{i}", "password": "not-the-password"}).status_code,
+                    range(12)))
+            done.set()
+            sampler.join()
+            assert answers == [401] * 12
+            assert c.post("/api/login", json={"user": USERS["viewer"], "password": PASSWORD}).status_code == 200
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    assert peak - base < 400, (base, peak)
+
+
+def test_logins_do_not_hold_sqlites_write_lock_while_they_hash(tmp_path: Path, broker: Mosquitto) -> None:
+    """A login hashed the password inside its write transaction: on SQLite, the whole database's write lock held
+    for each hash (some 0.1 s), so a client posting logins under made-up names held every ingest worker's batch
+    back, up to the busy timeout, without an account. The hash is now checked before the session's write."""
+    engine = store.open_engine(str(tmp_path / "district.sqlite"))
+    seed(engine, time.time())
+    try:
+        with desk_server(engine, broker) as url:
+            slowest, done = 0.0, threading.Event()
+
+            def worker() -> None:  # an ingest worker's batches, one after another
+                nonlocal slowest
+                while not done.is_set():
+                    began = time.monotonic()
+                    with engine.begin() as conn:
+                        store.gateway_state(conn, "s1", True, 1, received=time.time())
+                    slowest = max(slowest, time.monotonic() - began)
+                    time.sleep(0.01)
+
+            writing = threading.Thread(target=worker)
+            writing.start()
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda i: client(url)[0].post(
+                    "/api/login", json={"user": f"made-up-{i}", "password": "not-the-password"}).status_code,
+                    range(12)))
+            done.set()
+            writing.join()
+            assert answers == [401] * 12
+    finally:
+        engine.dispose()
+    assert slowest < 0.3, slowest
