@@ -207,3 +207,30 @@ def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130 and "interrupted: everything the demo started is stopped" in err, (out, err)
     assert left == {}, left
+
+
+def test_a_district_record_that_cannot_be_written_leaves_the_last_one_whole(tmp_path: Path) -> None:
+    """district.jsonl is rewritten after each pass under --forever, as summary.json is, and was truncated and
+    written in place the same way: a tool reading it meanwhile, or after a write the disk could not take, found
+    the record cut off mid-line."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    record = tmp_path / "district.jsonl"
+    record.write_text('{"t":1.0,"kind":"state","body":{}}\n')
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as ENOSPC would be
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    code = ("import sys\nfrom pathlib import Path\nfrom lifeline.virtual.recorder import DistrictLog\n"
+            "log = DistrictLog()\nfor i in range(50):\n"
+            "    log.add(float(i), 'state', {'dev': 'gas-01', 'st': 'online'})\nlog.save(Path(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(record)], capture_output=True, text=True,
+                          preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode != 0 and "File too large" in done.stderr, done.stderr
+    assert record.read_text() == '{"t":1.0,"kind":"state","body":{}}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["district.jsonl"]  # no temp file left

@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.rules import RuleSet
 from lifeline.virtual.plan import CLEAR, Expect, Incident, Site
-from lifeline.virtual.recorder import DistrictLog, Entry
+from lifeline.virtual.recorder import DistrictLog, Entry, replace_whole
 from protocol import district
 
 # Colours of the four warning levels as drawn (gold reads better than pure yellow on white).
@@ -196,19 +196,6 @@ def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Ite
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.0f}"
-
-
-def replace_whole(path: Path, data: bytes) -> None:
-    """`data` written beside `path` and renamed over it: a tool reading the report (rewritten after each pass
-    under --forever) finds the last one or this one whole, never half, and a write the disk cannot take leaves
-    the last one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:

@@ -38,6 +38,19 @@ class Entry:
     body: Any
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """`data` written beside `path` and renamed over it: a tool reading the record or a demo report (rewritten
+    after each pass under --forever) finds the last one or this one whole, never half, and a write the disk
+    cannot take leaves the last one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class DistrictLog:
     """Everything the district received, in receipt order. By default telemetry packs are kept with resolved
     records and bodies made JSON-able (the demo's district.jsonl); `raw` keeps bodies as decoded, for tests
@@ -58,9 +71,8 @@ class DistrictLog:
         return entry
 
     def save(self, path: Path) -> None:
-        with path.open("w") as fh:
-            for e in self.entries:
-                fh.write(json.dumps({"t": e.t, "kind": e.kind, "body": e.body}, separators=(",", ":")) + "\n")
+        replace_whole(path, "".join(json.dumps({"t": e.t, "kind": e.kind, "body": e.body}, separators=(",", ":"))
+                                    + "\n" for e in self.entries).encode())
 
     @classmethod
     def load(cls, path: Path) -> DistrictLog:
