@@ -139,3 +139,27 @@ def test_the_main_loop_feeds_a_short_watchdog_with_margin(tmp_path: Path) -> Non
     result = upy.run("-m drivercheck", "runtime_loop_cases", heap=upy.FIRMWARE_HEAP, cwd=tmp_path, timeout=60,
                      env={"MICROPYPATH": f"{upy.upy_path()}:{SCRIPTS}"})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_sleeping_node_in_safe_mode_without_its_broker_sleeps(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """Safe mode runs the awake loop, which never deep-slept: a battery node that came into it while its broker
+    was away stayed awake until it had been connected for 10 minutes, its battery draining all the while. It
+    sleeps a wake interval once a minute has passed without a connection, its crash count kept, so the next
+    wake is in safe mode again and takes commands once the broker is back."""
+    p = load_profile("drainage")
+    p["sleep"] = {"wake_s": 10, "awake_s": 5}
+    p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
+    dev = FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 1.0]]})
+    dev._write("state.json", {"boot": 4, "crash": 4})  # the boots before died young
+    broker.stop()
+    with dev:
+        deadline = time.monotonic() + 90
+        while 4 not in dev.exits and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert dev.exits[:1] == [4], (dev.exits, dev.console()[-2000:])
+        broker.start()
+        listener = Listener(broker.port, SITE, DEV)
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 60), dev.console()[-2000:]
+    listener.close()
+    birth = online_births(listener)[0]
+    assert birth.get("safe") is True and birth["rst"] == "deepsleep", birth
