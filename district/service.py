@@ -100,7 +100,13 @@ def run_desk(cfg: DistrictConfig) -> int:
     if cfg.metrics_port:
         registry = CollectorRegistry()
         registry.register(DistrictCollector(engine))
-        start_http_server(cfg.metrics_port, cfg.metrics_host, registry)
+        try:
+            start_http_server(cfg.metrics_port, cfg.metrics_host, registry)
+        except OSError as exc:  # its port taken: as the desk's own, one line, not a traceback at each restart
+            event(log, "desk-not-started", logging.ERROR, metrics_host=cfg.metrics_host, metrics_port=cfg.metrics_port,
+                  error=str(exc))
+            engine.dispose()
+            return 1
 
     # Bound here, before `desk-started` is logged: uvicorn binds only after the app's startup, and a client
     # that took the log line at its word was refused meanwhile.

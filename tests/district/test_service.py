@@ -136,3 +136,22 @@ def test_a_desk_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     assert desk.returncode == 1
     assert "desk-not-started" in desk.stderr and "Address already in use" in desk.stderr
     assert "Traceback" not in desk.stderr
+
+
+def test_a_metrics_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    """The desk serves the metrics too. Their port taken (another exporter on the machine, a second desk
+    process of the same config) was an OSError traceback, again at each restart of the supervisor's."""
+    s = Site(tmp_path / "site", tls=False)
+    s.start()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=free_port())
+        conf.write_text(conf.read_text().replace("[metrics]\nport = 0",
+                                                 f"[metrics]\nport = {taken.getsockname()[1]}"))
+        try:
+            desk = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--desk"], capture_output=True,
+                                  text=True, env=environment(), cwd=ROOT, timeout=60)
+        finally:
+            s.stop()
+    assert desk.returncode == 1
+    assert "desk-not-started" in desk.stderr and "metrics" in desk.stderr and "Address already in use" in desk.stderr
+    assert "Traceback" not in desk.stderr
