@@ -50,9 +50,21 @@ def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
     return dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-w{index}")
 
 
+def opened(cfg: DistrictConfig, role: str) -> Engine | None:
+    """The district's database, or None when it cannot be opened (PostgreSQL not up yet, say), said in one
+    line: it was a traceback, again at each of the supervisor's restarts."""
+    try:
+        return open_engine(cfg.database, cfg.base)
+    except DBAPIError as exc:
+        event(log, f"{role}-not-started", logging.ERROR, database=store.shown(cfg.database), error=store.failure(exc))
+        return None
+
+
 def run_worker(cfg: DistrictConfig, index: int) -> int:
     """One ingest worker until SIGTERM or SIGINT."""
-    engine = open_engine(cfg.database, cfg.base)
+    engine = opened(cfg, "worker")
+    if engine is None:
+        return 1
     worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg),
                     {s.id: frozenset(s.device_keys) for s in cfg.sites.values()}, group=cfg.group, batch_max=cfg.batch)
 
@@ -92,7 +104,9 @@ async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
 
 def run_desk(cfg: DistrictConfig) -> int:
     """The desk (and its /metrics) until SIGTERM or SIGINT."""
-    engine = open_engine(cfg.database, cfg.base)
+    engine = opened(cfg, "desk")
+    if engine is None:
+        return 1
     broker = dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-desk")
     risk_points = {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
                           for p in s.risk_points] for s in cfg.sites.values()}

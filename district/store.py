@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    make_url,
     select,
     update,
 )
@@ -135,6 +136,11 @@ def _add_index(engine: Engine, table: Table, name: str) -> bool:
             return False
         next(i for i in table.indexes if i.name == name).create(conn)
     return True
+
+
+def shown(database: str) -> str:
+    """district.toml's `database` as a log line may show it: a URL's password hidden."""
+    return make_url(database).render_as_string(hide_password=True) if "://" in database else database
 
 
 def failure(exc: Exception) -> str:

@@ -9,10 +9,9 @@ import getpass
 import sys
 from pathlib import Path
 
-from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
-from district import accounts, config, service
+from district import accounts, config, service, store
 from district.store import open_engine
 from gateway.logs import setup
 from gateway.site_config import ConfigError
@@ -54,10 +53,8 @@ def _add_user(cfg: config.DistrictConfig, name: str, role: str) -> int:
     try:
         engine = open_engine(cfg.database, cfg.base)
     except DBAPIError as exc:  # PostgreSQL down, say: one line, as the other start-up failures
-        db = cfg.database  # as district.toml gives it, a URL's password hidden
-        where = make_url(db).render_as_string(hide_password=True) if "://" in db else db
         reason = str(exc.orig).strip().splitlines() or [type(exc.orig).__name__]
-        print(f"start-up failed: database {where}: cannot open it ({reason[0]})", file=sys.stderr)
+        print(f"start-up failed: database {store.shown(cfg.database)}: cannot open it ({reason[0]})", file=sys.stderr)
         return 1
     try:
         with engine.begin() as conn:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.district import DistrictProcess, write_config
@@ -155,3 +156,22 @@ def test_a_metrics_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> No
     assert desk.returncode == 1
     assert "desk-not-started" in desk.stderr and "metrics" in desk.stderr and "Address already in use" in desk.stderr
     assert "Traceback" not in desk.stderr
+
+
+@pytest.mark.parametrize("role", [["--worker", "1"], ["--desk"]], ids=["worker", "desk"])
+def test_a_database_away_at_start_is_one_clear_line_and_exit_1(tmp_path: Path, role: list[str]) -> None:
+    """A worker or desk started while PostgreSQL is not up yet (the machine booting, a failover) was an
+    OperationalError traceback, again at each of the supervisor's restarts, a second apart; `--add-user` said
+    it in one line. Now each role does, the URL's password hidden."""
+    s = Site(tmp_path / "site", tls=False)
+    s.start()
+    conf = write_config(s, tmp_path / "district.toml",
+                        database=f"postgresql://lifeline:s3cret@127.0.0.1:{free_port()}/district")
+    try:
+        run = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), *role], capture_output=True,
+                             text=True, env=environment(), cwd=ROOT, timeout=60)
+    finally:
+        s.stop()
+    assert run.returncode == 1, run.stderr
+    assert "not-started" in run.stderr and "connection" in run.stderr.lower(), run.stderr
+    assert "Traceback" not in run.stderr and "s3cret" not in run.stderr, run.stderr
