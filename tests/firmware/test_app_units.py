@@ -119,6 +119,9 @@ def test_shipped_profiles_pass_the_boot_check(name: str) -> None:
     (("tag",), ["nope"], "tag"), (("sleep",), {"awake_s": 3}, "sleep"),
     # the flash queue refused it as it opened, at every boot, safe mode too
     (("queue",), {"capacity": 4096, "segment": 4096}, "queue"),
+    # two sensors of one name beat the watchdog as one, so a hung sampler went unseen; two metrics of one
+    # name went out as one metric, two transducers' readings the gateway could not tell apart
+    (("sensors", 1, "name"), "ch4", "sensor ch4"), (("sensors", 1, "metrics"), {"ch4": {}}, "metric ch4"),
 ])
 def test_profile_errors_name_the_field(path: tuple[Any, ...], value: Any, error: str) -> None:
     p = copy.deepcopy(json.loads((upy.FIRMWARE / "profiles" / "gas.json").read_text()))

@@ -132,9 +132,15 @@ def check_profile(p):
     sensors = p.get("sensors")
     _need(isinstance(sensors, list) and sensors, w, "sensors must be a non-empty list")
     names = []
+    seen = []  # sensor names: the watchdog counts a sampler's beats by its sensor's name
     for i in range(len(sensors)):
         check_sensor(sensors[i], i)
-        names.extend(sensors[i]["metrics"])
+        s = sensors[i]
+        _need(s["name"] not in seen, w, "sensor %s: a second sensor of that name" % s["name"])
+        seen.append(s["name"])
+        for m in s["metrics"]:  # a pack names a reading by its metric alone
+            _need(m not in names, w, "metric %s: in two sensors" % m)
+            names.append(m)
     for t in tag:
         _need(t in names, w, "tag %r is not a metric" % t)
     return p
