@@ -30,7 +30,7 @@ from protocol import topics
 CHUNK = 1024
 _BOOTS = 5  # boots without a file completed before the updater gives up (a bug, a release it cannot take)
 _WAIT_MS = 2000  # an unanswered request is sent again after this
-_IDLE_MS = 120000  # no chunk for this long: the gateway has no such release, or the link is down
+_IDLE_S = 120  # no chunk for this long: the gateway has no such release, or the link is down (device.json ota_idle_s)
 
 
 class Refused(Exception):
@@ -86,6 +86,7 @@ class Updater:
         self.st = st
         self.prof = d["profile"]
         self.pub = d.get("ota_key")
+        self.idle_s = d.get("ota_idle_s", _IDLE_S)
         self.v = st["v"]
         self.req = topics.device(d["site"], d["id"], topics.OTA_REQ)
         self.want = -1
@@ -103,7 +104,7 @@ class Updater:
             self.ev.set()
 
     async def get(self, off, n):
-        """Bytes off..off+n of the release, asked for again until they come; Refused after _IDLE_MS without
+        """Bytes off..off+n of the release, asked for again until they come; Refused after idle_s without
         them, the link up or not: the node samples nothing while the updater runs, so a broker or Wi-Fi that
         stays away must not keep it here."""
         self.want, self.chunk = off, None
@@ -116,7 +117,7 @@ class Updater:
                 await self.mqtt.publish(self.req, ("%s %d %d" % (self.v, off, n)).encode())
                 await asyncio.wait_for_ms(self.ev.wait(), _WAIT_MS)
             except (asyncio.TimeoutError, OSError):  # OSError: the link went down under the request
-                if ticks_diff(ticks_ms(), t0) >= _IDLE_MS:
+                if ticks_diff(ticks_ms(), t0) >= self.idle_s * 1000:
                     self._idle()
                 continue
             c = self.chunk
@@ -126,7 +127,7 @@ class Updater:
 
     def _idle(self):
         raise Refused("%s for %d s" % ("no answer from the gateway" if self.mqtt.isconnected()
-                                       else "no link to the broker", _IDLE_MS // 1000))
+                                       else "no link to the broker", self.idle_s))
 
     async def fill(self, path, off, size, h=None):
         """The file at `path` made the release's bytes off..off+size, resuming from what is on flash; the
@@ -189,11 +190,13 @@ class Updater:
 
     async def run(self):
         st = self.st
+        if type(self.idle_s) is not int or not 5 <= self.idle_s <= 3600:  # checked here: only the updater reads it
+            raise Refused("ota_idle_s in device.json is not 5..3600")
         await self.board.connect(self.secrets)
         await self.mqtt.subscribe(self.topic, 0)
         self.mqtt.start()
         try:
-            await asyncio.wait_for_ms(self.mqtt.wait_connected(), _IDLE_MS)
+            await asyncio.wait_for_ms(self.mqtt.wait_connected(), self.idle_s * 1000)
         except asyncio.TimeoutError:
             self._idle()
         # A request is written in pieces (mqtt.py's _send), and Nagle held all but the first until the broker's
