@@ -72,7 +72,8 @@ def test_wifi_outage_longer_than_the_watchdog_reconnects_without_a_reset(tmp_pat
     p = fast_gas(report_s=0.5, batch=2)
     p["wdt_ms"] = 5000
     listener = Listener(broker.port, SITE, DEV)
-    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, hal="esp32") as dev:
+    with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]},
+                        heap=upy.firmware_heap("esp32"), hal="esp32") as dev:
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
         assert dev.control(net=False)["ok"]
         time.sleep(12)
