@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Inspector,
     Table,
     Update,
     create_engine,
@@ -108,33 +109,37 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
 
 def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = None) -> bool:
     """A database made by an older version gets a column it lacks (`ddl`, its name first), filled by `fill`;
-    True if it was added. The check is repeated under the table's lock, so processes starting at once add and
-    fill it once."""
+    True if it was added."""
     name = ddl.split()[0]
-    if name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-        return False
-    with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE")
-        if name in {c["name"] for c in inspect(conn).get_columns(table.name)}:
-            return False
+
+    def add(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
         if fill is not None:
             conn.execute(fill)
-    return True
+
+    return _once(engine, table, lambda found: name in {c["name"] for c in found.get_columns(table.name)},
+                 "ACCESS EXCLUSIVE", add)
 
 
 def _add_index(engine: Engine, table: Table, name: str) -> bool:
     """A database made by an older version gets an index of `table` it lacks (built once, which takes a while
-    on a large table); True if it was added. As with a column, processes starting at once build it once."""
-    if name in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+    on a large table); True if it was added."""
+    return _once(engine, table, lambda found: name in {i["name"] for i in found.get_indexes(table.name)},
+                 "SHARE ROW EXCLUSIVE", next(i for i in table.indexes if i.name == name).create)
+
+
+def _once(engine: Engine, table: Table, present: Callable[[Inspector], bool], lock: str,
+          make: Callable[[Connection], object]) -> bool:
+    """`make` run unless `present`; the check is repeated under the table's lock (`lock` on PostgreSQL, the
+    write lock on SQLite), so processes starting at once make it once."""
+    if present(inspect(engine)):
         return False
     with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
-        if name in {i["name"] for i in inspect(conn).get_indexes(table.name)}:
+            conn.exec_driver_sql(f"LOCK TABLE {table.name} IN {lock} MODE")
+        if present(inspect(conn)):
             return False
-        next(i for i in table.indexes if i.name == name).create(conn)
+        make(conn)
     return True
 
 
