@@ -26,9 +26,18 @@ def main():
         tls.load_verify_locations(cadata=ca)
     state = "t/%s/state" % cid
 
+    up = [0]  # the link (its connect number) said UP and not yet said DOWN
+
+    def down():
+        if up[0]:
+            print("DOWN")
+            up[0] = 0
+
     async def birth(client):
+        down()  # the link before this one ended and was rebuilt between two looks of watch()
         await client.publish(state, b"online", retain=True, qos=1)
         print("UP", client.connects)
+        up[0] = client.connects
 
     def message(topic, payload, retained):
         print("RX", topic, payload.decode())
@@ -42,12 +51,12 @@ def main():
         print("ACKED", text)
 
     async def watch():
-        was = False
+        seen = 0  # the link last seen open; UP is said before the link opens, so only a link seen open ends
         while True:
-            now = client.isconnected()
-            if was and not now:
-                print("DOWN")
-            was = now
+            if client.isconnected():
+                seen = client.connects
+            elif seen == up[0]:
+                down()
             await asyncio.sleep_ms(20)
 
     async def run():
