@@ -457,11 +457,12 @@ class AlarmEngine:
         """Apply a newer rule set at run time. Active alarms keep their id and level until the next reading
         is judged by the new rules; alarms whose rule is gone are cleared now (returned).
 
-        Raises RuleError if the version is not newer or a risk point's class has no rules.
+        Raises RuleError if the version is not newer, a risk point's class has no rules, or a class is no
+        device's and no risk point's.
         """
         if ruleset.version <= self._rules.version:
             raise RuleError("version", f"must be greater than the active version {self._rules.version}")
-        self._check_points(ruleset)
+        self._points.check_rules(ruleset)
         self._switch(ruleset, now)
         return self._sweep(now)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.numbers import finite
-from gateway.rules import RuleError
+from gateway.rules import DEVICE_CLASSES, RuleError, RuleSet
 
 EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
 _METRES_PER_DEGREE_LAT = math.pi * EARTH_RADIUS_M / 180.0
@@ -94,6 +94,17 @@ class RiskPoints:
 
     def get(self, ident: str) -> RiskPoint | None:
         return self._points.get(ident)
+
+    def check_rules(self, ruleset: RuleSet, path: str = "riskpoints") -> None:
+        """Every point's class has rules, and every class of the set is a device class or a point's: a
+        misspelt one ([gsa.ch4]) judges nothing, and the class it was meant for is left without rules."""
+        for point in self:
+            if point.cls not in ruleset.classes:
+                raise RuleError(f"{path}.{point.id}.class", f"the rule set has no class {point.cls!r}")
+        named = {point.cls for point in self}
+        for cls in ruleset.classes:
+            if cls not in DEVICE_CLASSES and cls not in named:
+                raise RuleError(cls, f"no device class ({', '.join(DEVICE_CLASSES)}) and no risk point's class")
 
     def nearest(self, lat: float, lon: float) -> tuple[RiskPoint, float] | None:
         """The closest point whose radius covers (lat, lon), with the distance in metres; ties go to the lower id."""

@@ -29,6 +29,7 @@ RATE_WINDOW_CAP = 4096
 SUM_BINS_PER_WINDOW = 120
 MIN_WINDOW_S = 1.0  # a rate or sum window
 MAX_SUM_WINDOWS = 100  # a sum's longest window, in its shortest ones
+DEVICE_CLASSES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 
 _CLASS_RE = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")

@@ -23,9 +23,8 @@ from gateway import device_states, release_dir
 from gateway.device_list import DeviceConfig, DeviceList
 from gateway.numbers import finite
 from gateway.riskpoints import RiskPoints
-from gateway.rules import RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
+from gateway.rules import DEVICE_CLASSES, RuleError, RuleSet, default_ruleset_paths, load_ruleset, parse_ruleset
 
-DEVICE_CLASSES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 _CLASS = {cls: cls for cls in DEVICE_CLASSES}  # one string object per class for every device
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
@@ -487,9 +486,10 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Gate
                                                  []), "risk_points")
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
-    for point in risk_points:  # else the alarm engine refuses the rules at start, or a reload half applies
-        if point.cls not in ruleset.classes:
-            raise ConfigError(f"risk_points.{point.id}.class: the rule set has no class {point.cls!r}")
+    try:  # else the alarm engine refuses the rules at start, or a reload half applies
+        risk_points.check_rules(ruleset, "risk_points")
+    except RuleError as exc:
+        raise ConfigError(str(exc) if exc.path.startswith("risk_points.") else f"rules: {exc}") from None
 
     store_t = root.section("store")
     store_path = store_t.path("path", REQUIRED)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.riskpoints import haversine_m
-from gateway.rules import LEVEL_NAMES
-from gateway.site_config import DEVICE_CLASSES
+from gateway.rules import DEVICE_CLASSES, LEVEL_NAMES
 from lifeline.upy import ROOT
 
 SEED = ROOT / "seeds" / "demo_site.toml"

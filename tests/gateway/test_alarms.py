@@ -623,6 +623,16 @@ def test_risk_point_classes_must_have_rules(tmp_path: Path) -> None:
     s.conn.close()
 
 
+def test_rules_from_the_district_with_a_class_of_no_device_and_no_point_are_refused(tmp_path: Path) -> None:
+    """A district rule set with water's rules under "watr" was applied: every water main lost its rules and
+    the district was told the set was in force."""
+    s = EngineOnDisk(tmp_path / "db", points=RiskPoints.parse([STATION]))
+    with pytest.raises(RuleError, match=r"^watr: "):
+        s.engine.replace_rules(rules(2, watr=RULES["water"], water=None), 2000.0)
+    assert s.engine.ruleset.version == 1
+    s.conn.close()
+
+
 def test_the_shipped_rules_run_in_the_engine(tmp_path: Path) -> None:
     s = EngineOnDisk(tmp_path / "db", default_ruleset(), RiskPoints.parse([STATION]))
     assert steps(s.feed("gas-1", "gas", "ch4", [5, 21, 22])) == [("raised", None, YELLOW)]

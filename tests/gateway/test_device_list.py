@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.device_list import DeviceConfig, DeviceList
-from gateway.site_config import DEVICE_CLASSES
+from gateway.rules import DEVICE_CLASSES
 
 
 def devices(n: int, seed: int, placed: float) -> list[DeviceConfig]:

@@ -80,6 +80,7 @@ BAD_RULESETS = {
     "a level past a float": {"version": 2, "gas": {"ch4": {**CH4, "levels": {"red": 10**400}}}},
     "a lone surrogate unit (JSON text)": json.dumps({"version": 2, "gas": {"ch4": {**CH4, "unit": "\ud800"}}}),
     "a lone surrogate class (JSON text)": json.dumps({"version": 2, "\ud800": {}}),
+    "a class of no device and no risk point": {"version": 2, "gsa": {"ch4": CH4}},
 }
 
 

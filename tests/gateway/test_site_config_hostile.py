@@ -176,3 +176,30 @@ def test_a_devices_file_that_is_no_regular_file_is_a_config_error(tmp_path: Path
         pytest.fail("reading the devices file blocked")
     assert isinstance(outcome[0], ConfigError), outcome
     assert str(outcome[0]).startswith("site.devices_file: cannot read ")
+
+
+def test_a_rule_class_of_no_device_class_and_no_risk_point_is_refused(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelt class ([gsa.ch4]) was taken at start and on SIGHUP: its rules judged nothing, and a gas
+    section renamed so left every gas device without rules while the reload said rules_applied."""
+    misspelt = tmp_path / "gas-typo.toml"
+    misspelt.write_text((RULESETS_DIR / "gas.toml").read_text().replace("version = 1", "version = 2")
+                        .replace("[gas.", "[gsa."))
+    with pytest.raises(ConfigError, match=r"^rules: gsa: no device class"):
+        load(site_toml(tmp_path, '[rules]\nfiles = ["gas-typo.toml"]\n'))
+    # a class a risk point names is no device class, and is taken
+    (tmp_path / "station.toml").write_text((RULESETS_DIR / "gas.toml").read_text().replace("[gas.", "[station."))
+    station = load(site_toml(tmp_path, f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}", "station.toml"]\n\n'
+                                       + POINT.replace("water", "station")))
+    assert set(station.ruleset.classes) == {"gas", "station"}
+    gw = Gateway(load(site_toml(tmp_path, f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n')))
+    try:
+        site_toml(tmp_path, '[rules]\nfiles = ["gas-typo.toml"]\n')
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        failed = [r for r in caplog.records if r.getMessage() == "reload-failed"]
+        assert len(failed) == 1 and "gsa" in getattr(failed[0], "fields", {})["error"]
+        assert gw.alarms.ruleset.version == 1 and "gas" in gw.alarms.ruleset.classes
+        assert not [r for r in caplog.records if r.getMessage() in ("reloaded", "devices-without-rules")]
+    finally:
+        gw.conn.close()
