@@ -278,8 +278,9 @@ class Demo:
                                capture_output=True, text=True, env=virtual_site.environment(), cwd=virtual_site.ROOT)
         if added.returncode != 0:
             raise DemoError(f"lifeline district --add-user: {added.stderr.strip()}")
-        district = DistrictProcess(conf, log_path=self.logs / "district.log").start()
+        district = DistrictProcess(conf, log_path=self.logs / "district.log")
         stack.callback(district.stop)
+        district.start()
         district.wait_subscribed(DISTRICT_TIMEOUT_S)
         district.wait_log("desk-started", DISTRICT_TIMEOUT_S)
         desk = operator.Operator(f"http://127.0.0.1:{desk_port}", DESK_USER, self.desk_password)

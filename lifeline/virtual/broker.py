@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from lifeline.virtual import signals
+
 
 def mosquitto_binary() -> str:
     """The broker binary; Debian installs it in /usr/sbin, which is not on every PATH."""
@@ -139,8 +141,9 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf_path)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with signals.held():
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf_path)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from lifeline.virtual import signals
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
 
@@ -54,7 +55,7 @@ class DistrictProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DistrictProcess:
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, signals.held():
             self.proc = subprocess.Popen([*lifeline_cmd(), "district", "--config", str(self.config), *self.role],
                                          stdout=log, stderr=log, env=environment(), cwd=ROOT, start_new_session=True)
         return self

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from lifeline import site_auth, upy
+from lifeline.virtual import signals
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.recorder import Entry, Recorder
 from protocol import district_verify, message, senml, site_seal, topics
@@ -227,6 +228,7 @@ class Site:
         if self.device_host:
             site_conf += f"listener {self.ports['devices']} {self.device_host}\n"
         self.site_broker = self._broker(site_conf, "site")
+        self._start(self.site_broker, "site")
         if self.shared is not None:
             self.district_broker = self.shared.join_district(self.id, self.gateway_password)
             return self
@@ -239,6 +241,7 @@ class Site:
                               {"district-passwd": dauth / "district-passwd", "district.acl": dauth / "district.acl",
                                **tls_files})
         self.district_broker = self._broker(district_conf, "district")
+        self._start(self.district_broker, "district")
         return self
 
     def _district_passwords(self) -> Path:
@@ -259,9 +262,13 @@ class Site:
         return {"8883": self.ports[name]} if self.tls else {}
 
     def _broker(self, conf: str, name: str) -> Mosquitto:
-        broker = Mosquitto(conf, port=self.ports[name], workdir=self.dir / f"{name}-broker", anonymous=False)
+        return Mosquitto(conf, port=self.ports[name], workdir=self.dir / f"{name}-broker", anonymous=False)
+
+    @staticmethod
+    def _start(broker: Mosquitto, name: str) -> None:
+        """Started once the site holds it, so that stop() finds it whatever ends the start."""
         try:
-            return broker.start()
+            broker.start()
         except RuntimeError as exc:
             raise SiteError(f"{name} broker: {exc}") from None
 
@@ -355,8 +362,10 @@ class GatewayProcess:
         pin = [] if self.cpu is None else ["taskset", "--cpu-list", str(self.cpu)]
         with self.log_path.open("ab") as log:
             self._offset = log.tell()
-            self.proc = subprocess.Popen([*pin, *lifeline_cmd(), "gateway", "--config", str(self.site.config_path)],
-                                         stdout=log, stderr=log, env=environment(), cwd=ROOT, start_new_session=True)
+            with signals.held():
+                self.proc = subprocess.Popen([*pin, *lifeline_cmd(), "gateway", "--config",
+                                              str(self.site.config_path)], stdout=log, stderr=log, env=environment(),
+                                             cwd=ROOT, start_new_session=True)
         return self
 
     def lines(self) -> list[str]:

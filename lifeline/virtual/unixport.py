@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeline import upy
+from lifeline.virtual import signals
 
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
@@ -127,7 +128,8 @@ class UnixPortDevice:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def _boot(self, soft: bool) -> None:
-        self._proc = self._spawn(soft)
+        with signals.held():
+            self._proc = self._spawn(soft)
         self.boots += 1
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
