@@ -9,7 +9,7 @@ import pytest
 
 from lifeline import cli
 from lifeline.demo import run as demo_run
-from lifeline.virtual import plan
+from lifeline.virtual import leftovers, plan
 
 
 class Stop(RuntimeError):
@@ -134,41 +134,6 @@ def test_a_summary_that_cannot_be_written_leaves_the_last_one_whole(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "summary.md"]  # no temp file left
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (the kernel's list of each task's children)."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:  # ended meanwhile
-                continue
-            todo += kids - found
-            found |= kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _running_in(directory: Path) -> set[int]:
-    """Processes whose command line names `directory`: the demo's, whichever parent they have now."""
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(directory).encode() in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
-
-
 def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
     """A dropped SSH session sends the demo SIGHUP: it died at once, and its brokers, gateways, district and boards
     (each in a session of its own, so none had the signal) ran on, holding their ports, until found by hand. It
@@ -185,26 +150,22 @@ def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
     started: set[int] = set()
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:  # all up, and between starts: a signal inside a Popen is another matter
+        for line in proc.stdout:  # all up, and between starts: tests/test_signal_at_start.py sends one inside a start
             if " devices online at the district" in line:
                 break
-        started = _descendants(proc.pid)
+        started = leftovers.descendants(proc.pid)
         assert started, "the demo started nothing"
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=60)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                for p in started if _alive(p)}
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         # what a demo killed outright left behind (started before or after the look), so the test leaves nothing
-        for pid in started | _running_in(tmp_path):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        leftovers.kill_all(started | leftovers.running_in(tmp_path))
     assert proc.returncode == 130 and "interrupted: everything the demo started is stopped" in err, (out, err)
     assert left == {}, left
 

@@ -16,38 +16,7 @@ from typing import Any
 import pytest
 
 from lifeline import cli
-
-
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            todo += kids - found
-            found |= kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _running_in(directory: Path) -> set[int]:
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(directory).encode() in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
+from lifeline.virtual import leftovers
 
 
 # the first of the demo's command lines to match, in the order it starts them (a board needs no case: closing its
@@ -71,21 +40,20 @@ def test_a_signal_as_the_demo_starts_a_part_stops_it(tmp_path: Path, monkeypatch
                 signalled.append(line)
                 os.kill(os.getpid(), signum)
 
-    before = _descendants(os.getpid())
+    def ours() -> set[int]:
+        return set(started) | (leftovers.descendants(os.getpid()) - before) | leftovers.running_in(tmp_path)
+
+    before = leftovers.descendants(os.getpid())
     monkeypatch.setattr(subprocess, "Popen", SignalledPopen)
     try:
         code = cli.main(["demo", "--plain", "--quick", "--out", str(tmp_path)])
         monkeypatch.undo()
         assert signalled, "the demo never started that part"
         deadline = time.monotonic() + 5
-        while (left := {p for p in (_descendants(os.getpid()) - before) | _running_in(tmp_path) if _alive(p)}) \
-                and time.monotonic() < deadline:
+        while (left := leftovers.command_lines(ours())) and time.monotonic() < deadline:
             time.sleep(0.1)
-        shown = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in left}
     finally:
         monkeypatch.undo()
-        for pid in set(started) | _running_in(tmp_path) | (_descendants(os.getpid()) - before):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        leftovers.kill_all(ours())
     assert code == 130 and "interrupted: everything the demo started is stopped" in capsys.readouterr().err
-    assert shown == {}
+    assert left == {}

@@ -1,0 +1,65 @@
+"""What a tool that was stopped left running, read from /proc: its descendants, and the processes naming its
+working directory (whatever their parent is now). For the tests of a stop at any moment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (the kernel's list of each task's children)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:  # ended meanwhile
+                continue
+            todo += kids - found
+            found |= kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+def running_in(directory: Path) -> set[int]:
+    """Processes whose command line names `directory`."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(directory).encode() in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def command_lines(pids: set[int]) -> dict[int, str]:
+    """Those of `pids` still running, with their command lines."""
+    out = {}
+    for pid in pids:
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if alive(pid):
+            out[pid] = line
+    return out
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL those still running, so that a failing test leaves nothing behind."""
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
