@@ -97,10 +97,12 @@ def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
             report.devices = [{"id": d.id, "profile": d.profile, "kind": d.spec.kind, "port": d.spec.port}
                               for d in bench.devices]
         bench.start()
-    except TestbedError as exc:
+    except BaseException as exc:  # a Ctrl-C in setup too: the fixture never yields, so nothing else closes it
         if bench is not None:
             bench.close()
-        pytest.fail(f"bench setup: {exc}", pytrace=False)
+        if isinstance(exc, TestbedError):
+            pytest.fail(f"bench setup: {exc}", pytrace=False)
+        raise
     try:
         yield bench
     finally:

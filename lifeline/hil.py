@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from lifeline.flash import check_host, check_ssid, check_wifi_password
 from lifeline.upy import ROOT
@@ -72,6 +74,10 @@ def clear_bench(bench: Path) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     import pytest
     from rich.console import Console
@@ -101,7 +107,15 @@ def run(args: argparse.Namespace) -> int:
         if value:
             argv += [flag, value]
     argv += [a for a in args.pytest_args if a != "--"]
-    code = int(pytest.main(argv))
+    # SIGTERM and a dropped SSH session end the run as Ctrl-C does, through the bench's teardown: killed outright,
+    # it left its brokers, gateway and boards (these two in sessions of their own) running
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    try:
+        code = int(pytest.main(argv))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     console = Console()
     if not report.exists():
         print(f"no report: pytest ended with exit status {code} before writing {report}", file=sys.stderr)

@@ -4,11 +4,18 @@ blank boards and its site), never a user's files. It removed the whole of DIR/be
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lifeline import cli
+from lifeline.upy import ROOT
+from lifeline.virtual import leftovers
 
 
 @pytest.fixture
@@ -116,3 +123,32 @@ def test_bench_settings_no_board_can_use_are_a_usage_error(tmp_path: Path, suite
     with pytest.raises(SystemExit) as ended:
         cli.main(["hil", "--out", str(tmp_path), option, value])
     assert ended.value.code == 2 and f"argument {option}: " in capsys.readouterr().err and suite_runs == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_a_stop_while_the_bench_starts_stops_everything_it_started(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (systemd, kill) or a dropped SSH session ended `lifeline hil` at once, and a Ctrl-C while the bench
+    was being set up skipped its teardown: its brokers, gateway and boards ran on, holding their ports. The bench
+    is stopped as a Ctrl-C after setup stops it."""
+    proc = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "hil", "--out", str(tmp_path), "--",
+                             "-k", "test_boot_birth_reaches_the_district"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(b"micropython" in line.encode() for line in leftovers.command_lines(started).values()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no board powered on"
+            time.sleep(0.05)
+            started |= leftovers.descendants(proc.pid)
+        proc.send_signal(signum)  # while the bench flashes its boards and waits for their births
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
+        started |= leftovers.running_in(tmp_path)
+        deadline = time.monotonic() + 10
+        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftovers.kill_all(started | leftovers.running_in(tmp_path))
+    assert proc.returncode == 2 and left == {}, (proc.returncode, left, out[-3000:])
