@@ -98,6 +98,7 @@ class Gateway:
         self.batches_redone = 0  # batches that failed whole and were redone one message at a time
         self._redone_logged: float | None = None  # monotonic time of the last line saying so
         self.gaps = 0
+        self._counted()
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
         # OTA (docs/ota.md): nodes' chunk requests on a connection of their own, so that a download never
@@ -159,6 +160,7 @@ class Gateway:
                 self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received,
                                     exc=exc)
                 self.conn.commit()
+                self._counted()
 
     def _rollback(self) -> None:
         self.conn.rollback()
@@ -168,6 +170,18 @@ class Gateway:
         self.confirmations.rollback()
         self.ota.rollback()
         self.alarms = self._alarm_engine()
+        self.quarantine.rollback()
+        accepted, dropped, flagged, self.gaps = self._counts
+        for live, saved in ((self.accepted, accepted), (self.checker.dropped, dropped),
+                            (self.checker.flagged, flagged)):
+            live.clear()
+            live.update(saved)
+
+    def _counted(self) -> None:
+        """What the store has committed was counted once: a rollback goes back to these counts, or a batch redone
+        a message at a time, or delivered again, would count its messages twice."""
+        self._counts = (dict(self.accepted), dict(self.checker.dropped), dict(self.checker.flagged), self.gaps)
+        self.quarantine.committed()
 
     def _site_batch(self, batch: Sequence[Incoming]) -> None:
         self._prefetch(batch)
@@ -228,6 +242,7 @@ class Gateway:
         began = time.perf_counter()
         self.conn.commit()
         self.metrics.commit_seconds.observe(time.perf_counter() - began)  # a slow fsync delays every alarm behind it
+        self._counted()
 
     def _data(self, c: Checked, now: float) -> None:
         dev = c.device

@@ -5,7 +5,8 @@ journal, and must not hide which kind of bad it was. So every reject is counted 
 reason logs at once and later ones within the interval are folded into the next line; the table keeps the
 newest rows within two bounds, `max_rows` and `max_bytes` of raw payloads (10,000 payloads of 64 KiB would
 otherwise outgrow the site's disk), evicting the oldest first and counting what each bound evicted. Rows are
-written into the ingest batch's transaction: this module never commits.
+written into the ingest batch's transaction: this module never commits, and its counts and bytes go back with
+a rollback (`committed`, `rollback`), as the rows do.
 
 `lifeline quarantine list` and `lifeline quarantine show ID` read the store while the daemon runs.
 """
@@ -59,6 +60,20 @@ class Quarantine:
             self._trim_bytes()
         self._logged_at: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
+        self.committed()
+
+    def committed(self) -> None:
+        """The caller committed: what was counted stands."""
+        self._saved = (dict(self.counts), dict(self.evicted), self._bytes)
+
+    def rollback(self) -> None:
+        """The caller rolled back, and the rows put or evicted since its last commit with it: a batch redone or
+        delivered again would count its rejects twice, and the bytes kept drift from the table's."""
+        counts, evicted, self._bytes = self._saved
+        self.counts.clear()
+        self.counts.update(counts)
+        self.evicted.clear()
+        self.evicted.update(evicted)
 
     def put(self, reason: str, detail: str, topic: str, raw: bytes, now: float | None = None,
             exc: BaseException | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,57 @@ def test_a_full_store_quarantines_no_message_and_its_batch_comes_again(tmp_path:
         gateway.handle_site(batch)
         assert gateway.outbox.depth()["telemetry"] == 44
         assert gateway.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+    finally:
+        gateway.outbox.close()
+        gateway.conn.close()
+
+
+def test_a_batch_redone_or_delivered_again_is_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counters behind the metrics and the quarantine's byte total moved with each message as it was
+    handled, and a batch rolled back kept them: one redone a message at a time (a message meeting a bug), or
+    one the broker delivers again (a full disk), counted its messages twice, rejects included, and the bytes
+    the quarantine believed it held grew past what its table held, so it evicted rows it need not have."""
+    key = bytes(range(32))
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{key.hex()}"\n')
+    gateway = Gateway(load(tmp_path / "site.toml"))
+    data_topic = topics.device("s1", "d1", topics.DATA)
+
+    def data(seq: int, t: float = 1_800_000_000.0) -> Incoming:
+        pack = senml.pack([senml.record("ch4", 1.0, "%LEL", t + seq)], bn="d1:")
+        return Incoming(data_topic, message.encode(message.data("d1", 1, seq, pack), key), False, 1_800_000_000.0)
+
+    def poison(boot: int) -> Incoming:
+        body = message.birth("d1", boot, 0, "0.1.0", "gas", "power-on", 1_800_000_000.0, ip="poison")
+        return Incoming(topics.device("s1", "d1", topics.STATE), message.encode(body, key), False, 1_800_000_000.0)
+
+    real = gateway.registry.birth
+
+    def broken(dev: str, body: Any, now: float, live: bool) -> None:
+        if body.get("ip") == "poison":
+            raise RuntimeError("a bug")
+        real(dev, body, now, live)
+
+    monkeypatch.setattr(gateway.registry, "birth", broken)
+    garbage = Incoming(data_topic, b"\xff" * 1000, False, 1_800_000_000.0)
+    try:
+        gateway.handle_site([garbage, data(1), data(1), data(2, t=1_700_000_000.0), poison(2), data(3)])
+        assert gateway.batches_redone == 1
+        assert gateway.accepted == {"data": 3}
+        assert gateway.checker.dropped == {"duplicate": 1} and gateway.checker.flagged == {"past": 1}
+        assert gateway.quarantine.counts == {"malformed": 1, "internal": 1}
+        assert gateway.quarantine._bytes == kept_bytes(gateway.conn)
+        full = gateway.conn.execute("PRAGMA page_count").fetchone()[0]
+        gateway.conn.execute(f"PRAGMA max_page_count = {full}")
+        batch = [garbage] + [data(seq) for seq in range(4, 45)]
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            gateway.handle_site(batch)
+        gateway.conn.execute("PRAGMA max_page_count = 1000000")  # room again: the broker delivers the batch anew
+        gateway.handle_site(batch)
+        assert gateway.accepted == {"data": 44} and gateway.quarantine.counts == {"malformed": 2, "internal": 1}
+        assert gateway.quarantine._bytes == kept_bytes(gateway.conn)
+        assert gateway.snapshot().accepted == {"data": 44}
     finally:
         gateway.outbox.close()
         gateway.conn.close()
