@@ -137,9 +137,12 @@ def test_device_and_secrets_checks() -> None:
     good = {"id": "gas-01", "site": "s1", "profile": "gas", "broker": {"host": "h", "port": 1883}}
     assert config.check_device(good)
     assert config.check_device({**good, "batt": {"pin": 35, "ratio": 2.0}})
+    assert config.check_device({**good, "safe_wake_s": 10})
     for bad, error in (({**good, "id": "Gas 01"}, "device"), ({**good, "broker": {"host": ""}}, "broker.host"),
                        ({**good, "broker": {"host": "h", "port": 0}}, "broker.port"),
                        ({**good, "trial_s": 1}, "trial_s"),
+                       ({**good, "safe_wake_s": 5}, "safe_wake_s must be 10..3600"),
+                       ({**good, "safe_wake_s": 60.0}, "safe_wake_s must be 10..3600"),
                        # read at every birth and health figure: a batt that is no map raised in the birth, so the
                        # node never came online; an ADC2 pin is unusable while Wi-Fi is on; a ratio of 0 reads 0 V
                        ({**good, "batt": {"pin": 25}}, "batt"), ({**good, "batt": 34}, "batt"),

@@ -146,18 +146,22 @@ def test_a_sleeping_node_in_safe_mode_without_its_broker_sleeps(tmp_path: Path, 
     """Safe mode runs the awake loop, which never deep-slept: a battery node that came into it while its broker
     was away stayed awake until it had been connected for 10 minutes, its battery draining all the while. It
     sleeps a wake interval once a minute has passed without a connection, its crash count kept, so the next
-    wake is in safe mode again and takes commands once the broker is back."""
+    wake is in safe mode again and takes commands once the broker is back. device.json's safe_wake_s (default
+    60) is the minute, 10 s here."""
     p = load_profile("drainage")
     p["sleep"] = {"wake_s": 10, "awake_s": 5}
     p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
     dev = FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 1.0]]})
+    dev._write("device.json", {**dev.read("device.json"), "safe_wake_s": 10})
     dev._write("state.json", {"boot": 4, "crash": 4})  # the boots before died young
     broker.stop()
     with dev:
-        deadline = time.monotonic() + 90
-        while 4 not in dev.exits and time.monotonic() < deadline:
-            time.sleep(0.5)
+        t0 = time.monotonic()
+        while 4 not in dev.exits and time.monotonic() < t0 + 40:
+            time.sleep(0.1)
+        awake = time.monotonic() - t0
         assert dev.exits[:1] == [4], (dev.exits, dev.console()[-2000:])
+        assert awake > 10, f"asleep after {awake:.1f} s, before safe_wake_s had passed"
         broker.start()
         listener = Listener(broker.port, SITE, DEV)
         assert listener.wait(lambda m: len(online_births(listener)) >= 1, 60), dev.console()[-2000:]

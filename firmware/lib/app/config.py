@@ -56,6 +56,7 @@ def check_device(d):
     _need(isinstance(ntp, list) and all(isinstance(h, str) for h in ntp), w, "ntp must be a list of hosts")
     _need(d.get("hal") in (None, "sim", "esp32"), w, "hal must be sim or esp32")
     _need(_int(d.get("trial_s", 180), 5, 3600), w, "trial_s must be 5..3600")
+    _need(_int(d.get("safe_wake_s", 60), 10, 3600), w, "safe_wake_s must be 10..3600")
     batt = d.get("batt")  # read at every birth: a bad one failed it, and the node never came online
     _need(batt is None or (isinstance(batt, dict) and _int(batt.get("pin"), 32, 39)
                            and _pos(batt.get("ratio", 2.0))), w, "batt needs pin (an ADC1 pin, 32..39) and ratio > 0")

@@ -16,7 +16,7 @@ from protocol import message, topics
 _STABLE_S = const(60)  # a boot that ran this long connected clears the crash-loop counter
 _TRIAL_S = const(180)  # a trial config must reach the broker within this (device.json trial_s)
 _SAFE_S = const(600)  # safe mode tries a normal boot again after this long connected
-_SAFE_WAKE_S = const(60)  # a sleeping profile's safe mode sleeps after this long without a connection
+_SAFE_WAKE_S = const(60)  # a sleeping profile's safe mode sleeps after this long unconnected (device.json safe_wake_s)
 _NTP_S = const(6 * 3600)
 _UNSYNCED_S = const(60)  # NTP retry while the time is still unknown
 _INBOX = const(4)
@@ -44,6 +44,7 @@ class App:
         self.secrets = s
         self.ntp = d.get("ntp", [])
         self.trial_s = d.get("trial_s", _TRIAL_S)
+        self.safe_wake_s = d.get("safe_wake_s", _SAFE_WAKE_S)
         self.prof = p["name"]
         self.sleep = p.get("sleep")
         self.wdt_ms = p.get("wdt_ms", 30000)
@@ -368,7 +369,7 @@ class App:
 
                 trial.rollback("no broker connection within %d s" % self.trial_s, True)
                 self.board.reset()
-            if self.safe and self.sleep and self.connected_at is None and up > _SAFE_WAKE_S * 1000:
+            if self.safe and self.sleep and self.connected_at is None and up > self.safe_wake_s * 1000:
                 # A battery node: awake until connected drained it while its broker was away. Its crash count is
                 # kept, so the next wake is in safe mode again.
                 self.board.deepsleep(int(self.sleep["wake_s"] * 1000))
