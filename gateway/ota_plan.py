@@ -39,9 +39,14 @@ def version_key(v: str) -> tuple[int, ...]:
 
 
 def canary_size(text: str, n: int) -> int:
-    """A canary as a count, or a share of the nodes ("10%"): at least one node, at most all."""
+    """A canary as a count, or a share of the nodes ("10%"): at least one node, at most all. A negative one is
+    refused, as a negative wave is: a typo, not a canary of one."""
+    share = text.endswith("%")
     try:
-        k = round(n * float(text[:-1]) / 100) if text.endswith("%") else int(text)
+        number = float(text[:-1]) if share else int(text)
+        if not number >= 0:  # NaN too
+            raise ValueError(text)
+        k = round(n * number / 100) if share else int(number)
     except (ValueError, OverflowError):  # OverflowError: an infinite share
         raise PlanError(f"canary {text!r}: a number of nodes or a share like 10%") from None
     return max(1, min(n, k))

@@ -342,6 +342,12 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if not 0 <= args.halt_share < 1:
         print("--halt-share: a share from 0 up to (not including) 1", file=sys.stderr)
         return 2
+    try:  # before the targets: with nothing to update, a script's typo passed until the next release
+        ota_plan.canary_size(args.canary, 1)
+    except ota_plan.PlanError as exc:
+        conn.close()
+        print(f"--{exc}", file=sys.stderr)
+        return 2
     if args.wave < 0:  # it was taken as 0: every node after the canary in one stage
         conn.close()
         print(f"--wave: a number of nodes a stage after the canary (0: all the rest), not {args.wave}",
@@ -385,11 +391,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         if args.summary and not _write_summary(args.summary, rel.version, "", [], {}, [], [], []):
             return 1
         return 0
-    try:
-        stages = ota_plan.stages(targets, args.canary, args.wave)
-    except ota_plan.PlanError as exc:
-        print(f"--{exc}", file=sys.stderr)
-        return 2
+    stages = ota_plan.stages(targets, args.canary, args.wave)  # --canary checked above
     try:
         sender = Sender(cfg, args.config)
     except SiteBrokerError as exc:

@@ -251,3 +251,20 @@ def test_a_release_whose_version_no_node_takes(tmp_path: Path, capsys: pytest.Ca
     out, err = capsys.readouterr()
     assert err == f"{served}: version {version!r} is not numbers and dots: every node refuses it\n", err
     assert "sending" not in out, out
+
+
+@pytest.mark.parametrize("canary", ["some", "-2", "-10%", "nan%"])
+@pytest.mark.parametrize("profiles", [["gas"], ["rain"]])  # gas-01 to update; nothing to update
+def test_a_canary_that_is_no_count_or_share(tmp_path: Path, capsys: pytest.CaptureFixture[str], canary: str,
+                                            profiles: list[str]) -> None:
+    """A usage error whether or not there is anything to update: with nothing to update, --canary some passed
+    (exit 0, the summary written) and a script's typo was found only at the next release; and -2 or -10% was
+    taken as a canary of one node, where every other option of this one refuses a negative number."""
+    manifest = json.dumps({"version": "0.2.0", "profiles": profiles, "files": []}).encode()
+    served = release_dir(tmp_path / "0.2.0", manifest)
+    summary = tmp_path / "summary.json"
+    assert cli.main(["ota", "rollout", "--config", str(site(tmp_path, served)), "--release", str(served),
+                     f"--canary={canary}", "--summary", str(summary)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"--canary {canary!r}: a number of nodes or a share like 10%\n", err
+    assert "nothing to update" not in out and not summary.exists(), out
