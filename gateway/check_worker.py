@@ -18,6 +18,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from typing import Any, BinaryIO, cast
 
 from gateway.device_list import DeviceList
@@ -26,6 +27,28 @@ from protocol import topics
 
 log = logging.getLogger("lifeline.gateway.check_worker")
 HEAD = struct.Struct(">I")
+BUG_LOG_S = 60.0  # a bug's traceback, at most this often (the quarantine's default log interval)
+
+
+class _Bugs:
+    """Messages whose decoding met a bug. The ingest quarantines, counts and logs each as "internal"; here its
+    traceback is logged once an interval, with how many met one since, or a device repeating such a message
+    would put a traceback a message in the journal."""
+
+    def __init__(self) -> None:
+        self.logged_at: float | None = None
+        self.since = 0
+
+    def met(self, topic: str, exc: Exception) -> None:
+        self.since += 1
+        now = time.monotonic()
+        if self.logged_at is None or now - self.logged_at >= BUG_LOG_S:
+            log.error("decoding a message on %s failed (%d since the last such line)", topic, self.since,
+                      exc_info=exc)
+            self.logged_at, self.since = now, 0
+
+
+_BUGS = _Bugs()
 
 
 def check_batch(devices: DeviceList, batch: list[tuple[str, bytes]]) -> list[Decoded | None]:
@@ -42,7 +65,7 @@ def check_batch(devices: DeviceList, batch: list[tuple[str, bytes]]) -> list[Dec
         try:
             out.append(decode(kind, raw, devices.key_for))
         except Exception as exc:  # a bug: the message is quarantined as "internal", the rest go on
-            log.exception("decoding a message on %s failed", topic)
+            _BUGS.met(topic, exc)
             out.append((False, "internal", f"{type(exc).__name__}: {exc}"))
     return out
 

@@ -197,6 +197,24 @@ async def test_a_reloaded_registry_reaches_the_processes() -> None:
     assert [m.decoded for m in left_to_the_ingest] == [None, None] and stage.in_process == 0
 
 
+async def test_messages_that_meet_a_bug_in_a_check_process_log_one_traceback(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A message whose decoding meets a bug is answered "internal", and the ingest quarantines and counts it,
+    logged once an interval; the check process logged a traceback of its own for each one, so a device that
+    kept sending it flooded the journal. The bug here: a registry whose ids cannot be compared with a str."""
+    broken = devices("d0", "d1")
+    broken._ids = [b"d0", b"d1"]  # type: ignore[list-item]
+    stage = CheckStage(1, broken)
+    await stage.start()
+    try:
+        out = await stage.prepare([data("d1", seq) for seq in range(1, 21)])
+    finally:
+        await stage.close()
+    assert [m.decoded[:2] for m in out if m.decoded] == [(False, "internal")] * 20
+    assert out[0].decoded is not None and out[0].decoded[2].startswith("TypeError: ")
+    assert capfd.readouterr().err.count("Traceback") == 1
+
+
 def check_process_pids(gateway_pid: int) -> list[int]:
     children = Path(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read_text().split()
     return [int(p) for p in children if "gateway.check_worker" in Path(f"/proc/{p}/cmdline").read_text()]
