@@ -126,7 +126,7 @@ def test_a_command_sent_while_a_node_sleeps_runs_and_is_acked_at_its_next_wake(t
     """The node's MQTT session outlives its sleep: the broker keeps the command (QoS 1) and hands it over
     at the next connect, and the wake stays up until it is acked."""
     p = load_profile("drainage")
-    p["sleep"] = {"wake_s": 20, "awake_s": 10}
+    p["sleep"] = {"wake_s": 10, "awake_s": 10}  # the first wake's few seconds, then 7 s asleep to send the command in
     p["sensors"] = [s for s in p["sensors"] if s["name"] == "level"]  # no wake pin: asleep, the process has ended
     listener = Listener(broker.port, SITE, DEV)
     with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"level": [[0, 0.4]]}, heap=upy.FIRMWARE_HEAP) as dev:
