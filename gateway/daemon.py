@@ -98,6 +98,7 @@ class Gateway:
         self.batches_redone = 0  # batches that failed whole and were redone one message at a time
         self._redone_logged: float | None = None  # monotonic time of the last line saying so
         self.gaps = 0
+        self.reloads_failed = 0
         self._counted()
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
@@ -482,7 +483,7 @@ class Gateway:
                         device_states_read=read, check_processes=len(self.stage.pids()) if self.stage else 0,
                         check_processes_lost=self.stage.lost if self.stage else 0,
                         checked_in_ingest=self.stage.in_process if self.stage else 0,
-                        clock_steps=self.clock.steps)
+                        clock_steps=self.clock.steps, reloads_failed=self.reloads_failed)
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S
@@ -524,6 +525,7 @@ class Gateway:
                     self._up_alarm(t)
                 applied = True
         except (ConfigError, RuleError) as exc:
+            self.reloads_failed += 1
             event(log, "reload-failed", logging.ERROR, error=str(exc))
             return
         self.registry.replace(cfg.devices)
@@ -535,6 +537,7 @@ class Gateway:
             self.releases.replace(cfg.ota_releases)
             self.offer_releases = True
         except ReleaseDirError as exc:  # changed on disk since the config check
+            self.reloads_failed += 1
             event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
         self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset, ota_releases=cfg.ota_releases)
         self._commit()

@@ -46,6 +46,7 @@ class Snapshot:
     check_processes_lost: int = 0
     checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
     clock_steps: int = 0  # steps of the wall clock found (gateway/clock_step.py)
+    reloads_failed: int = 0  # SIGHUPs whose config was refused, the running one kept
 
 
 class _Collector:
@@ -98,6 +99,8 @@ class _Collector:
                                   value=s.checked_in_ingest)
         yield CounterMetricFamily("lifeline_clock_steps", "Steps of the site box's wall clock the gateway took out of "
                                   "its spans", value=s.clock_steps)
+        yield CounterMetricFamily("lifeline_reloads_failed", "Reloads refused, the running config kept",
+                                  value=s.reloads_failed)
         yield by("lifeline_ota_refused", "Nodes' chunk requests refused, by reason", "reason", s.ota_refused)
 
 

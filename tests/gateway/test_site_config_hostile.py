@@ -199,6 +199,7 @@ def test_a_rule_class_of_no_device_class_and_no_risk_point_is_refused(tmp_path: 
             gw.reload()
         failed = [r for r in caplog.records if r.getMessage() == "reload-failed"]
         assert len(failed) == 1 and "gsa" in getattr(failed[0], "fields", {})["error"]
+        assert gw.snapshot().reloads_failed == 1
         assert gw.alarms.ruleset.version == 1 and "gas" in gw.alarms.ruleset.classes
         assert not [r for r in caplog.records if r.getMessage() in ("reloaded", "devices-without-rules")]
     finally:
