@@ -52,7 +52,6 @@ log = logging.getLogger("lifeline.district.rollout")
 
 LEASE_S = 15.0
 FAIL_LOG_S = 60.0  # while passes keep failing, one line a minute
-MAX_STAGE_S = 7 * 86400.0
 OUTCOME = ("ota.v", "ota.ok", "ota.res")
 
 
@@ -83,8 +82,8 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
     if isinstance(halt_share, bool) or not isinstance(halt_share, (int, float)) or not 0 <= halt_share < 1:
         raise RolloutError(400, "halt_share: a share from 0 up to (not including) 1")
     if (isinstance(stage_timeout, bool) or not isinstance(stage_timeout, (int, float))
-            or not 10 <= stage_timeout <= MAX_STAGE_S):
-        raise RolloutError(400, f"stage_timeout: seconds, 10 to {MAX_STAGE_S:g}")
+            or not 10 <= stage_timeout <= ota_plan.MAX_STAGE_S):
+        raise RolloutError(400, f"stage_timeout: seconds, 10 to {ota_plan.MAX_STAGE_S:g}")
     # a release names profiles; a node's birth names the one it runs
     known = {r.dev: (r.prof or r.cls or "", r.fw or "") for r in conn.execute(
         select(devices.c.dev, devices.c.prof, devices.c.cls, devices.c.fw).where(devices.c.site == site))}

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from gateway.ota_relay import NodeOta
 
 SENDS = 3  # times a node that did not answer is sent the command
+# A stage's longest wait, past any node's wake interval; the command's expiry (epoch seconds) stays far inside
+# the 64 bits a node takes, and every wait inside what time.sleep can hold.
+MAX_STAGE_S = 7 * 86400.0
 
 
 class PlanError(ValueError):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sqlite3
@@ -355,9 +354,10 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         return 2
     for option, seconds in (("--poll", args.poll), ("--stage-timeout", args.stage_timeout),
                             ("--resend-s", args.resend_s)):
-        if not (math.isfinite(seconds) and seconds > 0):
+        if not 0 < seconds <= ota_plan.MAX_STAGE_S:  # NaN too; a stage's bound, as the desk's
             conn.close()
-            print(f"{option}: a number of seconds above 0, not {seconds:g}", file=sys.stderr)
+            print(f"{option}: a number of seconds above 0, at most {ota_plan.MAX_STAGE_S:g} (a week), not "
+                  f"{seconds:g}", file=sys.stderr)
             return 2
     # os.path's: False, not PermissionError, where the operator may not look
     if args.summary is not None and not (os.path.isdir(args.summary.parent) and os.access(args.summary.parent,

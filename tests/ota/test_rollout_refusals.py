@@ -126,11 +126,15 @@ def test_a_summary_that_names_a_directory(tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.parametrize("option, value", [("--poll", "-1"), ("--poll", "nan"), ("--stage-timeout", "-5"),
-                                           ("--resend-s", "inf")])
+                                           ("--resend-s", "inf"), ("--stage-timeout", "1e300"),
+                                           ("--stage-timeout", "604801"), ("--poll", "1e300"),
+                                           ("--resend-s", "1e300")])
 def test_a_time_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
                                       value: str) -> None:
     """Refused before anything is sent: --poll -1 sent the canary its command and then ended in a ValueError
-    traceback at the first sleep; a negative --stage-timeout failed every node it was sent to."""
+    traceback at the first sleep (--poll 1e300 in an OverflowError one); a negative --stage-timeout failed every
+    node it was sent to, and a huge one sent a command whose expiry no node takes (past 64 bits) and then waited
+    for ever. Each is bounded as the desk bounds a stage: a week at most."""
     served = release_dir(tmp_path / "0.2.0")
     with Mosquitto() as broker:
         config = site(tmp_path, served, broker.port)
