@@ -63,8 +63,9 @@ def _kept(store: Path) -> dict[str, str]:
         return {}
     try:
         kept = json.loads(store.read_text())
-    except (OSError, ValueError) as exc:
-        raise SiteAuthError(f"{store}: cannot read the passwords of the last run ({exc}); restore it (without "
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's depth
+        why = "nested too deeply to be a map of user to password" if isinstance(exc, RecursionError) else exc
+        raise SiteAuthError(f"{store}: cannot read the passwords of the last run ({why}); restore it (without "
                             "it every device gets a new password and must be flashed again)") from None
     if not isinstance(kept, dict) or not all(isinstance(u, str) and isinstance(p, str) for u, p in kept.items()):
         raise SiteAuthError(f"{store}: not a map of user to password; restore it (without it every device gets "

@@ -50,12 +50,13 @@ def test_an_old_file_open_to_others_is_closed(tmp_path: Path) -> None:
     assert all(line.split(":", 1)[1].startswith("$7$") for line in (out / "passwd").read_text().splitlines())
 
 
-@pytest.mark.parametrize("text", ['{"gateway": "pw1", "gas-0', '["gateway", "pw1"]', ""])
+@pytest.mark.parametrize("text", ['{"gateway": "pw1", "gas-0', '["gateway", "pw1"]', "", "[" * 100_000 + "]" * 100_000,
+                                  '{"gateway": ' * 100_000 + '"pw1"' + "}" * 100_000])
 def test_passwords_of_the_last_run_it_cannot_read_are_left_alone(tmp_path: Path, text: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """A passwords.json cut short (a crash while it was rewritten in place) or not of this command ended in a
-    traceback; it is refused in a line, exit 2, and nothing is written: new passwords would lock out every
-    device flashed with the old ones."""
+    traceback (nested deeper than the JSON parser goes, a RecursionError one); it is refused in a line, exit 2,
+    and nothing is written: new passwords would lock out every device flashed with the old ones."""
     out = tmp_path / "auth"
     out.mkdir()
     (out / "passwords.json").write_text(text)
