@@ -32,6 +32,8 @@ def read(path: Path) -> ReleaseDir:
         data = (path / "release.bin").read_bytes()
     except (OSError, ValueError) as exc:
         raise ReleaseDirError(f"{path} is not a release directory ({exc})") from None
+    except RecursionError:  # nested past the parser's depth: hostile, or no manifest
+        raise ReleaseDirError(f"{path} is not a release directory (nested too deeply to be a manifest)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("version"), str) or not doc["version"]:
         raise ReleaseDirError(f"{path}: manifest.json names no version")
     profiles = doc.get("profiles")

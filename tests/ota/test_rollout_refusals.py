@@ -272,3 +272,13 @@ def test_a_canary_that_is_no_count_or_share(tmp_path: Path, capsys: pytest.Captu
     out, err = capsys.readouterr()
     assert err == f"--canary {canary!r}: a number of nodes or a share like 10%\n", err
     assert "nothing to update" not in out and not summary.exists(), out
+
+
+def test_a_manifest_nested_past_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manifest.json of 100,000 nested arrays (hostile, or a file that is no manifest) ended in a RecursionError
+    traceback, in the gateway's config check as in this command; one line, exit 2, as any manifest it cannot
+    read."""
+    served = release_dir(tmp_path / "0.2.0", b"[" * 100_000 + b"]" * 100_000)
+    assert rollout(site(tmp_path, served), served) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{served} is not a release directory (nested too deeply" in err, err
