@@ -383,6 +383,7 @@ class Gateway:
         else:
             result = district_wire.rules_result(now, version)
             event(log, "rules-applied", version=ruleset.version, source="district")
+            self._warn_unruled()
         self._up_state(district.UP_ACK, result)
 
     async def _send_commands(self) -> None:
@@ -551,7 +552,8 @@ class Gateway:
 
     def _warn_unruled(self) -> None:
         """Devices of a class the active rules lack are taken and forwarded, but nothing they send can raise
-        an alarm: a site that listed a class and forgot its rule file would not know it."""
+        an alarm: a site that listed a class and forgot its rule file, or took a set from the district that
+        lacks it, would not know it."""
         counts = self.registry.devices.class_counts()
         missing = sorted(cls for cls in counts if cls not in self.alarms.ruleset.classes)
         if missing:

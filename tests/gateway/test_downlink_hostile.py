@@ -6,6 +6,7 @@ downlink case raised: its batch, unacknowledged, came again and failed again for
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,15 @@ def test_messages_that_meet_a_bug_log_its_traceback_once_per_interval(
     traces = [r for r in caplog.records if r.exc_info or "Traceback" in str(getattr(r, "fields", {}).get("exc", ""))]
     assert len(traces) == 1 and traces[0].getMessage() == "quarantined", [r.getMessage() for r in traces]
     assert len(caplog.records) <= 3, [r.getMessage() for r in caplog.records]
+
+
+def test_district_rules_that_leave_a_listed_class_without_rules_are_warned_of(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """A set from the district replaces the whole set: one of water rules alone, sent for a gas site, left every
+    gas device unable to raise an alarm, said only as rules-applied; start and SIGHUP name such classes."""
+    water = {"pressure": {"direction": "below", "levels": {"red": 50}, "clear": {"red": 60}}}
+    with caplog.at_level(logging.INFO):
+        gw.handle_down([down(district.RULES, {"ruleset": {"version": 2, "water": water}})])
+    assert gw.alarms.ruleset.version == 2
+    warned = [r for r in caplog.records if r.getMessage() == "devices-without-rules"]
+    assert len(warned) == 1 and getattr(warned[0], "fields", {})["classes"] == "gas:1"
