@@ -224,40 +224,63 @@ def response_values(conn: Connection, since: float | None = None) -> dict[str, d
     page fetching them at each notice); None, of all it holds."""
     by: dict[str, dict[str, dict[str, list[float]]]] = {
         "colour": defaultdict(lambda: defaultdict(list)), "site": defaultdict(lambda: defaultdict(list))}
-
-    def add(measure: str, colour: str | None, site: str | None, value: float | None) -> None:
-        if value is None or value < 0:
-            return
+    for _, measure, colour, site, value in [*sample_measures(conn), *alarm_measures(conn, since=since)]:
         if colour:
             by["colour"][colour][measure].append(value)
         if site:
             by["site"][site][measure].append(value)
+    return {group: {key: dict(measures) for key, measures in sorted(g.items())} for group, g in by.items()}
 
-    for site, t, received in conn.execute(select(readings.c.site, readings.c.t, messages.c.received)
-                                          .join(messages, messages.c.id == readings.c.message)
-                                          .where(messages.c.hist.is_(False))
-                                          .order_by(messages.c.id.desc()).limit(SAMPLE_WINDOW)):
-        add("sample_desk", None, site, received - t)
+
+Measure = tuple[float, str, str | None, str | None, float]  # (alarm received, measure, colour, site, seconds)
+
+
+def sample_measures(conn: Connection) -> list[Measure]:
+    """sample -> desk by site, of the newest SAMPLE_WINDOW live readings (received 0: of no alarm)."""
+    rows = conn.execute(select(readings.c.site, readings.c.t, messages.c.received)
+                        .join(messages, messages.c.id == readings.c.message).where(messages.c.hist.is_(False))
+                        .order_by(messages.c.id.desc()).limit(SAMPLE_WINDOW))
+    return [(0.0, "sample_desk", None, site, received - t) for site, t, received in rows if received >= t]
+
+
+def alarm_measures(conn: Connection, *, since: float | None = None,
+                   received: tuple[float, float] | None = None) -> list[Measure]:
+    """The measures of live alarms and their orders, each with when the district received its alarm. `since`
+    as `response_values` takes it; `received` (from, to): of the alarms received in it and their orders only,
+    which district/metrics.py keeps a day at a time."""
+    out: list[Measure] = []
+
+    def add(at: float, measure: str, colour: str | None, site: str | None, value: float | None) -> None:
+        if value is not None and value >= 0:
+            out.append((at, measure, colour, site, value))
+
     recent_alarms = select(alarms).where(alarms.c.hist.is_(False))
     steps = (select(work_order_steps.c.order_id, work_order_steps.c.step, work_order_steps.c.at)
              .order_by(work_order_steps.c.id))
-    orders = (select(work_orders.c.id, work_orders.c.site, alarms.c.peak)
+    orders = (select(work_orders.c.id, work_orders.c.site, alarms.c.peak, alarms.c.received)
               .join(alarms, alarms.c.id == work_orders.c.alarm))
     if since is not None:
         recent_alarms = recent_alarms.where(alarms.c.received >= since)
         steps = steps.join(work_orders, work_orders.c.id == work_order_steps.c.order_id).where(
             work_orders.c.opened >= since)
         orders = orders.where(work_orders.c.opened >= since)
+    if received is not None:
+        within = (alarms.c.received >= received[0]) & (alarms.c.received < received[1])
+        recent_alarms = recent_alarms.where(within)
+        steps = (steps.join(work_orders, work_orders.c.id == work_order_steps.c.order_id)
+                 .join(alarms, alarms.c.id == work_orders.c.alarm).where(within))
+        orders = orders.where(within)
     for r in conn.execute(recent_alarms):
-        add("sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
-        add("alarm_ack", r.peak, r.site, None if r.acked is None or r.raised is None else r.acked - r.raised)
+        add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
+        add(r.received, "alarm_ack", r.peak, r.site,
+            None if r.acked is None or r.raised is None else r.acked - r.raised)
     firsts: dict[int, dict[str, float]] = defaultdict(dict)
     for order_id, step, at in conn.execute(steps):
         firsts[order_id].setdefault(step, at)
     for r in conn.execute(orders):
         s = firsts.get(r.id, {})
         if "ack" in s and "dispatch" in s:
-            add("ack_dispatch", r.peak, r.site, s["dispatch"] - s["ack"])
+            add(r.received, "ack_dispatch", r.peak, r.site, s["dispatch"] - s["ack"])
         if "dispatch" in s and "close" in s:
-            add("dispatch_closed", r.peak, r.site, s["close"] - s["dispatch"])
-    return {group: {key: dict(measures) for key, measures in sorted(g.items())} for group, g in by.items()}
+            add(r.received, "dispatch_closed", r.peak, r.site, s["close"] - s["dispatch"])
+    return out

@@ -151,6 +151,9 @@ alarms = Table(
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),
+    # a day's alarms, whose response times the metrics count again when one changes (district/metrics.py;
+    # district/store.open_engine adds it to an older database)
+    Index("alarms_received", "received"),
 )
 
 alarm_events = Table(

@@ -97,7 +97,7 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
     if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
     for table, name in ((readings, "readings_message"), (readings, "readings_time"),
-                        (work_order_steps, "work_order_steps_order")):
+                        (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
         if _add_index(engine, table, name):
             log.info("%s: added the index %s", table.name, name)
     try:
