@@ -535,6 +535,16 @@ def check_host(text: str) -> str:
     return text
 
 
+def broker_user(device_id: str, given: str | None) -> str:
+    """The node's user name on the site broker: its device id, the only one whose topics the shipped ACL
+    (deploy/mosquitto/site.acl, keyed on the user name) lets it publish. The broker acknowledges a publish the
+    ACL refuses and drops it, so a node under another login had its queue confirmed and lost every reading."""
+    if given is not None and given != device_id:
+        raise UsageError(f"--mqtt-user {given!r}: the site broker's ACL gives a node only the topics of its own user "
+                         f"name, so it must be the device id ({device_id}); leave it out")
+    return device_id
+
+
 def _ident(text: str) -> str:
     if not _ID.match(text):
         raise argparse.ArgumentTypeError(f"{text!r}: use 1-32 characters of a-z 0-9 _ -")
@@ -596,7 +606,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls", action="store_true", help="connect to the broker with TLS")
     p.add_argument("--wifi-ssid", type=check_ssid, default="")
     p.add_argument("--wifi-password", type=check_wifi_password, default="")
-    p.add_argument("--mqtt-user", default=None, help="broker user name (default: the device id)")
+    p.add_argument("--mqtt-user", default=None, help="broker user name: the device id, the only one the site "
+                   "broker's ACL lets publish its topics (the default)")
     p.add_argument("--mqtt-password", default=None)
     p.add_argument("--ntp", action="append", type=check_host, metavar="HOST", help="NTP server (repeatable; "
                    "default pool.ntp.org)")
@@ -650,11 +661,12 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             raise UsageError(f"--image: {args.image} does not exist")
     if args.romfs and args.no_compile:
         raise UsageError("--romfs takes the compiled modules: leave out --no-compile")
+    mqtt_user = broker_user(args.device_id, args.mqtt_user)
     registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))
     key, key_source = resolve_key(args, registry)
     host, port = args.broker
     prov = Provision(args.device_id, args.site, args.profile, host, port, key,
-                     mqtt_user=args.mqtt_user or args.device_id, mqtt_password=args.mqtt_password,
+                     mqtt_user=mqtt_user, mqtt_password=args.mqtt_password,
                      wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls=args.tls,
                      ntp=tuple(args.ntp or ("pool.ntp.org",)))
     with tempfile.TemporaryDirectory(prefix="lifeline-flash-") as tmp:

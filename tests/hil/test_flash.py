@@ -22,9 +22,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import site_config as gwconfig
 from lifeline import cli, upy
 from lifeline import flash as flash_mod
+from lifeline.site_auth import GATEWAY_USER
 from lifeline.virtual import firmware
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.device import VirtualDevice
+from lifeline.virtual.site import Site
 from lifeline.virtual.stimulus import free_udp_pair, sim_config
 from protocol import message_check, topics
 
@@ -120,6 +122,7 @@ def test_generated_keys_form_the_gateway_registry(tmp_path: Path) -> None:
     (("--image", "/nonexistent/micropython.bin"), "does not exist"),
     (("--romfs", "--no-compile"), "leave out --no-compile"),
     (("--key-file", "/nonexistent/gas-01.key"), "--key-file: cannot read"),
+    (("--mqtt-user", "gas-02"), "must be the device id (gas-01)"),
 ])
 def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, extra: tuple[str, ...],
                                           complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,6 +131,42 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
     assert flash(vdev, tmp_path, *extra) == 2
     assert complaint in capsys.readouterr().err
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
+def test_the_broker_user_is_the_one_the_shipped_acl_lets_publish(tmp_path: Path) -> None:
+    """The site broker as deployed (deploy/mosquitto's site.conf and site.acl, site-auth's logins): the user name
+    `lifeline flash` gives a node publishes the node's readings to the gateway; under any other login, another
+    device's here, the broker acknowledges the node's publish and drops it, so the node, its queue confirmed,
+    lost every reading without a word. --mqtt-user other than the device id is refused (above)."""
+    site = Site(tmp_path / "site", "site-a", tls=False)
+    for dev in ("gas-01", "gas-02"):
+        site.add(dev, "gas")
+    site.start()
+    got: list[str] = []
+    gateway = paho.Client(CallbackAPIVersion.VERSION2)
+    gateway.username_pw_set(GATEWAY_USER, site.passwords[GATEWAY_USER])
+    gateway.on_message = lambda c, u, m: got.append(m.payload.decode())
+    try:
+        gateway.connect("127.0.0.1", site.ports["site"])
+        gateway.loop_start()
+        gateway.subscribe(topics.device_filter("site-a", topics.DATA), qos=1)
+        time.sleep(0.3)
+        for user in (flash_mod.broker_user("gas-01", None), "gas-02"):
+            node = paho.Client(CallbackAPIVersion.VERSION2)
+            node.username_pw_set(user, site.devices[user].password)
+            node.connect("127.0.0.1", site.ports["site"])
+            node.loop_start()
+            info = node.publish(topics.device("site-a", "gas-01", topics.DATA), f"as {user}", qos=1)
+            info.wait_for_publish(5)
+            assert info.is_published()  # acknowledged either way
+            node.loop_stop()
+            node.disconnect()
+        time.sleep(0.5)
+    finally:
+        gateway.loop_stop()
+        gateway.disconnect()
+        site.stop()
+    assert got == ["as gas-01"]
 
 
 def test_a_key_file_of_raw_bytes_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
