@@ -97,6 +97,10 @@ def generate(config: Path, out: Path, acl_template: Path = ACL_TEMPLATE) -> dict
     cfg = load(config, check_files=False)  # the gateway's password file is written here
     if GATEWAY_USER in cfg.devices:
         raise ConfigError(f"devices: id {GATEWAY_USER!r} is the gateway's own broker login; rename the device")
+    user = cfg.site_broker.username
+    if user is not None and user != GATEWAY_USER:  # the gateway would be refused by its own broker at start
+        raise ConfigError(f"site_broker.username {user!r}: the gateway's login is {GATEWAY_USER!r}, the user the site "
+                          "broker's ACL (deploy/mosquitto/site.acl) gives its topics and the one site-auth writes")
     store = out / "passwords.json"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -106,3 +106,17 @@ def test_a_device_left_out_of_site_toml_keeps_its_password(tmp_path: Path,
     assert json.loads((out / "passwords.json").read_text()) == first
     assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()] == ["gateway", "gas-01",
                                                                                           "gas-02"]
+
+
+def test_a_gateway_login_the_acl_does_not_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """site.toml's site_broker username is the gateway's login; site-auth writes it as "gateway", the user the
+    shipped ACL gives the gateway's topics. Any other name was taken: the files written, the gateway then refused
+    by its own broker at start. A config error naming the field, nothing written."""
+    config = site(tmp_path, "gas-01")
+    config.write_text(config.read_text().replace('[site_broker]\n', '[site_broker]\nusername = "gw"\n'))
+    out = tmp_path / "auth"
+    assert site_auth(config, out) == 2
+    assert capsys.readouterr().err == ("config error: site_broker.username 'gw': the gateway's login is 'gateway', "
+                                       "the user the site broker's ACL (deploy/mosquitto/site.acl) gives its "
+                                       "topics and the one site-auth writes\n")
+    assert not out.exists()
