@@ -37,9 +37,10 @@ if not checked.fresh():
 
         backend(checked.load()[0].get("hal")).soft_reset()
 from app import watchdog  # noqa: E402
+from hal import backend  # noqa: E402
 
-st = watchdog.boot()
 cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
+st = watchdog.boot(backend(cfg[0][0].get("hal")).reset_cause())
 app.drop("app.checked")
 if pending:
     from ota import fetch

@@ -39,6 +39,12 @@ def soft_reset():
     sys.exit(_EXIT_SOFT)
 
 
+def reset_cause():
+    """The reset cause this start had, read before any Board exists (main.py counts crashes by it): the
+    mark stays on flash until a Board takes it."""
+    return (persist.load(_MARK) or {}).get("rst", "power-on")
+
+
 class Bus:
     """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world by method
     name (bytes travel as hex)."""

@@ -7,9 +7,10 @@ connect(secrets) (async) -> bool; online(); rssi(); ip(); ntp(hosts) -> bool; rt
 epoch s; rtc_ms() -> ms on a clock that runs through deep sleep; reset_cause(); reset(); deepsleep(ms);
 wake_on(pin, level) (the next deep sleep also ends when that bus pin is at level); woke_by_pin();
 memory([bytes]) (RTC memory, kept until power is lost); uid(); battery() -> V or None; services() ->
-coroutines the backend needs running. Each backend module also has soft_reset(), which main.py calls
-before any Board exists: main.py starts over, and the next Board reports the reset cause, RTC and wake
-this start had. MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
+coroutines the backend needs running. Each backend module also has soft_reset() and reset_cause(), which
+main.py calls before any Board exists: soft_reset() starts main.py over, and the next Board reports the
+reset cause, RTC and wake this start had; reset_cause() is the cause the Board will report, for the boot's
+crash count (app/watchdog.py). MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
 so it can cut the network.
 
 The sim backend is not in this package: it lives in firmware/sim/ (module hal_sim) beside the sim world,

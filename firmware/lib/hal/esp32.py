@@ -22,11 +22,17 @@ def _cause():
     return _CAUSES.get(machine.reset_cause(), "unknown")
 
 
+def reset_cause():
+    """The reset cause this start had (one a soft_reset() started over from, kept in _RST), before any Board
+    exists: main.py counts crashes by it."""
+    return persist.load(_RST) or _cause()
+
+
 def soft_reset():
     """Start main.py over without resetting the chip (machine.soft_reset: RTC, RTC memory and the wake
     cause stay). The next start would read "soft" as its reset cause, so the cause this start had waits
     in _RST for the next Board."""
-    persist.save(_RST, persist.load(_RST) or _cause())
+    persist.save(_RST, reset_cause())
     machine.soft_reset()
 
 
