@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
+from lifeline import signals
 from lifeline.flash import check_host, check_ssid, check_wifi_password
 from lifeline.upy import ROOT
 
@@ -74,10 +73,6 @@ def clear_bench(bench: Path) -> str | None:
     return None
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     import pytest
     from rich.console import Console
@@ -107,15 +102,8 @@ def run(args: argparse.Namespace) -> int:
         if value:
             argv += [flag, value]
     argv += [a for a in args.pytest_args if a != "--"]
-    # SIGTERM and a dropped SSH session end the run as Ctrl-C does, through the bench's teardown: killed outright,
-    # it left its brokers, gateway and boards (these two in sessions of their own) running
-    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
-    try:
+    with signals.as_ctrl_c():  # through the bench's teardown, which stops its brokers, gateway and boards
         code = int(pytest.main(argv))
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     console = Console()
     if not report.exists():
         print(f"no report: pytest ended with exit status {code} before writing {report}", file=sys.stderr)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from lifeline.virtual import signals
+from lifeline import signals
 
 
 def mosquitto_binary() -> str:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lifeline.virtual import signals
+from lifeline import signals
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
 

@@ -29,8 +29,7 @@ import aiomqtt
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from lifeline import site_auth, upy
-from lifeline.virtual import signals
+from lifeline import signals, site_auth, upy
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.recorder import Entry, Recorder
 from protocol import district_verify, message, senml, site_seal, topics

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lifeline import upy
-from lifeline.virtual import signals
+from lifeline import signals, upy
 
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
