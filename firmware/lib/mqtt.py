@@ -48,7 +48,7 @@ class MQTTClient:
         self.connects = self.resends = self.pings = self.oversize = self.cb_errors = 0
         self.last_error = None
         self._subs = []
-        self._pend = {}  # pid -> [Event, result (True for PUBACK, or the SUBACK code), sent at ms]
+        self._pend = {}  # pid -> [Event, result (True for PUBACK, or the SUBACK code), sent at ms (None: a SUBSCRIBE)]
         self._pid = 0
         self._r = self._w = None
         self._open = asyncio.Event()
@@ -261,7 +261,7 @@ class MQTTClient:
     async def _subscribe(self, topic, qos):
         t = _str(topic)
         pid = self._new_pid()
-        slot = self._pend[pid] = [asyncio.Event(), None, 0]
+        slot = self._pend[pid] = [asyncio.Event(), None, None]
         try:
             await self._send(0x82, 3 + len(t), struct.pack(">H", pid), t, bytes((qos,)))
             await asyncio.wait_for_ms(slot[0].wait(), self._ack_ms)
@@ -307,7 +307,8 @@ class MQTTClient:
                 kind = b & 0xF0
                 if kind in (0x40, 0x90) and n >= 2:  # PUBACK, SUBACK
                     slot = self._pend.get(body[0] << 8 | body[1])
-                    if slot is not None:
+                    # An ack of the other kind is no answer: a SUBACK "granting" QoS 1 ended a publish as acked.
+                    if slot is not None and (kind == 0x90) == (slot[2] is None):
                         slot[1] = True if kind == 0x40 else (body[2] if n > 2 else 0x80)
                         slot[0].set()
                 elif kind == 0xD0:  # PINGRESP

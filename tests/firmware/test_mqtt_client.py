@@ -274,10 +274,12 @@ def test_clean_disconnect_does_not_fire_the_will_or_log_an_error(broker: Mosquit
 class RawBroker:
     """A broker of a few lines on a socket: CONNACK, SUBACK (granted QoS 1), PUBACK and PINGRESP, and whatever
     raw packets a test sends down the newest connection, which a real broker would never send. `kick`: each
-    link is closed once its first PUBLISH is acked, as a broker does when another client takes its client id."""
+    link is closed once its first PUBLISH is acked, as a broker does when another client takes its client id.
+    `suback_for`: a QoS 1 PUBLISH to that topic is answered with a SUBACK of its packet id, not a PUBACK."""
 
-    def __init__(self, kick: bool = False) -> None:
+    def __init__(self, kick: bool = False, suback_for: bytes | None = None) -> None:
         self.kick = kick
+        self.suback_for = suback_for
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.subscribed: queue.Queue[socket.socket] = queue.Queue()  # a connection, once it has subscribed
@@ -310,7 +312,11 @@ class RawBroker:
                     self.subscribed.put(conn)
                 elif kind == 3 and head[0] & 6:
                     tlen = int.from_bytes(body[:2], "big")
-                    conn.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                    pid = body[2 + tlen:4 + tlen]
+                    if body[2:2 + tlen] == self.suback_for:
+                        conn.sendall(b"\x90\x03" + pid + b"\x01")
+                    else:
+                        conn.sendall(b"\x40\x02" + pid)
                     if self.kick:
                         return
                 elif kind == 12:
@@ -349,6 +355,27 @@ def test_a_publish_the_protocol_forbids_ends_the_link_and_reaches_no_handler(mpy
         stats = dev.stats()
         assert stats["connects"] == "3" and "not subscribed" in stats["error"], stats
         assert not [line for line in dev.seen if line.startswith("RX") and "after" not in line], dev.seen
+    finally:
+        raw.close()
+
+
+def test_a_suback_does_not_acknowledge_a_publish(mpy_dir: Path, devices: list[Device]) -> None:
+    """The reader took a PUBACK or a SUBACK for whatever waited under its packet id: a SUBACK (granted QoS 1)
+    with a QoS 1 publish's id ended that publish as acknowledged, and the node's flash queue would forget a
+    record no broker had taken. The ids come from one pool, so a conforming broker never sends that; a broker's
+    error, or an ack left over from a link's earlier packets, did. Now an ack of the other kind is no answer:
+    the publish is sent again with DUP, as after any ack that does not come."""
+    raw = RawBroker(suback_for=b"t/d1/data")
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        dev.expect("UP 1")
+        dev.send("pub t/d1/data kept 1")
+        time.sleep(2.5)  # two ack timeouts (mqtt_device's ack_timeout is 1 s)
+        dev.send("pub t/d1/other after 1")
+        dev.expect("ACKED after")
+        assert not [line for line in dev.seen if line == "ACKED kept"], dev.seen
+        assert int(dev.stats()["resends"]) >= 1
     finally:
         raw.close()
 
