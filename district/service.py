@@ -155,7 +155,7 @@ async def _until_signal(work: Coroutine[Any, Any, None], role: str, **fields: An
 
 
 def supervise(config: Path, cfg: DistrictConfig, *, desk: bool = True) -> int:
-    """Start the workers (and the desk), restart any that exits, stop them all on SIGTERM or SIGINT."""
+    """Start the workers (and the desk), restart any that exits, stop them all on SIGTERM, SIGINT or SIGHUP."""
     roles = [["--worker", str(i)] for i in range(1, cfg.workers + 1)] + ([["--desk"]] if desk else [])
     base = [sys.executable, "-m", "lifeline.cli", "district", "--config", str(config)]
     procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -167,6 +167,7 @@ def supervise(config: Path, cfg: DistrictConfig, *, desk: bool = True) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, stop)  # a dropped SSH session: killed by it, it left its workers and desk running
     while not stopping:
         for i, role in enumerate(roles):
             proc = procs.get(i)

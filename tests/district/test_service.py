@@ -5,6 +5,7 @@ everything with status 0."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lifeline.virtual import leftovers
 from lifeline.virtual.broker import free_port
 from lifeline.virtual.district import DistrictProcess, write_config
 from lifeline.virtual.site import GatewayProcess, Site, environment, lifeline_cmd, metrics, reading
@@ -175,3 +177,32 @@ def test_a_database_away_at_start_is_one_clear_line_and_exit_1(tmp_path: Path, r
     assert run.returncode == 1, run.stderr
     assert "not-started" in run.stderr and "connection" in run.stderr.lower(), run.stderr
     assert "Traceback" not in run.stderr and "s3cret" not in run.stderr, run.stderr
+
+
+def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path) -> None:
+    """SIGHUP (a dropped SSH session, kill -HUP) ended the supervisor outright, and its worker and desk, which had
+    no such signal, ran on with no one to restart or stop them, the desk holding its port. It stops them as SIGTERM
+    does, exit 0."""
+    s = Site(tmp_path / "site", tls=False)
+    s.add("gas1", "gas")
+    s.start()
+    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite")
+    district = DistrictProcess(conf)
+    started: set[int] = set()
+    try:
+        district.start()
+        district.wait_log("desk-started")
+        district.wait_subscribed()
+        assert district.proc is not None
+        started = leftovers.descendants(district.proc.pid)
+        assert len(started) >= 2, "a worker and the desk"
+        district.proc.send_signal(signal.SIGHUP)
+        code = district.proc.wait(30)
+        deadline = time.monotonic() + 5
+        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        district.kill()
+        leftovers.kill_all(started)
+        s.stop()
+    assert left == {} and code == 0, (left, code, district.log()[-3000:])
