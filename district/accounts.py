@@ -30,7 +30,23 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256
 
-_hasher = PasswordHasher()
+# Argon2id's cost: argon2-cffi's default (RFC 9106's second choice, 64 MiB and 3 passes) unless district.toml's
+# [accounts] lowers it for a small desk machine, never below the least the OWASP Password Storage Cheat Sheet
+# gives for Argon2id (19 MiB, 2 passes)
+HASH_MEMORY_KIB, HASH_TIME_COST = 65536, 3
+LEAST_MEMORY_KIB, LEAST_TIME_COST = 19456, 2
+MOST_MEMORY_KIB, MOST_TIME_COST = 1 << 20, 10  # a login costs a desk more than a gibibyte or ten passes: a typo
+
+_hasher = PasswordHasher(time_cost=HASH_TIME_COST, memory_cost=HASH_MEMORY_KIB)
+
+
+def set_cost(memory_kib: int, time_cost: int) -> None:
+    """Hash passwords at this cost from now on in this process (read from district.toml at start). A password
+    hashed at another cost is still checked, and rehashed at this one when its user next logs in."""
+    global _hasher
+    if not (LEAST_MEMORY_KIB <= memory_kib <= MOST_MEMORY_KIB and LEAST_TIME_COST <= time_cost <= MOST_TIME_COST):
+        raise ValueError(f"Argon2id cost out of range: {memory_kib} KiB, {time_cost} passes")
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
 
 
 class AccountError(ValueError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from district import accounts
 from gateway.message_decode import loads_one
 from gateway.site_config import (
     REQUIRED,
@@ -64,6 +65,8 @@ class DistrictConfig:
     sites: Mapping[str, SiteEntry]
     log_format: str
     log_level: str
+    hash_memory_kib: int
+    hash_time_cost: int
 
 
 def _key(t: ConfigTable, key: str) -> bytes | None:
@@ -170,9 +173,16 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     log_level = log_t.text("level", "info", re.compile(r"(debug|info|warning|error)\Z"),
                            "must be debug, info, warning or error")
     log_t.done()
+    acc = root.section("accounts")
+    hash_memory_kib = acc.number("hash_memory_kib", accounts.HASH_MEMORY_KIB, accounts.LEAST_MEMORY_KIB,
+                                 accounts.MOST_MEMORY_KIB, integer=True)
+    hash_time_cost = acc.number("hash_time_cost", accounts.HASH_TIME_COST, accounts.LEAST_TIME_COST,
+                                accounts.MOST_TIME_COST, integer=True)
+    acc.done()
     root.done()
     return DistrictConfig(name, broker, database, path.parent, workers, group, batch, desk_host, desk_port,
-                          metrics_host, metrics_port, raw_days, rollup_s, sites, log_format, log_level)
+                          metrics_host, metrics_port, raw_days, rollup_s, sites, log_format, log_level,
+                          hash_memory_kib, hash_time_cost)
 
 
 

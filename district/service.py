@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from district import config, retention, store
+from district import accounts, config, retention, store
 from district.config import DistrictConfig
 from district.desk import make_app
 from district.ingest import Worker
@@ -107,6 +107,7 @@ def run_desk(cfg: DistrictConfig) -> int:
     engine = opened(cfg, "desk")
     if engine is None:
         return 1
+    accounts.set_cost(cfg.hash_memory_kib, cfg.hash_time_cost)
     broker = dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-desk")
     risk_points = {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
                           for p in s.risk_points] for s in cfg.sites.values()}

@@ -57,6 +57,7 @@ def _add_user(cfg: config.DistrictConfig, name: str, role: str) -> int:
         print(f"start-up failed: database {store.shown(cfg.database)}: cannot open it ({reason[0]})", file=sys.stderr)
         return 1
     try:
+        accounts.set_cost(cfg.hash_memory_kib, cfg.hash_time_cost)
         with engine.begin() as conn:
             accounts.add_user(conn, name, role, password)
     except accounts.AccountError as exc:

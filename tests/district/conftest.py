@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from district import accounts
 from district.schema import metadata
 from district.store import open_engine
 from lifeline.virtual.postgres import Postgres
+
+
+@pytest.fixture(autouse=True)
+def least_hash_cost() -> None:
+    """Passwords hashed at the least cost district.toml allows: at argon2-cffi's default each of the tests'
+    many logins took 0.17 s of a core, most of the district tests' CPU time."""
+    accounts.set_cost(accounts.LEAST_MEMORY_KIB, accounts.LEAST_TIME_COST)
 
 
 @pytest.fixture(scope="module")

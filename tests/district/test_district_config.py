@@ -19,6 +19,13 @@ def test_the_example_loads() -> None:
     assert cfg.sites["riverside-3"].risk_points[0].id == "station-7"
 
 
+def test_passwords_are_hashed_at_argon2_cffis_cost_unless_set(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, ""))
+    assert (cfg.hash_memory_kib, cfg.hash_time_cost) == (65536, 3)
+    cfg = config.load(write(tmp_path, "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"))
+    assert (cfg.hash_memory_kib, cfg.hash_time_cost) == (19456, 2)
+
+
 def test_every_example_key_is_documented() -> None:
     doc = (ROOT / "docs" / "district.md").read_text()
     keys = [line.split("=")[0].strip() for line in (ROOT / "deploy" / "district.example.toml").read_text().splitlines()
@@ -61,6 +68,9 @@ def test_a_site_devices_file_gives_its_keys_checked_as_the_gateway_checks_it(tmp
     ('[ingest]\nworkers = 0\n', r"ingest\.workers: must be at least 1"),
     ('[database]\nuri = "x"\n', r"database\.uri: unknown key"),
     ('[retention]\nraw_days = "ten"\n', r"retention\.raw_days: must be a number"),
+    ('[accounts]\nhash_memory_kib = 8192\n', r"accounts\.hash_memory_kib: must be at least 19456"),
+    ('[accounts]\nhash_time_cost = 1\n', r"accounts\.hash_time_cost: must be at least 2"),
+    ('[accounts]\nhash_time_cost = 3.5\n', r"accounts\.hash_time_cost: must be an integer"),
 ])
 def test_mistakes_name_their_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

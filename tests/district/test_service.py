@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: P
     s.start()
     desk_port, metrics_port = free_port(), free_port()
     conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=desk_port)
-    conf.write_text(conf.read_text().replace("[metrics]\nport = 0", f"[metrics]\nport = {metrics_port}"))
+    conf.write_text(conf.read_text().replace("[metrics]\nport = 0", f"[metrics]\nport = {metrics_port}")
+                    + "\n[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n")
     added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei", "--role",
                             "operator"], input="duty-password-1\n", capture_output=True, text=True,
                            env=environment(), cwd=ROOT)
@@ -63,6 +65,9 @@ def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: P
         until(lambda: _reachable(base), 20, "the desk answers")
         with httpx.Client(base_url=base) as web:
             assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+            # --add-user hashed at district.toml's cost, and the desk, at the same cost, had nothing to rehash
+            with sqlite3.connect(tmp_path / "district.sqlite") as db:
+                assert "$m=19456,t=2," in db.execute("SELECT pw_hash FROM users").fetchone()[0]
 
             def board() -> list[dict[str, object]]:
                 got: list[dict[str, object]] = web.get("/api/alarms").json()

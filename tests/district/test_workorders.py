@@ -162,6 +162,20 @@ def test_passwords_are_hashed_and_sessions_end(engine: Engine) -> None:
         assert accounts.session(conn, s.token) is None
 
 
+def test_a_password_hashed_at_another_cost_is_rehashed_at_its_next_login(engine: Engine) -> None:
+    """[accounts] in district.toml may change between two starts of the desk: a hash of the old cost still
+    checks, and the login stores one of the new."""
+    login(engine, "li.wei", "operator")
+    accounts.set_cost(accounts.LEAST_MEMORY_KIB + 1024, accounts.LEAST_TIME_COST + 1)
+    with engine.begin() as conn:
+        assert accounts.log_in(conn, "li.wei", "li.wei-password-1") is not None
+        stored = conn.execute(select(accounts.users.c.pw_hash)).scalar_one()
+    assert f"$m={accounts.LEAST_MEMORY_KIB + 1024},t={accounts.LEAST_TIME_COST + 1}," in stored
+    for memory_kib, time_cost in ((accounts.LEAST_MEMORY_KIB - 1, 2), (19456, 1), (1 << 21, 2), (19456, 11)):
+        with pytest.raises(ValueError, match="out of range"):
+            accounts.set_cost(memory_kib, time_cost)
+
+
 @pytest.mark.parametrize(("name", "role", "password", "message"), [
     ("Li Wei", "operator", "long-enough-pw", "user name"), ("li", "admin", "long-enough-pw", "role"),
     ("li", "operator", "short", "password")])
