@@ -201,3 +201,50 @@ def test_an_orders_steps_are_read_alone(engine: Engine) -> None:
     orders_with_steps(engine, range(101, 2001), now)
     many = rows_read(engine, panel, tables)
     assert many < few * 1.5, (few, many)
+
+
+def test_a_sites_updates_are_read_in_as_many_statements_for_many_nodes_as_for_few(engine: Engine) -> None:
+    """The OTA card sought each node's outcome in a statement of its own: 0.5 s for a site of 5,000 nodes
+    (bench/district_reads.py) at each fetch. It now reads them all in one, seeking each node's "ota" readings
+    by their series as before (no whole scan), with the same outcome a node."""
+    now = time.time()
+
+    def nodes(first: int, n: int) -> None:
+        """Nodes that failed an update, then landed another; every fifth has not yet reported the second."""
+        failed = [{"n": "ota.v", "t": now - 60, "vs": "0.1.0"}, {"n": "ota.ok", "t": now - 60, "vb": False},
+                  {"n": "ota.res", "t": now - 60, "vs": "hash"}]
+        with engine.begin() as conn:
+            for i in range(first, first + n):
+                dev = f"n{i}"
+                store.device_state(conn, "s1", {"dev": dev, "st": "online", "boot": 1, "t": now, "fw": "0.1.0",
+                                                "prof": "gas"}, received=now)
+                landed = [{"n": "ota.v", "t": now - 10, "vs": f"0.{i}.0"}, {"n": "ota.ok", "t": now - 10, "vb": True}]
+                for seq, records in enumerate([failed, [{"n": "ch4", "t": now - 30, "v": 1.0}]]
+                                              + ([landed, [{"n": "ch4", "t": now - 5, "v": 1.0}]] if i % 5 else [])):
+                    store.add_message(conn, "s1", dev, seq, 1, records, received=now - 60 + seq)
+
+    def read() -> tuple[int, dict[str, Any]]:
+        sent: list[str] = []
+        listen = lambda *args: sent.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listen)
+        try:
+            with store.reader(engine) as conn:
+                view = rollout.view(conn, "s1")
+        finally:
+            event.remove(engine, "before_cursor_execute", listen)
+        assert view is not None
+        return len(sent), {n["dev"]: n["outcome"] for n in view["nodes"]}
+
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", True, 1, received=now)
+        store.device_state(conn, "s1", {"dev": "quiet", "st": "online", "boot": 1, "t": now, "fw": "0.1.0"},
+                           received=now)
+    nodes(1, 3)
+    few, _ = read()
+    nodes(4, 30)
+    many, outcomes = read()
+    assert many == few, (few, many)
+    assert outcomes["quiet"] is None
+    assert outcomes["n7"] == {"v": "0.7.0", "ok": True, "res": "", "at": now - 60 + 2}
+    assert outcomes["n10"] == {"v": "0.1.0", "ok": False, "res": "hash", "at": now - 60}
+    assert whole_scans(engine, lambda c: rollout.view(c, "s1")) == []
