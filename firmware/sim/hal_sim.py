@@ -31,6 +31,7 @@ _MARK = const(".hal.json")
 _NAMES_EVERY = const(50)  # polls between two prints of the interned-name pools (micropython.qstr_info)
 _WATCH_MS = const(50)  # how often a deep sleep with a wake pin asks the world about that pin
 _open_connection = asyncio.open_connection
+_mark = {}  # the reset mark a Board took from flash: rst, rtc (time kept), mem (RTC memory, hex), pin (woke by it)
 
 
 def soft_reset():
@@ -42,7 +43,24 @@ def soft_reset():
 def reset_cause():
     """The reset cause this start had, read before any Board exists (main.py counts crashes by it): the
     mark stays on flash until a Board takes it."""
-    return (persist.load(_MARK) or {}).get("rst", "power-on")
+    return (persist.load(_MARK) or _mark).get("rst", "power-on")
+
+
+def _save(rst, ms=None, pin=False):
+    m = persist.load(_MARK) or _mark  # no Board yet: what this start found is still on flash, and kept again
+    mark = {"rst": rst, "rtc": m.get("rtc", False), "mem": m.get("mem", "")}
+    if ms is not None:
+        mark["ms"] = ms
+    if pin:
+        mark["pin"] = True
+    persist.save(_MARK, mark)
+
+
+def reset(rst="soft"):
+    """Exit 3; the next start reports `rst` as its reset cause (main.py's reset after an error says "crash").
+    A module function, so main.py can reset whether or not a Board was made."""
+    _save(rst)
+    sys.exit(_EXIT_RESET)
 
 
 class Bus:
@@ -123,7 +141,8 @@ class Board:
 
     def __init__(self, device):
         self.device = device
-        self._mark = persist.load(_MARK) or {}  # rst, rtc (time kept), mem (RTC memory, hex), pin (woke by it)
+        global _mark
+        _mark = persist.load(_MARK) or {}
         try:
             os.remove(_MARK)
         except OSError:
@@ -186,7 +205,7 @@ class Board:
         while True:
             time.sleep_ms(50)
             if time.ticks_diff(time.ticks_ms(), fed[0]) > fed[1]:
-                self._save("wdt")
+                _save("wdt")
                 os.system("kill -ALRM $PPID")
                 time.sleep(10)
 
@@ -251,11 +270,11 @@ class Board:
     def ntp(self, hosts):
         ok = self.net and self.ntp_ok
         if ok:
-            self._mark["rtc"] = True
+            _mark["rtc"] = True
         return ok
 
     def rtc_valid(self):
-        return self._mark.get("rtc", False)
+        return _mark.get("rtc", False)
 
     def time(self):
         return time.time()
@@ -263,33 +282,24 @@ class Board:
     # -- power ------------------------------------------------------------------------------------------
 
     def reset_cause(self):
-        return self._mark.get("rst", "power-on")
+        return _mark.get("rst", "power-on")
 
     def woke_by_pin(self):
-        return self._mark.get("pin", False)
+        return _mark.get("pin", False)
 
     def rtc_ms(self):
         return time.time_ns() // 1000000
 
     def memory(self, data=None):
         if data is None:
-            return binascii.unhexlify(self._mark.get("mem", ""))  # gone only with the power
-        self._mark["mem"] = binascii.hexlify(data).decode()
+            return binascii.unhexlify(_mark.get("mem", ""))  # gone only with the power
+        _mark["mem"] = binascii.hexlify(data).decode()
 
     def wake_on(self, pin, level):
         self._wake = (pin.i, 1 if level else 0)
 
-    def _save(self, rst, ms=None, pin=False):
-        mark = {"rst": rst, "rtc": self.rtc_valid(), "mem": self._mark.get("mem", "")}
-        if ms is not None:
-            mark["ms"] = ms
-        if pin:
-            mark["pin"] = True
-        persist.save(_MARK, mark)
-
     def reset(self):
-        self._save("soft")
-        sys.exit(_EXIT_RESET)
+        reset()
 
     def deepsleep(self, ms):
         """Without a wake pin the process ends at once and the supervisor waits out ms. With one, the
@@ -309,7 +319,7 @@ class Board:
                     pass
             ms = 0
         qstr_info()
-        self._save("deepsleep", ms, pin)
+        _save("deepsleep", ms, pin)
         sys.exit(_EXIT_DEEPSLEEP)
 
     def uid(self):

@@ -5,17 +5,14 @@ the trial was recorded): never "config applied" over a partial set of files."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from upy_support import SCRIPTS
+from upy_support import WrappedDevice
 
-from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
-from lifeline.virtual.flashdir import FlashDirDevice
 from lifeline.virtual.listener import Listener
 from lifeline.virtual.profiles import load_profile
 from protocol import message, topics
@@ -26,19 +23,15 @@ CMD = 300
 PROBE = 301
 
 
-class CutDevice(FlashDirDevice):
+class CutDevice(WrappedDevice):
     """A FlashDirDevice whose power is cut at step `cut` of a config replacement."""
+
+    script = "cutboot.py"
 
     def __init__(self, *args: Any, cut: int, **kw: Any) -> None:
         super().__init__(*args, **kw)
         (self.flash / ".cut").write_text(str(cut))
         self.probed = False  # settled() has sent its probe
-
-    def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
-        argv = self.argv(str(SCRIPTS / "cutboot.py"), str(upy.FIRMWARE / "main.py"))
-        with self.log.open("ab") as out:
-            return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
-                                    env=upy.environment(self._environment(self.hal)))
 
 
 def quiet_gas() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_device import DEV, SITE, fast_gas, online_births
-from upy_support import SCRIPTS
+from upy_support import SCRIPTS, WrappedDevice
 
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
@@ -64,6 +64,33 @@ def test_power_cuts_in_a_row_do_not_start_safe_mode(tmp_path: Path, mpy: Path, b
     births = [(b["boot"], b["rst"], b.get("safe")) for b in online_births(listener)]
     assert births[:5] == [(n, "power-on", None) for n in range(1, 6)], births
     assert crash == 1, "only the boot running now is counted"
+
+
+class CrashDevice(WrappedDevice):
+    """A FlashDirDevice whose next `.crash` boots fail before the watchdog is armed (upy/crashboot.py)."""
+
+    script = "crashboot.py"
+
+
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
+def test_a_boot_that_fails_before_the_watchdog_is_armed_resets_and_counts_as_a_crash(
+        tmp_path: Path, mpy: Path, broker: Mosquitto, hal: str) -> None:
+    """An error raised in main.py before the watchdog was armed ended main.py, and an ESP32 then sits at the REPL
+    until someone comes with a cable: a node in a manhole no one could reach. (The unix port's supply starts
+    again an interpreter that ended with an error; a chip does not.) The error is printed, the node resets,
+    and the reset counts as a crash: three such boots, and the fourth starts in safe mode, its birth saying
+    rst "crash"."""
+    listener = Listener(broker.port, SITE, DEV)
+    dev = CrashDevice(tmp_path / "flash", mpy, fast_gas(), broker.port, {"ch4": [[0, 2.0]]}, hal=hal)
+    (dev.flash / ".crash").write_text("3")
+    with dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 30), dev.console()[-3000:]
+        exits = list(dev.exits)
+    listener.close()
+    birth = online_births(listener)[0]
+    assert exits == [3, 3, 3], f"a reset after each error, not an interpreter that ended: {exits}"
+    assert (birth["boot"], birth["rst"], birth.get("safe")) == (4, "crash", True), birth
+    assert dev.console().count("OSError: crashboot: a boot that fails") == 3, dev.console()[-3000:]
 
 
 @pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine

@@ -8,9 +8,23 @@ import subprocess
 from pathlib import Path
 
 from lifeline import upy
+from lifeline.virtual.flashdir import FlashDirDevice
 
 LIB = upy.FIRMWARE / "lib"
 SCRIPTS = Path(__file__).parent / "upy"
+
+
+class WrappedDevice(FlashDirDevice):
+    """A FlashDirDevice whose main.py runs under a script of tests/firmware/upy (`micropython SCRIPT main.py`)
+    that changes one thing about its starts: cutboot.py, crashboot.py."""
+
+    script = ""
+
+    def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
+        argv = self.argv(str(SCRIPTS / self.script), str(upy.FIRMWARE / "main.py"))
+        with self.log.open("ab") as out:
+            return subprocess.Popen(argv, cwd=self.flash, stdout=out, stderr=subprocess.STDOUT,
+                                    env=upy.environment(self._environment(self.hal)))
 
 
 def build(out: Path, *names: str) -> Path:

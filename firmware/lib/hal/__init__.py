@@ -17,7 +17,8 @@ The sim backend is not in this package: it lives in firmware/sim/ (module hal_si
 which `lifeline flash` never ships, and is imported only when asked for, so a board never needs it.
 
 reset_cause() is one of "power-on", "hard", "wdt", "deepsleep", "soft", "unknown", as the birth message
-reports it. They are written as literals where used, not as constants here: on a 64K heap every
+reports it, or "crash" after main.py's reset on an error (each backend module's reset(rst), usable before
+any Board exists). They are written as literals where used, not as constants here: on a 64K heap every
 module-level name is one more interned qstr (docs/firmware.md, Memory).
 """
 

@@ -28,6 +28,14 @@ def reset_cause():
     return persist.load(_RST) or _cause()
 
 
+def reset(rst=None):
+    """machine.reset(); `rst`, if given, is what the next start reports as its reset cause (main.py's reset
+    after an error says "crash", which the chip would report as a soft reset)."""
+    if rst and persist.load(_RST) != rst:  # a boot that fails before any Board takes _RST: written once, not each time
+        persist.save(_RST, rst)
+    machine.reset()
+
+
 def soft_reset():
     """Start main.py over without resetting the chip (machine.soft_reset: RTC, RTC memory and the wake
     cause stay). The next start would read "soft" as its reset cause, so the cause this start had waits
@@ -159,7 +167,7 @@ class Board:
         esp32.wake_on_ext0(pin, esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
 
     def reset(self):
-        machine.reset()
+        reset()
 
     def deepsleep(self, ms):
         machine.deepsleep(ms)
