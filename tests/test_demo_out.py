@@ -142,7 +142,6 @@ def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     proc = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "demo", "--plain", "--quick", "--out",
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -157,9 +156,7 @@ def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
         assert started, "the demo started nothing"
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=60)
-        deadline = time.monotonic() + 10
-        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        left = leftovers.left_after(started, 10)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,7 @@ def test_a_signal_as_the_demo_starts_a_part_stops_it(tmp_path: Path, monkeypatch
         code = cli.main(["demo", "--plain", "--quick", "--out", str(tmp_path)])
         monkeypatch.undo()
         assert signalled, "the demo never started that part"
-        deadline = time.monotonic() + 5
-        while (left := leftovers.command_lines(ours())) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        left = leftovers.left_after(ours, 5)
     finally:
         monkeypatch.undo()
         leftovers.kill_all(ours())

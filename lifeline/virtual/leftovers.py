@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -55,6 +57,15 @@ def command_lines(pids: set[int]) -> dict[int, str]:
         if alive(pid):
             out[pid] = line
     return out
+
+
+def left_after(pids: set[int] | Callable[[], set[int]], timeout: float) -> dict[int, str]:
+    """`command_lines` of those still running after up to `timeout` s: a stopped tool's children are given the
+    moment their own shutdown takes. A callable is asked again at each look."""
+    deadline = time.monotonic() + timeout
+    while (left := command_lines(pids() if callable(pids) else pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def kill_all(pids: set[int]) -> None:

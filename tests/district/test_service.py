@@ -203,9 +203,7 @@ def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path) -> None:
         assert len(started) >= 2, "a worker and the desk"
         district.proc.send_signal(signal.SIGHUP)
         code = district.proc.wait(30)
-        deadline = time.monotonic() + 5
-        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        left = leftovers.left_after(started, 5)
     finally:
         district.kill()
         leftovers.kill_all(started)

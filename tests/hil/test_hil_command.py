@@ -143,9 +143,7 @@ def test_a_stop_while_the_bench_starts_stops_everything_it_started(tmp_path: Pat
         proc.send_signal(signum)  # while the bench flashes its boards and waits for their births
         out = proc.communicate(timeout=60)[0].decode(errors="replace")
         started |= leftovers.running_in(tmp_path)
-        deadline = time.monotonic() + 10
-        while (left := leftovers.command_lines(started)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        left = leftovers.left_after(started, 10)
     finally:
         if proc.poll() is None:
             proc.kill()
