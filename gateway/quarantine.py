@@ -62,6 +62,11 @@ class Quarantine:
         self._suppressed: Counter[str] = Counter()
         self.committed()
 
+    @property
+    def held_bytes(self) -> int:
+        """The raw payloads' bytes it believes it holds, which it keeps under `max_bytes`."""
+        return self._bytes
+
     def committed(self) -> None:
         """The caller committed: what was counted stands."""
         self._saved = (dict(self.counts), dict(self.evicted), self._bytes)

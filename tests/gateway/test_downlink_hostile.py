@@ -12,6 +12,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from sitekit import break_births
 
 from gateway.daemon import Gateway
 from gateway.ingest import Incoming
@@ -163,14 +164,7 @@ def test_messages_that_meet_a_bug_log_its_traceback_once_per_interval(
     """docs/gateway.md: an `internal` reject is logged like every reason, once per interval, that line with the
     traceback. Each such message logged two tracebacks of its own (its batch's and its own), and the interval
     line had none: a device that kept sending one flooded the journal."""
-    real = gw.registry.birth
-
-    def broken(dev: str, body: Any, now: float, live: bool) -> None:
-        if body.get("ip") == "poison":
-            raise RuntimeError("a bug")
-        real(dev, body, now, live)
-
-    monkeypatch.setattr(gw.registry, "birth", broken)
+    break_births(monkeypatch, gw.registry)
     for boot in range(1, 21):
         body = message.birth("d1", boot, 0, "0.1.0", "gas", "power-on", NOW, ip="poison")
         state = topics.device("s1", "d1", topics.STATE)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sitekit import break_births
 
 from gateway.daemon import Gateway
 from gateway.ingest import Incoming
@@ -151,14 +151,7 @@ def test_a_batch_redone_or_delivered_again_is_counted_once(tmp_path: Path, monke
         body = message.birth("d1", boot, 0, "0.1.0", "gas", "power-on", 1_800_000_000.0, ip="poison")
         return Incoming(topics.device("s1", "d1", topics.STATE), message.encode(body, key), False, 1_800_000_000.0)
 
-    real = gateway.registry.birth
-
-    def broken(dev: str, body: Any, now: float, live: bool) -> None:
-        if body.get("ip") == "poison":
-            raise RuntimeError("a bug")
-        real(dev, body, now, live)
-
-    monkeypatch.setattr(gateway.registry, "birth", broken)
+    break_births(monkeypatch, gateway.registry)
     garbage = Incoming(data_topic, b"\xff" * 1000, False, 1_800_000_000.0)
     try:
         gateway.handle_site([garbage, data(1), data(1), data(2, t=1_700_000_000.0), poison(2), data(3)])
@@ -166,7 +159,7 @@ def test_a_batch_redone_or_delivered_again_is_counted_once(tmp_path: Path, monke
         assert gateway.accepted == {"data": 3}
         assert gateway.checker.dropped == {"duplicate": 1} and gateway.checker.flagged == {"past": 1}
         assert gateway.quarantine.counts == {"malformed": 1, "internal": 1}
-        assert gateway.quarantine._bytes == kept_bytes(gateway.conn)
+        assert gateway.quarantine.held_bytes == kept_bytes(gateway.conn)
         full = gateway.conn.execute("PRAGMA page_count").fetchone()[0]
         gateway.conn.execute(f"PRAGMA max_page_count = {full}")
         batch = [garbage] + [data(seq) for seq in range(4, 45)]
@@ -175,7 +168,7 @@ def test_a_batch_redone_or_delivered_again_is_counted_once(tmp_path: Path, monke
         gateway.conn.execute("PRAGMA max_page_count = 1000000")  # room again: the broker delivers the batch anew
         gateway.handle_site(batch)
         assert gateway.accepted == {"data": 44} and gateway.quarantine.counts == {"malformed": 2, "internal": 1}
-        assert gateway.quarantine._bytes == kept_bytes(gateway.conn)
+        assert gateway.quarantine.held_bytes == kept_bytes(gateway.conn)
         assert gateway.snapshot().accepted == {"data": 44}
     finally:
         gateway.outbox.close()
