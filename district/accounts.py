@@ -7,6 +7,7 @@ must echo in a header; the cookie itself is HttpOnly and SameSite=Strict.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -59,6 +60,7 @@ class Session:
     user: str
     role: str
     csrf: str
+    expires: float = math.inf
 
     def may(self, action: str) -> bool:
         return action in ACTIONS[self.role]
@@ -112,9 +114,8 @@ def open_session(conn: Connection, name: str, *, rehashed: str | None = None, no
         return None
     if rehashed is not None:
         conn.execute(update(users).where(users.c.name == name).values(pw_hash=rehashed))
-    s = Session(secrets.token_urlsafe(32), name, role, secrets.token_urlsafe(32))
-    conn.execute(sessions.insert().values(token=s.token, user=name, csrf=s.csrf, created=now,
-                                          expires=now + SESSION_S))
+    s = Session(secrets.token_urlsafe(32), name, role, secrets.token_urlsafe(32), now + SESSION_S)
+    conn.execute(sessions.insert().values(token=s.token, user=name, csrf=s.csrf, created=now, expires=s.expires))
     return s
 
 
@@ -123,10 +124,10 @@ def session(conn: Connection, token: str | None, *, now: float | None = None) ->
     if not token:
         return None
     now = time.time() if now is None else now
-    row = conn.execute(select(sessions.c.token, sessions.c.csrf, users.c.name, users.c.role)
+    row = conn.execute(select(sessions.c.token, sessions.c.csrf, sessions.c.expires, users.c.name, users.c.role)
                        .join(users, users.c.name == sessions.c.user)
                        .where(sessions.c.token == token, sessions.c.expires > now)).first()
-    return None if row is None else Session(row.token, row.name, row.role, row.csrf)
+    return None if row is None else Session(row.token, row.name, row.role, row.csrf, row.expires)
 
 
 def log_out(conn: Connection, token: str) -> None:

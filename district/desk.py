@@ -55,6 +55,7 @@ LOGIN_WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones are forgotten
 HASHING = 2  # logins whose password is checked at once: Argon2id takes 64 MiB and a tenth of a second each
 MAX_WINDOW_S = 400 * 86400
+RECHECK_S = 60.0  # a live feed looks its session up again at the first notice this long after the last look-up
 BUSY = "the database is busy, try again"  # what a desk action the database failed answers (503)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
@@ -219,6 +220,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     async def logout(request: Request) -> Response:
         s = await who(request)
         await db(lambda c: accounts.log_out(c, s.token), write=True)
+        tell(notice("session"))  # its live feeds, at any desk process, end
         response = JSONResponse({"ok": True}, headers=HEADERS)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -352,24 +354,34 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         return {"id": rid, "state": "halted"}
 
     async def events(request: Request) -> Response:
-        await who(request)
+        s = await who(request)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
-            """Change notices while the session lasts: a logout or expiry ends the stream at the next notice,
-            the session looked up again before each (one read by primary key). A look-up the database failed
-            ends it too, as the page's next connection starts afresh; raised, it cut the stream with a
-            traceback."""
+            """Change notices while the session lasts: its expiry ends the stream at the next notice, and so does
+            a logout, told by a "session" notice, at which the session is looked up again (and once every
+            RECHECK_S, for a notice lost or a session ended otherwise). It was looked up before each notice:
+            every open page read the database at each of the hundreds of notices a second ingest makes. A
+            look-up the database failed ends the stream too, as the page's next connection starts afresh;
+            raised, it cut the stream with a traceback."""
+            checked = time.monotonic()
             async with hub.listen() as q:
                 yield {"event": "hello", "data": "{}"}
                 while True:
                     change = await q.get()
-                    try:
-                        await who(request)
-                    except Refused:
+                    if clock() >= s.expires:
                         return
-                    except store.DB_FAILED as e:
-                        db_failed(request, e)
-                        return
+                    told = change["kind"] in ("session", "reload")  # a reload: it may have replaced a "session"
+                    if told or time.monotonic() - checked >= RECHECK_S:
+                        try:
+                            await who(request)
+                        except Refused:
+                            return
+                        except store.DB_FAILED as e:
+                            db_failed(request, e)
+                            return
+                        checked = time.monotonic()
+                        if change["kind"] == "session":
+                            continue
                     yield {"event": "change", "data": json.dumps(change)}
         return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
 

@@ -27,7 +27,8 @@ from gateway.site_config import BrokerConfig
 log = logging.getLogger("lifeline.district.live")
 
 CHANGES_TOPIC = "lifeline-district/v1/changes"
-KINDS = frozenset({"alarm", "reading", "device", "site", "work-order", "command", "ota"})
+# "session": a desk session ended (a logout), which no page is sent: each feed looks its own up again
+KINDS = frozenset({"alarm", "reading", "device", "site", "work-order", "command", "ota", "session"})
 CLIENT_QUEUE = 256  # notices a slow page may fall behind by before it is told to reload everything
 MAX_NOTICE = 1024
 BACKOFF_MAX_S = 2.0

@@ -477,7 +477,7 @@ def test_a_write_lock_held_elsewhere_does_not_stall_the_desks_other_requests(
 
 def test_a_database_that_fails_under_a_live_feed_ends_it_with_one_line(
         postgres: Postgres, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
-    """The change feed looks the session up again before each notice. When the database failed that look-up
+    """The change feed looks the session up again at a logout's notice. When the database failed that look-up
     (PostgreSQL's connections ended by a restart or a failover), the stream died with an "Exception in ASGI
     application" traceback and its connection cut mid-chunk. It now ends as a stream ends, with one
     desk-db-failed line, and the page's next connection is served as usual."""
@@ -497,6 +497,7 @@ def test_a_database_that_fails_under_a_live_feed_ends_it_with_one_line(
                                       "datname = current_database() AND pid <> pg_backend_pid()"))
                     conn.commit()
                 admin.dispose()
+                announce(broker, notice("session"))  # someone logged out at another desk
                 announce(broker, notice("alarm", site="s1", id=ALARM))
                 rest = list(lines)  # the stream ends; a cut connection raises here
             assert not any(line.startswith("event: change") for line in rest), rest

@@ -388,7 +388,8 @@ def test_a_live_feed_the_desk_refused_is_opened_again_or_the_login_shown(tmp_pat
         log_in(page, url, "operator")  # live in the end
         with engine.begin() as conn:
             conn.execute(delete(sessions))
-        announce(broker, notice("site", site="s1"))  # the feed ends at its next notice; connecting again is 401
+        # a logout at another desk tells every feed: this one ends, and connecting again is 401
+        announce(broker, notice("session"))
         expect(page.locator("#login-view")).to_be_visible(timeout=15_000)
         expect(page.locator("#desk")).to_be_hidden()
         page.close()

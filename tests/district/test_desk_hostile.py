@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 from deskkit import PASSWORD, RISK_POINTS, USERS, seed
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, event, func, select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from district import queries, rollout, store
-from district.accounts import Session
+from district.accounts import SESSION_S, Session
 from district.config import ROLLUP_S
 from district.desk import MAX_BODY, make_app
 from district.downlink import Downlink, DownlinkError
 from district.live import Hub, notice, read_notice
 from district.rollout import RolloutError
-from district.schema import ONE_RUNNING_ROLLOUT, commands, messages, ota_rollouts, readings, work_orders
+from district.schema import ONE_RUNNING_ROLLOUT, commands, messages, ota_rollouts, readings, sessions, work_orders
 from gateway.rules import default_ruleset
 
 ALARM = "c" * 32
@@ -179,46 +179,106 @@ def test_notices_that_are_not_a_small_map_of_a_known_kind_are_refused() -> None:
     assert read_notice(notice("alarm", site="s1", id=ALARM)) == {"kind": "alarm", "site": "s1", "id": ALARM}
 
 
+class Feed:
+    """A page's /api/events stream, driven through the app's ASGI interface."""
+
+    def __init__(self, app: Starlette, hub: Hub, token: str) -> None:
+        self.app, self.hub, self.token = app, hub, token
+        self.body: list[bytes] = []
+        self.ended = asyncio.Event()
+
+    async def __aenter__(self) -> Feed:
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                self.body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.ended.set()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/api/events", "raw_path": b"/api/events", "query_string": b"",
+                 "root_path": "", "headers": [(b"cookie", f"lifeline_desk={self.token}".encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+        self.task = asyncio.create_task(self.app(scope, receive, send))
+        for _ in range(200):
+            if self.hub.clients:
+                break
+            await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def shows(self, text: bytes) -> bool:
+        for _ in range(200):
+            if text in b"".join(self.body):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
 async def test_the_change_feed_ends_at_the_first_notice_after_a_logout(desk: Any) -> None:
     app, hub, _ = desk
     client, csrf = await asyncio.to_thread(logged_in, app, "viewer")
-    token = client.cookies["lifeline_desk"]
-    body: list[bytes] = []
-    ended = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()  # the client stays
-        return {}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            body.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                ended.set()
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": "/api/events", "raw_path": b"/api/events", "query_string": b"", "root_path": "",
-             "headers": [(b"cookie", f"lifeline_desk={token}".encode())], "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80), "state": {}}
-    task = asyncio.create_task(app(scope, receive, send))
-    try:
-        for _ in range(200):
-            if hub.clients:
-                break
-            await asyncio.sleep(0.02)
+    async with Feed(app, hub, client.cookies["lifeline_desk"]) as feed:
         hub.publish(notice("work-order", id=1))
-        for _ in range(200):
-            if b"work-order" in b"".join(body):
-                break
-            await asyncio.sleep(0.02)
-        assert b'"id": 1' in b"".join(body)  # while logged in
+        assert await feed.shows(b'"id": 1')  # while logged in
         await asyncio.to_thread(lambda: client.post("/api/logout", headers=csrf))
         hub.publish(notice("work-order", id=2))
-        await asyncio.wait_for(ended.wait(), 10)
-        assert b'"id": 2' not in b"".join(body)
+        await asyncio.wait_for(feed.ended.wait(), 10)
+        assert b'"id": 2' not in b"".join(feed.body)
+
+
+async def test_the_change_feed_looks_its_session_up_at_a_logout_not_at_each_notice(desk: Any, engine: Engine) -> None:
+    """The feed looked the session up before each notice it passed on: every open page read the database at
+    each of the notices ingest makes, hundreds a second in a storm. It looks it up at a logout's "session"
+    notice (and once a minute); a logout at another desk process, which the broker brings as that notice, ends
+    the feed there."""
+    app, hub, _ = desk
+    client, _ = await asyncio.to_thread(logged_in, app, "viewer")
+    token = client.cookies["lifeline_desk"]
+    looked: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "sessions" in statement:
+            looked.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with Feed(app, hub, token) as feed:
+            looked.clear()
+            for i in range(30):
+                hub.publish(notice("reading", site="s1", dev="gas1", id=i))
+            assert await feed.shows(b'"id": 29')
+            assert looked == [], f"{len(looked)} session look-ups for 30 notices"
+            with engine.begin() as conn:  # another desk process's logout
+                conn.execute(delete(sessions).where(sessions.c.token == token))
+            hub.publish(notice("session"))
+            await asyncio.wait_for(feed.ended.wait(), 10)
+            assert len(looked) == 2  # the logout's, then the look-up at the notice
+            assert b"session" not in b"".join(feed.body)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_the_change_feed_ends_at_the_first_notice_after_its_session_expired(engine: Engine) -> None:
+    seed(engine, time.time())
+    now = [time.time()]
+    hub = Hub()
+    app = make_app(engine, hub=hub, downlink=Downlink(Recorded()), risk_points=RISK_POINTS, rollouts=False,
+                   clock=lambda: now[0])
+    client, _ = await asyncio.to_thread(logged_in, app, "viewer")
+    async with Feed(app, hub, client.cookies["lifeline_desk"]) as feed:
+        hub.publish(notice("work-order", id=1))
+        assert await feed.shows(b'"id": 1')
+        now[0] += SESSION_S
+        hub.publish(notice("work-order", id=2))
+        await asyncio.wait_for(feed.ended.wait(), 10)
+        assert b'"id": 2' not in b"".join(feed.body)
 
 
 def test_two_rollouts_started_at_once_at_one_site_one_is_refused(engine: Engine) -> None:
