@@ -108,7 +108,8 @@ class MetricSummary(TypedDict):
 
 
 class ThinnedEntry(TypedDict):
-    """Device messages seq_lo..seq_hi summarised by the outbox's disk budget, in a message's "thinned"."""
+    """Device messages seq_lo..seq_hi summarised by the outbox's disk budget, in a message's "thinned": a run,
+    every number in it held (msgs = seq_hi - seq_lo + 1), so the district never takes a gap as summarised."""
 
     dev: str
     seq_lo: int
@@ -416,10 +417,8 @@ def clock_report(dev: str, seq: int, boot: int, clk: int, t: float,
                        readings=[FlaggedReading(n=n, clock=clock, t_device=td) for n, clock, td in readings])
 
 
-class SeqSpan(Protocol):
-    msgs: int
-    seq_lo: int
-    seq_hi: int
+class SeqSpans(Protocol):
+    def spans(self) -> list[tuple[int, int, int]]: ...  # (seq_lo, seq_hi, msgs)
 
 
 class SpanBody(TypedDict):
@@ -441,10 +440,11 @@ class OutboxBudget(TypedDict):
     evicted: list[SpanBody]
 
 
-def outbox_budget(t: float, budget: int, before: int, after: int, thinned: Mapping[str, SeqSpan],
-                  evicted: Mapping[str, SeqSpan]) -> OutboxBudget:
-    def spans(by_dev: Mapping[str, SeqSpan]) -> list[SpanBody]:
-        return [SpanBody(dev=dev, msgs=s.msgs, seq_lo=s.seq_lo, seq_hi=s.seq_hi) for dev, s in sorted(by_dev.items())]
+def outbox_budget(t: float, budget: int, before: int, after: int, thinned: Mapping[str, SeqSpans],
+                  evicted: Mapping[str, SeqSpans]) -> OutboxBudget:
+    def spans(by_dev: Mapping[str, SeqSpans]) -> list[SpanBody]:
+        return [SpanBody(dev=dev, msgs=msgs, seq_lo=lo, seq_hi=hi)
+                for dev, s in sorted(by_dev.items()) for lo, hi, msgs in s.spans()]
     return OutboxBudget(ev="outbox-budget", t=t, budget=budget, before=before, after=after,
                         thinned=spans(thinned), evicted=spans(evicted))
 

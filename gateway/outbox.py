@@ -50,6 +50,7 @@ LOW_WATER = 0.9  # a budget pass frees down to this fraction, so the next few pu
 WINDOW_ENTRIES = 5000  # entries read per thinning window
 PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
 EVICT_ROWS = 1000  # rows looked at per eviction query
+MAX_RUNS = 16  # per device: summaries made of a thinning window, spans in a budget report
 
 # The body is the last column: reading a column stored after a body of many pages walks its overflow pages.
 _SCHEMA = (
@@ -96,18 +97,59 @@ class Item(NamedTuple):
     entries: int = 1
 
 
-@dataclass
-class _Span:
-    """Device messages of one device dropped or summarised in a budget pass."""
+_Stored = tuple[district_wire.TelemetryEntry, bytes]  # a pack entry decoded, and its bytes as stored
 
-    msgs: int = 0
-    seq_lo: int = 0
-    seq_hi: int = 0
+
+def _runs(group: list[_Stored]) -> list[list[_Stored]]:
+    """A device's messages in runs of consecutive sequence numbers (a number met twice, as after a device's
+    flash was wiped, starts another)."""
+    runs: list[list[_Stored]] = []
+    for item in sorted(group, key=lambda m: m[0]["seq"]):
+        if runs and item[0]["seq"] == runs[-1][-1][0]["seq"] + 1:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+class _Runs:
+    """Device messages of one device dropped or summarised in a budget pass, as runs of sequence numbers: a
+    span reported upstream must not take in a number the gateway never held (a gap the district would then
+    believe covered)."""
+
+    def __init__(self) -> None:
+        self.msgs = 0
+        self._runs: list[list[int]] = []  # [seq_lo, seq_hi, msgs]
 
     def add(self, msgs: int, lo: int, hi: int) -> None:
-        self.seq_lo = lo if self.msgs == 0 else min(self.seq_lo, lo)
-        self.seq_hi = hi if self.msgs == 0 else max(self.seq_hi, hi)
         self.msgs += msgs
+        _join(self._runs, lo, hi, msgs)
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(seq_lo, seq_hi, msgs) in order, runs that meet as one; past MAX_RUNS, joined across the smallest
+        holes, so a device that lost every other message cannot swell the report: such a span holds fewer
+        messages than its range (msgs says how many), which the district counts as covering none of it."""
+        runs: list[list[int]] = []
+        for lo, hi, msgs in sorted(self._runs):
+            _join(runs, lo, hi, msgs)
+        holes = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
+        across = set(holes[:len(runs) - MAX_RUNS])
+        out = runs[:1]
+        for i in range(1, len(runs)):
+            if i - 1 in across:
+                out[-1][1], out[-1][2] = runs[i][1], out[-1][2] + runs[i][2]
+            else:
+                out.append(runs[i])
+        return [(lo, hi, msgs) for lo, hi, msgs in out]
+
+
+def _join(runs: list[list[int]], lo: int, hi: int, msgs: int) -> None:
+    """(lo, hi, msgs) added after the last of `runs`, as part of it when both are whole runs and meet."""
+    last = runs[-1] if runs else None
+    if last is not None and lo == last[1] + 1 and last[2] == last[1] - last[0] + 1 and msgs == hi - lo + 1:
+        last[1], last[2] = hi, last[2] + msgs
+    else:
+        runs.append([lo, hi, msgs])
 
 
 @dataclass
@@ -117,8 +159,8 @@ class BudgetReport:
     budget: int
     before: int
     after: int = 0
-    thinned: dict[str, _Span] = field(default_factory=dict)
-    evicted: dict[str, _Span] = field(default_factory=dict)
+    thinned: dict[str, _Runs] = field(default_factory=dict)
+    evicted: dict[str, _Runs] = field(default_factory=dict)
 
 
 class _Stats:
@@ -487,7 +529,7 @@ class Outbox:
         """Summarise the oldest interval of raw telemetry per device; returns entries consumed (0: none left).
 
         The window's rows are replaced by rows that take their ids in order, so what they hold keeps its place in
-        the drain: first the entries of devices too sparse to gain from a summary, then the summaries. A window
+        the drain: first the entries kept raw, then the summaries, one a run of a device's sequence numbers. A window
         whose replacement would need more rows than it had stays as it is (a single row of many devices, say),
         and eviction may take it."""
         # Rows at or below the lane's cursor are in flight or PUBACKed: never thinned, never evicted.
@@ -500,7 +542,7 @@ class Outbox:
         # of one interval usually land in one summary entry per metric.
         end_t = (math.floor(first[1] / self.thin_interval_s) + 1) * self.thin_interval_s
         window: list[tuple[int, float]] = []  # (id, t) of the raw rows taken
-        by_dev: dict[str, list[tuple[district_wire.TelemetryEntry, bytes]]] = {}
+        by_dev: dict[str, list[_Stored]] = {}
         consumed = 0
         rows = self.conn.execute(
             "SELECT id, t, thinned, entries, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 ORDER BY id",
@@ -518,14 +560,20 @@ class Outbox:
         rows.close()
         kept: list[bytes] = []
         summaries: list[bytes] = []
-        spans: dict[str, _Span] = {}
+        made: list[tuple[str, list[_Stored]]] = []
         for dev, group in by_dev.items():
-            span, body = self._summary(dev, group)
-            if len(body) >= sum(len(raw) for _, raw in group):
-                kept += [raw for _, raw in group]  # too few messages to gain from a summary: they stay raw
-            else:
-                summaries.append(body)
-                spans[dev] = span
+            # One summary a run of sequence numbers, its range exactly what it holds, for the runs that gain
+            # most; the rest stay raw: too few messages to gain from a summary, or past MAX_RUNS.
+            runs = _runs(group)
+            bodies = [self._summary(dev, run) for run in runs]
+            gain = [sum(len(raw) for _, raw in run) - len(body) for run, body in zip(runs, bodies, strict=True)]
+            best = set(sorted((i for i in range(len(runs)) if gain[i] > 0), key=lambda i: -gain[i])[:MAX_RUNS])
+            for i, run in enumerate(runs):
+                if i in best:
+                    summaries.append(bodies[i])
+                    made.append((dev, run))
+                else:
+                    kept += [raw for _, raw in run]
         n = self.row_entries
         parts = [(0, kept[i:i + n]) for i in range(0, len(kept), n)]
         parts += [(1, summaries[i:i + n]) for i in range(0, len(summaries), n)]
@@ -540,16 +588,16 @@ class Outbox:
         # They take ids of rows already counted (the budget pass counted them all first): counted here.
         self.conn.execute("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
                           (sum(row[5] for row in new), sum(len(row[6]) + ROW_OVERHEAD for row in new), TELEMETRY))
-        for dev, span in spans.items():
-            report.thinned.setdefault(dev, _Span()).add(span.msgs, span.seq_lo, span.seq_hi)
+        for dev, run in made:
+            report.thinned.setdefault(dev, _Runs()).add(len(run), run[0][0]["seq"], run[-1][0]["seq"])
         return max(consumed, 1)
 
-    def _summary(self, dev: str, group: list[tuple[district_wire.TelemetryEntry, bytes]]) -> tuple[_Span, bytes]:
-        """The device messages of one device summarised: what they span, and the summary entry."""
+    def _summary(self, dev: str, run: list[_Stored]) -> bytes:
+        """The summary entry of one run of a device's messages."""
         prefix = dev + ":"
         stats: dict[tuple[str, float], _Stats] = {}
         boots: set[int] = set()
-        for msg, _raw in group:
+        for msg, _raw in run:
             boots.add(msg["boot"])
             for rec in district_wire.entry_records(msg):
                 name = rec["n"][len(prefix):] if rec["n"].startswith(prefix) else rec["n"]
@@ -558,12 +606,9 @@ class Outbox:
                 if key not in stats:
                     stats[key] = _Stats(rec.get("u"))
                 stats[key].add(rec)
-        seqs = [msg["seq"] for msg, _raw in group]
-        span = _Span(len(group), min(seqs), max(seqs))
-        body = district_wire.thinned_entry(dev, span.seq_lo, span.seq_hi, span.msgs, sorted(boots),
+        return district_wire.thinned_entry(dev, run[0][0]["seq"], run[-1][0]["seq"], len(run), sorted(boots),
                                            self.thin_interval_s,
                                            [st.body(name, start) for (name, start), st in sorted(stats.items())])
-        return span, body
 
     def _evict(self, report: BudgetReport, excess: int) -> None:
         """Drop the oldest unleased telemetry rows (raw or thinned, not alarm-priority) until `excess` bytes are
@@ -584,10 +629,10 @@ class Outbox:
                 (body,) = self.conn.execute("SELECT body FROM outbox WHERE id = ?", (rid,)).fetchone()
                 for entry, _ in district_wire.stored_entries(body):
                     if "seq_lo" in entry:  # a summary
-                        report.evicted.setdefault(entry["dev"], _Span()).add(entry["msgs"], entry["seq_lo"],
+                        report.evicted.setdefault(entry["dev"], _Runs()).add(entry["msgs"], entry["seq_lo"],
                                                                              entry["seq_hi"])
                     else:
-                        report.evicted.setdefault(entry["dev"], _Span()).add(1, entry["seq"], entry["seq"])
+                        report.evicted.setdefault(entry["dev"], _Runs()).add(1, entry["seq"], entry["seq"])
             if not gone:
                 return
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", gone)

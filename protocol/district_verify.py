@@ -51,7 +51,8 @@ class Verifier:
         self.track = track
         self._loads = loads or cbor_loads
         self._seen = {}  # (dev, boot) -> seq numbers that arrived with a valid device MAC
-        self._covered = {}  # dev -> [(seq_lo, seq_hi)] the site says it summarised or evicted
+        self._covered = {}  # dev -> [(seq_lo, seq_hi)] the site says it summarised or evicted, every number
+        self._partial = {}  # dev -> [(seq_lo, seq_hi, n)] spans holding all but n of their numbers
 
     def publish(self, topic, data):
         """(site, kind, body) of one upstream publish whose site seal verifies for its topic."""
@@ -119,7 +120,8 @@ class Verifier:
 
     def missing(self):
         """dev -> sorted sequence numbers, per boot between the lowest and highest seen, that arrived neither
-        with a valid device MAC nor inside a span the site reported summarised or evicted."""
+        with a valid device MAC nor inside a span the site reported summarised or evicted whole (its msgs
+        the size of its range: `unaccounted` tells of the others)."""
         out = {}
         for (dev, _boot), seqs in self._seen.items():
             spans = self._covered.get(dev, ())
@@ -129,6 +131,12 @@ class Verifier:
                 out[dev] = sorted(out.get(dev, []) + gone)
         return out
 
+    def unaccounted(self):
+        """dev -> [(seq_lo, seq_hi, n)]: spans the site reported holding fewer messages than numbers (a
+        gateway from before spans were runs, or a budget report past its bound), n of the range's numbers
+        not in it, which ones not said; none of the range counts as covered in `missing`."""
+        return {dev: sorted(spans) for dev, spans in self._partial.items()}
+
     def _site_key(self, kid):
         return self.site_keys.get(_text(kid))
 
@@ -136,7 +144,13 @@ class Verifier:
         return self.dev_keys.get(_text(kid))
 
     def _cover(self, span):
-        self._covered.setdefault(span.get("dev"), []).append((span.get("seq_lo"), span.get("seq_hi")))
+        lo, hi, msgs = span.get("seq_lo"), span.get("seq_hi"), span.get("msgs")
+        if not (isinstance(lo, int) and isinstance(hi, int) and isinstance(msgs, int) and 0 < msgs <= hi - lo + 1):
+            return  # covers nothing it can be held to
+        if msgs == hi - lo + 1:
+            self._covered.setdefault(span.get("dev"), []).append((lo, hi))
+        else:
+            self._partial.setdefault(span.get("dev"), []).append((lo, hi, hi - lo + 1 - msgs))
 
 
 def _text(kid):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.district_wire import senml_pack, stored_entries
-from gateway.outbox import ALARM, ROW_OVERHEAD, STATE, TELEMETRY, Item, Outbox
+from gateway.outbox import ALARM, MAX_RUNS, ROW_OVERHEAD, STATE, TELEMETRY, Item, Outbox
 from gateway.store import open_store
 from protocol import district, senml_resolve
 
@@ -333,6 +333,65 @@ def test_budget_evicts_when_summaries_would_not_be_smaller(store: sqlite3.Connec
     assert ob.evicted_msgs == sum(len(want - raw[dev]) for dev, want in seqs.items())
 
 
+def spans(doc: dict[str, Any], key: str, dev: str) -> list[tuple[int, int, int]]:
+    return [(e["seq_lo"], e["seq_hi"], e["msgs"]) for e in doc[key] if e["dev"] == dev]
+
+
+def test_no_summary_nor_span_covers_a_number_the_gateway_never_held(tmp_path: Path) -> None:
+    """gas1's seq 6-8 never reached the gateway. Its summary of 1-5 and 9-15 said seq_lo 1, seq_hi 15, msgs 12,
+    and so did the budget report's spans, thinned and evicted, merged per device: the district, reading the
+    range, took 6-8 as held and the gap was hidden from it. Each summary and span is now one run held."""
+    held = [*range(1, 6), *range(9, 16)]
+    ob = Outbox(open_store(tmp_path / "thin.db"), 10**9, thin_interval_s=300.0)
+    for seq in held:
+        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
+        ob.flush()
+    ob.conn.commit()
+    ob.budget_bytes = ob.bytes_used() // 2
+    assert ob.enforce_budget(now=T0 + 700) is not None
+    raw, summaries, [dq] = accounting(ob)
+    assert not raw and [(s["seq_lo"], s["seq_hi"], s["msgs"]) for s in summaries] == [(1, 5, 5), (9, 15, 7)]
+    assert spans(dq, "thinned", "gas1") == [(1, 5, 5), (9, 15, 7)]
+    ob.budget_bytes = 1  # now the summaries go too
+    assert ob.enforce_budget(now=T0 + 700) is not None
+    assert spans(accounting(ob)[2][1], "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
+    # raw messages evicted (one a window: nothing to gain from a summary)
+    ob = Outbox(open_store(tmp_path / "evict.db"), 10**9, thin_interval_s=1.0)
+    for seq in held:
+        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
+        ob.flush()
+    ob.conn.commit()
+    ob.budget_bytes = 1
+    report = ob.enforce_budget(now=T0 + 700)
+    assert report is not None and not report.thinned
+    assert spans(accounting(ob)[2][0], "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
+
+
+def test_a_device_with_many_holes_gets_a_bounded_report_that_says_what_it_does_not_hold(tmp_path: Path) -> None:
+    """A device that lost every eighth message: a span per run would make the report grow with the holes.
+    Past MAX_RUNS a device's spans are joined across the smallest holes, and such a span's msgs is less than
+    its range, so the district can tell it from a run; summaries stay exact (runs past the bound stay raw)."""
+    ob = Outbox(open_store(tmp_path / "holes.db"), 10**9, thin_interval_s=300.0, row_entries=10)
+    held = [s for s in range(1, 800) if s % 8]  # runs of 7: 100 runs
+    for seq in held:
+        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq), T0 + seq / 10), now=T0 + seq / 10)
+    ob.flush()
+    ob.conn.commit()
+    ob.budget_bytes = 1
+    report = ob.enforce_budget(now=T0 + 700)
+    assert report is not None and report.thinned
+    [dq] = accounting(ob)[2]
+    thinned = spans(dq, "thinned", "gas1")
+    assert 0 < len(thinned) <= MAX_RUNS
+    assert all(n == hi - lo + 1 == 7 and hi % 8 == 7 for lo, hi, n in thinned)  # each one summary, exact
+    evicted = spans(dq, "evicted", "gas1")
+    assert len(evicted) == MAX_RUNS and sum(n for _, _, n in evicted) == len(held)
+    for lo, hi, n in evicted:
+        got = [s for s in held if lo <= s <= hi]
+        assert n == len(got) and lo == got[0] and hi == got[-1]
+    assert any(n < hi - lo + 1 for lo, hi, n in evicted)
+
+
 def test_budget_never_touches_rows_in_flight_nor_alarms_when_only_alarms_remain(
         store: sqlite3.Connection) -> None:
     ob = Outbox(store, 10**9)
@@ -407,7 +466,8 @@ def test_every_message_is_raw_summarised_or_evicted_and_summaries_are_exact(
     accounted = {(dev, seq) for dev, seqs in raw.items() for seq in seqs}
     for s in summaries:
         covered = [seq for seq in range(s["seq_lo"], s["seq_hi"] + 1) if sent[seq][0] == s["dev"]]
-        assert s["msgs"] == len(covered) and not accounted & {(s["dev"], q) for q in covered}
+        assert s["msgs"] == len(covered) == s["seq_hi"] - s["seq_lo"] + 1  # a run: every number in it held
+        assert not accounted & {(s["dev"], q) for q in covered}
         accounted |= {(s["dev"], q) for q in covered}
         want: dict[tuple[str, float], list[float]] = {}
         for seq in covered:
