@@ -27,6 +27,7 @@ from protocol.district_verify import Verifier
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 ROLLUP_S = 300  # [retention] rollup_s unless set: the desk's default too
+MESSAGES_DAYS = 400  # [retention] messages_days unless set: as far back as the desk's history goes
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class DistrictConfig:
     log_level: str
     hash_memory_kib: int
     hash_time_cost: int
+    messages_days: float
 
 
 def _key(t: ConfigTable, key: str) -> bytes | None:
@@ -156,6 +158,10 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     ret = root.section("retention")
     raw_days = ret.number("raw_days", 30, 1, 3650)
     rollup_s = ret.number("rollup_s", ROLLUP_S, 10, 86_400, integer=True)
+    messages_days = ret.number("messages_days", MESSAGES_DAYS, 1, 36_500)
+    if messages_days < raw_days:
+        raise ret.fail("messages_days", f"must be at least raw_days ({raw_days}), not {messages_days}: a message is "
+                                        "kept as long as its readings are")
     ret.done()
     sites: dict[str, SiteEntry] = {}
     for st in root.tables("sites"):
@@ -182,7 +188,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     root.done()
     return DistrictConfig(name, broker, database, path.parent, workers, group, batch, desk_host, desk_port,
                           metrics_host, metrics_port, raw_days, rollup_s, sites, log_format, log_level,
-                          hash_memory_kib, hash_time_cost)
+                          hash_memory_kib, hash_time_cost, messages_days)
 
 
 

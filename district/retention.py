@@ -1,4 +1,5 @@
-"""Raw readings for `raw_days`, then one row per sensor and `rollup_s` bucket (count, numbers, min, max, mean).
+"""Raw readings for `raw_days`, then one row per sensor and `rollup_s` bucket (count, numbers, min, max, mean);
+messages (each device message's key and sealed bytes) for `messages_days`.
 
 Worker 1 runs `fold` now and then; it works through the oldest readings in chunks, so a district that
 switches retention on with years of readings catches up over several passes instead of one long lock.
@@ -17,12 +18,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, case, delete, select
+from sqlalchemy import BigInteger, ColumnElement, Connection, bindparam, case, delete, exists, select, update
 
-from district.schema import readings, rollups
+from district.schema import alarms, devices, messages, readings, rollups, work_orders
 from district.store import dialect_insert
 
 CHUNK = 10_000  # readings a pass, plus any that share the last one's time
+MESSAGES_CHUNK = 500  # messages looked at a pass (deleted by id: SQLite's older builds take 999 parameters)
 Key = tuple[str, str, str, float]
 
 
@@ -71,3 +73,35 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
 def _merge(old: ColumnElement[Any], new: ColumnElement[Any], both: ColumnElement[Any]) -> ColumnElement[Any]:
     """A bucket's column merged: the side that has a value, or `both` when each has one."""
     return case((old.is_(None), new), (new.is_(None), old), else_=both)
+
+
+def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple[int, int]:
+    """Delete the messages received more than `days` ago among the MESSAGES_CHUNK after id `after`; returns how
+    many, and the id to go on after (`after` once the messages there are newer). Never one whose readings are
+    still kept (not yet folded), nor one of a device with an alarm not cleared or a work order not closed: the
+    officer may want what it sent. Each device keeps the newest sequence number deleted (`devices.pruned`),
+    below which ingest takes no message again, as the deleted rows' keys would have refused it."""
+    cutoff = now - days * 86_400
+    rows = conn.execute(select(messages.c.id, messages.c.site, messages.c.dev, messages.c.seq_key, messages.c.received,
+                               exists().where(readings.c.message == messages.c.id).label("raw"))
+                        .where(messages.c.id > after).order_by(messages.c.id).limit(MESSAGES_CHUNK)).all()
+    held = set(conn.execute(select(alarms.c.site, alarms.c.dev)
+                            .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
+                            .where((alarms.c.state != "cleared") | (work_orders.c.state != "closed"))).tuples())
+    gone, last = [], after
+    for r in rows:
+        if r.received >= cutoff:
+            break
+        last = r.id
+        if not r.raw and (r.site, r.dev) not in held:
+            gone.append(r)
+    if gone:
+        conn.execute(delete(messages).where(messages.c.id.in_([r.id for r in gone])))
+        marks: dict[tuple[str, str], int] = {}
+        for r in gone:
+            marks[(r.site, r.dev)] = max(marks.get((r.site, r.dev), r.seq_key), r.seq_key)
+        conn.execute(update(devices).where(devices.c.site == bindparam("s"), devices.c.dev == bindparam("d"))
+                     .values(pruned=case((devices.c.pruned > bindparam("k", type_=BigInteger), devices.c.pruned),
+                                         else_=bindparam("k", type_=BigInteger))),
+                     [{"s": site, "d": dev, "k": key} for (site, dev), key in marks.items()])
+    return len(gone), last

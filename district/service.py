@@ -83,23 +83,29 @@ def run_worker(cfg: DistrictConfig, index: int) -> int:
 
 
 async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
-    """Fold old readings (district/retention.py) a chunk at a time, off the event loop, until caught up. A pass
-    the database fails (locked past the busy timeout, read-only, its connection lost) is logged once with its
-    reason and tried again at the next interval: raised, it ended the task group and the ingest beside it."""
+    """Fold old readings and delete old messages (district/retention.py) a chunk at a time, off the event loop,
+    until caught up. A pass the database fails (locked past the busy timeout, read-only, its connection lost) is
+    logged once with its reason and tried again at the next interval: raised, it ended the task group and the
+    ingest beside it."""
+    after = 0  # the messages up to this id are done with (from the first again at each start)
     while True:
-        def one_pass() -> int:
+        def one_pass(after: int) -> tuple[int, int, int]:
             with engine.begin() as conn:
-                return retention.fold(conn, now=time.time(), raw_days=cfg.raw_days, rollup_s=cfg.rollup_s)
+                now = time.time()
+                folded = retention.fold(conn, now=now, raw_days=cfg.raw_days, rollup_s=cfg.rollup_s)
+                return folded, *retention.prune(conn, now=now, days=cfg.messages_days, after=after)
 
         try:
-            folded = await asyncio.to_thread(one_pass)
+            folded, pruned, scanned = await asyncio.to_thread(one_pass, after)
         except DBAPIError as exc:  # the pass rolled back whole; its readings are all still there
             event(log, "retention-failed", logging.WARNING, error=store.failure(exc), retry_s=RETENTION_S)
             await asyncio.sleep(RETENTION_S)
             continue
-        if folded:
-            event(log, "retention", folded=folded)
-        await asyncio.sleep(1.0 if folded else RETENTION_S)
+        if folded or pruned:
+            event(log, "retention", **{k: n for k, n in (("folded", folded), ("pruned", pruned)) if n})
+        busy = folded or scanned > after
+        after = scanned
+        await asyncio.sleep(1.0 if busy else RETENTION_S)
 
 
 def run_desk(cfg: DistrictConfig) -> int:

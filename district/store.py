@@ -96,6 +96,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("rollups: added the count of numbers of each bucket")
     if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
+    if _add_column(engine, devices, "pruned BIGINT"):
+        log.info("devices: added the newest sequence number the retention deleted")
     for table, name in ((readings, "readings_message"), (readings, "readings_time"),
                         (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
         if _add_index(engine, table, name):
@@ -204,16 +206,21 @@ def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, reco
 
 def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, received: float, hist: bool = False,
                  verified: bool = False) -> list[bool]:
-    """A body's device messages in three statements, whatever their number (one at a time, building and
+    """A body's device messages in four statements, whatever their number (one at a time, building and
     running three statements each was most of a worker's time); per message, whether it was new. The unique
-    key decides, so a copy within the batch or one another worker stored first is not new."""
+    key decides, so a copy within the batch or one another worker stored first is not new; so does the
+    retention's mark of each device (`devices.pruned`), so a redelivery or replay of a message it deleted is
+    not new either."""
     if not batch:
         return []
+    pruned: dict[str, int] = {dev: mark for dev, mark in conn.execute(select(devices.c.dev, devices.c.pruned).where(
+        devices.c.site == site, devices.c.dev.in_(sorted({m.dev for m in batch})), devices.c.pruned.is_not(None)))}
+    taken = [m for m in batch if schema.seq_key(m.seq) > pruned.get(m.dev, -schema.SEQ_SHIFT - 1)]
     stmt = dialect_insert(conn, messages)
     inserted = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id, messages.c.dev, messages.c.seq_key),
                             [{"site": site, "dev": m.dev, "seq_key": schema.seq_key(m.seq), "boot": m.boot,
                               "pri": m.pri, "hist": hist, "verified": verified, "sealed": m.sealed,
-                              "received": received} for m in batch]).all()
+                              "received": received} for m in taken]).all() if taken else []
     ids = {(r.dev, r.seq_key): r.id for r in inserted}
     new: list[bool] = []
     rows: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ KEY = "cd" * 32
 
 def test_the_example_loads() -> None:
     cfg = config.load(ROOT / "deploy" / "district.example.toml", check_files=False)
-    assert (cfg.workers, cfg.group, cfg.desk_port, cfg.raw_days) == (2, "lifeline", 8080, 30)
+    assert (cfg.workers, cfg.group, cfg.desk_port, cfg.raw_days, cfg.messages_days) == (2, "lifeline", 8080, 30, 400)
     assert cfg.sites["riverside-3"].risk_points[0].id == "station-7"
 
 
@@ -68,6 +68,10 @@ def test_a_site_devices_file_gives_its_keys_checked_as_the_gateway_checks_it(tmp
     ('[ingest]\nworkers = 0\n', r"ingest\.workers: must be at least 1"),
     ('[database]\nuri = "x"\n', r"database\.uri: unknown key"),
     ('[retention]\nraw_days = "ten"\n', r"retention\.raw_days: must be a number"),
+    ("[retention]\nmessages_days = 20\n", r"retention\.messages_days: must be at least raw_days \(30\), not 20"),
+    ("[retention]\nraw_days = 90\nmessages_days = 60\n", r"retention\.messages_days: must be at least raw_days \(90\)"),
+    ('[retention]\nmessages_days = "forever"\n', r"retention\.messages_days: must be a number"),
+    ("[retention]\nmessages_days = 0\n", r"retention\.messages_days: must be at least 1"),
     ('[accounts]\nhash_memory_kib = 8192\n', r"accounts\.hash_memory_kib: must be at least 19456"),
     ('[accounts]\nhash_time_cost = 1\n', r"accounts\.hash_time_cost: must be at least 2"),
     ('[accounts]\nhash_time_cost = 3.5\n', r"accounts\.hash_time_cost: must be an integer"),

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Column, Engine, MetaData, Table, func, select, text
 
 from district import retention, service, store
-from district.schema import readings, rollups
+from district.schema import devices, messages, readings, rollups
 
 DAY = 86_400.0
 NOW = 200 * DAY
@@ -163,7 +163,7 @@ async def test_a_database_error_in_a_retention_pass_is_logged_and_the_pass_tried
         return [r for r in caplog.records if r.getMessage() == "retention-failed"]
 
     caplog.set_level(logging.INFO, logger="lifeline.district")
-    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S)
+    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400)
     task = asyncio.create_task(service._retention(engine, cfg))  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + 20
@@ -203,3 +203,57 @@ async def test_a_database_error_in_a_retention_pass_is_logged_and_the_pass_tried
     assert ("database is locked" if engine.dialect.name == "sqlite" else "terminat") in reason, reason
     assert any(r.getMessage() == "retention" and r.fields == {"folded": 1}  # type: ignore[attr-defined]
                for r in caplog.records)
+
+
+def test_old_messages_are_deleted_and_none_of_them_is_taken_again(engine: Engine) -> None:
+    """The messages table kept every device message the district ever took (its key, its sealed bytes), a row
+    each, for as long as the district ran. The retention now deletes those received more than messages_days ago,
+    but none whose readings are still kept, nor any of a device with an alarm not cleared or a work order not
+    closed; a redelivery or replay of a deleted one is still not new."""
+    old = NOW - 500 * DAY
+
+    def message(conn: Any, dev: str, seq: int, received: float, t: float | None = None) -> bool:
+        return store.add_message(conn, "s1", dev, seq, 1, [{"n": "ch4", "t": received if t is None else t, "v": 1.0}],
+                                 received=received)
+
+    with engine.begin() as conn:
+        for seq in range(3):
+            for dev in ("gas1", "gas2", "gas3"):
+                message(conn, dev, seq, old + seq)
+        message(conn, "gas4", 0, old, t=NOW)  # a reading still raw (its device's clock ahead): kept, as it is
+        message(conn, "gas1", 3, NOW - DAY)  # recent
+        store.apply_alarm(conn, "s1", {"id": "a2", "ev": "raised", "kind": "level", "dev": "gas2", "level": "yellow",
+                                       "t_gw": NOW - 100}, received=NOW - 100)  # open: gas2's messages kept
+        store.apply_alarm(conn, "s1", {"id": "a3", "ev": "raised", "kind": "level", "dev": "gas3", "level": "red",
+                                       "t_gw": NOW - 100}, received=NOW - 100)
+        store.apply_alarm(conn, "s1", {"id": "a3", "ev": "cleared", "kind": "level", "dev": "gas3", "level": None,
+                                       "t_gw": NOW - 50}, received=NOW - 50)  # cleared, its order still open
+        while retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S):
+            pass
+    with engine.begin() as conn:
+        assert retention.prune(conn, now=NOW, days=400, after=0) == (3, 10)  # every old one looked at
+        assert retention.prune(conn, now=NOW, days=400, after=10) == (0, 10)  # then nothing more
+    with engine.begin() as conn:
+        left = conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev)).tuples().all()
+        assert sorted(left) == [("gas1", 1), ("gas2", 3), ("gas3", 3), ("gas4", 1)]
+        assert [message(conn, "gas1", seq, NOW) for seq in range(5)] == [False, False, False, False, True]
+        assert conn.execute(select(func.count()).select_from(messages).where(messages.c.dev == "gas1")).scalar() == 2
+
+
+def test_an_older_database_gets_the_devices_retention_mark(engine: Engine) -> None:
+    old = MetaData()
+    Table("devices", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                            for c in devices.columns if c.name != "pruned"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE devices")
+    old.create_all(engine)
+    url = engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql" else \
+        str(engine.url.database)
+    reopened = store.open_engine(url)
+    try:
+        store.open_engine(url).dispose()  # a second start adds nothing
+        with reopened.begin() as conn:
+            assert store.add_message(conn, "s1", "gas1", 0, 1, [{"n": "ch4", "t": NOW, "v": 1.0}], received=NOW)
+            assert conn.execute(select(devices.c.pruned)).scalar_one() is None
+    finally:
+        reopened.dispose()
