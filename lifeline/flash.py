@@ -39,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from lifeline import signals, upy
 from lifeline.private_file import write_private
 
 PROTOCOL = upy.ROOT / "protocol"
+BROKER_CA = "broker_ca.der"  # the CA the node verifies its broker against (firmware/lib/app/__init__.py tls)
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 KEY_BYTES = 32
 CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new firmware checks the config
@@ -90,13 +92,13 @@ class Provision:
     mqtt_password: str | None = field(default=None, repr=False)
     wifi_ssid: str = ""
     wifi_password: str = field(default="", repr=False)
-    tls: bool = False
+    ca: bytes | None = field(default=None, repr=False)  # DER: TLS on, the broker verified against this CA
     ntp: tuple[str, ...] = ("pool.ntp.org",)
 
     def device_json(self) -> dict[str, Any]:
         return {"id": self.device_id, "site": self.site, "profile": self.profile,
                 "broker": {"host": self.broker_host, "port": self.broker_port, "user": self.mqtt_user,
-                           "tls": self.tls},
+                           "tls": self.ca is not None},
                 "ntp": list(self.ntp)}
 
     def secrets_json(self) -> dict[str, Any]:
@@ -166,6 +168,9 @@ def stage(provision: Provision, out: Path, firmware: Path = upy.FIRMWARE, protoc
                 shutil.copyfile(source, target)
             files.append(_staged(target.relative_to(out).as_posix(), target))
     profile = json.loads(profile_src.read_text())
+    if provision.ca is not None:  # before device.json, which turns TLS on
+        (out / BROKER_CA).write_bytes(provision.ca)
+        files.append(_staged(BROKER_CA, out / BROKER_CA))
     for name, content in (("profile.json", profile), ("device.json", provision.device_json()),
                           ("secrets.json", provision.secrets_json())):
         (out / name).write_text(json.dumps(content, separators=(",", ":")))
@@ -492,6 +497,26 @@ def _record(path: Path, site: str, device_id: str, profile: str, key: bytes) -> 
     return status
 
 
+def read_ca(path: Path) -> bytes:
+    """The CA certificate of --tls, a PEM file of one certificate, as the DER the node loads (app.tls)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--tls: cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--tls {path}: not a PEM file (a DER certificate? convert it with "
+                         "`openssl x509 -inform der -in CA -out CA.pem`)") from None
+    found = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    if len(found) != 1:
+        raise UsageError(f"--tls {path}: {len(found)} PEM certificates in it; give the one CA certificate that "
+                         "signed the site broker's (deploy/mosquitto/site.conf: certfile)")
+    try:
+        ssl.create_default_context(cadata=found[0])
+        return ssl.PEM_cert_to_DER_cert(found[0])
+    except (ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"--tls {path}: not a certificate ({exc})") from None
+
+
 def resolve_key(args: argparse.Namespace, registry: Path | None) -> tuple[bytes, str]:
     """The device key and where it came from: --key, --key-file, the registry, or fresh."""
     text, source = None, ""
@@ -617,7 +642,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, type=_ident)
     p.add_argument("--broker", required=True, type=_host_port, metavar="HOST:PORT",
                    help="the site broker as the device reaches it")
-    p.add_argument("--tls", action="store_true", help="connect to the broker with TLS")
+    p.add_argument("--tls", type=Path, metavar="CA_PEM", help="connect to the broker with TLS, taking only a "
+                   "certificate signed by this CA (PEM) for the broker's host name")
     p.add_argument("--wifi-ssid", type=check_ssid, default="")
     p.add_argument("--wifi-password", type=check_wifi_password, default="")
     p.add_argument("--mqtt-user", default=None, help="broker user name: the device id, the only one the site "
@@ -682,11 +708,12 @@ def _run(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("--romfs takes the compiled modules: leave out --no-compile")
     mqtt_user = broker_user(args.device_id, args.mqtt_user)
     registry = None if args.no_registry else (args.registry or Path(f"registry-{args.site}.toml"))
+    ca = None if args.tls is None else read_ca(args.tls)
     key, key_source = resolve_key(args, registry)
     host, port = args.broker
     prov = Provision(args.device_id, args.site, args.profile, host, port, key,
                      mqtt_user=mqtt_user, mqtt_password=args.mqtt_password,
-                     wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls=args.tls,
+                     wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, ca=ca,
                      ntp=tuple(args.ntp or ("pool.ntp.org",)))
     with tempfile.TemporaryDirectory(prefix="lifeline-flash-") as tmp:
         files = stage(prov, Path(tmp), firmware=args.firmware, compile_mpy=not args.no_compile)
@@ -731,7 +758,7 @@ def _run(args: argparse.Namespace, out: Any) -> int:
     code = (f"lib/ holds {code_bytes} bytes of {'.mpy' if not args.no_compile else '.py'}" if not args.romfs
             else "the code is in the ROMFS partition, lib/ is empty")
     table.add_row("profile / site", f"{args.profile} / {args.site}")
-    table.add_row("broker", f"{escape(host)}:{port}{' (TLS)' if args.tls else ''}")
+    table.add_row("broker", f"{escape(host)}:{port}{' (TLS)' if ca else ''}")
     table.add_row("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
                            f"{len(result.removed)} stale removed; all verified by SHA-256")
     table.add_row("bytes", f"{result.bytes_written} written in {result.seconds:.1f} s; {code}")

@@ -25,9 +25,10 @@ from lifeline import cli, upy
 from lifeline import flash as flash_mod
 from lifeline.site_auth import GATEWAY_USER
 from lifeline.virtual import firmware, leftovers
-from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.device import VirtualDevice
-from lifeline.virtual.site import Site
+from lifeline.virtual.listener import Listener
+from lifeline.virtual.site import Site, make_pki
 from lifeline.virtual.stimulus import free_udp_pair, sim_config
 from protocol import message_check, topics
 
@@ -132,6 +133,24 @@ def test_bad_input_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path, e
     assert flash(vdev, tmp_path, *extra) == 2
     assert complaint in capsys.readouterr().err
     assert flash_files(vdev) == {} and not (tmp_path / "registry.toml").exists()
+
+
+@pytest.mark.parametrize("content, complaint", [
+    (None, "--tls: cannot read"),
+    (b"0\x82\x01\x0a0\x81", "not a PEM file (a DER certificate?"),
+    (b"a key, say\n", "0 PEM certificates in it"),
+    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a certificate"),
+])
+def test_a_tls_ca_that_is_no_pem_certificate_stops_before_the_board(vdev: VirtualDevice, tmp_path: Path,
+                                                                  content: bytes | None, complaint: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The node loads the CA only at its next boot: a CA it cannot load must stop the flashing, not the node."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    assert flash(vdev, tmp_path, "--tls", str(ca)) == 2
+    assert complaint in capsys.readouterr().err
+    assert flash_files(vdev) == {}
 
 
 def test_the_broker_user_is_the_one_the_shipped_acl_lets_publish(tmp_path: Path) -> None:
@@ -580,6 +599,44 @@ def test_flashed_board_boots_and_publishes_its_birth(tmp_path: Path) -> None:
         finally:
             client.loop_stop()
             client.disconnect()
+
+
+def test_a_tls_node_talks_only_to_the_broker_its_ca_signed(tmp_path: Path) -> None:
+    """`lifeline flash --tls CA` gives the node the site's CA, and it publishes to the broker that CA signed.
+    Then an impostor answers at the broker's address with a certificate of another CA: the node refuses it,
+    says why once (not at every retry), and sends it nothing. It took any certificate (MicroPython's client
+    default is CERT_NONE), and handed the impostor its broker password and its readings."""
+    site_pki, rogue_pki = make_pki(tmp_path / "site-pki"), make_pki(tmp_path / "rogue-pki")
+    tls_port = free_port()
+
+    def tls_broker(pki: dict[str, Path]) -> Mosquitto:  # anyone may log in: the impostor takes any password
+        return Mosquitto(f"listener {tls_port} 127.0.0.1\ncertfile {pki['server.crt']}\n"
+                         f"keyfile {pki['server.key']}\n")
+
+    site, rogue = tls_broker(site_pki), tls_broker(rogue_pki)
+    with site, VirtualDevice(tmp_path / "flash", name="dut") as dev:
+        at_site = Listener(site.port, "site-a", "gas-01", KEY)
+        dev.power_on()
+        (dev.flash_dir / "sim.json").write_text(json.dumps(sim_config(free_udp_pair())))
+        assert cli.main(["flash", "--port", dev.port, "--profile", "gas", "--device-id", "gas-01", "--site", "site-a",
+                         "--broker", f"127.0.0.1:{tls_port}", "--tls", str(site_pki["ca"]), "--key", KEY.hex(),
+                         "--no-registry"]) == 0
+        assert (dev.flash_dir / flash_mod.BROKER_CA).read_bytes() == flash_mod.read_ca(site_pki["ca"])
+        assert at_site.wait(lambda m: any(k == topics.STATE for k, _, _, _ in m), 30), dev.console()[-2000:]
+        at_site.close()
+        site.stop()
+        before = len(dev.console())
+        with rogue:
+            at_rogue = Listener(rogue.port, "site-a", "gas-01", KEY)
+            deadline = time.monotonic() + 20
+            while rogue.log_path.read_text().count("New connection") < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            tries = rogue.log_path.read_text().count("New connection")
+            at_rogue.close()
+        after = dev.console()[before:].decode(errors="replace")
+    assert tries >= 3, after
+    assert at_rogue.messages == [], "the node published to a broker its CA did not sign"
+    assert "Traceback" not in after and after.count("not correctly signed by the trusted CA") == 1, after
 
 
 @pytest.mark.parametrize("command", [

@@ -19,6 +19,23 @@ def drop(*names):
     gc.collect()
 
 
+def tls(broker):
+    """None, or with device.json's broker.tls on, a context that takes only a certificate the CA in broker_ca.der
+    (DER, `lifeline flash --tls`) signed for the broker's host (mqtt.py passes it as server_hostname).
+    MicroPython's client default is CERT_NONE: whoever answered at the broker's address got the node's password
+    and readings, and could command it. The file's name is a literal, not a module global: the drone's app is one
+    name short of the name line (warm(), below)."""
+    if not broker.get("tls"):
+        return None
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    with open("broker_ca.der", "rb") as f:  # lifeline.flash.BROKER_CA
+        ctx.load_verify_locations(cadata=f.read())
+    return ctx
+
+
 def warm(device, profile):
     """Load everything a node will ever load once at boot, where the heap is nearly empty: the parts of
     asyncio that load on first use, its drivers, the sleep cycle of a sleeping profile, the command path

@@ -8,7 +8,7 @@ connection under it, is rolled back to the .prev copies, and a connect confirms 
 """
 
 import persist
-from app import checked, trial
+from app import checked, tls, trial
 from app.checks import check_filters, check_level
 from protocol import topics
 
@@ -157,6 +157,11 @@ def _read(name, check):
 def load():
     """(device, secrets, profile), each checked, or ConfigError naming the file and field."""
     d = _read(DEVICE, check_device)
+    try:  # never a silent fallback to TLS that takes any certificate
+        tls(d["broker"])
+    except (OSError, ValueError) as e:
+        raise ConfigError("%s: broker.tls needs broker_ca.der, the broker's CA certificate (DER) on flash "
+                          "(`lifeline flash --tls`): %s" % (DEVICE, "missing" if isinstance(e, OSError) else e))
     s = _read(SECRETS, check_secrets)
     p = _read(PROFILE, check_profile)
     _need(p["name"] == d["profile"], DEVICE, "profile %r but profile.json is %r" % (d["profile"], p["name"]))

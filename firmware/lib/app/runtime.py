@@ -9,7 +9,7 @@ import sys
 from micropython import const
 
 import hal
-from app import COMMAND_PATH, drop, watchdog
+from app import COMMAND_PATH, drop, tls, watchdog
 from app.clock import Clock
 from protocol import message, topics
 
@@ -80,7 +80,7 @@ class App:
         # cut off and hands them over at the next connect; their exp bounds how late one may run.
         self.mqtt = MQTTClient(self.dev, b["host"], port=b.get("port", 1883), user=b.get("user"),
                                password=s.get("mqtt_password"), keepalive=p.get("keepalive", 60), clean=False,
-                               ssl=True if b.get("tls") else None, on_message=self.on_message,
+                               ssl=tls(b), on_message=self.on_message,
                                on_connect=self.birth)
         self.pub = Publisher(p, self.clock, self.dev, self.boot, self.key, self.topic, self.mqtt)
         # End-to-end delivery: once the gateway confirms (topic done), a record leaves flash on its

@@ -22,7 +22,7 @@ from time import ticks_diff, ticks_ms
 
 import hal
 import persist
-from app import watchdog
+from app import tls, watchdog
 from mqtt import MQTTClient
 from ota import RESULT, STATE, slot
 from protocol import topics
@@ -94,7 +94,7 @@ class Updater:
         self.ev = asyncio.Event()
         b = d["broker"]
         self.mqtt = MQTTClient(d["id"] + "-ota", b["host"], port=b.get("port", 1883), user=b.get("user"),
-                               password=s.get("mqtt_password"), keepalive=30, ssl=True if b.get("tls") else None,
+                               password=s.get("mqtt_password"), keepalive=30, ssl=tls(b),
                                on_message=self.on_message, max_packet=CHUNK + 128)
         self.topic = topics.device(d["site"], d["id"], topics.OTA)
 
