@@ -77,6 +77,10 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
         raise RolloutError(404, f"{site} does not serve release {version}: add it to the gateway's [ota] releases")
     if not isinstance(canary, (str, int)) or isinstance(canary, bool):
         raise RolloutError(400, "canary: a number of nodes or a share like 10%")
+    try:  # before the site's nodes are looked at: a bad canary is refused with or without a node to update
+        ota_plan.canary_size(str(canary), 1)
+    except ota_plan.PlanError as exc:
+        raise RolloutError(400, str(exc)) from None
     if isinstance(wave, bool) or not isinstance(wave, int) or not 0 <= wave <= 100_000:
         raise RolloutError(400, "wave: nodes a stage after the canary (0: all the rest)")
     if isinstance(halt_share, bool) or not isinstance(halt_share, (int, float)) or not 0 <= halt_share < 1:

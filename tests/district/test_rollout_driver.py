@@ -189,6 +189,9 @@ def test_what_a_rollout_request_must_be(engine: Engine) -> None:
                 ({"halt_share": 1.0}, 400, "halt_share"),
                 ({"stage_timeout": 1}, 400, "stage_timeout"),
                 ({"canary": "lots"}, 400, "canary 'lots'"),
+                # refused as the command line refuses them, also with nothing to update (rain1 is not in it)
+                ({"canary": "lots", "only": ["rain1"]}, 400, "canary 'lots'"),
+                ({"canary": "-10%", "only": ["rain1"]}, 400, "canary '-10%'"),
                 ({"only": ["rain1"]}, 409, "class rain: not in the release"),
                 ({"only": ["gas9"]}, 404, "not devices of s1: gas9")):
             args = {"who": BOSS, "site": SITE, "version": NEW, **kwargs}
