@@ -87,7 +87,7 @@ async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
     until caught up. A pass the database fails (locked past the busy timeout, read-only, its connection lost) is
     logged once with its reason and tried again at the next interval: raised, it ended the task group and the
     ingest beside it."""
-    after = 0  # the messages up to this id are done with (from the first again at each start)
+    after = 0  # the messages up to this id are looked at; once caught up, from the first again (those held back)
     while True:
         def one_pass(after: int) -> tuple[int, int, int]:
             with engine.begin() as conn:
@@ -104,7 +104,7 @@ async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
         if folded or pruned:
             event(log, "retention", **{k: n for k, n in (("folded", folded), ("pruned", pruned)) if n})
         busy = folded or scanned > after
-        after = scanned
+        after = scanned if busy else 0
         await asyncio.sleep(1.0 if busy else RETENTION_S)
 
 
