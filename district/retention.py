@@ -79,10 +79,12 @@ def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple
     """Delete the messages received more than `days` ago among the MESSAGES_CHUNK after id `after`; returns how
     many, and the id to go on after (`after` once the messages there are newer). Never one whose readings are
     still kept (not yet folded), nor one of a device with an alarm not cleared or a work order not closed: the
-    officer may want what it sent. Each device keeps the newest sequence number deleted (`devices.pruned`),
-    below which ingest takes no message again, as the deleted rows' keys would have refused it."""
+    officer may want what it sent. Each device keeps the newest (boot, sequence number) deleted
+    (`devices.pruned_boot`, `devices.pruned`), at or below which ingest takes no message again, as the deleted
+    rows' keys would have refused it; a later boot's lower number (a reset counter) is past it."""
     cutoff = now - days * 86_400
-    rows = conn.execute(select(messages.c.id, messages.c.site, messages.c.dev, messages.c.seq_key, messages.c.received,
+    rows = conn.execute(select(messages.c.id, messages.c.site, messages.c.dev, messages.c.seq_key, messages.c.boot,
+                               messages.c.received,
                                exists().where(readings.c.message == messages.c.id).label("raw"))
                         .where(messages.c.id > after).order_by(messages.c.id).limit(MESSAGES_CHUNK)).all()
     held = set(conn.execute(select(alarms.c.site, alarms.c.dev)
@@ -97,11 +99,13 @@ def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple
             gone.append(r)
     if gone:
         conn.execute(delete(messages).where(messages.c.id.in_([r.id for r in gone])))
-        marks: dict[tuple[str, str], int] = {}
+        marks: dict[tuple[str, str], tuple[int, int]] = {}
         for r in gone:
-            marks[(r.site, r.dev)] = max(marks.get((r.site, r.dev), r.seq_key), r.seq_key)
-        conn.execute(update(devices).where(devices.c.site == bindparam("s"), devices.c.dev == bindparam("d"))
-                     .values(pruned=case((devices.c.pruned > bindparam("k", type_=BigInteger), devices.c.pruned),
-                                         else_=bindparam("k", type_=BigInteger))),
-                     [{"s": site, "d": dev, "k": key} for (site, dev), key in marks.items()])
+            marks[(r.site, r.dev)] = max(marks.get((r.site, r.dev), (r.boot, r.seq_key)), (r.boot, r.seq_key))
+        boot, key = bindparam("b", type_=BigInteger), bindparam("k", type_=BigInteger)
+        newer = (devices.c.pruned.is_(None) | (devices.c.pruned_boot.is_(None) & (devices.c.pruned < key))
+                 | (devices.c.pruned_boot < boot) | ((devices.c.pruned_boot == boot) & (devices.c.pruned < key)))
+        conn.execute(update(devices).where(devices.c.site == bindparam("s"), devices.c.dev == bindparam("d"), newer)
+                     .values(pruned=key, pruned_boot=boot),
+                     [{"s": site, "d": dev, "b": b, "k": k} for (site, dev), (b, k) in marks.items()])
     return len(gone), last

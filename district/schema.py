@@ -68,10 +68,12 @@ devices = Table(
     Column("lon", Float),
     Column("last_seen", Float),
     Column("t_state", Float),  # gateway time of the birth or death the state comes from
-    # the highest seq_key of the device's messages the retention deleted (district/retention.py): a message at or
-    # below it is taken for one the district has, as the deleted row's unique key would have (district/store.py
-    # adds it to an older database)
+    # the newest (boot, seq_key) of the device's messages the retention deleted (district/retention.py), in boot
+    # then number order, as a reset counter restarts lower at a newer boot: a message at or below it is taken for
+    # one the district has, as the deleted row's unique key would have (district/store.py adds both to an older
+    # database; a mark without its boot compares by number alone)
     Column("pruned", BigInteger),
+    Column("pruned_boot", BigInteger),
 )
 
 # One row per device message the district accepted: the unique key that makes delivery exactly-once.

@@ -98,6 +98,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("alarms: added the number of the transition each state comes from")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
+    if _add_column(engine, devices, "pruned_boot BIGINT"):
+        log.info("devices: added the boot of the newest message the retention deleted")
     for table, name in ((readings, "readings_message"), (readings, "readings_time"),
                         (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
         if _add_index(engine, table, name):
@@ -216,9 +218,10 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
     # Only a message read more than a day before could have been deleted (messages_days is a day at least),
     # so live ones, the most by far, are not looked up (a node whose clock ran ahead by more escapes the mark).
     older = sorted({m.dev for m in batch if min((r["t"] for r in m.records), default=0.0) < received - 86_400})
-    pruned: dict[str, int] = {dev: mark for dev, mark in conn.execute(select(devices.c.dev, devices.c.pruned).where(
-        devices.c.site == site, devices.c.dev.in_(older), devices.c.pruned.is_not(None)))} if older else {}
-    taken = [m for m in batch if schema.seq_key(m.seq) > pruned.get(m.dev, -schema.SEQ_SHIFT - 1)]
+    pruned: dict[str, tuple[int | None, int]] = {dev: (boot, mark) for dev, mark, boot in conn.execute(
+        select(devices.c.dev, devices.c.pruned, devices.c.pruned_boot).where(
+            devices.c.site == site, devices.c.dev.in_(older), devices.c.pruned.is_not(None)))} if older else {}
+    taken = [m for m in batch if _after_mark(m, pruned.get(m.dev))]
     stmt = dialect_insert(conn, messages)
     inserted = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id, messages.c.dev, messages.c.seq_key),
                             [{"site": site, "dev": m.dev, "seq_key": schema.seq_key(m.seq), "boot": m.boot,
@@ -246,6 +249,17 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
                                                 where=func.coalesce(devices.c.last_seen, 0) < seen.excluded.last_seen),
                      [{"site": site, "dev": dev, "state": "online", "last_seen": received} for dev in sorted(devs)])
     return new
+
+
+def _after_mark(m: DeviceMessage, mark: tuple[int | None, int] | None) -> bool:
+    """Whether a message is past its device's retention mark (boot, seq_key): a newer boot's number may be lower,
+    the counter having been reset (a corrupted one, as the gateway's window allows at a new boot)."""
+    if mark is None:
+        return True
+    boot, key = mark
+    if boot is None:
+        return schema.seq_key(m.seq) > key
+    return (m.boot, schema.seq_key(m.seq)) > (boot, key)
 
 
 def _rank(level: str | None) -> int:

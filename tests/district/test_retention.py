@@ -245,7 +245,7 @@ def test_old_messages_are_deleted_and_none_of_them_is_taken_again(engine: Engine
 def test_an_older_database_gets_the_devices_retention_mark(engine: Engine) -> None:
     old = MetaData()
     Table("devices", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                            for c in devices.columns if c.name != "pruned"))
+                            for c in devices.columns if c.name not in ("pruned", "pruned_boot")))
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE devices")
     old.create_all(engine)
@@ -256,7 +256,7 @@ def test_an_older_database_gets_the_devices_retention_mark(engine: Engine) -> No
         store.open_engine(url).dispose()  # a second start adds nothing
         with reopened.begin() as conn:
             assert store.add_message(conn, "s1", "gas1", 0, 1, [{"n": "ch4", "t": NOW, "v": 1.0}], received=NOW)
-            assert conn.execute(select(devices.c.pruned)).scalar_one() is None
+            assert conn.execute(select(devices.c.pruned, devices.c.pruned_boot)).one() == (None, None)
     finally:
         reopened.dispose()
 
@@ -299,3 +299,32 @@ async def test_messages_held_back_by_an_alarm_are_deleted_once_it_is_cleared(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_newer_boot_below_a_deleted_bogus_number_is_taken(engine: Engine) -> None:
+    """A node whose counter was corrupted sends one huge, authentic number; the gateway takes it and, at the
+    node's next boot, restarts its window below it (docs/gateway.md, "Sequence"). Once the retention deleted that
+    message, its number became the device's mark, and every message of the later boots below it whose readings
+    were more than a day old (a backlog after an outage) was taken for one already had, silently, for good. The
+    mark is ordered by boot, then number, as the counter grows: a replay of a deleted message is still refused."""
+    old, bogus = NOW - 500 * DAY, (1 << 60) + 7
+
+    def message(conn: Any, seq: int, boot: int, received: float, t: float) -> bool:
+        return store.add_message(conn, "s1", "gas1", seq, boot, [{"n": "ch4", "t": t, "v": 1.0}], received=received)
+
+    with engine.begin() as conn:
+        assert message(conn, 5, 1, old, old) and message(conn, bogus, 1, old + 1, old + 1)
+        while retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S):
+            pass
+        assert retention.prune(conn, now=NOW, days=400) == (2, 2)
+    with engine.begin() as conn:
+        # the next boot's backlog of a three-day outage, then the replays of the deleted messages
+        assert [message(conn, seq, 2, NOW, NOW - 3 * DAY + seq) for seq in (6, 7)] == [True, True]
+        assert [message(conn, 5, 1, NOW, old), message(conn, bogus, 1, NOW, old + 1)] == [False, False]
+    with engine.begin() as conn:
+        while retention.fold(conn, now=NOW + 500 * DAY, raw_days=30, rollup_s=ROLLUP_S):
+            pass
+        assert retention.prune(conn, now=NOW + 500 * DAY, days=400)[0] == 2
+        # the mark is now boot 2's: its deleted messages are refused again, and so is the bogus one still
+        assert [message(conn, seq, boot, NOW + 500 * DAY, NOW) for seq, boot in ((6, 2), (bogus, 1))] == [False] * 2
+        assert message(conn, 8, 2, NOW + 500 * DAY, NOW)
