@@ -8,7 +8,9 @@ cause. A trial is checked at every boot (app/trial.py), so a trial boot goes on 
 
 An error that reaches this file is printed and the node resets, a reset the next boot reports (and counts, once
 the boot was counted) as a crash: an ESP32 whose main.py ends sits at the REPL, and no one in a manhole comes
-with a cable. A KeyboardInterrupt (Ctrl-C at the REPL: `lifeline flash`) still stops it.
+with a cable. Past three errors in a row (a config error with nothing to roll back to fails every boot) each
+deep-sleeps first, 1 min doubling to 1 h (app/watchdog.py backoff()), after a power-on start only once 10 s
+awake have let a cable's Ctrl-C in. A KeyboardInterrupt (Ctrl-C at the REPL: `lifeline flash`) still stops it.
 """
 
 import os
@@ -66,4 +68,18 @@ except Exception as e:
         b = backend(persist.load("device.json").get("hal"))
     except Exception:  # device.json unreadable, or naming no backend: the platform's own
         b = backend()
+    try:
+        from app import watchdog
+
+        ms = watchdog.backoff()
+    except Exception:  # app/ itself broken, or no room for state.json: reset at once, as before
+        ms = 0
+    if ms:
+        print("main: errors in a row, deep sleep %d s" % (ms // 1000))
+        if b.reset_cause() == "power-on":  # a hand on the board (power, its reset button, esptool's reset)
+            print("main: Ctrl-C within 10 s for the REPL")
+            import time
+
+            time.sleep(10)
+        b.deepsleep(ms)
     b.reset("crash")

@@ -63,6 +63,12 @@ def reset(rst="soft"):
     sys.exit(_EXIT_RESET)
 
 
+def deepsleep(ms, pin=False):
+    """Exit 4; the supervisor starts the board again after `ms`. A module function, as reset() is."""
+    _save("deepsleep", ms, pin)
+    sys.exit(_EXIT_DEEPSLEEP)
+
+
 class Bus:
     """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world by method
     name (bytes travel as hex)."""
@@ -319,8 +325,7 @@ class Board:
                     pass
             ms = 0
         qstr_info()
-        _save("deepsleep", ms, pin)
-        sys.exit(_EXIT_DEEPSLEEP)
+        deepsleep(ms, pin)
 
     def uid(self):
         return self.device["id"]

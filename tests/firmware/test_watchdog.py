@@ -4,6 +4,7 @@ healthy node reset. Kept apart from test_device.py, whose tests run in one proce
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -91,6 +92,46 @@ def test_a_boot_that_fails_before_the_watchdog_is_armed_resets_and_counts_as_a_c
     assert exits == [3, 3, 3], f"a reset after each error, not an interpreter that ended: {exits}"
     assert (birth["boot"], birth["rst"], birth.get("safe")) == (4, "crash", True), birth
     assert dev.console().count("OSError: crashboot: a boot that fails") == 3, dev.console()[-3000:]
+
+
+def wait_exits(dev: FlashDirDevice, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(dev.exits) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return list(dev.exits)
+
+
+@pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
+def test_a_config_error_at_every_boot_backs_off_into_a_growing_deep_sleep(tmp_path: Path, mpy: Path,
+                                                                          hal: str) -> None:
+    """A config error with no trial to roll back to fails every boot before the boot is counted, and main.py reset
+    the node at once for ever: a boot a second, which spends a battery node in hours and leaves a cable's Ctrl-C
+    little room. Three such resets stay quick; then each error deep-sleeps first, 60 s doubling to an hour, and a
+    power-on start (a hand on the board: power, its reset button, esptool) stays awake 10 s for Ctrl-C first."""
+    dev = FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), 1, hal=hal)  # never gets as far as the broker
+    device = dev.read("device.json")
+    device["profile"] = "water"  # profile.json is gas's
+    (dev.flash / "device.json").write_text(json.dumps(device))
+    try:
+        dev.start()
+        exits = wait_exits(dev, 4, 30)
+        assert exits == [3, 3, 3, 4], (exits, dev.console()[-3000:])
+        first = dev.read(".hal.json")
+        dev.power_off()
+        (dev.flash / ".hal.json").unlink()  # the power took the chip's RTC domain: the next start is a power-on
+        t0 = time.monotonic()
+        dev.power_on()
+        again = wait_exits(dev, 5, 30)
+        took = time.monotonic() - t0
+        second = dev.read(".hal.json")
+    finally:
+        dev.stop()
+    console = dev.console()
+    assert first["ms"] == 60000, first
+    assert again[4:] == [4] and second["ms"] == 120000 and took >= 10, (again, second, took)
+    assert console.count("ConfigError: device.json: profile 'water'") == 5, console[-3000:]
+    assert console.count("Ctrl-C within 10 s") == 1, console[-3000:]
+    assert dev.read("state.json")["err"] == 5
 
 
 @pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine

@@ -18,6 +18,9 @@ import persist
 
 STATE = "state.json"
 _CRASH_LIMIT = const(3)
+_QUICK = const(3)  # errors in a row that main.py answers with a reset at once; past them it deep-sleeps
+_BACKOFF_MS = const(60000)  # the first such sleep, doubled at each error after it, up to _BACKOFF_MAX_MS
+_BACKOFF_MAX_MS = const(3600000)
 
 
 def boot(rst):
@@ -38,8 +41,21 @@ def safe_mode(st):
     return st["crash"] > _CRASH_LIMIT
 
 
+def backoff():
+    """An error reached main.py: count it (stable() clears the count) and return how long to deep-sleep before
+    the next try, 0 for a reset at once. A config error with nothing to roll back to fails every boot before the
+    boot is counted; reset at once for ever, a battery node spent itself in hours. Named as mqtt.py's argument is,
+    so that "err" is the one name this adds: the drone is at the name line (docs/firmware.md, Memory)."""
+    st = persist.load(STATE) or {}
+    n = st.get("err", 0) + 1
+    st["err"] = n
+    persist.save(STATE, st)
+    return 0 if n <= _QUICK else min(_BACKOFF_MS << min(n - _QUICK - 1, 6), _BACKOFF_MAX_MS)
+
+
 def stable(st):
-    """This boot did its job: clear the crash-loop counter."""
-    if st["crash"]:
+    """This boot did its job: clear the crash-loop counter and main.py's count of errors in a row."""
+    if st["crash"] or st.get("err"):
         st["crash"] = 0
+        st.pop("err", None)
         persist.save(STATE, st)

@@ -7,11 +7,11 @@ connect(secrets) (async) -> bool; online(); rssi(); ip(); ntp(hosts) -> bool; rt
 epoch s; rtc_ms() -> ms on a clock that runs through deep sleep; reset_cause(); reset(); deepsleep(ms);
 wake_on(pin, level) (the next deep sleep also ends when that bus pin is at level); woke_by_pin();
 memory([bytes]) (RTC memory, kept until power is lost); uid(); battery() -> V or None; services() ->
-coroutines the backend needs running. Each backend module also has soft_reset() and reset_cause(), which
-main.py calls before any Board exists: soft_reset() starts main.py over, and the next Board reports the
-reset cause, RTC and wake this start had; reset_cause() is the cause the Board will report, for the boot's
-crash count (app/watchdog.py). MQTT opens its socket with asyncio.open_connection; the sim backend wraps that
-so it can cut the network.
+coroutines the backend needs running. Each backend module also has soft_reset(), reset_cause(), reset(rst)
+and deepsleep(ms), which main.py calls before any Board exists: soft_reset() starts main.py over, and the
+next Board reports the reset cause, RTC and wake this start had; reset_cause() is the cause the Board will
+report, for the boot's crash count (app/watchdog.py). MQTT opens its socket with asyncio.open_connection;
+the sim backend wraps that so it can cut the network.
 
 The sim backend is not in this package: it lives in firmware/sim/ (module hal_sim) beside the sim world,
 which `lifeline flash` never ships, and is imported only when asked for, so a board never needs it.

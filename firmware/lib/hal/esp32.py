@@ -24,8 +24,11 @@ def _cause():
 
 def reset_cause():
     """The reset cause this start had (one a soft_reset() started over from, kept in _RST), before any Board
-    exists: main.py counts crashes by it."""
-    return persist.load(_RST) or _cause()
+    exists: main.py counts crashes by it. _RST speaks only for a start after a reset of the firmware's own
+    (machine.reset() is a hard reset to the chip, soft_reset() a soft one): a boot that failed before any Board
+    left it behind, and a power-on, a watchdog or a deep sleep after that is what the chip says."""
+    c = _cause()
+    return (c in ("hard", "soft") and persist.load(_RST)) or c
 
 
 def reset(rst=None):
@@ -34,6 +37,11 @@ def reset(rst=None):
     if rst and persist.load(_RST) != rst:  # a boot that fails before any Board takes _RST: written once, not each time
         persist.save(_RST, rst)
     machine.reset()
+
+
+def deepsleep(ms):
+    """machine.deepsleep, usable before any Board exists (main.py's wait after errors in a row)."""
+    machine.deepsleep(ms)
 
 
 def soft_reset():
@@ -138,11 +146,12 @@ class Board:
     # -- power ----------------------------------------------------------------------------------------
 
     def reset_cause(self):
-        rst = persist.load(_RST)
-        if rst:
+        rst = reset_cause()
+        try:
             os.remove(_RST)
-            return rst
-        return _cause()
+        except OSError:
+            pass
+        return rst
 
     def woke_by_pin(self):
         """The last deep sleep ended on the pin wake_on() armed (EXT0), not on its timer."""
@@ -170,7 +179,7 @@ class Board:
         reset()
 
     def deepsleep(self, ms):
-        machine.deepsleep(ms)
+        deepsleep(ms)
 
     def uid(self):
         import binascii
