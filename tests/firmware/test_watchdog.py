@@ -44,7 +44,7 @@ def test_crash_loop_starts_safe_mode_which_takes_commands_only(tmp_path: Path, m
     assert (acks[7]["ok"], acks[7]["res"]) == (False, "safe mode")
     assert acks[8]["ok"] is True
     normal = online_births(listener)[4]
-    assert normal["rst"] == "soft" and "safe" not in normal
+    assert normal["rst"] == ("soft" if hal == "sim" else "hard") and "safe" not in normal  # machine.reset(): hard
 
 
 @pytest.mark.parametrize("hal", ["sim", "esp32"])  # hal/esp32.py over firmware/sim/esp32_machine
@@ -65,6 +65,25 @@ def test_power_cuts_in_a_row_do_not_start_safe_mode(tmp_path: Path, mpy: Path, b
     births = [(b["boot"], b["rst"], b.get("safe")) for b in online_births(listener)]
     assert births[:5] == [(n, "power-on", None) for n in range(1, 6)], births
     assert crash == 1, "only the boot running now is counted"
+
+
+def test_panics_in_a_row_start_safe_mode_on_an_esp32(tmp_path: Path, mpy: Path, broker: Mosquitto) -> None:
+    """MicroPython on an ESP32 reports a panic (and machine.reset()) as HARD_RESET, and its reset button as a
+    power-on (ports/esp32/modmachine.c: ESP_RST_SW and ESP_RST_PANIC are MP_HARD_RESET). The boot count took a
+    "hard" start back as a power cut's, so a node panicking in its first minute again and again never reached safe
+    mode. Each panic here is the reset mark the chip leaves: a start whose reset cause is HARD_RESET."""
+    listener = Listener(broker.port, SITE, DEV)
+    with FlashDirDevice(tmp_path / "flash", mpy, fast_gas(report_s=0.5, batch=1), broker.port,
+                        {"ch4": [[0, 2.0]]}, hal="esp32") as dev:
+        for boot in (1, 2, 3, 4):
+            assert listener.wait(lambda m, b=boot: len(online_births(listener)) >= b, 20), dev.console()
+            dev.power_off()
+            (dev.flash / ".hal.json").write_text(json.dumps({"rst": "hard"}))
+            dev.power_on()
+        assert listener.wait(lambda m: len(online_births(listener)) >= 5, 20), dev.console()
+    listener.close()
+    births = [(b["boot"], b["rst"], b.get("safe")) for b in online_births(listener)]
+    assert births[1:5] == [(2, "hard", None), (3, "hard", None), (4, "hard", True), (5, "hard", True)], births
 
 
 class CrashDevice(WrappedDevice):

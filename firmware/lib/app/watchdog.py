@@ -25,12 +25,13 @@ _BACKOFF_MAX_MS = const(3600000)
 
 def boot(rst):
     """Count this boot, and as a crash until stable(); `rst` is this start's reset cause (hal). After a
-    power-on ("hard": a reset pin, on chips that report one) the boot before was cut, not crashed: its
-    count is taken back. Watchdog and error resets, and a panic (soft on an ESP32), keep theirs."""
+    power-on (an ESP32's reset button and brownouts are one too) the boot before was cut, not crashed: its
+    count is taken back. Watchdog and error resets keep theirs, and so does "hard": MicroPython on an ESP32
+    says so after a panic, as after machine.reset() (ports/esp32/modmachine.c)."""
     st = persist.load(STATE) or {}
     st["boot"] = st.get("boot", 0) + 1
     n = st.get("crash", 0)
-    if n and rst in ("power-on", "hard"):
+    if n and rst == "power-on":
         n -= 1
     st["crash"] = n + 1
     persist.save(STATE, st)

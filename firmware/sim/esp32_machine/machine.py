@@ -100,7 +100,8 @@ def wake_reason():
 
 
 def reset():
-    board().reset()
+    """As the chip: the next start says HARD_RESET (ESP_RST_SW in ports/esp32/modmachine.c), not SOFT_RESET."""
+    sim.reset("hard")
 
 
 def soft_reset():
