@@ -189,14 +189,16 @@ def romfs_of(files: list[Staged], out: Path) -> Path:
 def _child(argv: list[str]) -> int:
     """Run a tool on the board (esptool, mpremote) to its end; stopped with this command whenever that comes,
     its start included (lifeline/signals.py): left running, it held the board's port."""
-    with signals.held():
-        proc = subprocess.Popen(argv)
-    with proc:
-        try:
-            return proc.wait()
-        except BaseException:
+    proc = None
+    try:
+        with signals.held():  # a stop noted while Popen starts it is raised as the hold ends: proc is set by then
+            proc = subprocess.Popen(argv)
+        return proc.wait()
+    except BaseException:
+        if proc is not None:
             proc.kill()
-            raise
+            proc.wait()
+        raise
 
 
 def deploy_romfs(port: str, image: Path) -> None:

@@ -14,6 +14,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import paho.mqtt.client as paho
@@ -21,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import site_config as gwconfig
-from lifeline import cli, upy
+from lifeline import cli, signals, upy
 from lifeline import flash as flash_mod
 from lifeline.site_auth import GATEWAY_USER
 from lifeline.virtual import firmware, leftovers
@@ -696,3 +697,28 @@ def test_a_stop_while_esptool_writes_stops_esptool(vdev: VirtualDevice, tmp_path
     assert left == {} and proc.returncode == 130, (left, proc.returncode, err)
     assert err.strip().splitlines()[-1] == ("flash interrupted: the board may hold part of the image or files: "
                                             "flash it again"), err
+
+
+def test_a_stop_as_a_board_tool_starts_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop signal that came while Popen started esptool or mpremote was held (lifeline/signals.held) and raised
+    as the hold ended, before flash had the child in hand: the KeyboardInterrupt left the tool running, holding the
+    board's port. The signal here is sent from inside Popen, just after the child has started."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    class SignalledPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, args: Any, *more: Any, **kwargs: Any) -> None:
+            super().__init__(args, *more, **kwargs)
+            started.append(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(subprocess, "Popen", SignalledPopen)
+    try:
+        with pytest.raises(KeyboardInterrupt), signals.as_ctrl_c():
+            flash_mod._child([sys.executable, "-c", "import time; time.sleep(30)"])
+        monkeypatch.undo()
+        assert started and started[0].poll() is not None, "the tool was left running"
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
