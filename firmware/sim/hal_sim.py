@@ -277,6 +277,8 @@ class Board:
         ok = self.net and self.ntp_ok
         if ok:
             _mark["rtc"] = True
+        elif self.net:
+            time.sleep(len(hosts))  # as ntptime on a board: each host waits out its socket's 1 s timeout
         return ok
 
     def rtc_valid(self):

@@ -197,6 +197,27 @@ def test_wifi_outage_longer_than_the_watchdog_reconnects_without_a_reset(tmp_pat
     assert exits == [-9] and births[:2] == [(1, "power-on"), (2, "power-on")], (exits, births)
 
 
+def test_ntp_servers_that_do_not_answer_do_not_starve_the_watchdog(tmp_path: Path, mpy: Path,
+                                                                     broker: Mosquitto) -> None:
+    """ntptime blocks: a DNS lookup, then up to its 1 s socket timeout for an answer. The node asked every host in
+    device.json's ntp in turn, unfed, at each connect and every minute until one answered, so three hosts that did
+    not answer (the site's NTP down, or no route to the pool) outlasted a 2.5 s watchdog and reset a healthy node at
+    every connect. Now one host is asked a time, the next one at the next try."""
+    p = fast_gas(report_s=0.5, batch=1)
+    p["wdt_ms"] = 2500
+    listener = Listener(broker.port, SITE, DEV)
+    dev = FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0]]}, ntp=False)
+    device = dev.read("device.json")
+    device["ntp"] = ["sim", "sim2", "sim3"]
+    (dev.flash / "device.json").write_text(json.dumps(device))
+    with dev:
+        assert listener.wait(lambda m: len(online_births(listener)) >= 1, 20), dev.console()
+        time.sleep(6)
+        exits = list(dev.exits)
+    listener.close()
+    assert exits == [], (exits, [(b["boot"], b["rst"]) for b in online_births(listener)], dev.console()[-2000:])
+
+
 def test_a_longer_sample_interval_by_command_does_not_starve_the_watchdog(tmp_path: Path, mpy: Path,
                                                                            broker: Mosquitto) -> None:
     """The main loop feeds the watchdog while each sampler beats within 3 sample periods (30 s at least); the

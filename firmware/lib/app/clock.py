@@ -50,7 +50,13 @@ class Clock:
         return self.ms(self.up_ms()) // 1000
 
     def sync(self, hosts):
-        """Ask NTP; True when the time is known afterwards."""
-        if hosts and self.board.ntp(hosts):
-            self._anchor()
+        """Ask NTP, the first of `hosts` only, which goes to the end if it gives no answer; True when the time is
+        known afterwards. Each host can block a board's loop, unfed (ntptime's DNS lookup, then its 1 s timeout):
+        every host asked in turn outlasted the watchdog, and a node whose NTP servers were away was reset at every
+        connect, into safe mode (tests/firmware/test_watchdog.py)."""
+        if hosts:
+            if self.board.ntp(hosts[:1]):
+                self._anchor()
+            else:
+                hosts.append(hosts.pop(0))
         return self.epoch0_ms is not None

@@ -42,7 +42,7 @@ class App:
         self.boot = st["boot"]
         self.safe = safe
         self.secrets = s
-        self.ntp = d.get("ntp", [])
+        self.ntp = list(d.get("ntp", []))  # app/clock.py turns it round
         self.trial_s = d.get("trial_s", _TRIAL_S)
         self.safe_wake_s = d.get("safe_wake_s", _SAFE_WAKE_S)
         self.prof = p["name"]
