@@ -104,8 +104,11 @@ class VirtualDevice(UnixPortDevice):
     # power
 
     def environment(self) -> dict[str, str]:
-        """A board's import path, the flash directory's lib/ (its /lib), then the compiled sim modules."""
-        path = firmware.import_path([self.flash_dir / "lib"], firmware.compiled_sim())
+        """A board's import path, the flash directory's lib/ (its /lib), then the compiled sim modules. `lib`
+        relative to the interpreter's working directory, the flash directory, as a board has it: each module
+        imported interns its path as its __file__, and thirty absolute paths of a test's directory took a node
+        some 2 KB of heap a board never spends (the drone of the demo ran out of heap in CI, at 64wK)."""
+        path = firmware.import_path([Path("lib")], firmware.compiled_sim())
         return upy.environment({"MICROPYPATH": path, **self.extra_env})
 
     def reset(self) -> None:
