@@ -158,11 +158,7 @@ def test_a_hang_up_stops_everything_the_demo_started(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
         left = leftovers.left_after(started, 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        # what a demo killed outright left behind (started before or after the look), so the test leaves nothing
-        leftovers.kill_all(started | leftovers.running_in(tmp_path))
+        leftovers.stop_all(proc, started, tmp_path)
     assert proc.returncode == 130 and "interrupted: everything the demo started is stopped" in err, (out, err)
     assert left == {}, left
 

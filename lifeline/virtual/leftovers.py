@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def descendants(pid: int) -> set[int]:
@@ -74,3 +76,12 @@ def kill_all(pids: set[int]) -> None:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def stop_all(proc: subprocess.Popen[Any], pids: set[int], directory: Path) -> None:
+    """What a test ends with, so that a failing one leaves nothing behind: the tool if it still runs, then what it
+    started (`pids`, seen before or after the look) and whatever else names its working `directory`."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    kill_all(pids | running_in(directory))

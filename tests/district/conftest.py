@@ -21,6 +21,14 @@ def least_hash_cost() -> None:
     accounts.set_cost(accounts.LEAST_MEMORY_KIB, accounts.LEAST_TIME_COST)
 
 
+@pytest.fixture
+def engine_url(engine: Engine) -> str:
+    """What store.open_engine takes to open the test's database again, as a service started anew would."""
+    if engine.dialect.name == "postgresql":
+        return engine.url.render_as_string(hide_password=False)
+    return str(engine.url.database)
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     with Postgres() as pg:

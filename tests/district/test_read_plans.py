@@ -70,15 +70,14 @@ def test_the_response_times_read_the_newest_readings_alone(engine: Engine) -> No
     assert whole_scans(engine, lambda c: queries.response_times(c, since=now - queries.RESPONSE_WINDOW_S)) == []
 
 
-def test_a_database_made_before_the_index_gets_it_at_start(engine: Engine) -> None:
+def test_a_database_made_before_the_index_gets_it_at_start(engine: Engine, engine_url: str) -> None:
     now = time.time()
     some_readings(engine, now)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX readings_message")
         conn.exec_driver_sql("DROP INDEX readings_time")
         conn.exec_driver_sql("DROP INDEX work_order_steps_order")
-    url = engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql" else \
-        str(engine.url.database)
+    url = engine_url
     reopened = store.open_engine(url)
     try:
         store.open_engine(url).dispose()  # a second start adds nothing

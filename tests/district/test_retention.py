@@ -242,15 +242,14 @@ def test_old_messages_are_deleted_and_none_of_them_is_taken_again(engine: Engine
         assert conn.execute(select(func.count()).select_from(messages).where(messages.c.dev == "gas1")).scalar() == 2
 
 
-def test_an_older_database_gets_the_devices_retention_mark(engine: Engine) -> None:
+def test_an_older_database_gets_the_devices_retention_mark(engine: Engine, engine_url: str) -> None:
     old = MetaData()
     Table("devices", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
                             for c in devices.columns if c.name not in ("pruned", "pruned_boot")))
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE devices")
     old.create_all(engine)
-    url = engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql" else \
-        str(engine.url.database)
+    url = engine_url
     reopened = store.open_engine(url)
     try:
         store.open_engine(url).dispose()  # a second start adds nothing

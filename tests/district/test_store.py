@@ -219,7 +219,8 @@ def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine:
         assert (row.state, row.level) == ("open", "orange"), [b["ev"] for b in order]
 
 
-def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine) -> None:
+def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine,
+                                                                                     engine_url: str) -> None:
     """Made before `alarms.step`: the column is added at start, the rows it held stay without a number, and
     the next transition of such a row is ordered by gateway time, as before."""
     old = MetaData()
@@ -231,8 +232,7 @@ def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_ti
         conn.execute(old.tables["alarms"].insert().values(
             id="a" * 32, site="s1", dev="gas1", kind="level", level="red", peak="red", peak_rank=4, state="open",
             hist=False, received=1.0, raised=10.0, t_last=10.0))
-    url = engine.url.render_as_string(hide_password=False) if engine.dialect.name == "postgresql" else \
-        str(engine.url.database)
+    url = engine_url
     reopened = store.open_engine(url)
     try:
         store.open_engine(url).dispose()  # a second start adds nothing

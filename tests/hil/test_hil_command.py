@@ -145,8 +145,5 @@ def test_a_stop_while_the_bench_starts_stops_everything_it_started(tmp_path: Pat
         started |= leftovers.running_in(tmp_path)
         left = leftovers.left_after(started, 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        leftovers.kill_all(started | leftovers.running_in(tmp_path))
+        leftovers.stop_all(proc, started, tmp_path)
     assert proc.returncode == 2 and left == {}, (proc.returncode, left, out[-3000:])
