@@ -87,9 +87,9 @@ def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple
                                messages.c.received,
                                exists().where(readings.c.message == messages.c.id).label("raw"))
                         .where(messages.c.id > after).order_by(messages.c.id).limit(MESSAGES_CHUNK)).all()
-    held = set(conn.execute(select(alarms.c.site, alarms.c.dev)
-                            .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
-                            .where((alarms.c.state != "cleared") | (work_orders.c.state != "closed"))).tuples())
+    unsettled = (select(alarms.c.site, alarms.c.dev).outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
+                 .where((alarms.c.state != "cleared") | (work_orders.c.state != "closed")))
+    held = {(r.site, r.dev) for r in conn.execute(unsettled)}
     gone, last = [], after
     for r in rows:
         if r.received >= cutoff:

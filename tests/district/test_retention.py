@@ -234,7 +234,7 @@ def test_old_messages_are_deleted_and_none_of_them_is_taken_again(engine: Engine
         assert retention.prune(conn, now=NOW, days=400, after=0) == (3, 10)  # every old one looked at
         assert retention.prune(conn, now=NOW, days=400, after=10) == (0, 10)  # then nothing more
     with engine.begin() as conn:
-        left = conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev)).tuples().all()
+        left = [tuple(r) for r in conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev))]
         assert sorted(left) == [("gas1", 1), ("gas2", 3), ("gas3", 3), ("gas4", 1)]
         # the deleted ones again as they were sent (their readings' times are sealed in), then a new one
         assert [message(conn, "gas1", seq, NOW, t=old + seq) for seq in range(3)] == [False, False, False]
@@ -278,7 +278,8 @@ async def test_messages_held_back_by_an_alarm_are_deleted_once_it_is_cleared(
 
     def left() -> list[tuple[str, int]]:
         with engine.connect() as conn:
-            return sorted(conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev)).tuples())
+            counts = conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev))
+            return sorted((r[0], r[1]) for r in counts)
 
     cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400)
     task = asyncio.create_task(service._retention(engine, cfg))  # type: ignore[arg-type]
