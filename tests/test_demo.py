@@ -14,7 +14,7 @@ from PIL import Image, ImageStat
 from gateway.riskpoints import haversine_m
 from lifeline.demo import report as demo_report
 from lifeline.demo import script
-from lifeline.virtual import plan
+from lifeline.virtual import leftovers, plan
 from lifeline.virtual.recorder import DistrictLog
 
 
@@ -167,9 +167,16 @@ def test_judging_follows_the_expected_order() -> None:
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     # a relative --out, as the README's command uses: devices run in their own flash directories
-    proc = subprocess.run([sys.executable, "-m", "lifeline.cli", "demo", "--quick", "--plain", "--out", "demo"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=220)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with subprocess.Popen([sys.executable, "-m", "lifeline.cli", "demo", "--quick", "--plain", "--out", "demo"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=220)
+        except subprocess.TimeoutExpired:  # stopped as an operator would, so that it leaves nothing running:
+            proc.terminate()  # subprocess.run's kill left its brokers, gateways and district to run on
+            stdout, stderr = proc.communicate(timeout=60)
+            leftovers.stop_all(proc, set(), tmp_path)
+            raise AssertionError("the demo ran past 220 s:\n" + stdout[-3000:] + stderr[-3000:]) from None
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
     png = out / "timeline.png"
     with Image.open(png) as img:
@@ -200,7 +207,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     # The district service took both sites' upstream, each through its own gateway, and its desk shows them.
     desk = summary["district"]
     neighbour = plan.neighbour(site)
-    assert desk["desk"].startswith("http://127.0.0.1:") and desk["desk"] in proc.stdout
+    assert desk["desk"].startswith("http://127.0.0.1:") and desk["desk"] in stdout
     assert {s["site"]: (s["online"], s["devices"]) for s in desk["sites"]} == {
         site.id: (True, {"online": len(site.select(quick=True))}),
         neighbour.id: (True, {"online": len(neighbour.devices)})}
