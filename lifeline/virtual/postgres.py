@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+import psycopg
+
 from lifeline.virtual.broker import free_port
 
 
@@ -62,6 +64,14 @@ class Postgres:
             self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "lifeline")
             self._created = True
         return self
+
+    def end_sessions(self) -> int:
+        """End every other session of the database, as a server restart or a cut link ends them: a client's
+        pooled connections fail at their next use. How many were ended."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+        return sum(1 for (ok,) in ended if ok)
 
     def stop(self, mode: str = "fast") -> None:
         """`immediate` is a crash: no checkpoint, recovery at the next start."""

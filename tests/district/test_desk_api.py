@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from deskkit import PASSWORD, USERS, Downlinks, alarm_body, announce, closed_orders, desk_server, seed
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 
 from district import store
 from district.downlink import Downlink, DownlinkError, broker_publisher
@@ -425,13 +425,7 @@ def test_a_postgresql_connection_ended_under_the_desk_answers_503_and_the_next_c
     try:
         with desk_server(engine, broker) as url:
             c, csrf = client(url, "operator")
-            admin = store.open_engine(postgres.url)  # a connection of its own, not one of the desk's pool
-            with admin.connect() as conn:
-                ended = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                                          "datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
-                conn.commit()
-            admin.dispose()
-            assert ended and all(ended)
+            assert postgres.end_sessions() > 0  # from a connection of its own, not one of the desk's pool
             answers = [c.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf}) for _ in range(2)]
             assert [a.status_code for a in answers] == [503, 200], [a.text for a in answers]
             assert answers[0].json() == {"error": "the database is busy, try again"}
@@ -491,12 +485,7 @@ def test_a_database_that_fails_under_a_live_feed_ends_it_with_one_line(
                 assert events.status_code == 200
                 lines = events.iter_lines()
                 assert next(lines) == "event: hello"
-                admin = store.open_engine(postgres.url)
-                with admin.connect() as conn:
-                    conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                                      "datname = current_database() AND pid <> pg_backend_pid()"))
-                    conn.commit()
-                admin.dispose()
+                postgres.end_sessions()
                 announce(broker, notice("session"))  # someone logged out at another desk
                 announce(broker, notice("alarm", site="s1", id=ALARM))
                 rest = list(lines)  # the stream ends; a cut connection raises here

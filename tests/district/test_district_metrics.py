@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy import Engine, event, func, select, text, update
+from sqlalchemy import Engine, event, func, select, update
 
 from district import queries, store, workorders
 from district.accounts import Session
@@ -29,12 +29,7 @@ def test_a_scrape_the_database_fails_says_so_in_one_line_and_the_next_one_reads_
     caplog.set_level(logging.INFO, logger="lifeline.district")
     try:
         assert b"lifeline_district_database_up 1.0" in generate_latest(registry)
-        admin = store.open_engine(postgres.url)
-        with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                              "datname = current_database() AND pid <> pg_backend_pid()"))
-            conn.commit()
-        admin.dispose()
+        postgres.end_sessions()
         failed = generate_latest(registry).decode()
         assert "lifeline_district_database_up 0.0" in failed and "messages_total" not in failed, failed
         again = generate_latest(registry).decode()
