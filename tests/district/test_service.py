@@ -136,14 +136,19 @@ def test_a_desk_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         conf = write_config(s, tmp_path / "district.toml", database="district.sqlite",
                             desk_port=taken.getsockname()[1])
-        try:
-            desk = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--desk"], capture_output=True,
-                                  text=True, env=environment(), cwd=ROOT, timeout=60)
-        finally:
-            s.stop()
+        desk = desk_alone(s, conf)
     assert desk.returncode == 1
     assert "desk-not-started" in desk.stderr and "Address already in use" in desk.stderr
     assert "Traceback" not in desk.stderr
+
+
+def desk_alone(s: Site, conf: Path) -> subprocess.CompletedProcess[str]:
+    """`lifeline district --desk` run to its end, then the site stopped."""
+    try:
+        return subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--desk"], capture_output=True,
+                              text=True, env=environment(), cwd=ROOT, timeout=60)
+    finally:
+        s.stop()
 
 
 def test_a_metrics_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
@@ -155,11 +160,7 @@ def test_a_metrics_port_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> No
         conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=free_port())
         conf.write_text(conf.read_text().replace("[metrics]\nport = 0",
                                                  f"[metrics]\nport = {taken.getsockname()[1]}"))
-        try:
-            desk = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--desk"], capture_output=True,
-                                  text=True, env=environment(), cwd=ROOT, timeout=60)
-        finally:
-            s.stop()
+        desk = desk_alone(s, conf)
     assert desk.returncode == 1
     assert "desk-not-started" in desk.stderr and "metrics" in desk.stderr and "Address already in use" in desk.stderr
     assert "Traceback" not in desk.stderr
