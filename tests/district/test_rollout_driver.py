@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,17 @@ def test_failed_canaries_halt_the_rollout_before_the_rest_is_sent(engine: Engine
         down.close()
 
 
+async def drive_until_sent(driver: Driver, engine: Engine, rid: int,
+                           outage: Callable[[], Awaitable[None]]) -> None:
+    """The driver running through `outage`, until the canary's command (gas1's) is sent."""
+    running = asyncio.get_running_loop().create_task(driver.run(poll_s=0.05))
+    await outage()
+    while nodes(engine, rid)["gas1"][0] != "sent":
+        await asyncio.sleep(0.05)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
 def test_what_a_rollout_request_must_be(engine: Engine) -> None:
     now = time.time()
     site_with(engine, now, {"gas1": "gas", "rain1": "rain"})
@@ -310,18 +321,13 @@ def test_passes_the_database_fails_are_logged_once_not_each_second(
     caplog.set_level(logging.INFO, logger="lifeline.district")
 
     async def outage() -> None:
-        running = asyncio.get_running_loop().create_task(driver.run(poll_s=0.05))
         holder = sqlite3.connect(str(path), isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # an ingest worker's long batch, a retention pass
         await asyncio.sleep(2.0)
         holder.close()
-        while nodes(engine, rid)["gas1"][0] != "sent":
-            await asyncio.sleep(0.05)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
 
     try:
-        asyncio.run(outage())
+        asyncio.run(drive_until_sent(driver, engine, rid, outage))
     finally:
         engine.dispose()
     failed = [r for r in caplog.records if "pass" in r.getMessage() and "fail" in r.getMessage()]
@@ -346,16 +352,11 @@ def test_a_broker_away_during_a_rollout_is_logged_once_not_each_pass(
     caplog.set_level(logging.INFO, logger="lifeline.district")
 
     async def outage() -> None:
-        running = asyncio.get_running_loop().create_task(driver.run(poll_s=0.05))
         await asyncio.sleep(1.5)
         broker.start()
-        while nodes(engine, rid)["gas1"][0] != "sent":
-            await asyncio.sleep(0.05)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
 
     try:
-        asyncio.run(outage())
+        asyncio.run(drive_until_sent(driver, engine, rid, outage))
     finally:
         broker.close()
     said = [(r.getMessage(), r.fields.get("failed")) for r in caplog.records  # type: ignore[attr-defined]
