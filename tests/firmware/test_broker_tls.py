@@ -66,3 +66,34 @@ def test_tls_without_the_ca_on_flash_is_a_config_error(tmp_path: Path, mpy: Path
     assert "config: device.json: broker.tls needs broker_ca.der, the broker's CA certificate (DER) on flash " \
            "(`lifeline flash --tls`): missing" in console, console
     assert listener.messages == []
+
+
+def test_a_ca_damaged_after_the_config_check_is_a_config_error(tmp_path: Path, mpy: Path) -> None:
+    """The check's stamp (app/checked.py) covered device.json, secrets.json and profile.json only, so a CA
+    truncated or worn on flash after a clean boot went unchecked: each boot was counted and crashed in app.tls
+    with the ssl module's bare "ValueError: invalid cert", into safe mode, which crashed the same way. Now a
+    changed CA is checked again, and the node says which file and why, and backs off as from any config error."""
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    with Mosquitto(f"listener {port} 127.0.0.1\ncertfile {pki['server.crt']}\nkeyfile {pki['server.key']}\n") as b:
+        listener = Listener(b.port, SITE, DEV)
+        dev = FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), b.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]})
+        tls_on(dev, port, pki["ca"])
+        try:
+            dev.start()
+            assert listener.wait(lambda m: any(x[0] == topics.DATA for x in m), 30), dev.console()
+            ca = dev.flash / flash.BROKER_CA
+            ca.write_bytes(ca.read_bytes()[:200])  # a half-written file
+            dev.kill()
+            deadline = time.monotonic() + 20
+            while len(dev.exits) < 4 and time.monotonic() < deadline:  # the cut, then three quick resets
+                time.sleep(0.1)
+        finally:
+            dev.stop()
+        console = dev.console()
+        listener.close()
+    assert "config: device.json: broker.tls needs broker_ca.der, the broker's CA certificate (DER) on flash " \
+           "(`lifeline flash --tls`): invalid cert" in console, console[-3000:]
+    assert "safe mode" not in console, console[-3000:]
+    state = dev.read("state.json")
+    assert (state["boot"], state["err"]) == (1, 3), state  # no boot counted after the cut: config errors

@@ -1,7 +1,8 @@
 """Which config files the last boot checked. Checking them (app/config.py, app/checks.py) costs the heap
 its code and, for good, the names that code interns; a boot that finds the same bytes as the last checked
 ones (and no trial running) reads them without loading the checks. A changed file, a trial or a missing
-stamp sends the boot through app.config.boot() again."""
+stamp sends the boot through app.config.boot() again. The broker's CA (broker_ca.der, app.tls) is in the stamp
+when on flash: one truncated or worn after the check crashed every boot in app.tls, safe mode's too."""
 
 import binascii
 
@@ -15,6 +16,11 @@ def _crc(blobs):
     c = 0
     for b in blobs:
         c = binascii.crc32(b, c)
+    try:  # lifeline.flash.BROKER_CA; a literal, not a module global: no new name on the path every boot takes
+        with open("broker_ca.der", "rb") as f:
+            c = binascii.crc32(f.read(), c)
+    except OSError:
+        pass
     return c
 
 
