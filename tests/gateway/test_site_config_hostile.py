@@ -106,6 +106,14 @@ def test_a_metrics_port_in_use_stops_the_gateway_with_a_message(tmp_path: Path,
     assert "gateway stopped:" in capsys.readouterr().err
 
 
+def test_a_later_tests_log_line_is_written(capfd: pytest.CaptureFixture[str]) -> None:
+    """After the two tests above, which run `lifeline gateway` in this process: its logging setup left its
+    handler on their captured stderr, closed when they ended, so every later log line in this pytest worker
+    printed --- Logging error --- (test_check_stage's one-traceback test failed on it in CI)."""
+    logging.getLogger("lifeline.gateway.test").error("after")
+    assert "Logging error" not in capfd.readouterr().err
+
+
 def test_a_reload_names_the_changed_settings_it_cannot_apply(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """SIGHUP applies the devices, rules and OTA releases; a changed drain rate or risk point was dropped
