@@ -44,9 +44,9 @@ def check_id(value, name="id"):
     `name` says which id, in the error (named so on purpose: a name a node interns anyway)."""
     if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
         raise TopicError("%s must be 1-%d characters: %r" % (name, _MAX_ID, value))
-    for ch in value:
-        if ch not in _ID_CHARS:
-            raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (name, value, ch))
+    bad = value.strip(_ID_CHARS)  # the first character not allowed starts it; iterating a str would
+    if bad:  # intern each character on MicroPython, a name per letter or digit of a node's ids
+        raise TopicError("%s %r: character %r not allowed (use a-z 0-9 _ -)" % (name, value, bad[:1]))
     return value
 
 

@@ -39,3 +39,16 @@ def test_module_passes_under_micropython(module_name: str, mpy_dir: Path) -> Non
     assert not failures, "\n".join(failures) + "\n" + result.stdout[-3000:] + result.stderr[-2000:]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert passed == expected, f"not run under MicroPython: {sorted(expected - passed)}"
+
+
+def test_checking_an_id_interns_none_of_its_characters(mpy_dir: Path, tmp_path: Path) -> None:
+    """Iterating a str interns each character on MicroPython, so a node checking its site and device ids
+    (at every topic it builds) interned the letters and digits of its ids: the demo's drone, at yongchuan-3,
+    took y, o, g, 3 and 0 that way, one name past the 620 line (docs/firmware.md, "The name line again")."""
+    script = tmp_path / "ids.py"
+    script.write_text("import micropython\nfrom protocol import topics\nmicropython.qstr_info()\n"
+                      "topics.device('zq9-vj7', 'kx8_w5', topics.DATA)\nmicropython.qstr_info()\n")
+    result = upy.run(script, env={"MICROPYPATH": f"{mpy_dir}:.frozen"})
+    counts = re.findall(r"n_qstr=(\d+)", result.stdout)
+    assert result.returncode == 0 and len(counts) == 2, result.stdout + result.stderr
+    assert counts[0] == counts[1], f"names interned by checking two ids: {counts}"
