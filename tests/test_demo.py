@@ -4,8 +4,11 @@ gateway and the real firmware on the MicroPython unix port."""
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,12 @@ from PIL import Image, ImageStat
 
 from gateway.riskpoints import haversine_m
 from lifeline.demo import report as demo_report
-from lifeline.demo import script
-from lifeline.virtual import leftovers, plan
+from lifeline.demo import run, script
+from lifeline.virtual import leftovers, plan, stimulus
+from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.device import VirtualDevice
 from lifeline.virtual.recorder import DistrictLog
+from tests.firmware.test_device import NAME_POOLS, name_pools
 
 
 def _interp(points: list[list[float]], t: float) -> float:
@@ -161,6 +167,29 @@ def test_judging_follows_the_expected_order() -> None:
     assert not seen["orange"].seen  # red came without an orange step
     assert seen["red"].latency_s == pytest.approx(0.2)
     assert seen["red"].gateway_s == pytest.approx(0.05)
+
+
+def test_the_demos_drone_stays_under_the_name_line(tmp_path: Path) -> None:
+    """The demo's drone as the demo runs it (its seed's site and profile, `lifeline flash`'s image, a board's
+    start-up), alone against a broker: interned names are what module loads and ids add, not traffic, so
+    seconds of its run show the demo's count. The demo's drone went past the line (625 names) where
+    run_every_profile's was at 620, and ran out of heap in CI."""
+    site = plan.load()
+    dev = site.devices["drone-01"]
+    image = run.firmware_image(tmp_path / "image", site.id)
+    with Mosquitto() as broker:
+        node = run.provision(image, tmp_path / dev.id, dev, site, secrets.token_bytes(32), "pw", broker.port,
+                             stimulus.free_udp_pair())
+        with VirtualDevice(node.flash, dev.id) as board:
+            board.power_on()
+            deadline = time.monotonic() + 40
+            while board.console().count(b"n_pool=") < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            console = board.console().decode(errors="replace")
+    pools, names = name_pools(console)
+    print("drone-01 name pools, names:", pools, names)
+    assert 0 < pools <= NAME_POOLS, f"past the name line: {pools} pools, {names} names\n{console[-1500:]}"
+    assert not re.search(r"MemoryError|Traceback", console), console[-1500:]
 
 
 @pytest.mark.timeout(240)
