@@ -44,17 +44,20 @@ def _startup(files: tuple[str, ...], banner: str = "") -> str:
     the board goes on, to the REPL in the end. The port gives that REPL when MICROPYINSPECT is set as the
     script ends: unlike `-i`, that lets a SystemExit (the sim backend's reset, deep sleep and soft reset)
     end the interpreter with its exit code, as those do on a board. It is set only then, so that nothing
-    the files start (the sim world) inherits it."""
-    return (f"import sys\nsys.stdout.write({banner!r})\nfor _f in {files!r}:\n"
-            "    try:\n        _s = open(_f).read()\n    except OSError:\n        continue\n"
-            "    try:\n        exec(_s)\n    except (Exception, KeyboardInterrupt) as _e:\n"
-            "        sys.print_exception(_e)\n    _s = None\n"
-            "import os\nos.putenv('MICROPYINSPECT', '1')\n")
+    the files start (the sim world) inherits it. Every name and short string of this script is interned,
+    which a board's start-up (C) never does: it uses names the port has built in or the firmware interns
+    anyway (f, s, e, ".py", the files' names without it; 1 as str(1)), where _f, _e, "boot.py", "main.py" and
+    "1" took every node of the demo five names nearer the 620 line (docs/firmware.md, Memory)."""
+    return (f"import sys\nsys.stdout.write({banner!r})\nfor f in {files!r}:\n"
+            "    try:\n        s = open(f + '.py').read()\n    except OSError:\n        continue\n"
+            "    try:\n        exec(s)\n    except (Exception, KeyboardInterrupt) as e:\n"
+            "        sys.print_exception(e)\n    s = None\n"
+            "import os\nos.putenv('MICROPYINSPECT', str(1))\n")
 
 
-STARTUP = _startup(("boot.py", "main.py"))
+STARTUP = _startup(("boot", "main"))
 # A soft reset at the raw REPL: boot.py but not main.py, then the raw REPL (which the bridge enters).
-SOFT_STARTUP = _startup(("boot.py",), "MPY: soft reboot\r\n")
+SOFT_STARTUP = _startup(("boot",), "MPY: soft reboot\r\n")
 RAW_PROMPTS = (b"raw REPL; CTRL-B to exit\r\n>", b"\x04>")
 SOFT_RESET_WINDOW_S = 2.0  # an exit this soon after a raw-REPL Ctrl-D is that soft reset
 
