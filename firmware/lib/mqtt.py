@@ -40,10 +40,10 @@ class MQTTClient:
         self.max_packet = max_packet
         self.on_message = on_message
         self.on_connect = on_connect
-        self._ack_ms = int(ack_timeout * 1000)
-        self._conn_ms = int(connect_timeout * 1000)
-        self._bmin = int(backoff[0] * 1000)
-        self._bmax = int(backoff[1] * 1000)
+        # kept under their arguments' names, in seconds: an attribute of its own (ms) is a name more to intern
+        self.ack_timeout = ack_timeout
+        self.connect_timeout = connect_timeout
+        self.backoff = backoff
         # What the link has been through, for diagnostics (tests/firmware/test_mqtt_client.py reads them).
         self.connects = self.resends = self.pings = self.oversize = self.cb_errors = 0
         self.last_error = None
@@ -138,9 +138,10 @@ class MQTTClient:
 
     async def _supervise(self):
         fails = 0
+        bmin, bmax = int(self.backoff[0] * 1000), int(self.backoff[1] * 1000)
         while self._run:
             if fails:  # after a failed connect, or a link that ended soon after it came up (below)
-                delay = min(self._bmax, self._bmin << min(fails - 1, 16))
+                delay = min(bmax, bmin << min(fails - 1, 16))
                 await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
             try:
                 await self._connect()
@@ -178,14 +179,15 @@ class MQTTClient:
             # A link that ended within the longest backoff counts as a failed connect: a broker that takes the
             # connect and drops the link (another node with our client id takes it over) is retried with
             # backoff, not at once and without end
-            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < self._bmax else 0
+            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 0
 
     async def _connect(self):
         if self.ssl:
             coro = asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=self.host)
         else:
             coro = asyncio.open_connection(self.host, self.port)
-        r, w = await asyncio.wait_for_ms(coro, self._conn_ms)
+        ms = int(self.connect_timeout * 1000)
+        r, w = await asyncio.wait_for_ms(coro, ms)
         try:
             flags = 0x02 if self.clean else 0
             parts = [b"\x00\x04MQTT\x04", None, struct.pack(">H", self.keepalive), _str(self.client_id)]
@@ -202,7 +204,7 @@ class MQTTClient:
             parts[1] = bytes((flags,))
             self._w = w
             await self._send(0x10, sum(len(p) for p in parts), *parts)
-            ack = await asyncio.wait_for_ms(r.readexactly(4), self._conn_ms)
+            ack = await asyncio.wait_for_ms(r.readexactly(4), ms)
             if ack[0] != 0x20 or ack[1] != 2:
                 raise MQTTError("no CONNACK")
             if ack[3]:
@@ -241,7 +243,7 @@ class MQTTClient:
                 w.write(p)
             try:
                 if getattr(w, "out_buf", 1):  # only a backed-up socket can block: bound that wait
-                    await asyncio.wait_for_ms(w.drain(), self._ack_ms)
+                    await asyncio.wait_for_ms(w.drain(), int(self.ack_timeout * 1000))
                 else:
                     await w.drain()
             except Exception as e:  # timeout or socket error: this link is finished
@@ -264,7 +266,7 @@ class MQTTClient:
         slot = self._pend[pid] = [asyncio.Event(), None, None]
         try:
             await self._send(0x82, 3 + len(t), struct.pack(">H", pid), t, bytes((qos,)))
-            await asyncio.wait_for_ms(slot[0].wait(), self._ack_ms)
+            await asyncio.wait_for_ms(slot[0].wait(), int(self.ack_timeout * 1000))
         finally:
             del self._pend[pid]
         if slot[1] is None:
@@ -363,12 +365,13 @@ class MQTTClient:
         ka = self.keepalive * 1000
         half = ka // 2
         dead = min(half, 10000)
-        tick = max(50, min(1000, self._ack_ms // 4, ka // 8 or 1000))
+        ack = int(self.ack_timeout * 1000)
+        tick = max(50, min(1000, ack // 4, ka // 8 or 1000))
         while True:
             await asyncio.sleep_ms(tick)
             now = ticks_ms()
             for slot in self._pend.values():
-                if slot[2] and slot[1] is None and ticks_diff(now, slot[2]) > self._ack_ms:
+                if slot[2] and slot[1] is None and ticks_diff(now, slot[2]) > ack:
                     slot[2] = 0
                     slot[0].set()
             if not ka:
