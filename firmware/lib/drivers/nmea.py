@@ -14,17 +14,18 @@ _LINE_MAX = const(100)  # NMEA 0183 caps a sentence at 82 characters; some recei
 _QUIET_MS = const(5000)  # no sentence for this long (several of a 1 Hz receiver's periods): it stopped answering
 
 
-def _coord(text, hemi, neg, limit):
-    """ddmm.mmmm / dddmm.mmmm and its hemisphere letter to signed decimal degrees."""
+def _coord(text, h, s, limit):
+    """ddmm.mmmm / dddmm.mmmm and its hemisphere letter `h` to signed decimal degrees, negative when `h` is
+    `s` (S or W). Short argument names, no message: each name is one more a drone interns (docs/firmware.md)."""
     dot = text.find(b".")
     if dot < 0:
         dot = len(text)
     deg = int(text[:dot - 2])
     minutes = float(text[dot - 2:])
-    if minutes >= 60 or deg > limit or hemi not in (b"N", b"S", b"E", b"W"):
-        raise ValueError("coordinate")
+    if minutes >= 60 or deg > limit or h not in (b"N", b"S", b"E", b"W"):
+        raise ValueError  # counted as malformed
     value = deg + minutes / 60
-    return -value if hemi == neg else value
+    return -value if h == s else value
 
 
 class NMEA(Driver):
