@@ -102,7 +102,8 @@ class FlashDirDevice(UnixPortDevice):
         return self
 
     def kill(self) -> None:
-        """Power cut: SIGKILL; the supervisor powers the board up again."""
+        """Power cut: SIGKILL (a sleeping board's sleep ends), the RTC domain's mark gone; the supervisor powers
+        the board up again."""
         self.cut()
 
     def stop(self) -> None:

@@ -1,8 +1,9 @@
 """What every virtual device shares: the MicroPython unix port run as a board's chip in its flash directory,
 kept powered through the sim backend's resets, deep sleeps and soft resets as a board's supply keeps its chip
-running, cut when asked as a power loss cuts it, and the sim world beside it started and stopped. Two kinds of
-virtual device build on it: lifeline/virtual/device.py, a blank board behind a pty that `lifeline flash`
-flashes, and lifeline/virtual/flashdir.py, a flash directory provisioned in place and run directly.
+running, cut when asked as a power loss cuts it (with what the chip's RTC domain kept), and the sim world beside
+it started and stopped. Two kinds of virtual device build on it: lifeline/virtual/device.py, a blank board
+behind a pty that `lifeline flash` flashes, and lifeline/virtual/flashdir.py, a flash directory provisioned in
+place and run directly.
 
 The sim backend ends the interpreter for what ends a chip's run (firmware/sim/hal_sim.py): exit code 3 for
 a reset, 4 for a deep sleep (whose length it leaves in its reset mark), 5 for a soft reset. The supply
@@ -28,7 +29,7 @@ from lifeline import signals, upy
 EXIT_RESET = 3
 EXIT_DEEPSLEEP = 4
 EXIT_SOFT = 5
-SIM_MARK = ".hal.json"  # the sim backend's reset mark: what a chip keeps in its RTC domain
+SIM_MARK = ".hal.json"  # the sim backend's reset mark: what a chip keeps in its RTC domain, lost with the power
 WORLD_HEAP = "2M"  # the unix port's own default, which the world gets when the device starts it
 RESTART_PAUSE_S = 0.2
 
@@ -66,7 +67,7 @@ class UnixPortDevice:
         self._powered = False
         self._closed = False
         self._lock = threading.Lock()
-        self._off = threading.Event()
+        self._kick = threading.Event()  # ends the supervisor's wait: set by power_off() and cut()
         self._supervisor: threading.Thread | None = None
 
     def _spawn(self, soft: bool) -> subprocess.Popen[bytes]:
@@ -91,17 +92,18 @@ class UnixPortDevice:
             if self._powered:
                 return
             self._powered = True
-            self._off.clear()
+            self._kick.clear()
             self._boot(False)
         self._supervisor = threading.Thread(target=self._supervise, name=f"{self.flash_dir.name}-power",
                                             daemon=True)
         self._supervisor.start()
 
     def power_off(self) -> None:
-        """Cut the power: SIGKILL, whatever the board was doing (a flash write included), and stay off."""
+        """Cut the power: SIGKILL, whatever the board was doing (a flash write included), and stay off. What
+        the RTC domain kept (reset cause, RTC time and memory, a deep sleep's timer) goes with it."""
         with self._lock:
             self._powered = False
-            self._off.set()
+            self._kick.set()
             proc = self._proc
         if proc is not None and proc.poll() is None:
             self._kill(proc)
@@ -109,12 +111,19 @@ class UnixPortDevice:
         if self._supervisor is not None:
             self._supervisor.join(5)
             self._supervisor = None
+        self._forget_rtc()
 
     def cut(self) -> None:
-        """A power cut the supply recovers from: SIGKILL, and the board boots again."""
-        proc = self._proc
+        """A power cut the supply recovers from: SIGKILL if the board runs, the RTC domain's mark gone, and the
+        board boots again at once, a sleeping one too (its wake timer went with the power)."""
+        with self._lock:
+            self._kick.set()
+            proc = self._proc
         if proc is not None and proc.poll() is None:
             self._kill(proc)
+
+    def _forget_rtc(self) -> None:
+        (self.flash_dir / SIM_MARK).unlink(missing_ok=True)
 
     @property
     def running(self) -> bool:
@@ -150,11 +159,14 @@ class UnixPortDevice:
                 if not self._powered or self._proc is not proc:
                     return
                 self.exit_codes.append(code)
-            if self._off.wait(0.0 if soft else self._downtime(code)):
-                return
+            if not soft:
+                self._kick.wait(self._downtime(code))
             with self._lock:
                 if not self._powered or self._closed:
                     return
+                if self._kick.is_set():  # cut(), while the board ran or while it was down
+                    self._kick.clear()
+                    self._forget_rtc()
                 self._boot(soft)
 
     def _downtime(self, code: int) -> float:
