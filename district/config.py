@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,22 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
 def load(path: Path | str, check_files: bool = True) -> DistrictConfig:
     p = Path(path).resolve()
     return parse(read_toml(p), p, check_files)
+
+
+# What a SIGHUP applies in a worker and in the desk (district/service.py); every other setting is read at start.
+RELOADED = frozenset({"sites"})
+
+
+def restart_needed(running: DistrictConfig, new: DistrictConfig) -> list[str]:
+    """The settings in which `new` differs from `running` that a reload does not apply: an operator who edited
+    one and sent SIGHUP is told so, rather than left to believe it took effect."""
+    return [f.name for f in fields(DistrictConfig)
+            if f.name not in RELOADED and getattr(running, f.name) != getattr(new, f.name)]
+
+
+def site_devices(cfg: DistrictConfig) -> dict[str, frozenset[str]]:
+    """Each site's registered device ids, which a worker holds the site's bodies to (district/ingest.py)."""
+    return {s.id: frozenset(s.device_keys) for s in cfg.sites.values()}
 
 
 def verifier(cfg: DistrictConfig) -> Verifier:

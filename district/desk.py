@@ -85,13 +85,13 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     """The desk over one database. `broker`: the district broker, which the desk follows for the change
     feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS.
     `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process. `rollup_s`:
-    the retention's bucket width, so that a history has the bucket its window starts in."""
+    the retention's bucket width, so that a history has the bucket its window starts in. The risk points are
+    the app's `state.risk_points`, which a reload replaces (district/service.py)."""
     if downlink is None:
         if broker is None:
             raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
         downlink = Downlink(broker_publisher(broker))
     down = downlink
-    points: RiskPoints = risk_points or {}
     ruleset = rules or default_ruleset()
     failures: dict[str, deque[float]] = defaultdict(deque)
     to_broker = broker_publisher(broker) if broker is not None else None
@@ -393,11 +393,11 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/login", endpoint(login), methods=["POST"]),
         Route("/api/logout", endpoint(logout), methods=["POST"]),
         Route("/api/me", endpoint(me)),
-        Route("/api/alarms", endpoint(read(lambda c, r: queries.open_alarms(c, points)))),
+        Route("/api/alarms", endpoint(read(lambda c, r: queries.open_alarms(c, r.app.state.risk_points)))),
         Route("/api/alarms/{id}/ack", endpoint(ack), methods=["POST"]),
         Route("/api/sites", endpoint(read(lambda c, r: queries.site_states(c)))),
         Route("/api/devices", endpoint(read(lambda c, r: queries.device_states(c, r.query_params.get("site"))))),
-        Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, points)))),
+        Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, r.app.state.risk_points)))),
         Route("/api/history", endpoint(read(history))),
         Route("/api/work-orders", endpoint(read(order_list))),
         Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, path_id(r, "work order"))))),
@@ -428,5 +428,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.risk_points = risk_points or {}
+    return app
 

@@ -8,6 +8,9 @@ Each ingest worker is its own process with its own database connection and its o
 `{client_id}-w{N}`), so a district scales by starting more of them, here or on other machines against the
 same broker cluster and PostgreSQL. The supervisor restarts a worker that dies, which is also what gives a
 killed worker's session, and the messages the broker kept for it, back to the district.
+
+A worker or the desk stops cleanly on SIGTERM or SIGINT, and on SIGHUP reads district.toml again (`_reloader`):
+its [[sites]] taken, any other setting changed named as needing a restart.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from district.live import Hub
 from district.metrics import DistrictCollector
 from district.store import open_engine
 from gateway.logs import event
-from gateway.site_config import BrokerConfig
+from gateway.site_config import BrokerConfig, ConfigError
 
 log = logging.getLogger("lifeline.district")
 
@@ -60,13 +63,16 @@ def opened(cfg: DistrictConfig, role: str) -> Engine | None:
         return None
 
 
-def run_worker(cfg: DistrictConfig, index: int) -> int:
-    """One ingest worker until SIGTERM or SIGINT."""
+def run_worker(path: Path, cfg: DistrictConfig, index: int) -> int:
+    """One ingest worker until SIGTERM or SIGINT; SIGHUP takes the sites' keys and registries anew."""
     engine = opened(cfg, "worker")
     if engine is None:
         return 1
-    worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg),
-                    {s.id: frozenset(s.device_keys) for s in cfg.sites.values()}, group=cfg.group, batch_max=cfg.batch)
+    worker = Worker(engine, worker_broker(cfg, index), config.verifier(cfg), config.site_devices(cfg),
+                    group=cfg.group, batch_max=cfg.batch)
+
+    def registered(new: DistrictConfig) -> None:  # between batches: handle() runs on this loop, whole
+        worker.verifier, worker.devices = config.verifier(new), config.site_devices(new)
 
     async def work() -> None:
         if index == 1:  # one worker of the district keeps the retention
@@ -76,7 +82,8 @@ def run_worker(cfg: DistrictConfig, index: int) -> int:
         else:
             await worker.run()
 
-    asyncio.run(_until_signal(work(), "worker", worker=index, database=engine.dialect.name))
+    asyncio.run(_until_signal(work(), _reloader(path, cfg, registered, role="worker", worker=index), "worker",
+                              worker=index, database=engine.dialect.name))
     event(log, "worker-stopped", worker=index, stored=dict(worker.stored), refused=dict(worker.refused))
     engine.dispose()
     return 0
@@ -108,15 +115,18 @@ async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
         await asyncio.sleep(1.0 if busy else RETENTION_S)
 
 
-def run_desk(cfg: DistrictConfig) -> int:
-    """The desk (and its /metrics) until SIGTERM or SIGINT."""
+def _risk_points(cfg: DistrictConfig) -> dict[str, list[dict[str, Any]]]:
+    return {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
+                   for p in s.risk_points] for s in cfg.sites.values()}
+
+
+def run_desk(path: Path, cfg: DistrictConfig) -> int:
+    """The desk (and its /metrics) until SIGTERM or SIGINT; SIGHUP takes the sites' risk points anew."""
     engine = opened(cfg, "desk")
     if engine is None:
         return 1
     accounts.set_cost(cfg.hash_memory_kib, cfg.hash_time_cost)
     broker = dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-desk")
-    risk_points = {s.id: [{"id": p.id, "class": p.cls, "lat": p.lat, "lon": p.lon, "radius_m": p.radius_m}
-                          for p in s.risk_points] for s in cfg.sites.values()}
 
     if cfg.metrics_port:
         registry = CollectorRegistry()
@@ -139,23 +149,54 @@ def run_desk(cfg: DistrictConfig) -> int:
         engine.dispose()
         return 1
 
+    app = make_app(engine, hub=Hub(), broker=broker, risk_points=_risk_points(cfg), rollup_s=cfg.rollup_s)
+
+    def mapped(new: DistrictConfig) -> None:
+        app.state.risk_points = _risk_points(new)  # replaced whole: a request reading the old one keeps it
+
     async def serve() -> None:
-        hub = Hub()
-        app = make_app(engine, hub=hub, broker=broker, risk_points=risk_points, rollup_s=cfg.rollup_s)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         await server.serve(sockets=[listening])
 
     port = listening.getsockname()[1]
-    asyncio.run(_until_signal(serve(), "desk", url=f"http://{cfg.desk_host}:{port}/"))
+    asyncio.run(_until_signal(serve(), _reloader(path, cfg, mapped, role="desk"), "desk",
+                              url=f"http://{cfg.desk_host}:{port}/"))
     engine.dispose()
     return 0
 
 
-async def _until_signal(work: Coroutine[Any, Any, None], role: str, **fields: Any) -> None:
+def _reloader(path: Path, cfg: DistrictConfig, apply: Callable[[DistrictConfig], None],
+              **fields: Any) -> Callable[[], None]:
+    """SIGHUP: district.toml read again and `apply`'d (its [[sites]]: keys, registries, risk points). A config
+    that fails its checks is refused whole and the running one kept; other settings changed are named, as a
+    restart applies them. Unhandled, a SIGHUP (systemctl reload, a closed terminal) killed the process outright:
+    its MQTT session and any transaction cut, the desk's live feeds dropped."""
+    running = cfg
+
+    def reload() -> None:
+        nonlocal running
+        try:
+            new = config.load(path)
+        except ConfigError as exc:
+            event(log, "reload-failed", logging.ERROR, **fields, error=str(exc))
+            return
+        apply(new)
+        event(log, "reloaded", **fields, sites=len(new.sites),
+              devices=sum(len(s.device_keys) for s in new.sites.values()))
+        ignored = config.restart_needed(running, new)
+        if ignored:
+            event(log, "reload-needs-restart", logging.WARNING, **fields, settings=",".join(ignored))
+        running = dataclasses.replace(running, sites=new.sites)
+    return reload
+
+
+async def _until_signal(work: Coroutine[Any, Any, None], reload: Callable[[], None], role: str,
+                        **fields: Any) -> None:
     task = asyncio.create_task(work)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     event(log, f"{role}-started", **fields)
     with contextlib.suppress(asyncio.CancelledError):
         await task

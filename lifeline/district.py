@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.worker <= cfg.workers:
             print(f"config error: --worker {args.worker}: ingest.workers is {cfg.workers}", file=sys.stderr)
             return 2
-        return service.run_worker(cfg, args.worker)
+        return service.run_worker(args.config, cfg, args.worker)
     if args.add_user:
         return _add_user(cfg, args.add_user, args.role)
     if args.desk:
-        return service.run_desk(cfg)
+        return service.run_desk(args.config, cfg)
     return service.supervise(args.config, cfg, desk=not args.no_desk)
 
 

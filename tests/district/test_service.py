@@ -5,6 +5,7 @@ everything with status 0."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sqlite3
@@ -185,10 +186,13 @@ def test_a_database_away_at_start_is_one_clear_line_and_exit_1(tmp_path: Path, r
     assert "Traceback" not in run.stderr and "s3cret" not in run.stderr, run.stderr
 
 
-def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("to_group", [False, True], ids=["kill-HUP", "terminal-closed"])
+def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path, to_group: bool) -> None:
     """SIGHUP (a dropped SSH session, kill -HUP) ended the supervisor outright, and its worker and desk, which had
     no such signal, ran on with no one to restart or stop them, the desk holding its port. It stops them as SIGTERM
-    does, exit 0."""
+    does, exit 0. A closed terminal sends it to the whole process group, the worker and the desk too: they were
+    killed by it there, the worker's MQTT session and batch cut (no `worker-stopped`); now they reload, and the
+    supervisor stops them."""
     s = Site(tmp_path / "site", tls=False)
     s.add("gas1", "gas")
     s.start()
@@ -202,7 +206,10 @@ def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path) -> None:
         assert district.proc is not None
         started = leftovers.descendants(district.proc.pid)
         assert len(started) >= 2, "a worker and the desk"
-        district.proc.send_signal(signal.SIGHUP)
+        if to_group:
+            os.killpg(district.proc.pid, signal.SIGHUP)
+        else:
+            district.proc.send_signal(signal.SIGHUP)
         code = district.proc.wait(30)
         left = leftovers.left_after(started, 5)
     finally:
@@ -210,3 +217,88 @@ def test_a_hang_up_stops_the_workers_and_the_desk(tmp_path: Path) -> None:
         leftovers.kill_all(started)
         s.stop()
     assert left == {} and code == 0, (left, code, district.log()[-3000:])
+    assert "worker-stopped" in district.log(), district.log()[-3000:]
+
+
+def stored(database: Path, dev: str) -> int:
+    with sqlite3.connect(database) as db:
+        return int(db.execute("SELECT count(*) FROM messages WHERE dev = ?", (dev,)).fetchone()[0])
+
+
+def test_a_worker_takes_its_sites_anew_on_sighup(tmp_path: Path) -> None:
+    """A worker run alone (systemd's unit) was killed by SIGHUP, its MQTT session and batch cut: the unit had no
+    reload, and a device registered since its start was refused until a restart. SIGHUP now reads district.toml
+    again and takes its sites' keys and registries, names a setting that needs a restart, and keeps the running
+    config when the new one fails its checks."""
+    s = Site(tmp_path / "site", tls=False, devices_csv=True)
+    s.add("gas1", "gas")
+    s.add("gas2", "gas")
+    s.start()
+    older = tmp_path / "older.csv"  # the registry before gas2 was flashed
+    older.write_text("id,class,key,latitude,longitude\n" + s.devices["gas1"].csv())
+    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite")
+    full = conf.read_text()
+    conf.write_text(full.replace(str(s.dir / "devices.csv"), str(older)))
+    gw = GatewayProcess(s).start()
+    worker = DistrictProcess(conf, "--worker", "1").start()
+
+    async def send(dev: str) -> None:
+        async with s.device_client(dev) as c:
+            topic, payload, _ = s.data(dev, [reading("ch4", 1.0, "%LEL")])
+            await c.publish(topic, payload, qos=1)
+
+    database = tmp_path / "district.sqlite"
+    try:
+        asyncio.run(gw.ready())
+        worker.wait_subscribed()
+        asyncio.run(send("gas2"))
+        worker.wait_log("event=refused")  # gas2's key unknown to the district yet
+        conf.write_text(full.replace("batch = 200", "batch = 100"))
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGHUP)
+        worker.wait_log("event=reloaded")
+        assert "event=reload-needs-restart" in worker.log() and "settings=batch" in worker.log()
+        asyncio.run(send("gas2"))
+        until(lambda: stored(database, "gas2") == 1, 20, "gas2's reading stored")
+        conf.write_text(full.replace("workers = 1", "workers = 0"))
+        worker.proc.send_signal(signal.SIGHUP)
+        worker.wait_log("event=reload-failed")
+        asyncio.run(send("gas2"))  # the running config kept
+        until(lambda: stored(database, "gas2") == 2, 20, "gas2's second reading stored")
+        code = worker.stop()
+    finally:
+        worker.kill()
+        gw.kill()
+        s.stop()
+    assert code == 0 and "worker-stopped" in worker.log(), worker.log()[-3000:]
+
+
+def test_the_desk_takes_its_risk_points_anew_on_sighup(tmp_path: Path) -> None:
+    """The desk run alone was killed by SIGHUP, its live feeds dropped mid-stream. It now reads district.toml
+    again and shows the sites' risk points as they are there."""
+    s = Site(tmp_path / "site", tls=False)
+    s.start()
+    desk_port = free_port()
+    least_cost = "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"
+    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=desk_port,
+                        extra=least_cost)
+    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
+                           input="duty-password-1\n", capture_output=True, text=True, env=environment(), cwd=ROOT)
+    assert added.returncode == 0, added.stderr
+    desk = DistrictProcess(conf, "--desk").start()
+    try:
+        desk.wait_log("desk-started")
+        with httpx.Client(base_url=f"http://127.0.0.1:{desk_port}") as web:
+            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+            assert web.get("/api/map").json()["points"] == []
+            write_config(s, conf, database="district.sqlite", desk_port=desk_port, extra=least_cost, per_site={
+                s.id: '[[sites.risk_points]]\nid = "station-7"\nclass = "gas"\nlat = 31.2\nlon = 121.4\n\n'})
+            assert desk.proc is not None
+            desk.proc.send_signal(signal.SIGHUP)
+            desk.wait_log("event=reloaded")
+            assert [p["id"] for p in web.get("/api/map").json()["points"]] == ["station-7"]
+        code = desk.stop()
+    finally:
+        desk.kill()
+        s.stop()
+    assert code == 0, desk.log()[-3000:]
