@@ -71,9 +71,9 @@ def deepsleep(ms, pin=False):
 
 class Bus:
     """machine.ADC / I2C / UART / Pin, as far as the drivers use them, forwarded to the world by method
-    name (bytes travel as hex)."""
+    name (bytes travel as hex). No name a board's drivers do not use (each is one more the node interns, a
+    board has machine's built in): I2C's address and register are `a` and `r` here."""
 
-    IRQ_RISING = 1
     IRQ_FALLING = 2
 
     def __init__(self, board, i):
@@ -86,14 +86,14 @@ class Bus:
     def read_uv(self):
         return self.call("read_uv")
 
-    def readfrom_mem(self, addr, reg, n):
-        return binascii.unhexlify(self.call("readfrom_mem", addr, reg, n))
+    def readfrom_mem(self, a, r, n):
+        return binascii.unhexlify(self.call("readfrom_mem", a, r, n))
 
-    def readfrom_mem_into(self, addr, reg, buf):
-        buf[:] = self.readfrom_mem(addr, reg, len(buf))
+    def readfrom_mem_into(self, a, r, buf):
+        buf[:] = self.readfrom_mem(a, r, len(buf))
 
-    def writeto_mem(self, addr, reg, buf):
-        self.call("writeto_mem", addr, reg, binascii.hexlify(buf).decode())
+    def writeto_mem(self, a, r, buf):
+        self.call("writeto_mem", a, r, binascii.hexlify(buf).decode())
 
     def any(self):
         return self.call("any")
