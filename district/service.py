@@ -47,6 +47,7 @@ log = logging.getLogger("lifeline.district")
 
 RESTART_S = 1.0
 RETENTION_S = 600.0  # between retention passes once caught up
+DESK_GRACE_S = 5  # a stopping desk's wait for its requests to end, well within the unit's TimeoutStopSec
 
 
 def worker_broker(cfg: DistrictConfig, index: int) -> BrokerConfig:
@@ -154,13 +155,19 @@ def run_desk(path: Path, cfg: DistrictConfig) -> int:
     def mapped(new: DistrictConfig) -> None:
         app.state.risk_points = _risk_points(new)  # replaced whole: a request reading the old one keeps it
 
-    async def serve() -> None:
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        await server.serve(sockets=[listening])
+    # SIGTERM and SIGINT are uvicorn's: it ends the live feeds (sse-starlette follows its should_exit), closes the
+    # connections and runs the lifespan's end. Cancelled instead, the desk cut every feed mid-stream and logged
+    # two tracebacks.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=DESK_GRACE_S))
+
+    def stop() -> None:
+        server.should_exit = True
 
     port = listening.getsockname()[1]
-    asyncio.run(_until_signal(serve(), _reloader(path, cfg, mapped, role="desk"), "desk",
-                              url=f"http://{cfg.desk_host}:{port}/"))
+    asyncio.run(_until_signal(server.serve(sockets=[listening]), _reloader(path, cfg, mapped, role="desk"), "desk",
+                              stop=stop, url=f"http://{cfg.desk_host}:{port}/"))
+    event(log, "desk-stopped")
     engine.dispose()
     return 0
 
@@ -191,11 +198,12 @@ def _reloader(path: Path, cfg: DistrictConfig, apply: Callable[[DistrictConfig],
 
 
 async def _until_signal(work: Coroutine[Any, Any, None], reload: Callable[[], None], role: str,
-                        **fields: Any) -> None:
+                        stop: Callable[[], None] | None = None, **fields: Any) -> None:
+    """`work` until SIGTERM or SIGINT, which cancel it unless `stop` is given; SIGHUP calls `reload`."""
     task = asyncio.create_task(work)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop or task.cancel)
     loop.add_signal_handler(signal.SIGHUP, reload)
     event(log, f"{role}-started", **fields)
     with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,9 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -273,9 +275,22 @@ def test_a_worker_takes_its_sites_anew_on_sighup(tmp_path: Path) -> None:
     assert code == 0 and "worker-stopped" in worker.log(), worker.log()[-3000:]
 
 
-def test_the_desk_takes_its_risk_points_anew_on_sighup(tmp_path: Path) -> None:
+def follow(base: str, cookies: httpx.Cookies, opened: threading.Event) -> str:
+    """The desk's live feed read to its end: how it ended."""
+    try:
+        with httpx.Client(base_url=base, cookies=cookies, timeout=30) as c, c.stream("GET", "/api/events") as r:
+            for _ in r.iter_lines():
+                opened.set()
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ended"
+
+
+def test_the_desk_takes_its_risk_points_anew_on_sighup_and_ends_its_feeds_on_sigterm(tmp_path: Path) -> None:
     """The desk run alone was killed by SIGHUP, its live feeds dropped mid-stream. It now reads district.toml
-    again and shows the sites' risk points as they are there."""
+    again and shows the sites' risk points as they are there, its feeds open through it. On SIGTERM the feeds were
+    cut too (the server's task cancelled: an incomplete chunked body at the page, two tracebacks in the log); now
+    uvicorn ends them and the desk stops, exit 0."""
     s = Site(tmp_path / "site", tls=False)
     s.start()
     desk_port = free_port()
@@ -288,17 +303,24 @@ def test_the_desk_takes_its_risk_points_anew_on_sighup(tmp_path: Path) -> None:
     desk = DistrictProcess(conf, "--desk").start()
     try:
         desk.wait_log("desk-started")
-        with httpx.Client(base_url=f"http://127.0.0.1:{desk_port}") as web:
+        base = f"http://127.0.0.1:{desk_port}"
+        with httpx.Client(base_url=base) as web, ThreadPoolExecutor(1) as pool:
             assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
             assert web.get("/api/map").json()["points"] == []
+            opened = threading.Event()
+            feed = pool.submit(follow, base, web.cookies, opened)
+            assert opened.wait(10), "the live feed's hello"
             write_config(s, conf, database="district.sqlite", desk_port=desk_port, extra=least_cost, per_site={
                 s.id: '[[sites.risk_points]]\nid = "station-7"\nclass = "gas"\nlat = 31.2\nlon = 121.4\n\n'})
             assert desk.proc is not None
             desk.proc.send_signal(signal.SIGHUP)
             desk.wait_log("event=reloaded")
             assert [p["id"] for p in web.get("/api/map").json()["points"]] == ["station-7"]
-        code = desk.stop()
+            assert not feed.done(), feed.result()
+            code = desk.stop()
+            ended = feed.result(10)
     finally:
         desk.kill()
         s.stop()
-    assert code == 0, desk.log()[-3000:]
+    assert code == 0 and ended == "ended", (code, ended)
+    assert "desk-stopped" in desk.log() and "Traceback" not in desk.log(), desk.log()[-3000:]
