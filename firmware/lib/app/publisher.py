@@ -42,21 +42,10 @@ class Publisher:
         self.full = False  # a message found the flash full this boot (said once)
         self.will()
 
-    @property
-    def next_seq(self):
-        return self.q.next_id
-
     def will(self):
         """The will must carry the sequence number due next, so it is rebuilt whenever one is used."""
         body = message.death(self.dev, self.boot, self.q.next_id)
         self.mqtt.will = (self.topic[topics.STATE], message.encode(body, self.key))
-
-    def tagged(self, recs):
-        """Every pack carries the latest value of each tagged metric (a drone's position and fix)."""
-        for name in self.tags:
-            if name in self.latest and not any(r[0] == name for r in recs):
-                recs.append(self.latest[name])
-        return recs
 
     def add(self, rec):
         """A routine reading (name, value, unit, up_ms)."""
@@ -74,8 +63,12 @@ class Publisher:
 
     def seal(self, recs, pri=message.PRI_ROUTINE, ev=None, urgent=None):
         """Seal readings into one message on flash; halves a pack that would not fit a record.
-        Urgent messages (by default those with alarm priority) take the alarm lane."""
-        recs = self.tagged(recs)
+        Urgent messages (by default those with alarm priority) take the alarm lane. Every pack carries the
+        latest value of each tagged metric (a drone's position and fix), added here rather than in a method
+        of its own: a method's name is one more every node interns (docs/firmware.md, Memory)."""
+        for name in self.tags:
+            if name in self.latest and not any(r[0] == name for r in recs):
+                recs.append(self.latest[name])
         if urgent is None:
             urgent = pri == message.PRI_ALARM
         clock = self.clock

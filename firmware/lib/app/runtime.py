@@ -257,7 +257,7 @@ class App:
             extra["safe"] = True
         if self.sleep:
             extra["sleep"] = self.sleep["wake_s"]
-        body = message.birth(self.dev, self.boot, self.pub.next_seq, self.fw, self.prof, self.rst,
+        body = message.birth(self.dev, self.boot, self.pub.q.next_id, self.fw, self.prof, self.rst,
                              self.clock.now(), self.clock.clk, **extra)
         await mqtt.publish(self.topic[topics.STATE], message.encode(body, self.key), retain=True, qos=1)
         if self.connected_at is None:
