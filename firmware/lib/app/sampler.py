@@ -44,7 +44,6 @@ class Sensor:
         self.fault = None
         self.faults = {}
         self.drv = None
-        self._burst_at = time.ticks_ms()
         self.spec = spec
         self.make()
 
@@ -130,23 +129,23 @@ class Sensor:
             self.app.pub.seal(urgent, message.PRI_ALARM)
         return True
 
-    def period_ms(self):
-        if self.alarm and self.fast_ms:
-            return self.fast_ms
-        b = self.burst
-        if b:
-            into = time.ticks_diff(time.ticks_ms(), self._burst_at)
-            if into >= b[0]:
-                self._burst_at = time.ticks_ms()
-                into = 0
-            if into < b[1]:
-                return b[2]
-        return self.sample_ms
-
     async def run(self):
         poll = self.poll_ms
+        burst_at = time.ticks_ms()  # the burst window's start
         while True:
-            wait = self.period_ms()
+            # The period, worked out here rather than in a method, and the window's start a local: each
+            # name is one more every node interns (docs/firmware.md, Memory).
+            wait = self.sample_ms
+            b = self.burst
+            if self.alarm and self.fast_ms:
+                wait = self.fast_ms
+            elif b:
+                into = time.ticks_diff(time.ticks_ms(), burst_at)
+                if into >= b[0]:
+                    burst_at = time.ticks_ms()
+                    into = 0
+                if into < b[1]:
+                    wait = b[2]
             while poll and wait > poll:
                 await asyncio.sleep_ms(poll)
                 wait -= poll
