@@ -50,6 +50,15 @@ def test_the_dev_extra_brings_everything_the_tests_use() -> None:
             "aiomqtt"} <= closure({"dev"})
 
 
+def test_starlettes_test_client_has_its_http_client() -> None:
+    """The desk's in-process tests use Starlette's TestClient, which is built on httpx2 and, finding only httpx,
+    warned that this is deprecated (six StarletteDeprecationWarnings in every CI run)."""
+    assert "httpx2" in closure({"dev"})
+    done = subprocess.run([sys.executable, "-W", "error", "-c", "import starlette.testclient"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("name", SITE_COMMANDS)
 def test_a_site_command_runs_without_the_tools(name: str) -> None:
     # `lifeline ota` goes one level down: its actions read releases and sign nothing
