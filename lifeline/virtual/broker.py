@@ -158,13 +158,18 @@ class Mosquitto:
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """Stop the broker and close its stderr pipe, which was left open (a ResourceWarning) at every stop."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.proc = None
 
     def restart(self) -> None:
