@@ -86,8 +86,9 @@ def test_a_ca_damaged_after_the_config_check_is_a_config_error(tmp_path: Path, m
             ca.write_bytes(ca.read_bytes()[:200])  # a half-written file
             dev.kill()
             deadline = time.monotonic() + 20
-            while len(dev.exits) < 4 and time.monotonic() < deadline:  # the cut, then three quick resets
+            while len(dev.exits) < 5 and time.monotonic() < deadline:  # the cut, three quick resets, a deep sleep
                 time.sleep(0.1)
+            exits = list(dev.exits)
         finally:
             dev.stop()
         console = dev.console()
@@ -95,5 +96,6 @@ def test_a_ca_damaged_after_the_config_check_is_a_config_error(tmp_path: Path, m
     assert "config: device.json: broker.tls needs broker_ca.der, the broker's CA certificate (DER) on flash " \
            "(`lifeline flash --tls`): invalid cert" in console, console[-3000:]
     assert "safe mode" not in console, console[-3000:]
+    assert exits == [-9, 3, 3, 3, 4], exits
     state = dev.read("state.json")
-    assert (state["boot"], state["err"]) == (1, 3), state  # no boot counted after the cut: config errors
+    assert (state["boot"], state["err"]) == (1, 4), state  # no boot counted after the cut: config errors
