@@ -50,9 +50,21 @@ def desk(engine: Engine, broker: Mosquitto) -> Iterator[str]:
         yield url
 
 
+OPENED: list[httpx.Client] = []  # by client(), closed at the end of each test
+
+
+@pytest.fixture(autouse=True)
+def clients_closed() -> Iterator[None]:
+    """Left open, each client was an unclosed socket to the collector (a ResourceWarning with -W default)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def client(url: str, role: str | None = None) -> tuple[httpx.Client, str]:
-    """A client logged in as the user of `role` (none when None), and its CSRF token."""
+    """A client logged in as the user of `role` (none when None), and its CSRF token; closed after the test."""
     c = httpx.Client(base_url=url, timeout=20)
+    OPENED.append(c)
     if role is None:
         return c, ""
     r = c.post("/api/login", json={"user": USERS[role], "password": PASSWORD})
