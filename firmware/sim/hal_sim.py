@@ -241,10 +241,10 @@ class Board:
             except OSError:
                 continue
             self._flags(r)
-            for k in range(len(ready)):
-                if r["edges"][k]:
-                    last[ready[k]] = now
-                    p = self.pins[ready[k]]
+            for i in range(len(ready)):  # not k: the loop's own count above, reset to 0 here, never reached 50
+                if r["edges"][i]:
+                    last[ready[i]] = now
+                    p = self.pins[ready[i]]
                     p.handler(p)
             if r["hang"]:
                 while True:
