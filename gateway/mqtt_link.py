@@ -12,11 +12,14 @@ expires (MQTT 5's form of clean_session False), SUBSCRIBE and wait for the SUBAC
 
 Hostile or broken input: the CONNECT asks the broker for packets of at most `max_packet` bytes, and the
 Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
-on a packet a client never receives. The broker's window of unacknowledged deliveries is `receive_max`, and
-past `inbox_max` deliveries not yet taken the link stops reading until the caller has taken half, except while
-a SUBACK is awaited (a returning session's queue comes before the SUBACK, and nobody takes deliveries before
-the subscription is confirmed). A PUBACK behind the deliveries does not lift the limit: the caller publishes
-while it takes deliveries, and taking them lets the PUBACK in.
+on a packet a client never receives. A PUBLISH whose topic or a text property is not UTF-8 is malformed to
+MQTT 5 too, but closing on it would hold the queue behind it for good (the broker delivers it again at each
+connection), and the reader panics on it: it is handed over with its topic escaped and without properties,
+counted in `not_utf8` and logged once a connection (_not_utf8). The broker's window of unacknowledged
+deliveries is `receive_max`, and past `inbox_max` deliveries not yet taken the link stops reading until the
+caller has taken half, except while a SUBACK is awaited (a returning session's queue comes before the SUBACK,
+and nobody takes deliveries before the subscription is confirmed). A PUBACK behind the deliveries does not
+lift the limit: the caller publishes while it takes deliveries, and taking them lets the PUBACK in.
 
 One Link is one connection: message ids belong to it, so an ack can never reach a later connection.
 """
@@ -34,6 +37,7 @@ from types import TracebackType
 
 import mqtt5
 
+from gateway.logs import event
 from gateway.site_config import BrokerConfig
 
 NEVER_EXPIRES = 0xFFFFFFFF  # session expiry: the broker keeps the session (and its queue) while we are away
@@ -86,6 +90,7 @@ class Link(asyncio.Protocol):
         # QoS 1 publishes the broker takes unacknowledged: its Receive Maximum, from the CONNACK (MQTT 5 3.2.2.3.3)
         self._quota = asyncio.Semaphore(65535)
         self._misc: asyncio.Task[None] | None = None
+        self.not_utf8 = 0  # deliveries whose topic or a text property was not UTF-8
 
     # --- connection ----------------------------------------------------------------------------------------
 
@@ -297,16 +302,25 @@ class Link(asyncio.Protocol):
         try:
             with memoryview(buf) as view:
                 while pos < len(buf):
-                    try:
-                        packet, used = mqtt5.read(view[pos:])
-                    except IndexError:  # the rest of the packet is still to come
-                        self._check_size(view[pos:pos + 5])
-                        break
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException as exc:  # the reader (Rust) panics on text that is not UTF-8, and a
-                        # pyo3 PanicException is a BaseException: the packet is malformed all the same
-                        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+                    bad = None if view[pos] >> 4 != 3 or _plain(view, pos) else _not_utf8(view[pos:])
+                    if bad is not None:
+                        delivery, used, field = bad
+                        self.not_utf8 += 1
+                        if self.not_utf8 == 1:
+                            event(self.log, "delivery-not-utf8", logging.WARNING, field=field, topic=delivery.topic,
+                                  packet_id=delivery.packet_id)
+                        packet: mqtt5.Packet = delivery
+                    else:
+                        try:
+                            packet, used = mqtt5.read(view[pos:])
+                        except IndexError:  # the rest of the packet is still to come
+                            self._check_size(view[pos:pos + 5])
+                            break
+                        except (KeyboardInterrupt, SystemExit):
+                            raise
+                        except BaseException as exc:  # the reader (Rust) panics on text that is not UTF-8 in
+                            # other packets, and a pyo3 PanicException is a BaseException: malformed all the same
+                            raise ValueError(f"{type(exc).__name__}: {exc}") from None
                     if used > self.max_packet:
                         raise ValueError(f"a packet of {used} bytes, over the limit of {self.max_packet}")
                     pos += used
@@ -379,6 +393,92 @@ class Link(asyncio.Protocol):
         t = self._transport
         if t is not None and not t.is_closing():
             t.abort()
+
+
+def _plain(view: memoryview, pos: int) -> bool:
+    """The PUBLISH at `pos` has an ASCII topic and no properties, as every device message through Mosquitto has:
+    the reader can take it. A quick look (half a microsecond), not a check: False sends it to _not_utf8."""
+    try:
+        i = pos + 2
+        while view[i - 1] & 0x80:  # the remaining length
+            i += 1
+        topic_end = i + 2 + (view[i] << 8 | view[i + 1])
+        return view[i + 2:topic_end].tobytes().isascii() and not view[topic_end + 2 if view[pos] & 6 else topic_end]
+    except IndexError:
+        return False
+
+
+def _not_utf8(packet: memoryview) -> tuple[Message, int, str] | None:
+    """A whole PUBLISH whose topic or a text property is not UTF-8: the delivery with its topic escaped (which no
+    topic check takes for a topic of its own) and without its properties (the gateway reads none), the bytes it
+    took, and the field. None for a PUBLISH the reader can take, or one not all here yet; ValueError for one
+    malformed. The reader must not see such text: it panics, with the UnicodeDecodeError as an unraisable
+    warning and Rust's panic message on stderr, and it decodes texts before it finds some packets malformed."""
+    size, i = _varint(packet, 1, min(len(packet), 5))
+    end = i + size
+    if i < 0 or end > len(packet):
+        return None  # the reader's to judge: a remaining length of five bytes, or the rest still to come
+    topic_end = i + 2 + int.from_bytes(packet[i:min(i + 2, end)])
+    qos = packet[0] >> 1 & 3
+    length, props = _varint(packet, topic_end + 2 if qos else topic_end, end)
+    if size < 2 or props < 0 or props + length > end:
+        raise ValueError("a PUBLISH whose topic or properties run past its end")
+    topic = packet[i + 2:topic_end].tobytes()
+    field = _text_property_not_utf8(packet[props:props + length]) if _utf8(topic) else "topic"
+    if field is None:
+        return None
+    delivery = mqtt5.PublishPacket(topic.decode(errors="backslashreplace"), packet[props + length:end].tobytes(),
+                                   qos=mqtt5.QoS(qos), retain=bool(packet[0] & 1), duplicate=bool(packet[0] & 8),
+                                   packet_id=int.from_bytes(packet[topic_end:topic_end + 2]) if qos else None)
+    return delivery, end, field
+
+
+# A PUBLISH's properties (MQTT 5 3.3.2.3): its texts, the sizes of those of fixed size, and correlation data
+# (0x09: a length and bytes) and subscription identifiers (0x0B: a variable byte integer).
+_TEXTS = {0x03: "content type", 0x08: "response topic", 0x26: "user property"}  # 0x26: a pair of texts
+_FIXED = {0x01: 1, 0x02: 4, 0x23: 2}
+
+
+def _text_property_not_utf8(props: memoryview) -> str | None:
+    """The name of a PUBLISH's first text property that is not UTF-8, or None; ValueError if they are malformed."""
+    i = 0
+    while i < len(props):
+        pid, i = props[i], i + 1
+        if pid in _FIXED:
+            i += _FIXED[pid]
+        elif pid == 0x0B:
+            i = _varint(props, i, len(props))[1]
+        elif pid in _TEXTS or pid == 0x09:
+            for _ in range(2 if pid == 0x26 else 1):
+                value_end = i + 2 + int.from_bytes(props[i:i + 2])
+                if pid != 0x09 and value_end <= len(props) and not _utf8(props[i + 2:value_end]):
+                    return _TEXTS[pid]
+                i = value_end
+        else:
+            raise ValueError(f"a PUBLISH with property {pid:#04x}")
+        if not 0 <= i <= len(props):
+            raise ValueError("a PUBLISH whose properties run past their length")
+    return None
+
+
+def _utf8(text: bytes | memoryview) -> bool:
+    try:
+        str(text, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _varint(data: memoryview, i: int, end: int) -> tuple[int, int]:
+    """MQTT's variable byte integer at `i`, read before `end`: (value, where it ends), or (0, -1)."""
+    value = 0
+    for n in range(4):
+        if i + n >= end:
+            break
+        value |= (data[i + n] & 0x7F) << (7 * n)
+        if data[i + n] < 0x80:
+            return value, i + n + 1
+    return 0, -1
 
 
 def _qos(qos: int) -> mqtt5.QoS:

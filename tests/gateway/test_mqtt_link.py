@@ -122,11 +122,68 @@ async def test_a_whole_packet_past_the_limit_closes_the_link() -> None:
     mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=0).write(),  # QoS 1 needs an id
     mqtt5.PublishPacket("", b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=1, topic_alias=1).write(),  # never allowed
     mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(TOPIC)]).write(),  # a packet only a client sends
-    bytes([0x30, 0x05, 0x00, 0x02, 0xFF, 0xFE, 0x00]),  # a topic that is not UTF-8: the reader panicked
-    bytes([0x30, 0x0A, 0x00, 0x01, 0x61, 0x06, 0x26, 0x00, 0x01, 0xFF, 0x00, 0x00]),  # a user property, the same
+    bytes([0x30, 0x06, 0x00, 0x02, 0xFF, 0xFE, 0x05, 0x26]),  # a topic not UTF-8, properties past the end
 ])
 async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes) -> None:
     await expect_link_error(lambda w: w.write(garbage), "malformed packet")
+
+
+def publish(topic: bytes, mid: int, properties: bytes = b"") -> bytes:
+    """A QoS 1 PUBLISH of raw topic bytes, as a broken broker could send (mqtt5 writes only str topics)."""
+    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + bytes([len(properties)]) + properties
+    body += b"payload %d" % mid
+    return bytes([0x32, len(body)]) + body
+
+
+async def test_a_delivery_whose_text_is_not_utf8_is_counted_and_handed_over_with_the_good_ones(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto closes a client that publishes such a topic, so only a broken or hostile broker sends one. The
+    reader panicked on it (a UnicodeDecodeError as an unraisable warning, Rust's panic on stderr) and the link
+    closed, with the good deliveries read beside it unacknowledged: a broker that delivers it again on every
+    connection held the queue behind it for good. Now it is acknowledged once taken, as any delivery, and
+    handed over with its topic escaped, which no handler takes for a topic of its own (the site's quarantines
+    it); a text property not UTF-8 is dropped with the properties, which the gateway never reads."""
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    acked: list[int] = []
+    sent = [publish(TOPIC.encode(), 1), publish(b"lifeline/v1/s1/d\xff/data", 2),
+            publish(TOPIC.encode(), 3, bytes([0x26, 0x00, 0x01, 0xFF, 0x00, 0x00])),  # a user property
+            publish(TOPIC.encode(), 4)]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write() + b"".join(sent))
+        buf = b""
+        while data := await reader.read(4096):
+            buf += data
+            while buf:
+                try:
+                    packet, used = mqtt5.read(memoryview(buf))
+                except IndexError:
+                    break
+                buf = buf[used:]
+                if isinstance(packet, mqtt5.PubAckPacket):
+                    acked.append(packet.packet_id)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    with caplog.at_level(logging.WARNING, log.name):
+        async with server, Link(config(server.sockets[0].getsockname()[1]), log, timeout_s=5) as link:
+            got = [await link.message()]
+            await asyncio.sleep(0.2)
+            got += link.ready(10)
+            for m in got:
+                link.ack(m)
+            await asyncio.sleep(0.2)
+            assert link.not_utf8 == 2
+            await link.publish(TOPIC, b"q0", qos=0)  # still connected
+    assert [(m.topic, m.payload, m.packet_id) for m in got] == [
+        (TOPIC, b"payload 1", 1), ("lifeline/v1/s1/d\\xff/data", b"payload 2", 2), (TOPIC, b"payload 3", 3),
+        (TOPIC, b"payload 4", 4)]
+    assert sorted(acked) == [1, 2, 3, 4]
+    assert [r.getMessage() for r in caplog.records] == ["delivery-not-utf8"]  # once a connection
+    assert getattr(caplog.records[0], "fields", {})["field"] == "topic"
+    assert not unraisable and "panicked" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("request_, answer", [
