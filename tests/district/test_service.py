@@ -20,7 +20,7 @@ import pytest
 
 from lifeline.virtual import leftovers
 from lifeline.virtual.broker import free_port
-from lifeline.virtual.district import DistrictProcess, write_config
+from lifeline.virtual.district import DistrictProcess, follow, write_config
 from lifeline.virtual.site import GatewayProcess, Site, environment, lifeline_cmd, metrics, reading
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,17 +273,6 @@ def test_a_worker_takes_its_sites_anew_on_sighup(tmp_path: Path) -> None:
         gw.kill()
         s.stop()
     assert code == 0 and "worker-stopped" in worker.log(), worker.log()[-3000:]
-
-
-def follow(base: str, cookies: httpx.Cookies, opened: threading.Event) -> str:
-    """The desk's live feed read to its end: how it ended."""
-    try:
-        with httpx.Client(base_url=base, cookies=cookies, timeout=30) as c, c.stream("GET", "/api/events") as r:
-            for _ in r.iter_lines():
-                opened.set()
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "ended"
 
 
 def test_the_desk_takes_its_risk_points_anew_on_sighup_and_ends_its_feeds_on_sigterm(tmp_path: Path) -> None:
