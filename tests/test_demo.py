@@ -233,6 +233,12 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert s["latency_s"] is not None and -stamp <= s["latency_s"] < 30, s
         assert s["t_dev"] - stamp <= s["t_gw"] <= s["t_district"], s
     assert (out / "summary.md").read_text().startswith("# Site demo")
+    # Every device came online once, before the script began, and nothing went offline: the summary counts the
+    # run from power-on, not only the script's window (whose births were always 0, "online at" always blank).
+    for dev in site.select(quick=True):
+        d = summary["devices"][dev.id]
+        assert (d["births"], d["deaths"]) == (1, 0) and d["first_birth_s"] is not None, (dev.id, d)
+        assert -60 < d["first_birth_s"] < 0, (dev.id, d)
     assert (out / "district.jsonl").stat().st_size > 0
 
     # The district service took both sites' upstream, each through its own gateway, and its desk shows them.

@@ -155,14 +155,17 @@ class Summary:
 
 
 def summarise(site: Site, log: DistrictLog, t0: float, quick: bool, devices: Iterable[str],
-              notes: Sequence[str] = (), desk: Mapping[str, Any] | None = None) -> Summary:
+              notes: Sequence[str] = (), desk: Mapping[str, Any] | None = None,
+              since_power_on: Sequence[Entry] = ()) -> Summary:
     """The run judged. With the desk's scripted supervisor (`desk["operator"]`), a work order left
-    unclosed fails the run as a missing alarm does."""
+    unclosed fails the run as a missing alarm does. `log` is the script's window; the devices' births,
+    deaths and packs are counted over `since_power_on` (the window if empty), as they come online before
+    the script begins."""
     seen = judge(site, log)
     lat = [s.latency_s for s in seen if s.latency_s is not None]
     per_dev: dict[str, dict[str, Any]] = {d: {"births": 0, "deaths": 0, "packs": 0, "first_birth_s": None}
                                           for d in devices}
-    for e in log.entries:
+    for e in since_power_on or log.entries:
         if e.kind == district.UP_STATE and isinstance(e.body, Mapping) and e.body.get("dev") in per_dev:
             d = per_dev[e.body["dev"]]
             if e.body.get("st") == "online":
@@ -232,7 +235,8 @@ def write_summary(summary: Summary, out: Path) -> tuple[Path, Path]:
                          f"{o['level'] or '-'} | {o['cause'] or ''} |")
     else:
         lines.append("None.")
-    lines += ["", "## Devices", "", "| device | births | deaths | telemetry packs | online at (s) |",
+    lines += ["", "## Devices", "", "Since power-on; the script begins at 0 s.", "",
+              "| device | births | deaths | telemetry packs | online at (s) |",
               "| --- | --- | --- | --- | --- |"]
     for dev, d in summary.devices.items():
         online = "-" if d["first_birth_s"] is None else f"{d['first_birth_s']:.1f}"

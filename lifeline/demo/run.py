@@ -428,7 +428,8 @@ class Demo:
         except (httpx.HTTPError, operator.DeskError) as exc:
             district = {}
             notes.append(f"desk: {exc}")
-        summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes, district)
+        summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes, district,
+                                        self.recorder.entries())
         ruleset = site_config.load(self.work / "site.toml").ruleset
         png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out)
         desk_png = self.out / "desk.png"
