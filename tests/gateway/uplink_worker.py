@@ -3,8 +3,10 @@
 usage: uplink_worker.py STORE PORT [--fill N]
 
 --fill puts N telemetry messages (ten devices), one alarm and one state item per 100, committed in batches of
-200 as the ingest would, then drains to the district broker on PORT at a slow, bounded rate so the test can
-kill it mid-drain. Without --fill it only drains what the store holds.
+200 as the ingest would, in rows of the uplink's 20 as the daemon writes them, then drains to the district broker
+on PORT at a slow, bounded rate so the test can kill it mid-drain: 50 publishes a second, 6 s for the telemetry,
+so the 40% left after the last kill outlasts the recorder falling behind on a loaded machine. Without --fill it
+only drains what the store holds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gateway.uplink import Uplink
 from protocol import district
 
 T0 = 1_763_900_000.0
+ITEMS = 20  # device messages a telemetry publish carries
 
 
 def fill(outbox: Outbox, n: int) -> None:
@@ -44,11 +47,11 @@ async def main() -> None:
     parser.add_argument("--fill", type=int, default=0)
     args = parser.parse_args()
     setup("kv", "info")
-    outbox = Outbox(open_store(args.store), 1 << 30)
+    outbox = Outbox(open_store(args.store), 1 << 30, row_entries=ITEMS)
     fill(outbox, args.fill)
     print("filled", flush=True)
     broker = BrokerConfig("127.0.0.1", args.port, "sigkill-worker", None, None, None, 30)
-    await Uplink(outbox, broker, "site-a", max_items=20, drain_rate=100, max_inflight=8, tick_s=0.2,
+    await Uplink(outbox, broker, "site-a", max_items=ITEMS, drain_rate=50, max_inflight=8, tick_s=0.2,
                  backoff_max_s=0.5).run()
 
 
