@@ -546,6 +546,13 @@ class Gateway:
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
               rules_applied=applied, ota_releases=",".join(self.releases.versions()))
         self._warn_unruled()
+        if not applied and cfg.ruleset.to_json() != self.alarms.ruleset.to_json():
+            # an edit at the active version (or below a set the district pushed) is not applied; a restart
+            # would apply one at the same version
+            event(log, "reload-rules-not-applied", logging.WARNING, files_version=cfg.ruleset.version,
+                  active_version=self.alarms.ruleset.version,
+                  why=f"the rules read differ from the active set: give them a version above "
+                      f"{self.alarms.ruleset.version} to apply them")
         ignored = site_config.restart_needed(self.cfg, cfg)
         if ignored:
             event(log, "reload-needs-restart", logging.WARNING, settings=",".join(ignored))

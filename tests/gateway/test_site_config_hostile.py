@@ -212,3 +212,29 @@ def test_a_rule_class_of_no_device_class_and_no_risk_point_is_refused(tmp_path: 
         assert not [r for r in caplog.records if r.getMessage() in ("reloaded", "devices-without-rules")]
     finally:
         gw.conn.close()
+
+
+def test_a_rule_edited_without_a_higher_version_is_named_on_reload(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """An operator who changed a threshold (a file or [rules.overrides]) and sent SIGHUP without raising the
+    set's version was told only `reloaded rules_applied=false`: the old threshold stayed, and the edit took
+    effect unannounced at the next restart (which applies a set of the same version)."""
+    rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n'
+    gw = Gateway(load(site_toml(tmp_path, rules)))
+    try:
+        with caplog.at_level(logging.INFO):
+            gw.reload()  # nothing changed: nothing said
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            site_toml(tmp_path, rules + '\n[rules.overrides.gas.devices.d1.ch4]\nlevels = { yellow = 30, red = 60 }\n'
+                      'clear = { yellow = 25, red = 50 }\n')
+            gw.reload()
+        warned = [r for r in caplog.records if r.getMessage() == "reload-rules-not-applied"]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert {k: getattr(warned[0], "fields", {})[k] for k in ("files_version", "active_version")} == {
+            "files_version": 1, "active_version": 1}
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            gw.reload()  # the same edit again: said again, as it is still not in force
+        assert [r for r in caplog.records if r.getMessage() == "reload-rules-not-applied"]
+    finally:
+        gw.conn.close()
