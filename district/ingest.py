@@ -136,7 +136,7 @@ class Worker:
             if store.apply_alarm(conn, site, body, received=received, hist=hist):
                 self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
-                if body.get("level") in store.WORK_ORDER_LEVELS and not hist:  # it may have opened its order
+                if body.get("level") in store.WORK_ORDER_LEVELS:  # it may have opened its order
                     order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == body["id"])).scalar()
                     if order is not None:
                         self._notices.append(notice("work-order", id=order))

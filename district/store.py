@@ -268,7 +268,7 @@ def _rank(level: str | None) -> int:
 
 def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, received: float, hist: bool = False) -> bool:
     """One alarm transition; False if it was a resend the district already had. Opens a work order when a
-    live alarm reaches orange or red."""
+    live alarm reaches orange or red, by a live transition or by one from the site's backlog."""
     ev, level, t_gw = body["ev"], body.get("level"), float(body["t_gw"])
     new = conn.execute(dialect_insert(conn, alarm_events).values(
         alarm=body["id"], ev=ev, level=level, prev=body.get("prev"), value=body.get("value"), t_gw=t_gw,
@@ -293,7 +293,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     if _rank(level) > 0:
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
-    if level in WORK_ORDER_LEVELS and not hist:
+    if level in WORK_ORDER_LEVELS and (not hist or _live(conn, body["id"])):
         opened = conn.execute(dialect_insert(conn, work_orders).values(
             alarm=body["id"], site=site, state="open", opened=received, updated=received)
             .on_conflict_do_nothing().returning(work_orders.c.id)).first()
@@ -301,6 +301,14 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
             conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
                                                           at=received, note=f"{level} {body.get('metric')}"))
     return True
+
+
+def _live(conn: Connection, alarm_id: str) -> bool:
+    """Whether the board shows an alarm as live: raised live and not cleared. A backlog's orange or red of one (it
+    escalated while the site's link was down) opens its order; the gateway's resends of it never would, being
+    that transition again."""
+    row = conn.execute(select(alarms.c.hist, alarms.c.state).where(alarms.c.id == alarm_id)).first()
+    return row is not None and not row.hist and row.state == "open"
 
 
 def _follows(ev: str, t_gw: float, step: int | None) -> ColumnElement[bool]:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from test_hostile_upstream import T0, alarm, publish, worker
 
+from district import queries
 from district.live import CHANGES_TOPIC
 from district.schema import work_orders
 from protocol import district as dtopics
@@ -48,3 +49,34 @@ async def test_an_alarm_that_opens_a_work_order_tells_the_desks_of_the_order(eng
     for _ in range(20):
         await asyncio.sleep(0)
     assert told == [{"kind": "alarm", "site": "north", "id": B}]
+
+
+async def test_a_live_alarm_that_went_red_during_an_outage_opens_its_order(engine: Engine) -> None:
+    """A site's link drops while one of its live alarms is yellow; the gateway escalates it to red meanwhile and
+    sends that up from its backlog (hist) when the link is back. The board showed the alarm live and red, and it
+    had no work order: the order was left to live transitions, and the gateway's resends of this one are the
+    same transition again, never new. The officer saw a red alarm with "No work order" and nothing to dispatch."""
+    w = worker(engine)
+    told: list[dict[str, Any]] = []
+
+    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        told.append(json.loads(payload))
+
+    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w.handle([publish(dtopics.ALARM, alarm(id=A, level="yellow"))])
+    escalated = {**alarm(id=A, ev="escalated", level="red", prev="yellow", t_gw=T0 + 600), "hist": True}
+    w.handle([publish(dtopics.ALARM, escalated)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    with engine.connect() as conn:
+        board = {a["id"]: a for a in queries.open_alarms(conn, {})}
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar()
+    assert (board[A]["state"], board[A]["level"]) == ("open", "red")
+    assert order is not None and board[A]["work_order"] == {"id": order, "state": "open", "team": None, "round": 1}
+    assert {"kind": "work-order", "id": order} in told
+    # An alarm raised in the backlog is historical: shown as such, and no order
+    w.handle([publish(dtopics.ALARM, {**alarm(id=B, level="red"), "hist": True})])
+    with engine.connect() as conn:
+        board = {a["id"]: a for a in queries.open_alarms(conn, {})}
+        assert conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == B)).scalar() is None
+    assert (board[B]["state"], board[B]["work_order"]) == ("historical", None)
