@@ -255,7 +255,7 @@ class Rollout:
         return sum(len(s.failed) for s in self.stages)
 
     def sent(self) -> int:
-        return sum(len(s.devices) for s in self.stages if s.sent_at)
+        return len(self.commands)
 
     def send(self, dev: str) -> None:
         _, _, sends = self.commands.get(dev, (0, 0.0, 0))
@@ -273,9 +273,18 @@ class Rollout:
                 break
             stage.sent_at = time.time()
             self.exp = int(stage.sent_at + timeout_s)
-            self.say(f"{stage.name}: sending {self.rel.version} to {len(stage.devices)} node(s): "
-                     f"{', '.join(stage.devices)}")
+            # A node may have landed since the targets were read: sent the release by an earlier, interrupted
+            # run, it downloads on. Sent again, it reboots into the updater, which refuses the release as no
+            # newer than what runs and reports that upstream as a failed update.
+            nodes, _ = self.read()
             for dev in stage.devices:
+                if (nodes.get(dev) or NodeOta(dev)).running == self.rel.version:
+                    stage.landed.add(dev)
+                    self.say(f"  {dev:<16} already running {self.rel.version}")
+            if stage.open():
+                self.say(f"{stage.name}: sending {self.rel.version} to {len(stage.open())} node(s): "
+                         f"{', '.join(stage.open())}")
+            for dev in stage.open():
                 self.send(dev)
             deadline = stage.sent_at + timeout_s
             told = stage.sent_at

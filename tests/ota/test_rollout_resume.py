@@ -1,0 +1,96 @@
+"""`lifeline ota rollout` run again after one was interrupted (Ctrl-C, a dropped SSH session): the nodes the first
+run sent the release go on downloading and land while the second runs. A real broker and the gateway's store
+(written as the daemon writes it: gateway/ota_relay.Ledger); the nodes are paho clients that land on a command."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from test_rollout_refusals import release_dir
+
+from gateway.ota_relay import Ledger
+from lifeline import cli
+from lifeline.virtual.broker import Mosquitto
+from protocol import topics
+
+DEVICES = ("gas-01", "gas-02", "gas-03")
+NEW = "0.2.0"
+
+
+class Nodes:
+    """Each node lands on 0.2.0 as its command arrives (its birth in the store); `also` lands with gas-01's."""
+
+    def __init__(self, store: Path, port: int, also: tuple[str, ...]) -> None:
+        self.conn = sqlite3.connect(store, check_same_thread=False)
+        self.ledger = Ledger(self.conn)
+        self.also = also
+        self.commands: dict[str, int] = {}
+        self.lock = threading.Lock()
+        for dev in DEVICES:
+            self._born(dev, "0.1.0", time.time() - 3600)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="nodes")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topics.device_filter("site-a", topics.CMD), qos=1)
+        self.client.loop_start()
+
+    def _born(self, dev: str, version: str, t: float) -> None:
+        with self.lock:
+            self.ledger.birth(dev, version, t)
+            self.ledger.flush()
+            self.conn.commit()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        dev = topics.parse_device(msg.topic)[1]
+        self.commands[dev] = self.commands.get(dev, 0) + 1
+        for d in (dev, *self.also) if dev == "gas-01" else (dev,):
+            self._born(d, NEW, time.time())
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+        self.conn.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+def config(tmp_path: Path, served: Path, port: int) -> Path:
+    path = tmp_path / "site.toml"
+    devices = "".join(f'\n[[devices]]\nid = "{d}"\nclass = "gas"\nkey = "{bytes(32).hex()}"\n' for d in DEVICES)
+    path.write_text(f'[site]\nid = "site-a"\n[site_broker]\nhost = "127.0.0.1"\nport = {port}\n'
+                    f'[district_broker]\nhost = "127.0.0.1"\n[store]\npath = "{tmp_path / "gw.db"}"\n'
+                    f'[ota]\nreleases = ["{served}"]\n{devices}')
+    return path
+
+
+def test_a_node_that_lands_before_its_stage_is_not_sent_the_release_again(
+        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    """gas-02 had the release from the interrupted run and lands while this run's canary updates: its wave
+    found it running 0.2.0 and sent it the command all the same, a reboot into the updater for nothing, which
+    refused the release (not above the version running) and told the district so as a failed update."""
+    served = release_dir(tmp_path / NEW)
+    site = config(tmp_path, served, broker.port)
+    nodes = Nodes(tmp_path / "gw.db", broker.port, also=("gas-02",))
+    summary = tmp_path / "summary.json"
+    try:
+        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "1",
+                         "--stage-timeout", "20", "--poll", "0.1", "--summary", str(summary)]) == 0
+    finally:
+        nodes.close()
+    out = capsys.readouterr().out
+    assert nodes.commands == {"gas-01": 1, "gas-03": 1}, (nodes.commands, out)
+    doc = json.loads(summary.read_text())
+    assert doc["landed"] == list(DEVICES) and not doc["failed"] and not doc["pending"], doc
+    assert "gas-02           already running 0.2.0" in out, out
