@@ -194,6 +194,23 @@ class _Stats:
         return district_wire.metric_summary(name, start, self.count, self.unit, self.last, spread)
 
 
+def queued(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float | None]], int]:
+    """Entries and the oldest row's queue time per lane, and the bytes charged to the budget, read without
+    writing (`lifeline status`, on a read-only connection beside the daemon): the lane totals plus the rows put
+    since they were last counted (`Outbox._count`), in one statement, so one snapshot: a count the daemon
+    commits between two reads would add those rows twice."""
+    lanes: dict[str, tuple[int, float | None]] = {}
+    used = 0
+    for lane, entries, size, oldest in conn.execute(
+            "SELECT l.lane, l.rows + coalesce(u.entries, 0), l.bytes + coalesce(u.size, 0), "
+            "(SELECT t FROM outbox WHERE lane = l.lane ORDER BY id LIMIT 1) FROM outbox_lanes AS l LEFT JOIN "
+            f"(SELECT lane, total(entries) AS entries, total(length(body)) + count(*) * {ROW_OVERHEAD} AS size "
+            "FROM outbox WHERE id > (SELECT id FROM outbox_counted) GROUP BY lane) AS u ON u.lane = l.lane"):
+        lanes[LANES[lane]] = (int(entries), oldest)
+        used += int(size)
+    return {name: lanes.get(name, (0, None)) for name in LANES}, used
+
+
 class Outbox:
     """The outbox tables on the shared store connection, with in-memory leases for rows in flight."""
 

@@ -1,5 +1,5 @@
-"""`lifeline status`: the devices of a site (online, boot, firmware, last seen, battery, signal, sequence gaps)
-and its active alarms, read from the gateway's store while the daemon runs."""
+"""`lifeline status`: the devices of a site (online, boot, firmware, last seen, battery, signal, sequence gaps),
+its active alarms and what waits for the district, read from the gateway's store while the daemon runs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.alarms import Transition
+from gateway.outbox import queued
 from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
@@ -36,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         conn = open_readonly(args, ("device_health",))
-        classes = {d.id: d.cls for d in load(args.config).devices.values()} if args.config else {}
+        cfg = load(args.config) if args.config else None
+        classes = {d.id: d.cls for d in cfg.devices.values()} if cfg else {}
+        budget_mb = cfg.disk_budget_mb if cfg else None
     except (ConfigError, StoreError) as exc:
         print(exc, file=sys.stderr)  # one line as it is: a terminal-wide wrap would break a path
         return 2
@@ -56,7 +59,21 @@ def run(args: argparse.Namespace) -> int:
                           str(gaps), str(dups), str(replays))
         console.print(table)
         console.print(_alarm_table(conn, now))
+        console.print(_queued(conn, now, budget_mb))
     return 0
+
+
+def _queued(conn: sqlite3.Connection, now: float, budget_mb: float | None) -> str:
+    """What waits in the outbox for the district (sent but not yet acknowledged included): while its link is
+    down, how much and since when."""
+    try:
+        lanes, used = queued(conn)
+    except sqlite3.OperationalError:  # the daemon has not created the outbox yet
+        return "queued for the district: nothing (no outbox yet)"
+    parts = [f"{name} {n}" + (f" (oldest {_age(now, t)})" if t is not None else "") for name, (n, t) in lanes.items()]
+    size = f"{used / 2**10:.0f} KB" if used < 2**20 else f"{used / 2**20:.1f} MB"
+    held = f"{size} in the outbox" + (f" (budget {budget_mb:g} MB)" if budget_mb is not None else "")
+    return "queued for the district: " + ", ".join(parts) + "; " + held
 
 
 def _alarm_table(conn: sqlite3.Connection, now: float) -> Any:

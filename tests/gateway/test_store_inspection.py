@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from gateway.admission import Checker
 from gateway.device_list import DeviceConfig, DeviceList
 from gateway.ota_relay import Ledger
+from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker
@@ -192,3 +194,31 @@ def test_show_of_an_id_not_kept_is_one_line_on_stderr(tmp_path: Path, row_id: st
     assert cli.main(["quarantine", "--store", str(store), "show", row_id]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"no quarantined message {row_id}\n"
+
+
+def test_status_says_what_waits_for_the_district(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The district link down for an hour: `lifeline status` showed devices and alarms, and nothing of the
+    outbox, so an operator could not tell whether anything was queued or since when without the metrics. It
+    says each lane's entries (counted by the daemon, and put since), the oldest's age and the bytes held."""
+    monkeypatch.setenv("COLUMNS", "200")
+    store = tmp_path / "gw.db"
+    conn, _checker = _site_store(store)
+    out = Outbox(conn, budget_bytes=512 * 2**20)
+    now = time.time()
+    out.put_alarm({"ev": "raised"}, now=now - 3600)
+    for seq in range(150):
+        out.put_telemetry("gas-01", seq, 1, [{"n": "ch4", "v": 1.0, "t": now - 3000}], now=now - 3000)
+    out.flush()
+    conn.commit()
+    assert out.depth()["telemetry"] == 150  # these are in the daemon's lane totals now
+    conn.commit()
+    for seq in range(150, 250):
+        out.put_telemetry("gas-01", seq, 1, [{"n": "ch4", "v": 1.0, "t": now - 60}], now=now - 60)
+    out.flush()
+    conn.commit()
+    conn.close()
+    assert cli.main(["status", "--store", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "queued for the district: alarm 1 (oldest 60m), state 0, telemetry 250 (oldest 50m); " in shown, shown
+    assert " KB in the outbox" in shown
