@@ -426,8 +426,9 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
             signal.signal(signum, handler)
         sender.close()
         conn.close()
-    untouched = [d for s in stages if not s.sent_at for d in s.devices]
-    pending = [d for s in stages if s.sent_at for d in s.devices if d not in s.landed and d not in s.failed]
+    # sent: what has a command, not every node of a stage begun (an interrupt can come between two sends)
+    untouched = [d for s in stages for d in s.devices if d not in ro.commands and d not in s.landed]
+    pending = [d for s in stages for d in s.devices if d in ro.commands and d not in s.landed and d not in s.failed]
     landed = sorted(d for s in stages for d in s.landed)
     failed = {d: why for s in stages for d, why in s.failed.items()}
     # written before it is told: after a hang-up the terminal is gone, and a print there fails

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -17,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_rollout_refusals import release_dir
 
 from gateway.ota_relay import Ledger
-from lifeline import cli
+from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto
 from protocol import topics
 
@@ -94,3 +95,31 @@ def test_a_node_that_lands_before_its_stage_is_not_sent_the_release_again(
     doc = json.loads(summary.read_text())
     assert doc["landed"] == list(DEVICES) and not doc["failed"] and not doc["pending"], doc
     assert "gas-02           already running 0.2.0" in out, out
+
+
+def test_a_rollout_interrupted_while_it_sends_names_the_nodes_it_never_sent(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or a hang-up) after the first of a stage's commands went out: the summary listed every node of the
+    stage as sent and pending, none untouched, so a script resuming from it waited for nodes that never had the
+    command, and the halt share's count was out by as many."""
+    send = ota.Sender.send
+    calls = []
+
+    def send_once(self: ota.Sender, *args: Any) -> bool:
+        calls.append(args)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return send(self, *args)
+
+    monkeypatch.setattr(ota.Sender, "send", send_once)
+    served = release_dir(tmp_path / NEW)
+    site = config(tmp_path, served, broker.port)
+    nodes = Nodes(tmp_path / "gw.db", broker.port, also=())
+    summary = tmp_path / "summary.json"
+    try:
+        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "3",
+                         "--summary", str(summary)]) == 130
+    finally:
+        nodes.close()
+    doc = json.loads(summary.read_text())
+    assert (doc["pending"], doc["untouched"]) == (["gas-01"], ["gas-02", "gas-03"]), doc
