@@ -35,6 +35,9 @@ async function api(path, body) {
   if (!r.ok) {
     const err = new Error(data.error || r.statusText);
     err.status = r.status;
+    // The session ended (its 12 h, a logout elsewhere) under an action or a fetch: the login, not an error under
+    // the buttons with no way to log in but a reload, which lost what the officer had typed.
+    if (r.status === 401 && desk.me) showLogin("Your session has ended: log in again.");
     throw err;
   }
   return data;
@@ -232,8 +235,8 @@ function renderActions(a, order) {
   const box = [];
   const post = async (path, body) => {
     $("action-error").textContent = "";
-    try { await api(path, body); } catch (e) { $("action-error").textContent = e.message; }
-    await refresh(["alarms", "orders", "times"]);
+    try { await api(path, body); } catch (e) { if (e.status !== 401) $("action-error").textContent = e.message; }
+    if (desk.me) await refresh(["alarms", "orders", "times"]);
   };
   // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,
   // goes into the new fields, or a correction being written would vanish under the cursor.
@@ -436,7 +439,7 @@ function connect() {
 function reopen(es) {
   if (desk.events !== es || !desk.me) return;
   api("/api/me").then(() => { if (desk.events === es) connect(); },
-    (e) => { if (e.status === 401) showLogin(); else setTimeout(() => reopen(es), 3000); });
+    (e) => { if (e.status !== 401) setTimeout(() => reopen(es), 3000); });  // 401: api() showed the login
 }
 
 // --- start ----------------------------------------------------------------------------------------
@@ -461,8 +464,11 @@ async function start(me) {
   connect();
 }
 
-function showLogin() {
+// The desk's panels stay in the page behind the login, so what was typed is there when the officer is back.
+function showLogin(why) {
   desk.me = null;
+  if (desk.events) { desk.events.close(); desk.events = null; }
+  $("login-error").textContent = why || "";
   $("desk").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
@@ -512,5 +518,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   // Ages tick on the page itself; nothing is fetched for them.
   setInterval(() => { for (const el of document.querySelectorAll(".age")) el.textContent = age(+el.dataset.t || null); }, 1000);
-  api("/api/me").then(start, showLogin);
+  api("/api/me").then(start, () => showLogin());
 });

@@ -429,3 +429,41 @@ def test_a_reading_moves_its_devices_last_seen_without_fetching_every_device(tmp
         assert len(fetched) == 1
         page.close()
     engine.dispose()
+
+
+def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_typed(tmp_path: Path,
+                                                                                  browser: Browser) -> None:
+    """The shift's session ended (12 h, or a logout at another desk) while the officer was typing a team: Dispatch
+    was answered 401 and the page only wrote "log in first" under the buttons, with no login to be had but a
+    reload, which lost the team typed. The login is shown, saying why; once logged in again the order is where it
+    was, the team still typed, and the dispatch goes through once."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        workorders.ack_alarm(conn, RED, Session("t", USERS["operator"], "operator", "c"), now=now - 30)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        page.fill("#team", "pipe team 3")
+        with engine.begin() as conn:
+            conn.execute(delete(sessions))
+        page.click("#act-dispatch")
+        expect(page.locator("#login-view")).to_be_visible(timeout=5_000)
+        expect(page.locator("#login-error")).to_contain_text("log in again")
+        page.fill("#login-user", USERS["operator"])
+        page.fill("#login-pass", PASSWORD)
+        page.click("#login-btn")
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        expect(page.locator("#team")).to_have_value("pipe team 3")
+        expect(page.locator("#action-error")).to_have_text("")
+        page.click("#act-dispatch")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
+        expect(page.locator("#stale")).to_be_hidden()
+        page.close()
+    engine.dispose()
