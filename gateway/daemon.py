@@ -400,7 +400,7 @@ class Gateway:
         self.outbox.put_alarm(t.body(), t.gateway_time)
         event(log, "alarm", logging.DEBUG if t.resend else logging.WARNING, ev=t.event, id=t.alarm_id,
               dev=t.device, metric=t.metric, alarm_level=t.level.label if t.level else None, value=t.value,
-              point=t.point, rule=t.rule, rver=t.rule_version, resend=t.resend)
+              point=t.point, rule=t.rule, rver=t.rule_version, cause=t.cause, resend=t.resend)
 
     def _up_state(self, kind: str, body: Mapping[str, Any]) -> None:
         self.outbox.put_state(kind, body)

@@ -7,10 +7,12 @@ An in-process gateway over its real store; site.toml is rewritten as an operator
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 
 from gateway.daemon import Gateway
 from gateway.ingest import Incoming
@@ -66,4 +68,19 @@ def test_a_device_left_out_of_site_toml_across_a_restart_is_forgotten_at_start(t
     gw.tick(NOW + GAS_YELLOW_S + 5)  # after a restart silence counts from the first tick: nothing yet
     gw.tick(NOW + 2 * GAS_YELLOW_S + 10)
     assert [(dev, ev) for dev, kind, ev, _ in summary(gw)[2:]] == [("d1", "raised")]
+    gw.conn.close()
+
+
+def test_the_journal_says_why_an_alarm_cleared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The alarm's log line had no cause: a device taken off the list (or a rule removed) logged
+    `ev=cleared ... value=50.0`, which reads as the value 50 having cleared it, and a stale alarm raised by a
+    will looked like one raised by silence. The district got the cause; the site's journal did not."""
+    gw = Gateway(load(write_site(tmp_path, ["d1", "d2"])))
+    gw.handle_site([reading("d2", 1, 50.0, NOW), reading("d2", 2, 50.0, NOW + 1)])
+    write_site(tmp_path, ["d1"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        gw.reload()
+    cleared = [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "alarm"]
+    assert [(f["ev"], f.get("cause")) for f in cleared] == [("cleared", "device-removed")]
     gw.conn.close()
