@@ -235,7 +235,11 @@ function renderActions(a, order) {
   const box = [];
   const post = async (path, body) => {
     $("action-error").textContent = "";
-    try { await api(path, body); } catch (e) { if (e.status !== 401) $("action-error").textContent = e.message; }
+    try {
+      const r = await api(path, body);
+      // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.
+      if (r.down && r.down !== "sent") $("action-error").textContent = r.down;
+    } catch (e) { if (e.status !== 401) $("action-error").textContent = e.message; }
     if (desk.me) await refresh(["alarms", "orders", "times"]);
   };
   // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,

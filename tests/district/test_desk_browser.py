@@ -467,3 +467,25 @@ def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_type
         expect(page.locator("#stale")).to_be_hidden()
         page.close()
     engine.dispose()
+
+
+def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(tmp_path: Path, browser: Browser) -> None:
+    """An ack goes down to the site so its gateway stops re-sending the alarm. With the district broker away the
+    desk acknowledged it and answered why it was not sent ("down"), and the page dropped the answer: the officer
+    saw the alarm acknowledged and nothing else, and the site went on re-sending it, with no one told."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#act-ack")).to_be_visible()
+        broker.stop()
+        page.click("#act-ack")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        expect(page.locator("#action-error")).to_contain_text("not sent to s1")
+        page.close()
+    engine.dispose()
