@@ -147,6 +147,13 @@ def rows(conn: sqlite3.Connection, reason: str | None = None, limit: int = 50) -
     return [Row(*r) for r in conn.execute(sql, (*args, limit))]
 
 
+def evicted(conn: sqlite3.Connection) -> int:
+    """Rows the bounds have deleted since the store was made: ids are never reused (AUTOINCREMENT, and a
+    rollback takes its ids back), and only eviction deletes a row."""
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'quarantine'").fetchone()
+    return 0 if seq is None else max(0, int(seq[0]) - conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+
 def row(conn: sqlite3.Connection, row_id: int) -> Row | None:
     r = conn.execute("SELECT id, at, reason, detail, topic, size, raw FROM quarantine WHERE id = ?",
                      (row_id,)).fetchone()

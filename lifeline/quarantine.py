@@ -11,7 +11,7 @@ import cbor2
 from rich.console import Console
 from rich.table import Table
 
-from gateway.quarantine import REASONS, row, rows
+from gateway.quarantine import REASONS, evicted, row, rows
 from gateway.site_config import ConfigError
 from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
 
@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
                               shown(r.topic), str(r.size), shown(r.detail))
             console.print(table)
             totals = conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
-            console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none"))
+            gone = evicted(conn)
+            console.print("kept: " + (", ".join(f"{reason} {n}" for reason, n in totals) or "none")
+                          + (f"; {gone} older rejects evicted by the [quarantine] bounds" if gone else ""),
+                          markup=False)
             return 0
         one = row(conn, args.id) if -2**63 <= args.id < 2**63 else None  # past SQLite's integers: none such
         if one is None:

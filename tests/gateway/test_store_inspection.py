@@ -222,3 +222,19 @@ def test_status_says_what_waits_for_the_district(tmp_path: Path, monkeypatch: py
     shown = capsys.readouterr().out
     assert "queued for the district: alarm 1 (oldest 60m), state 0, telemetry 250 (oldest 50m); " in shown, shown
     assert " KB in the outbox" in shown
+
+
+def test_quarantine_list_says_how_many_older_rejects_its_bounds_evicted(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A flood filled the quarantine past its bounds: `list` said "kept: malformed 10", and `--reason oversize`
+    an empty table, with nothing to say the oversize messages before them had been there and were evicted."""
+    store = tmp_path / "gw.db"
+    conn = sqlite3.connect(store)
+    quarantine = Quarantine(conn, max_rows=10)
+    for i in range(128):
+        quarantine.put("oversize" if i < 60 else "malformed", "x", "lifeline/v1/site-a/gas-01/data", b"\xff",
+                       now=1.8e9 + i)
+    conn.commit()
+    conn.close()
+    assert cli.main(["quarantine", "--store", str(store), "list", "--reason", "oversize"]) == 0
+    assert "kept: malformed 10; 118 older rejects evicted by the [quarantine] bounds" in capsys.readouterr().out
