@@ -58,6 +58,9 @@ PROTOCOL = upy.ROOT / "protocol"
 BROKER_CA = "broker_ca.der"  # the CA the node verifies its broker against (firmware/lib/app/__init__.py tls)
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 KEY_BYTES = 32
+# The node's identity and settings: written whole as NAME.new first and put in place together, so a run stopped
+# between two of them never leaves the board one flash's device.json beside another's secrets.json.
+CONFIG = (BROKER_CA, "profile.json", "device.json", "secrets.json")
 CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new firmware checks the config
 READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its own deadlines
 CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
@@ -263,7 +266,9 @@ class Repl:
             sub = "/".join(parts[:i])
             self.exec(f"try:\n os.mkdir({sub!r})\nexcept OSError:\n pass")
 
-    def write(self, path: str, data: bytes, progress: Callable[[int], None]) -> None:
+    def write(self, path: str, data: bytes, progress: Callable[[int], None], rename: bool = True) -> None:
+        """Write `path` as path.new and check it on the board; then rename it into place, unless not `rename`
+        (the caller puts it in place with others: rename_all)."""
         tmp = path + ".new"
         sent = 0
 
@@ -281,7 +286,13 @@ class Repl:
         if got != hashlib.sha256(data).digest():
             raise FlashError(f"{self.port}: {path} did not verify after writing "
                              f"(board sha256 {got.hex() if got else 'missing'})")
-        self.exec(f"os.rename({tmp!r}, {path!r})")
+        if rename:
+            self.rename_all([path])
+
+    def rename_all(self, paths: list[str]) -> None:
+        """Each written path.new into place, in one exec on the board: no serial transfer between them."""
+        if paths:
+            self.exec(f"for _p in {paths!r}:\n os.rename(_p + '.new', _p)")
 
     def files_under(self, top: str) -> list[bytes]:
         """Every file below a directory on the board (none when it does not exist), its path as the bytes of
@@ -353,15 +364,18 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
     report = progress or (lambda n, f: None)
     for d in sorted({f.path.rsplit("/", 1)[0] for f in files if "/" in f.path}):
         b.makedirs(d)
+    config = []  # written and checked, put in place together after the last
     for f in files:
         if not force and b.sha256(f.path) == f.sha256:
             result.unchanged.append(f.path)
             report(f.size, f)
         else:
-            b.write(f.path, f.source.read_bytes(), functools.partial(_sent, report, f))
+            b.write(f.path, f.source.read_bytes(), functools.partial(_sent, report, f), rename=f.path not in CONFIG)
+            config += [f.path] if f.path in CONFIG else []
             result.written.append(f.path)
             result.bytes_written += f.size
         report(0, None)
+    b.rename_all(config)
     keep = {f.path.encode() for f in files}
     for path in b.files_under("lib"):
         if path not in keep:

@@ -513,6 +513,36 @@ def test_new_code_from_romfs_has_the_config_checked_again(vdev: VirtualDevice, t
     assert not stamp.exists()
 
 
+def test_an_interrupted_flash_never_leaves_an_identity_of_two_flashes(vdev: VirtualDevice, tmp_path: Path) -> None:
+    """A board re-provisioned as another node (id, key, broker password), the run stopped (Ctrl-C, the laptop
+    gone) between two config files: device.json named the new node and secrets.json still held the old one's key
+    and password, a node the broker refused and whose every message the gateway would reject. The config files
+    are written whole first and put in place together: old or new, never one of each."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), "--mqtt-password", "old") == 0
+    prov = flash_mod.Provision("gas-02", "site-a", "gas", "127.0.0.1", 1883, bytes(32), mqtt_user="gas-02",
+                               mqtt_password="new")
+    (tmp_path / "stage").mkdir()
+    files = flash_mod.stage(prov, tmp_path / "stage")
+    current: list[flash_mod.Staged] = []
+
+    def stop_after_device_json(nbytes: int, f: flash_mod.Staged | None) -> None:
+        if f is not None:
+            current[:] = [f]
+        elif current[0].path == "device.json":
+            raise KeyboardInterrupt
+
+    with flash_mod.board(vdev.port) as b, pytest.raises(KeyboardInterrupt):
+        flash_mod.upload(b, files, stop_after_device_json)
+    fs = vdev.flash_dir
+    device, secrets = (json.loads((fs / name).read_text()) for name in ("device.json", "secrets.json"))
+    assert (device["id"], secrets["key"], secrets["mqtt_password"]) == ("gas-01", KEY.hex(), "old")
+    with flash_mod.board(vdev.port) as b:
+        flash_mod.upload(b, files)
+    device, secrets = (json.loads((fs / name).read_text()) for name in ("device.json", "secrets.json"))
+    assert (device["id"], secrets["key"], secrets["mqtt_password"]) == ("gas-02", bytes(32).hex(), "new")
+    assert not list(fs.glob("*.new"))
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
