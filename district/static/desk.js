@@ -193,6 +193,8 @@ async function loadMap() {
 // --- the detail panel -----------------------------------------------------------------------------
 
 function select(sel) {
+  const was = desk.selected;
+  if (!was || was.alarm !== sel.alarm) $("action-error").textContent = "";  // it was about the order left
   desk.selected = sel;
   for (const li of document.querySelectorAll(".alarm")) li.classList.toggle("selected", li.dataset.id === sel.alarm);
   loadDetail().catch(showError("action-error"));

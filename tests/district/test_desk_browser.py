@@ -489,3 +489,35 @@ def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(tmp_path: Path, bro
         expect(page.locator("#action-error")).to_contain_text("not sent to s1")
         page.close()
     engine.dispose()
+
+
+def test_a_conflict_is_shown_for_its_order_alone(tmp_path: Path, browser: Browser) -> None:
+    """Two officers dispatch one order: the second is refused, told who did it, and the panel shows the order
+    dispatched to the first's team. That message stayed under the buttons of every alarm the officer opened next,
+    as if the next order had been taken by someone else too."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2"), received=now - 49)
+        workorders.ack_alarm(conn, RED, sup, now=now - 30)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        with engine.begin() as conn:  # the other officer, whose notice has not reached this page yet
+            order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == RED)).scalar_one()
+            workorders.act(conn, order, "dispatch", sup, team="pipe team 3")
+        page.fill("#team", "pipe team 4")
+        page.click("#act-dispatch")
+        expect(page.locator("#action-error")).to_have_text(
+            f"work order {order} is already dispatched by {USERS['supervisor']} to pipe team 3")
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        page.locator(f".alarm[data-id='{ORANGE}']").click()
+        expect(page.locator("#act-ack")).to_be_visible()
+        expect(page.locator("#action-error")).to_have_text("")
+        page.close()
+    engine.dispose()
