@@ -432,7 +432,7 @@ function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
   es.addEventListener("hello", () => { $("live").textContent = "live"; $("live").className = "live on";
-    refresh(["alarms", "orders", "state", "map", "times", "ota"]); });
+    refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]); });  // all: notices may have been missed
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
   es.onerror = () => {
     $("live").textContent = "reconnecting"; $("live").className = "live off";

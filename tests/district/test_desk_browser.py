@@ -521,3 +521,28 @@ def test_a_conflict_is_shown_for_its_order_alone(tmp_path: Path, browser: Browse
         expect(page.locator("#action-error")).to_have_text("")
         page.close()
     engine.dispose()
+
+
+def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_back(tmp_path: Path,
+                                                                                      browser: Browser) -> None:
+    """A page's feed drops (the desk restarted, the network blinked) and its browser connects again; the "hello"
+    refetched every panel but the commands sent from the page, so one the site answered meanwhile, whose notice
+    the page never got, read "sent" for as long as the page stayed open."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    seed(engine, time.time())
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "supervisor")
+        page.fill("#cmd-site", "s1")
+        page.fill("#cmd-dev", "gas1")
+        page.fill("#cmd-op", "reboot")
+        page.click("#command-form button[type=submit]")
+        expect(page.locator("#sent tbody .pill")).to_have_text("sent")
+        page.evaluate("() => desk.events.close()")  # the feed down
+        with engine.begin() as conn:  # the site's answer, stored by a worker while the page heard nothing
+            conn.execute(commands.update().values(ok=True, result='{"rebooting": true}', answered=time.time()))
+        page.evaluate("() => connect()")  # and back, as the browser connects again
+        expect(page.locator("#live")).to_have_text("live")
+        expect(page.locator("#sent tbody .pill")).to_have_text("done", timeout=5_000)
+        page.close()
+    engine.dispose()
