@@ -302,10 +302,13 @@ async function loadChart(s) {
     out.push(h("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" }),
       h("text", { x: L - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, num(v)));
   }
+  // Past a day, hours alone repeat (the first and last ticks of 24 h read the same): each tick names its date.
+  const tick = { hour12: false, hour: "2-digit", minute: "2-digit",
+    ...(d.to - d.from >= 86400 ? { month: "short", day: "numeric" } : {}) };
   for (let i = 0; i <= 4; i++) {
     const t = d.from + (d.to - d.from) * i / 4;
     out.push(h("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": "middle" },
-      new Date(t * 1000).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" })));
+      new Date(t * 1000).toLocaleString([], tick)));
   }
   for (const t of d.thresholds) {
     out.push(h("line", { x1: L, x2: W - R, y1: y(t.value), y2: y(t.value), class: "threshold", stroke: COLOURS[t.level] }),

@@ -546,3 +546,29 @@ def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_
         expect(page.locator("#sent tbody .pill")).to_have_text("done", timeout=5_000)
         page.close()
     engine.dispose()
+
+
+@pytest.mark.parametrize("window", ["86400", "604800"])
+def test_a_chart_of_a_day_or_more_tells_its_days_apart(tmp_path: Path, browser: Browser, window: str) -> None:
+    """The chart's time axis gave hours and minutes alone: over 24 h its first and last ticks read the same
+    ("14:05" yesterday and today), and over 7 d five ticks 42 h apart named no day, so the officer could not tell
+    when the readings were. Past a day each tick names its date."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.add_message(conn, "s1", "gas1", 1, 1, [{"n": "ch4", "t": now - 120, "u": "%LEL", "v": 60.0}],
+                          received=now - 119)
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        ticks = page.locator("#chart text.axis[text-anchor='middle']")
+        expect(ticks).to_have_count(5)
+        page.select_option("#window", window)
+        expect(page.locator("#chart-title")).to_contain_text("last " + {"86400": "24 h", "604800": "7 d"}[window])
+        labels = ticks.all_text_contents()
+        assert len(set(labels)) == 5, labels
+        page.close()
+    engine.dispose()
