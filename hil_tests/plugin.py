@@ -13,7 +13,8 @@ use, so a pytest run that needs no bench (tests/) never starts one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             session.config.stash[PROFILES].add(_profile(item))
 
 
+def _terminal(config: pytest.Config) -> Callable[[str], None]:
+    """A line on pytest's terminal at once, past its capture of the test's output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    return say
+
+
 @pytest.fixture(scope="session")
 def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     config = request.config
@@ -91,7 +107,7 @@ def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     try:
         bench = Testbed(config.stash[SPECS], config.getoption("count"), profiles, workdir=config.getoption("bench_dir"),
                       bench_host=config.getoption("bench_host"),
-                      wifi=(config.getoption("wifi_ssid"), config.getoption("wifi_password")))
+                      wifi=(config.getoption("wifi_ssid"), config.getoption("wifi_password")), say=_terminal(config))
         report = config.pluginmanager.get_plugin("lifeline_hil_json")
         if isinstance(report, JsonReport):
             report.devices = [{"id": d.id, "profile": d.profile, "kind": d.spec.kind, "port": d.spec.port}

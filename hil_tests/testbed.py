@@ -206,7 +206,10 @@ class Testbed:
     __test__ = False  # a fixture's object, not a class of tests for pytest to collect
 
     def __init__(self, specs: list[DeviceSpec], count: int, profiles: Iterable[str], workdir: Path | None = None,
-                 bench_host: str | None = None, wifi: tuple[str, str] = ("", "")) -> None:
+                 bench_host: str | None = None, wifi: tuple[str, str] = ("", ""),
+                 say: Callable[[str], None] = lambda line: None) -> None:
+        """`say`: each step of the setup as a line, as it comes (a real board takes about 20 s to flash)."""
+        self.say = say
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="lifeline-bench-"))
         for old in ("devices", "site"):  # blank boards and a fresh site every session
             shutil.rmtree(self.dir / old, ignore_errors=True)
@@ -251,10 +254,14 @@ class Testbed:
             dut.password = self.site.devices[dut.id].password
         district = self.district(since=0.0)
         started = time.time()
-        for dut in self.devices:
+        n = len(self.devices)
+        self.say(f"bench: site brokers and gateway up; flashing {n} board(s)")
+        for i, dut in enumerate(self.devices, 1):
             self._flash(dut)
-        for dut in self.devices:
+            self.say(f"bench: {dut.id} flashed ({i}/{n}) on {dut.port}")
+        for i, dut in enumerate(self.devices, 1):
             district.birth(dut.id, ONLINE_TIMEOUT_S - (time.time() - started))
+            self.say(f"bench: {dut.id} online at the district ({i}/{n})")
         return self
 
     def provision(self, dut: Dut, key: bytes | None = None) -> None:

@@ -147,3 +147,17 @@ def test_a_stop_while_the_bench_starts_stops_everything_it_started(tmp_path: Pat
     finally:
         leftovers.stop_all(proc, started, tmp_path)
     assert proc.returncode == 2 and left == {}, (proc.returncode, left, out[-3000:])
+
+
+def test_the_bench_says_how_far_its_setup_is(tmp_path: Path) -> None:
+    """Setting up the bench flashes every board in turn and waits for each birth at the district: on real boards
+    over a 115200-baud UART about 20 s a board, minutes of a silent terminal after the test file's name. Each step
+    is a line as it comes."""
+    proc = subprocess.run([sys.executable, "-m", "lifeline.cli", "hil", "--out", str(tmp_path), "--",
+                           "-k", "test_boot_birth_reaches_the_district"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("bench: ")]
+    assert lines[0] == "bench: site brokers and gateway up; flashing 1 board(s)", proc.stdout
+    assert lines[1].startswith("bench: gas-01 flashed (1/1) on /dev/pts/"), proc.stdout
+    assert lines[2] == "bench: gas-01 online at the district (1/1)", proc.stdout
