@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
 async def _main(cfg: GatewayConfig) -> int:
     try:
         gateway = Gateway(cfg)
-    except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:  # ValueError: a site key file unreadable
+    except sqlite3.Error as exc:  # SQLite's words name no file
+        print(f"start-up failed: store.path {cfg.store_path}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a site key file unreadable
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 1
     try:

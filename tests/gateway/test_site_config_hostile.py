@@ -238,3 +238,19 @@ def test_a_rule_edited_without_a_higher_version_is_named_on_reload(tmp_path: Pat
         assert [r for r in caplog.records if r.getMessage() == "reload-rules-not-applied"]
     finally:
         gw.conn.close()
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a text file"])
+def test_a_store_it_cannot_open_is_named_at_start(tmp_path: Path, kind: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`start-up failed: unable to open database file` (or `file is not a database`) named no file: an operator
+    whose [store] path pointed at the state directory, or at site.toml, was left to guess which file it meant."""
+    store = tmp_path / "state"
+    if kind == "a directory":
+        store.mkdir()
+    else:
+        store.write_text('[site]\nid = "s1"\n')
+    (tmp_path / "site.toml").write_text(site_toml(tmp_path).read_text().replace('"gw.sqlite"', '"state"'))
+    assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"start-up failed: store.path {store}: ") and err.count("\n") == 1, err
