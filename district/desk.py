@@ -227,7 +227,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
 
     async def me(request: Request) -> Any:
         s = await who(request)
-        return {"user": s.user, "role": s.role, "csrf": s.csrf, "may": sorted(accounts.ACTIONS[s.role])}
+        return {"user": s.user, "role": s.role, "csrf": s.csrf, "may": sorted(accounts.ACTIONS[s.role]), "now": clock()}
 
     # --- reads ----------------------------------------------------------------------------------------
 

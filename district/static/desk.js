@@ -5,7 +5,8 @@
 const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#3e8ed0" };
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back" };
-const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, sent: new Map(), events: null };
+const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, sent: new Map(), events: null,
+  skew: 0 };
 
 function $(id) { return document.getElementById(id); }
 
@@ -45,9 +46,13 @@ async function api(path, body) {
 
 // --- formatting -----------------------------------------------------------------------------------
 
+// The desk's clock, not the PC's: one behind read every alarm raised "0 s" ago and cut the newest readings off
+// the chart. Taken from /api/me at each login and reconnection.
+function now() { return Date.now() / 1000 + desk.skew; }
+
 function age(t) {
   if (t === null || t === undefined) return "—";
-  let s = Math.max(0, Math.floor(Date.now() / 1000 - t));
+  let s = Math.max(0, Math.floor(now() - t));
   if (s < 60) return s + " s";
   if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
   if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
@@ -283,7 +288,7 @@ function renderActions(a, order) {
 
 async function loadChart(s) {
   const win = +$("window").value;
-  const to = Date.now() / 1000;
+  const to = now();
   const q = new URLSearchParams({ site: s.site, dev: s.dev, metric: s.metric, from: to - win, to });
   const d = await api("/api/history?" + q);
   $("chart-title").textContent = `${s.dev} ${s.metric} (${d.unit || ""}), last ${$("window").selectedOptions[0].text}`;
@@ -447,7 +452,7 @@ function connect() {
 
 function reopen(es) {
   if (desk.events !== es || !desk.me) return;
-  api("/api/me").then(() => { if (desk.events === es) connect(); },
+  api("/api/me").then((me) => { desk.skew = me.now - Date.now() / 1000; if (desk.events === es) connect(); },
     (e) => { if (e.status !== 401) setTimeout(() => reopen(es), 3000); });  // 401: api() showed the login
 }
 
@@ -465,6 +470,7 @@ async function once(form, work) {
 
 async function start(me) {
   desk.me = me;
+  desk.skew = me.now - Date.now() / 1000;
   $("login-view").hidden = true;
   $("desk").hidden = false;
   $("logout").hidden = false;

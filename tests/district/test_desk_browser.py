@@ -572,3 +572,26 @@ def test_a_chart_of_a_day_or_more_tells_its_days_apart(tmp_path: Path, browser: 
         assert len(set(labels)) == 5, labels
         page.close()
     engine.dispose()
+
+
+def test_a_pc_whose_clock_is_behind_shows_the_desks_times(tmp_path: Path, browser: Browser) -> None:
+    """The page took "now" from the officer's PC: with its clock ten minutes behind the desk's, every alarm read
+    raised "0 s" ago, and the chart's window ended ten minutes before the desk's now, so the reading that raised
+    the alarm was not on it ("no readings in this window"). The page now keeps the desk's clock."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.add_message(conn, "s1", "gas1", 1, 1, [{"n": "ch4", "t": now - 150, "u": "%LEL", "v": 60.0}],
+                          received=now - 149)
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 150), received=now - 149)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        page.clock.set_system_time(now - 600)
+        log_in(page, url, "viewer")
+        expect(page.locator(f".alarm[data-id='{RED}'] .age")).to_have_text(re.compile(r"^2 min \d+ s$"))
+        page.locator(f".alarm[data-id='{RED}']").click()
+        page.select_option("#window", "900")
+        expect(page.locator("#chart polyline.series")).to_have_count(1)
+        page.close()
+    engine.dispose()
