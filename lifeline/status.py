@@ -26,11 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_arguments(parser, "site.toml (devices and the [store] path)")
 
 
-def _age(now: float, t: float | None) -> str:
-    if t is None:
-        return "never"
-    s = max(0.0, now - t)
+def _span(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def _age(now: float, t: float | None) -> str:
+    return "never" if t is None else _span(max(0.0, now - t))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +90,12 @@ def _alarm_table(conn: sqlite3.Connection, now: float) -> Any:
     for alarm_id, level, raised_at, acked_at, resends, last in rows:
         t = Transition.from_body(json.loads(last))
         label = Level(level).label
-        value = "" if t.value is None else f"{t.value:g}" + (f" {t.unit}" if t.unit else "")
+        if t.value is None:
+            value = ""
+        elif t.rule_kind == "stale":  # the device's silence in seconds when the alarm last moved
+            value = f"silent {_span(t.value)}"
+        else:
+            value = f"{t.value:g}" + (f" {t.unit}" if t.unit else "")
         table.add_row(alarm_id[:12], f"[{colour[label]}]{label}[/{colour[label]}]", t.device, t.metric or "stale",
                       t.point or "", value, f"{t.rule} v{t.rule_version}", _age(now, raised_at) + " ago",
                       "yes" if acked_at is not None else "no", str(resends))

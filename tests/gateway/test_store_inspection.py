@@ -238,3 +238,28 @@ def test_quarantine_list_says_how_many_older_rejects_its_bounds_evicted(tmp_path
     conn.close()
     assert cli.main(["quarantine", "--store", str(store), "list", "--reason", "oversize"]) == 0
     assert "kept: malformed 10; 118 older rejects evicted by the [quarantine] bounds" in capsys.readouterr().out
+
+
+def test_status_shows_a_stale_alarms_silence_as_a_span(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A stale alarm's value is the device's silence in seconds when it last moved: status showed a bare '3000',
+    no unit, beside gas readings in %LEL, which an operator could read as a reading."""
+    from gateway.daemon import Gateway
+    from gateway.ingest import Incoming
+    from gateway.site_config import load
+    from protocol import senml_build
+
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "site-a"\nkey = "{"ab" * 32}"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\n'
+        f'host = "127.0.0.1"\n[store]\npath = "gw.db"\n[metrics]\nport = 0\n'
+        f'[[devices]]\nid = "gas-01"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
+    gw = Gateway(load(tmp_path / "site.toml"))
+    at = time.time() - 4000
+    body = message.data("gas-01", 1, 1, senml_build.pack([senml_build.record("ch4", 0.1, t=at)]))
+    gw.handle_site([Incoming(topics.device("site-a", "gas-01", topics.DATA), message.encode(body, KEY), False, at)])
+    gw.tick(at + 3000)  # gas: orange after 10 intervals of 60 s
+    gw.conn.close()
+    assert cli.main(["status", "--store", str(tmp_path / "gw.db")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "gas.stale" in line)
+    assert "silent 50m" in row, row
