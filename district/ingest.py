@@ -133,8 +133,10 @@ class Worker:
             owner = store.alarm_site(conn, body["id"])
             if owner is not None and owner != site:
                 raise Refused("foreign-alarm", f"alarm {body['id']} belongs to site {owner}")
-            if store.apply_alarm(conn, site, body, received=received, hist=hist):
+            new = store.apply_alarm(conn, site, body, received=received, hist=hist)
+            if new:
                 self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
+            if new or (not hist and store.revive_alarm(conn, site, body, received=received)):
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
                 if body.get("level") in store.WORK_ORDER_LEVELS:  # it may have opened its order
                     order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == body["id"])).scalar()

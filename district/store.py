@@ -294,13 +294,36 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
     if level in WORK_ORDER_LEVELS and (not hist or _live(conn, body["id"])):
-        opened = conn.execute(dialect_insert(conn, work_orders).values(
-            alarm=body["id"], site=site, state="open", opened=received, updated=received)
-            .on_conflict_do_nothing().returning(work_orders.c.id)).first()
-        if opened is not None:
-            conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
-                                                          at=received, note=f"{level} {body.get('metric')}"))
+        _open_order(conn, site, body, received)
     return True
+
+
+def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> bool:
+    """A live resend (its gateway re-sends an alarm until it is acknowledged) of a transition the district has
+    from a site's backlog: if it is still the alarm's latest and the alarm not cleared, the alarm is live, not
+    historical, and orange or red opens its order. The resend is that transition again, not new, so it was
+    dropped and the alarm stayed historical for good. True if it was made live."""
+    step = body.get("step")
+    revived = conn.execute(update(alarms).where(
+        alarms.c.id == body["id"], alarms.c.site == site, alarms.c.hist.is_(True), alarms.c.state == "open",
+        alarms.c.t_last == float(body["t_gw"]), alarms.c.level == body.get("level"),
+        alarms.c.step.is_(None) if step is None else alarms.c.step == step)
+        .values(hist=False).returning(alarms.c.level)).first()
+    if revived is None:
+        return False
+    if revived.level in WORK_ORDER_LEVELS:
+        _open_order(conn, site, body, received)
+    return True
+
+
+def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float) -> None:
+    """The alarm's work order, unless it has one."""
+    opened = conn.execute(dialect_insert(conn, work_orders).values(
+        alarm=body["id"], site=site, state="open", opened=received, updated=received)
+        .on_conflict_do_nothing().returning(work_orders.c.id)).first()
+    if opened is not None:
+        conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
+                                                      at=received, note=f"{body.get('level')} {body.get('metric')}"))
 
 
 def _live(conn: Connection, alarm_id: str) -> bool:

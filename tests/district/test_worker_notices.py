@@ -80,3 +80,40 @@ async def test_a_live_alarm_that_went_red_during_an_outage_opens_its_order(engin
         board = {a["id"]: a for a in queries.open_alarms(conn, {})}
         assert conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == B)).scalar() is None
     assert (board[B]["state"], board[B]["work_order"]) == ("historical", None)
+
+
+async def test_a_backlog_alarm_its_gateway_still_resends_live_is_live(engine: Engine) -> None:
+    """An alarm raised red while the site's link was down comes up in the backlog (hist) and is historical: no
+    order. Still unacknowledged and red at the site, its gateway re-sends it once the link is back, live; the
+    district took the resend for the transition it had, so the alarm read "historical" for good, below the live
+    ones and without an order, while the gas was still at red."""
+    w = worker(engine)
+    told: list[dict[str, Any]] = []
+
+    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        told.append(json.loads(payload))
+
+    w.subscriber.publish = recorded  # type: ignore[method-assign]
+
+    def board() -> dict[str, Any]:
+        with engine.connect() as conn:
+            return {a["id"]: a for a in queries.open_alarms(conn, {})}[B]
+
+    w.handle([publish(dtopics.ALARM, {**alarm(id=B, level="red"), "hist": True})])
+    assert (board()["state"], board()["work_order"]) == ("historical", None)
+    told.clear()
+    w.handle([publish(dtopics.ALARM, alarm(id=B, level="red", resend=3))])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    with engine.connect() as conn:
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == B)).scalar()
+    assert order is not None and board()["state"] == "open" and board()["work_order"]["id"] == order
+    assert {"kind": "work-order", "id": order} in told
+    # a resend of a transition the alarm has moved past says nothing of now, and an alarm cleared stays so
+    w.handle([publish(dtopics.ALARM, {**alarm(id=A, level="red"), "hist": True}),
+              publish(dtopics.ALARM, {**alarm(id=A, ev="de-escalated", level="yellow", prev="red", t_gw=T0 + 60),
+                                      "hist": True}),
+              publish(dtopics.ALARM, alarm(id=A, level="red", resend=1))])
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar() is None
+        assert {a["id"]: a["state"] for a in queries.open_alarms(conn, {})}[A] == "historical"
