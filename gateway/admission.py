@@ -130,7 +130,7 @@ class Checker:
             readings = self._readings(dev, body, records, now)
         elif kind == topics.STATE:
             online = body["st"] == message.ONLINE
-            verdict = self.sequence.check_state(dev, body["boot"], body["seq"], online)
+            verdict = self.sequence.check_state(dev, body["boot"], body["seq"], online, retained)
             if not self._new(verdict, f"birth of boot {body['boot']} after a newer one", topic, raw, now):
                 return None
         self.registry.seen(dev, now)

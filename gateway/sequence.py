@@ -45,6 +45,7 @@ class Verdict(enum.Enum):
     DUPLICATE = "duplicate"
     REPLAY = "replay"
     STALE = "stale"  # an old will or state that arrived late: harmless, dropped, counted
+    RETAINED = "retained"  # the broker's retained copy of the state taken, sent again at a subscribe: dropped
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,16 @@ class SequenceTracker:
             else:
                 h.first = floor + 1
 
-    def check_state(self, dev: str, boot: int, seq: int, online: bool) -> Verdict:
+    def check_state(self, dev: str, boot: int, seq: int, online: bool, retained: bool = False) -> Verdict:
         """A birth or death. An older boot's birth is a replay; an older boot's death is a late will. A birth
-        of a newer boot whose next number is not above the highest seen restarts the window."""
+        of a newer boot whose next number is not above the highest seen restarts the window. The same state
+        again is the device's duplicate, unless `retained`: the broker sends its copy at every subscribe (each
+        gateway restart or reconnect), which says nothing of the device."""
         d = self._dev(dev)
         key = (boot, seq, online)
         if key == d.state_key:
+            if retained:
+                return Verdict.RETAINED
             d.duplicates += 1
             return Verdict.DUPLICATE
         if d.state_key is not None and (boot, seq) < d.state_key[:2]:

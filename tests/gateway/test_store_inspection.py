@@ -263,3 +263,29 @@ def test_status_shows_a_stale_alarms_silence_as_a_span(tmp_path: Path, monkeypat
     assert cli.main(["status", "--store", str(tmp_path / "gw.db")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "gas.stale" in line)
     assert "silent 50m" in row, row
+
+
+def test_a_retained_birth_sent_again_at_each_subscribe_is_no_duplicate_of_the_device(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each time the gateway subscribes again (a restart, the site link back) the broker sends every device's
+    retained birth once more: it was counted as the device's duplicate, so `status` showed dups climbing by one a
+    restart on every device (seen on a virtual site: 0, 1, 2 over three restarts), indistinguishable from a
+    device that re-sends. The broker's copy is dropped as `retained`; a device's own repeat is still a duplicate."""
+    monkeypatch.setenv("COLUMNS", "200")
+    store = tmp_path / "gw.db"
+    conn, checker = _site_store(store)
+    topic = topics.device("site-a", "gas-01", topics.STATE)
+    birth = message.encode(message.birth("gas-01", 1, 1, "0.1", "gas", "po", 40.0), KEY)
+    assert checker.check(topic, birth, False, 1_800_000_000.0) is not None
+    for restart in range(3):
+        assert checker.check(topic, birth, True, 1_800_000_010.0 + restart) is None
+    assert checker.dropped == {"retained": 3}
+    assert checker.check(topic, birth, False, 1_800_000_020.0) is None  # the device sent it again itself
+    assert checker.dropped == {"retained": 3, "duplicate": 1}
+    checker.sequence.flush()
+    checker.registry.flush()
+    conn.commit()
+    conn.close()
+    assert cli.main(["status", "--store", str(store)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "gas-01" in line)
+    assert [cell.strip() for cell in row.split("│")[-4:-1]] == ["0", "1", "0"], row  # gaps, dups, replays
