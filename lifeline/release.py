@@ -8,7 +8,7 @@ what goes into each node's device.json as "ota_key". The private key stays with 
 relays releases but holds no key and cannot make one.
 
 `build` compiles firmware/lib and protocol/ to .mpy (as `lifeline flash` ships them) into
-OUT/<version>/: manifest.json {version, profiles, files [{path, sha256, size}], min_heap}, its signature
+OUT/<version>/: manifest.json {version, profiles, files [{path, sha256, size}], min_heap, mpy}, its signature
 manifest.sig (64 bytes), and release.bin, the bytes a gateway serves: the manifest, then every file in the
 manifest's order. It prints the ota command's args.
 """
@@ -157,6 +157,7 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
                 files.append((rel, mpy.read_bytes()))
     manifest = json.dumps({
         "version": version, "profiles": list(profiles), "min_heap": min_heap,
+        "mpy": files[0][1][1],  # the .mpy version (header byte 1): a node whose MicroPython loads another refuses it
         "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files],
     }, separators=(",", ":"), sort_keys=True).encode()
     signature = key.sign(manifest)

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ota_support import DEV, SITE, Build, Relay, births, ota_events, provision
 
+from lifeline import upy
 from lifeline.virtual.broker import Mosquitto
 from lifeline.virtual.firmware import build_romfs
 from lifeline.virtual.flashdir import FlashDirDevice
@@ -68,11 +69,23 @@ def refused_on_old_code(tmp_path: Path, mpy: Path, broker: Mosquitto, key: Ed255
 
 
 @pytest.mark.parametrize("case", ["tampered file", "tampered manifest", "wrong key", "downgrade", "wrong profile",
-                                  "too little heap"])
+                                  "too little heap", "another .mpy version"])
 def test_a_bad_release_is_refused_with_its_reason_and_the_old_code_runs_on(
         case: str, tmp_path: Path, mpy: Path, broker: Mosquitto, relay: Relay, make_release: Build,
-        key: Ed25519PrivateKey) -> None:
+        key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"another .mpy version": built by an mpy-cross past a .mpy version bump. The node took it whole, switched,
+    failed to import it at each trial boot and rolled back, "2 boots without a confirmed connection", the cause
+    never named; its manifest now says which version its files are."""
     version = {"downgrade": "0.0.9"}.get(case, "0.2.0")
+    if case == "another .mpy version":
+        compile_module = upy.compile_module
+
+        def newer(source: Path, target: Path, module: str | None = None) -> Path:
+            out = compile_module(source, target, module)
+            out.write_bytes(out.read_bytes()[:1] + bytes([out.read_bytes()[1] + 1]) + out.read_bytes()[2:])
+            return out
+
+        monkeypatch.setattr(upy, "compile_module", newer)
     kw: dict[str, Any] = {"wrong key": {"signer": Ed25519PrivateKey.generate()},
                           "wrong profile": {"profiles": ("water", "rain")},
                           "too little heap": {"min_heap": 1 << 24}}.get(case, {})
@@ -85,7 +98,8 @@ def test_a_bad_release_is_refused_with_its_reason_and_the_old_code_runs_on(
     ev, dev, listener = refused_on_old_code(tmp_path, mpy, broker, key, rel.command_args())
     reason = {"tampered file": "SHA-256 does not match the manifest", "tampered manifest": "bad signature",
               "wrong key": "bad signature", "downgrade": "version 0.0.9 is not above 0.1.0, the one running",
-              "wrong profile": "release is not for the gas profile", "too little heap": "release needs 16777216"}[case]
+              "wrong profile": "release is not for the gas profile", "too little heap": "release needs 16777216",
+              "another .mpy version": "release is .mpy version 7, this MicroPython loads 6"}[case]
     assert ev["ota.v"] == version and ev["ota.ok"] is False, ev
     assert ev["ota.res"].startswith("refused: ") and reason in ev["ota.res"], ev
     assert all(b["fw"] == "0.1.0" for b in births(listener)), "the old code runs on"

@@ -5,9 +5,9 @@ sampling for the download (seconds to a few minutes) and runs only this, its MQT
 It pulls the release from its gateway in chunks: a request "version offset length" on its otareq topic, the
 answer on its ota topic as the offset (4 bytes, big-endian) and the bytes. The release is one run of bytes:
 the manifest (JSON, signed with the district's release key), then each file it lists, in its order. The
-manifest is checked first (signature, version above the one running, this node's profile, heap); each file
-is hashed as it is written and checked against the manifest before the next one starts. What is on flash is
-the progress: after a power cut the node hashes what it already has and goes on from there.
+manifest is checked first (signature, version above the one running, this node's profile, the .mpy version,
+heap); each file is hashed as it is written and checked against the manifest before the next one starts. What
+is on flash is the progress: after a power cut the node hashes what it already has and goes on from there.
 
 Every way out ends in a reset: with the new slot switched in on trial (ota/slot.py), or refused with the
 reason in ota.RESULT (app/runtime.py reports it upstream) and the old code running on.
@@ -183,6 +183,9 @@ class Updater:
             raise Refused("version %s is not above %s, the one running" % (self.v, running))
         if self.prof not in m.get("profiles", ()):
             raise Refused("release is not for the %s profile" % self.prof)
+        v = sys.implementation._mpy & 0xFF
+        if m.get("mpy", v) != v:  # switched to, it would fail at import on each trial boot and roll back
+            raise Refused("release is .mpy version %s, this MicroPython loads %d" % (m["mpy"], v))
         heap = gc.mem_free() + gc.mem_alloc()
         if m.get("min_heap", 0) > heap:
             raise Refused("release needs %d bytes of heap, this node has %d" % (m["min_heap"], heap))
