@@ -518,6 +518,7 @@ class Gateway:
         """SIGHUP: the devices, rules and OTA releases read again. A config that fails its checks is refused
         whole and the running one kept; the rules, which the alarm engine checks once more against the risk
         points, go first, so that nothing else is applied before a refusal."""
+        running = self.registry.devices
         try:
             cfg = site_config.load(self.cfg.path)
             applied = False
@@ -525,13 +526,21 @@ class Gateway:
                 for t in self.alarms.replace_rules(cfg.ruleset, time.time()):
                     self._up_alarm(t)
                 applied = True
-        except (ConfigError, RuleError) as exc:
+            self.registry.replace(cfg.devices)
+            for t in self.alarms.forget_unlisted(self.registry.devices, time.time()):
+                self._up_alarm(t)
+            self._commit()
+        except (ConfigError, RuleError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error):
+                if not _store_failed(exc):
+                    raise
+                # a full disk: what the reload wrote goes back, and the running rules and devices with it
+                self.registry.replace(running)
+                self._rollback()
             self.reloads_failed += 1
-            event(log, "reload-failed", logging.ERROR, error=str(exc))
+            event(log, "reload-failed", logging.ERROR,
+                  error=f"store: {exc}" if isinstance(exc, sqlite3.Error) else str(exc))
             return
-        self.registry.replace(cfg.devices)
-        for t in self.alarms.forget_unlisted(self.registry.devices, time.time()):
-            self._up_alarm(t)
         if self.stage:
             self.stage.replace(self.registry.devices)
         try:
@@ -541,7 +550,6 @@ class Gateway:
             self.reloads_failed += 1
             event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
         self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset, ota_releases=cfg.ota_releases)
-        self._commit()
         _settle_memory()
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
               rules_applied=applied, ota_releases=",".join(self.releases.versions()))

@@ -254,3 +254,31 @@ def test_a_store_it_cannot_open_is_named_at_start(tmp_path: Path, kind: str,
     assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"start-up failed: store.path {store}: ") and err.count("\n") == 1, err
+
+
+def test_a_reload_on_a_full_store_is_refused_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP on a full disk (stood in for by SQLite's max_page_count, SQLITE_FULL as a full disk gives): the
+    reload's commit raised out of the signal handler, a traceback in the journal and no reloaded or reload-failed
+    line, with the new device list and rules in force in memory while the store kept the old ones (a restart
+    went back to them). It is refused whole and said so, as a config error is; with room again it applies."""
+    gw = Gateway(load(site_toml(tmp_path, f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n')))
+    try:
+        overrides = "".join(f"[gas.devices.d{i}.ch4]\nlevels = {{ yellow = 30, red = 60 }}\n"
+                            f"clear = {{ yellow = 25, red = 50 }}\n" for i in range(300))
+        bigger = tmp_path / "gas-v2.toml"
+        bigger.write_text((tmp_path / gas_rules(tmp_path, 2)).read_text() + overrides)
+        site_toml(tmp_path, '[rules]\nfiles = ["gas-v2.toml"]\n',
+                  devices=f'[[devices]]\nid = "d2"\nclass = "gas"\nkey = "{KEY}"\n')
+        full = gw.conn.execute("PRAGMA page_count").fetchone()[0]
+        gw.conn.execute(f"PRAGMA max_page_count = {full}")
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        failed = [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "reload-failed"]
+        assert len(failed) == 1 and "full" in failed[0]["error"], failed
+        assert "d2" not in gw.registry.devices and gw.alarms.ruleset.version == 1
+        assert gw.snapshot().reloads_failed == 1
+        gw.conn.execute("PRAGMA max_page_count = 1000000")
+        gw.reload()
+        assert "d2" in gw.registry.devices and gw.alarms.ruleset.version == 2
+    finally:
+        gw.conn.close()
