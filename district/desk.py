@@ -365,7 +365,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raised, it cut the stream with a traceback."""
             checked = time.monotonic()
             async with hub.listen() as q:
-                yield {"event": "hello", "data": "{}"}
+                yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf})}
                 while True:
                     change = await q.get()
                     if clock() >= s.expires:

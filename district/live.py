@@ -58,12 +58,14 @@ def read_notice(payload: bytes) -> dict[str, Any] | None:
 
 class Hub:
     """Fans notices out to the desk's live clients, each through its own bounded queue; a client that
-    falls behind gets one {"kind": "reload"} instead of an unbounded backlog."""
+    falls behind gets one {"kind": "reload"} instead of an unbounded backlog. While the broker it follows is
+    away (`deaf`), its clients are told so ({"kind": "feed", "up": false}), and a reload when it is back."""
 
     def __init__(self) -> None:
         self._clients: set[asyncio.Queue[dict[str, Any]]] = set()
         self.received = 0
         self.refused = 0
+        self.deaf = False  # following a broker that is away: the workers' notices do not reach this desk
 
     @property
     def clients(self) -> int:
@@ -75,6 +77,9 @@ class Hub:
             self.refused += 1
             return
         self.received += 1
+        self._tell(body)
+
+    def _tell(self, body: dict[str, Any]) -> None:
         for q in self._clients:
             if q.full():
                 _reload(q)
@@ -106,12 +111,16 @@ class Hub:
                     if failing is not None:
                         event(log, "change feed reconnected", logging.WARNING, failed=failed)
                     failing, failed = None, 0
+                    self.deaf = False
                     for q in self._clients:
                         _reload(q)
                     async for message in client.messages:
                         if isinstance(message.payload, bytes):
                             self.publish(message.payload)
             except aiomqtt.MqttError as exc:
+                if not self.deaf:  # the pages must not read "live" while nothing the workers store reaches them
+                    self.deaf = True
+                    self._tell({"kind": "feed", "up": False})
                 failed += 1
                 if failing is None or time.monotonic() - failing >= FAIL_LOG_S:
                     event(log, "change feed disconnected", logging.WARNING, error=str(exc), failed=failed)

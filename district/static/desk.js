@@ -432,18 +432,29 @@ function onNotice(n) {
       if (!readingSeen(n)) refresh(["state"]);
       if (sel) { const a = desk.alarms.find((x) => x.id === sel.alarm); if (a && a.site === n.site && a.dev === n.dev) refresh(["detail"]); }
       break;
-    default: refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]);
+    case "feed": showLive(n.up); break;
+    default:  // "reload": this page fell behind, or the desk follows the district broker again
+      showLive(true);
+      refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]);
   }
+}
+
+// "not live" while the desk has lost the district broker: what the workers store does not reach this page.
+function showLive(up) {
+  $("live").textContent = up ? "live" : "not live";
+  $("live").className = "live " + (up ? "on" : "off");
+  $("live").title = up ? "live updates" : "the desk has lost the district broker: new alarms and changes are"
+    + " not shown until it is back";
 }
 
 function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
-  es.addEventListener("hello", () => { $("live").textContent = "live"; $("live").className = "live on";
+  es.addEventListener("hello", (e) => { showLive(JSON.parse(e.data).feed !== false);
     refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]); });  // all: notices may have been missed
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
   es.onerror = () => {
-    $("live").textContent = "reconnecting"; $("live").className = "live off";
+    $("live").textContent = "reconnecting"; $("live").className = "live off"; $("live").title = "live updates";
     // The browser connects again by itself after a stream that ended, never after an answer other than 200
     // (503: the database busy; 401: the session ended): the page asks who it is, then connects or shows the login.
     if (es.readyState === EventSource.CLOSED) setTimeout(() => reopen(es), 3000);

@@ -595,3 +595,33 @@ def test_a_pc_whose_clock_is_behind_shows_the_desks_times(tmp_path: Path, browse
         expect(page.locator("#chart polyline.series")).to_have_count(1)
         page.close()
     engine.dispose()
+
+
+def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(tmp_path: Path, browser: Browser) -> None:
+    """The desk hears of what the workers store through the district broker. With the broker away the page still
+    read "live" while no new alarm could reach it, for as long as the broker stayed away; a page opened meanwhile
+    too. It reads "not live" until the desk follows the broker again, and then refetches what it missed."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        broker.stop()
+        expect(page.locator("#live")).to_have_text("not live", timeout=5_000)
+        expect(page.locator("#live")).to_have_attribute("title", re.compile("district broker"))
+        second = browser.new_page(viewport={"width": 1500, "height": 1050})
+        second.goto(url)
+        second.fill("#login-user", USERS["operator"])
+        second.fill("#login-pass", PASSWORD)
+        second.click("#login-btn")
+        expect(second.locator("#live")).to_have_text("not live", timeout=5_000)
+        with engine.begin() as conn:  # stored by a worker, whose notice no desk heard
+            store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now), received=now)
+        broker.start()
+        for p in (page, second):
+            expect(p.locator("#live")).to_have_text("live", timeout=10_000)
+            expect(p.locator(f".alarm[data-id='{RED}']")).to_be_visible()
+        page.close()
+        second.close()
+    engine.dispose()

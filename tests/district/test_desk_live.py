@@ -123,8 +123,11 @@ async def test_a_broker_away_is_logged_once_not_at_each_retry(caplog: pytest.Log
             assert (await asyncio.wait_for(q.get(), 10)) == {"kind": "reload"}
             broker.stop()
             await asyncio.sleep(5)  # tries 0.1, 0.2, 0.4, 0.8, 1.6 and 2 s apart
+            assert q.get_nowait() == {"kind": "feed", "up": False} and q.empty()  # told once, not at each try
+            assert hub.deaf
             broker.start()
             assert (await asyncio.wait_for(q.get(), 10)) == {"kind": "reload"}
+            assert not hub.deaf
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
     said = [(r.getMessage(), r.fields.get("failed")) for r in caplog.records  # type: ignore[attr-defined]
