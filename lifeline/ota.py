@@ -273,18 +273,24 @@ class Rollout:
                 break
             stage.sent_at = time.time()
             self.exp = int(stage.sent_at + timeout_s)
-            # A node may have landed since the targets were read: sent the release by an earlier, interrupted
-            # run, it downloads on. Sent again, it reboots into the updater, which refuses the release as no
-            # newer than what runs and reports that upstream as a failed update.
+            # A node sent the release by an earlier, interrupted run downloads on, and may have landed since the
+            # targets were read. Sent it again, it takes the command once it runs the release and reboots into
+            # the updater, which refuses it as no newer and reports that upstream as a failed update. One that
+            # landed is counted so; one that asked for a chunk of it within --resend-s is followed as if sent (sent
+            # it only if it then goes silent).
             nodes, _ = self.read()
             for dev in stage.devices:
-                if (nodes.get(dev) or NodeOta(dev)).running == self.rel.version:
+                n = nodes.get(dev) or NodeOta(dev)
+                if n.running == self.rel.version:
                     stage.landed.add(dev)
                     self.say(f"  {dev:<16} already running {self.rel.version}")
-            if stage.open():
-                self.say(f"{stage.name}: sending {self.rel.version} to {len(stage.open())} node(s): "
-                         f"{', '.join(stage.open())}")
-            for dev in stage.open():
+                elif n.target == self.rel.version and stage.sent_at - (n.asked_at or 0.0) < self.resend_s:
+                    self.commands[dev] = (self.cmd_id, stage.sent_at, 0)
+                    self.say(f"  {dev:<16} downloading {self.rel.version} already")
+            to_send = [dev for dev in stage.open() if dev not in self.commands]
+            if to_send:
+                self.say(f"{stage.name}: sending {self.rel.version} to {len(to_send)} node(s): {', '.join(to_send)}")
+            for dev in to_send:
                 self.send(dev)
             deadline = stage.sent_at + timeout_s
             told = stage.sent_at

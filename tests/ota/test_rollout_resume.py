@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from test_rollout_refusals import release_dir
 
-from gateway.ota_relay import Ledger
+from gateway.ota_relay import Chunk, Ledger
 from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto
 from protocol import topics
@@ -123,3 +123,39 @@ def test_a_rollout_interrupted_while_it_sends_names_the_nodes_it_never_sent(
         nodes.close()
     doc = json.loads(summary.read_text())
     assert (doc["pending"], doc["untouched"]) == (["gas-01"], ["gas-02", "gas-03"]), doc
+
+
+def test_a_node_still_downloading_the_release_is_followed_not_sent_it_again(
+        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    """gas-02 is downloading the release the interrupted run sent it when its wave comes: sent the command again,
+    it took it once it had landed, rebooted into the updater, which refused the release as no newer, and its last
+    outcome (ota status, the district) read "refused" on a node running it. Its download is followed instead."""
+    served = release_dir(tmp_path / NEW)
+    site = config(tmp_path, served, broker.port)
+    nodes = Nodes(tmp_path / "gw.db", broker.port, also=())
+    stop = threading.Event()
+
+    def download() -> None:  # a chunk every 0.2 s, as the gateway records them; landed after 3 s
+        for done in range(1, 16):
+            with nodes.lock:
+                nodes.ledger.progress(Chunk("", b"", "gas-02", NEW, done * 1024, 15 * 1024), time.time())
+                nodes.ledger.flush()
+                nodes.conn.commit()
+            if stop.wait(0.2):
+                return
+        nodes._born("gas-02", NEW, time.time())
+
+    downloading = threading.Thread(target=download)
+    downloading.start()
+    summary = tmp_path / "summary.json"
+    try:
+        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "1",
+                         "--stage-timeout", "20", "--poll", "0.1", "--summary", str(summary)]) == 0
+    finally:
+        stop.set()
+        downloading.join()
+        nodes.close()
+    out = capsys.readouterr().out
+    assert nodes.commands == {"gas-01": 1, "gas-03": 1}, (nodes.commands, out)
+    assert json.loads(summary.read_text())["landed"] == list(DEVICES)
+    assert "gas-02           downloading 0.2.0 already" in out, out
