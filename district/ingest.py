@@ -149,7 +149,7 @@ class Worker:
         elif kind == dtopics.UP_STATE:
             body = upstream.device_state(body)
             self._own(site, body["dev"], "state")
-            store.device_state(conn, site, body, received=received)
+            store.device_state(conn, site, body, received=received, hist=hist)
             self._notices.append(notice("device", site=site, dev=body["dev"]))
         elif kind == dtopics.UP_ACK:
             body = upstream.mapping(body, "ack")
@@ -195,15 +195,17 @@ class Worker:
                 self._refuse(conn, item, "internal", f"telemetry packs[{i}]: {type(exc).__name__}: {exc}",
                              cbor2.dumps(entry), exc)
         newest: dict[str, float] = {}
+        seen: dict[str, float] = {}
         for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
                                                       verified=True), strict=True):
             if new:
                 self.stored["message"] += 1
                 newest[m.dev] = max([newest.get(m.dev, 0.0), *(r["t"] for r in m.records)])
+                seen[m.dev] = max(seen.get(m.dev, 0.0), store.seen_at(m.records, item.received, hist))
         for dev, summary in summaries:
             store.add_report(conn, site, "thinned", dev, summary, received=item.received)
-        for dev, t in newest.items():
-            self._notices.append(notice("reading", site=site, dev=dev, t=t, received=item.received))
+        for dev, t in newest.items():  # received: when the page shows the device was seen
+            self._notices.append(notice("reading", site=site, dev=dev, t=t, received=seen[dev]))
 
     def _command_answer(self, conn: Connection, site: str, cmd_id: int, ok: bool, result: Any,
                         received: float) -> bool:

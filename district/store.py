@@ -22,6 +22,7 @@ from sqlalchemy import (
     Inspector,
     Table,
     Update,
+    case,
     create_engine,
     delete,
     event,
@@ -230,13 +231,13 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
     ids = {(r.dev, r.seq_key): r.id for r in inserted}
     new: list[bool] = []
     rows: list[dict[str, Any]] = []
-    devs: set[str] = set()
+    devs: dict[str, float] = {}  # dev -> when it was seen
     for m in batch:
         row_id = ids.pop((m.dev, schema.seq_key(m.seq)), None)  # popped: a second copy in the batch is not new
         new.append(row_id is not None)
         if row_id is None:
             continue
-        devs.add(m.dev)
+        devs[m.dev] = max(devs.get(m.dev, 0.0), seen_at(m.records, received, hist))
         rows.extend({"message": row_id, "site": site, "dev": m.dev, "n": r["n"], "t": r["t"], "u": r.get("u"),
                      "v": r.get("v"), "vs": r.get("vs"), "vb": r.get("vb"), "vd": r.get("vd"), "s": r.get("s")}
                     for r in m.records)
@@ -247,8 +248,14 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
         conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
                                                 set_={"last_seen": seen.excluded.last_seen},
                                                 where=func.coalesce(devices.c.last_seen, 0) < seen.excluded.last_seen),
-                     [{"site": site, "dev": dev, "state": "online", "last_seen": received} for dev in sorted(devs)])
+                     [{"site": site, "dev": dev, "state": "online", "last_seen": devs[dev]} for dev in sorted(devs)])
     return new
+
+
+def seen_at(records: Iterable[Mapping[str, Any]], received: float, hist: bool) -> float:
+    """When a message shows its device was alive: as it comes for a live one; for one of a site's backlog, its
+    newest reading's time (no later than it came), or a device that died in the outage reads seen just now."""
+    return received if not hist else min(received, max((float(r["t"]) for r in records), default=received))
 
 
 def _after_mark(m: DeviceMessage, mark: tuple[int | None, int] | None) -> bool:
@@ -352,7 +359,7 @@ def _follows(ev: str, t_gw: float, step: int | None) -> ColumnElement[bool]:
     return (alarms.c.step.is_not(None) & (alarms.c.step < step)) | (alarms.c.step.is_(None) & by_time)
 
 
-def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float) -> None:
+def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float, hist: bool = False) -> None:
     """A device's birth or death as its gateway saw it: the newest by gateway time wins. A gateway stamps a
     batch's states with the batch's time, so a will and the next boot's birth can share one: at one time a
     later boot wins, and a boot's death follows its own birth."""
@@ -361,13 +368,17 @@ def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
               "t_state": float(body["t"])}
     if body["st"] == "online":
         values.update(fw=body.get("fw"), prof=body.get("prof"), batt=body.get("batt"), rssi=body.get("rssi"),
-                      lat=pos[0], lon=pos[1], last_seen=received)
+                      lat=pos[0], lon=pos[1], last_seen=seen_at([body], received, hist))
     later = func.coalesce(devices.c.boot, -1) < body["boot"]
     if body["st"] != "online":
         later |= (devices.c.boot == body["boot"]) & (devices.c.state != "offline")
     stmt = dialect_insert(conn, devices).values(site=site, dev=body["dev"], **values)
+    update_to: dict[str, Any] = dict(values)
+    if "last_seen" in values:  # a backlog's birth may be older than a reading already taken
+        update_to["last_seen"] = case((devices.c.last_seen > values["last_seen"], devices.c.last_seen),
+                                      else_=values["last_seen"])
     conn.execute(stmt.on_conflict_do_update(
-        index_elements=[devices.c.site, devices.c.dev], set_=values,
+        index_elements=[devices.c.site, devices.c.dev], set_=update_to,
         where=(func.coalesce(devices.c.t_state, 0) < values["t_state"])
         | ((devices.c.t_state == values["t_state"]) & later)))
 

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from sqlalchemy import Engine, select
-from test_hostile_upstream import T0, alarm, publish, worker
+from test_hostile_upstream import T0, alarm, entry, publish, state, telemetry, worker
 
 from district import queries
 from district.live import CHANGES_TOPIC
@@ -117,3 +117,35 @@ async def test_a_backlog_alarm_its_gateway_still_resends_live_is_live(engine: En
     with engine.connect() as conn:
         assert conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar() is None
         assert {a["id"]: a["state"] for a in queries.open_alarms(conn, {})}[A] == "historical"
+
+
+async def test_a_backlog_does_not_make_its_devices_seen_now(engine: Engine) -> None:
+    """A site's link comes back and its backlog of readings comes up (hist): its devices read "seen 0 s" ago, on
+    the device table and, through the reading notice, on every open page, though their newest reading was taken
+    before the outage, and one that had died meanwhile read offline and seen just now. A backlog's message makes
+    its device seen at its newest reading's time (the desk's time of receipt at most)."""
+    w = worker(engine)
+    told: list[dict[str, Any]] = []
+
+    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        told.append(json.loads(payload))
+
+    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    backlog = publish(dtopics.TELEMETRY, {**telemetry(entry("gas1", 1)), "hist": True})
+    w.handle([backlog])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    with engine.connect() as conn:
+        seen = {d["dev"]: d["last_seen"] for d in queries.device_states(conn, "north")}
+    assert seen["gas1"] == T0 < backlog.received
+    assert [n["received"] for n in told if n["kind"] == "reading"] == [T0]
+    w.handle([publish(dtopics.UP_STATE, {**state(dev="gas2", t=T0 - 60), "hist": True})])  # a birth, as old
+    with engine.connect() as conn:
+        assert {d["dev"]: d["last_seen"] for d in queries.device_states(conn, "north")}["gas2"] == T0 - 60
+    w.handle([publish(dtopics.TELEMETRY, telemetry(entry("gas1", 2)))])  # a live one is seen as it comes
+    with engine.connect() as conn:
+        live = {d["dev"]: d["last_seen"] for d in queries.device_states(conn, "north")}["gas1"]
+    assert live > T0
+    w.handle([publish(dtopics.UP_STATE, {**state(t=T0 + 10), "hist": True})])  # and an older birth keeps it
+    with engine.connect() as conn:
+        assert {d["dev"]: d["last_seen"] for d in queries.device_states(conn, "north")}["gas1"] == live
