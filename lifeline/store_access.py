@@ -42,20 +42,34 @@ def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = ()) -> sql
     a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query."""
     path = Path(args.store) if args.store is not None else load(args.config).store_path
     check_reachable(path)
-    conn = None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn, found = _tables(f"file:{path}?mode=ro")
     except sqlite3.Error as exc:
-        if conn is not None:
-            conn.close()
-        raise StoreError(f"{path}: cannot read it as a gateway store ({exc})") from None
+        # A WAL store is opened read-only only where its -shm can be made: not by a reader in the gateway's group
+        # while it is stopped (its state directory is 0750). With no -wal beside it the file is the whole store.
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY \
+                and not Path(f"{path}-wal").exists():
+            try:
+                conn, found = _tables(f"file:{path}?mode=ro&immutable=1")
+            except sqlite3.Error as again:
+                raise StoreError(f"{path}: cannot read it as a gateway store ({again})") from None
+        else:
+            raise StoreError(f"{path}: cannot read it as a gateway store ({exc})") from None
     missing = [t for t in tables if t not in found]
     if missing:
         conn.close()
         raise StoreError(f"{path}: no table {', '.join(missing)}: not a gateway store, or the gateway has not "
                          "started on it")
     return conn
+
+
+def _tables(uri: str) -> tuple[sqlite3.Connection, set[str]]:
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        return conn, {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        conn.close()
+        raise
 
 
 def shown(text: str) -> str:

@@ -4,6 +4,7 @@ came from outside (a reject's topic and detail, a node's firmware version) shown
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import time
@@ -289,3 +290,35 @@ def test_a_retained_birth_sent_again_at_each_subscribe_is_no_duplicate_of_the_de
     assert cli.main(["status", "--store", str(store)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "gas-01" in line)
     assert [cell.strip() for cell in row.split("│")[-4:-1]] == ["0", "1", "0"], row  # gaps, dups, replays
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_stopped_gateways_store_is_read_by_a_member_of_its_group(tmp_path: Path, name: str) -> None:
+    """The gateway stopped (its WAL checkpointed and gone), an operator in the group `lifeline` (the state
+    directory 0750, the store 0640) ran `lifeline status` and was told the store is none: "cannot read it as a
+    gateway store (attempt to write a readonly database)". SQLite opens a WAL store read-only only where it may
+    create the -shm beside it. Run as root without the capabilities that let root past file modes, in the
+    group, not the owner (what such an operator has)."""
+    state = tmp_path / "lifeline"
+    state.mkdir()
+    _store_with_rejects(state / "gw.db", 1)
+    with sqlite3.connect(state / "gw.db") as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        registry = Registry(conn, DeviceList([DeviceConfig("gas-01", "gas", KEY, None)]))
+        registry.seen("gas-01", 1.8e9)
+        registry.flush()
+        SequenceTracker(conn).flush()
+        Ledger(conn).flush()
+    conn.close()
+    assert not (state / "gw.db-wal").exists()
+    for path, mode in ((state, 0o750), (state / "gw.db", 0o640)):
+        os.chown(path, 4321, 0)
+        path.chmod(mode)
+    words = COMMANDS[name]
+    argv = ([*words[:1], "--store", str(state / "gw.db"), *words[1:]] if name == "quarantine"
+            else [*words, "--store", str(state / "gw.db")])
+    caps = "-dac_override,-dac_read_search"
+    done = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *lifeline_cmd(), *argv],
+                          capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (state / "gw.db-shm").exists()
