@@ -379,12 +379,25 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
     b.check_loads(files)
     for d in sorted({f.path.rsplit("/", 1)[0] for f in files if "/" in f.path}):
         b.makedirs(d)
+    # The stamp of the config last checked goes before anything new is in place: a run stopped after its last
+    # write, run again, writes nothing, and the new code would read the config unchecked.
+    stamped = [CHECKED_STAMP] if b.sha256(CHECKED_STAMP) is not None else []
+
+    def unstamp() -> None:
+        for path in stamped:
+            b.remove(path)
+        result.removed += stamped
+        stamped.clear()
+
+    if new_code:
+        unstamp()
     config = []  # written and checked, put in place together after the last
     for f in files:
         if not force and b.sha256(f.path) == f.sha256:
             result.unchanged.append(f.path)
             report(f.size, f)
         else:
+            unstamp()
             b.write(f.path, f.source.read_bytes(), functools.partial(_sent, report, f), rename=f.path not in CONFIG)
             config += [f.path] if f.path in CONFIG else []
             result.written.append(f.path)
@@ -396,9 +409,6 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
         if path not in keep:
             b.remove(path)
             result.removed.append(path.decode(errors="backslashreplace"))  # a name not UTF-8 shown escaped
-    if (result.written or new_code) and b.sha256(CHECKED_STAMP) is not None:
-        b.remove(CHECKED_STAMP)
-        result.removed.append(CHECKED_STAMP)
     result.seconds = time.monotonic() - start
     return result
 

@@ -568,6 +568,26 @@ def test_code_the_boards_micropython_cannot_load_stops_before_the_board(
     assert len(err.splitlines()) == 1 and flash_files(vdev) == {}, err
 
 
+def test_new_code_stopped_before_the_end_still_has_the_config_checked_again(vdev: VirtualDevice,
+                                                                            tmp_path: Path) -> None:
+    """New code copied, the run stopped as it cleans lib/ (Ctrl-C, a hang-up) and run again: the second run found
+    every file in place, wrote nothing and so kept the stamp of the config last checked, and the new firmware
+    read the old config without its checks at every boot. The stamp goes before the first file is written."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    stamp = vdev.flash_dir / flash_mod.CHECKED_STAMP
+    stamp.write_text("{}")
+    (vdev.flash_dir / "lib/persist.mpy").write_bytes(b"the code before")
+    prov = flash_mod.Provision("gas-01", "site-a", "gas", "127.0.0.1", 1883, KEY, mqtt_user="gas-01")
+    (tmp_path / "stage").mkdir()
+    files = flash_mod.stage(prov, tmp_path / "stage")
+    with flash_mod.board(vdev.port) as b, pytest.raises(KeyboardInterrupt):
+        b.files_under = lambda top: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
+        flash_mod.upload(b, files)
+    with flash_mod.board(vdev.port) as b:
+        assert not flash_mod.upload(b, files).written
+    assert not stamp.exists()
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
