@@ -48,6 +48,7 @@ try:
 
     cfg = [checked.load()]  # in a list, so run() can take it out and the parsed files can be freed
     st = watchdog.boot(backend(cfg[0][0].get("hal")).reset_cause())
+    del checked  # main's own reference, or the module outlives its drop (1.25 KB of a running node's heap)
     app.drop("app.checked")
     if pending:
         from ota import fetch
