@@ -301,7 +301,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
     if level in WORK_ORDER_LEVELS and (not hist or _live(conn, body["id"])):
-        _open_order(conn, site, body, received)
+        _open_order(conn, site, body, received, reopen=ev == "escalated")
     return True
 
 
@@ -323,14 +323,29 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     return True
 
 
-def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float) -> None:
-    """The alarm's work order, unless it has one."""
+def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float, *,
+                reopen: bool = False) -> None:
+    """The alarm's work order, unless it has one. `reopen`: an escalation, which reopens its order if that was
+    closed while the alarm stayed (de-escalated, not cleared) and this escalation is the alarm's latest: an
+    episode has one order, and a live red alarm whose order was closed had no step left that anyone could take."""
+    note = f"{body.get('level')} {body.get('metric')}"
     opened = conn.execute(dialect_insert(conn, work_orders).values(
         alarm=body["id"], site=site, state="open", opened=received, updated=received)
         .on_conflict_do_nothing().returning(work_orders.c.id)).first()
     if opened is not None:
         conn.execute(work_order_steps.insert().values(order_id=opened.id, step="opened", actor="system",
-                                                      at=received, note=f"{body.get('level')} {body.get('metric')}"))
+                                                      at=received, note=note))
+        return
+    if not reopen:
+        return
+    latest = select(alarms.c.id).where(alarms.c.id == body["id"], alarms.c.state == "open",
+                                       alarms.c.t_last == float(body["t_gw"]), alarms.c.level == body.get("level"))
+    reopened = conn.execute(update(work_orders).where(
+        work_orders.c.alarm == body["id"], work_orders.c.state == "closed", work_orders.c.alarm.in_(latest))
+        .values(state="open", updated=received).returning(work_orders.c.id)).first()
+    if reopened is not None:
+        conn.execute(work_order_steps.insert().values(order_id=reopened.id, step="reopened", actor="system",
+                                                      at=received, note=note))
 
 
 def _live(conn: Connection, alarm_id: str) -> bool:

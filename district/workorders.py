@@ -4,10 +4,10 @@
                                                  ^                      |
                                                  +--dispatch-- returned <--send-back--+
 
-An orange or red live alarm opens its order (district/store.py). Every step is a new row naming who and
-when; nothing is updated in place but the order's current state, and that only from the state the step
-expects, so two people acting on one order at once cannot both succeed. The server checks the actor's role
-here, whatever the page showed them.
+An orange or red live alarm opens its order, and its escalation reopens it if it was closed (district/store.py).
+Every step is a new row naming who and when; nothing is updated in place but the order's current state, and that
+only from the state the step expects, so two people acting on one order at once cannot both succeed. The server
+checks the actor's role here, whatever the page showed them.
 """
 
 from __future__ import annotations

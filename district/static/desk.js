@@ -4,7 +4,7 @@
 
 const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#3e8ed0" };
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
-  close: "closed", "send-back": "sent back" };
+  close: "closed", "send-back": "sent back", reopened: "reopened" };
 const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, sent: new Map(), events: null,
   skew: 0 };
 

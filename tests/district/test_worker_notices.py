@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 from test_hostile_upstream import T0, alarm, entry, publish, state, telemetry, worker
 
-from district import queries
+from district import queries, workorders
+from district.accounts import Session
 from district.live import CHANGES_TOPIC
 from district.schema import work_orders
 from protocol import district as dtopics
@@ -149,3 +150,47 @@ async def test_a_backlog_does_not_make_its_devices_seen_now(engine: Engine) -> N
     w.handle([publish(dtopics.UP_STATE, {**state(t=T0 + 10), "hist": True})])  # and an older birth keeps it
     with engine.connect() as conn:
         assert {d["dev"]: d["last_seen"] for d in queries.device_states(conn, "north")}["gas1"] == live
+
+
+async def test_an_alarm_that_rises_again_after_its_order_was_closed_reopens_it(engine: Engine) -> None:
+    """An order done and closed while its alarm was still above its clear level (de-escalated to yellow, say),
+    and the gas rises to red again: the alarm is one episode, its order unique, so nothing opened. The board
+    showed a live red alarm "acknowledged" with its order "closed", and not one button: no one could act on it.
+    The escalation reopens the order (a "reopened" step by the system), to be acknowledged and dispatched again."""
+    w = worker(engine)
+    told: list[dict[str, Any]] = []
+
+    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        told.append(json.loads(payload))
+
+    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w.handle([publish(dtopics.ALARM, alarm(id=A, level="red"))])
+    with engine.connect() as conn:
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar_one()
+    sup = Session("t", "chen", "supervisor", "c")
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, A, sup, now=T0 + 10)
+        for i, (step, kw) in enumerate((("dispatch", {"team": "pipe 3"}), ("report", {"note": "seal replaced"}),
+                                        ("close", {}))):
+            workorders.act(conn, order, step, sup, now=T0 + 20 + i, **kw)
+    w.handle([publish(dtopics.ALARM, alarm(id=A, ev="de-escalated", level="yellow", prev="red", t_gw=T0 + 30))])
+    told.clear()
+    w.handle([publish(dtopics.ALARM, alarm(id=A, ev="escalated", level="red", prev="yellow", t_gw=T0 + 90))])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    with engine.connect() as conn:
+        got = queries.work_order(conn, order)
+    assert got is not None and got["state"] == "open"
+    assert [s["step"] for s in got["steps"]] == ["opened", "ack", "dispatch", "report", "close", "reopened"]
+    assert {"kind": "work-order", "id": order} in told
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, A, sup, now=T0 + 100)
+        assert workorders.act(conn, order, "dispatch", sup, team="pipe 8", now=T0 + 110) == "dispatched"
+    # going down reopens nothing, nor does an escalation the alarm has moved past (a late resend)
+    with engine.begin() as conn:
+        workorders.act(conn, order, "report", sup, note="line replaced", now=T0 + 120)
+        workorders.act(conn, order, "close", sup, now=T0 + 130)
+    w.handle([publish(dtopics.ALARM, alarm(id=A, ev="de-escalated", level="orange", prev="red", t_gw=T0 + 140)),
+              publish(dtopics.ALARM, alarm(id=A, ev="escalated", level="orange", prev="yellow", t_gw=T0 + 80))])
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state)).scalar_one() == "closed"
