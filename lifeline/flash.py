@@ -62,6 +62,9 @@ KEY_BYTES = 32
 # between two of them never leaves the board one flash's device.json beside another's secrets.json.
 CONFIG = (BROKER_CA, "profile.json", "device.json", "secrets.json")
 CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new firmware checks the config
+# firmware/lib/ota: the release a node took runs from ota/a or ota/b while slot.json names it, and one pending
+# (ota.json) boots the updater; either way lib/ does not run. A flash by cable makes lib/ the code again.
+OTA_STATE = ("ota.json", "slot.json")
 READ_TIMEOUT = 1.0  # s per serial read: mpremote retries empty reads until its own deadlines
 CHUNK = 512  # bytes per raw-REPL write: a 512-byte literal compiles comfortably within a 64K heap
 _ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
@@ -409,6 +412,10 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
         if path not in keep:
             b.remove(path)
             result.removed.append(path.decode(errors="backslashreplace"))  # a name not UTF-8 shown escaped
+    for name in OTA_STATE:  # last: until the code is all in, the board keeps running its release
+        if b.sha256(name) is not None:
+            b.remove(name)
+            result.removed.append(name)
     result.seconds = time.monotonic() - start
     return result
 

@@ -588,6 +588,24 @@ def test_new_code_stopped_before_the_end_still_has_the_config_checked_again(vdev
     assert not stamp.exists()
 
 
+def test_a_board_that_took_an_update_runs_the_code_flashed_by_cable(vdev: VirtualDevice, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A node that took an OTA release runs it from ota/a or ota/b, which slot.json names, and main.py takes lib/
+    off the path; one with an update pending (ota.json) boots into the updater. Flashed by cable, with the fix
+    the field needed, it was told "flashed" and went on running the release's code (or fetched the release
+    again): the cable's code never ran. The flash makes lib/ the code again: slot.json and ota.json go."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    fs = vdev.flash_dir
+    (fs / "ota" / "b").mkdir(parents=True)
+    (fs / "ota" / "b" / "main_app.mpy").write_bytes(b"the release's code")
+    (fs / "slot.json").write_text(json.dumps({"run": "ota/b", "v": "0.2.0", "prev": "", "pv": "0.1.0"}))
+    (fs / "ota.json").write_text(json.dumps({"id": 7, "v": "0.3.0", "n": 4999, "sig": "00" * 64}))
+    capsys.readouterr()
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    assert not (fs / "slot.json").exists() and not (fs / "ota.json").exists()
+    assert "2 stale removed" in capsys.readouterr().out
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
