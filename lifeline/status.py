@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gateway.alarms import Transition
 from gateway.outbox import queued
@@ -19,7 +20,7 @@ from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
 from gateway.site_config import ConfigError, load
-from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly, plain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,19 +50,38 @@ def run(args: argparse.Namespace) -> int:
         health = {dev: Health(**json.loads(text))
                   for dev, text in conn.execute("SELECT dev, health FROM device_health")}
         seq = sequence_stats(conn)
-        table = Table("device", "class", "state", "boot", "firmware", "last seen", "battery", "rssi",
-                      "gaps", "dups", "replays", title="devices")
+        rows: list[tuple[str, ...]] = []
         for dev in sorted(set(health) | set(classes)):
             h = health.get(dev) or Health(dev)
             dups, replays, gaps = seq.get(dev, (0, 0, 0))
-            table.add_row(dev, classes.get(dev, ""), "[green]online[/green]" if h.online else "[red]offline[/red]",
-                          str(h.boot) if h.boot >= 0 else "", shown(h.fw), _age(now, h.last_seen),
-                          "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
-                          str(gaps), str(dups), str(replays))
-        console.print(table)
+            rows.append((dev, classes.get(dev, ""), "online" if h.online else "offline",
+                         str(h.boot) if h.boot >= 0 else "", plain(h.fw), _age(now, h.last_seen),
+                         "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
+                         str(gaps), str(dups), str(replays)))
+        online = sum(row[2] == "online" for row in rows)
+        console.print(f"devices: {len(rows)} ({online} online, {len(rows) - online} offline)")
+        console.print(_columns(rows), soft_wrap=True)
         console.print(_alarm_table(conn, now))
         console.print(_queued(conn, now, budget_mb))
     return 0
+
+
+def _columns(rows: list[tuple[str, ...]]) -> Text:
+    """The devices as aligned columns in one text, the state coloured: a rich Table takes about a millisecond
+    a row, and a site of 20,000 devices waited 27 s, shown nothing, for its table."""
+    header = ("device", "class", "state", "boot", "firmware", "last seen", "battery", "rssi", "gaps", "dups",
+              "replays")
+    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+    text = Text("  ".join(name.ljust(w) for name, w in zip(header, widths, strict=True)).rstrip() + "\n",
+                style="bold")
+    for row in rows:
+        for i, (cell, w) in enumerate(zip(row, widths, strict=True)):
+            last = i == len(row) - 1
+            state = ("green" if cell == "online" else "red") if i == 2 else None
+            text.append(cell if last else cell.ljust(w), style=state)
+            text.append("\n" if last else "  ")
+    text.rstrip()
+    return text
 
 
 def _queued(conn: sqlite3.Connection, now: float, budget_mb: float | None) -> str:

@@ -72,8 +72,13 @@ def _tables(uri: str) -> tuple[sqlite3.Connection, set[str]]:
         raise
 
 
+def plain(text: str) -> str:
+    """Text from outside with every control character as its \\x escape, for a rich Text (never read as markup)."""
+    return text.translate(_CONTROLS)
+
+
 def shown(text: str) -> str:
     """Text from the store that came from outside (a publisher's topic, a node's words) for a rich console: as
     text, not markup, and with every control character as its \\x escape, so none can recolour, clear or retitle
     the operator's terminal (rich escapes markup and drops a few controls, but passes ESC through)."""
-    return escape(text.translate(_CONTROLS))
+    return escape(plain(text))

@@ -289,7 +289,7 @@ def test_a_retained_birth_sent_again_at_each_subscribe_is_no_duplicate_of_the_de
     conn.close()
     assert cli.main(["status", "--store", str(store)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "gas-01" in line)
-    assert [cell.strip() for cell in row.split("│")[-4:-1]] == ["0", "1", "0"], row  # gaps, dups, replays
+    assert row.split()[-3:] == ["0", "1", "0"], row  # gaps, dups, replays
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -322,3 +322,23 @@ def test_a_stopped_gateways_store_is_read_by_a_member_of_its_group(tmp_path: Pat
                           capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not (state / "gw.db-shm").exists()
+
+
+def test_status_of_a_large_site_answers_in_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rich's Table takes about a millisecond a row: `lifeline status` on a site of 20,000 devices printed
+    nothing for 27 s, then the table (10,000 here: 13 s). The devices are aligned columns in one text now."""
+    store = tmp_path / "gw.db"
+    conn = sqlite3.connect(store)
+    devices = DeviceList([DeviceConfig(f"gas-{i:05d}", "gas", KEY, None) for i in range(10_000)])
+    registry = Registry(conn, devices)
+    for i in range(10_000):
+        registry.seen(f"gas-{i:05d}", 1.8e9)
+    registry.flush()
+    SequenceTracker(conn).flush()
+    conn.commit()
+    conn.close()
+    began = time.monotonic()
+    assert cli.main(["status", "--store", str(store)]) == 0
+    assert time.monotonic() - began < 5
+    out = capsys.readouterr().out
+    assert "gas-00000" in out and "gas-09999" in out and "devices: 10000 (0 online, 10000 offline)" in out
