@@ -250,9 +250,12 @@ function renderActions(a, order) {
     if (desk.me) await refresh(["alarms", "orders", "times"]);
   };
   // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,
-  // goes into the new fields, or a correction being written would vanish under the cursor.
+  // goes into the new fields, or a correction being written would vanish under the cursor. Only into this
+  // alarm's: a team typed for one order stood ready in the next one's Dispatch field.
   const typed = {};
-  for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el.value;
+  const mine = a ? a.id : order ? order.alarm : "";
+  if ($("actions").dataset.alarm === mine) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el.value;
+  $("actions").dataset.alarm = mine;
   const active = document.activeElement;
   const focused = active && typed[active.id] !== undefined ? active.id : null;
   const field = (id, placeholder) => { const el = h("input", { id, placeholder }); el.value = typed[id] || ""; return el; };

@@ -625,3 +625,30 @@ def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(tmp_path: Pa
         page.close()
         second.close()
     engine.dispose()
+
+
+def test_what_was_typed_for_one_order_is_not_carried_to_another(tmp_path: Path, browser: Browser) -> None:
+    """What an officer types survives a redraw of the panel; it also went with them to the next order opened: a
+    team typed for one order stood in the next one's Dispatch field (a correction in the next one's Send back),
+    one click from sending that order to the team meant for the other."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    op = Session("t", USERS["operator"], "operator", "c")
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2"), received=now - 49)
+        workorders.ack_alarm(conn, RED, op, now=now - 30)
+        workorders.ack_alarm(conn, ORANGE, op, now=now - 30)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "operator")
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#fact-state")).to_have_text("open")
+        expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        page.fill("#team", "pipe team 3")
+        page.locator(f".alarm[data-id='{ORANGE}']").click()
+        expect(page.locator("#detail-title")).to_contain_text("gas2")
+        expect(page.locator("#team")).to_have_value("")
+        page.close()
+    engine.dispose()
