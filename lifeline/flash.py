@@ -62,6 +62,9 @@ KEY_BYTES = 32
 # between two of them never leaves the board one flash's device.json beside another's secrets.json.
 CONFIG = (BROKER_CA, "profile.json", "device.json", "secrets.json")
 CHECKED_STAMP = "checked.json"  # firmware/lib/app/checked.py: removed so new firmware checks the config
+# firmware/lib/app/trial.py: a config command on trial keeps the files it replaced as NAME.prev (or stages its own
+# as NAME.new) and puts the .prev back at a boot without a connection: a flash's reset undid the flash.
+CONFIG_TRIAL = "trial.json"
 # firmware/lib/ota: the release a node took runs from ota/a or ota/b while slot.json names it, and one pending
 # (ota.json) boots the updater; either way lib/ does not run. A flash by cable makes lib/ the code again.
 OTA_STATE = ("ota.json", "slot.json")
@@ -333,6 +336,13 @@ class Repl:
         """Whether the board's MicroPython was built with a ROMFS partition (as `mpremote romfs query` asks)."""
         return self.exec("import vfs\nprint(hasattr(vfs, 'rom_ioctl') and vfs.rom_ioctl(1) > 0)").strip() == b"True"
 
+    def remove_present(self, paths: list[str]) -> list[str]:
+        """Remove those of `paths` the board has, in one exec; the ones it had."""
+        out = self.exec(f"_gone = []\nfor _p in {paths!r}:\n try:\n  os.remove(_p)\n  _gone.append(_p)\n"
+                        " except OSError:\n  pass\nprint(repr(_gone))")
+        gone: list[str] = ast.literal_eval(out.decode().strip())
+        return gone
+
     def remove(self, path: str | bytes) -> None:
         self.exec(f"os.remove({path!r})")  # MicroPython takes a bytes path as its name's bytes
 
@@ -406,7 +416,10 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
             result.written.append(f.path)
             result.bytes_written += f.size
         report(0, None)
+    # The flash ends a config trial: first its mark, so no boot rolls back onto the files it kept
+    result.removed += b.remove_present([CONFIG_TRIAL])
     b.rename_all(config)
+    result.removed += b.remove_present([name + end for name in CONFIG[1:] for end in (".prev", ".new")])
     keep = {f.path.encode() for f in files}
     for path in b.files_under("lib"):
         if path not in keep:

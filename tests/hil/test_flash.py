@@ -606,6 +606,21 @@ def test_a_board_that_took_an_update_runs_the_code_flashed_by_cable(vdev: Virtua
     assert "2 stale removed" in capsys.readouterr().out
 
 
+def test_a_config_on_trial_does_not_undo_the_flash(vdev: VirtualDevice, tmp_path: Path) -> None:
+    """A config command (a new broker, say) on trial when the node is flashed by cable, its first boot under it done
+    (trial.json, device.json.prev): the flash's reset was the trial's second boot without a connection, which put
+    device.json.prev back over the device.json just flashed, and the node came up as it was before the command,
+    not as flashed. The flash ends the trial: trial.json and the files it kept go."""
+    assert flash(vdev, tmp_path, "--key", KEY.hex()) == 0
+    fs = vdev.flash_dir
+    (fs / "device.json.prev").write_text((fs / "device.json").read_text())
+    (fs / "profile.json.new").write_text((fs / "profile.json").read_text())  # staged, not yet swapped in
+    (fs / "trial.json").write_text(json.dumps({"id": 5, "boots": 1, "files": ["device.json", "profile.json"]}))
+    assert flash(vdev, tmp_path, "--key", KEY.hex(), device_id="gas-02") == 0
+    assert json.loads((fs / "device.json").read_text())["id"] == "gas-02"
+    assert not [p.name for p in fs.iterdir() if p.name == "trial.json" or p.suffix in (".prev", ".new")]
+
+
 def test_no_board_on_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with VirtualDevice(tmp_path / "flash", name="off") as dev:  # never powered: nothing answers
         assert flash(dev, tmp_path, "--key", KEY.hex(), "--connect-timeout", "1") == 1
