@@ -54,16 +54,23 @@ def run(args: argparse.Namespace) -> int:
         for dev in sorted(set(health) | set(classes)):
             h = health.get(dev) or Health(dev)
             dups, replays, gaps = seq.get(dev, (0, 0, 0))
-            rows.append((dev, classes.get(dev, ""), "online" if h.online else "offline",
+            state = "not listed" if cfg and dev not in classes else "online" if h.online else "offline"
+            rows.append((dev, classes.get(dev, ""), state,
                          str(h.boot) if h.boot >= 0 else "", plain(h.fw), _age(now, h.last_seen),
                          "" if h.batt is None else f"{h.batt:g}", "" if h.rssi is None else f"{h.rssi:g}",
                          str(gaps), str(dups), str(replays)))
         online = sum(row[2] == "online" for row in rows)
-        console.print(f"devices: {len(rows)} ({online} online, {len(rows) - online} offline)")
+        unlisted = sum(row[2] == "not listed" for row in rows)
+        listed = len(rows) - unlisted
+        console.print(f"devices: {listed} ({online} online, {listed - online} offline)"
+                      + (f"; {unlisted} more in the store, not in site.toml" if unlisted else ""))
         console.print(_columns(rows), soft_wrap=True)
         console.print(_alarm_table(conn, now))
         console.print(_queued(conn, now, budget_mb))
     return 0
+
+
+_STATE_STYLE = {"online": "green", "offline": "red", "not listed": "dim"}  # not listed: taken off site.toml
 
 
 def _columns(rows: list[tuple[str, ...]]) -> Text:
@@ -77,7 +84,7 @@ def _columns(rows: list[tuple[str, ...]]) -> Text:
     for row in rows:
         for i, (cell, w) in enumerate(zip(row, widths, strict=True)):
             last = i == len(row) - 1
-            state = ("green" if cell == "online" else "red") if i == 2 else None
+            state = _STATE_STYLE.get(cell) if i == 2 else None
             text.append(cell if last else cell.ljust(w), style=state)
             text.append("\n" if last else "  ")
     text.rstrip()

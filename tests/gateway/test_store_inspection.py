@@ -342,3 +342,34 @@ def test_status_of_a_large_site_answers_in_seconds(tmp_path: Path, capsys: pytes
     assert time.monotonic() - began < 5
     out = capsys.readouterr().out
     assert "gas-00000" in out and "gas-09999" in out and "devices: 10000 (0 online, 10000 offline)" in out
+
+
+def test_status_names_a_device_taken_off_site_toml_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A device decommissioned (taken off site.toml, the gateway reloaded) kept its health in the store, and
+    `status --config` listed it as 'online' among the site's devices, counted with them, a class left blank."""
+    from gateway.daemon import Gateway
+    from gateway.ingest import Incoming
+    from gateway.site_config import load
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def site(*devices: str) -> Path:
+        (tmp_path / "site.toml").write_text(
+            f'[site]\nid = "site-a"\nkey = "{"ab" * 32}"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\n'
+            f'host = "127.0.0.1"\n[store]\npath = "gw.db"\n[metrics]\nport = 0\n'
+            + "".join(f'[[devices]]\nid = "{dev}"\nclass = "gas"\nkey = "{KEY.hex()}"\n' for dev in devices))
+        return tmp_path / "site.toml"
+
+    gw = Gateway(load(site("gas-01", "gas-02")))
+    for dev in ("gas-01", "gas-02"):
+        birth = message.encode(message.birth(dev, 1, 1, "1.0", "gas", "po", 40.0), KEY)
+        gw.handle_site([Incoming(topics.device("site-a", dev, topics.STATE), birth, False, time.time())])
+    site("gas-01")
+    gw.reload()
+    gw.conn.close()
+    assert cli.main(["status", "--config", str(tmp_path / "site.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "devices: 1 (1 online, 0 offline); 1 more in the store, not in site.toml" in out, out
+    row = next(line for line in out.splitlines() if line.startswith("gas-02"))
+    assert "not listed" in row and "online" not in row, row
