@@ -48,12 +48,15 @@ def _point(risk_points: RiskPoints, site: str, point: str | None) -> Mapping[str
 
 def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any]]:
     """Alarms not cleared: live ones first, red, then orange, yellow, blue, the oldest first within a colour;
-    then the inhibited and historical ones in the same order, so neither ever sits among the live."""
+    then the inhibited and historical ones in the same order, so neither ever sits among the live. `site_online`
+    false: the site's gateway is offline, so the alarm is as last heard (a clear could not reach the district)."""
     rows = conn.execute(
         select(alarms, devices.c.lat.label("dev_lat"), devices.c.lon.label("dev_lon"),
                work_orders.c.id.label("wo_id"), work_orders.c.state.label("wo_state"),
-               work_orders.c.team.label("wo_team"), work_orders.c.round.label("wo_round"))
+               work_orders.c.team.label("wo_team"), work_orders.c.round.label("wo_round"),
+               sites.c.online.label("site_online"))
         .outerjoin(devices, (devices.c.site == alarms.c.site) & (devices.c.dev == alarms.c.dev))
+        .outerjoin(sites, sites.c.site == alarms.c.site)
         .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
         .where(alarms.c.state != "cleared")
         .order_by(NOT_LIVE, RANK.desc(), alarms.c.raised, alarms.c.received)).all()
@@ -67,6 +70,7 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
             "level": r.level, "peak": r.peak, "value": r.value, "unit": r.unit, "point": r.point,
             "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received, "acked": r.acked,
             "state": "historical" if r.hist else r.state, "t_last": r.t_last,
+            "site_online": r.site_online is not False,  # its gateway's last word a death: nothing more comes
             "work_order": None if r.wo_id is None else
             {"id": r.wo_id, "state": r.wo_state, "team": r.wo_team, "round": r.wo_round}})
     return out

@@ -568,12 +568,22 @@ class Gateway:
     def _warn_unruled(self) -> None:
         """Devices of a class the active rules lack are taken and forwarded, but nothing they send can raise
         an alarm: a site that listed a class and forgot its rule file, or took a set from the district that
-        lacks it, would not know it."""
+        lacks it, would not know it. Nor would it know of an override that names no device of its class."""
         counts = self.registry.devices.class_counts()
         missing = sorted(cls for cls in counts if cls not in self.alarms.ruleset.classes)
         if missing:
             event(log, "devices-without-rules", logging.WARNING,
                   classes=",".join(f"{cls}:{counts[cls]}" for cls in missing))
+        # An override judges only a device or risk point of its class: a misspelt id judges nothing, and the
+        # device it was meant for keeps the class's thresholds.
+        devices, points = self.registry.devices, self.cfg.risk_points
+        unmatched = sorted(
+            f"{cls}.devices.{subject}" for cls, rules in self.alarms.ruleset.classes.items()
+            for subject in {s for s, _ in rules.metric_overrides} | set(rules.stale_overrides)
+            if not (subject in devices and devices[subject].cls == cls)
+            and not ((point := points.get(subject)) is not None and point.cls == cls))
+        if unmatched:
+            event(log, "rules-overrides-unmatched", logging.WARNING, overrides=",".join(unmatched))
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; the collector makes no full pass of its own meanwhile (_ticker does)."""

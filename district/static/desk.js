@@ -90,6 +90,8 @@ function alarmItem(a) {
   if (a.state !== "open") tags.push(h("span", { class: "tag " + a.state }, a.state === "historical"
     ? "historical" : a.state === "inhibited" ? "inhibited" : a.state));
   if (a.acked) tags.push(h("span", { class: "tag acked" }, "acknowledged"));
+  if (a.site_online === false) tags.push(h("span", { class: "tag offline", title: "its site's gateway is offline:"
+    + " this is the alarm as last heard" }, "site offline"));
   if (a.work_order) tags.push(h("span", { class: "tag wo" }, "order " + a.work_order.state));
   const sel = desk.selected && desk.selected.alarm === a.id;
   return h("li", { class: `alarm lv-${level} st-${a.state}${sel ? " selected" : ""}`, dataset: { id: a.id },
@@ -428,7 +430,8 @@ function onNotice(n) {
   switch (n.kind) {
     case "alarm": refresh(["alarms", "map", "times"]); break;
     case "work-order": refresh(["orders", "alarms", "times"]); break;
-    case "device": case "site": refresh(["state", "map", "ota"]); break;
+    case "device": refresh(["state", "map", "ota"]); break;
+    case "site": refresh(["state", "map", "ota", "alarms"]); break;  // its alarms say whether it is offline
     case "command": refresh(["sent"]); break;
     case "ota": refresh(["ota"]); break;
     case "reading":

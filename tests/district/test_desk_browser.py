@@ -652,3 +652,30 @@ def test_what_was_typed_for_one_order_is_not_carried_to_another(tmp_path: Path, 
         expect(page.locator("#team")).to_have_value("")
         page.close()
     engine.dispose()
+
+
+def test_an_alarm_of_a_site_gone_offline_says_so(tmp_path: Path, browser: Browser) -> None:
+    """A site's gateway dies (its will): its alarms stay on the board as they were last heard, and read as current
+    as any other's, though nothing the site sends reaches the district, a clear included. Each is tagged "site
+    offline" until the gateway is back."""
+    engine = open_engine(str(tmp_path / "district.sqlite"))
+    now = time.time()
+    seed(engine, now)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        log_in(page, url, "viewer")
+        tag = page.locator(f".alarm[data-id='{RED}'] .tag.offline")
+        expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible()
+        expect(tag).to_have_count(0)
+        with engine.begin() as conn:
+            store.gateway_state(conn, "s1", False, 1, received=now)
+        announce(broker, notice("site", site="s1"))
+        expect(tag).to_have_text("site offline")
+        with engine.begin() as conn:
+            store.gateway_state(conn, "s1", True, 2, received=now + 1)
+        announce(broker, notice("site", site="s1"))
+        expect(tag).to_have_count(0)
+        page.close()
+    engine.dispose()

@@ -282,3 +282,28 @@ def test_a_reload_on_a_full_store_is_refused_whole(tmp_path: Path, caplog: pytes
         assert "d2" in gw.registry.devices and gw.alarms.ruleset.version == 2
     finally:
         gw.conn.close()
+
+
+def test_an_override_for_no_device_or_point_of_its_class_is_named(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A per-device override whose id is misspelt (gas-0l4 for gas-014), or names a device of another class,
+    judged nothing and said nothing: the device kept the class's thresholds while the operator believed its own
+    in force (a lowered level for a critical main never applied). Named at start and at each reload."""
+    override = ('[rules.overrides.gas.devices.{dev}.ch4]\nlevels = {{ yellow = 30, red = 60 }}\n'
+                'clear = {{ yellow = 25, red = 50 }}\n')
+    rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n\n'
+    gw = Gateway(load(site_toml(tmp_path, rules + override.format(dev="d1"))))
+    try:
+        with caplog.at_level(logging.INFO):
+            gw.reload()  # an override of a listed gas device: nothing said
+        assert not [r for r in caplog.records if r.getMessage() == "rules-overrides-unmatched"]
+        rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 2)}"]\n\n'
+        site_toml(tmp_path, rules + override.format(dev="dl") + override.format(dev="d2").replace("[rules", "\n[rules"),
+                  devices=f'[[devices]]\nid = "d2"\nclass = "water"\nkey = "{KEY}"\n')
+        with caplog.at_level(logging.INFO):
+            gw.reload()
+        warned = [r for r in caplog.records if r.getMessage() == "rules-overrides-unmatched"]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert getattr(warned[0], "fields", {})["overrides"] == "gas.devices.d2,gas.devices.dl"
+    finally:
+        gw.conn.close()
