@@ -1,7 +1,8 @@
 """The work-order lifecycle: 任务派发回流 + 人工纠错重发 (dispatch, report back, correct and re-dispatch).
 
     open --ack--> acknowledged --dispatch--> dispatched --report--> reported --close--> closed
-                                                 ^                      |
+                                                 ^    |                 |
+                                                 |    +--send-back--+   |
                                                  +--dispatch-- returned <--send-back--+
 
 An orange or red live alarm opens its order, and its escalation reopens it if it was closed (district/store.py).
@@ -26,7 +27,7 @@ STEPS = {
     "dispatch": (("acknowledged", "returned"), "dispatched"),
     "report": (("dispatched",), "reported"),
     "close": (("reported",), "closed"),
-    "send-back": (("reported",), "returned"),
+    "send-back": (("dispatched", "reported"), "returned"),  # dispatched: to the wrong team, or with wrong details
 }
 STEP_DONE = {"dispatch": "dispatched", "report": "reported", "close": "closed", "send-back": "sent back"}
 MAX_TEXT = 2000

@@ -282,7 +282,7 @@ function renderActions(a, order) {
     box.push(h("div", { class: "form-row" }, h("button", { id: "act-close", class: "primary",
       on: { click: () => post(`/api/work-orders/${order.id}/close`, {}) } }, "Close")));
   }
-  if (st === "reported" && may("send-back")) {
+  if ((st === "dispatched" || st === "reported") && may("send-back")) {  // dispatched: to the wrong team, say
     box.push(h("div", { class: "form-row" }, field("correction", "correction"), h("button", { id: "act-send-back",
       on: { click: () => post(`/api/work-orders/${order.id}/send-back`, { correction: $("correction").value }) } },
     "Send back")));

@@ -615,3 +615,30 @@ def test_logins_do_not_hold_sqlites_write_lock_while_they_hash(tmp_path: Path, b
     finally:
         engine.dispose()
     assert slowest < 0.3, slowest
+
+
+def test_an_order_dispatched_to_the_wrong_team_is_sent_back_and_dispatched_again(desk: str, engine: Engine) -> None:
+    """人工纠错重发: an order dispatched to the wrong team (or with the wrong details) is corrected and sent again. A
+    supervisor could send an order back only once it was reported: one dispatched to the wrong team waited for that
+    team's report (or a report made up to get there) before anyone could send the right one. Now a supervisor
+    sends a dispatched order back with the correction, and it is dispatched again, round 2."""
+    op, op_csrf = client(desk, "operator")
+    sup, sup_csrf = client(desk, "supervisor")
+    order = order_of(engine)
+
+    def step(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
+        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+
+    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
+    assert step(op, op_csrf, "dispatch", {"team": "pipe team 3"}).json()["state"] == "dispatched"
+    assert step(op, op_csrf, "send-back", {"correction": "x"}).status_code == 403  # a supervisor's step
+    r = step(sup, sup_csrf, "send-back", {"correction": "wrong team: the valve is pipe team 8's"})
+    assert r.status_code == 200 and r.json()["state"] == "returned", r.text
+    r = step(op, op_csrf, "report", {"findings": "nothing found"})  # the wrong team's report comes too late
+    assert r.status_code == 409 and "returned" in r.json()["error"], r.text
+    assert step(op, op_csrf, "dispatch", {"team": "pipe team 8"}).json()["state"] == "dispatched"
+    wo = op.get(f"/api/work-orders/{order}").json()
+    assert (wo["state"], wo["team"], wo["round"]) == ("dispatched", "pipe team 8", 2)
+    assert [(s["step"], s["team"] or s["note"]) for s in wo["steps"]][2:] == [
+        ("dispatch", "pipe team 3"), ("send-back", "wrong team: the valve is pipe team 8's"),
+        ("dispatch", "pipe team 8")]
