@@ -123,7 +123,7 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
                 return target  # the same request again (a double click): done already, and written once
             raise WorkOrderError(409, f"work order {order_id} is already {STEP_DONE[action]} by {last.actor}"
                                       f"{f' to {last.team}' if last.team else ''}")
-        raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be sent to {action}")
+        raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be {STEP_DONE[action]}")
     conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
                                                   note=note, action=action_taken))
     _audit(conn, who, action, f"work-order {order_id}", note, now)

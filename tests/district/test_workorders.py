@@ -91,7 +91,8 @@ def test_a_viewer_cannot_ack(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(("action", "kw", "status", "message"), [
-    ("close", {}, 409, "is acknowledged: it cannot be sent to close"),
+    ("close", {}, 409, "is acknowledged: it cannot be closed$"),
+    ("send-back", {"note": "x"}, 409, "is acknowledged: it cannot be sent back$"),
     ("report", {"note": "x"}, 409, "is acknowledged"),
     ("dispatch", {}, 400, "team: required"),
     ("dispatch", {"team": "x" * 65}, 400, "team: text of at most 64"),
