@@ -60,11 +60,12 @@ BUSY = "the database is busy, try again"  # what a desk action the database fail
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 # action -> the body's fields (required, optional) and how workorders.act names them
+# (and "round": the round the page showed, so a step from a page behind a send-back is refused)
 STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "dispatch": (("team",), ()),
-    "report": (("findings",), ("action",)),
-    "close": ((), ()),
-    "send-back": (("correction",), ()),
+    "dispatch": (("team",), ("round",)),
+    "report": (("findings",), ("action", "round")),
+    "close": ((), ("round",)),
+    "send-back": (("correction",), ("round",)),
 }
 
 T = TypeVar("T")
@@ -307,7 +308,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         data = await body(request, *STEP_FIELDS[action])
         state = await db(lambda c: workorders.act(
             c, oid, action, s, team=data.get("team"), note=data.get("findings", data.get("correction")),
-            action_taken=data.get("action"), now=clock()), write=True)
+            action_taken=data.get("action"), seen_round=data.get("round"), now=clock()), write=True)
         tell(notice("work-order", id=oid))
         return {"id": oid, "state": state}
 

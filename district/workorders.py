@@ -90,11 +90,13 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | Non
 
 
 def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any = None, note: Any = None,
-        action_taken: Any = None, now: float | None = None) -> str:
+        action_taken: Any = None, seen_round: Any = None, now: float | None = None) -> str:
     """One step of an order; returns its new state. `note` is the findings of a report or the correction of
     a send-back; `action_taken` what the team did. The same step again, by the same person with the same
     text, finding the order already where it leads (a double click, a request sent again), is done: it
-    returns that state and writes nothing. Another's, or other text, is refused 409 naming who did it."""
+    returns that state and writes nothing. Another's, or other text, is refused 409 naming who did it.
+    `seen_round`: the round the officer's page showed; a step of another round is refused 409 (round 1's
+    findings reported after the order was sent back and dispatched again were taken as round 2's)."""
     now = time.time() if now is None else now
     if action not in STEPS:
         raise WorkOrderError(400, f"action: one of {', '.join(STEPS)}")
@@ -104,6 +106,8 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
     note = _text(note, "findings" if action == "report" else "correction", MAX_TEXT,
                  required=action in ("report", "send-back"))
     action_taken = _text(action_taken, "action taken", MAX_TEXT, required=False)
+    if seen_round is not None and (type(seen_round) is not int or not 0 < seen_round < 2**31):
+        raise WorkOrderError(400, "round: the order's round, a whole number from 1")
     row = conn.execute(select(work_orders.c.state).where(work_orders.c.id == order_id)).first()
     if row is None:
         raise WorkOrderError(404, f"no work order {order_id}")
@@ -112,10 +116,13 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
         values["team"] = team
     if action == "dispatch" and row.state == "returned":
         values["round"] = work_orders.c.round + 1
-    done = conn.execute(update(work_orders).where(work_orders.c.id == order_id, work_orders.c.state.in_(sources))
-                        .values(**values).returning(work_orders.c.state)).first()
+    where = [work_orders.c.id == order_id, work_orders.c.state.in_(sources)]
+    if seen_round is not None:
+        where.append(work_orders.c.round == seen_round)
+    done = conn.execute(update(work_orders).where(*where).values(**values).returning(work_orders.c.state)).first()
     if done is None:
-        state = conn.execute(select(work_orders.c.state).where(work_orders.c.id == order_id)).scalar_one()
+        state, now_round = conn.execute(select(work_orders.c.state, work_orders.c.round)
+                                        .where(work_orders.c.id == order_id)).one()
         last = conn.execute(select(work_order_steps).where(work_order_steps.c.order_id == order_id)
                             .order_by(work_order_steps.c.id.desc()).limit(1)).first()
         if state == target and last is not None and last.step == action:
@@ -123,6 +130,9 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
                 return target  # the same request again (a double click): done already, and written once
             raise WorkOrderError(409, f"work order {order_id} is already {STEP_DONE[action]} by {last.actor}"
                                       f"{f' to {last.team}' if last.team else ''}")
+        if seen_round is not None and seen_round != now_round:
+            raise WorkOrderError(409, f"work order {order_id} was sent back since, and is in round {now_round} "
+                                      f"({state}): look at it again")
         raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be {STEP_DONE[action]}")
     conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
                                                   note=note, action=action_taken))

@@ -244,6 +244,8 @@ function renderActions(a, order) {
   const box = [];
   const post = async (path, body) => {
     $("action-error").textContent = "";
+    // a step names the round this page shows: one from a page behind a send-back is refused, not taken for the next
+    if (order && path.startsWith("/api/work-orders/")) body = { ...body, round: order.round };
     try {
       const r = await api(path, body);
       // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.

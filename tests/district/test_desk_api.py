@@ -642,3 +642,29 @@ def test_an_order_dispatched_to_the_wrong_team_is_sent_back_and_dispatched_again
     assert [(s["step"], s["team"] or s["note"]) for s in wo["steps"]][2:] == [
         ("dispatch", "pipe team 3"), ("send-back", "wrong team: the valve is pipe team 8's"),
         ("dispatch", "pipe team 8")]
+
+
+def test_a_step_from_a_page_that_saw_an_earlier_round_is_refused(desk: str, engine: Engine) -> None:
+    """A page left on round 1 of an order (its feed behind, or the officer slow) reports the first team's findings
+    after the order was sent back and dispatched again: the report was taken as round 2's, for a team that had not
+    reported. A step names the round the page showed, and another round's is 409; the same request again (a double
+    click of the re-dispatch) is still done once."""
+    op, op_csrf = client(desk, "operator")
+    sup, sup_csrf = client(desk, "supervisor")
+    order = order_of(engine)
+
+    def step(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
+        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+
+    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
+    assert step(op, op_csrf, "dispatch", {"team": "pipe team 3", "round": 1}).status_code == 200
+    assert step(sup, sup_csrf, "send-back", {"correction": "wrong team", "round": 1}).status_code == 200
+    for _ in range(2):
+        r = step(op, op_csrf, "dispatch", {"team": "pipe team 8", "round": 1})
+        assert r.status_code == 200 and r.json()["state"] == "dispatched", r.text
+    r = step(op, op_csrf, "report", {"findings": "nothing found", "round": 1})
+    assert r.status_code == 409 and "round 2" in r.json()["error"], r.text
+    assert step(op, op_csrf, "report", {"findings": "valve resealed", "round": 2}).status_code == 200
+    assert step(op, op_csrf, "report", {"findings": "x", "round": True}).status_code == 400
+    wo = op.get(f"/api/work-orders/{order}").json()
+    assert [s["step"] for s in wo["steps"]] == ["opened", "ack", "dispatch", "send-back", "dispatch", "report"]
