@@ -10,12 +10,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, seed
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, delete, func, select
 
 from district import store, workorders
@@ -29,6 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 OUT = Path(__file__).resolve().parents[2] / "out"
+VIEWPORT: ViewportSize = {"width": 1500, "height": 1050}
 RED, ORANGE, YELLOW, OLD, QUIET = "e" * 32, "f" * 32, "1" * 32, "2" * 32, "3" * 32
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -42,13 +44,41 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def log_in(page: Page, url: str, role: str) -> None:
-    page.goto(url)
+@pytest.fixture
+def now() -> float:
+    return time.time()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, now: float) -> Iterator[Engine]:
+    """SQLite alone (the page does not depend on the engine, unlike the conftest one of both), seeded at `now`."""
+    e = open_engine(str(tmp_path / "district.sqlite"))
+    seed(e, now)
+    yield e
+    e.dispose()
+
+
+def fill_login(page: Page, role: str) -> None:
     page.fill("#login-user", USERS[role])
     page.fill("#login-pass", PASSWORD)
     page.click("#login-btn")
+
+
+def log_in(page: Page, url: str, role: str) -> None:
+    page.goto(url)
+    fill_login(page, role)
     expect(page.locator("#role")).to_have_text(role)
     expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+
+
+@contextmanager
+def desk_page(engine: Engine, browser: Browser, role: str) -> Iterator[tuple[Mosquitto, str, Page]]:
+    """A district broker, the desk following it, and a page logged in as `role`."""
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        log_in(page, url, role)
+        yield broker, url, page
+        page.close()
 
 
 def history(engine: Engine, now: float) -> None:
@@ -71,14 +101,9 @@ def history(engine: Engine, now: float) -> None:
                           received=now - 1199)
 
 
-def test_the_desk_in_a_browser(tmp_path: Path, browser: Browser) -> None:
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
+def test_the_desk_in_a_browser(tmp_path: Path, engine: Engine, now: float, browser: Browser) -> None:
     history(engine, now)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "supervisor")
+    with desk_page(engine, browser, "supervisor") as (broker, url, page):
         expect(page.locator(f".alarm[data-id='{OLD}'] .tag.historical")).to_be_visible()
         expect(page.locator(f".alarm[data-id='{QUIET}'] .tag.inhibited")).to_be_visible()
         expect(page.locator(f".alarm[data-id='{RED}']")).to_have_count(0)
@@ -132,7 +157,7 @@ def test_the_desk_in_a_browser(tmp_path: Path, browser: Browser) -> None:
                                     "reported", "closed"])
         expect(page.locator("#orders tr[data-id] .wo-state").first).to_have_text("closed")
 
-        viewer = browser.new_page(viewport={"width": 1500, "height": 1050})
+        viewer = browser.new_page(viewport=VIEWPORT)
         log_in(viewer, url, "viewer")
         viewer.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(viewer.locator("#wo-state")).to_have_text("open")
@@ -149,16 +174,11 @@ def test_the_desk_in_a_browser(tmp_path: Path, browser: Browser) -> None:
         viewer.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(viewer.locator("#fact-acknowledged")).to_have_text("no")
         viewer.close()
-        page.close()
-    engine.dispose()
 
 
-def test_a_boolean_series_charts_in_steps(tmp_path: Path, browser: Browser) -> None:
+def test_a_boolean_series_charts_in_steps(engine: Engine, now: float, browser: Browser) -> None:
     """A manhole cover's switch (SenML vb) open, shut and open again: the chart held nothing ("no readings in
     this window"); now each reading is 0 or 1, held until the next, so every segment is level or upright."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     flips = [False, False, True, True, False, True]
     with engine.begin() as conn:
         for i, open_ in enumerate(flips):
@@ -167,9 +187,7 @@ def test_a_boolean_series_charts_in_steps(tmp_path: Path, browser: Browser) -> N
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "orange", now - 500, dev="drain1", cls="drainage",
                                                  metric="cover", unit=None, value=1.0, point=None),
                           received=now - 499)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         series = page.locator("#chart polyline.series")
         expect(series).to_have_count(1)
@@ -180,19 +198,14 @@ def test_a_boolean_series_charts_in_steps(tmp_path: Path, browser: Browser) -> N
         levels = sorted({y for _, y in points})
         assert len(levels) == 2, points  # 1 (open) above 0 (shut): a smaller y
         assert [y == levels[0] for _, y in points[::2]] == flips
-        page.close()
-    engine.dispose()
 
 
 def test_an_open_order_whose_alarm_left_the_board_or_was_acknowledged_before_can_be_acknowledged(
-        tmp_path: Path, browser: Browser) -> None:
+        engine: Engine, now: float, browser: Browser) -> None:
     """An order is dispatched only once acknowledged, and the page offered Acknowledge only on an alarm of the
     board not yet acknowledged. A red burst that cleared before anyone acknowledged it, and a yellow alarm
     acknowledged before it went red (which opens its order), left an open order the page could never move:
     no button to acknowledge it, none to dispatch it."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 120), received=now - 119)
         store.apply_alarm(conn, "s1", alarm_body(RED, "cleared", None, now - 90, prev="red", value=3.0),
@@ -204,9 +217,7 @@ def test_an_open_order_whose_alarm_left_the_board_or_was_acknowledged_before_can
         store.apply_alarm(conn, "s1", alarm_body(YELLOW, "escalated", "red", now - 60, dev="gas2", prev="yellow",
                                                  value=61.0), received=now - 59)
         orders = dict(conn.execute(select(work_orders.c.alarm, work_orders.c.id)).all())
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (_, _, page):
         expect(page.locator(f".alarm[data-id='{RED}']")).to_have_count(0)  # cleared: off the board
         page.locator(f"#orders tr[data-id='{orders[RED]}']").click()
         expect(page.locator("#wo-state")).to_have_text("open")
@@ -226,17 +237,12 @@ def test_an_open_order_whose_alarm_left_the_board_or_was_acknowledged_before_can
         page.click("#act-dispatch")
         expect(page.locator("#wo-state")).to_have_text("dispatched")
         expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
-        page.close()
-    engine.dispose()
 
 
-def test_a_years_work_orders_list_every_active_one_and_only_the_newest_closed(tmp_path: Path,
+def test_a_years_work_orders_list_every_active_one_and_only_the_newest_closed(engine: Engine, now: float,
                                                                                browser: Browser) -> None:
     """With 5,000 closed orders the page fetched and drew all of them at every work-order notice. It shows
     every active order, the oldest too, and the newest 50 closed ones."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:  # an order opened before the year's closed ones, still dispatched
         store.apply_alarm(conn, "s1", alarm_body(OLD, "raised", "red", now - 7200), received=now - 7199)
         boss = Session("t", USERS["supervisor"], "supervisor", "c")
@@ -248,31 +254,22 @@ def test_a_years_work_orders_list_every_active_one_and_only_the_newest_closed(tm
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         orders = dict(conn.execute(select(work_orders.c.alarm, work_orders.c.id)
                                    .where(work_orders.c.alarm.in_([OLD, RED]))).all())
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (_, _, page):
         expect(page.locator(f"#orders tr[data-id='{orders[RED]}'] .wo-state")).to_have_text("open")
         expect(page.locator(f"#orders tr[data-id='{orders[OLD]}'] .wo-state")).to_have_text("dispatched")
         expect(page.locator("#orders tr[data-id]")).to_have_count(2 + 50)
         expect(page.locator("#orders tr.st-closed")).to_have_count(50)
         page.locator(f"#orders tr[data-id='{orders[OLD]}']").click()
         expect(page.locator("#wo-state")).to_have_text("dispatched")
-        page.close()
-    engine.dispose()
 
 
-def test_a_double_clicked_step_is_done_once_and_shows_no_error(tmp_path: Path, browser: Browser) -> None:
+def test_a_double_clicked_step_is_done_once_and_shows_no_error(engine: Engine, now: float, browser: Browser) -> None:
     """Dispatch double-clicked sent two requests; the second was a 409 and the page showed an error for a
     dispatch that had gone through. Both are answered 200 and the order has one dispatch step."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         workorders.ack_alarm(conn, RED, Session("t", USERS["operator"], "operator", "c"), now=now - 30)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (_, _, page):
         answers: list[int] = []
         page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/dispatch") else None)
         page.locator(f".alarm[data-id='{RED}']").click()
@@ -288,8 +285,6 @@ def test_a_double_clicked_step_is_done_once_and_shows_no_error(tmp_path: Path, b
         assert answers == [200, 200]
         expect(page.locator("#action-error")).to_have_text("")
         expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
-        page.close()
-    engine.dispose()
 
 
 def test_a_busy_database_is_told_to_the_officer(tmp_path: Path, browser: Browser,
@@ -305,7 +300,7 @@ def test_a_busy_database_is_told_to_the_officer(tmp_path: Path, browser: Browser
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
     with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        page = browser.new_page(viewport=VIEWPORT)
         log_in(page, url, "operator")
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#wo-state")).to_have_text("open")
@@ -324,14 +319,10 @@ def test_a_busy_database_is_told_to_the_officer(tmp_path: Path, browser: Browser
     engine.dispose()
 
 
-def test_a_double_clicked_command_is_sent_once(tmp_path: Path, browser: Browser) -> None:
+def test_a_double_clicked_command_is_sent_once(engine: Engine, browser: Browser) -> None:
     """Send command double-clicked sent the command to the device twice (a second reboot, a valve worked twice):
     the form now sends one at a time."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    seed(engine, time.time())
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "supervisor")
+    with desk_page(engine, browser, "supervisor") as (_, _, page):
         page.fill("#cmd-site", "s1")
         page.fill("#cmd-dev", "gas1")
         page.fill("#cmd-op", "reboot")
@@ -342,20 +333,14 @@ def test_a_double_clicked_command_is_sent_once(tmp_path: Path, browser: Browser)
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(commands)).scalar_one() == 1
         expect(page.locator("#sent tbody tr")).to_have_count(1)
-        page.close()
-    engine.dispose()
 
 
-def test_a_refresh_the_desk_could_not_answer_is_shown_until_one_is(tmp_path: Path, browser: Browser) -> None:
+def test_a_refresh_the_desk_could_not_answer_is_shown_until_one_is(engine: Engine, now: float,
+                                                                   browser: Browser) -> None:
     """A notice's fetch the desk answered 503 (its database busy or its connection lost) was dropped without a
     word: the board stayed as it was, still marked live, with a new alarm missing from it. The page now says
     it is not up to date, and why, until a fetch of that part succeeds."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (broker, _, page):
         expect(page.locator("#stale")).to_be_hidden()
         busy = '{"error": "the database is busy, try again"}'
         page.route("**/api/alarms", lambda route: route.fulfill(status=503, body=busy,
@@ -369,19 +354,15 @@ def test_a_refresh_the_desk_could_not_answer_is_shown_until_one_is(tmp_path: Pat
         announce(broker, notice("alarm", site="s1", id=RED))
         expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible(timeout=10_000)
         expect(page.locator("#stale")).to_be_hidden()
-        page.close()
-    engine.dispose()
 
 
-def test_a_live_feed_the_desk_refused_is_opened_again_or_the_login_shown(tmp_path: Path, browser: Browser) -> None:
+def test_a_live_feed_the_desk_refused_is_opened_again_or_the_login_shown(engine: Engine, browser: Browser) -> None:
     """A browser's EventSource connects again by itself after a stream that ended, but never after an answer
     other than 200: a 503 (the database busy as the page connected) left the page empty and "reconnecting" for
     good, and a 401 (the session ended at another desk, or the shift's 12 h ran out) left it so with the data
     of the shift before. The page now asks who it is and connects again, or shows the login."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    seed(engine, time.time())
     with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        page = browser.new_page(viewport=VIEWPORT)
         busy = '{"error": "the database is busy, try again"}'
         page.route("**/api/events", lambda route: route.fulfill(status=503, body=busy,
                                                                 content_type="application/json"), times=1)
@@ -393,22 +374,16 @@ def test_a_live_feed_the_desk_refused_is_opened_again_or_the_login_shown(tmp_pat
         expect(page.locator("#login-view")).to_be_visible(timeout=15_000)
         expect(page.locator("#desk")).to_be_hidden()
         page.close()
-    engine.dispose()
 
 
-def test_a_reading_moves_its_devices_last_seen_without_fetching_every_device(tmp_path: Path,
+def test_a_reading_moves_its_devices_last_seen_without_fetching_every_device(engine: Engine,
                                                                               browser: Browser) -> None:
     """Every worker batch tells the pages of each device it stored readings of, and every page fetched every
     device of the district (and every site) at each such notice, a few times a second under steady ingest:
     at 5,000 devices, 724 kB and some 70 ms of the desk's time a fetch, for each open page. A reading changes
     nothing of a device the page shows but its last-seen time, which the notice carries: the page now moves
     that alone, and fetches the devices when it names one the page does not show yet."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)  # gas1 and gas2 last seen 500 s ago
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (broker, _, page):  # gas1 and gas2 last seen 500 s ago
         row = page.locator("#devices tbody tr", has_text="gas1")
         expect(row.locator(".age")).to_have_text(re.compile(r"^8 min"))
         fetched: list[str] = []
@@ -427,25 +402,18 @@ def test_a_reading_moves_its_devices_last_seen_without_fetching_every_device(tmp
         announce(broker, notice("reading", site="s1", dev="gas3", t=t, received=t))
         expect(page.locator("#devices tbody tr", has_text="gas3")).to_be_visible(timeout=10_000)
         assert len(fetched) == 1
-        page.close()
-    engine.dispose()
 
 
-def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_typed(tmp_path: Path,
+def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_typed(engine: Engine, now: float,
                                                                                   browser: Browser) -> None:
     """The shift's session ended (12 h, or a logout at another desk) while the officer was typing a team: Dispatch
     was answered 401 and the page only wrote "log in first" under the buttons, with no login to be had but a
     reload, which lost the team typed. The login is shown, saying why; once logged in again the order is where it
     was, the team still typed, and the dispatch goes through once."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         workorders.ack_alarm(conn, RED, Session("t", USERS["operator"], "operator", "c"), now=now - 30)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         page.fill("#team", "pipe team 3")
@@ -454,9 +422,7 @@ def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_type
         page.click("#act-dispatch")
         expect(page.locator("#login-view")).to_be_visible(timeout=5_000)
         expect(page.locator("#login-error")).to_contain_text("log in again")
-        page.fill("#login-user", USERS["operator"])
-        page.fill("#login-pass", PASSWORD)
-        page.click("#login-btn")
+        fill_login(page, "operator")
         expect(page.locator("#live")).to_have_text("live", timeout=10_000)
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         expect(page.locator("#team")).to_have_value("pipe team 3")
@@ -465,47 +431,33 @@ def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_type
         expect(page.locator("#wo-state")).to_have_text("dispatched")
         expect(page.locator("#order .steps li b")).to_have_text(["opened", "acknowledged", "dispatched"])
         expect(page.locator("#stale")).to_be_hidden()
-        page.close()
-    engine.dispose()
 
 
-def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(tmp_path: Path, browser: Browser) -> None:
+def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(engine: Engine, now: float, browser: Browser) -> None:
     """An ack goes down to the site so its gateway stops re-sending the alarm. With the district broker away the
     desk acknowledged it and answered why it was not sent ("down"), and the page dropped the answer: the officer
     saw the alarm acknowledged and nothing else, and the site went on re-sending it, with no one told."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (broker, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#act-ack")).to_be_visible()
         broker.stop()
         page.click("#act-ack")
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         expect(page.locator("#action-error")).to_contain_text("not sent to s1")
-        page.close()
-    engine.dispose()
 
 
-def test_a_conflict_is_shown_for_its_order_alone(tmp_path: Path, browser: Browser) -> None:
+def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, browser: Browser) -> None:
     """Two officers dispatch one order: the second is refused, told who did it, and the panel shows the order
     dispatched to the first's team. That message stayed under the buttons of every alarm the officer opened next,
     as if the next order had been taken by someone else too."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2"), received=now - 49)
         workorders.ack_alarm(conn, RED, sup, now=now - 30)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         with engine.begin() as conn:  # the other officer, whose notice has not reached this page yet
@@ -519,20 +471,14 @@ def test_a_conflict_is_shown_for_its_order_alone(tmp_path: Path, browser: Browse
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#act-ack")).to_be_visible()
         expect(page.locator("#action-error")).to_have_text("")
-        page.close()
-    engine.dispose()
 
 
-def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_back(tmp_path: Path,
+def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_back(engine: Engine,
                                                                                       browser: Browser) -> None:
     """A page's feed drops (the desk restarted, the network blinked) and its browser connects again; the "hello"
     refetched every panel but the commands sent from the page, so one the site answered meanwhile, whose notice
     the page never got, read "sent" for as long as the page stayed open."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    seed(engine, time.time())
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "supervisor")
+    with desk_page(engine, browser, "supervisor") as (_, _, page):
         page.fill("#cmd-site", "s1")
         page.fill("#cmd-dev", "gas1")
         page.fill("#cmd-op", "reboot")
@@ -544,25 +490,19 @@ def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_
         page.evaluate("() => connect()")  # and back, as the browser connects again
         expect(page.locator("#live")).to_have_text("live")
         expect(page.locator("#sent tbody .pill")).to_have_text("done", timeout=5_000)
-        page.close()
-    engine.dispose()
 
 
 @pytest.mark.parametrize("window", ["86400", "604800"])
-def test_a_chart_of_a_day_or_more_tells_its_days_apart(tmp_path: Path, browser: Browser, window: str) -> None:
+def test_a_chart_of_a_day_or_more_tells_its_days_apart(engine: Engine, now: float, browser: Browser,
+                                                       window: str) -> None:
     """The chart's time axis gave hours and minutes alone: over 24 h its first and last ticks read the same
     ("14:05" yesterday and today), and over 7 d five ticks 42 h apart named no day, so the officer could not tell
     when the readings were. Past a day each tick names its date."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.add_message(conn, "s1", "gas1", 1, 1, [{"n": "ch4", "t": now - 120, "u": "%LEL", "v": 60.0}],
                           received=now - 119)
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         ticks = page.locator("#chart text.axis[text-anchor='middle']")
         expect(ticks).to_have_count(5)
@@ -570,23 +510,18 @@ def test_a_chart_of_a_day_or_more_tells_its_days_apart(tmp_path: Path, browser: 
         expect(page.locator("#chart-title")).to_contain_text("last " + {"86400": "24 h", "604800": "7 d"}[window])
         labels = ticks.all_text_contents()
         assert len(set(labels)) == 5, labels
-        page.close()
-    engine.dispose()
 
 
-def test_a_pc_whose_clock_is_behind_shows_the_desks_times(tmp_path: Path, browser: Browser) -> None:
+def test_a_pc_whose_clock_is_behind_shows_the_desks_times(engine: Engine, now: float, browser: Browser) -> None:
     """The page took "now" from the officer's PC: with its clock ten minutes behind the desk's, every alarm read
     raised "0 s" ago, and the chart's window ended ten minutes before the desk's now, so the reading that raised
     the alarm was not on it ("no readings in this window"). The page now keeps the desk's clock."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.add_message(conn, "s1", "gas1", 1, 1, [{"n": "ch4", "t": now - 150, "u": "%LEL", "v": 60.0}],
                           received=now - 149)
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 150), received=now - 149)
     with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
+        page = browser.new_page(viewport=VIEWPORT)
         page.clock.set_system_time(now - 600)
         log_in(page, url, "viewer")
         expect(page.locator(f".alarm[data-id='{RED}'] .age")).to_have_text(re.compile(r"^2 min \d+ s$"))
@@ -594,27 +529,20 @@ def test_a_pc_whose_clock_is_behind_shows_the_desks_times(tmp_path: Path, browse
         page.select_option("#window", "900")
         expect(page.locator("#chart polyline.series")).to_have_count(1)
         page.close()
-    engine.dispose()
 
 
-def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(tmp_path: Path, browser: Browser) -> None:
+def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(engine: Engine, now: float,
+                                                                    browser: Browser) -> None:
     """The desk hears of what the workers store through the district broker. With the broker away the page still
     read "live" while no new alarm could reach it, for as long as the broker stayed away; a page opened meanwhile
     too. It reads "not live" until the desk follows the broker again, and then refetches what it missed."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (broker, url, page):
         broker.stop()
         expect(page.locator("#live")).to_have_text("not live", timeout=5_000)
         expect(page.locator("#live")).to_have_attribute("title", re.compile("district broker"))
-        second = browser.new_page(viewport={"width": 1500, "height": 1050})
+        second = browser.new_page(viewport=VIEWPORT)
         second.goto(url)
-        second.fill("#login-user", USERS["operator"])
-        second.fill("#login-pass", PASSWORD)
-        second.click("#login-btn")
+        fill_login(second, "operator")
         expect(second.locator("#live")).to_have_text("not live", timeout=5_000)
         with engine.begin() as conn:  # stored by a worker, whose notice no desk heard
             store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now), received=now)
@@ -622,27 +550,20 @@ def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(tmp_path: Pa
         for p in (page, second):
             expect(p.locator("#live")).to_have_text("live", timeout=10_000)
             expect(p.locator(f".alarm[data-id='{RED}']")).to_be_visible()
-        page.close()
         second.close()
-    engine.dispose()
 
 
-def test_what_was_typed_for_one_order_is_not_carried_to_another(tmp_path: Path, browser: Browser) -> None:
+def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, now: float, browser: Browser) -> None:
     """What an officer types survives a redraw of the panel; it also went with them to the next order opened: a
     team typed for one order stood in the next one's Dispatch field (a correction in the next one's Send back),
     one click from sending that order to the team meant for the other."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     op = Session("t", USERS["operator"], "operator", "c")
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2"), received=now - 49)
         workorders.ack_alarm(conn, RED, op, now=now - 30)
         workorders.ack_alarm(conn, ORANGE, op, now=now - 30)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "operator")
+    with desk_page(engine, browser, "operator") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#fact-state")).to_have_text("open")
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
@@ -650,22 +571,15 @@ def test_what_was_typed_for_one_order_is_not_carried_to_another(tmp_path: Path, 
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#detail-title")).to_contain_text("gas2")
         expect(page.locator("#team")).to_have_value("")
-        page.close()
-    engine.dispose()
 
 
-def test_an_alarm_of_a_site_gone_offline_says_so(tmp_path: Path, browser: Browser) -> None:
+def test_an_alarm_of_a_site_gone_offline_says_so(engine: Engine, now: float, browser: Browser) -> None:
     """A site's gateway dies (its will): its alarms stay on the board as they were last heard, and read as current
     as any other's, though nothing the site sends reaches the district, a clear included. Each is tagged "site
     offline" until the gateway is back."""
-    engine = open_engine(str(tmp_path / "district.sqlite"))
-    now = time.time()
-    seed(engine, now)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
-    with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport={"width": 1500, "height": 1050})
-        log_in(page, url, "viewer")
+    with desk_page(engine, browser, "viewer") as (broker, _, page):
         tag = page.locator(f".alarm[data-id='{RED}'] .tag.offline")
         expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible()
         expect(tag).to_have_count(0)
@@ -677,5 +591,3 @@ def test_an_alarm_of_a_site_gone_offline_says_so(tmp_path: Path, browser: Browse
             store.gateway_state(conn, "s1", True, 2, received=now + 1)
         announce(broker, notice("site", site="s1"))
         expect(tag).to_have_count(0)
-        page.close()
-    engine.dispose()
