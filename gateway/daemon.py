@@ -47,7 +47,7 @@ from gateway.release_dir import ReleaseDirError
 from gateway.rules import RuleError, parse_ruleset
 from gateway.sequence import Gap, SequenceTracker
 from gateway.site_config import ConfigError, GatewayConfig
-from gateway.store import open_store
+from gateway.store import open_store, stamp_if_new
 from gateway.uplink import BACKOFF_MAX_S, Uplink, site_key
 from protocol import district, message, topics
 
@@ -69,6 +69,11 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         self.conn = open_store(cfg.store_path)
+        if stamp_if_new(self.conn, time.time()):
+            event(log, "store-created", logging.WARNING, path=str(cfg.store_path),
+                  note="a new, empty store: expected on a first start only; otherwise check [store] path, as the "
+                       "backlog, sequence windows, quarantine and alarms of the store used before are not in it")
+        self.conn.commit()  # stamped even if the start fails further on
         self.quarantine = Quarantine(self.conn, cfg.quarantine_rows, cfg.quarantine_log_interval_s,
                                      int(cfg.quarantine_max_mb * 1024 * 1024))
         self.sequence = SequenceTracker(self.conn, cfg.seq_window, cfg.gap_grace_s, cfg.devices_in_memory)

@@ -79,3 +79,24 @@ def open_store(path: Path | str) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-2048")
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
+
+
+def stamp_if_new(conn: sqlite3.Connection, now: float) -> bool:
+    """Whether the store just opened is new (it has no table yet), then stamped with its creation time. A
+    misspelt [store] path, or a store moved away, starts the gateway on a new store while the backlog, the
+    sequence windows, the quarantine and the alarms stay in the old one: the gateway must say so, and `lifeline
+    status` shows the time. A store made before the stamp existed has none, and is not new."""
+    new = conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+    conn.execute("CREATE TABLE IF NOT EXISTS store_created (one INTEGER PRIMARY KEY CHECK (one = 0), t REAL NOT NULL)")
+    if new:
+        conn.execute("INSERT INTO store_created VALUES (0, ?)", (now,))
+    return new
+
+
+def created_at(conn: sqlite3.Connection) -> float | None:
+    """When the gateway created the store, or None for a store made before it was stamped."""
+    try:
+        row = conn.execute("SELECT t FROM store_created").fetchone()
+    except sqlite3.OperationalError:  # no such table: made before the stamp
+        return None
+    return None if row is None else float(row[0])

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from gateway.registry import Health
 from gateway.rules import Level
 from gateway.sequence import sequence_stats
 from gateway.site_config import ConfigError, load
+from gateway.store import created_at
 from lifeline.store_access import StoreError, add_store_arguments, open_readonly, plain
 
 
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     now = time.time()
     with conn:
+        console.print(_store_line(Path(args.store) if cfg is None else cfg.store_path, created_at(conn), now),
+                      soft_wrap=True)  # a path unbroken
         health = {dev: Health(**json.loads(text))
                   for dev, text in conn.execute("SELECT dev, health FROM device_health")}
         seq = sequence_stats(conn)
@@ -68,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(_alarm_table(conn, now))
         console.print(_queued(conn, now, budget_mb))
     return 0
+
+
+def _store_line(path: Path, created: float | None, now: float) -> Text:
+    """The store read, and when the gateway created it: a store younger than the site's service is a new one
+    the gateway started on (a misspelt [store] path, a store moved away), the old one's data left behind."""
+    when = "" if created is None else time.strftime(", created %Y-%m-%d %H:%M UTC", time.gmtime(created)) \
+        + f" ({_age(now, created)} ago)"
+    return Text(f"store: {plain(str(path))}{when}")
 
 
 _STATE_STYLE = {"online": "green", "offline": "red", "not listed": "dim"}  # not listed: taken off site.toml

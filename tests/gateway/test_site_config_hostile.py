@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from gateway.daemon import Gateway
 from gateway.rules import RULESETS_DIR
 from gateway.site_config import ConfigError, load
+from lifeline import cli
 from lifeline import gateway as gateway_cli
 
 KEY = "ab" * 32
@@ -92,7 +94,8 @@ def test_a_site_key_file_of_the_wrong_length_stops_start_with_a_message(tmp_path
     text = site_toml(tmp_path).read_text().replace(f'key = "{KEY}"\n\n', 'key_file = "short.key"\n\n', 1)
     (tmp_path / "site.toml").write_text(text)
     assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
-    assert capsys.readouterr().err.startswith("start-up failed:")
+    created, failed = capsys.readouterr().err.splitlines()  # a first start: its store is new
+    assert "event=store-created" in created and failed.startswith("start-up failed:")
 
 
 def test_a_metrics_port_in_use_stops_the_gateway_with_a_message(tmp_path: Path,
@@ -122,6 +125,7 @@ def test_a_reload_names_the_changed_settings_it_cannot_apply(tmp_path: Path,
     rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}", "water.toml"]\n'
     gw = Gateway(load(site_toml(tmp_path, rules)))
     try:
+        caplog.clear()  # the first start's store-created
         with caplog.at_level(logging.INFO):
             gw.reload()  # nothing changed
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -222,6 +226,7 @@ def test_a_rule_edited_without_a_higher_version_is_named_on_reload(tmp_path: Pat
     rules = f'[rules]\nfiles = ["{gas_rules(tmp_path, 1)}"]\n'
     gw = Gateway(load(site_toml(tmp_path, rules)))
     try:
+        caplog.clear()  # the first start's store-created
         with caplog.at_level(logging.INFO):
             gw.reload()  # nothing changed: nothing said
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -254,6 +259,35 @@ def test_a_store_it_cannot_open_is_named_at_start(tmp_path: Path, kind: str,
     assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"start-up failed: store.path {store}: ") and err.count("\n") == 1, err
+
+
+def test_a_store_the_gateway_creates_is_named_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt [store] path (or a store moved away) started the gateway on a new, empty store without a word,
+    the backlog, sequence windows, quarantine and alarms left in the real one. A store the gateway creates is
+    named in a warning, which a first start gives too; a store it opens is not. `lifeline status` says when the
+    store it reads was created."""
+
+    def start() -> list[dict[str, str]]:
+        caplog.clear()
+        gw = Gateway(load(tmp_path / "site.toml"))
+        gw.quarantine.put("malformed", "x", "lifeline/s1/d1/data", b"\x00", 1.0)
+        gw.conn.commit()
+        gw.conn.close()
+        return [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "store-created"]
+
+    site_toml(tmp_path)
+    with caplog.at_level(logging.INFO):
+        first = start()
+        assert [f["path"] for f in first] == [str(tmp_path / "gw.sqlite")]
+        assert "first start" in first[0]["note"]
+        assert start() == []  # the store it made, opened again
+        (tmp_path / "site.toml").write_text(site_toml(tmp_path).read_text().replace('"gw.sqlite"', '"gw.sqlte"'))
+        assert [f["path"] for f in start()] == [str(tmp_path / "gw.sqlte")]
+    capsys.readouterr()
+    assert cli.main(["status", "--config", str(tmp_path / "site.toml")]) == 0
+    shown = capsys.readouterr().out
+    assert f"store: {tmp_path / 'gw.sqlte'}, created {time.strftime('%Y-%m-%d', time.gmtime())}" in shown, shown
 
 
 def test_a_reload_on_a_full_store_is_refused_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
