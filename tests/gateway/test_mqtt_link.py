@@ -128,6 +128,20 @@ async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes) ->
     await expect_link_error(lambda w: w.write(garbage), "malformed packet")
 
 
+async def packets(reader: asyncio.StreamReader) -> AsyncIterator[object]:
+    """What the link sends a fake broker, packet by packet, until it closes."""
+    buf = b""
+    while data := await reader.read(4096):
+        buf += data
+        while buf:
+            try:
+                packet, used = mqtt5.read(memoryview(buf))
+            except IndexError:
+                break
+            buf = buf[used:]
+            yield packet
+
+
 def publish(topic: bytes, mid: int, properties: bytes = b"") -> bytes:
     """A QoS 1 PUBLISH of raw topic bytes, as a broken broker could send (mqtt5 writes only str topics)."""
     body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + bytes([len(properties)]) + properties
@@ -153,17 +167,9 @@ async def test_a_delivery_whose_text_is_not_utf8_is_counted_and_handed_over_with
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1024)  # the CONNECT
         writer.write(mqtt5.ConnAckPacket().write() + b"".join(sent))
-        buf = b""
-        while data := await reader.read(4096):
-            buf += data
-            while buf:
-                try:
-                    packet, used = mqtt5.read(memoryview(buf))
-                except IndexError:
-                    break
-                buf = buf[used:]
-                if isinstance(packet, mqtt5.PubAckPacket):
-                    acked.append(packet.packet_id)
+        async for packet in packets(reader):
+            if isinstance(packet, mqtt5.PubAckPacket):
+                acked.append(packet.packet_id)
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -302,19 +308,11 @@ async def test_qos1_publishes_wait_within_the_brokers_receive_maximum() -> None:
         writers.append(writer)
         await reader.read(1024)  # the CONNECT
         writer.write(mqtt5.ConnAckPacket(receive_max=2).write())
-        buf = b""
-        while data := await reader.read(4096):
-            buf += data
-            while buf:
-                try:
-                    packet, used = mqtt5.read(memoryview(buf))
-                except IndexError:
-                    break
-                buf = buf[used:]
-                if isinstance(packet, mqtt5.PublishPacket) and packet.packet_id is not None:
-                    seen.append(packet.packet_id)
-                    if answering.is_set():
-                        writer.write(mqtt5.PubAckPacket(packet.packet_id).write())
+        async for packet in packets(reader):
+            if isinstance(packet, mqtt5.PublishPacket) and packet.packet_id is not None:
+                seen.append(packet.packet_id)
+                if answering.is_set():
+                    writer.write(mqtt5.PubAckPacket(packet.packet_id).write())
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
