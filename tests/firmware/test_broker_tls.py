@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lifeline import flash
@@ -26,9 +28,10 @@ def tls_on(dev: FlashDirDevice, port: int, ca: Path | None) -> None:
         (dev.flash / flash.BROKER_CA).write_bytes(flash.read_ca(ca))
 
 
-def test_a_node_with_its_ca_on_flash_publishes_over_tls_within_the_heap(tmp_path: Path, mpy: Path) -> None:
-    """At 64wK, against a Mosquitto TLS listener whose certificate that CA signed for 127.0.0.1 (the heap it
-    costs every profile: docs/firmware.md, Memory, "TLS")."""
+@contextmanager
+def tls_node(tmp_path: Path, mpy: Path) -> Iterator[tuple[FlashDirDevice, Listener]]:
+    """A gas node (not started) with its CA on flash, and a listener, on a Mosquitto TLS listener whose
+    certificate that CA signed for 127.0.0.1; the node stopped on the way out."""
     pki = make_pki(tmp_path / "pki")
     port = free_port()
     with Mosquitto(f"listener {port} 127.0.0.1\ncertfile {pki['server.crt']}\nkeyfile {pki['server.key']}\n") as b:
@@ -36,12 +39,19 @@ def test_a_node_with_its_ca_on_flash_publishes_over_tls_within_the_heap(tmp_path
         dev = FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), b.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]})
         tls_on(dev, port, pki["ca"])
         try:
-            dev.start()
-            ok = listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 2, 30)
+            yield dev, listener
         finally:
             dev.stop()
-        console = dev.console()
         listener.close()
+
+
+def test_a_node_with_its_ca_on_flash_publishes_over_tls_within_the_heap(tmp_path: Path, mpy: Path) -> None:
+    """At 64wK, against a Mosquitto TLS listener whose certificate that CA signed for 127.0.0.1 (the heap it
+    costs every profile: docs/firmware.md, Memory, "TLS")."""
+    with tls_node(tmp_path, mpy) as (dev, listener):
+        dev.start()
+        ok = listener.wait(lambda m: len([x for x in m if x[0] == topics.DATA]) >= 2, 30)
+    console = dev.console()
     assert ok, console
     assert "MemoryError" not in console and "Traceback" not in console, console
     assert listener.of(topics.STATE)[0]["heap"] > 0
@@ -73,26 +83,17 @@ def test_a_ca_damaged_after_the_config_check_is_a_config_error(tmp_path: Path, m
     truncated or worn on flash after a clean boot went unchecked: each boot was counted and crashed in app.tls
     with the ssl module's bare "ValueError: invalid cert", into safe mode, which crashed the same way. Now a
     changed CA is checked again, and the node says which file and why, and backs off as from any config error."""
-    pki = make_pki(tmp_path / "pki")
-    port = free_port()
-    with Mosquitto(f"listener {port} 127.0.0.1\ncertfile {pki['server.crt']}\nkeyfile {pki['server.key']}\n") as b:
-        listener = Listener(b.port, SITE, DEV)
-        dev = FlashDirDevice(tmp_path / "flash", mpy, fast_gas(), b.port, {"ch4": [[0, 2.0]], "temp": [[0, 11.5]]})
-        tls_on(dev, port, pki["ca"])
-        try:
-            dev.start()
-            assert listener.wait(lambda m: any(x[0] == topics.DATA for x in m), 30), dev.console()
-            ca = dev.flash / flash.BROKER_CA
-            ca.write_bytes(ca.read_bytes()[:200])  # a half-written file
-            dev.kill()
-            deadline = time.monotonic() + 20
-            while len(dev.exits) < 5 and time.monotonic() < deadline:  # the cut, three quick resets, a deep sleep
-                time.sleep(0.1)
-            exits = list(dev.exits)
-        finally:
-            dev.stop()
-        console = dev.console()
-        listener.close()
+    with tls_node(tmp_path, mpy) as (dev, listener):
+        dev.start()
+        assert listener.wait(lambda m: any(x[0] == topics.DATA for x in m), 30), dev.console()
+        ca = dev.flash / flash.BROKER_CA
+        ca.write_bytes(ca.read_bytes()[:200])  # a half-written file
+        dev.kill()
+        deadline = time.monotonic() + 20
+        while len(dev.exits) < 5 and time.monotonic() < deadline:  # the cut, three quick resets, a deep sleep
+            time.sleep(0.1)
+        exits = list(dev.exits)
+    console = dev.console()
     assert "config: device.json: broker.tls needs broker_ca.der, the broker's CA certificate (DER) on flash " \
            "(`lifeline flash --tls`): invalid cert" in console, console[-3000:]
     assert "safe mode" not in console, console[-3000:]
