@@ -93,11 +93,15 @@ def site_states(conn: Connection) -> list[dict[str, Any]]:
 
 
 def device_states(conn: Connection, site: str | None = None) -> list[dict[str, Any]]:
-    q = select(devices).order_by(devices.c.site, devices.c.dev)
+    """Each device's state as it last said; `site_online` false: its site's gateway is offline, so that state is
+    as last heard and says nothing of now (the desk shows it as unknown)."""
+    q = (select(devices, sites.c.online.label("site_online")).outerjoin(sites, sites.c.site == devices.c.site)
+         .order_by(devices.c.site, devices.c.dev))
     if site is not None:
         q = q.where(devices.c.site == site)
-    return [{"site": r.site, "dev": r.dev, "state": r.state, "cls": r.cls, "fw": r.fw, "batt": r.batt,
-             "rssi": r.rssi, "last_seen": r.last_seen, "pos": [r.lat, r.lon] if r.lat is not None else None}
+    return [{"site": r.site, "dev": r.dev, "state": r.state, "site_online": r.site_online is not False, "cls": r.cls,
+             "fw": r.fw, "batt": r.batt, "rssi": r.rssi, "last_seen": r.last_seen,
+             "pos": [r.lat, r.lon] if r.lat is not None else None}
             for r in conn.execute(q)]
 
 

@@ -116,19 +116,31 @@ async function loadOrders() {
 async function loadState() {
   const [sites, devices] = await Promise.all([api("/api/sites"), api("/api/devices")]);
   desk.devices = new Map();
-  $("sites").tBodies[0].replaceChildren(...sites.map((s) => h("tr", {},
-    h("td", {}, s.site), h("td", {}, h("span", { class: "pill " + (s.online ? "online" : "offline") },
-      s.online ? "online" : "offline")),
-    h("td", {}, s.session ?? "—"), h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
-    h("td", {}, Object.entries(s.devices).map(([k, n]) => `${n} ${k}`).join(", ") || "—"))));
+  $("sites").tBodies[0].replaceChildren(...sites.map((s) => {
+    const said = Object.entries(s.devices).map(([k, n]) => `${n} ${k}`).join(", ");
+    const total = Object.values(s.devices).reduce((a, n) => a + n, 0);
+    return h("tr", {},
+      h("td", {}, s.site), h("td", {}, h("span", { class: "pill " + (s.online ? "online" : "offline") },
+        s.online ? "online" : "offline")),
+      h("td", {}, s.session ?? "—"), h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
+      h("td", {}, !said ? "—" : s.online ? said : `${total} unknown (last said ${said})`));
+  }));
   $("devices").tBodies[0].replaceChildren(...devices.map((d) => {
     const seen = ageCell(d.last_seen);
     desk.devices.set(d.site + "\n" + d.dev, seen);
     return h("tr", {},
-      h("td", {}, d.site), h("td", {}, d.dev), h("td", {}, h("span", { class: "pill " + d.state }, d.state)),
+      h("td", {}, d.site), h("td", {}, d.dev), h("td", {}, devicePill(d)),
       h("td", {}, d.batt === null ? "—" : d.batt + " V"), h("td", {}, seen),
       h("td", { class: "muted" }, d.pos ? d.pos.map((x) => x.toFixed(5)).join(", ") : "—"));
   }));
+}
+
+// A device of a site whose gateway is offline is as last heard: nothing of it can reach the district, so it is
+// shown unknown, with what it last said beside (an "online" there was read as a healthy device).
+function devicePill(d) {
+  if (d.site_online) return h("span", { class: "pill " + d.state }, d.state);
+  return [h("span", { class: "pill unknown", title: "its site's gateway is offline: nothing from this device"
+    + " reaches the district" }, "unknown (site offline)"), h("span", { class: "muted" }, " last said " + d.state)];
 }
 
 // A reading changes nothing of a device the page shows but when it was last seen, which its notice carries: moved
@@ -182,8 +194,10 @@ async function loadMap() {
   });
   const devs = m.devices.map((d) => {
     const [x, y] = at(d.pos);
-    return h("g", {}, h("rect", { x: x - 4, y: y - 4, width: 8, height: 8, class: "dev " + d.state }),
-      h("text", { x: x + 7, y: y + 12, class: "label small" }, d.dev), h("title", {}, `${d.site} ${d.dev}: ${d.state}`));
+    const state = d.site_online ? d.state : "unknown (site offline, last said " + d.state + ")";
+    return h("g", {}, h("rect", { x: x - 4, y: y - 4, width: 8, height: 8,
+      class: "dev " + (d.site_online ? d.state : "unknown") }),
+      h("text", { x: x + 7, y: y + 12, class: "label small" }, d.dev), h("title", {}, `${d.site} ${d.dev}: ${state}`));
   });
   const alarms = m.alarms.map((a) => {
     const [x, y] = at(a.pos);

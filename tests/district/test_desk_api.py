@@ -668,3 +668,25 @@ def test_a_step_from_a_page_that_saw_an_earlier_round_is_refused(desk: str, engi
     assert step(op, op_csrf, "report", {"findings": "x", "round": True}).status_code == 400
     wo = op.get(f"/api/work-orders/{order}").json()
     assert [s["step"] for s in wo["steps"]] == ["opened", "ack", "dispatch", "send-back", "dispatch", "report"]
+
+
+def test_the_devices_of_a_site_gone_offline_carry_its_link_state_beside_their_own(desk: str, engine: Engine) -> None:
+    """A site's gateway died (its will): its devices read "online" in /api/devices and /api/map, as they last said,
+    though nothing of theirs can reach the district. Each carries `site_online` beside its own state, which stays
+    what the device last said; the gateway's birth makes it true again."""
+    c, _ = client(desk, "viewer")
+
+    def seen() -> list[tuple[str, str, bool]]:
+        devs = [(d["dev"], d["state"], d["site_online"]) for d in c.get("/api/devices").json()]
+        assert devs == [(d["dev"], d["state"], d["site_online"]) for d in c.get("/api/map").json()["devices"]]
+        return devs
+
+    assert seen() == [("gas1", "online", True), ("gas2", "online", True)]
+    now = time.time()
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", False, 1, received=now)
+    assert seen() == [("gas1", "online", False), ("gas2", "online", False)]
+    assert c.get("/api/sites").json()[0]["devices"] == {"online": 2}  # as they last said
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", True, 2, received=now + 1)
+    assert seen() == [("gas1", "online", True), ("gas2", "online", True)]
