@@ -9,19 +9,16 @@ from __future__ import annotations
 import importlib.metadata as md
 import subprocess
 import sys
-import threading
 import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from lifeline.virtual.broker import free_port
-from lifeline.virtual.district import DistrictProcess, follow, write_config
+from lifeline.virtual.district import desk_with_feed
 from lifeline.virtual.recorder import Recorder
 from lifeline.virtual.site import DISTRICT_USER, GatewayProcess, Site, environment, lifeline_cmd, reading
 from protocol import cbor, message, senml, topics
@@ -184,28 +181,12 @@ def test_the_desk_runs_on_the_district_extras_floors(tmp_path: Path, monkeypatch
     on_floors(tmp_path, monkeypatch, "district")
     site = Site(tmp_path / "site", tls=False)
     site.start()
-    port = free_port()
-    least_cost = "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"
-    conf = write_config(site, tmp_path / "district.toml", database="district.sqlite", desk_port=port,
-                        extra=least_cost)
-    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
-                           input="duty-password-1\n", capture_output=True, text=True, env=environment(), cwd=ROOT,
-                           timeout=60)
-    assert added.returncode == 0, added.stderr
-    desk = DistrictProcess(conf, "--desk").start()
     try:
-        desk.wait_log("desk-started")
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base) as web, ThreadPoolExecutor(1) as pool:
-            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+        with desk_with_feed(site, tmp_path / "district.toml", free_port()) as (desk, web, feed):
             assert web.get("/api/map").json()["points"] == []
-            opened = threading.Event()
-            feed = pool.submit(follow, base, web.cookies, opened)
-            assert opened.wait(10), "the live feed's hello"
             code = desk.stop()
             ended = feed.result(10)
     finally:
-        desk.kill()
         site.stop()
     assert code == 0 and ended == "ended", (code, ended)
     assert "Traceback" not in desk.log(), desk.log()[-3000:]

@@ -1,6 +1,6 @@
 """The district service of a virtual site: district.toml written from the site's own keys and registry, and
 `lifeline district` run as a process (the supervisor, or one worker), its output kept in a log; the desk's live
-feed read to its end."""
+feed read to its end, and the desk run alone with a user logged in and a feed open."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ from lifeline.virtual.broker import free_port
 from lifeline.virtual.site import DISTRICT_USER, ROOT, Site, SiteError, environment, lifeline_cmd
 
 SUBSCRIBED = "event=connected link=district"  # gateway/ingest.py's Subscriber, as district/ingest.py names it
+LEAST_HASH_COST = "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"  # the least district.toml allows
 
 
 def write_config(site: Site | Sequence[Site], path: Path, *, database: str, workers: int = 1,
@@ -108,3 +111,27 @@ def follow(base: str, cookies: httpx.Cookies, opened: threading.Event) -> str:
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     return "ended"
+
+
+@contextmanager
+def desk_with_feed(site: Site, path: Path, port: int) -> Iterator[tuple[DistrictProcess, httpx.Client, Future[str]]]:
+    """`lifeline district --desk` alone on district.toml at `path` (passwords at LEAST_HASH_COST), its user li.wei
+    added first and logged in, and that user's live feed open (`follow` in a thread, its hello heard). The desk
+    is killed on the way out if the test has not stopped it."""
+    conf = write_config(site, path, database="district.sqlite", desk_port=port, extra=LEAST_HASH_COST)
+    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
+                           input="duty-password-1\n", capture_output=True, text=True, env=environment(), cwd=ROOT,
+                           timeout=60)
+    assert added.returncode == 0, added.stderr
+    desk = DistrictProcess(conf, "--desk").start()
+    try:
+        desk.wait_log("desk-started")
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base) as web, ThreadPoolExecutor(1) as pool:
+            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+            opened = threading.Event()
+            feed = pool.submit(follow, base, web.cookies, opened)
+            assert opened.wait(10), "the live feed's hello"
+            yield desk, web, feed
+    finally:
+        desk.kill()

@@ -10,9 +10,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ import pytest
 
 from lifeline.virtual import leftovers
 from lifeline.virtual.broker import free_port
-from lifeline.virtual.district import DistrictProcess, follow, write_config
+from lifeline.virtual.district import LEAST_HASH_COST, DistrictProcess, desk_with_feed, write_config
 from lifeline.virtual.site import GatewayProcess, Site, environment, lifeline_cmd, metrics, reading
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,23 +281,11 @@ def test_the_desk_takes_its_risk_points_anew_on_sighup_and_ends_its_feeds_on_sig
     s = Site(tmp_path / "site", tls=False)
     s.start()
     desk_port = free_port()
-    least_cost = "[accounts]\nhash_memory_kib = 19456\nhash_time_cost = 2\n"
-    conf = write_config(s, tmp_path / "district.toml", database="district.sqlite", desk_port=desk_port,
-                        extra=least_cost)
-    added = subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--add-user", "li.wei"],
-                           input="duty-password-1\n", capture_output=True, text=True, env=environment(), cwd=ROOT)
-    assert added.returncode == 0, added.stderr
-    desk = DistrictProcess(conf, "--desk").start()
+    conf = tmp_path / "district.toml"
     try:
-        desk.wait_log("desk-started")
-        base = f"http://127.0.0.1:{desk_port}"
-        with httpx.Client(base_url=base) as web, ThreadPoolExecutor(1) as pool:
-            assert web.post("/api/login", json={"user": "li.wei", "password": "duty-password-1"}).status_code == 200
+        with desk_with_feed(s, conf, desk_port) as (desk, web, feed):
             assert web.get("/api/map").json()["points"] == []
-            opened = threading.Event()
-            feed = pool.submit(follow, base, web.cookies, opened)
-            assert opened.wait(10), "the live feed's hello"
-            write_config(s, conf, database="district.sqlite", desk_port=desk_port, extra=least_cost, per_site={
+            write_config(s, conf, database="district.sqlite", desk_port=desk_port, extra=LEAST_HASH_COST, per_site={
                 s.id: '[[sites.risk_points]]\nid = "station-7"\nclass = "gas"\nlat = 31.2\nlon = 121.4\n\n'})
             assert desk.proc is not None
             desk.proc.send_signal(signal.SIGHUP)
@@ -309,7 +295,6 @@ def test_the_desk_takes_its_risk_points_anew_on_sighup_and_ends_its_feeds_on_sig
             code = desk.stop()
             ended = feed.result(10)
     finally:
-        desk.kill()
         s.stop()
     assert code == 0 and ended == "ended", (code, ended)
     assert "desk-stopped" in desk.log() and "Traceback" not in desk.log(), desk.log()[-3000:]
