@@ -15,7 +15,7 @@ from gateway.quarantine import REASONS, evicted, row, rows
 from gateway.site_config import ConfigError
 from lifeline.store_access import StoreError, add_store_arguments, open_readonly, shown
 
-MAX_LIMIT = 1000  # rows one `list` reads: each holds its raw payload, up to 64 KiB
+MAX_LIMIT = 1000  # rows one `list` shows
 
 
 def _limit(text: str) -> int:
