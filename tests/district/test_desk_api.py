@@ -78,6 +78,25 @@ def order_of(engine: Engine) -> int:
         return int(conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == ALARM)).scalar_one())
 
 
+class AckedOrder:
+    """The alarm's work order once the operator has acknowledged the alarm, its steps posted as the operator or the
+    supervisor posts them from the page."""
+
+    def __init__(self, desk: str, engine: Engine) -> None:
+        self.clients = {role: client(desk, role) for role in ("operator", "supervisor")}
+        self.id = order_of(engine)
+        op, csrf = self.clients["operator"]
+        assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": csrf}).status_code == 200
+
+    def step(self, role: str, action: str, body: dict[str, Any]) -> httpx.Response:
+        c, csrf = self.clients[role]
+        return c.post(f"/api/work-orders/{self.id}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+
+    def read(self) -> Any:
+        """The order as the operator's page reads it."""
+        return self.clients["operator"][0].get(f"/api/work-orders/{self.id}").json()
+
+
 def snapshot(engine: Engine) -> tuple[Any, ...]:
     """Everything an action could change."""
     with engine.connect() as conn:
@@ -341,36 +360,30 @@ def test_a_repeated_step_is_done_once_and_a_different_one_is_told_who_did_it(des
     step by the same officer with the same text, finding the order already where it leads, is answered 200
     with the order's state and writes no second step or audit row. Another officer's, or other text, is
     still 409, and says who did the step."""
-    op, op_csrf = client(desk, "operator")
-    sup, sup_csrf = client(desk, "supervisor")
-    order = order_of(engine)
-
-    def post(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
-        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
+    order = AckedOrder(desk, engine)
 
     def count(step: str) -> tuple[int, int]:
         with engine.connect() as conn:
             return (conn.execute(select(func.count()).select_from(work_order_steps).where(
-                work_order_steps.c.order_id == order, work_order_steps.c.step == step)).scalar_one(),
+                work_order_steps.c.order_id == order.id, work_order_steps.c.step == step)).scalar_one(),
                 conn.execute(select(func.count()).select_from(audit).where(audit.c.what == step)).scalar_one())
 
-    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
     for _ in range(2):
-        r = post(op, op_csrf, "dispatch", {"team": "pipe 3"})
+        r = order.step("operator", "dispatch", {"team": "pipe 3"})
         assert r.status_code == 200 and r.json()["state"] == "dispatched", r.text
     assert count("dispatch") == (1, 1)
-    for who, csrf, body in ((op, op_csrf, {"team": "pipe 4"}), (sup, sup_csrf, {"team": "pipe 3"})):
-        r = post(who, csrf, "dispatch", body)
+    for role, body in (("operator", {"team": "pipe 4"}), ("supervisor", {"team": "pipe 3"})):
+        r = order.step(role, "dispatch", body)
         assert r.status_code == 409 and "already dispatched by li.wei" in r.json()["error"], r.text
     assert count("dispatch") == (1, 1)
     with ThreadPoolExecutor(2) as pool:  # a double click: both requests in flight at once
-        answers = list(pool.map(lambda _: post(op, op_csrf, "report", {"findings": "seal leaking"}), range(2)))
+        answers = list(pool.map(lambda _: order.step("operator", "report", {"findings": "seal leaking"}), range(2)))
     assert [(a.status_code, a.json()["state"]) for a in answers] == [(200, "reported")] * 2, [a.text for a in answers]
     assert count("report") == (1, 1)
     for _ in range(2):
-        assert post(sup, sup_csrf, "close", {}).json() == {"id": order, "state": "closed"}
+        assert order.step("supervisor", "close", {}).json() == {"id": order.id, "state": "closed"}
     assert count("close") == (1, 1)
-    r = post(sup, sup_csrf, "send-back", {"correction": "again"})
+    r = order.step("supervisor", "send-back", {"correction": "again"})
     assert r.status_code == 409 and "closed" in r.json()["error"], r.text
 
 
@@ -622,22 +635,15 @@ def test_an_order_dispatched_to_the_wrong_team_is_sent_back_and_dispatched_again
     supervisor could send an order back only once it was reported: one dispatched to the wrong team waited for that
     team's report (or a report made up to get there) before anyone could send the right one. Now a supervisor
     sends a dispatched order back with the correction, and it is dispatched again, round 2."""
-    op, op_csrf = client(desk, "operator")
-    sup, sup_csrf = client(desk, "supervisor")
-    order = order_of(engine)
-
-    def step(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
-        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
-
-    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
-    assert step(op, op_csrf, "dispatch", {"team": "pipe team 3"}).json()["state"] == "dispatched"
-    assert step(op, op_csrf, "send-back", {"correction": "x"}).status_code == 403  # a supervisor's step
-    r = step(sup, sup_csrf, "send-back", {"correction": "wrong team: the valve is pipe team 8's"})
+    order = AckedOrder(desk, engine)
+    assert order.step("operator", "dispatch", {"team": "pipe team 3"}).json()["state"] == "dispatched"
+    assert order.step("operator", "send-back", {"correction": "x"}).status_code == 403  # a supervisor's step
+    r = order.step("supervisor", "send-back", {"correction": "wrong team: the valve is pipe team 8's"})
     assert r.status_code == 200 and r.json()["state"] == "returned", r.text
-    r = step(op, op_csrf, "report", {"findings": "nothing found"})  # the wrong team's report comes too late
+    r = order.step("operator", "report", {"findings": "nothing found"})  # the wrong team's report comes too late
     assert r.status_code == 409 and "returned" in r.json()["error"], r.text
-    assert step(op, op_csrf, "dispatch", {"team": "pipe team 8"}).json()["state"] == "dispatched"
-    wo = op.get(f"/api/work-orders/{order}").json()
+    assert order.step("operator", "dispatch", {"team": "pipe team 8"}).json()["state"] == "dispatched"
+    wo = order.read()
     assert (wo["state"], wo["team"], wo["round"]) == ("dispatched", "pipe team 8", 2)
     assert [(s["step"], s["team"] or s["note"]) for s in wo["steps"]][2:] == [
         ("dispatch", "pipe team 3"), ("send-back", "wrong team: the valve is pipe team 8's"),
@@ -649,24 +655,17 @@ def test_a_step_from_a_page_that_saw_an_earlier_round_is_refused(desk: str, engi
     after the order was sent back and dispatched again: the report was taken as round 2's, for a team that had not
     reported. A step names the round the page showed, and another round's is 409; the same request again (a double
     click of the re-dispatch) is still done once."""
-    op, op_csrf = client(desk, "operator")
-    sup, sup_csrf = client(desk, "supervisor")
-    order = order_of(engine)
-
-    def step(c: httpx.Client, csrf: str, action: str, body: dict[str, Any]) -> httpx.Response:
-        return c.post(f"/api/work-orders/{order}/{action}", json=body, headers={"X-CSRF-Token": csrf})
-
-    assert op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf}).status_code == 200
-    assert step(op, op_csrf, "dispatch", {"team": "pipe team 3", "round": 1}).status_code == 200
-    assert step(sup, sup_csrf, "send-back", {"correction": "wrong team", "round": 1}).status_code == 200
+    order = AckedOrder(desk, engine)
+    assert order.step("operator", "dispatch", {"team": "pipe team 3", "round": 1}).status_code == 200
+    assert order.step("supervisor", "send-back", {"correction": "wrong team", "round": 1}).status_code == 200
     for _ in range(2):
-        r = step(op, op_csrf, "dispatch", {"team": "pipe team 8", "round": 1})
+        r = order.step("operator", "dispatch", {"team": "pipe team 8", "round": 1})
         assert r.status_code == 200 and r.json()["state"] == "dispatched", r.text
-    r = step(op, op_csrf, "report", {"findings": "nothing found", "round": 1})
+    r = order.step("operator", "report", {"findings": "nothing found", "round": 1})
     assert r.status_code == 409 and "round 2" in r.json()["error"], r.text
-    assert step(op, op_csrf, "report", {"findings": "valve resealed", "round": 2}).status_code == 200
-    assert step(op, op_csrf, "report", {"findings": "x", "round": True}).status_code == 400
-    wo = op.get(f"/api/work-orders/{order}").json()
+    assert order.step("operator", "report", {"findings": "valve resealed", "round": 2}).status_code == 200
+    assert order.step("operator", "report", {"findings": "x", "round": True}).status_code == 400
+    wo = order.read()
     assert [s["step"] for s in wo["steps"]] == ["opened", "ack", "dispatch", "send-back", "dispatch", "report"]
 
 
