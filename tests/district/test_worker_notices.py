@@ -12,6 +12,7 @@ from test_hostile_upstream import T0, alarm, entry, publish, state, telemetry, w
 
 from district import queries, workorders
 from district.accounts import Session
+from district.ingest import Worker
 from district.live import CHANGES_TOPIC
 from district.schema import work_orders
 from protocol import district as dtopics
@@ -19,10 +20,8 @@ from protocol import district as dtopics
 A, B = "a" * 32, "b" * 32
 
 
-async def test_an_alarm_that_opens_a_work_order_tells_the_desks_of_the_order(engine: Engine) -> None:
-    """A live alarm reaching orange or red opens its work order, and the worker sent only an "alarm" notice:
-    the pages' work-order lists, which refetch on a "work-order" notice, showed the new order only at the
-    next action on some order or a reload."""
+def told_worker(engine: Engine) -> tuple[Worker, list[dict[str, Any]]]:
+    """A worker, and the change notices it sends the desks, kept (decoded) instead of published."""
     w = worker(engine)
     told: list[dict[str, Any]] = []
 
@@ -31,6 +30,14 @@ async def test_an_alarm_that_opens_a_work_order_tells_the_desks_of_the_order(eng
         told.append(json.loads(payload))
 
     w.subscriber.publish = recorded  # type: ignore[method-assign]
+    return w, told
+
+
+async def test_an_alarm_that_opens_a_work_order_tells_the_desks_of_the_order(engine: Engine) -> None:
+    """A live alarm reaching orange or red opens its work order, and the worker sent only an "alarm" notice:
+    the pages' work-order lists, which refetch on a "work-order" notice, showed the new order only at the
+    next action on some order or a reload."""
+    w, told = told_worker(engine)
 
     async def handled(**body: Any) -> list[dict[str, Any]]:
         told.clear()
@@ -57,13 +64,7 @@ async def test_a_live_alarm_that_went_red_during_an_outage_opens_its_order(engin
     sends that up from its backlog (hist) when the link is back. The board showed the alarm live and red, and it
     had no work order: the order was left to live transitions, and the gateway's resends of this one are the
     same transition again, never new. The officer saw a red alarm with "No work order" and nothing to dispatch."""
-    w = worker(engine)
-    told: list[dict[str, Any]] = []
-
-    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        told.append(json.loads(payload))
-
-    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w, told = told_worker(engine)
     w.handle([publish(dtopics.ALARM, alarm(id=A, level="yellow"))])
     escalated = {**alarm(id=A, ev="escalated", level="red", prev="yellow", t_gw=T0 + 600), "hist": True}
     w.handle([publish(dtopics.ALARM, escalated)])
@@ -88,13 +89,7 @@ async def test_a_backlog_alarm_its_gateway_still_resends_live_is_live(engine: En
     order. Still unacknowledged and red at the site, its gateway re-sends it once the link is back, live; the
     district took the resend for the transition it had, so the alarm read "historical" for good, below the live
     ones and without an order, while the gas was still at red."""
-    w = worker(engine)
-    told: list[dict[str, Any]] = []
-
-    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        told.append(json.loads(payload))
-
-    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w, told = told_worker(engine)
 
     def board() -> dict[str, Any]:
         with engine.connect() as conn:
@@ -125,13 +120,7 @@ async def test_a_backlog_does_not_make_its_devices_seen_now(engine: Engine) -> N
     the device table and, through the reading notice, on every open page, though their newest reading was taken
     before the outage, and one that had died meanwhile read offline and seen just now. A backlog's message makes
     its device seen at its newest reading's time (the desk's time of receipt at most)."""
-    w = worker(engine)
-    told: list[dict[str, Any]] = []
-
-    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        told.append(json.loads(payload))
-
-    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w, told = told_worker(engine)
     backlog = publish(dtopics.TELEMETRY, {**telemetry(entry("gas1", 1)), "hist": True})
     w.handle([backlog])
     for _ in range(20):
@@ -157,13 +146,7 @@ async def test_an_alarm_that_rises_again_after_its_order_was_closed_reopens_it(e
     and the gas rises to red again: the alarm is one episode, its order unique, so nothing opened. The board
     showed a live red alarm "acknowledged" with its order "closed", and not one button: no one could act on it.
     The escalation reopens the order (a "reopened" step by the system), to be acknowledged and dispatched again."""
-    w = worker(engine)
-    told: list[dict[str, Any]] = []
-
-    async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        told.append(json.loads(payload))
-
-    w.subscriber.publish = recorded  # type: ignore[method-assign]
+    w, told = told_worker(engine)
     w.handle([publish(dtopics.ALARM, alarm(id=A, level="red"))])
     with engine.connect() as conn:
         order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar_one()
