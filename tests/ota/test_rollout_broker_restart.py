@@ -8,7 +8,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
@@ -75,12 +74,6 @@ class Nodes:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 def test_a_rollout_goes_on_across_a_broker_restart(tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch,

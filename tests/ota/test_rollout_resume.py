@@ -8,7 +8,6 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,6 @@ class Nodes:
         self.client.loop_stop()
         self.client.disconnect()
         self.conn.close()
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 def config(tmp_path: Path, served: Path, port: int) -> Path:
