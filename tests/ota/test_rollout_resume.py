@@ -60,6 +60,12 @@ class Nodes:
         self.conn.close()
 
 
+def rollout(site: Path, served: Path, summary: Path, *options: str) -> int:
+    """`lifeline ota rollout` of the release at `served` with `options`, its summary written to `summary`."""
+    return cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), *options,
+                     "--summary", str(summary)])
+
+
 def config(tmp_path: Path, served: Path, port: int) -> Path:
     path = tmp_path / "site.toml"
     devices = "".join(f'\n[[devices]]\nid = "{d}"\nclass = "gas"\nkey = "{bytes(32).hex()}"\n' for d in DEVICES)
@@ -79,8 +85,7 @@ def test_a_node_that_lands_before_its_stage_is_not_sent_the_release_again(
     nodes = Nodes(tmp_path / "gw.db", broker.port, also=("gas-02",))
     summary = tmp_path / "summary.json"
     try:
-        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "1",
-                         "--stage-timeout", "20", "--poll", "0.1", "--summary", str(summary)]) == 0
+        assert rollout(site, served, summary, "--canary", "1", "--stage-timeout", "20", "--poll", "0.1") == 0
     finally:
         nodes.close()
     out = capsys.readouterr().out
@@ -110,8 +115,7 @@ def test_a_rollout_interrupted_while_it_sends_names_the_nodes_it_never_sent(
     nodes = Nodes(tmp_path / "gw.db", broker.port, also=())
     summary = tmp_path / "summary.json"
     try:
-        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "3",
-                         "--summary", str(summary)]) == 130
+        assert rollout(site, served, summary, "--canary", "3") == 130
     finally:
         nodes.close()
     doc = json.loads(summary.read_text())
@@ -142,8 +146,7 @@ def test_a_node_still_downloading_the_release_is_followed_not_sent_it_again(
     downloading.start()
     summary = tmp_path / "summary.json"
     try:
-        assert cli.main(["ota", "rollout", "--config", str(site), "--release", str(served), "--canary", "1",
-                         "--stage-timeout", "20", "--poll", "0.1", "--summary", str(summary)]) == 0
+        assert rollout(site, served, summary, "--canary", "1", "--stage-timeout", "20", "--poll", "0.1") == 0
     finally:
         stop.set()
         downloading.join()
