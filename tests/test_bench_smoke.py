@@ -142,3 +142,18 @@ def test_ingest_cpu_benchmark_admits_every_message() -> None:
     assert "accepted 36, quarantined 0" in proc.stdout, proc.stdout  # warm-up and two rounds of 4 x 3
     proc = subprocess.run([*run, "--profile", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "handle_site" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_status_benchmark_quick_run(tmp_path: Path) -> None:
+    """bench/status_scale.py at tiny sizes: a row per size, each round timed, the baseline's ratio 1."""
+    out = tmp_path / "status.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.status_scale", "--devices", "5,40", "--rounds", "2",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "40 devices: round 2/2" in proc.stderr  # progress while it runs
+    r = json.loads(out.read_text())
+    assert r["baseline_devices"] == 5 and set(r["sizes"]) == {"5", "40"}
+    for n, row in r["sizes"].items():
+        assert row["devices"] == int(n) and len(row["rounds"]) == 2
+        assert row["wall_s"] == min(x["wall_s"] for x in row["rounds"]) > 0 and row["peak_rss_mb"] > 0
+    assert r["sizes"]["5"]["wall_vs_baseline"] == 1.0

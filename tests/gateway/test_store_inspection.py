@@ -355,9 +355,9 @@ def test_a_stopped_gateways_store_is_read_by_a_member_of_its_group(tmp_path: Pat
     assert not (state / "gw.db-shm").exists()
 
 
-def test_status_of_a_large_site_answers_in_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """rich's Table takes about a millisecond a row: `lifeline status` on a site of 20,000 devices printed
-    nothing for 27 s, then the table (10,000 here: 13 s). The devices are aligned columns in one text now."""
+def test_status_of_a_large_site_lists_every_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The devices are aligned columns in one text: rich's Table took about a millisecond a row (27 s of silence
+    at 20,000 devices). How long it takes is bench/status_scale.py's to measure, not this test's."""
     store = tmp_path / "gw.db"
     conn = sqlite3.connect(store)
     devices = DeviceList([DeviceConfig(f"gas-{i:05d}", "gas", KEY, None) for i in range(10_000)])
@@ -368,9 +368,7 @@ def test_status_of_a_large_site_answers_in_seconds(tmp_path: Path, capsys: pytes
     SequenceTracker(conn).flush()
     conn.commit()
     conn.close()
-    began = time.monotonic()
     assert cli.main(["status", "--store", str(store)]) == 0
-    assert time.monotonic() - began < 5
     out = capsys.readouterr().out
     assert "gas-00000" in out and "gas-09999" in out and "devices: 10000 (0 online, 10000 offline)" in out
 
