@@ -365,7 +365,7 @@ async function sendCommand(path, body) {
     const r = await api(path, body);
     desk.sent.set(r.id, { id: r.id, site: body.site, dev: body.dev || "—", op: body.op || "rules", state: "sent" });
     await loadSent();
-  } catch (e) { $("command-error").textContent = e.message; }
+  } catch (e) { if (e.status !== 401) $("command-error").textContent = e.message; }  // 401: as showError
 }
 
 async function loadSent() {
@@ -491,7 +491,9 @@ function reopen(es) {
 
 // --- start ----------------------------------------------------------------------------------------
 
-function showError(id) { return (e) => { $(id).textContent = e.message; }; }
+// A 401 is told by the login api() shows: written here as well, "log in first" stayed under the panel after the
+// officer had logged in again.
+function showError(id) { return (e) => { if (e.status !== 401) $(id).textContent = e.message; }; }
 
 // A form sends one request at a time: a double click sent a command to the device twice.
 async function once(form, work) {

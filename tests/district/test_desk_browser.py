@@ -433,6 +433,26 @@ def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_type
         expect(page.locator("#stale")).to_be_hidden()
 
 
+def test_a_session_that_ended_under_a_command_leaves_no_error_once_logged_in_again(engine: Engine,
+                                                                                   browser: Browser) -> None:
+    """A command sent, and the firmware panel's site changed, after the session ended: the login showed, and once
+    logged in again both panels' error lines still said "log in first", over a desk that was working."""
+    with desk_page(engine, browser, "supervisor") as (_, _, page):
+        for field, value in (("#cmd-site", "s1"), ("#cmd-dev", "gas1"), ("#cmd-op", "ping")):
+            page.fill(field, value)
+        with engine.begin() as conn:
+            conn.execute(delete(sessions))
+        # submitted as its button does, and the panel's site changed, whether or not the page's own fetches, answered
+        # 401 meanwhile, have put the login over them
+        page.locator("#command-form").evaluate("f => f.requestSubmit()")
+        page.dispatch_event("#ota-site", "change")
+        expect(page.locator("#login-view")).to_be_visible(timeout=5_000)
+        fill_login(page, "supervisor")
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        expect(page.locator("#command-error")).to_have_text("")
+        expect(page.locator("#ota-error")).to_have_text("")
+
+
 def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(engine: Engine, now: float, browser: Browser) -> None:
     """An ack goes down to the site so its gateway stops re-sending the alarm. With the district broker away the
     desk acknowledged it and answered why it was not sent ("down"), and the page dropped the answer: the officer
