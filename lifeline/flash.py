@@ -425,10 +425,8 @@ def upload(b: Repl, files: list[Staged], progress: Callable[[int, Staged | None]
         if path not in keep:
             b.remove(path)
             result.removed.append(path.decode(errors="backslashreplace"))  # a name not UTF-8 shown escaped
-    for name in OTA_STATE:  # last: until the code is all in, the board keeps running its release
-        if b.sha256(name) is not None:
-            b.remove(name)
-            result.removed.append(name)
+    # last: until the code is all in, the board keeps running its release
+    result.removed += b.remove_present(list(OTA_STATE))
     result.seconds = time.monotonic() - start
     return result
 
