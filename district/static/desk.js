@@ -264,7 +264,7 @@ function renderActions(a, order) {
       const r = await api(path, body);
       // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.
       if (r.down && r.down !== "sent") $("action-error").textContent = r.down;
-    } catch (e) { if (e.status !== 401) $("action-error").textContent = e.message; }
+    } catch (e) { showError("action-error")(e); }
     if (desk.me) await refresh(["alarms", "orders", "times"]);
   };
   // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,
@@ -365,7 +365,7 @@ async function sendCommand(path, body) {
     const r = await api(path, body);
     desk.sent.set(r.id, { id: r.id, site: body.site, dev: body.dev || "—", op: body.op || "rules", state: "sent" });
     await loadSent();
-  } catch (e) { if (e.status !== 401) $("command-error").textContent = e.message; }  // 401: as showError
+  } catch (e) { showError("command-error")(e); }
 }
 
 async function loadSent() {
