@@ -89,8 +89,9 @@ def bar(done: int, total: int) -> str:
 
 def status(args: argparse.Namespace, console: Console) -> int:
     try:
-        conn = open_readonly(args)
-        devices = load(args.config).devices if args.config else {}
+        cfg = load(args.config) if args.config else None
+        conn = open_readonly(args, cfg=cfg)
+        devices = cfg.devices if cfg else {}
     except (ConfigError, StoreError) as exc:
         print(exc, file=sys.stderr)  # one line as it is: a terminal-wide wrap would break a path
         return 2

@@ -40,8 +40,8 @@ def _age(now: float, t: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
-        conn = open_readonly(args, ("device_health",))
         cfg = load(args.config) if args.config else None
+        conn = open_readonly(args, ("device_health",), cfg)
         classes = {d.id: d.cls for d in cfg.devices.values()} if cfg else {}
         budget_mb = cfg.disk_budget_mb if cfg else None
     except (ConfigError, StoreError) as exc:

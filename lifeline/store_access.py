@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from gateway.site_config import load
+from gateway.site_config import GatewayConfig, load
 
 # C0, DEL and C1 (0x9b is a CSI on its own to some terminals): each as its \x escape
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -37,10 +37,12 @@ def check_reachable(path: Path) -> None:
         raise StoreError(f"{path}: cannot reach it ({exc.strerror or exc})") from None
 
 
-def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = ()) -> sqlite3.Connection:
+def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = (),
+                  cfg: GatewayConfig | None = None) -> sqlite3.Connection:
     """The store, checked to be one before it is read: a wrong --store (the site.toml, the district's database,
-    a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query."""
-    path = Path(args.store) if args.store is not None else load(args.config).store_path
+    a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query.
+    `cfg`: site.toml as the caller loaded it already (a large site's takes about half a second to load)."""
+    path = Path(args.store) if args.store is not None else (cfg or load(args.config)).store_path
     check_reachable(path)
     try:
         conn, found = _tables(f"file:{path}?mode=ro")
