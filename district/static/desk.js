@@ -424,6 +424,9 @@ function showStale() {
   $("stale").hidden = !why.length;
 }
 
+// What a page that may have missed notices (a reload, a reconnection) fetches again: all it shows.
+const EVERY_PART = ["alarms", "orders", "state", "map", "times", "sent", "ota"];
+
 function refresh(parts) {
   for (const p of parts) pending.add(p);
   if (!timer) timer = new Promise((resolve) => setTimeout(resolve, 150)).then(async () => {
@@ -457,7 +460,7 @@ function onNotice(n) {
     case "feed": showLive(n.up); break;
     default:  // "reload": this page fell behind, or the desk follows the district broker again
       showLive(true);
-      refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]);
+      refresh(EVERY_PART);
   }
 }
 
@@ -473,7 +476,7 @@ function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
   es.addEventListener("hello", (e) => { showLive(JSON.parse(e.data).feed !== false);
-    refresh(["alarms", "orders", "state", "map", "times", "sent", "ota"]); });  // all: notices may have been missed
+    refresh(EVERY_PART); });  // all: notices may have been missed
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
   es.onerror = () => {
     $("live").textContent = "reconnecting"; $("live").className = "live off"; $("live").title = "live updates";
