@@ -535,16 +535,16 @@ class Gateway:
             for t in self.alarms.forget_unlisted(self.registry.devices, time.time()):
                 self._up_alarm(t)
             self._commit()
-        except (ConfigError, RuleError, sqlite3.Error) as exc:
-            if isinstance(exc, sqlite3.Error):
-                if not _store_failed(exc):
-                    raise
-                # a full disk: what the reload wrote goes back, and the running rules and devices with it
-                self.registry.replace(running)
-                self._rollback()
-            self.reloads_failed += 1
-            event(log, "reload-failed", logging.ERROR,
-                  error=f"store: {exc}" if isinstance(exc, sqlite3.Error) else str(exc))
+        except (ConfigError, RuleError) as exc:
+            self._reload_failed(str(exc))
+            return
+        except sqlite3.Error as exc:
+            if not _store_failed(exc):
+                raise
+            # a full disk: what the reload wrote goes back, and the running rules and devices with it
+            self.registry.replace(running)
+            self._rollback()
+            self._reload_failed(f"store: {exc}")
             return
         if self.stage:
             self.stage.replace(self.registry.devices)
@@ -552,8 +552,7 @@ class Gateway:
             self.releases.replace(cfg.ota_releases)
             self.offer_releases = True
         except ReleaseDirError as exc:  # changed on disk since the config check
-            self.reloads_failed += 1
-            event(log, "reload-failed", logging.ERROR, error=f"ota.releases: {exc}")
+            self._reload_failed(f"ota.releases: {exc}")
         self.cfg = replace(self.cfg, devices=cfg.devices, ruleset=cfg.ruleset, ota_releases=cfg.ota_releases)
         _settle_memory()
         event(log, "reloaded", devices=len(cfg.devices), rules_version=self.alarms.ruleset.version,
@@ -569,6 +568,10 @@ class Gateway:
         ignored = site_config.restart_needed(self.cfg, cfg)
         if ignored:
             event(log, "reload-needs-restart", logging.WARNING, settings=",".join(ignored))
+
+    def _reload_failed(self, error: str) -> None:
+        self.reloads_failed += 1
+        event(log, "reload-failed", logging.ERROR, error=error)
 
     def _warn_unruled(self) -> None:
         """Devices of a class the active rules lack are taken and forwarded, but nothing they send can raise
