@@ -346,13 +346,9 @@ class Link(asyncio.Protocol):
 
     def _check_size(self, head: memoryview) -> None:
         """Refuse a packet whose fixed header declares more than max_packet bytes before it is all read."""
-        size = 0
-        for i in range(1, len(head)):
-            size |= (head[i] & 0x7F) << (7 * (i - 1))
-            if head[i] < 0x80:
-                if 1 + i + size > self.max_packet:
-                    raise ValueError(f"a packet of {1 + i + size} bytes, over the limit of {self.max_packet}")
-                return
+        size, end = _varint(head, 1, len(head))
+        if end > 0 and end + size > self.max_packet:
+            raise ValueError(f"a packet of {end + size} bytes, over the limit of {self.max_packet}")
 
     def _control(self, packet: mqtt5.Packet) -> None:
         if isinstance(packet, mqtt5.PubAckPacket | mqtt5.SubAckPacket):
