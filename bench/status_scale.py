@@ -13,7 +13,7 @@ aligned text. Prints a table and writes bench/results/status_scale.json. Nothing
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import sqlite3
 import subprocess
 import sys
@@ -43,15 +43,17 @@ def fill(store: Path, n: int) -> None:
 
 
 def run_status(store: Path) -> dict[str, float]:
-    """One `lifeline status` in its own process: wall and CPU seconds, peak RSS in MB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """One `lifeline status` in its own process: wall and CPU seconds, peak RSS in MB, from that process's own
+    rusage (RUSAGE_CHILDREN's peak is the largest of every child so far)."""
     began = time.monotonic()
-    subprocess.run([sys.executable, "-m", "lifeline.cli", "status", "--store", str(store)], check=True,
-                   stdout=subprocess.DEVNULL, cwd=report.ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "status", "--store", str(store)],
+                            stdout=subprocess.DEVNULL, cwd=report.ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - began
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "peak_rss_mb": round(after.ru_maxrss / 1024, 1)}
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"lifeline status exited {os.waitstatus_to_exitcode(status)} on {store}")
+    return {"wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
