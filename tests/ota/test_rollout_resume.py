@@ -26,7 +26,8 @@ NEW = "0.2.0"
 
 
 class Nodes:
-    """Each node lands on 0.2.0 as its command arrives (its birth in the store); `also` lands with gas-01's."""
+    """Each node lands on 0.2.0 as its command arrives (its birth in the store); `also` lands with gas-01's,
+    committed just before it."""
 
     def __init__(self, store: Path, port: int, also: tuple[str, ...]) -> None:
         self.conn = sqlite3.connect(store, check_same_thread=False)
@@ -51,7 +52,8 @@ class Nodes:
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         dev = topics.parse_device(msg.topic)[1]
         self.commands[dev] = self.commands.get(dev, 0) + 1
-        for d in (dev, *self.also) if dev == "gas-01" else (dev,):
+        # `also` first: the rollout moves on once it reads gas-01 landed, and must find them landed by then
+        for d in (*self.also, dev) if dev == "gas-01" else (dev,):
             self._born(d, NEW, time.time())
 
     def close(self) -> None:
