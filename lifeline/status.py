@@ -22,7 +22,7 @@ from gateway.rules import Level
 from gateway.sequence import sequence_stats
 from gateway.site_config import ConfigError, load
 from gateway.store import created_at
-from lifeline.store_access import StoreError, add_store_arguments, open_readonly, plain
+from lifeline.store_access import StoreError, add_store_arguments, open_readonly, plain, store_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     now = time.time()
     with conn:
-        console.print(_store_line(Path(args.store) if cfg is None else cfg.store_path, created_at(conn), now),
+        console.print(_store_line(store_path(args, cfg), created_at(conn), now),
                       soft_wrap=True)  # a path unbroken
         health = {dev: Health(**json.loads(text))
                   for dev, text in conn.execute("SELECT dev, health FROM device_health")}

@@ -37,12 +37,17 @@ def check_reachable(path: Path) -> None:
         raise StoreError(f"{path}: cannot reach it ({exc.strerror or exc})") from None
 
 
+def store_path(args: argparse.Namespace, cfg: GatewayConfig | None = None) -> Path:
+    """The store a command reads: --store, or site.toml's (`cfg` if the caller loaded it already)."""
+    return Path(args.store) if args.store is not None else (cfg or load(args.config)).store_path
+
+
 def open_readonly(args: argparse.Namespace, tables: tuple[str, ...] = (),
                   cfg: GatewayConfig | None = None) -> sqlite3.Connection:
     """The store, checked to be one before it is read: a wrong --store (the site.toml, the district's database,
     a gateway that stopped before making its tables) is a line naming it, not a traceback of the first query.
     `cfg`: site.toml as the caller loaded it already (a large site's takes about half a second to load)."""
-    path = Path(args.store) if args.store is not None else (cfg or load(args.config)).store_path
+    path = store_path(args, cfg)
     check_reachable(path)
     try:
         conn, found = _tables(f"file:{path}?mode=ro")
