@@ -15,7 +15,10 @@ Link closes with a LinkError on a packet that declares more, on anything the rea
 on a packet a client never receives. A PUBLISH whose topic or a text property is not UTF-8 is malformed to
 MQTT 5 too, but closing on it would hold the queue behind it for good (the broker delivers it again at each
 connection), and the reader panics on it: it is handed over with its topic escaped and without properties,
-counted in `not_utf8` and logged once a connection (_not_utf8). The broker's window of unacknowledged
+counted in `not_utf8` and logged once a connection (_not_utf8). The reader panics on such text in any other
+packet too, so none reaches it: a broker's packet with a text property not UTF-8 (a DISCONNECT's or a SUBACK's
+reason string) is counted in `not_utf8` and ends the link as before, its LinkError naming it (_control_not_utf8),
+and a packet only a client sends ends it unread. The broker's window of unacknowledged
 deliveries is `receive_max`, and past `inbox_max` deliveries not yet taken the link stops reading until the
 caller has taken half, except while a SUBACK is awaited (a returning session's queue comes before the SUBACK,
 and nobody takes deliveries before the subscription is confirmed). A PUBACK behind the deliveries does not
@@ -31,7 +34,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -64,7 +67,10 @@ class Link(asyncio.Protocol):
     """One persistent-session connection with manual acknowledgement; use as `async with Link(...)`."""
 
     def __init__(self, broker: BrokerConfig, logger: logging.Logger, timeout_s: float = 10.0,
-                 max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX, inbox_max: int = INBOX_MAX) -> None:
+                 max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX, inbox_max: int = INBOX_MAX,
+                 not_utf8: Counter[str] | None = None) -> None:
+        """`not_utf8`: where to count packets with text that is not UTF-8, by packet name (the subscriber keeps one
+        across its connections; the metric `lifeline_link_not_utf8`)."""
         self.broker = broker
         self.log = logger
         self.timeout_s = timeout_s
@@ -90,7 +96,8 @@ class Link(asyncio.Protocol):
         # QoS 1 publishes the broker takes unacknowledged: its Receive Maximum, from the CONNACK (MQTT 5 3.2.2.3.3)
         self._quota = asyncio.Semaphore(65535)
         self._misc: asyncio.Task[None] | None = None
-        self.not_utf8 = 0  # deliveries whose topic or a text property was not UTF-8
+        self.not_utf8: Counter[str] = Counter() if not_utf8 is None else not_utf8
+        self._told_not_utf8 = False  # a delivery of them logged on this connection
 
     # --- connection ----------------------------------------------------------------------------------------
 
@@ -302,14 +309,24 @@ class Link(asyncio.Protocol):
         try:
             with memoryview(buf) as view:
                 while pos < len(buf):
-                    bad = None if view[pos] >> 4 != 3 or _plain(view, pos) else _not_utf8(view[pos:])
+                    kind = view[pos] >> 4
+                    if kind in _CLIENT_ONLY:  # never read: its texts could panic the reader
+                        raise ValueError(f"a {_CLIENT_ONLY[kind]}, which only a client sends")
+                    bad = None if kind != 3 or _plain(view, pos) else _not_utf8(view[pos:])
                     if bad is not None:
                         delivery, used, field = bad
-                        self.not_utf8 += 1
-                        if self.not_utf8 == 1:
+                        self.not_utf8["PUBLISH"] += 1
+                        if not self._told_not_utf8:
+                            self._told_not_utf8 = True
                             event(self.log, "delivery-not-utf8", logging.WARNING, field=field, topic=delivery.topic,
                                   packet_id=delivery.packet_id)
                         packet: mqtt5.Packet = delivery
+                    elif kind != 3 and (control := _control_not_utf8(view[pos:])) is not None:
+                        self.not_utf8[control[0]] += 1
+                        if kind == 14:  # the broker's DISCONNECT: its reason code is what the operator needs
+                            self._fail(f"disconnected by the broker: {control[1]}")
+                            return
+                        raise ValueError(control[1])
                     else:
                         try:
                             packet, used = mqtt5.read(view[pos:])
@@ -318,8 +335,8 @@ class Link(asyncio.Protocol):
                             break
                         except (KeyboardInterrupt, SystemExit):
                             raise
-                        except BaseException as exc:  # the reader (Rust) panics on text that is not UTF-8 in
-                            # other packets, and a pyo3 PanicException is a BaseException: malformed all the same
+                        except BaseException as exc:  # a pyo3 PanicException is a BaseException: should the
+                            # reader (Rust) panic on a packet not caught above, it is malformed all the same
                             raise ValueError(f"{type(exc).__name__}: {exc}") from None
                     if used > self.max_packet:
                         raise ValueError(f"a packet of {used} bytes, over the limit of {self.max_packet}")
@@ -420,23 +437,65 @@ def _not_utf8(packet: memoryview) -> tuple[Message, int, str] | None:
     if size < 2 or props < 0 or props + length > end:
         raise ValueError("a PUBLISH whose topic or properties run past its end")
     topic = packet[i + 2:topic_end].tobytes()
-    field = _text_property_not_utf8(packet[props:props + length]) if _utf8(topic) else "topic"
-    if field is None:
+    bad = _text_property_not_utf8(packet[props:props + length]) if _utf8(topic) else ("topic", topic)
+    if bad is None:
         return None
+    field = bad[0]
     delivery = mqtt5.PublishPacket(topic.decode(errors="backslashreplace"), packet[props + length:end].tobytes(),
                                    qos=mqtt5.QoS(qos), retain=bool(packet[0] & 1), duplicate=bool(packet[0] & 8),
                                    packet_id=int.from_bytes(packet[topic_end:topic_end + 2]) if qos else None)
     return delivery, end, field
 
 
-# A PUBLISH's properties (MQTT 5 3.3.2.3): its texts, the sizes of those of fixed size, and correlation data
-# (0x09: a length and bytes) and subscription identifiers (0x0B: a variable byte integer).
-_TEXTS = {0x03: "content type", 0x08: "response topic", 0x26: "user property"}  # 0x26: a pair of texts
-_FIXED = {0x01: 1, 0x02: 4, 0x23: 2}
+def _control_not_utf8(packet: memoryview) -> tuple[str, str] | None:
+    """A whole packet from the broker, other than a PUBLISH, with a text property that is not UTF-8: (its name, the
+    link's reason to end: a DISCONNECT's reason code, or what is malformed, with the text escaped). None for one
+    the reader can take, or one not all here yet; ValueError for properties malformed."""
+    kind = packet[0] >> 4
+    size, i = _varint(packet, 1, min(len(packet), 5))
+    end = i + size
+    if kind not in _CONTROL or i < 0 or end > len(packet):
+        return None
+    name, fixed, least = _CONTROL[kind]
+    if size < least:  # the short forms without properties (MQTT 5 3.4.2.1, 3.14.2.1)
+        return None
+    length, props = _varint(packet, i + fixed, end)
+    if props < 0 or props + length > end:
+        raise ValueError(f"a {name} whose properties run past its end")
+    bad = _text_property_not_utf8(packet[props:props + length])
+    if bad is None:
+        return None
+    field, text = bad
+    shown = str(text, "utf-8", "backslashreplace")
+    if kind == 14:
+        try:
+            code = mqtt5.DisconnectReasonCode(packet[i]).name
+        except ValueError:
+            code = f"reason code {packet[i]:#04x}"
+        return name, f"{code} (its {field}, not UTF-8: {shown})"
+    return name, f"a {name} whose {field} is not UTF-8: {shown}"
 
 
-def _text_property_not_utf8(props: memoryview) -> str | None:
-    """The name of a PUBLISH's first text property that is not UTF-8, or None; ValueError if they are malformed."""
+# The packets a broker sends besides PUBLISH: (name, bytes before their properties, least remaining length with
+# properties). Their only texts are properties (MQTT 5 3.2-3.15).
+_CONTROL = {2: ("CONNACK", 2, 3), 4: ("PUBACK", 3, 4), 5: ("PUBREC", 3, 4), 6: ("PUBREL", 3, 4),
+            7: ("PUBCOMP", 3, 4), 9: ("SUBACK", 2, 3), 11: ("UNSUBACK", 2, 3), 14: ("DISCONNECT", 1, 2),
+            15: ("AUTH", 1, 2)}
+_CLIENT_ONLY = {1: "CONNECT", 8: "SUBSCRIBE", 10: "UNSUBSCRIBE", 12: "PINGREQ"}
+
+# MQTT 5's properties (2.2.2.2): the texts (0x26, a user property, is a pair of them), the sizes of those of fixed
+# size, and binary data (a length and bytes); 0x0B, a subscription identifier, is a variable byte integer.
+_TEXTS = {0x03: "content type", 0x08: "response topic", 0x12: "assigned client identifier",
+          0x15: "authentication method", 0x1A: "response information", 0x1C: "server reference",
+          0x1F: "reason string", 0x26: "user property"}
+_FIXED = {0x01: 1, 0x02: 4, 0x11: 4, 0x13: 2, 0x17: 1, 0x18: 4, 0x19: 1, 0x21: 2, 0x22: 2, 0x23: 2, 0x24: 1,
+          0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
+_BINARY = (0x09, 0x16)
+
+
+def _text_property_not_utf8(props: memoryview) -> tuple[str, bytes] | None:
+    """The first text property that is not UTF-8, as (its name, its bytes), or None; ValueError if they are
+    malformed."""
     i = 0
     while i < len(props):
         pid, i = props[i], i + 1
@@ -444,16 +503,16 @@ def _text_property_not_utf8(props: memoryview) -> str | None:
             i += _FIXED[pid]
         elif pid == 0x0B:
             i = _varint(props, i, len(props))[1]
-        elif pid in _TEXTS or pid == 0x09:
+        elif pid in _TEXTS or pid in _BINARY:
             for _ in range(2 if pid == 0x26 else 1):
                 value_end = i + 2 + int.from_bytes(props[i:i + 2])
-                if pid != 0x09 and value_end <= len(props) and not _utf8(props[i + 2:value_end]):
-                    return _TEXTS[pid]
+                if pid in _TEXTS and value_end <= len(props) and not _utf8(props[i + 2:value_end]):
+                    return _TEXTS[pid], props[i + 2:value_end].tobytes()
                 i = value_end
         else:
-            raise ValueError(f"a PUBLISH with property {pid:#04x}")
+            raise ValueError(f"a property {pid:#04x}, unknown to MQTT 5")
         if not 0 <= i <= len(props):
-            raise ValueError("a PUBLISH whose properties run past their length")
+            raise ValueError("properties that run past their length")
     return None
 
 

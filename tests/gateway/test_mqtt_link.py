@@ -122,10 +122,13 @@ async def test_a_whole_packet_past_the_limit_closes_the_link() -> None:
     mqtt5.PublishPacket(TOPIC, b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=0).write(),  # QoS 1 needs an id
     mqtt5.PublishPacket("", b"x", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=1, topic_alias=1).write(),  # never allowed
     mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(TOPIC)]).write(),  # a packet only a client sends
+    bytes([0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 0xFF, 0x01]),  # one whose filter is not UTF-8: read, it panicked
     bytes([0x30, 0x06, 0x00, 0x02, 0xFF, 0xFE, 0x05, 0x26]),  # a topic not UTF-8, properties past the end
 ])
-async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes) -> None:
+async def test_malformed_or_unexpected_packets_close_the_link(garbage: bytes,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
     await expect_link_error(lambda w: w.write(garbage), "malformed packet")
+    assert "panicked" not in capfd.readouterr().err
 
 
 async def packets(reader: asyncio.StreamReader) -> AsyncIterator[object]:
@@ -181,7 +184,7 @@ async def test_a_delivery_whose_text_is_not_utf8_is_counted_and_handed_over_with
             for m in got:
                 link.ack(m)
             await asyncio.sleep(0.2)
-            assert link.not_utf8 == 2
+            assert link.not_utf8 == {"PUBLISH": 2}
             await link.publish(TOPIC, b"q0", qos=0)  # still connected
     assert [(m.topic, m.payload, m.packet_id) for m in got] == [
         (TOPIC, b"payload 1", 1), ("lifeline/v1/s1/d\\xff/data", b"payload 2", 2), (TOPIC, b"payload 3", 3),
@@ -221,6 +224,60 @@ async def test_an_acknowledgement_of_the_other_kind_is_a_link_error(request_: st
 async def test_a_broker_disconnect_is_a_link_error_with_its_reason() -> None:
     goodbye = mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.SESSION_TAKEN_OVER).write()
     await expect_link_error(lambda w: w.write(goodbye), "SESSION_TAKEN_OVER")
+
+
+def with_reason_string(packet: bytes, fixed: int, text: bytes) -> bytes:
+    """`packet` as mqtt5 writes it (a one-byte remaining length, no properties) with a reason string
+    property of raw bytes after its first `fixed` bytes, as a broken broker could send it."""
+    props = bytes([0x1F]) + len(text).to_bytes(2, "big") + text
+    body = packet[2:2 + fixed] + bytes([len(props)]) + props + packet[3 + fixed:]
+    return bytes([packet[0], len(body)]) + body
+
+
+@pytest.mark.parametrize("garbage, error", [
+    (with_reason_string(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.SERVER_SHUTTING_DOWN)
+                        .write(), 1, b"going \xff"),
+     r"disconnected by the broker: SERVER_SHUTTING_DOWN \(its reason string, not UTF-8: going \\xff\)"),
+    (with_reason_string(mqtt5.PubAckPacket(9, reason_code=mqtt5.PubAckReasonCode.NO_MATCHING_SUBSCRIBERS).write(),
+                        3, b"\xfe"),
+     r"malformed packet from the broker: a PUBACK whose reason string is not UTF-8: \\xfe"),
+])
+async def test_a_control_packet_whose_text_is_not_utf8_ends_the_link_without_a_panic(
+        garbage: bytes, error: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The reader panicked on a reason string not UTF-8 in a DISCONNECT or an acknowledgement: the link closed, but
+    the journal showed Rust's panic trace and a UnicodeDecodeError, and a DISCONNECT's reason code was lost in
+    'malformed packet: PanicException'. Now the reader never sees it: the link ends as before, with the reason
+    code (a DISCONNECT) or the field, and the packet is counted by name."""
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    async with fake_broker(lambda w: w.write(garbage)) as port, Link(config(port), log) as link:
+        with pytest.raises(LinkError, match=error):
+            async with asyncio.timeout(10):
+                await link.message()
+    assert link.not_utf8 == {"DISCONNECT" if garbage[0] == 0xE0 else "PUBACK": 1}
+    assert not unraisable and "panicked" not in capfd.readouterr().err
+
+
+async def test_a_suback_whose_text_is_not_utf8_is_a_link_error_without_a_panic(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        async for packet in packets(reader):
+            if isinstance(packet, mqtt5.SubscribePacket):
+                suback = mqtt5.SubAckPacket(packet.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE])
+                writer.write(with_reason_string(suback.write(), 2, b"ok\xc3"))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, Link(config(server.sockets[0].getsockname()[1]), log, timeout_s=5) as link:
+        with pytest.raises(LinkError, match=r"a SUBACK whose reason string is not UTF-8: ok\\xc3"):
+            await link.subscribe([TOPIC])
+    assert link.not_utf8 == {"SUBACK": 1}
+    assert not unraisable and "panicked" not in capfd.readouterr().err
 
 
 async def test_a_silent_broker_is_a_link_error_after_one_and_a_half_keepalives() -> None:
