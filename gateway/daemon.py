@@ -489,7 +489,9 @@ class Gateway:
                         device_states_read=read, check_processes=len(self.stage.pids()) if self.stage else 0,
                         check_processes_lost=self.stage.lost if self.stage else 0,
                         checked_in_ingest=self.stage.in_process if self.stage else 0,
-                        clock_steps=self.clock.steps, reloads_failed=self.reloads_failed)
+                        clock_steps=self.clock.steps, reloads_failed=self.reloads_failed,
+                        link_not_utf8={(sub.name, packet): n for sub in (self.site, self.down, self.ota_link)
+                                       for packet, n in sub.not_utf8.items()})
 
     async def _ticker(self) -> None:
         next_gc = time.monotonic() + FULL_GC_S

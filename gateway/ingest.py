@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
@@ -71,6 +71,7 @@ class Subscriber:
         self._link: Link | None = None
         self.batches = 0
         self.messages = 0
+        self.not_utf8: Counter[str] = Counter()  # packets whose text was not UTF-8, by packet, over every connection
         self._stuck = 0  # handler failures since a batch was last handled (reset by _consume)
 
     async def run(self) -> None:
@@ -82,7 +83,8 @@ class Subscriber:
         stuck_logged: tuple[str, float] | None = None
         while True:
             try:
-                async with Link(self.broker, logging.getLogger(f"lifeline.mqtt.{self.name}")) as link:
+                async with Link(self.broker, logging.getLogger(f"lifeline.mqtt.{self.name}"),
+                                not_utf8=self.not_utf8) as link:
                     await link.subscribe(self.topics, qos=1)
                     self._link = link
                     self.connected.set()

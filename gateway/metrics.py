@@ -47,6 +47,7 @@ class Snapshot:
     checked_in_ingest: int = 0  # messages the ingest decoded itself because their check process was lost
     clock_steps: int = 0  # steps of the wall clock found (gateway/clock_step.py)
     reloads_failed: int = 0  # SIGHUPs whose config was refused, the running one kept
+    link_not_utf8: Mapping[tuple[str, str], int] = field(default_factory=dict)  # by (link, packet): mqtt_link.Link
 
 
 class _Collector:
@@ -77,6 +78,11 @@ class _Collector:
                                 value=int(s.uplink_connected))
         yield GaugeMetricFamily("lifeline_site_connected", "1 while connected to the site broker",
                                 value=int(s.site_connected))
+        not_utf8 = CounterMetricFamily("lifeline_link_not_utf8", "Packets from a broker whose topic or a text "
+                                       "property was not UTF-8, by link and packet", labels=["link", "packet"])
+        for (link, packet), n in sorted(s.link_not_utf8.items()):
+            not_utf8.add_metric([link, packet], n)
+        yield not_utf8
         yield by("lifeline_alarms_active", "Active alarms, by level", "level", s.alarms, False)
         yield CounterMetricFamily("lifeline_ota_chunks_served", "Release chunks sent to updating nodes",
                                   value=s.ota_served)

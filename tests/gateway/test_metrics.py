@@ -1,12 +1,20 @@
-"""The commit-time histogram as a scrape shows it: the bounds the bench and an operator read, and the counts."""
+"""The scrape as an operator reads it: the commit-time histogram's bounds and counts, and the link counters."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
+from pathlib import Path
 
+import mqtt5
+import pytest
 from prometheus_client import generate_latest
 
+from gateway.daemon import Gateway
 from gateway.metrics import COMMIT_BUCKETS, Metrics
+from gateway.site_config import load
 
 
 def test_the_scrape_shows_each_commit_under_its_bound() -> None:
@@ -24,3 +32,57 @@ def test_the_scrape_shows_each_commit_under_its_bound() -> None:
     assert "lifeline_store_commit_seconds_count 3.0" in text
     total = re.search(r"^lifeline_store_commit_seconds_sum (\S+)$", text, re.M)
     assert total and abs(float(total[1]) - 0.1115) < 1e-9
+
+
+async def test_text_not_utf8_from_the_site_broker_is_a_metric_counted_across_connections(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Link.not_utf8 counted the deliveries whose topic was not UTF-8, but nothing exported it, and each
+    reconnection started it at zero: an operator saw neither a broken broker's deliveries nor its DISCONNECTs
+    with a reason string not UTF-8. The site subscriber keeps the count over its connections and the scrape
+    shows it by link and packet; each DISCONNECT is one 'disconnected' line with its reason code."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # a broken site broker
+        nonlocal connections
+        connections += 1
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        subscribe, _ = mqtt5.read(memoryview(await reader.read(1024)))
+        assert isinstance(subscribe, mqtt5.SubscribePacket)
+        writer.write(mqtt5.SubAckPacket(subscribe.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE] *
+                                        len(subscribe.topic_filters)).write())
+        topic = b"lifeline/v1/s1/d\xff/data"
+        body = len(topic).to_bytes(2, "big") + topic + b"\x00payload"  # QoS 0, no properties
+        reason = b"\x1f\x00\x03\xffby"  # a reason string property, not UTF-8
+        writer.write(bytes([0x30, len(body)]) + body + bytes([0xE0, 2 + len(reason), 0x8B, len(reason)]) + reason)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\nport = {port}\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    gateway = Gateway(load(tmp_path / "site.toml"))
+    try:
+        with caplog.at_level(logging.WARNING, "lifeline.gateway.ingest"):
+            async with server:
+                task = asyncio.create_task(gateway.site.run())
+                async with asyncio.timeout(10):
+                    while connections < 3:
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.1)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        metrics = Metrics()
+        metrics.update(gateway.snapshot())
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        gateway.outbox.close()
+        gateway.conn.close()
+    assert f'lifeline_link_not_utf8_total{{link="site",packet="PUBLISH"}} {connections}.0' in text
+    assert f'lifeline_link_not_utf8_total{{link="site",packet="DISCONNECT"}} {connections}.0' in text
+    lines = [getattr(r, "fields", {}).get("error") for r in caplog.records if r.getMessage() == "disconnected"]
+    assert lines == ["disconnected by the broker: SERVER_SHUTTING_DOWN (its reason string, not UTF-8: \\xffby)"] * (
+        connections)  # a line a connection, as for any DISCONNECT (the link was up in between)
