@@ -25,9 +25,11 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import DBAPIError
 
 from district import store, upstream
+from district.downlink import Downlink
 from district.live import CHANGES_TOPIC, notice
 from district.schema import commands, work_orders
 from district.upstream import Refused
+from gateway.district_wire import MAX_ACK_IDS
 from gateway.ingest import Incoming, Subscriber
 from gateway.logs import event
 from gateway.site_config import BrokerConfig
@@ -55,6 +57,7 @@ class Worker:
         self.subscriber = Subscriber("district", broker, [f"$share/{group}/{UP_ALL}"], self.handle,
                                      batch_max=batch_max, backoff_max_s=2.0)
         self._notices: list[bytes] = []
+        self._acks: dict[str, list[str]] = {}  # site -> alarm ids the batch answers (store.resent_alarm)
 
     async def run(self) -> None:
         await self.subscriber.run()
@@ -65,7 +68,7 @@ class Worker:
         whole (its counts and notices with it), and raised past the last attempt, so that it is not
         acknowledged and comes again."""
         for attempt in range(1, ATTEMPTS + 1):
-            stored, refused, self._notices = self.stored.copy(), self.refused.copy(), []
+            stored, refused, self._notices, self._acks = self.stored.copy(), self.refused.copy(), [], {}
             try:
                 with self.engine.begin() as conn:
                     for item in batch:
@@ -76,12 +79,20 @@ class Worker:
                     raise
                 self.stored, self.refused = stored, refused
                 event(log, "batch-retried", logging.WARNING, attempt=attempt, error=str(exc.orig).splitlines()[0])
-        notices, self._notices = self._notices, []
-        if notices:
-            asyncio.get_running_loop().create_task(self._announce(notices))
+        notices, self._notices, acks, self._acks = self._notices, [], self._acks, {}
+        if notices or acks:
+            asyncio.get_running_loop().create_task(self._announce(notices, acks))
 
-    async def _announce(self, notices: list[bytes]) -> None:
-        """Tell the desks what changed (QoS 0: a desk that misses one catches up at its next fetch)."""
+    async def _announce(self, notices: list[bytes], acks: dict[str, list[str]]) -> None:
+        """Answer the gateways' escalations the desk has no ack for (QoS 1: one lost is answered at its resend),
+        and tell the desks what changed (QoS 0: a desk that misses one catches up at its next fetch)."""
+        down = Downlink(self.subscriber.publish)
+        try:
+            for site, ids in acks.items():
+                for i in range(0, len(ids), MAX_ACK_IDS):
+                    await down.alarm_ack(site, ids[i:i + MAX_ACK_IDS])
+        except Exception as exc:  # the gateway re-sends the alarm, and its resend is answered
+            event(log, "alarm-ack-failed", logging.WARNING, error=str(exc))
         try:
             for payload in notices:
                 await self.subscriber.publish(CHANGES_TOPIC, payload, qos=0)
@@ -136,7 +147,10 @@ class Worker:
             new = store.apply_alarm(conn, site, body, received=received, hist=hist)
             if new:
                 self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
-            if new or (not hist and store.revive_alarm(conn, site, body, received=received)):
+            resent = store.resent_alarm(conn, site, body, new=new, received=received, hist=hist)
+            if resent.ack and body["id"] not in self._acks.setdefault(site, []):
+                self._acks[site].append(body["id"])
+            if new or resent.revived:
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
                 if body.get("level") in store.WORK_ORDER_LEVELS:  # it may have opened its order
                     order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == body["id"])).scalar()

@@ -323,6 +323,33 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     return True
 
 
+class Resent(NamedTuple):
+    """What a transition asks beyond its own row (`resent_alarm`)."""
+    revived: bool  # a live resend made its alarm live (revive_alarm)
+    ack: bool  # the gateway waits for an ack the desk has none to give: the district answers it
+
+
+def resent_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, new: bool, received: float,
+                 hist: bool) -> Resent:
+    """After `apply_alarm`: a transition the district had (a resend, mostly) may make its alarm live
+    (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched),
+    and the gateway, which re-sends an alarm after an escalation until it is acknowledged, is answered for an
+    alarm the desk holds acknowledged and has no ack of to offer: no order, or one past open (dispatched, say).
+    Nothing at the desk could acknowledge such an escalation, and its gateway re-sent it until the alarm cleared.
+    An alarm with an order open is acknowledged by the officer (the escalation that opened or reopened it), and
+    one just revived is answered at its next resend if at all."""
+    if new and body["ev"] != "escalated":
+        return Resent(False, False)
+    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked, work_orders.c.state.label("order"))
+                       .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
+                       .where(alarms.c.id == body["id"])).first()
+    if row is None:
+        return Resent(False, False)
+    if not (new or hist) and row.hist and row.state == "open" and revive_alarm(conn, site, body, received=received):
+        return Resent(True, False)
+    return Resent(False, row.acked is not None and row.order != "open")
+
+
 def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float, *,
                 reopen: bool = False) -> None:
     """The alarm's work order, unless it has one. `reopen`: an escalation, which reopens its order if that was

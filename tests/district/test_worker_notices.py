@@ -15,6 +15,7 @@ from district.accounts import Session
 from district.ingest import Worker
 from district.live import CHANGES_TOPIC
 from district.schema import work_orders
+from gateway.district_wire import alarm_ack_ids
 from protocol import district as dtopics
 
 A, B = "a" * 32, "b" * 32
@@ -177,3 +178,55 @@ async def test_an_alarm_that_rises_again_after_its_order_was_closed_reopens_it(e
               publish(dtopics.ALARM, alarm(id=A, ev="escalated", level="orange", prev="yellow", t_gw=T0 + 80))])
     with engine.connect() as conn:
         assert conn.execute(select(work_orders.c.state)).scalar_one() == "closed"
+
+
+async def test_an_escalation_while_its_order_is_dispatched_is_acknowledged_to_the_gateway(engine: Engine) -> None:
+    """An orange alarm acknowledged and its order dispatched, and the gas rises to red: the gateway wants the
+    escalation acknowledged (a higher level needs a fresh ack) and re-sends it until it is. The desk offers no
+    ack for it (the alarm reads acknowledged, the order dispatched), so the gateway re-sent it, 60 s to an hour
+    apart, until the alarm cleared. The worker answers it with an alarm-ack; the desk sees the escalation as
+    before (red, an alarm and a work-order notice) and the order is left dispatched."""
+    w, told = told_worker(engine)
+    changes, downs = w.subscriber.publish, []
+
+    async def either(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if topic == CHANGES_TOPIC:
+            return await changes(topic, payload, qos, retain)
+        downs.append((topic, alarm_ack_ids(payload), qos))
+
+    w.subscriber.publish = either  # type: ignore[method-assign]
+
+    async def handled(body: dict[str, Any]) -> None:
+        told.clear()
+        downs.clear()
+        w.handle([publish(dtopics.ALARM, body)])
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    ack = ("district/v1/north/down/alarm-ack", [A], 1)
+    await handled(alarm(id=A, level="orange"))
+    with engine.connect() as conn:
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar_one()
+    op = Session("t", "li.wei", "operator", "c")
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, A, op, now=T0 + 10)
+        workorders.act(conn, order, "dispatch", op, team="pipe 3", now=T0 + 20)
+    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1))
+    assert downs == [ack]
+    assert told == [{"kind": "alarm", "site": "north", "id": A}, {"kind": "work-order", "id": order}]
+    with engine.connect() as conn:
+        board = {a["id"]: a for a in queries.open_alarms(conn, {})}[A]
+        got = queries.work_order(conn, order)
+    assert (board["level"], board["work_order"]["state"]) == ("red", "dispatched")
+    assert got is not None and [s["step"] for s in got["steps"]] == ["opened", "ack", "dispatch"]
+    # its resend (an ack that did not reach the site) is answered again; a de-escalation asks for none
+    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1, resend=1))
+    assert (downs, told) == ([ack], [])
+    await handled(alarm(id=A, ev="de-escalated", level="orange", prev="red", t_gw=T0 + 90, step=2))
+    assert downs == []
+    # an escalation the desk has an ack for (it reopens or opens an order, or the alarm is unacknowledged) is
+    # acknowledged by the officer, not here
+    await handled(alarm(id=B, level="yellow"))
+    await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1))
+    await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1, resend=1))
+    assert downs == []
