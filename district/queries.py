@@ -279,9 +279,12 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
                  .join(alarms, alarms.c.id == work_orders.c.alarm).where(within))
         orders = orders.where(within)
     for r in conn.execute(recent_alarms):
-        add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
-        add(r.received, "alarm_ack", r.peak, r.site,
-            None if r.acked is None or r.raised is None else r.acked - r.raised)
+        # An alarm a live resend made live (store.revive_alarm) is timed from then: before, the desk had it only
+        # as a backlog's, and its reading came in the backlog, which no sample -> desk counts.
+        if r.revived is None:
+            add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
+        live = r.raised if r.revived is None else r.revived
+        add(r.received, "alarm_ack", r.peak, r.site, None if r.acked is None or live is None else r.acked - live)
     firsts: dict[int, dict[str, float]] = defaultdict(dict)
     for order_id, step, at in conn.execute(steps):
         firsts[order_id].setdefault(step, at)

@@ -154,6 +154,7 @@ alarms = Table(
     Column("received", Float, nullable=False),  # when the district first heard of it
     Column("acked", Float),
     Column("cleared", Float),
+    Column("revived", Float),  # when a live resend made a backlog's alarm live (store.revive_alarm)
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),

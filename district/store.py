@@ -97,6 +97,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("rollups: added the count of numbers of each bucket")
     if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
+    if _add_column(engine, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
+        log.info("alarms: added the time a backlog's alarm was made live")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
     if _add_column(engine, devices, "pruned_boot BIGINT"):
@@ -309,13 +311,14 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     """A live resend (its gateway re-sends an alarm until it is acknowledged) of a transition the district has
     from a site's backlog: if it is still the alarm's latest and the alarm not cleared, the alarm is live, not
     historical, and orange or red opens its order. The resend is that transition again, not new, so it was
-    dropped and the alarm stayed historical for good. True if it was made live."""
+    dropped and the alarm stayed historical for good. True if it was made live; `revived` says when, from which
+    its response times count (district/queries.py)."""
     step = body.get("step")
     revived = conn.execute(update(alarms).where(
         alarms.c.id == body["id"], alarms.c.site == site, alarms.c.hist.is_(True), alarms.c.state == "open",
         alarms.c.t_last == float(body["t_gw"]), alarms.c.level == body.get("level"),
         alarms.c.step.is_(None) if step is None else alarms.c.step == step)
-        .values(hist=False).returning(alarms.c.level)).first()
+        .values(hist=False, revived=received).returning(alarms.c.level)).first()
     if revived is None:
         return False
     if revived.level in WORK_ORDER_LEVELS:

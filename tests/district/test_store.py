@@ -221,11 +221,11 @@ def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine:
 
 def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine,
                                                                                      engine_url: str) -> None:
-    """Made before `alarms.step`: the column is added at start, the rows it held stay without a number, and
-    the next transition of such a row is ordered by gateway time, as before."""
+    """Made before `alarms.step` (and `revived`): the columns are added at start, the rows it held stay without a
+    number, and the next transition of such a row is ordered by gateway time, as before."""
     old = MetaData()
     Table("alarms", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                           for c in alarms.columns if c.name != "step"))
+                           for c in alarms.columns if c.name not in ("step", "revived")))
     alarms.drop(engine)
     old.create_all(engine)
     with engine.begin() as conn:
@@ -237,7 +237,7 @@ def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_ti
     try:
         store.open_engine(url).dispose()  # a second start adds nothing
         with reopened.begin() as conn:
-            assert conn.execute(select(alarms.c.step)).scalar_one() is None
+            assert conn.execute(select(alarms.c.step, alarms.c.revived)).one() == (None, None)
             store.apply_alarm(conn, "s1", transition("de-escalated", "orange", 9.0, step=3), received=20.0)
             assert conn.execute(select(alarms.c.level, alarms.c.step)).one() == ("red", None)  # older by time
             store.apply_alarm(conn, "s1", transition("cleared", None, 11.0, step=4), received=20.0)

@@ -230,3 +230,19 @@ async def test_an_escalation_while_its_order_is_dispatched_is_acknowledged_to_th
     await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1))
     await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1, resend=1))
     assert downs == []
+
+
+async def test_a_revived_alarm_is_timed_from_when_it_became_live(engine: Engine) -> None:
+    """An alarm raised red an hour into a site's outage comes up in the backlog (historical), and its gateway's
+    live resend makes it live; the officer acknowledges it 30 s later. alarm -> ack read an hour and a half, the
+    outage counted as the desk's slowness, and sample -> desk the hour its reading waited in the backlog. A
+    revived alarm's ack is timed from its revival, and its reading, a backlog's, is not a sample -> desk."""
+    w, _ = told_worker(engine)
+    up = T0 + 5400  # the link is back an hour and a half after the raise
+    w.handle([publish(dtopics.ALARM, {**alarm(id=B, level="red"), "hist": True})._replace(received=up)])
+    w.handle([publish(dtopics.ALARM, alarm(id=B, level="red", resend=5))._replace(received=up + 60)])
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, B, Session("t", "li.wei", "operator", "c"), now=up + 90)
+        red = queries.response_values(conn)["colour"]["red"]
+    assert red["alarm_ack"] == [30.0]
+    assert "sample_desk" not in red
