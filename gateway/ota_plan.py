@@ -70,6 +70,21 @@ def targets(nodes: Mapping[str, tuple[str, str]], profiles: Sequence[str], versi
     return chosen, skipped
 
 
+def rolled_back(n: NodeOta, version: str) -> str:
+    """Why the node's trial of `version` rolled back, from its last outcome, or "" if it did not."""
+    return n.res if n.outcome_v == version and n.ok is False and n.res.startswith("rolled back") else ""
+
+
+def hold_back(chosen: Sequence[str], nodes: Mapping[str, NodeOta], version: str
+              ) -> tuple[list[str], dict[str, str], list[str]]:
+    """(the nodes of `chosen` to send the release, those whose trial of it rolled back with why, a skip line for
+    each). A rerun of a release leaves such nodes out unless asked: it would most likely fail on them the same
+    way, a download, a reboot and a trial for nothing on each."""
+    held = {d: why for d in chosen if (n := nodes.get(d)) is not None and (why := rolled_back(n, version))}
+    return ([d for d in chosen if d not in held], held,
+            [f"{d} (its trial of {version} {why})" for d, why in held.items()])
+
+
 def stages(chosen: Sequence[str], canary: str, wave: int) -> list[Stage]:
     """The canary group first, then the rest in waves of `wave` nodes (0: all the rest at once)."""
     k = canary_size(canary, len(chosen))

@@ -15,7 +15,8 @@ the rest (in waves when --wave is given). A stage ends when each of its nodes ha
 reported a failure (refused, rolled back) or run out of --stage-timeout (a sleeping node takes the command
 at its next wake, so the timeout must cover its wake interval). The rollout halts by itself, before the next
 stage, once more than --halt-share of the nodes sent the command have failed (judged when a stage ends, so
-the count covers the whole stage); the nodes already sent it go on.
+the count covers the whole stage); the nodes already sent it go on. A node whose trial of the release rolled
+back (its last outcome, from an earlier run) is not sent it again unless --retry-rolled-back says so.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--stage-timeout", type=float, default=900.0,
                    help="seconds a stage waits for its nodes (cover a sleeping node's wake interval)")
     r.add_argument("--device", action="append", help="only these devices (default: every one the release is for)")
+    r.add_argument("--retry-rolled-back", action="store_true",
+                   help="also send the release to nodes whose trial of it rolled back in an earlier run (default: "
+                        "skipped, and listed)")
     r.add_argument("--resend-s", type=float, default=60.0,
                    help="send the command again to a node silent this long, plus its wake interval (default 60)")
     r.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the gateway's store")
@@ -398,13 +402,20 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         return 2
     targets, skipped = ota_plan.targets({d: (cfg.devices[d].cls, (nodes.get(d) or NodeOta(d)).running)
                                          for d in chosen}, profiles, rel.version)
+    held: dict[str, str] = {}
+    if not args.retry_rolled_back:
+        targets, held, lines = ota_plan.hold_back(targets, nodes, rel.version)
+        skipped += lines
     for s in skipped:
-        console.print(f"skipped {s}")
+        console.print(f"skipped {shown(s)}")  # a node's words (why it rolled back): text
+    if held:
+        console.print(f"{len(held)} node(s) not sent {rel.version} again, their trial of it having rolled back: "
+                      f"{', '.join(held)} (--retry-rolled-back sends it to them too)")
     if not targets:
         conn.close()
         console.print("nothing to update")
         # the summary all the same: a script that reads it after the rollout finds this one, not the last one's
-        if args.summary and not _write_summary(args.summary, rel.version, "", [], {}, [], [], []):
+        if args.summary and not _write_summary(args.summary, rel.version, "", [], {}, [], [], [], held):
             return 1
         return 0
     stages = ota_plan.stages(targets, args.canary, args.wave)  # --canary checked above
@@ -415,7 +426,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         print(exc, file=sys.stderr)
         # written as a halt's is (exit 1 is one too): a script reading it finds this rollout, not the last one's
         if args.summary:
-            _write_summary(args.summary, rel.version, str(exc), [], {}, [], list(targets), stages)
+            _write_summary(args.summary, rel.version, str(exc), [], {}, [], list(targets), stages, held)
         return 1
     ro = Rollout(cfg, rel, stages, read, console.print, sender, args.resend_s)
     interrupted = 0  # the exit status of a rollout ended early
@@ -440,23 +451,24 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     failed = {d: why for s in stages for d, why in s.failed.items()}
     # written before it is told: after a hang-up the terminal is gone, and a print there fails
     written = not args.summary or _write_summary(args.summary, rel.version, ro.halted, landed, failed, pending,
-                                                 untouched, stages)
+                                                 untouched, stages, held)
     if ro.halted:
         console.print(f"[red]HALTED[/red]: {ro.halted}; {len(untouched)} node(s) not sent the release: "
                       f"{', '.join(untouched) or 'none'}")
     console.print(f"{rel.version}: {len(landed)} landed, {len(failed)} failed, {len(untouched)} not sent"
-                  + (f", {len(pending)} sent and not yet judged: {', '.join(pending)}" if pending else ""))
+                  + (f", {len(pending)} sent and not yet judged: {', '.join(pending)}" if pending else "")
+                  + (f", {len(held)} skipped as rolled back before: {', '.join(held)}" if held else ""))
     if not written:
         return 1
     return interrupted or (1 if ro.halted or failed else 0)
 
 
 def _write_summary(path: Path, version: str, halted: str, landed: list[str], failed: dict[str, str],
-                   pending: list[str], untouched: list[str], stages: list[Stage]) -> bool:
+                   pending: list[str], untouched: list[str], stages: list[Stage], rolled_back: dict[str, str]) -> bool:
     """The outcome as JSON at `path`, whole or not at all (a reader never finds half a summary); False, with the
     reason on stderr, when it cannot be written."""
     doc = json.dumps({"version": version, "halted": halted, "landed": landed, "failed": failed,
-                      "pending": pending, "untouched": untouched,
+                      "pending": pending, "untouched": untouched, "rolled_back": rolled_back,
                       "stages": [{"name": s.name, "devices": s.devices} for s in stages]}, indent=1)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -78,7 +78,7 @@ def test_a_site_broker_nobody_answers_on_still_writes_the_summary(tmp_path: Path
     assert doc["halted"] == err.strip() and "nothing was sent" in doc["halted"], (doc, err)
     assert {k: v for k, v in doc.items() if k != "halted"} == {
         "version": "0.2.0", "landed": [], "failed": {}, "pending": [], "untouched": ["gas-01"],
-        "stages": [{"name": "canary", "devices": ["gas-01"]}]}
+        "stages": [{"name": "canary", "devices": ["gas-01"]}], "rolled_back": {}}
 
 
 @pytest.mark.parametrize("user, password", [("gateway", "not-the-password"), ("nobody", "right")])
@@ -180,7 +180,7 @@ def test_nothing_to_update_still_writes_the_summary(tmp_path: Path, capsys: pyte
                      str(summary)]) == 0
     assert "nothing to update" in capsys.readouterr().out
     assert json.loads(summary.read_text()) == {"version": "0.2.0", "halted": "", "landed": [], "failed": {},
-                                               "pending": [], "untouched": [], "stages": []}
+                                               "pending": [], "untouched": [], "stages": [], "rolled_back": {}}
 
 
 def test_a_stage_that_waits_says_how_far_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str],

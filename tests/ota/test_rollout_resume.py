@@ -1,6 +1,7 @@
 """`lifeline ota rollout` run again after one was interrupted (Ctrl-C, a dropped SSH session): the nodes the first
-run sent the release go on downloading and land while the second runs. A real broker and the gateway's store
-(written as the daemon writes it: gateway/ota_relay.Ledger); the nodes are paho clients that land on a command."""
+run sent the release go on downloading and land while the second runs; a node whose trial of the release rolled
+back in an earlier run is left out unless asked. A real broker and the gateway's store (written as the daemon
+writes it: gateway/ota_relay.Ledger); the nodes are paho clients that land on a command."""
 
 from __future__ import annotations
 
@@ -157,3 +158,35 @@ def test_a_node_still_downloading_the_release_is_followed_not_sent_it_again(
     assert nodes.commands == {"gas-01": 1, "gas-03": 1}, (nodes.commands, out)
     assert json.loads(summary.read_text())["landed"] == list(DEVICES)
     assert "gas-02           downloading 0.2.0 already" in out, out
+
+
+def test_a_rerun_skips_the_nodes_whose_trial_of_the_release_rolled_back_unless_asked(
+        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    """gas-02 tried 0.2.0 in an earlier run and rolled back to its old image. Run again, the rollout sent it the
+    release once more (it runs an older version), a download, a reboot and a trial that would most likely roll
+    back the same way, for each such node of a large site. It is skipped and listed, in the output and the
+    summary; --retry-rolled-back sends it the release as before."""
+    served = release_dir(tmp_path / NEW)
+    site = config(tmp_path, served, broker.port)
+    nodes = Nodes(tmp_path / "gw.db", broker.port, also=())
+    why = "rolled back: 2 boots without a confirmed connection"
+    with nodes.lock:  # its "ota" event, as the gateway records it
+        nodes.ledger.outcome("gas-02", NEW, False, why, time.time() - 600)
+        nodes.ledger.flush()
+        nodes.conn.commit()
+    summary = tmp_path / "summary.json"
+    try:
+        assert rollout(site, served, summary, "--canary", "1", "--stage-timeout", "20", "--poll", "0.1") == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert nodes.commands == {"gas-01": 1, "gas-03": 1}, (nodes.commands, out)
+        doc = json.loads(summary.read_text())
+        assert (doc["landed"], doc["rolled_back"]) == (["gas-01", "gas-03"], {"gas-02": why}), doc
+        assert f"skipped gas-02 (its trial of 0.2.0 {why})" in out, out
+        assert "--retry-rolled-back sends it to them too" in out and "1 skipped as rolled back before: gas-02" in out
+        assert rollout(site, served, summary, "--retry-rolled-back", "--stage-timeout", "20", "--poll", "0.1") == 0
+    finally:
+        nodes.close()
+    assert nodes.commands == {"gas-01": 1, "gas-02": 1, "gas-03": 1}
+    doc = json.loads(summary.read_text())
+    assert (doc["landed"], doc["rolled_back"]) == (["gas-02"], {}), doc
+
