@@ -211,11 +211,10 @@ class Worker:
         newest: dict[str, float] = {}
         seen: dict[str, float] = {}
         for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
-                                                      verified=True), strict=True):
+                                                      verified=True, seen=seen), strict=True):
             if new:
                 self.stored["message"] += 1
                 newest[m.dev] = max([newest.get(m.dev, 0.0), *(r["t"] for r in m.records)])
-                seen[m.dev] = max(seen.get(m.dev, 0.0), store.seen_at(m.records, item.received, hist))
         for dev, summary in summaries:
             store.add_report(conn, site, "thinned", dev, summary, received=item.received)
         for dev, t in newest.items():  # received: when the page shows the device was seen

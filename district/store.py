@@ -210,12 +210,13 @@ def add_message(conn: Connection, site: str, dev: str, seq: int, boot: int, reco
 
 
 def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, received: float, hist: bool = False,
-                 verified: bool = False) -> list[bool]:
+                 verified: bool = False, seen: dict[str, float] | None = None) -> list[bool]:
     """A body's device messages in three or four statements, whatever their number (one at a time, building and
     running three statements each was most of a worker's time); per message, whether it was new. The unique
     key decides, so a copy within the batch or one another worker stored first is not new; so does the
     retention's mark of each device (`devices.pruned`), so a redelivery or replay of a message it deleted is
-    not new either."""
+    not new either. `seen`, if given, gets when each device of a new message was seen (`seen_at`), for the
+    worker's notices."""
     if not batch:
         return []
     # Only a message read more than a day before could have been deleted (messages_days is a day at least),
@@ -233,7 +234,7 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
     ids = {(r.dev, r.seq_key): r.id for r in inserted}
     new: list[bool] = []
     rows: list[dict[str, Any]] = []
-    devs: dict[str, float] = {}  # dev -> when it was seen
+    devs = {} if seen is None else seen  # dev -> when it was seen
     for m in batch:
         row_id = ids.pop((m.dev, schema.seq_key(m.seq)), None)  # popped: a second copy in the batch is not new
         new.append(row_id is not None)
@@ -246,10 +247,10 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
     if rows:
         conn.execute(readings.insert(), rows)
     if devs:
-        seen = dialect_insert(conn, devices)
-        conn.execute(seen.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
-                                                set_={"last_seen": seen.excluded.last_seen},
-                                                where=func.coalesce(devices.c.last_seen, 0) < seen.excluded.last_seen),
+        up = dialect_insert(conn, devices)
+        conn.execute(up.on_conflict_do_update(index_elements=[devices.c.site, devices.c.dev],
+                                              set_={"last_seen": up.excluded.last_seen},
+                                              where=func.coalesce(devices.c.last_seen, 0) < up.excluded.last_seen),
                      [{"site": site, "dev": dev, "state": "online", "last_seen": devs[dev]} for dev in sorted(devs)])
     return new
 
