@@ -16,7 +16,8 @@ reported a failure (refused, rolled back) or run out of --stage-timeout (a sleep
 at its next wake, so the timeout must cover its wake interval). The rollout halts by itself, before the next
 stage, once more than --halt-share of the nodes sent the command have failed (judged when a stage ends, so
 the count covers the whole stage); the nodes already sent it go on. A node whose trial of the release rolled
-back (its last outcome, from an earlier run) is not sent it again unless --retry-rolled-back says so.
+back (its last outcome, from an earlier run) is not sent it again unless --retry-rolled-back says so; the
+rollout warns at start when --stage-timeout is not above a node's wake interval (from its birth).
 """
 
 from __future__ import annotations
@@ -394,7 +395,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         with conn:
             return ota_relay.read(conn), _sleep_s(conn)
 
-    nodes, _ = read()
+    nodes, sleep_s = read()
     chosen = args.device or sorted(cfg.devices)
     unknown = [d for d in chosen if d not in cfg.devices]
     if unknown:
@@ -418,6 +419,7 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
         if args.summary and not _write_summary(args.summary, rel.version, "", [], {}, [], [], [], held):
             return 1
         return 0
+    _warn_asleep(targets, sleep_s, args.stage_timeout)
     stages = ota_plan.stages(targets, args.canary, args.wave)  # --canary checked above
     try:
         sender = Sender(cfg, args.config)
@@ -461,6 +463,19 @@ def rollout(args: argparse.Namespace, console: Console) -> int:
     if not written:
         return 1
     return interrupted or (1 if ro.halted or failed else 0)
+
+
+def _warn_asleep(targets: list[str], sleep_s: Mapping[str, float], timeout_s: float) -> None:
+    """Say on stderr, before anything is sent, which nodes sleep at least --stage-timeout between wakes: such a
+    node hears the command only at its next wake, so its stage would count it failed although it only slept."""
+    asleep = {d: sleep_s[d] for d in targets if sleep_s.get(d, 0.0) >= timeout_s}
+    if asleep:
+        longest = max(asleep.values())
+        print(f"warning: --stage-timeout {timeout_s:g} s is not above the wake interval of {len(asleep)} node(s) "
+              f"({', '.join(f'{d} {s:g} s' for d, s in sorted(asleep.items()))}, from their births): each hears the "
+              f"command only at its next wake and would be counted failed (no new birth within {timeout_s:g} s) "
+              f"though it only sleeps; give --stage-timeout above {longest:g} s plus the download",
+              file=sys.stderr, flush=True)
 
 
 def _write_summary(path: Path, version: str, halted: str, landed: list[str], failed: dict[str, str],

@@ -1,7 +1,8 @@
 """`lifeline ota rollout` run again after one was interrupted (Ctrl-C, a dropped SSH session): the nodes the first
 run sent the release go on downloading and land while the second runs; a node whose trial of the release rolled
-back in an earlier run is left out unless asked. A real broker and the gateway's store (written as the daemon
-writes it: gateway/ota_relay.Ledger); the nodes are paho clients that land on a command."""
+back in an earlier run is left out unless asked; and what the rollout warns of at start. A real broker and the
+gateway's store (written as the daemon writes it: gateway/ota_relay.Ledger, gateway/registry.Registry); the nodes
+are paho clients that land on a command."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_rollout_refusals import release_dir
 
 from gateway.ota_relay import Chunk, Ledger
+from gateway.registry import Registry
+from gateway.site_config import load
 from lifeline import cli, ota
 from lifeline.virtual.broker import Mosquitto
 from protocol import topics
@@ -190,3 +193,27 @@ def test_a_rerun_skips_the_nodes_whose_trial_of_the_release_rolled_back_unless_a
     doc = json.loads(summary.read_text())
     assert (doc["landed"], doc["rolled_back"]) == (["gas-02"], {}), doc
 
+
+def test_a_stage_timeout_within_a_sleeping_nodes_wake_interval_is_warned_of_at_start(
+        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    """gas-03 sleeps 300 s between wakes (its birth says so) and --stage-timeout is 20 s: it would hear the command
+    only at its next wake and be counted failed at the stage's end though it only slept, and nothing said so
+    before. The rollout warns on stderr before it sends anything, naming the node and its interval."""
+    served = release_dir(tmp_path / NEW)
+    site = config(tmp_path, served, broker.port)
+    nodes = Nodes(tmp_path / "gw.db", broker.port, also=())
+    registry = Registry(nodes.conn, load(site).devices)  # the births as the gateway stores them
+    for dev, sleep in (("gas-01", 0), ("gas-03", 300)):
+        registry.birth(dev, {"boot": 1, "fw": "0.1.0", "prof": "gas", "rst": "power-on", "clk": 0, "t": 5,
+                             "sleep": sleep}, time.time(), live=True)
+    registry.flush()
+    nodes.conn.commit()
+    summary = tmp_path / "summary.json"
+    try:
+        assert rollout(site, served, summary, "--canary", "1", "--stage-timeout", "20", "--poll", "0.1") == 0
+    finally:
+        nodes.close()
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: --stage-timeout 20 s is not above the wake interval of 1 node(s) (gas-03 300 s, from their "
+            "births)") in err, err
+    assert "give --stage-timeout above 300 s plus the download" in err, err
