@@ -64,8 +64,10 @@ class RolloutError(Exception):
 
 
 def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: Any = "1", wave: Any = 0,
-          halt_share: Any = 0.25, stage_timeout: Any = 900.0, only: Any = None, now: float) -> int:
-    """Plan a rollout and record it; the driver sends it. Returns its id."""
+          halt_share: Any = 0.25, stage_timeout: Any = 900.0, only: Any = None, retry_rolled_back: Any = False,
+          now: float) -> int:
+    """Plan a rollout and record it; the driver sends it. Returns its id. A node whose trial of this release rolled
+    back (its last "ota" event) is left out unless `retry_rolled_back` (ota_plan.hold_back)."""
     if not who.may("rollout"):
         raise RolloutError(403, f"a {who.role} may not roll out releases")
     if not isinstance(site, str) or conn.execute(select(sites.c.site).where(sites.c.site == site)).first() is None:
@@ -98,7 +100,14 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
         if unknown:
             raise RolloutError(404, f"not devices of {site}: {', '.join(unknown)}")
         known = {d: known[d] for d in only}
+    if not isinstance(retry_rolled_back, bool):
+        raise RolloutError(400, "retry_rolled_back: true or false")
     chosen, skipped = ota_plan.targets(known, json.loads(offer.profiles), version)
+    if not retry_rolled_back:
+        last = {dev: NodeOta(dev, outcome_v=v, ok=ok, res=res)
+                for dev, (v, ok, res, _) in _outcomes(conn, site).items()}
+        chosen, _, held = ota_plan.hold_back(chosen, last, version)
+        skipped += held
     if not chosen:
         raise RolloutError(409, f"nothing to update at {site}: " + ("; ".join(skipped) or "no devices"))
     if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.site == site,

@@ -24,7 +24,7 @@ from district import rollout, store
 from district.accounts import Session
 from district.downlink import Downlink, broker_publisher
 from district.rollout import Driver, RolloutError
-from district.schema import commands, ota_rollout_nodes, ota_rollouts
+from district.schema import audit, commands, ota_rollout_nodes, ota_rollouts
 from lifeline.virtual.broker import Mosquitto
 from protocol import district as dtopics
 
@@ -175,6 +175,36 @@ def test_failed_canaries_halt_the_rollout_before_the_rest_is_sent(engine: Engine
         assert sorted(d for d, _ in sent_to(down)) == ["gas1", "gas2"]  # the rest never heard of it
     finally:
         down.close()
+
+
+def test_a_rollout_started_again_leaves_out_the_nodes_whose_trial_of_the_release_rolled_back(engine: Engine) -> None:
+    """After a halted rollout whose canary rolled back, a supervisor starting the release again sent it to that
+    node once more: a download, a reboot and a trial that would most likely roll back the same way. It is left
+    out, named in the audit (or in the refusal, when no node is left), unless retry_rolled_back is given."""
+    now = time.time()
+    site_with(engine, now, {"gas1": "gas", "gas2": "gas", "gas3": "gas"})
+    why = "rolled back: 2 boots without a confirmed connection"
+    outcome(engine, "gas1", 100, False, why)
+    outcome(engine, "gas3", 101, False, "refused: broker away mid-download")  # not a trial: sent again
+
+    def start(**options: Any) -> list[str]:
+        """The nodes of a rollout started with `options`, halted at once (one runs at a time)."""
+        with engine.begin() as conn:
+            rid = rollout.start(conn, BOSS, SITE, NEW, now=now, **options)
+        members = sorted(nodes(engine, rid))
+        with engine.begin() as conn:
+            rollout.halt(conn, BOSS, rid, now=now)
+        return members
+
+    assert start() == ["gas2", "gas3"]
+    with engine.begin() as conn:
+        detail = conn.execute(select(audit.c.detail).where(audit.c.what == "rollout")).scalar_one()
+    assert f"gas1 (its trial of {NEW} {why})" in detail, detail
+    with pytest.raises(RolloutError, match=f"nothing to update at s1: gas1 \\(its trial of {NEW} {why}\\)"):
+        start(only=["gas1"])
+    with pytest.raises(RolloutError, match="retry_rolled_back: true or false"):
+        start(retry_rolled_back="yes")
+    assert start(only=["gas1"], retry_rolled_back=True) == ["gas1"]
 
 
 async def drive_until_sent(driver: Driver, engine: Engine, rid: int,
