@@ -31,7 +31,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from district import accounts, queries, rollout, store, workorders
+from district import accounts, queries, rollout, store, upstream, workorders
 from district.accounts import Session
 from district.config import ROLLUP_S
 from district.downlink import Downlink, DownlinkError, broker_publisher
@@ -44,6 +44,7 @@ from district.workorders import WorkOrderError
 from gateway.logs import event
 from gateway.rules import RuleSet, default_ruleset
 from gateway.site_config import BrokerConfig
+from protocol.district_verify import Verifier
 
 log = logging.getLogger("lifeline.district.desk")
 
@@ -82,12 +83,14 @@ class Refused(Exception):
 def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, downlink: Downlink | None = None,
              risk_points: RiskPoints | None = None, rules: RuleSet | None = None, secure_cookie: bool = False,
              clock: Callable[[], float] = time.time, rollouts: bool = True,
-             rollup_s: int = ROLLUP_S) -> Starlette:
+             rollup_s: int = ROLLUP_S, verifier: Verifier | None = None) -> Starlette:
     """The desk over one database. `broker`: the district broker, which the desk follows for the change
     feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS.
     `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process. `rollup_s`:
     the retention's bucket width, so that a history has the bucket its window starts in. The risk points are
-    the app's `state.risk_points`, which a reload replaces (district/service.py)."""
+    the app's `state.risk_points`, and `verifier` (the device keys a stored message is checked again with,
+    district/config.verifier; none unless given) its `state.verifier`: a reload replaces both
+    (district/service.py)."""
     if downlink is None:
         if broker is None:
             raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
@@ -241,7 +244,8 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             return result
         return handler
 
-    def history(conn: Connection, request: Request) -> Any:
+    def series(request: Request) -> tuple[str, str, str, float, float]:
+        """The site, dev, metric, from and to a chart or its messages are asked for."""
         q = request.query_params
         site, dev, metric = q.get("site"), q.get("dev"), q.get("metric")
         if not site or not dev or not metric:
@@ -253,7 +257,23 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             raise Refused(400, "from and to: epoch seconds") from None
         if not 0 < t_to - t_from <= MAX_WINDOW_S:
             raise Refused(400, f"from must be before to, at most {MAX_WINDOW_S // 86400} days apart")
-        return queries.history(conn, ruleset, site, dev, metric, t_from, t_to, rollup_s)
+        return site, dev, metric, t_from, t_to
+
+    def history(conn: Connection, request: Request) -> Any:
+        return queries.history(conn, ruleset, *series(request), rollup_s)
+
+    def window_messages(conn: Connection, request: Request) -> Any:
+        return queries.device_messages(conn, *series(request))
+
+    def alarm_messages(conn: Connection, request: Request) -> Any:
+        alarm_id = request.path_params["id"]
+        if not upstream.ALARM_ID.match(alarm_id):
+            raise Refused(404, "no such alarm")
+        return queries.alarm_messages(conn, alarm_id, clock())
+
+    def check_message(conn: Connection, request: Request) -> Any:
+        """Reads alone, so a viewer may: the stored sealed bytes verified again (queries.check_message)."""
+        return queries.check_message(conn, path_id(request, "message"), request.app.state.verifier)
 
     def order_list(conn: Connection, request: Request) -> Any:
         """Every active order, and the newest closed ones: `limit` of them (1 and up, at most CLOSED_MAX),
@@ -399,7 +419,10 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         Route("/api/sites", endpoint(read(lambda c, r: queries.site_states(c)))),
         Route("/api/devices", endpoint(read(lambda c, r: queries.device_states(c, r.query_params.get("site"))))),
         Route("/api/map", endpoint(read(lambda c, r: queries.map_view(c, r.app.state.risk_points)))),
+        Route("/api/alarms/{id}/messages", endpoint(read(alarm_messages))),
         Route("/api/history", endpoint(read(history))),
+        Route("/api/messages", endpoint(read(window_messages))),
+        Route("/api/messages/{id}/check", endpoint(read(check_message))),
         Route("/api/work-orders", endpoint(read(order_list))),
         Route("/api/work-orders/{id}", endpoint(read(lambda c, r: queries.work_order(c, path_id(r, "work order"))))),
         Route("/api/work-orders/{id}/{action}", endpoint(step), methods=["POST"]),
@@ -431,5 +454,6 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.risk_points = risk_points or {}
+    app.state.verifier = verifier or Verifier({}, {}, track=False)
     return app
 

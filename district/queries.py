@@ -9,12 +9,13 @@ a site's backlog) carry that state. Thresholds come from the gateway's own shipp
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, case, func, select
 
+from district import upstream
 from district.schema import (
     alarm_events,
     alarms,
@@ -23,11 +24,13 @@ from district.schema import (
     messages,
     readings,
     rollups,
+    seq_of,
     sites,
     work_order_steps,
     work_orders,
 )
 from gateway.rules import RuleSet
+from protocol.district_verify import Verifier
 
 RiskPoints = Mapping[str, Sequence[Mapping[str, Any]]]  # {site: [{"id", "class", "lat", "lon", "radius_m"}]}
 MAX_POINTS = 2000  # readings in one chart; a longer window is thinned evenly
@@ -35,6 +38,9 @@ SAMPLE_WINDOW = 20000  # newest readings the sample -> desk times are taken from
 CLOSED_SHOWN = 50  # closed work orders in the list unless a page asks for more (docs/district.md)
 CLOSED_MAX = 500  # and at most this many at once
 RESPONSE_WINDOW_S = 30 * 86400  # the desk's response times are of the alarms and orders of the last 30 days
+MESSAGES_SHOWN = 50  # device messages in one list (docs/district.md, "The device messages behind an alarm")
+MESSAGES_SCANNED = 5000  # readings of a window looked through for them: a window of a year holds millions
+VALUE_FIELDS = ("u", "v", "vs", "vb", "vd", "s")
 RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alarms.c.level == "yellow", 2),
             (alarms.c.level == "blue", 1), else_=0)
 
@@ -79,6 +85,112 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
 def alarm(conn: Connection, alarm_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(alarms).where(alarms.c.id == alarm_id)).first()
     return None if row is None else dict(row._mapping)
+
+
+def alarm_messages(conn: Connection, alarm_id: str, now: float) -> dict[str, Any] | None:
+    """The device messages behind an alarm: those with a reading of its metric from the one that raised it
+    (`t_dev`) to its clear, or to `now` while it lasts (`device_messages`). A stale alarm, raised by silence,
+    has none; nor has one whose raise never reached the district, the transition that names its reading."""
+    a = conn.execute(select(alarms.c.site, alarms.c.dev, alarms.c.metric, alarms.c.kind, alarms.c.t_dev,
+                            alarms.c.cleared).where(alarms.c.id == alarm_id)).first()
+    if a is None:
+        return None
+    head = {"alarm": alarm_id, "site": a.site, "dev": a.dev, "metric": a.metric}
+    if a.metric is None or a.t_dev is None:
+        why = ("raised by the device's silence: no reading is behind it" if a.kind == "stale" else
+               "the district never received the transition that raised it, which names its reading")
+        return {**head, "from": None, "to": None, "messages": [], "more": False, "why": why}
+    t_to = max(a.t_dev, a.cleared if a.cleared is not None else now)
+    return {**head, **device_messages(conn, a.site, a.dev, a.metric, a.t_dev, t_to)}
+
+
+def device_messages(conn: Connection, site: str, dev: str, metric: str, t_from: float,
+                    t_to: float) -> dict[str, Any]:
+    """The device messages with a reading of `metric` in [t_from, t_to], by that reading's time: at most
+    MESSAGES_SHOWN, among the window's first MESSAGES_SCANNED readings, `more` if it holds others. Each with
+    every reading it carried, whether the device's own MAC was verified at ingest, and whether its sealed bytes
+    are kept (the bytes themselves are not read)."""
+    window = ((readings.c.site == site) & (readings.c.dev == dev) & (readings.c.n == metric)
+              & (readings.c.t >= t_from) & (readings.c.t <= t_to))
+    hits = conn.execute(select(readings.c.message).where(window).order_by(readings.c.t)
+                        .limit(MESSAGES_SCANNED + 1)).scalars().all()
+    ids = list(dict.fromkeys(hits))
+    more = len(ids) > MESSAGES_SHOWN or len(hits) > MESSAGES_SCANNED
+    ids = ids[:MESSAGES_SHOWN]
+    carried: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in conn.execute(select(readings).where(readings.c.message.in_(ids))
+                          .order_by(readings.c.t, readings.c.n)) if ids else ():
+        carried[r.message].append(_reading(r._mapping))
+    rows = {r.id: r for r in conn.execute(
+        select(messages.c.id, messages.c.seq_key, messages.c.boot, messages.c.pri, messages.c.hist,
+               messages.c.received, messages.c.verified, messages.c.sealed.is_not(None).label("sealed"))
+        .where(messages.c.id.in_(ids)))} if ids else {}
+    return {"from": t_from, "to": t_to, "more": more, "messages": [
+        {"id": i, "site": site, "dev": dev, "seq": str(seq_of(m.seq_key)), "boot": m.boot, "pri": m.pri,
+         "hist": m.hist, "received": m.received, "verified": m.verified, "sealed": bool(m.sealed),
+         "readings": carried[i]} for i in ids if (m := rows.get(i)) is not None]}
+
+
+def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict[str, Any] | None:
+    """A stored message's sealed bytes verified again now, with its device's key as the ingest has it and by
+    the ingest's own check (`upstream.pack_entry`: the MAC, and the device's dev, seq, boot and pri against the
+    row's), and what they decode to held against the stored readings. Reads only. `verdict`: match, differs,
+    mac-fails, no-key, folded (no stored readings left to compare: the retention rolled them up), unsealed
+    (its site forwarded no sealed bytes), gone (the retention deleted it); None: no such message ever."""
+    row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+    if row is None:
+        newest = conn.execute(select(func.max(messages.c.id))).scalar()
+        if newest is None or message_id > newest:
+            return None
+        return {"id": message_id, "verdict": "gone",
+                "says": "no longer kept: the retention deleted it (messages_days), sealed bytes and all"}
+    seq = seq_of(row.seq_key)
+    head = {"id": message_id, "site": row.site, "dev": row.dev, "seq": str(seq), "boot": row.boot,
+            "verified": row.verified}
+    stored = [_reading(r._mapping) for r in conn.execute(
+        select(readings).where(readings.c.message == message_id).order_by(readings.c.t, readings.c.n))]
+    if row.sealed is None:
+        return {**head, "verdict": "unsealed", "stored": stored,
+                "says": "never forwarded sealed: its site sent no device message to check these readings against"}
+    if verifier.dev_keys.get(row.dev) is None:
+        return {**head, "verdict": "no-key", "stored": stored,
+                "says": f"no key for {row.dev} in the district's config: its sealed bytes cannot be checked"}
+    entry = {"dev": row.dev, "seq": seq, "boot": row.boot, "pri": row.pri, "m": row.sealed}
+    try:
+        records = upstream.pack_entry(entry, f"message {message_id}", verifier)[4]
+    except upstream.Refused as r:
+        if r.reason == "device-mac":
+            return {**head, "verdict": "mac-fails", "stored": stored,
+                    "says": f"the device's MAC fails: the stored bytes are not what {row.dev} sealed"}
+        return {**head, "verdict": "differs", "stored": stored, "says": f"the stored message differs from what "
+                f"{row.dev} sealed: {r.detail}"}
+    sent = [_reading(r) for r in sorted(records, key=lambda r: (r["t"], r["n"]))]
+    if not stored:
+        return {**head, "verdict": "folded", "sent": sent, "stored": stored,
+                "says": "the device's MAC holds; its readings were folded into rollups (raw_days), so none are "
+                        "stored to compare: these are what it sent"}
+    if Counter(_value(r) for r in sent) != Counter(_value(r) for r in stored):
+        return {**head, "verdict": "differs", "sent": sent, "stored": stored,
+                "says": f"the device's MAC holds, but the stored readings are not the ones {row.dev} sent"}
+    retimed = sum((Counter((r["n"], r["t"]) for r in stored) - Counter((r["n"], r["t"]) for r in sent)).values())
+    return {**head, "verdict": "match", "sent": sent, "stored": stored, "retimed": retimed,
+            "says": "verified now: the device's MAC holds and the stored readings are the ones it sent" + (
+                f"; {retimed} of their times are not the device's own (the gateway's, for a clock it did not "
+                "trust, or changed since), which its MAC does not cover" if retimed else "")}
+
+
+def _reading(r: Mapping[Any, Any]) -> dict[str, Any]:
+    """A reading as the desk shows it, stored or decoded alike: a number as a float, bytes as hex."""
+    out: dict[str, Any] = {"n": r["n"], "t": r["t"]}
+    for k in VALUE_FIELDS:
+        x = r.get(k)
+        if x is not None:
+            out[k] = x.hex() if isinstance(x, bytes) else float(x) if k in ("v", "s") else x
+    return out
+
+
+def _value(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (r["n"], *(r.get(k) for k in VALUE_FIELDS))
 
 
 def site_states(conn: Connection) -> list[dict[str, Any]]:

@@ -122,7 +122,8 @@ def _risk_points(cfg: DistrictConfig) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_desk(path: Path, cfg: DistrictConfig) -> int:
-    """The desk (and its /metrics) until SIGTERM or SIGINT; SIGHUP takes the sites' risk points anew."""
+    """The desk (and its /metrics) until SIGTERM or SIGINT; SIGHUP takes the sites' risk points and device keys
+    anew."""
     engine = opened(cfg, "desk")
     if engine is None:
         return 1
@@ -150,10 +151,12 @@ def run_desk(path: Path, cfg: DistrictConfig) -> int:
         engine.dispose()
         return 1
 
-    app = make_app(engine, hub=Hub(), broker=broker, risk_points=_risk_points(cfg), rollup_s=cfg.rollup_s)
+    app = make_app(engine, hub=Hub(), broker=broker, risk_points=_risk_points(cfg), rollup_s=cfg.rollup_s,
+                   verifier=config.verifier(cfg))
 
     def mapped(new: DistrictConfig) -> None:
         app.state.risk_points = _risk_points(new)  # replaced whole: a request reading the old one keeps it
+        app.state.verifier = config.verifier(new)
 
     # SIGTERM and SIGINT are uvicorn's: it ends the live feeds (sse-starlette follows its should_exit), closes the
     # connections and runs the lifespan's end. Cancelled instead, the desk cut every feed mid-stream and logged

@@ -14,15 +14,19 @@ import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 
-from district import accounts, store
+from district import accounts, store, upstream
 from district.desk import make_app
 from district.live import CHANGES_TOPIC, Hub
 from district.schema import alarms, work_orders
+from gateway.message_decode import loads_one
 from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto, free_port
+from protocol import message, senml
+from protocol.district_verify import Verifier
 
 PASSWORD = "desk-password-1"
 USERS = {"viewer": "vera", "operator": "li.wei", "supervisor": "chen"}
+DEVICE_KEYS = {"gas1": b"\x11" * 32, "gas2": b"\x12" * 32}
 RISK_POINTS = {"s1": [{"id": "rp-valve-7", "class": "gas", "lat": 31.2305, "lon": 121.4740, "radius_m": 30.0}]}
 
 
@@ -32,8 +36,9 @@ def broker_config(broker: Mosquitto) -> BrokerConfig:
 
 @contextmanager
 def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
-    """The desk app under uvicorn in a thread, following the broker's change feed; yields its base URL."""
-    app = make_app(engine, hub=Hub(), broker=broker_config(broker), risk_points=RISK_POINTS)
+    """The desk app under uvicorn in a thread, following the broker's change feed, with s1's device keys to check
+    stored messages again; yields its base URL."""
+    app = make_app(engine, hub=Hub(), broker=broker_config(broker), risk_points=RISK_POINTS, verifier=verifier())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1))
@@ -123,3 +128,22 @@ def closed_orders(engine: Engine, n: int, now: float) -> None:
     with engine.begin() as conn:
         conn.execute(alarms.insert(), alarm_rows)
         conn.execute(work_orders.insert(), order_rows)
+
+
+def verifier() -> Verifier:
+    """The district's check of device messages, with s1's device keys, as district/config.verifier makes it."""
+    return Verifier({}, DEVICE_KEYS, track=False, loads=loads_one)
+
+
+def ingest(engine: Engine, dev: str, seq: int, t: float, values: dict[str, float], *, received: float,
+           sealed: bool = True) -> None:
+    """One data message of `dev` at s1, sealed with its key, stored as a worker stores it: its entry checked by
+    upstream.pack_entry, then store.add_messages, verified. Unsealed (a site that forwarded only the
+    readings), its records are stored as they are, unverified."""
+    records = [senml.record(n, v, "%LEL" if n == "ch4" else "ppm") for n, v in values.items()]
+    m = message.encode(message.data(dev, 1, seq, senml.pack(records, bn=dev + ":", bt=t)), DEVICE_KEYS[dev])
+    checked = store.DeviceMessage(*upstream.pack_entry({"dev": dev, "seq": seq, "boot": 1, "m": m}, "test",
+                                                       verifier()))
+    with engine.begin() as conn:
+        store.add_messages(conn, "s1", [checked if sealed else checked._replace(sealed=None)], received=received,
+                           verified=sealed)

@@ -2,7 +2,8 @@
 Mosquitto, on SQLite: a live alarm appears without a reload, the whole work-order loop is done with the
 page's own buttons and every state shows on it, and what an officer types survives a redraw; a viewer sees
 no action buttons and the server refuses a POST made from the viewer's page. Leaves a screenshot of the desk
-in out/desk.png. A boolean series (a cover switch) is drawn in steps."""
+in out/desk.png. A boolean series (a cover switch) is drawn in steps. An alarm's device messages are checked
+again from the page."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, seed
+from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, ingest, seed
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 
 from district import store, workorders
 from district.accounts import Session
 from district.live import notice
-from district.schema import commands, sessions, work_orders
+from district.schema import commands, messages, readings, seq_key, sessions, work_orders
 from district.store import open_engine
 from lifeline.virtual.broker import Mosquitto
 
@@ -629,3 +630,27 @@ def test_the_devices_of_a_site_gone_offline_read_unknown(engine: Engine, now: fl
             expect(state).to_have_text(said)
             expect(dot).to_have_class("dev " + ("online" if online else "unknown"))
             expect(counts).to_have_text("2 online" if online else "2 unknown (last said 2 online)")
+
+
+def test_an_alarms_device_messages_are_checked_again_by_a_viewer(engine: Engine, now: float, browser: Browser) -> None:
+    """The messages behind the alarm, from the one that raised it, each verified at ingest; checked again, the
+    genuine one matches and the one whose reading was changed in the database says so, with both values."""
+    for seq in (1, 2, 3):
+        ingest(engine, "gas1", seq, now - 90 + seq * 20, {"ch4": 20.0 * seq}, received=now - 89 + seq * 20)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 49, t_dev=now - 90 + 2 * 20),
+                          received=now - 48)
+        third = select(messages.c.id).where(messages.c.seq_key == seq_key(3)).scalar_subquery()
+        conn.execute(update(readings).where(readings.c.message == third).values(v=5.0))
+    with desk_page(engine, browser, "viewer") as (_, _, page):
+        page.locator(f".alarm[data-id='{RED}']").click()
+        page.click("#alarm-messages")
+        rows = page.locator("#messages tbody tr")
+        expect(rows).to_have_count(2)
+        expect(page.locator("#messages-head")).to_contain_text("2 device messages of gas1 with ch4")
+        expect(rows.nth(0)).to_contain_text("verified")
+        rows.nth(0).locator(".check-again").click()
+        expect(rows.nth(0).locator(".verdict")).to_have_text("match")
+        rows.nth(1).locator(".check-again").click()
+        expect(rows.nth(1).locator(".verdict")).to_have_text("differs")
+        expect(rows.nth(1).locator(".check")).to_contain_text("sent: ch4 60 %LEL; stored: ch4 5 %LEL")

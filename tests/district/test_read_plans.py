@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, bindparam, event, inspect, text
 
 from district import queries, retention, rollout, store
 from district.schema import alarms, work_order_steps, work_orders
+from protocol.district_verify import Verifier
 
 
 @contextmanager
@@ -68,6 +69,15 @@ def test_the_response_times_read_the_newest_readings_alone(engine: Engine) -> No
     now = time.time()
     some_readings(engine, now)
     assert whole_scans(engine, lambda c: queries.response_times(c, since=now - queries.RESPONSE_WINDOW_S)) == []
+
+
+def test_the_device_messages_behind_an_alarm_and_a_check_of_one_seek_their_readings(engine: Engine) -> None:
+    """An alarm's messages are found by their readings' series, and a message's readings by its message: a desk
+    holds a month of a thousand nodes' readings raw."""
+    now = time.time()
+    some_readings(engine, now)
+    assert whole_scans(engine, lambda c: queries.device_messages(c, "s1", "gas1", "ch4", now - 50, now)) == []
+    assert whole_scans(engine, lambda c: queries.check_message(c, 3, Verifier({}, {}, track=False))) == []
 
 
 def test_a_database_made_before_the_index_gets_it_at_start(engine: Engine, engine_url: str) -> None:
