@@ -136,14 +136,15 @@ def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict
     the ingest's own check (`upstream.pack_entry`: the MAC, and the device's dev, seq, boot and pri against the
     row's), and what they decode to held against the stored readings. Reads only. `verdict`: match, differs,
     mac-fails, no-key, folded (no stored readings left to compare: the retention rolled them up), unsealed
-    (its site forwarded no sealed bytes), gone (the retention deleted it); None: no such message ever."""
+    (its site forwarded no sealed bytes), gone (an id below the newest with no row: the retention deleted it, or
+    it was never used, PostgreSQL's ids having gaps); None: an id past the newest."""
     row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
     if row is None:
         newest = conn.execute(select(func.max(messages.c.id))).scalar()
         if newest is None or message_id > newest:
             return None
-        return {"id": message_id, "verdict": "gone",
-                "says": "no longer kept: the retention deleted it (messages_days), sealed bytes and all"}
+        return {"id": message_id, "verdict": "gone", "says": "not held: the retention deletes a message received "
+                "more than messages_days ago, sealed bytes and all"}
     seq = seq_of(row.seq_key)
     head = {"id": message_id, "site": row.site, "dev": row.dev, "seq": str(seq), "boot": row.boot,
             "verified": row.verified}

@@ -122,7 +122,8 @@ def test_past_retention_unsealed_and_unkeyed_messages_say_so(viewer: httpx.Clien
         while retention.fold(conn, now=now, raw_days=1, rollup_s=300):
             pass
         assert retention.prune(conn, now=now, days=2.5, after=old - 1)[0] == 1  # gas1's, newer, come before
-    assert viewer.get(f"/api/messages/{old}/check").json()["verdict"] == "gone"
+    gone = viewer.get(f"/api/messages/{old}/check").json()
+    assert gone["verdict"] == "gone" and gone["says"].startswith("not held: the retention")
     rolled = viewer.get(f"/api/messages/{folded}/check").json()
     assert rolled["verdict"] == "folded" and rolled["stored"] == [] and rolled["sent"][0]["v"] == 2.0
     never = viewer.get(f"/api/messages/{unsealed}/check").json()
