@@ -10,7 +10,8 @@ same broker cluster and PostgreSQL. The supervisor restarts a worker that dies, 
 killed worker's session, and the messages the broker kept for it, back to the district.
 
 A worker or the desk stops cleanly on SIGTERM or SIGINT, and on SIGHUP reads district.toml again (`_reloader`):
-its [[sites]] taken, any other setting changed named as needing a restart.
+its [[sites]] taken, any other setting changed named as needing a restart. It tells systemd when it serves (a
+worker once its database is open, the desk once uvicorn answers), and a SIGHUP before then is held and done then.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from district.ingest import Worker
 from district.live import Hub
 from district.metrics import DistrictCollector
 from district.store import open_engine
+from gateway import systemd
 from gateway.logs import event
 from gateway.site_config import BrokerConfig, ConfigError
 
@@ -169,7 +171,7 @@ def run_desk(path: Path, cfg: DistrictConfig) -> int:
 
     port = listening.getsockname()[1]
     asyncio.run(_until_signal(server.serve(sockets=[listening]), _reloader(path, cfg, mapped, role="desk"), "desk",
-                              stop=stop, url=f"http://{cfg.desk_host}:{port}/"))
+                              stop=stop, serving=lambda: server.started, url=f"http://{cfg.desk_host}:{port}/"))
     event(log, "desk-stopped")
     engine.dispose()
     return 0
@@ -201,14 +203,19 @@ def _reloader(path: Path, cfg: DistrictConfig, apply: Callable[[DistrictConfig],
 
 
 async def _until_signal(work: Coroutine[Any, Any, None], reload: Callable[[], None], role: str,
-                        stop: Callable[[], None] | None = None, **fields: Any) -> None:
-    """`work` until SIGTERM or SIGINT, which cancel it unless `stop` is given; SIGHUP calls `reload`."""
+                        stop: Callable[[], None] | None = None, serving: Callable[[], bool] = lambda: True,
+                        **fields: Any) -> None:
+    """`work` until SIGTERM or SIGINT, which cancel it unless `stop` is given; once `serving()`, systemd is
+    told so and SIGHUP calls `reload` (gateway/systemd.py: one before is held till then)."""
     task = asyncio.create_task(work)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop or task.cancel)
-    loop.add_signal_handler(signal.SIGHUP, reload)
     event(log, f"{role}-started", **fields)
+    while not serving() and not task.done():  # uvicorn tells it serves by a flag alone
+        await asyncio.sleep(0.01)
+    if not task.done():
+        systemd.ready(reload)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

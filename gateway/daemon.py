@@ -8,7 +8,8 @@ broker only after their batch is committed (gateway/ingest.py).
 Signals: SIGTERM (and SIGINT) stop taking input, commit, let the uplink drain for a bounded time and exit 0.
 SIGHUP re-reads site.toml: the device registry is replaced, and a rule set with a higher version is applied
 through the alarm engine (a config error is logged and the running configuration kept); other settings
-changed in the file are named in a warning, as they need a restart.
+changed in the file are named in a warning, as they need a restart. A SIGHUP before the daemon serves is held
+and done once it does (gateway/systemd.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gateway import district_wire, site_config
+from gateway import district_wire, site_config, systemd
 from gateway.admission import TRUSTED, Checked, Checker, Reading
 from gateway.alarms import AlarmEngine, Transition
 from gateway.check_stage import CheckStage
@@ -104,6 +105,7 @@ class Gateway:
         self._redone_logged: float | None = None  # monotonic time of the last line saying so
         self.gaps = 0
         self.reloads_failed = 0
+        self.serving = False  # told systemd it serves (READY=1); until then SIGHUP is held (gateway/systemd.py)
         self._counted()
         self.to_devices: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.metrics = Metrics()
@@ -609,7 +611,6 @@ class Gateway:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
         _settle_memory()
         event(log, "started", site=self.cfg.site, devices=len(self.cfg.devices), store=str(self.cfg.store_path),
@@ -621,6 +622,9 @@ class Gateway:
         tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
                                                   self._send_commands(), self.ota_link.run(), self._send_chunks(),
                                                   self.confirmations.run(self.site.publish))]
+        # serving: its store open, its endpoint bound, its tasks taking what comes (the brokers need not be up)
+        systemd.ready(self.reload)
+        self.serving = True
         await stop.wait()
         event(log, "stopping")
         for t in tasks:

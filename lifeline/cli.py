@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+from gateway import systemd
 from lifeline import __version__
 
 # name -> (module, help). Each module provides add_arguments(parser) and run(args) -> int.
@@ -38,9 +39,19 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def reloads(argv: list[str], command: str | None) -> bool:
+    """Whether this run is one SIGHUP reloads: the gateway, a district worker or the desk. (The district's
+    supervisor stops on it; the other subcommands are the terminal's.)"""
+    roles = ("--worker", "--desk")
+    return command == "gateway" or (command == "district" and any(a.startswith(roles) for a in argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if reloads(argv, command):  # before the subcommand's imports: a SIGHUP during them killed the service
+        systemd.hold_reload()
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
