@@ -290,6 +290,28 @@ def test_a_store_the_gateway_creates_is_named_at_start(tmp_path: Path, caplog: p
     assert f"store: {tmp_path / 'gw.sqlte'}, created {time.strftime('%Y-%m-%d', time.gmtime())}" in shown, shown
 
 
+@pytest.mark.parametrize("failure", ["a site key file too short", "its metrics port taken"])
+def test_a_first_start_that_fails_leaves_no_store(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  failure: str) -> None:
+    """A first start on a misspelt [store] path that then failed left the store it had made, stamped: the next
+    start, the failure put right, opened it as its own without `store-created`, and the real store's backlog,
+    sequence windows and alarms were left aside unsaid. The failed start now takes away what it made."""
+    (tmp_path / "short.key").write_text("abcd\n")
+    right = site_toml(tmp_path).read_text().replace('"gw.sqlite"', '"state/gw.sqlte"')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        wrong = (right.replace(f'key = "{KEY}"\n\n', 'key_file = "short.key"\n\n', 1) if "key" in failure
+                 else right.replace("port = 0", f"port = {taken.getsockname()[1]}"))
+        (tmp_path / "site.toml").write_text(wrong)
+        assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
+    assert "event=store-created" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+    (tmp_path / "site.toml").write_text(right)
+    Gateway(load(tmp_path / "site.toml")).conn.close()  # put right, started again: its log is on stderr still
+    assert f"event=store-created path={tmp_path / 'state' / 'gw.sqlte'} " in capsys.readouterr().err
+
+
 def test_a_reload_on_a_full_store_is_refused_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """SIGHUP on a full disk (stood in for by SQLite's max_page_count, SQLITE_FULL as a full disk gives): the
     reload's commit raised out of the signal handler, a traceback in the journal and no reloaded or reload-failed
