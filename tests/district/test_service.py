@@ -1,6 +1,6 @@
 """`lifeline district` as shipped, on SQLite: the supervisor runs a worker and the desk; an account made with
-`--add-user` logs in; a site's red alarm reaches the desk's API and the Prometheus endpoint; SIGTERM stops
-everything with status 0."""
+`--add-user` logs in; a site's red alarm reaches the desk's API and the Prometheus endpoint, and the device
+message behind it checks again on the desk with district.toml's keys; SIGTERM stops everything with status 0."""
 
 from __future__ import annotations
 
@@ -79,6 +79,17 @@ def test_the_service_serves_a_sites_alarm_on_the_desk_and_in_metrics(tmp_path: P
             csrf = web.get("/api/me").json()["csrf"]
             acked = web.post(f"/api/alarms/{red_alarm['id']}/ack", headers={"X-CSRF-Token": csrf})
             assert acked.status_code == 200, acked.text
+
+            def behind() -> list[dict[str, object]]:
+                got: list[dict[str, object]] = web.get(f"/api/alarms/{red_alarm['id']}/messages").json()["messages"]
+                return got
+
+            # the device message behind it, as the gateway forwarded it, checked again with district.toml's keys
+            until(behind, 10, "the message behind the red alarm stored")
+            first = behind()[0]
+            assert first["verified"] is True and first["sealed"] is True
+            check = web.get(f"/api/messages/{first['id']}/check").json()
+            assert check["verdict"] == "match", check
         until(lambda: any(m.name == "lifeline_district_alarms_open" and m.labels.get("level") == "red"
                           and m.value == 1 for m in metrics(metrics_port)), 10, "red in the metrics")
         until(lambda: [m.value for m in metrics(metrics_port) if m.name == "lifeline_district_messages_total"]
