@@ -357,11 +357,13 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     async def rollout_start(request: Request) -> Any:
         s = await who(request)
         allowed(s, "rollout")
-        data = await body(request, ("site", "version"), ("canary", "wave", "halt_share", "stage_timeout", "devices"))
+        data = await body(request, ("site", "version"),
+                          ("canary", "wave", "halt_share", "stage_timeout", "devices", "retry_rolled_back"))
         rid = await db(lambda c: rollout.start(
             c, s, data["site"], data["version"], canary=data.get("canary", "1"), wave=data.get("wave", 0),
             halt_share=data.get("halt_share", 0.25), stage_timeout=data.get("stage_timeout", 900.0),
-            only=data.get("devices"), now=clock()), write=True)
+            only=data.get("devices"), retry_rolled_back=data.get("retry_rolled_back", False), now=clock()),
+            write=True)
         tell(notice("ota", site=data["site"]))
         return {"id": rid, "state": "running"}
 

@@ -628,7 +628,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const canary = $("rollout-canary").value.trim();
     once(e.target, () => api("/api/ota/rollouts", { site: $("ota-site").value, version: $("rollout-version").value,
       canary: /^\d+$/.test(canary) ? +canary : canary, halt_share: +$("rollout-halt").value,
-      stage_timeout: +$("rollout-timeout").value }).then(() => refresh(["ota"]), showError("ota-error")));
+      stage_timeout: +$("rollout-timeout").value, retry_rolled_back: $("rollout-retry").checked })
+      .then(() => refresh(["ota"]), showError("ota-error")));
   });
   // Ages tick on the page itself; nothing is fetched for them.
   setInterval(() => { for (const el of document.querySelectorAll(".age")) el.textContent = age(+el.dataset.t || null); }, 1000);

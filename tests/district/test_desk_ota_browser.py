@@ -1,7 +1,8 @@
 """The desk's firmware-update card in a real headless Chromium over a real uvicorn and Mosquitto, on SQLite: a
 supervisor sees what the site serves and each node's download as a bar that moves with the site's progress
 reports (live, without a reload), starts a rollout with the page's form (its ota command goes down to the
-canary) and halts it with the page's button; an operator sees the card but not the form."""
+canary; the box that takes in the nodes whose trial rolled back is off until ticked) and halts it with the
+page's button; an operator sees the card but not the form."""
 
 from __future__ import annotations
 
@@ -54,7 +55,12 @@ def test_the_update_card_shows_bars_and_runs_a_rollout(browser: Browser, tmp_pat
 
         page.fill("#rollout-canary", "1")
         page.fill("#rollout-timeout", "600")
-        card.get_by_role("button", name="Start rollout").click()
+        retry = card.get_by_label("also nodes whose trial of this release rolled back")
+        expect(retry).not_to_be_checked()
+        retry.check()
+        with page.expect_request("**/api/ota/rollouts") as started:
+            card.get_by_role("button", name="Start rollout").click()
+        assert started.value.post_data_json["retry_rolled_back"] is True
         row = card.locator("#rollouts tbody tr").first
         expect(row).to_contain_text("running")
         expect(row).to_contain_text("2 in all (stage 1)")

@@ -1,7 +1,7 @@
 """district/rollout.py on both engines, with a real district broker: what the driver sends down and how it
-judges each node from the district's tables. The site's side (acks, progress, births, "ota" events) is
-written as the ingest worker writes it; tests/ota/test_district_rollout.py runs the whole path with a real
-gateway and real firmware."""
+judges each node from the district's tables, and what the desk's POST that starts one takes. The site's side
+(acks, progress, births, "ota" events) is written as the ingest worker writes it; tests/ota/test_district_rollout.py
+runs the whole path with a real gateway and real firmware."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from typing import Any
 
 import cbor2
 import pytest
-from deskkit import Downlinks, broker_config
+from deskkit import PASSWORD, USERS, Downlinks, broker_config, seed
 from sqlalchemy import Connection, Engine, select, update
+from starlette.testclient import TestClient
 
 from district import rollout, store
 from district.accounts import Session
+from district.desk import make_app
 from district.downlink import Downlink, broker_publisher
+from district.live import Hub
 from district.rollout import Driver, RolloutError
 from district.schema import audit, commands, ota_rollout_nodes, ota_rollouts
 from lifeline.virtual.broker import Mosquitto
@@ -205,6 +208,35 @@ def test_a_rollout_started_again_leaves_out_the_nodes_whose_trial_of_the_release
     with pytest.raises(RolloutError, match="retry_rolled_back: true or false"):
         start(retry_rolled_back="yes")
     assert start(only=["gas1"], retry_rolled_back=True) == ["gas1"]
+
+
+def test_the_desk_starts_a_rollout_with_the_rolled_back_nodes_when_asked(engine: Engine, broker: Mosquitto) -> None:
+    """POST /api/ota/rollouts did not pass retry_rolled_back: a supervisor at the desk had no way to send the
+    release again to a node whose trial of it rolled back. It is a field now, true or false, and nothing else."""
+    now = time.time()
+    seed(engine, now)
+    site_with(engine, now, {"gas1": "gas", "gas2": "gas"})
+    outcome(engine, "gas1", 100, False, "rolled back: 2 boots without a confirmed connection")
+    app = make_app(engine, hub=Hub(), downlink=Downlink(broker_publisher(broker_config(broker))), rollouts=False)
+    client = TestClient(app)
+    csrf = {"X-CSRF-Token": client.post("/api/login", json={"user": USERS["supervisor"], "password": PASSWORD})
+            .json()["csrf"]}
+
+    def start(**options: Any) -> Any:
+        return client.post("/api/ota/rollouts", json={"site": SITE, "version": NEW, "devices": ["gas1"], **options},
+                           headers=csrf)
+
+    for hostile in ("yes", 1, None, [True], {"": True}):
+        r = start(retry_rolled_back=hostile)
+        assert (r.status_code, r.json()) == (400, {"error": "retry_rolled_back: true or false"}), (hostile, r.text)
+    for left_out in ({}, {"retry_rolled_back": False}):
+        r = start(**left_out)
+        assert r.status_code == 409 and "gas1 (its trial of 0.2.0 rolled back" in r.json()["error"], r.text
+    with engine.begin() as conn:
+        assert conn.execute(select(ota_rollouts)).all() == []
+    r = start(retry_rolled_back=True)
+    assert r.status_code == 200, r.text
+    assert sorted(nodes(engine, r.json()["id"])) == ["gas1"]
 
 
 async def drive_until_sent(driver: Driver, engine: Engine, rid: int,
