@@ -24,6 +24,7 @@ function h(tag, attrs, ...children) {
 }
 
 async function api(path, body) {
+  const me = desk.me;  // the session this request goes under
   const opts = { credentials: "same-origin", headers: {} };
   if (body !== undefined) {
     opts.method = "POST";
@@ -34,6 +35,12 @@ async function api(path, body) {
   const r = await fetch(path, opts);
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
+    // Sent under a session that ended and answered once the officer had logged in again (over a slow link): not
+    // this session's end. A read is sent again under this session; an action is not done again unasked.
+    if (r.status === 401 && desk.me && desk.me !== me) {
+      if (body === undefined) return api(path);
+      throw new Error("not done: it was sent before you logged in again; do it again");
+    }
     const err = new Error(data.error || r.statusText);
     err.status = r.status;
     // The session ended (its 12 h, a logout elsewhere) under an action or a fetch: the login, not an error under

@@ -15,13 +15,15 @@ from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
+import httpx
 import pytest
 from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, ingest, seed
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, delete, func, select, update
 
 from district import store, workorders
 from district.accounts import Session
+from district.desk import COOKIE
 from district.live import notice
 from district.schema import commands, messages, readings, seq_key, sessions, work_orders
 from district.store import open_engine
@@ -452,6 +454,41 @@ def test_a_session_that_ended_under_a_command_leaves_no_error_once_logged_in_aga
         expect(page.locator("#live")).to_have_text("live", timeout=10_000)
         expect(page.locator("#command-error")).to_have_text("")
         expect(page.locator("#ota-error")).to_have_text("")
+
+
+def test_a_401_to_a_request_sent_under_the_session_before_does_not_show_the_login_again(engine: Engine,
+                                                                                        browser: Browser) -> None:
+    """A read and a command the page sent under one session, whose 401s (that session had ended) came back only
+    once the officer had logged in again, over a slow link say: the page took them for the new session's end and
+    showed the login over a desk that was working. A 401 counts only for the session its request was sent under:
+    the read is sent again under the new one, and the command is said not done (it is not sent again unasked)."""
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        held: list[Route] = []
+        for path in ("/api/response-times", "/api/commands"):
+            page.route("**" + path, lambda route: held.append(route), times=1)
+        with page.expect_request("**/api/response-times"):
+            log_in(page, url, "supervisor")
+        for field, value in (("#cmd-site", "s1"), ("#cmd-dev", "gas1"), ("#cmd-op", "ping")):
+            page.fill(field, value)
+        with page.expect_request("**/api/commands"):
+            page.click("#command-form button[type=submit]")
+        old = {COOKIE: next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)}
+        page.click("#logout")
+        expect(page.locator("#login-view")).to_be_visible()
+        fill_login(page, "supervisor")
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        for route in held:  # each answered as the desk answers it now, under the session before
+            late = httpx.request(route.request.method, route.request.url, cookies=old,
+                                 content=route.request.post_data_buffer)
+            assert late.status_code == 401
+            route.fulfill(status=late.status_code, body=late.content, content_type="application/json")
+        expect(page.locator("#command-error")).to_contain_text("not done: it was sent before you logged in again")
+        page.wait_for_timeout(300)  # the read's answer is taken in too
+        expect(page.locator("#login-view")).to_be_hidden()
+        expect(page.locator("#role")).to_have_text("supervisor")
+        expect(page.locator("#stale")).to_be_hidden()
+        page.close()
 
 
 def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(engine: Engine, now: float, browser: Browser) -> None:
