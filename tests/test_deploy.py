@@ -45,6 +45,17 @@ def test_the_unit_verifies(tmp_path: Path, name: str) -> None:
     assert [line.split("=", 1)[1] for line in shipped.read_text().splitlines() if line.startswith("User=")] == users
 
 
+@pytest.mark.parametrize("name", ["lifeline-district-worker@.service", "lifeline-district-desk.service"])
+def test_a_district_start_that_builds_indexes_is_not_timed_out(name: str) -> None:
+    """Type=notify puts a start under TimeoutStartSec (90 s unless set) until READY=1, which a worker or the desk
+    sends once its database is open; opening a database made before the indexes of `readings` builds them
+    (store.open_engine): 9.9 s for nine million readings on SQLite, so about 100 s at a month of a thousand nodes
+    (raw_days 30). Past 90 s systemd killed the start mid-build and Restart=always began the same build again."""
+    lines = (DEPLOY / name).read_text().splitlines()
+    assert "Type=notify" in lines
+    assert [line for line in lines if line.startswith("TimeoutStartSec=")] == ["TimeoutStartSec=infinity"]
+
+
 def test_sysusers_creates_the_units_user() -> None:
     sysusers = (DEPLOY / "sysusers.d" / "lifeline.conf").read_text().splitlines()
     users = [line.split()[1] for line in sysusers if line.startswith("u ")]
