@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     setup(cfg.log_format, cfg.log_level)
-    made = [p for p in (cfg.store_path, *cfg.store_path.parents) if not p.exists()]
+    # a link is the operator's, even to nothing (a data disk not mounted yet): exists() follows it
+    made = [p for p in (cfg.store_path, *cfg.store_path.parents) if not p.exists() and not p.is_symlink()]
     code, served = asyncio.run(_main(cfg))
     if made and not served:
         _take_away(made)

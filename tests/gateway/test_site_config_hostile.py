@@ -312,6 +312,22 @@ def test_a_first_start_that_fails_leaves_no_store(tmp_path: Path, capsys: pytest
     assert f"event=store-created path={tmp_path / 'state' / 'gw.sqlte'} " in capsys.readouterr().err
 
 
+def test_a_failed_start_leaves_a_store_path_that_links_to_a_disk_not_mounted(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """[store] path a symbolic link to the store on a data disk, not mounted yet at boot: the start fails, and a
+    link to nothing read as a path that did not exist, so the failed start took the link away. The next start,
+    the disk mounted, made a new store where the link had been and ran on it, the real one left aside."""
+    store = tmp_path / "gw.sqlite"
+    store.symlink_to(tmp_path / "data" / "gw.sqlite")
+    site_toml(tmp_path)
+    assert gateway_cli.run(argparse.Namespace(config=tmp_path / "site.toml")) == 1
+    assert "start-up failed: store.path" in capsys.readouterr().err
+    assert store.is_symlink()
+    (tmp_path / "data").mkdir()  # mounted
+    Gateway(load(tmp_path / "site.toml")).conn.close()
+    assert store.is_symlink() and (tmp_path / "data" / "gw.sqlite").is_file()
+
+
 def test_a_reload_on_a_full_store_is_refused_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """SIGHUP on a full disk (stood in for by SQLite's max_page_count, SQLITE_FULL as a full disk gives): the
     reload's commit raised out of the signal handler, a traceback in the journal and no reloaded or reload-failed
