@@ -29,7 +29,7 @@ async function api(path, body) {
   if (body !== undefined) {
     opts.method = "POST";
     opts.headers["Content-Type"] = "application/json";
-    opts.headers["X-CSRF-Token"] = desk.me ? desk.me.csrf : "";
+    opts.headers["X-CSRF-Token"] = me ? me.csrf : "";
     opts.body = JSON.stringify(body);
   }
   const r = await fetch(path, opts);
@@ -40,6 +40,15 @@ async function api(path, body) {
     if (r.status === 401 && desk.me && desk.me !== me) {
       if (body === undefined) return api(path);
       throw new Error("not done: it was sent before you logged in again; do it again");
+    }
+    // Refused for its CSRF token: this browser logged in again in another tab (the cookie is shared) before this
+    // page heard of it. The page takes the browser's session; the action is not done again unasked.
+    if (r.status === 403 && body !== undefined && me) {
+      const now = await api("/api/me");
+      if (now.csrf !== me.csrf) {
+        adopt(now);
+        throw new Error(`not done: this browser was logged in again in another tab, as ${now.user}; do it again`);
+      }
     }
     const err = new Error(data.error || r.statusText);
     err.status = r.status;
@@ -536,8 +545,12 @@ function showLive(up) {
 function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
-  es.addEventListener("hello", (e) => { showLive(JSON.parse(e.data).feed !== false);
-    refresh(EVERY_PART); });  // all: notices may have been missed
+  // At each connection, the browser's own after a stream ended included: the session its cookie holds now (a login
+  // in another tab replaces it), then all, as notices may have been missed.
+  es.addEventListener("hello", (e) => {
+    showLive(JSON.parse(e.data).feed !== false);
+    api("/api/me").then(adopt, () => {}).then(() => { if (desk.events === es) refresh(EVERY_PART); });
+  });
   es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
   es.onerror = () => {
     $("live").textContent = "reconnecting"; $("live").className = "live off"; $("live").title = "live updates";
@@ -549,7 +562,7 @@ function connect() {
 
 function reopen(es) {
   if (desk.events !== es || !desk.me) return;
-  api("/api/me").then((me) => { desk.skew = me.now - Date.now() / 1000; if (desk.events === es) connect(); },
+  api("/api/me").then(() => { if (desk.events === es) connect(); },
     (e) => { if (e.status !== 401) setTimeout(() => reopen(es), 3000); });  // 401: api() showed the login
 }
 
@@ -567,14 +580,20 @@ async function once(form, work) {
   try { await work(); } finally { button.disabled = false; }
 }
 
-async function start(me) {
-  desk.me = me;
+// The session the page acts under, and the desk's clock; a new session (a login in another tab) shows who it is.
+function adopt(me) {
   desk.skew = me.now - Date.now() / 1000;
+  if (desk.me && desk.me.csrf === me.csrf) return;
+  desk.me = me;
+  $("who").replaceChildren(h("b", {}, me.user), " · ", h("span", { id: "role", class: "role " + me.role }, me.role));
+  $("commands-card").hidden = !may("command");
+}
+
+async function start(me) {
+  adopt(me);
   $("login-view").hidden = true;
   $("desk").hidden = false;
   $("logout").hidden = false;
-  $("who").replaceChildren(h("b", {}, me.user), " · ", h("span", { id: "role", class: "role " + me.role }, me.role));
-  $("commands-card").hidden = !may("command");
   connect();
 }
 

@@ -491,6 +491,42 @@ def test_a_401_to_a_request_sent_under_the_session_before_does_not_show_the_logi
         page.close()
 
 
+def test_a_login_in_another_tab_gives_this_tab_its_session(engine: Engine, now: float, browser: Browser) -> None:
+    """Tabs of the desk in one browser share its cookie. The officer logged out and in again in one (the next shift,
+    say): another tab's feed connected again under the new session, but the tab kept the CSRF token and the user
+    of the session before, and its next action, Acknowledge on a red gas alarm, was refused 403 "missing or wrong
+    X-CSRF-Token". A tab whose feed connects again takes the session the browser holds; one that acts before that
+    is told the action was not done and as whom it acts now, and the next press does it."""
+    with engine.begin() as conn:
+        for alarm, dev in ((RED, "gas1"), (ORANGE, "gas2")):
+            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", "red", now - 60, dev=dev), received=now - 59)
+    with Mosquitto() as broker, desk_server(engine, broker) as url:
+        context = browser.new_context(viewport=VIEWPORT)
+        first, early, late = (context.new_page() for _ in range(3))
+        log_in(first, url, "operator")
+        for page, alarm in ((early, RED), (late, ORANGE)):
+            page.goto(url)  # logged in by the cookie
+            expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+            page.bring_to_front()  # a page behind draws no frames: a click on it waits for them
+            page.locator(f".alarm[data-id='{alarm}']").click()
+            expect(page.locator("#act-ack")).to_be_visible()
+        first.click("#logout")
+        fill_login(first, "supervisor")
+        expect(first.locator("#role")).to_have_text("supervisor")
+        early.click("#act-ack")  # before its feed connects again: the browser waits 3 s after a stream ends
+        expect(early.locator("#action-error")).to_have_text(
+            f"not done: this browser was logged in again in another tab, as {USERS['supervisor']}; do it again")
+        expect(early.locator("#role")).to_have_text("supervisor")
+        early.click("#act-ack")
+        expect(early.locator("#wo-state")).to_have_text("acknowledged")
+        late.evaluate("() => { desk.events.close(); connect(); }")  # as its browser does 3 s after the stream ended
+        expect(late.locator("#role")).to_have_text("supervisor")
+        late.click("#act-ack")
+        expect(late.locator("#wo-state")).to_have_text("acknowledged")
+        expect(late.locator("#action-error")).to_have_text("")
+        context.close()
+
+
 def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(engine: Engine, now: float, browser: Browser) -> None:
     """An ack goes down to the site so its gateway stops re-sending the alarm. With the district broker away the
     desk acknowledged it and answered why it was not sent ("down"), and the page dropped the answer: the officer
