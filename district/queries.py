@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, select, union_all
 
 from district import upstream
 from district.schema import (
@@ -39,7 +39,8 @@ CLOSED_SHOWN = 50  # closed work orders in the list unless a page asks for more 
 CLOSED_MAX = 500  # and at most this many at once
 RESPONSE_WINDOW_S = 30 * 86400  # the desk's response times are of the alarms and orders of the last 30 days
 MESSAGES_SHOWN = 50  # device messages in one list (docs/district.md, "The device messages behind an alarm")
-MESSAGES_SCANNED = 5000  # readings of a window looked through for them: a window of a year holds millions
+MESSAGES_SCANNED = 5000  # messages of a window looked through for them: a window of a year holds millions
+STRADDLING = 8  # messages after a window looked through for one that began in it
 VALUE_FIELDS = ("u", "v", "vs", "vb", "vd", "s")
 RANK = case((alarms.c.level == "red", 4), (alarms.c.level == "orange", 3), (alarms.c.level == "yellow", 2),
             (alarms.c.level == "blue", 1), else_=0)
@@ -74,7 +75,8 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
         out.append({
             "id": r.id, "site": r.site, "dev": r.dev, "cls": r.cls, "kind": r.kind, "metric": r.metric,
             "level": r.level, "peak": r.peak, "value": r.value, "unit": r.unit, "point": r.point,
-            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received, "acked": r.acked,
+            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received,
+            "acked": r.acked_last,  # the ack that covers it as it is: none after an escalation it never saw
             "state": "historical" if r.hist else r.state, "t_last": r.t_last,
             "site_online": r.site_online is not False,  # its gateway's last word a death: nothing more comes
             "work_order": None if r.wo_id is None else
@@ -106,29 +108,44 @@ def alarm_messages(conn: Connection, alarm_id: str, now: float) -> dict[str, Any
 
 def device_messages(conn: Connection, site: str, dev: str, metric: str, t_from: float,
                     t_to: float) -> dict[str, Any]:
-    """The device messages with a reading of `metric` in [t_from, t_to], by that reading's time: at most
-    MESSAGES_SHOWN, among the window's first MESSAGES_SCANNED readings, `more` if it holds others. Each with
-    every reading it carried, whether the device's own MAC was verified at ingest, and whether its sealed bytes
-    are kept (the bytes themselves are not read)."""
-    window = ((readings.c.site == site) & (readings.c.dev == dev) & (readings.c.n == metric)
-              & (readings.c.t >= t_from) & (readings.c.t <= t_to))
-    hits = conn.execute(select(readings.c.message).where(window).order_by(readings.c.t)
-                        .limit(MESSAGES_SCANNED + 1)).scalars().all()
-    ids = list(dict.fromkeys(hits))
-    more = len(ids) > MESSAGES_SHOWN or len(hits) > MESSAGES_SCANNED
-    ids = ids[:MESSAGES_SHOWN]
+    """The device messages whose readings' span (`t_first` to `t_last`) meets [t_from, t_to], in its order, so
+    that they are found for as long as they are kept, their readings folded or not: at most MESSAGES_SHOWN, among
+    the first MESSAGES_SCANNED that end in the window and those reaching past it, `more` if it holds others.
+    While a message's readings are held it is listed only if one is of `metric`; once they are folded, what it
+    carried is in its sealed bytes alone ("check again"). Each with every reading still held (none: `folded`),
+    whether the device's own MAC was verified at ingest, and whether its sealed bytes are kept (the bytes
+    themselves are not read)."""
+    of_dev = (messages.c.site == site) & (messages.c.dev == dev)
+    span = (messages.c.id, messages.c.t_first, messages.c.t_last)
+    ending = (select(*span).where(of_dev, messages.c.t_last >= t_from, messages.c.t_last <= t_to)
+              .order_by(messages.c.t_last).limit(MESSAGES_SCANNED + 1).subquery())
+    # a message reaching past the window's end is among the device's next few: its messages follow each other
+    beyond = (select(*span).where(of_dev, messages.c.t_last > t_to).order_by(messages.c.t_last)
+              .limit(STRADDLING).subquery())
+    near = union_all(select(ending), select(beyond)).subquery()
+    # 1 if a held reading is of the metric, 0 if none is, NULL if none is held; per message by readings_message,
+    # where EXISTS ... OR NOT EXISTS had PostgreSQL hash every reading of the table
+    of_metric = (select(func.max(case((readings.c.n == metric, 1), else_=0)))
+                 .where(readings.c.message == near.c.id).scalar_subquery())
+    found = conn.execute(select(near.c.id, near.c.t_first, near.c.t_last)
+                         .where(near.c.t_first <= t_to, func.coalesce(of_metric, 1) == 1)
+                         .order_by(near.c.t_first, near.c.id).limit(MESSAGES_SHOWN + 1)).all()
+    more = len(found) > MESSAGES_SHOWN or conn.execute(
+        select(func.count()).select_from(ending)).scalar_one() > MESSAGES_SCANNED
+    spans = {r.id: [r.t_first, r.t_last] for r in found[:MESSAGES_SHOWN]}
     carried: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in conn.execute(select(readings).where(readings.c.message.in_(ids))
-                          .order_by(readings.c.t, readings.c.n)) if ids else ():
+    for r in conn.execute(select(readings).where(readings.c.message.in_(spans))
+                          .order_by(readings.c.t, readings.c.n)) if spans else ():
         carried[r.message].append(_reading(r._mapping))
     rows = {r.id: r for r in conn.execute(
         select(messages.c.id, messages.c.seq_key, messages.c.boot, messages.c.pri, messages.c.hist,
                messages.c.received, messages.c.verified, messages.c.sealed.is_not(None).label("sealed"))
-        .where(messages.c.id.in_(ids)))} if ids else {}
+        .where(messages.c.id.in_(spans)))} if spans else {}
     return {"from": t_from, "to": t_to, "more": more, "messages": [
         {"id": i, "site": site, "dev": dev, "seq": str(seq_of(m.seq_key)), "boot": m.boot, "pri": m.pri,
          "hist": m.hist, "received": m.received, "verified": m.verified, "sealed": bool(m.sealed),
-         "readings": carried[i]} for i in ids if (m := rows.get(i)) is not None]}
+         "span": span, "folded": not carried[i], "readings": carried[i]}
+        for i, span in spans.items() if (m := rows.get(i)) is not None]}
 
 
 def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict[str, Any] | None:
@@ -392,8 +409,9 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
                  .join(alarms, alarms.c.id == work_orders.c.alarm).where(within))
         orders = orders.where(within)
     for r in conn.execute(recent_alarms):
-        # An alarm a live resend made live (store.revive_alarm) is timed from then: before, the desk had it only
-        # as a backlog's, and its reading came in the backlog, which no sample -> desk counts.
+        # An alarm a live resend made live (store.revive_alarm) is timed from then (from its arrival if the officer
+        # acknowledged it before): before, the desk had it only as a backlog's, and its reading came in the
+        # backlog, which no sample -> desk counts.
         if r.revived is None:
             add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
         live = r.raised if r.revived is None else r.revived

@@ -89,7 +89,13 @@ messages = Table(
     Column("verified", Boolean, nullable=False, default=False),  # the device's own MAC checked here
     Column("sealed", LargeBinary),  # the device's sealed bytes as they arrived, when the site forwarded them
     Column("received", Float, nullable=False),
+    # its readings' earliest and latest times, written with the row: the desk finds the messages of a span by
+    # them, as long as messages are kept (messages_days), readings being folded after raw_days (district/store.py
+    # adds both, and the index, to an older database)
+    Column("t_first", Float),
+    Column("t_last", Float),
     UniqueConstraint("site", "dev", "seq_key", name="messages_once"),
+    Index("messages_span", "site", "dev", "t_last"),
 )
 
 readings = Table(
@@ -152,9 +158,16 @@ alarms = Table(
     Column("raised", Float),  # gateway time of the raise
     Column("t_dev", Float),  # device time of the reading that raised it
     Column("received", Float, nullable=False),  # when the district first heard of it
-    Column("acked", Float),
+    Column("acked", Float),  # its first acknowledgement, which its alarm -> ack counts to
+    # The ack that covers it as it is now: when given, and the step it was given at. An escalation numbered
+    # after that step (one the officer never saw) sets acked_last back to null: the desk asks for a fresh ack,
+    # as the gateway does (district/store.py apply_alarm; docs/district.md)
+    Column("acked_last", Float),
+    Column("acked_step", Integer),
     Column("cleared", Float),
-    Column("revived", Float),  # when a live resend made a backlog's alarm live (store.revive_alarm)
+    # when its alarm -> ack starts for a backlog's alarm a live resend made live (store.revive_alarm): then, or
+    # when the district received it for one the officer acknowledged while it was historical
+    Column("revived", Float),
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),

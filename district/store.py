@@ -30,6 +30,7 @@ from sqlalchemy import (
     inspect,
     make_url,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -99,6 +100,12 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("alarms: added the number of the transition each state comes from")
     if _add_column(engine, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
         log.info("alarms: added the time a backlog's alarm was made live")
+    # An ack given before covers its alarm as it stands (an escalation since was taken as acknowledged then).
+    if _add_column(engine, alarms, "acked_step INTEGER",
+                   update(alarms).where(alarms.c.acked.is_not(None)).values(acked_step=alarms.c.step)):
+        log.info("alarms: added the step each acknowledgement was given at")
+    if _add_column(engine, alarms, "acked_last FLOAT", update(alarms).values(acked_last=alarms.c.acked)):
+        log.info("alarms: added the time of the acknowledgement that covers each alarm")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
     if _add_column(engine, devices, "pruned_boot BIGINT"):
@@ -107,6 +114,14 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
                         (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
         if _add_index(engine, table, name):
             log.info("%s: added the index %s", table.name, name)
+    # After readings_message, which the fill seeks by. A message whose readings were folded before keeps none.
+    _add_column(engine, messages, "t_last FLOAT")
+    if _add_column(engine, messages, "t_first FLOAT", update(messages).values(
+            t_first=select(func.min(readings.c.t)).where(readings.c.message == messages.c.id).scalar_subquery(),
+            t_last=select(func.max(readings.c.t)).where(readings.c.message == messages.c.id).scalar_subquery())):
+        log.info("messages: added the span of each message's readings")
+    if _add_index(engine, messages, "messages_span"):
+        log.info("messages: added the index messages_span")
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
@@ -221,16 +236,17 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
         return []
     # Only a message read more than a day before could have been deleted (messages_days is a day at least),
     # so live ones, the most by far, are not looked up (a node whose clock ran ahead by more escapes the mark).
-    older = sorted({m.dev for m in batch if min((r["t"] for r in m.records), default=0.0) < received - 86_400})
+    spanned = [(m, _span(m.records)) for m in batch]
+    older = sorted({m.dev for m, span in spanned if span["t_first"] is None or span["t_first"] < received - 86_400})
     pruned: dict[str, tuple[int | None, int]] = {dev: (boot, mark) for dev, mark, boot in conn.execute(
         select(devices.c.dev, devices.c.pruned, devices.c.pruned_boot).where(
             devices.c.site == site, devices.c.dev.in_(older), devices.c.pruned.is_not(None)))} if older else {}
-    taken = [m for m in batch if _after_mark(m, pruned.get(m.dev))]
+    taken = [(m, span) for m, span in spanned if _after_mark(m, pruned.get(m.dev))]
     stmt = dialect_insert(conn, messages)
     inserted = conn.execute(stmt.on_conflict_do_nothing().returning(messages.c.id, messages.c.dev, messages.c.seq_key),
                             [{"site": site, "dev": m.dev, "seq_key": schema.seq_key(m.seq), "boot": m.boot,
                               "pri": m.pri, "hist": hist, "verified": verified, "sealed": m.sealed,
-                              "received": received} for m in taken]).all() if taken else []
+                              "received": received, **span} for m, span in taken]).all() if taken else []
     ids = {(r.dev, r.seq_key): r.id for r in inserted}
     new: list[bool] = []
     rows: list[dict[str, Any]] = []
@@ -253,6 +269,14 @@ def add_messages(conn: Connection, site: str, batch: list[DeviceMessage], *, rec
                                               where=func.coalesce(devices.c.last_seen, 0) < up.excluded.last_seen),
                      [{"site": site, "dev": dev, "state": "online", "last_seen": devs[dev]} for dev in sorted(devs)])
     return new
+
+
+def _span(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """A message's t_first and t_last: the desk finds it by them once its readings are folded."""
+    if not records:
+        return {"t_first": None, "t_last": None}
+    times = [r["t"] for r in records]
+    return {"t_first": min(times), "t_last": max(times)}
 
 
 def seen_at(records: Iterable[Mapping[str, Any]], received: float, hist: bool) -> float:
@@ -303,6 +327,12 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     if _rank(level) > 0:
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
+    if ev == "escalated":  # a higher level the officer has not seen wants a fresh ack, as at the gateway
+        step = body.get("step")
+        conn.execute(update(alarms).where(
+            alarms.c.id == body["id"], alarms.c.acked_last.is_not(None),
+            true() if step is None else alarms.c.acked_step.is_(None) | (alarms.c.acked_step < step))
+            .values(acked_last=None))
     if level in WORK_ORDER_LEVELS and (not hist or _live(conn, body["id"])):
         _open_order(conn, site, body, received, reopen=ev == "escalated")
     return True
@@ -313,13 +343,16 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     from a site's backlog: if it is still the alarm's latest and the alarm not cleared, the alarm is live, not
     historical, and orange or red opens its order. The resend is that transition again, not new, so it was
     dropped and the alarm stayed historical for good. True if it was made live; `revived` says when, from which
-    its response times count (district/queries.py)."""
+    its alarm -> ack counts (district/queries.py). Not for one the officer acknowledged while it was historical:
+    its clock is not started again after its ack (ack minus revived came out negative and the figure silently
+    lost it), and it counts from when the desk received it."""
     step = body.get("step")
     revived = conn.execute(update(alarms).where(
         alarms.c.id == body["id"], alarms.c.site == site, alarms.c.hist.is_(True), alarms.c.state == "open",
         alarms.c.t_last == float(body["t_gw"]), alarms.c.level == body.get("level"),
         alarms.c.step.is_(None) if step is None else alarms.c.step == step)
-        .values(hist=False, revived=received).returning(alarms.c.level)).first()
+        .values(hist=False, revived=case((alarms.c.acked.is_(None), received), else_=alarms.c.received))
+        .returning(alarms.c.level)).first()
     if revived is None:
         return False
     if revived.level in WORK_ORDER_LEVELS:
@@ -330,28 +363,27 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
 class Resent(NamedTuple):
     """What a transition asks beyond its own row (`resent_alarm`)."""
     revived: bool  # a live resend made its alarm live (revive_alarm)
-    ack: bool  # the gateway waits for an ack the desk has none to give: the district answers it
+    ack: bool  # its gateway missed the officer's ack: sent again (`step` is the one to send)
+    step: int | None
 
 
 def resent_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, new: bool, received: float,
                  hist: bool) -> Resent:
     """After `apply_alarm`: a transition the district had (a resend, mostly) may make its alarm live
-    (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched),
-    and the gateway, which re-sends an alarm after an escalation until it is acknowledged, is answered for an
-    alarm the desk holds acknowledged and has no ack of to offer: no order, or one past open (dispatched, say).
-    Nothing at the desk could acknowledge such an escalation, and its gateway re-sent it until the alarm cleared.
-    An alarm with an order open is acknowledged by the officer (the escalation that opened or reopened it), and
-    one just revived is answered at its next resend if at all."""
+    (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched).
+    A gateway re-sends an alarm until it is acknowledged, so a resend (or an escalation) of an alarm the officer
+    has acknowledged as it stands (`acked_last`: no escalation since) means the officer's ack did not reach the
+    site: it is sent again, at the alarm's step here. An escalation since the ack is the officer's to
+    acknowledge (apply_alarm made it unacknowledged), never the district's on its own."""
     if new and body["ev"] != "escalated":
-        return Resent(False, False)
-    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked, work_orders.c.state.label("order"))
-                       .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
-                       .where(alarms.c.id == body["id"])).first()
+        return Resent(False, False, None)
+    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked_last, alarms.c.step)
+                       .where(alarms.c.id == body["id"], alarms.c.site == site)).first()
     if row is None:
-        return Resent(False, False)
-    if not (new or hist) and row.hist and row.state == "open" and revive_alarm(conn, site, body, received=received):
-        return Resent(True, False)
-    return Resent(False, row.acked is not None and row.order != "open")
+        return Resent(False, False, None)
+    revived = (not (new or hist) and row.hist and row.state == "open"
+               and revive_alarm(conn, site, body, received=received))
+    return Resent(revived, row.acked_last is not None and row.state != "cleared", row.step)
 
 
 def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float, *,

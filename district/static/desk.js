@@ -409,8 +409,9 @@ function messageRow(m) {
     catch (e) { out.replaceChildren(e.status === 401 ? "" : e.message); }
   };
   return h("tr", { dataset: { id: m.id, seq: m.seq } }, h("td", {}, m.seq), h("td", {}, m.boot),
-    h("td", {}, clock(m.readings.length ? m.readings[0].t : null)), h("td", {}, clock(m.received)),
-    h("td", {}, m.readings.map(reading).join(", ") || "—"),
+    h("td", {}, clock(m.span[0])), h("td", {}, clock(m.received)),
+    h("td", {}, m.folded ? "folded into rollups" + (m.sealed ? ": Check again shows what it sealed" : "")
+      : m.readings.map(reading).join(", ")),
     h("td", {}, h("span", { class: "pill " + (m.verified ? "done" : "stale") }, m.verified ? "verified" : "not verified"),
       m.sealed ? "" : h("span", { class: "muted" }, " no sealed bytes")),
     h("td", {}, h("button", { class: "check-again", on: { click: check } }, "Check again"), out));

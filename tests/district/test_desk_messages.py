@@ -16,10 +16,12 @@ from deskkit import PASSWORD, USERS, alarm_body, desk_server, ingest, seed
 from sqlalchemy import Engine, func, select, update
 
 from district import queries, retention, store
+from district.config import MESSAGES_DAYS, ROLLUP_S
 from district.schema import messages, readings
 from lifeline.virtual.broker import Mosquitto
 
-ALARM, STALE = "c" * 32, "d" * 32
+ALARM, STALE, OLD = "c" * 32, "d" * 32, "f" * 32
+RAW_DAYS = 30  # [retention] raw_days unless set
 
 
 @pytest.fixture
@@ -131,6 +133,36 @@ def test_past_retention_unsealed_and_unkeyed_messages_say_so(viewer: httpx.Clien
     with engine.begin() as conn:  # a device the district config no longer lists
         conn.execute(update(messages).where(messages.c.id == folded).values(dev="gas9"))
     assert viewer.get(f"/api/messages/{folded}/check").json()["verdict"] == "no-key"
+
+
+def test_a_months_old_alarms_messages_are_listed_and_checked_after_the_fold(viewer: httpx.Client,
+                                                                          engine: Engine, now: float) -> None:
+    """A gas incident of 90 days ago, past raw_days: the retention folded its readings, but its messages and
+    their sealed bytes are kept for messages_days, and are what an auditor asks about. They were found by their
+    readings, so the list was empty."""
+    t = now - 90 * 86400
+    for seq in range(101, 105):
+        ingest(engine, "gas1", seq, t + (seq - 100) * 30, {"ch4": seq - 90.0, "co": 3.0},
+               received=t + (seq - 100) * 30 + 1)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(OLD, "raised", "red", t + 61, t_dev=t + 60), received=t + 62)
+        store.apply_alarm(conn, "s1", alarm_body(OLD, "cleared", None, t + 125), received=t + 126)
+        while retention.fold(conn, now=now, raw_days=RAW_DAYS, rollup_s=ROLLUP_S):
+            pass
+        assert retention.prune(conn, now=now, days=MESSAGES_DAYS)[0] == 0
+        assert conn.execute(select(func.count()).select_from(readings).where(readings.c.t < now - 86400)).scalar() == 0
+    got = viewer.get(f"/api/alarms/{OLD}/messages").json()
+    assert [m["seq"] for m in got["messages"]] == ["102", "103", "104"] and got["more"] is False
+    assert all(m["folded"] and m["readings"] == [] and m["verified"] and m["sealed"] for m in got["messages"])
+    assert got["messages"][0]["span"] == [t + 60, t + 60]
+    check = viewer.get(f"/api/messages/{got['messages'][0]['id']}/check").json()
+    assert check["verdict"] == "folded" and "MAC holds" in check["says"], check
+    assert {"n": "ch4", "t": t + 60, "u": "%LEL", "v": 12.0} in check["sent"]
+    window = viewer.get("/api/messages", params={"site": "s1", "dev": "gas1", "metric": "ch4", "from": t,
+                                                 "to": t + 3600}).json()
+    assert [m["seq"] for m in window["messages"]] == ["101", "102", "103", "104"]
+    recent = viewer.get(f"/api/alarms/{ALARM}/messages").json()  # held raw still: as before
+    assert [(m["seq"], m["folded"]) for m in recent["messages"]] == [("3", False), ("4", False), ("5", False)]
 
 
 def test_hostile_ids_and_windows_are_refused_and_a_list_is_bounded(viewer: httpx.Client, desk: str,

@@ -10,20 +10,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, event, inspect, text
+from sqlalchemy import Connection, Engine, bindparam, delete, event, func, inspect, select, text
 
 from district import queries, retention, rollout, store
-from district.schema import alarms, work_order_steps, work_orders
+from district.schema import alarms, messages, readings, work_order_steps, work_orders
 from protocol.district_verify import Verifier
 
 
 @contextmanager
-def statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement sent to the engine meanwhile that names the readings table, with its parameters."""
+def statements(engine: Engine, table: str = "readings") -> Iterator[list[tuple[str, Any]]]:
+    """Every statement sent to the engine meanwhile that names `table`, with its parameters."""
     seen: list[tuple[str, Any]] = []
 
     def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if " readings" in statement and statement.lstrip().upper().startswith("SELECT"):
+        if f" {table}" in statement and statement.lstrip().upper().startswith("SELECT"):
             seen.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
@@ -33,9 +33,9 @@ def statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def whole_scans(engine: Engine, read: Callable[[Connection], object]) -> list[str]:
-    """The plans of `read`'s statements that read every row of readings."""
-    with statements(engine) as seen, store.reader(engine) as conn:
+def whole_scans(engine: Engine, read: Callable[[Connection], object], table: str = "readings") -> list[str]:
+    """The plans of `read`'s statements that read every row of `table`."""
+    with statements(engine, table) as seen, store.reader(engine) as conn:
         read(conn)
     assert seen, "no statement read readings"
     scans = []
@@ -44,12 +44,12 @@ def whole_scans(engine: Engine, read: Callable[[Connection], object]) -> list[st
             conn.execute(text("SET enable_seqscan = off"))
             for sql, params in seen:
                 plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql, params))
-                if "Seq Scan on readings" in plan:
+                if f"Seq Scan on {table}" in plan or "hashed SubPlan" in plan:  # a hashed one is read whole
                     scans.append(plan)
         else:
             for sql, params in seen:
                 plan = "\n".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params))
-                if any(line.startswith("SCAN readings") for line in plan.splitlines()):
+                if any(line.startswith(f"SCAN {table}") for line in plan.splitlines()):
                     scans.append(plan)
         conn.rollback()
     return scans
@@ -71,12 +71,14 @@ def test_the_response_times_read_the_newest_readings_alone(engine: Engine) -> No
     assert whole_scans(engine, lambda c: queries.response_times(c, since=now - queries.RESPONSE_WINDOW_S)) == []
 
 
-def test_the_device_messages_behind_an_alarm_and_a_check_of_one_seek_their_readings(engine: Engine) -> None:
-    """An alarm's messages are found by their readings' series, and a message's readings by its message: a desk
-    holds a month of a thousand nodes' readings raw."""
+def test_the_device_messages_behind_an_alarm_and_a_check_of_one_seek_their_rows(engine: Engine) -> None:
+    """An alarm's messages are found by their device's span of times (messages_span), and a message's readings
+    by its message: a desk holds a month of a thousand nodes' readings raw, and their messages for 400 days."""
     now = time.time()
     some_readings(engine, now)
-    assert whole_scans(engine, lambda c: queries.device_messages(c, "s1", "gas1", "ch4", now - 50, now)) == []
+    for table in ("readings", "messages"):
+        assert whole_scans(engine, lambda c: queries.device_messages(c, "s1", "gas1", "ch4", now - 50, now),
+                           table) == []
     assert whole_scans(engine, lambda c: queries.check_message(c, 3, Verifier({}, {}, track=False))) == []
 
 
@@ -94,6 +96,29 @@ def test_a_database_made_before_the_index_gets_it_at_start(engine: Engine, engin
         assert {"readings_message", "readings_time"} <= {i["name"] for i in inspect(reopened).get_indexes("readings")}
         assert "work_order_steps_order" in {i["name"] for i in inspect(reopened).get_indexes("work_order_steps")}
         assert whole_scans(reopened, lambda c: queries.response_times(c, since=now - queries.RESPONSE_WINDOW_S)) == []
+    finally:
+        reopened.dispose()
+
+
+def test_a_database_made_before_the_messages_span_gets_it_at_start(engine: Engine, engine_url: str) -> None:
+    """The span is filled from the readings a message still has; one whose readings were folded has none."""
+    now = time.time()
+    some_readings(engine, now)
+    with engine.begin() as conn:
+        folded = conn.execute(select(func.min(messages.c.id))).scalar_one()
+        conn.execute(delete(readings).where(readings.c.message == folded))
+        conn.exec_driver_sql("DROP INDEX messages_span")
+        conn.exec_driver_sql("ALTER TABLE messages DROP COLUMN t_first")
+        conn.exec_driver_sql("ALTER TABLE messages DROP COLUMN t_last")
+    reopened = store.open_engine(engine_url)
+    try:
+        store.open_engine(engine_url).dispose()  # a second start adds nothing
+        assert "messages_span" in {i["name"] for i in inspect(reopened).get_indexes("messages")}
+        with reopened.connect() as conn:
+            spans = conn.execute(select(messages.c.t_first, messages.c.t_last).order_by(messages.c.id)).all()
+        assert spans == [(None, None)] + [(now - 100 + seq, now - 100 + seq) for seq in range(1, 20)]
+        assert whole_scans(reopened, lambda c: queries.device_messages(c, "s1", "gas1", "ch4", now - 50, now),
+                           "messages") == []
     finally:
         reopened.dispose()
 
