@@ -75,8 +75,7 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
         out.append({
             "id": r.id, "site": r.site, "dev": r.dev, "cls": r.cls, "kind": r.kind, "metric": r.metric,
             "level": r.level, "peak": r.peak, "value": r.value, "unit": r.unit, "point": r.point,
-            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received,
-            "acked": r.acked_last,  # the ack that covers it as it is: none after an escalation it never saw
+            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received, "acked": r.acked,
             "state": "historical" if r.hist else r.state, "t_last": r.t_last,
             "site_online": r.site_online is not False,  # its gateway's last word a death: nothing more comes
             "work_order": None if r.wo_id is None else
@@ -409,9 +408,8 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
                  .join(alarms, alarms.c.id == work_orders.c.alarm).where(within))
         orders = orders.where(within)
     for r in conn.execute(recent_alarms):
-        # An alarm a live resend made live (store.revive_alarm) is timed from then (from its arrival if the officer
-        # acknowledged it before): before, the desk had it only as a backlog's, and its reading came in the
-        # backlog, which no sample -> desk counts.
+        # An alarm a live resend made live (store.revive_alarm) is timed from then: before, the desk had it only
+        # as a backlog's, and its reading came in the backlog, which no sample -> desk counts.
         if r.revived is None:
             add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
         live = r.raised if r.revived is None else r.revived

@@ -158,16 +158,9 @@ alarms = Table(
     Column("raised", Float),  # gateway time of the raise
     Column("t_dev", Float),  # device time of the reading that raised it
     Column("received", Float, nullable=False),  # when the district first heard of it
-    Column("acked", Float),  # its first acknowledgement, which its alarm -> ack counts to
-    # The ack that covers it as it is now: when given, and the step it was given at. An escalation numbered
-    # after that step (one the officer never saw) sets acked_last back to null: the desk asks for a fresh ack,
-    # as the gateway does (district/store.py apply_alarm; docs/district.md)
-    Column("acked_last", Float),
-    Column("acked_step", Integer),
+    Column("acked", Float),
     Column("cleared", Float),
-    # when its alarm -> ack starts for a backlog's alarm a live resend made live (store.revive_alarm): then, or
-    # when the district received it for one the officer acknowledged while it was historical
-    Column("revived", Float),
+    Column("revived", Float),  # when a live resend made a backlog's alarm live (store.revive_alarm)
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),
