@@ -21,7 +21,7 @@ from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_s
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, delete, func, select, update
 
-from district import store, workorders
+from district import retention, store, workorders
 from district.accounts import Session
 from district.desk import COOKIE
 from district.live import notice
@@ -727,3 +727,27 @@ def test_an_alarms_device_messages_are_checked_again_by_a_viewer(engine: Engine,
         rows.nth(1).locator(".check-again").click()
         expect(rows.nth(1).locator(".verdict")).to_have_text("differs")
         expect(rows.nth(1).locator(".check")).to_contain_text("sent: ch4 60 %LEL; stored: ch4 5 %LEL")
+
+
+def test_a_months_old_alarms_folded_messages_are_shown_and_checked_again(engine: Engine, now: float,
+                                                                          browser: Browser) -> None:
+    """An alarm raised 90 days ago whose readings the retention folded: its messages are listed with when they were
+    read and "folded into rollups", and checked again, one shows what the device sealed (the row had no reading to
+    take a time from, and the list was empty)."""
+    t = now - 90 * 86400
+    for seq in (1, 2):
+        ingest(engine, "gas1", seq, t + seq * 30, {"ch4": 10.0 + seq}, received=t + seq * 30 + 1)
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", t + 31, t_dev=t + 30), received=t + 32)
+        while retention.fold(conn, now=now, raw_days=30, rollup_s=300):
+            pass
+    with desk_page(engine, browser, "viewer") as (_, _, page):
+        page.locator(f".alarm[data-id='{RED}']").click()
+        page.click("#alarm-messages")
+        rows = page.locator("#messages tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0).locator("td").nth(2)).not_to_have_text("—")
+        expect(rows.nth(0)).to_contain_text("folded into rollups: Check again shows what it sealed")
+        rows.nth(0).locator(".check-again").click()
+        expect(rows.nth(0).locator(".verdict")).to_have_text("folded")
+        expect(rows.nth(0).locator(".check")).to_contain_text("sent: ch4 11 %LEL")
