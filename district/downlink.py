@@ -1,7 +1,7 @@
 """What the desk sends down to a site: device commands, rule-set changes and alarm acknowledgements.
 
 Each goes to `district/v1/{site}/down/{cmd,rules,alarm-ack}` at QoS 1 as one CBOR map, exactly what
-gateway/district_wire.py parses (`command_request`, `ruleset_data`, `alarm_ack_ids`); tests/district read
+gateway/district_wire.py parses (`command_request`, `ruleset_data`, `alarm_acks`); tests/district read
 them back with those parsers. A command's row is written before it is sent, so an ack can never arrive for a
 command the district has no record of; the ingest stores the ack when it comes back.
 """

@@ -412,17 +412,26 @@ class AlarmEngine:
             return self._inhibit(device, now, "will")
         return self._stale(device, cls, self._heard[cls][device], True, rule, now, "will")
 
-    def acknowledge(self, alarm_ids: Iterable[str], now: float) -> set[str]:
-        """The district acknowledged `alarm_ids`: stop re-sending them. The ids of active alarms among them are
-        returned. One pass over the active alarms for the whole list: a storm's page of acknowledgements
-        against a storm's alarms would otherwise cost their product."""
-        wanted = set(alarm_ids)
-        known: set[str] = set()
+    def acknowledge(self, acks: Iterable[tuple[str, int | None]], now: float) -> dict[str, bool]:
+        """The district acknowledged these (alarm id, step): stop re-sending them. An ack with a step covers the
+        alarm only if it has not moved past that transition: an officer's ack of the orange the district held,
+        arriving after the gas went red here, left the red escalation acknowledged unseen. One without a step
+        (a district from before the steps) covers the alarm as it is. Returns each active alarm among them and
+        whether it is acknowledged now. One pass over the active alarms for the whole list: a storm's page of
+        acknowledgements against a storm's alarms would otherwise cost their product."""
+        wanted: dict[str, int | None] = {}
+        for alarm_id, step in acks:
+            # the same id twice: the newer step (None, what covers everything, first among them)
+            had = wanted.get(alarm_id, -1)
+            wanted[alarm_id] = None if step is None or had is None else max(had, step)
+        known: dict[str, bool] = {}
         for alarm in list(self._alarms.values()):
             if alarm.id in wanted:
-                known.add(alarm.id)
-                if alarm.acked_at is None:
-                    self._save_alarm(replace(alarm, acked_at=now, next_resend=None))
+                step = wanted[alarm.id]
+                if alarm.acked_at is None and (step is None or step >= alarm.last.step):
+                    alarm = replace(alarm, acked_at=now, next_resend=None)
+                    self._save_alarm(alarm)
+                known[alarm.id] = alarm.acked_at is not None
         return known
 
     def clock_stepped(self, step: float) -> None:

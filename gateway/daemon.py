@@ -369,13 +369,16 @@ class Gateway:
 
     def _alarm_acks(self, payload: bytes, now: float) -> None:
         try:
-            ids = district_wire.alarm_ack_ids(payload)
+            acks = district_wire.alarm_acks(payload)
         except DownlinkError as exc:
             event(log, "alarm-ack-rejected", logging.WARNING, error=str(exc))
             return
-        known = self.alarms.acknowledge(ids, now)
-        for alarm_id in dict.fromkeys(ids):
-            event(log, "alarm-ack", id=alarm_id, known=alarm_id in known)
+        known = self.alarms.acknowledge(acks, now)
+        for alarm_id, step in dict(acks).items():
+            if alarm_id in known and not known[alarm_id]:  # the alarm moved past what the district acknowledged
+                event(log, "alarm-ack", id=alarm_id, known=True, behind=step)
+            else:
+                event(log, "alarm-ack", id=alarm_id, known=alarm_id in known)
 
     def _rules(self, payload: bytes, now: float) -> None:
         version = None

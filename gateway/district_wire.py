@@ -548,16 +548,24 @@ def command_request(body: Mapping[str, Any]) -> CommandRequest:
     return CommandRequest(dev, cmd_id, op, _thaw(args))
 
 
-def alarm_ack_ids(payload: bytes) -> list[str]:
-    """`alarm-ack`: {"id": ID} or {"ids": [ID, ...]}: the alarm ids the district acknowledges, at most
-    MAX_ACK_IDS (the gateway logs each one)."""
+def alarm_acks(payload: bytes) -> list[tuple[str, int | None]]:
+    """`alarm-ack`: {"id": ID, "step": N} or {"ids": [ID, ...], "steps": [N, ...]}: the alarm ids the district
+    acknowledges, at most MAX_ACK_IDS (the gateway logs each one), each with the step (the number of the
+    alarm's transition, AlarmTransition's `step`) the district held when it acknowledged it. The step is what
+    the ack covers: the gateway takes it only for an alarm that has not moved past it, so an ack of what an
+    officer saw does not acknowledge an escalation the district has not received yet. Without one (a district
+    from before the steps, or an alarm whose gateway sent none, null) it covers whatever the alarm is at."""
     body = downlink(payload)
     ids = body.get("ids", [body.get("id")] if "id" in body else [])
+    steps = body.get("steps", [body.get("step")] if "id" in body and "ids" not in body else [None] * len(ids))
     if not isinstance(ids, list | tuple) or not ids or not all(isinstance(i, str) for i in ids):
         raise DownlinkError("expected {'id': alarm id} or {'ids': [alarm ids]}")
     if len(ids) > MAX_ACK_IDS:
         raise DownlinkError(f"{len(ids)} alarm ids in one acknowledgement, at most {MAX_ACK_IDS}")
-    return list(ids)
+    if (not isinstance(steps, list | tuple) or len(steps) != len(ids)
+            or not all(s is None or (type(s) is int and 0 <= s < 2**63) for s in steps)):
+        raise DownlinkError("steps: one per alarm id, each a transition number (an unsigned integer) or null")
+    return list(zip(ids, steps, strict=True))
 
 
 def ruleset_data(payload: bytes) -> dict[str, Any]:

@@ -124,9 +124,10 @@ class Recorder:
     with its receipt time, and publishes on the site's downlink (`send`).
 
     Its network loop is paho's own thread, so threads wait on it with `wait` and asyncio tests with `until`,
-    neither blocking it. `ack_alarms` acknowledges every raised or escalated alarm as the district desk
-    does (the gateway then stops re-sending it). A `session` name makes the subscription persistent, so
-    nothing is lost while the district broker restarts: the recorder reconnects by itself.
+    neither blocking it. `ack_alarms` acknowledges every raised or escalated alarm, and every resend, at its
+    step, as the district desk and its workers do (the gateway then stops re-sending it). A `session` name
+    makes the subscription persistent, so nothing is lost while the district broker restarts: the recorder
+    reconnects by itself.
 
     Publishes come sealed by the site, with each device's own sealed message inside telemetry
     (protocol/district_verify.py). With a `verifier` every seal is checked: a publish or a pack entry that
@@ -183,8 +184,9 @@ class Recorder:
         with self.lock:
             entry = self.log.add(now, kind, body)
         if (self._ack_alarms and kind == dtopics.ALARM and isinstance(body, dict)
-                and body.get("ev") in ("raised", "escalated")):
-            client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps({"id": body.get("id")}), qos=1)
+                and (body.get("ev") in ("raised", "escalated") or body.get("resend"))):
+            ack = {"id": body.get("id"), "step": body.get("step")}  # what it saw: not an escalation since
+            client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps(ack), qos=1)
             self.acks += 1
         if self._on_entry is not None:
             self._on_entry(entry)

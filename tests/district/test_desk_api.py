@@ -25,7 +25,7 @@ from district import store
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import notice
 from district.schema import alarms, audit, commands, metadata, rollups, work_order_steps, work_orders
-from gateway.district_wire import alarm_ack_ids, command_request, downlink, ruleset_data
+from gateway.district_wire import alarm_acks, command_request, downlink, ruleset_data
 from gateway.rules import default_ruleset
 from gateway.site_config import BrokerConfig
 from lifeline.virtual.broker import Mosquitto, free_port
@@ -238,7 +238,7 @@ def test_the_whole_work_order_loop_through_the_api_and_the_ack_goes_down(desk: s
 
         r = op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf})
         assert r.status_code == 200 and r.json()["down"] == "sent"
-        assert alarm_ack_ids(downs.wait("district/v1/s1/down/alarm-ack")) == [ALARM]
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]
         r = op.post(f"/api/work-orders/{order}/close", json={}, headers={"X-CSRF-Token": op_csrf})
         assert r.status_code == 403  # an operator may not close
         step(op, op_csrf, "dispatch", {"team": "pipe team 3"}, "dispatched")

@@ -15,7 +15,7 @@ from district.accounts import Session
 from district.ingest import Worker
 from district.live import CHANGES_TOPIC
 from district.schema import work_orders
-from gateway.district_wire import alarm_ack_ids
+from gateway.district_wire import alarm_acks
 from protocol import district as dtopics
 
 A, B = "a" * 32, "b" * 32
@@ -192,7 +192,7 @@ async def test_an_escalation_while_its_order_is_dispatched_is_acknowledged_to_th
     async def either(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if topic == CHANGES_TOPIC:
             return await changes(topic, payload, qos, retain)
-        downs.append((topic, alarm_ack_ids(payload), qos))
+        downs.append((topic, [i for i, _ in alarm_acks(payload)], qos))
 
     w.subscriber.publish = either  # type: ignore[method-assign]
 

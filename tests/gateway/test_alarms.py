@@ -343,15 +343,15 @@ def test_unacknowledged_alarms_are_resent_with_backoff(tmp_path: Path) -> None:
             assert t.body() == {**raised[0].body(), "resend": t.resend}
             due_times.append(now)
     assert due_times == [1011, 1031, 1071, 1111, 1151, 1191]  # +10, then 20, 40, capped at 40
-    assert s.engine.acknowledge([raised[0].alarm_id, "no-such-alarm"], 1195.0) == {raised[0].alarm_id}
+    assert s.engine.acknowledge([(raised[0].alarm_id, 0), ("no-such-alarm", 0)], 1195.0) == {raised[0].alarm_id: True}
     assert s.engine.due_resends(9999.0) == []
-    assert s.engine.acknowledge(["no-such-alarm"], 1195.0) == set()
+    assert s.engine.acknowledge([("no-such-alarm", None)], 1195.0) == {}
     s.conn.close()
 
 
 def test_escalation_needs_a_new_acknowledgement(site: EngineOnDisk) -> None:
     raised = site.feed("gas-1", "gas", "ch4", [30, 30])
-    assert site.engine.acknowledge([raised[0].alarm_id], 1002.0) == {raised[0].alarm_id}
+    assert site.engine.acknowledge([(raised[0].alarm_id, 0)], 1002.0) == {raised[0].alarm_id: True}
     assert site.engine.due_resends(2000.0) == []
     down = site.feed("gas-1", "gas", "ch4", [18], t0=10)  # de-escalation keeps the acknowledgement
     assert steps(down) == [("de-escalated", ORANGE, YELLOW)] and site.engine.due_resends(3000.0) == []
@@ -363,10 +363,27 @@ def test_escalation_needs_a_new_acknowledgement(site: EngineOnDisk) -> None:
     assert site.engine.active()[0].acked_at is None
 
 
+def test_an_ack_of_a_step_the_alarm_has_moved_past_leaves_it_unacknowledged(site: EngineOnDisk) -> None:
+    """The officer acknowledged the orange the district held while the gas went red here: the ack, arriving
+    after the escalation, acknowledged the red no one had seen, and the gateway stopped re-sending it. An ack
+    covers the step it names and no later one; one without a step (a district from before them) covers all."""
+    a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
+    up = site.feed("gas-1", "gas", "ch4", [60, 60], t0=20)
+    assert [(t.event, t.step) for t in up] == [("escalated", 1)]
+    assert site.engine.acknowledge([(a.alarm_id, 0)], 1022.0) == {a.alarm_id: False}
+    assert [(t.event, t.level, t.resend) for t in site.engine.due_resends(1081.0)] == [("escalated", RED, 1)]
+    assert site.engine.acknowledge([(a.alarm_id, 0), (a.alarm_id, 1)], 1090.0) == {a.alarm_id: True}
+    assert site.engine.due_resends(9999.0) == []
+    assert site.engine.acknowledge([(a.alarm_id, 0)], 1100.0) == {a.alarm_id: True}  # it stays acknowledged
+    b = site.feed("gas-2", "gas", "ch4", [30, 30])[0]
+    site.feed("gas-2", "gas", "ch4", [60, 60], t0=20)
+    assert site.engine.acknowledge([(b.alarm_id, None)], 1100.0) == {b.alarm_id: True}
+
+
 def test_acknowledgement_and_schedule_survive_restart(site: EngineOnDisk) -> None:
     a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
     b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
-    site.engine.acknowledge([a.alarm_id], 1005.0)
+    site.engine.acknowledge([(a.alarm_id, None)], 1005.0)
     assert [t.alarm_id for t in site.engine.due_resends(1062.0)] == [b.alarm_id]
     engine = site.restart()
     assert engine.due_resends(1100.0) == []
@@ -380,7 +397,8 @@ def test_one_acknowledgement_names_several_alarms(site: EngineOnDisk) -> None:
     a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
     b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
     c = site.feed("gas-3", "gas", "ch4", [30, 30])[0]
-    assert site.engine.acknowledge([a.alarm_id, c.alarm_id, a.alarm_id, "gone"], 1005.0) == {a.alarm_id, c.alarm_id}
+    assert (site.engine.acknowledge([(a.alarm_id, 0), (c.alarm_id, 0), (a.alarm_id, 0), ("gone", 0)], 1005.0)
+            == {a.alarm_id: True, c.alarm_id: True})
     assert {x.id: x.acked_at for x in site.engine.active()} == {a.alarm_id: 1005.0, b.alarm_id: None,
                                                                 c.alarm_id: 1005.0}
 

@@ -30,10 +30,28 @@ def test_an_alarm_ack_names_a_bounded_number_of_ids() -> None:
     """The gateway looks each acknowledged id up among its active alarms and logs it, so the list a district
     message may carry is bounded: a page of acknowledgements passes, a longer list is refused whole."""
     ids = [f"a{i}" for i in range(district_wire.MAX_ACK_IDS)]
-    assert district_wire.alarm_ack_ids(cbor2.dumps({"ids": ids})) == ids
+    assert district_wire.alarm_acks(cbor2.dumps({"ids": ids})) == [(i, None) for i in ids]
     try:
-        district_wire.alarm_ack_ids(cbor2.dumps({"ids": [*ids, "one-more"]}))
+        district_wire.alarm_acks(cbor2.dumps({"ids": [*ids, "one-more"]}))
     except district_wire.DownlinkError as exc:
         assert f"at most {district_wire.MAX_ACK_IDS}" in str(exc)
     else:
         raise AssertionError("a list over the bound was taken")
+
+
+def test_an_alarm_ack_names_the_step_each_alarm_was_acknowledged_at() -> None:
+    """An ack carried the ids alone, so the gateway could not tell an ack of the orange an officer saw from one
+    of the red it escalated to since. Each id now has its step, null for an alarm numbered by no step; a body
+    without steps (a district from before them) reads as acks of whatever each alarm is at."""
+    both = cbor2.dumps({"ids": ["a", "b"], "steps": [3, None]})
+    assert district_wire.alarm_acks(both) == [("a", 3), ("b", None)]
+    assert district_wire.alarm_acks(cbor2.dumps({"id": "a", "step": 0})) == [("a", 0)]
+    assert district_wire.alarm_acks(cbor2.dumps({"id": "a"})) == [("a", None)]
+    for bad in ({"ids": ["a", "b"], "steps": [3]}, {"ids": ["a"], "steps": [-1]}, {"ids": ["a"], "steps": [True]},
+                {"ids": ["a"], "steps": 3}, {"id": "a", "step": "3"}):
+        try:
+            district_wire.alarm_acks(cbor2.dumps(bad))
+        except district_wire.DownlinkError as exc:
+            assert "steps" in str(exc)
+        else:
+            raise AssertionError(f"{bad} was taken")

@@ -170,6 +170,17 @@ async def test_commands_acks_timeouts_rules_and_alarm_acks(site: Site, gateway: 
         await asyncio.sleep(2.5)
         later = [a for k, a in district.items[n:] if k == dtopics.ALARM]
         assert not any(a["dev"] == "gas1" for a in later)
+        # gas1 goes red; the officer's ack of the orange (its step 0), arriving after, leaves the red re-sent
+        for _ in range(2):
+            topic, payload, _ = site.data("gas1", [reading("ch4", 60.0, "%LEL")])
+            await gas1.publish(topic, payload, qos=1)
+        await district.wait_for(lambda: any(a["ev"] == "escalated" and a["dev"] == "gas1"
+                                            for a in district.of(dtopics.ALARM)))
+        await district.send(dtopics.ALARM_ACK, {"ids": [by_dev["gas1"]], "steps": [0]})
+        await gateway.wait_log(f"event=alarm-ack id={by_dev['gas1']} known=true behind=0")
+        n = len(district.items)
+        await district.wait_for(lambda: any(k == dtopics.ALARM and a.get("resend") and a["dev"] == "gas1"
+                                            and a["level"] == "red" for k, a in district.items[n:]), timeout=10)
 
         # rule sets from the district: an invalid one is refused, a newer one applies without restart
         await district.send(dtopics.RULES, {"ruleset": {"version": 2, "gas": {"ch4": {"direction": "sideways"}}}})
