@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from deskkit import PASSWORD, USERS, alarm_body, desk_server, ingest, seed
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from district import queries, retention, store
 from district.config import MESSAGES_DAYS, ROLLUP_S
@@ -163,6 +163,26 @@ def test_a_months_old_alarms_messages_are_listed_and_checked_after_the_fold(view
     assert [m["seq"] for m in window["messages"]] == ["101", "102", "103", "104"]
     recent = viewer.get(f"/api/alarms/{ALARM}/messages").json()  # held raw still: as before
     assert [(m["seq"], m["folded"]) for m in recent["messages"]] == [("3", False), ("4", False), ("5", False)]
+
+
+def test_a_message_whose_older_readings_were_folded_is_not_said_to_differ(viewer: httpx.Client, engine: Engine,
+                                                                        now: float) -> None:
+    """The retention folds readings by their time, so a message whose readings straddle raw_days holds its newer
+    ones until a later pass: checked meanwhile, it was said to differ from what the device sent, a false finding
+    of tampering. The same gap made in the database where older readings are still held is told as before."""
+    t = now - RAW_DAYS * 86400 - 100
+    ingest(engine, "gas2", 7, t, {"ch4": 4.0, "co": 5.0}, received=t + 300, spread=200)  # co 100 s inside raw_days
+    with engine.begin() as conn:
+        while retention.fold(conn, now=now, raw_days=RAW_DAYS, rollup_s=ROLLUP_S):
+            pass
+    check = viewer.get(f"/api/messages/{message_id(engine, 7)}/check").json()
+    assert check["verdict"] == "folded", check
+    assert check["stored"] == [{"n": "co", "t": t + 200, "u": "ppm", "v": 5.0}] and len(check["sent"]) == 2
+    assert "1 of its 2 readings" in check["says"]
+    third = message_id(engine, 3)
+    with engine.begin() as conn:
+        conn.execute(delete(readings).where(readings.c.message == third, readings.c.n == "ch4"))
+    assert viewer.get(f"/api/messages/{third}/check").json()["verdict"] == "differs"
 
 
 def test_hostile_ids_and_windows_are_refused_and_a_list_is_bounded(viewer: httpx.Client, desk: str,
