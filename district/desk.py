@@ -38,7 +38,7 @@ from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import CHANGES_TOPIC, Hub, notice
 from district.queries import RiskPoints
 from district.rollout import Driver, RolloutError
-from district.schema import work_orders
+from district.schema import alarms, work_orders
 from district.text import storable
 from district.workorders import WorkOrderError
 from gateway.logs import event
@@ -305,15 +305,16 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         allowed(s, "ack")
         await body(request, ())
         alarm_id = request.path_params["id"]
-        def acknowledge(conn: Connection) -> tuple[str, int | None]:
+        def acknowledge(conn: Connection) -> tuple[str, int | None, int | None]:
             site = workorders.ack_alarm(conn, alarm_id, s, now=clock())
-            return site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar()
-        site, oid = await db(acknowledge, write=True)
+            return (site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar(),
+                    conn.execute(select(alarms.c.step).where(alarms.c.id == alarm_id)).scalar())
+        site, oid, step = await db(acknowledge, write=True)
         tell(notice("alarm", site=site, id=alarm_id))
         if oid is not None:
             tell(notice("work-order", id=oid))
         try:
-            await down.alarm_ack(site, [alarm_id])
+            await down.alarm_ack(site, [(alarm_id, step)])  # the step acknowledged: what the gateway checks
         except DownlinkError as e:
             return {"ok": True, "down": f"acknowledged here; not sent to {site}: {e}"}
         return {"ok": True, "down": "sent"}

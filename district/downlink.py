@@ -61,8 +61,12 @@ class Downlink:
         self.publish = publish
         self.clock = clock
 
-    async def alarm_ack(self, site: str, ids: Sequence[str]) -> None:
-        await self.publish(dtopics.down(site, dtopics.ALARM_ACK), cbor2.dumps({"ids": list(ids)}))
+    async def alarm_ack(self, site: str, acks: Sequence[tuple[str, int | None]]) -> None:
+        """(alarm id, the step the district acknowledged it at, None when its gateway numbers none): the gateway
+        takes an ack only for an alarm that has not moved past its step (an escalation the district had not
+        received then stays unacknowledged). A gateway from before the steps reads the ids alone."""
+        await self.publish(dtopics.down(site, dtopics.ALARM_ACK),
+                           cbor2.dumps({"ids": [i for i, _ in acks], "steps": [s for _, s in acks]}))
 
     async def command(self, engine: Engine, actor: str, site: Any, dev: Any, op: Any, args: Any) -> int:
         """A device command: checked, recorded, sent; returns its id."""

@@ -57,7 +57,7 @@ class Worker:
         self.subscriber = Subscriber("district", broker, [f"$share/{group}/{UP_ALL}"], self.handle,
                                      batch_max=batch_max, backoff_max_s=2.0)
         self._notices: list[bytes] = []
-        self._acks: dict[str, list[str]] = {}  # site -> alarm ids the batch answers (store.resent_alarm)
+        self._acks: dict[str, dict[str, int | None]] = {}  # site -> officers' acks sent again: id -> step
 
     async def run(self) -> None:
         await self.subscriber.run()
@@ -83,14 +83,16 @@ class Worker:
         if notices or acks:
             asyncio.get_running_loop().create_task(self._announce(notices, acks))
 
-    async def _announce(self, notices: list[bytes], acks: dict[str, list[str]]) -> None:
-        """Answer the gateways' escalations the desk has no ack for (QoS 1: one lost is answered at its resend),
-        and tell the desks what changed (QoS 0: a desk that misses one catches up at its next fetch)."""
+    async def _announce(self, notices: list[bytes], acks: dict[str, dict[str, int | None]]) -> None:
+        """Send the officers' acks again that the gateways' resends show they missed (QoS 1: one lost is sent
+        at the next resend), and tell the desks what changed (QoS 0: a desk that misses one catches up at its
+        next fetch)."""
         down = Downlink(self.subscriber.publish)
         try:
-            for site, ids in acks.items():
-                for i in range(0, len(ids), MAX_ACK_IDS):
-                    await down.alarm_ack(site, ids[i:i + MAX_ACK_IDS])
+            for site, by_id in acks.items():
+                items = list(by_id.items())
+                for i in range(0, len(items), MAX_ACK_IDS):
+                    await down.alarm_ack(site, items[i:i + MAX_ACK_IDS])
         except Exception as exc:  # the gateway re-sends the alarm, and its resend is answered
             event(log, "alarm-ack-failed", logging.WARNING, error=str(exc))
         try:
@@ -148,8 +150,8 @@ class Worker:
             if new:
                 self.stored["transition"] += 1  # a new one; the publish is counted under its kind below
             resent = store.resent_alarm(conn, site, body, new=new, received=received, hist=hist)
-            if resent.ack and body["id"] not in self._acks.setdefault(site, []):
-                self._acks[site].append(body["id"])
+            if resent.ack:
+                self._acks.setdefault(site, {})[body["id"]] = resent.step
             if new or resent.revived:
                 self._notices.append(notice("alarm", site=site, id=body["id"]))
                 if body.get("level") in store.WORK_ORDER_LEVELS:  # it may have opened its order

@@ -158,7 +158,12 @@ alarms = Table(
     Column("raised", Float),  # gateway time of the raise
     Column("t_dev", Float),  # device time of the reading that raised it
     Column("received", Float, nullable=False),  # when the district first heard of it
-    Column("acked", Float),
+    Column("acked", Float),  # its first acknowledgement, which its alarm -> ack counts to
+    # The ack that covers it as it is now: when given, and the step it was given at. An escalation numbered
+    # after that step (one the officer never saw) sets acked_last back to null: the desk asks for a fresh ack,
+    # as the gateway does (district/store.py apply_alarm; docs/district.md)
+    Column("acked_last", Float),
+    Column("acked_step", Integer),
     Column("cleared", Float),
     Column("revived", Float),  # when a live resend made a backlog's alarm live (store.revive_alarm)
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from

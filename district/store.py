@@ -101,6 +101,12 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("alarms: added the number of the transition each state comes from")
     if _add_column(engine, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
         log.info("alarms: added the time a backlog's alarm was made live")
+    # An ack given before covers its alarm as it stands (an escalation since was taken as acknowledged then).
+    if _add_column(engine, alarms, "acked_step INTEGER",
+                   update(alarms).where(alarms.c.acked.is_not(None)).values(acked_step=alarms.c.step)):
+        log.info("alarms: added the step each acknowledgement was given at")
+    if _add_column(engine, alarms, "acked_last FLOAT", update(alarms).values(acked_last=alarms.c.acked)):
+        log.info("alarms: added the time of the acknowledgement that covers each alarm")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
     if _add_column(engine, devices, "pruned_boot BIGINT"):
@@ -326,6 +332,12 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     if _rank(level) > 0:
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
+    if ev == "escalated":  # a higher level the officer has not seen wants a fresh ack, as at the gateway
+        step = body.get("step")
+        conn.execute(update(alarms).where(
+            alarms.c.id == body["id"], alarms.c.acked_last.is_not(None),
+            true() if step is None else alarms.c.acked_step.is_(None) | (alarms.c.acked_step < step))
+            .values(acked_last=None))
     if level in WORK_ORDER_LEVELS and (not hist or _live(conn, body["id"])):
         _open_order(conn, site, body, received, reopen=ev == "escalated")
     return True
@@ -353,28 +365,27 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
 class Resent(NamedTuple):
     """What a transition asks beyond its own row (`resent_alarm`)."""
     revived: bool  # a live resend made its alarm live (revive_alarm)
-    ack: bool  # the gateway waits for an ack the desk has none to give: the district answers it
+    ack: bool  # its gateway missed the officer's ack: sent again (`step` is the one to send)
+    step: int | None
 
 
 def resent_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, new: bool, received: float,
                  hist: bool) -> Resent:
     """After `apply_alarm`: a transition the district had (a resend, mostly) may make its alarm live
-    (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched),
-    and the gateway, which re-sends an alarm after an escalation until it is acknowledged, is answered for an
-    alarm the desk holds acknowledged and has no ack of to offer: no order, or one past open (dispatched, say).
-    Nothing at the desk could acknowledge such an escalation, and its gateway re-sent it until the alarm cleared.
-    An alarm with an order open is acknowledged by the officer (the escalation that opened or reopened it), and
-    one just revived is answered at its next resend if at all."""
+    (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched).
+    A gateway re-sends an alarm until it is acknowledged, so a resend (or an escalation) of an alarm the officer
+    has acknowledged as it stands (`acked_last`: no escalation since) means the officer's ack did not reach the
+    site: it is sent again, at the alarm's step here. An escalation since the ack is the officer's to
+    acknowledge (apply_alarm made it unacknowledged), never the district's on its own."""
     if new and body["ev"] != "escalated":
-        return Resent(False, False)
-    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked, work_orders.c.state.label("order"))
-                       .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
-                       .where(alarms.c.id == body["id"])).first()
+        return Resent(False, False, None)
+    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked_last, alarms.c.step)
+                       .where(alarms.c.id == body["id"], alarms.c.site == site)).first()
     if row is None:
-        return Resent(False, False)
-    if not (new or hist) and row.hist and row.state == "open" and revive_alarm(conn, site, body, received=received):
-        return Resent(True, False)
-    return Resent(False, row.acked is not None and row.order != "open")
+        return Resent(False, False, None)
+    revived = (not (new or hist) and row.hist and row.state == "open"
+               and revive_alarm(conn, site, body, received=received))
+    return Resent(revived, row.acked_last is not None and row.state != "cleared", row.step)
 
 
 def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float, *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from district.accounts import Session
 from district.schema import alarms, audit, work_order_steps, work_orders
@@ -68,17 +68,20 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
 
 
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | None = None) -> str:
-    """Acknowledge an alarm (and move its order, if any, to acknowledged); returns the alarm's site, to which
-    the desk sends the ack down so the gateway stops re-sending. Acknowledging twice changes nothing: only
-    the UPDATEs that found the alarm unacknowledged or its order open audit, since two acks at once on
-    PostgreSQL both read them so, and the second's UPDATEs, waiting on the first's row locks, then change
-    nothing. The order's may be the only one: an alarm acknowledged at yellow opens its order when it goes red."""
+    """Acknowledge an alarm as it stands, at its current step (and move its order, if any, to acknowledged);
+    returns the alarm's site, to which the desk sends the ack down so the gateway stops re-sending. An alarm
+    acknowledged before and escalated since (`acked_last` null) is acknowledged again; `acked` keeps the first.
+    Acknowledging twice changes nothing: only the UPDATEs that found the alarm unacknowledged or its order open
+    audit, since two acks at once on PostgreSQL both read them so, and the second's UPDATEs, waiting on the
+    first's row locks, then change nothing. The order's may be the only one: an alarm acknowledged at yellow
+    opens its order when it goes red."""
     now = time.time() if now is None else now
     _allowed(who, "ack")
     site = conn.execute(select(alarms.c.site).where(alarms.c.id == alarm_id)).scalar()
     if site is None:
         raise WorkOrderError(404, f"no alarm {alarm_id}")
-    acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked.is_(None)).values(acked=now)
+    acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked_last.is_(None))
+                         .values(acked=func.coalesce(alarms.c.acked, now), acked_last=now, acked_step=alarms.c.step)
                          .returning(alarms.c.id)).first() is not None
     order = conn.execute(update(work_orders).where(work_orders.c.alarm == alarm_id, work_orders.c.state == "open")
                          .values(state="acknowledged", updated=now).returning(work_orders.c.id)).first()

@@ -238,7 +238,7 @@ def test_the_whole_work_order_loop_through_the_api_and_the_ack_goes_down(desk: s
 
         r = op.post(f"/api/alarms/{ALARM}/ack", headers={"X-CSRF-Token": op_csrf})
         assert r.status_code == 200 and r.json()["down"] == "sent"
-        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]  # its gateway numbers none
         r = op.post(f"/api/work-orders/{order}/close", json={}, headers={"X-CSRF-Token": op_csrf})
         assert r.status_code == 403  # an operator may not close
         step(op, op_csrf, "dispatch", {"team": "pipe team 3"}, "dispatched")
@@ -257,6 +257,37 @@ def test_the_whole_work_order_loop_through_the_api_and_the_ack_goes_down(desk: s
         for measure in ("alarm_ack", "ack_dispatch", "dispatch_closed"):
             assert times["colour"]["red"][measure]["count"] == 1, measure
             assert times["site"]["s1"][measure]["count"] == 1, measure
+    finally:
+        downs.close()
+
+
+def test_an_escalation_after_the_ack_is_acknowledged_again_and_the_ack_names_its_step(desk: str, engine: Engine,
+                                                                                      broker: Mosquitto) -> None:
+    """The board showed an orange alarm acknowledged and dispatched, gone red since, as "acknowledged" at the
+    orange's time, with no Acknowledge button; and the ack that went down named the alarm alone, so the gateway
+    took a late one of the orange for the red. The red asks for a fresh ack, audited, and each ack names the
+    step it acknowledged."""
+    downs = Downlinks(broker)
+    gas = "d" * 32
+    now = time.time()
+    try:
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(gas, "raised", "orange", now - 30, step=0), received=now - 29)
+        op, csrf = client(desk, "operator")
+        assert op.post(f"/api/alarms/{gas}/ack", headers={"X-CSRF-Token": csrf}).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 0)]
+        downs.got.clear()
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(gas, "escalated", "red", now - 10, prev="orange", step=1),
+                              received=now - 9)
+        board = {a["id"]: a for a in op.get("/api/alarms").json()}[gas]
+        assert (board["level"], board["acked"]) == ("red", None)
+        assert op.post(f"/api/alarms/{gas}/ack", headers={"X-CSRF-Token": csrf}).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 1)]
+        assert {a["id"]: a for a in op.get("/api/alarms").json()}[gas]["acked"] is not None
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(audit).where(
+                audit.c.what == "ack", audit.c.target == gas)).scalar_one() == 2
     finally:
         downs.close()
 

@@ -221,23 +221,25 @@ def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine:
 
 def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine,
                                                                                      engine_url: str) -> None:
-    """Made before `alarms.step` (and `revived`): the columns are added at start, the rows it held stay without a
-    number, and the next transition of such a row is ordered by gateway time, as before."""
+    """Made before `alarms.step` (and `revived`, `acked_step`, `acked_last`): the columns are added at start, the
+    rows it held stay without a number, and the next transition of such a row is ordered by gateway time, as
+    before. An ack it held still covers its alarm, at the desk and for a resend."""
     old = MetaData()
     Table("alarms", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                           for c in alarms.columns if c.name not in ("step", "revived")))
+                           for c in alarms.columns if c.name not in ("step", "revived", "acked_step", "acked_last")))
     alarms.drop(engine)
     old.create_all(engine)
     with engine.begin() as conn:
         conn.execute(old.tables["alarms"].insert().values(
             id="a" * 32, site="s1", dev="gas1", kind="level", level="red", peak="red", peak_rank=4, state="open",
-            hist=False, received=1.0, raised=10.0, t_last=10.0))
+            hist=False, received=1.0, raised=10.0, t_last=10.0, acked=15.0))
     url = engine_url
     reopened = store.open_engine(url)
     try:
         store.open_engine(url).dispose()  # a second start adds nothing
         with reopened.begin() as conn:
             assert conn.execute(select(alarms.c.step, alarms.c.revived)).one() == (None, None)
+            assert conn.execute(select(alarms.c.acked_last, alarms.c.acked_step)).one() == (15.0, None)
             store.apply_alarm(conn, "s1", transition("de-escalated", "orange", 9.0, step=3), received=20.0)
             assert conn.execute(select(alarms.c.level, alarms.c.step)).one() == ("red", None)  # older by time
             store.apply_alarm(conn, "s1", transition("cleared", None, 11.0, step=4), received=20.0)

@@ -14,19 +14,24 @@ from district import queries, workorders
 from district.accounts import Session
 from district.ingest import Worker
 from district.live import CHANGES_TOPIC
-from district.schema import work_orders
+from district.schema import audit, work_orders
 from gateway.district_wire import alarm_acks
 from protocol import district as dtopics
 
 A, B = "a" * 32, "b" * 32
 
 
-def told_worker(engine: Engine) -> tuple[Worker, list[dict[str, Any]]]:
-    """A worker, and the change notices it sends the desks, kept (decoded) instead of published."""
+def told_worker(engine: Engine, downs: list[tuple[str, list[tuple[str, int | None]], int]] | None = None
+                ) -> tuple[Worker, list[dict[str, Any]]]:
+    """A worker, and the change notices it sends the desks, kept (decoded) instead of published; with `downs`,
+    the alarm-acks it sends down too (topic, acks, qos)."""
     w = worker(engine)
     told: list[dict[str, Any]] = []
 
     async def recorded(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if downs is not None and topic != CHANGES_TOPIC:
+            downs.append((topic, alarm_acks(payload), qos))
+            return
         assert topic == CHANGES_TOPIC
         told.append(json.loads(payload))
 
@@ -180,21 +185,15 @@ async def test_an_alarm_that_rises_again_after_its_order_was_closed_reopens_it(e
         assert conn.execute(select(work_orders.c.state)).scalar_one() == "closed"
 
 
-async def test_an_escalation_while_its_order_is_dispatched_is_acknowledged_to_the_gateway(engine: Engine) -> None:
-    """An orange alarm acknowledged and its order dispatched, and the gas rises to red: the gateway wants the
-    escalation acknowledged (a higher level needs a fresh ack) and re-sends it until it is. The desk offers no
-    ack for it (the alarm reads acknowledged, the order dispatched), so the gateway re-sent it, 60 s to an hour
-    apart, until the alarm cleared. The worker answers it with an alarm-ack; the desk sees the escalation as
-    before (red, an alarm and a work-order notice) and the order is left dispatched."""
-    w, told = told_worker(engine)
-    changes, downs = w.subscriber.publish, []
-
-    async def either(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        if topic == CHANGES_TOPIC:
-            return await changes(topic, payload, qos, retain)
-        downs.append((topic, [i for i, _ in alarm_acks(payload)], qos))
-
-    w.subscriber.publish = either  # type: ignore[method-assign]
+async def test_an_escalation_after_the_officers_ack_wants_the_officers_ack_again(engine: Engine) -> None:
+    """An orange alarm acknowledged and its order dispatched, and the gas rises to red. The desk showed it
+    "acknowledged" at the orange's time with no Acknowledge button, and the worker itself answered the gateway's
+    escalation with an alarm-ack: the site read red acknowledged though no officer had seen red, and no audit
+    row said so. The escalation makes the alarm unacknowledged at the desk (its order left dispatched, the
+    notices as before) and nothing goes down until an officer acknowledges it, audited like any ack; from then a
+    resend (the officer's ack lost on its way) is answered with the officer's ack, at the step acknowledged."""
+    downs: list[tuple[str, list[tuple[str, int | None]], int]] = []
+    w, told = told_worker(engine, downs)
 
     async def handled(body: dict[str, Any]) -> None:
         told.clear()
@@ -203,31 +202,41 @@ async def test_an_escalation_while_its_order_is_dispatched_is_acknowledged_to_th
         for _ in range(20):
             await asyncio.sleep(0)
 
-    ack = ("district/v1/north/down/alarm-ack", [A], 1)
-    await handled(alarm(id=A, level="orange"))
+    def board() -> dict[str, Any]:
+        with engine.connect() as conn:
+            return {a["id"]: a for a in queries.open_alarms(conn, {})}[A]
+
+    red = alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1)
+    await handled(alarm(id=A, level="orange", step=0))
     with engine.connect() as conn:
         order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == A)).scalar_one()
-    op = Session("t", "li.wei", "operator", "c")
+    op, sup = Session("t", "li.wei", "operator", "c"), Session("t", "chen", "supervisor", "c")
     with engine.begin() as conn:
         workorders.ack_alarm(conn, A, op, now=T0 + 10)
         workorders.act(conn, order, "dispatch", op, team="pipe 3", now=T0 + 20)
-    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1))
-    assert downs == [ack]
-    assert told == [{"kind": "alarm", "site": "north", "id": A}, {"kind": "work-order", "id": order}]
-    with engine.connect() as conn:
-        board = {a["id"]: a for a in queries.open_alarms(conn, {})}[A]
-        got = queries.work_order(conn, order)
-    assert (board["level"], board["work_order"]["state"]) == ("red", "dispatched")
-    assert got is not None and [s["step"] for s in got["steps"]] == ["opened", "ack", "dispatch"]
-    # its resend (an ack that did not reach the site) is answered again; a de-escalation asks for none
-    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1, resend=1))
-    assert (downs, told) == ([ack], [])
-    await handled(alarm(id=A, ev="de-escalated", level="orange", prev="red", t_gw=T0 + 90, step=2))
+    await handled(red)
     assert downs == []
-    # an escalation the desk has an ack for (it reopens or opens an order, or the alarm is unacknowledged) is
-    # acknowledged by the officer, not here
-    await handled(alarm(id=B, level="yellow"))
-    await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1))
+    assert told == [{"kind": "alarm", "site": "north", "id": A}, {"kind": "work-order", "id": order}]
+    assert (board()["level"], board()["acked"], board()["work_order"]["state"]) == ("red", None, "dispatched")
+    await handled({**red, "resend": 2})
+    assert (downs, told) == ([], [])
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, A, sup, now=T0 + 70)
+        got = queries.work_order(conn, order)
+        acks = conn.execute(select(audit.c.actor, audit.c.at).where(audit.c.what == "ack")
+                            .order_by(audit.c.id)).all()
+        measured = queries.response_values(conn)["colour"]["red"]["alarm_ack"]
+    assert got is not None and [s["step"] for s in got["steps"]] == ["opened", "ack", "dispatch"]
+    assert [tuple(a) for a in acks] == [("li.wei", T0 + 10), ("chen", T0 + 70)]
+    assert (board()["acked"], measured) == (T0 + 70, [9.0])  # alarm -> ack: to the first ack, from the raise
+    await handled({**red, "resend": 3})  # the officer's ack lost on its way: sent again, at its step
+    assert (downs, told) == ([("district/v1/north/down/alarm-ack", [(A, 1)], 1)], [])
+    await handled(alarm(id=A, ev="de-escalated", level="orange", prev="red", t_gw=T0 + 90, step=2))
+    assert downs == [] and board()["acked"] == T0 + 70  # going down keeps the ack
+    # red again after going down wants a fresh ack, as at the gateway; an unacknowledged alarm's resend none
+    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 120, step=3, resend=1))
+    assert downs == [] and board()["acked"] is None
+    await handled(alarm(id=B, level="yellow", step=0))
     await handled(alarm(id=B, ev="escalated", level="red", prev="yellow", t_gw=T0 + 60, step=1, resend=1))
     assert downs == []
 
