@@ -422,8 +422,9 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
                  .join(alarms, alarms.c.id == work_orders.c.alarm).where(within))
         orders = orders.where(within)
     for r in conn.execute(recent_alarms):
-        # An alarm a live resend made live (store.revive_alarm) is timed from then: before, the desk had it only
-        # as a backlog's, and its reading came in the backlog, which no sample -> desk counts.
+        # An alarm a live resend made live (store.revive_alarm) is timed from then (from its arrival if the officer
+        # acknowledged it before): before, the desk had it only as a backlog's, and its reading came in the
+        # backlog, which no sample -> desk counts.
         if r.revived is None:
             add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
         live = r.raised if r.revived is None else r.revived

@@ -165,7 +165,9 @@ alarms = Table(
     Column("acked_last", Float),
     Column("acked_step", Integer),
     Column("cleared", Float),
-    Column("revived", Float),  # when a live resend made a backlog's alarm live (store.revive_alarm)
+    # when its alarm -> ack starts for a backlog's alarm a live resend made live (store.revive_alarm): then, or
+    # when the district received it for one the officer acknowledged while it was historical
+    Column("revived", Float),
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
     Index("alarms_open", "state", "level"),

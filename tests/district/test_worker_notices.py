@@ -255,3 +255,25 @@ async def test_a_revived_alarm_is_timed_from_when_it_became_live(engine: Engine)
         red = queries.response_values(conn)["colour"]["red"]
     assert red["alarm_ack"] == [30.0]
     assert "sample_desk" not in red
+
+
+async def test_an_alarm_acknowledged_while_historical_is_timed_from_its_arrival(engine: Engine) -> None:
+    """The officer acknowledges a red of a site's backlog 30 s after it came, before its gateway's live resend
+    (the ack on its way) makes it live. revive_alarm stamped `revived` anyway, after the ack: ack minus revived
+    came out negative, and the figure silently lost the alarm. The clock of an acknowledged alarm is not started
+    again: its alarm -> ack counts from when the desk received it, and its reading is still no sample -> desk."""
+    downs: list[tuple[str, list[tuple[str, int | None]], int]] = []
+    w, _ = told_worker(engine, downs)
+    up = T0 + 5400
+    w.handle([publish(dtopics.ALARM, {**alarm(id=B, level="red", step=0), "hist": True})._replace(received=up)])
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, B, Session("t", "li.wei", "operator", "c"), now=up + 30)
+    w.handle([publish(dtopics.ALARM, alarm(id=B, level="red", resend=5, step=0))._replace(received=up + 60)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert downs == [("district/v1/north/down/alarm-ack", [(B, 0)], 1)]  # its gateway missed the officer's ack
+    with engine.connect() as conn:
+        red = queries.response_values(conn)["colour"]["red"]
+        state = {a["id"]: a for a in queries.open_alarms(conn, {})}[B]["state"]
+    assert (state, red["alarm_ack"]) == ("open", [30.0])
+    assert "sample_desk" not in red
