@@ -63,8 +63,8 @@ class Downlink:
 
     async def alarm_ack(self, site: str, acks: Sequence[tuple[str, int | None]]) -> None:
         """(alarm id, the step the district acknowledged it at, None when its gateway numbers none): the gateway
-        takes an ack only for an alarm that has not moved past its step (an escalation the district had not
-        received then stays unacknowledged). A gateway from before the steps reads the ids alone."""
+        takes an ack unless the alarm has escalated since its step (an escalation the district had not received
+        then stays unacknowledged; a fall does not). A gateway from before the steps reads the ids alone."""
         await self.publish(dtopics.down(site, dtopics.ALARM_ACK),
                            cbor2.dumps({"ids": [i for i, _ in acks], "steps": [s for _, s in acks]}))
 

@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS alarm_track (
 CREATE TABLE IF NOT EXISTS alarm_active (
     id TEXT PRIMARY KEY, scope TEXT NOT NULL, subject TEXT NOT NULL, metric TEXT NOT NULL, kind TEXT NOT NULL,
     level INTEGER NOT NULL, raised_at REAL NOT NULL, acked_at REAL, resends INTEGER NOT NULL, next_resend REAL,
-    last TEXT NOT NULL, UNIQUE (scope, subject, metric, kind));
+    last TEXT NOT NULL, rose_step INTEGER, UNIQUE (scope, subject, metric, kind));
 """
 
 
@@ -147,6 +147,9 @@ class Alarm:
     resends: int
     next_resend: float | None
     last: Transition
+    # The step of its raise or latest escalation: an ack of it or later covers the alarm, since falling or an
+    # inhibition asks for no fresh one (an ack of the orange in flight while the gas fell to yellow).
+    rose_step: int
 
     @property
     def device(self) -> str:
@@ -261,6 +264,8 @@ class AlarmEngine:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)  # not executescript(): that would commit the caller's transaction
+        if "rose_step" not in {row[1] for row in conn.execute("PRAGMA table_info(alarm_active)")}:
+            conn.execute("ALTER TABLE alarm_active ADD COLUMN rose_step INTEGER")  # a store made before it
         stored, newer = self._stored_ruleset(ruleset.version)
         active = stored if newer and stored is not None else ruleset
         self._check_points(active)
@@ -288,12 +293,14 @@ class AlarmEngine:
         self._quiet: dict[int, float] = {}  # by id() of a StaleRule of the active rule set (_switch clears it)
         self._alarms: dict[Key, Alarm] = {}
         for row in conn.execute(
-            "SELECT id, scope, subject, metric, kind, level, raised_at, acked_at, resends, next_resend, last "
-            "FROM alarm_active"
+            "SELECT id, scope, subject, metric, kind, level, raised_at, acked_at, resends, next_resend, last, "
+            "rose_step FROM alarm_active"
         ):
             key: Key = (row[1], row[2], row[3], row[4])
             last = Transition.from_body(json.loads(row[10]))
-            self._alarms[key] = Alarm(row[0], key, Level(row[5]), row[6], row[7], row[8], row[9], last)
+            # stored before rose_step: its rise unknown, an ack must name its latest step, as it had to then
+            rose = last.step if row[11] is None else row[11]
+            self._alarms[key] = Alarm(row[0], key, Level(row[5]), row[6], row[7], row[8], row[9], last, rose)
         # Compare against the rules the stored state was judged under; unknown rules reset every track.
         self._rules = stored if stored is not None else active
         if stored is None:
@@ -414,11 +421,12 @@ class AlarmEngine:
 
     def acknowledge(self, acks: Iterable[tuple[str, int | None]], now: float) -> dict[str, bool]:
         """The district acknowledged these (alarm id, step): stop re-sending them. An ack with a step covers the
-        alarm only if it has not moved past that transition: an officer's ack of the orange the district held,
-        arriving after the gas went red here, left the red escalation acknowledged unseen. One without a step
-        (a district from before the steps) covers the alarm as it is. Returns each active alarm among them and
-        whether it is acknowledged now. One pass over the active alarms for the whole list: a storm's page of
-        acknowledgements against a storm's alarms would otherwise cost their product."""
+        alarm unless it escalated after that transition: an officer's ack of the orange the district held,
+        arriving after the gas went red here, left the red escalation acknowledged unseen; one arriving after
+        it fell to yellow or was inhibited covers it. One without a step (a district from before the steps)
+        covers the alarm as it is. Returns each active alarm among them and whether it is acknowledged now. One
+        pass over the active alarms for the whole list: a storm's page of acknowledgements against a storm's
+        alarms would otherwise cost their product."""
         wanted: dict[str, int | None] = {}
         for alarm_id, step in acks:
             # the same id twice: the newer step (None, what covers everything, first among them)
@@ -428,7 +436,7 @@ class AlarmEngine:
         for alarm in list(self._alarms.values()):
             if alarm.id in wanted:
                 step = wanted[alarm.id]
-                if alarm.acked_at is None and (step is None or step >= alarm.last.step):
+                if alarm.acked_at is None and (step is None or step >= alarm.rose_step):
                     alarm = replace(alarm, acked_at=now, next_resend=None)
                     self._save_alarm(alarm)
                 known[alarm.id] = alarm.acked_at is not None
@@ -762,7 +770,7 @@ class AlarmEngine:
         elif alarm is None or event == "escalated":
             # A new or higher level needs a fresh acknowledgement.
             raised_at = now if alarm is None else alarm.raised_at
-            self._save_alarm(Alarm(alarm_id, key, level, raised_at, None, 0, now + self._first, moved))
+            self._save_alarm(Alarm(alarm_id, key, level, raised_at, None, 0, now + self._first, moved, moved.step))
         else:
             if inhibited and alarm.acked_at is None:  # live again: re-sends start over
                 alarm = replace(alarm, resends=0, next_resend=now + self._first)
@@ -773,9 +781,9 @@ class AlarmEngine:
         self._alarms[alarm.key] = alarm
         self._conn.execute(
             "INSERT OR REPLACE INTO alarm_active (id, scope, subject, metric, kind, level, raised_at, acked_at, "
-            "resends, next_resend, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "resends, next_resend, last, rose_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (alarm.id, *alarm.key, int(alarm.level), alarm.raised_at, alarm.acked_at, alarm.resends,
-             alarm.next_resend, json.dumps(alarm.last.body(), separators=(",", ":"))),
+             alarm.next_resend, json.dumps(alarm.last.body(), separators=(",", ":")), alarm.rose_step),
         )
 
     def prefetch(self, devices: Iterable[str]) -> None:

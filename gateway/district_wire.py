@@ -552,9 +552,10 @@ def alarm_acks(payload: bytes) -> list[tuple[str, int | None]]:
     """`alarm-ack`: {"id": ID, "step": N} or {"ids": [ID, ...], "steps": [N, ...]}: the alarm ids the district
     acknowledges, at most MAX_ACK_IDS (the gateway logs each one), each with the step (the number of the
     alarm's transition, AlarmTransition's `step`) the district held when it acknowledged it. The step is what
-    the ack covers: the gateway takes it only for an alarm that has not moved past it, so an ack of what an
-    officer saw does not acknowledge an escalation the district has not received yet. Without one (a district
-    from before the steps, or an alarm whose gateway sent none, null) it covers whatever the alarm is at."""
+    the ack covers: the gateway takes it unless the alarm has escalated since, so an ack of what an officer saw
+    does not acknowledge an escalation the district has not received yet (a fall since needs no fresh ack).
+    Without one (a district from before the steps, or an alarm whose gateway sent none, null) it covers whatever
+    the alarm is at."""
     body = downlink(payload)
     ids = body.get("ids", [body.get("id")] if "id" in body else [])
     steps = body.get("steps", [body.get("step")] if "id" in body and "ids" not in body else [None] * len(ids))

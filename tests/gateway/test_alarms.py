@@ -380,6 +380,64 @@ def test_an_ack_of_a_step_the_alarm_has_moved_past_leaves_it_unacknowledged(site
     assert site.engine.acknowledge([(b.alarm_id, None)], 1100.0) == {b.alarm_id: True}
 
 
+def test_an_ack_in_flight_while_the_alarm_goes_down_or_is_inhibited_covers_it(tmp_path: Path) -> None:
+    """The officer's ack of the orange, in flight while the gas fell to yellow or the device went silent here,
+    was refused (the alarm had moved past its step) and the site re-sent until the district answered a resend a
+    minute later. Going down asks no fresh ack: an ack covers the alarm unless it rose since the acked step."""
+    s = EngineOnDisk(tmp_path / "db", resend_first_s=10.0, resend_max_s=40.0)
+    down = s.feed("gas-1", "gas", "ch4", [30, 30])[0]  # orange, step 0
+    assert steps(s.feed("gas-1", "gas", "ch4", [18], t0=10)) == [("de-escalated", ORANGE, YELLOW)]
+    quiet = s.feed("gas-2", "gas", "ch4", [30, 30])[0]
+    assert [t.event for t in s.engine.tick(1031.0) if t.alarm_id == quiet.alarm_id] == ["inhibited"]
+    assert s.engine.acknowledge([(down.alarm_id, 0), (quiet.alarm_id, 0)], 1032.0) == {
+        down.alarm_id: True, quiet.alarm_id: True}
+    assert [t.alarm_id for now in range(1032, 1200) for t in s.engine.due_resends(float(now))
+            if t.rule_kind == "level"] == []
+    assert [t.event for t in s.feed("gas-2", "gas", "ch4", [30], t0=300)] == ["cleared", "resumed"]
+    assert [t.alarm_id for t in s.engine.due_resends(9999.0) if t.rule_kind == "level"] == []
+    s.conn.close()
+
+
+def test_an_ack_of_a_step_before_an_escalation_stays_refused_once_the_alarm_is_down_again(
+        site: EngineOnDisk) -> None:
+    """Red since the orange the officer saw, then orange again: the red was never acknowledged, so an ack of the
+    first orange is still refused, across a restart; one of the red or later is taken."""
+    a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
+    site.feed("gas-1", "gas", "ch4", [60, 60], t0=10)  # red, step 1
+    assert [(t.event, t.step) for t in site.feed("gas-1", "gas", "ch4", [30], t0=20)] == [("de-escalated", 2)]
+    engine = site.restart()
+    assert engine.acknowledge([(a.alarm_id, 0)], 1030.0) == {a.alarm_id: False}
+    assert engine.acknowledge([(a.alarm_id, 1)], 1031.0) == {a.alarm_id: True}
+
+
+def test_an_alarm_stored_before_its_rise_was_kept_takes_an_ack_of_its_latest_step(tmp_path: Path) -> None:
+    """A store made before alarm_active.rose_step: the column is added at start, and an alarm stored then, whose
+    last rise is not known, takes an ack of its latest transition or later, as it did before."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("""CREATE TABLE alarm_active (
+        id TEXT PRIMARY KEY, scope TEXT NOT NULL, subject TEXT NOT NULL, metric TEXT NOT NULL, kind TEXT NOT NULL,
+        level INTEGER NOT NULL, raised_at REAL NOT NULL, acked_at REAL, resends INTEGER NOT NULL, next_resend REAL,
+        last TEXT NOT NULL, UNIQUE (scope, subject, metric, kind))""")
+    s = EngineOnDisk(tmp_path / "new.db")
+    s.feed("gas-1", "gas", "ch4", [30, 30])
+    s.feed("gas-1", "gas", "ch4", [18], t0=10)  # yellow, step 1
+    s.engine.flush()
+    s.conn.commit()
+    row = s.conn.execute("SELECT id, scope, subject, metric, kind, level, raised_at, acked_at, resends, "
+                         "next_resend, last FROM alarm_active").fetchone()
+    s.conn.close()
+    old.execute("INSERT INTO alarm_active VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    old.commit()
+    old.close()
+    s = EngineOnDisk(path)
+    assert s.engine.acknowledge([(row[0], 0)], 1020.0) == {row[0]: False}
+    assert s.engine.acknowledge([(row[0], 1)], 1021.0) == {row[0]: True}
+    s.restart()
+    assert [(a.id, a.acked_at) for a in s.engine.active()] == [(row[0], 1021.0)]
+    s.conn.close()
+
+
 def test_acknowledgement_and_schedule_survive_restart(site: EngineOnDisk) -> None:
     a = site.feed("gas-1", "gas", "ch4", [30, 30])[0]
     b = site.feed("gas-2", "gas", "ch4", [60, 60])[0]
