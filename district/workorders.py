@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from district.accounts import Session
-from district.schema import alarms, audit, work_order_steps, work_orders
+from district.schema import alarm_events, alarms, audit, work_order_steps, work_orders
+from district.store import LEVELS
 from district.text import ILLEGIBLE, readable, storable
 
 # action -> (the states it may start from, the state it leads to)
@@ -67,19 +68,32 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
     conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
 
 
-def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, now: float | None = None) -> str:
+def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None,
+              now: float | None = None) -> str:
     """Acknowledge an alarm as it stands, at its current step (and move its order, if any, to acknowledged);
     returns the alarm's site, to which the desk sends the ack down so the gateway stops re-sending. An alarm
     acknowledged before and escalated since (`acked_last` null) is acknowledged again; `acked` keeps the first.
     Acknowledging twice changes nothing: only the UPDATEs that found the alarm unacknowledged or its order open
-    audit, since two acks at once on PostgreSQL both read them so, and the second's UPDATEs, waiting on the
-    first's row locks, then change nothing. The order's may be the only one: an alarm acknowledged at yellow
-    opens its order when it goes red."""
+    audit (a second ack at once waits on the first's lock of the alarm's row, then finds neither). The order's
+    may be the only one: an alarm acknowledged at yellow opens its order when it goes red.
+    `seen_level`: the level the officer's page showed. An alarm escalated past it since is refused 409 (the click
+    acknowledged a red the officer never saw); a fall since is acknowledged. None (an older page): as it stands.
+    The row is locked before the check, so no escalation commits between the check and the ack."""
     now = time.time() if now is None else now
     _allowed(who, "ack")
-    site = conn.execute(select(alarms.c.site).where(alarms.c.id == alarm_id)).scalar()
-    if site is None:
+    if seen_level is not None and (not isinstance(seen_level, str) or seen_level not in LEVELS):
+        raise WorkOrderError(400, f"level: the level the page showed, one of {', '.join(LEVELS)}")
+    row = conn.execute(select(alarms.c.site, alarms.c.level, alarms.c.t_last)
+                       .where(alarms.c.id == alarm_id).with_for_update()).first()
+    if row is None:
         raise WorkOrderError(404, f"no alarm {alarm_id}")
+    if seen_level is not None and row.level in LEVELS and LEVELS.index(row.level) > LEVELS.index(seen_level):
+        went = conn.execute(select(func.max(alarm_events.c.t_gw)).where(
+            alarm_events.c.alarm == alarm_id, alarm_events.c.ev == "escalated", alarm_events.c.level == row.level)
+            ).scalar()
+        at = time.strftime("%H:%M:%S", time.gmtime(row.t_last if went is None else went))
+        raise WorkOrderError(409, f"it went {row.level} at {at} UTC since you looked; look again and acknowledge")
+    site = row.site
     acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked_last.is_(None))
                          .values(acked=func.coalesce(alarms.c.acked, now), acked_last=now, acked_step=alarms.c.step)
                          .returning(alarms.c.id)).first() is not None

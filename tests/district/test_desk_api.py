@@ -292,6 +292,56 @@ def test_an_escalation_after_the_ack_is_acknowledged_again_and_the_ack_names_its
         downs.close()
 
 
+def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_since(desk: str, engine: Engine,
+                                                                                    broker: Mosquitto) -> None:
+    """The page drew the alarm orange; it went red before the officer's click, which acknowledged the red (and
+    sent its step down) though the officer never saw it. The ack names the level the page showed: one the alarm
+    has escalated past is refused 409, saying when it went up, and changes nothing; a fall since is acknowledged;
+    a level that is not one is 400; none (an older page) acknowledges the alarm as it stands."""
+    downs = Downlinks(broker)
+    gas, yellow = "d" * 32, "e" * 32
+    now = time.time()
+    went_red = now - 10
+    try:
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(gas, "raised", "orange", now - 30, step=0), received=now - 29)
+            store.apply_alarm(conn, "s1", alarm_body(gas, "escalated", "red", went_red, prev="orange", step=1),
+                              received=now - 9)
+        op, csrf = client(desk, "operator")
+
+        def ack(alarm: str, data: dict[str, Any]) -> httpx.Response:
+            return op.post(f"/api/alarms/{alarm}/ack", json=data, headers={"X-CSRF-Token": csrf})
+
+        for bad in ("purple", "", 3, ["orange"], {"level": "red"}):
+            r = ack(gas, {"level": bad})
+            assert r.status_code == 400 and "level" in r.json()["error"], (bad, r.text)
+        r = ack(gas, {"level": "orange"})
+        hms = time.strftime("%H:%M:%S", time.gmtime(went_red))
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == f"it went red at {hms} UTC since you looked; look again and acknowledge"
+        with engine.connect() as conn:
+            assert conn.execute(select(alarms.c.acked_last).where(alarms.c.id == gas)).scalar() is None
+            assert conn.execute(select(work_orders.c.state).where(work_orders.c.alarm == gas)).scalar() == "open"
+            assert conn.execute(select(func.count()).select_from(audit).where(audit.c.target == gas)).scalar() == 0
+        assert ack(gas, {"level": "red"}).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 1)]
+
+        with engine.begin() as conn:  # shown orange, fallen to yellow since: acknowledged, at its step now
+            store.apply_alarm(conn, "s1", alarm_body(yellow, "raised", "orange", now - 30, step=0), received=now - 29)
+            store.apply_alarm(conn, "s1", alarm_body(yellow, "de-escalated", "yellow", now - 5, prev="orange",
+                                                     step=1), received=now - 4)
+        downs.got.clear()
+        assert ack(yellow, {"level": "orange"}).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(yellow, 1)]
+        downs.got.clear()
+        assert ack(ALARM, {"level": None}).json()["down"] == "sent"  # null as absent: as it stands
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]
+        board = {a["id"]: a["acked"] for a in op.get("/api/alarms").json()}
+        assert None not in (board[gas], board[yellow], board[ALARM])
+    finally:
+        downs.close()
+
+
 def test_a_command_and_a_rule_set_go_down_after_their_rows_exist(desk: str, engine: Engine,
                                                                  broker: Mosquitto) -> None:
     downs = Downlinks(broker)

@@ -567,6 +567,15 @@ def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, bro
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#act-ack")).to_be_visible()
         expect(page.locator("#action-error")).to_have_text("")
+        with engine.begin() as conn:  # it goes red, the notice not here yet: the click acknowledged the red unseen
+            store.apply_alarm(conn, "s1", alarm_body(ORANGE, "escalated", "red", now - 20, dev="gas2", prev="orange"),
+                              received=now - 19)
+        page.click("#act-ack")
+        expect(page.locator("#action-error")).to_contain_text("it went red at ")
+        expect(page.locator(f".alarm[data-id='{ORANGE}']")).to_have_class(re.compile(r"\blv-red\b"))
+        expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_have_count(0)
+        page.click("#act-ack")
+        expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_be_visible()
 
 
 def test_a_command_answered_while_the_feed_was_down_shows_its_answer_once_it_is_back(engine: Engine,
