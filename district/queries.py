@@ -142,7 +142,7 @@ def device_messages(conn: Connection, site: str, dev: str, metric: str, t_from: 
                messages.c.received, messages.c.verified, messages.c.sealed.is_not(None).label("sealed"))
         .where(messages.c.id.in_(spans)))} if spans else {}
     return {"from": t_from, "to": t_to, "more": more, "messages": [
-        {"id": i, "site": site, "dev": dev, "seq": str(seq_of(m.seq_key)), "boot": m.boot, "pri": m.pri,
+        {"id": i, "site": site, "dev": dev, "seq": str(seq_of(m.seq_key)), "boot": str(m.boot), "pri": m.pri,
          "hist": m.hist, "received": m.received, "verified": m.verified, "sealed": bool(m.sealed),
          "span": span, "folded": not carried[i], "readings": carried[i]}
         for i, span in spans.items() if (m := rows.get(i)) is not None]}
@@ -163,7 +163,7 @@ def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict
         return {"id": message_id, "verdict": "gone", "says": "not held: the retention deletes a message received "
                 "more than messages_days ago, sealed bytes and all"}
     seq = seq_of(row.seq_key)
-    head = {"id": message_id, "site": row.site, "dev": row.dev, "seq": str(seq), "boot": row.boot,
+    head = {"id": message_id, "site": row.site, "dev": row.dev, "seq": str(seq), "boot": str(row.boot),
             "verified": row.verified}
     stored = [_reading(r._mapping) for r in conn.execute(
         select(readings).where(readings.c.message == message_id).order_by(readings.c.t, readings.c.n))]

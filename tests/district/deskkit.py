@@ -136,14 +136,14 @@ def verifier() -> Verifier:
 
 
 def ingest(engine: Engine, dev: str, seq: int, t: float, values: dict[str, float], *, received: float,
-           sealed: bool = True, spread: float = 0.0) -> None:
-    """One data message of `dev` at s1, sealed with its key, stored as a worker stores it: its entry checked by
-    upstream.pack_entry, then store.add_messages, verified. Unsealed (a site that forwarded only the
+           sealed: bool = True, spread: float = 0.0, boot: int = 1) -> None:
+    """One data message of `dev` at s1 (at `boot`), sealed with its key, stored as a worker stores it: its entry
+    checked by upstream.pack_entry, then store.add_messages, verified. Unsealed (a site that forwarded only the
     readings), its records are stored as they are, unverified. Its readings are read at t, t + spread, ..."""
     records = [senml.record(n, v, "%LEL" if n == "ch4" else "ppm", t=i * spread or None)
                for i, (n, v) in enumerate(values.items())]
-    m = message.encode(message.data(dev, 1, seq, senml.pack(records, bn=dev + ":", bt=t)), DEVICE_KEYS[dev])
-    checked = store.DeviceMessage(*upstream.pack_entry({"dev": dev, "seq": seq, "boot": 1, "m": m}, "test",
+    m = message.encode(message.data(dev, boot, seq, senml.pack(records, bn=dev + ":", bt=t)), DEVICE_KEYS[dev])
+    checked = store.DeviceMessage(*upstream.pack_entry({"dev": dev, "seq": seq, "boot": boot, "m": m}, "test",
                                                        verifier()))
     with engine.begin() as conn:
         store.add_messages(conn, "s1", [checked if sealed else checked._replace(sealed=None)], received=received,

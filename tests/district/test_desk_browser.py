@@ -718,9 +718,12 @@ def test_the_devices_of_a_site_gone_offline_read_unknown(engine: Engine, now: fl
 
 def test_an_alarms_device_messages_are_checked_again_by_a_viewer(engine: Engine, now: float, browser: Browser) -> None:
     """The messages behind the alarm, from the one that raised it, each verified at ingest; checked again, the
-    genuine one matches and the one whose reading was changed in the database says so, with both values."""
+    genuine one matches and the one whose reading was changed in the database says so, with both values. Their
+    boot, past 2^53, reads as the device sent it (a JSON number, it read …992)."""
+    boot = 2**53 + 1
     for seq in (1, 2, 3):
-        ingest(engine, "gas1", seq, now - 90 + seq * 20, {"ch4": 20.0 * seq}, received=now - 89 + seq * 20)
+        ingest(engine, "gas1", seq, now - 90 + seq * 20, {"ch4": 20.0 * seq}, received=now - 89 + seq * 20,
+               boot=boot)
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 49, t_dev=now - 90 + 2 * 20),
                           received=now - 48)
@@ -734,6 +737,7 @@ def test_an_alarms_device_messages_are_checked_again_by_a_viewer(engine: Engine,
         expect(page.locator("#messages-head")).to_contain_text("2 device messages of gas1 with ch4")
         # the pill's whole text: "verified" is also in "not verified"
         expect(rows.locator("td:nth-child(6) .pill")).to_have_text(["verified", "verified"])
+        expect(rows.locator(":scope > td:nth-child(2)")).to_have_text([str(boot)] * 2)
         rows.nth(0).locator(".check-again").click()
         expect(rows.nth(0).locator(".verdict")).to_have_text("match")
         rows.nth(1).locator(".check-again").click()
