@@ -115,11 +115,15 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
                         (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
         if _add_index(engine, table, name):
             log.info("%s: added the index %s", table.name, name)
-    # After readings_message, which the fill seeks by. A message whose readings were folded before keeps none.
+    # A message's span from the readings it still has, in one pass over them joined to their messages: the others
+    # (folded, kept messages_days against raw_days of readings: some 13 times as many) are not rewritten, and no
+    # message waits on a lookup of its own, which PostgreSQL, without statistics yet, did by reading every reading.
+    spans = (select(readings.c.message, func.min(readings.c.t).label("t_first"),
+                    func.max(readings.c.t).label("t_last"))
+             .group_by(readings.c.message).subquery())
     _add_column(engine, messages, "t_last FLOAT")
-    if _add_column(engine, messages, "t_first FLOAT", update(messages).values(
-            t_first=select(func.min(readings.c.t)).where(readings.c.message == messages.c.id).scalar_subquery(),
-            t_last=select(func.max(readings.c.t)).where(readings.c.message == messages.c.id).scalar_subquery())):
+    if _add_column(engine, messages, "t_first FLOAT", update(messages).where(messages.c.id == spans.c.message)
+                   .values(t_first=spans.c.t_first, t_last=spans.c.t_last)):
         log.info("messages: added the span of each message's readings")
     if _add_index(engine, messages, "messages_span"):
         log.info("messages: added the index messages_span")
