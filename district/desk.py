@@ -303,10 +303,11 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
     async def ack(request: Request) -> Any:
         s = await who(request)
         allowed(s, "ack")
-        data = await body(request, (), ("level",))  # the level the page showed (none from an older page)
+        data = await body(request, (), ("level", "step"))  # the level and step the page showed (none: older page)
         alarm_id = request.path_params["id"]
         def acknowledge(conn: Connection) -> tuple[str, int | None, int | None]:
-            site = workorders.ack_alarm(conn, alarm_id, s, seen_level=data.get("level"), now=clock())
+            site = workorders.ack_alarm(conn, alarm_id, s, seen_level=data.get("level"), seen_step=data.get("step"),
+                                        now=clock())
             return (site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar(),
                     conn.execute(select(alarms.c.step).where(alarms.c.id == alarm_id)).scalar())
         site, oid, step = await db(acknowledge, write=True)

@@ -75,7 +75,7 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
         out.append({
             "id": r.id, "site": r.site, "dev": r.dev, "cls": r.cls, "kind": r.kind, "metric": r.metric,
             "level": r.level, "peak": r.peak, "value": r.value, "unit": r.unit, "point": r.point,
-            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received,
+            "pos": list(pos) if pos else None, "raised": r.raised, "received": r.received, "step": r.step,
             "acked": r.acked_last,  # the ack that covers it as it is: none after an escalation it never saw
             "state": "historical" if r.hist else r.state, "t_last": r.t_last,
             "site_online": r.site_online is not False,  # its gateway's last word a death: nothing more comes

@@ -170,6 +170,9 @@ alarms = Table(
     Column("revived", Float),
     Column("t_last", Float, nullable=False),  # gateway time of the transition the state comes from
     Column("step", Integer),  # and its number in the alarm's life; null from a gateway before the numbers
+    # The step of its raise or latest escalation, as the gateway keeps it: an ack of a step the page showed before
+    # it is refused, also once the alarm has come down again (district/workorders.py ack_alarm). Null: unknown
+    Column("rose_step", Integer),
     Index("alarms_open", "state", "level"),
     # a day's alarms, whose response times the metrics count again when one changes (district/metrics.py;
     # district/store.open_engine adds it to an older database)

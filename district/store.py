@@ -107,6 +107,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("alarms: added the step each acknowledgement was given at")
     if _add_column(engine, alarms, "acked_last FLOAT", update(alarms).values(acked_last=alarms.c.acked)):
         log.info("alarms: added the time of the acknowledgement that covers each alarm")
+    if _add_column(engine, alarms, "rose_step INTEGER"):  # unknown for an alarm before: the desk checks its level
+        log.info("alarms: added the step of each alarm's latest rise")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
     if _add_column(engine, devices, "pruned_boot BIGINT"):
@@ -336,8 +338,12 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     if _rank(level) > 0:
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
+    step = body.get("step")
+    if ev in ("raised", "escalated") and step is not None:
+        conn.execute(update(alarms).where(alarms.c.id == body["id"],
+                                          alarms.c.rose_step.is_(None) | (alarms.c.rose_step < step))
+                     .values(rose_step=step))
     if ev == "escalated":  # a higher level the officer has not seen wants a fresh ack, as at the gateway
-        step = body.get("step")
         conn.execute(update(alarms).where(
             alarms.c.id == body["id"], alarms.c.acked_last.is_not(None),
             true() if step is None else alarms.c.acked_step.is_(None) | (alarms.c.acked_step < step))

@@ -68,7 +68,7 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
     conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
 
 
-def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None,
+def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None, seen_step: Any = None,
               now: float | None = None) -> str:
     """Acknowledge an alarm as it stands, at its current step (and move its order, if any, to acknowledged);
     returns the alarm's site, to which the desk sends the ack down so the gateway stops re-sending. An alarm
@@ -78,12 +78,16 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
     may be the only one: an alarm acknowledged at yellow opens its order when it goes red.
     `seen_level`: the level the officer's page showed. An alarm escalated past it since is refused 409 (the click
     acknowledged a red the officer never saw); a fall since is acknowledged. None (an older page): as it stands.
+    `seen_step`, the step it showed: an alarm that rose after it is refused too, also once it has come down to the
+    level shown (the red that came and went before the click was acknowledged, here and at the site, unseen).
     The row is locked before the check, so no escalation commits between the check and the ack."""
     now = time.time() if now is None else now
     _allowed(who, "ack")
     if seen_level is not None and (not isinstance(seen_level, str) or seen_level not in LEVELS):
         raise WorkOrderError(400, f"level: the level the page showed, one of {', '.join(LEVELS)}")
-    row = conn.execute(select(alarms.c.site, alarms.c.level, alarms.c.t_last)
+    if seen_step is not None and (type(seen_step) is not int or not 0 <= seen_step < 2**63):
+        raise WorkOrderError(400, "step: the step the page showed, an unsigned integer")
+    row = conn.execute(select(alarms.c.site, alarms.c.level, alarms.c.t_last, alarms.c.rose_step)
                        .where(alarms.c.id == alarm_id).with_for_update()).first()
     if row is None:
         raise WorkOrderError(404, f"no alarm {alarm_id}")
@@ -93,6 +97,13 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
             ).scalar()
         at = time.strftime("%H:%M:%S", time.gmtime(row.t_last if went is None else went))
         raise WorkOrderError(409, f"it went {row.level} at {at} UTC since you looked; look again and acknowledge")
+    if seen_step is not None and row.rose_step is not None and row.rose_step > seen_step:
+        went = conn.execute(select(alarm_events.c.level, alarm_events.c.t_gw).where(
+            alarm_events.c.alarm == alarm_id, alarm_events.c.ev == "escalated")
+            .order_by(alarm_events.c.t_gw.desc(), alarm_events.c.id.desc()).limit(1)).first()
+        level, at = (row.level, row.t_last) if went is None else (went.level, went.t_gw)
+        raise WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
+                                  "looked; look again and acknowledge")
     site = row.site
     acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked_last.is_(None))
                          .values(acked=func.coalesce(alarms.c.acked, now), acked_last=now, acked_step=alarms.c.step)

@@ -304,10 +304,12 @@ function renderActions(a, order) {
   // cleared) or was acknowledged before it went orange or red and opened the order.
   const toAck = a && !a.acked ? a.id : st === "open" ? order.alarm : null;
   if (toAck && may("ack")) {
-    // the ack names the level shown here: one the alarm has gone past since is refused (409) and redrawn below
+    // the ack names the level and step shown here: an alarm that rose since is refused (409) and redrawn below
     const shown = a && !a.acked ? a.level : order.level;
-    box.push(h("button", { id: "act-ack", class: "primary", on: { click: () => post(`/api/alarms/${toAck}/ack`,
-      shown ? { level: shown } : {}) } }, "Acknowledge"));
+    const seen = shown ? { level: shown } : {};
+    if (a && !a.acked && Number.isInteger(a.step)) seen.step = a.step;
+    box.push(h("button", { id: "act-ack", class: "primary", dataset: { step: seen.step ?? "" },
+      on: { click: () => post(`/api/alarms/${toAck}/ack`, seen) } }, "Acknowledge"));
   }
   if ((st === "acknowledged" || st === "returned") && may("dispatch")) {
     box.push(h("div", { class: "form-row" }, field("team", "team"), h("button", { id: "act-dispatch", class: "primary",

@@ -297,7 +297,8 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
     """The page drew the alarm orange; it went red before the officer's click, which acknowledged the red (and
     sent its step down) though the officer never saw it. The ack names the level the page showed: one the alarm
     has escalated past is refused 409, saying when it went up, and changes nothing; a fall since is acknowledged;
-    a level that is not one is 400; none (an older page) acknowledges the alarm as it stands."""
+    a level that is not one is 400; none (an older page) acknowledges the alarm as it stands. It names the step
+    shown too, so a red that came and went before the click is refused as well."""
     downs = Downlinks(broker)
     gas, yellow = "d" * 32, "e" * 32
     now = time.time()
@@ -333,6 +334,25 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
         downs.got.clear()
         assert ack(yellow, {"level": "orange"}).json()["down"] == "sent"
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(yellow, 1)]
+        # shown orange at step 0, red and orange again since: the red no one saw is refused by the step shown
+        back = "f" * 32
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(back, "raised", "orange", now - 30, step=0), received=now - 29)
+            store.apply_alarm(conn, "s1", alarm_body(back, "escalated", "red", went_red, prev="orange", step=1),
+                              received=now - 9)
+            store.apply_alarm(conn, "s1", alarm_body(back, "de-escalated", "orange", now - 5, prev="red", step=2),
+                              received=now - 4)
+        for bad in (-1, "0", 1.5, True, 2**63):
+            r = ack(back, {"level": "orange", "step": bad})
+            assert r.status_code == 400 and "step" in r.json()["error"], (bad, r.text)
+        r = ack(back, {"level": "orange", "step": 0})
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == f"it went red at {hms} UTC since you looked; look again and acknowledge"
+        with engine.connect() as conn:
+            assert conn.execute(select(alarms.c.acked_last).where(alarms.c.id == back)).scalar() is None
+        downs.got.clear()
+        assert ack(back, {"level": "orange", "step": 2}).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(back, 2)]
         downs.got.clear()
         assert ack(ALARM, {"level": None}).json()["down"] == "sent"  # null as absent: as it stands
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]

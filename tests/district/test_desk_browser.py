@@ -551,7 +551,8 @@ def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, bro
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
-        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2"), received=now - 49)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2", step=0),
+                          received=now - 49)
         workorders.ack_alarm(conn, RED, sup, now=now - 30)
     with desk_page(engine, browser, "operator") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
@@ -567,13 +568,16 @@ def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, bro
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#act-ack")).to_be_visible()
         expect(page.locator("#action-error")).to_have_text("")
-        with engine.begin() as conn:  # it goes red, the notice not here yet: the click acknowledged the red unseen
-            store.apply_alarm(conn, "s1", alarm_body(ORANGE, "escalated", "red", now - 20, dev="gas2", prev="orange"),
-                              received=now - 19)
+        with engine.begin() as conn:  # red and orange again, no notice here yet: the click acked the red unseen
+            store.apply_alarm(conn, "s1", alarm_body(ORANGE, "escalated", "red", now - 20, dev="gas2", prev="orange",
+                                                     step=1), received=now - 19)
+            store.apply_alarm(conn, "s1", alarm_body(ORANGE, "de-escalated", "orange", now - 10, dev="gas2",
+                                                     prev="red", step=2), received=now - 9)
         page.click("#act-ack")
         expect(page.locator("#action-error")).to_contain_text("it went red at ")
-        expect(page.locator(f".alarm[data-id='{ORANGE}']")).to_have_class(re.compile(r"\blv-red\b"))
+        expect(page.locator(f".alarm[data-id='{ORANGE}']")).to_have_class(re.compile(r"\blv-orange\b"))
         expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_have_count(0)
+        expect(page.locator("#act-ack")).to_have_attribute("data-step", "2")  # redrawn as it is now
         page.click("#act-ack")
         expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_be_visible()
 

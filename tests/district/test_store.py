@@ -221,12 +221,13 @@ def test_two_middle_transitions_of_one_gateway_time_follow_their_numbers(engine:
 
 def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_time(engine: Engine,
                                                                                      engine_url: str) -> None:
-    """Made before `alarms.step` (and `revived`, `acked_step`, `acked_last`): the columns are added at start, the
-    rows it held stay without a number, and the next transition of such a row is ordered by gateway time, as
-    before. An ack it held still covers its alarm, at the desk and for a resend."""
+    """Made before `alarms.step` (and `revived`, `acked_step`, `acked_last`, `rose_step`): the columns are added at
+    start, the rows it held stay without a number, and the next transition of such a row is ordered by gateway
+    time, as before. An ack it held still covers its alarm, at the desk and for a resend."""
     old = MetaData()
     Table("alarms", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                           for c in alarms.columns if c.name not in ("step", "revived", "acked_step", "acked_last")))
+                           for c in alarms.columns
+                           if c.name not in ("step", "revived", "acked_step", "acked_last", "rose_step")))
     alarms.drop(engine)
     old.create_all(engine)
     with engine.begin() as conn:
@@ -238,7 +239,7 @@ def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_ti
     try:
         store.open_engine(url).dispose()  # a second start adds nothing
         with reopened.begin() as conn:
-            assert conn.execute(select(alarms.c.step, alarms.c.revived)).one() == (None, None)
+            assert conn.execute(select(alarms.c.step, alarms.c.revived, alarms.c.rose_step)).one() == (None,) * 3
             assert conn.execute(select(alarms.c.acked_last, alarms.c.acked_step)).one() == (15.0, None)
             store.apply_alarm(conn, "s1", transition("de-escalated", "orange", 9.0, step=3), received=20.0)
             assert conn.execute(select(alarms.c.level, alarms.c.step)).one() == ("red", None)  # older by time
