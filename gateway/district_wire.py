@@ -558,11 +558,11 @@ def alarm_acks(payload: bytes) -> list[tuple[str, int | None]]:
     the alarm is at."""
     body = downlink(payload)
     ids = body.get("ids", [body.get("id")] if "id" in body else [])
-    steps = body.get("steps", [body.get("step")] if "id" in body and "ids" not in body else [None] * len(ids))
     if not isinstance(ids, list | tuple) or not ids or not all(isinstance(i, str) for i in ids):
         raise DownlinkError("expected {'id': alarm id} or {'ids': [alarm ids]}")
     if len(ids) > MAX_ACK_IDS:
         raise DownlinkError(f"{len(ids)} alarm ids in one acknowledgement, at most {MAX_ACK_IDS}")
+    steps = body.get("steps", [body.get("step")] if "id" in body and "ids" not in body else [None] * len(ids))
     if (not isinstance(steps, list | tuple) or len(steps) != len(ids)
             or not all(s is None or (type(s) is int and 0 <= s < 2**63) for s in steps)):
         raise DownlinkError("steps: one per alarm id, each a transition number (an unsigned integer) or null")
