@@ -388,17 +388,20 @@ def resent_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, new: b
     (`revive_alarm`, whose UPDATE runs only for a historical alarm: it ran for every resend and rarely matched).
     A gateway re-sends an alarm until it is acknowledged, so a resend (or an escalation) of an alarm the officer
     has acknowledged as it stands (`acked_last`: no escalation since) means the officer's ack did not reach the
-    site: it is sent again, at the alarm's step here. An escalation since the ack is the officer's to
-    acknowledge (apply_alarm made it unacknowledged), never the district's on its own."""
+    site: it is sent again, at the step the officer acknowledged, which the gateway takes unless the alarm rose
+    since (a fall since does not matter). Not at the alarm's step here: workers share a backlog, so a fall and
+    its resend may be stored before the escalation they followed, and an ack of the fall's step covered the
+    escalation at the site. An escalation since the ack is the officer's to acknowledge (apply_alarm made it
+    unacknowledged), never the district's on its own."""
     if new and body["ev"] != "escalated":
         return Resent(False, False, None)
-    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked_last, alarms.c.step)
+    row = conn.execute(select(alarms.c.hist, alarms.c.state, alarms.c.acked_last, alarms.c.acked_step)
                        .where(alarms.c.id == body["id"], alarms.c.site == site)).first()
     if row is None:
         return Resent(False, False, None)
     revived = (not (new or hist) and row.hist and row.state == "open"
                and revive_alarm(conn, site, body, received=received))
-    return Resent(revived, row.acked_last is not None and row.state != "cleared", row.step)
+    return Resent(revived, row.acked_last is not None and row.state != "cleared", row.acked_step)
 
 
 def _open_order(conn: Connection, site: str, body: Mapping[str, Any], received: float, *,

@@ -241,6 +241,32 @@ async def test_an_escalation_after_the_officers_ack_wants_the_officers_ack_again
     assert downs == []
 
 
+async def test_a_resend_is_answered_with_the_officers_ack_not_an_ack_of_what_came_since(engine: Engine) -> None:
+    """Orange acknowledged at step 0, its ack lost; at the site red (step 1), then orange (step 2). After an outage
+    the backlog is shared among the workers, and one commits the orange and its resend before another has the red:
+    the resend was answered at the district's step then, 2, which the gateway takes as past the red's rise, so the
+    red read acknowledged at the site though no officer saw it. The answer is the officer's ack, at its step."""
+    downs: list[tuple[str, list[tuple[str, int | None]], int]] = []
+    w, _ = told_worker(engine, downs)
+
+    async def handled(body: dict[str, Any]) -> None:
+        downs.clear()
+        w.handle([publish(dtopics.ALARM, body)])
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    await handled(alarm(id=A, level="orange", step=0))
+    with engine.begin() as conn:
+        workorders.ack_alarm(conn, A, Session("t", "li.wei", "operator", "c"), now=T0 + 10)
+    down = alarm(id=A, ev="de-escalated", level="orange", prev="red", t_gw=T0 + 90, step=2)
+    await handled(down)
+    await handled({**down, "resend": 1})
+    assert downs == [("district/v1/north/down/alarm-ack", [(A, 0)], 1)]  # the gateway refuses it: red since
+    await handled(alarm(id=A, ev="escalated", level="red", prev="orange", t_gw=T0 + 60, step=1))
+    await handled({**down, "resend": 2})
+    assert downs == []  # the red is the officer's to acknowledge
+
+
 async def test_a_revived_alarm_is_timed_from_when_it_became_live(engine: Engine) -> None:
     """An alarm raised red an hour into a site's outage comes up in the backlog (historical), and its gateway's
     live resend makes it live; the officer acknowledges it 30 s later. alarm -> ack read an hour and a half, the
