@@ -237,6 +237,16 @@ def _finite(value: float, what: str) -> float:
     return number
 
 
+def ack_steps(acks: Iterable[tuple[str, int | None]]) -> dict[str, int | None]:
+    """The step an ack takes for each id: of the same id twice the newer step, None (what covers everything)
+    first among them. The daemon logs these, so its log says what `AlarmEngine.acknowledge` took."""
+    wanted: dict[str, int | None] = {}
+    for alarm_id, step in acks:
+        had = wanted.get(alarm_id, -1)
+        wanted[alarm_id] = None if step is None or had is None else max(had, step)
+    return wanted
+
+
 class AlarmEngine:
     """Judges readings and runs the alarm lifecycle; see docs/rules.md.
 
@@ -427,11 +437,7 @@ class AlarmEngine:
         covers the alarm as it is. Returns each active alarm among them and whether it is acknowledged now. One
         pass over the active alarms for the whole list: a storm's page of acknowledgements against a storm's
         alarms would otherwise cost their product."""
-        wanted: dict[str, int | None] = {}
-        for alarm_id, step in acks:
-            # the same id twice: the newer step (None, what covers everything, first among them)
-            had = wanted.get(alarm_id, -1)
-            wanted[alarm_id] = None if step is None or had is None else max(had, step)
+        wanted = ack_steps(acks)
         known: dict[str, bool] = {}
         for alarm in list(self._alarms.values()):
             if alarm.id in wanted:

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway import district_wire, site_config, systemd
 from gateway.admission import TRUSTED, Checked, Checker, Reading
-from gateway.alarms import AlarmEngine, Transition
+from gateway.alarms import AlarmEngine, Transition, ack_steps
 from gateway.check_stage import CheckStage
 from gateway.clock_step import ClockWatch
 from gateway.command_relay import Commands, Outgoing
@@ -374,7 +374,7 @@ class Gateway:
             event(log, "alarm-ack-rejected", logging.WARNING, error=str(exc))
             return
         known = self.alarms.acknowledge(acks, now)
-        for alarm_id, step in dict(acks).items():
+        for alarm_id, step in ack_steps(acks).items():  # the step the engine took, not the last one listed
             if alarm_id in known and not known[alarm_id]:  # the alarm moved past what the district acknowledged
                 event(log, "alarm-ack", id=alarm_id, known=True, behind=step)
             else:

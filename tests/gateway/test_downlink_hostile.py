@@ -185,3 +185,17 @@ def test_district_rules_that_leave_a_listed_class_without_rules_are_warned_of(
     assert gw.alarms.ruleset.version == 2
     warned = [r for r in caplog.records if r.getMessage() == "devices-without-rules"]
     assert len(warned) == 1 and getattr(warned[0], "fields", {})["classes"] == "gas:1"
+
+
+def test_an_alarm_ack_behind_the_alarm_logs_the_step_the_engine_took(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """An ack naming an id twice is taken at its higher step, but the log said the last one listed: an ack of
+    steps 2 and 1 of a red at step 3 read behind=1, sending whoever traced it to the district's older ack."""
+    for i, value in enumerate([30, 30, 60, 60, 18, 18, 60, 60]):  # orange 0, red 1, yellow 2, red 3
+        rose = gw.alarms.observe("d1", "gas", "ch4", float(value), NOW + i, NOW + i)
+    [(alarm_id, step)] = [(t.alarm_id, t.step) for t in rose]
+    assert step == 3
+    with caplog.at_level(logging.INFO):
+        gw.handle_down([down(district.ALARM_ACK, {"ids": [alarm_id, alarm_id], "steps": [2, 1]})])
+    [logged] = [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "alarm-ack"]
+    assert logged == {"id": alarm_id, "known": True, "behind": 2}
