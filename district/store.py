@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,6 +57,7 @@ from district.schema import (
     work_order_steps,
     work_orders,
 )
+from gateway import logs, systemd
 
 log = logging.getLogger("lifeline.district.store")
 
@@ -66,6 +68,12 @@ SQLITE_BUSY_MS = 10_000
 # ended, no pooled connection free in time
 DB_FAILED = (OperationalError, InterfaceError, PoolTimeout)
 _READ_ONLY = "lifeline_read_only"
+# What a step of an older database's upgrade is allowed (EXTEND_TIMEOUT_USEC past the unit's TimeoutStartSec):
+# a minute, and a second for each UPGRADE_ROWS_PER_S rows it reads: some 25 times what an index of readings
+# took here (docs/district.md, "Running it"). Past that, systemd takes the start as hung.
+UPGRADE_BASE_S = 60
+UPGRADE_ROWS_PER_S = 100_000
+_said: list[str] = []  # the upgrade's steps said since open_engine began (`_upgrading`)
 
 
 def url_of(database: str, base: Path | None = None) -> str:
@@ -90,6 +98,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
+    began = time.monotonic()
+    _said.clear()
     schema.metadata.create_all(engine)
     # A fold before `rollups.numbers` weighed a bucket's mean by the bucket's count, taking every reading for a
     # number, so a bucket with a mean counts all its readings as numbers (exact for a number series, the best
@@ -125,7 +135,7 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
              .group_by(readings.c.message).subquery())
     _add_column(engine, messages, "t_last FLOAT")
     if _add_column(engine, messages, "t_first FLOAT", update(messages).where(messages.c.id == spans.c.message)
-                   .values(t_first=spans.c.t_first, t_last=spans.c.t_last)):
+                   .values(t_first=spans.c.t_first, t_last=spans.c.t_last), reads=(readings,)):
         log.info("messages: added the span of each message's readings")
     if _add_index(engine, messages, "messages_span"):
         log.info("messages: added the index messages_span")
@@ -133,12 +143,16 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
         log.warning("two rollouts run at one site: one running rollout a site is checked, not yet indexed")
+    if _said:
+        logs.event(log, "database-upgraded", steps=len(_said), took_s=round(time.monotonic() - began, 1))
+        systemd.notify("STATUS=")  # the last step's, which `systemctl status` would show on
     return engine
 
 
-def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = None) -> bool:
-    """A database made by an older version gets a column it lacks (`ddl`, its name first), filled by `fill`;
-    True if it was added."""
+def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = None,
+                reads: Sequence[Table] = ()) -> bool:
+    """A database made by an older version gets a column it lacks (`ddl`, its name first), filled by `fill`
+    (which reads `table` and `reads`); True if it was added."""
     name = ddl.split()[0]
 
     def add(conn: Connection) -> None:
@@ -147,22 +161,24 @@ def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = No
             conn.execute(fill)
 
     return _once(engine, table, lambda found: name in {c["name"] for c in found.get_columns(table.name)},
-                 "ACCESS EXCLUSIVE", add)
+                 "ACCESS EXCLUSIVE", add, f"column {table.name}.{name}", () if fill is None else (table, *reads))
 
 
 def _add_index(engine: Engine, table: Table, name: str) -> bool:
     """A database made by an older version gets an index of `table` it lacks (built once, which takes a while
     on a large table); True if it was added."""
     return _once(engine, table, lambda found: name in {i["name"] for i in found.get_indexes(table.name)},
-                 "SHARE ROW EXCLUSIVE", next(i for i in table.indexes if i.name == name).create)
+                 "SHARE ROW EXCLUSIVE", next(i for i in table.indexes if i.name == name).create,
+                 f"index {name} of {table.name}", (table,))
 
 
 def _once(engine: Engine, table: Table, present: Callable[[Inspector], bool], lock: str,
-          make: Callable[[Connection], object]) -> bool:
-    """`make` run unless `present`; the check is repeated under the table's lock (`lock` on PostgreSQL, the
-    write lock on SQLite), so processes starting at once make it once."""
+          make: Callable[[Connection], object], what: str, reads: Sequence[Table]) -> bool:
+    """`make` (the step `what`, reading the rows of `reads`) run unless `present`; the check is repeated under
+    the table's lock (`lock` on PostgreSQL, the write lock on SQLite), so processes starting at once make it once."""
     if present(inspect(engine)):
         return False
+    _upgrading(engine, what, reads)
     with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"LOCK TABLE {table.name} IN {lock} MODE")
@@ -170,6 +186,18 @@ def _once(engine: Engine, table: Table, present: Callable[[Inspector], bool], lo
             return False
         make(conn)
     return True
+
+
+def _upgrading(engine: Engine, what: str, reads: Sequence[Table]) -> None:
+    """Say the step `what` begins, before READY=1 and maybe minutes long: a log line, and to systemd a status
+    and its allowance, sized by the rows it reads, so a long build is not taken for a hung start, nor the
+    reverse (a thread renewing it while the statement runs would renew a lock waited on for good as well)."""
+    with reader(engine) as conn:  # SQLite's plain BEGIN: a count waits on no writer
+        rows = sum(conn.execute(select(func.count()).select_from(t)).scalar_one() for t in reads)
+    allowed = UPGRADE_BASE_S + rows // UPGRADE_ROWS_PER_S
+    _said.append(what)
+    logs.event(log, "database-upgrade", step=what, rows=rows, allowed_s=allowed)
+    systemd.notify(f"STATUS=upgrading the database: {what}, {rows} rows\nEXTEND_TIMEOUT_USEC={allowed * 1_000_000}")
 
 
 def shown(database: str) -> str:

@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from district import store
+from district.schema import messages, readings
 from lifeline.virtual.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +159,27 @@ def test_a_sighup_during_start_up_is_held_and_done_once_it_serves(service: Servi
         assert service.told().startswith("RELOADING=1") and service.told() == "READY=1"
         assert service.stop() == 0, f"try {i}: {service.tail()}"
         assert service.reloaded() == 2 * (i + 1), f"try {i}: {service.tail()}"
+
+
+@pytest.mark.parametrize("service", ["worker", "desk"], indirect=True)
+def test_a_start_that_upgrades_the_database_says_each_step_and_extends_its_timeout(service: Service) -> None:
+    """A database made before the index readings_time gets it before READY=1, a build of minutes on a large
+    one. The units' TimeoutStartSec is finite, so the step is said first: its status and an allowance past
+    the timeout on the notify socket, and a log line naming it; the status is cleared once the upgrade is done."""
+    engine = store.open_engine(str(service.store))
+    with engine.begin() as conn:
+        conn.execute(messages.insert().values(id=1, site="s1", dev="d1", seq_key=1, boot=1, received=1.0))
+        conn.execute(readings.insert(), [{"message": 1, "site": "s1", "dev": "d1", "n": "ch4", "t": float(t)}
+                                         for t in range(500)])
+        conn.execute(text("DROP INDEX readings_time"))
+    engine.dispose()
+    service.start()
+    said = [service.told()]
+    while said[-1] != "READY=1":
+        said.append(service.told())
+    step = "index readings_time of readings"
+    assert said == [f"STATUS=upgrading the database: {step}, 500 rows\nEXTEND_TIMEOUT_USEC=60000000", "STATUS=",
+                    "READY=1"], said
+    assert f'event=database-upgrade step="{step}" rows=500 allowed_s=60' in service.log.read_text(), service.tail()
+    assert "event=database-upgraded steps=1" in service.log.read_text(), service.tail()
+    assert service.stop() == 0, service.tail()
