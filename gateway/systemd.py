@@ -6,8 +6,9 @@ a start took the service down. `hold_reload()`, the first thing `lifeline` does 
 SIGHUP instead; `ready()` installs the reload and then does a noted one, once.
 
 Readiness (sd_notify(3)): the units are Type=notify, so `systemctl start` returns, and systemd lets a reload
-through, once READY=1 says the process serves; a reload is told by RELOADING=1 and READY=1 around it. Without
-$NOTIFY_SOCKET (not run by systemd) nothing is sent. Our own few lines: sdnotify, the pure-Python package, is
+through, once READY=1 says the process serves; a reload is told by RELOADING=1 and READY=1 around it, and a
+long start's steps by STATUS and EXTEND_TIMEOUT_USEC (district/store.py). Without $NOTIFY_SOCKET (not run by
+systemd) nothing is sent. Our own few lines: sdnotify, the pure-Python package, is
 unkept since 2017, and systemd-python needs libsystemd's headers to install.
 """
 
