@@ -69,7 +69,7 @@ SQLITE_BUSY_MS = 10_000
 DB_FAILED = (OperationalError, InterfaceError, PoolTimeout)
 _READ_ONLY = "lifeline_read_only"
 # What a step of an older database's upgrade is allowed (EXTEND_TIMEOUT_USEC past the unit's TimeoutStartSec):
-# a minute, and a second for each UPGRADE_ROWS_PER_S rows it reads: some 25 times what an index of readings
+# a minute, and a second for each UPGRADE_ROWS_PER_S rows it reads: 10 to 30 times what an index of readings
 # took here (docs/district.md, "Running it"). Past that, systemd takes the start as hung.
 UPGRADE_BASE_S = 60
 UPGRADE_ROWS_PER_S = 100_000
