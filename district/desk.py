@@ -309,7 +309,7 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             site = workorders.ack_alarm(conn, alarm_id, s, seen_level=data.get("level"), seen_step=data.get("step"),
                                         now=clock())
             return (site, conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm_id)).scalar(),
-                    conn.execute(select(alarms.c.step).where(alarms.c.id == alarm_id)).scalar())
+                    conn.execute(select(alarms.c.acked_step).where(alarms.c.id == alarm_id)).scalar())
         site, oid, step = await db(acknowledge, write=True)
         tell(notice("alarm", site=site, id=alarm_id))
         if oid is not None:

@@ -70,7 +70,7 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
 
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None, seen_step: Any = None,
               now: float | None = None) -> str:
-    """Acknowledge an alarm as it stands, at its current step (and move its order, if any, to acknowledged);
+    """Acknowledge an alarm as it stands, at its latest rise's step (and move its order, if any, to acknowledged);
     returns the alarm's site, to which the desk sends the ack down so the gateway stops re-sending. An alarm
     acknowledged before and escalated since (`acked_last` null) is acknowledged again; `acked` keeps the first.
     Acknowledging twice changes nothing: only the UPDATEs that found the alarm unacknowledged or its order open
@@ -87,8 +87,8 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
         raise WorkOrderError(400, f"level: the level the page showed, one of {', '.join(LEVELS)}")
     if seen_step is not None and (type(seen_step) is not int or not 0 <= seen_step < 2**63):
         raise WorkOrderError(400, "step: the step the page showed, an unsigned integer")
-    row = conn.execute(select(alarms.c.site, alarms.c.level, alarms.c.t_last, alarms.c.rose_step)
-                       .where(alarms.c.id == alarm_id).with_for_update()).first()
+    row = conn.execute(select(alarms.c.site, alarms.c.level, alarms.c.t_last, alarms.c.step, alarms.c.rose_step,
+                              alarms.c.raised).where(alarms.c.id == alarm_id).with_for_update()).first()
     if row is None:
         raise WorkOrderError(404, f"no alarm {alarm_id}")
     if seen_level is not None and row.level in LEVELS and LEVELS.index(row.level) > LEVELS.index(seen_level):
@@ -104,9 +104,15 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
         level, at = (row.level, row.t_last) if went is None else (went.level, went.t_gw)
         raise WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
                                   "looked; look again and acknowledge")
+    if row.step is not None and row.rose_step is None and row.raised is None:
+        raise WorkOrderError(409, "its raise has not reached the district yet; look again in a moment")
     site = row.site
+    # At the latest rise the district holds, not at its step: workers share a backlog, and a rise stored after a
+    # later fall was covered at the site by an ack of the fall's step, unseen. Without rose_step: the step (a
+    # database from before the column), or none (a gateway without numbers).
+    step = row.step if row.rose_step is None else row.rose_step
     acked = conn.execute(update(alarms).where(alarms.c.id == alarm_id, alarms.c.acked_last.is_(None))
-                         .values(acked=func.coalesce(alarms.c.acked, now), acked_last=now, acked_step=alarms.c.step)
+                         .values(acked=func.coalesce(alarms.c.acked, now), acked_last=now, acked_step=step)
                          .returning(alarms.c.id)).first() is not None
     order = conn.execute(update(work_orders).where(work_orders.c.alarm == alarm_id, work_orders.c.state == "open")
                          .values(state="acknowledged", updated=now).returning(work_orders.c.id)).first()

@@ -327,13 +327,13 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
         assert ack(gas, {"level": "red"}).json()["down"] == "sent"
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 1)]
 
-        with engine.begin() as conn:  # shown orange, fallen to yellow since: acknowledged, at its step now
+        with engine.begin() as conn:  # shown orange, fallen to yellow since: acknowledged, at its raise's step
             store.apply_alarm(conn, "s1", alarm_body(yellow, "raised", "orange", now - 30, step=0), received=now - 29)
             store.apply_alarm(conn, "s1", alarm_body(yellow, "de-escalated", "yellow", now - 5, prev="orange",
                                                      step=1), received=now - 4)
         downs.got.clear()
         assert ack(yellow, {"level": "orange"}).json()["down"] == "sent"
-        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(yellow, 1)]
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(yellow, 0)]
         # shown orange at step 0, red and orange again since: the red no one saw is refused by the step shown
         back = "f" * 32
         with engine.begin() as conn:
@@ -352,12 +352,63 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
             assert conn.execute(select(alarms.c.acked_last).where(alarms.c.id == back)).scalar() is None
         downs.got.clear()
         assert ack(back, {"level": "orange", "step": 2}).json()["down"] == "sent"
-        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(back, 2)]
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(back, 1)]  # the red's rise
         downs.got.clear()
         assert ack(ALARM, {"level": None}).json()["down"] == "sent"  # null as absent: as it stands
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]
         board = {a["id"]: a["acked"] for a in op.get("/api/alarms").json()}
         assert None not in (board[gas], board[yellow], board[ALARM])
+    finally:
+        downs.close()
+
+
+def test_an_ack_covers_no_rise_the_district_has_not_stored_yet(desk: str, engine: Engine, broker: Mosquitto) -> None:
+    """Workers share a site's backlog, so a fall (step 3, orange) can be stored before the red (step 2) it
+    followed. The ack went down at step 3, which the gateway took as past the red's rise: the site read red
+    acknowledged though no officer had seen it, and the red, stored after, left the desk acknowledged too. The
+    ack is at the latest rise the district holds; the red arriving after it wants a fresh ack. An alarm whose
+    raise has not arrived (no rise held) is refused until it has."""
+    downs = Downlinks(broker)
+    gas, fell = "d" * 32, "e" * 32
+    now = time.time()
+    try:
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(gas, "raised", "yellow", now - 40, step=0), received=now - 5)
+            store.apply_alarm(conn, "s1", alarm_body(gas, "escalated", "orange", now - 30, prev="yellow", step=1),
+                              received=now - 5)
+            store.apply_alarm(conn, "s1", alarm_body(gas, "de-escalated", "orange", now - 10, prev="red", step=3),
+                              received=now - 5)
+        op, csrf = client(desk, "operator")
+
+        def ack(alarm: str) -> httpx.Response:
+            shown = {a["id"]: a for a in op.get("/api/alarms").json()}[alarm]
+            return op.post(f"/api/alarms/{alarm}/ack", json={"level": shown["level"], "step": shown["step"]},
+                           headers={"X-CSRF-Token": csrf})
+
+        assert ack(gas).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 1)]
+        with engine.begin() as conn:  # the red it fell from, stored by another worker after the click
+            store.apply_alarm(conn, "s1", alarm_body(gas, "escalated", "red", now - 20, prev="orange", step=2),
+                              received=now - 5)
+        board = {a["id"]: a for a in op.get("/api/alarms").json()}[gas]
+        assert (board["level"], board["step"], board["acked"]) == ("orange", 3, None)
+        downs.got.clear()
+        assert ack(gas).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(gas, 2)]
+
+        with engine.begin() as conn:  # its fall stored, its raise (red) not yet
+            store.apply_alarm(conn, "s1", alarm_body(fell, "de-escalated", "yellow", now - 10, prev="red", step=1),
+                              received=now - 5)
+        r = ack(fell)
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "its raise has not reached the district yet; look again in a moment"
+        with engine.connect() as conn:
+            assert conn.execute(select(alarms.c.acked_last).where(alarms.c.id == fell)).scalar() is None
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(fell, "raised", "red", now - 20, step=0), received=now - 4)
+        downs.got.clear()
+        assert ack(fell).json()["down"] == "sent"
+        assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(fell, 0)]
     finally:
         downs.close()
 
