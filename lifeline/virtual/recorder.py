@@ -29,6 +29,7 @@ from protocol import senml_resolve
 from protocol.district_verify import Verifier, VerifyError
 
 POLL_S = 0.05  # how often `wait` and `until` look again
+ACK_AFTER_S = 2.0  # with ack_alarms, how long after an alarm arrives its ack goes: an officer reads it first
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,10 @@ class Recorder:
     with its receipt time, and publishes on the site's downlink (`send`).
 
     Its network loop is paho's own thread, so threads wait on it with `wait` and asyncio tests with `until`,
-    neither blocking it. `ack_alarms` acknowledges every raised or escalated alarm, and every resend, at its
-    step, as the district desk and its workers do (the gateway then stops re-sending it). A `session` name
+    neither blocking it. `ack_alarms` stands in for the duty officer where no district runs (the HIL bench, the
+    demo's live view): every raised or escalated alarm, and every resend, is acknowledged ACK_AFTER_S after it
+    arrived, at the step it arrived with, as an officer's click at the desk is. An escalation meanwhile is not
+    covered by that ack (the gateway re-sends it) but by its own, ACK_AFTER_S after it arrived. A `session` name
     makes the subscription persistent, so nothing is lost while the district broker restarts: the recorder
     reconnects by itself.
 
@@ -148,6 +151,7 @@ class Recorder:
         self.subscribed = threading.Event()
         self._on_entry = on_entry
         self._ack_alarms = ack_alarms
+        self._timers: list[threading.Timer] = []  # acks to come (ACK_AFTER_S)
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=session or f"district-{time.time_ns()}",
                                    clean_session=session is None)
         if auth is not None:
@@ -186,10 +190,18 @@ class Recorder:
         if (self._ack_alarms and kind == dtopics.ALARM and isinstance(body, dict)
                 and (body.get("ev") in ("raised", "escalated") or body.get("resend"))):
             ack = {"id": body.get("id"), "step": body.get("step")}  # what it saw: not an escalation since
-            client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps(ack), qos=1)
-            self.acks += 1
+            timer = threading.Timer(ACK_AFTER_S, self._ack, (ack,))
+            timer.daemon = True
+            with self.lock:
+                self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+            timer.start()
         if self._on_entry is not None:
             self._on_entry(entry)
+
+    def _ack(self, ack: dict[str, Any]) -> None:
+        self._client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps(ack), qos=1)
+        with self.lock:
+            self.acks += 1
 
     def _entry(self, entry: Any) -> dict[str, Any] | None:
         """A pack entry as it read before the device's message went inside: None when it fails verification."""
@@ -242,6 +254,9 @@ class Recorder:
         return True
 
     def close(self) -> None:
+        with self.lock:
+            for timer in self._timers:
+                timer.cancel()
         self._client.loop_stop()
         self._client.disconnect()
 
