@@ -264,6 +264,16 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     for colour in {o["peak"] for o in orders}:
         for measure in ("alarm_ack", "ack_dispatch", "dispatch_closed"):
             assert times["colour"][colour][measure]["count"] >= 1, (colour, measure, times)
+    # The supervisor acknowledged alarms as today's page does, at the level and step it read, and an escalation
+    # after its ack afresh, at the escalation's step; the desk sent that down and the site's gateway took it
+    # (before, it acked open orders only, as stood, and the recorder acked every escalation at once at the site).
+    record = DistrictLog.load(out / "district.jsonl")
+    escalated = {(e.body["id"], e.body["step"]) for e in record.alarms() if e.body["ev"] == "escalated"}
+    again = [a for a in desk.get("acks", ()) if a["again"] and (a["alarm"], a["step"]) in escalated]
+    assert again, desk.get("acks")
+    gateway_log = (out / "run" / "logs" / "gateway.log").read_text()
+    assert any(re.search(f"event=alarm-ack id={a['alarm']} known=true$", gateway_log, re.M) for a in again)
+    assert "again after an escalation" in (out / "summary.md").read_text()
     assert "## District desk" in (out / "summary.md").read_text()
     with Image.open(out / "desk.png") as img:
         assert img.format == "PNG" and img.width >= 1000

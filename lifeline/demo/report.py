@@ -269,6 +269,13 @@ def _district_lines(desk: Mapping[str, Any]) -> list[str]:
             for measure, q in measures.items():
                 lines.append(f"| {by} | {name} | {measure} | {_s(q['p50'])} | {_s(q['p90'])} | {_s(q['max'])} | "
                              f"{q['count']} |")
+    acks = desk.get("acks") or []
+    again = [a for a in acks if a["again"]]
+    if acks:
+        lines += ["", f"The supervisor acknowledged {len(acks)} alarms at the level and step the desk showed, "
+                      f"{sum(1 for a in acks if a['refused'])} after a 409 (it rose before the click), and "
+                      f"{len(again)} again after an escalation:"]
+        lines += [f"- {a['subject']} {a['level']} at step {a['step']}" for a in again]
     return lines
 
 

@@ -230,7 +230,9 @@ class Demo:
         self.say(f"brokers up: site on {site.ports['site']}, {nb.id} on {nb_site.ports['site']}, district on "
                  f"{site.ports['district']}")
 
-        self.recorder = site.recorder(ack_alarms=True, on_entry=self._on_entry)
+        # the desk acknowledges alarms (the scripted supervisor, or whoever is at it); under the live view,
+        # where no one may be, the recorder stands in for the officer at the site
+        self.recorder = site.recorder(ack_alarms=self.live, on_entry=self._on_entry)
         self.gateway = virtual_site.GatewayProcess(site, self.logs / "gateway.log")
         # Leaving: the gateway drains and stops first, then the recorder, then the devices (whose wills
         # would otherwise raise stale alarms on the way out), then the brokers.
@@ -368,7 +370,7 @@ class Demo:
         return {"desk": self.desk.base, "user": DESK_USER, "sites": self.desk.get("/api/sites"),
                 "work_orders": self.desk.get("/api/work-orders"),
                 "response_times": self.desk.get("/api/response-times"), "map": self.desk.get("/api/map"),
-                "operator": not self.live}
+                "operator": not self.live, "acks": self.desk.acks}
 
     def play(self) -> demo_report.Summary:
         site, st = self.site, self.status
