@@ -45,7 +45,7 @@ class Operator:
         self.csrf = ""
         self.stepped: dict[int, float] = {}  # order id -> when this operator last moved it
         self.read: dict[str, tuple[float, str, int | None]] = {}  # unacknowledged alarm -> when, level, step read
-        self.acks: list[dict[str, Any]] = []  # each ack it made: alarm, subject, level, step, again, refused
+        self.acks: list[dict[str, Any]] = []  # each ack it made: alarm, subject, level, step, again, refused, t
 
     def login(self) -> None:
         self.csrf = str(self._answer(self.web.post("/api/login", json={"user": self.user,
@@ -118,7 +118,7 @@ class Operator:
         again = any(a["alarm"] == alarm["id"] for a in self.acks)
         subject = f"{alarm['site']}/{alarm['point'] or alarm['dev']} {alarm['metric']}"
         self.acks.append({"alarm": alarm["id"], "subject": subject, "level": level, "step": step, "again": again,
-                          "refused": refused})
+                          "refused": refused, "t": time.time()})
         return (f"desk: {self.user} acknowledged {subject} {level} at step {step}"
                 + (" again, after its escalation" if again else "")
                 + (f" (refused at the step first read: {refused})" if refused else ""))

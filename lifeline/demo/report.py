@@ -295,7 +295,10 @@ def _bands(ruleset: RuleSet, rule_id: str, cls: str, subject: str, metric: str) 
     return [(lv.label, th.levels[lv], th.clear[lv]) for lv in sorted(th.levels)]
 
 
-def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool, out: Path) -> Path:
+def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool, out: Path,
+         acks: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """The timeline; `acks`, the scripted supervisor's (operator.Operator.acks), are marked at the top of
+    their alarm's panel, so an escalation's fresh ack shows beside the one before it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,13 +310,14 @@ def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool,
     incidents = list(site.incidents)
     fig, axes = plt.subplots(len(incidents), 1, figsize=(12, 3.4 * len(incidents)), squeeze=False)
     for ax, inc in zip((a[0] for a in axes), incidents, strict=True):
-        _panel(ax, inc, site, series, alarms, ruleset, t0, quick)
+        _panel(ax, inc, site, series, alarms, ruleset, t0, quick, acks)
     handles = [Line2D([], [], marker="^", ls="", color="k", label="raised / escalated"),
                Line2D([], [], marker="v", ls="", color="k", label="de-escalated"),
                Line2D([], [], marker="o", ls="", mfc="white", color="k", label="cleared"),
-               Line2D([], [], marker="D", ls="", color="k", label="rate rule")]
+               Line2D([], [], marker="D", ls="", color="k", label="rate rule"),
+               Line2D([], [], marker="|", ms=10, mew=2, ls="", color="k", label="desk ack")]
     handles += [Line2D([], [], lw=8, alpha=0.25, color=c, label=f"{lv} band") for lv, c in LEVEL_COLOURS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=8, frameon=False, fontsize=9)
+    fig.legend(handles=handles, loc="lower center", ncol=9, frameon=False, fontsize=9)
     fig.suptitle(f"Site demo {site.id}: readings at the district, threshold bands, alarm transitions "
                  f"(labels: level, device sample → district ms)", fontsize=12)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
@@ -326,7 +330,8 @@ def plot(site: Site, log: DistrictLog, ruleset: RuleSet, t0: float, quick: bool,
 
 
 def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], list[Sample]],
-           alarms: Sequence[Entry], ruleset: RuleSet, t0: float, quick: bool) -> None:
+           alarms: Sequence[Entry], ruleset: RuleSet, t0: float, quick: bool,
+           acks: Sequence[Mapping[str, Any]] = ()) -> None:
     p = inc.panel
     dev = site.devices[p.dev]
     pressure = p.metric == "pressure"
@@ -386,6 +391,14 @@ def _panel(ax: Any, inc: Incident, site: Site, series: Mapping[tuple[str, str], 
                     color=TEXT_COLOURS.get(str(b.get("level") or b.get("prev")), "k"), zorder=6,
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
                     arrowprops=dict(arrowstyle="-", lw=0.5, color=colour) if abs(dy) > 15 else None)
+    ids = {e.body.get("id") for e in mine}
+    for a in acks:
+        if a["alarm"] in ids and lo <= a["t"] - t0 <= hi:
+            colour = LEVEL_COLOURS.get(str(a["level"]), "k")
+            ax.plot([a["t"] - t0], [top], marker="|", ms=12, mew=2, color=colour, ls="", zorder=5, clip_on=False)
+            ax.annotate(f"ack {a['level']}" + (" again" if a["again"] else ""), (a["t"] - t0, top),
+                        xytext=(2, -6), textcoords="offset points", fontsize=7, ha="left", va="top", rotation=90,
+                        color=TEXT_COLOURS.get(str(a["level"]), "k"), zorder=6)  # upright: acks come seconds apart
     if p.rain and (p.rain, "rain_rate") in series:
         twin = ax.twinx()
         rain = [r for r in series[(p.rain, "rain_rate")] if lo <= r.t - t0 <= hi]

@@ -433,7 +433,7 @@ class Demo:
         summary = demo_report.summarise(self.site, log, t0, self.quick, self.nodes, notes, district,
                                         self.recorder.entries())
         ruleset = site_config.load(self.work / "site.toml").ruleset
-        png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out)
+        png = demo_report.plot(self.site, log, ruleset, t0, self.quick, self.out, self.desk.acks)
         desk_png = self.out / "desk.png"
         desk_png.unlink(missing_ok=True)  # not an earlier run's
         try:
