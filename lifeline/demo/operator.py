@@ -68,9 +68,11 @@ class Operator:
         its last step was STEP_GAP_S ago; what was done, as lines."""
         now = time.monotonic() if now is None else now
         done = []
-        for a in self.get("/api/alarms"):
+        board = self.get("/api/alarms")
+        unacked = {a["id"] for a in board if a["acked"] is None}
+        self.read = {k: v for k, v in self.read.items() if k in unacked}  # cleared, or acknowledged by another
+        for a in board:
             if a["acked"] is not None:
-                self.read.pop(a["id"], None)
                 continue
             seen = self.read.setdefault(a["id"], (now, a["level"], a["step"]))
             if now - seen[0] >= STEP_GAP_S:
