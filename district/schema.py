@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 SEQ_SHIFT = 1 << 63
@@ -191,8 +192,13 @@ alarm_events = Table(
     Column("received", Float, nullable=False),
     Column("resend", Integer, nullable=False, default=0),
     Column("hist", Boolean, nullable=False, default=False),
-    UniqueConstraint("alarm", "ev", "t_gw", name="alarm_events_once"),  # resends of one transition, once
+    Column("step", Integer),  # its number in the alarm's life; null from a gateway before the numbers
 )
+# Resends of one transition, once. A gateway stamps a batch's transitions with one t_gw, so two escalations of
+# one alarm in a batch share (alarm, ev, t_gw): their steps tell them apart (district/store.open_engine rebuilds
+# an older database's key, which dropped the second, a red, for a resend of the first)
+ALARM_EVENTS_ONCE = Index("alarm_events_once", alarm_events.c.alarm, alarm_events.c.ev, alarm_events.c.t_gw,
+                          func.coalesce(alarm_events.c.step, -1), unique=True)
 
 work_orders = Table(
     "work_orders", metadata,

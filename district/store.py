@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Inspector,
+    MetaData,
     Table,
     Update,
     case,
@@ -119,6 +120,10 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("alarms: added the time of the acknowledgement that covers each alarm")
     if _add_column(engine, alarms, "rose_step INTEGER"):  # unknown for an alarm before: the desk checks its level
         log.info("alarms: added the step of each alarm's latest rise")
+    if _once(engine, alarm_events, lambda found: "step" in {c["name"] for c in found.get_columns("alarm_events")},
+             "ACCESS EXCLUSIVE", _key_by_step, "column alarm_events.step and its key alarm_events_once",
+             (alarm_events, alarms)):
+        log.info("alarm_events: added the step of each transition to the key that stores it once")
     if _add_column(engine, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
     if _add_column(engine, devices, "pruned_boot BIGINT"):
@@ -162,6 +167,30 @@ def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = No
 
     return _once(engine, table, lambda found: name in {c["name"] for c in found.get_columns(table.name)},
                  "ACCESS EXCLUSIVE", add, f"column {table.name}.{name}", () if fill is None else (table, *reads))
+
+
+def _key_by_step(conn: Connection) -> None:
+    """alarm_events gets `step` and the key by it (schema.ALARM_EVENTS_ONCE) in place of (alarm, ev, t_gw), an
+    inline constraint SQLite cannot drop: there the table is rebuilt, its ids kept. The row of each alarm's
+    latest transition takes the alarm's step, so its gateway's resends of it after the upgrade are known."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE alarm_events ADD COLUMN step INTEGER")
+        conn.exec_driver_sql("ALTER TABLE alarm_events DROP CONSTRAINT alarm_events_once")
+    else:
+        new = alarm_events.to_metadata(MetaData(), name="alarm_events_new")
+        new.indexes.clear()
+        new.create(conn)
+        kept = [c.name for c in alarm_events.columns if c.name != "step"]
+        conn.execute(new.insert().from_select(kept, select(*(alarm_events.c[c] for c in kept))))
+        conn.exec_driver_sql("DROP TABLE alarm_events")
+        conn.exec_driver_sql("ALTER TABLE alarm_events_new RENAME TO alarm_events")
+    ev = alarm_events.c.ev
+    conn.execute(update(alarm_events).where(
+        alarm_events.c.alarm == alarms.c.id, alarm_events.c.t_gw == alarms.c.t_last, alarms.c.step.is_not(None),
+        alarm_events.c.level.is_not_distinct_from(alarms.c.level),
+        ((alarms.c.state == "cleared") & (ev == "cleared")) | ((alarms.c.state == "inhibited") & (ev == "inhibited"))
+        | ((alarms.c.state == "open") & ev.not_in(("cleared", "inhibited")))).values(step=alarms.c.step))
+    schema.ALARM_EVENTS_ONCE.create(conn)
 
 
 def _add_index(engine: Engine, table: Table, name: str) -> bool:
@@ -345,7 +374,7 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     ev, level, t_gw = body["ev"], body.get("level"), float(body["t_gw"])
     new = conn.execute(dialect_insert(conn, alarm_events).values(
         alarm=body["id"], ev=ev, level=level, prev=body.get("prev"), value=body.get("value"), t_gw=t_gw,
-        received=received, resend=body.get("resend", 0), hist=hist).on_conflict_do_nothing()
+        received=received, resend=body.get("resend", 0), hist=hist, step=body.get("step")).on_conflict_do_nothing()
         .returning(alarm_events.c.id)).first() is not None
     if not new:
         return False

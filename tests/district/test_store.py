@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, Table, func, select
+from sqlalchemy import Column, Engine, MetaData, Table, UniqueConstraint, func, select
 
 from district import store
 from district.schema import alarm_events, alarms, devices, messages, readings, sites, work_order_steps, work_orders
@@ -252,3 +252,65 @@ def test_an_older_database_gets_the_transition_numbers_and_orders_its_rows_by_ti
 def test_a_gateway_numbers_each_alarms_transitions() -> None:
     bodies = one_batchs_transitions()
     assert [b["step"] for b in bodies] == [0, 1, 2]
+
+
+def one_batchs_escalations() -> list[dict[str, Any]]:
+    """A gas backlog judged in one gateway batch: raised blue, escalated orange, escalated red, at one t_gw."""
+    gw = AlarmEngine(sqlite3.connect(":memory:"), default_ruleset())
+    out = [t for i, v in enumerate([5.0, 5.0, 12.0, 12.0, 30.0, 30.0, 60.0, 60.0])
+           for t in gw.observe("gas1", "gas", "ch4", v, 1_800_000_000.0 + i, 1_800_000_100.0)]
+    bodies = [dict(t.body()) for t in out]
+    assert [(b["ev"], b["level"], b["step"]) for b in bodies] == [
+        ("raised", "blue", 0), ("escalated", "orange", 1), ("escalated", "red", 2)]
+    assert len({b["t_gw"] for b in bodies}) == 1
+    return bodies
+
+
+def takes_every_escalation_of_one_batch(engine: Engine) -> None:
+    bodies = one_batchs_escalations()
+    with engine.begin() as conn:
+        assert [store.apply_alarm(conn, "s1", b, received=20.0) for b in bodies] == [True] * 3
+        assert [store.apply_alarm(conn, "s1", {**b, "resend": 1}, received=21.0) for b in bodies] == [False] * 3
+        row = conn.execute(select(alarms).where(alarms.c.id == bodies[0]["id"])).one()
+        stored = conn.execute(select(alarm_events.c.ev, alarm_events.c.level).where(
+            alarm_events.c.alarm == bodies[0]["id"]).order_by(alarm_events.c.id)).all()
+    assert (row.level, row.peak, row.rose_step) == ("red", "red", 2)
+    assert [tuple(r) for r in stored] == [("raised", "blue"), ("escalated", "orange"), ("escalated", "red")]
+
+
+def test_each_escalation_of_one_batch_is_stored_once(engine: Engine) -> None:
+    """A gateway stamps a batch's transitions with one t_gw: two escalations of one alarm in it are told apart by
+    their steps. The red was taken for a resend of the orange, and never reached the desk."""
+    takes_every_escalation_of_one_batch(engine)
+
+
+def test_an_older_database_gets_the_transitions_step_and_keeps_its_rows(engine: Engine, engine_url: str) -> None:
+    """Made when a transition was once per (alarm, ev, t_gw): upgraded at start, its rows kept; the row of an
+    alarm's latest transition gets the alarm's step, so its gateway's resends of it are not stored again."""
+    old = MetaData()
+    Table("alarm_events", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                                 for c in alarm_events.columns if c.name != "step"),
+          UniqueConstraint("alarm", "ev", "t_gw", name="alarm_events_once"))
+    alarm_events.drop(engine)
+    old.create_all(engine)
+    raised = transition("raised", "orange", 10.0, step=0)
+    with engine.begin() as conn:
+        conn.execute(alarms.insert().values(
+            id="a" * 32, site="s1", dev="gas1", kind="level", level="orange", peak="orange", peak_rank=3,
+            state="open", hist=False, received=20.0, raised=10.0, t_last=10.0, step=0, rose_step=0))
+        conn.execute(old.tables["alarm_events"].insert(), [
+            {"alarm": "a" * 32, "ev": "raised", "level": "orange", "t_gw": 10.0, "received": 20.0, "resend": 0,
+             "hist": False},
+            {"alarm": "b" * 32, "ev": "raised", "level": "yellow", "t_gw": 5.0, "received": 6.0, "resend": 0,
+             "hist": False}])
+    reopened = store.open_engine(engine_url)
+    try:
+        store.open_engine(engine_url).dispose()  # a second start changes nothing
+        with reopened.begin() as conn:
+            assert [tuple(r) for r in conn.execute(select(
+                alarm_events.c.alarm, alarm_events.c.ev, alarm_events.c.t_gw, alarm_events.c.step)
+                .order_by(alarm_events.c.id))] == [("a" * 32, "raised", 10.0, 0), ("b" * 32, "raised", 5.0, None)]
+            assert not store.apply_alarm(conn, "s1", {**raised, "resend": 1}, received=21.0)
+        takes_every_escalation_of_one_batch(reopened)
+    finally:
+        reopened.dispose()
