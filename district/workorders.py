@@ -100,7 +100,8 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
     if seen_step is not None and row.rose_step is not None and row.rose_step > seen_step:
         went = conn.execute(select(alarm_events.c.level, alarm_events.c.t_gw).where(
             alarm_events.c.alarm == alarm_id, alarm_events.c.ev == "escalated")
-            .order_by(alarm_events.c.t_gw.desc(), alarm_events.c.id.desc()).limit(1)).first()
+            .order_by(alarm_events.c.t_gw.desc(), alarm_events.c.step.desc().nulls_last(), alarm_events.c.id.desc())
+            .limit(1)).first()
         level, at = (row.level, row.t_last) if went is None else (went.level, went.t_gw)
         raise WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
                                   "looked; look again and acknowledge")

@@ -353,6 +353,17 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
         downs.got.clear()
         assert ack(back, {"level": "orange", "step": 2}).json()["down"] == "sent"
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(back, 1)]  # the red's rise
+        # orange and red escalated in one gateway batch (one t_gw), the red stored first: the latest rise is red
+        batch = "9" * 32
+        with engine.begin() as conn:
+            store.apply_alarm(conn, "s1", alarm_body(batch, "raised", "yellow", now - 30, step=0), received=now - 29)
+            store.apply_alarm(conn, "s1", alarm_body(batch, "escalated", "red", went_red, prev="orange", step=2),
+                              received=now - 9)
+            store.apply_alarm(conn, "s1", alarm_body(batch, "escalated", "orange", went_red, prev="yellow", step=1),
+                              received=now - 9)
+        r = ack(batch, {"step": 0})
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == f"it went red at {hms} UTC since you looked; look again and acknowledge"
         downs.got.clear()
         assert ack(ALARM, {"level": None}).json()["down"] == "sent"  # null as absent: as it stands
         assert alarm_acks(downs.wait("district/v1/s1/down/alarm-ack")) == [(ALARM, None)]
