@@ -74,7 +74,6 @@ _READ_ONLY = "lifeline_read_only"
 # took here (docs/district.md, "Running it"). Past that, systemd takes the start as hung.
 UPGRADE_BASE_S = 60
 UPGRADE_ROWS_PER_S = 100_000
-_said: list[str] = []  # the upgrade's steps said since open_engine began (`_upgrading`)
 
 
 def url_of(database: str, base: Path | None = None) -> str:
@@ -100,37 +99,37 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
     began = time.monotonic()
-    _said.clear()
+    said: list[str] = []  # the upgrade's steps said (`_upgrading`)
     schema.metadata.create_all(engine)
     # A fold before `rollups.numbers` weighed a bucket's mean by the bucket's count, taking every reading for a
     # number, so a bucket with a mean counts all its readings as numbers (exact for a number series, the best
     # left to know of a mixed one) and a bucket without one none.
-    if _add_column(engine, rollups, "numbers INTEGER NOT NULL DEFAULT 0",
+    if _add_column(engine, said, rollups, "numbers INTEGER NOT NULL DEFAULT 0",
                    update(rollups).where(rollups.c.mean.is_not(None)).values(numbers=rollups.c.count)):
         log.info("rollups: added the count of numbers of each bucket")
-    if _add_column(engine, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
+    if _add_column(engine, said, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
-    if _add_column(engine, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
+    if _add_column(engine, said, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
         log.info("alarms: added the time a backlog's alarm was made live")
     # An ack given before covers its alarm as it stands (an escalation since was taken as acknowledged then).
-    if _add_column(engine, alarms, "acked_step INTEGER",
+    if _add_column(engine, said, alarms, "acked_step INTEGER",
                    update(alarms).where(alarms.c.acked.is_not(None)).values(acked_step=alarms.c.step)):
         log.info("alarms: added the step each acknowledgement was given at")
-    if _add_column(engine, alarms, "acked_last FLOAT", update(alarms).values(acked_last=alarms.c.acked)):
+    if _add_column(engine, said, alarms, "acked_last FLOAT", update(alarms).values(acked_last=alarms.c.acked)):
         log.info("alarms: added the time of the acknowledgement that covers each alarm")
-    if _add_column(engine, alarms, "rose_step INTEGER"):  # unknown for an alarm before: the desk checks its level
+    if _add_column(engine, said, alarms, "rose_step INTEGER"):  # unknown for an alarm before: the desk checks it
         log.info("alarms: added the step of each alarm's latest rise")
-    if _once(engine, alarm_events, lambda found: "step" in {c["name"] for c in found.get_columns("alarm_events")},
-             "ACCESS EXCLUSIVE", _key_by_step, "column alarm_events.step and its key alarm_events_once",
-             (alarm_events, alarms)):
+    if _once(engine, said, alarm_events,
+             lambda found: "step" in {c["name"] for c in found.get_columns("alarm_events")}, "ACCESS EXCLUSIVE",
+             _key_by_step, "column alarm_events.step and its key alarm_events_once", (alarm_events, alarms)):
         log.info("alarm_events: added the step of each transition to the key that stores it once")
-    if _add_column(engine, devices, "pruned BIGINT"):
+    if _add_column(engine, said, devices, "pruned BIGINT"):
         log.info("devices: added the newest sequence number the retention deleted")
-    if _add_column(engine, devices, "pruned_boot BIGINT"):
+    if _add_column(engine, said, devices, "pruned_boot BIGINT"):
         log.info("devices: added the boot of the newest message the retention deleted")
     for table, name in ((readings, "readings_message"), (readings, "readings_time"),
                         (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
-        if _add_index(engine, table, name):
+        if _add_index(engine, said, table, name):
             log.info("%s: added the index %s", table.name, name)
     # A message's span from the readings it still has, in one pass over them joined to their messages: the others
     # (folded, kept messages_days against raw_days of readings: some 13 times as many) are not rewritten, and no
@@ -138,23 +137,23 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
     spans = (select(readings.c.message, func.min(readings.c.t).label("t_first"),
                     func.max(readings.c.t).label("t_last"))
              .group_by(readings.c.message).subquery())
-    _add_column(engine, messages, "t_last FLOAT")
-    if _add_column(engine, messages, "t_first FLOAT", update(messages).where(messages.c.id == spans.c.message)
+    _add_column(engine, said, messages, "t_last FLOAT")
+    if _add_column(engine, said, messages, "t_first FLOAT", update(messages).where(messages.c.id == spans.c.message)
                    .values(t_first=spans.c.t_first, t_last=spans.c.t_last), reads=(readings,)):
         log.info("messages: added the span of each message's readings")
-    if _add_index(engine, messages, "messages_span"):
+    if _add_index(engine, said, messages, "messages_span"):
         log.info("messages: added the index messages_span")
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
         log.warning("two rollouts run at one site: one running rollout a site is checked, not yet indexed")
-    if _said:
-        logs.event(log, "database-upgraded", steps=len(_said), took_s=round(time.monotonic() - began, 1))
+    if said:
+        logs.event(log, "database-upgraded", steps=len(said), took_s=round(time.monotonic() - began, 1))
         systemd.notify("STATUS=")  # the last step's, which `systemctl status` would show on
     return engine
 
 
-def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = None,
+def _add_column(engine: Engine, said: list[str], table: Table, ddl: str, fill: Update | None = None,
                 reads: Sequence[Table] = ()) -> bool:
     """A database made by an older version gets a column it lacks (`ddl`, its name first), filled by `fill`
     (which reads `table` and `reads`); True if it was added."""
@@ -165,7 +164,7 @@ def _add_column(engine: Engine, table: Table, ddl: str, fill: Update | None = No
         if fill is not None:
             conn.execute(fill)
 
-    return _once(engine, table, lambda found: name in {c["name"] for c in found.get_columns(table.name)},
+    return _once(engine, said, table, lambda found: name in {c["name"] for c in found.get_columns(table.name)},
                  "ACCESS EXCLUSIVE", add, f"column {table.name}.{name}", () if fill is None else (table, *reads))
 
 
@@ -193,21 +192,23 @@ def _key_by_step(conn: Connection) -> None:
     schema.ALARM_EVENTS_ONCE.create(conn)
 
 
-def _add_index(engine: Engine, table: Table, name: str) -> bool:
+def _add_index(engine: Engine, said: list[str], table: Table, name: str) -> bool:
     """A database made by an older version gets an index of `table` it lacks (built once, which takes a while
     on a large table); True if it was added."""
-    return _once(engine, table, lambda found: name in {i["name"] for i in found.get_indexes(table.name)},
+    return _once(engine, said, table, lambda found: name in {i["name"] for i in found.get_indexes(table.name)},
                  "SHARE ROW EXCLUSIVE", next(i for i in table.indexes if i.name == name).create,
                  f"index {name} of {table.name}", (table,))
 
 
-def _once(engine: Engine, table: Table, present: Callable[[Inspector], bool], lock: str,
+def _once(engine: Engine, said: list[str], table: Table, present: Callable[[Inspector], bool], lock: str,
           make: Callable[[Connection], object], what: str, reads: Sequence[Table]) -> bool:
-    """`make` (the step `what`, reading the rows of `reads`) run unless `present`; the check is repeated under
-    the table's lock (`lock` on PostgreSQL, the write lock on SQLite), so processes starting at once make it once."""
+    """`make` (the step `what`, reading the rows of `reads`, told and added to `said`) run unless `present`; the
+    check is repeated under the table's lock (`lock` on PostgreSQL, the write lock on SQLite), so processes
+    starting at once make it once."""
     if present(inspect(engine)):
         return False
     _upgrading(engine, what, reads)
+    said.append(what)
     with engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE: the write lock
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"LOCK TABLE {table.name} IN {lock} MODE")
@@ -224,7 +225,6 @@ def _upgrading(engine: Engine, what: str, reads: Sequence[Table]) -> None:
     with reader(engine) as conn:  # SQLite's plain BEGIN: a count waits on no writer
         rows = sum(conn.execute(select(func.count()).select_from(t)).scalar_one() for t in reads)
     allowed = UPGRADE_BASE_S + rows // UPGRADE_ROWS_PER_S
-    _said.append(what)
     logs.event(log, "database-upgrade", step=what, rows=rows, allowed_s=allowed)
     systemd.notify(f"STATUS=upgrading the database: {what}, {rows} rows\nEXTEND_TIMEOUT_USEC={allowed * 1_000_000}")
 
