@@ -68,6 +68,12 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
     conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
 
 
+def _rose_since(level: str, at: float) -> WorkOrderError:
+    """The refusal of an ack whose alarm rose (to `level`, at gateway time `at`) since the page showed it."""
+    return WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
+                               "looked; look again and acknowledge")
+
+
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None, seen_step: Any = None,
               now: float | None = None) -> str:
     """Acknowledge an alarm as it stands, at its latest rise's step (and move its order, if any, to acknowledged);
@@ -95,16 +101,13 @@ def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any 
         went = conn.execute(select(func.max(alarm_events.c.t_gw)).where(
             alarm_events.c.alarm == alarm_id, alarm_events.c.ev == "escalated", alarm_events.c.level == row.level)
             ).scalar()
-        at = time.strftime("%H:%M:%S", time.gmtime(row.t_last if went is None else went))
-        raise WorkOrderError(409, f"it went {row.level} at {at} UTC since you looked; look again and acknowledge")
+        raise _rose_since(row.level, row.t_last if went is None else went)
     if seen_step is not None and row.rose_step is not None and row.rose_step > seen_step:
         went = conn.execute(select(alarm_events.c.level, alarm_events.c.t_gw).where(
             alarm_events.c.alarm == alarm_id, alarm_events.c.ev == "escalated")
             .order_by(alarm_events.c.t_gw.desc(), alarm_events.c.step.desc().nulls_last(), alarm_events.c.id.desc())
             .limit(1)).first()
-        level, at = (row.level, row.t_last) if went is None else (went.level, went.t_gw)
-        raise WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
-                                  "looked; look again and acknowledge")
+        raise _rose_since(row.level, row.t_last) if went is None else _rose_since(went.level, went.t_gw)
     if row.step is not None and row.rose_step is None and row.raised is None:
         raise WorkOrderError(409, "its raise has not reached the district yet; look again in a moment")
     site = row.site
