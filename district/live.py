@@ -65,7 +65,7 @@ class Hub:
         self._clients: set[asyncio.Queue[dict[str, Any]]] = set()
         self.received = 0
         self.refused = 0
-        self.deaf = False  # following a broker that is away: the workers' notices do not reach this desk
+        self.deaf = False  # its broker away or not reached yet: the workers' notices do not reach this desk
 
     @property
     def clients(self) -> int:
@@ -103,6 +103,7 @@ class Hub:
         backoff = 0.1
         failing: float | None = None  # when the last failure was logged, while tries keep failing
         failed = 0
+        self.deaf = True  # until subscribed: a page connecting now must not read "live", and gets the reload
         while True:
             try:
                 async with mqtt_client(broker, "live") as client:

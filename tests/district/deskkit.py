@@ -37,16 +37,18 @@ def broker_config(broker: Mosquitto) -> BrokerConfig:
 @contextmanager
 def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
     """The desk app under uvicorn in a thread, following the broker's change feed, with s1's device keys to check
-    stored messages again; yields its base URL."""
-    app = make_app(engine, hub=Hub(), broker=broker_config(broker), risk_points=RISK_POINTS, verifier=verifier())
+    stored messages again; yields its base URL once the desk follows the feed (a page that connected sooner was
+    redrawn by the reload at the subscription, at a moment no test chose)."""
+    hub = Hub()
+    app = make_app(engine, hub=hub, broker=broker_config(broker), risk_points=RISK_POINTS, verifier=verifier())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the desk did not start"
+    while not server.started or hub.deaf:
+        assert time.monotonic() < deadline and thread.is_alive(), "the desk did not start and follow its broker"
         time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"

@@ -134,3 +134,21 @@ async def test_a_broker_away_is_logged_once_not_at_each_retry(caplog: pytest.Log
             if r.getMessage().startswith("change feed")]
     assert [m for m, _ in said] == ["change feed disconnected", "change feed reconnected"], said
     assert said[1][1] >= 4, said
+
+
+async def test_a_desk_not_yet_following_its_broker_does_not_tell_its_pages_they_are_live() -> None:
+    """A desk starts following the district broker as it starts serving pages. A page that connected before the
+    subscription was made was told "live" though the workers' notices did not reach it yet; the reload at the
+    subscription then redrew it at an arbitrary moment (the officer's panel changed under a click). Until it
+    follows the broker the hub is deaf, and its pages are told so."""
+    hub = Hub()
+    with Mosquitto() as broker:
+        cfg = BrokerConfig("127.0.0.1", broker.port, "test", None, None, None, 30)
+        async with hub.listen() as q:
+            follower = asyncio.create_task(hub.follow(cfg))
+            await asyncio.sleep(0)  # the follower has started and not yet subscribed
+            assert hub.deaf
+            assert (await asyncio.wait_for(q.get(), 10)) == {"kind": "reload"}
+            assert not hub.deaf and q.empty()
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
