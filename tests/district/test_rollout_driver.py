@@ -174,6 +174,9 @@ def test_failed_canaries_halt_the_rollout_before_the_rest_is_sent(engine: Engine
         assert {d: got[d][0] for d in got} == {"gas1": "failed", "gas2": "failed", "gas3": "waiting",
                                                "gas4": "waiting"}
         assert got["gas1"][1] == "rolled back: 2 boots without a confirmed connection"
+        deadline = time.monotonic() + 10  # the canaries' commands reach the subscriber, then a moment for more
+        while len(sent_to(down)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(0.3)
         assert sorted(d for d, _ in sent_to(down)) == ["gas1", "gas2"]  # the rest never heard of it
     finally:
