@@ -288,11 +288,15 @@ def history(conn: Connection, rules: RuleSet, site: str, dev: str, metric: str, 
     if cls is None:
         cls = conn.execute(select(alarms.c.cls).where(alarms.c.site == site, alarms.c.dev == dev,
                                                       alarms.c.metric == metric).limit(1)).scalar()
+    # A gateway stamps a batch's transitions with one t_gw, and workers store them in any order: within a time,
+    # each alarm's (the one raised first first) in their step's order (none from a gateway without numbers)
     events = [{"alarm": r.alarm, "ev": r.ev, "level": r.level, "prev": r.prev, "value": r.value, "t": r.t_gw,
                "hist": r.hist}
               for r in conn.execute(select(alarm_events).join(alarms, alarms.c.id == alarm_events.c.alarm).where(
                   alarms.c.site == site, alarms.c.dev == dev, alarms.c.metric == metric,
-                  alarm_events.c.t_gw >= t_from, alarm_events.c.t_gw <= t_to).order_by(alarm_events.c.t_gw))]
+                  alarm_events.c.t_gw >= t_from, alarm_events.c.t_gw <= t_to).order_by(
+                  alarm_events.c.t_gw, alarms.c.raised.nulls_last(), alarm_events.c.alarm,
+                  alarm_events.c.step.nulls_first(), alarm_events.c.id))]
     return {"site": site, "dev": dev, "metric": metric, "cls": cls, "from": t_from, "to": t_to,
             "unit": raw[-1].u if raw else None, "boolean": bool(raw) and raw[-1].vb is not None,
             "readings": points, "rollups": rolled,

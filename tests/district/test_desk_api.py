@@ -476,6 +476,29 @@ def test_history_gives_readings_thresholds_and_transitions(desk: str, engine: En
     assert abs(times["site"]["s1"]["sample_desk"]["p50"] - 0.4) < 0.01
 
 
+def test_the_transitions_of_one_gateway_time_are_in_the_order_they_happened(desk: str, engine: Engine) -> None:
+    """A gateway stamps a batch's transitions with the batch's time, and workers sharing a backlog store them in
+    any order: the history listed them by gateway time alone, so an escalation to red and its fall to orange
+    came in the order stored, and the chart drew the red over the fall it came down from. Within one time they
+    come by their alarm (the one raised first) and then by their step; an alarm cleared and the next one raised
+    in the same batch are told apart so."""
+    now = time.time()
+    first, second, batch = "a" * 32, "b" * 32, now - 20
+    stored = [(first, "raised", "yellow", now - 60, 0), (first, "de-escalated", "orange", batch, 3),
+              (second, "raised", "orange", batch, 0), (first, "escalated", "red", batch, 2),
+              (first, "cleared", None, batch, 4), (first, "escalated", "orange", batch, 1)]
+    with engine.begin() as conn:
+        for alarm_id, ev, level, t_gw, step in stored:
+            store.apply_alarm(conn, "s1", alarm_body(alarm_id, ev, level, t_gw, dev="gas2", step=step),
+                              received=now - 10)
+    c, _ = client(desk, "viewer")
+    h = c.get("/api/history", params={"site": "s1", "dev": "gas2", "metric": "ch4", "from": now - 3600,
+                                      "to": now}).json()
+    assert [(e["alarm"][0], e["ev"], e["level"]) for e in h["transitions"]] == [
+        ("a", "raised", "yellow"), ("a", "escalated", "orange"), ("a", "escalated", "red"),
+        ("a", "de-escalated", "orange"), ("a", "cleared", None), ("b", "raised", "orange")]
+
+
 def test_the_work_order_list_is_bounded_and_keeps_every_active_order(desk: str, engine: Engine) -> None:
     """A year of a district's orders, 5,000 closed and four still active: the list was every order ever made,
     fetched again by every open page at each work-order notice. It now holds every order not closed and only
