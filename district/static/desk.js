@@ -278,27 +278,41 @@ function renderOrder(order) {
 
 function renderActions(a, order) {
   const box = [];
-  const post = async (path, body) => {
+  const post = async (path, body, fields = []) => {
     $("action-error").textContent = "";
-    // a step names the round this page shows: one from a page behind a send-back is refused, not taken for the next
-    if (order && path.startsWith("/api/work-orders/")) body = { ...body, round: order.round };
+    // a step names the round its text was written in (else the one shown): one from a page behind a send-back is
+    // refused, not taken for the next
+    const written = fields.map($).filter((el) => el && el.value);
+    if (order && path.startsWith("/api/work-orders/")) {
+      body = { ...body, round: written.length ? Math.min(...written.map((el) => +el.dataset.round)) : order.round };
+    }
     try {
       const r = await api(path, body);
       // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.
       if (r.down && r.down !== "sent") $("action-error").textContent = r.down;
-    } catch (e) { showError("action-error")(e); }
+    } catch (e) {
+      // told why (another round since): sent again, the text is the officer's for the round shown now
+      if (e.status === 409) for (const el of written) el.dataset.round = order.round;
+      showError("action-error")(e);
+    }
     if (desk.me) await refresh(["alarms", "orders", "times"]);
   };
   // A notice redraws this box at any moment (anyone's action, any alarm): what the officer has typed, and where,
   // goes into the new fields, or a correction being written would vanish under the cursor. Only into this
-  // alarm's: a team typed for one order stood ready in the next one's Dispatch field.
+  // alarm's: a team typed for one order stood ready in the next one's Dispatch field. And with the round it was
+  // typed in: the first team's findings, kept across a send-back and a new dispatch, were reported as the second's.
   const typed = {};
   const mine = a ? a.id : order ? order.alarm : "";
-  if ($("actions").dataset.alarm === mine) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el.value;
+  if ($("actions").dataset.alarm === mine) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el;
   $("actions").dataset.alarm = mine;
   const active = document.activeElement;
   const focused = active && typed[active.id] !== undefined ? active.id : null;
-  const field = (id, placeholder) => { const el = h("input", { id, placeholder }); el.value = typed[id] || ""; return el; };
+  const field = (id, placeholder) => {
+    const was = typed[id] && typed[id].value ? typed[id] : null;
+    const el = h("input", { id, placeholder, dataset: { round: was ? was.dataset.round : order.round } });
+    el.value = was ? was.value : "";
+    return el;
+  };
   const st = order && order.state;
   // An open order is acknowledged through its alarm, whether or not the alarm is still on the board (it may have
   // cleared) or was acknowledged before it went orange or red and opened the order.
@@ -313,12 +327,14 @@ function renderActions(a, order) {
   }
   if ((st === "acknowledged" || st === "returned") && may("dispatch")) {
     box.push(h("div", { class: "form-row" }, field("team", "team"), h("button", { id: "act-dispatch", class: "primary",
-      on: { click: () => post(`/api/work-orders/${order.id}/dispatch`, { team: $("team").value }) } }, "Dispatch")));
+      on: { click: () => post(`/api/work-orders/${order.id}/dispatch`, { team: $("team").value }, ["team"]) } },
+      "Dispatch")));
   }
   if (st === "dispatched" && may("report")) {
     box.push(h("div", { class: "form-row" }, field("findings", "findings"), field("action-taken", "action taken"),
       h("button", { id: "act-report", class: "primary", on: { click: () => post(`/api/work-orders/${order.id}/report`,
-        { findings: $("findings").value, action: $("action-taken").value || null }) } }, "Report back")));
+        { findings: $("findings").value, action: $("action-taken").value || null }, ["findings", "action-taken"]) } },
+      "Report back")));
   }
   if (st === "reported" && may("close")) {
     box.push(h("div", { class: "form-row" }, h("button", { id: "act-close", class: "primary",
@@ -326,7 +342,8 @@ function renderActions(a, order) {
   }
   if ((st === "dispatched" || st === "reported") && may("send-back")) {  // dispatched: to the wrong team, say
     box.push(h("div", { class: "form-row" }, field("correction", "correction"), h("button", { id: "act-send-back",
-      on: { click: () => post(`/api/work-orders/${order.id}/send-back`, { correction: $("correction").value }) } },
+      on: { click: () => post(`/api/work-orders/${order.id}/send-back`, { correction: $("correction").value },
+        ["correction"]) } },
     "Send back")));
   }
   $("actions").replaceChildren(...box);

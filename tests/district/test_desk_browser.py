@@ -682,6 +682,38 @@ def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, 
         expect(page.locator("#team")).to_have_value("")
 
 
+def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: Engine, now: float,
+                                                                       browser: Browser) -> None:
+    """An officer types the first team's findings; meanwhile the supervisor sends the order back (the wrong team)
+    and dispatches it again. The notice redrew the panel in round 2 with the findings kept, and Report back sent
+    them as round 2's: the server's round check (a step of a page behind a send-back is refused) never fired, and
+    the second team read as reported before it had been anywhere. The findings keep the round they were typed
+    in: the report is refused, saying so, and sent again once the officer has looked."""
+    sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        workorders.ack_alarm(conn, RED, sup, now=now - 50)
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == RED)).scalar_one()
+        workorders.act(conn, order, "dispatch", sup, team="pipe team 3", now=now - 40)
+    with desk_page(engine, browser, "operator") as (broker, _, page):
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("dispatched")
+        page.fill("#findings", "no leak at valve 7")
+        with engine.begin() as conn:
+            workorders.act(conn, order, "send-back", sup, note="wrong team: valve 7 is pipe team 8's")
+            workorders.act(conn, order, "dispatch", sup, team="pipe team 8")
+        announce(broker, notice("work-order", id=order))
+        expect(page.locator("#order")).to_contain_text("round 2")
+        expect(page.locator("#findings")).to_have_value("no leak at valve 7")
+        page.click("#act-report")
+        expect(page.locator("#action-error")).to_contain_text("round 2")
+        with engine.connect() as conn:
+            assert conn.execute(select(work_orders.c.state).where(work_orders.c.id == order)).scalar_one() == \
+                "dispatched"
+        page.click("#act-report")  # looked at again: the officer reports it as round 2's
+        expect(page.locator("#wo-state")).to_have_text("reported")
+
+
 def test_an_alarm_of_a_site_gone_offline_says_so(engine: Engine, now: float, browser: Browser) -> None:
     """A site's gateway dies (its will): its alarms stay on the board as they were last heard, and read as current
     as any other's, though nothing the site sends reaches the district, a clear included. Each is tagged "site
