@@ -140,7 +140,7 @@ class MQTTClient:
         fails = 0
         bmin, bmax = int(self.backoff[0] * 1000), int(self.backoff[1] * 1000)
         while self._run:
-            if fails:  # after a failed connect, or a link that ended soon after it came up (below)
+            if fails:  # after a failed connect, or a link that ended (below): only the first connect goes at once
                 delay = min(bmax, bmin << min(fails - 1, 16))
                 await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
             try:
@@ -178,8 +178,9 @@ class MQTTClient:
                     slot[0].set()  # waiting publishers resend after the reconnect
             # A link that ended within the longest backoff counts as a failed connect: a broker that takes the
             # connect and drops the link (another node with our client id takes it over) is retried with
-            # backoff, not at once and without end
-            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 0
+            # backoff, not at once and without end. One that lasted waits the first step, drawn at random: at
+            # once, a broker's restart had every node of the site reconnect in the same moment.
+            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 1
 
     async def _connect(self):
         if self.ssl:

@@ -283,6 +283,7 @@ class RawBroker:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.subscribed: queue.Queue[socket.socket] = queue.Queue()  # a connection, once it has subscribed
+        self.accepted: queue.Queue[float] = queue.Queue()  # when each connection came (time.monotonic)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -291,6 +292,7 @@ class RawBroker:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            self.accepted.put(time.monotonic())
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -392,6 +394,29 @@ def test_a_link_the_broker_ends_at_once_is_retried_with_backoff(mpy_dir: Path, d
         time.sleep(3)
         stats = dev.stats()
         assert 3 <= int(stats["connects"]) <= 10, stats
+    finally:
+        raw.close()
+
+
+def test_a_link_that_lasted_is_reconnected_after_a_random_wait(mpy_dir: Path, devices: list[Device]) -> None:
+    """A broker's restart ends every node's link in the same moment. The client reconnected at once after a link
+    that had lasted, so a site's thousand nodes came back in one burst (CONNECTs, TLS handshakes, births and
+    resent backlogs together). Now it waits the first backoff step, drawn from [d/2, d]: 50-100 ms here
+    (mqtt_device's backoff=(0.1, 1)), a link counting as lasted after the 1 s most."""
+    raw = RawBroker()
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        raw.accepted.get(timeout=10)
+        for n in (1, 2, 3):
+            dev.expect(f"UP {n}")
+            conn = raw.subscribed.get(timeout=10)
+            time.sleep(1.5)  # past the 1 s most: the link has lasted
+            ended = time.monotonic()
+            conn.shutdown(socket.SHUT_RDWR)
+            waited = raw.accepted.get(timeout=10) - ended
+            assert waited >= 0.045, f"reconnect {n} came {waited * 1000:.0f} ms after the link ended"
+        dev.expect("UP 4")
     finally:
         raw.close()
 
