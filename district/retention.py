@@ -18,7 +18,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, bindparam, case, delete, exists, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Float,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    select,
+    update,
+)
 
 from district.schema import alarms, devices, messages, readings, rollups, work_orders
 from district.store import dialect_insert
@@ -40,7 +52,7 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
         readings.c.vb)).all()
     if not rows:
         return 0
-    acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "numbers": 0, "sum": 0.0, "min": None,
+    acc: dict[Key, dict[str, Any]] = defaultdict(lambda: {"count": 0, "numbers": 0, "mean": None, "min": None,
                                                           "max": None, "u": None})
     for r in rows:
         a = acc[(r.site, r.dev, r.n, r.at - r.at % rollup_s)]
@@ -49,7 +61,7 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
         x = r.v if r.v is not None else None if r.vb is None else float(r.vb)
         if x is not None:
             a["numbers"] += 1
-            a["sum"] += x
+            a["mean"] = x if a["mean"] is None else _weighed(a["mean"], a["numbers"] - 1, x, 1)
             a["min"] = x if a["min"] is None else min(a["min"], x)
             a["max"] = x if a["max"] is None else max(a["max"], x)
     stmt = dialect_insert(conn, rollups)
@@ -58,16 +70,23 @@ def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int
     merged = {"count": rollups.c.count + new.count, "numbers": rollups.c.numbers + new.numbers,
               "min": _merge(rollups.c.min, new.min, case((new.min < rollups.c.min, new.min), else_=rollups.c.min)),
               "max": _merge(rollups.c.max, new.max, case((new.max > rollups.c.max, new.max), else_=rollups.c.max)),
-              "mean": _merge(rollups.c.mean, new.mean, (rollups.c.mean * rollups.c.numbers
-                                                        + new.mean * new.numbers) / (rollups.c.numbers + new.numbers)),
+              "mean": _merge(rollups.c.mean, new.mean, _weighed(rollups.c.mean, cast(rollups.c.numbers, Float),
+                                                                new.mean, cast(new.numbers, Float))),
               "u": _merge(rollups.c.u, new.u, new.u)}
     conn.execute(stmt.on_conflict_do_update(index_elements=[rollups.c.site, rollups.c.dev, rollups.c.n,
                                                             rollups.c.t], set_=merged),
                  [{"site": site, "dev": dev, "n": n, "t": t, "count": a["count"], "numbers": a["numbers"],
-                   "min": a["min"], "max": a["max"], "mean": a["sum"] / a["numbers"] if a["numbers"] else None,
-                   "u": a["u"]}
+                   "min": a["min"], "max": a["max"], "mean": a["mean"], "u": a["u"]}
                   for (site, dev, n, t), a in acc.items()])
     return len(rows)
+
+
+def _weighed(mean: Any, numbers: Any, other: Any, others: Any) -> Any:
+    """The mean of two groups of numbers from each one's mean and count (a bucket's counts cast to floats: SQL
+    divides integers whole), each mean weighed by its share: never past the larger mean, where a mean times its
+    count, or a sum, passes a float's range for finite readings (inf on SQLite, on PostgreSQL an error that
+    failed every pass after)."""
+    return mean * (numbers / (numbers + others)) + other * (others / (numbers + others))
 
 
 def _merge(old: ColumnElement[Any], new: ColumnElement[Any], both: ColumnElement[Any]) -> ColumnElement[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 import time
 from collections import defaultdict
 from types import SimpleNamespace
@@ -100,6 +101,23 @@ def test_a_mixed_bucket_split_across_passes_weighs_its_mean_by_its_numbers(engin
         row = conn.execute(select(rollups)).mappings().one()
     assert row["mean"] == pytest.approx(4.0)
     assert (row["count"], row["numbers"], row["min"], row["max"], row["u"]) == (5, 3, 2.0, 6.0, "l")
+
+
+def test_numbers_near_a_floats_limit_fold_into_a_finite_mean(engine: Engine) -> None:
+    """Finite readings (ingest takes any) whose sum is past a float's range: in one pass their mean came out
+    inf (a chart of it a 500 at the desk), and a later pass's merge of the bucket (its mean times its numbers)
+    failed on PostgreSQL with "value out of range", every pass, so no reading of the district was folded again."""
+    big = sys.float_info.max
+    start = NOW - 40 * DAY
+    for seq, (values, mean) in enumerate([([big, big], big), ([big], big), ([-big, -big], big / 5)]):
+        with engine.begin() as conn:
+            store.add_message(conn, "s1", "gas1", seq, 1, [{"n": "ch4", "t": start + i, "v": v}
+                                                           for i, v in enumerate(values)], received=NOW)
+            assert retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S) == len(values)
+        with engine.connect() as conn:
+            row = conn.execute(select(rollups)).mappings().one()
+        assert row["mean"] == pytest.approx(mean, rel=1e-12), seq
+    assert (row["count"], row["min"], row["max"]) == (5, -big, big)
 
 
 def test_an_older_database_gets_the_numbers_of_its_rollups(engine: Engine) -> None:
