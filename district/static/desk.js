@@ -90,10 +90,21 @@ function may(action) { return desk.me && desk.me.may.includes(action); }
 
 // --- loading --------------------------------------------------------------------------------------
 
+// A redraw replaces what the keyboard's focus was on: it goes back to the element of the same id (or data-id), or
+// Enter on the alarm or button the officer had tabbed to fell on the page's body.
+function keepFocus(box) {
+  const el = document.activeElement;
+  const sel = !el || el === box || !box.contains(el) ? null : el.id ? "#" + CSS.escape(el.id)
+    : el.dataset.id ? `[data-id="${CSS.escape(el.dataset.id)}"]` : null;
+  return () => { const again = sel && box.querySelector(sel); if (again) again.focus(); };
+}
+
 async function loadAlarms() {
   desk.alarms = await api("/api/alarms");
   const list = $("alarms");
+  const refocus = keepFocus(list);
   list.replaceChildren(...desk.alarms.map(alarmItem));
+  refocus();
   $("alarms-empty").hidden = desk.alarms.length > 0;
   const live = desk.alarms.filter((a) => a.state === "open").length;
   $("alarm-count").textContent = live + " live" + (desk.alarms.length > live ? ", " + (desk.alarms.length - live)
@@ -303,10 +314,10 @@ function renderActions(a, order) {
   // typed in: the first team's findings, kept across a send-back and a new dispatch, were reported as the second's.
   const typed = {};
   const mine = a ? a.id : order ? order.alarm : "";
-  if ($("actions").dataset.alarm === mine) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el;
+  const same = $("actions").dataset.alarm === mine;
+  if (same) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el;
   $("actions").dataset.alarm = mine;
-  const active = document.activeElement;
-  const focused = active && typed[active.id] !== undefined ? active.id : null;
+  const refocus = same ? keepFocus($("actions")) : () => {};
   const field = (id, placeholder) => {
     const was = typed[id] && typed[id].value ? typed[id] : null;
     const el = h("input", { id, placeholder, dataset: { round: was ? was.dataset.round : order.round } });
@@ -347,7 +358,7 @@ function renderActions(a, order) {
     "Send back")));
   }
   $("actions").replaceChildren(...box);
-  if (focused && $(focused)) $(focused).focus();
+  refocus();
 }
 
 async function loadChart(s) {

@@ -714,6 +714,34 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
         expect(page.locator("#wo-state")).to_have_text("reported")
 
 
+def test_the_keyboards_focus_stays_on_its_alarm_or_button_across_a_redraw(engine: Engine, now: float,
+                                                                          browser: Browser) -> None:
+    """An officer at the keyboard tabs to an alarm on the board, or to Acknowledge; a notice (any alarm's, a reading
+    of the device shown) redraws the board or the panel, and the focus fell on the page's body: Enter opened and
+    acknowledged nothing, on a busy night every few seconds. The focus goes back to the same alarm or button."""
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2", step=0),
+                          received=now - 49)
+
+    def redrawn(page: Page, broker: Mosquitto, selector: str) -> None:
+        """A notice, and the element under `selector` drawn anew."""
+        page.locator(selector).evaluate("el => el.classList.add('before')")
+        announce(broker, notice("alarm", site="s1", id=RED))
+        expect(page.locator(selector + ".before")).to_have_count(0)
+        expect(page.locator(selector)).to_have_count(1)
+
+    with desk_page(engine, browser, "operator") as (broker, _, page):
+        page.focus(f".alarm[data-id='{ORANGE}']")
+        redrawn(page, broker, f".alarm[data-id='{ORANGE}']")
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail-title")).to_contain_text("gas2")
+        page.focus("#act-ack")
+        redrawn(page, broker, "#act-ack")
+        page.keyboard.press("Enter")
+        expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_be_visible()
+
+
 def test_an_alarm_of_a_site_gone_offline_says_so(engine: Engine, now: float, browser: Browser) -> None:
     """A site's gateway dies (its will): its alarms stay on the board as they were last heard, and read as current
     as any other's, though nothing the site sends reaches the district, a clear included. Each is tagged "site
