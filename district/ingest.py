@@ -228,7 +228,7 @@ class Worker:
         finds the row answered); whether it did."""
         done = conn.execute(update(commands).where(commands.c.id == cmd_id, commands.c.site == site,
                                                    commands.c.answered.is_(None))
-                            .values(ok=ok, result=json.dumps(result, default=upstream.jsonable), answered=received)
+                            .values(ok=ok, result=upstream.json_text(result), answered=received)
                             .returning(commands.c.id)).first() is not None
         if done:
             self._notices.append(notice("command", site=site, id=cmd_id))

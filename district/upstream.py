@@ -10,6 +10,7 @@ the good entries beside it are kept.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -117,9 +118,29 @@ def report(value: Any, where: str) -> tuple[str | None, str]:
     if dev is not None:
         ident(body, "dev", where)
     try:
-        return dev, json.dumps(body, default=jsonable)
+        return dev, json_text(body)
     except (TypeError, ValueError) as exc:
         raise Refused("schema", f"{where}: not storable as JSON: {exc}") from None
+
+
+def json_text(value: Any) -> str:
+    """The JSON text the district keeps of a site's value (a body kept as it came, a command's answer), with
+    `jsonable`'s forms of what JSON has no form for. A NaN or an infinity is kept by its repr too: written bare
+    (NaN, Infinity) it is no JSON, and the desk's encoder refused what it read back (a 500)."""
+    try:
+        return json.dumps(value, default=jsonable, allow_nan=False)
+    except ValueError:  # a float JSON has no form for: walked only then
+        return json.dumps(_finite(value), default=jsonable, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {_finite(k): _finite(v) for k, v in value.items()}
+    return value
 
 
 def jsonable(value: Any) -> str:

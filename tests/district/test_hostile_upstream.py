@@ -6,16 +6,18 @@ the batch was rolled back and delivered again, for good."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import cbor2
 import pytest
 from sqlalchemy import Engine, func, select
+from starlette.responses import JSONResponse
 
-from district import store
+from district import queries, store
 from district.ingest import Worker
-from district.schema import alarms, messages, refusals, reports
+from district.schema import alarms, commands, messages, refusals, reports
 from gateway.ingest import Incoming
 from gateway.message_decode import loads_one
 from gateway.site_config import BrokerConfig
@@ -152,6 +154,32 @@ async def test_values_json_has_no_form_for_are_kept_by_their_repr(engine: Engine
     assert sorted(kept) == ["ack", "event", "thinned"]
     assert "CBORTag(1, 5)" in kept["event"] and "undefined" in kept["event"]
     assert rows(engine, messages, messages.c.dev) == [("gas1",)] and rows(engine, refusals) == [(0,)]
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_a_nan_or_an_infinity_in_a_body_kept_is_stored_as_json(engine: Engine) -> None:
+    """JSON has no NaN and no infinity: they were written bare (NaN, Infinity), text no strict parser reads, and the
+    desk's view of a command answered with one (GET /api/commands/{id}) failed with a 500 whenever it was asked.
+    Kept by their repr, as any other value JSON has no form for."""
+    with engine.begin() as conn:
+        conn.execute(commands.insert().values(id=7, site="north", dev="gas1", op="read", args="{}", actor="op",
+                                              sent=T0))
+    nan, inf = float("nan"), float("inf")
+    w = worker(engine)
+    w.handle([publish(dtopics.UP_ACK, {"re": "cmd", "dev": "gas1", "id": 7, "ok": True,
+                                       "res": {"ch4": nan, "peak": [inf, -inf, 1.5], inf: 1}}),
+              publish(dtopics.DQ, {"dev": "gas1", "ev": "gap", "rate": nan})])
+    assert [strict_json(body)["dev"] for body, in rows(engine, reports, reports.c.body)] == ["gas1", "gas1"]
+    with engine.connect() as conn:
+        answer = queries.command_state(conn, 7)
+    assert answer is not None and answer["state"] == "done"
+    assert answer["result"] == {"ch4": "nan", "peak": ["inf", "-inf", 1.5], "inf": 1}
+    assert JSONResponse(answer).status_code == 200  # the desk's encoder, which refuses a NaN
 
 
 async def test_a_site_cannot_change_another_sites_alarm(engine: Engine) -> None:
