@@ -714,6 +714,32 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
         expect(page.locator("#wo-state")).to_have_text("reported")
 
 
+def test_a_long_or_many_lined_report_is_read_whole_inside_its_panel(engine: Engine, now: float,
+                                                                    browser: Browser) -> None:
+    """A team's report is up to 2,000 characters, newlines allowed: the panel ran its lines together ("closed
+    valve 7 vented the chamber") and drew a long unbroken run (a pasted log line, or text made to) in one line
+    across the map and off the page, where no one could read it. Each line is its own, and a long run wraps."""
+    sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    findings = "pressure log:\n" + "0123456789abcdef" * 120
+    with engine.begin() as conn:
+        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
+        workorders.ack_alarm(conn, RED, sup, now=now - 50)
+        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == RED)).scalar_one()
+        workorders.act(conn, order, "dispatch", sup, team="pipe team 3", now=now - 40)
+        workorders.act(conn, order, "report", sup, note=findings, action_taken="closed valve 7\nvented the chamber",
+                       now=now - 30)
+    with desk_page(engine, browser, "viewer") as (_, _, page):
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("reported")
+        notes = page.locator("#order .step-report .note")
+        expect(notes).to_have_count(2)
+        assert notes.nth(1).inner_text() == "action: closed valve 7\nvented the chamber"
+        assert notes.nth(0).inner_text() == findings
+        drawn = "el => [el.scrollWidth, el.clientWidth, document.documentElement.scrollWidth, innerWidth]"
+        wide, room, page_wide, window = notes.nth(0).evaluate(drawn)
+        assert wide <= room and page_wide <= window, (wide, room, page_wide, window)
+
+
 def test_the_keyboards_focus_stays_on_its_alarm_or_button_across_a_redraw(engine: Engine, now: float,
                                                                           browser: Browser) -> None:
     """An officer at the keyboard tabs to an alarm on the board, or to Acknowledge; a notice (any alarm's, a reading
