@@ -9,6 +9,7 @@ broker has acknowledged it. That is the promise the flash queue builds on (ack o
 
 import asyncio
 import random
+import socket
 import struct
 from time import ticks_diff, ticks_ms
 
@@ -47,6 +48,7 @@ class MQTTClient:
         # What the link has been through, for diagnostics (tests/firmware/test_mqtt_client.py reads them).
         self.connects = self.resends = self.pings = self.oversize = self.cb_errors = 0
         self.last_error = None
+        self.ip = None  # the broker's address, looked up by _supervise (a name the HAL's Board interns anyway)
         self._subs = []
         self._pend = {}  # pid -> [Event, result (True for PUBACK, or the SUBACK code), sent at ms (None: a SUBSCRIBE)]
         self._pid = 0
@@ -138,17 +140,35 @@ class MQTTClient:
 
     async def _supervise(self):
         fails = 0
+        bad = False  # the last connect failed
         bmin, bmax = int(self.backoff[0] * 1000), int(self.backoff[1] * 1000)
         while self._run:
             if fails:  # after a failed connect, or a link that ended (below): only the first connect goes at once
                 delay = min(bmax, bmin << min(fails - 1, 16))
                 await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
             try:
+                if self.ip is None or (bad and not fails & (fails - 1)):
+                    # The broker's address is looked up at the first connect, and again only after connects to it
+                    # failed 1, 2, 4, 8... times in a row (a broker that moved), not at every reconnect: getaddrinfo
+                    # blocks the whole node, unfed and not sampling, for as long as lwIP retries a DNS server that
+                    # does not answer, and a site's DNS may be away while its broker is not. A failed lookup keeps
+                    # the address known.
+                    try:
+                        a = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+                        # ("a.b.c.d", port) on an ESP32; the unix port's is a raw sockaddr (IPv4: 16 bytes)
+                        self.ip = a[0] if isinstance(a, tuple) else (
+                            "%d.%d.%d.%d" % tuple(a[4:8]) if len(a) == 16 else self.host)
+                    except Exception as e:
+                        if self.ip is None:
+                            raise
+                        self._error(e)
                 await self._connect()
             except Exception as e:  # any failure to connect is retried the same way
                 self._error(e)
                 fails += 1
+                bad = True
                 continue
+            bad = False
             delay = ticks_ms()  # when this link came up
             self.connects += 1
             self._down.clear()
@@ -183,10 +203,10 @@ class MQTTClient:
             fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 1
 
     async def _connect(self):
-        if self.ssl:
-            coro = asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=self.host)
+        if self.ssl:  # the certificate is checked against the host's name, not the address looked up
+            coro = asyncio.open_connection(self.ip, self.port, ssl=self.ssl, server_hostname=self.host)
         else:
-            coro = asyncio.open_connection(self.host, self.port)
+            coro = asyncio.open_connection(self.ip, self.port)
         ms = int(self.connect_timeout * 1000)
         r, w = await asyncio.wait_for_ms(coro, ms)
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from upy_support import build, env
+from upy_support import SCRIPTS, build, env
 
 from lifeline import upy
 from lifeline.virtual.broker import Mosquitto, free_port
@@ -45,8 +45,8 @@ class Device:
     """A MicroPython process running tests/firmware/upy/mqtt_device.py; stdout lines land in a queue."""
 
     def __init__(self, mpy_dir: Path, port: int, *, client_id: str = "d1", password: str = PASSWORD,
-                 keepalive: int = 5, ca: Path | None = None) -> None:
-        args = ["127.0.0.1", str(port), client_id, USER, password, str(keepalive)]
+                 keepalive: int = 5, ca: Path | None = None, host: str = "127.0.0.1") -> None:
+        args = [host, str(port), client_id, USER, password, str(keepalive)]
         if ca is not None:
             args.append(str(ca))
         self.proc = subprocess.Popen(upy.command("-m mqtt_device", *args), stdin=subprocess.PIPE,
@@ -277,10 +277,11 @@ class RawBroker:
     link is closed once its first PUBLISH is acked, as a broker does when another client takes its client id.
     `suback_for`: a QoS 1 PUBLISH to that topic is answered with a SUBACK of its packet id, not a PUBACK."""
 
-    def __init__(self, kick: bool = False, suback_for: bytes | None = None) -> None:
+    def __init__(self, kick: bool = False, suback_for: bytes | None = None, address: tuple[str, int] = ("127.0.0.1", 0)
+                 ) -> None:
         self.kick = kick
         self.suback_for = suback_for
-        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server = socket.create_server(address)
         self.port = self.server.getsockname()[1]
         self.subscribed: queue.Queue[socket.socket] = queue.Queue()  # a connection, once it has subscribed
         self.accepted: queue.Queue[float] = queue.Queue()  # when each connection came (time.monotonic)
@@ -325,6 +326,8 @@ class RawBroker:
                     conn.sendall(b"\xd0\x00")
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # stops listening: a close alone leaves a blocked accept() taking links
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
 
 
@@ -419,6 +422,48 @@ def test_a_link_that_lasted_is_reconnected_after_a_random_wait(mpy_dir: Path, de
         dev.expect("UP 4")
     finally:
         raw.close()
+
+
+@pytest.fixture(scope="module")
+def dns_mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mqtt_device over a socket module whose getaddrinfo asks a site DNS server the test controls."""
+    out = build(tmp_path_factory.mktemp("mpy-dns"), "mqtt", "mqtt_device")
+    upy.compile_module(SCRIPTS / "dns_site.py", out / "socket.mpy")
+    return out
+
+
+def test_a_reconnect_needs_no_dns_and_a_broker_that_moved_is_looked_up_again(dns_mpy_dir: Path,
+                                                                              devices: list[Device]) -> None:
+    """The client looked the broker's name up at every reconnect (asyncio.open_connection's getaddrinfo), which
+    blocks the whole node, unfed and not sampling, for as long as lwIP retries a DNS server that does not answer:
+    with the site's DNS away, a node whose link dropped never reached its broker again though its address had not
+    changed, and each try held its loop for seconds. Now the address is kept from the first connect; it is looked
+    up again only once a connect to it has failed (the broker moved)."""
+    raw = RawBroker()
+    moved = None
+    try:
+        dev = Device(dns_mpy_dir, raw.port, host="broker.site")
+        devices.append(dev)
+        dev.expect("LOOKUP broker.site")
+        dev.expect("UP 1")
+        dev.send("dns dead")
+        dev.expect("DNS dead")
+        raw.subscribed.get(timeout=10).shutdown(socket.SHUT_RDWR)
+        dev.expect("UP 2", timeout=5)
+        assert [line for line in dev.seen if line.startswith("LOOKUP")] == ["LOOKUP broker.site"], dev.seen
+        # The broker moves to another address, which the DNS server, back, now gives.
+        moved = RawBroker(address=("127.0.0.2", raw.port))
+        dev.send("dns 127.0.0.2")
+        dev.expect("DNS 127.0.0.2")
+        raw.close()
+        raw.subscribed.get(timeout=10).shutdown(socket.SHUT_RDWR)
+        dev.expect("LOOKUP broker.site", timeout=10)
+        dev.expect("UP 3", timeout=10)
+        moved.subscribed.get(timeout=10)
+    finally:
+        raw.close()
+        if moved is not None:
+            moved.close()
 
 
 def make_tls(out: Path) -> tuple[Path, Path, Path, Path]:

@@ -2,9 +2,10 @@
 
 Usage: micropython -m mqtt_device HOST PORT CLIENT_ID USER PASSWORD KEEPALIVE [CA_DER_FILE]
 Will: t/ID/state "offline" (retained, QoS 1); birth on every connect: t/ID/state "online"; subscribes
-t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect". Reports: "UP n", "DOWN",
-"RX topic text", "ACKED text", "REFUSED reason", "STATS connects resends pings oversize last_error",
-"BYE".
+t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect", and with dns_site.py as socket,
+"dns dead" or "dns ADDRESS" (the site's DNS server stops answering, or answers again with that address).
+Reports: "UP n", "DOWN", "RX topic text", "ACKED text", "REFUSED reason",
+"STATS connects resends pings oversize last_error", "BYE", "DNS dead|ADDRESS".
 """
 
 import asyncio
@@ -78,6 +79,13 @@ def main():
             elif words[0] == "stats":
                 print("STATS", client.connects, client.resends, client.pings, client.oversize,
                       repr(client.last_error))
+            elif words[0] == "dns":
+                import socket
+
+                socket.dead[0] = words[1] == "dead"
+                if not socket.dead[0]:
+                    socket.names["broker.site"] = words[1]
+                print("DNS", words[1])
             elif words[0] == "disconnect":
                 await client.disconnect()
                 print("BYE")
