@@ -17,8 +17,8 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 import cbor2
 from sqlalchemy import Connection, Engine, select, update
@@ -39,6 +39,7 @@ from protocol.district_verify import Verifier, VerifyError
 log = logging.getLogger("lifeline.district.ingest")
 
 UP_ALL = f"{dtopics.ROOT}/+/up/#"
+T = TypeVar("T")
 ATTEMPTS = 5  # a batch's transaction, when the database rolls it back for another's sake (deadlock, serialization)
 
 
@@ -198,18 +199,14 @@ class Worker:
         thinned = body.get("thinned", [])
         if not isinstance(thinned, list):
             raise Refused("schema", "telemetry: thinned must be an array")
-        summaries = [upstream.report(summary, f"telemetry thinned[{i}]") for i, summary in enumerate(thinned)]
-        checked: list[store.DeviceMessage] = []
-        for i, entry in enumerate(packs):
-            try:
-                m = store.DeviceMessage(*upstream.pack_entry(entry, f"telemetry packs[{i}]", self.verifier))
-                self._own(site, m.dev, f"telemetry packs[{i}]")
-                checked.append(m)
-            except Refused as r:  # one bad entry is refused alone; the good ones beside it are kept
-                self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
-            except Exception as exc:  # as one the checks did not foresee
-                self._refuse(conn, item, "internal", f"telemetry packs[{i}]: {type(exc).__name__}: {exc}",
-                             cbor2.dumps(entry), exc)
+
+        def message(entry: Any, where: str) -> store.DeviceMessage:
+            m = store.DeviceMessage(*upstream.pack_entry(entry, where, self.verifier))
+            self._own(site, m.dev, where)
+            return m
+
+        checked = self._entries(conn, item, packs, "packs", message)
+        summaries = self._entries(conn, item, thinned, "thinned", upstream.report)
         newest: dict[str, float] = {}
         seen: dict[str, float] = {}
         for m, new in zip(checked, store.add_messages(conn, site, checked, received=item.received, hist=hist,
@@ -221,6 +218,22 @@ class Worker:
             store.add_report(conn, site, "thinned", dev, summary, received=item.received)
         for dev, t in newest.items():  # received: when the page shows the device was seen
             self._notices.append(notice("reading", site=site, dev=dev, t=t, received=seen[dev]))
+
+    def _entries(self, conn: Connection, item: Incoming, entries: list[Any], key: str,
+                 check: Callable[[Any, str], T]) -> list[T]:
+        """Each entry of a telemetry body's `key` (packs, thinned) as `check` makes it: one bad entry is refused
+        alone, with its own bytes, and the good ones beside it are kept (a device's genuine messages beside a
+        summary the gateway got wrong, too)."""
+        out = []
+        for i, entry in enumerate(entries):
+            where = f"telemetry {key}[{i}]"
+            try:
+                out.append(check(entry, where))
+            except Refused as r:
+                self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
+            except Exception as exc:  # as one the checks did not foresee
+                self._refuse(conn, item, "internal", f"{where}: {type(exc).__name__}: {exc}", cbor2.dumps(entry), exc)
+        return out
 
     def _command_answer(self, conn: Connection, site: str, cmd_id: int, ok: bool, result: Any,
                         received: float) -> bool:

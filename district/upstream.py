@@ -3,8 +3,8 @@
 A site is trusted no further than its seal, and a gateway can be wrong, so every field is checked for type,
 size and range (ids as protocol/topics.py allows them, sequence numbers within 64 bits, times finite).
 The site seal and each device's own MAC are checked by protocol/district_verify.py first. A bad body is
-refused whole with `Refused(reason, detail)`; inside a telemetry body, one bad pack entry is refused alone and
-the good entries beside it are kept.
+refused whole with `Refused(reason, detail)`; inside a telemetry body, one bad pack entry or thinned summary is
+refused alone and the good entries beside it are kept.
 """
 
 from __future__ import annotations

@@ -108,6 +108,18 @@ async def test_a_bad_pack_entry_is_refused_alone(engine: Engine, case: str) -> N
     assert rows(engine, refusals, refusals.c.reason) == [(reason,)]
 
 
+async def test_a_bad_thinned_summary_is_refused_alone(engine: Engine) -> None:
+    """A summary of what the site thinned is the gateway's, not a device's: one it got wrong refused the whole
+    body, and the device messages beside it, each with its device's genuine MAC, were lost to the desk."""
+    good = {"dev": "gas1", "seq_lo": 1, "seq_hi": 2, "msgs": 2}
+    bad = [{"dev": [1], "seq_lo": 3}, {"dev": "gas1", "s": {(1, 2): 1}}, 7]
+    w = worker(engine)
+    w.handle([publish(dtopics.TELEMETRY, telemetry(entry("gas1", 1), thinned=[bad[0], good, *bad[1:]]))])
+    assert rows(engine, messages, messages.c.dev) == [("gas1",)]
+    assert [json.loads(body) for body, in rows(engine, reports, reports.c.body)] == [good]
+    assert rows(engine, refusals, refusals.c.reason, refusals.c.payload) == [("schema", cbor2.dumps(b)) for b in bad]
+
+
 # A bad publish beside a good telemetry publish in the same batch: refused whole, the telemetry stored.
 BAD_PUBLISHES = {
     "an alarm value past a float": (dtopics.ALARM, alarm(value=HUGE)),
