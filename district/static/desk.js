@@ -291,19 +291,17 @@ function renderActions(a, order) {
   const box = [];
   const post = async (path, body, fields = []) => {
     $("action-error").textContent = "";
-    // a step names the round its text was written in (else the one shown): one from a page behind a send-back is
-    // refused, not taken for the next
-    const written = fields.map($).filter((el) => el && el.value);
-    if (order && path.startsWith("/api/work-orders/")) {
-      body = { ...body, round: written.length ? Math.min(...written.map((el) => +el.dataset.round)) : order.round };
-    }
+    // a step names the round its text was written in (the one shown: none written, or the officer told of another
+    // since): one from a page behind a send-back is refused, not taken for the next
+    const rounds = fields.map($).filter((el) => el && el.value && !el.dataset.told).map((el) => +el.dataset.round);
+    if (order && path.startsWith("/api/work-orders/")) body = { ...body, round: Math.min(order.round, ...rounds) };
     try {
       const r = await api(path, body);
       // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.
       if (r.down && r.down !== "sent") $("action-error").textContent = r.down;
     } catch (e) {
-      // told why (another round since): sent again, the text is the officer's for the round shown now
-      if (e.status === 409) for (const el of written) el.dataset.round = order.round;
+      // told why (another round since): the text stays, for the round shown from now on
+      if (e.status === 409) for (const id of fields) if ($(id)) $(id).dataset.told = "1";
       showError("action-error")(e);
     }
     if (desk.me) await refresh(["alarms", "orders", "times"]);
@@ -320,7 +318,8 @@ function renderActions(a, order) {
   const refocus = same ? keepFocus($("actions")) : () => {};
   const field = (id, placeholder) => {
     const was = typed[id] && typed[id].value ? typed[id] : null;
-    const el = h("input", { id, placeholder, dataset: { round: was ? was.dataset.round : order.round } });
+    const el = h("input", { id, placeholder, dataset: { round: was && !was.dataset.told ? was.dataset.round
+      : order.round } });
     el.value = was ? was.value : "";
     return el;
   };

@@ -688,30 +688,37 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
     and dispatches it again. The notice redrew the panel in round 2 with the findings kept, and Report back sent
     them as round 2's: the server's round check (a step of a page behind a send-back is refused) never fired, and
     the second team read as reported before it had been anywhere. The findings keep the round they were typed
-    in: the report is refused, saying so, and sent again once the officer has looked."""
+    in: the report is refused, saying so, and sent again once the officer has looked, whether the page had heard
+    of round 2 before the click or only from the refusal."""
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    orders = {}
     with engine.begin() as conn:
-        store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
-        workorders.ack_alarm(conn, RED, sup, now=now - 50)
-        order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == RED)).scalar_one()
-        workorders.act(conn, order, "dispatch", sup, team="pipe team 3", now=now - 40)
+        for alarm, dev, level in ((RED, "gas1", "red"), (ORANGE, "gas2", "orange")):
+            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", level, now - 60, dev=dev), received=now - 59)
+            workorders.ack_alarm(conn, alarm, sup, now=now - 50)
+            orders[alarm] = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm)).scalar_one()
+            workorders.act(conn, orders[alarm], "dispatch", sup, team="pipe team 3", now=now - 40)
     with desk_page(engine, browser, "operator") as (broker, _, page):
-        page.locator(f".alarm[data-id='{RED}']").click()
-        expect(page.locator("#wo-state")).to_have_text("dispatched")
-        page.fill("#findings", "no leak at valve 7")
-        with engine.begin() as conn:
-            workorders.act(conn, order, "send-back", sup, note="wrong team: valve 7 is pipe team 8's")
-            workorders.act(conn, order, "dispatch", sup, team="pipe team 8")
-        announce(broker, notice("work-order", id=order))
-        expect(page.locator("#order")).to_contain_text("round 2")
-        expect(page.locator("#findings")).to_have_value("no leak at valve 7")
-        page.click("#act-report")
-        expect(page.locator("#action-error")).to_contain_text("round 2")
-        with engine.connect() as conn:
-            assert conn.execute(select(work_orders.c.state).where(work_orders.c.id == order)).scalar_one() == \
-                "dispatched"
-        page.click("#act-report")  # looked at again: the officer reports it as round 2's
-        expect(page.locator("#wo-state")).to_have_text("reported")
+        for alarm, heard in ((RED, True), (ORANGE, False)):
+            order = orders[alarm]
+            page.locator(f".alarm[data-id='{alarm}']").click()
+            expect(page.locator("#order .order-head")).to_contain_text(f"Work order #{order} · dispatched")
+            page.fill("#findings", "no leak at valve 7")
+            with engine.begin() as conn:
+                workorders.act(conn, order, "send-back", sup, note="wrong team: valve 7 is pipe team 8's")
+                workorders.act(conn, order, "dispatch", sup, team="pipe team 8")
+            if heard:
+                announce(broker, notice("work-order", id=order))
+                expect(page.locator("#order")).to_contain_text("round 2")
+                expect(page.locator("#findings")).to_have_value("no leak at valve 7")
+            page.click("#act-report")
+            expect(page.locator("#action-error")).to_contain_text("round 2")
+            with engine.connect() as conn:
+                assert conn.execute(select(work_orders.c.state).where(work_orders.c.id == order)).scalar_one() == \
+                    "dispatched"
+            expect(page.locator("#order")).to_contain_text("round 2")
+            page.click("#act-report")  # looked at again: the officer reports it as round 2's
+            expect(page.locator("#wo-state")).to_have_text("reported")
 
 
 def test_a_long_or_many_lined_report_is_read_whole_inside_its_panel(engine: Engine, now: float,
