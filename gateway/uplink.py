@@ -18,6 +18,9 @@ before the session began goes up marked historical (district_wire.historical).
 
 Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
 keeps bodies unsealed, so a key change applies to the backlog too.
+
+The connection is MQTT 5, whose PUBACK can refuse a publish (Mosquitto: its access rules deny the topic) where
+3.1.1's acknowledged it and the broker dropped it: a refused publish's rows stay, and the session ends.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import district_wire
 from gateway.logs import event
@@ -53,6 +60,39 @@ FAIL_LOG_S = 60.0
 
 class _Stopped(Exception):
     """Raised inside a session once a requested stop has let the in-flight publishes finish."""
+
+
+class Refused(Exception):
+    """The district broker's PUBACK refused a publish: it did not take the message."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt takes every PUBACK for a success; `publish_checked` raises Refused for one that refuses."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refusals: dict[int, ReasonCode] = {}
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Properties) -> None:
+        if reason_code.is_failure:
+            self._refusals[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
+                              timeout: float | None = None) -> None:
+        """aiomqtt's QoS 1 `publish` (it returns at the PUBACK; its own helpers, aiomqtt 2.x), told by message id
+        whether the PUBACK refused."""
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await self._wait_for(confirmation.wait(), timeout=timeout)
+        reason = self._refusals.pop(info.mid, None)
+        if reason is not None:
+            raise Refused(f"{topic}: {reason}")
 
 
 class Uplink:
@@ -90,6 +130,9 @@ class Uplink:
         self.last_error: str | None = None
         self.failed = 0  # attempts failed in a row (a session lost counts as one), 0 once connected
         self._logged: tuple[str, float] | None = None  # the last failure logged: its error, and when (monotonic)
+        # Set when a session ended in a refused publish, cleared when one is taken: until then a session that
+        # connects has not recovered (the same refusal ends each), so it is not said and resets nothing.
+        self._refused: str | None = None
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,11 +156,14 @@ class Uplink:
             while not self._stop.is_set():
                 try:
                     await self._session()
+                except* Refused as group:  # its rows stay; each session would end the same way until it is fixed
+                    self._refused = str(group.exceptions[0])
+                    self._lost(group.exceptions[0], logging.ERROR, "uplink publish refused")
                 except* aiomqtt.MqttError as group:
                     self._lost(group.exceptions[0])
                 except* sqlite3.Error as group:  # disk full, I/O error: keep the daemon up and retry
                     self._lost(group.exceptions[0], logging.ERROR)
-                if self.connected:
+                if self.connected and self._refused is None:
                     backoff = self.backoff_initial_s
                 self.connected = False
                 try:
@@ -144,12 +190,12 @@ class Uplink:
         self.outbox.alarm_event.set()
         self.outbox.ready_event.set()
 
-    def _lost(self, exc: BaseException, level: int = logging.WARNING) -> None:
+    def _lost(self, exc: BaseException, level: int = logging.WARNING, what: str | None = None) -> None:
         self.last_error = error = str(exc) or type(exc).__name__
         self.failed += 1
         now = time.monotonic()
         if self.failed == 1 or self._logged is None or self._logged[0] != error or now - self._logged[1] >= FAIL_LOG_S:
-            event(log, "uplink disconnected" if self.connected else "uplink connect failed", level,
+            event(log, what or ("uplink disconnected" if self.connected else "uplink connect failed"), level,
                   host=self.broker.host, port=self.broker.port, error=error, failed=self.failed)
             self._logged = (error, now)
 
@@ -168,7 +214,7 @@ class Uplink:
     def _sealed(self, kind: str, body: bytes) -> bytes:
         return body if self.site_key is None else site_seal.seal(self.site_key, self.site, kind, body)
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> _Client:
         b = self.broker
         tls = None
         if b.tls is not None:
@@ -176,11 +222,12 @@ class Uplink:
                 ca_certs=None if b.tls.ca_file is None else str(b.tls.ca_file),
                 certfile=None if b.tls.cert_file is None else str(b.tls.cert_file),
                 keyfile=None if b.tls.key_file is None else str(b.tls.key_file))
-        client = aiomqtt.Client(
+        client = _Client(
             b.host, b.port, username=b.username, password=b.password, identifier=b.client_id,
             keepalive=b.keepalive, tls_params=tls, timeout=self.connect_timeout_s,
-            # Nothing is subscribed here (the downlink has a connection of its own, gateway/daemon.py).
-            clean_session=True,
+            # MQTT 5: a PUBACK that refuses. Clean start with no session expiry (a client a session): nothing is
+            # subscribed here (the downlink has a connection of its own, gateway/daemon.py).
+            protocol=aiomqtt.ProtocolVersion.V5,
             # Our semaphore bounds what is in flight; paho must not hold alarms back behind its own window.
             max_inflight_messages=0,
             will=aiomqtt.Will(district.up(self.site, district.GATEWAY),
@@ -194,17 +241,16 @@ class Uplink:
         self.session = self._next_session()
         async with self._client() as client:
             self._session_first = self.outbox.last_id()
-            await client.publish(district.up(self.site, district.GATEWAY), self._sealed(
-                district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), qos=1, retain=True)
+            await client.publish_checked(district.up(self.site, district.GATEWAY), self._sealed(
+                district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), retain=True)
             self.connected = True
             self.connects += 1
             self.outbox.release_all()
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._alarms_in_flight = 0
             backlog = self._backlog()
-            event(log, "uplink connected", host=self.broker.host, port=self.broker.port, backlog=backlog,
-                  failed=self.failed)
-            self.failed = 0
+            if self._refused is None:  # else it is said once a publish is taken (_publish)
+                self._say_connected(backlog)
             if backlog > self.max_items:
                 self.draining = True
                 self._drain_total, self._drain_sent = backlog, 0
@@ -223,11 +269,16 @@ class Uplink:
             finally:
                 self.draining = False
 
+    def _say_connected(self, backlog: int) -> None:
+        event(log, "uplink connected", host=self.broker.host, port=self.broker.port, backlog=backlog,
+              failed=self.failed)
+        self.failed = 0
+
     def _backlog(self) -> int:
         depth = self.outbox.depth()
         return depth["state"] + depth["telemetry"]
 
-    async def _until_stopped(self, client: aiomqtt.Client) -> None:
+    async def _until_stopped(self, client: _Client) -> None:
         """On stop: the publishes in flight finish, then the death is published, as the will would be."""
         await self._stop.wait()
         if self._tasks:
@@ -245,7 +296,7 @@ class Uplink:
 
     # --- sending -------------------------------------------------------------------------------------------
 
-    def _spawn(self, tg: asyncio.TaskGroup, client: aiomqtt.Client, kind: str, body: bytes,
+    def _spawn(self, tg: asyncio.TaskGroup, client: _Client, kind: str, body: bytes,
                items: list[Item]) -> None:
         if items[0].id <= self._session_first:  # by queue order, not the wall clock, which NTP may step
             body = district_wire.historical(body)
@@ -254,13 +305,13 @@ class Uplink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _spawn_alarms(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    def _spawn_alarms(self, client: _Client, tg: asyncio.TaskGroup) -> None:
         items = self.outbox.lease(ALARM, self.alarm_inflight - self._alarms_in_flight)
         for item in items:
             self._alarms_in_flight += 1
             self._spawn(tg, client, district.ALARM, item.body, [item])
 
-    async def _alarm_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _alarm_loop(self, client: _Client, tg: asyncio.TaskGroup) -> None:
         ob = self.outbox
         while not self._stop.is_set():
             ob.alarm_event.clear()
@@ -270,7 +321,7 @@ class Uplink:
             else:
                 await ob.alarm_event.wait()
 
-    async def _bulk_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _bulk_loop(self, client: _Client, tg: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
@@ -326,10 +377,10 @@ class Uplink:
             await asyncio.sleep(self._next_send - now)
         self._next_send += 1.0 / self.drain_rate
 
-    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, items: list[Item]) -> None:
+    async def _publish(self, client: _Client, topic: str, payload: bytes, items: list[Item]) -> None:
         alarm = items[0].lane == ALARM
         try:
-            await client.publish(topic, payload, qos=1, timeout=self.publish_timeout_s)
+            await client.publish_checked(topic, payload, timeout=self.publish_timeout_s)
         finally:
             if alarm:
                 self._alarms_in_flight -= 1
@@ -337,6 +388,9 @@ class Uplink:
             else:
                 self._slots.release()
         self.outbox.ack(i.id for i in items)
+        if self._refused is not None:  # taken again: the link is back
+            self._refused = None
+            self._say_connected(self._backlog())
         entries = sum(i.entries for i in items)
         self.sent_msgs += 1
         self.sent_items += entries

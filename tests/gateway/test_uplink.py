@@ -454,3 +454,51 @@ async def test_the_uplink_outlives_a_store_that_cannot_delete_for_a_while(tmp_pa
             ob.committed()
             await rec.until(lambda: any(kind == district.ALARM for kind, _ in rec.got), 15)
         assert ob.depth() == {"alarm": 0, "state": 0, "telemetry": 0}
+
+
+def reload(broker: Mosquitto) -> None:
+    """Mosquitto reads its acl_file again on SIGHUP."""
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+
+
+async def test_a_publish_the_district_broker_refuses_stays_in_the_outbox(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto refuses a publish its access rules deny (a site certificate whose name is not the site id, an
+    ACL without the site's topics) and drops it; under MQTT 3.1.1 it PUBACKs it all the same, so the uplink
+    deleted the rows: every alarm, state item and reading went nowhere while the site read connected and sent."""
+    caplog.set_level(logging.INFO, "lifeline.gateway.uplink")
+
+    def said(what: str) -> list[dict[str, Any]]:
+        return [r.fields for r in caplog.records if r.getMessage() == what]  # type: ignore[attr-defined]
+
+    acl = tmp_path / "district.acl"
+    readable = "topic read district/v1/#\n"
+    acl.write_text(readable)  # nothing of the site's may be written: its birth is refused too
+    with Mosquitto(f"acl_file {acl}") as broker:
+        ob = new_outbox(tmp_path)
+        src = Source(ob)
+        src.alarm()
+        src.state()
+        for _ in range(5):
+            src.telemetry("dev-1")
+        commit(ob)
+        held = {"alarm": 1, "state": 1, "telemetry": 5}
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_delay_s=0.05, backoff_initial_s=0.05,
+                        backoff_max_s=0.1)
+        async with recording(broker.port) as rec, running(uplink) as up:
+            await rec.until(lambda: up.failed >= 3 or sum(ob.depth().values()) == 0)
+            assert ob.depth() == held and up.connects == 0
+            acl.write_text(readable + f"topic write district/v1/{SITE}/up/gateway\n")  # its birth alone goes
+            reload(broker)
+            await rec.until(lambda: up.connects >= 3)  # each session's publishes refused, and the session ended
+            assert ob.depth() == held
+            refused = [fields["error"] for fields in said("uplink publish refused")]
+            assert refused and all("Not authorized" in e for e in refused), refused
+            assert sum("/up/alarm" in e for e in refused) == 1, refused  # once, not at each session
+            assert said("uplink connected") == []  # not while each session's publishes are refused
+            acl.write_text(readable + f"topic write district/v1/{SITE}/up/#\n")
+            reload(broker)
+            await rec.until(lambda: src.all() <= set(rec.seen()))
+            await rec.until(lambda: sum(ob.depth().values()) == 0)
+    assert said("uplink connected")  # once publishes are taken again
