@@ -23,6 +23,10 @@ class MQTTError(OSError):
     """The broker refused us (CONNACK code, SUBACK failure) or broke the protocol."""
 
 
+class _SendFailed(OSError):
+    """A send that ended the link; its cause was told and kept where it happened."""
+
+
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive=60, clean=True,
                  will=None, ssl=None, max_packet=2048, on_message=None, on_connect=None, ack_timeout=5,
@@ -132,6 +136,8 @@ class MQTTClient:
     def _error(self, e):
         """Keep the latest failure for the health figures; print it when it differs from the one before,
         so a link that keeps failing the same way is logged once, not on every retry."""
+        if isinstance(e, _SendFailed):
+            return
         if repr(e) != repr(self.last_error):
             print("mqtt: %s: %s" % (type(e).__name__, e))
         self.last_error = e
@@ -270,7 +276,7 @@ class MQTTClient:
             except Exception as e:  # timeout or socket error: this link is finished
                 self._error(e)
                 self._drop()
-                raise OSError("send failed")
+                raise _SendFailed("send failed")
             self._tx = ticks_ms()
 
     async def _send_publish(self, topic, payload, retain, qos, pid, dup):
