@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
+import cbor2
+
 from gateway import district_wire
 from gateway.device_states import chunks
 from gateway.logs import event
@@ -51,6 +53,9 @@ WINDOW_ENTRIES = 5000  # entries read per thinning window
 PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
 EVICT_ROWS = 1000  # rows looked at per eviction query
 MAX_RUNS = 16  # per device: summaries made of a thinning window, spans in a budget report
+# What decoding a stored body raises when a storage fault changed it; the budget pass goes round such a row,
+# which raised out of every pass: the outbox then outgrew its budget for good.
+_CORRUPT = (cbor2.CBORError, ValueError, LookupError, TypeError, AttributeError)
 
 # The body is the last column: reading a column stored after a body of many pages walks its overflow pages.
 _SCHEMA = (
@@ -98,6 +103,32 @@ class Item(NamedTuple):
 
 
 _Stored = tuple[district_wire.TelemetryEntry, bytes]  # a pack entry decoded, and its bytes as stored
+
+
+def _span(entry: Any) -> tuple[str, int, int, int]:
+    """(dev, seq_lo, seq_hi, msgs) of a stored pack or summary entry; ValueError for anything else."""
+    if isinstance(entry, dict) and isinstance(entry.get("dev"), str):
+        lo, hi, msgs = ((entry.get("seq_lo"), entry.get("seq_hi"), entry.get("msgs")) if "seq_lo" in entry
+                        else (entry.get("seq"), entry.get("seq"), 1))
+        if type(lo) is int and type(hi) is int and type(msgs) is int:
+            return entry["dev"], lo, hi, msgs
+    raise ValueError("not a pack or summary entry")
+
+
+def _packs(body: bytes) -> list[_Stored]:
+    """A raw telemetry row's pack entries, each with the fields a summary reads checked."""
+    out: list[_Stored] = []
+    for entry, raw in district_wire.stored_entries(body):
+        _span(entry)
+        if "seq_lo" in entry or type(entry.get("boot")) is not int:
+            raise ValueError("not a pack entry")
+        out.append((cast(district_wire.TelemetryEntry, entry), raw))
+    return out
+
+
+def _corrupt(rid: int, body: bytes, exc: BaseException, action: str) -> None:
+    event(log, "outbox row undecodable", logging.ERROR, id=rid, bytes=len(body), error=str(exc) or repr(exc),
+          action=action)
 
 
 def _runs(group: list[_Stored]) -> list[list[_Stored]]:
@@ -571,9 +602,14 @@ class Outbox:
             self._thin_floor = rid
             if thinned:
                 continue
+            try:
+                packs = _packs(body)
+            except _CORRUPT as exc:  # left as it is: eviction may take it
+                _corrupt(rid, body, exc, "kept raw")
+                continue
             window.append((rid, t))
-            for entry, raw in district_wire.stored_entries(body):
-                by_dev.setdefault(entry["dev"], []).append((cast(district_wire.TelemetryEntry, entry), raw))
+            for entry, raw in packs:
+                by_dev.setdefault(entry["dev"], []).append((entry, raw))
         rows.close()
         kept: list[bytes] = []
         summaries: list[bytes] = []
@@ -582,12 +618,21 @@ class Outbox:
             # One summary a run of sequence numbers, its range exactly what it holds, for the runs that gain
             # most; the rest stay raw: too few messages to gain from a summary, or past MAX_RUNS.
             runs = _runs(group)
-            bodies = [self._summary(dev, run) for run in runs]
-            gain = [sum(len(raw) for _, raw in run) - len(body) for run, body in zip(runs, bodies, strict=True)]
+            bodies: list[bytes | None] = []
+            for run in runs:
+                try:
+                    bodies.append(self._summary(dev, run))
+                except _CORRUPT as exc:  # a record a storage fault changed: the run stays as stored
+                    event(log, "outbox entries undecodable", logging.ERROR, dev=dev, seq_lo=run[0][0]["seq"],
+                          seq_hi=run[-1][0]["seq"], error=str(exc) or repr(exc), action="kept raw")
+                    bodies.append(None)
+            gain = [0 if body is None else sum(len(raw) for _, raw in run) - len(body)
+                    for run, body in zip(runs, bodies, strict=True)]
             best = set(sorted((i for i in range(len(runs)) if gain[i] > 0), key=lambda i: -gain[i])[:MAX_RUNS])
             for i, run in enumerate(runs):
-                if i in best:
-                    summaries.append(bodies[i])
+                summary = bodies[i]
+                if i in best and summary is not None:
+                    summaries.append(summary)
                     made.append((dev, run))
                 else:
                     kept += [raw for _, raw in run]
@@ -644,12 +689,12 @@ class Outbox:
                 gone.append((rid,))
                 freed += size + ROW_OVERHEAD
                 (body,) = self.conn.execute("SELECT body FROM outbox WHERE id = ?", (rid,)).fetchone()
-                for entry, _ in district_wire.stored_entries(body):
-                    if "seq_lo" in entry:  # a summary
-                        report.evicted.setdefault(entry["dev"], _Runs()).add(entry["msgs"], entry["seq_lo"],
-                                                                             entry["seq_hi"])
-                    else:
-                        report.evicted.setdefault(entry["dev"], _Runs()).add(1, entry["seq"], entry["seq"])
+                try:
+                    for entry, _ in district_wire.stored_entries(body):
+                        dev, lo, hi, msgs = _span(entry)
+                        report.evicted.setdefault(dev, _Runs()).add(msgs, lo, hi)
+                except _CORRUPT as exc:  # reported as far as it decodes
+                    _corrupt(rid, body, exc, "evicted")
             if not gone:
                 return
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", gone)

@@ -296,6 +296,39 @@ def test_a_budget_pass_that_failed_leaves_its_windows_to_the_next(store: sqlite3
         assert thinned and max(thinned) < min(raw[dev])  # the oldest went first
 
 
+def test_a_corrupt_row_neither_stops_the_budget_nor_takes_other_messages_with_it(
+        store: sqlite3.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    """A row a storage fault changed (a flipped byte on a site box's flash card) raised out of every budget
+    pass, which rolled back: from then on the outbox outgrew its budget until the disk was full."""
+    ob = Outbox(store, 10**9, thin_interval_s=300.0)
+    _, seqs = fill(ob, store, devices=20, per_device=120, step=10.0)  # a row of 20 devices every 10 s
+    first, second = [rid for (rid,) in store.execute(
+        "SELECT id FROM outbox WHERE lane = ? ORDER BY id LIMIT 2", (TELEMETRY,))]
+    (body,) = store.execute("SELECT body FROM outbox WHERE id = ?", (first,)).fetchone()
+    cut = len(body) // 2
+    store.execute("UPDATE outbox SET body = ? WHERE id = ?", (body[:cut] + b"\xff" + body[cut + 1:], first))
+    (body,) = store.execute("SELECT body FROM outbox WHERE id = ?", (second,)).fetchone()
+    bad = [entry for entry, _ in stored_entries(body)]
+    bad[3]["e"] = "not records"  # dev-3's seq 1001: its own CBOR, but no records a summary can read
+    store.execute("UPDATE outbox SET body = ? WHERE id = ?", (b"".join(map(cbor2.dumps, bad)), second))
+    store.commit()
+    full = ob.bytes_used()
+    for budget in (full // 2, full // 8):  # thinning around the two rows, then eviction through them
+        ob.budget_bytes = budget
+        assert ob.enforce_budget(now=T0 + 1300) is not None
+        assert ob.bytes_used() <= budget
+    said = [r.fields for r in caplog.records if r.getMessage() == "outbox row undecodable"]  # type: ignore[attr-defined]
+    assert {(f["id"], f["action"]) for f in said} >= {(first, "kept raw"), (first, "evicted")}
+    assert any(r.getMessage() == "outbox entries undecodable" and r.fields["dev"] == "dev-3"  # type: ignore[attr-defined]
+               for r in caplog.records)
+    raw, _, dq = accounting(ob)
+    for dev, want in seqs.items():  # every message but those of the first row is raw, summarised or evicted
+        reported = [(e["seq_lo"], e["seq_hi"]) for doc in dq for key in ("thinned", "evicted") for e in doc[key]
+                    if e["dev"] == dev]
+        accounted = raw.get(dev, set()).union(*(set(range(lo, hi + 1)) for lo, hi in reported))
+        assert want - {1000} <= accounted, dev
+
+
 def test_a_summary_mean_is_weighed_by_the_numbers_alone(store: sqlite3.Connection) -> None:
     """A metric whose readings were now a value and now a sum alone (RFC 8428 lets a record carry only a sum)
     had its mean divided by every reading: values 2, 4 and 6 beside two sums summarised to a mean of 2.4."""
