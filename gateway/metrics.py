@@ -31,6 +31,8 @@ class Snapshot:
     outbox_depth: Mapping[str, int] = field(default_factory=dict)  # by lane
     outbox_oldest_age_s: Mapping[str, float] = field(default_factory=dict)
     outbox_bytes: int = 0
+    outbox_thinned: int = 0  # device messages the disk budget summarised, since the start
+    outbox_evicted: int = 0  # and those it dropped
     uplink_connected: bool = False
     site_connected: bool = False
     alarms: Mapping[str, int] = field(default_factory=dict)  # active, by level
@@ -74,6 +76,10 @@ class _Collector:
         yield by("lifeline_outbox_oldest_age_seconds", "Age of the oldest waiting item, by lane", "lane",
                  s.outbox_oldest_age_s, False)
         yield GaugeMetricFamily("lifeline_outbox_bytes", "Outbox size on disk", value=s.outbox_bytes)
+        yield CounterMetricFamily("lifeline_outbox_thinned_messages", "Device messages the disk budget summarised",
+                                  value=s.outbox_thinned)
+        yield CounterMetricFamily("lifeline_outbox_evicted_messages", "Device messages the disk budget dropped",
+                                  value=s.outbox_evicted)
         yield GaugeMetricFamily("lifeline_uplink_connected", "1 while connected to the district broker",
                                 value=int(s.uplink_connected))
         yield GaugeMetricFamily("lifeline_site_connected", "1 while connected to the site broker",

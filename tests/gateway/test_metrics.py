@@ -86,3 +86,34 @@ async def test_text_not_utf8_from_the_site_broker_is_a_metric_counted_across_con
     lines = [getattr(r, "fields", {}).get("error") for r in caplog.records if r.getMessage() == "disconnected"]
     assert lines == ["disconnected by the broker: SERVER_SHUTTING_DOWN (its reason string, not UTF-8: \\xffby)"] * (
         connections)  # a line a connection, as for any DISCONNECT (the link was up in between)
+
+
+def test_what_the_disk_budget_summarised_and_dropped_is_in_the_scrape(tmp_path: Path) -> None:
+    """The outbox counted the device messages its budget summarised and dropped, and nothing exported them:
+    through a district outage an operator's monitoring saw the outbox at its budget and no sign that readings
+    were being given up (the budget's report reaches the district only once the link is back)."""
+    (tmp_path / "site.toml").write_text(
+        '[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    gateway = Gateway(load(tmp_path / "site.toml"))
+    ob = gateway.outbox
+    try:
+        t0 = 1_763_900_000.0
+        for k in range(200):  # ten devices every 10 s; windows of 30 s hold three messages of each
+            for d in range(10):
+                ob.put_telemetry(f"d{d}", k, 1, [{"n": "level", "u": "m", "t": t0 + 10 * k, "v": k % 7}],
+                                 now=t0 + 10 * k)
+            ob.flush()
+        gateway.conn.commit()
+        ob.thin_interval_s = 30.0
+        ob.budget_bytes = ob.bytes_used() // 4
+        assert ob.enforce_budget(now=t0 + 2000) is not None
+        assert ob.thinned_msgs and ob.evicted_msgs
+        metrics = Metrics()
+        metrics.update(gateway.snapshot())
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        ob.close()
+        gateway.conn.close()
+    assert f"lifeline_outbox_thinned_messages_total {ob.thinned_msgs}.0" in text
+    assert f"lifeline_outbox_evicted_messages_total {ob.evicted_msgs}.0" in text
