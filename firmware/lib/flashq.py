@@ -228,13 +228,16 @@ class FlashQ:
 
     def confirm(self, ranges):
         """Forget every record whose id lies in one of `ranges` ((first, last) pairs, inclusive): the gateway
-        has committed it. One index write for the lot; True if anything went. A confirmation naming an id
-        this queue has not issued yet comes from an earlier queue (flash wiped) and is ignored whole. Any
-        confirmation turns hold on for good: this node's gateway confirms. A queue without its directory holds
-        nothing (hold None): it has nothing to confirm, and no index to turn hold on in."""
+        has committed it. One index write for the lot. Returns the id of the oldest record still held (None
+        when none is): while it stays the same, the gateway lacks it, whatever came after it (the runtime
+        sends it again). A confirmation naming an id this queue has not issued yet comes from an earlier queue
+        (flash wiped) and is ignored whole. Any confirmation turns hold on for good: this node's gateway
+        confirms. A queue without its directory holds nothing (hold None): it has nothing to confirm, and no
+        index to turn hold on in."""
         if self.hold is None:
-            return False
+            return None
         gone = 0
+        old = None
         if not self.hold:
             self.hold = True
             self._save()
@@ -242,7 +245,8 @@ class FlashQ:
         for r in ranges:
             top = max(top, r[1])
         if top >= self._next:
-            return False
+            ranges = ()
+            top = -1
         for lane in (_ALARM, _ROUTINE):
             seg, off = self._floor[lane]
             while seg <= self._head[lane]:
@@ -250,14 +254,17 @@ class FlashQ:
                     seg, off = seg + 1, 0
                     continue
                 rid = self._rid
-                if rid > top:
-                    break
                 if rid not in self._acked:
                     for a, b in ranges:
                         if a <= rid <= b:
                             self._acked.append(rid)
                             self._live[lane] -= 1
                             gone += 1
+                            break
+                    else:  # held on: the lane's oldest if it is the first, and none after it is named
+                        if old is None or rid < old:
+                            old = rid
+                        if rid > top:
                             break
                 off += _HLEN + self._ln
         if gone:
@@ -266,7 +273,7 @@ class FlashQ:
             self._save()
             for lane in (_ALARM, _ROUTINE):
                 self._reap(lane)
-        return gone > 0
+        return old
 
     def waiting(self):
         """Whether peek() has a record to hand out (without handing it out)."""

@@ -4,14 +4,19 @@ arrives on the broker, decoded with cbor2 and verified with the device key."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.commit_watermark import done_body
 from lifeline import upy
 from lifeline.upy import FIRMWARE_HEAP
 from lifeline.virtual.broker import Mosquitto
@@ -132,6 +137,63 @@ def test_broker_outage_buffers_in_flash_and_drains_every_seq_in_order(tmp_path: 
     fault_log.record("site broker stopped 8 s while a node samples (real firmware)", injected=1, unit="messages",
                      sent=len(unique), delivered=len(set(got)), duplicates=len(got) - len(set(got)),
                      where="site broker")
+
+
+def test_a_record_the_gateway_lacks_goes_again_while_later_ones_are_confirmed(tmp_path: Path, mpy: Path,
+                                                                              broker: Mosquitto) -> None:
+    """With the gateway confirming (hold on), the node sent its unconfirmed records again at a connect, or once no
+    confirmation at all had come for queue.resend_s. A record the gateway never got (lost at the site broker) while
+    the node's later ones were confirmed was never sent again while the link held: each of their confirmations
+    restarted that wait. It stayed on flash until the queue filled and dropped it (a reading lost), and meanwhile
+    every confirmation rewrote an index listing each record confirmed behind it. Now the wait runs from when the
+    oldest record held last changed. The test is the gateway here: it confirms every number it gets but one."""
+    p = fast_gas(report_s=0.5, batch=2)
+    p["queue"]["resend_s"] = 2
+    p["sensors"][0]["metrics"]["ch4"]["filters"] = []  # a message every 0.5 s: confirmations well within 2 s
+    listener = Listener(broker.port, SITE, DEV)
+    gateway = paho.Client(CallbackAPIVersion.VERSION2, client_id="gateway")
+    gateway.connect("127.0.0.1", broker.port)
+    gateway.loop_start()
+
+    def confirm(lost: int) -> int:
+        """Every number received but `lost`, as the gateway's ranges; the highest number confirmed."""
+        ranges: list[list[int]] = []
+        for n in sorted(set(seqs(listener)) - {lost}):
+            if ranges and ranges[-1][1] == n - 1:
+                ranges[-1][1] = n
+            else:
+                ranges.append([n, n])
+        body = done_body([(a, b) for a, b in ranges[-topics.MAX_DONE_RANGES:]])
+        gateway.publish(topics.device(SITE, DEV, topics.DONE), body, qos=1, retain=True).wait_for_publish(5)
+        return ranges[-1][1]
+
+    def hold_on() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return bool(json.loads((dev.flash / "q" / "idx").read_text()).get("h"))
+        return False
+
+    try:
+        with FlashDirDevice(tmp_path / "flash", mpy, p, broker.port, {"ch4": [[0, 2.0], [60, 9.0]]}) as dev:
+            assert listener.wait(lambda m: len(seqs_of(m)) >= 2, 20), dev.console()
+            confirm(0)
+            deadline = time.monotonic() + 10
+            while not hold_on() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert hold_on(), dev.console()
+            lost = max(seqs(listener)) + 2  # PUBACKed after hold went on: held until confirmed
+            told = 0
+            deadline = time.monotonic() + 15
+            while seqs(listener).count(lost) < 2 and time.monotonic() < deadline:
+                if max(seqs(listener)) > told:
+                    told = confirm(lost)
+                time.sleep(0.2)
+            console = dev.console()
+    finally:
+        gateway.loop_stop()
+        gateway.disconnect()
+        listener.close()
+    assert seqs(listener).count(lost) >= 2, f"{lost} not sent again; confirmed up to {told}: {console[-2000:]}"
+    assert len([b for b in listener.of(topics.STATE) if b["st"] == message.ONLINE]) == 1, "sent again on one link"
 
 
 def queue_bytes(dev: FlashDirDevice) -> int:

@@ -85,10 +85,10 @@ class App:
         self.pub = Publisher(p, self.clock, self.dev, self.boot, self.key, self.topic, self.mqtt)
         # End-to-end delivery: once the gateway confirms (topic done), a record leaves flash on its
         # confirmation, not on the site broker's PUBACK, which a power cut of the site box can take back.
-        # [since when (the last confirmation or resend), the wait before the next resend, its first wait]:
-        # one attribute, not three names.
+        # [since when (the oldest record held last changed, or the last resend), the wait before the next resend,
+        # its first wait, that oldest record's id (-1: none told yet)]: one attribute, not four names.
         r = int(p.get("queue", {}).get("resend_s", 30) * 1000)
-        self.resend_at = [0, r, r]
+        self.resend_at = [0, r, r, -1]
         self.configure(p)
         self.sensors = []
         self.beats = {}
@@ -145,19 +145,22 @@ class App:
             self.got.set()
 
     def done(self, payload):
-        """The gateway's confirmation: forget what it has committed. A malformed one is counted, not obeyed."""
+        """The gateway's confirmation: forget what it has committed. A malformed one is counted, not obeyed.
+        The resend wait starts over only when the oldest record held changes: confirmations of later ones
+        restarted it too, and a record the broker lost while later ones went through was never sent again."""
         try:
             ranges = topics.done_ranges(payload)
         except ValueError:
             self.reject("done")
             return
-        if self.pub.q.confirm(ranges):
-            r = self.resend_at
-            r[0], r[1] = self.clock.up_ms(), r[2]
+        old = self.pub.q.confirm(ranges)
+        r = self.resend_at
+        if old != r[3]:
+            r[0], r[1], r[3] = self.clock.up_ms(), r[2], old
 
     def resend(self, up):
-        """Send unconfirmed records again when no confirmation has come for a while (a broker that lost them
-        without dropping the link, a gateway that was away), waiting twice as long each time up to
+        """Send unconfirmed records again when the oldest has not been confirmed for a while (a broker that lost
+        it without dropping the link, a gateway that was away), waiting twice as long each time up to
         _RESEND_MAX_MS, so a gateway down for hours costs a few resends, not one a minute."""
         r = self.resend_at
         if not len(self.pub.q):

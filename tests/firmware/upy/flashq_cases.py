@@ -281,7 +281,7 @@ def case_a_queue_without_its_directory_has_nothing_to_confirm():
     q = FlashQ(DIR + "/none/q", capacity=8192, segment=512, max_record=300)
     for _ in range(3):
         assert q.put(b"reading") is None
-    assert q.confirm([(1, 3)]) is False and q.confirm([(1, 1), (3, 3)]) is False
+    assert q.confirm([(1, 3)]) is None and q.confirm([(1, 1), (3, 3)]) is None
     assert not q.hold and len(q) == 0 and q.peek(1) == [] and q.dropped == [0, 3]
 
 

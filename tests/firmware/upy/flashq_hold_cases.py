@@ -29,7 +29,7 @@ def case_a_pubacked_record_stays_until_confirmed():
     r = [q.put(b"r%d" % i) for i in range(5)]
     assert sent(q) == r
     assert len(q) == 5 and q.peek(1) == [], "acked records are held, not handed out again"
-    assert q.confirm([(r[0], r[1])])
+    assert q.confirm([(r[0], r[1])]) == r[2], "the oldest record still held"
     assert len(q) == 3
     q.resend()
     assert sent(q) == r[2:]
@@ -42,15 +42,15 @@ def case_alarms_ahead_of_backlog_are_confirmed_out_of_order():
     r = [q.put(b"routine %d" % i + b"." * 20) for i in range(12)]
     a = q.put(b"alarm", alarm=True)
     assert sent(q)[0] == a
-    assert q.confirm([(a, a)])
+    assert q.confirm([(a, a)]) == r[0]
     assert q.count(0) == 0 and q.count(1) == 12
-    assert q.confirm([(r[4], r[6]), (r[9], r[9])])  # holes: r0-r3 lost on the way, say
+    assert q.confirm([(r[4], r[6]), (r[9], r[9])]) == r[0]  # holes: r0-r3 lost on the way, say: r0 still the oldest
     left = [x for x in r if not (r[4] <= x <= r[6] or x == r[9])]
     q.resend()
     assert ids(q) == left
     q = held(reopen(q, segment=256))
     assert ids(q) == left
-    assert q.confirm([(r[0], r[11])])
+    assert q.confirm([(r[0], r[11])]) is None
     assert len(q) == 0
     q = reopen(q, segment=256)
     assert len(q) == 0 and q.peek(1) == []
@@ -68,11 +68,11 @@ def case_resend_rewinds_what_was_in_flight():
 def case_a_confirmation_from_an_earlier_queue_is_ignored():
     q = held(fresh())
     r = [q.put(b"r%d" % i) for i in range(3)]
-    assert not q.confirm([(1, 5000)]), "ids this queue never issued: a wiped flash's old confirmation"
+    assert q.confirm([(1, 5000)]) == r[0], "ids this queue never issued: a wiped flash's old confirmation"
     assert len(q) == 3
-    assert not q.confirm([(r[2] + 1, r[2] + 1)])
-    assert q.confirm([(r[0], r[2])]) and len(q) == 0
-    assert not q.confirm([(r[0], r[2])]), "confirmed twice: nothing left to forget"
+    assert q.confirm([(r[2] + 1, r[2] + 1)]) == r[0]
+    assert q.confirm([(r[0], r[2])]) is None and len(q) == 0
+    assert q.confirm([(r[0], r[2])]) is None, "confirmed twice: nothing left to forget"
 
 
 def case_the_first_confirmation_turns_hold_on_for_good():
@@ -80,7 +80,7 @@ def case_the_first_confirmation_turns_hold_on_for_good():
     a = q.put(b"before")
     assert q.peek(1)[0][0] == a and q.ack(a) and len(q) == 0, "no confirmation yet: a PUBACK suffices"
     b = q.put(b"after")
-    assert not q.confirm([])
+    assert q.confirm([]) == b
     assert q.hold
     q = reopen(q)
     assert q.hold
