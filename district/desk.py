@@ -57,6 +57,7 @@ MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones
 HASHING = 2  # logins whose password is checked at once: Argon2id takes 64 MiB and a tenth of a second each
 MAX_WINDOW_S = 400 * 86400
 RECHECK_S = 60.0  # a live feed looks its session up again at the first notice this long after the last look-up
+PING_S = 15.0  # a live feed with nothing to send says "ping" this often; the page connects again after three missed
 BUSY = "the database is busy, try again"  # what a desk action the database failed answers (503)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
@@ -83,14 +84,14 @@ class Refused(Exception):
 def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, downlink: Downlink | None = None,
              risk_points: RiskPoints | None = None, rules: RuleSet | None = None, secure_cookie: bool = False,
              clock: Callable[[], float] = time.time, rollouts: bool = True,
-             rollup_s: int = ROLLUP_S, verifier: Verifier | None = None) -> Starlette:
+             rollup_s: int = ROLLUP_S, verifier: Verifier | None = None, ping_s: float = PING_S) -> Starlette:
     """The desk over one database. `broker`: the district broker, which the desk follows for the change
     feed and, unless `downlink` is given, sends to sites through. `secure_cookie`: behind HTTPS.
     `rollouts`: drive the OTA rollouts in the database (district/rollout.py) from this process. `rollup_s`:
     the retention's bucket width, so that a history has the bucket its window starts in. The risk points are
     the app's `state.risk_points`, and `verifier` (the device keys a stored message is checked again with,
     district/config.verifier; none unless given) its `state.verifier`: a reload replaces both
-    (district/service.py)."""
+    (district/service.py). `ping_s`: how long a live feed stays quiet before it says it is there."""
     if downlink is None:
         if broker is None:
             raise ValueError("the desk needs a broker or a downlink to send acks and commands down")
@@ -382,17 +383,26 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         s = await who(request)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
-            """Change notices while the session lasts: its expiry ends the stream at the next notice, and so does
-            a logout, told by a "session" notice, at which the session is looked up again (and once every
-            RECHECK_S, for a notice lost or a session ended otherwise). It was looked up before each notice:
-            every open page read the database at each of the hundreds of notices a second ingest makes. A
-            look-up the database failed ends the stream too, as the page's next connection starts afresh;
-            raised, it cut the stream with a traceback."""
+            """Change notices while the session lasts, and a "ping" after ping_s with nothing sent, which the page
+            watches: sse-starlette's ping is a comment no page sees, so a desk gone without closing the connection
+            (its host dead) left the page "live" until TCP gave up, minutes later. Sent from this loop, a ping also
+            says the feed itself runs. The session's expiry ends the stream at the next notice, and so does a
+            logout, told by a "session" notice, at which the session is looked up again (and once every RECHECK_S,
+            for a notice lost or a session ended otherwise). It was looked up before each notice: every open page
+            read the database at each of the hundreds of notices a second ingest makes. A look-up the database
+            failed ends the stream too, as the page's next connection starts afresh; raised, it cut the stream
+            with a traceback."""
             checked = time.monotonic()
             async with hub.listen() as q:
-                yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf})}
+                yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf, "ping": ping_s})}
+                due = time.monotonic() + ping_s
                 while True:
-                    change = await q.get()
+                    try:
+                        change = await asyncio.wait_for(q.get(), max(0.0, due - time.monotonic()))
+                    except TimeoutError:
+                        yield {"event": "ping", "data": "{}"}
+                        due = time.monotonic() + ping_s
+                        continue
                     if clock() >= s.expires:
                         return
                     told = change["kind"] in ("session", "reload")  # a reload: it may have replaced a "session"
@@ -408,7 +418,8 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                         if change["kind"] == "session":
                             continue
                     yield {"event": "change", "data": json.dumps(change)}
-        return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+                    due = time.monotonic() + ping_s
+        return EventSourceResponse(stream(), ping=0, headers={"Cache-Control": "no-store"})  # ping=0: ours, above
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=HEADERS)

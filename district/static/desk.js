@@ -6,7 +6,7 @@ const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back", reopened: "reopened" };
 const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, subject: null, sent: new Map(),
-  events: null, skew: 0 };
+  events: null, skew: 0, ping: 15, quiet: null };
 
 function $(id) { return document.getElementById(id); }
 
@@ -574,21 +574,51 @@ function showLive(up) {
     + " not shown until it is back";
 }
 
+function showReconnecting(why) {
+  $("live").textContent = "reconnecting";
+  $("live").className = "live off";
+  $("live").title = why;
+}
+
+// A feed says "ping" when it has had nothing to send for hello's `ping` seconds. A page that hears nothing for three
+// of them has lost the desk without being told (its host died, a link dropped without a reset), which the browser
+// notices only once TCP gives up, minutes later: it read "live" meanwhile. It connects again; a hello says "live".
+function watch(es) {
+  clearTimeout(desk.quiet);
+  if (!desk.ping) return;  // a desk that sends no ping
+  const wait = 3 * desk.ping + 1;
+  desk.quiet = setTimeout(() => {
+    if (desk.events !== es) return;
+    es.close();
+    showReconnecting(`nothing heard from the desk for ${wait} s: connecting again; new alarms are not shown until it`
+      + " answers");
+    connect();
+  }, wait * 1000);
+}
+
 function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
+  watch(es);  // a connection the desk never answers is given up too
   // At each connection, the browser's own after a stream ended included: the session its cookie holds now (a login
   // in another tab replaces it), then all, as notices may have been missed.
   es.addEventListener("hello", (e) => {
-    showLive(JSON.parse(e.data).feed !== false);
+    const hello = JSON.parse(e.data);
+    desk.ping = hello.ping;
+    watch(es);
+    showLive(hello.feed !== false);
     api("/api/me").then(adopt, () => {}).then(() => { if (desk.events === es) refresh(EVERY_PART); });
   });
-  es.addEventListener("change", (e) => onNotice(JSON.parse(e.data)));
+  es.addEventListener("change", (e) => { watch(es); onNotice(JSON.parse(e.data)); });
+  es.addEventListener("ping", () => watch(es));
   es.onerror = () => {
-    $("live").textContent = "reconnecting"; $("live").className = "live off"; $("live").title = "live updates";
+    showReconnecting("live updates");
     // The browser connects again by itself after a stream that ended, never after an answer other than 200
     // (503: the database busy; 401: the session ended): the page asks who it is, then connects or shows the login.
-    if (es.readyState === EventSource.CLOSED) setTimeout(() => reopen(es), 3000);
+    if (es.readyState === EventSource.CLOSED) {
+      clearTimeout(desk.quiet);
+      setTimeout(() => reopen(es), 3000);
+    }
   };
 }
 

@@ -3,6 +3,8 @@ sends down, and a district with one site, its devices and three users."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -35,12 +37,12 @@ def broker_config(broker: Mosquitto) -> BrokerConfig:
 
 
 @contextmanager
-def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
+def desk_server(engine: Engine, broker: Mosquitto, **desk: Any) -> Iterator[str]:
     """The desk app under uvicorn in a thread, following the broker's change feed, with s1's device keys to check
     stored messages again; yields its base URL once the desk follows the feed (a page that connected sooner was
-    redrawn by the reload at the subscription, at a moment no test chose)."""
+    redrawn by the reload at the subscription, at a moment no test chose). `desk`: more of make_app's arguments."""
     hub = Hub()
-    app = make_app(engine, hub=hub, broker=broker_config(broker), risk_points=RISK_POINTS, verifier=verifier())
+    app = make_app(engine, hub=hub, broker=broker_config(broker), risk_points=RISK_POINTS, verifier=verifier(), **desk)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1))
@@ -55,6 +57,77 @@ def desk_server(engine: Engine, broker: Mosquitto) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class DeadHost:
+    """A TCP proxy on loopback to the desk at `url` whose far end can die without a word. `die()`: it stops
+    passing anything on, either way, on the connections it has and on those it takes from then on, and closes none
+    (no FIN, no RST), as a desk host that lost its power looks to a browser until TCP gives up; `restart()`: the
+    host is back, its connections of before closed, new ones served."""
+
+    def __init__(self, url: str) -> None:
+        self._port = int(url.rsplit(":", 1)[1])
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._life = 0  # a connection is served while the host lives the life it was made in
+        self._dead = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def die(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._life += 1
+
+    def restart(self) -> None:
+        with self._lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):  # one the far end closed already
+                    s.shutdown(socket.SHUT_RDWR)  # or a thread blocked reading it would keep it open
+                s.close()
+            self._sockets.clear()
+            self._dead = False
+
+    def close(self) -> None:
+        self._server.close()
+        self.restart()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self._sockets.append(client)
+                if self._dead:
+                    continue  # taken, never answered
+                life = self._life
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._port))
+            except OSError:  # the desk itself stopped
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pass, args=(a, b, life), daemon=True).start()
+
+    def _pass(self, src: socket.socket, dst: socket.socket, life: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if self._life != life:
+                    return  # the host died: held, never passed on, nothing closed
+                dst.sendall(data)
+            if self._life == life:
+                dst.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> DeadHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def announce(broker: Mosquitto, payload: bytes) -> None:

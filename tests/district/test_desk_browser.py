@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deskkit import PASSWORD, USERS, alarm_body, announce, closed_orders, desk_server, ingest, seed
+from deskkit import PASSWORD, USERS, DeadHost, alarm_body, announce, closed_orders, desk_server, ingest, seed
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, delete, func, select, update
 
@@ -660,6 +660,27 @@ def test_a_desk_cut_off_from_the_district_broker_does_not_read_live(engine: Engi
             expect(p.locator("#live")).to_have_text("live", timeout=10_000)
             expect(p.locator(f".alarm[data-id='{RED}']")).to_be_visible()
         second.close()
+
+
+def test_a_desk_whose_host_died_without_a_word_does_not_read_live(engine: Engine, now: float,
+                                                                   browser: Browser) -> None:
+    """A desk host that dies (its power lost) closes none of its connections, and a browser notices a dead one
+    only once TCP gives up, minutes later: the page read "live" meanwhile while it heard nothing, as the desk's
+    ping was a comment no page sees. The feed now says "ping" every so often, and a page that misses three reads
+    "reconnecting" and connects again until a desk answers with a hello; then it is live and refetches what it
+    missed."""
+    with Mosquitto() as broker, desk_server(engine, broker, ping_s=0.5) as desk, DeadHost(desk) as host:
+        page = browser.new_page(viewport=VIEWPORT)
+        log_in(page, host.url, "viewer")
+        host.die()
+        expect(page.locator("#live")).to_have_text("reconnecting", timeout=10_000)
+        expect(page.locator("#live")).to_have_attribute("title", re.compile("nothing heard from the desk"))
+        with engine.begin() as conn:  # stored by a worker while this page heard nothing
+            store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now), received=now)
+        host.restart()
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible()
+        page.close()
 
 
 def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, now: float, browser: Browser) -> None:
