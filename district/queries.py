@@ -189,7 +189,8 @@ def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict
                         "stored to compare: these are what it sent"}
     sent_values, stored_values = Counter(_value(r) for r in sent), Counter(_value(r) for r in stored)
     if sent_values != stored_values:
-        if not stored_values - sent_values and _folded(conn, [r for r in sent if _value(r) not in stored_values]):
+        if not stored_values - sent_values and _folded(conn, message_id,
+                                                       [r for r in sent if _value(r) not in stored_values]):
             return {**head, "verdict": "folded", "sent": sent, "stored": stored,
                     "says": f"the device's MAC holds; {len(sent) - len(stored)} of its {len(sent)} readings were "
                             "folded into rollups (raw_days), and those still stored are ones it sent"}
@@ -202,12 +203,14 @@ def check_message(conn: Connection, message_id: int, verifier: Verifier) -> dict
                 "trust, or changed since), which its MAC does not cover" if retimed else "")}
 
 
-def _folded(conn: Connection, missing: list[dict[str, Any]]) -> bool:
-    """Whether the retention explains a message's `missing` readings: it folds the oldest first, by time, so a
-    message whose readings straddle raw_days holds its newer ones until a later pass. Each missing one is older
-    than every reading held now (readings_time), or a reading taken from the database would pass for folded."""
-    oldest = conn.execute(select(func.min(readings.c.t))).scalar()
-    return bool(missing) and oldest is not None and max(r["t"] for r in missing) < oldest
+def _folded(conn: Connection, message_id: int, missing: list[dict[str, Any]]) -> bool:
+    """Whether the retention explains message `message_id`'s `missing` readings: it folds the oldest first, by
+    (time, message), so a message whose readings straddle raw_days, or a pass's bound within their time, holds
+    its newer ones until a later pass. Each missing one's (time, message) is below every reading's held now
+    (readings_time), or a reading taken from the database would pass for folded."""
+    oldest = conn.execute(select(readings.c.t, readings.c.message)
+                          .order_by(readings.c.t, readings.c.message).limit(1)).first()
+    return bool(missing) and oldest is not None and (max(r["t"] for r in missing), message_id) < tuple(oldest)
 
 
 def _reading(r: Mapping[Any, Any]) -> dict[str, Any]:

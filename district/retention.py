@@ -7,10 +7,13 @@ Numbers (v) keep their spread, and so do booleans as 0 and 1, so that a bucket's
 chart of a door contact's older spans has something to draw; a reading of any other kind (a sum alone, text,
 data) keeps only its count. The gateway's thinning counts them the same way (docs/outbox.md).
 
-A pass names its readings by a time bound, never by a list of them: a list of ten thousand keys overflows
-PostgreSQL's parser stack, and SQLite caps bound parameters. Its DELETE returns what it removed, and only that
-is folded, so a late reading a worker commits meanwhile is either in this pass or left for the next. Buckets
-merge in the database (ON CONFLICT), so no pass reads the rollups back.
+A pass names its readings by a bound on (time, message), never by a list of them: a list of ten thousand keys
+overflows PostgreSQL's parser stack, and SQLite caps bound parameters. A bound on time alone took every reading
+of the last one's time, without end (a million of one time was one pass of 11 s under SQLite's write lock, past
+the workers' busy timeout, and 580 MB); by message too, a pass takes at most one message's readings more than
+CHUNK, and readings of one time are split across passes, each in exactly one. Its DELETE returns what it
+removed, and only that is folded, so a late reading a worker commits meanwhile is either in this pass or left
+for the next. Buckets merge in the database (ON CONFLICT), so no pass reads the rollups back.
 """
 
 from __future__ import annotations
@@ -29,24 +32,25 @@ from sqlalchemy import (
     delete,
     exists,
     select,
+    tuple_,
     update,
 )
 
 from district.schema import alarms, devices, messages, readings, rollups, work_orders
 from district.store import dialect_insert
 
-CHUNK = 10_000  # readings a pass, plus any that share the last one's time
+CHUNK = 10_000  # readings a pass, plus any of the last one's message at its time
 MESSAGES_CHUNK = 500  # messages looked at a pass (deleted by id: SQLite's older builds take 999 parameters)
 Key = tuple[str, str, str, float]
 
 
 def fold(conn: Connection, *, now: float, raw_days: float, rollup_s: int) -> int:
-    """Fold the oldest CHUNK readings older than `raw_days` (and any at the same instant as the last of them)
-    into their buckets; returns how many were folded."""
+    """Fold the oldest CHUNK readings older than `raw_days` by (time, message) (and any of the last one's message
+    at its time) into their buckets; returns how many were folded."""
     cutoff = now - raw_days * 86_400
-    bound = conn.execute(select(readings.c.t).where(readings.c.t < cutoff).order_by(readings.c.t)
-                         .offset(CHUNK - 1).limit(1)).scalar()
-    old = readings.c.t < cutoff if bound is None else readings.c.t <= bound
+    bound = conn.execute(select(readings.c.t, readings.c.message).where(readings.c.t < cutoff)
+                         .order_by(readings.c.t, readings.c.message).offset(CHUNK - 1).limit(1)).first()
+    old = readings.c.t < cutoff if bound is None else tuple_(readings.c.t, readings.c.message) <= tuple_(*bound)
     rows = conn.execute(delete(readings).where(old).returning(
         readings.c.site, readings.c.dev, readings.c.n, readings.c.t.label("at"), readings.c.u, readings.c.v,
         readings.c.vb)).all()

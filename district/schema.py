@@ -116,8 +116,9 @@ readings = Table(
     # a message's readings: the newest ones the desk's sample -> desk times are of, found from the newest messages
     # without reading the whole table (district/store.open_engine adds this index and the next to an older database)
     Index("readings_message", "message"),
-    # the oldest readings, which the retention folds (district/retention.py) without reading the recent ones
-    Index("readings_time", "t"),
+    # the oldest readings, which the retention folds (district/retention.py) without reading the recent ones, in
+    # (t, message) order so that a pass stops within readings of one time (district/store.py rebuilds one on t)
+    Index("readings_time", "t", "message"),
 )
 
 # Readings older than the raw retention are folded into one row per (series, bucket).

@@ -193,10 +193,20 @@ def _key_by_step(conn: Connection) -> None:
 
 
 def _add_index(engine: Engine, said: list[str], table: Table, name: str) -> bool:
-    """A database made by an older version gets an index of `table` it lacks (built once, which takes a while
-    on a large table); True if it was added."""
-    return _once(engine, said, table, lambda found: name in {i["name"] for i in found.get_indexes(table.name)},
-                 "SHARE ROW EXCLUSIVE", next(i for i in table.indexes if i.name == name).create,
+    """A database made by an older version gets an index of `table` it lacks, or has on other columns (dropped
+    and built again, under a lock that keeps readers out on PostgreSQL, as a DROP INDEX needs), built once, which
+    takes a while on a large table; True if it was added."""
+    index = next(i for i in table.indexes if i.name == name)
+
+    def columns(found: Inspector) -> list[Any] | None:
+        return next((i["column_names"] for i in found.get_indexes(table.name) if i["name"] == name), None)
+
+    def make(conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+        index.create(conn)
+
+    return _once(engine, said, table, lambda found: columns(found) == [c.name for c in index.columns],
+                 "SHARE ROW EXCLUSIVE" if columns(inspect(engine)) is None else "ACCESS EXCLUSIVE", make,
                  f"index {name} of {table.name}", (table,))
 
 

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, MetaData, Table, func, select, text
+from deskkit import ingest, verifier
+from sqlalchemy import Column, Engine, MetaData, Table, delete, func, inspect, select, text
 
-from district import retention, service, store
+from district import queries, retention, service, store
 from district.schema import devices, messages, readings, rollups
 
 DAY = 86_400.0
@@ -66,6 +67,92 @@ def test_more_than_a_chunk_of_old_readings_folds_into_exact_rollups(engine: Engi
         r = got[key]
         assert (r["count"], r["min"], r["max"], r["u"]) == (len(vs), min(vs), max(vs), "ppm"), key
         assert r["mean"] == pytest.approx(sum(vs) / len(vs)), key
+
+
+def test_readings_of_one_time_are_split_across_passes_each_folded_once(engine: Engine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass took every reading sharing its last one's time, without end: a million of one time (a site's
+    clock stuck, or made to) were one pass of 11 s under SQLite's write lock, past the workers' busy timeout.
+    Bounded by (time, message), a pass takes at most one message's readings past CHUNK, and the readings of one
+    time, split across passes, land in their buckets exactly once."""
+    monkeypatch.setattr(retention, "CHUNK", 7)
+    t = NOW - 40 * DAY - NOW % ROLLUP_S + 30  # mid-bucket: the one before and the one after have readings too
+    times = [t - 45.0] * 5 + [t] * 40 + [t + 0.5] * 3 + [t + 45.0] * 5
+    batch = [store.DeviceMessage(f"gas{seq % 3}", seq, 1, 0,
+                                 [{"n": "ch4", "t": at, "u": "ppm", "v": float(seq % 11) - 3.0},
+                                  {"n": "co", "t": at, "u": "ppm", "v": seq * 0.5}], None)
+             for seq, at in enumerate(times)]
+    expected: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for m in batch:
+        for r in m.records:
+            expected[(m.dev, r["n"], r["t"] - r["t"] % ROLLUP_S)].append(r["v"])
+    with engine.begin() as conn:
+        store.add_messages(conn, "s1", batch[::2], received=NOW)  # ids not in time order
+        store.add_messages(conn, "s1", batch[1::2], received=NOW)
+    passes = []
+    while True:
+        with engine.begin() as conn:
+            folded = retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S)
+        if not folded:
+            break
+        passes.append(folded)
+        assert len(passes) < 30, passes
+    assert sum(passes) == 2 * len(times) and max(passes) <= retention.CHUNK + 1, passes  # a message: 2 a time
+    with engine.connect() as conn:
+        got = {(r.dev, r.n, r.t): r for r in conn.execute(select(rollups)).mappings()}
+        assert conn.execute(select(func.count()).select_from(readings)).scalar_one() == 0
+    assert set(got) == set(expected)
+    for key, vs in expected.items():
+        r = got[key]
+        assert (r["count"], r["numbers"], r["min"], r["max"]) == (len(vs), len(vs), min(vs), max(vs)), key
+        assert r["mean"] == pytest.approx(sum(vs) / len(vs)), key
+
+
+def test_a_message_folded_by_a_pass_bound_within_its_time_is_told_as_folded(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass bound between the messages of one time leaves a message folded below it beside readings of that
+    same time: checked then, its MAC holding, it must read folded (one pass more finishes it), not differs, a
+    false finding of tampering; a reading taken from a message above the bound still differs."""
+    monkeypatch.setattr(retention, "CHUNK", 3)
+    t = NOW - 40 * DAY
+    for seq in range(1, 7):  # methane at t, carbon monoxide 10 s later, in each
+        ingest(engine, "gas1", seq, t, {"ch4": float(seq), "co": 2.0}, received=NOW, spread=10)
+    with engine.begin() as conn:
+        ids = conn.execute(select(messages.c.id).order_by(messages.c.id)).scalars().all()
+        assert retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S) == 3  # three messages' methane
+    with engine.connect() as conn:
+        check = queries.check_message(conn, ids[0], verifier())
+        assert check is not None and check["verdict"] == "folded", check
+        assert check["stored"] == [{"n": "co", "t": t + 10, "u": "ppm", "v": 2.0}]
+        assert "1 of its 2 readings" in check["says"]
+        assert queries.check_message(conn, ids[3], verifier())["verdict"] == "match"  # type: ignore[index]
+    with engine.begin() as conn:
+        conn.execute(delete(readings).where(readings.c.message == ids[-1], readings.c.n == "ch4"))
+        assert queries.check_message(conn, ids[-1], verifier())["verdict"] == "differs"  # type: ignore[index]
+
+
+def test_an_older_databases_index_of_reading_times_is_built_again_by_message_too(
+        engine: Engine, engine_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """readings_time was on t alone, which a pass bounded by (time, message) would sort every old reading by:
+    the first start rebuilds it, saying so as every upgrade step does, and a second start changes nothing."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX readings_time")
+        conn.exec_driver_sql("CREATE INDEX readings_time ON readings (t)")
+        store.add_message(conn, "s1", "gas1", 0, 1, [{"n": "ch4", "t": NOW - 40 * DAY, "v": 1.0}], received=NOW)
+    caplog.set_level(logging.INFO, logger="lifeline.district.store")
+    reopened = store.open_engine(engine_url)
+    try:
+        steps = [r.fields for r in caplog.records if r.getMessage() == "database-upgrade"]  # type: ignore[attr-defined]
+        assert steps == [{"step": "index readings_time of readings", "rows": 1, "allowed_s": 60}], steps
+        caplog.clear()
+        store.open_engine(engine_url).dispose()
+        assert not [r for r in caplog.records if r.getMessage().startswith("database-upgrade")]
+        [index] = [i for i in inspect(reopened).get_indexes("readings") if i["name"] == "readings_time"]
+        assert index["column_names"] == ["t", "message"]
+        with reopened.begin() as conn:
+            assert retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S) == 1
+    finally:
+        reopened.dispose()
 
 
 def test_a_bucket_split_across_passes_keeps_its_count_spread_and_mean(engine: Engine) -> None:
