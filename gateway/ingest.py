@@ -152,9 +152,12 @@ class Subscriber:
                     asyncio.ensure_future(handed).cancel()
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish on this connection; raises LinkError when not connected."""
+        """Publish on this connection; raises LinkError when not connected. A publish the broker refuses is
+        logged (a device's confirmation or command the site's access rules deny): nothing here can do better."""
         link = self._link
         if link is None:
             raise LinkError(f"{self.name}: not connected")
-        await link.publish(topic, payload, qos=qos, retain=retain)
+        refused = await link.publish(topic, payload, qos=qos, retain=retain)
+        if refused is not None:
+            log.warning("publish to %s refused: %s", topic, refused)
 

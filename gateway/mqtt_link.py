@@ -7,8 +7,9 @@ The ingest must not PUBACK a message before its batch is committed. paho can hol
 what the socket has, cuts it into packets with the `mqtt5` package's reader (MQTT 5, sans-I/O, written in
 Rust; its public `read` and packet classes only) and keeps the deliveries in a deque until the caller takes
 and acknowledges them. What a client must do besides that is here: CONNECT with a session that never
-expires (MQTT 5's form of clean_session False), SUBSCRIBE and wait for the SUBACK, PUBLISH at QoS 0 or 1
-(waiting for the PUBACK), PINGREQ on the keepalive, and LinkError once the connection is gone.
+expires (MQTT 5's form of clean_session False), or a clean one with a will (the uplink's), SUBSCRIBE and wait
+for the SUBACK, PUBLISH at QoS 0 or 1 (waiting for the PUBACK, and telling one that refused), PINGREQ on the
+keepalive, and LinkError once the connection is gone.
 
 Hostile or broken input: the CONNECT asks the broker for packets of at most `max_packet` bytes, and the
 Link closes with a LinkError on a packet that declares more, on anything the reader finds malformed, and
@@ -68,12 +69,18 @@ class Link(asyncio.Protocol):
 
     def __init__(self, broker: BrokerConfig, logger: logging.Logger, timeout_s: float = 10.0,
                  max_packet: int = MAX_PACKET, receive_max: int = RECEIVE_MAX, inbox_max: int = INBOX_MAX,
-                 not_utf8: Counter[str] | None = None) -> None:
+                 not_utf8: Counter[str] | None = None, *, clean: bool = False, will: mqtt5.Will | None = None,
+                 ack_timeout_s: float | None = None) -> None:
         """`not_utf8`: where to count packets with text that is not UTF-8, by packet name (the subscriber keeps one
-        across its connections; the metric `lifeline_link_not_utf8`)."""
+        across its connections; the metric `lifeline_link_not_utf8`). `clean`: a session that starts empty and
+        ends with the connection (a publisher's), not the persistent one. `timeout_s` bounds the connect, and
+        `ack_timeout_s` (by default the same) a PUBACK or SUBACK."""
         self.broker = broker
         self.log = logger
         self.timeout_s = timeout_s
+        self.ack_timeout_s = timeout_s if ack_timeout_s is None else ack_timeout_s
+        self.clean = clean
+        self.will = will
         self.max_packet = max_packet
         self.receive_max = receive_max
         self.inbox_max = inbox_max
@@ -94,7 +101,8 @@ class Link(asyncio.Protocol):
         self._last_in = self._last_ping = time.monotonic()
         self._keepalive_s = broker.keepalive  # as the CONNACK may set it (MQTT 5's Server Keep Alive)
         # QoS 1 publishes the broker takes unacknowledged: its Receive Maximum, from the CONNACK (MQTT 5 3.2.2.3.3)
-        self._quota = asyncio.Semaphore(65535)
+        self.send_quota = 65535
+        self._quota = asyncio.Semaphore(self.send_quota)
         self._misc: asyncio.Task[None] | None = None
         self.not_utf8: Counter[str] = Counter() if not_utf8 is None else not_utf8
         self._told_not_utf8 = False  # a delivery of them logged on this connection
@@ -105,7 +113,8 @@ class Link(asyncio.Protocol):
         b = self.broker
         connect = mqtt5.ConnectPacket(
             b.client_id, username=b.username, password=None if b.password is None else b.password.encode(),
-            clean_start=False, keep_alive=b.keepalive, session_expiry_interval=NEVER_EXPIRES,
+            clean_start=self.clean, keep_alive=b.keepalive, will=self.will,
+            session_expiry_interval=0 if self.clean else NEVER_EXPIRES,
             receive_max=self.receive_max, max_packet_size=self.max_packet)
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -208,20 +217,21 @@ class Link(asyncio.Protocol):
         if refused:
             raise LinkError(f"subscription refused: {', '.join(refused)}")
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> str | None:
         """Returns once written (QoS 0) or once the broker's PUBACK is in (QoS 1); at most the broker's Receive
-        Maximum of QoS 1 publishes are out at once, the rest wait their turn."""
+        Maximum of QoS 1 publishes are out at once, the rest wait their turn. Returns the reason of a PUBACK that
+        refused the message (Mosquitto: its access rules deny the topic), which the broker did not take: MQTT
+        3.1.1 acknowledged such a message as taken and dropped it."""
         if qos == 0:
             self._write(mqtt5.PublishPacket(topic, payload, retain=retain).write())
-            return
+            return None
         async with self._quota:
             mid = self._message_id()
             packet = mqtt5.PublishPacket(topic, payload, qos=_qos(qos), retain=retain, packet_id=mid)
             puback = await self._request(mid, packet.write(), "publish")
         if not isinstance(puback, mqtt5.PubAckPacket):
             raise self._misanswered("publish", puback)
-        if puback.reason_code.value >= 0x80:  # MQTT 3.1.1 brokers dropped such a message silently; we log it
-            self.log.warning("publish to %s refused: %s", topic, puback.reason_code.name)
+        return puback.reason_code.name if puback.reason_code.value >= 0x80 else None
 
     async def message(self) -> Message:
         """The next delivery, in arrival order; raises LinkError once the connection is gone."""
@@ -276,10 +286,10 @@ class Link(asyncio.Protocol):
         self._waiting[mid] = answer
         try:
             self._write(data)
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.ack_timeout_s):
                 return await answer
         except TimeoutError:
-            raise LinkError(f"{what}: no acknowledgement in {self.timeout_s} s") from None
+            raise LinkError(f"{what}: no acknowledgement in {self.ack_timeout_s:g} s") from None
         finally:
             del self._waiting[mid]
 
@@ -379,6 +389,7 @@ class Link(asyncio.Protocol):
                 self._refused = f"connection refused: {packet.reason_code.name}"
             if packet.server_keep_alive is not None:
                 self._keepalive_s = packet.server_keep_alive
+            self.send_quota = packet.receive_max
             self._quota = asyncio.Semaphore(packet.receive_max)
             self._connack.set()
         elif isinstance(packet, mqtt5.DisconnectPacket):

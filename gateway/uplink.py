@@ -1,12 +1,12 @@
 """The district publisher: drains the outbox over one MQTT connection, QoS 1, deleting rows on PUBACK.
 
-aiomqtt 2.x's `publish(qos=1)` returns only after paho's on_publish fires, which for QoS 1 is the broker's
-PUBACK; so a row is acked to the outbox after `publish` returns and never before. Throughput comes from
-keeping several publishes in flight (one task each, bounded by a semaphore); paho writes them to the socket
-in call order, so the district sees the order in which they were leased.
+The connection is the gateway's own MQTT 5 link (gateway/mqtt_link.py), whose `publish(qos=1)` returns only
+at the broker's PUBACK; so a row is acked to the outbox after it returns and never before. Throughput comes
+from keeping several publishes in flight (one task each, bounded by a semaphore); the link writes them in call
+order, so the district sees the order in which they were leased.
 
 Alarms have their own path: `Outbox.put_alarm` sets `alarm_event`, which this task waits on, and alarm
-publishes skip both the in-flight bound and the drain pacing, so a live alarm does not queue behind a
+publishes skip both the bulk in-flight bound and the drain pacing, so a live alarm does not queue behind a
 backlog. State and telemetry share the bulk path: state rows one per message, telemetry batched into packs
 of up to `max_items` device messages or `max_delay_s` of waiting, whichever comes first. After an outage
 (a backlog larger than one batch at connect time) bulk publishes are paced to `drain_rate` messages per
@@ -19,8 +19,10 @@ before the session began goes up marked historical (district_wire.historical).
 Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
 keeps bodies unsealed, so a key change applies to the backlog too.
 
-The connection is MQTT 5, whose PUBACK can refuse a publish (Mosquitto: its access rules deny the topic) where
-3.1.1's acknowledged it and the broker dropped it: a refused publish's rows stay, and the session ends.
+MQTT 5's PUBACK can refuse a publish (Mosquitto: its access rules deny the topic) where 3.1.1's acknowledged
+it and the broker dropped it: a refused publish's rows stay, and the session ends. aiomqtt, which this module
+used before, takes every PUBACK for a success (aiomqtt 2.5.1's Client._on_publish drops the reason code), and
+has no public way to see one.
 """
 
 from __future__ import annotations
@@ -29,19 +31,15 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+import mqtt5
 
 from gateway import district_wire
 from gateway.logs import event
+from gateway.mqtt_link import Link, LinkError
 from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
 from gateway.site_config import BrokerConfig
 from protocol import district, site_seal, topics
@@ -64,35 +62,6 @@ class _Stopped(Exception):
 
 class Refused(Exception):
     """The district broker's PUBACK refused a publish: it did not take the message."""
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt takes every PUBACK for a success; `publish_checked` raises Refused for one that refuses."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._refusals: dict[int, ReasonCode] = {}
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                    properties: Properties) -> None:
-        if reason_code.is_failure:
-            self._refusals[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-
-    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
-                              timeout: float | None = None) -> None:
-        """aiomqtt's QoS 1 `publish` (it returns at the PUBACK; its own helpers, aiomqtt 2.x), told by message id
-        whether the PUBACK refused."""
-        info = self._client.publish(topic, payload, 1, retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._wait_for(confirmation.wait(), timeout=timeout)
-        reason = self._refusals.pop(info.mid, None)
-        if reason is not None:
-            raise Refused(f"{topic}: {reason}")
 
 
 class Uplink:
@@ -137,6 +106,7 @@ class Uplink:
         self._slots = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._alarms_in_flight = 0
+        self._alarm_cap = alarm_inflight  # alarms unacknowledged at once, as the district broker allows (_session)
         self._next_send = 0.0
         self._drain_total = 0
         self._drain_sent = 0
@@ -159,7 +129,7 @@ class Uplink:
                 except* Refused as group:  # its rows stay; each session would end the same way until it is fixed
                     self._refused = str(group.exceptions[0])
                     self._lost(group.exceptions[0], logging.ERROR, "uplink publish refused")
-                except* aiomqtt.MqttError as group:
+                except* LinkError as group:
                     self._lost(group.exceptions[0])
                 except* sqlite3.Error as group:  # disk full, I/O error: keep the daemon up and retry
                     self._lost(group.exceptions[0], logging.ERROR)
@@ -214,39 +184,34 @@ class Uplink:
     def _sealed(self, kind: str, body: bytes) -> bytes:
         return body if self.site_key is None else site_seal.seal(self.site_key, self.site, kind, body)
 
-    def _client(self) -> _Client:
-        b = self.broker
-        tls = None
-        if b.tls is not None:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=None if b.tls.ca_file is None else str(b.tls.ca_file),
-                certfile=None if b.tls.cert_file is None else str(b.tls.cert_file),
-                keyfile=None if b.tls.key_file is None else str(b.tls.key_file))
-        client = _Client(
-            b.host, b.port, username=b.username, password=b.password, identifier=b.client_id,
-            keepalive=b.keepalive, tls_params=tls, timeout=self.connect_timeout_s,
-            # MQTT 5: a PUBACK that refuses. Clean start with no session expiry (a client a session): nothing is
-            # subscribed here (the downlink has a connection of its own, gateway/daemon.py).
-            protocol=aiomqtt.ProtocolVersion.V5,
-            # Our semaphore bounds what is in flight; paho must not hold alarms back behind its own window.
-            max_inflight_messages=0,
-            will=aiomqtt.Will(district.up(self.site, district.GATEWAY),
-                              self._sealed(district.GATEWAY, district_wire.gateway_death(self.session)), 1, True),
-            # Without it Nagle holds a small alarm back until the previous segment is acked.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        client.pending_calls_threshold = self.max_inflight + self.alarm_inflight + 16
-        return client
+    def _link(self) -> Link:
+        # A clean session (nothing is subscribed here: the downlink has a connection of its own, gateway/daemon.py)
+        # with the death as its will; asyncio's TCP transports disable Nagle, which held a small alarm back.
+        will = mqtt5.Will(district.up(self.site, district.GATEWAY), qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True,
+                          payload=self._sealed(district.GATEWAY, district_wire.gateway_death(self.session)))
+        return Link(self.broker, log, timeout_s=self.connect_timeout_s, ack_timeout_s=self.publish_timeout_s,
+                    clean=True, will=will)
+
+    async def _publish_taken(self, link: Link, topic: str, payload: bytes, retain: bool = False) -> None:
+        """A QoS 1 publish that returns once the district broker took it; Refused if its PUBACK refused it."""
+        refused = await link.publish(topic, payload, qos=1, retain=retain)
+        if refused is not None:
+            raise Refused(f"{topic}: {refused}")
 
     async def _session(self) -> None:
         self.session = self._next_session()
-        async with self._client() as client:
+        async with self._link() as link:
             self._session_first = self.outbox.last_id()
-            await client.publish_checked(district.up(self.site, district.GATEWAY), self._sealed(
+            await self._publish_taken(link, district.up(self.site, district.GATEWAY), self._sealed(
                 district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), retain=True)
             self.connected = True
             self.connects += 1
             self.outbox.release_all()
-            self._slots = asyncio.Semaphore(self.max_inflight)
+            # The broker's Receive Maximum bounds all we have unacknowledged: bulk takes at most half of it, so
+            # an alarm never waits behind bulk for a PUBACK (Mosquitto's default is 20; deploy's district 1,000).
+            bulk = min(self.max_inflight, max(1, link.send_quota // 2))
+            self._alarm_cap = min(self.alarm_inflight, max(1, link.send_quota - bulk))
+            self._slots = asyncio.Semaphore(bulk)
             self._alarms_in_flight = 0
             backlog = self._backlog()
             if self._refused is None:  # else it is said once a publish is taken (_publish)
@@ -258,12 +223,12 @@ class Uplink:
                 self._next_send = 0.0
             try:
                 async with asyncio.TaskGroup() as tg:
-                    # Alarm publishes are created first, so paho writes the alarm backlog before any bulk.
-                    self._spawn_alarms(client, tg)
-                    tg.create_task(self._alarm_loop(client, tg))
-                    tg.create_task(self._bulk_loop(client, tg))
-                    tg.create_task(self._watch(client))
-                    tg.create_task(self._until_stopped(client))
+                    # Alarm publishes are created first, so the alarm backlog is written before any bulk.
+                    self._spawn_alarms(link, tg)
+                    tg.create_task(self._alarm_loop(link, tg))
+                    tg.create_task(self._bulk_loop(link, tg))
+                    tg.create_task(self._watch(link))
+                    tg.create_task(self._until_stopped(link))
             except* _Stopped:
                 pass
             finally:
@@ -278,50 +243,48 @@ class Uplink:
         depth = self.outbox.depth()
         return depth["state"] + depth["telemetry"]
 
-    async def _until_stopped(self, client: _Client) -> None:
+    async def _until_stopped(self, link: Link) -> None:
         """On stop: the publishes in flight finish, then the death is published, as the will would be."""
         await self._stop.wait()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.publish_timeout_s)
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await client.publish(district.up(self.site, district.GATEWAY), self._sealed(
-                district.GATEWAY, district_wire.gateway_death(self.session)), qos=1, retain=True,
-                timeout=self.publish_timeout_s)
+        with contextlib.suppress(LinkError):
+            await link.publish(district.up(self.site, district.GATEWAY), self._sealed(
+                district.GATEWAY, district_wire.gateway_death(self.session)), qos=1, retain=True)
         raise _Stopped
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
-        """Ends the session with MqttError when the connection drops (aiomqtt reports it through here)."""
-        async for _ in client.messages:  # nothing is subscribed: the loop only waits for the end
-            pass
+    async def _watch(self, link: Link) -> None:
+        """Ends the session with LinkError when the connection drops."""
+        await link.message()  # nothing is subscribed: it only returns by raising once the link is gone
 
     # --- sending -------------------------------------------------------------------------------------------
 
-    def _spawn(self, tg: asyncio.TaskGroup, client: _Client, kind: str, body: bytes,
+    def _spawn(self, tg: asyncio.TaskGroup, link: Link, kind: str, body: bytes,
                items: list[Item]) -> None:
         if items[0].id <= self._session_first:  # by queue order, not the wall clock, which NTP may step
             body = district_wire.historical(body)
         payload = self._sealed(kind, body)
-        task = tg.create_task(self._publish(client, district.up(self.site, kind), payload, items))
+        task = tg.create_task(self._publish(link, district.up(self.site, kind), payload, items))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _spawn_alarms(self, client: _Client, tg: asyncio.TaskGroup) -> None:
-        items = self.outbox.lease(ALARM, self.alarm_inflight - self._alarms_in_flight)
+    def _spawn_alarms(self, link: Link, tg: asyncio.TaskGroup) -> None:
+        items = self.outbox.lease(ALARM, self._alarm_cap - self._alarms_in_flight)
         for item in items:
             self._alarms_in_flight += 1
-            self._spawn(tg, client, district.ALARM, item.body, [item])
+            self._spawn(tg, link, district.ALARM, item.body, [item])
 
-    async def _alarm_loop(self, client: _Client, tg: asyncio.TaskGroup) -> None:
+    async def _alarm_loop(self, link: Link, tg: asyncio.TaskGroup) -> None:
         ob = self.outbox
         while not self._stop.is_set():
             ob.alarm_event.clear()
-            self._spawn_alarms(client, tg)
+            self._spawn_alarms(link, tg)
             if ob.awaiting_commit(ALARM):  # an alarm may be in the ingest's open batch: look again right after
                 await asyncio.sleep(0.001)
             else:
                 await ob.alarm_event.wait()
 
-    async def _bulk_loop(self, client: _Client, tg: asyncio.TaskGroup) -> None:
+    async def _bulk_loop(self, link: Link, tg: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
@@ -331,7 +294,7 @@ class Uplink:
             except BaseException:
                 self._slots.release()
                 raise
-            self._spawn(tg, client, kind, payload, items)
+            self._spawn(tg, link, kind, payload, items)
 
     async def _next_bulk(self) -> tuple[str, bytes, list[Item]]:
         """(kind, body, items): the next state item, else the next telemetry batch once full or old enough."""
@@ -377,10 +340,10 @@ class Uplink:
             await asyncio.sleep(self._next_send - now)
         self._next_send += 1.0 / self.drain_rate
 
-    async def _publish(self, client: _Client, topic: str, payload: bytes, items: list[Item]) -> None:
+    async def _publish(self, link: Link, topic: str, payload: bytes, items: list[Item]) -> None:
         alarm = items[0].lane == ALARM
         try:
-            await client.publish_checked(topic, payload, timeout=self.publish_timeout_s)
+            await self._publish_taken(link, topic, payload)
         finally:
             if alarm:
                 self._alarms_in_flight -= 1
