@@ -48,6 +48,8 @@ STATE_KINDS = (district.UP_STATE, district.DQ, district.UP_ACK, district.UP_EVEN
 # Bytes charged per row beyond its body: rowid, the other columns, the lane index entry and page slack.
 # Measured on SQLite 3.40 with typical rows (see docs/outbox.md); the budget is an estimate, not a statfs.
 ROW_OVERHEAD = 64
+# A telemetry row's bytes at most, so that a publish can hold it whole with its telemetry map's head.
+ROW_BYTES = district.MAX_UP_BODY - 256
 LOW_WATER = 0.9  # a budget pass frees down to this fraction, so the next few puts do not start another
 WINDOW_ENTRIES = 5000  # entries read per thinning window
 PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
@@ -225,6 +227,22 @@ class _Stats:
         return district_wire.metric_summary(name, start, self.count, self.unit, self.last, spread)
 
 
+def _rows(entries: list[bytes], most: int, most_bytes: int) -> Iterator[list[bytes]]:
+    """Entries cut into runs, in order, of at most `most` entries and `most_bytes` bytes (one entry at least)."""
+    if max(map(len, entries)) * most <= most_bytes:  # the common case: no run of `most` can be too large
+        yield from (entries[i:i + most] for i in range(0, len(entries), most))
+        return
+    run: list[bytes] = []
+    size = 0
+    for entry in entries:
+        if run and (len(run) == most or size + len(entry) > most_bytes):
+            yield run
+            run, size = [], 0
+        run.append(entry)
+        size += len(entry)
+    yield run
+
+
 def queued(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float | None]], int]:
     """Entries and the oldest row's queue time per lane, and the bytes charged to the budget, read without
     writing (`lifeline status`, on a read-only connection beside the daemon): the lane totals plus the rows put
@@ -248,7 +266,7 @@ class Outbox:
     def __init__(self, conn: sqlite3.Connection, budget_bytes: int, thin_interval_s: float = 300.0,
                  row_entries: int = 100) -> None:
         """`row_entries`: device messages a telemetry row holds at most; the uplink sets its `max_items`, so that
-        a row fits in one publish."""
+        a row fits in one publish. A row holds at most ROW_BYTES too."""
         if budget_bytes <= 0 or thin_interval_s <= 0 or row_entries < 1:
             raise ValueError("budget_bytes, thin_interval_s and row_entries must be positive")
         self.conn = conn
@@ -343,7 +361,7 @@ class Outbox:
             self.conn.executemany(
                 "INSERT INTO outbox (lane, kind, t, entries, body) VALUES (?, ?, ?, ?, ?)",
                 [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), b"".join(part))
-                 for part in (pending[i:i + n] for i in range(0, len(pending), n))])
+                 for part in _rows(pending, n, ROW_BYTES)])
             self._pending = []
 
     def rollback(self) -> None:
@@ -402,19 +420,21 @@ class Outbox:
         rows.close()
         return n, oldest
 
-    def lease(self, lane: int, limit: int) -> list[Item]:
+    def lease(self, lane: int, limit: int, max_bytes: int | None = None) -> list[Item]:
         """The next committed rows of a lane, oldest first, marked in flight: as many as hold at most `limit`
-        entries, and always the first."""
+        entries and `max_bytes` bytes, and always the first."""
         if not self._readable() or limit <= 0:
             return []
         rows = self._reader.execute(
             "SELECT id, kind, thinned, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit))
         items: list[Item] = []
-        taken = 0
+        taken = size = 0
+        most_bytes = math.inf if max_bytes is None else max_bytes
         for rid, kind, thinned, body, t, entries in rows:  # stepped: a full row is often the only one taken
-            if items and taken + entries > limit:
+            if items and (taken + entries > limit or size + len(body) > most_bytes):
                 break
+            size += len(body)
             self._cursor[lane] = rid
             if rid in self._acked:
                 continue

@@ -40,7 +40,7 @@ import mqtt5
 from gateway import district_wire
 from gateway.logs import event
 from gateway.mqtt_link import Link, LinkError
-from gateway.outbox import ALARM, STATE, TELEMETRY, Item, Outbox
+from gateway.outbox import ALARM, ROW_BYTES, STATE, TELEMETRY, Item, Outbox
 from gateway.site_config import BrokerConfig
 from protocol import district, site_seal, topics
 
@@ -318,7 +318,7 @@ class Uplink:
                 age = time.time() - oldest
                 wait = 0.0 if n >= self.max_items or self.draining or age < 0 else self.max_delay_s - age
                 if wait <= 0:
-                    items = ob.lease(TELEMETRY, self.max_items)
+                    items = ob.lease(TELEMETRY, self.max_items, ROW_BYTES)
                     packs = [i for i in items if not i.thinned]
                     thinned = [i for i in items if i.thinned]
                     payload = district_wire.telemetry(

@@ -20,6 +20,11 @@ GATEWAY = "gateway"
 UP_OTA = "ota"
 UP_KINDS = (TELEMETRY, ALARM, UP_STATE, DQ, UP_ACK, UP_EVENT, GATEWAY, UP_OTA)
 
+# Bytes of an upstream body at most, before its site seal: a district worker's link asks the broker for packets of
+# at most 1 MiB (gateway/mqtt_link.py's MAX_PACKET), and Mosquitto drops a larger one for it after the gateway had
+# its PUBACK. 4 KiB is left for the seal, the topic and the MQTT header.
+MAX_UP_BODY = (1 << 20) - 4096
+
 DOWN_CMD = "cmd"
 RULES = "rules"
 ALARM_ACK = "alarm-ack"

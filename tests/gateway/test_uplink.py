@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
+from gateway.mqtt_link import Link
 from gateway.outbox import Outbox
 from gateway.site_config import BrokerConfig, TLSFiles
 from gateway.store import open_store
@@ -502,3 +504,30 @@ async def test_a_publish_the_district_broker_refuses_stays_in_the_outbox(tmp_pat
             await rec.until(lambda: src.all() <= set(rec.seen()))
             await rec.until(lambda: sum(ob.depth().values()) == 0)
     assert said("uplink connected")  # once publishes are taken again
+
+
+async def test_no_publish_is_larger_than_a_district_worker_takes(tmp_path: Path) -> None:
+    """A district worker's link asks the broker for packets of at most 1 MiB, and Mosquitto drops a larger one
+    for it after the gateway has had its PUBACK. A device message may be 4 KiB and `batch_max_items` 10,000, so
+    a row, and a publish, of 600 such messages was 2.4 MB: every reading in it was lost at the district. Rows
+    and publishes are bounded in bytes too (district.MAX_UP_BODY)."""
+    messages = 600
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        uplink = Uplink(ob, district_broker(broker.port), SITE, max_items=1000)  # before the puts: rows of 1000
+        for seq in range(1, messages + 1):
+            ob.put_telemetry("dev-1", seq, 4, [], sealed=bytes(4000))  # a 4 KB sealed device message
+        commit(ob)
+        worker = BrokerConfig("127.0.0.1", broker.port, "district-worker", None, None, None, 30)
+        seqs: set[int] = set()
+        sizes: list[int] = []
+        async with Link(worker, logging.getLogger("test")) as link:  # as the worker's, MAX_PACKET
+            await link.subscribe([f"{district.ROOT}/{SITE}/up/#"])
+            async with running(uplink):
+                while len(seqs) < messages:
+                    message = await asyncio.wait_for(link.message(), 20)
+                    link.ack(message)
+                    sizes.append(len(message.payload))
+                    seqs.update(p["seq"] for p in cbor2.loads(message.payload).get("packs", []))
+        assert seqs == set(range(1, messages + 1))
+        assert max(sizes) <= district.MAX_UP_BODY, sizes
