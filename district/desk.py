@@ -56,8 +56,9 @@ LOGIN_WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones are forgotten
 HASHING = 2  # logins whose password is checked at once: Argon2id takes 64 MiB and a tenth of a second each
 MAX_WINDOW_S = 400 * 86400
-RECHECK_S = 60.0  # a live feed looks its session up again at the first notice this long after the last look-up
+RECHECK_S = 60.0  # a live feed looks its session up again at the first notice or ping this long after the last look-up
 PING_S = 15.0  # a live feed with nothing to send says "ping" this often; the page connects again after three missed
+ENDED = {"event": "ended", "data": "{}"}  # the last a live feed says, of a session that expired
 BUSY = "the database is busy, try again"  # what a desk action the database failed answers (503)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
@@ -386,27 +387,31 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
             """Change notices while the session lasts, and a "ping" after ping_s with nothing sent, which the page
             watches: sse-starlette's ping is a comment no page sees, so a desk gone without closing the connection
             (its host dead) left the page "live" until TCP gave up, minutes later. Sent from this loop, a ping also
-            says the feed itself runs. The session's expiry ends the stream at the next notice, and so does a
-            logout, told by a "session" notice, at which the session is looked up again (and once every RECHECK_S,
-            for a notice lost or a session ended otherwise). It was looked up before each notice: every open page
-            read the database at each of the hundreds of notices a second ingest makes. A look-up the database
-            failed ends the stream too, as the page's next connection starts afresh; raised, it cut the stream
-            with a traceback."""
+            says the feed itself runs. The session's expiry is checked at each notice and ping (at a notice alone, a
+            quiet page read "live" after its shift ended), and a logout, told by a "session" notice, looks it up
+            again, as does the first notice or ping RECHECK_S after the last look-up (looked up at each notice, it
+            was a read for every page at each of the hundreds of notices a second ingest makes). A feed whose
+            session expired says "ended", at which the page asks who it is (the login, or a session the browser has
+            since), and ends; one logged out just ends, and the page connects again as its browser does, so a tab
+            whose officer logs in again in another tab meanwhile takes the new session. A look-up the database
+            failed ends the stream too (raised, it cut the stream with a traceback); the page's next connection
+            starts afresh."""
             checked = time.monotonic()
             async with hub.listen() as q:
                 yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf, "ping": ping_s})}
                 due = time.monotonic() + ping_s
                 while True:
+                    change: dict[str, Any] | None
                     try:
                         change = await asyncio.wait_for(q.get(), max(0.0, due - time.monotonic()))
                     except TimeoutError:
-                        yield {"event": "ping", "data": "{}"}
-                        due = time.monotonic() + ping_s
-                        continue
+                        change = None
+                    kind = change["kind"] if change else "ping"
                     if clock() >= s.expires:
+                        yield ENDED
                         return
-                    told = change["kind"] in ("session", "reload")  # a reload: it may have replaced a "session"
-                    if told or time.monotonic() - checked >= RECHECK_S:
+                    # a reload may have replaced a "session"
+                    if kind in ("session", "reload") or time.monotonic() - checked >= RECHECK_S:
                         try:
                             await who(request)
                         except Refused:
@@ -415,9 +420,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                             db_failed(request, e)
                             return
                         checked = time.monotonic()
-                        if change["kind"] == "session":
+                        if kind == "session":
                             continue
-                    yield {"event": "change", "data": json.dumps(change)}
+                    yield {"event": "change", "data": json.dumps(change)} if change else {"event": "ping", "data": "{}"}
                     due = time.monotonic() + ping_s
         return EventSourceResponse(stream(), ping=0, headers={"Cache-Control": "no-store"})  # ping=0: ours, above
 

@@ -611,6 +611,13 @@ function connect() {
   });
   es.addEventListener("change", (e) => { watch(es); onNotice(JSON.parse(e.data)); });
   es.addEventListener("ping", () => watch(es));
+  // The session the feed was opened under expired (the shift's 12 h): the login, now rather than at the next alarm, or
+  // the session the browser holds if it has a newer one.
+  es.addEventListener("ended", () => {
+    es.close();
+    clearTimeout(desk.quiet);
+    reopen(es);
+  });
   es.onerror = () => {
     showReconnecting("live updates");
     // The browser connects again by itself after a stream that ended, never after an answer other than 200

@@ -21,7 +21,7 @@ from deskkit import PASSWORD, USERS, DeadHost, alarm_body, announce, closed_orde
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, delete, func, select, update
 
-from district import retention, store, workorders
+from district import accounts, retention, store, workorders
 from district.accounts import Session
 from district.desk import COOKIE
 from district.live import notice
@@ -680,6 +680,29 @@ def test_a_desk_whose_host_died_without_a_word_does_not_read_live(engine: Engine
         host.restart()
         expect(page.locator("#live")).to_have_text("live", timeout=10_000)
         expect(page.locator(f".alarm[data-id='{RED}']")).to_be_visible()
+        page.close()
+
+
+def test_a_quiet_page_shows_the_login_when_its_session_ends(engine: Engine, browser: Browser) -> None:
+    """A feed noticed its session's expiry only at its next notice: a quiet page read "live" after the shift's 12 h
+    had ended, and when an alarm came the officer was shown the login, not the alarm. The feed checks at each ping
+    too, and ends: the page, refused at its next connection, shows the login then."""
+    shift = [0.0]  # how far the desk's clock has been moved on
+    with Mosquitto() as broker, desk_server(engine, broker, ping_s=0.5, clock=lambda: time.time() + shift[0]) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        fetching: set[object] = set()  # the page's own fetches, answered 401 once the session ends
+        page.on("request", lambda r: fetching.add(r) if "/api/events" not in r.url else None)
+        page.on("requestfinished", lambda r: fetching.discard(r))
+        page.on("requestfailed", lambda r: fetching.discard(r))
+        with page.expect_request(re.compile(r"/api/ota\?")):  # the last of what a page fetches when it connects
+            log_in(page, url, "operator")
+        deadline = time.monotonic() + 10
+        while fetching:
+            assert time.monotonic() < deadline, fetching
+            page.wait_for_timeout(20)
+        shift[0] = accounts.SESSION_S  # the shift is over, and nothing happened in the district
+        expect(page.locator("#login-view")).to_be_visible(timeout=10_000)
+        expect(page.locator("#login-error")).to_contain_text("log in again")
         page.close()
 
 
