@@ -229,7 +229,7 @@ class _Stats:
 
 def _rows(entries: list[bytes], most: int, most_bytes: int) -> Iterator[list[bytes]]:
     """Entries cut into runs, in order, of at most `most` entries and `most_bytes` bytes (one entry at least)."""
-    if max(map(len, entries)) * most <= most_bytes:  # the common case: no run of `most` can be too large
+    if max(map(len, entries), default=0) * most <= most_bytes:  # the common case: no run of `most` can be too large
         yield from (entries[i:i + most] for i in range(0, len(entries), most))
         return
     run: list[bytes] = []
@@ -657,8 +657,8 @@ class Outbox:
                 else:
                     kept += [raw for _, raw in run]
         n = self.row_entries
-        parts = [(0, kept[i:i + n]) for i in range(0, len(kept), n)]
-        parts += [(1, summaries[i:i + n]) for i in range(0, len(summaries), n)]
+        parts = [(0, part) for part in _rows(kept, n, ROW_BYTES)]
+        parts += [(1, part) for part in _rows(summaries, n, ROW_BYTES)]
         if not summaries or len(parts) > len(window):
             return max(consumed, 1)
         for ids, marks in chunks([rid for rid, _ in window]):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.district_wire import senml_pack, stored_entries
-from gateway.outbox import ALARM, MAX_RUNS, ROW_OVERHEAD, STATE, TELEMETRY, Item, Outbox
+from gateway.outbox import ALARM, MAX_RUNS, ROW_BYTES, ROW_OVERHEAD, STATE, TELEMETRY, Item, Outbox
 from gateway.store import open_store
 from protocol import district, senml_resolve
 
@@ -661,3 +661,25 @@ def test_a_store_counted_by_the_old_triggers_keeps_its_totals(tmp_path: Path) ->
     assert (ob.depth(), ob.bytes_used()) == actual_totals(conn)
     ob.close()
     conn.close()
+
+
+def test_rows_a_budget_pass_rewrites_hold_no_more_bytes_than_a_publish(store: sqlite3.Connection) -> None:
+    """A batch's rows are cut by bytes as well as by count, so a publish the district's worker takes holds one
+    whole. The budget pass regrouped the messages it keeps raw by count alone: 300 of 4 KB were put back into
+    one row of 1.2 MB, which no publish could carry to the district."""
+    ob = Outbox(store, 10**9, thin_interval_s=300.0, row_entries=1000)
+    for k in range(100):
+        t = T0 + k
+        for j in range(20):  # summarised, freeing enough that the pass evicts nothing
+            seq = 1000 + 20 * k + j
+            ob.put_telemetry("dev-0", seq, 1, reading("dev-0", seq, float(j % 7), t + j / 100), now=t)
+        for i in range(3):  # kept raw: a sealed message that holds no records a summary can read
+            ob.put_telemetry(f"big-{3 * k + i}", 1, 1, [], now=t, sealed=bytes(4000))
+        ob.flush()
+    store.commit()
+    assert max(len(b) for (b,) in store.execute("SELECT body FROM outbox")) <= ROW_BYTES
+    ob.budget_bytes = ob.bytes_used() - 1000
+    assert ob.enforce_budget(now=T0 + 700) is not None
+    raw, summaries, _ = accounting(ob)
+    assert summaries and len(raw) == 300  # the pass rewrote the rows, and kept every big one raw
+    assert max(len(b) for (b,) in store.execute("SELECT body FROM outbox")) <= ROW_BYTES
