@@ -6,7 +6,7 @@ const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back", reopened: "reopened" };
 const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, subject: null, sent: new Map(),
-  events: null, skew: 0, ping: 15, quiet: null };
+  events: null, skew: 0, ping: 15, quiet: null, kept: new Map() };
 
 function $(id) { return document.getElementById(id); }
 
@@ -245,6 +245,7 @@ function select(sel) {
   if (!was || was.alarm !== sel.alarm) {  // both were about the alarm left
     $("action-error").textContent = "";
     $("messages").replaceChildren();
+    renderKept(sel.alarm);
   }
   desk.selected = sel;
   for (const li of document.querySelectorAll(".alarm")) li.classList.toggle("selected", li.dataset.id === sel.alarm);
@@ -295,10 +296,16 @@ function renderActions(a, order) {
     // since): one from a page behind a send-back is refused, not taken for the next
     const rounds = fields.map($).filter((el) => el && el.value && !el.dataset.told).map((el) => +el.dataset.round);
     if (order && path.startsWith("/api/work-orders/")) body = { ...body, round: Math.min(order.round, ...rounds) };
+    const sent = fields.map((id) => [id, $(id) ? $(id).value : ""]);
     try {
       const r = await api(path, body);
       // An ack done here that did not reach its site (the district broker away): its gateway goes on re-sending.
       if (r.down && r.down !== "sent") $("action-error").textContent = r.down;
+      // sent: its field goes with the step, and nothing of it is kept as unsent (its own notice may have come first)
+      for (const [id, value] of sent) {
+        if ($(id) && $(id).value === value) $(id).value = "";
+        unkeep(mine, id, value);
+      }
     } catch (e) {
       // told why (another round since): the text stays, for the round shown from now on
       if (e.status === 409) for (const id of fields) if ($(id)) $(id).dataset.told = "1";
@@ -358,6 +365,39 @@ function renderActions(a, order) {
   }
   $("actions").replaceChildren(...box);
   refocus();
+  for (const el of Object.values(typed)) if (el.value.trim() && !$(el.id)) keep(mine, order, el);
+  renderKept(mine);
+}
+
+// Text typed into a field the redrawn box no longer has (another officer took the step meanwhile, or the order moved
+// on) went with its field, unsent and unsaid. It is kept under the buttons, saying who did what, until dismissed.
+function keep(alarm, order, el) {
+  const last = order && order.steps.length ? order.steps[order.steps.length - 1] : null;
+  const why = (order ? `Work order #${order.id} is ${order.state}` : "This order moved on")
+    + (last ? `: ${STEP_NAMES[last.step] || last.step} by ${last.actor} at ${clock(last.at)}` : "")
+    + ". What you typed was not sent; it is kept here.";
+  const kept = desk.kept.get(alarm) || [];
+  let group = kept.find((g) => g.why === why);
+  if (!group) kept.push(group = { why, texts: [] });
+  group.texts.push({ id: el.id, label: el.placeholder, value: el.value });
+  desk.kept.set(alarm, kept);
+}
+
+function unkeep(alarm, id, value) {
+  const kept = (desk.kept.get(alarm) || []).map((g) => ({ ...g,
+    texts: g.texts.filter((t) => t.id !== id || t.value !== value) })).filter((g) => g.texts.length);
+  if (kept.length) desk.kept.set(alarm, kept); else desk.kept.delete(alarm);
+  if ($("actions").dataset.alarm === alarm) renderKept(alarm);
+}
+
+function renderKept(alarm) {
+  const kept = desk.kept.get(alarm) || [];
+  $("kept").hidden = !kept.length;
+  $("kept").replaceChildren(...kept.map((g) => h("div", { class: "kept-group" }, h("p", { class: "kept-why" }, g.why),
+    g.texts.map((t) => h("label", {}, h("span", { class: "k" }, t.label),
+      h("textarea", { readonly: true, class: "kept-text", dataset: { field: t.id } }, t.value))))),
+  kept.length ? h("button", { id: "kept-dismiss", on: { click: () => { desk.kept.delete(alarm); renderKept(alarm); } } },
+    "Dismiss the kept text") : null);
 }
 
 async function loadChart(s) {

@@ -763,6 +763,54 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
             expect(page.locator("#order")).to_contain_text("round 2")
             page.click("#act-report")  # looked at again: the officer reports it as round 2's
             expect(page.locator("#wo-state")).to_have_text("reported")
+            expect(page.locator("#kept")).to_be_hidden()  # sent, so nothing is kept as unsent
+
+
+def test_findings_typed_while_another_officer_reports_the_order_are_kept(engine: Engine, now: float,
+                                                                        browser: Browser) -> None:
+    """An officer types a team's findings; meanwhile another reports the order. The redraw in "reported" has no
+    Report back fields, and what the officer had typed vanished with them, unsent and unsaid, whether the page
+    heard of the other report from its notice or from the refusal of its own click. It is kept under the
+    buttons, saying who reported the order and when, across later redraws, until the officer dismisses it."""
+    sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    orders = {}
+    with engine.begin() as conn:
+        for alarm, dev, level in ((RED, "gas1", "red"), (ORANGE, "gas2", "orange")):
+            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", level, now - 60, dev=dev), received=now - 59)
+            workorders.ack_alarm(conn, alarm, sup, now=now - 50)
+            orders[alarm] = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm)).scalar_one()
+            workorders.act(conn, orders[alarm], "dispatch", sup, team="pipe team 3", now=now - 40)
+    with desk_page(engine, browser, "operator") as (broker, _, page):
+        for alarm, heard in ((RED, True), (ORANGE, False)):
+            order = orders[alarm]
+            page.locator(f".alarm[data-id='{alarm}']").click()
+            expect(page.locator("#order .order-head")).to_contain_text(f"Work order #{order} · dispatched")
+            page.fill("#findings", "no leak at valve 7")
+            page.fill("#action-taken", "closed valve 7")
+            with engine.begin() as conn:
+                workorders.act(conn, order, "report", sup, note="gas in chamber 2", now=now - 5)
+            if heard:
+                announce(broker, notice("work-order", id=order))
+            else:
+                page.click("#act-report")
+                expect(page.locator("#action-error")).to_contain_text(f"already reported by {USERS['supervisor']}")
+            expect(page.locator("#wo-state")).to_have_text("reported")
+            expect(page.locator("#findings")).to_have_count(0)
+            when = page.evaluate("(t) => clock(t)", now - 5)
+            expect(page.locator("#kept .kept-why")).to_have_text(
+                f"Work order #{order} is reported: reported by {USERS['supervisor']} at {when}. What you typed was "
+                "not sent; it is kept here.")
+            expect(page.locator("#kept textarea[data-field=findings]")).to_have_value("no leak at valve 7")
+            expect(page.locator("#kept textarea[data-field=action-taken]")).to_have_value("closed valve 7")
+        page.evaluate("document.querySelector('#kept .kept-group').dataset.before = '1'")
+        announce(broker, notice("work-order", id=orders[ORANGE]))  # a later redraw keeps it
+        expect(page.locator("#kept .kept-group[data-before]")).to_have_count(0, timeout=10_000)
+        expect(page.locator("#kept textarea")).to_have_count(2)
+        page.locator(f".alarm[data-id='{RED}']").click()  # each order's own
+        expect(page.locator("#detail-title")).to_contain_text("gas1")
+        expect(page.locator("#kept textarea[data-field=findings]")).to_have_value("no leak at valve 7")
+        page.click("#kept-dismiss")
+        expect(page.locator("#kept")).to_be_hidden()
 
 
 def test_a_long_or_many_lined_report_is_read_whole_inside_its_panel(engine: Engine, now: float,
