@@ -30,7 +30,8 @@ STEPS = {
     "close": (("reported",), "closed"),
     "send-back": (("dispatched", "reported"), "returned"),  # dispatched: to the wrong team, or with wrong details
 }
-STEP_DONE = {"dispatch": "dispatched", "report": "reported", "close": "closed", "send-back": "sent back"}
+STEP_DONE = {"dispatch": "dispatched", "report": "reported", "close": "closed", "send-back": "sent back",
+             "ack": "acknowledged", "opened": "opened", "reopened": "reopened"}  # and the steps store.py writes
 MAX_TEXT = 2000
 MAX_TEAM = 64
 
@@ -68,10 +69,19 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
     conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
 
 
+def _clock(at: float) -> str:
+    return f"{time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
+
+
 def _rose_since(level: str, at: float) -> WorkOrderError:
     """The refusal of an ack whose alarm rose (to `level`, at gateway time `at`) since the page showed it."""
-    return WorkOrderError(409, f"it went {level} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC since you "
-                               "looked; look again and acknowledge")
+    return WorkOrderError(409, f"it went {level} at {_clock(at)} since you looked; look again and acknowledge")
+
+
+def _done(step: Any) -> str:
+    """A step of an order as a refusal names it: what, by whom (the district's own steps name no one) and when."""
+    who = "" if step.actor == "system" else f" by {step.actor}"
+    return f"{STEP_DONE.get(step.step, step.step)}{who}{f' to {step.team}' if step.team else ''} at {_clock(step.at)}"
 
 
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None, seen_step: Any = None,
@@ -161,17 +171,23 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
     if done is None:
         state, now_round = conn.execute(select(work_orders.c.state, work_orders.c.round)
                                         .where(work_orders.c.id == order_id)).one()
-        last = conn.execute(select(work_order_steps).where(work_order_steps.c.order_id == order_id)
-                            .order_by(work_order_steps.c.id.desc()).limit(1)).first()
+        steps = work_order_steps.c
+        last = conn.execute(select(work_order_steps).where(steps.order_id == order_id)
+                            .order_by(steps.id.desc()).limit(1)).first()
         if state == target and last is not None and last.step == action:
             if (last.actor, last.team, last.note, last.action) == (who.user, team, note, action_taken):
                 return target  # the same request again (a double click): done already, and written once
-            raise WorkOrderError(409, f"work order {order_id} is already {STEP_DONE[action]} by {last.actor}"
-                                      f"{f' to {last.team}' if last.team else ''}")
+            raise WorkOrderError(409, f"work order {order_id} is already {_done(last)}")
+        # Each refusal names who took the step in the way, and when: "it is returned" left the officer asking whom to
+        # call about it
         if seen_round is not None and seen_round != now_round:
-            raise WorkOrderError(409, f"work order {order_id} was sent back since, and is in round {now_round} "
-                                      f"({state}): look at it again")
-        raise WorkOrderError(409, f"work order {order_id} is {state}: it cannot be {STEP_DONE[action]}")
+            back = conn.execute(select(work_order_steps).where(steps.order_id == order_id, steps.step == "send-back")
+                                .order_by(steps.id.desc()).limit(1)).first()
+            then = state if last is None or (back is not None and back.id == last.id) else _done(last)
+            raise WorkOrderError(409, f"work order {order_id} was {'sent back since' if back is None else _done(back)}"
+                                      f", and is in round {now_round} ({then}): look at it again")
+        was = "" if last is None else f"was {_done(last)} and "
+        raise WorkOrderError(409, f"work order {order_id} {was}is {state}: it cannot be {STEP_DONE[action]}")
     conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
                                                   note=note, action=action_taken))
     _audit(conn, who, action, f"work-order {order_id}", note, now)

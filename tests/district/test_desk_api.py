@@ -21,7 +21,8 @@ import pytest
 from deskkit import PASSWORD, USERS, Downlinks, alarm_body, announce, closed_orders, desk_server, seed
 from sqlalchemy import Engine, func, select, update
 
-from district import store
+from district import store, workorders
+from district.accounts import Session
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import notice
 from district.schema import alarms, audit, commands, metadata, rollups, work_order_steps, work_orders
@@ -853,6 +854,40 @@ def test_a_step_from_a_page_that_saw_an_earlier_round_is_refused(desk: str, engi
     assert order.step("operator", "report", {"findings": "x", "round": True}).status_code == 400
     wo = order.read()
     assert [s["step"] for s in wo["steps"]] == ["opened", "ack", "dispatch", "send-back", "dispatch", "report"]
+
+
+def test_a_conflict_names_who_took_the_step_in_the_way_and_when(desk: str, engine: Engine) -> None:
+    """A Close refused because another officer sent the order back said "work order N is returned: it cannot be
+    closed", naming no one: the officer did not know whom to ask, nor whether it was a minute or an hour ago. Every
+    refusal of a step for the order's state names the step in the way, who took it and when; one of an earlier
+    round names the send-back and the step since."""
+    order = AckedOrder(desk, engine)
+    assert order.step("operator", "dispatch", {"team": "pipe 3"}).status_code == 200
+    assert order.step("operator", "report", {"findings": "leak at the valve"}).status_code == 200
+    wang = Session("t", "wang.fang", "supervisor", "c")
+    back, again = time.time() - 7200, time.time() - 3600
+    with engine.begin() as conn:
+        workorders.act(conn, order.id, "send-back", wang, note="read the gauge again", now=back)
+    hms = {t: time.strftime("%H:%M:%S", time.gmtime(t)) + " UTC" for t in (back, again)}
+    r = order.step("supervisor", "close", {"round": 1})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == (f"work order {order.id} was sent back by wang.fang at {hms[back]} and is returned: "
+                                 "it cannot be closed")
+    with engine.begin() as conn:
+        workorders.act(conn, order.id, "dispatch", wang, team="pipe 8", now=again)
+    r = order.step("operator", "report", {"findings": "leak at the valve", "round": 1})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == (f"work order {order.id} was sent back by wang.fang at {hms[back]}, and is in round 2 "
+                                 f"(dispatched by wang.fang to pipe 8 at {hms[again]}): look at it again")
+    r = order.step("operator", "dispatch", {"team": "pipe 9"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == f"work order {order.id} is already dispatched by wang.fang to pipe 8 at {hms[again]}"
+    r = order.step("supervisor", "close", {})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == (f"work order {order.id} was dispatched by wang.fang to pipe 8 at {hms[again]} and "
+                                 "is dispatched: it cannot be closed")
+    with engine.connect() as conn:
+        assert conn.execute(select(work_orders.c.state)).scalar_one() == "dispatched"
 
 
 def test_the_devices_of_a_site_gone_offline_carry_its_link_state_beside_their_own(desk: str, engine: Engine) -> None:
