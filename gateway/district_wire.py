@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
@@ -415,6 +416,18 @@ def clock_report(dev: str, seq: int, boot: int, clk: int, t: float,
     """`readings`: (name, clock flag, the device's own time) of each flagged reading."""
     return ClockReport(dev=dev, kind="clock", seq=seq, boot=boot, clk=clk, t=t,
                        readings=[FlaggedReading(n=n, clock=clock, t_device=td) for n, clock, td in readings])
+
+
+def clock_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Two clock reports of a device as one: the first kept whole, then `msgs` (the messages flagged), `last`
+    (the latest one's seq, boot, clk, t) and `flagged` (readings per verdict), so a device flagged at every
+    message during an outage waits in the outbox as one report, not one a message. Either may be merged already."""
+    flagged: dict[str, int] = {}
+    for report in (waiting, new):
+        for clock, n in (report.get("flagged") or Counter(r["clock"] for r in report["readings"])).items():
+            flagged[clock] = flagged.get(clock, 0) + n
+    last = new.get("last") or {"seq": new["seq"], "boot": new["boot"], "clk": new["clk"], "t": new["t"]}
+    return {**waiting, "msgs": waiting.get("msgs", 1) + new.get("msgs", 1), "last": last, "flagged": flagged}
 
 
 class SeqSpans(Protocol):

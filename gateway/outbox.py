@@ -25,7 +25,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -34,6 +34,7 @@ import cbor2
 from gateway import district_wire
 from gateway.device_states import chunks
 from gateway.logs import event
+from gateway.message_decode import loads_one
 from gateway.numbers import finite
 from protocol import district
 
@@ -69,6 +70,7 @@ _SCHEMA = (
         thinned INTEGER NOT NULL DEFAULT 0,
         pri INTEGER NOT NULL DEFAULT 0,
         entries INTEGER NOT NULL DEFAULT 1,
+        merge TEXT,
         body BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
@@ -281,6 +283,10 @@ class Outbox:
             if column not in columns:
                 conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} INTEGER NOT NULL "
                              f"DEFAULT {1 if column == 'entries' else 0}")
+        if "merge" not in columns:
+            conn.execute("ALTER TABLE outbox ADD COLUMN merge TEXT")
+        # Only the rows a later report may be added to are in it: a telemetry INSERT pays nothing for it.
+        conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_merge ON outbox (merge) WHERE merge IS NOT NULL")
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
         conn.execute("INSERT OR IGNORE INTO outbox_counted VALUES (0, (SELECT coalesce(max(id), 0) FROM outbox))")
         for statement in _TRIGGERS:
@@ -291,12 +297,14 @@ class Outbox:
         self._open_lanes: set[int] = set()  # lanes put to since the connection was last seen idle
         self._pending: list[bytes] = []  # the open batch's pack entries, written by flush
         self._pending_t = 0.0  # when the first of them was put
+        self._reports: dict[str, tuple[float, Mapping[str, Any]]] = {}  # the open batch's clock reports, by device
         # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
         self.alarm_event = asyncio.Event()
         self.ready_event = asyncio.Event()
         self._leased: set[int] = set()  # row ids published and not yet PUBACKed
         self._acked: set[int] = set()  # PUBACKed, delete pending until the connection is idle
         self._cursor = [0, 0, 0]  # per lane: highest id leased since the last release_all
+        self._merged: set[int] = set()  # committed rows the open batch added a report to: not leased until it ends
         self._thin_floor = 0  # every raw telemetry row at or below this id was thinned or was in flight
         self.thinned_msgs = 0
         self.evicted_msgs = 0
@@ -326,12 +334,41 @@ class Outbox:
         self.alarm_event.set()
         return rid
 
-    def put_state(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> int:
+    def put_state(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> int | None:
         """Device state, a data-quality event, a command ack, a device event or an OTA report: `kind` is its up
-        topic kind."""
+        topic kind. A device's clock report is held for `flush` (None), which adds the batch's to the device's
+        report still waiting, if there is one: the budget never evicts this lane, and one report a flagged
+        message outgrew any budget during an outage."""
         if kind not in STATE_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
+        if kind == district.DQ and body.get("kind") == "clock":
+            merge = f"clock/{body['dev']}"
+            held = self._reports.get(merge)
+            self._reports[merge] = ((time.time() if now is None else now, body) if held is None
+                                    else (held[0], district_wire.clock_merged(held[1], body)))
+            self._open_lanes.add(STATE)
+            self.ready_event.set()
+            return None
         return self._insert(STATE, kind, now, district_wire.encode(body))
+
+    def _merge(self, merge: str, new: Mapping[str, Any],
+               combine: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]) -> bool:
+        """`new` added by `combine` to the newest row of `merge` still waiting (not leased, not PUBACKed); False
+        when there is none (or it no longer decodes: a row of its own then takes `new`)."""
+        row = self.conn.execute("SELECT id, body FROM outbox WHERE merge = ? AND id > ? ORDER BY id DESC LIMIT 1",
+                                (merge, self._cursor[STATE])).fetchone()
+        if row is None or row[0] in self._acked:
+            return False
+        rid, old = row
+        try:
+            body = district_wire.encode(combine(loads_one(old), new))
+        except _CORRUPT:
+            return False
+        self.conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (body, rid))
+        if rid <= self.conn.execute("SELECT id FROM outbox_counted").fetchone()[0]:  # else _count reads it as it is
+            self.conn.execute("UPDATE outbox_lanes SET bytes = bytes + ? WHERE lane = ?", (len(body) - len(old), STATE))
+        self._merged.add(rid)
+        return True
 
     def put_telemetry(self, dev: str, seq: int, boot: int, records: Sequence[Mapping[str, Any]],
                       now: float | None = None, pri: int = 0, sealed: bytes | None = None,
@@ -363,16 +400,23 @@ class Outbox:
                 [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), b"".join(part))
                  for part in _rows(pending, n, ROW_BYTES)])
             self._pending = []
+        for merge, (t, body) in self._reports.items():
+            if not self._merge(merge, body, district_wire.clock_merged):
+                self._insert(STATE, district.DQ, t, district_wire.encode(body), merge=merge)
+        self._reports = {}
 
     def rollback(self) -> None:
         """Forget the device messages put since the last flush: their batch was rolled back."""
         self._pending = []
+        self._reports = {}
+        self._merged.clear()
 
-    def _insert(self, lane: int, kind: str, now: float | None, body: bytes, pri: int = 0) -> int:
+    def _insert(self, lane: int, kind: str, now: float | None, body: bytes, pri: int = 0,
+                merge: str | None = None) -> int:
         """One row, not yet in the lane totals (`_count` adds it): a trigger counting each row as it went in cost
         4 µs of the gateway's 100 a device message (docs/performance.md)."""
-        cur = self.conn.execute("INSERT INTO outbox (lane, kind, t, body, pri) VALUES (?, ?, ?, ?, ?)",
-                                (lane, kind, time.time() if now is None else now, body, pri))
+        cur = self.conn.execute("INSERT INTO outbox (lane, kind, t, body, pri, merge) VALUES (?, ?, ?, ?, ?, ?)",
+                                (lane, kind, time.time() if now is None else now, body, pri, merge))
         self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
@@ -425,6 +469,8 @@ class Outbox:
         entries and `max_bytes` bytes, and always the first."""
         if not self._readable() or limit <= 0:
             return []
+        if self.idle:
+            self._merged.clear()
         rows = self._reader.execute(
             "SELECT id, kind, thinned, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit))
@@ -432,7 +478,7 @@ class Outbox:
         taken = size = 0
         most_bytes = math.inf if max_bytes is None else max_bytes
         for rid, kind, thinned, body, t, entries in rows:  # stepped: a full row is often the only one taken
-            if items and (taken + entries > limit or size + len(body) > most_bytes):
+            if rid in self._merged or (items and (taken + entries > limit or size + len(body) > most_bytes)):
                 break
             size += len(body)
             self._cursor[lane] = rid

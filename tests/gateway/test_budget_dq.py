@@ -1,0 +1,91 @@
+"""The disk budget against data-quality reports, which sit in the STATE lane the budget never thins or evicts:
+a real gateway and store, the reports made by the ingest as in the field, the district away."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from gateway.daemon import Gateway
+from gateway.ingest import Incoming
+from gateway.outbox import ROW_OVERHEAD, STATE, TELEMETRY
+from gateway.site_config import load
+from protocol import district, message, senml, topics
+
+KEY = bytes(range(32))
+NOW = 1_800_000_000.0
+TOPIC = topics.device("s1", "d1", topics.DATA)
+
+
+def data(seq: int, boot: int = 1) -> bytes:
+    """A message on the boot clock (clk 1) of a box that rebooted without a real-time clock: with no live birth
+    of that boot the gateway cannot place its times, flags them "unknown" and judges them at arrival."""
+    pack = senml.pack([senml.record("ch4", 1.5, "%LEL", 10.0 + seq)], bn="d1:")
+    encoded: bytes = message.encode(message.data("d1", boot, seq, pack, message.CLK_BOOT), KEY)
+    return encoded
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Any:
+    (tmp_path / "site.toml").write_text(
+        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
+    gw = Gateway(load(tmp_path / "site.toml"))
+    yield gw
+    gw.outbox.close()
+    gw.conn.close()
+
+
+def reports(conn: sqlite3.Connection, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    return [(rid, body) for rid, body in ((rid, cbor2.loads(b)) for rid, b in conn.execute(
+        "SELECT id, body FROM outbox WHERE lane = ? AND kind = ? ORDER BY id", (STATE, district.DQ)))
+        if body.get("kind") == kind]
+
+
+def charged(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT total(length(body) + {ROW_OVERHEAD}) FROM outbox").fetchone()[0])
+
+
+def test_clock_reports_of_a_device_are_one_waiting_report_and_the_outbox_keeps_its_budget(gateway: Any) -> None:
+    """One clock report a flagged message (166 bytes charged each, more than the message's 109 in its row)
+    stayed in the STATE lane for good while the budget evicted the very readings they were about: 3,000 messages
+    during an outage left 3,000 reports, the outbox twelve times its budget. A device's waiting clock reports are
+    now one, with the count and the first and last message; every reading is still raw, summarised or evicted."""
+    gw = gateway
+    gw.outbox.budget_bytes = 40_000
+    for first in range(1, 3001, 100):  # the district away: nothing leaves; the budget pass runs after each batch
+        gw.handle_site([Incoming(TOPIC, data(seq), False, NOW + seq) for seq in range(first, first + 100)])
+        gw.outbox.enforce_budget(now=NOW + first + 100)
+    [(_, clock)] = reports(gw.conn, "clock")
+    assert (clock["seq"], clock["boot"], clock["t"], clock["msgs"]) == (1, 1, NOW + 1, 3000)
+    assert clock["last"] == {"seq": 3000, "boot": 1, "clk": message.CLK_BOOT, "t": NOW + 3000}
+    assert clock["flagged"] == {"unknown": 3000}
+    assert gw.outbox.bytes_used() == charged(gw.conn) <= gw.outbox.budget_bytes
+    held = sum(n for (n,) in gw.conn.execute("SELECT entries FROM outbox WHERE lane = ? AND thinned = 0",
+                                             (TELEMETRY,)))
+    assert held + gw.outbox.thinned_msgs + gw.outbox.evicted_msgs == 3000
+
+
+def test_a_report_that_left_is_not_added_to(gateway: Any) -> None:
+    """Only a report still waiting takes the next: one leased (on its way to the district) or rolled back with its
+    batch is left as it is, so no count is sent twice or lost with a PUBACK."""
+    gw = gateway
+    gw.handle_site([Incoming(TOPIC, data(1), False, NOW + 1), Incoming(TOPIC, data(2), False, NOW + 2)])
+    [leased] = gw.outbox.lease(STATE, 10)
+    assert cbor2.loads(leased.body)["msgs"] == 2
+    gw.handle_site([Incoming(TOPIC, data(3), False, NOW + 3)])
+    gw.outbox.put_state(district.DQ, {"dev": "d1", "kind": "clock", "seq": 4, "boot": 1, "clk": 1, "t": NOW + 4,
+                                      "readings": [{"n": "d1:ch4", "clock": "unknown", "t_device": 14.0}]})
+    gw.outbox.flush()
+    assert gw.outbox.lease(STATE, 10) == []  # the committed report, changed in the open batch, waits for it
+    gw.conn.rollback()
+    gw.outbox.rollback()
+    gw.outbox.ack([leased.id])
+    [(_, waiting)] = reports(gw.conn, "clock")
+    assert waiting["seq"] == 3 and "msgs" not in waiting
+    assert gw.outbox.bytes_used() == charged(gw.conn)
