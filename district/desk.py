@@ -181,7 +181,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 result = await handler(request)
             except Refused as r:
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
-            except (WorkOrderError, DownlinkError, RolloutError) as e:
+            except WorkOrderError as e:
+                return JSONResponse(e.answer(), e.status, headers=HEADERS)
+            except (DownlinkError, RolloutError) as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
             except store.DB_FAILED as e:  # nothing changed, so the officer may simply try again
                 db_failed(request, e)

@@ -38,11 +38,21 @@ MAX_TEAM = 64
 
 class WorkOrderError(Exception):
     """A refused step: `status` is the HTTP status the desk answers with (400 bad input, 403 role, 404 no
-    such thing, 409 the order is not in a state that allows the step)."""
+    such thing, 409 the order is not in a state that allows the step). `times`: the epoch times the message
+    writes (in UTC, by `_clock`), in its order."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, times: tuple[float, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.times = times
+
+    def answer(self) -> dict[str, Any]:
+        """The desk's JSON: with each time as written and as epoch seconds, which the page shows in its own
+        convention (the PC's zone, as every other time on it) in place of the UTC text."""
+        said: dict[str, Any] = {"error": str(self)}
+        if self.times:
+            said["times"] = [{"t": t, "text": _clock(t)} for t in self.times]
+        return said
 
 
 def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
@@ -75,7 +85,7 @@ def _clock(at: float) -> str:
 
 def _rose_since(level: str, at: float) -> WorkOrderError:
     """The refusal of an ack whose alarm rose (to `level`, at gateway time `at`) since the page showed it."""
-    return WorkOrderError(409, f"it went {level} at {_clock(at)} since you looked; look again and acknowledge")
+    return WorkOrderError(409, f"it went {level} at {_clock(at)} since you looked; look again and acknowledge", (at,))
 
 
 def _done(step: Any) -> str:
@@ -177,17 +187,19 @@ def act(conn: Connection, order_id: int, action: str, who: Session, *, team: Any
         if state == target and last is not None and last.step == action:
             if (last.actor, last.team, last.note, last.action) == (who.user, team, note, action_taken):
                 return target  # the same request again (a double click): done already, and written once
-            raise WorkOrderError(409, f"work order {order_id} is already {_done(last)}")
+            raise WorkOrderError(409, f"work order {order_id} is already {_done(last)}", (last.at,))
         # Each refusal names who took the step in the way, and when: "it is returned" left the officer asking whom to
         # call about it
         if seen_round is not None and seen_round != now_round:
             back = conn.execute(select(work_order_steps).where(steps.order_id == order_id, steps.step == "send-back")
                                 .order_by(steps.id.desc()).limit(1)).first()
-            then = state if last is None or (back is not None and back.id == last.id) else _done(last)
+            after = None if last is None or (back is not None and back.id == last.id) else last
             raise WorkOrderError(409, f"work order {order_id} was {'sent back since' if back is None else _done(back)}"
-                                      f", and is in round {now_round} ({then}): look at it again")
+                                      f", and is in round {now_round} ({state if after is None else _done(after)}): "
+                                      "look at it again", tuple(x.at for x in (back, after) if x is not None))
         was = "" if last is None else f"was {_done(last)} and "
-        raise WorkOrderError(409, f"work order {order_id} {was}is {state}: it cannot be {STEP_DONE[action]}")
+        raise WorkOrderError(409, f"work order {order_id} {was}is {state}: it cannot be {STEP_DONE[action]}",
+                             () if last is None else (last.at,))
     conn.execute(work_order_steps.insert().values(order_id=order_id, step=action, actor=who.user, at=now, team=team,
                                                   note=note, action=action_taken))
     _audit(conn, who, action, f"work-order {order_id}", note, now)

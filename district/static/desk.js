@@ -50,7 +50,7 @@ async function api(path, body) {
         throw new Error(`not done: this browser was logged in again in another tab, as ${now.user}; do it again`);
       }
     }
-    const err = new Error(data.error || r.statusText);
+    const err = new Error(said(data) || r.statusText);
     err.status = r.status;
     // The session ended (its 12 h, a logout elsewhere) under an action or a fetch: the login, not an error under
     // the buttons with no way to log in but a reload, which lost what the officer had typed.
@@ -61,6 +61,14 @@ async function api(path, body) {
 }
 
 // --- formatting -----------------------------------------------------------------------------------
+
+// A refusal writes its times in UTC, for any client, and gives each as epoch seconds too: shown here as every other
+// time on the page (the PC's zone), or "it went red at 13:50 UTC" stood beside steps at 21:50.
+function said(data) {
+  let text = data.error || "";
+  for (const t of Array.isArray(data.times) ? data.times : []) text = text.replace(t.text, () => clock(t.t));
+  return text;
+}
 
 // The desk's clock, not the PC's: one behind read every alarm raised "0 s" ago and cut the newest readings off
 // the chart. Taken from /api/me at each login and reconnection.

@@ -321,6 +321,7 @@ def test_an_ack_of_the_level_the_page_showed_is_refused_after_an_escalation_sinc
         hms = time.strftime("%H:%M:%S", time.gmtime(went_red))
         assert r.status_code == 409, r.text
         assert r.json()["error"] == f"it went red at {hms} UTC since you looked; look again and acknowledge"
+        assert r.json()["times"] == [{"t": went_red, "text": f"{hms} UTC"}]  # for the page to show in its own zone
         with engine.connect() as conn:
             assert conn.execute(select(alarms.c.acked_last).where(alarms.c.id == gas)).scalar() is None
             assert conn.execute(select(work_orders.c.state).where(work_orders.c.alarm == gas)).scalar() == "open"
@@ -860,7 +861,8 @@ def test_a_conflict_names_who_took_the_step_in_the_way_and_when(desk: str, engin
     """A Close refused because another officer sent the order back said "work order N is returned: it cannot be
     closed", naming no one: the officer did not know whom to ask, nor whether it was a minute or an hour ago. Every
     refusal of a step for the order's state names the step in the way, who took it and when; one of an earlier
-    round names the send-back and the step since."""
+    round names the send-back and the step since. Each time is given as epoch seconds beside its UTC text, which
+    the page shows in its own convention, as it shows the order's steps."""
     order = AckedOrder(desk, engine)
     assert order.step("operator", "dispatch", {"team": "pipe 3"}).status_code == 200
     assert order.step("operator", "report", {"findings": "leak at the valve"}).status_code == 200
@@ -873,15 +875,18 @@ def test_a_conflict_names_who_took_the_step_in_the_way_and_when(desk: str, engin
     assert r.status_code == 409, r.text
     assert r.json()["error"] == (f"work order {order.id} was sent back by wang.fang at {hms[back]} and is returned: "
                                  "it cannot be closed")
+    assert r.json()["times"] == [{"t": back, "text": hms[back]}]
     with engine.begin() as conn:
         workorders.act(conn, order.id, "dispatch", wang, team="pipe 8", now=again)
     r = order.step("operator", "report", {"findings": "leak at the valve", "round": 1})
     assert r.status_code == 409, r.text
     assert r.json()["error"] == (f"work order {order.id} was sent back by wang.fang at {hms[back]}, and is in round 2 "
                                  f"(dispatched by wang.fang to pipe 8 at {hms[again]}): look at it again")
+    assert r.json()["times"] == [{"t": back, "text": hms[back]}, {"t": again, "text": hms[again]}]
     r = order.step("operator", "dispatch", {"team": "pipe 9"})
     assert r.status_code == 409, r.text
     assert r.json()["error"] == f"work order {order.id} is already dispatched by wang.fang to pipe 8 at {hms[again]}"
+    assert r.json()["times"] == [{"t": again, "text": hms[again]}]
     r = order.step("supervisor", "close", {})
     assert r.status_code == 409, r.text
     assert r.json()["error"] == (f"work order {order.id} was dispatched by wang.fang to pipe 8 at {hms[again]} and "

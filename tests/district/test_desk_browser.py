@@ -75,10 +75,11 @@ def log_in(page: Page, url: str, role: str) -> None:
 
 
 @contextmanager
-def desk_page(engine: Engine, browser: Browser, role: str) -> Iterator[tuple[Mosquitto, str, Page]]:
-    """A district broker, the desk following it, and a page logged in as `role`."""
+def desk_page(engine: Engine, browser: Browser, role: str,
+              zone: str | None = None) -> Iterator[tuple[Mosquitto, str, Page]]:
+    """A district broker, the desk following it, and a page logged in as `role` (on a PC in time zone `zone`)."""
     with Mosquitto() as broker, desk_server(engine, broker) as url:
-        page = browser.new_page(viewport=VIEWPORT)
+        page = browser.new_page(viewport=VIEWPORT, timezone_id=zone)
         log_in(page, url, role)
         yield broker, url, page
         page.close()
@@ -547,23 +548,30 @@ def test_an_ack_the_site_was_not_sent_is_told_to_the_officer(engine: Engine, now
 def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, browser: Browser) -> None:
     """Two officers dispatch one order: the second is refused, told who did it, and the panel shows the order
     dispatched to the first's team. That message stayed under the buttons of every alarm the officer opened next,
-    as if the next order had been taken by someone else too."""
+    as if the next order had been taken by someone else too. A refusal's times read as every other time on the page
+    (the PC's zone, here UTC+8): "it went red at 13:50:00 UTC" stood beside the order's steps at 21:50."""
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
         store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 50, dev="gas2", step=0),
                           received=now - 49)
         workorders.ack_alarm(conn, RED, sup, now=now - 30)
-    with desk_page(engine, browser, "operator") as (_, _, page):
+    with desk_page(engine, browser, "operator", zone="Asia/Shanghai") as (_, _, page):
+        def clock(t: float) -> str:
+            return str(page.evaluate("(t) => clock(t)", t))
+
+        assert "UTC" not in clock(now) and clock(now) == page.evaluate(
+            "(t) => new Date(t * 1000).toLocaleString([], {hour12: false, timeZone: 'Asia/Shanghai'})", now)
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
         with engine.begin() as conn:  # the other officer, whose notice has not reached this page yet
             order = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == RED)).scalar_one()
-            workorders.act(conn, order, "dispatch", sup, team="pipe team 3")
+            workorders.act(conn, order, "dispatch", sup, team="pipe team 3", now=now - 25)
         page.fill("#team", "pipe team 4")
         page.click("#act-dispatch")
-        expect(page.locator("#action-error")).to_contain_text(
-            f"work order {order} is already dispatched by {USERS['supervisor']} to pipe team 3 at ")
+        expect(page.locator("#action-error")).to_have_text(f"work order {order} is already dispatched by "
+                                                           f"{USERS['supervisor']} to pipe team 3 at {clock(now - 25)}")
+        expect(page.locator("#order .steps li").last).to_contain_text(clock(now - 25))  # as its step reads
         expect(page.locator("#wo-state")).to_have_text("dispatched")
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#act-ack")).to_be_visible()
@@ -574,7 +582,8 @@ def test_a_conflict_is_shown_for_its_order_alone(engine: Engine, now: float, bro
             store.apply_alarm(conn, "s1", alarm_body(ORANGE, "de-escalated", "orange", now - 10, dev="gas2",
                                                      prev="red", step=2), received=now - 9)
         page.click("#act-ack")
-        expect(page.locator("#action-error")).to_contain_text("it went red at ")
+        expect(page.locator("#action-error")).to_have_text(
+            f"it went red at {clock(now - 20)} since you looked; look again and acknowledge")
         expect(page.locator(f".alarm[data-id='{ORANGE}']")).to_have_class(re.compile(r"\blv-orange\b"))
         expect(page.locator(f".alarm[data-id='{ORANGE}'] .tag.acked")).to_have_count(0)
         expect(page.locator("#act-ack")).to_have_attribute("data-step", "2")  # redrawn as it is now
