@@ -442,7 +442,8 @@ class SpanBody(TypedDict):
 
 
 class OutboxBudget(TypedDict):
-    """What one pass of the outbox's disk budget summarised or dropped, per device, in bytes before/after."""
+    """What passes of the outbox's disk budget summarised or dropped, per device, in bytes before the first and
+    after the last; `passes` and `t_last` when the reports of several passes waited as one."""
 
     ev: Literal["outbox-budget"]
     t: float
@@ -451,15 +452,20 @@ class OutboxBudget(TypedDict):
     after: int
     thinned: list[SpanBody]
     evicted: list[SpanBody]
+    passes: NotRequired[int]
+    t_last: NotRequired[float]
 
 
 def outbox_budget(t: float, budget: int, before: int, after: int, thinned: Mapping[str, SeqSpans],
-                  evicted: Mapping[str, SeqSpans]) -> OutboxBudget:
+                  evicted: Mapping[str, SeqSpans], passes: int = 1, t_last: float | None = None) -> OutboxBudget:
     def spans(by_dev: Mapping[str, SeqSpans]) -> list[SpanBody]:
         return [SpanBody(dev=dev, msgs=msgs, seq_lo=lo, seq_hi=hi)
                 for dev, s in sorted(by_dev.items()) for lo, hi, msgs in s.spans()]
-    return OutboxBudget(ev="outbox-budget", t=t, budget=budget, before=before, after=after,
+    body = OutboxBudget(ev="outbox-budget", t=t, budget=budget, before=before, after=after,
                         thinned=spans(thinned), evicted=spans(evicted))
+    if passes > 1 and t_last is not None:
+        body["passes"], body["t_last"] = passes, t_last
+    return body
 
 
 # --- ack: results of what the district asked for -----------------------------------------------------------

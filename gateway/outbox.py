@@ -56,6 +56,10 @@ WINDOW_ENTRIES = 5000  # entries read per thinning window
 PASS_ENTRIES = 50_000  # entries thinned per pass at most; eviction then takes the rest of the excess
 EVICT_ROWS = 1000  # rows looked at per eviction query
 MAX_RUNS = 16  # per device: summaries made of a thinning window, spans in a budget report
+# A waiting report is added to up to this size, then the next starts a row of its own: a quarter of what one
+# publish carries (MAX_UP_BODY), and a row rewritten at each pass stays cheap.
+MERGE_BYTES = 256 * 1024
+BUDGET_MERGE = "outbox-budget"  # the merge key of the budget's own reports: one waits for every pass
 # What decoding a stored body raises when a storage fault changed it; the budget pass goes round such a row,
 # which raised out of every pass: the outbox then outgrew its budget for good.
 _CORRUPT = (cbor2.CBORError, ValueError, LookupError, TypeError, AttributeError)
@@ -152,13 +156,24 @@ class _Runs:
     span reported upstream must not take in a number the gateway never held (a gap the district would then
     believe covered)."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int | None = MAX_RUNS) -> None:
+        """`most`: spans past which holes are joined; None for none (reports that wait as one: MERGE_BYTES
+        bounds them, and each pass's report was joined already)."""
         self.msgs = 0
+        self.most = most
         self._runs: list[list[int]] = []  # [seq_lo, seq_hi, msgs]
 
     def add(self, msgs: int, lo: int, hi: int) -> None:
         self.msgs += msgs
         _join(self._runs, lo, hi, msgs)
+
+    def without(self, gone: _Runs) -> None:
+        """Whole runs that lie inside a whole run of `gone` taken out: summaries evicted since, which the district
+        will never get and whose messages the eviction's span accounts for."""
+        whole = [(lo, hi) for lo, hi, msgs in gone.spans() if msgs == hi - lo + 1]
+        self._runs = [r for r in self._runs
+                      if r[2] != r[1] - r[0] + 1 or not any(lo <= r[0] and r[1] <= hi for lo, hi in whole)]
+        self.msgs = sum(r[2] for r in self._runs)
 
     def spans(self) -> list[tuple[int, int, int]]:
         """(seq_lo, seq_hi, msgs) in order, runs that meet as one; past MAX_RUNS, joined across the smallest
@@ -168,7 +183,7 @@ class _Runs:
         for lo, hi, msgs in sorted(self._runs):
             _join(runs, lo, hi, msgs)
         holes = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
-        across = set(holes[:len(runs) - MAX_RUNS])
+        across = set() if self.most is None else set(holes[:len(runs) - self.most])
         out = runs[:1]
         for i in range(1, len(runs)):
             if i - 1 in across:
@@ -176,6 +191,26 @@ class _Runs:
             else:
                 out.append(runs[i])
         return [(lo, hi, msgs) for lo, hi, msgs in out]
+
+
+def _budget_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> district_wire.OutboxBudget:
+    """Two budget reports as one: bytes before the first pass and after the last, each device's spans as both
+    said them, those that meet as one (a device's runs of consecutive passes), and a run summarised by one pass
+    and evicted by a later one in the evicted spans alone: the report's size follows what is held, not the
+    passes."""
+    def spans(key: str) -> dict[str, _Runs]:
+        by_dev: dict[str, _Runs] = {}
+        for report in (waiting, new):
+            for span in report[key]:
+                by_dev.setdefault(span["dev"], _Runs(None)).add(span["msgs"], span["seq_lo"], span["seq_hi"])
+        return by_dev
+    thinned, evicted = spans("thinned"), spans("evicted")
+    for dev, runs in thinned.items():
+        if dev in evicted:
+            runs.without(evicted[dev])
+    return district_wire.outbox_budget(waiting["t"], new["budget"], waiting["before"], new["after"],
+                                       {dev: runs for dev, runs in thinned.items() if runs.msgs}, evicted,
+                                       waiting.get("passes", 1) + new.get("passes", 1), new.get("t_last", new["t"]))
 
 
 def _join(runs: list[list[int]], lo: int, hi: int, msgs: int) -> None:
@@ -363,6 +398,8 @@ class Outbox:
         try:
             body = district_wire.encode(combine(loads_one(old), new))
         except _CORRUPT:
+            return False
+        if len(body) > MERGE_BYTES:
             return False
         self.conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (body, rid))
         if rid <= self.conn.execute("SELECT id FROM outbox_counted").fetchone()[0]:  # else _count reads it as it is
@@ -619,8 +656,10 @@ class Outbox:
                 used = self.bytes_used()
             report.after = used
             if report.thinned or report.evicted:
-                self.put_state(district.DQ, district_wire.outbox_budget(now, report.budget, report.before, report.after,
-                                                                        report.thinned, report.evicted), now)
+                body = district_wire.outbox_budget(now, report.budget, report.before, report.after, report.thinned,
+                                                   report.evicted)
+                if not self._merge(BUDGET_MERGE, body, _budget_merged):
+                    self._insert(STATE, district.DQ, now, district_wire.encode(body), merge=BUDGET_MERGE)
                 report.after = self.bytes_used()
             self.conn.commit()
         except BaseException:

@@ -11,9 +11,11 @@ import cbor2
 import pytest
 
 from gateway.daemon import Gateway
+from gateway.district_wire import stored_entries
 from gateway.ingest import Incoming
-from gateway.outbox import ROW_OVERHEAD, STATE, TELEMETRY
+from gateway.outbox import ROW_OVERHEAD, STATE, TELEMETRY, Outbox
 from gateway.site_config import load
+from gateway.store import open_store
 from protocol import district, message, senml, topics
 
 KEY = bytes(range(32))
@@ -44,7 +46,7 @@ def gateway(tmp_path: Path) -> Any:
 def reports(conn: sqlite3.Connection, kind: str) -> list[tuple[int, dict[str, Any]]]:
     return [(rid, body) for rid, body in ((rid, cbor2.loads(b)) for rid, b in conn.execute(
         "SELECT id, body FROM outbox WHERE lane = ? AND kind = ? ORDER BY id", (STATE, district.DQ)))
-        if body.get("kind") == kind]
+        if kind in (body.get("kind"), body.get("ev"))]
 
 
 def charged(conn: sqlite3.Connection) -> int:
@@ -89,3 +91,33 @@ def test_a_report_that_left_is_not_added_to(gateway: Any) -> None:
     [(_, waiting)] = reports(gw.conn, "clock")
     assert waiting["seq"] == 3 and "msgs" not in waiting
     assert gw.outbox.bytes_used() == charged(gw.conn)
+
+
+def test_the_budgets_own_reports_wait_as_one_that_still_accounts_for_every_message(tmp_path: Path) -> None:
+    """Each budget pass put a report of its own in the STATE lane, where the budget never reaches: with the
+    district away and a site's devices filling the outbox, a pass every batch or so left one report a pass, each
+    a span or two per device, and the lane outgrew the budget it reported on. The waiting report now takes
+    each pass's spans, and a run summarised and evicted since is in its evicted span alone; every message is still
+    held raw, inside a summary held, or in an evicted span."""
+    conn = open_store(tmp_path / "gw.sqlite")
+    ob = Outbox(conn, 20_000)
+    devs, batches, passes = [f"d{i}" for i in range(40)], 150, 0
+    for seq in range(1, batches + 1):
+        for dev in devs:
+            ob.put_telemetry(dev, seq, 1, [{"n": f"{dev}:ch4", "u": "%LEL", "t": NOW + seq, "v": 1.5}], now=NOW + seq)
+        ob.flush()
+        conn.commit()
+        report = ob.enforce_budget(now=NOW + seq)
+        passes += bool(report and (report.thinned or report.evicted))
+    [(_, budget)] = reports(conn, "outbox-budget")
+    assert passes > 20 and budget["passes"] == passes
+    assert ob.bytes_used() == charged(conn) <= ob.budget_bytes
+    held: dict[str, set[int]] = {dev: set() for dev in devs}
+    for (body,) in conn.execute("SELECT body FROM outbox WHERE lane = ?", (TELEMETRY,)):
+        for entry, _ in stored_entries(body):
+            held[entry["dev"]].update(range(entry.get("seq_lo", entry.get("seq")),
+                                            entry.get("seq_hi", entry.get("seq")) + 1))
+    for span in budget["evicted"]:
+        if span["msgs"] == span["seq_hi"] - span["seq_lo"] + 1:
+            held[span["dev"]].update(range(span["seq_lo"], span["seq_hi"] + 1))
+    assert held == {dev: set(range(1, batches + 1)) for dev in devs}

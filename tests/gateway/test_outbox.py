@@ -385,9 +385,11 @@ def test_no_summary_nor_span_covers_a_number_the_gateway_never_held(tmp_path: Pa
     raw, summaries, [dq] = accounting(ob)
     assert not raw and [(s["seq_lo"], s["seq_hi"], s["msgs"]) for s in summaries] == [(1, 5, 5), (9, 15, 7)]
     assert spans(dq, "thinned", "gas1") == [(1, 5, 5), (9, 15, 7)]
-    ob.budget_bytes = 1  # now the summaries go too
+    ob.budget_bytes = 1  # now the summaries go too, in the report still waiting: evicted alone
     assert ob.enforce_budget(now=T0 + 700) is not None
-    assert spans(accounting(ob)[2][1], "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
+    [dq] = accounting(ob)[2]
+    assert dq["passes"] == 2 and spans(dq, "thinned", "gas1") == []
+    assert spans(dq, "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
     # raw messages evicted (one a window: nothing to gain from a summary)
     ob = Outbox(open_store(tmp_path / "evict.db"), 10**9, thin_interval_s=1.0)
     for seq in held:
