@@ -57,8 +57,9 @@ MAX_TRACKED = 10_000  # user names with recent failures kept before the old ones
 HASHING = 2  # logins whose password is checked at once: Argon2id takes 64 MiB and a tenth of a second each
 MAX_WINDOW_S = 400 * 86400
 RECHECK_S = 60.0  # a live feed looks its session up again at the first notice or ping this long after the last look-up
-PING_S = 15.0  # a live feed with nothing to send says "ping" this often; the page connects again after three missed
+PING_S = 15.0  # a live feed says "ping" this often; the page connects again after three missed
 ENDED = {"event": "ended", "data": "{}"}  # the last a live feed says, of a session that expired
+PING: dict[str, Any] = {"kind": "ping"}  # in a live feed's queue: time for a ping
 BUSY = "the database is busy, try again"  # what a desk action the database failed answers (503)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
@@ -386,46 +387,47 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
         s = await who(request)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
-            """Change notices while the session lasts, and a "ping" after ping_s with nothing sent, which the page
-            watches: sse-starlette's ping is a comment no page sees, so a desk gone without closing the connection
-            (its host dead) left the page "live" until TCP gave up, minutes later. Sent from this loop, a ping also
-            says the feed itself runs. The session's expiry is checked at each notice and ping (at a notice alone, a
-            quiet page read "live" after its shift ended), and a logout, told by a "session" notice, looks it up
-            again, as does the first notice or ping RECHECK_S after the last look-up (looked up at each notice, it
-            was a read for every page at each of the hundreds of notices a second ingest makes). A feed whose
-            session expired says "ended", at which the page asks who it is (the login, or a session the browser has
-            since), and ends; one logged out just ends, and the page connects again as its browser does, so a tab
-            whose officer logs in again in another tab meanwhile takes the new session. A look-up the database
-            failed ends the stream too (raised, it cut the stream with a traceback); the page's next connection
-            starts afresh."""
+            """Change notices while the session lasts, and a "ping" every ping_s for the page to watch
+            (sse-starlette's ping is a comment no page sees: a desk host that died left its pages "live" until TCP
+            gave up); sent through the queue and this loop, it also says the feed runs. The session's expiry is
+            checked at each notice and ping (at notices alone, a quiet page read "live" past its shift), and "ended"
+            said at it, for the page to show the login. A "session" notice (a logout) looks the session up again, as
+            does the first notice or ping RECHECK_S after the last look-up (not each: a read a page a notice), and
+            the feed just ends, for the browser to connect again under the session it holds now. A look-up the
+            database failed ends it too (raised, it cut the stream with a traceback)."""
             checked = time.monotonic()
             async with hub.listen() as q:
-                yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf, "ping": ping_s})}
-                due = time.monotonic() + ping_s
-                while True:
-                    change: dict[str, Any] | None
-                    try:
-                        change = await asyncio.wait_for(q.get(), max(0.0, due - time.monotonic()))
-                    except TimeoutError:
-                        change = None
-                    kind = change["kind"] if change else "ping"
-                    if clock() >= s.expires:
-                        yield ENDED
-                        return
-                    # a reload may have replaced a "session"
-                    if kind in ("session", "reload") or time.monotonic() - checked >= RECHECK_S:
-                        try:
-                            await who(request)
-                        except Refused:
+                async def beat() -> None:
+                    """A timer per feed, not per notice: a wait with a timeout at each notice doubled its cost."""
+                    while True:
+                        await asyncio.sleep(ping_s)
+                        if not q.full():  # a full queue is a reload
+                            q.put_nowait(PING)
+
+                beating = asyncio.get_running_loop().create_task(beat())
+                try:
+                    yield {"event": "hello", "data": json.dumps({"feed": not hub.deaf, "ping": ping_s})}
+                    while True:
+                        change = await q.get()
+                        if clock() >= s.expires:
+                            yield ENDED
                             return
-                        except store.DB_FAILED as e:
-                            db_failed(request, e)
-                            return
-                        checked = time.monotonic()
-                        if kind == "session":
-                            continue
-                    yield {"event": "change", "data": json.dumps(change)} if change else {"event": "ping", "data": "{}"}
-                    due = time.monotonic() + ping_s
+                        # a reload may have replaced a "session"
+                        if change["kind"] in ("session", "reload") or time.monotonic() - checked >= RECHECK_S:
+                            try:
+                                await who(request)
+                            except Refused:
+                                return
+                            except store.DB_FAILED as e:
+                                db_failed(request, e)
+                                return
+                            checked = time.monotonic()
+                            if change["kind"] == "session":
+                                continue
+                        yield {"event": "ping", "data": "{}"} if change is PING else {
+                            "event": "change", "data": json.dumps(change)}
+                finally:
+                    beating.cancel()
         return EventSourceResponse(stream(), ping=0, headers={"Cache-Control": "no-store"})  # ping=0: ours, above
 
     async def page(request: Request) -> Response:
