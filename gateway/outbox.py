@@ -183,7 +183,7 @@ class _Runs:
         for lo, hi, msgs in sorted(self._runs):
             _join(runs, lo, hi, msgs)
         holes = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
-        across = set() if self.most is None else set(holes[:len(runs) - self.most])
+        across = set() if self.most is None else set(holes[:max(0, len(runs) - self.most)])
         out = runs[:1]
         for i in range(1, len(runs)):
             if i - 1 in across:

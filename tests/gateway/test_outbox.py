@@ -402,6 +402,23 @@ def test_no_summary_nor_span_covers_a_number_the_gateway_never_held(tmp_path: Pa
     assert spans(accounting(ob)[2][0], "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
 
 
+def test_a_device_with_fewer_runs_than_the_bound_gets_every_run_exact(tmp_path: Path) -> None:
+    """Ten runs of a device, under MAX_RUNS: the report joined four of them across three holes all the same
+    (the bound's slice went negative, and a negative slice takes from the front) into 1-15 holding 12, and a
+    span holding fewer messages than its range covers none of them at the district: twelve numbers the site
+    accounted for read as unaccounted there. Up to MAX_RUNS runs, each is its own span."""
+    held = [s for s in range(1, 41) if s % 4]  # runs of 3: 10 runs
+    ob = Outbox(open_store(tmp_path / "runs.db"), 10**9, thin_interval_s=1.0)
+    for seq in held:
+        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
+        ob.flush()
+    ob.conn.commit()
+    ob.budget_bytes = 1
+    assert ob.enforce_budget(now=T0 + 700) is not None
+    [dq] = accounting(ob)[2]
+    assert spans(dq, "evicted", "gas1") == [(lo, lo + 2, 3) for lo in range(1, 41, 4)]
+
+
 def test_a_device_with_many_holes_gets_a_bounded_report_that_says_what_it_does_not_hold(tmp_path: Path) -> None:
     """A device that lost every eighth message: a span per run would make the report grow with the holes.
     Past MAX_RUNS a device's spans are joined across the smallest holes, and such a span's msgs is less than
