@@ -327,8 +327,13 @@ function renderActions(a, order) {
   // typed in: the first team's findings, kept across a send-back and a new dispatch, were reported as the second's.
   const typed = {};
   const mine = a ? a.id : order ? order.alarm : "";
-  const same = $("actions").dataset.alarm === mine;
+  const left = $("actions").dataset.alarm;
+  const same = left === mine;
   if (same) for (const el of $("actions").querySelectorAll("input")) typed[el.id] = el;
+  // the alarm left: its text is kept with it, for when the officer opens it again
+  else if (left) for (const el of $("actions").querySelectorAll("input")) {
+    if (el.value.trim()) keep(left, "You opened another alarm before sending it", el);
+  }
   $("actions").dataset.alarm = mine;
   const refocus = same ? keepFocus($("actions")) : () => {};
   const field = (id, placeholder) => {
@@ -373,17 +378,21 @@ function renderActions(a, order) {
   }
   $("actions").replaceChildren(...box);
   refocus();
-  for (const el of Object.values(typed)) if (el.value.trim() && !$(el.id)) keep(mine, order, el);
+  for (const el of Object.values(typed)) if (el.value.trim() && !$(el.id)) keep(mine, movedOn(order), el);
   renderKept(mine);
 }
 
 // Text typed into a field the redrawn box no longer has (another officer took the step meanwhile, or the order moved
-// on) went with its field, unsent and unsaid. It is kept under the buttons, saying who did what, until dismissed.
-function keep(alarm, order, el) {
+// on), or left behind by opening another alarm, went with its field, unsent and unsaid. It is kept under the buttons
+// of its alarm, saying why, until dismissed.
+function movedOn(order) {
   const last = order && order.steps.length ? order.steps[order.steps.length - 1] : null;
-  const why = (order ? `Work order #${order.id} is ${order.state}` : "This order moved on")
-    + (last ? `: ${STEP_NAMES[last.step] || last.step} by ${last.actor} at ${clock(last.at)}` : "")
-    + ". What you typed was not sent; it is kept here.";
+  return (order ? `Work order #${order.id} is ${order.state}` : "This order moved on")
+    + (last ? `: ${STEP_NAMES[last.step] || last.step} by ${last.actor} at ${clock(last.at)}` : "");
+}
+
+function keep(alarm, because, el) {
+  const why = because + ". What you typed was not sent; it is kept here.";
   const kept = desk.kept.get(alarm) || [];
   let group = kept.find((g) => g.why === why);
   if (!group) kept.push(group = { why, texts: [] });

@@ -718,7 +718,8 @@ def test_a_quiet_page_shows_the_login_when_its_session_ends(engine: Engine, brow
 def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, now: float, browser: Browser) -> None:
     """What an officer types survives a redraw of the panel; it also went with them to the next order opened: a
     team typed for one order stood in the next one's Dispatch field (a correction in the next one's Send back),
-    one click from sending that order to the team meant for the other."""
+    one click from sending that order to the team meant for the other. Left behind, it vanished: it is kept with
+    its own order, shown when the officer opens that one again."""
     op = Session("t", USERS["operator"], "operator", "c")
     with engine.begin() as conn:
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 60), received=now - 59)
@@ -732,6 +733,13 @@ def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, 
         page.fill("#team", "pipe team 3")
         page.locator(f".alarm[data-id='{ORANGE}']").click()
         expect(page.locator("#detail-title")).to_contain_text("gas2")
+        expect(page.locator("#team")).to_have_value("")
+        expect(page.locator("#kept")).to_be_hidden()
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#detail-title")).to_contain_text("gas1")
+        expect(page.locator("#kept .kept-why")).to_have_text("You opened another alarm before sending it. What you "
+                                                             "typed was not sent; it is kept here.")
+        expect(page.locator("#kept textarea[data-field=team]")).to_have_value("pipe team 3")
         expect(page.locator("#team")).to_have_value("")
 
 
