@@ -213,6 +213,26 @@ def _budget_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> distri
                                        waiting.get("passes", 1) + new.get("passes", 1), new.get("t_last", new["t"]))
 
 
+def _sequence_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Two gap (or recovered) reports of a device as one: the first kept whole, then `reports`, `msgs` (the
+    numbers they name), `since_last` and `spans` {first, last, msgs}, every report's range, those that meet as
+    one and past MAX_RUNS joined across the smallest runs between (msgs then less than the span's range), so a
+    device that loses every other message waits as one report of bounded size. Either may be merged already."""
+    runs = _Runs()
+    for report in (waiting, new):
+        for span in report.get("spans") or [
+                {"first": report["first"], "last": report["last"], "msgs": report["last"] - report["first"] + 1}]:
+            runs.add(span["msgs"], span["first"], span["last"])
+    return {**waiting, "reports": waiting.get("reports", 1) + new.get("reports", 1), "msgs": runs.msgs,
+            "since_last": new.get("since_last", new["since"]),
+            "spans": [{"first": lo, "last": hi, "msgs": msgs} for lo, hi, msgs in runs.spans()]}
+
+
+# The data-quality reports of one kind about one device that wait in the outbox as one, and how two are one.
+_MERGED: dict[Any, Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]] = {
+    "clock": district_wire.clock_merged, "gap": _sequence_merged, "recovered": _sequence_merged}
+
+
 def _join(runs: list[list[int]], lo: int, hi: int, msgs: int) -> None:
     """(lo, hi, msgs) added after the last of `runs`, as part of it when both are whole runs and meet."""
     last = runs[-1] if runs else None
@@ -332,7 +352,7 @@ class Outbox:
         self._open_lanes: set[int] = set()  # lanes put to since the connection was last seen idle
         self._pending: list[bytes] = []  # the open batch's pack entries, written by flush
         self._pending_t = 0.0  # when the first of them was put
-        self._reports: dict[str, tuple[float, Mapping[str, Any]]] = {}  # the open batch's clock reports, by device
+        self._reports: dict[str, tuple[float, Mapping[str, Any]]] = {}  # the open batch's dq reports, by merge key
         # Set by every put; the uplink's alarm path waits on its own event so alarms never queue behind bulk.
         self.alarm_event = asyncio.Event()
         self.ready_event = asyncio.Event()
@@ -371,16 +391,17 @@ class Outbox:
 
     def put_state(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> int | None:
         """Device state, a data-quality event, a command ack, a device event or an OTA report: `kind` is its up
-        topic kind. A device's clock report is held for `flush` (None), which adds the batch's to the device's
-        report still waiting, if there is one: the budget never evicts this lane, and one report a flagged
-        message outgrew any budget during an outage."""
+        topic kind. A device's clock, gap or recovered report is held for `flush` (None), which adds the batch's
+        to the device's report of that kind still waiting, if there is one: the budget never evicts this lane,
+        and one report a flagged or lost message outgrew any budget during an outage."""
         if kind not in STATE_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
-        if kind == district.DQ and body.get("kind") == "clock":
-            merge = f"clock/{body['dev']}"
+        combine = _MERGED.get(body.get("kind")) if kind == district.DQ else None
+        if combine is not None:
+            merge = f"{body['kind']}/{body['dev']}"
             held = self._reports.get(merge)
             self._reports[merge] = ((time.time() if now is None else now, body) if held is None
-                                    else (held[0], district_wire.clock_merged(held[1], body)))
+                                    else (held[0], combine(held[1], body)))
             self._open_lanes.add(STATE)
             self.ready_event.set()
             return None
@@ -438,7 +459,7 @@ class Outbox:
                  for part in _rows(pending, n, ROW_BYTES)])
             self._pending = []
         for merge, (t, body) in self._reports.items():
-            if not self._merge(merge, body, district_wire.clock_merged):
+            if not self._merge(merge, body, _MERGED[body["kind"]]):
                 self._insert(STATE, district.DQ, t, district_wire.encode(body), merge=merge)
         self._reports = {}
 
