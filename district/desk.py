@@ -37,10 +37,10 @@ from district.config import ROLLUP_S
 from district.downlink import Downlink, DownlinkError, broker_publisher
 from district.live import CHANGES_TOPIC, Hub, notice
 from district.queries import RiskPoints
-from district.rollout import Driver, RolloutError
+from district.refusal import Refusal
+from district.rollout import Driver
 from district.schema import alarms, work_orders
 from district.text import storable
-from district.workorders import WorkOrderError
 from gateway.logs import event
 from gateway.rules import RuleSet, default_ruleset
 from gateway.site_config import BrokerConfig
@@ -182,9 +182,9 @@ def make_app(engine: Engine, *, hub: Hub, broker: BrokerConfig | None = None, do
                 result = await handler(request)
             except Refused as r:
                 return JSONResponse({"error": str(r)}, r.status, headers=HEADERS)
-            except WorkOrderError as e:
+            except Refusal as e:  # a work order's or a rollout's
                 return JSONResponse(e.answer(), e.status, headers=HEADERS)
-            except (DownlinkError, RolloutError) as e:
+            except DownlinkError as e:
                 return JSONResponse({"error": str(e)}, e.status, headers=HEADERS)
             except store.DB_FAILED as e:  # nothing changed, so the officer may simply try again
                 db_failed(request, e)

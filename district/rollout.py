@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from district import store
 from district.accounts import Session
 from district.downlink import Downlink, DownlinkError
+from district.refusal import Refusal, utc
 from district.schema import (
     audit,
     commands,
@@ -55,12 +56,8 @@ FAIL_LOG_S = 60.0  # while passes keep failing, one line a minute
 OUTCOME = ("ota.v", "ota.ok", "ota.res")
 
 
-class RolloutError(Exception):
+class RolloutError(Refusal):
     """A refused request: `status` as the desk answers it (400, 403, 404, 409)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: Any = "1", wave: Any = 0,
@@ -110,9 +107,11 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
         skipped += held
     if not chosen:
         raise RolloutError(409, f"nothing to update at {site}: " + ("; ".join(skipped) or "no devices"))
-    if conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.site == site,
-                                                    ota_rollouts.c.state == "running")).first() is not None:
-        raise RolloutError(409, f"a rollout is already running at {site}: halt it first")
+    running = conn.execute(select(ota_rollouts.c.id, ota_rollouts.c.v, ota_rollouts.c.actor, ota_rollouts.c.created)
+                           .where(ota_rollouts.c.site == site, ota_rollouts.c.state == "running")).first()
+    if running is not None:  # who started it, and when: the one to ask before halting it
+        raise RolloutError(409, f"a rollout is already running at {site}: #{running.id} of {running.v}, started by "
+                                f"{running.actor} at {utc(running.created)}; halt it first", (running.created,))
     try:
         plan = ota_plan.stages(chosen, str(canary), wave)
     except ota_plan.PlanError as exc:
@@ -122,7 +121,8 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
             site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
             stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)).scalar_one()
     except IntegrityError:  # another desk's start committed since the check above (schema.ONE_RUNNING_ROLLOUT)
-        raise RolloutError(409, f"a rollout is already running at {site}: halt it first") from None
+        raise RolloutError(409, f"a rollout is already running at {site}, started at another desk just now; halt it "
+                                "first") from None
     conn.execute(ota_rollout_nodes.insert(), [{"rollout": rid, "dev": d, "stage": i, "stage_name": s.name,
                                                "sends": 0, "state": "waiting"}
                                               for i, s in enumerate(plan) for d in s.devices])
@@ -135,14 +135,20 @@ def halt(conn: Connection, who: Session, rollout_id: int, *, now: float) -> str:
     """Stop a running rollout before its next stage; nodes already sent the release go on. Returns its site."""
     if not who.may("rollout"):
         raise RolloutError(403, f"a {who.role} may not halt rollouts")
-    row = conn.execute(select(ota_rollouts.c.site, ota_rollouts.c.state)
-                       .where(ota_rollouts.c.id == rollout_id)).first()
+    row = conn.execute(select(ota_rollouts.c.site, ota_rollouts.c.state, ota_rollouts.c.reason,
+                              ota_rollouts.c.finished).where(ota_rollouts.c.id == rollout_id)).first()
     if row is None:
         raise RolloutError(404, f"no rollout {rollout_id}")
     done = conn.execute(update(ota_rollouts).where(ota_rollouts.c.id == rollout_id, ota_rollouts.c.state == "running")
                         .values(state="halted", reason=f"halted by {who.user}", finished=now)).rowcount
-    if not done:
-        raise RolloutError(409, f"rollout {rollout_id} is {row.state}")
+    if not done:  # read again: it ended since the read above (another's halt, the driver's end)
+        row = conn.execute(select(ota_rollouts.c.site, ota_rollouts.c.state, ota_rollouts.c.reason,
+                                  ota_rollouts.c.finished).where(ota_rollouts.c.id == rollout_id)).one()
+        why = f" ({row.reason})" if row.reason else ""
+        if row.finished is None:
+            raise RolloutError(409, f"rollout {rollout_id} is {row.state}{why}")
+        raise RolloutError(409, f"rollout {rollout_id} is {row.state}{why}, since {utc(row.finished)}",
+                           (row.finished,))
     conn.execute(audit.insert().values(actor=who.user, at=now, what="rollout-halt", target=str(rollout_id)))
     return str(row.site)
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from district.accounts import Session
+from district.refusal import Refusal, utc
 from district.schema import alarm_events, alarms, audit, work_order_steps, work_orders
 from district.store import LEVELS
 from district.text import ILLEGIBLE, readable, storable
@@ -36,23 +37,9 @@ MAX_TEXT = 2000
 MAX_TEAM = 64
 
 
-class WorkOrderError(Exception):
+class WorkOrderError(Refusal):
     """A refused step: `status` is the HTTP status the desk answers with (400 bad input, 403 role, 404 no
-    such thing, 409 the order is not in a state that allows the step). `times`: the epoch times the message
-    writes (in UTC, by `_clock`), in its order."""
-
-    def __init__(self, status: int, message: str, times: tuple[float, ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.times = times
-
-    def answer(self) -> dict[str, Any]:
-        """The desk's JSON: with each time as written and as epoch seconds, which the page shows in its own
-        convention (the PC's zone, as every other time on it) in place of the UTC text."""
-        said: dict[str, Any] = {"error": str(self)}
-        if self.times:
-            said["times"] = [{"t": t, "text": _clock(t)} for t in self.times]
-        return said
+    such thing, 409 the order is not in a state that allows the step)."""
 
 
 def _text(value: Any, what: str, limit: int, required: bool) -> str | None:
@@ -79,19 +66,15 @@ def _audit(conn: Connection, who: Session, what: str, target: str, detail: str |
     conn.execute(audit.insert().values(actor=who.user, at=now, what=what, target=target, detail=detail))
 
 
-def _clock(at: float) -> str:
-    return f"{time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
-
-
 def _rose_since(level: str, at: float) -> WorkOrderError:
     """The refusal of an ack whose alarm rose (to `level`, at gateway time `at`) since the page showed it."""
-    return WorkOrderError(409, f"it went {level} at {_clock(at)} since you looked; look again and acknowledge", (at,))
+    return WorkOrderError(409, f"it went {level} at {utc(at)} since you looked; look again and acknowledge", (at,))
 
 
 def _done(step: Any) -> str:
     """A step of an order as a refusal names it: what, by whom (the district's own steps name no one) and when."""
     who = "" if step.actor == "system" else f" by {step.actor}"
-    return f"{STEP_DONE.get(step.step, step.step)}{who}{f' to {step.team}' if step.team else ''} at {_clock(step.at)}"
+    return f"{STEP_DONE.get(step.step, step.step)}{who}{f' to {step.team}' if step.team else ''} at {utc(step.at)}"
 
 
 def ack_alarm(conn: Connection, alarm_id: str, who: Session, *, seen_level: Any = None, seen_step: Any = None,

@@ -274,15 +274,24 @@ def test_what_a_rollout_request_must_be(engine: Engine) -> None:
             with pytest.raises(RolloutError, match=says) as err:
                 rollout.start(conn, args.pop("who"), args.pop("site"), args.pop("version"), now=now, **args)
             assert err.value.status == status
-        rid = rollout.start(conn, BOSS, SITE, NEW, now=now)
-        with pytest.raises(RolloutError, match="already running") as err:
+        # a conflict names who did what and when, its times given for the page to show in its own zone: "already
+        # running at s1: halt it first" and "is halted" left the supervisor asking whose rollout it was
+        started, halted = now - 3600, now - 60
+        hms = {t: time.strftime("%H:%M:%S", time.gmtime(t)) + " UTC" for t in (started, halted)}
+        rid = rollout.start(conn, BOSS, SITE, NEW, now=started)
+        with pytest.raises(RolloutError) as err:
             rollout.start(conn, BOSS, SITE, NEW, now=now)
+        assert err.value.answer() == {"error": f"a rollout is already running at {SITE}: #{rid} of {NEW}, started by "
+                                               f"chen at {hms[started]}; halt it first",
+                                      "times": [{"t": started, "text": hms[started]}]}
         assert err.value.status == 409
         with pytest.raises(RolloutError, match="may not halt"):
             rollout.halt(conn, viewer, rid, now=now)
-        assert rollout.halt(conn, BOSS, rid, now=now) == SITE
-        with pytest.raises(RolloutError, match="is halted") as err:
+        assert rollout.halt(conn, Session("t", "wang.fang", "supervisor", "c"), rid, now=halted) == SITE
+        with pytest.raises(RolloutError) as err:
             rollout.halt(conn, BOSS, rid, now=now)
+        assert err.value.answer() == {"error": f"rollout {rid} is halted (halted by wang.fang), since {hms[halted]}",
+                                      "times": [{"t": halted, "text": hms[halted]}]}
         assert err.value.status == 409
 
 
