@@ -156,11 +156,8 @@ class _Runs:
     span reported upstream must not take in a number the gateway never held (a gap the district would then
     believe covered)."""
 
-    def __init__(self, most: int | None = MAX_RUNS) -> None:
-        """`most`: spans past which holes are joined; None for none (reports that wait as one: MERGE_BYTES
-        bounds them, and each pass's report was joined already)."""
+    def __init__(self) -> None:
         self.msgs = 0
-        self.most = most
         self._runs: list[list[int]] = []  # [seq_lo, seq_hi, msgs]
 
     def add(self, msgs: int, lo: int, hi: int) -> None:
@@ -183,7 +180,7 @@ class _Runs:
         for lo, hi, msgs in sorted(self._runs):
             _join(runs, lo, hi, msgs)
         holes = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
-        across = set() if self.most is None else set(holes[:max(0, len(runs) - self.most)])
+        across = set(holes[:max(0, len(runs) - MAX_RUNS)])
         out = runs[:1]
         for i in range(1, len(runs)):
             if i - 1 in across:
@@ -194,15 +191,15 @@ class _Runs:
 
 
 def _budget_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> district_wire.OutboxBudget:
-    """Two budget reports as one: bytes before the first pass and after the last, each device's spans as both
-    said them, those that meet as one (a device's runs of consecutive passes), and a run summarised by one pass
-    and evicted by a later one in the evicted spans alone: the report's size follows what is held, not the
-    passes."""
+    """Two budget reports as one: bytes before the first pass and after the last, each device's spans joined as
+    a pass joins its own (those that meet as one, past MAX_RUNS across the smallest holes), and a run summarised
+    by one pass and evicted by a later one in the evicted spans alone: the report's size follows the devices,
+    not the passes."""
     def spans(key: str) -> dict[str, _Runs]:
         by_dev: dict[str, _Runs] = {}
         for report in (waiting, new):
             for span in report[key]:
-                by_dev.setdefault(span["dev"], _Runs(None)).add(span["msgs"], span["seq_lo"], span["seq_hi"])
+                by_dev.setdefault(span["dev"], _Runs()).add(span["msgs"], span["seq_lo"], span["seq_hi"])
         return by_dev
     thinned, evicted = spans("thinned"), spans("evicted")
     for dev, runs in thinned.items():

@@ -150,3 +150,22 @@ def test_gap_reports_of_a_device_wait_as_one_that_keeps_every_gap_it_can(tmp_pat
     finally:
         gw.outbox.close()
         gw.conn.close()
+
+
+def test_the_waiting_budget_report_of_a_device_with_holes_stays_bounded(tmp_path: Path) -> None:
+    """The waiting budget report kept every span each pass had reported: a device that lost every other message
+    gave every pass spans that meet no other pass's, and the one report grew by 3 bytes a message (60 KB after
+    8,000, past the 20 KB budget it reported on). Its spans are joined past MAX_RUNS as a pass joins its own,
+    and still count every message evicted."""
+    conn = open_store(tmp_path / "gw.sqlite")
+    ob = Outbox(conn, 20_000)
+    for first in range(1, 16_001, 200):
+        for seq in range(first, first + 200, 2):
+            ob.put_telemetry("d1", seq, 1, [{"n": "d1:ch4", "u": "%LEL", "t": NOW + seq, "v": 1.5}], now=NOW + seq)
+        ob.flush()
+        conn.commit()
+        ob.enforce_budget(now=NOW + first)
+    [(_, budget)] = reports(conn, "outbox-budget")
+    assert len(budget["evicted"]) <= MAX_RUNS and len(budget["thinned"]) <= MAX_RUNS
+    assert sum(s["msgs"] for s in budget["evicted"]) == ob.evicted_msgs > 7000
+    assert ob.bytes_used() == charged(conn) <= ob.budget_bytes
