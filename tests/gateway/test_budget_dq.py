@@ -32,13 +32,17 @@ def data(seq: int, boot: int = 1, clk: int = message.CLK_BOOT) -> bytes:
     return encoded
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Any:
+def site_gateway(tmp_path: Path, ingest: str = "") -> Gateway:
     (tmp_path / "site.toml").write_text(
         f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
-        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[ingest]\n{ingest}\n[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
         f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
-    gw = Gateway(load(tmp_path / "site.toml"))
+    return Gateway(load(tmp_path / "site.toml"))
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Any:
+    gw = site_gateway(tmp_path)
     yield gw
     gw.outbox.close()
     gw.conn.close()
@@ -128,13 +132,9 @@ def test_gap_reports_of_a_device_wait_as_one_that_keeps_every_gap_it_can(tmp_pat
     """A device whose radio loses every other message: one gap report a lost message (123 bytes charged), kept
     in the STATE lane for good, so 4,000 messages left 2,000 reports, six times the budget, with every reading
     evicted. A device's waiting gap reports are now one: the first whole, the reports' count, the numbers
-    missing (msgs), and the gaps as spans, joined across the smallest runs received past MAX_RUNS (msgs then says how
-    many of the span's numbers are missing)."""
-    (tmp_path / "site.toml").write_text(
-        f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
-        f'[ingest]\ngap_grace_s = 0\n[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
-        f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
-    gw = Gateway(load(tmp_path / "site.toml"))
+    missing (msgs), and the gaps as spans, joined across the smallest runs received past MAX_RUNS (msgs then says
+    how many of the span's numbers are missing)."""
+    gw = site_gateway(tmp_path, "gap_grace_s = 0")
     gw.outbox.budget_bytes = 40_000
     try:
         for first in range(1, 4001, 100):  # seq 1, 3, 5, ...: each even number a gap at the next tick
@@ -154,9 +154,9 @@ def test_gap_reports_of_a_device_wait_as_one_that_keeps_every_gap_it_can(tmp_pat
 
 def test_the_waiting_budget_report_of_a_device_with_holes_stays_bounded(tmp_path: Path) -> None:
     """The waiting budget report kept every span each pass had reported: a device that lost every other message
-    gave every pass spans that meet no other pass's, and the one report grew by 3 bytes a message (60 KB after
-    8,000, past the 20 KB budget it reported on). Its spans are joined past MAX_RUNS as a pass joins its own,
-    and still count every message evicted."""
+    gave every pass spans that meet no other pass's, and the one report grew with the messages (1,120 spans, 38 KB,
+    after 8,000: past the 20 KB budget it reported on, every reading evicted). Its spans are joined past MAX_RUNS
+    as a pass joins its own, and still count every message evicted."""
     conn = open_store(tmp_path / "gw.sqlite")
     ob = Outbox(conn, 20_000)
     for first in range(1, 16_001, 200):
