@@ -14,7 +14,8 @@ Lanes drain in order ALARM, STATE, TELEMETRY, and oldest first (insertion order)
 budget bounds the rows' bytes: past it the oldest telemetry is thinned to per-interval summaries, or
 evicted when summarising would not save space; alarms, state rows and a device's alarm-priority packs (`pri`)
 are never touched. What was thinned
-or evicted goes upstream as a data-quality item.
+or evicted goes upstream as a data-quality item. Such items, and a device's clock, gap and recovered reports,
+wait as one row of each kind (`merge`): one a pass or a message would grow the untouched lane without end.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _sequence_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> dict
 
 
 # The data-quality reports of one kind about one device that wait in the outbox as one, and how two are one.
-_MERGED: dict[Any, Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]] = {
+_MERGED: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]] = {
     "clock": district_wire.clock_merged, "gap": _sequence_merged, "recovered": _sequence_merged}
 
 
