@@ -227,7 +227,7 @@ def _sequence_merged(waiting: Mapping[str, Any], new: Mapping[str, Any]) -> dict
 
 
 # The data-quality reports of one kind about one device that wait in the outbox as one, and how two are one.
-_MERGED: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]] = {
+_MERGED: dict[Any, Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]] = {
     "clock": district_wire.clock_merged, "gap": _sequence_merged, "recovered": _sequence_merged}
 
 
