@@ -743,6 +743,19 @@ def test_what_was_typed_for_one_order_is_not_carried_to_another(engine: Engine, 
         expect(page.locator("#team")).to_have_value("")
 
 
+def dispatched_red_and_orange(engine: Engine, now: float, sup: Session) -> dict[str, int]:
+    """A red alarm at gas1 and an orange at gas2, each acknowledged and its order dispatched to pipe team 3 by
+    `sup`: alarm id -> work order id."""
+    orders = {}
+    with engine.begin() as conn:
+        for alarm, dev, level in ((RED, "gas1", "red"), (ORANGE, "gas2", "orange")):
+            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", level, now - 60, dev=dev), received=now - 59)
+            workorders.ack_alarm(conn, alarm, sup, now=now - 50)
+            orders[alarm] = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm)).scalar_one()
+            workorders.act(conn, orders[alarm], "dispatch", sup, team="pipe team 3", now=now - 40)
+    return orders
+
+
 def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: Engine, now: float,
                                                                        browser: Browser) -> None:
     """An officer types the first team's findings; meanwhile the supervisor sends the order back (the wrong team)
@@ -752,13 +765,7 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
     in: the report is refused, saying so, and sent again once the officer has looked, whether the page had heard
     of round 2 before the click or only from the refusal."""
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
-    orders = {}
-    with engine.begin() as conn:
-        for alarm, dev, level in ((RED, "gas1", "red"), (ORANGE, "gas2", "orange")):
-            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", level, now - 60, dev=dev), received=now - 59)
-            workorders.ack_alarm(conn, alarm, sup, now=now - 50)
-            orders[alarm] = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm)).scalar_one()
-            workorders.act(conn, orders[alarm], "dispatch", sup, team="pipe team 3", now=now - 40)
+    orders = dispatched_red_and_orange(engine, now, sup)
     with desk_page(engine, browser, "operator") as (broker, _, page):
         for alarm, heard in ((RED, True), (ORANGE, False)):
             order = orders[alarm]
@@ -790,13 +797,7 @@ def test_findings_typed_while_another_officer_reports_the_order_are_kept(engine:
     heard of the other report from its notice or from the refusal of its own click. It is kept under the
     buttons, saying who reported the order and when, across later redraws, until the officer dismisses it."""
     sup = Session("t", USERS["supervisor"], "supervisor", "c")
-    orders = {}
-    with engine.begin() as conn:
-        for alarm, dev, level in ((RED, "gas1", "red"), (ORANGE, "gas2", "orange")):
-            store.apply_alarm(conn, "s1", alarm_body(alarm, "raised", level, now - 60, dev=dev), received=now - 59)
-            workorders.ack_alarm(conn, alarm, sup, now=now - 50)
-            orders[alarm] = conn.execute(select(work_orders.c.id).where(work_orders.c.alarm == alarm)).scalar_one()
-            workorders.act(conn, orders[alarm], "dispatch", sup, team="pipe team 3", now=now - 40)
+    orders = dispatched_red_and_orange(engine, now, sup)
     with desk_page(engine, browser, "operator") as (broker, _, page):
         for alarm, heard in ((RED, True), (ORANGE, False)):
             order = orders[alarm]
