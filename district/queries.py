@@ -38,6 +38,9 @@ SAMPLE_WINDOW = 20000  # newest readings the sample -> desk times are taken from
 CLOSED_SHOWN = 50  # closed work orders in the list unless a page asks for more (docs/district.md)
 CLOSED_MAX = 500  # and at most this many at once
 RESPONSE_WINDOW_S = 30 * 86400  # the desk's response times are of the alarms and orders of the last 30 days
+# A live raise goes first in its gateway's outbox and reaches the district in seconds: one whose gateway and
+# reading times are not both within this before its arrival is from a clock that is not the district's
+SITE_CLOCK_SLACK_S = 300.0
 MESSAGES_SHOWN = 50  # device messages in one list (docs/district.md, "The device messages behind an alarm")
 MESSAGES_SCANNED = 5000  # messages of a window looked through for them: a window of a year holds millions
 STRADDLING = 8  # messages after a window looked through for one that began in it
@@ -377,7 +380,7 @@ def response_times(conn: Connection, since: float | None = None) -> dict[str, An
 def response_values(conn: Connection, since: float | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
     """The seeds' measures in seconds, per colour (an alarm's peak level) and per site:
     sample -> desk (when the district received a reading minus its time; by colour, for the readings that
-    raised alarms), alarm -> ack (acked - raised), ack -> dispatch and dispatch -> closed (from the steps).
+    raised alarms), alarm -> ack (acked - received), ack -> dispatch and dispatch -> closed (from the steps).
     `since`: of the alarms the district received and the orders opened from then on only (the desk's, every
     page fetching them at each notice); None, of all it holds."""
     by: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -405,7 +408,10 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
                    received: tuple[float, float] | None = None) -> list[Measure]:
     """The measures of live alarms and their orders, each with when the district received its alarm. `since`
     as `response_values` takes it; `received` (from, to): of the alarms received in it and their orders only,
-    which district/metrics.py keeps a day at a time."""
+    which district/metrics.py keeps a day at a time. Timed by the district's clock (arrivals, the officers'
+    steps); a site's only for a reading's time, which nothing else has, and only where the site's clock agrees
+    with the district's (`_site_clock_agrees`): a site hours off or sending absurd times moved every colour's
+    figures, which mix all sites."""
     out: list[Measure] = []
 
     def add(at: float, measure: str, colour: str | None, site: str | None, value: float | None) -> None:
@@ -432,10 +438,10 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
         # An alarm a live resend made live (store.revive_alarm) is timed from then (from its arrival if the officer
         # acknowledged it before): before, the desk had it only as a backlog's, and its reading came in the
         # backlog, which no sample -> desk counts.
-        if r.revived is None:
-            add(r.received, "sample_desk", r.peak, None, None if r.t_dev is None else r.received - r.t_dev)
-        live = r.raised if r.revived is None else r.revived
-        add(r.received, "alarm_ack", r.peak, r.site, None if r.acked is None or live is None else r.acked - live)
+        if r.revived is None and _site_clock_agrees(r.received, r.raised, r.t_dev):
+            add(r.received, "sample_desk", r.peak, None, r.received - r.t_dev)
+        live = r.received if r.revived is None else r.revived
+        add(r.received, "alarm_ack", r.peak, r.site, None if r.acked is None else r.acked - live)
     firsts: dict[int, dict[str, float]] = defaultdict(dict)
     for order_id, step, at in conn.execute(steps):
         firsts[order_id].setdefault(step, at)
@@ -446,3 +452,11 @@ def alarm_measures(conn: Connection, *, since: float | None = None,
         if "dispatch" in s and "close" in s:
             add(r.received, "dispatch_closed", r.peak, r.site, s["close"] - s["dispatch"])
     return out
+
+
+def _site_clock_agrees(received: float, raised: float | None, t_dev: float | None) -> bool:
+    """Whether a live alarm's gateway time of its raise and its reading's time both fall within
+    SITE_CLOCK_SLACK_S before the district received it. A clock behind would add its error to sample -> desk, one
+    ahead would drop it as negative, a hostile site's times anything: such a reading is left out of the figure."""
+    return (raised is not None and t_dev is not None
+            and 0 <= received - raised <= SITE_CLOCK_SLACK_S and 0 <= received - t_dev <= SITE_CLOCK_SLACK_S)

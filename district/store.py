@@ -109,7 +109,7 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("rollups: added the count of numbers of each bucket")
     if _add_column(engine, said, alarms, "step INTEGER"):  # rows from before stay NULL and are ordered by time
         log.info("alarms: added the number of the transition each state comes from")
-    if _add_column(engine, said, alarms, "revived FLOAT"):  # an alarm revived before stays timed from its raise
+    if _add_column(engine, said, alarms, "revived FLOAT"):  # an alarm revived before: timed from its arrival
         log.info("alarms: added the time a backlog's alarm was made live")
     # An ack given before covers its alarm as it stands (an escalation since was taken as acknowledged then).
     if _add_column(engine, said, alarms, "acked_step INTEGER",
