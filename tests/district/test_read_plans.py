@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, Engine, bindparam, delete, event, func, inspect, select, text
 from sqlalchemy.pool import Pool
 
@@ -317,3 +318,27 @@ def test_a_sites_updates_are_read_in_as_many_statements_for_many_nodes_as_for_fe
     assert outcomes["n7"] == {"v": "0.7.0", "ok": True, "res": "", "at": now - 60 + 2}
     assert outcomes["n10"] == {"v": "0.1.0", "ok": False, "res": "hash", "at": now - 60}
     assert whole_scans(engine, lambda c: rollout.view(c, "s1")) == []
+
+
+def test_a_retention_pass_reads_about_a_chunk_when_many_readings_share_a_time(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readings of one time (a site's clock stuck, or made to) are split across passes by (time, message): a pass
+    reads about CHUNK of them, as much with 3,000 of one time as with 300. Bounded by time alone, a pass read
+    every reading of its last one's time (a million: 11 s under SQLite's write lock)."""
+    monkeypatch.setattr(retention, "CHUNK", 100)
+    now = time.time()
+    t = now - 40 * 86400
+
+    def stuck(seqs: range) -> None:
+        with engine.begin() as conn:
+            store.add_messages(conn, "s1", [store.DeviceMessage("gas1", seq, 1, 0, [{"n": "ch4", "t": t, "v": 1.0}],
+                                                                None) for seq in seqs], received=now)
+
+    def fold(conn: Connection) -> None:
+        assert retention.fold(conn, now=now, raw_days=30, rollup_s=300) == 100
+
+    stuck(range(300))
+    few = rows_read(engine, fold)  # rolled back: the same readings are there for the second pass
+    stuck(range(300, 3000))
+    many = rows_read(engine, fold)
+    assert many < few * 1.5, (few, many)
