@@ -16,6 +16,8 @@ evicted when summarising would not save space; alarms, state rows and a device's
 are never touched. What was thinned
 or evicted goes upstream as a data-quality item. Such items, and a device's clock, gap and recovered reports,
 wait as one row of each kind (`merge`): one a pass or a message would grow the untouched lane without end.
+Each body is written with its CRC-32 (`crc`), checked at lease: a row a storage fault changed is set aside in
+`outbox_corrupt`, never sent, as spliced into a publish it would spoil every row leased beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import math
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
@@ -76,13 +79,18 @@ _SCHEMA = (
         pri INTEGER NOT NULL DEFAULT 0,
         entries INTEGER NOT NULL DEFAULT 1,
         merge TEXT,
+        crc INTEGER,
         body BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane)",
     """CREATE TABLE IF NOT EXISTS outbox_lanes (
         lane INTEGER PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
     # The lane totals include every row up to this id; rows past it are added when the totals are next read.
     """CREATE TABLE IF NOT EXISTS outbox_counted (one INTEGER PRIMARY KEY CHECK (one = 0), id INTEGER NOT NULL)""",
+    # Rows whose body no longer matches its checksum, moved here unsent with the reason, for inspection.
+    """CREATE TABLE IF NOT EXISTS outbox_corrupt (id INTEGER PRIMARY KEY, lane INTEGER NOT NULL, kind TEXT NOT NULL,
+        t REAL NOT NULL, entries INTEGER NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)""",
 )
+CORRUPT_ROWS = 1000  # rows kept in outbox_corrupt, the newest: a failing card must not fill the disk with them
 # Run after the row of outbox_counted exists, in the same transaction: a store made before counted every row by
 # a trigger on INSERT as well, so its counted id is its highest, and the old triggers go with the same commit.
 # The totals' "rows" are entries (an item, a device message or a summary); a store made before telemetry rows
@@ -138,6 +146,11 @@ def _packs(body: bytes) -> list[_Stored]:
 def _corrupt(rid: int, body: bytes, exc: BaseException, action: str) -> None:
     event(log, "outbox row undecodable", logging.ERROR, id=rid, bytes=len(body), error=str(exc) or repr(exc),
           action=action)
+
+
+def _intact(crc: int | None, body: bytes) -> bool:
+    """The body is as written: its checksum matches, or it has none (a row of a store made before them)."""
+    return crc is None or zlib.crc32(body) == crc
 
 
 def _runs(group: list[_Stored]) -> list[list[_Stored]]:
@@ -338,6 +351,8 @@ class Outbox:
                              f"DEFAULT {1 if column == 'entries' else 0}")
         if "merge" not in columns:
             conn.execute("ALTER TABLE outbox ADD COLUMN merge TEXT")
+        if "crc" not in columns:  # a store made before: its rows have none, and go unchecked
+            conn.execute("ALTER TABLE outbox ADD COLUMN crc INTEGER")
         # Only the rows a later report may be added to are in it: a telemetry INSERT pays nothing for it.
         conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_merge ON outbox (merge) WHERE merge IS NOT NULL")
         conn.execute("INSERT OR IGNORE INTO outbox_lanes VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0)")
@@ -356,6 +371,8 @@ class Outbox:
         self.ready_event = asyncio.Event()
         self._leased: set[int] = set()  # row ids published and not yet PUBACKed
         self._acked: set[int] = set()  # PUBACKed, delete pending until the connection is idle
+        self._bad: set[int] = set()  # failed their checksum at lease, moved to outbox_corrupt when idle
+        self.corrupt_rows = 0  # rows set aside so, since the start
         self._cursor = [0, 0, 0]  # per lane: highest id leased since the last release_all
         self._merged: set[int] = set()  # committed rows the open batch added a report to: not leased until it ends
         self._thin_floor = 0  # every raw telemetry row at or below this id was thinned or was in flight
@@ -408,19 +425,19 @@ class Outbox:
     def _merge(self, merge: str, new: Mapping[str, Any],
                combine: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]) -> bool:
         """`new` added by `combine` to the newest row of `merge` still waiting (not leased, not PUBACKed); False
-        when there is none (or it no longer decodes: a row of its own then takes `new`)."""
-        row = self.conn.execute("SELECT id, body FROM outbox WHERE merge = ? AND id > ? ORDER BY id DESC LIMIT 1",
+        when there is none (or it no longer decodes or matches its checksum: a row of its own then takes `new`)."""
+        row = self.conn.execute("SELECT id, crc, body FROM outbox WHERE merge = ? AND id > ? ORDER BY id DESC LIMIT 1",
                                 (merge, self._cursor[STATE])).fetchone()
-        if row is None or row[0] in self._acked:
+        if row is None or row[0] in self._acked or not _intact(row[1], row[2]):
             return False
-        rid, old = row
+        rid, _, old = row
         try:
             body = district_wire.encode(combine(loads_one(old), new))
         except _CORRUPT:
             return False
         if len(body) > MERGE_BYTES:
             return False
-        self.conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (body, rid))
+        self.conn.execute("UPDATE outbox SET body = ?, crc = ? WHERE id = ?", (body, zlib.crc32(body), rid))
         if rid <= self.conn.execute("SELECT id FROM outbox_counted").fetchone()[0]:  # else _count reads it as it is
             self.conn.execute("UPDATE outbox_lanes SET bytes = bytes + ? WHERE lane = ?", (len(body) - len(old), STATE))
         self._merged.add(rid)
@@ -451,10 +468,11 @@ class Outbox:
         row a message cost the uplink a lease, an ack and a delete each (docs/performance.md)."""
         pending, n = self._pending, self.row_entries
         if pending:
+            rows = [(len(part), b"".join(part)) for part in _rows(pending, n, ROW_BYTES)]
             self.conn.executemany(
-                "INSERT INTO outbox (lane, kind, t, entries, body) VALUES (?, ?, ?, ?, ?)",
-                [(TELEMETRY, district.TELEMETRY, self._pending_t, len(part), b"".join(part))
-                 for part in _rows(pending, n, ROW_BYTES)])
+                "INSERT INTO outbox (lane, kind, t, entries, crc, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(TELEMETRY, district.TELEMETRY, self._pending_t, entries, zlib.crc32(body), body)
+                 for entries, body in rows])
             self._pending = []
         for merge, (t, body) in self._reports.items():
             if not self._merge(merge, body, _MERGED[body["kind"]]):
@@ -471,8 +489,9 @@ class Outbox:
                 merge: str | None = None) -> int:
         """One row, not yet in the lane totals (`_count` adds it): a trigger counting each row as it went in cost
         4 µs of the gateway's 100 a device message (docs/performance.md)."""
-        cur = self.conn.execute("INSERT INTO outbox (lane, kind, t, body, pri, merge) VALUES (?, ?, ?, ?, ?, ?)",
-                                (lane, kind, time.time() if now is None else now, body, pri, merge))
+        cur = self.conn.execute("INSERT INTO outbox (lane, kind, t, crc, body, pri, merge) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (lane, kind, time.time() if now is None else now, zlib.crc32(body), body, pri, merge))
         self._open_lanes.add(lane)
         self.ready_event.set()
         assert cur.lastrowid is not None
@@ -511,7 +530,7 @@ class Outbox:
                                     (lane, self._cursor[lane], limit))
         n, oldest = 0, None
         for rid, entries, t in rows:  # stepped, and only until `limit` entries are seen: a full row is often enough
-            if rid in self._acked:  # its delete waits; `lease` skips it too
+            if rid in self._acked or rid in self._bad:  # its delete or move waits; `lease` skips it too
                 continue
             n += entries
             oldest = t if oldest is None else min(oldest, t)
@@ -528,17 +547,22 @@ class Outbox:
         if self.idle:
             self._merged.clear()
         rows = self._reader.execute(
-            "SELECT id, kind, thinned, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, thinned, crc, body, t, entries FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
             (lane, self._cursor[lane], limit))
         items: list[Item] = []
         taken = size = 0
         most_bytes = math.inf if max_bytes is None else max_bytes
-        for rid, kind, thinned, body, t, entries in rows:  # stepped: a full row is often the only one taken
+        for rid, kind, thinned, crc, body, t, entries in rows:  # stepped: a full row is often the only one taken
             if rid in self._merged or (items and (taken + entries > limit or size + len(body) > most_bytes)):
                 break
             size += len(body)
             self._cursor[lane] = rid
-            if rid in self._acked:
+            if rid in self._acked or rid in self._bad:
+                continue
+            if not _intact(crc, body):  # sent, it would spoil the publish of every row beside it
+                self._bad.add(rid)
+                event(log, "outbox row set aside", logging.ERROR, id=rid, lane=LANES[lane], kind=kind,
+                      entries=entries, bytes=len(body), reason="checksum", table="outbox_corrupt")
                 continue
             self._leased.add(rid)
             items.append(Item(rid, lane, kind, bool(thinned), body, t, entries))
@@ -555,20 +579,36 @@ class Outbox:
         self.flush_acks()
 
     def flush_acks(self) -> int:
-        """Delete PUBACKed rows in a commit of our own; a no-op while someone else's batch is open.
+        """Delete PUBACKed rows, and set aside those that failed their checksum, in a commit of our own; a no-op
+        while someone else's batch is open.
 
         synchronous=NORMAL for this delete-only commit: if a power cut rolls it back, the rows are sent again
         and the district drops the duplicates, so an fsync per PUBACK would buy nothing.
         """
-        if not self._acked or not self.idle:
+        if not (self._acked or self._bad) or not self.idle:
             return 0
-        ids = list(self._acked)
+        ids, bad = list(self._acked), list(self._bad)
         with self._unsynced():
+            if bad:
+                self._set_aside(bad)
             for part, marks in chunks(ids):  # one statement a part: 2.5 us a row against 3.3 executed one by one
                 self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)
         self._acked.difference_update(ids)
+        self._bad.difference_update(bad)
+        self.corrupt_rows += len(bad)
         self.acked_rows += len(ids)
         return len(ids)
+
+    def _set_aside(self, ids: list[int]) -> None:
+        """Rows that failed their checksum, moved out of the outbox (and its totals) into outbox_corrupt."""
+        for part, marks in chunks(ids):
+            self.conn.execute("INSERT OR REPLACE INTO outbox_corrupt (id, lane, kind, t, entries, at, reason, body) "
+                              "SELECT id, lane, kind, t, entries, ?, 'checksum', body FROM outbox "
+                              f"WHERE id IN ({marks})",
+                              [time.time(), *part])
+            self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)
+        self.conn.execute("DELETE FROM outbox_corrupt WHERE id < (SELECT min(id) FROM (SELECT id FROM outbox_corrupt "
+                          "ORDER BY id DESC LIMIT ?))", (CORRUPT_ROWS,))
 
     @contextlib.contextmanager
     def _unsynced(self) -> Iterator[None]:
@@ -717,9 +757,9 @@ class Outbox:
         by_dev: dict[str, list[_Stored]] = {}
         consumed = 0
         rows = self.conn.execute(
-            "SELECT id, t, thinned, entries, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 ORDER BY id",
+            "SELECT id, t, thinned, entries, crc, body FROM outbox WHERE lane = ? AND id >= ? AND pri = 0 ORDER BY id",
             (TELEMETRY, first[0]))
-        for rid, t, thinned, entries, body in rows:  # stepped row by row: a window is read, not the lane
+        for rid, t, thinned, entries, crc, body in rows:  # stepped row by row: a window is read, not the lane
             if t >= end_t or consumed >= WINDOW_ENTRIES:
                 break
             consumed += entries
@@ -727,8 +767,10 @@ class Outbox:
             if thinned:
                 continue
             try:
+                if not _intact(crc, body):  # summarised, its changed bytes would be sent as good
+                    raise ValueError("checksum")
                 packs = _packs(body)
-            except _CORRUPT as exc:  # left as it is: eviction may take it
+            except _CORRUPT as exc:  # left as it is: eviction or the lease's check takes it
                 _corrupt(rid, body, exc, "kept raw")
                 continue
             window.append((rid, t))
@@ -769,8 +811,8 @@ class Outbox:
             self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
         new = [(rid, TELEMETRY, district.TELEMETRY, t, thinned, len(part), b"".join(part))
                for (rid, t), (thinned, part) in zip(window, parts, strict=False)]
-        self.conn.executemany("INSERT INTO outbox (id, lane, kind, t, thinned, entries, body) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?)", new)
+        self.conn.executemany("INSERT INTO outbox (id, lane, kind, t, thinned, entries, body, crc) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*row, zlib.crc32(row[6])) for row in new])
         # They take ids of rows already counted (the budget pass counted them all first): counted here.
         self.conn.execute("UPDATE outbox_lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
                           (sum(row[5] for row in new), sum(len(row[6]) + ROW_OVERHEAD for row in new), TELEMETRY))
