@@ -28,6 +28,7 @@ from protocol.district_verify import Verifier
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")
 ROLLUP_S = 300  # [retention] rollup_s unless set: the desk's default too
 MESSAGES_DAYS = 400  # [retention] messages_days unless set: as far back as the desk's history goes
+REFUSALS_DAYS = 90  # [retention] refusals_days unless set: a season to look into what a site sent wrong
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class DistrictConfig:
     hash_memory_kib: int
     hash_time_cost: int
     messages_days: float
+    reports_days: float
+    refusals_days: float
 
 
 def _key(t: ConfigTable, key: str) -> bytes | None:
@@ -162,6 +165,8 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     if messages_days < raw_days:
         raise ret.fail("messages_days", f"must be at least raw_days ({raw_days}), not {messages_days}: a message is "
                                         "kept as long as its readings are")
+    reports_days = ret.number("reports_days", messages_days, 1, 36_500)  # as long as the messages they are about
+    refusals_days = ret.number("refusals_days", REFUSALS_DAYS, 1, 3650)
     ret.done()
     sites: dict[str, SiteEntry] = {}
     for st in root.tables("sites"):
@@ -188,7 +193,7 @@ def parse(data: Mapping[str, Any], path: Path, check_files: bool = True) -> Dist
     root.done()
     return DistrictConfig(name, broker, database, path.parent, workers, group, batch, desk_host, desk_port,
                           metrics_host, metrics_port, raw_days, rollup_s, sites, log_format, log_level,
-                          hash_memory_kib, hash_time_cost, messages_days)
+                          hash_memory_kib, hash_time_cost, messages_days, reports_days, refusals_days)
 
 
 

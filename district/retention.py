@@ -1,5 +1,9 @@
 """Raw readings for `raw_days`, then one row per sensor and `rollup_s` bucket (count, numbers, min, max, mean);
-messages (each device message's key and sealed bytes) for `messages_days`.
+messages (each device message's key and sealed bytes) for `messages_days`; the sites' reports (data quality,
+events, acks, thinned summaries) for `reports_days`, refusals for `refusals_days`, and a desk session a day past
+its expiry (`sweep`). The rest is the district's history, kept for good: alarms and their transitions, work
+orders and their steps, commands, rollouts, the audit, and the rollups (docs/district.md, "What is kept, and how
+long").
 
 Worker 1 runs `fold` now and then; it works through the oldest readings in chunks, so a district that
 switches retention on with years of readings catches up over several passes instead of one long lock.
@@ -26,21 +30,26 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Table,
     bindparam,
     case,
     cast,
     delete,
     exists,
+    func,
     select,
     tuple_,
     update,
 )
 
-from district.schema import alarms, devices, messages, readings, rollups, work_orders
+from district.schema import alarms, devices, messages, readings, refusals, reports, rollups, sessions, work_orders
 from district.store import dialect_insert
 
 CHUNK = 10_000  # readings a pass, plus any of the last one's message at its time
 MESSAGES_CHUNK = 500  # messages looked at a pass (deleted by id: SQLite's older builds take 999 parameters)
+SWEEP_ROWS = 1_000  # reports, and refusals, looked at a pass (the oldest ids)
+SWEEP_BYTES = 16 << 20  # refused payloads deleted a pass at most: anyone may publish, a MiB at a time
+SESSION_KEPT_S = 86_400  # after a session expires: a desk whose clock is behind the worker's still ends it itself
 Key = tuple[str, str, str, float]
 
 
@@ -135,3 +144,37 @@ def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple
                      .values(pruned=key, pruned_boot=boot),
                      [{"s": site, "d": dev, "b": b, "k": k} for (site, dev), (b, k) in marks.items()])
     return len(gone), last
+
+
+def sweep(conn: Connection, *, now: float, reports_days: float, refusals_days: float) -> dict[str, int]:
+    """Delete reports received more than `reports_days` ago and refusals more than `refusals_days` ago, each
+    among the SWEEP_ROWS of lowest id (refusals up to SWEEP_BYTES of payload), and sessions a day past their
+    expiry; returns how many of each. Ids follow the time received but for workers' clocks and commit order, so a
+    few newer rows among them are stepped over and the window moves on past what was deleted."""
+    gone = {"reports": _drop(conn, reports, now - reports_days * 86_400),
+            "refusals": _drop(conn, refusals, now - refusals_days * 86_400, refusals.c.payload)}
+    # sessions: one row a login, the few of a day once expired ones go: no index or window for them
+    gone["sessions"] = int(conn.execute(delete(sessions).where(sessions.c.expires < now - SESSION_KEPT_S)).rowcount)
+    return gone
+
+
+def _drop(conn: Connection, table: Table, cutoff: float, size: ColumnElement[Any] | None = None) -> int:
+    """The rows of `table` received before `cutoff` among the SWEEP_ROWS of lowest id, up to the one that
+    brings the lengths of `size` to SWEEP_BYTES (a blob's length is in its header on both engines: no payload is
+    read to find it)."""
+    length = func.length(size) if size is not None else None
+    key = table.c.id
+    rows = conn.execute(select(key, table.c.received, *([] if length is None else [length]))
+                        .order_by(key).limit(SWEEP_ROWS)).all()
+    bound, held = None, 0
+    for r in rows:
+        if r[1] >= cutoff:
+            continue
+        bound = r[0]
+        if length is not None:
+            held += r[2] or 0
+            if held >= SWEEP_BYTES:
+                break
+    if bound is None:
+        return 0
+    return int(conn.execute(delete(table).where(key <= bound, table.c.received < cutoff)).rowcount)

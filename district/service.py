@@ -93,27 +93,31 @@ def run_worker(path: Path, cfg: DistrictConfig, index: int) -> int:
 
 
 async def _retention(engine: Engine, cfg: DistrictConfig) -> None:
-    """Fold old readings and delete old messages (district/retention.py) a chunk at a time, off the event loop,
-    until caught up. A pass the database fails (locked past the busy timeout, read-only, its connection lost) is
-    logged once with its reason and tried again at the next interval: raised, it ended the task group and the
-    ingest beside it."""
+    """Fold old readings and delete old messages, then the old reports, refusals and sessions in a transaction
+    of their own (district/retention.py), a chunk at a time, off the event loop, until caught up. A pass the
+    database fails (locked past the busy timeout, read-only, its connection lost) is logged once with its reason
+    and tried again at the next interval: raised, it ended the task group and the ingest beside it."""
     after = 0  # the messages up to this id are looked at; once caught up, from the first again (those held back)
     while True:
-        def one_pass(after: int) -> tuple[int, int, int]:
+        def one_pass(after: int) -> tuple[int, int, int, dict[str, int]]:
             with engine.begin() as conn:
                 now = time.time()
                 folded = retention.fold(conn, now=now, raw_days=cfg.raw_days, rollup_s=cfg.rollup_s)
-                return folded, *retention.prune(conn, now=now, days=cfg.messages_days, after=after)
+                pruned, scanned = retention.prune(conn, now=now, days=cfg.messages_days, after=after)
+            with engine.begin() as conn:
+                swept = retention.sweep(conn, now=now, reports_days=cfg.reports_days, refusals_days=cfg.refusals_days)
+            return folded, pruned, scanned, swept
 
         try:
-            folded, pruned, scanned = await asyncio.to_thread(one_pass, after)
-        except DBAPIError as exc:  # the pass rolled back whole; its readings are all still there
+            folded, pruned, scanned, swept = await asyncio.to_thread(one_pass, after)
+        except DBAPIError as exc:  # the pass rolled back (its transaction failed; one before it may have committed)
             event(log, "retention-failed", logging.WARNING, error=store.failure(exc), retry_s=RETENTION_S)
             await asyncio.sleep(RETENTION_S)
             continue
-        if folded or pruned:
-            event(log, "retention", **{k: n for k, n in (("folded", folded), ("pruned", pruned)) if n})
-        busy = folded or scanned > after
+        done = {"folded": folded, "pruned": pruned, **swept}
+        if any(done.values()):
+            event(log, "retention", **{k: n for k, n in done.items() if n})
+        busy = folded or scanned > after or any(swept.values())
         after = scanned if busy else 0
         await asyncio.sleep(1.0 if busy else RETENTION_S)
 

@@ -19,6 +19,13 @@ def test_the_example_loads() -> None:
     assert cfg.sites["riverside-3"].risk_points[0].id == "station-7"
 
 
+def test_reports_are_kept_as_long_as_messages_and_refusals_90_days_unless_set(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "[retention]\nmessages_days = 700\n"))
+    assert (cfg.reports_days, cfg.refusals_days) == (700, 90)
+    cfg = config.load(write(tmp_path, "[retention]\nreports_days = 60\nrefusals_days = 7\n"))
+    assert (cfg.reports_days, cfg.refusals_days) == (60, 7)
+
+
 def test_passwords_are_hashed_at_argon2_cffis_cost_unless_set(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, ""))
     assert (cfg.hash_memory_kib, cfg.hash_time_cost) == (65536, 3)
@@ -72,6 +79,9 @@ def test_a_site_devices_file_gives_its_keys_checked_as_the_gateway_checks_it(tmp
     ("[retention]\nraw_days = 90\nmessages_days = 60\n", r"retention\.messages_days: must be at least raw_days \(90\)"),
     ('[retention]\nmessages_days = "forever"\n', r"retention\.messages_days: must be a number"),
     ("[retention]\nmessages_days = 0\n", r"retention\.messages_days: must be at least 1"),
+    ("[retention]\nreports_days = 0\n", r"retention\.reports_days: must be at least 1"),
+    ('[retention]\nrefusals_days = "a month"\n', r"retention\.refusals_days: must be a number"),
+    ("[retention]\nrefusals_days = 5000\n", r"retention\.refusals_days: must be at most 3650"),
     ('[accounts]\nhash_memory_kib = 8192\n', r"accounts\.hash_memory_kib: must be at least 19456"),
     ('[accounts]\nhash_time_cost = 1\n', r"accounts\.hash_time_cost: must be at least 2"),
     ('[accounts]\nhash_time_cost = 3.5\n', r"accounts\.hash_time_cost: must be an integer"),

@@ -268,7 +268,7 @@ async def test_a_database_error_in_a_retention_pass_is_logged_and_the_pass_tried
         return [r for r in caplog.records if r.getMessage() == "retention-failed"]
 
     caplog.set_level(logging.INFO, logger="lifeline.district")
-    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400)
+    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400, reports_days=400, refusals_days=90)
     task = asyncio.create_task(service._retention(engine, cfg))  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + 20
@@ -386,7 +386,7 @@ async def test_messages_held_back_by_an_alarm_are_deleted_once_it_is_cleared(
             counts = conn.execute(select(messages.c.dev, func.count()).group_by(messages.c.dev))
             return sorted((r[0], r[1]) for r in counts)
 
-    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400)
+    cfg = SimpleNamespace(raw_days=30, rollup_s=ROLLUP_S, messages_days=400, reports_days=400, refusals_days=90)
     task = asyncio.create_task(service._retention(engine, cfg))  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + 10
