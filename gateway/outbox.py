@@ -148,6 +148,23 @@ def _corrupt(rid: int, body: bytes, exc: BaseException, action: str) -> None:
           action=action)
 
 
+def _damaged(lane: int, crc: int | None, body: bytes, entries: int) -> str | None:
+    """Why a row must not be sent: its checksum fails, or, in a row of a store made before checksums (a backlog
+    that drains once), its body is not `entries` CBOR items (the publish's array head counts them); None for a
+    sound row."""
+    if crc is not None:
+        return None if zlib.crc32(body) == crc else "checksum"
+    try:
+        if lane == TELEMETRY:
+            n = sum(1 for _ in district_wire.stored_entries(body))
+        else:
+            loads_one(body)
+            n = 1
+    except _CORRUPT:
+        return "undecodable"
+    return None if n == entries else "undecodable"
+
+
 def _intact(crc: int | None, body: bytes) -> bool:
     """The body is as written: its checksum matches, or it has none (a row of a store made before them)."""
     return crc is None or zlib.crc32(body) == crc
@@ -371,7 +388,7 @@ class Outbox:
         self.ready_event = asyncio.Event()
         self._leased: set[int] = set()  # row ids published and not yet PUBACKed
         self._acked: set[int] = set()  # PUBACKed, delete pending until the connection is idle
-        self._bad: set[int] = set()  # failed their checksum at lease, moved to outbox_corrupt when idle
+        self._bad: dict[int, str] = {}  # failed their check at lease, and why: moved to outbox_corrupt when idle
         self.corrupt_rows = 0  # rows set aside so, since the start
         self._cursor = [0, 0, 0]  # per lane: highest id leased since the last release_all
         self._merged: set[int] = set()  # committed rows the open batch added a report to: not leased until it ends
@@ -559,10 +576,11 @@ class Outbox:
             self._cursor[lane] = rid
             if rid in self._acked or rid in self._bad:
                 continue
-            if not _intact(crc, body):  # sent, it would spoil the publish of every row beside it
-                self._bad.add(rid)
+            reason = _damaged(lane, crc, body, entries)
+            if reason:  # sent, it would spoil the publish of every row beside it
+                self._bad[rid] = reason
                 event(log, "outbox row set aside", logging.ERROR, id=rid, lane=LANES[lane], kind=kind,
-                      entries=entries, bytes=len(body), reason="checksum", table="outbox_corrupt")
+                      entries=entries, bytes=len(body), reason=reason, table="outbox_corrupt")
                 continue
             self._leased.add(rid)
             items.append(Item(rid, lane, kind, bool(thinned), body, t, entries))
@@ -587,25 +605,26 @@ class Outbox:
         """
         if not (self._acked or self._bad) or not self.idle:
             return 0
-        ids, bad = list(self._acked), list(self._bad)
+        ids, bad = list(self._acked), dict(self._bad)
         with self._unsynced():
             if bad:
                 self._set_aside(bad)
             for part, marks in chunks(ids):  # one statement a part: 2.5 us a row against 3.3 executed one by one
                 self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)
         self._acked.difference_update(ids)
-        self._bad.difference_update(bad)
+        for rid in bad:
+            del self._bad[rid]
         self.corrupt_rows += len(bad)
         self.acked_rows += len(ids)
         return len(ids)
 
-    def _set_aside(self, ids: list[int]) -> None:
-        """Rows that failed their checksum, moved out of the outbox (and its totals) into outbox_corrupt."""
-        for part, marks in chunks(ids):
-            self.conn.execute("INSERT OR REPLACE INTO outbox_corrupt (id, lane, kind, t, entries, at, reason, body) "
-                              "SELECT id, lane, kind, t, entries, ?, 'checksum', body FROM outbox "
-                              f"WHERE id IN ({marks})",
-                              [time.time(), *part])
+    def _set_aside(self, bad: dict[int, str]) -> None:
+        """Rows that failed their check at lease, moved out of the outbox (and its totals) into outbox_corrupt."""
+        now = time.time()
+        self.conn.executemany("INSERT OR REPLACE INTO outbox_corrupt (id, lane, kind, t, entries, at, reason, body) "
+                              "SELECT id, lane, kind, t, entries, ?, ?, body FROM outbox WHERE id = ?",
+                              [(now, reason, rid) for rid, reason in bad.items()])
+        for part, marks in chunks(list(bad)):
             self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)
         self.conn.execute("DELETE FROM outbox_corrupt WHERE id < (SELECT min(id) FROM (SELECT id FROM outbox_corrupt "
                           "ORDER BY id DESC LIMIT ?))", (CORRUPT_ROWS,))

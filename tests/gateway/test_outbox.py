@@ -665,7 +665,7 @@ def test_a_store_counted_by_the_old_triggers_keeps_its_totals(tmp_path: Path) ->
         CREATE TRIGGER outbox_del AFTER DELETE ON outbox BEGIN
             UPDATE outbox_lanes SET rows = rows - 1, bytes = bytes - length(OLD.body) - {ROW_OVERHEAD}
             WHERE lane = OLD.lane; END;
-        INSERT INTO outbox (lane, kind, t, body) VALUES (0, 'alarm', 1, x'a1'), (2, 'telemetry', 2, x'a2a3');
+        INSERT INTO outbox (lane, kind, t, body) VALUES (0, 'alarm', 1, x'a0'), (2, 'telemetry', 2, x'a2a3');
     """)
     conn.close()
     conn = open_store(path)
