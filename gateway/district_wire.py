@@ -274,9 +274,16 @@ def gateway_death(session: int) -> bytes:
     return cbor2.dumps(GatewayState(st=message.OFFLINE, session=session))
 
 
+_HIST = cbor2.dumps("hist") + cbor2.dumps(True)
+
+
 def historical(body: bytes) -> bytes:
     """A stored body marked "hist": true: queued before the district session that sends it began (backlog
-    after an outage), so the district must not act on it as live."""
+    after an outage), so the district must not act on it as live. A map of fewer than 23 pairs gets the pair
+    after its last and its head raised by one, its contents left as they are: decoding and encoding a backlog's
+    publish of 100 device messages cost 130 us, 1.3 of the drain's 3 us a message."""
+    if body and 0xA0 <= body[0] < 0xB7 and _HIST[:5] not in body:  # else a "hist" might be there already
+        return bytes((body[0] + 1,)) + body[1:] + _HIST
     doc = loads_one(body)
     doc["hist"] = True
     out: bytes = cbor2.dumps(doc)

@@ -20,6 +20,7 @@ from typing import Any
 import cbor2
 import pytest
 
+from gateway import district_wire
 from gateway.message_decode import loads_one
 from gateway.mqtt_link import Link
 from gateway.outbox import Outbox
@@ -622,3 +623,16 @@ async def test_a_row_a_storage_fault_changed_is_set_aside_and_its_publish_neighb
     assert conn.execute("SELECT id, lane, entries, reason, body FROM outbox_corrupt").fetchall() == [
         (bad, 2, 3, reason, b"\xa5" + body[1:])]
     conn.close()
+
+
+def test_a_backlog_body_marked_historical_reads_as_the_body_with_hist_true() -> None:
+    """historical() splices the pair in rather than decoding and encoding each backlog publish (130 us for one
+    of 100 device messages); what the district decodes must be the same."""
+    entries = [district_wire.telemetry_entry(f"dev-{i}", i, 4, [{"n": "ch4", "t": T0 + i, "v": 0.5}], 0, None, False)
+               for i in range(100)]
+    tel = district_wire.telemetry(SITE, [b"".join(entries)], [], (100, 0))
+    bodies = [tel, cbor2.dumps({}), cbor2.dumps({"id": "a1"}), cbor2.dumps({str(i): i for i in range(22)}),
+              cbor2.dumps({str(i): i for i in range(23)}), cbor2.dumps({"hist": False, "n": 1})]
+    for body in bodies:
+        assert loads_one(district_wire.historical(body)) == {**loads_one(body), "hist": True}
+    assert b"".join(entries) in district_wire.historical(tel)  # the entries go as stored
