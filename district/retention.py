@@ -39,6 +39,7 @@ from sqlalchemy import (
     func,
     select,
     tuple_,
+    union,
     update,
 )
 
@@ -122,8 +123,10 @@ def prune(conn: Connection, *, now: float, days: float, after: int = 0) -> tuple
                                messages.c.received,
                                exists().where(readings.c.message == messages.c.id).label("raw"))
                         .where(messages.c.id > after).order_by(messages.c.id).limit(MESSAGES_CHUNK)).all()
-    unsettled = (select(alarms.c.site, alarms.c.dev).outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
-                 .where((alarms.c.state != "cleared") | (work_orders.c.state != "closed")))
+    # by indexes (alarms_open, work_orders_open): one OR over both tables read every alarm and order each pass
+    unsettled = union(select(alarms.c.site, alarms.c.dev).where(alarms.c.state.in_(("open", "inhibited"))),
+                      select(alarms.c.site, alarms.c.dev).join(work_orders, work_orders.c.alarm == alarms.c.id)
+                      .where(work_orders.c.state != "closed"))
     held = {(r.site, r.dev) for r in conn.execute(unsettled)}
     gone, last = [], after
     for r in rows:

@@ -213,6 +213,11 @@ work_orders = Table(
     Column("round", Integer, nullable=False, default=1),  # 2 and up after each send-back
 )
 
+# The orders not closed, which the retention's pass looks up (and the desk's board), without reading every order
+# the district ever made (district/store.open_engine adds it to an older database)
+WORK_ORDERS_OPEN = Index("work_orders_open", work_orders.c.state, sqlite_where=work_orders.c.state != "closed",
+                         postgresql_where=work_orders.c.state != "closed")
+
 work_order_steps = Table(
     "work_order_steps", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),

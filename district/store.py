@@ -128,7 +128,8 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
     if _add_column(engine, said, devices, "pruned_boot BIGINT"):
         log.info("devices: added the boot of the newest message the retention deleted")
     for table, name in ((readings, "readings_message"), (readings, "readings_time"),
-                        (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received")):
+                        (work_order_steps, "work_order_steps_order"), (alarms, "alarms_received"),
+                        (work_orders, "work_orders_open")):
         if _add_index(engine, said, table, name):
             log.info("%s: added the index %s", table.name, name)
     # A message's span from the readings it still has, in one pass over them joined to their messages: the others

@@ -92,12 +92,14 @@ def test_a_database_made_before_the_index_gets_it_at_start(engine: Engine, engin
         conn.exec_driver_sql("DROP INDEX readings_message")
         conn.exec_driver_sql("DROP INDEX readings_time")
         conn.exec_driver_sql("DROP INDEX work_order_steps_order")
+        conn.exec_driver_sql("DROP INDEX work_orders_open")
     url = engine_url
     reopened = store.open_engine(url)
     try:
         store.open_engine(url).dispose()  # a second start adds nothing
         assert {"readings_message", "readings_time"} <= {i["name"] for i in inspect(reopened).get_indexes("readings")}
         assert "work_order_steps_order" in {i["name"] for i in inspect(reopened).get_indexes("work_order_steps")}
+        assert "work_orders_open" in {i["name"] for i in inspect(reopened).get_indexes("work_orders")}
         assert whole_scans(reopened, lambda c: queries.response_times(c, since=now - queries.RESPONSE_WINDOW_S)) == []
     finally:
         reopened.dispose()
@@ -341,4 +343,23 @@ def test_a_retention_pass_reads_about_a_chunk_when_many_readings_share_a_time(
     few = rows_read(engine, fold)  # rolled back: the same readings are there for the second pass
     stuck(range(300, 3000))
     many = rows_read(engine, fold)
+    assert many < few * 1.5, (few, many)
+
+
+def test_a_retention_pass_reads_the_open_alarms_and_orders_alone(engine: Engine) -> None:
+    """Each pass over old messages holds back those of a device with an alarm not cleared or an order not closed.
+    It found them by reading every alarm and order the district ever had (kept for good), under SQLite's write
+    lock at every pass: 90 ms at 200,000 alarms, a pass a second while the retention keeps up. Now as much with
+    2,000 closed orders as with 100."""
+    now = time.time()
+    some_readings(engine, now)
+    orders_with_steps(engine, range(1, 101), now)
+
+    def prune(conn: Connection) -> None:
+        assert retention.prune(conn, now=now + 500 * 86400, days=400) == (0, 20)  # every one still raw
+
+    tables = ("alarms", "work_orders")
+    few = rows_read(engine, prune, tables)
+    orders_with_steps(engine, range(101, 2001), now)
+    many = rows_read(engine, prune, tables)
     assert many < few * 1.5, (few, many)
