@@ -756,6 +756,13 @@ def dispatched_red_and_orange(engine: Engine, now: float, sup: Session) -> dict[
     return orders
 
 
+def type_findings(page: Page, alarm: str, order: int) -> None:
+    """The officer opens the alarm, sees its order dispatched, and types the team's findings."""
+    page.locator(f".alarm[data-id='{alarm}']").click()
+    expect(page.locator("#order .order-head")).to_contain_text(f"Work order #{order} · dispatched")
+    page.fill("#findings", "no leak at valve 7")
+
+
 def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: Engine, now: float,
                                                                        browser: Browser) -> None:
     """An officer types the first team's findings; meanwhile the supervisor sends the order back (the wrong team)
@@ -769,9 +776,7 @@ def test_findings_typed_in_one_round_are_not_reported_as_the_next_ones(engine: E
     with desk_page(engine, browser, "operator") as (broker, _, page):
         for alarm, heard in ((RED, True), (ORANGE, False)):
             order = orders[alarm]
-            page.locator(f".alarm[data-id='{alarm}']").click()
-            expect(page.locator("#order .order-head")).to_contain_text(f"Work order #{order} · dispatched")
-            page.fill("#findings", "no leak at valve 7")
+            type_findings(page, alarm, order)
             with engine.begin() as conn:
                 workorders.act(conn, order, "send-back", sup, note="wrong team: valve 7 is pipe team 8's")
                 workorders.act(conn, order, "dispatch", sup, team="pipe team 8")
@@ -801,9 +806,7 @@ def test_findings_typed_while_another_officer_reports_the_order_are_kept(engine:
     with desk_page(engine, browser, "operator") as (broker, _, page):
         for alarm, heard in ((RED, True), (ORANGE, False)):
             order = orders[alarm]
-            page.locator(f".alarm[data-id='{alarm}']").click()
-            expect(page.locator("#order .order-head")).to_contain_text(f"Work order #{order} · dispatched")
-            page.fill("#findings", "no leak at valve 7")
+            type_findings(page, alarm, order)
             page.fill("#action-taken", "closed valve 7")
             with engine.begin() as conn:
                 workorders.act(conn, order, "report", sup, note="gas in chamber 2", now=now - 5)

@@ -25,6 +25,18 @@ ROLLUP_S = 60
 SERIES = [("gas1", "ch4"), ("gas1", "h2s"), ("gas2", "ch4")]
 
 
+def fold_all(engine: Engine, most: int) -> list[int]:
+    """Retention passes until one folds nothing: the readings each folded, fewer than `most` passes."""
+    passes = []
+    while True:
+        with engine.begin() as conn:
+            folded = retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S)
+        if not folded:
+            return passes
+        passes.append(folded)
+        assert len(passes) < most, passes
+
+
 def test_more_than_a_chunk_of_old_readings_folds_into_exact_rollups(engine: Engine) -> None:
     per_series = retention.CHUNK // len(SERIES) + 1_500  # past one chunk in all
     start = NOW - 40 * DAY
@@ -46,14 +58,7 @@ def test_more_than_a_chunk_of_old_readings_folds_into_exact_rollups(engine: Engi
     old = len(SERIES) * per_series
     assert old > retention.CHUNK
 
-    passes = []
-    while True:
-        with engine.begin() as conn:
-            folded = retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S)
-        if not folded:
-            break
-        passes.append(folded)
-        assert len(passes) < 10, passes
+    passes = fold_all(engine, 10)
     assert sum(passes) == old and len(passes) >= 2 and max(passes) <= retention.CHUNK + len(SERIES), passes
 
     with engine.connect() as conn:
@@ -89,14 +94,7 @@ def test_readings_of_one_time_are_split_across_passes_each_folded_once(engine: E
     with engine.begin() as conn:
         store.add_messages(conn, "s1", batch[::2], received=NOW)  # ids not in time order
         store.add_messages(conn, "s1", batch[1::2], received=NOW)
-    passes = []
-    while True:
-        with engine.begin() as conn:
-            folded = retention.fold(conn, now=NOW, raw_days=30, rollup_s=ROLLUP_S)
-        if not folded:
-            break
-        passes.append(folded)
-        assert len(passes) < 30, passes
+    passes = fold_all(engine, 30)
     assert sum(passes) == 2 * len(times) and max(passes) <= retention.CHUNK + 1, passes  # a message: 2 a time
     with engine.connect() as conn:
         got = {(r.dev, r.n, r.t): r for r in conn.execute(select(rollups)).mappings()}

@@ -393,15 +393,21 @@ def test_no_summary_nor_span_covers_a_number_the_gateway_never_held(tmp_path: Pa
     assert dq["passes"] == 2 and spans(dq, "thinned", "gas1") == []
     assert spans(dq, "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
     # raw messages evicted (one a window: nothing to gain from a summary)
-    ob = Outbox(open_store(tmp_path / "evict.db"), 10**9, thin_interval_s=1.0)
-    for seq in held:
-        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
-        ob.flush()
-    ob.conn.commit()
+    ob = a_row_each(tmp_path / "evict.db", held)
     ob.budget_bytes = 1
     report = ob.enforce_budget(now=T0 + 700)
     assert report is not None and not report.thinned
     assert spans(accounting(ob)[2][0], "evicted", "gas1") == [(1, 5, 5), (9, 15, 7)]
+
+
+def a_row_each(path: Path, seqs: list[int]) -> Outbox:
+    """An outbox whose gas1 messages `seqs` went in a batch each, committed: a row each, a second apart."""
+    ob = Outbox(open_store(path), 10**9, thin_interval_s=1.0)
+    for seq in seqs:
+        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
+        ob.flush()
+    ob.conn.commit()
+    return ob
 
 
 def test_a_device_with_fewer_runs_than_the_bound_gets_every_run_exact(tmp_path: Path) -> None:
@@ -410,11 +416,7 @@ def test_a_device_with_fewer_runs_than_the_bound_gets_every_run_exact(tmp_path: 
     span holding fewer messages than its range covers none of them at the district: twelve numbers the site
     accounted for read as unaccounted there. Up to MAX_RUNS runs, each is its own span."""
     held = [s for s in range(1, 41) if s % 4]  # runs of 3: 10 runs
-    ob = Outbox(open_store(tmp_path / "runs.db"), 10**9, thin_interval_s=1.0)
-    for seq in held:
-        ob.put_telemetry("gas1", seq, 1, reading("gas1", seq, float(seq)), now=T0 + seq)
-        ob.flush()
-    ob.conn.commit()
+    ob = a_row_each(tmp_path / "runs.db", held)
     ob.budget_bytes = 1
     assert ob.enforce_budget(now=T0 + 700) is not None
     [dq] = accounting(ob)[2]
