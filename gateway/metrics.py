@@ -33,6 +33,7 @@ class Snapshot:
     outbox_bytes: int = 0
     outbox_thinned: int = 0  # device messages the disk budget summarised, since the start
     outbox_evicted: int = 0  # and those it dropped
+    outbox_set_aside: int = 0  # rows whose bytes changed on disk, set aside unsent
     uplink_connected: bool = False
     site_connected: bool = False
     alarms: Mapping[str, int] = field(default_factory=dict)  # active, by level
@@ -80,6 +81,8 @@ class _Collector:
                                   value=s.outbox_thinned)
         yield CounterMetricFamily("lifeline_outbox_evicted_messages", "Device messages the disk budget dropped",
                                   value=s.outbox_evicted)
+        yield CounterMetricFamily("lifeline_outbox_set_aside_rows", "Outbox rows whose bytes changed on disk, set "
+                                  "aside unsent (table outbox_corrupt)", value=s.outbox_set_aside)
         yield GaugeMetricFamily("lifeline_uplink_connected", "1 while connected to the district broker",
                                 value=int(s.uplink_connected))
         yield GaugeMetricFamily("lifeline_site_connected", "1 while connected to the site broker",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 from pathlib import Path
 
 import mqtt5
@@ -117,3 +118,30 @@ def test_what_the_disk_budget_summarised_and_dropped_is_in_the_scrape(tmp_path: 
         gateway.conn.close()
     assert f"lifeline_outbox_thinned_messages_total {ob.thinned_msgs}.0" in text
     assert f"lifeline_outbox_evicted_messages_total {ob.evicted_msgs}.0" in text
+
+
+def test_outbox_rows_set_aside_as_changed_on_disk_are_in_the_scrape(tmp_path: Path) -> None:
+    """The outbox sets aside a row whose bytes changed on disk (its checksum fails) and counted it, and nothing
+    exported the count: an operator's monitoring never saw a site box's flash card corrupting queued readings."""
+    (tmp_path / "site.toml").write_text(
+        '[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    gateway = Gateway(load(tmp_path / "site.toml"))
+    ob = gateway.outbox
+    try:
+        for seq in (1, 2):  # a row each
+            ob.put_telemetry("d1", seq, 1, [{"n": "level", "u": "m", "t": 1_763_900_000.0 + seq, "v": 1.5}])
+            ob.flush()
+        gateway.conn.commit()
+        with sqlite3.connect(tmp_path / "gw.sqlite") as other:  # a byte flipped on the card
+            other.execute("UPDATE outbox SET body = CAST(zeroblob(length(body)) AS BLOB) "
+                          "WHERE id = (SELECT min(id) FROM outbox)")
+        assert len(ob.lease(2, 10)) == 1  # TELEMETRY: the good row; the other is set aside
+        ob.flush_acks()  # as the uplink's upkeep does each second
+        metrics = Metrics()
+        metrics.update(gateway.snapshot())
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        ob.close()
+        gateway.conn.close()
+    assert "lifeline_outbox_set_aside_rows_total 1.0" in text
