@@ -623,20 +623,34 @@ class Gateway:
         self._warn_unruled()
         if self.stage:
             await self.stage.start()
-        uplink = asyncio.create_task(self.uplink.run())
-        tasks = [asyncio.create_task(c) for c in (self.site.run(), self.down.run(), self._ticker(),
-                                                  self._send_commands(), self.ota_link.run(), self._send_chunks(),
-                                                  self.confirmations.run(self.site.publish))]
+        uplink = asyncio.create_task(self.uplink.run(), name="uplink")
+        tasks = [asyncio.create_task(c, name=name) for name, c in (
+            ("site", self.site.run()), ("downlink", self.down.run()), ("ticker", self._ticker()),
+            ("commands", self._send_commands()), ("ota", self.ota_link.run()), ("chunks", self._send_chunks()),
+            ("confirmations", self.confirmations.run(self.site.publish)))]
+        failed: list[asyncio.Task[None]] = []
+
+        def ended(task: asyncio.Task[None]) -> None:
+            """Each task runs until the stop: one that ended before it (a bug) stops the daemon, which exits 1 and
+            is started again (systemd's Restart=always). Unwatched, a dead uplink left the site taking readings
+            while it sent none and kept no disk budget, with nothing said until the next restart."""
+            if not stop.is_set():
+                failed.append(task)
+                stop.set()
+
+        for t in (uplink, *tasks):
+            t.add_done_callback(ended)
         # serving: its store open, its endpoint bound, its tasks taking what comes (the brokers need not be up)
         systemd.ready(self.reload)
         self.serving = True
         await stop.wait()
+        for t in failed:
+            exc = None if t.cancelled() else t.exception()
+            log.critical("task ended", exc_info=exc, extra={"fields": {"task": t.get_name(), "error": repr(exc)}})
         event(log, "stopping")
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.stage:
             await self.stage.close()
         self.tick(time.time())
@@ -644,11 +658,11 @@ class Gateway:
         while self.uplink.connected and any(self.outbox.depth().values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.uplink.stop()
-        await uplink
+        await asyncio.gather(uplink, return_exceptions=True)
         left = self.outbox.depth()
         self.conn.close()
         event(log, "stopped", outbox_left=left)
-        return 0
+        return 1 if failed else 0
 
 
 def _settle_memory() -> None:
