@@ -89,14 +89,26 @@ async def test_text_not_utf8_from_the_site_broker_is_a_metric_counted_across_con
         connections)  # a line a connection, as for any DISCONNECT (the link was up in between)
 
 
+def offline_gateway(tmp_path: Path) -> Gateway:
+    """A gateway built on a store in `tmp_path`, not running: its outbox and snapshot, no broker."""
+    (tmp_path / "site.toml").write_text(
+        '[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    return Gateway(load(tmp_path / "site.toml"))
+
+
+def scrape(gateway: Gateway) -> str:
+    """The scrape of the gateway's snapshot now, as Prometheus reads it."""
+    metrics = Metrics()
+    metrics.update(gateway.snapshot())
+    return generate_latest(metrics.registry).decode()
+
+
 def test_what_the_disk_budget_summarised_and_dropped_is_in_the_scrape(tmp_path: Path) -> None:
     """The outbox counted the device messages its budget summarised and dropped, and nothing exported them:
     through a district outage an operator's monitoring saw the outbox at its budget and no sign that readings
     were being given up (the budget's report reaches the district only once the link is back)."""
-    (tmp_path / "site.toml").write_text(
-        '[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
-        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
-    gateway = Gateway(load(tmp_path / "site.toml"))
+    gateway = offline_gateway(tmp_path)
     ob = gateway.outbox
     try:
         t0 = 1_763_900_000.0
@@ -110,9 +122,7 @@ def test_what_the_disk_budget_summarised_and_dropped_is_in_the_scrape(tmp_path: 
         ob.budget_bytes = ob.bytes_used() // 4
         assert ob.enforce_budget(now=t0 + 2000) is not None
         assert ob.thinned_msgs and ob.evicted_msgs
-        metrics = Metrics()
-        metrics.update(gateway.snapshot())
-        text = generate_latest(metrics.registry).decode()
+        text = scrape(gateway)
     finally:
         ob.close()
         gateway.conn.close()
@@ -123,10 +133,7 @@ def test_what_the_disk_budget_summarised_and_dropped_is_in_the_scrape(tmp_path: 
 def test_outbox_rows_set_aside_as_changed_on_disk_are_in_the_scrape(tmp_path: Path) -> None:
     """The outbox sets aside a row whose bytes changed on disk (its checksum fails) and counted it, and nothing
     exported the count: an operator's monitoring never saw a site box's flash card corrupting queued readings."""
-    (tmp_path / "site.toml").write_text(
-        '[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
-        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n')
-    gateway = Gateway(load(tmp_path / "site.toml"))
+    gateway = offline_gateway(tmp_path)
     ob = gateway.outbox
     try:
         for seq in (1, 2):  # a row each
@@ -138,9 +145,7 @@ def test_outbox_rows_set_aside_as_changed_on_disk_are_in_the_scrape(tmp_path: Pa
                           "WHERE id = (SELECT min(id) FROM outbox)")
         assert len(ob.lease(2, 10)) == 1  # TELEMETRY: the good row; the other is set aside
         ob.flush_acks()  # as the uplink's upkeep does each second
-        metrics = Metrics()
-        metrics.update(gateway.snapshot())
-        text = generate_latest(metrics.registry).decode()
+        text = scrape(gateway)
     finally:
         ob.close()
         gateway.conn.close()
