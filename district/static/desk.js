@@ -6,7 +6,7 @@ const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back", reopened: "reopened" };
 const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, subject: null, sent: new Map(),
-  events: null, skew: 0, ping: 15, quiet: null, kept: new Map() };
+  events: null, skew: 0, ping: 15, quiet: null, kept: new Map(), feed: true, synced: false };
 
 function $(id) { return document.getElementById(id); }
 
@@ -616,10 +616,10 @@ function onNotice(n) {
       if (!readingSeen(n)) refresh(["state"]);
       if (sel) { const a = desk.alarms.find((x) => x.id === sel.alarm); if (a && a.site === n.site && a.dev === n.dev) refresh(["detail"]); }
       break;
-    case "feed": showLive(n.up); break;
+    case "feed": desk.feed = n.up; if (desk.synced) showLive(n.up); break;
     default:  // "reload": this page fell behind, or the desk follows the district broker again
-      showLive(true);
-      refresh(EVERY_PART);
+      desk.feed = true;
+      refresh(EVERY_PART).then(() => { if (desk.synced) showLive(desk.feed); });
   }
 }
 
@@ -656,15 +656,22 @@ function watch(es) {
 function connect() {
   const es = new EventSource("/api/events");
   desk.events = es;
+  desk.synced = false;
   watch(es);  // a connection the desk never answers is given up too
   // At each connection, the browser's own after a stream ended included: the session its cookie holds now (a login
   // in another tab replaces it), then all, as notices may have been missed.
   es.addEventListener("hello", (e) => {
     const hello = JSON.parse(e.data);
     desk.ping = hello.ping;
+    desk.feed = hello.feed !== false;
     watch(es);
-    showLive(hello.feed !== false);
-    api("/api/me").then(adopt, () => {}).then(() => { if (desk.events === es) refresh(EVERY_PART); });
+    // "live" once the page shows what is stored now: told at the hello, it let an officer act on the panels of
+    // before, redrawn under the officer's hands by the fetch coming after
+    api("/api/me").then(adopt, () => {}).then(() => desk.events === es && refresh(EVERY_PART)).then(() => {
+      if (desk.events !== es) return;
+      desk.synced = true;
+      showLive(desk.feed);
+    });
   });
   es.addEventListener("change", (e) => { watch(es); onNotice(JSON.parse(e.data)); });
   es.addEventListener("ping", () => watch(es));
