@@ -107,28 +107,39 @@ def start(conn: Connection, who: Session, site: Any, version: Any, *, canary: An
         skipped += held
     if not chosen:
         raise RolloutError(409, f"nothing to update at {site}: " + ("; ".join(skipped) or "no devices"))
-    running = conn.execute(select(ota_rollouts.c.id, ota_rollouts.c.v, ota_rollouts.c.actor, ota_rollouts.c.created)
-                           .where(ota_rollouts.c.site == site, ota_rollouts.c.state == "running")).first()
-    if running is not None:  # who started it, and when: the one to ask before halting it
-        raise RolloutError(409, f"a rollout is already running at {site}: #{running.id} of {running.v}, started by "
-                                f"{running.actor} at {utc(running.created)}; halt it first", (running.created,))
+    running = _already_running(conn, site)
+    if running is not None:
+        raise running
     try:
         plan = ota_plan.stages(chosen, str(canary), wave)
     except ota_plan.PlanError as exc:
         raise RolloutError(400, str(exc)) from None
     try:
-        rid = conn.execute(ota_rollouts.insert().values(
-            site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
-            stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)).scalar_one()
+        with conn.begin_nested():  # a failed insert aborts a PostgreSQL transaction: kept readable for the answer
+            rid = conn.execute(ota_rollouts.insert().values(
+                site=site, v=version, actor=who.user, created=now, halt_share=float(halt_share),
+                stage_timeout=float(stage_timeout), state="running", stage=0).returning(ota_rollouts.c.id)
+            ).scalar_one()
     except IntegrityError:  # another desk's start committed since the check above (schema.ONE_RUNNING_ROLLOUT)
-        raise RolloutError(409, f"a rollout is already running at {site}, started at another desk just now; halt it "
-                                "first") from None
+        raise _already_running(conn, site) or RolloutError(
+            409, f"a rollout started at {site} at another desk just now has ended since; start again") from None
     conn.execute(ota_rollout_nodes.insert(), [{"rollout": rid, "dev": d, "stage": i, "stage_name": s.name,
                                                "sends": 0, "state": "waiting"}
                                               for i, s in enumerate(plan) for d in s.devices])
     conn.execute(audit.insert().values(actor=who.user, at=now, what="rollout", target=f"{site} {version}",
                                        detail=f"stages {[len(s.devices) for s in plan]}, skipped: {skipped}"))
     return int(rid)
+
+
+def _already_running(conn: Connection, site: str) -> RolloutError | None:
+    """The site's running rollout refused as a conflict that names who started it, and when: the one to ask
+    before halting it."""
+    row = conn.execute(select(ota_rollouts.c.id, ota_rollouts.c.v, ota_rollouts.c.actor, ota_rollouts.c.created)
+                       .where(ota_rollouts.c.site == site, ota_rollouts.c.state == "running")).first()
+    if row is None:
+        return None
+    return RolloutError(409, f"a rollout is already running at {site}: #{row.id} of {row.v}, started by "
+                             f"{row.actor} at {utc(row.created)}; halt it first", (row.created,))
 
 
 def halt(conn: Connection, who: Session, rollout_id: int, *, now: float) -> str:

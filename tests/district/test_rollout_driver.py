@@ -28,6 +28,7 @@ from district.downlink import Downlink, broker_publisher
 from district.live import Hub
 from district.rollout import Driver, RolloutError
 from district.schema import audit, commands, ota_rollout_nodes, ota_rollouts
+from gateway import ota_plan
 from lifeline.virtual.broker import Mosquitto
 from protocol import district as dtopics
 
@@ -293,6 +294,38 @@ def test_what_a_rollout_request_must_be(engine: Engine) -> None:
         assert err.value.answer() == {"error": f"rollout {rid} is halted (halted by wang.fang), since {hms[halted]}",
                                       "times": [{"t": halted, "text": hms[halted]}]}
         assert err.value.status == 409
+
+
+def test_a_start_lost_to_another_desks_names_the_rollout_that_won(engine: Engine, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """Another desk's start committed between this one's check and its insert, which the unique index refuses:
+    the answer names that rollout, who started it and when, as the check does. It said "started at another desk
+    just now" and named no one (on PostgreSQL the failed insert had aborted the transaction, so nothing more
+    could be read). The other start is made at that point, not raced: on PostgreSQL from another connection,
+    committed; on SQLite, whose writers queue, through this one."""
+    now = time.time()
+    started = now - 5
+    site_with(engine, now, {"gas1": "gas"})
+    plan = ota_plan.stages
+    with engine.begin() as conn:
+        def another_desk_starts_first(*args: Any) -> list[ota_plan.Stage]:
+            other = {"site": SITE, "v": NEW, "actor": "wang.fang", "created": started, "halt_share": 0.25,
+                     "stage_timeout": 900.0, "state": "running", "stage": 0}
+            if engine.dialect.name == "postgresql":
+                with engine.begin() as theirs:
+                    theirs.execute(ota_rollouts.insert().values(other))
+            else:
+                conn.execute(ota_rollouts.insert().values(other))
+            return plan(*args)
+
+        monkeypatch.setattr(ota_plan, "stages", another_desk_starts_first)
+        with pytest.raises(RolloutError) as err:
+            rollout.start(conn, BOSS, SITE, NEW, now=now)
+        rid = conn.execute(select(ota_rollouts.c.id).where(ota_rollouts.c.actor == "wang.fang")).scalar_one()
+    hms = time.strftime("%H:%M:%S", time.gmtime(started)) + " UTC"
+    assert err.value.answer() == {"error": f"a rollout is already running at {SITE}: #{rid} of {NEW}, started by "
+                                           f"wang.fang at {hms}; halt it first", "times": [{"t": started, "text": hms}]}
+    assert err.value.status == 409
 
 
 def test_a_database_that_makes_a_pass_wait_does_not_stall_the_desks_event_loop(
