@@ -58,8 +58,10 @@ def _point(risk_points: RiskPoints, site: str, point: str | None) -> Mapping[str
 
 def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any]]:
     """Alarms not cleared: live ones first, red, then orange, yellow, blue, the oldest first within a colour;
-    then the inhibited and historical ones in the same order, so neither ever sits among the live. `site_online`
-    false: the site's gateway is offline, so the alarm is as last heard (a clear could not reach the district)."""
+    then the inhibited and historical ones in the same order, so neither ever sits among the live. Oldest by when
+    the district first heard of it (`received`), not by its gateway's `raised`: a site's clock hours behind put its
+    new red above reds the district had had for an hour, one ahead hid it below them. `site_online` false: the
+    site's gateway is offline, so the alarm is as last heard (a clear could not reach the district)."""
     rows = conn.execute(
         select(alarms, devices.c.lat.label("dev_lat"), devices.c.lon.label("dev_lon"),
                work_orders.c.id.label("wo_id"), work_orders.c.state.label("wo_state"),
@@ -69,7 +71,7 @@ def open_alarms(conn: Connection, risk_points: RiskPoints) -> list[dict[str, Any
         .outerjoin(sites, sites.c.site == alarms.c.site)
         .outerjoin(work_orders, work_orders.c.alarm == alarms.c.id)
         .where(alarms.c.state != "cleared")
-        .order_by(NOT_LIVE, RANK.desc(), alarms.c.raised, alarms.c.received)).all()
+        .order_by(NOT_LIVE, RANK.desc(), alarms.c.received, alarms.c.id)).all()
     out = []
     for r in rows:
         point = _point(risk_points, r.site, r.point)

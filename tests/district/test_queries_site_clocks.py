@@ -55,3 +55,29 @@ def test_a_site_clock_hours_off_or_absurd_moves_no_district_wide_response_time(e
         labels = (("by", "colour"), ("key", "red"), ("measure", measure))
         assert scrape[("lifeline_district_response_seconds_count", labels)] == len(values)
         assert scrape[("lifeline_district_response_seconds_sum", labels)] == pytest.approx(sum(values))
+
+
+def test_the_board_orders_alarms_by_when_the_district_heard_of_them_not_by_a_site_clock(engine: Engine) -> None:
+    """Red alarms of two honest sites, of a site whose clock is three hours behind (its red brand new) and of one
+    an hour ahead (its red heard 45 min ago), with an honest orange older than all, and a historical and an
+    inhibited red older still. Ordered by the gateway's `raised` within a colour, the new red of the site behind
+    went to the top of the board, above reds the district had had for an hour, and the site ahead's below reds
+    heard after it. Now the district's own time of first hearing each (`received`) orders the live ones; the
+    orange follows every red, and the historical and inhibited ones come last; the map lists them the same."""
+    now = time.time()
+    heard = {"s1-red": ("s1", "red", now - 3600, 0.0), "ahead-red": ("ahead", "red", now - 2700, SKEWED["ahead"]),
+             "s2-red": ("s2", "red", now - 1800, 0.0), "behind-red": ("behind", "red", now - 10, SKEWED["behind"]),
+             "s3-orange": ("s3", "orange", now - 5000, 0.0), "s1-hist": ("s1", "red", now - 7000, 0.0),
+             "s2-inhibited": ("s2", "red", now - 6000, 0.0)}
+    with engine.begin() as conn:
+        for alarm_id, (site, level, received, off) in heard.items():
+            body = {"id": alarm_id, "ev": "raised", "kind": "level", "dev": "gas1", "cls": "gas", "metric": "ch4",
+                    "level": level, "t_gw": received - 0.2 + off, "t_dev": received - 0.5 + off, "pos": [52.5, 13.4]}
+            store.apply_alarm(conn, site, body, received=received, hist=alarm_id == "s1-hist")
+        store.apply_alarm(conn, "s2", {"id": "s2-inhibited", "ev": "inhibited", "kind": "level", "dev": "gas1",
+                                       "level": "red", "t_gw": now - 5999}, received=now - 5999)
+    with store.reader(engine) as conn:
+        board = [a["id"] for a in queries.open_alarms(conn, {})]
+        mapped = [a["id"] for a in queries.map_view(conn, {})["alarms"]]
+    assert board == ["s1-red", "ahead-red", "s2-red", "behind-red", "s3-orange", "s1-hist", "s2-inhibited"]
+    assert mapped == board
