@@ -6,7 +6,7 @@ const COLOURS = { red: "#e5484d", orange: "#f08c2e", yellow: "#e9c53a", blue: "#
 const STEP_NAMES = { opened: "opened", ack: "acknowledged", dispatch: "dispatched", report: "reported",
   close: "closed", "send-back": "sent back", reopened: "reopened" };
 const desk = { me: null, alarms: [], orders: [], devices: new Map(), selected: null, subject: null, sent: new Map(),
-  events: null, skew: 0, ping: 15, quiet: null, kept: new Map(), feed: true, synced: false };
+  events: null, skew: 0, ping: 15, quiet: null, kept: new Map(), feed: true, synced: false, restored: false };
 
 function $(id) { return document.getElementById(id); }
 
@@ -380,6 +380,7 @@ function renderActions(a, order) {
   refocus();
   for (const el of Object.values(typed)) if (el.value.trim() && !$(el.id)) keep(mine, movedOn(order), el);
   renderKept(mine);
+  saveUnsent();
 }
 
 // Text typed into a field the redrawn box no longer has (another officer took the step meanwhile, or the order moved
@@ -405,6 +406,7 @@ function unkeep(alarm, id, value) {
     texts: g.texts.filter((t) => t.id !== id || t.value !== value) })).filter((g) => g.texts.length);
   if (kept.length) desk.kept.set(alarm, kept); else desk.kept.delete(alarm);
   if ($("actions").dataset.alarm === alarm) renderKept(alarm);
+  saveUnsent();
 }
 
 function renderKept(alarm) {
@@ -413,8 +415,63 @@ function renderKept(alarm) {
   $("kept").replaceChildren(...kept.map((g) => h("div", { class: "kept-group" }, h("p", { class: "kept-why" }, g.why),
     g.texts.map((t) => h("label", {}, h("span", { class: "k" }, t.label),
       h("textarea", { readonly: true, class: "kept-text", dataset: { field: t.id } }, t.value))))),
-  kept.length ? h("button", { id: "kept-dismiss", on: { click: () => { desk.kept.delete(alarm); renderKept(alarm); } } },
-    "Dismiss the kept text") : null);
+  kept.length ? h("button", { id: "kept-dismiss", on: { click: () => {
+    desk.kept.delete(alarm);
+    renderKept(alarm);
+    saveUnsent();
+  } } }, "Dismiss the kept text") : null);
+}
+
+// What was typed and not sent (the fields of the alarm open, every alarm's kept text) is written to the tab's
+// sessionStorage as it changes, under the officer's name: a reload (F5, a tab the browser restarted or that crashed)
+// lost a field report typed on a tablet. It goes once sent, and at logout: the next officer at this PC is shown none of
+// it. A field is cut at the longest text the desk takes (workorders.MAX_TEXT), the whole at UNSENT_CAP characters,
+// the earliest alarms' kept text dropped first. A browser that refuses the storage (full, disabled) still has the page.
+const UNSENT = "lifeline.desk.unsent.";
+const FIELD_CAP = 2000, UNSENT_CAP = 100_000;
+
+function saveUnsent() {
+  if (!desk.me) return;
+  const cut = (t) => ({ ...t, value: t.value.slice(0, FIELD_CAP) });
+  const fields = [...$("actions").querySelectorAll("input")].filter((el) => el.value.trim()).map((el) => cut({
+    id: el.id, label: el.placeholder, value: el.value, round: el.dataset.round, told: el.dataset.told || "" }));
+  const kept = [...desk.kept].map(([alarm, groups]) => [alarm, groups.map((g) => ({ ...g, texts: g.texts.map(cut) }))]);
+  let text;
+  do {
+    text = JSON.stringify({ alarm: $("actions").dataset.alarm, selected: desk.selected, fields, kept });
+  } while (text.length > UNSENT_CAP && kept.shift());
+  try {
+    if (fields.length || kept.length) sessionStorage.setItem(UNSENT + desk.me.user, text);
+    else sessionStorage.removeItem(UNSENT + desk.me.user);
+  } catch (e) { /* the page goes on without */ }
+}
+
+// The fields go back into the actions box, hidden, as the alarm's typed text: the first drawing of that alarm's
+// panel (the one reopened) puts them in its fields with their rounds, as a redraw does; opening another alarm first,
+// or an order that moved on meanwhile, keeps them as it keeps what is left in a field.
+function restoreUnsent(user) {
+  try {
+    const was = JSON.parse(sessionStorage.getItem(UNSENT + user));
+    if (!was) return;
+    desk.kept = new Map(was.kept);
+    desk.selected = was.selected;
+    if (was.alarm) $("actions").dataset.alarm = was.alarm;
+    $("actions").replaceChildren(...was.fields.map((f) => {
+      const el = h("input", { id: f.id, placeholder: f.label, hidden: true,
+        dataset: f.told ? { round: f.round, told: f.told } : { round: f.round } });
+      el.value = f.value;
+      return el;
+    }));
+  } catch (e) { /* none kept, or the storage refused */ }
+}
+
+function forgetUnsent() {
+  for (const el of $("actions").querySelectorAll("input")) el.value = "";
+  desk.kept.clear();
+  renderKept($("actions").dataset.alarm);
+  try {
+    for (const key of Object.keys(sessionStorage)) if (key.startsWith(UNSENT)) sessionStorage.removeItem(key);
+  } catch (e) { /* the storage refused: nothing of it was kept either */ }
 }
 
 async function loadChart(s) {
@@ -723,6 +780,8 @@ function adopt(me) {
 }
 
 async function start(me) {
+  // at the page's first login alone: after a session's end the page kept its fields, newer than what was stored
+  if (!desk.restored) { desk.restored = true; restoreUnsent(me.user); }
   adopt(me);
   $("login-view").hidden = true;
   $("desk").hidden = false;
@@ -755,9 +814,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", async () => {
     await api("/api/logout", {}).catch(() => {});
     if (desk.events) desk.events.close();
+    forgetUnsent();
     showLogin();
   });
   $("window").addEventListener("change", () => loadDetail().catch(showError("action-error")));
+  $("actions").addEventListener("input", saveUnsent);
   $("alarm-messages").addEventListener("click", () =>
     loadMessages(`/api/alarms/${desk.subject.id}/messages`).catch(showError("action-error")));
   $("window-messages").addEventListener("click", () => {

@@ -858,6 +858,37 @@ def test_findings_typed_while_another_officer_reports_the_order_are_kept(engine:
         expect(page.locator("#kept")).to_be_hidden()
 
 
+def test_what_was_typed_and_not_sent_is_back_after_a_reload_and_gone_once_sent(engine: Engine, now: float,
+                                                                                browser: Browser) -> None:
+    """A team's findings typed on a tablet were kept across redraws for the page's lifetime alone: a reload (F5,
+    the tab restarted or crashed) lost them. The tab keeps them until they are sent, and forgets them at logout,
+    for the next officer at the PC."""
+    sup = Session("t", USERS["supervisor"], "supervisor", "c")
+    orders = dispatched_red_and_orange(engine, now, sup)
+    with desk_page(engine, browser, "operator") as (_, _, page):
+        type_findings(page, RED, orders[RED])
+        page.fill("#action-taken", "closed valve 7")
+        page.reload()
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        expect(page.locator("#findings")).to_have_value("no leak at valve 7")
+        expect(page.locator("#action-taken")).to_have_value("closed valve 7")
+        page.click("#act-report")
+        expect(page.locator("#wo-state")).to_have_text("reported")
+        page.reload()
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        assert page.evaluate("Object.keys(sessionStorage)") == []
+        page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#wo-state")).to_have_text("reported")
+        expect(page.locator("#kept")).to_be_hidden()  # not kept as text the order moved on from: it was sent
+        type_findings(page, ORANGE, orders[ORANGE])
+        page.click("#logout")
+        expect(page.locator("#login-view")).to_be_visible()
+        assert page.evaluate("Object.keys(sessionStorage)") == []
+        fill_login(page, "operator")
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        expect(page.locator("#findings")).to_have_value("")
+
+
 def test_a_long_or_many_lined_report_is_read_whole_inside_its_panel(engine: Engine, now: float,
                                                                     browser: Browser) -> None:
     """A team's report is up to 2,000 characters, newlines allowed: the panel ran its lines together ("closed
