@@ -64,6 +64,7 @@ log = logging.getLogger("lifeline.district.store")
 
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
+STATE_AHEAD_S = 300.0  # how far past its arrival a device state's gateway time is believed (device_state)
 SQLITE_BUSY_MS = 10_000
 # a call the database failed, which rolled back whole: SQLite locked past its busy timeout, PostgreSQL's connection
 # ended, no pooled connection free in time
@@ -526,10 +527,12 @@ def _follows(ev: str, t_gw: float, step: int | None) -> ColumnElement[bool]:
 def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, received: float, hist: bool = False) -> None:
     """A device's birth or death as its gateway saw it: the newest by gateway time wins. A gateway stamps a
     batch's states with the batch's time, so a will and the next boot's birth can share one: at one time a
-    later boot wins, and a boot's death follows its own birth."""
+    later boot wins, and a boot's death follows its own birth. A gateway time more than STATE_AHEAD_S past the
+    state's arrival (a site clock ahead) counts as that much past it: taken as it came, it made every state
+    after it older news until the site's clock caught up with it, a dead device shown online meanwhile."""
     pos = body.get("pos") or (None, None)
     values = {"state": "online" if body["st"] == "online" else "offline", "boot": body.get("boot"),
-              "t_state": float(body["t"])}
+              "t_state": min(float(body["t"]), received + STATE_AHEAD_S)}
     if body["st"] == "online":
         values.update(fw=body.get("fw"), prof=body.get("prof"), batt=body.get("batt"), rssi=body.get("rssi"),
                       lat=pos[0], lon=pos[1], last_seen=seen_at([body], received, hist))

@@ -156,6 +156,22 @@ def test_device_state_follows_the_newest_gateway_time(engine: Engine) -> None:
     assert (row.state, row.boot, row.fw, row.lat, row.lon) == ("online", 4, "1.2", 31.2, 121.4)
 
 
+def test_a_birth_stamped_by_a_clock_far_ahead_does_not_hide_the_deaths_after_it(engine: Engine) -> None:
+    """A site box whose clock ran a year ahead (an RTC read wrong, before NTP) stamps a device's birth then; once
+    its clock is right, the device's death is older news by gateway time, and so was every state after it: the
+    desk showed the dead device online for a year. A gateway time ahead of the state's arrival counts as at most
+    STATE_AHEAD_S past it, so a clock set right is believed again within that (one a little ahead as before)."""
+    now = 1_763_900_000.0
+    birth = {"dev": "gas1", "st": "online", "boot": 4, "seq": 0, "t": now + 365 * 86_400.0, "fw": "1.2"}
+    death = {"dev": "gas1", "st": "offline", "boot": 4, "seq": 9, "t": now + 600.0}  # ten minutes on
+    with engine.begin() as conn:
+        store.device_state(conn, "s1", birth, received=now)
+        store.device_state(conn, "s1", death, received=now + 600.0)
+        assert conn.execute(select(devices.c.state, devices.c.boot)).one() == ("offline", 4)
+        store.device_state(conn, "s1", {**birth, "boot": 5, "t": now + 660.0}, received=now + 661.0)
+        assert conn.execute(select(devices.c.state, devices.c.boot)).one() == ("online", 5)
+
+
 def test_a_death_and_the_next_birth_at_one_gateway_time_leave_the_device_online(engine: Engine) -> None:
     """A gateway stamps a batch's states with the batch's time, so a device that rebooted while its gateway was
     catching up sends its will and its next boot's birth at one t: the birth was dropped when the will came
