@@ -64,7 +64,7 @@ log = logging.getLogger("lifeline.district.store")
 
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
-STATE_AHEAD_S = 300.0  # how far past its arrival a device state's gateway time is believed (device_state)
+STATE_AHEAD_S = 300.0  # how far past its arrival a gateway time is believed where the newest wins (device_state)
 SQLITE_BUSY_MS = 10_000
 # a call the database failed, which rolled back whole: SQLite locked past its busy timeout, PostgreSQL's connection
 # ended, no pooled connection free in time
@@ -563,11 +563,13 @@ def gateway_state(conn: Connection, site: str, online: bool, session: int, *, re
 
 def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offers: list[dict[str, Any]] | None,
                *, received: float) -> None:
-    """A site's OTA report: each node's newest progress (by gateway time), and its releases replaced whole:
-    each written over (ON CONFLICT) and the rest deleted, since a delete does not see the rows another
-    worker's report inserts meanwhile, and inserting them too was a unique violation that refused the report."""
+    """A site's OTA report: each node's newest progress (by gateway time, at most STATE_AHEAD_S past the report's
+    arrival, as `device_state`: one a clock far ahead stamped froze the node's progress), and its releases
+    replaced whole: each written over (ON CONFLICT) and the rest deleted, since a delete does not see the rows
+    another worker's report inserts meanwhile, and inserting them too was a unique violation that refused it."""
     for p in progress:
-        values = {"v": p["v"], "done": p["done"], "total": p["total"], "t": p["t"], "received": received}
+        values = {"v": p["v"], "done": p["done"], "total": p["total"], "t": min(p["t"], received + STATE_AHEAD_S),
+                  "received": received}
         stmt = dialect_insert(conn, ota_progress).values(site=site, dev=p["dev"], **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[ota_progress.c.site, ota_progress.c.dev], set_=values,
                                                 where=ota_progress.c.t <= values["t"]))

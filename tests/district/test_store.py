@@ -10,7 +10,17 @@ from typing import Any
 from sqlalchemy import Column, Engine, MetaData, Table, UniqueConstraint, func, select
 
 from district import store
-from district.schema import alarm_events, alarms, devices, messages, readings, sites, work_order_steps, work_orders
+from district.schema import (
+    alarm_events,
+    alarms,
+    devices,
+    messages,
+    ota_progress,
+    readings,
+    sites,
+    work_order_steps,
+    work_orders,
+)
 from gateway.alarms import AlarmEngine
 from gateway.rules import default_ruleset
 
@@ -170,6 +180,20 @@ def test_a_birth_stamped_by_a_clock_far_ahead_does_not_hide_the_deaths_after_it(
         assert conn.execute(select(devices.c.state, devices.c.boot)).one() == ("offline", 4)
         store.device_state(conn, "s1", {**birth, "boot": 5, "t": now + 660.0}, received=now + 661.0)
         assert conn.execute(select(devices.c.state, devices.c.boot)).one() == ("online", 5)
+
+
+def test_a_download_progress_stamped_by_a_clock_far_ahead_does_not_freeze_the_nodes_progress(engine: Engine) -> None:
+    """A node's progress is its newest by gateway time: one stamped by a site clock a year ahead made every later
+    report older news, so the desk's update panel and the rollout driver, which judges a node by progress received
+    since its stage was sent, saw the download stand still for a year. Its time counts as at most STATE_AHEAD_S
+    past its arrival, as a device state's does."""
+    now = 1_763_900_000.0
+    with engine.begin() as conn:
+        store.ota_report(conn, "s1", [{"dev": "gas1", "v": "0.2.0", "done": 100, "total": 70_000,
+                                       "t": now + 365 * 86_400.0}], None, received=now)
+        store.ota_report(conn, "s1", [{"dev": "gas1", "v": "0.2.0", "done": 35_000, "total": 70_000,
+                                       "t": now + 600.0}], None, received=now + 601.0)
+        assert tuple(conn.execute(select(ota_progress.c.done, ota_progress.c.received)).one()) == (35_000, now + 601.0)
 
 
 def test_a_death_and_the_next_birth_at_one_gateway_time_leave_the_device_online(engine: Engine) -> None:
