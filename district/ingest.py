@@ -214,8 +214,7 @@ class Worker:
             if new:
                 self.stored["message"] += 1
                 newest[m.dev] = max([newest.get(m.dev, 0.0), *(r["t"] for r in m.records)])
-        for dev, summary in summaries:
-            store.add_report(conn, site, "thinned", dev, summary, received=item.received)
+        store.add_reports(conn, site, "thinned", summaries, received=item.received)
         for dev, t in newest.items():  # received: when the page shows the device was seen
             self._notices.append(notice("reading", site=site, dev=dev, t=t, received=seen[dev]))
 

@@ -587,7 +587,16 @@ def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offe
 
 def add_report(conn: Connection, site: str, kind: str, dev: str | None, body: str, *, received: float) -> None:
     """A body kept as it came, as JSON text (district/upstream.report)."""
-    conn.execute(reports.insert().values(site=site, kind=kind, dev=dev, body=body, received=received))
+    add_reports(conn, site, kind, [(dev, body)], received=received)
+
+
+def add_reports(conn: Connection, site: str, kind: str, items: Sequence[tuple[str | None, str]], *,
+                received: float) -> None:
+    """Bodies of one kind kept as they came, (dev, JSON text) each, in one statement: a telemetry body's thinned
+    summaries, up to 105,000 in a MiB, were an INSERT each, 11 s of SQLite's write lock."""
+    if items:
+        conn.execute(reports.insert(), [{"site": site, "kind": kind, "dev": dev, "body": body, "received": received}
+                                        for dev, body in items])
 
 
 def alarm_site(conn: Connection, alarm_id: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from starlette.responses import JSONResponse
 
 from district import queries, store
@@ -215,3 +215,32 @@ async def test_a_publish_that_fails_in_a_way_no_check_foresaw_is_refused_alone(
     w.handle([publish(dtopics.UP_STATE, state()), publish(dtopics.TELEMETRY, telemetry(entry("gas1", 1)))])
     assert rows(engine, messages, messages.c.dev) == [("gas1",)]
     assert rows(engine, refusals, refusals.c.reason, refusals.c.detail) == [("internal", "RuntimeError: a bug")]
+
+
+def statements(engine: Engine, w: Worker, incoming: Incoming) -> int:
+    """The statements the worker runs to store one publish."""
+    ran = []
+
+    def count(*args: Any) -> None:
+        ran.append(1)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        w.handle([incoming])
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(ran)
+
+
+async def test_a_bodys_thinned_summaries_are_stored_in_statements_not_one_each(engine: Engine) -> None:
+    """A publish of up to a MiB may hold 105,000 of the smallest summaries a site can seal ({"dev": "gas1"}): each
+    was its own INSERT, 11 s of a worker under SQLite's write lock (every site's ingest waiting) and 29 s on
+    PostgreSQL, where a MiB of device messages takes 0.5 s and 1.2 s. They are stored together, in as many
+    statements as a body of few."""
+    w = worker(engine)
+    few, many = ([{"dev": "gas1", "seq_lo": i, "seq_hi": i, "msgs": 1} for i in range(n)] for n in (3, 2000))
+    ran = [statements(engine, w, publish(dtopics.TELEMETRY, telemetry(entry("gas1", i), thinned=summaries)))
+           for i, summaries in ((1, few), (2, many))]
+    assert ran[0] == ran[1]
+    assert sorted(json.loads(body)["seq_lo"] for body, in rows(engine, reports, reports.c.body)) == sorted(
+        [0, 1, 2, *range(2000)])
