@@ -102,9 +102,13 @@ class Worker:
         except Exception as exc:  # the data is committed; only the desks' prompt is lost
             event(log, "notice-failed", logging.WARNING, error=str(exc))
 
-    def _refuse(self, conn: Connection, item: Incoming, reason: str, detail: str, payload: bytes | None = None,
-                exc: Exception | None = None) -> None:
-        """Count, keep, and log the first of each reason and every thousandth after; `exc`, a failure no check
+    def _refuse(self, conn: Connection, item: Incoming, reason: str, detail: str, exc: Exception | None = None) -> None:
+        """Count, keep (the whole publish), and log (`_count`)."""
+        self._count(item, reason, detail, exc)
+        store.refuse(conn, item.topic, reason, detail, item.payload, received=item.received)
+
+    def _count(self, item: Incoming, reason: str, detail: str, exc: Exception | None = None) -> None:
+        """Count a refusal, and log the first of each reason and every thousandth after; `exc`, a failure no check
         foresaw (reason "internal"), is logged with its traceback on those lines only."""
         self.refused[reason] += 1
         if self.refused[reason] == 1 or self.refused[reason] % 1000 == 0:
@@ -112,8 +116,6 @@ class Worker:
                   total=self.refused[reason])
             if exc is not None:
                 log.error("the refusal's traceback", exc_info=exc)
-        store.refuse(conn, item.topic, reason, detail, item.payload if payload is None else payload,
-                     received=item.received)
 
     def _one(self, conn: Connection, item: Incoming) -> None:
         try:
@@ -121,7 +123,7 @@ class Worker:
         except VerifyError as exc:
             return self._refuse(conn, item, exc.reason, str(exc))
         except Exception as exc:  # a check that failed on input it did not foresee: this publish, not the batch
-            return self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc=exc)
+            return self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc)
         try:
             with conn.begin_nested():  # a body refused half-way leaves nothing behind
                 self._body(conn, item, site, kind, body, hist=body.get("hist") is True)
@@ -130,7 +132,7 @@ class Worker:
         except Exception as exc:  # as above; raised again, it would fail every publish of the batch, for good
             if isinstance(exc, DBAPIError) and _lost_to_another(exc):
                 raise  # not this publish's fault: the batch is run again (handle)
-            self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc=exc)
+            self._refuse(conn, item, "internal", f"{type(exc).__name__}: {exc}", exc)
 
     def _own(self, site: str, dev: str, where: str) -> None:
         """A site speaks only for the devices registered at it, in telemetry, alarms and device states alike."""
@@ -199,6 +201,8 @@ class Worker:
         thinned = body.get("thinned", [])
         if not isinstance(thinned, list):
             raise Refused("schema", "telemetry: thinned must be an array")
+        if len(packs) + len(thinned) > upstream.MAX_ENTRIES:
+            raise Refused("schema", f"telemetry: {len(packs) + len(thinned)} entries, at most {upstream.MAX_ENTRIES}")
 
         def message(entry: Any, where: str) -> store.DeviceMessage:
             m = store.DeviceMessage(*upstream.pack_entry(entry, where, self.verifier))
@@ -222,16 +226,22 @@ class Worker:
                  check: Callable[[Any, str], T]) -> list[T]:
         """Each entry of a telemetry body's `key` (packs, thinned) as `check` makes it: one bad entry is refused
         alone, with its own bytes, and the good ones beside it are kept (a device's genuine messages beside a
-        summary the gateway got wrong, too)."""
+        summary the gateway got wrong, too). The refusals are written together: an INSERT each, a body of bad
+        entries held SQLite's write lock for 12 s a 100 KB."""
         out = []
+        refused: list[tuple[str, str, bytes]] = []
         for i, entry in enumerate(entries):
             where = f"telemetry {key}[{i}]"
             try:
                 out.append(check(entry, where))
             except Refused as r:
-                self._refuse(conn, item, r.reason, r.detail, cbor2.dumps(entry))
+                self._count(item, r.reason, r.detail)
+                refused.append((r.reason, r.detail, cbor2.dumps(entry)))
             except Exception as exc:  # as one the checks did not foresee
-                self._refuse(conn, item, "internal", f"{where}: {type(exc).__name__}: {exc}", cbor2.dumps(entry), exc)
+                detail = f"{where}: {type(exc).__name__}: {exc}"
+                self._count(item, "internal", detail, exc)
+                refused.append(("internal", detail, cbor2.dumps(entry)))
+        store.refuse_all(conn, item.topic, refused, received=item.received)
         return out
 
     def _command_answer(self, conn: Connection, site: str, cmd_id: int, ok: bool, result: Any,

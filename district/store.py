@@ -606,8 +606,15 @@ def alarm_site(conn: Connection, alarm_id: str) -> str | None:
 
 
 def refuse(conn: Connection, topic: str, reason: str, detail: str, payload: bytes, *, received: float) -> None:
-    conn.execute(refusals.insert().values(topic=topic, reason=reason, detail=detail[:500], payload=payload,
-                                          received=received))
+    refuse_all(conn, topic, [(reason, detail, payload)], received=received)
+
+
+def refuse_all(conn: Connection, topic: str, items: Sequence[tuple[str, str, bytes]], *, received: float) -> None:
+    """Refusals of one publish, (reason, detail, payload) each, in one statement."""
+    if items:
+        conn.execute(refusals.insert(), [{"topic": topic, "reason": reason, "detail": detail[:500],
+                                          "payload": payload, "received": received}
+                                         for reason, detail, payload in items])
 
 
 def open_alarm_count(conn: Connection) -> dict[str, int]:

@@ -19,6 +19,7 @@ from sqlalchemy import Column, String
 
 from district.schema import alarms, devices, ota_releases, readings
 from gateway.numbers import finite
+from protocol.district import MAX_UP_BODY
 from protocol.district_verify import Verifier, VerifyError
 
 ID = re.compile(r"[a-z0-9_-]{1,32}\Z")  # protocol/topics.py: site and device ids
@@ -33,6 +34,9 @@ I64 = 1 << 63  # an integer the database keeps (BIGINT) is below this
 MAX_RELEASE = 1 << 24  # bytes: a release far past any node's flash
 MAX_OTA_NODES = 10_000  # nodes in one progress report (a site's devices)
 MAX_RELEASES = 64
+# A telemetry body's packs and thinned together: every entry a gateway makes is 58 bytes or more (a pack entry 77,
+# a thinned summary 58; 48 leaves a margin), so none sends more than this in a publish (MAX_UP_BODY)
+MAX_ENTRIES = MAX_UP_BODY // 48
 
 
 class Refused(ValueError):
