@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 
 from district import queries, store
 from district.ingest import Worker
-from district.schema import alarms, commands, messages, refusals, reports
+from district.schema import alarms, commands, messages, ota_progress, refusals, reports
 from gateway.ingest import Incoming
 from gateway.message_decode import loads_one
 from gateway.site_config import BrokerConfig
@@ -262,3 +262,19 @@ async def test_a_bodys_bad_entries_are_refused_in_statements_and_their_number_bo
     with engine.connect() as conn:
         last = conn.execute(select(refusals.c.reason, refusals.c.payload).order_by(refusals.c.id.desc())).first()
     assert rows(engine, refusals) == [(1004,)] and tuple(last) == ("schema", flood.payload)
+
+
+async def test_an_ota_reports_nodes_are_stored_in_statements_not_one_each(engine: Engine) -> None:
+    """A site's OTA report names up to 10,000 nodes (upstream.MAX_OTA_NODES), each upserted on its own: 400 KB
+    of them held a worker 2.4 s under SQLite's write lock and 5.2 s on PostgreSQL, about twelve times what as many
+    bytes of device messages take. They are written together; a node named twice keeps its newest progress."""
+    w = worker(engine)
+
+    def report(n: int, t0: float) -> Incoming:
+        return publish(dtopics.UP_OTA, {"t": T0, "nodes": [
+            {"dev": "gas1" if i % 2 else "gas2", "v": "1.2", "done": i, "total": 5000, "t": t0 + i} for i in range(n)]})
+
+    assert statements(engine, w, report(3, T0)) == statements(engine, w, report(2000, T0 + 10))
+    with engine.connect() as conn:
+        newest = conn.execute(select(ota_progress.c.dev, ota_progress.c.done).order_by(ota_progress.c.dev)).all()
+    assert [tuple(r) for r in newest] == [("gas1", 1999), ("gas2", 1998)] and rows(engine, refusals) == [(0,)]
