@@ -55,7 +55,10 @@ def _field(body: Mapping[str, Any], key: str, where: str) -> Any:
 def ident(body: Mapping[str, Any], key: str, where: str, pattern: re.Pattern[str] = ID) -> str:
     value = _field(body, key, where)
     if not isinstance(value, str) or not pattern.match(value):
-        raise Refused("schema", f"{where}: {key} {value!r} is not a valid id")
+        # a text shown, cut short; anything else by its type: the repr of an integer of more than 4,300 digits
+        # raises ValueError, which made this a failure no check foresaw ("internal", a traceback logged)
+        shown = repr(value[:40]) if isinstance(value, str) else f"(a {type(value).__name__})"
+        raise Refused("schema", f"{where}: {key} {shown} is not a valid id")
     return value
 
 

@@ -30,6 +30,7 @@ DEV_KEYS = {"gas1": b"\x01" * 32, "gas2": b"\x02" * 32, "s-gas1": b"\x03" * 32}
 REGISTRY = {"north": {"gas1", "gas2"}, "south": {"s-gas1"}}
 T0 = 1_763_900_000.0
 HUGE = 10**400  # a CBOR bignum past a float's range
+DIGITS = 10**5000  # one past the digits Python writes an integer in (4,300): its repr raises ValueError
 
 
 def worker(engine: Engine) -> Worker:
@@ -96,6 +97,7 @@ BAD_ENTRIES = {
     "a null base name": (entry("gas2", 1, raw_data("gas2", 1, record={senml.BN: None})), "malformed"),
     "a unit wider than its column": (entry("gas2", 1, sealed("gas2", 1, unit="u" * 17)), "senml"),
     "a NUL in a text value": (entry("gas2", 1, sealed("gas2", 1, value="a\x00b")), "senml"),
+    "a device id of more digits than Python writes": ({**entry("gas2", 1), "dev": DIGITS}, "schema"),
 }
 
 
@@ -137,6 +139,9 @@ BAD_PUBLISHES = {
     "a NUL in a firmware version": (dtopics.UP_STATE, state(fw="1\x00")),
     "a report with a map keyed by an array": (dtopics.UP_EVENT, {"dev": "gas1", "ev": "x", "x": {(1, 2): 1}}),
     "a report whose dev is not an id": (dtopics.DQ, {"dev": [1], "ev": "gap"}),
+    "an alarm device id of more digits than Python writes": (dtopics.ALARM, alarm(dev=DIGITS)),
+    "an alarm id of more digits than Python writes": (dtopics.ALARM, alarm(id=DIGITS)),
+    "a report whose dev has more digits than Python writes": (dtopics.DQ, {"dev": DIGITS, "ev": "gap"}),
     "thinned summaries that are not an array": (dtopics.TELEMETRY, telemetry(entry("gas2", 1), thinned=7)),
     "an OTA report naming a release twice": (dtopics.UP_OTA, {"t": T0, "nodes": [], "releases": [
         {"v": "1.2", "profiles": ["gas"], "n": 100, "sig": bytes(64), "size": 1000}] * 2}),
