@@ -226,8 +226,8 @@ class Worker:
                  check: Callable[[Any, str], T]) -> list[T]:
         """Each entry of a telemetry body's `key` (packs, thinned) as `check` makes it: one bad entry is refused
         alone, with its own bytes, and the good ones beside it are kept (a device's genuine messages beside a
-        summary the gateway got wrong, too). The refusals are written together: an INSERT each, a body of bad
-        entries held SQLite's write lock for 12 s a 100 KB."""
+        summary the gateway got wrong, too). Their refusals are written together: an INSERT each held SQLite's
+        write lock 12 s for 100 KB of bad entries."""
         out = []
         refused: list[tuple[str, str, bytes]] = []
         for i, entry in enumerate(entries):
