@@ -357,18 +357,24 @@ class MQTTClient:
         left = n - 2 - tlen - (2 if qos else 0)
         if left < 0 or qos == 3:  # both QoS bits set: a malformed PUBLISH (MQTT 3.1.1 section 3.3.1.2)
             raise MQTTError("bad PUBLISH")
+        topic = payload = None
         if n > self.max_packet:
+            await _skip(r, tlen)
+        else:
+            topic = await r.readexactly(tlen)
+        pid = struct.unpack(">H", await r.readexactly(2))[0] if qos else 0
+        if topic is not None:
+            try:
+                payload = bytearray(left)
+            except MemoryError:
+                topic = None
+        if payload is None:
             # Too big for our heap: read it away in small pieces, count it, and ack it so a persistent
             # session does not redeliver it forever.
             self.oversize += 1
-            await _skip(r, tlen)
-            pid = struct.unpack(">H", await r.readexactly(2))[0] if qos else 0
             await _skip(r, left)
-            topic = payload = None
         else:
-            topic = await r.readexactly(tlen)
-            pid = struct.unpack(">H", await r.readexactly(2))[0] if qos else 0
-            payload = await r.readexactly(left)
+            await _skip(r, left, payload)
         if qos and not pid:  # QoS 1 needs a packet id other than 0 (MQTT 3.1.1 section 2.3.1): end the link
             raise MQTTError("bad PUBLISH")
         if topic is not None and self.on_message is not None:
@@ -444,6 +450,11 @@ async def _close(w):
         pass
 
 
-async def _skip(r, n):
-    while n:
-        n -= len(await r.readexactly(min(n, 128)))
+async def _skip(r, n, buf=None):
+    """n bytes read in small pieces: into buf when given (a payload, allocated once), or away."""
+    i = 0
+    while i < n:
+        c = await r.readexactly(min(n - i, 128))
+        if buf is not None:
+            buf[i:i + 128] = c
+        i += 128

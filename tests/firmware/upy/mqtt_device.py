@@ -2,13 +2,15 @@
 
 Usage: micropython -m mqtt_device HOST PORT CLIENT_ID USER PASSWORD KEEPALIVE [CA_DER_FILE]
 Will: t/ID/state "offline" (retained, QoS 1); birth on every connect: t/ID/state "online"; subscribes
-t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect", and with dns_site.py as socket,
-"dns dead" or "dns ADDRESS" (the site's DNS server stops answering, or answers again with that address).
+t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect", "hog BYTES MAX_PACKET" (max_packet
+set, and the heap filled but for one hole of BYTES until the next message arrives), and with dns_site.py as
+socket, "dns dead" or "dns ADDRESS" (the site's DNS server stops answering, or answers again with that address).
 Reports: "UP n", "DOWN", "RX topic text", "ACKED text", "REFUSED reason",
-"STATS connects resends pings oversize last_error", "BYE", "DNS dead|ADDRESS".
+"STATS connects resends pings oversize last_error", "BYE", "HOG", "DNS dead|ADDRESS".
 """
 
 import asyncio
+import gc
 import sys
 
 from mqtt import MQTTClient
@@ -40,7 +42,10 @@ def main():
         print("UP", client.connects)
         up[0] = client.connects
 
+    hog = [None]
+
     def message(topic, payload, retained):
+        hog[0] = None
         print("RX", topic, payload.decode())
 
     client = MQTTClient(cid, host, int(port), user=user, password=password, keepalive=int(keepalive),
@@ -79,6 +84,21 @@ def main():
             elif words[0] == "stats":
                 print("STATS", client.connects, client.resends, client.pings, client.oversize,
                       repr(client.last_error))
+            elif words[0] == "hog":
+                client.max_packet = int(words[2])
+                gc.collect()
+                hole = bytes(int(words[1]))
+                hog[0] = keep = [None] * 1000  # every block held by one list: a failed step leaves no garbage
+                size, i = 1024, 0
+                while size and i < 1000:
+                    try:
+                        keep[i] = bytes(size)
+                        i += 1
+                    except MemoryError:  # no block this big left: smaller ones
+                        size //= 2
+                del hole, keep
+                gc.collect()
+                print("HOG")
             elif words[0] == "dns":
                 import socket
 
