@@ -133,7 +133,7 @@ function alarmItem(a) {
     tabindex: 0, on: { click: () => select({ alarm: a.id }), keydown: (e) => e.key === "Enter" && select({ alarm: a.id }) } },
     h("div", { class: "alarm-top" }, h("span", { class: "level" }, level.toUpperCase()),
       h("span", { class: "what" }, `${a.metric || a.kind} ${num(a.value)} ${a.unit || ""}`),
-      ageCell(a.raised || a.received)),
+      ageCell(a.received)),  // since the district heard of it, as the board orders: `raised` is the site's clock
     h("div", { class: "alarm-where" }, `${a.site} · ${a.dev}${a.point ? " · " + a.point : ""} · ${a.kind}`),
     h("div", { class: "tags" }, tags));
 }
@@ -274,8 +274,10 @@ async function loadDetail() {
   $("detail-facts").replaceChildren(...[
     ["state", subject.state], ["value", a ? `${num(a.value)} ${a.unit || ""}` : "—"], ["point", subject.point || "—"],
     ["position", a && a.pos ? a.pos.map((x) => x.toFixed(5)).join(", ") : "—"],
-    ["raised", a ? clock(a.raised) : "—"], ["acknowledged", a && a.acked ? clock(a.acked) : "no"],
-  ].map(([k, v]) => h("div", {}, h("span", { class: "k" }, k), h("span", { class: "v", id: "fact-" + k }, v))));
+    ["raised", a ? clock(a.raised) : "—", "raised (site clock)"],
+    ["acknowledged", a && a.acked ? clock(a.acked) : "no"],
+  ].map(([k, v, label]) => h("div", {}, h("span", { class: "k" }, label || k),
+    h("span", { class: "v", id: "fact-" + k }, v))));
   desk.subject = subject;
   $("alarm-messages").hidden = false;
   $("window-messages").hidden = !subject.metric;

@@ -635,17 +635,27 @@ def test_a_chart_of_a_day_or_more_tells_its_days_apart(engine: Engine, now: floa
 def test_a_pc_whose_clock_is_behind_shows_the_desks_times(engine: Engine, now: float, browser: Browser) -> None:
     """The page took "now" from the officer's PC: with its clock ten minutes behind the desk's, every alarm read
     raised "0 s" ago, and the chart's window ended ten minutes before the desk's now, so the reading that raised
-    the alarm was not on it ("no readings in this window"). The page now keeps the desk's clock."""
+    the alarm was not on it ("no readings in this window"). The page now keeps the desk's clock. A card's age
+    counted from `raised`, the site gateway's clock: of three alarms the district heard of 2 min ago, one from a
+    site 3 h behind read "3 h 2 min", one from a site an hour ahead "0 s". It counts from when the district heard
+    of it, as the board orders; the panel's raised time says it is the site's clock."""
     with engine.begin() as conn:
         store.add_message(conn, "s1", "gas1", 1, 1, [{"n": "ch4", "t": now - 150, "u": "%LEL", "v": 60.0}],
                           received=now - 149)
         store.apply_alarm(conn, "s1", alarm_body(RED, "raised", "red", now - 150), received=now - 149)
+        store.apply_alarm(conn, "s1", alarm_body(ORANGE, "raised", "orange", now - 150 - 3 * 3600, dev="gas2"),
+                          received=now - 149)
+        store.apply_alarm(conn, "s1", alarm_body(YELLOW, "raised", "yellow", now - 150 + 3600, dev="gas2"),
+                          received=now - 149)
     with Mosquitto() as broker, desk_server(engine, broker) as url:
         page = browser.new_page(viewport=VIEWPORT)
         page.clock.set_system_time(now - 600)
         log_in(page, url, "viewer")
-        expect(page.locator(f".alarm[data-id='{RED}'] .age")).to_have_text(re.compile(r"^2 min \d+ s$"))
+        for alarm_id in (RED, ORANGE, YELLOW):
+            expect(page.locator(f".alarm[data-id='{alarm_id}'] .age")).to_have_text(re.compile(r"^2 min \d+ s$"))
         page.locator(f".alarm[data-id='{RED}']").click()
+        expect(page.locator("#detail-facts div", has=page.locator("#fact-raised")).locator(".k")).to_have_text(
+            "raised (site clock)")
         page.select_option("#window", "900")
         expect(page.locator("#chart polyline.series")).to_have_count(1)
         page.close()
