@@ -12,9 +12,11 @@ of up to `max_items` device messages or `max_delay_s` of waiting, whichever come
 (a backlog larger than one batch at connect time) bulk publishes are paced to `drain_rate` messages per
 second until the backlog is gone, with progress logged once a second.
 
-On each connect the gateway publishes its birth with a session number (a persisted counter, +1 a connect)
-and leaves a death with the same number as its MQTT will, both retained on `up/gateway`; whatever was queued
-before the session began goes up marked historical (district_wire.historical).
+On each connect the gateway publishes its birth with a session number and leaves a death with the same
+number as its MQTT will, both retained on `up/gateway`; whatever was queued before the session began goes up
+marked historical (district_wire.historical). The number is a persisted counter, +1 a connect and at least the
+wall clock in milliseconds: the district takes only a birth newer than the site's newest, so a replaced box, or
+one whose store was recreated, must start above every number the site's earlier box used, not at 1.
 
 Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
 keeps bodies unsealed, so a key change applies to the backlog too.
@@ -54,6 +56,9 @@ BACKOFF_MAX_S = 2.0
 # A link that stays down fails an attempt every 2 s: its line is logged at the first failure, when the error
 # changes, and then once this often with the count of attempts (43,200 identical lines a day otherwise).
 FAIL_LOG_S = 60.0
+# The clock's part of a session number is held at or below this (a clock set to a year past 146 million), so
+# the counter stays within the signed 64 bits of SQLite's and PostgreSQL's integers and the district's bound.
+SESSION_CLOCK_MAX_MS = 1 << 62
 
 
 class _Stopped(Exception):
@@ -170,12 +175,13 @@ class Uplink:
             self._logged = (error, now)
 
     def _next_session(self) -> int:
-        """The session counter +1, committed before the connect that uses it (the store is idle here: every
-        batch commits before the loop runs us), so a restart never repeats a session number."""
+        """The session counter +1, or the wall clock in ms if that is more (a new store starts there, not at 1),
+        committed before the connect that uses it (the store is idle here: every batch commits before the loop
+        runs us), so a restart never repeats a session number, nor a clock set back."""
         conn = self.outbox.conn
         opened = conn.in_transaction
         row = conn.execute("SELECT n FROM uplink_session").fetchone()
-        n = (row[0] if row else 0) + 1
+        n = max((row[0] if row else 0) + 1, min(int(time.time() * 1000), SESSION_CLOCK_MAX_MS))
         conn.execute("INSERT OR REPLACE INTO uplink_session (one, n) VALUES (0, ?)", (n,))
         if not opened:
             conn.commit()

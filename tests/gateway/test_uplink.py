@@ -422,6 +422,20 @@ async def test_a_live_alarm_is_not_historical_after_the_clock_steps_back(tmp_pat
             assert [(body["n"], body.get("hist", False)) for _, body in rec.got] == [(1, True), (2, False)]
 
 
+async def test_the_session_moves_on_from_the_stored_one_when_the_clock_is_set_back(tmp_path: Path) -> None:
+    """A session is at least the wall clock in ms, and past the stored one: a clock set back an hour after the
+    last connect must not give a number the district has had (it would ignore the birth)."""
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        up = Uplink(ob, district_broker(broker.port), SITE)
+        ahead = int(time.time() * 1000) + 3_600_000
+        ob.conn.execute("INSERT INTO uplink_session (one, n) VALUES (0, ?)", (ahead,))
+        ob.conn.commit()
+        async with recording(broker.port) as rec, running(up):
+            await rec.until(lambda: up.connected)
+            assert up.session == ahead + 1
+
+
 async def test_telemetry_waits_at_most_max_delay_when_the_clock_steps_back(tmp_path: Path) -> None:
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
