@@ -149,64 +149,71 @@ class MQTTClient:
         bad = False  # the last connect failed
         bmin, bmax = int(self.backoff[0] * 1000), int(self.backoff[1] * 1000)
         while self._run:
-            if fails:  # after a failed connect, or a link that ended (below): only the first connect goes at once
-                delay = min(bmax, bmin << min(fails - 1, 16))
-                await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
             try:
-                if self.ip is None or (bad and not fails & (fails - 1)):
-                    # The broker's address is looked up at the first connect, and again only after connects to it
-                    # failed 1, 2, 4, 8... times in a row (a broker that moved), not at every reconnect: getaddrinfo
-                    # blocks the whole node, unfed and not sampling, for as long as lwIP retries a DNS server that
-                    # does not answer, and a site's DNS may be away while its broker is not. A failed lookup keeps
-                    # the address known.
-                    try:
-                        a = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
-                        # ("a.b.c.d", port) on an ESP32; the unix port's is a raw sockaddr (IPv4: 16 bytes)
-                        self.ip = a[0] if isinstance(a, tuple) else (
-                            "%d.%d.%d.%d" % tuple(a[4:8]) if len(a) == 16 else self.host)
-                    except Exception as e:
-                        if self.ip is None:
-                            raise
-                        self._error(e)
-                await self._connect()
-            except Exception as e:  # any failure to connect is retried the same way
-                self._error(e)
+                if fails:  # after a failed connect, or a link that ended (below): only the first connect goes at once
+                    delay = min(bmax, bmin << min(fails - 1, 16))
+                    await asyncio.sleep_ms(delay // 2 + (delay // 2) * random.getrandbits(10) // 1024)
+                try:
+                    if self.ip is None or (bad and not fails & (fails - 1)):
+                        # The broker's address is looked up at the first connect, and again only after connects to it
+                        # failed 1, 2, 4, 8... times in a row (a broker that moved), not at every reconnect: getaddrinfo
+                        # blocks the whole node, unfed and not sampling, for as long as lwIP retries a DNS server that
+                        # does not answer, and a site's DNS may be away while its broker is not. A failed lookup keeps
+                        # the address known.
+                        try:
+                            a = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+                            # ("a.b.c.d", port) on an ESP32; the unix port's is a raw sockaddr (IPv4: 16 bytes)
+                            self.ip = a[0] if isinstance(a, tuple) else (
+                                "%d.%d.%d.%d" % tuple(a[4:8]) if len(a) == 16 else self.host)
+                        except Exception as e:
+                            if self.ip is None:
+                                raise
+                            self._error(e)
+                    await self._connect()
+                except Exception as e:  # any failure to connect is retried the same way
+                    self._error(e)
+                    fails += 1
+                    bad = True
+                    continue
+                bad = False
+                delay = ticks_ms()  # when this link came up
+                self.connects += 1
+                self._down.clear()
+                reader = keeper = None
+                try:  # everything from here on: a failure drops this link, never the supervisor (MemoryError too)
+                    reader = asyncio.create_task(self._read_loop())
+                    keeper = asyncio.create_task(self._keep_alive())
+                    for topic, qos in self._subs:
+                        try:
+                            await self._subscribe(topic, qos)
+                        except MQTTError as e:  # refused (ACL): reconnecting would not change that
+                            self._error(e)
+                    if self.on_connect is not None:
+                        await self.on_connect(self)
+                    self._open.set()
+                    await self._down.wait()
+                except Exception as e:  # the link is dropped and rebuilt below
+                    self._error(e)
+                finally:
+                    self._open.clear()
+                    for task in (reader, keeper):
+                        if task is not None:
+                            task.cancel()
+                    w, self._r, self._w = self._w, None, None
+                    for slot in self._pend.values():
+                        slot[0].set()  # waiting publishers resend after the reconnect
+                    await _close(w)
+                # A link that ended within the longest backoff counts as a failed connect: a broker that takes the
+                # connect and drops the link (another node with our client id takes it over) is retried with
+                # backoff, not at once and without end. One that lasted waits the first step, drawn at random: at
+                # once, a broker's restart had every node of the site reconnect in the same moment.
+                fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 1
+            except Exception:
+                # Out of memory where nothing catches it (the teardown above, the print of an error): the
+                # supervisor ended, and the node sampled on, fed its watchdog and never reconnected. Retried as a
+                # failed connect instead; nothing here may allocate.
                 fails += 1
                 bad = True
-                continue
-            bad = False
-            delay = ticks_ms()  # when this link came up
-            self.connects += 1
-            self._down.clear()
-            reader = keeper = None
-            try:  # everything from here on: a failure drops this link, never the supervisor (MemoryError too)
-                reader = asyncio.create_task(self._read_loop())
-                keeper = asyncio.create_task(self._keep_alive())
-                for topic, qos in self._subs:
-                    try:
-                        await self._subscribe(topic, qos)
-                    except MQTTError as e:  # refused (ACL): reconnecting would not change that
-                        self._error(e)
-                if self.on_connect is not None:
-                    await self.on_connect(self)
-                self._open.set()
-                await self._down.wait()
-            except Exception as e:  # the link is dropped and rebuilt below
-                self._error(e)
-            finally:
-                self._open.clear()
-                for task in (reader, keeper):
-                    if task is not None:
-                        task.cancel()
-                w, self._r, self._w = self._w, None, None
-                await _close(w)
-                for slot in self._pend.values():
-                    slot[0].set()  # waiting publishers resend after the reconnect
-            # A link that ended within the longest backoff counts as a failed connect: a broker that takes the
-            # connect and drops the link (another node with our client id takes it over) is retried with
-            # backoff, not at once and without end. One that lasted waits the first step, drawn at random: at
-            # once, a broker's restart had every node of the site reconnect in the same moment.
-            fails = fails + 1 if ticks_diff(ticks_ms(), delay) < bmax else 1
 
     async def _connect(self):
         if self.ssl:  # the certificate is checked against the host's name, not the address looked up

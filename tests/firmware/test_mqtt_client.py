@@ -407,6 +407,29 @@ def test_a_suback_does_not_acknowledge_a_publish(mpy_dir: Path, devices: list[De
         raw.close()
 
 
+@pytest.mark.parametrize("hole", [256, 512])
+def test_a_link_that_ends_while_the_heap_is_short_is_rebuilt_once_it_is_not(mpy_dir: Path, devices: list[Device],
+                                                                            hole: int) -> None:
+    """The link ends while the heap is full but for a small hole, which stays so for 2 s. The supervisor ended
+    with a MemoryError where nothing caught it (closing the socket at the link's end with a 256-byte hole,
+    printing the reconnect's error with a 512-byte one): the node then sampled on and fed its watchdog, but never
+    reconnected, and its readings piled up in flash. Now it retries as after a failed connect."""
+    raw = RawBroker()
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        dev.expect("UP 1")
+        conn = raw.subscribed.get(timeout=10)
+        dev.send(f"hog {hole} 512 2")
+        dev.expect("HOG")
+        conn.shutdown(socket.SHUT_RDWR)
+        dev.expect("UNHOG")
+        dev.expect("UP 2")
+        assert not [line for line in dev.seen if "Task exception" in line], dev.seen
+    finally:
+        raw.close()
+
+
 def test_a_link_the_broker_ends_at_once_is_retried_with_backoff(mpy_dir: Path, devices: list[Device]) -> None:
     """A broker that takes every connect and closes the link right after (another node with the same client
     id, say): the client backs off as after a refused connect, 50-100 ms, then twice that up to the 1 s most

@@ -2,11 +2,12 @@
 
 Usage: micropython -m mqtt_device HOST PORT CLIENT_ID USER PASSWORD KEEPALIVE [CA_DER_FILE]
 Will: t/ID/state "offline" (retained, QoS 1); birth on every connect: t/ID/state "online"; subscribes
-t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect", "hog BYTES MAX_PACKET" (max_packet
-set, and the heap filled but for one hole of BYTES until the next message arrives), and with dns_site.py as
-socket, "dns dead" or "dns ADDRESS" (the site's DNS server stops answering, or answers again with that address).
+t/ID/cmd. Commands: "pub TOPIC TEXT QOS", "big", "stats", "disconnect", "hog BYTES MAX_PACKET [S]" (max_packet
+set, and the heap filled but for one hole of BYTES until the next message arrives, or for S seconds), and with
+dns_site.py as socket, "dns dead" or "dns ADDRESS" (the site's DNS server stops answering, or answers again with
+that address).
 Reports: "UP n", "DOWN", "RX topic text", "ACKED text", "REFUSED reason",
-"STATS connects resends pings oversize last_error", "BYE", "HOG", "DNS dead|ADDRESS".
+"STATS connects resends pings oversize last_error", "BYE", "HOG", "UNHOG", "DNS dead|ADDRESS".
 """
 
 import asyncio
@@ -56,6 +57,11 @@ def main():
         await client.publish(topic, text.encode(), qos=qos)
         print("ACKED", text)
 
+    async def unhog(s):
+        await asyncio.sleep(s)
+        hog[0] = None
+        print("UNHOG")
+
     async def watch():
         seen = 0  # the link last seen open; UP is said before the link opens, so only a link seen open ends
         while True:
@@ -86,6 +92,8 @@ def main():
                       repr(client.last_error))
             elif words[0] == "hog":
                 client.max_packet = int(words[2])
+                if len(words) > 3:
+                    tasks.append(asyncio.create_task(unhog(int(words[3]))))
                 gc.collect()
                 hole = bytes(int(words[1]))
                 hog[0] = keep = [None] * 1000  # every block held by one list: a failed step leaves no garbage
