@@ -18,6 +18,17 @@ class MessageError(ValueError):
         self.reason = reason
 
 
+def shown(x):
+    """A refused value as an error message writes it: a text or byte string cut to 40, a number of at most 18
+    digits, else its type. CPython refuses to write an integer of more than 4,300 digits (ValueError), even
+    inside a list: a message refused as schema went down as a bug ("internal", its traceback logged)."""
+    if isinstance(x, (str, bytes)):
+        return repr(x[:40])
+    if isinstance(x, int):
+        return repr(x) if -10**18 < x < 10**18 else "(an integer of 19 digits or more)"
+    return repr(x) if x is None or isinstance(x, float) else "(a %s)" % type(x).__name__
+
+
 def _uint(body, name, limit=MAX_SEQ):
     v = body.get(name)
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
@@ -53,7 +64,7 @@ def check(body, kind, records=None):
     if not isinstance(body, dict):
         raise MessageError("schema", "body is not a map")
     if body.get("k") != kind:
-        raise MessageError("schema", "kind %r where %r was expected" % (body.get("k"), kind))
+        raise MessageError("schema", "kind %s where %r was expected" % (shown(body.get("k")), kind))
     try:
         topics.check_id(body.get("dev"), "dev")
     except topics.TopicError as exc:

@@ -66,7 +66,9 @@ def resolve(senml_pack):
             if BVER in rec:
                 bver = rec[BVER]
                 if isinstance(bver, bool) or not isinstance(bver, int) or not 0 < bver <= VERSION:
-                    raise SenMLError("%s: unsupported SenML version %r" % (_where(i), bver))
+                    from protocol.message_check import shown  # here: message_check is what imports this module
+
+                    raise SenMLError("%s: unsupported SenML version %s" % (_where(i), shown(bver)))
             if BN in rec:
                 bn = _text(rec, BN, i)
                 if bn is None:

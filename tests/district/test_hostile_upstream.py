@@ -98,6 +98,8 @@ BAD_ENTRIES = {
     "a unit wider than its column": (entry("gas2", 1, sealed("gas2", 1, unit="u" * 17)), "senml"),
     "a NUL in a text value": (entry("gas2", 1, sealed("gas2", 1, value="a\x00b")), "senml"),
     "a device id of more digits than Python writes": ({**entry("gas2", 1), "dev": DIGITS}, "schema"),
+    "a SenML version of more digits than Python writes":
+        (entry("gas2", 1, raw_data("gas2", 1, record={senml.BVER: DIGITS})), "malformed"),
 }
 
 

@@ -82,6 +82,8 @@ def test_a_body_cannot_pass_as_another_kind():
 
 
 def test_schema_errors_name_the_field():
+    bits = 15000  # a name, not a literal: mpy-cross would fold the number into the module, 2 KB of the heap
+    huge = 1 << bits  # more digits (4,516) than CPython writes an integer in (4,300)
     cases = [
         ({"seq": -1}, "seq"),
         ({"seq": True}, "seq"),
@@ -90,6 +92,9 @@ def test_schema_errors_name_the_field():
         ({"e": []}, "e:"),
         ({"dev": "Gas 01"}, "dev"),
         ({"boot": 1.5}, "boot"),
+        ({"k": huge}, "kind (an integer of 19 digits or more)"),  # its repr raised ValueError, not a refusal
+        ({"k": [huge]}, "kind (a list)"),
+        ({"e": [{senml.BVER: huge, senml.N: "a", senml.V: 1}]}, "version (an integer of 19 digits or more)"),
     ]
     for change, field in cases:
         body = message.data("gas-01", 3, 41, _pack())
