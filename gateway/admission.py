@@ -19,6 +19,7 @@ device's own time travel upstream.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -153,7 +154,10 @@ class Checker:
         epoch = self.registry.boot_epoch(dev, body["boot"]) if boot_clock else None
         out = []
         for rec in records:
-            t_dev = float(rec["t"])
+            try:
+                t_dev = float(rec["t"])
+            except OverflowError:  # an integer past a float's range (CBOR's): as far off as an infinity is
+                t_dev = math.inf if rec["t"] > 0 else -math.inf
             if boot_clock:
                 clock = CLOCK_UNKNOWN if epoch is None else CLOCK_BOOT
                 t = now if epoch is None else epoch + t_dev

@@ -77,8 +77,9 @@ class Registry:
         ip = body.get("ip")
         h.ip = ip if isinstance(ip, str) else ""
         h.sleep_s = min(max(finite(body.get("sleep")) or 0.0, 0.0), MAX_WAKE_S)
-        if live and body["clk"] == 1:
-            h.boot_epoch = now - float(body["t"])
+        if live and body["clk"] == 1:  # a time that is no finite number (CBOR's integers have no bound) dates none
+            t = finite(body["t"])
+            h.boot_epoch = None if t is None else now - t
 
     def death(self, dev: str) -> None:
         h = self.health(dev)

@@ -147,7 +147,8 @@ def test_a_reading_value_past_a_float_or_no_number_is_forwarded_and_judged_by_no
     """CBOR carries integers of any size: a value or a position past a float's range (and a position of NaN)
     raised out of the ingest (`math.isfinite`, `float`, the alarm engine's check of a position), which failed
     the message's whole batch, every message of it redone alone, and kept the message as an internal error,
-    logged as a bug. Such a value is no number a rule can judge, as NaN is not: the message goes upstream as
+    logged as a bug; a time past a float's range did the same. Such a value is no number a rule can judge, as NaN
+    is not, and such a time is as far off as an infinity, flagged and taken at arrival: the message goes upstream as
     sent, and the outbox's budget pass summarises it with the others (its mean raised on one, which ended the
     uplink's upkeep task for good: no budget pass ran again until a restart)."""
     (tmp_path / "site.toml").write_text(
@@ -164,16 +165,24 @@ def test_a_reading_value_past_a_float_or_no_number_is_forwarded_and_judged_by_no
         batch = [sent(seq, ("ch4", 1.0)) for seq in range(1, 40)]
         batch += [sent(40, ("ch4", 10 ** 400)), sent(41, ("lat", math.nan), ("lon", 45.0), ("ch4", 1.0)),
                   sent(42, ("lat", 45.0), ("lon", -(2 ** 1100)), ("ch4", math.nan))]
+        # a time past a float's range: as far off as an infinity, flagged and taken at arrival; a boot clock's
+        # birth at such a time dates no boot
+        batch += [Incoming(TOPIC, message.encode(message.data("d1", 1, seq, [{senml.N: "ch4", senml.V: 1.0, **t}]),
+                                                 KEY), False, NOW + seq)
+                  for seq, t in ((43, {senml.T: 10 ** 400}), (44, {senml.BT: -(10 ** 5000)}))]
+        birth = message.birth("d1", 1, 0, "1.0", "gas", "power-on", 10 ** 400, clk=message.CLK_BOOT)
+        batch.insert(0, Incoming(topics.device("s1", "d1", topics.STATE), message.encode(birth, KEY), False, NOW))
         gw.handle_site(batch)
         assert gw.batches_redone == 0 and gw.quarantine.counts == {}
-        assert gw.outbox.depth()["telemetry"] == 42
+        assert gw.checker.flagged == {"future": 1, "past": 1}
+        assert gw.outbox.depth()["telemetry"] == 44
         gw.outbox.budget_bytes = gw.outbox.bytes_used() // 2
         budget = gw.outbox.enforce_budget(now=NOW + 60)
-        assert budget is not None and budget.thinned["d1"].msgs == 42
+        assert budget is not None and budget.thinned["d1"].msgs == 44
         (body,) = [b for (b,) in gw.conn.execute("SELECT body FROM outbox WHERE thinned = 1")]
         [summary] = [doc for doc, _ in district_wire.stored_entries(body)]
         [ch4] = [s for s in summary["s"] if s["n"] == "ch4"]
-        assert (ch4["count"], ch4["min"], ch4["max"], ch4["mean"]) == (42, 1.0, 1.0, 1.0)  # the numbers alone
+        assert (ch4["count"], ch4["min"], ch4["max"], ch4["mean"]) == (44, 1.0, 1.0, 1.0)  # the numbers alone
     finally:
         gw.outbox.close()
         gw.conn.close()
