@@ -337,18 +337,20 @@ class MQTTClient:
                 if b & 0xF0 == 0x30:
                     await self._on_publish(r, b, n)
                     continue
-                if n > 4:
-                    raise MQTTError("unexpected packet")
-                body = await r.readexactly(n) if n else b""
-                kind = b & 0xF0
-                if kind in (0x40, 0x90) and n >= 2:  # PUBACK, SUBACK
-                    slot = self._pend.get(body[0] << 8 | body[1])
-                    # An ack of the other kind is no answer: a SUBACK "granting" QoS 1 ended a publish as acked.
-                    if slot is not None and (kind == 0x90) == (slot[2] is None):
-                        slot[1] = True if kind == 0x40 else (body[2] if n > 2 else 0x80)
-                        slot[0].set()
-                elif kind == 0xD0:  # PINGRESP
+                # Besides PUBLISH a broker sends us a PUBACK, a SUBACK of one topic or a PINGRESP, each of its one size
+                # and flags 0 (MQTT 3.1.1 sections 2.2.2, 3.4, 3.9, 3.13). Anything else (a CONNACK again, the QoS 2
+                # flow, an UNSUBACK, a reserved type) was ignored unsaid if short; it ends the link, said why.
+                if not ((b == 0x40 and n == 2) or (b == 0x90 and n == 3) or (b == 0xD0 and not n)):
+                    raise MQTTError("unexpected packet 0x%02x of %d bytes" % (b, n))
+                if b == 0xD0:  # PINGRESP
                     self._ping_at = 0
+                    continue
+                body = await r.readexactly(n)
+                slot = self._pend.get(body[0] << 8 | body[1])
+                # An ack of the other kind is no answer: a SUBACK "granting" QoS 1 ended a publish as acked.
+                if slot is not None and (b == 0x90) == (slot[2] is None):
+                    slot[1] = True if b == 0x40 else body[2]
+                    slot[0].set()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # EOF, reset or protocol error all end this link

@@ -386,6 +386,27 @@ def test_a_publish_the_protocol_forbids_ends_the_link_and_reaches_no_handler(mpy
         raw.close()
 
 
+def test_a_packet_a_broker_never_sends_a_client_ends_the_link_and_is_said(mpy_dir: Path,
+                                                                         devices: list[Device]) -> None:
+    """A PUBREL (the QoS 2 flow the client never takes part in), an UNSUBACK (it never unsubscribes), a CONNACK
+    in the middle of a session, and a PUBACK with flags set (MQTT 3.1.1 section 2.2.2) are a broken broker's: the
+    client ignored any of them short enough unsaid, and went on with the link. Each now ends it, with the
+    packet's type byte in the log and last_error, as a longer one did."""
+    raw = RawBroker()
+    try:
+        dev = Device(mpy_dir, raw.port)
+        devices.append(dev)
+        dev.expect("UP 1")
+        for n, packet in enumerate((b"\x62\x02\x00\x01", b"\xb0\x02\x00\x01", b"\x20\x02\x00\x00",
+                                    b"\x42\x02\x00\x01"), 2):
+            raw.subscribed.get(timeout=10).sendall(packet)
+            said = dev.expect("mqtt: MQTTError: unexpected packet")
+            assert said.endswith(f"0x{packet[0]:02x} of 2 bytes"), said
+            dev.expect(f"UP {n}")
+    finally:
+        raw.close()
+
+
 def test_a_suback_does_not_acknowledge_a_publish(mpy_dir: Path, devices: list[Device]) -> None:
     """The reader took a PUBACK or a SUBACK for whatever waited under its packet id: a SUBACK (granted QoS 1)
     with a QoS 1 publish's id ended that publish as acknowledged, and the node's flash queue would forget a
