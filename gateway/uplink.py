@@ -16,7 +16,9 @@ On each connect the gateway publishes its birth with a session number and leaves
 number as its MQTT will, both retained on `up/gateway`; whatever was queued before the session began goes up
 marked historical (district_wire.historical). The number is a persisted counter, +1 a connect and at least the
 wall clock in milliseconds: the district takes only a birth newer than the site's newest, so a replaced box, or
-one whose store was recreated, must start above every number the site's earlier box used, not at 1.
+one whose store was recreated, must start above every number the site's earlier box used, not at 1. A box
+that connected on a clock behind (no real-time clock, before NTP) connects again once the clock is set forward
+past its number, for a birth the district takes.
 
 Every publish is sealed with the site key for its kind (protocol/site_seal.py) as it leaves: the outbox
 keeps bodies unsealed, so a key change applies to the backlog too.
@@ -35,11 +37,13 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mqtt5
 
 from gateway import district_wire
+from gateway.clock_step import STEP_S
 from gateway.logs import event
 from gateway.mqtt_link import Link, LinkError
 from gateway.outbox import ALARM, ROW_BYTES, STATE, TELEMETRY, Item, Outbox
@@ -65,6 +69,10 @@ class _Stopped(Exception):
     """Raised inside a session once a requested stop has let the in-flight publishes finish."""
 
 
+class _Renumber(Exception):
+    """Raised inside a session whose number the wall clock, set forward since, has passed."""
+
+
 class Refused(Exception):
     """The district broker's PUBACK refused a publish: it did not take the message."""
 
@@ -76,8 +84,9 @@ class Uplink:
                  max_delay_s: float = 0.2, drain_rate: float = 500.0, max_inflight: int = 32,
                  alarm_inflight: int = 64, backoff_initial_s: float = 0.5, backoff_max_s: float = BACKOFF_MAX_S,
                  publish_timeout_s: float = 30.0, connect_timeout_s: float = 10.0, tick_s: float = 1.0,
-                 site_key: bytes | None = None) -> None:
-        """`site_key`: seals every publish; None sends bodies bare, for tests of the uplink alone."""
+                 site_key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`site_key`: seals every publish; None sends bodies bare, for tests of the uplink alone. `clock`: the
+        wall clock the session numbers and births are taken from."""
         if max_items < 1 or max_inflight < 1 or alarm_inflight < 1 or drain_rate <= 0:
             raise ValueError("max_items, max_inflight, alarm_inflight and drain_rate must be positive")
         self.outbox = outbox
@@ -95,6 +104,7 @@ class Uplink:
         self.connect_timeout_s = connect_timeout_s
         self.tick_s = tick_s
         self.site_key = site_key
+        self.clock = clock
         # Metrics, read by the daemon's Prometheus collector.
         self.connected = False
         self.draining = False
@@ -118,6 +128,7 @@ class Uplink:
         self._drain_started = 0.0
         self.session = 0  # the current district session's number, once connected
         self._session_first = 0  # the newest outbox row at connect: rows up to it were queued before the session
+        self._numbered = 0.0  # when (monotonic) the session's number was taken
         outbox.conn.execute("CREATE TABLE IF NOT EXISTS uplink_session (one INTEGER PRIMARY KEY CHECK (one = 0), "
                             "n INTEGER NOT NULL)")
 
@@ -127,10 +138,15 @@ class Uplink:
         """Connect, drain, reconnect; returns after `stop()`. Budget upkeep runs while disconnected too."""
         upkeep = asyncio.create_task(self._upkeep())
         backoff = self.backoff_initial_s
+        renumbered = False
         try:
             while not self._stop.is_set():
+                keep_first, renumbered = renumbered, False
                 try:
-                    await self._session()
+                    await self._session(keep_first)
+                except* _Renumber:
+                    event(log, "uplink renumbered", session=self.session)
+                    renumbered = True
                 except* Refused as group:  # its rows stay; each session would end the same way until it is fixed
                     self._refused = str(group.exceptions[0])
                     self._lost(group.exceptions[0], logging.ERROR, "uplink publish refused")
@@ -147,6 +163,8 @@ class Uplink:
                     self._lost(exc, logging.ERROR)
                 if self._stop.is_set():
                     break
+                if renumbered:
+                    continue
                 delay = backoff * random.uniform(0.8, 1.2)  # spread the reconnects of many sites
                 backoff = min(backoff * 2, self.backoff_max_s)
                 with contextlib.suppress(TimeoutError):
@@ -181,7 +199,7 @@ class Uplink:
         conn = self.outbox.conn
         opened = conn.in_transaction
         row = conn.execute("SELECT n FROM uplink_session").fetchone()
-        n = max((row[0] if row else 0) + 1, min(int(time.time() * 1000), SESSION_CLOCK_MAX_MS))
+        n = max((row[0] if row else 0) + 1, min(int(self.clock() * 1000), SESSION_CLOCK_MAX_MS))
         conn.execute("INSERT OR REPLACE INTO uplink_session (one, n) VALUES (0, ?)", (n,))
         if not opened:
             conn.commit()
@@ -204,12 +222,16 @@ class Uplink:
         if refused is not None:
             raise Refused(f"{topic}: {refused}")
 
-    async def _session(self) -> None:
+    async def _session(self, keep_first: bool) -> None:
+        """`keep_first`: the session before ended for a new number, so what was queued since it began is not
+        backlog."""
         self.session = self._next_session()
+        self._numbered = time.monotonic()
         async with self._link() as link:
-            self._session_first = self.outbox.last_id()
+            if not keep_first:
+                self._session_first = self.outbox.last_id()
             await self._publish_taken(link, district.up(self.site, district.GATEWAY), self._sealed(
-                district.GATEWAY, district_wire.gateway_birth(self.session, time.time())), retain=True)
+                district.GATEWAY, district_wire.gateway_birth(self.session, self.clock())), retain=True)
             self.connected = True
             self.connects += 1
             self.outbox.release_all()
@@ -235,6 +257,7 @@ class Uplink:
                     tg.create_task(self._bulk_loop(link, tg))
                     tg.create_task(self._watch(link))
                     tg.create_task(self._until_stopped(link))
+                    tg.create_task(self._renumber())
             except* _Stopped:
                 pass
             finally:
@@ -258,6 +281,16 @@ class Uplink:
             await link.publish(district.up(self.site, district.GATEWAY), self._sealed(
                 district.GATEWAY, district_wire.gateway_death(self.session)), qos=1, retain=True)
         raise _Stopped
+
+    async def _renumber(self) -> None:
+        """Ends the session once the wall clock was set forward past its number (a step of STEP_S or more since
+        it was taken): the site's box before may have used greater numbers, and the district ignores a birth no
+        newer than its newest (docs/gateway.md, "The session number and the clock"). A clean DISCONNECT: no will."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            numbered = self.clock() - (time.monotonic() - self._numbered)  # then, by the clock as it reads now
+            if min(int((numbered - STEP_S) * 1000), SESSION_CLOCK_MAX_MS) > self.session:
+                raise _Renumber
 
     async def _watch(self, link: Link) -> None:
         """Ends the session with LinkError when the connection drops."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -26,18 +27,19 @@ KEY = bytes(range(32))
 
 
 async def until(done: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.02)
-    assert done(), what
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
-async def connected(port: int, store: Path) -> AsyncIterator[Uplink]:
+async def connected(port: int, store: Path, clock: Callable[[], float] = time.time) -> AsyncIterator[Uplink]:
     """A site box's uplink on the store at `store`, connected (its birth taken by the broker) until the block
     ends, then stopped cleanly (its death published)."""
     up = Uplink(Outbox(open_store(store), 1 << 20), BrokerConfig("127.0.0.1", port, f"gw-{SITE}-up", None, None,
-                                                                 None, 30), SITE, site_key=KEY)
+                                                                 None, 30), SITE, site_key=KEY, clock=clock,
+                tick_s=0.1)
     task = asyncio.create_task(up.run())
     try:
         await until(lambda: up.connected, "the uplink connected")
@@ -54,13 +56,23 @@ def site_row(engine: Engine) -> tuple[bool, int]:
     return bool(row.online), int(row.session)
 
 
+@contextlib.asynccontextmanager
+async def district(engine: Engine, port: int) -> AsyncIterator[Worker]:
+    worker = Worker(engine, BrokerConfig("127.0.0.1", port, "district-w1", None, None, None, 30),
+                    Verifier({SITE: KEY}, {}, track=False, loads=loads_one), {SITE: set()})
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.subscriber.connected.wait(), 10)
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_a_site_box_on_a_new_store_reads_online_at_the_district(engine: Engine, tmp_path: Path) -> None:
     with Mosquitto() as broker:
-        worker = Worker(engine, BrokerConfig("127.0.0.1", broker.port, "district-w1", None, None, None, 30),
-                        Verifier({SITE: KEY}, {}, track=False, loads=loads_one), {SITE: set()})
-        task = asyncio.create_task(worker.run())
-        try:
-            await asyncio.wait_for(worker.subscriber.connected.wait(), 10)
+        async with district(engine, broker.port) as worker:
             sessions = []
             for _ in range(3):  # the old box connects three times
                 async with connected(broker.port, tmp_path / "old.db") as up:
@@ -77,7 +89,25 @@ async def test_a_site_box_on_a_new_store_reads_online_at_the_district(engine: En
             await until(lambda: worker.stored["gateway"] == 8, f"its death stored: {worker.stored}")
             assert site_row(engine) == (False, up.session)
             assert worker.refused == {}
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+
+async def test_a_new_box_whose_clock_was_behind_reads_online_once_ntp_sets_it(engine: Engine, tmp_path: Path) -> None:
+    """A replacement box without a real-time clock boots on its image's time, 90 days behind, and connects
+    before NTP sets its clock: its number is below the box before's, and the district ignores its birth. Once
+    the clock is set forward, it connects again with a number the district takes, and no will between."""
+    behind = [90 * 86400.0]
+    with Mosquitto() as broker:
+        async with district(engine, broker.port) as worker:
+            async with connected(broker.port, tmp_path / "old.db") as up:
+                old = up.session
+            await until(lambda: worker.stored["gateway"] == 2, f"a birth and death stored: {worker.stored}")
+            async with connected(broker.port, tmp_path / "new.db", lambda: time.time() - behind[0]) as up:
+                first = up.session
+                await until(lambda: worker.stored["gateway"] == 3, f"the new box's birth stored: {worker.stored}")
+                assert site_row(engine) == (False, old)  # ignored: what a clock behind still does
+                behind[0] = 0.0  # NTP
+                await until(lambda: worker.stored["gateway"] == 4, f"its second birth stored: {worker.stored}")
+                assert site_row(engine) == (True, up.session)
+                assert up.session > old > first and up.connects == 2
+            await until(lambda: worker.stored["gateway"] == 5, f"its death stored: {worker.stored}")
+            assert worker.refused == {}

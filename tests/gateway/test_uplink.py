@@ -436,6 +436,30 @@ async def test_the_session_moves_on_from_the_stored_one_when_the_clock_is_set_ba
             assert up.session == ahead + 1
 
 
+async def test_a_clock_set_forward_renumbers_the_session_and_nothing_live_goes_up_historical(tmp_path: Path) -> None:
+    """The clock set forward past the session's number (NTP on a box that connected on a clock behind): the
+    uplink connects again with a new number, and what was queued during the session before is not backlog."""
+    ahead = [0.0]
+    with Mosquitto() as broker:
+        ob = new_outbox(tmp_path)
+        up = Uplink(ob, district_broker(broker.port), SITE, max_items=2, max_delay_s=60.0, tick_s=0.05,
+                    clock=lambda: time.time() + ahead[0])
+        async with recording(broker.port) as rec, running(up):
+            await rec.until(lambda: up.connected)
+            first = up.session
+            for n in (1, 2):  # the first waits for the second: a pack of two, or 60 s
+                ob.put_telemetry("dev-1", n, 4, [{"n": "ch4", "u": "%LEL", "t": time.time(), "v": 0.5}])
+                commit(ob)
+                ob.committed()
+                if n == 1:
+                    ahead[0] = 3600.0
+                    await rec.until(lambda: up.connects == 2)
+            await rec.until(lambda: any(kind == district.TELEMETRY for kind, _ in rec.got))
+            assert up.session >= int((time.time() + 3600.0) * 1000) - 10_000 > first
+            [pack] = [body for kind, body in rec.got if kind == district.TELEMETRY]
+            assert [p["seq"] for p in pack["packs"]] == [1, 2] and "hist" not in pack
+
+
 async def test_telemetry_waits_at_most_max_delay_when_the_clock_steps_back(tmp_path: Path) -> None:
     with Mosquitto() as broker:
         ob = new_outbox(tmp_path)
