@@ -64,7 +64,8 @@ log = logging.getLogger("lifeline.district.store")
 
 LEVELS = ("blue", "yellow", "orange", "red")  # docs/rules.md; orange and red open a work order
 WORK_ORDER_LEVELS = {"orange", "red"}
-STATE_AHEAD_S = 300.0  # how far past its arrival a gateway time is believed where the newest wins (device_state)
+STATE_AHEAD_S = 300.0  # how far past its arrival a gateway time is believed where the newest wins (device_state,
+# ota_report; gateway_state for a session, a time in ms)
 SQLITE_BUSY_MS = 10_000
 # a call the database failed, which rolled back whole: SQLite locked past its busy timeout, PostgreSQL's connection
 # ended, no pooled connection free in time
@@ -552,11 +553,17 @@ def device_state(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
 
 def gateway_state(conn: Connection, site: str, online: bool, session: int, *, received: float) -> None:
     """A gateway's birth (online) or death (its will): a death of an older session than the newest birth is
-    stale news and changes nothing."""
+    stale news and changes nothing. A session is at least its box's clock in ms, so one stored more than
+    STATE_AHEAD_S past this birth's arrival is a clock's fault, and a birth within that is taken over it: the
+    site's next box, its clock right, was ignored (the site read offline while live) until the district's clock
+    passed the fault's. It is kept, not capped, so the faulty box's own sessions keep their order."""
     values: dict[str, Any] = {"online": online, "session": session, "last_seen": received}
     values["born" if online else "died"] = received
     stmt = dialect_insert(conn, sites).values(site=site, **values)
     newer = func.coalesce(sites.c.session, -1) < session
+    ahead_ms = int((received + STATE_AHEAD_S) * 1000)
+    if online and session <= ahead_ms:
+        newer |= sites.c.session > ahead_ms
     where = newer if online else newer | (sites.c.session == session)
     conn.execute(stmt.on_conflict_do_update(index_elements=[sites.c.site], set_=values, where=where))
 

@@ -155,6 +155,36 @@ def test_a_late_death_of_an_old_gateway_session_changes_nothing(engine: Engine) 
         assert conn.execute(select(sites.c.online, sites.c.session)).one() == (True, 3)
 
 
+def test_a_gateway_session_a_clock_fault_ahead_does_not_hide_the_next_box(engine: Engine) -> None:
+    """A site box whose clock ran a year ahead numbers its session a year ahead (at least its clock in ms): its
+    replacement, its clock right, was ignored for a year, the site shown offline while live. A birth within
+    STATE_AHEAD_S of its arrival is taken over a stored session past that; the faulty box's own sessions, and a
+    session only a little ahead, keep their order."""
+    now, year_ms = 1_800_000_000.0, 365 * 86400 * 1000
+
+    def row() -> tuple[bool, int]:
+        with engine.connect() as conn:
+            got = conn.execute(select(sites.c.online, sites.c.session)).one()
+        return bool(got.online), int(got.session)
+
+    fault = int(now * 1000) + year_ms
+    for online, session, at in ((True, fault, now), (True, fault + 1, now + 1),
+                                (False, fault, now + 2),  # its first session's will, late: stale
+                                (True, fault, now + 3),  # its first birth, redelivered: stale
+                                (False, fault + 1, now + 4)):
+        with engine.begin() as conn:
+            store.gateway_state(conn, "s1", online, session, received=at)
+    assert row() == (False, fault + 1)
+    with engine.begin() as conn:  # the replacement, its clock right
+        store.gateway_state(conn, "s1", True, int((now + 60) * 1000), received=now + 60)
+    assert row() == (True, int((now + 60) * 1000))
+    # a session 4 minutes ahead is no fault: a birth at the district's clock, behind it, is stale
+    with engine.begin() as conn:
+        store.gateway_state(conn, "s1", True, int((now + 300) * 1000), received=now + 61)
+        store.gateway_state(conn, "s1", True, int((now + 62) * 1000), received=now + 62)
+    assert row() == (True, int((now + 300) * 1000))
+
+
 def test_device_state_follows_the_newest_gateway_time(engine: Engine) -> None:
     birth = {"dev": "gas1", "st": "online", "boot": 4, "seq": 0, "t": 100.0, "retained": False, "fw": "1.2",
              "prof": "gas", "batt": 87.0, "pos": [31.2, 121.4]}
