@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Inspector,
     MetaData,
+    Row,
     Table,
     Update,
     case,
@@ -46,6 +47,7 @@ from district import schema
 from district.schema import (
     alarm_events,
     alarms,
+    audit,
     devices,
     messages,
     ota_progress,
@@ -566,6 +568,24 @@ def gateway_state(conn: Connection, site: str, online: bool, session: int, *, re
         newer |= sites.c.session > ahead_ms
     where = newer if online else newer | (sites.c.session == session)
     conn.execute(stmt.on_conflict_do_update(index_elements=[sites.c.site], set_=values, where=where))
+
+
+def forget_session(conn: Connection, site: str, *, actor: str, now: float) -> Row[Any] | None:
+    """The site's stored gateway session cleared, and audited, so that its gateway's next birth is taken whatever
+    its number (a box behind the numbers of the one before: docs/gateway.md, "The session number and the
+    clock"). The site's row as it was, or None for a site never heard from."""
+    row = conn.execute(select(sites).where(sites.c.site == site).with_for_update()).first()
+    if row is not None and row.session is not None:
+        conn.execute(update(sites).where(sites.c.site == site).values(session=None))
+        conn.execute(audit.insert().values(actor=actor, at=now, what="forget-session", target=site,
+                                           detail=f"session {row.session}"))
+    return row
+
+
+def session_began(session: int | None) -> float | None:
+    """When a gateway session began by its box's clock (s), its number being at least that clock in ms; None for
+    a counter of a gateway from before that (below 10^12 ms, 2001) or a number past any date a page writes."""
+    return session / 1000 if session is not None and 10**12 <= session <= 8_640_000_000_000_000 else None
 
 
 def ota_report(conn: Connection, site: str, progress: list[dict[str, Any]], offers: list[dict[str, Any]] | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,13 +14,14 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from district.ingest import Worker
-from district.schema import sites
+from district.schema import audit, sites
 from gateway.message_decode import loads_one
 from gateway.outbox import Outbox
 from gateway.site_config import BrokerConfig
 from gateway.store import open_store
 from gateway.uplink import Uplink
 from lifeline.virtual.broker import Mosquitto
+from lifeline.virtual.site import environment, lifeline_cmd
 from protocol.district_verify import Verifier
 
 SITE = "north"
@@ -111,3 +113,46 @@ async def test_a_new_box_whose_clock_was_behind_reads_online_once_ntp_sets_it(en
                 assert up.session > old > first and up.connects == 2
             await until(lambda: worker.stored["gateway"] == 5, f"its death stored: {worker.stored}")
             assert worker.refused == {}
+
+
+async def test_a_box_behind_the_numbers_before_reads_online_once_the_district_forgets_them(
+        engine: Engine, engine_url: str, tmp_path: Path) -> None:
+    """A replacement box whose clock is never set (no NTP at the site) stays behind the numbers of the box
+    before: its births are ignored, the site shown offline while live, and the remedy was SQL at the database.
+    `lifeline district --forget-site-session` clears the site's number, says which and the site's state, and is
+    audited; the box's next birth is taken. A site the district never heard from is refused."""
+    conf = tmp_path / "district.toml"
+    conf.write_text(f'[broker]\nhost = "127.0.0.1"\n[database]\nurl = "{engine_url}"\n[[sites]]\nid = "{SITE}"\n'
+                    f'seal_key = "{KEY.hex()}"\n')
+
+    def forget(site: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*lifeline_cmd(), "district", "--config", str(conf), "--forget-site-session", site],
+                              capture_output=True, text=True, env=environment(), timeout=60)
+
+    def behind() -> float:
+        return time.time() - 90 * 86400
+
+    with Mosquitto() as broker:
+        async with district(engine, broker.port) as worker:
+            async with connected(broker.port, tmp_path / "old.db") as up:
+                old = up.session
+            async with connected(broker.port, tmp_path / "new.db", behind) as up:
+                first = up.session
+            await until(lambda: worker.stored["gateway"] == 4, f"two births and deaths handled: {worker.stored}")
+            assert site_row(engine) == (False, old)  # the new box's ignored
+            done = await asyncio.to_thread(forget, SITE)
+            assert done.returncode == 0, done.stderr
+            began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(old / 1000))
+            assert done.stdout.startswith(f"site {SITE}: session {old} forgotten (begun {began} by the site box's "
+                                          "clock); it reads offline, its gateway's last death at "), done.stdout
+            async with connected(broker.port, tmp_path / "new.db", behind) as up:
+                await until(lambda: worker.stored["gateway"] == 5, f"its next birth handled: {worker.stored}")
+                assert site_row(engine) == (True, up.session) and first < up.session < old  # behind still
+            unknown = await asyncio.to_thread(forget, "south")
+            assert unknown.returncode == 2 and unknown.stderr == (
+                f"refused: site 'south' is not in the district's database (its gateway never heard from); sites "
+                f"there: {SITE}\n"), unknown.stderr
+    with engine.connect() as conn:
+        rows = conn.execute(select(audit.c.actor, audit.c.what, audit.c.target, audit.c.detail)).all()
+    assert [r[1:] for r in rows] == [("forget-session", SITE, f"session {old}")]
+    assert rows[0].actor.startswith("shell:") and len(rows[0].actor) > len("shell:")
