@@ -29,6 +29,7 @@ from district.schema import (
     work_order_steps,
     work_orders,
 )
+from district.store import session_began
 from gateway.rules import RuleSet
 from protocol.district_verify import Verifier
 
@@ -233,13 +234,14 @@ def _value(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def site_states(conn: Connection) -> list[dict[str, Any]]:
-    """Each gateway online or offline, its session, when it was born and died, and its devices by state."""
+    """Each gateway online or offline, its session and when it began by the site box's clock (`began`, None for
+    a counter), when it was born and died, and its devices by state."""
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for site, state, n in conn.execute(select(devices.c.site, devices.c.state, func.count())
                                        .group_by(devices.c.site, devices.c.state)):
         counts[site][state] = n
-    return [{"site": r.site, "online": r.online, "session": r.session, "born": r.born, "died": r.died,
-             "last_seen": r.last_seen, "devices": counts.get(r.site, {})}
+    return [{"site": r.site, "online": r.online, "session": r.session, "began": session_began(r.session),
+             "born": r.born, "died": r.died, "last_seen": r.last_seen, "devices": counts.get(r.site, {})}
             for r in conn.execute(select(sites).order_by(sites.c.site))]
 
 

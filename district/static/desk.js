@@ -157,7 +157,10 @@ async function loadState() {
     return h("tr", {},
       h("td", {}, s.site), h("td", {}, h("span", { class: "pill " + (s.online ? "online" : "offline") },
         s.online ? "online" : "offline")),
-      h("td", {}, s.session ?? "—"), h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
+      // A session's number is at least the site box's clock in ms (a 13-digit count): when it began, by that
+      // clock, which shows a box's clock far off beside born, the district's; a gateway's older counter as it is.
+      h("td", {}, s.began ? clock(s.began) : s.session === null ? "—" : "session " + s.session),
+      h("td", {}, clock(s.born)), h("td", {}, clock(s.died)),
       h("td", {}, !said ? "—" : s.online ? said : `${total} unknown (last said ${said})`));
   }));
   $("devices").tBodies[0].replaceChildren(...devices.map((d) => {

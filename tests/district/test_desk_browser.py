@@ -976,19 +976,24 @@ def test_an_alarm_of_a_site_gone_offline_says_so(engine: Engine, now: float, bro
 def test_the_devices_of_a_site_gone_offline_read_unknown(engine: Engine, now: float, browser: Browser) -> None:
     """A site's gateway dies (its will): its devices read "online" in the table, the site's counts and on the map,
     as an officer reads a healthy device, though nothing of theirs reaches the district. They read unknown, with
-    what they last said, until the gateway is back."""
+    what they last said, until the gateway is back. The site's session, a 13-digit count of its box's clock in
+    ms, reads as the time it began by that clock; a gateway's older counter as "session 1"."""
     with desk_page(engine, browser, "viewer") as (broker, _, page):
         state = page.locator("#devices tbody tr", has_text="gas1").locator("td").nth(2)
         dot = page.locator("#map g", has=page.get_by_text("gas1", exact=True)).locator("rect")
+        began = page.locator("#sites tbody tr td").nth(2)
         counts = page.locator("#sites tbody tr td").nth(5)
         expect(state).to_have_text("online")
-        for online, session, said in ((False, 1, "unknown (site offline) last said online"), (True, 2, "online")):
+        expect(began).to_have_text("session 1")
+        for online, k, said in ((False, 1, "unknown (site offline) last said online"), (True, 2, "online")):
+            session = int((now - 3 * 3600 + k) * 1000)  # a site box 3 h behind
             with engine.begin() as conn:
-                store.gateway_state(conn, "s1", online, session, received=now + session)
+                store.gateway_state(conn, "s1", online, session, received=now + k)
             announce(broker, notice("site", site="s1"))
             expect(state).to_have_text(said)
             expect(dot).to_have_class("dev " + ("online" if online else "unknown"))
             expect(counts).to_have_text("2 online" if online else "2 unknown (last said 2 online)")
+            expect(began).to_have_text(page.evaluate("t => new Date(t).toLocaleString([], { hour12: false })", session))
 
 
 def test_an_alarms_device_messages_are_checked_again_by_a_viewer(engine: Engine, now: float, browser: Browser) -> None:
