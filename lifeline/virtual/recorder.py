@@ -199,9 +199,9 @@ class Recorder:
             self._on_entry(entry)
 
     def _ack(self, ack: dict[str, Any]) -> None:
-        self._client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps(ack), qos=1)
-        with self.lock:
+        with self.lock:  # counted first: a site can hear the ack before this thread runs again
             self.acks += 1
+        self._client.publish(dtopics.down(self.site, dtopics.ALARM_ACK), cbor2.dumps(ack), qos=1)
 
     def _entry(self, entry: Any) -> dict[str, Any] | None:
         """A pack entry as it read before the device's message went inside: None when it fails verification."""
