@@ -302,7 +302,7 @@ def measure(name: str, mpy: Path, seconds: float, work: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()

@@ -127,7 +127,7 @@ class Node:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=int, default=30)
     ap.add_argument("--profiles", default=",".join(STIMULUS))
     ap.add_argument("--heap", default=upy.FIRMWARE_HEAP)

@@ -91,7 +91,7 @@ def figures(name: str, bodies: list[dict[str, Any]], resealed: bool) -> dict[str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--save", type=Path)

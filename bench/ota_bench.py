@@ -163,7 +163,7 @@ def min_heap(mpy: Path, name: str, rel: release.Release, key: Ed25519PrivateKey,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", default=",".join(STIMULUS))
     ap.add_argument("--no-min-heap", action="store_true", help="skip the heap search (about 4 updates a profile)")
     ap.add_argument("--json", type=Path, default=report.RESULTS / "ota.json")

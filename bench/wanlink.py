@@ -326,7 +326,7 @@ class WanLink:
 
 def main(argv: list[str] | None = None) -> None:
     defaults = LinkSpec()
-    p = argparse.ArgumentParser(prog="python -m bench.wanlink", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.wanlink", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True, help="HOST:PORT to forward to")
     p.add_argument("--listen", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")

@@ -89,7 +89,7 @@ def rate_alarm_at(arrivals: list[tuple[float, dict[str, Any]]], rule: rules.Rate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quiet-s", type=float, default=330.0)
     args = ap.parse_args()
     rule = rules.default_ruleset().classes["water"].metrics["pressure"]

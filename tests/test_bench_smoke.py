@@ -5,6 +5,7 @@ benchmark (bench/district_ingest.py) is held to the same: every configuration ra
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -157,3 +158,18 @@ def test_status_benchmark_quick_run(tmp_path: Path) -> None:
         assert row["devices"] == int(n) and len(row["rounds"]) == 2
         assert row["wall_s"] == min(x["wall_s"] for x in row["rounds"]) > 0 and row["peak_rss_mb"] > 0
     assert r["sizes"]["5"]["wall_vs_baseline"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["district_ingest", "district_reads", "firmware_bench", "firmware_soak",
+                                  "firmware_wire", "gateway_throughput", "ingest_cpu", "mqtt_receive", "ota_bench",
+                                  "status_scale", "wanlink", "water_burst"])
+def test_every_benchmark_says_what_it_measures(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` gives the whole first paragraph of the benchmark's docstring, not its first line cut mid-sentence."""
+    module = importlib.import_module(f"bench.{name}")
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps to the terminal, and breaks a line at a hyphen
+    monkeypatch.setattr(sys, "argv", [name, "--help"])
+    with pytest.raises(SystemExit):
+        module.main()
+    said = " ".join(capsys.readouterr().out.split())
+    assert " ".join(module.__doc__.split("\n\n")[0].split()) in said, said
