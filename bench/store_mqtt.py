@@ -1,11 +1,12 @@
 """Heap, code size and flash wear of the firmware's flash queue and MQTT client, on the unix port.
 
-Run: .venv/bin/python -m bench.store_mqtt. Prints a table and writes bench/results/store_mqtt.json. The
-baseline is the interpreter's own heap use (with asyncio imported) measured in the same process.
+Run: .venv/bin/python -m bench.store_mqtt [--json F]. Prints a table and writes bench/results/store_mqtt.json
+(or F). The baseline is the interpreter's own heap use (with asyncio imported) measured in the same process.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -35,6 +36,9 @@ def measure() -> dict[str, float]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, default=report.RESULTS / "store_mqtt.json")
+    args = ap.parse_args()
     figures = measure()
     width = max(len(k) for k in figures)
     print(f"{'figure':<{width}}  value")
@@ -42,7 +46,7 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     base = figures["baseline_heap"]
     print(f"{'queue + connected client over baseline':<{width}}  {figures['heap_in_use_end'] - base}")
-    report.save(report.RESULTS / "store_mqtt.json", figures)
+    print(f"wrote {report.save(args.json, figures)}")
 
 
 if __name__ == "__main__":

@@ -162,10 +162,11 @@ def test_status_benchmark_quick_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["district_ingest", "district_reads", "firmware_bench", "firmware_soak",
                                   "firmware_wire", "gateway_throughput", "ingest_cpu", "mqtt_receive", "ota_bench",
-                                  "status_scale", "wanlink", "water_burst"])
+                                  "status_scale", "store_mqtt", "wanlink", "water_burst"])
 def test_every_benchmark_says_what_it_measures(name: str, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """`--help` gives the whole first paragraph of the benchmark's docstring, not its first line cut mid-sentence."""
+    """`--help` gives the whole first paragraph of the benchmark's docstring (not its first line cut mid-sentence)
+    and runs nothing."""
     module = importlib.import_module(f"bench.{name}")
     monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps to the terminal, and breaks a line at a hyphen
     monkeypatch.setattr(sys, "argv", [name, "--help"])
