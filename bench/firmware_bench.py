@@ -1,9 +1,10 @@
 """Per device profile: heap, code size, wire bytes, sealing time and flash wear of the whole firmware,
 each against a baseline measured in the same run.
 
-Run: .venv/bin/python -m bench.firmware_bench [--profiles gas,water] [--seconds 20]. Prints a table and
-writes bench/results/firmware.json. Every figure comes from a virtual device (the real firmware as .mpy
-on the MicroPython unix port, lifeline/virtual/flashdir.py) publishing to a real Mosquitto:
+Run: .venv/bin/python -m bench.firmware_bench [--profiles gas,water] [--seconds 20] [--json F]. Prints a table
+and writes bench/results/firmware.json (or F: a quick run keeps the committed figures). Every figure comes from
+a virtual device (the real firmware as .mpy on the MicroPython unix port, lifeline/virtual/flashdir.py)
+publishing to a real Mosquitto:
 
 - min heap: the smallest -X heapsize=NwK (4wK steps) at which the profile runs its sped-up schedule,
   from a fresh flash (so including its config-checking first boot), without MemoryError, and answers a
@@ -305,6 +306,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--json", type=Path, default=report.RESULTS / "firmware.json")
     args = ap.parse_args()
     if not shutil.which("strace"):
         raise SystemExit("strace is needed to count flash writes (apt-get install strace)")
@@ -346,8 +348,8 @@ def main() -> None:
         "all_mpy_le_64k": all_k <= TARGET_MPY_K,
     }
     print(f"all board .mpy: {all_k} KB (target {TARGET_MPY_K}); targets met: {verdict}")
-    report.save(report.RESULTS / "firmware.json", {"profiles": rows, "mpy": sizes, "all_mpy_k": all_k,
-                                                   "hal_import_wk": hal_wk, "targets": verdict})
+    result = {"profiles": rows, "mpy": sizes, "all_mpy_k": all_k, "hal_import_wk": hal_wk, "targets": verdict}
+    print(f"wrote {report.save(args.json, result)}")
 
 
 if __name__ == "__main__":

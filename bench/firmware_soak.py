@@ -1,9 +1,10 @@
 """Soak: every profile at once on the node heap (upy.FIRMWARE_HEAP) for a long run, through the events a
 site sees, to show that no node runs out of memory or loses a reading over time.
 
-Run: .venv/bin/python -m bench.firmware_soak [--minutes 30] [--profiles gas,water] [--romfs]. Prints a line
-a minute and a table at the end, and writes bench/results/firmware_soak.json (firmware_soak_romfs.json
-with --romfs, where every node imports the firmware from a ROMFS image: docs/firmware.md, "ROMFS").
+Run: .venv/bin/python -m bench.firmware_soak [--minutes 30] [--profiles gas,water] [--romfs] [--json F]. Prints
+a line a minute and a table at the end, and writes bench/results/firmware_soak.json (firmware_soak_romfs.json
+with --romfs, where every node imports the firmware from a ROMFS image: docs/firmware.md, "ROMFS"), or F: a
+short run keeps the committed figures.
 
 Each profile runs as a virtual device (the real firmware as .mpy on the MicroPython unix port, sped-up
 schedule, lifeline/virtual/flashdir.py) against one real Mosquitto, on the same flash throughout, while:
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--profiles", default=",".join(STIMULUS))
     ap.add_argument("--heap", default=upy.FIRMWARE_HEAP)
     ap.add_argument("--romfs", action="store_true", help="run the nodes from a ROMFS image")
+    ap.add_argument("--json", type=Path, help="default bench/results/firmware_soak[_romfs].json")
     args = ap.parse_args()
     heap = heap_bytes(args.heap)
     names = args.profiles.split(",")
@@ -193,8 +195,9 @@ def main() -> None:
     deploy = "romfs" if args.romfs else "files"
     print(f"{args.minutes} min at {args.heap} from {deploy}: {'clean' if clean else 'NOT clean'}")
     name = "firmware_soak_romfs.json" if args.romfs else "firmware_soak.json"
-    report.save(report.RESULTS / name, {"minutes": args.minutes, "heap": args.heap, "deploy": deploy, "clean": clean,
-                                        "profiles": rows})
+    path = report.save(args.json or report.RESULTS / name, {"minutes": args.minutes, "heap": args.heap,
+                                                             "deploy": deploy, "clean": clean, "profiles": rows})
+    print(f"wrote {path}")
 
 
 def _until(t: float) -> None:
