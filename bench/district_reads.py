@@ -130,8 +130,13 @@ def timed(fn: Callable[[], object], rounds: int) -> dict[str, Any]:
     return {"first_s": round(first, 4), "median_s": round(statistics.median(times), 4), "max_s": round(max(times), 4)}
 
 
-def measure(engine: Engine, sizes: Sizes) -> dict[str, Any]:
+def measure(engine: Engine, sizes: Sizes, label: str) -> dict[str, Any]:
+    started = time.monotonic()
+    print(f"{label}: filling a year of history ({sizes.messages:,} messages, {sizes.orders:,} work orders) ...",
+          file=sys.stderr, flush=True)
     fill(engine, sizes, time.time())
+    print(f"{label}: filled after {time.monotonic() - started:.1f} s; timing {sizes.rounds} rounds of each read",
+          file=sys.stderr, flush=True)
     registry = CollectorRegistry()
     registry.register(DistrictCollector(engine))
     scrape = timed(lambda: generate_latest(registry), sizes.rounds)
@@ -149,13 +154,13 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     engine = store.open_engine(str(workdir / "district.sqlite"))
     try:
-        out["sqlite"] = measure(engine, sizes)
+        out["sqlite"] = measure(engine, sizes, "sqlite")
     finally:
         engine.dispose()
     with Postgres() as pg:
         engine = store.open_engine(pg.url)
         try:
-            out["postgresql"] = measure(engine, sizes)
+            out["postgresql"] = measure(engine, sizes, "postgresql")
         finally:
             metadata.drop_all(engine)
             engine.dispose()

@@ -16,6 +16,7 @@ def test_the_district_reads_benchmark_quick_run(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.district_reads", "--quick", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "postgresql: filled after" in proc.stderr, proc.stderr  # progress while it runs
     r = json.loads(out.read_text())
     for engine in ("sqlite", "postgresql"):
         for read in ("scrape", "rollout_view"):
