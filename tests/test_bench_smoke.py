@@ -191,3 +191,20 @@ def test_store_mqtt_benchmark_quick_run(tmp_path: Path) -> None:
     for key in ("flashq_import", "mqtt_import", "mqtt_connected_retained", "lfs_put100_prog_bytes",
                 "flashq_mpy_bytes", "mqtt_mpy_bytes"):
         assert r[key] > 0, key
+
+
+def test_mqtt_receive_benchmark_quick_run(tmp_path: Path) -> None:
+    """bench/mqtt_receive.py at tiny sizes: the gateway's link (gateway/mqtt_link.Link, the baseline) and the floor
+    client each drain a real Mosquitto session of every message, a progress line a round, the floor's ratio to the
+    link in the table and the JSON."""
+    out = tmp_path / "mqtt_receive.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.mqtt_receive", "--messages", "500", "--rounds", "1",
+                           "--clients", "link,floor", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "round 1/1 floor    publishing 500" in proc.stdout, proc.stdout
+    r = json.loads(out.read_text())
+    for client in ("link", "floor"):
+        (x,) = r["runs"][client]
+        assert x["left_in_session"] == 0 and x["cpu_us_per_msg"] > 0, x
+    assert r["summary"]["link"]["vs link"] == 1.0 and r["summary"]["floor"]["vs link"] > 0
