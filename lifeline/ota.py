@@ -319,8 +319,8 @@ class Rollout:
     def look(self, stage: Stage) -> None:
         """Read the gateway's view and the acks; say what changed for each node of the stage. A node that has
         neither answered the command nor asked for a chunk within --resend-s (plus its wake interval, from
-        its birth) is sent it again under a new id, up to ota_plan.SENDS sends in all: a node at the edge of its heap can
-        fail to load a command and then answers nothing (app/runtime.py, "no memory")."""
+        its birth) is sent it again under a new id, up to ota_plan.SENDS sends in all: a node at the edge of its
+        heap can fail to load a command and then answers nothing (app/runtime.py, "no memory")."""
         nodes, sleep_s = self.read()
         v = self.rel.version
         now = time.time()
