@@ -58,7 +58,7 @@ class Node:
                                  heap=heap, romfs=romfs)
         self.commands = 0
         self.kills = 0
-        self.baseline_at = 0  # messages received when the baseline window ended
+        self.baseline_at: int | None = None  # messages received when the baseline window ended
         self.minute_marks: list[int] = []  # messages received at the end of each minute
         self.births_before: int | None = None  # births when the node last lost its link
 
@@ -100,8 +100,7 @@ class Node:
         acks = [b for k, b, _, _ in msgs if k == topics.ACK]
         births = [b for k, b, _, _ in msgs if k == topics.STATE and b.get("st") == "online"]
         reports = self.reports()
-        base = [free for i, free in reports if i < self.baseline_at]
-        later = [free for i, free in reports if i >= self.baseline_at]
+        baseline_peak, later_peak = peaks(heap, reports, self.baseline_at)
         series, lo = [], 0
         for hi in self.minute_marks:  # the peak live heap of each minute: a creep shows as a rising line
             window = [free for i, free in reports if lo <= i < hi]
@@ -121,10 +120,18 @@ class Node:
             "commands": self.commands,
             "acks_ok": sum(1 for a in acks if a["ok"]),
             "rejected": [line for line in console.splitlines() if line.startswith("command rejected")],
-            "baseline_peak_wk": wk(heap - min(base)) if base else None,
-            "later_peak_wk": wk(heap - min(later)) if later else None,
+            "baseline_peak_wk": baseline_peak,
+            "later_peak_wk": later_peak,
             "peak_wk_by_minute": series,
         }
+
+
+def peaks(heap: int, reports: list[tuple[int, int]], baseline_at: int | None) -> tuple[float | None, float | None]:
+    """Peak live heap (wK) in the baseline window and after it, from (message index, free heap) reports; a run
+    that ended inside the window (baseline_at None) is all baseline, with nothing later to compare."""
+    base = [free for i, free in reports if baseline_at is None or i < baseline_at]
+    later = [free for i, free in reports if baseline_at is not None and i >= baseline_at]
+    return wk(heap - min(base)) if base else None, wk(heap - min(later)) if later else None
 
 
 def main() -> None:

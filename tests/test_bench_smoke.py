@@ -208,3 +208,15 @@ def test_mqtt_receive_benchmark_quick_run(tmp_path: Path) -> None:
         (x,) = r["runs"][client]
         assert x["left_in_session"] == 0 and x["cpu_us_per_msg"] > 0, x
     assert r["summary"]["link"]["vs link"] == 1.0 and r["summary"]["floor"]["vs link"] > 0
+
+
+def test_a_soak_shorter_than_its_baseline_is_all_baseline() -> None:
+    """bench/firmware_soak.py compares each node's later peak heap with its first 3 minutes: a quick run of a
+    minute or two has only the baseline, not a 'later' peak and no baseline."""
+    from bench.firmware_bench import wk
+    from bench.firmware_soak import peaks
+
+    heap, reports = 131072, [(0, 60000), (4, 50000), (9, 55000)]
+    assert peaks(heap, reports, None) == (wk(heap - 50000), None)
+    assert peaks(heap, reports, 5) == (wk(heap - 50000), wk(heap - 55000))
+    assert peaks(heap, [], None) == (None, None)
