@@ -6,21 +6,25 @@
 bench/gateway_throughput.py measures the whole daemon end to end (MQTT in, SQLite, uplink out); this isolates
 `Gateway.handle_site`, the part that runs for every device message, on the same messages (lifeline/virtual/
 loadgen.build: gas packs of three readings from 200 devices) in batches of the shipped ingest size, with the
-store on disk as the daemon has it. The uplink does not run, so nothing leaves the outbox. Nothing asserts
-speed; the figures are for docs/performance.md.
+store on disk as the daemon has it. The uplink does not run, so nothing leaves the outbox. Prints a table and
+writes bench/results/ingest_cpu.json (or --json F); nothing asserts speed; the figures are for
+docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import datetime as dt
 import io
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import report
 from gateway.daemon import Gateway
 from gateway.ingest import Incoming
 from gateway.site_config import load
@@ -62,6 +66,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=500, help="messages per handle_site call (the shipped batch)")
     parser.add_argument("--profile", type=int, metavar="N", help="profile one round, print the top N functions")
+    parser.add_argument("--json", type=Path, default=report.RESULTS / "ingest_cpu.json",
+                        help="where the figures go (not written with --profile)")
     args = parser.parse_args()
     load_ = Load(SITE, args.devices, args.messages, 0, start_time=time.time() - 86400)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,10 +94,21 @@ def main() -> None:
             per_msg.append(run(gw, work) / n * 1e6)
         accepted = sum(gw.accepted.values())
         gw.conn.close()
-    if per_msg:
-        print(f"handle_site CPU per device message, µs: best {min(per_msg):.1f}, "
-              f"median {statistics.median(per_msg):.1f} ({args.rounds} rounds of {args.devices * args.messages}; "
-              f"accepted {accepted}, quarantined {sum(gw.quarantine.counts.values())})")
+    if not per_msg:
+        return
+    quarantined = sum(gw.quarantine.counts.values())
+    row = {"best_us": round(min(per_msg), 1), "median_us": round(statistics.median(per_msg), 1),
+           "rounds": args.rounds, "messages_a_round": args.devices * args.messages, "accepted": accepted,
+           "quarantined": quarantined}
+    report.print_rows({"ingest": row}, list(row))
+    print(f"handle_site CPU per device message, µs: best {row['best_us']}, median {row['median_us']} "
+          f"({args.rounds} rounds of {args.devices * args.messages}; accepted {accepted}, quarantined {quarantined})")
+    path = report.save(args.json, {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                                   "command": " ".join([".venv/bin/python -m bench.ingest_cpu", *sys.argv[1:]]),
+                                   "machine": report.machine(), "git": report.git_state(),
+                                   "sizes": {"devices": args.devices, "messages": args.messages,
+                                             "batch": args.batch}, **row, "per_msg_us": [round(x, 2) for x in per_msg]})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

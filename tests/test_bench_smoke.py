@@ -134,15 +134,23 @@ def test_district_benchmark_quick_run(tmp_path: Path) -> None:
     assert set(r["met"]) == {"desk_p99", *(f"per_worker_{k}" for k in r["ingest"])}
 
 
-def test_ingest_cpu_benchmark_admits_every_message() -> None:
+def test_ingest_cpu_benchmark_admits_every_message(tmp_path: Path) -> None:
     """bench/ingest_cpu.py (the handler alone, in process) takes every message it feeds, with and without its
-    profile; the figure it prints is not judged here."""
-    run = [sys.executable, "-m", "bench.ingest_cpu", "--devices", "4", "--messages", "3", "--rounds", "2"]
+    profile, and writes its figures with the machine and commit (not for a profile's run); the figures are not
+    judged here."""
+    out = tmp_path / "ingest_cpu.json"
+    run = [sys.executable, "-m", "bench.ingest_cpu", "--devices", "4", "--messages", "3", "--rounds", "2", "--json",
+           str(out)]
     proc = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "accepted 36, quarantined 0" in proc.stdout, proc.stdout  # warm-up and two rounds of 4 x 3
+    r = json.loads(out.read_text())
+    assert r["accepted"] == 36 and r["quarantined"] == 0 and r["messages_a_round"] == 12
+    assert len(r["per_msg_us"]) == 2 and 0 < r["best_us"] <= r["median_us"] and r["git"]["commit"]
+    out.unlink()
     proc = subprocess.run([*run, "--profile", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "handle_site" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not out.exists()
 
 
 def test_status_benchmark_quick_run(tmp_path: Path) -> None:
@@ -167,7 +175,7 @@ def test_every_benchmark_says_what_it_measures(name: str, monkeypatch: pytest.Mo
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """`--help` gives the whole first paragraph of the benchmark's docstring (not its first line cut mid-sentence)
     and runs nothing; one that writes bench/results/ takes --json elsewhere, so a quick run keeps the committed
-    figures (firmware_wire writes nothing, wanlink is a tool, ingest_cpu prints a line)."""
+    figures (firmware_wire writes nothing, wanlink is a tool)."""
     module = importlib.import_module(f"bench.{name}")
     monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps to the terminal, and breaks a line at a hyphen
     monkeypatch.setattr(sys, "argv", [name, "--help"])
@@ -175,7 +183,7 @@ def test_every_benchmark_says_what_it_measures(name: str, monkeypatch: pytest.Mo
         module.main()
     said = " ".join(capsys.readouterr().out.split())
     assert " ".join(module.__doc__.split("\n\n")[0].split()) in said, said
-    assert ("--json" in said) == (name not in ("firmware_wire", "wanlink", "ingest_cpu")), said
+    assert ("--json" in said) == (name not in ("firmware_wire", "wanlink")), said
 
 
 def test_store_mqtt_benchmark_quick_run(tmp_path: Path) -> None:
