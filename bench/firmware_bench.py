@@ -348,7 +348,8 @@ def main() -> None:
         "all_mpy_le_64k": all_k <= TARGET_MPY_K,
     }
     print(f"all board .mpy: {all_k} KB (target {TARGET_MPY_K}); targets met: {verdict}")
-    result = {"profiles": rows, "mpy": sizes, "all_mpy_k": all_k, "hal_import_wk": hal_wk, "targets": verdict}
+    result = {**report.stamp(), "profiles": rows, "mpy": sizes, "all_mpy_k": all_k, "hal_import_wk": hal_wk,
+              "targets": verdict}
     print(f"wrote {report.save(args.json, result)}")
 
 

@@ -202,8 +202,9 @@ def main() -> None:
     deploy = "romfs" if args.romfs else "files"
     print(f"{args.minutes} min at {args.heap} from {deploy}: {'clean' if clean else 'NOT clean'}")
     name = "firmware_soak_romfs.json" if args.romfs else "firmware_soak.json"
-    path = report.save(args.json or report.RESULTS / name, {"minutes": args.minutes, "heap": args.heap,
-                                                             "deploy": deploy, "clean": clean, "profiles": rows})
+    path = report.save(args.json or report.RESULTS / name, {**report.stamp(), "minutes": args.minutes,
+                                                             "heap": args.heap, "deploy": deploy, "clean": clean,
+                                                             "profiles": rows})
     print(f"wrote {path}")
 
 

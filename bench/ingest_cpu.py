@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import io
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,11 +101,9 @@ def main() -> None:
     report.print_rows({"ingest": row}, list(row))
     print(f"handle_site CPU per device message, µs: best {row['best_us']}, median {row['median_us']} "
           f"({args.rounds} rounds of {args.devices * args.messages}; accepted {accepted}, quarantined {quarantined})")
-    path = report.save(args.json, {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                                   "command": " ".join([".venv/bin/python -m bench.ingest_cpu", *sys.argv[1:]]),
-                                   "machine": report.machine(), "git": report.git_state(),
-                                   "sizes": {"devices": args.devices, "messages": args.messages,
-                                             "batch": args.batch}, **row, "per_msg_us": [round(x, 2) for x in per_msg]})
+    sizes = {"devices": args.devices, "messages": args.messages, "batch": args.batch}
+    path = report.save(args.json, {**report.stamp(), "sizes": sizes, **row,
+                                   "per_msg_us": [round(x, 2) for x in per_msg]})
     print(f"wrote {path}")
 
 

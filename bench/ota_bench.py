@@ -198,7 +198,7 @@ def main() -> None:
                           "transport_ms_per_kb": transport, "node_vs_transport": round(ms_kb / transport, 1)}
     report.print_rows(rows, ("min_heap_wk", "headroom_wk", "flash_bytes", "release_bytes", "write_amp", "ms_per_kb",
                              "transport_ms_per_kb", "node_vs_transport"))
-    result = {"profiles": rows, "release_bytes": size, "firmware_heap_wk": FIRMWARE_WK, "machine": report.machine()}
+    result = {**report.stamp(), "profiles": rows, "release_bytes": size, "firmware_heap_wk": FIRMWARE_WK}
     print(f"written to {report.save(args.json, result)}")
 
 

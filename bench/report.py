@@ -12,6 +12,8 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,21 @@ def machine() -> dict[str, Any]:
 
 
 def git_state() -> dict[str, Any]:
-    """The commit a run measured, and whether gateway/ differed from it."""
+    """The commit a run measured, and whether gateway/, or firmware/ and protocol/ (what a node runs), differed
+    from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {"commit": git("rev-parse", "--short", "HEAD"),
-            "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway"))}
+            "gateway_dirty": bool(git("status", "--porcelain", "--", "gateway")),
+            "firmware_dirty": bool(git("status", "--porcelain", "--", "firmware", "protocol"))}
+
+
+def stamp() -> dict[str, Any]:
+    """When, by which command, on which machine and at which commit a run measured: what its figures are kept
+    with."""
+    command = " ".join([f".venv/bin/python -m bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command, "machine": machine(),
+            "git": git_state()}
 
 
 def confirmed_row(g: dict[str, Any]) -> tuple[str, str, str, str]:

@@ -46,7 +46,7 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     base = figures["baseline_heap"]
     print(f"{'queue + connected client over baseline':<{width}}  {figures['heap_in_use_end'] - base}")
-    print(f"wrote {report.save(args.json, figures)}")
+    print(f"wrote {report.save(args.json, {**report.stamp(), **figures})}")
 
 
 if __name__ == "__main__":

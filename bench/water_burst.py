@@ -141,8 +141,8 @@ def main() -> None:
                              "first_pri1_s", "alarm_s"))
     ok = rows["shipped"]["alarm_s"] is not None and rows["shipped"]["alarm_s"] <= TARGET_ALARM_S
     print(f"shipped profile raises the rate alarm within {TARGET_ALARM_S} s of the break: {ok}")
-    path = report.save(args.json, {"quiet_s": args.quiet_s, "profiles": rows, "targets": {"alarm_le_5s": ok},
-                                   "machine": report.machine(), "git": report.git_state()})
+    path = report.save(args.json, {**report.stamp(), "quiet_s": args.quiet_s, "profiles": rows,
+                                   "targets": {"alarm_le_5s": ok}})
     print(f"wrote {path}")
 
 

@@ -188,7 +188,8 @@ def test_every_benchmark_says_what_it_measures(name: str, monkeypatch: pytest.Mo
 
 def test_store_mqtt_benchmark_quick_run(tmp_path: Path) -> None:
     """bench/store_mqtt.py (flash queue and MQTT client on the unix port, against the interpreter's own heap):
-    every figure measured and written where --json says; the figures themselves are not judged."""
+    every figure measured and written where --json says, with the commit and machine; the figures themselves are
+    not judged."""
     out = tmp_path / "store_mqtt.json"
     proc = subprocess.run([sys.executable, "-m", "bench.store_mqtt", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -196,6 +197,7 @@ def test_store_mqtt_benchmark_quick_run(tmp_path: Path) -> None:
     assert "queue + connected client over baseline" in proc.stdout and str(out) in proc.stdout
     r = json.loads(out.read_text())
     assert r["baseline_heap"] > 0 and r["heap_in_use_end"] > r["baseline_heap"]
+    assert r["git"]["commit"] and "firmware_dirty" in r["git"] and r["machine"]["cores"] > 0  # what it measured
     for key in ("flashq_import", "mqtt_import", "mqtt_connected_retained", "lfs_put100_prog_bytes",
                 "flashq_mpy_bytes", "mqtt_mpy_bytes"):
         assert r[key] > 0, key
