@@ -156,6 +156,9 @@ def _item(d, p, depth, in_indefinite=False):
     out = [] if major == 4 else {}
     while n:
         n -= 1
+        p[2] -= 1  # loads' item budget, taken before the item is decoded
+        if p[2] < 0:
+            raise CBORDecodeError("more array items and map entries than %d" % p[3])
         value = _item(d, p, depth + 1, n < 0)
         if value is _BREAK:
             return out
@@ -170,12 +173,17 @@ def _item(d, p, depth, in_indefinite=False):
     return out
 
 
-def loads(data):
-    """Decode exactly one item; anything left over is an error."""
+def loads(data, items=-1):
+    """Decode exactly one item; anything left over is an error. `items`, when given, bounds the array items and
+    map entries in all, for a caller that knows what it expects: a node's int costs its heap a word in a list
+    decoded before its MAC is checked, and the same decoder reads dense lists elsewhere at an item a byte."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CBORDecodeError("expected bytes, got %s" % type(data).__name__)
     d = memoryview(data)
-    p = [0, len(d) // 8 + 16]  # the position, and the arrays, maps and tags still allowed (_item)
+    if items < 0:
+        items = len(d)  # each item takes a byte at least: no bound
+    # the position, the arrays, maps and tags still allowed (_item), the items still allowed and the bound
+    p = [0, len(d) // 8 + 16, items, items]
     try:
         value = _item(d, p, 0)
     except (CBORDecodeError, MemoryError):

@@ -162,3 +162,32 @@ def test_commands_that_must_be_refused_are_refused_and_acked(tmp_path: Path) -> 
     result = upy.run("-m drivercheck", "commands_cases", heap=upy.FIRMWARE_HEAP, cwd=tmp_path, timeout=60,
                      env={"MICROPYPATH": f"{upy.upy_path()}:{SCRIPTS}"})
     assert result.returncode == 0, case_outcomes(result)
+
+
+def test_a_command_of_many_small_items_is_refused_as_malformed_without_its_heap(tmp_path: Path) -> None:
+    """tests/firmware/upy/command_items.py: the command path's decoder on MicroPython at the node's heap, 12 KB of
+    it free (the drone's whole config needs more than 10). A 2 KB envelope of 1,952 one-byte ints decoded to a
+    16 KB list before its MAC was checked (commit d59d9c3's report), and a node without that heap refused it as
+    "no memory" after 3 tries, not as malformed at once. The envelope (a COSE_Mac0 holds 5 items) and the payload
+    (an item per 3 bytes; real commands take 5.8 or more) have item budgets: such an envelope, and a sealed
+    payload as dense, are malformed; the largest real command (the drone's whole config) decodes."""
+    from upy_support import SCRIPTS
+
+    from lifeline.virtual.profiles import load_profile
+    from protocol import cbor, message
+
+    key = b"\x01" * 32
+    device = {"id": "drone-01", "site": "site-a", "profile": "drone", "broker": {"host": "10.0.0.2", "port": 1883}}
+    cases = [cbor.dumps([0] * 1952),
+             message.encode(message.command("drone-01", 1, "set_filters", {"x": [0] * 600}, 2**32), key),
+             message.encode(message.command("drone-01", 2, "config", {"device": device,
+                                                                     "profile": load_profile("drone")}, 2**32), key)]
+    assert len(cases[0]) == 1955
+    (tmp_path / "cases").write_text("".join(c.hex() + "\n" for c in cases))
+    result = upy.run(str(SCRIPTS / "command_items.py"), "12288", str(tmp_path / "cases"), heap=upy.FIRMWARE_HEAP,
+                     timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "malformed: malformed: not one CBOR item: more array items and map entries than 8",
+        "malformed: payload is not CBOR: more array items and map entries than 216",
+        "OK"], result.stdout
