@@ -170,7 +170,8 @@ def test_a_command_of_many_small_items_is_refused_as_malformed_without_its_heap(
     16 KB list before its MAC was checked (commit d59d9c3's report), and a node without that heap refused it as
     "no memory" after 3 tries, not as malformed at once. The envelope (a COSE_Mac0 holds 5 items) and the payload
     (an item per 3 bytes; real commands take 5.8 or more) have item budgets: such an envelope, and a sealed
-    payload as dense, are malformed; the largest real command (the drone's whole config) decodes."""
+    payload as dense, are malformed, and so is a protected header of ints (16 entries at most); the largest real
+    command (the drone's whole config) decodes."""
     from upy_support import SCRIPTS
 
     from lifeline.virtual.profiles import load_profile
@@ -179,6 +180,7 @@ def test_a_command_of_many_small_items_is_refused_as_malformed_without_its_heap(
     key = b"\x01" * 32
     device = {"id": "drone-01", "site": "site-a", "profile": "drone", "broker": {"host": "10.0.0.2", "port": 1883}}
     cases = [cbor.dumps([0] * 1952),
+             cbor.dumps(cbor.Tag(17, [cbor.dumps([0] * 1940), {4: b"drone-01"}, b"", bytes(8)])),
              message.encode(message.command("drone-01", 1, "set_filters", {"x": [0] * 600}, 2**32), key),
              message.encode(message.command("drone-01", 2, "config", {"device": device,
                                                                      "profile": load_profile("drone")}, 2**32), key)]
@@ -189,5 +191,6 @@ def test_a_command_of_many_small_items_is_refused_as_malformed_without_its_heap(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         "malformed: malformed: not one CBOR item: more array items and map entries than 8",
+        "malformed: malformed: protected header: more array items and map entries than 16",
         "malformed: payload is not CBOR: more array items and map entries than 216",
         "OK"], result.stdout
