@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # cryptography is the tools extra's: a site box reads release
 
 PROFILES = ("gas", "water", "drainage", "bridge", "rain", "drone")
 MIN_HEAP = 65536  # bytes: the 64 KB heap every profile is held to (README, "Node heap")
+MANIFEST_MAX = 8192  # bytes: the most a node's `ota` command takes (firmware/lib/app/commands.py, measured there)
 
 
 class ReleaseError(Exception):
@@ -160,6 +161,9 @@ def build(key: Ed25519PrivateKey, version: str, out: Path, lib: Path = upy.FIRMW
         "mpy": files[0][1][1],  # the .mpy version (header byte 1): a node whose MicroPython loads another refuses it
         "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files],
     }, separators=(",", ":"), sort_keys=True).encode()
+    if len(manifest) > MANIFEST_MAX:  # signed and served, it was refused by every node of a rollout
+        raise ReleaseError(f"manifest of {len(manifest)} bytes: a node holds {MANIFEST_MAX} at most; fewer or "
+                           "shorter-named files")
     signature = key.sign(manifest)
     try:
         out.mkdir(parents=True, exist_ok=True)

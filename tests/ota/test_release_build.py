@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lifeline import cli, release
+from lifeline import cli, release, upy
 
 LIFELINE = str(Path(sys.executable).parent / "lifeline")
 
@@ -110,3 +110,19 @@ def test_a_min_heap_that_is_no_heap(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err == (f"lifeline release: --min-heap {min_heap}: the heap bytes a node needs, "
                                        "above 0\n")
     assert not out.exists()
+
+
+def test_a_manifest_larger_than_a_node_can_hold_is_refused_at_the_build(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's `ota` command refuses a manifest over what its updater's heap holds (firmware/lib/app/commands.py
+    _MANIFEST_MAX, measured): such a release was built and signed, and every node of a rollout refused it. The
+    build says so first, with nothing left under --out, at the node's own limit (lowered here to what two small
+    modules pass, rather than compiling the dozens a real limit takes)."""
+    node = (upy.FIRMWARE / "lib/app/commands.py").read_text()
+    assert f"_MANIFEST_MAX = const({release.MANIFEST_MAX})" in node
+    src = tree(tmp_path, good="X = 1\n")
+    whole = len(release.build(Ed25519PrivateKey.generate(), "0.1.0", tmp_path / "fits", lib=src, protocol=src).manifest)
+    monkeypatch.setattr(release, "MANIFEST_MAX", whole - 1)
+    with pytest.raises(release.ReleaseError, match=rf"manifest of {whole} bytes: a node holds {whole - 1} at most"):
+        release.build(Ed25519PrivateKey.generate(), "0.2.0", tmp_path / "out", lib=src, protocol=src)
+    assert not (tmp_path / "out").exists()
