@@ -422,6 +422,9 @@ def test_a_session_that_ended_mid_action_shows_the_login_and_keeps_what_was_type
     with desk_page(engine, browser, "operator") as (_, _, page):
         page.locator(f".alarm[data-id='{RED}']").click()
         expect(page.locator("#wo-state")).to_have_text("acknowledged")
+        # the panel's last fetch, its chart's, answered: under load it met the ended session before Dispatch did,
+        # and the login covered the button the test was to press
+        expect(page.locator("#chart-title")).to_contain_text("last ")
         page.fill("#team", "pipe team 3")
         with engine.begin() as conn:
             conn.execute(delete(sessions))
