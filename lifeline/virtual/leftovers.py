@@ -18,7 +18,12 @@ def descendants(pid: int) -> set[int]:
     found: set[int] = set()
     todo = [pid]
     while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+        tasks = Path(f"/proc/{todo.pop()}/task")
+        try:
+            listed = list(tasks.iterdir())
+        except OSError:  # ended meanwhile (ENOENT or ESRCH, the directory gone while it was read)
+            continue
+        for task in listed:
             try:
                 kids = {int(k) for k in (task / "children").read_text().split()}
             except OSError:  # ended meanwhile
