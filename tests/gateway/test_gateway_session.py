@@ -39,10 +39,12 @@ async def test_birth_per_connect_with_a_growing_session_and_a_will_on_sigkill(tm
     s = site_with_keepalive(tmp_path)
     rec = s.recorder(raw=True)
     started = time.time()
+    gateways: list[GatewayProcess] = []
     try:
         assert await rec.until(rec.subscribed.is_set, 10)
         for n in (1, 2):
             gw = GatewayProcess(s).start()
+            gateways.append(gw)
             await gw.ready()
             assert await rec.until(lambda n=n: len(births(rec)) == n, 10), states(rec)
             if n == 1:  # a clean stop says so at once, as the will would have
@@ -60,7 +62,9 @@ async def test_birth_per_connect_with_a_growing_session_and_a_will_on_sigkill(tm
         assert dark <= 1.5 * KEEPALIVE_S + 0.5, f"the will arrived {dark:.1f} s after the kill"
         print(f"will after SIGKILL: {dark:.1f} s (keepalive {KEEPALIVE_S} s)")
         assert rec.refused == []
-    finally:
+    finally:  # a failed assertion before the kill left the gateway running, for hours after the run
+        for g in gateways:
+            g.kill()
         rec.close()
         s.stop()
 
