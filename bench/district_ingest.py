@@ -139,23 +139,7 @@ class Publisher:
 # ------------------------------------------------------------------------------------------ measuring
 
 
-class Progress:
-    """One line a second on stderr while a phase waits."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.started = time.monotonic()
-        self.next = self.started + 1.0
-
-    def show(self, done: int, total: int, what: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if now >= self.next or force:
-            self.next = now + 1.0
-            print(f"  [{self.label}] {done:,}/{total:,} {what} after {now - self.started:.1f} s", file=sys.stderr,
-                  flush=True)
-
-
-def wait_for(count: Callable[[], int], total: int, progress: Progress, what: str,
+def wait_for(count: Callable[[], int], total: int, progress: report.Progress, what: str,
              timeout: float) -> tuple[int, float]:
     """Poll until `count()` reaches `total`; (the count, monotonic time it was first seen there)."""
     deadline = time.monotonic() + timeout
@@ -212,7 +196,7 @@ def baseline(site: Site, packets: list[bytes], sizes: Sizes) -> dict[str, Any]:
                           os.getpid()})
         released = time.monotonic()
         publisher.send(packets)
-        n, _ = wait_for(lambda: got[0], len(packets), Progress("baseline"), "publishes counted", 120)
+        n, _ = wait_for(lambda: got[0], len(packets), report.Progress("baseline"), "publishes counted", 120)
         usage = meter.stop()
         publisher.conn.close()
     finally:
@@ -288,7 +272,7 @@ def ingest(site: Site, workdir: Path, sizes: Sizes, label: str, database: str, w
                     raise RuntimeError(f"{label}: a worker exited with {p.proc.returncode}: {p.log()[-3000:]}")
             return stored(engine) - before
 
-        n, last = wait_for(count, total, Progress(label), "device messages stored", 60 + total / 200)
+        n, last = wait_for(count, total, report.Progress(label), "device messages stored", 60 + total / 200)
         usage = meter.stop()
         publisher.conn.close()
     finally:
@@ -400,7 +384,7 @@ def desk_latency(site: Site, workdir: Path, sizes: Sizes, first_seq: int) -> dic
         district.wait_subscribed(60)
         feed = Feed(f"http://127.0.0.1:{desk_port}")
         publisher = Publisher(site)
-        progress = Progress("desk latency")
+        progress = report.Progress("desk latency")
         start = time.monotonic()
         for sent, packet in enumerate(paced(site, sizes, first_seq), 1):
             publisher.send([packet])

@@ -38,6 +38,24 @@ def print_rows(rows: Mapping[str, Mapping[str, Any]], cols: Sequence[str], width
         print(f"{name:<9} " + " ".join(f"{row[c]!s:>{width}.{width}}" for c in cols))
 
 
+class Progress:
+    """A line on stderr at most every `every` seconds while a phase runs: a benchmark of minutes that says
+    nothing cannot be told from a hung one."""
+
+    def __init__(self, label: str, every: float = 1.0) -> None:
+        self.label = label
+        self.every = every
+        self.started = time.monotonic()
+        self.next = self.started + every
+
+    def show(self, done: int, total: int, what: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if now >= self.next or force:
+            self.next = now + self.every
+            print(f"  [{self.label}] {done:,}/{total:,} {what} after {now - self.started:.1f} s", file=sys.stderr,
+                  flush=True)
+
+
 def machine() -> dict[str, Any]:
     """The machine a run measured on: cores, CPU model, Python, Mosquitto and kernel."""
     model = ""

@@ -111,11 +111,15 @@ def main() -> None:
         start = time.time()  # the sim worlds' clocks start with their devices, within this second
         seen: dict[str, list[tuple[float, str, dict[str, Any]]]] = {n: [] for n in profiles}
         broke = start + args.quiet_s
+        progress = report.Progress("water", every=10.0)
         while time.time() < broke + 30:
             now = time.time()
             for n, lis in listeners.items():
                 msgs = lis.messages
                 seen[n].extend((now, k, b) for k, b, _, _ in msgs[len(seen[n]):])
+            heard = ", ".join(f"{n} {len(got)}" for n, got in seen.items())
+            progress.show(round(now - start), round(args.quiet_s + 30),
+                          f"s run (messages heard: {heard}; the main breaks at {args.quiet_s:g} s)")
             time.sleep(0.02)
         for d in devs.values():
             d.stop()
