@@ -32,13 +32,16 @@ def device_messages(names: list[str], seconds: float) -> dict[str, list[dict[str
     out: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        progress = report.Progress("wire")
         mpy = build_firmware(work / "mpy")
-        for name in names:
+        for i, name in enumerate(names):
+            progress.show(i, len(names), f"profiles run, {name} now for {seconds:g} s", force=True)
             run = run_device(mpy, name, MEASURE_HEAP, seconds, work / f"{name}.strace")
             if not run["ok"]:
                 raise RuntimeError(f"{name} did not run cleanly:\n{run['console']}")
             out[name] = [dict(body, e=[dict(r) for r in body["e"]], _raw=len(raw)) for kind, body, raw
                          in run["messages"] if kind in (topics.DATA, topics.EVENT)]
+        progress.show(len(names), len(names), "profiles run", force=True)
     return out
 
 
