@@ -136,8 +136,9 @@ def test_district_benchmark_quick_run(tmp_path: Path) -> None:
 
 def test_ingest_cpu_benchmark_admits_every_message(tmp_path: Path) -> None:
     """bench/ingest_cpu.py (the handler alone, in process) takes every message it feeds, with and without its
-    profile, and writes its figures with the machine and commit (not for a profile's run); the figures are not
-    judged here."""
+    profile, and writes its figures with the machine and commit (not for a profile's run), beside its baseline
+    timed in the same rounds (the floor: cbor2 and the MAC check alone) and the handler's multiple of it; the
+    figures are not judged here."""
     out = tmp_path / "ingest_cpu.json"
     run = [sys.executable, "-m", "bench.ingest_cpu", "--devices", "4", "--messages", "3", "--rounds", "2", "--json",
            str(out)]
@@ -147,6 +148,9 @@ def test_ingest_cpu_benchmark_admits_every_message(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
     assert r["accepted"] == 36 and r["quarantined"] == 0 and r["messages_a_round"] == 12
     assert len(r["per_msg_us"]) == 2 and 0 < r["best_us"] <= r["median_us"] and r["git"]["commit"]
+    assert len(r["floor"]["per_msg_us"]) == 2 and 0 < r["floor"]["best_us"] <= r["floor"]["median_us"], r
+    assert r["x_floor"]["best"] == pytest.approx(r["best_us"] / r["floor"]["best_us"], rel=0.1), r
+    assert "times the floor" in proc.stdout, proc.stdout
     out.unlink()
     proc = subprocess.run([*run, "--profile", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "handle_site" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
