@@ -12,6 +12,12 @@ blue and yellow alarms that opened none, `messages` device messages of a reading
   the desk's metrics server answers it (the first of a process is timed apart: it may read what later ones keep);
 - rollout_view: district/rollout.view of the large site, what the desk's update panel reads.
 
+The baseline, on each engine in the same run: the same reads over a tenth of the history (its first five weeks:
+a tenth of the messages, orders, alarms and refusals, the same site, nodes and update outcomes). The ratio, full
+over tenth, is what ten times the history costs a read: about 1 for a read that stays cheap as the years go by,
+about 10 for one that reads all of it. A database without history would show only the fixed cost, not how a
+read grows.
+
 Nothing here asserts speed.
 """
 
@@ -24,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,13 @@ class Sizes:
 
 FULL = Sizes(orders=50_000, messages=200_000, devices=5000, refusals=5000, rounds=5)
 QUICK = Sizes(orders=500, messages=2000, devices=100, refusals=50, rounds=2)
+DAYS = 365.0
+
+
+def tenth(sizes: Sizes) -> Sizes:
+    """The baseline's history: a tenth of everything but the nodes, each of which still sent its update outcome."""
+    return replace(sizes, orders=sizes.orders // 10, messages=max(sizes.messages // 10, sizes.devices),
+                   refusals=sizes.refusals // 10)
 
 
 def _rows(engine: Engine, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -71,9 +84,9 @@ def _rows(engine: Engine, table: Table, rows: list[dict[str, Any]]) -> None:
             conn.execute(insert(table), rows[i:i + CHUNK])
 
 
-def fill(engine: Engine, sizes: Sizes, now: float) -> None:
-    """The history: a year of it, oldest first."""
-    year = 365 * 86400.0
+def fill(engine: Engine, sizes: Sizes, now: float, days: float = DAYS) -> None:
+    """The history: `days` of it, oldest first."""
+    year = days * 86400.0
     _rows(engine, sites, [{"site": s, "online": True, "session": 1, "born": now - year, "last_seen": now}
                           for s in (BIG, "a", "b", "c")])
     _rows(engine, devices, [{"site": BIG, "dev": f"n{i:05d}", "state": "online", "cls": "gas", "fw": "1.0.0",
@@ -130,11 +143,11 @@ def timed(fn: Callable[[], object], rounds: int) -> dict[str, Any]:
     return {"first_s": round(first, 4), "median_s": round(statistics.median(times), 4), "max_s": round(max(times), 4)}
 
 
-def measure(engine: Engine, sizes: Sizes, label: str) -> dict[str, Any]:
+def measure(engine: Engine, sizes: Sizes, label: str, days: float = DAYS) -> dict[str, Any]:
     started = time.monotonic()
-    print(f"{label}: filling a year of history ({sizes.messages:,} messages, {sizes.orders:,} work orders) ...",
-          file=sys.stderr, flush=True)
-    fill(engine, sizes, time.time())
+    print(f"{label}: filling {days:g} days of history ({sizes.messages:,} messages, {sizes.orders:,} work orders) "
+          "...", file=sys.stderr, flush=True)
+    fill(engine, sizes, time.time(), days)
     print(f"{label}: filled after {time.monotonic() - started:.1f} s; timing {sizes.rounds} rounds of each read",
           file=sys.stderr, flush=True)
     registry = CollectorRegistry()
@@ -150,21 +163,34 @@ def measure(engine: Engine, sizes: Sizes, label: str) -> dict[str, Any]:
     return {"scrape": scrape, "rollout_view": timed(view, sizes.rounds)}
 
 
-def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    engine = store.open_engine(str(workdir / "district.sqlite"))
-    try:
-        out["sqlite"] = measure(engine, sizes, "sqlite")
-    finally:
-        engine.dispose()
-    with Postgres() as pg:
-        engine = store.open_engine(pg.url)
+def both(urls: tuple[str, str], sizes: Sizes, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures over the whole history, then the baseline's over its tenth, each on a database made at its url."""
+    got = []
+    for url, s, days, what in ((urls[0], sizes, DAYS, label), (urls[1], tenth(sizes), DAYS / 10, f"{label}, baseline")):
+        engine = store.open_engine(url)
         try:
-            out["postgresql"] = measure(engine, sizes, "postgresql")
+            got.append(measure(engine, s, what, days))
         finally:
             metadata.drop_all(engine)
             engine.dispose()
-    return out
+    return got[0], got[1]
+
+
+def run(sizes: Sizes, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each engine's figures, and its baseline's."""
+    out: dict[str, Any] = {}
+    base: dict[str, Any] = {}
+    out["sqlite"], base["sqlite"] = both((str(workdir / "district.sqlite"), str(workdir / "tenth.sqlite")), sizes,
+                                         "sqlite")
+    with Postgres() as pg:
+        out["postgresql"], base["postgresql"] = both((pg.url, pg.url), sizes, "postgresql")
+    return out, base
+
+
+def ratios(full: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Full over baseline, per engine, read and figure."""
+    return {engine: {read: {k.removesuffix("_s"): round(x[k] / base[engine][read][k], 2) for k in x}
+                     for read, x in reads.items()} for engine, reads in full.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,16 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in asdict(FULL).items():
         parser.add_argument("--" + name, type=type(value), default=None)
     args = parser.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    sizes = Sizes(**{k: getattr(args, k) if getattr(args, k) is not None else v for k, v in asdict(base).items()})
+    preset = QUICK if args.quick else FULL
+    sizes = Sizes(**{k: getattr(args, k) if getattr(args, k) is not None else v for k, v in asdict(preset).items()})
     with tempfile.TemporaryDirectory(prefix="district-reads-") as tmp:
-        figures = run(sizes, Path(tmp))
+        figures, base = run(sizes, Path(tmp))
+    vs = ratios(figures, base)
     result = {"benchmark": "district_reads", "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "command": " ".join([".venv/bin/python -m bench.district_reads", *(argv or sys.argv[1:])]),
-              "machine": report.machine(), "git": report.git_state(), "sizes": asdict(sizes), **figures}
-    report.print_rows({engine: {f"{what} {k}": v for what, x in figures[engine].items() for k, v in x.items()}
-                       for engine in figures},
-                      [f"{what} {k}" for what in ("scrape", "rollout_view") for k in ("first_s", "median_s", "max_s")])
+              "machine": report.machine(), "git": report.git_state(), "sizes": asdict(sizes), **figures,
+              "baseline": {"sizes": asdict(tenth(sizes)), "days": DAYS / 10, **base}, "vs_baseline": vs}
+    reads, figs = ("scrape", "rollout_view"), ("first_s", "median_s", "max_s")
+    rows = {}
+    for engine in figures:
+        for name, got in ((engine, figures[engine]), (f"{engine} tenth", base[engine]),
+                          (f"{engine} ratio", vs[engine])):
+            rows[name] = {f"{what} {k}": got[what].get(k, got[what].get(k.removesuffix("_s"))) for what in reads
+                          for k in figs}
+    report.print_rows(rows, [f"{what} {k}" for what in reads for k in figs])
+    print("tenth: the same reads over a tenth of the history (same nodes); ratio: the whole history's over the tenth's")
     print(f"wrote {report.save(args.json, result)}")
     return 0
 

@@ -33,9 +33,10 @@ def save(path: Path, result: Any) -> Path:
 
 def print_rows(rows: Mapping[str, Mapping[str, Any]], cols: Sequence[str], width: int = 12) -> None:
     """A table on the terminal: a line per profile, a column per figure, each cut to `width` characters."""
-    print("profile   " + " ".join(f"{c:>{width}.{width}}" for c in cols))
+    names = max([9, *map(len, rows)])
+    print(f"{'profile':<{names}} " + " ".join(f"{c:>{width}.{width}}" for c in cols))
     for name, row in rows.items():
-        print(f"{name:<9} " + " ".join(f"{row[c]!s:>{width}.{width}}" for c in cols))
+        print(f"{name:<{names}} " + " ".join(f"{row[c]!s:>{width}.{width}}" for c in cols))
 
 
 class Progress:
