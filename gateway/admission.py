@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gateway.device_list import DeviceConfig
-from gateway.message_decode import Decoded, decode
+from gateway.message_decode import Decoded, decode, own_number
 from gateway.quarantine import Quarantine
 from gateway.registry import Registry
 from gateway.sequence import SequenceTracker, Verdict
@@ -83,9 +83,11 @@ class Checker:
         self.clock_past_s = clock_past_s
         self.dropped: Counter[str] = Counter()  # accepted by the checks but not new: duplicate, stale
         self.flagged: Counter[str] = Counter()  # readings by clock verdict other than ok
-        # (device, number) of the last data or event message refused as a duplicate, until the ingest takes it: a
-        # number the gateway has that its device sent again, as it does with what no confirmation has named.
-        self.resent: tuple[str, int] | None = None
+        # (device, number) of the last data or event message not admitted that the gateway nonetheless holds, until
+        # the ingest takes it to confirm: a duplicate (committed before), or a message of the device's own MAC and
+        # number refused as `schema` or `replay` (in the quarantine once the batch commits). Its device holds it
+        # until a confirmation names it, and sends it again at every connect and resend otherwise.
+        self.kept: tuple[str, int] | None = None
 
     def _reject(self, reason: str, detail: str, topic: str, raw: bytes, now: float) -> None:
         self.quarantine.put(reason, detail, topic, raw, now)
@@ -115,6 +117,10 @@ class Checker:
                 return None
         if not decoded[0]:
             self._reject(decoded[1], decoded[2], topic, raw, now)
+            if decoded[1] == "schema" and kind in (topics.DATA, topics.EVENT):
+                seq = own_number(raw, dev, device.key)
+                if seq is not None:
+                    self.kept = (dev, seq)
             return None
         _, body, records = decoded
         if body["dev"] != dev:
@@ -124,8 +130,8 @@ class Checker:
         if kind in (topics.DATA, topics.EVENT):
             verdict = self.sequence.check(dev, body["seq"], now, body["boot"])
             if verdict is not Verdict.NEW:
-                if verdict is Verdict.DUPLICATE:
-                    self.resent = (dev, body["seq"])
+                if verdict in (Verdict.DUPLICATE, Verdict.REPLAY):
+                    self.kept = (dev, body["seq"])
                 self._new(verdict, f"seq {body['seq']} is at or below the window floor", topic, raw, now)
                 return None
             readings = self._readings(dev, body, records, now)

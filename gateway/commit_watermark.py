@@ -7,9 +7,11 @@ device's sequence numbers it has committed, retained, on lifeline/v1/{site}/{dev
 Ranges, not one number: alarm packs jump the device's backlog, so numbers are committed out of order, and a
 single "everything up to N" would either wait for the backlog or pass over messages the gateway never had.
 A device heard from again (a re-send the sequence window refused as a duplicate) is confirmed again, its
-number put back in the ranges, so a confirmation lost with the broker costs a re-send, never a message. The
-ranges live in the store, written in the batch's own transaction; at most topics.MAX_DONE_RANGES per device:
-past that the lowest one the device has been told of is given up (`_give_up`).
+number put back in the ranges, so a confirmation lost with the broker costs a re-send, never a message. So is a
+message refused into the quarantine whose MAC and number are the device's own (daemon.Gateway._heard): the node
+would hold it and send it again at every resend. The ranges live in the store, written in the batch's own
+transaction; at most topics.MAX_DONE_RANGES per device: past that the lowest one the device has been told of is
+given up (`_give_up`).
 """
 
 from __future__ import annotations

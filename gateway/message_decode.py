@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 import cbor2
 
-from protocol import message_check, topics
+from protocol import auth, message_check, topics
+from protocol.message import MAX_SEQ
 
 _REASON = {"unknown-key": "unknown-device"}  # protocol.message reasons -> quarantine reasons
 
@@ -84,3 +85,23 @@ def decode(kind: str, raw: bytes, key_for: Callable[[bytes], bytes | None]) -> D
     if kind in (topics.DATA, topics.EVENT):
         del body["e"]  # resolved into `records`, and nothing reads it again: a check process would pickle it twice
     return True, body, records
+
+
+def own_number(raw: bytes, dev: str, key: bytes) -> int | None:
+    """The sequence number of a message refused as `schema` on `dev`'s data or event topic, when it is one `dev`'s
+    queue issued: sealed with `dev`'s own key under its own key id, and a data or event body (a will's number is
+    the next one, not one used) whose seq is a number. None otherwise. The gateway confirms it once the message is
+    in the quarantine, so the node forgets a record it would otherwise hold and send again at every resend. Run
+    only on a refusal, so the MAC is checked a second time rather than carried out of `decode` for every message."""
+    kid = dev.encode()
+    try:
+        payload = auth.verify(raw, lambda k: key if k == kid else None, loads_one)[1]
+        body = loads_one(payload)
+    except ValueError:  # auth.AuthError is one
+        return None
+    if not isinstance(body, dict) or body.get("k") not in (topics.DATA, topics.EVENT):
+        return None
+    seq = body.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        return None
+    return seq
