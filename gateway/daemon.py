@@ -102,6 +102,9 @@ class Gateway:
                                self.handle_down, 50, BACKOFF_MAX_S, clock=self.stamp)
         self.accepted: Counter[str] = Counter()
         self.batches_redone = 0  # batches that failed whole and were redone one message at a time
+        # (device, number) of the last data or event message admitted: when a batch of that one message fails, its
+        # device's own number, confirmed once the message is kept as `internal`
+        self._admitted: tuple[str, int] | None = None
         self._redone_logged: float | None = None  # monotonic time of the last line saying so
         self.gaps = 0
         self.reloads_failed = 0
@@ -140,8 +143,10 @@ class Gateway:
         """`handle` a batch of one connection. A message that makes it fail (a bug, not bad input: checks
         never raise) is isolated by redoing the batch one message at a time, and kept in the quarantine as
         "internal", so that it cannot block its connection's queue (its batch, unacknowledged, would come again
-        and fail again). A store that refuses writes (a full disk) is no message's fault: the error goes to the
-        caller with nothing kept, the batch unacknowledged, and the broker delivers it again."""
+        and fail again); one that had passed every check is confirmed to its device, which would otherwise send it
+        again at every resend (docs/gateway.md, "Checks"). A store that refuses writes (a full disk) is no
+        message's fault: the error goes to the caller with nothing kept, the batch unacknowledged, and the broker
+        delivers it again."""
         try:
             handle(batch)
             return
@@ -159,6 +164,7 @@ class Gateway:
                   error=f"{type(failed).__name__}: {failed}", messages=len(batch), total=self.batches_redone)
             self._redone_logged = now
         for m in batch:
+            self._admitted = None
             try:
                 handle([m])
             except Exception as exc:
@@ -167,8 +173,12 @@ class Gateway:
                     raise
                 self.quarantine.put("internal", f"{type(exc).__name__}: {exc}", m.topic, m.payload, m.received,
                                     exc=exc)
+                if self._admitted is not None:  # its device's own number: confirmed, as a refused one is (_heard)
+                    self.confirmations.committed(*self._admitted)
+                    self.confirmations.flush()
                 self.conn.commit()
                 self._counted()
+                self.confirmations.committed_now()
 
     def _rollback(self) -> None:
         self.conn.rollback()
@@ -200,6 +210,7 @@ class Gateway:
                 continue
             self.accepted[checked.kind] += 1
             if checked.kind in (topics.DATA, topics.EVENT):
+                self._admitted = (checked.device.id, checked.body["seq"])
                 self._data(checked, m.received)
             elif checked.kind == topics.STATE:
                 self._state(checked, m.received)

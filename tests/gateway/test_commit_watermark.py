@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import admission
 from gateway.commit_watermark import Confirmations, done_body
 from gateway.daemon import Gateway
 from gateway.ingest import Incoming
@@ -116,6 +117,44 @@ def test_a_count_started_over_without_its_birth_is_confirmed_from_its_own_number
         assert confirmed(gw) == [(0, 0)]
         gw.handle_site([data(1, boot=2)])
         assert confirmed(gw) == [(0, 1)]
+    finally:
+        gw.conn.close()
+
+
+def test_a_message_the_gateway_failed_on_is_confirmed_once_it_is_kept(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message that passed every check and then met a bug of the gateway is kept as `internal`, in the
+    quarantine, by a commit of its own: its number is the device's (MAC, key id, a new number), so it is confirmed,
+    or the node would send it again at every connect and resend and pin its queue behind it. One whose decoding
+    itself failed has no number the gateway can trust: not confirmed."""
+    gw = site_gateway(tmp_path)
+    poison = data(5, boot=1)
+    put = gw.outbox.put_telemetry
+
+    def broken(dev: str, seq: int, *args: Any) -> None:
+        if seq == 5:
+            raise RuntimeError("a bug")
+        put(dev, seq, *args)
+
+    monkeypatch.setattr(gw.outbox, "put_telemetry", broken)
+    undecodable = data(12, boot=1)
+    decode = admission.decode
+
+    def failing(kind: str, raw: bytes, key_for: Any) -> Any:
+        if raw == undecodable.payload:
+            raise RuntimeError("a bug in the decoding")
+        return decode(kind, raw, key_for)
+
+    monkeypatch.setattr(admission, "decode", failing)
+    try:
+        gw.handle_site([data(seq, boot=1) for seq in range(5)] + [poison] + [data(seq, boot=1) for seq in (6, 7)])
+        assert gw.quarantine.counts == {"internal": 1} and gw.batches_redone == 1
+        assert confirmed(gw) == [(0, 7)]
+        gw.handle_site([undecodable, data(13, boot=1)])
+        assert gw.quarantine.counts == {"internal": 2}
+        assert confirmed(gw) == [(0, 7), (13, 13)]
+        gw.handle_site([poison])  # the node sent it again (the confirmation lost): kept and confirmed again
+        assert gw.quarantine.counts == {"internal": 3} and confirmed(gw) == [(0, 7), (13, 13)]
     finally:
         gw.conn.close()
 
