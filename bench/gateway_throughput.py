@@ -292,37 +292,24 @@ def bridge_prefix() -> str:
 # ------------------------------------------------------------------------------------------ measuring
 
 
-class Progress:
-    """One line a second on stderr while a phase waits."""
-
-    def __init__(self, label: str, offset: int = 0, rss: Callable[[], float | None] | None = None) -> None:
-        self.label = label
-        self.offset = offset
-        self.rss = rss
-        self.next = time.monotonic() + 1.0
-        self.started = time.monotonic()
-
-    def show(self, done: int, total: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if now < self.next and not force:
-            return
-        self.next = now + 1.0
-        mem = self.rss() if self.rss else None
-        extra = f", gateway RSS {mem:.0f} MB" if mem is not None else ""
-        done, total = done - self.offset, total - self.offset
-        print(f"  [{self.label}] {done:,}/{total:,} at the district after {now - self.started:.1f} s{extra}",
-              file=sys.stderr, flush=True)
+def gateway_progress(label: str, rss: Callable[[], float | None] | None) -> report.Progress:
+    """report.Progress with the gateway's RSS on each line."""
+    def mem() -> str:
+        mb = rss() if rss else None
+        return f", gateway RSS {mb:.0f} MB" if mb is not None else ""
+    return report.Progress(label, extra=mem)
 
 
-def wait_count(tally: Tally, total: int, timeout: float, progress: Progress) -> bool:
+def wait_count(tally: Tally, before: int, total: int, timeout: float, progress: report.Progress) -> bool:
+    """Poll until `total` more than `before` reached the district."""
     deadline = time.monotonic() + timeout
-    while len(tally.seen) < total:
+    while len(tally.seen) < before + total:
         if time.monotonic() > deadline:
-            progress.show(len(tally.seen), total, force=True)
+            progress.show(len(tally.seen) - before, total, "at the district", force=True)
             return False
-        progress.show(len(tally.seen), total)
+        progress.show(len(tally.seen) - before, total, "at the district")
         time.sleep(0.02)
-    progress.show(len(tally.seen), total, force=True)
+    progress.show(len(tally.seen) - before, total, "at the district", force=True)
     return True
 
 
@@ -340,7 +327,7 @@ def throughput(label: str, port: int, auth: tuple[str, str], load: Load, tally: 
     released = gen.go()
     meter = CpuMeter(procs)
     print(f"  [{label}] {total:,} messages released", file=sys.stderr, flush=True)
-    complete = wait_count(tally, before + total, timeout_for(total), Progress(label, before, rss))
+    complete = wait_count(tally, before, total, timeout_for(total), gateway_progress(label, rss))
     usage = meter.stop()
     published, first, last = gen.join()
     usage["cpu_s"]["load generator"] = round(gen.cpu_s, 2)
@@ -405,7 +392,7 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
     released = gen.go()
     print(f"  [alarms] background {sizes.background_rate:,.0f} msg/s for {span:.0f} s, {sizes.alarm_samples} "
           f"alarm readings every {sizes.alarm_interval_s * 1000:.0f} ms", file=sys.stderr, flush=True)
-    progress = Progress("alarms", 0, rss)
+    alarms = gateway_progress("alarms", rss)
     for k in range(sizes.alarm_samples):
         value = RED + k / 1000 if k % 2 == 0 else CLEAR - k / 10000
         topic, payload, _ = site.data(ALARM_DEV, [reading("ch4", value, "%LEL")])
@@ -415,11 +402,11 @@ def alarm_phase(site: Site, sizes: Sizes, first_seq: int, start_time: float, aut
             time.sleep(delay)
         probe.sent(value)
         client.publish(topic, payload, qos=1)
-        progress.show(len(probe.latency_s), sizes.alarm_samples)
+        alarms.show(len(probe.latency_s), sizes.alarm_samples, "at the district")
     deadline = time.monotonic() + 10
     while len(probe.latency_s) < sizes.alarm_samples and time.monotonic() < deadline:
         time.sleep(0.02)
-    complete = wait_count(tally, before + total, timeout_for(total), Progress("background", before, rss))
+    complete = wait_count(tally, before, total, timeout_for(total), gateway_progress("background", rss))
     published, first, last = gen.join()
     cpu_s = sum(meter.stop()["cpu_s"].values())
     client.loop_stop()

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,10 @@ class Progress:
     """A line on stderr at most every `every` seconds while a phase runs: a benchmark of minutes that says
     nothing cannot be told from a hung one."""
 
-    def __init__(self, label: str, every: float = 1.0) -> None:
+    def __init__(self, label: str, every: float = 1.0, extra: Callable[[], str] | None = None) -> None:
         self.label = label
         self.every = every
+        self.extra = extra  # read only when a line is printed: it may cost more than a poll should
         self.started = time.monotonic()
         self.next = self.started + every
 
@@ -53,8 +54,9 @@ class Progress:
         now = time.monotonic()
         if now >= self.next or force:
             self.next = now + self.every
-            print(f"  [{self.label}] {done:,}/{total:,} {what} after {now - self.started:.1f} s", file=sys.stderr,
-                  flush=True)
+            more = self.extra() if self.extra else ""
+            print(f"  [{self.label}] {done:,}/{total:,} {what} after {now - self.started:.1f} s{more}",
+                  file=sys.stderr, flush=True)
 
 
 def machine() -> dict[str, Any]:
