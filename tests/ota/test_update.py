@@ -147,6 +147,8 @@ def test_a_manifest_larger_than_the_updater_holds_is_refused_by_the_command(
         assert not (dev.flash / "ota.json").exists()
         dev.command(2, "ota", rel.command_args())
         assert on_version(listener, "0.2.0", 120), dev.console()
+        # The new release's birth goes out at its connect, its "ota" event from the queue after it.
+        assert listener.wait(lambda m: ota_events(listener), 30), dev.console()
         console = dev.console()
     listener.close()
     ack = listener.of(topics.ACK)[0]
