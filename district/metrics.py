@@ -122,14 +122,14 @@ class _Responses:
                 _add(self.total, hist, 1)
         else:
             events, acks, steps = self.changes
-            touched = union(
-                select(alarms.c.received).join(alarm_events, alarm_events.c.alarm == alarms.c.id)
-                .where(alarm_events.c.id > events.settled),
-                select(alarms.c.received).join(audit, audit.c.target == alarms.c.id)
-                .where(audit.c.id > acks.settled, audit.c.what == "ack"),
-                select(alarms.c.received).join(work_orders, work_orders.c.alarm == alarms.c.id)
-                .join(work_order_steps, work_order_steps.c.order_id == work_orders.c.id)
-                .where(work_order_steps.c.id > steps.settled))
+            # The changed alarms' ids from each table's rows past its watermark, then those alarms by their key:
+            # as joins, SQLite with statistics (ANALYZE) read every alarm or work order to find them, each scrape.
+            changed = union(
+                select(alarm_events.c.alarm).where(alarm_events.c.id > events.settled),
+                select(audit.c.target).where(audit.c.id > acks.settled, audit.c.what == "ack"),
+                select(work_orders.c.alarm).where(work_orders.c.id.in_(
+                    select(work_order_steps.c.order_id).where(work_order_steps.c.id > steps.settled))))
+            touched = select(alarms.c.received).where(alarms.c.id.in_(changed))
             for day in sorted({self._day(at) for at, in conn.execute(touched)}):
                 fresh = _hist(queries.alarm_measures(conn, received=(day * DAY, (day + 1) * DAY)), self._day)
                 _add(self.total, self.days.pop(day, {}), -1)

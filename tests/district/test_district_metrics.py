@@ -138,7 +138,9 @@ def test_a_scrape_shows_what_changed_since_the_last_as_a_count_of_everything_wou
 def test_a_scrape_after_the_first_reads_what_changed_not_the_history(tmp_path: Path) -> None:
     """Each scrape counted every message, alarm and order: 1.8 s at 50,000 orders (bench/district_reads.py), a
     core busy at a 15 s scrape interval, and more each year. The work of a scrape after the first, counted in
-    SQLite's virtual-machine steps, is now about the same for 10 times the history."""
+    SQLite's virtual-machine steps, is now about the same for 10 times the history, with the planner's
+    statistics too (ANALYZE): with them, finding the alarms that changed read every alarm and work order (3,577
+    steps, 32,377 for 10 times the history; now 387 and 387)."""
     def work(orders: int) -> int:
         engine = store.open_engine(str(tmp_path / f"{orders}.sqlite"))
         steps = [0]
@@ -150,6 +152,8 @@ def test_a_scrape_after_the_first_reads_what_changed_not_the_history(tmp_path: P
         engine.dispose()  # the connections open_engine made, without it
         now = time.time()
         history(engine, orders, now)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
         collector = DistrictCollector(engine)
         scraped(collector)
         with engine.begin() as conn:
