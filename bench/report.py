@@ -32,11 +32,13 @@ def save(path: Path, result: Any) -> Path:
 
 
 def print_rows(rows: Mapping[str, Mapping[str, Any]], cols: Sequence[str], width: int = 12) -> None:
-    """A table on the terminal: a line per profile, a column per figure, each cut to `width` characters."""
+    """A table on the terminal: a line per profile, a column per figure, at least `width` characters wide and
+    as wide as its name or widest figure, since a cut figure or name reads as another one."""
     names = max([9, *map(len, rows)])
-    print(f"{'profile':<{names}} " + " ".join(f"{c:>{width}.{width}}" for c in cols))
+    widths = [max(width, len(c), *(len(str(row[c])) for row in rows.values())) for c in cols]
+    print(f"{'profile':<{names}} " + " ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True)))
     for name, row in rows.items():
-        print(f"{name:<{names}} " + " ".join(f"{row[c]!s:>{width}.{width}}" for c in cols))
+        print(f"{name:<{names}} " + " ".join(f"{row[c]!s:>{w}}" for c, w in zip(cols, widths, strict=True)))
 
 
 class Progress:

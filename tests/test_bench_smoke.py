@@ -234,3 +234,13 @@ def test_a_soak_shorter_than_its_baseline_is_all_baseline() -> None:
     assert peaks(heap, reports, None) == (wk(heap - 50000), None)
     assert peaks(heap, reports, 5) == (wk(heap - 50000), wk(heap - 55000))
     assert peaks(heap, [], None) == (None, None)
+
+
+def test_a_benchmark_table_shows_every_name_and_figure_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    """Columns were cut to 12 characters: messages_a_round read 'messages_a_r' and 1234567.8901234567 read
+    '1234567.8901', a figure that looks whole and is not."""
+    from bench import report
+    report.print_rows({"ingest": {"messages_a_round": 5000, "x": 1234567.8901234567}}, ["messages_a_round", "x"])
+    head, row = capsys.readouterr().out.splitlines()
+    assert head.split() == ["profile", "messages_a_round", "x"]
+    assert row.split() == ["ingest", "5000", "1234567.8901234567"]
