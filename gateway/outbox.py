@@ -335,11 +335,16 @@ def queued(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float | None]
     commits between two reads would add those rows twice."""
     lanes: dict[str, tuple[int, float | None]] = {}
     used = 0
-    for lane, entries, size, oldest in conn.execute(
-            "SELECT l.lane, l.rows + coalesce(u.entries, 0), l.bytes + coalesce(u.size, 0), "
-            "(SELECT t FROM outbox WHERE lane = l.lane ORDER BY id LIMIT 1) FROM outbox_lanes AS l LEFT JOIN "
-            f"(SELECT lane, total(entries) AS entries, total(length(body)) + count(*) * {ROW_OVERHEAD} AS size "
-            "FROM outbox WHERE id > (SELECT id FROM outbox_counted) GROUP BY lane) AS u ON u.lane = l.lane"):
+    oldest_t = "(SELECT t FROM outbox WHERE lane = l.lane ORDER BY id LIMIT 1)"
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_counted'").fetchone() is None:
+        # A store made before it (an upgrade's, the daemon not yet started on it): a trigger counted every row.
+        query = f"SELECT l.lane, l.rows, l.bytes, {oldest_t} FROM outbox_lanes AS l"
+    else:
+        query = ("SELECT l.lane, l.rows + coalesce(u.entries, 0), l.bytes + coalesce(u.size, 0), "
+                 f"{oldest_t} FROM outbox_lanes AS l LEFT JOIN "
+                 f"(SELECT lane, total(entries) AS entries, total(length(body)) + count(*) * {ROW_OVERHEAD} AS size "
+                 "FROM outbox WHERE id > (SELECT id FROM outbox_counted) GROUP BY lane) AS u ON u.lane = l.lane")
+    for lane, entries, size, oldest in conn.execute(query):
         lanes[LANES[lane]] = (int(entries), oldest)
         used += int(size)
     return {name: lanes.get(name, (0, None)) for name in LANES}, used

@@ -59,6 +59,8 @@ async def test_an_old_store_is_upgraded_and_kept(site: Site) -> None:
     old = sqlite3.connect(site.dir / "gateway.sqlite")
     (alarm_id,) = old.execute("SELECT id FROM alarm_active").fetchone()
     old.close()
+    before = cli("status", "--config", str(site.config_path))  # before the upgrade: is the outbox drained?
+    assert "telemetry 18" in before.stdout, before.stdout + before.stderr
     gw = GatewayProcess(site)
     try:
         async with District(site) as district, site.device_client("gas1") as gas1:
