@@ -1,7 +1,7 @@
 """A site box upgraded in place keeps its store: today's gateway started on a store an older release made
 (tests/gateway/store_upgrade/, each the `sqlite3 .dump` of a store that release's daemon left with its district
 link down: a backlog, an open orange alarm on gas1, a message quarantined) forwards the backlog once, keeps
-the alarm, the sequence windows and the quarantine."""
+the alarm, the sequence windows and the quarantine (docs/gateway.md, "A store survives an upgrade in place")."""
 
 from __future__ import annotations
 
@@ -86,6 +86,8 @@ async def test_an_old_store_is_upgraded_and_kept(site: Site) -> None:
             assert set(delivered(district)) == BACKLOG | {("gas1", 10), ("gas1", 11)}
             assert set(delivered(district).values()) == {1}
             assert district.recorder.refused == []
+            assert [(b["dev"], b["st"], b.get("hist")) for b in district.of(dtopics.UP_STATE)] == [
+                ("gas1", "online", True), ("gas2", "online", True)]  # the backlog's births, once each
         status = cli("status", "--config", str(site.config_path))
         assert status.returncode == 0, status.stderr
         row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["gas1"])
