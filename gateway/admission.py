@@ -118,7 +118,7 @@ class Checker:
         if not decoded[0]:
             self._reject(decoded[1], decoded[2], topic, raw, now)
             if decoded[1] == "schema" and kind in (topics.DATA, topics.EVENT):
-                seq = own_number(raw, dev, device.key)
+                seq = own_number(raw, kind, dev, device.key)
                 if seq is not None:
                     self.kept = (dev, seq)
             return None

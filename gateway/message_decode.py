@@ -87,19 +87,21 @@ def decode(kind: str, raw: bytes, key_for: Callable[[bytes], bytes | None]) -> D
     return True, body, records
 
 
-def own_number(raw: bytes, dev: str, key: bytes) -> int | None:
+def own_number(raw: bytes, kind: str, dev: str, key: bytes) -> int | None:
     """The sequence number of a message refused as `schema` on `dev`'s data or event topic, when it is one `dev`'s
-    queue issued: sealed with `dev`'s own key under its own key id, and a data or event body (a will's number is
-    the next one, not one used) whose seq is a number. None otherwise. The gateway confirms it once the message is
-    in the quarantine, so the node forgets a record it would otherwise hold and send again at every resend. Run
-    only on a refusal, so the MAC is checked a second time rather than carried out of `decode` for every message."""
+    queue issued for that topic: sealed with `dev`'s own key under its own key id, a body of the topic's kind (a
+    will's number is the next one, not one used; a node never sends one kind on the other's topic, so such a copy
+    is someone else's, while the record it copies may still be on its way) and a seq that is a number. None
+    otherwise. The gateway confirms it once the message is in the quarantine, so the node forgets a record it
+    would otherwise hold and send again at every resend. Run only on a refusal, so the MAC is checked a second time
+    rather than carried out of `decode` for every message."""
     kid = dev.encode()
     try:
         payload = auth.verify(raw, lambda k: key if k == kid else None, loads_one)[1]
         body = loads_one(payload)
     except ValueError:  # auth.AuthError is one
         return None
-    if not isinstance(body, dict) or body.get("k") not in (topics.DATA, topics.EVENT):
+    if not isinstance(body, dict) or body.get("k") != kind or kind not in (topics.DATA, topics.EVENT):
         return None
     seq = body.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
