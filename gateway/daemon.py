@@ -189,6 +189,7 @@ class Gateway:
         self.ota.rollback()
         self.alarms = self._alarm_engine()
         self.quarantine.rollback()
+        self.checker.kept = None  # noted for a row that went back: confirmed by the next refusal, it was nowhere
         accepted, dropped, flagged, self.gaps = self._counts
         for live, saved in ((self.accepted, accepted), (self.checker.dropped, dropped),
                             (self.checker.flagged, flagged)):

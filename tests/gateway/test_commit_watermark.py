@@ -87,17 +87,17 @@ def test_a_birth_below_the_committed_numbers_starts_the_ranges_over() -> None:
 KEY = bytes(range(32))
 
 
-def site_gateway(tmp_path: Path) -> Gateway:
+def site_gateway(tmp_path: Path, ingest: str = "") -> Gateway:
     (tmp_path / "site.toml").write_text(
         f'[site]\nid = "s1"\n[site_broker]\nhost = "127.0.0.1"\n[district_broker]\nhost = "127.0.0.1"\n'
-        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n'
+        f'[store]\npath = "{tmp_path / "gw.sqlite"}"\n[ingest]\n{ingest}\n'
         f'[[devices]]\nid = "d1"\nclass = "gas"\nkey = "{KEY.hex()}"\n')
     return Gateway(load(tmp_path / "site.toml"))
 
 
-def data(seq: int, boot: int) -> Incoming:
-    pack = senml.pack([senml.record("ch4", 1.5, "%LEL", 1_800_000_000.0)], bn="d1:")
-    return Incoming(topics.device("s1", "d1", topics.DATA), message.encode(message.data("d1", boot, seq, pack), KEY),
+def data(seq: int, boot: int, records: int = 1, key: bytes = KEY) -> Incoming:
+    pack = senml.pack([senml.record("ch4", 1.5, "%LEL", 1_800_000_000.0)] * records, bn="d1:")
+    return Incoming(topics.device("s1", "d1", topics.DATA), message.encode(message.data("d1", boot, seq, pack), key),
                     False, 1_800_000_000.0)
 
 
@@ -155,6 +155,26 @@ def test_a_message_the_gateway_failed_on_is_confirmed_once_it_is_kept(tmp_path: 
         assert confirmed(gw) == [(0, 7), (13, 13)]
         gw.handle_site([poison])  # the node sent it again (the confirmation lost): kept and confirmed again
         assert gw.quarantine.counts == {"internal": 3} and confirmed(gw) == [(0, 7), (13, 13)]
+    finally:
+        gw.conn.close()
+
+
+def test_a_replay_a_full_disk_kept_out_of_the_quarantine_is_not_confirmed_by_the_next_refusal(tmp_path: Path) -> None:
+    """A replay's number is confirmed once its quarantine row commits. The disk filled as the row went in: the
+    batch rolled back and stayed with the broker, but the number stayed noted, and the next message refused for
+    anything (here a forgery, its MAC bad) confirmed it: the node forgot a record the gateway neither had nor kept.
+    The full disk is SQLite's own: the store may not grow past the pages it has."""
+    gw = site_gateway(tmp_path, "seq_window = 16")
+    try:
+        gw.handle_site([data(seq, boot=1) for seq in range(30) if seq != 2])  # 2 stays on the node
+        assert confirmed(gw) == [(0, 1), (3, 29)]
+        gw.conn.execute(f"PRAGMA max_page_count = {gw.conn.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):  # 2 is below the floor: a replay, 4,069 bytes
+            gw.handle_site([data(2, boot=1, records=149)])
+        gw.conn.execute("PRAGMA max_page_count = 1000000")
+        gw.handle_site([data(40, boot=1, key=bytes(32))])
+        assert gw.quarantine.counts == {"bad-mac": 1}
+        assert confirmed(gw) == [(0, 1), (3, 29)]
     finally:
         gw.conn.close()
 
