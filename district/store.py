@@ -438,12 +438,13 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     dropped and the alarm stayed historical for good. True if it was made live; `revived` says when, from which
     its alarm -> ack counts (district/queries.py). Not for one the officer acknowledged while it was historical:
     its clock is not started again after its ack (ack minus revived came out negative and the figure silently
-    lost it), and it counts from when the desk received it."""
+    lost it), and it counts from when the desk received it. A row without a number is matched by a numbered resend
+    too, as in apply_alarm."""
     step = body.get("step")
     revived = conn.execute(update(alarms).where(
         alarms.c.id == body["id"], alarms.c.site == site, alarms.c.hist.is_(True), alarms.c.state == "open",
         alarms.c.t_last == float(body["t_gw"]), alarms.c.level == body.get("level"),
-        alarms.c.step.is_(None) if step is None else alarms.c.step == step)
+        alarms.c.step.is_(None) if step is None else (alarms.c.step == step) | alarms.c.step.is_(None))
         .values(hist=False, revived=case((alarms.c.acked.is_(None), received), else_=alarms.c.received))
         .returning(alarms.c.level)).first()
     if revived is None:

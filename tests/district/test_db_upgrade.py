@@ -138,3 +138,19 @@ def test_the_sites_resends_after_an_upgrade_are_not_new(upgraded: Engine) -> Non
                                      received=time.time())
         assert store.add_message(conn, "s1", "gas2", seq_of(last.seq_key) + 1, last.boot, reading,
                                  received=time.time())
+
+
+def test_a_backlogs_alarm_its_upgraded_gateway_re_sends_live_is_live(upgraded: Engine) -> None:
+    """gas2's blue as an older release stored an alarm raised in its site's backlog (historical, the alarm and its
+    transition): today's gateway, upgraded on its store, re-sends it live (step 0, gateway/alarms.py) while it is
+    unacknowledged, which makes it live on the board, as a resend from a gateway without numbers does."""
+    with upgraded.begin() as conn:
+        blue = alarm_of(conn, "gas2")
+        conn.execute(alarms.update().where(alarms.c.id == blue.id).values(hist=True))
+        conn.execute(alarm_events.update().where(alarm_events.c.alarm == blue.id).values(hist=True))
+        body = {"id": blue.id, "ev": "raised", "kind": "level", "dev": "gas2", "level": "blue", "t_gw": blue.t_last,
+                "step": blue.step or 0, "resend": 3}
+        new = store.apply_alarm(conn, "s1", body, received=time.time())
+        assert not new
+        assert store.resent_alarm(conn, "s1", body, new=new, received=time.time(), hist=False).revived
+        assert [(a["dev"], a["state"]) for a in queries.open_alarms(conn, {})] == [("gas2", "open")]
