@@ -85,8 +85,9 @@ class Checker:
         self.flagged: Counter[str] = Counter()  # readings by clock verdict other than ok
         # (device, number) of the last data or event message not admitted that the gateway nonetheless holds, until
         # the ingest takes it to confirm: a duplicate (committed before), or a message of the device's own MAC and
-        # number refused as `schema` or `replay` (in the quarantine once the batch commits). Its device holds it
-        # until a confirmation names it, and sends it again at every connect and resend otherwise.
+        # number refused as `schema` (in the quarantine once the batch commits). Its device holds it until a
+        # confirmation names it, and sends it again at every connect and resend otherwise. Not a replay: after a
+        # bogus huge number every genuine message is one until the device's next boot, which takes them.
         self.kept: tuple[str, int] | None = None
 
     def _reject(self, reason: str, detail: str, topic: str, raw: bytes, now: float) -> None:
@@ -130,7 +131,7 @@ class Checker:
         if kind in (topics.DATA, topics.EVENT):
             verdict = self.sequence.check(dev, body["seq"], now, body["boot"])
             if verdict is not Verdict.NEW:
-                if verdict in (Verdict.DUPLICATE, Verdict.REPLAY):
+                if verdict is Verdict.DUPLICATE:
                     self.kept = (dev, body["seq"])
                 self._new(verdict, f"seq {body['seq']} is at or below the window floor", topic, raw, now)
                 return None

@@ -243,9 +243,10 @@ class Gateway:
         """A device message not admitted (a re-sent duplicate, say): its device is confirmed again. A duplicate
         goes back into the confirmation, which may have given its number up (commit_watermark): the device holds
         it still, or it would not have sent it again. So does a message of the device's own MAC and number that was
-        refused (schema, replay): kept in the quarantine by this batch's commit, it is confirmed, or the node would
-        hold it, its queue pinned behind it, and send it again at every connect and resend. A message whose MAC or
-        number is not the device's moves no confirmation: a forger could make a node forget real readings."""
+        refused as schema: kept in the quarantine by this batch's commit, it is confirmed, or the node would hold it,
+        its queue pinned behind it, and send it again at every connect and resend. A message whose MAC or number is
+        not the device's moves no confirmation: a forger could make a node forget real readings. Nor does a replay
+        (docs/gateway.md, "Checks")."""
         kept, self.checker.kept = self.checker.kept, None
         if kept is not None:
             self.confirmations.committed(*kept)

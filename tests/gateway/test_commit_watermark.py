@@ -160,10 +160,11 @@ def test_a_message_the_gateway_failed_on_is_confirmed_once_it_is_kept(tmp_path: 
 
 
 def test_a_replay_a_full_disk_kept_out_of_the_quarantine_is_not_confirmed_by_the_next_refusal(tmp_path: Path) -> None:
-    """A replay's number is confirmed once its quarantine row commits. The disk filled as the row went in: the
-    batch rolled back and stayed with the broker, but the number stayed noted, and the next message refused for
-    anything (here a forgery, its MAC bad) confirmed it: the node forgot a record the gateway neither had nor kept.
-    The full disk is SQLite's own: the store may not grow past the pages it has."""
+    """When replays were confirmed (eb1ceb1), the Checker noted the number before the quarantine row went in. The
+    disk filled at the row: the batch rolled back and stayed with the broker, but the number stayed noted, and the
+    next message refused for anything (here a forgery, its MAC bad) confirmed it: the node forgot a record the
+    gateway neither had nor kept. A replay is now never confirmed (test_refused_confirmed), and a rollback drops
+    whatever the failed batch noted. The full disk is SQLite's own: the store may not grow past the pages it has."""
     gw = site_gateway(tmp_path, "seq_window = 16")
     try:
         gw.handle_site([data(seq, boot=1) for seq in range(30) if seq != 2])  # 2 stays on the node
