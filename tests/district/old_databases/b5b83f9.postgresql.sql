@@ -2,8 +2,10 @@
 -- its service run against a real Mosquitto, that commit's gateway forwarding a virtual site (lifeline/virtual/site.py,
 -- device keys bytes([1]) * 32 for gas1 and bytes([2]) * 32 for gas2), and its desk driven through its HTTP API: gas1
 -- rose orange then red, acknowledged, dispatched, reported, sent back with a correction, dispatched again, then
--- cleared; gas2's blue alarm stayed unacknowledged. Dumped with pg_dump --inserts --no-owner --no-privileges after the service stopped; the users' and
--- sessions' rows dropped, and the dump's comments. tests/district/test_db_upgrade.py starts today's district on it.
+-- cleared; gas2's blue alarm stayed unacknowledged. Dumped with pg_dump --inserts --no-owner --no-privileges
+-- after the service stopped; the users' and sessions' rows dropped, the dump's comments, and its \restrict and
+-- \unrestrict lines (psql's, which a driver cannot run). tests/district/test_db_upgrade.py starts today's
+-- district on it.
 SET statement_timeout = 0;
 SET lock_timeout = 0;
 SET idle_in_transaction_session_timeout = 0;
