@@ -10,7 +10,8 @@ and order at each scrape, one took 1.8 s at 50,000 orders (bench/district_reads.
 scrape interval, and growing with the years. The collector keeps counts of the messages and refusals, and
 the response-time buckets of each day's alarms (by when the district received them) and their orders. Every
 change to those is a new row of an append-only table (a transition in alarm_events, an ack in audit, a step in
-work_order_steps), so a scrape reads the rows past the last it read, and counts again the days they touch.
+work_order_steps, a backlog's alarm made live in alarm_revivals), so a scrape reads the rows past the last it
+read, and counts again the days they touch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Column, Connection, Engine, func, literal_column, select, union
 
 from district import queries, store
-from district.schema import alarm_events, alarms, audit, messages, refusals, sites, work_order_steps, work_orders
+from district.schema import (
+    alarm_events,
+    alarm_revivals,
+    alarms,
+    audit,
+    messages,
+    refusals,
+    sites,
+    work_order_steps,
+    work_orders,
+)
 from gateway.logs import event
 
 log = logging.getLogger("lifeline.district.metrics")
@@ -112,7 +123,8 @@ class _Responses:
         self.days: dict[int, Hist] | None = None  # read whole at the first scrape
         self.total: Hist = {}
         self.changes = (_Tail(alarm_events.c.id, alarm_events.c.received), _Tail(audit.c.id, audit.c.at),
-                        _Tail(work_order_steps.c.id, work_order_steps.c.at))
+                        _Tail(work_order_steps.c.id, work_order_steps.c.at),
+                        _Tail(alarm_revivals.c.id, alarm_revivals.c.received))
 
     def read(self, conn: Connection, now: float) -> Hist:
         settle = [tail.settle(conn, now) for tail in self.changes]
@@ -121,14 +133,15 @@ class _Responses:
             for hist in self.days.values():
                 _add(self.total, hist, 1)
         else:
-            events, acks, steps = self.changes
+            events, acks, steps, revivals = self.changes
             # The changed alarms' ids from each table's rows past its watermark, then those alarms by their key:
             # as joins, SQLite with statistics (ANALYZE) read every alarm or work order to find them, each scrape.
             changed = union(
                 select(alarm_events.c.alarm).where(alarm_events.c.id > events.settled),
                 select(audit.c.target).where(audit.c.id > acks.settled, audit.c.what == "ack"),
                 select(work_orders.c.alarm).where(work_orders.c.id.in_(
-                    select(work_order_steps.c.order_id).where(work_order_steps.c.id > steps.settled))))
+                    select(work_order_steps.c.order_id).where(work_order_steps.c.id > steps.settled))),
+                select(alarm_revivals.c.alarm).where(alarm_revivals.c.id > revivals.settled))
             touched = select(alarms.c.received).where(alarms.c.id.in_(changed))
             for day in sorted({self._day(at) for at, in conn.execute(touched)}):
                 fresh = _hist(queries.alarm_measures(conn, received=(day * DAY, (day + 1) * DAY)), self._day)

@@ -201,6 +201,16 @@ alarm_events = Table(
 ALARM_EVENTS_ONCE = Index("alarm_events_once", alarm_events.c.alarm, alarm_events.c.ev, alarm_events.c.t_gw,
                           func.coalesce(alarm_events.c.step, -1), unique=True)
 
+# A backlog's alarm made live by its gateway's live resend (district/store.py revive_alarm): no transition (the
+# resend is one the district has) and no officer's action, but a change to what the metrics count (an ack given
+# while it was historical now counts), which they find in the rows past those they read (district/metrics.py)
+alarm_revivals = Table(
+    "alarm_revivals", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("alarm", String(32), nullable=False),
+    Column("received", Float, nullable=False),
+)
+
 work_orders = Table(
     "work_orders", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),

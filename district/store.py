@@ -46,6 +46,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from district import schema
 from district.schema import (
     alarm_events,
+    alarm_revivals,
     alarms,
     audit,
     devices,
@@ -439,7 +440,8 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
     its alarm -> ack counts (district/queries.py). Not for one the officer acknowledged while it was historical:
     its clock is not started again after its ack (ack minus revived came out negative and the figure silently
     lost it), and it counts from when the desk received it. A row without a number is matched by a numbered resend
-    too, as in apply_alarm."""
+    too, as in apply_alarm. A row of alarm_revivals tells the metrics (district/metrics.py), which read only rows
+    past those they read: an ack given while it was historical counts now, and they missed it."""
     step = body.get("step")
     revived = conn.execute(update(alarms).where(
         alarms.c.id == body["id"], alarms.c.site == site, alarms.c.hist.is_(True), alarms.c.state == "open",
@@ -449,6 +451,7 @@ def revive_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receiv
         .returning(alarms.c.level)).first()
     if revived is None:
         return False
+    conn.execute(alarm_revivals.insert().values(alarm=body["id"], received=received))
     if revived.level in WORK_ORDER_LEVELS:
         _open_order(conn, site, body, received)
     return True
