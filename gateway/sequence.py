@@ -18,6 +18,15 @@ highest number wrong, since a counter that survives reboots only grows. The wind
 number, as a Sparkplug host restarts on a new bdSeq. A replay cannot do this: a recorded message of a newer
 boot carries a number above everything its device sent before it.
 
+After a restart the window admits the older boots' backlog below the number the restarting boot began at (a
+device whose counter sent one bogus number still holds it), but an older boot's message at or above that number
+is no backlog: that boot's counter stood below it, so it is a recording (or the bogus number itself), a replay,
+and so is such a boot's birth (its will is stale). Admitted, it would take the new count's number, and the
+device's own message of it would be a duplicate, confirmed: the node forgets a reading the gateway never stored.
+A wiped node begins at 0 again, so all of its old count is refused. Each restart's (boot, first number) is kept,
+so a later restart does not undo an earlier one's limit (a wiped node whose counter then went bogus); the oldest
+goes past `MAX_RESTARTS`, and the boots before it take the next one's limit.
+
 State is one JSON row per device, written by `flush()` inside the ingest batch's transaction (this module
 never commits). JSON text, not an SQLite INTEGER (signed 64-bit), so numbers up to 2^64-1 are stored exact.
 """
@@ -38,6 +47,7 @@ from gateway.store import from_json, to_json
 log = logging.getLogger("lifeline.gateway.sequence")
 
 MAX_HOLES = 1024
+MAX_RESTARTS = 8
 
 
 class Verdict(enum.Enum):
@@ -85,20 +95,31 @@ class _Device:
     replays: int = 0
     gaps: int = 0
     high_boot: int = -1  # the newest boot of the numbers in the window
+    # (boot, first number) of each restart, oldest first, first numbers rising (recorded()); most devices share ()
+    restarts: tuple[tuple[int, int], ...] = ()
 
     def to_json(self) -> str:
         holes = [[h.first, h.last, h.since, h.reported] for h in self.holes]
         return to_json([self.floor, self.low, self.high, holes, self.state_key, self.boot,
-                        self.duplicates, self.replays, self.gaps, self.high_boot])
+                        self.duplicates, self.replays, self.gaps, self.high_boot, self.restarts])
 
     @classmethod
     def from_json(cls, text: str) -> _Device:
         f, lo, hi, holes, sk, boot, d, r, g, *rest = from_json(text)
         # A row written before boots were kept: its window is taken to be of the newest boot born, so only a
-        # later boot can restart it.
+        # later boot can restart it. One written before restarts were kept knows none.
         high_boot = rest[0] if rest else boot
+        restarts = tuple((b, s) for b, s in rest[1]) if len(rest) > 1 else ()
         return cls(f, lo, hi, [_Hole(*h) for h in holes] if holes else _NO_HOLES, None if sk is None else tuple(sk),
-                   boot, d, r, g, high_boot)
+                   boot, d, r, g, high_boot, restarts)
+
+    def recorded(self, boot: int, seq: int) -> bool:
+        """Whether number `seq` of boot `boot` is at or above where a later boot's restart began: no older
+        boot's own (its counter stood below there), so a recording, or the bogus number itself."""
+        for b, first in self.restarts:
+            if boot < b:
+                return seq >= first
+        return False
 
 
 class SequenceTracker:
@@ -135,7 +156,7 @@ class SequenceTracker:
         if boot > d.high_boot and seq <= d.high:
             self._restart(dev, d, boot, seq, seq)
             self.restarted.add(dev)
-        if seq <= d.floor:
+        if seq <= d.floor or (d.restarts and d.recorded(boot, seq)):
             d.replays += 1
             return Verdict.REPLAY
         if d.low is None:
@@ -170,6 +191,8 @@ class SequenceTracker:
         they lie between numbers of which one was wrong."""
         event(log, "sequence", logging.WARNING, kind="reset", dev=dev, boot=boot, seq=seq, high=d.high)
         d.floor, d.low, d.high, d.holes, d.high_boot = max(last - self.window, -1), None, -1, _NO_HOLES, boot
+        # An earlier restart at or above `seq` says no more than this one; the oldest go past MAX_RESTARTS.
+        d.restarts = (*[r for r in d.restarts if r[1] < seq][1 - MAX_RESTARTS:], (boot, seq))
 
     def _fill(self, dev: str, d: _Device, seq: int) -> bool:
         i = bisect.bisect_right(d.holes, seq, key=lambda h: h.first) - 1
@@ -200,7 +223,8 @@ class SequenceTracker:
 
     def check_state(self, dev: str, boot: int, seq: int, online: bool, retained: bool = False) -> Verdict:
         """A birth or death. An older boot's birth is a replay; an older boot's death is a late will. A birth
-        of a newer boot whose next number is not above the highest seen restarts the window. The same state
+        of a newer boot whose next number is not above the highest seen restarts the window; after it, an older
+        boot's birth at or above where the restart began is a replay, its will stale. The same state
         again is the device's duplicate, unless `retained`: the broker sends its copy at every subscribe (each
         gateway restart or reconnect), which says nothing of the device."""
         d = self._dev(dev)
@@ -210,7 +234,7 @@ class SequenceTracker:
                 return Verdict.RETAINED
             d.duplicates += 1
             return Verdict.DUPLICATE
-        if d.state_key is not None and (boot, seq) < d.state_key[:2]:
+        if (d.state_key is not None and (boot, seq) < d.state_key[:2]) or d.recorded(boot, seq):
             if online:
                 d.replays += 1
                 return Verdict.REPLAY

@@ -109,8 +109,8 @@ def test_a_newer_boot_birth_resets_a_window_locked_by_a_bogus_number() -> None:
     assert t.check("d1", 106, 1.0, 1) is Verdict.NEW  # the old boot's backlog, inside the new window
     assert t.check("d1", 102, 1.0, 1) is Verdict.REPLAY  # below the new window: still a replay
     assert t.check("d1", 107, 1.0, 2) is Verdict.DUPLICATE
-    assert t.check("d1", 2 ** 64 - 1, 1.0, 1) is Verdict.NEW  # the bogus message again: a newer boot is
-    assert t.check("d1", 108, 1.0, 2) is Verdict.REPLAY  # needed to recover again, and the next one does
+    assert t.check("d1", 2 ** 64 - 1, 1.0, 1) is Verdict.REPLAY  # the bogus message again: boot 1 stood below 107
+    assert t.check("d1", 108, 1.0, 2) is Verdict.NEW
     assert t.check_state("d1", 3, 109, True) is Verdict.NEW
     assert t.check("d1", 109, 2.0, 3) is Verdict.NEW
 
@@ -151,10 +151,12 @@ def test_state_stored_before_boots_were_tracked_loads_and_keeps_its_floor() -> N
     SequenceTracker(conn)
     old = "[90, 91, 100, [], [3, 101, true], 3, 0, 0, 0]"  # the nine fields of the earlier format
     conn.execute("INSERT INTO seq_state (dev, state) VALUES ('d1', ?)", (old,))
+    conn.execute("INSERT INTO seq_state (dev, state) VALUES ('d2', ?)", (old[:-1] + ", 3]",))  # before restarts
     t = SequenceTracker(conn, 10, 10.0)
-    assert t.check("d1", 90, 0.0, 3) is Verdict.REPLAY
-    assert t.check("d1", 95, 0.0, 3) is Verdict.DUPLICATE
-    assert t.check("d1", 101, 0.0, 3) is Verdict.NEW
+    for dev in ("d1", "d2"):
+        assert t.check(dev, 90, 0.0, 3) is Verdict.REPLAY
+        assert t.check(dev, 95, 0.0, 3) is Verdict.DUPLICATE
+        assert t.check(dev, 101, 0.0, 3) is Verdict.NEW
 
 
 def test_due_finds_a_new_hole_of_a_settled_device_and_holes_loaded_from_the_store() -> None:
@@ -198,8 +200,8 @@ def test_devices_without_holes_share_nothing_with_those_that_have_some() -> None
     assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [3, 1, 2]
     assert t.check_state("d1", 2, 5, True) is Verdict.NEW  # a newer boot below the highest: the window restarts
     assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [0, 1, 2]
-    t.check("d1", 3, 0.0)
-    t.check("d1", 6, 0.0)
+    t.check("d1", 3, 0.0, 2)
+    t.check("d1", 6, 0.0, 2)
     assert [t.open_holes(d) for d in ("d1", "d2", "d3")] == [2, 1, 2]
 
 
@@ -226,3 +228,63 @@ def test_a_rolled_back_batch_takes_only_its_own_gap_reports() -> None:
     conn.rollback()
     assert sorted((g.dev, g.first, g.last, g.kind) for g in t.due(14.0)) == [
         ("d1", 2, 2, "recovered"), ("d2", 21, 24, "gap"), ("d2", 26, 30, "gap")]
+
+
+def wiped(window: int = 1000) -> SequenceTracker:
+    """Device d1 of boot 1 at numbers 0..9, then wiped and reflashed: boot 2 counts from 0 again."""
+    t = tracker(window=window)
+    t.check_state("d1", 1, 0, True)
+    for s in range(10):
+        assert t.check("d1", s, 0.0, 1) is Verdict.NEW
+    return t
+
+
+def test_after_a_restart_an_older_boots_number_at_or_above_the_new_start_is_a_replay() -> None:
+    """A recording of the old count (published again, or delivered late) must not take the new count's numbers:
+    admitted, its readings were stored as new and the node's own message of that number became a duplicate,
+    confirmed to the node, which forgot a reading the gateway never stored."""
+    t = wiped()
+    assert t.check_state("d1", 2, 0, True) is Verdict.NEW  # the wiped node's birth: its counter says 0
+    assert t.check("d1", 3, 1.0, 1) is Verdict.REPLAY  # boot 1's 3, recorded
+    assert t.check("d1", 3, 1.0, 2) is Verdict.NEW  # the node's own 3
+    assert t.check("d1", 9, 1.0, 1) is Verdict.REPLAY
+    assert t.stats("d1")[:2] == (0, 2)
+
+
+def test_a_data_restart_refuses_the_older_boots_recordings_and_births_too() -> None:
+    t = wiped()
+    assert t.check("d1", 0, 1.0, 2) is Verdict.NEW  # the birth was lost: boot 2's first message restarts
+    assert t.check("d1", 5, 1.0, 1) is Verdict.REPLAY
+    assert t.check("d1", 5, 1.0, 2) is Verdict.NEW
+    assert t.check_state("d1", 1, 10, True) is Verdict.REPLAY  # boot 1's birth at a reconnect, recorded
+    assert t.check_state("d1", 1, 10, False) is Verdict.STALE  # its will: the device is not dead
+    assert t.check_state("d1", 2, 6, True) is Verdict.NEW  # boot 2's own birth, late
+
+
+def test_restarts_keep_each_older_boots_limit() -> None:
+    """A wiped node (boot 2 from 0) whose counter later sent a bogus number (boot 3 restarts at 10): boot 2's
+    backlog below 10 is its own, but boot 1's numbers are all recordings, as the first restart said."""
+    t = wiped(window=100)
+    assert t.check_state("d1", 2, 0, True) is Verdict.NEW
+    for s in range(8):
+        assert t.check("d1", s, 1.0, 2) is Verdict.NEW
+    assert t.check("d1", 2 ** 64 - 1, 1.0, 2) is Verdict.NEW
+    assert t.check("d1", 8, 1.0, 2) is Verdict.REPLAY  # locked out: held on the node
+    assert t.check_state("d1", 3, 10, True) is Verdict.NEW
+    assert t.check("d1", 8, 2.0, 2) is Verdict.NEW  # boot 2's backlog
+    assert t.check("d1", 9, 2.0, 1) is Verdict.REPLAY  # boot 1's, recorded
+    assert t.check("d1", 2 ** 64 - 1, 2.0, 2) is Verdict.REPLAY  # the bogus number again
+    assert t.check("d1", 10, 2.0, 3) is Verdict.NEW
+
+
+def test_the_restarts_survive_flush_and_reload() -> None:
+    conn = sqlite3.connect(":memory:")
+    t = SequenceTracker(conn, 1000, 10.0)
+    for s in range(10):
+        t.check("d1", s, 0.0, 1)
+    t.check_state("d1", 2, 0, True)
+    t.flush()
+    conn.commit()
+    again = SequenceTracker(conn, 1000, 10.0)
+    assert again.check("d1", 4, 1.0, 1) is Verdict.REPLAY
+    assert again.check("d1", 4, 1.0, 2) is Verdict.NEW
