@@ -30,7 +30,7 @@ from gateway.uplink import Uplink
 from lifeline.virtual import recorder
 from lifeline.virtual.broker import Mosquitto, free_port
 from lifeline.virtual.faultlog import FaultLog
-from protocol import district, senml_resolve
+from protocol import district, message, senml, senml_resolve
 
 SITE = "site-a"
 T0 = 1_763_900_000.0
@@ -574,10 +574,14 @@ async def test_no_publish_is_larger_than_a_district_worker_takes(tmp_path: Path)
 
 
 def small_batches(ob: Outbox, batches: range) -> None:
-    """Ingest batches of three device messages each: a row each."""
+    """Ingest batches of three device messages each, each row as the daemon stores it (the device's sealed
+    message): a row each. A row of resolved readings alone is what a store made before 2026-12-04 holds, which
+    goes up as the site's summaries (test_store_upgrade)."""
     for batch in batches:
         for seq in range(batch * 3 + 1, batch * 3 + 4):
-            ob.put_telemetry("dev-1", seq, 4, [{"n": "ch4", "u": "%LEL", "t": T0 + seq, "v": 0.5}])
+            pack = senml.pack([senml.record("ch4", 0.5, "%LEL", T0 + seq)], bn="dev-1:")
+            sealed = message.encode(message.data("dev-1", 4, seq, pack), bytes(32))
+            ob.put_telemetry("dev-1", seq, 4, [{"n": "ch4", "u": "%LEL", "t": T0 + seq, "v": 0.5}], sealed=sealed)
         commit(ob)
 
 
