@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Executable, event
 
 from district import accounts, store, upstream
 from district.desk import make_app
@@ -166,6 +166,63 @@ class Downlinks:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class HeldLock:
+    """SQLite's write lock (or on PostgreSQL the rows `take` selects FOR UPDATE), held from a connection of the
+    test's own until `beats` beats (the loop, or the desk, went on) came while another connection waited on it
+    with a write, or until DEADLINE_S, which only a stalled loop reaches. Whether the desk went on beside the
+    waiting write is then an order, which a loaded machine cannot break as it broke timed gaps."""
+
+    DEADLINE_S = 8.0  # under SQLite's busy timeout (10 s), so a stalled loop's write still gets the lock
+
+    def __init__(self, engine: Engine, beats: int = 5) -> None:
+        self.engine, self.beats, self.beats_held = engine, beats, 0
+        self.waiting = threading.Event()
+        self.released = False
+        self.holder = engine.connect()
+        self._held = False
+        self._mutex = threading.Lock()
+        self._deadline = threading.Timer(self.DEADLINE_S, self.release)
+        event.listen(engine, "before_cursor_execute", self._executing)
+
+    def take(self, rows: Executable | None = None) -> None:
+        self.holder.begin()  # on SQLite, BEGIN IMMEDIATE: the whole database's write lock
+        if rows is not None:
+            self.holder.execute(rows)
+        self._held = True
+        self._deadline.start()
+
+    def _executing(self, conn: Connection, cursor: Any, statement: str, *rest: Any) -> None:
+        if self._held and conn is not self.holder and statement.startswith(("BEGIN IMMEDIATE", "UPDATE", "INSERT")):
+            self.waiting.set()
+
+    def beat(self) -> None:
+        with self._mutex:
+            if self.released or not self.waiting.is_set():
+                return
+            self.beats_held += 1
+            if self.beats_held < self.beats:
+                return
+        self.release()
+
+    def release(self) -> None:
+        with self._mutex:
+            if self.released:
+                return
+            self.released = True
+        self.holder.rollback()
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._deadline.cancel()
+        if self._deadline.is_alive():
+            self._deadline.join()
+        self.release()
+        self.holder.close()
+        event.remove(self.engine, "before_cursor_execute", self._executing)
 
 
 def seed(engine: Engine, now: float) -> None:
