@@ -388,15 +388,17 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     """One alarm transition; False if it was a resend the district already had. Opens a work order when a
     live alarm reaches orange or red, by a live transition or by one from the site's backlog. A transition
     stored without a number (a gateway from before the numbers; an upgrade keeps those rows) is the one its
-    gateway, once upgraded too, re-sends numbered: it reads what it stored then as step 0 (gateway/alarms.py)."""
-    ev, level, t_gw = body["ev"], body.get("level"), float(body["t_gw"])
-    if body.get("step") is not None and conn.execute(select(alarm_events.c.id).where(
+    gateway, once upgraded too, re-sends numbered: it reads what it stored then as step 0 (gateway/alarms.py). And
+    the other way round: workers sharing a backlog may store that step 0 resend before the backlog's copy."""
+    ev, level, t_gw, step = body["ev"], body.get("level"), float(body["t_gw"]), body.get("step")
+    if conn.execute(select(alarm_events.c.id).where(
             alarm_events.c.alarm == body["id"], alarm_events.c.ev == ev, alarm_events.c.t_gw == t_gw,
-            alarm_events.c.step.is_(None), alarm_events.c.level.is_not_distinct_from(level))).first() is not None:
+            alarm_events.c.step.is_(None) if step is not None else alarm_events.c.step == 0,
+            alarm_events.c.level.is_not_distinct_from(level))).first() is not None:
         return False
     new = conn.execute(dialect_insert(conn, alarm_events).values(
         alarm=body["id"], ev=ev, level=level, prev=body.get("prev"), value=body.get("value"), t_gw=t_gw,
-        received=received, resend=body.get("resend", 0), hist=hist, step=body.get("step")).on_conflict_do_nothing()
+        received=received, resend=body.get("resend", 0), hist=hist, step=step).on_conflict_do_nothing()
         .returning(alarm_events.c.id)).first() is not None
     if not new:
         return False
@@ -417,7 +419,6 @@ def apply_alarm(conn: Connection, site: str, body: Mapping[str, Any], *, receive
     if _rank(level) > 0:
         conn.execute(update(alarms).where(alarms.c.id == body["id"], alarms.c.peak_rank < _rank(level))
                      .values(peak=level, peak_rank=_rank(level)))
-    step = body.get("step")
     if ev in ("raised", "escalated") and step is not None:
         conn.execute(update(alarms).where(alarms.c.id == body["id"],
                                           alarms.c.rose_step.is_(None) | (alarms.c.rose_step < step))

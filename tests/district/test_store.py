@@ -354,6 +354,25 @@ def test_each_escalation_of_one_batch_is_stored_once(engine: Engine) -> None:
     takes_every_escalation_of_one_batch(engine)
 
 
+def test_a_transition_without_a_number_and_its_step_0_resend_are_one_whichever_comes_first(engine: Engine) -> None:
+    """A gateway upgraded during its site's outage sends its backlog's transition as it stored it (no number) and
+    re-sends the alarm live as step 0 (gateway/alarms.py); workers sharing the subscription may store the resend
+    first. Either way round it is one transition, and a new step of the alarm is still new."""
+    raised = transition("raised", "orange", 10.0)
+    for first, then in (({**raised, "step": 0, "resend": 2}, raised), (raised, {**raised, "step": 0, "resend": 2})):
+        with engine.begin() as conn:
+            conn.execute(work_order_steps.delete())
+            conn.execute(work_orders.delete())
+            conn.execute(alarm_events.delete())
+            conn.execute(alarms.delete())
+            assert store.apply_alarm(conn, "s1", first, received=20.0)
+            assert not store.apply_alarm(conn, "s1", then, received=21.0)
+            assert store.apply_alarm(conn, "s1", transition("escalated", "red", 30.0, step=1), received=31.0)
+            stored = conn.execute(select(alarm_events.c.ev, alarm_events.c.level)
+                                  .order_by(alarm_events.c.id)).all()
+        assert [tuple(r) for r in stored] == [("raised", "orange"), ("escalated", "red")]
+
+
 def test_an_older_database_gets_the_transitions_step_and_keeps_its_rows(engine: Engine, engine_url: str) -> None:
     """Made when a transition was once per (alarm, ev, t_gw): upgraded at start, its rows kept; the row of an
     alarm's latest transition gets the alarm's step, so its gateway's resends of it are not stored again."""
