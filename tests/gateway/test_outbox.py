@@ -746,3 +746,28 @@ def test_a_row_changed_since_it_was_written_is_never_sent_summarised_nor_added_t
     assert ob.corrupt_rows == 2 and sum(ob.depth().values()) == 0
     said = [r.fields for r in caplog.records if r.getMessage() == "outbox row set aside"]  # type: ignore[attr-defined]
     assert sorted(f["id"] for f in said) == [report, bad]
+
+
+OLD_STORE = Path(__file__).parent / "store_upgrade" / "2026-11-24-50e4256.sql"  # readings alone ("e"), no crc
+
+
+def test_a_budget_pass_keeps_no_reading_of_a_store_made_before_sealed_messages_raw(tmp_path: Path) -> None:
+    """Such a store's rows go up as the site's summaries when leased, as rows without a checksum. A budget pass
+    rewrote the readings it kept raw (gas2's runs of one, which a summary does not make smaller) into a row with
+    a checksum, leased as packs of the readings alone: the district refused them as made up at the site."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_STORE.read_text())
+    old.execute("DELETE FROM outbox WHERE dev = 'gas2' AND seq % 2 = 1")
+    old.commit()
+    old.close()
+    ob = Outbox(open_store(path), 10**9, thin_interval_s=300.0)
+    ob.budget_bytes = ob.bytes_used() - 1
+    report = ob.enforce_budget()
+    assert report is not None and {dev: runs.spans() for dev, runs in report.thinned.items()} == {
+        "gas1": [(0, 9, 10)]} and not report.evicted
+    sent = [e for item in ob.lease(TELEMETRY, 100) for e in entries(item)]
+    assert [sorted(e) for e in sent if "seq_lo" not in e] == []
+    assert sorted((e["dev"], e["seq_lo"], e["seq_hi"]) for e in sent) == [
+        ("gas1", 0, 9), ("gas2", 0, 0), ("gas2", 2, 2), ("gas2", 4, 4), ("gas2", 6, 6)]
+    ob.close()
