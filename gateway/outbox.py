@@ -582,15 +582,19 @@ class Outbox:
             if rid in self._acked or rid in self._bad:
                 continue
             reason = _damaged(lane, crc, body, entries)
+            if not reason and crc is None and lane == TELEMETRY and not thinned:  # a row made before checksums
+                try:
+                    vouched = self._vouched(body)
+                except _CORRUPT:  # readings no summary reads: it raised out of every lease, and the uplink
+                    reason = "undecodable"
+                else:
+                    if vouched is not None:
+                        body, thinned = vouched, 1
             if reason:  # sent, it would spoil the publish of every row beside it
                 self._bad[rid] = reason
                 event(log, "outbox row set aside", logging.ERROR, id=rid, lane=LANES[lane], kind=kind,
                       entries=entries, bytes=len(body), reason=reason, table="outbox_corrupt")
                 continue
-            if crc is None and lane == TELEMETRY and not thinned:  # a row of a store made before checksums
-                vouched = self._vouched(body)
-                if vouched is not None:
-                    body, thinned = vouched, 1
             self._leased.add(rid)
             items.append(Item(rid, lane, kind, bool(thinned), body, t, entries))
             taken += entries
@@ -601,8 +605,9 @@ class Outbox:
         """A row of a store made before pack entries carried the device's message ("m", 2026-12-04) holds its
         readings alone ("e"), which the district refuses as made up at the site (`no-device-mac`): the backlog
         of an outage was lost at the upgrade. It goes up as what it is, the site's summary of each of its
-        messages (its sequence numbers accounted for); None for any other row. Done as it is sent, not as the
-        store is opened: 23 us a row, a minute of start-up for the largest such backlogs."""
+        messages (its sequence numbers accounted for); None for any other row, and what a changed body raises
+        when its readings do not read. Done as it is sent, not as the store is opened: 23 us a row, a minute of
+        start-up for the largest such backlogs."""
         try:
             stored = _packs(body)
         except _CORRUPT:
