@@ -575,21 +575,24 @@ class Outbox:
         taken = size = 0
         most_bytes = math.inf if max_bytes is None else max_bytes
         for rid, kind, thinned, crc, body, t, entries in rows:  # stepped: a full row is often the only one taken
-            if rid in self._merged or (items and (taken + entries > limit or size + len(body) > most_bytes)):
+            if rid in self._merged:
+                break
+            skip = rid in self._acked or rid in self._bad
+            reason = None if skip else _damaged(lane, crc, body, entries)
+            if not (skip or reason) and crc is None and lane == TELEMETRY and not thinned:  # made before checksums
+                try:
+                    vouched = self._vouched(body)
+                except _CORRUPT:  # readings no summary reads: raised, it stopped the uplink at every lease
+                    reason = "undecodable"
+                else:
+                    if vouched is not None:  # its bytes as sent count: they may be twice those stored
+                        body, thinned = vouched, 1
+            if items and (taken + entries > limit or size + len(body) > most_bytes):
                 break
             size += len(body)
             self._cursor[lane] = rid
-            if rid in self._acked or rid in self._bad:
+            if skip:
                 continue
-            reason = _damaged(lane, crc, body, entries)
-            if not reason and crc is None and lane == TELEMETRY and not thinned:  # a row made before checksums
-                try:
-                    vouched = self._vouched(body)
-                except _CORRUPT:  # readings no summary reads: it raised out of every lease, and the uplink
-                    reason = "undecodable"
-                else:
-                    if vouched is not None:
-                        body, thinned = vouched, 1
             if reason:  # sent, it would spoil the publish of every row beside it
                 self._bad[rid] = reason
                 event(log, "outbox row set aside", logging.ERROR, id=rid, lane=LANES[lane], kind=kind,

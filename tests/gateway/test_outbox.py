@@ -794,3 +794,26 @@ def test_a_row_of_a_store_made_before_sealed_messages_whose_readings_do_not_read
     assert list(conn.execute("SELECT id, reason FROM outbox_corrupt")) == [(5, "undecodable")]
     assert ob.depth()["telemetry"] == 0
     ob.close()
+
+
+def test_a_lease_of_a_store_made_before_sealed_messages_holds_no_more_bytes_than_a_publish(tmp_path: Path) -> None:
+    """Such a row goes up as the site's summary of each of its readings' metrics and intervals, which may take
+    more bytes than the readings: a node's own backlog of 300 readings in one message, 2.3 times. The lease
+    limited its bytes by the rows as stored, and a publish of them outgrew what the district takes."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_STORE.read_text())
+    for seq in range(10, 70):
+        records = [{"n": "gas1:ch4", "u": "%LEL", "t": T0 + 300 * i, "v": 1.0 + i / 7} for i in range(300)]
+        old.execute("INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (TELEMETRY, district.TELEMETRY, T0, "gas1", seq, seq, 1,
+                     cbor2.dumps({"dev": "gas1", "seq": seq, "boot": 1, "e": senml_pack("gas1", records)})))
+    old.commit()
+    old.close()
+    ob = Outbox(open_store(path), 10**9)
+    sent: list[int] = []
+    while items := ob.lease(TELEMETRY, 100, ROW_BYTES):
+        assert sum(len(i.body) for i in items) <= ROW_BYTES
+        sent += [e["seq_lo"] for i in items for e in entries(i) if e["dev"] == "gas1"]
+    assert sorted(sent) == list(range(70))
+    ob.close()
