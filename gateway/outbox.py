@@ -867,7 +867,7 @@ class Outbox:
         n = self.row_entries
         parts = [(0, part) for part in _rows(kept, n, ROW_BYTES)]
         parts += [(1, part) for part in _rows(summaries, n, ROW_BYTES)]
-        if not summaries or len(parts) > len(window):
+        if not made or len(parts) > len(window):
             return max(consumed, 1)
         for ids, marks in chunks([rid for rid, _ in window]):
             self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)

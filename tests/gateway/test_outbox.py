@@ -817,3 +817,20 @@ def test_a_lease_of_a_store_made_before_sealed_messages_holds_no_more_bytes_than
         sent += [e["seq_lo"] for i in items for e in entries(i) if e["dev"] == "gas1"]
     assert sorted(sent) == list(range(70))
     ob.close()
+
+
+def test_a_budget_pass_does_not_grow_a_store_made_before_sealed_messages(tmp_path: Path) -> None:
+    """A window of such rows where no run gains from a summary is left as it is (its rows go up as summaries when
+    leased): rewritten as a summary a message, it grew, and the pass then evicted every reading of the store."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_STORE.read_text())
+    old.execute("DELETE FROM outbox WHERE seq % 2 = 1")  # runs of one: none a summary makes smaller
+    old.commit()
+    old.close()
+    ob = Outbox(open_store(path), 10**9, thin_interval_s=300.0)
+    ob.budget_bytes = ob.bytes_used() - 1
+    report = ob.enforce_budget()
+    assert report is not None and not report.thinned and sum(r.msgs for r in report.evicted.values()) == 2
+    assert ob.conn.execute("SELECT count(*), count(crc) FROM outbox WHERE lane = ?", (TELEMETRY,)).fetchone() == (7, 0)
+    ob.close()
