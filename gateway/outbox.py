@@ -804,6 +804,7 @@ class Outbox:
         # of one interval usually land in one summary entry per metric.
         end_t = (math.floor(first[1] / self.thin_interval_s) + 1) * self.thin_interval_s
         window: list[tuple[int, float]] = []  # (id, t) of the raw rows taken
+        window_bytes = 0
         by_dev: dict[str, list[_Stored]] = {}
         # Entries of rows the lease would send as the site's summaries (`_vouched`): kept raw, a rewritten row
         # (with a checksum) would send their readings alone, which the district refuses as made up at the site.
@@ -827,6 +828,7 @@ class Outbox:
                 _corrupt(rid, body, exc, "kept raw")
                 continue
             window.append((rid, t))
+            window_bytes += len(body)
             if crc is None and not any("m" in entry for entry, _ in packs):
                 unsealed.update(id(entry) for entry, _ in packs)
             for entry, raw in packs:
@@ -867,7 +869,8 @@ class Outbox:
         n = self.row_entries
         parts = [(0, part) for part in _rows(kept, n, ROW_BYTES)]
         parts += [(1, part) for part in _rows(summaries, n, ROW_BYTES)]
-        if not made or len(parts) > len(window):
+        # Not smaller: the summaries of one message each of `unsealed` may outweigh what the runs gained.
+        if not made or len(parts) > len(window) or sum(map(len, kept + summaries)) >= window_bytes:
             return max(consumed, 1)
         for ids, marks in chunks([rid for rid, _ in window]):
             self.conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)

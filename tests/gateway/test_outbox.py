@@ -834,3 +834,27 @@ def test_a_budget_pass_does_not_grow_a_store_made_before_sealed_messages(tmp_pat
     assert report is not None and not report.thinned and sum(r.msgs for r in report.evicted.values()) == 2
     assert ob.conn.execute("SELECT count(*), count(crc) FROM outbox WHERE lane = ?", (TELEMETRY,)).fetchone() == (7, 0)
     ob.close()
+
+
+def test_a_budget_pass_rewrites_a_window_of_a_store_made_before_sealed_messages_only_to_free_bytes(
+        tmp_path: Path) -> None:
+    """gas1's run of ten gains from a summary, gas3's 30 isolated readings would each take twice their bytes as a
+    summary of one: the window rewritten grew, where leaving it frees nothing but loses nothing either."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_STORE.read_text())
+    old.execute("DELETE FROM outbox WHERE dev = 'gas2'")
+    (body,) = old.execute("SELECT body FROM outbox WHERE dev = 'gas1' AND seq = 0").fetchone()
+    for seq in range(0, 60, 2):
+        old.execute("INSERT INTO outbox (lane, kind, t, dev, seq, seq_hi, boot, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (TELEMETRY, district.TELEMETRY, 1796694537.06, "gas3", seq, seq, 1,
+                     cbor2.dumps({**cbor2.loads(body), "dev": "gas3", "seq": seq})))
+    old.commit()
+    old.close()
+    ob = Outbox(open_store(path), 10**9, thin_interval_s=300.0)
+    stored = ob.conn.execute("SELECT total(length(body)) FROM outbox WHERE lane = ?", (TELEMETRY,)).fetchone()[0]
+    ob.budget_bytes = ob.bytes_used() - 1
+    assert ob.enforce_budget() is not None
+    left = ob.conn.execute("SELECT total(length(body)) FROM outbox WHERE lane = ?", (TELEMETRY,)).fetchone()[0]
+    assert left < stored
+    ob.close()
