@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, event, func, select, text, update
 from test_hostile_upstream import KEYS, T0, alarm, publish, worker
 
 from district import store
@@ -88,14 +88,25 @@ def state_of(engine: Engine, alarm_id: str) -> str:
 def test_a_deadlock_with_another_worker_retries_the_batch_and_loses_no_transition(pg: Engine) -> None:
     """Worker 1 stores A raised then B cleared; worker 2, at once, B raised then A cleared. Each waits on the
     other's alarm row: PostgreSQL aborts one statement (deadlock detected). That publish was refused
-    "internal" and its batch acknowledged, so A's clear was lost for good and A stayed open."""
+    "internal" and its batch acknowledged, so A's clear was lost for good and A stayed open.
+
+    The session that looks for the deadlock first is the one aborted, and each looks once, deadlock_timeout
+    after it began to wait. The worker waits first, but with the default second a loaded machine closed the
+    cycle after the worker's look, and the other transaction (the test's) was aborted instead. So the worker
+    looks after 5 s, the other after a minute."""
+    event.listen(pg, "checkout", lambda dbapi, record, proxy: dbapi.execute("SET deadlock_timeout = '5s'"))
     w = worker(pg)
+
+    def then(conn: Connection) -> None:
+        conn.execute(text("SET deadlock_timeout = '60s'"))
+        store.apply_alarm(conn, "north", alarm(id=B, ev="cleared", level=None, prev="yellow", t_gw=T0 + 2),
+                          received=T0)
+
     errors = interleave(
         pg, w, [publish(dtopics.ALARM, alarm(id=B, level="yellow", t_gw=T0 + 1)),
                 publish(dtopics.ALARM, alarm(id=A, ev="cleared", level=None, prev="yellow", t_gw=T0 + 2))],
         lambda conn: store.apply_alarm(conn, "north", alarm(id=A, level="yellow", t_gw=T0 + 1), received=T0),
-        lambda conn: store.apply_alarm(conn, "north", alarm(id=B, ev="cleared", level=None, prev="yellow",
-                                                            t_gw=T0 + 2), received=T0))
+        then)
     assert errors == []
     with pg.connect() as conn:
         assert conn.execute(select(refusals.c.reason, refusals.c.detail)).all() == []
