@@ -272,14 +272,16 @@ commands = Table(
     Column("answered", Float),
 )
 
-reports = Table(  # data-quality reports, device events and command acks the sites send, as they came
+reports = Table(  # data-quality reports, device events, command acks and thinned summaries, as they came
     "reports", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("site", Id, nullable=False),
-    Column("kind", String(16), nullable=False),  # dq, event, ack, state
+    Column("kind", String(16), nullable=False),  # dq, event, ack, thinned
     Column("dev", Id),
     Column("body", Text, nullable=False),  # JSON
     Column("received", Float, nullable=False),
+    Column("digest", String(32)),  # of kind and body (store.add_reports): a re-delivery is stored once; NULL before
+    Index("reports_once", "site", "digest", unique=True),
 )
 
 # OTA (docs/ota.md, "From the district desk"): what each site serves and how far each node's download is,

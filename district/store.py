@@ -9,6 +9,7 @@ messages only after it commits.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -149,6 +150,10 @@ take it. PostgreSQL needs none of this. A database made by an older version gets
         log.info("messages: added the span of each message's readings")
     if _add_index(engine, said, messages, "messages_span"):
         log.info("messages: added the index messages_span")
+    if _add_column(engine, said, reports, "digest VARCHAR(32)"):  # rows from before stay NULL: never a conflict
+        log.info("reports: added the digest that stores each report once")
+    if _add_index(engine, said, reports, "reports_once"):
+        log.info("reports: added the index reports_once")
     try:
         schema.ONE_RUNNING_ROLLOUT.create(engine, checkfirst=True)  # a database made before it had none
     except IntegrityError:  # two already run at one site (the race it closes): the check alone guards until then
@@ -638,10 +643,25 @@ def add_report(conn: Connection, site: str, kind: str, dev: str | None, body: st
 def add_reports(conn: Connection, site: str, kind: str, items: Sequence[tuple[str | None, str]], *,
                 received: float) -> None:
     """Bodies of one kind kept as they came, (dev, JSON text) each, in one statement: a telemetry body's thinned
-    summaries, up to 105,000 in a MiB, were an INSERT each, 11 s of SQLite's write lock."""
+    summaries, up to 105,000 in a MiB, were an INSERT each, 11 s of SQLite's write lock. One the site delivered
+    before (a re-send after a lost PUBACK) is not stored again (`_report_digest`)."""
     if items:
-        conn.execute(reports.insert(), [{"site": site, "kind": kind, "dev": dev, "body": body, "received": received}
-                                        for dev, body in items])
+        conn.execute(dialect_insert(conn, reports).on_conflict_do_nothing(
+            index_elements=[reports.c.site, reports.c.digest]),
+            [{"site": site, "kind": kind, "dev": dev, "body": body, "received": received,
+              "digest": _report_digest(kind, body)} for dev, body in items])
+
+
+def _report_digest(kind: str, body: str) -> str:
+    """What makes a report one: its kind and body, but for the "hist" mark a gateway adds when it re-sends it in a
+    later session (gateway/district_wire.historical). Each body carries its own time or sequence numbers, so two
+    genuine reports differ."""
+    if '"hist"' in body:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and "hist" in doc:
+            del doc["hist"]
+            body = json.dumps(doc, allow_nan=False)
+    return hashlib.blake2b(f"{kind}\0{body}".encode(), digest_size=16).hexdigest()
 
 
 def alarm_site(conn: Connection, alarm_id: str) -> str | None:

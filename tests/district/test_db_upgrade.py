@@ -18,15 +18,15 @@ from sqlalchemy import Connection, Engine, func, select
 
 from district import queries, store
 from district.config import ROLLUP_S
-from district.schema import alarm_events, alarms, audit, messages, seq_of, work_orders
+from district.schema import alarm_events, alarms, audit, messages, reports, seq_of, work_orders
 from gateway.rules import default_ruleset
 from lifeline.virtual.postgres import Postgres
 from protocol.district_verify import Verifier
 
 OLD = Path(__file__).parent / "old_databases"
 # The last commit of a day with the district, by schema: 12-04's (no rollout tables, transitions without numbers),
-# 12-06's (12-05's schema: rollout tables), 12-07's (numbered transitions: today's schema, nothing to upgrade).
-RELEASES = {"88e0f37": True, "b5b83f9": True, "592c50d": False}  # whether today's district upgrades it
+# 12-06's (12-05's schema: rollout tables), 12-07's (numbered transitions; reports without a key).
+RELEASES = {"88e0f37": True, "b5b83f9": True, "592c50d": True}  # whether today's district upgrades it
 KEYS = {"gas1": bytes([1]) * 32, "gas2": bytes([2]) * 32}  # the virtual site's device keys the dumps were made with
 TRAIL = [("opened", "system", "orange ch4"), ("ack", "li.wei", None), ("dispatch", "li.wei", None),
          ("report", "li.wei", "valve seal leaking"), ("send-back", "chen", "give the reading after the repair"),
@@ -154,3 +154,14 @@ def test_a_backlogs_alarm_its_upgraded_gateway_re_sends_live_is_live(upgraded: E
         assert not new
         assert store.resent_alarm(conn, "s1", body, new=new, received=time.time(), hist=False).revived
         assert [(a["dev"], a["state"]) for a in queries.open_alarms(conn, {})] == [("gas2", "open")]
+
+
+def test_a_report_delivered_again_after_an_upgrade_is_stored_once(upgraded: Engine) -> None:
+    """Reports had no key: the upgrade adds it, NULL for the rows before (as the one made here), which never
+    stand in the way of a report; a report delivered twice since is stored once."""
+    gap = '{"dev": "gas1", "kind": "gap", "first": 3, "last": 5, "since": 1763900000.0}'
+    with upgraded.begin() as conn:
+        conn.execute(reports.insert().values(site="s1", kind="dq", dev="gas1", body=gap, received=time.time()))
+        for _ in range(2):
+            store.add_report(conn, "s1", "dq", "gas1", gap, received=time.time())
+        assert conn.execute(select(reports.c.digest.is_(None)).order_by(reports.c.id)).scalars().all() == [True, False]

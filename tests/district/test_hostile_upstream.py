@@ -249,8 +249,8 @@ async def test_a_bodys_thinned_summaries_are_stored_in_statements_not_one_each(e
     ran = [statements(engine, w, publish(dtopics.TELEMETRY, telemetry(entry("gas1", i), thinned=summaries)))
            for i, summaries in ((1, few), (2, many))]
     assert ran[0] == ran[1]
-    assert sorted(json.loads(body)["seq_lo"] for body, in rows(engine, reports, reports.c.body)) == sorted(
-        [0, 1, 2, *range(2000)])
+    assert sorted(json.loads(body)["seq_lo"] for body, in rows(engine, reports, reports.c.body)) == list(
+        range(2000))  # few's three are many's first three: the same summaries, stored once
 
 
 async def test_a_bodys_bad_entries_are_refused_in_statements_and_their_number_bounded(engine: Engine) -> None:
